@@ -1,0 +1,52 @@
+# Bastion — the two commands are `make up` and `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= examples/bastion.yaml
+DEMO_PORT ?= 9001
+
+.PHONY: up install protos lint fmt test test-fast test-e2e docs clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## up: install into .venv and run the whole stack with the demo MCP server (Ctrl-C stops it)
+up: $(STAMP)
+	$(BIN)/bastion up --config $(CONFIG) --demo-port $(DEMO_PORT)
+
+## protos: regenerate bastion/v1 stubs from proto/
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+## docs: regenerate docs/configuration.md from the settings classes
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_config_docs.py
+
+fmt: $(STAMP)
+	$(BIN)/ruff format bastion proxy policy graph verifier eval tests scripts examples
+	$(BIN)/ruff check --fix bastion proxy policy graph verifier eval tests scripts examples
+
+lint: $(STAMP)
+	$(BIN)/ruff check bastion proxy policy graph verifier eval tests scripts examples
+	$(BIN)/ruff format --check bastion proxy policy graph verifier eval tests scripts examples
+	$(BIN)/mypy bastion tests scripts examples
+
+## test: lint, type-check and run every test layer (unit, integration, e2e)
+test: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .mypy_cache .ruff_cache .pytest_cache

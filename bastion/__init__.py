@@ -1,0 +1,46 @@
+"""Bastion: runtime governance for AI agents.
+
+The public surface of the shared core is the error tree; each service exposes its own
+surface from `bastion.proxy`, `bastion.policy`, `bastion.verifier` and `bastion.graph`.
+"""
+
+from ._errors import (
+    AuthError,
+    BastionError,
+    BundleSignatureError,
+    ConfigError,
+    DecisionUnavailable,
+    ForbiddenError,
+    HeaderMismatch,
+    InvalidRequest,
+    JournalError,
+    ParseError,
+    PayloadTooLarge,
+    PolicyError,
+    PolicyValidationError,
+    ProtocolError,
+    StoreError,
+    UpstreamError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthError",
+    "BastionError",
+    "BundleSignatureError",
+    "ConfigError",
+    "DecisionUnavailable",
+    "ForbiddenError",
+    "HeaderMismatch",
+    "InvalidRequest",
+    "JournalError",
+    "ParseError",
+    "PayloadTooLarge",
+    "PolicyError",
+    "PolicyValidationError",
+    "ProtocolError",
+    "StoreError",
+    "UpstreamError",
+    "__version__",
+]

@@ -1,0 +1,112 @@
+"""bastion.yaml: the upstreams, policies and auth settings of a stack.
+
+Loaded once per process into frozen models; unknown keys are errors, relative paths
+are resolved against the file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ._errors import ConfigError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Frozen):
+    """An upstream MCP server: streamable HTTP `url` (stdio `command` arrives with the proxy issue)."""
+
+    url: str | None = None
+    command: tuple[str, ...] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> ServerConfig:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("give exactly one of 'url' or 'command'")
+        if self.url is not None and not self.url.startswith("http://"):
+            raise ValueError("'url' must be an http:// URL (https upstreams are not supported yet)")
+        return self
+
+
+class AgentConfig(_Frozen):
+    url: str
+
+
+class AuthConfig(_Frozen):
+    """How agent and operator JWTs are verified. Empty `public_keys` means the stack's dev key."""
+
+    issuer: str = "bastion-dev"
+    audience: str = "bastion"
+    public_keys: tuple[Path, ...] = ()
+    algorithms: tuple[str, ...] = ("EdDSA",)
+
+
+class AppConfig(_Frozen):
+    servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    policies: tuple[Path, ...] = ()
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    #: Allowed values of the Host header at the proxy (DNS-rebinding protection); empty allows any.
+    allowed_hosts: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _names(self) -> AppConfig:
+        for name in self.servers:
+            if name == "tools" or "__" in name or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(
+                    f"server name {name!r}: use letters, digits, '-' or '_' "
+                    "(no '__', and 'tools' is reserved by /mcp/tools/call)"
+                )
+        return self
+
+
+def resolve_config_path(explicit: Path | None, env_value: Path | None) -> Path:
+    """--config, else $BASTION_CONFIG, else ./bastion.yaml (DESIGN §9)."""
+    return explicit or env_value or Path("bastion.yaml")
+
+
+def load_app_config(path: Path) -> AppConfig:
+    try:
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found (pass --config or set BASTION_CONFIG)") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    base = path.resolve().parent
+    raw = dict(raw)
+    raw["policies"] = [_resolve(base, p) for p in raw.get("policies") or []]
+    auth = raw.get("auth")
+    if isinstance(auth, dict) and "public_keys" in auth:
+        raw["auth"] = {**auth, "public_keys": [_resolve(base, p) for p in auth["public_keys"] or []]}
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"config file {path}: {_describe(exc)}") from exc
+
+
+def _resolve(base: Path, value: object) -> object:
+    if isinstance(value, str):
+        expanded = Path(os.path.expandvars(value))
+        return expanded if expanded.is_absolute() else base / expanded
+    return value
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)

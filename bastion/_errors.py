@@ -1,0 +1,147 @@
+"""The one exception tree of Bastion.
+
+    BastionError                      base; never raised itself
+    ├── ConfigError                   bad bastion.yaml, env var or file
+    ├── PolicyError                   policy documents and bundles
+    │   ├── PolicyValidationError     a document fails its schema (unknown field, bad glob, …)
+    │   └── BundleSignatureError      a signed bundle does not verify
+    ├── AuthError                     missing/invalid credentials (HTTP 401)
+    │   └── ForbiddenError            valid credentials, insufficient role (HTTP 403)
+    ├── ProtocolError                 a message Bastion cannot parse or accept
+    │   ├── ParseError                not JSON (JSON-RPC -32700)
+    │   ├── InvalidRequest            JSON but not a valid JSON-RPC request (-32600)
+    │   ├── HeaderMismatch            2026-07 routing headers disagree with the body (-32020)
+    │   └── PayloadTooLarge           body over BASTION_MAX_BODY (HTTP 413)
+    ├── DecisionUnavailable           policy or verifier unreachable, slow or failing: blocks
+    ├── UpstreamError                 the upstream MCP server / A2A agent failed
+    ├── JournalError                  the local journal cannot record an event: blocks
+    └── StoreError                    the graph store failed
+
+Each class carries the single wire code it maps to (`jsonrpc_code`, `http_status`,
+`grpc_code`); adapters translate third-party exceptions at the boundary with
+`raise StoreError(...) from exc` so nothing from grpc, sqlite or neo4j leaks out.
+docs/errors.md lists the same table.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class BastionError(Exception):
+    """Base of every error Bastion raises on purpose."""
+
+    #: Stable machine-readable code, used in logs, audit events and block envelopes.
+    code: str = "bastion.error"
+    jsonrpc_code: int = -32603
+    http_status: int = 500
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class ConfigError(BastionError):
+    code = "bastion.config"
+    http_status = 500
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PolicyError(BastionError):
+    code = "bastion.policy"
+    http_status = 422
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class PolicyValidationError(PolicyError):
+    code = "bastion.policy.invalid"
+
+
+class BundleSignatureError(PolicyError):
+    code = "bastion.policy.signature"
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class AuthError(BastionError):
+    code = "bastion.auth.unauthenticated"
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ForbiddenError(AuthError):
+    code = "bastion.auth.forbidden"
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ProtocolError(BastionError):
+    code = "bastion.protocol"
+    jsonrpc_code = -32600
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ParseError(ProtocolError):
+    code = "bastion.protocol.parse_error"
+    jsonrpc_code = -32700
+
+
+class InvalidRequest(ProtocolError):
+    code = "bastion.protocol.invalid_request"
+    jsonrpc_code = -32600
+
+
+class HeaderMismatch(ProtocolError):
+    code = "bastion.protocol.header_mismatch"
+    jsonrpc_code = -32020
+
+
+class PayloadTooLarge(ProtocolError):
+    code = "bastion.protocol.too_large"
+    http_status = 413
+
+
+class DecisionUnavailable(BastionError):
+    """A dependency on the enforcement path did not answer in time or failed: the action is blocked."""
+
+    code = "bastion.decision_unavailable"
+    jsonrpc_code = -32003
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class UpstreamError(BastionError):
+    code = "bastion.upstream"
+    jsonrpc_code = -32603
+    http_status = 502
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class JournalError(BastionError):
+    code = "bastion.journal"
+    jsonrpc_code = -32003
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class StoreError(BastionError):
+    code = "bastion.store"
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+__all__ = [
+    "AuthError",
+    "BastionError",
+    "BundleSignatureError",
+    "ConfigError",
+    "DecisionUnavailable",
+    "ForbiddenError",
+    "HeaderMismatch",
+    "InvalidRequest",
+    "JournalError",
+    "ParseError",
+    "PayloadTooLarge",
+    "PolicyError",
+    "PolicyValidationError",
+    "ProtocolError",
+    "StoreError",
+    "UpstreamError",
+]

@@ -1,0 +1,59 @@
+"""Process lifecycle shared by every `bastion <service> serve`: logging, uvloop,
+SIGTERM/SIGINT → graceful stop, the run file, and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import uvloop
+
+from ._appconfig import AppConfig, load_app_config, resolve_config_path
+from ._errors import BastionError
+from ._logging import configure_logging
+from ._runfile import remove_runfile, write_runfile
+from ._settings import CommonSettings
+
+log = logging.getLogger("bastion")
+
+S = TypeVar("S", bound=CommonSettings)
+
+#: serve(settings, app_config, ready, stop): start listening, call ready(addresses)
+#: once bound, return after stop is set and everything is closed.
+ServeFn = Callable[[S, AppConfig, Callable[[dict[str, str]], None], asyncio.Event], Awaitable[None]]
+
+
+def run_service(name: str, settings: S, config: Path | None, serve: ServeFn[S]) -> int:
+    configure_logging(name, settings.log_level)
+    try:
+        app = load_app_config(resolve_config_path(config, settings.config))
+    except BastionError as exc:
+        log.error("cannot start %s: %s", name, exc)
+        return 2
+    home = settings.home.resolve()
+
+    def ready(addresses: dict[str, str]) -> None:
+        write_runfile(home, name, addresses)
+        log.info("%s ready", name, extra={"fields": addresses})
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await serve(settings, app, ready, stop)
+        finally:
+            remove_runfile(home, name)
+
+    try:
+        uvloop.run(main())
+    except BastionError as exc:
+        log.error("%s stopped: %s", name, exc)
+        return 1
+    log.info("%s stopped", name)
+    return 0

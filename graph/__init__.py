@@ -1,0 +1,1 @@
+"""bastion.graph"""
