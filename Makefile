@@ -19,7 +19,9 @@ install: $(STAMP)
 
 ## up: install into .venv and run the whole stack with the demo MCP server (Ctrl-C stops it)
 up: $(STAMP)
-	$(BIN)/bastion up --config $(CONFIG) --demo-port $(DEMO_PORT)
+	@$(BIN)/python examples/demo_server.py --port $(DEMO_PORT) & demo=$$!; \
+	trap 'kill $$demo 2>/dev/null' EXIT; \
+	$(BIN)/bastion up --config $(CONFIG)
 
 ## protos: regenerate bastion/v1 stubs from proto/
 protos: $(STAMP)

@@ -1,2 +1,110 @@
-def main() -> int:
+"""The `bastion` command line.
+
+Exit codes: 0 success; 1 the command ran and failed (a service died, a check
+failed); 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from ._appconfig import AuthConfig, load_app_config, resolve_config_path
+from ._errors import BastionError
+from ._identity import ensure_dev_key, issue_token
+from ._settings import CommonSettings
+
+SERVICES = ("proxy", "policy", "verifier", "graph")
+_TTL = re.compile(r"(\d+)([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _ttl(value: str) -> int:
+    match = _TTL.fullmatch(value.strip())
+    if match is None or int(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid ttl {value!r}: use e.g. 90s, 30m, 1h, 7d")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bastion", description="Runtime governance for AI agents.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start the whole stack (policy, verifier, graph, proxy)")
+    up.add_argument("--config", type=Path, help="bastion.yaml (default: $BASTION_CONFIG or ./bastion.yaml)")
+
+    for name in SERVICES:
+        service = commands.add_parser(name, help=f"the {name} service")
+        actions = service.add_subparsers(dest="action", required=True)
+        serve = actions.add_parser("serve", help=f"run the {name} service in the foreground")
+        serve.add_argument("--config", type=Path, help="bastion.yaml (default: $BASTION_CONFIG or ./bastion.yaml)")
+
+    token = commands.add_parser("token", help="agent and operator tokens")
+    token_actions = token.add_subparsers(dest="action", required=True)
+    issue = token_actions.add_parser("issue", help="print a JWT signed with the stack's dev key")
+    issue.add_argument("--agent", required=True, help="agent id (the token's subject)")
+    issue.add_argument("--role", action="append", default=[], help="role to grant, e.g. operator (repeatable)")
+    issue.add_argument("--tenant", default="default")
+    issue.add_argument("--ttl", type=_ttl, default=3600, help="lifetime, e.g. 30m, 1h (default), 7d")
+    issue.add_argument("--config", type=Path, help="bastion.yaml, for the token's issuer and audience")
+    issue.add_argument("--json", action="store_true", help="print {token, agent, roles, expires_in} as JSON")
+    return parser
+
+
+def _serve(name: str, config: Path | None) -> int:
+    if name == "proxy":
+        from bastion.proxy import main as proxy_main
+
+        return proxy_main(config)
+    if name == "policy":
+        from bastion.policy import main as policy_main
+
+        return policy_main(config)
+    if name == "verifier":
+        from bastion.verifier import main as verifier_main
+
+        return verifier_main(config)
+    from bastion.graph import main as graph_main
+
+    return graph_main(config)
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = CommonSettings()
+    auth = AuthConfig()
+    path = resolve_config_path(args.config, settings.config)
+    if args.config is not None or path.exists():
+        auth = load_app_config(path).auth
+    token = issue_token(
+        ensure_dev_key(settings.home.resolve()),
+        subject=args.agent,
+        roles=tuple(args.role),
+        tenant=args.tenant,
+        ttl_seconds=args.ttl,
+        auth=auth,
+    )
+    if args.json:
+        print(orjson.dumps({"token": token, "agent": args.agent, "roles": args.role, "expires_in": args.ttl}).decode())
+    else:
+        print(token)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            from ._up import up
+
+            return up(args.config)
+        if args.command in SERVICES:
+            return _serve(args.command, args.config)
+        return _token(args)
+    except BastionError as exc:
+        print(f"bastion: {exc}", file=sys.stderr)
+        return 2

@@ -10,6 +10,7 @@
     ├── ProtocolError                 a message Bastion cannot parse or accept
     │   ├── ParseError                not JSON (JSON-RPC -32700)
     │   ├── InvalidRequest            JSON but not a valid JSON-RPC request (-32600)
+    │   ├── InvalidParams             valid request, unacceptable params, e.g. a hostile tool name (-32602)
     │   ├── HeaderMismatch            2026-07 routing headers disagree with the body (-32020)
     │   └── PayloadTooLarge           body over BASTION_MAX_BODY (HTTP 413)
     ├── DecisionUnavailable           policy or verifier unreachable, slow or failing: blocks
@@ -88,6 +89,11 @@ class InvalidRequest(ProtocolError):
     jsonrpc_code = -32600
 
 
+class InvalidParams(ProtocolError):
+    code = "bastion.protocol.invalid_params"
+    jsonrpc_code = -32602
+
+
 class HeaderMismatch(ProtocolError):
     code = "bastion.protocol.header_mismatch"
     jsonrpc_code = -32020
@@ -135,6 +141,7 @@ __all__ = [
     "DecisionUnavailable",
     "ForbiddenError",
     "HeaderMismatch",
+    "InvalidParams",
     "InvalidRequest",
     "JournalError",
     "ParseError",

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from ._errors import ConfigError
 from ._settings import format_addr, parse_addr
 
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -30,6 +31,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 )
 _SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # grpc binds with SO_REUSEPORT by default, which lets a second server start
+    # silently on a port already in use and steal half its calls.
+    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -103,7 +107,10 @@ async def start_grpc_server(
     names = list(service_names)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     host, _ = parse_addr(addr)
-    port = server.add_insecure_port(addr)
+    try:
+        port = server.add_insecure_port(addr)
+    except RuntimeError as exc:  # grpc's way of saying the bind failed
+        raise ConfigError(f"cannot listen on {addr}: {exc}") from exc
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

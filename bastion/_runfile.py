@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ def run_dir(home: Path) -> Path:
     return home / "run"
 
 
-def write_runfile(home: Path, name: str, addresses: dict[str, str]) -> Path:
+def write_runfile(home: Path, name: str, addresses: Mapping[str, object]) -> Path:
     directory = run_dir(home)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"

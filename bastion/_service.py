@@ -53,7 +53,7 @@ def run_service(name: str, settings: S, config: Path | None, serve: ServeFn[S]) 
     try:
         uvloop.run(main())
     except BastionError as exc:
-        log.error("%s stopped: %s", name, exc)
+        log.error("%s failed: %s", name, exc)
         return 1
     log.info("%s stopped", name)
     return 0

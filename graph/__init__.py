@@ -1,1 +1,57 @@
-"""bastion.graph"""
+"""bastion.graph: the causal graph of agent actions and the audit log of violations.
+
+The proxy's journal streams events to `GraphService.Ingest` (gRPC, idempotent by
+event_id); the REST API serves workflows, nodes, edges and violations to the
+dashboard and CLI. Storage sits behind `GraphStore`; SQLite (WAL) is the default.
+
+Running it:
+    main(config)                           `bastion graph serve`; returns the exit code
+    serve(settings, app, ready, stop)      the same service inside a running event loop
+    GraphSettings                          BASTION_GRAPH_ADDR, BASTION_GRAPH_GRPC_ADDR, BASTION_GRAPH_URL
+
+Embedding the parts:
+    create_app(store, metrics=None)        the FastAPI app
+    GraphServicer(store, metrics=None)     the gRPC servicer
+
+Storage:
+    open_store(url, home)                  the backend a BASTION_GRAPH_URL names
+    GraphStore                             the interface every backend implements
+    SqliteGraphStore                       the embedded default
+    IngestResult, WorkflowSummary, Node, Edge, LineageHop, ViolationFilter, Page
+                                           the records GraphStore takes and returns
+"""
+
+from ._api import create_app
+from ._config import GraphSettings
+from ._grpc import GraphServicer
+from ._server import main, serve
+from ._store import (
+    Edge,
+    GraphStore,
+    IngestResult,
+    LineageHop,
+    Node,
+    Page,
+    SqliteGraphStore,
+    ViolationFilter,
+    WorkflowSummary,
+    open_store,
+)
+
+__all__ = [
+    "Edge",
+    "GraphServicer",
+    "GraphSettings",
+    "GraphStore",
+    "IngestResult",
+    "LineageHop",
+    "Node",
+    "Page",
+    "SqliteGraphStore",
+    "ViolationFilter",
+    "WorkflowSummary",
+    "create_app",
+    "main",
+    "open_store",
+    "serve",
+]

@@ -1,1 +1,21 @@
-"""bastion.verifier"""
+"""bastion.verifier: the pluggable verifier service (gRPC bastion.v1.Verifier, default port 50052).
+
+The proxy asks the verifier how far an action deviates from what the workflow has been
+doing, concurrently with the policy decision. This package ships the reference
+implementation; anyone can replace it by serving the same proto (see INTERFACE.md).
+
+Public surface:
+
+- `main(config=None) -> int` runs `bastion verifier serve` until SIGTERM/SIGINT.
+- `VerifierSettings` is the frozen settings object (`BASTION_VERIFIER_*` env vars).
+- `ScorerConfig` holds the reference scorer's threshold, weights and min_history.
+- `ReferenceScorer(config).score(request)` is the pure, deterministic scorer.
+- `VerifierServicer(scorer)` is the grpc.aio servicer for Score and Info.
+"""
+
+from ._config import VerifierSettings
+from ._engine import ReferenceScorer, ScorerConfig
+from ._grpc import VerifierServicer
+from ._server import main
+
+__all__ = ["ReferenceScorer", "ScorerConfig", "VerifierServicer", "VerifierSettings", "main"]

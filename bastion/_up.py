@@ -1,0 +1,162 @@
+"""`bastion up`: the whole stack as separate processes, started in dependency order.
+
+Policy, verifier and graph start first (in parallel); the proxy starts once their
+run files report where they listen, so every address may be `host:0`. Ctrl-C or
+SIGTERM stops the proxy first (its journal flushes to a still-running graph),
+then the rest.
+
+A service that dies is reported and left down, like a compose service without a
+restart policy: the rest keep running, and the proxy blocks every action that
+needs the missing service (fail closed), which is what an operator must see.
+`up` then exits non-zero when stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._appconfig import load_app_config, resolve_config_path
+from ._errors import BastionError, ConfigError
+from ._identity import ensure_dev_key, ensure_service_token
+from ._runfile import run_dir, write_runfile
+from ._settings import CommonSettings
+
+BACKENDS = ("policy", "verifier", "graph")
+START_TIMEOUT = 60.0
+STOP_GRACE = 10.0
+
+
+class _Stack:
+    def __init__(self, config: Path, home: Path) -> None:
+        self.config = config
+        self.home = home
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = {**os.environ, "BASTION_HOME": str(home), "BASTION_CONFIG": str(config)}
+
+    def spawn(self, name: str, extra_env: dict[str, str] | None = None) -> None:
+        cmd = [sys.executable, "-m", "bastion", name, "serve", "--config", str(self.config)]
+        self.procs[name] = subprocess.Popen(cmd, env={**self.env, **(extra_env or {})})
+
+    def wait_ready(self, name: str) -> dict[str, Any]:
+        proc = self.procs[name]
+        path = run_dir(self.home) / f"{name}.json"
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ConfigError(f"{name} exited with code {proc.returncode} during startup (see its log above)")
+            with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
+                info: dict[str, Any] = orjson.loads(path.read_bytes())
+                if info.get("pid") == proc.pid:
+                    return info
+            time.sleep(0.05)
+        raise ConfigError(f"{name} did not become ready within {START_TIMEOUT:.0f}s")
+
+    def newly_dead(self, known: set[str]) -> list[str]:
+        dead = [name for name, proc in self.procs.items() if name not in known and proc.poll() is not None]
+        known.update(dead)
+        return dead
+
+    def stop(self) -> None:
+        for name in ("proxy", *reversed(BACKENDS)):
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def up(config: Path | None) -> int:
+    settings = CommonSettings()
+    try:
+        config_path = resolve_config_path(config, settings.config).resolve()
+        app = load_app_config(config_path)
+        home = settings.home.resolve()
+        # Created here, once, so the services never race to generate them.
+        ensure_dev_key(home)
+        ensure_service_token(home, settings.service_token.get_secret_value() if settings.service_token else None)
+    except BastionError as exc:
+        print(f"bastion up: {exc}", file=sys.stderr)
+        return 2
+    stack = _Stack(config_path, home)
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        for name in BACKENDS:
+            stack.spawn(name)
+        info = {name: stack.wait_ready(name) for name in BACKENDS}
+        stack.spawn(
+            "proxy",
+            {
+                "BASTION_POLICY_GRPC_ADDR": info["policy"]["grpc"],
+                "BASTION_VERIFIER_ADDR": info["verifier"]["grpc"],
+                "BASTION_GRAPH_GRPC_ADDR": info["graph"]["grpc"],
+            },
+        )
+        info["proxy"] = stack.wait_ready("proxy")
+        for name, url in (("proxy", info["proxy"]["http"]), ("graph", info["graph"]["http"])):
+            if not _http_ok(f"http://{url}/healthz"):
+                raise ConfigError(f"{name} is not answering on http://{url}/healthz")
+        write_runfile(home, "stack", info)
+        _print_urls(info, sorted(app.servers))
+        dead: set[str] = set()
+        while not stopping and len(dead) < len(stack.procs):
+            for name in stack.newly_dead(dead):
+                code = stack.procs[name].returncode
+                print(
+                    f"bastion up: {name} exited with code {code}; the rest keep running "
+                    "and actions that need it are blocked (fail closed)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(0.2)
+        return 1 if dead else 0
+    except BastionError as exc:
+        print(f"bastion up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir(home) / "stack.json").unlink()
+
+
+def _print_urls(info: dict[str, dict[str, Any]], servers: list[str]) -> None:
+    proxy = info["proxy"]["http"]
+    lines = [
+        "Bastion is up.",
+        f"  MCP proxy      http://{proxy}/mcp/{{server}}   servers: {', '.join(servers) or '(none configured)'}",
+        f"  graph REST     http://{info['graph']['http']}/graphs   (OpenAPI: /docs)",
+        f"  policy admin   http://{info['policy']['http']}/v1/policies",
+        f"  gRPC           policy {info['policy']['grpc']}  verifier {info['verifier']['grpc']}  "
+        f"graph {info['graph']['grpc']}",
+        "Get an agent token:  bastion token issue --agent my-agent",
+        "Ctrl-C stops the stack.",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,76 @@
+"""Serving an ASGI app (proxy, graph REST, policy admin REST) with uvicorn on
+httptools, inside the service's own event loop.
+
+We bind the socket ourselves so `host:0` works and the real port is known, and
+we switch off uvicorn's signal capture: the service's lifecycle (bastion._service)
+owns SIGTERM/SIGINT and stops every server it started, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from ._errors import ConfigError
+from ._settings import format_addr, parse_addr
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass(slots=True)
+class WebServer:
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    address: str
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+def bind_socket(addr: str) -> socket.socket:
+    host, port = parse_addr(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {addr}: {exc}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def start_web_server(app: Any, addr: str) -> WebServer:
+    sock = bind_socket(addr)
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=30,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise ConfigError(f"web server on {addr} stopped during startup")
+        await asyncio.sleep(0.005)
+    host, port = sock.getsockname()[:2]
+    return WebServer(server=server, task=task, address=format_addr(host, port))

@@ -1,0 +1,74 @@
+"""A small MCP server for the demo and the tests, built with the `mcp` SDK.
+
+Tools: `add` (harmless), `echo`, and `delete_file` (the one the demo policy denies).
+`delete_file` deletes nothing: it appends the call to --record FILE, so a test can
+prove the upstream never executed a blocked call.
+
+    python examples/demo_server.py --port 9001            # serves http://127.0.0.1:9001/mcp
+    python examples/demo_server.py --port 0 --port-file P # picks a free port, writes it to P
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+from pathlib import Path
+
+import uvicorn
+from mcp.server import MCPServer
+
+
+def build_server(record: Path | None) -> MCPServer:
+    server = MCPServer("bastion-demo")
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    @server.tool()
+    def delete_file(path: str) -> str:
+        """Pretend to delete a file (records the call instead)."""
+        if record is not None:
+            with record.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"tool": "delete_file", "path": path}) + "\n")
+        return f"deleted {path}"
+
+    return server
+
+
+async def _serve(port: int, port_file: Path | None, record: Path | None) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    # Listen before announcing the port: connections then queue until uvicorn accepts.
+    sock.listen(128)
+    app = build_server(record).streamable_http_app(host="127.0.0.1")
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(sock.getsockname()[1]))
+        os.replace(tmp, port_file)
+    await server.serve(sockets=[sock])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--port-file", type=Path)
+    parser.add_argument("--record", type=Path, help="append executed delete_file calls here")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.port, args.port_file, args.record))
+
+
+if __name__ == "__main__":
+    main()

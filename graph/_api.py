@@ -1,0 +1,139 @@
+"""The graph REST API (FastAPI; OpenAPI at /docs): workflows, nodes, violations,
+health and metrics. Read-only: events arrive over gRPC (`_grpc.py`).
+
+Errors are `{"detail": "..."}` with the HTTP status of the Bastion error class
+(a bad cursor is 400, an unavailable store 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bastion import __version__
+from bastion._errors import BastionError
+
+from ._metrics import GraphMetrics
+from ._store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, GraphStore, ViolationFilter
+from ._views import (
+    ErrorView,
+    NodeList,
+    Status,
+    ViolationPage,
+    WorkflowGraph,
+    WorkflowPage,
+    edge_view,
+    node_view,
+    violation_view,
+    workflow_view,
+)
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorView, "description": "Unknown workflow."}}
+_BAD_CURSOR: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorView, "description": "The cursor is not one this listing returned."}
+}
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"model": ErrorView, "description": "The store is unavailable."}}
+
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")]
+Cursor = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
+
+
+def create_app(store: GraphStore, *, metrics: GraphMetrics | None = None) -> FastAPI:
+    """The REST app over `store`. It does not own the store: the caller closes it."""
+    app = FastAPI(
+        title="Bastion graph",
+        version=__version__,
+        description="The causal graph of agent actions and the audit log of violations.",
+    )
+    app.state.store = store
+    app.state.metrics = metrics or GraphMetrics()
+    app.add_exception_handler(BastionError, _bastion_error)
+    app.include_router(_router)
+    return app
+
+
+def _store(request: Request) -> GraphStore:
+    store: GraphStore = request.app.state.store
+    return store
+
+
+Store = Annotated[GraphStore, Depends(_store)]
+
+_router = APIRouter()
+
+
+@_router.get("/graphs", response_model=WorkflowPage, tags=["graphs"], responses=_BAD_CURSOR)
+async def list_workflows(store: Store, limit: Limit = DEFAULT_PAGE_SIZE, cursor: Cursor = None) -> WorkflowPage:
+    """Workflows, most recently active first."""
+    page = await store.list_workflows(limit=limit, cursor=cursor)
+    return WorkflowPage(items=[workflow_view(s) for s in page.items], next_cursor=page.next_cursor)
+
+
+@_router.get("/graphs/{workflow_id}", response_model=WorkflowGraph, tags=["graphs"], responses=_NOT_FOUND)
+async def get_workflow(workflow_id: str, store: Store) -> WorkflowGraph:
+    """One workflow's summary with all its nodes and edges."""
+    summary = await store.workflow(workflow_id)
+    if summary is None:
+        raise _unknown_workflow(workflow_id)
+    nodes, edges = await asyncio.gather(store.nodes(workflow_id), store.edges(workflow_id))
+    return WorkflowGraph(
+        **workflow_view(summary).model_dump(),
+        nodes=[node_view(node) for node in nodes],
+        edges=[edge_view(edge) for edge in edges],
+    )
+
+
+@_router.get("/graphs/{workflow_id}/nodes", response_model=NodeList, tags=["graphs"], responses=_NOT_FOUND)
+async def list_nodes(workflow_id: str, store: Store) -> NodeList:
+    """A workflow's nodes, oldest first."""
+    if await store.workflow(workflow_id) is None:
+        raise _unknown_workflow(workflow_id)
+    nodes = await store.nodes(workflow_id)
+    return NodeList(workflow_id=workflow_id, items=[node_view(node) for node in nodes])
+
+
+@_router.get("/audit/violations", response_model=ViolationPage, tags=["audit"], responses=_BAD_CURSOR)
+async def list_violations(
+    store: Store,
+    workflow_id: Annotated[str | None, Query(description="Only this workflow.")] = None,
+    agent_id: Annotated[str | None, Query(description="Only this agent.")] = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> ViolationPage:
+    """Blocked and rejected actions, newest first."""
+    filters = ViolationFilter(workflow_id=workflow_id, agent_id=agent_id)
+    page = await store.violations(filters, limit=limit, cursor=cursor)
+    return ViolationPage(items=[violation_view(node) for node in page.items], next_cursor=page.next_cursor)
+
+
+@_router.get("/healthz", response_model=Status, tags=["ops"])
+async def healthz() -> Status:
+    """The process is up (it may not be able to serve yet: see /readyz)."""
+    return Status(status="ok")
+
+
+@_router.get("/readyz", response_model=Status, tags=["ops"], responses=_UNAVAILABLE)
+async def readyz(store: Store) -> Status:
+    """The store answers reads and its writer is running."""
+    await store.ping()
+    return Status(status="ready")
+
+
+@_router.get("/metrics", tags=["ops"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of this service's metrics."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _unknown_workflow(workflow_id: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=f"workflow {workflow_id!r} not found")
+
+
+async def _bastion_error(request: Request, exc: Exception) -> Response:
+    status = exc.http_status if isinstance(exc, BastionError) else 500
+    return JSONResponse({"detail": str(exc)}, status_code=status)

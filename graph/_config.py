@@ -1,0 +1,25 @@
+"""Settings of the graph service, read once from `BASTION_*` env vars and frozen."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from bastion._settings import CommonSettings
+
+
+class GraphSettings(CommonSettings):
+    graph_addr: str = Field(
+        default="127.0.0.1:8080",
+        description="Graph REST API address (host:port): /graphs, /audit/violations, /docs, /metrics.",
+    )
+    graph_grpc_addr: str = Field(
+        default="127.0.0.1:50053",
+        description="Graph gRPC address (host:port) where the proxy's journal ingests events.",
+    )
+    graph_url: str = Field(
+        default="",
+        description=(
+            "Graph store: empty for SQLite at $BASTION_HOME/graph.db, or sqlite:///relative/path, "
+            "sqlite:////absolute/path. neo4j:// is not supported yet."
+        ),
+    )

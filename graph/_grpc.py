@@ -1,0 +1,114 @@
+"""GraphService over gRPC: the proxy's journal ingests events here, and `Lineage`
+answers drift-path questions.
+
+The service token is checked by the server interceptor (bastion._rpc), not here.
+Errors leave as gRPC status codes: malformed input is INVALID_ARGUMENT naming the
+offending event, store failures carry `StoreError.grpc_code` (UNAVAILABLE, so the
+journal retries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Never, TypeVar
+
+import grpc
+
+from bastion._errors import BastionError
+from bastion.v1 import graph_pb2, graph_pb2_grpc
+
+from ._events import enum_value, event_problem
+from ._metrics import GraphMetrics
+from ._store import DEFAULT_LINEAGE_DEPTH, MAX_LINEAGE_DEPTH, GraphStore
+
+T = TypeVar("T")
+
+SERVICE_NAME = "bastion.v1.GraphService"
+
+#: Events accepted in one Ingest call. Each call is one transaction held in memory,
+#: so a bound keeps one sender from stalling the writer; the journal sends smaller batches.
+MAX_EVENTS_PER_CALL = 10_000
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
+    def __init__(
+        self,
+        store: GraphStore,
+        *,
+        metrics: GraphMetrics | None = None,
+        max_events_per_call: int = MAX_EVENTS_PER_CALL,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics or GraphMetrics()
+        self._max_events = max_events_per_call
+
+    async def Ingest(self, request_iterator: AsyncIterator[graph_pb2.Event], context: _Context) -> graph_pb2.IngestAck:
+        events = await self._receive(request_iterator, context)
+        if not events:
+            return graph_pb2.IngestAck()
+        with self._metrics.ingest_seconds.time():
+            result = await self._call(context, self._store.ingest(events))
+        self._metrics.events.labels(result="accepted").inc(result.accepted)
+        self._metrics.events.labels(result="duplicate").inc(result.duplicates)
+        return graph_pb2.IngestAck(accepted=result.accepted, duplicates=result.duplicates)
+
+    async def Lineage(self, request: graph_pb2.LineageRequest, context: _Context) -> graph_pb2.Path:
+        if not request.node_id:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "node_id is required")
+        if not 0 <= request.max_depth <= MAX_LINEAGE_DEPTH:
+            await self._abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"max_depth must be between 0 (server default, {DEFAULT_LINEAGE_DEPTH}) and {MAX_LINEAGE_DEPTH}",
+            )
+        depth = request.max_depth or DEFAULT_LINEAGE_DEPTH
+        hops = await self._call(context, self._store.lineage(request.workflow_id, request.node_id, depth))
+        if hops is None:
+            where = f" in workflow {request.workflow_id!r}" if request.workflow_id else ""
+            await self._abort(context, grpc.StatusCode.NOT_FOUND, f"node {request.node_id!r} not found{where}")
+        return graph_pb2.Path(
+            hops=[
+                graph_pb2.PathHop(
+                    node_id=hop.node_id,
+                    node_type=graph_pb2.NodeType.ValueType(enum_value(graph_pb2.NodeType.DESCRIPTOR, hop.node_type)),
+                    via=graph_pb2.EdgeType.ValueType(enum_value(graph_pb2.EdgeType.DESCRIPTOR, hop.via)),
+                    reason=hop.reason,
+                    tool=hop.tool,
+                )
+                for hop in hops
+            ]
+        )
+
+    async def _receive(
+        self, request_iterator: AsyncIterator[graph_pb2.Event], context: _Context
+    ) -> list[graph_pb2.Event]:
+        events: list[graph_pb2.Event] = []
+        async for event in request_iterator:
+            if len(events) == self._max_events:
+                await self._abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"more than {self._max_events} events in one Ingest call; split the stream into smaller calls",
+                )
+            problem = event_problem(event)
+            if problem is not None:
+                await self._abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"event #{len(events)} (event_id {event.event_id!r}): {problem}; nothing from this call was stored",
+                )
+            events.append(event)
+        return events
+
+    async def _call(self, context: _Context, operation: Awaitable[T]) -> T:
+        """Await a store operation, turning Bastion errors into the status they map to."""
+        try:
+            return await operation
+        except BastionError as exc:
+            await self._abort(context, exc.grpc_code, str(exc))
+
+    async def _abort(self, context: _Context, code: grpc.StatusCode, details: str) -> Never:
+        self._metrics.errors.labels(code=code.name).inc()
+        await context.abort(code, details)

@@ -1,0 +1,84 @@
+"""Process wiring of `bastion graph serve`: open the store, serve gRPC and REST, report
+the bound addresses, and on stop shut down in reverse order (REST, gRPC, store) so
+that no request is left holding a closed store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from bastion._appconfig import AppConfig
+from bastion._errors import ConfigError
+from bastion._identity import ensure_service_token
+from bastion._rpc import start_grpc_server
+from bastion._service import run_service
+from bastion._web import start_web_server
+from bastion.v1 import graph_pb2_grpc
+
+from ._api import create_app
+from ._config import GraphSettings
+from ._grpc import SERVICE_NAME, GraphServicer
+from ._metrics import GraphMetrics
+from ._store import open_store
+
+T = TypeVar("T")
+
+
+async def serve(
+    settings: GraphSettings,
+    app: AppConfig,
+    ready: Callable[[dict[str, str]], None],
+    stop: asyncio.Event,
+) -> None:
+    """Serve until `stop` is set (see bastion._service.ServeFn); `app` is unused by the graph."""
+    home = settings.home.resolve()
+    configured_token = settings.service_token.get_secret_value() if settings.service_token else None
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(settings.graph_url, home)
+        stack.push_async_callback(store.close)
+        metrics = GraphMetrics()
+        servicer = GraphServicer(store, metrics=metrics)
+        grpc_server = await _naming(
+            "BASTION_GRAPH_GRPC_ADDR",
+            start_grpc_server(
+                settings.graph_grpc_addr,
+                token=ensure_service_token(home, configured_token),
+                register=[partial(graph_pb2_grpc.add_GraphServiceServicer_to_server, servicer)],
+                service_names=[SERVICE_NAME],
+            ),
+        )
+        stack.push_async_callback(grpc_server.stop)
+        api = create_app(store, metrics=metrics)
+        http = await _naming("BASTION_GRAPH_ADDR", start_web_server(api, settings.graph_addr))
+        stack.push_async_callback(http.stop)
+        ready({"grpc": grpc_server.address, "http": http.address})
+        await _until_stopped(stop, http.task)
+
+
+def main(config: Path | None = None) -> int:
+    """`bastion graph serve`: the exit code of the process."""
+    return run_service("graph", GraphSettings(), config, serve)
+
+
+async def _naming(variable: str, starting: Awaitable[T]) -> T:
+    """Add the variable to change to a failed bind's message: that is what the user must fix."""
+    try:
+        return await starting
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (set {variable})") from exc
+
+
+async def _until_stopped(stop: asyncio.Event, http_task: asyncio.Task[None]) -> None:
+    """Wait for `stop`; if the REST server dies first, raise its error instead of idling."""
+    stopped = asyncio.create_task(stop.wait(), name="graph-stop")
+    try:
+        await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if http_task.done():
+        http_task.result()

@@ -1,0 +1,144 @@
+"""The graph store interface and the records it returns.
+
+A store keeps one node per ingested `Event` (keyed by `event_id`, the idempotency
+key), the edges the event names (`parent_ids` as CAUSED_BY, plus its edge hints), and
+a summary per workflow. Every backend (SQLite now, Neo4j later) implements `GraphStore`
+and passes the same contract tests.
+
+The interface is async so no caller can block the event loop by accident; a backend
+with a blocking driver moves that work onto threads of its own. Errors are
+`bastion.StoreError` (backend unavailable or failing) or `bastion.ProtocolError` (the
+caller sent something the store cannot accept: a bad cursor, a reused node id).
+
+Cursors are opaque strings: pass a page's `next_cursor` back unchanged for the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, Protocol, TypeVar
+
+from bastion.v1 import graph_pb2
+
+from .._events import is_violation
+
+T = TypeVar("T")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+DEFAULT_LINEAGE_DEPTH = 64
+MAX_LINEAGE_DEPTH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """How many events of a batch were new and how many were already stored."""
+
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSummary:
+    workflow_id: str
+    first_seen: datetime
+    last_seen: datetime
+    node_count: int
+    violation_count: int
+    #: Distinct non-empty agent ids of the workflow's nodes, sorted.
+    agents: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One stored event; `at` is its event time (see `bastion.graph._events.event_time_ns`)."""
+
+    event: graph_pb2.Event
+    at: datetime
+
+    @property
+    def is_violation(self) -> bool:
+        return is_violation(self.event)
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """`source` → `target`: the source node was caused/informed/verified by, or delegated to, the target."""
+
+    source: str
+    target: str
+    #: An EdgeType name: CAUSED_BY, INFORMED_BY, VERIFIED_BY or DELEGATED_TO.
+    type: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LineageHop:
+    node_id: str
+    #: A NodeType name; NODE_TYPE_UNSPECIFIED for a parent that was named but never ingested.
+    node_type: str
+    #: The EdgeType name followed from this hop to the next; None on the last hop.
+    via: str | None
+    reason: str
+    tool: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationFilter:
+    """Restricts `GraphStore.violations`; None matches anything."""
+
+    workflow_id: str | None = None
+    agent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: tuple[T, ...]
+    #: Pass back to get the next page; None on the last page.
+    next_cursor: str | None
+
+
+class GraphStore(Protocol):
+    async def ingest(self, events: Sequence[graph_pb2.Event]) -> IngestResult:
+        """Store a batch atomically; events already stored (same event_id) count as duplicates."""
+        ...
+
+    async def list_workflows(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[WorkflowSummary]:
+        """Workflows, most recently active first."""
+        ...
+
+    async def workflow(self, workflow_id: str) -> WorkflowSummary | None: ...
+
+    async def nodes(self, workflow_id: str) -> Sequence[Node]:
+        """The workflow's nodes, oldest first (empty for an unknown workflow)."""
+        ...
+
+    async def edges(self, workflow_id: str) -> Sequence[Edge]:
+        """Edges whose source node belongs to the workflow."""
+        ...
+
+    async def violations(
+        self, filters: ViolationFilter, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[Node]:
+        """Nodes whose outcome is BLOCKED or REJECTED, newest first."""
+        ...
+
+    async def lineage(
+        self, workflow_id: str, node_id: str, max_depth: int = DEFAULT_LINEAGE_DEPTH
+    ) -> Sequence[LineageHop] | None:
+        """The path from `node_id` back along INFORMED_BY/CAUSED_BY edges toward its origin,
+        following at most `max_depth` edges; None when the node is unknown, or belongs to
+        another workflow than a non-empty `workflow_id`."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the store can serve reads and writes."""
+        ...
+
+    async def close(self) -> None:
+        """Finish queued writes and release the backend; later calls raise StoreError."""
+        ...

@@ -1,0 +1,548 @@
+"""The embedded default graph store: one SQLite file in WAL mode.
+
+Why this shape:
+
+- SQLite admits one writer at a time. Every write goes through one thread fed by a
+  queue, so writers never contend for the lock (no SQLITE_BUSY under load) and each
+  Ingest batch is exactly one transaction.
+- WAL lets readers run while the writer commits. Readers own their connections on a
+  small private thread pool, so REST queries neither wait on a write nor run on the
+  event loop.
+- synchronous=NORMAL makes a commit a WAL append without an fsync: a process crash
+  loses nothing committed, a power loss may drop the last few commits.
+- Idempotency lives in the schema: `event_id` is the primary key and inserts use
+  ON CONFLICT DO NOTHING, so a re-delivered event is counted as a duplicate and the
+  edges and workflow summary (updated in the same transaction, only for new nodes)
+  do not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from google.protobuf import json_format
+
+from bastion._errors import ProtocolError, StoreError
+from bastion.v1 import graph_pb2
+
+from .._events import enum_name, event_time_ns, is_violation
+from ._base import (
+    DEFAULT_LINEAGE_DEPTH,
+    DEFAULT_PAGE_SIZE,
+    MAX_LINEAGE_DEPTH,
+    MAX_PAGE_SIZE,
+    Edge,
+    IngestResult,
+    LineageHop,
+    Node,
+    Page,
+    ViolationFilter,
+    WorkflowSummary,
+)
+from ._cursor import decode_cursor, encode_cursor
+
+R = TypeVar("R")
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    event_id    TEXT PRIMARY KEY,
+    node_id     TEXT NOT NULL UNIQUE,
+    workflow_id TEXT NOT NULL,
+    session_id  TEXT NOT NULL,
+    agent_id    TEXT NOT NULL,
+    tenant      TEXT NOT NULL,
+    node_type   TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    violation   INTEGER NOT NULL,
+    at_ns       INTEGER NOT NULL,
+    server      TEXT NOT NULL,
+    tool        TEXT NOT NULL,
+    received_ns INTEGER NOT NULL,
+    event       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS nodes_by_workflow ON nodes (workflow_id, at_ns, event_id);
+CREATE INDEX IF NOT EXISTS violations_by_time ON nodes (at_ns, event_id) WHERE violation = 1;
+CREATE INDEX IF NOT EXISTS violations_by_agent ON nodes (agent_id, at_ns, event_id) WHERE violation = 1;
+
+CREATE TABLE IF NOT EXISTS edges (
+    workflow_id TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    PRIMARY KEY (source, target, type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS edges_by_workflow ON edges (workflow_id);
+
+CREATE TABLE IF NOT EXISTS workflows (
+    workflow_id     TEXT PRIMARY KEY,
+    first_seen_ns   INTEGER NOT NULL,
+    last_seen_ns    INTEGER NOT NULL,
+    node_count      INTEGER NOT NULL,
+    violation_count INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workflows_by_recency ON workflows (last_seen_ns, workflow_id);
+
+CREATE TABLE IF NOT EXISTS workflow_agents (
+    workflow_id TEXT NOT NULL,
+    agent_id    TEXT NOT NULL,
+    PRIMARY KEY (workflow_id, agent_id)
+) WITHOUT ROWID;
+"""
+
+_INSERT_NODE = """
+INSERT INTO nodes (event_id, node_id, workflow_id, session_id, agent_id, tenant, node_type,
+                   outcome, violation, at_ns, server, tool, received_ns, event)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+_INSERT_EDGE = """
+INSERT INTO edges (workflow_id, source, target, type, reason) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+_UPSERT_WORKFLOW = """
+INSERT INTO workflows (workflow_id, first_seen_ns, last_seen_ns, node_count, violation_count)
+VALUES (?, ?, ?, 1, ?)
+ON CONFLICT (workflow_id) DO UPDATE SET
+    first_seen_ns = min(first_seen_ns, excluded.first_seen_ns),
+    last_seen_ns = max(last_seen_ns, excluded.last_seen_ns),
+    node_count = node_count + 1,
+    violation_count = violation_count + excluded.violation_count
+"""
+_INSERT_AGENT = "INSERT INTO workflow_agents (workflow_id, agent_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+
+_SELECT_WORKFLOWS = "SELECT workflow_id, first_seen_ns, last_seen_ns, node_count, violation_count FROM workflows"
+_SELECT_AGENTS = """
+SELECT workflow_id, agent_id FROM workflow_agents
+WHERE workflow_id IN (SELECT value FROM json_each(?)) ORDER BY workflow_id, agent_id
+"""
+_SELECT_NODES = "SELECT event, at_ns FROM nodes WHERE workflow_id = ? ORDER BY at_ns, event_id"
+_SELECT_EDGES = """
+SELECT e.source, e.target, e.type, e.reason FROM edges AS e JOIN nodes AS n ON n.node_id = e.source
+WHERE e.workflow_id = ? ORDER BY n.at_ns, n.event_id, e.type, e.target
+"""
+_SELECT_NODE_INFO = "SELECT workflow_id, node_type, tool FROM nodes WHERE node_id = ?"
+# Drift is about where data came from, so provenance (INFORMED_BY) is followed before
+# sequence (CAUSED_BY); ties go to the smallest node id so a walk is reproducible.
+_SELECT_LINEAGE_STEPS = """
+SELECT target, type, reason FROM edges
+WHERE source = ? AND type IN ('INFORMED_BY', 'CAUSED_BY')
+ORDER BY type = 'CAUSED_BY', target
+"""
+
+_WORKFLOWS_CURSOR = "workflows"
+_VIOLATIONS_CURSOR = "violations"
+_CAUSED_BY = graph_pb2.EdgeType.Name(graph_pb2.CAUSED_BY)
+_UNKNOWN_NODE_TYPE = graph_pb2.NodeType.Name(graph_pb2.NODE_TYPE_UNSPECIFIED)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class SqliteGraphStore:
+    """`GraphStore` on one SQLite file (see the module docstring for the design)."""
+
+    def __init__(self, path: Path, *, readers: int = 4) -> None:
+        """Open the database at `path`, creating it and its schema if needed.
+
+        Blocking; async code should use `await SqliteGraphStore.open(path)`.
+        """
+        self._path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connection = _open_writer_connection(path)
+        except (sqlite3.Error, OSError) as exc:
+            raise _store_error("open", path, exc) from exc
+        self._writer = _Writer(connection, path)
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="graph-read")
+        self._local = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, *, readers: int = 4) -> SqliteGraphStore:
+        return await asyncio.to_thread(cls, path, readers=readers)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def ingest(self, events: Sequence[graph_pb2.Event]) -> IngestResult:
+        self._check_open()
+        if not events:
+            return IngestResult(accepted=0, duplicates=0)
+        return await asyncio.wrap_future(self._writer.submit(events))
+
+    async def list_workflows(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[WorkflowSummary]:
+        _check_limit(limit)
+        after = decode_cursor(_WORKFLOWS_CURSOR, cursor) if cursor is not None else None
+        return await self._read(lambda conn: _select_workflows(conn, limit, after))
+
+    async def workflow(self, workflow_id: str) -> WorkflowSummary | None:
+        return await self._read(lambda conn: _select_workflow(conn, workflow_id))
+
+    async def nodes(self, workflow_id: str) -> Sequence[Node]:
+        return await self._read(lambda conn: _select_nodes(conn, workflow_id))
+
+    async def edges(self, workflow_id: str) -> Sequence[Edge]:
+        return await self._read(lambda conn: _select_edges(conn, workflow_id))
+
+    async def violations(
+        self, filters: ViolationFilter, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[Node]:
+        _check_limit(limit)
+        after = decode_cursor(_VIOLATIONS_CURSOR, cursor) if cursor is not None else None
+        return await self._read(lambda conn: _select_violations(conn, filters, limit, after))
+
+    async def lineage(
+        self, workflow_id: str, node_id: str, max_depth: int = DEFAULT_LINEAGE_DEPTH
+    ) -> Sequence[LineageHop] | None:
+        if not 0 <= max_depth <= MAX_LINEAGE_DEPTH:
+            raise ProtocolError(f"max_depth must be between 0 and {MAX_LINEAGE_DEPTH}, got {max_depth}")
+        return await self._read(lambda conn: _walk_lineage(conn, workflow_id, node_id, max_depth))
+
+    async def ping(self) -> None:
+        self._check_open()
+        if not self._writer.alive:
+            raise StoreError(f"graph store {self._path}: the writer thread has stopped; restart the graph service")
+        await self._read(lambda conn: conn.execute("SELECT 1 FROM workflows LIMIT 1").fetchall())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._release)
+
+    def _release(self) -> None:
+        self._writer.close()
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            connections, self._reader_connections = self._reader_connections, []
+        for connection in connections:
+            connection.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"graph store {self._path} is closed")
+
+    async def _read(self, query: Callable[[sqlite3.Connection], R]) -> R:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run_read, query)
+
+    def _run_read(self, query: Callable[[sqlite3.Connection], R]) -> R:
+        try:
+            return query(self._reader_connection())
+        except sqlite3.Error as exc:
+            raise _store_error("read", self._path, exc) from exc
+
+    def _reader_connection(self) -> sqlite3.Connection:
+        # One connection per reader thread: a sqlite3 connection must not be used by
+        # two threads at once, and opening one per query would cost more than the query.
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = _connect(self._path)
+            connection.execute("PRAGMA query_only = ON")
+            with self._lock:
+                self._reader_connections.append(connection)
+            self._local.connection = connection
+        return connection
+
+
+class _Writer:
+    """The only thread that writes; each submitted batch is one transaction."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._connection = connection
+        self._path = path
+        self._jobs: queue.SimpleQueue[tuple[tuple[graph_pb2.Event, ...], Future[IngestResult]] | None]
+        self._jobs = queue.SimpleQueue()
+        # Daemon, so a process that exits without closing the store is not held up by a
+        # thread blocked on its queue; SQLite's atomic commit covers an interrupted batch.
+        self._thread = threading.Thread(target=self._run, name="graph-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, events: Sequence[graph_pb2.Event]) -> Future[IngestResult]:
+        future: Future[IngestResult] = Future()
+        self._jobs.put((tuple(events), future))
+        return future
+
+    def close(self) -> None:
+        """Finish the batches already queued, then stop and close the connection."""
+        self._jobs.put(None)
+        self._thread.join()
+        self._connection.close()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            events, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._commit(events))
+            except sqlite3.Error as exc:
+                error = _store_error("write", self._path, exc)
+                error.__cause__ = exc
+                future.set_exception(error)
+            except Exception as exc:
+                # Whatever went wrong belongs to this batch's caller; the thread lives on.
+                future.set_exception(exc)
+
+    def _commit(self, events: Sequence[graph_pb2.Event]) -> IngestResult:
+        connection = self._connection
+        received_ns = time.time_ns()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            accepted = sum(_insert_event(connection, event, received_ns) for event in events)
+            connection.execute("COMMIT")
+        except BaseException:
+            # Some errors (disk full, I/O) end the transaction themselves.
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            raise
+        return IngestResult(accepted=accepted, duplicates=len(events) - accepted)
+
+
+def _insert_event(connection: sqlite3.Connection, event: graph_pb2.Event, received_ns: int) -> bool:
+    """Insert one event's node, edges and summary update; False when it was already stored."""
+    at_ns = event_time_ns(event, received_ns)
+    violation = is_violation(event)
+    document = orjson.dumps(json_format.MessageToDict(event, preserving_proto_field_name=True)).decode()
+    inserted = connection.execute(
+        _INSERT_NODE,
+        (
+            event.event_id,
+            event.node_id,
+            event.workflow_id,
+            event.session_id,
+            event.agent_id,
+            event.tenant,
+            enum_name(graph_pb2.NodeType.DESCRIPTOR, event.node_type),
+            enum_name(graph_pb2.Outcome.DESCRIPTOR, event.outcome),
+            int(violation),
+            at_ns,
+            event.action.server,
+            event.action.tool,
+            received_ns,
+            document,
+        ),
+    )
+    if inserted.rowcount == 0:
+        _check_duplicate(connection, event)
+        return False
+    connection.executemany(_INSERT_EDGE, _edge_rows(event))
+    connection.execute(_UPSERT_WORKFLOW, (event.workflow_id, at_ns, at_ns, int(violation)))
+    if event.agent_id:
+        connection.execute(_INSERT_AGENT, (event.workflow_id, event.agent_id))
+    return True
+
+
+def _check_duplicate(connection: sqlite3.Connection, event: graph_pb2.Event) -> None:
+    """Tell a re-delivery (same event_id: fine) from a different event reusing a node id."""
+    if connection.execute("SELECT 1 FROM nodes WHERE event_id = ?", (event.event_id,)).fetchone():
+        return
+    owner = connection.execute("SELECT event_id FROM nodes WHERE node_id = ?", (event.node_id,)).fetchone()
+    # Storing it would lose one of the two events from the audit trail, and ignoring it
+    # would hide that; refusing the batch keeps both visible to the sender.
+    raise ProtocolError(
+        f"event {event.event_id!r} reuses node_id {event.node_id!r} of event {owner[0] if owner else '?'!r}: "
+        "every event needs its own node_id"
+    )
+
+
+def _edge_rows(event: graph_pb2.Event) -> list[tuple[str, str, str, str, str]]:
+    # Hints first: when a hint and parent_ids name the same CAUSED_BY parent, the
+    # first insert wins and the hint carries the reason.
+    rows = [
+        (
+            event.workflow_id,
+            event.node_id,
+            hint.target_node_id,
+            enum_name(graph_pb2.EdgeType.DESCRIPTOR, hint.type),
+            hint.reason,
+        )
+        for hint in event.edges
+    ]
+    rows.extend((event.workflow_id, event.node_id, parent, _CAUSED_BY, "") for parent in event.parent_ids)
+    return rows
+
+
+def _select_workflows(
+    connection: sqlite3.Connection, limit: int, after: tuple[int, str] | None
+) -> Page[WorkflowSummary]:
+    where, params = ("WHERE (last_seen_ns, workflow_id) < (?, ?)", after) if after is not None else ("", ())
+    sql = f"{_SELECT_WORKFLOWS} {where} ORDER BY last_seen_ns DESC, workflow_id DESC LIMIT ?"
+    rows = connection.execute(sql, (*params, limit + 1)).fetchall()
+    page = rows[:limit]
+    agents = _agents(connection, [row[0] for row in page])
+    items = tuple(_summary(row, agents.get(row[0], ())) for row in page)
+    next_cursor = encode_cursor(_WORKFLOWS_CURSOR, page[-1][2], page[-1][0]) if len(rows) > limit else None
+    return Page(items=items, next_cursor=next_cursor)
+
+
+def _select_workflow(connection: sqlite3.Connection, workflow_id: str) -> WorkflowSummary | None:
+    row = connection.execute(f"{_SELECT_WORKFLOWS} WHERE workflow_id = ?", (workflow_id,)).fetchone()
+    if row is None:
+        return None
+    return _summary(row, _agents(connection, [workflow_id]).get(workflow_id, ()))
+
+
+def _agents(connection: sqlite3.Connection, workflow_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    if not workflow_ids:
+        return {}
+    found: dict[str, list[str]] = {}
+    for workflow_id, agent_id in connection.execute(_SELECT_AGENTS, (orjson.dumps(list(workflow_ids)).decode(),)):
+        found.setdefault(workflow_id, []).append(agent_id)
+    return {workflow_id: tuple(agents) for workflow_id, agents in found.items()}
+
+
+def _summary(row: Any, agents: tuple[str, ...]) -> WorkflowSummary:
+    workflow_id, first_seen_ns, last_seen_ns, node_count, violation_count = row
+    return WorkflowSummary(
+        workflow_id=workflow_id,
+        first_seen=_datetime(first_seen_ns),
+        last_seen=_datetime(last_seen_ns),
+        node_count=node_count,
+        violation_count=violation_count,
+        agents=agents,
+    )
+
+
+def _select_nodes(connection: sqlite3.Connection, workflow_id: str) -> tuple[Node, ...]:
+    return tuple(_node(document, at_ns) for document, at_ns in connection.execute(_SELECT_NODES, (workflow_id,)))
+
+
+def _select_edges(connection: sqlite3.Connection, workflow_id: str) -> tuple[Edge, ...]:
+    rows = connection.execute(_SELECT_EDGES, (workflow_id,))
+    return tuple(
+        Edge(source=source, target=target, type=type_, reason=reason) for source, target, type_, reason in rows
+    )
+
+
+def _select_violations(
+    connection: sqlite3.Connection, filters: ViolationFilter, limit: int, after: tuple[int, str] | None
+) -> Page[Node]:
+    # Built only from the constant fragments below; every value is a bound parameter.
+    clauses: list[str] = ["violation = 1"]
+    params: list[object] = []
+    if filters.workflow_id is not None:
+        clauses.append("workflow_id = ?")
+        params.append(filters.workflow_id)
+    if filters.agent_id is not None:
+        clauses.append("agent_id = ?")
+        params.append(filters.agent_id)
+    if after is not None:
+        clauses.append("(at_ns, event_id) < (?, ?)")
+        params.extend(after)
+    where = " AND ".join(clauses)
+    sql = f"SELECT event, at_ns, event_id FROM nodes WHERE {where} ORDER BY at_ns DESC, event_id DESC LIMIT ?"  # noqa: S608
+    rows = connection.execute(sql, (*params, limit + 1)).fetchall()
+    page = rows[:limit]
+    items = tuple(_node(document, at_ns) for document, at_ns, _ in page)
+    next_cursor = encode_cursor(_VIOLATIONS_CURSOR, page[-1][1], page[-1][2]) if len(rows) > limit else None
+    return Page(items=items, next_cursor=next_cursor)
+
+
+def _walk_lineage(
+    connection: sqlite3.Connection, workflow_id: str, node_id: str, max_depth: int
+) -> tuple[LineageHop, ...] | None:
+    start = connection.execute(_SELECT_NODE_INFO, (node_id,)).fetchone()
+    if start is None or (workflow_id and start[0] != workflow_id):
+        return None
+    hops: list[LineageHop] = []
+    current, (node_type, tool) = node_id, start[1:]
+    seen = {node_id}
+    while len(hops) < max_depth:
+        step = _lineage_step(connection, current, seen)
+        if step is None:
+            break
+        target, via, reason = step
+        hops.append(LineageHop(node_id=current, node_type=node_type, via=via, reason=reason, tool=tool))
+        current = target
+        seen.add(target)
+        info = connection.execute(_SELECT_NODE_INFO, (target,)).fetchone()
+        if info is None:
+            # Named as a parent but not (yet) ingested: the walk cannot see past it.
+            node_type, tool = _UNKNOWN_NODE_TYPE, ""
+            break
+        node_type, tool = info[1:]
+    hops.append(LineageHop(node_id=current, node_type=node_type, via=None, reason="", tool=tool))
+    return tuple(hops)
+
+
+def _lineage_step(connection: sqlite3.Connection, source: str, seen: set[str]) -> tuple[str, str, str] | None:
+    for target, via, reason in connection.execute(_SELECT_LINEAGE_STEPS, (source,)):
+        if target not in seen:  # a cycle in hostile or buggy input must not loop forever
+            return target, via, reason
+    return None
+
+
+def _node(document: str, at_ns: int) -> Node:
+    try:
+        event = json_format.ParseDict(orjson.loads(document), graph_pb2.Event(), ignore_unknown_fields=True)
+    except (ValueError, json_format.ParseError) as exc:
+        raise StoreError(f"a stored event is not valid JSON of bastion.v1.Event: {exc}") from exc
+    return Node(event=event, at=_datetime(at_ns))
+
+
+def _datetime(ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ProtocolError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are begun and ended explicitly, never implicitly.
+    # check_same_thread=False: each connection is used by one thread at a time, but is
+    # opened and closed from another.
+    return sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+
+
+def _open_writer_connection(path: Path) -> sqlite3.Connection:
+    connection = _connect(path)
+    try:
+        _prepare(connection, path)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+    (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+    if mode != "wal":
+        raise StoreError(f"{path}: SQLite cannot use WAL mode here (got {mode!r}); put the file on a local disk")
+    connection.execute("PRAGMA synchronous = NORMAL")
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if version > _SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has graph schema version {version}, newer than this Bastion knows ({_SCHEMA_VERSION}); "
+            "upgrade Bastion or point BASTION_GRAPH_URL at another file"
+        )
+    if version < _SCHEMA_VERSION:
+        connection.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;")
+
+
+def _store_error(operation: str, path: Path, exc: BaseException) -> StoreError:
+    return StoreError(f"graph store {operation} failed ({path}): {exc}")

@@ -1,0 +1,239 @@
+"""The JSON shapes of the graph REST API, and how stored records become them.
+
+These shapes are a contract: the dashboard, the CLI and the e2e tests read them.
+Enum values appear as their proto names (strings); timestamps as RFC 3339 UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import BaseModel, Field
+
+from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
+
+from ._events import enum_name
+from ._store import Edge, Node, WorkflowSummary
+
+
+def _one_of(descriptor: EnumDescriptor) -> str:
+    return "One of " + ", ".join(value.name for value in descriptor.values)
+
+
+class ActionView(BaseModel):
+    """The governed action as the proxy saw it (arguments after redaction)."""
+
+    kind: str = Field(description=_one_of(policy_pb2.ActionKind.DESCRIPTOR))
+    server: str = Field(description="Upstream key in bastion.yaml (MCP server or A2A agent).")
+    tool: str
+    method: str = Field(description="The JSON-RPC method, e.g. tools/call.")
+    arguments: dict[str, Any]
+
+
+class DecisionView(BaseModel):
+    effect: str = Field(description=_one_of(policy_pb2.Effect.DESCRIPTOR))
+    rule_id: str
+    reason: str
+    policy_name: str
+    policy_version: int
+    bundle_digest: str
+
+
+class VerifierView(BaseModel):
+    deviation_score: float = Field(description="0 = exactly as expected, 1 = maximal deviation.")
+    threshold: float
+    verdict: str = Field(description=_one_of(verifier_pb2.Verdict.DESCRIPTOR))
+    reasons: list[str]
+    drift_origin_node_id: str
+    scorer: str
+
+
+class NodeView(BaseModel):
+    """One node of the causal graph: one event recorded by the proxy."""
+
+    node_id: str
+    event_id: str
+    workflow_id: str
+    session_id: str
+    node_type: str = Field(description=_one_of(graph_pb2.NodeType.DESCRIPTOR))
+    agent_id: str
+    tenant: str
+    action: ActionView
+    decision: DecisionView | None = Field(description="The policy decision; null when none was asked for.")
+    verifier: VerifierView | None = Field(description="The verifier's score; null when it was not consulted.")
+    verifier_fallback: bool = Field(description="The verifier did not answer and the policy's fallback applied.")
+    outcome: str = Field(description=_one_of(graph_pb2.Outcome.DESCRIPTOR))
+    violation_id: str
+    block_code: str
+    block_reason: str
+    started_at: datetime | None
+    decided_at: datetime | None
+    parent_ids: list[str] = Field(description="CAUSED_BY parents: the previous action(s) of the session.")
+    payload_digest: str
+
+
+class EdgeView(BaseModel):
+    source: str
+    target: str
+    type: str = Field(description=_one_of(graph_pb2.EdgeType.DESCRIPTOR))
+    reason: str
+
+
+class WorkflowView(BaseModel):
+    workflow_id: str
+    first_seen: datetime
+    last_seen: datetime
+    node_count: int
+    violation_count: int = Field(description="Nodes whose outcome is BLOCKED or REJECTED.")
+    agents: list[str]
+
+
+class WorkflowPage(BaseModel):
+    items: list[WorkflowView]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class WorkflowGraph(WorkflowView):
+    nodes: list[NodeView] = Field(description="Oldest first.")
+    edges: list[EdgeView]
+
+
+class NodeList(BaseModel):
+    workflow_id: str
+    items: list[NodeView] = Field(description="Oldest first.")
+
+
+class ViolationView(BaseModel):
+    """An action the proxy blocked or rejected."""
+
+    violation_id: str
+    workflow_id: str
+    node_id: str
+    event_id: str
+    agent_id: str
+    rule_id: str = Field(description="Why it was blocked: a policy rule id or a bastion.* code.")
+    reason: str
+    deviation_score: float | None
+    threshold: float | None
+    policy_name: str | None
+    policy_version: int | None
+    outcome: str = Field(description="BLOCKED or REJECTED.")
+    timestamp: datetime
+    server: str
+    tool: str
+
+
+class ViolationPage(BaseModel):
+    items: list[ViolationView] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class Status(BaseModel):
+    status: str
+
+
+class ErrorView(BaseModel):
+    detail: str
+
+
+def workflow_view(summary: WorkflowSummary) -> WorkflowView:
+    return WorkflowView(
+        workflow_id=summary.workflow_id,
+        first_seen=summary.first_seen,
+        last_seen=summary.last_seen,
+        node_count=summary.node_count,
+        violation_count=summary.violation_count,
+        agents=list(summary.agents),
+    )
+
+
+def edge_view(edge: Edge) -> EdgeView:
+    return EdgeView(source=edge.source, target=edge.target, type=edge.type, reason=edge.reason)
+
+
+def node_view(node: Node) -> NodeView:
+    event = node.event
+    return NodeView(
+        node_id=event.node_id,
+        event_id=event.event_id,
+        workflow_id=event.workflow_id,
+        session_id=event.session_id,
+        node_type=enum_name(graph_pb2.NodeType.DESCRIPTOR, event.node_type),
+        agent_id=event.agent_id,
+        tenant=event.tenant,
+        action=_action_view(event.action),
+        decision=_decision_view(event.decision) if event.HasField("decision") else None,
+        verifier=_verifier_view(event.verifier) if event.HasField("verifier") else None,
+        verifier_fallback=event.verifier_fallback,
+        outcome=enum_name(graph_pb2.Outcome.DESCRIPTOR, event.outcome),
+        violation_id=event.violation_id,
+        block_code=event.block_code,
+        block_reason=event.block_reason,
+        started_at=_datetime(event.started_at) if event.HasField("started_at") else None,
+        decided_at=_datetime(event.decided_at) if event.HasField("decided_at") else None,
+        parent_ids=list(event.parent_ids),
+        payload_digest=event.payload_digest,
+    )
+
+
+def violation_view(node: Node) -> ViolationView:
+    event = node.event
+    decided = event.HasField("decision")
+    scored = event.HasField("verifier")
+    return ViolationView(
+        violation_id=event.violation_id,
+        workflow_id=event.workflow_id,
+        node_id=event.node_id,
+        event_id=event.event_id,
+        agent_id=event.agent_id,
+        rule_id=event.block_code,
+        reason=event.block_reason,
+        deviation_score=event.verifier.deviation_score if scored else None,
+        threshold=event.verifier.threshold if scored else None,
+        policy_name=event.decision.policy_name if decided else None,
+        policy_version=event.decision.policy_version if decided else None,
+        outcome=enum_name(graph_pb2.Outcome.DESCRIPTOR, event.outcome),
+        timestamp=node.at,
+        server=event.action.server,
+        tool=event.action.tool,
+    )
+
+
+def _action_view(action: policy_pb2.Action) -> ActionView:
+    return ActionView(
+        kind=enum_name(policy_pb2.ActionKind.DESCRIPTOR, action.kind),
+        server=action.server,
+        tool=action.tool,
+        method=action.method,
+        arguments=json_format.MessageToDict(action.arguments),
+    )
+
+
+def _decision_view(decision: policy_pb2.Decision) -> DecisionView:
+    return DecisionView(
+        effect=enum_name(policy_pb2.Effect.DESCRIPTOR, decision.effect),
+        rule_id=decision.rule_id,
+        reason=decision.reason,
+        policy_name=decision.policy_name,
+        policy_version=decision.policy_version,
+        bundle_digest=decision.bundle_digest,
+    )
+
+
+def _verifier_view(score: verifier_pb2.ScoreResponse) -> VerifierView:
+    return VerifierView(
+        deviation_score=score.deviation_score,
+        threshold=score.threshold,
+        verdict=enum_name(verifier_pb2.Verdict.DESCRIPTOR, score.verdict),
+        reasons=list(score.reasons),
+        drift_origin_node_id=score.drift_origin_node_id,
+        scorer=score.scorer,
+    )
+
+
+def _datetime(timestamp: Timestamp) -> datetime:
+    return timestamp.ToDatetime(tzinfo=UTC)

@@ -1,0 +1,438 @@
+"""The proxy's ASGI application: routing, authentication, and the MCP endpoint.
+
+Per request on `/mcp/{server}` (DESIGN §1): Host/Origin check → authenticate →
+read and parse the body → for `tools/call`: Decide + Score → journal → forward or
+block; other MCP traffic is journaled and forwarded unchanged. Every refusal is
+journaled too (outcome REJECTED), so an auditor sees bad tokens and malformed
+messages, not just policy blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bastion._errors import AuthError, JournalError, ProtocolError, UpstreamError
+from bastion._identity import Principal, TokenVerifier
+from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
+
+from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_json, send_stream
+from ._asgi import Message as AsgiMessage
+from ._envelope import block_envelope, jsonrpc_error
+from ._hosts import HostCheck
+from ._mcp import TASK_META_KEY, WORKFLOW_META_KEY, Message, check_routing_headers, parse_message, tool_call_target
+from ._metrics import ProxyMetrics
+from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome
+from ._recorder import Record, Recorder, iso
+from ._upstream import UpstreamPool
+from ._workflows import WorkflowTracker
+
+log = logging.getLogger("bastion.proxy")
+
+# Never forwarded upstream: hop-by-hop headers, the agent's own credentials (the
+# upstream must not see them), and Bastion's routing headers.
+_DROP_REQUEST = frozenset(
+    {
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"authorization",
+        b"bastion-workflow-id",
+    }
+)
+_DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
+_KIND_BY_METHOD = {"tools/list": policy_pb2.TOOL_LIST, "tools/call": policy_pb2.TOOL_CALL}
+
+
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    principal: Principal
+    workflow_id: str
+    session_id: str
+
+
+class ProxyApp:
+    def __init__(
+        self,
+        *,
+        tokens: TokenVerifier,
+        governor: Governor,
+        recorder: Recorder,
+        upstreams: dict[str, UpstreamPool],
+        tracker: WorkflowTracker,
+        metrics: ProxyMetrics,
+        hosts: HostCheck,
+        max_body: int,
+    ) -> None:
+        self._tokens = tokens
+        self._governor = governor
+        self._recorder = recorder
+        self._upstreams = upstreams
+        self._tracker = tracker
+        self._metrics = metrics
+        self._hosts = hosts
+        self._max_body = max_body
+        self.ready = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        started = False
+
+        async def tracking_send(message: AsgiMessage) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._route(scope, receive, tracking_send)
+        except Exception:
+            # A bug must not turn into a forwarded action or a bare 500 page: the
+            # journal already holds whatever was decided; answer with a structured error.
+            log.exception("unhandled error in the proxy", extra={"fields": {"path": scope.get("path")}})
+            if not started:
+                await send_json(send, 500, _http_error("bastion.internal", "internal error in the proxy; see its log"))
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path.startswith("/mcp/") and path.count("/") == 2 and path != "/mcp/":
+            await self._mcp(scope, receive, send, path[5:])
+        elif path == "/healthz":
+            await send_json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            await send_json(send, 200 if self.ready else 503, {"ready": self.ready})
+        elif path == "/metrics":
+            body, content_type = self._metrics.exposition()
+            await send_bytes(send, 200, body, [(b"content-type", content_type.encode())])
+        elif path == "/mcp":
+            await send_json(
+                send,
+                501,
+                _http_error(
+                    "bastion.not_implemented", "the aggregated /mcp endpoint is not available yet; use /mcp/{server}"
+                ),
+            )
+        else:
+            await send_json(send, 404, _http_error("bastion.not_found", f"no route for {path}"))
+
+    # -- the MCP endpoint -------------------------------------------------
+
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send, server: str) -> None:
+        started = time.time()
+        t0 = time.perf_counter()
+        headers = dict(scope["headers"])
+        method = scope["method"]
+        action = policy_pb2.Action(kind=policy_pb2.MCP_REQUEST, server=server, method=f"http:{method}")
+        pool = self._upstreams.get(server)
+        if pool is None:
+            await self._refuse(
+                send, action, started, 404, "bastion.unknown_server", f"no upstream named {server!r} in bastion.yaml"
+            )
+            return
+        refusal = self._hosts.refusal(headers)
+        if refusal is not None:
+            await self._refuse(send, action, started, 403, "bastion.host_not_allowed", refusal)
+            return
+        try:
+            principal = self._tokens.verify_header(_text(headers.get(b"authorization")))
+        except AuthError as exc:
+            await self._refuse(
+                send, action, started, exc.http_status, exc.code, str(exc), [(b"www-authenticate", b"Bearer")]
+            )
+            return
+        if method == "POST":
+            await self._post(scope, receive, send, pool, action, principal, headers, started, t0)
+        elif method in ("GET", "DELETE"):
+            caller = self._caller(principal, headers, None)
+            record = self._record(caller, action, started, graph_pb2.OBSERVATION)
+            if await self._journal_or_refuse(send, record, None):
+                await self._forward(scope, receive, send, pool, record, b"", t0)
+        else:
+            await self._refuse(
+                send,
+                action,
+                started,
+                405,
+                "bastion.method_not_allowed",
+                f"{method} is not an MCP method",
+                principal=principal,
+            )
+
+    async def _post(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        pool: UpstreamPool,
+        action: policy_pb2.Action,
+        principal: Principal,
+        headers: dict[bytes, bytes],
+        started: float,
+        t0: float,
+    ) -> None:
+        msg_id: Any = None
+        try:
+            body = await read_body(receive, headers, self._max_body)
+            message = parse_message(body)
+            msg_id = message.id
+            action.method = message.method or "response"
+            check_routing_headers(message, _opt(headers.get(b"mcp-method")), _opt(headers.get(b"mcp-name")))
+            caller = self._caller(principal, headers, message)
+            if message.method == "tools/call":
+                tool, arguments = tool_call_target(message)
+                action.kind = policy_pb2.TOOL_CALL
+                action.tool = tool
+                action.arguments.update(arguments)
+        except ProtocolError as exc:
+            payload = jsonrpc_error(
+                msg_id, exc.jsonrpc_code, _JSONRPC_MESSAGES.get(exc.jsonrpc_code, exc.code), {"reason": str(exc)}
+            )
+            await self._refuse(
+                send, action, started, exc.http_status, exc.code, str(exc), principal=principal, body=payload
+            )
+            return
+        if message.method == "tools/call":
+            await self._governed(scope, receive, send, pool, caller, action, message, body, started, t0)
+            return
+        action.kind = _KIND_BY_METHOD.get(action.method, policy_pb2.MCP_REQUEST)
+        record = self._record(caller, action, started, graph_pb2.OBSERVATION, body)
+        if await self._journal_or_refuse(send, record, msg_id):
+            await self._forward(scope, receive, send, pool, record, body, t0)
+
+    async def _governed(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        pool: UpstreamPool,
+        caller: _Caller,
+        action: policy_pb2.Action,
+        message: Message,
+        body: bytes,
+        started: float,
+        t0: float,
+    ) -> None:
+        state = self._tracker.state(caller.workflow_id)
+        task = message.meta.get(TASK_META_KEY)
+        if isinstance(task, str) and task and not state.task:
+            state.task = task
+            self._record_task(caller, task, started)
+        principal = caller.principal
+        ctx = policy_pb2.Context(
+            agent_id=principal.subject,
+            tenant=principal.tenant,
+            session_id=caller.session_id,
+            workflow_id=caller.workflow_id,
+            task=state.task,
+            roles=principal.roles,
+        )
+        parent = state.last_node_by_session.get(caller.session_id)
+        record = self._record(caller, action, started, graph_pb2.ACTION, body, (parent,) if parent else ())
+        ctx.request_id = record.node_id
+        outcome = await self._governor.decide(action, ctx, state.history, record.node_id)
+        t_decided = time.perf_counter()
+        self._metrics.governance.observe(t_decided - t0)
+        state.last_node_by_session[caller.session_id] = record.node_id
+        decision = outcome.decision
+        state.history.append(
+            verifier_pb2.HistoryNode(
+                node_id=record.node_id,
+                kind=action.kind,
+                server=action.server,
+                tool=action.tool,
+                # What happened, not what policy said: a verifier-blocked call must not
+                # count as precedent when the agent retries it.
+                effect=policy_pb2.ALLOW if outcome.allowed else policy_pb2.DENY,
+            )
+        )
+        try:
+            violation_id = self._recorder.append(
+                record,
+                outcome=graph_pb2.FORWARDED if outcome.allowed else graph_pb2.BLOCKED,
+                decision=decision,
+                score=outcome.score,
+                block_code=outcome.block_code,
+                block_reason=outcome.block_reason,
+                verifier_fallback=outcome.verifier_fallback,
+            )
+        except JournalError as exc:
+            log.error("journal append failed; blocking", extra={"fields": {"error": str(exc)}})
+            outcome = Outcome(False, decision, outcome.score, JOURNAL_UNAVAILABLE, f"journal unavailable: {exc}")
+            violation_id = record.node_id
+        self._metrics.journal.observe(time.perf_counter() - t_decided)
+        if outcome.allowed:
+            self._metrics.count("forwarded", decision)
+            await self._forward(scope, receive, send, pool, record, body, t0)
+            return
+        self._metrics.count("blocked", decision)
+        score = outcome.score
+        envelope = block_envelope(
+            message.id,
+            violation_id=violation_id,
+            rule_id=outcome.block_code,
+            reason=outcome.block_reason,
+            deviation_score=score.deviation_score if score is not None else None,
+            threshold=score.threshold if score is not None else None,
+            drift_path_origin=(score.drift_origin_node_id or None) if score is not None else None,
+            agent_id=principal.subject,
+            blocked_action={"method": "tools/call", "server": action.server, "tool": action.tool},
+            policy_version=decision.policy_version if decision is not None else None,
+            policy_name=decision.policy_name if decision is not None else "",
+            timestamp=iso(started),
+        )
+        await send_bytes(send, 200, envelope, JSON + _ids(record))
+
+    # -- helpers ----------------------------------------------------------
+
+    def _caller(self, principal: Principal, headers: dict[bytes, bytes], message: Message | None) -> _Caller:
+        session = _opt(headers.get(b"mcp-session-id"))
+        workflow = self._tracker.resolve(
+            _opt(headers.get(b"bastion-workflow-id")),
+            message.meta.get(WORKFLOW_META_KEY) if message is not None else None,
+            session,
+            principal.subject,
+        )
+        return _Caller(principal, workflow, session or workflow)
+
+    def _record(
+        self,
+        caller: _Caller,
+        action: policy_pb2.Action,
+        started: float,
+        node_type: int,
+        body: bytes = b"",
+        parents: tuple[str, ...] = (),
+    ) -> Record:
+        return Record(
+            workflow_id=caller.workflow_id,
+            session_id=caller.session_id,
+            agent_id=caller.principal.subject,
+            tenant=caller.principal.tenant,
+            action=action,
+            started_at=started,
+            body=body,
+            node_type=node_type,
+            parent_ids=parents,
+        )
+
+    def _record_task(self, caller: _Caller, task: str, started: float) -> None:
+        """The workflow's stated task, recorded once as a THINKING node."""
+        action = policy_pb2.Action(kind=policy_pb2.MCP_REQUEST, method="bastion.dev/task")
+        action.arguments.update({"task": task})
+        record = self._record(caller, action, started, graph_pb2.THINKING)
+        try:
+            self._recorder.append(record, outcome=graph_pb2.FORWARDED)
+        except JournalError as exc:
+            # The action that carried the task is still journaled (or blocked) on its own.
+            log.error("journal append of task failed", extra={"fields": {"error": str(exc)}})
+
+    async def _journal_or_refuse(self, send: Send, record: Record, msg_id: Any) -> bool:
+        try:
+            self._recorder.append(record, outcome=graph_pb2.FORWARDED)
+        except JournalError as exc:
+            log.error("journal append failed; refusing", extra={"fields": {"error": str(exc)}})
+            payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "JOURNAL_UNAVAILABLE", {"reason": str(exc)})
+            await send_bytes(send, 503, payload, JSON)
+            return False
+        return True
+
+    async def _refuse(
+        self,
+        send: Send,
+        action: policy_pb2.Action,
+        started: float,
+        status: int,
+        code: str,
+        reason: str,
+        extra_headers: Headers | None = None,
+        *,
+        principal: Principal | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        """Answer a request refused before any decision, and journal the refusal."""
+        record = Record(
+            workflow_id="bastion.rejected",
+            session_id="",
+            agent_id=principal.subject if principal is not None else "",
+            tenant=principal.tenant if principal is not None else "",
+            action=action,
+            started_at=started,
+            node_type=graph_pb2.OBSERVATION,
+        )
+        violation_id = ""
+        try:
+            violation_id = self._recorder.append(
+                record, outcome=graph_pb2.REJECTED, block_code=code, block_reason=reason
+            )
+        except JournalError as exc:
+            log.error("journal append of a refusal failed", extra={"fields": {"error": str(exc), "code": code}})
+        self._metrics.count("rejected", None)
+        if body is None:
+            body = _json_bytes(_http_error(code, reason, violation_id))
+        await send_bytes(send, status, body, JSON + (extra_headers or []))
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, pool: UpstreamPool, record: Record, body: bytes, t0: float
+    ) -> None:
+        path = pool.path.encode()
+        if scope.get("query_string"):
+            path += b"?" + scope["query_string"]
+        headers = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST]
+        t_up = time.perf_counter()
+        try:
+            response = await pool.request(scope["method"].encode(), path, headers, body)
+        except UpstreamError as exc:
+            log.warning("upstream failed", extra={"fields": {"server": record.action.server, "error": str(exc)}})
+            payload = jsonrpc_error(None, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": str(exc)})
+            await send_bytes(send, 502, payload, JSON + _ids(record))
+            return
+        self._metrics.upstream.observe(time.perf_counter() - t_up)
+        out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + _ids(record)
+        if response.header(b"content-length") is not None:
+            data = await response.read()
+            await send_bytes(send, response.status, data, out)
+        else:
+            await send_stream(send, receive, response.status, out, response.stream())
+        self._metrics.total.observe(time.perf_counter() - t0)
+
+
+_JSONRPC_MESSAGES = {
+    -32700: "Parse error",
+    -32600: "Invalid Request",
+    -32602: "Invalid params",
+    -32020: "Header mismatch",
+}
+
+
+def _ids(record: Record) -> Headers:
+    return [(b"bastion-workflow-id", record.workflow_id.encode()), (b"bastion-node-id", record.node_id.encode())]
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def _opt(value: bytes | None) -> str | None:
+    return value.decode("utf-8", "replace") if value else None
+
+
+def _http_error(code: str, message: str, violation_id: str = "") -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if violation_id:
+        error["violation_id"] = violation_id
+    return {"error": error}
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return orjson.dumps(payload)

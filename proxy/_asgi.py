@@ -1,0 +1,90 @@
+"""Minimal ASGI plumbing for the proxy's hot path: reading a capped body and sending
+complete or streamed responses, without a web framework in the way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from bastion._errors import PayloadTooLarge, ProtocolError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON = [(b"content-type", b"application/json")]
+
+
+async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ProtocolError("Content-Length is not a number")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit} (BASTION_MAX_BODY)")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ProtocolError("client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes (BASTION_MAX_BODY)")
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def send_bytes(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, payload: Any, extra: Headers | None = None) -> None:
+    await send_bytes(send, status, orjson.dumps(payload), JSON + (extra or []))
+
+
+async def send_stream(
+    send: Send, receive: Receive, status: int, headers: Headers, chunks: AsyncIterator[bytes]
+) -> None:
+    """Relay a body as it arrives (SSE); stop when either side goes away.
+
+    A client that disconnects from a long-lived stream is only visible on `receive`,
+    so a watcher task cancels the relay and the upstream connection is closed.
+    """
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    relay = asyncio.current_task()
+    assert relay is not None
+
+    async def watch_disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        relay.cancel()
+
+    watcher = asyncio.create_task(watch_disconnect())
+    try:
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    except asyncio.CancelledError:
+        if watcher.done():  # the client went away: a normal end of a stream
+            relay.uncancel()
+            return
+        raise
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()

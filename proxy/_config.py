@@ -1,0 +1,43 @@
+"""Proxy settings (BASTION_* env vars), frozen at startup."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from bastion._settings import CommonSettings
+
+
+class ProxySettings(CommonSettings):
+    proxy_addr: str = Field(
+        default="127.0.0.1:7070", description="Proxy listen address (MCP/A2A clients connect here)."
+    )
+    policy_grpc_addr: str = Field(default="127.0.0.1:50051", description="Policy service gRPC address.")
+    verifier_addr: str = Field(default="127.0.0.1:50052", description="Verifier gRPC address.")
+    graph_grpc_addr: str = Field(
+        default="127.0.0.1:50053", description="Graph service gRPC address (journal shipping)."
+    )
+    max_body: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes.")
+    policy_timeout_ms: int = Field(
+        default=1000, ge=1, description="Deadline for PolicyService.Decide; past it the action is blocked."
+    )
+    verifier_timeout_ms: int = Field(
+        default=500, ge=1, description="Deadline for Verifier.Score; past it BASTION_VERIFIER_FALLBACK applies."
+    )
+    verifier_fallback: Literal["block", "allow"] = Field(
+        default="block",
+        description="What a verifier timeout/error does: block (fail closed) or allow (audited as a fallback).",
+    )
+    upstream_timeout_s: float = Field(
+        default=120.0, gt=0, description="Seconds to wait for an upstream's response headers."
+    )
+    journal_fsync_ms: float = Field(
+        default=5.0, gt=0, description="Group-commit interval of the journal: fsync at most this often."
+    )
+    journal_segment_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=4096, description="Size at which the journal rolls to a new segment file."
+    )
+    history_len: int = Field(
+        default=16, ge=0, le=256, description="Earlier actions of the workflow sent to the verifier with each call."
+    )

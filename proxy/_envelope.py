@@ -1,0 +1,53 @@
+"""JSON-RPC error bodies the proxy answers with (codes in docs/errors.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+POLICY_VIOLATION = -32003
+APPROVAL_REQUIRED = -32004
+
+
+def jsonrpc_error(msg_id: Any, code: int, message: str, data: dict[str, Any] | None = None) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return orjson.dumps({"jsonrpc": "2.0", "id": msg_id, "error": error})
+
+
+def block_envelope(
+    msg_id: Any,
+    *,
+    violation_id: str,
+    rule_id: str,
+    reason: str,
+    deviation_score: float | None,
+    threshold: float | None,
+    drift_path_origin: str | None,
+    agent_id: str,
+    blocked_action: dict[str, Any],
+    policy_version: int | None,
+    policy_name: str,
+    timestamp: str,
+) -> bytes:
+    """The DESIGN §4 block envelope: code -32003, message POLICY_VIOLATION, full data."""
+    return jsonrpc_error(
+        msg_id,
+        POLICY_VIOLATION,
+        "POLICY_VIOLATION",
+        {
+            "violation_id": violation_id,
+            "rule_id": rule_id,
+            "reason": reason,
+            "deviation_score": deviation_score,
+            "threshold": threshold,
+            "drift_path_origin": drift_path_origin,
+            "agent_id": agent_id,
+            "blocked_action": blocked_action,
+            "policy_version": policy_version,
+            "policy_name": policy_name,
+            "timestamp": timestamp,
+        },
+    )

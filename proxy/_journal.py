@@ -1,0 +1,394 @@
+"""The proxy's durable journal: an append-only, segmented write-ahead log (DESIGN §1 ⑥).
+
+The proxy appends every event here BEFORE it forwards the action; the shipper
+(`_shipper.py`) later delivers the records to the graph service.
+
+Layout: segments `journal-000000000001.wal`, `journal-000000000002.wal`, … in one
+directory. A record is `<u32 LE length><u32 LE crc32(payload)><payload>`; a record is
+never split, and the writer rolls to the next segment before a record would take the
+current one past `segment_bytes`.
+
+Durability contract:
+
+- Process crash (the proxy dies, the machine stays up): nothing is lost once `append`
+  has returned. `append` is one `writev(2)` into the kernel; the page cache outlives us.
+- Machine crash or power loss: at most the last `fsync_interval` seconds of records (plus
+  one fsync's duration) are lost. A background task fsyncs at most once per
+  `fsync_interval`, and only when something was written (group commit), so the hot path
+  never waits for the disk (DESIGN §14 (4)). `flush()` fsyncs now.
+- A crash in the middle of a write leaves a torn record at the end of the last segment;
+  `Journal.open` truncates it so appends continue from a record boundary.
+- An OSError raises JournalError, and the proxy blocks the action (fail closed). A failed
+  write leaves the file as it was and the next append may succeed; a failed fsync breaks
+  the journal for good, because the kernel may have dropped the dirty pages and a later
+  fsync would report success for data that is gone.
+
+Readers (`JournalReader`) see only complete, crc-valid records. The reader returned by
+`Journal.reader()` also stops at the last *fsynced* record: the shipper must not
+acknowledge to its cursor a record that a power cut could still erase, or after restart
+the cursor would point past the end of the journal into records appended later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from bastion._errors import JournalError
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<II")
+_PREFIX = "journal-"
+_SUFFIX = ".wal"
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_SCAN_BYTES = 1 << 20
+_CLOSED = "the journal is closed"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Cursor:
+    """A position in the journal: just before the record at `offset` of segment `segment`."""
+
+    segment: int
+    offset: int
+
+
+def segment_path(directory: Path, segment: int) -> Path:
+    return directory / f"{_PREFIX}{segment:012d}{_SUFFIX}"
+
+
+def list_segments(directory: Path) -> list[int]:
+    """Segment numbers present in `directory`, oldest first."""
+    numbers = []
+    for name in os.listdir(directory):
+        digits = name[len(_PREFIX) : -len(_SUFFIX)]
+        if name.startswith(_PREFIX) and name.endswith(_SUFFIX) and digits.isdigit():
+            numbers.append(int(digits))
+    return sorted(numbers)
+
+
+class Journal:
+    """The single writer. Build it with `Journal.open`; `append` from the event loop."""
+
+    def __init__(
+        self, directory: Path, segment: int, fd: int, size: int, dir_fd: int, fsync_interval: float, segment_bytes: int
+    ) -> None:
+        self._dir = directory
+        self._segment = segment
+        self._fd = fd
+        self._size = size
+        self._dir_fd = dir_fd
+        self._fsync_interval = fsync_interval
+        self._segment_bytes = segment_bytes
+        # Earlier segments' fds, kept open until one last fsync has covered them.
+        self._retired: list[int] = []
+        self._dir_dirty = False
+        self._durable = Cursor(segment, size)
+        self._broken: str | None = None
+        self._dirty = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+        # One dedicated thread: fsyncs never queue behind unrelated work in the default pool.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bastion-journal-fsync")
+        #: Set whenever newly appended records become durable (once per group commit).
+        self.has_data = asyncio.Event()
+
+    @classmethod
+    def open(cls, directory: Path, *, fsync_interval: float = 0.005, segment_bytes: int = 64 << 20) -> Journal:
+        """Open (creating if needed) the journal in `directory` and recover from a crash."""
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            segments = list_segments(directory)
+            segment = segments[-1] if segments else 1
+            path = segment_path(directory, segment)
+            fd = os.open(path, _OPEN_FLAGS, 0o644)
+            size = os.fstat(fd).st_size
+            valid = _valid_end(path)
+            if valid < size:
+                os.ftruncate(fd, valid)
+                log.warning(
+                    "journal %s: truncated %d bytes of a torn or corrupt tail at offset %d", path, size - valid, valid
+                )
+            # What a crashed process left in the page cache is treated as durable from now on.
+            for older in segments[:-1]:
+                _fsync_path(segment_path(directory, older))
+            os.fsync(fd)
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.fsync(dir_fd)
+        except OSError as exc:
+            raise JournalError(f"cannot open the journal in {directory}: {exc}") from exc
+        return cls(directory, segment, fd, valid, dir_fd, fsync_interval, segment_bytes)
+
+    @property
+    def durable(self) -> Cursor:
+        """End of the fsynced records."""
+        return self._durable
+
+    def reader(self) -> JournalReader:
+        """A reader that never goes past the fsynced records (see the module docstring)."""
+        return JournalReader(self._dir, limit=lambda: self._durable)
+
+    def append(self, payload: bytes) -> None:
+        """Write one record into the OS (no fsync); raise JournalError when that fails."""
+        if self._broken is not None:
+            raise JournalError(self._broken)
+        length = _HEADER.size + len(payload)
+        fd = self._fd
+        if self._size + length > self._segment_bytes and self._size:
+            fd = self._roll()
+        try:
+            # writev: one syscall without copying the payload into a framed buffer.
+            written = os.writev(fd, (_HEADER.pack(len(payload), zlib.crc32(payload)), payload))
+        except (OSError, struct.error) as exc:
+            raise JournalError(f"cannot write a {len(payload)}-byte record to the journal: {exc}") from exc
+        if written != length:
+            self._undo_short_write(written)
+        self._size += length
+        self._dirty.set()
+
+    def _roll(self) -> int:
+        segment = self._segment + 1
+        try:
+            fd = os.open(segment_path(self._dir, segment), _OPEN_FLAGS, 0o644)
+        except OSError as exc:
+            raise JournalError(f"cannot start journal segment {segment} in {self._dir}: {exc}") from exc
+        self._retired.append(self._fd)
+        self._fd, self._segment, self._size = fd, segment, 0
+        self._dir_dirty = True
+        return fd
+
+    def _undo_short_write(self, written: int) -> None:
+        # A partial record (disk full) would wedge readers at it; cut it off again.
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError as exc:
+            self._broken = f"journal left a partial record and cannot remove it: {exc}"
+            raise JournalError(self._broken) from exc
+        raise JournalError(f"journal write stopped after {written} bytes (disk full?); the record was not recorded")
+
+    async def start(self) -> None:
+        """Start the group-commit task."""
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._run_flusher(), name="bastion-journal-fsync")
+
+    async def flush(self) -> None:
+        """fsync everything appended so far."""
+        async with self._sync_lock:
+            if self._broken is not None:
+                raise JournalError(self._broken)
+            self._dirty.clear()
+            target = Cursor(self._segment, self._size)
+            retired, self._retired = self._retired, []
+            dir_fd = self._dir_fd if self._dir_dirty else -1
+            self._dir_dirty = False
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._executor, _fsync, self._fd, retired, dir_fd)
+            except OSError as exc:
+                self._broken = f"journal fsync failed, records may be lost; restart the proxy: {exc}"
+                raise JournalError(self._broken) from exc
+            if target != self._durable:
+                self._durable = target
+                self.has_data.set()
+
+    async def _run_flusher(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._dirty.wait()
+            started = loop.time()
+            try:
+                await self.flush()
+            except JournalError as exc:
+                log.error("%s", exc)
+                return
+            # Appends during the wait are batched into the next fsync (group commit).
+            await asyncio.sleep(max(0.0, self._fsync_interval - (loop.time() - started)))
+
+    async def close(self) -> None:
+        """Stop the group commit, fsync what is left, close the files. Appends then fail."""
+        if self._broken == _CLOSED:
+            return
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        try:
+            if self._broken is None:
+                await self.flush()
+        finally:
+            self._broken = _CLOSED
+            # The single worker runs jobs in order, so a cancelled fsync has finished by now.
+            await asyncio.get_running_loop().run_in_executor(self._executor, _close_all, [*self._retired, self._fd])
+            self._retired = []
+            os.close(self._dir_fd)
+            self._executor.shutdown(wait=False)
+
+
+def _fsync(fd: int, retired: list[int], dir_fd: int) -> None:
+    try:
+        for old in retired:
+            os.fsync(old)
+        os.fsync(fd)
+        if dir_fd >= 0:
+            # A new segment's directory entry must be durable too, or its records vanish with it.
+            os.fsync(dir_fd)
+    finally:
+        _close_all(retired)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _valid_end(path: Path) -> int:
+    """Offset just past the last complete, crc-valid record of a segment."""
+    offset = 0
+    while True:
+        chunk = _read_segment(path, offset, None, _SCAN_BYTES, _SCAN_BYTES)
+        offset = chunk.end
+        if chunk.exhausted:
+            return offset
+
+
+class JournalReader:
+    """Reads records in order; safe to use while the journal is being appended to.
+
+    `limit`, when given, returns a position the reader must not pass (the fsynced end).
+    """
+
+    def __init__(self, directory: Path, *, limit: Callable[[], Cursor] | None = None) -> None:
+        self._dir = directory
+        self._limit = limit
+
+    def first(self) -> Cursor:
+        """The start of the oldest segment."""
+        segments = list_segments(self._dir)
+        return Cursor(segments[0] if segments else 1, 0)
+
+    def read(self, cursor: Cursor, max_records: int, max_bytes: int) -> tuple[list[bytes], Cursor]:
+        """Up to `max_records` records (about `max_bytes`, but at least one) from `cursor`, and the next cursor."""
+        records: list[bytes] = []
+        while len(records) < max_records and max_bytes > 0:
+            limit = self._limit() if self._limit is not None else None
+            if limit is not None and cursor >= limit:
+                break
+            # Decide "sealed" BEFORE reading: the writer finishes a segment before it creates
+            # the next one, so what we then read of a sealed segment is final, and anything
+            # unreadable in it is corruption rather than a record still being written.
+            if limit is not None:
+                sealed = limit.segment > cursor.segment
+            else:
+                sealed = segment_path(self._dir, cursor.segment + 1).exists()
+            end = limit.offset if limit is not None and not sealed else None
+            try:
+                chunk = _read_segment(
+                    segment_path(self._dir, cursor.segment), cursor.offset, end, max_records - len(records), max_bytes
+                )
+            except FileNotFoundError:
+                moved = self._skip_missing(cursor)
+                if moved is None:
+                    break
+                cursor = moved
+                continue
+            records += chunk.records
+            max_bytes -= chunk.end - cursor.offset
+            cursor = Cursor(cursor.segment, chunk.end)
+            if not (chunk.exhausted and sealed):
+                break
+            if chunk.size > chunk.end:
+                # Never wedge delivery on bytes that can never be read (e.g. a power cut
+                # tore the end of a segment whose successor survived).
+                log.error(
+                    "journal segment %d: %d bytes from offset %d are corrupt and cannot be delivered; skipping them",
+                    cursor.segment,
+                    chunk.size - chunk.end,
+                    chunk.end,
+                )
+            cursor = Cursor(cursor.segment + 1, 0)
+        return records, cursor
+
+    def _skip_missing(self, cursor: Cursor) -> Cursor | None:
+        segments = list_segments(self._dir)
+        later = [n for n in segments if n > cursor.segment]
+        if later:
+            return Cursor(later[0], 0)
+        if segments and segments[-1] < cursor.segment:
+            log.warning("journal cursor %s is past the end of the journal (was it recreated?); rereading it", cursor)
+            return Cursor(segments[0], 0)
+        return None
+
+    def delete_through(self, segment: int) -> None:
+        """Delete segments numbered up to `segment`, except the newest (the writer's)."""
+        segments = list_segments(self._dir)
+        for number in segments[:-1]:
+            if number <= segment:
+                segment_path(self._dir, number).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    records: list[bytes]
+    end: int
+    #: No further record can be read at `end` now (clean end, partial record, or bad crc).
+    exhausted: bool
+    size: int
+
+
+def _read_segment(path: Path, offset: int, end: int | None, max_records: int, max_bytes: int) -> _Chunk:
+    with path.open("rb", buffering=0) as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size if end is None else min(end, os.fstat(fd).st_size)
+        available = size - offset
+        if available <= 0:
+            return _Chunk([], offset, True, size)
+        buf = os.pread(fd, min(available, max(max_bytes, _HEADER.size)), offset)
+        records, used, ok = _parse(buf, max_records)
+        if not ok:
+            exhausted = True
+        elif len(records) == max_records:
+            exhausted = False
+        elif len(buf) == available:
+            exhausted = True
+        elif records:
+            exhausted = False  # stopped by max_bytes
+        else:
+            # The next record alone is larger than max_bytes: return it by itself rather than never.
+            length = _HEADER.size + _HEADER.unpack_from(buf)[0]
+            if length > available:
+                exhausted = True  # incomplete: being written now, or torn
+            else:
+                records, used, ok = _parse(os.pread(fd, length, offset), 1)
+                exhausted = not ok
+    return _Chunk(records, offset + used, exhausted, size)
+
+
+def _parse(buf: bytes, max_records: int) -> tuple[list[bytes], int, bool]:
+    """Complete records at the start of `buf`: (records, bytes used, False if a crc failed)."""
+    records: list[bytes] = []
+    pos = 0
+    while len(records) < max_records and len(buf) - pos >= _HEADER.size:
+        length, crc = _HEADER.unpack_from(buf, pos)
+        start = pos + _HEADER.size
+        if start + length > len(buf):
+            break
+        payload = buf[start : start + length]
+        if zlib.crc32(payload) != crc:
+            return records, pos, False
+        records.append(payload)
+        pos = start + length
+    return records, pos, True

@@ -1,0 +1,120 @@
+"""Reading MCP JSON-RPC messages on the hot path, without an SDK.
+
+The body is parsed once with orjson; the proxy then needs only a few fields (method,
+id, tool name, `_meta`) to govern it, and forwards the original bytes untouched, so
+tool schemas and arguments reach the upstream byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bastion._errors import HeaderMismatch, InvalidParams, InvalidRequest, ParseError
+
+WORKFLOW_META_KEY = "bastion.dev/workflow_id"
+TASK_META_KEY = "bastion.dev/task"
+_NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_TOOL_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """The parts of one JSON-RPC message the proxy governs."""
+
+    body: dict[str, Any]
+    method: str | None  # None for a response (the client answering a server request)
+    id: Any
+    params: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = self.params.get("_meta")
+        return meta if isinstance(meta, dict) else {}
+
+    @property
+    def is_request(self) -> bool:
+        return self.method is not None and "id" in self.body
+
+
+def parse_message(raw: bytes) -> Message:
+    """Parse one JSON-RPC message; batches are refused (MCP removed them in 2025-06)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"body is not valid JSON: {exc}") from exc
+    if isinstance(body, list):
+        raise InvalidRequest("JSON-RPC batches are not accepted: MCP since 2025-06-18 sends one message per request")
+    if not isinstance(body, dict):
+        raise InvalidRequest("a JSON-RPC message must be a JSON object")
+    if body.get("jsonrpc") != "2.0":
+        raise InvalidRequest("'jsonrpc' must be \"2.0\"")
+    msg_id = body.get("id")
+    if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, str | int)):
+        raise InvalidRequest("'id' must be a string or an integer")
+    method = body.get("method")
+    if method is None:
+        if "id" not in body or ("result" in body) == ("error" in body):
+            raise InvalidRequest("a message needs 'method' (request/notification) or 'result'/'error' (response)")
+        return Message(body=body, method=None, id=msg_id, params={})
+    if not isinstance(method, str) or not method:
+        raise InvalidRequest("'method' must be a non-empty string")
+    params = body.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise InvalidRequest("'params' must be an object")
+    return Message(body=body, method=method, id=msg_id, params=params)
+
+
+def check_routing_headers(message: Message, mcp_method: str | None, mcp_name: str | None) -> None:
+    """2026-07 stateless requests repeat method and name in headers; they must agree with the body.
+
+    Otherwise a filter that reads headers (a gateway, a WAF) and the upstream that reads
+    the body would see different calls.
+    """
+    if mcp_method is not None and mcp_method != message.method:
+        raise HeaderMismatch(f"Mcp-Method header {mcp_method!r} does not match body method {message.method!r}")
+    field = _NAME_BEARING.get(message.method or "")
+    if mcp_name is not None and field is not None and mcp_name != message.params.get(field):
+        raise HeaderMismatch(f"Mcp-Name header {mcp_name!r} does not match params.{field}")
+
+
+def tool_call_target(message: Message) -> tuple[str, dict[str, Any]]:
+    """Name and arguments of a tools/call, validated (DESIGN §4 tool-name rules)."""
+    name = message.params.get("name")
+    if not isinstance(name, str):
+        raise InvalidParams("tools/call needs params.name (a string)")
+    arguments = message.params.get("arguments", {})
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise InvalidParams("tools/call params.arguments must be an object")
+    validate_tool_name(name)
+    return name, arguments
+
+
+def validate_tool_name(name: str) -> None:
+    """Reject names that could mean different tools to different readers.
+
+    A name must already be in NFKC form and ASCII (so a full-width or ligature
+    look-alike is not silently folded into a permitted name) and, compared
+    case-insensitively, match `^[a-z0-9][a-z0-9_.-]{0,127}$` — real servers use
+    camelCase names, so case is kept but cannot smuggle in other characters.
+    Traversal (`..`), separators and control characters are named in the error.
+    """
+    for bad, what in (("\x00", "NUL"), ("/", "'/'"), ("\\", "'\\'"), ("..", "'..'")):
+        if bad in name:
+            raise InvalidParams(f"tool name {name!r} rejected: contains {what}")
+    if any(unicodedata.category(ch).startswith("C") for ch in name):
+        raise InvalidParams(f"tool name {name!r} rejected: contains control or format characters")
+    if unicodedata.normalize("NFKC", name) != name or not name.isascii():
+        raise InvalidParams(f"tool name {name!r} rejected: non-ASCII or confusable characters")
+    if _TOOL_NAME.fullmatch(name.lower()) is None:
+        raise InvalidParams(
+            f"tool name {name!r} rejected: must match ^[a-z0-9][a-z0-9_.-]{{0,127}}$ (ASCII letters, digits, _ . -)"
+        )

@@ -1,0 +1,43 @@
+"""Prometheus metrics of the proxy, on a registry owned by one ProxyApp.
+
+Histogram children are bound once here so the hot path does no label lookups.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from bastion.v1 import policy_pb2
+
+_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class ProxyMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        latency = Histogram(
+            "bastion_action_latency_seconds",
+            "Time spent per action, by pipeline stage.",
+            ["stage"],
+            registry=self.registry,
+            buckets=_BUCKETS,
+        )
+        self.governance = latency.labels("governance")
+        self.journal = latency.labels("journal")
+        self.upstream = latency.labels("upstream")
+        self.total = latency.labels("total")
+        self._actions = Counter(
+            "bastion_actions_total", "Requests handled, by outcome.", ["outcome"], registry=self.registry
+        )
+        self._decisions = Counter(
+            "bastion_decisions_total", "Policy decisions seen by the proxy.", ["effect", "rule"], registry=self.registry
+        )
+
+    def count(self, outcome: str, decision: policy_pb2.Decision | None) -> None:
+        self._actions.labels(outcome).inc()
+        if decision is not None:
+            self._decisions.labels(policy_pb2.Effect.Name(decision.effect), decision.rule_id).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,111 @@
+"""The enforcement decision for one action: PolicyService.Decide and Verifier.Score,
+issued concurrently on long-lived channels (DESIGN §14: two unaries in parallel cost
+~1.1 ms against ~1.6 ms in sequence), combined fail-closed.
+
+Order of precedence, first that applies wins:
+  1. policy unreachable / slow / erroring  → block `bastion.policy_unavailable`
+  2. policy effect other than ALLOW        → block with the policy's rule id and reason
+  3. verifier unreachable / slow / erroring → BASTION_VERIFIER_FALLBACK: block
+     `bastion.verifier_unavailable`, or allow and mark the event `verifier_fallback`
+  4. verifier verdict BLOCK                 → block `bastion.verifier_block`
+  5. otherwise                              → allow
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+
+POLICY_UNAVAILABLE = "bastion.policy_unavailable"
+VERIFIER_UNAVAILABLE = "bastion.verifier_unavailable"
+VERIFIER_BLOCK = "bastion.verifier_block"
+JOURNAL_UNAVAILABLE = "bastion.journal_unavailable"
+_KNOWN_VERDICTS = frozenset({verifier_pb2.PASS, verifier_pb2.FLAG, verifier_pb2.BLOCK})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    allowed: bool
+    decision: policy_pb2.Decision | None
+    score: verifier_pb2.ScoreResponse | None
+    block_code: str = ""
+    block_reason: str = ""
+    verifier_fallback: bool = False
+
+
+def _describe(service: str, exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{service} unavailable ({exc.code().name}): {exc.details() or 'no details'}"
+    return f"{service} unavailable: {type(exc).__name__}: {exc}"
+
+
+class Governor:
+    def __init__(
+        self,
+        policy: policy_pb2_grpc.PolicyServiceAsyncStub,
+        verifier: verifier_pb2_grpc.VerifierAsyncStub,
+        metadata: tuple[tuple[str, str], ...],
+        *,
+        policy_timeout: float,
+        verifier_timeout: float,
+        fallback_allow: bool,
+    ) -> None:
+        self._policy = policy
+        self._verifier = verifier
+        self._metadata = metadata
+        self._policy_timeout = policy_timeout
+        self._verifier_timeout = verifier_timeout
+        self._fallback_allow = fallback_allow
+
+    async def decide(
+        self,
+        action: policy_pb2.Action,
+        ctx: policy_pb2.Context,
+        history: Iterable[verifier_pb2.HistoryNode],
+        node_id: str,
+    ) -> Outcome:
+        decide = self._policy.Decide(
+            policy_pb2.DecideRequest(action=action, ctx=ctx), timeout=self._policy_timeout, metadata=self._metadata
+        )
+        score = self._verifier.Score(
+            verifier_pb2.ScoreRequest(action=action, ctx=ctx, history=history, node_id=node_id),
+            timeout=self._verifier_timeout,
+            metadata=self._metadata,
+        )
+        decision, scored = await asyncio.gather(decide, score, return_exceptions=True)
+        return combine(decision, scored, fallback_allow=self._fallback_allow)
+
+
+def combine(
+    decision: policy_pb2.Decision | BaseException,
+    scored: verifier_pb2.ScoreResponse | BaseException,
+    *,
+    fallback_allow: bool,
+) -> Outcome:
+    score = scored if isinstance(scored, verifier_pb2.ScoreResponse) else None
+    if score is not None and score.verdict not in _KNOWN_VERDICTS:
+        # A verifier that answers without a verdict has not vouched for anything.
+        scored = ValueError(f"verifier answered without a verdict ({score.verdict})")
+        score = None
+    if not isinstance(decision, policy_pb2.Decision):
+        return Outcome(False, None, score, POLICY_UNAVAILABLE, _describe("policy service", decision))
+    if decision.effect != policy_pb2.ALLOW:
+        effect = policy_pb2.Effect.Name(decision.effect)
+        reason = decision.reason or f"policy effect {effect}"
+        return Outcome(False, decision, score, decision.rule_id or "default", reason)
+    if score is None:
+        assert isinstance(scored, BaseException)
+        reason = _describe("verifier", scored)
+        if fallback_allow:
+            return Outcome(True, decision, None, verifier_fallback=True, block_reason=reason)
+        return Outcome(False, decision, None, VERIFIER_UNAVAILABLE, reason)
+    if score.verdict == verifier_pb2.BLOCK:
+        reasons = "; ".join(score.reasons) or "deviation above threshold"
+        reason = f"verifier blocked (score {score.deviation_score:.2f} >= {score.threshold:.2f}): {reasons}"
+        return Outcome(False, decision, score, VERIFIER_BLOCK, reason)
+    return Outcome(True, decision, score)

@@ -1,0 +1,100 @@
+"""Process wiring of the proxy: channels, journal, shipper, upstream pools, HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from bastion._appconfig import AppConfig
+from bastion._identity import TokenVerifier, ensure_service_token, load_public_keys
+from bastion._rpc import auth_metadata, open_channel
+from bastion._service import run_service
+from bastion._settings import parse_addr
+from bastion._web import start_web_server
+from bastion.v1 import graph_pb2_grpc, policy_pb2_grpc, verifier_pb2_grpc
+
+from ._app import ProxyApp
+from ._config import ProxySettings
+from ._hosts import HostCheck
+from ._journal import Journal
+from ._metrics import ProxyMetrics
+from ._pipeline import Governor
+from ._recorder import Recorder
+from ._shipper import Shipper
+from ._upstream import UpstreamPool
+from ._workflows import WorkflowTracker
+
+log = logging.getLogger("bastion.proxy")
+
+
+async def serve(
+    settings: ProxySettings, app: AppConfig, ready: Callable[[dict[str, str]], None], stop: asyncio.Event
+) -> None:
+    home = settings.home.resolve()
+    secret = settings.service_token.get_secret_value() if settings.service_token else None
+    metadata = auth_metadata(ensure_service_token(home, secret))
+    tokens = TokenVerifier(app.auth, load_public_keys(app.auth, home))
+    journal_dir = home / "journal"
+    journal = Journal.open(
+        journal_dir, fsync_interval=settings.journal_fsync_ms / 1000, segment_bytes=settings.journal_segment_bytes
+    )
+    await journal.start()
+    policy_channel = open_channel(settings.policy_grpc_addr)
+    verifier_channel = open_channel(settings.verifier_addr)
+    graph_channel = open_channel(settings.graph_grpc_addr)
+    shipper = Shipper(
+        journal.reader(),
+        home / "journal.cursor",
+        graph_pb2_grpc.GraphServiceStub(graph_channel),
+        metadata,
+        wake=journal.has_data,
+    )
+    shipper.start()
+    upstreams = {
+        name: UpstreamPool(server.url, timeout=settings.upstream_timeout_s)
+        for name, server in app.servers.items()
+        if server.url is not None
+    }
+    for name, server in app.servers.items():
+        if server.command is not None:
+            log.warning("server %r: stdio upstreams are not supported yet; it is not served", name)
+    proxy = ProxyApp(
+        tokens=tokens,
+        governor=Governor(
+            policy_pb2_grpc.PolicyServiceStub(policy_channel),
+            verifier_pb2_grpc.VerifierStub(verifier_channel),
+            metadata,
+            policy_timeout=settings.policy_timeout_ms / 1000,
+            verifier_timeout=settings.verifier_timeout_ms / 1000,
+            fallback_allow=settings.verifier_fallback == "allow",
+        ),
+        recorder=Recorder(journal),
+        upstreams=upstreams,
+        tracker=WorkflowTracker(settings.history_len),
+        metrics=ProxyMetrics(),
+        hosts=HostCheck(app.allowed_hosts, parse_addr(settings.proxy_addr)[0]),
+        max_body=settings.max_body,
+    )
+    web = await start_web_server(proxy, settings.proxy_addr)
+    try:
+        # Connect the channels now so the first governed call does not pay for it.
+        for channel in (policy_channel, verifier_channel):
+            channel.get_state(try_to_connect=True)
+        proxy.ready = True
+        ready({"http": web.address})
+        await stop.wait()
+    finally:
+        proxy.ready = False
+        await web.stop()
+        await shipper.stop()
+        await journal.close()
+        for pool in upstreams.values():
+            pool.close()
+        for channel in (policy_channel, verifier_channel, graph_channel):
+            await channel.close()
+
+
+def main(config: Path | None = None) -> int:
+    return run_service("proxy", ProxySettings(), config, serve)

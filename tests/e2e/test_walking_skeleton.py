@@ -1,0 +1,168 @@
+"""One governed MCP call through the four real services started by `bastion up`.
+
+Real processes on free ports, the demo MCP server from the `mcp` SDK as upstream,
+and the SDK's own client through the proxy in both wire formats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fixtures.mcp_client import WIRE_FORMATS, mcp_client
+from fixtures.stack import ROOT, Stack, bastion_up, write_config
+from fixtures.upstream import DemoUpstream, demo_upstream
+from mcp.shared.exceptions import MCPError
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUpstream]:
+    with demo_upstream(tmp_path_factory.mktemp("upstream")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, upstream: DemoUpstream) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("stack")
+    config = write_config(workdir / "bastion.yaml", upstream.url, [ROOT / "examples" / "policies" / "demo.yaml"])
+    with bastion_up(workdir, config) as running:
+        yield running
+
+
+async def _nodes(stack: Stack, workflow_id: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """The workflow's ACTION nodes, once the journal has shipped at least `count` of them."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=stack.graph) as http:
+        while True:
+            response = await http.get(f"/graphs/{workflow_id}/nodes")
+            if response.status_code == 200:
+                actions = [n for n in response.json()["items"] if n["node_type"] == "ACTION"]
+                if len(actions) >= count:
+                    return actions
+            if time.monotonic() > deadline:
+                raise AssertionError(f"graph has no {count} action nodes for {workflow_id}: {response.text}")
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("mode", WIRE_FORMATS)
+async def test_allowed_call_is_forwarded_and_denied_call_is_blocked_and_both_are_recorded(
+    stack: Stack, upstream: DemoUpstream, mode: str
+) -> None:
+    workflow = f"wf-e2e-{mode}"
+    token = stack.token("agent-e2e")
+    async with mcp_client(f"{stack.proxy}/mcp/demo", token, mode, workflow) as client:
+        allowed = await client.call_tool("add", {"a": 2, "b": 3})
+        assert allowed.is_error is False
+        assert allowed.structured_content == {"result": 5}
+
+        executed_before = len(upstream.executed())
+        with pytest.raises(MCPError) as blocked:
+            await client.call_tool("delete_file", {"path": "/etc/passwd"})
+    assert blocked.value.code == -32003
+    assert blocked.value.message == "POLICY_VIOLATION"
+    data = blocked.value.data
+    assert set(data) >= {
+        "violation_id",
+        "rule_id",
+        "reason",
+        "deviation_score",
+        "threshold",
+        "drift_path_origin",
+        "agent_id",
+        "blocked_action",
+        "policy_version",
+        "timestamp",
+    }
+    assert data["rule_id"] == "no-file-deletes"
+    assert data["agent_id"] == "agent-e2e"
+    assert data["blocked_action"]["tool"] == "delete_file"
+    assert data["policy_version"] == 1
+    assert len(upstream.executed()) == executed_before, "the upstream executed a blocked call"
+
+    nodes = await _nodes(stack, workflow, 2)
+    by_tool = {n["action"]["tool"]: n for n in nodes}
+    assert by_tool["add"]["outcome"] == "FORWARDED"
+    assert by_tool["add"]["decision"]["effect"] == "ALLOW"
+    assert by_tool["delete_file"]["outcome"] == "BLOCKED"
+    assert by_tool["delete_file"]["violation_id"] == data["violation_id"]
+    assert by_tool["delete_file"]["parent_ids"] == [by_tool["add"]["node_id"]], "CAUSED_BY the previous action"
+
+    async with httpx.AsyncClient(base_url=stack.graph) as http:
+        violations = (await http.get("/audit/violations", params={"workflow_id": workflow})).json()["items"]
+    assert [v["violation_id"] for v in violations] == [data["violation_id"]]
+    assert violations[0]["rule_id"] == "no-file-deletes"
+
+
+async def test_request_without_a_valid_token_gets_401_and_is_audited(stack: Stack) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {}}}
+    async with httpx.AsyncClient(base_url=stack.proxy) as http:
+        missing = await http.post("/mcp/demo", json=body)
+        forged = await http.post("/mcp/demo", json=body, headers={"Authorization": "Bearer not-a-jwt"})
+        async with httpx.AsyncClient(base_url=stack.graph) as graph:
+            deadline = time.monotonic() + 20
+            while True:
+                items = (await graph.get("/audit/violations", params={"workflow_id": "bastion.rejected"})).json()
+                ids = {v["violation_id"] for v in items["items"]}
+                if {missing.json()["error"]["violation_id"], forged.json()["error"]["violation_id"]} <= ids:
+                    break
+                assert time.monotonic() < deadline, f"401s not audited: {items}"
+                await asyncio.sleep(0.1)
+    assert missing.status_code == 401
+    assert forged.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert missing.json()["error"]["code"] == "bastion.auth.unauthenticated"
+
+
+async def test_graph_serves_openapi_docs(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.graph) as http:
+        assert (await http.get("/docs")).status_code == 200
+        spec = (await http.get("/openapi.json")).json()
+    assert {"/graphs", "/graphs/{workflow_id}/nodes", "/audit/violations"} <= set(spec["paths"])
+
+
+# Runs last in this module: it takes the policy service down for good.
+@pytest.mark.parametrize("mode", WIRE_FORMATS)
+async def test_with_the_policy_service_killed_calls_are_blocked_not_forwarded(
+    stack: Stack, upstream: DemoUpstream, mode: str
+) -> None:
+    policy_pid = stack.pid("policy")
+    with contextlib.suppress(ProcessLookupError):  # the first parametrisation already killed it
+        os.kill(policy_pid, signal.SIGKILL)
+    token = stack.token("agent-e2e")
+    workflow = f"wf-e2e-policy-down-{mode}"
+    executed_before = len(upstream.executed())
+    async with mcp_client(f"{stack.proxy}/mcp/demo", token, mode, workflow) as client:
+        with pytest.raises(MCPError) as allowed_when_up:
+            await client.call_tool("add", {"a": 1, "b": 1})
+        with pytest.raises(MCPError) as blocked:
+            await client.call_tool("delete_file", {"path": "/tmp/x"})
+    assert allowed_when_up.value.code == -32003
+    assert allowed_when_up.value.data["rule_id"] == "bastion.policy_unavailable"
+    assert blocked.value.code == -32003
+    assert blocked.value.data["rule_id"] == "bastion.policy_unavailable"
+    assert "policy service unavailable" in blocked.value.data["reason"]
+    assert len(upstream.executed()) == executed_before
+    nodes = await _nodes(stack, workflow, 2)
+    assert {n["outcome"] for n in nodes} == {"BLOCKED"}
+    assert {n["block_code"] for n in nodes} == {"bastion.policy_unavailable"}
+
+
+def test_stack_stops_cleanly_on_sigterm(tmp_path: Path, upstream: DemoUpstream) -> None:
+    config = write_config(tmp_path / "bastion.yaml", upstream.url, [ROOT / "examples" / "policies" / "demo.yaml"])
+    with bastion_up(tmp_path, config) as running:
+        pids = [running.pid(name) for name in ("proxy", "policy", "verifier", "graph")]
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(30) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

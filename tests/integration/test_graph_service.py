@@ -1,0 +1,456 @@
+"""The graph service as it runs: real gRPC and REST servers on port 0, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
+
+from bastion import ConfigError
+from bastion._appconfig import AppConfig
+from bastion._rpc import auth_metadata, check_health, start_grpc_server
+from bastion.graph import GraphServicer, GraphSettings, SqliteGraphStore, serve
+from bastion.v1 import graph_pb2, graph_pb2_grpc, policy_pb2, verifier_pb2
+
+_TOKEN = "graph-test-token"
+_T0_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
+
+_NODE_KEYS = {
+    "node_id",
+    "event_id",
+    "workflow_id",
+    "session_id",
+    "node_type",
+    "agent_id",
+    "tenant",
+    "action",
+    "decision",
+    "verifier",
+    "verifier_fallback",
+    "outcome",
+    "violation_id",
+    "block_code",
+    "block_reason",
+    "started_at",
+    "decided_at",
+    "parent_ids",
+    "payload_digest",
+}
+_VIOLATION_KEYS = {
+    "violation_id",
+    "workflow_id",
+    "node_id",
+    "event_id",
+    "agent_id",
+    "rule_id",
+    "reason",
+    "deviation_score",
+    "threshold",
+    "policy_name",
+    "policy_version",
+    "outcome",
+    "timestamp",
+    "server",
+    "tool",
+}
+_SUMMARY_KEYS = {"workflow_id", "first_seen", "last_seen", "node_count", "violation_count", "agents"}
+
+
+@dataclass(frozen=True)
+class _Graph:
+    grpc_addr: str
+    http: httpx.AsyncClient
+
+
+@contextlib.asynccontextmanager
+async def _running(home: Path, graph_url: str = "") -> AsyncIterator[_Graph]:
+    """The graph service in this event loop, stopped (gracefully) on exit."""
+    settings = GraphSettings(
+        home=home,
+        graph_addr="127.0.0.1:0",
+        graph_grpc_addr="127.0.0.1:0",
+        graph_url=graph_url,
+        service_token=SecretStr(_TOKEN),
+    )
+    addresses: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, AppConfig(), addresses.set_result, stop))
+    started: set[asyncio.Future[Any]] = {addresses, task}
+    await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # startup failed: raise why
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{addresses.result()['http']}", timeout=5) as http:
+            yield _Graph(grpc_addr=addresses.result()["grpc"], http=http)
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+async def graph(tmp_path: Path) -> AsyncIterator[_Graph]:
+    async with _running(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def stub(graph: _Graph) -> AsyncIterator[graph_pb2_grpc.GraphServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(graph.grpc_addr) as channel:
+        yield graph_pb2_grpc.GraphServiceStub(channel)
+
+
+def _event(
+    event_id: str,
+    *,
+    workflow_id: str = "wf-1",
+    parents: Sequence[str] = (),
+    second: int = 0,
+    outcome: graph_pb2.Outcome.ValueType = graph_pb2.FORWARDED,
+) -> graph_pb2.Event:
+    event = graph_pb2.Event(
+        event_id=event_id,
+        workflow_id=workflow_id,
+        node_id=f"node-{event_id}",
+        parent_ids=parents,
+        node_type=graph_pb2.ACTION,
+        agent_id="billing-bot",
+        tenant="acme",
+        session_id="session-1",
+        action=policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="mail", tool="send", method="tools/call"),
+        outcome=outcome,
+        payload_digest=f"sha256:{event_id}",
+    )
+    event.started_at.FromNanoseconds(_T0_NS + second * 10**9)
+    return event
+
+
+def _blocked(event_id: str, *, parents: Sequence[str] = (), second: int = 0) -> graph_pb2.Event:
+    event = _event(event_id, parents=parents, second=second, outcome=graph_pb2.BLOCKED)
+    event.action.arguments.update({"to": "attacker@example.com", "attachments": ["q3.pdf"]})
+    event.decision.CopyFrom(
+        policy_pb2.Decision(
+            effect=policy_pb2.DENY,
+            rule_id="no-external-mail",
+            reason="recipient outside the tenant",
+            policy_name="mail",
+            policy_version=3,
+            bundle_digest="sha256:bundle",
+        )
+    )
+    event.verifier.CopyFrom(
+        verifier_pb2.ScoreResponse(
+            deviation_score=0.92,
+            threshold=0.8,
+            verdict=verifier_pb2.BLOCK,
+            reasons=["novel recipient"],
+            drift_origin_node_id="node-e1",
+            scorer="reference/1",
+        )
+    )
+    event.decided_at.FromNanoseconds(_T0_NS + second * 10**9 + 250_000_000)
+    event.violation_id = f"violation-{event_id}"
+    event.block_code = "no-external-mail"
+    event.block_reason = "recipient outside the tenant"
+    return event
+
+
+async def _ingest(
+    stub: graph_pb2_grpc.GraphServiceAsyncStub, events: Sequence[graph_pb2.Event], token: str | None = _TOKEN
+) -> graph_pb2.IngestAck:
+    metadata = auth_metadata(token) if token is not None else ()
+    return await stub.Ingest(iter(events), metadata=metadata, timeout=10)
+
+
+async def test_ingested_events_are_acknowledged_and_served_over_rest(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub
+) -> None:
+    events = [_event("e1", second=1), _blocked("e2", parents=["node-e1"], second=2)]
+
+    first = await _ingest(stub, events)
+    redelivered = await _ingest(stub, events)
+
+    assert (first.accepted, first.duplicates) == (2, 0)
+    assert (redelivered.accepted, redelivered.duplicates) == (0, 2)
+    listing = (await graph.http.get("/graphs")).json()
+    assert listing["next_cursor"] is None
+    assert listing["items"] == [
+        {
+            "workflow_id": "wf-1",
+            "first_seen": "2026-01-01T00:00:01Z",
+            "last_seen": "2026-01-01T00:00:02Z",
+            "node_count": 2,
+            "violation_count": 1,
+            "agents": ["billing-bot"],
+        }
+    ]
+
+
+async def test_workflow_graph_has_the_node_and_edge_shapes_clients_rely_on(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub
+) -> None:
+    await _ingest(stub, [_blocked("e2", parents=["node-e1"], second=2), _event("e1", second=1)])
+
+    response = await graph.http.get("/graphs/wf-1")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == _SUMMARY_KEYS | {"nodes", "edges"}
+    assert [node["node_id"] for node in body["nodes"]] == ["node-e1", "node-e2"]
+    assert body["edges"] == [{"source": "node-e2", "target": "node-e1", "type": "CAUSED_BY", "reason": ""}]
+    forwarded, blocked = body["nodes"]
+    assert set(forwarded) == set(blocked) == _NODE_KEYS
+    assert (forwarded["decision"], forwarded["verifier"], forwarded["decided_at"]) == (None, None, None)
+    assert blocked == {
+        "node_id": "node-e2",
+        "event_id": "e2",
+        "workflow_id": "wf-1",
+        "session_id": "session-1",
+        "node_type": "ACTION",
+        "agent_id": "billing-bot",
+        "tenant": "acme",
+        "action": {
+            "kind": "TOOL_CALL",
+            "server": "mail",
+            "tool": "send",
+            "method": "tools/call",
+            "arguments": {"to": "attacker@example.com", "attachments": ["q3.pdf"]},
+        },
+        "decision": {
+            "effect": "DENY",
+            "rule_id": "no-external-mail",
+            "reason": "recipient outside the tenant",
+            "policy_name": "mail",
+            "policy_version": 3,
+            "bundle_digest": "sha256:bundle",
+        },
+        "verifier": {
+            "deviation_score": 0.92,
+            "threshold": 0.8,
+            "verdict": "BLOCK",
+            "reasons": ["novel recipient"],
+            "drift_origin_node_id": "node-e1",
+            "scorer": "reference/1",
+        },
+        "verifier_fallback": False,
+        "outcome": "BLOCKED",
+        "violation_id": "violation-e2",
+        "block_code": "no-external-mail",
+        "block_reason": "recipient outside the tenant",
+        "started_at": "2026-01-01T00:00:02Z",
+        "decided_at": "2026-01-01T00:00:02.250000Z",
+        "parent_ids": ["node-e1"],
+        "payload_digest": "sha256:e2",
+    }
+    nodes = (await graph.http.get("/graphs/wf-1/nodes")).json()
+    assert nodes == {"workflow_id": "wf-1", "items": body["nodes"]}
+
+
+async def test_violations_are_listed_newest_first_filtered_and_paged(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub
+) -> None:
+    await _ingest(stub, [_event("ok", second=0), *(_blocked(f"b{i}", second=i) for i in range(1, 4))])
+    await _ingest(stub, [_event("other", workflow_id="wf-2", second=9, outcome=graph_pb2.REJECTED)])
+
+    first = (await graph.http.get("/audit/violations", params={"workflow_id": "wf-1", "limit": 2})).json()
+    second = (
+        await graph.http.get("/audit/violations", params={"workflow_id": "wf-1", "cursor": first["next_cursor"]})
+    ).json()
+    everything = (await graph.http.get("/audit/violations")).json()
+    nobody = (await graph.http.get("/audit/violations", params={"agent_id": "someone-else"})).json()
+
+    assert [v["event_id"] for v in first["items"]] == ["b3", "b2"]
+    assert [v["event_id"] for v in second["items"]] == ["b1"]
+    assert second["next_cursor"] is None
+    assert [v["event_id"] for v in everything["items"]] == ["other", "b3", "b2", "b1"]
+    assert nobody == {"items": [], "next_cursor": None}
+    assert first["items"][0] == {
+        "violation_id": "violation-b3",
+        "workflow_id": "wf-1",
+        "node_id": "node-b3",
+        "event_id": "b3",
+        "agent_id": "billing-bot",
+        "rule_id": "no-external-mail",
+        "reason": "recipient outside the tenant",
+        "deviation_score": 0.92,
+        "threshold": 0.8,
+        "policy_name": "mail",
+        "policy_version": 3,
+        "outcome": "BLOCKED",
+        "timestamp": "2026-01-01T00:00:03Z",
+        "server": "mail",
+        "tool": "send",
+    }
+    rejected = everything["items"][0]
+    assert set(rejected) == _VIOLATION_KEYS
+    assert (rejected["outcome"], rejected["policy_version"], rejected["deviation_score"]) == ("REJECTED", None, None)
+
+
+async def test_bad_paging_parameters_are_client_errors(graph: _Graph) -> None:
+    bad_cursor = await graph.http.get("/audit/violations", params={"cursor": "not-a-cursor"})
+    too_large = await graph.http.get("/graphs", params={"limit": 501})
+
+    assert bad_cursor.status_code == 400
+    assert "invalid cursor" in bad_cursor.json()["detail"]
+    assert too_large.status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/graphs/wf-missing", "/graphs/wf-missing/nodes"])
+async def test_unknown_workflow_is_404_with_a_detail(graph: _Graph, path: str) -> None:
+    response = await graph.http.get(path)
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "workflow 'wf-missing' not found"}
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+async def test_ingest_without_the_service_token_is_unauthenticated(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub, token: str | None
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _ingest(stub, [_event("e1")], token=token)
+
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (await graph.http.get("/graphs")).json()["items"] == []
+
+
+@pytest.mark.parametrize("field", ["event_id", "workflow_id", "node_id"])
+async def test_event_without_a_required_id_is_invalid_and_nothing_is_stored(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub, field: str
+) -> None:
+    broken = _event("e2", second=2)
+    broken.ClearField(field)  # type: ignore[arg-type]
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _ingest(stub, [_event("e1", second=1), broken])
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"event #1 (event_id '{broken.event_id}'): {field} is empty" in (caught.value.details() or "")
+    assert (await graph.http.get("/graphs")).json()["items"] == []
+
+
+async def test_ingest_call_over_10000_events_is_invalid_and_nothing_is_stored(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub
+) -> None:
+    def events() -> Iterator[graph_pb2.Event]:
+        for i in range(10_001):
+            yield graph_pb2.Event(event_id=f"e{i}", workflow_id="wf-big", node_id=f"n{i}")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Ingest(events(), metadata=auth_metadata(_TOKEN), timeout=30)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "more than 10000 events in one Ingest call" in (caught.value.details() or "")
+    assert (await graph.http.get("/graphs/wf-big")).status_code == 404
+
+
+async def test_lineage_walks_back_to_the_origin_and_unknown_nodes_are_not_found(
+    stub: graph_pb2_grpc.GraphServiceAsyncStub,
+) -> None:
+    leaf = _event("e3", parents=["node-e2"], second=3)
+    leaf.edges.add(target_node_id="node-e1", type=graph_pb2.INFORMED_BY, reason="'to' came from e1's output")
+    await _ingest(stub, [_event("e1", second=1), _event("e2", parents=["node-e1"], second=2), leaf])
+    metadata = auth_metadata(_TOKEN)
+
+    path = await stub.Lineage(graph_pb2.LineageRequest(workflow_id="wf-1", node_id="node-e3"), metadata=metadata)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Lineage(graph_pb2.LineageRequest(workflow_id="wf-1", node_id="node-nope"), metadata=metadata)
+
+    assert [(hop.node_id, hop.via, hop.reason, hop.tool) for hop in path.hops] == [
+        ("node-e3", graph_pb2.INFORMED_BY, "'to' came from e1's output", "send"),
+        ("node-e1", graph_pb2.EDGE_TYPE_UNSPECIFIED, "", "send"),
+    ]
+    assert {hop.node_type for hop in path.hops} == {graph_pb2.ACTION}
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (graph_pb2.LineageRequest(workflow_id="wf-1"), "node_id is required"),
+        (graph_pb2.LineageRequest(node_id="n", max_depth=-1), "max_depth must be between 0"),
+        (graph_pb2.LineageRequest(node_id="n", max_depth=100_000), "max_depth must be between 0"),
+    ],
+)
+async def test_lineage_with_a_bad_request_is_invalid_argument(
+    stub: graph_pb2_grpc.GraphServiceAsyncStub, request_: graph_pb2.LineageRequest, message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Lineage(request_, metadata=auth_metadata(_TOKEN), timeout=5)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (caught.value.details() or "")
+
+
+async def test_ingest_while_the_store_is_unavailable_is_unavailable_so_the_journal_retries(tmp_path: Path) -> None:
+    store = await SqliteGraphStore.open(tmp_path / "graph.db")
+    await store.close()
+    server = await start_grpc_server(
+        "127.0.0.1:0",
+        token=_TOKEN,
+        register=[partial(graph_pb2_grpc.add_GraphServiceServicer_to_server, GraphServicer(store))],
+        service_names=["bastion.v1.GraphService"],
+    )
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _ingest(graph_pb2_grpc.GraphServiceStub(channel), [_event("e1")])
+    finally:
+        await server.stop(grace=0)
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "is closed" in (caught.value.details() or "")
+
+
+async def test_health_readiness_docs_and_metrics_are_served(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub
+) -> None:
+    await _ingest(stub, [_event("e1"), _event("e1")])
+
+    healthz, readyz = await graph.http.get("/healthz"), await graph.http.get("/readyz")
+    docs, openapi = await graph.http.get("/docs"), await graph.http.get("/openapi.json")
+    metrics = await graph.http.get("/metrics")
+
+    assert (healthz.json(), readyz.json()) == ({"status": "ok"}, {"status": "ready"})
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+    assert {"/graphs", "/graphs/{workflow_id}", "/graphs/{workflow_id}/nodes", "/audit/violations"} <= set(
+        openapi.json()["paths"]
+    )
+    assert 'bastion_graph_ingest_events_total{result="accepted"} 1.0' in metrics.text
+    assert 'bastion_graph_ingest_events_total{result="duplicate"} 1.0' in metrics.text
+
+
+async def test_grpc_health_reports_the_graph_service_serving(graph: _Graph) -> None:
+    async with grpc.aio.insecure_channel(graph.grpc_addr) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="bastion.v1.GraphService"), timeout=5
+        )
+
+    assert await check_health(graph.grpc_addr)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_restarted_service_serves_what_it_stored_before(tmp_path: Path) -> None:
+    async with _running(tmp_path) as first, grpc.aio.insecure_channel(first.grpc_addr) as channel:
+        await _ingest(graph_pb2_grpc.GraphServiceStub(channel), [_event("e1"), _blocked("e2", parents=["node-e1"])])
+        before = (await first.http.get("/graphs/wf-1")).json()
+
+    async with _running(tmp_path) as second:
+        assert (await second.http.get("/graphs/wf-1")).json() == before
+    assert (tmp_path / "graph.db").exists()
+
+
+async def test_neo4j_graph_url_stops_startup_with_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not supported yet"):
+        async with _running(tmp_path, graph_url="neo4j://localhost:7687"):
+            pass

@@ -1,0 +1,297 @@
+"""The policy service in-process: real grpc.aio and REST servers on port 0, real tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
+
+from bastion import ConfigError, PolicyValidationError
+from bastion._appconfig import AppConfig
+from bastion._identity import SERVICE_TOKEN_FILE, ensure_dev_key, issue_token
+from bastion._rpc import auth_metadata
+from bastion.policy import PolicySettings, serve
+from bastion.v1 import policy_pb2, policy_pb2_grpc
+
+if TYPE_CHECKING:
+    from bastion.v1.policy_pb2_grpc import PolicyServiceAsyncStub
+
+DEMO_PATH = Path(__file__).resolve().parents[2] / "examples" / "policies" / "demo.yaml"
+TOKEN = "integration-test-service-token"
+DEADLINE = 5.0
+
+
+@dataclass(frozen=True)
+class Running:
+    grpc_addr: str
+    http_url: str
+    home: Path
+    token: str
+    stop: asyncio.Event
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    home: Path,
+    policies: tuple[Path, ...] = (DEMO_PATH,),
+    *,
+    token: str | None = TOKEN,
+    grpc_addr: str = "127.0.0.1:0",
+    http_addr: str = "127.0.0.1:0",
+) -> AsyncIterator[Running]:
+    settings = PolicySettings(
+        home=home,
+        policy_grpc_addr=grpc_addr,
+        policy_addr=http_addr,
+        service_token=SecretStr(token) if token else None,
+    )
+    bound: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, AppConfig(policies=policies), bound.set_result, stop))
+    first: list[asyncio.Future[Any]] = [task, bound]
+    await asyncio.wait(first, timeout=DEADLINE, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    addresses = bound.result()
+    used_token = token or (home / SERVICE_TOKEN_FILE).read_text().strip()
+    try:
+        yield Running(addresses["grpc"], f"http://{addresses['http']}", home, used_token, stop)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE)
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[Running]:
+    async with _running(tmp_path / "home") as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _stub(running: Running) -> AsyncIterator[PolicyServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(running.grpc_addr) as channel:
+        yield policy_pb2_grpc.PolicyServiceStub(channel)
+
+
+def _request(tool: str, agent: str = "agent-1", server: str = "demo") -> policy_pb2.DecideRequest:
+    return policy_pb2.DecideRequest(
+        action=policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server=server, tool=tool, method="tools/call"),
+        ctx=policy_pb2.Context(agent_id=agent, workflow_id="wf-1"),
+    )
+
+
+async def _decide(running: Running, request: policy_pb2.DecideRequest) -> policy_pb2.Decision:
+    async with _stub(running) as stub:
+        return await stub.Decide(request, metadata=auth_metadata(running.token), timeout=DEADLINE)
+
+
+# --- Decide / DecideBatch over gRPC ---------------------------------------------------------
+
+
+async def test_decide_allows_demo_add_with_the_service_token(service: Running) -> None:
+    decision = await _decide(service, _request("add"))
+    assert decision.effect == policy_pb2.ALLOW
+    assert decision.reason == f"rule '{decision.rule_id}' allows demo__add for agent 'agent-1'"
+    assert (decision.policy_name, decision.policy_version) == ("demo", 1)
+    assert len(decision.bundle_digest) == 64
+    assert decision.rollout_arm == policy_pb2.STABLE
+
+
+async def test_decide_denies_delete_file_by_the_explicit_rule(service: Running) -> None:
+    decision = await _decide(service, _request("delete_file"))
+    assert (decision.effect, decision.rule_id) == (policy_pb2.DENY, "no-file-deletes")
+
+
+async def test_decide_denies_an_unlisted_tool_by_default(service: Running) -> None:
+    decision = await _decide(service, _request("echo", agent="a"))
+    assert (decision.effect, decision.rule_id) == (policy_pb2.DENY, "default")
+    assert decision.reason == "no rule matched demo__echo for agent 'a' (default deny)"
+
+
+async def test_decide_denies_kinds_this_version_does_not_govern(service: Running) -> None:
+    request = _request("add")
+    request.action.kind = policy_pb2.A2A_SEND
+    decision = await _decide(service, request)
+    assert decision.effect == policy_pb2.DENY
+    assert decision.reason == "action kind A2A_SEND is not governed by this policy version"
+
+
+@pytest.mark.parametrize("metadata", [(), auth_metadata("wrong-token"), (("authorization", TOKEN),)])
+async def test_decide_without_the_right_service_token_is_unauthenticated(
+    service: Running, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    async with _stub(service) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Decide(_request("add"), metadata=metadata, timeout=DEADLINE)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_decide_batch_returns_one_decision_per_request_in_order(service: Running) -> None:
+    tools = ["delete_file", "add", "echo", "add"]
+    batch = policy_pb2.DecideBatchRequest(requests=[_request(tool) for tool in tools])
+    async with _stub(service) as stub:
+        reply = await stub.DecideBatch(batch, metadata=auth_metadata(service.token), timeout=DEADLINE)
+    assert [decision.effect for decision in reply.decisions] == [
+        policy_pb2.DENY,
+        policy_pb2.ALLOW,
+        policy_pb2.DENY,
+        policy_pb2.ALLOW,
+    ]
+    assert [decision.reason.split(" ")[3] for decision in reply.decisions[:2]] == ["demo__delete_file", "demo__add"]
+
+
+async def test_service_without_policies_denies_everything(tmp_path: Path) -> None:
+    async with _running(tmp_path, policies=()) as running:
+        decision = await _decide(running, _request("add"))
+    assert decision.effect == policy_pb2.DENY
+    assert decision.reason == "no policy loaded (default deny)"
+
+
+async def test_service_token_is_generated_under_home_when_none_is_configured(tmp_path: Path) -> None:
+    async with _running(tmp_path, token=None) as running:
+        assert running.token
+        assert (await _decide(running, _request("add"))).effect == policy_pb2.ALLOW
+
+
+# --- Watch and health ---------------------------------------------------------------------
+
+
+async def test_watch_streams_a_loaded_event_per_policy_then_stays_open(service: Running) -> None:
+    async with _stub(service) as stub:
+        call = stub.Watch(policy_pb2.WatchRequest(), metadata=auth_metadata(service.token), timeout=DEADLINE)
+        event = await call.read()
+        assert isinstance(event, policy_pb2.BundleEvent)
+        assert event.kind == policy_pb2.BundleEvent.LOADED
+        assert (event.policy_name, event.version) == ("demo", 1)
+        assert event.bundle_digest == (await _decide(service, _request("add"))).bundle_digest
+        assert event.at.seconds > 0
+        await asyncio.sleep(0.2)
+        assert not call.done()
+        call.cancel()
+        assert await call.code() == grpc.StatusCode.CANCELLED
+
+
+async def test_watch_ends_cleanly_when_the_service_stops(tmp_path: Path) -> None:
+    async with _running(tmp_path) as running, _stub(running) as stub:
+        call = stub.Watch(policy_pb2.WatchRequest(policy_name="demo"), metadata=auth_metadata(running.token))
+        event = await call.read()
+        assert isinstance(event, policy_pb2.BundleEvent)
+        assert event.policy_name == "demo"
+        running.stop.set()
+        assert await asyncio.wait_for(call.read(), DEADLINE) is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_grpc_health_reports_serving_without_the_token(service: Running) -> None:
+    async with grpc.aio.insecure_channel(service.grpc_addr) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="bastion.v1.PolicyService"), timeout=DEADLINE)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# --- admin REST -------------------------------------------------------------------------------
+
+
+def _bearer(running: Running, *roles: str) -> dict[str, str]:
+    token = issue_token(ensure_dev_key(running.home), subject="someone", roles=roles)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_probes_report_alive_and_ready(service: Running) -> None:
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+
+
+async def test_metrics_count_decisions_by_effect_and_rule(service: Running) -> None:
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as client:
+        before = (await client.get("/metrics")).text
+        await _decide(service, _request("add"))
+        await _decide(service, _request("delete_file"))
+        await _decide(service, _request("delete_file"))
+        after = await client.get("/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    assert 'bastion_decisions_total{effect="deny",rule="default"} 0.0' in before
+    assert 'bastion_decisions_total{effect="allow",rule="allow-add"} 1.0' in after.text
+    assert 'bastion_decisions_total{effect="deny",rule="no-file-deletes"} 2.0' in after.text
+
+
+async def test_list_policies_without_a_token_is_401(service: Running) -> None:
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as client:
+        reply = await client.get("/v1/policies")
+    assert reply.status_code == 401
+    assert reply.headers["www-authenticate"] == "Bearer"
+    assert reply.json()["error"]["code"] == "bastion.auth.unauthenticated"
+
+
+async def test_list_policies_with_a_token_signed_by_another_key_is_401(service: Running, tmp_path: Path) -> None:
+    foreign = issue_token(ensure_dev_key(tmp_path / "elsewhere"), subject="ops", roles=("operator",))
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as client:
+        reply = await client.get("/v1/policies", headers={"Authorization": f"Bearer {foreign}"})
+    assert reply.status_code == 401
+    assert "invalid token" in reply.json()["error"]["message"]
+
+
+async def test_list_policies_with_an_agent_token_is_403(service: Running) -> None:
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as client:
+        reply = await client.get("/v1/policies", headers=_bearer(service, "agent"))
+    assert reply.status_code == 403
+    assert reply.json()["error"]["code"] == "bastion.auth.forbidden"
+
+
+@pytest.mark.parametrize("role", ["operator", "admin"])
+async def test_list_policies_shows_the_active_policies_to_operators(service: Running, role: str) -> None:
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as client:
+        reply = await client.get("/v1/policies", headers=_bearer(service, role))
+    assert reply.status_code == 200
+    body = reply.json()
+    digest = (await _decide(service, _request("add"))).bundle_digest
+    assert body == {
+        "bundle_digest": digest,
+        "policies": [{"name": "demo", "version": 1, "bundle_digest": digest, "rule_count": 2}],
+    }
+
+
+# --- startup failures -------------------------------------------------------------------------
+
+
+def _never_ready() -> Callable[[dict[str, str]], None]:
+    def ready(addresses: dict[str, str]) -> None:
+        raise AssertionError(f"reported ready despite a startup failure: {addresses}")
+
+    return ready
+
+
+async def test_bad_policy_file_stops_startup_with_the_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEMO_PATH.read_text(encoding="utf-8").replace("effect: allow", "efect: allow"), encoding="utf-8")
+    settings = PolicySettings(home=tmp_path, policy_grpc_addr="127.0.0.1:0", policy_addr="127.0.0.1:0")
+    with pytest.raises(PolicyValidationError) as caught:
+        await serve(settings, AppConfig(policies=(bad,)), _never_ready(), asyncio.Event())
+    assert f"{bad}: policy 'demo' v1 rule 'allow-add': unknown field 'efect' (did you mean 'effect'?)" in str(
+        caught.value
+    )
+
+
+@pytest.mark.parametrize("taken", ["grpc_addr", "http_addr"])
+async def test_a_taken_port_is_a_config_error_naming_the_address(tmp_path: Path, taken: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as occupied:
+        addr = f"127.0.0.1:{occupied.getsockname()[1]}"
+        with pytest.raises(ConfigError, match=f"cannot listen on {addr}"):
+            async with _running(
+                tmp_path,
+                grpc_addr=addr if taken == "grpc_addr" else "127.0.0.1:0",
+                http_addr=addr if taken == "http_addr" else "127.0.0.1:0",
+            ):
+                pass

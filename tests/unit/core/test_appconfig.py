@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastion import ConfigError
+from bastion._appconfig import load_app_config
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bastion.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_servers_and_relative_policy_paths_are_loaded(tmp_path: Path) -> None:
+    config = load_app_config(
+        _write(tmp_path, "servers:\n  demo: {url: 'http://127.0.0.1:1/mcp'}\npolicies: [p/demo.yaml]\n")
+    )
+    assert config.servers["demo"].url == "http://127.0.0.1:1/mcp"
+    assert config.policies == (tmp_path / "p" / "demo.yaml",)
+
+
+def test_unknown_field_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"servers\.demo\.urll: unknown field"):
+        load_app_config(_write(tmp_path, "servers:\n  demo: {urll: 'http://x/mcp'}\n"))
+
+
+@pytest.mark.parametrize("name", ["tools", "a__b", "a/b", "a b"])
+def test_reserved_or_ambiguous_server_names_are_rejected(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="server name"):
+        load_app_config(_write(tmp_path, f"servers:\n  '{name}': {{url: 'http://127.0.0.1:1/mcp'}}\n"))
+
+
+def test_server_needs_exactly_one_transport(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_app_config(_write(tmp_path, "servers:\n  demo: {}\n"))
+
+
+def test_missing_and_invalid_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_app_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_app_config(_write(tmp_path, "servers: [\n"))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_app_config(_write(tmp_path, "- a\n"))
+
+
+def test_empty_file_is_an_empty_stack(tmp_path: Path) -> None:
+    assert load_app_config(_write(tmp_path, "")).servers == {}

@@ -1,0 +1,489 @@
+"""The SQLite graph store: ingest, idempotency, edges, summaries, paging, lineage, durability."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bastion import ProtocolError, StoreError
+from bastion.graph import IngestResult, Node, Page, SqliteGraphStore, ViolationFilter, WorkflowSummary
+from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
+
+T = TypeVar("T")
+
+_T0_NS = 1_700_000_000 * 10**9
+
+
+def _event(
+    event_id: str,
+    *,
+    workflow_id: str = "wf-1",
+    node_id: str | None = None,
+    parents: Sequence[str] = (),
+    hints: Sequence[tuple[str, graph_pb2.EdgeType.ValueType, str]] = (),
+    second: int | None = 0,
+    outcome: graph_pb2.Outcome.ValueType = graph_pb2.FORWARDED,
+    agent_id: str = "agent-a",
+    tool: str = "search",
+) -> graph_pb2.Event:
+    event = graph_pb2.Event(
+        event_id=event_id,
+        workflow_id=workflow_id,
+        node_id=node_id or f"node-{event_id}",
+        parent_ids=parents,
+        node_type=graph_pb2.ACTION,
+        edges=[graph_pb2.EdgeHint(target_node_id=target, type=kind, reason=reason) for target, kind, reason in hints],
+        agent_id=agent_id,
+        tenant="default",
+        session_id="session-1",
+        action=policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="web", tool=tool, method="tools/call"),
+        outcome=outcome,
+    )
+    if outcome != graph_pb2.FORWARDED:
+        event.violation_id = f"violation-{event_id}"
+        event.block_code = "no-exfiltration"
+        event.block_reason = "destination not in the task"
+    if second is not None:
+        event.started_at.FromNanoseconds(_T0_NS + second * 10**9)
+    return event
+
+
+def _at(second: int) -> datetime:
+    return datetime.fromtimestamp(_T0_NS // 10**9 + second, UTC)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteGraphStore]:
+    opened = await SqliteGraphStore.open(tmp_path / "graph.db")
+    yield opened
+    await opened.close()
+
+
+async def test_ingested_event_is_stored_as_a_node_with_every_field(store: SqliteGraphStore) -> None:
+    event = _event("e1", outcome=graph_pb2.BLOCKED, parents=["node-e0"])
+    event.action.arguments.update({"to": "x@example.com", "amount": 12.5, "tags": ["a", {"b": None}]})
+    event.decision.CopyFrom(
+        policy_pb2.Decision(effect=policy_pb2.DENY, rule_id="r1", policy_name="payments", policy_version=7)
+    )
+    event.verifier.CopyFrom(verifier_pb2.ScoreResponse(deviation_score=0.9, threshold=0.8, verdict=verifier_pb2.BLOCK))
+    event.decided_at.FromNanoseconds(_T0_NS + 1_500)
+    event.redacted_payload.update({"secret": "[REDACTED]"})
+
+    assert await store.ingest([]) == IngestResult(accepted=0, duplicates=0)
+    assert await store.ingest([event]) == IngestResult(accepted=1, duplicates=0)
+    (node,) = await store.nodes("wf-1")
+
+    assert node.event == event
+    assert node.at == _at(0)
+    assert node.is_violation
+
+
+async def test_redelivered_event_is_a_duplicate_and_changes_nothing(store: SqliteGraphStore) -> None:
+    first = _event("e1", second=1)
+    second = _event("e2", parents=["node-e1"], second=2, outcome=graph_pb2.BLOCKED)
+    first_ack = await store.ingest([first, second])
+    before = await _snapshot(store)
+
+    again = await store.ingest([second])
+    # A changed copy under the same event_id is still the same event: the first one wins.
+    changed = _event("e1", second=9, agent_id="agent-z")
+    mixed = await store.ingest([changed, _event("e3", second=3), _event("e3", second=3)])
+
+    assert (first_ack.accepted, first_ack.duplicates) == (2, 0)
+    assert (again.accepted, again.duplicates) == (0, 1)
+    assert (mixed.accepted, mixed.duplicates) == (1, 2)
+    after = await _snapshot(store)
+    assert after["nodes"]["wf-1"][:2] == before["nodes"]["wf-1"]
+    assert after["edges"] == before["edges"]
+    summary = await store.workflow("wf-1")
+    assert summary is not None
+    assert (summary.node_count, summary.violation_count, summary.agents) == (3, 1, ("agent-a",))
+
+
+async def test_event_reusing_another_events_node_id_is_refused_with_its_whole_batch(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("e1", node_id="n1")])
+
+    with pytest.raises(ProtocolError, match=r"reuses node_id 'n1' of event 'e1'"):
+        await store.ingest([_event("e2", node_id="n2"), _event("e3", node_id="n1")])
+
+    assert [node.event.event_id for node in await store.nodes("wf-1")] == ["e1"]
+    summary = await store.workflow("wf-1")
+    assert summary is not None
+    assert summary.node_count == 1
+
+
+async def test_parent_ids_become_caused_by_edges_and_hints_keep_their_type_and_reason(
+    store: SqliteGraphStore,
+) -> None:
+    await store.ingest(
+        [
+            _event("e1", node_id="read", second=1),
+            _event(
+                "e2",
+                node_id="send",
+                second=2,
+                parents=["read", "read"],
+                hints=[
+                    ("read", graph_pb2.INFORMED_BY, "argument 'body' came from read"),
+                    ("v", graph_pb2.VERIFIED_BY, ""),
+                ],
+            ),
+        ]
+    )
+
+    edges = [(e.source, e.target, e.type, e.reason) for e in await store.edges("wf-1")]
+
+    assert edges == [
+        ("send", "read", "CAUSED_BY", ""),
+        ("send", "read", "INFORMED_BY", "argument 'body' came from read"),
+        ("send", "v", "VERIFIED_BY", ""),
+    ]
+
+
+async def test_caused_by_hint_gives_its_reason_to_the_parent_edge(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("e2", node_id="b", parents=["a"], hints=[("a", graph_pb2.CAUSED_BY, "next step")])])
+
+    assert [(e.type, e.reason) for e in await store.edges("wf-1")] == [("CAUSED_BY", "next step")]
+
+
+async def test_workflow_summary_counts_nodes_violations_and_distinct_agents(store: SqliteGraphStore) -> None:
+    # Out of order on purpose: the journal may deliver a late event after newer ones.
+    await store.ingest([_event("e2", second=20, agent_id="agent-b"), _event("e3", second=30, agent_id="")])
+    await store.ingest([_event("e1", second=10, outcome=graph_pb2.REJECTED), _event("e4", second=40)])
+    await store.ingest([_event("e5", second=50, outcome=graph_pb2.BLOCKED, agent_id="agent-b")])
+
+    summary = await store.workflow("wf-1")
+
+    assert summary == WorkflowSummary(
+        workflow_id="wf-1",
+        first_seen=_at(10),
+        last_seen=_at(50),
+        node_count=5,
+        violation_count=2,
+        agents=("agent-a", "agent-b"),
+    )
+    assert await store.workflow("wf-unknown") is None
+
+
+async def test_nodes_are_listed_oldest_first_whatever_the_arrival_order(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("c", second=3), _event("a", second=1)])
+    await store.ingest([_event("b", second=2), _event("other", workflow_id="wf-2")])
+
+    assert [node.event.event_id for node in await store.nodes("wf-1")] == ["a", "b", "c"]
+    assert await store.nodes("wf-unknown") == ()
+
+
+async def test_workflows_are_listed_most_recently_active_first_in_pages(store: SqliteGraphStore) -> None:
+    await store.ingest([_event(f"e{i}", workflow_id=f"wf-{i}", second=i) for i in range(5)])
+    await store.ingest([_event("late", workflow_id="wf-1", second=99)])
+
+    pages = await _all_pages(lambda cursor: store.list_workflows(limit=2, cursor=cursor))
+
+    assert [[w.workflow_id for w in page] for page in pages] == [["wf-1", "wf-4"], ["wf-3", "wf-2"], ["wf-0"]]
+
+
+async def test_violations_are_blocked_or_rejected_events_newest_first(store: SqliteGraphStore) -> None:
+    await store.ingest(
+        [
+            _event("ok", second=1),
+            _event("blocked", second=2, outcome=graph_pb2.BLOCKED),
+            _event("rejected", second=3, outcome=graph_pb2.REJECTED, agent_id="agent-b"),
+            _event("other-wf", workflow_id="wf-2", second=4, outcome=graph_pb2.BLOCKED),
+        ]
+    )
+
+    async def ids(filters: ViolationFilter) -> list[str]:
+        page = await store.violations(filters)
+        assert page.next_cursor is None
+        return [node.event.event_id for node in page.items]
+
+    assert await ids(ViolationFilter()) == ["other-wf", "rejected", "blocked"]
+    assert await ids(ViolationFilter(workflow_id="wf-1")) == ["rejected", "blocked"]
+    assert await ids(ViolationFilter(agent_id="agent-b")) == ["rejected"]
+    assert await ids(ViolationFilter(workflow_id="wf-2", agent_id="agent-b")) == []
+
+
+async def test_violation_pages_follow_the_cursor_without_gaps_or_repeats(store: SqliteGraphStore) -> None:
+    # Equal timestamps on purpose: the event id breaks ties so no page boundary loses one.
+    events = [_event(f"e{i:02}", second=i // 3, outcome=graph_pb2.BLOCKED) for i in range(11)]
+    await store.ingest(events)
+
+    pages = await _all_pages(lambda cursor: store.violations(ViolationFilter(), limit=4, cursor=cursor))
+
+    assert [len(page) for page in pages] == [4, 4, 3]
+    listed = [node.event.event_id for page in pages for node in page]
+    assert listed == sorted((e.event_id for e in events), key=lambda i: (int(i[1:]) // 3, i), reverse=True)
+
+
+@pytest.mark.parametrize("cursor", ["garbage!", "", "W10", "bm90IGpzb24", "é"])
+async def test_cursor_that_is_not_a_cursor_is_refused(store: SqliteGraphStore, cursor: str) -> None:
+    with pytest.raises(ProtocolError, match="invalid cursor"):
+        await store.violations(ViolationFilter(), cursor=cursor)
+
+
+async def test_cursor_of_another_listing_is_refused(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("e1", workflow_id="wf-1"), _event("e2", workflow_id="wf-2")])
+    workflows_cursor = (await store.list_workflows(limit=1)).next_cursor
+    assert workflows_cursor is not None
+
+    with pytest.raises(ProtocolError, match="invalid cursor"):
+        await store.violations(ViolationFilter(), cursor=workflows_cursor)
+
+
+@pytest.mark.parametrize("limit", [0, -1, 501])
+async def test_page_size_outside_1_to_500_is_refused(store: SqliteGraphStore, limit: int) -> None:
+    with pytest.raises(ProtocolError, match="limit must be between 1 and 500"):
+        await store.list_workflows(limit=limit)
+
+
+async def test_lineage_walks_back_to_the_origin_preferring_data_provenance(store: SqliteGraphStore) -> None:
+    await store.ingest(
+        [
+            _event("e1", node_id="task", second=1, tool=""),
+            _event("e2", node_id="fetch", second=2, parents=["task"], tool="fetch"),
+            _event("e3", node_id="summarise", second=3, parents=["fetch"], tool="summarise"),
+            _event(
+                "e4",
+                node_id="send",
+                second=4,
+                parents=["summarise"],
+                hints=[("fetch", graph_pb2.INFORMED_BY, "body came from fetch")],
+                tool="send",
+            ),
+        ]
+    )
+
+    hops = await store.lineage("wf-1", "send")
+
+    assert hops is not None
+    assert [(h.node_id, h.via, h.reason, h.tool) for h in hops] == [
+        ("send", "INFORMED_BY", "body came from fetch", "send"),
+        ("fetch", "CAUSED_BY", "", "fetch"),
+        ("task", None, "", ""),
+    ]
+    assert {h.node_type for h in hops} == {"ACTION"}
+
+
+async def test_lineage_stops_at_a_parent_that_was_never_ingested(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("e2", node_id="child", parents=["missing"])])
+
+    hops = await store.lineage("wf-1", "child")
+
+    assert hops is not None
+    assert [(h.node_id, h.node_type, h.via) for h in hops] == [
+        ("child", "ACTION", "CAUSED_BY"),
+        ("missing", "NODE_TYPE_UNSPECIFIED", None),
+    ]
+
+
+async def test_lineage_respects_max_depth_and_ends_on_cycles(store: SqliteGraphStore) -> None:
+    chain = [_event(f"e{i}", node_id=f"n{i}", second=i, parents=[f"n{i - 1}"] if i else []) for i in range(6)]
+    loop = [_event("x", node_id="x", parents=["y"]), _event("y", node_id="y", parents=["x"])]
+    await store.ingest([*chain, *loop])
+
+    short = await store.lineage("wf-1", "n5", max_depth=2)
+    itself = await store.lineage("wf-1", "n5", max_depth=0)
+    cycle = await store.lineage("", "x")
+
+    assert short is not None
+    assert [h.node_id for h in short] == ["n5", "n4", "n3"]
+    assert short[-1].via is None
+    assert itself is not None
+    assert [h.node_id for h in itself] == ["n5"]
+    assert cycle is not None
+    assert [h.node_id for h in cycle] == ["x", "y"]
+    with pytest.raises(ProtocolError, match="max_depth"):
+        await store.lineage("wf-1", "n5", max_depth=-1)
+
+
+async def test_lineage_of_an_unknown_node_or_one_in_another_workflow_is_none(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("e1", node_id="n1")])
+
+    assert await store.lineage("wf-1", "nope") is None
+    assert await store.lineage("wf-2", "n1") is None
+    assert await store.lineage("", "n1") is not None
+
+
+async def test_event_without_timestamps_is_timed_by_its_arrival(store: SqliteGraphStore) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    await store.ingest([_event("e1", second=None)])
+    after = datetime.now(UTC)
+
+    (node,) = await store.nodes("wf-1")
+
+    assert before <= node.at <= after
+
+
+async def test_concurrent_ingests_are_each_applied_once(store: SqliteGraphStore) -> None:
+    batches = [[_event(f"b{b}-e{i}", second=i) for i in range(20)] for b in range(10)]
+
+    results = await asyncio.gather(*(store.ingest(batch) for batch in [*batches, *batches]))
+
+    assert sum(r.accepted for r in results) == 200
+    assert sum(r.duplicates for r in results) == 200
+    summary = await store.workflow("wf-1")
+    assert summary is not None
+    assert summary.node_count == 200
+
+
+async def test_stored_graph_survives_closing_and_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "graph.db"
+    first = await SqliteGraphStore.open(path)
+    await first.ingest([_event("e1", second=1), _event("e2", parents=["node-e1"], outcome=graph_pb2.BLOCKED)])
+    before = await _snapshot(first)
+    await first.close()
+
+    reopened = await SqliteGraphStore.open(path)
+    try:
+        assert await _snapshot(reopened) == before
+        ack = await reopened.ingest([_event("e1", second=1)])
+        assert (ack.accepted, ack.duplicates) == (0, 1)
+    finally:
+        await reopened.close()
+
+
+async def test_closed_store_refuses_calls(tmp_path: Path) -> None:
+    closed = await SqliteGraphStore.open(tmp_path / "graph.db")
+    await closed.close()
+    await closed.close()  # idempotent
+
+    with pytest.raises(StoreError, match="is closed"):
+        await closed.ingest([_event("e1")])
+    with pytest.raises(StoreError, match="is closed"):
+        await closed.nodes("wf-1")
+    with pytest.raises(StoreError, match="is closed"):
+        await closed.ping()
+
+
+async def test_file_that_cannot_be_opened_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="graph store open failed"):
+        await SqliteGraphStore.open(tmp_path)  # a directory, not a database file
+
+
+async def test_database_written_by_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "graph.db"
+    await (await SqliteGraphStore.open(path)).close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA user_version = 99")
+    connection.close()
+
+    with pytest.raises(StoreError, match="schema version 99, newer than this Bastion knows"):
+        await SqliteGraphStore.open(path)
+
+
+async def test_failed_write_rolls_back_its_batch_and_the_writer_keeps_serving(store: SqliteGraphStore) -> None:
+    # A real SQLite failure: the table agent ids go to disappears under the store.
+    with sqlite3.connect(store.path) as connection:
+        connection.execute("DROP TABLE workflow_agents")
+    connection.close()
+
+    with pytest.raises(StoreError, match=r"graph store write failed.*no such table"):
+        await store.ingest([_event("e1", agent_id=""), _event("e2", agent_id="agent-a")])
+    ack = await store.ingest([_event("e3", agent_id="")])
+
+    assert (ack.accepted, ack.duplicates) == (1, 0)
+    assert [node.event.event_id for node in await store.nodes("wf-1")] == ["e3"]
+    await store.ping()
+
+
+async def test_corrupt_or_unreadable_rows_are_store_errors(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("e1", workflow_id="wf-1"), _event("e2", workflow_id="wf-2")])
+    with sqlite3.connect(store.path) as connection:
+        connection.execute("UPDATE nodes SET event = '{not json' WHERE event_id = 'e1'")
+        connection.execute("DROP TABLE edges")
+    connection.close()
+
+    with pytest.raises(StoreError, match="stored event is not valid JSON"):
+        await store.nodes("wf-1")
+    with pytest.raises(StoreError, match=r"graph store read failed.*no such table: edges"):
+        await store.edges("wf-2")
+    assert [node.event.event_id for node in await store.nodes("wf-2")] == ["e2"]
+
+
+@st.composite
+def _batches(draw: st.DrawFn) -> list[graph_pb2.Event]:
+    size = draw(st.integers(min_value=1, max_value=12))
+    node = st.integers(min_value=0, max_value=size).map(lambda i: f"n{i}")  # n{size} is never ingested
+    return [
+        _event(
+            f"e{i:02}",
+            node_id=f"n{i}",
+            workflow_id=draw(st.sampled_from(["wf-a", "wf-b", "wf-c"])),
+            parents=draw(st.lists(node, max_size=2)),
+            hints=draw(
+                st.lists(st.tuples(node, st.just(graph_pb2.INFORMED_BY), st.sampled_from(["", "r"])), max_size=2)
+            ),
+            second=draw(st.integers(min_value=0, max_value=4)),
+            outcome=draw(st.sampled_from([graph_pb2.FORWARDED, graph_pb2.BLOCKED, graph_pb2.REJECTED])),
+            agent_id=draw(st.sampled_from(["", "agent-a", "agent-b"])),
+        )
+        for i in range(size)
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=_batches(), data=st.data())
+async def test_any_redelivery_order_and_batching_yields_the_same_stored_graph(
+    batch: list[graph_pb2.Event], data: st.DataObject
+) -> None:
+    extra = data.draw(st.lists(st.sampled_from(batch), max_size=len(batch)), label="redelivered")
+    deliveries = data.draw(st.permutations([*batch, *extra]), label="order")
+    last = len(deliveries) - 1
+    cuts = sorted(data.draw(st.sets(st.integers(min_value=1, max_value=last)), label="cuts")) if last else []
+    chunks = [deliveries[start:end] for start, end in zip([0, *cuts], [*cuts, len(deliveries)], strict=True)]
+
+    with tempfile.TemporaryDirectory() as directory:
+        reference = await SqliteGraphStore.open(Path(directory) / "reference.db")
+        redelivered = await SqliteGraphStore.open(Path(directory) / "redelivered.db")
+        try:
+            await reference.ingest(batch)
+            acks = [await redelivered.ingest(chunk) for chunk in chunks]
+            assert sum(ack.accepted for ack in acks) == len(batch)
+            assert sum(ack.duplicates for ack in acks) == len(extra)
+            assert await _snapshot(redelivered) == await _snapshot(reference)
+        finally:
+            await reference.close()
+            await redelivered.close()
+
+
+async def _all_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[tuple[T, ...]]:
+    pages: list[tuple[T, ...]] = []
+    cursor: str | None = None
+    while True:
+        page = await fetch(cursor)
+        pages.append(page.items)
+        if page.next_cursor is None:
+            return pages
+        cursor = page.next_cursor
+
+
+async def _snapshot(store: SqliteGraphStore) -> dict[str, Any]:
+    """Everything the store can tell about its contents, through its public reads."""
+    pages = await _all_pages(lambda cursor: store.list_workflows(limit=2, cursor=cursor))
+    workflows: list[WorkflowSummary] = [summary for page in pages for summary in page]
+    ids = [summary.workflow_id for summary in workflows]
+    violations: list[Node] = [
+        node
+        for page in await _all_pages(lambda c: store.violations(ViolationFilter(), limit=3, cursor=c))
+        for node in page
+    ]
+    return {
+        "workflows": workflows,
+        "nodes": {workflow_id: list(await store.nodes(workflow_id)) for workflow_id in ids},
+        "edges": {workflow_id: list(await store.edges(workflow_id)) for workflow_id in ids},
+        "violations": violations,
+        "lineage": {
+            node.event.node_id: await store.lineage("", node.event.node_id)
+            for workflow_id in ids
+            for node in await store.nodes(workflow_id)
+        },
+    }

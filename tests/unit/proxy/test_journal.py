@@ -1,0 +1,285 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bastion._errors import JournalError
+from bastion.proxy._journal import Cursor, Journal, JournalReader, list_segments, segment_path
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+
+
+def read_all(reader: JournalReader, max_records: int = 1000, max_bytes: int = 1 << 20) -> tuple[list[bytes], Cursor]:
+    records: list[bytes] = []
+    cursor = reader.first()
+    while True:
+        batch, after = reader.read(cursor, max_records, max_bytes)
+        if after == cursor:
+            return records, cursor
+        records += batch
+        cursor = after
+
+
+async def test_appended_records_read_back_in_order(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    payloads = [f"event-{i}".encode() for i in range(10)]
+    for payload in payloads:
+        journal.append(payload)
+    await journal.close()
+
+    records, end = JournalReader(tmp_path).read(Cursor(1, 0), 100, 1 << 20)
+
+    assert records == payloads
+    assert end == Cursor(1, sum(len(frame(p)) for p in payloads))
+    assert segment_path(tmp_path, 1).read_bytes() == b"".join(frame(p) for p in payloads)
+
+
+async def test_many_records_roll_across_segments_and_read_back_in_order(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, segment_bytes=100)
+    payloads = [f"event-{i:04d}".encode() for i in range(300)]  # 18 bytes framed: 5 per segment
+    for payload in payloads:
+        journal.append(payload)
+    await journal.close()
+
+    segments = list_segments(tmp_path)
+    assert segments == list(range(1, 61))
+    assert all(segment_path(tmp_path, n).stat().st_size == 90 for n in segments)
+    assert read_all(JournalReader(tmp_path), max_records=7)[0] == payloads
+
+
+async def test_a_record_larger_than_a_segment_or_the_read_budget_is_kept_whole(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, segment_bytes=64)
+    payloads = [b"small", b"x" * 500, b"after"]
+    for payload in payloads:
+        journal.append(payload)
+    await journal.close()
+
+    assert list_segments(tmp_path) == [1, 2, 3]
+    assert read_all(JournalReader(tmp_path), max_records=10, max_bytes=16)[0] == payloads
+
+
+async def test_torn_tail_is_truncated_on_open_and_appends_continue(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal.open(tmp_path)
+    journal.append(b"one")
+    journal.append(b"two")
+    await journal.close()
+    path = segment_path(tmp_path, 1)
+    good_size = path.stat().st_size
+    with path.open("ab") as f:
+        f.write(frame(b"three, torn by a crash")[:13])
+
+    with caplog.at_level(logging.WARNING, logger="bastion.proxy._journal"):
+        journal = Journal.open(tmp_path)
+    journal.append(b"four")
+    await journal.close()
+
+    assert [r.getMessage() for r in caplog.records] == [
+        f"journal {path}: truncated 13 bytes of a torn or corrupt tail at offset {good_size}"
+    ]
+    assert read_all(JournalReader(tmp_path))[0] == [b"one", b"two", b"four"]
+
+
+async def test_a_record_still_being_written_is_not_returned_until_complete(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    journal.append(b"done")
+    await journal.close()
+    path = segment_path(tmp_path, 1)
+    partial = frame(b"in flight")
+    with path.open("ab") as f:
+        f.write(partial[:10])
+    reader = JournalReader(tmp_path)
+
+    records, cursor = reader.read(Cursor(1, 0), 10, 1 << 20)
+    assert records == [b"done"]
+    assert reader.read(cursor, 10, 1 << 20) == ([], cursor)
+
+    with path.open("ab") as f:
+        f.write(partial[10:])
+    assert reader.read(cursor, 10, 1 << 20) == ([b"in flight"], Cursor(1, cursor.offset + len(partial)))
+
+
+async def test_corrupt_crc_stops_the_reader_at_that_record(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    for payload in (b"first", b"second", b"third"):
+        journal.append(payload)
+    await journal.close()
+    path = segment_path(tmp_path, 1)
+    data = bytearray(path.read_bytes())
+    second = len(frame(b"first"))
+    data[second + 8] ^= 0xFF  # first payload byte of "second"
+    path.write_bytes(bytes(data))
+    reader = JournalReader(tmp_path)
+
+    records, cursor = reader.read(Cursor(1, 0), 10, 1 << 20)
+
+    assert records == [b"first"]
+    assert cursor == Cursor(1, second)
+    assert reader.read(cursor, 10, 1 << 20) == ([], cursor)
+
+
+async def test_corruption_in_a_sealed_segment_is_skipped_so_delivery_continues(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal.open(tmp_path, segment_bytes=40)
+    for payload in (b"a-first", b"a-second", b"b-first"):  # 15 bytes each: two per segment
+        journal.append(payload)
+    await journal.close()
+    path = segment_path(tmp_path, 1)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with caplog.at_level(logging.ERROR, logger="bastion.proxy._journal"):
+        records, _ = read_all(JournalReader(tmp_path))
+
+    assert records == [b"a-first", b"b-first"]
+    assert "16 bytes from offset 15 are corrupt" in caplog.text
+
+
+async def test_append_after_close_raises_journal_error(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    await journal.start()
+    await journal.close()
+
+    with pytest.raises(JournalError, match="closed"):
+        journal.append(b"late")
+
+
+async def test_append_never_fsyncs_and_one_group_commit_covers_a_burst(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal.open(tmp_path, fsync_interval=0.005)
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+
+    def observe(fd: int) -> None:  # observation only: the real fsync still runs
+        real_fsync(fd)
+        fsynced.append(os.fstat(fd).st_ino)
+
+    monkeypatch.setattr(os, "fsync", observe)
+    await journal.start()
+
+    for _ in range(100):
+        journal.append(b"x")
+    assert fsynced == []
+    assert journal.durable == Cursor(1, 0)
+
+    async with asyncio.timeout(5):
+        await journal.has_data.wait()
+    assert journal.durable == Cursor(1, 100 * len(frame(b"x")))
+    assert fsynced == [segment_path(tmp_path, 1).stat().st_ino]
+    await journal.close()
+
+
+async def test_durable_reader_returns_only_fsynced_records(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, segment_bytes=40)
+    reader = journal.reader()
+    for payload in (b"one", b"two", b"three", b"four"):
+        journal.append(payload)
+
+    assert reader.read(Cursor(1, 0), 10, 1 << 20) == ([], Cursor(1, 0))
+    await journal.flush()
+    assert read_all(reader)[0] == [b"one", b"two", b"three", b"four"]
+    await journal.close()
+
+
+def test_records_survive_a_crash_of_the_writing_process(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from pathlib import Path
+        from bastion.proxy._journal import Journal
+        journal = Journal.open(Path(sys.argv[1]), segment_bytes=4096)
+        for i in range(1000):
+            journal.append(b"event-%d" % i)
+        os._exit(0)  # no flush, no close: as if the proxy had crashed
+        """
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=60)
+
+    assert read_all(JournalReader(tmp_path))[0] == [b"event-%d" % i for i in range(1000)]
+
+
+async def test_a_failed_fsync_breaks_the_journal_for_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = Journal.open(tmp_path)
+    journal.append(b"maybe lost")
+
+    def failing_fsync(fd: int) -> None:  # fault injection: a disk error cannot be produced otherwise
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(JournalError, match="fsync failed"):
+        await journal.flush()
+    monkeypatch.undo()
+
+    with pytest.raises(JournalError, match="fsync failed"):
+        journal.append(b"next")
+    await journal.close()
+
+
+async def test_a_short_write_is_undone_and_the_next_append_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal.open(tmp_path)
+    journal.append(b"before")
+
+    def short_writev(fd: int, buffers: list[bytes]) -> int:  # fault injection: a disk filling up mid-write
+        return os.write(fd, b"".join(buffers)[:5])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    with pytest.raises(JournalError, match="disk full"):
+        journal.append(b"half")
+    monkeypatch.undo()
+    journal.append(b"after")
+    await journal.close()
+
+    assert read_all(JournalReader(tmp_path))[0] == [b"before", b"after"]
+
+
+async def test_delete_through_keeps_the_active_segment(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, segment_bytes=20)
+    for i in range(4):
+        journal.append(b"record-%d" % i)  # 16 bytes framed: one per segment
+    await journal.close()
+    reader = JournalReader(tmp_path)
+
+    reader.delete_through(2)
+    assert list_segments(tmp_path) == [3, 4]
+    reader.delete_through(10)
+    assert list_segments(tmp_path) == [4]
+    assert read_all(reader)[0] == [b"record-3"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=200), max_size=40),
+    segment_bytes=st.integers(min_value=8, max_value=1024),
+    max_records=st.integers(min_value=1, max_value=10),
+    max_bytes=st.integers(min_value=1, max_value=512),
+)
+async def test_any_payloads_round_trip_in_order(
+    payloads: list[bytes], segment_bytes: int, max_records: int, max_bytes: int
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        journal = Journal.open(Path(directory), segment_bytes=segment_bytes)
+        for payload in payloads:
+            journal.append(payload)
+        await journal.close()
+
+        assert read_all(JournalReader(Path(directory)), max_records, max_bytes)[0] == payloads

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from bastion._rpc import auth_metadata, open_channel, start_grpc_server
+from bastion.proxy._journal import Journal, list_segments
+from bastion.proxy._shipper import Shipper
+from bastion.v1 import graph_pb2, graph_pb2_grpc
+
+TOKEN = "test-service-token"
+
+
+class FakeGraph(graph_pb2_grpc.GraphServiceServicer):
+    """Records what it is sent; answers UNAVAILABLE to the next `fail_next` Ingest calls."""
+
+    def __init__(self) -> None:
+        self.events: list[graph_pb2.Event] = []
+        self.calls = 0
+        self.fail_next = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def ids(self) -> list[str]:
+        return [event.event_id for event in self.events]
+
+    async def wait_until(self, predicate: Callable[[FakeGraph], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self))
+
+    async def Ingest(
+        self, request_iterator: AsyncIterator[graph_pb2.Event], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> graph_pb2.IngestAck:
+        batch = [event async for event in request_iterator]
+        async with self._changed:
+            self.calls += 1
+            failing = self.fail_next > 0
+            if failing:
+                self.fail_next -= 1
+            else:
+                self.events.extend(batch)
+            self._changed.notify_all()
+        if failing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "graph is down (test)")
+        return graph_pb2.IngestAck(accepted=len(batch))
+
+    async def Lineage(
+        self, request: graph_pb2.LineageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> graph_pb2.Path:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+
+
+@dataclass
+class Graph:
+    fake: FakeGraph
+    stub: graph_pb2_grpc.GraphServiceAsyncStub
+
+
+@pytest.fixture
+async def graph() -> AsyncIterator[Graph]:
+    fake = FakeGraph()
+    server = await start_grpc_server(
+        "127.0.0.1:0",
+        token=TOKEN,
+        register=[lambda s: graph_pb2_grpc.add_GraphServiceServicer_to_server(fake, s)],
+        service_names=["bastion.v1.GraphService"],
+    )
+    channel = open_channel(server.address)
+    yield Graph(fake, graph_pb2_grpc.GraphServiceStub(channel))
+    await channel.close()
+    await server.stop(0)
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    journal = Journal.open(tmp_path / "journal", fsync_interval=0.001, segment_bytes=1024)
+    await journal.start()
+    yield journal
+    await journal.close()
+
+
+def shipper_for(journal: Journal, graph: Graph, tmp_path: Path, batch_max: int = 512) -> Shipper:
+    return Shipper(
+        journal.reader(),
+        tmp_path / "cursor.json",
+        graph.stub,
+        auth_metadata(TOKEN),
+        wake=journal.has_data,
+        batch_max=batch_max,
+        backoff_initial=0.01,
+    )
+
+
+def append_events(journal: Journal, ids: range) -> None:
+    for i in ids:
+        journal.append(graph_pb2.Event(event_id=f"e{i}", workflow_id="wf-1").SerializeToString())
+
+
+def names(ids: range) -> list[str]:
+    return [f"e{i}" for i in ids]
+
+
+async def test_delivers_every_record_in_order_in_batches(journal: Journal, graph: Graph, tmp_path: Path) -> None:
+    shipper = shipper_for(journal, graph, tmp_path, batch_max=64)
+    shipper.start()
+    append_events(journal, range(1000))
+
+    await graph.fake.wait_until(lambda g: len(g.events) == 1000)
+    await shipper.stop()
+
+    assert graph.fake.ids == names(range(1000))
+    assert graph.fake.calls >= 1000 // 64
+    assert shipper.shipped == 1000
+    assert shipper.cursor == journal.durable
+    assert shipper.lag_seconds == 0.0
+
+
+async def test_survives_the_graph_failing_and_loses_nothing(journal: Journal, graph: Graph, tmp_path: Path) -> None:
+    graph.fake.fail_next = 3
+    shipper = shipper_for(journal, graph, tmp_path)
+    shipper.start()
+    append_events(journal, range(20))
+
+    await graph.fake.wait_until(lambda g: len(set(g.ids)) == 20)
+    await shipper.stop()
+
+    assert graph.fake.calls >= 4
+    assert list(dict.fromkeys(graph.fake.ids)) == names(range(20))  # duplicates would be allowed
+    assert shipper.cursor == journal.durable
+
+
+async def test_restart_resumes_from_the_cursor_without_resending(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    first = shipper_for(journal, graph, tmp_path)
+    first.start()
+    append_events(journal, range(10))
+    await graph.fake.wait_until(lambda g: len(g.events) == 10)
+    await first.stop()
+    assert first.cursor == journal.durable
+
+    append_events(journal, range(10, 25))
+    second = shipper_for(journal, graph, tmp_path)
+    second.start()
+    await graph.fake.wait_until(lambda g: len(g.events) >= 25)
+    await second.stop()
+
+    assert graph.fake.ids == names(range(25))
+
+
+async def test_stopping_while_the_graph_is_down_keeps_records_for_the_next_run(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    graph.fake.fail_next = 1_000_000
+    first = shipper_for(journal, graph, tmp_path)
+    first.start()
+    start = first.cursor
+    append_events(journal, range(5))
+    await graph.fake.wait_until(lambda g: g.calls >= 2)
+    assert first.lag_seconds > 0
+    await first.stop()
+    assert first.cursor == start
+
+    graph.fake.fail_next = 0
+    second = shipper_for(journal, graph, tmp_path)
+    second.start()
+    await graph.fake.wait_until(lambda g: len(g.events) >= 5)
+    await second.stop()
+
+    assert graph.fake.ids == names(range(5))
+
+
+async def test_an_unparsable_record_is_skipped_and_the_rest_delivered(
+    journal: Journal, graph: Graph, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shipper = shipper_for(journal, graph, tmp_path)
+    append_events(journal, range(2))
+    garbage = b"\xff\xff\xff not a protobuf"
+    journal.append(garbage)
+    append_events(journal, range(2, 4))
+    await journal.flush()  # one durable run, so the shipper reads it as one batch
+
+    with caplog.at_level(logging.ERROR, logger="bastion.proxy._shipper"):
+        shipper.start()
+        await graph.fake.wait_until(lambda g: len(g.events) == 4)
+        await shipper.stop()
+
+    assert graph.fake.ids == names(range(4))
+    assert shipper.skipped == 1
+    assert shipper.cursor == journal.durable
+    assert [r.getMessage() for r in caplog.records] == [
+        f"journal record of {len(garbage)} bytes in the batch ending at {shipper.cursor} is not an Event; skipping it"
+    ]
+
+
+async def test_shipped_segments_are_deleted(journal: Journal, graph: Graph, tmp_path: Path) -> None:
+    shipper = shipper_for(journal, graph, tmp_path, batch_max=7)
+    shipper.start()
+    append_events(journal, range(300))  # ~20 bytes each: several 1 KiB segments
+    await graph.fake.wait_until(lambda g: len(g.events) == 300)
+    await shipper.stop()
+
+    assert journal.durable.segment > 3
+    assert shipper.cursor == journal.durable
+    assert list_segments(tmp_path / "journal") == [journal.durable.segment]
+    assert graph.fake.ids == names(range(300))

@@ -1,0 +1,437 @@
+"""The reference scorer: each signal alone, together, thresholds, verdicts, reasons."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from google.protobuf import struct_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bastion import ConfigError
+from bastion.v1 import policy_pb2, verifier_pb2
+from bastion.verifier import ReferenceScorer, ScorerConfig
+
+DEFAULT = ReferenceScorer()
+# Valid IBANs (ISO 13616 examples) and a wallet address, so the checksum test is real.
+IBAN_DE = "DE89370400440532013000"
+IBAN_GB = "GB82WEST12345698765432"
+WALLET = "0x52908400098527886E0F7030069857D2E4169EE7"
+
+
+def step(
+    tool: str,
+    server: str = "demo",
+    effect: policy_pb2.Effect.ValueType = policy_pb2.ALLOW,
+    kind: policy_pb2.ActionKind.ValueType = policy_pb2.TOOL_CALL,
+) -> verifier_pb2.HistoryNode:
+    return verifier_pb2.HistoryNode(node_id=f"n-{tool}", kind=kind, server=server, tool=tool, effect=effect)
+
+
+def request(
+    tool: str = "add",
+    *,
+    server: str = "demo",
+    history: Sequence[verifier_pb2.HistoryNode] = (),
+    task: str = "",
+    arguments: dict[str, Any] | None = None,
+    kind: policy_pb2.ActionKind.ValueType = policy_pb2.TOOL_CALL,
+) -> verifier_pb2.ScoreRequest:
+    args = struct_pb2.Struct()
+    args.update(arguments or {})
+    return verifier_pb2.ScoreRequest(
+        action=policy_pb2.Action(kind=kind, server=server, tool=tool, arguments=args),
+        ctx=policy_pb2.Context(task=task, workflow_id="wf-1"),
+        history=history,
+        node_id="n-now",
+    )
+
+
+def seen(*tools: str) -> list[verifier_pb2.HistoryNode]:
+    return [step(tool) for tool in tools]
+
+
+# -- tool_novelty ---------------------------------------------------------------------
+
+
+def test_a_tool_never_used_in_the_workflow_is_flagged_with_the_novelty_weight() -> None:
+    result = DEFAULT.score(request("add", history=seen("search")))
+    assert result.deviation_score == pytest.approx(0.4)
+    assert result.verdict == verifier_pb2.FLAG
+    assert list(result.reasons) == ["first use of demo__add in this workflow"]
+
+
+def test_a_tool_already_used_in_the_workflow_passes() -> None:
+    result = DEFAULT.score(request("add", history=seen("add")))
+    assert result.deviation_score == 0.0
+    assert result.verdict == verifier_pb2.PASS
+    assert list(result.reasons) == []
+
+
+def test_the_first_action_of_a_workflow_is_novel() -> None:
+    result = DEFAULT.score(request("add"))
+    assert result.verdict == verifier_pb2.FLAG
+    assert list(result.reasons) == ["first use of demo__add in this workflow"]
+
+
+def test_the_same_tool_name_on_another_server_is_a_different_tool() -> None:
+    result = DEFAULT.score(request("add", server="other", history=seen("add")))
+    assert list(result.reasons) == ["first use of other__add in this workflow"]
+
+
+@pytest.mark.parametrize(
+    "effect", [policy_pb2.DENY, policy_pb2.REQUIRE_APPROVAL, policy_pb2.QUEUE, policy_pb2.EFFECT_UNSPECIFIED]
+)
+def test_a_call_that_was_not_allowed_is_no_precedent(effect: policy_pb2.Effect.ValueType) -> None:
+    result = DEFAULT.score(request("delete_file", history=[step("delete_file", effect=effect)]))
+    assert list(result.reasons) == ["first use of demo__delete_file in this workflow"]
+
+
+def test_an_a2a_delegation_without_a_tool_is_named_by_its_agent() -> None:
+    billing = step("", server="billing", kind=policy_pb2.A2A_SEND)
+    assert DEFAULT.score(request("", server="billing", kind=policy_pb2.A2A_SEND, history=[billing])).verdict == (
+        verifier_pb2.PASS
+    )
+    other = DEFAULT.score(request("", server="payroll", kind=policy_pb2.A2A_SEND, history=[billing]))
+    assert list(other.reasons) == ["first use of payroll in this workflow"]
+
+
+@pytest.mark.parametrize("kind", [policy_pb2.MCP_REQUEST, policy_pb2.TOOL_LIST])
+def test_protocol_traffic_gets_no_tool_signals(kind: policy_pb2.ActionKind.ValueType) -> None:
+    result = DEFAULT.score(request("", kind=kind, history=seen("a", "b", "c")))
+    assert result.verdict == verifier_pb2.PASS
+
+
+def test_protocol_traffic_in_history_is_neither_a_step_nor_part_of_a_transition() -> None:
+    noise = step("", kind=policy_pb2.MCP_REQUEST)
+    listing = step("", kind=policy_pb2.TOOL_LIST)
+    history = [noise, step("search"), listing, step("add"), noise, step("search")]
+    # search -> add is a known transition once the noise between them is ignored.
+    assert DEFAULT.score(request("add", history=history)).verdict == verifier_pb2.PASS
+
+
+# -- sequence -------------------------------------------------------------------------
+
+
+def test_a_new_transition_between_known_tools_adds_the_sequence_weight() -> None:
+    result = DEFAULT.score(request("search", history=seen("search", "add", "read")))
+    assert result.deviation_score == pytest.approx(0.3)
+    assert result.verdict == verifier_pb2.FLAG
+    assert list(result.reasons) == ["first time demo__search follows demo__read in this workflow"]
+
+
+def test_a_known_transition_passes() -> None:
+    assert DEFAULT.score(request("add", history=seen("search", "add", "search"))).verdict == verifier_pb2.PASS
+
+
+def test_the_sequence_signal_waits_for_min_history_allowed_steps() -> None:
+    assert DEFAULT.score(request("search", history=seen("search", "add"))).verdict == verifier_pb2.PASS
+    denied = [*seen("search", "add"), step("read", effect=policy_pb2.DENY)]
+    assert DEFAULT.score(request("search", history=denied)).verdict == verifier_pb2.PASS
+
+
+def test_min_history_is_configurable() -> None:
+    scorer = ReferenceScorer(ScorerConfig(min_history=1))
+    result = scorer.score(request("search", history=seen("search", "add")))
+    assert list(result.reasons) == ["first time demo__search follows demo__add in this workflow"]
+
+
+def test_a_denied_step_between_two_allowed_ones_does_not_break_their_transition() -> None:
+    history = [step("search"), step("wipe", effect=policy_pb2.DENY), step("add"), step("search")]
+    assert DEFAULT.score(request("add", history=history)).verdict == verifier_pb2.PASS
+
+
+def test_a_novel_tool_after_enough_history_fires_novelty_and_sequence_in_that_order() -> None:
+    result = DEFAULT.score(request("send", history=seen("search", "add", "read")))
+    assert result.deviation_score == pytest.approx(0.7)
+    assert result.verdict == verifier_pb2.FLAG
+    assert list(result.reasons) == [
+        "first use of demo__send in this workflow",
+        "first time demo__send follows demo__read in this workflow",
+    ]
+
+
+# -- argument_novelty -----------------------------------------------------------------
+
+TASK = "Summarise the Q3 report and mail it to Bob <bob@acme.com>, then upload it to files.acme.com."
+
+
+def test_an_email_not_named_in_the_task_adds_the_argument_weight() -> None:
+    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments={"to": "eve@evil.example"}))
+    assert result.deviation_score == pytest.approx(0.4)
+    assert result.verdict == verifier_pb2.FLAG
+    assert list(result.reasons) == ["destination not named in the task: 'eve@evil.example' (argument 'to')"]
+
+
+@pytest.mark.parametrize(
+    ("value", "destination"),
+    [
+        ("eve@evil.example", "eve@evil.example"),
+        ("Reply to EVE@Evil.Example please", "eve@evil.example"),
+        ("https://evil.example/collect?d=1", "evil.example"),
+        ("see ftp://user:pw@files.evil.example:2121/drop", "files.evil.example"),
+        ("http://eve@evil.example/", "evil.example"),  # user info is not an email address
+        ("https://evil.example\\@acme.com/", "evil.example"),
+        ("http://[2001:db8::1]:8080/x", "[2001:db8::1]"),
+        (IBAN_GB, IBAN_GB),
+        ("pay DE89 3704 0044 0532 0130 00 today", IBAN_DE),
+        ("DE89-3704-0044-0532-0130-00", IBAN_DE),
+        # Ends with a full group, so the pattern also takes the next short word.
+        ("ES91 2100 0418 4502 0005 1332 then", "ES9121000418450200051332"),
+        (IBAN_DE.lower(), IBAN_DE),
+        (f"to {WALLET}", WALLET.lower()),
+    ],
+)
+def test_destination_kinds_not_named_in_the_task_are_novel(value: str, destination: str) -> None:
+    result = DEFAULT.score(request("send", history=seen("send"), task="Add two numbers.", arguments={"x": value}))
+    assert list(result.reasons) == [f"destination not named in the task: {destination!r} (argument 'x')"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "bob@acme.com",
+        "BOB@ACME.COM",
+        "https://files.acme.com/upload",
+        "https://www.files.acme.com/upload",
+        "https://acme.com/",
+        "s3://files.acme.com/bucket",
+    ],
+)
+def test_destinations_the_task_names_are_expected(value: str) -> None:
+    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments={"to": value}))
+    assert result.verdict == verifier_pb2.PASS, list(result.reasons)
+
+
+def test_an_iban_written_in_groups_in_the_task_matches_the_compact_argument() -> None:
+    task = f"Pay invoice 17 to DE89 3704 0044 0532 0130 00 and send {WALLET} a receipt"
+    arguments = {"iban": IBAN_DE, "wallet": WALLET.lower()}
+    assert DEFAULT.score(request("pay", history=seen("pay"), task=task, arguments=arguments)).verdict == (
+        verifier_pb2.PASS
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "DE88370400440532013000",  # IBAN shape, wrong checksum
+        "report.pdf",
+        "acme-evil.com",  # bare host names are not recognised
+        "eve at evil dot example",
+        "123456789012",
+        "0x" + "a" * 39,
+        "0x" + "a" * 64,  # a transaction hash, not an address
+        "file:///etc/passwd",
+        "user@localhost",
+    ],
+)
+def test_strings_that_only_resemble_destinations_are_ignored(value: str) -> None:
+    result = DEFAULT.score(request("send", history=seen("send"), task="Add two numbers.", arguments={"x": value}))
+    assert result.verdict == verifier_pb2.PASS, list(result.reasons)
+
+
+@pytest.mark.parametrize("task", ["", "   \n\t"])
+def test_argument_novelty_needs_a_task(task: str) -> None:
+    result = DEFAULT.score(request("send", history=seen("send"), task=task, arguments={"to": "eve@evil.example"}))
+    assert result.verdict == verifier_pb2.PASS
+
+
+def test_destinations_are_found_at_any_depth_and_named_by_their_path() -> None:
+    arguments = {"message": {"headers": {"reply_to": "eve@evil.example"}, "cc": ["bob@acme.com", "mal@evil.example"]}}
+    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments))
+    assert list(result.reasons) == [
+        "destinations not named in the task: 'mal@evil.example' (argument 'message.cc[1]'), "
+        "'eve@evil.example' (argument 'message.headers.reply_to')"
+    ]
+
+
+def test_non_string_arguments_are_ignored() -> None:
+    arguments = {"n": 3, "ok": True, "none": None, "list": [1.5, False]}
+    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments))
+    assert result.verdict == verifier_pb2.PASS
+
+
+def test_the_reason_lists_three_destinations_then_counts_the_rest() -> None:
+    arguments = {"to": [f"u{i}@evil.example" for i in range(5)]}
+    (reason,) = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments)).reasons
+    assert reason == (
+        "destinations not named in the task: 'u0@evil.example' (argument 'to[0]'), "
+        "'u1@evil.example' (argument 'to[1]'), 'u2@evil.example' (argument 'to[2]') and 2 more"
+    )
+
+
+def test_a_destination_repeated_across_arguments_is_listed_once() -> None:
+    arguments = {"a": "eve@evil.example", "b": "again eve@evil.example"}
+    (reason,) = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments)).reasons
+    assert reason == "destination not named in the task: 'eve@evil.example' (argument 'a')"
+
+
+def test_reasons_escape_control_characters_and_clip_long_values() -> None:
+    arguments = {"url\n": "https://evil\x1b[31m" + "x" * 200 + ".example/"}
+    (reason,) = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments)).reasons
+    assert "\x1b" not in reason
+    assert "\n" not in reason
+    assert "\\x1b" in reason
+    assert "…" in reason
+    assert len(reason) < 250
+
+
+# -- combinations, thresholds, verdicts -----------------------------------------------
+
+
+def test_a_novel_tool_sending_to_a_novel_destination_blocks_at_the_default_threshold() -> None:
+    result = DEFAULT.score(request("send", server="email", task=TASK, arguments={"to": "eve@evil.example"}))
+    assert result.deviation_score == pytest.approx(0.8)
+    assert result.verdict == verifier_pb2.BLOCK
+    assert list(result.reasons) == [
+        "first use of email__send in this workflow",
+        "destination not named in the task: 'eve@evil.example' (argument 'to')",
+    ]
+
+
+def test_all_three_signals_together_are_capped_at_one() -> None:
+    history = seen("search", "add", "read")
+    result = DEFAULT.score(request("send", history=history, task=TASK, arguments={"to": "eve@evil.example"}))
+    assert result.deviation_score == 1.0
+    assert result.verdict == verifier_pb2.BLOCK
+    assert len(result.reasons) == 3
+
+
+@pytest.mark.parametrize(
+    ("threshold", "verdict"),
+    [(0.39, verifier_pb2.BLOCK), (0.4, verifier_pb2.BLOCK), (0.41, verifier_pb2.FLAG), (1.0, verifier_pb2.FLAG)],
+)
+def test_a_score_at_or_above_the_threshold_blocks(threshold: float, verdict: verifier_pb2.Verdict.ValueType) -> None:
+    result = ReferenceScorer(ScorerConfig(threshold=threshold)).score(request("add"))
+    assert result.deviation_score == pytest.approx(0.4)
+    assert result.threshold == threshold
+    assert result.verdict == verdict
+
+
+def test_weights_that_add_up_to_the_threshold_on_paper_reach_it() -> None:
+    # 0.7 + 0.1 is 0.7999999999999999 in floating point.
+    scorer = ReferenceScorer(ScorerConfig(threshold=0.8, novelty_weight=0.7, argument_weight=0.1))
+    result = scorer.score(request("send", task=TASK, arguments={"to": "eve@evil.example"}))
+    assert result.deviation_score == 0.8
+    assert result.verdict == verifier_pb2.BLOCK
+
+
+def test_a_signal_with_zero_weight_neither_scores_nor_explains() -> None:
+    scorer = ReferenceScorer(ScorerConfig(novelty_weight=0.0))
+    result = scorer.score(request("send", task=TASK, arguments={"to": "eve@evil.example"}))
+    assert result.deviation_score == pytest.approx(0.4)
+    assert list(result.reasons) == ["destination not named in the task: 'eve@evil.example' (argument 'to')"]
+    silent = ReferenceScorer(ScorerConfig(novelty_weight=0.0, sequence_weight=0.0, argument_weight=0.0))
+    assert silent.score(request("send", task=TASK, arguments={"to": "eve@evil.example"})).verdict == verifier_pb2.PASS
+
+
+def test_the_response_names_the_scorer_and_echoes_the_threshold() -> None:
+    result = ReferenceScorer(ScorerConfig(threshold=0.65)).score(request("add"))
+    assert result.scorer == "reference/0.1"
+    assert result.threshold == 0.65
+    assert result.drift_origin_node_id == ""
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"threshold": 0.0},
+        {"threshold": 1.5},
+        {"threshold": float("nan")},
+        {"novelty_weight": -0.1},
+        {"sequence_weight": 1.01},
+        {"argument_weight": float("nan")},
+        {"min_history": 0},
+    ],
+)
+def test_an_out_of_range_config_is_refused(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(overrides))):
+        ScorerConfig(**overrides)
+
+
+# -- determinism ----------------------------------------------------------------------
+
+
+def test_the_same_request_always_gets_the_same_answer() -> None:
+    req = request("send", history=seen("a", "b", "c"), task=TASK, arguments={"to": "eve@evil.example", "x": WALLET})
+    first = DEFAULT.score(req)
+    wire = verifier_pb2.ScoreRequest.FromString(req.SerializeToString())
+    assert all(DEFAULT.score(r) == first for r in (req, wire, req))
+
+
+def test_the_answer_does_not_depend_on_argument_order() -> None:
+    pairs = [("z", "z@evil.example"), ("a", "a@evil.example"), ("m", "https://m.evil.example")]
+    results = {
+        DEFAULT.score(request("send", task=TASK, arguments=dict(order))).SerializeToString(deterministic=True)
+        for order in itertools.permutations(pairs)
+    }
+    assert len(results) == 1
+
+
+# -- properties -----------------------------------------------------------------------
+
+_fragments = st.sampled_from(
+    ["eve@evil.example", "bob@acme.com", "https://evil.example/x", "https://acme.com", IBAN_DE, IBAN_GB, WALLET, " "]
+)
+_strings = st.one_of(st.text(max_size=40), st.lists(_fragments | st.text(max_size=8), max_size=5).map("".join))
+_json = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | _strings,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+_names = st.sampled_from(["", "add", "search", "send", "read"])
+_kinds = st.sampled_from(list(policy_pb2.ActionKind.values()))
+_nodes = st.builds(
+    step,
+    tool=_names,
+    server=st.sampled_from(["demo", "email", ""]),
+    effect=st.sampled_from(list(policy_pb2.Effect.values())),
+    kind=_kinds,
+)
+_requests = st.builds(
+    request,
+    _names,
+    server=st.sampled_from(["demo", "email", ""]),
+    history=st.lists(_nodes, max_size=8),
+    task=st.one_of(st.just(""), _strings, st.just(TASK)),
+    arguments=st.dictionaries(st.text(max_size=6), _json, max_size=4),
+    kind=_kinds,
+)
+_unit = st.floats(min_value=0.0, max_value=1.0)
+_configs = st.builds(
+    ScorerConfig,
+    threshold=st.floats(min_value=0.01, max_value=1.0),
+    novelty_weight=_unit,
+    sequence_weight=_unit,
+    argument_weight=_unit,
+    min_history=st.integers(min_value=1, max_value=5),
+)
+
+
+@given(config=_configs, req=_requests)
+def test_any_request_gets_a_score_in_range_and_a_verdict_consistent_with_it(
+    config: ScorerConfig, req: verifier_pb2.ScoreRequest
+) -> None:
+    result = ReferenceScorer(config).score(req)
+    score = result.deviation_score
+    assert 0.0 <= score <= 1.0
+    assert result.threshold == config.threshold
+    if score >= config.threshold:
+        assert result.verdict == verifier_pb2.BLOCK
+    elif score > 0:
+        assert result.verdict == verifier_pb2.FLAG
+    else:
+        assert result.verdict == verifier_pb2.PASS
+    # The score is exactly the capped sum of the weights of the signals that gave a reason.
+    weights = (config.novelty_weight, config.sequence_weight, config.argument_weight)
+    sums = {
+        round(min(1.0, math.fsum(subset)), 6)
+        for subset in itertools.combinations(weights, len(result.reasons))
+        if all(weight > 0 for weight in subset)
+    }
+    assert score in sums
+    assert ReferenceScorer(config).score(req) == result

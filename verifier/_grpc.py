@@ -1,0 +1,59 @@
+"""The bastion.v1.Verifier gRPC servicer around the reference scorer.
+
+Authentication is not here: the service-token interceptor of bastion._rpc runs before
+every handler. Errors are: a request without an action is INVALID_ARGUMENT, a scorer
+failure is INTERNAL; either way the proxy applies the policy's verifier fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import empty_pb2
+
+from bastion.v1 import verifier_pb2, verifier_pb2_grpc
+
+from ._engine import NAME, SIGNALS, VERSION, ReferenceScorer
+
+log = logging.getLogger("bastion.verifier")
+
+SERVICE_NAME: str = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
+
+
+class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
+    def __init__(self, scorer: ReferenceScorer) -> None:
+        self._scorer = scorer
+        # Info never changes for the life of the process, so it is built once.
+        self._info = verifier_pb2.VerifierInfo(
+            name=NAME,
+            version=VERSION,
+            signals=SIGNALS,
+            default_threshold=scorer.config.threshold,
+        )
+
+    async def Score(
+        self,
+        request: verifier_pb2.ScoreRequest,
+        context: grpc.aio.ServicerContext[verifier_pb2.ScoreRequest, verifier_pb2.ScoreResponse],
+    ) -> verifier_pb2.ScoreResponse:
+        if not request.HasField("action"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ScoreRequest.action is required")
+        try:
+            # Scoring takes microseconds, so it runs on the event loop: handing it to a
+            # thread would cost more than it does.
+            return self._scorer.score(request)
+        except Exception as exc:
+            log.exception("reference scorer failed", extra={"fields": {"node_id": request.node_id}})
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"reference scorer failed on node {request.node_id or '?'}: {type(exc).__name__}: {exc}; "
+                "the caller must apply its verifier fallback",
+            )
+
+    async def Info(
+        self,
+        request: empty_pb2.Empty,
+        context: grpc.aio.ServicerContext[empty_pb2.Empty, verifier_pb2.VerifierInfo],
+    ) -> verifier_pb2.VerifierInfo:
+        return self._info

@@ -1,0 +1,55 @@
+"""Process wiring of `bastion verifier serve`: settings -> scorer -> servicer -> gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from bastion._appconfig import AppConfig
+from bastion._errors import ConfigError
+from bastion._identity import ensure_service_token
+from bastion._rpc import start_grpc_server
+from bastion._service import run_service
+from bastion.v1 import verifier_pb2_grpc
+
+from ._config import VerifierSettings, load_settings
+from ._engine import ReferenceScorer
+from ._grpc import SERVICE_NAME, VerifierServicer
+
+
+async def serve(
+    settings: VerifierSettings,
+    app: AppConfig,
+    ready: Callable[[dict[str, str]], None],
+    stop: asyncio.Event,
+) -> None:
+    """Serve bastion.v1.Verifier on settings.verifier_addr until `stop` is set."""
+    secret = settings.service_token.get_secret_value() if settings.service_token else None
+    token = ensure_service_token(settings.home.resolve(), secret)
+    servicer = VerifierServicer(ReferenceScorer(settings.scorer_config()))
+    server = await start_grpc_server(
+        settings.verifier_addr,
+        token=token,
+        register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, servicer)],
+        service_names=[SERVICE_NAME],
+    )
+    try:
+        ready({"grpc": server.address})
+        await stop.wait()
+    finally:
+        # Health turns NOT_SERVING first, so clients move away before the port closes.
+        await server.stop()
+
+
+def main(config: Path | None = None) -> int:
+    """`bastion verifier serve`: exit 0 on a clean stop, 1 on a runtime error, 2 on bad config."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        # Logging is configured from these very settings, so this one goes to stderr directly.
+        print(f"cannot start verifier: {exc}", file=sys.stderr)
+        return 2
+    return run_service("verifier", settings, config, serve)
