@@ -46,7 +46,8 @@ def build_server(record: Path | None) -> MCPServer:
 
 
 async def _serve(port: int, port_file: Path | None, record: Path | None) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (see bastion/_web.py).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     # Listen before announcing the port: connections then queue until uvicorn accepts.

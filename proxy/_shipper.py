@@ -62,6 +62,7 @@ class Shipper:
         wake: asyncio.Event,
         batch_max: int = 512,
         idle_interval: float = 0.05,
+        linger: float = 0.05,
         rpc_timeout: float = 5.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
@@ -73,6 +74,7 @@ class Shipper:
         self._wake = wake
         self._batch_max = batch_max
         self._idle_interval = idle_interval
+        self._linger = linger
         self._rpc_timeout = rpc_timeout
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -147,11 +149,18 @@ class Shipper:
                         return
                     await self._idle()
                     continue
+                full = len(self._batch.events) >= self._batch_max
                 await self._ship(self._batch)
                 self._batch = None
                 if failures:
                     log.info("journal shipping resumed after %d failed attempts", failures)
                 failures = 0
+                if not full and not self._stopping.is_set():
+                    # Linger so a busy proxy ships one batch per interval instead of one
+                    # RPC, cursor fsync and graph transaction per group commit: those
+                    # compete for the same cores as the hot path.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self._linger)
             except (grpc.RpcError, OSError) as exc:
                 if self._stopping.is_set():
                     return  # the graph is down: leave the rest for the next run

@@ -7,6 +7,7 @@ implementation; anyone can replace it by serving the same proto (see INTERFACE.m
 Public surface:
 
 - `main(config=None) -> int` runs `bastion verifier serve` until SIGTERM/SIGINT.
+- `serve(settings, app, ready, stop)` is the same service inside a running event loop.
 - `VerifierSettings` is the frozen settings object (`BASTION_VERIFIER_*` env vars).
 - `ScorerConfig` holds the reference scorer's threshold, weights and min_history.
 - `ReferenceScorer(config).score(request)` is the pure, deterministic scorer.
@@ -16,6 +17,6 @@ Public surface:
 from ._config import VerifierSettings
 from ._engine import ReferenceScorer, ScorerConfig
 from ._grpc import VerifierServicer
-from ._server import main
+from ._server import main, serve
 
-__all__ = ["ReferenceScorer", "ScorerConfig", "VerifierServicer", "VerifierSettings", "main"]
+__all__ = ["ReferenceScorer", "ScorerConfig", "VerifierServicer", "VerifierSettings", "main", "serve"]

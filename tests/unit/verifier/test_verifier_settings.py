@@ -90,6 +90,7 @@ def test_the_public_surface_is_exactly_what_the_package_documents() -> None:
         "VerifierServicer",
         "VerifierSettings",
         "main",
+        "serve",
     ]
     doc = bastion.verifier.__doc__ or ""
     for name in bastion.verifier.__all__:

@@ -1,0 +1,358 @@
+"""The proxy in front of a real MCP server, with real policy, verifier and graph services
+over gRPC on port 0: bad input, failing dependencies, and the journal's durability."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import orjson
+import pytest
+from fixtures import inprocess
+from fixtures.stack import ROOT
+from fixtures.upstream import DemoUpstream, demo_upstream
+
+from bastion._identity import ensure_dev_key, issue_token
+from bastion.v1 import policy_pb2, policy_pb2_grpc
+
+POLICY = ROOT / "examples" / "policies" / "demo.yaml"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUpstream]:
+    with demo_upstream(tmp_path_factory.mktemp("upstream")) as server:
+        yield server
+
+
+def _dead_address() -> str:
+    """An address nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _call(name: str, arguments: dict[str, Any], msg_id: int = 1) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": msg_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments, "_meta": MODERN_META},
+    }
+
+
+def _headers(token: str, name: str | None = None, workflow: str = "wf-int") -> dict[str, str]:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Bastion-Workflow-Id": workflow,
+    }
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return headers
+
+
+class Stack:
+    def __init__(self, home: Path, proxy: str, graph: str) -> None:
+        self.home = home
+        self.proxy = f"http://{proxy}"
+        self.graph = f"http://{graph}"
+        self.token = issue_token(ensure_dev_key(home), subject="agent-int")
+
+    async def post(self, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.proxy) as http:
+            content = raw if raw is not None else orjson.dumps(body)
+            return await http.post("/mcp/demo", content=content, headers=headers or _headers(self.token))
+
+    async def violations(self, workflow: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        return await _poll(f"{self.graph}/audit/violations", {"workflow_id": workflow}, count, timeout)
+
+    async def nodes(self, workflow: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        return await _poll(f"{self.graph}/graphs/{workflow}/nodes", {}, count, timeout)
+
+
+async def _poll(url: str, params: dict[str, str], count: int, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while True:
+            response = await http.get(url, params=params)
+            items: list[dict[str, Any]] = response.json().get("items", []) if response.status_code == 200 else []
+            if len(items) >= count:
+                return items
+            assert time.monotonic() < deadline, f"{url} has {len(items)} items, expected {count}: {response.text}"
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, upstream: DemoUpstream) -> AsyncIterator[Stack]:
+    app = inprocess.app_config(upstream.url, POLICY)
+    async with (
+        inprocess.policy(tmp_path, app) as policy,
+        inprocess.verifier(tmp_path, app) as verifier,
+        inprocess.graph(tmp_path, app) as graph,
+        inprocess.proxy(
+            tmp_path,
+            app,
+            policy_addr=policy["grpc"],
+            verifier_addr=verifier["grpc"],
+            graph_addr=graph["grpc"],
+            max_body=64 * 1024,
+        ) as proxy,
+    ):
+        yield Stack(tmp_path, proxy["http"], graph["http"])
+
+
+async def test_allowed_call_returns_the_upstream_result_with_bastion_headers(stack: Stack) -> None:
+    response = await stack.post(_call("add", {"a": 20, "b": 22}), _headers(stack.token, "add"))
+    assert response.status_code == 200
+    assert response.json()["result"]["structuredContent"] == {"result": 42}
+    assert response.headers["bastion-workflow-id"] == "wf-int"
+    node_id = response.headers["bastion-node-id"]
+    nodes = await stack.nodes("wf-int", 1)
+    assert [n["node_id"] for n in nodes] == [node_id]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code", "bastion_code"),
+    [
+        (b"{not json", 400, -32700, "bastion.protocol.parse_error"),
+        (
+            b'[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}]',
+            400,
+            -32600,
+            "bastion.protocol.invalid_request",
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"../delete_file","arguments":{}}}',
+            400,
+            -32602,
+            "bastion.protocol.invalid_params",
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_file\\u0000","arguments":{}}}',
+            400,
+            -32602,
+            "bastion.protocol.invalid_params",
+        ),
+    ],
+)
+async def test_bad_messages_get_a_precise_error_are_audited_and_the_proxy_keeps_serving(
+    stack: Stack, upstream: DemoUpstream, raw: bytes, status: int, code: int, bastion_code: str
+) -> None:
+    executed = len(upstream.executed())
+    headers = _headers(stack.token)
+    del headers["Mcp-Method"]
+    response = await stack.post(None, headers, raw=raw)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["data"]["reason"]
+    audited = await stack.violations("bastion.rejected", 1)
+    assert audited[0]["rule_id"] == bastion_code
+    assert len(upstream.executed()) == executed
+    follow_up = await stack.post(_call("add", {"a": 1, "b": 1}), _headers(stack.token, "add"))
+    assert follow_up.json()["result"]["structuredContent"] == {"result": 2}
+
+
+async def test_routing_headers_that_disagree_with_the_body_get_minus_32020_and_nothing_runs(
+    stack: Stack, upstream: DemoUpstream
+) -> None:
+    executed = len(upstream.executed())
+    # The header says the allowed tool, the body calls the denied one.
+    response = await stack.post(_call("delete_file", {"path": "/x"}), _headers(stack.token, "add"))
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == -32020
+    assert len(upstream.executed()) == executed
+
+
+async def test_oversized_body_is_refused_with_413(stack: Stack) -> None:
+    response = await stack.post(_call("echo", {"text": "x" * 100_000}), _headers(stack.token, "echo"))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == -32600
+    assert "BASTION_MAX_BODY" in response.json()["error"]["data"]["reason"]
+    audited = await stack.violations("bastion.rejected", 1)
+    assert audited[0]["rule_id"] == "bastion.protocol.too_large"
+
+
+async def test_unknown_server_and_foreign_host_are_refused(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.proxy) as http:
+        unknown = await http.post("/mcp/nope", json=_call("add", {}), headers=_headers(stack.token))
+        foreign = await http.post(
+            "/mcp/demo", json=_call("add", {}), headers={**_headers(stack.token, "add"), "Host": "evil.example.com"}
+        )
+        wrong_method = await http.put("/mcp/demo", json={}, headers=_headers(stack.token))
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "bastion.unknown_server")
+    assert (foreign.status_code, foreign.json()["error"]["code"]) == (403, "bastion.host_not_allowed")
+    assert wrong_method.status_code == 405
+    rules = {v["rule_id"] for v in await stack.violations("bastion.rejected", 3)}
+    assert rules == {"bastion.unknown_server", "bastion.host_not_allowed", "bastion.method_not_allowed"}
+
+
+async def test_blocked_call_envelope_names_rule_and_is_linked_to_the_previous_action(stack: Stack) -> None:
+    first = await stack.post(_call("add", {"a": 1, "b": 2}), _headers(stack.token, "add", "wf-chain"))
+    blocked = await stack.post(
+        _call("delete_file", {"path": "/x"}, 2), _headers(stack.token, "delete_file", "wf-chain")
+    )
+    error = blocked.json()["error"]
+    assert (error["code"], error["message"], error["data"]["rule_id"]) == (
+        -32003,
+        "POLICY_VIOLATION",
+        "no-file-deletes",
+    )
+    assert blocked.json()["id"] == 2
+    nodes = await stack.nodes("wf-chain", 2)
+    assert nodes[1]["node_id"] == blocked.headers["bastion-node-id"]
+    assert nodes[1]["parent_ids"] == [first.headers["bastion-node-id"]]
+
+
+async def test_the_agents_token_is_not_forwarded_upstream(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        body = b'{"jsonrpc":"2.0","id":1,"result":{}}'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    app = inprocess.app_config(f"http://127.0.0.1:{port}/mcp", POLICY)
+    async with (
+        server,
+        inprocess.policy(tmp_path, app) as policy,
+        inprocess.verifier(tmp_path, app) as verifier,
+        inprocess.graph(tmp_path, app) as graph,
+        inprocess.proxy(
+            tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=graph["grpc"]
+        ) as proxy,
+    ):
+        stack = Stack(tmp_path, proxy["http"], graph["http"])
+        headers = {**_headers(stack.token), "Mcp-Method": "ping"}
+        response = await stack.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers)
+        assert response.status_code == 200
+    assert len(seen) == 1
+    lowered = seen[0].lower()
+    assert b"authorization" not in lowered
+    assert stack.token.encode() not in seen[0]
+    assert b"bastion-workflow-id" not in lowered
+    assert f"host: 127.0.0.1:{port}".encode() in lowered
+
+
+async def test_verifier_down_blocks_by_default_and_allows_only_when_fallback_says_so(
+    tmp_path: Path, upstream: DemoUpstream
+) -> None:
+    app = inprocess.app_config(upstream.url, POLICY)
+    dead = _dead_address()
+    async with inprocess.policy(tmp_path, app) as policy, inprocess.graph(tmp_path, app) as graph:
+        async with inprocess.proxy(
+            tmp_path, app, policy_addr=policy["grpc"], verifier_addr=dead, graph_addr=graph["grpc"]
+        ) as proxy:
+            stack = Stack(tmp_path, proxy["http"], graph["http"])
+            blocked = await stack.post(_call("add", {"a": 1, "b": 1}), _headers(stack.token, "add", "wf-vdown"))
+        assert blocked.json()["error"]["data"]["rule_id"] == "bastion.verifier_unavailable"
+        assert blocked.json()["error"]["data"]["deviation_score"] is None
+        async with inprocess.proxy(
+            tmp_path,
+            app,
+            policy_addr=policy["grpc"],
+            verifier_addr=dead,
+            graph_addr=graph["grpc"],
+            verifier_fallback="allow",
+        ) as proxy:
+            stack = Stack(tmp_path, proxy["http"], graph["http"])
+            allowed = await stack.post(_call("add", {"a": 1, "b": 1}), _headers(stack.token, "add", "wf-vfallback"))
+        assert allowed.json()["result"]["structuredContent"] == {"result": 2}
+        nodes = await stack.nodes("wf-vfallback", 1)
+        assert nodes[0]["outcome"] == "FORWARDED"
+        assert nodes[0]["verifier_fallback"] is True
+
+
+class _SlowPolicy(policy_pb2_grpc.PolicyServiceServicer):
+    """A policy service that answers too late: the fault under test."""
+
+    async def Decide(self, request: policy_pb2.DecideRequest, context: Any) -> policy_pb2.Decision:
+        await asyncio.sleep(5)
+        return policy_pb2.Decision(effect=policy_pb2.ALLOW, rule_id="too-late")
+
+    async def DecideBatch(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the proxy")
+
+    async def Watch(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the proxy")
+
+
+async def test_policy_past_its_deadline_blocks_the_call(tmp_path: Path, upstream: DemoUpstream) -> None:
+    slow = grpc.aio.server()
+    policy_pb2_grpc.add_PolicyServiceServicer_to_server(_SlowPolicy(), slow)
+    port = slow.add_insecure_port("127.0.0.1:0")
+    await slow.start()
+    app = inprocess.app_config(upstream.url, POLICY)
+    try:
+        async with (
+            inprocess.verifier(tmp_path, app) as verifier,
+            inprocess.graph(tmp_path, app) as graph,
+            inprocess.proxy(
+                tmp_path,
+                app,
+                policy_addr=f"127.0.0.1:{port}",
+                verifier_addr=verifier["grpc"],
+                graph_addr=graph["grpc"],
+                policy_timeout_ms=100,
+            ) as proxy,
+        ):
+            stack = Stack(tmp_path, proxy["http"], graph["http"])
+            started = time.monotonic()
+            response = await stack.post(_call("add", {"a": 1, "b": 1}), _headers(stack.token, "add"))
+            elapsed = time.monotonic() - started
+    finally:
+        await slow.stop(0)
+    data = response.json()["error"]["data"]
+    assert data["rule_id"] == "bastion.policy_unavailable"
+    assert "DEADLINE_EXCEEDED" in data["reason"]
+    assert elapsed < 4, "the proxy waited for the policy instead of applying its deadline"
+
+
+async def test_events_journaled_while_the_graph_is_down_arrive_after_a_proxy_restart(
+    tmp_path: Path, upstream: DemoUpstream
+) -> None:
+    app = inprocess.app_config(upstream.url, POLICY)
+    async with inprocess.policy(tmp_path, app) as policy, inprocess.verifier(tmp_path, app) as verifier:
+        async with inprocess.proxy(
+            tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=_dead_address()
+        ) as proxy:
+            stack = Stack(tmp_path, proxy["http"], "unused:0")
+            node_ids = []
+            for i in range(5):
+                response = await stack.post(
+                    _call("add", {"a": i, "b": 1}, i), _headers(stack.token, "add", "wf-outage")
+                )
+                assert response.status_code == 200
+                node_ids.append(response.headers["bastion-node-id"])
+        # The proxy is gone and never reached the graph; its journal is all there is.
+        async with (
+            inprocess.graph(tmp_path, app) as graph,
+            inprocess.proxy(
+                tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=graph["grpc"]
+            ),
+        ):
+            nodes = await Stack(tmp_path, "unused:0", graph["http"]).nodes("wf-outage", 5)
+    assert [n["node_id"] for n in nodes] == node_ids
