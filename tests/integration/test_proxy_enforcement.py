@@ -296,8 +296,8 @@ class _SlowPolicy(policy_pb2_grpc.PolicyServiceServicer):
     async def DecideBatch(self, request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the proxy")
 
-    async def Watch(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the proxy")
+    def Watch(self, request: Any, context: Any) -> Iterator[policy_pb2.BundleEvent]:
+        return iter(())
 
 
 async def test_policy_past_its_deadline_blocks_the_call(tmp_path: Path, upstream: DemoUpstream) -> None:
