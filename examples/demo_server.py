@@ -45,14 +45,16 @@ def build_server(record: Path | None) -> MCPServer:
     return server
 
 
-async def _serve(port: int, port_file: Path | None, record: Path | None) -> None:
+async def _serve(host: str, port: int, port_file: Path | None, record: Path | None) -> None:
     # IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (see bastion/_web.py).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    sock.bind((host, port))
     # Listen before announcing the port: connections then queue until uvicorn accepts.
     sock.listen(128)
-    app = build_server(record).streamable_http_app(host="127.0.0.1")
+    # On loopback the SDK turns on its DNS-rebinding protection; in a container (0.0.0.0)
+    # the Bastion proxy in front of it is what checks Host and Origin.
+    app = build_server(record).streamable_http_app(host=host)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     if port_file is not None:
@@ -64,11 +66,12 @@ async def _serve(port: int, port_file: Path | None, record: Path | None) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     parser.add_argument("--port-file", type=Path)
     parser.add_argument("--record", type=Path, help="append executed delete_file calls here")
     args = parser.parse_args()
-    asyncio.run(_serve(args.port, args.port_file, args.record))
+    asyncio.run(_serve(args.host, args.port, args.port_file, args.record))
 
 
 if __name__ == "__main__":

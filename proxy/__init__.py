@@ -1,6 +1,8 @@
 """bastion.proxy — the data plane: MCP (and later A2A) as a governing JSON-RPC proxy.
 
-`main` runs the service (`bastion proxy serve`); `ProxySettings` is its configuration.
+- `main(config=None) -> int` runs `bastion proxy serve` until SIGTERM/SIGINT.
+- `serve(settings, app, ready, stop)` is the same service inside a running event loop.
+- `ProxySettings` is its frozen configuration (`BASTION_*` env vars).
 """
 
 from ._config import ProxySettings
