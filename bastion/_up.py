@@ -3,7 +3,8 @@
 Policy, verifier and graph start first (in parallel); the proxy starts once their
 run files report where they listen, so every address may be `host:0`. Ctrl-C or
 SIGTERM stops the proxy first (its journal flushes to a still-running graph),
-then the rest.
+then the rest. Before printing its URLs, `up` checks every gRPC server's health service
+and every HTTP server's `/healthz`.
 
 A service that dies is reported and left down, like a compose service without a
 restart policy: the rest keep running, and the proxy blocks every action that
@@ -13,6 +14,7 @@ needs the missing service (fail closed), which is what an operator must see.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -28,6 +30,7 @@ import orjson
 from ._appconfig import load_app_config, resolve_config_path
 from ._errors import BastionError, ConfigError
 from ._identity import ensure_dev_key, ensure_service_token
+from ._rpc import check_health
 from ._runfile import run_dir, write_runfile
 from ._settings import CommonSettings
 
@@ -87,6 +90,17 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _check_health(info: dict[str, dict[str, Any]]) -> None:
+    """Every gRPC server reports SERVING and every HTTP server answers /healthz."""
+    for name, addresses in info.items():
+        grpc_addr = addresses.get("grpc")
+        if grpc_addr is not None and not asyncio.run(check_health(grpc_addr, timeout=5.0)):
+            raise ConfigError(f"{name} does not report SERVING on gRPC health at {grpc_addr}")
+        http_addr = addresses.get("http")
+        if http_addr is not None and not _http_ok(f"http://{http_addr}/healthz"):
+            raise ConfigError(f"{name} is not answering on http://{http_addr}/healthz")
+
+
 def up(config: Path | None) -> int:
     settings = CommonSettings()
     try:
@@ -121,9 +135,7 @@ def up(config: Path | None) -> int:
             },
         )
         info["proxy"] = stack.wait_ready("proxy")
-        for name, url in (("proxy", info["proxy"]["http"]), ("graph", info["graph"]["http"])):
-            if not _http_ok(f"http://{url}/healthz"):
-                raise ConfigError(f"{name} is not answering on http://{url}/healthz")
+        _check_health(info)
         write_runfile(home, "stack", info)
         _print_urls(info, sorted(app.servers))
         dead: set[str] = set()

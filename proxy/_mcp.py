@@ -20,6 +20,9 @@ WORKFLOW_META_KEY = "bastion.dev/workflow_id"
 TASK_META_KEY = "bastion.dev/task"
 _NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 _TOOL_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
+#: Deeper arguments than this are refused: protobuf (policy, verifier, graph) stops at
+#: 100 levels, and no real tool takes anything near it.
+MAX_ARGUMENT_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,22 @@ def tool_call_target(message: Message) -> tuple[str, dict[str, Any]]:
     if not isinstance(arguments, dict):
         raise InvalidParams("tools/call params.arguments must be an object")
     validate_tool_name(name)
+    if _too_deep(arguments, MAX_ARGUMENT_DEPTH):
+        raise InvalidParams(f"tools/call params.arguments nest deeper than {MAX_ARGUMENT_DEPTH} levels")
     return name, arguments
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """True when objects/arrays nest more than `limit` levels (scalars are not a level)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def validate_tool_name(name: str) -> None:

@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bastion import HeaderMismatch, InvalidParams, InvalidRequest, ParseError, ProtocolError
-from bastion.proxy._mcp import check_routing_headers, parse_message, tool_call_target, validate_tool_name
+from bastion.proxy._mcp import (
+    MAX_ARGUMENT_DEPTH,
+    check_routing_headers,
+    parse_message,
+    tool_call_target,
+    validate_tool_name,
+)
 
 
 def _call(name: object, arguments: object = None) -> bytes:
@@ -168,3 +174,13 @@ def test_any_json_value_either_parses_or_is_a_protocol_error(value: object) -> N
     except ProtocolError:
         return
     assert isinstance(message.body, dict)
+
+
+def test_arguments_nested_beyond_the_limit_are_invalid_params() -> None:
+    deep: dict[str, object] = {"x": "leaf"}
+    for _ in range(MAX_ARGUMENT_DEPTH - 1):
+        deep = {"x": deep}
+    assert tool_call_target(parse_message(_call("add", {"ok": 1})))[1] == {"ok": 1}
+    tool_call_target(parse_message(_call("add", deep)))  # exactly at the limit
+    with pytest.raises(InvalidParams, match="nest deeper"):
+        tool_call_target(parse_message(_call("add", {"y": [deep]})))
