@@ -68,9 +68,25 @@ class AppConfig(_Frozen):
         return self
 
 
+DEFAULT_CONFIG = Path("bastion.yaml")
+
+
 def resolve_config_path(explicit: Path | None, env_value: Path | None) -> Path:
     """--config, else $BASTION_CONFIG, else ./bastion.yaml (DESIGN §9)."""
-    return explicit or env_value or Path("bastion.yaml")
+    return explicit or env_value or DEFAULT_CONFIG
+
+
+def find_app_config(explicit: Path | None, env_value: Path | None) -> tuple[Path | None, AppConfig]:
+    """The config a service runs with, and where it came from.
+
+    A file named by --config or $BASTION_CONFIG must exist. Without either, a missing
+    ./bastion.yaml means the embedded defaults: no upstreams and no policies, so the
+    proxy serves nothing and every decision is the default deny.
+    """
+    path = resolve_config_path(explicit, env_value)
+    if path == DEFAULT_CONFIG and explicit is None and env_value is None and not path.exists():
+        return None, AppConfig()
+    return path.resolve(), load_app_config(path)
 
 
 def load_app_config(path: Path) -> AppConfig:

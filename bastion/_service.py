@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import uvloop
 
-from ._appconfig import AppConfig, load_app_config, resolve_config_path
+from ._appconfig import AppConfig, find_app_config
 from ._errors import BastionError
 from ._logging import configure_logging
 from ._runfile import remove_runfile, write_runfile
@@ -30,10 +30,12 @@ ServeFn = Callable[[S, AppConfig, Callable[[dict[str, str]], None], asyncio.Even
 def run_service(name: str, settings: S, config: Path | None, serve: ServeFn[S]) -> int:
     configure_logging(name, settings.log_level)
     try:
-        app = load_app_config(resolve_config_path(config, settings.config))
+        source, app = find_app_config(config, settings.config)
     except BastionError as exc:
         log.error("cannot start %s: %s", name, exc)
         return 2
+    if source is None:
+        log.warning("no bastion.yaml found: running with no upstreams and no policies (default deny)")
     home = settings.home.resolve()
 
     def ready(addresses: dict[str, str]) -> None:

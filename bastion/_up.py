@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from ._appconfig import load_app_config, resolve_config_path
+from ._appconfig import find_app_config
 from ._errors import BastionError, ConfigError
 from ._identity import ensure_dev_key, ensure_service_token
 from ._rpc import check_health
@@ -40,14 +40,14 @@ STOP_GRACE = 10.0
 
 
 class _Stack:
-    def __init__(self, config: Path, home: Path) -> None:
-        self.config = config
+    def __init__(self, config: Path | None, home: Path) -> None:
         self.home = home
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = {**os.environ, "BASTION_HOME": str(home), "BASTION_CONFIG": str(config)}
+        self.env = {**os.environ, "BASTION_HOME": str(home)}
+        self.config_args = ["--config", str(config)] if config is not None else []
 
     def spawn(self, name: str, extra_env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, "-m", "bastion", name, "serve", "--config", str(self.config)]
+        cmd = [sys.executable, "-m", "bastion", name, "serve", *self.config_args]
         self.procs[name] = subprocess.Popen(cmd, env={**self.env, **(extra_env or {})})
 
     def wait_ready(self, name: str) -> dict[str, Any]:
@@ -104,8 +104,7 @@ def _check_health(info: dict[str, dict[str, Any]]) -> None:
 def up(config: Path | None) -> int:
     settings = CommonSettings()
     try:
-        config_path = resolve_config_path(config, settings.config).resolve()
-        app = load_app_config(config_path)
+        config_path, app = find_app_config(config, settings.config)
         home = settings.home.resolve()
         # Created here, once, so the services never race to generate them.
         ensure_dev_key(home)
@@ -113,6 +112,8 @@ def up(config: Path | None) -> int:
     except BastionError as exc:
         print(f"bastion up: {exc}", file=sys.stderr)
         return 2
+    if config_path is None:
+        print("bastion up: no bastion.yaml here: no upstreams, no policies (everything denied)", file=sys.stderr)
     stack = _Stack(config_path, home)
     stopping = False
 

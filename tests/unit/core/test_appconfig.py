@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bastion import ConfigError
-from bastion._appconfig import load_app_config
+from bastion._appconfig import AppConfig, find_app_config, load_app_config
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -49,3 +49,23 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path: Path) -> None:
 
 def test_empty_file_is_an_empty_stack(tmp_path: Path) -> None:
     assert load_app_config(_write(tmp_path, "")).servers == {}
+
+
+def test_without_any_config_the_embedded_defaults_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert find_app_config(None, None) == (None, AppConfig())
+
+
+def test_the_default_file_is_used_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "servers:\n  demo: {url: 'http://127.0.0.1:1/mcp'}\n")
+    source, config = find_app_config(None, None)
+    assert source == path.resolve()
+    assert set(config.servers) == {"demo"}
+
+
+def test_a_named_config_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        find_app_config(tmp_path / "missing.yaml", None)
+    with pytest.raises(ConfigError, match="not found"):
+        find_app_config(None, tmp_path / "missing-from-env.yaml")
