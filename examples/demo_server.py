@@ -1,6 +1,8 @@
 """A small MCP server for the demo and the tests, built with the `mcp` SDK.
 
-Tools: `add` (harmless), `echo`, and `delete_file` (the one the demo policy denies).
+Tools: `add` (harmless), `echo`, `count` (streams progress notifications while it
+runs), `confirm` (asks the client a question mid-call: elicitation), and `delete_file`
+(the one the demo policy denies).
 `delete_file` deletes nothing: it appends the call to --record FILE, so a test can
 prove the upstream never executed a blocked call.
 
@@ -19,6 +21,12 @@ from pathlib import Path
 
 import uvicorn
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from pydantic import BaseModel
+
+
+class Answer(BaseModel):
+    ok: bool
 
 
 def build_server(record: Path | None) -> MCPServer:
@@ -33,6 +41,21 @@ def build_server(record: Path | None) -> MCPServer:
     def echo(text: str) -> str:
         """Return the text unchanged."""
         return text
+
+    @server.tool()
+    async def count(to: int, ctx: Context) -> int:
+        """Count to `to`, reporting progress at each step."""
+        for step in range(1, to + 1):
+            await ctx.report_progress(step, to, f"step {step}")
+        return to
+
+    @server.tool()
+    async def confirm(question: str, ctx: Context) -> str:
+        """Ask the client to confirm; answer with what it said."""
+        answer = await ctx.elicit(question, Answer)
+        if answer.action == "accept" and answer.data is not None:
+            return "confirmed" if answer.data.ok else "refused"
+        return answer.action
 
     @server.tool()
     def delete_file(path: str) -> str:
