@@ -98,20 +98,8 @@ async def _poll(url: str, params: dict[str, str], count: int, timeout: float) ->
 @pytest.fixture
 async def stack(tmp_path: Path, upstream: DemoUpstream) -> AsyncIterator[Stack]:
     app = inprocess.app_config(upstream.url, POLICY)
-    async with (
-        inprocess.policy(tmp_path, app) as policy,
-        inprocess.verifier(tmp_path, app) as verifier,
-        inprocess.graph(tmp_path, app) as graph,
-        inprocess.proxy(
-            tmp_path,
-            app,
-            policy_addr=policy["grpc"],
-            verifier_addr=verifier["grpc"],
-            graph_addr=graph["grpc"],
-            max_body=64 * 1024,
-        ) as proxy,
-    ):
-        yield Stack(tmp_path, proxy["http"], graph["http"])
+    async with inprocess.stack(tmp_path, app, max_body=64 * 1024) as running:
+        yield Stack(tmp_path, running.proxy, running.graph)
 
 
 async def test_allowed_call_returns_the_upstream_result_with_bastion_headers(stack: Stack) -> None:
@@ -236,16 +224,8 @@ async def test_the_agents_token_is_not_forwarded_upstream(tmp_path: Path) -> Non
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     app = inprocess.app_config(f"http://127.0.0.1:{port}/mcp", POLICY)
-    async with (
-        server,
-        inprocess.policy(tmp_path, app) as policy,
-        inprocess.verifier(tmp_path, app) as verifier,
-        inprocess.graph(tmp_path, app) as graph,
-        inprocess.proxy(
-            tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=graph["grpc"]
-        ) as proxy,
-    ):
-        stack = Stack(tmp_path, proxy["http"], graph["http"])
+    async with server, inprocess.stack(tmp_path, app) as running:
+        stack = Stack(tmp_path, running.proxy, running.graph)
         headers = {**_headers(stack.token), "Mcp-Method": "ping"}
         response = await stack.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers)
         assert response.status_code == 200

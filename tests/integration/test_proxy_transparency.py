@@ -40,15 +40,8 @@ async def proxy_url(tmp_path: Path, upstream: DemoUpstream) -> AsyncIterator[str
     policy_file = tmp_path / "allow.yaml"
     policy_file.write_text(ALLOW_ALL)
     app = inprocess.app_config(upstream.url, policy_file)
-    async with (
-        inprocess.policy(tmp_path, app) as policy,
-        inprocess.verifier(tmp_path, app) as verifier,
-        inprocess.graph(tmp_path, app) as graph,
-        inprocess.proxy(
-            tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=graph["grpc"]
-        ) as proxy,
-    ):
-        yield f"http://{proxy['http']}/mcp/demo"
+    async with inprocess.stack(tmp_path, app) as running:
+        yield f"http://{running.proxy}/mcp/demo"
 
 
 @pytest.fixture
