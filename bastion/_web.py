@@ -67,6 +67,9 @@ async def start_web_server(app: Any, addr: str) -> WebServer:
         server_header=False,
         date_header=False,
         timeout_keep_alive=30,
+        # Long-lived SSE streams (an MCP session's GET stream) would otherwise hold a
+        # graceful stop open for as long as the client keeps them.
+        timeout_graceful_shutdown=5,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -4,6 +4,8 @@ lifecycle as it would directly."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,3 +114,24 @@ async def test_a_deleted_session_is_404_through_the_proxy_as_it_is_upstream(prox
     assert opened.status_code == 200
     assert deleted.status_code == 200
     assert after.status_code == 404
+
+
+async def test_the_proxy_stops_promptly_while_a_client_holds_its_session_stream(
+    tmp_path: Path, upstream: DemoUpstream, token: str
+) -> None:
+    policy_file = tmp_path / "allow.yaml"
+    policy_file.write_text(ALLOW_ALL)
+    stack_cm = inprocess.stack(tmp_path, inprocess.app_config(upstream.url, policy_file))
+    running = await stack_cm.__aenter__()
+    client_cm = mcp_client(f"http://{running.proxy}/mcp/demo", token, "legacy")
+    try:
+        client = await client_cm.__aenter__()
+        # The legacy client keeps a GET event stream open for the session from here on.
+        assert (await client.call_tool("add", {"a": 1, "b": 1})).structured_content == {"result": 2}
+        started = time.monotonic()
+        await stack_cm.__aexit__(None, None, None)
+        stopped_in = time.monotonic() - started
+    finally:
+        with contextlib.suppress(Exception):
+            await client_cm.__aexit__(None, None, None)
+    assert stopped_in < 15, f"the proxy took {stopped_in:.1f}s to stop with a session stream open"
