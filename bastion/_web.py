@@ -66,6 +66,9 @@ async def start_web_server(app: Any, addr: str) -> WebServer:
         access_log=False,
         server_header=False,
         date_header=False,
+        # No X-Forwarded-* rewriting: nothing here trusts the client address, and the
+        # middleware would sit on every request of the hot path.
+        proxy_headers=False,
         timeout_keep_alive=30,
         # Long-lived SSE streams (an MCP session's GET stream) would otherwise hold a
         # graceful stop open for as long as the client keeps them.

@@ -208,7 +208,7 @@ class ProxyApp:
         action.kind = _KIND_BY_METHOD.get(action.method, policy_pb2.MCP_REQUEST)
         record = self._record(caller, action, started, graph_pb2.OBSERVATION, body)
         if await self._journal_or_refuse(send, record, msg_id):
-            await self._forward(scope, receive, send, pool, record, body, t0)
+            await self._forward(scope, receive, send, pool, record, body, t0, msg_id)
 
     async def _governed(
         self,
@@ -269,11 +269,13 @@ class ProxyApp:
         except JournalError as exc:
             log.error("journal append failed; blocking", extra={"fields": {"error": str(exc)}})
             outcome = Outcome(False, decision, outcome.score, JOURNAL_UNAVAILABLE, f"journal unavailable: {exc}")
+            # Nothing was recorded, so no violation id exists; the node id still lets the
+            # operator match the client's report with the proxy's error log.
             violation_id = record.node_id
         self._metrics.journal.observe(time.perf_counter() - t_decided)
         if outcome.allowed:
             self._metrics.count("forwarded", decision)
-            await self._forward(scope, receive, send, pool, record, body, t0)
+            await self._forward(scope, receive, send, pool, record, body, t0, message.id)
             return
         self._metrics.count("blocked", decision)
         score = outcome.score
@@ -379,11 +381,19 @@ class ProxyApp:
             log.error("journal append of a refusal failed", extra={"fields": {"error": str(exc), "code": code}})
         self._metrics.count("rejected", None)
         if body is None:
-            body = _json_bytes(_http_error(code, reason, violation_id))
+            body = orjson.dumps(_http_error(code, reason, violation_id))
         await send_bytes(send, status, body, JSON + (extra_headers or []))
 
     async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, pool: UpstreamPool, record: Record, body: bytes, t0: float
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        pool: UpstreamPool,
+        record: Record,
+        body: bytes,
+        t0: float,
+        msg_id: Any = None,
     ) -> None:
         path = pool.path.encode()
         if scope.get("query_string"):
@@ -394,7 +404,7 @@ class ProxyApp:
             response = await pool.request(scope["method"].encode(), path, headers, body)
         except UpstreamError as exc:
             log.warning("upstream failed", extra={"fields": {"server": record.action.server, "error": str(exc)}})
-            payload = jsonrpc_error(None, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": str(exc)})
+            payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": str(exc)})
             await send_bytes(send, 502, payload, JSON + _ids(record))
             return
         self._metrics.upstream.observe(time.perf_counter() - t_up)
@@ -432,7 +442,3 @@ def _http_error(code: str, message: str, violation_id: str = "") -> dict[str, An
     if violation_id:
         error["violation_id"] = violation_id
     return {"error": error}
-
-
-def _json_bytes(payload: Any) -> bytes:
-    return orjson.dumps(payload)

@@ -336,3 +336,16 @@ async def test_events_journaled_while_the_graph_is_down_arrive_after_a_proxy_res
         ):
             nodes = await Stack(tmp_path, "unused:0", graph["http"]).nodes("wf-outage", 5)
     assert [n["node_id"] for n in nodes] == node_ids
+
+
+async def test_an_unreachable_upstream_is_502_with_the_request_id(tmp_path: Path) -> None:
+    app = inprocess.app_config(f"http://{_dead_address()}/mcp", POLICY)
+    async with inprocess.stack(tmp_path, app) as running:
+        stack = Stack(tmp_path, running.proxy, running.graph)
+        response = await stack.post(_call("add", {"a": 1, "b": 1}, 41), _headers(stack.token, "add", "wf-up-down"))
+        nodes = await stack.nodes("wf-up-down", 1)
+    assert response.status_code == 502
+    assert response.json()["id"] == 41
+    assert (response.json()["error"]["code"], response.json()["error"]["message"]) == (-32603, "UPSTREAM_UNAVAILABLE")
+    assert "cannot connect" in response.json()["error"]["data"]["reason"]
+    assert nodes[0]["decision"]["effect"] == "ALLOW"
