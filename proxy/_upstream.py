@@ -11,6 +11,7 @@ buffer an upstream's stream without bound.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import cast
@@ -23,6 +24,9 @@ from bastion._errors import ConfigError, UpstreamError
 _HIGH_WATER = 1 << 20  # bytes buffered before we stop reading from the upstream socket
 _LOW_WATER = 1 << 18
 _EOF = b""
+#: Idle connections older than this are closed rather than reused (below the 5 s
+#: keep-alive timeout of uvicorn, the usual MCP server).
+IDLE_TTL = 2.0
 
 
 class _Connection(asyncio.Protocol):
@@ -42,6 +46,7 @@ class _Connection(asyncio.Protocol):
         self.error: Exception | None = None
         self.received_any = False
         self.keep_alive = False
+        self.idle_since = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -198,6 +203,7 @@ class UpstreamPool:
     def put_back(self, conn: _Connection) -> None:
         if len(self._idle) < self._max_idle:
             conn.reset()
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.close()
@@ -212,19 +218,22 @@ class UpstreamPool:
             head += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
         head.append(b"\r\n")
         payload = b"".join(head) + body
-        # A reused connection may have been closed by the upstream while idle; that
-        # is only detectable on use, and then the request never reached it: retry
-        # once on a fresh connection. Anything else is an error.
+        # An upstream closes idle keep-alive connections on its own schedule (uvicorn
+        # after 5 s), and the close is only seen on use. A tools/call must never run
+        # twice, so a POST is never replayed: connections idle past IDLE_TTL are not
+        # reused at all, and only requests without side effects on the upstream's
+        # tools (GET, DELETE of a session) are retried once on a fresh connection.
+        now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if not conn.usable:
+            if not conn.usable or now - conn.idle_since > IDLE_TTL:
                 conn.close()
                 continue
             try:
                 return await self._exchange(conn, payload)
             except UpstreamError:
                 conn.close()
-                if conn.received_any:
+                if conn.received_any or method == b"POST":
                     raise
             break
         return await self._exchange(await self._connect(), payload)

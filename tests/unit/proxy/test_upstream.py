@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from bastion import UpstreamError
+from bastion.proxy import _upstream as upstream_module
 from bastion.proxy._upstream import UpstreamPool
 
 
@@ -129,3 +130,30 @@ async def test_connection_dropped_mid_body_is_an_upstream_error() -> None:
         response = await UpstreamPool(f"http://127.0.0.1:{raw.port}/mcp", timeout=5).request(b"POST", b"/mcp", [], b"")
         with pytest.raises(UpstreamError, match="closed"):
             await response.read()
+
+
+async def test_a_post_is_never_replayed_when_a_reused_connection_fails() -> None:
+    # The upstream reads the request and drops the connection without answering: it
+    # may have executed the call, so the pool must not send it a second time.
+    responses = iter([_json(b"{}"), [b"<close>"], _json(b"{}")])
+    raw, server = await _serve(lambda _: next(responses))
+    pool = UpstreamPool(f"http://127.0.0.1:{raw.port}/mcp", timeout=5)
+    async with server:
+        first = await pool.request(b"POST", b"/mcp", [], b"{}")
+        assert await first.read() == b"{}"
+        with pytest.raises(UpstreamError):
+            await pool.request(b"POST", b"/mcp", [], b"{}")
+        pool.close()
+    assert len(raw.requests) == 2
+
+
+async def test_connections_idle_past_the_ttl_are_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, server = await _serve(lambda _: _json(b"{}"))
+    pool = UpstreamPool(f"http://127.0.0.1:{raw.port}/mcp", timeout=5)
+    monkeypatch.setattr(upstream_module, "IDLE_TTL", 0.0)
+    async with server:
+        for _ in range(2):
+            assert await (await pool.request(b"POST", b"/mcp", [], b"{}")).read() == b"{}"
+            await asyncio.sleep(0.01)
+        pool.close()
+    assert raw.connections == 2
