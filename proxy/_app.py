@@ -154,7 +154,11 @@ class ProxyApp:
         if method == "POST":
             await self._post(scope, receive, send, pool, action, principal, headers, started, t0)
         elif method in ("GET", "DELETE"):
-            caller = self._caller(principal, headers, None)
+            try:
+                caller = self._caller(principal, headers, None)
+            except ProtocolError as exc:
+                await self._refuse(send, action, started, exc.http_status, exc.code, str(exc), principal=principal)
+                return
             record = self._record(caller, action, started, graph_pb2.OBSERVATION)
             if await self._journal_or_refuse(send, record, None):
                 await self._forward(scope, receive, send, pool, record, b"", t0)

@@ -280,6 +280,15 @@ class JournalReader:
         segments = list_segments(self._dir)
         return Cursor(segments[0] if segments else 1, 0)
 
+    def end(self) -> Cursor:
+        """Where readable records end now: the limit, else the end of the newest segment."""
+        if self._limit is not None:
+            return self._limit()
+        segments = list_segments(self._dir)
+        if not segments:
+            return Cursor(1, 0)
+        return Cursor(segments[-1], segment_path(self._dir, segments[-1]).stat().st_size)
+
     def read(self, cursor: Cursor, max_records: int, max_bytes: int) -> tuple[list[bytes], Cursor]:
         """Up to `max_records` records (about `max_bytes`, but at least one) from `cursor`, and the next cursor."""
         records: list[bytes] = []

@@ -46,7 +46,8 @@ async def serve(
     graph_channel = open_channel(settings.graph_grpc_addr)
     shipper = Shipper(
         journal.reader(),
-        home / "journal.cursor",
+        # Inside the journal directory: a journal wiped or restored takes its cursor with it.
+        journal_dir / "shipper.cursor",
         graph_pb2_grpc.GraphServiceStub(graph_channel),
         metadata,
         wake=journal.has_data,

@@ -12,6 +12,7 @@ is sent by the next run, which resumes from the persisted cursor.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -69,6 +70,7 @@ class Shipper:
     ) -> None:
         self._reader = reader
         self._cursor_path = cursor_path
+        self._dead_letter_path = cursor_path.with_name("dead-letter.jsonl")
         self._stub = stub
         self._metadata = metadata
         self._wake = wake
@@ -99,7 +101,8 @@ class Shipper:
 
     @property
     def skipped(self) -> int:
-        """Records that were not an Event and were dropped (they could never be delivered)."""
+        """Records that could never be delivered: not an Event (dropped) or refused by the
+        graph as malformed (kept in dead-letter.jsonl beside the cursor)."""
         return self._skipped
 
     @property
@@ -197,10 +200,48 @@ class Shipper:
 
     async def _ship(self, batch: _Batch) -> None:
         if batch.events:
-            await self._stub.Ingest(iter(batch.events), timeout=self._rpc_timeout, metadata=self._metadata)
+            await self._deliver(batch.events)
         await asyncio.to_thread(self._commit, batch.cursor)
         self._cursor = batch.cursor
         self._shipped += len(batch.events)
+
+    async def _deliver(self, events: list[graph_pb2.Event]) -> None:
+        """Ingest `events`; isolate and set aside any the graph refuses as malformed.
+
+        The graph refuses a whole batch for one bad event (INVALID_ARGUMENT). Retrying it
+        would stop all shipping for good, so the batch is halved until the bad event is
+        alone, and that one goes to the dead-letter file. Halves already stored are
+        resent harmlessly: the graph ingests idempotently by event_id.
+        """
+        try:
+            await self._stub.Ingest(iter(events), timeout=self._rpc_timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            if len(events) == 1:
+                await asyncio.to_thread(self._dead_letter, events[0], exc.details() or "refused")
+                return
+            middle = len(events) // 2
+            await self._deliver(events[:middle])
+            await self._deliver(events[middle:])
+
+    def _dead_letter(self, event: graph_pb2.Event, reason: str) -> None:
+        self._skipped += 1
+        log.error(
+            "the graph refused event %s (%s); it is kept in %s and shipping goes on",
+            event.event_id,
+            reason,
+            self._dead_letter_path,
+        )
+        entry = {
+            "event_id": event.event_id,
+            "reason": reason,
+            "event": base64.b64encode(event.SerializeToString()).decode(),
+        }
+        with self._dead_letter_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     async def _idle(self) -> None:
         # Poll too, so a missed or foreign wake-up only delays shipping by idle_interval.
@@ -221,7 +262,7 @@ class Shipper:
     def _load_cursor(self) -> Cursor:
         try:
             data = json.loads(self._cursor_path.read_text())
-            return Cursor(int(data["segment"]), int(data["offset"]))
+            cursor = Cursor(int(data["segment"]), int(data["offset"]))
         except FileNotFoundError:
             return self._reader.first()
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -229,3 +270,16 @@ class Shipper:
                 "journal cursor %s is unreadable (%s); resending the journal from its start", self._cursor_path, exc
             )
             return self._reader.first()
+        end = self._reader.end()
+        if cursor > end:
+            # A cursor past the journal's end belongs to a journal that no longer exists
+            # (the directory was wiped or restored from elsewhere). Kept, it would skip or
+            # misread the new journal's records; resending from the start is safe because
+            # the graph ingests idempotently.
+            log.warning(
+                "journal cursor %s points past the journal's end %s; resending the journal from its start",
+                cursor,
+                end,
+            )
+            return self._reader.first()
+        return cursor

@@ -16,12 +16,18 @@ from typing import Generic, TypeVar
 
 import uuid6
 
+from bastion._errors import InvalidRequest
 from bastion.v1 import verifier_pb2
+
+from ._mcp import WORKFLOW_META_KEY
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 ROLLING_IDLE_SECONDS = 30 * 60
+#: Workflow and session ids come from clients and become graph keys and URL path
+#: segments: visible ASCII (as MCP requires of session ids), at most this long.
+MAX_ID_LENGTH = 256
 
 
 class _Lru(Generic[K, V]):
@@ -49,6 +55,12 @@ class WorkflowState:
     last_node_by_session: dict[str, str] = field(default_factory=dict)
 
 
+def check_id(what: str, value: str) -> str:
+    if len(value) > MAX_ID_LENGTH or not all("!" <= ch <= "~" for ch in value):
+        raise InvalidRequest(f"{what} must be 1-{MAX_ID_LENGTH} visible ASCII characters")
+    return value
+
+
 def new_id() -> str:
     """uuid7: time-ordered, so ids sort by creation in the store and in logs."""
     return str(uuid6.uuid7())
@@ -61,11 +73,16 @@ class WorkflowTracker:
         self._rolling: _Lru[str, tuple[str, float]] = _Lru(capacity)
 
     def resolve(self, header: str | None, meta_value: object, session_id: str | None, agent_id: str) -> str:
-        """Workflow identity, in DESIGN §4 order: header, `_meta`, MCP session, rolling per agent."""
+        """Workflow identity, in DESIGN §4 order: header, `_meta`, MCP session, rolling per agent.
+
+        Raises InvalidRequest for an id that is not 1-256 visible ASCII characters.
+        """
+        if session_id:
+            check_id("Mcp-Session-Id", session_id)
         if header:
-            return header
+            return check_id("Bastion-Workflow-Id", header)
         if isinstance(meta_value, str) and meta_value:
-            return meta_value
+            return check_id(f"params._meta[{WORKFLOW_META_KEY!r}]", meta_value)
         if session_id:
             return session_id
         now = time.monotonic()

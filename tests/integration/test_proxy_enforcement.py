@@ -349,3 +349,16 @@ async def test_an_unreachable_upstream_is_502_with_the_request_id(tmp_path: Path
     assert (response.json()["error"]["code"], response.json()["error"]["message"]) == (-32603, "UPSTREAM_UNAVAILABLE")
     assert "cannot connect" in response.json()["error"]["data"]["reason"]
     assert nodes[0]["decision"]["effect"] == "ALLOW"
+
+
+async def test_an_overlong_workflow_id_is_refused_before_it_can_reach_the_graph(stack: Stack) -> None:
+    response = await stack.post(_call("add", {"a": 1, "b": 1}), _headers(stack.token, "add", "w" * 600))
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == -32600
+    assert "Bastion-Workflow-Id" in response.json()["error"]["data"]["reason"]
+    # The refusal itself is audited, and shipping goes on.
+    audited = await stack.violations("bastion.rejected", 1)
+    assert audited[0]["rule_id"] == "bastion.protocol.invalid_request"
+    fine = await stack.post(_call("add", {"a": 2, "b": 2}), _headers(stack.token, "add", "wf-after"))
+    assert fine.json()["result"]["structuredContent"] == {"result": 4}
+    assert len(await stack.nodes("wf-after", 1)) == 1

@@ -15,6 +15,7 @@ from bastion.proxy._mcp import (
     tool_call_target,
     validate_tool_name,
 )
+from bastion.proxy._workflows import WorkflowTracker
 
 
 def _call(name: object, arguments: object = None) -> bytes:
@@ -184,3 +185,25 @@ def test_arguments_nested_beyond_the_limit_are_invalid_params() -> None:
     tool_call_target(parse_message(_call("add", deep)))  # exactly at the limit
     with pytest.raises(InvalidParams, match="nest deeper"):
         tool_call_target(parse_message(_call("add", {"y": [deep]})))
+
+
+@pytest.mark.parametrize("bad", ["x" * 257, "has space", "tab\there", "caf\u00e9", "nl\n"])
+def test_client_supplied_workflow_and_session_ids_must_be_short_visible_ascii(bad: str) -> None:
+    tracker = WorkflowTracker(history_len=4)
+    with pytest.raises(InvalidRequest, match="Bastion-Workflow-Id"):
+        tracker.resolve(bad, None, None, "agent")
+    with pytest.raises(InvalidRequest, match="_meta"):
+        tracker.resolve(None, bad, None, "agent")
+    with pytest.raises(InvalidRequest, match="Mcp-Session-Id"):
+        tracker.resolve(None, None, bad, "agent")
+
+
+def test_workflow_identity_follows_header_then_meta_then_session_then_rolling() -> None:
+    tracker = WorkflowTracker(history_len=4)
+    assert tracker.resolve("wf-h", "wf-m", "sess", "a") == "wf-h"
+    assert tracker.resolve(None, "wf-m", "sess", "a") == "wf-m"
+    assert tracker.resolve(None, None, "sess", "a") == "sess"
+    rolling = tracker.resolve(None, None, None, "a")
+    assert rolling.startswith("wf-")
+    assert tracker.resolve(None, None, None, "a") == rolling
+    assert tracker.resolve(None, None, None, "b") != rolling

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ class FakeGraph(graph_pb2_grpc.GraphServiceServicer):
         self.events: list[graph_pb2.Event] = []
         self.calls = 0
         self.fail_next = 0
+        self.refuse: set[str] = set()  # event ids whose batches are refused as malformed
         self._changed = asyncio.Condition()
 
     @property
@@ -39,6 +42,9 @@ class FakeGraph(graph_pb2_grpc.GraphServiceServicer):
         self, request_iterator: AsyncIterator[graph_pb2.Event], context: grpc.aio.ServicerContext[Any, Any]
     ) -> graph_pb2.IngestAck:
         batch = [event async for event in request_iterator]
+        if self.refuse & {event.event_id for event in batch}:
+            # Like the real graph: one malformed event refuses the whole batch, storing nothing.
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "event is malformed (test)")
         async with self._changed:
             self.calls += 1
             failing = self.fail_next > 0
@@ -211,3 +217,36 @@ async def test_shipped_segments_are_deleted(journal: Journal, graph: Graph, tmp_
     assert shipper.cursor == journal.durable
     assert list_segments(tmp_path / "journal") == [journal.durable.segment]
     assert graph.fake.ids == names(range(300))
+
+
+async def test_an_event_the_graph_refuses_is_set_aside_and_the_rest_are_delivered(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    graph.fake.refuse = {"e7"}
+    shipper = shipper_for(journal, graph, tmp_path)
+    shipper.start()
+    append_events(journal, range(20))
+
+    await graph.fake.wait_until(lambda g: set(g.ids) == set(names(range(20))) - {"e7"})
+    await shipper.stop()
+
+    assert shipper.skipped == 1
+    assert shipper.cursor == journal.durable
+    dead = [json.loads(line) for line in (tmp_path / "dead-letter.jsonl").read_text().splitlines()]
+    assert [(d["event_id"], d["reason"]) for d in dead] == [("e7", "event is malformed (test)")]
+    assert graph_pb2.Event.FromString(base64.b64decode(dead[0]["event"])).event_id == "e7"
+
+
+async def test_a_cursor_past_the_end_of_the_journal_restarts_from_its_beginning(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    (tmp_path / "cursor.json").write_text(json.dumps({"segment": 1, "offset": 10**6}))
+    append_events(journal, range(5))
+    await journal.flush()
+    shipper = shipper_for(journal, graph, tmp_path)
+    shipper.start()
+
+    await graph.fake.wait_until(lambda g: len(g.events) == 5)
+    await shipper.stop()
+
+    assert graph.fake.ids == names(range(5))
