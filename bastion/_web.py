@@ -37,6 +37,18 @@ class WebServer:
         self.server.should_exit = True
         await self.task
 
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Wait for `stop`; if the server dies first, raise its error rather than idle
+        on as a service whose HTTP side is gone."""
+        stopped = asyncio.create_task(stop.wait(), name="web-stop")
+        try:
+            await asyncio.wait({stopped, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if self.task.done():
+            self.task.result()
+            raise ConfigError(f"web server on {self.address} stopped unexpectedly")
+
 
 def bind_socket(addr: str) -> socket.socket:
     host, port = parse_addr(addr)

@@ -17,7 +17,7 @@ Storage:
     open_store(url, home)                  the backend a BASTION_GRAPH_URL names
     GraphStore                             the interface every backend implements
     SqliteGraphStore                       the embedded default
-    IngestResult, WorkflowSummary, Node, Edge, LineageHop, ViolationFilter, Page
+    IngestResult, WorkflowSummary, WorkflowSnapshot, Node, Edge, LineageHop, ViolationFilter, Page
                                            the records GraphStore takes and returns
 """
 
@@ -34,6 +34,7 @@ from ._store import (
     Page,
     SqliteGraphStore,
     ViolationFilter,
+    WorkflowSnapshot,
     WorkflowSummary,
     open_store,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "Page",
     "SqliteGraphStore",
     "ViolationFilter",
+    "WorkflowSnapshot",
     "WorkflowSummary",
     "create_app",
     "main",

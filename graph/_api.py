@@ -7,7 +7,6 @@ Errors are `{"detail": "..."}` with the HTTP status of the Bastion error class
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -18,7 +17,14 @@ from bastion import __version__
 from bastion._errors import BastionError
 
 from ._metrics import GraphMetrics
-from ._store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, GraphStore, ViolationFilter
+from ._store import (
+    DEFAULT_NODE_PAGE_SIZE,
+    DEFAULT_PAGE_SIZE,
+    MAX_NODE_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    GraphStore,
+    ViolationFilter,
+)
 from ._views import (
     ErrorView,
     NodeList,
@@ -26,9 +32,9 @@ from ._views import (
     ViolationPage,
     WorkflowGraph,
     WorkflowPage,
-    edge_view,
     node_view,
     violation_view,
+    workflow_graph,
     workflow_view,
 )
 
@@ -39,6 +45,7 @@ _BAD_CURSOR: dict[int | str, dict[str, Any]] = {
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"model": ErrorView, "description": "The store is unavailable."}}
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")]
+NodeLimit = Annotated[int, Query(ge=1, le=MAX_NODE_PAGE_SIZE, description="Page size.")]
 Cursor = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
 
 
@@ -75,25 +82,26 @@ async def list_workflows(store: Store, limit: Limit = DEFAULT_PAGE_SIZE, cursor:
 
 @_router.get("/graphs/{workflow_id}", response_model=WorkflowGraph, tags=["graphs"], responses=_NOT_FOUND)
 async def get_workflow(workflow_id: str, store: Store) -> WorkflowGraph:
-    """One workflow's summary with all its nodes and edges."""
-    summary = await store.workflow(workflow_id)
-    if summary is None:
+    """One workflow's summary with its nodes and edges, up to a cap (see `truncated`)."""
+    snapshot = await store.snapshot(workflow_id)
+    if snapshot is None:
         raise _unknown_workflow(workflow_id)
-    nodes, edges = await asyncio.gather(store.nodes(workflow_id), store.edges(workflow_id))
-    return WorkflowGraph(
-        **workflow_view(summary).model_dump(),
-        nodes=[node_view(node) for node in nodes],
-        edges=[edge_view(edge) for edge in edges],
+    return workflow_graph(snapshot)
+
+
+@_router.get(
+    "/graphs/{workflow_id}/nodes", response_model=NodeList, tags=["graphs"], responses=_NOT_FOUND | _BAD_CURSOR
+)
+async def list_nodes(
+    workflow_id: str, store: Store, limit: NodeLimit = DEFAULT_NODE_PAGE_SIZE, cursor: Cursor = None
+) -> NodeList:
+    """A workflow's nodes, oldest first, in pages."""
+    page = await store.nodes(workflow_id, limit=limit, cursor=cursor)
+    if page is None:
+        raise _unknown_workflow(workflow_id)
+    return NodeList(
+        workflow_id=workflow_id, items=[node_view(node) for node in page.items], next_cursor=page.next_cursor
     )
-
-
-@_router.get("/graphs/{workflow_id}/nodes", response_model=NodeList, tags=["graphs"], responses=_NOT_FOUND)
-async def list_nodes(workflow_id: str, store: Store) -> NodeList:
-    """A workflow's nodes, oldest first."""
-    if await store.workflow(workflow_id) is None:
-        raise _unknown_workflow(workflow_id)
-    nodes = await store.nodes(workflow_id)
-    return NodeList(workflow_id=workflow_id, items=[node_view(node) for node in nodes])
 
 
 @_router.get("/audit/violations", response_model=ViolationPage, tags=["audit"], responses=_BAD_CURSOR)

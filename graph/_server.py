@@ -57,7 +57,7 @@ async def serve(
         http = await _naming("BASTION_GRAPH_ADDR", start_web_server(api, settings.graph_addr))
         stack.push_async_callback(http.stop)
         ready({"grpc": grpc_server.address, "http": http.address})
-        await _until_stopped(stop, http.task)
+        await http.run_until(stop)
 
 
 def main(config: Path | None = None) -> int:
@@ -71,14 +71,3 @@ async def _naming(variable: str, starting: Awaitable[T]) -> T:
         return await starting
     except ConfigError as exc:
         raise ConfigError(f"{exc} (set {variable})") from exc
-
-
-async def _until_stopped(stop: asyncio.Event, http_task: asyncio.Task[None]) -> None:
-    """Wait for `stop`; if the REST server dies first, raise its error instead of idling."""
-    stopped = asyncio.create_task(stop.wait(), name="graph-stop")
-    try:
-        await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-    if http_task.done():
-        http_task.result()

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 from ._events import enum_name
-from ._store import Edge, Node, WorkflowSummary
+from ._store import MAX_SNAPSHOT_EDGES, MAX_SNAPSHOT_NODES, Edge, Node, WorkflowSnapshot, WorkflowSummary
 
 
 def _one_of(descriptor: EnumDescriptor) -> str:
@@ -98,13 +98,25 @@ class WorkflowPage(BaseModel):
 
 
 class WorkflowGraph(WorkflowView):
-    nodes: list[NodeView] = Field(description="Oldest first.")
-    edges: list[EdgeView]
+    """A workflow's summary, nodes and edges, all as of one moment.
+
+    Holds at most the 5000 oldest nodes and 20000 edges; `truncated` is true when the
+    workflow has more. Larger workflows must be read page by page through
+    GET /graphs/{workflow_id}/nodes.
+    """
+
+    nodes: list[NodeView] = Field(description=f"Oldest first; at most {MAX_SNAPSHOT_NODES}.")
+    edges: list[EdgeView] = Field(description=f"Edges out of the listed nodes; at most {MAX_SNAPSHOT_EDGES}.")
+    truncated: bool = Field(
+        description="The workflow has more nodes or edges than listed (node_count counts them all); "
+        "page through GET /graphs/{workflow_id}/nodes for every node."
+    )
 
 
 class NodeList(BaseModel):
     workflow_id: str
     items: list[NodeView] = Field(description="Oldest first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
 
 
 class ViolationView(BaseModel):
@@ -148,6 +160,15 @@ def workflow_view(summary: WorkflowSummary) -> WorkflowView:
         node_count=summary.node_count,
         violation_count=summary.violation_count,
         agents=list(summary.agents),
+    )
+
+
+def workflow_graph(snapshot: WorkflowSnapshot) -> WorkflowGraph:
+    return WorkflowGraph(
+        **workflow_view(snapshot.summary).model_dump(),
+        nodes=[node_view(node) for node in snapshot.nodes],
+        edges=[edge_view(edge) for edge in snapshot.edges],
+        truncated=snapshot.truncated,
     )
 
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 
@@ -25,7 +22,7 @@ from bastion._errors import ConfigError
 from bastion._identity import TokenVerifier, ensure_service_token, load_public_keys
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
-from bastion._settings import format_addr, parse_addr
+from bastion._web import WebServer, start_web_server
 from bastion.v1 import policy_pb2_grpc
 
 from ._api import create_app
@@ -36,15 +33,6 @@ from ._grpc import PolicyServicer
 log = logging.getLogger("bastion.policy")
 
 SERVICE_NAME = "bastion.v1.PolicyService"
-_STARTUP_TIMEOUT = 10.0
-
-
-class _HttpServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # bastion._service owns SIGTERM/SIGINT and turns them into `stop`; uvicorn would
-        # otherwise swap the handlers and re-raise the signal after its own shutdown.
-        yield
 
 
 async def serve(
@@ -65,7 +53,6 @@ async def serve(
     api = create_app(policies=policies, verifier=verifier, registry=registry, is_ready=serving.is_set)
 
     async with contextlib.AsyncExitStack() as stack:
-        listener = stack.enter_context(_listen(settings.policy_addr))
         grpc_server = await start_grpc_server(
             settings.policy_grpc_addr,
             token=token,
@@ -74,15 +61,12 @@ async def serve(
         )
         stack.push_async_callback(grpc_server.stop)
         stack.callback(servicer.close)
-        http = _HttpServer(_uvicorn_config(api, settings.policy_addr))
-        http_task = asyncio.create_task(http.serve(sockets=[listener]))
-        stack.push_async_callback(_stop_http, http, http_task)
-        await _until_started(http, http_task)
+        http = await _start_admin_rest(api, settings.policy_addr)
+        stack.push_async_callback(http.stop)
         serving.set()
         stack.callback(serving.clear)
-        host, port = listener.getsockname()[:2]
-        ready({"grpc": grpc_server.address, "http": format_addr(host, port)})
-        await stop.wait()
+        ready({"grpc": grpc_server.address, "http": http.address})
+        await http.run_until(stop)
         log.info("policy service stopping")
 
 
@@ -106,48 +90,13 @@ def _log_loaded(policies: PolicySet, paths: tuple[Path, ...]) -> None:
         )
 
 
-@contextlib.contextmanager
-def _listen(addr: str) -> Iterator[socket.socket]:
-    # Bound here rather than by uvicorn so that port 0 works and the real port is known
-    # before `ready` reports it.
-    host, port = parse_addr(addr)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+async def _start_admin_rest(api: FastAPI, addr: str) -> WebServer:
+    """Start the admin REST server; a failed bind names the variable to change, since that is what
+    the user must fix."""
     try:
-        listener = socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {addr} (BASTION_POLICY_ADDR): {exc.strerror or exc}") from exc
-    with listener:
-        yield listener
-
-
-def _uvicorn_config(api: FastAPI, addr: str) -> uvicorn.Config:
-    host, port = parse_addr(addr)
-    return uvicorn.Config(
-        api,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=5,
-    )
-
-
-async def _until_started(http: uvicorn.Server, task: asyncio.Task[None]) -> None:
-    # uvicorn has no "started" event to await; with a pre-bound socket and no lifespan,
-    # startup takes one loop iteration or two.
-    deadline = time.monotonic() + _STARTUP_TIMEOUT
-    while not http.started:
-        if task.done():
-            task.result()
-            raise ConfigError("the admin REST server exited during startup")
-        if time.monotonic() > deadline:
-            raise ConfigError(f"the admin REST server did not start within {_STARTUP_TIMEOUT:.0f}s")
-        await asyncio.sleep(0.005)
-
-
-async def _stop_http(http: uvicorn.Server, task: asyncio.Task[None]) -> None:
-    http.should_exit = True
-    await task
+        return await start_web_server(api, addr)
+    except ConfigError as exc:
+        reason = exc.__cause__
+        if not isinstance(reason, OSError):
+            raise
+        raise ConfigError(f"cannot listen on {addr} (BASTION_POLICY_ADDR): {reason.strerror or reason}") from exc

@@ -85,7 +85,7 @@ async def serve(
             channel.get_state(try_to_connect=True)
         proxy.ready = True
         ready({"http": web.address})
-        await stop.wait()
+        await web.run_until(stop)
     finally:
         proxy.ready = False
         await web.stop()

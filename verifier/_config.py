@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError, field_validator
+from dataclasses import replace
+from typing import Any
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from bastion._errors import ConfigError
 from bastion._settings import CommonSettings, parse_addr
 
 from ._engine import ScorerConfig
+
+_DEFAULT_SCORER = ScorerConfig()
 
 
 class VerifierSettings(CommonSettings):
@@ -17,31 +22,22 @@ class VerifierSettings(CommonSettings):
     )
     verifier_threshold: float = Field(
         default=0.8,
-        gt=0.0,
-        le=1.0,
         description="Deviation score at or above which the reference scorer answers BLOCK (0 < t <= 1).",
     )
     verifier_novelty_weight: float = Field(
         default=0.4,
-        ge=0.0,
-        le=1.0,
         description="Score added when the tool was never used earlier in the workflow (signal tool_novelty).",
     )
     verifier_sequence_weight: float = Field(
         default=0.3,
-        ge=0.0,
-        le=1.0,
         description="Score added when the previous-tool -> this-tool transition is new (signal sequence).",
     )
     verifier_argument_weight: float = Field(
         default=0.4,
-        ge=0.0,
-        le=1.0,
         description="Score added when an argument names a destination absent from the task (signal argument_novelty).",
     )
     verifier_min_history: int = Field(
         default=3,
-        ge=1,
         description="Earlier allowed steps a workflow needs before the sequence signal is trusted.",
     )
 
@@ -50,6 +46,24 @@ class VerifierSettings(CommonSettings):
     def _is_host_port(cls, value: str) -> str:
         try:
             parse_addr(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator(
+        "verifier_threshold",
+        "verifier_novelty_weight",
+        "verifier_sequence_weight",
+        "verifier_argument_weight",
+        "verifier_min_history",
+    )
+    @classmethod
+    def _in_scorer_range(cls, value: float, info: ValidationInfo) -> float:
+        # ScorerConfig owns the ranges. Checking each field on its own against it keeps
+        # one set of bounds and still names the variable in the error.
+        override: dict[str, Any] = {str(info.field_name).removeprefix("verifier_"): value}
+        try:
+            replace(_DEFAULT_SCORER, **override)
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
         return value

@@ -8,7 +8,8 @@ Three signals, each adding its weight to the score when it fires:
   from the last of them to this tool never happened before.
 - ``argument_novelty``: the workflow states a task (``ctx.task``) and a string argument
   names a destination the task does not: an email address, the host of a URL, an IBAN
-  (mod-97 valid) or a ``0x`` + 40 hex wallet address.
+  (mod-97 valid) or a ``0x`` + 40 hex wallet address. It also fires, task or not, when the
+  arguments are too large to inspect (see the budgets below).
 
 ``deviation_score = min(1, sum of fired weights)``, rounded to 6 places so that weights
 adding up to the threshold on paper reach it in floating point. The verdict is BLOCK at
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -54,8 +56,28 @@ _IBAN = re.compile(
 _WALLET = re.compile(r"(?<![a-z0-9])0x[0-9a-f]{40}(?![a-z0-9])", re.IGNORECASE | re.ASCII)
 _IBAN_SEPARATORS = re.compile(r"[ -]")
 _WORD_PUNCTUATION = ".,;:!?()[]{}<>\"'`"
+# ISO 13616 reads each letter as the number 10-35 (A-Z); digits stay as they are.
+_IBAN_DIGITS = str.maketrans({letter: str(int(letter, 36)) for letter in string.ascii_uppercase})
 _SHOWN_DESTINATIONS = 3
 _SHOWN_CHARS = 80
+
+# Budgets of the argument scan. Scoring runs on the verifier's event loop, the
+# destination passes cost from ~15 ns a byte on plain text to ~230 ns a byte on text
+# dense with IBAN-like groups, and a request body may be 4 MiB: unbounded, one padded
+# call stalled every other agent's Score for seconds. Within these budgets a request
+# takes at most ~65 ms (measured: ~250 ms at a 1 MiB total, scaled to 256 KiB; IBAN-like
+# text in every string read), well inside the proxy's default 500 ms verifier deadline.
+#
+# The walk stops at the first string over MAX_STRING_BYTES (UTF-8), which is not read at
+# all; once the strings read add up to more than MAX_ARGUMENT_BYTES; or once the
+# arguments hold more than MAX_ARGUMENT_VALUES values at any depth (containers included,
+# so a wide or deep structure is bounded too). Then argument_novelty fires, whether or
+# not a task was stated: padding is how an agent would push a destination past a scan
+# with a budget, so arguments too large to inspect are suspicious in themselves. The
+# task is read up to MAX_STRING_BYTES, like any one argument.
+MAX_STRING_BYTES = 64 * 1024
+MAX_ARGUMENT_BYTES = 256 * 1024
+MAX_ARGUMENT_VALUES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +121,10 @@ class ReferenceScorer:
                 previous = steps[-1]
                 if (previous, key) not in pairwise(steps):
                     fired.append((config.sequence_weight, f"first time {key} follows {previous} in this workflow"))
-        task = request.ctx.task
-        if config.argument_weight > 0 and task.strip():
-            novel = _novel_destinations(_string_arguments(action.arguments), task)
-            if novel:
-                fired.append((config.argument_weight, _describe_destinations(novel)))
+        if config.argument_weight > 0:
+            reason = _argument_reason(action.arguments, request.ctx.task)
+            if reason:
+                fired.append((config.argument_weight, reason))
         score = round(min(1.0, math.fsum(weight for weight, _ in fired)), 6)
         if score >= config.threshold:
             verdict = verifier_pb2.BLOCK
@@ -140,26 +161,109 @@ def _precedent(history: Iterable[verifier_pb2.HistoryNode]) -> list[str]:
     ]
 
 
-def _string_arguments(arguments: struct_pb2.Struct) -> Iterator[tuple[str, str]]:
-    """(path, value) of every string in the arguments, depth first, keys in sorted order.
+@dataclass(frozen=True, slots=True)
+class _Path:
+    """Where a value sits in the arguments, rendered as `message.cc[1]` only when a reason shows it.
 
-    Iterative, so a deeply nested message cannot exhaust the recursion limit; sorted,
-    because map order on the wire is not guaranteed and reasons must be deterministic.
+    Linked to its parent rather than built as a string for every value: that would copy
+    the parent's path into each child, quadratic in depth, and a megabyte-long key would
+    be copied once per value under it.
     """
-    stack: list[tuple[str, struct_pb2.Value]] = [
-        (name, arguments.fields[name]) for name in sorted(arguments.fields, reverse=True)
-    ]
-    while stack:
+
+    parent: _Path | None
+    key: str | int
+
+    def __str__(self) -> str:
+        parts: list[str] = []
+        node: _Path | None = self
+        while node is not None:
+            key = node.key
+            if isinstance(key, int):
+                parts.append(f"[{key}]")
+            else:
+                parts.append(key if node.parent is None else f".{key}")
+            node = node.parent
+        return "".join(reversed(parts))
+
+
+def _argument_reason(arguments: struct_pb2.Struct, task: str) -> str:
+    """The argument_novelty reason, or "" when the signal does not fire."""
+    strings, too_large = _string_arguments(arguments)
+    # Novelty needs a task to compare with; an argument too large to inspect does not.
+    novel = _novel_destinations(strings, task) if task.strip() else []
+    parts = [_describe_destinations(novel)] if novel else []
+    if too_large:
+        parts.append(too_large)
+    return "; ".join(parts)
+
+
+def _string_arguments(arguments: struct_pb2.Struct) -> tuple[list[tuple[_Path, str]], str]:
+    """(path, value) of the strings in the arguments within budget, and why the walk stopped early.
+
+    Depth first, keys in sorted order, iterative so that deep nesting cannot exhaust the
+    recursion limit; sorted, because map order on the wire is not guaranteed and reasons
+    must be deterministic. The second item is "" when every string was read, else the
+    reason naming the budget exceeded (see MAX_STRING_BYTES).
+    """
+    strings: list[tuple[_Path, str]] = []
+    visited = read = 0
+    stack: list[tuple[_Path, struct_pb2.Value]] = []
+    # The struct or list just reached, whose values go on the stack next, and its path.
+    container: struct_pb2.Struct | struct_pb2.ListValue | None = arguments
+    path: _Path | None = None
+    while True:
+        if container is not None:
+            # Counted before the keys are sorted, so a huge map is refused without sorting it.
+            visited += len(container.fields if isinstance(container, struct_pb2.Struct) else container.values)
+            if visited > MAX_ARGUMENT_VALUES:
+                return strings, f"arguments too large to inspect (more than {MAX_ARGUMENT_VALUES} values)"
+            stack.extend(_children(path, container))
+        if not stack:
+            return strings, ""
         path, value = stack.pop()
         kind = value.WhichOneof("kind")
-        if kind == "string_value":
-            yield path, value.string_value
-        elif kind == "struct_value":
-            fields = value.struct_value.fields
-            stack.extend((f"{path}.{name}", fields[name]) for name in sorted(fields, reverse=True))
+        container = None
+        if kind == "struct_value":
+            container = value.struct_value
         elif kind == "list_value":
-            items = value.list_value.values
-            stack.extend((f"{path}[{index}]", items[index]) for index in reversed(range(len(items))))
+            container = value.list_value
+        elif kind == "string_value":
+            text = value.string_value
+            size = _utf8_size(text)
+            if size > MAX_STRING_BYTES:
+                return strings, f"argument {_clip(str(path))!r} too large to inspect ({size} bytes)"
+            read += size
+            if read > MAX_ARGUMENT_BYTES:
+                return strings, (
+                    f"arguments too large to inspect (strings exceed {MAX_ARGUMENT_BYTES} bytes in total "
+                    f"at argument {_clip(str(path))!r})"
+                )
+            strings.append((path, text))
+
+
+def _children(
+    parent: _Path | None, container: struct_pb2.Struct | struct_pb2.ListValue
+) -> list[tuple[_Path, struct_pb2.Value]]:
+    """The values directly in `container`, last first, so that popping them visits the first first."""
+    if isinstance(container, struct_pb2.Struct):
+        fields = container.fields
+        return [(_Path(parent, name), fields[name]) for name in sorted(fields, reverse=True)]
+    items = container.values
+    return [(_Path(parent, index), items[index]) for index in reversed(range(len(items)))]
+
+
+def _utf8_size(text: str) -> int:
+    # isascii() is O(1) on CPython's compact strings; only other text needs encoding.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _utf8_head(text: str, size: int) -> str:
+    """The longest prefix of `text` that is at most `size` bytes of UTF-8."""
+    if len(text) <= size and _utf8_size(text) <= size:
+        return text
+    # A character is at least one byte, so `size` characters hold the prefix; a character
+    # cut in half at the end is dropped.
+    return text[:size].encode("utf-8", "surrogatepass")[:size].decode("utf-8", "ignore")
 
 
 def _destinations(text: str) -> Iterator[str]:
@@ -217,11 +321,16 @@ def _iban_checksum_ok(iban: str) -> bool:
     if not 15 <= len(iban) <= 34:
         return False
     rotated = iban[4:] + iban[:4]
-    return int("".join(str(int(char, 36)) for char in rotated)) % 97 == 1
+    return int(rotated.translate(_IBAN_DIGITS)) % 97 == 1
 
 
 def _known_destinations(task: str) -> frozenset[str]:
-    """What the task names: its words (so a bare `acme.com` counts), its destinations, their domains."""
+    """What the task names: its words (so a bare `acme.com` counts), its destinations, their domains.
+
+    Only the first MAX_STRING_BYTES of the task are read: what a longer task names past
+    that is not known, which can only make arguments look more novel, never less.
+    """
+    task = _utf8_head(task, MAX_STRING_BYTES)
     known = {_canonical_host(word.strip(_WORD_PUNCTUATION)) for word in task.split()}
     for destination in _destinations(task):
         known.add(destination.casefold())
@@ -230,9 +339,9 @@ def _known_destinations(task: str) -> frozenset[str]:
     return frozenset(known)
 
 
-def _novel_destinations(arguments: Iterable[tuple[str, str]], task: str) -> list[tuple[str, str]]:
+def _novel_destinations(arguments: Iterable[tuple[_Path, str]], task: str) -> list[tuple[str, _Path]]:
     """(destination, argument path) for each distinct destination the task does not name."""
-    found: dict[str, str] = {}
+    found: dict[str, _Path] = {}
     for path, value in arguments:
         for destination in _destinations(value):
             found.setdefault(destination, path)
@@ -242,11 +351,11 @@ def _novel_destinations(arguments: Iterable[tuple[str, str]], task: str) -> list
     return [(destination, path) for destination, path in found.items() if destination.casefold() not in known]
 
 
-def _describe_destinations(novel: Sequence[tuple[str, str]]) -> str:
+def _describe_destinations(novel: Sequence[tuple[str, _Path]]) -> str:
     # repr() escapes control and bidi characters: these strings come from the agent and
     # end up in logs, the audit trail and the dashboard.
     shown = ", ".join(
-        f"{_clip(destination)!r} (argument {_clip(path)!r})" for destination, path in novel[:_SHOWN_DESTINATIONS]
+        f"{_clip(destination)!r} (argument {_clip(str(path))!r})" for destination, path in novel[:_SHOWN_DESTINATIONS]
     )
     more = len(novel) - _SHOWN_DESTINATIONS
     noun = "destination" if len(novel) == 1 else "destinations"

@@ -8,9 +8,13 @@ from bastion._errors import ConfigError
 
 from ._base import (
     DEFAULT_LINEAGE_DEPTH,
+    DEFAULT_NODE_PAGE_SIZE,
     DEFAULT_PAGE_SIZE,
     MAX_LINEAGE_DEPTH,
+    MAX_NODE_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    MAX_SNAPSHOT_EDGES,
+    MAX_SNAPSHOT_NODES,
     Edge,
     GraphStore,
     IngestResult,
@@ -18,6 +22,7 @@ from ._base import (
     Node,
     Page,
     ViolationFilter,
+    WorkflowSnapshot,
     WorkflowSummary,
 )
 from ._sqlite import SqliteGraphStore
@@ -56,9 +61,13 @@ async def open_store(url: str, home: Path) -> GraphStore:
 
 __all__ = [
     "DEFAULT_LINEAGE_DEPTH",
+    "DEFAULT_NODE_PAGE_SIZE",
     "DEFAULT_PAGE_SIZE",
     "MAX_LINEAGE_DEPTH",
+    "MAX_NODE_PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "MAX_SNAPSHOT_EDGES",
+    "MAX_SNAPSHOT_NODES",
     "Edge",
     "GraphStore",
     "IngestResult",
@@ -67,6 +76,7 @@ __all__ = [
     "Page",
     "SqliteGraphStore",
     "ViolationFilter",
+    "WorkflowSnapshot",
     "WorkflowSummary",
     "open_store",
     "sqlite_path",

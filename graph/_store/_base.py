@@ -11,6 +11,9 @@ with a blocking driver moves that work onto threads of its own. Errors are
 caller sent something the store cannot accept: a bad cursor, a reused node id).
 
 Cursors are opaque strings: pass a page's `next_cursor` back unchanged for the next one.
+
+No read returns an unbounded amount: listings are paged, and `snapshot` (a whole
+workflow at once) stops at `MAX_SNAPSHOT_NODES` nodes and `MAX_SNAPSHOT_EDGES` edges.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# Node pages are larger than the other listings: a client drawing a graph needs all of
+# a workflow's nodes, and at ~1-2 KB of JSON a node, 5000 stay a response of a few MB.
+DEFAULT_NODE_PAGE_SIZE = 500
+MAX_NODE_PAGE_SIZE = 5000
+MAX_SNAPSHOT_NODES = 5000
+# Most actions name one parent and at most a few hints; four edges a node on average
+# leaves room for that while still bounding a workflow whose events name thousands.
+MAX_SNAPSHOT_EDGES = 4 * MAX_SNAPSHOT_NODES
 DEFAULT_LINEAGE_DEPTH = 64
 MAX_LINEAGE_DEPTH = 1024
 
@@ -94,6 +105,19 @@ class ViolationFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowSnapshot:
+    """A workflow's summary, nodes and edges, all read at the same moment."""
+
+    summary: WorkflowSummary
+    #: The oldest nodes, oldest first, at most the `max_nodes` asked for.
+    nodes: tuple[Node, ...]
+    #: Edges whose source is one of `nodes`, at most the `max_edges` asked for.
+    edges: tuple[Edge, ...]
+    #: The workflow has more nodes or edges than these; page through `GraphStore.nodes`.
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     items: tuple[T, ...]
     #: Pass back to get the next page; None on the last page.
@@ -113,12 +137,18 @@ class GraphStore(Protocol):
 
     async def workflow(self, workflow_id: str) -> WorkflowSummary | None: ...
 
-    async def nodes(self, workflow_id: str) -> Sequence[Node]:
-        """The workflow's nodes, oldest first (empty for an unknown workflow)."""
+    async def nodes(
+        self, workflow_id: str, *, limit: int = DEFAULT_NODE_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[Node] | None:
+        """A page of the workflow's nodes, oldest first; None when the workflow is unknown
+        (a workflow exists once it has a node)."""
         ...
 
-    async def edges(self, workflow_id: str) -> Sequence[Edge]:
-        """Edges whose source node belongs to the workflow."""
+    async def snapshot(
+        self, workflow_id: str, *, max_nodes: int = MAX_SNAPSHOT_NODES, max_edges: int = MAX_SNAPSHOT_EDGES
+    ) -> WorkflowSnapshot | None:
+        """The workflow's summary, oldest nodes and their edges from one consistent read,
+        so no edge names a source the node list lacks; None when the workflow is unknown."""
         ...
 
     async def violations(

@@ -7,9 +7,13 @@ Why this shape:
   Ingest batch is exactly one transaction.
 - WAL lets readers run while the writer commits. Readers own their connections on a
   small private thread pool, so REST queries neither wait on a write nor run on the
-  event loop.
-- synchronous=NORMAL makes a commit a WAL append without an fsync: a process crash
-  loses nothing committed, a power loss may drop the last few commits.
+  event loop. Each read is one transaction, so a query of several statements (a
+  workflow's summary, nodes and edges) sees one committed state, never half an Ingest.
+- synchronous=FULL: a commit returns only after the WAL is fsynced, so an acknowledged
+  Ingest survives a power loss as well as a crash. It must: the proxy's journal moves
+  its cursor and deletes its segments once the graph acknowledges a batch, so nothing
+  else holds those events any more. The cost is one fsync per Ingest call, which the
+  journal's batching amortizes.
 - Idempotency lives in the schema: `event_id` is the primary key and inserts use
   ON CONFLICT DO NOTHING, so a re-delivered event is counted as a duplicate and the
   edges and workflow summary (updated in the same transaction, only for new nodes)
@@ -39,15 +43,20 @@ from bastion.v1 import graph_pb2
 from .._events import enum_name, event_time_ns, is_violation
 from ._base import (
     DEFAULT_LINEAGE_DEPTH,
+    DEFAULT_NODE_PAGE_SIZE,
     DEFAULT_PAGE_SIZE,
     MAX_LINEAGE_DEPTH,
+    MAX_NODE_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    MAX_SNAPSHOT_EDGES,
+    MAX_SNAPSHOT_NODES,
     Edge,
     IngestResult,
     LineageHop,
     Node,
     Page,
     ViolationFilter,
+    WorkflowSnapshot,
     WorkflowSummary,
 )
 from ._cursor import decode_cursor, encode_cursor
@@ -128,11 +137,16 @@ _SELECT_AGENTS = """
 SELECT workflow_id, agent_id FROM workflow_agents
 WHERE workflow_id IN (SELECT value FROM json_each(?)) ORDER BY workflow_id, agent_id
 """
-_SELECT_NODES = "SELECT event, at_ns FROM nodes WHERE workflow_id = ? ORDER BY at_ns, event_id"
-_SELECT_EDGES = """
-SELECT e.source, e.target, e.type, e.reason FROM edges AS e JOIN nodes AS n ON n.node_id = e.source
-WHERE e.workflow_id = ? ORDER BY n.at_ns, n.event_id, e.type, e.target
+# Both walk nodes_by_workflow in order, so a page costs its size whatever the workflow's.
+_SELECT_NODES = """
+SELECT event, at_ns, event_id FROM nodes
+WHERE workflow_id = ? AND (at_ns, event_id) > (?, ?) ORDER BY at_ns, event_id LIMIT ?
 """
+_SELECT_EDGES = """
+SELECT e.source, e.target, e.type, e.reason FROM nodes AS n JOIN edges AS e ON e.source = n.node_id
+WHERE n.workflow_id = ? AND (n.at_ns, n.event_id) <= (?, ?) ORDER BY n.at_ns, n.event_id, e.type, e.target LIMIT ?
+"""
+_HAS_NODES = "SELECT 1 FROM nodes WHERE workflow_id = ? LIMIT 1"
 _SELECT_NODE_INFO = "SELECT workflow_id, node_type, tool FROM nodes WHERE node_id = ?"
 # Drift is about where data came from, so provenance (INFORMED_BY) is followed before
 # sequence (CAUSED_BY); ties go to the smallest node id so a walk is reproducible.
@@ -144,6 +158,8 @@ ORDER BY type = 'CAUSED_BY', target
 
 _WORKFLOWS_CURSOR = "workflows"
 _VIOLATIONS_CURSOR = "violations"
+# Before every (at_ns, event_id): the key the first page of nodes starts after.
+_FIRST_NODE_KEY = (-(2**63), "")
 _CAUSED_BY = graph_pb2.EdgeType.Name(graph_pb2.CAUSED_BY)
 _UNKNOWN_NODE_TYPE = graph_pb2.NodeType.Name(graph_pb2.NODE_TYPE_UNSPECIFIED)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -187,23 +203,31 @@ class SqliteGraphStore:
     async def list_workflows(
         self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
     ) -> Page[WorkflowSummary]:
-        _check_limit(limit)
+        _check_limit(limit, MAX_PAGE_SIZE)
         after = decode_cursor(_WORKFLOWS_CURSOR, cursor) if cursor is not None else None
         return await self._read(lambda conn: _select_workflows(conn, limit, after))
 
     async def workflow(self, workflow_id: str) -> WorkflowSummary | None:
         return await self._read(lambda conn: _select_workflow(conn, workflow_id))
 
-    async def nodes(self, workflow_id: str) -> Sequence[Node]:
-        return await self._read(lambda conn: _select_nodes(conn, workflow_id))
+    async def nodes(
+        self, workflow_id: str, *, limit: int = DEFAULT_NODE_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[Node] | None:
+        _check_limit(limit, MAX_NODE_PAGE_SIZE)
+        after = decode_cursor(_nodes_cursor(workflow_id), cursor) if cursor is not None else None
+        return await self._read(lambda conn: _select_node_page(conn, workflow_id, limit, after))
 
-    async def edges(self, workflow_id: str) -> Sequence[Edge]:
-        return await self._read(lambda conn: _select_edges(conn, workflow_id))
+    async def snapshot(
+        self, workflow_id: str, *, max_nodes: int = MAX_SNAPSHOT_NODES, max_edges: int = MAX_SNAPSHOT_EDGES
+    ) -> WorkflowSnapshot | None:
+        if max_nodes < 1 or max_edges < 0:
+            raise ProtocolError(f"a snapshot needs max_nodes >= 1 and max_edges >= 0, got {max_nodes}, {max_edges}")
+        return await self._read(lambda conn: _select_snapshot(conn, workflow_id, max_nodes, max_edges))
 
     async def violations(
         self, filters: ViolationFilter, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
     ) -> Page[Node]:
-        _check_limit(limit)
+        _check_limit(limit, MAX_PAGE_SIZE)
         after = decode_cursor(_VIOLATIONS_CURSOR, cursor) if cursor is not None else None
         return await self._read(lambda conn: _select_violations(conn, filters, limit, after))
 
@@ -245,7 +269,16 @@ class SqliteGraphStore:
 
     def _run_read(self, query: Callable[[sqlite3.Connection], R]) -> R:
         try:
-            return query(self._reader_connection())
+            connection = self._reader_connection()
+            # In autocommit every statement would see the database as of its own start,
+            # so an Ingest committing between two statements of one query would show up
+            # in the second only. A WAL read transaction pins one snapshot for all of them.
+            connection.execute("BEGIN")
+            try:
+                return query(connection)
+            finally:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")  # it read only: nothing to keep
         except sqlite3.Error as exc:
             raise _store_error("read", self._path, exc) from exc
 
@@ -426,15 +459,57 @@ def _summary(row: Any, agents: tuple[str, ...]) -> WorkflowSummary:
     )
 
 
-def _select_nodes(connection: sqlite3.Connection, workflow_id: str) -> tuple[Node, ...]:
-    return tuple(_node(document, at_ns) for document, at_ns in connection.execute(_SELECT_NODES, (workflow_id,)))
+def _select_node_page(
+    connection: sqlite3.Connection, workflow_id: str, limit: int, after: tuple[int, str] | None
+) -> Page[Node] | None:
+    rows = _select_nodes(connection, workflow_id, limit + 1, after or _FIRST_NODE_KEY)
+    # An empty first page means no such workflow. An empty later page can only follow a
+    # cursor made by hand (nodes are never deleted), so look before calling it unknown.
+    if not rows and (after is None or connection.execute(_HAS_NODES, (workflow_id,)).fetchone() is None):
+        return None
+    page = rows[:limit]
+    items = tuple(_node(document, at_ns) for document, at_ns, _ in page)
+    last = page[-1] if len(rows) > limit else None
+    next_cursor = encode_cursor(_nodes_cursor(workflow_id), last[1], last[2]) if last is not None else None
+    return Page(items=items, next_cursor=next_cursor)
 
 
-def _select_edges(connection: sqlite3.Connection, workflow_id: str) -> tuple[Edge, ...]:
-    rows = connection.execute(_SELECT_EDGES, (workflow_id,))
-    return tuple(
-        Edge(source=source, target=target, type=type_, reason=reason) for source, target, type_, reason in rows
+def _select_snapshot(
+    connection: sqlite3.Connection, workflow_id: str, max_nodes: int, max_edges: int
+) -> WorkflowSnapshot | None:
+    """Summary, nodes and edges; the caller runs it in one read transaction."""
+    summary = _select_workflow(connection, workflow_id)
+    if summary is None:
+        return None
+    rows = _select_nodes(connection, workflow_id, max_nodes + 1, _FIRST_NODE_KEY)
+    nodes = rows[:max_nodes]
+    # Only edges out of the nodes returned: the rest would point from nodes the client
+    # was not given. A workflow always has a node once it has a summary.
+    _, last_at_ns, last_event_id = nodes[-1]
+    edge_rows = connection.execute(_SELECT_EDGES, (workflow_id, last_at_ns, last_event_id, max_edges + 1)).fetchall()
+    return WorkflowSnapshot(
+        summary=summary,
+        nodes=tuple(_node(document, at_ns) for document, at_ns, _ in nodes),
+        edges=tuple(
+            Edge(source=source, target=target, type=type_, reason=reason)
+            for source, target, type_, reason in edge_rows[:max_edges]
+        ),
+        truncated=len(rows) > max_nodes or len(edge_rows) > max_edges,
     )
+
+
+def _select_nodes(
+    connection: sqlite3.Connection, workflow_id: str, limit: int, after: tuple[int, str]
+) -> list[tuple[str, int, str]]:
+    """Up to `limit` (event JSON, at_ns, event_id) rows after the key `after`, oldest first."""
+    rows: list[tuple[str, int, str]] = connection.execute(_SELECT_NODES, (workflow_id, *after, limit)).fetchall()
+    return rows
+
+
+def _nodes_cursor(workflow_id: str) -> str:
+    # The cursor kind names the workflow, so a cursor from one workflow's pages is
+    # refused by another's instead of silently skipping its nodes older than the key.
+    return f"nodes:{workflow_id}"
 
 
 def _select_violations(
@@ -507,9 +582,9 @@ def _datetime(ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
-def _check_limit(limit: int) -> None:
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ProtocolError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
+def _check_limit(limit: int, maximum: int) -> None:
+    if not 1 <= limit <= maximum:
+        raise ProtocolError(f"limit must be between 1 and {maximum}, got {limit}")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -533,7 +608,7 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
     (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
     if mode != "wal":
         raise StoreError(f"{path}: SQLite cannot use WAL mode here (got {mode!r}); put the file on a local disk")
-    connection.execute("PRAGMA synchronous = NORMAL")
+    connection.execute("PRAGMA synchronous = FULL")  # acknowledged means on disk: see the module docstring
     (version,) = connection.execute("PRAGMA user_version").fetchone()
     if version > _SCHEMA_VERSION:
         raise StoreError(

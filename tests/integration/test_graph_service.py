@@ -204,7 +204,8 @@ async def test_workflow_graph_has_the_node_and_edge_shapes_clients_rely_on(
 
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == _SUMMARY_KEYS | {"nodes", "edges"}
+    assert set(body) == _SUMMARY_KEYS | {"nodes", "edges", "truncated"}
+    assert body["truncated"] is False
     assert [node["node_id"] for node in body["nodes"]] == ["node-e1", "node-e2"]
     assert body["edges"] == [{"source": "node-e2", "target": "node-e1", "type": "CAUSED_BY", "reason": ""}]
     forwarded, blocked = body["nodes"]
@@ -252,7 +253,7 @@ async def test_workflow_graph_has_the_node_and_edge_shapes_clients_rely_on(
         "payload_digest": "sha256:e2",
     }
     nodes = (await graph.http.get("/graphs/wf-1/nodes")).json()
-    assert nodes == {"workflow_id": "wf-1", "items": body["nodes"]}
+    assert nodes == {"workflow_id": "wf-1", "items": body["nodes"], "next_cursor": None}
 
 
 async def test_violations_are_listed_newest_first_filtered_and_paged(
@@ -302,6 +303,28 @@ async def test_bad_paging_parameters_are_client_errors(graph: _Graph) -> None:
     assert bad_cursor.status_code == 400
     assert "invalid cursor" in bad_cursor.json()["detail"]
     assert too_large.status_code == 422
+
+
+async def test_workflow_over_the_graph_cap_is_truncated_and_read_in_full_through_node_pages(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub
+) -> None:
+    events = [_event(f"e{i:04}", second=i, parents=[f"node-e{i - 1:04}"] if i else []) for i in range(5001)]
+    await _ingest(stub, events)
+
+    whole = (await graph.http.get("/graphs/wf-1")).json()
+    first = (await graph.http.get("/graphs/wf-1/nodes", params={"limit": 5000})).json()
+    rest = (await graph.http.get("/graphs/wf-1/nodes", params={"cursor": first["next_cursor"]})).json()
+
+    assert (whole["node_count"], len(whole["nodes"]), len(whole["edges"]), whole["truncated"]) == (
+        5001,
+        5000,
+        4999,
+        True,
+    )
+    assert whole["nodes"][-1]["event_id"] == "e4999"
+    assert {edge["source"] for edge in whole["edges"]} <= {node["node_id"] for node in whole["nodes"]}
+    assert first["items"] == whole["nodes"]
+    assert ([node["event_id"] for node in rest["items"]], rest["next_cursor"]) == (["e5000"], None)
 
 
 @pytest.mark.parametrize("path", ["/graphs/wf-missing", "/graphs/wf-missing/nodes"])

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import grpc
 import httpx
 import pytest
+import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
@@ -214,6 +216,14 @@ async def test_probes_report_alive_and_ready(service: Running) -> None:
     assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
 
 
+async def test_admin_rest_responses_name_neither_the_server_software_nor_the_date(service: Running) -> None:
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as client:
+        reply = await client.get("/healthz")
+    assert reply.status_code == 200
+    assert "server" not in reply.headers
+    assert "date" not in reply.headers
+
+
 async def test_metrics_count_decisions_by_effect_and_rule(service: Running) -> None:
     async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as client:
         before = (await client.get("/metrics")).text
@@ -295,3 +305,39 @@ async def test_a_taken_port_is_a_config_error_naming_the_address(tmp_path: Path,
                 http_addr=addr if taken == "http_addr" else "127.0.0.1:0",
             ):
                 pass
+
+
+async def test_a_taken_admin_port_names_the_variable_to_change(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as occupied:
+        addr = f"127.0.0.1:{occupied.getsockname()[1]}"
+        with pytest.raises(ConfigError) as caught:
+            async with _running(tmp_path, http_addr=addr):
+                pass
+    assert str(caught.value) == f"cannot listen on {addr} (BASTION_POLICY_ADDR): Address already in use"
+
+
+async def test_service_fails_with_the_error_when_the_admin_rest_server_dies(tmp_path: Path) -> None:
+    settings = PolicySettings(home=tmp_path, policy_grpc_addr="127.0.0.1:0", policy_addr="127.0.0.1:0")
+    reported: list[dict[str, str]] = []
+    serving = asyncio.Event()
+
+    def ready(addresses: dict[str, str]) -> None:
+        reported.append(addresses)
+        serving.set()
+
+    async def crash_once_serving(server: uvicorn.Server) -> None:
+        await serving.wait()
+        # Close the listener as uvicorn's own shutdown would, so the fault leaks no socket.
+        for listener in server.servers:
+            listener.close()
+        raise RuntimeError("admin REST server crashed")
+
+    stop = asyncio.Event()
+    with mock.patch.object(uvicorn.Server, "main_loop", crash_once_serving):
+        task = asyncio.create_task(serve(settings, AppConfig(policies=(DEMO_PATH,)), ready, stop))
+        done, _ = await asyncio.wait({task}, timeout=DEADLINE)
+        stop.set()  # lets a service that missed the crash finish, so the assertions below can fail cleanly
+        with pytest.raises(RuntimeError, match="admin REST server crashed"):
+            await task
+    assert done == {task}, "the service kept running without its admin REST server"
+    assert [set(addresses) for addresses in reported] == [{"grpc", "http"}]

@@ -125,6 +125,17 @@ async def test_score_blocks_a_novel_tool_sending_to_a_destination_the_task_does_
     ]
 
 
+async def test_score_answers_a_request_padded_to_4_mib_by_naming_the_argument_it_did_not_read(
+    verifier: Running,
+) -> None:
+    # The proxy accepts bodies up to 4 MiB; the padding hides a destination at its end.
+    padding = "x" * (4 * 1024 * 1024 - 32) + " eve@evil.example"
+    request = score_request("add", to=padding)
+    reply = await call_score(verifier.address, request, verifier.token)
+    assert list(reply.reasons) == [f"argument 'to' too large to inspect ({len(padding)} bytes)"]
+    assert reply.verdict == verifier_pb2.FLAG
+
+
 async def test_score_passes_a_tool_the_workflow_already_used(verifier: Running) -> None:
     reply = await call_score(verifier.address, score_request("add"), verifier.token)
     assert reply.verdict == verifier_pb2.PASS

@@ -1,14 +1,25 @@
-"""The graph REST app in process (ASGI transport): error mapping, metrics isolation, schema."""
+"""The graph REST app in process (ASGI transport): error mapping, metrics isolation, schema,
+node paging and consistent workflow reads."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
+from unittest import mock
 
 import httpx
 import pytest
 
-from bastion.graph import SqliteGraphStore, create_app
+from bastion.graph import IngestResult, SqliteGraphStore, create_app
+from bastion.graph._store import MAX_SNAPSHOT_EDGES, MAX_SNAPSHOT_NODES, _sqlite
+from bastion.v1 import graph_pb2, policy_pb2
+
+R = TypeVar("R")
+
+_T0_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
 
 
 @pytest.fixture
@@ -20,6 +31,30 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteGraphStore]:
 
 def _client(store: SqliteGraphStore) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(store)), base_url="http://graph")
+
+
+def _event(event_id: str, *, second: int = 0, parents: Sequence[str] = ()) -> graph_pb2.Event:
+    event = graph_pb2.Event(
+        event_id=event_id,
+        workflow_id="wf-1",
+        node_id=f"node-{event_id}",
+        parent_ids=parents,
+        node_type=graph_pb2.ACTION,
+        action=policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="mail", tool="send", method="tools/call"),
+        outcome=graph_pb2.FORWARDED,
+    )
+    event.started_at.FromNanoseconds(_T0_NS + second * 10**9)
+    return event
+
+
+class _CountingStore(SqliteGraphStore):
+    """Counts read transactions: every `_read` call is exactly one."""
+
+    reads = 0
+
+    async def _read(self, query: Callable[[sqlite3.Connection], R]) -> R:
+        self.reads += 1
+        return await super()._read(query)
 
 
 async def test_unavailable_store_makes_reads_and_readiness_503_with_a_detail(store: SqliteGraphStore) -> None:
@@ -56,3 +91,101 @@ async def test_openapi_documents_the_enum_names_clients_receive(store: SqliteGra
     assert "THINKING" in node["node_type"]["description"]
     listing = schema["paths"]["/graphs"]["get"]
     assert {p["name"] for p in listing["parameters"]} == {"limit", "cursor"}
+
+
+async def test_nodes_are_paged_oldest_first_with_an_opaque_cursor(store: SqliteGraphStore) -> None:
+    await store.ingest([_event(f"e{i}", second=i) for i in reversed(range(5))])
+
+    async with _client(store) as client:
+        pages = [(await client.get("/graphs/wf-1/nodes", params={"limit": 2})).json()]
+        while pages[-1]["next_cursor"] is not None:
+            params = {"limit": 2, "cursor": pages[-1]["next_cursor"]}
+            pages.append((await client.get("/graphs/wf-1/nodes", params=params)).json())
+        default = (await client.get("/graphs/wf-1/nodes")).json()
+
+    assert [[node["event_id"] for node in page["items"]] for page in pages] == [["e0", "e1"], ["e2", "e3"], ["e4"]]
+    assert {tuple(page) for page in pages} == {("workflow_id", "items", "next_cursor")}
+    assert {page["workflow_id"] for page in pages} == {"wf-1"}
+    assert default == {
+        "workflow_id": "wf-1",
+        "items": [n for page in pages for n in page["items"]],
+        "next_cursor": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/graphs/wf-1/nodes", {"limit": 0}, 422),
+        ("/graphs/wf-1/nodes", {"limit": 5001}, 422),
+        ("/graphs/wf-1/nodes", {"cursor": "not-a-cursor"}, 400),
+        ("/graphs/nope/nodes", {}, 404),
+    ],
+)
+async def test_bad_node_page_requests_are_client_errors(
+    store: SqliteGraphStore, path: str, params: dict[str, Any], status: int
+) -> None:
+    await store.ingest([_event("e1")])
+
+    async with _client(store) as client:
+        response = await client.get(path, params=params)
+
+    assert response.status_code == status
+    assert response.json()["detail"]
+
+
+async def test_workflow_graph_is_read_at_one_moment_even_while_an_ingest_commits(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("e1", second=1), _event("e2", second=2, parents=["node-e1"])])
+    loop = asyncio.get_running_loop()
+    read_nodes = _sqlite._select_nodes
+    late: list[IngestResult] = []
+
+    def commit_an_ingest_then_read_nodes(*args: Any, **kwargs: Any) -> Any:
+        # On a reader thread, after the request read the summary and before it reads the
+        # nodes: the moment a real concurrent Ingest can land, made certain to happen.
+        if not late:
+            ingest = store.ingest([_event("e3", second=3, parents=["node-e2"])])
+            late.append(asyncio.run_coroutine_threadsafe(ingest, loop).result(timeout=10))
+        return read_nodes(*args, **kwargs)
+
+    async with _client(store) as client:
+        with mock.patch.object(_sqlite, "_select_nodes", commit_an_ingest_then_read_nodes):
+            during = (await client.get("/graphs/wf-1")).json()
+        after = (await client.get("/graphs/wf-1")).json()
+
+    assert late == [IngestResult(accepted=1, duplicates=0)]
+    assert (during["node_count"], [n["node_id"] for n in during["nodes"]]) == (2, ["node-e1", "node-e2"])
+    assert [(e["source"], e["target"]) for e in during["edges"]] == [("node-e2", "node-e1")]
+    assert (after["node_count"], len(after["nodes"]), len(after["edges"])) == (3, 3, 2)
+
+
+async def test_each_workflow_request_is_one_read_transaction_found_or_not(tmp_path: Path) -> None:
+    store = await asyncio.to_thread(_CountingStore, tmp_path / "graph.db")
+    try:
+        await store.ingest([_event("e1")])
+        async with _client(store) as client:
+            for path, status in [
+                ("/graphs/wf-1", 200),
+                ("/graphs/wf-1/nodes", 200),
+                ("/graphs/nope", 404),
+                ("/graphs/nope/nodes", 404),
+            ]:
+                before = store.reads
+                response = await client.get(path)
+                assert (response.status_code, store.reads - before) == (status, 1), path
+    finally:
+        await store.close()
+
+
+async def test_openapi_documents_node_paging_and_the_workflow_graph_cap(store: SqliteGraphStore) -> None:
+    async with _client(store) as client:
+        schema = (await client.get("/openapi.json")).json()
+
+    nodes = schema["paths"]["/graphs/{workflow_id}/nodes"]["get"]
+    assert {p["name"] for p in nodes["parameters"]} == {"workflow_id", "limit", "cursor"}
+    assert {"200", "400", "404"} <= set(nodes["responses"])
+    graph = schema["components"]["schemas"]["WorkflowGraph"]
+    assert "GET /graphs/{workflow_id}/nodes" in graph["description"]
+    assert f"{MAX_SNAPSHOT_NODES} oldest nodes and {MAX_SNAPSHOT_EDGES} edges" in graph["description"]
+    assert graph["properties"]["truncated"]["type"] == "boolean"
+    assert "next_cursor" in schema["components"]["schemas"]["NodeList"]["required"]

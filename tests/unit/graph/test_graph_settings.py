@@ -92,6 +92,7 @@ def test_public_surface_is_exactly_the_documented_one() -> None:
         "SqliteGraphStore",
         "IngestResult",
         "WorkflowSummary",
+        "WorkflowSnapshot",
         "Node",
         "Edge",
         "LineageHop",

@@ -1,4 +1,4 @@
-"""The SQLite graph store: ingest, idempotency, edges, summaries, paging, lineage, durability."""
+"""The SQLite graph store: ingest, idempotency, edges, summaries, paging, snapshots, lineage, durability."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion import ProtocolError, StoreError
-from bastion.graph import IngestResult, Node, Page, SqliteGraphStore, ViolationFilter, WorkflowSummary
+from bastion.graph import Edge, IngestResult, Node, Page, SqliteGraphStore, ViolationFilter, WorkflowSummary
+from bastion.graph._store._cursor import encode_cursor
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 T = TypeVar("T")
@@ -80,7 +81,7 @@ async def test_ingested_event_is_stored_as_a_node_with_every_field(store: Sqlite
 
     assert await store.ingest([]) == IngestResult(accepted=0, duplicates=0)
     assert await store.ingest([event]) == IngestResult(accepted=1, duplicates=0)
-    (node,) = await store.nodes("wf-1")
+    (node,) = await _nodes(store, "wf-1")
 
     assert node.event == event
     assert node.at == _at(0)
@@ -91,7 +92,7 @@ async def test_redelivered_event_is_a_duplicate_and_changes_nothing(store: Sqlit
     first = _event("e1", second=1)
     second = _event("e2", parents=["node-e1"], second=2, outcome=graph_pb2.BLOCKED)
     first_ack = await store.ingest([first, second])
-    before = await _snapshot(store)
+    before = await _contents(store)
 
     again = await store.ingest([second])
     # A changed copy under the same event_id is still the same event: the first one wins.
@@ -101,7 +102,7 @@ async def test_redelivered_event_is_a_duplicate_and_changes_nothing(store: Sqlit
     assert (first_ack.accepted, first_ack.duplicates) == (2, 0)
     assert (again.accepted, again.duplicates) == (0, 1)
     assert (mixed.accepted, mixed.duplicates) == (1, 2)
-    after = await _snapshot(store)
+    after = await _contents(store)
     assert after["nodes"]["wf-1"][:2] == before["nodes"]["wf-1"]
     assert after["edges"] == before["edges"]
     summary = await store.workflow("wf-1")
@@ -115,7 +116,7 @@ async def test_event_reusing_another_events_node_id_is_refused_with_its_whole_ba
     with pytest.raises(ProtocolError, match=r"reuses node_id 'n1' of event 'e1'"):
         await store.ingest([_event("e2", node_id="n2"), _event("e3", node_id="n1")])
 
-    assert [node.event.event_id for node in await store.nodes("wf-1")] == ["e1"]
+    assert [node.event.event_id for node in await _nodes(store, "wf-1")] == ["e1"]
     summary = await store.workflow("wf-1")
     assert summary is not None
     assert summary.node_count == 1
@@ -140,7 +141,7 @@ async def test_parent_ids_become_caused_by_edges_and_hints_keep_their_type_and_r
         ]
     )
 
-    edges = [(e.source, e.target, e.type, e.reason) for e in await store.edges("wf-1")]
+    edges = [(e.source, e.target, e.type, e.reason) for e in await _edges(store, "wf-1")]
 
     assert edges == [
         ("send", "read", "CAUSED_BY", ""),
@@ -152,7 +153,7 @@ async def test_parent_ids_become_caused_by_edges_and_hints_keep_their_type_and_r
 async def test_caused_by_hint_gives_its_reason_to_the_parent_edge(store: SqliteGraphStore) -> None:
     await store.ingest([_event("e2", node_id="b", parents=["a"], hints=[("a", graph_pb2.CAUSED_BY, "next step")])])
 
-    assert [(e.type, e.reason) for e in await store.edges("wf-1")] == [("CAUSED_BY", "next step")]
+    assert [(e.type, e.reason) for e in await _edges(store, "wf-1")] == [("CAUSED_BY", "next step")]
 
 
 async def test_workflow_summary_counts_nodes_violations_and_distinct_agents(store: SqliteGraphStore) -> None:
@@ -178,8 +179,87 @@ async def test_nodes_are_listed_oldest_first_whatever_the_arrival_order(store: S
     await store.ingest([_event("c", second=3), _event("a", second=1)])
     await store.ingest([_event("b", second=2), _event("other", workflow_id="wf-2")])
 
-    assert [node.event.event_id for node in await store.nodes("wf-1")] == ["a", "b", "c"]
-    assert await store.nodes("wf-unknown") == ()
+    assert [node.event.event_id for node in await _nodes(store, "wf-1")] == ["a", "b", "c"]
+    assert await store.nodes("wf-unknown") is None
+
+
+async def test_node_pages_follow_the_cursor_oldest_first_without_gaps_or_repeats(store: SqliteGraphStore) -> None:
+    # Equal timestamps on purpose: the event id breaks ties so no page boundary loses one.
+    events = [_event(f"e{i:02}", second=i // 3) for i in range(11)]
+    await store.ingest([*reversed(events), _event("other", workflow_id="wf-2", second=1)])
+
+    pages = await _all_pages(lambda cursor: _node_page(store, "wf-1", limit=4, cursor=cursor))
+
+    assert [[node.event.event_id for node in page] for page in pages] == [
+        ["e00", "e01", "e02", "e03"],
+        ["e04", "e05", "e06", "e07"],
+        ["e08", "e09", "e10"],
+    ]
+    whole = await _node_page(store, "wf-1", limit=11, cursor=None)
+    assert (len(whole.items), whole.next_cursor) == (11, None)
+
+
+async def test_node_cursor_of_another_workflow_or_listing_is_refused(store: SqliteGraphStore) -> None:
+    await store.ingest([_event(f"a{i}", workflow_id="wf-1") for i in range(2)])
+    await store.ingest([_event(f"b{i}", workflow_id="wf-2") for i in range(2)])
+    wf1_cursor = (await _node_page(store, "wf-1", limit=1, cursor=None)).next_cursor
+    workflows_cursor = (await store.list_workflows(limit=1)).next_cursor
+    assert wf1_cursor is not None
+    assert workflows_cursor is not None
+
+    for workflow_id, cursor in [("wf-2", wf1_cursor), ("wf-1", workflows_cursor)]:
+        with pytest.raises(ProtocolError, match="invalid cursor"):
+            await store.nodes(workflow_id, cursor=cursor)
+    with pytest.raises(ProtocolError, match="invalid cursor"):
+        await store.violations(ViolationFilter(), cursor=wf1_cursor)
+
+
+async def test_nodes_after_a_hand_made_cursor_past_the_end_are_empty_or_unknown(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("e1", second=1)])
+    past_the_end = encode_cursor("nodes:wf-1", _T0_NS + 10**12, "zz")
+
+    assert await store.nodes("wf-1", cursor=past_the_end) == Page(items=(), next_cursor=None)
+    assert await store.nodes("wf-unknown", cursor=encode_cursor("nodes:wf-unknown", 0, "")) is None
+
+
+@pytest.mark.parametrize("limit", [0, -1, 5001])
+async def test_node_page_size_outside_1_to_5000_is_refused(store: SqliteGraphStore, limit: int) -> None:
+    await store.ingest([_event("e1")])
+
+    with pytest.raises(ProtocolError, match="limit must be between 1 and 5000"):
+        await store.nodes("wf-1", limit=limit)
+    assert await store.nodes("wf-1", limit=5000) is not None
+
+
+async def test_snapshot_is_the_summary_with_the_oldest_nodes_and_only_their_edges(store: SqliteGraphStore) -> None:
+    await store.ingest(
+        [
+            _event("e3", node_id="c", second=3, parents=["b"], hints=[("a", graph_pb2.INFORMED_BY, "from a")]),
+            _event("e1", node_id="a", second=1),
+            _event("e2", node_id="b", second=2, parents=["a"]),
+        ]
+    )
+
+    whole = await store.snapshot("wf-1")
+    two_nodes = await store.snapshot("wf-1", max_nodes=2)
+    two_edges = await store.snapshot("wf-1", max_edges=2)
+
+    assert whole is not None
+    assert two_nodes is not None
+    assert two_edges is not None
+    assert whole.summary == await store.workflow("wf-1")
+    assert ([n.event.node_id for n in whole.nodes], whole.truncated) == (["a", "b", "c"], False)
+    assert [(e.source, e.target, e.type) for e in whole.edges] == [
+        ("b", "a", "CAUSED_BY"),
+        ("c", "b", "CAUSED_BY"),
+        ("c", "a", "INFORMED_BY"),
+    ]
+    assert (two_nodes.summary.node_count, [n.event.node_id for n in two_nodes.nodes]) == (3, ["a", "b"])
+    assert (two_nodes.edges, two_nodes.truncated) == ((Edge("b", "a", "CAUSED_BY", ""),), True)
+    assert (two_edges.nodes, two_edges.edges, two_edges.truncated) == (whole.nodes, whole.edges[:2], True)
+    assert await store.snapshot("wf-unknown") is None
+    with pytest.raises(ProtocolError, match="max_nodes >= 1"):
+        await store.snapshot("wf-1", max_nodes=0)
 
 
 async def test_workflows_are_listed_most_recently_active_first_in_pages(store: SqliteGraphStore) -> None:
@@ -318,7 +398,7 @@ async def test_event_without_timestamps_is_timed_by_its_arrival(store: SqliteGra
     await store.ingest([_event("e1", second=None)])
     after = datetime.now(UTC)
 
-    (node,) = await store.nodes("wf-1")
+    (node,) = await _nodes(store, "wf-1")
 
     assert before <= node.at <= after
 
@@ -339,16 +419,26 @@ async def test_stored_graph_survives_closing_and_reopening(tmp_path: Path) -> No
     path = tmp_path / "nested" / "graph.db"
     first = await SqliteGraphStore.open(path)
     await first.ingest([_event("e1", second=1), _event("e2", parents=["node-e1"], outcome=graph_pb2.BLOCKED)])
-    before = await _snapshot(first)
+    before = await _contents(first)
     await first.close()
 
     reopened = await SqliteGraphStore.open(path)
     try:
-        assert await _snapshot(reopened) == before
+        assert await _contents(reopened) == before
         ack = await reopened.ingest([_event("e1", second=1)])
         assert (ack.accepted, ack.duplicates) == (0, 1)
     finally:
         await reopened.close()
+
+
+async def test_writer_syncs_every_commit_so_an_acknowledged_ingest_survives_power_loss(
+    store: SqliteGraphStore,
+) -> None:
+    # The journal deletes what the graph acknowledged, so NORMAL (no fsync per commit)
+    # could lose acknowledged events. The setting is per connection: ask the writer's.
+    (level,) = store._writer._connection.execute("PRAGMA synchronous").fetchone()
+
+    assert level == 2  # FULL
 
 
 async def test_closed_store_refuses_calls(tmp_path: Path) -> None:
@@ -391,7 +481,7 @@ async def test_failed_write_rolls_back_its_batch_and_the_writer_keeps_serving(st
     ack = await store.ingest([_event("e3", agent_id="")])
 
     assert (ack.accepted, ack.duplicates) == (1, 0)
-    assert [node.event.event_id for node in await store.nodes("wf-1")] == ["e3"]
+    assert [node.event.event_id for node in await _nodes(store, "wf-1")] == ["e3"]
     await store.ping()
 
 
@@ -405,8 +495,8 @@ async def test_corrupt_or_unreadable_rows_are_store_errors(store: SqliteGraphSto
     with pytest.raises(StoreError, match="stored event is not valid JSON"):
         await store.nodes("wf-1")
     with pytest.raises(StoreError, match=r"graph store read failed.*no such table: edges"):
-        await store.edges("wf-2")
-    assert [node.event.event_id for node in await store.nodes("wf-2")] == ["e2"]
+        await store.snapshot("wf-2")
+    assert [node.event.event_id for node in await _nodes(store, "wf-2")] == ["e2"]
 
 
 @st.composite
@@ -449,7 +539,7 @@ async def test_any_redelivery_order_and_batching_yields_the_same_stored_graph(
             acks = [await redelivered.ingest(chunk) for chunk in chunks]
             assert sum(ack.accepted for ack in acks) == len(batch)
             assert sum(ack.duplicates for ack in acks) == len(extra)
-            assert await _snapshot(redelivered) == await _snapshot(reference)
+            assert await _contents(redelivered) == await _contents(reference)
         finally:
             await reference.close()
             await redelivered.close()
@@ -466,7 +556,26 @@ async def _all_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[
         cursor = page.next_cursor
 
 
-async def _snapshot(store: SqliteGraphStore) -> dict[str, Any]:
+async def _node_page(store: SqliteGraphStore, workflow_id: str, *, limit: int, cursor: str | None) -> Page[Node]:
+    page = await store.nodes(workflow_id, limit=limit, cursor=cursor)
+    assert page is not None, f"workflow {workflow_id!r} is unknown"
+    return page
+
+
+async def _nodes(store: SqliteGraphStore, workflow_id: str) -> list[Node]:
+    """Every node of the workflow, through pages small enough to take several."""
+    pages = await _all_pages(lambda cursor: _node_page(store, workflow_id, limit=2, cursor=cursor))
+    return [node for page in pages for node in page]
+
+
+async def _edges(store: SqliteGraphStore, workflow_id: str) -> list[Edge]:
+    snapshot = await store.snapshot(workflow_id)
+    assert snapshot is not None
+    assert not snapshot.truncated
+    return list(snapshot.edges)
+
+
+async def _contents(store: SqliteGraphStore) -> dict[str, Any]:
     """Everything the store can tell about its contents, through its public reads."""
     pages = await _all_pages(lambda cursor: store.list_workflows(limit=2, cursor=cursor))
     workflows: list[WorkflowSummary] = [summary for page in pages for summary in page]
@@ -478,12 +587,13 @@ async def _snapshot(store: SqliteGraphStore) -> dict[str, Any]:
     ]
     return {
         "workflows": workflows,
-        "nodes": {workflow_id: list(await store.nodes(workflow_id)) for workflow_id in ids},
-        "edges": {workflow_id: list(await store.edges(workflow_id)) for workflow_id in ids},
+        "nodes": {workflow_id: await _nodes(store, workflow_id) for workflow_id in ids},
+        "edges": {workflow_id: await _edges(store, workflow_id) for workflow_id in ids},
+        "snapshots": {workflow_id: await store.snapshot(workflow_id) for workflow_id in ids},
         "violations": violations,
         "lineage": {
             node.event.node_id: await store.lineage("", node.event.node_id)
             for workflow_id in ids
-            for node in await store.nodes(workflow_id)
+            for node in await _nodes(store, workflow_id)
         },
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import string
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from bastion import ConfigError
 from bastion.v1 import policy_pb2, verifier_pb2
 from bastion.verifier import ReferenceScorer, ScorerConfig
+from bastion.verifier._engine import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_VALUES, MAX_STRING_BYTES
 
 DEFAULT = ReferenceScorer()
 # Valid IBANs (ISO 13616 examples) and a wallet address, so the checksum test is real.
@@ -278,6 +280,129 @@ def test_reasons_escape_control_characters_and_clip_long_values() -> None:
     assert "\\x1b" in reason
     assert "…" in reason
     assert len(reason) < 250
+
+
+# -- scan budgets ---------------------------------------------------------------------
+
+MIB = 1024 * 1024
+PADDING = "x" * MAX_STRING_BYTES
+
+
+def test_a_4_mib_argument_is_not_scanned_and_fires_argument_novelty_naming_it() -> None:
+    # A destination at the end of the padding is what an agent would try to hide.
+    arguments = {"pad": "x" * (4 * MIB - 16) + "eve@evil.example", "to": "bob@acme.com"}
+    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments))
+    assert list(result.reasons) == [f"argument 'pad' too large to inspect ({4 * MIB} bytes)"]
+    assert result.deviation_score == pytest.approx(0.4)
+    assert result.verdict == verifier_pb2.FLAG
+
+
+@pytest.mark.parametrize("task", ["", "   "])
+def test_an_argument_too_large_to_inspect_fires_even_without_a_task(task: str) -> None:
+    result = DEFAULT.score(request("send", server="email", task=task, arguments={"body": "x" * MIB}))
+    assert list(result.reasons) == [
+        "first use of email__send in this workflow",
+        f"argument 'body' too large to inspect ({MIB} bytes)",
+    ]
+    assert result.verdict == verifier_pb2.BLOCK
+
+
+def test_the_string_budget_counts_utf8_bytes_not_characters() -> None:
+    text = "€" * (MAX_STRING_BYTES // 3 + 1)  # fewer characters than the budget, 3 bytes each
+    result = DEFAULT.score(request("send", history=seen("send"), arguments={"note": text}))
+    assert list(result.reasons) == [f"argument 'note' too large to inspect ({len(text.encode())} bytes)"]
+
+
+def test_a_string_of_exactly_the_budget_is_scanned_as_before() -> None:
+    at_budget = PADDING[: -len(" eve@evil.example")] + " eve@evil.example"
+    assert len(at_budget) == MAX_STRING_BYTES
+    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments={"x": at_budget}))
+    assert list(result.reasons) == ["destination not named in the task: 'eve@evil.example' (argument 'x')"]
+    over = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments={"x": at_budget + " "}))
+    assert list(over.reasons) == [f"argument 'x' too large to inspect ({MAX_STRING_BYTES + 1} bytes)"]
+
+
+def test_strings_under_the_budget_that_name_nothing_novel_still_pass() -> None:
+    arguments = {"doc": PADDING, "to": "bob@acme.com", "nested": {"url": "https://files.acme.com/" + "y" * 1000}}
+    assert DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments)).verdict == (
+        verifier_pb2.PASS
+    )
+
+
+def test_strings_are_read_up_to_the_total_budget_then_the_signal_fires() -> None:
+    parts = MAX_ARGUMENT_BYTES // MAX_STRING_BYTES
+    within = {"parts": [PADDING] * (parts - 1) + [PADDING[:-17] + " eve@evil.example"]}
+    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=within))
+    assert list(result.reasons) == [
+        f"destination not named in the task: 'eve@evil.example' (argument 'parts[{parts - 1}]')"
+    ]
+    # The 16 bytes of 'a' are read first, so the last part no longer fits.
+    over = {"a": "mal@evil.example", "parts": [PADDING] * parts}
+    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=over))
+    # What was read before the budget ran out still counts, and the reason says where it ran out.
+    assert list(result.reasons) == [
+        "destination not named in the task: 'mal@evil.example' (argument 'a'); arguments too large to inspect "
+        f"(strings exceed {MAX_ARGUMENT_BYTES} bytes in total at argument 'parts[{parts - 1}]')"
+    ]
+    assert result.deviation_score == pytest.approx(0.4)
+
+
+def test_arguments_with_more_values_than_the_budget_fire_without_being_read() -> None:
+    at_budget = {"items": ["x"] * (MAX_ARGUMENT_VALUES - 1)}  # the list counts as a value too
+    assert DEFAULT.score(request("send", history=seen("send"), arguments=at_budget)).verdict == verifier_pb2.PASS
+    too_many = "arguments too large to inspect (more than 10000 values)"
+    wide = {"items": [None] * MAX_ARGUMENT_VALUES}
+    assert list(DEFAULT.score(request("send", history=seen("send"), arguments=wide)).reasons) == [too_many]
+    many_keys = {f"k{i}": i for i in range(MAX_ARGUMENT_VALUES + 1)}
+    assert list(DEFAULT.score(request("send", history=seen("send"), arguments=many_keys)).reasons) == [too_many]
+
+
+def test_a_deeply_nested_argument_is_walked_without_recursion_and_bounded() -> None:
+    req = request("send", history=seen("send"), task=TASK)
+    value = req.action.arguments.fields["deep"]
+    for _ in range(MAX_ARGUMENT_VALUES):
+        value = value.list_value.values.add()
+    value.string_value = "eve@evil.example"
+    assert list(DEFAULT.score(req).reasons) == ["arguments too large to inspect (more than 10000 values)"]
+
+
+def test_the_task_is_read_up_to_the_string_budget() -> None:
+    # What a task names past the budget is not known, so the argument looks novel.
+    late = PADDING + " mail bob@acme.com"
+    result = DEFAULT.score(request("send", history=seen("send"), task=late, arguments={"to": "bob@acme.com"}))
+    assert list(result.reasons) == ["destination not named in the task: 'bob@acme.com' (argument 'to')"]
+    early = "mail bob@acme.com " + PADDING
+    result = DEFAULT.score(request("send", history=seen("send"), task=early, arguments={"to": "bob@acme.com"}))
+    assert result.verdict == verifier_pb2.PASS
+
+
+def test_the_argument_named_over_budget_does_not_depend_on_argument_order() -> None:
+    pairs = [("b", "x" * (MAX_STRING_BYTES + 1)), ("a", "y" * (MAX_STRING_BYTES + 2))]
+    for order in (pairs, pairs[::-1]):
+        result = DEFAULT.score(request("send", history=seen("send"), arguments=dict(order)))
+        assert list(result.reasons) == [f"argument 'a' too large to inspect ({MAX_STRING_BYTES + 2} bytes)"]
+
+
+def _mod97(text: str) -> int:
+    # ISO 13616 written out the slow, obvious way: letters as 10-35, digits as themselves.
+    return int("".join(str(int(char, 36)) for char in text)) % 97
+
+
+@given(
+    country=st.text(alphabet=string.ascii_uppercase, min_size=2, max_size=2),
+    body=st.text(alphabet=string.ascii_uppercase + string.digits, min_size=11, max_size=30),
+    valid=st.booleans(),
+    wrong=st.integers(min_value=1, max_value=96),
+)
+def test_an_iban_shaped_argument_is_a_destination_exactly_when_its_checksum_holds(
+    country: str, body: str, valid: bool, wrong: int
+) -> None:
+    check = 98 - _mod97(body + country + "00")
+    if not valid:
+        check = (check + wrong) % 97 or 97
+    iban = f"{country}{check:02d}{body}"
+    result = DEFAULT.score(request("send", history=seen("send"), task="Add two numbers.", arguments={"x": iban}))
+    assert bool(result.reasons) == (_mod97(iban[4:] + iban[:4]) == 1)
 
 
 # -- combinations, thresholds, verdicts -----------------------------------------------

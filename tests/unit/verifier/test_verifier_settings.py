@@ -54,6 +54,7 @@ def test_every_setting_comes_from_its_bastion_verifier_variable(clean_env: pytes
         ("BASTION_VERIFIER_NOVELTY_WEIGHT", "-0.1"),
         ("BASTION_VERIFIER_SEQUENCE_WEIGHT", "2"),
         ("BASTION_VERIFIER_ARGUMENT_WEIGHT", "lots"),
+        ("BASTION_VERIFIER_NOVELTY_WEIGHT", "nan"),
         ("BASTION_VERIFIER_MIN_HISTORY", "0"),
         ("BASTION_VERIFIER_ADDR", "localhost"),
     ],
@@ -61,6 +62,19 @@ def test_every_setting_comes_from_its_bastion_verifier_variable(clean_env: pytes
 def test_an_invalid_variable_is_a_config_error_naming_it(clean_env: pytest.MonkeyPatch, name: str, value: str) -> None:
     clean_env.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
+        load_settings()
+
+
+def test_the_bounds_of_the_variables_are_those_of_scorer_config(clean_env: pytest.MonkeyPatch) -> None:
+    # VerifierSettings checks each variable against ScorerConfig, so the two cannot drift apart.
+    values = dict(zip(VERIFIER_VARS[1:], ["1", "0", "1", "0", "1"], strict=True))
+    for name, value in values.items():
+        clean_env.setenv(name, value)
+    assert load_settings().scorer_config() == ScorerConfig(
+        threshold=1.0, novelty_weight=0.0, sequence_weight=1.0, argument_weight=0.0, min_history=1
+    )
+    clean_env.setenv("BASTION_VERIFIER_MIN_HISTORY", "0")
+    with pytest.raises(ConfigError, match=r"BASTION_VERIFIER_MIN_HISTORY: .*min_history must be at least 1"):
         load_settings()
 
 
