@@ -1,4 +1,5 @@
-"""The PolicyService gRPC servicer: Decide, DecideBatch and Watch over the active PolicySet.
+"""The PolicyService gRPC servicer: Decide, DecideStream, DecideBatch and Watch over the
+active PolicySet.
 
 The service-token check is the server interceptor's job (bastion._rpc), not this
 class's. Decide is on every action's hot path, so a call does one `PolicySet.evaluate`,
@@ -64,6 +65,16 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.DecideRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.Decision:
         return self._decide(request)
+
+    async def DecideStream(
+        self, request_iterator: AsyncIterator[policy_pb2.DecideRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[policy_pb2.Decision]:
+        # One long-lived stream per proxy: answers go out in request order, each carrying
+        # the request's ctx.request_id so the proxy can match it to its caller.
+        async for request in request_iterator:
+            decision = self._decide(request)
+            decision.request_id = request.ctx.request_id
+            yield decision
 
     async def DecideBatch(
         self, request: policy_pb2.DecideBatchRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -1,6 +1,6 @@
-"""The enforcement decision for one action: PolicyService.Decide and Verifier.Score,
-issued concurrently on long-lived channels (DESIGN §14: two unaries in parallel cost
-~1.1 ms against ~1.6 ms in sequence), combined fail-closed.
+"""The enforcement decision for one action: the policy decision and the verifier score,
+asked concurrently (DESIGN §14: two calls in parallel cost ~1.1 ms against ~1.6 ms in
+sequence) on long-lived streams (`_streams.py`), combined fail-closed.
 
 Order of precedence, first that applies wins:
   1. policy unreachable / slow / erroring  → block `bastion.policy_unavailable`
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import grpc
 
 from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+
+from ._streams import StreamCaller, StreamFailure
 
 POLICY_UNAVAILABLE = "bastion.policy_unavailable"
 VERIFIER_UNAVAILABLE = "bastion.verifier_unavailable"
@@ -41,10 +43,15 @@ class Outcome:
 def _describe(service: str, exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{service} unavailable ({exc.code().name}): {exc.details() or 'no details'}"
+    if isinstance(exc, StreamFailure):
+        return f"{service} unavailable ({exc.code.name}): {exc.details}"
     return f"{service} unavailable: {type(exc).__name__}: {exc}"
 
 
 class Governor:
+    """Asks policy and verifier about one action, concurrently, over long-lived streams
+    (falling back to the unary RPCs for a service that does not offer them)."""
+
     def __init__(
         self,
         policy: policy_pb2_grpc.PolicyServiceAsyncStub,
@@ -61,6 +68,16 @@ class Governor:
         self._policy_timeout = policy_timeout
         self._verifier_timeout = verifier_timeout
         self._fallback_allow = fallback_allow
+        self._decisions: StreamCaller[policy_pb2.DecideRequest, policy_pb2.Decision] = StreamCaller(
+            lambda requests: policy.DecideStream(requests, metadata=metadata),
+            lambda decision: decision.request_id,
+            "policy service",
+        )
+        self._scores: StreamCaller[verifier_pb2.ScoreRequest, verifier_pb2.ScoreResponse] = StreamCaller(
+            lambda requests: verifier.ScoreStream(requests, metadata=metadata),
+            lambda score: score.request_id,
+            "verifier",
+        )
 
     async def decide(
         self,
@@ -69,16 +86,35 @@ class Governor:
         history: Iterable[verifier_pb2.HistoryNode],
         node_id: str,
     ) -> Outcome:
-        decide = self._policy.Decide(
-            policy_pb2.DecideRequest(action=action, ctx=ctx), timeout=self._policy_timeout, metadata=self._metadata
+        """`ctx.request_id` must be unique per action: it matches answers on the streams."""
+        decide = policy_pb2.DecideRequest(action=action, ctx=ctx)
+        score = verifier_pb2.ScoreRequest(action=action, ctx=ctx, history=history, node_id=node_id)
+        decision, scored = await asyncio.gather(
+            self._decide(decide, ctx.request_id), self._score(score, ctx.request_id), return_exceptions=True
         )
-        score = self._verifier.Score(
-            verifier_pb2.ScoreRequest(action=action, ctx=ctx, history=history, node_id=node_id),
-            timeout=self._verifier_timeout,
-            metadata=self._metadata,
-        )
-        decision, scored = await asyncio.gather(decide, score, return_exceptions=True)
         return combine(decision, scored, fallback_allow=self._fallback_allow)
+
+    async def _decide(self, request: policy_pb2.DecideRequest, request_id: str) -> policy_pb2.Decision:
+        if not self._decisions.unsupported:
+            try:
+                return await self._decisions.call(request, request_id, self._policy_timeout)
+            except StreamFailure as exc:
+                if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+        return await self._policy.Decide(request, timeout=self._policy_timeout, metadata=self._metadata)
+
+    async def _score(self, request: verifier_pb2.ScoreRequest, request_id: str) -> verifier_pb2.ScoreResponse:
+        if not self._scores.unsupported:
+            try:
+                return await self._scores.call(request, request_id, self._verifier_timeout)
+            except StreamFailure as exc:
+                if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+        return await self._verifier.Score(request, timeout=self._verifier_timeout, metadata=self._metadata)
+
+    async def close(self) -> None:
+        await self._decisions.close()
+        await self._scores.close()
 
 
 def combine(

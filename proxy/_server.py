@@ -61,16 +61,17 @@ async def serve(
     for name, server in app.servers.items():
         if server.command is not None:
             log.warning("server %r: stdio upstreams are not supported yet; it is not served", name)
+    governor = Governor(
+        policy_pb2_grpc.PolicyServiceStub(policy_channel),
+        verifier_pb2_grpc.VerifierStub(verifier_channel),
+        metadata,
+        policy_timeout=settings.policy_timeout_ms / 1000,
+        verifier_timeout=settings.verifier_timeout_ms / 1000,
+        fallback_allow=settings.verifier_fallback == "allow",
+    )
     proxy = ProxyApp(
         tokens=tokens,
-        governor=Governor(
-            policy_pb2_grpc.PolicyServiceStub(policy_channel),
-            verifier_pb2_grpc.VerifierStub(verifier_channel),
-            metadata,
-            policy_timeout=settings.policy_timeout_ms / 1000,
-            verifier_timeout=settings.verifier_timeout_ms / 1000,
-            fallback_allow=settings.verifier_fallback == "allow",
-        ),
+        governor=governor,
         recorder=Recorder(journal),
         upstreams=upstreams,
         tracker=WorkflowTracker(settings.history_len),
@@ -89,6 +90,7 @@ async def serve(
     finally:
         proxy.ready = False
         await web.stop()
+        await governor.close()
         await shipper.stop()
         await journal.close()
         for pool in upstreams.values():

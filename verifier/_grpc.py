@@ -8,6 +8,7 @@ failure is INTERNAL; either way the proxy applies the policy's verifier fallback
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import empty_pb2
@@ -51,6 +52,29 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                 f"reference scorer failed on node {request.node_id or '?'}: {type(exc).__name__}: {exc}; "
                 "the caller must apply its verifier fallback",
             )
+
+    async def ScoreStream(
+        self,
+        request_iterator: AsyncIterator[verifier_pb2.ScoreRequest],
+        context: grpc.aio.ServicerContext[verifier_pb2.ScoreRequest, verifier_pb2.ScoreResponse],
+    ) -> AsyncIterator[verifier_pb2.ScoreResponse]:
+        # The proxy's hot path: one long-lived stream, answers matched by request_id. A
+        # failure on one request must not end the stream for every other action, so it is
+        # answered with no verdict, which the proxy treats as a verifier failure (fallback).
+        async for request in request_iterator:
+            try:
+                if not request.HasField("action"):
+                    raise ValueError("ScoreRequest.action is required")
+                response = self._scorer.score(request)
+            except Exception as exc:
+                log.exception("reference scorer failed", extra={"fields": {"node_id": request.node_id}})
+                response = verifier_pb2.ScoreResponse(
+                    verdict=verifier_pb2.VERDICT_UNSPECIFIED,
+                    reasons=[f"reference scorer failed: {type(exc).__name__}: {exc}"],
+                    scorer=f"{NAME}/{VERSION}",
+                )
+            response.request_id = request.ctx.request_id
+            yield response
 
     async def Info(
         self,

@@ -366,6 +366,7 @@ class Decision(_message.Message):
     SHADOW_EFFECT_FIELD_NUMBER: _builtins.int
     OBLIGATIONS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     effect: Global___Effect.ValueType
     rule_id: _builtins.str
     """The rule that decided, or "default" when no rule matched."""
@@ -377,6 +378,8 @@ class Decision(_message.Message):
     rollout_arm: Global___RolloutArm.ValueType
     shadow_effect: Global___Effect.ValueType
     """Effect of the shadow (canary) policy, when one is being evaluated alongside."""
+    request_id: _builtins.str
+    """Echo of DecideRequest.ctx.request_id, so answers on DecideStream can be matched."""
     @_builtins.property
     def obligations(self) -> Global___Obligations: ...
     @_builtins.property
@@ -394,10 +397,11 @@ class Decision(_message.Message):
         shadow_effect: Global___Effect.ValueType = ...,
         obligations: Global___Obligations | None = ...,
         limits: Global___Limits | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "obligations", b"obligations"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "effect", b"effect", "limits", b"limits", "obligations", b"obligations", "policy_name", b"policy_name", "policy_version", b"policy_version", "reason", b"reason", "rollout_arm", b"rollout_arm", "rule_id", b"rule_id", "shadow_effect", b"shadow_effect"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "effect", b"effect", "limits", b"limits", "obligations", b"obligations", "policy_name", b"policy_name", "policy_version", b"policy_version", "reason", b"reason", "request_id", b"request_id", "rollout_arm", b"rollout_arm", "rule_id", b"rule_id", "shadow_effect", b"shadow_effect"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -44,6 +44,11 @@ class PolicyServiceStub:
                 request_serializer=bastion_dot_v1_dot_policy__pb2.DecideBatchRequest.SerializeToString,
                 response_deserializer=bastion_dot_v1_dot_policy__pb2.DecideBatchResponse.FromString,
                 _registered_method=True)
+        self.DecideStream = channel.stream_stream(
+                '/bastion.v1.PolicyService/DecideStream',
+                request_serializer=bastion_dot_v1_dot_policy__pb2.DecideRequest.SerializeToString,
+                response_deserializer=bastion_dot_v1_dot_policy__pb2.Decision.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/bastion.v1.PolicyService/Watch',
                 request_serializer=bastion_dot_v1_dot_policy__pb2.WatchRequest.SerializeToString,
@@ -62,6 +67,14 @@ class PolicyServiceServicer:
 
     def DecideBatch(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideStream(self, request_iterator, context):
+        """The proxy's hot path: one long-lived stream per proxy, answers matched by
+        Decision.request_id (a stream round trip costs about half a unary call).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -85,6 +98,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.DecideBatch,
                     request_deserializer=bastion_dot_v1_dot_policy__pb2.DecideBatchRequest.FromString,
                     response_serializer=bastion_dot_v1_dot_policy__pb2.DecideBatchResponse.SerializeToString,
+            ),
+            'DecideStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DecideStream,
+                    request_deserializer=bastion_dot_v1_dot_policy__pb2.DecideRequest.FromString,
+                    response_serializer=bastion_dot_v1_dot_policy__pb2.Decision.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -146,6 +164,33 @@ class PolicyService:
             '/bastion.v1.PolicyService/DecideBatch',
             bastion_dot_v1_dot_policy__pb2.DecideBatchRequest.SerializeToString,
             bastion_dot_v1_dot_policy__pb2.DecideBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bastion.v1.PolicyService/DecideStream',
+            bastion_dot_v1_dot_policy__pb2.DecideRequest.SerializeToString,
+            bastion_dot_v1_dot_policy__pb2.Decision.FromString,
             options,
             channel_credentials,
             insecure,

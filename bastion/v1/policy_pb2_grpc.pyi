@@ -35,6 +35,10 @@ class PolicyServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PolicyServiceAsyncStub: ...
     Decide: _grpc.UnaryUnaryMultiCallable[_policy_pb2.DecideRequest, _policy_pb2.Decision]
     DecideBatch: _grpc.UnaryUnaryMultiCallable[_policy_pb2.DecideBatchRequest, _policy_pb2.DecideBatchResponse]
+    DecideStream: _grpc.StreamStreamMultiCallable[_policy_pb2.DecideRequest, _policy_pb2.Decision]
+    """The proxy's hot path: one long-lived stream per proxy, answers matched by
+    Decision.request_id (a stream round trip costs about half a unary call).
+    """
     Watch: _grpc.UnaryStreamMultiCallable[_policy_pb2.WatchRequest, _policy_pb2.BundleEvent]
     """Streams the active bundles first, then every change."""
 
@@ -43,6 +47,10 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Decide: _aio.UnaryUnaryMultiCallable[_policy_pb2.DecideRequest, _policy_pb2.Decision]  # type: ignore[assignment]
     DecideBatch: _aio.UnaryUnaryMultiCallable[_policy_pb2.DecideBatchRequest, _policy_pb2.DecideBatchResponse]  # type: ignore[assignment]
+    DecideStream: _aio.StreamStreamMultiCallable[_policy_pb2.DecideRequest, _policy_pb2.Decision]  # type: ignore[assignment]
+    """The proxy's hot path: one long-lived stream per proxy, answers matched by
+    Decision.request_id (a stream round trip costs about half a unary call).
+    """
     Watch: _aio.UnaryStreamMultiCallable[_policy_pb2.WatchRequest, _policy_pb2.BundleEvent]  # type: ignore[assignment]
     """Streams the active bundles first, then every change."""
 
@@ -60,6 +68,16 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _policy_pb2.DecideBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.DecideBatchResponse, _abc.Awaitable[_policy_pb2.DecideBatchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DecideStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_policy_pb2.DecideRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_policy_pb2.Decision], _abc.AsyncIterator[_policy_pb2.Decision]]:
+        """The proxy's hot path: one long-lived stream per proxy, answers matched by
+        Decision.request_id (a stream round trip costs about half a unary call).
+        """
 
     @_abc_1.abstractmethod
     def Watch(

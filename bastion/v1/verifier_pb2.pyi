@@ -123,6 +123,7 @@ class ScoreResponse(_message.Message):
     REASONS_FIELD_NUMBER: _builtins.int
     DRIFT_ORIGIN_NODE_ID_FIELD_NUMBER: _builtins.int
     SCORER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     deviation_score: _builtins.float
     """0 = exactly as expected, 1 = maximal deviation."""
     threshold: _builtins.float
@@ -130,6 +131,8 @@ class ScoreResponse(_message.Message):
     drift_origin_node_id: _builtins.str
     scorer: _builtins.str
     """Which scorer produced this (name/version), for the audit trail."""
+    request_id: _builtins.str
+    """Echo of ScoreRequest.ctx.request_id, so answers on ScoreStream can be matched."""
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -141,10 +144,11 @@ class ScoreResponse(_message.Message):
         reasons: _abc.Iterable[_builtins.str] | None = ...,
         drift_origin_node_id: _builtins.str = ...,
         scorer: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deviation_score", b"deviation_score", "drift_origin_node_id", b"drift_origin_node_id", "reasons", b"reasons", "scorer", b"scorer", "threshold", b"threshold", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deviation_score", b"deviation_score", "drift_origin_node_id", b"drift_origin_node_id", "reasons", b"reasons", "request_id", b"request_id", "scorer", b"scorer", "threshold", b"threshold", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

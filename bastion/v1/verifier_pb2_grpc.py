@@ -40,6 +40,11 @@ class VerifierStub:
                 request_serializer=bastion_dot_v1_dot_verifier__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=bastion_dot_v1_dot_verifier__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.ScoreStream = channel.stream_stream(
+                '/bastion.v1.Verifier/ScoreStream',
+                request_serializer=bastion_dot_v1_dot_verifier__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=bastion_dot_v1_dot_verifier__pb2.ScoreResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/bastion.v1.Verifier/Info',
                 request_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
@@ -56,6 +61,14 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreStream(self, request_iterator, context):
+        """Optional: the proxy's hot path when implemented (answers matched by request_id);
+        a verifier that answers UNIMPLEMENTED is called with Score instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -67,6 +80,11 @@ def add_VerifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Score': grpc.unary_unary_rpc_method_handler(
                     servicer.Score,
+                    request_deserializer=bastion_dot_v1_dot_verifier__pb2.ScoreRequest.FromString,
+                    response_serializer=bastion_dot_v1_dot_verifier__pb2.ScoreResponse.SerializeToString,
+            ),
+            'ScoreStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ScoreStream,
                     request_deserializer=bastion_dot_v1_dot_verifier__pb2.ScoreRequest.FromString,
                     response_serializer=bastion_dot_v1_dot_verifier__pb2.ScoreResponse.SerializeToString,
             ),
@@ -101,6 +119,33 @@ class Verifier:
             request,
             target,
             '/bastion.v1.Verifier/Score',
+            bastion_dot_v1_dot_verifier__pb2.ScoreRequest.SerializeToString,
+            bastion_dot_v1_dot_verifier__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bastion.v1.Verifier/ScoreStream',
             bastion_dot_v1_dot_verifier__pb2.ScoreRequest.SerializeToString,
             bastion_dot_v1_dot_verifier__pb2.ScoreResponse.FromString,
             options,

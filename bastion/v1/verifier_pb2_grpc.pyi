@@ -33,12 +33,20 @@ class VerifierStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> VerifierAsyncStub: ...
     Score: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.ScoreRequest, _verifier_pb2.ScoreResponse]
+    ScoreStream: _grpc.StreamStreamMultiCallable[_verifier_pb2.ScoreRequest, _verifier_pb2.ScoreResponse]
+    """Optional: the proxy's hot path when implemented (answers matched by request_id);
+    a verifier that answers UNIMPLEMENTED is called with Score instead.
+    """
     Info: _grpc.UnaryUnaryMultiCallable[_empty_pb2.Empty, _verifier_pb2.VerifierInfo]
 
 @_typing.type_check_only
 class VerifierAsyncStub(VerifierStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Score: _aio.UnaryUnaryMultiCallable[_verifier_pb2.ScoreRequest, _verifier_pb2.ScoreResponse]  # type: ignore[assignment]
+    ScoreStream: _aio.StreamStreamMultiCallable[_verifier_pb2.ScoreRequest, _verifier_pb2.ScoreResponse]  # type: ignore[assignment]
+    """Optional: the proxy's hot path when implemented (answers matched by request_id);
+    a verifier that answers UNIMPLEMENTED is called with Score instead.
+    """
     Info: _aio.UnaryUnaryMultiCallable[_empty_pb2.Empty, _verifier_pb2.VerifierInfo]  # type: ignore[assignment]
 
 class VerifierServicer(metaclass=_abc_1.ABCMeta):
@@ -48,6 +56,16 @@ class VerifierServicer(metaclass=_abc_1.ABCMeta):
         request: _verifier_pb2.ScoreRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verifier_pb2.ScoreResponse, _abc.Awaitable[_verifier_pb2.ScoreResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ScoreStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_verifier_pb2.ScoreRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_verifier_pb2.ScoreResponse], _abc.AsyncIterator[_verifier_pb2.ScoreResponse]]:
+        """Optional: the proxy's hot path when implemented (answers matched by request_id);
+        a verifier that answers UNIMPLEMENTED is called with Score instead.
+        """
 
     @_abc_1.abstractmethod
     def Info(

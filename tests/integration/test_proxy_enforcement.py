@@ -279,6 +279,11 @@ class _SlowPolicy(policy_pb2_grpc.PolicyServiceServicer):
     def Watch(self, request: Any, context: Any) -> Iterator[policy_pb2.BundleEvent]:
         return iter(())
 
+    async def DecideStream(self, request_iterator: Any, context: Any) -> AsyncIterator[policy_pb2.Decision]:
+        async for _ in request_iterator:
+            await asyncio.sleep(5)
+            yield policy_pb2.Decision(effect=policy_pb2.ALLOW, rule_id="too-late")
+
 
 async def test_policy_past_its_deadline_blocks_the_call(tmp_path: Path, upstream: DemoUpstream) -> None:
     slow = grpc.aio.server()

@@ -1,0 +1,134 @@
+"""The proxy's decision client (`Governor`) against real policy and verifier servers:
+answers on the shared streams reach the right caller, a broken stream fails closed and
+is reopened, and a verifier without ScoreStream is called with Score."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from fixtures import inprocess
+from fixtures.stack import ROOT
+
+from bastion._identity import ensure_service_token
+from bastion._rpc import auth_metadata, open_channel
+from bastion.proxy._pipeline import POLICY_UNAVAILABLE, Governor
+from bastion.proxy._workflows import new_id
+from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+
+POLICY = ROOT / "examples" / "policies" / "demo.yaml"
+
+
+def _governor(home: Path, policy_addr: str, verifier_addr: str) -> Governor:
+    return Governor(
+        policy_pb2_grpc.PolicyServiceStub(open_channel(policy_addr)),
+        verifier_pb2_grpc.VerifierStub(open_channel(verifier_addr)),
+        auth_metadata(ensure_service_token(home, None)),
+        policy_timeout=2.0,
+        verifier_timeout=2.0,
+        fallback_allow=False,
+    )
+
+
+def _action(tool: str) -> tuple[policy_pb2.Action, policy_pb2.Context]:
+    action = policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="demo", tool=tool, method="tools/call")
+    return action, policy_pb2.Context(agent_id="agent-1", workflow_id="wf", request_id=new_id())
+
+
+@pytest.fixture
+async def services(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
+    app = inprocess.app_config("http://127.0.0.1:1/mcp", POLICY)
+    async with inprocess.policy(tmp_path, app) as policy, inprocess.verifier(tmp_path, app) as verifier:
+        yield policy["grpc"], verifier["grpc"]
+
+
+async def test_concurrent_actions_on_the_shared_streams_each_get_their_own_answer(
+    tmp_path: Path, services: tuple[str, str]
+) -> None:
+    governor = _governor(tmp_path, *services)
+    tools = ["add", "delete_file", "echo"] * 40
+    outcomes = await asyncio.gather(*(governor.decide(*_action(tool), [], new_id()) for tool in tools))
+    await governor.close()
+    expected = {"add": "allow-add", "delete_file": "no-file-deletes", "echo": "default"}
+    for tool, outcome in zip(tools, outcomes, strict=True):
+        assert outcome.decision is not None
+        assert outcome.decision.rule_id == expected[tool]
+        assert outcome.allowed is (tool == "add")
+        assert outcome.score is not None
+
+
+async def test_a_policy_service_that_goes_away_blocks_and_its_return_is_picked_up(tmp_path: Path) -> None:
+    app = inprocess.app_config("http://127.0.0.1:1/mcp", POLICY)
+    async with inprocess.verifier(tmp_path, app) as verifier:
+        async with inprocess.policy(tmp_path, app) as policy:
+            address = policy["grpc"]
+            governor = _governor(tmp_path, address, verifier["grpc"])
+            assert (await governor.decide(*_action("add"), [], new_id())).allowed
+        down = await governor.decide(*_action("add"), [], new_id())
+        assert (down.allowed, down.block_code) == (False, POLICY_UNAVAILABLE)
+        # The same address again, as after a restart: the next action opens a new stream.
+        async with inprocess.policy(tmp_path, app, grpc_addr=address):
+            back = await _eventually_allowed(governor)
+        await governor.close()
+    assert back
+
+
+async def _eventually_allowed(governor: Governor) -> bool:
+    # The channel backs off after the outage; every failed attempt in between is a block.
+    for _ in range(100):
+        outcome = await governor.decide(*_action("add"), [], new_id())
+        if outcome.allowed:
+            return True
+        assert outcome.block_code == POLICY_UNAVAILABLE
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_a_verifier_without_score_stream_is_called_with_score(tmp_path: Path, services: tuple[str, str]) -> None:
+    spec = importlib.util.spec_from_file_location("external_verifier", ROOT / "examples" / "external_verifier.py")
+    assert spec is not None
+    assert spec.loader is not None
+    example: Any = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    server, port = await example.start(0, ensure_service_token(tmp_path, None))
+    try:
+        governor = _governor(tmp_path, services[0], f"127.0.0.1:{port}")
+        first = await governor.decide(*_action("add"), [], new_id())
+        second = await governor.decide(*_action("add"), [], new_id())
+        await governor.close()
+    finally:
+        await server.stop(None)
+    for outcome in (first, second):
+        assert outcome.allowed
+        assert outcome.score is not None
+        assert outcome.score.scorer == "delete-guard/1"
+
+
+async def test_a_request_the_verifier_cannot_score_fails_alone_on_the_stream(
+    tmp_path: Path, services: tuple[str, str]
+) -> None:
+    async with open_channel(services[1]) as channel:
+        stub = verifier_pb2_grpc.VerifierStub(channel)
+        requests = [
+            verifier_pb2.ScoreRequest(ctx=policy_pb2.Context(request_id="broken")),  # no action
+            verifier_pb2.ScoreRequest(action=_action("add")[0], ctx=policy_pb2.Context(request_id="fine")),
+        ]
+        call = stub.ScoreStream(iter(requests), metadata=auth_metadata(ensure_service_token(tmp_path, None)))
+        answers = {answer.request_id: answer async for answer in call}
+    assert answers["broken"].verdict == verifier_pb2.VERDICT_UNSPECIFIED
+    assert "action is required" in answers["broken"].reasons[0]
+    assert answers["fine"].verdict in (verifier_pb2.PASS, verifier_pb2.FLAG)
+
+
+async def test_streams_need_the_service_token(services: tuple[str, str]) -> None:
+    async with open_channel(services[0]) as channel:
+        call = policy_pb2_grpc.PolicyServiceStub(channel).DecideStream(iter([policy_pb2.DecideRequest()]))
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            async for _ in call:
+                pass
+    assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
