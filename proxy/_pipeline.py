@@ -62,21 +62,20 @@ class Governor:
         verifier_timeout: float,
         fallback_allow: bool,
     ) -> None:
-        self._policy = policy
-        self._verifier = verifier
-        self._metadata = metadata
-        self._policy_timeout = policy_timeout
-        self._verifier_timeout = verifier_timeout
         self._fallback_allow = fallback_allow
         self._decisions: StreamCaller[policy_pb2.DecideRequest, policy_pb2.Decision] = StreamCaller(
             lambda requests: policy.DecideStream(requests, metadata=metadata),
+            lambda request, timeout: policy.Decide(request, timeout=timeout, metadata=metadata),
             lambda decision: decision.request_id,
             "policy service",
+            policy_timeout,
         )
         self._scores: StreamCaller[verifier_pb2.ScoreRequest, verifier_pb2.ScoreResponse] = StreamCaller(
             lambda requests: verifier.ScoreStream(requests, metadata=metadata),
+            lambda request, timeout: verifier.Score(request, timeout=timeout, metadata=metadata),
             lambda score: score.request_id,
             "verifier",
+            verifier_timeout,
         )
 
     async def decide(
@@ -90,27 +89,11 @@ class Governor:
         decide = policy_pb2.DecideRequest(action=action, ctx=ctx)
         score = verifier_pb2.ScoreRequest(action=action, ctx=ctx, history=history, node_id=node_id)
         decision, scored = await asyncio.gather(
-            self._decide(decide, ctx.request_id), self._score(score, ctx.request_id), return_exceptions=True
+            self._decisions.call(decide, ctx.request_id),
+            self._scores.call(score, ctx.request_id),
+            return_exceptions=True,
         )
         return combine(decision, scored, fallback_allow=self._fallback_allow)
-
-    async def _decide(self, request: policy_pb2.DecideRequest, request_id: str) -> policy_pb2.Decision:
-        if not self._decisions.unsupported:
-            try:
-                return await self._decisions.call(request, request_id, self._policy_timeout)
-            except StreamFailure as exc:
-                if exc.code != grpc.StatusCode.UNIMPLEMENTED:
-                    raise
-        return await self._policy.Decide(request, timeout=self._policy_timeout, metadata=self._metadata)
-
-    async def _score(self, request: verifier_pb2.ScoreRequest, request_id: str) -> verifier_pb2.ScoreResponse:
-        if not self._scores.unsupported:
-            try:
-                return await self._scores.call(request, request_id, self._verifier_timeout)
-            except StreamFailure as exc:
-                if exc.code != grpc.StatusCode.UNIMPLEMENTED:
-                    raise
-        return await self._verifier.Score(request, timeout=self._verifier_timeout, metadata=self._metadata)
 
     async def close(self) -> None:
         await self._decisions.close()

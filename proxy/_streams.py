@@ -8,8 +8,8 @@ of concurrent actions share it.
 Fail closed, per request: an answer that does not come within the caller's timeout, a
 stream that breaks, or a service that never answers is an error for every request
 waiting on that stream, and the next request opens a new stream. A service that does
-not implement the stream (UNIMPLEMENTED) is remembered, so the caller can use the
-unary RPC instead.
+not implement the stream (UNIMPLEMENTED) is remembered and called with its unary RPC
+from then on.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -51,17 +51,31 @@ class StreamCaller(Generic[Req, Resp]):
     def __init__(
         self,
         open_stream: Callable[[AsyncIterator[Req]], Any],
+        unary: Callable[[Req, float], Awaitable[Resp]],
         answer_id: Callable[[Resp], str],
         service: str,
+        timeout: float,
     ) -> None:
         self._open_stream = open_stream
+        self._unary = unary
         self._answer_id = answer_id
         self._service = service
+        self._timeout = timeout
         self._stream: _Stream[Req, Resp] | None = None
-        #: Set once the service answered UNIMPLEMENTED: use the unary RPC from then on.
+        #: Set once the service answered UNIMPLEMENTED: the unary RPC is used from then on.
         self.unsupported = False
 
-    async def call(self, request: Req, request_id: str, timeout: float) -> Resp:
+    async def call(self, request: Req, request_id: str) -> Resp:
+        """The answer to `request`; `request_id` must be unique among requests in flight."""
+        if not self.unsupported:
+            try:
+                return await self._on_stream(request, request_id, self._timeout)
+            except StreamFailure as exc:
+                if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+        return await self._unary(request, self._timeout)
+
+    async def _on_stream(self, request: Req, request_id: str, timeout: float) -> Resp:
         stream = self._stream or self._open()
         future: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
         stream.pending[request_id] = future

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from fixtures.stack import ROOT, Stack, bastion_up, write_config
-from fixtures.upstream import DemoUpstream, demo_upstream
+from fixtures.stack import Stack
+from fixtures.upstream import DemoUpstream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,20 +38,6 @@ DENIED_NAMES = [
     "delete_fil\u0435",
     "delete_file\u200b",
 ]
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUpstream]:
-    with demo_upstream(tmp_path_factory.mktemp("upstream")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, upstream: DemoUpstream) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("stack")
-    config = write_config(workdir / "bastion.yaml", upstream.url, [ROOT / "examples" / "policies" / "demo.yaml"])
-    with bastion_up(workdir, config) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

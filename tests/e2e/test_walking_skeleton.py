@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,10 @@ import httpx
 import pytest
 from fixtures.mcp_client import WIRE_FORMATS, mcp_client
 from fixtures.stack import ROOT, Stack, bastion_up, write_config
-from fixtures.upstream import DemoUpstream, demo_upstream
+from fixtures.upstream import DemoUpstream
 from mcp.shared.exceptions import MCPError
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUpstream]:
-    with demo_upstream(tmp_path_factory.mktemp("upstream")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, upstream: DemoUpstream) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("stack")
-    config = write_config(workdir / "bastion.yaml", upstream.url, [ROOT / "examples" / "policies" / "demo.yaml"])
-    with bastion_up(workdir, config) as running:
-        yield running
 
 
 async def _nodes(stack: Stack, workflow_id: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
