@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from ._appconfig import AuthConfig, load_app_config, resolve_config_path
+from ._appconfig import find_app_config
 from ._errors import BastionError
 from ._identity import ensure_dev_key, issue_token
 from ._settings import CommonSettings
@@ -76,17 +76,14 @@ def _serve(name: str, config: Path | None) -> int:
 
 def _token(args: argparse.Namespace) -> int:
     settings = CommonSettings()
-    auth = AuthConfig()
-    path = resolve_config_path(args.config, settings.config)
-    if args.config is not None or path.exists():
-        auth = load_app_config(path).auth
+    _, app = find_app_config(args.config, settings.config)
     token = issue_token(
         ensure_dev_key(settings.home.resolve()),
         subject=args.agent,
         roles=tuple(args.role),
         tenant=args.tenant,
         ttl_seconds=args.ttl,
-        auth=auth,
+        auth=app.auth,
     )
     if args.json:
         print(orjson.dumps({"token": token, "agent": args.agent, "roles": args.role, "expires_in": args.ttl}).decode())

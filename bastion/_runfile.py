@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
-
-from ._errors import ConfigError
 
 
 def run_dir(home: Path) -> Path:
@@ -38,14 +35,11 @@ def remove_runfile(home: Path, name: str) -> None:
         (run_dir(home) / f"{name}.json").unlink()
 
 
-def wait_runfile(home: Path, name: str, pid: int, timeout: float) -> dict[str, Any]:
-    """Wait until `name` written by process `pid` appears; stale files of dead processes are ignored."""
-    path = run_dir(home) / f"{name}.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
-            data: dict[str, Any] = orjson.loads(path.read_bytes())
-            if data.get("pid") == pid:
-                return data
-        time.sleep(0.05)
-    raise ConfigError(f"{name} did not report ready within {timeout:.0f}s (no {path})")
+def read_runfile(home: Path, name: str, pid: int) -> dict[str, Any] | None:
+    """What `name` reported, if the process `pid` wrote it (stale files of dead processes
+    are ignored); None while it has not."""
+    with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
+        info: dict[str, Any] = orjson.loads((run_dir(home) / f"{name}.json").read_bytes())
+        if info.get("pid") == pid:
+            return info
+    return None

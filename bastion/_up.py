@@ -15,7 +15,6 @@ needs the missing service (fail closed), which is what an operator must see.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -25,13 +24,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ._appconfig import find_app_config
 from ._errors import BastionError, ConfigError
 from ._identity import ensure_dev_key, ensure_service_token
 from ._rpc import check_health
-from ._runfile import run_dir, write_runfile
+from ._runfile import read_runfile, remove_runfile, write_runfile
 from ._settings import CommonSettings
 
 BACKENDS = ("policy", "verifier", "graph")
@@ -52,15 +49,13 @@ class _Stack:
 
     def wait_ready(self, name: str) -> dict[str, Any]:
         proc = self.procs[name]
-        path = run_dir(self.home) / f"{name}.json"
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ConfigError(f"{name} exited with code {proc.returncode} during startup (see its log above)")
-            with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
-                info: dict[str, Any] = orjson.loads(path.read_bytes())
-                if info.get("pid") == proc.pid:
-                    return info
+            info = read_runfile(self.home, name, proc.pid)
+            if info is not None:
+                return info
             time.sleep(0.05)
         raise ConfigError(f"{name} did not become ready within {START_TIMEOUT:.0f}s")
 
@@ -156,8 +151,7 @@ def up(config: Path | None) -> int:
         return 1
     finally:
         stack.stop()
-        with contextlib.suppress(FileNotFoundError):
-            (run_dir(home) / "stack.json").unlink()
+        remove_runfile(home, "stack")
 
 
 def _print_urls(info: dict[str, dict[str, Any]], servers: list[str]) -> None:

@@ -52,7 +52,8 @@ _DROP_REQUEST = frozenset(
     }
 )
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
-_KIND_BY_METHOD = {"tools/list": policy_pb2.TOOL_LIST, "tools/call": policy_pb2.TOOL_CALL}
+# Kinds of the MCP traffic that is recorded but not (yet) decided; tools/call is decided.
+_KIND_BY_METHOD = {"tools/list": policy_pb2.TOOL_LIST}
 
 
 @dataclass(frozen=True, slots=True)

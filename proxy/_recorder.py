@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from bastion._errors import BastionError, JournalError
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 from ._journal import Journal
@@ -83,10 +82,5 @@ class Recorder:
             block_reason=block_reason,
             verifier_fallback=verifier_fallback,
         )
-        try:
-            self._journal.append(event.SerializeToString())
-        except JournalError:
-            raise
-        except (OSError, BastionError) as exc:
-            raise JournalError(f"journal append failed: {exc}") from exc
+        self._journal.append(event.SerializeToString())
         return violation_id
