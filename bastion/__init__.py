@@ -5,8 +5,10 @@ surface from `bastion.proxy`, `bastion.policy`, `bastion.verifier` and `bastion.
 """
 
 from ._errors import (
+    ArgumentsTooLarge,
     AuthError,
     BastionError,
+    BodyTimeout,
     BundleSignatureError,
     ConfigError,
     DecisionUnavailable,
@@ -15,20 +17,26 @@ from ._errors import (
     InvalidParams,
     InvalidRequest,
     JournalError,
+    MethodNotAllowed,
     ParseError,
     PayloadTooLarge,
     PolicyError,
     PolicyValidationError,
     ProtocolError,
+    SessionForeign,
+    SessionUnknown,
     StoreError,
+    UnknownTool,
     UpstreamError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentsTooLarge",
     "AuthError",
     "BastionError",
+    "BodyTimeout",
     "BundleSignatureError",
     "ConfigError",
     "DecisionUnavailable",
@@ -37,12 +45,16 @@ __all__ = [
     "InvalidParams",
     "InvalidRequest",
     "JournalError",
+    "MethodNotAllowed",
     "ParseError",
     "PayloadTooLarge",
     "PolicyError",
     "PolicyValidationError",
     "ProtocolError",
+    "SessionForeign",
+    "SessionUnknown",
     "StoreError",
+    "UnknownTool",
     "UpstreamError",
     "__version__",
 ]

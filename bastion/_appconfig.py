@@ -54,7 +54,8 @@ class AppConfig(_Frozen):
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     policies: tuple[Path, ...] = ()
     auth: AuthConfig = Field(default_factory=AuthConfig)
-    #: Allowed values of the Host header at the proxy (DNS-rebinding protection); empty allows any.
+    #: Host header values the proxy, graph and policy REST answer (DNS-rebinding protection). Empty:
+    #: loopback names only on a loopback bind, and a refusal to start on any other; "*" allows any.
     allowed_hosts: tuple[str, ...] = ()
 
     @model_validator(mode="after")

@@ -11,8 +11,14 @@
     │   ├── ParseError                not JSON (JSON-RPC -32700)
     │   ├── InvalidRequest            JSON but not a valid JSON-RPC request (-32600)
     │   ├── InvalidParams             valid request, unacceptable params, e.g. a hostile tool name (-32602)
+    │   │   ├── UnknownTool           a tool name not exactly in the upstream's live tools/list (-32602)
+    │   │   └── ArgumentsTooLarge     arguments over the value budget: values, depth, string bytes (-32602)
+    │   ├── MethodNotAllowed          a method Bastion neither governs nor carries as protocol (-32601)
     │   ├── HeaderMismatch            2026-07 routing headers disagree with the body (-32020)
-    │   └── PayloadTooLarge           body over BASTION_MAX_BODY (HTTP 413)
+    │   ├── PayloadTooLarge           body over BASTION_MAX_BODY (HTTP 413)
+    │   ├── BodyTimeout               the body did not arrive within BASTION_BODY_TIMEOUT_S (HTTP 408)
+    │   ├── SessionUnknown            an Mcp-Session-Id this proxy did not see initialised (HTTP 404)
+    │   └── SessionForeign            an Mcp-Session-Id initialised by another principal (HTTP 403)
     ├── DecisionUnavailable           policy or verifier unreachable, slow or failing: blocks
     ├── UpstreamError                 the upstream MCP server / A2A agent failed
     ├── JournalError                  the local journal cannot record an event: blocks
@@ -94,6 +100,35 @@ class InvalidParams(ProtocolError):
     jsonrpc_code = -32602
 
 
+class UnknownTool(InvalidParams):
+    code = "bastion.protocol.unknown_tool"
+
+
+class ArgumentsTooLarge(InvalidParams):
+    code = "bastion.protocol.arguments_too_large"
+
+
+class MethodNotAllowed(ProtocolError):
+    code = "bastion.protocol.method_not_allowed"
+    jsonrpc_code = -32601
+
+
+class BodyTimeout(ProtocolError):
+    code = "bastion.protocol.body_timeout"
+    http_status = 408
+
+
+class SessionUnknown(ProtocolError):
+    code = "bastion.session.unknown"
+    http_status = 404
+
+
+class SessionForeign(ProtocolError):
+    code = "bastion.session.foreign"
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class HeaderMismatch(ProtocolError):
     code = "bastion.protocol.header_mismatch"
     jsonrpc_code = -32020
@@ -134,8 +169,10 @@ class StoreError(BastionError):
 
 
 __all__ = [
+    "ArgumentsTooLarge",
     "AuthError",
     "BastionError",
+    "BodyTimeout",
     "BundleSignatureError",
     "ConfigError",
     "DecisionUnavailable",
@@ -144,11 +181,15 @@ __all__ = [
     "InvalidParams",
     "InvalidRequest",
     "JournalError",
+    "MethodNotAllowed",
     "ParseError",
     "PayloadTooLarge",
     "PolicyError",
     "PolicyValidationError",
     "ProtocolError",
+    "SessionForeign",
+    "SessionUnknown",
     "StoreError",
+    "UnknownTool",
     "UpstreamError",
 ]

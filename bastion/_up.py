@@ -164,6 +164,7 @@ def _print_urls(info: dict[str, dict[str, Any]], servers: list[str]) -> None:
         f"  gRPC           policy {info['policy']['grpc']}  verifier {info['verifier']['grpc']}  "
         f"graph {info['graph']['grpc']}",
         "Get an agent token:  bastion token issue --agent my-agent",
+        "Read the graph:      bastion token issue --agent me --role auditor  (then Authorization: Bearer …)",
         "Ctrl-C stops the stack.",
     ]
     print("\n".join(lines), flush=True)

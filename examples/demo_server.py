@@ -2,9 +2,10 @@
 
 Tools: `add` (harmless), `echo`, `count` (streams progress notifications while it
 runs), `confirm` (asks the client a question mid-call: elicitation), and `delete_file`
-(the one the demo policy denies).
-`delete_file` deletes nothing: it appends the call to --record FILE, so a test can
-prove the upstream never executed a blocked call.
+(the one the demo policy denies). Resources `demo://notes/readme` and the template
+`demo://secrets/{name}`; prompt `greet`.
+`delete_file` deletes nothing: it appends the call to --record FILE, as every resource
+read and prompt get does, so a test can prove the upstream never executed a blocked call.
 
     python examples/demo_server.py --port 9001            # serves http://127.0.0.1:9001/mcp
     python examples/demo_server.py --port 0 --port-file P # picks a free port, writes it to P
@@ -31,6 +32,11 @@ class Answer(BaseModel):
 
 def build_server(record: Path | None) -> MCPServer:
     server = MCPServer("bastion-demo")
+
+    def _record(entry: dict[str, str]) -> None:
+        if record is not None:
+            with record.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
 
     @server.tool()
     def add(a: int, b: int) -> int:
@@ -60,10 +66,26 @@ def build_server(record: Path | None) -> MCPServer:
     @server.tool()
     def delete_file(path: str) -> str:
         """Pretend to delete a file (records the call instead)."""
-        if record is not None:
-            with record.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"tool": "delete_file", "path": path}) + "\n")
+        _record({"tool": "delete_file", "path": path})
         return f"deleted {path}"
+
+    @server.resource("demo://notes/readme", mime_type="text/plain")
+    def readme() -> str:
+        """A note anyone may be allowed to read (records every read)."""
+        _record({"resource": "demo://notes/readme"})
+        return "Bastion demo notes."
+
+    @server.resource("demo://secrets/{name}", mime_type="text/plain")
+    def secret(name: str) -> str:
+        """A secret, by name: the kind of resource a policy keeps from agents (records every read)."""
+        _record({"resource": f"demo://secrets/{name}"})
+        return f"secret {name}"
+
+    @server.prompt()
+    def greet(name: str) -> str:
+        """A greeting prompt (records every get)."""
+        _record({"prompt": "greet"})
+        return f"Say hello to {name}."
 
     return server
 

@@ -10,7 +10,8 @@ Running it:
     GraphSettings                          BASTION_GRAPH_ADDR, BASTION_GRAPH_GRPC_ADDR, BASTION_GRAPH_URL
 
 Embedding the parts:
-    create_app(store, metrics=None)        the FastAPI app
+    create_app(store, *, verifier, hosts, metrics=None)
+                                           the FastAPI app (reads need an operator/auditor token)
     GraphServicer(store, metrics=None)     the gRPC servicer
 
 Storage:

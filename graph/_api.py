@@ -1,8 +1,10 @@
 """The graph REST API (FastAPI; OpenAPI at /docs): workflows, nodes, violations,
 health and metrics. Read-only: events arrive over gRPC (`_grpc.py`).
 
-Errors are `{"detail": "..."}` with the HTTP status of the Bastion error class
-(a bad cursor is 400, an unavailable store 503).
+Workflow and audit routes need a bearer JWT with role operator, admin or auditor
+(bastion._auth); the Host check and the error body `{"error": {"code", "message"}}`
+come from bastion._rest (a bad cursor is 400, an unknown workflow 404, an unavailable
+store 503).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bastion import __version__
-from bastion._errors import BastionError
+from bastion._auth import require_reader
+from bastion._hosts import HostCheck
+from bastion._identity import TokenVerifier
+from bastion._rest import AUTH_RESPONSES, error_doc, rest_app
 
 from ._metrics import GraphMetrics
 from ._store import (
@@ -26,7 +30,6 @@ from ._store import (
     ViolationFilter,
 )
 from ._views import (
-    ErrorView,
     NodeList,
     Status,
     ViolationPage,
@@ -38,28 +41,36 @@ from ._views import (
     workflow_view,
 )
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorView, "description": "Unknown workflow."}}
-_BAD_CURSOR: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorView, "description": "The cursor is not one this listing returned."}
-}
-_UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"model": ErrorView, "description": "The store is unavailable."}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: error_doc("Unknown workflow.")}
+_BAD_CURSOR: dict[int | str, dict[str, Any]] = {400: error_doc("The cursor is not one this listing returned.")}
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: error_doc("The store is unavailable.")}
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")]
 NodeLimit = Annotated[int, Query(ge=1, le=MAX_NODE_PAGE_SIZE, description="Page size.")]
 Cursor = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
 
 
-def create_app(store: GraphStore, *, metrics: GraphMetrics | None = None) -> FastAPI:
-    """The REST app over `store`. It does not own the store: the caller closes it."""
-    app = FastAPI(
+def create_app(
+    store: GraphStore, *, verifier: TokenVerifier, hosts: HostCheck, metrics: GraphMetrics | None = None
+) -> FastAPI:
+    """The REST app over `store`. It does not own the store: the caller closes it.
+
+    `verifier` checks the bearer JWTs of the data routes; `hosts` is the DNS-rebinding check.
+    """
+    app = rest_app(
         title="Bastion graph",
-        version=__version__,
         description="The causal graph of agent actions and the audit log of violations.",
+        hosts=hosts,
     )
     app.state.store = store
     app.state.metrics = metrics or GraphMetrics()
-    app.add_exception_handler(BastionError, _bastion_error)
-    app.include_router(_router)
+    # Everything on _data is workflow or audit data: one router-wide guard, so a route
+    # added there cannot forget it. Left open: the ops routes (no workflow data) and
+    # FastAPI's /docs, /docs/oauth2-redirect, /redoc and /openapi.json, which show the
+    # API's shape, not its data: the dashboard's client is generated from the spec, and
+    # /docs must load before its "Authorize" button can take a token.
+    app.include_router(_data, dependencies=[Depends(require_reader(verifier))], responses=AUTH_RESPONSES)
+    app.include_router(_ops)
     return app
 
 
@@ -70,17 +81,18 @@ def _store(request: Request) -> GraphStore:
 
 Store = Annotated[GraphStore, Depends(_store)]
 
-_router = APIRouter()
+_data = APIRouter()  # workflow and audit data: behind the reader guard
+_ops = APIRouter()  # probes and metrics: open
 
 
-@_router.get("/graphs", response_model=WorkflowPage, tags=["graphs"], responses=_BAD_CURSOR)
+@_data.get("/graphs", response_model=WorkflowPage, tags=["graphs"], responses=_BAD_CURSOR)
 async def list_workflows(store: Store, limit: Limit = DEFAULT_PAGE_SIZE, cursor: Cursor = None) -> WorkflowPage:
     """Workflows, most recently active first."""
     page = await store.list_workflows(limit=limit, cursor=cursor)
     return WorkflowPage(items=[workflow_view(s) for s in page.items], next_cursor=page.next_cursor)
 
 
-@_router.get("/graphs/{workflow_id}", response_model=WorkflowGraph, tags=["graphs"], responses=_NOT_FOUND)
+@_data.get("/graphs/{workflow_id}", response_model=WorkflowGraph, tags=["graphs"], responses=_NOT_FOUND)
 async def get_workflow(workflow_id: str, store: Store) -> WorkflowGraph:
     """One workflow's summary with its nodes and edges, up to a cap (see `truncated`)."""
     snapshot = await store.snapshot(workflow_id)
@@ -89,9 +101,7 @@ async def get_workflow(workflow_id: str, store: Store) -> WorkflowGraph:
     return workflow_graph(snapshot)
 
 
-@_router.get(
-    "/graphs/{workflow_id}/nodes", response_model=NodeList, tags=["graphs"], responses=_NOT_FOUND | _BAD_CURSOR
-)
+@_data.get("/graphs/{workflow_id}/nodes", response_model=NodeList, tags=["graphs"], responses=_NOT_FOUND | _BAD_CURSOR)
 async def list_nodes(
     workflow_id: str, store: Store, limit: NodeLimit = DEFAULT_NODE_PAGE_SIZE, cursor: Cursor = None
 ) -> NodeList:
@@ -104,7 +114,7 @@ async def list_nodes(
     )
 
 
-@_router.get("/audit/violations", response_model=ViolationPage, tags=["audit"], responses=_BAD_CURSOR)
+@_data.get("/audit/violations", response_model=ViolationPage, tags=["audit"], responses=_BAD_CURSOR)
 async def list_violations(
     store: Store,
     workflow_id: Annotated[str | None, Query(description="Only this workflow.")] = None,
@@ -118,20 +128,20 @@ async def list_violations(
     return ViolationPage(items=[violation_view(node) for node in page.items], next_cursor=page.next_cursor)
 
 
-@_router.get("/healthz", response_model=Status, tags=["ops"])
+@_ops.get("/healthz", response_model=Status, tags=["ops"])
 async def healthz() -> Status:
     """The process is up (it may not be able to serve yet: see /readyz)."""
     return Status(status="ok")
 
 
-@_router.get("/readyz", response_model=Status, tags=["ops"], responses=_UNAVAILABLE)
+@_ops.get("/readyz", response_model=Status, tags=["ops"], responses=_UNAVAILABLE)
 async def readyz(store: Store) -> Status:
     """The store answers reads and its writer is running."""
     await store.ping()
     return Status(status="ready")
 
 
-@_router.get("/metrics", tags=["ops"], response_class=Response)
+@_ops.get("/metrics", tags=["ops"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this service's metrics."""
     registry = request.app.state.metrics.registry
@@ -140,8 +150,3 @@ async def metrics(request: Request) -> Response:
 
 def _unknown_workflow(workflow_id: str) -> HTTPException:
     return HTTPException(status_code=404, detail=f"workflow {workflow_id!r} not found")
-
-
-async def _bastion_error(request: Request, exc: Exception) -> Response:
-    status = exc.http_status if isinstance(exc, BastionError) else 500
-    return JSONResponse({"detail": str(exc)}, status_code=status)

@@ -14,9 +14,11 @@ from typing import TypeVar
 
 from bastion._appconfig import AppConfig
 from bastion._errors import ConfigError
-from bastion._identity import ensure_service_token
+from bastion._hosts import HostCheck
+from bastion._identity import TokenVerifier, ensure_service_token, load_public_keys
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
+from bastion._settings import parse_addr
 from bastion._web import start_web_server
 from bastion.v1 import graph_pb2_grpc
 
@@ -35,9 +37,15 @@ async def serve(
     ready: Callable[[dict[str, str]], None],
     stop: asyncio.Event,
 ) -> None:
-    """Serve until `stop` is set (see bastion._service.ServeFn); `app` is unused by the graph."""
+    """Serve until `stop` is set (see bastion._service.ServeFn); from `app` the graph takes
+    `auth` (who may read over REST) and `allowed_hosts`."""
     home = settings.home.resolve()
     configured_token = settings.service_token.get_secret_value() if settings.service_token else None
+    verifier = TokenVerifier(app.auth, load_public_keys(app.auth, home))
+    try:
+        hosts = HostCheck(app.allowed_hosts, parse_addr(settings.graph_addr)[0])
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (set BASTION_GRAPH_ADDR)") from exc
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(settings.graph_url, home)
         stack.push_async_callback(store.close)
@@ -53,7 +61,7 @@ async def serve(
             ),
         )
         stack.push_async_callback(grpc_server.stop)
-        api = create_app(store, metrics=metrics)
+        api = create_app(store, verifier=verifier, hosts=hosts, metrics=metrics)
         http = await _naming("BASTION_GRAPH_ADDR", start_web_server(api, settings.graph_addr))
         stack.push_async_callback(http.stop)
         ready({"grpc": grpc_server.address, "http": http.address})

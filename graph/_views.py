@@ -32,6 +32,10 @@ class ActionView(BaseModel):
     tool: str
     method: str = Field(description="The JSON-RPC method, e.g. tools/call.")
     arguments: dict[str, Any]
+    arguments_truncated: bool = Field(
+        description="The arguments were too large for the journal: `arguments` holds a bounded prefix, "
+        "and the node's payload_digest is the sha256 of the whole request."
+    )
 
 
 class DecisionView(BaseModel):
@@ -148,10 +152,6 @@ class Status(BaseModel):
     status: str
 
 
-class ErrorView(BaseModel):
-    detail: str
-
-
 def workflow_view(summary: WorkflowSummary) -> WorkflowView:
     return WorkflowView(
         workflow_id=summary.workflow_id,
@@ -186,7 +186,7 @@ def node_view(node: Node) -> NodeView:
         node_type=enum_name(graph_pb2.NodeType.DESCRIPTOR, event.node_type),
         agent_id=event.agent_id,
         tenant=event.tenant,
-        action=_action_view(event.action),
+        action=_action_view(event.action, event.arguments_truncated),
         decision=_decision_view(event.decision) if event.HasField("decision") else None,
         verifier=_verifier_view(event.verifier) if event.HasField("verifier") else None,
         verifier_fallback=event.verifier_fallback,
@@ -224,13 +224,14 @@ def violation_view(node: Node) -> ViolationView:
     )
 
 
-def _action_view(action: policy_pb2.Action) -> ActionView:
+def _action_view(action: policy_pb2.Action, arguments_truncated: bool) -> ActionView:
     return ActionView(
         kind=enum_name(policy_pb2.ActionKind.DESCRIPTOR, action.kind),
         server=action.server,
         tool=action.tool,
         method=action.method,
         arguments=json_format.MessageToDict(action.arguments),
+        arguments_truncated=arguments_truncated,
     )
 
 

@@ -1,25 +1,24 @@
 """The policy service's admin REST app: probes, metrics, and the active policies.
 
-Every Bastion error becomes `{"error": {"code", "message"}}` with the HTTP status its
-class declares (bastion._errors), in one exception handler. Operator checks are one
-dependency. Versions, rollouts and simulation (DESIGN §5) arrive with their own issue.
+Auth (bastion._auth), the Host check and the error body `{"error": {"code", "message"}}`
+(bastion._rest) are the ones every service shares: reads need role operator, admin or
+auditor, changes operator or admin. Versions, rollouts and simulation (DESIGN §5) arrive
+with their own issue.
 """
 
-# No `from __future__ import annotations` here: FastAPI reads the dependency annotations
-# at runtime, and those inside create_app refer to its local `bearer` and `operator`.
+from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request, Response, Security
+from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
-from bastion import __version__
-from bastion._errors import AuthError, BastionError, ForbiddenError
-from bastion._identity import Principal, TokenVerifier
+from bastion._auth import require_reader
+from bastion._hosts import HostCheck
+from bastion._identity import TokenVerifier
+from bastion._rest import AUTH_RESPONSES, rest_app
 
 from ._engine import PolicySet
 
@@ -41,22 +40,19 @@ class PolicyList(BaseModel):
 
 
 def create_app(
-    *, policies: PolicySet, verifier: TokenVerifier, registry: CollectorRegistry, is_ready: Callable[[], bool]
+    *,
+    policies: PolicySet,
+    verifier: TokenVerifier,
+    hosts: HostCheck,
+    registry: CollectorRegistry,
+    is_ready: Callable[[], bool],
 ) -> FastAPI:
-    """The admin app; `is_ready` says whether the gRPC side is serving decisions."""
-    app = FastAPI(title="Bastion policy service", version=__version__)
-    app.add_exception_handler(BastionError, _error_response)
-    bearer = HTTPBearer(auto_error=False, description="Operator JWT (role 'operator' or 'admin').")
+    """The admin app; `is_ready` says whether the gRPC side is serving decisions.
 
-    # async on purpose: FastAPI runs plain `def` dependencies in a thread pool, and the
-    # verifier's token cache is not meant to be shared across threads.
-    async def operator(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> Principal:
-        if credentials is None:
-            raise AuthError("missing bearer token: send 'Authorization: Bearer <operator jwt>'")
-        principal = verifier.verify(credentials.credentials)
-        if not principal.is_operator:
-            raise ForbiddenError(f"{principal.subject!r} is not an operator (role 'operator' or 'admin' required)")
-        return principal
+    `verifier` checks the bearer JWTs of the /v1 routes; `hosts` is the DNS-rebinding check.
+    """
+    app = rest_app(title="Bastion policy service", hosts=hosts)
+    read = [Depends(require_reader(verifier))]
 
     @app.get("/healthz", summary="Liveness: the process answers.")
     async def healthz() -> Status:
@@ -77,8 +73,13 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/policies", summary="The active policies (operator only).")
-    async def list_policies(_: Annotated[Principal, Depends(operator)]) -> PolicyList:
+    @app.get(
+        "/v1/policies",
+        summary="The active policies (operator, admin or auditor).",
+        dependencies=read,
+        responses=AUTH_RESPONSES,
+    )
+    async def list_policies() -> PolicyList:
         return PolicyList(
             bundle_digest=policies.digest,
             policies=[
@@ -90,12 +91,3 @@ def create_app(
         )
 
     return app
-
-
-async def _error_response(request: Request, exc: Exception) -> Response:
-    if not isinstance(exc, BastionError):  # registered for BastionError only
-        raise exc
-    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
-    return JSONResponse(
-        {"error": {"code": exc.code, "message": str(exc)}}, status_code=exc.http_status, headers=headers
-    )

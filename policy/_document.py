@@ -54,7 +54,7 @@ _UNSUPPORTED_IN_SPEC = {
 }
 
 
-def _check_pattern(value: str, what: str) -> str:
+def _check_pattern(value: str, what: str, separators: str = "/\\") -> str:
     if not value:
         raise ValueError(f"empty {what} pattern; use '*' to match every {what}")
     if len(value) > _MAX_PATTERN_CHARS:
@@ -62,7 +62,7 @@ def _check_pattern(value: str, what: str) -> str:
     for position, char in enumerate(value):
         if char.isspace():
             problem = "whitespace"
-        elif char in "/\\":
+        elif char in separators:
             problem = f"'{char}'"
         elif unicodedata.category(char).startswith("C"):
             # Cc (control) but also Cf: zero-width and bidi-override characters make a
@@ -78,14 +78,26 @@ def _check_agent_pattern(value: str) -> str:
     return _check_pattern(value, "agent")
 
 
-def _check_tool_pattern(value: str) -> str:
-    _check_pattern(value, "tool")
+def _check_server_scoped(value: str, what: str, example: str) -> str:
     if "__" not in value and "*" not in value and "?" not in value:
         raise ValueError(
-            f"tool pattern {value!r} can never match: policies name tools 'server__tool' "
+            f"{what} pattern {value!r} can never match: policies name {what}s 'server__{example}' "
             f"(e.g. 'demo__{value}', or '*__{value}' for every server)"
         )
     return value
+
+
+def _check_tool_pattern(value: str) -> str:
+    return _check_server_scoped(_check_pattern(value, "tool"), "tool", "tool")
+
+
+def _check_prompt_pattern(value: str) -> str:
+    return _check_server_scoped(_check_pattern(value, "prompt"), "prompt", "prompt")
+
+
+def _check_resource_pattern(value: str) -> str:
+    # URIs contain '/', so only a backslash is refused as a separator.
+    return _check_server_scoped(_check_pattern(value, "resource", "\\"), "resource", "uri")
 
 
 def _check_policy_name(value: str) -> str:
@@ -117,6 +129,12 @@ def _non_empty(values: tuple[str, ...]) -> tuple[str, ...]:
 
 AgentPatterns = Annotated[tuple[Annotated[str, AfterValidator(_check_agent_pattern)], ...], AfterValidator(_non_empty)]
 ToolPatterns = Annotated[tuple[Annotated[str, AfterValidator(_check_tool_pattern)], ...], AfterValidator(_non_empty)]
+PromptPatterns = Annotated[
+    tuple[Annotated[str, AfterValidator(_check_prompt_pattern)], ...], AfterValidator(_non_empty)
+]
+ResourcePatterns = Annotated[
+    tuple[Annotated[str, AfterValidator(_check_resource_pattern)], ...], AfterValidator(_non_empty)
+]
 
 
 class _Strict(BaseModel):
@@ -130,18 +148,33 @@ class Metadata(_Strict):
 
 
 class Match(_Strict):
-    """Which calls a rule applies to. An omitted list matches every agent / tool."""
+    """Which actions a rule applies to.
+
+    `tools` (`server__tool`), `resources` (`server__<uri>`) and `prompts`
+    (`server__prompt`) each select one family of actions: a rule that names only
+    `tools` never decides a resource read. A rule naming none of the three applies to
+    every action of the matched agents. An omitted `agents` list matches every agent.
+    """
 
     agents: AgentPatterns = ("*",)
-    tools: ToolPatterns = ("*",)
+    tools: ToolPatterns | None = None
+    resources: ResourcePatterns | None = None
+    prompts: PromptPatterns | None = None
 
     @model_validator(mode="after")
     def _names_something(self) -> Match:
         if not self.model_fields_set:
             raise PydanticCustomError(
                 "empty_match",
-                "'match' must list 'agents' or 'tools' (write tools: ['*'] to match every tool on purpose)",
+                "'match' must list 'agents', 'tools', 'resources' or 'prompts' "
+                "(write tools: ['*'] to match every tool on purpose)",
             )
+        for name in ("tools", "resources", "prompts"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                # `tools: null` must not quietly turn into "every action".
+                raise PydanticCustomError(
+                    "null_match", "'{name}' is null; list patterns or omit the field", {"name": name}
+                )
         return self
 
 

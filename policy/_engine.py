@@ -7,15 +7,21 @@ and logs nothing, so a decision costs microseconds.
 Decision semantics (this version)
 ---------------------------------
 * Input: the action kind (a `bastion.v1.ActionKind` name), the calling agent's id, and
-  the tool as `server__tool`, built from the action's server and tool.
-* Only TOOL_CALL and TOOL_LIST are decided by rules (TOOL_LIST asks "may this agent see
-  this tool", and is matched on the tool exactly like a call). Every other kind is DENY,
-  "action kind X is not governed by this policy version": fail closed.
-* A request without an agent id, server or tool is DENY (fail closed).
+  the action's target named `server__<name>`: the tool (TOOL_CALL, TOOL_LIST), the
+  resource URI (RESOURCE_READ, RESOURCE_SUBSCRIBE) or the prompt (PROMPT_GET);
+  COMPLETION targets the prompt or resource being completed.
+* Every other kind is DENY, "action kind X is not governed by this policy version":
+  fail closed. A request without an agent id, server or target is DENY too.
+* A rule's `tools`, `resources` and `prompts` lists each select one family of targets;
+  a rule naming none of them applies to every family. Tool and prompt patterns match
+  case-insensitively, as tool names are validated (so `demo__getWeather` and a rule
+  for `demo__getweather` agree; the proxy forwards only names exactly in the
+  upstream's live list); resource patterns match URIs case-sensitively.
 * Rules are tried in order: every rule of the first policy (bastion.yaml order), then
   the second policy's, and so on. The first rule whose agent patterns match the agent
-  and whose tool patterns match the tool decides, with its effect: allow → ALLOW,
-  deny → DENY, require_approval → REQUIRE_APPROVAL (anything but ALLOW blocks).
+  and whose pattern for the action's family matches the target decides, with its
+  effect: allow → ALLOW, deny → DENY, require_approval → REQUIRE_APPROVAL (anything but
+  ALLOW blocks).
 * When no rule matches, rule_id is "default" and the effect is DENY unless every loaded
   policy says `default: allow`; the decision names the first default-deny policy (or,
   when all allow, the first policy). With no policy loaded at all, every action is
@@ -42,7 +48,7 @@ import orjson
 
 from bastion._errors import PolicyValidationError
 
-from ._document import RESERVED_RULE_ID, PolicyDocument, load_policy
+from ._document import RESERVED_RULE_ID, Match, PolicyDocument, load_policy
 
 
 class Effect(StrEnum):
@@ -51,8 +57,17 @@ class Effect(StrEnum):
     REQUIRE_APPROVAL = "require_approval"
 
 
-#: Action kinds that rules decide; every other kind is denied.
-GOVERNED_KINDS = frozenset({"TOOL_CALL", "TOOL_LIST"})
+#: Action kinds that rules decide, and the family of target each names; every other kind is denied.
+FAMILY_BY_KIND = {
+    "TOOL_CALL": "tool",
+    "TOOL_LIST": "tool",
+    "RESOURCE_READ": "resource",
+    "RESOURCE_SUBSCRIBE": "resource",
+    "PROMPT_GET": "prompt",
+    "COMPLETION": "",  # the prompt's or the resource's, whichever is being completed
+}
+GOVERNED_KINDS = frozenset(FAMILY_BY_KIND)
+_FAMILIES = ("tool", "resource", "prompt")
 
 _VERBS = {Effect.ALLOW: "allows", Effect.DENY: "denies", Effect.REQUIRE_APPROVAL: "requires approval for"}
 
@@ -72,9 +87,10 @@ class Decision:
 class CompiledRule:
     id: str
     effect: Effect
-    #: None matches every agent / tool without running a regex.
+    #: None matches every agent without running a regex.
     agents: re.Pattern[str] | None
-    tools: re.Pattern[str] | None
+    #: Family → pattern (None: every target of that family); a family absent here is not matched.
+    targets: dict[str, re.Pattern[str] | None]
     policy_name: str
     policy_version: int
 
@@ -124,20 +140,26 @@ class PolicySet:
             fallthrough=_fallthrough(policies),
         )
 
-    def evaluate(self, *, kind: str, agent_id: str, server: str, tool: str) -> Decision:
+    def evaluate(
+        self, *, kind: str, agent_id: str, server: str, tool: str = "", resource: str = "", prompt: str = ""
+    ) -> Decision:
         """Decide one action; see the module docstring for the rules."""
         if not self.policies:
             return self._refuse("no policy loaded (default deny)")
-        if kind not in GOVERNED_KINDS:
+        family = FAMILY_BY_KIND.get(kind)
+        if family is None:
             return self._refuse(f"action kind {kind} is not governed by this policy version")
+        if not family:
+            family = "prompt" if prompt else "resource"
+        target = {"tool": tool, "resource": resource, "prompt": prompt}[family]
         if not agent_id:
             return self._refuse("the request names no agent (fail closed)")
-        if not server or not tool:
-            return self._refuse("the action names no server or tool (fail closed)")
-        name = f"{server}__{tool}"
+        if not server or not target:
+            return self._refuse(f"the action names no server or {family} (fail closed)")
+        name = f"{server}__{target}"
         for rule in self.rules:
             if (rule.agents is None or rule.agents.fullmatch(agent_id)) and (
-                rule.tools is None or rule.tools.fullmatch(name)
+                family in rule.targets and ((pattern := rule.targets[family]) is None or pattern.fullmatch(name))
             ):
                 return Decision(
                     effect=rule.effect,
@@ -185,7 +207,7 @@ def _compile_policy(document: PolicyDocument) -> CompiledPolicy:
             id=rule.id,
             effect=Effect(rule.effect),
             agents=compile_patterns(rule.match.agents),
-            tools=compile_patterns(rule.match.tools),
+            targets=_compile_targets(rule.match),
             policy_name=name,
             policy_version=version,
         )
@@ -203,12 +225,23 @@ def _fallthrough(policies: Sequence[CompiledPolicy]) -> _Fallthrough:
     return _Fallthrough(effect=deciding.default, policy_name=deciding.name, policy_version=deciding.version)
 
 
-def compile_patterns(patterns: Sequence[str]) -> re.Pattern[str] | None:
+def _compile_targets(match: Match) -> dict[str, re.Pattern[str] | None]:
+    lists = {"tool": match.tools, "resource": match.resources, "prompt": match.prompts}
+    if all(patterns is None for patterns in lists.values()):
+        return dict.fromkeys(_FAMILIES)
+    return {
+        family: compile_patterns(patterns, ignore_case=family != "resource")
+        for family, patterns in lists.items()
+        if patterns is not None
+    }
+
+
+def compile_patterns(patterns: Sequence[str], *, ignore_case: bool = False) -> re.Pattern[str] | None:
     """One regex (use `fullmatch`) for a list of globs; None when they match everything."""
     if any(set(pattern) == {"*"} for pattern in patterns):
         return None
     alternatives = "|".join(f"(?:{_glob_regex(pattern)})" for pattern in dict.fromkeys(patterns))
-    return re.compile(alternatives, re.DOTALL)
+    return re.compile(alternatives, re.DOTALL | (re.IGNORECASE if ignore_case else 0))
 
 
 def _glob_regex(pattern: str) -> str:

@@ -103,7 +103,12 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     def _decide(self, request: policy_pb2.DecideRequest) -> policy_pb2.Decision:
         action = request.action
         decision = self._policies.evaluate(
-            kind=_kind_name(action.kind), agent_id=request.ctx.agent_id, server=action.server, tool=action.tool
+            kind=_kind_name(action.kind),
+            agent_id=request.ctx.agent_id,
+            server=action.server,
+            tool=action.tool,
+            resource=action.resource,
+            prompt=action.prompt,
         )
         counter = self._counters.get((decision.effect, decision.rule_id))
         if counter is None:

@@ -19,9 +19,11 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from bastion._appconfig import AppConfig
 from bastion._errors import ConfigError
+from bastion._hosts import HostCheck
 from bastion._identity import TokenVerifier, ensure_service_token, load_public_keys
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
+from bastion._settings import parse_addr
 from bastion._web import WebServer, start_web_server
 from bastion.v1 import policy_pb2_grpc
 
@@ -45,12 +47,13 @@ async def serve(
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     token = ensure_service_token(home, secret)
     verifier = TokenVerifier(app.auth, load_public_keys(app.auth, home))
+    hosts = HostCheck(app.allowed_hosts, parse_addr(settings.policy_addr)[0])
 
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     servicer = PolicyServicer(policies, registry=registry)
     serving = asyncio.Event()
-    api = create_app(policies=policies, verifier=verifier, registry=registry, is_ready=serving.is_set)
+    api = create_app(policies=policies, verifier=verifier, hosts=hosts, registry=registry, is_ready=serving.is_set)
 
     async with contextlib.AsyncExitStack() as stack:
         grpc_server = await start_grpc_server(

@@ -9,27 +9,40 @@ messages, not just policy blocks.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from bastion._errors import AuthError, JournalError, ProtocolError, UpstreamError
+from bastion._errors import AuthError, JournalError, ProtocolError, StoreError, UpstreamError
+from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_json, send_stream
 from ._asgi import Message as AsgiMessage
-from ._envelope import block_envelope, jsonrpc_error
-from ._hosts import HostCheck
-from ._mcp import TASK_META_KEY, WORKFLOW_META_KEY, Message, check_routing_headers, parse_message, tool_call_target
+from ._budget import ValueBudget
+from ._catalog import ToolCatalog
+from ._envelope import block_envelope, jsonrpc_error, public_reason
+from ._mcp import (
+    TASK_META_KEY,
+    WORKFLOW_META_KEY,
+    Message,
+    check_routing_headers,
+    check_single_headers,
+    parse_message,
+)
+from ._methods import Target, classify
 from ._metrics import ProxyMetrics
+from ._owners import SessionOwners
 from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome
 from ._recorder import Record, Recorder, iso
 from ._upstream import UpstreamPool
-from ._workflows import WorkflowTracker
+from ._workflows import WorkflowTracker, check_id
 
 log = logging.getLogger("bastion.proxy")
 
@@ -52,7 +65,7 @@ _DROP_REQUEST = frozenset(
     }
 )
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
-# Kinds of the MCP traffic that is recorded but not (yet) decided; tools/call is decided.
+# Kinds of the MCP traffic that is recorded but not decided.
 _KIND_BY_METHOD = {"tools/list": policy_pb2.TOOL_LIST}
 
 
@@ -61,6 +74,7 @@ class _Caller:
     principal: Principal
     workflow_id: str
     session_id: str
+    server: str
 
 
 class ProxyApp:
@@ -75,6 +89,10 @@ class ProxyApp:
         metrics: ProxyMetrics,
         hosts: HostCheck,
         max_body: int,
+        sessions: SessionOwners,
+        catalogs: dict[str, ToolCatalog],
+        budget: ValueBudget,
+        body_timeout: float,
     ) -> None:
         self._tokens = tokens
         self._governor = governor
@@ -84,6 +102,10 @@ class ProxyApp:
         self._metrics = metrics
         self._hosts = hosts
         self._max_body = max_body
+        self._sessions = sessions
+        self._catalogs = catalogs
+        self._budget = budget
+        self._body_timeout = body_timeout
         self.ready = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -132,7 +154,8 @@ class ProxyApp:
     async def _mcp(self, scope: Scope, receive: Receive, send: Send, server: str) -> None:
         started = time.time()
         t0 = time.perf_counter()
-        headers = dict(scope["headers"])
+        raw_headers: Headers = scope["headers"]
+        headers = dict(raw_headers)
         method = scope["method"]
         action = policy_pb2.Action(kind=policy_pb2.MCP_REQUEST, server=server, method=f"http:{method}")
         pool = self._upstreams.get(server)
@@ -141,9 +164,14 @@ class ProxyApp:
                 send, action, started, 404, "bastion.unknown_server", f"no upstream named {server!r} in bastion.yaml"
             )
             return
-        refusal = self._hosts.refusal(headers)
+        refusal = self._hosts.refusal(raw_headers)
         if refusal is not None:
             await self._refuse(send, action, started, 403, "bastion.host_not_allowed", refusal)
+            return
+        try:
+            check_single_headers(raw_headers)
+        except ProtocolError as exc:
+            await self._refuse(send, action, started, exc.http_status, exc.code, str(exc))
             return
         try:
             principal = self._tokens.verify_header(_text(headers.get(b"authorization")))
@@ -156,12 +184,14 @@ class ProxyApp:
             await self._post(scope, receive, send, pool, action, principal, headers, started, t0)
         elif method in ("GET", "DELETE"):
             try:
-                caller = self._caller(principal, headers, None)
-            except ProtocolError as exc:
+                caller = await self._caller(principal, headers, None, server)
+            except (ProtocolError, StoreError) as exc:
                 await self._refuse(send, action, started, exc.http_status, exc.code, str(exc), principal=principal)
                 return
             record = self._record(caller, action, started, graph_pb2.OBSERVATION)
             if await self._journal_or_refuse(send, record, None):
+                if method == "DELETE" and caller.session_id:
+                    self._sessions.forget(caller.session_id)
                 await self._forward(scope, receive, send, pool, record, b"", t0)
         else:
             await self._refuse(
@@ -188,32 +218,36 @@ class ProxyApp:
     ) -> None:
         msg_id: Any = None
         try:
-            body = await read_body(receive, headers, self._max_body)
+            body = await read_body(receive, headers, self._max_body, self._body_timeout)
             message = parse_message(body)
             msg_id = message.id
             action.method = message.method or "response"
             check_routing_headers(message, _opt(headers.get(b"mcp-method")), _opt(headers.get(b"mcp-name")))
-            caller = self._caller(principal, headers, message)
-            if message.method == "tools/call":
-                tool, arguments = tool_call_target(message)
-                action.kind = policy_pb2.TOOL_CALL
-                action.tool = tool
-                action.arguments.update(arguments)
-        except ProtocolError as exc:
+            targets = classify(message, self._budget, body)
+            if targets and targets[0].kind == policy_pb2.TOOL_CALL:
+                action.tool = targets[0].tool
+                await self._catalogs[action.server].check(targets[0].tool)
+            caller = await self._caller(principal, headers, message, action.server)
+        except (ProtocolError, StoreError, UpstreamError) as exc:
+            message_text = "UPSTREAM_UNAVAILABLE" if isinstance(exc, UpstreamError) else None
             payload = jsonrpc_error(
-                msg_id, exc.jsonrpc_code, _JSONRPC_MESSAGES.get(exc.jsonrpc_code, exc.code), {"reason": str(exc)}
+                msg_id,
+                exc.jsonrpc_code,
+                message_text or _JSONRPC_MESSAGES.get(exc.jsonrpc_code, exc.code),
+                {"reason": str(exc)},
             )
             await self._refuse(
                 send, action, started, exc.http_status, exc.code, str(exc), principal=principal, body=payload
             )
             return
-        if message.method == "tools/call":
-            await self._governed(scope, receive, send, pool, caller, action, message, body, started, t0)
+        if targets:
+            await self._governed(scope, receive, send, pool, caller, message, targets, body, started, t0)
             return
         action.kind = _KIND_BY_METHOD.get(action.method, policy_pb2.MCP_REQUEST)
         record = self._record(caller, action, started, graph_pb2.OBSERVATION, body)
         if await self._journal_or_refuse(send, record, msg_id):
-            await self._forward(scope, receive, send, pool, record, body, t0, msg_id)
+            binds = caller.principal if message.method == "initialize" else None
+            await self._forward(scope, receive, send, pool, record, body, t0, msg_id, bind_session=binds)
 
     async def _governed(
         self,
@@ -222,50 +256,97 @@ class ProxyApp:
         send: Send,
         pool: UpstreamPool,
         caller: _Caller,
-        action: policy_pb2.Action,
         message: Message,
+        targets: tuple[Target, ...],
         body: bytes,
         started: float,
         t0: float,
     ) -> None:
-        state = self._tracker.state(caller.workflow_id)
+        """Decide every action the message asks for; forward only when all are allowed."""
+        principal = caller.principal
+        state = self._tracker.state(principal, caller.workflow_id)
         task = message.meta.get(TASK_META_KEY)
         if isinstance(task, str) and task and not state.task:
-            state.task = task
-            self._record_task(caller, task, started)
+            self._record_task(caller, state.set_task(task), started)
+        parent = state.last_node(caller.session_id)
+        parents = (parent,) if parent else ()
+        pending = [
+            self._decide(caller, state.task, state.history, target, message.method or "", body, started, parents)
+            for target in targets
+        ]
+        decided = [await pending[0]] if len(pending) == 1 else await asyncio.gather(*pending)
+        t_decided = time.perf_counter()
+        self._metrics.governance.observe(t_decided - t0)
+        results = [self._journal_decision(record, outcome) for record, outcome in decided]
+        self._metrics.journal.observe(time.perf_counter() - t_decided)
+        state.set_last_node(caller.session_id, decided[-1][0].node_id)
+        for (record, _), (outcome, _) in zip(decided, results, strict=True):
+            state.history.append(
+                verifier_pb2.HistoryNode(
+                    node_id=record.node_id,
+                    kind=record.action.kind,
+                    server=record.action.server,
+                    tool=record.action.tool or record.action.prompt or record.action.resource,
+                    # What happened, not what policy said: a verifier-blocked call must not
+                    # count as precedent when the agent retries it.
+                    effect=policy_pb2.ALLOW if outcome.allowed else policy_pb2.DENY,
+                )
+            )
+        blocked = next((i for i, (outcome, _) in enumerate(results) if not outcome.allowed), None)
+        if blocked is None:
+            for _, (outcome, _) in zip(decided, results, strict=True):
+                self._metrics.count("forwarded", outcome.decision)
+            await self._forward(scope, receive, send, pool, decided[0][0], body, t0, message.id)
+            return
+        record = decided[blocked][0]
+        outcome, violation_id = results[blocked]
+        self._metrics.count("blocked", outcome.decision)
+        await send_bytes(
+            send, 200, self._envelope(message, record, outcome, violation_id, started), JSON + _ids(record)
+        )
+
+    async def _decide(
+        self,
+        caller: _Caller,
+        task: str,
+        history: Iterable[verifier_pb2.HistoryNode],
+        target: Target,
+        method: str,
+        body: bytes,
+        started: float,
+        parents: tuple[str, ...],
+    ) -> tuple[Record, Outcome]:
+        action = policy_pb2.Action(
+            kind=target.kind,
+            server=caller.server,
+            tool=target.tool,
+            prompt=target.prompt,
+            resource=target.resource,
+            method=method,
+        )
+        if target.arguments:
+            action.arguments.update(target.arguments)
         principal = caller.principal
+        record = self._record(caller, action, started, graph_pb2.ACTION, body, parents)
         ctx = policy_pb2.Context(
             agent_id=principal.subject,
             tenant=principal.tenant,
             session_id=caller.session_id,
             workflow_id=caller.workflow_id,
-            task=state.task,
+            task=task,
             roles=principal.roles,
+            request_id=record.node_id,
         )
-        parent = state.last_node_by_session.get(caller.session_id)
-        record = self._record(caller, action, started, graph_pb2.ACTION, body, (parent,) if parent else ())
-        ctx.request_id = record.node_id
-        outcome = await self._governor.decide(action, ctx, state.history, record.node_id)
-        t_decided = time.perf_counter()
-        self._metrics.governance.observe(t_decided - t0)
-        state.last_node_by_session[caller.session_id] = record.node_id
-        decision = outcome.decision
-        state.history.append(
-            verifier_pb2.HistoryNode(
-                node_id=record.node_id,
-                kind=action.kind,
-                server=action.server,
-                tool=action.tool,
-                # What happened, not what policy said: a verifier-blocked call must not
-                # count as precedent when the agent retries it.
-                effect=policy_pb2.ALLOW if outcome.allowed else policy_pb2.DENY,
-            )
-        )
+        outcome = await self._governor.decide(action, ctx, history, record.node_id, body_size=len(body))
+        return record, outcome
+
+    def _journal_decision(self, record: Record, outcome: Outcome) -> tuple[Outcome, str]:
+        """Journal the decided action; a journal failure turns it into a block."""
         try:
             violation_id = self._recorder.append(
                 record,
                 outcome=graph_pb2.FORWARDED if outcome.allowed else graph_pb2.BLOCKED,
-                decision=decision,
+                decision=outcome.decision,
                 score=outcome.score,
                 block_code=outcome.block_code,
                 block_reason=outcome.block_reason,
@@ -273,18 +354,21 @@ class ProxyApp:
             )
         except JournalError as exc:
             log.error("journal append failed; blocking", extra={"fields": {"error": str(exc)}})
-            outcome = Outcome(False, decision, outcome.score, JOURNAL_UNAVAILABLE, f"journal unavailable: {exc}")
+            outcome = Outcome(
+                False, outcome.decision, outcome.score, JOURNAL_UNAVAILABLE, f"journal unavailable: {exc}"
+            )
             # Nothing was recorded, so no violation id exists; the node id still lets the
             # operator match the client's report with the proxy's error log.
-            violation_id = record.node_id
-        self._metrics.journal.observe(time.perf_counter() - t_decided)
-        if outcome.allowed:
-            self._metrics.count("forwarded", decision)
-            await self._forward(scope, receive, send, pool, record, body, t0, message.id)
-            return
-        self._metrics.count("blocked", decision)
-        score = outcome.score
-        envelope = block_envelope(
+            return outcome, record.node_id
+        return outcome, violation_id
+
+    def _envelope(self, message: Message, record: Record, outcome: Outcome, violation_id: str, started: float) -> bytes:
+        score, decision, action = outcome.score, outcome.decision, record.action
+        blocked_action: dict[str, Any] = {"method": message.method, "server": action.server}
+        for key in ("tool", "prompt", "resource"):
+            if value := getattr(action, key):
+                blocked_action[key] = value
+        return block_envelope(
             message.id,
             violation_id=violation_id,
             rule_id=outcome.block_code,
@@ -292,25 +376,29 @@ class ProxyApp:
             deviation_score=score.deviation_score if score is not None else None,
             threshold=score.threshold if score is not None else None,
             drift_path_origin=(score.drift_origin_node_id or None) if score is not None else None,
-            agent_id=principal.subject,
-            blocked_action={"method": "tools/call", "server": action.server, "tool": action.tool},
+            agent_id=record.agent_id,
+            blocked_action=blocked_action,
             policy_version=decision.policy_version if decision is not None else None,
             policy_name=decision.policy_name if decision is not None else "",
             timestamp=iso(started),
         )
-        await send_bytes(send, 200, envelope, JSON + _ids(record))
 
     # -- helpers ----------------------------------------------------------
 
-    def _caller(self, principal: Principal, headers: dict[bytes, bytes], message: Message | None) -> _Caller:
+    async def _caller(
+        self, principal: Principal, headers: dict[bytes, bytes], message: Message | None, server: str
+    ) -> _Caller:
         session = _opt(headers.get(b"mcp-session-id"))
-        workflow = self._tracker.resolve(
+        if session:
+            check_id("Mcp-Session-Id", session)
+            self._sessions.check(session, principal)
+        workflow = await self._tracker.resolve(
             _opt(headers.get(b"bastion-workflow-id")),
             message.meta.get(WORKFLOW_META_KEY) if message is not None else None,
             session,
-            principal.subject,
+            principal,
         )
-        return _Caller(principal, workflow, session or workflow)
+        return _Caller(principal, workflow, session or workflow, server)
 
     def _record(
         self,
@@ -399,6 +487,8 @@ class ProxyApp:
         body: bytes,
         t0: float,
         msg_id: Any = None,
+        *,
+        bind_session: Principal | None = None,
     ) -> None:
         path = pool.path.encode()
         if scope.get("query_string"):
@@ -409,10 +499,14 @@ class ProxyApp:
             response = await pool.request(scope["method"].encode(), path, headers, body)
         except UpstreamError as exc:
             log.warning("upstream failed", extra={"fields": {"server": record.action.server, "error": str(exc)}})
-            payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": str(exc)})
+            reason = f"upstream {record.action.server!r}: {public_reason(str(exc))}"
+            payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": reason})
             await send_bytes(send, 502, payload, JSON + _ids(record))
             return
         self._metrics.upstream.observe(time.perf_counter() - t_up)
+        if bind_session is not None and (session := response.header(b"mcp-session-id")) is not None:
+            # Bound before the client can learn the id: only the initialising principal may use it.
+            self._sessions.bind(session.decode("latin-1"), bind_session)
         out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + _ids(record)
         if response.header(b"content-length") is not None:
             data = await response.read()
@@ -425,6 +519,7 @@ class ProxyApp:
 _JSONRPC_MESSAGES = {
     -32700: "Parse error",
     -32600: "Invalid Request",
+    -32601: "Method not found",
     -32602: "Invalid params",
     -32020: "Header mismatch",
 }

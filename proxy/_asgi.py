@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from bastion._errors import PayloadTooLarge, ProtocolError
+from bastion._errors import BodyTimeout, PayloadTooLarge, ProtocolError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -21,13 +21,26 @@ Headers = list[tuple[bytes, bytes]]
 JSON = [(b"content-type", b"application/json")]
 
 
-async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int, timeout: float) -> bytes:
+    """The whole body, at most `limit` bytes, arriving within `timeout` seconds.
+
+    Without the deadline a client that declares a body and never sends it holds a
+    connection (and its task) forever: a probe kept 1,500 of them open.
+    """
     declared = headers.get(b"content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ProtocolError("Content-Length is not a number")
         if int(declared) > limit:
             raise PayloadTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit} (BASTION_MAX_BODY)")
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_all(receive, limit)
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {timeout:g}s (BASTION_BODY_TIMEOUT_S)") from None
+
+
+async def _read_all(receive: Receive, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     while True:

@@ -19,6 +19,27 @@ class ProxySettings(CommonSettings):
         default="127.0.0.1:50053", description="Graph service gRPC address (journal shipping)."
     )
     max_body: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes.")
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds a client has to send the whole request body; past it, HTTP 408."
+    )
+    max_argument_values: int = Field(
+        default=10_000,
+        ge=16,
+        description="Most values (scalars, arrays, objects) a governed call's arguments may hold; more is -32602.",
+    )
+    max_argument_depth: int = Field(
+        default=32, ge=2, le=90, description="Deepest nesting of arrays/objects in a governed call's arguments."
+    )
+    max_argument_string_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Most UTF-8 bytes of keys and strings in a governed call's arguments.",
+    )
+    tool_list_ttl_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds an upstream's live tools/list is trusted before it is fetched again.",
+    )
     policy_timeout_ms: int = Field(
         default=1000, ge=1, description="Deadline for PolicyService.Decide; past it the action is blocked."
     )

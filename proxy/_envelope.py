@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 POLICY_VIOLATION = -32003
 APPROVAL_REQUIRED = -32004
+
+
+# ipv4:1.2.3.4:50051, [::1]:7070, policy:50051, 127.0.0.1 — how grpc and sockets name peers.
+_ADDRESS = re.compile(
+    r"(?:ipv[46]:)?(?:\[[0-9A-Fa-f:.]+\]|\d{1,3}(?:\.\d{1,3}){3}|[A-Za-z0-9][A-Za-z0-9.-]*)(?::\d{2,5})"
+    r"|\d{1,3}(?:\.\d{1,3}){3}"
+)
+
+
+def public_reason(text: str) -> str:
+    """`text` without network addresses: reasons go to agents, addresses stay in the log."""
+    return _ADDRESS.sub("<internal address>", text)
 
 
 def jsonrpc_error(msg_id: Any, code: int, message: str, data: dict[str, Any] | None = None) -> bytes:

@@ -20,9 +20,6 @@ WORKFLOW_META_KEY = "bastion.dev/workflow_id"
 TASK_META_KEY = "bastion.dev/task"
 _NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 _TOOL_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
-#: Deeper arguments than this are refused: protobuf (policy, verifier, graph) stops at
-#: 100 levels, and no real tool takes anything near it.
-MAX_ARGUMENT_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +71,32 @@ def parse_message(raw: bytes) -> Message:
     return Message(body=body, method=method, id=msg_id, params=params)
 
 
+#: Headers the proxy reads one value of, while the upstream may read another: sent twice
+#: (say, someone's session id first and one's own second), the check and the use could
+#: see different values, so a second copy is refused.
+_SINGLE_VALUED = frozenset(
+    {
+        b"authorization",
+        b"mcp-session-id",
+        b"mcp-protocol-version",
+        b"mcp-method",
+        b"mcp-name",
+        b"bastion-workflow-id",
+        b"last-event-id",
+        b"content-type",
+    }
+)
+
+
+def check_single_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    seen: set[bytes] = set()
+    for name, _ in headers:
+        if name in _SINGLE_VALUED:
+            if name in seen:
+                raise InvalidRequest(f"header {name.decode()!r} was sent more than once; send it once")
+            seen.add(name)
+
+
 def check_routing_headers(message: Message, mcp_method: str | None, mcp_name: str | None) -> None:
     """2026-07 stateless requests repeat method and name in headers; they must agree with the body.
 
@@ -87,52 +110,24 @@ def check_routing_headers(message: Message, mcp_method: str | None, mcp_name: st
         raise HeaderMismatch(f"Mcp-Name header {mcp_name!r} does not match params.{field}")
 
 
-def tool_call_target(message: Message) -> tuple[str, dict[str, Any]]:
-    """Name and arguments of a tools/call, validated (DESIGN §4 tool-name rules)."""
-    name = message.params.get("name")
-    if not isinstance(name, str):
-        raise InvalidParams("tools/call needs params.name (a string)")
-    arguments = message.params.get("arguments", {})
-    if arguments is None:
-        arguments = {}
-    if not isinstance(arguments, dict):
-        raise InvalidParams("tools/call params.arguments must be an object")
-    validate_tool_name(name)
-    if _too_deep(arguments, MAX_ARGUMENT_DEPTH):
-        raise InvalidParams(f"tools/call params.arguments nest deeper than {MAX_ARGUMENT_DEPTH} levels")
-    return name, arguments
-
-
-def _too_deep(value: object, limit: int) -> bool:
-    """True when objects/arrays nest more than `limit` levels (scalars are not a level)."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-def validate_tool_name(name: str) -> None:
-    """Reject names that could mean different tools to different readers.
+def validate_tool_name(name: str, what: str = "tool name") -> None:
+    """Reject names that could mean different tools (or prompts) to different readers.
 
     A name must already be in NFKC form and ASCII (so a full-width or ligature
     look-alike is not silently folded into a permitted name) and, compared
     case-insensitively, match `^[a-z0-9][a-z0-9_.-]{0,127}$` — real servers use
     camelCase names, so case is kept but cannot smuggle in other characters.
     Traversal (`..`), separators and control characters are named in the error.
+    Case variants of a real name are caught later, against the upstream's live list.
     """
-    for bad, what in (("\x00", "NUL"), ("/", "'/'"), ("\\", "'\\'"), ("..", "'..'")):
+    for bad, label in (("\x00", "NUL"), ("/", "'/'"), ("\\", "'\\'"), ("..", "'..'")):
         if bad in name:
-            raise InvalidParams(f"tool name {name!r} rejected: contains {what}")
+            raise InvalidParams(f"{what} {name!r} rejected: contains {label}")
     if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise InvalidParams(f"tool name {name!r} rejected: contains control or format characters")
+        raise InvalidParams(f"{what} {name!r} rejected: contains control or format characters")
     if unicodedata.normalize("NFKC", name) != name or not name.isascii():
-        raise InvalidParams(f"tool name {name!r} rejected: non-ASCII or confusable characters")
+        raise InvalidParams(f"{what} {name!r} rejected: non-ASCII or confusable characters")
     if _TOOL_NAME.fullmatch(name.lower()) is None:
         raise InvalidParams(
-            f"tool name {name!r} rejected: must match ^[a-z0-9][a-z0-9_.-]{{0,127}}$ (ASCII letters, digits, _ . -)"
+            f"{what} {name!r} rejected: must match ^[a-z0-9][a-z0-9_.-]{{0,127}}$ (ASCII letters, digits, _ . -)"
         )

@@ -5,10 +5,14 @@ Histogram children are bound once here so the hot path does no label lookups.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bastion.v1 import policy_pb2
+
+from ._shipper import DEAD_LETTER_REASONS
 
 _BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -33,11 +37,32 @@ class ProxyMetrics:
         self._decisions = Counter(
             "bastion_decisions_total", "Policy decisions seen by the proxy.", ["effect", "rule"], registry=self.registry
         )
+        self._dead_letters = Counter(
+            "bastion_journal_dead_letters_total",
+            "Journal records the graph can never take, set aside in journal/dead-letter.jsonl, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in DEAD_LETTER_REASONS:
+            # Present at 0 from the start, so an alert on increase() sees the first one.
+            self._dead_letters.labels(reason)
+        self._journal_lag = Gauge(
+            "bastion_journal_lag_seconds",
+            "Upper bound on the age of the oldest journal record not yet acknowledged by the graph; 0 when caught up.",
+            registry=self.registry,
+        )
 
     def count(self, outcome: str, decision: policy_pb2.Decision | None) -> None:
         self._actions.labels(outcome).inc()
         if decision is not None:
             self._decisions.labels(policy_pb2.Effect.Name(decision.effect), decision.rule_id).inc()
+
+    def dead_letter(self, reason: str) -> None:
+        self._dead_letters.labels(reason).inc()
+
+    def watch_journal_lag(self, lag_seconds: Callable[[], float]) -> None:
+        """Read the journal lag from `lag_seconds` at every scrape (the shipper's `lag_seconds`)."""
+        self._journal_lag.set_function(lag_seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

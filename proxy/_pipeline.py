@@ -14,6 +14,7 @@ Order of precedence, first that applies wins:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,12 +22,14 @@ import grpc
 
 from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
+from ._envelope import public_reason
 from ._streams import StreamCaller, StreamFailure
 
 POLICY_UNAVAILABLE = "bastion.policy_unavailable"
 VERIFIER_UNAVAILABLE = "bastion.verifier_unavailable"
 VERIFIER_BLOCK = "bastion.verifier_block"
 JOURNAL_UNAVAILABLE = "bastion.journal_unavailable"
+log = logging.getLogger("bastion.proxy")
 _KNOWN_VERDICTS = frozenset({verifier_pb2.PASS, verifier_pb2.FLAG, verifier_pb2.BLOCK})
 
 
@@ -40,12 +43,32 @@ class Outcome:
     verifier_fallback: bool = False
 
 
+_PLAIN = {
+    grpc.StatusCode.UNAVAILABLE: "not reachable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "no answer within the deadline",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "the request is too large to ask about",
+    grpc.StatusCode.UNAUTHENTICATED: "it refused the proxy's service token",
+    grpc.StatusCode.CANCELLED: "the call was cancelled",
+}
+#: Decide/Score requests larger than this are measured before they are sent (see StreamCaller.call).
+_MEASURE_ABOVE = 1 << 20
+
+
 def _describe(service: str, exc: BaseException) -> str:
+    """A block reason for the agent: the status, never the peer's details.
+
+    gRPC details name internal addresses ("ipv4:10.0.3.7:50051: Connection refused");
+    they go to the proxy's log, and the agent learns what failed and why in words.
+    """
     if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{service} unavailable ({exc.code().name}): {exc.details() or 'no details'}"
-    if isinstance(exc, StreamFailure):
-        return f"{service} unavailable ({exc.code.name}): {exc.details}"
-    return f"{service} unavailable: {type(exc).__name__}: {exc}"
+        code, details = exc.code(), exc.details() or ""
+    elif isinstance(exc, StreamFailure):
+        code, details = exc.code, exc.details
+    else:
+        log.warning("%s failed: %s: %s", service, type(exc).__name__, exc)
+        return f"{service} unavailable: {public_reason(str(exc)) or type(exc).__name__}"
+    log.warning("%s failed (%s): %s", service, code.name, details)
+    return f"{service} unavailable ({code.name}): {_PLAIN.get(code, 'it failed')}"
 
 
 class Governor:
@@ -84,13 +107,20 @@ class Governor:
         ctx: policy_pb2.Context,
         history: Iterable[verifier_pb2.HistoryNode],
         node_id: str,
+        *,
+        body_size: int = 0,
     ) -> Outcome:
-        """`ctx.request_id` must be unique per action: it matches answers on the streams."""
+        """`ctx.request_id` must be unique per action: it matches answers on the streams.
+
+        `body_size` is the request body's size: above a megabyte both messages are
+        measured, so one too large for the streams fails alone instead of breaking them.
+        """
         decide = policy_pb2.DecideRequest(action=action, ctx=ctx)
         score = verifier_pb2.ScoreRequest(action=action, ctx=ctx, history=history, node_id=node_id)
+        measure = body_size > _MEASURE_ABOVE
         decision, scored = await asyncio.gather(
-            self._decisions.call(decide, ctx.request_id),
-            self._scores.call(score, ctx.request_id),
+            self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0),
+            self._scores.call(score, ctx.request_id, size=score.ByteSize() if measure else 0),
             return_exceptions=True,
         )
         return combine(decision, scored, fallback_allow=self._fallback_allow)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bastion._appconfig import AppConfig
+from bastion._hosts import HostCheck
 from bastion._identity import TokenVerifier, ensure_service_token, load_public_keys
 from bastion._rpc import auth_metadata, open_channel
 from bastion._service import run_service
@@ -16,10 +17,12 @@ from bastion._web import start_web_server
 from bastion.v1 import graph_pb2_grpc, policy_pb2_grpc, verifier_pb2_grpc
 
 from ._app import ProxyApp
+from ._budget import ValueBudget
+from ._catalog import ToolCatalog
 from ._config import ProxySettings
-from ._hosts import HostCheck
 from ._journal import Journal
 from ._metrics import ProxyMetrics
+from ._owners import SessionOwners, WorkflowOwners
 from ._pipeline import Governor
 from ._recorder import Recorder
 from ._shipper import Shipper
@@ -44,6 +47,7 @@ async def serve(
     policy_channel = open_channel(settings.policy_grpc_addr)
     verifier_channel = open_channel(settings.verifier_addr)
     graph_channel = open_channel(settings.graph_grpc_addr)
+    metrics = ProxyMetrics()
     shipper = Shipper(
         journal.reader(),
         # Inside the journal directory: a journal wiped or restored takes its cursor with it.
@@ -51,13 +55,20 @@ async def serve(
         graph_pb2_grpc.GraphServiceStub(graph_channel),
         metadata,
         wake=journal.has_data,
+        on_dead_letter=metrics.dead_letter,
     )
+    metrics.watch_journal_lag(lambda: shipper.lag_seconds)
     shipper.start()
     upstreams = {
         name: UpstreamPool(server.url, timeout=settings.upstream_timeout_s)
         for name, server in app.servers.items()
         if server.url is not None
     }
+    catalogs = {
+        name: ToolCatalog(name, pool, ttl=settings.tool_list_ttl_s, timeout=min(5.0, settings.upstream_timeout_s))
+        for name, pool in upstreams.items()
+    }
+    owners = WorkflowOwners(home / "proxy" / "workflow-owners.sqlite3")
     for name, server in app.servers.items():
         if server.command is not None:
             log.warning("server %r: stdio upstreams are not supported yet; it is not served", name)
@@ -74,10 +85,18 @@ async def serve(
         governor=governor,
         recorder=Recorder(journal),
         upstreams=upstreams,
-        tracker=WorkflowTracker(settings.history_len),
-        metrics=ProxyMetrics(),
+        tracker=WorkflowTracker(settings.history_len, owners),
+        metrics=metrics,
         hosts=HostCheck(app.allowed_hosts, parse_addr(settings.proxy_addr)[0]),
         max_body=settings.max_body,
+        sessions=SessionOwners(),
+        catalogs=catalogs,
+        budget=ValueBudget(
+            max_values=settings.max_argument_values,
+            max_depth=settings.max_argument_depth,
+            max_string_bytes=settings.max_argument_string_bytes,
+        ),
+        body_timeout=settings.body_timeout_s,
     )
     web = await start_web_server(proxy, settings.proxy_addr)
     try:
@@ -95,6 +114,7 @@ async def serve(
         await journal.close()
         for pool in upstreams.values():
             pool.close()
+        owners.close()
         for channel in (policy_channel, verifier_channel, graph_channel):
             await channel.close()
 

@@ -7,6 +7,30 @@ now fully shipped. A failure keeps the cursor and retries with exponential backo
 graph deduplicates by event_id, so sending a batch twice is harmless while losing one is
 not. Stopping never loses anything: whatever is not acknowledged stays in the journal and
 is sent by the next run, which resumes from the persisted cursor.
+
+Retrying is right only while the graph is unreachable or failing (UNAVAILABLE,
+DEADLINE_EXCEEDED, UNAUTHENTICATED, …): those never cost an event. A record the graph
+can never take would stop every later event of every agent, so it is set aside in
+`dead-letter.jsonl` beside the cursor and shipping goes on:
+
+- `too_large`: its encoding exceeds `max_event_bytes` (by default gRPC's 16 MiB message
+  limit, bastion._rpc); it is never sent.
+- `resource_exhausted`: the graph answered RESOURCE_EXHAUSTED. Bastion's graph does so
+  only through gRPC's receive limit, so this is a property of the event; a gateway
+  that answered it for rate limiting would have to answer UNAVAILABLE instead.
+- `invalid_argument`: the graph refused it as malformed.
+- `unreadable`: the record is not an Event at all.
+
+The graph refuses a whole batch for one such event, so a refused batch is halved until
+the event is alone. Each dead-letter line is one JSON object: `event_id`, `reason`,
+`detail` (the graph's message, at most 1 KiB), `size` and `sha256` of the journal
+record, `cut`, and `event` (base64): the record itself when it is at most
+MAX_EVENT_BYTES (256 KiB), else the event cut to the journal's bounds (arguments a
+prefix of at most 64 KiB, `arguments_truncated` set, see `_recorder.py`) — so a line
+stays under ~350 KB. An unreadable record has no `event_id` or `event`, and keeps its
+bytes in `record` when they are at most 256 KiB. The original stays in its journal
+segment only until that segment is shipped and deleted. Lines are written at least
+once: a crash before the cursor is saved writes them again on the next run.
 """
 
 from __future__ import annotations
@@ -14,13 +38,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -28,6 +54,7 @@ from google.protobuf.message import DecodeError
 from bastion.v1 import graph_pb2
 
 from ._journal import Cursor, JournalReader
+from ._recorder import MAX_EVENT_BYTES, cut_text, encode_event
 
 if TYPE_CHECKING:
     from bastion.v1.graph_pb2_grpc import GraphServiceAsyncStub
@@ -36,14 +63,40 @@ log = logging.getLogger(__name__)
 
 # Keep a batch well under the gRPC receive limit (16 MiB, bastion._rpc).
 _BATCH_MAX_BYTES = 4 << 20
+#: The graph's receive limit for one message (bastion._rpc); each streamed Event is one.
+MAX_MESSAGE_BYTES = 16 << 20
+#: Why a record went to the dead-letter file (the `reason` label of the metric).
+DEAD_LETTER_REASONS = ("too_large", "resource_exhausted", "invalid_argument", "unreadable")
+# Codes with which the graph refuses an event for what it is, not for its own state.
+_REFUSED = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "resource_exhausted",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_argument",
+}
+_DETAIL_MAX = 1024
+_ID_MAX = 512
 # With the backoff cap of ~2 s, one warning a minute while the graph stays down.
 _LOG_EVERY_FAILURES = 30
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Item:
+    event: graph_pb2.Event
+    record: bytes  # as journaled: its size and digest go into a dead-letter line
+
+
 @dataclass(frozen=True, slots=True)
+class _Reject:
+    record: bytes
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
 class _Batch:
-    events: list[graph_pb2.Event]
+    items: list[_Item]
     cursor: Cursor  # where the journal continues after this batch
+    # Records found undeliverable when the batch was read; emptied once dead-lettered.
+    rejects: list[_Reject] = field(default_factory=list)
 
 
 class Shipper:
@@ -51,6 +104,7 @@ class Shipper:
 
     `start()` after `Journal.open` (it loads the cursor; a missing cursor file means the
     start of the oldest segment), `await stop()` before `Journal.close`.
+    `on_dead_letter(reason)` is called once per record set aside (for the metric).
     """
 
     def __init__(
@@ -67,6 +121,8 @@ class Shipper:
         rpc_timeout: float = 5.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
+        max_event_bytes: int = MAX_MESSAGE_BYTES,
+        on_dead_letter: Callable[[str], None] | None = None,
     ) -> None:
         self._reader = reader
         self._cursor_path = cursor_path
@@ -80,6 +136,8 @@ class Shipper:
         self._rpc_timeout = rpc_timeout
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._max_event_bytes = max_event_bytes
+        self._on_dead_letter = on_dead_letter
         self._cursor = Cursor(0, 0)
         self._batch: _Batch | None = None
         self._behind = False  # a read found records; cleared when a read finds none
@@ -101,8 +159,7 @@ class Shipper:
 
     @property
     def skipped(self) -> int:
-        """Records that could never be delivered: not an Event (dropped) or refused by the
-        graph as malformed (kept in dead-letter.jsonl beside the cursor)."""
+        """Records set aside in dead-letter.jsonl since start (see the module docstring)."""
         return self._skipped
 
     @property
@@ -152,7 +209,7 @@ class Shipper:
                         return
                     await self._idle()
                     continue
-                full = len(self._batch.events) >= self._batch_max
+                full = len(self._batch.items) + len(self._batch.rejects) >= self._batch_max
                 await self._ship(self._batch)
                 self._batch = None
                 if failures:
@@ -183,65 +240,97 @@ class Shipper:
             self._caught_up_at = time.monotonic()
             return None
         self._behind = True
-        events = []
+        batch = _Batch([], cursor)
         for record in records:
+            if len(record) > self._max_event_bytes:
+                detail = f"{len(record)} bytes, over the {self._max_event_bytes}-byte limit of one gRPC message"
+                batch.rejects.append(_Reject(record, "too_large", detail))
+                continue
             try:
-                events.append(graph_pb2.Event.FromString(record))
+                batch.items.append(_Item(graph_pb2.Event.FromString(record), record))
             except DecodeError:
-                # Parsed once per batch, so logged once; retrying could never deliver it.
-                self._skipped += 1
-                log.error(
-                    "journal record of %d bytes in the batch ending at %s is not an Event; skipping it",
-                    len(record),
-                    cursor,
-                )
-        # A batch may have no events (only skipped records or a segment change): the cursor still moves.
-        return _Batch(events, cursor)
+                batch.rejects.append(_Reject(record, "unreadable", f"not an Event (batch ending at {cursor})"))
+        # A batch may have no events (only rejects or a segment change): the cursor still moves.
+        return batch
 
     async def _ship(self, batch: _Batch) -> None:
-        if batch.events:
-            await self._deliver(batch.events)
+        while batch.rejects:
+            reject = batch.rejects[0]
+            await self._set_aside(reject.record, reject.reason, reject.detail)
+            batch.rejects.pop(0)  # a retry of the batch must not write it again
+        if batch.items:
+            await self._deliver(batch, list(batch.items))
         await asyncio.to_thread(self._commit, batch.cursor)
         self._cursor = batch.cursor
-        self._shipped += len(batch.events)
+        self._shipped += len(batch.items)
 
-    async def _deliver(self, events: list[graph_pb2.Event]) -> None:
-        """Ingest `events`; isolate and set aside any the graph refuses as malformed.
+    async def _deliver(self, batch: _Batch, items: list[_Item]) -> None:
+        """Ingest `items`; isolate and set aside any event the graph refuses for good.
 
-        The graph refuses a whole batch for one bad event (INVALID_ARGUMENT). Retrying it
-        would stop all shipping for good, so the batch is halved until the bad event is
-        alone, and that one goes to the dead-letter file. Halves already stored are
-        resent harmlessly: the graph ingests idempotently by event_id.
+        The graph refuses a whole batch for one bad event (INVALID_ARGUMENT), and a
+        batch may be too large only as a whole (RESOURCE_EXHAUSTED). Retrying either
+        would stop all shipping for good, so the batch is halved until the refused
+        event is alone, and that one goes to the dead-letter file. Halves already
+        stored are resent harmlessly: the graph ingests idempotently by event_id.
         """
         try:
-            await self._stub.Ingest(iter(events), timeout=self._rpc_timeout, metadata=self._metadata)
+            await self._stub.Ingest((item.event for item in items), timeout=self._rpc_timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            reason = _REFUSED.get(exc.code())
+            if reason is None:
                 raise
-            if len(events) == 1:
-                await asyncio.to_thread(self._dead_letter, events[0], exc.details() or "refused")
+            if len(items) == 1:
+                await self._set_aside(items[0].record, reason, exc.details() or "refused")
+                batch.items.remove(items[0])  # a retry of the batch must not send it again
                 return
-            middle = len(events) // 2
-            await self._deliver(events[:middle])
-            await self._deliver(events[middle:])
+            middle = len(items) // 2
+            await self._deliver(batch, items[:middle])
+            await self._deliver(batch, items[middle:])
 
-    def _dead_letter(self, event: graph_pb2.Event, reason: str) -> None:
+    async def _set_aside(self, record: bytes, reason: str, detail: str) -> None:
+        detail = detail[:_DETAIL_MAX]
+        event_id = await asyncio.to_thread(self._write_dead_letter, record, reason, detail)
         self._skipped += 1
         log.error(
-            "the graph refused event %s (%s); it is kept in %s and shipping goes on",
-            event.event_id,
-            reason,
+            "journal event %s set aside in %s (%s, %d bytes): %s; shipping goes on",
+            event_id or "(unreadable record)",
             self._dead_letter_path,
+            reason,
+            len(record),
+            detail,
+            extra={"fields": {"event_id": event_id, "reason": reason, "size": len(record), "detail": detail}},
         )
-        entry = {
-            "event_id": event.event_id,
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(reason)
+
+    def _write_dead_letter(self, record: bytes, reason: str, detail: str) -> str:
+        """Append one bounded line for `record` (module docstring); return its event id."""
+        entry: dict[str, Any] = {
+            "event_id": "",
             "reason": reason,
-            "event": base64.b64encode(event.SerializeToString()).decode(),
+            "detail": detail,
+            "size": len(record),
+            "sha256": hashlib.sha256(record).hexdigest(),
         }
+        try:
+            event = graph_pb2.Event.FromString(record)
+        except DecodeError:
+            if len(record) <= MAX_EVENT_BYTES:
+                entry["record"] = base64.b64encode(record).decode()
+        else:
+            # The graph's id limit; a longer id is in `event`, cut like any other string.
+            entry["event_id"] = cut_text(event.event_id, _ID_MAX)[0]
+            entry["cut"] = len(record) > MAX_EVENT_BYTES
+            if entry["cut"]:
+                action = event.action
+                event.ClearField("action")
+                record = encode_event(event, action)
+            entry["event"] = base64.b64encode(record).decode()
         with self._dead_letter_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        return str(entry["event_id"])
 
     async def _idle(self) -> None:
         # Poll too, so a missed or foreign wake-up only delays shipping by idle_interval.

@@ -28,6 +28,8 @@ log = logging.getLogger("bastion.proxy")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 _CLOSE: Any = object()
+#: Below the 16 MiB every Bastion gRPC server accepts (bastion._rpc), with room for framing.
+MAX_MESSAGE_BYTES = 15 << 20
 
 
 class StreamFailure(Exception):
@@ -65,8 +67,18 @@ class StreamCaller(Generic[Req, Resp]):
         #: Set once the service answered UNIMPLEMENTED: the unary RPC is used from then on.
         self.unsupported = False
 
-    async def call(self, request: Req, request_id: str) -> Resp:
-        """The answer to `request`; `request_id` must be unique among requests in flight."""
+    async def call(self, request: Req, request_id: str, *, size: int = 0) -> Resp:
+        """The answer to `request`; `request_id` must be unique among requests in flight.
+
+        `size` is the request's serialised size when the caller measured it: a message
+        over the receiving server's limit would break the stream for every request on
+        it, so such a request fails alone, before it is written.
+        """
+        if size > MAX_MESSAGE_BYTES:
+            raise StreamFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte message limit",
+            )
         if not self.unsupported:
             try:
                 return await self._on_stream(request, request_id, self._timeout)
@@ -119,6 +131,10 @@ class StreamCaller(Generic[Req, Resp]):
             failure = StreamFailure(grpc.StatusCode.CANCELLED, "the proxy is stopping")
         if self._stream is stream:
             self._stream = None
+        # End the request generator and the call too: left waiting on the queue, grpc's
+        # consumer task of a dead stream was destroyed pending at exit ("Task was destroyed").
+        stream.queue.put_nowait(_CLOSE)
+        stream.call.cancel()
         for future in stream.pending.values():
             if not future.done():
                 future.set_exception(failure)

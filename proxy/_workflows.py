@@ -2,13 +2,20 @@
 the previous action of each session (for CAUSED_BY), the recent history the
 verifier scores against, and whether the workflow's task was recorded.
 
-Bounded LRU maps: an agent fleet opens sessions without end, the proxy's memory
-must not grow with them. Losing an entry (eviction, restart) only loses a hint —
-the next action starts a new chain — never an event.
+State is keyed by (tenant, agent, workflow id): naming another agent's workflow id
+never reaches its state, so it can neither become the parent of that agent's next
+node nor seed its "trusted" task. Client-named ids are additionally bound to their
+first owner (`_owners.py`), so in the graph too each caller writes only its own.
+
+Every structure is bounded: LRU maps of workflows and rolling ids, a bounded history,
+a bounded map of sessions per workflow, a capped task. An agent fleet opens sessions
+without end; the proxy's memory must not grow with them. Losing an entry (eviction,
+restart) only loses a hint — the next action starts a new chain — never an event.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -17,17 +24,22 @@ from typing import Generic, TypeVar
 import uuid6
 
 from bastion._errors import InvalidRequest
+from bastion._identity import Principal
 from bastion.v1 import verifier_pb2
 
 from ._mcp import WORKFLOW_META_KEY
+from ._owners import MAX_WORKFLOW_ID, WorkflowOwners, is_safe_id, owner_key
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 ROLLING_IDLE_SECONDS = 30 * 60
-#: Workflow and session ids come from clients and become graph keys and URL path
-#: segments: visible ASCII (as MCP requires of session ids), at most this long.
+#: Session ids come from upstreams (MCP: visible ASCII) and are checked at this length.
 MAX_ID_LENGTH = 256
+#: A stated task longer than this is cut: it is context for policy and verifier, not a document.
+MAX_TASK_CHARS = 8192
+#: Sessions remembered per workflow for CAUSED_BY links.
+MAX_SESSIONS_PER_WORKFLOW = 64
 
 
 class _Lru(Generic[K, V]):
@@ -52,7 +64,19 @@ class _Lru(Generic[K, V]):
 class WorkflowState:
     history: deque[verifier_pb2.HistoryNode]
     task: str = ""
-    last_node_by_session: dict[str, str] = field(default_factory=dict)
+    _last_nodes: _Lru[str, str] = field(default_factory=lambda: _Lru(MAX_SESSIONS_PER_WORKFLOW))
+
+    def last_node(self, session_id: str) -> str | None:
+        return self._last_nodes.get(session_id)
+
+    def set_last_node(self, session_id: str, node_id: str) -> None:
+        self._last_nodes.put(session_id, node_id)
+
+    def set_task(self, task: str) -> str:
+        """Record the workflow's task once (capped); return it."""
+        if not self.task:
+            self.task = task[:MAX_TASK_CHARS]
+        return self.task
 
 
 def check_id(what: str, value: str) -> str:
@@ -61,40 +85,69 @@ def check_id(what: str, value: str) -> str:
     return value
 
 
+#: Workflows Bastion itself writes to (e.g. `bastion.rejected`); no client may name one.
+RESERVED_PREFIX = "bastion."
+
+
+def check_workflow_id(what: str, value: str) -> str:
+    if not is_safe_id(value):
+        raise InvalidRequest(
+            f"{what} must be 1-{MAX_WORKFLOW_ID} characters of A-Z a-z 0-9 . _ : - starting with a letter or digit"
+        )
+    if value.lower().startswith(RESERVED_PREFIX):
+        raise InvalidRequest(f"{what} must not start with {RESERVED_PREFIX!r}: those workflows are Bastion's own")
+    return value
+
+
+def session_workflow_id(session_id: str) -> str:
+    """A session's workflow: its id when that is a safe workflow id, else a digest of it."""
+    if is_safe_id(session_id):
+        return session_id
+    return f"mcp-session-{hashlib.sha256(session_id.encode()).hexdigest()[:32]}"
+
+
 def new_id() -> str:
     """uuid7: time-ordered, so ids sort by creation in the store and in logs."""
     return str(uuid6.uuid7())
 
 
 class WorkflowTracker:
-    def __init__(self, history_len: int, capacity: int = 10_000) -> None:
+    def __init__(self, history_len: int, owners: WorkflowOwners, capacity: int = 10_000) -> None:
         self._history_len = history_len
-        self._workflows: _Lru[str, WorkflowState] = _Lru(capacity)
+        self._owners = owners
+        self._workflows: _Lru[tuple[str, str], WorkflowState] = _Lru(capacity)
         self._rolling: _Lru[str, tuple[str, float]] = _Lru(capacity)
 
-    def resolve(self, header: str | None, meta_value: object, session_id: str | None, agent_id: str) -> str:
+    async def resolve(
+        self, header: str | None, meta_value: object, session_id: str | None, principal: Principal
+    ) -> str:
         """Workflow identity, in DESIGN §4 order: header, `_meta`, MCP session, rolling per agent.
 
-        Raises InvalidRequest for an id that is not 1-256 visible ASCII characters.
+        Raises InvalidRequest for an id outside the safe character set. A client-named id
+        owned by another principal resolves to this principal's own scoped workflow.
         """
-        if session_id:
-            check_id("Mcp-Session-Id", session_id)
         if header:
-            return check_id("Bastion-Workflow-Id", header)
-        if isinstance(meta_value, str) and meta_value:
-            return check_id(f"params._meta[{WORKFLOW_META_KEY!r}]", meta_value)
-        if session_id:
-            return session_id
-        now = time.monotonic()
-        current = self._rolling.get(agent_id)
-        if current is None or now - current[1] > ROLLING_IDLE_SECONDS:
-            current = (f"wf-{new_id()}", now)
-        self._rolling.put(agent_id, (current[0], now))
-        return current[0]
+            workflow = check_workflow_id("Bastion-Workflow-Id", header)
+        elif isinstance(meta_value, str) and meta_value:
+            workflow = check_workflow_id(f"params._meta[{WORKFLOW_META_KEY!r}]", meta_value)
+        elif session_id:
+            # The session is bound to this principal (SessionOwners); its workflow is
+            # claimed like a named one, so no one can name it first and write into it.
+            workflow = session_workflow_id(session_id)
+        else:
+            owner = owner_key(principal)
+            now = time.monotonic()
+            current = self._rolling.get(owner)
+            if current is None or now - current[1] > ROLLING_IDLE_SECONDS:
+                current = (f"wf-{new_id()}", now)
+            self._rolling.put(owner, (current[0], now))
+            workflow = current[0]
+        return await self._owners.effective(workflow, principal)
 
-    def state(self, workflow_id: str) -> WorkflowState:
-        state = self._workflows.get(workflow_id)
+    def state(self, principal: Principal, workflow_id: str) -> WorkflowState:
+        key = (owner_key(principal), workflow_id)
+        state = self._workflows.get(key)
         if state is None:
             state = WorkflowState(history=deque(maxlen=self._history_len))
-            self._workflows.put(workflow_id, state)
+            self._workflows.put(key, state)
         return state

@@ -112,7 +112,7 @@ class ReferenceScorer:
         config = self.config
         fired: list[tuple[float, str]] = []
         action = request.action
-        key = _step_key(action.kind, action.server, action.tool)
+        key = _step_key(action.kind, action.server, action.tool or action.prompt or action.resource)
         if key:
             steps = _precedent(request.history)
             if config.novelty_weight > 0 and key not in steps:

@@ -139,6 +139,7 @@ class Event(_message.Message):
     BLOCK_CODE_FIELD_NUMBER: _builtins.int
     BLOCK_REASON_FIELD_NUMBER: _builtins.int
     VERIFIER_FALLBACK_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_TRUNCATED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """uuid7; the idempotency key."""
     workflow_id: _builtins.str
@@ -156,6 +157,10 @@ class Event(_message.Message):
     block_reason: _builtins.str
     verifier_fallback: _builtins.bool
     """True when the verifier did not answer and the configured fallback was applied."""
+    arguments_truncated: _builtins.bool
+    """True when action.arguments were cut to the journal's bound: what is kept is a
+    prefix, and payload_digest is the sha256 of the whole request as received.
+    """
     @_builtins.property
     def parent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """CAUSED_BY parents (the previous action of the same session)."""
@@ -200,10 +205,11 @@ class Event(_message.Message):
         block_code: _builtins.str = ...,
         block_reason: _builtins.str = ...,
         verifier_fallback: _builtins.bool = ...,
+        arguments_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_at", b"decided_at", "decision", b"decision", "redacted_payload", b"redacted_payload", "started_at", b"started_at", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "redacted_payload", b"redacted_payload", "session_id", b"session_id", "started_at", b"started_at", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "redacted_payload", b"redacted_payload", "session_id", b"session_id", "started_at", b"started_at", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

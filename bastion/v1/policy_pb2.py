@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62\x61stion/v1/policy.proto\x12\nbastion.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x01\n\x06\x41\x63tion\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.bastion.v1.ActionKind\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12*\n\targuments\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0ctarget_agent\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\"m\n\x0b\x42udgetState\x12\x12\n\ncalls_used\x18\x01 \x01(\x03\x12\x13\n\x0b\x63\x61lls_limit\x18\x02 \x01(\x03\x12\x11\n\tcost_used\x18\x03 \x01(\x01\x12\x12\n\ncost_limit\x18\x04 \x01(\x01\x12\x0e\n\x06window\x18\x05 \x01(\t\"\xa3\x02\n\x07\x43ontext\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\r\n\x05roles\x18\x06 \x03(\t\x12/\n\x06labels\x18\x07 \x03(\x0b\x32\x1f.bastion.v1.Context.LabelsEntry\x12\r\n\x05taint\x18\x08 \x03(\t\x12-\n\x0c\x62udget_state\x18\t \x01(\x0b\x32\x17.bastion.v1.BudgetState\x12\x12\n\nrequest_id\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\rDecideRequest\x12\"\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x12.bastion.v1.Action\x12 \n\x03\x63tx\x18\x02 \x01(\x0b\x32\x13.bastion.v1.Context\"A\n\x12\x44\x65\x63ideBatchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.bastion.v1.DecideRequest\">\n\x13\x44\x65\x63ideBatchResponse\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.bastion.v1.Decision\";\n\x0bObligations\x12\x15\n\rredact_fields\x18\x01 \x03(\t\x12\x15\n\rsteer_message\x18\x02 \x01(\t\"p\n\x06Limits\x12\x0c\n\x04rate\x18\x01 \x01(\t\x12\x14\n\x0c\x62udget_calls\x18\x02 \x01(\x03\x12\x15\n\rbudget_window\x18\x03 \x01(\t\x12\x16\n\x0eloop_same_call\x18\x04 \x01(\x05\x12\x13\n\x0bloop_window\x18\x05 \x01(\t\"\xd1\x02\n\x08\x44\x65\x63ision\x12\"\n\x06\x65\x66\x66\x65\x63t\x18\x01 \x01(\x0e\x32\x12.bastion.v1.Effect\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x15\n\rbundle_digest\x18\x06 \x01(\t\x12+\n\x0brollout_arm\x18\x07 \x01(\x0e\x32\x16.bastion.v1.RolloutArm\x12)\n\rshadow_effect\x18\x08 \x01(\x0e\x32\x12.bastion.v1.Effect\x12,\n\x0bobligations\x18\t \x01(\x0b\x32\x17.bastion.v1.Obligations\x12\"\n\x06limits\x18\n \x01(\x0b\x32\x12.bastion.v1.Limits\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"#\n\x0cWatchRequest\x12\x13\n\x0bpolicy_name\x18\x01 \x01(\t\"\xe8\x01\n\x0b\x42undleEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.bastion.v1.BundleEvent.Kind\x12\x13\n\x0bpolicy_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rbundle_digest\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06LOADED\x10\x01\x12\r\n\tACTIVATED\x10\x02\x12\x0f\n\x0bROLLED_BACK\x10\x03*\x81\x01\n\nActionKind\x12\x1b\n\x17\x41\x43TION_KIND_UNSPECIFIED\x10\x00\x12\r\n\tTOOL_CALL\x10\x01\x12\r\n\tTOOL_LIST\x10\x02\x12\x0c\n\x08\x41\x32\x41_SEND\x10\x03\x12\x0b\n\x07\x41\x32\x41_GET\x10\x04\x12\x0c\n\x08LLM_CALL\x10\x05\x12\x0f\n\x0bMCP_REQUEST\x10\x06*V\n\x06\x45\x66\x66\x65\x63t\x12\x16\n\x12\x45\x46\x46\x45\x43T_UNSPECIFIED\x10\x00\x12\t\n\x05\x41LLOW\x10\x01\x12\x08\n\x04\x44\x45NY\x10\x02\x12\x14\n\x10REQUIRE_APPROVAL\x10\x03\x12\t\n\x05QUEUE\x10\x04*A\n\nRolloutArm\x12\x1b\n\x17ROLLOUT_ARM_UNSPECIFIED\x10\x00\x12\n\n\x06STABLE\x10\x01\x12\n\n\x06\x43\x41NARY\x10\x02\x32\x9d\x02\n\rPolicyService\x12\x39\n\x06\x44\x65\x63ide\x12\x19.bastion.v1.DecideRequest\x1a\x14.bastion.v1.Decision\x12N\n\x0b\x44\x65\x63ideBatch\x12\x1e.bastion.v1.DecideBatchRequest\x1a\x1f.bastion.v1.DecideBatchResponse\x12\x43\n\x0c\x44\x65\x63ideStream\x12\x19.bastion.v1.DecideRequest\x1a\x14.bastion.v1.Decision(\x01\x30\x01\x12<\n\x05Watch\x12\x18.bastion.v1.WatchRequest\x1a\x17.bastion.v1.BundleEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62\x61stion/v1/policy.proto\x12\nbastion.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x06\x41\x63tion\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.bastion.v1.ActionKind\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12*\n\targuments\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0ctarget_agent\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x10\n\x08resource\x18\x07 \x01(\t\x12\x0e\n\x06prompt\x18\x08 \x01(\t\"m\n\x0b\x42udgetState\x12\x12\n\ncalls_used\x18\x01 \x01(\x03\x12\x13\n\x0b\x63\x61lls_limit\x18\x02 \x01(\x03\x12\x11\n\tcost_used\x18\x03 \x01(\x01\x12\x12\n\ncost_limit\x18\x04 \x01(\x01\x12\x0e\n\x06window\x18\x05 \x01(\t\"\xa3\x02\n\x07\x43ontext\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\r\n\x05roles\x18\x06 \x03(\t\x12/\n\x06labels\x18\x07 \x03(\x0b\x32\x1f.bastion.v1.Context.LabelsEntry\x12\r\n\x05taint\x18\x08 \x03(\t\x12-\n\x0c\x62udget_state\x18\t \x01(\x0b\x32\x17.bastion.v1.BudgetState\x12\x12\n\nrequest_id\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\rDecideRequest\x12\"\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x12.bastion.v1.Action\x12 \n\x03\x63tx\x18\x02 \x01(\x0b\x32\x13.bastion.v1.Context\"A\n\x12\x44\x65\x63ideBatchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.bastion.v1.DecideRequest\">\n\x13\x44\x65\x63ideBatchResponse\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.bastion.v1.Decision\";\n\x0bObligations\x12\x15\n\rredact_fields\x18\x01 \x03(\t\x12\x15\n\rsteer_message\x18\x02 \x01(\t\"p\n\x06Limits\x12\x0c\n\x04rate\x18\x01 \x01(\t\x12\x14\n\x0c\x62udget_calls\x18\x02 \x01(\x03\x12\x15\n\rbudget_window\x18\x03 \x01(\t\x12\x16\n\x0eloop_same_call\x18\x04 \x01(\x05\x12\x13\n\x0bloop_window\x18\x05 \x01(\t\"\xd1\x02\n\x08\x44\x65\x63ision\x12\"\n\x06\x65\x66\x66\x65\x63t\x18\x01 \x01(\x0e\x32\x12.bastion.v1.Effect\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x15\n\rbundle_digest\x18\x06 \x01(\t\x12+\n\x0brollout_arm\x18\x07 \x01(\x0e\x32\x16.bastion.v1.RolloutArm\x12)\n\rshadow_effect\x18\x08 \x01(\x0e\x32\x12.bastion.v1.Effect\x12,\n\x0bobligations\x18\t \x01(\x0b\x32\x17.bastion.v1.Obligations\x12\"\n\x06limits\x18\n \x01(\x0b\x32\x12.bastion.v1.Limits\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"#\n\x0cWatchRequest\x12\x13\n\x0bpolicy_name\x18\x01 \x01(\t\"\xe8\x01\n\x0b\x42undleEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.bastion.v1.BundleEvent.Kind\x12\x13\n\x0bpolicy_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rbundle_digest\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06LOADED\x10\x01\x12\r\n\tACTIVATED\x10\x02\x12\x0f\n\x0bROLLED_BACK\x10\x03*\xcc\x01\n\nActionKind\x12\x1b\n\x17\x41\x43TION_KIND_UNSPECIFIED\x10\x00\x12\r\n\tTOOL_CALL\x10\x01\x12\r\n\tTOOL_LIST\x10\x02\x12\x0c\n\x08\x41\x32\x41_SEND\x10\x03\x12\x0b\n\x07\x41\x32\x41_GET\x10\x04\x12\x0c\n\x08LLM_CALL\x10\x05\x12\x0f\n\x0bMCP_REQUEST\x10\x06\x12\x11\n\rRESOURCE_READ\x10\x07\x12\x16\n\x12RESOURCE_SUBSCRIBE\x10\x08\x12\x0e\n\nPROMPT_GET\x10\t\x12\x0e\n\nCOMPLETION\x10\n*V\n\x06\x45\x66\x66\x65\x63t\x12\x16\n\x12\x45\x46\x46\x45\x43T_UNSPECIFIED\x10\x00\x12\t\n\x05\x41LLOW\x10\x01\x12\x08\n\x04\x44\x45NY\x10\x02\x12\x14\n\x10REQUIRE_APPROVAL\x10\x03\x12\t\n\x05QUEUE\x10\x04*A\n\nRolloutArm\x12\x1b\n\x17ROLLOUT_ARM_UNSPECIFIED\x10\x00\x12\n\n\x06STABLE\x10\x01\x12\n\n\x06\x43\x41NARY\x10\x02\x32\x9d\x02\n\rPolicyService\x12\x39\n\x06\x44\x65\x63ide\x12\x19.bastion.v1.DecideRequest\x1a\x14.bastion.v1.Decision\x12N\n\x0b\x44\x65\x63ideBatch\x12\x1e.bastion.v1.DecideBatchRequest\x1a\x1f.bastion.v1.DecideBatchResponse\x12\x43\n\x0c\x44\x65\x63ideStream\x12\x19.bastion.v1.DecideRequest\x1a\x14.bastion.v1.Decision(\x01\x30\x01\x12<\n\x05Watch\x12\x18.bastion.v1.WatchRequest\x1a\x17.bastion.v1.BundleEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,38 +35,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONTEXT_LABELSENTRY']._loaded_options = None
   _globals['_CONTEXT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ACTIONKIND']._serialized_start=1674
-  _globals['_ACTIONKIND']._serialized_end=1803
-  _globals['_EFFECT']._serialized_start=1805
-  _globals['_EFFECT']._serialized_end=1891
-  _globals['_ROLLOUTARM']._serialized_start=1893
-  _globals['_ROLLOUTARM']._serialized_end=1958
+  _globals['_ACTIONKIND']._serialized_start=1708
+  _globals['_ACTIONKIND']._serialized_end=1912
+  _globals['_EFFECT']._serialized_start=1914
+  _globals['_EFFECT']._serialized_end=2000
+  _globals['_ROLLOUTARM']._serialized_start=2002
+  _globals['_ROLLOUTARM']._serialized_end=2067
   _globals['_ACTION']._serialized_start=103
-  _globals['_ACTION']._serialized_end=261
-  _globals['_BUDGETSTATE']._serialized_start=263
-  _globals['_BUDGETSTATE']._serialized_end=372
-  _globals['_CONTEXT']._serialized_start=375
-  _globals['_CONTEXT']._serialized_end=666
-  _globals['_CONTEXT_LABELSENTRY']._serialized_start=621
-  _globals['_CONTEXT_LABELSENTRY']._serialized_end=666
-  _globals['_DECIDEREQUEST']._serialized_start=668
-  _globals['_DECIDEREQUEST']._serialized_end=753
-  _globals['_DECIDEBATCHREQUEST']._serialized_start=755
-  _globals['_DECIDEBATCHREQUEST']._serialized_end=820
-  _globals['_DECIDEBATCHRESPONSE']._serialized_start=822
-  _globals['_DECIDEBATCHRESPONSE']._serialized_end=884
-  _globals['_OBLIGATIONS']._serialized_start=886
-  _globals['_OBLIGATIONS']._serialized_end=945
-  _globals['_LIMITS']._serialized_start=947
-  _globals['_LIMITS']._serialized_end=1059
-  _globals['_DECISION']._serialized_start=1062
-  _globals['_DECISION']._serialized_end=1399
-  _globals['_WATCHREQUEST']._serialized_start=1401
-  _globals['_WATCHREQUEST']._serialized_end=1436
-  _globals['_BUNDLEEVENT']._serialized_start=1439
-  _globals['_BUNDLEEVENT']._serialized_end=1671
-  _globals['_BUNDLEEVENT_KIND']._serialized_start=1599
-  _globals['_BUNDLEEVENT_KIND']._serialized_end=1671
-  _globals['_POLICYSERVICE']._serialized_start=1961
-  _globals['_POLICYSERVICE']._serialized_end=2246
+  _globals['_ACTION']._serialized_end=295
+  _globals['_BUDGETSTATE']._serialized_start=297
+  _globals['_BUDGETSTATE']._serialized_end=406
+  _globals['_CONTEXT']._serialized_start=409
+  _globals['_CONTEXT']._serialized_end=700
+  _globals['_CONTEXT_LABELSENTRY']._serialized_start=655
+  _globals['_CONTEXT_LABELSENTRY']._serialized_end=700
+  _globals['_DECIDEREQUEST']._serialized_start=702
+  _globals['_DECIDEREQUEST']._serialized_end=787
+  _globals['_DECIDEBATCHREQUEST']._serialized_start=789
+  _globals['_DECIDEBATCHREQUEST']._serialized_end=854
+  _globals['_DECIDEBATCHRESPONSE']._serialized_start=856
+  _globals['_DECIDEBATCHRESPONSE']._serialized_end=918
+  _globals['_OBLIGATIONS']._serialized_start=920
+  _globals['_OBLIGATIONS']._serialized_end=979
+  _globals['_LIMITS']._serialized_start=981
+  _globals['_LIMITS']._serialized_end=1093
+  _globals['_DECISION']._serialized_start=1096
+  _globals['_DECISION']._serialized_end=1433
+  _globals['_WATCHREQUEST']._serialized_start=1435
+  _globals['_WATCHREQUEST']._serialized_end=1470
+  _globals['_BUNDLEEVENT']._serialized_start=1473
+  _globals['_BUNDLEEVENT']._serialized_end=1705
+  _globals['_BUNDLEEVENT_KIND']._serialized_start=1633
+  _globals['_BUNDLEEVENT_KIND']._serialized_end=1705
+  _globals['_POLICYSERVICE']._serialized_start=2070
+  _globals['_POLICYSERVICE']._serialized_end=2355
 # @@protoc_insertion_point(module_scope)

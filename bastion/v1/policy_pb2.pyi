@@ -36,11 +36,21 @@ class _ActionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionKind
     A2A_GET: _ActionKind.ValueType  # 4
     LLM_CALL: _ActionKind.ValueType  # 5
     MCP_REQUEST: _ActionKind.ValueType  # 6
+    RESOURCE_READ: _ActionKind.ValueType  # 7
+    """MCP resources/read: Action.resource is the URI."""
+    RESOURCE_SUBSCRIBE: _ActionKind.ValueType  # 8
+    """MCP resources/subscribe, or one URI of a 2026-07 subscriptions/listen."""
+    PROMPT_GET: _ActionKind.ValueType  # 9
+    """MCP prompts/get: Action.prompt is the prompt name."""
+    COMPLETION: _ActionKind.ValueType  # 10
+    """MCP completion/complete: Action.prompt or Action.resource names what is completed."""
 
 class ActionKind(_ActionKind, metaclass=_ActionKindEnumTypeWrapper):
     """What kind of action is being decided. MCP_REQUEST covers protocol traffic that is
-    not itself a governed action (initialize, ping, notifications): it is recorded,
-    not decided.
+    not itself a governed action (initialize, ping, notifications, list methods, the
+    client's answers): it is recorded, not decided. Every MCP method that reads data or
+    changes the world has its own kind and is decided; a method on neither list is
+    refused by the proxy before it is decided.
     """
 
 ACTION_KIND_UNSPECIFIED: ActionKind.ValueType  # 0
@@ -50,6 +60,14 @@ A2A_SEND: ActionKind.ValueType  # 3
 A2A_GET: ActionKind.ValueType  # 4
 LLM_CALL: ActionKind.ValueType  # 5
 MCP_REQUEST: ActionKind.ValueType  # 6
+RESOURCE_READ: ActionKind.ValueType  # 7
+"""MCP resources/read: Action.resource is the URI."""
+RESOURCE_SUBSCRIBE: ActionKind.ValueType  # 8
+"""MCP resources/subscribe, or one URI of a 2026-07 subscriptions/listen."""
+PROMPT_GET: ActionKind.ValueType  # 9
+"""MCP prompts/get: Action.prompt is the prompt name."""
+COMPLETION: ActionKind.ValueType  # 10
+"""MCP completion/complete: Action.prompt or Action.resource names what is completed."""
 Global___ActionKind: _TypeAlias = ActionKind  # noqa: Y015
 
 class _Effect:
@@ -100,6 +118,8 @@ class Action(_message.Message):
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     TARGET_AGENT_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
     kind: Global___ActionKind.ValueType
     server: _builtins.str
     """Upstream key in bastion.yaml (MCP server or A2A agent)."""
@@ -108,6 +128,12 @@ class Action(_message.Message):
     target_agent: _builtins.str
     method: _builtins.str
     """The raw JSON-RPC method, e.g. "tools/call"."""
+    resource: _builtins.str
+    """Resource URI of RESOURCE_READ / RESOURCE_SUBSCRIBE (and COMPLETION of a resource);
+    policies match "server__<uri>".
+    """
+    prompt: _builtins.str
+    """Prompt name of PROMPT_GET (and COMPLETION of a prompt); policies match "server__prompt"."""
     @_builtins.property
     def arguments(self) -> _struct_pb2.Struct: ...
     def __init__(
@@ -119,10 +145,12 @@ class Action(_message.Message):
         arguments: _struct_pb2.Struct | None = ...,
         target_agent: _builtins.str = ...,
         method: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        prompt: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "kind", b"kind", "method", b"method", "server", b"server", "target_agent", b"target_agent", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "kind", b"kind", "method", b"method", "prompt", b"prompt", "resource", b"resource", "server", b"server", "target_agent", b"target_agent", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

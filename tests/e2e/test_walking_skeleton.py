@@ -6,16 +6,15 @@ and the SDK's own client through the proxy in both wire formats.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fixtures.graphapi import bearer, poll
 from fixtures.mcp_client import WIRE_FORMATS, mcp_client
 from fixtures.stack import ROOT, Stack, bastion_up, write_config
 from fixtures.upstream import DemoUpstream
@@ -24,19 +23,10 @@ from mcp.shared.exceptions import MCPError
 pytestmark = pytest.mark.e2e
 
 
-async def _nodes(stack: Stack, workflow_id: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+async def _nodes(stack: Stack, workflow_id: str, count: int) -> list[dict[str, Any]]:
     """The workflow's ACTION nodes, once the journal has shipped at least `count` of them."""
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=stack.graph) as http:
-        while True:
-            response = await http.get(f"/graphs/{workflow_id}/nodes")
-            if response.status_code == 200:
-                actions = [n for n in response.json()["items"] if n["node_type"] == "ACTION"]
-                if len(actions) >= count:
-                    return actions
-            if time.monotonic() > deadline:
-                raise AssertionError(f"graph has no {count} action nodes for {workflow_id}: {response.text}")
-            await asyncio.sleep(0.1)
+    path = f"/graphs/{workflow_id}/nodes"
+    return await poll(stack.graph, path, {}, count, stack.auditor, where=lambda node: node["node_type"] == "ACTION")
 
 
 @pytest.mark.parametrize("mode", WIRE_FORMATS)
@@ -82,7 +72,7 @@ async def test_allowed_call_is_forwarded_and_denied_call_is_blocked_and_both_are
     assert by_tool["delete_file"]["violation_id"] == data["violation_id"]
     assert by_tool["delete_file"]["parent_ids"] == [by_tool["add"]["node_id"]], "CAUSED_BY the previous action"
 
-    async with httpx.AsyncClient(base_url=stack.graph) as http:
+    async with httpx.AsyncClient(base_url=stack.graph, headers=bearer(stack.auditor)) as http:
         violations = (await http.get("/audit/violations", params={"workflow_id": workflow})).json()["items"]
     assert [v["violation_id"] for v in violations] == [data["violation_id"]]
     assert violations[0]["rule_id"] == "no-file-deletes"
@@ -93,15 +83,16 @@ async def test_request_without_a_valid_token_gets_401_and_is_audited(stack: Stac
     async with httpx.AsyncClient(base_url=stack.proxy) as http:
         missing = await http.post("/mcp/demo", json=body)
         forged = await http.post("/mcp/demo", json=body, headers={"Authorization": "Bearer not-a-jwt"})
-        async with httpx.AsyncClient(base_url=stack.graph) as graph:
-            deadline = time.monotonic() + 20
-            while True:
-                items = (await graph.get("/audit/violations", params={"workflow_id": "bastion.rejected"})).json()
-                ids = {v["violation_id"] for v in items["items"]}
-                if {missing.json()["error"]["violation_id"], forged.json()["error"]["violation_id"]} <= ids:
-                    break
-                assert time.monotonic() < deadline, f"401s not audited: {items}"
-                await asyncio.sleep(0.1)
+    refused = {missing.json()["error"]["violation_id"], forged.json()["error"]["violation_id"]}
+    audited = await poll(
+        stack.graph,
+        "/audit/violations",
+        {"workflow_id": "bastion.rejected"},
+        len(refused),
+        stack.auditor,
+        where=lambda violation: violation["violation_id"] in refused,
+    )
+    assert {v["violation_id"] for v in audited} == refused
     assert missing.status_code == 401
     assert forged.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer"
@@ -113,6 +104,21 @@ async def test_graph_serves_openapi_docs(stack: Stack) -> None:
         assert (await http.get("/docs")).status_code == 200
         spec = (await http.get("/openapi.json")).json()
     assert {"/graphs", "/graphs/{workflow_id}/nodes", "/audit/violations"} <= set(spec["paths"])
+
+
+async def test_graph_data_needs_an_auditor_or_operator_token(stack: Stack) -> None:
+    agent = stack.token("agent-e2e")
+    async with httpx.AsyncClient(base_url=stack.graph) as http:
+        anonymous = await http.get("/audit/violations")
+        as_agent = await http.get("/audit/violations", headers=bearer(agent))
+        as_auditor = await http.get("/audit/violations", headers=bearer(stack.auditor))
+        foreign_host = await http.get(
+            "/audit/violations", headers={**bearer(stack.auditor), "Host": "evil.example.com"}
+        )
+    assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "bastion.auth.unauthenticated")
+    assert (as_agent.status_code, as_agent.json()["error"]["code"]) == (403, "bastion.auth.forbidden")
+    assert as_auditor.status_code == 200
+    assert (foreign_host.status_code, foreign_host.json()["error"]["code"]) == (403, "bastion.host_not_allowed")
 
 
 # Runs last in this module: it takes the policy service down for good.

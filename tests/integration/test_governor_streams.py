@@ -132,3 +132,43 @@ async def test_streams_need_the_service_token(services: tuple[str, str]) -> None
             async for _ in call:
                 pass
     assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_request_too_large_for_the_streams_fails_alone(tmp_path: Path, services: tuple[str, str]) -> None:
+    governor = _governor(tmp_path, *services)
+    huge, huge_ctx = _action("echo")
+    huge.arguments.update({"text": "x" * (16 << 20)})
+    decisions = [governor.decide(*_action("add"), [], new_id()) for _ in range(50)]
+    oversized = governor.decide(huge, huge_ctx, [], new_id(), body_size=16 << 20)
+    blocked, *others = await asyncio.gather(oversized, *decisions)
+    await governor.close()
+    assert (blocked.allowed, blocked.block_code) == (False, POLICY_UNAVAILABLE)
+    assert "RESOURCE_EXHAUSTED" in blocked.block_reason
+    # Sent, it would have broken the shared streams and blocked every call in flight.
+    assert all(outcome.allowed for outcome in others)
+
+
+async def test_a_dead_stream_leaves_no_task_behind(tmp_path: Path) -> None:
+    app = inprocess.app_config("http://127.0.0.1:1/mcp", POLICY)
+    loop = asyncio.get_running_loop()
+    async with inprocess.verifier(tmp_path, app) as verifier:
+        async with inprocess.policy(tmp_path, app) as policy:
+            governor = _governor(tmp_path, policy["grpc"], verifier["grpc"])
+            before = {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+            assert (await governor.decide(*_action("add"), [], new_id())).allowed
+        down = await governor.decide(*_action("add"), [], new_id())
+        assert not down.allowed
+        for _ in range(50):
+            # Every task the dead policy stream started (its reader, grpc's request
+            # consumer) has ended; left pending, they were "destroyed" at exit.
+            leftover = [
+                task
+                for task in asyncio.all_tasks()
+                if task not in before and task is not asyncio.current_task() and "policy" in repr(task).lower()
+            ]
+            if not leftover:
+                break
+            await asyncio.sleep(0.02)
+        await governor.close()
+    assert not leftover, leftover
+    assert loop.is_running()

@@ -1,4 +1,5 @@
-"""The graph service as it runs: real gRPC and REST servers on port 0, real clients."""
+"""The graph service as it runs: real gRPC and REST servers on port 0, real clients.
+REST reads carry an auditor token unless a test is about auth."""
 
 from __future__ import annotations
 
@@ -13,13 +14,26 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from fixtures.graphapi import (
+    OPEN_PATHS,
+    app_routes,
+    auditor_token,
+    bearer,
+    callers,
+    guarded_routes,
+    raw_get,
+    statuses,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
 from bastion import ConfigError
-from bastion._appconfig import AppConfig
+from bastion._appconfig import AppConfig, AuthConfig
+from bastion._hosts import HostCheck
+from bastion._identity import TokenVerifier, ensure_dev_key, issue_token, load_public_keys
 from bastion._rpc import auth_metadata, check_health, start_grpc_server
-from bastion.graph import GraphServicer, GraphSettings, SqliteGraphStore, serve
+from bastion._web import start_web_server
+from bastion.graph import GraphServicer, GraphSettings, SqliteGraphStore, create_app, serve
 from bastion.v1 import graph_pb2, graph_pb2_grpc, policy_pb2, verifier_pb2
 
 _TOKEN = "graph-test-token"
@@ -69,11 +83,13 @@ _SUMMARY_KEYS = {"workflow_id", "first_seen", "last_seen", "node_count", "violat
 @dataclass(frozen=True)
 class _Graph:
     grpc_addr: str
-    http: httpx.AsyncClient
+    http_addr: str
+    http: httpx.AsyncClient  # sends an auditor token
+    home: Path
 
 
 @contextlib.asynccontextmanager
-async def _running(home: Path, graph_url: str = "") -> AsyncIterator[_Graph]:
+async def _running(home: Path, graph_url: str = "", app: AppConfig | None = None) -> AsyncIterator[_Graph]:
     """The graph service in this event loop, stopped (gracefully) on exit."""
     settings = GraphSettings(
         home=home,
@@ -84,14 +100,16 @@ async def _running(home: Path, graph_url: str = "") -> AsyncIterator[_Graph]:
     )
     addresses: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, AppConfig(), addresses.set_result, stop))
+    task = asyncio.create_task(serve(settings, app or AppConfig(), addresses.set_result, stop))
     started: set[asyncio.Future[Any]] = {addresses, task}
     await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()  # startup failed: raise why
     try:
-        async with httpx.AsyncClient(base_url=f"http://{addresses.result()['http']}", timeout=5) as http:
-            yield _Graph(grpc_addr=addresses.result()["grpc"], http=http)
+        http_addr = addresses.result()["http"]
+        reader = bearer(auditor_token(home))
+        async with httpx.AsyncClient(base_url=f"http://{http_addr}", headers=reader, timeout=5) as http:
+            yield _Graph(grpc_addr=addresses.result()["grpc"], http_addr=http_addr, http=http, home=home)
     finally:
         stop.set()
         await task
@@ -225,6 +243,7 @@ async def test_workflow_graph_has_the_node_and_edge_shapes_clients_rely_on(
             "tool": "send",
             "method": "tools/call",
             "arguments": {"to": "attacker@example.com", "attachments": ["q3.pdf"]},
+            "arguments_truncated": False,
         },
         "decision": {
             "effect": "DENY",
@@ -301,8 +320,10 @@ async def test_bad_paging_parameters_are_client_errors(graph: _Graph) -> None:
     too_large = await graph.http.get("/graphs", params={"limit": 501})
 
     assert bad_cursor.status_code == 400
-    assert "invalid cursor" in bad_cursor.json()["detail"]
+    assert bad_cursor.json()["error"]["code"] == "bastion.protocol"
+    assert "invalid cursor" in bad_cursor.json()["error"]["message"]
     assert too_large.status_code == 422
+    assert too_large.json()["error"]["code"] == "bastion.invalid_request"
 
 
 async def test_workflow_over_the_graph_cap_is_truncated_and_read_in_full_through_node_pages(
@@ -328,11 +349,11 @@ async def test_workflow_over_the_graph_cap_is_truncated_and_read_in_full_through
 
 
 @pytest.mark.parametrize("path", ["/graphs/wf-missing", "/graphs/wf-missing/nodes"])
-async def test_unknown_workflow_is_404_with_a_detail(graph: _Graph, path: str) -> None:
+async def test_unknown_workflow_is_404_in_the_shared_error_body(graph: _Graph, path: str) -> None:
     response = await graph.http.get(path)
 
     assert response.status_code == 404
-    assert response.json() == {"detail": "workflow 'wf-missing' not found"}
+    assert response.json() == {"error": {"code": "bastion.not_found", "message": "workflow 'wf-missing' not found"}}
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"])
@@ -477,3 +498,109 @@ async def test_neo4j_graph_url_stops_startup_with_a_config_error(tmp_path: Path)
     with pytest.raises(ConfigError, match="not supported yet"):
         async with _running(tmp_path, graph_url="neo4j://localhost:7687"):
             pass
+
+
+# --- who may read, and from which Host ----------------------------------------------------------
+
+_EVERY_READ_ANSWERED = {
+    "anonymous": 401,
+    "garbage": 401,
+    "expired": 401,
+    "foreign": 401,
+    "agent": 403,
+    "auditor": 200,
+    "operator": 200,
+    "admin": 200,
+}
+
+
+@dataclass(frozen=True)
+class _Served:
+    app: Any
+    url: str
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[_Served]:
+    """create_app's app itself on a real server (port 0), over a store holding workflow wf-1."""
+    store = await SqliteGraphStore.open(tmp_path / "graph.db")
+    await store.ingest([_blocked("e1")])
+    verifier = TokenVerifier(AuthConfig(), load_public_keys(AuthConfig(), tmp_path))
+    app = create_app(store, verifier=verifier, hosts=HostCheck((), "127.0.0.1"))
+    server = await start_web_server(app, "127.0.0.1:0")
+    try:
+        yield _Served(app=app, url=f"http://{server.address}")
+    finally:
+        await server.stop()
+        await store.close()
+
+
+async def test_every_graph_route_but_the_open_ones_needs_an_auditor_or_operator_token(
+    served: _Served, tmp_path: Path
+) -> None:
+    routes = guarded_routes(served.app, {"workflow_id": "wf-1", "node_id": "node-e1"})
+    who = callers(tmp_path, tmp_path / "elsewhere")
+
+    assert {method for method, _ in routes} == {"GET"}, "the graph REST API is read-only"
+    assert {"/graphs", "/graphs/wf-1", "/graphs/wf-1/nodes", "/audit/violations"} <= {path for _, path in routes}
+    for method, path in routes:
+        assert await statuses(served.url, method, path, who) == _EVERY_READ_ANSWERED, path
+
+
+async def test_the_open_graph_routes_answer_without_a_token(served: _Served) -> None:
+    open_routes = [(method, path) for method, path in app_routes(served.app) if path in OPEN_PATHS]
+
+    async with httpx.AsyncClient(base_url=served.url) as http:
+        answered = {path: (await http.request(method, path)).status_code for method, path in open_routes}
+
+    assert answered == dict.fromkeys(OPEN_PATHS, 200)
+
+
+async def test_an_unauthenticated_read_is_401_with_a_bearer_challenge(graph: _Graph) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{graph.http_addr}") as http:
+        response = await http.get("/audit/violations")
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "bastion.auth.unauthenticated"
+
+
+async def test_a_foreign_host_is_403_even_with_an_operator_token(graph: _Graph) -> None:
+    operator = bearer(issue_token(ensure_dev_key(graph.home), subject="ops", roles=("operator",)))
+
+    refused = await graph.http.get("/graphs", headers={**operator, "Host": "evil.example.com"})
+    foreign_origin = await graph.http.get("/graphs", headers={**operator, "Origin": "http://evil.example.com"})
+    probe = await graph.http.get("/healthz", headers={"Host": "evil.example.com"})
+
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "bastion.host_not_allowed")
+    assert (foreign_origin.status_code, foreign_origin.json()["error"]["code"]) == (403, "bastion.host_not_allowed")
+    assert probe.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Host", "evil.example.com"), ("Host", "127.0.0.1")],
+        [("Host", "127.0.0.1"), ("Host", "evil.example.com")],
+        [("Host", "127.0.0.1"), ("Origin", "http://127.0.0.1"), ("Origin", "http://evil.example.com")],
+    ],
+    ids=["bad-host-first", "good-host-first", "two-origins"],
+)
+async def test_duplicate_host_or_origin_headers_are_403(graph: _Graph, headers: list[tuple[str, str]]) -> None:
+    token = issue_token(ensure_dev_key(graph.home), subject="ops", roles=("operator",))
+
+    status, body = await raw_get(graph.http_addr, "/graphs", [*headers, ("Authorization", f"Bearer {token}")])
+    single_status, _ = await raw_get(graph.http_addr, "/graphs", [headers[0], ("Authorization", f"Bearer {token}")])
+
+    assert (status, body["error"]["code"]) == (403, "bastion.host_not_allowed")
+    assert body["error"]["message"].startswith("more than one")
+    assert single_status == (200 if headers[0][1] == "127.0.0.1" else 403)
+
+
+async def test_allowed_hosts_from_bastion_yaml_replace_the_loopback_default(tmp_path: Path) -> None:
+    async with _running(tmp_path, app=AppConfig(allowed_hosts=("graph.internal:*",))) as graph:
+        named = await graph.http.get("/graphs", headers={"Host": "graph.internal:8080"})
+        loopback = await graph.http.get("/graphs")
+
+    assert named.status_code == 200
+    assert (loopback.status_code, loopback.json()["error"]["code"]) == (403, "bastion.host_not_allowed")

@@ -15,14 +15,19 @@ import grpc
 import httpx
 import pytest
 import uvicorn
+from fixtures.graphapi import OPEN_PATHS, app_routes, callers, guarded_routes, raw_get, statuses
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from bastion import ConfigError, PolicyValidationError
-from bastion._appconfig import AppConfig
-from bastion._identity import SERVICE_TOKEN_FILE, ensure_dev_key, issue_token
+from bastion._appconfig import AppConfig, AuthConfig
+from bastion._hosts import HostCheck
+from bastion._identity import SERVICE_TOKEN_FILE, TokenVerifier, ensure_dev_key, issue_token, load_public_keys
 from bastion._rpc import auth_metadata
-from bastion.policy import PolicySettings, serve
+from bastion._web import start_web_server
+from bastion.policy import PolicySettings, load_policy_set, serve
+from bastion.policy._api import create_app
 from bastion.v1 import policy_pb2, policy_pb2_grpc
 
 if TYPE_CHECKING:
@@ -260,8 +265,8 @@ async def test_list_policies_with_an_agent_token_is_403(service: Running) -> Non
     assert reply.json()["error"]["code"] == "bastion.auth.forbidden"
 
 
-@pytest.mark.parametrize("role", ["operator", "admin"])
-async def test_list_policies_shows_the_active_policies_to_operators(service: Running, role: str) -> None:
+@pytest.mark.parametrize("role", ["operator", "admin", "auditor"])
+async def test_list_policies_shows_the_active_policies_to_operators_and_auditors(service: Running, role: str) -> None:
     async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as client:
         reply = await client.get("/v1/policies", headers=_bearer(service, role))
     assert reply.status_code == 200
@@ -271,6 +276,67 @@ async def test_list_policies_shows_the_active_policies_to_operators(service: Run
         "bundle_digest": digest,
         "policies": [{"name": "demo", "version": 1, "bundle_digest": digest, "rule_count": 2}],
     }
+
+
+async def test_every_admin_route_but_the_probes_needs_a_token_and_changes_need_an_operator(tmp_path: Path) -> None:
+    verifier = TokenVerifier(AuthConfig(), load_public_keys(AuthConfig(), tmp_path))
+    app = create_app(
+        policies=load_policy_set((DEMO_PATH,)),
+        verifier=verifier,
+        hosts=HostCheck((), "127.0.0.1"),
+        registry=CollectorRegistry(),
+        is_ready=lambda: True,
+    )
+    routes = guarded_routes(app, {})
+    who = callers(tmp_path, tmp_path / "elsewhere")
+    server = await start_web_server(app, "127.0.0.1:0")
+    try:
+        url = f"http://{server.address}"
+        answered = {route: await statuses(url, *route, who) for route in routes}
+        async with httpx.AsyncClient(base_url=url) as http:
+            open_routes = [(method, path) for method, path in app_routes(app) if path in OPEN_PATHS]
+            unauthenticated = {path: (await http.request(method, path)).status_code for method, path in open_routes}
+    finally:
+        await server.stop()
+
+    assert ("GET", "/v1/policies") in routes
+    assert set(unauthenticated.values()) == {200}, unauthenticated
+    refused = {"anonymous": 401, "garbage": 401, "expired": 401, "foreign": 401, "agent": 403}
+    for (method, path), got in answered.items():
+        assert {caller: got[caller] for caller in refused} == refused, (method, path)
+        if method == "GET":
+            assert {got["auditor"], got["operator"], got["admin"]} == {200}, (method, path)
+        else:
+            assert got["auditor"] == 403, (method, path)
+            assert got["operator"] not in (401, 403), (method, path)
+            assert got["admin"] not in (401, 403), (method, path)
+
+
+async def test_a_foreign_host_is_403_on_the_admin_rest_even_with_an_operator_token(service: Running) -> None:
+    operator = _bearer(service, "operator")
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as client:
+        refused = await client.get("/v1/policies", headers={**operator, "Host": "evil.example.com"})
+        accepted = await client.get("/v1/policies", headers=operator)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "bastion.host_not_allowed")
+    assert accepted.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Host", "evil.example.com"), ("Host", "127.0.0.1")],
+        [("Host", "127.0.0.1"), ("Host", "evil.example.com")],
+        [("Host", "127.0.0.1"), ("Origin", "http://127.0.0.1"), ("Origin", "http://evil.example.com")],
+    ],
+    ids=["bad-host-first", "good-host-first", "two-origins"],
+)
+async def test_duplicate_host_or_origin_headers_are_403_on_the_admin_rest(
+    service: Running, headers: list[tuple[str, str]]
+) -> None:
+    operator = list(_bearer(service, "operator").items())
+    status, body = await raw_get(service.http_url.removeprefix("http://"), "/v1/policies", [*headers, *operator])
+    assert (status, body["error"]["code"]) == (403, "bastion.host_not_allowed")
+    assert body["error"]["message"].startswith("more than one")
 
 
 # --- startup failures -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 from fixtures import inprocess
+from fixtures.graphapi import auditor_token, poll
 from fixtures.stack import ROOT
 from fixtures.upstream import DemoUpstream, demo_upstream
 
@@ -77,22 +78,12 @@ class Stack:
             return await http.post("/mcp/demo", content=content, headers=headers or _headers(self.token))
 
     async def violations(self, workflow: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-        return await _poll(f"{self.graph}/audit/violations", {"workflow_id": workflow}, count, timeout)
+        params = {"workflow_id": workflow}
+        return await poll(self.graph, "/audit/violations", params, count, auditor_token(self.home), timeout=timeout)
 
     async def nodes(self, workflow: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-        return await _poll(f"{self.graph}/graphs/{workflow}/nodes", {}, count, timeout)
-
-
-async def _poll(url: str, params: dict[str, str], count: int, timeout: float) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
-        while True:
-            response = await http.get(url, params=params)
-            items: list[dict[str, Any]] = response.json().get("items", []) if response.status_code == 200 else []
-            if len(items) >= count:
-                return items
-            assert time.monotonic() < deadline, f"{url} has {len(items)} items, expected {count}: {response.text}"
-            await asyncio.sleep(0.05)
+        path = f"/graphs/{workflow}/nodes"
+        return await poll(self.graph, path, {}, count, auditor_token(self.home), timeout=timeout)
 
 
 @pytest.fixture
@@ -348,12 +339,16 @@ async def test_an_unreachable_upstream_is_502_with_the_request_id(tmp_path: Path
     async with inprocess.stack(tmp_path, app) as running:
         stack = Stack(tmp_path, running.proxy, running.graph)
         response = await stack.post(_call("add", {"a": 1, "b": 1}, 41), _headers(stack.token, "add", "wf-up-down"))
-        nodes = await stack.nodes("wf-up-down", 1)
+        refused = await stack.violations("bastion.rejected", 1)
     assert response.status_code == 502
     assert response.json()["id"] == 41
     assert (response.json()["error"]["code"], response.json()["error"]["message"]) == (-32603, "UPSTREAM_UNAVAILABLE")
-    assert "cannot connect" in response.json()["error"]["data"]["reason"]
-    assert nodes[0]["decision"]["effect"] == "ALLOW"
+    reason = response.json()["error"]["data"]["reason"]
+    # The tool name cannot be checked against a list the upstream cannot give: fail closed,
+    # and the agent is told why without learning the upstream's internal address.
+    assert "cannot connect" in reason
+    assert "127.0.0.1" not in reason
+    assert refused[0]["rule_id"] == "bastion.upstream"
 
 
 async def test_an_overlong_workflow_id_is_refused_before_it_can_reach_the_graph(stack: Stack) -> None:

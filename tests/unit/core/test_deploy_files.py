@@ -27,13 +27,25 @@ def test_compose_runs_each_service_with_its_serve_command() -> None:
 
 def test_compose_publishes_the_default_ports_and_wires_the_proxy_to_the_services() -> None:
     services = _compose()["services"]
-    assert services["proxy"]["ports"] == ["7070:7070"]
-    assert services["graph"]["ports"] == ["8080:8080"]
-    assert services["policy"]["ports"] == ["8081:8081"]
+    assert services["proxy"]["ports"] == ["127.0.0.1:7070:7070"]
+    assert services["graph"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert services["policy"]["ports"] == ["127.0.0.1:8081:8081"]
     env = services["proxy"]["environment"]
     assert env["BASTION_POLICY_GRPC_ADDR"] == "policy:50051"
     assert env["BASTION_VERIFIER_ADDR"] == "verifier:50052"
     assert env["BASTION_GRAPH_GRPC_ADDR"] == "graph:50053"
+
+
+def test_compose_publishes_every_port_on_loopback_only() -> None:
+    # "8080:8080" or "0.0.0.0:8080:8080" would publish the graph's audit data and the policy
+    # admin API to the host's whole network.
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):  # long syntax
+                assert port.get("host_ip") == "127.0.0.1", (name, port)
+            else:
+                assert str(port).startswith("127.0.0.1:"), (name, port)
+                assert str(port).count(":") == 2, (name, port)
 
 
 def test_every_variable_compose_sets_is_a_documented_setting() -> None:

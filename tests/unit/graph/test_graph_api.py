@@ -1,5 +1,5 @@
 """The graph REST app in process (ASGI transport): error mapping, metrics isolation, schema,
-node paging and consistent workflow reads."""
+node paging and consistent workflow reads. Requests carry an auditor token."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from unittest import mock
 
 import httpx
 import pytest
+from fixtures.graphapi import auditor_token, bearer
 
+from bastion._appconfig import AuthConfig
+from bastion._hosts import HostCheck
+from bastion._identity import TokenVerifier, load_public_keys
 from bastion.graph import IngestResult, SqliteGraphStore, create_app
 from bastion.graph._store import MAX_SNAPSHOT_EDGES, MAX_SNAPSHOT_NODES, _sqlite
 from bastion.v1 import graph_pb2, policy_pb2
@@ -29,8 +33,13 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteGraphStore]:
     await opened.close()
 
 
-def _client(store: SqliteGraphStore) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(store)), base_url="http://graph")
+def _client(store: SqliteGraphStore, home: Path) -> httpx.AsyncClient:
+    """A client of the app over `store`, reading as an auditor whose key lives under `home`."""
+    verifier = TokenVerifier(AuthConfig(), load_public_keys(AuthConfig(), home))
+    app = create_app(store, verifier=verifier, hosts=HostCheck(("graph",), "127.0.0.1"))
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://graph", headers=bearer(auditor_token(home))
+    )
 
 
 def _event(event_id: str, *, second: int = 0, parents: Sequence[str] = ()) -> graph_pb2.Event:
@@ -57,8 +66,10 @@ class _CountingStore(SqliteGraphStore):
         return await super()._read(query)
 
 
-async def test_unavailable_store_makes_reads_and_readiness_503_with_a_detail(store: SqliteGraphStore) -> None:
-    async with _client(store) as client:
+async def test_unavailable_store_makes_reads_and_readiness_503_with_an_error_body(
+    store: SqliteGraphStore, tmp_path: Path
+) -> None:
+    async with _client(store, tmp_path) as client:
         assert (await client.get("/readyz")).status_code == 200
         await store.close()
 
@@ -67,14 +78,15 @@ async def test_unavailable_store_makes_reads_and_readiness_503_with_a_detail(sto
         alive = await client.get("/healthz")
 
     assert (ready.status_code, listing.status_code) == (503, 503)
-    assert "is closed" in ready.json()["detail"]
-    assert "is closed" in listing.json()["detail"]
+    assert ready.json()["error"]["code"] == listing.json()["error"]["code"] == "bastion.store"
+    assert "is closed" in ready.json()["error"]["message"]
+    assert "is closed" in listing.json()["error"]["message"]
     assert alive.json() == {"status": "ok"}
 
 
-async def test_each_app_has_its_own_metrics_registry(store: SqliteGraphStore) -> None:
+async def test_each_app_has_its_own_metrics_registry(store: SqliteGraphStore, tmp_path: Path) -> None:
     # With the global registry the second app would fail on duplicate metric names.
-    async with _client(store) as first, _client(store) as second:
+    async with _client(store, tmp_path) as first, _client(store, tmp_path) as second:
         one, two = await first.get("/metrics"), await second.get("/metrics")
 
     assert one.status_code == two.status_code == 200
@@ -82,8 +94,8 @@ async def test_each_app_has_its_own_metrics_registry(store: SqliteGraphStore) ->
     assert one.headers["content-type"].startswith("text/plain")
 
 
-async def test_openapi_documents_the_enum_names_clients_receive(store: SqliteGraphStore) -> None:
-    async with _client(store) as client:
+async def test_openapi_documents_the_enum_names_clients_receive(store: SqliteGraphStore, tmp_path: Path) -> None:
+    async with _client(store, tmp_path) as client:
         schema = (await client.get("/openapi.json")).json()
 
     node = schema["components"]["schemas"]["NodeView"]["properties"]
@@ -93,10 +105,10 @@ async def test_openapi_documents_the_enum_names_clients_receive(store: SqliteGra
     assert {p["name"] for p in listing["parameters"]} == {"limit", "cursor"}
 
 
-async def test_nodes_are_paged_oldest_first_with_an_opaque_cursor(store: SqliteGraphStore) -> None:
+async def test_nodes_are_paged_oldest_first_with_an_opaque_cursor(store: SqliteGraphStore, tmp_path: Path) -> None:
     await store.ingest([_event(f"e{i}", second=i) for i in reversed(range(5))])
 
-    async with _client(store) as client:
+    async with _client(store, tmp_path) as client:
         pages = [(await client.get("/graphs/wf-1/nodes", params={"limit": 2})).json()]
         while pages[-1]["next_cursor"] is not None:
             params = {"limit": 2, "cursor": pages[-1]["next_cursor"]}
@@ -114,27 +126,45 @@ async def test_nodes_are_paged_oldest_first_with_an_opaque_cursor(store: SqliteG
 
 
 @pytest.mark.parametrize(
-    ("path", "params", "status"),
+    ("path", "params", "status", "code"),
     [
-        ("/graphs/wf-1/nodes", {"limit": 0}, 422),
-        ("/graphs/wf-1/nodes", {"limit": 5001}, 422),
-        ("/graphs/wf-1/nodes", {"cursor": "not-a-cursor"}, 400),
-        ("/graphs/nope/nodes", {}, 404),
+        ("/graphs/wf-1/nodes", {"limit": 0}, 422, "bastion.invalid_request"),
+        ("/graphs/wf-1/nodes", {"limit": 5001}, 422, "bastion.invalid_request"),
+        ("/graphs/wf-1/nodes", {"cursor": "not-a-cursor"}, 400, "bastion.protocol"),
+        ("/graphs/nope/nodes", {}, 404, "bastion.not_found"),
+        ("/no-such-route", {}, 404, "bastion.not_found"),
     ],
 )
-async def test_bad_node_page_requests_are_client_errors(
-    store: SqliteGraphStore, path: str, params: dict[str, Any], status: int
+async def test_bad_node_page_requests_are_client_errors_in_the_shared_error_body(
+    store: SqliteGraphStore, tmp_path: Path, path: str, params: dict[str, Any], status: int, code: str
 ) -> None:
     await store.ingest([_event("e1")])
 
-    async with _client(store) as client:
+    async with _client(store, tmp_path) as client:
         response = await client.get(path, params=params)
 
     assert response.status_code == status
-    assert response.json()["detail"]
+    assert set(response.json()) == {"error"}
+    assert set(response.json()["error"]) == {"code", "message"}
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"]
 
 
-async def test_workflow_graph_is_read_at_one_moment_even_while_an_ingest_commits(store: SqliteGraphStore) -> None:
+async def test_a_validation_error_names_the_parameter_and_a_wrong_method_is_405(
+    store: SqliteGraphStore, tmp_path: Path
+) -> None:
+    async with _client(store, tmp_path) as client:
+        too_small = await client.get("/graphs", params={"limit": 0})
+        posted = await client.post("/graphs")
+
+    assert too_small.json()["error"]["message"] == "query.limit: Input should be greater than or equal to 1"
+    assert (posted.status_code, posted.json()["error"]["code"]) == (405, "bastion.method_not_allowed")
+    assert posted.headers["allow"] == "GET"
+
+
+async def test_workflow_graph_is_read_at_one_moment_even_while_an_ingest_commits(
+    store: SqliteGraphStore, tmp_path: Path
+) -> None:
     await store.ingest([_event("e1", second=1), _event("e2", second=2, parents=["node-e1"])])
     loop = asyncio.get_running_loop()
     read_nodes = _sqlite._select_nodes
@@ -148,7 +178,7 @@ async def test_workflow_graph_is_read_at_one_moment_even_while_an_ingest_commits
             late.append(asyncio.run_coroutine_threadsafe(ingest, loop).result(timeout=10))
         return read_nodes(*args, **kwargs)
 
-    async with _client(store) as client:
+    async with _client(store, tmp_path) as client:
         with mock.patch.object(_sqlite, "_select_nodes", commit_an_ingest_then_read_nodes):
             during = (await client.get("/graphs/wf-1")).json()
         after = (await client.get("/graphs/wf-1")).json()
@@ -163,7 +193,7 @@ async def test_each_workflow_request_is_one_read_transaction_found_or_not(tmp_pa
     store = await asyncio.to_thread(_CountingStore, tmp_path / "graph.db")
     try:
         await store.ingest([_event("e1")])
-        async with _client(store) as client:
+        async with _client(store, tmp_path) as client:
             for path, status in [
                 ("/graphs/wf-1", 200),
                 ("/graphs/wf-1/nodes", 200),
@@ -177,8 +207,10 @@ async def test_each_workflow_request_is_one_read_transaction_found_or_not(tmp_pa
         await store.close()
 
 
-async def test_openapi_documents_node_paging_and_the_workflow_graph_cap(store: SqliteGraphStore) -> None:
-    async with _client(store) as client:
+async def test_openapi_documents_node_paging_and_the_workflow_graph_cap(
+    store: SqliteGraphStore, tmp_path: Path
+) -> None:
+    async with _client(store, tmp_path) as client:
         schema = (await client.get("/openapi.json")).json()
 
     nodes = schema["paths"]["/graphs/{workflow_id}/nodes"]["get"]
@@ -189,3 +221,26 @@ async def test_openapi_documents_node_paging_and_the_workflow_graph_cap(store: S
     assert f"{MAX_SNAPSHOT_NODES} oldest nodes and {MAX_SNAPSHOT_EDGES} edges" in graph["description"]
     assert graph["properties"]["truncated"]["type"] == "boolean"
     assert "next_cursor" in schema["components"]["schemas"]["NodeList"]["required"]
+
+
+async def test_openapi_shows_the_bearer_scheme_on_every_data_route_and_not_on_the_probes(
+    store: SqliteGraphStore, tmp_path: Path
+) -> None:
+    async with _client(store, tmp_path) as client:
+        schema = (await client.get("/openapi.json")).json()
+
+    assert schema["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": mock.ANY,
+    }
+    operations = {path: item["get"] for path, item in schema["paths"].items()}
+    guarded = {path for path, op in operations.items() if op.get("security") == [{"bearer": []}]}
+    assert guarded == {path for path in operations if path.startswith(("/graphs", "/audit"))}
+    assert guarded >= {"/graphs", "/graphs/{workflow_id}", "/graphs/{workflow_id}/nodes", "/audit/violations"}
+    for path in guarded:
+        assert {"401", "403"} <= set(operations[path]["responses"]), path
+    assert "security" not in operations["/healthz"]
+    error = schema["components"]["schemas"]["ErrorBody"]
+    assert error["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}

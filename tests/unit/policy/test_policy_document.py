@@ -209,10 +209,25 @@ def test_rule_id_default_is_reserved_for_the_fallthrough() -> None:
     assert "rule id 'default' is reserved" in _rejection(document)
 
 
-def test_match_must_name_agents_or_tools() -> None:
+def test_match_must_name_agents_tools_resources_or_prompts() -> None:
     document = _document()
     document["spec"]["rules"][0]["match"] = {}
-    assert "rule 'r1': 'match' must list 'agents' or 'tools'" in _rejection(document)
+    assert "rule 'r1': 'match' must list 'agents', 'tools', 'resources' or 'prompts'" in _rejection(document)
+
+
+@pytest.mark.parametrize("field", ["tools", "resources", "prompts"])
+def test_a_null_target_list_is_refused_rather_than_read_as_every_action(field: str) -> None:
+    document = _document()
+    document["spec"]["rules"][0]["match"] = {"agents": ["a"], field: None}
+    assert f"'{field}' is null" in _rejection(document)
+
+
+def test_resource_patterns_may_hold_slashes_but_must_name_a_server() -> None:
+    document = _document()
+    document["spec"]["rules"][0]["match"] = {"resources": ["docs__file:///public/*"], "prompts": ["demo__greet"]}
+    validate_policy(document)
+    document["spec"]["rules"][0]["match"] = {"resources": ["file:///public/x"]}
+    assert "can never match" in _rejection(document)
 
 
 def test_empty_pattern_list_is_rejected_because_it_matches_nothing() -> None:

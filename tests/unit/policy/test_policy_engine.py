@@ -90,8 +90,10 @@ def test_tool_globs_match_the_full_server__tool_name() -> None:
     assert _call(policies, "a", "fs", "rmd").effect is Effect.REQUIRE_APPROVAL
     assert _call(policies, "a", "fs", "rm").effect is Effect.DENY
     assert _call(policies, "a", "fs", "rmdir").effect is Effect.DENY
-    # Matching is case-sensitive and anchored at both ends.
-    assert _call(policies, "a", "demo", "Delete_file").effect is Effect.DENY
+    # Tool matching is case-insensitive, as tool names are validated (the proxy forwards
+    # only names exactly in the upstream's live list), and anchored at both ends.
+    assert _call(policies, "a", "demo", "Delete_file").effect is Effect.REQUIRE_APPROVAL
+    assert _call(policies, "a", "DEMO", "DELETE_FILE").effect is Effect.REQUIRE_APPROVAL
     assert _call(policies, "a", "xdemo", "delete_file_now").effect is Effect.REQUIRE_APPROVAL
 
 
@@ -296,3 +298,71 @@ def test_public_surface_is_exactly_the_documented_names() -> None:
     ]
     for name in bastion.policy.__all__:
         assert name in (bastion.policy.__doc__ or ""), f"{name} is exported but not documented"
+
+
+# --- resources, prompts and completions ---------------------------------------------------
+
+
+def _families() -> PolicySet:
+    return PolicySet.compile(
+        [
+            validate_policy(
+                {
+                    "apiVersion": "bastion.dev/v1",
+                    "kind": "AgentPolicy",
+                    "metadata": {"name": "fam", "version": 1},
+                    "spec": {
+                        "default": "deny",
+                        "rules": [
+                            {"id": "docs", "match": {"resources": ["docs__file:///public/*"]}, "effect": "allow"},
+                            {"id": "greet", "match": {"prompts": ["demo__greet"]}, "effect": "allow"},
+                            {"id": "tools", "match": {"tools": ["*"]}, "effect": "allow"},
+                            {"id": "ops-all", "match": {"agents": ["ops"]}, "effect": "allow"},
+                        ],
+                    },
+                }
+            )
+        ]
+    )
+
+
+def test_resource_rules_decide_reads_and_subscriptions_by_uri_glob_case_sensitively() -> None:
+    policies = _families()
+    for kind in ("RESOURCE_READ", "RESOURCE_SUBSCRIBE"):
+        allowed = policies.evaluate(kind=kind, agent_id="a", server="docs", resource="file:///public/readme")
+        assert (allowed.effect, allowed.rule_id) == (Effect.ALLOW, "docs")
+        assert (
+            policies.evaluate(kind=kind, agent_id="a", server="docs", resource="file:///secret").effect is Effect.DENY
+        )
+        assert (
+            policies.evaluate(kind=kind, agent_id="a", server="docs", resource="file:///PUBLIC/x").effect is Effect.DENY
+        )
+
+
+def test_a_rule_naming_only_tools_never_decides_a_resource_or_prompt() -> None:
+    policies = _families()
+    read = policies.evaluate(kind="RESOURCE_READ", agent_id="a", server="demo", resource="file:///x")
+    prompt = policies.evaluate(kind="PROMPT_GET", agent_id="a", server="demo", prompt="other")
+    assert (read.effect, read.rule_id) == (Effect.DENY, "default")
+    assert (prompt.effect, prompt.rule_id) == (Effect.DENY, "default")
+
+
+def test_prompt_rules_match_case_insensitively_and_completions_follow_their_ref() -> None:
+    policies = _families()
+    assert policies.evaluate(kind="PROMPT_GET", agent_id="a", server="demo", prompt="Greet").rule_id == "greet"
+    prompt = policies.evaluate(kind="COMPLETION", agent_id="a", server="demo", prompt="greet")
+    resource = policies.evaluate(kind="COMPLETION", agent_id="a", server="docs", resource="file:///public/a")
+    other = policies.evaluate(kind="COMPLETION", agent_id="a", server="docs", resource="file:///private/a")
+    assert (prompt.rule_id, resource.rule_id, other.effect) == ("greet", "docs", Effect.DENY)
+
+
+def test_a_rule_naming_only_agents_covers_every_family() -> None:
+    policies = _families()
+    assert policies.evaluate(kind="RESOURCE_READ", agent_id="ops", server="x", resource="a:b").rule_id == "ops-all"
+    assert policies.evaluate(kind="PROMPT_GET", agent_id="ops", server="x", prompt="p").rule_id == "ops-all"
+
+
+def test_an_action_without_its_target_is_denied() -> None:
+    policies = _families()
+    empty = policies.evaluate(kind="RESOURCE_READ", agent_id="ops", server="docs")
+    assert (empty.effect, "no server or resource" in empty.reason) == (Effect.DENY, True)

@@ -8,14 +8,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bastion import HeaderMismatch, InvalidParams, InvalidRequest, ParseError, ProtocolError
-from bastion.proxy._mcp import (
-    MAX_ARGUMENT_DEPTH,
-    check_routing_headers,
-    parse_message,
-    tool_call_target,
-    validate_tool_name,
-)
-from bastion.proxy._workflows import WorkflowTracker
+from bastion.proxy._budget import ValueBudget
+from bastion.proxy._mcp import check_routing_headers, check_single_headers, parse_message, validate_tool_name
+from bastion.proxy._methods import classify
+from bastion.v1 import policy_pb2
+
+BUDGET = ValueBudget()
+
+
+def tool_call_target(raw: bytes) -> tuple[str, dict[str, object]]:
+    (target,) = classify(parse_message(raw), BUDGET, raw)
+    assert target.kind == policy_pb2.TOOL_CALL
+    return target.tool, target.arguments
 
 
 def _call(name: object, arguments: object = None) -> bytes:
@@ -28,7 +32,7 @@ def _call(name: object, arguments: object = None) -> bytes:
 def test_tools_call_is_parsed_into_method_id_name_and_arguments() -> None:
     message = parse_message(_call("add", {"a": 1}))
     assert (message.method, message.id, message.is_request) == ("tools/call", 7, True)
-    assert tool_call_target(message) == ("add", {"a": 1})
+    assert tool_call_target(_call("add", {"a": 1})) == ("add", {"a": 1})
 
 
 def test_notification_and_client_response_are_accepted() -> None:
@@ -137,9 +141,9 @@ def test_ordinary_tool_names_pass(name: str) -> None:
 
 def test_tool_call_without_a_string_name_or_with_non_object_arguments_is_invalid_params() -> None:
     with pytest.raises(InvalidParams):
-        tool_call_target(parse_message(_call(5)))
+        tool_call_target(_call(5))
     with pytest.raises(InvalidParams):
-        tool_call_target(parse_message(_call("add", [1, 2])))
+        tool_call_target(_call("add", [1, 2]))
 
 
 @given(st.binary(max_size=256))
@@ -179,31 +183,16 @@ def test_any_json_value_either_parses_or_is_a_protocol_error(value: object) -> N
 
 def test_arguments_nested_beyond_the_limit_are_invalid_params() -> None:
     deep: dict[str, object] = {"x": "leaf"}
-    for _ in range(MAX_ARGUMENT_DEPTH - 1):
+    for _ in range(BUDGET.max_depth - 1):
         deep = {"x": deep}
-    assert tool_call_target(parse_message(_call("add", {"ok": 1})))[1] == {"ok": 1}
-    tool_call_target(parse_message(_call("add", deep)))  # exactly at the limit
+    assert tool_call_target(_call("add", {"ok": 1}))[1] == {"ok": 1}
+    tool_call_target(_call("add", deep))  # exactly at the limit
     with pytest.raises(InvalidParams, match="nest deeper"):
-        tool_call_target(parse_message(_call("add", {"y": [deep]})))
+        tool_call_target(_call("add", {"y": [deep]}))
 
 
-@pytest.mark.parametrize("bad", ["x" * 257, "has space", "tab\there", "caf\u00e9", "nl\n"])
-def test_client_supplied_workflow_and_session_ids_must_be_short_visible_ascii(bad: str) -> None:
-    tracker = WorkflowTracker(history_len=4)
-    with pytest.raises(InvalidRequest, match="Bastion-Workflow-Id"):
-        tracker.resolve(bad, None, None, "agent")
-    with pytest.raises(InvalidRequest, match="_meta"):
-        tracker.resolve(None, bad, None, "agent")
-    with pytest.raises(InvalidRequest, match="Mcp-Session-Id"):
-        tracker.resolve(None, None, bad, "agent")
-
-
-def test_workflow_identity_follows_header_then_meta_then_session_then_rolling() -> None:
-    tracker = WorkflowTracker(history_len=4)
-    assert tracker.resolve("wf-h", "wf-m", "sess", "a") == "wf-h"
-    assert tracker.resolve(None, "wf-m", "sess", "a") == "wf-m"
-    assert tracker.resolve(None, None, "sess", "a") == "sess"
-    rolling = tracker.resolve(None, None, None, "a")
-    assert rolling.startswith("wf-")
-    assert tracker.resolve(None, None, None, "a") == rolling
-    assert tracker.resolve(None, None, None, "b") != rolling
+def test_a_header_the_proxy_reads_once_is_refused_when_sent_twice() -> None:
+    check_single_headers([(b"mcp-session-id", b"a"), (b"accept", b"x"), (b"accept", b"y")])
+    for name in (b"mcp-session-id", b"authorization", b"bastion-workflow-id", b"mcp-method"):
+        with pytest.raises(InvalidRequest, match="more than once"):
+            check_single_headers([(name, b"theirs"), (b"host", b"h"), (name, b"mine")])

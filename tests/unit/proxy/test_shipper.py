@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -14,20 +15,26 @@ import pytest
 
 from bastion._rpc import auth_metadata, open_channel, start_grpc_server
 from bastion.proxy._journal import Journal, list_segments
-from bastion.proxy._shipper import Shipper
+from bastion.proxy._metrics import ProxyMetrics
+from bastion.proxy._recorder import MAX_EVENT_BYTES
+from bastion.proxy._shipper import DEAD_LETTER_REASONS, MAX_MESSAGE_BYTES, Shipper
 from bastion.v1 import graph_pb2, graph_pb2_grpc
 
 TOKEN = "test-service-token"
 
 
 class FakeGraph(graph_pb2_grpc.GraphServiceServicer):
-    """Records what it is sent; answers UNAVAILABLE to the next `fail_next` Ingest calls."""
+    """Records what it is sent; answers `fail_code` (UNAVAILABLE) to the next `fail_next` Ingest calls."""
 
     def __init__(self) -> None:
         self.events: list[graph_pb2.Event] = []
+        self.received: list[str] = []  # every event id it was sent, stored or not
         self.calls = 0
         self.fail_next = 0
+        self.fail_code = grpc.StatusCode.UNAVAILABLE
         self.refuse: set[str] = set()  # event ids whose batches are refused as malformed
+        self.too_large: set[str] = set()  # event ids whose batches are refused as too large
+        self.max_batch = 0  # when set, larger batches are refused as too large
         self._changed = asyncio.Condition()
 
     @property
@@ -42,9 +49,12 @@ class FakeGraph(graph_pb2_grpc.GraphServiceServicer):
         self, request_iterator: AsyncIterator[graph_pb2.Event], context: grpc.aio.ServicerContext[Any, Any]
     ) -> graph_pb2.IngestAck:
         batch = [event async for event in request_iterator]
+        self.received += [event.event_id for event in batch]
         if self.refuse & {event.event_id for event in batch}:
             # Like the real graph: one malformed event refuses the whole batch, storing nothing.
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "event is malformed (test)")
+        if self.too_large & {event.event_id for event in batch} or 0 < self.max_batch < len(batch):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (test)")
         async with self._changed:
             self.calls += 1
             failing = self.fail_next > 0
@@ -54,7 +64,7 @@ class FakeGraph(graph_pb2_grpc.GraphServiceServicer):
                 self.events.extend(batch)
             self._changed.notify_all()
         if failing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "graph is down (test)")
+            await context.abort(self.fail_code, "graph is down (test)")
         return graph_pb2.IngestAck(accepted=len(batch))
 
     async def Lineage(
@@ -92,7 +102,15 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
     await journal.close()
 
 
-def shipper_for(journal: Journal, graph: Graph, tmp_path: Path, batch_max: int = 512) -> Shipper:
+def shipper_for(
+    journal: Journal,
+    graph: Graph,
+    tmp_path: Path,
+    batch_max: int = 512,
+    *,
+    metrics: ProxyMetrics | None = None,
+    max_event_bytes: int = MAX_MESSAGE_BYTES,
+) -> Shipper:
     return Shipper(
         journal.reader(),
         tmp_path / "cursor.json",
@@ -101,7 +119,18 @@ def shipper_for(journal: Journal, graph: Graph, tmp_path: Path, batch_max: int =
         wake=journal.has_data,
         batch_max=batch_max,
         backoff_initial=0.01,
+        max_event_bytes=max_event_bytes,
+        on_dead_letter=metrics.dead_letter if metrics is not None else None,
     )
+
+
+def dead_letters(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "dead-letter.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def sample(metrics: ProxyMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
 
 
 def append_events(journal: Journal, ids: range) -> None:
@@ -201,8 +230,12 @@ async def test_an_unparsable_record_is_skipped_and_the_rest_delivered(
     assert graph.fake.ids == names(range(4))
     assert shipper.skipped == 1
     assert shipper.cursor == journal.durable
+    [dead] = dead_letters(tmp_path)
+    assert (dead["event_id"], dead["reason"], dead["size"]) == ("", "unreadable", len(garbage))
+    assert base64.b64decode(dead["record"]) == garbage
     assert [r.getMessage() for r in caplog.records] == [
-        f"journal record of {len(garbage)} bytes in the batch ending at {shipper.cursor} is not an Event; skipping it"
+        f"journal event (unreadable record) set aside in {tmp_path / 'dead-letter.jsonl'} (unreadable, "
+        f"{len(garbage)} bytes): not an Event (batch ending at {shipper.cursor}); shipping goes on"
     ]
 
 
@@ -232,9 +265,12 @@ async def test_an_event_the_graph_refuses_is_set_aside_and_the_rest_are_delivere
 
     assert shipper.skipped == 1
     assert shipper.cursor == journal.durable
-    dead = [json.loads(line) for line in (tmp_path / "dead-letter.jsonl").read_text().splitlines()]
-    assert [(d["event_id"], d["reason"]) for d in dead] == [("e7", "event is malformed (test)")]
+    dead = dead_letters(tmp_path)
+    assert [(d["event_id"], d["reason"], d["detail"]) for d in dead] == [
+        ("e7", "invalid_argument", "event is malformed (test)")
+    ]
     assert graph_pb2.Event.FromString(base64.b64decode(dead[0]["event"])).event_id == "e7"
+    assert not dead[0]["cut"]
 
 
 async def test_a_cursor_past_the_end_of_the_journal_restarts_from_its_beginning(
@@ -250,3 +286,148 @@ async def test_a_cursor_past_the_end_of_the_journal_restarts_from_its_beginning(
     await shipper.stop()
 
     assert graph.fake.ids == names(range(5))
+
+
+async def test_an_event_the_graph_finds_too_large_is_dead_lettered_counted_and_logged(
+    journal: Journal, graph: Graph, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    graph.fake.too_large = {"e7"}
+    metrics = ProxyMetrics()
+    shipper = shipper_for(journal, graph, tmp_path, metrics=metrics)
+    append_events(journal, range(20))
+    await journal.flush()  # one batch: e7 must be isolated from the events around it
+
+    with caplog.at_level(logging.ERROR, logger="bastion.proxy._shipper"):
+        shipper.start()
+        await graph.fake.wait_until(lambda g: set(g.ids) == set(names(range(20))) - {"e7"})
+        append_events(journal, range(20, 25))  # and shipping goes on after it
+        await graph.fake.wait_until(lambda g: set(g.ids) == set(names(range(25))) - {"e7"})
+        await shipper.stop()
+
+    assert shipper.cursor == journal.durable
+    [dead] = dead_letters(tmp_path)
+    record = graph_pb2.Event(event_id="e7", workflow_id="wf-1").SerializeToString()
+    assert dead["event_id"] == "e7"
+    assert dead["reason"] == "resource_exhausted"
+    assert (dead["size"], dead["sha256"]) == (len(record), hashlib.sha256(record).hexdigest())
+    assert sample(metrics, "bastion_journal_dead_letters_total", reason="resource_exhausted") == 1
+    assert sample(metrics, "bastion_journal_dead_letters_total", reason="invalid_argument") == 0
+    [line] = caplog.records
+    assert line.levelno == logging.ERROR
+    assert line.fields == {  # type: ignore[attr-defined]
+        "event_id": "e7",
+        "reason": "resource_exhausted",
+        "size": len(record),
+        "detail": "Received message larger than max (test)",
+    }
+
+
+async def test_a_batch_too_large_only_as_a_whole_is_split_and_fully_delivered(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    graph.fake.max_batch = 3
+    shipper = shipper_for(journal, graph, tmp_path)
+    append_events(journal, range(20))
+    await journal.flush()
+    shipper.start()
+
+    await graph.fake.wait_until(lambda g: set(g.ids) == set(names(range(20))))
+    await shipper.stop()
+
+    assert shipper.skipped == 0
+    assert dead_letters(tmp_path) == []
+
+
+async def test_an_event_over_the_size_limit_is_never_sent_and_is_dead_lettered_bounded(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    metrics = ProxyMetrics()
+    shipper = shipper_for(journal, graph, tmp_path, metrics=metrics, max_event_bytes=1 << 20)
+    append_events(journal, range(3))
+    big = graph_pb2.Event(event_id="big", workflow_id="wf-1", block_reason="kept")
+    big.action.arguments.update({"text": "x" * (3 << 20)})
+    record = big.SerializeToString()
+    journal.append(record)
+    append_events(journal, range(3, 6))
+    shipper.start()
+
+    await graph.fake.wait_until(lambda g: g.ids == names(range(6)))
+    await shipper.stop()
+
+    assert "big" not in graph.fake.received
+    [dead] = dead_letters(tmp_path)
+    assert (dead["event_id"], dead["reason"], dead["size"]) == ("big", "too_large", len(record))
+    assert dead["sha256"] == hashlib.sha256(record).hexdigest()
+    kept = base64.b64decode(dead["event"])
+    assert dead["cut"]
+    assert len(kept) <= MAX_EVENT_BYTES
+    event = graph_pb2.Event.FromString(kept)
+    assert (event.event_id, event.block_reason, event.arguments_truncated) == ("big", "kept", True)
+    assert sample(metrics, "bastion_journal_dead_letters_total", reason="too_large") == 1
+
+
+async def test_an_event_over_grpcs_own_limit_is_dead_lettered_and_the_rest_delivered(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    # No size check in the shipper: the real gRPC server refuses the 17 MB message itself.
+    shipper = shipper_for(journal, graph, tmp_path, max_event_bytes=64 << 20)
+    append_events(journal, range(3))
+    huge = graph_pb2.Event(event_id="huge", workflow_id="wf-1")
+    huge.action.arguments.update({"text": "x" * (17 << 20)})
+    journal.append(huge.SerializeToString())
+    append_events(journal, range(3, 6))
+    shipper.start()
+
+    await graph.fake.wait_until(lambda g: set(g.ids) == set(names(range(6))))
+    await shipper.stop()
+
+    [dead] = dead_letters(tmp_path)
+    assert (dead["event_id"], dead["reason"]) == ("huge", "resource_exhausted")
+    assert "larger than max" in dead["detail"]
+    assert len(json.dumps(dead)) < 2 * MAX_EVENT_BYTES
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ],
+)
+async def test_a_graph_that_is_down_or_failing_is_retried_and_nothing_is_dead_lettered(
+    journal: Journal, graph: Graph, tmp_path: Path, code: grpc.StatusCode
+) -> None:
+    graph.fake.fail_next = 5
+    graph.fake.fail_code = code
+    metrics = ProxyMetrics()
+    shipper = shipper_for(journal, graph, tmp_path, metrics=metrics)
+    append_events(journal, range(10))
+    await journal.flush()
+    shipper.start()
+
+    await graph.fake.wait_until(lambda g: len(set(g.ids)) == 10)
+    await shipper.stop()
+
+    assert graph.fake.calls >= 6
+    assert shipper.skipped == 0
+    assert dead_letters(tmp_path) == []
+    assert all(sample(metrics, "bastion_journal_dead_letters_total", reason=r) == 0 for r in DEAD_LETTER_REASONS)
+
+
+async def test_journal_lag_is_exposed_as_a_gauge(journal: Journal, graph: Graph, tmp_path: Path) -> None:
+    graph.fake.fail_next = 1_000_000
+    metrics = ProxyMetrics()
+    shipper = shipper_for(journal, graph, tmp_path, metrics=metrics)
+    metrics.watch_journal_lag(lambda: shipper.lag_seconds)
+    shipper.start()
+    append_events(journal, range(3))
+    await graph.fake.wait_until(lambda g: g.calls >= 2)
+
+    lag = sample(metrics, "bastion_journal_lag_seconds")
+    await shipper.stop()
+
+    assert lag is not None
+    assert lag > 0
+    assert b"bastion_journal_lag_seconds" in metrics.exposition()[0]

@@ -1,0 +1,92 @@
+"""DNS-rebinding protection: the Host (and Origin, when sent) must be one the operator allows.
+
+A browser tricked into calling `http://evil.example.com` that resolves to 127.0.0.1
+sends `Host: evil.example.com`; answering it would hand a web page the agent's tools
+(at the proxy) or the audit trail (at the graph). With no `allowed_hosts` in bastion.yaml
+a loopback-bound service accepts only loopback names, as the MCP SDK does; a service
+bound to other interfaces refuses to start without the list (`'*'` in it accepts any
+Host, for a deployment whose gateway checks Host itself).
+
+The check reads the raw ASGI header list, not a dict of it: a request carrying two
+`Host` (or two `Origin`) headers is refused outright. Folding them into a dict keeps the
+last one, so `Host: evil.example.com` followed by `Host: 127.0.0.1` would pass here while
+a front proxy or cache that reads the first one routes on the evil name (RFC 9112 §3.2:
+a server must reject such a request).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ._errors import ConfigError
+
+_LOOPBACK = ("127.0.0.1:*", "localhost:*", "[::1]:*")
+_LOOPBACK_BINDS = ("127.0.0.1", "localhost", "::1")
+
+
+def _split(hostport: str) -> tuple[str, str]:
+    if hostport.startswith("["):
+        host, _, rest = hostport.partition("]")
+        return host + "]", rest.lstrip(":")
+    host, _, port = hostport.partition(":")
+    return host, port
+
+
+class HostCheck:
+    """Which Host/Origin values a service bound to `bind_host` answers.
+
+    `allowed` entries are `host:port`, `host:*` or `host` (any port), matched without case.
+    """
+
+    def __init__(self, allowed: tuple[str, ...], bind_host: str) -> None:
+        if not allowed:
+            if bind_host not in _LOOPBACK_BINDS:
+                # DESIGN §4: without the list, a service reachable from other machines
+                # would answer any Host, which is exactly what DNS rebinding needs.
+                raise ConfigError(
+                    f"listening on {bind_host} (not loopback) needs allowed_hosts in bastion.yaml: the host:port "
+                    "names clients use (or '*' to accept any Host, e.g. behind a gateway that checks it)"
+                )
+            allowed = _LOOPBACK
+        self._any = "*" in allowed
+        self._rules = [_split(entry.lower()) for entry in allowed]
+
+    def _ok(self, hostport: str) -> bool:
+        host, port = _split(hostport.lower())
+        return any(host == h and (p in ("*", "") or p == port) for h, p in self._rules)
+
+    def refusal(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """None when the request may proceed, else the reason to refuse it.
+
+        `headers` is the ASGI scope's raw list of (name, value) pairs.
+        """
+        hosts: list[bytes] = []
+        origins: list[bytes] = []
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"host":
+                hosts.append(value)
+            elif lowered == b"origin":
+                origins.append(value)
+        if len(hosts) > 1:
+            return "more than one Host header"
+        if len(origins) > 1:
+            return "more than one Origin header"
+        if self._any:
+            return None
+        host = hosts[0].decode("latin-1") if hosts else ""
+        if not self._ok(host):
+            return f"Host {host!r} is not allowed (allowed_hosts in bastion.yaml)"
+        if origins:
+            origin = origins[0].decode("latin-1")
+            if not self._ok(_netloc(origin)):
+                return f"Origin {origin!r} is not allowed (allowed_hosts in bastion.yaml)"
+        return None
+
+
+def _netloc(origin: str) -> str:
+    """The host:port of an Origin; empty (never allowed) for `null` or one that does not parse."""
+    try:
+        return urlsplit(origin).netloc
+    except ValueError:  # e.g. 'http://[' — an unclosed IPv6 literal
+        return ""

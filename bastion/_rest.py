@@ -1,0 +1,132 @@
+"""The edge every service's REST app shares: one error body and one Host check.
+
+`rest_app(...)` builds the FastAPI app of the graph and policy services. Every error it
+answers has one shape, whichever layer raised it:
+
+    {"error": {"code": "<bastion code>", "message": "<what went wrong and what to do>"}}
+
+    BastionError subclass       its `code` and `http_status` (401 adds `WWW-Authenticate: Bearer`)
+    unknown route, workflow…    404 `bastion.not_found`
+    wrong HTTP method           405 `bastion.method_not_allowed`
+    bad query/path/body value   422 `bastion.invalid_request` (FastAPI's validation)
+    Host/Origin not allowed     403 `bastion.host_not_allowed` (bastion._hosts)
+    a bug                       500 `bastion.internal` (the log has the traceback)
+
+The Host check runs before routing, so a refused request reaches neither auth nor a
+handler. `/healthz`, `/readyz` and `/metrics` skip it, as they do at the proxy: kubelet
+probes and Prometheus scrapes name the pod's IP as Host, and those routes carry no
+workflow data.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import __version__
+from ._errors import BastionError
+from ._hosts import HostCheck
+
+log = logging.getLogger("bastion.rest")
+
+#: Answered whatever the Host and without a token: liveness, readiness, metrics.
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+_HTTP_CODES = {404: "bastion.not_found", 405: "bastion.method_not_allowed"}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every REST error of the graph and policy services (see docs/errors.md)."""
+
+    error: ErrorDetail
+
+
+def error_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI `responses` entry answered with the error body."""
+    return {"model": ErrorBody, "description": description}
+
+
+#: The OpenAPI `responses` of a route behind bastion._auth.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: error_doc("No bearer token, or one that is malformed, expired or not signed by a trusted key."),
+    403: error_doc("The token lacks the role this route needs, or the Host/Origin is not allowed."),
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def rest_app(*, title: str, hosts: HostCheck, description: str = "") -> FastAPI:
+    """A FastAPI app answering errors in the shared body and refusing foreign Hosts."""
+    app = FastAPI(title=title, version=__version__, description=description)
+    app.add_exception_handler(BastionError, _bastion_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(HostGuard, hosts=hosts)
+    return app
+
+
+class HostGuard:
+    """ASGI middleware: answer 403 `bastion.host_not_allowed` when HostCheck refuses the request."""
+
+    def __init__(self, app: ASGIApp, hosts: HostCheck) -> None:
+        self._app = app
+        self._hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"] not in OPS_PATHS:
+            refusal = self._hosts.refusal(scope["headers"])
+            if refusal is not None:
+                log.warning("refused a request: %s", refusal, extra={"fields": {"path": scope["path"]}})
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await error_response(403, "bastion.host_not_allowed", refusal)(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+async def _bastion_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, BastionError):  # registered for BastionError only
+        raise exc
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    return error_response(exc.http_status, exc.code, str(exc), headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only
+        raise exc
+    code = _HTTP_CODES.get(exc.status_code)
+    if code is None:
+        code = "bastion.internal" if exc.status_code >= 500 else "bastion.invalid_request"
+    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, RequestValidationError):  # registered for RequestValidationError only
+        raise exc
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
+        for error in exc.errors()
+    )
+    return error_response(422, "bastion.invalid_request", problems or "invalid request")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Starlette re-raises after sending this, so the server logs the traceback; the client learns no more.
+    return error_response(500, "bastion.internal", "internal error; see the service's log")

@@ -1,0 +1,145 @@
+"""Who owns a session or a client-named workflow, so no caller can write into another's.
+
+A probe showed agent B, naming agent A's workflow id or reusing A's `Mcp-Session-Id`,
+becoming the causal parent of A's next node, seeding A's "trusted" task first, and
+running inside A's upstream session. Two bindings close that:
+
+* **Sessions** belong to the principal (tenant, agent) whose `initialize` created them.
+  A request carrying a session id is refused for anyone else (403), and a session id
+  this proxy never saw initialised is unknown (404, which makes MCP clients start a new
+  session). Kept in memory: after a proxy restart every client re-initialises once.
+* **Client-named workflow ids** (`Bastion-Workflow-Id`, `_meta`) belong to the first
+  principal that names them. Anyone else naming the same id is given a different
+  workflow, `<id>~<12 hex of sha256(tenant, agent)>`, deterministic so the same caller
+  keeps landing in its own, and returned in `Bastion-Workflow-Id`. Isolation rather than
+  refusal: two agents of one multi-agent run legitimately tag their calls with the same
+  run id, and each still gets a history no one else can write into. Ownership is stored
+  in SQLite under $BASTION_HOME so it survives restarts (otherwise the first caller after
+  a restart would own every id); claims run on one dedicated thread, and known ids are
+  answered from a bounded in-memory cache without touching the event loop's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bastion._errors import SessionForeign, SessionUnknown, StoreError
+from bastion._identity import Principal
+
+#: A workflow id names a graph workflow and a URL path segment: a safe character set.
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+MAX_WORKFLOW_ID = 128
+
+
+def owner_key(principal: Principal) -> str:
+    # Length-prefixed, so no choice of tenant and agent id can collide with another pair.
+    return f"{len(principal.tenant)}:{principal.tenant}/{principal.subject}"
+
+
+def is_safe_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_WORKFLOW_ID and value[0].isalnum() and _SAFE.issuperset(value)
+
+
+def scoped_id(workflow_id: str, owner: str) -> str:
+    """The workflow a non-owner gets when it names someone else's workflow id."""
+    return f"{workflow_id}~{hashlib.sha256(owner.encode()).hexdigest()[:12]}"
+
+
+class _Lru:
+    def __init__(self, capacity: int) -> None:
+        self._data: OrderedDict[str, str] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, key: str) -> str | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: str) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        if len(self._data) > self._capacity:
+            self._data.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        self._data.pop(key, None)
+
+
+class SessionOwners:
+    """Mcp-Session-Id → owner, bounded (the oldest session is forgotten first)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._owners = _Lru(capacity)
+
+    def bind(self, session_id: str, principal: Principal) -> None:
+        self._owners.put(session_id, owner_key(principal))
+
+    def forget(self, session_id: str) -> None:
+        self._owners.pop(session_id)
+
+    def check(self, session_id: str, principal: Principal) -> None:
+        owner = self._owners.get(session_id)
+        if owner is None:
+            raise SessionUnknown(
+                "Mcp-Session-Id is not a session this proxy initialised (expired, deleted, or from before a "
+                "restart): send initialize to start a new session"
+            )
+        if owner != owner_key(principal):
+            raise SessionForeign("Mcp-Session-Id belongs to another principal; sessions cannot be shared")
+
+
+class WorkflowOwners:
+    """Client-named workflow id → owner, durable; see the module docstring."""
+
+    def __init__(self, path: Path, cache_size: int = 100_000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bastion-workflow-owners")
+        self._db = self._executor.submit(self._open, path).result()
+        self._cache = _Lru(cache_size)
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # A lost claim after a power cut only means the next caller may claim the id
+            # again; it never loses an event. NORMAL spares an fsync per new workflow.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS workflow_owners ("
+                "workflow_id TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed_at REAL NOT NULL) WITHOUT ROWID"
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the workflow ownership store {path}: {exc}") from exc
+        return db
+
+    async def effective(self, workflow_id: str, principal: Principal) -> str:
+        """The workflow id `principal` writes to when it names `workflow_id`."""
+        owner = owner_key(principal)
+        known = self._cache.get(workflow_id)
+        if known is None:
+            loop = asyncio.get_running_loop()
+            known = await loop.run_in_executor(self._executor, self._claim, workflow_id, owner)
+            self._cache.put(workflow_id, known)
+        return workflow_id if known == owner else scoped_id(workflow_id, owner)
+
+    def _claim(self, workflow_id: str, owner: str) -> str:
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO workflow_owners VALUES (?, ?, ?)", (workflow_id, owner, time.time())
+            )
+            row = self._db.execute("SELECT owner FROM workflow_owners WHERE workflow_id = ?", (workflow_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"workflow ownership store failed: {exc}") from exc
+        return str(row[0])
+
+    def close(self) -> None:
+        self._executor.submit(self._db.close).result()
+        self._executor.shutdown()

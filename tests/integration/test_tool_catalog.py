@@ -1,0 +1,128 @@
+"""The proxy's view of an upstream's live tools/list, fetched from a real `mcp` SDK server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from mcp.server import MCPServer
+
+from bastion import UnknownTool, UpstreamError
+from bastion.proxy._catalog import ToolCatalog
+from bastion.proxy._upstream import UpstreamPool
+
+
+def _server() -> MCPServer:
+    server = MCPServer("catalog-test")
+
+    def transfer(amount: int) -> int:
+        return amount
+
+    def get_weather(city: str) -> str:
+        return city
+
+    server.add_tool(transfer, name="transfer")
+    server.add_tool(transfer, name="Transfer")
+    server.add_tool(get_weather, name="getWeather")
+    return server
+
+
+@contextlib.asynccontextmanager
+async def _serving(server: MCPServer) -> AsyncIterator[str]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    app = server.streamable_http_app(host="127.0.0.1")
+    web = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(web.serve(sockets=[sock]))
+    while not web.started:
+        if task.done():
+            task.result()  # raises the startup error
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    finally:
+        web.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[MCPServer, str]]:
+    server = _server()
+    async with _serving(server) as url:
+        yield server, url
+
+
+async def test_exact_names_pass_and_case_variants_are_refused_with_the_real_name(
+    upstream: tuple[MCPServer, str],
+) -> None:
+    pool = UpstreamPool(upstream[1], timeout=5)
+    catalog = ToolCatalog("bank", pool)
+    await catalog.check("getWeather")
+    for variant in ("getweather", "GETWEATHER", "GetWeather"):
+        with pytest.raises(UnknownTool, match="did you mean 'getWeather'"):
+            await catalog.check(variant)
+    with pytest.raises(UnknownTool, match="not in the tools/list of upstream 'bank'"):
+        await catalog.check("nope")
+    pool.close()
+
+
+async def test_tools_that_differ_only_in_case_are_both_refused(upstream: tuple[MCPServer, str]) -> None:
+    pool = UpstreamPool(upstream[1], timeout=5)
+    catalog = ToolCatalog("bank", pool)
+    for name in ("transfer", "Transfer", "TRANSFER"):
+        with pytest.raises(UnknownTool, match="differ only in case"):
+            await catalog.check(name)
+    pool.close()
+
+
+async def test_a_tool_added_upstream_is_callable_after_the_refresh_interval(upstream: tuple[MCPServer, str]) -> None:
+    server, url = upstream
+    pool = UpstreamPool(url, timeout=5)
+    catalog = ToolCatalog("bank", pool, min_refresh=0.2)
+    with pytest.raises(UnknownTool):
+        await catalog.check("late")
+
+    def late() -> str:
+        return "late"
+
+    server.add_tool(late, name="late")
+    # Within the refresh interval the cached list still answers (no upstream round trip)...
+    with pytest.raises(UnknownTool):
+        await catalog.check("late")
+    await asyncio.sleep(0.3)
+    await catalog.check("late")
+    pool.close()
+
+
+async def test_concurrent_checks_share_one_fetch(upstream: tuple[MCPServer, str]) -> None:
+    pool = UpstreamPool(upstream[1], timeout=5)
+    catalog = ToolCatalog("bank", pool)
+    fetches = 0
+    original = catalog._fetch
+
+    async def counting() -> list[str]:
+        nonlocal fetches
+        fetches += 1
+        return await original()
+
+    catalog._fetch = counting  # type: ignore[method-assign]
+    await asyncio.gather(*(catalog.check("getWeather") for _ in range(20)))
+    assert fetches == 1
+    pool.close()
+
+
+async def test_an_upstream_that_cannot_list_refuses_the_call_without_naming_its_address() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pool = UpstreamPool(f"http://127.0.0.1:{port}/mcp", timeout=5)
+    catalog = ToolCatalog("bank", pool)
+    with pytest.raises(UpstreamError, match="fail closed") as caught:
+        await catalog.check("transfer")
+    assert "127.0.0.1" not in str(caught.value)
+    pool.close()
