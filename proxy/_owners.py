@@ -25,12 +25,13 @@ import asyncio
 import hashlib
 import sqlite3
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bastion._errors import SessionForeign, SessionUnknown, StoreError
 from bastion._identity import Principal
+
+from ._lru import Lru
 
 #: A workflow id names a graph workflow and a URL path segment: a safe character set.
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
@@ -51,32 +52,11 @@ def scoped_id(workflow_id: str, owner: str) -> str:
     return f"{workflow_id}~{hashlib.sha256(owner.encode()).hexdigest()[:12]}"
 
 
-class _Lru:
-    def __init__(self, capacity: int) -> None:
-        self._data: OrderedDict[str, str] = OrderedDict()
-        self._capacity = capacity
-
-    def get(self, key: str) -> str | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: str) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        if len(self._data) > self._capacity:
-            self._data.popitem(last=False)
-
-    def pop(self, key: str) -> None:
-        self._data.pop(key, None)
-
-
 class SessionOwners:
     """Mcp-Session-Id → owner, bounded (the oldest session is forgotten first)."""
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self._owners = _Lru(capacity)
+        self._owners = Lru[str, str](capacity)
 
     def bind(self, session_id: str, principal: Principal) -> None:
         self._owners.put(session_id, owner_key(principal))
@@ -102,7 +82,7 @@ class WorkflowOwners:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bastion-workflow-owners")
         self._db = self._executor.submit(self._open, path).result()
-        self._cache = _Lru(cache_size)
+        self._cache = Lru[str, str](cache_size)
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 import uuid6
 
@@ -27,11 +26,9 @@ from bastion._errors import InvalidRequest
 from bastion._identity import Principal
 from bastion.v1 import verifier_pb2
 
+from ._lru import Lru
 from ._mcp import WORKFLOW_META_KEY
 from ._owners import MAX_WORKFLOW_ID, WorkflowOwners, is_safe_id, owner_key
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 ROLLING_IDLE_SECONDS = 30 * 60
 #: Session ids come from upstreams (MCP: visible ASCII) and are checked at this length.
@@ -42,29 +39,11 @@ MAX_TASK_CHARS = 8192
 MAX_SESSIONS_PER_WORKFLOW = 64
 
 
-class _Lru(Generic[K, V]):
-    def __init__(self, capacity: int) -> None:
-        self._data: OrderedDict[K, V] = OrderedDict()
-        self._capacity = capacity
-
-    def get(self, key: K) -> V | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        if len(self._data) > self._capacity:
-            self._data.popitem(last=False)
-
-
 @dataclass(slots=True)
 class WorkflowState:
     history: deque[verifier_pb2.HistoryNode]
     task: str = ""
-    _last_nodes: _Lru[str, str] = field(default_factory=lambda: _Lru(MAX_SESSIONS_PER_WORKFLOW))
+    _last_nodes: Lru[str, str] = field(default_factory=lambda: Lru(MAX_SESSIONS_PER_WORKFLOW))
 
     def last_node(self, session_id: str) -> str | None:
         return self._last_nodes.get(session_id)
@@ -115,8 +94,8 @@ class WorkflowTracker:
     def __init__(self, history_len: int, owners: WorkflowOwners, capacity: int = 10_000) -> None:
         self._history_len = history_len
         self._owners = owners
-        self._workflows: _Lru[tuple[str, str], WorkflowState] = _Lru(capacity)
-        self._rolling: _Lru[str, tuple[str, float]] = _Lru(capacity)
+        self._workflows: Lru[tuple[str, str], WorkflowState] = Lru(capacity)
+        self._rolling: Lru[str, tuple[str, float]] = Lru(capacity)
 
     async def resolve(
         self, header: str | None, meta_value: object, session_id: str | None, principal: Principal

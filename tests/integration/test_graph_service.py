@@ -15,6 +15,8 @@ import grpc
 import httpx
 import pytest
 from fixtures.graphapi import (
+    DUPLICATE_HOST_IDS,
+    DUPLICATE_HOSTS,
     OPEN_PATHS,
     app_routes,
     auditor_token,
@@ -577,15 +579,7 @@ async def test_a_foreign_host_is_403_even_with_an_operator_token(graph: _Graph) 
     assert probe.status_code == 200
 
 
-@pytest.mark.parametrize(
-    "headers",
-    [
-        [("Host", "evil.example.com"), ("Host", "127.0.0.1")],
-        [("Host", "127.0.0.1"), ("Host", "evil.example.com")],
-        [("Host", "127.0.0.1"), ("Origin", "http://127.0.0.1"), ("Origin", "http://evil.example.com")],
-    ],
-    ids=["bad-host-first", "good-host-first", "two-origins"],
-)
+@pytest.mark.parametrize("headers", DUPLICATE_HOSTS, ids=DUPLICATE_HOST_IDS)
 async def test_duplicate_host_or_origin_headers_are_403(graph: _Graph, headers: list[tuple[str, str]]) -> None:
     token = issue_token(ensure_dev_key(graph.home), subject="ops", roles=("operator",))
 

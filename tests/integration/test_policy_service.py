@@ -15,7 +15,16 @@ import grpc
 import httpx
 import pytest
 import uvicorn
-from fixtures.graphapi import OPEN_PATHS, app_routes, callers, guarded_routes, raw_get, statuses
+from fixtures.graphapi import (
+    DUPLICATE_HOST_IDS,
+    DUPLICATE_HOSTS,
+    OPEN_PATHS,
+    app_routes,
+    callers,
+    guarded_routes,
+    raw_get,
+    statuses,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -321,15 +330,7 @@ async def test_a_foreign_host_is_403_on_the_admin_rest_even_with_an_operator_tok
     assert accepted.status_code == 200
 
 
-@pytest.mark.parametrize(
-    "headers",
-    [
-        [("Host", "evil.example.com"), ("Host", "127.0.0.1")],
-        [("Host", "127.0.0.1"), ("Host", "evil.example.com")],
-        [("Host", "127.0.0.1"), ("Origin", "http://127.0.0.1"), ("Origin", "http://evil.example.com")],
-    ],
-    ids=["bad-host-first", "good-host-first", "two-origins"],
-)
+@pytest.mark.parametrize("headers", DUPLICATE_HOSTS, ids=DUPLICATE_HOST_IDS)
 async def test_duplicate_host_or_origin_headers_are_403_on_the_admin_rest(
     service: Running, headers: list[tuple[str, str]]
 ) -> None:

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, poll
+from fixtures.mcpcalls import headers, tool_call
 from fixtures.stack import ROOT
 from fixtures.upstream import DemoUpstream, demo_upstream
 
@@ -23,10 +24,10 @@ from bastion._identity import ensure_dev_key, issue_token
 from bastion.v1 import policy_pb2, policy_pb2_grpc
 
 POLICY = ROOT / "examples" / "policies" / "demo.yaml"
-MODERN_META = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
+
+
+def _hdrs(token: str, name: str | None = None, workflow: str = "wf-int") -> dict[str, str]:
+    return headers(token, "tools/call", workflow, name)
 
 
 @pytest.fixture(scope="module")
@@ -42,29 +43,6 @@ def _dead_address() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
-def _call(name: str, arguments: dict[str, Any], msg_id: int = 1) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": msg_id,
-        "method": "tools/call",
-        "params": {"name": name, "arguments": arguments, "_meta": MODERN_META},
-    }
-
-
-def _headers(token: str, name: str | None = None, workflow: str = "wf-int") -> dict[str, str]:
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Accept": "application/json, text/event-stream",
-        "Content-Type": "application/json",
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/call",
-        "Bastion-Workflow-Id": workflow,
-    }
-    if name is not None:
-        headers["Mcp-Name"] = name
-    return headers
-
-
 class Stack:
     def __init__(self, home: Path, proxy: str, graph: str) -> None:
         self.home = home
@@ -75,7 +53,7 @@ class Stack:
     async def post(self, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> httpx.Response:
         async with httpx.AsyncClient(base_url=self.proxy) as http:
             content = raw if raw is not None else orjson.dumps(body)
-            return await http.post("/mcp/demo", content=content, headers=headers or _headers(self.token))
+            return await http.post("/mcp/demo", content=content, headers=headers or _hdrs(self.token))
 
     async def violations(self, workflow: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         params = {"workflow_id": workflow}
@@ -94,7 +72,7 @@ async def stack(tmp_path: Path, upstream: DemoUpstream) -> AsyncIterator[Stack]:
 
 
 async def test_allowed_call_returns_the_upstream_result_with_bastion_headers(stack: Stack) -> None:
-    response = await stack.post(_call("add", {"a": 20, "b": 22}), _headers(stack.token, "add"))
+    response = await stack.post(tool_call("add", {"a": 20, "b": 22}), _hdrs(stack.token, "add"))
     assert response.status_code == 200
     assert response.json()["result"]["structuredContent"] == {"result": 42}
     assert response.headers["bastion-workflow-id"] == "wf-int"
@@ -131,7 +109,7 @@ async def test_bad_messages_get_a_precise_error_are_audited_and_the_proxy_keeps_
     stack: Stack, upstream: DemoUpstream, raw: bytes, status: int, code: int, bastion_code: str
 ) -> None:
     executed = len(upstream.executed())
-    headers = _headers(stack.token)
+    headers = _hdrs(stack.token)
     del headers["Mcp-Method"]
     response = await stack.post(None, headers, raw=raw)
     assert response.status_code == status
@@ -140,7 +118,7 @@ async def test_bad_messages_get_a_precise_error_are_audited_and_the_proxy_keeps_
     audited = await stack.violations("bastion.rejected", 1)
     assert audited[0]["rule_id"] == bastion_code
     assert len(upstream.executed()) == executed
-    follow_up = await stack.post(_call("add", {"a": 1, "b": 1}), _headers(stack.token, "add"))
+    follow_up = await stack.post(tool_call("add", {"a": 1, "b": 1}), _hdrs(stack.token, "add"))
     assert follow_up.json()["result"]["structuredContent"] == {"result": 2}
 
 
@@ -149,14 +127,14 @@ async def test_routing_headers_that_disagree_with_the_body_get_minus_32020_and_n
 ) -> None:
     executed = len(upstream.executed())
     # The header says the allowed tool, the body calls the denied one.
-    response = await stack.post(_call("delete_file", {"path": "/x"}), _headers(stack.token, "add"))
+    response = await stack.post(tool_call("delete_file", {"path": "/x"}), _hdrs(stack.token, "add"))
     assert response.status_code == 400
     assert response.json()["error"]["code"] == -32020
     assert len(upstream.executed()) == executed
 
 
 async def test_oversized_body_is_refused_with_413(stack: Stack) -> None:
-    response = await stack.post(_call("echo", {"text": "x" * 100_000}), _headers(stack.token, "echo"))
+    response = await stack.post(tool_call("echo", {"text": "x" * 100_000}), _hdrs(stack.token, "echo"))
     assert response.status_code == 413
     assert response.json()["error"]["code"] == -32600
     assert "BASTION_MAX_BODY" in response.json()["error"]["data"]["reason"]
@@ -166,11 +144,11 @@ async def test_oversized_body_is_refused_with_413(stack: Stack) -> None:
 
 async def test_unknown_server_and_foreign_host_are_refused(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.proxy) as http:
-        unknown = await http.post("/mcp/nope", json=_call("add", {}), headers=_headers(stack.token))
+        unknown = await http.post("/mcp/nope", json=tool_call("add", {}), headers=_hdrs(stack.token))
         foreign = await http.post(
-            "/mcp/demo", json=_call("add", {}), headers={**_headers(stack.token, "add"), "Host": "evil.example.com"}
+            "/mcp/demo", json=tool_call("add", {}), headers={**_hdrs(stack.token, "add"), "Host": "evil.example.com"}
         )
-        wrong_method = await http.put("/mcp/demo", json={}, headers=_headers(stack.token))
+        wrong_method = await http.put("/mcp/demo", json={}, headers=_hdrs(stack.token))
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "bastion.unknown_server")
     assert (foreign.status_code, foreign.json()["error"]["code"]) == (403, "bastion.host_not_allowed")
     assert wrong_method.status_code == 405
@@ -179,9 +157,9 @@ async def test_unknown_server_and_foreign_host_are_refused(stack: Stack) -> None
 
 
 async def test_blocked_call_envelope_names_rule_and_is_linked_to_the_previous_action(stack: Stack) -> None:
-    first = await stack.post(_call("add", {"a": 1, "b": 2}), _headers(stack.token, "add", "wf-chain"))
+    first = await stack.post(tool_call("add", {"a": 1, "b": 2}), _hdrs(stack.token, "add", "wf-chain"))
     blocked = await stack.post(
-        _call("delete_file", {"path": "/x"}, 2), _headers(stack.token, "delete_file", "wf-chain")
+        tool_call("delete_file", {"path": "/x"}, 2), _hdrs(stack.token, "delete_file", "wf-chain")
     )
     error = blocked.json()["error"]
     assert (error["code"], error["message"], error["data"]["rule_id"]) == (
@@ -217,7 +195,7 @@ async def test_the_agents_token_is_not_forwarded_upstream(tmp_path: Path) -> Non
     app = inprocess.app_config(f"http://127.0.0.1:{port}/mcp", POLICY)
     async with server, inprocess.stack(tmp_path, app) as running:
         stack = Stack(tmp_path, running.proxy, running.graph)
-        headers = {**_headers(stack.token), "Mcp-Method": "ping"}
+        headers = {**_hdrs(stack.token), "Mcp-Method": "ping"}
         response = await stack.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers)
         assert response.status_code == 200
     assert len(seen) == 1
@@ -238,7 +216,7 @@ async def test_verifier_down_blocks_by_default_and_allows_only_when_fallback_say
             tmp_path, app, policy_addr=policy["grpc"], verifier_addr=dead, graph_addr=graph["grpc"]
         ) as proxy:
             stack = Stack(tmp_path, proxy["http"], graph["http"])
-            blocked = await stack.post(_call("add", {"a": 1, "b": 1}), _headers(stack.token, "add", "wf-vdown"))
+            blocked = await stack.post(tool_call("add", {"a": 1, "b": 1}), _hdrs(stack.token, "add", "wf-vdown"))
         assert blocked.json()["error"]["data"]["rule_id"] == "bastion.verifier_unavailable"
         assert blocked.json()["error"]["data"]["deviation_score"] is None
         async with inprocess.proxy(
@@ -250,7 +228,7 @@ async def test_verifier_down_blocks_by_default_and_allows_only_when_fallback_say
             verifier_fallback="allow",
         ) as proxy:
             stack = Stack(tmp_path, proxy["http"], graph["http"])
-            allowed = await stack.post(_call("add", {"a": 1, "b": 1}), _headers(stack.token, "add", "wf-vfallback"))
+            allowed = await stack.post(tool_call("add", {"a": 1, "b": 1}), _hdrs(stack.token, "add", "wf-vfallback"))
         assert allowed.json()["result"]["structuredContent"] == {"result": 2}
         nodes = await stack.nodes("wf-vfallback", 1)
         assert nodes[0]["outcome"] == "FORWARDED"
@@ -297,7 +275,7 @@ async def test_policy_past_its_deadline_blocks_the_call(tmp_path: Path, upstream
         ):
             stack = Stack(tmp_path, proxy["http"], graph["http"])
             started = time.monotonic()
-            response = await stack.post(_call("add", {"a": 1, "b": 1}), _headers(stack.token, "add"))
+            response = await stack.post(tool_call("add", {"a": 1, "b": 1}), _hdrs(stack.token, "add"))
             elapsed = time.monotonic() - started
     finally:
         await slow.stop(0)
@@ -319,7 +297,7 @@ async def test_events_journaled_while_the_graph_is_down_arrive_after_a_proxy_res
             node_ids = []
             for i in range(5):
                 response = await stack.post(
-                    _call("add", {"a": i, "b": 1}, i), _headers(stack.token, "add", "wf-outage")
+                    tool_call("add", {"a": i, "b": 1}, i), _hdrs(stack.token, "add", "wf-outage")
                 )
                 assert response.status_code == 200
                 node_ids.append(response.headers["bastion-node-id"])
@@ -338,7 +316,7 @@ async def test_an_unreachable_upstream_is_502_with_the_request_id(tmp_path: Path
     app = inprocess.app_config(f"http://{_dead_address()}/mcp", POLICY)
     async with inprocess.stack(tmp_path, app) as running:
         stack = Stack(tmp_path, running.proxy, running.graph)
-        response = await stack.post(_call("add", {"a": 1, "b": 1}, 41), _headers(stack.token, "add", "wf-up-down"))
+        response = await stack.post(tool_call("add", {"a": 1, "b": 1}, 41), _hdrs(stack.token, "add", "wf-up-down"))
         refused = await stack.violations("bastion.rejected", 1)
     assert response.status_code == 502
     assert response.json()["id"] == 41
@@ -352,13 +330,13 @@ async def test_an_unreachable_upstream_is_502_with_the_request_id(tmp_path: Path
 
 
 async def test_an_overlong_workflow_id_is_refused_before_it_can_reach_the_graph(stack: Stack) -> None:
-    response = await stack.post(_call("add", {"a": 1, "b": 1}), _headers(stack.token, "add", "w" * 600))
+    response = await stack.post(tool_call("add", {"a": 1, "b": 1}), _hdrs(stack.token, "add", "w" * 600))
     assert response.status_code == 400
     assert response.json()["error"]["code"] == -32600
     assert "Bastion-Workflow-Id" in response.json()["error"]["data"]["reason"]
     # The refusal itself is audited, and shipping goes on.
     audited = await stack.violations("bastion.rejected", 1)
     assert audited[0]["rule_id"] == "bastion.protocol.invalid_request"
-    fine = await stack.post(_call("add", {"a": 2, "b": 2}), _headers(stack.token, "add", "wf-after"))
+    fine = await stack.post(tool_call("add", {"a": 2, "b": 2}), _hdrs(stack.token, "add", "wf-after"))
     assert fine.json()["result"]["structuredContent"] == {"result": 4}
     assert len(await stack.nodes("wf-after", 1)) == 1
