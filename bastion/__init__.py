@@ -28,6 +28,7 @@ from ._errors import (
     StoreError,
     UnknownTool,
     UpstreamError,
+    UpstreamTimeout,
 )
 
 __version__ = "0.1.0"
@@ -56,5 +57,6 @@ __all__ = [
     "StoreError",
     "UnknownTool",
     "UpstreamError",
+    "UpstreamTimeout",
     "__version__",
 ]

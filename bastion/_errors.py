@@ -21,6 +21,7 @@
     │   └── SessionForeign            an Mcp-Session-Id initialised by another principal (HTTP 403)
     ├── DecisionUnavailable           policy or verifier unreachable, slow or failing: blocks
     ├── UpstreamError                 the upstream MCP server / A2A agent failed
+    │   └── UpstreamTimeout           … by sending no response, or no more body, in time (HTTP 504)
     ├── JournalError                  the local journal cannot record an event: blocks
     └── StoreError                    the graph store failed
 
@@ -155,6 +156,12 @@ class UpstreamError(BastionError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class UpstreamTimeout(UpstreamError):
+    code = "bastion.upstream.timeout"
+    http_status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class JournalError(BastionError):
     code = "bastion.journal"
     jsonrpc_code = -32003
@@ -192,4 +199,5 @@ __all__ = [
     "StoreError",
     "UnknownTool",
     "UpstreamError",
+    "UpstreamTimeout",
 ]

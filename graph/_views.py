@@ -78,6 +78,22 @@ class NodeView(BaseModel):
     decided_at: datetime | None
     parent_ids: list[str] = Field(description="CAUSED_BY parents: the previous action(s) of the session.")
     payload_digest: str
+    result: ResultView | None = Field(
+        default=None, description="How the forwarded action ended; null until the proxy recorded it."
+    )
+
+
+class ResultView(BaseModel):
+    """How a forwarded action ended, recorded by the proxy after the upstream answered."""
+
+    outcome: str = Field(description=_one_of(graph_pb2.ResultOutcome.DESCRIPTOR))
+    jsonrpc_error_code: int = Field(description="The answer's JSON-RPC error code; 0 for a result.")
+    http_status: int = Field(description="The upstream's HTTP status; 0 when none arrived.")
+    duration_ms: float = Field(description="From forwarding to the end of the relayed answer.")
+    result_digest: str = Field(description="sha256 of the answer's body as relayed.")
+    result_bytes: int
+    completed_at: datetime | None
+    detail: str = Field(description="Why, for UPSTREAM_ERROR, TIMEOUT and CLIENT_GONE.")
 
 
 class EdgeView(BaseModel):
@@ -198,6 +214,20 @@ def node_view(node: Node) -> NodeView:
         decided_at=_datetime(event.decided_at) if event.HasField("decided_at") else None,
         parent_ids=list(event.parent_ids),
         payload_digest=event.payload_digest,
+        result=_result_view(event.result) if event.HasField("result") else None,
+    )
+
+
+def _result_view(result: graph_pb2.ActionResult) -> ResultView:
+    return ResultView(
+        outcome=enum_name(graph_pb2.ResultOutcome.DESCRIPTOR, result.outcome),
+        jsonrpc_error_code=result.jsonrpc_error_code,
+        http_status=result.http_status,
+        duration_ms=result.duration_ms,
+        result_digest=result.result_digest,
+        result_bytes=result.result_bytes,
+        completed_at=_datetime(result.completed_at) if result.HasField("completed_at") else None,
+        detail=result.detail,
     )
 
 

@@ -69,11 +69,13 @@ async def send_json(send: Send, status: int, payload: Any, extra: Headers | None
 
 async def send_stream(
     send: Send, receive: Receive, status: int, headers: Headers, chunks: AsyncIterator[bytes]
-) -> None:
-    """Relay a body as it arrives (SSE); stop when either side goes away.
+) -> bool:
+    """Relay a body as it arrives (SSE); stop when either side goes away. False when the
+    client went away before the end.
 
     A client that disconnects from a long-lived stream is only visible on `receive`,
-    so a watcher task cancels the relay and the upstream connection is closed.
+    so a watcher task cancels the relay and the upstream connection is closed. An error
+    of `chunks` (the upstream failing mid-stream) propagates after the body is ended.
     """
     await send({"type": "http.response.start", "status": status, "headers": headers})
     relay = asyncio.current_task()
@@ -86,13 +88,18 @@ async def send_stream(
 
     watcher = asyncio.create_task(watch_disconnect())
     try:
-        async for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        try:
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            if not watcher.done():
+                # End the response however the relay ended: the client must not wait forever.
+                with contextlib.suppress(OSError):
+                    await send({"type": "http.response.body", "body": b""})
     except asyncio.CancelledError:
         if watcher.done():  # the client went away: a normal end of a stream
             relay.uncancel()
-            return
+            return False
         raise
     finally:
         watcher.cancel()
@@ -101,3 +108,4 @@ async def send_stream(
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+    return True

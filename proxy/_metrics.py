@@ -14,6 +14,7 @@ from bastion.v1 import policy_pb2
 
 from ._shipper import DEAD_LETTER_REASONS
 
+_RESULT_OUTCOMES = ("COMPLETED", "UPSTREAM_ERROR", "TIMEOUT", "CLIENT_GONE")
 _BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -51,6 +52,20 @@ class ProxyMetrics:
             "Upper bound on the age of the oldest journal record not yet acknowledged by the graph; 0 when caught up.",
             registry=self.registry,
         )
+
+        results = Counter(
+            "bastion_action_results_total",
+            "How forwarded actions ended (result events), by outcome; 'unjournaled' when the journal refused one.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._results = {name: results.labels(name) for name in (*_RESULT_OUTCOMES, "unjournaled")}
+
+    def result(self, outcome: str) -> None:
+        self._results[outcome].inc()
+
+    def result_unjournaled(self) -> None:
+        self._results["unjournaled"].inc()
 
     def count(self, outcome: str, decision: policy_pb2.Decision | None) -> None:
         self._actions.labels(outcome).inc()

@@ -159,6 +159,32 @@ class Recorder:
         self._journal.append(encode_event(event, record.action, max_arguments=self._max_arguments))
         return violation_id
 
+    def append_result(self, record: Record, result: graph_pb2.ActionResult) -> None:
+        """Journal how `record`'s forwarded action ended: a result event for the same node
+        (its own event_id), which the graph stores on that node. Raises JournalError."""
+        action = record.action
+        event = graph_pb2.Event(
+            event_id=new_id(),
+            workflow_id=record.workflow_id,
+            node_id=record.node_id,
+            node_type=record.node_type,  # type: ignore[arg-type]
+            agent_id=record.agent_id,
+            session_id=record.session_id,
+            tenant=record.tenant,
+            outcome=graph_pb2.FORWARDED,
+            result=result,
+        )
+        # The arguments are on the action's own event already; the result names the action only.
+        summary = policy_pb2.Action(
+            kind=action.kind,
+            server=action.server,
+            tool=action.tool,
+            prompt=action.prompt,
+            resource=action.resource,
+            method=action.method,
+        )
+        self._journal.append(encode_event(event, summary, max_arguments=0))
+
 
 def encode_event(
     event: graph_pb2.Event, action: policy_pb2.Action, *, max_arguments: int = DEFAULT_MAX_ARGUMENTS

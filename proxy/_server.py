@@ -20,7 +20,9 @@ from ._app import ProxyApp
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
 from ._config import ProxySettings
+from ._enforcer import DecisionStage, Enforcer
 from ._journal import Journal
+from ._mcp_http import McpHttpAdapter
 from ._metrics import ProxyMetrics
 from ._owners import SessionOwners, WorkflowOwners
 from ._pipeline import Governor
@@ -80,24 +82,25 @@ async def serve(
         verifier_timeout=settings.verifier_timeout_ms / 1000,
         fallback_allow=settings.verifier_fallback == "allow",
     )
-    proxy = ProxyApp(
+    enforcer = Enforcer(checks=(), decide=DecisionStage(governor), recorder=Recorder(journal), metrics=metrics)
+    mcp = McpHttpAdapter(
         tokens=tokens,
-        governor=governor,
-        recorder=Recorder(journal),
+        enforcer=enforcer,
         upstreams=upstreams,
+        catalogs=catalogs,
         tracker=WorkflowTracker(settings.history_len, owners),
+        sessions=SessionOwners(),
         metrics=metrics,
         hosts=HostCheck(app.allowed_hosts, parse_addr(settings.proxy_addr)[0]),
-        max_body=settings.max_body,
-        sessions=SessionOwners(),
-        catalogs=catalogs,
         budget=ValueBudget(
             max_values=settings.max_argument_values,
             max_depth=settings.max_argument_depth,
             max_string_bytes=settings.max_argument_string_bytes,
         ),
+        max_body=settings.max_body,
         body_timeout=settings.body_timeout_s,
     )
+    proxy = ProxyApp(mcp=mcp, metrics=metrics)
     web = await start_web_server(proxy, settings.proxy_addr)
     try:
         # Connect the channels now so the first governed call does not pay for it.

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from bastion._errors import ConfigError, UpstreamError
+from bastion._errors import ConfigError, UpstreamError, UpstreamTimeout
 
 _HIGH_WATER = 1 << 20  # bytes buffered before we stop reading from the upstream socket
 _LOW_WATER = 1 << 18
@@ -110,7 +110,9 @@ class _Connection(asyncio.Protocol):
         self.received_any = False
         self.keep_alive = False
 
-    async def next_chunk(self) -> bytes:
+    async def next_chunk(self, idle_timeout: float | None = None) -> bytes:
+        """The next piece of the body (b"" at its end); UpstreamTimeout when nothing
+        arrives for `idle_timeout` seconds."""
         while True:
             if self._chunks:
                 chunk = self._chunks.popleft()
@@ -124,8 +126,14 @@ class _Connection(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             self._wakeup = asyncio.get_running_loop().create_future()
-            await self._wakeup
-            self._wakeup = None
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    await self._wakeup
+            except TimeoutError:
+                self.close()
+                raise UpstreamTimeout(f"upstream sent no more of its answer within {idle_timeout:g}s") from None
+            finally:
+                self._wakeup = None
 
     @property
     def usable(self) -> bool:
@@ -152,15 +160,17 @@ class UpstreamResponse:
                 return value
         return None
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    async def stream(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives; `idle_timeout` bounds the wait for each piece (None:
+        a long-lived stream such as an MCP session's GET may stay quiet for as long as it likes)."""
         try:
-            while chunk := await self._conn.next_chunk():
+            while chunk := await self._conn.next_chunk(idle_timeout):
                 yield chunk
         finally:
             self.release()
 
-    async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.stream()]
+    async def read(self, idle_timeout: float | None = None) -> bytes:
+        parts = [chunk async for chunk in self.stream(idle_timeout)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
@@ -187,6 +197,8 @@ class UpstreamPool:
         self.path = parts.path or "/"
         self.authority = parts.netloc.encode("latin-1")
         self._timeout = timeout
+        #: Seconds to wait for a response's headers, and for each further piece of a POST's body.
+        self.timeout = timeout
         self._idle: deque[_Connection] = deque()
         self._max_idle = max_idle
 
@@ -246,7 +258,9 @@ class UpstreamPool:
                 await conn.headers_ready
         except TimeoutError as exc:
             conn.close()
-            raise UpstreamError(f"upstream {self.host}:{self.port} sent no response within {self._timeout:g}s") from exc
+            raise UpstreamTimeout(
+                f"upstream {self.host}:{self.port} sent no response within {self._timeout:g}s"
+            ) from exc
         except BaseException:
             conn.close()
             raise

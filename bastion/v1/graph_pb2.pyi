@@ -89,6 +89,90 @@ REJECTED: Outcome.ValueType  # 3
 """Refused before a decision could be asked for (bad token, malformed message)."""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
+class _ResultOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResultOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResultOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESULT_OUTCOME_UNSPECIFIED: _ResultOutcome.ValueType  # 0
+    COMPLETED: _ResultOutcome.ValueType  # 1
+    """The upstream answered (with a result or a JSON-RPC error: see jsonrpc_error_code)."""
+    UPSTREAM_ERROR: _ResultOutcome.ValueType  # 2
+    """The upstream could not be reached, broke the connection or sent an invalid response."""
+    TIMEOUT: _ResultOutcome.ValueType  # 3
+    """The upstream sent no response (or no further body) within the proxy's deadline."""
+    CLIENT_GONE: _ResultOutcome.ValueType  # 4
+    """The client went away before the answer was relayed."""
+
+class ResultOutcome(_ResultOutcome, metaclass=_ResultOutcomeEnumTypeWrapper):
+    """How a forwarded action ended (the proxy's result event, DESIGN §3)."""
+
+RESULT_OUTCOME_UNSPECIFIED: ResultOutcome.ValueType  # 0
+COMPLETED: ResultOutcome.ValueType  # 1
+"""The upstream answered (with a result or a JSON-RPC error: see jsonrpc_error_code)."""
+UPSTREAM_ERROR: ResultOutcome.ValueType  # 2
+"""The upstream could not be reached, broke the connection or sent an invalid response."""
+TIMEOUT: ResultOutcome.ValueType  # 3
+"""The upstream sent no response (or no further body) within the proxy's deadline."""
+CLIENT_GONE: ResultOutcome.ValueType  # 4
+"""The client went away before the answer was relayed."""
+Global___ResultOutcome: _TypeAlias = ResultOutcome  # noqa: Y015
+
+@_typing.final
+class ActionResult(_message.Message):
+    """What happened after a forwarded action: stored on the action's node, never as a node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    JSONRPC_ERROR_CODE_FIELD_NUMBER: _builtins.int
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    RESULT_DIGEST_FIELD_NUMBER: _builtins.int
+    RESULT_BYTES_FIELD_NUMBER: _builtins.int
+    REDACTED_RESULT_FIELD_NUMBER: _builtins.int
+    COMPLETED_AT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    outcome: Global___ResultOutcome.ValueType
+    jsonrpc_error_code: _builtins.int
+    """The JSON-RPC error code of the answer, 0 when it was a result (or not JSON-RPC)."""
+    http_status: _builtins.int
+    """HTTP status of the upstream's answer, 0 when none arrived."""
+    duration_ms: _builtins.float
+    """From forwarding to the end of the relayed answer."""
+    result_digest: _builtins.str
+    """sha256 of the answer's body as relayed (all of it, SSE included)."""
+    result_bytes: _builtins.int
+    detail: _builtins.str
+    """Why, in words, for UPSTREAM_ERROR / TIMEOUT / CLIENT_GONE (no internal addresses)."""
+    @_builtins.property
+    def redacted_result(self) -> _struct_pb2.Struct:
+        """The answer's JSON-RPC result, redacted (filled in by the redaction work; empty today)."""
+
+    @_builtins.property
+    def completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        outcome: Global___ResultOutcome.ValueType = ...,
+        jsonrpc_error_code: _builtins.int = ...,
+        http_status: _builtins.int = ...,
+        duration_ms: _builtins.float = ...,
+        result_digest: _builtins.str = ...,
+        result_bytes: _builtins.int = ...,
+        redacted_result: _struct_pb2.Struct | None = ...,
+        completed_at: _timestamp_pb2.Timestamp | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "redacted_result", b"redacted_result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "detail", b"detail", "duration_ms", b"duration_ms", "http_status", b"http_status", "jsonrpc_error_code", b"jsonrpc_error_code", "outcome", b"outcome", "redacted_result", b"redacted_result", "result_bytes", b"result_bytes", "result_digest", b"result_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionResult: _TypeAlias = ActionResult  # noqa: Y015
+
 @_typing.final
 class EdgeHint(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -140,6 +224,7 @@ class Event(_message.Message):
     BLOCK_REASON_FIELD_NUMBER: _builtins.int
     VERIFIER_FALLBACK_FIELD_NUMBER: _builtins.int
     ARGUMENTS_TRUNCATED_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """uuid7; the idempotency key."""
     workflow_id: _builtins.str
@@ -181,6 +266,13 @@ class Event(_message.Message):
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def redacted_payload(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def result(self) -> Global___ActionResult:
+        """Set on a result event: a second event for an already journaled ACTION node (same
+        node_id, its own event_id) saying how the forwarded action ended. The graph stores
+        it on that node; it is never a node of its own.
+        """
+
     def __init__(
         self,
         *,
@@ -206,10 +298,11 @@ class Event(_message.Message):
         block_reason: _builtins.str = ...,
         verifier_fallback: _builtins.bool = ...,
         arguments_truncated: _builtins.bool = ...,
+        result: Global___ActionResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_at", b"decided_at", "decision", b"decision", "redacted_payload", b"redacted_payload", "started_at", b"started_at", "verifier", b"verifier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_at", b"decided_at", "decision", b"decision", "redacted_payload", b"redacted_payload", "result", b"result", "started_at", b"started_at", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "redacted_payload", b"redacted_payload", "session_id", b"session_id", "started_at", b"started_at", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "redacted_payload", b"redacted_payload", "result", b"result", "session_id", b"session_id", "started_at", b"started_at", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

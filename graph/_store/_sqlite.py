@@ -104,6 +104,14 @@ CREATE TABLE IF NOT EXISTS workflows (
 );
 CREATE INDEX IF NOT EXISTS workflows_by_recency ON workflows (last_seen_ns, workflow_id);
 
+-- Result events that arrived before their action's node (a redelivery can reorder them);
+-- merged into the node when it arrives.
+CREATE TABLE IF NOT EXISTS pending_results (
+    node_id  TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    result   TEXT NOT NULL
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS workflow_agents (
     workflow_id TEXT NOT NULL,
     agent_id    TEXT NOT NULL,
@@ -356,9 +364,15 @@ class _Writer:
 
 def _insert_event(connection: sqlite3.Connection, event: graph_pb2.Event, received_ns: int) -> bool:
     """Insert one event's node, edges and summary update; False when it was already stored."""
+    if event.HasField("result"):
+        return _store_result(connection, event)
     at_ns = event_time_ns(event, received_ns)
     violation = is_violation(event)
-    document = orjson.dumps(json_format.MessageToDict(event, preserving_proto_field_name=True)).decode()
+    data = json_format.MessageToDict(event, preserving_proto_field_name=True)
+    pending = connection.execute("SELECT result FROM pending_results WHERE node_id = ?", (event.node_id,)).fetchone()
+    if pending is not None:
+        data["result"] = orjson.loads(pending[0])
+    document = orjson.dumps(data).decode()
     inserted = connection.execute(
         _INSERT_NODE,
         (
@@ -381,10 +395,35 @@ def _insert_event(connection: sqlite3.Connection, event: graph_pb2.Event, receiv
     if inserted.rowcount == 0:
         _check_duplicate(connection, event)
         return False
+    if pending is not None:
+        connection.execute("DELETE FROM pending_results WHERE node_id = ?", (event.node_id,))
     connection.executemany(_INSERT_EDGE, _edge_rows(event))
     connection.execute(_UPSERT_WORKFLOW, (event.workflow_id, at_ns, at_ns, int(violation)))
     if event.agent_id:
         connection.execute(_INSERT_AGENT, (event.workflow_id, event.agent_id))
+    return True
+
+
+def _store_result(connection: sqlite3.Connection, event: graph_pb2.Event) -> bool:
+    """Put a result event's `result` on its action's node; False when the node already has one.
+
+    Idempotent: a redelivered result (or a second one for the same node) changes nothing,
+    so the first result recorded is the one kept. A result whose node has not arrived
+    waits in pending_results and is merged when it does.
+    """
+    result = json_format.MessageToDict(event.result, preserving_proto_field_name=True)
+    row = connection.execute("SELECT event FROM nodes WHERE node_id = ?", (event.node_id,)).fetchone()
+    if row is None:
+        stored = connection.execute(
+            "INSERT INTO pending_results (node_id, event_id, result) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (event.node_id, event.event_id, orjson.dumps(result).decode()),
+        )
+        return stored.rowcount > 0
+    document = orjson.loads(row[0])
+    if "result" in document:
+        return False
+    document["result"] = result
+    connection.execute("UPDATE nodes SET event = ? WHERE node_id = ?", (orjson.dumps(document).decode(), event.node_id))
     return True
 
 

@@ -597,3 +597,56 @@ async def _contents(store: SqliteGraphStore) -> dict[str, Any]:
             for node in await _nodes(store, workflow_id)
         },
     }
+
+
+# --- result events ---------------------------------------------------------------------------
+
+
+def _result_event(event_id: str, node_id: str, outcome: graph_pb2.ResultOutcome.ValueType) -> graph_pb2.Event:
+    return graph_pb2.Event(
+        event_id=event_id,
+        workflow_id="wf-1",
+        node_id=node_id,
+        node_type=graph_pb2.ACTION,
+        outcome=graph_pb2.FORWARDED,
+        result=graph_pb2.ActionResult(outcome=outcome, jsonrpc_error_code=-32002, duration_ms=1.5),
+    )
+
+
+async def _only_node(store: SqliteGraphStore) -> Node:
+    page = await store.nodes("wf-1", limit=10)
+    assert page is not None
+    assert len(page.items) == 1
+    return page.items[0]
+
+
+async def test_a_result_event_is_stored_on_its_node_not_as_a_node(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("e1")])
+    stored = await store.ingest([_result_event("r1", "node-e1", graph_pb2.COMPLETED)])
+    node = await _only_node(store)
+    assert stored == IngestResult(accepted=1, duplicates=0)
+    assert (node.event.event_id, node.event.result.outcome) == ("e1", graph_pb2.COMPLETED)
+    assert node.event.result.jsonrpc_error_code == -32002
+    summary = await store.workflow("wf-1")
+    assert summary is not None
+    assert summary.node_count == 1
+
+
+async def test_a_result_redelivered_or_repeated_keeps_the_first(store: SqliteGraphStore) -> None:
+    await store.ingest([_event("e1"), _result_event("r1", "node-e1", graph_pb2.TIMEOUT)])
+    again = await store.ingest([_result_event("r1", "node-e1", graph_pb2.TIMEOUT)])
+    other = await store.ingest([_result_event("r2", "node-e1", graph_pb2.COMPLETED)])
+    node = await _only_node(store)
+    assert again == other == IngestResult(accepted=0, duplicates=1)
+    assert node.event.result.outcome == graph_pb2.TIMEOUT
+
+
+async def test_a_result_that_arrives_before_its_action_is_merged_when_the_action_does(
+    store: SqliteGraphStore,
+) -> None:
+    early = await store.ingest([_result_event("r1", "node-e1", graph_pb2.UPSTREAM_ERROR)])
+    assert await store.nodes("wf-1", limit=10) is None  # no node of its own
+    await store.ingest([_event("e1")])
+    node = await _only_node(store)
+    assert early == IngestResult(accepted=1, duplicates=0)
+    assert node.event.result.outcome == graph_pb2.UPSTREAM_ERROR

@@ -1,0 +1,286 @@
+"""The protocol-neutral enforcer: (caller, actions) → outcome, and what is journaled.
+
+Protocol adapters (MCP today, A2A next) parse their wire format, validate it, bind the
+caller and build the actions; the enforcer runs the decision stages of DESIGN §1 in
+order for each action and journals the outcome before the adapter may forward:
+
+    stages (each a small object: limits, approvals, redaction arrive as new stages)
+      → decide + score concurrently (`Governor`, fail-closed `combine`)
+      → journal the decided event (a journal failure turns the action into a block)
+    forward (the adapter) → `record_results`: a result event for each forwarded node
+
+A stage sees the pending action and either lets it continue (None) or ends it with an
+`Outcome` that blocks; the first stage that ends it wins and later stages do not run.
+Refusals made before any decision (bad token, malformed message) are journaled with
+`refuse` under the workflow `bastion.rejected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bastion._errors import JournalError
+from bastion._identity import Principal
+from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
+
+from ._envelope import block_envelope
+from ._methods import Target
+from ._metrics import ProxyMetrics
+from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome
+from ._recorder import Record, Recorder, iso
+from ._workflows import WorkflowState
+
+log = logging.getLogger("bastion.proxy")
+
+#: Where refusals made before a decision are journaled (no client may name it).
+REJECTED_WORKFLOW = "bastion.rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks, in which workflow and session, of which upstream."""
+
+    principal: Principal
+    workflow_id: str
+    session_id: str
+    server: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One action on its way through the stages."""
+
+    caller: Caller
+    record: Record
+    ctx: policy_pb2.Context
+    history: Sequence[verifier_pb2.HistoryNode]
+    body_size: int
+
+
+class Stage(Protocol):
+    async def __call__(self, pending: Pending) -> Outcome | None:
+        """None lets the action go on; an Outcome ends it here."""
+
+
+class DecisionStage:
+    """Policy and verifier, asked concurrently; always ends the action with their outcome."""
+
+    def __init__(self, governor: Governor) -> None:
+        self._governor = governor
+
+    async def __call__(self, pending: Pending) -> Outcome:
+        return await self._governor.decide(
+            pending.record.action, pending.ctx, pending.history, pending.record.node_id, body_size=pending.body_size
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """An action after the stages and the journal."""
+
+    record: Record
+    outcome: Outcome
+    violation_id: str
+
+
+class Enforcer:
+    """`checks` run in order before `decide` (limits, approvals, … as they arrive)."""
+
+    def __init__(
+        self, checks: Sequence[Stage], decide: DecisionStage, recorder: Recorder, metrics: ProxyMetrics
+    ) -> None:
+        self._checks = tuple(checks)
+        self._decide = decide
+        self._recorder = recorder
+        self._metrics = metrics
+
+    async def enforce(
+        self,
+        caller: Caller,
+        state: WorkflowState,
+        method: str,
+        targets: Sequence[Target],
+        *,
+        body: bytes,
+        started: float,
+    ) -> list[Decided]:
+        """Decide and journal every action; the caller forwards only when all are allowed."""
+        parent = state.last_node(caller.session_id)
+        parents = (parent,) if parent else ()
+        pending = [self._pending(caller, state, target, method, body, started, parents) for target in targets]
+        outcomes = await asyncio.gather(*(self._run(item) for item in pending))
+        decided = [self._journal(item.record, outcome) for item, outcome in zip(pending, outcomes, strict=True)]
+        state.set_last_node(caller.session_id, decided[-1].record.node_id)
+        for item in decided:
+            action = item.record.action
+            state.history.append(
+                verifier_pb2.HistoryNode(
+                    node_id=item.record.node_id,
+                    kind=action.kind,
+                    server=action.server,
+                    tool=action.tool or action.prompt or action.resource,
+                    # What happened, not what policy said: a verifier-blocked call must not
+                    # count as precedent when the agent retries it.
+                    effect=policy_pb2.ALLOW if item.outcome.allowed else policy_pb2.DENY,
+                )
+            )
+            self._metrics.count("forwarded" if item.outcome.allowed else "blocked", item.outcome.decision)
+        return decided
+
+    def _pending(
+        self,
+        caller: Caller,
+        state: WorkflowState,
+        target: Target,
+        method: str,
+        body: bytes,
+        started: float,
+        parents: tuple[str, ...],
+    ) -> Pending:
+        action = policy_pb2.Action(
+            kind=target.kind,
+            server=caller.server,
+            tool=target.tool,
+            prompt=target.prompt,
+            resource=target.resource,
+            method=method,
+        )
+        if target.arguments:
+            action.arguments.update(target.arguments)
+        record = self.record(caller, action, started, graph_pb2.ACTION, body, parents)
+        principal = caller.principal
+        ctx = policy_pb2.Context(
+            agent_id=principal.subject,
+            tenant=principal.tenant,
+            session_id=caller.session_id,
+            workflow_id=caller.workflow_id,
+            task=state.task,
+            roles=principal.roles,
+            request_id=record.node_id,
+        )
+        return Pending(caller, record, ctx, tuple(state.history), len(body))
+
+    async def _run(self, pending: Pending) -> Outcome:
+        for check in self._checks:
+            outcome = await check(pending)
+            if outcome is not None:
+                return outcome
+        return await self._decide(pending)
+
+    def _journal(self, record: Record, outcome: Outcome) -> Decided:
+        """Journal the decided action; a journal failure turns it into a block."""
+        try:
+            violation_id = self._recorder.append(
+                record,
+                outcome=graph_pb2.FORWARDED if outcome.allowed else graph_pb2.BLOCKED,
+                decision=outcome.decision,
+                score=outcome.score,
+                block_code=outcome.block_code,
+                block_reason=outcome.block_reason,
+                verifier_fallback=outcome.verifier_fallback,
+            )
+        except JournalError as exc:
+            log.error("journal append failed; blocking", extra={"fields": {"error": str(exc)}})
+            blocked = Outcome(
+                False, outcome.decision, outcome.score, JOURNAL_UNAVAILABLE, f"journal unavailable: {exc}"
+            )
+            # Nothing was recorded, so no violation id exists; the node id still lets the
+            # operator match the client's report with the proxy's error log.
+            return Decided(record, blocked, record.node_id)
+        return Decided(record, outcome, violation_id)
+
+    def record(
+        self,
+        caller: Caller,
+        action: policy_pb2.Action,
+        started: float,
+        node_type: int,
+        body: bytes = b"",
+        parents: tuple[str, ...] = (),
+    ) -> Record:
+        return Record(
+            workflow_id=caller.workflow_id,
+            session_id=caller.session_id,
+            agent_id=caller.principal.subject,
+            tenant=caller.principal.tenant,
+            action=action,
+            started_at=started,
+            body=body,
+            node_type=node_type,
+            parent_ids=parents,
+        )
+
+    def observe(self, record: Record) -> None:
+        """Journal protocol traffic that is carried without a decision. Raises JournalError."""
+        self._recorder.append(record, outcome=graph_pb2.FORWARDED)
+
+    def record_task(self, caller: Caller, task: str, started: float) -> None:
+        """The workflow's stated task, recorded once as a THINKING node."""
+        action = policy_pb2.Action(kind=policy_pb2.MCP_REQUEST, method="bastion.dev/task")
+        action.arguments.update({"task": task})
+        try:
+            self.observe(self.record(caller, action, started, graph_pb2.THINKING))
+        except JournalError as exc:
+            # The action that carried the task is still journaled (or blocked) on its own.
+            log.error("journal append of task failed", extra={"fields": {"error": str(exc)}})
+
+    def refuse(
+        self, action: policy_pb2.Action, started: float, code: str, reason: str, principal: Principal | None
+    ) -> str:
+        """Journal a refusal made before any decision; return its violation id ("" if unjournaled)."""
+        record = Record(
+            workflow_id=REJECTED_WORKFLOW,
+            session_id="",
+            agent_id=principal.subject if principal is not None else "",
+            tenant=principal.tenant if principal is not None else "",
+            action=action,
+            started_at=started,
+            node_type=graph_pb2.OBSERVATION,
+        )
+        self._metrics.count("rejected", None)
+        try:
+            return self._recorder.append(record, outcome=graph_pb2.REJECTED, block_code=code, block_reason=reason)
+        except JournalError as exc:
+            log.error("journal append of a refusal failed", extra={"fields": {"error": str(exc), "code": code}})
+            return ""
+
+    def record_results(self, records: Iterable[Record], result: graph_pb2.ActionResult) -> None:
+        """Journal how forwarded actions ended. The action already happened, so a journal
+        failure here is logged and counted, never turned into a block."""
+        for record in records:
+            try:
+                self._recorder.append_result(record, result)
+            except JournalError as exc:
+                self._metrics.result_unjournaled()
+                log.error(
+                    "journal append of a result failed",
+                    extra={"fields": {"error": str(exc), "node_id": record.node_id}},
+                )
+
+
+def envelope(msg_id: Any, method: str, decided: Decided, started: float) -> bytes:
+    """The -32003 block envelope of DESIGN §4 for a blocked action."""
+    outcome, action = decided.outcome, decided.record.action
+    score, decision = outcome.score, outcome.decision
+    blocked_action: dict[str, Any] = {"method": method, "server": action.server}
+    for key in ("tool", "prompt", "resource"):
+        if value := getattr(action, key):
+            blocked_action[key] = value
+    return block_envelope(
+        msg_id,
+        violation_id=decided.violation_id,
+        rule_id=outcome.block_code,
+        reason=outcome.block_reason,
+        deviation_score=score.deviation_score if score is not None else None,
+        threshold=score.threshold if score is not None else None,
+        drift_path_origin=(score.drift_origin_node_id or None) if score is not None else None,
+        agent_id=decided.record.agent_id,
+        blocked_action=blocked_action,
+        policy_version=decision.policy_version if decision is not None else None,
+        policy_name=decision.policy_name if decision is not None else "",
+        timestamp=iso(started),
+    )

@@ -1,0 +1,356 @@
+"""The MCP adapter: streamable HTTP on `/mcp/{server}` around the protocol-neutral enforcer.
+
+Per request (DESIGN §1): Host/Origin → single-valued headers → authenticate → read and
+parse the body → classify the method (`_methods.py`) → check a tool name against the
+upstream's live list → bind the caller (session owner, workflow owner) → for actions,
+the enforcer decides and journals; protocol traffic is journaled as an observation →
+forward (or answer with the block envelope) → record how a forwarded action ended.
+Every refusal before a decision is journaled too (outcome REJECTED), so an auditor sees
+bad tokens and malformed messages, not just policy blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bastion._errors import AuthError, JournalError, ProtocolError, StoreError, UpstreamError, UpstreamTimeout
+from bastion._hosts import HostCheck
+from bastion._identity import Principal, TokenVerifier
+from bastion.v1 import graph_pb2, policy_pb2
+
+from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_stream
+from ._budget import ValueBudget
+from ._catalog import ToolCatalog
+from ._enforcer import Caller, Enforcer, envelope
+from ._envelope import jsonrpc_error, public_reason
+from ._mcp import (
+    TASK_META_KEY,
+    WORKFLOW_META_KEY,
+    Message,
+    check_routing_headers,
+    check_single_headers,
+    parse_message,
+)
+from ._methods import Target, classify
+from ._metrics import ProxyMetrics
+from ._owners import SessionOwners
+from ._recorder import Record
+from ._results import ResultTap
+from ._upstream import UpstreamPool
+from ._workflows import WorkflowTracker, check_id
+
+log = logging.getLogger("bastion.proxy")
+
+# Never forwarded upstream: hop-by-hop headers, the agent's own credentials (the
+# upstream must not see them), and Bastion's routing headers.
+_DROP_REQUEST = frozenset(
+    {
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"authorization",
+        b"bastion-workflow-id",
+    }
+)
+_DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
+# Kinds of the MCP traffic that is recorded but not decided.
+_KIND_BY_METHOD = {"tools/list": policy_pb2.TOOL_LIST}
+_JSONRPC_MESSAGES = {
+    -32700: "Parse error",
+    -32600: "Invalid Request",
+    -32601: "Method not found",
+    -32602: "Invalid params",
+    -32020: "Header mismatch",
+}
+_RESULT_NAMES = {value: name for name, value in graph_pb2.ResultOutcome.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What every stage of one HTTP request needs to know."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    pool: UpstreamPool
+    server: str
+    headers: dict[bytes, bytes]
+    started: float
+    t0: float
+
+
+class McpHttpAdapter:
+    def __init__(
+        self,
+        *,
+        tokens: TokenVerifier,
+        enforcer: Enforcer,
+        upstreams: dict[str, UpstreamPool],
+        catalogs: dict[str, ToolCatalog],
+        tracker: WorkflowTracker,
+        sessions: SessionOwners,
+        metrics: ProxyMetrics,
+        hosts: HostCheck,
+        budget: ValueBudget,
+        max_body: int,
+        body_timeout: float,
+    ) -> None:
+        self._tokens = tokens
+        self._enforcer = enforcer
+        self._upstreams = upstreams
+        self._catalogs = catalogs
+        self._tracker = tracker
+        self._sessions = sessions
+        self._metrics = metrics
+        self._hosts = hosts
+        self._budget = budget
+        self._max_body = max_body
+        self._body_timeout = body_timeout
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, server: str) -> None:
+        started = time.time()
+        t0 = time.perf_counter()
+        raw_headers: Headers = scope["headers"]
+        headers = dict(raw_headers)
+        method = scope["method"]
+        action = policy_pb2.Action(kind=policy_pb2.MCP_REQUEST, server=server, method=f"http:{method}")
+        pool = self._upstreams.get(server)
+        if pool is None:
+            await self._refuse(
+                send, action, started, 404, "bastion.unknown_server", f"no upstream named {server!r} in bastion.yaml"
+            )
+            return
+        refusal = self._hosts.refusal(raw_headers)
+        if refusal is not None:
+            await self._refuse(send, action, started, 403, "bastion.host_not_allowed", refusal)
+            return
+        try:
+            check_single_headers(raw_headers)
+        except ProtocolError as exc:
+            await self._refuse(send, action, started, exc.http_status, exc.code, str(exc))
+            return
+        try:
+            principal = self._tokens.verify_header(_text(headers.get(b"authorization")))
+        except AuthError as exc:
+            await self._refuse(
+                send,
+                action,
+                started,
+                exc.http_status,
+                exc.code,
+                str(exc),
+                extra_headers=[(b"www-authenticate", b"Bearer")],
+            )
+            return
+        request = _Request(scope, receive, send, pool, server, headers, started, t0)
+        if method == "POST":
+            await self._post(request, action, principal)
+        elif method in ("GET", "DELETE"):
+            await self._stream_or_delete(request, action, principal)
+        else:
+            await self._refuse(
+                send, action, started, 405, "bastion.method_not_allowed", f"{method} is not an MCP method", principal
+            )
+
+    async def _stream_or_delete(self, request: _Request, action: policy_pb2.Action, principal: Principal) -> None:
+        try:
+            caller = await self._caller(principal, request.headers, None, request.server)
+        except (ProtocolError, StoreError) as exc:
+            await self._refuse(request.send, action, request.started, exc.http_status, exc.code, str(exc), principal)
+            return
+        record = self._enforcer.record(caller, action, request.started, graph_pb2.OBSERVATION)
+        if await self._observe_or_refuse(request.send, record, None):
+            if request.scope["method"] == "DELETE" and caller.session_id:
+                self._sessions.forget(caller.session_id)
+            await self._forward(request, (record,), b"", None, governed=False)
+
+    async def _post(self, request: _Request, action: policy_pb2.Action, principal: Principal) -> None:
+        msg_id: Any = None
+        headers = request.headers
+        try:
+            body = await read_body(request.receive, headers, self._max_body, self._body_timeout)
+            message = parse_message(body)
+            msg_id = message.id
+            action.method = message.method or "response"
+            check_routing_headers(message, _opt(headers.get(b"mcp-method")), _opt(headers.get(b"mcp-name")))
+            targets = classify(message, self._budget, body)
+            if targets and targets[0].kind == policy_pb2.TOOL_CALL:
+                action.tool = targets[0].tool
+                await self._catalogs[request.server].check(targets[0].tool)
+            caller = await self._caller(principal, headers, message, request.server)
+        except (ProtocolError, StoreError, UpstreamError) as exc:
+            text = "UPSTREAM_UNAVAILABLE" if isinstance(exc, UpstreamError) else None
+            payload = jsonrpc_error(
+                msg_id,
+                exc.jsonrpc_code,
+                text or _JSONRPC_MESSAGES.get(exc.jsonrpc_code, exc.code),
+                {"reason": str(exc)},
+            )
+            await self._refuse(
+                request.send, action, request.started, exc.http_status, exc.code, str(exc), principal, body=payload
+            )
+            return
+        if targets:
+            await self._governed(request, caller, message, targets, body)
+            return
+        action.kind = _KIND_BY_METHOD.get(action.method, policy_pb2.MCP_REQUEST)
+        record = self._enforcer.record(caller, action, request.started, graph_pb2.OBSERVATION, body)
+        if await self._observe_or_refuse(request.send, record, msg_id):
+            binds = caller.principal if message.method == "initialize" else None
+            await self._forward(request, (record,), body, msg_id, governed=False, bind_session=binds)
+
+    async def _governed(
+        self, request: _Request, caller: Caller, message: Message, targets: tuple[Target, ...], body: bytes
+    ) -> None:
+        """Decide every action the message asks for; forward only when all are allowed."""
+        state = self._tracker.state(caller.principal, caller.workflow_id)
+        task = message.meta.get(TASK_META_KEY)
+        if isinstance(task, str) and task and not state.task:
+            self._enforcer.record_task(caller, state.set_task(task), request.started)
+        decided = await self._enforcer.enforce(
+            caller, state, message.method or "", targets, body=body, started=request.started
+        )
+        self._metrics.governance.observe(time.perf_counter() - request.t0)
+        blocked = next((item for item in decided if not item.outcome.allowed), None)
+        if blocked is None:
+            await self._forward(request, tuple(item.record for item in decided), body, message.id, governed=True)
+            return
+        payload = envelope(message.id, message.method or "", blocked, request.started)
+        await send_bytes(request.send, 200, payload, JSON + _ids(blocked.record))
+
+    async def _caller(
+        self, principal: Principal, headers: dict[bytes, bytes], message: Message | None, server: str
+    ) -> Caller:
+        session = _opt(headers.get(b"mcp-session-id"))
+        if session:
+            check_id("Mcp-Session-Id", session)
+            self._sessions.check(session, principal)
+        workflow = await self._tracker.resolve(
+            _opt(headers.get(b"bastion-workflow-id")),
+            message.meta.get(WORKFLOW_META_KEY) if message is not None else None,
+            session,
+            principal,
+        )
+        return Caller(principal, workflow, session or workflow, server)
+
+    async def _observe_or_refuse(self, send: Send, record: Record, msg_id: Any) -> bool:
+        try:
+            self._enforcer.observe(record)
+        except JournalError as exc:
+            log.error("journal append failed; refusing", extra={"fields": {"error": str(exc)}})
+            payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "JOURNAL_UNAVAILABLE", {"reason": str(exc)})
+            await send_bytes(send, 503, payload, JSON)
+            return False
+        return True
+
+    async def _refuse(
+        self,
+        send: Send,
+        action: policy_pb2.Action,
+        started: float,
+        status: int,
+        code: str,
+        reason: str,
+        principal: Principal | None = None,
+        *,
+        extra_headers: Headers | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        """Answer a request refused before any decision, and journal the refusal."""
+        violation_id = self._enforcer.refuse(action, started, code, reason, principal)
+        if body is None:
+            body = orjson.dumps(http_error(code, reason, violation_id))
+        await send_bytes(send, status, body, JSON + (extra_headers or []))
+
+    async def _forward(
+        self,
+        request: _Request,
+        records: tuple[Record, ...],
+        body: bytes,
+        msg_id: Any,
+        *,
+        governed: bool,
+        bind_session: Principal | None = None,
+    ) -> None:
+        """Send the request upstream and relay its answer; for governed actions, journal
+        how it ended (DESIGN §3 result event) once the answer is relayed or has failed."""
+        scope, pool, record = request.scope, request.pool, records[0]
+        path = pool.path.encode()
+        if scope.get("query_string"):
+            path += b"?" + scope["query_string"]
+        headers = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST]
+        # A POST's answer (a tool's result) is bounded in time; a GET is a session's
+        # long-lived notification stream and may stay quiet for as long as it likes.
+        idle = pool.timeout if scope["method"] == "POST" else None
+        tap = ResultTap(msg_id)
+        t_up = time.perf_counter()
+        sse = False
+        try:
+            response = await pool.request(scope["method"].encode(), path, headers, body)
+            tap.status = response.status
+            self._metrics.upstream.observe(time.perf_counter() - t_up)
+            if bind_session is not None and (session := response.header(b"mcp-session-id")) is not None:
+                # Bound before the client can learn the id: only the initialising principal may use it.
+                self._sessions.bind(session.decode("latin-1"), bind_session)
+            out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + _ids(record)
+            if response.header(b"content-length") is not None:
+                data = await response.read(idle)
+                tap.feed(data)
+                await send_bytes(request.send, response.status, data, out)
+                relayed = True
+            else:
+                sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+                relayed = await send_stream(
+                    request.send, request.receive, response.status, out, tap.watch(response.stream(idle))
+                )
+        except UpstreamError as exc:
+            log.warning("upstream failed", extra={"fields": {"server": request.server, "error": str(exc)}})
+            reason = f"upstream {request.server!r}: {public_reason(str(exc))}"
+            if tap.status == 0 or response.header(b"content-length") is not None:
+                # Nothing was sent to the client yet: answer with the failure.
+                payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": reason})
+                await send_bytes(request.send, exc.http_status, payload, JSON + _ids(record))
+            if governed:
+                outcome = graph_pb2.TIMEOUT if isinstance(exc, UpstreamTimeout) else graph_pb2.UPSTREAM_ERROR
+                self._record_results(records, tap.result(outcome, detail=reason))
+            return
+        if governed:
+            outcome = graph_pb2.COMPLETED if relayed else graph_pb2.CLIENT_GONE
+            detail = "" if relayed else "the client went away before the answer was relayed"
+            self._record_results(records, tap.result(outcome, sse=sse, detail=detail))
+        self._metrics.total.observe(time.perf_counter() - request.t0)
+
+    def _record_results(self, records: tuple[Record, ...], result: graph_pb2.ActionResult) -> None:
+        self._metrics.result(_RESULT_NAMES[result.outcome])
+        self._enforcer.record_results(records, result)
+
+
+def http_error(code: str, message: str, violation_id: str = "") -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if violation_id:
+        error["violation_id"] = violation_id
+    return {"error": error}
+
+
+def _ids(record: Record) -> Headers:
+    return [(b"bastion-workflow-id", record.workflow_id.encode()), (b"bastion-node-id", record.node_id.encode())]
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def _opt(value: bytes | None) -> str | None:
+    return value.decode("utf-8", "replace") if value else None

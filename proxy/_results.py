@@ -1,0 +1,90 @@
+"""What happened after a forwarded action: the result event's facts, gathered while the
+answer is relayed (DESIGN §3: outcome, JSON-RPC error code, duration, result digest).
+
+The tap sees every chunk once as it passes (hashing and counting cost what a copy of
+the bytes would), keeps only a bounded tail, and reads the JSON-RPC error code from it
+at the end: a JSON body whole, or the last SSE event answering the request. A tool's
+answer is the last message of its POST stream, so the tail holds it unless the answer
+itself is larger than the tail — then the code is left at 0 and the digest still
+covers every byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from bastion.v1 import graph_pb2
+
+from ._recorder import timestamp
+
+_TAIL_BYTES = 256 << 10
+
+
+class ResultTap:
+    def __init__(self, request_id: Any) -> None:
+        self._request_id = request_id
+        self._hash = hashlib.sha256()
+        self._tail = bytearray()
+        self._started = time.perf_counter()
+        self.size = 0
+        self.status = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.size += len(chunk)
+        self._tail += chunk
+        if len(self._tail) > _TAIL_BYTES:
+            del self._tail[: len(self._tail) - _TAIL_BYTES]
+
+    async def watch(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """`chunks`, unchanged, fed to the tap on the way."""
+        async for chunk in chunks:
+            self.feed(chunk)
+            yield chunk
+
+    def result(
+        self, outcome: graph_pb2.ResultOutcome.ValueType, *, sse: bool = False, detail: str = ""
+    ) -> graph_pb2.ActionResult:
+        return graph_pb2.ActionResult(
+            outcome=outcome,
+            jsonrpc_error_code=self._error_code(sse) if outcome == graph_pb2.COMPLETED else 0,
+            http_status=self.status,
+            duration_ms=(time.perf_counter() - self._started) * 1000,
+            result_digest=self._hash.hexdigest() if self.size else "",
+            result_bytes=self.size,
+            completed_at=timestamp(time.time()),
+            detail=detail,
+        )
+
+    def _error_code(self, sse: bool) -> int:
+        if not sse:
+            if self.size != len(self._tail):
+                return 0  # larger than the tail: not read again
+            return _code(_loads(bytes(self._tail)))
+        code = 0
+        for event in bytes(self._tail).replace(b"\r\n", b"\n").split(b"\n\n"):
+            data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+            message = _loads(data) if data else None
+            if isinstance(message, dict) and message.get("id") == self._request_id and "method" not in message:
+                code = _code(message)
+        return code
+
+
+def _loads(data: bytes) -> Any:
+    with contextlib.suppress(orjson.JSONDecodeError):
+        return orjson.loads(data)
+    return None
+
+
+def _code(message: Any) -> int:
+    if isinstance(message, dict) and isinstance(error := message.get("error"), dict):
+        code = error.get("code")
+        if isinstance(code, int) and not isinstance(code, bool) and -(2**31) <= code < 2**31:
+            return code
+    return 0
