@@ -25,6 +25,8 @@ from ._errors import AuthError, ConfigError
 DEV_KEY_FILE = "keys/dev-ed25519.pem"
 SERVICE_TOKEN_FILE = "keys/service-token"  # noqa: S105 - a file name, not a secret
 OPERATOR_ROLES = frozenset({"operator", "admin"})
+#: Real JWTs are a few hundred bytes to a few KiB; anything near this is not a token.
+MAX_TOKEN_CHARS = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,10 @@ class TokenVerifier:
     def verify_header(self, authorization: str | None) -> Principal:
         if not authorization:
             raise AuthError("missing bearer token: send 'Authorization: Bearer <jwt>'")
+        if len(authorization) > MAX_TOKEN_CHARS:
+            # Refused before any parsing: a megabyte of header would otherwise be split,
+            # base64-decoded and hashed on the event loop before the inevitable 401.
+            raise AuthError(f"bearer token longer than {MAX_TOKEN_CHARS} characters")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AuthError("Authorization header must be 'Bearer <jwt>'")

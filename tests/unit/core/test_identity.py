@@ -10,7 +10,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bastion import AuthError
 from bastion._appconfig import AuthConfig
-from bastion._identity import TokenVerifier, ensure_dev_key, ensure_service_token, issue_token, load_public_keys
+from bastion._identity import (
+    MAX_TOKEN_CHARS,
+    TokenVerifier,
+    ensure_dev_key,
+    ensure_service_token,
+    issue_token,
+    load_public_keys,
+)
 
 
 def _verifier(home: Path, auth: AuthConfig | None = None) -> TokenVerifier:
@@ -88,3 +95,13 @@ def test_dev_key_and_service_token_are_created_once_even_under_a_race(tmp_path: 
 def test_configured_service_token_wins(tmp_path: Path) -> None:
     assert ensure_service_token(tmp_path, "configured") == "configured"
     assert not (tmp_path / "keys" / "service-token").exists()
+
+
+def test_an_oversized_authorization_header_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    key = ensure_dev_key(tmp_path)
+    verifier = TokenVerifier(AuthConfig(), [key.public_key()])
+    # A validly signed token, padded past the cap: the cap alone refuses it.
+    huge = issue_token(key, subject="agent", tenant="t" * (MAX_TOKEN_CHARS + 1))
+    with pytest.raises(AuthError, match="longer than"):
+        verifier.verify_header(f"Bearer {huge}")
+    assert verifier.verify_header(f"Bearer {issue_token(key, subject='agent')}").subject == "agent"
