@@ -28,7 +28,11 @@ class ProxySettings(CommonSettings):
         description="Most values (scalars, arrays, objects) a governed call's arguments may hold; more is -32602.",
     )
     max_argument_depth: int = Field(
-        default=32, ge=2, le=90, description="Deepest nesting of arrays/objects in a governed call's arguments."
+        # Above 32, protobuf's parser (100 message levels) could refuse the event.
+        default=32,
+        ge=2,
+        le=32,
+        description="Deepest nesting of arrays/objects in a governed call's arguments.",
     )
     max_argument_string_bytes: int = Field(
         default=4 * 1024 * 1024,

@@ -65,6 +65,9 @@ MAX_TEXT_BYTES = 4 << 10
 #: levels, so an Event with 33 nested objects (49 arrays) no longer parses; 20 leaves
 #: a margin for messages that carry an Event inside them.
 MAX_DEPTH = 20
+#: Arguments nested at most this deep (objects or arrays, the outermost object counting
+#: as one) always parse back inside an Event: 34 levels of objects do not (measured).
+MAX_CHECKED_DEPTH = 32
 
 _TEXT_BUDGET = 64 << 10
 # Fixed-size fields and the tags and lengths of non-repeated submessages: the schema has
@@ -116,11 +119,16 @@ class Record:
 class Recorder:
     """Journals Events within the bounds above; `max_arguments` is the arguments' bound."""
 
-    def __init__(self, journal: Journal, *, max_arguments: int = DEFAULT_MAX_ARGUMENTS) -> None:
+    def __init__(
+        self, journal: Journal, *, max_arguments: int = DEFAULT_MAX_ARGUMENTS, checked_depth: int | None = None
+    ) -> None:
+        """`checked_depth`: the nesting every action's arguments were bounded to before
+        they reached the recorder (the proxy's value budget), if any."""
         if not 0 <= max_arguments <= MAX_ARGUMENTS_LIMIT:
             raise ValueError(f"max_arguments must be between 0 and {MAX_ARGUMENTS_LIMIT} bytes, not {max_arguments}")
         self._journal = journal
         self._max_arguments = max_arguments
+        self._nesting_checked = checked_depth is not None and checked_depth <= MAX_CHECKED_DEPTH
 
     def append(
         self,
@@ -156,7 +164,9 @@ class Recorder:
             block_reason=block_reason,
             verifier_fallback=verifier_fallback,
         )
-        self._journal.append(encode_event(event, record.action, max_arguments=self._max_arguments))
+        self._journal.append(
+            encode_event(event, record.action, max_arguments=self._max_arguments, nesting_checked=self._nesting_checked)
+        )
         return violation_id
 
     def append_result(self, record: Record, result: graph_pb2.ActionResult) -> None:
@@ -183,21 +193,30 @@ class Recorder:
             resource=action.resource,
             method=action.method,
         )
-        self._journal.append(encode_event(event, summary, max_arguments=0))
+        self._journal.append(encode_event(event, summary, max_arguments=0, nesting_checked=True))
 
 
 def encode_event(
-    event: graph_pb2.Event, action: policy_pb2.Action, *, max_arguments: int = DEFAULT_MAX_ARGUMENTS
+    event: graph_pb2.Event,
+    action: policy_pb2.Action,
+    *,
+    max_arguments: int = DEFAULT_MAX_ARGUMENTS,
+    nesting_checked: bool = False,
 ) -> bytes:
     """Set `event.action` from `action` and return the event's encoding, cut to the
-    module's bounds (at most MAX_EVENT_BYTES). Changes `event`, never `action`."""
+    module's bounds (at most MAX_EVENT_BYTES). Changes `event`, never `action`.
+
+    `nesting_checked` says the arguments' nesting was bounded before they were built
+    (the proxy's value budget allows at most MAX_CHECKED_DEPTH levels, which always
+    parse back): the read-back parse, a third of this function's cost, is then skipped.
+    """
     size = action.arguments.ByteSize()
     if size <= max_arguments:
         event.action.CopyFrom(action)
     else:
         size = _cut_action(event, action, max_arguments)
     data = event.SerializeToString()
-    readable = _readable(data)
+    readable = nesting_checked or _readable(data)
     if not readable and not event.arguments_truncated:
         # Small enough, but nested deeper than protobuf's parser accepts.
         size = _cut_action(event, action, max_arguments)
@@ -206,7 +225,7 @@ def encode_event(
     if len(data) - size > MAX_TEXT_BYTES:
         _cut_fields(event, _TEXT_BUDGET)
         data = event.SerializeToString()
-        readable = _readable(data)
+        readable = nesting_checked or _readable(data)
     if not readable or len(data) > MAX_EVENT_BYTES:
         # Unreachable by construction; should the schema grow a field the cut misses,
         # the audit record still goes through, stripped to what identifies it.

@@ -82,7 +82,12 @@ async def serve(
         verifier_timeout=settings.verifier_timeout_ms / 1000,
         fallback_allow=settings.verifier_fallback == "allow",
     )
-    enforcer = Enforcer(checks=(), decide=DecisionStage(governor), recorder=Recorder(journal), metrics=metrics)
+    enforcer = Enforcer(
+        checks=(),
+        decide=DecisionStage(governor),
+        recorder=Recorder(journal, checked_depth=settings.max_argument_depth),
+        metrics=metrics,
+    )
     mcp = McpHttpAdapter(
         tokens=tokens,
         enforcer=enforcer,

@@ -20,6 +20,7 @@ from bastion.proxy._journal import Cursor, Journal
 from bastion.proxy._recorder import (
     DEFAULT_MAX_ARGUMENTS,
     MAX_ARGUMENTS_LIMIT,
+    MAX_CHECKED_DEPTH,
     MAX_DEPTH,
     MAX_EVENT_BYTES,
     MAX_TEXT_BYTES,
@@ -286,3 +287,17 @@ def test_any_input_gives_a_bounded_readable_event(
     assert (back.event_id, back.action.tool) == ("e", "echo")
     if len(reason.encode()) <= MAX_TEXT_BYTES:
         assert back.block_reason == reason
+
+
+@pytest.mark.parametrize("kind", ["object", "array"])
+def test_arguments_within_the_proxys_depth_bound_always_read_back_without_the_check(kind: str) -> None:
+    # The proxy skips the read-back parse because its value budget stops nesting at
+    # MAX_CHECKED_DEPTH; this is the fact that makes skipping it safe.
+    value: object = "leaf"
+    for _ in range(MAX_CHECKED_DEPTH - 1):
+        value = {"x": value} if kind == "object" else [value]
+    action = policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="s", tool="t")
+    action.arguments.update({"x": value})
+    event = graph_pb2.Event(event_id="e", workflow_id="w", node_id="n")
+    data = encode_event(event, action, nesting_checked=True)
+    assert graph_pb2.Event.FromString(data).action.arguments == action.arguments
