@@ -49,6 +49,13 @@ class AuthConfig(_Frozen):
     algorithms: tuple[str, ...] = ("EdDSA",)
 
 
+class PolicyKeyConfig(_Frozen):
+    """A public key (PEM, Ed25519 or P-256) that policy bundles signed under `kid` verify against."""
+
+    kid: str = Field(min_length=1, max_length=128)
+    public_key: Path
+
+
 class AppConfig(_Frozen):
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
@@ -57,6 +64,8 @@ class AppConfig(_Frozen):
     #: Host header values the proxy, graph and policy REST answer (DNS-rebinding protection). Empty:
     #: loopback names only on a loopback bind, and a refusal to start on any other; "*" allows any.
     allowed_hosts: tuple[str, ...] = ()
+    #: Keys that signed policy bundles verify against, by kid. Empty: the stack's dev key under kid "dev".
+    policy_keys: tuple[PolicyKeyConfig, ...] = ()
 
     @model_validator(mode="after")
     def _names(self) -> AppConfig:
@@ -107,6 +116,14 @@ def load_app_config(path: Path) -> AppConfig:
     auth = raw.get("auth")
     if isinstance(auth, dict) and "public_keys" in auth:
         raw["auth"] = {**auth, "public_keys": [_resolve(base, p) for p in auth["public_keys"] or []]}
+    keys = raw.get("policy_keys")
+    if isinstance(keys, list):
+        raw["policy_keys"] = [
+            {**key, "public_key": _resolve(base, key["public_key"])}
+            if isinstance(key, dict) and "public_key" in key
+            else key
+            for key in keys
+        ]
     try:
         return AppConfig.model_validate(raw)
     except ValidationError as exc:

@@ -1,7 +1,8 @@
 """The `bastion` command line.
 
 Exit codes: 0 success; 1 the command ran and failed (a service died, a check
-failed); 2 bad usage or configuration.
+failed, a service refused the request); 2 bad usage, configuration or credentials.
+`bastion policy apply|validate|versions|diff|activate` live in bastion._policy_cli.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 from ._appconfig import find_app_config
 from ._errors import BastionError
 from ._identity import ensure_dev_key, issue_token
+from ._policy_cli import add_policy_commands, run_policy_command
 from ._settings import CommonSettings
 
 SERVICES = ("proxy", "policy", "verifier", "graph")
@@ -43,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         actions = service.add_subparsers(dest="action", required=True)
         serve = actions.add_parser("serve", help=f"run the {name} service in the foreground")
         serve.add_argument("--config", type=Path, help="bastion.yaml (default: $BASTION_CONFIG or ./bastion.yaml)")
+        if name == "policy":
+            add_policy_commands(actions, _ttl)
 
     token = commands.add_parser("token", help="agent and operator tokens")
     token_actions = token.add_subparsers(dest="action", required=True)
@@ -99,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._up import up
 
             return up(args.config)
+        if args.command == "policy" and args.action != "serve":
+            return run_policy_command(args)
         if args.command in SERVICES:
             return _serve(args.command, args.config)
         return _token(args)

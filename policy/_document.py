@@ -6,11 +6,11 @@ and each error names the policy, the rule and the field and says how to fix it:
 
     policy 'demo' v1 rule 'r1': unknown field 'efect' (did you mean 'effect'?)
 
-The schema knows the whole document, but this version enforces only `spec.default` and
-rules made of `match` + `effect`. A document using `when`, `args`, `limits`, `verifier`
-or `taint` is refused, never loaded without them: a policy that silently lost a
-condition would allow what its author meant to restrict. The refusal is a model
-validator, so no `PolicyDocument` carrying those fields can exist at all.
+Checks go as far as load time can: a `when` expression must compile as CEL and name only
+known variables (policy/_cel.py), argument constraints must be able to match and their
+patterns must not backtrack for seconds (policy/_args.py). The `limits`, `verifier` and
+`taint` stanzas and a rule's `steer` message are validated as strictly and carried into
+every decision (docs/policies.md says which of them the proxy enforces today).
 """
 
 from __future__ import annotations
@@ -28,10 +28,18 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from bastion._errors import ConfigError, PolicyValidationError
 
+from ._args import CONSTRAINT_TAG, KEYWORD_TAG, ArgConstraint, ArgMap, depth_problem, refuse_nulls
+from ._args import TypeName as ArgTypeName
+from ._cel import condition_problem
+
 API_VERSION = "bastion.dev/v1"
 KIND = "AgentPolicy"
-EffectName = Literal["allow", "deny", "require_approval"]
+EffectName = Literal["allow", "deny", "require_approval", "queue", "shadow"]
+#: What a `shadow` rule would have decided; it is recorded, never enforced.
+ShadowEffectName = Literal["allow", "deny", "require_approval", "queue"]
 DefaultName = Literal["allow", "deny"]
+FallbackName = Literal["block", "allow", "queue"]
+TaintEffectName = Literal["deny", "require_approval", "queue"]
 
 #: Rule ids name the fallthrough decision "default" (policy.proto), so no rule may take it.
 RESERVED_RULE_ID = "default"
@@ -44,14 +52,10 @@ _MAX_REPORTED = 20
 
 _POLICY_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-# Known in the schema, enforced by a later version. Values say what the user loses.
-_UNSUPPORTED_IN_RULE = {"when": "CEL conditions", "args": "argument constraints"}
-_UNSUPPORTED_IN_SPEC = {
-    "limits": "rate, budget and loop limits",
-    "verifier": "verifier settings",
-    "taint": "taint rules",
-}
+_MAX_STEER_CHARS = 1024
+_RATE = re.compile(r"[1-9][0-9]{0,8}/[smhd]")
+_DURATION = re.compile(r"[1-9][0-9]{0,8}(?:ms|s|m|h|d)")
+_VERIFIER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 def _check_pattern(value: str, what: str, separators: str = "/\\") -> str:
@@ -121,6 +125,45 @@ def _check_rule_id(value: str) -> str:
     return value
 
 
+def _check_when(value: str) -> str:
+    problem = condition_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _check_args(value: dict[str, ArgConstraint | str]) -> dict[str, ArgConstraint | str]:
+    if not value:
+        raise ValueError("'args' is empty; list argument constraints or omit the field")
+    problem = depth_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _check_steer(value: str) -> str:
+    if not value.strip():
+        raise ValueError("empty steer message; write what the agent should do instead, or omit the field")
+    if len(value) > _MAX_STEER_CHARS:
+        raise ValueError(f"steer message is {len(value)} characters long; the limit is {_MAX_STEER_CHARS}")
+    for position, char in enumerate(value):
+        if unicodedata.category(char).startswith("C") and char not in "\n\t":
+            raise ValueError(f"steer message contains the control character U+{ord(char):04X} at position {position}")
+    return value
+
+
+def _matching(regex: re.Pattern[str], example: str) -> Any:
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(f"{value!r} is not of the form {example}")
+        return value
+
+    return AfterValidator(check)
+
+
+Duration = Annotated[str, Strict(), _matching(_DURATION, "'<number><ms|s|m|h|d>' such as '60s' or '1d'")]
+
+
 def _non_empty(values: tuple[str, ...]) -> tuple[str, ...]:
     if not values:
         raise ValueError("an empty list matches nothing; list at least one pattern, or omit the field to match all")
@@ -141,10 +184,13 @@ class _Strict(BaseModel):
     # populate_by_name stays off: `api_version` in a document is a typo, not an alias.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    _nulls = model_validator(mode="before")(refuse_nulls)
+
 
 class Metadata(_Strict):
     name: Annotated[str, AfterValidator(_check_policy_name)]
-    version: Annotated[int, Strict(), Field(ge=1)]
+    # Decisions carry it as an int64 (policy.proto), and the store's canonical JSON as one.
+    version: Annotated[int, Strict(), Field(ge=1, le=2**63 - 1)]
 
 
 class Match(_Strict):
@@ -179,30 +225,77 @@ class Match(_Strict):
 
 
 class Rule(_Strict):
+    """One rule: it matches when `match`, `args` and `when` all hold (see policy/_engine.py)."""
+
     id: Annotated[str, AfterValidator(_check_rule_id)]
     description: str | None = None
     match: Match
+    when: Annotated[str, Strict(), AfterValidator(_check_when)] | None = None
+    args: Annotated[ArgMap, AfterValidator(_check_args)] | None = None
     effect: EffectName
-    when: Any = None
-    args: Any = None
+    #: For `effect: shadow` only: the effect recorded as the decision's shadow_effect.
+    shadow_effect: ShadowEffectName | None = None
+    #: Told to the agent when this rule blocks it (Decision.obligations.steer_message).
+    steer: Annotated[str, Strict(), AfterValidator(_check_steer)] | None = None
 
     @model_validator(mode="after")
-    def _supported(self) -> Rule:
-        _refuse_unsupported(self, _UNSUPPORTED_IN_RULE, where="")
+    def _shadow(self) -> Rule:
+        if self.shadow_effect is not None and self.effect != "shadow":
+            raise PydanticCustomError(
+                "shadow_effect_without_shadow",
+                "'shadow_effect' applies only to 'effect: shadow' (this rule's effect is '{effect}'); remove it",
+                {"effect": self.effect},
+            )
         return self
+
+
+class Budget(_Strict):
+    calls: Annotated[int, Strict(), Field(ge=1)]
+    window: Duration
+
+
+class Loop(_Strict):
+    same_call: Annotated[int, Strict(), Field(ge=1)]
+    window: Duration
+
+
+class Limits(_Strict):
+    """Per-agent limits (carried in decisions; not yet enforced by the proxy)."""
+
+    rate: Annotated[str, Strict(), _matching(_RATE, "'<calls>/<s|m|h|d>' such as '60/m'")] | None = None
+    budget: Budget | None = None
+    loop: Loop | None = None
+
+    @model_validator(mode="after")
+    def _names_something(self) -> Limits:
+        if self.rate is None and self.budget is None and self.loop is None:
+            raise PydanticCustomError("empty_stanza", "'limits' must set 'rate', 'budget' or 'loop'; or omit it")
+        return self
+
+
+class Verifier(_Strict):
+    """Which verifier scores this policy's actions, and what happens when it does not answer."""
+
+    name: Annotated[str, Strict(), _matching(_VERIFIER_NAME, "a lowercase name such as 'reference'")]
+    threshold: Annotated[float, Strict(), Field(ge=0, le=1)] | None = None
+    timeout_ms: Annotated[int, Strict(), Field(ge=1, le=60_000)] | None = None
+    fallback: FallbackName = "block"
+
+
+class Taint(_Strict):
+    """Provenance rules (carried in decisions; not yet enforced by the proxy)."""
+
+    untrusted_sources: ToolPatterns
+    sinks: ToolPatterns
+    on_tainted_sink: TaintEffectName = "deny"
 
 
 class Spec(_Strict):
     default: DefaultName = "deny"
     rules: tuple[Rule, ...] = ()
-    limits: Any = None
-    verifier: Any = None
-    taint: Any = None
-
-    @model_validator(mode="after")
-    def _supported(self) -> Spec:
-        _refuse_unsupported(self, _UNSUPPORTED_IN_SPEC, where="spec.")
-        return self
+    limits: Limits | None = None
+    verifier: Verifier | None = None
+    taint: Taint | None = None
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Spec:
@@ -229,44 +322,6 @@ class PolicyDocument(_Strict):
     def canonical(self) -> dict[str, Any]:
         """The document as plain JSON data with every default filled in: the input of its digest."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def _refuse_unsupported(model: BaseModel, features: Mapping[str, str], *, where: str) -> None:
-    # Presence counts, even `when: null`: fail closed on anything the author wrote.
-    used = [name for name in features if name in model.model_fields_set]
-    if used:
-        raise PydanticCustomError("unsupported_feature", "{message}", {"message": _unsupported(used, features, where)})
-
-
-def _unsupported(used: Sequence[str], features: Mapping[str, str], where: str) -> str:
-    listed = ", ".join(f"'{where}{name}' ({features[name]})" for name in used)
-    verb, them = ("are", "them") if len(used) > 1 else ("is", "it")
-    return (
-        f"{listed} {verb} not supported by this version of Bastion yet; remove {them} "
-        "(a policy is refused rather than enforced without its conditions)"
-    )
-
-
-def _unsupported_problems(raw: Mapping[str, Any]) -> list[str]:
-    """Every use of an unsupported feature, found in the raw data.
-
-    The model validators above only run once the rest of their model is valid, so they
-    alone would report these one level at a time.
-    """
-    spec = raw.get("spec")
-    if not isinstance(spec, Mapping):
-        return []
-    label = _policy_label(raw)
-    problems = []
-    rules = spec.get("rules")
-    for index, rule in enumerate(rules if isinstance(rules, list) else []):
-        used = [name for name in _UNSUPPORTED_IN_RULE if isinstance(rule, Mapping) and name in rule]
-        if used:
-            problems.append(f"{label} {_rule_label(raw, index)}: {_unsupported(used, _UNSUPPORTED_IN_RULE, '')}")
-    used = [name for name in _UNSUPPORTED_IN_SPEC if name in spec]
-    if used:
-        problems.append(f"{label}: {_unsupported(used, _UNSUPPORTED_IN_SPEC, 'spec.')}")
-    return problems
 
 
 # --- parse ------------------------------------------------------------------------------
@@ -350,11 +405,8 @@ def validate_policy(data: object, *, source: str | None = None) -> PolicyDocumen
     except ValidationError as exc:
         # An unknown field is usually a typo that also makes a required one "missing":
         # report the cause first.
-        errors = sorted(
-            (error for error in exc.errors() if error["type"] != "unsupported_feature"),
-            key=lambda error: error["type"] != "extra_forbidden",
-        )
-        problems = _unsupported_problems(raw) + [_describe(error, raw) for error in errors]
+        errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
+        problems = [_describe(error, raw) for error in errors]
         raise _problem(source, problems) from exc
 
 
@@ -379,15 +431,35 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     ("spec",): Spec,
     ("spec", "rules", "#"): Rule,
     ("spec", "rules", "#", "match"): Match,
+    ("spec", "limits"): Limits,
+    ("spec", "limits", "budget"): Budget,
+    ("spec", "limits", "loop"): Loop,
+    ("spec", "verifier"): Verifier,
+    ("spec", "taint"): Taint,
 }
 # Errors raised by the models above, whose messages already say where and what.
-_OWN_MESSAGES = frozenset({"duplicate_rule_id", "empty_match"})
+_OWN_MESSAGES = frozenset({"duplicate_rule_id", "empty_match", "shadow_effect_without_shadow", "empty_stanza"})
+# Errors whose message needs the field's path in front.
+_FIELD_MESSAGES = frozenset({"value_error", "never_matches", "null_field"})
 _CHOICES: dict[str, tuple[str, ...]] = {
     "apiVersion": (API_VERSION,),
     "kind": (KIND,),
     "effect": get_args(EffectName),
+    "shadow_effect": get_args(ShadowEffectName),
     "default": get_args(DefaultName),
+    "fallback": get_args(FallbackName),
+    "on_tainted_sink": get_args(TaintEffectName),
+    "type": get_args(ArgTypeName),
+    KEYWORD_TAG: ("allow", "deny"),
 }
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    # Inside `args`, the level is an argument constraint wherever the constraint branch
+    # of the constraint-or-keyword union (or an `items`) was being validated.
+    if loc and (loc[-1] == CONSTRAINT_TAG or (loc[-1] == "items" and "args" in loc)):
+        return ArgConstraint
+    return _MODEL_AT.get(_shape(loc))
 
 
 def field_names(model: type[BaseModel]) -> list[str]:
@@ -411,7 +483,7 @@ def _detail(error: ErrorDetails, loc: tuple[int | str, ...], relative: tuple[int
     if kind == "extra_forbidden":
         parent = _path(relative[:-1])
         inside = f" in '{parent}'" if parent else ""
-        model = _MODEL_AT.get(_shape(loc[:-1]))
+        model = _model_at(loc[:-1])
         known = field_names(model) if model else []
         # _show, not raw text: the key is the user's, and may hold control characters.
         return f"unknown field {_show(relative[-1])}{inside}{_suggest(str(relative[-1]), known)}"
@@ -424,8 +496,12 @@ def _detail(error: ErrorDetails, loc: tuple[int | str, ...], relative: tuple[int
             return f"field '{path}' must be {choices[0]!r}, not {_show(got)}"
         expected = ", ".join(repr(choice) for choice in choices)
         return f"field '{path}' must be one of {expected}, not {_show(got)}{_suggest(str(got), list(choices))}"
-    if kind == "value_error":
-        return f"field '{path}': {error.get('ctx', {}).get('error', error['msg'])}"
+    if kind in _FIELD_MESSAGES:
+        message = error.get("ctx", {}).get("error", error["msg"]) if kind == "value_error" else error["msg"]
+        return f"field '{path}': {message}" if path else str(message)
+    if kind in ("model_type", "dict_type") and loc and loc[-1] == CONSTRAINT_TAG:
+        got = _show(error["input"])
+        return f"field '{path}' must be a constraint such as {{type: string}}, or 'allow' or 'deny' (got {got})"
     if kind == "invalid_key":
         return f"key {_show(loc[-1])} in '{_path(relative[:-1]) or '(top level)'}' must be a string"
     if kind in _OWN_MESSAGES:
@@ -466,6 +542,8 @@ def _shape(loc: tuple[int | str, ...]) -> tuple[str, ...]:
 def _path(loc: tuple[int | str, ...]) -> str:
     text = ""
     for part in loc:
+        if part in (CONSTRAINT_TAG, KEYWORD_TAG):
+            continue  # the union branch pydantic was trying, not a field the user wrote
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 

@@ -4,12 +4,13 @@ Phases 3 and 4 of parse → validate → compile → evaluate. Compiling happens
 policies are loaded; `PolicySet.evaluate` parses nothing, compiles nothing, does no I/O
 and logs nothing, so a decision costs microseconds.
 
-Decision semantics (this version)
----------------------------------
-* Input: the action kind (a `bastion.v1.ActionKind` name), the calling agent's id, and
-  the action's target named `server__<name>`: the tool (TOOL_CALL, TOOL_LIST), the
+Decision semantics
+------------------
+* Input: the action kind (a `bastion.v1.ActionKind` name), the calling agent's id, the
+  action's target named `server__<name>`: the tool (TOOL_CALL, TOOL_LIST), the
   resource URI (RESOURCE_READ, RESOURCE_SUBSCRIBE) or the prompt (PROMPT_GET);
-  COMPLETION targets the prompt or resource being completed.
+  COMPLETION targets the prompt or resource being completed; the arguments (a plain
+  dict of JSON values) and the call's context (`CallContext`).
 * Every other kind is DENY, "action kind X is not governed by this policy version":
   fail closed. A request without an agent id, server or target is DENY too.
 * A rule's `tools`, `resources` and `prompts` lists each select one family of targets;
@@ -18,10 +19,25 @@ Decision semantics (this version)
   for `demo__getweather` agree; the proxy forwards only names exactly in the
   upstream's live list); resource patterns match URIs case-sensitively.
 * Rules are tried in order: every rule of the first policy (bastion.yaml order), then
-  the second policy's, and so on. The first rule whose agent patterns match the agent
-  and whose pattern for the action's family matches the target decides, with its
-  effect: allow → ALLOW, deny → DENY, require_approval → REQUIRE_APPROVAL (anything but
+  the second policy's, and so on. A rule matches when its agent patterns match the
+  agent, its pattern for the action's family matches the target, its `args`
+  constraints hold (policy/_args.py) and its `when` condition is true (policy/_cel.py),
+  checked in that order. The first matching rule decides with its effect: allow →
+  ALLOW, deny → DENY, require_approval → REQUIRE_APPROVAL, queue → QUEUE (anything but
   ALLOW blocks).
+* `args` that do not hold make the rule not match; the next rule is tried, and the
+  violation is named in the reason of the final decision unless that is an ALLOW.
+* A `when` that errors (missing key, type mismatch, non-boolean result) makes that rule
+  decide DENY, naming the rule and the error: never "skip it and try a later allow".
+* `effect: shadow` rules decide nothing: the first matching one is recorded as the
+  decision's `shadow_effect` (its `shadow_effect`, default deny) and `shadow_rule_id`,
+  and evaluation goes on. A shadow rule whose `when` errors records DENY.
+* TOOL_LIST, PROMPT_LIST and RESOURCE_LIST ask whether an item of a listing could be
+  used (the proxy filters list answers with them), and have no arguments: a rule with
+  `args` or `when` is taken to match when its effect is allow, and skipped otherwise
+  (the call itself is decided with its arguments).
+* A decision carries the deciding policy's `limits`, `verifier` and `taint` stanzas and
+  the deciding rule's `steer` message.
 * When no rule matches, rule_id is "default" and the effect is DENY unless every loaded
   policy says `default: allow`; the decision names the first default-deny policy (or,
   when all allow, the first policy). With no policy loaded at all, every action is
@@ -39,22 +55,26 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from bastion._errors import PolicyValidationError
 
-from ._document import RESERVED_RULE_ID, Match, PolicyDocument, load_policy
+from ._args import CompiledArgs, compile_args
+from ._cel import EMPTY_CONTEXT, Activation, CallContext, Condition, compile_condition
+from ._document import RESERVED_RULE_ID, Limits, Match, PolicyDocument, Rule, Taint, Verifier, load_policy
 
 
 class Effect(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     REQUIRE_APPROVAL = "require_approval"
+    QUEUE = "queue"
 
 
 #: Action kinds that rules decide, and the family of target each names; every other kind is denied.
@@ -65,11 +85,22 @@ FAMILY_BY_KIND = {
     "RESOURCE_SUBSCRIBE": "resource",
     "PROMPT_GET": "prompt",
     "COMPLETION": "",  # the prompt's or the resource's, whichever is being completed
+    "PROMPT_LIST": "prompt",
+    "RESOURCE_LIST": "resource",
 }
+_LIST_KINDS = frozenset({"TOOL_LIST", "PROMPT_LIST", "RESOURCE_LIST"})
 GOVERNED_KINDS = frozenset(FAMILY_BY_KIND)
 _FAMILIES = ("tool", "resource", "prompt")
 
-_VERBS = {Effect.ALLOW: "allows", Effect.DENY: "denies", Effect.REQUIRE_APPROVAL: "requires approval for"}
+_VERBS = {
+    Effect.ALLOW: "allows",
+    Effect.DENY: "denies",
+    Effect.REQUIRE_APPROVAL: "requires approval for",
+    Effect.QUEUE: "queues",
+}
+#: How many skipped rules a reason names.
+_MAX_SKIPPED = 3
+_EMPTY: Mapping[str, Any] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +112,36 @@ class Decision:
     policy_name: str
     policy_version: int
     bundle_digest: str
+    #: What the first matching `shadow` rule would have decided, and its id.
+    shadow_effect: Effect | None = None
+    shadow_rule_id: str = ""
+    #: The deciding rule's `steer` message ("" when none).
+    steer: str = ""
+    #: The deciding policy's stanzas (None when it has none).
+    limits: Limits | None = None
+    verifier: Verifier | None = None
+    taint: Taint | None = None
+    #: True when the deciding rule's `when` failed to evaluate (so it denied): an evaluation
+    #: error, counted as such by canary rollouts (bastion.policy._rollouts).
+    error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stanzas:
+    """A policy's `limits`, `verifier` and `taint`, carried into its decisions."""
+
+    limits: Limits | None = None
+    verifier: Verifier | None = None
+    taint: Taint | None = None
+
+
+_NO_STANZAS = Stanzas()
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     id: str
+    #: The deciding effect; for a shadow rule, the effect it records instead.
     effect: Effect
     #: None matches every agent without running a regex.
     agents: re.Pattern[str] | None
@@ -93,6 +149,18 @@ class CompiledRule:
     targets: dict[str, re.Pattern[str] | None]
     policy_name: str
     policy_version: int
+    args: CompiledArgs | None = None
+    when: Condition | None = None
+    shadow: bool = False
+    steer: str = ""
+    stanzas: Stanzas = _NO_STANZAS
+    #: Family → the exact target names (lowercased where matching ignores case) this rule
+    #: can match, when all its patterns for that family are ASCII literals; absent: any.
+    literals: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def conditional(self) -> bool:
+        return self.args is not None or self.when is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +171,7 @@ class CompiledPolicy:
     rules: tuple[CompiledRule, ...]
     #: sha256 of this policy alone, as a bundle of one document.
     digest: str
+    stanzas: Stanzas = _NO_STANZAS
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +179,7 @@ class _Fallthrough:
     effect: Effect
     policy_name: str
     policy_version: int
+    stanzas: Stanzas = _NO_STANZAS
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +190,11 @@ class PolicySet:
     digest: str
     rules: tuple[CompiledRule, ...]
     fallthrough: _Fallthrough
+    #: Family → (exact name → the rules that may match it, in order; the rules that may
+    #: match any other name). Only narrows which rules are tried; each is still matched.
+    index: Mapping[str, tuple[Mapping[str, tuple[CompiledRule, ...]], tuple[CompiledRule, ...]]] = field(
+        default_factory=dict
+    )
 
     @classmethod
     def compile(cls, documents: Sequence[PolicyDocument]) -> PolicySet:
@@ -133,15 +208,27 @@ class PolicySet:
                 )
             seen[name] = version
         policies = tuple(_compile_policy(document) for document in documents)
+        rules = tuple(rule for policy in policies for rule in policy.rules)
         return cls(
             policies=policies,
             digest=bundle_digest(documents),
-            rules=tuple(rule for policy in policies for rule in policy.rules),
+            rules=rules,
             fallthrough=_fallthrough(policies),
+            index={family: _index(rules, family) for family in _FAMILIES},
         )
 
     def evaluate(
-        self, *, kind: str, agent_id: str, server: str, tool: str = "", resource: str = "", prompt: str = ""
+        self,
+        *,
+        kind: str,
+        agent_id: str,
+        server: str,
+        tool: str = "",
+        resource: str = "",
+        prompt: str = "",
+        method: str = "",
+        arguments: Mapping[str, Any] | None = None,
+        context: CallContext = EMPTY_CONTEXT,
     ) -> Decision:
         """Decide one action; see the module docstring for the rules."""
         if not self.policies:
@@ -157,26 +244,101 @@ class PolicySet:
         if not server or not target:
             return self._refuse(f"the action names no server or {family} (fail closed)")
         name = f"{server}__{target}"
-        for rule in self.rules:
-            if (rule.agents is None or rule.agents.fullmatch(agent_id)) and (
+        args = _EMPTY if arguments is None else arguments
+        listing = kind in _LIST_KINDS
+        activation: Activation | None = None
+        shadow: tuple[Effect, str] | None = None
+        skipped: list[str] = []
+        for rule in self._candidates(family, name):
+            if not (rule.agents is None or rule.agents.fullmatch(agent_id)) or not (
                 family in rule.targets and ((pattern := rule.targets[family]) is None or pattern.fullmatch(name))
             ):
-                return Decision(
-                    effect=rule.effect,
-                    rule_id=rule.id,
-                    reason=f"rule '{rule.id}' {_VERBS[rule.effect]} {name} for agent {agent_id!r}",
-                    policy_name=rule.policy_name,
-                    policy_version=rule.policy_version,
-                    bundle_digest=self.digest,
-                )
+                continue
+            if listing and rule.conditional:
+                if rule.effect is not Effect.ALLOW or rule.shadow:
+                    continue
+                reason = f"rule '{rule.id}' could allow {name} for agent {agent_id!r} (its conditions apply to calls)"
+                return self._decision(rule, Effect.ALLOW, reason, shadow)
+            if rule.args is not None and (problem := rule.args.violation(args)) is not None:
+                if len(skipped) < _MAX_SKIPPED:
+                    skipped.append(f"rule '{rule.id}' did not match: {problem}")
+                continue
+            if rule.when is not None:
+                if activation is None:
+                    action = {"kind": kind, "server": server, "tool": tool, "resource": resource}
+                    action.update(prompt=prompt, method=method)
+                    activation = Activation(args, agent_id, action, context)
+                result = activation.evaluate(rule.when)
+                if result is False:
+                    continue
+                if result is not True:
+                    if rule.shadow:
+                        shadow = shadow or (Effect.DENY, rule.id)
+                        continue
+                    reason = f"rule '{rule.id}' condition failed, so it denies {name} (fail closed): {result}"
+                    return self._decision(rule, Effect.DENY, reason, shadow, steer=False, error=True)
+            if rule.shadow:
+                shadow = shadow or (rule.effect, rule.id)
+                continue
+            reason = f"rule '{rule.id}' {_VERBS[rule.effect]} {name} for agent {agent_id!r}"
+            if rule.effect is not Effect.ALLOW and skipped:
+                reason += "; " + "; ".join(skipped)
+            return self._decision(rule, rule.effect, reason, shadow)
         fallthrough = self.fallthrough
+        reason = f"no rule matched {name} for agent {agent_id!r} (default {fallthrough.effect})"
+        if fallthrough.effect is not Effect.ALLOW and skipped:
+            reason += "; " + "; ".join(skipped)
+        stanzas = fallthrough.stanzas
         return Decision(
             effect=fallthrough.effect,
             rule_id=RESERVED_RULE_ID,
-            reason=f"no rule matched {name} for agent {agent_id!r} (default {fallthrough.effect})",
+            reason=reason,
             policy_name=fallthrough.policy_name,
             policy_version=fallthrough.policy_version,
             bundle_digest=self.digest,
+            shadow_effect=shadow[0] if shadow else None,
+            shadow_rule_id=shadow[1] if shadow else "",
+            limits=stanzas.limits,
+            verifier=stanzas.verifier,
+            taint=stanzas.taint,
+        )
+
+    def _candidates(self, family: str, name: str) -> tuple[CompiledRule, ...]:
+        # A 100-rule bundle costs ~60 µs to scan rule by rule; most rules name exact
+        # tools, so only those naming this one (and every wildcard rule) are tried. A
+        # non-ASCII name is scanned in full: regex case folding (the long s matches 's') and
+        # str.lower() disagree there, and a deny rule must never be skipped.
+        index = self.index.get(family)
+        if index is None or not name.isascii():
+            return self.rules
+        by_name, wildcard = index
+        return by_name.get(name if family == "resource" else name.lower(), wildcard)
+
+    def _decision(
+        self,
+        rule: CompiledRule,
+        effect: Effect,
+        reason: str,
+        shadow: tuple[Effect, str] | None,
+        *,
+        steer: bool = True,
+        error: bool = False,
+    ) -> Decision:
+        stanzas = rule.stanzas
+        return Decision(
+            effect=effect,
+            rule_id=rule.id,
+            reason=reason,
+            policy_name=rule.policy_name,
+            policy_version=rule.policy_version,
+            bundle_digest=self.digest,
+            shadow_effect=shadow[0] if shadow else None,
+            shadow_rule_id=shadow[1] if shadow else "",
+            steer=rule.steer if steer else "",
+            limits=stanzas.limits,
+            verifier=stanzas.verifier,
+            taint=stanzas.taint,
+            error=error,
         )
 
     def _refuse(self, reason: str) -> Decision:
@@ -202,27 +364,77 @@ def bundle_digest(documents: Sequence[PolicyDocument]) -> str:
 
 def _compile_policy(document: PolicyDocument) -> CompiledPolicy:
     name, version = document.metadata.name, document.metadata.version
-    rules = tuple(
-        CompiledRule(
-            id=rule.id,
-            effect=Effect(rule.effect),
-            agents=compile_patterns(rule.match.agents),
-            targets=_compile_targets(rule.match),
-            policy_name=name,
-            policy_version=version,
-        )
-        for rule in document.spec.rules
-    )
+    spec = document.spec
+    stanzas = Stanzas(limits=spec.limits, verifier=spec.verifier, taint=spec.taint)
+    rules = tuple(_compile_rule(rule, name, version, stanzas) for rule in spec.rules)
     return CompiledPolicy(
-        name=name, version=version, default=Effect(document.spec.default), rules=rules, digest=bundle_digest([document])
+        name=name,
+        version=version,
+        default=Effect(spec.default),
+        rules=rules,
+        digest=bundle_digest([document]),
+        stanzas=stanzas,
     )
+
+
+def _compile_rule(rule: Rule, policy_name: str, policy_version: int, stanzas: Stanzas) -> CompiledRule:
+    shadow = rule.effect == "shadow"
+    effect = Effect(rule.shadow_effect or "deny") if shadow else Effect(rule.effect)
+    try:
+        when = compile_condition(rule.when) if rule.when is not None else None
+    except ValueError as exc:  # validated documents compile; a hand-built model may not
+        raise PolicyValidationError(f"policy '{policy_name}' v{policy_version} rule '{rule.id}': {exc}") from exc
+    return CompiledRule(
+        id=rule.id,
+        effect=effect,
+        agents=compile_patterns(rule.match.agents),
+        targets=_compile_targets(rule.match),
+        policy_name=policy_name,
+        policy_version=policy_version,
+        args=compile_args(rule.args) if rule.args is not None else None,
+        when=when,
+        shadow=shadow,
+        steer=rule.steer or "",
+        stanzas=stanzas,
+        literals=_literals(rule.match),
+    )
+
+
+def _index(
+    rules: Sequence[CompiledRule], family: str
+) -> tuple[dict[str, tuple[CompiledRule, ...]], tuple[CompiledRule, ...]]:
+    names = {name for rule in rules for name in rule.literals.get(family, ())}
+    by_name = {
+        name: tuple(
+            rule
+            for rule in rules
+            if family in rule.targets and (family not in rule.literals or name in rule.literals[family])
+        )
+        for name in names
+    }
+    wildcard = tuple(rule for rule in rules if family in rule.targets and family not in rule.literals)
+    return by_name, wildcard
+
+
+def _literals(match: Match) -> dict[str, frozenset[str]]:
+    lists = {"tool": match.tools, "resource": match.resources, "prompt": match.prompts}
+    literals = {}
+    for family, patterns in lists.items():
+        if patterns and all(pattern.isascii() and not set(pattern) & {"*", "?"} for pattern in patterns):
+            literals[family] = frozenset(p if family == "resource" else p.lower() for p in patterns)
+    return literals
 
 
 def _fallthrough(policies: Sequence[CompiledPolicy]) -> _Fallthrough:
     if not policies:
         return _Fallthrough(effect=Effect.DENY, policy_name="", policy_version=0)
     deciding = next((policy for policy in policies if policy.default is Effect.DENY), policies[0])
-    return _Fallthrough(effect=deciding.default, policy_name=deciding.name, policy_version=deciding.version)
+    return _Fallthrough(
+        effect=deciding.default,
+        policy_name=deciding.name,
+        policy_version=deciding.version,
+        stanzas=deciding.stanzas,
+    )
 
 
 def _compile_targets(match: Match) -> dict[str, re.Pattern[str] | None]:

@@ -1,8 +1,13 @@
-"""Process wiring of `bastion policy serve`: load policies, start gRPC and admin REST, stop cleanly.
+"""Process wiring of `bastion policy serve`: open the version store, apply bastion.yaml's
+policies, start gRPC and admin REST, stop cleanly.
 
-Startup order puts the likeliest failures first: a bad policy file is fatal before any
-port is bound. Shutdown runs in reverse: readiness drops, the REST server stops, open
-Watch streams end, then gRPC drains in-flight decisions within its grace period.
+Running canary rollouts are reloaded from the store before gRPC serves, and the audit
+shipper (rollout steps → the graph at BASTION_GRAPH_GRPC_ADDR) runs alongside.
+
+Startup order puts the likeliest failures first: a bad policy file (or one whose version
+is stored with other content) is fatal before any port is bound. Shutdown runs in
+reverse: readiness drops, the REST server stops, open Watch streams end, gRPC drains
+in-flight decisions within its grace period, then the store closes.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from bastion._appconfig import AppConfig
-from bastion._errors import ConfigError
+from bastion._errors import ConfigError, DecisionUnavailable
 from bastion._hosts import HostCheck
 from bastion._identity import TokenVerifier, ensure_service_token, load_public_keys
 from bastion._rpc import start_grpc_server
@@ -28,9 +33,16 @@ from bastion._web import WebServer, start_web_server
 from bastion.v1 import policy_pb2_grpc
 
 from ._api import create_app
+from ._audit import AuditShipper
+from ._bundles import BundleVerifier, load_policy_keys
 from ._config import PolicySettings
-from ._engine import PolicySet, load_policy_set
 from ._grpc import PolicyServicer
+from ._opa import OpaEngine
+from ._registry import PolicyRegistry, Snapshot
+from ._rego_mode import RegoDecider
+from ._rollouts import RolloutManager
+from ._simulate import Simulator
+from ._store import PolicyStore
 
 log = logging.getLogger("bastion.policy")
 
@@ -42,20 +54,43 @@ async def serve(
 ) -> None:
     """Serve until `stop` is set (bastion._service.ServeFn)."""
     home = settings.home.resolve()
-    policies = load_policy_set(app.policies)
-    _log_loaded(policies, app.policies)
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     token = ensure_service_token(home, secret)
     verifier = TokenVerifier(app.auth, load_public_keys(app.auth, home))
     hosts = HostCheck(app.allowed_hosts, parse_addr(settings.policy_addr)[0])
-
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    servicer = PolicyServicer(policies, registry=registry)
-    serving = asyncio.Event()
-    api = create_app(policies=policies, verifier=verifier, hosts=hosts, registry=registry, is_ready=serving.is_set)
+    keys = load_policy_keys(app, home)
 
     async with contextlib.AsyncExitStack() as stack:
+        store = PolicyStore.under(home)
+        stack.callback(store.close)
+        policies = PolicyRegistry(store)
+        await policies.apply_files(app.policies)
+        _log_active(policies.snapshot)
+
+        rego = await _rego_decider(settings, policies, stack)
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        audit = AuditShipper(store, settings.graph_grpc_addr, token)
+        audit.start()
+        stack.push_async_callback(audit.stop)
+        rollouts = RolloutManager(policies, registry=registry, enabled=rego is None, on_audit=audit.wake)
+        await rollouts.load()
+        stack.push_async_callback(rollouts.close)
+        servicer = PolicyServicer(policies, registry=registry, rego=rego)
+        serving = asyncio.Event()
+        api = create_app(
+            policies=policies,
+            rollouts=rollouts,
+            bundles=BundleVerifier(keys, registry=registry),
+            verifier=verifier,
+            hosts=hosts,
+            registry=registry,
+            is_ready=serving.is_set,
+            require_signed=settings.policy_require_signed,
+            max_body=settings.policy_max_body,
+            proxy_addr=settings.proxy_addr,
+            simulator=Simulator(policies, settings.graph_addr),
+        )
         grpc_server = await start_grpc_server(
             settings.policy_grpc_addr,
             token=token,
@@ -75,21 +110,42 @@ async def serve(
 
 def main(config: Path | None = None) -> int:
     """`bastion policy serve`: 0 on a clean stop, 2 when bastion.yaml cannot be loaded, 1 on any other
-    failure (a bad policy file, a port in use)."""
+    failure (a bad policy file, a port in use, a version store that cannot be opened)."""
     return run_service("policy", PolicySettings(), config, serve)
 
 
-def _log_loaded(policies: PolicySet, paths: tuple[Path, ...]) -> None:
-    if not policies.policies:
-        log.warning("no policy in bastion.yaml 'policies:': every action will be denied")
-    for policy, path in zip(policies.policies, paths, strict=True):
+async def _rego_decider(
+    settings: PolicySettings, policies: PolicyRegistry, stack: contextlib.AsyncExitStack
+) -> RegoDecider | None:
+    """In `BASTION_POLICY_ENGINE=opa` mode, OPA loaded with the active set; else None."""
+    if settings.policy_engine != "opa":
+        return None
+    if not settings.opa_url:
+        raise ConfigError("BASTION_POLICY_ENGINE=opa needs BASTION_OPA_URL (the OPA server's base URL)")
+    engine = await stack.enter_async_context(OpaEngine(settings.opa_url, deadline_s=settings.opa_deadline_ms / 1000))
+    rego = RegoDecider(engine, policies)
+    try:
+        await rego.start()
+    except DecisionUnavailable as exc:
+        raise ConfigError(f"OPA at BASTION_OPA_URL is not usable: {exc}") from exc
+    stack.push_async_callback(rego.close)
+    log.info("decisions come from OPA at %s", settings.opa_url)
+    return rego
+
+
+def _log_active(snapshot: Snapshot) -> None:
+    if not snapshot.versions:
+        log.warning(
+            "no active policy (bastion.yaml 'policies:' and the version store are empty): every action is denied"
+        )
+    for active in snapshot.versions:
         log.info(
-            "loaded policy %r v%d (%d rules) from %s",
-            policy.name,
-            policy.version,
-            len(policy.rules),
-            path,
-            extra={"fields": {"policy": policy.name, "version": policy.version, "digest": policy.digest}},
+            "active policy %r v%d (%d rules), activated by %s",
+            active.name,
+            active.version,
+            active.rule_count,
+            active.activated_by,
+            extra={"fields": {"policy": active.name, "version": active.version, "digest": active.digest}},
         )
 
 

@@ -24,7 +24,7 @@ PrefixHandler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 
 
 class ProxyApp:
-    def __init__(self, *, mcp: McpHttpAdapter, metrics: ProxyMetrics) -> None:
+    def __init__(self, *, mcp: McpHttpAdapter, metrics: ProxyMetrics, tools: Handler | None = None) -> None:
         self._metrics = metrics
         self.ready = False
         self._exact: dict[str, Handler] = {
@@ -33,6 +33,8 @@ class ProxyApp:
             "/metrics": self._metrics_page,
             "/mcp": self._aggregated,
         }
+        if tools is not None:  # GET /v1/tools (proxy/_tools_api.py): operators only, off the hot path
+            self._exact["/v1/tools"] = tools
         # One segment after the prefix: `/mcp/{server}`; `/mcp/a/b` is not a route.
         self._prefixes: dict[str, PrefixHandler] = {"/mcp/": mcp.handle}
 

@@ -14,6 +14,9 @@ on a name it does not know asks again at most every `min_refresh` seconds, so a 
 added upstream is callable within seconds while a caller spraying invented names
 cannot make the proxy hammer the upstream. Fail closed: a list that cannot be fetched
 refuses the call with the reason.
+
+The same listing, with each tool's `inputSchema` as listed, is what operators read at
+`GET /v1/tools` (proxy/_tools_api.py) and what policy validation checks rules against.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -39,14 +44,24 @@ _MAX_PAGES = 50
 _MAX_TOOLS = 10_000
 _LEGACY_VERSION = "2025-11-25"
 _STATELESS_VERSION = "2026-07-28"
+_ADDRESS_TUPLE = re.compile(r"\('<internal address>',\s*\d+\)")
 _JSON_HEADERS = [(b"accept", b"application/json, text/event-stream"), (b"content-type", b"application/json")]
 
 
-class _Listing:
-    __slots__ = ("ambiguous", "by_lower", "names")
+@dataclass(frozen=True, slots=True)
+class LiveTool:
+    """One tool of an upstream's live list: its exact name and input schema as listed."""
 
-    def __init__(self, names: list[str]) -> None:
-        self.names = frozenset(names)
+    name: str
+    input_schema: Any
+
+
+class _Listing:
+    __slots__ = ("ambiguous", "by_lower", "names", "tools")
+
+    def __init__(self, tools: list[LiveTool]) -> None:
+        self.tools = tuple(tools)
+        self.names = frozenset(tool.name for tool in tools)
         self.by_lower: dict[str, str] = {}
         self.ambiguous: set[str] = set()
         for name in self.names:
@@ -90,6 +105,17 @@ class ToolCatalog:
         hint = f" (names are exact: did you mean {real!r}?)" if real is not None else ""
         raise UnknownTool(f"tool {tool!r} is not in the tools/list of upstream {self._server!r}{hint}")
 
+    async def tools(self) -> tuple[LiveTool, ...]:
+        """The upstream's live tools (cached as for `check`); UpstreamError, without internal
+        addresses, when they cannot be listed."""
+        listing = self._listing
+        if listing is None or time.monotonic() - self._fetched_at > self._ttl:
+            try:
+                listing = await self._refresh()
+            except UpstreamError:
+                raise UpstreamError(f"cannot list the tools of upstream {self._server!r}: {self._error}") from None
+        return listing.tools
+
     async def _refresh(self) -> _Listing:
         if self._inflight is None:
             self._inflight = asyncio.create_task(self._fetch_guarded(), name=f"bastion-catalog-{self._server}")
@@ -108,16 +134,19 @@ class ToolCatalog:
             reason = str(exc) or type(exc).__name__
             log.warning("cannot list tools of upstream %r: %s", self._server, reason)
             self._fetched_at = time.monotonic()  # failures are retried at min_refresh pace too
+            # public_reason leaves the port of an OSError's ('host', port) tuple: drop it too.
+            self._error = _ADDRESS_TUPLE.sub("<internal address>", public_reason(reason))
             raise UpstreamError(
                 f"cannot check the tool name against upstream {self._server!r}'s tools/list "
                 f"({public_reason(reason)}); the call is refused (fail closed)"
             ) from exc
         listing = _Listing(names)
         self._listing = listing
+        self._error = ""
         self._fetched_at = time.monotonic()
         return listing
 
-    async def _fetch(self) -> list[str]:
+    async def _fetch(self) -> list[LiveTool]:
         session = await self._initialize()
         if session is None:
             return await self._list([(b"mcp-protocol-version", _STATELESS_VERSION.encode())], stateless=True)
@@ -150,8 +179,8 @@ class ToolCatalog:
         session = next((v.decode("latin-1") for k, v in headers if k == b"mcp-session-id"), "")
         return session, version if isinstance(version, str) else _LEGACY_VERSION
 
-    async def _list(self, headers: list[tuple[bytes, bytes]], *, stateless: bool) -> list[str]:
-        names: list[str] = []
+    async def _list(self, headers: list[tuple[bytes, bytes]], *, stateless: bool) -> list[LiveTool]:
+        names: list[LiveTool] = []
         cursor: str | None = None
         for page in range(_MAX_PAGES):
             params: dict[str, Any] = {"cursor": cursor} if cursor else {}
@@ -169,7 +198,11 @@ class ToolCatalog:
             result = _result(messages, request_id)
             if status >= 400 or not isinstance(result, dict) or not isinstance(result.get("tools"), list):
                 raise ValueError(f"tools/list answered HTTP {status} without a tool list")
-            names += [t["name"] for t in result["tools"] if isinstance(t, dict) and isinstance(t.get("name"), str)]
+            names += [
+                LiveTool(t["name"], t.get("inputSchema"))
+                for t in result["tools"]
+                if isinstance(t, dict) and isinstance(t.get("name"), str)
+            ]
             if len(names) > _MAX_TOOLS:
                 raise ValueError(f"more than {_MAX_TOOLS} tools listed")
             cursor = result.get("nextCursor")

@@ -63,6 +63,10 @@ class ProxySettings(CommonSettings):
     journal_segment_bytes: int = Field(
         default=64 * 1024 * 1024, ge=4096, description="Size at which the journal rolls to a new segment file."
     )
+    access_log: bool = Field(
+        default=False,
+        description="Log one JSON line per request on bastion.proxy.access (method, status, outcome, duration, ids).",
+    )
     history_len: int = Field(
         default=16, ge=0, le=256, description="Earlier actions of the workflow sent to the verifier with each call."
     )

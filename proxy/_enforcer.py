@@ -32,7 +32,8 @@ from ._methods import Target
 from ._metrics import ProxyMetrics
 from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome
 from ._recorder import Record, Recorder, iso
-from ._workflows import WorkflowState
+from ._tracing import DECIDE_SPAN, JOURNAL_SPAN, Tracing
+from ._workflows import WorkflowState, new_id
 
 log = logging.getLogger("bastion.proxy")
 
@@ -77,6 +78,9 @@ class DecisionStage:
             pending.record.action, pending.ctx, pending.history, pending.record.node_id, body_size=pending.body_size
         )
 
+    async def allowed(self, actions: Sequence[policy_pb2.Action], ctx: policy_pb2.Context) -> list[bool]:
+        return await self._governor.allowed(actions, ctx)
+
 
 @dataclass(frozen=True, slots=True)
 class Decided:
@@ -91,8 +95,14 @@ class Enforcer:
     """`checks` run in order before `decide` (limits, approvals, … as they arrive)."""
 
     def __init__(
-        self, checks: Sequence[Stage], decide: DecisionStage, recorder: Recorder, metrics: ProxyMetrics
+        self,
+        checks: Sequence[Stage],
+        decide: DecisionStage,
+        recorder: Recorder,
+        metrics: ProxyMetrics,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing or Tracing()
         self._checks = tuple(checks)
         self._decide = decide
         self._recorder = recorder
@@ -113,7 +123,8 @@ class Enforcer:
         parents = (parent,) if parent else ()
         pending = [self._pending(caller, state, target, method, body, started, parents) for target in targets]
         outcomes = await asyncio.gather(*(self._run(item) for item in pending))
-        decided = [self._journal(item.record, outcome) for item, outcome in zip(pending, outcomes, strict=True)]
+        with self._tracing.stage(JOURNAL_SPAN):
+            decided = [self._journal(item.record, outcome) for item, outcome in zip(pending, outcomes, strict=True)]
         state.set_last_node(caller.session_id, decided[-1].record.node_id)
         for item in decided:
             action = item.record.action
@@ -130,6 +141,10 @@ class Enforcer:
             )
             self._metrics.count("forwarded" if item.outcome.allowed else "blocked", item.outcome.decision)
         return decided
+
+    async def allowed(self, caller: Caller, actions: Sequence[policy_pb2.Action]) -> list[bool]:
+        """Whether the caller's policy could allow each (list) action: for filtering listings."""
+        return await self._decide.allowed(actions, _context(caller, "", new_id()))
 
     def _pending(
         self,
@@ -152,16 +167,7 @@ class Enforcer:
         if target.arguments:
             action.arguments.update(target.arguments)
         record = self.record(caller, action, started, graph_pb2.ACTION, body, parents)
-        principal = caller.principal
-        ctx = policy_pb2.Context(
-            agent_id=principal.subject,
-            tenant=principal.tenant,
-            session_id=caller.session_id,
-            workflow_id=caller.workflow_id,
-            task=state.task,
-            roles=principal.roles,
-            request_id=record.node_id,
-        )
+        ctx = _context(caller, state.task, record.node_id)
         return Pending(caller, record, ctx, tuple(state.history), len(body))
 
     async def _run(self, pending: Pending) -> Outcome:
@@ -169,7 +175,8 @@ class Enforcer:
             outcome = await check(pending)
             if outcome is not None:
                 return outcome
-        return await self._decide(pending)
+        with self._tracing.stage(DECIDE_SPAN):
+            return await self._decide(pending)
 
     def _journal(self, record: Record, outcome: Outcome) -> Decided:
         """Journal the decided action; a journal failure turns it into a block."""
@@ -260,6 +267,19 @@ class Enforcer:
                     "journal append of a result failed",
                     extra={"fields": {"error": str(exc), "node_id": record.node_id}},
                 )
+
+
+def _context(caller: Caller, task: str, request_id: str) -> policy_pb2.Context:
+    principal = caller.principal
+    return policy_pb2.Context(
+        agent_id=principal.subject,
+        tenant=principal.tenant,
+        session_id=caller.session_id,
+        workflow_id=caller.workflow_id,
+        task=task,
+        roles=principal.roles,
+        request_id=request_id,
+    )
 
 
 def envelope(msg_id: Any, method: str, decided: Decided, started: float) -> bytes:

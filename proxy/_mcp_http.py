@@ -28,6 +28,7 @@ from ._budget import ValueBudget
 from ._catalog import ToolCatalog
 from ._enforcer import Caller, Enforcer, envelope
 from ._envelope import jsonrpc_error, public_reason
+from ._listing import LIST_SHAPES, filter_listing
 from ._mcp import (
     TASK_META_KEY,
     WORKFLOW_META_KEY,
@@ -41,7 +42,8 @@ from ._metrics import ProxyMetrics
 from ._owners import SessionOwners
 from ._recorder import Record
 from ._results import ResultTap
-from ._upstream import UpstreamPool
+from ._tracing import RequestTrace, Tracing
+from ._upstream import UpstreamPool, UpstreamResponse
 from ._workflows import WorkflowTracker, check_id
 
 log = logging.getLogger("bastion.proxy")
@@ -89,6 +91,7 @@ class _Request:
     headers: dict[bytes, bytes]
     started: float
     t0: float
+    trace: RequestTrace
 
 
 class McpHttpAdapter:
@@ -106,6 +109,7 @@ class McpHttpAdapter:
         budget: ValueBudget,
         max_body: int,
         body_timeout: float,
+        tracing: Tracing | None = None,
     ) -> None:
         self._tokens = tokens
         self._enforcer = enforcer
@@ -118,8 +122,16 @@ class McpHttpAdapter:
         self._budget = budget
         self._max_body = max_body
         self._body_timeout = body_timeout
+        self._tracing = tracing or Tracing()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, server: str) -> None:
+        trace = self._tracing.request(scope, server)
+        try:
+            await self._handle(scope, receive, trace.watch(send), server, trace)
+        finally:
+            trace.finish()
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, server: str, trace: RequestTrace) -> None:
         started = time.time()
         t0 = time.perf_counter()
         raw_headers: Headers = scope["headers"]
@@ -129,17 +141,23 @@ class McpHttpAdapter:
         pool = self._upstreams.get(server)
         if pool is None:
             await self._refuse(
-                send, action, started, 404, "bastion.unknown_server", f"no upstream named {server!r} in bastion.yaml"
+                send,
+                action,
+                started,
+                404,
+                "bastion.unknown_server",
+                f"no upstream named {server!r} in bastion.yaml",
+                trace=trace,
             )
             return
         refusal = self._hosts.refusal(raw_headers)
         if refusal is not None:
-            await self._refuse(send, action, started, 403, "bastion.host_not_allowed", refusal)
+            await self._refuse(send, action, started, 403, "bastion.host_not_allowed", refusal, trace=trace)
             return
         try:
             check_single_headers(raw_headers)
         except ProtocolError as exc:
-            await self._refuse(send, action, started, exc.http_status, exc.code, str(exc))
+            await self._refuse(send, action, started, exc.http_status, exc.code, str(exc), trace=trace)
             return
         try:
             principal = self._tokens.verify_header(_text(headers.get(b"authorization")))
@@ -152,23 +170,34 @@ class McpHttpAdapter:
                 exc.code,
                 str(exc),
                 extra_headers=[(b"www-authenticate", b"Bearer")],
+                trace=trace,
             )
             return
-        request = _Request(scope, receive, send, pool, server, headers, started, t0)
+        request = _Request(scope, receive, send, pool, server, headers, started, t0, trace)
         if method == "POST":
             await self._post(request, action, principal)
         elif method in ("GET", "DELETE"):
             await self._stream_or_delete(request, action, principal)
         else:
             await self._refuse(
-                send, action, started, 405, "bastion.method_not_allowed", f"{method} is not an MCP method", principal
+                send,
+                action,
+                started,
+                405,
+                "bastion.method_not_allowed",
+                f"{method} is not an MCP method",
+                principal,
+                trace=trace,
             )
 
     async def _stream_or_delete(self, request: _Request, action: policy_pb2.Action, principal: Principal) -> None:
         try:
             caller = await self._caller(principal, request.headers, None, request.server)
         except (ProtocolError, StoreError) as exc:
-            await self._refuse(request.send, action, request.started, exc.http_status, exc.code, str(exc), principal)
+            status, code = exc.http_status, exc.code
+            await self._refuse(
+                request.send, action, request.started, status, code, str(exc), principal, trace=request.trace
+            )
             return
         record = self._enforcer.record(caller, action, request.started, graph_pb2.OBSERVATION)
         if await self._observe_or_refuse(request.send, record, None):
@@ -183,6 +212,7 @@ class McpHttpAdapter:
             body = await read_body(request.receive, headers, self._max_body, self._body_timeout)
             message = parse_message(body)
             msg_id = message.id
+            request.trace.message(message)
             action.method = message.method or "response"
             check_routing_headers(message, _opt(headers.get(b"mcp-method")), _opt(headers.get(b"mcp-name")))
             targets = classify(message, self._budget, body)
@@ -199,7 +229,15 @@ class McpHttpAdapter:
                 {"reason": str(exc)},
             )
             await self._refuse(
-                request.send, action, request.started, exc.http_status, exc.code, str(exc), principal, body=payload
+                request.send,
+                action,
+                request.started,
+                exc.http_status,
+                exc.code,
+                str(exc),
+                principal,
+                body=payload,
+                trace=request.trace,
             )
             return
         if targets:
@@ -209,7 +247,8 @@ class McpHttpAdapter:
         record = self._enforcer.record(caller, action, request.started, graph_pb2.OBSERVATION, body)
         if await self._observe_or_refuse(request.send, record, msg_id):
             binds = caller.principal if message.method == "initialize" else None
-            await self._forward(request, (record,), body, msg_id, governed=False, bind_session=binds)
+            listing = (caller, message.method) if message.method in LIST_SHAPES and message.is_request else None
+            await self._forward(request, (record,), body, msg_id, governed=False, bind_session=binds, listing=listing)
 
     async def _governed(
         self, request: _Request, caller: Caller, message: Message, targets: tuple[Target, ...], body: bytes
@@ -223,6 +262,7 @@ class McpHttpAdapter:
             caller, state, message.method or "", targets, body=body, started=request.started
         )
         self._metrics.governance.observe(time.perf_counter() - request.t0)
+        request.trace.decided(decided)
         blocked = next((item for item in decided if not item.outcome.allowed), None)
         if blocked is None:
             await self._forward(request, tuple(item.record for item in decided), body, message.id, governed=True)
@@ -267,8 +307,10 @@ class McpHttpAdapter:
         *,
         extra_headers: Headers | None = None,
         body: bytes | None = None,
+        trace: RequestTrace,
     ) -> None:
         """Answer a request refused before any decision, and journal the refusal."""
+        trace.refused(code, principal.subject if principal is not None else "")
         violation_id = self._enforcer.refuse(action, started, code, reason, principal)
         if body is None:
             body = orjson.dumps(http_error(code, reason, violation_id))
@@ -283,6 +325,7 @@ class McpHttpAdapter:
         *,
         governed: bool,
         bind_session: Principal | None = None,
+        listing: tuple[Caller, str] | None = None,
     ) -> None:
         """Send the request upstream and relay its answer; for governed actions, journal
         how it ended (DESIGN §3 result event) once the answer is relayed or has failed."""
@@ -291,6 +334,7 @@ class McpHttpAdapter:
         if scope.get("query_string"):
             path += b"?" + scope["query_string"]
         headers = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST]
+        headers = request.trace.upstream(headers, pool, scope["method"], record)
         # A POST's answer (a tool's result) is bounded in time; a GET is a session's
         # long-lived notification stream and may stay quiet for as long as it likes.
         idle = pool.timeout if scope["method"] == "POST" else None
@@ -305,7 +349,10 @@ class McpHttpAdapter:
                 # Bound before the client can learn the id: only the initialising principal may use it.
                 self._sessions.bind(session.decode("latin-1"), bind_session)
             out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + _ids(record)
-            if response.header(b"content-length") is not None:
+            if listing is not None and response.status == 200:
+                await self._relay_listing(request, response, out, idle, *listing, msg_id)
+                relayed = True
+            elif response.header(b"content-length") is not None:
                 data = await response.read(idle)
                 tap.feed(data)
                 await send_bytes(request.send, response.status, data, out)
@@ -316,6 +363,7 @@ class McpHttpAdapter:
                     request.send, request.receive, response.status, out, tap.watch(response.stream(idle))
                 )
         except UpstreamError as exc:
+            request.trace.upstream_failed(exc)
             log.warning("upstream failed", extra={"fields": {"server": request.server, "error": str(exc)}})
             reason = f"upstream {request.server!r}: {public_reason(str(exc))}"
             if tap.status == 0 or response.header(b"content-length") is not None:
@@ -324,15 +372,41 @@ class McpHttpAdapter:
                 await send_bytes(request.send, exc.http_status, payload, JSON + _ids(record))
             if governed:
                 outcome = graph_pb2.TIMEOUT if isinstance(exc, UpstreamTimeout) else graph_pb2.UPSTREAM_ERROR
-                self._record_results(records, tap.result(outcome, detail=reason))
+                self._record_results(request, records, tap.result(outcome, detail=reason))
             return
         if governed:
             outcome = graph_pb2.COMPLETED if relayed else graph_pb2.CLIENT_GONE
             detail = "" if relayed else "the client went away before the answer was relayed"
-            self._record_results(records, tap.result(outcome, sse=sse, detail=detail))
+            self._record_results(request, records, tap.result(outcome, sse=sse, detail=detail))
         self._metrics.total.observe(time.perf_counter() - request.t0)
 
-    def _record_results(self, records: tuple[Record, ...], result: graph_pb2.ActionResult) -> None:
+    async def _relay_listing(
+        self,
+        request: _Request,
+        response: UpstreamResponse,
+        headers: Headers,
+        idle: float | None,
+        caller: Caller,
+        method: str,
+        msg_id: Any,
+    ) -> None:
+        """The response stage of list methods: the whole answer, filtered by policy."""
+        sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+        data = await response.read(idle)
+        filtered = await filter_listing(
+            data,
+            sse=sse,
+            request_id=msg_id,
+            method=method,
+            server=request.server,
+            allowed=lambda actions: self._enforcer.allowed(caller, actions),
+        )
+        out = [(k, v) for k, v in headers if k != b"content-length"]
+        out.append((b"content-length", str(len(filtered)).encode()))
+        await send_bytes(request.send, response.status, filtered, out)
+
+    def _record_results(self, request: _Request, records: tuple[Record, ...], result: graph_pb2.ActionResult) -> None:
+        request.trace.result(result)
         self._metrics.result(_RESULT_NAMES[result.outcome])
         self._enforcer.record_results(records, result)
 

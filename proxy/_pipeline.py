@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +24,7 @@ from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_g
 
 from ._envelope import public_reason
 from ._streams import StreamCaller, StreamFailure
+from ._workflows import new_id
 
 POLICY_UNAVAILABLE = "bastion.policy_unavailable"
 VERIFIER_UNAVAILABLE = "bastion.verifier_unavailable"
@@ -124,6 +125,23 @@ class Governor:
             return_exceptions=True,
         )
         return combine(decision, scored, fallback_allow=self._fallback_allow)
+
+    async def allowed(self, actions: Sequence[policy_pb2.Action], ctx: policy_pb2.Context) -> list[bool]:
+        """Whether policy allows each action (list filtering: no verifier, no journal).
+
+        Asked concurrently on the policy stream; anything but an ALLOW answer — a deny,
+        an error, no answer in time — is False.
+        """
+        requests = []
+        for action in actions:
+            item_ctx = policy_pb2.Context()
+            item_ctx.CopyFrom(ctx)
+            item_ctx.request_id = new_id()
+            requests.append(policy_pb2.DecideRequest(action=action, ctx=item_ctx))
+        answers = await asyncio.gather(
+            *(self._decisions.call(request, request.ctx.request_id) for request in requests), return_exceptions=True
+        )
+        return [isinstance(answer, policy_pb2.Decision) and answer.effect == policy_pb2.ALLOW for answer in answers]
 
     async def close(self) -> None:
         await self._decisions.close()

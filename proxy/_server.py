@@ -28,6 +28,8 @@ from ._owners import SessionOwners, WorkflowOwners
 from ._pipeline import Governor
 from ._recorder import Recorder
 from ._shipper import Shipper
+from ._tools_api import ToolsApi
+from ._tracing import Tracing
 from ._upstream import UpstreamPool
 from ._workflows import WorkflowTracker
 
@@ -50,6 +52,7 @@ async def serve(
     verifier_channel = open_channel(settings.verifier_addr)
     graph_channel = open_channel(settings.graph_grpc_addr)
     metrics = ProxyMetrics()
+    tracing = Tracing.from_env(access_log=settings.access_log)
     shipper = Shipper(
         journal.reader(),
         # Inside the journal directory: a journal wiped or restored takes its cursor with it.
@@ -87,6 +90,7 @@ async def serve(
         decide=DecisionStage(governor),
         recorder=Recorder(journal, checked_depth=settings.max_argument_depth),
         metrics=metrics,
+        tracing=tracing,
     )
     mcp = McpHttpAdapter(
         tokens=tokens,
@@ -104,8 +108,12 @@ async def serve(
         ),
         max_body=settings.max_body,
         body_timeout=settings.body_timeout_s,
+        tracing=tracing,
     )
-    proxy = ProxyApp(mcp=mcp, metrics=metrics)
+    tools = ToolsApi(
+        tokens=tokens, catalogs=catalogs, hosts=HostCheck(app.allowed_hosts, parse_addr(settings.proxy_addr)[0])
+    )
+    proxy = ProxyApp(mcp=mcp, metrics=metrics, tools=tools.handle)
     web = await start_web_server(proxy, settings.proxy_addr)
     try:
         # Connect the channels now so the first governed call does not pay for it.
@@ -117,6 +125,7 @@ async def serve(
     finally:
         proxy.ready = False
         await web.stop()
+        await tracing.shutdown()
         await governor.close()
         await shipper.stop()
         await journal.close()

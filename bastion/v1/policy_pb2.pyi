@@ -44,6 +44,11 @@ class _ActionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionKind
     """MCP prompts/get: Action.prompt is the prompt name."""
     COMPLETION: _ActionKind.ValueType  # 10
     """MCP completion/complete: Action.prompt or Action.resource names what is completed."""
+    PROMPT_LIST: _ActionKind.ValueType  # 11
+    """"May this agent see this prompt / resource (or template)?": asked for each item of a
+    prompts/list, resources/list or resources/templates/list answer, as TOOL_LIST is for tools.
+    """
+    RESOURCE_LIST: _ActionKind.ValueType  # 12
 
 class ActionKind(_ActionKind, metaclass=_ActionKindEnumTypeWrapper):
     """What kind of action is being decided. MCP_REQUEST covers protocol traffic that is
@@ -68,6 +73,11 @@ PROMPT_GET: ActionKind.ValueType  # 9
 """MCP prompts/get: Action.prompt is the prompt name."""
 COMPLETION: ActionKind.ValueType  # 10
 """MCP completion/complete: Action.prompt or Action.resource names what is completed."""
+PROMPT_LIST: ActionKind.ValueType  # 11
+""""May this agent see this prompt / resource (or template)?": asked for each item of a
+prompts/list, resources/list or resources/templates/list answer, as TOOL_LIST is for tools.
+"""
+RESOURCE_LIST: ActionKind.ValueType  # 12
 Global___ActionKind: _TypeAlias = ActionKind  # noqa: Y015
 
 class _Effect:
@@ -381,6 +391,93 @@ class Limits(_message.Message):
 Global___Limits: _TypeAlias = Limits  # noqa: Y015
 
 @_typing.final
+class VerifierSettings(_message.Message):
+    """A policy's `verifier:` stanza: which verifier scores its actions and what happens when
+    that verifier does not answer in time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Fallback:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _FallbackEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[VerifierSettings._Fallback.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        FALLBACK_UNSPECIFIED: VerifierSettings._Fallback.ValueType  # 0
+        BLOCK: VerifierSettings._Fallback.ValueType  # 1
+        ALLOW: VerifierSettings._Fallback.ValueType  # 2
+        QUEUE: VerifierSettings._Fallback.ValueType  # 3
+
+    class Fallback(_Fallback, metaclass=_FallbackEnumTypeWrapper): ...
+    FALLBACK_UNSPECIFIED: VerifierSettings.Fallback.ValueType  # 0
+    BLOCK: VerifierSettings.Fallback.ValueType  # 1
+    ALLOW: VerifierSettings.Fallback.ValueType  # 2
+    QUEUE: VerifierSettings.Fallback.ValueType  # 3
+
+    NAME_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    FALLBACK_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    threshold: _builtins.float
+    """Deviation score at or above which the verifier blocks; unset: the verifier's own."""
+    timeout_ms: _builtins.int
+    """Unset: the proxy's default deadline."""
+    fallback: Global___VerifierSettings.Fallback.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        threshold: _builtins.float | None = ...,
+        timeout_ms: _builtins.int | None = ...,
+        fallback: Global___VerifierSettings.Fallback.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "_timeout_ms", b"_timeout_ms", "threshold", b"threshold", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "_timeout_ms", b"_timeout_ms", "fallback", b"fallback", "name", b"name", "threshold", b"threshold", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__timeout_ms: _TypeAlias = _typing.Literal["timeout_ms"]  # noqa: Y015
+    _WhichOneofArgType__timeout_ms: _TypeAlias = _typing.Literal["_timeout_ms", b"_timeout_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_ms) -> _WhichOneofReturnType__timeout_ms | None: ...
+
+Global___VerifierSettings: _TypeAlias = VerifierSettings  # noqa: Y015
+
+@_typing.final
+class TaintSettings(_message.Message):
+    """A policy's `taint:` stanza: data from untrusted sources reaching sinks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNTRUSTED_SOURCES_FIELD_NUMBER: _builtins.int
+    SINKS_FIELD_NUMBER: _builtins.int
+    ON_TAINTED_SINK_FIELD_NUMBER: _builtins.int
+    on_tainted_sink: Global___Effect.ValueType
+    @_builtins.property
+    def untrusted_sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def sinks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        untrusted_sources: _abc.Iterable[_builtins.str] | None = ...,
+        sinks: _abc.Iterable[_builtins.str] | None = ...,
+        on_tainted_sink: Global___Effect.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_tainted_sink", b"on_tainted_sink", "sinks", b"sinks", "untrusted_sources", b"untrusted_sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaintSettings: _TypeAlias = TaintSettings  # noqa: Y015
+
+@_typing.final
 class Decision(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -395,6 +492,9 @@ class Decision(_message.Message):
     OBLIGATIONS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SHADOW_RULE_ID_FIELD_NUMBER: _builtins.int
+    VERIFIER_FIELD_NUMBER: _builtins.int
+    TAINT_FIELD_NUMBER: _builtins.int
     effect: Global___Effect.ValueType
     rule_id: _builtins.str
     """The rule that decided, or "default" when no rule matched."""
@@ -405,13 +505,25 @@ class Decision(_message.Message):
     """sha256 of the canonical policy bundle that produced this decision."""
     rollout_arm: Global___RolloutArm.ValueType
     shadow_effect: Global___Effect.ValueType
-    """Effect of the shadow (canary) policy, when one is being evaluated alongside."""
+    """What the first matching `effect: shadow` rule would have decided (recorded, never
+    enforced); EFFECT_UNSPECIFIED when no shadow rule matched.
+    """
     request_id: _builtins.str
     """Echo of DecideRequest.ctx.request_id, so answers on DecideStream can be matched."""
+    shadow_rule_id: _builtins.str
+    """The shadow rule behind shadow_effect."""
     @_builtins.property
     def obligations(self) -> Global___Obligations: ...
     @_builtins.property
     def limits(self) -> Global___Limits: ...
+    @_builtins.property
+    def verifier(self) -> Global___VerifierSettings:
+        """The deciding policy's `verifier:` and `taint:` stanzas, when it has them (its
+        `limits:` are in `limits`; the rule's `steer` message in obligations.steer_message).
+        """
+
+    @_builtins.property
+    def taint(self) -> Global___TaintSettings: ...
     def __init__(
         self,
         *,
@@ -426,10 +538,13 @@ class Decision(_message.Message):
         obligations: Global___Obligations | None = ...,
         limits: Global___Limits | None = ...,
         request_id: _builtins.str = ...,
+        shadow_rule_id: _builtins.str = ...,
+        verifier: Global___VerifierSettings | None = ...,
+        taint: Global___TaintSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "obligations", b"obligations"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "obligations", b"obligations", "taint", b"taint", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "effect", b"effect", "limits", b"limits", "obligations", b"obligations", "policy_name", b"policy_name", "policy_version", b"policy_version", "reason", b"reason", "request_id", b"request_id", "rollout_arm", b"rollout_arm", "rule_id", b"rule_id", "shadow_effect", b"shadow_effect"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "effect", b"effect", "limits", b"limits", "obligations", b"obligations", "policy_name", b"policy_name", "policy_version", b"policy_version", "reason", b"reason", "request_id", b"request_id", "rollout_arm", b"rollout_arm", "rule_id", b"rule_id", "shadow_effect", b"shadow_effect", "shadow_rule_id", b"shadow_rule_id", "taint", b"taint", "verifier", b"verifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -457,6 +572,12 @@ Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
 
 @_typing.final
 class BundleEvent(_message.Message):
+    """One policy version's state. Watch sends LOADED for every active version first, then
+    ACTIVATED when a version becomes active (replacing the policy's previous one) and
+    CREATED when a version is stored without being activated (not in force: a watcher
+    applies the settings of LOADED and ACTIVATED events only).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     class _Kind:
@@ -469,22 +590,33 @@ class BundleEvent(_message.Message):
         LOADED: BundleEvent._Kind.ValueType  # 1
         ACTIVATED: BundleEvent._Kind.ValueType  # 2
         ROLLED_BACK: BundleEvent._Kind.ValueType  # 3
+        CREATED: BundleEvent._Kind.ValueType  # 4
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: BundleEvent.Kind.ValueType  # 0
     LOADED: BundleEvent.Kind.ValueType  # 1
     ACTIVATED: BundleEvent.Kind.ValueType  # 2
     ROLLED_BACK: BundleEvent.Kind.ValueType  # 3
+    CREATED: BundleEvent.Kind.ValueType  # 4
 
     KIND_FIELD_NUMBER: _builtins.int
     POLICY_NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     BUNDLE_DIGEST_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    SETTINGS_JSON_FIELD_NUMBER: _builtins.int
     kind: Global___BundleEvent.Kind.ValueType
     policy_name: _builtins.str
     version: _builtins.int
     bundle_digest: _builtins.str
+    """sha256 (hex) of the version's submitted document in canonical form (sorted keys, no
+    spaces, defaults not filled in): the version's content address, as the admin REST shows it.
+    """
+    settings_json: _builtins.str
+    """The version's settings the proxy needs before it calls the verifier, as a JSON object
+    string {"verifier": {...} | null, "limits": {...} | null}: each stanza of spec as
+    validated, defaults filled in; null when the version has none.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -495,10 +627,11 @@ class BundleEvent(_message.Message):
         version: _builtins.int = ...,
         bundle_digest: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
+        settings_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "bundle_digest", b"bundle_digest", "kind", b"kind", "policy_name", b"policy_name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "bundle_digest", b"bundle_digest", "kind", b"kind", "policy_name", b"policy_name", "settings_json", b"settings_json", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -49,6 +49,11 @@ class PolicyServiceStub:
                 request_serializer=bastion_dot_v1_dot_policy__pb2.DecideRequest.SerializeToString,
                 response_deserializer=bastion_dot_v1_dot_policy__pb2.Decision.FromString,
                 _registered_method=True)
+        self.DecideBatchStream = channel.stream_stream(
+                '/bastion.v1.PolicyService/DecideBatchStream',
+                request_serializer=bastion_dot_v1_dot_policy__pb2.DecideBatchRequest.SerializeToString,
+                response_deserializer=bastion_dot_v1_dot_policy__pb2.DecideBatchResponse.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/bastion.v1.PolicyService/Watch',
                 request_serializer=bastion_dot_v1_dot_policy__pb2.WatchRequest.SerializeToString,
@@ -79,6 +84,15 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideBatchStream(self, request_iterator, context):
+        """Like DecideStream, with many requests per stream message (the proxy batches under
+        load): each DecideBatchRequest is answered by one DecideBatchResponse, decisions in
+        request order, each carrying its request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Watch(self, request, context):
         """Streams the active bundles first, then every change.
         """
@@ -103,6 +117,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.DecideStream,
                     request_deserializer=bastion_dot_v1_dot_policy__pb2.DecideRequest.FromString,
                     response_serializer=bastion_dot_v1_dot_policy__pb2.Decision.SerializeToString,
+            ),
+            'DecideBatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DecideBatchStream,
+                    request_deserializer=bastion_dot_v1_dot_policy__pb2.DecideBatchRequest.FromString,
+                    response_serializer=bastion_dot_v1_dot_policy__pb2.DecideBatchResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -191,6 +210,33 @@ class PolicyService:
             '/bastion.v1.PolicyService/DecideStream',
             bastion_dot_v1_dot_policy__pb2.DecideRequest.SerializeToString,
             bastion_dot_v1_dot_policy__pb2.Decision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideBatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bastion.v1.PolicyService/DecideBatchStream',
+            bastion_dot_v1_dot_policy__pb2.DecideBatchRequest.SerializeToString,
+            bastion_dot_v1_dot_policy__pb2.DecideBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,11 @@ class PolicyServiceStub:
     """The proxy's hot path: one long-lived stream per proxy, answers matched by
     Decision.request_id (a stream round trip costs about half a unary call).
     """
+    DecideBatchStream: _grpc.StreamStreamMultiCallable[_policy_pb2.DecideBatchRequest, _policy_pb2.DecideBatchResponse]
+    """Like DecideStream, with many requests per stream message (the proxy batches under
+    load): each DecideBatchRequest is answered by one DecideBatchResponse, decisions in
+    request order, each carrying its request_id.
+    """
     Watch: _grpc.UnaryStreamMultiCallable[_policy_pb2.WatchRequest, _policy_pb2.BundleEvent]
     """Streams the active bundles first, then every change."""
 
@@ -50,6 +55,11 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     DecideStream: _aio.StreamStreamMultiCallable[_policy_pb2.DecideRequest, _policy_pb2.Decision]  # type: ignore[assignment]
     """The proxy's hot path: one long-lived stream per proxy, answers matched by
     Decision.request_id (a stream round trip costs about half a unary call).
+    """
+    DecideBatchStream: _aio.StreamStreamMultiCallable[_policy_pb2.DecideBatchRequest, _policy_pb2.DecideBatchResponse]  # type: ignore[assignment]
+    """Like DecideStream, with many requests per stream message (the proxy batches under
+    load): each DecideBatchRequest is answered by one DecideBatchResponse, decisions in
+    request order, each carrying its request_id.
     """
     Watch: _aio.UnaryStreamMultiCallable[_policy_pb2.WatchRequest, _policy_pb2.BundleEvent]  # type: ignore[assignment]
     """Streams the active bundles first, then every change."""
@@ -77,6 +87,17 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_policy_pb2.Decision], _abc.AsyncIterator[_policy_pb2.Decision]]:
         """The proxy's hot path: one long-lived stream per proxy, answers matched by
         Decision.request_id (a stream round trip costs about half a unary call).
+        """
+
+    @_abc_1.abstractmethod
+    def DecideBatchStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_policy_pb2.DecideBatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_policy_pb2.DecideBatchResponse], _abc.AsyncIterator[_policy_pb2.DecideBatchResponse]]:
+        """Like DecideStream, with many requests per stream message (the proxy batches under
+        load): each DecideBatchRequest is answered by one DecideBatchResponse, decisions in
+        request order, each carrying its request_id.
         """
 
     @_abc_1.abstractmethod

@@ -87,6 +87,7 @@ def _check_answer(response: httpx.Response, tool: str, n: int) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     if tool == "add":
+        assert "result" in body, body
         assert body["result"]["structuredContent"] == {"result": n + 1}, body
     else:
         assert body["error"]["code"] == -32003, body

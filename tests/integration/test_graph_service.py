@@ -43,6 +43,7 @@ _T0_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
 
 _NODE_KEYS = {
     "node_id",
+    "result",
     "event_id",
     "workflow_id",
     "session_id",
@@ -272,6 +273,7 @@ async def test_workflow_graph_has_the_node_and_edge_shapes_clients_rely_on(
         "decided_at": "2026-01-01T00:00:02.250000Z",
         "parent_ids": ["node-e1"],
         "payload_digest": "sha256:e2",
+        "result": None,
     }
     nodes = (await graph.http.get("/graphs/wf-1/nodes")).json()
     assert nodes == {"workflow_id": "wf-1", "items": body["nodes"], "next_cursor": None}

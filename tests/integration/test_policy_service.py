@@ -13,6 +13,7 @@ from unittest import mock
 
 import grpc
 import httpx
+import orjson
 import pytest
 import uvicorn
 from fixtures.graphapi import (
@@ -35,8 +36,18 @@ from bastion._hosts import HostCheck
 from bastion._identity import SERVICE_TOKEN_FILE, TokenVerifier, ensure_dev_key, issue_token, load_public_keys
 from bastion._rpc import auth_metadata
 from bastion._web import start_web_server
-from bastion.policy import PolicySettings, load_policy_set, serve
+from bastion.policy import (
+    BundleVerifier,
+    PolicyRegistry,
+    PolicySettings,
+    PolicyStore,
+    load_policy,
+    serve,
+    version_digest,
+)
 from bastion.policy._api import create_app
+from bastion.policy._bundles import load_policy_keys
+from bastion.policy._rollouts import RolloutManager, RolloutRequest
 from bastion.v1 import policy_pb2, policy_pb2_grpc
 
 if TYPE_CHECKING:
@@ -120,7 +131,7 @@ async def test_decide_allows_demo_add_with_the_service_token(service: Running) -
     assert decision.reason == f"rule '{decision.rule_id}' allows demo__add for agent 'agent-1'"
     assert (decision.policy_name, decision.policy_version) == ("demo", 1)
     assert len(decision.bundle_digest) == 64
-    assert decision.rollout_arm == policy_pb2.STABLE
+    assert decision.rollout_arm == policy_pb2.ROLLOUT_ARM_UNSPECIFIED  # no rollout touches 'demo'
 
 
 async def test_decide_denies_delete_file_by_the_explicit_rule(service: Running) -> None:
@@ -189,7 +200,8 @@ async def test_watch_streams_a_loaded_event_per_policy_then_stays_open(service: 
         assert isinstance(event, policy_pb2.BundleEvent)
         assert event.kind == policy_pb2.BundleEvent.LOADED
         assert (event.policy_name, event.version) == ("demo", 1)
-        assert event.bundle_digest == (await _decide(service, _request("add"))).bundle_digest
+        assert event.bundle_digest == version_digest(load_policy(DEMO_PATH))
+        assert orjson.loads(event.settings_json) == {"limits": None, "verifier": None}
         assert event.at.seconds > 0
         await asyncio.sleep(0.2)
         assert not call.done()
@@ -280,23 +292,41 @@ async def test_list_policies_shows_the_active_policies_to_operators_and_auditors
         reply = await client.get("/v1/policies", headers=_bearer(service, role))
     assert reply.status_code == 200
     body = reply.json()
-    digest = (await _decide(service, _request("add"))).bundle_digest
-    assert body == {
-        "bundle_digest": digest,
-        "policies": [{"name": "demo", "version": 1, "bundle_digest": digest, "rule_count": 2}],
-    }
+    assert body["bundle_digest"] == (await _decide(service, _request("add"))).bundle_digest
+    assert [
+        {key: policy[key] for key in ("name", "version", "digest", "rule_count", "activated_by")}
+        for policy in body["policies"]
+    ] == [
+        {
+            "name": "demo",
+            "version": 1,
+            "digest": version_digest(load_policy(DEMO_PATH)),
+            "rule_count": 2,
+            "activated_by": "bastion.yaml",
+        }
+    ]
 
 
 async def test_every_admin_route_but_the_probes_needs_a_token_and_changes_need_an_operator(tmp_path: Path) -> None:
     verifier = TokenVerifier(AuthConfig(), load_public_keys(AuthConfig(), tmp_path))
+    store = PolicyStore(tmp_path / "versions.db")
+    policies = PolicyRegistry(store)
+    await policies.apply_files((DEMO_PATH,))
+    # A running rollout, so its routes are exercised on an id that exists.
+    registry = CollectorRegistry()
+    rollouts = RolloutManager(policies, registry=registry)
+    await policies.create(DEMO_PATH.read_text().replace("version: 1", "version: 2"), author="test")
+    rollout = await rollouts.start(RolloutRequest(policy="demo", version=2, percent=10), by="test")
     app = create_app(
-        policies=load_policy_set((DEMO_PATH,)),
+        policies=policies,
+        bundles=BundleVerifier(load_policy_keys(AppConfig(), tmp_path)),
         verifier=verifier,
         hosts=HostCheck((), "127.0.0.1"),
-        registry=CollectorRegistry(),
+        registry=registry,
         is_ready=lambda: True,
+        rollouts=rollouts,
     )
-    routes = guarded_routes(app, {})
+    routes = guarded_routes(app, {"name": "demo", "version": "1", "id": rollout.id})
     who = callers(tmp_path, tmp_path / "elsewhere")
     server = await start_web_server(app, "127.0.0.1:0")
     try:
@@ -307,8 +337,11 @@ async def test_every_admin_route_but_the_probes_needs_a_token_and_changes_need_a
             unauthenticated = {path: (await http.request(method, path)).status_code for method, path in open_routes}
     finally:
         await server.stop()
+        store.close()
 
     assert ("GET", "/v1/policies") in routes
+    assert ("POST", "/v1/policies/demo/versions/1/activate") in routes
+    assert ("POST", f"/v1/rollouts/{rollout.id}/promote") in routes
     assert set(unauthenticated.values()) == {200}, unauthenticated
     refused = {"anonymous": 401, "garbage": 401, "expired": 401, "foreign": 401, "agent": 403}
     for (method, path), got in answered.items():

@@ -253,6 +253,9 @@ class _SlowPolicy(policy_pb2_grpc.PolicyServiceServicer):
             await asyncio.sleep(5)
             yield policy_pb2.Decision(effect=policy_pb2.ALLOW, rule_id="too-late")
 
+    def DecideBatchStream(self, request_iterator: Any, context: Any) -> Iterator[policy_pb2.DecideBatchResponse]:
+        return iter(())
+
 
 async def test_policy_past_its_deadline_blocks_the_call(tmp_path: Path, upstream: DemoUpstream) -> None:
     slow = grpc.aio.server()

@@ -12,7 +12,7 @@ import uvicorn
 from mcp.server import MCPServer
 
 from bastion import UnknownTool, UpstreamError
-from bastion.proxy._catalog import ToolCatalog
+from bastion.proxy._catalog import LiveTool, ToolCatalog
 from bastion.proxy._upstream import UpstreamPool
 
 
@@ -105,7 +105,7 @@ async def test_concurrent_checks_share_one_fetch(upstream: tuple[MCPServer, str]
     fetches = 0
     original = catalog._fetch
 
-    async def counting() -> list[str]:
+    async def counting() -> list[LiveTool]:
         nonlocal fetches
         fetches += 1
         return await original()

@@ -73,3 +73,37 @@ def test_policy_serve_with_a_bad_policy_fails_with_a_clear_message(tmp_path: Pat
     assert done.returncode != 0
     assert "efect" in done.stderr
     assert "did you mean 'effect'" in done.stderr
+
+
+def test_policy_admin_commands_exit_1_when_the_service_is_unreachable(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BASTION_POLICY_ADDR", "127.0.0.1:1")
+    assert main(["policy", "versions", "demo"]) == 1
+    assert "policy service at 127.0.0.1:1 unreachable" in capsys.readouterr().err
+
+
+def test_policy_apply_of_a_missing_file_is_a_usage_error(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "apply", "nowhere.yaml", "--addr", "127.0.0.1:1"]) == 2
+    assert "cannot read nowhere.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["policy", "diff", "demo", "1"],
+        ["policy", "activate", "demo", "one"],
+        ["policy", "apply"],
+        ["policy", "versions"],
+    ],
+)
+def test_policy_admin_commands_with_bad_arguments_exit_2(home: Path, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+
+
+def test_policy_apply_with_a_kid_but_no_key_is_a_usage_error(home: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("apiVersion: bastion.dev/v1\n")
+    assert main(["policy", "apply", str(policy), "--kid", "prod", "--addr", "127.0.0.1:1"]) == 2

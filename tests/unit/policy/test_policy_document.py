@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 from bastion import ConfigError, PolicyValidationError
 from bastion.policy import PolicyDocument, load_policy, parse_policy, validate_policy
-from bastion.policy._document import Match, Metadata, Rule, Spec, field_names
+from bastion.policy._args import ArgConstraint
+from bastion.policy._document import Budget, Limits, Loop, Match, Metadata, Rule, Spec, Taint, Verifier, field_names
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_PATH = ROOT / "policy" / "schema.json"
@@ -143,7 +144,10 @@ def test_unknown_field_at_each_level_names_policy_rule_and_field_with_a_suggesti
 def test_unknown_field_without_a_close_match_lists_the_known_fields() -> None:
     document = _document()
     document["spec"]["rules"][0]["zzz"] = 1
-    assert "unknown field 'zzz' (expected one of: id, description, match, effect, when, args)" in _rejection(document)
+    assert (
+        "unknown field 'zzz' (expected one of: id, description, match, when, args, effect, shadow_effect, steer)"
+        in _rejection(document)
+    )
 
 
 def test_unknown_field_with_control_characters_is_shown_escaped() -> None:
@@ -158,7 +162,8 @@ def test_misspelt_effect_value_suggests_the_right_one() -> None:
     document = _document()
     document["spec"]["rules"][0]["effect"] = "alow"
     message = _rejection(document)
-    assert "rule 'r1': field 'effect' must be one of 'allow', 'deny', 'require_approval', not 'alow'" in message
+    expected = "'allow', 'deny', 'require_approval', 'queue', 'shadow'"
+    assert f"rule 'r1': field 'effect' must be one of {expected}, not 'alow'" in message
     assert "(did you mean 'allow'?)" in message
 
 
@@ -243,39 +248,44 @@ def test_every_problem_is_reported_at_once() -> None:
     assert len(_rejection(document).splitlines()) == 2
 
 
-# --- features this version does not enforce ------------------------------------------
+# --- the whole language -------------------------------------------------------------
+
+
+def test_design_example_loads_with_every_stanza_carried() -> None:
+    document = parse_policy(DESIGN_EXAMPLE)
+    rule = document.spec.rules[0]
+    assert rule.when == "args.amount <= 100 && args.currency in ['USD','EUR']"
+    assert rule.args is not None
+    assert rule.args["*"] == "deny"
+    assert document.spec.verifier is not None
+    assert document.spec.verifier.fallback == "block"
+    assert document.spec.limits is not None
+    assert document.spec.limits.rate == "60/m"
+    assert document.spec.taint is not None
+    assert document.spec.taint.on_tainted_sink == "require_approval"
 
 
 @pytest.mark.parametrize(
-    ("where", "feature", "value"),
+    ("where", "feature", "value", "expected"),
     [
-        ("rule", "when", "args.amount <= 100"),
-        ("rule", "args", {"amount": {"type": "number"}}),
-        ("rule", "when", None),
-        ("spec", "limits", {"rate": "60/m"}),
-        ("spec", "verifier", {"name": "reference"}),
-        ("spec", "taint", {"sinks": ["email__send"]}),
+        ("rule", "when", None, "rule 'r1': 'when' is null; write a value or omit the field"),
+        ("rule", "when", 5, "field 'when': input should be a valid string"),
+        ("rule", "args", None, "rule 'r1': 'args' is null"),
+        ("rule", "args", {}, "field 'args': 'args' is empty"),
+        ("rule", "args", {"amount": {"max": None}}, "field 'args.amount': 'max' is null"),
+        ("spec", "limits", None, "field 'spec': 'limits' is null"),
+        ("spec", "limits", {}, "'limits' must set 'rate', 'budget' or 'loop'"),
+        ("spec", "verifier", {}, "missing required field 'spec.verifier.name'"),
+        ("spec", "taint", {"sinks": ["email__send"]}, "missing required field 'spec.taint.untrusted_sources'"),
     ],
 )
-def test_unsupported_features_are_refused_by_name_never_ignored(where: str, feature: str, value: object) -> None:
+def test_stanzas_written_empty_or_null_are_refused_never_ignored(
+    where: str, feature: str, value: object, expected: str
+) -> None:
     document = _document()
     target = document["spec"]["rules"][0] if where == "rule" else document["spec"]
     target[feature] = value
-    message = _rejection(document)
-    named = f"'{feature}'" if where == "rule" else f"'spec.{feature}'"
-    assert named in message
-    assert "not supported by this version of Bastion yet" in message
-    if where == "rule":
-        assert "policy 'demo' v1 rule 'r1':" in message
-
-
-def test_design_example_is_refused_listing_every_unsupported_feature() -> None:
-    with pytest.raises(PolicyValidationError) as caught:
-        parse_policy(DESIGN_EXAMPLE)
-    message = str(caught.value)
-    for feature in ("'when'", "'args'", "'spec.limits'", "'spec.verifier'", "'spec.taint'"):
-        assert feature in message
-    assert "rule 'small-refunds'" in message
+    assert expected in _rejection(document)
 
 
 # --- patterns ----------------------------------------------------------------------------
@@ -410,6 +420,12 @@ def test_schema_and_models_know_the_same_fields_at_every_level() -> None:
         (schema["properties"]["spec"], Spec),
         (rule, Rule),
         (rule["properties"]["match"], Match),
+        (schema["$defs"]["argConstraint"], ArgConstraint),
+        (schema["$defs"]["limits"], Limits),
+        (schema["$defs"]["limits"]["properties"]["budget"], Budget),
+        (schema["$defs"]["limits"]["properties"]["loop"], Loop),
+        (schema["$defs"]["verifier"], Verifier),
+        (schema["$defs"]["taint"], Taint),
     ]
     for level, model in levels:
         assert level["additionalProperties"] is False
@@ -479,3 +495,9 @@ def test_arbitrary_rules_in_a_well_formed_envelope_never_crash_the_validator(
 @given(st.text(max_size=200) | _VALUES.map(lambda value: yaml.safe_dump(value, default_flow_style=True)))
 def test_arbitrary_text_never_crashes_the_parser(text: str) -> None:
     _parses_or_explains(parse_policy, text)
+
+
+def test_a_version_beyond_int64_is_refused_not_a_crash_later() -> None:
+    document = _document()
+    document["metadata"]["version"] = 2**64
+    assert "field 'metadata.version': input should be less than or equal to 9223372036854775807" in _rejection(document)

@@ -12,7 +12,6 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 import bastion.policy
 from bastion import PolicyValidationError
@@ -188,15 +187,12 @@ def test_same_policy_name_twice_is_rejected() -> None:
         PolicySet.compile([_policy("p"), _policy("p", version=2)])
 
 
-def test_document_using_an_unsupported_feature_cannot_exist_to_be_compiled() -> None:
-    data = {
-        "apiVersion": "bastion.dev/v1",
-        "kind": "AgentPolicy",
-        "metadata": {"name": "p", "version": 1},
-        "spec": {"rules": [{**_rule("r", "allow", tools=["*"]), "when": "false"}]},
-    }
-    with pytest.raises(ValidationError, match="not supported"):
-        PolicyDocument.model_validate(data)
+def test_a_model_built_by_hand_with_bad_cel_is_refused_at_compile() -> None:
+    document = _policy("p", {**_rule("r", "allow", tools=["*"]), "when": "true"})
+    rule = document.spec.rules[0].model_copy(update={"when": "1 +"})
+    broken = document.model_copy(update={"spec": document.spec.model_copy(update={"rules": (rule,)})})
+    with pytest.raises(PolicyValidationError, match="policy 'p' v1 rule 'r': not valid CEL"):
+        PolicySet.compile([broken])
 
 
 def test_policy_set_is_immutable() -> None:
@@ -283,18 +279,23 @@ def test_demo_file_digest_matches_its_yaml_content(tmp_path: Path) -> None:
 
 def test_public_surface_is_exactly_the_documented_names() -> None:
     assert sorted(bastion.policy.__all__) == [
+        "BundleVerifier",
         "CompiledPolicy",
         "Decision",
         "Effect",
         "PolicyDocument",
+        "PolicyRegistry",
         "PolicySet",
         "PolicySettings",
+        "PolicyStore",
         "load_policy",
         "load_policy_set",
         "main",
         "parse_policy",
         "serve",
+        "sign_bundle",
         "validate_policy",
+        "version_digest",
     ]
     for name in bastion.policy.__all__:
         assert name in (bastion.policy.__doc__ or ""), f"{name} is exported but not documented"

@@ -293,7 +293,7 @@ def test_any_input_gives_a_bounded_readable_event(
 def test_arguments_within_the_proxys_depth_bound_always_read_back_without_the_check(kind: str) -> None:
     # The proxy skips the read-back parse because its value budget stops nesting at
     # MAX_CHECKED_DEPTH; this is the fact that makes skipping it safe.
-    value: object = "leaf"
+    value: Any = "leaf"
     for _ in range(MAX_CHECKED_DEPTH - 1):
         value = {"x": value} if kind == "object" else [value]
     action = policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="s", tool="t")

@@ -1,0 +1,76 @@
+"""`GET /v1/tools`: each upstream's live tool list, for operators (not on the hot path).
+
+The policy service validates rules against it (`bastion policy validate` flags a rule
+naming a tool or an argument no upstream has). The answer comes from the same
+`ToolCatalog` that checks every called name, so it is exactly what the proxy enforces:
+
+    {"servers": {"demo": {"tools": [{"name": "add", "inputSchema": {...}}], "error": null}}}
+
+An upstream that cannot be listed has `"tools": []` and its `error`, with network
+addresses removed (they stay in the proxy's log). Callers need a bearer JWT with role
+operator, admin or auditor (the tool names and schemas describe what upstreams offer,
+which is not for agents: an agent token gets 403, none 401); the Host check is the
+proxy's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from bastion._errors import AuthError, ForbiddenError, UpstreamError
+from bastion._hosts import HostCheck
+from bastion._identity import OPERATOR_ROLES, TokenVerifier
+
+from ._asgi import Receive, Scope, Send, send_json
+from ._catalog import ToolCatalog
+from ._mcp_http import http_error
+
+#: Who may read the tool lists: the graph's readers (bastion._auth READER_ROLES; not
+#: imported from there, so the proxy process loads no web framework for one constant).
+_READERS = OPERATOR_ROLES | {"auditor"}
+
+
+class ToolsApi:
+    def __init__(self, *, tokens: TokenVerifier, catalogs: dict[str, ToolCatalog], hosts: HostCheck) -> None:
+        self._tokens = tokens
+        self._catalogs = catalogs
+        self._hosts = hosts
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self._hosts.refusal(scope["headers"])
+        if refusal is not None:
+            await send_json(send, 403, http_error("bastion.host_not_allowed", refusal))
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_json(
+                send,
+                405,
+                http_error("bastion.method_not_allowed", f"{scope['method']} /v1/tools: use GET"),
+                [(b"allow", b"GET")],
+            )
+            return
+        authorization = [value for name, value in scope["headers"] if name == b"authorization"]
+        try:
+            if len(authorization) > 1:
+                raise AuthError("send one Authorization header")
+            principal = self._tokens.verify_header(authorization[0].decode("latin-1") if authorization else None)
+            if _READERS.isdisjoint(principal.roles):
+                raise ForbiddenError(
+                    f"{principal.subject!r} may not read the upstreams' tools: role 'operator', 'admin' or "
+                    "'auditor' required"
+                )
+        except AuthError as exc:
+            extra = [(b"www-authenticate", b"Bearer")] if exc.http_status == 401 else None
+            await send_json(send, exc.http_status, http_error(exc.code, str(exc)), extra)
+            return
+        names = sorted(self._catalogs)
+        listed = await asyncio.gather(*(self._server(self._catalogs[name]) for name in names))
+        await send_json(send, 200, {"servers": dict(zip(names, listed, strict=True))})
+
+    @staticmethod
+    async def _server(catalog: ToolCatalog) -> dict[str, object]:
+        try:
+            tools = await catalog.tools()
+        except UpstreamError as exc:
+            return {"tools": [], "error": str(exc)}
+        return {"tools": [{"name": tool.name, "inputSchema": tool.input_schema} for tool in tools], "error": None}
