@@ -22,6 +22,8 @@ from ._policy_cli import add_policy_commands, run_policy_command
 from ._settings import CommonSettings
 
 SERVICES = ("proxy", "policy", "verifier", "graph")
+#: `bastion bench SUITE`: eval/bench/<suite>_bench.py (the whole-stack bench arrives with its issue).
+BENCH_SUITES = ("policy", "tracing")
 _TTL = re.compile(r"(\d+)([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -47,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument("--config", type=Path, help="bastion.yaml (default: $BASTION_CONFIG or ./bastion.yaml)")
         if name == "policy":
             add_policy_commands(actions, _ttl)
+
+    bench = commands.add_parser("bench", help="benchmarks (figures, never pass/fail)")
+    bench.add_argument("suite", choices=BENCH_SUITES, help="what to measure")
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the suite's own options (see its --help)")
 
     token = commands.add_parser("token", help="agent and operator tokens")
     token_actions = token.add_subparsers(dest="action", required=True)
@@ -78,6 +84,16 @@ def _serve(name: str, config: Path | None) -> int:
     return graph_main(config)
 
 
+def _bench(suite: str, options: Sequence[str]) -> int:
+    # Imported on demand: the suites pull in the whole stack and are not needed elsewhere.
+    if suite == "policy":
+        from bastion.eval.bench.policy_bench import main as policy_bench
+    else:
+        from bastion.eval.bench.tracing_bench import main as policy_bench
+    policy_bench(list(options))
+    return 0
+
+
 def _token(args: argparse.Namespace) -> int:
     settings = CommonSettings()
     _, app = find_app_config(args.config, settings.config)
@@ -105,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return up(args.config)
         if args.command == "policy" and args.action != "serve":
             return run_policy_command(args)
+        if args.command == "bench":
+            return _bench(args.suite, args.options)
         if args.command in SERVICES:
             return _serve(args.command, args.config)
         return _token(args)

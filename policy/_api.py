@@ -62,6 +62,7 @@ from bastion._identity import Principal, TokenVerifier
 from bastion._rest import AUTH_RESPONSES, error_doc, error_response, rest_app
 
 from ._bundles import BundleVerifier, loads_json
+from ._document import PolicyDocument
 from ._live_tools import check_live_tools, fetch_live_tools
 from ._registry import Compiled, PolicyRegistry, compile_version
 from ._rollouts import RolloutManager
@@ -114,6 +115,14 @@ class Created(BaseModel):
     version: int
     digest: str
     created: bool = Field(description="False when this exact content was already stored (nothing changed).")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Rules naming tools or arguments no live upstream has (the version is stored all the same: "
+        "a tool may be deployed after its policy).",
+    )
+    live_tools: str | None = Field(
+        default=None, description="What the rules were checked against, or 'live tools not checked: <why>'."
+    )
 
 
 class ValidationReport(BaseModel):
@@ -225,10 +234,26 @@ def create_app(
             )
         return parsed.document, None
 
+    async def live_check(request: Request, document: PolicyDocument) -> tuple[list[str], list[str], str]:
+        """(problems, warnings, what was checked) against the proxy's live tools, when it answers."""
+        if proxy_addr is None:
+            return [], [], "live tools not checked: no proxy address configured (BASTION_PROXY_ADDR)"
+        live = await fetch_live_tools(proxy_addr, request.headers.get("authorization"))
+        problems, warnings = check_live_tools(document, live)
+        return problems, warnings, live.summary
+
     async def create(principal: Principal, request: Request, expect: tuple[str, int] | None) -> JSONResponse:
         text, signature = await submission(request, storing=True)
         record, created = await policies.create(text, author=principal.subject, signature=signature, expect=expect)
-        body = Created(name=record.name, version=record.version, digest=record.digest, created=created)
+        problems, warnings, live_tools = await live_check(request, (await _compile(text)).document)
+        body = Created(
+            name=record.name,
+            version=record.version,
+            digest=record.digest,
+            created=created,
+            warnings=problems + warnings,
+            live_tools=live_tools,
+        )
         return JSONResponse(body.model_dump(), status_code=201 if created else 200)
 
     @app.get("/healthz", summary="Liveness: the process answers.")
@@ -312,13 +337,7 @@ def create_app(
             compiled = await _compile(text)
         except PolicyValidationError as exc:
             return ValidationReport(valid=False, problems=str(exc).splitlines())
-        problems: list[str] = []
-        warnings: list[str] = []
-        live_tools = "live tools not checked: no proxy address configured (BASTION_PROXY_ADDR)"
-        if proxy_addr is not None:
-            live = await fetch_live_tools(proxy_addr, request.headers.get("authorization"))
-            problems, warnings = check_live_tools(compiled.document, live)
-            live_tools = live.summary
+        problems, warnings, live_tools = await live_check(request, compiled.document)
         return ValidationReport(
             valid=not problems,
             problems=problems,

@@ -16,7 +16,7 @@ parsing, no lookups that could be done at construction.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -175,17 +175,23 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             self._registry.unsubscribe(watcher)
 
     def _prepare(
-        self, request: policy_pb2.DecideRequest
-    ) -> tuple[str, dict[str, Any], CallContext] | policy_pb2.Decision:
-        """(kind name, arguments, context) for an engine, or the deny for arguments it cannot take."""
+        self, request: policy_pb2.DecideRequest, *, eager: bool = True
+    ) -> tuple[str, Mapping[str, Any], CallContext] | policy_pb2.Decision:
+        """(kind name, arguments, context) for an engine, or the deny for arguments it cannot take.
+
+        Not `eager`, the arguments are converted only if a rule reads them: most decisions
+        are made on the tool name alone, and the conversion costs more than the rest.
+        """
         action, ctx = request.action, request.ctx
         try:
-            arguments = _struct_to_dict(action.arguments, 0) if action.HasField("arguments") else {}
+            if not action.HasField("arguments"):
+                arguments: Mapping[str, Any] = {}
+            elif eager:
+                arguments = _struct_to_dict(action.arguments, 0)
+            else:
+                arguments = _LazyArguments(action.arguments)
         except ValueError as exc:
-            self._count(Effect.DENY, RESERVED_RULE_ID)
-            return policy_pb2.Decision(
-                effect=policy_pb2.DENY, rule_id=RESERVED_RULE_ID, reason=str(exc), request_id=ctx.request_id
-            )
+            return self._deny_arguments(exc, ctx.request_id)
         context = CallContext(
             tenant=ctx.tenant,
             session_id=ctx.session_id,
@@ -197,8 +203,20 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         )
         return _kind_name(action.kind), arguments, context
 
+    def _deny_arguments(self, exc: ValueError, request_id: str) -> policy_pb2.Decision:
+        self._count(Effect.DENY, RESERVED_RULE_ID)
+        return policy_pb2.Decision(
+            effect=policy_pb2.DENY, rule_id=RESERVED_RULE_ID, reason=str(exc), request_id=request_id
+        )
+
     def _decide(self, request: policy_pb2.DecideRequest) -> policy_pb2.Decision:
-        prepared = self._prepare(request)
+        try:
+            return self._decide_native(request)
+        except _TooDeep as exc:  # raised by the lazy arguments when a rule first reads them
+            return self._deny_arguments(exc, request.ctx.request_id)
+
+    def _decide_native(self, request: policy_pb2.DecideRequest) -> policy_pb2.Decision:
+        prepared = self._prepare(request, eager=False)
         if isinstance(prepared, policy_pb2.Decision):
             return prepared
         kind, arguments, context = prepared
@@ -331,6 +349,37 @@ def _to_proto(decision: Decision) -> policy_pb2.Decision:
     return message
 
 
+class _TooDeep(ValueError):
+    pass
+
+
+class _LazyArguments(Mapping[str, Any]):
+    """A Struct's arguments as a mapping, converted on first read (see `_prepare`)."""
+
+    __slots__ = ("_converted", "_struct")
+
+    def __init__(self, struct: struct_pb2.Struct) -> None:
+        self._struct = struct
+        self._converted: dict[str, Any] | None = None
+
+    def _dict(self) -> dict[str, Any]:
+        if self._converted is None:
+            self._converted = _struct_to_dict(self._struct, 0)
+        return self._converted
+
+    def __getitem__(self, key: str) -> Any:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._struct.fields)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._struct.fields
+
+
 def _struct_to_dict(struct: struct_pb2.Struct, depth: int) -> dict[str, Any]:
     """A Struct as plain JSON values; whole numbers become ints, as the agent wrote them.
 
@@ -339,7 +388,7 @@ def _struct_to_dict(struct: struct_pb2.Struct, depth: int) -> dict[str, Any]:
     About 3x faster than json_format.MessageToDict (eval/bench/policy_bench.py).
     """
     if depth > MAX_ARGUMENT_DEPTH:
-        raise ValueError(f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep (fail closed)")
+        raise _TooDeep(f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep (fail closed)")
     return {key: _value(value, depth + 1) for key, value in struct.fields.items()}
 
 
@@ -356,7 +405,7 @@ def _value(value: struct_pb2.Value, depth: int) -> Any:
         return _struct_to_dict(value.struct_value, depth)
     if kind == "list_value":
         if depth > MAX_ARGUMENT_DEPTH:
-            raise ValueError(f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep (fail closed)")
+            raise _TooDeep(f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep (fail closed)")
         return [_value(item, depth + 1) for item in value.list_value.values]
     return None  # null_value, or unset (which JSON cannot express)
 

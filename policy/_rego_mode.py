@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 
 from bastion._errors import BastionError
 from bastion.v1 import policy_pb2
@@ -73,7 +74,7 @@ class RegoDecider:
                 await self._pusher
 
     async def decide(
-        self, request: policy_pb2.DecideRequest, kind: str, arguments: dict[str, object], context: CallContext
+        self, request: policy_pb2.DecideRequest, kind: str, arguments: Mapping[str, object], context: CallContext
     ) -> policy_pb2.Decision:
         action, ctx = request.action, request.ctx
         snapshot = self._registry.snapshot  # read once: version numbers and digest of one set

@@ -1,6 +1,6 @@
 """In-process policy decision latency for a 100-rule bundle with CEL conditions.
 
-    .venv/bin/python -m eval.bench.policy_bench [--calls 20000]
+    bastion bench policy [--calls 20000]      (or: python -m eval.bench.policy_bench)
 
 Targets (issue 17): p50 <= 10 us, p99 <= 50 us per decision. Cases:
 
@@ -11,6 +11,8 @@ Targets (issue 17): p50 <= 10 us, p99 <= 50 us per decision. Cases:
 * `no-cel`: no rule names the tool; the default decides (the glob scan alone).
 * `grpc-decide`: `PolicyServicer._decide` on a DecideRequest: the Struct conversion,
   the evaluation and the Decision message, without the network.
+* `grpc-by-name`: the same for a tool no rule names: decided on the name, the arguments
+  never converted (they are converted only when a rule reads them).
 Also Struct → dict: the servicer's walk vs json_format.MessageToDict.
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -27,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from bastion.policy import PolicySet, validate_policy
 from bastion.policy._grpc import PolicyServicer, _struct_to_dict
+from bastion.policy._registry import Snapshot
 from bastion.v1 import policy_pb2
 
 ARGS: dict[str, Any] = {
@@ -80,10 +83,12 @@ def _measure(calls: int, decide: Callable[[], object]) -> tuple[float, float, fl
     return samples[len(samples) // 2] / 1e3, samples[int(len(samples) * 0.99)] / 1e3, statistics.fmean(samples) / 1e3
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="bastion bench policy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=20_000)
-    calls = parser.parse_args().calls
+    calls = parser.parse_args(argv).calls
     from bastion.policy._cel import CallContext
 
     context = CallContext(tenant="acme", roles=("ops",), workflow_id="w-1")
@@ -102,10 +107,16 @@ def main() -> None:
     request.ctx.roles.append("ops")
 
     class _Fixed:
+        # Just what the servicer reads per decision: the active snapshot (no rollouts).
         policies = sparse
+        snapshot = Snapshot(policies=sparse, versions=())
 
     servicer = PolicyServicer(_Fixed(), registry=CollectorRegistry())  # type: ignore[arg-type]
     assert servicer._decide(request).effect == policy_pb2.ALLOW
+    # The same request for a tool no rule names: decided on the name, arguments never converted.
+    by_name = policy_pb2.DecideRequest()
+    by_name.CopyFrom(request)
+    by_name.action.tool = "other"
     struct = struct_pb2.Struct()
     struct.update(ARGS)
 
@@ -114,6 +125,7 @@ def main() -> None:
         "cel-x100": evaluate(dense, "refund"),
         "no-cel": evaluate(sparse, "other"),
         "grpc-decide": lambda: servicer._decide(request),
+        "grpc-by-name": lambda: servicer._decide(by_name),
         "struct-walk": lambda: _struct_to_dict(struct, 0),
         "MessageToDict": lambda: json_format.MessageToDict(struct),
     }

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -274,12 +274,14 @@ async def bench_e2e(calls: int, rounds: int) -> None:
         print(f"e2e    collector received {counter.spans} spans")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="bastion bench tracing", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--calls", type=int, default=2000, help="governed calls per configuration, over all rounds")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--hook-iterations", type=int, default=20000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     # The services' logs and the access log, formatted as in production, to /dev/null.
     configure_logging("bench", "INFO")
     handler = logging.getLogger().handlers[0]

@@ -4,9 +4,6 @@ validation says the live tools were not checked and still answers."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,11 +11,14 @@ import httpx
 import pytest
 from fixtures import inprocess
 from fixtures.graphapi import callers
+from fixtures.policycli import policy_cli
 from fixtures.policystack import free_addr, policy_stack
 from fixtures.stack import ROOT
 from fixtures.upstream import DemoUpstream, demo_upstream
 
 from bastion._appconfig import AppConfig, ServerConfig
+from bastion._identity import ensure_dev_key
+from bastion.policy import sign_bundle
 
 POLICY = ROOT / "examples" / "policies" / "demo.yaml"
 CANDIDATE = """apiVersion: bastion.dev/v1
@@ -131,18 +131,18 @@ async def test_cli_validate_exits_1_on_a_tool_no_upstream_has(tmp_path: Path, up
 
 
 async def _cli(addr: str, home: Path, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "BASTION_HOME": str(home), "BASTION_POLICY_ADDR": addr}
-    env.pop("BASTION_TOKEN", None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bastion",
-        "policy",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await policy_cli(addr, home, *args)
+
+
+async def test_creating_a_version_reports_what_no_live_upstream_has_and_stores_it_all_the_same(
+    tmp_path: Path, upstream: DemoUpstream
+) -> None:
+    app = inprocess.app_config(upstream.url, POLICY)
+    async with policy_stack(tmp_path, app) as stack:
+        bundle = sign_bundle(CANDIDATE, ensure_dev_key(tmp_path), kid="dev")
+        response = await stack.policy_post("/v1/policies", {"bundle": bundle})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert (created["name"], created["version"], created["created"]) == ("demo", 9, True)
+    assert any("tool 'demo__nope' is not in upstream 'demo'" in warning for warning in created["warnings"])
+    assert created["live_tools"] == "checked against the proxy's live tools (upstreams: demo)"

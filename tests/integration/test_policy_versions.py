@@ -7,8 +7,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
+from fixtures.policycli import policy_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -387,25 +386,7 @@ async def test_writes_need_an_operator(service: Running, roles: tuple[str, ...])
 
 
 async def _cli(running: Running, *args: str) -> tuple[int, str, str]:
-    env = {
-        **os.environ,
-        "BASTION_HOME": str(running.home),
-        "BASTION_POLICY_ADDR": running.http_url.removeprefix("http://"),
-    }
-    env.pop("BASTION_TOKEN", None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bastion",
-        "policy",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await policy_cli(running.http_url, running.home, *args)
 
 
 async def test_cli_apply_versions_diff_activate(service: Running, tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,8 +18,11 @@ import orjson
 import pytest
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, poll
+from fixtures.mcp_client import WIRE_FORMATS, mcp_client
 from fixtures.mcpcalls import ProxyClient, headers, tool_call
+from fixtures.policycli import policy_cli
 from fixtures.upstream import demo_upstream
+from mcp.shared.exceptions import MCPError
 from pydantic import SecretStr
 
 from bastion._appconfig import AppConfig
@@ -403,21 +404,7 @@ async def test_audit_records_wait_in_the_outbox_while_the_graph_is_down(tmp_path
 
 
 async def _cli(running: Running, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "BASTION_HOME": str(running.home), "BASTION_POLICY_ADDR": running.http_url[7:]}
-    env.pop("BASTION_TOKEN", None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bastion",
-        "policy",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await policy_cli(running.http_url, running.home, *args)
 
 
 async def test_cli_rollout_rollouts_promote_and_rollback(service: Running) -> None:
@@ -445,9 +432,9 @@ async def test_cli_rollout_rollouts_promote_and_rollback(service: Running) -> No
 # --- through the real proxy ----------------------------------------------------------------
 
 
-async def test_a_canary_blocking_calls_through_the_proxy_is_rolled_back_and_calls_pass_again(
-    tmp_path: Path, policy_file: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def _behind_the_proxy(tmp_path: Path, policy_file: Path) -> AsyncIterator[tuple[Running, str, str]]:
+    """The policy service with graph, verifier and proxy (demo upstream): (policy, proxy, graph) addresses."""
     (tmp_path / "upstream").mkdir()
     with demo_upstream(tmp_path / "upstream") as upstream:
         app = inprocess.app_config(upstream.url, policy_file)
@@ -468,24 +455,71 @@ async def test_a_canary_blocking_calls_through_the_proxy_is_rolled_back_and_call
                 tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=graph["grpc"]
             ) as proxy,
         ):
-            running = Running(policy["grpc"], f"http://{policy['http']}", tmp_path)
-            await _store(running, V2)
-            rollout = await _start(
-                running, percent=100, rollback_on={"deny_rate": 0.5, "window": "1m", "min_decisions": 5}
-            )
-            client = ProxyClient(tmp_path, proxy["http"], graph["http"])
-            call = tool_call("add", {"a": 2, "b": 3})
-            blocked = [
-                await client.post(call, headers(client.token("agent-a"), workflow="wf-canary")) for _ in range(5)
-            ]
-            state: dict[str, Any] = {}
-            for _ in range(100):
-                state = (await _request(running, "GET", f"/v1/rollouts/{rollout['id']}", roles=("auditor",))).json()
-                if state["state"] != "running":
-                    break
-                await asyncio.sleep(0.05)
-            passed = await client.post(call, headers(client.token("agent-a"), workflow="wf-canary"))
+            yield Running(policy["grpc"], f"http://{policy['http']}", tmp_path), proxy["http"], graph["http"]
+
+
+async def test_a_canary_blocking_calls_through_the_proxy_is_rolled_back_and_calls_pass_again(
+    tmp_path: Path, policy_file: Path
+) -> None:
+    async with _behind_the_proxy(tmp_path, policy_file) as (running, proxy_http, graph_http):
+        await _store(running, V2)
+        rollout = await _start(running, percent=100, rollback_on={"deny_rate": 0.5, "window": "1m", "min_decisions": 5})
+        client = ProxyClient(tmp_path, proxy_http, graph_http)
+        call = tool_call("add", {"a": 2, "b": 3})
+        blocked = [await client.post(call, headers(client.token("agent-a"), workflow="wf-canary")) for _ in range(5)]
+        state: dict[str, Any] = {}
+        for _ in range(100):
+            state = (await _request(running, "GET", f"/v1/rollouts/{rollout['id']}", roles=("auditor",))).json()
+            if state["state"] != "running":
+                break
+            await asyncio.sleep(0.05)
+        passed = await client.post(call, headers(client.token("agent-a"), workflow="wf-canary"))
     assert {response.json()["error"]["data"]["rule_id"] for response in blocked} == {"add-v2"}
     assert state["state"] == "auto_rolled_back", state
     assert state["reason"].startswith("canary deny rate 1.00 vs stable 0.00 over 1m exceeds 0.5")
     assert passed.json()["result"]["structuredContent"] == {"result": 5}
+
+
+@pytest.mark.parametrize("mode", WIRE_FORMATS)
+async def test_auto_rollback_rollback_and_promote_seen_by_the_mcp_sdk_client_through_the_proxy(
+    tmp_path: Path, policy_file: Path, mode: str
+) -> None:
+    async with _behind_the_proxy(tmp_path, policy_file) as (running, proxy_http, _graph):
+        await _store(running, V2)
+        url = f"http://{proxy_http}/mcp/demo"
+        token = issue_token(ensure_dev_key(tmp_path), subject="agent-sdk")
+
+        async def add() -> object:
+            """The SDK client's answer: the sum, or the block's code and rule."""
+            async with mcp_client(url, token, mode, "wf-sdk-rollout") as client:
+                try:
+                    result = await client.call_tool("add", {"a": 2, "b": 3})
+                except MCPError as exc:
+                    return (exc.code, exc.data["rule_id"])
+                assert result.structured_content is not None
+                return result.structured_content["result"]
+
+        before = await add()
+        # Auto-rollback: the canary denies every call, past the allowed rise in deny rate.
+        guarded = await _start(running, percent=100, rollback_on={"deny_rate": 0.5, "window": "1m", "min_decisions": 3})
+        while_guarded = [await add() for _ in range(3)]
+        state: dict[str, Any] = {}
+        for _ in range(100):
+            state = (await _request(running, "GET", f"/v1/rollouts/{guarded['id']}", roles=("auditor",))).json()
+            if state["state"] != "running":
+                break
+            await asyncio.sleep(0.05)
+        after_auto = await add()
+        # Manual rollback, then promote.
+        canary = await _start(running, percent=100)
+        during = await add()
+        rolled_back = await _request(running, "POST", f"/v1/rollouts/{canary['id']}/rollback")
+        after_rollback = await add()
+        second = await _start(running, percent=100)
+        promoted = await _request(running, "POST", f"/v1/rollouts/{second['id']}/promote")
+        after_promote = await add()
+    blocked = (-32003, "add-v2")
+    assert while_guarded == [blocked] * 3
+    assert state["state"] == "auto_rolled_back", state
+    assert (before, after_auto, during, after_rollback, after_promote) == (5, 5, blocked, 5, blocked)
+    assert (rolled_back.status_code, promoted.status_code) == (200, 200)

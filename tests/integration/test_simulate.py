@@ -4,9 +4,6 @@ that cannot be read."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ import pytest
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, poll
 from fixtures.mcpcalls import headers, tool_call
+from fixtures.policycli import policy_cli
 from fixtures.policystack import PolicyStack, policy_stack
 from fixtures.stack import ROOT
 from fixtures.upstream import DemoUpstream, demo_upstream
@@ -249,18 +247,4 @@ async def _get_graph(stack: PolicyStack, path: str) -> Any:
 
 
 async def _cli(stack: PolicyStack, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "BASTION_HOME": str(stack.home), "BASTION_POLICY_ADDR": stack.policy}
-    env.pop("BASTION_TOKEN", None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bastion",
-        "policy",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await policy_cli(stack.policy, stack.home, *args)

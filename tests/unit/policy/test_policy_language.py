@@ -10,11 +10,13 @@ import yaml
 from google.protobuf import json_format, struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from bastion import ConfigError, PolicyValidationError
 from bastion.policy import Decision, Effect, PolicySet, parse_policy, validate_policy
 from bastion.policy._cel import CallContext
-from bastion.policy._grpc import _struct_to_dict, _to_proto
+from bastion.policy._grpc import PolicyServicer, _struct_to_dict, _to_proto
+from bastion.policy._registry import Snapshot
 from bastion.v1 import policy_pb2
 
 # DESIGN §5's document, comments included (test_policy_document.py checks it against the schema).
@@ -560,3 +562,41 @@ def test_random_yaml_documents_never_crash_the_loader(text: str) -> None:
     except (PolicyValidationError, ConfigError) as exc:
         refusal = str(exc)
     assert refusal
+
+
+def test_the_servicer_converts_arguments_only_when_a_rule_reads_them() -> None:
+    value: Any = "leaf"
+    for _ in range(70):
+        value = {"k": value}
+
+    def decide(rules: list[dict[str, Any]], tool: str) -> policy_pb2.Decision:
+        policies = PolicySet.compile(
+            [
+                validate_policy(
+                    {
+                        "apiVersion": "bastion.dev/v1",
+                        "kind": "AgentPolicy",
+                        "metadata": {"name": "p", "version": 1},
+                        "spec": {"rules": rules},
+                    }
+                )
+            ]
+        )
+
+        class _Fixed:
+            snapshot = Snapshot(policies=policies, versions=())
+
+        _Fixed.policies = policies  # type: ignore[attr-defined]
+        request = policy_pb2.DecideRequest()
+        request.action.kind = policy_pb2.TOOL_CALL
+        request.action.server, request.action.tool = "s", tool
+        request.action.arguments.update({"deep": value})
+        request.ctx.agent_id, request.ctx.request_id = "a", "r"
+        return PolicyServicer(_Fixed(), registry=CollectorRegistry())._decide(request)  # type: ignore[arg-type]
+
+    by_name = decide([{"id": "ok", "match": {"tools": ["s__t"]}, "effect": "allow"}], "t")
+    reads = decide([{"id": "reads", "match": {"tools": ["s__t"]}, "when": "size(args) > 0", "effect": "allow"}], "t")
+    assert (by_name.effect, by_name.rule_id) == (policy_pb2.ALLOW, "ok")  # decided on the name: no conversion
+    # The conversion fails inside the rule's `when`: that rule denies, naming why.
+    assert (reads.effect, reads.rule_id) == (policy_pb2.DENY, "reads")
+    assert "nested more than 64 levels" in reads.reason
