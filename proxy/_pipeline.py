@@ -24,7 +24,6 @@ from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_g
 
 from ._envelope import public_reason
 from ._streams import StreamCaller, StreamFailure
-from ._workflows import new_id
 
 POLICY_UNAVAILABLE = "bastion.policy_unavailable"
 VERIFIER_UNAVAILABLE = "bastion.verifier_unavailable"
@@ -87,6 +86,9 @@ class Governor:
         fallback_allow: bool,
     ) -> None:
         self._fallback_allow = fallback_allow
+        self._policy_timeout = policy_timeout
+        self._policy = policy
+        self._metadata = metadata
         self._decisions: StreamCaller[policy_pb2.DecideRequest, policy_pb2.Decision] = StreamCaller(
             lambda requests: policy.DecideStream(requests, metadata=metadata),
             lambda request, timeout: policy.Decide(request, timeout=timeout, metadata=metadata),
@@ -129,19 +131,24 @@ class Governor:
     async def allowed(self, actions: Sequence[policy_pb2.Action], ctx: policy_pb2.Context) -> list[bool]:
         """Whether policy allows each action (list filtering: no verifier, no journal).
 
-        Asked concurrently on the policy stream; anything but an ALLOW answer — a deny,
-        an error, no answer in time — is False.
+        All of them in one DecideBatch message: a listing asks about every item at once,
+        and one message costs the proxy far less than one stream message per item
+        (measured: a 5-tool listing cost ~5x a governed call when asked item by item).
+        Anything but an ALLOW answer — a deny, an error, no answer in time, a batch that
+        comes back short — is False.
         """
-        requests = []
-        for action in actions:
-            item_ctx = policy_pb2.Context()
-            item_ctx.CopyFrom(ctx)
-            item_ctx.request_id = new_id()
-            requests.append(policy_pb2.DecideRequest(action=action, ctx=item_ctx))
-        answers = await asyncio.gather(
-            *(self._decisions.call(request, request.ctx.request_id) for request in requests), return_exceptions=True
+        if not actions:
+            return []
+        batch = policy_pb2.DecideBatchRequest(
+            requests=[policy_pb2.DecideRequest(action=action, ctx=ctx) for action in actions]
         )
-        return [isinstance(answer, policy_pb2.Decision) and answer.effect == policy_pb2.ALLOW for answer in answers]
+        try:
+            answer = await self._policy.DecideBatch(batch, timeout=self._policy_timeout, metadata=self._metadata)
+        except (grpc.RpcError, OSError) as exc:
+            log.warning("policy service failed a list decision batch: %s", exc)
+            return [False] * len(actions)
+        allowed = [decision.effect == policy_pb2.ALLOW for decision in answer.decisions]
+        return allowed if len(allowed) == len(actions) else [False] * len(actions)
 
     async def close(self) -> None:
         await self._decisions.close()
