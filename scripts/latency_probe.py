@@ -16,12 +16,12 @@ import argparse
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 
 import orjson
 import uvloop
 
+from bastion.eval.bench._timing import timed_batch as _batch
 from bastion.proxy._upstream import UpstreamPool
 
 _META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -38,19 +38,6 @@ def _request(method: str, params: Mapping[str, object]) -> tuple[bytes, list[tup
     if "name" in params:
         headers.append((b"mcp-name", str(params["name"]).encode()))
     return body, headers
-
-
-async def _batch(pool: UpstreamPool, headers: list[tuple[bytes, bytes]], body: bytes, n: int) -> list[float]:
-    path = pool.path.encode()
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        response = await pool.request(b"POST", path, headers, body)
-        payload = await response.read()
-        samples.append(time.perf_counter() - started)
-        if b'"error"' in payload:
-            raise SystemExit(f"request failed: {payload[:300]!r}")
-    return samples
 
 
 def _pct(samples: list[float], q: float) -> float:

@@ -46,6 +46,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from bastion._appconfig import AppConfig, ServerConfig
 from bastion._identity import ensure_dev_key, issue_token
 from bastion._logging import configure_logging
+from bastion.eval.bench._timing import timed_batch as _batch
 from bastion.graph import GraphSettings
 from bastion.graph import serve as graph_serve
 from bastion.policy import PolicySettings
@@ -192,19 +193,6 @@ async def _serving(serve: Callable[..., Any], settings: Any, app: AppConfig) -> 
     finally:
         stop.set()
         await task
-
-
-async def _batch(pool: UpstreamPool, headers: list[tuple[bytes, bytes]], body: bytes, n: int) -> list[float]:
-    path = pool.path.encode()
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        response = await pool.request(b"POST", path, headers, body)
-        payload = await response.read()
-        samples.append(time.perf_counter() - started)
-        if b'"error"' in payload:
-            raise SystemExit(f"request failed: {payload[:300]!r}")
-    return samples
 
 
 def _pct(samples: list[float], q: float) -> float:

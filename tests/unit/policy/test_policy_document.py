@@ -25,28 +25,7 @@ SCHEMA_PATH = ROOT / "policy" / "schema.json"
 DEMO_PATH = ROOT / "examples" / "policies" / "demo.yaml"
 
 # The full document of DESIGN §5: the schema must know every field of it.
-DESIGN_EXAMPLE = """
-apiVersion: bastion.dev/v1
-kind: AgentPolicy
-metadata: {name: payments, version: 7}
-spec:
-  default: deny
-  rules:
-    - id: small-refunds
-      match: {agents: ["billing-*"], tools: ["stripe__refund"]}
-      when: "args.amount <= 100 && args.currency in ['USD','EUR']"
-      args: {amount: {type: number, max: 100}, currency: {enum: [USD, EUR]}, "*": deny}
-      effect: allow
-    - id: big-refunds
-      match: {tools: ["stripe__refund"]}
-      effect: require_approval
-  limits: {rate: "60/m", budget: {calls: 1000, window: 1d}, loop: {same_call: 3, window: 60s}}
-  verifier: {name: reference, threshold: 0.8, timeout_ms: 50, fallback: block}
-  taint:
-    untrusted_sources: ["web__*", "email__read"]
-    sinks: ["email__send", "http__post"]
-    on_tainted_sink: require_approval
-"""
+DESIGN_EXAMPLE = (ROOT / "examples" / "policies" / "payments.yaml").read_text()
 
 
 def _document(**spec: Any) -> dict[str, Any]:

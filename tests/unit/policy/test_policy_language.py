@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,28 +21,7 @@ from bastion.policy._registry import Snapshot
 from bastion.v1 import policy_pb2
 
 # DESIGN §5's document, comments included (test_policy_document.py checks it against the schema).
-DESIGN_EXAMPLE = """
-apiVersion: bastion.dev/v1
-kind: AgentPolicy
-metadata: {name: payments, version: 7}
-spec:
-  default: deny
-  rules:
-    - id: small-refunds
-      match: {agents: ["billing-*"], tools: ["stripe__refund"]}
-      when: "args.amount <= 100 && args.currency in ['USD','EUR']"   # CEL
-      args: {amount: {type: number, max: 100}, currency: {enum: [USD, EUR]}, "*": deny}
-      effect: allow
-    - id: big-refunds
-      match: {tools: ["stripe__refund"]}
-      effect: require_approval
-  limits: {rate: "60/m", budget: {calls: 1000, window: 1d}, loop: {same_call: 3, window: 60s}}
-  verifier: {name: reference, threshold: 0.8, timeout_ms: 50, fallback: block}
-  taint:
-    untrusted_sources: ["web__*", "email__read"]
-    sinks: ["email__send", "http__post"]
-    on_tainted_sink: require_approval
-"""
+DESIGN_EXAMPLE = (Path(__file__).resolve().parents[3] / "examples" / "policies" / "payments.yaml").read_text()
 
 
 def _doc(*rules: dict[str, Any], default: str = "deny", **spec: Any) -> dict[str, Any]:
