@@ -18,13 +18,16 @@ Decision semantics
   case-insensitively, as tool names are validated (so `demo__getWeather` and a rule
   for `demo__getweather` agree; the proxy forwards only names exactly in the
   upstream's live list); resource patterns match URIs case-sensitively.
-* Rules are tried in order: every rule of the first policy (bastion.yaml order), then
-  the second policy's, and so on. A rule matches when its agent patterns match the
-  agent, its pattern for the action's family matches the target, its `args`
+* Within a policy, rules are tried in order. A rule matches when its agent patterns
+  match the agent, its pattern for the action's family matches the target, its `args`
   constraints hold (policy/_args.py) and its `when` condition is true (policy/_cel.py),
-  checked in that order. The first matching rule decides with its effect: allow →
-  ALLOW, deny → DENY, require_approval → REQUIRE_APPROVAL, queue → QUEUE (anything but
-  ALLOW blocks).
+  checked in that order. A policy's first matching rule is that policy's decision, with
+  its effect: allow → ALLOW, deny → DENY, require_approval → REQUIRE_APPROVAL, queue →
+  QUEUE (anything but ALLOW blocks).
+* Across policies, deny-overrides: every policy with a matching rule governs the action,
+  and the strictest of their decisions wins (DENY, then REQUIRE_APPROVAL, then QUEUE,
+  then ALLOW; the first in bastion.yaml / activation order among equals). A policy with
+  no rule matching the action does not govern it, so its default does not apply.
 * `args` that do not hold make the rule not match; the next rule is tried, and the
   violation is named in the reason of the final decision unless that is an ALLOW.
 * A `when` that errors (missing key, type mismatch, non-boolean result) makes that rule
@@ -38,7 +41,7 @@ Decision semantics
   (the call itself is decided with its arguments).
 * A decision carries the deciding policy's `limits`, `verifier` and `taint` stanzas and
   the deciding rule's `steer` message.
-* When no rule matches, rule_id is "default" and the effect is DENY unless every loaded
+* When no rule of any policy matches, rule_id is "default" and the effect is DENY unless every loaded
   policy says `default: allow`; the decision names the first default-deny policy (or,
   when all allow, the first policy). With no policy loaded at all, every action is
   DENY, "no policy loaded (default deny)".
@@ -56,7 +59,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -89,6 +92,8 @@ FAMILY_BY_KIND = {
     "RESOURCE_LIST": "resource",
 }
 _LIST_KINDS = frozenset({"TOOL_LIST", "PROMPT_LIST", "RESOURCE_LIST"})
+#: Deny-overrides: lower is stricter. `min` keeps the first among equals (policy order).
+_STRICTNESS = {Effect.DENY: 0, Effect.REQUIRE_APPROVAL: 1, Effect.QUEUE: 2, Effect.ALLOW: 3}
 GOVERNED_KINDS = frozenset(FAMILY_BY_KIND)
 _FAMILIES = ("tool", "resource", "prompt")
 
@@ -249,7 +254,13 @@ class PolicySet:
         activation: Activation | None = None
         shadow: tuple[Effect, str] | None = None
         skipped: list[str] = []
+        # Deny-overrides across policies: each policy's first matching rule is its
+        # decision; the strictest wins (the first in policy order among equals).
+        decided: list[Decision] = []
+        done: set[str] = set()
         for rule in self._candidates(family, name):
+            if rule.policy_name in done:
+                continue
             if not (rule.agents is None or rule.agents.fullmatch(agent_id)) or not (
                 family in rule.targets and ((pattern := rule.targets[family]) is None or pattern.fullmatch(name))
             ):
@@ -258,7 +269,9 @@ class PolicySet:
                 if rule.effect is not Effect.ALLOW or rule.shadow:
                     continue
                 reason = f"rule '{rule.id}' could allow {name} for agent {agent_id!r} (its conditions apply to calls)"
-                return self._decision(rule, Effect.ALLOW, reason, shadow)
+                decided.append(self._decision(rule, Effect.ALLOW, reason, shadow))
+                done.add(rule.policy_name)
+                continue
             if rule.args is not None and (problem := rule.args.violation(args)) is not None:
                 if len(skipped) < _MAX_SKIPPED:
                     skipped.append(f"rule '{rule.id}' did not match: {problem}")
@@ -283,7 +296,15 @@ class PolicySet:
             reason = f"rule '{rule.id}' {_VERBS[rule.effect]} {name} for agent {agent_id!r}"
             if rule.effect is not Effect.ALLOW and skipped:
                 reason += "; " + "; ".join(skipped)
-            return self._decision(rule, rule.effect, reason, shadow)
+            if rule.effect is Effect.DENY:
+                return self._decision(rule, rule.effect, reason, shadow)  # nothing is stricter
+            decided.append(self._decision(rule, rule.effect, reason, shadow))
+            done.add(rule.policy_name)
+        if decided:
+            strictest = min(decided, key=lambda decision: _STRICTNESS[decision.effect])
+            if shadow is not None and strictest.shadow_effect is None:
+                strictest = replace(strictest, shadow_effect=shadow[0], shadow_rule_id=shadow[1])
+            return strictest
         fallthrough = self.fallthrough
         reason = f"no rule matched {name} for agent {agent_id!r} (default {fallthrough.effect})"
         if fallthrough.effect is not Effect.ALLOW and skipped:

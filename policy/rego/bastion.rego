@@ -15,7 +15,8 @@
 #     select one family, a rule naming none of them covers every family; agents default to all;
 #   * globs: `*` any run (also empty), `?` exactly one character, everything else literal;
 #     agents and resources case-sensitive, tools and prompts case-insensitive;
-#   * the first matching rule across policies in order decides; otherwise rule_id "default",
+#   * each policy's first matching rule is its decision and the strictest wins (deny-overrides);
+#     with no matching rule in any policy, rule_id "default",
 #     deny unless every policy says `default: allow`.
 package bastion
 
@@ -103,15 +104,26 @@ _is_nonempty_string(value) if {
 
 # --- rules -------------------------------------------------------------------------------
 
-_rules := [[name, rule] |
+# Deny-overrides across policies: each policy's first matching rule is its decision, and
+# the strictest of those wins (deny, then require_approval, then queue, then allow), the
+# first in policy order among equals. A policy with no matching rule does not govern.
+_per_policy := [[name, matches[0]] |
 	some name in _order
-	some rule in object.get(_specs[name], "rules", [])
+	matches := [rule |
+		some rule in object.get(_specs[name], "rules", [])
+		_agent_matches(rule)
+		_target_matches(rule)
+	]
+	count(matches) > 0
 ]
 
+_strictness := {"deny": 0, "require_approval": 1, "queue": 2, "allow": 3}
+
+_strictest := min([object.get(_strictness, pair[1].effect, 0) | some pair in _per_policy])
+
 _matching := [pair |
-	some pair in _rules
-	_agent_matches(pair[1])
-	_target_matches(pair[1])
+	some pair in _per_policy
+	object.get(_strictness, pair[1].effect, 0) == _strictest
 ]
 
 _agent_matches(rule) if {

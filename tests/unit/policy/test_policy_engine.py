@@ -64,13 +64,32 @@ def test_first_matching_rule_wins_within_a_policy() -> None:
     assert _call(policies, "a", "demo", "add").rule_id == "allow-demo"
 
 
-def test_first_matching_rule_wins_across_policies_in_config_order() -> None:
+def test_a_deny_in_any_policy_overrides_an_allow_in_another_whatever_the_order() -> None:
     first = _policy("first", _rule("deny-all-demo", "deny", tools=["demo__*"]))
     second = _policy("second", _rule("allow-add", "allow", tools=["demo__add"]), default="allow")
-    decision = _call(PolicySet.compile([first, second]), "a", "demo", "add")
-    assert (decision.effect, decision.rule_id, decision.policy_name) == (Effect.DENY, "deny-all-demo", "first")
-    decision = _call(PolicySet.compile([second, first]), "a", "demo", "add")
-    assert (decision.effect, decision.rule_id, decision.policy_name) == (Effect.ALLOW, "allow-add", "second")
+    for order in ([first, second], [second, first]):
+        decision = _call(PolicySet.compile(order), "a", "demo", "add")
+        assert (decision.effect, decision.rule_id, decision.policy_name) == (Effect.DENY, "deny-all-demo", "first")
+
+
+def test_across_policies_the_strictest_decision_wins_and_the_first_among_equals() -> None:
+    approve = _policy("approve", _rule("approve-add", "require_approval", tools=["demo__add"]))
+    allow = _policy("allow", _rule("allow-add", "allow", tools=["demo__add"]))
+    also = _policy("also", _rule("also-add", "allow", tools=["demo__add"]))
+    decision = _call(PolicySet.compile([allow, approve]), "a", "demo", "add")
+    assert (decision.effect, decision.policy_name) == (Effect.REQUIRE_APPROVAL, "approve")
+    decision = _call(PolicySet.compile([also, allow]), "a", "demo", "add")
+    assert (decision.effect, decision.rule_id) == (Effect.ALLOW, "also-add")
+
+
+def test_a_policy_with_no_rule_for_the_action_does_not_govern_it() -> None:
+    # `payments` scopes billing agents only; its default deny does not reach a docs call.
+    payments = _policy("payments", _rule("refunds", "allow", tools=["stripe__refund"], agents=["billing-*"]))
+    docs = _policy("docs", _rule("read", "allow", tools=["docs__read"]))
+    decision = _call(PolicySet.compile([payments, docs]), "billing-1", "docs", "read")
+    assert (decision.effect, decision.rule_id, decision.policy_name) == (Effect.ALLOW, "read", "docs")
+    unmatched = _call(PolicySet.compile([payments, docs]), "billing-1", "docs", "write")
+    assert (unmatched.effect, unmatched.rule_id) == (Effect.DENY, "default")
 
 
 def test_agent_globs_select_which_agents_a_rule_applies_to() -> None:
