@@ -26,6 +26,7 @@ from ._mcp_http import McpHttpAdapter
 from ._metrics import ProxyMetrics
 from ._owners import SessionOwners, WorkflowOwners
 from ._pipeline import Governor
+from ._policy_watch import PolicyWatch
 from ._recorder import Recorder
 from ._shipper import Shipper
 from ._tools_api import ToolsApi
@@ -77,8 +78,12 @@ async def serve(
     for name, server in app.servers.items():
         if server.command is not None:
             log.warning("server %r: stdio upstreams are not supported yet; it is not served", name)
+    policy_stub = policy_pb2_grpc.PolicyServiceStub(policy_channel)
+    # The active versions' verifier and limits settings, learnt as they change.
+    policy_watch = PolicyWatch(policy_stub, metadata, metrics.registry)
+    policy_watch.start()
     governor = Governor(
-        policy_pb2_grpc.PolicyServiceStub(policy_channel),
+        policy_stub,
         verifier_pb2_grpc.VerifierStub(verifier_channel),
         metadata,
         policy_timeout=settings.policy_timeout_ms / 1000,
@@ -126,6 +131,7 @@ async def serve(
         proxy.ready = False
         await web.stop()
         await tracing.shutdown()
+        await policy_watch.close()
         await governor.close()
         await shipper.stop()
         await journal.close()

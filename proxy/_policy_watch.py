@@ -1,0 +1,116 @@
+"""What the proxy knows of the active policy versions, learnt from `PolicyService.Watch`.
+
+The proxy needs each active version's `verifier:` (threshold, timeout, fallback) and
+`limits:` settings before it calls the verifier or counts a limit — not from a Decision,
+which arrives only after the verifier was already asked. One long-lived Watch stream
+delivers the active versions, then every activation, as they happen; a broken stream is
+reopened with backoff, and what was learnt stays in place meanwhile (the policy service
+being down blocks every action anyway, through the decision).
+
+The settings are held here and exposed as metrics; the verifier and limit stages read
+them as those stages arrive (the verifier and limits issues).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import orjson
+from prometheus_client import CollectorRegistry, Gauge
+
+from bastion.v1 import policy_pb2, policy_pb2_grpc
+
+log = logging.getLogger("bastion.proxy")
+
+_ACTIVE = frozenset({policy_pb2.BundleEvent.LOADED, policy_pb2.BundleEvent.ACTIVATED})
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSettings:
+    version: int
+    digest: str
+    verifier: dict[str, Any] | None
+    limits: dict[str, Any] | None
+
+
+class PolicyWatch:
+    def __init__(
+        self,
+        stub: policy_pb2_grpc.PolicyServiceAsyncStub,
+        metadata: tuple[tuple[str, str], ...],
+        registry: CollectorRegistry,
+        *,
+        backoff_max: float = 2.0,
+    ) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self._backoff_max = backoff_max
+        self._task: asyncio.Task[None] | None = None
+        #: Policy name → the settings of its active version.
+        self.active: dict[str, ActiveSettings] = {}
+        self.changed = asyncio.Event()
+        self._versions = Gauge(
+            "bastion_proxy_policy_version",
+            "The active version of each policy, as the proxy learnt it from Watch.",
+            ["policy"],
+            registry=registry,
+        )
+        self._verifier_timeouts = Gauge(
+            "bastion_proxy_policy_verifier_timeout_ms",
+            "The verifier timeout each active policy version sets (absent: the proxy's default).",
+            ["policy"],
+            registry=registry,
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="bastion-policy-watch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async for event in self._stub.Watch(policy_pb2.WatchRequest(), metadata=self._metadata):
+                    failures = 0
+                    self._apply(event)
+                failures += 1  # the server ended the stream (stopping): reconnect
+            except grpc.aio.AioRpcError as exc:
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    log.warning("policy Watch stream failed (%s); reconnecting", exc.code().name)
+            await asyncio.sleep(min(self._backoff_max, 0.05 * 2 ** min(failures, 10)))
+
+    def _apply(self, event: policy_pb2.BundleEvent) -> None:
+        if event.kind not in _ACTIVE:
+            return
+        try:
+            settings = orjson.loads(event.settings_json) if event.settings_json else {}
+        except orjson.JSONDecodeError:
+            log.error("policy %r v%d: unreadable settings_json; keeping defaults", event.policy_name, event.version)
+            settings = {}
+        verifier = settings.get("verifier") if isinstance(settings, dict) else None
+        limits = settings.get("limits") if isinstance(settings, dict) else None
+        self.active[event.policy_name] = ActiveSettings(
+            version=event.version,
+            digest=event.bundle_digest,
+            verifier=verifier if isinstance(verifier, dict) else None,
+            limits=limits if isinstance(limits, dict) else None,
+        )
+        self._versions.labels(event.policy_name).set(event.version)
+        timeout = verifier.get("timeout_ms") if isinstance(verifier, dict) else None
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+            self._verifier_timeouts.labels(event.policy_name).set(timeout)
+        else:
+            with contextlib.suppress(KeyError):
+                self._verifier_timeouts.remove(event.policy_name)
+        self.changed.set()
