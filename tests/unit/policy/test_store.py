@@ -154,7 +154,9 @@ async def test_decisions_during_swaps_see_a_whole_set_never_half(tmp_path: Path)
         while not done.is_set():
             policies = registry.policies  # what a decision reads, once
             seen.add(tuple(rule.id for rule in policies.rules))
-            await asyncio.sleep(0)
+            # A real pause, not sleep(0): four tasks spinning on sleep(0) starve the
+            # store's worker thread of the GIL, and the swaps crawl (seconds each).
+            await asyncio.sleep(0.0002)
 
     readers = [asyncio.create_task(decide()) for _ in range(4)]
     for _ in range(50):
