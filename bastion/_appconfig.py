@@ -21,16 +21,23 @@ class _Frozen(BaseModel):
 
 
 class ServerConfig(_Frozen):
-    """An upstream MCP server: streamable HTTP `url` (stdio `command` arrives with the proxy issue)."""
+    """An upstream MCP server: streamable HTTP at `url`, or a stdio server the proxy runs as
+    `command` (argv, no shell) with only `env` added to a minimal environment, in `cwd`."""
 
     url: str | None = None
     command: tuple[str, ...] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Path | None = None
     headers: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_transport(self) -> ServerConfig:
         if (self.url is None) == (self.command is None):
             raise ValueError("give exactly one of 'url' or 'command'")
+        if self.command is not None and (not self.command or not self.command[0]):
+            raise ValueError("'command' must name a program: [program, arg, ...]")
+        if self.url is not None and (self.env or self.cwd is not None):
+            raise ValueError("'env' and 'cwd' are for stdio servers ('command'), not for 'url'")
         if self.url is not None and not self.url.startswith("http://"):
             raise ValueError("'url' must be an http:// URL (https upstreams are not supported yet)")
         return self
@@ -124,6 +131,14 @@ def load_app_config(path: Path) -> AppConfig:
             else key
             for key in keys
         ]
+    servers = raw.get("servers")
+    if isinstance(servers, dict):
+        raw["servers"] = {
+            name: {**server, "cwd": _resolve(base, server["cwd"])}
+            if isinstance(server, dict) and server.get("cwd") is not None
+            else server
+            for name, server in servers.items()
+        }
     try:
         return AppConfig.model_validate(raw)
     except ValidationError as exc:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import Generator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -68,8 +70,28 @@ def bind_socket(addr: str) -> socket.socket:
     return sock
 
 
-async def start_web_server(app: Any, addr: str) -> WebServer:
-    sock = bind_socket(addr)
+def bind_unix_socket(path: Path) -> socket.socket:
+    """A listening Unix socket only its owner may connect to (the stdio bridges' upstream side)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left behind by a process that did not stop cleanly
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # created 0600: no window in which another user could connect
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {path}: {exc}") from exc
+    finally:
+        os.umask(old_umask)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def start_web_server(app: Any, addr: str | Path) -> WebServer:
+    """Serve `app` on a TCP `host:port` (port 0 picks one), or on a Unix socket at a Path."""
+    sock = bind_unix_socket(addr) if isinstance(addr, Path) else bind_socket(addr)
     config = uvicorn.Config(
         app,
         http="httptools",
@@ -93,5 +115,7 @@ async def start_web_server(app: Any, addr: str) -> WebServer:
             task.result()
             raise ConfigError(f"web server on {addr} stopped during startup")
         await asyncio.sleep(0.005)
+    if isinstance(addr, Path):
+        return WebServer(server=server, task=task, address=str(addr))
     host, port = sock.getsockname()[:2]
     return WebServer(server=server, task=task, address=format_addr(host, port))

@@ -115,7 +115,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9001)
     parser.add_argument("--port-file", type=Path)
     parser.add_argument("--record", type=Path, help="append executed delete_file calls here")
+    parser.add_argument("--stdio", action="store_true", help="speak MCP on stdin/stdout instead of HTTP")
     args = parser.parse_args()
+    if args.stdio:
+        build_server(args.record).run("stdio")
+        return
     asyncio.run(_serve(args.host, args.port, args.port_file, args.record))
 
 

@@ -57,6 +57,16 @@ class ProxySettings(CommonSettings):
     upstream_timeout_s: float = Field(
         default=120.0, gt=0, description="Seconds to wait for an upstream's response headers."
     )
+    stdio_max_sessions: int = Field(
+        default=32,
+        ge=1,
+        description="Most concurrent sessions (each one child process) per stdio server; more are refused.",
+    )
+    stdio_session_idle_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds a stdio server's session may go unused before its child is stopped.",
+    )
     journal_fsync_ms: float = Field(
         default=5.0, gt=0, description="Group-commit interval of the journal: fsync at most this often."
     )

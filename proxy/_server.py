@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from bastion._rpc import auth_metadata, open_channel
 from bastion._service import run_service
 from bastion._settings import parse_addr
 from bastion._web import start_web_server
-from bastion.v1 import graph_pb2_grpc, policy_pb2_grpc, verifier_pb2_grpc
+from bastion.v1 import graph_pb2_grpc, policy_pb2, policy_pb2_grpc, verifier_pb2_grpc
 
 from ._app import ProxyApp
 from ._budget import ValueBudget
@@ -29,6 +31,7 @@ from ._pipeline import Governor
 from ._policy_watch import PolicyWatch
 from ._recorder import Recorder
 from ._shipper import Shipper
+from ._stdio_bridge import StdioUpstream
 from ._tools_api import ToolsApi
 from ._tracing import Tracing
 from ._upstream import UpstreamPool
@@ -65,19 +68,7 @@ async def serve(
     )
     metrics.watch_journal_lag(lambda: shipper.lag_seconds)
     shipper.start()
-    upstreams = {
-        name: UpstreamPool(server.url, timeout=settings.upstream_timeout_s)
-        for name, server in app.servers.items()
-        if server.url is not None
-    }
-    catalogs = {
-        name: ToolCatalog(name, pool, ttl=settings.tool_list_ttl_s, timeout=min(5.0, settings.upstream_timeout_s))
-        for name, pool in upstreams.items()
-    }
     owners = WorkflowOwners(home / "proxy" / "workflow-owners.sqlite3")
-    for name, server in app.servers.items():
-        if server.command is not None:
-            log.warning("server %r: stdio upstreams are not supported yet; it is not served", name)
     policy_stub = policy_pb2_grpc.PolicyServiceStub(policy_channel)
     # The active versions' verifier and limits settings, learnt as they change.
     policy_watch = PolicyWatch(policy_stub, metadata, metrics.registry)
@@ -97,6 +88,37 @@ async def serve(
         metrics=metrics,
         tracing=tracing,
     )
+    stdio = [
+        StdioUpstream(
+            name,
+            server,
+            home,
+            report=functools.partial(_report, enforcer, name),
+            max_sessions=settings.stdio_max_sessions,
+            idle_timeout=settings.stdio_session_idle_s,
+            max_body=settings.max_body,
+        )
+        for name, server in app.servers.items()
+        if server.command is not None
+    ]
+    for bridge in stdio:
+        await bridge.start()
+    upstreams = {
+        name: UpstreamPool(server.url, timeout=settings.upstream_timeout_s)
+        for name, server in app.servers.items()
+        if server.url is not None
+    }
+    upstreams.update({bridge.name: bridge.pool(settings.upstream_timeout_s) for bridge in stdio})
+    catalogs = {
+        # A stdio server's catalog session starts a child: give it the time that takes.
+        name: ToolCatalog(
+            name,
+            pool,
+            ttl=settings.tool_list_ttl_s,
+            timeout=min(5.0 if pool.unix_path is None else 15.0, settings.upstream_timeout_s),
+        )
+        for name, pool in upstreams.items()
+    }
     mcp = McpHttpAdapter(
         tokens=tokens,
         enforcer=enforcer,
@@ -137,9 +159,17 @@ async def serve(
         await journal.close()
         for pool in upstreams.values():
             pool.close()
+        for bridge in stdio:
+            await bridge.close()
         owners.close()
         for channel in (policy_channel, verifier_channel, graph_channel):
             await channel.close()
+
+
+def _report(enforcer: Enforcer, server: str, code: str, reason: str) -> None:
+    """A stdio child's crash or garbage on stdout, into the audit trail."""
+    action = policy_pb2.Action(kind=policy_pb2.MCP_REQUEST, server=server, method="stdio")
+    enforcer.refuse(action, time.time(), code, reason, None)
 
 
 def main(config: Path | None = None) -> int:

@@ -188,8 +188,10 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections to one upstream base URL."""
 
-    def __init__(self, url: str, *, timeout: float, max_idle: int = 64) -> None:
+    def __init__(self, url: str, *, timeout: float, max_idle: int = 64, unix_path: str | None = None) -> None:
         parts = urlsplit(url)
+        #: When set, connections go to this Unix socket (a stdio bridge) and `url` only names the path.
+        self.unix_path = unix_path
         if parts.scheme != "http" or not parts.hostname:
             raise ConfigError(f"upstream url {url!r} must be http://host[:port]/path")
         self.host = parts.hostname
@@ -205,9 +207,11 @@ class UpstreamPool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, self.host, self.port), timeout=min(self._timeout, 10.0)
-            )
+            if self.unix_path is not None:
+                connecting = loop.create_unix_connection(_Connection, self.unix_path)
+            else:
+                connecting = loop.create_connection(_Connection, self.host, self.port)
+            _, conn = await asyncio.wait_for(connecting, timeout=min(self._timeout, 10.0))
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(f"cannot connect to upstream {self.host}:{self.port}: {exc}") from exc
         return conn

@@ -260,16 +260,22 @@ def passed(outcomes: Outcomes) -> set[str]:
     return {scenario for scenario, checks in outcomes.items() if all(status != "FAILURE" for _, status in checks)}
 
 
+#: The fixture as a stdio server, which the proxy runs and serves on `/mcp/{server}` itself.
+STDIO = ServerConfig(command=(sys.executable, str(ROOT / "tests" / "fixtures" / "conformance_server.py"), "--stdio"))
+
+
+@pytest.mark.parametrize("transport", ["http", "stdio"])
 @pytest.mark.parametrize("revision", REVISIONS)
 async def test_every_scenario_ends_through_bastion_as_it_does_directly(
-    suite: Suite, upstream: str, tmp_path: Path, revision: str
+    suite: Suite, upstream: str, tmp_path: Path, revision: str, transport: str
 ) -> None:
     started = time.monotonic()
     direct = await run_suite(suite, upstream, revision, tmp_path / "direct")
     direct_s = time.monotonic() - started
     assert passed(direct) == set(direct), f"the fixture itself fails {sorted(set(direct) - passed(direct))}: {direct}"
 
-    app = AppConfig(servers={SERVER: ServerConfig(url=upstream)}, policies=(POLICY,))
+    server = ServerConfig(url=upstream) if transport == "http" else STDIO
+    app = AppConfig(servers={SERVER: server}, policies=(POLICY,))
     token = issue_token(ensure_dev_key(tmp_path), subject="conformance-suite")
     async with inprocess.stack(tmp_path, app) as running, auth_hop(f"http://{running.proxy}", token) as (url, hop):
         started = time.monotonic()
@@ -277,7 +283,7 @@ async def test_every_scenario_ends_through_bastion_as_it_does_directly(
         through_s = time.monotonic() - started
     print(  # the figures, in CI logs under -rA / -s
         f"conformance {revision}: {len(passed(direct))}/{len(direct)} scenarios passed directly ({direct_s:.1f} s), "
-        f"{len(passed(through))}/{len(through)} through Bastion ({through_s:.1f} s)"
+        f"{len(passed(through))}/{len(through)} through Bastion to the {transport} upstream ({through_s:.1f} s)"
     )
     differing = {
         scenario: {"direct": direct[scenario], "bastion": through[scenario]}

@@ -1,0 +1,418 @@
+"""The server end of MCP streamable HTTP, for upstreams that do not speak it themselves.
+
+A stdio server speaks one stream of JSON-RPC lines; a client of `/mcp/{server}` expects
+streamable HTTP: sessions (`Mcp-Session-Id`, 404 once gone, `DELETE`), a POST answered
+with JSON or an SSE stream that carries the server's requests and notifications made
+while the request runs, a GET stream for the rest, and `Last-Event-ID` resumption. This
+module is that HTTP side; a `Backend` (a stdio child, …) is the message side.
+
+Messages from the backend are routed the way the HTTP transport of the SDK routes them:
+a response to the stream of its request; `notifications/progress` to the request that
+gave the progress token; any other request or notification to the most recent request
+still running (a stdio server has no other way to say which call it belongs to, and a
+`sampling/createMessage` issued by a tool runs inside that tool's call), else to the
+GET stream. Every stream keeps its recent events, so a client that reconnects with
+`Last-Event-ID` gets what it missed and then the rest, live.
+
+Sessions without a `Mcp-Session-Id` (the 2026-07 stateless form) share one backend;
+their request ids are replaced by the host's own while in flight, so two clients that
+both use id 1 cannot receive each other's answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import orjson
+
+from bastion._errors import UpstreamError
+
+from ._asgi import JSON, Receive, Scope, Send, send_bytes, send_json, send_stream
+
+log = logging.getLogger("bastion.proxy")
+
+#: Events a stream keeps for `Last-Event-ID` replay.
+_STREAM_EVENTS = 1024
+#: Finished request streams a session keeps for late resumption.
+_FINISHED_STREAMS = 64
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_MISSING = object()
+
+
+class Backend(Protocol):
+    async def deliver(self, message: dict[str, Any], raw: bytes) -> None:
+        """Pass one client message on; UpstreamError when it cannot be."""
+
+    async def close(self) -> None: ...
+
+
+class _Stream:
+    """One SSE stream: a request's (index ≥ 1) or the session's GET stream (index 0)."""
+
+    __slots__ = ("attached", "changed", "delivered", "done", "events", "index")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.events: deque[tuple[int, bytes]] = deque(maxlen=_STREAM_EVENTS)
+        #: The last event handed to a reader: a new GET without Last-Event-ID starts after it.
+        self.delivered = 0
+        self.done = False
+        self.attached = False
+        self.changed = asyncio.Event()
+
+    def push(self, seq: int, data: bytes, *, last: bool = False) -> None:
+        self.events.append((seq, data))
+        self.done = self.done or last
+        self.changed.set()
+
+    def finish(self) -> None:
+        self.done = True
+        self.changed.set()
+
+    async def follow(self, after: int) -> AsyncIterator[tuple[int, bytes]]:
+        """Events with a sequence number above `after`, then live ones until the stream ends."""
+        while True:
+            self.changed.clear()
+            fresh = [(seq, data) for seq, data in self.events if seq > after]
+            for seq, data in fresh:
+                yield seq, data
+                after = self.delivered = seq
+            if self.done and not fresh:
+                return
+            if not fresh:
+                await self.changed.wait()
+
+
+class HostedSession:
+    """One client session and its backend. `remap` replaces request ids (shared sessions)."""
+
+    def __init__(self, session_id: str, *, remap: bool = False) -> None:
+        self.id = session_id
+        self.backend: Backend | None = None
+        self.last_used = time.monotonic()
+        self.closed = False
+        self._remap = remap
+        self._internal_ids = itertools.count(1)
+        self._seq = 0
+        self._indexes = itertools.count(1)
+        self.standalone = _Stream(0)
+        self._streams: OrderedDict[int, _Stream] = OrderedDict()
+        self._pending: dict[bytes, tuple[_Stream, Any]] = {}
+        self._progress: dict[bytes, _Stream] = {}
+
+    # client → backend
+    def begin(self, message: dict[str, Any]) -> tuple[_Stream, dict[str, Any], bytes | None]:
+        """Open the stream of a client request; returns it and the message to deliver
+        (with the host's id when ids are remapped; then also its new encoding)."""
+        stream = _Stream(next(self._indexes))
+        self._streams[stream.index] = stream
+        self._prune()
+        original = message["id"]
+        raw: bytes | None = None
+        if self._remap:
+            message = {**message, "id": f"bastion-{next(self._internal_ids)}"}
+            raw = orjson.dumps(message)
+        self._pending[_key(message["id"])] = (stream, original)
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if isinstance(meta, dict) and "progressToken" in meta:
+            self._progress[_key(meta["progressToken"])] = stream
+        return stream, message, raw
+
+    def fail(self, message: dict[str, Any], reason: str) -> None:
+        """Answer a request the backend could not take."""
+        self.emit({"jsonrpc": "2.0", "id": message["id"], "error": _unavailable(reason)}, None)
+
+    # backend → client
+    def emit(self, message: dict[str, Any], raw: bytes | None) -> None:
+        self.last_used = time.monotonic()
+        msg_id = message.get("id", _MISSING)
+        if "method" not in message and msg_id is not _MISSING:
+            entry = self._pending.pop(_key(msg_id), None)
+            if entry is not None:
+                stream, original = entry
+                if self._remap:
+                    raw = orjson.dumps({**message, "id": original})
+                self._progress = {k: v for k, v in self._progress.items() if v is not stream}
+                stream.push(self._next(), raw or orjson.dumps(message), last=True)
+                return
+        self._route(message).push(self._next(), raw or orjson.dumps(message))
+
+    def _route(self, message: dict[str, Any]) -> _Stream:
+        if message.get("method") == "notifications/progress":
+            params = message.get("params")
+            token = params.get("progressToken", _MISSING) if isinstance(params, dict) else _MISSING
+            if token is not _MISSING and (stream := self._progress.get(_key(token))) is not None:
+                return stream
+        if self._pending and not self._remap:
+            return next(reversed(self._pending.values()))[0]
+        return self.standalone
+
+    def backend_gone(self, reason: str) -> None:
+        """The backend ended: every request still running gets an error, and the session is over."""
+        self.closed = True
+        for stream, original in list(self._pending.values()):
+            error = {"jsonrpc": "2.0", "id": original, "error": _unavailable(reason)}
+            stream.push(self._next(), orjson.dumps(error), last=True)
+        self._pending.clear()
+        self.standalone.finish()
+
+    def stream_of(self, event_id: str) -> tuple[_Stream, int] | None:
+        index, _, seq = event_id.partition("-")
+        if not (index.isdigit() and seq.isdigit()):
+            return None
+        stream = self.standalone if index == "0" else self._streams.get(int(index))
+        return (stream, int(seq)) if stream is not None else None
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _prune(self) -> None:
+        finished = [index for index, stream in self._streams.items() if stream.done]
+        for index in finished[: max(0, len(finished) - _FINISHED_STREAMS)]:
+            del self._streams[index]
+
+
+class SessionHost:
+    """The HTTP side of hosted sessions; `open_backend` starts a backend for a new session."""
+
+    def __init__(
+        self,
+        label: str,
+        open_backend: Callable[[HostedSession], Awaitable[Backend]],
+        *,
+        max_sessions: int,
+        idle_timeout: float,
+        max_body: int,
+        shared: bool = True,
+    ) -> None:
+        self._label = label
+        self._open_backend = open_backend
+        self._max_sessions = max_sessions
+        self._idle_timeout = idle_timeout
+        self._max_body = max_body
+        self._sessions: dict[str, HostedSession] = {}
+        self._shared_enabled = shared
+        self._shared: HostedSession | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap(), name=f"bastion-sessions-{self._label}")
+        headers = dict(scope["headers"])
+        method = scope["method"]
+        session_id = headers.get(b"mcp-session-id", b"").decode("latin-1")
+        try:
+            if method == "POST":
+                await self._post(scope, receive, send, headers, session_id)
+            elif method == "GET":
+                await self._get(receive, send, headers, session_id)
+            elif method == "DELETE":
+                await self._delete(send, session_id)
+            else:
+                await _error(send, 405, None, -32600, f"{method} is not a streamable HTTP method")
+        except UpstreamError as exc:
+            await send_json(send, 503, {"jsonrpc": "2.0", "id": None, "error": _unavailable(str(exc))})
+
+    async def _post(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes], session_id: str
+    ) -> None:
+        body = await _read(receive, self._max_body)
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            await _error(send, 400, None, -32700, "Parse error: the body is not JSON")
+            return
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            await _error(send, 400, None, -32600, "Invalid Request: one JSON-RPC 2.0 object expected")
+            return
+        extra: list[tuple[bytes, bytes]] = []
+        if session_id:
+            session = self._sessions.get(session_id)
+            if session is None:
+                await _error(send, 404, message.get("id"), -32001, "Session not found")
+                return
+        elif message.get("method") == "initialize":
+            session = await self._open()
+            extra.append((b"mcp-session-id", session.id.encode()))
+        elif self._shared_enabled:
+            session = await self._shared_session()
+        else:
+            await _error(send, 400, message.get("id"), -32600, "Bad Request: Missing session ID")
+            return
+        session.last_used = time.monotonic()
+        backend = session.backend
+        assert backend is not None
+        if "method" in message and "id" in message:
+            stream, outgoing, raw = session.begin(message)
+            try:
+                await backend.deliver(outgoing, raw or body)
+            except UpstreamError as exc:
+                session.fail(outgoing, str(exc))
+            await self._answer(stream, receive, send, headers, extra)
+            return
+        await backend.deliver(message, body)
+        await send_bytes(send, 202, b"", extra)
+
+    async def _answer(
+        self, stream: _Stream, receive: Receive, send: Send, headers: dict[bytes, bytes], extra: list[Any]
+    ) -> None:
+        """An SSE stream when the client takes one (as the SDK's HTTP servers answer), else
+        JSON once the answer is there (then the request's notifications are dropped)."""
+        if b"text/event-stream" in headers.get(b"accept", b""):
+            await self._relay(stream, 0, receive, send, extra)
+            return
+        done = asyncio.ensure_future(_finished(stream))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            gone.cancel()
+        if stream.done:
+            await send_bytes(send, 200, stream.events[-1][1], JSON + extra)
+
+    async def _relay(self, stream: _Stream, after: int, receive: Receive, send: Send, extra: list[Any]) -> None:
+        stream.attached = True
+        try:
+            await send_stream(send, receive, 200, _SSE_HEADERS + extra, _sse(stream, after))
+        finally:
+            stream.attached = False
+
+    async def _get(self, receive: Receive, send: Send, headers: dict[bytes, bytes], session_id: str) -> None:
+        if b"text/event-stream" not in headers.get(b"accept", b""):
+            await _error(send, 406, None, -32600, "Not Acceptable: a GET stream needs Accept: text/event-stream")
+            return
+        session = self._sessions.get(session_id) if session_id else None
+        if session is None:
+            status, text = (404, "Session not found") if session_id else (400, "Bad Request: Missing session ID")
+            await _error(send, status, None, -32001 if session_id else -32600, text)
+            return
+        stream, after = session.standalone, session.standalone.delivered
+        last = headers.get(b"last-event-id")
+        if last is not None:
+            found = session.stream_of(last.decode("latin-1"))
+            if found is not None:
+                stream, after = found
+        if stream.attached:
+            await _error(send, 409, None, -32600, "Conflict: this stream already has a reader")
+            return
+        await self._relay(stream, after, receive, send, [])
+
+    async def _delete(self, send: Send, session_id: str) -> None:
+        session = self._sessions.pop(session_id, None) if session_id else None
+        if session is None:
+            await _error(send, 404 if session_id else 400, None, -32001, "Session not found")
+            return
+        await self._close(session)
+        await send_bytes(send, 200, b"", [])
+
+    async def _open(self) -> HostedSession:
+        if len(self._sessions) >= self._max_sessions:
+            raise UpstreamError(
+                f"stdio server {self._label} already has {self._max_sessions} sessions "
+                "(BASTION_STDIO_MAX_SESSIONS); close one or retry later"
+            )
+        session = HostedSession(secrets.token_hex(16))
+        session.backend = await self._open_backend(session)
+        self._sessions[session.id] = session
+        return session
+
+    async def _shared_session(self) -> HostedSession:
+        session = self._shared
+        if session is None or session.closed:
+            session = HostedSession("shared", remap=True)
+            session.backend = await self._open_backend(session)
+            self._shared = session
+        return session
+
+    def forget(self, session: HostedSession) -> None:
+        """A session whose backend ended: later requests on it get 404."""
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+
+    async def _close(self, session: HostedSession) -> None:
+        session.closed = True
+        session.standalone.finish()
+        if session.backend is not None:
+            await session.backend.close()
+
+    async def _reap(self) -> None:
+        """Close sessions nobody has used for `idle_timeout` seconds (a client that never DELETEs)."""
+        while True:
+            await asyncio.sleep(min(30.0, self._idle_timeout / 2))
+            cutoff = time.monotonic() - self._idle_timeout
+            for session in [s for s in self._sessions.values() if s.last_used < cutoff and not s.standalone.attached]:
+                log.info("closing idle session of %s", self._label)
+                self._sessions.pop(session.id, None)
+                await self._close(session)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        sessions = list(self._sessions.values()) + ([self._shared] if self._shared is not None else [])
+        self._sessions.clear()
+        self._shared = None
+        await asyncio.gather(*(self._close(session) for session in sessions))
+
+
+async def _sse(stream: _Stream, after: int) -> AsyncIterator[bytes]:
+    async for seq, data in stream.follow(after):
+        yield b"event: message\nid: %d-%d\ndata: %s\n\n" % (stream.index, seq, data)
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise UpstreamError("the client went away before sending its whole request")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(f"request body exceeds {limit} bytes")
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _finished(stream: _Stream) -> None:
+    while not stream.done:
+        stream.changed.clear()
+        await stream.changed.wait()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _error(send: Send, status: int, msg_id: Any, code: int, text: str) -> None:
+    await send_json(send, status, {"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": text}})
+
+
+def _unavailable(reason: str) -> dict[str, Any]:
+    return {"code": -32603, "message": "UPSTREAM_UNAVAILABLE", "data": {"reason": reason}}
+
+
+def _key(value: Any) -> bytes:
+    # 1 and "1" are different JSON-RPC ids.
+    return orjson.dumps(value)
