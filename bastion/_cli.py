@@ -54,6 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("suite", choices=BENCH_SUITES, help="what to measure")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="the suite's own options (see its --help)")
 
+    wrap = commands.add_parser(
+        "wrap",
+        help="run a stdio MCP server behind Bastion, speaking stdio to the client",
+        description="Run a stdio MCP server behind the enforcer of the running stack: "
+        "bastion wrap [--name NAME] [--agent ID] -- COMMAND [ARG ...]. The agent's token comes "
+        "from BASTION_AGENT_TOKEN, else is signed with the stack's dev key for --agent.",
+    )
+    wrap.add_argument("--name", help="the server's name in policies (default: the command's file name)")
+    wrap.add_argument("--agent", default="wrap", help="agent id when no BASTION_AGENT_TOKEN is set (default: wrap)")
+    wrap.add_argument("--config", type=Path, help="bastion.yaml, for auth settings (default: $BASTION_CONFIG)")
+    wrap.add_argument("server_command", nargs=argparse.REMAINDER, help="-- then the stdio server's command")
+
     token = commands.add_parser("token", help="agent and operator tokens")
     token_actions = token.add_subparsers(dest="action", required=True)
     issue = token_actions.add_parser("issue", help="print a JWT signed with the stack's dev key")
@@ -94,6 +106,23 @@ def _bench(suite: str, options: Sequence[str]) -> int:
     return 0
 
 
+def _wrap(args: argparse.Namespace) -> int:
+    from bastion.proxy import wrap
+
+    command = list(args.server_command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    name = args.name or (_server_name(command[0]) if command else "")
+    return wrap(command, name=name, agent=args.agent, config=args.config)
+
+
+def _server_name(program: str) -> str:
+    """A server name from a program path: `/usr/bin/mcp-server-git` → `mcp-server-git`."""
+    stem = Path(program).name.split(".")[0]
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-_").replace("__", "_")
+    return cleaned or "server"
+
+
 def _token(args: argparse.Namespace) -> int:
     settings = CommonSettings()
     _, app = find_app_config(args.config, settings.config)
@@ -125,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args.suite, args.options)
         if args.command in SERVICES:
             return _serve(args.command, args.config)
+        if args.command == "wrap":
+            return _wrap(args)
         return _token(args)
     except BastionError as exc:
         print(f"bastion: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -66,6 +67,10 @@ class ProxySettings(CommonSettings):
         default=900.0,
         gt=0,
         description="Seconds a stdio server's session may go unused before its child is stopped.",
+    )
+    journal_dir: Path | None = Field(
+        default=None,
+        description="Directory of the proxy's journal (default $BASTION_HOME/journal); one process per directory.",
     )
     journal_fsync_ms: float = Field(
         default=5.0, gt=0, description="Group-commit interval of the journal: fsync at most this often."

@@ -47,7 +47,7 @@ async def serve(
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     metadata = auth_metadata(ensure_service_token(home, secret))
     tokens = TokenVerifier(app.auth, load_public_keys(app.auth, home))
-    journal_dir = home / "journal"
+    journal_dir = settings.journal_dir.resolve() if settings.journal_dir is not None else home / "journal"
     journal = Journal.open(
         journal_dir, fsync_interval=settings.journal_fsync_ms / 1000, segment_bytes=settings.journal_segment_bytes
     )
@@ -92,7 +92,6 @@ async def serve(
         StdioUpstream(
             name,
             server,
-            home,
             report=functools.partial(_report, enforcer, name),
             max_sessions=settings.stdio_max_sessions,
             idle_timeout=settings.stdio_session_idle_s,

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ MAX_LINE = 16 * 1024 * 1024
 #: Variables a child inherits from the proxy; everything else must be named in `env:`.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL", "TERM")
 _STOP_GRACE_S = 2.0
+_POLL_S = 0.01
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
@@ -59,7 +61,10 @@ class StdioProcess:
         self._on_message = on_message
         self._on_garbage = on_garbage
         self._on_exit = on_exit
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stdin: asyncio.StreamWriter | None = None
+        self._stdout = asyncio.StreamReader(limit=MAX_LINE)
+        self._stderr = asyncio.StreamReader(limit=MAX_LINE)
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
         self._closing = False
@@ -67,14 +72,16 @@ class StdioProcess:
 
     async def start(self) -> None:
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self._command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            # The standard library's spawn (vfork + exec), not the event loop's: uvloop's
+            # spawn forks, and a fork runs gRPC's at-fork handlers in a process whose gRPC
+            # threads are busy, which crashed children (SIGSEGV) in the wrap.
+            self._proc = subprocess.Popen(  # noqa: ASYNC220 - vfork+exec: returns in about a millisecond
+                self._command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=self._env,
                 cwd=self._cwd,
-                limit=MAX_LINE,
                 # Its own process group: a Ctrl-C at the proxy's terminal is the proxy's to
                 # handle, and the child is stopped in order, not killed mid-write.
                 start_new_session=True,
@@ -82,6 +89,17 @@ class StdioProcess:
         except OSError as exc:
             self.exited = True
             raise UpstreamError(f"cannot start stdio server {self.label}: {exc.strerror or exc}") from exc
+        proc = self._proc
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(self._stdout), proc.stdout)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(self._stderr), proc.stderr)
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), proc.stdin
+        )
+        self._stdin = asyncio.StreamWriter(transport, protocol, None, loop)
         self._tasks = [
             asyncio.create_task(self._read_stdout(), name=f"bastion-stdio-out-{self.label}"),
             asyncio.create_task(self._read_stderr(), name=f"bastion-stdio-err-{self.label}"),
@@ -93,25 +111,22 @@ class StdioProcess:
 
     async def send(self, line: bytes) -> None:
         """Write one message; UpstreamError when the child is gone."""
-        proc = self._proc
-        if proc is None or proc.stdin is None or self.exited:
+        stdin = self._stdin
+        if stdin is None or self.exited:
             raise UpstreamError(f"stdio server {self.label} is not running")
         async with self._write_lock:
             try:
-                proc.stdin.write(line.rstrip(b"\n") + b"\n")
-                await proc.stdin.drain()
+                stdin.write(line.rstrip(b"\n") + b"\n")
+                await stdin.drain()
             except (OSError, RuntimeError) as exc:  # a closed pipe: the child died
                 raise UpstreamError(f"stdio server {self.label} closed its stdin: {exc}") from exc
 
     async def _read_stdout(self) -> None:
-        proc = self._proc
-        assert proc is not None
-        assert proc.stdout is not None
         reason = "closed its stdout"
         try:
             while True:
                 try:
-                    line = await proc.stdout.readuntil(b"\n")
+                    line = await self._stdout.readuntil(b"\n")
                 except asyncio.IncompleteReadError as exc:
                     if exc.partial.strip():
                         self._garbage(exc.partial)
@@ -138,12 +153,9 @@ class StdioProcess:
         self._on_garbage(f"stdio server {self.label} wrote a line that is not JSON-RPC on stdout: {preview!r}")
 
     async def _read_stderr(self) -> None:
-        proc = self._proc
-        assert proc is not None
-        assert proc.stderr is not None
         while True:
             try:
-                line = await proc.stderr.readline()
+                line = await self._stderr.readline()
             except (ValueError, asyncio.LimitOverrunError):
                 continue  # an over-long stderr line: skip it, logs are best effort
             if not line:
@@ -172,18 +184,18 @@ class StdioProcess:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    @staticmethod
-    async def _stop_process(proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is not None:
+    async def _stop_process(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is not None:
             return
-        if proc.stdin is not None:
-            proc.stdin.close()
+        if self._stdin is not None:
+            self._stdin.close()
         for step in (None, proc.terminate, proc.kill):
             if step is not None:
                 with contextlib.suppress(ProcessLookupError):
                     step()
-            try:
-                await asyncio.wait_for(proc.wait(), _STOP_GRACE_S)
-                return
-            except TimeoutError:
-                continue
+            # Polled, not waited in a thread: no thread per child, and an exit is noticed
+            # within a few milliseconds.
+            for _ in range(int(_STOP_GRACE_S / _POLL_S)):
+                if proc.poll() is not None:
+                    return
+                await asyncio.sleep(_POLL_S)

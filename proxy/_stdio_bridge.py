@@ -3,7 +3,7 @@
 The per-server endpoint relays streamable HTTP byte for byte and governs it on the way
 (`_mcp_http.py`); a stdio server is made to look like any other upstream instead of
 growing a second governed path: the proxy serves it as streamable HTTP on a private Unix
-socket (0600, under `$BASTION_HOME/proxy/`), where `_session_host.py` turns each
+socket (0600, in a private directory), where `_session_host.py` turns each
 session into one child process. So every check of the HTTP path (authentication, exact
 tool names against the live list, value budgets, caller-bound sessions, decisions,
 result events) holds for stdio servers unchanged.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,8 +42,6 @@ _QUICK_EXIT_S = 10.0
 #: Crashes in a row tolerated before starts are delayed.
 _FREE_CRASHES = 3
 _MAX_BACKOFF_S = 30.0
-#: Unix socket paths are limited to 107 bytes.
-_MAX_SOCKET_PATH = 100
 
 #: (kind, detail) of something that must reach the audit trail: a crash, garbage on stdout.
 Report = Callable[[str, str], None]
@@ -96,7 +93,6 @@ class StdioUpstream:
         self,
         name: str,
         config: ServerConfig,
-        home: Path,
         *,
         report: Report,
         max_sessions: int,
@@ -111,7 +107,7 @@ class StdioUpstream:
         self._host = SessionHost(
             name, self._open, max_sessions=max_sessions, idle_timeout=idle_timeout, max_body=max_body
         )
-        self._socket = _socket_path(home, name)
+        self._socket = _socket_path(name)
         self._web: WebServer | None = None
 
     async def start(self) -> None:
@@ -160,11 +156,12 @@ class StdioUpstream:
             await self._web.stop()
         with contextlib.suppress(FileNotFoundError):
             self._socket.unlink()
+        with contextlib.suppress(OSError):
+            self._socket.parent.rmdir()
 
 
-def _socket_path(home: Path, name: str) -> Path:
-    path = (home / "proxy" / f"stdio-{name}.sock").resolve()
-    if len(str(path)) <= _MAX_SOCKET_PATH:
-        return path
-    # A deep $BASTION_HOME: a private directory of our own instead (0700 from mkdtemp).
-    return Path(tempfile.mkdtemp(prefix="bastion-")) / f"stdio-{name}-{os.getpid()}.sock"
+def _socket_path(name: str) -> Path:
+    # A fresh private directory (0700 from mkdtemp) per process: `bastion wrap` and the
+    # proxy may serve servers of the same name from one $BASTION_HOME, and a Unix socket
+    # path must stay under 108 bytes however deep $BASTION_HOME is.
+    return Path(tempfile.mkdtemp(prefix="bastion-stdio-")) / f"{name}.sock"
