@@ -44,7 +44,17 @@ class ServerConfig(_Frozen):
 
 
 class AgentConfig(_Frozen):
+    """An A2A agent behind `/a2a/{name}`: its base `url` (JSON-RPC is POSTed there, the
+    HTTP+JSON routes and the card hang below it) and headers Bastion adds for it."""
+
     url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _http(self) -> AgentConfig:
+        if not self.url.startswith("http://"):
+            raise ValueError("'url' must be an http:// URL (https agents are not supported yet)")
+        return self
 
 
 class AuthConfig(_Frozen):
@@ -76,13 +86,21 @@ class AppConfig(_Frozen):
 
     @model_validator(mode="after")
     def _names(self) -> AppConfig:
-        for name in self.servers:
-            if name == "tools" or "__" in name or not name.replace("-", "").replace("_", "").isalnum():
-                raise ValueError(
-                    f"server name {name!r}: use letters, digits, '-' or '_' "
-                    "(no '__', and 'tools' is reserved by /mcp/tools/call)"
-                )
+        for kind, names, reserved in (
+            ("server", self.servers, "/mcp/tools/call"),
+            ("agent", self.agents, "/a2a/tasks/send"),
+        ):
+            for name in names:
+                if name == "tools" or name == "tasks" or "__" in name or not _plain(name):
+                    raise ValueError(
+                        f"{kind} name {name!r}: use ASCII letters, digits, '-' or '_' "
+                        f"(no '__'; 'tools' and 'tasks' are reserved, e.g. by {reserved})"
+                    )
         return self
+
+
+def _plain(name: str) -> bool:
+    return name.isascii() and name.replace("-", "").replace("_", "").isalnum()
 
 
 DEFAULT_CONFIG = Path("bastion.yaml")

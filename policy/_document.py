@@ -104,6 +104,11 @@ def _check_resource_pattern(value: str) -> str:
     return _check_server_scoped(_check_pattern(value, "resource", "\\"), "resource", "uri")
 
 
+def _check_a2a_pattern(value: str) -> str:
+    # `agent__Operation`: the A2A agent's key in bastion.yaml and the A2A 1.0 method name.
+    return _check_server_scoped(_check_pattern(value, "a2a"), "a2a", "SendMessage")
+
+
 def _check_policy_name(value: str) -> str:
     if _POLICY_NAME.fullmatch(value):
         return value
@@ -178,6 +183,7 @@ PromptPatterns = Annotated[
 ResourcePatterns = Annotated[
     tuple[Annotated[str, AfterValidator(_check_resource_pattern)], ...], AfterValidator(_non_empty)
 ]
+A2aPatterns = Annotated[tuple[Annotated[str, AfterValidator(_check_a2a_pattern)], ...], AfterValidator(_non_empty)]
 
 
 class _Strict(BaseModel):
@@ -196,9 +202,10 @@ class Metadata(_Strict):
 class Match(_Strict):
     """Which actions a rule applies to.
 
-    `tools` (`server__tool`), `resources` (`server__<uri>`) and `prompts`
-    (`server__prompt`) each select one family of actions: a rule that names only
-    `tools` never decides a resource read. A rule naming none of the three applies to
+    `tools` (`server__tool`), `resources` (`server__<uri>`), `prompts`
+    (`server__prompt`) and `a2a` (`agent__Operation`, the A2A 1.0 method name such as
+    `billing__SendMessage`) each select one family of actions: a rule that names only
+    `tools` never decides a resource read. A rule naming none of the four applies to
     every action of the matched agents. An omitted `agents` list matches every agent.
     """
 
@@ -206,16 +213,17 @@ class Match(_Strict):
     tools: ToolPatterns | None = None
     resources: ResourcePatterns | None = None
     prompts: PromptPatterns | None = None
+    a2a: A2aPatterns | None = None
 
     @model_validator(mode="after")
     def _names_something(self) -> Match:
         if not self.model_fields_set:
             raise PydanticCustomError(
                 "empty_match",
-                "'match' must list 'agents', 'tools', 'resources' or 'prompts' "
+                "'match' must list 'agents', 'tools', 'resources', 'prompts' or 'a2a' "
                 "(write tools: ['*'] to match every tool on purpose)",
             )
-        for name in ("tools", "resources", "prompts"):
+        for name in ("tools", "resources", "prompts", "a2a"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 # `tools: null` must not quietly turn into "every action".
                 raise PydanticCustomError(

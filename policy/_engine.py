@@ -9,11 +9,13 @@ Decision semantics
 * Input: the action kind (a `bastion.v1.ActionKind` name), the calling agent's id, the
   action's target named `server__<name>`: the tool (TOOL_CALL, TOOL_LIST), the
   resource URI (RESOURCE_READ, RESOURCE_SUBSCRIBE) or the prompt (PROMPT_GET);
-  COMPLETION targets the prompt or resource being completed; the arguments (a plain
+  COMPLETION targets the prompt or resource being completed; the A2A kinds (A2A_SEND,
+  A2A_GET, A2A_CANCEL, A2A_PUSH_CONFIG) target `agent__Operation`, the A2A 1.0 method
+  name carried in the action's `tool`, matched case-insensitively; the arguments (a plain
   dict of JSON values) and the call's context (`CallContext`).
 * Every other kind is DENY, "action kind X is not governed by this policy version":
   fail closed. A request without an agent id, server or target is DENY too.
-* A rule's `tools`, `resources` and `prompts` lists each select one family of targets;
+* A rule's `tools`, `resources`, `prompts` and `a2a` lists each select one family of targets;
   a rule naming none of them applies to every family. Tool and prompt patterns match
   case-insensitively, as tool names are validated (so `demo__getWeather` and a rule
   for `demo__getweather` agree; the proxy forwards only names exactly in the
@@ -90,12 +92,17 @@ FAMILY_BY_KIND = {
     "COMPLETION": "",  # the prompt's or the resource's, whichever is being completed
     "PROMPT_LIST": "prompt",
     "RESOURCE_LIST": "resource",
+    # A2A (proxy/_a2a_methods.py): Action.tool holds the A2A 1.0 method name.
+    "A2A_SEND": "a2a",
+    "A2A_GET": "a2a",
+    "A2A_CANCEL": "a2a",
+    "A2A_PUSH_CONFIG": "a2a",
 }
 _LIST_KINDS = frozenset({"TOOL_LIST", "PROMPT_LIST", "RESOURCE_LIST"})
 #: Deny-overrides: lower is stricter. `min` keeps the first among equals (policy order).
 _STRICTNESS = {Effect.DENY: 0, Effect.REQUIRE_APPROVAL: 1, Effect.QUEUE: 2, Effect.ALLOW: 3}
 GOVERNED_KINDS = frozenset(FAMILY_BY_KIND)
-_FAMILIES = ("tool", "resource", "prompt")
+_FAMILIES = ("tool", "resource", "prompt", "a2a")
 
 _VERBS = {
     Effect.ALLOW: "allows",
@@ -243,7 +250,7 @@ class PolicySet:
             return self._refuse(f"action kind {kind} is not governed by this policy version")
         if not family:
             family = "prompt" if prompt else "resource"
-        target = {"tool": tool, "resource": resource, "prompt": prompt}[family]
+        target = {"tool": tool, "resource": resource, "prompt": prompt, "a2a": tool}[family]
         if not agent_id:
             return self._refuse("the request names no agent (fail closed)")
         if not server or not target:
@@ -438,7 +445,7 @@ def _index(
 
 
 def _literals(match: Match) -> dict[str, frozenset[str]]:
-    lists = {"tool": match.tools, "resource": match.resources, "prompt": match.prompts}
+    lists = {"tool": match.tools, "resource": match.resources, "prompt": match.prompts, "a2a": match.a2a}
     literals = {}
     for family, patterns in lists.items():
         if patterns and all(pattern.isascii() and not set(pattern) & {"*", "?"} for pattern in patterns):
@@ -459,7 +466,7 @@ def _fallthrough(policies: Sequence[CompiledPolicy]) -> _Fallthrough:
 
 
 def _compile_targets(match: Match) -> dict[str, re.Pattern[str] | None]:
-    lists = {"tool": match.tools, "resource": match.resources, "prompt": match.prompts}
+    lists = {"tool": match.tools, "resource": match.resources, "prompt": match.prompts, "a2a": match.a2a}
     if all(patterns is None for patterns in lists.values()):
         return dict.fromkeys(_FAMILIES)
     return {

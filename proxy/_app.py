@@ -24,19 +24,30 @@ PrefixHandler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 
 
 class ProxyApp:
-    def __init__(self, *, mcp: McpHttpAdapter, metrics: ProxyMetrics, tools: Handler | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        mcp: McpHttpAdapter,
+        metrics: ProxyMetrics,
+        tools: Handler | None = None,
+        aggregated: Handler,
+        a2a: PrefixHandler | None = None,
+    ) -> None:
         self._metrics = metrics
         self.ready = False
         self._exact: dict[str, Handler] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
             "/metrics": self._metrics_page,
-            "/mcp": self._aggregated,
+            "/mcp": aggregated,
         }
         if tools is not None:  # GET /v1/tools (proxy/_tools_api.py): operators only, off the hot path
             self._exact["/v1/tools"] = tools
         # One segment after the prefix: `/mcp/{server}`; `/mcp/a/b` is not a route.
         self._prefixes: dict[str, PrefixHandler] = {"/mcp/": mcp.handle}
+        # The A2A adapter takes the whole rest of the path: `{agent}`, `{agent}/v1/message:send`,
+        # `{agent}/.well-known/agent-card.json`; it checks every segment itself.
+        self._deep: dict[str, PrefixHandler] = {"/a2a/": a2a} if a2a is not None else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,6 +74,10 @@ class ProxyApp:
         if exact is not None:
             await exact(scope, receive, send)
             return
+        for prefix, handler in self._deep.items():
+            if path.startswith(prefix) and len(path) > len(prefix):
+                await handler(scope, receive, send, path[len(prefix) :])
+                return
         for prefix, handler in self._prefixes.items():
             rest = path[len(prefix) :]
             if path.startswith(prefix) and rest and "/" not in rest:
@@ -79,12 +94,3 @@ class ProxyApp:
     async def _metrics_page(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, content_type = self._metrics.exposition()
         await send_bytes(send, 200, body, [(b"content-type", content_type.encode())])
-
-    async def _aggregated(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_json(
-            send,
-            501,
-            http_error(
-                "bastion.not_implemented", "the aggregated /mcp endpoint is not available yet; use /mcp/{server}"
-            ),
-        )

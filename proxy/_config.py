@@ -63,10 +63,14 @@ class ProxySettings(CommonSettings):
         ge=1,
         description="Most concurrent sessions (each one child process) per stdio server; more are refused.",
     )
-    stdio_session_idle_s: float = Field(
+    session_idle_s: float = Field(
         default=900.0,
         gt=0,
-        description="Seconds a stdio server's session may go unused before its child is stopped.",
+        description="Seconds a session Bastion serves itself (a stdio server's, the aggregated /mcp's) may go "
+        "unused before it is closed (a stdio child is stopped).",
+    )
+    aggregated_max_sessions: int = Field(
+        default=1000, ge=1, description="Most concurrent sessions of the aggregated /mcp endpoint; more are refused."
     )
     journal_dir: Path | None = Field(
         default=None,

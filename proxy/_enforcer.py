@@ -163,6 +163,7 @@ class Enforcer:
             prompt=target.prompt,
             resource=target.resource,
             method=method,
+            target_agent=target.target_agent,
         )
         if target.arguments:
             action.arguments.update(target.arguments)
@@ -287,7 +288,7 @@ def envelope(msg_id: Any, method: str, decided: Decided, started: float) -> byte
     outcome, action = decided.outcome, decided.record.action
     score, decision = outcome.score, outcome.decision
     blocked_action: dict[str, Any] = {"method": method, "server": action.server}
-    for key in ("tool", "prompt", "resource"):
+    for key in ("tool", "prompt", "resource", "target_agent"):
         if value := getattr(action, key):
             blocked_action[key] = value
     return block_envelope(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -86,12 +86,14 @@ class _Request:
     scope: Scope
     receive: Receive
     send: Send
-    pool: UpstreamPool
+    pool: UpstreamPool | None  # None on the aggregated endpoint: each message names its upstream
     server: str
     headers: dict[bytes, bytes]
     started: float
     t0: float
     trace: RequestTrace
+    #: What one stage learns for a later one (the aggregated endpoint's route).
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 class McpHttpAdapter:
@@ -139,7 +141,7 @@ class McpHttpAdapter:
         method = scope["method"]
         action = policy_pb2.Action(kind=policy_pb2.MCP_REQUEST, server=server, method=f"http:{method}")
         pool = self._upstreams.get(server)
-        if pool is None:
+        if pool is None and not self._aggregated(server):
             await self._refuse(
                 send,
                 action,
@@ -218,8 +220,8 @@ class McpHttpAdapter:
             targets = classify(message, self._budget, body)
             if targets and targets[0].kind == policy_pb2.TOOL_CALL:
                 action.tool = targets[0].tool
-                await self._catalogs[request.server].check(targets[0].tool)
-            caller = await self._caller(principal, headers, message, request.server)
+            targets, server = await self._resolve(request, message, targets)
+            caller = await self._caller(principal, headers, message, server)
         except (ProtocolError, StoreError, UpstreamError) as exc:
             text = "UPSTREAM_UNAVAILABLE" if isinstance(exc, UpstreamError) else None
             payload = jsonrpc_error(
@@ -248,7 +250,9 @@ class McpHttpAdapter:
         if await self._observe_or_refuse(request.send, record, msg_id):
             binds = caller.principal if message.method == "initialize" else None
             listing = (caller, message.method) if message.method in LIST_SHAPES and message.is_request else None
-            await self._forward(request, (record,), body, msg_id, governed=False, bind_session=binds, listing=listing)
+            await self._forward(
+                request, (record,), body, msg_id, governed=False, bind_session=binds, listing=listing, message=message
+            )
 
     async def _governed(
         self, request: _Request, caller: Caller, message: Message, targets: tuple[Target, ...], body: bytes
@@ -265,10 +269,24 @@ class McpHttpAdapter:
         request.trace.decided(decided)
         blocked = next((item for item in decided if not item.outcome.allowed), None)
         if blocked is None:
-            await self._forward(request, tuple(item.record for item in decided), body, message.id, governed=True)
+            records = tuple(item.record for item in decided)
+            await self._forward(request, records, body, message.id, governed=True, message=message, targets=targets)
             return
         payload = envelope(message.id, message.method or "", blocked, request.started)
         await send_bytes(request.send, 200, payload, JSON + _ids(blocked.record))
+
+    def _aggregated(self, server: str) -> bool:
+        """True when `server` names the aggregated endpoint rather than one upstream."""
+        return False
+
+    async def _resolve(
+        self, request: _Request, message: Message, targets: tuple[Target, ...]
+    ) -> tuple[tuple[Target, ...], str]:
+        """The actions as the upstream will see them, and which upstream: on `/mcp/{server}`
+        the names are the upstream's own, and a tool must be exactly in its live list."""
+        if targets and targets[0].kind == policy_pb2.TOOL_CALL:
+            await self._catalogs[request.server].check(targets[0].tool)
+        return targets, request.server
 
     async def _caller(
         self, principal: Principal, headers: dict[bytes, bytes], message: Message | None, server: str
@@ -326,10 +344,13 @@ class McpHttpAdapter:
         governed: bool,
         bind_session: Principal | None = None,
         listing: tuple[Caller, str] | None = None,
+        message: Message | None = None,
+        targets: tuple[Target, ...] = (),
     ) -> None:
         """Send the request upstream and relay its answer; for governed actions, journal
         how it ended (DESIGN §3 result event) once the answer is relayed or has failed."""
         scope, pool, record = request.scope, request.pool, records[0]
+        assert pool is not None
         path = pool.path.encode()
         if scope.get("query_string"):
             path += b"?" + scope["query_string"]

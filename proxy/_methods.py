@@ -57,6 +57,8 @@ class Target:
     prompt: str = ""
     resource: str = ""
     arguments: dict[str, Any] = field(default_factory=dict)
+    #: The A2A agent an A2A action is addressed to (its key in bastion.yaml); "" for MCP.
+    target_agent: str = ""
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bastion._appconfig import AppConfig
 from bastion._hosts import HostCheck
@@ -18,12 +19,14 @@ from bastion._settings import parse_addr
 from bastion._web import start_web_server
 from bastion.v1 import graph_pb2_grpc, policy_pb2, policy_pb2_grpc, verifier_pb2_grpc
 
+from ._a2a_http import A2aAgent, A2aHttpAdapter
 from ._app import ProxyApp
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
 from ._config import ProxySettings
 from ._enforcer import DecisionStage, Enforcer
 from ._journal import Journal
+from ._mcp_aggregate import AggregatedMcpAdapter
 from ._mcp_http import McpHttpAdapter
 from ._metrics import ProxyMetrics
 from ._owners import SessionOwners, WorkflowOwners
@@ -94,7 +97,7 @@ async def serve(
             server,
             report=functools.partial(_report, enforcer, name),
             max_sessions=settings.stdio_max_sessions,
-            idle_timeout=settings.stdio_session_idle_s,
+            idle_timeout=settings.session_idle_s,
             max_body=settings.max_body,
         )
         for name, server in app.servers.items()
@@ -118,28 +121,58 @@ async def serve(
         )
         for name, pool in upstreams.items()
     }
-    mcp = McpHttpAdapter(
+    budget = ValueBudget(
+        max_values=settings.max_argument_values,
+        max_depth=settings.max_argument_depth,
+        max_string_bytes=settings.max_argument_string_bytes,
+    )
+    # One tracker for both protocols: a workflow's history and owner are the same whichever one acts.
+    tracker = WorkflowTracker(settings.history_len, owners)
+    hosts = HostCheck(app.allowed_hosts, parse_addr(settings.proxy_addr)[0])
+    adapter_parts: dict[str, Any] = {
+        "tokens": tokens,
+        "enforcer": enforcer,
+        "upstreams": upstreams,
+        "catalogs": catalogs,
+        "tracker": tracker,
+        "metrics": metrics,
+        "hosts": hosts,
+        "budget": budget,
+        "max_body": settings.max_body,
+        "body_timeout": settings.body_timeout_s,
+        "tracing": tracing,
+    }
+    mcp = McpHttpAdapter(sessions=SessionOwners(), **adapter_parts)
+    aggregated = AggregatedMcpAdapter(
+        sessions=SessionOwners(),
+        max_sessions=settings.aggregated_max_sessions,
+        idle_timeout=settings.session_idle_s,
+        **adapter_parts,
+    )
+    agents = {
+        name: A2aAgent(
+            url=agent.url,
+            pool=UpstreamPool(agent.url, timeout=settings.upstream_timeout_s),
+            headers=tuple((key.lower().encode(), value.encode()) for key, value in agent.headers.items()),
+        )
+        for name, agent in app.agents.items()
+    }
+    a2a = A2aHttpAdapter(
         tokens=tokens,
         enforcer=enforcer,
-        upstreams=upstreams,
-        catalogs=catalogs,
-        tracker=WorkflowTracker(settings.history_len, owners),
-        sessions=SessionOwners(),
+        agents=agents,
+        tracker=tracker,
         metrics=metrics,
-        hosts=HostCheck(app.allowed_hosts, parse_addr(settings.proxy_addr)[0]),
-        budget=ValueBudget(
-            max_values=settings.max_argument_values,
-            max_depth=settings.max_argument_depth,
-            max_string_bytes=settings.max_argument_string_bytes,
-        ),
+        hosts=hosts,
+        budget=budget,
         max_body=settings.max_body,
         body_timeout=settings.body_timeout_s,
         tracing=tracing,
     )
-    tools = ToolsApi(
-        tokens=tokens, catalogs=catalogs, hosts=HostCheck(app.allowed_hosts, parse_addr(settings.proxy_addr)[0])
+    tools = ToolsApi(tokens=tokens, catalogs=catalogs, hosts=hosts)
+    proxy = ProxyApp(
+        mcp=mcp, metrics=metrics, tools=tools.handle, a2a=a2a.handle, aggregated=aggregated.handle_aggregated
     )
-    proxy = ProxyApp(mcp=mcp, metrics=metrics, tools=tools.handle)
     web = await start_web_server(proxy, settings.proxy_addr)
     try:
         # Connect the channels now so the first governed call does not pay for it.
@@ -151,12 +184,13 @@ async def serve(
     finally:
         proxy.ready = False
         await web.stop()
+        await aggregated.close()
         await tracing.shutdown()
         await policy_watch.close()
         await governor.close()
         await shipper.stop()
         await journal.close()
-        for pool in upstreams.values():
+        for pool in [*upstreams.values(), *(agent.pool for agent in agents.values())]:
             pool.close()
         for bridge in stdio:
             await bridge.close()

@@ -28,7 +28,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -48,8 +48,9 @@ _MISSING = object()
 
 
 class Backend(Protocol):
-    async def deliver(self, message: dict[str, Any], raw: bytes) -> None:
-        """Pass one client message on; UpstreamError when it cannot be."""
+    async def deliver(self, message: dict[str, Any], raw: bytes, context: Any) -> None:
+        """Pass one client message on (`context`: what the front end decided about it, or
+        None); UpstreamError when it cannot be."""
 
     async def close(self) -> None: ...
 
@@ -132,7 +133,9 @@ class HostedSession:
         self.emit({"jsonrpc": "2.0", "id": message["id"], "error": _unavailable(reason)}, None)
 
     # backend → client
-    def emit(self, message: dict[str, Any], raw: bytes | None) -> None:
+    def emit(self, message: dict[str, Any], raw: bytes | None, related: Any = _MISSING) -> None:
+        """Send `message` to the client: a response to its request's stream; anything else
+        to the stream of the request `related` names (when it still runs), else routed."""
         self.last_used = time.monotonic()
         msg_id = message.get("id", _MISSING)
         if "method" not in message and msg_id is not _MISSING:
@@ -144,7 +147,22 @@ class HostedSession:
                 self._progress = {k: v for k, v in self._progress.items() if v is not stream}
                 stream.push(self._next(), raw or orjson.dumps(message), last=True)
                 return
-        self._route(message).push(self._next(), raw or orjson.dumps(message))
+        if related is not _MISSING:
+            entry = self._pending.get(_key(related))
+            stream = entry[0] if entry is not None else self.standalone
+        else:
+            stream = self._route(message)
+        stream.push(self._next(), raw or orjson.dumps(message))
+
+    def to_listener(self, message: dict[str, Any]) -> None:
+        """A message that belongs to no request: the session's GET stream."""
+        self.last_used = time.monotonic()
+        self.standalone.push(self._next(), orjson.dumps(message))
+
+    @property
+    def shared(self) -> bool:
+        """The one session of every stateless request (ids remapped)."""
+        return self._remap
 
     def _route(self, message: dict[str, Any]) -> _Stream:
         if message.get("method") == "notifications/progress":
@@ -221,9 +239,9 @@ class SessionHost:
             if method == "POST":
                 await self._post(scope, receive, send, headers, session_id)
             elif method == "GET":
-                await self._get(receive, send, headers, session_id)
+                await self.get(receive, send, headers)
             elif method == "DELETE":
-                await self._delete(send, session_id)
+                await self.delete(send, session_id)
             else:
                 await _error(send, 405, None, -32600, f"{method} is not a streamable HTTP method")
         except UpstreamError as exc:
@@ -241,33 +259,57 @@ class SessionHost:
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             await _error(send, 400, None, -32600, "Invalid Request: one JSON-RPC 2.0 object expected")
             return
-        extra: list[tuple[bytes, bytes]] = []
+        await self.post(receive, send, headers, message, body)
+
+    def session(self, session_id: str) -> HostedSession | None:
+        """The session a request names (the shared one when it names none)."""
+        return self._sessions.get(session_id) if session_id else self._shared
+
+    async def post(
+        self,
+        receive: Receive,
+        send: Send,
+        headers: dict[bytes, bytes],
+        message: dict[str, Any],
+        body: bytes,
+        context: Any = None,
+        bind: Callable[[str], None] | None = None,
+        response_headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> bytes | None:
+        """Serve one parsed client message (read, checked and decided by the caller); for a
+        request, return the answer relayed (None when the client left first). `bind` sees a
+        new session's id before the client does; `extra` headers go on the response."""
+        session_id = headers.get(b"mcp-session-id", b"").decode("latin-1")
+        extra: list[tuple[bytes, bytes]] = list(response_headers)
         if session_id:
             session = self._sessions.get(session_id)
             if session is None:
                 await _error(send, 404, message.get("id"), -32001, "Session not found")
-                return
+                return None
         elif message.get("method") == "initialize":
             session = await self._open()
+            if bind is not None:
+                bind(session.id)
             extra.append((b"mcp-session-id", session.id.encode()))
         elif self._shared_enabled:
             session = await self._shared_session()
         else:
             await _error(send, 400, message.get("id"), -32600, "Bad Request: Missing session ID")
-            return
+            return None
         session.last_used = time.monotonic()
         backend = session.backend
         assert backend is not None
         if "method" in message and "id" in message:
             stream, outgoing, raw = session.begin(message)
             try:
-                await backend.deliver(outgoing, raw or body)
+                await backend.deliver(outgoing, raw or body, context)
             except UpstreamError as exc:
                 session.fail(outgoing, str(exc))
             await self._answer(stream, receive, send, headers, extra)
-            return
-        await backend.deliver(message, body)
+            return stream.events[-1][1] if stream.done and stream.events else None
+        await backend.deliver(message, body, context)
         await send_bytes(send, 202, b"", extra)
+        return None
 
     async def _answer(
         self, stream: _Stream, receive: Receive, send: Send, headers: dict[bytes, bytes], extra: list[Any]
@@ -294,7 +336,9 @@ class SessionHost:
         finally:
             stream.attached = False
 
-    async def _get(self, receive: Receive, send: Send, headers: dict[bytes, bytes], session_id: str) -> None:
+    async def get(self, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
+        """A session's GET stream, or the rest of a request's stream after `Last-Event-ID`."""
+        session_id = headers.get(b"mcp-session-id", b"").decode("latin-1")
         if b"text/event-stream" not in headers.get(b"accept", b""):
             await _error(send, 406, None, -32600, "Not Acceptable: a GET stream needs Accept: text/event-stream")
             return
@@ -314,7 +358,7 @@ class SessionHost:
             return
         await self._relay(stream, after, receive, send, [])
 
-    async def _delete(self, send: Send, session_id: str) -> None:
+    async def delete(self, send: Send, session_id: str) -> None:
         session = self._sessions.pop(session_id, None) if session_id else None
         if session is None:
             await _error(send, 404 if session_id else 400, None, -32001, "Session not found")

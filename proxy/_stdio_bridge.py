@@ -81,7 +81,7 @@ class _ChildBackend:
         self.process = process
         self.started = time.monotonic()
 
-    async def deliver(self, message: dict[str, Any], raw: bytes) -> None:
+    async def deliver(self, message: dict[str, Any], raw: bytes, context: Any) -> None:
         await self.process.send(raw)
 
     async def close(self) -> None:

@@ -33,7 +33,15 @@ class _ActionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionKind
     TOOL_CALL: _ActionKind.ValueType  # 1
     TOOL_LIST: _ActionKind.ValueType  # 2
     A2A_SEND: _ActionKind.ValueType  # 3
+    """A2A (proxy/_a2a_methods.py): Action.server and Action.target_agent are the agent's key
+    in bastion.yaml, Action.tool the A2A 1.0 method name (0.3 names and REST routes map to
+    it); policies match "agent__Method" in `match.a2a`.
+    SendMessage, SendStreamingMessage (0.3 message/send, message/stream).
+    """
     A2A_GET: _ActionKind.ValueType  # 4
+    """GetTask, ListTasks, SubscribeToTask, GetExtendedAgentCard (0.3 tasks/get,
+    tasks/resubscribe, agent/getAuthenticatedExtendedCard).
+    """
     LLM_CALL: _ActionKind.ValueType  # 5
     MCP_REQUEST: _ActionKind.ValueType  # 6
     RESOURCE_READ: _ActionKind.ValueType  # 7
@@ -49,6 +57,14 @@ class _ActionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionKind
     prompts/list, resources/list or resources/templates/list answer, as TOOL_LIST is for tools.
     """
     RESOURCE_LIST: _ActionKind.ValueType  # 12
+    A2A_CANCEL: _ActionKind.ValueType  # 13
+    """A2A CancelTask (0.3 tasks/cancel): changes a task's state."""
+    A2A_PUSH_CONFIG: _ActionKind.ValueType  # 14
+    """A2A Create/Get/List/DeleteTaskPushNotificationConfig (0.3 tasks/pushNotificationConfig/*):
+    where an agent sends task updates; Action.tool says which of the four.
+    """
+    A2A_CARD: _ActionKind.ValueType  # 15
+    """A2A public agent card fetched through the proxy: recorded, not decided."""
 
 class ActionKind(_ActionKind, metaclass=_ActionKindEnumTypeWrapper):
     """What kind of action is being decided. MCP_REQUEST covers protocol traffic that is
@@ -62,7 +78,15 @@ ACTION_KIND_UNSPECIFIED: ActionKind.ValueType  # 0
 TOOL_CALL: ActionKind.ValueType  # 1
 TOOL_LIST: ActionKind.ValueType  # 2
 A2A_SEND: ActionKind.ValueType  # 3
+"""A2A (proxy/_a2a_methods.py): Action.server and Action.target_agent are the agent's key
+in bastion.yaml, Action.tool the A2A 1.0 method name (0.3 names and REST routes map to
+it); policies match "agent__Method" in `match.a2a`.
+SendMessage, SendStreamingMessage (0.3 message/send, message/stream).
+"""
 A2A_GET: ActionKind.ValueType  # 4
+"""GetTask, ListTasks, SubscribeToTask, GetExtendedAgentCard (0.3 tasks/get,
+tasks/resubscribe, agent/getAuthenticatedExtendedCard).
+"""
 LLM_CALL: ActionKind.ValueType  # 5
 MCP_REQUEST: ActionKind.ValueType  # 6
 RESOURCE_READ: ActionKind.ValueType  # 7
@@ -78,6 +102,14 @@ PROMPT_LIST: ActionKind.ValueType  # 11
 prompts/list, resources/list or resources/templates/list answer, as TOOL_LIST is for tools.
 """
 RESOURCE_LIST: ActionKind.ValueType  # 12
+A2A_CANCEL: ActionKind.ValueType  # 13
+"""A2A CancelTask (0.3 tasks/cancel): changes a task's state."""
+A2A_PUSH_CONFIG: ActionKind.ValueType  # 14
+"""A2A Create/Get/List/DeleteTaskPushNotificationConfig (0.3 tasks/pushNotificationConfig/*):
+where an agent sends task updates; Action.tool says which of the four.
+"""
+A2A_CARD: ActionKind.ValueType  # 15
+"""A2A public agent card fetched through the proxy: recorded, not decided."""
 Global___ActionKind: _TypeAlias = ActionKind  # noqa: Y015
 
 class _Effect:

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 from fixtures import inprocess
+from fixtures.upstream import conformance_upstream
 
 from bastion._appconfig import AppConfig, ServerConfig
 from bastion._identity import ensure_dev_key, issue_token
@@ -98,37 +99,8 @@ def suite() -> Suite:
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """tests/fixtures/conformance_server.py as a real subprocess; yields its MCP URL."""
-    workdir = tmp_path_factory.mktemp("conformance-upstream")
-    port_file = workdir / "port"
-    with (workdir / "server.log").open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "tests" / "fixtures" / "conformance_server.py"),
-                "--port",
-                "0",
-                "--port-file",
-                str(port_file),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"conformance fixture server exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                pytest.fail("conformance fixture server did not start in 30 s")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port_file.read_text().strip()}/mcp"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with conformance_upstream(tmp_path_factory.mktemp("conformance-upstream")) as url:
+        yield url
 
 
 class AuthHop:

@@ -18,7 +18,7 @@ def test_core_exports_the_error_tree_and_version() -> None:
 
 
 def test_proxy_exports_exactly_its_documented_surface() -> None:
-    assert sorted(bastion.proxy.__all__) == ["ProxySettings", "main", "serve"]
+    assert sorted(bastion.proxy.__all__) == ["ProxySettings", "main", "serve", "wrap"]
     for name in bastion.proxy.__all__:
         assert f"`{name}" in (bastion.proxy.__doc__ or "")
 

@@ -196,10 +196,10 @@ def test_rule_id_default_is_reserved_for_the_fallthrough() -> None:
 def test_match_must_name_agents_tools_resources_or_prompts() -> None:
     document = _document()
     document["spec"]["rules"][0]["match"] = {}
-    assert "rule 'r1': 'match' must list 'agents', 'tools', 'resources' or 'prompts'" in _rejection(document)
+    assert "rule 'r1': 'match' must list 'agents', 'tools', 'resources', 'prompts' or 'a2a'" in _rejection(document)
 
 
-@pytest.mark.parametrize("field", ["tools", "resources", "prompts"])
+@pytest.mark.parametrize("field", ["tools", "resources", "prompts", "a2a"])
 def test_a_null_target_list_is_refused_rather_than_read_as_every_action(field: str) -> None:
     document = _document()
     document["spec"]["rules"][0]["match"] = {"agents": ["a"], field: None}

@@ -178,12 +178,29 @@ def test_no_policies_deny_everything() -> None:
     assert decision.rule_id == "default"
 
 
-@pytest.mark.parametrize("kind", ["A2A_SEND", "A2A_GET", "LLM_CALL", "MCP_REQUEST", "ACTION_KIND_UNSPECIFIED"])
+@pytest.mark.parametrize("kind", ["LLM_CALL", "MCP_REQUEST", "A2A_CARD", "ACTION_KIND_UNSPECIFIED"])
 def test_kinds_other_than_tool_calls_are_denied_even_by_a_catch_all_allow(kind: str) -> None:
     policies = PolicySet.compile([_policy("open", _rule("all", "allow", tools=["*"]), default="allow")])
     decision = _call(policies, "a", "demo", "add", kind=kind)
     assert decision.effect is Effect.DENY
     assert decision.reason == f"action kind {kind} is not governed by this policy version"
+
+
+@pytest.mark.parametrize("kind", ["A2A_SEND", "A2A_GET", "A2A_CANCEL", "A2A_PUSH_CONFIG"])
+def test_a2a_kinds_are_decided_by_match_a2a_on_agent__method_and_not_by_tool_rules(kind: str) -> None:
+    rules = (
+        {"id": "tools-only", "match": {"tools": ["*"]}, "effect": "allow"},
+        {"id": "no-cancel", "match": {"a2a": ["billing__CancelTask"]}, "effect": "deny"},
+        {"id": "planner", "match": {"agents": ["planner"], "a2a": ["billing__*"]}, "effect": "allow"},
+    )
+    policies = PolicySet.compile([_policy("a2a", *rules)])
+    method = "CancelTask" if kind == "A2A_CANCEL" else "sendmessage"  # A2A names match case-insensitively
+    planner = _call(policies, "planner", "billing", method, kind=kind)
+    assert (planner.effect, planner.rule_id) == (
+        (Effect.DENY, "no-cancel") if kind == "A2A_CANCEL" else (Effect.ALLOW, "planner")
+    )
+    other = _call(policies, "other", "billing", method, kind=kind)
+    assert (other.effect, other.rule_id) == (Effect.DENY, "no-cancel" if kind == "A2A_CANCEL" else "default")
 
 
 def test_tool_list_is_decided_by_the_same_rules_as_tool_calls() -> None:

@@ -1,0 +1,575 @@
+"""The A2A adapter: `/a2a/{agent}` around the protocol-neutral enforcer.
+
+Per request, as on MCP (DESIGN §1): agent known → Host/Origin → single-valued headers →
+authenticate → read the body (capped, with a deadline) → classify (`_a2a_methods.py`) →
+bind the caller (workflow owner) → the enforcer decides and journals → forward to the
+agent's configured URL, or answer with the block in the transport's error shape →
+journal how a forwarded action ended. Every refusal before a decision is journaled too.
+
+Three kinds of request reach one agent:
+- JSON-RPC, `POST /a2a/{agent}`: 1.0 and 0.3 methods; errors and blocks are JSON-RPC
+  errors (the block envelope of DESIGN §4 in `data`), with HTTP 200 as A2A agents answer;
+- HTTP+JSON, `/a2a/{agent}/{route}`: errors and blocks are the binding's error body
+  (`{"error": {code, status, message, details: [ErrorInfo]}}`), the envelope's fields in
+  the ErrorInfo's `metadata`;
+- the agent card, `GET /a2a/{agent}/.well-known/agent-card.json` (and 0.3's `agent.json`):
+  recorded, not decided, and rewritten to point at Bastion (`_a2a_card.py`).
+
+Transparency: bodies are forwarded byte for byte; `A2A-Version` and `A2A-Extensions`
+pass through both ways, so an unsupported version is answered by the agent; event
+streams are relayed chunk by chunk as they arrive. The agent learns the caller's
+workflow from `Bastion-Workflow-Id` and the sending node from `Bastion-Node-Id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bastion._errors import (
+    AuthError,
+    InvalidRequest,
+    JournalError,
+    ProtocolError,
+    StoreError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from bastion._hosts import HostCheck
+from bastion._identity import Principal, TokenVerifier
+from bastion.v1 import graph_pb2, policy_pb2
+
+from ._a2a_card import rewrite_card
+from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
+from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_stream
+from ._budget import ValueBudget
+from ._enforcer import Caller, Decided, Enforcer, envelope
+from ._envelope import jsonrpc_error, public_reason
+from ._mcp import Message, check_single_headers
+from ._metrics import ProxyMetrics
+from ._recorder import Record
+from ._results import ResultTap
+from ._tracing import RequestTrace, Tracing
+from ._upstream import UpstreamPool, UpstreamResponse
+from ._workflows import WorkflowTracker
+
+log = logging.getLogger("bastion.proxy")
+
+#: Never forwarded: hop-by-hop headers, the caller's own credentials, Bastion's headers
+#: (replaced by the values Bastion resolved).
+_DROP_REQUEST = frozenset(
+    {
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"authorization",
+        b"bastion-workflow-id",
+        b"bastion-node-id",
+    }
+)
+_DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
+_EXTENDED_CARD = "GetExtendedAgentCard"
+_CARD_PATHS = frozenset({"/.well-known/agent-card.json", "/.well-known/agent.json"})
+#: A card is a few kilobytes; a larger answer is not parsed.
+MAX_CARD_BYTES = 1 << 20
+_JSONRPC_MESSAGES = {
+    -32700: "Parse error",
+    -32600: "Invalid Request",
+    -32601: "Method not found",
+    -32602: "Invalid params",
+}
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_RESULT_NAMES = {value: name for name, value in graph_pb2.ResultOutcome.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class A2aAgent:
+    """One agent of bastion.yaml `agents:`: where it is, and the credentials Bastion
+    adds for it (the caller never sees them)."""
+
+    url: str
+    pool: UpstreamPool
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    scope: Scope
+    receive: Receive
+    send: Send
+    name: str
+    agent: A2aAgent
+    suffix: str  # the raw path after /a2a/{agent}: "", "/", "/message:send", …
+    headers: dict[bytes, bytes]
+    started: float
+    t0: float
+    trace: RequestTrace
+
+
+class A2aHttpAdapter:
+    def __init__(
+        self,
+        *,
+        tokens: TokenVerifier,
+        enforcer: Enforcer,
+        agents: Mapping[str, A2aAgent | UpstreamPool],
+        tracker: WorkflowTracker,
+        metrics: ProxyMetrics,
+        hosts: HostCheck,
+        budget: ValueBudget,
+        max_body: int,
+        body_timeout: float,
+        tracing: Tracing | None = None,
+    ) -> None:
+        self._tokens = tokens
+        self._enforcer = enforcer
+        self._agents = {name: _agent(value) for name, value in agents.items()}
+        self._tracker = tracker
+        self._metrics = metrics
+        self._hosts = hosts
+        self._budget = budget
+        self._max_body = max_body
+        self._body_timeout = body_timeout
+        self._tracing = tracing or Tracing()
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, rest_path: str) -> None:
+        """`rest_path` is the path after `/a2a/`: the agent's name and what follows it."""
+        name = rest_path.partition("/")[0]
+        trace = self._tracing.request(scope, name)
+        try:
+            await self._handle(scope, receive, trace.watch(send), name, trace)
+        finally:
+            trace.finish()
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, name: str, trace: RequestTrace) -> None:
+        started, t0 = time.time(), time.perf_counter()
+        raw_headers: Headers = scope["headers"]
+        http_method: str = scope["method"]
+        action = policy_pb2.Action(server=name, target_agent=name, method=f"http:{http_method}")
+
+        async def refuse(status: int, code: str, reason: str, principal: Principal | None = None) -> None:
+            await self._refuse(send, action, started, status, code, reason, principal, trace=trace)
+
+        agent = self._agents.get(name)
+        if agent is None:
+            await refuse(404, "bastion.unknown_agent", f"no A2A agent named {name[:100]!r} in bastion.yaml")
+            return
+        # The raw path, so the agent is sent exactly the bytes that were classified.
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        prefix = f"/a2a/{name}".encode()
+        if not raw_path.startswith(prefix):
+            await refuse(400, "bastion.protocol.invalid_request", "the agent name in the path must not be encoded")
+            return
+        if (refusal := self._hosts.refusal(raw_headers)) is not None:
+            await refuse(403, "bastion.host_not_allowed", refusal)
+            return
+        try:
+            check_single_headers(raw_headers)
+            _check_a2a_single_headers(raw_headers)
+        except ProtocolError as exc:
+            await refuse(exc.http_status, exc.code, str(exc))
+            return
+        headers = dict(raw_headers)
+        try:
+            principal = self._tokens.verify_header(_text(headers.get(b"authorization")))
+        except AuthError as exc:
+            await self._refuse(
+                send,
+                action,
+                started,
+                exc.http_status,
+                exc.code,
+                str(exc),
+                extra_headers=[(b"www-authenticate", b"Bearer")],
+                trace=trace,
+            )
+            return
+        suffix = raw_path[len(prefix) :].decode("latin-1")
+        request = _Request(scope, receive, send, name, agent, suffix, headers, started, t0, trace)
+        if suffix in ("", "/"):
+            if http_method == "POST":
+                await self._jsonrpc(request, action, principal)
+            else:
+                await refuse(405, "bastion.method_not_allowed", "the A2A JSON-RPC endpoint takes POST", principal)
+        elif suffix in _CARD_PATHS:
+            if http_method == "GET":
+                await self._card(request, action, principal)
+            else:
+                await refuse(405, "bastion.method_not_allowed", "the agent card is read with GET", principal)
+        elif http_method in ("GET", "POST", "DELETE"):
+            await self._rest(request, action, principal)
+        else:
+            await refuse(405, "bastion.method_not_allowed", f"{http_method} is not an A2A method", principal)
+
+    # --- JSON-RPC ----------------------------------------------------------------------
+
+    async def _jsonrpc(self, request: _Request, action: policy_pb2.Action, principal: Principal) -> None:
+        msg_id: Any = None
+        try:
+            body = await read_body(request.receive, request.headers, self._max_body, self._body_timeout)
+            msg_id, message = parse_jsonrpc(body)
+            call = classify_jsonrpc(msg_id, message, self._budget, body)
+            request.trace.message(Message(message, call.wire_method, msg_id, call.params))
+            action.method, action.kind, action.tool = call.wire_method, call.method.kind, call.method.name
+            caller = await self._caller(principal, request, call.params)
+        except (ProtocolError, StoreError) as exc:
+            # JSON-RPC errors travel in a 200 like the agent's own; transport-level ones
+            # (too large, too slow, store down) keep their HTTP status.
+            status = 200 if exc.http_status == 400 else exc.http_status
+            text = _JSONRPC_MESSAGES.get(exc.jsonrpc_code, exc.code)
+            payload = jsonrpc_error(msg_id, exc.jsonrpc_code, text, {"reason": str(exc)})
+            await self._refuse(
+                request.send,
+                action,
+                request.started,
+                status,
+                exc.code,
+                str(exc),
+                principal,
+                body=payload,
+                trace=request.trace,
+            )
+            return
+        decided = await self._decide(request, caller, call.wire_method, call.method, call.params, body)
+        if not decided.outcome.allowed:
+            payload = envelope(msg_id, call.wire_method, decided, request.started)
+            await send_bytes(request.send, 200, payload, JSON + _ids(decided.record))
+            return
+        path = request.agent.pool.path.encode()
+        await self._forward(
+            request,
+            decided.record,
+            b"POST",
+            path,
+            body,
+            msg_id,
+            streaming=call.method.streaming,
+            card_answer=call.method.name == _EXTENDED_CARD,
+        )
+
+    # --- HTTP+JSON ---------------------------------------------------------------------
+
+    async def _rest(self, request: _Request, action: policy_pb2.Action, principal: Principal) -> None:
+        http_method: str = request.scope["method"]
+        query: bytes = request.scope.get("query_string", b"")
+        try:
+            body = b""
+            if http_method == "POST":
+                body = await read_body(request.receive, request.headers, self._max_body, self._body_timeout)
+            call = classify_rest(http_method, request.suffix[1:], query, body, self._budget)
+            action.method, action.kind, action.tool = f"{http_method} /{call.route}", call.method.kind, call.method.name
+            caller = await self._caller(principal, request, call.arguments)
+        except (ProtocolError, StoreError) as exc:
+            status = 404 if exc.jsonrpc_code == -32601 else exc.http_status
+            await self._refuse(
+                request.send, action, request.started, status, exc.code, str(exc), principal, trace=request.trace
+            )
+            return
+        decided = await self._decide(request, caller, action.method, call.method, call.arguments, body)
+        if not decided.outcome.allowed:
+            data = orjson.loads(envelope(None, action.method, decided, request.started))["error"]["data"]
+            payload = rest_error(403, "POLICY_VIOLATION", f"POLICY_VIOLATION: {data['reason']}", data)
+            await send_bytes(request.send, 403, payload, JSON + _ids(decided.record))
+            return
+        path = request.agent.pool.path.rstrip("/").encode() + request.suffix.encode("latin-1")
+        path += b"?" + query if query else b""
+        await self._forward(
+            request,
+            decided.record,
+            http_method.encode(),
+            path,
+            body,
+            None,
+            streaming=call.method.streaming,
+            card_answer=call.method.name == _EXTENDED_CARD,
+        )
+
+    # --- the card ----------------------------------------------------------------------
+
+    async def _card(self, request: _Request, action: policy_pb2.Action, principal: Principal) -> None:
+        action.kind, action.method = policy_pb2.A2A_CARD, f"GET {request.suffix}"
+        try:
+            caller = await self._caller(principal, request, {})
+        except (ProtocolError, StoreError) as exc:
+            await self._refuse(
+                request.send,
+                action,
+                request.started,
+                exc.http_status,
+                exc.code,
+                str(exc),
+                principal,
+                trace=request.trace,
+            )
+            return
+        record = self._enforcer.record(caller, action, request.started, graph_pb2.OBSERVATION)
+        if not await self._observe_or_refuse(request.send, record):
+            return
+        agent = request.agent
+        path = agent.pool.path.rstrip("/").encode() + request.suffix.encode("latin-1")
+        # Identity encoding only: the card is parsed to be rewritten.
+        headers = self._upstream_headers(request, record, drop=frozenset({b"accept-encoding"}))
+        try:
+            response = await agent.pool.request(b"GET", path, headers, b"")
+            data = await _read_capped(response, agent.pool.timeout, MAX_CARD_BYTES)
+        except UpstreamError as exc:
+            await self._upstream_failed(request, record, exc, None)
+            return
+        out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE and k != b"content-length"]
+        if response.status == 200:
+            try:
+                card = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                card = None
+            if not isinstance(card, dict):
+                await self._upstream_failed(
+                    request, record, UpstreamError("the agent's card is not a JSON object"), None
+                )
+                return
+            data = orjson.dumps(rewrite_card(card, agent.url, _bastion_url(request)))
+        out.append((b"content-length", str(len(data)).encode()))
+        await send_bytes(request.send, response.status, data, out + _ids(record))
+
+    # --- shared stages -----------------------------------------------------------------
+
+    async def _caller(self, principal: Principal, request: _Request, arguments: dict[str, Any]) -> Caller:
+        header = request.headers.get(b"bastion-workflow-id")
+        workflow = await self._tracker.resolve(
+            header.decode("utf-8", "replace") if header else None, workflow_hint(arguments), None, principal
+        )
+        return Caller(principal, workflow, workflow, request.name)
+
+    async def _decide(
+        self, request: _Request, caller: Caller, wire: str, method: A2aMethod, arguments: dict[str, Any], body: bytes
+    ) -> Decided:
+        state = self._tracker.state(caller.principal, caller.workflow_id)
+        task = task_hint(arguments)
+        if isinstance(task, str) and task and not state.task:
+            self._enforcer.record_task(caller, state.set_task(task), request.started)
+        decided = await self._enforcer.enforce(
+            caller,
+            state,
+            wire,
+            (target(request.name, method, arguments),),
+            body=body,
+            started=request.started,
+        )
+        self._metrics.governance.observe(time.perf_counter() - request.t0)
+        request.trace.decided(decided)
+        return decided[0]
+
+    def _upstream_headers(self, request: _Request, record: Record, drop: frozenset[bytes] = frozenset()) -> Headers:
+        headers = [(k, v) for k, v in request.scope["headers"] if k not in _DROP_REQUEST and k not in drop]
+        headers += request.agent.headers
+        # Workflow propagation: the callee (or its framework) may name this workflow on
+        # its own calls through Bastion, and the sending node for the delegation edge.
+        headers += _ids(record)
+        return request.trace.upstream(headers, request.agent.pool, request.scope["method"], record)
+
+    async def _forward(
+        self,
+        request: _Request,
+        record: Record,
+        method: bytes,
+        path: bytes,
+        body: bytes,
+        msg_id: Any,
+        *,
+        streaming: bool,
+        card_answer: bool = False,
+    ) -> None:
+        """Send the request to the agent and relay its answer as it comes; journal how
+        it ended (DESIGN §3 result event)."""
+        pool = request.agent.pool
+        headers = self._upstream_headers(request, record)
+        # A task's event stream may stay quiet as long as the task works; a single
+        # answer is bounded like any upstream answer.
+        idle = None if streaming else pool.timeout
+        tap = ResultTap(msg_id)
+        t_up = time.perf_counter()
+        sse = False
+        response: UpstreamResponse | None = None
+        try:
+            response = await pool.request(method, path, headers, body)
+            tap.status = response.status
+            self._metrics.upstream.observe(time.perf_counter() - t_up)
+            out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + _ids(record)
+            if response.header(b"content-length") is not None:
+                data = await response.read(idle)
+                tap.feed(data)
+                if card_answer and response.status == 200:
+                    # The extended card names the agent's endpoints too: moved like the public one.
+                    data = _rewrite_card_answer(data, request)
+                    out = [(k, v) for k, v in out if k != b"content-length"]
+                    out.append((b"content-length", str(len(data)).encode()))
+                await send_bytes(request.send, response.status, data, out)
+                relayed = True
+            else:
+                sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+                relayed = await send_stream(
+                    request.send, request.receive, response.status, out, tap.watch(response.stream(idle))
+                )
+        except UpstreamError as exc:
+            streamed = response is not None and response.header(b"content-length") is None
+            await self._upstream_failed(request, record, exc, msg_id, answered=streamed)
+            outcome = graph_pb2.TIMEOUT if isinstance(exc, UpstreamTimeout) else graph_pb2.UPSTREAM_ERROR
+            self._record_result(request, record, tap.result(outcome, detail=self._reason(request, exc)))
+            return
+        outcome = graph_pb2.COMPLETED if relayed else graph_pb2.CLIENT_GONE
+        detail = "" if relayed else "the client went away before the answer was relayed"
+        self._record_result(request, record, tap.result(outcome, sse=sse, detail=detail))
+        self._metrics.total.observe(time.perf_counter() - request.t0)
+
+    async def _upstream_failed(
+        self, request: _Request, record: Record, exc: UpstreamError, msg_id: Any, *, answered: bool = False
+    ) -> None:
+        request.trace.upstream_failed(exc)
+        log.warning("A2A agent failed", extra={"fields": {"agent": request.name, "error": str(exc)}})
+        if answered:
+            return  # the stream had begun: it was ended, nothing more can be said
+        reason = self._reason(request, exc)
+        if request.suffix in ("", "/"):
+            payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": reason})
+        else:
+            payload = rest_error(exc.http_status, "UPSTREAM_UNAVAILABLE", reason, {})
+        await send_bytes(request.send, exc.http_status, payload, JSON + _ids(record))
+
+    @staticmethod
+    def _reason(request: _Request, exc: UpstreamError) -> str:
+        return f"agent {request.name!r}: {public_reason(str(exc))}"
+
+    def _record_result(self, request: _Request, record: Record, result: graph_pb2.ActionResult) -> None:
+        request.trace.result(result)
+        self._metrics.result(_RESULT_NAMES[result.outcome])
+        self._enforcer.record_results((record,), result)
+
+    async def _observe_or_refuse(self, send: Send, record: Record) -> bool:
+        try:
+            self._enforcer.observe(record)
+        except JournalError as exc:
+            log.error("journal append failed; refusing", extra={"fields": {"error": str(exc)}})
+            await send_bytes(send, 503, rest_error(503, "JOURNAL_UNAVAILABLE", str(exc), {}), JSON)
+            return False
+        return True
+
+    async def _refuse(
+        self,
+        send: Send,
+        action: policy_pb2.Action,
+        started: float,
+        status: int,
+        code: str,
+        reason: str,
+        principal: Principal | None = None,
+        *,
+        extra_headers: Headers | None = None,
+        body: bytes | None = None,
+        trace: RequestTrace,
+    ) -> None:
+        """Answer a request refused before any decision, and journal the refusal."""
+        trace.refused(code, principal.subject if principal is not None else "")
+        violation_id = self._enforcer.refuse(action, started, code, reason, principal)
+        if body is None:
+            body = rest_error(status, code, reason, {"violation_id": violation_id} if violation_id else {})
+        await send_bytes(send, status, body, JSON + (extra_headers or []))
+
+
+def rest_error(status: int, reason: str, message: str, metadata: Mapping[str, Any]) -> bytes:
+    """The A2A HTTP+JSON error body (google.rpc.Status with one ErrorInfo); metadata
+    values become strings, as ErrorInfo's map<string, string> requires."""
+    info = {
+        "@type": _ERROR_INFO,
+        "reason": reason,
+        "domain": "bastion.dev",
+        "metadata": {key: _string(value) for key, value in metadata.items()},
+    }
+    error = {"code": status, "status": _STATUS_NAMES.get(status, "INTERNAL"), "message": message, "details": [info]}
+    return orjson.dumps({"error": error})
+
+
+def _string(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+#: Headers whose second copy could be read differently by Bastion and the agent.
+_A2A_SINGLE = frozenset({b"a2a-version"})
+
+
+def _check_a2a_single_headers(headers: Headers) -> None:
+    seen = [name for name, _ in headers if name in _A2A_SINGLE]
+    if len(seen) != len(set(seen)):
+        raise InvalidRequest("header 'a2a-version' was sent more than once; send it once")
+
+
+async def _read_capped(response: UpstreamResponse, idle: float, limit: int) -> bytes:
+    parts, size = [], 0
+    async for chunk in response.stream(idle):
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(f"the agent's card is larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _agent(value: A2aAgent | UpstreamPool) -> A2aAgent:
+    if isinstance(value, A2aAgent):
+        return value
+    return A2aAgent(url=f"http://{value.authority.decode('latin-1')}{value.path}", pool=value)
+
+
+def _bastion_url(request: _Request) -> str:
+    host = request.headers.get(b"host", b"").decode("latin-1")
+    return f"{request.scope.get('scheme', 'http')}://{host}/a2a/{request.name}"
+
+
+def _rewrite_card_answer(data: bytes, request: _Request) -> bytes:
+    """A GetExtendedAgentCard answer with its card rewritten: the JSON-RPC `result`, or
+    the HTTP+JSON body. An answer that holds no card object is passed as it came."""
+    try:
+        answer = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+    if not isinstance(answer, dict):
+        return data
+    jsonrpc = request.suffix in ("", "/")
+    card = answer.get("result") if jsonrpc else answer
+    if not isinstance(card, dict):
+        return data
+    moved = rewrite_card(card, request.agent.url, _bastion_url(request))
+    return orjson.dumps({**answer, "result": moved} if jsonrpc else moved)
+
+
+def _ids(record: Record) -> Headers:
+    return [(b"bastion-workflow-id", record.workflow_id.encode()), (b"bastion-node-id", record.node_id.encode())]
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
