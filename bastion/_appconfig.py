@@ -7,6 +7,7 @@ are resolved against the file's directory.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ class AgentConfig(_Frozen):
 
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    #: The JWT subject this agent uses on its own calls through Bastion: when set, only it
+    #: may act under a delegation issued for a message to this agent.
+    subject: str | None = None
 
     @model_validator(mode="after")
     def _http(self) -> AgentConfig:
@@ -149,6 +153,10 @@ def load_app_config(path: Path) -> AppConfig:
             else key
             for key in keys
         ]
+    for section in ("servers", "agents"):
+        entries = raw.get(section)
+        if isinstance(entries, dict):
+            raw[section] = {name: _expand_headers(path, f"{section}.{name}", entry) for name, entry in entries.items()}
     servers = raw.get("servers")
     if isinstance(servers, dict):
         raw["servers"] = {
@@ -161,6 +169,27 @@ def load_app_config(path: Path) -> AppConfig:
         return AppConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"config file {path}: {_describe(exc)}") from exc
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_headers(path: Path, where: str, entry: object) -> object:
+    """`${VAR}` in header values from the environment: credentials Bastion adds for an
+    upstream stay out of the file (and are never shown to the caller)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("headers"), dict):
+        return entry
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"config file {path}: {where}.headers needs ${{{name}}}, which is not set")
+        return os.environ[name]
+
+    headers = {
+        key: _ENV_REF.sub(value, item) if isinstance(item, str) else item for key, item in entry["headers"].items()
+    }
+    return {**entry, "headers": headers}
 
 
 def _resolve(base: Path, value: object) -> object:

@@ -130,6 +130,14 @@ class SessionForeign(ProtocolError):
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class DelegationRefused(ProtocolError):
+    """A `Bastion-Delegation` header that is forged, expired, another tenant's or another agent's."""
+
+    code = "bastion.delegation.refused"
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class HeaderMismatch(ProtocolError):
     code = "bastion.protocol.header_mismatch"
     jsonrpc_code = -32020

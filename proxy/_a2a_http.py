@@ -48,6 +48,7 @@ from ._a2a_card import rewrite_card
 from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
 from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_stream
 from ._budget import ValueBudget
+from ._delegation import HEADER as DELEGATION
 from ._enforcer import Caller, Decided, Enforcer, envelope
 from ._envelope import jsonrpc_error, public_reason
 from ._mcp import Message, check_single_headers
@@ -77,6 +78,8 @@ _DROP_REQUEST = frozenset(
         b"authorization",
         b"bastion-workflow-id",
         b"bastion-node-id",
+        # Only Bastion issues delegations: one a client sends is not passed on.
+        b"bastion-delegation",
     }
 )
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
@@ -358,6 +361,10 @@ class A2aHttpAdapter:
 
     async def _caller(self, principal: Principal, request: _Request, arguments: dict[str, Any]) -> Caller:
         header = request.headers.get(b"bastion-workflow-id")
+        named = header.decode("utf-8", "replace") if header else None
+        delegation = self._tracker.delegation(request.headers.get(DELEGATION), principal, named)
+        if delegation is not None:  # an agent delegating further, in the workflow it works for
+            return Caller(principal, delegation.workflow_id, delegation.workflow_id, request.name, delegation)
         workflow = await self._tracker.resolve(
             header.decode("utf-8", "replace") if header else None, workflow_hint(arguments), None, principal
         )
@@ -386,8 +393,19 @@ class A2aHttpAdapter:
         headers = [(k, v) for k, v in request.scope["headers"] if k not in _DROP_REQUEST and k not in drop]
         headers += request.agent.headers
         # Workflow propagation: the callee (or its framework) may name this workflow on
-        # its own calls through Bastion, and the sending node for the delegation edge.
+        # its own calls through Bastion, and the sending node for the delegation edge;
+        # the signed delegation lets it join this workflow (`_delegation.py`).
         headers += _ids(record)
+        delegations = self._tracker.delegations
+        if delegations is not None and record.action.kind == policy_pb2.A2A_SEND:
+            token = delegations.issue(
+                tenant=record.tenant,
+                delegator=record.agent_id,
+                workflow_id=record.workflow_id,
+                node_id=record.node_id,
+                agent=request.name,
+            )
+            headers.append((DELEGATION, token))
         return request.trace.upstream(headers, request.agent.pool, request.scope["method"], record)
 
     async def _forward(

@@ -27,6 +27,7 @@ from bastion._errors import JournalError
 from bastion._identity import Principal
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
+from ._delegation import Delegation
 from ._envelope import block_envelope
 from ._methods import Target
 from ._metrics import ProxyMetrics
@@ -49,6 +50,8 @@ class Caller:
     workflow_id: str
     session_id: str
     server: str
+    #: The delegation the caller acts under (`_delegation.py`), if any.
+    delegation: Delegation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,9 @@ class Enforcer:
         if target.arguments:
             action.arguments.update(target.arguments)
         record = self.record(caller, action, started, graph_pb2.ACTION, body, parents)
+        if caller.delegation is not None:
+            reason = f"delegated by {caller.delegation.delegator!r} to A2A agent {caller.delegation.agent!r}"
+            record.edges = ((caller.delegation.node_id, graph_pb2.DELEGATED_TO, reason),)
         ctx = _context(caller, state.task, record.node_id)
         return Pending(caller, record, ctx, tuple(state.history), len(body))
 

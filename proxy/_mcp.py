@@ -82,6 +82,7 @@ _SINGLE_VALUED = frozenset(
         b"mcp-method",
         b"mcp-name",
         b"bastion-workflow-id",
+        b"bastion-delegation",
         b"last-event-id",
         b"content-type",
     }

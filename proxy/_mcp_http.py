@@ -26,6 +26,7 @@ from bastion.v1 import graph_pb2, policy_pb2
 from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_stream
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
+from ._delegation import HEADER as DELEGATION
 from ._enforcer import Caller, Enforcer, envelope
 from ._envelope import jsonrpc_error, public_reason
 from ._listing import LIST_SHAPES, filter_listing
@@ -64,6 +65,8 @@ _DROP_REQUEST = frozenset(
         b"content-length",
         b"authorization",
         b"bastion-workflow-id",
+        # A delegation is for the agent it was issued to, not for whoever is behind it.
+        b"bastion-delegation",
     }
 )
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
@@ -295,6 +298,11 @@ class McpHttpAdapter:
         if session:
             check_id("Mcp-Session-Id", session)
             self._sessions.check(session, principal)
+        named = _opt(headers.get(b"bastion-workflow-id"))
+        delegation = self._tracker.delegation(headers.get(DELEGATION), principal, named)
+        if delegation is not None:
+            # Work done for another agent's A2A message: in that workflow, linked to it.
+            return Caller(principal, delegation.workflow_id, session or delegation.workflow_id, server, delegation)
         workflow = await self._tracker.resolve(
             _opt(headers.get(b"bastion-workflow-id")),
             message.meta.get(WORKFLOW_META_KEY) if message is not None else None,

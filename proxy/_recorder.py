@@ -114,6 +114,8 @@ class Record:
     node_id: str = field(default_factory=new_id)
     node_type: int = graph_pb2.ACTION
     parent_ids: tuple[str, ...] = ()
+    #: Edges beyond CAUSED_BY: (target node, EdgeType, reason).
+    edges: tuple[tuple[str, int, str], ...] = ()
 
 
 class Recorder:
@@ -149,6 +151,10 @@ class Recorder:
             workflow_id=record.workflow_id,
             node_id=record.node_id,
             parent_ids=record.parent_ids,
+            edges=[
+                graph_pb2.EdgeHint(target_node_id=target, type=kind, reason=reason)  # type: ignore[arg-type]
+                for target, kind, reason in record.edges
+            ],
             node_type=record.node_type,  # type: ignore[arg-type]
             agent_id=record.agent_id,
             decision=decision,

@@ -24,6 +24,7 @@ from ._app import ProxyApp
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
 from ._config import ProxySettings
+from ._delegation import Delegations
 from ._enforcer import DecisionStage, Enforcer
 from ._journal import Journal
 from ._mcp_aggregate import AggregatedMcpAdapter
@@ -48,7 +49,8 @@ async def serve(
 ) -> None:
     home = settings.home.resolve()
     secret = settings.service_token.get_secret_value() if settings.service_token else None
-    metadata = auth_metadata(ensure_service_token(home, secret))
+    service_token = ensure_service_token(home, secret)
+    metadata = auth_metadata(service_token)
     tokens = TokenVerifier(app.auth, load_public_keys(app.auth, home))
     journal_dir = settings.journal_dir.resolve() if settings.journal_dir is not None else home / "journal"
     journal = Journal.open(
@@ -127,7 +129,10 @@ async def serve(
         max_string_bytes=settings.max_argument_string_bytes,
     )
     # One tracker for both protocols: a workflow's history and owner are the same whichever one acts.
-    tracker = WorkflowTracker(settings.history_len, owners)
+    delegations = Delegations(
+        service_token, subjects={name: agent.subject for name, agent in app.agents.items() if agent.subject}
+    )
+    tracker = WorkflowTracker(settings.history_len, owners, delegations=delegations)
     hosts = HostCheck(app.allowed_hosts, parse_addr(settings.proxy_addr)[0])
     adapter_parts: dict[str, Any] = {
         "tokens": tokens,

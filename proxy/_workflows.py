@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import uuid6
 
-from bastion._errors import InvalidRequest
+from bastion._errors import DelegationRefused, InvalidRequest
 from bastion._identity import Principal
 from bastion.v1 import verifier_pb2
 
+from ._delegation import Delegation, Delegations
 from ._lru import Lru
 from ._mcp import WORKFLOW_META_KEY
 from ._owners import MAX_WORKFLOW_ID, WorkflowOwners, is_safe_id, owner_key
@@ -91,9 +92,17 @@ def new_id() -> str:
 
 
 class WorkflowTracker:
-    def __init__(self, history_len: int, owners: WorkflowOwners, capacity: int = 10_000) -> None:
+    def __init__(
+        self,
+        history_len: int,
+        owners: WorkflowOwners,
+        capacity: int = 10_000,
+        delegations: Delegations | None = None,
+    ) -> None:
         self._history_len = history_len
         self._owners = owners
+        #: Issues and checks `Bastion-Delegation` (None: delegations are refused).
+        self.delegations = delegations
         self._workflows: Lru[tuple[str, str], WorkflowState] = Lru(capacity)
         self._rolling: Lru[str, tuple[str, float]] = Lru(capacity)
 
@@ -122,6 +131,20 @@ class WorkflowTracker:
             self._rolling.put(owner, (current[0], now))
             workflow = current[0]
         return await self._owners.effective(workflow, principal)
+
+    def delegation(self, token: bytes | None, principal: Principal, named: str | None) -> Delegation | None:
+        """The delegation a request carries, checked; its workflow must be the one the
+        request names, if it names one. DelegationRefused otherwise."""
+        if not token:
+            return None
+        if self.delegations is None:
+            raise DelegationRefused("this proxy does not accept Bastion-Delegation")
+        delegation = self.delegations.verify(token, principal)
+        if named and named != delegation.workflow_id:
+            raise DelegationRefused(
+                f"Bastion-Workflow-Id {named!r} is not the workflow of the Bastion-Delegation; send one of them"
+            )
+        return delegation
 
     def state(self, principal: Principal, workflow_id: str) -> WorkflowState:
         key = (owner_key(principal), workflow_id)

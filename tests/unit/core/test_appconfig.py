@@ -33,6 +33,33 @@ def test_reserved_or_ambiguous_server_names_are_rejected(tmp_path: Path, name: s
         load_app_config(_write(tmp_path, f"servers:\n  '{name}': {{url: 'http://127.0.0.1:1/mcp'}}\n"))
 
 
+@pytest.mark.parametrize("name", ["tools", "tasks", "a__b", "a/b", "a b", "caf\u00e9", "\uff41"])
+def test_reserved_or_ambiguous_agent_names_are_rejected(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="agent name"):
+        load_app_config(_write(tmp_path, f"agents:\n  '{name}': {{url: 'http://127.0.0.1:1'}}\n"))
+
+
+def test_stdio_servers_take_a_command_env_and_a_cwd_relative_to_the_file(tmp_path: Path) -> None:
+    config = load_app_config(_write(tmp_path, "servers:\n  files: {command: [npx, server], env: {A: b}, cwd: work}\n"))
+    files = config.servers["files"]
+    assert (files.command, files.env, files.cwd) == (("npx", "server"), {"A": "b"}, tmp_path / "work")
+    with pytest.raises(ConfigError, match="must name a program"):
+        load_app_config(_write(tmp_path, "servers:\n  files: {command: []}\n"))
+    with pytest.raises(ConfigError, match="for stdio servers"):
+        load_app_config(_write(tmp_path, "servers:\n  web: {url: 'http://x/mcp', env: {A: b}}\n"))
+
+
+def test_credentials_in_headers_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BILLING_KEY", "s3cret")
+    text = "agents:\n  billing: {url: 'http://127.0.0.1:1', headers: {Authorization: 'Bearer ${BILLING_KEY}'}}\n"
+    assert load_app_config(_write(tmp_path, text)).agents["billing"].headers == {"Authorization": "Bearer s3cret"}
+    monkeypatch.delenv("BILLING_KEY")
+    with pytest.raises(ConfigError, match=r"agents\.billing\.headers needs \$\{BILLING_KEY\}"):
+        load_app_config(_write(tmp_path, text))
+    with pytest.raises(ConfigError, match="http://"):
+        load_app_config(_write(tmp_path, "agents:\n  billing: {url: 'ftp://x'}\n"))
+
+
 def test_server_needs_exactly_one_transport(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="exactly one"):
         load_app_config(_write(tmp_path, "servers:\n  demo: {}\n"))
