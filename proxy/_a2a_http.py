@@ -45,6 +45,7 @@ from bastion._identity import Principal, TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2
 
 from ._a2a_card import rewrite_card
+from ._a2a_compat import AGENT_HEADER, translate
 from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
 from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_stream
 from ._budget import ValueBudget
@@ -161,6 +162,9 @@ class A2aHttpAdapter:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, rest_path: str) -> None:
         """`rest_path` is the path after `/a2a/`: the agent's name and what follows it."""
+        if rest_path == "tasks/send":
+            await self._compat(scope, receive, send)
+            return
         name = rest_path.partition("/")[0]
         trace = self._tracing.request(scope, name)
         try:
@@ -227,6 +231,50 @@ class A2aHttpAdapter:
             await self._rest(request, action, principal)
         else:
             await refuse(405, "bastion.method_not_allowed", f"{http_method} is not an A2A method", principal)
+
+    async def _compat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`POST /a2a/tasks/send` (`_a2a_compat.py`): translated, then served as `/a2a/{agent}`."""
+        trace = self._tracing.request(scope, "tasks")
+        started = time.time()
+        action = policy_pb2.Action(method="tasks/send")
+        headers = dict(scope["headers"])
+        principal: Principal | None = None
+        if scope["method"] != "POST":
+            await self._refuse(send, action, started, 405, "bastion.method_not_allowed", "POST only", trace=trace)
+            trace.finish()
+            return
+        try:
+            # Who asks is checked before the body is looked at, as on every route.
+            principal = self._tokens.verify_header(_text(headers.get(b"authorization")))
+            body = await read_body(receive, headers, self._max_body, self._body_timeout)
+            named = headers.get(AGENT_HEADER)
+            agent, translated = translate(body, named.decode("utf-8", "replace") if named is not None else None)
+        except AuthError as exc:
+            await self._refuse(send, action, started, exc.http_status, exc.code, str(exc), trace=trace)
+            trace.finish()
+            return
+        except ProtocolError as exc:
+            payload = jsonrpc_error(None, exc.jsonrpc_code, exc.code, {"reason": str(exc)})
+            await self._refuse(
+                send, action, started, exc.http_status, exc.code, str(exc), principal, body=payload, trace=trace
+            )
+            trace.finish()
+            return
+        trace.finish()
+        path = f"/a2a/{agent}"
+        out_headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"a2a-version")]
+        out_headers += [(b"content-length", str(len(translated)).encode()), (b"a2a-version", b"0.3")]
+        inner = {**scope, "path": path, "raw_path": path.encode(), "headers": out_headers}
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": translated, "more_body": False}
+            return dict(await receive())
+
+        await self.handle(inner, replay, send, agent)
 
     # --- JSON-RPC ----------------------------------------------------------------------
 
