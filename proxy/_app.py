@@ -31,6 +31,7 @@ class ProxyApp:
         metrics: ProxyMetrics,
         tools: Handler | None = None,
         aggregated: Handler,
+        tools_call: Handler | None = None,
         a2a: PrefixHandler | None = None,
     ) -> None:
         self._metrics = metrics
@@ -41,6 +42,8 @@ class ProxyApp:
             "/metrics": self._metrics_page,
             "/mcp": aggregated,
         }
+        if tools_call is not None:  # the seed's simple endpoint (so `tools` is no server name)
+            self._exact["/mcp/tools/call"] = tools_call
         if tools is not None:  # GET /v1/tools (proxy/_tools_api.py): operators only, off the hot path
             self._exact["/v1/tools"] = tools
         # One segment after the prefix: `/mcp/{server}`; `/mcp/a/b` is not a route.

@@ -19,19 +19,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bastion._errors import InvalidParams, UnknownTool
+from bastion._errors import InvalidParams, MethodNotAllowed, UnknownTool
 from bastion._identity import Principal
-from bastion.v1 import graph_pb2
+from bastion.v1 import graph_pb2, policy_pb2
 
 from ._aggregate import FanOut, Route, split_name
-from ._asgi import Receive, Scope, Send
+from ._asgi import Receive, Scope, Send, send_json
 from ._enforcer import Caller
 from ._mcp import Message
-from ._mcp_http import McpHttpAdapter, _ids, _Request
+from ._mcp_http import McpHttpAdapter, _ids, _Request, http_error
 from ._methods import Target
 from ._recorder import Record
 from ._results import ResultTap
 from ._session_host import Backend, HostedSession, SessionHost
+from ._workflows import check_id
 
 
 class AggregatedMcpAdapter(McpHttpAdapter):
@@ -47,6 +48,12 @@ class AggregatedMcpAdapter(McpHttpAdapter):
 
     async def handle_aggregated(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.handle(scope, receive, send, "")
+
+    async def handle_tools_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`POST /mcp/tools/call`, the seed's simple endpoint: one `tools/call` with a
+        `server__tool` name, served as one stateless request of the aggregated endpoint
+        (the 2026-07 `_meta` is filled in when the client leaves it out)."""
+        await self.handle({**scope, _COMPAT: True}, receive, send, "")
 
     async def close(self) -> None:
         await self._host.close()
@@ -67,6 +74,8 @@ class AggregatedMcpAdapter(McpHttpAdapter):
     ) -> tuple[tuple[Target, ...], str]:
         route = Route()
         request.notes["route"] = route
+        if request.scope.get(_COMPAT) and message.method != "tools/call":
+            raise MethodNotAllowed(f"/mcp/tools/call takes tools/call only, not {message.method!r}; use /mcp")
         if not targets:
             if message.method == "resources/unsubscribe":
                 route.server = await self._server_of(request, _uri(message.params))
@@ -77,6 +86,12 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             raise InvalidParams("one message may act on one upstream only; send one per upstream")
         route.server = servers.pop()
         route.params = _upstream_params(message, resolved[0][1])
+        if request.scope.get(_COMPAT) and route.params is not None:
+            meta = route.params.get("_meta")
+            meta = dict(meta) if isinstance(meta, dict) else {}
+            meta.setdefault(_VERSION_KEY, _STATELESS)
+            meta.setdefault(_CAPABILITIES_KEY, {})
+            route.params = {**route.params, "_meta": meta}
         return tuple(target for _, target in resolved), route.server
 
     async def _target(self, request: _Request, target: Target) -> tuple[str, Target]:
@@ -100,8 +115,20 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             )
         return server, own
 
+    async def _post(self, request: _Request, action: policy_pb2.Action, principal: Principal) -> None:
+        # `_resolve` runs before the base class checks who owns the session, and a URI is
+        # looked up in the session: `_server_of` needs the principal to check that first.
+        request.notes["principal"] = principal
+        await super()._post(request, action, principal)
+
     async def _server_of(self, request: _Request, uri: str) -> str:
-        session = self._host.session(request.headers.get(b"mcp-session-id", b"").decode("latin-1"))
+        session_id = request.headers.get(b"mcp-session-id", b"").decode("latin-1")
+        if session_id:
+            # Before anything is looked up in it: another principal's session must neither
+            # tell which URIs its upstreams offer (400 vs 403) nor be made to list them.
+            check_id("Mcp-Session-Id", session_id)
+            self._sessions.check(session_id, request.notes["principal"])
+        session = self._host.session(session_id)
         backend = session.backend if session is not None else None
         if not isinstance(backend, FanOut):
             raise InvalidParams(f"resource {uri!r}: no session of the aggregated endpoint to look it up in")
@@ -121,7 +148,9 @@ class AggregatedMcpAdapter(McpHttpAdapter):
         targets: tuple[Target, ...] = (),
     ) -> None:
         if message is None:  # the session's GET stream, or its end
-            if request.scope["method"] == "GET":
+            if request.scope.get(_COMPAT):
+                await send_json(request.send, 405, http_error("bastion.method_not_allowed", "POST a tools/call"))
+            elif request.scope["method"] == "GET":
                 await self._host.get(request.receive, request.send, request.headers)
             else:
                 await self._host.delete(request.send, request.headers.get(b"mcp-session-id", b"").decode("latin-1"))
@@ -154,6 +183,13 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             outcome, detail = route.failure or (graph_pb2.COMPLETED, "")
             result = tap.result(outcome, detail=detail)
         self._record_results(request, records, result)
+
+
+#: Marks a request of `/mcp/tools/call` in its ASGI scope.
+_COMPAT = "bastion.tools_call"
+_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+_STATELESS = "2026-07-28"
 
 
 def _uri(params: dict[str, Any]) -> str:

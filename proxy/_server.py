@@ -176,7 +176,12 @@ async def serve(
     )
     tools = ToolsApi(tokens=tokens, catalogs=catalogs, hosts=hosts)
     proxy = ProxyApp(
-        mcp=mcp, metrics=metrics, tools=tools.handle, a2a=a2a.handle, aggregated=aggregated.handle_aggregated
+        mcp=mcp,
+        metrics=metrics,
+        tools=tools.handle,
+        a2a=a2a.handle,
+        aggregated=aggregated.handle_aggregated,
+        tools_call=aggregated.handle_tools_call,
     )
     web = await start_web_server(proxy, settings.proxy_addr)
     try:

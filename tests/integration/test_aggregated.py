@@ -237,3 +237,22 @@ async def test_a_governed_call_on_the_aggregated_endpoint_gets_a_result_event(st
     assert node["action"]["server"] == "conf"
     assert node["action"]["tool"] == "test_simple_text"
     assert node["result"]["outcome"] == "COMPLETED"
+
+
+async def test_the_simple_tools_call_endpoint_is_one_governed_stateless_call(stack: Aggregated) -> None:
+    hdrs = {"Authorization": f"Bearer {stack.client.token('agent-simple')}", "Accept": "application/json"}
+
+    def call(name: str, method: str = "tools/call") -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": 1, "method": method, "params": {"name": name, "arguments": {"a": 4, "b": 5}}}
+
+    async with httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
+        added = await http.post("/mcp/tools/call", json=call("demo__add"), headers=hdrs)
+        denied = await http.post("/mcp/tools/call", json=call("demo__delete_file"), headers=hdrs)
+        listed = await http.post("/mcp/tools/call", json=call("x", "tools/list"), headers=hdrs)
+        get = await http.get("/mcp/tools/call", headers=hdrs)
+    assert added.json()["result"]["structuredContent"] == {"result": 9}, added.text
+    assert added.headers["bastion-node-id"]
+    assert denied.json()["error"]["code"] == -32003
+    assert listed.json()["error"]["code"] == -32601
+    assert get.status_code == 405
+    assert stack.executed() == []
