@@ -138,6 +138,14 @@ class DelegationRefused(ProtocolError):
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class TaskForeign(ProtocolError):
+    """An A2A call naming a task another principal created through Bastion."""
+
+    code = "bastion.a2a.task_foreign"
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class HeaderMismatch(ProtocolError):
     code = "bastion.protocol.header_mismatch"
     jsonrpc_code = -32020

@@ -37,6 +37,7 @@ from bastion._errors import (
     JournalError,
     ProtocolError,
     StoreError,
+    TaskForeign,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -47,6 +48,7 @@ from bastion.v1 import graph_pb2, policy_pb2
 from ._a2a_card import rewrite_card
 from ._a2a_compat import AGENT_HEADER, translate
 from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
+from ._a2a_tasks import TaskSniffer, named_task, store_key
 from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_stream
 from ._budget import ValueBudget
 from ._delegation import HEADER as DELEGATION
@@ -54,6 +56,7 @@ from ._enforcer import Caller, Decided, Enforcer, envelope
 from ._envelope import jsonrpc_error, public_reason
 from ._mcp import Message, check_single_headers
 from ._metrics import ProxyMetrics
+from ._owners import owner_key
 from ._recorder import Record
 from ._results import ResultTap
 from ._tracing import RequestTrace, Tracing
@@ -132,6 +135,7 @@ class _Request:
     started: float
     t0: float
     trace: RequestTrace
+    principal: Principal
 
 
 class A2aHttpAdapter:
@@ -216,7 +220,7 @@ class A2aHttpAdapter:
             )
             return
         suffix = raw_path[len(prefix) :].decode("latin-1")
-        request = _Request(scope, receive, send, name, agent, suffix, headers, started, t0, trace)
+        request = _Request(scope, receive, send, name, agent, suffix, headers, started, t0, trace, principal)
         if suffix in ("", "/"):
             if http_method == "POST":
                 await self._jsonrpc(request, action, principal)
@@ -287,6 +291,7 @@ class A2aHttpAdapter:
             request.trace.message(Message(message, call.wire_method, msg_id, call.params))
             action.method, action.kind, action.tool = call.wire_method, call.method.kind, call.method.name
             caller = await self._caller(principal, request, call.params)
+            await self._check_task(request, call.method, call.params)
         except (ProtocolError, StoreError) as exc:
             # JSON-RPC errors travel in a 200 like the agent's own; transport-level ones
             # (too large, too slow, store down) keep their HTTP status.
@@ -334,6 +339,7 @@ class A2aHttpAdapter:
             call = classify_rest(http_method, request.suffix[1:], query, body, self._budget)
             action.method, action.kind, action.tool = f"{http_method} /{call.route}", call.method.kind, call.method.name
             caller = await self._caller(principal, request, call.arguments)
+            await self._check_task(request, call.method, call.arguments)
         except (ProtocolError, StoreError) as exc:
             status = 404 if exc.jsonrpc_code == -32601 else exc.http_status
             await self._refuse(
@@ -407,6 +413,28 @@ class A2aHttpAdapter:
 
     # --- shared stages -----------------------------------------------------------------
 
+    async def _check_task(self, request: _Request, method: A2aMethod, arguments: dict[str, Any]) -> None:
+        """Another principal's task is not this caller's to read, cancel or redirect."""
+        task = named_task(method, arguments)
+        if task is None:
+            return
+        holder = await self._tracker.owners.holder(store_key(request.name, task))
+        if holder is not None and holder != owner_key(request.principal):
+            raise TaskForeign(f"task {task[:100]!r} of agent {request.name!r} was created by another principal")
+
+    def _task_sniffer(self, request: _Request, record: Record) -> TaskSniffer | None:
+        """For a send: claim the task its answer names for the sender."""
+        if record.action.kind != policy_pb2.A2A_SEND:
+            return None
+
+        async def claim(task: str) -> None:
+            try:
+                await self._tracker.owners.claim(store_key(request.name, task), request.principal)
+            except StoreError as exc:  # the answer is on its way; the task stays unowned
+                log.error("cannot record the owner of an A2A task", extra={"fields": {"error": str(exc)}})
+
+        return TaskSniffer(claim)
+
     async def _caller(self, principal: Principal, request: _Request, arguments: dict[str, Any]) -> Caller:
         header = request.headers.get(b"bastion-workflow-id")
         named = header.decode("utf-8", "replace") if header else None
@@ -476,6 +504,7 @@ class A2aHttpAdapter:
         # answer is bounded like any upstream answer.
         idle = None if streaming else pool.timeout
         tap = ResultTap(msg_id)
+        sniffer = self._task_sniffer(request, record)
         t_up = time.perf_counter()
         sse = False
         response: UpstreamResponse | None = None
@@ -487,6 +516,9 @@ class A2aHttpAdapter:
             if response.header(b"content-length") is not None:
                 data = await response.read(idle)
                 tap.feed(data)
+                if sniffer is not None and response.status == 200:
+                    await sniffer.feed(data, sse=False)
+                    await sniffer.end()
                 if card_answer and response.status == 200:
                     # The extended card names the agent's endpoints too: moved like the public one.
                     data = _rewrite_card_answer(data, request)
@@ -496,9 +528,10 @@ class A2aHttpAdapter:
                 relayed = True
             else:
                 sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
-                relayed = await send_stream(
-                    request.send, request.receive, response.status, out, tap.watch(response.stream(idle))
-                )
+                chunks = tap.watch(response.stream(idle))
+                if sniffer is not None and response.status == 200:
+                    chunks = sniffer.watch(chunks)
+                relayed = await send_stream(request.send, request.receive, response.status, out, chunks)
         except UpstreamError as exc:
             streamed = response is not None and response.header(b"content-length") is None
             await self._upstream_failed(request, record, exc, msg_id, answered=streamed)

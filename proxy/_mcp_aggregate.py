@@ -186,7 +186,7 @@ class AggregatedMcpAdapter(McpHttpAdapter):
 
 
 #: Marks a request of `/mcp/tools/call` in its ASGI scope.
-_COMPAT = "bastion.tools_call"
+_COMPAT = "bastion_tools_call"
 _VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 _CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 _STATELESS = "2026-07-28"

@@ -120,6 +120,33 @@ class WorkflowOwners:
             raise StoreError(f"workflow ownership store failed: {exc}") from exc
         return str(row[0])
 
+    async def claim(self, key: str, principal: Principal) -> bool:
+        """Claim `key` (an A2A task, …) for `principal` unless someone holds it; True when
+        `principal` holds it now."""
+        owner = owner_key(principal)
+        known = self._cache.get(key)
+        if known is None:
+            known = await asyncio.get_running_loop().run_in_executor(self._executor, self._claim, key, owner)
+            self._cache.put(key, known)
+        return known == owner
+
+    async def holder(self, key: str) -> str | None:
+        """Who holds `key` (an owner key), or None when nobody has claimed it."""
+        known = self._cache.get(key)
+        if known is not None:
+            return known
+        found = await asyncio.get_running_loop().run_in_executor(self._executor, self._lookup, key)
+        if found is not None:
+            self._cache.put(key, found)
+        return found
+
+    def _lookup(self, key: str) -> str | None:
+        try:
+            row = self._db.execute("SELECT owner FROM workflow_owners WHERE workflow_id = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"ownership store failed: {exc}") from exc
+        return str(row[0]) if row is not None else None
+
     def close(self) -> None:
         self._executor.submit(self._db.close).result()
         self._executor.shutdown()

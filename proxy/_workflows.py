@@ -132,6 +132,11 @@ class WorkflowTracker:
             workflow = current[0]
         return await self._owners.effective(workflow, principal)
 
+    @property
+    def owners(self) -> WorkflowOwners:
+        """The durable ownership store (workflows, and A2A tasks by `_a2a_tasks.store_key`)."""
+        return self._owners
+
     def delegation(self, token: bytes | None, principal: Principal, named: str | None) -> Delegation | None:
         """The delegation a request carries, checked; its workflow must be the one the
         request names, if it names one. DelegationRefused otherwise."""

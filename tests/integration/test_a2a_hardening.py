@@ -211,13 +211,13 @@ async def test_the_agent_sees_the_workflow_but_never_the_callers_credentials(sta
     assert headers["bastion-node-id"] == response.headers["bastion-node-id"]
 
 
-async def test_another_callers_task_id_is_journaled_with_the_reader(stack: A2aStack, agent: Agent) -> None:
+async def test_another_callers_task_id_is_refused_and_journaled_with_the_reader(stack: A2aStack, agent: Agent) -> None:
     headers = {"Bastion-Workflow-Id": "wf-alice", "A2A-Version": "1.0"}
     sent = await jsonrpc(stack, "echo", "alice", _rpc("SendMessage", _SEND), **headers)
     task_id = sent.json()["result"]["task"]["id"]
+    before = list(agent.methods())
     peek = await jsonrpc(stack, "echo", "mallory", _rpc("GetTask", {"id": task_id}), **{"Bastion-Workflow-Id": "wf-m"})
-    node_id = peek.headers["bastion-node-id"]
-    nodes = await stack.nodes("wf-m", 1)
-    [node] = [item for item in nodes if item["node_id"] == node_id]
-    assert node["agent_id"] == "mallory"
-    assert task_id in orjson.dumps(node).decode()
+    assert peek.status_code == 403
+    assert agent.methods() == before
+    refused = await stack.audited("bastion.rejected", 1, rule_id="bastion.a2a.task_foreign")
+    assert refused[0]["agent_id"] == "mallory"

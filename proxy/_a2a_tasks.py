@@ -1,0 +1,113 @@
+"""Who owns an A2A task: the principal whose message created it through Bastion.
+
+An agent's task ids are its own; any caller that learns one (from a log, a shared
+context, a guess) could read its history, cancel it or point its push notifications
+elsewhere, and the agent — which sees only Bastion — cannot tell callers apart. So the
+proxy notes the task id in the answer to each send (the first `task.id`, 0.3 `kind:
+"task"` id, or `taskId` of a message or update, within the answer's first 64 KiB, as it
+streams past) and claims it for the sender in the durable ownership store; a later
+GetTask, CancelTask, SubscribeToTask or push-config call naming that task from another
+principal is refused (403, `bastion.a2a.task_foreign`) before any decision. A task Bastion
+never saw created (made before Bastion sat in front of the agent, or by another route)
+has no owner here and is decided by policy alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from bastion.v1 import policy_pb2
+
+from ._a2a_methods import A2aMethod
+
+#: How much of an answer is searched for the task id.
+_SNIFF_BYTES = 64 * 1024
+_TASK_KINDS = frozenset({policy_pb2.A2A_GET, policy_pb2.A2A_CANCEL, policy_pb2.A2A_PUSH_CONFIG})
+
+
+def store_key(agent: str, task_id: str) -> str:
+    # "/" never occurs in a workflow id, so these keys share the ownership store safely.
+    return f"a2a-task/{agent}/{task_id}"
+
+
+def named_task(method: A2aMethod, arguments: dict[str, Any]) -> str | None:
+    """The task a read, cancel or push-config call acts on (None: it names none)."""
+    if method.kind not in _TASK_KINDS:
+        return None
+    value = arguments.get("taskId") if method.kind == policy_pb2.A2A_PUSH_CONFIG else None
+    if value is None:
+        value = arguments.get("id")
+    if value is None and isinstance(arguments.get("name"), str):
+        # 1.0 resource names: "tasks/{id}" or "tasks/{id}/pushNotificationConfigs/{cid}".
+        parts = arguments["name"].split("/")
+        value = parts[1] if len(parts) >= 2 and parts[0] == "tasks" else None
+    return value if isinstance(value, str) and value else None
+
+
+def task_in(message: Any) -> str | None:
+    """The task id an answer (a JSON-RPC response, an SSE event's data or a REST body) names."""
+    if not isinstance(message, dict):
+        return None
+    for candidate in (message.get("result"), message):
+        if not isinstance(candidate, dict):
+            continue
+        task = candidate.get("task")
+        if isinstance(task, dict) and isinstance(task.get("id"), str):
+            return str(task["id"])
+        if candidate.get("kind") == "task" and isinstance(candidate.get("id"), str):
+            return str(candidate["id"])
+        for key in ("message", "statusUpdate", "artifactUpdate"):
+            inner = candidate.get(key)
+            if isinstance(inner, dict) and isinstance(inner.get("taskId"), str):
+                return str(inner["taskId"])
+        if isinstance(candidate.get("taskId"), str):
+            return str(candidate["taskId"])
+    return None
+
+
+class TaskSniffer:
+    """Watches an answer go by and reports the first task id in it, once."""
+
+    def __init__(self, found: Callable[[str], Awaitable[None]]) -> None:
+        self._found = found
+        self._buffer = b""
+        self._done = False
+
+    async def feed(self, chunk: bytes, *, sse: bool) -> None:
+        if self._done:
+            return
+        self._buffer += chunk
+        if sse:
+            events = self._buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+            self._buffer = events.pop()
+            for event in events:
+                data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+                if data and await self._try(data):
+                    return
+        if len(self._buffer) > _SNIFF_BYTES:
+            self._done = True
+
+    async def end(self) -> None:
+        """A whole (non-streamed) answer has been fed."""
+        if not self._done and self._buffer:
+            await self._try(self._buffer)
+        self._done = True
+
+    async def _try(self, data: bytes) -> bool:
+        try:
+            task = task_in(orjson.loads(data))
+        except orjson.JSONDecodeError:
+            return False
+        if task is None:
+            return False
+        self._done = True
+        await self._found(task)
+        return True
+
+    async def watch(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            await self.feed(chunk, sse=True)
+            yield chunk

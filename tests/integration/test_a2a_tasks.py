@@ -1,0 +1,95 @@
+"""An A2A task belongs to the principal whose message created it through Bastion: another
+caller naming it (read, cancel, subscribe, push config; either binding) is refused before
+any decision and the agent never sees the request, even when policy would allow it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fixtures.a2a_agent import Agent, a2a_agent
+from fixtures.a2a_stack import A2aStack, a2a_stack
+
+POLICY = """\
+apiVersion: bastion.dev/v1
+kind: AgentPolicy
+metadata: {name: a2a-tasks, version: 1}
+spec:
+  default: deny
+  rules:
+    - id: everyone-everything
+      match: {agents: ["planner", "mallory"], a2a: ["echo__*"]}
+      effect: allow
+"""
+_A2A = {"Content-Type": "application/json", "A2A-Version": "1.0"}
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[A2aStack, Agent]]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    async with a2a_agent() as agent, a2a_stack(tmp_path, policy, {"echo": agent.url}) as stack:
+        yield stack, agent
+
+
+async def _rpc(stack: A2aStack, caller: str, method: str, params: dict[str, Any]) -> httpx.Response:
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30) as http:
+        return await http.post("/a2a/echo", content=body, headers={**stack.headers(caller), **_A2A})
+
+
+def _message(text: str) -> dict[str, Any]:
+    return {"message": {"role": "ROLE_USER", "messageId": f"m-{text}", "parts": [{"text": text}]}}
+
+
+async def test_another_principal_cannot_touch_a_task_it_did_not_create(running: tuple[A2aStack, Agent]) -> None:
+    stack, agent = running
+    sent = await _rpc(stack, "planner", "SendMessage", _message("hello"))
+    task_id = sent.json()["result"]["task"]["id"]
+    assert (await _rpc(stack, "planner", "GetTask", {"id": task_id})).json()["result"]["id"] == task_id
+    before = list(agent.methods())
+    attempts = {
+        "GetTask": await _rpc(stack, "mallory", "GetTask", {"id": task_id}),
+        "CancelTask": await _rpc(stack, "mallory", "CancelTask", {"id": task_id}),
+        "ListTaskPushNotificationConfigs": await _rpc(
+            stack, "mallory", "ListTaskPushNotificationConfigs", {"taskId": task_id}
+        ),
+        "0.3 tasks/get": await _rpc(stack, "mallory", "tasks/get", {"id": task_id}),
+    }
+    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30) as http:
+        rest = await http.get(f"/a2a/echo/tasks/{task_id}", headers={**stack.headers("mallory"), **_A2A})
+    for name, response in attempts.items():
+        assert response.status_code == 403, (name, response.text)
+        assert "created by another principal" in response.json()["error"]["data"]["reason"], name
+    assert rest.status_code == 403
+    assert agent.methods() == before  # none of them reached the agent
+    refused = await stack.audited("bastion.rejected", 5, rule_id="bastion.a2a.task_foreign")
+    assert {item["agent_id"] for item in refused} == {"mallory"}
+
+
+async def test_a_task_created_by_a_stream_is_claimed_as_it_streams(running: tuple[A2aStack, Agent]) -> None:
+    stack, _ = running
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "SendStreamingMessage", "params": _message("streamed")})
+    task_id = None
+    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30) as http:
+        headers = {**stack.headers("planner"), **_A2A, "Accept": "text/event-stream"}
+        async with http.stream("POST", "/a2a/echo", content=body, headers=headers) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:") and task_id is None:
+                    event = orjson.loads(line[5:])["result"]
+                    task_id = (event.get("task") or {}).get("id") or (event.get("statusUpdate") or {}).get("taskId")
+    assert task_id
+    assert (await _rpc(stack, "mallory", "GetTask", {"id": task_id})).status_code == 403
+    assert (await _rpc(stack, "planner", "GetTask", {"id": task_id})).status_code == 200
+
+
+async def test_a_task_bastion_never_saw_is_left_to_policy_and_the_agent(running: tuple[A2aStack, Agent]) -> None:
+    stack, agent = running
+    response = await _rpc(stack, "mallory", "GetTask", {"id": "never-created-here"})
+    assert response.status_code == 200
+    assert "error" in response.json()  # the agent's own "task not found"
+    assert agent.methods()[-1] == "GetTask"
