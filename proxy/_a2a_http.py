@@ -48,7 +48,7 @@ from bastion.v1 import graph_pb2, policy_pb2
 from ._a2a_card import rewrite_card
 from ._a2a_compat import AGENT_HEADER, translate
 from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
-from ._a2a_tasks import TaskSniffer, named_task, store_key
+from ._a2a_tasks import TaskSniffer, filter_tasks, named_task, store_key
 from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_stream
 from ._budget import ValueBudget
 from ._delegation import HEADER as DELEGATION
@@ -422,6 +422,16 @@ class A2aHttpAdapter:
         if holder is not None and holder != owner_key(request.principal):
             raise TaskForeign(f"task {task[:100]!r} of agent {request.name!r} was created by another principal")
 
+    async def _own_tasks(self, request: _Request, data: bytes) -> bytes:
+        """A ListTasks answer shows no task another principal created through Bastion."""
+        me = owner_key(request.principal)
+
+        async def visible(task: str) -> bool:
+            holder = await self._tracker.owners.holder(store_key(request.name, task))
+            return holder is None or holder == me
+
+        return await filter_tasks(data, visible)
+
     def _task_sniffer(self, request: _Request, record: Record) -> TaskSniffer | None:
         """For a send: claim the task its answer names for the sender."""
         if record.action.kind != policy_pb2.A2A_SEND:
@@ -519,6 +529,10 @@ class A2aHttpAdapter:
                 if sniffer is not None and response.status == 200:
                     await sniffer.feed(data, sse=False)
                     await sniffer.end()
+                if record.action.tool == "ListTasks" and response.status == 200:
+                    data = await self._own_tasks(request, data)
+                    out = [(k, v) for k, v in out if k != b"content-length"]
+                    out.append((b"content-length", str(len(data)).encode()))
                 if card_answer and response.status == 200:
                     # The extended card names the agent's endpoints too: moved like the public one.
                     data = _rewrite_card_answer(data, request)

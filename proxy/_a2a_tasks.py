@@ -111,3 +111,22 @@ class TaskSniffer:
         async for chunk in chunks:
             await self.feed(chunk, sse=True)
             yield chunk
+
+
+async def filter_tasks(data: bytes, visible: Callable[[str], Awaitable[bool]]) -> bytes:
+    """A ListTasks answer (JSON-RPC `result.tasks` or the REST body's `tasks`) without the
+    tasks `visible` refuses; the bytes unchanged when nothing is left out."""
+    try:
+        answer = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+    holder = answer.get("result") if isinstance(answer, dict) and "result" in answer else answer
+    tasks = holder.get("tasks") if isinstance(holder, dict) else None
+    if not isinstance(tasks, list):
+        return data
+    kept = [task for task in tasks if not isinstance(task, dict) or await visible(str(task.get("id", "")))]
+    if len(kept) == len(tasks):
+        return data
+    assert isinstance(holder, dict)
+    holder["tasks"] = kept
+    return orjson.dumps(answer)

@@ -93,3 +93,15 @@ async def test_a_task_bastion_never_saw_is_left_to_policy_and_the_agent(running:
     assert response.status_code == 200
     assert "error" in response.json()  # the agent's own "task not found"
     assert agent.methods()[-1] == "GetTask"
+
+
+async def test_list_tasks_shows_each_caller_only_its_own(running: tuple[A2aStack, Agent]) -> None:
+    stack, _ = running
+    mine = (await _rpc(stack, "planner", "SendMessage", _message("mine"))).json()["result"]["task"]["id"]
+    theirs = (await _rpc(stack, "mallory", "SendMessage", _message("theirs"))).json()["result"]["task"]["id"]
+    planner = {task["id"] for task in (await _rpc(stack, "planner", "ListTasks", {})).json()["result"]["tasks"]}
+    mallory = {task["id"] for task in (await _rpc(stack, "mallory", "ListTasks", {})).json()["result"]["tasks"]}
+    assert mine in planner
+    assert theirs not in planner
+    assert theirs in mallory
+    assert mine not in mallory
