@@ -22,6 +22,7 @@ import orjson
 
 from bastion._errors import UpstreamError
 
+from ._sse import sse_data
 from ._upstream import UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("bastion.proxy")
@@ -117,20 +118,10 @@ class Link:
                 elif response.status >= 400:
                     raise UpstreamError(f"upstream {self.server!r} answered HTTP {response.status}")
             return
-        buffer = b""
-        async for chunk in response.stream(self._pool.timeout):
-            buffer += chunk.replace(b"\r\n", b"\n")
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                data = []
-                for line in event.split(b"\n"):
-                    if line.startswith(b"data:"):
-                        data.append(line[5:].lstrip())
-                    elif line.startswith(b"id:") and track is not None:
-                        track(line[3:].strip())
-                message = _loads(b"\n".join(data)) if data else None
-                if message is not None:
-                    yield message
+        async for data in sse_data(response.stream(self._pool.timeout), track):
+            message = _loads(data)
+            if message is not None:
+                yield message
 
     async def _listen(self) -> None:
         with contextlib.suppress(UpstreamError):
@@ -154,15 +145,10 @@ class Link:
 
 async def _stream_messages(response: UpstreamResponse) -> AsyncIterator[dict[str, Any]]:
     """The messages of a long-lived SSE stream (no idle deadline)."""
-    buffer = b""
-    async for chunk in response.stream(None):
-        buffer += chunk.replace(b"\r\n", b"\n")
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
-            message = _loads(data) if data else None
-            if message is not None:
-                yield message
+    async for data in sse_data(response.stream(None)):
+        message = _loads(data)
+        if message is not None:
+            yield message
 
 
 def _loads(data: bytes) -> dict[str, Any] | None:

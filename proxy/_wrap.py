@@ -43,6 +43,7 @@ from bastion._rpc import check_health
 
 from ._config import ProxySettings
 from ._server import serve
+from ._sse import sse_data
 from ._upstream import UpstreamPool
 
 log = logging.getLogger("bastion.proxy")
@@ -69,7 +70,10 @@ class StdioFront:
     async def run(self, lines: asyncio.StreamReader) -> None:
         """Relay until the client closes stdin; then end the session."""
         try:
-            while line := await lines.readline():
+            while (line := await _read_line(lines)) != b"":
+                if line is None:
+                    await self._error(None, -32700, "Parse error: a line on stdin is over BASTION_MAX_BODY; dropped")
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -106,7 +110,7 @@ class StdioFront:
             if isinstance(message, dict) and message.get("method") == "initialize" and response.status == 200:
                 self._session = response.header(b"mcp-session-id")
             if (response.header(b"content-type") or b"").startswith(b"text/event-stream"):
-                async for data in _events(response.stream(None)):
+                async for data in sse_data(response.stream(None)):
                     self._learn_version(data)
                     await self._write(data)
                 return
@@ -148,7 +152,7 @@ class StdioFront:
             if response.status != 200:
                 response.release()
                 return
-            async for data in _events(response.stream(None)):
+            async for data in sse_data(response.stream(None)):
                 await self._write(data)
 
     async def _error(self, msg_id: Any, code: int, text: str) -> None:
@@ -165,16 +169,26 @@ class StdioFront:
         self._pool.close()
 
 
-async def _events(chunks: Any) -> Any:
-    """The data of each SSE event, as the chunks of a stream arrive."""
-    buffer = b""
-    async for chunk in chunks:
-        buffer += chunk.replace(b"\r\n", b"\n")
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
-            if data.strip():
-                yield data
+async def _read_line(reader: asyncio.StreamReader) -> bytes | None:
+    """The next line (b"" at the end of input); None for a line over the reader's limit,
+    skipped to its end. `readline()` raises on such a line, which ended the wrap: one
+    oversized message from the client took its server down with it."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial  # the last line, without a newline
+    except asyncio.LimitOverrunError as exc:
+        consumed = exc.consumed
+    # Drop the line a limit's worth at a time, so memory stays bounded however long it is.
+    while True:
+        await reader.readexactly(consumed)
+        try:
+            await reader.readuntil(b"\n")
+            return None
+        except asyncio.IncompleteReadError:
+            return None
+        except asyncio.LimitOverrunError as exc:
+            consumed = exc.consumed
 
 
 def _lock_journal(home: Path) -> tuple[Path, int]:
