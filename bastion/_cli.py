@@ -23,7 +23,7 @@ from ._settings import CommonSettings
 
 SERVICES = ("proxy", "policy", "verifier", "graph")
 #: `bastion bench SUITE`: eval/bench/<suite>_bench.py (the whole-stack bench arrives with its issue).
-BENCH_SUITES = ("policy", "tracing")
+BENCH_SUITES = ("policy", "tracing", "a2a")
 _TTL = re.compile(r"(\d+)([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -100,6 +100,8 @@ def _bench(suite: str, options: Sequence[str]) -> int:
     # Imported on demand: the suites pull in the whole stack and are not needed elsewhere.
     if suite == "policy":
         from bastion.eval.bench.policy_bench import main as policy_bench
+    elif suite == "a2a":
+        from bastion.eval.bench.a2a_bench import main as policy_bench
     else:
         from bastion.eval.bench.tracing_bench import main as policy_bench
     policy_bench(list(options))

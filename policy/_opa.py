@@ -7,7 +7,8 @@ Input document (`input` of every query; every key is always present)::
 
     {"action": {"kind": "TOOL_CALL",            # a bastion.v1.ActionKind name
                 "server": "demo",               # upstream key in bastion.yaml
-                "tool": "get_weather",          # bare names, without "server__"
+                "tool": "get_weather",          # bare names, without "server__"; for the
+                                                # A2A kinds, the A2A 1.0 method (SendMessage)
                 "resource": "", "prompt": "",
                 "method": "tools/call",         # the JSON-RPC method
                 "arguments": {...}},            # the call's arguments (JSON object)

@@ -20,3 +20,9 @@ async def timed_batch(pool: UpstreamPool, headers: list[tuple[bytes, bytes]], bo
         if b'"error"' in payload:
             raise SystemExit(f"request failed: {payload[:300]!r}")
     return samples
+
+
+def percentile_us(samples: list[float], q: float) -> float:
+    """The `q` quantile (nearest rank, no interpolation) of `samples` in seconds, in µs."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e6

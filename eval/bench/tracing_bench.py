@@ -20,7 +20,6 @@ Two measurements in one run:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
@@ -30,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from bastion._appconfig import AppConfig, ServerConfig
 from bastion._identity import ensure_dev_key, issue_token
 from bastion._logging import configure_logging
+from bastion.eval.bench._stack import serving as _serving
+from bastion.eval.bench._timing import percentile_us as _pct
 from bastion.eval.bench._timing import timed_batch as _batch
 from bastion.graph import GraphSettings
 from bastion.graph import serve as graph_serve
@@ -177,27 +178,6 @@ def _upstream(workdir: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-@contextlib.asynccontextmanager
-async def _serving(serve: Callable[..., Any], settings: Any, app: AppConfig) -> AsyncIterator[dict[str, str]]:
-    stop = asyncio.Event()
-    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(settings, app, ready.set_result, stop))
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if not ready.done():
-        task.result()
-        raise SystemExit("a service returned before it was ready")
-    try:
-        yield ready.result()
-    finally:
-        stop.set()
-        await task
-
-
-def _pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e6
 
 
 async def bench_e2e(calls: int, rounds: int) -> None:

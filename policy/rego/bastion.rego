@@ -10,11 +10,13 @@
 # Semantics, as policy/_engine.py documents them:
 #   * kinds TOOL_CALL/TOOL_LIST target a tool, RESOURCE_READ/RESOURCE_SUBSCRIBE/RESOURCE_LIST a
 #     resource, PROMPT_GET/PROMPT_LIST a prompt, COMPLETION the prompt if input.action.prompt is set, else the
-#     resource; every other kind is denied (fail closed), as is a missing agent, server or target;
-#   * the target is named "<server>__<target>"; a rule's tools/resources/prompts lists each
+#     resource, A2A_SEND/A2A_GET/A2A_CANCEL/A2A_PUSH_CONFIG an A2A operation (the A2A 1.0 method
+#     name, carried in input.action.tool; the server is the agent's key in bastion.yaml);
+#     every other kind is denied (fail closed), as is a missing agent, server or target;
+#   * the target is named "<server>__<target>"; a rule's tools/resources/prompts/a2a lists each
 #     select one family, a rule naming none of them covers every family; agents default to all;
 #   * globs: `*` any run (also empty), `?` exactly one character, everything else literal;
-#     agents and resources case-sensitive, tools and prompts case-insensitive;
+#     agents and resources case-sensitive, tools, prompts and A2A operations case-insensitive;
 #   * each policy's first matching rule is its decision and the strictest wins (deny-overrides);
 #     with no matching rule in any policy, rule_id "default",
 #     deny unless every policy says `default: allow`.
@@ -32,9 +34,17 @@ _family_by_kind := {
 	"COMPLETION": "",
 	"PROMPT_LIST": "prompt",
 	"RESOURCE_LIST": "resource",
+	"A2A_SEND": "a2a",
+	"A2A_GET": "a2a",
+	"A2A_CANCEL": "a2a",
+	"A2A_PUSH_CONFIG": "a2a",
 }
 
-_list_by_family := {"tool": "tools", "resource": "resources", "prompt": "prompts"}
+_list_by_family := {"tool": "tools", "resource": "resources", "prompt": "prompts", "a2a": "a2a"}
+
+# Which input.action field holds each family's target: the proxy carries the A2A method
+# name in `tool` (Action has no field of its own for it), as the native engine reads it.
+_field_by_family := {"tool": "tool", "resource": "resource", "prompt": "prompt", "a2a": "tool"}
 
 _action := object.get(input, "action", {})
 
@@ -66,7 +76,7 @@ _family := "resource" if {
 	object.get(_action, "prompt", "") == ""
 }
 
-_target := object.get(_action, _family, "")
+_target := object.get(_action, _field_by_family[_family], "")
 
 _name := sprintf("%s__%s", [_server, _target])
 
@@ -131,7 +141,7 @@ _agent_matches(rule) if {
 	_glob(pattern, _agent, false)
 }
 
-# A rule naming none of tools/resources/prompts covers every family.
+# A rule naming none of tools/resources/prompts/a2a covers every family.
 _target_matches(rule) if {
 	every list in _list_by_family {
 		not rule.match[list]

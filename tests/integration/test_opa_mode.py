@@ -57,9 +57,18 @@ def _is_fail_closed(decision: OpaDecision, *words: str) -> bool:
 def test_the_pack_has_at_least_fifty_cases_over_every_family_and_kind() -> None:
     cases = [case for pack in PACKS for case in pack.cases]
     assert len(cases) >= 50
-    assert {"TOOL_CALL", "TOOL_LIST", "RESOURCE_READ", "RESOURCE_SUBSCRIBE", "PROMPT_GET", "COMPLETION"} <= {
-        case.kind for case in cases
-    }
+    assert {
+        "TOOL_CALL",
+        "TOOL_LIST",
+        "RESOURCE_READ",
+        "RESOURCE_SUBSCRIBE",
+        "PROMPT_GET",
+        "COMPLETION",
+        "A2A_SEND",
+        "A2A_GET",
+        "A2A_CANCEL",
+        "A2A_PUSH_CONFIG",
+    } <= {case.kind for case in cases}
     assert {case.effect for case in cases} == {"allow", "deny", "require_approval"}
 
 
