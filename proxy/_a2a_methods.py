@@ -25,6 +25,7 @@ from bastion._errors import InvalidParams, InvalidRequest, MethodNotAllowed, Par
 from bastion.v1 import policy_pb2
 
 from ._budget import ValueBudget
+from ._mcp import check_integers
 from ._methods import Target
 
 
@@ -96,6 +97,7 @@ def parse_jsonrpc(raw: bytes) -> tuple[Any, dict[str, Any]]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ParseError(f"body is not valid JSON: {exc}") from exc
+    check_integers(raw)
     if isinstance(body, list):
         # One message per request: a batch would need every member decided and the
         # answers reassembled, and no A2A client sends one.

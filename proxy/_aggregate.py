@@ -17,8 +17,8 @@ shared session host's (`_session_host.py`).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +71,6 @@ class FanOut:
         self._pending: dict[tuple[str, Any], Any] = {}
         #: our id of an upstream's request to the client → (server, the upstream's id)
         self._asked: dict[str, tuple[str, Any]] = {}
-        self._asked_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self.resources: dict[str, str] = {}
         #: URIs two upstreams both list: reading one could not be governed unambiguously.
@@ -109,7 +108,10 @@ class FanOut:
     async def _notification(self, message: dict[str, Any]) -> None:
         method = message["method"]
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        if method == "notifications/cancelled" and isinstance(params, dict):
+        # Not in the shared stateless session: there `_pending` holds the host's ids
+        # (`bastion-N`), which only another caller guessing them could name; a caller's
+        # own id is never among them, so no cancel of its own is lost.
+        if method == "notifications/cancelled" and isinstance(params, dict) and not self._stateless:
             target = next((key for key, v in self._pending.items() if v == params.get("requestId")), None)
             if target is not None and (link := self._active.get(target[0])) is not None:
                 await link.notify({**message, "params": {**params, "requestId": target[1]}})
@@ -267,9 +269,10 @@ class FanOut:
                 return items, extras
         raise UpstreamError(f"{method} of upstream {link.server!r} has more than {_MAX_PAGES} pages")
 
-    async def server_of(self, uri: str) -> str:
-        """The upstream a resource URI belongs to; InvalidParams when none or several list it."""
-        server = await self._lookup(uri)
+    async def server_of(self, uri: str, meta: Any = None) -> str:
+        """The upstream a resource URI belongs to; InvalidParams when none or several list it.
+        `meta`: a stateless caller's `_meta`, for the listings made on its behalf."""
+        server = await self._lookup(uri, meta)
         if uri in self._ambiguous:
             raise InvalidParams(
                 f"resource {uri!r} is listed by several upstreams; on the aggregated endpoint it cannot be "
@@ -279,12 +282,12 @@ class FanOut:
             raise InvalidParams(f"resource {uri!r} is not offered by any upstream of this session")
         return server
 
-    async def _lookup(self, uri: str) -> str:
+    async def _lookup(self, uri: str, meta: Any) -> str:
         if uri not in self.resources and not self._template_of(uri):
             for method in ("resources/list", "resources/templates/list"):
                 for link in list(self._active.values()):
                     try:
-                        for item in (await self._list_one(link, method))[0]:
+                        for item in (await self._list_one(link, method, meta))[0]:
                             self._rename(method, link.server, item)
                     except UpstreamError as exc:
                         log.warning("aggregated /mcp: %s of upstream %r failed: %s", method, link.server, exc)
@@ -307,7 +310,9 @@ class FanOut:
                 return
             related = pending if pending is not _MISSING and not isinstance(pending, asyncio.Future) else None
             if "id" in message:  # the upstream asks the client something
-                ours = f"bastion-ask-{next(self._asked_ids)}"
+                # Unguessable: stateless callers of every agent share this fan-out, and a
+                # counter would let one answer (accept!) another's elicitation.
+                ours = f"bastion-ask-{secrets.token_urlsafe(16)}"
                 self._asked[ours] = (server, message["id"])
                 message = {**message, "id": ours}
             if related is None:

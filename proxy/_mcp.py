@@ -7,6 +7,7 @@ tool schemas and arguments reach the upstream byte for byte.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ def parse_message(raw: bytes) -> Message:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ParseError(f"body is not valid JSON: {exc}") from exc
+    check_integers(raw)
     if isinstance(body, list):
         raise InvalidRequest("JSON-RPC batches are not accepted: MCP since 2025-06-18 sends one message per request")
     if not isinstance(body, dict):
@@ -69,6 +71,33 @@ def parse_message(raw: bytes) -> Message:
     if not isinstance(params, dict):
         raise InvalidRequest("'params' must be an object")
     return Message(body=body, method=method, id=msg_id, params=params)
+
+
+#: A run of 19+ digits: the only way to write an integer beyond 64 bits. Rare, so the
+#: exact check below (a second, slower parse) runs almost never.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+_INT_LIMIT = 1 << 63
+
+
+def check_integers(raw: bytes) -> None:
+    """Refuse integers beyond 64 bits: orjson reads them as floats, so policy would decide
+    on a rounded value while the upstream reads the exact digits."""
+    if not _LONG_NUMBER.search(raw):
+        return
+
+    def exact(text: str) -> int:
+        value = int(text)
+        if not -_INT_LIMIT <= value < (_INT_LIMIT << 1):
+            raise InvalidParams(
+                f"integer {text[:40]}{'…' if len(text) > 40 else ''} is beyond 64 bits: it cannot be governed "
+                "exactly (send it as a string)"
+            )
+        return value
+
+    try:
+        json.loads(raw, parse_int=exact)
+    except (ValueError, RecursionError) as exc:  # orjson read it; fail closed if we cannot
+        raise ParseError(f"body could not be checked for exact numbers: {exc}") from exc
 
 
 #: Headers the proxy reads one value of, while the upstream may read another: sent twice

@@ -74,6 +74,7 @@ class AggregatedMcpAdapter(McpHttpAdapter):
     ) -> tuple[tuple[Target, ...], str]:
         route = Route()
         request.notes["route"] = route
+        request.notes["meta"] = message.meta  # a stateless caller's version, for lookups made for it
         if request.scope.get(_COMPAT) and message.method != "tools/call":
             raise MethodNotAllowed(f"/mcp/tools/call takes tools/call only, not {message.method!r}; use /mcp")
         if not targets:
@@ -128,11 +129,12 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             # tell which URIs its upstreams offer (400 vs 403) nor be made to list them.
             check_id("Mcp-Session-Id", session_id)
             self._sessions.check(session_id, request.notes["principal"])
-        session = self._host.session(session_id)
+        # A stateless caller's first request may be a read: the shared session starts here then.
+        session = self._host.session(session_id) if session_id else await self._host.shared_session()
         backend = session.backend if session is not None else None
         if not isinstance(backend, FanOut):
             raise InvalidParams(f"resource {uri!r}: no session of the aggregated endpoint to look it up in")
-        return await backend.server_of(uri)
+        return await backend.server_of(uri, request.notes.get("meta"))
 
     async def _forward(
         self,

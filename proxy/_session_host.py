@@ -292,7 +292,7 @@ class SessionHost:
                 bind(session.id)
             extra.append((b"mcp-session-id", session.id.encode()))
         elif self._shared_enabled:
-            session = await self._shared_session()
+            session = await self.shared_session()
         else:
             await _error(send, 400, message.get("id"), -32600, "Bad Request: Missing session ID")
             return None
@@ -377,7 +377,8 @@ class SessionHost:
         self._sessions[session.id] = session
         return session
 
-    async def _shared_session(self) -> HostedSession:
+    async def shared_session(self) -> HostedSession:
+        """The one session of every request that names none (stateless clients)."""
         session = self._shared
         if session is None or session.closed:
             session = HostedSession("shared", remap=True)

@@ -256,3 +256,25 @@ async def test_the_simple_tools_call_endpoint_is_one_governed_stateless_call(sta
     assert listed.json()["error"]["code"] == -32601
     assert get.status_code == 405
     assert stack.executed() == []
+
+
+async def test_a_stateless_callers_first_request_may_be_a_resource_read(stack: Aggregated) -> None:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "resources/read",
+        "params": {"uri": "test://static-text", "_meta": dict(MODERN_META)},
+    }
+    hdrs = {
+        "Authorization": f"Bearer {stack.client.token('agent-first-read')}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "resources/read",
+        "Mcp-Name": "test://static-text",
+    }
+    async with httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
+        response = await http.post("/mcp", content=orjson.dumps(body), headers=hdrs)
+    text = response.text
+    assert response.status_code == 200, text
+    assert "test://static-text" in text
+    assert '"error"' not in text
