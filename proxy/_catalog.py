@@ -90,8 +90,14 @@ class ToolCatalog:
         listing = self._listing
         now = time.monotonic()
         age = now - self._fetched_at
-        stale = listing is None or age > self._ttl
-        if stale or (listing is not None and tool not in listing.names and age > self._min_refresh):
+        if listing is not None and age > self._ttl and tool in listing.names:
+            # Stale but naming the tool: answer from it and refresh behind the call. Waiting
+            # made every call stall for as long as a listing takes, seconds for a stdio
+            # server whose catalog session starts a child; the window in which a tool just
+            # removed upstream still passes this check is one refresh, and the upstream
+            # refuses a tool it no longer has anyway.
+            self._refresh_behind()
+        elif listing is None or age > self._ttl or (tool not in listing.names and age > self._min_refresh):
             listing = await self._refresh()
         assert listing is not None
         if tool.lower() in listing.ambiguous:
@@ -115,6 +121,19 @@ class ToolCatalog:
             except UpstreamError:
                 raise UpstreamError(f"cannot list the tools of upstream {self._server!r}: {self._error}") from None
         return listing.tools
+
+    def _refresh_behind(self) -> None:
+        if self._inflight is None:
+            task = asyncio.create_task(self._fetch_guarded(), name=f"bastion-catalog-{self._server}")
+            self._inflight = task
+
+            def done(finished: asyncio.Task[_Listing]) -> None:
+                if self._inflight is finished:
+                    self._inflight = None
+                if not finished.cancelled():
+                    finished.exception()  # logged by _fetch_guarded; retrieved so asyncio stays quiet
+
+            task.add_done_callback(done)
 
     async def _refresh(self) -> _Listing:
         if self._inflight is None:

@@ -79,8 +79,9 @@ class StdioFront:
                 try:
                     message = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    await self._error(None, -32700, "Parse error: a line on stdin is not JSON")
-                    continue
+                    # Sent on all the same: the proxy answers -32700 and journals the
+                    # refusal, so the audit trail shows what the client sent.
+                    message = None
                 if isinstance(message, dict) and message.get("method") == "initialize":
                     # Everything after the handshake needs its session id: finish it first.
                     await self._post(message, line)

@@ -517,6 +517,9 @@ async def test_garbage_lines_on_the_wraps_stdin_get_errors_and_the_session_keeps
             proc.kill()
             await proc.wait()
     assert codes == [-32700] * 5
+    # The lines that arrived whole went to the proxy, which refused and journaled them.
+    refused = await _audited(stack, "agent-wrap", 3)
+    assert {item["rule_id"] for item in refused} >= {"bastion.protocol.parse_error"}
     assert pinged == {"jsonrpc": "2.0", "id": 6, "result": {}}
     assert added["id"] == 7
     assert added["result"]["structuredContent"] == {"result": 42}

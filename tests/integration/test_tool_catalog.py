@@ -126,3 +126,36 @@ async def test_an_upstream_that_cannot_list_refuses_the_call_without_naming_its_
         await catalog.check("transfer")
     assert "127.0.0.1" not in str(caught.value)
     pool.close()
+
+
+async def test_a_stale_list_answers_at_once_and_is_refreshed_behind_the_call(upstream: tuple[MCPServer, str]) -> None:
+    server, url = upstream
+    pool = UpstreamPool(url, timeout=5)
+    catalog = ToolCatalog("bank", pool, ttl=0.2)
+    await catalog.check("getWeather")
+    fetched = asyncio.Event()
+    release = asyncio.Event()
+    original = catalog._fetch
+
+    async def slow() -> list[LiveTool]:
+        fetched.set()
+        await release.wait()  # a listing that takes as long as a stdio child's start
+        return await original()
+
+    catalog._fetch = slow  # type: ignore[method-assign]
+    server.remove_tool("getWeather")
+    await asyncio.sleep(0.3)
+    # Past the TTL a known name is answered from the stale list, without waiting...
+    await asyncio.wait_for(catalog.check("getWeather"), 1.0)
+    await asyncio.wait_for(fetched.wait(), 1.0)
+    release.set()
+    # ...and once the refresh behind it lands, the tool removed upstream is refused.
+    for _ in range(100):
+        try:
+            await catalog.check("getWeather")
+        except UnknownTool:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the refreshed list still offers a removed tool")
+    pool.close()
