@@ -39,6 +39,9 @@ class ServerConfig(_Frozen):
             raise ValueError("'command' must name a program: [program, arg, ...]")
         if self.url is not None and (self.env or self.cwd is not None):
             raise ValueError("'env' and 'cwd' are for stdio servers ('command'), not for 'url'")
+        if self.command is not None and self.headers:
+            raise ValueError("'headers' are for HTTP servers ('url'); give a stdio server its secrets in 'env'")
+        _check_headers(self.headers)
         if self.url is not None and not self.url.startswith("http://"):
             raise ValueError("'url' must be an http:// URL (https upstreams are not supported yet)")
         return self
@@ -56,6 +59,7 @@ class AgentConfig(_Frozen):
 
     @model_validator(mode="after")
     def _http(self) -> AgentConfig:
+        _check_headers(self.headers)
         if not self.url.startswith("http://"):
             raise ValueError("'url' must be an http:// URL (https agents are not supported yet)")
         return self
@@ -169,6 +173,21 @@ def load_app_config(path: Path) -> AppConfig:
         return AppConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"config file {path}: {_describe(exc)}") from exc
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+#: Headers Bastion itself sets or routes on: brokering them would break the proxy or the protocol.
+_UNBROKERABLE = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "mcp-session-id", "mcp-protocol-version"}
+)
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or name.lower() in _UNBROKERABLE or name.lower().startswith("bastion-"):
+            raise ValueError(f"header {name!r} cannot be set for an upstream")
+        if any(ch in value for ch in "\r\n\x00") or not value.isascii():
+            raise ValueError(f"header {name!r}: the value must be one line of ASCII")
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -115,12 +115,11 @@ _RESULT_NAMES = {value: name for name, value in graph_pb2.ResultOutcome.items()}
 
 @dataclass(frozen=True, slots=True)
 class A2aAgent:
-    """One agent of bastion.yaml `agents:`: where it is, and the credentials Bastion
-    adds for it (the caller never sees them)."""
+    """One agent of bastion.yaml `agents:`: where it is. The credentials Bastion adds for it
+    (the caller never sees them) are the pool's (`UpstreamPool(headers=…)`)."""
 
     url: str
     pool: UpstreamPool
-    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +476,6 @@ class A2aHttpAdapter:
 
     def _upstream_headers(self, request: _Request, record: Record, drop: frozenset[bytes] = frozenset()) -> Headers:
         headers = [(k, v) for k, v in request.scope["headers"] if k not in _DROP_REQUEST and k not in drop]
-        headers += request.agent.headers
         # Workflow propagation: the callee (or its framework) may name this workflow on
         # its own calls through Bastion, and the sending node for the delegation edge;
         # the signed delegation lets it join this workflow (`_delegation.py`).

@@ -108,7 +108,7 @@ async def serve(
     for bridge in stdio:
         await bridge.start()
     upstreams = {
-        name: UpstreamPool(server.url, timeout=settings.upstream_timeout_s)
+        name: UpstreamPool(server.url, timeout=settings.upstream_timeout_s, headers=_brokered(server.headers))
         for name, server in app.servers.items()
         if server.url is not None
     }
@@ -157,8 +157,7 @@ async def serve(
     agents = {
         name: A2aAgent(
             url=agent.url,
-            pool=UpstreamPool(agent.url, timeout=settings.upstream_timeout_s),
-            headers=tuple((key.lower().encode(), value.encode()) for key, value in agent.headers.items()),
+            pool=UpstreamPool(agent.url, timeout=settings.upstream_timeout_s, headers=_brokered(agent.headers)),
         )
         for name, agent in app.agents.items()
     }
@@ -207,6 +206,11 @@ async def serve(
         owners.close()
         for channel in (policy_channel, verifier_channel, graph_channel):
             await channel.close()
+
+
+def _brokered(headers: dict[str, str]) -> tuple[tuple[bytes, bytes], ...]:
+    """Credentials from bastion.yaml (`${VAR}` already read from the environment)."""
+    return tuple((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items())
 
 
 def _report(enforcer: Enforcer, server: str, code: str, reason: str) -> None:

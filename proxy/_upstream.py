@@ -188,8 +188,20 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections to one upstream base URL."""
 
-    def __init__(self, url: str, *, timeout: float, max_idle: int = 64, unix_path: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        max_idle: int = 64,
+        unix_path: str | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
         parts = urlsplit(url)
+        #: Added to every request (credentials Bastion brokers for this upstream); a header
+        #: of the same name from the caller is dropped, so it can be neither read nor overridden.
+        self._brokered = tuple((name.lower(), value) for name, value in headers)
+        self._brokered_names = frozenset(name for name, _ in self._brokered)
         #: When set, connections go to this Unix socket (a stdio bridge) and `url` only names the path.
         self.unix_path = unix_path
         if parts.scheme != "http" or not parts.hostname:
@@ -229,6 +241,9 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         head = [method, b" ", path, b" HTTP/1.1\r\nhost: ", self.authority, b"\r\n"]
         for name, value in headers:
+            if name not in self._brokered_names:
+                head += [name, b": ", value, b"\r\n"]
+        for name, value in self._brokered:
             head += [name, b": ", value, b"\r\n"]
         if body or method == b"POST":
             head += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
