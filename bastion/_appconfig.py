@@ -81,6 +81,26 @@ class PolicyKeyConfig(_Frozen):
     public_key: Path
 
 
+#: `$.a.b` (`*` for any key or index) or `$..key`.
+REDACTION_PATH = re.compile(r"^\$(?:\.\.[A-Za-z0-9_-]+|(?:\.(?:\*|[A-Za-z0-9_-]+))+)$")
+
+
+class RedactionConfig(_Frozen):
+    """What is replaced in arguments before they are journaled (besides known secret patterns)."""
+
+    #: `$.a.b` from the arguments' root (`*` for any key or index), `$..key` at any depth.
+    paths: tuple[str, ...] = ()
+    #: Also redact IBANs (mod-97 checked); off by default, as payment tools need them shown.
+    iban: bool = False
+
+    @model_validator(mode="after")
+    def _paths(self) -> RedactionConfig:
+        for path in self.paths:
+            if not REDACTION_PATH.fullmatch(path):
+                raise ValueError(f"redaction path {path!r}: use $.a.b (with * for any key) or $..key")
+        return self
+
+
 class AppConfig(_Frozen):
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
@@ -91,6 +111,7 @@ class AppConfig(_Frozen):
     allowed_hosts: tuple[str, ...] = ()
     #: Keys that signed policy bundles verify against, by kid. Empty: the stack's dev key under kid "dev".
     policy_keys: tuple[PolicyKeyConfig, ...] = ()
+    redaction: RedactionConfig = Field(default_factory=RedactionConfig)
 
     @model_validator(mode="after")
     def _names(self) -> AppConfig:

@@ -35,7 +35,7 @@ import hashlib
 import heapq
 import logging
 import time
-from collections.abc import MutableSequence
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 from ._journal import Journal
+from ._redact import Redactor
 from ._workflows import new_id
 
 log = logging.getLogger(__name__)
@@ -122,15 +123,31 @@ class Recorder:
     """Journals Events within the bounds above; `max_arguments` is the arguments' bound."""
 
     def __init__(
-        self, journal: Journal, *, max_arguments: int = DEFAULT_MAX_ARGUMENTS, checked_depth: int | None = None
+        self,
+        journal: Journal,
+        *,
+        max_arguments: int = DEFAULT_MAX_ARGUMENTS,
+        checked_depth: int | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         """`checked_depth`: the nesting every action's arguments were bounded to before
         they reached the recorder (the proxy's value budget), if any."""
         if not 0 <= max_arguments <= MAX_ARGUMENTS_LIMIT:
             raise ValueError(f"max_arguments must be between 0 and {MAX_ARGUMENTS_LIMIT} bytes, not {max_arguments}")
         self._journal = journal
+        self._redactor = redactor
         self._max_arguments = max_arguments
         self._nesting_checked = checked_depth is not None and checked_depth <= MAX_CHECKED_DEPTH
+
+    def _redaction(self, record: Record) -> Callable[[Struct], int] | None:
+        """The redaction of this record's journaled arguments, when they may hold secrets."""
+        redactor = self._redactor
+        if redactor is None or not record.action.HasField("arguments"):
+            return None
+        # The raw body is searched once; without a body (a stated task) the walk always runs.
+        if record.body and not redactor.may_hold_secrets(record.body):
+            return None
+        return redactor.struct
 
     def append(
         self,
@@ -171,7 +188,13 @@ class Recorder:
             verifier_fallback=verifier_fallback,
         )
         self._journal.append(
-            encode_event(event, record.action, max_arguments=self._max_arguments, nesting_checked=self._nesting_checked)
+            encode_event(
+                event,
+                record.action,
+                max_arguments=self._max_arguments,
+                nesting_checked=self._nesting_checked,
+                redact=self._redaction(record),
+            )
         )
         return violation_id
 
@@ -208,6 +231,7 @@ def encode_event(
     *,
     max_arguments: int = DEFAULT_MAX_ARGUMENTS,
     nesting_checked: bool = False,
+    redact: Callable[[Struct], int] | None = None,
 ) -> bytes:
     """Set `event.action` from `action` and return the event's encoding, cut to the
     module's bounds (at most MAX_EVENT_BYTES). Changes `event`, never `action`.
@@ -221,6 +245,9 @@ def encode_event(
         event.action.CopyFrom(action)
     else:
         size = _cut_action(event, action, max_arguments)
+    if redact is not None and redact(event.action.arguments):
+        # The event's own copy: the action, as policy and the verifier saw it, is untouched.
+        size = event.action.arguments.ByteSize()
     data = event.SerializeToString()
     readable = nesting_checked or _readable(data)
     if not readable and not event.arguments_truncated:

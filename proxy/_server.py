@@ -34,6 +34,7 @@ from ._owners import SessionOwners, WorkflowOwners
 from ._pipeline import Governor
 from ._policy_watch import PolicyWatch
 from ._recorder import Recorder
+from ._redact import Redactor
 from ._shipper import Shipper
 from ._stdio_bridge import StdioUpstream
 from ._tools_api import ToolsApi
@@ -89,7 +90,11 @@ async def serve(
     enforcer = Enforcer(
         checks=(),
         decide=DecisionStage(governor),
-        recorder=Recorder(journal, checked_depth=settings.max_argument_depth),
+        recorder=Recorder(
+            journal,
+            checked_depth=settings.max_argument_depth,
+            redactor=Redactor(app.redaction.paths, iban=app.redaction.iban),
+        ),
         metrics=metrics,
         tracing=tracing,
     )

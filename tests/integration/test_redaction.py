@@ -1,0 +1,87 @@
+"""Secrets in arguments never reach the journal, the graph's store or its REST API: they
+are replaced in the journaled copy, while policy decides on the real values in memory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from fixtures import inprocess
+from fixtures.graphapi import auditor_token, bearer
+from fixtures.mcpcalls import ProxyClient, headers, tool_call
+from fixtures.upstream import DemoUpstream, demo_upstream
+
+from bastion._appconfig import AppConfig, RedactionConfig, ServerConfig
+
+AWS = "AKIAIOSFODNN7EXAMPLE"
+CARD = "4111111111111111"
+PASSWORD = "correct-horse-battery-staple"
+TASK_TOKEN = "ghp_" + "b" * 36
+POLICY = {
+    "apiVersion": "bastion.dev/v1",
+    "kind": "AgentPolicy",
+    "metadata": {"name": "redaction", "version": 1},
+    "spec": {
+        "default": "deny",
+        "rules": [
+            # Decided on the real value: the journaled copy no longer contains it.
+            {
+                "id": "no-aws-keys-out",
+                "match": {"tools": ["demo__echo"]},
+                "when": "args.text.contains('AKIA')",
+                "effect": "deny",
+            },
+            {"id": "demo", "match": {"tools": ["demo__*"]}, "effect": "allow"},
+        ],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUpstream]:
+    with demo_upstream(tmp_path_factory.mktemp("upstream")) as server:
+        yield server
+
+
+async def test_planted_secrets_are_redacted_everywhere_they_are_stored(tmp_path: Path, upstream: DemoUpstream) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    app = AppConfig(
+        servers={"demo": ServerConfig(url=upstream.url)},
+        policies=(policy,),
+        redaction=RedactionConfig(paths=("$..password",)),
+    )
+    async with inprocess.stack(tmp_path, app) as running:
+        client = ProxyClient(tmp_path, running.proxy, running.graph)
+        token = client.token("agent-secrets")
+        leak = tool_call("echo", {"text": f"key {AWS}"})
+        leak["params"]["_meta"]["bastion.dev/task"] = f"rotate {TASK_TOKEN}"
+        blocked = await client.post(leak, headers(token, workflow="wf-secrets"))
+        paid = await client.post(
+            tool_call("add", {"a": 1, "b": 2, "card": CARD, "login": {"password": PASSWORD}}, 2),
+            headers(token, workflow="wf-secrets"),
+        )
+        assert blocked.json()["error"]["data"]["rule_id"] == "no-aws-keys-out"
+        assert "error" not in paid.text or paid.status_code == 200
+        nodes = await client.nodes("wf-secrets", 3)
+        async with httpx.AsyncClient(base_url=client.graph, headers=bearer(auditor_token(tmp_path))) as http:
+            graph = (await http.get("/graphs/wf-secrets")).text
+            violations = (await http.get("/audit/violations", params={"workflow_id": "wf-secrets"})).text
+    rest = orjson.dumps(nodes).decode() + graph + violations
+    assert "[REDACTED:aws_key:" in rest
+    assert "[REDACTED:card:" in rest
+    assert "[REDACTED:path:" in rest
+    assert "[REDACTED:github_token:" in rest  # the stated task, a THINKING node
+    stored = _everything_under(tmp_path)
+    for secret in (AWS, CARD, PASSWORD, TASK_TOKEN):
+        assert secret not in rest, secret
+        assert secret.encode() not in stored, f"{secret} is in a file under $BASTION_HOME"
+
+
+def _everything_under(home: Path) -> bytes:
+    """Every byte the stack wrote under $BASTION_HOME: journal segments, SQLite files and WALs."""
+    return b"".join(path.read_bytes() for path in home.rglob("*") if path.is_file())

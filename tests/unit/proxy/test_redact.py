@@ -1,0 +1,95 @@
+"""The redactor: known secret patterns in any string, configured paths whatever the value,
+typed placeholders with digests; card numbers and IBANs only when their checksums hold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.struct_pb2 import Struct
+
+from bastion.proxy._redact import Redactor, placeholder
+
+JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLWJ5dGVz"
+PEM = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGZha2Uta2V5\n-----END PRIVATE KEY-----"
+SECRETS = {
+    "jwt": JWT,
+    "private_key": PEM,
+    "bearer": "Bearer abcdefghijklmnop0123456789",
+    "aws_key": "AKIAIOSFODNN7EXAMPLE",
+    "github_token": "ghp_" + "a" * 36,
+    "slack_token": "xoxb-123456789012-abcdefghij",
+    "api_key": "sk-" + "Z" * 32,
+    "card": "4111 1111 1111 1111",
+}
+
+
+def _redacted(arguments: dict[str, Any], redactor: Redactor | None = None) -> tuple[dict[str, Any], int]:
+    struct = Struct()
+    struct.update(arguments)
+    count = (redactor or Redactor()).struct(struct)
+    return MessageToDict(struct), count
+
+
+@pytest.mark.parametrize("kind", sorted(SECRETS))
+def test_each_known_secret_becomes_a_typed_placeholder(kind: str) -> None:
+    secret = SECRETS[kind]
+    found, count = _redacted({"note": f"use {secret} now", "nested": [{"deep": secret}]})
+    assert count == 2
+    assert secret not in str(found)
+    expected = placeholder(kind, secret) if kind != "bearer" else None
+    if expected is not None:
+        assert found["note"] == f"use {expected} now"
+
+
+def test_lookalikes_that_fail_their_checksum_or_shape_are_kept() -> None:
+    arguments = {"order": "4111 1111 1111 1112", "phone": "+44 20 7946 0958", "id": "AKIA-not-a-key", "n": 4111}
+    found, count = _redacted(arguments)
+    assert count == 0
+    assert found == arguments
+
+
+def test_ibans_only_when_configured_and_valid() -> None:
+    arguments = {"to": "GB82 WEST 1234 5698 7654 32", "bad": "GB00 WEST 1234 5698 7654 32"}
+    assert _redacted(arguments)[1] == 0
+    found, count = _redacted(arguments, Redactor(iban=True))
+    assert count == 1
+    assert found["to"].startswith("[REDACTED:iban:")
+    assert found["bad"] == arguments["bad"]
+
+
+def test_configured_paths_replace_whole_values_at_the_root_or_any_depth() -> None:
+    redactor = Redactor(("$.auth.token", "$..password", "$.cards.*"), iban=False)
+    arguments = {
+        "auth": {"token": 12345, "user": "ada"},
+        "login": {"password": {"value": "hunter2"}},
+        "password": "top",
+        "cards": ["a", "b"],
+        "keep": "visible",
+    }
+    found, count = _redacted(arguments, redactor)
+    assert count == 5
+    assert found["auth"]["user"] == "ada"
+    assert found["keep"] == "visible"
+    for value in (found["auth"]["token"], found["login"]["password"], found["password"], *found["cards"]):
+        assert value.startswith("[REDACTED:path:")
+    assert "hunter2" not in str(found)
+
+
+def test_the_same_secret_gets_the_same_placeholder_and_others_a_different_one() -> None:
+    one, _ = _redacted({"a": SECRETS["aws_key"], "b": SECRETS["aws_key"], "c": "AKIAIOSFODNN7EXAMPLF"})
+    assert one["a"] == one["b"] != one["c"]
+
+
+@pytest.mark.parametrize("path", ["password", "$", "$.", "$.a..b", "$.a/b", "$...x", "$.a b"])
+def test_malformed_paths_are_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="redaction path"):
+        Redactor((path,))
+
+
+def test_the_body_search_skips_the_walk_for_ordinary_calls() -> None:
+    redactor = Redactor()
+    assert not redactor.may_hold_secrets(b'{"name":"add","arguments":{"a":1,"b":2}}')
+    assert redactor.may_hold_secrets(SECRETS["aws_key"].encode())
+    assert Redactor(("$..password",)).may_hold_secrets(b"{}")
