@@ -103,7 +103,7 @@ async def test_brokered_credentials_reach_the_upstream_and_the_agents_never_do(
                 )
     assert "result" in per_server.json(), per_server.text
     assert "result" in aggregated.text, aggregated.text  # an SSE stream on the aggregated endpoint
-    assert "\"error\"" not in aggregated.text
+    assert '"error"' not in aggregated.text
     assert seen, "the upstream saw no request"
     for found in seen:
         assert found.get("authorization") == "Bearer upstream-secret", found
