@@ -42,7 +42,7 @@ lint: $(STAMP)
 
 ## test: lint, type-check and run every test layer (unit, integration, e2e)
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --cov --cov-report=term
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 --cov --cov-report=term
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit

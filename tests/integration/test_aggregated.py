@@ -4,6 +4,7 @@ SDK's client in both wire formats and by raw requests where exact bytes matter."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ import httpx
 import mcp_types as types
 import orjson
 import pytest
+import pytest_asyncio
 from fixtures import inprocess
 from fixtures.mcp_client import WIRE_FORMATS, mcp_client
 from fixtures.mcpcalls import MODERN_META, ProxyClient
@@ -22,6 +24,8 @@ from fixtures.upstream import conformance_upstream
 from mcp.shared.exceptions import MCPError
 
 from bastion._appconfig import AppConfig, ServerConfig
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = {
@@ -61,17 +65,25 @@ def conf_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-async def stack(tmp_path: Path, conf_url: str) -> AsyncIterator[Aggregated]:
-    policy = tmp_path / "policy.yaml"
+@contextlib.asynccontextmanager
+async def _stack(home: Path, conf_url: str) -> AsyncIterator[Aggregated]:
+    policy = home / "policy.yaml"
     policy.write_text(json.dumps(POLICY))
-    record = tmp_path / "executed.jsonl"
+    record = home / "executed.jsonl"
     demo = (sys.executable, str(ROOT / "examples" / "demo_server.py"), "--stdio", "--record", str(record))
     app = AppConfig(
         servers={"conf": ServerConfig(url=conf_url), "demo": ServerConfig(command=demo)}, policies=(policy,)
     )
-    async with inprocess.stack(tmp_path, app) as running:
-        yield Aggregated(ProxyClient(tmp_path, running.proxy, running.graph), record)
+    async with inprocess.stack(home, app) as running:
+        yield Aggregated(ProxyClient(home, running.proxy, running.graph), record)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory, conf_url: str) -> AsyncIterator[Aggregated]:
+    # One stack for the module (each test uses agents and workflows of its own): a stack
+    # starts stdio children, seconds each.
+    async with _stack(tmp_path_factory.mktemp("aggregated"), conf_url) as running:
+        yield running
 
 
 @pytest.mark.parametrize("mode", WIRE_FORMATS)
@@ -258,7 +270,7 @@ async def test_the_simple_tools_call_endpoint_is_one_governed_stateless_call(sta
     assert stack.executed() == []
 
 
-async def test_a_stateless_callers_first_request_may_be_a_resource_read(stack: Aggregated) -> None:
+async def test_a_stateless_callers_first_request_may_be_a_resource_read(tmp_path: Path, conf_url: str) -> None:
     body = {
         "jsonrpc": "2.0",
         "id": 1,
@@ -266,13 +278,14 @@ async def test_a_stateless_callers_first_request_may_be_a_resource_read(stack: A
         "params": {"uri": "test://static-text", "_meta": dict(MODERN_META)},
     }
     hdrs = {
-        "Authorization": f"Bearer {stack.client.token('agent-first-read')}",
         "Accept": "application/json, text/event-stream",
         "MCP-Protocol-Version": "2026-07-28",
         "Mcp-Method": "resources/read",
         "Mcp-Name": "test://static-text",
     }
-    async with httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
+    # A stack of its own: the shared stateless session must not exist yet.
+    async with _stack(tmp_path, conf_url) as stack, httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
+        hdrs["Authorization"] = f"Bearer {stack.client.token('agent-first-read')}"
         response = await http.post("/mcp", content=orjson.dumps(body), headers=hdrs)
     text = response.text
     assert response.status_code == 200, text

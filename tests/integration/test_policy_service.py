@@ -147,10 +147,10 @@ async def test_decide_denies_an_unlisted_tool_by_default(service: Running) -> No
 
 async def test_decide_denies_kinds_this_version_does_not_govern(service: Running) -> None:
     request = _request("add")
-    request.action.kind = policy_pb2.A2A_SEND
+    request.action.kind = policy_pb2.LLM_CALL
     decision = await _decide(service, request)
     assert decision.effect == policy_pb2.DENY
-    assert decision.reason == "action kind A2A_SEND is not governed by this policy version"
+    assert decision.reason == "action kind LLM_CALL is not governed by this policy version"
 
 
 @pytest.mark.parametrize("metadata", [(), auth_metadata("wrong-token"), (("authorization", TOKEN),)])
