@@ -49,7 +49,7 @@ from ._a2a_card import rewrite_card
 from ._a2a_compat import AGENT_HEADER, translate
 from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
 from ._a2a_tasks import TaskSniffer, filter_tasks, named_task, store_key
-from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_stream
+from ._asgi import JSON, Headers, Receive, Scope, Send, header_text, node_headers, read_body, send_bytes, send_stream
 from ._budget import ValueBudget
 from ._delegation import HEADER as DELEGATION
 from ._enforcer import Caller, Decided, Enforcer, envelope
@@ -110,7 +110,6 @@ _STATUS_NAMES = {
     504: "DEADLINE_EXCEEDED",
 }
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
-_RESULT_NAMES = {value: name for name, value in graph_pb2.ResultOutcome.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +204,7 @@ class A2aHttpAdapter:
             return
         headers = dict(raw_headers)
         try:
-            principal = self._tokens.verify_header(_text(headers.get(b"authorization")))
+            principal = self._tokens.verify_header(header_text(headers.get(b"authorization")))
         except AuthError as exc:
             await self._refuse(
                 send,
@@ -248,7 +247,7 @@ class A2aHttpAdapter:
             return
         try:
             # Who asks is checked before the body is looked at, as on every route.
-            principal = self._tokens.verify_header(_text(headers.get(b"authorization")))
+            principal = self._tokens.verify_header(header_text(headers.get(b"authorization")))
             body = await read_body(receive, headers, self._max_body, self._body_timeout)
             named = headers.get(AGENT_HEADER)
             agent, translated = translate(body, named.decode("utf-8", "replace") if named is not None else None)
@@ -312,7 +311,7 @@ class A2aHttpAdapter:
         decided = await self._decide(request, caller, call.wire_method, call.method, call.params, body)
         if not decided.outcome.allowed:
             payload = envelope(msg_id, call.wire_method, decided, request.started)
-            await send_bytes(request.send, 200, payload, JSON + _ids(decided.record))
+            await send_bytes(request.send, 200, payload, JSON + node_headers(decided.record))
             return
         path = request.agent.pool.path.encode()
         await self._forward(
@@ -349,7 +348,7 @@ class A2aHttpAdapter:
         if not decided.outcome.allowed:
             data = orjson.loads(envelope(None, action.method, decided, request.started))["error"]["data"]
             payload = rest_error(403, "POLICY_VIOLATION", f"POLICY_VIOLATION: {data['reason']}", data)
-            await send_bytes(request.send, 403, payload, JSON + _ids(decided.record))
+            await send_bytes(request.send, 403, payload, JSON + node_headers(decided.record))
             return
         path = request.agent.pool.path.rstrip("/").encode() + request.suffix.encode("latin-1")
         path += b"?" + query if query else b""
@@ -408,7 +407,7 @@ class A2aHttpAdapter:
                 return
             data = orjson.dumps(rewrite_card(card, agent.url, _bastion_url(request)))
         out.append((b"content-length", str(len(data)).encode()))
-        await send_bytes(request.send, response.status, data, out + _ids(record))
+        await send_bytes(request.send, response.status, data, out + node_headers(record))
 
     # --- shared stages -----------------------------------------------------------------
 
@@ -479,7 +478,7 @@ class A2aHttpAdapter:
         # Workflow propagation: the callee (or its framework) may name this workflow on
         # its own calls through Bastion, and the sending node for the delegation edge;
         # the signed delegation lets it join this workflow (`_delegation.py`).
-        headers += _ids(record)
+        headers += node_headers(record)
         delegations = self._tracker.delegations
         if delegations is not None and record.action.kind == policy_pb2.A2A_SEND:
             token = delegations.issue(
@@ -520,7 +519,7 @@ class A2aHttpAdapter:
             response = await pool.request(method, path, headers, body)
             tap.status = response.status
             self._metrics.upstream.observe(time.perf_counter() - t_up)
-            out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + _ids(record)
+            out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + node_headers(record)
             if response.header(b"content-length") is not None:
                 data = await response.read(idle)
                 tap.feed(data)
@@ -567,7 +566,7 @@ class A2aHttpAdapter:
             payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": reason})
         else:
             payload = rest_error(exc.http_status, "UPSTREAM_UNAVAILABLE", reason, {})
-        await send_bytes(request.send, exc.http_status, payload, JSON + _ids(record))
+        await send_bytes(request.send, exc.http_status, payload, JSON + node_headers(record))
 
     @staticmethod
     def _reason(request: _Request, exc: UpstreamError) -> str:
@@ -575,7 +574,6 @@ class A2aHttpAdapter:
 
     def _record_result(self, request: _Request, record: Record, result: graph_pb2.ActionResult) -> None:
         request.trace.result(result)
-        self._metrics.result(_RESULT_NAMES[result.outcome])
         self._enforcer.record_results((record,), result)
 
     async def _observe_or_refuse(self, send: Send, record: Record) -> bool:
@@ -676,11 +674,3 @@ def _rewrite_card_answer(data: bytes, request: _Request) -> bytes:
         return data
     moved = rewrite_card(card, request.agent.url, _bastion_url(request))
     return orjson.dumps({**answer, "result": moved} if jsonrpc else moved)
-
-
-def _ids(record: Record) -> Headers:
-    return [(b"bastion-workflow-id", record.workflow_id.encode()), (b"bastion-node-id", record.node_id.encode())]
-
-
-def _text(value: bytes | None) -> str | None:
-    return value.decode("latin-1") if value is not None else None

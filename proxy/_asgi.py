@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from bastion._errors import BodyTimeout, PayloadTooLarge, ProtocolError
+
+if TYPE_CHECKING:
+    from ._recorder import Record
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -19,6 +22,15 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 JSON = [(b"content-type", b"application/json")]
+
+
+def node_headers(record: Record) -> Headers:
+    """`Bastion-Workflow-Id` and `Bastion-Node-Id` of an answer: where the caller finds its node."""
+    return [(b"bastion-workflow-id", record.workflow_id.encode()), (b"bastion-node-id", record.node_id.encode())]
+
+
+def header_text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int, timeout: float) -> bytes:

@@ -38,6 +38,7 @@ from ._workflows import WorkflowState, new_id
 
 log = logging.getLogger("bastion.proxy")
 
+_RESULT_NAMES = {value: name for name, value in graph_pb2.ResultOutcome.items()}
 #: Where refusals made before a decision are journaled (no client may name it).
 REJECTED_WORKFLOW = "bastion.rejected"
 
@@ -263,8 +264,10 @@ class Enforcer:
             return ""
 
     def record_results(self, records: Iterable[Record], result: graph_pb2.ActionResult) -> None:
-        """Journal how forwarded actions ended. The action already happened, so a journal
-        failure here is logged and counted, never turned into a block."""
+        """Journal how forwarded actions ended (and count the outcome, once per call). The
+        action already happened, so a journal failure here is logged and counted, never
+        turned into a block."""
+        self._metrics.result(_RESULT_NAMES[result.outcome])
         for record in records:
             try:
                 self._recorder.append_result(record, result)

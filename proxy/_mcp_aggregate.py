@@ -24,10 +24,10 @@ from bastion._identity import Principal
 from bastion.v1 import graph_pb2, policy_pb2
 
 from ._aggregate import FanOut, Route, split_name
-from ._asgi import Receive, Scope, Send, send_json
+from ._asgi import Receive, Scope, Send, node_headers, send_json
 from ._enforcer import Caller
 from ._mcp import Message
-from ._mcp_http import McpHttpAdapter, _ids, _Request, http_error
+from ._mcp_http import McpHttpAdapter, _Request, http_error
 from ._methods import Target
 from ._recorder import Record
 from ._results import ResultTap
@@ -173,7 +173,7 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             body,
             route,
             bind=bind,
-            response_headers=_ids(records[0]),
+            response_headers=node_headers(records[0]),
         )
         if not governed:
             return

@@ -23,7 +23,7 @@ from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2
 
-from ._asgi import JSON, Headers, Receive, Scope, Send, read_body, send_bytes, send_stream
+from ._asgi import JSON, Headers, Receive, Scope, Send, header_text, node_headers, read_body, send_bytes, send_stream
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
 from ._delegation import HEADER as DELEGATION
@@ -79,7 +79,6 @@ _JSONRPC_MESSAGES = {
     -32602: "Invalid params",
     -32020: "Header mismatch",
 }
-_RESULT_NAMES = {value: name for name, value in graph_pb2.ResultOutcome.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +164,7 @@ class McpHttpAdapter:
             await self._refuse(send, action, started, exc.http_status, exc.code, str(exc), trace=trace)
             return
         try:
-            principal = self._tokens.verify_header(_text(headers.get(b"authorization")))
+            principal = self._tokens.verify_header(header_text(headers.get(b"authorization")))
         except AuthError as exc:
             await self._refuse(
                 send,
@@ -276,7 +275,7 @@ class McpHttpAdapter:
             await self._forward(request, records, body, message.id, governed=True, message=message, targets=targets)
             return
         payload = envelope(message.id, message.method or "", blocked, request.started)
-        await send_bytes(request.send, 200, payload, JSON + _ids(blocked.record))
+        await send_bytes(request.send, 200, payload, JSON + node_headers(blocked.record))
 
     def _aggregated(self, server: str) -> bool:
         """True when `server` names the aggregated endpoint rather than one upstream."""
@@ -377,7 +376,7 @@ class McpHttpAdapter:
             if bind_session is not None and (session := response.header(b"mcp-session-id")) is not None:
                 # Bound before the client can learn the id: only the initialising principal may use it.
                 self._sessions.bind(session.decode("latin-1"), bind_session)
-            out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + _ids(record)
+            out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + node_headers(record)
             if listing is not None and response.status == 200:
                 await self._relay_listing(request, response, out, idle, *listing, msg_id)
                 relayed = True
@@ -398,7 +397,7 @@ class McpHttpAdapter:
             if tap.status == 0 or response.header(b"content-length") is not None:
                 # Nothing was sent to the client yet: answer with the failure.
                 payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": reason})
-                await send_bytes(request.send, exc.http_status, payload, JSON + _ids(record))
+                await send_bytes(request.send, exc.http_status, payload, JSON + node_headers(record))
             if governed:
                 outcome = graph_pb2.TIMEOUT if isinstance(exc, UpstreamTimeout) else graph_pb2.UPSTREAM_ERROR
                 self._record_results(request, records, tap.result(outcome, detail=reason))
@@ -436,7 +435,6 @@ class McpHttpAdapter:
 
     def _record_results(self, request: _Request, records: tuple[Record, ...], result: graph_pb2.ActionResult) -> None:
         request.trace.result(result)
-        self._metrics.result(_RESULT_NAMES[result.outcome])
         self._enforcer.record_results(records, result)
 
 
@@ -445,14 +443,6 @@ def http_error(code: str, message: str, violation_id: str = "") -> dict[str, Any
     if violation_id:
         error["violation_id"] = violation_id
     return {"error": error}
-
-
-def _ids(record: Record) -> Headers:
-    return [(b"bastion-workflow-id", record.workflow_id.encode()), (b"bastion-node-id", record.node_id.encode())]
-
-
-def _text(value: bytes | None) -> str | None:
-    return value.decode("latin-1") if value is not None else None
 
 
 def _opt(value: bytes | None) -> str | None:
