@@ -334,7 +334,11 @@ async def test_workflow_over_the_graph_cap_is_truncated_and_read_in_full_through
     graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub
 ) -> None:
     events = [_event(f"e{i:04}", second=i, parents=[f"node-e{i - 1:04}"] if i else []) for i in range(5001)]
-    await _ingest(stub, events)
+    # In streams of 500 (the shipper sends at most 512): one stream of 5001 events
+    # could outlast a deadline on a loaded 2-core CI machine.
+    for start in range(0, len(events), 500):
+        ack = await _ingest(stub, events[start : start + 500])
+        assert ack.accepted == len(events[start : start + 500])
 
     whole = (await graph.http.get("/graphs/wf-1")).json()
     first = (await graph.http.get("/graphs/wf-1/nodes", params={"limit": 5000})).json()
