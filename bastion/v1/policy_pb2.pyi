@@ -399,12 +399,17 @@ class Limits(_message.Message):
     BUDGET_WINDOW_FIELD_NUMBER: _builtins.int
     LOOP_SAME_CALL_FIELD_NUMBER: _builtins.int
     LOOP_WINDOW_FIELD_NUMBER: _builtins.int
+    BUDGET_COST_FIELD_NUMBER: _builtins.int
     rate: _builtins.str
     """Token-bucket rate such as "60/m"; empty means unlimited."""
     budget_calls: _builtins.int
     budget_window: _builtins.str
     loop_same_call: _builtins.int
     loop_window: _builtins.str
+    budget_cost: _builtins.float
+    """Cost allowed per budget window (0: no cost budget); each call costs its deciding
+    rule's `cost` (Decision.cost).
+    """
     def __init__(
         self,
         *,
@@ -413,10 +418,11 @@ class Limits(_message.Message):
         budget_window: _builtins.str = ...,
         loop_same_call: _builtins.int = ...,
         loop_window: _builtins.str = ...,
+        budget_cost: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_calls", b"budget_calls", "budget_window", b"budget_window", "loop_same_call", b"loop_same_call", "loop_window", b"loop_window", "rate", b"rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_calls", b"budget_calls", "budget_cost", b"budget_cost", "budget_window", b"budget_window", "loop_same_call", b"loop_same_call", "loop_window", b"loop_window", "rate", b"rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -527,6 +533,7 @@ class Decision(_message.Message):
     SHADOW_RULE_ID_FIELD_NUMBER: _builtins.int
     VERIFIER_FIELD_NUMBER: _builtins.int
     TAINT_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     effect: Global___Effect.ValueType
     rule_id: _builtins.str
     """The rule that decided, or "default" when no rule matched."""
@@ -544,6 +551,10 @@ class Decision(_message.Message):
     """Echo of DecideRequest.ctx.request_id, so answers on DecideStream can be matched."""
     shadow_rule_id: _builtins.str
     """The shadow rule behind shadow_effect."""
+    cost: _builtins.float
+    """What this call spends of the policy's cost budget: the deciding rule's `cost`
+    (default 1).
+    """
     @_builtins.property
     def obligations(self) -> Global___Obligations: ...
     @_builtins.property
@@ -573,10 +584,11 @@ class Decision(_message.Message):
         shadow_rule_id: _builtins.str = ...,
         verifier: Global___VerifierSettings | None = ...,
         taint: Global___TaintSettings | None = ...,
+        cost: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "obligations", b"obligations", "taint", b"taint", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "effect", b"effect", "limits", b"limits", "obligations", b"obligations", "policy_name", b"policy_name", "policy_version", b"policy_version", "reason", b"reason", "request_id", b"request_id", "rollout_arm", b"rollout_arm", "rule_id", b"rule_id", "shadow_effect", b"shadow_effect", "shadow_rule_id", b"shadow_rule_id", "taint", b"taint", "verifier", b"verifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "cost", b"cost", "effect", b"effect", "limits", b"limits", "obligations", b"obligations", "policy_name", b"policy_name", "policy_version", b"policy_version", "reason", b"reason", "request_id", b"request_id", "rollout_arm", b"rollout_arm", "rule_id", b"rule_id", "shadow_effect", b"shadow_effect", "shadow_rule_id", b"shadow_rule_id", "taint", b"taint", "verifier", b"verifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -668,3 +680,161 @@ class BundleEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BundleEvent: _TypeAlias = BundleEvent  # noqa: Y015
+
+@_typing.final
+class ApiKeyRecord(_message.Message):
+    """An agent API key as proxies need it to verify one: only the salted digest of the
+    secret, never the secret (which is shown once, when the key is created).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SALT_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The public part of the key ("bk_<key_id>.<secret>")."""
+    salt: _builtins.str
+    """Hex of the random salt and of sha256(salt || secret)."""
+    digest: _builtins.str
+    agent_id: _builtins.str
+    tenant: _builtins.str
+    revoked: _builtins.bool
+    name: _builtins.str
+    created_by: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: the key does not expire."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        salt: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        revoked: _builtins.bool = ...,
+        name: _builtins.str = ...,
+        created_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "created_at", b"created_at", "created_by", b"created_by", "digest", b"digest", "expires_at", b"expires_at", "key_id", b"key_id", "name", b"name", "revoked", b"revoked", "salt", b"salt", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyRecord: _TypeAlias = ApiKeyRecord  # noqa: Y015
+
+@_typing.final
+class Revocation(_message.Message):
+    """A revoked token id (`jti`) or a whole agent (every token issued to it up to `at`, and
+    its API keys).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Revocation._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: Revocation._Kind.ValueType  # 0
+        TOKEN: Revocation._Kind.ValueType  # 1
+        AGENT: Revocation._Kind.ValueType  # 2
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: Revocation.Kind.ValueType  # 0
+    TOKEN: Revocation.Kind.ValueType  # 1
+    AGENT: Revocation.Kind.ValueType  # 2
+
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    kind: Global___Revocation.Kind.ValueType
+    value: _builtins.str
+    """The jti, or the agent id."""
+    tenant: _builtins.str
+    """An AGENT revocation applies to this tenant's agent of that id."""
+    by: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___Revocation.Kind.ValueType = ...,
+        value: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "by", b"by", "kind", b"kind", "reason", b"reason", "tenant", b"tenant", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Revocation: _TypeAlias = Revocation  # noqa: Y015
+
+@_typing.final
+class WatchIdentityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchIdentityRequest: _TypeAlias = WatchIdentityRequest  # noqa: Y015
+
+@_typing.final
+class IdentityEvent(_message.Message):
+    """The first event of a WatchIdentity stream has snapshot=true and holds every key and
+    revocation (the watcher replaces what it held); later events add or update entries.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    REVOCATIONS_FIELD_NUMBER: _builtins.int
+    snapshot: _builtins.bool
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKeyRecord]: ...
+    @_builtins.property
+    def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]: ...
+    def __init__(
+        self,
+        *,
+        snapshot: _builtins.bool = ...,
+        keys: _abc.Iterable[Global___ApiKeyRecord] | None = ...,
+        revocations: _abc.Iterable[Global___Revocation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "revocations", b"revocations", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdentityEvent: _TypeAlias = IdentityEvent  # noqa: Y015

@@ -59,6 +59,11 @@ class PolicyServiceStub:
                 request_serializer=bastion_dot_v1_dot_policy__pb2.WatchRequest.SerializeToString,
                 response_deserializer=bastion_dot_v1_dot_policy__pb2.BundleEvent.FromString,
                 _registered_method=True)
+        self.WatchIdentity = channel.unary_stream(
+                '/bastion.v1.PolicyService/WatchIdentity',
+                request_serializer=bastion_dot_v1_dot_policy__pb2.WatchIdentityRequest.SerializeToString,
+                response_deserializer=bastion_dot_v1_dot_policy__pb2.IdentityEvent.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -100,6 +105,14 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchIdentity(self, request, context):
+        """API keys and revocations, pushed to every proxy as they change (DESIGN §8: effective
+        everywhere within 30 s, without a lookup per call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=bastion_dot_v1_dot_policy__pb2.WatchRequest.FromString,
                     response_serializer=bastion_dot_v1_dot_policy__pb2.BundleEvent.SerializeToString,
+            ),
+            'WatchIdentity': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchIdentity,
+                    request_deserializer=bastion_dot_v1_dot_policy__pb2.WatchIdentityRequest.FromString,
+                    response_serializer=bastion_dot_v1_dot_policy__pb2.IdentityEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class PolicyService:
             '/bastion.v1.PolicyService/Watch',
             bastion_dot_v1_dot_policy__pb2.WatchRequest.SerializeToString,
             bastion_dot_v1_dot_policy__pb2.BundleEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/bastion.v1.PolicyService/WatchIdentity',
+            bastion_dot_v1_dot_policy__pb2.WatchIdentityRequest.SerializeToString,
+            bastion_dot_v1_dot_policy__pb2.IdentityEvent.FromString,
             options,
             channel_credentials,
             insecure,

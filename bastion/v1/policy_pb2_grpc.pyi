@@ -46,6 +46,10 @@ class PolicyServiceStub:
     """
     Watch: _grpc.UnaryStreamMultiCallable[_policy_pb2.WatchRequest, _policy_pb2.BundleEvent]
     """Streams the active bundles first, then every change."""
+    WatchIdentity: _grpc.UnaryStreamMultiCallable[_policy_pb2.WatchIdentityRequest, _policy_pb2.IdentityEvent]
+    """API keys and revocations, pushed to every proxy as they change (DESIGN §8: effective
+    everywhere within 30 s, without a lookup per call).
+    """
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -63,6 +67,10 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     """
     Watch: _aio.UnaryStreamMultiCallable[_policy_pb2.WatchRequest, _policy_pb2.BundleEvent]  # type: ignore[assignment]
     """Streams the active bundles first, then every change."""
+    WatchIdentity: _aio.UnaryStreamMultiCallable[_policy_pb2.WatchIdentityRequest, _policy_pb2.IdentityEvent]  # type: ignore[assignment]
+    """API keys and revocations, pushed to every proxy as they change (DESIGN §8: effective
+    everywhere within 30 s, without a lookup per call).
+    """
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -107,5 +115,15 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_policy_pb2.BundleEvent], _abc.AsyncIterator[_policy_pb2.BundleEvent]]:
         """Streams the active bundles first, then every change."""
+
+    @_abc_1.abstractmethod
+    def WatchIdentity(
+        self,
+        request: _policy_pb2.WatchIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_policy_pb2.IdentityEvent], _abc.AsyncIterator[_policy_pb2.IdentityEvent]]:
+        """API keys and revocations, pushed to every proxy as they change (DESIGN §8: effective
+        everywhere within 30 s, without a lookup per call).
+        """
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
