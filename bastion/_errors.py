@@ -191,6 +191,29 @@ class StoreError(BastionError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class LimitsUnavailable(BastionError):
+    """The limit store (Redis) did not answer: the action is blocked (fail closed)."""
+
+    code = "bastion.limits_unavailable"
+    jsonrpc_code = -32005
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class NotFound(BastionError):
+    code = "bastion.not_found"
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class Conflict(BastionError):
+    """The resource's state refuses the change (an approval already decided, a key revoked)."""
+
+    code = "bastion.conflict"
+    http_status = 409
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 __all__ = [
     "ArgumentsTooLarge",
     "AuthError",
@@ -198,13 +221,16 @@ __all__ = [
     "BodyTimeout",
     "BundleSignatureError",
     "ConfigError",
+    "Conflict",
     "DecisionUnavailable",
     "ForbiddenError",
     "HeaderMismatch",
     "InvalidParams",
     "InvalidRequest",
     "JournalError",
+    "LimitsUnavailable",
     "MethodNotAllowed",
+    "NotFound",
     "ParseError",
     "PayloadTooLarge",
     "PolicyError",

@@ -89,3 +89,25 @@ class ProxySettings(CommonSettings):
     history_len: int = Field(
         default=16, ge=0, le=256, description="Earlier actions of the workflow sent to the verifier with each call."
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for limits and budgets shared by every proxy replica (redis://host:port/db); "
+        "unset: limits are counted in this process only.",
+    )
+    redis_timeout_ms: int = Field(
+        default=250,
+        ge=10,
+        description="Deadline for one limit check in Redis; past it (or Redis unreachable) the action is blocked.",
+    )
+    approval_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds an approval request stays open, and an approved call may be retried, before it expires.",
+    )
+    approval_wait_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description="Seconds a call needing approval is held open waiting for an operator's decision before it is "
+        "answered -32004 (0: answer at once).",
+    )
