@@ -9,9 +9,10 @@ An API key is `bk_<key_id>.<secret>`: the key id is public (it names the key in 
 logs), the secret is 32 random bytes shown once at creation; only
 `sha256(salt || secret)` and the salt are stored and pushed.
 
-    state.apply(event)              a WatchIdentity event (snapshot or delta)
-    state.api_key(key_id)           the key's record, or None
-    state.revocation(principal)     why the principal's token or key is revoked, or None
+    state.apply(event)                                  a WatchIdentity event (snapshot or delta)
+    state.api_key(key_id)                               the key's record, or None
+    state.token_revoked(jti)                            why the token is revoked, or None
+    state.agent_revoked(tenant, agent_id, issued_at)    why the agent's credential is revoked, or None
 """
 
 from __future__ import annotations
@@ -97,21 +98,24 @@ class IdentityState:
         self.synced = False
 
     def apply(self, event: policy_pb2.IdentityEvent) -> None:
+        # Parsed before anything changes: a record that does not parse (bad hex) raises here and
+        # leaves the state as it was, rather than a snapshot half-applied with its revocations lost.
+        keys = [ApiKey.from_proto(record) for record in event.keys]
         if event.snapshot:
             self._keys, self._tokens, self._agents = {}, {}, {}
             self.synced = True
-        for record in event.keys:
-            self._keys[record.key_id] = ApiKey.from_proto(record)
+        for key in keys:
+            self._keys[key.key_id] = key
         for revocation in event.revocations:
             reason = revocation.reason or "revoked"
             if revocation.kind == policy_pb2.Revocation.TOKEN:
                 self._tokens[revocation.value] = reason
             elif revocation.kind == policy_pb2.Revocation.AGENT:
                 at = revocation.at.ToNanoseconds() / 1e9
-                key = (revocation.tenant, revocation.value)
-                known = self._agents.get(key)
+                agent = (revocation.tenant, revocation.value)
+                known = self._agents.get(agent)
                 if known is None or known.at < at:
-                    self._agents[key] = _AgentRevocation(at, reason)
+                    self._agents[agent] = _AgentRevocation(at, reason)
 
     def api_key(self, key_id: str) -> ApiKey | None:
         return self._keys.get(key_id)

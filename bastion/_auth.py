@@ -23,11 +23,10 @@ from typing import Annotated
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ._errors import ForbiddenError
-from ._identity import OPERATOR_ROLES, Principal, TokenVerifier
+from ._authz import AUDITOR_ROLE, CHANGE, READ, READER_ROLES, authorize
+from ._identity import Principal, TokenVerifier
 
-AUDITOR_ROLE = "auditor"
-READER_ROLES = OPERATOR_ROLES | {AUDITOR_ROLE}
+__all__ = ["AUDITOR_ROLE", "READER_ROLES", "Guard", "require_operator", "require_reader"]
 
 #: A FastAPI dependency that authorizes the request and returns who made it.
 Guard = Callable[..., Awaitable[Principal]]
@@ -45,23 +44,20 @@ _BEARER = HTTPBearer(
 
 def require_reader(verifier: TokenVerifier) -> Guard:
     """Operators, admins and auditors pass."""
-    return _require(verifier, READER_ROLES, "read this", "'operator', 'admin' or 'auditor'")
+    return _require(verifier, READ)
 
 
 def require_operator(verifier: TokenVerifier) -> Guard:
     """Operators and admins pass; auditors and agents are refused."""
-    return _require(verifier, OPERATOR_ROLES, "change this", "'operator' or 'admin'")
+    return _require(verifier, CHANGE)
 
 
-def _require(verifier: TokenVerifier, roles: frozenset[str], action: str, wanted: str) -> Guard:
+def _require(verifier: TokenVerifier, need: tuple[frozenset[str], str, str]) -> Guard:
     # async on purpose: FastAPI runs plain `def` dependencies in a thread pool, and the
     # verifier's token cache is not safe to share across threads.
-    async def authorize(
+    async def guard(
         request: Request, _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
     ) -> Principal:
-        principal = verifier.verify_header(request.headers.get("authorization"))
-        if roles.isdisjoint(principal.roles):
-            raise ForbiddenError(f"{principal.subject!r} may not {action}: role {wanted} required")
-        return principal
+        return authorize(verifier, request.headers.getlist("authorization"), need)
 
-    return authorize
+    return guard

@@ -3,6 +3,8 @@
 Exit codes: 0 success; 1 the command ran and failed (a service died, a check
 failed, a service refused the request); 2 bad usage, configuration or credentials.
 `bastion policy apply|validate|versions|diff|activate` live in bastion._policy_cli.
+`bastion keys create|list|revoke` and `bastion token revoke|revocations` in bastion._keys_cli.
+`bastion approvals list|show|approve|deny` in bastion._approvals_cli.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from pathlib import Path
 import orjson
 
 from ._appconfig import find_app_config
-from ._errors import BastionError
+from ._approvals_cli import add_approval_commands, run_approval_command
+from ._errors import BastionError, ConfigError
 from ._identity import ensure_dev_key, issue_token
+from ._keys_cli import add_keys_commands, add_token_revoke_commands, run_keys_command
 from ._policy_cli import add_policy_commands, run_policy_command
 from ._settings import CommonSettings
 
@@ -75,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--ttl", type=_ttl, default=3600, help="lifetime, e.g. 30m, 1h (default), 7d")
     issue.add_argument("--config", type=Path, help="bastion.yaml, for the token's issuer and audience")
     issue.add_argument("--json", action="store_true", help="print {token, agent, roles, expires_in} as JSON")
+    add_token_revoke_commands(token_actions)
+    add_keys_commands(commands, _ttl)
+    add_approval_commands(commands)
     return parser
 
 
@@ -128,6 +135,11 @@ def _server_name(program: str) -> str:
 def _token(args: argparse.Namespace) -> int:
     settings = CommonSettings()
     _, app = find_app_config(args.config, settings.config)
+    if args.ttl > app.auth.max_token_lifetime_s:
+        # Verifiers refuse a longer-lived token; better said now than at the first call.
+        raise ConfigError(
+            f"--ttl {args.ttl}s is above auth.max_token_lifetime_s ({app.auth.max_token_lifetime_s}s) of bastion.yaml"
+        )
     token = issue_token(
         ensure_dev_key(settings.home.resolve()),
         subject=args.agent,
@@ -158,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args.command, args.config)
         if args.command == "wrap":
             return _wrap(args)
+        if args.command == "approvals":
+            return run_approval_command(args)
+        if args.command == "keys" or (args.command == "token" and args.action != "issue"):
+            return run_keys_command(args)
         return _token(args)
     except BastionError as exc:
         print(f"bastion: {exc}", file=sys.stderr)

@@ -192,10 +192,11 @@ class StoreError(BastionError):
 
 
 class LimitsUnavailable(BastionError):
-    """The limit store (Redis) did not answer: the action is blocked (fail closed)."""
+    """The limit store (Redis) did not answer: the action is blocked (fail closed, the -32003
+    envelope with this code as its rule_id, like the other unavailable dependencies)."""
 
     code = "bastion.limits_unavailable"
-    jsonrpc_code = -32005
+    jsonrpc_code = -32003
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
@@ -204,6 +205,20 @@ class NotFound(BastionError):
     code = "bastion.not_found"
     http_status = 404
     grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidInput(BastionError):
+    """A REST request body that is not what the route takes (not JSON, unknown field, bad type)."""
+
+    code = "bastion.invalid_request"
+    http_status = 422
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidQuery(InvalidInput):
+    """A REST query string that is not what the route takes."""
+
+    http_status = 400
 
 
 class Conflict(BastionError):
@@ -225,7 +240,9 @@ __all__ = [
     "DecisionUnavailable",
     "ForbiddenError",
     "HeaderMismatch",
+    "InvalidInput",
     "InvalidParams",
+    "InvalidQuery",
     "InvalidRequest",
     "JournalError",
     "LimitsUnavailable",

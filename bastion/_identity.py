@@ -1,4 +1,11 @@
-"""Who is calling: agent/operator JWTs, the stack's dev signing key, the service token.
+"""Who is calling: agent/operator JWTs, agent API keys, the stack's dev signing key, the service token.
+
+A bearer credential is either a JWT — verified against the configured keys (bastion._jwks:
+a JWKS chosen from by `kid`, PEM files, or the dev key), with `iss`, `aud`, `exp`, `nbf`,
+`iat`, a maximum lifetime and the tenant claim checked — or an API key `bk_<id>.<secret>`,
+matched against the salted digest pushed by the policy service (bastion._apikeys).
+Revocations (a token's `jti`, an API key, every credential of an agent issued up to a
+time) are pushed the same way and checked on every call, cached credential or not.
 
 Dev keys and the service token live under $BASTION_HOME and are created on first use.
 Several services start at once, so creation is race-free: the secret is written to a
@@ -7,10 +14,13 @@ temporary file and hard-linked into place, and whoever loses the race reads the 
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import time
+import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +29,19 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ._appconfig import AuthConfig
+from ._apikeys import API_KEY_PREFIX, ApiKey, IdentityState, parse_api_key
+from ._appconfig import AuthConfig, is_url
 from ._errors import AuthError, ConfigError
+from ._jwks import Jwks, KeySource, StaticKeys, jwk_thumbprint, shown
 
 DEV_KEY_FILE = "keys/dev-ed25519.pem"
 SERVICE_TOKEN_FILE = "keys/service-token"  # noqa: S105 - a file name, not a secret
 OPERATOR_ROLES = frozenset({"operator", "admin"})
 #: Real JWTs are a few hundred bytes to a few KiB; anything near this is not a token.
 MAX_TOKEN_CHARS = 16 * 1024
+MAX_TENANT_CHARS = 128
+MAX_TOKEN_ID_CHARS = 256
+DEFAULT_TENANT = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +51,14 @@ class Principal:
     subject: str
     tenant: str
     roles: tuple[str, ...]
+    #: Unix time; infinite for an API key without expiry.
     expires_at: float
+    #: The JWT's `jti` ("" without one), or `key:<key id>` for an API key.
+    token_id: str = ""
+    #: The JWT's `iat`, or when the API key was created.
+    issued_at: float = 0.0
+    #: The API key's id when the caller sent one.
+    key_id: str = ""
 
     @property
     def is_operator(self) -> bool:
@@ -88,26 +110,35 @@ def issue_token(
     *,
     subject: str,
     roles: tuple[str, ...] = (),
-    tenant: str = "default",
+    tenant: str = DEFAULT_TENANT,
     ttl_seconds: int = 3600,
     auth: AuthConfig | None = None,
 ) -> str:
+    """A JWT signed with `key` (the dev key), under the key's RFC 7638 thumbprint as `kid`.
+
+    The lifetime is cut to `auth.max_token_lifetime_s`: a longer-lived token would be refused.
+    """
     settings = auth or AuthConfig()
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": subject,
-        "tenant": tenant,
+        settings.tenant_claim: tenant,
         "roles": list(roles),
         "iss": settings.issuer,
         "aud": settings.audience,
         "iat": now,
         "nbf": now,
-        "exp": now + ttl_seconds,
+        "exp": now + min(ttl_seconds, settings.max_token_lifetime_s),
+        "jti": uuid.uuid4().hex,
     }
-    return jwt.encode(claims, key, algorithm="EdDSA")
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": jwk_thumbprint(key.public_key())})
 
 
 def load_public_keys(auth: AuthConfig, home: Path) -> list[Any]:
+    """The PEM keys of `auth.public_keys`, else the dev key (for `auth.jwks` use TokenVerifier.from_config)."""
+    if auth.jwks is not None:
+        # Falling back to the dev key here would trust a key the configuration never named.
+        raise ConfigError("auth.jwks is set: build the verifier with TokenVerifier.from_config(auth, home)")
     if not auth.public_keys:
         return [ensure_dev_key(home).public_key()]
     keys: list[Any] = []
@@ -119,73 +150,232 @@ def load_public_keys(auth: AuthConfig, home: Path) -> list[Any]:
     return keys
 
 
-class TokenVerifier:
-    """Verifies bearer JWTs, caching good ones until they expire.
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    principal: Principal
+    #: Cached until then (Unix time).
+    valid_until: float
+    #: The record an API key was verified against: the entry holds while the pushed state holds it.
+    api_key: ApiKey | None = None
 
-    Signature verification costs tens of microseconds; agents reuse one token for
-    many calls, so the hot path pays it once per token.
+
+class TokenVerifier:
+    """Verifies bearer JWTs and API keys, caching good ones until they expire.
+
+    Signature verification costs tens of microseconds; agents reuse one token for many
+    calls, so the hot path pays it once per token. Revocation is looked up on every call,
+    hits included (a few dict lookups), so a pushed revocation takes effect at once; a
+    revoked credential stays cached, so retrying it in a loop stays cheap.
+    Not thread-safe: use it from one event loop.
+
+        TokenVerifier.from_config(auth, home, identity=...)   then `await start()` ... `await close()`
+        verify_header("Bearer ...") / verify(token) -> Principal, or AuthError (401)
     """
 
-    def __init__(self, auth: AuthConfig, public_keys: list[Any], cache_size: int = 4096) -> None:
-        if not public_keys:
-            raise ConfigError("no public keys to verify tokens with")
+    def __init__(
+        self,
+        auth: AuthConfig,
+        public_keys: Sequence[Any] | KeySource,
+        cache_size: int = 4096,
+        *,
+        identity: IdentityState | None = None,
+    ) -> None:
         self._auth = auth
-        self._keys = public_keys
-        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        self._keys: KeySource = (
+            StaticKeys(public_keys, auth.algorithms) if isinstance(public_keys, Sequence) else public_keys
+        )
+        self._algorithms = frozenset(auth.algorithms)
+        self._identity = identity
+        self._cache: OrderedDict[str, _Verified] = OrderedDict()
         self._cache_size = cache_size
+
+    @classmethod
+    def from_config(
+        cls, auth: AuthConfig, home: Path, *, identity: IdentityState | None = None, cache_size: int = 4096
+    ) -> TokenVerifier:
+        """The verifier `auth` describes. A JWKS file is read here; a JWKS URL in `start()`."""
+        if auth.jwks is None:
+            return cls(auth, load_public_keys(auth, home), cache_size, identity=identity)
+        jwks = Jwks(auth.jwks, auth.algorithms, refresh_s=auth.jwks_refresh_s)
+        if not is_url(auth.jwks):
+            jwks.load()
+        return cls(auth, jwks, cache_size, identity=identity)
+
+    async def start(self) -> None:
+        """Fetch a JWKS URL (ConfigError if that fails) and keep a JWKS refreshed; else nothing."""
+        await self._keys.start()
+
+    async def close(self) -> None:
+        await self._keys.close()
 
     def verify_header(self, authorization: str | None) -> Principal:
         if not authorization:
-            raise AuthError("missing bearer token: send 'Authorization: Bearer <jwt>'")
+            raise AuthError("missing bearer token: send 'Authorization: Bearer <jwt or API key>'")
         if len(authorization) > MAX_TOKEN_CHARS:
             # Refused before any parsing: a megabyte of header would otherwise be split,
             # base64-decoded and hashed on the event loop before the inevitable 401.
             raise AuthError(f"bearer token longer than {MAX_TOKEN_CHARS} characters")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise AuthError("Authorization header must be 'Bearer <jwt>'")
+            raise AuthError("Authorization header must be 'Bearer <jwt or API key>'")
         return self.verify(token.strip())
 
     def verify(self, token: str) -> Principal:
-        cached = self._cache.get(token)
-        if cached is not None:
-            if cached.expires_at > time.time():
-                self._cache.move_to_end(token)
-                return cached
-            del self._cache[token]
-        principal = self._decode(token)
-        self._cache[token] = principal
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return principal
+        if len(token) > MAX_TOKEN_CHARS:
+            raise AuthError(f"bearer token longer than {MAX_TOKEN_CHARS} characters")
+        verified = self._cache.get(token)
+        if verified is not None and self._still_good(verified):
+            self._cache.move_to_end(token)
+        else:
+            if verified is not None:
+                del self._cache[token]
+            verified = self._api_key(token) if token.startswith(API_KEY_PREFIX) else self._jwt(token)
+            self._cache[token] = verified
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        self._check_revocations(verified.principal)
+        return verified.principal
 
-    def _decode(self, token: str) -> Principal:
-        last: Exception | None = None
-        for key in self._keys:
+    def _still_good(self, verified: _Verified) -> bool:
+        if verified.valid_until <= time.time():
+            return False
+        # A changed record (revoked, expiry moved, a new snapshot) means verifying again.
+        return verified.api_key is None or (
+            self._identity is not None and self._identity.api_key(verified.principal.key_id) is verified.api_key
+        )
+
+    def _check_revocations(self, principal: Principal) -> None:
+        identity = self._identity
+        if identity is None:
+            return
+        # The operator's reason is not repeated to the caller: it may say what was suspected.
+        if identity.token_revoked(principal.token_id) is not None:
+            raise AuthError("token revoked: ask for a new one")
+        if identity.agent_revoked(principal.tenant, principal.subject, principal.issued_at) is not None:
+            raise AuthError(
+                f"agent {principal.subject!r} revoked: its credentials issued before the revocation are refused"
+            )
+
+    # --- API keys -----------------------------------------------------------------------------
+
+    def _api_key(self, token: str) -> _Verified:
+        parsed = parse_api_key(token)
+        if parsed is None:
+            raise AuthError(f"malformed API key: expected {API_KEY_PREFIX}<16 hex digits>.<43-character secret>")
+        key_id, secret = parsed
+        identity = self._identity
+        if identity is None or not identity.synced:
+            raise AuthError(
+                "API keys are not available yet: this service has not received them from the policy service"
+            )
+        record = identity.api_key(key_id)
+        if record is None:
+            raise AuthError(f"unknown API key {key_id!r}")
+        # The secret first: only its holder learns whether the key is revoked or expired.
+        if not record.matches(secret):
+            raise AuthError(f"invalid API key: the secret does not match key {key_id!r}")
+        if record.revoked:
+            raise AuthError(f"API key {key_id!r} revoked")
+        if record.expires_at and record.expires_at <= time.time():
+            raise AuthError(f"API key {key_id!r} expired")
+        expires_at = record.expires_at or math.inf
+        principal = Principal(
+            subject=record.agent_id,
+            tenant=record.tenant,
+            # An API key is an agent's credential, held in the agent's configuration: it never
+            # carries operator roles, so a leaked key can never approve, grant or change policy.
+            roles=(),
+            expires_at=expires_at,
+            token_id=f"key:{key_id}",
+            issued_at=record.created_at,
+            key_id=key_id,
+        )
+        return _Verified(principal, expires_at, record)
+
+    # --- JWTs ---------------------------------------------------------------------------------
+
+    def _jwt(self, token: str) -> _Verified:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"invalid token: malformed ({exc})") from exc
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in self._algorithms:
+            allowed = ", ".join(self._auth.algorithms)
+            raise AuthError(f"invalid token: algorithm {shown(algorithm)} is not allowed (allowed: {allowed})")
+        kid = header.get("kid")
+        candidates = self._keys.candidates(kid)
+        keys = [key for key in candidates if algorithm in key.algorithms]
+        if not keys:
+            if len(candidates) == 1 and candidates[0].kid is not None:
+                raise AuthError(
+                    f"invalid token: algorithm {algorithm!r} does not fit key {shown(candidates[0].kid)} "
+                    f"({', '.join(sorted(candidates[0].algorithms))})"
+                )
+            raise AuthError(f"invalid token: algorithm {algorithm!r} fits none of the configured keys")
+        for key in keys:
             try:
                 claims = jwt.decode(
                     token,
-                    key,
-                    algorithms=list(self._auth.algorithms),
+                    key.key,
+                    algorithms=[algorithm],
                     audience=self._auth.audience,
                     issuer=self._auth.issuer,
+                    leeway=self._auth.leeway_s,
                     options={"require": ["sub", "exp", "iat"]},
                 )
-            except jwt.InvalidSignatureError as exc:
-                last = exc
+            except jwt.InvalidSignatureError:
                 continue
             except jwt.PyJWTError as exc:
-                raise AuthError(f"invalid token: {exc}") from exc
-            roles = claims.get("roles", [])
-            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-                raise AuthError("invalid token: 'roles' must be a list of strings")
-            subject = claims["sub"]
-            if not isinstance(subject, str) or not subject:
-                raise AuthError("invalid token: 'sub' must be a non-empty string")
-            return Principal(
-                subject=subject,
-                tenant=str(claims.get("tenant", "default")),
-                roles=tuple(roles),
-                expires_at=float(claims["exp"]),
+                raise AuthError(_claims_refusal(exc)) from exc
+            principal = self._principal(claims)
+            return _Verified(principal, principal.expires_at + self._auth.leeway_s)
+        raise AuthError("invalid token: the signature does not verify")
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise AuthError("invalid token: 'sub' must be a non-empty string")
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise AuthError("invalid token: 'roles' must be a list of strings")
+        claim = self._auth.tenant_claim
+        tenant = claims.get(claim, DEFAULT_TENANT)
+        if not isinstance(tenant, str) or not tenant or len(tenant) > MAX_TENANT_CHARS:
+            raise AuthError(
+                f"invalid token: the tenant claim {claim!r} must be a non-empty string "
+                f"of at most {MAX_TENANT_CHARS} characters"
             )
-        raise AuthError(f"invalid token: {last or 'signature verification failed'}")
+        token_id = claims.get("jti", "")
+        if not isinstance(token_id, str) or len(token_id) > MAX_TOKEN_ID_CHARS:
+            raise AuthError(f"invalid token: 'jti' must be a string of at most {MAX_TOKEN_ID_CHARS} characters")
+        issued_at, expires_at = float(claims["iat"]), float(claims["exp"])
+        lifetime, most = expires_at - issued_at, self._auth.max_token_lifetime_s
+        if lifetime > most:
+            raise AuthError(
+                f"invalid token: token lifetime of {lifetime:.0f} s (exp - iat) exceeds the maximum of {most} s"
+            )
+        return Principal(
+            subject=subject,
+            tenant=tenant,
+            roles=tuple(roles),
+            expires_at=expires_at,
+            token_id=token_id,
+            issued_at=issued_at,
+        )
+
+
+def _claims_refusal(exc: jwt.PyJWTError) -> str:
+    """What is wrong with a validly signed token's claims; one message per check."""
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "invalid token: expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        claim = "iat" if "(iat)" in str(exc) else "nbf"
+        return f"invalid token: not yet valid ({claim!r} is in the future)"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "invalid token: wrong audience (not this stack's auth.audience)"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "invalid token: wrong issuer (not this stack's auth.issuer)"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"invalid token: no {exc.claim!r} claim"
+    return f"invalid token: {exc}"

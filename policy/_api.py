@@ -15,6 +15,8 @@ changes nothing, but it is an operator's tool and answers with the document's pr
     POST /v1/simulate                                  replay recorded actions against a candidate (policy/_simulate.py)
     POST /v1/rollouts, GET /v1/rollouts[/{id}],        canary rollouts (policy/_rollouts_api.py)
     POST /v1/rollouts/{id}/promote|rollback
+    POST /v1/keys, GET /v1/keys,                       API keys and revocations (policy/_identities_api.py)
+    POST /v1/keys/{id}/revoke, POST|GET /v1/revocations
 
 Validate also checks the document's rules against the proxy's live tool lists when the
 proxy answers (policy/_live_tools.py): a tool or argument no upstream has is a problem, a
@@ -63,6 +65,8 @@ from bastion._rest import AUTH_RESPONSES, error_doc, error_response, rest_app
 
 from ._bundles import BundleVerifier, loads_json
 from ._document import PolicyDocument
+from ._identities import IdentityStore
+from ._identities_api import add_identity_routes
 from ._live_tools import check_live_tools, fetch_live_tools
 from ._registry import Compiled, PolicyRegistry, compile_version
 from ._rollouts import RolloutManager
@@ -196,13 +200,15 @@ def create_app(
     proxy_addr: str | None = None,
     simulator: Simulator | None = None,
     rollouts: RolloutManager | None = None,
+    identities: IdentityStore | None = None,
 ) -> FastAPI:
     """The admin app; `is_ready` says whether the gRPC side is serving decisions.
 
     `verifier` checks the bearer JWTs of the /v1 routes; `bundles` checks signed policy
     bundles; `hosts` is the DNS-rebinding check. `proxy_addr` is where validation reads the
     live tools (None: not checked); `simulator` runs POST /v1/simulate (None: 503);
-    `rollouts` runs /v1/rollouts (None: one of its own over `policies`, for an app alone).
+    `rollouts` runs /v1/rollouts (None: one of its own over `policies`, for an app alone);
+    `identities` serves /v1/keys and /v1/revocations (None: those routes are absent).
     """
     app = rest_app(title="Bastion policy service", hosts=hosts)
     app.add_exception_handler(VersionExists, _conflict)
@@ -420,6 +426,9 @@ def create_app(
         check_name=_check_name,
         max_body=max_body,
     )
+    if identities is not None:
+        reader = Depends(require_reader(verifier))
+        add_identity_routes(app, identities, reader=reader, operator=operator, read_body=_read_body, max_body=max_body)
     return app
 
 

@@ -9,8 +9,8 @@ and each error names the policy, the rule and the field and says how to fix it:
 Checks go as far as load time can: a `when` expression must compile as CEL and name only
 known variables (policy/_cel.py), argument constraints must be able to match and their
 patterns must not backtrack for seconds (policy/_args.py). The `limits`, `verifier` and
-`taint` stanzas and a rule's `steer` message are validated as strictly and carried into
-every decision (docs/policies.md says which of them the proxy enforces today).
+`taint` stanzas and a rule's `steer` message and `cost` are validated as strictly and carried
+into every decision (docs/policies.md says which of them the proxy enforces today).
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ _MAX_STEER_CHARS = 1024
 _RATE = re.compile(r"[1-9][0-9]{0,8}/[smhd]")
 _DURATION = re.compile(r"[1-9][0-9]{0,8}(?:ms|s|m|h|d)")
 _VERIFIER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# Limits are counted exactly: costs in millionths, as integers that Redis's Lua (doubles)
+# holds exactly up to 2**53, so a cost or a cost budget stays within 10**9 units.
+MAX_COST = 1e9
+_MAX_BUDGET_CALLS = 10**12
+# A loop of more identical calls than this is not what loop detection is for, and every
+# proxy keeps that many timestamps per repeated call.
+_MAX_SAME_CALL = 10_000
 
 
 def _check_pattern(value: str, what: str, separators: str = "/\\") -> str:
@@ -245,6 +252,9 @@ class Rule(_Strict):
     shadow_effect: ShadowEffectName | None = None
     #: Told to the agent when this rule blocks it (Decision.obligations.steer_message).
     steer: Annotated[str, Strict(), AfterValidator(_check_steer)] | None = None
+    #: What one call decided by this rule spends of the policy's cost budget (Decision.cost;
+    #: omitted: 1).
+    cost: Annotated[float, Strict(), Field(ge=0, le=MAX_COST, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _shadow(self) -> Rule:
@@ -258,17 +268,29 @@ class Rule(_Strict):
 
 
 class Budget(_Strict):
-    calls: Annotated[int, Strict(), Field(ge=1)]
+    """Calls and/or cost allowed per `window` (fixed windows aligned to the epoch)."""
+
+    calls: Annotated[int, Strict(), Field(ge=1, le=_MAX_BUDGET_CALLS)] | None = None
+    #: The sum of the deciding rules' `cost` allowed per window.
+    cost: Annotated[float, Strict(), Field(gt=0, le=MAX_COST, allow_inf_nan=False)] | None = None
     window: Duration
+
+    @model_validator(mode="after")
+    def _caps_something(self) -> Budget:
+        if self.calls is None and self.cost is None:
+            raise PydanticCustomError(
+                "empty_budget", "'budget' must set 'calls', 'cost' or both (besides 'window'); or omit it"
+            )
+        return self
 
 
 class Loop(_Strict):
-    same_call: Annotated[int, Strict(), Field(ge=1)]
+    same_call: Annotated[int, Strict(), Field(ge=1, le=_MAX_SAME_CALL)]
     window: Duration
 
 
 class Limits(_Strict):
-    """Per-agent limits (carried in decisions; not yet enforced by the proxy)."""
+    """Per-(tenant, agent) limits of the policy's decisions, enforced by the proxy (proxy/_limits.py)."""
 
     rate: Annotated[str, Strict(), _matching(_RATE, "'<calls>/<s|m|h|d>' such as '60/m'")] | None = None
     budget: Budget | None = None
@@ -446,7 +468,9 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     ("spec", "taint"): Taint,
 }
 # Errors raised by the models above, whose messages already say where and what.
-_OWN_MESSAGES = frozenset({"duplicate_rule_id", "empty_match", "shadow_effect_without_shadow", "empty_stanza"})
+_OWN_MESSAGES = frozenset(
+    {"duplicate_rule_id", "empty_match", "shadow_effect_without_shadow", "empty_stanza", "empty_budget"}
+)
 # Errors whose message needs the field's path in front.
 _FIELD_MESSAGES = frozenset({"value_error", "never_matches", "null_field"})
 _CHOICES: dict[str, tuple[str, ...]] = {

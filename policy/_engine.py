@@ -42,7 +42,8 @@ Decision semantics
   `args` or `when` is taken to match when its effect is allow, and skipped otherwise
   (the call itself is decided with its arguments).
 * A decision carries the deciding policy's `limits`, `verifier` and `taint` stanzas and
-  the deciding rule's `steer` message.
+  the deciding rule's `steer` message and `cost` (what the call spends of the policy's
+  cost budget: the rule's `cost`, 1 when it sets none and when no rule decided).
 * When no rule of any policy matches, rule_id is "default" and the effect is DENY unless every loaded
   policy says `default: allow`; the decision names the first default-deny policy (or,
   when all allow, the first policy). With no policy loaded at all, every action is
@@ -112,6 +113,8 @@ _VERBS = {
 }
 #: How many skipped rules a reason names.
 _MAX_SKIPPED = 3
+#: The cost of a call whose deciding rule sets none (or that no rule decided).
+DEFAULT_COST = 1.0
 _EMPTY: Mapping[str, Any] = {}
 
 
@@ -136,6 +139,8 @@ class Decision:
     #: True when the deciding rule's `when` failed to evaluate (so it denied): an evaluation
     #: error, counted as such by canary rollouts (bastion.policy._rollouts).
     error: bool = False
+    #: What the call spends of the deciding policy's cost budget (the deciding rule's `cost`).
+    cost: float = DEFAULT_COST
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +174,7 @@ class CompiledRule:
     #: Family → the exact target names (lowercased where matching ignores case) this rule
     #: can match, when all its patterns for that family are ASCII literals; absent: any.
     literals: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    cost: float = DEFAULT_COST
 
     @property
     def conditional(self) -> bool:
@@ -367,6 +373,7 @@ class PolicySet:
             verifier=stanzas.verifier,
             taint=stanzas.taint,
             error=error,
+            cost=rule.cost,
         )
 
     def _refuse(self, reason: str) -> Decision:
@@ -425,6 +432,7 @@ def _compile_rule(rule: Rule, policy_name: str, policy_version: int, stanzas: St
         steer=rule.steer or "",
         stanzas=stanzas,
         literals=_literals(rule.match),
+        cost=DEFAULT_COST if rule.cost is None else rule.cost,
     )
 
 

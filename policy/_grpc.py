@@ -5,7 +5,8 @@ active PolicySet, read from the PolicyRegistry (bastion.policy._registry) on eve
 the registry's snapshot once (the set, and for canary rollouts the running rollouts and
 each arm's set: bastion.policy._rollouts), so a decision is made entirely against the set
 before or entirely against the set after a concurrent activation or rollout step. Watch
-sends the active versions, then every change.
+sends the active versions, then every change; WatchIdentity does the same for API keys and
+revocations (bastion.policy._identities).
 
 The service-token check is the server interceptor's job (bastion._rpc), not this
 class's. Decide is on every action's hot path, so a call does one `PolicySet.evaluate`,
@@ -16,6 +17,7 @@ parsing, no lookups that could be done at construction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -29,8 +31,9 @@ from bastion.v1 import policy_pb2, policy_pb2_grpc
 from ._cel import CallContext
 from ._document import RESERVED_RULE_ID
 from ._engine import Decision, Effect, PolicySet
+from ._identities import IdentityStore, watch_identity
 from ._registry import Change, PolicyRegistry
-from ._rego_mode import RegoDecider
+from ._rego_mode import RegoDecider, fill_limits
 from ._rollouts import arm_mask, observe
 
 _EFFECTS: dict[Effect, policy_pb2.Effect.ValueType] = {
@@ -58,9 +61,16 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     """Answers decisions from the registry's active set and streams its bundle events to watchers."""
 
     def __init__(
-        self, policies: PolicyRegistry, *, registry: CollectorRegistry, rego: RegoDecider | None = None
+        self,
+        policies: PolicyRegistry,
+        *,
+        registry: CollectorRegistry,
+        rego: RegoDecider | None = None,
+        identities: IdentityStore | None = None,
     ) -> None:
         self._registry = policies
+        #: API keys and revocations, streamed by WatchIdentity (None: it answers UNIMPLEMENTED).
+        self._identities = identities
         #: Set in `BASTION_POLICY_ENGINE=opa` mode: decisions come from OPA (`_rego_mode.py`).
         self._rego = rego
         self._closed = asyncio.Event()
@@ -173,6 +183,14 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             if change is not None:
                 change.cancel()
             self._registry.unsubscribe(watcher)
+
+    async def WatchIdentity(
+        self, request: policy_pb2.WatchIdentityRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[policy_pb2.IdentityEvent]:
+        # API keys and revocations: a snapshot, then every change (bastion.policy._identities).
+        async with contextlib.aclosing(watch_identity(self._identities, self._closed, context)) as events:
+            async for event in events:
+                yield event
 
     def _prepare(
         self, request: policy_pb2.DecideRequest, *, eager: bool = True
@@ -320,21 +338,15 @@ def _to_proto(decision: Decision) -> policy_pb2.Decision:
         policy_name=decision.policy_name,
         policy_version=decision.policy_version,
         bundle_digest=decision.bundle_digest,
+        cost=decision.cost,
     )
     if decision.shadow_effect is not None:
         message.shadow_effect = _EFFECTS[decision.shadow_effect]
         message.shadow_rule_id = decision.shadow_rule_id
     if decision.steer:
         message.obligations.steer_message = decision.steer
-    if (limits := decision.limits) is not None:
-        proto_limits = message.limits
-        proto_limits.rate = limits.rate or ""
-        if limits.budget is not None:
-            proto_limits.budget_calls = limits.budget.calls
-            proto_limits.budget_window = limits.budget.window
-        if limits.loop is not None:
-            proto_limits.loop_same_call = limits.loop.same_call
-            proto_limits.loop_window = limits.loop.window
+    if decision.limits is not None:
+        fill_limits(message.limits, decision.limits)
     if (verifier := decision.verifier) is not None:
         message.verifier.name = verifier.name
         message.verifier.fallback = _FALLBACKS[verifier.fallback]

@@ -25,6 +25,7 @@ from bastion._errors import BastionError
 from bastion.v1 import policy_pb2
 
 from ._cel import CallContext
+from ._document import Limits
 from ._opa import OpaEngine, bundled_module, opa_input
 from ._registry import PolicyRegistry
 
@@ -98,7 +99,7 @@ class RegoDecider:
             )
         )
         versions = {active.name: active.version for active in snapshot.versions}
-        return policy_pb2.Decision(
+        decision = policy_pb2.Decision(
             effect=_EFFECTS.get(answer.effect, policy_pb2.DENY),
             rule_id=answer.rule_id,
             reason=answer.reason,
@@ -106,4 +107,23 @@ class RegoDecider:
             policy_version=versions.get(answer.policy, 0),
             bundle_digest=snapshot.policies.digest,
             request_id=ctx.request_id,
+            # Rules with `cost` are refused in Rego mode: every call costs the default.
+            cost=1.0,
         )
+        # The deciding policy's limits apply in Rego mode too (the proxy enforces them).
+        for policy in snapshot.policies.policies:
+            if policy.name == answer.policy and policy.stanzas.limits is not None:
+                fill_limits(decision.limits, policy.stanzas.limits)
+        return decision
+
+
+def fill_limits(message: policy_pb2.Limits, limits: Limits) -> None:
+    """A policy's `limits:` stanza as the Decision carries it to the proxy."""
+    message.rate = limits.rate or ""
+    if (budget := limits.budget) is not None:
+        message.budget_calls = budget.calls or 0
+        message.budget_cost = budget.cost or 0.0
+        message.budget_window = budget.window
+    if limits.loop is not None:
+        message.loop_same_call = limits.loop.same_call
+        message.loop_window = limits.loop.window

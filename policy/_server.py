@@ -2,7 +2,9 @@
 policies, start gRPC and admin REST, stop cleanly.
 
 Running canary rollouts are reloaded from the store before gRPC serves, and the audit
-shipper (rollout steps → the graph at BASTION_GRAPH_GRPC_ADDR) runs alongside.
+shipper (rollout steps, API key and revocation changes → the graph at
+BASTION_GRAPH_GRPC_ADDR) runs alongside. API keys and revocations (bastion.policy._identities)
+are served to proxies by WatchIdentity and to the admin REST at /v1/keys, /v1/revocations.
 
 Startup order puts the likeliest failures first: a bad policy file (or one whose version
 is stored with other content) is fatal before any port is bound. Shutdown runs in
@@ -37,6 +39,7 @@ from ._audit import AuditShipper
 from ._bundles import BundleVerifier, load_policy_keys
 from ._config import PolicySettings
 from ._grpc import PolicyServicer
+from ._identities import IdentityStore
 from ._opa import OpaEngine
 from ._registry import PolicyRegistry, Snapshot
 from ._rego_mode import RegoDecider
@@ -56,7 +59,6 @@ async def serve(
     home = settings.home.resolve()
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     token = ensure_service_token(home, secret)
-    verifier = TokenVerifier(app.auth, load_public_keys(app.auth, home))
     hosts = HostCheck(app.allowed_hosts, parse_addr(settings.policy_addr)[0])
     keys = load_policy_keys(app, home)
 
@@ -73,14 +75,20 @@ async def serve(
         audit = AuditShipper(store, settings.graph_grpc_addr, token)
         audit.start()
         stack.push_async_callback(audit.stop)
+        # API keys and revocations: the same file as the versions, pushed to proxies by WatchIdentity.
+        identities = IdentityStore.under(home, on_audit=audit.wake)
+        stack.callback(identities.close)
+        # The admin REST honours revocations too: the store keeps this state as it commits.
+        verifier = TokenVerifier(app.auth, load_public_keys(app.auth, home), identity=identities.state)
         rollouts = RolloutManager(policies, registry=registry, enabled=rego is None, on_audit=audit.wake)
         await rollouts.load()
         stack.push_async_callback(rollouts.close)
-        servicer = PolicyServicer(policies, registry=registry, rego=rego)
+        servicer = PolicyServicer(policies, registry=registry, rego=rego, identities=identities)
         serving = asyncio.Event()
         api = create_app(
             policies=policies,
             rollouts=rollouts,
+            identities=identities,
             bundles=BundleVerifier(keys, registry=registry),
             verifier=verifier,
             hosts=hosts,

@@ -53,7 +53,7 @@ from ._asgi import JSON, Headers, Receive, Scope, Send, header_text, node_header
 from ._budget import ValueBudget
 from ._delegation import HEADER as DELEGATION
 from ._enforcer import Caller, Decided, Enforcer, envelope
-from ._envelope import jsonrpc_error, public_reason
+from ._envelope import LIMIT_EXCEEDED, jsonrpc_error, public_reason
 from ._mcp import Message, check_single_headers
 from ._metrics import ProxyMetrics
 from ._owners import owner_key
@@ -105,6 +105,7 @@ _STATUS_NAMES = {
     405: "UNIMPLEMENTED",
     408: "DEADLINE_EXCEEDED",
     413: "RESOURCE_EXHAUSTED",
+    429: "RESOURCE_EXHAUSTED",
     502: "UNAVAILABLE",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
@@ -346,9 +347,12 @@ class A2aHttpAdapter:
             return
         decided = await self._decide(request, caller, action.method, call.method, call.arguments, body)
         if not decided.outcome.allowed:
-            data = orjson.loads(envelope(None, action.method, decided, request.started))["error"]["data"]
-            payload = rest_error(403, "POLICY_VIOLATION", f"POLICY_VIOLATION: {data['reason']}", data)
-            await send_bytes(request.send, 403, payload, JSON + node_headers(decided.record))
+            error = orjson.loads(envelope(None, action.method, decided, request.started))["error"]
+            data, message = error["data"], error["message"]
+            # A limit is a 429 (try later); a policy block or a pending approval a 403.
+            status = 429 if error["code"] == LIMIT_EXCEEDED else 403
+            payload = rest_error(status, message, f"{message}: {data['reason']}", data)
+            await send_bytes(request.send, status, payload, JSON + node_headers(decided.record))
             return
         path = request.agent.pool.path.rstrip("/").encode() + request.suffix.encode("latin-1")
         path += b"?" + query if query else b""

@@ -33,6 +33,7 @@ class ProxyApp:
         aggregated: Handler,
         tools_call: Handler | None = None,
         a2a: PrefixHandler | None = None,
+        approvals: Handler | None = None,
     ) -> None:
         self._metrics = metrics
         self.ready = False
@@ -46,6 +47,11 @@ class ProxyApp:
             self._exact["/mcp/tools/call"] = tools_call
         if tools is not None:  # GET /v1/tools (proxy/_tools_api.py): operators only, off the hot path
             self._exact["/v1/tools"] = tools
+        # `/v1/approvals` and everything under it (proxy/_approvals_api.py checks the rest).
+        self._admin: dict[str, Handler] = {}
+        if approvals is not None:
+            self._exact["/v1/approvals"] = approvals
+            self._admin["/v1/approvals/"] = approvals
         # One segment after the prefix: `/mcp/{server}`; `/mcp/a/b` is not a route.
         self._prefixes: dict[str, PrefixHandler] = {"/mcp/": mcp.handle}
         # The A2A adapter takes the whole rest of the path: `{agent}`, `{agent}/v1/message:send`,
@@ -77,6 +83,10 @@ class ProxyApp:
         if exact is not None:
             await exact(scope, receive, send)
             return
+        for prefix, admin in self._admin.items():
+            if path.startswith(prefix):
+                await admin(scope, receive, send)
+                return
         for prefix, handler in self._deep.items():
             if path.startswith(prefix) and len(path) > len(prefix):
                 await handler(scope, receive, send, path[len(prefix) :])

@@ -29,6 +29,11 @@ def node_headers(record: Record) -> Headers:
     return [(b"bastion-workflow-id", record.workflow_id.encode()), (b"bastion-node-id", record.node_id.encode())]
 
 
+def authorization_values(scope: Scope) -> list[str]:
+    """Every `Authorization` header of the request (more than one is refused by the caller)."""
+    return [value.decode("latin-1") for name, value in scope["headers"] if name == b"authorization"]
+
+
 def header_text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 

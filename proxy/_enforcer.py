@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,7 +32,7 @@ from ._delegation import Delegation
 from ._envelope import block_envelope
 from ._methods import Target
 from ._metrics import ProxyMetrics
-from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome
+from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome, Release
 from ._recorder import Record, Recorder, iso
 from ._tracing import DECIDE_SPAN, JOURNAL_SPAN, Tracing
 from ._workflows import WorkflowState, new_id
@@ -71,6 +72,11 @@ class Stage(Protocol):
         """None lets the action go on; an Outcome ends it here."""
 
 
+class AfterStage(Protocol):
+    async def __call__(self, pending: Pending, outcome: Outcome) -> Outcome:
+        """Sees the decision's outcome and returns it, or another (approvals, limits)."""
+
+
 class DecisionStage:
     """Policy and verifier, asked concurrently; always ends the action with their outcome."""
 
@@ -95,8 +101,14 @@ class Decided:
     violation_id: str
 
 
+#: Forwarded actions whose releases wait for the result (bounded: a result that never
+#: comes must not grow the proxy; the oldest entry's reservation then simply stands).
+_HELD_MAX = 65_536
+
+
 class Enforcer:
-    """`checks` run in order before `decide` (limits, approvals, … as they arrive)."""
+    """`checks` run in order before `decide`; `after` stages see its outcome in order
+    (approvals, then limits: an approved call still spends the budget)."""
 
     def __init__(
         self,
@@ -105,12 +117,16 @@ class Enforcer:
         recorder: Recorder,
         metrics: ProxyMetrics,
         tracing: Tracing | None = None,
+        after: Sequence[AfterStage] = (),
     ) -> None:
         self._tracing = tracing or Tracing()
         self._checks = tuple(checks)
+        self._after = tuple(after)
         self._decide = decide
         self._recorder = recorder
         self._metrics = metrics
+        self._held: OrderedDict[str, tuple[Release, ...]] = OrderedDict()
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def enforce(
         self,
@@ -129,6 +145,7 @@ class Enforcer:
         outcomes = await asyncio.gather(*(self._run(item) for item in pending))
         with self._tracing.stage(JOURNAL_SPAN):
             decided = [self._journal(item.record, outcome) for item, outcome in zip(pending, outcomes, strict=True)]
+        self._hold(decided, outcomes)
         state.set_last_node(caller.session_id, decided[-1].record.node_id)
         for item in decided:
             action = item.record.action
@@ -184,7 +201,38 @@ class Enforcer:
             if outcome is not None:
                 return outcome
         with self._tracing.stage(DECIDE_SPAN):
-            return await self._decide(pending)
+            decided = await self._decide(pending)
+        for stage in self._after:
+            decided = await stage(pending, decided)
+        if decided.edges:
+            pending.record.edges += decided.edges
+        return decided
+
+    def _hold(self, decided: Sequence[Decided], outcomes: Sequence[Outcome]) -> None:
+        """Keep what forwarded actions took until their result; give back the rest now.
+
+        The adapter forwards only when every action of the message is allowed, so one
+        blocked action (or a journal failure) means none of them is carried out."""
+        forwarded = all(item.outcome.allowed for item in decided)
+        for item, outcome in zip(decided, outcomes, strict=True):
+            if not forwarded:
+                # Also a blocked outcome's: a limit may refuse a call an approval let through.
+                self._release(outcome.on_not_forwarded)
+            elif outcome.on_upstream_failure:
+                self._held[item.record.node_id] = outcome.on_upstream_failure
+                if len(self._held) > _HELD_MAX:
+                    self._held.popitem(last=False)
+
+    def _release(self, releases: Iterable[Release]) -> None:
+        for release in releases:
+            task = asyncio.create_task(release())
+            self._releasing.add(task)
+            task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("giving back a limit or approval failed", extra={"fields": {"error": str(exc)}})
 
     def _journal(self, record: Record, outcome: Outcome) -> Decided:
         """Journal the decided action; a journal failure turns it into a block."""
@@ -268,7 +316,14 @@ class Enforcer:
         action already happened, so a journal failure here is logged and counted, never
         turned into a block."""
         self._metrics.result(_RESULT_NAMES[result.outcome])
+        # Not carried out: the upstream was unreachable or refused the request itself.
+        failed = result.outcome == graph_pb2.UPSTREAM_ERROR or (
+            result.outcome == graph_pb2.COMPLETED and result.jsonrpc_error_code != 0
+        )
         for record in records:
+            held = self._held.pop(record.node_id, ())
+            if failed:
+                self._release(held)
             try:
                 self._recorder.append_result(record, result)
             except JournalError as exc:
@@ -313,4 +368,7 @@ def envelope(msg_id: Any, method: str, decided: Decided, started: float) -> byte
         policy_version=decision.policy_version if decision is not None else None,
         policy_name=decision.policy_name if decision is not None else "",
         timestamp=iso(started),
+        code=outcome.error_code,
+        message=outcome.error_message,
+        extra=outcome.error_data,
     )

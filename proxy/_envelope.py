@@ -9,6 +9,7 @@ import orjson
 
 POLICY_VIOLATION = -32003
 APPROVAL_REQUIRED = -32004
+LIMIT_EXCEEDED = -32005
 
 
 # ipv4:1.2.3.4:50051, [::1]:7070, policy:50051, 127.0.0.1 — how grpc and sockets name peers.
@@ -44,13 +45,18 @@ def block_envelope(
     policy_version: int | None,
     policy_name: str,
     timestamp: str,
+    code: int = POLICY_VIOLATION,
+    message: str = "POLICY_VIOLATION",
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
-    """The DESIGN §4 block envelope: code -32003, message POLICY_VIOLATION, full data."""
+    """The DESIGN §4 block envelope: code -32003, message POLICY_VIOLATION, full data
+    (-32004 APPROVAL_REQUIRED and -32005 limits carry the same fields and theirs)."""
     return jsonrpc_error(
         msg_id,
-        POLICY_VIOLATION,
-        "POLICY_VIOLATION",
-        {
+        code,
+        message,
+        (extra or {})
+        | {
             "violation_id": violation_id,
             "rule_id": rule_id,
             "reason": reason,

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -33,6 +34,10 @@ log = logging.getLogger("bastion.proxy")
 _KNOWN_VERDICTS = frozenset({verifier_pb2.PASS, verifier_pb2.FLAG, verifier_pb2.BLOCK})
 
 
+#: Gives back what a stage took (called at most once, off the request's path).
+Release = Callable[[], Coroutine[Any, Any, None]]
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     allowed: bool
@@ -41,6 +46,19 @@ class Outcome:
     block_code: str = ""
     block_reason: str = ""
     verifier_fallback: bool = False
+    #: The JSON-RPC error a block answers with (docs/errors.md): -32003 POLICY_VIOLATION,
+    #: -32004 APPROVAL_REQUIRED, -32005 with the limit's kind as message.
+    error_code: int = -32003
+    error_message: str = "POLICY_VIOLATION"
+    #: More `data` fields of that error (approval_id, kind, retry_after_s, …).
+    error_data: dict[str, Any] | None = None
+    #: Undo what stages took for this action when it is not forwarded after all (another
+    #: action of the message blocked, the journal failed): a limit's reservation, a used approval.
+    on_not_forwarded: tuple[Release, ...] = ()
+    #: Undo when the upstream failed to carry it out (a budget reservation is refunded).
+    on_upstream_failure: tuple[Release, ...] = ()
+    #: Further graph edges the action's node gets (an approval's VERIFIED_BY).
+    edges: tuple[tuple[str, int, str], ...] = ()
 
 
 _PLAIN = {

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bastion._apikeys import IdentityState
 from bastion._appconfig import AppConfig
 from bastion._hosts import HostCheck
 from bastion._identity import TokenVerifier, ensure_service_token, load_public_keys
@@ -21,12 +22,16 @@ from bastion.v1 import graph_pb2_grpc, policy_pb2, policy_pb2_grpc, verifier_pb2
 
 from ._a2a_http import A2aAgent, A2aHttpAdapter
 from ._app import ProxyApp
+from ._approvals import ApprovalStore
+from ._approvals_api import ApprovalsApi
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
 from ._config import ProxySettings
 from ._delegation import Delegations
 from ._enforcer import DecisionStage, Enforcer
+from ._identity_watch import IdentityWatch
 from ._journal import Journal
+from ._limits import open_limiter
 from ._mcp_aggregate import AggregatedMcpAdapter
 from ._mcp_http import McpHttpAdapter
 from ._metrics import ProxyMetrics
@@ -36,6 +41,7 @@ from ._policy_watch import PolicyWatch
 from ._recorder import Recorder
 from ._redact import Redactor
 from ._shipper import Shipper
+from ._stages import ApprovalStage, LimitStage
 from ._stdio_bridge import StdioUpstream
 from ._tools_api import ToolsApi
 from ._tracing import Tracing
@@ -43,6 +49,8 @@ from ._upstream import UpstreamPool
 from ._workflows import WorkflowTracker
 
 log = logging.getLogger("bastion.proxy")
+#: How long a starting proxy waits for the first snapshot of API keys and revocations.
+IDENTITY_SYNC_S = 5.0
 
 
 async def serve(
@@ -52,7 +60,9 @@ async def serve(
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     service_token = ensure_service_token(home, secret)
     metadata = auth_metadata(service_token)
-    tokens = TokenVerifier(app.auth, load_public_keys(app.auth, home))
+    # API keys and revocations as the policy service pushes them (IdentityWatch below).
+    identity = IdentityState()
+    tokens = TokenVerifier(app.auth, load_public_keys(app.auth, home), identity=identity)
     journal_dir = settings.journal_dir.resolve() if settings.journal_dir is not None else home / "journal"
     journal = Journal.open(
         journal_dir, fsync_interval=settings.journal_fsync_ms / 1000, segment_bytes=settings.journal_segment_bytes
@@ -79,6 +89,9 @@ async def serve(
     # The active versions' verifier and limits settings, learnt as they change.
     policy_watch = PolicyWatch(policy_stub, metadata, metrics.registry)
     policy_watch.start()
+    # Pushed within moments of each change (DESIGN §8: a revocation holds everywhere within 30 s).
+    identity_watch = IdentityWatch(policy_stub, metadata, metrics.registry, identity)
+    identity_watch.start()
     governor = Governor(
         policy_stub,
         verifier_pb2_grpc.VerifierStub(verifier_channel),
@@ -87,16 +100,17 @@ async def serve(
         verifier_timeout=settings.verifier_timeout_ms / 1000,
         fallback_allow=settings.verifier_fallback == "allow",
     )
+    redactor = Redactor(app.redaction.paths, iban=app.redaction.iban)
+    approvals = ApprovalStore(home / "proxy" / "approvals.sqlite3", ttl=settings.approval_ttl_s)
+    limiter = open_limiter(settings.redis_url, timeout_ms=settings.redis_timeout_ms)
     enforcer = Enforcer(
         checks=(),
         decide=DecisionStage(governor),
-        recorder=Recorder(
-            journal,
-            checked_depth=settings.max_argument_depth,
-            redactor=Redactor(app.redaction.paths, iban=app.redaction.iban),
-        ),
+        recorder=Recorder(journal, checked_depth=settings.max_argument_depth, redactor=redactor),
         metrics=metrics,
         tracing=tracing,
+        # Approvals first: an approved call still counts against its limits.
+        after=(ApprovalStage(approvals, redactor=redactor, wait_s=settings.approval_wait_s), LimitStage(limiter)),
     )
     stdio = [
         StdioUpstream(
@@ -113,7 +127,9 @@ async def serve(
     for bridge in stdio:
         await bridge.start()
     upstreams = {
-        name: UpstreamPool(server.url, timeout=settings.upstream_timeout_s, headers=_brokered(server.headers))
+        name: UpstreamPool(
+            server.url, timeout=settings.upstream_timeout_s, headers=_brokered(server.brokered_headers())
+        )
         for name, server in app.servers.items()
         if server.url is not None
     }
@@ -162,7 +178,9 @@ async def serve(
     agents = {
         name: A2aAgent(
             url=agent.url,
-            pool=UpstreamPool(agent.url, timeout=settings.upstream_timeout_s, headers=_brokered(agent.headers)),
+            pool=UpstreamPool(
+                agent.url, timeout=settings.upstream_timeout_s, headers=_brokered(agent.brokered_headers())
+            ),
         )
         for name, agent in app.agents.items()
     }
@@ -179,6 +197,9 @@ async def serve(
         tracing=tracing,
     )
     tools = ToolsApi(tokens=tokens, catalogs=catalogs, hosts=hosts)
+    approvals_api = ApprovalsApi(
+        tokens=tokens, store=approvals, enforcer=enforcer, hosts=hosts, body_timeout=settings.body_timeout_s
+    )
     proxy = ProxyApp(
         mcp=mcp,
         metrics=metrics,
@@ -186,7 +207,10 @@ async def serve(
         a2a=a2a.handle,
         aggregated=aggregated.handle_aggregated,
         tools_call=aggregated.handle_tools_call,
+        approvals=approvals_api.handle,
     )
+    if not await identity_watch.first_attempt(IDENTITY_SYNC_S):
+        log.warning("serving without API keys and revocations: the policy service's WatchIdentity did not answer")
     web = await start_web_server(proxy, settings.proxy_addr)
     try:
         # Connect the channels now so the first governed call does not pay for it.
@@ -201,6 +225,7 @@ async def serve(
         await aggregated.close()
         await tracing.shutdown()
         await policy_watch.close()
+        await identity_watch.close()
         await governor.close()
         await shipper.stop()
         await journal.close()
@@ -209,6 +234,8 @@ async def serve(
         for bridge in stdio:
             await bridge.close()
         owners.close()
+        approvals.close()
+        await limiter.close()
         for channel in (policy_channel, verifier_channel, graph_channel):
             await channel.close()
 

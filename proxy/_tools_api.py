@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import asyncio
 
-from bastion._errors import AuthError, ForbiddenError, UpstreamError
+from bastion._authz import READ, authorize
+from bastion._errors import AuthError, UpstreamError
 from bastion._hosts import HostCheck
-from bastion._identity import OPERATOR_ROLES, TokenVerifier
+from bastion._identity import TokenVerifier
 
-from ._asgi import Receive, Scope, Send, send_json
+from ._asgi import Receive, Scope, Send, authorization_values, send_json
 from ._catalog import ToolCatalog
 from ._mcp_http import http_error
 
-#: Who may read the tool lists: the graph's readers (bastion._auth READER_ROLES; not
-#: imported from there, so the proxy process loads no web framework for one constant).
-_READERS = OPERATOR_ROLES | {"auditor"}
-
 
 class ToolsApi:
+    #: (method, path template) of every route this handler serves, for route enumeration.
+    ROUTES = (("GET", "/v1/tools"),)
+
     def __init__(self, *, tokens: TokenVerifier, catalogs: dict[str, ToolCatalog], hosts: HostCheck) -> None:
         self._tokens = tokens
         self._catalogs = catalogs
@@ -49,16 +49,8 @@ class ToolsApi:
                 [(b"allow", b"GET")],
             )
             return
-        authorization = [value for name, value in scope["headers"] if name == b"authorization"]
         try:
-            if len(authorization) > 1:
-                raise AuthError("send one Authorization header")
-            principal = self._tokens.verify_header(authorization[0].decode("latin-1") if authorization else None)
-            if _READERS.isdisjoint(principal.roles):
-                raise ForbiddenError(
-                    f"{principal.subject!r} may not read the upstreams' tools: role 'operator', 'admin' or "
-                    "'auditor' required"
-                )
+            authorize(self._tokens, authorization_values(scope), READ)
         except AuthError as exc:
             extra = [(b"www-authenticate", b"Bearer")] if exc.http_status == 401 else None
             await send_json(send, exc.http_status, http_error(exc.code, str(exc)), extra)

@@ -28,6 +28,7 @@ import fcntl
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -57,10 +58,10 @@ Write = Callable[[bytes], Awaitable[None]]
 class StdioFront:
     """The client's side: lines in, POSTs to the in-process proxy, lines out."""
 
-    def __init__(self, pool: UpstreamPool, token: str, write: Write) -> None:
+    def __init__(self, pool: UpstreamPool, token: str | Callable[[], str], write: Write) -> None:
         self._pool = pool
         self._path = pool.path.encode()
-        self._authorization = f"Bearer {token}".encode()
+        self._token = token if callable(token) else (lambda: token)
         self._write = write
         self._session: bytes | None = None
         self._version: bytes | None = None
@@ -94,7 +95,7 @@ class StdioFront:
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
         headers = [
-            (b"authorization", self._authorization),
+            (b"authorization", b"Bearer " + self._token().encode()),
             (b"accept", b"application/json, text/event-stream"),
             (b"content-type", b"application/json"),
         ]
@@ -209,7 +210,7 @@ def _lock_journal(home: Path) -> tuple[Path, int]:
     raise ConfigError(f"{_MAX_JOURNALS} wraps already run from {home}")
 
 
-def _token(home: Path, app: AppConfig, agent: str) -> str:
+def _token(home: Path, app: AppConfig, agent: str) -> str | Callable[[], str]:
     configured = os.environ.get("BASTION_AGENT_TOKEN")
     if configured:
         return configured
@@ -218,7 +219,20 @@ def _token(home: Path, app: AppConfig, agent: str) -> str:
             f"no agent token: set BASTION_AGENT_TOKEN (bastion token issue --agent {agent}), "
             f"or run from the stack's BASTION_HOME (no dev key in {home})"
         )
-    return issue_token(ensure_dev_key(home), subject=agent, ttl_seconds=_TOKEN_TTL_S, auth=app.auth)
+    key = ensure_dev_key(home)
+    # A desktop client keeps a wrap running for days, past any token's lifetime
+    # (auth.max_token_lifetime_s): mint a fresh one when half of the current one is used.
+    ttl = min(_TOKEN_TTL_S, app.auth.max_token_lifetime_s)
+    minted: list[tuple[float, str]] = []
+
+    def current() -> str:
+        now = time.monotonic()
+        if not minted or now - minted[0][0] > ttl / 2:
+            minted[:] = [(now, issue_token(key, subject=agent, ttl_seconds=ttl, auth=app.auth))]
+        return minted[0][1]
+
+    current()
+    return current
 
 
 async def _wrap(

@@ -248,6 +248,9 @@ class _SlowPolicy(policy_pb2_grpc.PolicyServiceServicer):
     def Watch(self, request: Any, context: Any) -> Iterator[policy_pb2.BundleEvent]:
         return iter(())
 
+    def WatchIdentity(self, request: Any, context: Any) -> Iterator[policy_pb2.IdentityEvent]:
+        return iter(())
+
     async def DecideStream(self, request_iterator: Any, context: Any) -> AsyncIterator[policy_pb2.Decision]:
         async for _ in request_iterator:
             await asyncio.sleep(5)

@@ -3,7 +3,9 @@ graph and proxy in-process on port 0, the demo MCP server as a subprocess).
 
 What the proxy verifies (bastion._identity.TokenVerifier): a compact JWS, EdDSA only,
 signed by the stack's key, issuer `bastion-dev`, audience `bastion`, `exp`, `iat` and
-`sub` present and in force, `sub` a non-empty string, `roles` a list of strings.
+`sub` present and in force, at most a day between `iat` and `exp`, `sub` a non-empty
+string, `roles` a list of strings, the tenant a non-empty string; or an API key
+`bk_<id>.<secret>` the policy service has pushed.
 Every attack below breaks exactly one of those and must be refused with 401 before
 anything is decided or forwarded, audited under the `bastion.rejected` workflow, and
 leave the proxy serving everyone else. All attacks run against one stack, in turn.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,13 +27,14 @@ import orjson
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, poll
 from fixtures.mcpcalls import ProxyClient, headers, tool_call
 from fixtures.upstream import DemoUpstream, demo_upstream
 
+from bastion._apikeys import new_api_key
 from bastion._identity import ensure_dev_key
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -108,6 +112,10 @@ def _public_raw(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def _public_jwk(key: Ed25519PrivateKey) -> bytes:
+    return orjson.dumps({"kty": "OKP", "crv": "Ed25519", "x": _b64(_public_raw(key))})
+
+
 def _json_signature(key: Ed25519PrivateKey, payload: str) -> dict[str, str]:
     """One entry of a JWS JSON serialisation's `signatures`, valid over `payload`."""
     protected = _segment({"alg": "EdDSA"})
@@ -179,6 +187,44 @@ ATTACKS: dict[str, Attack] = {
     "compact-with-two-signatures": lambda key: (
         f"Bearer {_eddsa(key, _claims())}.{_eddsa(FOREIGN, _claims()).rsplit('.', 1)[1]}"
     ),
+    "hs256-keyed-with-public-jwk": lambda key: f"Bearer {_hs256(_public_jwk(key), _claims())}",
+    "rs256-when-only-eddsa-is-allowed": lambda _: (
+        "Bearer " + jwt.encode(_claims(), rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256")
+    ),
+    "iat-in-the-future": lambda key: (
+        f"Bearer {_eddsa(key, _claims(iat=int(time.time()) + 3600, exp=int(time.time()) + 7200, drop=('nbf',)))}"
+    ),
+    "lifetime-above-the-maximum": lambda key: f"Bearer {_eddsa(key, _claims(exp=int(time.time()) + 2 * 86400))}",
+    "tenant-a-number": lambda key: f"Bearer {_eddsa(key, _claims(tenant=7))}",
+    "tenant-too-long": lambda key: f"Bearer {_eddsa(key, _claims(tenant='t' * 129))}",
+    "jti-a-number": lambda key: f"Bearer {_eddsa(key, _claims(jti=7))}",
+    "api-key-malformed": lambda _: "Bearer bk_0123456789abcdef.too-short",
+    "api-key-unknown": lambda _: f"Bearer {new_api_key()[0]}",
+}
+
+#: What the 401 says, for the attacks one check refuses (the message never repeats the token).
+WORDING: dict[str, str] = {
+    "alg-none": "algorithm 'none' is not allowed",
+    "alg-None": "algorithm 'None' is not allowed",
+    "hs256-keyed-with-public-key-pem": "algorithm 'HS256' is not allowed",
+    "hs256-keyed-with-raw-public-key": "algorithm 'HS256' is not allowed",
+    "hs256-keyed-with-public-jwk": "algorithm 'HS256' is not allowed",
+    "es256-key-not-the-stacks": "algorithm 'ES256' is not allowed",
+    "rs256-when-only-eddsa-is-allowed": "algorithm 'RS256' is not allowed",
+    "eddsa-signed-with-another-ed25519-key": "the signature does not verify",
+    "expired": "invalid token: expired",
+    "nbf-in-the-future": "'nbf' is in the future",
+    "iat-in-the-future": "'iat' is in the future",
+    "wrong-aud": "wrong audience",
+    "wrong-iss": "wrong issuer",
+    "missing-exp": "no 'exp' claim",
+    "missing-iat": "no 'iat' claim",
+    "lifetime-above-the-maximum": "token lifetime of 172800 s .* exceeds the maximum of 86400 s",
+    "tenant-a-number": "the tenant claim 'tenant' must be a non-empty string",
+    "tenant-too-long": "at most 128 characters",
+    "token-of-64-kib": "longer than 16384 characters",
+    "api-key-malformed": "malformed API key",
+    "api-key-unknown": "unknown API key|API keys are not available yet",
 }
 
 
@@ -210,7 +256,9 @@ async def test_a_forged_or_malformed_token_is_refused_with_401_audited_and_never
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
     assert error["code"] == "bastion.auth.unauthenticated"
-    assert error["message"]
+    assert re.search(WORDING.get(name, "."), error["message"]), error["message"]
+    _, _, token = hdrs["Authorization"].partition(" ")
+    assert not token or token not in error["message"]
     assert upstream.executed() == executed_before, f"the upstream ran {path}"
     audited = await poll(
         demo.graph,

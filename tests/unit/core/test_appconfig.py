@@ -60,6 +60,47 @@ def test_credentials_in_headers_come_from_the_environment(tmp_path: Path, monkey
         load_app_config(_write(tmp_path, "agents:\n  billing: {url: 'ftp://x'}\n"))
 
 
+def test_credentials_come_from_secret_files_and_the_auth_stanza(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "crm").write_text("file-token\n")  # as `kubectl create secret` writes it
+    (tmp_path / "secrets" / "pw").write_text("p:ss w0rd")
+    monkeypatch.setenv("CRM_USER", "svc")
+    text = (
+        "servers:\n"
+        "  crm: {url: 'http://127.0.0.1:1/mcp', auth: {bearer: '${file:secrets/crm}'}, headers: {X-Team: ops}}\n"
+        "  erp: {url: 'http://127.0.0.1:2/mcp',"
+        " auth: {basic: {username: '${CRM_USER}', password: '${file:secrets/pw}'}}}\n"
+        f"  raw: {{url: 'http://127.0.0.1:3/mcp', headers: {{X-Api-Key: '${{file:{tmp_path}/secrets/crm}}'}}}}\n"
+    )
+    config = load_app_config(_write(tmp_path, text))
+
+    assert config.servers["crm"].brokered_headers() == {"X-Team": "ops", "Authorization": "Bearer file-token"}
+    assert config.servers["erp"].brokered_headers() == {"Authorization": "Basic c3ZjOnA6c3MgdzByZA=="}
+    assert config.servers["raw"].brokered_headers() == {"X-Api-Key": "file-token"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "error"),
+    [
+        ("{url: 'http://x/mcp', auth: {bearer: '${file:missing}'}}", "cannot read secret file missing"),
+        ("{url: 'http://x/mcp', auth: {bearer: t, basic: {username: u, password: p}}}", "exactly one"),
+        ("{url: 'http://x/mcp', auth: {}}", "exactly one"),
+        ("{url: 'http://x/mcp', auth: {bearer: t}, headers: {authorization: x}}", "not both"),
+        ("{url: 'http://x/mcp', auth: {basic: {username: 'a:b', password: p}}}", "cannot contain ':'"),
+        ("{url: 'http://x/mcp', auth: {bearer: \"line\\nbreak\"}}", "one line of ASCII"),
+        ("{url: 'http://x/mcp', auth: {token: t}}", "token"),
+        ("{command: [srv], auth: {bearer: t}}", "for HTTP servers"),
+        ("{url: 'http://x/mcp', auth: {bearer: '${file:big}'}}", "over 64 KiB"),
+    ],
+)
+def test_bad_upstream_credentials_are_config_errors(tmp_path: Path, entry: str, error: str) -> None:
+    (tmp_path / "big").write_bytes(b"x" * (64 * 1024 + 1))
+    with pytest.raises(ConfigError, match=error):
+        load_app_config(_write(tmp_path, f"servers:\n  s: {entry}\n"))
+
+
 def test_server_needs_exactly_one_transport(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="exactly one"):
         load_app_config(_write(tmp_path, "servers:\n  demo: {}\n"))

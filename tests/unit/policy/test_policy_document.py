@@ -124,7 +124,7 @@ def test_unknown_field_without_a_close_match_lists_the_known_fields() -> None:
     document = _document()
     document["spec"]["rules"][0]["zzz"] = 1
     assert (
-        "unknown field 'zzz' (expected one of: id, description, match, when, args, effect, shadow_effect, steer)"
+        "unknown field 'zzz' (expected one of: id, description, match, when, args, effect, shadow_effect, steer, cost)"
         in _rejection(document)
     )
 
@@ -371,6 +371,13 @@ def test_schema_is_valid_json_schema_and_accepts_the_examples() -> None:
     assert list(validator.iter_errors(yaml.safe_load(DESIGN_EXAMPLE))) == []
 
 
+def test_schema_accepts_costs_and_a_budget_of_cost_alone() -> None:
+    document = _document(limits={"budget": {"cost": 2.5, "window": "1d"}})
+    document["spec"]["rules"][0]["cost"] = 0.25
+    assert list(jsonschema.Draft202012Validator(_schema()).iter_errors(document)) == []
+    assert validate_policy(document).spec.rules[0].cost == 0.25
+
+
 _STRUCTURAL_MISTAKES: dict[str, Callable[[dict[str, Any]], None]] = {
     "unknown-field": lambda d: d.update(specs={}),
     "bad-effect": lambda d: d["spec"]["rules"][0].update(effect="alow"),
@@ -378,6 +385,8 @@ _STRUCTURAL_MISTAKES: dict[str, Callable[[dict[str, Any]], None]] = {
     "bad-glob": lambda d: d["spec"]["rules"][0]["match"].update(tools=["demo/add"]),
     "bad-name": lambda d: d["metadata"].update(name="Demo_Policy"),
     "empty-match": lambda d: d["spec"]["rules"][0].update(match={}),
+    "budget-without-calls-or-cost": lambda d: d["spec"].update(limits={"budget": {"window": "1d"}}),
+    "negative-cost": lambda d: d["spec"]["rules"][0].update(cost=-1),
 }
 
 

@@ -371,6 +371,52 @@ def test_a_verifier_without_threshold_or_timeout_leaves_them_unset() -> None:
     assert not message.verifier.HasField("timeout_ms")
 
 
+def test_the_deciding_rules_cost_is_carried_with_the_cost_budget_and_defaults_to_one() -> None:
+    policies = _compile(
+        _rule("pricey", "allow", when="args.amount > 100", cost=2.5),
+        _rule("free", "allow", tools=("pay__quote",), cost=0),
+        _rule("plain", "allow"),
+        limits={"budget": {"calls": 10, "cost": 12.5, "window": "1h"}},
+    )
+    assert _refund(policies, {"amount": 500}).cost == 2.5
+    assert _refund(policies, {"amount": 5}).cost == 1.0  # 'plain' sets no cost
+    assert _refund(policies, tool="quote").cost == 0.0
+    assert _refund(policies, tool="other").cost == 1.0  # no rule decided
+    message = _to_proto(_refund(policies, {"amount": 500}))
+    assert message.cost == 2.5
+    assert (message.limits.budget_calls, message.limits.budget_cost, message.limits.budget_window) == (10, 12.5, "1h")
+
+
+def test_a_budget_of_cost_alone_leaves_the_call_budget_zero_and_a_budget_of_calls_the_cost_zero() -> None:
+    by_cost = _to_proto(_refund(_compile(_rule("r", "allow"), limits={"budget": {"cost": 3, "window": "1d"}})))
+    assert (by_cost.limits.budget_calls, by_cost.limits.budget_cost) == (0, 3.0)
+    by_calls = _to_proto(_refund(_compile(_rule("r", "allow"), limits={"budget": {"calls": 3, "window": "1d"}})))
+    assert (by_calls.limits.budget_calls, by_calls.limits.budget_cost) == (3, 0.0)
+
+
+def test_a_document_without_cost_keeps_its_canonical_form_and_digest() -> None:
+    document = validate_policy(_doc(_rule("r", "allow"), limits={"budget": {"calls": 3, "window": "1d"}}))
+    canonical = document.canonical()
+    assert "cost" not in canonical["spec"]["rules"][0]
+    assert canonical["spec"]["limits"]["budget"] == {"calls": 3, "window": "1d"}
+
+
+@pytest.mark.parametrize(
+    ("cost", "expected"),
+    [
+        (-1, "field 'cost': input should be greater than or equal to 0"),
+        (True, "field 'cost': input should be a valid number"),
+        ("1", "field 'cost': input should be a valid number"),
+        (float("nan"), "field 'cost': input should be a finite number"),
+        (2e9, "field 'cost': input should be less than or equal to 1000000000"),
+    ],
+)
+def test_a_bad_rule_cost_is_refused_naming_the_rule(cost: object, expected: str) -> None:
+    message = _rejection(_doc(_rule("r", "allow", cost=cost)))
+    assert "rule 'r'" in message
+    assert expected in message
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
@@ -386,6 +432,10 @@ def test_a_verifier_without_threshold_or_timeout_leaves_them_unset() -> None:
             "unknown field 'windw' in 'spec.limits.budget' (did you mean 'window'?)",
         ),
         ({"limits": {"loop": {"same_call": 0, "window": "1s"}}}, "field 'spec.limits.loop.same_call'"),
+        ({"limits": {"budget": {"window": "1d"}}}, "'budget' must set 'calls', 'cost' or both"),
+        ({"limits": {"budget": {"cost": 0, "window": "1d"}}}, "field 'spec.limits.budget.cost'"),
+        ({"limits": {"budget": {"calls": 5, "cost": "5", "window": "1d"}}}, "field 'spec.limits.budget.cost'"),
+        ({"limits": {"loop": {"same_call": 10_001, "window": "1s"}}}, "field 'spec.limits.loop.same_call'"),
         ({"taint": {"untrusted_sources": ["web__*"], "sinks": ["send"]}}, "tool pattern 'send' can never match"),
         (
             {"taint": {"untrusted_sources": ["web__*"], "sinks": ["a__b"], "on_tainted_sink": "allow"}},

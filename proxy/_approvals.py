@@ -1,0 +1,350 @@
+"""Approvals: a call that policy says `require_approval` waits for an operator (DESIGN §4).
+
+An approval request is bound to the exact call: the tenant and agent, a digest of the
+action (kind, upstream, tool/prompt/resource, method, target agent and the canonical
+arguments), and the deciding policy's name and version. An operator's approval lets
+exactly one retry with that binding through before the request's expiry; other
+arguments, another agent, or a new policy version need a new approval.
+
+    pending ──approve──▶ approved ──retry──▶ used
+       │                    │
+       └──deny──▶ denied    └──expires_at──▶ expired (read as such; never forwarded)
+
+The store is SQLite (WAL) under $BASTION_HOME: approvals survive a proxy restart, and
+the one-use transition is a single conditional UPDATE, so two concurrent retries (even
+from two proxy processes sharing the file) cannot both take it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+
+from bastion._errors import Conflict, NotFound
+from bastion.v1 import policy_pb2
+
+_ID = re.compile(r"^apr_[0-9a-f]{32}$")
+STATES = ("pending", "approved", "denied", "used", "expired")
+#: Open requests one agent may have at once; past it the call is blocked instead of
+#: filling the operators' queue (and the store) with requests.
+MAX_PENDING_PER_AGENT = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS approvals (
+    approval_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    binding TEXT NOT NULL,
+    policy_name TEXT NOT NULL,
+    policy_version INTEGER NOT NULL,
+    rule_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    workflow_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    decided_by TEXT,
+    decided_at REAL,
+    decision_reason TEXT,
+    decision_node_id TEXT,
+    used_at REAL,
+    used_node_id TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_binding ON approvals (binding, state);
+CREATE INDEX IF NOT EXISTS approvals_listing ON approvals (tenant, created_at);
+"""
+
+
+def action_digest(action: policy_pb2.Action) -> str:
+    """sha256 of what the call does, arguments in canonical form (sorted keys)."""
+    arguments = json_format.MessageToDict(action.arguments) if action.HasField("arguments") else {}
+    facts = {
+        "kind": int(action.kind),
+        "server": action.server,
+        "tool": action.tool,
+        "prompt": action.prompt,
+        "resource": action.resource,
+        "method": action.method,
+        "target_agent": action.target_agent,
+        "arguments": arguments,
+    }
+    return hashlib.sha256(orjson.dumps(facts, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _binding(tenant: str, agent_id: str, digest: str, policy_name: str, policy_version: int) -> str:
+    facts = [tenant, agent_id, digest, policy_name, policy_version]
+    return hashlib.sha256(orjson.dumps(facts)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    approval_id: str
+    tenant: str
+    agent_id: str
+    policy_name: str
+    policy_version: int
+    rule_id: str
+    reason: str
+    workflow_id: str
+    node_id: str
+    #: kind, server, tool…, arguments (redacted) — what the operator decides on.
+    action: dict[str, Any]
+    state: str
+    created_at: float
+    expires_at: float
+    decided_by: str | None
+    decided_at: float | None
+    decision_reason: str | None
+    decision_node_id: str | None
+    used_at: float | None
+    used_node_id: str | None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "approval_id": self.approval_id,
+            "state": self.state,
+            "tenant": self.tenant,
+            "agent_id": self.agent_id,
+            "action": self.action,
+            "policy_name": self.policy_name,
+            "policy_version": self.policy_version,
+            "rule_id": self.rule_id,
+            "reason": self.reason,
+            "workflow_id": self.workflow_id,
+            "node_id": self.node_id,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "decided_by": self.decided_by,
+            "decided_at": self.decided_at,
+            "decision_reason": self.decision_reason,
+            "used_at": self.used_at,
+            "used_node_id": self.used_node_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the approval stage asks the store about one call."""
+
+    tenant: str
+    agent_id: str
+    digest: str
+    policy_name: str
+    policy_version: int
+
+    @property
+    def binding(self) -> str:
+        return _binding(self.tenant, self.agent_id, self.digest, self.policy_name, self.policy_version)
+
+
+def valid_id(approval_id: str) -> bool:
+    return _ID.fullmatch(approval_id) is not None
+
+
+class ApprovalStore:
+    """Approval requests and their decisions, durable in one SQLite file."""
+
+    def __init__(self, path: Path, *, ttl: float, clock: Any = time.time) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._ttl = ttl
+        self._clock = clock
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the file's write lock first, so read-then-write steps are
+        # atomic against other connections (another proxy process) too.
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def take(self, request: Request, node_id: str) -> Approval | None:
+        """Use an approved, unexpired approval of this exact call, once; None if there is none."""
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT approval_id FROM approvals WHERE binding = ? AND state = 'approved' AND expires_at > ? "
+                "ORDER BY created_at LIMIT 1",
+                (request.binding, now),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE approvals SET state = 'used', used_at = ?, used_node_id = ? WHERE approval_id = ?",
+                (now, node_id, row[0]),
+            )
+        return self.get(row[0])
+
+    def give_back(self, approval_id: str, node_id: str) -> None:
+        """Undo `take` for a call that was not forwarded after all."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE approvals SET state = 'approved', used_at = NULL, used_node_id = NULL "
+                "WHERE approval_id = ? AND state = 'used' AND used_node_id = ?",
+                (approval_id, node_id),
+            )
+
+    def open_request(
+        self,
+        request: Request,
+        *,
+        rule_id: str,
+        reason: str,
+        workflow_id: str,
+        node_id: str,
+        action: dict[str, Any],
+    ) -> Approval:
+        """The open (pending or denied) request of this exact call, or a new pending one.
+
+        A denied request is returned as such until it expires, so an agent retrying a
+        denied call gets the denial instead of queueing the same question again."""
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT approval_id FROM approvals WHERE binding = ? AND state IN ('pending', 'denied') "
+                "AND expires_at > ? ORDER BY created_at DESC LIMIT 1",
+                (request.binding, now),
+            ).fetchone()
+            if row is not None:
+                approval_id = row[0]
+            else:
+                (pending,) = db.execute(
+                    "SELECT count(*) FROM approvals WHERE tenant = ? AND agent_id = ? AND state = 'pending' "
+                    "AND expires_at > ?",
+                    (request.tenant, request.agent_id, now),
+                ).fetchone()
+                if pending >= MAX_PENDING_PER_AGENT:
+                    raise Conflict(
+                        f"agent {request.agent_id!r} already has {pending} approval requests open; "
+                        "wait for operators to decide them"
+                    )
+                approval_id = "apr_" + secrets.token_hex(16)
+                db.execute(
+                    "INSERT INTO approvals (approval_id, tenant, agent_id, binding, policy_name, policy_version, "
+                    "rule_id, reason, workflow_id, node_id, action, state, created_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (
+                        approval_id,
+                        request.tenant,
+                        request.agent_id,
+                        request.binding,
+                        request.policy_name,
+                        request.policy_version,
+                        rule_id,
+                        reason,
+                        workflow_id,
+                        node_id,
+                        orjson.dumps(action).decode(),
+                        now,
+                        now + self._ttl,
+                    ),
+                )
+        approval = self.get(approval_id)
+        assert approval is not None
+        return approval
+
+    def decide(
+        self, approval_id: str, *, approve: bool, by: str, reason: str, node_id: str, tenant: str | None
+    ) -> Approval:
+        """Approve or deny a pending request. `tenant` None: any tenant (role admin).
+
+        Raises NotFound (unknown, or another tenant's) or Conflict (not pending any more)."""
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute("SELECT tenant, state, expires_at FROM approvals WHERE approval_id = ?", (approval_id,))
+            found = row.fetchone()
+            if found is None or (tenant is not None and found[0] != tenant):
+                raise NotFound(f"approval {approval_id!r} not found")
+            state = _state(found[1], found[2], now)
+            if state != "pending":
+                raise Conflict(f"approval {approval_id!r} is {state}, not pending")
+            db.execute(
+                "UPDATE approvals SET state = ?, decided_by = ?, decided_at = ?, decision_reason = ?, "
+                "decision_node_id = ? WHERE approval_id = ?",
+                ("approved" if approve else "denied", by, now, reason, node_id, approval_id),
+            )
+        approval = self.get(approval_id)
+        assert approval is not None
+        return approval
+
+    def get(self, approval_id: str) -> Approval | None:
+        with self._lock:
+            # Only constant text is formatted into the query; values are bound.
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM approvals WHERE approval_id = ?", (approval_id,))  # noqa: S608
+            found = row.fetchone()
+        return _approval(found, self._clock()) if found is not None else None
+
+    def list(
+        self, *, tenant: str | None, state: str | None, agent_id: str | None, limit: int, before: float | None
+    ) -> list[Approval]:
+        """Newest first; `before` pages on created_at."""
+        now = self._clock()
+        clauses: list[str] = ["1 = 1"]
+        params: list[str | float] = []
+        if tenant is not None:
+            clauses.append("tenant = ?")
+            params.append(tenant)
+        if agent_id is not None:
+            clauses.append("agent_id = ?")
+            params.append(agent_id)
+        if before is not None:
+            clauses.append("created_at < ?")
+            params.append(before)
+        if state in ("pending", "approved"):
+            clauses.append("state = ? AND expires_at > ?")
+            params.extend((state, now))
+        elif state == "expired":
+            clauses.append("state IN ('pending', 'approved') AND expires_at <= ?")
+            params.append(now)
+        elif state is not None:
+            clauses.append("state = ?")
+            params.append(state)
+        # The clauses are constants chosen above; every value is bound.
+        where = " AND ".join(clauses)
+        query = f"SELECT {_COLUMNS} FROM approvals WHERE {where} ORDER BY created_at DESC LIMIT ?"  # noqa: S608
+        with self._lock:
+            rows = self._db.execute(query, (*params, limit)).fetchall()
+        return [_approval(row, now) for row in rows]
+
+
+_COLUMNS = (
+    "approval_id, tenant, agent_id, policy_name, policy_version, rule_id, reason, workflow_id, node_id, action, "
+    "state, created_at, expires_at, decided_by, decided_at, decision_reason, decision_node_id, used_at, used_node_id"
+)
+
+
+def _state(state: str, expires_at: float, now: float) -> str:
+    return "expired" if state in ("pending", "approved") and expires_at <= now else state
+
+
+def _approval(row: tuple[Any, ...], now: float) -> Approval:
+    values = list(row)
+    values[9] = orjson.loads(values[9])
+    values[10] = _state(values[10], values[12], now)
+    return Approval(*values)

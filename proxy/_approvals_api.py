@@ -1,0 +1,237 @@
+"""The proxy's approval routes (DESIGN §4), for operators; off the hot path.
+
+    GET  /v1/approvals[?state=pending|approved|denied|used|expired&agent=ID&limit=N&before=T]
+                                         newest first; `next_before` pages on
+    GET  /v1/approvals/{id}              one request
+    POST /v1/approvals/{id}/approve      {"reason": "..."} optional
+    POST /v1/approvals/{id}/deny         {"reason": "..."} optional
+
+Reads need role operator, admin or auditor; decisions operator or admin (an agent's
+token or API key has no role: 403). Operators and auditors see their own tenant's
+requests, admins every tenant's; another tenant's id is 404, as is an id that was never
+issued. Nobody decides a request for a call they made themselves. Each decision is
+journaled (a VERIFICATION node in the call's workflow, caused by the blocked call)
+before the request changes state; a journal failure leaves it pending (503).
+
+Errors use the services' error body `{"error": {"code", "message"}}`: 400 bad query,
+401/403 auth, 404 unknown id or route, 405 method, 409 not pending (decided, used,
+expired), 413 body over 4 KiB, 422 body not a JSON object with only `reason` (a string
+of at most 1000 characters), 503 journal or store unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from bastion._authz import CHANGE, READ, authorize
+from bastion._errors import BastionError, Conflict, ForbiddenError, InvalidInput, InvalidQuery, JournalError, NotFound
+from bastion._hosts import HostCheck
+from bastion._identity import Principal, TokenVerifier
+from bastion.v1 import graph_pb2, policy_pb2
+
+from ._approvals import STATES, Approval, ApprovalStore, valid_id
+from ._asgi import Receive, Scope, Send, authorization_values, read_body, send_json
+from ._enforcer import Enforcer
+from ._mcp_http import http_error
+from ._recorder import Record
+from ._workflows import new_id
+
+log = logging.getLogger("bastion.proxy")
+
+PREFIX = "/v1/approvals"
+_MAX_BODY = 4096
+_MAX_REASON = 1000
+_MAX_LIMIT = 500
+_MAX_QUERY = 2048
+_ADMIN = "admin"
+
+
+class ApprovalsApi:
+    #: (method, path template) of every route this handler serves, for route enumeration.
+    ROUTES = (
+        ("GET", PREFIX),
+        ("GET", PREFIX + "/{approval_id}"),
+        ("POST", PREFIX + "/{approval_id}/approve"),
+        ("POST", PREFIX + "/{approval_id}/deny"),
+    )
+
+    def __init__(
+        self, *, tokens: TokenVerifier, store: ApprovalStore, enforcer: Enforcer, hosts: HostCheck, body_timeout: float
+    ) -> None:
+        self._tokens = tokens
+        self._store = store
+        self._enforcer = enforcer
+        self._hosts = hosts
+        self._body_timeout = body_timeout
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.time()
+        callers: list[Principal] = []
+        try:
+            status, payload = await self._route(scope, receive, callers)
+        except BastionError as exc:
+            status, payload = exc.http_status, http_error(exc.code, str(exc))
+        except sqlite3.Error as exc:
+            log.error("approval store failed", extra={"fields": {"error": str(exc)}})
+            status, payload = 503, http_error("bastion.store", "approval store unavailable")
+        if status >= 400:
+            # Refusals are audited like the proxy's others (workflow `bastion.rejected`):
+            # guessed ids and agents trying operator routes must show up.
+            error = payload["error"]
+            action = policy_pb2.Action(
+                kind=policy_pb2.MCP_REQUEST, method=f"{scope['method']} {scope['path'][:256]}"[:300]
+            )
+            self._enforcer.refuse(action, started, error["code"], error["message"], callers[0] if callers else None)
+        extra = [(b"www-authenticate", b"Bearer")] if status == 401 else None
+        if status == 405:
+            extra = [(b"allow", b"GET" if scope["path"].count("/") <= 3 else b"POST")]
+        await send_json(send, status, payload, extra)
+
+    async def _route(self, scope: Scope, receive: Receive, callers: list[Principal]) -> tuple[int, Any]:
+        refusal = self._hosts.refusal(scope["headers"])
+        if refusal is not None:
+            return 403, http_error("bastion.host_not_allowed", refusal)
+        path: str = scope["path"]
+        parts = path[len(PREFIX) :].strip("/").split("/") if path != PREFIX else []
+        method = scope["method"]
+        if len(parts) > 2 or (parts and not valid_id(parts[0])) or (len(parts) == 2 and parts[1] not in _STEPS):
+            return 404, http_error("bastion.not_found", f"no route for {path[:200]}")
+        if len(parts) < 2:
+            if method not in ("GET", "HEAD"):
+                return 405, http_error("bastion.method_not_allowed", f"{method} {PREFIX}: use GET")
+            principal = authorize(self._tokens, authorization_values(scope), READ)
+            callers.append(principal)
+            if not parts:
+                return 200, await self._list(principal, scope.get("query_string", b""))
+            return 200, self._visible(principal, parts[0]).view()
+        if method != "POST":
+            return 405, http_error("bastion.method_not_allowed", f"{method} {path}: use POST")
+        principal = authorize(self._tokens, authorization_values(scope), CHANGE)
+        callers.append(principal)
+        headers = dict(scope["headers"])
+        reason = _reason(await read_body(receive, headers, _MAX_BODY, self._body_timeout))
+        return 200, await self._decide(principal, parts[0], approve=parts[1] == "approve", reason=reason)
+
+    def _visible(self, principal: Principal, approval_id: str) -> Approval:
+        approval = self._store.get(approval_id)
+        if approval is None or (_ADMIN not in principal.roles and approval.tenant != principal.tenant):
+            raise NotFound(f"approval {approval_id!r} not found")
+        return approval
+
+    async def _list(self, principal: Principal, query_string: bytes) -> dict[str, Any]:
+        query = _query(query_string)
+        state = query.get("state")
+        if state is not None and state not in STATES:
+            raise InvalidQuery(f"state must be one of {', '.join(STATES)}")
+        limit = _number(query, "limit", 100, int)
+        if not 1 <= limit <= _MAX_LIMIT:
+            raise InvalidQuery(f"limit must be 1-{_MAX_LIMIT}")
+        before = _number(query, "before", None, float)
+        tenant = None if _ADMIN in principal.roles else principal.tenant
+        items = await asyncio.to_thread(
+            self._store.list, tenant=tenant, state=state, agent_id=query.get("agent"), limit=limit, before=before
+        )
+        return {
+            "items": [item.view() for item in items],
+            "next_before": items[-1].created_at if len(items) == limit else None,
+        }
+
+    async def _decide(self, principal: Principal, approval_id: str, *, approve: bool, reason: str) -> dict[str, Any]:
+        approval = self._visible(principal, approval_id)
+        if approval.agent_id == principal.subject and approval.tenant == principal.tenant:
+            raise ForbiddenError(f"{principal.subject!r} may not decide an approval of its own call")
+        if approval.state != "pending":
+            raise Conflict(f"approval {approval_id!r} is {approval.state}, not pending")
+        node_id = self._journal(principal, approval, approve=approve, reason=reason)
+        tenant = None if _ADMIN in principal.roles else principal.tenant
+        decided = await asyncio.to_thread(
+            self._store.decide,
+            approval_id,
+            approve=approve,
+            by=principal.subject,
+            reason=reason,
+            node_id=node_id,
+            tenant=tenant,
+        )
+        return decided.view()
+
+    def _journal(self, principal: Principal, approval: Approval, *, approve: bool, reason: str) -> str:
+        """The decision as a VERIFICATION node of the call's workflow; raises JournalError."""
+        step = "approve" if approve else "deny"
+        action = policy_pb2.Action(
+            kind=policy_pb2.MCP_REQUEST,
+            server=str(approval.action.get("server", "")),
+            method=f"bastion.approval/{step}",
+        )
+        action.arguments.update(
+            {"approval_id": approval.approval_id, "decided_by": principal.subject, "reason": reason}
+        )
+        record = Record(
+            workflow_id=approval.workflow_id,
+            session_id="",
+            agent_id=approval.agent_id,
+            tenant=approval.tenant,
+            action=action,
+            started_at=time.time(),
+            node_id=new_id(),
+            node_type=graph_pb2.VERIFICATION,
+            parent_ids=(approval.node_id,),
+        )
+        try:
+            self._enforcer.observe(record)
+        except JournalError as exc:
+            log.error("journal append of an approval decision failed", extra={"fields": {"error": str(exc)}})
+            raise
+        return record.node_id
+
+
+_STEPS = ("approve", "deny")
+
+
+def _query(query_string: bytes) -> dict[str, str]:
+    if len(query_string) > _MAX_QUERY:
+        raise InvalidQuery(f"query string longer than {_MAX_QUERY} bytes")
+    try:
+        parsed = parse_qs(query_string.decode("utf-8"), strict_parsing=False, max_num_fields=16)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidQuery(f"malformed query string: {exc}") from None
+    unknown = set(parsed) - {"state", "agent", "limit", "before"}
+    if unknown:
+        raise InvalidQuery(f"unknown query parameter(s): {', '.join(sorted(unknown))[:200]}")
+    if any(len(values) > 1 for values in parsed.values()):
+        raise InvalidQuery("each query parameter at most once")
+    return {key: values[0] for key, values in parsed.items()}
+
+
+def _number(query: dict[str, str], key: str, default: Any, kind: type) -> Any:
+    if key not in query:
+        return default
+    try:
+        return kind(query[key])
+    except ValueError:
+        raise InvalidQuery(f"{key} must be a number") from None
+
+
+def _reason(body: bytes) -> str:
+    if not body.strip():
+        return ""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput("body must be a JSON object")
+    unknown = set(payload) - {"reason"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))[:200]}; only 'reason' is accepted")
+    reason = payload.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > _MAX_REASON:
+        raise InvalidInput(f"reason must be a string of at most {_MAX_REASON} characters")
+    return reason

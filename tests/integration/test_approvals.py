@@ -1,0 +1,361 @@
+"""Approvals end to end: a real stack, the demo MCP server as a subprocess (it records each
+`delete_file` it actually runs), the MCP SDK client as the agent, operators on the proxy's
+`/v1/approvals` routes.
+
+Policy: `demo__delete_file` requires approval, `demo__add` is allowed. What must hold: the
+call is parked (-32004 with an approval id) and never forwarded until an operator approves
+that exact call; the identical retry is forwarded exactly once; other arguments need a
+new approval; a denial, an expiry, another tenant and the agent itself get nowhere; every
+step is in the graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fixtures import inprocess
+from fixtures.graphapi import bearer
+from fixtures.mcp_client import mcp_client
+from fixtures.mcpcalls import ProxyClient, headers, tool_call
+from fixtures.upstream import DemoUpstream, demo_upstream
+from mcp.shared.exceptions import MCPError
+
+from bastion._cli import main
+from bastion._identity import ensure_dev_key, issue_token
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+POLICY = {
+    "apiVersion": "bastion.dev/v1",
+    "kind": "AgentPolicy",
+    "metadata": {"name": "approvals", "version": 1},
+    "spec": {
+        "default": "deny",
+        "rules": [
+            {"id": "deletes-need-a-human", "match": {"tools": ["demo__delete_file"]}, "effect": "require_approval"},
+            {"id": "add", "match": {"tools": ["demo__add"]}, "effect": "allow"},
+        ],
+    },
+}
+
+
+class Stack:
+    def __init__(self, client: ProxyClient, upstream: DemoUpstream) -> None:
+        self.client = client
+        self.upstream = upstream
+        key = ensure_dev_key(client.home)
+        self.operator = bearer(issue_token(key, subject="ops-1", roles=("operator",)))
+
+    def token(self, agent: str, tenant: str = "default") -> str:
+        return self.client.token(agent, tenant)
+
+    def deleted(self) -> list[str]:
+        return [json.loads(line)["path"] for line in self.upstream.executed()]
+
+    async def call(self, path: str, hdrs: dict[str, str]) -> tuple[dict[str, Any], httpx.Response]:
+        body = tool_call("delete_file", {"path": path})
+        response = await self.client.post(body, {**hdrs, "Mcp-Name": "delete_file"})
+        return response.json(), response
+
+    async def rest(self, method: str, path: str, hdrs: dict[str, str], **kwargs: Any) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.client.proxy, timeout=30) as http:
+            return await http.request(method, path, headers=hdrs, **kwargs)
+
+
+def _policy_file(home: Path) -> Path:
+    path = home / "approvals.json"
+    path.write_text(json.dumps(POLICY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUpstream]:
+    with demo_upstream(tmp_path_factory.mktemp("upstream")) as server:
+        yield server
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory, upstream: DemoUpstream) -> AsyncIterator[Stack]:
+    home = tmp_path_factory.mktemp("stack")
+    async with inprocess.stack(home, inprocess.app_config(upstream.url, _policy_file(home))) as running:
+        yield Stack(ProxyClient(home, running.proxy, running.graph), upstream)
+
+
+async def test_the_approval_flow_with_the_sdk_client(stack: Stack) -> None:
+    workflow = "wf-approval-flow"
+    url = f"{stack.client.proxy}/mcp/demo"
+    async with mcp_client(url, stack.token("agent-flow"), "legacy", workflow_id=workflow) as agent:
+        with pytest.raises(MCPError) as parked:
+            await agent.call_tool("delete_file", {"path": "/data/q3.csv"})
+        error = parked.value.error
+        assert (error.code, error.message) == (-32004, "APPROVAL_REQUIRED")
+        assert isinstance(error.data, dict)
+        approval_id = error.data["approval_id"]
+        assert error.data["approval_state"] == "pending"
+        assert error.data["rule_id"] == "deletes-need-a-human"
+        assert error.data["policy_version"] == 1
+        # Asking again before anyone decided: the same request, not a second one.
+        with pytest.raises(MCPError) as again:
+            await agent.call_tool("delete_file", {"path": "/data/q3.csv"})
+        assert isinstance(again.value.error.data, dict)
+        assert again.value.error.data["approval_id"] == approval_id
+        assert stack.deleted() == []
+
+        listed = await stack.rest("GET", "/v1/approvals", stack.operator, params={"state": "pending"})
+        assert listed.status_code == 200, listed.text
+        mine = [item for item in listed.json()["items"] if item["approval_id"] == approval_id]
+        assert len(mine) == 1
+        assert mine[0]["agent_id"] == "agent-flow"
+        assert mine[0]["action"]["tool"] == "delete_file"
+        assert mine[0]["action"]["arguments"] == {"path": "/data/q3.csv"}
+
+        approved = await stack.rest(
+            "POST", f"/v1/approvals/{approval_id}/approve", stack.operator, json={"reason": "quarter close"}
+        )
+        assert approved.status_code == 200, approved.text
+        assert (approved.json()["state"], approved.json()["decided_by"]) == ("approved", "ops-1")
+
+        # Other arguments are another call: a new request, nothing forwarded.
+        with pytest.raises(MCPError) as other:
+            await agent.call_tool("delete_file", {"path": "/data/everything"})
+        assert other.value.error.code == -32004
+        assert isinstance(other.value.error.data, dict)
+        assert other.value.error.data["approval_id"] != approval_id
+
+        result = await agent.call_tool("delete_file", {"path": "/data/q3.csv"})
+        assert not result.is_error
+        # Exactly once: the next identical call needs a new approval.
+        with pytest.raises(MCPError) as used:
+            await agent.call_tool("delete_file", {"path": "/data/q3.csv"})
+        assert used.value.error.code == -32004
+        assert isinstance(used.value.error.data, dict)
+        assert used.value.error.data["approval_id"] != approval_id
+
+    assert stack.deleted() == ["/data/q3.csv"]
+    shown = await stack.rest("GET", f"/v1/approvals/{approval_id}", stack.operator)
+    assert shown.json()["state"] == "used"
+    # Every step in the graph: the parked calls, the operator's decision, the forwarded call.
+    nodes = await stack.client.nodes(workflow, 6)
+    decision = [node for node in nodes if node["action"].get("method") == "bastion.approval/approve"]
+    assert len(decision) == 1
+    assert decision[0]["node_type"] == "VERIFICATION"
+    forwarded = [node for node in nodes if node["outcome"] == "FORWARDED" and node["action"].get("tool")]
+    assert len(forwarded) == 1
+    assert approval_id in forwarded[0]["block_reason"]
+    graph = await _graph(stack, workflow)
+    assert {"source": forwarded[0]["node_id"], "target": decision[0]["node_id"]} in [
+        {"source": edge["source"], "target": edge["target"]} for edge in graph["edges"] if edge["type"] == "VERIFIED_BY"
+    ]
+
+
+async def _graph(stack: Stack, workflow: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=stack.client.graph, timeout=10) as http:
+        response = await http.get(f"/graphs/{workflow}", headers=bearer(stack.client._auditor))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _parked(stack: Stack, path: str, token: str) -> str:
+    body, _ = await stack.call(path, headers(token))
+    assert body["error"]["code"] == -32004, body
+    approval_id: str = body["error"]["data"]["approval_id"]
+    return approval_id
+
+
+async def test_an_approved_call_retried_concurrently_is_forwarded_exactly_once(stack: Stack) -> None:
+    token = stack.token("agent-race")
+    approval_id = await _parked(stack, "/race/one", token)
+    response = await stack.rest("POST", f"/v1/approvals/{approval_id}/approve", stack.operator)
+    assert response.status_code == 200, response.text
+
+    answers = await asyncio.gather(*(stack.call("/race/one", headers(token)) for _ in range(20)))
+
+    forwarded = [body for body, _ in answers if "result" in body]
+    assert len(forwarded) == 1, answers
+    assert all(body["error"]["code"] == -32004 for body, _ in answers if "result" not in body)
+    assert stack.deleted().count("/race/one") == 1
+
+
+async def test_a_denied_call_stays_blocked_and_is_not_asked_again(stack: Stack) -> None:
+    token = stack.token("agent-denied")
+    approval_id = await _parked(stack, "/deny/me", token)
+    denied = await stack.rest("POST", f"/v1/approvals/{approval_id}/deny", stack.operator, json={"reason": "no"})
+    assert (denied.status_code, denied.json()["state"]) == (200, "denied")
+
+    body, _ = await stack.call("/deny/me", headers(token))
+
+    assert body["error"]["code"] == -32003
+    assert body["error"]["data"]["approval_id"] == approval_id
+    assert "denied by ops-1: no" in body["error"]["data"]["reason"]
+    assert "/deny/me" not in stack.deleted()
+    # Deciding again is a conflict, whichever way.
+    for step in ("approve", "deny"):
+        again = await stack.rest("POST", f"/v1/approvals/{approval_id}/{step}", stack.operator)
+        assert (again.status_code, again.json()["error"]["code"]) == (409, "bastion.conflict")
+
+
+async def test_only_operators_of_the_tenant_decide_and_never_on_their_own_calls(stack: Stack) -> None:
+    approval_id = await _parked(stack, "/tenant/a", stack.token("agent-tenant", tenant="acme"))
+    key = ensure_dev_key(stack.client.home)
+
+    def who(subject: str, *roles: str, tenant: str = "default") -> dict[str, str]:
+        return bearer(issue_token(key, subject=subject, roles=roles, tenant=tenant))
+
+    agent = {"Authorization": f"Bearer {stack.token('agent-tenant', tenant='acme')}"}
+    auditor = who("auditor-acme", "auditor", tenant="acme")
+    other_tenant = who("ops-other", "operator", tenant="globex")
+    itself = who("agent-tenant", "operator", tenant="acme")
+    approve = f"/v1/approvals/{approval_id}/approve"
+
+    assert (await stack.rest("POST", approve, {})).status_code == 401
+    assert (await stack.rest("POST", approve, agent)).status_code == 403
+    assert (await stack.rest("POST", approve, auditor)).status_code == 403
+    assert (await stack.rest("GET", f"/v1/approvals/{approval_id}", auditor)).status_code == 200
+    assert (await stack.rest("POST", approve, other_tenant)).status_code == 404
+    assert (await stack.rest("GET", f"/v1/approvals/{approval_id}", other_tenant)).status_code == 404
+    listing = await stack.rest("GET", "/v1/approvals", other_tenant)
+    assert approval_id not in [item["approval_id"] for item in listing.json()["items"]]
+    own = await stack.rest("POST", approve, itself)
+    assert own.status_code == 403
+    assert "its own call" in own.json()["error"]["message"]
+    operator = who("ops-acme", "operator", tenant="acme")
+    assert (await stack.rest("GET", f"/v1/approvals/{approval_id}", operator)).json()["state"] == "pending"
+    # An admin decides across tenants.
+    admin = who("root", "admin")
+    assert (await stack.rest("POST", approve, admin)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("POST", "/v1/approvals/apr_" + "0" * 32 + "/approve", None, 404, "bastion.not_found"),
+        ("POST", "/v1/approvals/../../mcp/demo/approve", None, 404, "bastion.not_found"),
+        ("POST", "/v1/approvals/APR_" + "A" * 32 + "/approve", None, 404, "bastion.not_found"),
+        ("POST", "/v1/approvals/apr_" + "0" * 32 + "/grant", None, 404, "bastion.not_found"),
+        ("GET", "/v1/approvals?state=everything", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?limit=100000", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?tenant=globex", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?state=pending&state=used", None, 400, "bastion.invalid_request"),
+        ("DELETE", "/v1/approvals", None, 405, "bastion.method_not_allowed"),
+        ("GET", "/v1/approvals/{id}/approve", None, 405, "bastion.method_not_allowed"),
+        (
+            "POST",
+            "/v1/approvals/{id}/approve",
+            b'{"reason": "ok", "approve_all": true}',
+            422,
+            "bastion.invalid_request",
+        ),
+        ("POST", "/v1/approvals/{id}/approve", b"[1]", 422, "bastion.invalid_request"),
+        ("POST", "/v1/approvals/{id}/approve", b"{not json", 422, "bastion.invalid_request"),
+        ("POST", "/v1/approvals/{id}/approve", b'{"reason": 7}', 422, "bastion.invalid_request"),
+        (
+            "POST",
+            "/v1/approvals/{id}/approve",
+            b'{"reason": "' + b"x" * 5000 + b'"}',
+            413,
+            "bastion.protocol.too_large",
+        ),
+    ],
+)
+async def test_bad_requests_get_precise_errors_and_change_nothing(
+    stack: Stack, method: str, path: str, body: bytes | None, status: int, code: str
+) -> None:
+    approval_id = await _parked(stack, f"/bad/{status}/{len(path)}/{len(body or b'')}", stack.token("agent-bad"))
+    response = await stack.rest(method, path.replace("{id}", approval_id), stack.operator, content=body)
+
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    shown = await stack.rest("GET", f"/v1/approvals/{approval_id}", stack.operator)
+    assert shown.json()["state"] == "pending"
+
+
+async def test_an_approval_expires(tmp_path: Path, upstream: DemoUpstream) -> None:
+    app = inprocess.app_config(upstream.url, _policy_file(tmp_path))
+    async with inprocess.stack(tmp_path, app, approval_ttl_s=1.0) as running:
+        stack = Stack(ProxyClient(tmp_path, running.proxy, running.graph), upstream)
+        token = stack.token("agent-late")
+        approval_id = await _parked(stack, "/late", token)
+        approved = await stack.rest("POST", f"/v1/approvals/{approval_id}/approve", stack.operator)
+        assert approved.status_code == 200
+        await asyncio.sleep(1.2)
+
+        body, _ = await stack.call("/late", headers(token))
+        shown = await stack.rest("GET", f"/v1/approvals/{approval_id}", stack.operator)
+
+    assert body["error"]["code"] == -32004
+    assert body["error"]["data"]["approval_id"] != approval_id
+    assert shown.json()["state"] == "expired"
+    assert "/late" not in stack.deleted()
+
+
+async def test_a_held_call_is_forwarded_when_approved_while_it_waits(tmp_path: Path, upstream: DemoUpstream) -> None:
+    app = inprocess.app_config(upstream.url, _policy_file(tmp_path))
+    async with inprocess.stack(tmp_path, app, approval_wait_s=20.0) as running:
+        stack = Stack(ProxyClient(tmp_path, running.proxy, running.graph), upstream)
+        call = asyncio.create_task(stack.call("/held", headers(stack.token("agent-held"))))
+        pending: list[dict[str, Any]] = []
+        while not pending:
+            await asyncio.sleep(0.05)
+            listed = await stack.rest("GET", "/v1/approvals", stack.operator, params={"agent": "agent-held"})
+            pending = listed.json()["items"]
+        assert not call.done()
+        approved = await stack.rest("POST", f"/v1/approvals/{pending[0]['approval_id']}/approve", stack.operator)
+        assert approved.status_code == 200
+        body, _ = await asyncio.wait_for(call, 10)
+
+    assert "result" in body, body
+    assert stack.deleted().count("/held") == 1
+
+
+async def test_the_cli_lists_and_decides(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    approval_id = await _parked(stack, "/cli/one", stack.token("agent-cli"))
+    key = ensure_dev_key(stack.client.home)
+    operator = issue_token(key, subject="ops-cli", roles=("operator",))
+    agent = stack.token("agent-cli")
+    addr = stack.client.proxy.removeprefix("http://")
+
+    def run(*argv: str, token: str = operator) -> int:
+        return main(["approvals", *argv, "--addr", addr, "--token", token])
+
+    listed = await asyncio.to_thread(run, "list", "--state", "pending", "--agent", "agent-cli", "--json")
+    page = json.loads(capsys.readouterr().out)
+    shown = await asyncio.to_thread(run, "show", approval_id)
+    detail = capsys.readouterr().out
+    as_agent = await asyncio.to_thread(run, "approve", approval_id, token=agent)
+    unknown = await asyncio.to_thread(run, "approve", "apr_" + "f" * 32)
+    approved = await asyncio.to_thread(run, "approve", approval_id, "--reason", "checked")
+    out = capsys.readouterr().out
+    body, _ = await stack.call("/cli/one", headers(stack.token("agent-cli")))
+
+    assert (listed, shown, as_agent, unknown, approved) == (0, 0, 2, 1, 0)
+    assert [item["approval_id"] for item in page["items"]] == [approval_id]
+    assert "/cli/one" in detail
+    assert "deletes-need-a-human" in detail
+    assert f"{approval_id}: approved by ops-cli" in out
+    assert "result" in body
+
+
+async def test_refusals_on_the_approval_routes_are_audited(stack: Stack) -> None:
+    guessed = "apr_" + "9" * 32
+    agent = {"Authorization": f"Bearer {stack.token('agent-guesser')}"}
+    assert (await stack.rest("POST", f"/v1/approvals/{guessed}/approve", stack.operator)).status_code == 404
+    assert (await stack.rest("GET", "/v1/approvals", agent)).status_code == 403
+
+    async def audited(code: str, text: str) -> list[dict[str, Any]]:
+        rejected = await stack.client.violations("bastion.rejected", 1)
+        return [v for v in rejected if v["rule_id"] == code and text in json.dumps(v)]
+
+    for _ in range(100):
+        found = await audited("bastion.not_found", guessed), await audited("bastion.auth.forbidden", "agent-guesser")
+        if all(found):
+            break
+        await asyncio.sleep(0.1)
+    assert all(found), found
