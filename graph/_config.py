@@ -23,3 +23,8 @@ class GraphSettings(CommonSettings):
             "sqlite:////absolute/path. neo4j:// is not supported yet."
         ),
     )
+    policy_grpc_addr: str = Field(
+        default="127.0.0.1:50051",
+        description="Policy service gRPC address: the graph learns API keys and revocations from it "
+        "(WatchIdentity), so a revoked operator or auditor credential is refused on the graph REST too.",
+    )

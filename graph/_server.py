@@ -12,15 +12,17 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from bastion._apikeys import IdentityState
 from bastion._appconfig import AppConfig
 from bastion._errors import ConfigError
 from bastion._hosts import HostCheck
-from bastion._identity import TokenVerifier, ensure_service_token, load_public_keys
-from bastion._rpc import start_grpc_server
+from bastion._identity import TokenVerifier, ensure_service_token
+from bastion._identity_watch import IdentityWatch
+from bastion._rpc import auth_metadata, open_channel, start_grpc_server
 from bastion._service import run_service
 from bastion._settings import parse_addr
 from bastion._web import start_web_server
-from bastion.v1 import graph_pb2_grpc
+from bastion.v1 import graph_pb2_grpc, policy_pb2_grpc
 
 from ._api import create_app
 from ._config import GraphSettings
@@ -41,21 +43,37 @@ async def serve(
     `auth` (who may read over REST) and `allowed_hosts`."""
     home = settings.home.resolve()
     configured_token = settings.service_token.get_secret_value() if settings.service_token else None
-    verifier = TokenVerifier(app.auth, load_public_keys(app.auth, home))
+    # Revocations as the policy service pushes them (IdentityWatch below), as at the proxy.
+    identity = IdentityState()
+    verifier = TokenVerifier.from_config(app.auth, home, identity=identity)
     try:
         hosts = HostCheck(app.allowed_hosts, parse_addr(settings.graph_addr)[0])
     except ConfigError as exc:
         raise ConfigError(f"{exc} (set BASTION_GRAPH_ADDR)") from exc
     async with contextlib.AsyncExitStack() as stack:
+        await verifier.start()  # a JWKS URL is fetched now (a failure stops the start), then refreshed
+        stack.push_async_callback(verifier.close)
         store = await open_store(settings.graph_url, home)
         stack.push_async_callback(store.close)
         metrics = GraphMetrics()
+        service_token = ensure_service_token(home, configured_token)
+        policy_channel = open_channel(settings.policy_grpc_addr)
+        stack.push_async_callback(policy_channel.close)
+        watch = IdentityWatch(
+            policy_pb2_grpc.PolicyServiceStub(policy_channel),
+            auth_metadata(service_token),
+            metrics.registry,
+            identity,
+            service="graph",
+        )
+        watch.start()
+        stack.push_async_callback(watch.close)
         servicer = GraphServicer(store, metrics=metrics)
         grpc_server = await _naming(
             "BASTION_GRAPH_GRPC_ADDR",
             start_grpc_server(
                 settings.graph_grpc_addr,
-                token=ensure_service_token(home, configured_token),
+                token=service_token,
                 register=[partial(graph_pb2_grpc.add_GraphServiceServicer_to_server, servicer)],
                 service_names=[SERVICE_NAME],
             ),

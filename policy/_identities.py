@@ -25,7 +25,7 @@ Contract
   a delta for every change as soon as it is committed. The snapshot is sent in parts of
   at most `SNAPSHOT_PART_BYTES` (revocations first, then keys), the first with
   `snapshot=true`, and is closed by an event carrying nothing: a watcher that buffers
-  until then swaps its whole state at once (proxy/_identity_watch.py). A watcher that
+  until then swaps its whole state at once (bastion/_identity_watch.py). A watcher that
   falls `WATCH_BACKLOG` deltas behind is cut off and reconnects for a fresh snapshot.
 * Bounds: at most `MAX_KEYS` keys and `MAX_REVOCATIONS` revocations (revoked keys
   included: a snapshot always holds them); agent ids, tenants, token ids and names are

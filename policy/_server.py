@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from bastion._appconfig import AppConfig
 from bastion._errors import ConfigError, DecisionUnavailable
 from bastion._hosts import HostCheck
-from bastion._identity import TokenVerifier, ensure_service_token, load_public_keys
+from bastion._identity import TokenVerifier, ensure_service_token
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
 from bastion._settings import parse_addr
@@ -79,7 +79,9 @@ async def serve(
         identities = IdentityStore.under(home, on_audit=audit.wake)
         stack.callback(identities.close)
         # The admin REST honours revocations too: the store keeps this state as it commits.
-        verifier = TokenVerifier(app.auth, load_public_keys(app.auth, home), identity=identities.state)
+        verifier = TokenVerifier.from_config(app.auth, home, identity=identities.state)
+        await verifier.start()  # a JWKS URL is fetched now (a failure stops the start), then refreshed
+        stack.push_async_callback(verifier.close)
         rollouts = RolloutManager(policies, registry=registry, enabled=rego is None, on_audit=audit.wake)
         await rollouts.load()
         stack.push_async_callback(rollouts.close)

@@ -13,7 +13,8 @@ from typing import Any
 from bastion._apikeys import IdentityState
 from bastion._appconfig import AppConfig
 from bastion._hosts import HostCheck
-from bastion._identity import TokenVerifier, ensure_service_token, load_public_keys
+from bastion._identity import TokenVerifier, ensure_service_token
+from bastion._identity_watch import IdentityWatch
 from bastion._rpc import auth_metadata, open_channel
 from bastion._service import run_service
 from bastion._settings import parse_addr
@@ -29,7 +30,6 @@ from ._catalog import ToolCatalog
 from ._config import ProxySettings
 from ._delegation import Delegations
 from ._enforcer import DecisionStage, Enforcer
-from ._identity_watch import IdentityWatch
 from ._journal import Journal
 from ._limits import open_limiter
 from ._mcp_aggregate import AggregatedMcpAdapter
@@ -62,7 +62,8 @@ async def serve(
     metadata = auth_metadata(service_token)
     # API keys and revocations as the policy service pushes them (IdentityWatch below).
     identity = IdentityState()
-    tokens = TokenVerifier(app.auth, load_public_keys(app.auth, home), identity=identity)
+    tokens = TokenVerifier.from_config(app.auth, home, identity=identity)
+    await tokens.start()  # a JWKS URL is fetched now (a failure stops the start), then refreshed
     journal_dir = settings.journal_dir.resolve() if settings.journal_dir is not None else home / "journal"
     journal = Journal.open(
         journal_dir, fsync_interval=settings.journal_fsync_ms / 1000, segment_bytes=settings.journal_segment_bytes
@@ -226,6 +227,7 @@ async def serve(
         await tracing.shutdown()
         await policy_watch.close()
         await identity_watch.close()
+        await tokens.close()
         await governor.close()
         await shipper.stop()
         await journal.close()

@@ -810,8 +810,10 @@ Global___WatchIdentityRequest: _TypeAlias = WatchIdentityRequest  # noqa: Y015
 
 @_typing.final
 class IdentityEvent(_message.Message):
-    """The first event of a WatchIdentity stream has snapshot=true and holds every key and
-    revocation (the watcher replaces what it held); later events add or update entries.
+    """A WatchIdentity stream starts with the snapshot: the first event has snapshot=true, and
+    the snapshot continues over further events (each at most about 1 MiB, revocations first)
+    until an empty event ends it; a watcher replaces what it held with the whole snapshot at
+    once. Later events add or update entries.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -49,7 +49,11 @@ async def stack(home: Path, app: AppConfig, **proxy_settings: Any) -> AsyncItera
     async with (
         serving(policy_serve, PolicySettings(home=home, policy_grpc_addr=ANY, policy_addr=ANY), app) as policy,
         serving(verifier_serve, VerifierSettings(home=home, verifier_addr=ANY), app) as verifier,
-        serving(graph_serve, GraphSettings(home=home, graph_addr=ANY, graph_grpc_addr=ANY), app) as graph,
+        serving(
+            graph_serve,
+            GraphSettings(home=home, graph_addr=ANY, graph_grpc_addr=ANY, policy_grpc_addr=policy["grpc"]),
+            app,
+        ) as graph,
     ):
         settings = ProxySettings(
             home=home,

@@ -564,3 +564,34 @@ async def test_watch_identity_streams_a_snapshot_then_changes_and_ends_when_the_
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_the_graph_refuses_a_revoked_operator_within_30_s(tmp_path: Path) -> None:
+    # The graph REST learns revocations from the policy service like the proxies do.
+    app = AppConfig()
+    async with (
+        inprocess.policy(tmp_path, app) as policy,
+        inprocess.graph(tmp_path, app, policy_addr=policy["grpc"]) as graph,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        key = ensure_dev_key(tmp_path)
+        leaving = issue_token(key, subject="ops-leaving", roles=("operator",))
+        staying = issue_token(key, subject="ops-staying", roles=("auditor",))
+
+        async def status(token: str) -> int:
+            return (await http.get(f"http://{graph['http']}/graphs", headers=bearer(token))).status_code
+
+        assert await status(leaving) == 200
+        revoke = await http.post(
+            f"http://{policy['http']}/v1/revocations",
+            json={"kind": "token", "value": _token_id(leaving), "reason": "left the team"},
+            headers=bearer(issue_token(key, subject="ops-admin", roles=("admin",))),
+        )
+        assert revoke.status_code == 201, revoke.text
+
+        async def refused() -> bool:
+            return await status(leaving) == 401
+
+        took = await _until(refused, "a revoked operator token refused by the graph")
+        print(f"graph refused the revoked token after {took * 1000:.0f} ms")
+        assert await status(staying) == 200

@@ -44,6 +44,7 @@ class IdentityWatch:
         state: IdentityState,
         *,
         backoff_max: float = 2.0,
+        service: str = "proxy",
     ) -> None:
         self._stub = stub
         self._metadata = metadata
@@ -59,14 +60,16 @@ class IdentityWatch:
         self._keys: set[str] = set()
         self._revocations: set[tuple[int, str, str]] = set()
         self._key_count = Gauge(
-            "bastion_proxy_identity_keys", "API keys the proxy knows (revoked ones included).", registry=registry
+            f"bastion_{service}_identity_keys", "API keys the service knows (revoked ones included).", registry=registry
         )
         self._revocation_count = Gauge(
-            "bastion_proxy_identity_revocations", "Token and agent revocations the proxy knows.", registry=registry
+            f"bastion_{service}_identity_revocations",
+            "Token and agent revocations the service knows.",
+            registry=registry,
         )
         self._synced = Gauge(
-            "bastion_proxy_identity_synced",
-            "1 while the WatchIdentity stream is open and its snapshot applied; 0 while the proxy "
+            f"bastion_{service}_identity_synced",
+            "1 while the WatchIdentity stream is open and its snapshot applied; 0 while the service "
             "serves its last known keys and revocations.",
             registry=registry,
         )

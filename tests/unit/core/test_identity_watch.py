@@ -11,7 +11,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from bastion._apikeys import IdentityState
-from bastion.proxy._identity_watch import IdentityWatch
+from bastion._identity_watch import IdentityWatch
 from bastion.v1 import policy_pb2
 
 
