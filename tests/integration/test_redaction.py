@@ -4,6 +4,7 @@ are replaced in the journaled copy, while policy decides on the real values in m
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fixtures.mcpcalls import ProxyClient, headers, tool_call
 from fixtures.upstream import DemoUpstream, demo_upstream
 
 from bastion._appconfig import AppConfig, RedactionConfig, ServerConfig
+from bastion._identity import ensure_dev_key, issue_token
 
 AWS = "AKIAIOSFODNN7EXAMPLE"
 CARD = "4111111111111111"
@@ -35,6 +37,7 @@ POLICY = {
                 "when": "args.text.contains('AKIA')",
                 "effect": "deny",
             },
+            {"id": "ask", "match": {"tools": ["demo__delete_file"]}, "effect": "require_approval"},
             {"id": "demo", "match": {"tools": ["demo__*"]}, "effect": "allow"},
         ],
     },
@@ -47,7 +50,10 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUpstream]
         yield server
 
 
-async def test_planted_secrets_are_redacted_everywhere_they_are_stored(tmp_path: Path, upstream: DemoUpstream) -> None:
+async def test_planted_secrets_are_redacted_everywhere_they_are_stored(
+    tmp_path: Path, upstream: DemoUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps(POLICY))
     app = AppConfig(
@@ -65,13 +71,22 @@ async def test_planted_secrets_are_redacted_everywhere_they_are_stored(tmp_path:
             tool_call("add", {"a": 1, "b": 2, "card": CARD, "login": {"password": PASSWORD}}, 2),
             headers(token, workflow="wf-secrets"),
         )
+        parked = await client.post(
+            tool_call("delete_file", {"path": f"/keys/{AWS}", "login": {"password": PASSWORD}}, 3),
+            headers(token, workflow="wf-secrets"),
+        )
+        assert parked.json()["error"]["code"] == -32004
         assert blocked.json()["error"]["data"]["rule_id"] == "no-aws-keys-out"
         assert "error" not in paid.text or paid.status_code == 200
         nodes = await client.nodes("wf-secrets", 3)
         async with httpx.AsyncClient(base_url=client.graph, headers=bearer(auditor_token(tmp_path))) as http:
             graph = (await http.get("/graphs/wf-secrets")).text
             violations = (await http.get("/audit/violations", params={"workflow_id": "wf-secrets"})).text
-    rest = orjson.dumps(nodes).decode() + graph + violations
+        operator = issue_token(ensure_dev_key(tmp_path), subject="ops", roles=("operator",))
+        async with httpx.AsyncClient(base_url=client.proxy, headers=bearer(operator)) as http:
+            approvals = (await http.get("/v1/approvals")).text
+    assert "[REDACTED:aws_key:" in approvals
+    rest = orjson.dumps(nodes).decode() + graph + violations + approvals
     assert "[REDACTED:aws_key:" in rest
     assert "[REDACTED:card:" in rest
     assert "[REDACTED:path:" in rest
@@ -80,6 +95,7 @@ async def test_planted_secrets_are_redacted_everywhere_they_are_stored(tmp_path:
     for secret in (AWS, CARD, PASSWORD, TASK_TOKEN):
         assert secret not in rest, secret
         assert secret.encode() not in stored, f"{secret} is in a file under $BASTION_HOME"
+        assert secret not in caplog.text, f"{secret} was logged"
 
 
 def _everything_under(home: Path) -> bytes:
