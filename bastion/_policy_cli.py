@@ -31,7 +31,6 @@ missing file or key).
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from pathlib import Path
@@ -41,22 +40,17 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from ._appconfig import find_app_config
 from ._errors import ConfigError
-from ._identity import ensure_dev_key, issue_token
+from ._identity import ensure_dev_key
 from ._policy_test import add_test_command, run_test_command
+from ._rest_client import TIMEOUT_S
+from ._rest_client import CliFailed as _Failed
+from ._rest_client import bearer_from as _auth
+from ._rest_client import call as _call
+from ._rest_client import emit as _print
 from ._settings import CommonSettings
 
 DEFAULT_ADDR = "127.0.0.1:8081"
-TIMEOUT_S = 30.0
-
-
-class _Failed(Exception):
-    """The service refused or failed: exit 1 (or `code`)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def add_policy_commands(actions: Any, ttl: Any) -> None:
@@ -140,57 +134,11 @@ def _addr(args: argparse.Namespace) -> str:
     return str(args.addr or os.environ.get("BASTION_POLICY_ADDR") or DEFAULT_ADDR)
 
 
-def _auth(args: argparse.Namespace) -> dict[str, str]:
-    token = args.token or os.environ.get("BASTION_TOKEN")
-    if not token:
-        settings = CommonSettings()
-        _, app = find_app_config(args.config, settings.config)
-        token = issue_token(
-            ensure_dev_key(settings.home.resolve()),
-            subject=_user(),
-            roles=("operator",),
-            ttl_seconds=300,
-            auth=app.auth,
-        )
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _user() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "cli"
-
-
-def _call(http: httpx.Client, method: str, path: str, body: Any = None) -> Any:
-    response = http.request(method, path, json=body)
-    payload = _json(response)
-    if response.status_code < 400:
-        return payload
-    error = payload.get("error", {}) if isinstance(payload, dict) else {}
-    message = error.get("message") or response.text[:500] or response.reason_phrase
-    code = 2 if response.status_code in (401, 403) else 1
-    raise _Failed(
-        f"{method} {path}: {response.status_code} {error.get('code', '')}: {message}".replace(":  ", ": "), code
-    )
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return {}
-
-
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-
-
-def _print(args: argparse.Namespace, payload: Any, text: str) -> None:
-    print(orjson.dumps(payload).decode() if args.json else text)
 
 
 def _apply(http: httpx.Client, args: argparse.Namespace) -> int:
