@@ -5,21 +5,18 @@ never the agent's token or the agent's attempt at the same header."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import socket
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 from fixtures import inprocess
 from fixtures.mcpcalls import headers as mcp_headers
 from fixtures.mcpcalls import tool_call
+from fixtures.sdk_upstream import serving_mcp
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 
@@ -48,29 +45,19 @@ def _server(seen: list[dict[str, str]]) -> MCPServer:
     return server
 
 
-@contextlib.asynccontextmanager
-async def _serving(server: MCPServer, seen: list[dict[str, str]]) -> AsyncIterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    inner = server.streamable_http_app(host="127.0.0.1")
+def _seeing(seen: list[dict[str, str]]) -> Callable[[Any], Any]:
+    """An ASGI app in front of the server's that notes every request's headers (the
+    catalog's list included)."""
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":  # every request, the catalog's list included
-            seen.append({k.decode().lower(): v.decode() for k, v in scope["headers"]})
-        await inner(scope, receive, send)
+    def wrap(inner: Any) -> Any:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                seen.append({k.decode().lower(): v.decode() for k, v in scope["headers"]})
+            await inner(scope, receive, send)
 
-    web = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(web.serve(sockets=[sock]))
-    while not web.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-    finally:
-        web.should_exit = True
-        await task
+        return app
+
+    return wrap
 
 
 async def test_brokered_credentials_reach_the_upstream_and_the_agents_never_do(
@@ -78,7 +65,7 @@ async def test_brokered_credentials_reach_the_upstream_and_the_agents_never_do(
 ) -> None:
     monkeypatch.setenv("VAULT_TOKEN", "upstream-secret")
     seen: list[dict[str, str]] = []
-    async with _serving(_server(seen), seen) as url:
+    async with serving_mcp(_server(seen), _seeing(seen)) as url:
         (tmp_path / "policy.json").write_text(json.dumps(POLICY))
         config = tmp_path / "bastion.yaml"
         config.write_text(

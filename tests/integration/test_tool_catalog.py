@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
+from fixtures.sdk_upstream import serving_mcp
 from mcp.server import MCPServer
 
 from bastion import UnknownTool, UpstreamError
@@ -31,29 +30,10 @@ def _server() -> MCPServer:
     return server
 
 
-@contextlib.asynccontextmanager
-async def _serving(server: MCPServer) -> AsyncIterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    app = server.streamable_http_app(host="127.0.0.1")
-    web = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(web.serve(sockets=[sock]))
-    while not web.started:
-        if task.done():
-            task.result()  # raises the startup error
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-    finally:
-        web.should_exit = True
-        await task
-
-
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[MCPServer, str]]:
     server = _server()
-    async with _serving(server) as url:
+    async with serving_mcp(server) as url:
         yield server, url
 
 
