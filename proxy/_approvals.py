@@ -10,9 +10,11 @@ arguments, another agent, or a new policy version need a new approval.
        │                    │
        └──deny──▶ denied    └──expires_at──▶ expired (read as such; never forwarded)
 
-The store is SQLite (WAL) under $BASTION_HOME: approvals survive a proxy restart, and
-the one-use transition is a single conditional UPDATE, so two concurrent retries (even
-from two proxy processes sharing the file) cannot both take it.
+Two stores keep them, with one contract (`Approvals`): `ApprovalStore` here, SQLite (WAL)
+under $BASTION_HOME, and `RedisApprovalStore` (`_approvals_redis.py`) for replicas on
+separate disks (BASTION_REDIS_URL). In both, approvals survive a proxy restart and each
+transition is atomic: the one-use `take` is a single conditional UPDATE here, one Lua
+script there, so two concurrent retries (even from two proxy processes) cannot both take it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from google.protobuf import json_format
@@ -155,10 +157,69 @@ def valid_id(approval_id: str) -> bool:
     return _ID.fullmatch(approval_id) is not None
 
 
+def new_id() -> str:
+    return "apr_" + secrets.token_hex(16)
+
+
+def effective_state(state: str, expires_at: float, now: float) -> str:
+    """The state as read at `now`: an open or approved request past its expiry is expired."""
+    return "expired" if state in ("pending", "approved") and expires_at <= now else state
+
+
+def too_many_pending(agent_id: str, pending: int) -> Conflict:
+    return Conflict(
+        f"agent {agent_id!r} already has {pending} approval requests open; wait for operators to decide them"
+    )
+
+
+def not_found(approval_id: str) -> NotFound:
+    return NotFound(f"approval {approval_id!r} not found")
+
+
+def not_pending(approval_id: str, state: str) -> Conflict:
+    return Conflict(f"approval {approval_id!r} is {state}, not pending")
+
+
+class Approvals(Protocol):
+    """What the approval stage and API use of a store; semantics as `ApprovalStore`'s.
+
+    Methods block (SQLite or a Redis round trip): call them through asyncio.to_thread.
+    Failures of the backend raise StoreError (SQLite's may also raise sqlite3.Error)."""
+
+    def take(self, request: Request, node_id: str) -> Approval | None: ...
+
+    def give_back(self, approval_id: str, node_id: str) -> None: ...
+
+    def open_request(
+        self,
+        request: Request,
+        *,
+        rule_id: str,
+        reason: str,
+        workflow_id: str,
+        node_id: str,
+        action: dict[str, Any],
+    ) -> Approval: ...
+
+    def decide(
+        self, approval_id: str, *, approve: bool, by: str, reason: str, node_id: str, tenant: str | None
+    ) -> Approval: ...
+
+    def get(self, approval_id: str) -> Approval | None: ...
+
+    def list(
+        self, *, tenant: str | None, state: str | None, agent_id: str | None, limit: int, before: float | None
+    ) -> list[Approval]: ...
+
+    def close(self) -> None: ...
+
+
 class ApprovalStore:
     """Approval requests and their decisions, durable in one SQLite file."""
 
-    def __init__(self, path: Path, *, ttl: float, clock: Any = time.time) -> None:
+    def __init__(
+        self, path: Path, *, ttl: float, clock: Any = time.time, max_pending: int = MAX_PENDING_PER_AGENT
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -167,6 +228,7 @@ class ApprovalStore:
         self._lock = threading.Lock()
         self._ttl = ttl
         self._clock = clock
+        self._max_pending = max_pending
 
     def close(self) -> None:
         self._db.close()
@@ -239,12 +301,9 @@ class ApprovalStore:
                     "AND expires_at > ?",
                     (request.tenant, request.agent_id, now),
                 ).fetchone()
-                if pending >= MAX_PENDING_PER_AGENT:
-                    raise Conflict(
-                        f"agent {request.agent_id!r} already has {pending} approval requests open; "
-                        "wait for operators to decide them"
-                    )
-                approval_id = "apr_" + secrets.token_hex(16)
+                if pending >= self._max_pending:
+                    raise too_many_pending(request.agent_id, pending)
+                approval_id = new_id()
                 db.execute(
                     "INSERT INTO approvals (approval_id, tenant, agent_id, binding, policy_name, policy_version, "
                     "rule_id, reason, workflow_id, node_id, action, state, created_at, expires_at) "
@@ -280,10 +339,10 @@ class ApprovalStore:
             row = db.execute("SELECT tenant, state, expires_at FROM approvals WHERE approval_id = ?", (approval_id,))
             found = row.fetchone()
             if found is None or (tenant is not None and found[0] != tenant):
-                raise NotFound(f"approval {approval_id!r} not found")
-            state = _state(found[1], found[2], now)
+                raise not_found(approval_id)
+            state = effective_state(found[1], found[2], now)
             if state != "pending":
-                raise Conflict(f"approval {approval_id!r} is {state}, not pending")
+                raise not_pending(approval_id, state)
             db.execute(
                 "UPDATE approvals SET state = ?, decided_by = ?, decided_at = ?, decision_reason = ?, "
                 "decision_node_id = ? WHERE approval_id = ?",
@@ -339,12 +398,8 @@ _COLUMNS = (
 )
 
 
-def _state(state: str, expires_at: float, now: float) -> str:
-    return "expired" if state in ("pending", "approved") and expires_at <= now else state
-
-
 def _approval(row: tuple[Any, ...], now: float) -> Approval:
     values = list(row)
     values[9] = orjson.loads(values[9])
-    values[10] = _state(values[10], values[12], now)
+    values[10] = effective_state(values[10], values[12], now)
     return Approval(*values)

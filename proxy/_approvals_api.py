@@ -31,12 +31,12 @@ from urllib.parse import parse_qs
 import orjson
 
 from bastion._authz import CHANGE, READ, authorize
-from bastion._errors import BastionError, Conflict, ForbiddenError, InvalidInput, InvalidQuery, JournalError, NotFound
+from bastion._errors import BastionError, ForbiddenError, InvalidInput, InvalidQuery, JournalError
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2
 
-from ._approvals import STATES, Approval, ApprovalStore, valid_id
+from ._approvals import STATES, Approval, Approvals, not_found, not_pending, valid_id
 from ._asgi import Receive, Scope, Send, authorization_values, read_body, send_json
 from ._enforcer import Enforcer
 from ._mcp_http import http_error
@@ -63,7 +63,7 @@ class ApprovalsApi:
     )
 
     def __init__(
-        self, *, tokens: TokenVerifier, store: ApprovalStore, enforcer: Enforcer, hosts: HostCheck, body_timeout: float
+        self, *, tokens: TokenVerifier, store: Approvals, enforcer: Enforcer, hosts: HostCheck, body_timeout: float
     ) -> None:
         self._tokens = tokens
         self._store = store
@@ -110,7 +110,7 @@ class ApprovalsApi:
             callers.append(principal)
             if not parts:
                 return 200, await self._list(principal, scope.get("query_string", b""))
-            return 200, self._visible(principal, parts[0]).view()
+            return 200, (await self._visible(principal, parts[0])).view()
         if method != "POST":
             return 405, http_error("bastion.method_not_allowed", f"{method} {path}: use POST")
         principal = authorize(self._tokens, authorization_values(scope), CHANGE)
@@ -119,10 +119,10 @@ class ApprovalsApi:
         reason = _reason(await read_body(receive, headers, _MAX_BODY, self._body_timeout))
         return 200, await self._decide(principal, parts[0], approve=parts[1] == "approve", reason=reason)
 
-    def _visible(self, principal: Principal, approval_id: str) -> Approval:
-        approval = self._store.get(approval_id)
+    async def _visible(self, principal: Principal, approval_id: str) -> Approval:
+        approval = await asyncio.to_thread(self._store.get, approval_id)
         if approval is None or (_ADMIN not in principal.roles and approval.tenant != principal.tenant):
-            raise NotFound(f"approval {approval_id!r} not found")
+            raise not_found(approval_id)
         return approval
 
     async def _list(self, principal: Principal, query_string: bytes) -> dict[str, Any]:
@@ -144,11 +144,11 @@ class ApprovalsApi:
         }
 
     async def _decide(self, principal: Principal, approval_id: str, *, approve: bool, reason: str) -> dict[str, Any]:
-        approval = self._visible(principal, approval_id)
+        approval = await self._visible(principal, approval_id)
         if approval.agent_id == principal.subject and approval.tenant == principal.tenant:
             raise ForbiddenError(f"{principal.subject!r} may not decide an approval of its own call")
         if approval.state != "pending":
-            raise Conflict(f"approval {approval_id!r} is {approval.state}, not pending")
+            raise not_pending(approval_id, approval.state)
         node_id = self._journal(principal, approval, approve=approve, reason=reason)
         tenant = None if _ADMIN in principal.roles else principal.tenant
         decided = await asyncio.to_thread(

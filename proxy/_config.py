@@ -91,13 +91,15 @@ class ProxySettings(CommonSettings):
     )
     redis_url: str | None = Field(
         default=None,
-        description="Redis for limits and budgets shared by every proxy replica (redis://host:port/db); "
-        "unset: limits are counted in this process only.",
+        description="Redis for limits, budgets and approvals shared by every proxy replica "
+        "(redis://host:port/db); unset: limits are counted in this process, approvals kept in "
+        "$BASTION_HOME/proxy/approvals.sqlite3.",
     )
     redis_timeout_ms: int = Field(
         default=250,
         ge=10,
-        description="Deadline for one limit check in Redis; past it (or Redis unreachable) the action is blocked.",
+        description="Deadline for one limit check or approval step in Redis; past it (or Redis unreachable) "
+        "the action is blocked.",
     )
     approval_ttl_s: float = Field(
         default=3600.0,

@@ -28,7 +28,7 @@ from google.protobuf import json_format, struct_pb2
 from bastion._errors import Conflict, LimitsUnavailable, StoreError
 from bastion.v1 import graph_pb2, policy_pb2
 
-from ._approvals import Approval, ApprovalStore, Request, action_digest
+from ._approvals import Approval, Approvals, Request, action_digest
 from ._enforcer import Pending
 from ._envelope import APPROVAL_REQUIRED, LIMIT_EXCEEDED
 from ._limits import Limiter, LimitScope
@@ -64,7 +64,7 @@ def action_view(action: policy_pb2.Action, redactor: Redactor | None) -> dict[st
 
 
 class ApprovalStage:
-    def __init__(self, store: ApprovalStore, *, redactor: Redactor | None, wait_s: float = 0.0) -> None:
+    def __init__(self, store: Approvals, *, redactor: Redactor | None, wait_s: float = 0.0) -> None:
         self._store = store
         self._redactor = redactor
         self._wait_s = wait_s

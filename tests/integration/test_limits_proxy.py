@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from fixtures.redis import RedisServer, running_redis
 from fixtures.upstream import DemoUpstream, demo_upstream
 
 from bastion._appconfig import AppConfig, ServerConfig
+from bastion._identity import ensure_dev_key, issue_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -40,6 +42,7 @@ POLICY = {
         "rules": [
             {"id": "deletes", "match": {"tools": ["*__delete_file"]}, "effect": "allow"},
             {"id": "adds", "match": {"tools": ["demo__add"]}, "effect": "allow", "cost": 0},
+            {"id": "echoes-need-a-human", "match": {"tools": ["demo__echo"]}, "effect": "require_approval"},
         ],
         "limits": {"budget": {"calls": BUDGET, "window": "1d"}, "loop": {"same_call": 3, "window": "60s"}},
     },
@@ -77,23 +80,29 @@ class Proxies:
 
 @contextlib.asynccontextmanager
 async def _proxies(
-    home: Path, app: AppConfig, upstream: DemoUpstream, count: int, **settings: Any
+    home: Path, app: AppConfig, upstream: DemoUpstream, count: int, *, own_disks: bool = False, **settings: Any
 ) -> AsyncIterator[Proxies]:
+    """`own_disks`: each replica gets a $BASTION_HOME of its own (the stack's keys copied in),
+    as on separate machines; else they share `home` (one journal each)."""
     async with contextlib.AsyncExitStack() as stack:
         policy = await stack.enter_async_context(inprocess.policy(home, app))
         verifier = await stack.enter_async_context(inprocess.verifier(home, app))
         graph = await stack.enter_async_context(inprocess.graph(home, app))
         addrs = []
         for replica in range(count):
+            replica_home = home
+            if own_disks:
+                replica_home = home.parent / f"{home.name}-replica-{replica}"
+                shutil.copytree(home / "keys", replica_home / "keys")
             proxy = await stack.enter_async_context(
                 inprocess.proxy(
-                    home,
+                    replica_home,
                     app,
                     policy_addr=policy["grpc"],
                     verifier_addr=verifier["grpc"],
                     graph_addr=graph["grpc"],
                     # One journal per process; everything else (keys, approvals) shared.
-                    journal_dir=home / f"journal-{replica}",
+                    journal_dir=replica_home / f"journal-{replica}",
                     # 200 calls at once through services sharing this test's event loop on
                     # a 2-core machine: what is tested is the budget, not the deadlines.
                     policy_timeout_ms=60_000,
@@ -203,7 +212,11 @@ async def test_a_call_the_upstream_failed_gives_its_budget_back(tmp_path: Path, 
 async def test_two_proxy_replicas_share_one_budget_in_redis(
     tmp_path: Path, upstream: DemoUpstream, redis: RedisServer
 ) -> None:
-    async with _proxies(tmp_path, _app(upstream, tmp_path), upstream, 2, redis_url=redis.url) as proxies:
+    # A generous Redis deadline: 200 calls at once on a loaded 2-core machine must not fail
+    # closed on time; what is tested is that the replicas share one budget.
+    async with _proxies(
+        tmp_path, _app(upstream, tmp_path), upstream, 2, redis_url=redis.url, redis_timeout_ms=10_000
+    ) as proxies:
         answers = await _storm(proxies, "agent-replicas", "/replicas")
 
     _check_storm(proxies, answers, "/replicas")
@@ -228,3 +241,29 @@ async def test_redis_killed_mid_load_blocks_every_later_call(tmp_path: Path, ups
     assert all("Redis" in body["error"]["data"]["reason"] for body in after)
     assert proxies.deleted("/killed/after") == []
     assert orjson.loads(limited.content)["error"]["data"]["rule_id"] == "bastion.limits_unavailable"
+
+
+async def test_an_approval_given_on_one_replica_is_used_once_on_another(
+    tmp_path: Path, upstream: DemoUpstream, redis: RedisServer
+) -> None:
+    (tmp_path / "home").mkdir()
+    app = _app(upstream, tmp_path / "home")
+    async with _proxies(tmp_path / "home", app, upstream, 2, own_disks=True, redis_url=redis.url) as proxies:
+        first, second = proxies.clients
+        token = first.token("agent-replicated")
+        call = tool_call("echo", {"text": "ship it"})
+        parked = (await first.post(call, headers(token))).json()
+        approval_id = parked["error"]["data"]["approval_id"]
+        operator = issue_token(ensure_dev_key(first.home), subject="ops", roles=("operator",))
+        async with httpx.AsyncClient(base_url=first.proxy, timeout=10) as http:
+            decided = await http.post(
+                f"/v1/approvals/{approval_id}/approve", headers={"Authorization": f"Bearer {operator}"}
+            )
+        on_second = (await second.post(call, headers(token))).json()
+        again = (await first.post(call, headers(token))).json()
+
+    assert parked["error"]["code"] == -32004
+    assert decided.status_code == 200, decided.text
+    assert "result" in on_second, on_second
+    assert again["error"]["code"] == -32004
+    assert again["error"]["data"]["approval_id"] != approval_id

@@ -1,17 +1,34 @@
-"""The approval store on its own: what an approval is bound to, its expiry, one use."""
+"""The approval stores on their own: what an approval is bound to, its expiry, one use.
+
+Every contract test runs against both stores, SQLite (`ApprovalStore`) and Redis
+(`RedisApprovalStore`, a real server from scripts/redis-up, flushed before each test).
+"Two stores on one backing" is two replicas: two connections to one SQLite file, or two
+clients of one Redis.
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from fixtures.redis import RedisServer, running_redis
 
-from bastion._errors import Conflict, NotFound
-from bastion.proxy._approvals import MAX_PENDING_PER_AGENT, ApprovalStore, Request, action_digest
+from bastion._errors import ConfigError, Conflict, NotFound, StoreError
+from bastion._identity import Principal
+from bastion.proxy._approvals import Approvals, ApprovalStore, Request, action_digest
+from bastion.proxy._approvals_redis import _LIST_BATCH, RedisApprovalStore
+from bastion.proxy._enforcer import Caller, Pending
+from bastion.proxy._pipeline import Outcome
+from bastion.proxy._recorder import Record
+from bastion.proxy._stages import APPROVAL_STORE_UNAVAILABLE, ApprovalStage
 from bastion.v1 import policy_pb2
+
+Opener = Callable[..., Approvals]
 
 
 class Clock:
@@ -27,11 +44,45 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[ApprovalStore]:
-    opened = ApprovalStore(tmp_path / "approvals.sqlite3", ttl=60, clock=clock)
-    yield opened
-    opened.close()
+def redis_db(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[Opener]:
+    """Opens another store on the same backing (another replica, or the same one restarted)."""
+    opened: list[Approvals] = []
+
+    def open_store(**options: Any) -> Approvals:
+        store: Approvals
+        if request.param == "sqlite":
+            store = ApprovalStore(tmp_path / "approvals.sqlite3", ttl=60, clock=clock, **options)
+        else:
+            store = RedisApprovalStore(url, ttl=60, clock=clock, **options)
+        opened.append(store)
+        return store
+
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+        request.getfixturevalue("redis_db")
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(opener: Opener) -> Approvals:
+    return opener()
 
 
 def _action(**arguments: Any) -> policy_pb2.Action:
@@ -40,18 +91,20 @@ def _action(**arguments: Any) -> policy_pb2.Action:
     return action
 
 
-def _request(version: int = 1, agent: str = "agent-1", **arguments: Any) -> Request:
-    return Request("default", agent, action_digest(_action(**arguments)), "payments", version)
+def _request(version: int = 1, agent: str = "agent-1", tenant: str = "default", **arguments: Any) -> Request:
+    return Request(tenant, agent, action_digest(_action(**arguments)), "payments", version)
 
 
-def _open(store: ApprovalStore, request: Request) -> str:
-    approval = store.open_request(request, rule_id="r", reason="why", workflow_id="wf", node_id="n", action={})
+def _open(store: Approvals, request: Request, action: dict[str, Any] | None = None) -> str:
+    approval = store.open_request(
+        request, rule_id="r", reason="why", workflow_id="wf", node_id="n", action=action or {}
+    )
     return approval.approval_id
 
 
-def _approved(store: ApprovalStore, request: Request) -> str:
+def _approved(store: Approvals, request: Request) -> str:
     approval_id = _open(store, request)
-    store.decide(approval_id, approve=True, by="ops", reason="", node_id="d", tenant="default")
+    store.decide(approval_id, approve=True, by="ops", reason="", node_id="d", tenant=request.tenant)
     return approval_id
 
 
@@ -61,7 +114,7 @@ def test_the_digest_is_canonical_and_covers_every_argument() -> None:
     assert action_digest(_action(a=1)) != action_digest(_action(a=1, b=None))
 
 
-def test_an_approval_is_used_once_and_only_for_its_exact_call(store: ApprovalStore) -> None:
+def test_an_approval_is_used_once_and_only_for_its_exact_call(store: Approvals) -> None:
     request = _request(iban="DE89370400440532013000", amount=100)
     _approved(store, request)
 
@@ -70,12 +123,12 @@ def test_an_approval_is_used_once_and_only_for_its_exact_call(store: ApprovalSto
     assert store.take(_request(version=2, iban="DE89370400440532013000", amount=100), "n2") is None
     taken = store.take(request, "n2")
     assert taken is not None
-    assert (taken.state, taken.used_node_id) == ("used", "n2")
+    assert (taken.state, taken.used_node_id, taken.used_at) == ("used", "n2", 1_000_000.0)
     assert store.take(request, "n3") is None
 
 
-def test_concurrent_takes_from_two_connections_use_it_once(tmp_path: Path, clock: Clock) -> None:
-    stores = [ApprovalStore(tmp_path / "shared.sqlite3", ttl=60, clock=clock) for _ in range(2)]
+def test_concurrent_takes_from_two_replicas_use_it_once(opener: Opener) -> None:
+    stores = [opener(), opener()]
     request = _request(x=1)
     _approved(stores[0], request)
     taken: list[object] = []
@@ -90,13 +143,11 @@ def test_concurrent_takes_from_two_connections_use_it_once(tmp_path: Path, clock
         thread.start()
     for thread in threads:
         thread.join()
-    for opened in stores:
-        opened.close()
 
     assert len(taken) == 1
 
 
-def test_an_expired_approval_is_not_used_and_reads_as_expired(store: ApprovalStore, clock: Clock) -> None:
+def test_an_expired_approval_is_not_used_and_reads_as_expired(store: Approvals, clock: Clock) -> None:
     request = _request(x=1)
     approval_id = _approved(store, request)
     clock.now += 61
@@ -105,52 +156,222 @@ def test_an_expired_approval_is_not_used_and_reads_as_expired(store: ApprovalSto
     approval = store.get(approval_id)
     assert approval is not None
     assert approval.state == "expired"
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict, match="is expired, not pending"):
         store.decide(approval_id, approve=False, by="ops", reason="", node_id="d", tenant=None)
     # A new request for the same call is a new id.
     assert _open(store, request) != approval_id
 
 
-def test_a_pending_request_is_reused_and_a_given_back_approval_can_be_used_again(store: ApprovalStore) -> None:
+def test_a_pending_request_is_reused_and_a_given_back_approval_can_be_used_again(store: Approvals) -> None:
     request = _request(x=1)
     first = _open(store, request)
     assert _open(store, request) == first
     store.decide(first, approve=True, by="ops", reason="", node_id="d", tenant="default")
     assert store.take(request, "n1") is not None
+    store.give_back(first, "n2")  # not the taker: no effect
+    assert store.take(request, "n2") is None
     store.give_back(first, "n1")
     taken = store.take(request, "n2")
     assert taken is not None
     assert taken.approval_id == first
 
 
-def test_deciding_checks_tenant_and_state(store: ApprovalStore) -> None:
+def test_a_denied_request_is_returned_until_it_expires(store: Approvals, clock: Clock) -> None:
+    request = _request(x=1)
+    approval_id = _open(store, request)
+    store.decide(approval_id, approve=False, by="ops", reason="no", node_id="d", tenant="default")
+
+    again = store.open_request(request, rule_id="r", reason="why", workflow_id="wf", node_id="n2", action={})
+    assert (again.approval_id, again.state, again.decided_by, again.decision_reason) == (
+        approval_id,
+        "denied",
+        "ops",
+        "no",
+    )
+    assert store.take(request, "n") is None
+    clock.now += 61
+    assert _open(store, request) != approval_id
+
+
+def test_deciding_checks_tenant_and_state(store: Approvals) -> None:
     approval_id = _open(store, _request(x=1))
     with pytest.raises(NotFound):
         store.decide(approval_id, approve=True, by="ops", reason="", node_id="d", tenant="globex")
     with pytest.raises(NotFound):
         store.decide("apr_" + "0" * 32, approve=True, by="ops", reason="", node_id="d", tenant=None)
-    store.decide(approval_id, approve=False, by="ops", reason="no", node_id="d", tenant=None)
-    with pytest.raises(Conflict):
+    denied = store.decide(approval_id, approve=False, by="ops", reason="no", node_id="d", tenant=None)
+    assert (denied.state, denied.decided_by, denied.decided_at, denied.decision_node_id) == (
+        "denied",
+        "ops",
+        1_000_000.0,
+        "d",
+    )
+    with pytest.raises(Conflict, match="is denied, not pending"):
         store.decide(approval_id, approve=True, by="ops", reason="", node_id="d", tenant=None)
 
 
-def test_an_agent_cannot_flood_the_queue(store: ApprovalStore) -> None:
-    for index in range(MAX_PENDING_PER_AGENT):
+def test_an_agent_cannot_flood_the_queue(opener: Opener, clock: Clock) -> None:
+    # The cap is MAX_PENDING_PER_AGENT in the proxy; a small one keeps SQLite's fsyncs quick.
+    store = opener(max_pending=20)
+    for index in range(20):
         _open(store, _request(x=index))
-    with pytest.raises(Conflict, match="approval requests open"):
+    with pytest.raises(Conflict, match="already has 20 approval requests open"):
         _open(store, _request(x=-1))
-    # Others are not affected.
+    # Others are not affected, a reused request is not a new one, a decision frees a place.
     assert _open(store, _request(agent="agent-2", x=-1))
+    first = _open(store, _request(x=0))
+    store.decide(first, approve=False, by="ops", reason="", node_id="d", tenant=None)
+    assert _open(store, _request(x=-1))
+    # Expired requests do not count.
+    clock.now += 61
+    for index in range(20):
+        _open(store, _request(x=100 + index))
 
 
-def test_approvals_survive_a_restart(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "approvals.sqlite3"
-    first = ApprovalStore(path, ttl=60, clock=clock)
+def test_approvals_survive_a_restart(opener: Opener) -> None:
+    first = opener()
     approval_id = _approved(first, _request(x=1))
     first.close()
-    second = ApprovalStore(path, ttl=60, clock=clock)
-    taken = second.take(_request(x=1), "n")
-    second.close()
+    taken = opener().take(_request(x=1), "n")
 
     assert taken is not None
     assert taken.approval_id == approval_id
+
+
+def test_the_action_view_reads_back_as_written(store: Approvals) -> None:
+    action = {"kind": "TOOL_CALL", "arguments": {"empty": [], "nested": {}, "list": [{}, [], 1.5, None, "é"]}}
+    approval_id = _open(store, _request(x=1), action)
+    approval = store.get(approval_id)
+    assert approval is not None
+    assert approval.action == action
+    assert (approval.rule_id, approval.reason, approval.workflow_id, approval.node_id) == ("r", "why", "wf", "n")
+    assert (approval.policy_name, approval.policy_version, approval.expires_at) == ("payments", 1, 1_000_060.0)
+    assert store.get("apr_" + "0" * 32) is None
+
+
+def test_listing_filters_by_tenant_agent_and_state_newest_first(store: Approvals, clock: Clock) -> None:
+    ids = []
+    for index, (tenant, agent) in enumerate(
+        [("default", "a1"), ("default", "a2"), ("globex", "a1"), ("default", "a1")]
+    ):
+        clock.now += 1
+        ids.append(_open(store, _request(tenant=tenant, agent=agent, x=index)))
+    store.decide(ids[0], approve=True, by="ops", reason="", node_id="d", tenant=None)
+    store.decide(ids[1], approve=False, by="ops", reason="", node_id="d", tenant=None)
+
+    def listed(**query: Any) -> list[str]:
+        options: dict[str, Any] = {"tenant": None, "state": None, "agent_id": None, "limit": 100, "before": None}
+        return [approval.approval_id for approval in store.list(**{**options, **query})]
+
+    assert listed() == ids[::-1]
+    assert listed(tenant="default") == [ids[3], ids[1], ids[0]]
+    assert listed(tenant="default", agent_id="a1") == [ids[3], ids[0]]
+    assert listed(state="pending") == [ids[3], ids[2]]
+    assert listed(state="approved") == [ids[0]]
+    assert listed(state="denied", tenant="globex") == []
+    assert listed(limit=2) == [ids[3], ids[2]]
+    newest = store.get(ids[2])
+    assert newest is not None
+    assert listed(limit=2, before=newest.created_at) == [ids[1], ids[0]]
+    clock.now += 61
+    assert listed(state="expired") == [ids[3], ids[2], ids[0]]
+    assert listed(state="pending") == []
+
+
+# Redis only: what the SQLite file does by itself (bounded size, failures) made explicit.
+
+
+def test_redis_records_expire_and_indexes_are_trimmed(redis_server: RedisServer, redis_db: redis.Redis) -> None:
+    clock = Clock()
+    store = RedisApprovalStore(redis_server.url, ttl=60, clock=clock, retention_s=100)
+    first = _open(store, _request(x=1))
+    key = f"bastion:approvals:{{a}}:approval:{first}"
+    assert 159_000 < redis_db.pttl(key) <= 160_000
+    names = redis_db.keys("*")
+    assert set(names) == {
+        key,
+        f"bastion:approvals:{{a}}:binding:{_request(x=1).binding}",
+        "bastion:approvals:{a}:pending:7:default|agent-1",
+        "bastion:approvals:{a}:tenant:default",
+        "bastion:approvals:{a}:all",
+    }
+    assert all(0 < redis_db.pttl(name) <= 160_000 for name in names)
+
+    clock.now += 161
+    second = _open(store, _request(x=1))
+    assert second != first
+    # The old request left every index though its hash is still there (Redis's clock has not moved).
+    assert redis_db.zrange(f"bastion:approvals:{{a}}:binding:{_request(x=1).binding}", 0, -1) == [second]
+    assert redis_db.zrange("bastion:approvals:{a}:pending:7:default|agent-1", 0, -1) == [second]
+    assert redis_db.zrange("bastion:approvals:{a}:all", 0, -1) == [second]
+    assert redis_db.zrange("bastion:approvals:{a}:tenant:default", 0, -1) == [second]
+    store.close()
+
+
+def test_redis_listing_pages_through_more_than_one_batch(redis_server: RedisServer, redis_db: redis.Redis) -> None:
+    clock = Clock()
+    store = RedisApprovalStore(redis_server.url, ttl=60, clock=clock)
+    ids = []
+    for index in range(_LIST_BATCH + 30):
+        clock.now += 0.001
+        ids.append(_open(store, _request(agent=f"a{index % 3}", x=index)))
+    listed = store.list(tenant="default", state="pending", agent_id="a0", limit=500, before=None)
+    store.close()
+
+    assert [approval.approval_id for approval in listed] == ids[::3][::-1]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _every_call(store: RedisApprovalStore) -> list[Callable[[], object]]:
+    return [
+        lambda: store.take(_request(x=1), "n"),
+        lambda: store.give_back("apr_" + "0" * 32, "n"),
+        lambda: _open(store, _request(x=1)),
+        lambda: store.decide("apr_" + "0" * 32, approve=True, by="ops", reason="", node_id="d", tenant=None),
+        lambda: store.get("apr_" + "0" * 32),
+        lambda: store.list(tenant=None, state=None, agent_id=None, limit=10, before=None),
+    ]
+
+
+def test_redis_unreachable_raises_store_error_naming_redis() -> None:
+    store = RedisApprovalStore(f"redis://127.0.0.1:{_closed_port()}/0", ttl=60, timeout_ms=200)
+    for call in _every_call(store):
+        with pytest.raises(StoreError, match="Redis for approvals failed"):
+            call()
+    store.close()
+
+
+def test_redis_not_answering_raises_store_error_within_the_deadline() -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        store = RedisApprovalStore(f"redis://127.0.0.1:{port}/0", ttl=60, timeout_ms=50)
+        with pytest.raises(StoreError, match="Redis did not answer the approval take within 50 ms"):
+            store.take(_request(x=1), "n")
+        store.close()
+
+
+def test_a_redis_url_that_is_not_one_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="BASTION_REDIS_URL is not a usable Redis URL"):
+        RedisApprovalStore("http://user:secret@host/0", ttl=60)
+
+
+async def test_the_approval_stage_blocks_when_redis_is_unreachable() -> None:
+    store = RedisApprovalStore(f"redis://127.0.0.1:{_closed_port()}/0", ttl=60, timeout_ms=200)
+    record = Record(
+        workflow_id="wf", session_id="s", agent_id="agent-1", tenant="default", action=_action(x=1), started_at=0
+    )
+    caller = Caller(Principal("agent-1", "default", (), float("inf")), "wf", "s", "bank")
+    pending = Pending(caller, record, policy_pb2.Context(), (), 0)
+    decision = policy_pb2.Decision(effect=policy_pb2.REQUIRE_APPROVAL, policy_name="payments", policy_version=1)
+
+    outcome = await ApprovalStage(store, redactor=None)(pending, Outcome(False, decision, None))
+    store.close()
+
+    assert (outcome.allowed, outcome.block_code) == (False, APPROVAL_STORE_UNAVAILABLE)
