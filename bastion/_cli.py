@@ -5,6 +5,7 @@ failed, a service refused the request); 2 bad usage, configuration or credential
 `bastion policy apply|validate|versions|diff|activate` live in bastion._policy_cli.
 `bastion keys create|list|revoke` and `bastion token revoke|revocations` in bastion._keys_cli.
 `bastion approvals list|show|approve|deny` in bastion._approvals_cli.
+`bastion graph drift-path` and `bastion audit verify|export|slo` in bastion._graph_cli.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import orjson
 from ._appconfig import find_app_config
 from ._approvals_cli import add_approval_commands, run_approval_command
 from ._errors import BastionError, ConfigError
+from ._graph_cli import add_audit_commands, add_graph_commands, run_graph_command
 from ._identity import ensure_dev_key, issue_token
 from ._keys_cli import add_keys_commands, add_token_revoke_commands, run_keys_command
 from ._policy_cli import add_policy_commands, run_policy_command
 from ._settings import CommonSettings
 
 SERVICES = ("proxy", "policy", "verifier", "graph")
-#: `bastion bench SUITE`: eval/bench/<suite>_bench.py (the whole-stack bench arrives with its issue).
-BENCH_SUITES = ("policy", "tracing", "a2a")
+#: `bastion bench SUITE`: eval/bench/<suite>_bench.py.
+BENCH_SUITES = ("policy", "tracing", "a2a", "stack")
 _TTL = re.compile(r"(\d+)([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument("--config", type=Path, help="bastion.yaml (default: $BASTION_CONFIG or ./bastion.yaml)")
         if name == "policy":
             add_policy_commands(actions, _ttl)
+        if name == "graph":
+            add_graph_commands(actions)
 
     bench = commands.add_parser("bench", help="benchmarks (figures, never pass/fail)")
     bench.add_argument("suite", choices=BENCH_SUITES, help="what to measure")
@@ -82,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     add_token_revoke_commands(token_actions)
     add_keys_commands(commands, _ttl)
     add_approval_commands(commands)
+    add_audit_commands(commands)
     return parser
 
 
@@ -109,6 +114,8 @@ def _bench(suite: str, options: Sequence[str]) -> int:
         from bastion.eval.bench.policy_bench import main as policy_bench
     elif suite == "a2a":
         from bastion.eval.bench.a2a_bench import main as policy_bench
+    elif suite == "stack":
+        from bastion.eval.bench.stack_bench import main as policy_bench
     else:
         from bastion.eval.bench.tracing_bench import main as policy_bench
     policy_bench(list(options))
@@ -164,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return up(args.config)
         if args.command == "policy" and args.action != "serve":
             return run_policy_command(args)
+        if args.command == "audit" or (args.command == "graph" and args.action != "serve"):
+            return run_graph_command(args)
         if args.command == "bench":
             return _bench(args.suite, args.options)
         if args.command in SERVICES:

@@ -18,8 +18,11 @@ Storage:
     open_store(url, home)                  the backend a BASTION_GRAPH_URL names
     GraphStore                             the interface every backend implements
     SqliteGraphStore                       the embedded default
-    IngestResult, WorkflowSummary, WorkflowSnapshot, Node, Edge, LineageHop, ViolationFilter, Page
-                                           the records GraphStore takes and returns
+    IngestResult, WorkflowSummary, WorkflowSnapshot, Node, Edge, LineageHop, DriftPath,
+    DecisionStats, ViolationFilter, Page   the records GraphStore takes and returns
+
+The audit chain (hash-chained records, exports, offline verification) is described in
+bastion.graph._audit and bastion.graph._export; `bastion audit …` drives it.
 """
 
 from ._api import create_app
@@ -27,6 +30,8 @@ from ._config import GraphSettings
 from ._grpc import GraphServicer
 from ._server import main, serve
 from ._store import (
+    DecisionStats,
+    DriftPath,
     Edge,
     GraphStore,
     IngestResult,
@@ -41,6 +46,8 @@ from ._store import (
 )
 
 __all__ = [
+    "DecisionStats",
+    "DriftPath",
     "Edge",
     "GraphServicer",
     "GraphSettings",

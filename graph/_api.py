@@ -1,5 +1,6 @@
-"""The graph REST API (FastAPI; OpenAPI at /docs): workflows, nodes, violations,
-health and metrics. Read-only: events arrive over gRPC (`_grpc.py`).
+"""The graph REST API (FastAPI; OpenAPI at /docs): workflows, nodes, drift paths,
+violations, the audit chain (`_audit_api.py`), health and metrics. Read-only: events
+arrive over gRPC (`_grpc.py`).
 
 Workflow and audit routes need a bearer JWT with role operator, admin or auditor
 (bastion._auth); the Host check and the error body `{"error": {"code", "message"}}`
@@ -20,21 +21,26 @@ from bastion._hosts import HostCheck
 from bastion._identity import TokenVerifier
 from bastion._rest import AUTH_RESPONSES, error_doc, rest_app
 
+from ._audit_api import router as audit_router
 from ._metrics import GraphMetrics
 from ._store import (
+    DEFAULT_LINEAGE_DEPTH,
     DEFAULT_NODE_PAGE_SIZE,
     DEFAULT_PAGE_SIZE,
+    MAX_LINEAGE_DEPTH,
     MAX_NODE_PAGE_SIZE,
     MAX_PAGE_SIZE,
     GraphStore,
     ViolationFilter,
 )
 from ._views import (
+    DriftPathView,
     NodeList,
     Status,
     ViolationPage,
     WorkflowGraph,
     WorkflowPage,
+    drift_view,
     node_view,
     violation_view,
     workflow_graph,
@@ -69,7 +75,9 @@ def create_app(
     # FastAPI's /docs, /docs/oauth2-redirect, /redoc and /openapi.json, which show the
     # API's shape, not its data: the dashboard's client is generated from the spec, and
     # /docs must load before its "Authorize" button can take a token.
-    app.include_router(_data, dependencies=[Depends(require_reader(verifier))], responses=AUTH_RESPONSES)
+    reader = [Depends(require_reader(verifier))]
+    app.include_router(_data, dependencies=reader, responses=AUTH_RESPONSES)
+    app.include_router(audit_router, dependencies=reader, responses=AUTH_RESPONSES)
     app.include_router(_ops)
     return app
 
@@ -112,6 +120,31 @@ async def list_nodes(
     return NodeList(
         workflow_id=workflow_id, items=[node_view(node) for node in page.items], next_cursor=page.next_cursor
     )
+
+
+@_data.get(
+    "/graphs/{workflow_id}/drift-path/{node_id}",
+    response_model=DriftPathView,
+    tags=["graphs"],
+    responses={404: error_doc("Unknown workflow, or no such node in it.")},
+)
+async def drift_path(
+    workflow_id: str,
+    node_id: str,
+    store: Store,
+    max_depth: Annotated[
+        int, Query(ge=1, le=MAX_LINEAGE_DEPTH, description="Edges to follow at most.")
+    ] = DEFAULT_LINEAGE_DEPTH,
+) -> DriftPathView:
+    """Where this node's data came from: back along INFORMED_BY to where it entered the workflow,
+    or, for a node informed by nothing, along DELEGATED_TO/CAUSED_BY to the workflow's root;
+    each hop with the edge followed and its reason."""
+    path = await store.drift_path(workflow_id, node_id, max_depth)
+    if path is None:
+        if await store.workflow(workflow_id) is None:
+            raise _unknown_workflow(workflow_id)
+        raise HTTPException(status_code=404, detail=f"node {node_id!r} not found in workflow {workflow_id!r}")
+    return drift_view(workflow_id, node_id, path)
 
 
 @_data.get("/audit/violations", response_model=ViolationPage, tags=["audit"], responses=_BAD_CURSOR)

@@ -16,8 +16,17 @@ from pydantic import BaseModel, Field
 
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
+from ._audit import ChainReport
 from ._events import enum_name
-from ._store import MAX_SNAPSHOT_EDGES, MAX_SNAPSHOT_NODES, Edge, Node, WorkflowSnapshot, WorkflowSummary
+from ._store import (
+    MAX_SNAPSHOT_EDGES,
+    MAX_SNAPSHOT_NODES,
+    DriftPath,
+    Edge,
+    Node,
+    WorkflowSnapshot,
+    WorkflowSummary,
+)
 
 
 def _one_of(descriptor: EnumDescriptor) -> str:
@@ -289,3 +298,105 @@ def _verifier_view(score: verifier_pb2.ScoreResponse) -> VerifierView:
 
 def _datetime(timestamp: Timestamp) -> datetime:
     return timestamp.ToDatetime(tzinfo=UTC)
+
+
+# --- audit chain, exports, SLO and drift paths ---------------------------------------------
+
+
+class ChainHeadView(BaseModel):
+    sequence: int
+    hash: str = Field(description="sha256 hex of the record and everything before it.")
+
+
+class ChainProblemView(BaseModel):
+    kind: str = Field(description="One of altered, removed, inserted, reordered.")
+    sequence: int = Field(description="The record the problem is named by.")
+    detail: str
+
+
+class AuditVerifyView(BaseModel):
+    """The audit chain recomputed from its first record: the first problem, if any."""
+
+    ok: bool
+    records: int = Field(description="Records checked (up to one past the first problem).")
+    head: ChainHeadView | None = Field(description="The last record checked; null for an empty chain.")
+    problem: ChainProblemView | None
+
+
+class RuleStatsView(BaseModel):
+    rule_id: str = Field(description="A policy rule id, or a bastion.* code for blocks outside policy.")
+    decisions: int
+    blocked: int
+    block_rate: float
+
+
+class SloView(BaseModel):
+    """Decisions whose event time falls in the window."""
+
+    window_s: int
+    since: datetime
+    decisions: int
+    blocked: int
+    block_rate: float = Field(description="blocked / decisions; 0 when there were none.")
+    verifier_fallbacks: int = Field(description="Decisions the verifier's configured fallback took.")
+    latency_ms: dict[str, float] = Field(
+        description="decided_at - started_at percentiles (p50, p90, p99, p999; nearest rank); "
+        "empty when no decision of the window had both times."
+    )
+    rules: list[RuleStatsView] = Field(description="Most decisions first.")
+
+
+class DriftHopView(BaseModel):
+    node_id: str
+    node_type: str = Field(description="NODE_TYPE_UNSPECIFIED for a node named by an edge but never ingested.")
+    workflow_id: str
+    agent_id: str
+    server: str
+    tool: str
+    outcome: str
+    via: str | None = Field(description="The edge followed to the next hop (toward the origin); null on the last.")
+    reason: str = Field(description="The edge's reason, as the proxy recorded it.")
+
+
+class DriftPathView(BaseModel):
+    workflow_id: str
+    node_id: str
+    origin: str = Field(
+        description="Why the walk ended: untrusted_data (the last hop is where the data entered), "
+        "workflow_root, not_ingested, depth_limit or cycle."
+    )
+    hops: list[DriftHopView] = Field(description="From the node asked about back to the origin.")
+
+
+def verify_view(report: ChainReport) -> AuditVerifyView:
+    head, problem = report.head, report.problem
+    return AuditVerifyView(
+        ok=report.ok,
+        records=report.records,
+        head=ChainHeadView(sequence=head.sequence, hash=head.hash) if head else None,
+        problem=ChainProblemView(kind=problem.kind, sequence=problem.sequence, detail=problem.detail)
+        if problem
+        else None,
+    )
+
+
+def drift_view(workflow_id: str, node_id: str, path: DriftPath) -> DriftPathView:
+    return DriftPathView(
+        workflow_id=workflow_id,
+        node_id=node_id,
+        origin=path.origin,
+        hops=[
+            DriftHopView(
+                node_id=hop.node_id,
+                node_type=hop.node_type,
+                workflow_id=hop.workflow_id,
+                agent_id=hop.agent_id,
+                server=hop.server,
+                tool=hop.tool,
+                outcome=hop.outcome,
+                via=hop.via,
+                reason=hop.reason,
+            )
+            for hop in path.hops
+        ],
+    )

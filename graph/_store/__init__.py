@@ -7,14 +7,18 @@ from pathlib import Path
 from bastion._errors import ConfigError
 
 from ._base import (
+    DEFAULT_AUDIT_PAGE,
     DEFAULT_LINEAGE_DEPTH,
     DEFAULT_NODE_PAGE_SIZE,
     DEFAULT_PAGE_SIZE,
+    MAX_AUDIT_PAGE,
     MAX_LINEAGE_DEPTH,
     MAX_NODE_PAGE_SIZE,
     MAX_PAGE_SIZE,
     MAX_SNAPSHOT_EDGES,
     MAX_SNAPSHOT_NODES,
+    DecisionStats,
+    DriftPath,
     Edge,
     GraphStore,
     IngestResult,
@@ -60,14 +64,18 @@ async def open_store(url: str, home: Path) -> GraphStore:
 
 
 __all__ = [
+    "DEFAULT_AUDIT_PAGE",
     "DEFAULT_LINEAGE_DEPTH",
     "DEFAULT_NODE_PAGE_SIZE",
     "DEFAULT_PAGE_SIZE",
+    "MAX_AUDIT_PAGE",
     "MAX_LINEAGE_DEPTH",
     "MAX_NODE_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "MAX_SNAPSHOT_EDGES",
     "MAX_SNAPSHOT_NODES",
+    "DecisionStats",
+    "DriftPath",
     "Edge",
     "GraphStore",
     "IngestResult",

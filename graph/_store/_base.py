@@ -25,6 +25,7 @@ from typing import Generic, Protocol, TypeVar
 
 from bastion.v1 import graph_pb2
 
+from .._audit import AuditEntry, ChainHead
 from .._events import is_violation
 
 T = TypeVar("T")
@@ -41,6 +42,8 @@ MAX_SNAPSHOT_NODES = 5000
 MAX_SNAPSHOT_EDGES = 4 * MAX_SNAPSHOT_NODES
 DEFAULT_LINEAGE_DEPTH = 64
 MAX_LINEAGE_DEPTH = 1024
+DEFAULT_AUDIT_PAGE = 1000
+MAX_AUDIT_PAGE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,39 @@ class LineageHop:
     via: str | None
     reason: str
     tool: str
+    #: Empty for a node that was named but never ingested.
+    workflow_id: str = ""
+    agent_id: str = ""
+    server: str = ""
+    #: An Outcome name (FORWARDED, BLOCKED, ...); empty for a node never ingested.
+    outcome: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DriftPath:
+    """Where an action's data (or, without any, its workflow) came from: `GraphStore.drift_path`."""
+
+    #: From the node asked about back to the origin; every hop but the last names the edge it followed.
+    hops: tuple[LineageHop, ...]
+    #: Why the walk ended: untrusted_data (the first node of the INFORMED_BY chain: where
+    #: the data entered), workflow_root (no earlier node), not_ingested (the next node was
+    #: named but never stored), depth_limit, or cycle.
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionStats:
+    """The decision records of a window (`GraphStore.decision_stats`)."""
+
+    decisions: int
+    blocked: int
+    #: Decisions taken by a verifier's fallback (it did not answer in time).
+    fallbacks: int
+    #: percentile (e.g. 0.99) -> decided_at - started_at in ns, nearest rank; empty when no
+    #: decision in the window had both times.
+    latency_ns: dict[float, int]
+    #: rule id (a policy rule or a bastion.* code) -> (decisions, blocked).
+    by_rule: dict[str, tuple[int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +199,36 @@ class GraphStore(Protocol):
         """The path from `node_id` back along INFORMED_BY/CAUSED_BY edges toward its origin,
         following at most `max_depth` edges; None when the node is unknown, or belongs to
         another workflow than a non-empty `workflow_id`."""
+        ...
+
+    async def drift_path(
+        self, workflow_id: str, node_id: str, max_depth: int = DEFAULT_LINEAGE_DEPTH
+    ) -> DriftPath | None:
+        """From `node_id` back along INFORMED_BY edges to where its data entered, or, for a
+        node informed by nothing, along DELEGATED_TO/CAUSED_BY to the workflow's root;
+        INFORMED_BY is preferred at every step. None when the node is unknown or not in
+        `workflow_id`."""
+        ...
+
+    async def audit_head(self) -> ChainHead | None:
+        """The last record of the audit chain; None while it is empty."""
+        ...
+
+    async def audit_entries(
+        self,
+        *,
+        after: int = 0,
+        limit: int = DEFAULT_AUDIT_PAGE,
+        through: int | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+    ) -> Sequence[AuditEntry]:
+        """Up to `limit` audit records in sequence order with sequence > `after` and <= `through`,
+        recorded in [since_ns, until_ns) (a contiguous piece of the chain: see bastion.graph._audit)."""
+        ...
+
+    async def decision_stats(self, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
+        """Decision records whose event time is at or after `since_ns`."""
         ...
 
     async def ping(self) -> None:

@@ -40,16 +40,21 @@ from google.protobuf import json_format
 from bastion._errors import ProtocolError, StoreError
 from bastion.v1 import graph_pb2
 
+from .._audit import AuditEntry, ChainHead
 from .._events import enum_name, event_time_ns, is_violation
 from ._base import (
+    DEFAULT_AUDIT_PAGE,
     DEFAULT_LINEAGE_DEPTH,
     DEFAULT_NODE_PAGE_SIZE,
     DEFAULT_PAGE_SIZE,
+    MAX_AUDIT_PAGE,
     MAX_LINEAGE_DEPTH,
     MAX_NODE_PAGE_SIZE,
     MAX_PAGE_SIZE,
     MAX_SNAPSHOT_EDGES,
     MAX_SNAPSHOT_NODES,
+    DecisionStats,
+    DriftPath,
     Edge,
     IngestResult,
     LineageHop,
@@ -60,10 +65,19 @@ from ._base import (
     WorkflowSummary,
 )
 from ._cursor import decode_cursor, encode_cursor
+from ._sqlite_audit import (
+    AUDIT_SCHEMA,
+    AuditAppender,
+    select_decision_stats,
+    select_entries,
+    select_head,
+)
+from ._sqlite_paths import walk_drift, walk_lineage
 
 R = TypeVar("R")
 
-_SCHEMA_VERSION = 1
+# 1: nodes, edges, workflows. 2: the audit chain (_sqlite_audit.py), backfilled from the nodes.
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     event_id    TEXT PRIMARY KEY,
@@ -155,21 +169,11 @@ SELECT e.source, e.target, e.type, e.reason FROM nodes AS n JOIN edges AS e ON e
 WHERE n.workflow_id = ? AND (n.at_ns, n.event_id) <= (?, ?) ORDER BY n.at_ns, n.event_id, e.type, e.target LIMIT ?
 """
 _HAS_NODES = "SELECT 1 FROM nodes WHERE workflow_id = ? LIMIT 1"
-_SELECT_NODE_INFO = "SELECT workflow_id, node_type, tool FROM nodes WHERE node_id = ?"
-# Drift is about where data came from, so provenance (INFORMED_BY) is followed before
-# sequence (CAUSED_BY); ties go to the smallest node id so a walk is reproducible.
-_SELECT_LINEAGE_STEPS = """
-SELECT target, type, reason FROM edges
-WHERE source = ? AND type IN ('INFORMED_BY', 'CAUSED_BY')
-ORDER BY type = 'CAUSED_BY', target
-"""
-
 _WORKFLOWS_CURSOR = "workflows"
 _VIOLATIONS_CURSOR = "violations"
 # Before every (at_ns, event_id): the key the first page of nodes starts after.
 _FIRST_NODE_KEY = (-(2**63), "")
 _CAUSED_BY = graph_pb2.EdgeType.Name(graph_pb2.CAUSED_BY)
-_UNKNOWN_NODE_TYPE = graph_pb2.NodeType.Name(graph_pb2.NODE_TYPE_UNSPECIFIED)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -187,7 +191,7 @@ class SqliteGraphStore:
             connection = _open_writer_connection(path)
         except (sqlite3.Error, OSError) as exc:
             raise _store_error("open", path, exc) from exc
-        self._writer = _Writer(connection, path)
+        self._writer = _Writer(connection, path, AuditAppender.load(connection))
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="graph-read")
         self._local = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
@@ -242,9 +246,34 @@ class SqliteGraphStore:
     async def lineage(
         self, workflow_id: str, node_id: str, max_depth: int = DEFAULT_LINEAGE_DEPTH
     ) -> Sequence[LineageHop] | None:
-        if not 0 <= max_depth <= MAX_LINEAGE_DEPTH:
-            raise ProtocolError(f"max_depth must be between 0 and {MAX_LINEAGE_DEPTH}, got {max_depth}")
-        return await self._read(lambda conn: _walk_lineage(conn, workflow_id, node_id, max_depth))
+        _check_depth(max_depth)
+        return await self._read(lambda conn: walk_lineage(conn, workflow_id, node_id, max_depth))
+
+    async def drift_path(
+        self, workflow_id: str, node_id: str, max_depth: int = DEFAULT_LINEAGE_DEPTH
+    ) -> DriftPath | None:
+        _check_depth(max_depth)
+        return await self._read(lambda conn: walk_drift(conn, workflow_id, node_id, max_depth))
+
+    async def audit_head(self) -> ChainHead | None:
+        return await self._read(select_head)
+
+    async def audit_entries(
+        self,
+        *,
+        after: int = 0,
+        limit: int = DEFAULT_AUDIT_PAGE,
+        through: int | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+    ) -> Sequence[AuditEntry]:
+        _check_limit(limit, MAX_AUDIT_PAGE)
+        return await self._read(
+            lambda conn: select_entries(conn, after, limit, through=through, since_ns=since_ns, until_ns=until_ns)
+        )
+
+    async def decision_stats(self, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
+        return await self._read(lambda conn: select_decision_stats(conn, since_ns, percentiles))
 
     async def ping(self) -> None:
         self._check_open()
@@ -306,9 +335,10 @@ class SqliteGraphStore:
 class _Writer:
     """The only thread that writes; each submitted batch is one transaction."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, chain: AuditAppender) -> None:
         self._connection = connection
         self._path = path
+        self._chain = chain
         self._jobs: queue.SimpleQueue[tuple[tuple[graph_pb2.Event, ...], Future[IngestResult]] | None]
         self._jobs = queue.SimpleQueue()
         # Daemon, so a process that exits without closing the store is not held up by a
@@ -349,9 +379,14 @@ class _Writer:
     def _commit(self, events: Sequence[graph_pb2.Event]) -> IngestResult:
         connection = self._connection
         received_ns = time.time_ns()
+        chain = self._chain.fork()
+        accepted = 0
         connection.execute("BEGIN IMMEDIATE")
         try:
-            accepted = sum(_insert_event(connection, event, received_ns) for event in events)
+            for event in events:
+                if _insert_event(connection, event, received_ns):
+                    accepted += 1
+                    chain.add(connection, event, received_ns)
             connection.execute("COMMIT")
         except BaseException:
             # Some errors (disk full, I/O) end the transaction themselves.
@@ -359,6 +394,7 @@ class _Writer:
                 with contextlib.suppress(sqlite3.Error):
                     connection.execute("ROLLBACK")
             raise
+        self._chain = chain
         return IngestResult(accepted=accepted, duplicates=len(events) - accepted)
 
 
@@ -575,40 +611,6 @@ def _select_violations(
     return Page(items=items, next_cursor=next_cursor)
 
 
-def _walk_lineage(
-    connection: sqlite3.Connection, workflow_id: str, node_id: str, max_depth: int
-) -> tuple[LineageHop, ...] | None:
-    start = connection.execute(_SELECT_NODE_INFO, (node_id,)).fetchone()
-    if start is None or (workflow_id and start[0] != workflow_id):
-        return None
-    hops: list[LineageHop] = []
-    current, (node_type, tool) = node_id, start[1:]
-    seen = {node_id}
-    while len(hops) < max_depth:
-        step = _lineage_step(connection, current, seen)
-        if step is None:
-            break
-        target, via, reason = step
-        hops.append(LineageHop(node_id=current, node_type=node_type, via=via, reason=reason, tool=tool))
-        current = target
-        seen.add(target)
-        info = connection.execute(_SELECT_NODE_INFO, (target,)).fetchone()
-        if info is None:
-            # Named as a parent but not (yet) ingested: the walk cannot see past it.
-            node_type, tool = _UNKNOWN_NODE_TYPE, ""
-            break
-        node_type, tool = info[1:]
-    hops.append(LineageHop(node_id=current, node_type=node_type, via=None, reason="", tool=tool))
-    return tuple(hops)
-
-
-def _lineage_step(connection: sqlite3.Connection, source: str, seen: set[str]) -> tuple[str, str, str] | None:
-    for target, via, reason in connection.execute(_SELECT_LINEAGE_STEPS, (source,)):
-        if target not in seen:  # a cycle in hostile or buggy input must not loop forever
-            return target, via, reason
-    return None
-
-
 def _node(document: str, at_ns: int) -> Node:
     try:
         event = json_format.ParseDict(orjson.loads(document), graph_pb2.Event(), ignore_unknown_fields=True)
@@ -619,6 +621,11 @@ def _node(document: str, at_ns: int) -> Node:
 
 def _datetime(ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def _check_depth(max_depth: int) -> None:
+    if not 0 <= max_depth <= MAX_LINEAGE_DEPTH:
+        raise ProtocolError(f"max_depth must be between 0 and {MAX_LINEAGE_DEPTH}, got {max_depth}")
 
 
 def _check_limit(limit: int, maximum: int) -> None:
@@ -655,7 +662,30 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
             "upgrade Bastion or point BASTION_GRAPH_URL at another file"
         )
     if version < _SCHEMA_VERSION:
-        connection.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;")
+        connection.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{AUDIT_SCHEMA}")
+        try:
+            if version > 0:
+                _backfill_audit(connection)
+            connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+
+def _backfill_audit(connection: sqlite3.Connection) -> None:
+    """Chain the decisions a version-1 file already holds, in the order they arrived.
+
+    Their results were merged into the nodes without keeping the result events, so
+    only the decisions are chained; every result from now on is.
+    """
+    chain = AuditAppender.load(connection)
+    rows = connection.execute("SELECT event, received_ns FROM nodes ORDER BY received_ns, event_id")
+    for document, received_ns in rows.fetchall():
+        event = _node(document, received_ns).event
+        event.ClearField("result")
+        chain.add(connection, event, received_ns)
 
 
 def _store_error(operation: str, path: Path, exc: BaseException) -> StoreError:

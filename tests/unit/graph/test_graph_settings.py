@@ -96,6 +96,8 @@ def test_public_surface_is_exactly_the_documented_one() -> None:
         "Node",
         "Edge",
         "LineageHop",
+        "DriftPath",
+        "DecisionStats",
         "ViolationFilter",
         "Page",
     }

@@ -1,0 +1,385 @@
+"""Reading the audit chain out: verifying a store's chain, exporting a piece of it for
+auditors (CSV or JSON, SOC 2 or ISO/IEC 42001 framing), and verifying such a file offline.
+
+Both exports stream: the store is read a page at a time, so memory stays constant
+however many records a range holds. A range (`from`/`to`, by when a record entered the
+chain) is a contiguous piece of the chain, so a file verifies on its own: every row
+carries its record exactly as hashed (CSV: the JCS text; JSON: the object, which JCS
+turns back into the same bytes), its `prev_hash` and `chain_hash`, and the file ends
+with the chain head it reaches. A file cut short lacks that ending and fails.
+
+CSV: a header row, one row per record (`EXPORT_COLUMNS`), then one row of kind
+`chain_head` whose `record` holds the file's framing (schema, controls, range, anchor,
+head). JSON: `{schema_version, controls, from, to, anchor, records: [...], chain_head}`.
+
+What a file proves alone is that it is internally consistent; that it is *the* chain
+needs its head compared with the service's (`GET /audit/verify`) or a head kept from an
+earlier export: `bastion audit verify --export FILE --head HASH`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._audit import AuditEntry, ChainHead, ChainProblem, ChainReport, ChainVerifier, canonical
+from ._store import GraphStore
+
+#: schema name (the `schema` query parameter) -> (schema_version, controls it evidences)
+SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # SOC 2: CC6.6 (boundary protection against threats from outside the system),
+    # CC7.2 (monitoring system components for anomalies).
+    "soc2_v1": ("soc2.audit.v1", ("CC6.6", "CC7.2")),
+    # ISO/IEC 42001 Annex A: A.8 (information for interested parties), A.10 (third-party relationships).
+    "iso42001_v1": ("iso42001.audit.v1", ("A.8", "A.10")),
+}
+EXPORT_COLUMNS = (
+    "sequence",
+    "kind",
+    "violation_id",
+    "workflow_id",
+    "node_id",
+    "rule_id",
+    "agent_id",
+    "timestamp",
+    "deviation_score",
+    "threshold",
+    "policy_version",
+    "decision",
+    "prev_hash",
+    "chain_hash",
+    "record",
+)
+HEAD_KIND = "chain_head"
+PAGE = 1000
+
+
+async def verify_store(store: GraphStore, *, page: int = PAGE) -> ChainReport:
+    """Recompute the store's whole chain, up to the head it had when the check began."""
+    head = await store.audit_head()
+    verifier = ChainVerifier()
+    after = 0
+    while head is not None and not verifier.done:
+        entries = await store.audit_entries(after=after, limit=page, through=head.sequence)
+        if not entries:
+            break
+        for entry in entries:
+            verifier.feed(entry)
+        after = entries[-1].sequence
+    return verifier.report()
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRange:
+    schema: str
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @property
+    def since_ns(self) -> int | None:
+        return _ns(self.since)
+
+    @property
+    def until_ns(self) -> int | None:
+        return _ns(self.until)
+
+
+async def entries_of(store: GraphStore, span: ExportRange, *, page: int = PAGE) -> AsyncIterator[AuditEntry]:
+    """The range's entries in order, up to the head at the start (later appends are not chased)."""
+    head = await store.audit_head()
+    if head is None:
+        return
+    after = 0
+    while True:
+        entries = await store.audit_entries(
+            after=after, limit=page, through=head.sequence, since_ns=span.since_ns, until_ns=span.until_ns
+        )
+        for entry in entries:
+            yield entry
+        if len(entries) < page:
+            return
+        after = entries[-1].sequence
+
+
+def export_row(entry: AuditEntry, record: Mapping[str, Any]) -> dict[str, str]:
+    """The CSV columns of one record; also what `verify_export` checks each row's columns against."""
+    policy = record.get("policy") or {}
+    verifier = record.get("verifier") or {}
+    return {
+        "sequence": str(entry.sequence),
+        "kind": str(record.get("kind", "")),
+        "violation_id": str(record.get("violation_id", "")),
+        "workflow_id": str(record.get("workflow_id", "")),
+        "node_id": str(record.get("node_id", "")),
+        "rule_id": str(record.get("rule_id", "")),
+        "agent_id": str(record.get("agent_id", "")),
+        "timestamp": str(record.get("timestamp", "")),
+        "deviation_score": _cell(verifier.get("deviation_score")),
+        "threshold": _cell(verifier.get("threshold")),
+        "policy_version": _cell(policy.get("version")),
+        "decision": str(record.get("decision", "")),
+        "prev_hash": entry.prev_hash,
+        "chain_hash": entry.hash,
+        "record": entry.record.decode(),
+    }
+
+
+async def export_csv(entries: AsyncIterator[AuditEntry], span: ExportRange) -> AsyncIterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    first: AuditEntry | None = None
+    last: AuditEntry | None = None
+    count = 0
+    async for entry in entries:
+        first = first or entry
+        last, count = entry, count + 1
+        writer.writerow(export_row(entry, orjson.loads(entry.record)))
+        if buffer.tell() >= 64 * 1024:
+            yield _drain(buffer)
+    framing = _framing(span, first, last, count)
+    head = framing["chain_head"] or {}
+    writer.writerow(
+        {column: "" for column in EXPORT_COLUMNS}
+        | {
+            "sequence": _cell(head.get("sequence")),
+            "kind": HEAD_KIND,
+            "prev_hash": first.prev_hash if first else "",
+            "chain_hash": head.get("hash", ""),
+            "record": canonical(framing).decode(),
+        }
+    )
+    yield _drain(buffer)
+
+
+async def export_json(entries: AsyncIterator[AuditEntry], span: ExportRange) -> AsyncIterator[bytes]:
+    """One record a line inside `records`, so a reader may also take the file line by line."""
+    first: AuditEntry | None = None
+    last: AuditEntry | None = None
+    count = 0
+    async for entry in entries:
+        if first is None:
+            first = entry
+            opening = _framing(span, first, None, 0)
+            opening.pop("chain_head")
+            yield orjson.dumps(opening)[:-1] + b',"records":[\n'
+        else:
+            yield b",\n"
+        last, count = entry, count + 1
+        yield orjson.dumps(_json_record(entry))
+    if first is None:
+        opening = _framing(span, None, None, 0)
+        opening.pop("chain_head")
+        yield orjson.dumps(opening)[:-1] + b',"records":[\n'
+    head = _framing(span, first, last, count)["chain_head"]
+    yield b'\n],"chain_head":' + orjson.dumps(head) + b"}\n"
+
+
+def _json_record(entry: AuditEntry) -> dict[str, Any]:
+    record = orjson.loads(entry.record)
+    row: dict[str, Any] = export_row(entry, record)
+    # Numbers stay numbers in JSON; verify_export compares them as the CSV cells they make.
+    policy = record.get("policy") or {}
+    verifier = record.get("verifier") or {}
+    row |= {
+        "sequence": entry.sequence,
+        "deviation_score": verifier.get("deviation_score"),
+        "threshold": verifier.get("threshold"),
+        "policy_version": policy.get("version"),
+        "record": record,
+    }
+    return row
+
+
+def _framing(span: ExportRange, first: AuditEntry | None, last: AuditEntry | None, count: int) -> dict[str, Any]:
+    schema_version, controls = SCHEMAS[span.schema]
+    return {
+        "schema_version": schema_version,
+        "controls": list(controls),
+        "from": _iso(span.since),
+        "to": _iso(span.until),
+        "anchor": {"sequence": first.sequence - 1, "hash": first.prev_hash} if first else None,
+        "chain_head": {"sequence": last.sequence, "hash": last.hash, "records": count} if last else None,
+    }
+
+
+# --- checking a file offline ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    schema_version: str | None
+    chain: ChainReport
+    #: The chain head the file states, when it states one.
+    stated_head: ChainHead | None
+
+    @property
+    def ok(self) -> bool:
+        return self.chain.ok
+
+
+def verify_export(path: Path, *, head: str | None = None) -> ExportReport:
+    """Check an export file: every record against its hash and its predecessor, every
+    column against its record, and the file's stated chain head (and `head`, when given)
+    against the last record. CSV is read a row at a time; JSON is read whole."""
+    with path.open("rb") as probe:
+        start = probe.read(1)
+    report = _verify_json(path) if start == b"{" else _verify_csv(path)
+    if report.ok and head is not None and (report.stated_head is None or report.stated_head.hash != head):
+        found = report.stated_head.hash if report.stated_head else "none"
+        problem = ChainProblem(
+            "altered",
+            report.stated_head.sequence if report.stated_head else 0,
+            f"the file's chain head is {found}, not the {head} given with --head",
+        )
+        return ExportReport(report.schema_version, _with(report.chain, problem), report.stated_head)
+    return report
+
+
+def _verify_csv(path: Path) -> ExportReport:
+    with path.open(newline="", encoding="utf-8") as file:
+        rows = csv.DictReader(file)
+        missing = set(EXPORT_COLUMNS) - set(rows.fieldnames or ())
+        if missing:
+            problem = ChainProblem("altered", 0, f"not a Bastion audit export: no column {sorted(missing)[0]!r}")
+            return ExportReport(None, ChainReport(0, None, problem), None)
+        return _verify_rows(_csv_rows(rows))
+
+
+def _csv_rows(rows: Iterator[dict[str, str]]) -> Iterator[tuple[dict[str, str], bytes]]:
+    for row in rows:
+        yield row, (row.get("record") or "").encode()
+
+
+def _verify_json(path: Path) -> ExportReport:
+    try:
+        document = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        problem = ChainProblem("removed", 0, f"the file is not complete JSON (cut short?): {exc}")
+        return ExportReport(None, ChainReport(0, None, problem), None)
+    head = document.get("chain_head")
+    closing = {
+        "kind": HEAD_KIND,
+        "sequence": _cell(head.get("sequence")) if head else "",
+        "chain_hash": head.get("hash", "") if head else "",
+        "record": canonical({key: document.get(key) for key in ("schema_version", "controls", "from", "to")}).decode(),
+        "_schema": str(document.get("schema_version", "")),
+    }
+    rows = [(_json_columns(item), canonical(item.get("record") or {})) for item in document.get("records", [])]
+    return _verify_rows(iter([*rows, (closing, b"")]))
+
+
+def _json_columns(item: Mapping[str, Any]) -> dict[str, str]:
+    return {key: _cell(value) if key != "record" else "" for key, value in item.items()}
+
+
+def _verify_rows(rows: Iterator[tuple[dict[str, str], bytes]]) -> ExportReport:
+    verifier: ChainVerifier | None = None
+    schema: str | None = None
+    for columns, record in rows:
+        if columns.get("kind") == HEAD_KIND:
+            schema = columns.get("_schema") or _schema_of(columns.get("record", ""))
+            stated = ChainHead(int(columns["sequence"]), columns["chain_hash"]) if columns.get("sequence") else None
+            return _close(verifier, schema, stated)
+        entry = _entry(columns, record)
+        if entry is None:
+            problem = ChainProblem("altered", 0, f"a row has no valid sequence number: {columns.get('sequence')!r}")
+            return ExportReport(schema, ChainReport(0, None, problem), None)
+        if verifier is None:
+            verifier = ChainVerifier(anchor=entry.prev_hash, first=entry.sequence)
+        verifier.feed(entry)
+        if verifier.done:
+            return ExportReport(schema, verifier.report(), None)
+        wrong = _column_mismatch(columns, entry)
+        if wrong is not None:
+            return ExportReport(schema, _with(verifier.report(), wrong), None)
+    problem = ChainProblem("removed", 0, "the file has no chain_head ending: it was cut short")
+    report = verifier.report() if verifier else ChainReport(0, None, None)
+    return ExportReport(schema, _with(report, problem), None)
+
+
+def _entry(columns: Mapping[str, str], record: bytes) -> AuditEntry | None:
+    try:
+        sequence = int(columns.get("sequence", ""))
+    except ValueError:
+        return None
+    return AuditEntry(sequence, columns.get("prev_hash", ""), columns.get("chain_hash", ""), record)
+
+
+def _column_mismatch(columns: Mapping[str, str], entry: AuditEntry) -> ChainProblem | None:
+    """The record is what was hashed; a column that says otherwise was edited."""
+    expected = export_row(entry, orjson.loads(entry.record))
+    for name in EXPORT_COLUMNS:
+        if name in ("record", "prev_hash", "chain_hash"):
+            continue
+        if columns.get(name, "") != expected[name]:
+            return ChainProblem(
+                "altered",
+                entry.sequence,
+                f"record #{entry.sequence}: column {name} says {columns.get(name)!r}, "
+                f"the record says {expected[name]!r}",
+            )
+    return None
+
+
+def _close(verifier: ChainVerifier | None, schema: str | None, stated: ChainHead | None) -> ExportReport:
+    report = verifier.report() if verifier else ChainReport(0, None, None)
+    if report.head != stated:
+        found = f"#{report.head.sequence} {report.head.hash}" if report.head else "no records"
+        said = f"#{stated.sequence} {stated.hash}" if stated else "none"
+        problem = ChainProblem(
+            "removed" if stated and report.head and stated.sequence > report.head.sequence else "altered",
+            stated.sequence if stated else 0,
+            f"the file's chain head says {said}, its records end at {found}",
+        )
+        return ExportReport(schema, _with(report, problem), stated)
+    return ExportReport(schema, report, stated)
+
+
+def _with(report: ChainReport, problem: ChainProblem) -> ChainReport:
+    return ChainReport(records=report.records, head=report.head, problem=report.problem or problem)
+
+
+def _schema_of(framing: str) -> str | None:
+    try:
+        value = orjson.loads(framing).get("schema_version")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _drain(buffer: io.StringIO) -> bytes:
+    data = buffer.getvalue().encode()
+    buffer.seek(0)
+    buffer.truncate()
+    return data
+
+
+def _ns(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    delta = aware - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,174 @@
+"""The audit chain in SQLite: its table, the writer's append, and the readers' queries.
+
+The contract: one row per audit record (bastion.graph._audit), appended by the store's
+single writer in the same transaction as the ingest that produced it, so an event is
+stored with its record or not at all, and a redelivered event (not stored again) adds
+none. Triggers refuse UPDATE and DELETE on the table, which stops the application and
+a careless `sqlite3` session; anyone who drops them can edit rows, and `GET /audit/verify`
+then names the first record changed. Sequence numbers have no gaps and `recorded_ns`
+never decreases along them, so a time range of records is a contiguous piece of the
+chain that verifies on its own.
+
+The columns beside `record` (kind, times, rule, fallback) serve queries (/audit/slo,
+exports by time) and are not hashed: `record` is the authority.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Iterator, Sequence
+
+from bastion.v1 import graph_pb2
+
+from .._audit import GENESIS, AuditEntry, ChainHead, audit_kind, audit_record, canonical, chain_hash, latency_ns
+from .._events import event_time_ns
+from ._base import DecisionStats
+
+AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq         INTEGER PRIMARY KEY,
+    event_id    TEXT NOT NULL UNIQUE,
+    kind        TEXT NOT NULL,
+    at_ns       INTEGER NOT NULL,
+    recorded_ns INTEGER NOT NULL,
+    latency_ns  INTEGER,
+    blocked     INTEGER NOT NULL,
+    rule_id     TEXT NOT NULL,
+    fallback    INTEGER NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL,
+    record      BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_recorded ON audit (recorded_ns);
+CREATE INDEX IF NOT EXISTS audit_by_kind_time ON audit (kind, at_ns);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit chain is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit chain is append-only'); END;
+"""
+
+_INSERT = """
+INSERT INTO audit (seq, event_id, kind, at_ns, recorded_ns, latency_ns, blocked, rule_id, fallback,
+                   prev_hash, hash, record)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_SELECT_HEAD = "SELECT seq, hash, recorded_ns FROM audit ORDER BY seq DESC LIMIT 1"
+
+
+class AuditAppender:
+    """The writer's view of the chain's head. `fork()` before a transaction, keep the
+    fork only once it commits: a rolled-back batch leaves the head where it was."""
+
+    def __init__(self, sequence: int = 0, head: str = GENESIS, recorded_ns: int = 0) -> None:
+        self._sequence = sequence
+        self._head = head
+        self._recorded_ns = recorded_ns
+
+    @classmethod
+    def load(cls, connection: sqlite3.Connection) -> AuditAppender:
+        row = connection.execute(_SELECT_HEAD).fetchone()
+        return cls(*row) if row is not None else cls()
+
+    def fork(self) -> AuditAppender:
+        return AuditAppender(self._sequence, self._head, self._recorded_ns)
+
+    def add(self, connection: sqlite3.Connection, event: graph_pb2.Event, received_ns: int) -> None:
+        """Append `event`'s record when it is an audit record (bastion.graph._audit.audit_kind)."""
+        kind = audit_kind(event)
+        if kind is None:
+            return
+        sequence = self._sequence + 1
+        recorded_ns = max(received_ns, self._recorded_ns)
+        at_ns = _record_time(event, received_ns)
+        record = canonical(audit_record(kind, event, sequence=sequence, at_ns=at_ns, recorded_ns=recorded_ns))
+        digest = chain_hash(self._head, record)
+        connection.execute(
+            _INSERT,
+            (
+                sequence,
+                event.event_id,
+                kind,
+                at_ns,
+                recorded_ns,
+                latency_ns(event),
+                int(event.outcome in (graph_pb2.BLOCKED, graph_pb2.REJECTED)),
+                event.block_code or event.decision.rule_id,
+                int(event.verifier_fallback),
+                self._head,
+                digest,
+                record,
+            ),
+        )
+        self._sequence, self._head, self._recorded_ns = sequence, digest, recorded_ns
+
+
+def _record_time(event: graph_pb2.Event, received_ns: int) -> int:
+    if event.HasField("result") and event.result.HasField("completed_at"):
+        return event.result.completed_at.ToNanoseconds()
+    return event_time_ns(event, received_ns)
+
+
+def select_head(connection: sqlite3.Connection) -> ChainHead | None:
+    row = connection.execute(_SELECT_HEAD).fetchone()
+    return ChainHead(sequence=row[0], hash=row[1]) if row is not None else None
+
+
+def select_entries(
+    connection: sqlite3.Connection,
+    after: int,
+    limit: int,
+    *,
+    through: int | None,
+    since_ns: int | None,
+    until_ns: int | None,
+) -> list[AuditEntry]:
+    """Up to `limit` entries with sequence > `after` (and <= `through`), recorded in [since, until)."""
+    clauses, params = ["seq > ?"], [after]
+    for clause, value in (("seq <= ?", through), ("recorded_ns >= ?", since_ns), ("recorded_ns < ?", until_ns)):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    sql = f"SELECT seq, prev_hash, hash, record FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
+    return [
+        AuditEntry(sequence=seq, prev_hash=prev, hash=digest, record=bytes(record))
+        for seq, prev, digest, record in connection.execute(sql, (*params, limit))
+    ]
+
+
+def select_decision_stats(connection: sqlite3.Connection, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
+    window = "kind = 'decision' AND at_ns >= ?"
+    decisions, blocked, fallbacks = connection.execute(
+        f"SELECT count(*), coalesce(sum(blocked), 0), coalesce(sum(fallback), 0) FROM audit WHERE {window}",  # noqa: S608
+        (since_ns,),
+    ).fetchone()
+    by_rule = {
+        rule: (count, rule_blocked)
+        for rule, count, rule_blocked in connection.execute(
+            f"SELECT rule_id, count(*), sum(blocked) FROM audit WHERE {window} GROUP BY rule_id",  # noqa: S608
+            (since_ns,),
+        )
+    }
+    (timed,) = connection.execute(
+        f"SELECT count(*) FROM audit WHERE {window} AND latency_ns IS NOT NULL",  # noqa: S608
+        (since_ns,),
+    ).fetchone()
+    latencies: dict[float, int] = {}
+    if timed:
+        # One sorted pass, keeping only the values at the wanted ranks: memory stays
+        # constant however many decisions the window holds.
+        # Nearest rank: the smallest value with at least p of the values at or below it.
+        ranks: dict[int, list[float]] = {}
+        for p in percentiles:
+            ranks.setdefault(max(0, math.ceil(p * timed) - 1), []).append(p)
+        rows: Iterator[tuple[int]] = connection.execute(
+            f"SELECT latency_ns FROM audit WHERE {window} AND latency_ns IS NOT NULL ORDER BY latency_ns",  # noqa: S608
+            (since_ns,),
+        )
+        last = max(ranks)
+        for index, (value,) in enumerate(rows):
+            for p in ranks.get(index, ()):
+                latencies[p] = value
+            if index == last:
+                break
+    return DecisionStats(decisions, blocked, fallbacks, latencies, by_rule)
