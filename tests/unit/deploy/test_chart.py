@@ -1,0 +1,293 @@
+"""charts/bastion: lint, render with every value set in charts/bastion/ci/, validate each rendered
+manifest offline against the Kubernetes schemas (kubernetes-validate, strict) and the CRDs
+against the schemas kept in tests/fixtures/crds/, and check that what the chart sets is what
+the services read. helm comes from scripts/helm-up; without it these tests fail, not skip."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from bastion._appconfig import AppConfig
+from bastion._settings import CommonSettings
+from bastion.graph._config import GraphSettings
+from bastion.policy._config import PolicySettings
+from bastion.proxy._config import ProxySettings
+from bastion.verifier._config import VerifierSettings
+
+ROOT = Path(__file__).resolve().parents[3]
+CHART = ROOT / "charts" / "bastion"
+CRDS = ROOT / "tests" / "fixtures" / "crds"
+VALUE_SETS = sorted(path.name for path in (CHART / "ci").glob("*-values.yaml"))
+#: The Kubernetes version scripts/helm-up builds helm to assume (client-go v0.36).
+KUBE_VERSION = "1.36.0"
+SETTINGS: dict[str, type[CommonSettings]] = {
+    "proxy": ProxySettings,
+    "policy": PolicySettings,
+    "graph": GraphSettings,
+    "verifier": VerifierSettings,
+}
+SECRETS = ["--set", "secrets.serviceToken=t", "--set", "secrets.jwtSigningKey=k"]
+
+Manifest = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    """The pinned helm, built once into the tools cache (minutes cold, instant cached)."""
+    try:
+        found = subprocess.run(
+            [str(ROOT / "scripts" / "helm-up")], capture_output=True, text=True, timeout=1200, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"scripts/helm-up could not run: {exc}")
+    if found.returncode != 0:
+        pytest.fail(f"scripts/helm-up failed (exit {found.returncode}):\n{found.stderr[-3000:]}")
+    return found.stdout.strip().splitlines()[-1]
+
+
+def _helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def _template(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return _helm(helm, "template", "rel", str(CHART), "--namespace", "agents", *args)
+
+
+@functools.cache
+def _rendered(helm: str, value_set: str) -> tuple[Manifest, ...]:
+    done = _template(helm, "-f", str(CHART / "ci" / value_set))
+    assert done.returncode == 0, done.stderr
+    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+
+
+def _by_kind(manifests: tuple[Manifest, ...], kind: str) -> dict[str, Manifest]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def _workloads(manifests: tuple[Manifest, ...]) -> Iterator[tuple[str, Manifest]]:
+    """(component, pod template) of every Deployment and StatefulSet."""
+    for manifest in manifests:
+        if manifest["kind"] in ("Deployment", "StatefulSet"):
+            template = manifest["spec"]["template"]
+            yield template["metadata"]["labels"]["app.kubernetes.io/component"], template
+
+
+def _env(container: Manifest) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container.get("env", [])}
+
+
+def _fails(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert done.returncode != 0, "helm accepted values it should refuse"
+    for needle in needles:
+        assert needle in done.stderr, (needle, done.stderr)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_chart_passes_helm_lint_strict(helm: str, value_set: str) -> None:
+    done = _helm(helm, "lint", "--strict", str(CHART), "-f", str(CHART / "ci" / value_set))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_rendered_manifest_is_valid_against_its_schema(helm: str, value_set: str) -> None:
+    crds = {
+        "ServiceMonitor": json.loads((CRDS / "servicemonitor-monitoring.coreos.com-v1.json").read_text()),
+        "PrometheusRule": json.loads((CRDS / "prometheusrule-monitoring.coreos.com-v1.json").read_text()),
+    }
+    for manifest in _rendered(helm, value_set):
+        if manifest["kind"] in crds:
+            jsonschema.validate(manifest, crds[manifest["kind"]])
+        else:
+            kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+
+
+def test_value_sets_cover_hpa_ingress_redis_monitoring_neo4j_and_an_existing_secret(helm: str) -> None:
+    full = _rendered(helm, "full-values.yaml")
+    kinds = {m["kind"] for m in full}
+    assert {"HorizontalPodAutoscaler", "Ingress", "ServiceMonitor", "PrometheusRule"} <= kinds
+    defaults = {m["kind"] for m in _rendered(helm, "default-values.yaml")}
+    assert not {"HorizontalPodAutoscaler", "Ingress", "ServiceMonitor", "PrometheusRule"} & defaults
+    external = _rendered(helm, "external-neo4j-values.yaml")
+    assert not _by_kind(external, "Secret"), "existingSecret must not create a Secret"
+    graph = _by_kind(external, "Deployment")["rel-bastion-graph"]["spec"]["template"]["spec"]
+    assert _env(graph["containers"][0])["BASTION_GRAPH_URL"] == {
+        "secretKeyRef": {"name": "bastion-prod", "key": "graph-url"}
+    }
+    assert "rel-bastion-graph" not in _by_kind(external, "PersistentVolumeClaim")
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_env_var_is_a_setting_of_its_service_and_wires_the_chart_services(helm: str, value_set: str) -> None:
+    manifests = _rendered(helm, value_set)
+    services = {name: m for name, m in _by_kind(manifests, "Service").items()}
+    ports = {
+        f"{name}:{port['port']}"
+        for name, service in services.items()
+        for port in service["spec"]["ports"]
+        if service["spec"].get("clusterIP") != "None"
+    }
+    seen = set()
+    for component, template in _workloads(manifests):
+        seen.add(component)
+        settings = SETTINGS[component]
+        known = {f"BASTION_{name.upper()}" for name in settings.model_fields}
+        env = _env(template["spec"]["containers"][0])
+        assert set(env) <= known, f"{component} sets variables it does not read: {set(env) - known}"
+        required = {f"BASTION_{name.upper()}" for name, field in settings.model_fields.items() if field.is_required()}
+        assert required <= set(env)
+        # Every pod shares one service token, from the Secret; state and config at the image's paths.
+        assert "secretKeyRef" in env["BASTION_SERVICE_TOKEN"]
+        assert env["BASTION_HOME"] == "/var/lib/bastion"
+        assert env["BASTION_CONFIG"] == "/etc/bastion/config/bastion.yaml"
+        for name, value in env.items():
+            if not (name.endswith("_ADDR") and isinstance(value, str)):
+                continue
+            if value.startswith("0.0.0.0:"):  # a listen address: the container port exists
+                declared = {p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+                assert int(value.rsplit(":", 1)[1]) in declared, (component, name)
+            else:  # a peer: a Service of this release on that port
+                assert value in ports, (component, name, value)
+        # Each service's settings load from exactly what the chart sets.
+        plain = {k: v for k, v in env.items() if isinstance(v, str)}
+        loaded = settings.model_validate({k.removeprefix("BASTION_").lower(): v for k, v in plain.items()})
+        assert loaded is not None
+    assert seen == set(SETTINGS)
+
+
+def test_proxy_listens_where_its_callers_reach_it_and_every_peer_address_matches_settings(helm: str) -> None:
+    manifests = _rendered(helm, "full-values.yaml")
+    proxy = _by_kind(manifests, "StatefulSet")["rel-bastion-proxy"]["spec"]["template"]["spec"]["containers"][0]
+    env = _env(proxy)
+    assert env["BASTION_PROXY_ADDR"] == "0.0.0.0:7070"
+    assert env["BASTION_POLICY_GRPC_ADDR"] == "rel-bastion-policy:50051"
+    assert env["BASTION_VERIFIER_ADDR"] == "rel-bastion-verifier:50052"
+    assert env["BASTION_GRAPH_GRPC_ADDR"] == "rel-bastion-graph:50053"
+    assert env["BASTION_REDIS_URL"] == {"secretKeyRef": {"name": "rel-bastion-secrets", "key": "redis-url"}}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_pod_is_hardened(helm: str, value_set: str) -> None:
+    for component, template in _workloads(_rendered(helm, value_set)):
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, component
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, component
+        assert pod["automountServiceAccountToken"] is False, component
+        container = pod["containers"][0]
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True, component
+        assert context["allowPrivilegeEscalation"] is False, component
+        assert context["capabilities"] == {"drop": ["ALL"]}, component
+        mounts = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+        assert {"/var/lib/bastion", "/tmp"} <= mounts, component
+        assert {"livenessProbe", "readinessProbe", "startupProbe"} <= set(container), component
+        assert container["resources"]["requests"], component
+
+
+def test_probes_use_http_health_where_served_and_grpc_health_on_the_verifier(helm: str) -> None:
+    probes = {c: t["spec"]["containers"][0] for c, t in _workloads(_rendered(helm, "default-values.yaml"))}
+    for component in ("proxy", "graph"):
+        assert probes[component]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert probes[component]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert probes["policy"]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert probes["policy"]["readinessProbe"]["grpc"] == {"port": 50051}
+    assert probes["verifier"]["readinessProbe"]["grpc"] == {"port": 50052}
+
+
+def test_proxy_journal_lives_on_a_claim_per_replica_kept_on_scale_down(helm: str) -> None:
+    proxy = _by_kind(_rendered(helm, "full-values.yaml"), "StatefulSet")["rel-bastion-proxy"]["spec"]
+    assert [claim["metadata"]["name"] for claim in proxy["volumeClaimTemplates"]] == ["home"]
+    assert proxy["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    volumes = {v["name"] for v in proxy["template"]["spec"]["volumes"]}
+    assert "home" not in volumes, "the journal must not be an emptyDir"
+    assert "replicas" not in proxy, "the HPA owns the replica count"
+
+
+def test_network_policies_let_agents_reach_only_the_proxy(helm: str) -> None:
+    policies = _by_kind(_rendered(helm, "full-values.yaml"), "NetworkPolicy")
+
+    def callers(name: str, port: str) -> list[str]:
+        found = []
+        for rule in policies[f"rel-bastion-{name}"]["spec"]["ingress"]:
+            if any(p["port"] == port for p in rule["ports"]):
+                for peer in rule["from"]:
+                    labels = peer.get("podSelector", {}).get("matchLabels", {})
+                    found.append(labels.get("app.kubernetes.io/component", "external"))
+        return sorted(found)
+
+    assert callers("verifier", "grpc") == ["proxy"]
+    assert callers("policy", "grpc") == ["graph", "proxy"]
+    assert callers("graph", "grpc") == ["policy", "proxy"]
+    assert "agents" not in json.dumps(policies["rel-bastion-graph"]) + json.dumps(policies["rel-bastion-policy"])
+    assert "bastion.dev/agents" in json.dumps(policies["rel-bastion-proxy"])
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_rendered_bastion_yaml_is_a_valid_app_config(helm: str, value_set: str) -> None:
+    config_map = _by_kind(_rendered(helm, value_set), "ConfigMap")["rel-bastion-config"]
+    raw = yaml.safe_load(config_map["data"]["bastion.yaml"])
+    config = AppConfig.model_validate(raw)
+    assert "rel-bastion-proxy.agents.svc" in config.allowed_hosts
+    for path in config.policies:
+        assert path.parent == Path("/etc/bastion/policies")
+
+
+def test_prometheus_rule_carries_the_ops_rules_with_runbook_links(helm: str) -> None:
+    assert (CHART / "files" / "bastion-rules.yaml").read_text() == (
+        ROOT / "ops" / "prometheus" / "bastion-rules.yaml"
+    ).read_text(), "copy ops/prometheus/bastion-rules.yaml to charts/bastion/files/"
+    rule = next(iter(_by_kind(_rendered(helm, "full-values.yaml"), "PrometheusRule").values()))
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    ops = yaml.safe_load((ROOT / "ops" / "prometheus" / "bastion-rules.yaml").read_text())
+    assert len(alerts) == sum(len(g["rules"]) for g in ops["groups"])
+    for alert in alerts:
+        assert alert["annotations"]["runbook_url"].endswith(f"/ops/runbooks/{alert['labels']['runbook']}.md")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--set", "proxy.replica=2"], ["additional properties 'replica' not allowed"]),
+        (["--set", "proxy.replicas=two"], ["/proxy/replicas", "integer"]),
+        (["--set", "graph.store=postgres"], ["/graph/store"]),
+        (["--set", "proxy.settings.MAX_BODY=1"], ["/proxy/settings"]),
+        (["--set", "logLevel=verbose"], ["/logLevel"]),
+    ],
+    ids=["unknown-key", "mistyped-int", "bad-enum", "setting-without-prefix", "bad-log-level"],
+)
+def test_schema_rejects_unknown_and_mistyped_values(helm: str, args: list[str], needles: list[str]) -> None:
+    _fails(_template(helm, *SECRETS, *args), "values don't meet the specifications of the schema", *needles)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        ([], "secrets.serviceToken is required"),
+        (["--set", "secrets.serviceToken=t"], "secrets.jwtSigningKey is required"),
+        ([*SECRETS, "--set", "redis.enabled=true"], "redis.url is required"),
+        ([*SECRETS, "--set", "graph.store=neo4j"], "graph.neo4j.url is required"),
+        ([*SECRETS, "--set", "proxy.replicas=3"], "redis.enabled is required"),
+        ([*SECRETS, "--set", "proxy.autoscaling.enabled=true"], "redis.enabled is required"),
+        ([*SECRETS, "--set", "policy.engine=opa"], "policy.opaUrl is required"),
+    ],
+    ids=[
+        "service-token",
+        "signing-key",
+        "redis-url",
+        "neo4j-url",
+        "replicas-without-redis",
+        "hpa-without-redis",
+        "opa",
+    ],
+)
+def test_missing_required_value_fails_naming_it(helm: str, args: list[str], named: str) -> None:
+    _fails(_template(helm, *args), named)
