@@ -82,11 +82,16 @@ async def test_planted_secrets_are_redacted_everywhere_they_are_stored(
         async with httpx.AsyncClient(base_url=client.graph, headers=bearer(auditor_token(tmp_path))) as http:
             graph = (await http.get("/graphs/wf-secrets")).text
             violations = (await http.get("/audit/violations", params={"workflow_id": "wf-secrets"})).text
+            exports = ""
+            for fmt in ("csv", "json"):
+                for schema in ("soc2_v1", "iso42001_v1"):
+                    exports += (await http.get("/audit/export", params={"format": fmt, "schema": schema})).text
         operator = issue_token(ensure_dev_key(tmp_path), subject="ops", roles=("operator",))
         async with httpx.AsyncClient(base_url=client.proxy, headers=bearer(operator)) as http:
             approvals = (await http.get("/v1/approvals")).text
     assert "[REDACTED:aws_key:" in approvals
-    rest = orjson.dumps(nodes).decode() + graph + violations + approvals
+    assert "wf-secrets" in exports
+    rest = orjson.dumps(nodes).decode() + graph + violations + approvals + exports
     assert "[REDACTED:aws_key:" in rest
     assert "[REDACTED:card:" in rest
     assert "[REDACTED:path:" in rest
