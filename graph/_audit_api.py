@@ -42,8 +42,11 @@ def _store(request: Request) -> GraphStore:
 async def verify_audit(request: Request) -> AuditVerifyView:
     """Recompute the audit chain from its first record and name the first altered, removed or
     inserted record. Records cut from the end are not visible here: compare `head` with one kept
-    elsewhere (an earlier verify, an export's chain head)."""
-    return verify_view(await verify_store(_store(request)))
+    elsewhere (an earlier verify, an export's chain head). The outcome is exported as
+    `bastion_audit_chain_ok` for the audit-chain alert."""
+    report = await verify_store(_store(request))
+    request.app.state.metrics.chain_verified(report.ok)
+    return verify_view(report)
 
 
 @router.get(

@@ -7,7 +7,9 @@ in-process) then never collide on metric names, and /metrics shows exactly this 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import math
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class GraphMetrics:
@@ -30,3 +32,20 @@ class GraphMetrics:
             "Time to commit the events of one Ingest call to the store.",
             registry=self.registry,
         )
+        self._chain_ok = Gauge(
+            "bastion_audit_chain_ok",
+            "1 when the last GET /audit/verify found the audit chain intact, 0 when it found a problem; "
+            "NaN until the first verify.",
+            registry=self.registry,
+        )
+        self._chain_ok.set(math.nan)  # unknown is not broken: `== 0` must not fire before any verify
+        self._chain_verified = Gauge(
+            "bastion_audit_chain_verified_timestamp_seconds",
+            "When GET /audit/verify last recomputed the audit chain (unix seconds); 0 until the first verify.",
+            registry=self.registry,
+        )
+
+    def chain_verified(self, ok: bool) -> None:
+        """Record the outcome of a whole-chain verification."""
+        self._chain_ok.set(1 if ok else 0)
+        self._chain_verified.set_to_current_time()

@@ -25,6 +25,11 @@ library, so that nothing outside this list is ever honoured:
 
 Every refusal raises BundleSignatureError (HTTP 422, gRPC PERMISSION_DENIED) naming the
 reason, is logged, and is counted in `bastion_policy_bundle_refusals_total{reason}`.
+
+A signature is checked once, on submission; a version stays servable after its `exp`. The
+`exp` of each active version's bundle is exported as
+`bastion_policy_bundle_expiry_timestamp_seconds{policy,version}` (`BundleExpiryCollector`)
+so an alert can ask for a re-signed version before the signer's approval runs out.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import binascii
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from bastion._appconfig import AppConfig
 from bastion._errors import BundleSignatureError, ConfigError
@@ -180,6 +187,36 @@ class BundleVerifier:
         if not isinstance(header, dict):
             raise self.refuse("malformed", "the JWS header is not a base64url-encoded JSON object")
         return header
+
+
+def bundle_expiry(bundle: str) -> int | None:
+    """The `exp` of a stored bundle's header (it was verified on submission); None if unreadable."""
+    raw = _b64decode(bundle.partition(".")[0])
+    try:
+        header = loads_json(raw) if raw is not None else None
+    except ValueError:
+        return None
+    expires_at = header.get("exp") if isinstance(header, dict) else None
+    return expires_at if type(expires_at) is int else None
+
+
+class BundleExpiryCollector(Collector):
+    """`bastion_policy_bundle_expiry_timestamp_seconds{policy,version}`, read at each scrape from
+    `active()`: (name, version, exp) of the active versions; unsigned ones (exp None) are left out."""
+
+    def __init__(self, active: Callable[[], Iterable[tuple[str, int, int | None]]]) -> None:
+        self._active = active
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "bastion_policy_bundle_expiry_timestamp_seconds",
+            "exp (unix seconds) of the signed bundle of each active policy version; absent when applied unsigned.",
+            labels=["policy", "version"],
+        )
+        for name, version, expires_at in self._active():
+            if expires_at is not None:
+                family.add_metric([name, str(version)], expires_at)
+        yield family
 
 
 def sign_bundle(text: str, key: PrivateKey, *, kid: str, ttl_seconds: int = 3600, now: int | None = None) -> str:

@@ -313,7 +313,8 @@ class Verifier(_Strict):
 
 
 class Taint(_Strict):
-    """Provenance rules (carried in decisions; not yet enforced by the proxy)."""
+    """Provenance rules: an allowed call to a sink whose arguments hold data from an
+    untrusted source (the proxy's `source:` labels) gets `on_tainted_sink` (policy/_engine.py)."""
 
     untrusted_sources: ToolPatterns
     sinks: ToolPatterns

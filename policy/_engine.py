@@ -144,12 +144,45 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class TaintCheck:
+    """A policy's `taint:` stanza compiled: an allowed call to one of its `sinks` whose
+    arguments hold data from one of its `untrusted_sources` (the proxy's `source:` labels
+    in ctx.taint) gets `on_tainted_sink` instead. Data the stated task holds is never
+    labelled, so a call acting on the user's own words is not tainted."""
+
+    effect: Effect
+    sources: re.Pattern[str] | None
+    sinks: re.Pattern[str] | None
+
+    @classmethod
+    def compile(cls, taint: Taint | None) -> TaintCheck | None:
+        if taint is None:
+            return None
+        sources = compile_patterns(taint.untrusted_sources, ignore_case=True)
+        return cls(Effect(taint.on_tainted_sink), sources, compile_patterns(taint.sinks, ignore_case=True))
+
+    def reason(self, name: str, labels: Sequence[str]) -> str:
+        """Why `name` is a tainted sink, or "" when it is not."""
+        if not labels or not (self.sinks is None or self.sinks.fullmatch(name)):
+            return ""
+        found = [
+            label[7:]
+            for label in labels
+            if label.startswith("source:") and (self.sources is None or self.sources.fullmatch(label[7:]))
+        ]
+        if not found:
+            return ""
+        return f"{name} is a sink and its arguments hold data from untrusted {', '.join(found)}"
+
+
+@dataclass(frozen=True, slots=True)
 class Stanzas:
     """A policy's `limits`, `verifier` and `taint`, carried into its decisions."""
 
     limits: Limits | None = None
     verifier: Verifier | None = None
     taint: Taint | None = None
+    taint_check: TaintCheck | None = None
 
 
 _NO_STANZAS = Stanzas()
@@ -311,7 +344,7 @@ class PolicySet:
                 reason += "; " + "; ".join(skipped)
             if rule.effect is Effect.DENY:
                 return self._decision(rule, rule.effect, reason, shadow)  # nothing is stricter
-            decided.append(self._decision(rule, rule.effect, reason, shadow))
+            decided.append(_tainted(self._decision(rule, rule.effect, reason, shadow), rule.stanzas, name, context))
             done.add(rule.policy_name)
         if decided:
             strictest = min(decided, key=lambda decision: _STRICTNESS[decision.effect])
@@ -323,7 +356,7 @@ class PolicySet:
         if fallthrough.effect is not Effect.ALLOW and skipped:
             reason += "; " + "; ".join(skipped)
         stanzas = fallthrough.stanzas
-        return Decision(
+        decision = Decision(
             effect=fallthrough.effect,
             rule_id=RESERVED_RULE_ID,
             reason=reason,
@@ -336,6 +369,7 @@ class PolicySet:
             verifier=stanzas.verifier,
             taint=stanzas.taint,
         )
+        return decision if listing else _tainted(decision, stanzas, name, context)
 
     def _candidates(self, family: str, name: str) -> tuple[CompiledRule, ...]:
         # A 100-rule bundle costs ~60 µs to scan rule by rule; most rules name exact
@@ -400,7 +434,9 @@ def bundle_digest(documents: Sequence[PolicyDocument]) -> str:
 def _compile_policy(document: PolicyDocument) -> CompiledPolicy:
     name, version = document.metadata.name, document.metadata.version
     spec = document.spec
-    stanzas = Stanzas(limits=spec.limits, verifier=spec.verifier, taint=spec.taint)
+    stanzas = Stanzas(
+        limits=spec.limits, verifier=spec.verifier, taint=spec.taint, taint_check=TaintCheck.compile(spec.taint)
+    )
     rules = tuple(_compile_rule(rule, name, version, stanzas) for rule in spec.rules)
     return CompiledPolicy(
         name=name,
@@ -482,6 +518,18 @@ def _compile_targets(match: Match) -> dict[str, re.Pattern[str] | None]:
         for family, patterns in lists.items()
         if patterns is not None
     }
+
+
+def _tainted(decision: Decision, stanzas: Stanzas, name: str, context: CallContext) -> Decision:
+    """An ALLOW turned into the policy's `on_tainted_sink` when the call is a tainted sink."""
+    check = stanzas.taint_check
+    if check is None or decision.effect is not Effect.ALLOW:
+        return decision
+    why = check.reason(name, context.taint)
+    if not why:
+        return decision
+    reason = f"policy '{decision.policy_name}' taint: {why} (on_tainted_sink: {check.effect})"
+    return replace(decision, effect=check.effect, reason=reason, steer="")
 
 
 def compile_patterns(patterns: Sequence[str], *, ignore_case: bool = False) -> re.Pattern[str] | None:

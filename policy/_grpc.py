@@ -325,6 +325,12 @@ def _outcomes(policies: PolicySet) -> set[tuple[Effect, str]]:
     # Shadow rules never decide; a rule with a condition denies when it errors.
     outcomes = {(rule.effect, rule.id) for rule in policies.rules if not rule.shadow}
     outcomes.update((Effect.DENY, rule.id) for rule in policies.rules if rule.when is not None and not rule.shadow)
+    # An allow rule of a policy with `taint:` gives its on_tainted_sink to tainted sink calls.
+    outcomes.update(
+        (check.effect, rule.id)
+        for rule in policies.rules
+        if rule.effect is Effect.ALLOW and not rule.shadow and (check := rule.stanzas.taint_check) is not None
+    )
     outcomes.add((Effect.DENY, RESERVED_RULE_ID))
     outcomes.add((policies.fallthrough.effect, RESERVED_RULE_ID))
     return outcomes

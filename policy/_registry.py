@@ -45,6 +45,7 @@ import orjson
 
 from bastion._errors import ConfigError, PolicyValidationError, StoreError
 
+from ._bundles import bundle_expiry
 from ._document import PolicyDocument, parse_policy
 from ._engine import PolicySet
 from ._store import Activation, PolicyStore, Signature, VersionExists, VersionRecord, version_digest
@@ -56,7 +57,7 @@ CONFIG_AUTHOR = "bastion.yaml"
 WATCH_BACKLOG = 1024
 _SET_CACHE = 32
 #: The spec stanzas the proxy needs before it decides (carried in BundleEvent.settings_json).
-SETTINGS_STANZAS = ("verifier", "limits")
+SETTINGS_STANZAS = ("verifier", "limits", "taint")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,8 @@ class ActiveVersion:
     rule_count: int
     activated_at: float
     activated_by: str
+    #: `exp` (unix s) of the signed bundle the version was submitted in; None when unsigned.
+    bundle_expires_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,7 @@ class Watcher:
 
 
 def settings_json(document: PolicyDocument) -> str:
-    """{"verifier": …, "limits": …} of the document's spec, defaults filled in; null when absent."""
+    """{"verifier": …, "limits": …, "taint": …} of the document's spec, defaults filled in; null when absent."""
     spec: dict[str, Any] = document.model_dump(mode="json", by_alias=True)["spec"]
     return orjson.dumps({name: spec.get(name) for name in SETTINGS_STANZAS}, option=orjson.OPT_SORT_KEYS).decode()
 
@@ -151,6 +154,10 @@ class PolicyRegistry:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
+    def bundle_expiries(self) -> tuple[tuple[str, int, int | None], ...]:
+        """(name, version, exp of its signed bundle or None) of each active version."""
+        return tuple((active.name, active.version, active.bundle_expires_at) for active in self._snapshot.versions)
+
     def active_documents(self) -> tuple[PolicyDocument, ...]:
         """The active versions' documents, in evaluation order (for an engine outside this process)."""
         return tuple(self._compiled[(active.name, active.version)].document for active in self._snapshot.versions)
@@ -184,6 +191,8 @@ class PolicyRegistry:
 
     async def _active_version(self, activation: Activation) -> ActiveVersion:
         compiled = await self._load(activation.name, activation.version)
+        # Activations are rare: one more read of the record for its signature costs nothing.
+        signature = (await self._store.get(activation.name, activation.version)).signature
         return ActiveVersion(
             name=activation.name,
             version=activation.version,
@@ -192,6 +201,7 @@ class PolicyRegistry:
             rule_count=len(compiled.alone.rules),
             activated_at=activation.activated_at,
             activated_by=activation.activated_by,
+            bundle_expires_at=bundle_expiry(signature.jws) if signature else None,
         )
 
     async def _load(self, name: str, version: int) -> Compiled:

@@ -36,7 +36,7 @@ from bastion.v1 import policy_pb2_grpc
 
 from ._api import create_app
 from ._audit import AuditShipper
-from ._bundles import BundleVerifier, load_policy_keys
+from ._bundles import BundleExpiryCollector, BundleVerifier, load_policy_keys
 from ._config import PolicySettings
 from ._grpc import PolicyServicer
 from ._identities import IdentityStore
@@ -72,6 +72,7 @@ async def serve(
         rego = await _rego_decider(settings, policies, stack)
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
+        registry.register(BundleExpiryCollector(policies.bundle_expiries))
         audit = AuditShipper(store, settings.graph_grpc_addr, token)
         audit.start()
         stack.push_async_callback(audit.stop)

@@ -555,7 +555,7 @@ class A2aHttpAdapter:
             return
         outcome = graph_pb2.COMPLETED if relayed else graph_pb2.CLIENT_GONE
         detail = "" if relayed else "the client went away before the answer was relayed"
-        self._record_result(request, record, tap.result(outcome, sse=sse, detail=detail))
+        self._record_result(request, record, tap.result(outcome, sse=sse, detail=detail), tap.answer)
         self._metrics.total.observe(time.perf_counter() - request.t0)
 
     async def _upstream_failed(
@@ -576,9 +576,11 @@ class A2aHttpAdapter:
     def _reason(request: _Request, exc: UpstreamError) -> str:
         return f"agent {request.name!r}: {public_reason(str(exc))}"
 
-    def _record_result(self, request: _Request, record: Record, result: graph_pb2.ActionResult) -> None:
+    def _record_result(
+        self, request: _Request, record: Record, result: graph_pb2.ActionResult, answer: Any = None
+    ) -> None:
         request.trace.result(result)
-        self._enforcer.record_results((record,), result)
+        self._enforcer.record_results((record,), result, answer)
 
     async def _observe_or_refuse(self, send: Send, record: Record) -> bool:
         try:

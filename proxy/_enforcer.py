@@ -32,7 +32,8 @@ from ._delegation import Delegation
 from ._envelope import block_envelope
 from ._methods import Target
 from ._metrics import ProxyMetrics
-from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome, Release
+from ._pipeline import JOURNAL_UNAVAILABLE, VERIFIER_UNAVAILABLE, Governor, Outcome, Release
+from ._provenance import Provenance
 from ._recorder import Record, Recorder, iso
 from ._tracing import DECIDE_SPAN, JOURNAL_SPAN, Tracing
 from ._workflows import WorkflowState, new_id
@@ -118,8 +119,12 @@ class Enforcer:
         metrics: ProxyMetrics,
         tracing: Tracing | None = None,
         after: Sequence[AfterStage] = (),
+        provenance: Provenance | None = None,
     ) -> None:
         self._tracing = tracing or Tracing()
+        self._provenance = provenance or Provenance()
+        #: Forwarded actions whose results are fingerprinted into their workflow (bounded like `_held`).
+        self._informing: OrderedDict[str, tuple[WorkflowState, str]] = OrderedDict()
         self._checks = tuple(checks)
         self._after = tuple(after)
         self._decide = decide
@@ -147,20 +152,29 @@ class Enforcer:
             decided = [self._journal(item.record, outcome) for item, outcome in zip(pending, outcomes, strict=True)]
         self._hold(decided, outcomes)
         state.set_last_node(caller.session_id, decided[-1].record.node_id)
-        for item in decided:
+        for item, asked in zip(decided, pending, strict=True):
             action = item.record.action
+            if item.outcome.allowed:
+                self._informing[item.record.node_id] = (state, _source_name(action))
+                if len(self._informing) > _HELD_MAX:
+                    self._informing.popitem(last=False)
             state.history.append(
                 verifier_pb2.HistoryNode(
                     node_id=item.record.node_id,
                     kind=action.kind,
                     server=action.server,
                     tool=action.tool or action.prompt or action.resource,
+                    taint=[label for label in asked.ctx.taint if not label.startswith("arg:")],
                     # What happened, not what policy said: a verifier-blocked call must not
                     # count as precedent when the agent retries it.
                     effect=policy_pb2.ALLOW if item.outcome.allowed else policy_pb2.DENY,
                 )
             )
             self._metrics.count("forwarded" if item.outcome.allowed else "blocked", item.outcome.decision)
+            if item.outcome.verifier_fallback:
+                self._metrics.verifier_fallback("allow")
+            elif item.outcome.block_code == VERIFIER_UNAVAILABLE:
+                self._metrics.verifier_fallback("block")
         return decided
 
     async def allowed(self, caller: Caller, actions: Sequence[policy_pb2.Action]) -> list[bool]:
@@ -193,6 +207,11 @@ class Enforcer:
             reason = f"delegated by {caller.delegation.delegator!r} to A2A agent {caller.delegation.agent!r}"
             record.edges = ((caller.delegation.node_id, graph_pb2.DELEGATED_TO, reason),)
         ctx = _context(caller, state.task, record.node_id)
+        # Provenance: which earlier results the arguments hold data from (`_provenance.py`).
+        found = self._provenance.annotate(state.fingerprints, _source_name(action), target.arguments, state.task)
+        if found.labels:
+            ctx.taint.extend(found.labels)
+            record.edges += found.edges
         return Pending(caller, record, ctx, tuple(state.history), len(body))
 
     async def _run(self, pending: Pending) -> Outcome:
@@ -311,15 +330,17 @@ class Enforcer:
             log.error("journal append of a refusal failed", extra={"fields": {"error": str(exc), "code": code}})
             return ""
 
-    def record_results(self, records: Iterable[Record], result: graph_pb2.ActionResult) -> None:
+    def record_results(self, records: Iterable[Record], result: graph_pb2.ActionResult, answer: Any = None) -> None:
         """Journal how forwarded actions ended (and count the outcome, once per call). The
         action already happened, so a journal failure here is logged and counted, never
-        turned into a block."""
+        turned into a block. `answer`, the parsed JSON-RPC result, is fingerprinted for
+        provenance when the action completed without an error."""
         self._metrics.result(_RESULT_NAMES[result.outcome])
         # Not carried out: the upstream was unreachable or refused the request itself.
         failed = result.outcome == graph_pb2.UPSTREAM_ERROR or (
             result.outcome == graph_pb2.COMPLETED and result.jsonrpc_error_code != 0
         )
+        completed = answer is not None and result.outcome == graph_pb2.COMPLETED and not result.jsonrpc_error_code
         for record in records:
             held = self._held.pop(record.node_id, ())
             if failed:
@@ -332,6 +353,16 @@ class Enforcer:
                     "journal append of a result failed",
                     extra={"fields": {"error": str(exc), "node_id": record.node_id}},
                 )
+            # After the audit record: provenance is a hint for later calls, the result a fact.
+            informing = self._informing.pop(record.node_id, None)
+            if completed and informing is not None:
+                state, source = informing
+                self._provenance.record(state.prints(), record.node_id, source, answer)
+
+
+def _source_name(action: policy_pb2.Action) -> str:
+    """`server__tool` as policies name it (the prompt or resource for those actions)."""
+    return f"{action.server}__{action.tool or action.prompt or action.resource}"
 
 
 def _context(caller: Caller, task: str, request_id: str) -> policy_pb2.Context:

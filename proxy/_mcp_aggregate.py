@@ -184,7 +184,7 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             tap.feed(answer)
             outcome, detail = route.failure or (graph_pb2.COMPLETED, "")
             result = tap.result(outcome, detail=detail)
-        self._record_results(request, records, result)
+        self._record_results(request, records, result, tap.answer)
 
 
 #: Marks a request of `/mcp/tools/call` in its ASGI scope.

@@ -405,7 +405,7 @@ class McpHttpAdapter:
         if governed:
             outcome = graph_pb2.COMPLETED if relayed else graph_pb2.CLIENT_GONE
             detail = "" if relayed else "the client went away before the answer was relayed"
-            self._record_results(request, records, tap.result(outcome, sse=sse, detail=detail))
+            self._record_results(request, records, tap.result(outcome, sse=sse, detail=detail), tap.answer)
         self._metrics.total.observe(time.perf_counter() - request.t0)
 
     async def _relay_listing(
@@ -433,9 +433,11 @@ class McpHttpAdapter:
         out.append((b"content-length", str(len(filtered)).encode()))
         await send_bytes(request.send, response.status, filtered, out)
 
-    def _record_results(self, request: _Request, records: tuple[Record, ...], result: graph_pb2.ActionResult) -> None:
+    def _record_results(
+        self, request: _Request, records: tuple[Record, ...], result: graph_pb2.ActionResult, answer: Any = None
+    ) -> None:
         request.trace.result(result)
-        self._enforcer.record_results(records, result)
+        self._enforcer.record_results(records, result, answer)
 
 
 def http_error(code: str, message: str, violation_id: str = "") -> dict[str, Any]:

@@ -60,6 +60,17 @@ class ProxyMetrics:
             registry=self.registry,
         )
         self._results = {name: results.labels(name) for name in (*_RESULT_OUTCOMES, "unjournaled")}
+        fallbacks = Counter(
+            "bastion_verifier_fallback_total",
+            "Actions the verifier did not score in time (or at all), by the fallback applied: "
+            "'block' (BASTION_VERIFIER_FALLBACK=block) or 'allow'.",
+            ["mode"],
+            registry=self.registry,
+        )
+        self._fallbacks = {mode: fallbacks.labels(mode) for mode in ("block", "allow")}
+
+    def verifier_fallback(self, mode: str) -> None:
+        self._fallbacks[mode].inc()
 
     def result(self, outcome: str) -> None:
         self._results[outcome].inc()

@@ -8,7 +8,9 @@ reopened with backoff, and what was learnt stays in place meanwhile (the policy 
 being down blocks every action anyway, through the decision).
 
 The settings are held here and exposed as metrics; the verifier and limit stages read
-them as those stages arrive (the verifier and limits issues).
+them as those stages arrive (the verifier and limits issues). Provenance reads the union
+of the active versions' `taint:` stanzas (`taint()`): which tools are untrusted sources
+and which are sinks.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from bastion.v1 import policy_pb2, policy_pb2_grpc
 
+from ._provenance import TaintSettings
+
 log = logging.getLogger("bastion.proxy")
 
 _ACTIVE = frozenset({policy_pb2.BundleEvent.LOADED, policy_pb2.BundleEvent.ACTIVATED})
@@ -36,6 +40,7 @@ class ActiveSettings:
     digest: str
     verifier: dict[str, Any] | None
     limits: dict[str, Any] | None
+    taint: dict[str, Any] | None = None
 
 
 class PolicyWatch:
@@ -54,6 +59,7 @@ class PolicyWatch:
         #: Policy name → the settings of its active version.
         self.active: dict[str, ActiveSettings] = {}
         self.changed = asyncio.Event()
+        self._taint = TaintSettings()
         self._versions = Gauge(
             "bastion_proxy_policy_version",
             "The active version of each policy, as the proxy learnt it from Watch.",
@@ -66,6 +72,10 @@ class PolicyWatch:
             ["policy"],
             registry=registry,
         )
+
+    def taint(self) -> TaintSettings:
+        """The active versions' `taint:` stanzas together (no stanza anywhere: empty)."""
+        return self._taint
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="bastion-policy-watch")
@@ -100,12 +110,15 @@ class PolicyWatch:
             settings = {}
         verifier = settings.get("verifier") if isinstance(settings, dict) else None
         limits = settings.get("limits") if isinstance(settings, dict) else None
+        taint = settings.get("taint") if isinstance(settings, dict) else None
         self.active[event.policy_name] = ActiveSettings(
             version=event.version,
             digest=event.bundle_digest,
             verifier=verifier if isinstance(verifier, dict) else None,
             limits=limits if isinstance(limits, dict) else None,
+            taint=taint if isinstance(taint, dict) else None,
         )
+        self._taint = _union_taint(self.active.values())
         self._versions.labels(event.policy_name).set(event.version)
         timeout = verifier.get("timeout_ms") if isinstance(verifier, dict) else None
         if isinstance(timeout, int | float) and not isinstance(timeout, bool):
@@ -114,3 +127,15 @@ class PolicyWatch:
             with contextlib.suppress(KeyError):
                 self._verifier_timeouts.remove(event.policy_name)
         self.changed.set()
+
+
+def _union_taint(active: Any) -> TaintSettings:
+    untrusted: dict[str, None] = {}
+    sinks: dict[str, None] = {}
+    for settings in active:
+        taint = settings.taint or {}
+        for name, into in (("untrusted_sources", untrusted), ("sinks", sinks)):
+            patterns = taint.get(name)
+            if isinstance(patterns, list):
+                into.update((pattern, None) for pattern in patterns if isinstance(pattern, str))
+    return TaintSettings(tuple(untrusted), tuple(sinks))

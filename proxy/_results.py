@@ -6,7 +6,8 @@ the bytes would), keeps only a bounded tail, and reads the JSON-RPC error code f
 at the end: a JSON body whole, or the last SSE event answering the request. A tool's
 answer is the last message of its POST stream, so the tail holds it unless the answer
 itself is larger than the tail — then the code is left at 0 and the digest still
-covers every byte.
+covers every byte. The answer's `result` member, parsed then, is kept as `answer` for
+provenance (`_provenance.py`): None for an error, a non-JSON body or one over the tail.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class ResultTap:
         self._started = time.perf_counter()
         self.size = 0
         self.status = 0
+        #: The JSON-RPC `result` of a completed answer, once `result()` has read it.
+        self.answer: Any = None
 
     def feed(self, chunk: bytes) -> None:
         self._hash.update(chunk)
@@ -63,17 +66,24 @@ class ResultTap:
         )
 
     def _error_code(self, sse: bool) -> int:
+        message = self._message(sse)
+        if isinstance(message, dict) and "error" not in message:
+            self.answer = message.get("result")
+        return _code(message)
+
+    def _message(self, sse: bool) -> Any:
+        """The JSON-RPC message answering the request, or None."""
         if not sse:
             if self.size != len(self._tail):
-                return 0  # larger than the tail: not read again
-            return _code(_loads(bytes(self._tail)))
-        code = 0
+                return None  # larger than the tail: not read again
+            return _loads(bytes(self._tail))
+        answer = None
         for event in bytes(self._tail).replace(b"\r\n", b"\n").split(b"\n\n"):
             data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
             message = _loads(data) if data else None
             if isinstance(message, dict) and message.get("id") == self._request_id and "method" not in message:
-                code = _code(message)
-        return code
+                answer = message
+        return answer
 
 
 def _loads(data: bytes) -> Any:

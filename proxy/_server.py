@@ -23,8 +23,9 @@ from bastion.v1 import graph_pb2_grpc, policy_pb2, policy_pb2_grpc, verifier_pb2
 
 from ._a2a_http import A2aAgent, A2aHttpAdapter
 from ._app import ProxyApp
-from ._approvals import ApprovalStore
+from ._approvals import Approvals, ApprovalStore
 from ._approvals_api import ApprovalsApi
+from ._approvals_redis import RedisApprovalStore
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
 from ._config import ProxySettings
@@ -38,6 +39,7 @@ from ._metrics import ProxyMetrics
 from ._owners import SessionOwners, WorkflowOwners
 from ._pipeline import Governor
 from ._policy_watch import PolicyWatch
+from ._provenance import Provenance
 from ._recorder import Recorder
 from ._redact import Redactor
 from ._shipper import Shipper
@@ -102,7 +104,13 @@ async def serve(
         fallback_allow=settings.verifier_fallback == "allow",
     )
     redactor = Redactor(app.redaction.paths, iban=app.redaction.iban)
-    approvals = ApprovalStore(home / "proxy" / "approvals.sqlite3", ttl=settings.approval_ttl_s)
+    approvals: Approvals
+    if settings.redis_url is None:
+        approvals = ApprovalStore(home / "proxy" / "approvals.sqlite3", ttl=settings.approval_ttl_s)
+    else:  # replicas share approvals where they share limits
+        approvals = RedisApprovalStore(
+            settings.redis_url, ttl=settings.approval_ttl_s, timeout_ms=settings.redis_timeout_ms
+        )
     limiter = open_limiter(settings.redis_url, timeout_ms=settings.redis_timeout_ms)
     enforcer = Enforcer(
         checks=(),
@@ -112,6 +120,7 @@ async def serve(
         tracing=tracing,
         # Approvals first: an approved call still counts against its limits.
         after=(ApprovalStage(approvals, redactor=redactor, wait_s=settings.approval_wait_s), LimitStage(limiter)),
+        provenance=Provenance(policy_watch.taint),
     )
     stdio = [
         StdioUpstream(

@@ -8,7 +8,7 @@ node nor seed its "trusted" task. Client-named ids are additionally bound to the
 first owner (`_owners.py`), so in the graph too each caller writes only its own.
 
 Every structure is bounded: LRU maps of workflows and rolling ids, a bounded history,
-a bounded map of sessions per workflow, a capped task. An agent fleet opens sessions
+a bounded map of sessions per workflow, a capped task, capped result fingerprints. An agent fleet opens sessions
 without end; the proxy's memory must not grow with them. Losing an entry (eviction,
 restart) only loses a hint — the next action starts a new chain — never an event.
 """
@@ -30,6 +30,7 @@ from ._delegation import Delegation, Delegations
 from ._lru import Lru
 from ._mcp import WORKFLOW_META_KEY
 from ._owners import MAX_WORKFLOW_ID, WorkflowOwners, is_safe_id, owner_key
+from ._provenance import Fingerprints
 
 ROLLING_IDLE_SECONDS = 30 * 60
 #: Session ids come from upstreams (MCP: visible ASCII) and are checked at this length.
@@ -45,12 +46,19 @@ class WorkflowState:
     history: deque[verifier_pb2.HistoryNode]
     task: str = ""
     _last_nodes: Lru[str, str] = field(default_factory=lambda: Lru(MAX_SESSIONS_PER_WORKFLOW))
+    #: What earlier results held (`_provenance.py`); made by the first result fingerprinted.
+    fingerprints: Fingerprints | None = None
 
     def last_node(self, session_id: str) -> str | None:
         return self._last_nodes.get(session_id)
 
     def set_last_node(self, session_id: str, node_id: str) -> None:
         self._last_nodes.put(session_id, node_id)
+
+    def prints(self) -> Fingerprints:
+        if self.fingerprints is None:
+            self.fingerprints = Fingerprints()
+        return self.fingerprints
 
     def set_task(self, task: str) -> str:
         """Record the workflow's task once (capped); return it."""

@@ -1,4 +1,5 @@
-"""bastion.verifier: the pluggable verifier service (gRPC bastion.v1.Verifier, default port 50052).
+"""bastion.verifier: the pluggable verifier service (gRPC bastion.v1.Verifier, default port 50052;
+/metrics, /healthz and /readyz on BASTION_VERIFIER_METRICS_ADDR, default port 9464).
 
 The proxy asks the verifier how far an action deviates from what the workflow has been
 doing, concurrently with the policy decision. This package ships the reference

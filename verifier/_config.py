@@ -20,6 +20,11 @@ class VerifierSettings(CommonSettings):
         default="127.0.0.1:50052",
         description="host:port the verifier's gRPC server binds (port 0 picks a free port).",
     )
+    verifier_metrics_addr: str = Field(
+        default="127.0.0.1:9464",
+        description="host:port of the verifier's HTTP server for /metrics, /healthz and /readyz "
+        "(port 0 picks a free port; no data, no auth: Prometheus and probes only).",
+    )
     verifier_threshold: float = Field(
         default=0.8,
         description="Deviation score at or above which the reference scorer answers BLOCK (0 < t <= 1).",
@@ -36,12 +41,17 @@ class VerifierSettings(CommonSettings):
         default=0.4,
         description="Score added when an argument names a destination absent from the task (signal argument_novelty).",
     )
+    verifier_taint_weight: float = Field(
+        default=0.8,
+        description="Score added when a sink's argument is wholly data from an untrusted result's free text "
+        "(signal taint; half for a structured field, scaled by the tainted fraction).",
+    )
     verifier_min_history: int = Field(
         default=3,
         description="Earlier allowed steps a workflow needs before the sequence signal is trusted.",
     )
 
-    @field_validator("verifier_addr")
+    @field_validator("verifier_addr", "verifier_metrics_addr")
     @classmethod
     def _is_host_port(cls, value: str) -> str:
         try:
@@ -55,6 +65,7 @@ class VerifierSettings(CommonSettings):
         "verifier_novelty_weight",
         "verifier_sequence_weight",
         "verifier_argument_weight",
+        "verifier_taint_weight",
         "verifier_min_history",
     )
     @classmethod
@@ -75,6 +86,7 @@ class VerifierSettings(CommonSettings):
             sequence_weight=self.verifier_sequence_weight,
             argument_weight=self.verifier_argument_weight,
             min_history=self.verifier_min_history,
+            taint_weight=self.verifier_taint_weight,
         )
 
 

@@ -1,6 +1,6 @@
 """The reference scorer: a deterministic, explainable deviation score for one action.
 
-Three signals, each adding its weight to the score when it fires:
+Four signals, each adding its weight to the score when it fires:
 
 - ``tool_novelty``: the action's tool (``server__tool``) was never allowed earlier in the
   workflow.
@@ -10,6 +10,9 @@ Three signals, each adding its weight to the score when it fires:
   names a destination the task does not: an email address, the host of a URL, an IBAN
   (mod-97 valid) or a ``0x`` + 40 hex wallet address. It also fires, task or not, when the
   arguments are too large to inspect (see the budgets below).
+- ``taint``: the action is a sink and its arguments hold data from untrusted results, as
+  the proxy's provenance labels in ``ctx.taint`` say (``_taint.py``): weighted by how much
+  of the argument is tainted and whether it came from free text or a structured field.
 
 ``deviation_score = min(1, sum of fired weights)``, rounded to 6 places so that weights
 adding up to the threshold on paper reach it in floating point. The verdict is BLOCK at
@@ -32,10 +35,12 @@ from google.protobuf import struct_pb2
 from bastion._errors import ConfigError
 from bastion.v1 import policy_pb2, verifier_pb2
 
+from ._taint import taint_signal
+
 NAME = "reference"
 VERSION = "0.1"
 SCORER = f"{NAME}/{VERSION}"
-SIGNALS = ("tool_novelty", "sequence", "argument_novelty")
+SIGNALS = ("tool_novelty", "sequence", "argument_novelty", "taint")
 
 # Protocol traffic and tool listings are what every client does; they are not steps of
 # the workflow's behaviour, so they neither count as precedent nor get tool signals.
@@ -89,12 +94,14 @@ class ScorerConfig:
     sequence_weight: float = 0.3
     argument_weight: float = 0.4
     min_history: int = 3
+    #: What a sink argument wholly copied from an untrusted result's free text adds.
+    taint_weight: float = 0.8
 
     def __post_init__(self) -> None:
         # NaN fails every comparison, so these checks also reject it.
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"verifier threshold must be in (0, 1], got {self.threshold}")
-        for name in ("novelty_weight", "sequence_weight", "argument_weight"):
+        for name in ("novelty_weight", "sequence_weight", "argument_weight", "taint_weight"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"verifier {name} must be in [0, 1], got {value}")
@@ -125,6 +132,9 @@ class ReferenceScorer:
             reason = _argument_reason(action.arguments, request.ctx.task)
             if reason:
                 fired.append((config.argument_weight, reason))
+        weight, reason, origin = taint_signal(action, request.ctx.taint, request.history, config.taint_weight)
+        if weight > 0:
+            fired.append((weight, reason))
         score = round(min(1.0, math.fsum(weight for weight, _ in fired)), 6)
         if score >= config.threshold:
             verdict = verifier_pb2.BLOCK
@@ -137,6 +147,7 @@ class ReferenceScorer:
             threshold=config.threshold,
             verdict=verdict,
             reasons=[reason for _, reason in fired],
+            drift_origin_node_id=origin,
             scorer=SCORER,
         )
 

@@ -8,6 +8,7 @@ failure is INTERNAL; either way the proxy applies the policy's verifier fallback
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,6 +17,7 @@ from google.protobuf import empty_pb2
 from bastion.v1 import verifier_pb2, verifier_pb2_grpc
 
 from ._engine import NAME, SIGNALS, VERSION, ReferenceScorer
+from ._metrics import VerifierMetrics
 
 log = logging.getLogger("bastion.verifier")
 
@@ -23,8 +25,9 @@ SERVICE_NAME: str = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_na
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
-    def __init__(self, scorer: ReferenceScorer) -> None:
+    def __init__(self, scorer: ReferenceScorer, metrics: VerifierMetrics | None = None) -> None:
         self._scorer = scorer
+        self._metrics = metrics or VerifierMetrics()
         # Info never changes for the life of the process, so it is built once.
         self._info = verifier_pb2.VerifierInfo(
             name=NAME,
@@ -40,18 +43,22 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     ) -> verifier_pb2.ScoreResponse:
         if not request.HasField("action"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ScoreRequest.action is required")
+        started = time.perf_counter()
         try:
             # Scoring takes tens of microseconds, so it runs on the event loop: handing it
             # to a thread would cost more than it does. A padded request is held to the
             # scan budgets of _engine (MAX_STRING_BYTES), not scanned in full.
-            return self._scorer.score(request)
+            response = self._scorer.score(request)
         except Exception as exc:
+            self._metrics.failed(time.perf_counter() - started)
             log.exception("reference scorer failed", extra={"fields": {"node_id": request.node_id}})
             await context.abort(
                 grpc.StatusCode.INTERNAL,
                 f"reference scorer failed on node {request.node_id or '?'}: {type(exc).__name__}: {exc}; "
                 "the caller must apply its verifier fallback",
             )
+        self._metrics.scored(response.verdict, time.perf_counter() - started)
+        return response
 
     async def ScoreStream(
         self,
@@ -62,11 +69,14 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         # failure on one request must not end the stream for every other action, so it is
         # answered with no verdict, which the proxy treats as a verifier failure (fallback).
         async for request in request_iterator:
+            started = time.perf_counter()
             try:
                 if not request.HasField("action"):
                     raise ValueError("ScoreRequest.action is required")
                 response = self._scorer.score(request)
+                self._metrics.scored(response.verdict, time.perf_counter() - started)
             except Exception as exc:
+                self._metrics.failed(time.perf_counter() - started)
                 log.exception("reference scorer failed", extra={"fields": {"node_id": request.node_id}})
                 response = verifier_pb2.ScoreResponse(
                     verdict=verifier_pb2.VERDICT_UNSPECIFIED,

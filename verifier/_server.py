@@ -1,4 +1,5 @@
-"""Process wiring of `bastion verifier serve`: settings -> scorer -> servicer -> gRPC server."""
+"""Process wiring of `bastion verifier serve`: settings -> scorer -> servicer -> gRPC server,
+and the HTTP server of /metrics, /healthz and /readyz (`_api.py`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from bastion._errors import ConfigError
 from bastion._identity import ensure_service_token
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
+from bastion._web import start_web_server
 from bastion.v1 import verifier_pb2_grpc
 
+from ._api import OpsApp
 from ._config import VerifierSettings, load_settings
 from ._engine import ReferenceScorer
 from ._grpc import SERVICE_NAME, VerifierServicer
+from ._metrics import VerifierMetrics
 
 
 async def serve(
@@ -26,22 +30,31 @@ async def serve(
     ready: Callable[[dict[str, str]], None],
     stop: asyncio.Event,
 ) -> None:
-    """Serve bastion.v1.Verifier on settings.verifier_addr until `stop` is set."""
+    """Serve bastion.v1.Verifier on settings.verifier_addr, and its metrics and probes on
+    settings.verifier_metrics_addr, until `stop` is set."""
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     token = ensure_service_token(settings.home.resolve(), secret)
-    servicer = VerifierServicer(ReferenceScorer(settings.scorer_config()))
-    server = await start_grpc_server(
-        settings.verifier_addr,
-        token=token,
-        register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, servicer)],
-        service_names=[SERVICE_NAME],
-    )
+    metrics = VerifierMetrics()
+    servicer = VerifierServicer(ReferenceScorer(settings.scorer_config()), metrics)
+    serving = asyncio.Event()
+    http = await start_web_server(OpsApp(metrics, serving.is_set), settings.verifier_metrics_addr)
     try:
-        ready({"grpc": server.address})
-        await stop.wait()
+        server = await start_grpc_server(
+            settings.verifier_addr,
+            token=token,
+            register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, servicer)],
+            service_names=[SERVICE_NAME],
+        )
+        try:
+            serving.set()
+            ready({"grpc": server.address, "http": http.address})
+            await http.run_until(stop)
+        finally:
+            serving.clear()
+            # Health turns NOT_SERVING first, so clients move away before the port closes.
+            await server.stop()
     finally:
-        # Health turns NOT_SERVING first, so clients move away before the port closes.
-        await server.stop()
+        await http.stop()
 
 
 def main(config: Path | None = None) -> int:

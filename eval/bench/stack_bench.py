@@ -177,7 +177,7 @@ def _start(procs: Processes, home: Path) -> dict[str, str]:
     upstream_port = home / "upstream.port"
     procs.spawn("upstream", ["-m", here, "upstream", "--port-file", str(upstream_port)])
     procs.spawn_service("policy", backends, {"BASTION_POLICY_GRPC_ADDR": _ANY, "BASTION_POLICY_ADDR": _ANY})
-    procs.spawn_service("verifier", backends, {"BASTION_VERIFIER_ADDR": _ANY})
+    procs.spawn_service("verifier", backends, {"BASTION_VERIFIER_ADDR": _ANY, "BASTION_VERIFIER_METRICS_ADDR": _ANY})
     upstream_url = f"http://127.0.0.1:{procs.wait_port('upstream', upstream_port)}/mcp"
     config.write_text(f"servers:\n  fast:\n    url: {upstream_url}\n" + backends.read_text())
     hop_port = home / "hop.port"

@@ -217,7 +217,9 @@ async def test_verifier_down_blocks_by_default_and_allows_only_when_fallback_say
         ) as proxy:
             stack = Stack(tmp_path, proxy["http"], graph["http"])
             blocked = await stack.post(tool_call("add", {"a": 1, "b": 1}), _hdrs(stack.token, "add", "wf-vdown"))
+            blocked_metrics = await _metrics(proxy["http"])
         assert blocked.json()["error"]["data"]["rule_id"] == "bastion.verifier_unavailable"
+        assert 'bastion_verifier_fallback_total{mode="block"} 1.0' in blocked_metrics
         assert blocked.json()["error"]["data"]["deviation_score"] is None
         async with inprocess.proxy(
             tmp_path,
@@ -229,10 +231,17 @@ async def test_verifier_down_blocks_by_default_and_allows_only_when_fallback_say
         ) as proxy:
             stack = Stack(tmp_path, proxy["http"], graph["http"])
             allowed = await stack.post(tool_call("add", {"a": 1, "b": 1}), _hdrs(stack.token, "add", "wf-vfallback"))
+            allowed_metrics = await _metrics(proxy["http"])
         assert allowed.json()["result"]["structuredContent"] == {"result": 2}
+        assert 'bastion_verifier_fallback_total{mode="allow"} 1.0' in allowed_metrics
         nodes = await stack.nodes("wf-vfallback", 1)
         assert nodes[0]["outcome"] == "FORWARDED"
         assert nodes[0]["verifier_fallback"] is True
+
+
+async def _metrics(addr: str) -> str:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return (await http.get(f"http://{addr}/metrics")).text
 
 
 class _SlowPolicy(policy_pb2_grpc.PolicyServiceServicer):

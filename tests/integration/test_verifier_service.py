@@ -55,6 +55,7 @@ def settings(home: Path, token: str | None = None) -> VerifierSettings:
     return VerifierSettings(
         home=home,
         verifier_addr="127.0.0.1:0",
+        verifier_metrics_addr="127.0.0.1:0",
         service_token=SecretStr(token) if token else None,
         verifier_threshold=0.8,
         verifier_novelty_weight=0.4,
@@ -146,7 +147,7 @@ async def test_info_describes_the_reference_scorer(verifier: Running) -> None:
     info = await call_info(verifier.address, verifier.token)
     assert info.name == "reference"
     assert info.version == "0.1"
-    assert list(info.signals) == ["tool_novelty", "sequence", "argument_novelty"]
+    assert list(info.signals) == ["tool_novelty", "sequence", "argument_novelty", "taint"]
     assert info.default_threshold == pytest.approx(0.8)
 
 

@@ -1,16 +1,37 @@
 """docker-compose.yml cannot be run here (no Docker engine), so check what can be checked:
-it runs the four services plus the demo with the names, ports and variables of the contract."""
+every service runs from the one image with a command the CLI accepts, sets only variables
+its settings class reads (with values it accepts), listens where its peers and healthcheck
+look for it, waits for what it needs, and publishes nothing beyond loopback."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
+from pydantic_settings import BaseSettings
 
 from bastion._appconfig import load_app_config
+from bastion._cli import _parser
+from bastion._settings import CommonSettings
+from bastion.graph._config import GraphSettings
+from bastion.policy._config import PolicySettings
+from bastion.proxy._config import ProxySettings
+from bastion.verifier._config import VerifierSettings
 
 ROOT = Path(__file__).resolve().parents[3]
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "policy": PolicySettings,
+    "verifier": VerifierSettings,
+    "graph": GraphSettings,
+    "proxy": ProxySettings,
+}
+BACKENDS = {"redis", "opa", "neo4j", "prometheus"}
+#: The port each third-party image listens on inside the stack.
+BACKEND_PORTS = {"redis": 6379, "opa": 8181, "neo4j": 7687, "prometheus": 9090}
 
 
 def _compose() -> dict[str, Any]:
@@ -18,47 +39,168 @@ def _compose() -> dict[str, Any]:
     return data
 
 
-def test_compose_runs_each_service_with_its_serve_command() -> None:
-    services = _compose()["services"]
-    assert set(services) == {"policy", "verifier", "graph", "proxy", "demo"}
-    for name in ("policy", "verifier", "graph", "proxy"):
-        assert services[name]["command"] == [name, "serve"]
+def _services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = _compose()["services"]
+    return services
 
 
-def test_compose_publishes_the_default_ports_and_wires_the_proxy_to_the_services() -> None:
-    services = _compose()["services"]
-    assert services["proxy"]["ports"] == ["127.0.0.1:7070:7070"]
-    assert services["graph"]["ports"] == ["127.0.0.1:8080:8080"]
-    assert services["policy"]["ports"] == ["127.0.0.1:8081:8081"]
-    env = services["proxy"]["environment"]
-    assert env["BASTION_POLICY_GRPC_ADDR"] == "policy:50051"
-    assert env["BASTION_VERIFIER_ADDR"] == "verifier:50052"
-    assert env["BASTION_GRAPH_GRPC_ADDR"] == "graph:50053"
+def _listening(name: str, service: dict[str, Any]) -> set[int]:
+    """Ports a service listens on inside the stack: its 0.0.0.0 addresses, else its image's."""
+    if name in BACKEND_PORTS:
+        return {BACKEND_PORTS[name]}
+    if name == "demo":
+        entry = service["entrypoint"]
+        return {int(entry[entry.index("--port") + 1])}
+    env = service.get("environment", {})
+    return {int(value.rsplit(":", 1)[1]) for value in env.values() if str(value).startswith("0.0.0.0:")}
 
 
-def test_compose_publishes_every_port_on_loopback_only() -> None:
+def test_compose_runs_the_four_services_the_demo_and_the_real_backends() -> None:
+    assert set(_services()) == {*SETTINGS, "demo", *BACKENDS}
+
+
+def test_bastion_services_run_one_image_from_the_dockerfile_with_a_serve_command_the_cli_accepts() -> None:
+    services = _services()
+    for name in (*SETTINGS, "demo"):
+        assert services[name]["build"] == ".", name
+        assert services[name]["image"] == "bastion:dev", name
+    assert (ROOT / "Dockerfile").is_file()
+    for name in SETTINGS:
+        command = services[name]["command"]
+        assert command == [name, "serve"]
+        args = _parser().parse_args(command)
+        assert (args.command, args.action) == (name, "serve")
+    # The demo runs the example from the image (the Dockerfile copies examples/ there).
+    assert services["demo"]["entrypoint"][1] == "/opt/bastion/examples/demo_server.py"
+    assert (ROOT / "examples" / "demo_server.py").is_file()
+    assert "COPY examples /opt/bastion/examples" in (ROOT / "Dockerfile").read_text()
+
+
+def test_backends_use_the_official_images() -> None:
+    images = {name: _services()[name]["image"] for name in BACKENDS}
+    assert images["redis"].startswith("redis:7")
+    assert images["opa"].startswith("openpolicyagent/opa:")
+    assert images["neo4j"].startswith("neo4j:5")
+    assert images["prometheus"].startswith("prom/prometheus:")
+    # The ports the peers' addresses are checked against (BACKEND_PORTS) are the ones they use.
+    assert "0.0.0.0:8181" in _services()["opa"]["command"]
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_every_variable_is_a_setting_of_that_service_and_loads(name: str) -> None:
+    settings = SETTINGS[name]
+    env = _services()[name].get("environment", {})
+    known = {f"BASTION_{field.upper()}" for field in settings.model_fields}
+    assert set(env) <= known, f"{name} sets variables it does not read: {sorted(set(env) - known)}"
+    assert set(CommonSettings.model_fields) <= set(settings.model_fields)
+    loaded = settings.model_validate({key.removeprefix("BASTION_").lower(): value for key, value in env.items()})
+    assert loaded is not None
+
+
+def test_peer_addresses_name_a_compose_service_on_a_port_it_listens_on() -> None:
+    services = _services()
+    listening = {name: _listening(name, service) for name, service in services.items()}
+    peers = 0
+    for name in SETTINGS:
+        for variable, value in services[name].get("environment", {}).items():
+            if variable.endswith("_URL"):
+                target = urlsplit(value)
+                host, port = target.hostname, target.port
+            elif variable.endswith("_ADDR") and not value.startswith("0.0.0.0:"):
+                host, _, raw_port = value.rpartition(":")
+                port = int(raw_port)
+            else:
+                continue
+            peers += 1
+            assert host in services, (name, variable, value)
+            assert port in listening[host], (name, variable, value, listening[host])
+    assert peers == 9  # policy 4 (with OPA), graph 1, proxy 4 (with Redis)
+
+
+def test_the_proxy_is_wired_to_the_services_and_redis_and_the_graph_keeps_sqlite() -> None:
+    services = _services()
+    proxy = services["proxy"]["environment"]
+    assert proxy["BASTION_POLICY_GRPC_ADDR"] == "policy:50051"
+    assert proxy["BASTION_VERIFIER_ADDR"] == "verifier:50052"
+    assert proxy["BASTION_GRAPH_GRPC_ADDR"] == "graph:50053"
+    assert proxy["BASTION_REDIS_URL"] == "redis://redis:6379/0"
+    assert "BASTION_GRAPH_URL" not in services["graph"]["environment"], "neo4j:// is not supported yet"
+    assert "BASTION_POLICY_ENGINE" not in services["policy"]["environment"], "native engine by default"
+
+
+def test_published_ports_bind_loopback_except_the_proxy() -> None:
     # "8080:8080" or "0.0.0.0:8080:8080" would publish the graph's audit data and the policy
-    # admin API to the host's whole network.
-    for name, service in _compose()["services"].items():
+    # admin API to the host's whole network. The proxy is the one agent-facing port.
+    published = {}
+    for name, service in _services().items():
         for port in service.get("ports", []):
             if isinstance(port, dict):  # long syntax
-                assert port.get("host_ip") == "127.0.0.1", (name, port)
+                host_ip, target = port.get("host_ip"), port["target"]
             else:
-                assert str(port).startswith("127.0.0.1:"), (name, port)
-                assert str(port).count(":") == 2, (name, port)
+                host_ip, _, target = str(port).partition(":")
+                assert str(port).count(":") == 2 or name == "proxy", (name, port)
+            published[(name, int(str(target).rsplit(":", 1)[-1]))] = host_ip
+            if name != "proxy":
+                assert host_ip == "127.0.0.1", (name, port)
+    assert published[("graph", 8080)] == published[("policy", 8081)] == "127.0.0.1"
+    assert ("proxy", 7070) in published
+    assert not any(name in {"verifier", "redis", "opa"} for name, _ in published), "internal services stay internal"
 
 
-def test_every_variable_compose_sets_is_a_documented_setting() -> None:
-    documented = (ROOT / "docs" / "configuration.md").read_text()
-    for service in _compose()["services"].values():
-        for variable in service.get("environment", {}):
-            assert f"`{variable}`" in documented, variable
+def test_every_service_but_opa_has_a_healthcheck_on_its_own_port() -> None:
+    services = _services()
+    for name, service in services.items():
+        if name == "opa":  # distroless image: nothing in it can probe (see the comment there)
+            assert "healthcheck" not in service
+            continue
+        test = " ".join(service["healthcheck"]["test"])
+        if name in SETTINGS:
+            http = sorted(_listening(name, service) - {50051, 50052, 50053})
+            assert len(http) == 1, (name, http)
+            assert f"http://127.0.0.1:{http[0]}/readyz" in test, (name, test)
+        elif name == "demo":
+            assert "9001" in test
+
+
+def test_depends_on_waits_on_health_where_the_dependency_has_a_healthcheck() -> None:
+    services = _services()
+    for name, service in services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert dependency in services, (name, dependency)
+            expected = "service_healthy" if "healthcheck" in services[dependency] else "service_started"
+            assert condition == {"condition": expected}, (name, dependency)
+    assert set(services["proxy"]["depends_on"]) == {"policy", "verifier", "graph", "redis", "demo"}
+    assert "policy" in services["graph"]["depends_on"]
+
+
+def test_prometheus_loads_the_ops_rules_and_scrapes_every_service_metrics_port() -> None:
+    prometheus = _services()["prometheus"]
+    mounts = dict(volume.split(":")[:2] for volume in prometheus["volumes"] if volume.startswith("./"))
+    config_path = next(target for source, target in mounts.items() if source.endswith("prometheus.yml"))
+    assert config_path in " ".join(prometheus["command"])
+    source = next(source for source, target in mounts.items() if target == config_path)
+    config = yaml.safe_load((ROOT / source).read_text())
+    rules_target = mounts["./ops/prometheus/bastion-rules.yaml"]
+    assert config["rule_files"] == [rules_target]
+    targets = {
+        job["job_name"]: target
+        for job in config["scrape_configs"]
+        for s in job["static_configs"]
+        for target in s["targets"]
+    }
+    services = _services()
+    for name in SETTINGS:
+        host, _, port = targets[f"bastion-{name}"].partition(":")
+        assert host == name
+        assert int(port) in _listening(name, services[name]) - {50051, 50052, 50053}, name
+    # BastionVerifierDown selects the verifier's scrape job by name.
+    assert re.fullmatch(".*verifier.*", "bastion-verifier")
 
 
 def test_the_compose_bastion_yaml_is_valid() -> None:
     config = load_app_config(ROOT / "examples" / "compose" / "bastion.yaml")
     assert config.servers["demo"].url == "http://demo:9001/mcp"
-    assert "proxy:7070" in config.allowed_hosts
+    assert {"proxy:7070", "graph:8080", "policy:8081"} <= set(config.allowed_hosts)
 
 
 def test_the_demo_config_is_valid_and_its_policy_exists() -> None:

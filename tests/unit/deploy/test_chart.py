@@ -231,6 +231,24 @@ def test_network_policies_let_agents_reach_only_the_proxy(helm: str) -> None:
     assert "bastion.dev/agents" in json.dumps(policies["rel-bastion-proxy"])
 
 
+def test_verifier_metrics_are_scraped_on_their_own_port_reachable_only_by_prometheus(helm: str) -> None:
+    manifests = _rendered(helm, "full-values.yaml")
+    verifier = _by_kind(manifests, "Deployment")["rel-bastion-verifier"]["spec"]["template"]["spec"]["containers"][0]
+    assert _env(verifier)["BASTION_VERIFIER_METRICS_ADDR"] == "0.0.0.0:9464"
+    assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in verifier["ports"]
+    service = _by_kind(manifests, "Service")["rel-bastion-verifier"]["spec"]["ports"]
+    assert {"name": "metrics", "port": 9464, "targetPort": "metrics"} in service
+    monitor = next(iter(_by_kind(manifests, "ServiceMonitor").values()))["spec"]
+    assert "verifier" in monitor["selector"]["matchExpressions"][0]["values"]
+    assert {"port": "metrics", "path": "/metrics", "interval": "30s"} in monitor["endpoints"]
+    rules = _by_kind(manifests, "NetworkPolicy")["rel-bastion-verifier"]["spec"]["ingress"]
+    metrics_from = [rule["from"] for rule in rules if rule["ports"] == [{"port": "metrics"}]]
+    assert metrics_from == [[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]]
+    # Without prometheusFrom the port stays closed, like the other services' /metrics.
+    default = _by_kind(_rendered(helm, "default-values.yaml"), "NetworkPolicy")["rel-bastion-verifier"]["spec"]
+    assert [rule["ports"] for rule in default["ingress"]] == [[{"port": "grpc"}]]
+
+
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_rendered_bastion_yaml_is_a_valid_app_config(helm: str, value_set: str) -> None:
     config_map = _by_kind(_rendered(helm, value_set), "ConfigMap")["rel-bastion-config"]

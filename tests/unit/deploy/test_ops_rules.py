@@ -21,10 +21,13 @@ SERVICE_DIRS = ("bastion", "proxy", "policy", "graph", "verifier")
 PROMETHEUS_SERIES = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 #: Words of PromQL that look like metric names.
 PROMQL_WORDS = frozenset(
-    {"sum", "max", "min", "by", "rate", "increase", "and", "or", "unless", "histogram_quantile", "topk", "le"}
+    {"sum", "max", "min", "by", "rate", "increase", "and", "or", "unless", "histogram_quantile", "topk", "le", "time"}
 )
 
-_FAMILY = re.compile(r"\b(Counter|Gauge|Histogram|Summary)\(\s*(f?)\"(bastion_[a-z0-9_{}]+)\"", re.MULTILINE)
+#: `Gauge("bastion_…"`, and the `GaugeMetricFamily("bastion_…"` of a custom collector.
+_FAMILY = re.compile(
+    r"\b(Counter|Gauge|Histogram|Summary)(?:MetricFamily)?\(\s*(f?)\"(bastion_[a-z0-9_{}]+)\"", re.MULTILINE
+)
 #: `service="graph"` arguments and the `service: str = "proxy"` default that fill f"bastion_{service}_…".
 _SERVICE_ARG = re.compile(r"\bservice(?::\s*str)?\s*=\s*\"([a-z]+)\"")
 
@@ -71,6 +74,9 @@ def test_the_code_scan_finds_the_metrics_of_every_service() -> None:
         "bastion_graph_ingest_events_total",
         "bastion_proxy_identity_synced",
         "bastion_graph_identity_synced",
+        "bastion_policy_bundle_expiry_timestamp_seconds",
+        "bastion_audit_chain_ok",
+        "bastion_verifier_fallback_total",
     } <= found
 
 

@@ -1,0 +1,526 @@
+"""Provenance: which earlier result a call's arguments took their data from (DESIGN §1 ⑧, §6).
+
+After a forwarded action completes, the string values of its answer (the JSON-RPC
+`result`: MCP `content[].text` and `structuredContent`, an A2A task's parts, …) are
+fingerprinted into the workflow's `Fingerprints`, each labelled with a `Source`: the node,
+the tool (`server__tool`), the path in the result (`content[0].text`,
+`structuredContent.sender`), whether the tool is trusted, and whether the value was a
+short structured field or free text. Before a later call is decided, its string
+arguments are looked up: a match becomes an INFORMED_BY edge hint on the call's event
+and labels in `ctx.taint` for policy and verifier (format below).
+
+Fingerprints, as one would compare two texts by hand, after normalising both sides
+(case-folded, runs of whitespace collapsed to one space):
+- *shingles*: the hash of every SHINGLE-character window of free text (every STRIDE-th
+  window once a result is long, so each result costs at most MAX_RESULT_SHINGLES);
+  an argument is matched by every one of its windows, so a copied run of at least
+  SHINGLE + STRIDE - 1 characters is always found, and how much of the argument the
+  matching windows cover is its tainted fraction;
+- *exact values*: each short string field (MIN_VALUE..MAX_VALUE characters) that is not
+  a one-word constant (`completed`, `ROLE_USER`: enums any call may repeat), and each
+  identifier-like token inside free text (containing a digit, `@` or `://`, or a run of
+  digit groups as IBANs and phone numbers are printed), compacted (spaces and hyphens
+  dropped when what remains is letters and digits with a digit). These find a recipient
+  or an IBAN too short for shingles.
+
+The workflow's stated task (`ctx.task`) is trusted: data it contains is never tainted,
+whatever result also held it. A tool is untrusted unless the active policies declare
+`taint.untrusted_sources` and it matches none of them (default: every result is untrusted).
+
+Values under id keys (`id`, `taskId`, `message_id`) are handles the protocol passes
+back (an A2A task id to `GetTask`, an email's id to reply to), not fingerprinted.
+
+Bounds, so that no result stalls the event loop and no workflow grows the proxy:
+the answer was parsed only when its body fit the result tap's 256 KiB tail
+(`_results.py`); at most MAX_RESULT_VALUES strings and MAX_RESULT_CHARS characters of
+each result are read, base64 payloads (`data`, `blob`, `bytes`) and `_meta` skipped; a
+workflow keeps at most MAX_WORKFLOW_PRINTS fingerprints, the oldest result's evicted
+first. Lookup reads at most MAX_ARGUMENT_CHARS characters of a call's arguments; a
+workflow with no fingerprints costs a length check.
+
+`ctx.taint` labels (documented for verifiers in verifier/INTERFACE.md):
+  `untrusted`                      some argument holds data from an untrusted result
+  `source:<server__tool>`          a result the arguments hold data from
+  `sink`                           the active policies list this tool in `taint.sinks`
+  `arg:<path>:<trust>:<server__tool>:<result path>:<field|text>:<fraction>`
+                                   per argument: trust is `trusted` or `untrusted`;
+                                   `field` a whole short value of the result, `text`
+                                   data inside free text; fraction of the argument
+                                   covered, 0.00-1.00. In <path> and <result path>,
+                                   `%` and `:` are written `%25` and `%3A`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import re
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from bastion.v1 import graph_pb2
+
+#: Characters per shingle: long enough that common words and phrases rarely make one.
+SHINGLE = 16
+#: Shingles one result may add; a longer result is sampled with a stride.
+MAX_RESULT_SHINGLES = 1024
+#: Characters of one result read (all its strings together), and strings visited.
+MAX_RESULT_CHARS = 32 * 1024
+MAX_RESULT_VALUES = 1000
+#: Exact values one result may add (identifiers in free text, short fields).
+MAX_RESULT_KEYS = 512
+#: Fingerprints (shingles and exact values) one workflow keeps; oldest results evicted first.
+MAX_WORKFLOW_PRINTS = 8192
+#: Fingerprints all workflows of one proxy keep together (≈ 100 bytes each): past it, the
+#: workflow whose results were recorded longest ago loses its oldest result first. Without
+#: it, 10,000 workflows of 8,192 fingerprints each could take gigabytes.
+MAX_TOTAL_PRINTS = 1_000_000
+#: Characters of a call's arguments looked up (all strings together).
+MAX_ARGUMENT_CHARS = 16 * 1024
+MAX_ARGUMENT_VALUES = 1000
+#: Shortest and longest value matched exactly (normalised): shorter is "yes", "inbox"…
+MIN_VALUE = 6
+MAX_VALUE = 256
+#: Shortest run of shingle-covered characters reported (unless the whole argument is covered).
+MIN_RUN = 20
+#: Edges and `arg:` labels one call gets at most.
+MAX_REPORTED = 8
+
+#: Keys whose values are payloads or protocol, not data: MCP image/audio `data`, resource
+#: `blob`, A2A file `bytes`, MIME types and metadata.
+_SKIPPED_KEYS = frozenset({"data", "blob", "bytes", "mimeType", "_meta"})
+_PUNCTUATION = ".,;:!?()[]{}<>\"'`*"
+#: Groups of a number printed with spaces (an IBAN has at most 9).
+_MAX_GROUPS = 12
+_MARKS = "0123456789@"
+_DIGIT = re.compile(r"[0-9]")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where fingerprinted data came from."""
+
+    node_id: str
+    tool: str
+    path: str
+    trusted: bool
+    #: "field": a whole short value; "text": inside free text.
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One argument holding data from one source."""
+
+    path: str
+    source: Source
+    fraction: float
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """What a call's arguments were found to hold: labels for ctx.taint, edges for its event."""
+
+    labels: tuple[str, ...] = ()
+    edges: tuple[tuple[str, int, str], ...] = ()
+
+
+NOTHING = Annotation()
+
+
+@dataclass(slots=True, weakref_slot=True)
+class Fingerprints:
+    """One workflow's fingerprints, bounded by `capacity` (oldest result evicted first)."""
+
+    capacity: int = MAX_WORKFLOW_PRINTS
+    _shingles: dict[int, Source] = field(default_factory=dict)
+    _exact: dict[str, Source] = field(default_factory=dict)
+    #: node id → the keys its result added, oldest first.
+    _results: OrderedDict[str, tuple[list[int], list[str]]] = field(default_factory=OrderedDict)
+    _size: int = 0
+    _task: str = ""
+    _task_shingles: frozenset[int] = frozenset()
+    _task_exact: frozenset[str] = frozenset()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, node_id: str, tool: str, result: Any, *, trusted: bool) -> int:
+        """Fingerprint `result` (a parsed JSON value) as `tool`'s answer at `node_id`; return how many."""
+        shingles: dict[int, Source] = {}
+        exact: dict[str, Source] = {}
+        for path, text in _strings(result, parse_json=True):
+            if _is_handle(path):
+                continue
+            norm = normalise(text)
+            # Short, or without spaces (a URL): a field; otherwise free text.
+            kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
+            source = Source(node_id, tool, path, trusted, kind)
+            if kind == "text":
+                for token in itertools.islice(tokens(norm), max(0, MAX_RESULT_KEYS - len(exact))):
+                    exact.setdefault(token, source)
+            elif len(norm) >= MIN_VALUE and len(exact) < MAX_RESULT_KEYS and not _is_constant(norm):
+                key = exact_key(norm)
+                # A whole field says more than the same token inside free text.
+                if (held := exact.get(key)) is None or held.kind == "text":
+                    exact[key] = source
+            budget = MAX_RESULT_SHINGLES - len(shingles)
+            if budget > 0 and len(norm) >= SHINGLE:
+                for value in shingle_hashes(norm, budget):
+                    shingles.setdefault(value, source)
+        added = len(shingles) + len(exact)
+        if not added:
+            return 0
+        self._results.pop(node_id, None)
+        while self._results and self._size + added > self.capacity:
+            self._evict()
+        keys: tuple[list[int], list[str]] = ([], [])
+        for value, source in shingles.items():
+            if _takes(self._shingles.get(value), source):
+                self._shingles[value] = source
+                keys[0].append(value)
+        for key, source in exact.items():
+            if _takes(self._exact.get(key), source):
+                self._exact[key] = source
+                keys[1].append(key)
+        self._results[node_id] = keys
+        self._size += len(keys[0]) + len(keys[1])
+        return added
+
+    def evict_oldest(self) -> int:
+        """Forget the oldest result; how many fingerprints went (0 when there is none)."""
+        if not self._results:
+            return 0
+        before = self._size
+        self._evict()
+        return before - self._size
+
+    def _evict(self) -> None:
+        node_id, (shingles, exact) = self._results.popitem(last=False)
+        for value in shingles:
+            if (source := self._shingles.get(value)) is not None and source.node_id == node_id:
+                del self._shingles[value]
+        for key in exact:
+            if (source := self._exact.get(key)) is not None and source.node_id == node_id:
+                del self._exact[key]
+        self._size -= len(shingles) + len(exact)
+
+    def _trust_task(self, task: str) -> None:
+        """Index the stated task (trusted): every window, every word, every identifier."""
+        if task == self._task:
+            return
+        norm = normalise(task)
+        self._task = task
+        self._task_shingles = frozenset(shingle_hashes(norm, len(norm)))
+        words = {exact_key(word.strip(_PUNCTUATION)) for word in norm.split(" ")}
+        self._task_exact = frozenset({*words, *tokens(norm), exact_key(norm)})
+
+    def match(self, arguments: dict[str, Any], task: str) -> list[Match]:
+        """Arguments holding data from fingerprinted results (and not from the task)."""
+        if not self._size:
+            return []
+        self._trust_task(task)
+        found: list[Match] = []
+        for path, text in _strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()):
+            hit = self._match_value(path, normalise(text))
+            if hit is not None:
+                found.append(hit)
+        return found
+
+    def _match_value(self, path: str, norm: str) -> Match | None:
+        if len(norm) < MIN_VALUE:
+            return None
+        key = exact_key(norm)
+        if key in self._task_exact:
+            return None
+        source = self._exact.get(key)
+        if source is not None:
+            return Match(path, source, 1.0)
+        # Per source: [covered characters, end of the last window, an identifier matched].
+        covered: dict[Source, list[int]] = {}
+        if len(norm) >= SHINGLE:
+            task, shingles = self._task_shingles, self._shingles
+            for start in range(len(norm) - SHINGLE + 1):
+                value = hash(norm[start : start + SHINGLE])
+                if value in task or (source := shingles.get(value)) is None:
+                    continue
+                span = covered.setdefault(source, [0, 0, 0])
+                end = start + SHINGLE
+                span[0] += end - max(start, span[1])
+                span[1] = end
+        # Identifiers inside a longer argument (a recipient named in a message body).
+        for token in tokens(norm):
+            if token in self._task_exact or (source := self._exact.get(token)) is None:
+                continue
+            span = covered.setdefault(source, [0, 0, 0])
+            span[0] += len(token)
+            span[2] = 1
+        if not covered:
+            return None
+        source, (chars, _, identifier) = max(covered.items(), key=lambda item: (item[1][0], not item[0].trusted))
+        chars = min(chars, len(norm))
+        if not identifier and chars < min(MIN_RUN, len(norm)):
+            return None
+        return Match(path, source, round(chars / len(norm), 2))
+
+
+def _is_handle(path: str) -> bool:
+    """A value under an id key (`id`, `taskId`, `message_id`): a protocol handle the next
+    call is meant to pass back (an A2A task id, an email's id to reply to), not data a
+    source could inject."""
+    key = path.rpartition(".")[2]
+    return key == "id" or key.endswith(("Id", "_id", "ID"))
+
+
+def _is_constant(norm: str) -> bool:
+    """One word of letters (`completed`, `role_user`, `archive`): an enum or a name the
+    protocol or the tool defines, which any call may repeat; data has a digit, `@`, `.`,
+    `/` or a space (addresses, IBANs, URLs, file names, people's names)."""
+    return norm.replace("_", "").replace("-", "").isalpha()
+
+
+def _takes(current: Source | None, new: Source) -> bool:
+    """Whether `new` replaces `current` for a key: newest wins, but never trusted over untrusted."""
+    return current is None or not (new.trusted and not current.trusted)
+
+
+def normalise(text: str) -> str:
+    """Case-folded, whitespace runs collapsed to one space, trimmed."""
+    return " ".join(text.casefold().split())
+
+
+def exact_key(norm: str) -> str:
+    """`norm`, compacted when it is a printed number (IBAN, phone): spaces, hyphens, a leading + dropped."""
+    compact = norm.replace(" ", "").replace("-", "").removeprefix("+")
+    if compact.isalnum() and not compact.isalpha() and compact.isascii():
+        return compact
+    return norm
+
+
+def tokens(norm: str) -> Iterator[str]:
+    """Identifier-like tokens of normalised free text, as exact keys: words with a digit,
+    `@` or `://`, and numbers printed in space-separated groups ("de89 3704 0044 …").
+
+    A loop over the words rather than a regex: Python's `re` costs ~200 ns a character
+    on a pattern without a literal prefix, str.split and isalpha a few ns."""
+    if "://" not in norm and not any(mark in norm for mark in _MARKS):
+        return  # prose without a digit or `@`: no word can be one (11 memchr-fast searches)
+    words = norm.split(" ")
+    for index, word in enumerate(words):
+        if word.isalpha():
+            continue
+        word = word.strip(_PUNCTUATION)
+        digit = _DIGIT.search(word) is not None
+        if len(word) >= MIN_VALUE and (digit or "@" in word or "://" in word):
+            yield exact_key(word)
+        if digit and len(word) <= 5:
+            yield from _grouped(word, words, index)
+
+
+def _grouped(first: str, words: list[str], index: int) -> Iterator[str]:
+    """Keys of a printed number starting at `words[index]`: every run of 3+ short groups.
+
+    Every run, because the groups cannot be told from short words after the number
+    ("… 0130 00 to")."""
+    groups = [first.removeprefix("+")]
+    for word in words[index + 1 : index + _MAX_GROUPS]:
+        word = word.strip(_PUNCTUATION)
+        # Groups of digits, or four letters (a bank code: "gb29 nwbk 6016 …"); "eur", "to" end it.
+        if not (0 < len(word) <= 4 and word.isalnum() and (len(word) == 4 or _DIGIT.search(word))):
+            break
+        groups.append(word)
+        if len(groups) >= 3:
+            key = "".join(groups)
+            if len(key) >= MIN_VALUE and key.isascii():
+                yield key
+
+
+def shingle_hashes(norm: str, budget: int) -> Iterator[int]:
+    """Hashes of SHINGLE-character windows of `norm`: every one, or every stride-th within `budget`."""
+    windows = len(norm) - SHINGLE + 1
+    if windows <= 0 or budget <= 0:
+        return
+    stride = max(1, -(-windows // budget))
+    for start in range(0, windows, stride):
+        yield hash(norm[start : start + SHINGLE])
+
+
+def _strings(
+    value: Any,
+    max_values: int = MAX_RESULT_VALUES,
+    max_chars: int = MAX_RESULT_CHARS,
+    skip: frozenset[str] = _SKIPPED_KEYS,
+    *,
+    parse_json: bool = False,
+) -> Iterator[tuple[str, str]]:
+    """(path, string) of the strings in a JSON value, depth first, within the bounds.
+
+    Iterative (results may nest deeply); a string beyond the remaining characters is cut.
+    `parse_json`: a string holding a JSON object or array (how MCP tools return structured
+    output in `content[].text`) is walked as that structure, under the string's path."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    visited = 0
+    left = max_chars
+    while stack and left > 0:
+        path, item = stack.pop()
+        visited += 1
+        if visited > max_values:
+            return
+        if isinstance(item, str):
+            if parse_json and item[:1] in ("{", "[") and len(item) <= left:
+                parsed = _loads(item)
+                if isinstance(parsed, dict | list):
+                    left -= len(item) // 2  # its strings are counted again as they are read
+                    stack.append((path, parsed))
+                    continue
+            if item:
+                text = item[:left]
+                left -= len(text)
+                yield path, text
+        elif isinstance(item, dict):
+            stack.extend(
+                (f"{path}.{key}" if path else str(key), child)
+                for key, child in reversed(item.items())
+                if key not in skip
+            )
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{index}]", child) for index, child in reversed(list(enumerate(item))))
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def escape(text: str) -> str:
+    """A label component: `%` and `:` percent-encoded, so labels split on `:` unambiguously."""
+    return text.replace("%", "%25").replace(":", "%3A")
+
+
+def _glob(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    """Policy tool patterns (`*`, `?`, case-insensitive) as one regex; None when there are none."""
+    # fnmatch's translation keeps `*a*a*b` from backtracking polynomially (as the policy
+    # engine's does); policy tool patterns hold no `[`, so its classes never apply.
+    parts = [fnmatch.translate(pattern) for pattern in patterns]
+    return re.compile("|".join(f"(?:{part})" for part in parts), re.IGNORECASE) if parts else None
+
+
+@dataclass(frozen=True, slots=True)
+class TaintSettings:
+    """What the active policies say in `taint:` (the union over policies)."""
+
+    untrusted_sources: tuple[str, ...] = ()
+    sinks: tuple[str, ...] = ()
+
+
+_NO_SETTINGS = TaintSettings()
+
+
+def _no_settings() -> TaintSettings:
+    return _NO_SETTINGS
+
+
+class Provenance:
+    """Fingerprints results and annotates calls; `settings` gives the active policies' `taint:`."""
+
+    def __init__(
+        self, settings: Callable[[], TaintSettings] | None = None, *, max_total: int = MAX_TOTAL_PRINTS
+    ) -> None:
+        self._settings = settings or _no_settings
+        self._seen: TaintSettings | None = None
+        self._untrusted: re.Pattern[str] | None = None
+        self._sinks: re.Pattern[str] | None = None
+        self._max_total = max_total
+        #: Every live workflow's fingerprints, least recently recorded first, with the size
+        #: counted for it; an entry leaves when its workflow is forgotten (weakly held).
+        self._holders: OrderedDict[int, tuple[weakref.ref[Fingerprints], int]] = OrderedDict()
+        self.total = 0
+
+    def _refresh(self) -> None:
+        settings = self._settings()
+        if settings is not self._seen:
+            self._seen = settings
+            self._untrusted = _glob(settings.untrusted_sources)
+            self._sinks = _glob(settings.sinks)
+
+    def trusted(self, tool: str) -> bool:
+        """Untrusted unless policies name their untrusted sources and `tool` is none of them."""
+        self._refresh()
+        return self._seen is not None and bool(self._seen.untrusted_sources) and not self._untrusted_match(tool)
+
+    def _untrusted_match(self, tool: str) -> bool:
+        return self._untrusted is not None and self._untrusted.fullmatch(tool) is not None
+
+    def record(self, prints: Fingerprints, node_id: str, tool: str, result: Any) -> int:
+        """Fingerprint a completed action's parsed result (within the proxy-wide budget)."""
+        if result is None:
+            return 0
+        added = prints.add(node_id, tool, result, trusted=self.trusted(tool))
+        key = id(prints)
+        held = self._holders.pop(key, None)
+        if held is None:
+            ref = weakref.ref(prints, lambda _, key=key: self._forget(key))  # type: ignore[misc]
+        else:
+            ref, counted = held
+            self.total -= counted
+        self._holders[key] = (ref, len(prints))
+        self.total += len(prints)
+        self._trim()
+        return added
+
+    def _forget(self, key: int) -> None:
+        held = self._holders.pop(key, None)
+        if held is not None:
+            self.total -= held[1]
+
+    def _trim(self) -> None:
+        while self.total > self._max_total and self._holders:
+            key, (ref, counted) = next(iter(self._holders.items()))
+            prints = ref()
+            gone = prints.evict_oldest() if prints is not None else counted
+            if prints is None or not len(prints) or not gone:
+                self._holders.pop(key)
+                self.total -= counted if prints is None or not gone else gone
+                continue
+            self._holders[key] = (ref, counted - gone)
+            self.total -= gone
+
+    def annotate(self, prints: Fingerprints | None, tool: str, arguments: dict[str, Any], task: str) -> Annotation:
+        """Labels and INFORMED_BY edges for a call with `arguments`, given the workflow's prints."""
+        if prints is None or not len(prints) or not arguments:
+            return self._sink_only(tool)
+        matches = prints.match(arguments, task)
+        if not matches:
+            return self._sink_only(tool)
+        matches.sort(key=lambda m: (m.source.trusted, -m.fraction, m.path))
+        labels: dict[str, None] = {}
+        if any(not m.source.trusted for m in matches):
+            labels["untrusted"] = None
+        for m in matches:
+            labels[f"source:{m.source.tool}"] = None
+        if self._is_sink(tool):
+            labels["sink"] = None
+        edges: dict[tuple[str, str], tuple[str, int, str]] = {}
+        for m in matches[:MAX_REPORTED]:
+            source = m.source
+            trust = "trusted" if source.trusted else "untrusted"
+            labels[
+                f"arg:{escape(m.path)}:{trust}:{source.tool}:{escape(source.path)}:{source.kind}:{m.fraction:.2f}"
+            ] = None
+            reason = f"argument {m.path!r} ({round(m.fraction * 100)}%) from {source.tool} {source.path}"
+            edges.setdefault((source.node_id, m.path), (source.node_id, graph_pb2.INFORMED_BY, reason))
+        return Annotation(tuple(labels), tuple(edges.values()))
+
+    def _sink_only(self, tool: str) -> Annotation:
+        return Annotation(("sink",)) if self._is_sink(tool) else NOTHING
+
+    def _is_sink(self, tool: str) -> bool:
+        self._refresh()
+        return self._sinks is not None and self._sinks.fullmatch(tool) is not None
