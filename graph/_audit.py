@@ -156,15 +156,18 @@ def _orjson_is_jcs(value: Any) -> bool:
     """Whether orjson's sorted compact output of `value` is its RFC 8785 form: keys sort the
     same only when ASCII (JCS sorts by UTF-16 units), and floats print the same only as
     non-integral decimals between 1e-4 and 1e16 (JCS writes 2.0 as 2, and 1e-7 as 1e-7)."""
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is dict:
         return all(key.isascii() and _orjson_is_jcs(item) for key, item in value.items())
-    if isinstance(value, list):
-        return all(_orjson_is_jcs(item) for item in value)
-    if isinstance(value, float):
+    if kind is float:
         return math.isfinite(value) and not value.is_integer() and 1e-4 <= abs(value) < 1e16
-    if isinstance(value, int):  # bool included
-        return -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT
-    return value is None or isinstance(value, str)
+    if kind is int:
+        return bool(-_MAX_EXACT_INT <= value <= _MAX_EXACT_INT)
+    if kind is list:
+        return all(_orjson_is_jcs(item) for item in value)
+    return False  # anything else (a subclass, a tuple): the reference implementation decides
 
 
 def chain_hash(prev_hash: str, canonical_record: bytes) -> str:
@@ -173,21 +176,31 @@ def chain_hash(prev_hash: str, canonical_record: bytes) -> str:
 
 
 def json_safe(value: Any) -> Any:
-    """`value` with every number JCS cannot write exactly replaced by its decimal string."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    """`value` with every number JCS cannot write exactly replaced by its decimal string, and
+    integral floats as integers (JCS writes 2.0 as 2: the same bytes, and the fast path of
+    `canonical` takes them). Dispatches on the exact type: this runs for every ingested
+    decision, and isinstance chains cost more than the rest of the record."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
         return value
-    if isinstance(value, int):
+    if kind is dict:
+        return {key: json_safe(item) for key, item in value.items()}
+    if kind is int:
         return value if -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT else str(value)
-    if isinstance(value, float):
+    if kind is float:
         if not math.isfinite(value):
             return repr(value)
-        if value.is_integer() and abs(value) > _MAX_EXACT_INT:
-            return str(int(value))
+        if value.is_integer():
+            return int(value) if abs(value) <= _MAX_EXACT_INT else str(int(value))
         return value
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    # Subclasses (an IntEnum, a str enum): as their base value.
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            return json_safe(base(value))
     return str(value)
 
 
