@@ -8,8 +8,8 @@ Contract
 * `admit` is one atomic step: it either admits the call — taking a rate token, recording
   the call for loop detection and reserving one call and its cost in the budget window —
   or refuses it and takes nothing. The checks, first refusal wins:
-    1. loop: `loop_same_call` identical calls (same `call_digest`: server, tool and
-       arguments as JSON values, key order ignored) already admitted within the last
+    1. loop: `loop_same_call` identical calls (the same `call_digest` the caller passes:
+       the proxy's `_approvals.action_digest`, arguments key order ignored) already admitted within the last
        `loop_window` (sliding) → LOOP_DETECTED, retry when the oldest of them leaves it;
     2. rate "N/s|m|h|d": a token bucket holding N, refilled N per unit (so a burst of
        N, then N per unit) → RATE_LIMITED, retry when one token is back;
@@ -38,16 +38,12 @@ remembers at most `max_loop_calls` distinct recent calls for loop detection.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
-
-import orjson
-from google.protobuf import struct_pb2
+from typing import Final, Protocol
 
 from bastion._errors import LimitsUnavailable
 from bastion.v1 import policy_pb2
@@ -144,30 +140,6 @@ def open_limiter(redis_url: str | None, *, timeout_ms: int) -> Limiter:
     from ._limits_redis import RedisLimiter  # only deployments with Redis pay for the import
 
     return RedisLimiter(redis_url, timeout_ms=timeout_ms)
-
-
-def call_digest(server: str, tool: str, arguments: Mapping[str, Any] | struct_pb2.Struct | None) -> str:
-    """sha256 of server, tool and the arguments as canonical JSON (sorted keys): what
-    "the same call" means for loop detection. Numbers compare as written (5 ≠ 5.0), and
-    a Struct (numbers all doubles) digests like the dict it converts to."""
-    if isinstance(arguments, struct_pb2.Struct):
-        from google.protobuf import json_format
-
-        arguments = json_format.MessageToDict(arguments)
-    payload = _canonical(arguments or {})
-    digest = hashlib.sha256(f"{server}\0{tool}\0".encode("utf-8", "surrogatepass"))
-    digest.update(payload)
-    return digest.hexdigest()
-
-
-def _canonical(arguments: Mapping[str, Any]) -> bytes:
-    value = arguments if isinstance(arguments, dict) else dict(arguments)
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # integers beyond 64 bits, lone surrogates: rare, slower, still canonical
-        import json
-
-        return json.dumps(value, sort_keys=True, default=repr, ensure_ascii=True).encode()
 
 
 # --- what the limits ask for, parsed once ------------------------------------------------

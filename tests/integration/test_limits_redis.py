@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
+from fixtures.mcpcalls import call_digest
 from fixtures.redis import RedisServer, running_redis
 from redis.crc import key_slot
 
@@ -25,7 +26,6 @@ from bastion.proxy._limits import (
     Admission,
     LimitScope,
     Reservation,
-    call_digest,
 )
 from bastion.proxy._limits_redis import RedisLimiter
 from bastion.v1 import policy_pb2
