@@ -42,6 +42,8 @@ lint: $(STAMP)
 
 ## test: lint, type-check and run every test layer (unit, integration, e2e)
 test: lint
+	@# Build the Neo4j launcher into the tools cache (seconds once cached) before any test's timeout runs.
+	scripts/neo4j-up --install-only >/dev/null
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 --cov --cov-report=term
 
 test-fast: $(STAMP)

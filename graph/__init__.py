@@ -2,7 +2,8 @@
 
 The proxy's journal streams events to `GraphService.Ingest` (gRPC, idempotent by
 event_id); the REST API serves workflows, nodes, edges and violations to the
-dashboard and CLI. Storage sits behind `GraphStore`; SQLite (WAL) is the default.
+dashboard and CLI. Storage sits behind `GraphStore`: SQLite (WAL) by default, Neo4j
+when BASTION_GRAPH_URL is neo4j://… or bolt://….
 
 Running it:
     main(config)                           `bastion graph serve`; returns the exit code
@@ -18,6 +19,7 @@ Storage:
     open_store(url, home)                  the backend a BASTION_GRAPH_URL names
     GraphStore                             the interface every backend implements
     SqliteGraphStore                       the embedded default
+    Neo4jGraphStore                        Neo4j 5 through the official driver
     IngestResult, WorkflowSummary, WorkflowSnapshot, Node, Edge, LineageHop, DriftPath,
     DecisionStats, ViolationFilter, Page   the records GraphStore takes and returns
 
@@ -36,6 +38,7 @@ from ._store import (
     GraphStore,
     IngestResult,
     LineageHop,
+    Neo4jGraphStore,
     Node,
     Page,
     SqliteGraphStore,
@@ -54,6 +57,7 @@ __all__ = [
     "GraphStore",
     "IngestResult",
     "LineageHop",
+    "Neo4jGraphStore",
     "Node",
     "Page",
     "SqliteGraphStore",

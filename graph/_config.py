@@ -20,7 +20,8 @@ class GraphSettings(CommonSettings):
         default="",
         description=(
             "Graph store: empty for SQLite at $BASTION_HOME/graph.db, or sqlite:///relative/path, "
-            "sqlite:////absolute/path. neo4j:// is not supported yet."
+            "sqlite:////absolute/path, or neo4j://[user:password@]host:7687[/database] "
+            "(also neo4j+s, bolt, bolt+s) for Neo4j 5."
         ),
     )
     policy_grpc_addr: str = Field(

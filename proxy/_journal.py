@@ -23,6 +23,12 @@ Durability contract:
   the journal for good, because the kernel may have dropped the dirty pages and a later
   fsync would report success for data that is gone.
 
+One journal, one writer: `Journal.open` takes an exclusive `flock` on `journal.lock` in
+the directory and holds it until `close` (the kernel drops it when the process dies, so
+a crash never leaves it stuck). A second proxy pointed at the same `$BASTION_HOME` fails
+at start with JournalError naming the holder's pid, instead of interleaving its records
+with the first's and corrupting both.
+
 Readers (`JournalReader`) see only complete, crc-valid records. The reader returned by
 `Journal.reader()` also stops at the last *fsynced* record: the shipper must not
 acknowledge to its cursor a record that a power cut could still erase, or after restart
@@ -32,6 +38,8 @@ the cursor would point past the end of the journal into records appended later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import struct
@@ -51,6 +59,7 @@ _SUFFIX = ".wal"
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _SCAN_BYTES = 1 << 20
 _CLOSED = "the journal is closed"
+LOCK_NAME = "journal.lock"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -63,6 +72,27 @@ class Cursor:
 
 def segment_path(directory: Path, segment: int) -> Path:
     return directory / f"{_PREFIX}{segment:012d}{_SUFFIX}"
+
+
+def _lock(directory: Path) -> int:
+    """An fd holding the directory's exclusive writer lock; JournalError when another holds it."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise JournalError(
+            f"the journal in {directory} is in use by another proxy (pid {holder}): two proxies must not share "
+            "one journal; give each proxy its own BASTION_HOME"
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    with contextlib.suppress(OSError):  # the pid is only for the message above
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def list_segments(directory: Path) -> list[int]:
@@ -79,9 +109,18 @@ class Journal:
     """The single writer. Build it with `Journal.open`; `append` from the event loop."""
 
     def __init__(
-        self, directory: Path, segment: int, fd: int, size: int, dir_fd: int, fsync_interval: float, segment_bytes: int
+        self,
+        directory: Path,
+        segment: int,
+        fd: int,
+        size: int,
+        dir_fd: int,
+        fsync_interval: float,
+        segment_bytes: int,
+        lock_fd: int = -1,
     ) -> None:
         self._dir = directory
+        self._lock_fd = lock_fd
         self._segment = segment
         self._fd = fd
         self._size = size
@@ -106,6 +145,18 @@ class Journal:
         """Open (creating if needed) the journal in `directory` and recover from a crash."""
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            lock_fd = _lock(directory)
+        except OSError as exc:
+            raise JournalError(f"cannot open the journal in {directory}: {exc}") from exc
+        try:
+            return cls._recover(directory, lock_fd, fsync_interval, segment_bytes)
+        except BaseException:
+            os.close(lock_fd)  # releases the lock
+            raise
+
+    @classmethod
+    def _recover(cls, directory: Path, lock_fd: int, fsync_interval: float, segment_bytes: int) -> Journal:
+        try:
             segments = list_segments(directory)
             segment = segments[-1] if segments else 1
             path = segment_path(directory, segment)
@@ -125,7 +176,7 @@ class Journal:
             os.fsync(dir_fd)
         except OSError as exc:
             raise JournalError(f"cannot open the journal in {directory}: {exc}") from exc
-        return cls(directory, segment, fd, valid, dir_fd, fsync_interval, segment_bytes)
+        return cls(directory, segment, fd, valid, dir_fd, fsync_interval, segment_bytes, lock_fd)
 
     @property
     def durable(self) -> Cursor:
@@ -227,6 +278,9 @@ class Journal:
             await asyncio.get_running_loop().run_in_executor(self._executor, _close_all, [*self._retired, self._fd])
             self._retired = []
             os.close(self._dir_fd)
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # last: the journal is whole before another writer may open it
+                self._lock_fd = -1
             self._executor.shutdown(wait=False)
 
 

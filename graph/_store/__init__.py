@@ -29,10 +29,11 @@ from ._base import (
     WorkflowSnapshot,
     WorkflowSummary,
 )
+from ._neo4j import SCHEMES as _NEO4J_SCHEMES
+from ._neo4j import Neo4jGraphStore
 from ._sqlite import SqliteGraphStore
 
 _SQLITE_PREFIX = "sqlite:///"
-_NEO4J_SCHEMES = ("neo4j://", "neo4j+s://", "neo4j+ssc://", "bolt://", "bolt+s://", "bolt+ssc://")
 
 
 def sqlite_path(url: str, home: Path) -> Path:
@@ -44,13 +45,10 @@ def sqlite_path(url: str, home: Path) -> Path:
     """
     if not url:
         return home / "graph.db"
-    if url.lower().startswith(_NEO4J_SCHEMES):
-        raise ConfigError(
-            f"BASTION_GRAPH_URL={url!r}: the Neo4j backend is not supported yet; "
-            "unset BASTION_GRAPH_URL to use SQLite at $BASTION_HOME/graph.db, or give sqlite:///path"
-        )
     if not url.startswith(_SQLITE_PREFIX):
-        raise ConfigError(f"BASTION_GRAPH_URL={url!r}: expected empty or sqlite:///path")
+        raise ConfigError(
+            f"BASTION_GRAPH_URL={_shown(url)!r}: expected empty, sqlite:///path, or neo4j://[user:password@]host:port[/database]"
+        )
     path = url.removeprefix(_SQLITE_PREFIX)
     if not path or path == ":memory:":
         # The writer thread and the readers share the database through its file.
@@ -58,8 +56,20 @@ def sqlite_path(url: str, home: Path) -> Path:
     return Path(path)
 
 
+def is_neo4j(url: str) -> bool:
+    return url.lower().startswith(_NEO4J_SCHEMES)
+
+
+def _shown(url: str) -> str:
+    # A URL that is not ours may still carry a password; never echo one.
+    return url.split("@", 1)[-1] if "@" in url else url
+
+
 async def open_store(url: str, home: Path) -> GraphStore:
-    """Open the backend named by `url` (a BASTION_GRAPH_URL value); ConfigError when unusable."""
+    """Open the backend named by `url` (a BASTION_GRAPH_URL value); ConfigError when unusable,
+    StoreError when the backend cannot be reached."""
+    if is_neo4j(url):
+        return await Neo4jGraphStore.open(url)
     return await SqliteGraphStore.open(sqlite_path(url, home))
 
 
@@ -80,12 +90,14 @@ __all__ = [
     "GraphStore",
     "IngestResult",
     "LineageHop",
+    "Neo4jGraphStore",
     "Node",
     "Page",
     "SqliteGraphStore",
     "ViolationFilter",
     "WorkflowSnapshot",
     "WorkflowSummary",
+    "is_neo4j",
     "open_store",
     "sqlite_path",
 ]

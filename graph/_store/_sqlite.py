@@ -30,14 +30,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from google.protobuf import json_format
 
-from bastion._errors import ProtocolError, StoreError
+from bastion._errors import StoreError
 from bastion.v1 import graph_pb2
 
 from .._audit import AuditEntry, ChainHead
@@ -48,7 +46,6 @@ from ._base import (
     DEFAULT_NODE_PAGE_SIZE,
     DEFAULT_PAGE_SIZE,
     MAX_AUDIT_PAGE,
-    MAX_LINEAGE_DEPTH,
     MAX_NODE_PAGE_SIZE,
     MAX_PAGE_SIZE,
     MAX_SNAPSHOT_EDGES,
@@ -64,7 +61,26 @@ from ._base import (
     WorkflowSnapshot,
     WorkflowSummary,
 )
+from ._common import (
+    FIRST_NODE_KEY,
+    VIOLATIONS_CURSOR,
+    WORKFLOWS_CURSOR,
+    check_depth,
+    check_limit,
+    check_snapshot,
+    edge_rows,
+    event_document,
+    nodes_cursor,
+    parse_legacy_node,
+    parse_legacy_result,
+    parse_node,
+    result_document,
+    reused_node_id,
+    to_datetime,
+    with_result,
+)
 from ._cursor import decode_cursor, encode_cursor
+from ._paths import NodeLookup, StepLookup, walk_drift, walk_lineage
 from ._sqlite_audit import (
     AUDIT_SCHEMA,
     AuditAppender,
@@ -72,12 +88,12 @@ from ._sqlite_audit import (
     select_entries,
     select_head,
 )
-from ._sqlite_paths import walk_drift, walk_lineage
 
 R = TypeVar("R")
 
 # 1: nodes, edges, workflows. 2: the audit chain (_sqlite_audit.py), backfilled from the nodes.
-_SCHEMA_VERSION = 2
+# 3: events (and parked results) stored as protobuf bytes instead of protobuf JSON.
+_SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     event_id    TEXT PRIMARY KEY,
@@ -93,7 +109,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     server      TEXT NOT NULL,
     tool        TEXT NOT NULL,
     received_ns INTEGER NOT NULL,
-    event       TEXT NOT NULL
+    event       BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS nodes_by_workflow ON nodes (workflow_id, at_ns, event_id);
 CREATE INDEX IF NOT EXISTS violations_by_time ON nodes (at_ns, event_id) WHERE violation = 1;
@@ -123,7 +139,7 @@ CREATE INDEX IF NOT EXISTS workflows_by_recency ON workflows (last_seen_ns, work
 CREATE TABLE IF NOT EXISTS pending_results (
     node_id  TEXT PRIMARY KEY,
     event_id TEXT NOT NULL,
-    result   TEXT NOT NULL
+    result   BLOB NOT NULL
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS workflow_agents (
@@ -169,12 +185,12 @@ SELECT e.source, e.target, e.type, e.reason FROM nodes AS n JOIN edges AS e ON e
 WHERE n.workflow_id = ? AND (n.at_ns, n.event_id) <= (?, ?) ORDER BY n.at_ns, n.event_id, e.type, e.target LIMIT ?
 """
 _HAS_NODES = "SELECT 1 FROM nodes WHERE workflow_id = ? LIMIT 1"
-_WORKFLOWS_CURSOR = "workflows"
-_VIOLATIONS_CURSOR = "violations"
-# Before every (at_ns, event_id): the key the first page of nodes starts after.
-_FIRST_NODE_KEY = (-(2**63), "")
-_CAUSED_BY = graph_pb2.EdgeType.Name(graph_pb2.CAUSED_BY)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SELECT_PATH_NODE = "SELECT workflow_id, node_type, tool, server, agent_id, outcome FROM nodes WHERE node_id = ?"
+_SELECT_STEPS = """
+SELECT target, type, reason FROM edges
+WHERE source = ? AND type IN ('INFORMED_BY', 'DELEGATED_TO', 'CAUSED_BY')
+ORDER BY CASE type WHEN 'INFORMED_BY' THEN 0 WHEN 'DELEGATED_TO' THEN 1 ELSE 2 END, target
+"""
 
 
 class SqliteGraphStore:
@@ -215,8 +231,8 @@ class SqliteGraphStore:
     async def list_workflows(
         self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
     ) -> Page[WorkflowSummary]:
-        _check_limit(limit, MAX_PAGE_SIZE)
-        after = decode_cursor(_WORKFLOWS_CURSOR, cursor) if cursor is not None else None
+        check_limit(limit, MAX_PAGE_SIZE)
+        after = decode_cursor(WORKFLOWS_CURSOR, cursor) if cursor is not None else None
         return await self._read(lambda conn: _select_workflows(conn, limit, after))
 
     async def workflow(self, workflow_id: str) -> WorkflowSummary | None:
@@ -225,35 +241,34 @@ class SqliteGraphStore:
     async def nodes(
         self, workflow_id: str, *, limit: int = DEFAULT_NODE_PAGE_SIZE, cursor: str | None = None
     ) -> Page[Node] | None:
-        _check_limit(limit, MAX_NODE_PAGE_SIZE)
-        after = decode_cursor(_nodes_cursor(workflow_id), cursor) if cursor is not None else None
+        check_limit(limit, MAX_NODE_PAGE_SIZE)
+        after = decode_cursor(nodes_cursor(workflow_id), cursor) if cursor is not None else None
         return await self._read(lambda conn: _select_node_page(conn, workflow_id, limit, after))
 
     async def snapshot(
         self, workflow_id: str, *, max_nodes: int = MAX_SNAPSHOT_NODES, max_edges: int = MAX_SNAPSHOT_EDGES
     ) -> WorkflowSnapshot | None:
-        if max_nodes < 1 or max_edges < 0:
-            raise ProtocolError(f"a snapshot needs max_nodes >= 1 and max_edges >= 0, got {max_nodes}, {max_edges}")
+        check_snapshot(max_nodes, max_edges)
         return await self._read(lambda conn: _select_snapshot(conn, workflow_id, max_nodes, max_edges))
 
     async def violations(
         self, filters: ViolationFilter, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
     ) -> Page[Node]:
-        _check_limit(limit, MAX_PAGE_SIZE)
-        after = decode_cursor(_VIOLATIONS_CURSOR, cursor) if cursor is not None else None
+        check_limit(limit, MAX_PAGE_SIZE)
+        after = decode_cursor(VIOLATIONS_CURSOR, cursor) if cursor is not None else None
         return await self._read(lambda conn: _select_violations(conn, filters, limit, after))
 
     async def lineage(
         self, workflow_id: str, node_id: str, max_depth: int = DEFAULT_LINEAGE_DEPTH
     ) -> Sequence[LineageHop] | None:
-        _check_depth(max_depth)
-        return await self._read(lambda conn: walk_lineage(conn, workflow_id, node_id, max_depth))
+        check_depth(max_depth)
+        return await self._read(lambda conn: walk_lineage(*_lookups(conn), workflow_id, node_id, max_depth))
 
     async def drift_path(
         self, workflow_id: str, node_id: str, max_depth: int = DEFAULT_LINEAGE_DEPTH
     ) -> DriftPath | None:
-        _check_depth(max_depth)
-        return await self._read(lambda conn: walk_drift(conn, workflow_id, node_id, max_depth))
+        check_depth(max_depth)
+        return await self._read(lambda conn: walk_drift(*_lookups(conn), workflow_id, node_id, max_depth))
 
     async def audit_head(self) -> ChainHead | None:
         return await self._read(select_head)
@@ -267,7 +282,7 @@ class SqliteGraphStore:
         since_ns: int | None = None,
         until_ns: int | None = None,
     ) -> Sequence[AuditEntry]:
-        _check_limit(limit, MAX_AUDIT_PAGE)
+        check_limit(limit, MAX_AUDIT_PAGE)
         return await self._read(
             lambda conn: select_entries(conn, after, limit, through=through, since_ns=since_ns, until_ns=until_ns)
         )
@@ -404,11 +419,8 @@ def _insert_event(connection: sqlite3.Connection, event: graph_pb2.Event, receiv
         return _store_result(connection, event)
     at_ns = event_time_ns(event, received_ns)
     violation = is_violation(event)
-    data = json_format.MessageToDict(event, preserving_proto_field_name=True)
     pending = connection.execute("SELECT result FROM pending_results WHERE node_id = ?", (event.node_id,)).fetchone()
-    if pending is not None:
-        data["result"] = orjson.loads(pending[0])
-    document = orjson.dumps(data).decode()
+    document = event_document(event, pending[0] if pending is not None else None)
     inserted = connection.execute(
         _INSERT_NODE,
         (
@@ -433,7 +445,7 @@ def _insert_event(connection: sqlite3.Connection, event: graph_pb2.Event, receiv
         return False
     if pending is not None:
         connection.execute("DELETE FROM pending_results WHERE node_id = ?", (event.node_id,))
-    connection.executemany(_INSERT_EDGE, _edge_rows(event))
+    connection.executemany(_INSERT_EDGE, edge_rows(event))
     connection.execute(_UPSERT_WORKFLOW, (event.workflow_id, at_ns, at_ns, int(violation)))
     if event.agent_id:
         connection.execute(_INSERT_AGENT, (event.workflow_id, event.agent_id))
@@ -447,19 +459,18 @@ def _store_result(connection: sqlite3.Connection, event: graph_pb2.Event) -> boo
     so the first result recorded is the one kept. A result whose node has not arrived
     waits in pending_results and is merged when it does.
     """
-    result = json_format.MessageToDict(event.result, preserving_proto_field_name=True)
+    result = result_document(event)
     row = connection.execute("SELECT event FROM nodes WHERE node_id = ?", (event.node_id,)).fetchone()
     if row is None:
         stored = connection.execute(
             "INSERT INTO pending_results (node_id, event_id, result) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            (event.node_id, event.event_id, orjson.dumps(result).decode()),
+            (event.node_id, event.event_id, result),
         )
         return stored.rowcount > 0
-    document = orjson.loads(row[0])
-    if "result" in document:
+    document = with_result(row[0], result)
+    if document is None:
         return False
-    document["result"] = result
-    connection.execute("UPDATE nodes SET event = ? WHERE node_id = ?", (orjson.dumps(document).decode(), event.node_id))
+    connection.execute("UPDATE nodes SET event = ? WHERE node_id = ?", (document, event.node_id))
     return True
 
 
@@ -468,29 +479,20 @@ def _check_duplicate(connection: sqlite3.Connection, event: graph_pb2.Event) -> 
     if connection.execute("SELECT 1 FROM nodes WHERE event_id = ?", (event.event_id,)).fetchone():
         return
     owner = connection.execute("SELECT event_id FROM nodes WHERE node_id = ?", (event.node_id,)).fetchone()
-    # Storing it would lose one of the two events from the audit trail, and ignoring it
-    # would hide that; refusing the batch keeps both visible to the sender.
-    raise ProtocolError(
-        f"event {event.event_id!r} reuses node_id {event.node_id!r} of event {owner[0] if owner else '?'!r}: "
-        "every event needs its own node_id"
-    )
+    raise reused_node_id(event, owner[0] if owner else None)
 
 
-def _edge_rows(event: graph_pb2.Event) -> list[tuple[str, str, str, str, str]]:
-    # Hints first: when a hint and parent_ids name the same CAUSED_BY parent, the
-    # first insert wins and the hint carries the reason.
-    rows = [
-        (
-            event.workflow_id,
-            event.node_id,
-            hint.target_node_id,
-            enum_name(graph_pb2.EdgeType.DESCRIPTOR, hint.type),
-            hint.reason,
-        )
-        for hint in event.edges
-    ]
-    rows.extend((event.workflow_id, event.node_id, parent, _CAUSED_BY, "") for parent in event.parent_ids)
-    return rows
+def _lookups(connection: sqlite3.Connection) -> tuple[NodeLookup, StepLookup]:
+    """The two indexed lookups a walk (bastion.graph._store._paths) takes per step."""
+
+    def node(node_id: str) -> Any:
+        return connection.execute(_SELECT_PATH_NODE, (node_id,)).fetchone()
+
+    def steps(node_id: str) -> list[tuple[str, str, str]]:
+        rows: list[tuple[str, str, str]] = connection.execute(_SELECT_STEPS, (node_id,)).fetchall()
+        return rows
+
+    return node, steps
 
 
 def _select_workflows(
@@ -502,7 +504,7 @@ def _select_workflows(
     page = rows[:limit]
     agents = _agents(connection, [row[0] for row in page])
     items = tuple(_summary(row, agents.get(row[0], ())) for row in page)
-    next_cursor = encode_cursor(_WORKFLOWS_CURSOR, page[-1][2], page[-1][0]) if len(rows) > limit else None
+    next_cursor = encode_cursor(WORKFLOWS_CURSOR, page[-1][2], page[-1][0]) if len(rows) > limit else None
     return Page(items=items, next_cursor=next_cursor)
 
 
@@ -526,8 +528,8 @@ def _summary(row: Any, agents: tuple[str, ...]) -> WorkflowSummary:
     workflow_id, first_seen_ns, last_seen_ns, node_count, violation_count = row
     return WorkflowSummary(
         workflow_id=workflow_id,
-        first_seen=_datetime(first_seen_ns),
-        last_seen=_datetime(last_seen_ns),
+        first_seen=to_datetime(first_seen_ns),
+        last_seen=to_datetime(last_seen_ns),
         node_count=node_count,
         violation_count=violation_count,
         agents=agents,
@@ -537,15 +539,15 @@ def _summary(row: Any, agents: tuple[str, ...]) -> WorkflowSummary:
 def _select_node_page(
     connection: sqlite3.Connection, workflow_id: str, limit: int, after: tuple[int, str] | None
 ) -> Page[Node] | None:
-    rows = _select_nodes(connection, workflow_id, limit + 1, after or _FIRST_NODE_KEY)
+    rows = _select_nodes(connection, workflow_id, limit + 1, after or FIRST_NODE_KEY)
     # An empty first page means no such workflow. An empty later page can only follow a
     # cursor made by hand (nodes are never deleted), so look before calling it unknown.
     if not rows and (after is None or connection.execute(_HAS_NODES, (workflow_id,)).fetchone() is None):
         return None
     page = rows[:limit]
-    items = tuple(_node(document, at_ns) for document, at_ns, _ in page)
+    items = tuple(parse_node(document, at_ns) for document, at_ns, _ in page)
     last = page[-1] if len(rows) > limit else None
-    next_cursor = encode_cursor(_nodes_cursor(workflow_id), last[1], last[2]) if last is not None else None
+    next_cursor = encode_cursor(nodes_cursor(workflow_id), last[1], last[2]) if last is not None else None
     return Page(items=items, next_cursor=next_cursor)
 
 
@@ -556,7 +558,7 @@ def _select_snapshot(
     summary = _select_workflow(connection, workflow_id)
     if summary is None:
         return None
-    rows = _select_nodes(connection, workflow_id, max_nodes + 1, _FIRST_NODE_KEY)
+    rows = _select_nodes(connection, workflow_id, max_nodes + 1, FIRST_NODE_KEY)
     nodes = rows[:max_nodes]
     # Only edges out of the nodes returned: the rest would point from nodes the client
     # was not given. A workflow always has a node once it has a summary.
@@ -564,7 +566,7 @@ def _select_snapshot(
     edge_rows = connection.execute(_SELECT_EDGES, (workflow_id, last_at_ns, last_event_id, max_edges + 1)).fetchall()
     return WorkflowSnapshot(
         summary=summary,
-        nodes=tuple(_node(document, at_ns) for document, at_ns, _ in nodes),
+        nodes=tuple(parse_node(document, at_ns) for document, at_ns, _ in nodes),
         edges=tuple(
             Edge(source=source, target=target, type=type_, reason=reason)
             for source, target, type_, reason in edge_rows[:max_edges]
@@ -575,16 +577,10 @@ def _select_snapshot(
 
 def _select_nodes(
     connection: sqlite3.Connection, workflow_id: str, limit: int, after: tuple[int, str]
-) -> list[tuple[str, int, str]]:
-    """Up to `limit` (event JSON, at_ns, event_id) rows after the key `after`, oldest first."""
-    rows: list[tuple[str, int, str]] = connection.execute(_SELECT_NODES, (workflow_id, *after, limit)).fetchall()
+) -> list[tuple[bytes, int, str]]:
+    """Up to `limit` (event bytes, at_ns, event_id) rows after the key `after`, oldest first."""
+    rows: list[tuple[bytes, int, str]] = connection.execute(_SELECT_NODES, (workflow_id, *after, limit)).fetchall()
     return rows
-
-
-def _nodes_cursor(workflow_id: str) -> str:
-    # The cursor kind names the workflow, so a cursor from one workflow's pages is
-    # refused by another's instead of silently skipping its nodes older than the key.
-    return f"nodes:{workflow_id}"
 
 
 def _select_violations(
@@ -606,31 +602,9 @@ def _select_violations(
     sql = f"SELECT event, at_ns, event_id FROM nodes WHERE {where} ORDER BY at_ns DESC, event_id DESC LIMIT ?"  # noqa: S608
     rows = connection.execute(sql, (*params, limit + 1)).fetchall()
     page = rows[:limit]
-    items = tuple(_node(document, at_ns) for document, at_ns, _ in page)
-    next_cursor = encode_cursor(_VIOLATIONS_CURSOR, page[-1][1], page[-1][2]) if len(rows) > limit else None
+    items = tuple(parse_node(document, at_ns) for document, at_ns, _ in page)
+    next_cursor = encode_cursor(VIOLATIONS_CURSOR, page[-1][1], page[-1][2]) if len(rows) > limit else None
     return Page(items=items, next_cursor=next_cursor)
-
-
-def _node(document: str, at_ns: int) -> Node:
-    try:
-        event = json_format.ParseDict(orjson.loads(document), graph_pb2.Event(), ignore_unknown_fields=True)
-    except (ValueError, json_format.ParseError) as exc:
-        raise StoreError(f"a stored event is not valid JSON of bastion.v1.Event: {exc}") from exc
-    return Node(event=event, at=_datetime(at_ns))
-
-
-def _datetime(ns: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=ns // 1000)
-
-
-def _check_depth(max_depth: int) -> None:
-    if not 0 <= max_depth <= MAX_LINEAGE_DEPTH:
-        raise ProtocolError(f"max_depth must be between 0 and {MAX_LINEAGE_DEPTH}, got {max_depth}")
-
-
-def _check_limit(limit: int, maximum: int) -> None:
-    if not 1 <= limit <= maximum:
-        raise ProtocolError(f"limit must be between 1 and {maximum}, got {limit}")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -664,8 +638,10 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
     if version < _SCHEMA_VERSION:
         connection.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{AUDIT_SCHEMA}")
         try:
-            if version > 0:
+            if version == 1:
                 _backfill_audit(connection)
+            if version in (1, 2):
+                _upgrade_documents(connection)
             connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             connection.execute("COMMIT")
         except BaseException:
@@ -683,9 +659,27 @@ def _backfill_audit(connection: sqlite3.Connection) -> None:
     chain = AuditAppender.load(connection)
     rows = connection.execute("SELECT event, received_ns FROM nodes ORDER BY received_ns, event_id")
     for document, received_ns in rows.fetchall():
-        event = _node(document, received_ns).event
+        event = parse_legacy_node(document, received_ns).event
         event.ClearField("result")
         chain.add(connection, event, received_ns)
+
+
+def _upgrade_documents(connection: sqlite3.Connection) -> None:
+    """Version 3 stores protobuf bytes where versions 1 and 2 stored protobuf JSON.
+
+    Converted a page at a time, by key, so a large file never sits in memory whole."""
+    after = ""
+    while rows := connection.execute(
+        "SELECT event_id, event FROM nodes WHERE event_id > ? ORDER BY event_id LIMIT 1000", (after,)
+    ).fetchall():
+        for event_id, document in rows:
+            upgraded = parse_legacy_node(document, 0).event.SerializeToString()
+            connection.execute("UPDATE nodes SET event = ? WHERE event_id = ?", (upgraded, event_id))
+        after = rows[-1][0]
+    for node_id, result in connection.execute("SELECT node_id, result FROM pending_results").fetchall():
+        connection.execute(
+            "UPDATE pending_results SET result = ? WHERE node_id = ?", (parse_legacy_result(result), node_id)
+        )
 
 
 def _store_error(operation: str, path: Path, exc: BaseException) -> StoreError:

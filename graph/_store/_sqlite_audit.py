@@ -15,15 +15,14 @@ exports by time) and are not hashed: `record` is the authority.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 
 from bastion.v1 import graph_pb2
 
-from .._audit import GENESIS, AuditEntry, ChainHead, audit_kind, audit_record, canonical, chain_hash, latency_ns
-from .._events import event_time_ns
+from .._audit import AuditEntry, ChainHead
 from ._base import DecisionStats
+from ._chain import ChainCursor, nearest_ranks
 
 AUDIT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -60,53 +59,41 @@ class AuditAppender:
     """The writer's view of the chain's head. `fork()` before a transaction, keep the
     fork only once it commits: a rolled-back batch leaves the head where it was."""
 
-    def __init__(self, sequence: int = 0, head: str = GENESIS, recorded_ns: int = 0) -> None:
-        self._sequence = sequence
-        self._head = head
-        self._recorded_ns = recorded_ns
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: ChainCursor | None = None) -> None:
+        self._cursor = cursor or ChainCursor()
 
     @classmethod
     def load(cls, connection: sqlite3.Connection) -> AuditAppender:
         row = connection.execute(_SELECT_HEAD).fetchone()
-        return cls(*row) if row is not None else cls()
+        return cls(ChainCursor(*row) if row is not None else None)
 
     def fork(self) -> AuditAppender:
-        return AuditAppender(self._sequence, self._head, self._recorded_ns)
+        return AuditAppender(self._cursor.fork())
 
     def add(self, connection: sqlite3.Connection, event: graph_pb2.Event, received_ns: int) -> None:
         """Append `event`'s record when it is an audit record (bastion.graph._audit.audit_kind)."""
-        kind = audit_kind(event)
-        if kind is None:
+        row = self._cursor.next_row(event, received_ns)
+        if row is None:
             return
-        sequence = self._sequence + 1
-        recorded_ns = max(received_ns, self._recorded_ns)
-        at_ns = _record_time(event, received_ns)
-        record = canonical(audit_record(kind, event, sequence=sequence, at_ns=at_ns, recorded_ns=recorded_ns))
-        digest = chain_hash(self._head, record)
         connection.execute(
             _INSERT,
             (
-                sequence,
-                event.event_id,
-                kind,
-                at_ns,
-                recorded_ns,
-                latency_ns(event),
-                int(event.outcome in (graph_pb2.BLOCKED, graph_pb2.REJECTED)),
-                event.block_code or event.decision.rule_id,
-                int(event.verifier_fallback),
-                self._head,
-                digest,
-                record,
+                row.sequence,
+                row.event_id,
+                row.kind,
+                row.at_ns,
+                row.recorded_ns,
+                row.latency_ns,
+                int(row.blocked),
+                row.rule_id,
+                int(row.fallback),
+                row.prev_hash,
+                row.hash,
+                row.record,
             ),
         )
-        self._sequence, self._head, self._recorded_ns = sequence, digest, recorded_ns
-
-
-def _record_time(event: graph_pb2.Event, received_ns: int) -> int:
-    if event.HasField("result") and event.result.HasField("completed_at"):
-        return event.result.completed_at.ToNanoseconds()
-    return event_time_ns(event, received_ns)
 
 
 def select_head(connection: sqlite3.Connection) -> ChainHead | None:
@@ -157,10 +144,7 @@ def select_decision_stats(connection: sqlite3.Connection, since_ns: int, percent
     if timed:
         # One sorted pass, keeping only the values at the wanted ranks: memory stays
         # constant however many decisions the window holds.
-        # Nearest rank: the smallest value with at least p of the values at or below it.
-        ranks: dict[int, list[float]] = {}
-        for p in percentiles:
-            ranks.setdefault(max(0, math.ceil(p * timed) - 1), []).append(p)
+        ranks = nearest_ranks(percentiles, timed)
         rows: Iterator[tuple[int]] = connection.execute(
             f"SELECT latency_ns FROM audit WHERE {window} AND latency_ns IS NOT NULL ORDER BY latency_ns",  # noqa: S608
             (since_ns,),

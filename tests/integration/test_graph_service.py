@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -26,10 +27,12 @@ from fixtures.graphapi import (
     raw_get,
     statuses,
 )
+from fixtures.graphstores import BACKENDS, wipe_neo4j
+from fixtures.neo4j import Neo4jServer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
-from bastion import ConfigError
+from bastion import ConfigError, StoreError
 from bastion._appconfig import AppConfig, AuthConfig
 from bastion._hosts import HostCheck
 from bastion._identity import TokenVerifier, ensure_dev_key, issue_token, load_public_keys
@@ -118,10 +121,19 @@ async def _running(home: Path, graph_url: str = "", app: AppConfig | None = None
         await task
 
 
-@pytest.fixture
-async def graph(tmp_path: Path) -> AsyncIterator[_Graph]:
-    async with _running(tmp_path) as running:
+@pytest.fixture(params=BACKENDS)
+async def graph(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[_Graph]:
+    """The service on each backend: SQLite under tmp_path, or the session's Neo4j emptied."""
+    async with _running(tmp_path, graph_url=_graph_url(request, request.param)) as running:
         yield running
+
+
+def _graph_url(request: pytest.FixtureRequest, backend: str) -> str:
+    if backend == "sqlite":
+        return ""
+    server: Neo4jServer = request.getfixturevalue("neo4j_server")
+    wipe_neo4j(server.url)
+    return server.url
 
 
 @pytest.fixture
@@ -502,9 +514,34 @@ async def test_restarted_service_serves_what_it_stored_before(tmp_path: Path) ->
     assert (tmp_path / "graph.db").exists()
 
 
-async def test_neo4j_graph_url_stops_startup_with_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not supported yet"):
-        async with _running(tmp_path, graph_url="neo4j://localhost:7687"):
+async def test_restarted_service_on_neo4j_serves_what_it_stored_before(
+    tmp_path: Path, neo4j_server: Neo4jServer
+) -> None:
+    wipe_neo4j(neo4j_server.url)
+    async with _running(tmp_path, neo4j_server.url) as first, grpc.aio.insecure_channel(first.grpc_addr) as channel:
+        await _ingest(graph_pb2_grpc.GraphServiceStub(channel), [_event("e1"), _blocked("e2", parents=["node-e1"])])
+        before = (await first.http.get("/graphs/wf-1")).json()
+        chain = (await first.http.get("/audit/verify")).json()
+
+    async with _running(tmp_path, neo4j_server.url) as second:
+        assert (await second.http.get("/graphs/wf-1")).json() == before
+        assert (await second.http.get("/audit/verify")).json() == chain
+    assert not (tmp_path / "graph.db").exists()  # nothing went to SQLite
+
+
+async def test_unreachable_neo4j_stops_startup_with_a_store_error_without_the_password(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(StoreError, match="graph store open failed") as refused:
+        async with _running(tmp_path, graph_url=f"neo4j://bastion:hunter2@127.0.0.1:{port}"):
+            pass
+    assert "hunter2" not in str(refused.value)
+
+
+async def test_a_graph_url_of_another_kind_stops_startup_with_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected empty, sqlite:///path, or neo4j://"):
+        async with _running(tmp_path, graph_url="postgres://db/graph"):
             pass
 
 

@@ -10,14 +10,18 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import neo4j
 import orjson
 import pytest
 import rfc8785
+from fixtures.graphstores import BACKENDS, opened_store, wipe_neo4j
+from fixtures.neo4j import Neo4jServer
+from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion import ProtocolError
-from bastion.graph import SqliteGraphStore
+from bastion.graph import GraphStore, Neo4jGraphStore, SqliteGraphStore
 from bastion.graph._audit import (
     GENESIS,
     POLICY_AUDIT_WORKFLOWS,
@@ -111,14 +115,13 @@ def _protocol(event_id: str) -> graph_pb2.Event:
     )
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteGraphStore]:
-    opened = await SqliteGraphStore.open(tmp_path / "graph.db")
-    yield opened
-    await opened.close()
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[GraphStore]:
+    async with opened_store(request, request.param, tmp_path) as opened:
+        yield opened
 
 
-async def _records(store: SqliteGraphStore) -> list[dict[str, object]]:
+async def _records(store: GraphStore) -> list[dict[str, object]]:
     return [orjson.loads(entry.record) for entry in await store.audit_entries()]
 
 
@@ -159,7 +162,7 @@ def test_canonical_form_is_rfc8785_and_numbers_outside_i_json_become_strings() -
     assert canonical(record) == expected.encode()
 
 
-async def test_every_decision_approval_policy_step_and_result_is_chained_in_order(store: SqliteGraphStore) -> None:
+async def test_every_decision_approval_policy_step_and_result_is_chained_in_order(store: GraphStore) -> None:
     allowed, denied = _decision("e1"), _decision("e2", outcome=graph_pb2.BLOCKED, effect=policy_pb2.REQUIRE_APPROVAL)
     await store.ingest([allowed, denied, _protocol("e3"), _approval("e4"), _rollout("e5")])
     await store.ingest([_result("e6", allowed.node_id)])
@@ -186,7 +189,7 @@ async def test_every_decision_approval_policy_step_and_result_is_chained_in_orde
     assert records[3]["details"] == {"policy": "mail", "version": 4, "percent": 10}
 
 
-async def test_each_hash_is_sha256_of_the_previous_hash_and_the_jcs_record(store: SqliteGraphStore) -> None:
+async def test_each_hash_is_sha256_of_the_previous_hash_and_the_jcs_record(store: GraphStore) -> None:
     await store.ingest([_decision("e1"), _decision("e2")])
     entries = await store.audit_entries()
     previous = GENESIS
@@ -200,7 +203,7 @@ async def test_each_hash_is_sha256_of_the_previous_hash_and_the_jcs_record(store
     assert (head.sequence, head.hash) == (2, previous)
 
 
-async def test_redelivered_events_add_no_second_record(store: SqliteGraphStore) -> None:
+async def test_redelivered_events_add_no_second_record(store: GraphStore) -> None:
     events = [_decision("e1"), _approval("e2"), _result("e3", "node-e1")]
     await store.ingest(events)
     result = await store.ingest(events)
@@ -212,7 +215,7 @@ async def test_redelivered_events_add_no_second_record(store: SqliteGraphStore) 
     assert [r["event_id"] for r in await _records(store)] == ["e1", "e2", "e3", "e5", "e4"]
 
 
-async def test_a_refused_batch_leaves_no_record_and_the_chain_continues(store: SqliteGraphStore) -> None:
+async def test_a_refused_batch_leaves_no_record_and_the_chain_continues(store: GraphStore) -> None:
     await store.ingest([_decision("e1")])
     reusing = _decision("e3", node_id="node-e1")  # another event reusing a node id: the batch is refused
     with pytest.raises(ProtocolError):
@@ -237,14 +240,33 @@ async def test_the_chain_survives_a_restart(tmp_path: Path) -> None:
     assert report.records == 2
 
 
-async def test_an_empty_chain_verifies(store: SqliteGraphStore) -> None:
+async def test_an_empty_chain_verifies(store: GraphStore) -> None:
     report = await verify_store(store)
     assert report.ok
     assert report.records == 0
     assert report.head is None
 
 
-# --- tampering with the file ----------------------------------------------------------------
+# --- tampering with the database ------------------------------------------------------------
+
+
+async def test_verify_names_a_record_edited_in_neo4j(neo4j_server: Neo4jServer) -> None:
+    # Neo4j's community edition has no triggers: anyone with database access can edit an
+    # audit node. The chain still tells: the edit is named, by sequence number.
+    wipe_neo4j(neo4j_server.url)
+    store = await Neo4jGraphStore.open(neo4j_server.url)
+    try:
+        await store.ingest([_decision(f"e{n}") for n in range(1, 7)])
+        entries = await store.audit_entries()
+        forged = canonical(orjson.loads(entries[2].record) | {"decision": "DENY"})
+        with neo4j.GraphDatabase.driver(neo4j_server.url, auth=None) as driver:
+            driver.execute_query("MATCH (a:BastionAudit {seq: 3}) SET a.record = $forged", forged=forged)
+        report = await verify_store(store)
+    finally:
+        await store.close()
+
+    assert report.problem is not None
+    assert (report.problem.kind, report.problem.sequence) == ("altered", 3)
 
 
 async def _tampered(tmp_path: Path) -> tuple[SqliteGraphStore, Sequence[AuditEntry]]:
@@ -349,18 +371,29 @@ async def test_a_version_1_file_is_upgraded_with_its_decisions_chained(tmp_path:
     store = await SqliteGraphStore.open(path)
     await store.ingest([_decision("e1"), _protocol("e2"), _decision("e3", outcome=graph_pb2.BLOCKED)])
     await store.close()
-    with sqlite3.connect(path) as db:  # back to what version 1 had
+    with sqlite3.connect(path) as db:  # back to what version 1 had: no chain, events as protobuf JSON
         db.execute("DROP TABLE audit")
+        for event_id, document in db.execute("SELECT event_id, event FROM nodes").fetchall():
+            legacy = json_format.MessageToJson(graph_pb2.Event.FromString(document), preserving_proto_field_name=True)
+            db.execute("UPDATE nodes SET event = ? WHERE event_id = ?", (legacy, event_id))
         db.execute("PRAGMA user_version = 1")
 
     upgraded = await SqliteGraphStore.open(path)
     try:
         records = await _records(upgraded)
         report = await verify_store(upgraded)
+        page = await upgraded.nodes("wf-1")
+        assert page is not None
+        nodes = sorted(page.items, key=lambda node: node.event.event_id)
     finally:
         await upgraded.close()
     assert [r["event_id"] for r in records] == ["e1", "e3"]
     assert report.ok
+    assert [node.event for node in nodes] == [
+        _decision("e1"),
+        _protocol("e2"),
+        _decision("e3", outcome=graph_pb2.BLOCKED),
+    ]
 
 
 _JSON_LEAF = (

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 import bastion.graph
 from bastion import ConfigError
 from bastion.graph import GraphSettings
-from bastion.graph._store import sqlite_path
+from bastion.graph._store import is_neo4j, sqlite_path
 
 _GRAPH_VARS = ("BASTION_GRAPH_ADDR", "BASTION_GRAPH_GRPC_ADDR", "BASTION_GRAPH_URL")
 
@@ -68,10 +68,19 @@ def test_graph_url_names_the_sqlite_file(url: str, expected: Path) -> None:
     assert sqlite_path(url, Path("/srv/bastion")) == expected
 
 
-@pytest.mark.parametrize("url", ["neo4j://localhost:7687", "neo4j+s://db.example.com", "bolt://localhost:7687"])
-def test_neo4j_url_is_refused_as_not_supported_yet(url: str) -> None:
-    with pytest.raises(ConfigError, match="Neo4j backend is not supported yet"):
+@pytest.mark.parametrize(
+    "url", ["neo4j://localhost:7687", "NEO4J+S://db.example.com", "bolt://u:p@localhost:7687/graph", "bolt+ssc://h"]
+)
+def test_neo4j_and_bolt_urls_choose_the_neo4j_backend(url: str) -> None:
+    assert is_neo4j(url)
+    with pytest.raises(ConfigError, match="expected empty, sqlite:///path, or neo4j://"):
         sqlite_path(url, Path("var"))
+
+
+def test_a_refused_graph_url_does_not_echo_its_password() -> None:
+    with pytest.raises(ConfigError) as refused:
+        sqlite_path("postgres://graph:hunter2@db/graph", Path("var"))
+    assert "hunter2" not in str(refused.value)
 
 
 @pytest.mark.parametrize("url", ["postgres://db/graph", "sqlite://", "sqlite:///", "sqlite:///:memory:", "graph.db"])
@@ -90,6 +99,7 @@ def test_public_surface_is_exactly_the_documented_one() -> None:
         "open_store",
         "GraphStore",
         "SqliteGraphStore",
+        "Neo4jGraphStore",
         "IngestResult",
         "WorkflowSummary",
         "WorkflowSnapshot",

@@ -283,3 +283,54 @@ async def test_any_payloads_round_trip_in_order(
         await journal.close()
 
         assert read_all(JournalReader(Path(directory)), max_records, max_bytes)[0] == payloads
+
+
+# --- one journal, one writer ------------------------------------------------------------------
+
+
+async def test_a_second_writer_on_the_same_directory_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    first = Journal.open(tmp_path)
+    first.append(b"one")
+
+    with pytest.raises(JournalError, match=rf"in use by another proxy \(pid {os.getpid()}\).*own BASTION_HOME"):
+        Journal.open(tmp_path)
+    await first.close()
+    second = Journal.open(tmp_path)
+    second.append(b"two")
+    await second.close()
+
+    assert read_all(JournalReader(tmp_path))[0] == [b"one", b"two"]
+
+
+def test_a_writer_killed_with_sigkill_leaves_no_lock_behind(tmp_path: Path) -> None:
+    # The lock is the kernel's (flock): it goes with the process, so a crash never
+    # keeps the restarted proxy from opening its journal.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+                import sys, time
+                from pathlib import Path
+                from bastion.proxy._journal import Journal
+                Journal.open(Path({str(tmp_path)!r})).append(b"held")
+                print("open", flush=True)
+                time.sleep(60)
+            """),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"open\n"
+        with pytest.raises(JournalError, match=rf"pid {holder.pid}"):
+            Journal.open(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+    journal = Journal.open(tmp_path)
+    assert read_all(journal.reader())[0] == [b"held"]
+    asyncio.run(journal.close())

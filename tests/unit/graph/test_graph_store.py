@@ -1,8 +1,11 @@
-"""The SQLite graph store: ingest, idempotency, edges, summaries, paging, snapshots, lineage, durability."""
+"""The graph store contract, run on every backend (SQLite and a real Neo4j): ingest,
+idempotency, edges, summaries, paging, snapshots, lineage; then what only SQLite has
+(a file, its schema version, fsync) and that both backends store the same graph."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -10,13 +13,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import neo4j
 import pytest
+from fixtures.graphstores import BACKENDS, opened_store, wipe_neo4j
+from fixtures.neo4j import Neo4jServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bastion import ProtocolError, StoreError
-from bastion.graph import Edge, IngestResult, Node, Page, SqliteGraphStore, ViolationFilter, WorkflowSummary
+from bastion import ConfigError, ProtocolError, StoreError
+from bastion.graph import (
+    Edge,
+    GraphStore,
+    IngestResult,
+    Neo4jGraphStore,
+    Node,
+    Page,
+    SqliteGraphStore,
+    ViolationFilter,
+    WorkflowSummary,
+)
 from bastion.graph._store._cursor import encode_cursor
+from bastion.graph._store._neo4j import split_url
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 T = TypeVar("T")
@@ -62,14 +79,20 @@ def _at(second: int) -> datetime:
     return datetime.fromtimestamp(_T0_NS // 10**9 + second, UTC)
 
 
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[GraphStore]:
+    async with opened_store(request, request.param, tmp_path) as opened:
+        yield opened
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteGraphStore]:
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteGraphStore]:
     opened = await SqliteGraphStore.open(tmp_path / "graph.db")
     yield opened
     await opened.close()
 
 
-async def test_ingested_event_is_stored_as_a_node_with_every_field(store: SqliteGraphStore) -> None:
+async def test_ingested_event_is_stored_as_a_node_with_every_field(store: GraphStore) -> None:
     event = _event("e1", outcome=graph_pb2.BLOCKED, parents=["node-e0"])
     event.action.arguments.update({"to": "x@example.com", "amount": 12.5, "tags": ["a", {"b": None}]})
     event.decision.CopyFrom(
@@ -88,7 +111,7 @@ async def test_ingested_event_is_stored_as_a_node_with_every_field(store: Sqlite
     assert node.is_violation
 
 
-async def test_redelivered_event_is_a_duplicate_and_changes_nothing(store: SqliteGraphStore) -> None:
+async def test_redelivered_event_is_a_duplicate_and_changes_nothing(store: GraphStore) -> None:
     first = _event("e1", second=1)
     second = _event("e2", parents=["node-e1"], second=2, outcome=graph_pb2.BLOCKED)
     first_ack = await store.ingest([first, second])
@@ -110,7 +133,7 @@ async def test_redelivered_event_is_a_duplicate_and_changes_nothing(store: Sqlit
     assert (summary.node_count, summary.violation_count, summary.agents) == (3, 1, ("agent-a",))
 
 
-async def test_event_reusing_another_events_node_id_is_refused_with_its_whole_batch(store: SqliteGraphStore) -> None:
+async def test_event_reusing_another_events_node_id_is_refused_with_its_whole_batch(store: GraphStore) -> None:
     await store.ingest([_event("e1", node_id="n1")])
 
     with pytest.raises(ProtocolError, match=r"reuses node_id 'n1' of event 'e1'"):
@@ -123,7 +146,7 @@ async def test_event_reusing_another_events_node_id_is_refused_with_its_whole_ba
 
 
 async def test_parent_ids_become_caused_by_edges_and_hints_keep_their_type_and_reason(
-    store: SqliteGraphStore,
+    store: GraphStore,
 ) -> None:
     await store.ingest(
         [
@@ -150,13 +173,13 @@ async def test_parent_ids_become_caused_by_edges_and_hints_keep_their_type_and_r
     ]
 
 
-async def test_caused_by_hint_gives_its_reason_to_the_parent_edge(store: SqliteGraphStore) -> None:
+async def test_caused_by_hint_gives_its_reason_to_the_parent_edge(store: GraphStore) -> None:
     await store.ingest([_event("e2", node_id="b", parents=["a"], hints=[("a", graph_pb2.CAUSED_BY, "next step")])])
 
     assert [(e.type, e.reason) for e in await _edges(store, "wf-1")] == [("CAUSED_BY", "next step")]
 
 
-async def test_workflow_summary_counts_nodes_violations_and_distinct_agents(store: SqliteGraphStore) -> None:
+async def test_workflow_summary_counts_nodes_violations_and_distinct_agents(store: GraphStore) -> None:
     # Out of order on purpose: the journal may deliver a late event after newer ones.
     await store.ingest([_event("e2", second=20, agent_id="agent-b"), _event("e3", second=30, agent_id="")])
     await store.ingest([_event("e1", second=10, outcome=graph_pb2.REJECTED), _event("e4", second=40)])
@@ -175,7 +198,7 @@ async def test_workflow_summary_counts_nodes_violations_and_distinct_agents(stor
     assert await store.workflow("wf-unknown") is None
 
 
-async def test_nodes_are_listed_oldest_first_whatever_the_arrival_order(store: SqliteGraphStore) -> None:
+async def test_nodes_are_listed_oldest_first_whatever_the_arrival_order(store: GraphStore) -> None:
     await store.ingest([_event("c", second=3), _event("a", second=1)])
     await store.ingest([_event("b", second=2), _event("other", workflow_id="wf-2")])
 
@@ -183,7 +206,7 @@ async def test_nodes_are_listed_oldest_first_whatever_the_arrival_order(store: S
     assert await store.nodes("wf-unknown") is None
 
 
-async def test_node_pages_follow_the_cursor_oldest_first_without_gaps_or_repeats(store: SqliteGraphStore) -> None:
+async def test_node_pages_follow_the_cursor_oldest_first_without_gaps_or_repeats(store: GraphStore) -> None:
     # Equal timestamps on purpose: the event id breaks ties so no page boundary loses one.
     events = [_event(f"e{i:02}", second=i // 3) for i in range(11)]
     await store.ingest([*reversed(events), _event("other", workflow_id="wf-2", second=1)])
@@ -199,7 +222,7 @@ async def test_node_pages_follow_the_cursor_oldest_first_without_gaps_or_repeats
     assert (len(whole.items), whole.next_cursor) == (11, None)
 
 
-async def test_node_cursor_of_another_workflow_or_listing_is_refused(store: SqliteGraphStore) -> None:
+async def test_node_cursor_of_another_workflow_or_listing_is_refused(store: GraphStore) -> None:
     await store.ingest([_event(f"a{i}", workflow_id="wf-1") for i in range(2)])
     await store.ingest([_event(f"b{i}", workflow_id="wf-2") for i in range(2)])
     wf1_cursor = (await _node_page(store, "wf-1", limit=1, cursor=None)).next_cursor
@@ -214,7 +237,7 @@ async def test_node_cursor_of_another_workflow_or_listing_is_refused(store: Sqli
         await store.violations(ViolationFilter(), cursor=wf1_cursor)
 
 
-async def test_nodes_after_a_hand_made_cursor_past_the_end_are_empty_or_unknown(store: SqliteGraphStore) -> None:
+async def test_nodes_after_a_hand_made_cursor_past_the_end_are_empty_or_unknown(store: GraphStore) -> None:
     await store.ingest([_event("e1", second=1)])
     past_the_end = encode_cursor("nodes:wf-1", _T0_NS + 10**12, "zz")
 
@@ -223,7 +246,7 @@ async def test_nodes_after_a_hand_made_cursor_past_the_end_are_empty_or_unknown(
 
 
 @pytest.mark.parametrize("limit", [0, -1, 5001])
-async def test_node_page_size_outside_1_to_5000_is_refused(store: SqliteGraphStore, limit: int) -> None:
+async def test_node_page_size_outside_1_to_5000_is_refused(store: GraphStore, limit: int) -> None:
     await store.ingest([_event("e1")])
 
     with pytest.raises(ProtocolError, match="limit must be between 1 and 5000"):
@@ -231,7 +254,7 @@ async def test_node_page_size_outside_1_to_5000_is_refused(store: SqliteGraphSto
     assert await store.nodes("wf-1", limit=5000) is not None
 
 
-async def test_snapshot_is_the_summary_with_the_oldest_nodes_and_only_their_edges(store: SqliteGraphStore) -> None:
+async def test_snapshot_is_the_summary_with_the_oldest_nodes_and_only_their_edges(store: GraphStore) -> None:
     await store.ingest(
         [
             _event("e3", node_id="c", second=3, parents=["b"], hints=[("a", graph_pb2.INFORMED_BY, "from a")]),
@@ -262,7 +285,7 @@ async def test_snapshot_is_the_summary_with_the_oldest_nodes_and_only_their_edge
         await store.snapshot("wf-1", max_nodes=0)
 
 
-async def test_workflows_are_listed_most_recently_active_first_in_pages(store: SqliteGraphStore) -> None:
+async def test_workflows_are_listed_most_recently_active_first_in_pages(store: GraphStore) -> None:
     await store.ingest([_event(f"e{i}", workflow_id=f"wf-{i}", second=i) for i in range(5)])
     await store.ingest([_event("late", workflow_id="wf-1", second=99)])
 
@@ -271,7 +294,7 @@ async def test_workflows_are_listed_most_recently_active_first_in_pages(store: S
     assert [[w.workflow_id for w in page] for page in pages] == [["wf-1", "wf-4"], ["wf-3", "wf-2"], ["wf-0"]]
 
 
-async def test_violations_are_blocked_or_rejected_events_newest_first(store: SqliteGraphStore) -> None:
+async def test_violations_are_blocked_or_rejected_events_newest_first(store: GraphStore) -> None:
     await store.ingest(
         [
             _event("ok", second=1),
@@ -292,7 +315,7 @@ async def test_violations_are_blocked_or_rejected_events_newest_first(store: Sql
     assert await ids(ViolationFilter(workflow_id="wf-2", agent_id="agent-b")) == []
 
 
-async def test_violation_pages_follow_the_cursor_without_gaps_or_repeats(store: SqliteGraphStore) -> None:
+async def test_violation_pages_follow_the_cursor_without_gaps_or_repeats(store: GraphStore) -> None:
     # Equal timestamps on purpose: the event id breaks ties so no page boundary loses one.
     events = [_event(f"e{i:02}", second=i // 3, outcome=graph_pb2.BLOCKED) for i in range(11)]
     await store.ingest(events)
@@ -305,12 +328,12 @@ async def test_violation_pages_follow_the_cursor_without_gaps_or_repeats(store: 
 
 
 @pytest.mark.parametrize("cursor", ["garbage!", "", "W10", "bm90IGpzb24", "é"])
-async def test_cursor_that_is_not_a_cursor_is_refused(store: SqliteGraphStore, cursor: str) -> None:
+async def test_cursor_that_is_not_a_cursor_is_refused(store: GraphStore, cursor: str) -> None:
     with pytest.raises(ProtocolError, match="invalid cursor"):
         await store.violations(ViolationFilter(), cursor=cursor)
 
 
-async def test_cursor_of_another_listing_is_refused(store: SqliteGraphStore) -> None:
+async def test_cursor_of_another_listing_is_refused(store: GraphStore) -> None:
     await store.ingest([_event("e1", workflow_id="wf-1"), _event("e2", workflow_id="wf-2")])
     workflows_cursor = (await store.list_workflows(limit=1)).next_cursor
     assert workflows_cursor is not None
@@ -320,12 +343,12 @@ async def test_cursor_of_another_listing_is_refused(store: SqliteGraphStore) -> 
 
 
 @pytest.mark.parametrize("limit", [0, -1, 501])
-async def test_page_size_outside_1_to_500_is_refused(store: SqliteGraphStore, limit: int) -> None:
+async def test_page_size_outside_1_to_500_is_refused(store: GraphStore, limit: int) -> None:
     with pytest.raises(ProtocolError, match="limit must be between 1 and 500"):
         await store.list_workflows(limit=limit)
 
 
-async def test_lineage_walks_back_to_the_origin_preferring_data_provenance(store: SqliteGraphStore) -> None:
+async def test_lineage_walks_back_to_the_origin_preferring_data_provenance(store: GraphStore) -> None:
     await store.ingest(
         [
             _event("e1", node_id="task", second=1, tool=""),
@@ -353,7 +376,7 @@ async def test_lineage_walks_back_to_the_origin_preferring_data_provenance(store
     assert {h.node_type for h in hops} == {"ACTION"}
 
 
-async def test_lineage_stops_at_a_parent_that_was_never_ingested(store: SqliteGraphStore) -> None:
+async def test_lineage_stops_at_a_parent_that_was_never_ingested(store: GraphStore) -> None:
     await store.ingest([_event("e2", node_id="child", parents=["missing"])])
 
     hops = await store.lineage("wf-1", "child")
@@ -365,7 +388,7 @@ async def test_lineage_stops_at_a_parent_that_was_never_ingested(store: SqliteGr
     ]
 
 
-async def test_lineage_respects_max_depth_and_ends_on_cycles(store: SqliteGraphStore) -> None:
+async def test_lineage_respects_max_depth_and_ends_on_cycles(store: GraphStore) -> None:
     chain = [_event(f"e{i}", node_id=f"n{i}", second=i, parents=[f"n{i - 1}"] if i else []) for i in range(6)]
     loop = [_event("x", node_id="x", parents=["y"]), _event("y", node_id="y", parents=["x"])]
     await store.ingest([*chain, *loop])
@@ -385,7 +408,7 @@ async def test_lineage_respects_max_depth_and_ends_on_cycles(store: SqliteGraphS
         await store.lineage("wf-1", "n5", max_depth=-1)
 
 
-async def test_lineage_of_an_unknown_node_or_one_in_another_workflow_is_none(store: SqliteGraphStore) -> None:
+async def test_lineage_of_an_unknown_node_or_one_in_another_workflow_is_none(store: GraphStore) -> None:
     await store.ingest([_event("e1", node_id="n1")])
 
     assert await store.lineage("wf-1", "nope") is None
@@ -393,7 +416,7 @@ async def test_lineage_of_an_unknown_node_or_one_in_another_workflow_is_none(sto
     assert await store.lineage("", "n1") is not None
 
 
-async def test_event_without_timestamps_is_timed_by_its_arrival(store: SqliteGraphStore) -> None:
+async def test_event_without_timestamps_is_timed_by_its_arrival(store: GraphStore) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     await store.ingest([_event("e1", second=None)])
     after = datetime.now(UTC)
@@ -403,7 +426,7 @@ async def test_event_without_timestamps_is_timed_by_its_arrival(store: SqliteGra
     assert before <= node.at <= after
 
 
-async def test_concurrent_ingests_are_each_applied_once(store: SqliteGraphStore) -> None:
+async def test_concurrent_ingests_are_each_applied_once(store: GraphStore) -> None:
     batches = [[_event(f"b{b}-e{i}", second=i) for i in range(20)] for b in range(10)]
 
     results = await asyncio.gather(*(store.ingest(batch) for batch in [*batches, *batches]))
@@ -432,11 +455,11 @@ async def test_stored_graph_survives_closing_and_reopening(tmp_path: Path) -> No
 
 
 async def test_writer_syncs_every_commit_so_an_acknowledged_ingest_survives_power_loss(
-    store: SqliteGraphStore,
+    sqlite_store: SqliteGraphStore,
 ) -> None:
     # The journal deletes what the graph acknowledged, so NORMAL (no fsync per commit)
     # could lose acknowledged events. The setting is per connection: ask the writer's.
-    (level,) = store._writer._connection.execute("PRAGMA synchronous").fetchone()
+    (level,) = sqlite_store._writer._connection.execute("PRAGMA synchronous").fetchone()
 
     assert level == 2  # FULL
 
@@ -470,33 +493,33 @@ async def test_database_written_by_a_newer_schema_is_refused(tmp_path: Path) -> 
         await SqliteGraphStore.open(path)
 
 
-async def test_failed_write_rolls_back_its_batch_and_the_writer_keeps_serving(store: SqliteGraphStore) -> None:
+async def test_failed_write_rolls_back_its_batch_and_the_writer_keeps_serving(sqlite_store: SqliteGraphStore) -> None:
     # A real SQLite failure: the table agent ids go to disappears under the store.
-    with sqlite3.connect(store.path) as connection:
+    with sqlite3.connect(sqlite_store.path) as connection:
         connection.execute("DROP TABLE workflow_agents")
     connection.close()
 
     with pytest.raises(StoreError, match=r"graph store write failed.*no such table"):
-        await store.ingest([_event("e1", agent_id=""), _event("e2", agent_id="agent-a")])
-    ack = await store.ingest([_event("e3", agent_id="")])
+        await sqlite_store.ingest([_event("e1", agent_id=""), _event("e2", agent_id="agent-a")])
+    ack = await sqlite_store.ingest([_event("e3", agent_id="")])
 
     assert (ack.accepted, ack.duplicates) == (1, 0)
-    assert [node.event.event_id for node in await _nodes(store, "wf-1")] == ["e3"]
-    await store.ping()
+    assert [node.event.event_id for node in await _nodes(sqlite_store, "wf-1")] == ["e3"]
+    await sqlite_store.ping()
 
 
-async def test_corrupt_or_unreadable_rows_are_store_errors(store: SqliteGraphStore) -> None:
-    await store.ingest([_event("e1", workflow_id="wf-1"), _event("e2", workflow_id="wf-2")])
-    with sqlite3.connect(store.path) as connection:
-        connection.execute("UPDATE nodes SET event = '{not json' WHERE event_id = 'e1'")
+async def test_corrupt_or_unreadable_rows_are_store_errors(sqlite_store: SqliteGraphStore) -> None:
+    await sqlite_store.ingest([_event("e1", workflow_id="wf-1"), _event("e2", workflow_id="wf-2")])
+    with sqlite3.connect(sqlite_store.path) as connection:
+        connection.execute("UPDATE nodes SET event = x'ffff' WHERE event_id = 'e1'")
         connection.execute("DROP TABLE edges")
     connection.close()
 
-    with pytest.raises(StoreError, match="stored event is not valid JSON"):
-        await store.nodes("wf-1")
+    with pytest.raises(StoreError, match=r"stored event is not a valid bastion\.v1\.Event"):
+        await sqlite_store.nodes("wf-1")
     with pytest.raises(StoreError, match=r"graph store read failed.*no such table: edges"):
-        await store.snapshot("wf-2")
-    assert [node.event.event_id for node in await _nodes(store, "wf-2")] == ["e2"]
+        await sqlite_store.snapshot("wf-2")
+    assert [node.event.event_id for node in await _nodes(sqlite_store, "wf-2")] == ["e2"]
 
 
 @st.composite
@@ -545,6 +568,102 @@ async def test_any_redelivery_order_and_batching_yields_the_same_stored_graph(
             await redelivered.close()
 
 
+@settings(max_examples=15, deadline=None)
+@given(batch=_batches(), data=st.data())
+async def test_neo4j_stores_the_graph_sqlite_stores_whatever_the_redelivery(
+    neo4j_server: Neo4jServer, batch: list[graph_pb2.Event], data: st.DataObject
+) -> None:
+    # One contract, two backends: the same events, delivered to Neo4j in any order and
+    # batching with repeats, read back exactly as SQLite reads back the batch.
+    extra = data.draw(st.lists(st.sampled_from(batch), max_size=len(batch)), label="redelivered")
+    deliveries = data.draw(st.permutations([*batch, *extra]), label="order")
+    size = data.draw(st.integers(min_value=1, max_value=len(deliveries)), label="chunk")
+    wipe_neo4j(neo4j_server.url)
+    with tempfile.TemporaryDirectory() as directory:
+        reference = await SqliteGraphStore.open(Path(directory) / "reference.db")
+        graph = await Neo4jGraphStore.open(neo4j_server.url)
+        try:
+            await reference.ingest(batch)
+            acks = [await graph.ingest(deliveries[at : at + size]) for at in range(0, len(deliveries), size)]
+            assert sum(ack.accepted for ack in acks) == len(batch)
+            assert await _contents(graph) == await _contents(reference)
+        finally:
+            await reference.close()
+            await graph.close()
+
+
+async def test_neo4j_edges_are_relationships_of_their_own_type(neo4j_server: Neo4jServer) -> None:
+    # So that anyone querying the database with Cypher can follow provenance directly.
+    wipe_neo4j(neo4j_server.url)
+    graph = await Neo4jGraphStore.open(neo4j_server.url)
+    try:
+        await graph.ingest(
+            [
+                _event("e1", second=1),
+                _event("e2", second=2, parents=["node-e1"], hints=[("node-e1", graph_pb2.INFORMED_BY, "iban")]),
+                _event("e3", second=3, hints=[("node-e9", graph_pb2.EdgeType.ValueType(99), "future")]),
+            ]
+        )
+    finally:
+        await graph.close()
+    query = (
+        "MATCH (a:BastionNode)-[r]->(b:BastionNode) "
+        "RETURN a.node_id AS a, type(r) AS t, r.type AS named, r.reason AS why, b.node_id AS b ORDER BY a, t"
+    )
+    with neo4j.GraphDatabase.driver(neo4j_server.url, auth=None) as driver:
+        records, _, _ = driver.execute_query(query)
+    assert [tuple(record.values()) for record in records] == [
+        ("node-e2", "CAUSED_BY", None, "", "node-e1"),
+        ("node-e2", "INFORMED_BY", None, "iban", "node-e1"),
+        ("node-e3", "RELATED", "99", "future", "node-e9"),
+    ]
+
+
+def test_neo4j_url_gives_credentials_and_database_to_the_driver_not_the_uri() -> None:
+    assert split_url("neo4j://bastion:s%40cret@graph-db:7687/audit") == (
+        "neo4j://graph-db:7687",
+        ("bastion", "s@cret"),
+        "audit",
+    )
+    assert split_url("bolt://127.0.0.1:7687") == ("bolt://127.0.0.1:7687", None, None)
+
+
+@pytest.mark.parametrize("url", ["neo4j://user:pw@/", "neo4j://h:7687/x;DROP", "bolt://u:pw@h:7687/%2e%2e"])
+def test_neo4j_url_without_host_or_with_a_bad_database_is_refused_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        split_url(url)
+    assert "pw" not in str(refused.value)
+
+
+async def test_unreachable_neo4j_is_a_store_error_that_does_not_show_the_password() -> None:
+    port = _free_port()
+    with pytest.raises(StoreError, match="graph store open failed") as refused:
+        await Neo4jGraphStore.open(f"bolt://bastion:hunter2@127.0.0.1:{port}")
+    assert "hunter2" not in str(refused.value)
+    assert "bastion:***@127.0.0.1" in str(refused.value)
+
+
+async def test_a_batch_reusing_a_node_id_is_refused_whole_on_neo4j(neo4j_server: Neo4jServer) -> None:
+    wipe_neo4j(neo4j_server.url)
+    graph = await Neo4jGraphStore.open(neo4j_server.url)
+    try:
+        await graph.ingest([_event("e1", node_id="n1", outcome=graph_pb2.BLOCKED)])
+        head = await graph.audit_head()
+        with pytest.raises(ProtocolError, match="reuses node_id"):
+            await graph.ingest([_event("e2", node_id="n2"), _event("e3", node_id="n1")])
+        assert await graph.audit_head() == head  # nothing of the refused batch was chained
+        assert [node.event.event_id for node in await _nodes(graph, "wf-1")] == ["e1"]
+    finally:
+        await graph.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 async def _all_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[tuple[T, ...]]:
     pages: list[tuple[T, ...]] = []
     cursor: str | None = None
@@ -556,26 +675,26 @@ async def _all_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[
         cursor = page.next_cursor
 
 
-async def _node_page(store: SqliteGraphStore, workflow_id: str, *, limit: int, cursor: str | None) -> Page[Node]:
+async def _node_page(store: GraphStore, workflow_id: str, *, limit: int, cursor: str | None) -> Page[Node]:
     page = await store.nodes(workflow_id, limit=limit, cursor=cursor)
     assert page is not None, f"workflow {workflow_id!r} is unknown"
     return page
 
 
-async def _nodes(store: SqliteGraphStore, workflow_id: str) -> list[Node]:
+async def _nodes(store: GraphStore, workflow_id: str) -> list[Node]:
     """Every node of the workflow, through pages small enough to take several."""
     pages = await _all_pages(lambda cursor: _node_page(store, workflow_id, limit=2, cursor=cursor))
     return [node for page in pages for node in page]
 
 
-async def _edges(store: SqliteGraphStore, workflow_id: str) -> list[Edge]:
+async def _edges(store: GraphStore, workflow_id: str) -> list[Edge]:
     snapshot = await store.snapshot(workflow_id)
     assert snapshot is not None
     assert not snapshot.truncated
     return list(snapshot.edges)
 
 
-async def _contents(store: SqliteGraphStore) -> dict[str, Any]:
+async def _contents(store: GraphStore) -> dict[str, Any]:
     """Everything the store can tell about its contents, through its public reads."""
     pages = await _all_pages(lambda cursor: store.list_workflows(limit=2, cursor=cursor))
     workflows: list[WorkflowSummary] = [summary for page in pages for summary in page]
@@ -613,14 +732,14 @@ def _result_event(event_id: str, node_id: str, outcome: graph_pb2.ResultOutcome.
     )
 
 
-async def _only_node(store: SqliteGraphStore) -> Node:
+async def _only_node(store: GraphStore) -> Node:
     page = await store.nodes("wf-1", limit=10)
     assert page is not None
     assert len(page.items) == 1
     return page.items[0]
 
 
-async def test_a_result_event_is_stored_on_its_node_not_as_a_node(store: SqliteGraphStore) -> None:
+async def test_a_result_event_is_stored_on_its_node_not_as_a_node(store: GraphStore) -> None:
     await store.ingest([_event("e1")])
     stored = await store.ingest([_result_event("r1", "node-e1", graph_pb2.COMPLETED)])
     node = await _only_node(store)
@@ -632,7 +751,7 @@ async def test_a_result_event_is_stored_on_its_node_not_as_a_node(store: SqliteG
     assert summary.node_count == 1
 
 
-async def test_a_result_redelivered_or_repeated_keeps_the_first(store: SqliteGraphStore) -> None:
+async def test_a_result_redelivered_or_repeated_keeps_the_first(store: GraphStore) -> None:
     await store.ingest([_event("e1"), _result_event("r1", "node-e1", graph_pb2.TIMEOUT)])
     again = await store.ingest([_result_event("r1", "node-e1", graph_pb2.TIMEOUT)])
     other = await store.ingest([_result_event("r2", "node-e1", graph_pb2.COMPLETED)])
@@ -642,7 +761,7 @@ async def test_a_result_redelivered_or_repeated_keeps_the_first(store: SqliteGra
 
 
 async def test_a_result_that_arrives_before_its_action_is_merged_when_the_action_does(
-    store: SqliteGraphStore,
+    store: GraphStore,
 ) -> None:
     early = await store.ingest([_result_event("r1", "node-e1", graph_pb2.UPSTREAM_ERROR)])
     assert await store.nodes("wf-1", limit=10) is None  # no node of its own

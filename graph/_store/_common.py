@@ -1,0 +1,141 @@
+"""What every backend does the same way: stored documents, edge rows, limits, cursor kinds.
+
+An event is stored as its protobuf bytes (`event_document`), read back by `parse_node`:
+protobuf's JSON printer would cost tens of µs per event on ingest and again on every
+read, and its output is no more readable to a database user than the bytes are to the
+REST API, which renders nodes itself. A result event's `result` is merged into its
+action's document (`with_result`). `parse_legacy_node` reads the JSON documents that
+SQLite files before schema version 3 held.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+
+from bastion._errors import ProtocolError, StoreError
+from bastion.v1 import graph_pb2
+
+from .._events import enum_name
+from ._base import MAX_LINEAGE_DEPTH, Node
+
+WORKFLOWS_CURSOR = "workflows"
+VIOLATIONS_CURSOR = "violations"
+#: Before every (at_ns, event_id): the key the first page of nodes starts after.
+FIRST_NODE_KEY = (-(2**63), "")
+CAUSED_BY = graph_pb2.EdgeType.Name(graph_pb2.CAUSED_BY)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def event_document(event: graph_pb2.Event, pending_result: bytes | None = None) -> bytes:
+    """The stored bytes of an action event, with a result that arrived before it merged in."""
+    if pending_result is None:
+        return event.SerializeToString()
+    merged = graph_pb2.Event()
+    merged.CopyFrom(event)
+    _set_result(merged, pending_result)
+    return merged.SerializeToString()
+
+
+def result_document(event: graph_pb2.Event) -> bytes:
+    """The bytes of a result event's `result` (an ActionResult), as merged into its action's document."""
+    return event.result.SerializeToString()
+
+
+def with_result(document: bytes, result: bytes) -> bytes | None:
+    """`document` with `result` merged in; None when it already has one (the first result is kept)."""
+    event = _parse(document)
+    if event.HasField("result"):
+        return None
+    _set_result(event, result)
+    return event.SerializeToString()
+
+
+def _set_result(event: graph_pb2.Event, result: bytes) -> None:
+    event.result.SetInParent()  # present even when every field of the result is a default
+    event.result.MergeFromString(result)
+
+
+def _parse(document: bytes) -> graph_pb2.Event:
+    try:
+        return graph_pb2.Event.FromString(document)
+    except (DecodeError, TypeError) as exc:
+        raise StoreError(f"a stored event is not a valid bastion.v1.Event: {exc}") from exc
+
+
+def edge_rows(event: graph_pb2.Event) -> list[tuple[str, str, str, str, str]]:
+    """(workflow, source, target, type, reason) of an event's edges, in the order they are stored.
+
+    Hints first: when a hint and parent_ids name the same CAUSED_BY parent, the first
+    stored wins and the hint carries the reason."""
+    rows = [
+        (
+            event.workflow_id,
+            event.node_id,
+            hint.target_node_id,
+            enum_name(graph_pb2.EdgeType.DESCRIPTOR, hint.type),
+            hint.reason,
+        )
+        for hint in event.edges
+    ]
+    rows.extend((event.workflow_id, event.node_id, parent, CAUSED_BY, "") for parent in event.parent_ids)
+    return rows
+
+
+def parse_node(document: bytes, at_ns: int) -> Node:
+    return Node(event=_parse(document), at=to_datetime(at_ns))
+
+
+def parse_legacy_node(document: str | bytes, at_ns: int) -> Node:
+    """A node stored as protobuf JSON, as SQLite files before schema version 3 hold them."""
+    try:
+        event = json_format.ParseDict(orjson.loads(document), graph_pb2.Event(), ignore_unknown_fields=True)
+    except (ValueError, json_format.ParseError) as exc:
+        raise StoreError(f"a stored event is not valid JSON of bastion.v1.Event: {exc}") from exc
+    return Node(event=event, at=to_datetime(at_ns))
+
+
+def parse_legacy_result(document: str | bytes) -> bytes:
+    """A parked result stored as protobuf JSON (SQLite before schema version 3), as bytes."""
+    try:
+        result = json_format.ParseDict(orjson.loads(document), graph_pb2.ActionResult(), ignore_unknown_fields=True)
+    except (ValueError, json_format.ParseError) as exc:
+        raise StoreError(f"a parked result is not valid JSON of bastion.v1.ActionResult: {exc}") from exc
+    return result.SerializeToString()
+
+
+def to_datetime(ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def nodes_cursor(workflow_id: str) -> str:
+    # The cursor kind names the workflow, so a cursor from one workflow's pages is
+    # refused by another's instead of silently skipping its nodes older than the key.
+    return f"nodes:{workflow_id}"
+
+
+def check_depth(max_depth: int) -> None:
+    if not 0 <= max_depth <= MAX_LINEAGE_DEPTH:
+        raise ProtocolError(f"max_depth must be between 0 and {MAX_LINEAGE_DEPTH}, got {max_depth}")
+
+
+def check_limit(limit: int, maximum: int) -> None:
+    if not 1 <= limit <= maximum:
+        raise ProtocolError(f"limit must be between 1 and {maximum}, got {limit}")
+
+
+def check_snapshot(max_nodes: int, max_edges: int) -> None:
+    if max_nodes < 1 or max_edges < 0:
+        raise ProtocolError(f"a snapshot needs max_nodes >= 1 and max_edges >= 0, got {max_nodes}, {max_edges}")
+
+
+def reused_node_id(event: graph_pb2.Event, owner: str | None) -> ProtocolError:
+    # Storing it would lose one of the two events from the audit trail, and ignoring it
+    # would hide that; refusing the batch keeps both visible to the sender.
+    return ProtocolError(
+        f"event {event.event_id!r} reuses node_id {event.node_id!r} of event {owner or '?'!r}: "
+        "every event needs its own node_id"
+    )
