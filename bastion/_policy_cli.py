@@ -1,6 +1,6 @@
 """`bastion policy apply|validate|versions|diff|activate`: the policy admin REST from a shell.
 
-    bastion policy apply FILE [--unsigned] [--no-activate] [--key PEM --kid KID] [--ttl 1h]
+    bastion policy apply FILE [--unsigned] [--no-activate] [--key PEM --kid KID] [--ttl 30d]
     bastion policy validate FILE
     bastion policy versions NAME
     bastion policy diff NAME V1 V2
@@ -17,8 +17,10 @@ Each talks to the policy service's admin REST at `--addr`, else $BASTION_POLICY_
 127.0.0.1:8081, with the bearer token from `--token`, else $BASTION_TOKEN, else one minted
 from the stack's dev key under $BASTION_HOME with role operator (as `bastion token issue`
 does; issuer and audience from bastion.yaml). `apply` signs the document into a bundle
-with the dev key under kid `dev` (or `--key`/`--kid`), creates the version, then
-activates it unless `--no-activate`; `--unsigned` sends the plain document, which the
+with the dev key under kid `dev` (or `--key`/`--kid`), valid for `--ttl` (default 30 days:
+the signer's approval lifetime; once it has passed the service refuses to activate, roll
+out or promote the version, and an alert asks for a re-signed one before that), creates
+the version, then activates it unless `--no-activate`; `--unsigned` sends the plain document, which the
 service accepts only with BASTION_POLICY_REQUIRE_SIGNED=false. `--json` prints the
 service's answer (or, for diff, {name, from, to, diff}) as JSON.
 
@@ -51,6 +53,8 @@ from ._rest_client import emit as _print
 from ._settings import CommonSettings
 
 DEFAULT_ADDR = "127.0.0.1:8081"
+#: bastion.policy._bundles.DEFAULT_TTL_S, not imported: the CLI loads the policy package only to sign.
+DEFAULT_SIGN_TTL_S = 30 * 86400
 
 
 def add_policy_commands(actions: Any, ttl: Any) -> None:
@@ -67,7 +71,12 @@ def add_policy_commands(actions: Any, ttl: Any) -> None:
     apply.add_argument("--no-activate", action="store_true", help="create the version without activating it")
     apply.add_argument("--key", type=Path, help="private key PEM (Ed25519 or P-256) to sign with (default: dev key)")
     apply.add_argument("--kid", default=None, help="key id of --key (default: 'dev')")
-    apply.add_argument("--ttl", type=ttl, default=3600, help="bundle lifetime, e.g. 30m, 1h (default), 7d")
+    apply.add_argument(
+        "--ttl",
+        type=ttl,
+        default=DEFAULT_SIGN_TTL_S,
+        help="how long the signature approves the version, e.g. 7d, 30d (default), 90d",
+    )
 
     validate = actions.add_parser("validate", parents=[common], help="validate a policy file; store nothing")
     validate.add_argument("file", type=Path)

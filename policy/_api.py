@@ -38,7 +38,8 @@ is stored. Errors, each in the shared body, and nothing changes:
     413                  body over the cap                                bastion.protocol.too_large
     422                  body not JSON or not {bundle}|{document}         bastion.invalid_request
     422                  document invalid, or URL and body disagree        bastion.policy.invalid
-    422                  bundle refused (reason in the message)           bastion.policy.signature
+    422                  bundle refused (reason in the message); also      bastion.policy.signature
+                         activating a version whose bundle has expired
     503                  the version store failed                         bastion.store
     502 / 503            (simulate) the graph answered badly / not at all  bastion.policy.graph_*
 """
@@ -388,10 +389,12 @@ def create_app(
     @app.post(
         "/v1/policies/{name}/versions/{version}/activate",
         summary="Make a stored version the active one of its policy (operator or admin).",
-        responses=_READ_ERRORS,
+        responses={**_READ_ERRORS, 422: error_doc("The version's signed bundle has expired: sign a new version.")},
     )
     async def activate(name: Name, version: Version, principal: Principal = operator) -> Activated:
-        active, previous = await policies.activate(_check_name(name), version, by=principal.subject)
+        # An expired approval is never put in force (bastion.policy._bundles), here as in rollouts.
+        bundles.check_in_force(await policies.get(_check_name(name), version))
+        active, previous = await policies.activate(name, version, by=principal.subject)
         return Activated(name=active.name, version=active.version, digest=active.digest, previous_version=previous)
 
     @app.post(
@@ -419,7 +422,7 @@ def create_app(
 
     add_rollout_routes(
         app,
-        rollouts or RolloutManager(policies, registry=registry),
+        rollouts or RolloutManager(policies, registry=registry, bundles=bundles),
         read=read,
         operator=operator,
         read_body=_read_body,

@@ -26,10 +26,16 @@ library, so that nothing outside this list is ever honoured:
 Every refusal raises BundleSignatureError (HTTP 422, gRPC PERMISSION_DENIED) naming the
 reason, is logged, and is counted in `bastion_policy_bundle_refusals_total{reason}`.
 
-A signature is checked once, on submission; a version stays servable after its `exp`. The
-`exp` of each active version's bundle is exported as
-`bastion_policy_bundle_expiry_timestamp_seconds{policy,version}` (`BundleExpiryCollector`)
-so an alert can ask for a re-signed version before the signer's approval runs out.
+A bundle's `exp` is the signer's approval lifetime, like a certificate's: `sign_bundle` (and
+so `bastion policy apply`) signs for `DEFAULT_TTL_S`, 30 days, unless told otherwise. The
+signature is checked once, on submission. After its `exp` a version is never put in force
+again: activating it, starting a rollout to it or promoting it is refused (`check_in_force`,
+reason `expired`, counted and logged like a refused submission). A version already active
+stays served after its `exp` — denying everything at that moment would take production
+down — and the `exp` of each active version's bundle is exported as
+`bastion_policy_bundle_expiry_timestamp_seconds{policy,version}` (`BundleExpiryCollector`) so
+the alerts BastionPolicyBundleExpiringSoon / BastionPolicyBundleExpired ask for a re-signed
+version before, and after, the signer's approval runs out.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +66,7 @@ from bastion._errors import BundleSignatureError, ConfigError
 from bastion._identity import ensure_dev_key
 
 from ._document import MAX_DOCUMENT_CHARS
+from ._store import VersionRecord
 
 log = logging.getLogger("bastion.policy.bundles")
 
@@ -67,6 +75,8 @@ BUNDLE_TYPE = "bastion-policy+jws"
 ALGORITHMS = ("EdDSA", "ES256")
 #: Clock skew tolerated between the signer and this service.
 LEEWAY_S = 60
+#: How long a signer's approval lasts unless the signer says otherwise (`--ttl`).
+DEFAULT_TTL_S = 30 * 86400
 #: A document at its size limit, base64url-encoded, plus header and signature.
 MAX_BUNDLE_CHARS = MAX_DOCUMENT_CHARS * 4 // 3 + 4096
 _HEADERS = frozenset({"alg", "kid", "iat", "exp", "typ", "cty"})
@@ -167,7 +177,7 @@ class BundleVerifier:
         now = self._clock()
         if issued_at > now + LEEWAY_S:
             raise self.refuse("not_yet_valid", f"issued at {issued_at}, in the future (now {int(now)})")
-        if expires_at < now - LEEWAY_S:
+        if _expired(expires_at, now):
             raise self.refuse("expired", f"expired at {expires_at} (now {int(now)}); sign it again")
         payload = _b64decode(payload_b64)
         try:
@@ -177,6 +187,21 @@ class BundleVerifier:
         if text is None:
             raise self.refuse("malformed", "the payload is not base64url-encoded UTF-8 text")
         return VerifiedBundle(text=text, kid=kid, issued_at=issued_at, expires_at=expires_at)
+
+    def check_in_force(self, record: VersionRecord) -> None:
+        """Refuse to put a stored version in force (activate, roll out, promote) when the bundle
+        it was submitted in has expired; a version stored unsigned has no `exp` and passes."""
+        expires_at = bundle_expiry(record.signature.jws) if record.signature is not None else None
+        now = self._clock()
+        if expires_at is None or not _expired(expires_at, now):
+            return
+        raise self.refuse(
+            "expired",
+            f"policy {record.name!r} v{record.version} was signed until {_iso(expires_at)} "
+            f"(exp {expires_at}, now {int(now)}): the signer's approval has run out, so it cannot be "
+            "activated, rolled out or promoted. Active versions keep being served; sign the document "
+            "again under a new metadata.version (`bastion policy apply`) and roll that out",
+        )
 
     def _header(self, encoded: str) -> dict[str, Any]:
         raw = _b64decode(encoded)
@@ -219,8 +244,10 @@ class BundleExpiryCollector(Collector):
         yield family
 
 
-def sign_bundle(text: str, key: PrivateKey, *, kid: str, ttl_seconds: int = 3600, now: int | None = None) -> str:
-    """A bundle of `text` signed with `key` (Ed25519 → EdDSA, P-256 → ES256)."""
+def sign_bundle(
+    text: str, key: PrivateKey, *, kid: str, ttl_seconds: int = DEFAULT_TTL_S, now: int | None = None
+) -> str:
+    """A bundle of `text` signed with `key` (Ed25519 → EdDSA, P-256 → ES256), valid `ttl_seconds`."""
     issued_at = int(time.time()) if now is None else now
     alg = "EdDSA" if isinstance(key, Ed25519PrivateKey) else "ES256"
     header = {"alg": alg, "kid": kid, "iat": issued_at, "exp": issued_at + ttl_seconds, "typ": BUNDLE_TYPE}
@@ -231,6 +258,19 @@ def sign_bundle(text: str, key: PrivateKey, *, kid: str, ttl_seconds: int = 3600
         r, s = decode_dss_signature(key.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256())))
         signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     return f"{signing_input}.{_b64encode(signature)}"
+
+
+def _expired(expires_at: int, now: float) -> bool:
+    # The same leeway on submission and on activation: a bundle the service would still
+    # accept can still be put in force.
+    return expires_at < now - LEEWAY_S
+
+
+def _iso(timestamp: int) -> str:
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # an exp no calendar holds
+        return str(timestamp)
 
 
 def _verifies(key: PublicKey, alg: str, signature: bytes, message: bytes) -> bool:

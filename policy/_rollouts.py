@@ -39,6 +39,10 @@ Contract
   writes an audit record in the same transaction (bastion.policy._audit ships them).
 * Rollouts are served by the native engine only: with `BASTION_POLICY_ENGINE=opa`,
   starting one is refused.
+* A candidate whose signed bundle has expired (the signer's approval ran out) is never put
+  in force: starting a rollout to it or promoting it is refused with 422
+  (`BundleVerifier.check_in_force`); a rollout already running keeps serving it, and
+  rollback is always allowed.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bastion.v1 import graph_pb2, policy_pb2
 
+from ._bundles import BundleVerifier
 from ._engine import Decision, Effect
 from ._registry import PolicyRegistry, Snapshot
 from ._store import Activation, RolloutConflict, RolloutRow
@@ -345,8 +350,11 @@ class RolloutManager:
         registry: CollectorRegistry,
         enabled: bool = True,
         on_audit: Callable[[], None] = lambda: None,
+        bundles: BundleVerifier | None = None,
     ) -> None:
+        """`bundles` refuses expired candidates and counts the refusal (None: one that counts nowhere)."""
         self._policies = policies
+        self._bundles = bundles if bundles is not None else BundleVerifier({})
         self._on_audit = on_audit
         self._store = policies.store
         self._enabled = enabled
@@ -404,7 +412,7 @@ class RolloutManager:
             )
         async with self._lock:
             stable = next((item for item in self._policies.snapshot.versions if item.name == request.policy), None)
-            await self._policies.get(request.policy, request.version)  # UnknownVersion (404) first
+            record = await self._policies.get(request.policy, request.version)  # UnknownVersion (404) first
             if stable is None:
                 raise RolloutConflict(
                     f"policy {request.policy!r} has no active version: activate one before a canary rollout"
@@ -413,6 +421,7 @@ class RolloutManager:
                 raise RolloutConflict(f"policy {request.policy!r} v{request.version} is already the active version")
             if len(self._policies.snapshot.rollouts) >= MAX_RUNNING:
                 raise RolloutConflict(f"{MAX_RUNNING} rollouts are running; end one before starting another")
+            self._bundles.check_in_force(record)
             await self._policies.load(request.policy, request.version)
             rollout_id = str(uuid6.uuid7())
             rollout = Rollout(
@@ -476,6 +485,8 @@ class RolloutManager:
                     f"{' (' + current.reason + ')' if current.reason else ''}: only a running rollout can be "
                     "promoted or rolled back"
                 )
+            if state == "promoted":
+                self._bundles.check_in_force(await self._policies.get(current.policy, current.version))
             now = time.time()
             ended = _replace(current, state=state, reason=reason, ended_at=now, ended_by=by)
             step = state

@@ -15,6 +15,7 @@ Changes need role operator or admin; reads also auditor. Refusals, and nothing c
                                                                    bastion.policy.rollout_conflict
     422  not JSON, unknown field, wrong type (a bool is not a percent), percent outside 0-100,
          unknown stickiness, a bad rollback_on, a bad policy name   bastion.invalid_request / .policy.invalid
+    422  start or promote of a version whose signed bundle has expired  bastion.policy.signature
 """
 
 from __future__ import annotations
@@ -91,7 +92,12 @@ def add_rollout_routes(
         "/v1/rollouts",
         summary="Start a canary rollout of a stored version (operator or admin).",
         status_code=201,
-        responses={**_ERRORS, 422: error_doc("Not a valid rollout request (the message says which field).")},
+        responses={
+            **_ERRORS,
+            422: error_doc(
+                "Not a valid rollout request (the message says which field), or the version's bundle expired."
+            ),
+        },
         openapi_extra=_BODY,
     )
     async def start(request: Request, principal: Principal = operator) -> RolloutView:
@@ -123,7 +129,7 @@ def add_rollout_routes(
     @app.post(
         "/v1/rollouts/{id}/promote",
         summary="Make the candidate the active version and end the rollout (operator or admin).",
-        responses=_ERRORS,
+        responses={**_ERRORS, 422: error_doc("The candidate's signed bundle has expired: sign a new version.")},
     )
     async def promote(id: RolloutId, principal: Principal = operator) -> RolloutView:
         return _view(await rollouts.promote(id, by=principal.subject))

@@ -83,7 +83,10 @@ async def serve(
         verifier = TokenVerifier.from_config(app.auth, home, identity=identities.state)
         await verifier.start()  # a JWKS URL is fetched now (a failure stops the start), then refreshed
         stack.push_async_callback(verifier.close)
-        rollouts = RolloutManager(policies, registry=registry, enabled=rego is None, on_audit=audit.wake)
+        bundles = BundleVerifier(keys, registry=registry)
+        rollouts = RolloutManager(
+            policies, registry=registry, enabled=rego is None, on_audit=audit.wake, bundles=bundles
+        )
         await rollouts.load()
         stack.push_async_callback(rollouts.close)
         servicer = PolicyServicer(policies, registry=registry, rego=rego, identities=identities)
@@ -92,7 +95,7 @@ async def serve(
             policies=policies,
             rollouts=rollouts,
             identities=identities,
-            bundles=BundleVerifier(keys, registry=registry),
+            bundles=bundles,
             verifier=verifier,
             hosts=hosts,
             registry=registry,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -9,8 +10,10 @@ import orjson
 import pytest
 
 from bastion._appconfig import AuthConfig
-from bastion._cli import main
+from bastion._cli import _parser, main
 from bastion._identity import TokenVerifier, load_public_keys
+from bastion._policy_cli import DEFAULT_SIGN_TTL_S, _sign
+from bastion.policy._bundles import DEFAULT_TTL_S
 
 
 @pytest.fixture
@@ -107,3 +110,13 @@ def test_policy_apply_with_a_kid_but_no_key_is_a_usage_error(home: Path, tmp_pat
     policy = tmp_path / "p.yaml"
     policy.write_text("apiVersion: bastion.dev/v1\n")
     assert main(["policy", "apply", str(policy), "--kid", "prod", "--addr", "127.0.0.1:1"]) == 2
+
+
+@pytest.mark.parametrize(("ttl", "seconds"), [([], 30 * 86400), (["--ttl", "7d"], 7 * 86400)])
+def test_policy_apply_signs_for_thirty_days_unless_told_otherwise(home: Path, ttl: list[str], seconds: int) -> None:
+    # The bundle's exp is the signer's approval lifetime: an hour would make the expiry alerts
+    # fire for every active version (ops/prometheus/bastion-rules.yaml).
+    args = _parser().parse_args(["policy", "apply", "p.yaml", *ttl])
+    header = orjson.loads(base64.urlsafe_b64decode(_sign("spec: {}\n", args).split(".")[0] + "=="))
+    assert header["exp"] - header["iat"] == seconds
+    assert DEFAULT_SIGN_TTL_S == DEFAULT_TTL_S  # the CLI's copy of the library default

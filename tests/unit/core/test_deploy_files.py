@@ -5,8 +5,11 @@ look for it, waits for what it needs, and publishes nothing beyond loopback."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import re
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +21,7 @@ from bastion._appconfig import load_app_config
 from bastion._cli import _parser
 from bastion._settings import CommonSettings
 from bastion.graph._config import GraphSettings
+from bastion.graph._store._neo4j import split_url
 from bastion.policy._config import PolicySettings
 from bastion.proxy._config import ProxySettings
 from bastion.verifier._config import VerifierSettings
@@ -32,11 +36,40 @@ SETTINGS: dict[str, type[BaseSettings]] = {
 BACKENDS = {"redis", "opa", "neo4j", "prometheus"}
 #: The port each third-party image listens on inside the stack.
 BACKEND_PORTS = {"redis": 6379, "opa": 8181, "neo4j": 7687, "prometheus": 9090}
+#: `${NAME:-default}` in a compose value: what compose puts there when NAME is unset.
+_DEFAULTED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}")
 
 
 def _compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     return data
+
+
+def _interpolated(value: str) -> str:
+    """A compose value as `docker compose up` sees it with no variables set."""
+    assert "$" not in _DEFAULTED.sub("", value.replace("$$", "")), f"{value!r}: a variable without a default"
+    return _DEFAULTED.sub(lambda match: match.group(1), value)
+
+
+def _environment(name: str) -> dict[str, str]:
+    return {key: _interpolated(str(value)) for key, value in _services()[name].get("environment", {}).items()}
+
+
+def _example_agent() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("example_agent", ROOT / "examples" / "agent.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _agent_options() -> argparse.Namespace:
+    """The example agent's options as its compose entrypoint gives them, parsed by its own parser."""
+    entry = _services()["agent"]["entrypoint"]
+    assert entry[:2] == ["python", "/opt/bastion/examples/agent.py"]
+    options: argparse.Namespace = _example_agent().parser().parse_args(entry[2:])
+    return options
 
 
 def _services() -> dict[str, dict[str, Any]]:
@@ -48,6 +81,8 @@ def _listening(name: str, service: dict[str, Any]) -> set[int]:
     """Ports a service listens on inside the stack: its 0.0.0.0 addresses, else its image's."""
     if name in BACKEND_PORTS:
         return {BACKEND_PORTS[name]}
+    if name == "agent":  # a client only
+        return set()
     if name == "demo":
         entry = service["entrypoint"]
         return {int(entry[entry.index("--port") + 1])}
@@ -55,13 +90,13 @@ def _listening(name: str, service: dict[str, Any]) -> set[int]:
     return {int(value.rsplit(":", 1)[1]) for value in env.values() if str(value).startswith("0.0.0.0:")}
 
 
-def test_compose_runs_the_four_services_the_demo_and_the_real_backends() -> None:
-    assert set(_services()) == {*SETTINGS, "demo", *BACKENDS}
+def test_compose_runs_the_four_services_the_demo_the_example_agent_and_the_real_backends() -> None:
+    assert set(_services()) == {*SETTINGS, "demo", "agent", *BACKENDS}
 
 
 def test_bastion_services_run_one_image_from_the_dockerfile_with_a_serve_command_the_cli_accepts() -> None:
     services = _services()
-    for name in (*SETTINGS, "demo"):
+    for name in (*SETTINGS, "demo", "agent"):
         assert services[name]["build"] == ".", name
         assert services[name]["image"] == "bastion:dev", name
     assert (ROOT / "Dockerfile").is_file()
@@ -74,6 +109,41 @@ def test_bastion_services_run_one_image_from_the_dockerfile_with_a_serve_command
     assert services["demo"]["entrypoint"][1] == "/opt/bastion/examples/demo_server.py"
     assert (ROOT / "examples" / "demo_server.py").is_file()
     assert "COPY examples /opt/bastion/examples" in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_example_agent_calls_the_demo_through_the_proxy_with_a_token_it_issues_itself() -> None:
+    services = _services()
+    agent = services["agent"]
+    options = _agent_options()
+    assert (ROOT / "examples" / "agent.py").is_file()
+    # It reaches the proxy where the proxy listens, on the demo server's endpoint, and the
+    # proxy accepts that Host.
+    target = urlsplit(options.url)
+    assert (target.hostname, target.path) == ("proxy", "/mcp/demo")
+    assert target.port in _listening("proxy", services["proxy"])
+    config = load_app_config(ROOT / "examples" / "compose" / "bastion.yaml")
+    assert "demo" in config.servers
+    assert target.netloc in config.allowed_hosts
+    # No token is given, so it runs `bastion token issue --agent example-agent --json`: the CLI
+    # accepts that, and the agent has the keys and config the services have (the shared
+    # bastion-home volume at the image's BASTION_HOME, bastion.yaml at its BASTION_CONFIG).
+    assert options.token is None
+    assert "BASTION_AGENT_TOKEN" not in agent.get("environment", {})
+    assert options.agent == "example-agent"
+    issued = _parser().parse_args(["token", "issue", "--agent", options.agent, "--json"])
+    assert (issued.command, issued.action, issued.json) == ("token", "issue", True)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "BASTION_HOME=/var/lib/bastion" in dockerfile
+    assert "BASTION_CONFIG=/etc/bastion/bastion.yaml" in dockerfile
+    assert agent["volumes"] == services["proxy"]["volumes"]
+    assert "bastion-home:/var/lib/bastion" in agent["volumes"]
+    assert "./examples/compose/bastion.yaml:/etc/bastion/bastion.yaml:ro" in agent["volumes"]
+    # What it sets, if anything, is read by the CLI it runs; it calls the demo's tools.
+    common = {f"BASTION_{field.upper()}" for field in CommonSettings.model_fields}
+    assert set(agent.get("environment", {})) <= common
+    assert options.interval > 0
+    assert set(services["agent"]["depends_on"]) == {"proxy", "demo"}
+    assert "ports" not in agent, "the agent is a client: it publishes nothing"
 
 
 def test_backends_use_the_official_images() -> None:
@@ -89,7 +159,7 @@ def test_backends_use_the_official_images() -> None:
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_every_variable_is_a_setting_of_that_service_and_loads(name: str) -> None:
     settings = SETTINGS[name]
-    env = _services()[name].get("environment", {})
+    env = _environment(name)
     known = {f"BASTION_{field.upper()}" for field in settings.model_fields}
     assert set(env) <= known, f"{name} sets variables it does not read: {sorted(set(env) - known)}"
     assert set(CommonSettings.model_fields) <= set(settings.model_fields)
@@ -102,7 +172,7 @@ def test_peer_addresses_name_a_compose_service_on_a_port_it_listens_on() -> None
     listening = {name: _listening(name, service) for name, service in services.items()}
     peers = 0
     for name in SETTINGS:
-        for variable, value in services[name].get("environment", {}).items():
+        for variable, value in _environment(name).items():
             if variable.endswith("_URL"):
                 target = urlsplit(value)
                 host, port = target.hostname, target.port
@@ -114,18 +184,24 @@ def test_peer_addresses_name_a_compose_service_on_a_port_it_listens_on() -> None
             peers += 1
             assert host in services, (name, variable, value)
             assert port in listening[host], (name, variable, value, listening[host])
-    assert peers == 9  # policy 4 (with OPA), graph 1, proxy 4 (with Redis)
+    assert peers == 10  # policy 4 (with OPA), graph 2 (with Neo4j), proxy 4 (with Redis)
 
 
-def test_the_proxy_is_wired_to_the_services_and_redis_and_the_graph_keeps_sqlite() -> None:
+def test_the_proxy_is_wired_to_the_services_and_redis_and_the_graph_to_neo4j() -> None:
     services = _services()
     proxy = services["proxy"]["environment"]
     assert proxy["BASTION_POLICY_GRPC_ADDR"] == "policy:50051"
     assert proxy["BASTION_VERIFIER_ADDR"] == "verifier:50052"
     assert proxy["BASTION_GRAPH_GRPC_ADDR"] == "graph:50053"
     assert proxy["BASTION_REDIS_URL"] == "redis://redis:6379/0"
-    assert "BASTION_GRAPH_URL" not in services["graph"]["environment"], "neo4j:// is not supported yet"
     assert "BASTION_POLICY_ENGINE" not in services["policy"]["environment"], "native engine by default"
+    # The graph's store is the Neo4j service, logged in with the password Neo4j was given.
+    uri, auth, database = split_url(_environment("graph")["BASTION_GRAPH_URL"])
+    assert (urlsplit(uri).scheme, urlsplit(uri).hostname, urlsplit(uri).port) == ("neo4j", "neo4j", 7687)
+    assert database is None  # the community image has the default database only
+    user, _, password = _environment("neo4j")["NEO4J_AUTH"].partition("/")
+    assert auth == (user, password) == ("neo4j", "bastion-local-only")
+    assert services["graph"]["depends_on"]["neo4j"] == {"condition": "service_healthy"}
 
 
 def test_published_ports_bind_loopback_except_the_proxy() -> None:
@@ -150,7 +226,7 @@ def test_published_ports_bind_loopback_except_the_proxy() -> None:
 def test_every_service_but_opa_has_a_healthcheck_on_its_own_port() -> None:
     services = _services()
     for name, service in services.items():
-        if name == "opa":  # distroless image: nothing in it can probe (see the comment there)
+        if name in ("opa", "agent"):  # distroless image: nothing in it can probe; a client: nothing to probe
             assert "healthcheck" not in service
             continue
         test = " ".join(service["healthcheck"]["test"])
@@ -170,7 +246,8 @@ def test_depends_on_waits_on_health_where_the_dependency_has_a_healthcheck() -> 
             expected = "service_healthy" if "healthcheck" in services[dependency] else "service_started"
             assert condition == {"condition": expected}, (name, dependency)
     assert set(services["proxy"]["depends_on"]) == {"policy", "verifier", "graph", "redis", "demo"}
-    assert "policy" in services["graph"]["depends_on"]
+    assert set(services["graph"]["depends_on"]) == {"policy", "neo4j"}
+    assert set(services["agent"]["depends_on"]) == {"proxy", "demo"}
 
 
 def test_prometheus_loads_the_ops_rules_and_scrapes_every_service_metrics_port() -> None:

@@ -5,6 +5,7 @@ the services read. helm comes from scripts/helm-up; without it these tests fail,
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import subprocess
@@ -20,6 +21,7 @@ import yaml
 from bastion._appconfig import AppConfig
 from bastion._settings import CommonSettings
 from bastion.graph._config import GraphSettings
+from bastion.graph._store._neo4j import split_url
 from bastion.policy._config import PolicySettings
 from bastion.proxy._config import ProxySettings
 from bastion.verifier._config import VerifierSettings
@@ -124,6 +126,30 @@ def test_value_sets_cover_hpa_ingress_redis_monitoring_neo4j_and_an_existing_sec
         "secretKeyRef": {"name": "bastion-prod", "key": "graph-url"}
     }
     assert "rel-bastion-graph" not in _by_kind(external, "PersistentVolumeClaim")
+
+
+def test_the_graph_on_neo4j_reads_a_url_its_store_parses_from_the_secret_and_needs_no_volume(helm: str) -> None:
+    url = "neo4j://bastion:s%40cret@graph-db.data:7687/bastion"
+    done = _template(helm, *SECRETS, "--set", "graph.store=neo4j", "--set-string", f"graph.neo4j.url={url}")
+    assert done.returncode == 0, done.stderr
+    manifests = tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+    secrets = {name: m for name, m in _by_kind(manifests, "Secret").items() if "graph-url" in m.get("data", {})}
+    assert len(secrets) == 1
+    ((secret_name, secret),) = secrets.items()
+    stored = base64.b64decode(secret["data"]["graph-url"]).decode()
+    # What the graph's Neo4j store makes of it: host, credentials (percent-decoded), database.
+    assert split_url(stored) == ("neo4j://graph-db.data:7687", ("bastion", "s@cret"), "bastion")
+    graph = _by_kind(manifests, "Deployment")["rel-bastion-graph"]["spec"]["template"]["spec"]
+    assert _env(graph["containers"][0])["BASTION_GRAPH_URL"] == {
+        "secretKeyRef": {"name": secret_name, "key": "graph-url"}
+    }
+    # The graph's data lives in Neo4j: no claim, and $BASTION_HOME is scratch space.
+    assert "rel-bastion-graph" not in _by_kind(manifests, "PersistentVolumeClaim")
+    home = next(volume for volume in graph["volumes"] if volume["name"] == "home")
+    assert "emptyDir" in home
+    for manifest in manifests:
+        if manifest["kind"] not in ("ServiceMonitor", "PrometheusRule"):
+            kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
