@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -40,7 +41,10 @@ class ActionView(BaseModel):
     server: str = Field(description="Upstream key in bastion.yaml (MCP server or A2A agent).")
     tool: str
     method: str = Field(description="The JSON-RPC method, e.g. tools/call.")
-    arguments: dict[str, Any]
+    arguments: dict[str, Any] = Field(
+        description="As the agent sent them, after redaction: integers exact (2 stays 2, not 2.0), "
+        "except for events recorded before the graph kept arguments as sent, which show them as doubles."
+    )
     arguments_truncated: bool = Field(
         description="The arguments were too large for the journal: `arguments` holds a bounded prefix, "
         "and the node's payload_digest is the sha256 of the whole request."
@@ -211,7 +215,7 @@ def node_view(node: Node) -> NodeView:
         node_type=enum_name(graph_pb2.NodeType.DESCRIPTOR, event.node_type),
         agent_id=event.agent_id,
         tenant=event.tenant,
-        action=_action_view(event.action, event.arguments_truncated),
+        action=_action_view(event),
         decision=_decision_view(event.decision) if event.HasField("decision") else None,
         verifier=_verifier_view(event.verifier) if event.HasField("verifier") else None,
         verifier_fallback=event.verifier_fallback,
@@ -263,15 +267,28 @@ def violation_view(node: Node) -> ViolationView:
     )
 
 
-def _action_view(action: policy_pb2.Action, arguments_truncated: bool) -> ActionView:
+def _action_view(event: graph_pb2.Event) -> ActionView:
+    action = event.action
     return ActionView(
         kind=enum_name(policy_pb2.ActionKind.DESCRIPTOR, action.kind),
         server=action.server,
         tool=action.tool,
         method=action.method,
-        arguments=json_format.MessageToDict(action.arguments),
-        arguments_truncated=arguments_truncated,
+        arguments=arguments_as_sent(event),
+        arguments_truncated=event.arguments_truncated,
     )
+
+
+def arguments_as_sent(event: graph_pb2.Event) -> dict[str, Any]:
+    """The arguments as the agent sent them (`arguments_json`), else the Struct's view."""
+    if event.arguments_json:
+        try:
+            sent = orjson.loads(event.arguments_json)
+        except orjson.JSONDecodeError:
+            sent = None
+        if isinstance(sent, dict):
+            return sent
+    return json_format.MessageToDict(event.action.arguments)
 
 
 def _decision_view(decision: policy_pb2.Decision) -> DecisionView:

@@ -203,6 +203,7 @@ class Enforcer:
         if target.arguments:
             action.arguments.update(target.arguments)
         record = self.record(caller, action, started, graph_pb2.ACTION, body, parents)
+        record.arguments = target.arguments or None
         if caller.delegation is not None:
             reason = f"delegated by {caller.delegation.delegator!r} to A2A agent {caller.delegation.agent!r}"
             record.edges = ((caller.delegation.node_id, graph_pb2.DELEGATED_TO, reason),)

@@ -17,6 +17,10 @@ can make an event the graph cannot receive and stop the audit trail of every age
   nested deeper than MAX_DEPTH replaced by a marker; keys that do not fit are left out.
   `arguments_truncated` is then set; `payload_digest` is always the sha256 of the whole
   request body the caller gave, so the cut copy stays attributable to what was sent.
+- `arguments_json` holds the (redacted) arguments exactly as sent, as JSON: the Struct
+  has only doubles, so it says 2.0 for 2 and rounds integers beyond 2^53, which an audit
+  trail must not. It is kept only with whole arguments, and only while the Struct and
+  the JSON together fit MAX_ARGUMENTS_LIMIT, so MAX_EVENT_BYTES still holds.
 - Every other string (block_reason, tool and resource names, decision and verifier
   reasons, …) is kept whole up to MAX_TEXT_BYTES, and all of them together up to
   _TEXT_BUDGET bytes, an Event's own fields (ids, codes, reasons) before its
@@ -39,6 +43,7 @@ from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.struct_pb2 import ListValue, Struct, Value
@@ -117,6 +122,8 @@ class Record:
     parent_ids: tuple[str, ...] = ()
     #: Edges beyond CAUSED_BY: (target node, EdgeType, reason).
     edges: tuple[tuple[str, int, str], ...] = ()
+    #: The arguments as parsed from the request (exact integers), journaled as JSON.
+    arguments: dict[str, Any] | None = None
 
 
 class Recorder:
@@ -139,15 +146,15 @@ class Recorder:
         self._max_arguments = max_arguments
         self._nesting_checked = checked_depth is not None and checked_depth <= MAX_CHECKED_DEPTH
 
-    def _redaction(self, record: Record) -> Callable[[Struct], int] | None:
-        """The redaction of this record's journaled arguments, when they may hold secrets."""
+    def _redactor_for(self, record: Record) -> Redactor | None:
+        """The redactor of this record's journaled arguments, when they may hold secrets."""
         redactor = self._redactor
         if redactor is None or not record.action.HasField("arguments"):
             return None
         # The raw body is searched once; without a body (a stated task) the walk always runs.
         if record.body and not redactor.may_hold_secrets(record.body):
             return None
-        return redactor.struct
+        return redactor
 
     def append(
         self,
@@ -187,13 +194,15 @@ class Recorder:
             block_reason=block_reason,
             verifier_fallback=verifier_fallback,
         )
+        redactor = self._redactor_for(record)
         self._journal.append(
             encode_event(
                 event,
                 record.action,
                 max_arguments=self._max_arguments,
                 nesting_checked=self._nesting_checked,
-                redact=self._redaction(record),
+                redact=redactor.struct if redactor is not None else None,
+                arguments_json=_arguments_json(record.arguments, redactor),
             )
         )
         return violation_id
@@ -232,9 +241,12 @@ def encode_event(
     max_arguments: int = DEFAULT_MAX_ARGUMENTS,
     nesting_checked: bool = False,
     redact: Callable[[Struct], int] | None = None,
+    arguments_json: bytes | None = None,
 ) -> bytes:
     """Set `event.action` from `action` and return the event's encoding, cut to the
     module's bounds (at most MAX_EVENT_BYTES). Changes `event`, never `action`.
+    `arguments_json` (the same arguments as sent, redacted) is kept with whole arguments
+    that leave room for it (see the module docstring).
 
     `nesting_checked` says the arguments' nesting was bounded before they were built
     (the proxy's value budget allows at most MAX_CHECKED_DEPTH levels, which always
@@ -248,10 +260,18 @@ def encode_event(
     if redact is not None and redact(event.action.arguments):
         # The event's own copy: the action, as policy and the verifier saw it, is untouched.
         size = event.action.arguments.ByteSize()
+    if (
+        arguments_json is not None
+        and not event.arguments_truncated
+        and size + len(arguments_json) <= MAX_ARGUMENTS_LIMIT
+    ):
+        event.arguments_json = arguments_json
+        size += len(arguments_json)
     data = event.SerializeToString()
     readable = nesting_checked or _readable(data)
     if not readable and not event.arguments_truncated:
         # Small enough, but nested deeper than protobuf's parser accepts.
+        event.ClearField("arguments_json")  # kept only beside whole arguments
         size = _cut_action(event, action, max_arguments)
         data = event.SerializeToString()
         readable = _readable(data)
@@ -269,6 +289,18 @@ def encode_event(
         )
         data = _identity_only(event).SerializeToString()
     return data
+
+
+def _arguments_json(arguments: dict[str, Any] | None, redactor: Redactor | None) -> bytes | None:
+    """The arguments as JSON (orjson keeps integers exact), redacted like the Struct copy."""
+    if not arguments:
+        return None
+    if redactor is not None:
+        arguments, _ = redactor.json(arguments)
+    try:
+        return orjson.dumps(arguments)
+    except (TypeError, orjson.JSONEncodeError):
+        return None  # not JSON after all (cannot come from a parsed body): the Struct stands
 
 
 def _readable(data: bytes) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.struct_pb2 import ListValue, Struct, Value
@@ -73,6 +74,27 @@ class Redactor:
     def struct(self, arguments: Struct) -> int:
         """Redact `arguments` in place; the number of values replaced."""
         return self._fields(arguments, ())
+
+    def json(self, value: Any) -> tuple[Any, int]:
+        """A redacted copy of a JSON value (dicts, lists, strings, numbers) as parsed from a
+        request, and the number of values replaced; `value` itself when nothing was. The
+        same placeholders as `struct` gives the Struct copy of the same arguments."""
+        return self._json(value, ())
+
+    def _json(self, value: Any, path: tuple[str, ...]) -> tuple[Any, int]:
+        if path and self._configured(path):
+            return placeholder("path", _canonical(_as_value(value))), 1
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            items = {key: self._json(item, (*path, key)) for key, item in value.items()}
+            count = sum(found for _, found in items.values())
+            return ({key: item for key, (item, _) in items.items()}, count) if count else (value, 0)
+        if isinstance(value, list):
+            entries = [self._json(item, (*path, str(index))) for index, item in enumerate(value)]
+            count = sum(found for _, found in entries)
+            return ([item for item, _ in entries], count) if count else (value, 0)
+        return value, 0
 
     def text(self, value: str) -> tuple[str, int]:
         if self._quick.search(value) is None:
@@ -128,6 +150,12 @@ class Redactor:
 
 def placeholder(kind: str, secret: str) -> str:
     return f"[REDACTED:{kind}:{hashlib.sha256(secret.encode()).hexdigest()[:12]}]"
+
+
+def _as_value(value: Any) -> Value:
+    holder = Struct()
+    holder.update({"value": value})
+    return holder.fields["value"]
 
 
 def _canonical(value: Value) -> str:

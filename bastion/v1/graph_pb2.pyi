@@ -225,6 +225,7 @@ class Event(_message.Message):
     VERIFIER_FALLBACK_FIELD_NUMBER: _builtins.int
     ARGUMENTS_TRUNCATED_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """uuid7; the idempotency key."""
     workflow_id: _builtins.str
@@ -245,6 +246,12 @@ class Event(_message.Message):
     arguments_truncated: _builtins.bool
     """True when action.arguments were cut to the journal's bound: what is kept is a
     prefix, and payload_digest is the sha256 of the whole request as received.
+    """
+    arguments_json: _builtins.bytes
+    """The action's arguments exactly as the agent sent them (after redaction), as UTF-8
+    JSON: action.arguments is a google.protobuf.Struct, whose numbers are doubles, so
+    it would show 2 as 2.0 and round an integer beyond 2^53. Set only when the
+    arguments were kept whole (arguments_truncated is false) and fit the journal's bound.
     """
     @_builtins.property
     def parent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -299,10 +306,11 @@ class Event(_message.Message):
         verifier_fallback: _builtins.bool = ...,
         arguments_truncated: _builtins.bool = ...,
         result: Global___ActionResult | None = ...,
+        arguments_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_at", b"decided_at", "decision", b"decision", "redacted_payload", b"redacted_payload", "result", b"result", "started_at", b"started_at", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "redacted_payload", b"redacted_payload", "result", b"result", "session_id", b"session_id", "started_at", b"started_at", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_json", b"arguments_json", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "redacted_payload", b"redacted_payload", "result", b"result", "session_id", b"session_id", "started_at", b"started_at", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -278,15 +278,33 @@ def test_any_input_gives_a_bounded_readable_event(
         event_id="e", block_reason=reason, verifier=verifier_pb2.ScoreResponse(reasons=reasons, scorer=reason)
     )
 
-    data = encode_event(event, action, max_arguments=max_arguments)
+    sent = orjson.dumps(arguments)
+    data = encode_event(event, action, max_arguments=max_arguments, arguments_json=sent)
 
     assert len(data) <= MAX_EVENT_BYTES
     back = graph_pb2.Event.FromString(data)
     assert back.action.arguments.ByteSize() <= max_arguments
+    # The copy as sent rides only beside whole arguments, and then exactly as given.
+    assert back.arguments_json == (b"" if back.arguments_truncated else sent)
     assert back.arguments_truncated == (back.action.arguments != action.arguments)
     assert (back.event_id, back.action.tool) == ("e", "echo")
     if len(reason.encode()) <= MAX_TEXT_BYTES:
         assert back.block_reason == reason
+
+
+def test_the_copy_as_sent_is_dropped_when_it_would_take_the_event_past_its_bound() -> None:
+    arguments = {"text": "x" * (MAX_ARGUMENTS_LIMIT - 100)}
+    action = policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="demo", tool="echo")
+    action.arguments.update(arguments)
+
+    data = encode_event(
+        graph_pb2.Event(event_id="e"), action, max_arguments=MAX_ARGUMENTS_LIMIT, arguments_json=orjson.dumps(arguments)
+    )
+
+    back = graph_pb2.Event.FromString(data)
+    assert len(data) <= MAX_EVENT_BYTES
+    assert not back.arguments_truncated
+    assert back.arguments_json == b""  # the whole Struct stays; the second copy would not fit
 
 
 @pytest.mark.parametrize("kind", ["object", "array"])

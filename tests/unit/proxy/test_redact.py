@@ -93,3 +93,42 @@ def test_the_body_search_skips_the_walk_for_ordinary_calls() -> None:
     assert not redactor.may_hold_secrets(b'{"name":"add","arguments":{"a":1,"b":2}}')
     assert redactor.may_hold_secrets(SECRETS["aws_key"].encode())
     assert Redactor(("$..password",)).may_hold_secrets(b"{}")
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"auth": {"token": 12345, "user": "ada"}, "login": {"password": {"value": "hunter2"}}, "cards": ["a", 2]},
+        {"text": f"use {JWT} and {SECRETS['aws_key']}", "n": 2, "deep": [[{"k": SECRETS["card"]}]]},
+        {"nothing": "to hide", "list": [1, 2.5, None, True, {"x": "y"}]},
+    ],
+)
+def test_the_json_copy_is_redacted_with_the_struct_copys_placeholders(arguments: dict[str, Any]) -> None:
+    # The journal keeps both copies of an action's arguments: they must agree exactly.
+    redactor = Redactor(("$.auth.token", "$..password", "$.cards.*"))
+    from_struct, struct_count = _redacted(arguments, redactor)
+    from_json, json_count = redactor.json(arguments)
+
+    assert json_count == struct_count
+    assert _strings(from_json) == _strings(from_struct)
+    if not json_count:
+        assert from_json is arguments  # nothing replaced: no copy made
+
+
+def test_the_json_copy_keeps_every_non_secret_value_and_type() -> None:
+    arguments = {"amount": 2**53 + 1, "whole": 2, "ratio": 0.5, "token": JWT, "nested": [[1, [2]]]}
+    found, count = Redactor().json(arguments)
+    assert count == 1
+    assert found == {**arguments, "token": placeholder("jwt", JWT)}
+    assert type(found["amount"]) is int
+    assert arguments["token"] == JWT  # the caller's value, as policy saw it, is untouched
+
+
+def _strings(value: Any) -> list[str]:
+    """The strings of a JSON value in document order: where the two copies must agree
+    (the Struct copy's numbers are doubles, so numbers are compared elsewhere)."""
+    if isinstance(value, dict):
+        return [text for key in sorted(value) for text in _strings(value[key])]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return [value] if isinstance(value, str) else []
