@@ -121,7 +121,9 @@ def _verify_text(answer: dict[str, Any]) -> str:
     at = f" (head #{head['sequence']} {head['hash']})" if head else ""
     problem = answer.get("problem")
     if problem is None:
-        return f"ok: {answer['records']} records verified{at}"
+        marks = answer.get("checkpoints")
+        held = f", {marks} signed checkpoint{'s' if marks != 1 else ''} held" if marks is not None else ""
+        return f"ok: {answer['records']} records verified{at}{held}"
     return f"BROKEN at record #{problem['sequence']} ({problem['kind']}): {problem['detail']}"
 
 

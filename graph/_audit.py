@@ -274,7 +274,7 @@ class ChainHead:
 
 @dataclass(frozen=True, slots=True)
 class ChainProblem:
-    #: altered, removed, inserted or reordered
+    #: altered, removed, inserted or reordered; forged for a checkpoint whose signature fails
     kind: str
     #: The record the problem is named by.
     sequence: int
@@ -288,6 +288,8 @@ class ChainReport:
     #: The last record read, or None for an empty chain.
     head: ChainHead | None
     problem: ChainProblem | None
+    #: Signed checkpoints that held (bastion.graph._checkpoints).
+    checkpoints: int = 0
 
     @property
     def ok(self) -> bool:

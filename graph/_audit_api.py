@@ -41,10 +41,12 @@ def _store(request: Request) -> GraphStore:
 @router.get("/audit/verify", response_model=AuditVerifyView)
 async def verify_audit(request: Request) -> AuditVerifyView:
     """Recompute the audit chain from its first record and name the first altered, removed or
-    inserted record. Records cut from the end are not visible here: compare `head` with one kept
-    elsewhere (an earlier verify, an export's chain head). The outcome is exported as
+    inserted record, then hold it to its signed checkpoints, which name a chain cut short or
+    rewritten with recomputed hashes up to the last checkpoint. Records cut after the last
+    checkpoint are not visible here: compare `head` with one kept elsewhere (an earlier verify,
+    an export's chain head). The outcome is exported as
     `bastion_audit_chain_ok` for the audit-chain alert."""
-    report = await verify_store(_store(request))
+    report = await verify_store(_store(request), keys=request.app.state.checkpoint_keys)
     request.app.state.metrics.chain_verified(report.ok)
     return verify_view(report)
 

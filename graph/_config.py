@@ -29,3 +29,10 @@ class GraphSettings(CommonSettings):
         description="Policy service gRPC address: the graph learns API keys and revocations from it "
         "(WatchIdentity), so a revoked operator or auditor credential is refused on the graph REST too.",
     )
+    audit_checkpoint_every: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Sign a checkpoint of the audit chain (its head's sequence and hash, with the stack's key "
+        "$BASTION_HOME/keys/dev-ed25519.pem) every this many records; /audit/verify holds the chain to them.",
+    )

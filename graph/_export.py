@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from . import _checkpoints as checkpoints
 from ._audit import AuditEntry, ChainHead, ChainProblem, ChainReport, ChainVerifier, canonical
+from ._checkpoints import all_checkpoints
 from ._store import GraphStore
 
 #: schema name (the `schema` query parameter) -> (schema_version, controls it evidences)
@@ -61,8 +64,12 @@ HEAD_KIND = "chain_head"
 PAGE = 1000
 
 
-async def verify_store(store: GraphStore, *, page: int = PAGE) -> ChainReport:
-    """Recompute the store's whole chain, up to the head it had when the check began."""
+async def verify_store(store: GraphStore, *, page: int = PAGE, keys: Sequence[Ed25519PublicKey] = ()) -> ChainReport:
+    """Recompute the store's whole chain, up to the head it had when the check began, and
+    hold it to its signed checkpoints (signatures checked against `keys` when given)."""
+    marks = await all_checkpoints(store)
+    wanted = {mark.sequence for mark in marks}
+    hashes: dict[int, str] = {}
     head = await store.audit_head()
     verifier = ChainVerifier()
     after = 0
@@ -72,8 +79,10 @@ async def verify_store(store: GraphStore, *, page: int = PAGE) -> ChainReport:
             break
         for entry in entries:
             verifier.feed(entry)
+            if entry.sequence in wanted:
+                hashes[entry.sequence] = entry.hash
         after = entries[-1].sequence
-    return verifier.report()
+    return checkpoints.check(verifier.report(), marks, hashes, keys)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ journal retries).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Never, TypeVar
 
 import grpc
@@ -39,10 +39,13 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
         *,
         metrics: GraphMetrics | None = None,
         max_events_per_call: int = MAX_EVENTS_PER_CALL,
+        on_ingest: Callable[[], None] | None = None,
     ) -> None:
+        """`on_ingest` is called after each batch stored (the checkpointer's wake-up)."""
         self._store = store
         self._metrics = metrics or GraphMetrics()
         self._max_events = max_events_per_call
+        self._on_ingest = on_ingest
 
     async def Ingest(self, request_iterator: AsyncIterator[graph_pb2.Event], context: _Context) -> graph_pb2.IngestAck:
         events = await self._receive(request_iterator, context)
@@ -52,6 +55,8 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
             result = await self._call(context, self._store.ingest(events))
         self._metrics.events.labels(result="accepted").inc(result.accepted)
         self._metrics.events.labels(result="duplicate").inc(result.duplicates)
+        if result.accepted and self._on_ingest is not None:
+            self._on_ingest()
         return graph_pb2.IngestAck(accepted=result.accepted, duplicates=result.duplicates)
 
     async def Lineage(self, request: graph_pb2.LineageRequest, context: _Context) -> graph_pb2.Path:

@@ -16,7 +16,7 @@ from bastion._apikeys import IdentityState
 from bastion._appconfig import AppConfig
 from bastion._errors import ConfigError
 from bastion._hosts import HostCheck
-from bastion._identity import TokenVerifier, ensure_service_token
+from bastion._identity import TokenVerifier, ensure_dev_key, ensure_service_token
 from bastion._identity_watch import IdentityWatch
 from bastion._rpc import auth_metadata, open_channel, start_grpc_server
 from bastion._service import run_service
@@ -25,6 +25,7 @@ from bastion._web import start_web_server
 from bastion.v1 import graph_pb2_grpc, policy_pb2_grpc
 
 from ._api import create_app
+from ._checkpoints import Checkpointer
 from ._config import GraphSettings
 from ._grpc import SERVICE_NAME, GraphServicer
 from ._metrics import GraphMetrics
@@ -68,7 +69,14 @@ async def serve(
         )
         watch.start()
         stack.push_async_callback(watch.close)
-        servicer = GraphServicer(store, metrics=metrics)
+        # Checkpoints are signed with the stack's key (the chart mounts it from its Secret).
+        stack_key = ensure_dev_key(home)
+        checkpointer = Checkpointer(store, stack_key, settings.audit_checkpoint_every)
+        ingested = asyncio.Event()
+        ingested.set()  # a first pass at start: checkpoints a crash skipped are written now
+        checkpointing = asyncio.create_task(checkpointer.run(ingested, stop), name="graph-checkpoints")
+        stack.push_async_callback(_finished, checkpointing)
+        servicer = GraphServicer(store, metrics=metrics, on_ingest=ingested.set)
         grpc_server = await _naming(
             "BASTION_GRAPH_GRPC_ADDR",
             start_grpc_server(
@@ -79,7 +87,9 @@ async def serve(
             ),
         )
         stack.push_async_callback(grpc_server.stop)
-        api = create_app(store, verifier=verifier, hosts=hosts, metrics=metrics)
+        api = create_app(
+            store, verifier=verifier, hosts=hosts, metrics=metrics, checkpoint_keys=[stack_key.public_key()]
+        )
         http = await _naming("BASTION_GRAPH_ADDR", start_web_server(api, settings.graph_addr))
         stack.push_async_callback(http.stop)
         ready({"grpc": grpc_server.address, "http": http.address})
@@ -89,6 +99,12 @@ async def serve(
 def main(config: Path | None = None) -> int:
     """`bastion graph serve`: the exit code of the process."""
     return run_service("graph", GraphSettings(), config, serve)
+
+
+async def _finished(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _naming(variable: str, starting: Awaitable[T]) -> T:

@@ -338,6 +338,11 @@ class AuditVerifyView(BaseModel):
     records: int = Field(description="Records checked (up to one past the first problem).")
     head: ChainHeadView | None = Field(description="The last record checked; null for an empty chain.")
     problem: ChainProblemView | None
+    checkpoints: int = Field(
+        description="Signed checkpoints (every BASTION_AUDIT_CHECKPOINT_EVERY records) that held: each one's "
+        "signature by the stack's key, and the chain's hash at its sequence. A chain cut short or rewritten "
+        "with recomputed hashes fails at the first checkpoint it reaches."
+    )
 
 
 class RuleStatsView(BaseModel):
@@ -394,6 +399,7 @@ def verify_view(report: ChainReport) -> AuditVerifyView:
         problem=ChainProblemView(kind=problem.kind, sequence=problem.sequence, detail=problem.detail)
         if problem
         else None,
+        checkpoints=report.checkpoints,
     )
 
 

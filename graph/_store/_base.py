@@ -118,6 +118,16 @@ class DriftPath:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A signed checkpoint of the audit chain (bastion.graph._checkpoints): record `sequence`
+    had hash `hash`, as `token` (a JWS by the stack's key) says."""
+
+    sequence: int
+    hash: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionStats:
     """The decision records of a window (`GraphStore.decision_stats`)."""
 
@@ -226,6 +236,16 @@ class GraphStore(Protocol):
         """Up to `limit` audit records in sequence order with sequence > `after` and <= `through`,
         recorded in [since_ns, until_ns) (a contiguous piece of the chain: see bastion.graph._audit)."""
         ...
+
+    async def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
+        """Store a signed checkpoint; False when one is stored for that sequence already."""
+        ...
+
+    async def checkpoints(self, *, after: int = 0, limit: int = DEFAULT_AUDIT_PAGE) -> Sequence[StoredCheckpoint]:
+        """Up to `limit` checkpoints with sequence > `after`, in sequence order."""
+        ...
+
+    async def last_checkpoint(self) -> StoredCheckpoint | None: ...
 
     async def decision_stats(self, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
         """Decision records whose event time is at or after `since_ns`."""

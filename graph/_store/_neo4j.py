@@ -64,6 +64,7 @@ from ._base import (
     LineageHop,
     Node,
     Page,
+    StoredCheckpoint,
     ViolationFilter,
     WorkflowSnapshot,
     WorkflowSummary,
@@ -104,6 +105,7 @@ _SCHEMA = (
     "CREATE CONSTRAINT bastion_audit_seq IF NOT EXISTS FOR (a:BastionAudit) REQUIRE a.seq IS UNIQUE",
     "CREATE CONSTRAINT bastion_audit_event IF NOT EXISTS FOR (a:BastionAudit) REQUIRE a.event_id IS UNIQUE",
     "CREATE CONSTRAINT bastion_audit_head IF NOT EXISTS FOR (h:BastionAuditHead) REQUIRE h.id IS UNIQUE",
+    "CREATE CONSTRAINT bastion_checkpoint_seq IF NOT EXISTS FOR (c:BastionAuditCheckpoint) REQUIRE c.seq IS UNIQUE",
     "CREATE CONSTRAINT bastion_schema IF NOT EXISTS FOR (s:BastionSchema) REQUIRE s.id IS UNIQUE",
     "CREATE INDEX bastion_node_workflow IF NOT EXISTS FOR (n:BastionNode) ON (n.workflow_id, n.at_ns)",
     "CREATE INDEX bastion_node_violation IF NOT EXISTS FOR (n:BastionNode) ON (n.violation, n.at_ns)",
@@ -170,6 +172,14 @@ UNWIND $rows AS a CREATE (r:BastionAudit) SET r = a
 WITH count(*) AS appended
 MATCH (h:BastionAuditHead {id: 1}) SET h.seq = $seq, h.hash = $hash, h.recorded_ns = $recorded_ns
 """
+_ADD_CHECKPOINT = """
+OPTIONAL MATCH (old:BastionAuditCheckpoint {seq: $seq})
+WITH old WHERE old IS NULL
+CREATE (c:BastionAuditCheckpoint {seq: $seq, hash: $hash, token: $token})
+RETURN true AS created
+"""
+_CHECKPOINTS = "MATCH (c:BastionAuditCheckpoint)"
+_CHECKPOINT_FIELDS = "RETURN c.seq, c.hash, c.token"
 _SUMMARY = (
     "x.workflow_id AS workflow_id, x.first_seen_ns AS first, x.last_seen_ns AS last, "
     "x.node_count AS nodes, x.violation_count AS violations, x.agents AS agents"
@@ -339,6 +349,26 @@ class Neo4jGraphStore:
 
     async def decision_stats(self, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
         return await self._read(lambda tx: _select_decision_stats(tx, since_ns, percentiles))
+
+    async def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
+        def write(tx: neo4j.ManagedTransaction) -> bool:
+            found = tx.run(_ADD_CHECKPOINT, seq=checkpoint.sequence, hash=checkpoint.hash, token=checkpoint.token)
+            record = found.single()
+            return bool(record and record["created"])
+
+        return await self._run(self._writer, lambda session: session.execute_write(write))
+
+    async def checkpoints(self, *, after: int = 0, limit: int = DEFAULT_AUDIT_PAGE) -> Sequence[StoredCheckpoint]:
+        check_limit(limit, MAX_AUDIT_PAGE)
+        query = f"{_CHECKPOINTS} WHERE c.seq > $after {_CHECKPOINT_FIELDS} ORDER BY c.seq LIMIT $limit"
+        return await self._read(
+            lambda tx: [StoredCheckpoint(*r.values()) for r in tx.run(query, after=after, limit=limit)]
+        )
+
+    async def last_checkpoint(self) -> StoredCheckpoint | None:
+        query = f"{_CHECKPOINTS} {_CHECKPOINT_FIELDS} ORDER BY c.seq DESC LIMIT 1"
+        found = await self._read(lambda tx: tx.run(query).single())
+        return StoredCheckpoint(*found.values()) if found is not None else None
 
     async def ping(self) -> None:
         self._check_open()

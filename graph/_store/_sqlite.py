@@ -57,6 +57,7 @@ from ._base import (
     LineageHop,
     Node,
     Page,
+    StoredCheckpoint,
     ViolationFilter,
     WorkflowSnapshot,
     WorkflowSummary,
@@ -84,16 +85,20 @@ from ._paths import NodeLookup, StepLookup, walk_drift, walk_lineage
 from ._sqlite_audit import (
     AUDIT_SCHEMA,
     AuditAppender,
+    insert_checkpoint,
+    select_checkpoints,
     select_decision_stats,
     select_entries,
     select_head,
+    select_last_checkpoint,
 )
 
 R = TypeVar("R")
 
 # 1: nodes, edges, workflows. 2: the audit chain (_sqlite_audit.py), backfilled from the nodes.
 # 3: events (and parked results) stored as protobuf bytes instead of protobuf JSON.
-_SCHEMA_VERSION = 3
+# 4: signed checkpoints of the audit chain (audit_checkpoints).
+_SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     event_id    TEXT PRIMARY KEY,
@@ -290,6 +295,17 @@ class SqliteGraphStore:
     async def decision_stats(self, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
         return await self._read(lambda conn: select_decision_stats(conn, since_ns, percentiles))
 
+    async def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
+        self._check_open()
+        return await asyncio.wrap_future(self._writer.submit_write(lambda conn: insert_checkpoint(conn, checkpoint)))
+
+    async def checkpoints(self, *, after: int = 0, limit: int = DEFAULT_AUDIT_PAGE) -> Sequence[StoredCheckpoint]:
+        check_limit(limit, MAX_AUDIT_PAGE)
+        return await self._read(lambda conn: select_checkpoints(conn, after, limit))
+
+    async def last_checkpoint(self) -> StoredCheckpoint | None:
+        return await self._read(select_last_checkpoint)
+
     async def ping(self) -> None:
         self._check_open()
         if not self._writer.alive:
@@ -354,8 +370,8 @@ class _Writer:
         self._connection = connection
         self._path = path
         self._chain = chain
-        self._jobs: queue.SimpleQueue[tuple[tuple[graph_pb2.Event, ...], Future[IngestResult]] | None]
-        self._jobs = queue.SimpleQueue()
+        # Each job runs in one transaction of its own: an Ingest batch, or another write.
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = queue.SimpleQueue()
         # Daemon, so a process that exits without closing the store is not held up by a
         # thread blocked on its queue; SQLite's atomic commit covers an interrupted batch.
         self._thread = threading.Thread(target=self._run, name="graph-writer", daemon=True)
@@ -366,8 +382,15 @@ class _Writer:
         return self._thread.is_alive()
 
     def submit(self, events: Sequence[graph_pb2.Event]) -> Future[IngestResult]:
+        batch = tuple(events)
         future: Future[IngestResult] = Future()
-        self._jobs.put((tuple(events), future))
+        self._jobs.put((lambda: self._commit(batch), future))
+        return future
+
+    def submit_write(self, write: Callable[[sqlite3.Connection], R]) -> Future[R]:
+        """Run `write` in a transaction of its own, after the jobs already queued."""
+        future: Future[R] = Future()
+        self._jobs.put((lambda: self._transaction(write), future))
         return future
 
     def close(self) -> None:
@@ -378,11 +401,11 @@ class _Writer:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            events, future = job
+            work, future = job
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(self._commit(events))
+                future.set_result(work())
             except sqlite3.Error as exc:
                 error = _store_error("write", self._path, exc)
                 error.__cause__ = exc
@@ -391,17 +414,11 @@ class _Writer:
                 # Whatever went wrong belongs to this batch's caller; the thread lives on.
                 future.set_exception(exc)
 
-    def _commit(self, events: Sequence[graph_pb2.Event]) -> IngestResult:
+    def _transaction(self, write: Callable[[sqlite3.Connection], R]) -> R:
         connection = self._connection
-        received_ns = time.time_ns()
-        chain = self._chain.fork()
-        accepted = 0
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for event in events:
-                if _insert_event(connection, event, received_ns):
-                    accepted += 1
-                    chain.add(connection, event, received_ns)
+            result = write(connection)
             connection.execute("COMMIT")
         except BaseException:
             # Some errors (disk full, I/O) end the transaction themselves.
@@ -409,6 +426,21 @@ class _Writer:
                 with contextlib.suppress(sqlite3.Error):
                     connection.execute("ROLLBACK")
             raise
+        return result
+
+    def _commit(self, events: Sequence[graph_pb2.Event]) -> IngestResult:
+        received_ns = time.time_ns()
+        chain = self._chain.fork()
+
+        def write(connection: sqlite3.Connection) -> int:
+            accepted = 0
+            for event in events:
+                if _insert_event(connection, event, received_ns):
+                    accepted += 1
+                    chain.add(connection, event, received_ns)
+            return accepted
+
+        accepted = self._transaction(write)
         self._chain = chain
         return IngestResult(accepted=accepted, duplicates=len(events) - accepted)
 

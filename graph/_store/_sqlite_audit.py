@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from bastion.v1 import graph_pb2
 
 from .._audit import AuditEntry, ChainHead
-from ._base import DecisionStats
+from ._base import DecisionStats, StoredCheckpoint
 from ._chain import ChainCursor, nearest_ranks
 
 AUDIT_SCHEMA = """
@@ -45,6 +45,16 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit chain is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit chain is append-only'); END;
+
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq   INTEGER PRIMARY KEY,
+    hash  TEXT NOT NULL,
+    token TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 """
 
 _INSERT = """
@@ -94,6 +104,26 @@ class AuditAppender:
                 row.record,
             ),
         )
+
+
+def insert_checkpoint(connection: sqlite3.Connection, checkpoint: StoredCheckpoint) -> bool:
+    inserted = connection.execute(
+        "INSERT INTO audit_checkpoints (seq, hash, token) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        (checkpoint.sequence, checkpoint.hash, checkpoint.token),
+    )
+    return inserted.rowcount > 0
+
+
+def select_checkpoints(connection: sqlite3.Connection, after: int, limit: int) -> list[StoredCheckpoint]:
+    rows = connection.execute(
+        "SELECT seq, hash, token FROM audit_checkpoints WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+    )
+    return [StoredCheckpoint(*row) for row in rows]
+
+
+def select_last_checkpoint(connection: sqlite3.Connection) -> StoredCheckpoint | None:
+    row = connection.execute("SELECT seq, hash, token FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+    return StoredCheckpoint(*row) if row is not None else None
 
 
 def select_head(connection: sqlite3.Connection) -> ChainHead | None:

@@ -39,6 +39,7 @@ from bastion._identity import TokenVerifier, ensure_dev_key, issue_token, load_p
 from bastion._rpc import auth_metadata, check_health, start_grpc_server
 from bastion._web import start_web_server
 from bastion.graph import GraphServicer, GraphSettings, SqliteGraphStore, create_app, serve
+from bastion.graph._checkpoints import read
 from bastion.v1 import graph_pb2, graph_pb2_grpc, policy_pb2, verifier_pb2
 
 _TOKEN = "graph-test-token"
@@ -95,7 +96,9 @@ class _Graph:
 
 
 @contextlib.asynccontextmanager
-async def _running(home: Path, graph_url: str = "", app: AppConfig | None = None) -> AsyncIterator[_Graph]:
+async def _running(
+    home: Path, graph_url: str = "", app: AppConfig | None = None, checkpoint_every: int = 1000
+) -> AsyncIterator[_Graph]:
     """The graph service in this event loop, stopped (gracefully) on exit."""
     settings = GraphSettings(
         home=home,
@@ -103,6 +106,7 @@ async def _running(home: Path, graph_url: str = "", app: AppConfig | None = None
         graph_grpc_addr="127.0.0.1:0",
         graph_url=graph_url,
         service_token=SecretStr(_TOKEN),
+        audit_checkpoint_every=checkpoint_every,
     )
     addresses: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
@@ -527,6 +531,25 @@ async def test_restarted_service_on_neo4j_serves_what_it_stored_before(
         assert (await second.http.get("/graphs/wf-1")).json() == before
         assert (await second.http.get("/audit/verify")).json() == chain
     assert not (tmp_path / "graph.db").exists()  # nothing went to SQLite
+
+
+async def test_the_service_signs_a_checkpoint_every_n_records_with_the_stacks_key(tmp_path: Path) -> None:
+    async with _running(tmp_path, checkpoint_every=2) as graph, grpc.aio.insecure_channel(graph.grpc_addr) as channel:
+        await _ingest(graph_pb2_grpc.GraphServiceStub(channel), [_blocked(f"e{n}", second=n) for n in range(5)])
+        deadline = asyncio.get_running_loop().time() + 10
+        while (verified := (await graph.http.get("/audit/verify")).json())["checkpoints"] < 2:
+            assert asyncio.get_running_loop().time() < deadline, verified
+            await asyncio.sleep(0.05)
+
+    assert verified["ok"] is True
+    assert verified["head"]["sequence"] == 5
+    store = await SqliteGraphStore.open(tmp_path / "graph.db")
+    try:
+        marks = await store.checkpoints()
+    finally:
+        await store.close()
+    stack_key = ensure_dev_key(tmp_path).public_key()
+    assert [read(mark.token, [stack_key]).sequence for mark in marks] == [2, 4]
 
 
 async def test_unreachable_neo4j_stops_startup_with_a_store_error_without_the_password(tmp_path: Path) -> None:

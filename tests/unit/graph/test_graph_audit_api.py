@@ -89,7 +89,13 @@ async def test_verify_reports_the_head_of_an_intact_chain(store: SqliteGraphStor
     async with _client(store, tmp_path) as client:
         answer = (await client.get("/audit/verify")).json()
     assert head is not None
-    assert answer == {"ok": True, "records": 2, "head": {"sequence": 2, "hash": head.hash}, "problem": None}
+    assert answer == {
+        "ok": True,
+        "records": 2,
+        "head": {"sequence": 2, "hash": head.hash},
+        "problem": None,
+        "checkpoints": 0,
+    }
 
 
 @pytest.mark.parametrize("file_format", ["csv", "json"])
