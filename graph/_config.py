@@ -36,3 +36,10 @@ class GraphSettings(CommonSettings):
         description="Sign a checkpoint of the audit chain (its head's sequence and hash, with the stack's key "
         "$BASTION_HOME/keys/dev-ed25519.pem) every this many records; /audit/verify holds the chain to them.",
     )
+    payload_retention_days: int = Field(
+        default=0,
+        ge=0,
+        le=36_500,
+        description="Remove the payloads (arguments, redacted results) of nodes older than this many days, "
+        "hourly; ids, digests, decisions and the audit chain are kept forever. 0 keeps payloads forever.",
+    )

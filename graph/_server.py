@@ -29,6 +29,7 @@ from ._checkpoints import Checkpointer
 from ._config import GraphSettings
 from ._grpc import SERVICE_NAME, GraphServicer
 from ._metrics import GraphMetrics
+from ._retention import Retention
 from ._store import open_store
 
 T = TypeVar("T")
@@ -76,6 +77,10 @@ async def serve(
         ingested.set()  # a first pass at start: checkpoints a crash skipped are written now
         checkpointing = asyncio.create_task(checkpointer.run(ingested, stop), name="graph-checkpoints")
         stack.push_async_callback(_finished, checkpointing)
+        retention = asyncio.create_task(
+            Retention(store, settings.payload_retention_days).run(stop), name="graph-retention"
+        )
+        stack.push_async_callback(_finished, retention)
         servicer = GraphServicer(store, metrics=metrics, on_ingest=ingested.set)
         grpc_server = await _naming(
             "BASTION_GRAPH_GRPC_ADDR",

@@ -94,6 +94,11 @@ class NodeView(BaseModel):
     result: ResultView | None = Field(
         default=None, description="How the forwarded action ended; null until the proxy recorded it."
     )
+    payload_expired: bool = Field(
+        default=False,
+        description="Payload retention (BASTION_PAYLOAD_RETENTION_DAYS) removed this node's arguments and "
+        "result content; its digests, decision and audit records remain.",
+    )
 
 
 class ResultView(BaseModel):
@@ -228,6 +233,7 @@ def node_view(node: Node) -> NodeView:
         parent_ids=list(event.parent_ids),
         payload_digest=event.payload_digest,
         result=_result_view(event.result) if event.HasField("result") else None,
+        payload_expired=event.payload_expired,
     )
 
 

@@ -226,6 +226,7 @@ class Event(_message.Message):
     ARGUMENTS_TRUNCATED_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    PAYLOAD_EXPIRED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """uuid7; the idempotency key."""
     workflow_id: _builtins.str
@@ -252,6 +253,11 @@ class Event(_message.Message):
     JSON: action.arguments is a google.protobuf.Struct, whose numbers are doubles, so
     it would show 2 as 2.0 and round an integer beyond 2^53. Set only when the
     arguments were kept whole (arguments_truncated is false) and fit the journal's bound.
+    """
+    payload_expired: _builtins.bool
+    """Set by the graph when its payload retention (BASTION_PAYLOAD_RETENTION_DAYS) removed
+    this node's payloads: action.arguments, arguments_json, redacted_payload and the
+    result's redacted_result. Ids, digests, decisions, outcomes and the audit chain stay.
     """
     @_builtins.property
     def parent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -307,10 +313,11 @@ class Event(_message.Message):
         arguments_truncated: _builtins.bool = ...,
         result: Global___ActionResult | None = ...,
         arguments_json: _builtins.bytes = ...,
+        payload_expired: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_at", b"decided_at", "decision", b"decision", "redacted_payload", b"redacted_payload", "result", b"result", "started_at", b"started_at", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_json", b"arguments_json", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "redacted_payload", b"redacted_payload", "result", b"result", "session_id", b"session_id", "started_at", b"started_at", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_json", b"arguments_json", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "payload_expired", b"payload_expired", "redacted_payload", b"redacted_payload", "result", b"result", "session_id", b"session_id", "started_at", b"started_at", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

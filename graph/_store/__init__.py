@@ -8,6 +8,7 @@ from bastion._errors import ConfigError
 
 from ._base import (
     DEFAULT_AUDIT_PAGE,
+    DEFAULT_EXPIRY_BATCH,
     DEFAULT_LINEAGE_DEPTH,
     DEFAULT_NODE_PAGE_SIZE,
     DEFAULT_PAGE_SIZE,
@@ -76,6 +77,7 @@ async def open_store(url: str, home: Path) -> GraphStore:
 
 __all__ = [
     "DEFAULT_AUDIT_PAGE",
+    "DEFAULT_EXPIRY_BATCH",
     "DEFAULT_LINEAGE_DEPTH",
     "DEFAULT_NODE_PAGE_SIZE",
     "DEFAULT_PAGE_SIZE",

@@ -43,6 +43,8 @@ MAX_SNAPSHOT_EDGES = 4 * MAX_SNAPSHOT_NODES
 DEFAULT_LINEAGE_DEPTH = 64
 MAX_LINEAGE_DEPTH = 1024
 DEFAULT_AUDIT_PAGE = 1000
+#: Nodes a retention pass rewrites in one transaction.
+DEFAULT_EXPIRY_BATCH = 1000
 MAX_AUDIT_PAGE = 10_000
 
 
@@ -235,6 +237,12 @@ class GraphStore(Protocol):
     ) -> Sequence[AuditEntry]:
         """Up to `limit` audit records in sequence order with sequence > `after` and <= `through`,
         recorded in [since_ns, until_ns) (a contiguous piece of the chain: see bastion.graph._audit)."""
+        ...
+
+    async def expire_payloads(self, before_ns: int, limit: int = DEFAULT_EXPIRY_BATCH) -> int:
+        """Remove the payloads of up to `limit` nodes whose event time is before `before_ns`
+        (oldest first; see Event.payload_expired); how many nodes. Digests, decisions and
+        the audit chain are kept: retention never touches the chain."""
         ...
 
     async def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:

@@ -54,6 +54,18 @@ def with_result(document: bytes, result: bytes) -> bytes | None:
     return event.SerializeToString()
 
 
+def expire_payload(document: bytes) -> bytes:
+    """`document` without its payloads (see Event.payload_expired): what retention keeps."""
+    event = _parse(document)
+    event.action.ClearField("arguments")
+    event.ClearField("arguments_json")
+    event.ClearField("redacted_payload")
+    if event.HasField("result"):
+        event.result.ClearField("redacted_result")
+    event.payload_expired = True
+    return event.SerializeToString()
+
+
 def _set_result(event: graph_pb2.Event, result: bytes) -> None:
     event.result.SetInParent()  # present even when every field of the result is a default
     event.result.MergeFromString(result)

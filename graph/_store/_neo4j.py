@@ -49,6 +49,7 @@ from .._audit import GENESIS, AuditEntry, ChainHead
 from .._events import enum_name, event_time_ns, is_violation
 from ._base import (
     DEFAULT_AUDIT_PAGE,
+    DEFAULT_EXPIRY_BATCH,
     DEFAULT_LINEAGE_DEPTH,
     DEFAULT_NODE_PAGE_SIZE,
     DEFAULT_PAGE_SIZE,
@@ -79,6 +80,7 @@ from ._common import (
     check_snapshot,
     edge_rows,
     event_document,
+    expire_payload,
     nodes_cursor,
     parse_node,
     result_document,
@@ -109,6 +111,7 @@ _SCHEMA = (
     "CREATE CONSTRAINT bastion_schema IF NOT EXISTS FOR (s:BastionSchema) REQUIRE s.id IS UNIQUE",
     "CREATE INDEX bastion_node_workflow IF NOT EXISTS FOR (n:BastionNode) ON (n.workflow_id, n.at_ns)",
     "CREATE INDEX bastion_node_violation IF NOT EXISTS FOR (n:BastionNode) ON (n.violation, n.at_ns)",
+    "CREATE INDEX bastion_node_time IF NOT EXISTS FOR (n:BastionNode) ON (n.at_ns)",
     "CREATE INDEX bastion_workflow_recency IF NOT EXISTS FOR (w:BastionWorkflow) ON (w.last_seen_ns)",
     "CREATE INDEX bastion_audit_recorded IF NOT EXISTS FOR (a:BastionAudit) ON (a.recorded_ns)",
     "CREATE INDEX bastion_audit_kind IF NOT EXISTS FOR (a:BastionAudit) ON (a.kind, a.at_ns)",
@@ -172,6 +175,11 @@ UNWIND $rows AS a CREATE (r:BastionAudit) SET r = a
 WITH count(*) AS appended
 MATCH (h:BastionAuditHead {id: 1}) SET h.seq = $seq, h.hash = $hash, h.recorded_ns = $recorded_ns
 """
+_TO_EXPIRE = """
+MATCH (n:BastionNode) WHERE n.at_ns < $before AND n.event IS NOT NULL AND n.payload_expired IS NULL
+RETURN n.node_id AS node_id, n.event AS event ORDER BY n.at_ns LIMIT $limit
+"""
+_EXPIRE = "UNWIND $rows AS r MATCH (n:BastionNode {node_id: r.node_id}) SET n.event = r.event, n.payload_expired = true"
 _ADD_CHECKPOINT = """
 OPTIONAL MATCH (old:BastionAuditCheckpoint {seq: $seq})
 WITH old WHERE old IS NULL
@@ -349,6 +357,19 @@ class Neo4jGraphStore:
 
     async def decision_stats(self, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
         return await self._read(lambda tx: _select_decision_stats(tx, since_ns, percentiles))
+
+    async def expire_payloads(self, before_ns: int, limit: int = DEFAULT_EXPIRY_BATCH) -> int:
+        check_limit(limit, MAX_AUDIT_PAGE)
+
+        def write(tx: neo4j.ManagedTransaction) -> int:
+            rows = [
+                {"node_id": r["node_id"], "event": expire_payload(r["event"])}
+                for r in tx.run(_TO_EXPIRE, before=before_ns, limit=limit)
+            ]
+            tx.run(_EXPIRE, rows=rows).consume()
+            return len(rows)
+
+        return await self._run(self._writer, lambda session: session.execute_write(write))
 
     async def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         def write(tx: neo4j.ManagedTransaction) -> bool:

@@ -42,6 +42,7 @@ from .._audit import AuditEntry, ChainHead
 from .._events import enum_name, event_time_ns, is_violation
 from ._base import (
     DEFAULT_AUDIT_PAGE,
+    DEFAULT_EXPIRY_BATCH,
     DEFAULT_LINEAGE_DEPTH,
     DEFAULT_NODE_PAGE_SIZE,
     DEFAULT_PAGE_SIZE,
@@ -71,6 +72,7 @@ from ._common import (
     check_snapshot,
     edge_rows,
     event_document,
+    expire_payload,
     nodes_cursor,
     parse_legacy_node,
     parse_legacy_result,
@@ -98,7 +100,8 @@ R = TypeVar("R")
 # 1: nodes, edges, workflows. 2: the audit chain (_sqlite_audit.py), backfilled from the nodes.
 # 3: events (and parked results) stored as protobuf bytes instead of protobuf JSON.
 # 4: signed checkpoints of the audit chain (audit_checkpoints).
-_SCHEMA_VERSION = 4
+# 5: payload retention (nodes.payload_expired).
+_SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     event_id    TEXT PRIMARY KEY,
@@ -114,7 +117,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     server      TEXT NOT NULL,
     tool        TEXT NOT NULL,
     received_ns INTEGER NOT NULL,
-    event       BLOB NOT NULL
+    event       BLOB NOT NULL,
+    payload_expired INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS nodes_by_workflow ON nodes (workflow_id, at_ns, event_id);
 CREATE INDEX IF NOT EXISTS violations_by_time ON nodes (at_ns, event_id) WHERE violation = 1;
@@ -294,6 +298,11 @@ class SqliteGraphStore:
 
     async def decision_stats(self, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
         return await self._read(lambda conn: select_decision_stats(conn, since_ns, percentiles))
+
+    async def expire_payloads(self, before_ns: int, limit: int = DEFAULT_EXPIRY_BATCH) -> int:
+        check_limit(limit, MAX_AUDIT_PAGE)
+        self._check_open()
+        return await asyncio.wrap_future(self._writer.submit_write(lambda conn: _expire(conn, before_ns, limit)))
 
     async def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         self._check_open()
@@ -514,6 +523,18 @@ def _check_duplicate(connection: sqlite3.Connection, event: graph_pb2.Event) -> 
     raise reused_node_id(event, owner[0] if owner else None)
 
 
+def _expire(connection: sqlite3.Connection, before_ns: int, limit: int) -> int:
+    rows = connection.execute(
+        "SELECT event_id, event FROM nodes WHERE payload_expired = 0 AND at_ns < ? ORDER BY at_ns, event_id LIMIT ?",
+        (before_ns, limit),
+    ).fetchall()
+    connection.executemany(
+        "UPDATE nodes SET event = ?, payload_expired = 1 WHERE event_id = ?",
+        [(expire_payload(document), event_id) for event_id, document in rows],
+    )
+    return len(rows)
+
+
 def _lookups(connection: sqlite3.Connection) -> tuple[NodeLookup, StepLookup]:
     """The two indexed lookups a walk (bastion.graph._store._paths) takes per step."""
 
@@ -674,6 +695,13 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
                 _backfill_audit(connection)
             if version in (1, 2):
                 _upgrade_documents(connection)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(nodes)")}
+            if "payload_expired" not in columns:  # a file from before version 5
+                connection.execute("ALTER TABLE nodes ADD COLUMN payload_expired INTEGER NOT NULL DEFAULT 0")
+            # After the column exists, whichever way it came to.
+            connection.execute(
+                "CREATE INDEX IF NOT EXISTS nodes_to_expire ON nodes (at_ns, event_id) WHERE payload_expired = 0"
+            )
             connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             connection.execute("COMMIT")
         except BaseException:

@@ -66,6 +66,7 @@ _NODE_KEYS = {
     "decided_at",
     "parent_ids",
     "payload_digest",
+    "payload_expired",
 }
 _VIOLATION_KEYS = {
     "violation_id",
@@ -97,7 +98,7 @@ class _Graph:
 
 @contextlib.asynccontextmanager
 async def _running(
-    home: Path, graph_url: str = "", app: AppConfig | None = None, checkpoint_every: int = 1000
+    home: Path, graph_url: str = "", app: AppConfig | None = None, checkpoint_every: int = 1000, retention_days: int = 0
 ) -> AsyncIterator[_Graph]:
     """The graph service in this event loop, stopped (gracefully) on exit."""
     settings = GraphSettings(
@@ -107,6 +108,7 @@ async def _running(
         graph_url=graph_url,
         service_token=SecretStr(_TOKEN),
         audit_checkpoint_every=checkpoint_every,
+        payload_retention_days=retention_days,
     )
     addresses: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
@@ -290,6 +292,7 @@ async def test_workflow_graph_has_the_node_and_edge_shapes_clients_rely_on(
         "parent_ids": ["node-e1"],
         "payload_digest": "sha256:e2",
         "result": None,
+        "payload_expired": False,
     }
     nodes = (await graph.http.get("/graphs/wf-1/nodes")).json()
     assert nodes == {"workflow_id": "wf-1", "items": body["nodes"], "next_cursor": None}
@@ -550,6 +553,22 @@ async def test_the_service_signs_a_checkpoint_every_n_records_with_the_stacks_ke
         await store.close()
     stack_key = ensure_dev_key(tmp_path).public_key()
     assert [read(mark.token, [stack_key]).sequence for mark in marks] == [2, 4]
+
+
+async def test_a_service_started_with_payload_retention_trims_old_nodes(tmp_path: Path) -> None:
+    async with _running(tmp_path) as first, grpc.aio.insecure_channel(first.grpc_addr) as channel:
+        await _ingest(graph_pb2_grpc.GraphServiceStub(channel), [_blocked("e1")])  # sent in 2026-01
+        (before,) = (await first.http.get("/graphs/wf-1/nodes")).json()["items"]
+
+    async with _running(tmp_path, retention_days=30) as second:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not (node := (await second.http.get("/graphs/wf-1/nodes")).json()["items"][0])["payload_expired"]:
+            assert asyncio.get_running_loop().time() < deadline, node
+            await asyncio.sleep(0.05)
+
+    assert before["action"]["arguments"]["to"] == "attacker@example.com"
+    assert node["action"]["arguments"] == {}
+    assert (node["payload_digest"], node["decision"]) == (before["payload_digest"], before["decision"])
 
 
 async def test_unreachable_neo4j_stops_startup_with_a_store_error_without_the_password(tmp_path: Path) -> None:
