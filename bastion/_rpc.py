@@ -29,6 +29,11 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # gRPC's own reconnect backoff grows to 120 s (x1.6 per failed attempt): after a peer's
+    # outage of a minute or two, the channel would stay down for up to two more minutes
+    # once the peer is back (measured: down 90 s -> first success 39 s after it returned),
+    # whatever the caller's retry schedule. Retry the connection at least every 2 s.
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 )
 _SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     # grpc binds with SO_REUSEPORT by default, which lets a second server start

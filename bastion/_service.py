@@ -38,8 +38,12 @@ def run_service(name: str, settings: S, config: Path | None, serve: ServeFn[S]) 
         log.warning("no bastion.yaml found: running with no upstreams and no policies (default deny)")
     home = settings.home.resolve()
 
+    announced = False
+
     def ready(addresses: dict[str, str]) -> None:
+        nonlocal announced
         write_runfile(home, name, addresses)
+        announced = True
         log.info("%s ready", name, extra={"fields": addresses})
 
     async def main() -> None:
@@ -50,7 +54,10 @@ def run_service(name: str, settings: S, config: Path | None, serve: ServeFn[S]) 
         try:
             await serve(settings, app, ready, stop)
         finally:
-            remove_runfile(home, name)
+            # Only our own: a second instance refused at start (its journal or port taken)
+            # must not remove the running one's addresses.
+            if announced:
+                remove_runfile(home, name)
 
     try:
         uvloop.run(main())

@@ -18,12 +18,11 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
 import pytest
-from fixtures.graphapi import auditor_token, bearer
+from fixtures.graphapi import auditor_token, bearer, workflow_nodes
 from fixtures.mcpcalls import headers, tool_call
 from fixtures.restart import kill_service, restarted
 from fixtures.stack import ROOT, Stack, bastion_up, write_config
@@ -121,22 +120,6 @@ async def _agent(load: Load, proxy: str, token: str, workflow: str) -> None:
             answered[node_id] = tool
 
 
-async def _nodes(http: httpx.AsyncClient, workflow: str) -> list[dict[str, Any]]:
-    """Every node of the workflow over all pages of the listing, repeats kept."""
-    found: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": PAGE}
-    while True:
-        response = await http.get(f"/graphs/{workflow}/nodes", params=params)
-        if response.status_code == 404:  # nothing of the workflow has reached the graph yet
-            return found
-        assert response.status_code == 200, response.text
-        page = response.json()
-        found += page["items"]
-        if not page["next_cursor"]:
-            return found
-        params["cursor"] = page["next_cursor"]
-
-
 async def _assert_graph_holds_each_answer_once(stack: Stack, load: Load) -> None:
     """Wait until the graph holds every answered call's node, then check none is there twice."""
     deadline = time.monotonic() + DEADLINE
@@ -144,7 +127,7 @@ async def _assert_graph_holds_each_answer_once(stack: Stack, load: Load) -> None
         assert load.repeated == [], f"the proxy answered two calls with one node id: {load.repeated[:3]}"
         for workflow, answered in load.answered.items():
             while True:
-                nodes = await _nodes(http, workflow)
+                nodes = await workflow_nodes(http, workflow, PAGE)
                 stored = [node["node_id"] for node in nodes]
                 missing = answered.keys() - set(stored)
                 if not missing:

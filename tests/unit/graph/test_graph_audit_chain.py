@@ -250,23 +250,42 @@ async def test_an_empty_chain_verifies(store: GraphStore) -> None:
 # --- tampering with the database ------------------------------------------------------------
 
 
-async def test_verify_names_a_record_edited_in_neo4j(neo4j_server: Neo4jServer) -> None:
-    # Neo4j's community edition has no triggers: anyone with database access can edit an
-    # audit node. The chain still tells: the edit is named, by sequence number.
+def _neo4j_edits(entries: Sequence[AuditEntry]) -> dict[str, tuple[str, dict[str, object], str, int]]:
+    """Cypher someone with database access could run, and what verify must name."""
+    forged = canonical(orjson.loads(entries[2].record) | {"decision": "DENY"})
+    inserted = canonical({"sequence": 2})
+    return {
+        "edit": ("MATCH (a:BastionAudit {seq: 3}) SET a.record = $forged", {"forged": forged}, "altered", 3),
+        "delete": ("MATCH (a:BastionAudit {seq: 4}) DELETE a", {}, "removed", 4),
+        "insert": (
+            "MATCH (a:BastionAudit) WHERE a.seq >= 2 SET a.seq = a.seq + 100 WITH count(*) AS moved "
+            "MATCH (a:BastionAudit) WHERE a.seq >= 102 SET a.seq = a.seq - 99 WITH count(*) AS back "
+            "CREATE (:BastionAudit {seq: 2, event_id: 'forged', kind: 'decision', prev_hash: $prev, "
+            "hash: $digest, record: $record, recorded_ns: 0, at_ns: 0})",
+            {"prev": entries[0].hash, "digest": "00" * 32, "record": inserted},
+            "inserted",
+            2,
+        ),
+    }
+
+
+@pytest.mark.parametrize("edit", ["edit", "delete", "insert"])
+async def test_verify_names_a_record_edited_deleted_or_inserted_in_neo4j(neo4j_server: Neo4jServer, edit: str) -> None:
+    # Neo4j's community edition has no triggers: anyone with database access can change
+    # audit nodes. The chain still tells, and names the record by sequence number.
     wipe_neo4j(neo4j_server.url)
     store = await Neo4jGraphStore.open(neo4j_server.url)
     try:
         await store.ingest([_decision(f"e{n}") for n in range(1, 7)])
-        entries = await store.audit_entries()
-        forged = canonical(orjson.loads(entries[2].record) | {"decision": "DENY"})
+        query, parameters, kind, sequence = _neo4j_edits(await store.audit_entries())[edit]
         with neo4j.GraphDatabase.driver(neo4j_server.url, auth=None) as driver:
-            driver.execute_query("MATCH (a:BastionAudit {seq: 3}) SET a.record = $forged", forged=forged)
+            driver.execute_query(query, parameters)
         report = await verify_store(store)
     finally:
         await store.close()
 
     assert report.problem is not None
-    assert (report.problem.kind, report.problem.sequence) == ("altered", 3)
+    assert (report.problem.kind, report.problem.sequence) == (kind, sequence), report.problem
 
 
 async def _tampered(tmp_path: Path) -> tuple[SqliteGraphStore, Sequence[AuditEntry]]:
