@@ -110,6 +110,10 @@ def drift_tree(answer: dict[str, Any]) -> str:
         last = depth == len(hops) - 1
         origin = f"  <- origin: {answer['origin']}" if last else ""
         lines.append(f"{pad}{hop['node_id']}  {target}  {hop['outcome'] or 'not ingested'}{who}{origin}")
+        # Coarse labels only (untrusted, source:…, sink); the per-argument ones are in --json.
+        labels = [label for label in hop.get("taint", ()) if not label.startswith("arg:")]
+        if labels:
+            lines.append(f"{pad}   taint: {', '.join(labels)}")
         if not last:
             reason = f": {hop['reason']}" if hop["reason"] else ""
             lines.append(f"{pad}└─ {hop['via']}{reason}")

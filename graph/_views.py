@@ -384,6 +384,10 @@ class DriftHopView(BaseModel):
     outcome: str
     via: str | None = Field(description="The edge followed to the next hop (toward the origin); null on the last.")
     reason: str = Field(description="The edge's reason, as the proxy recorded it.")
+    taint: list[str] = Field(
+        description="The node's provenance labels: untrusted (it used data from an untrusted result), "
+        "source:<tool>, sink, arg:<path>:<trust>:<tool>:<result path>:<kind>:<fraction>."
+    )
 
 
 class DriftPathView(BaseModel):
@@ -425,6 +429,7 @@ def drift_view(workflow_id: str, node_id: str, path: DriftPath) -> DriftPathView
                 outcome=hop.outcome,
                 via=hop.via,
                 reason=hop.reason,
+                taint=list(hop.taint),
             )
             for hop in path.hops
         ],

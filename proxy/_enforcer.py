@@ -212,6 +212,7 @@ class Enforcer:
         found = self._provenance.annotate(state.fingerprints, _source_name(action), target.arguments, state.task)
         if found.labels:
             ctx.taint.extend(found.labels)
+            record.taint = found.labels
             record.edges += found.edges
         return Pending(caller, record, ctx, tuple(state.history), len(body))
 

@@ -124,6 +124,8 @@ class Record:
     edges: tuple[tuple[str, int, str], ...] = ()
     #: The arguments as parsed from the request (exact integers), journaled as JSON.
     arguments: dict[str, Any] | None = None
+    #: Provenance labels of the action (ctx.taint), journaled for the drift path.
+    taint: tuple[str, ...] = ()
 
 
 class Recorder:
@@ -193,6 +195,7 @@ class Recorder:
             block_code=block_code,
             block_reason=block_reason,
             verifier_fallback=verifier_fallback,
+            taint=record.taint,
         )
         redactor = self._redactor_for(record)
         self._journal.append(

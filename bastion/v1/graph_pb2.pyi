@@ -227,6 +227,7 @@ class Event(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
     PAYLOAD_EXPIRED_FIELD_NUMBER: _builtins.int
+    TAINT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """uuid7; the idempotency key."""
     workflow_id: _builtins.str
@@ -286,6 +287,12 @@ class Event(_message.Message):
         it on that node; it is never a node of its own.
         """
 
+    @_builtins.property
+    def taint(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The provenance labels the proxy gave this action (its ctx.taint: `untrusted`,
+        `source:<tool>`, `sink`, `arg:…`), so a drift path shows them on every hop.
+        """
+
     def __init__(
         self,
         *,
@@ -314,10 +321,11 @@ class Event(_message.Message):
         result: Global___ActionResult | None = ...,
         arguments_json: _builtins.bytes = ...,
         payload_expired: _builtins.bool = ...,
+        taint: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_at", b"decided_at", "decision", b"decision", "redacted_payload", b"redacted_payload", "result", b"result", "started_at", b"started_at", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_json", b"arguments_json", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "payload_expired", b"payload_expired", "redacted_payload", b"redacted_payload", "result", b"result", "session_id", b"session_id", "started_at", b"started_at", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_json", b"arguments_json", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "payload_expired", b"payload_expired", "redacted_payload", b"redacted_payload", "result", b"result", "session_id", b"session_id", "started_at", b"started_at", "taint", b"taint", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,6 +105,8 @@ class LineageHop:
     server: str = ""
     #: An Outcome name (FORWARDED, BLOCKED, ...); empty for a node never ingested.
     outcome: str = ""
+    #: The provenance labels the proxy gave the node (Event.taint).
+    taint: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,7 @@ from ._common import (
     with_result,
 )
 from ._cursor import decode_cursor, encode_cursor
-from ._paths import WALKED_EDGES, NodeLookup, StepLookup, order_steps, walk_drift, walk_lineage
+from ._paths import WALKED_EDGES, NodeLookup, StepLookup, order_steps, taint_of, walk_drift, walk_lineage
 
 R = TypeVar("R")
 
@@ -194,7 +194,7 @@ _SUMMARY = (
 )
 _PATH_NODE = """
 MATCH (n:BastionNode {node_id: $id}) WHERE n.event_id IS NOT NULL
-RETURN n.workflow_id, n.node_type, n.tool, n.server, n.agent_id, n.outcome
+RETURN n.workflow_id, n.node_type, n.tool, n.server, n.agent_id, n.outcome, n.event
 """
 _STEPS = f"""
 MATCH (:BastionNode {{node_id: $id}})-[r]->(t:BastionNode)
@@ -715,7 +715,10 @@ def _lookups(tx: neo4j.ManagedTransaction) -> tuple[NodeLookup, StepLookup]:
 
     def node(node_id: str) -> Any:
         record = tx.run(_PATH_NODE, id=node_id).single()
-        return tuple(record.values()) if record is not None else None
+        if record is None:
+            return None
+        values = record.values()
+        return (*values[:6], taint_of(values[6]))
 
     def steps(node_id: str) -> list[tuple[str, str, str]]:
         return order_steps([tuple(record.values()) for record in tx.run(_STEPS, id=node_id)])

@@ -19,7 +19,8 @@ from bastion.v1 import graph_pb2
 
 from ._base import DriftPath, LineageHop
 
-#: node id -> (workflow_id, node_type, tool, server, agent_id, outcome), None when never ingested.
+#: node id -> (workflow_id, node_type, tool, server, agent_id, outcome, taint labels), None
+#: when never ingested.
 NodeLookup = Callable[[str], Sequence[Any] | None]
 #: node id -> its (target, type, reason) edges of the three walked types, INFORMED_BY
 #: first, then DELEGATED_TO, then CAUSED_BY, each by target.
@@ -27,7 +28,7 @@ StepLookup = Callable[[str], Sequence[tuple[str, str, str]]]
 WALKED_EDGES = ("INFORMED_BY", "DELEGATED_TO", "CAUSED_BY")
 _INFORMED_BY = graph_pb2.EdgeType.Name(graph_pb2.INFORMED_BY)
 _LINEAGE_EDGES = frozenset({_INFORMED_BY, graph_pb2.EdgeType.Name(graph_pb2.CAUSED_BY)})
-_NOT_INGESTED = (graph_pb2.NodeType.Name(graph_pb2.NODE_TYPE_UNSPECIFIED), "", "", "", "")
+_NOT_INGESTED = (graph_pb2.NodeType.Name(graph_pb2.NODE_TYPE_UNSPECIFIED), "", "", "", "", ())
 
 
 def walk_lineage(
@@ -40,6 +41,11 @@ def walk_lineage(
 
 def walk_drift(node: NodeLookup, steps: StepLookup, workflow_id: str, node_id: str, max_depth: int) -> DriftPath | None:
     return _walk(node, steps, workflow_id, node_id, max_depth, drift=True)
+
+
+def taint_of(document: bytes | None) -> tuple[str, ...]:
+    """A stored event's taint labels (its bytes), for a hop."""
+    return tuple(graph_pb2.Event.FromString(document).taint) if document else ()
 
 
 def order_steps(steps: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
@@ -88,7 +94,7 @@ def _walk(
 
 
 def _hop(node_id: str, info: tuple[Any, ...], via: str | None, reason: str) -> LineageHop:
-    workflow_id, node_type, tool, server, agent_id, outcome = info
+    workflow_id, node_type, tool, server, agent_id, outcome, taint = info
     return LineageHop(
         node_id=node_id,
         node_type=node_type,
@@ -99,4 +105,5 @@ def _hop(node_id: str, info: tuple[Any, ...], via: str | None, reason: str) -> L
         agent_id=agent_id,
         server=server,
         outcome=outcome,
+        taint=tuple(taint),
     )

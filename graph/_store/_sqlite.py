@@ -83,7 +83,7 @@ from ._common import (
     with_result,
 )
 from ._cursor import decode_cursor, encode_cursor
-from ._paths import NodeLookup, StepLookup, walk_drift, walk_lineage
+from ._paths import NodeLookup, StepLookup, taint_of, walk_drift, walk_lineage
 from ._sqlite_audit import (
     AUDIT_SCHEMA,
     AuditAppender,
@@ -194,7 +194,7 @@ SELECT e.source, e.target, e.type, e.reason FROM nodes AS n JOIN edges AS e ON e
 WHERE n.workflow_id = ? AND (n.at_ns, n.event_id) <= (?, ?) ORDER BY n.at_ns, n.event_id, e.type, e.target LIMIT ?
 """
 _HAS_NODES = "SELECT 1 FROM nodes WHERE workflow_id = ? LIMIT 1"
-_SELECT_PATH_NODE = "SELECT workflow_id, node_type, tool, server, agent_id, outcome FROM nodes WHERE node_id = ?"
+_SELECT_PATH_NODE = "SELECT workflow_id, node_type, tool, server, agent_id, outcome, event FROM nodes WHERE node_id = ?"
 _SELECT_STEPS = """
 SELECT target, type, reason FROM edges
 WHERE source = ? AND type IN ('INFORMED_BY', 'DELEGATED_TO', 'CAUSED_BY')
@@ -539,7 +539,8 @@ def _lookups(connection: sqlite3.Connection) -> tuple[NodeLookup, StepLookup]:
     """The two indexed lookups a walk (bastion.graph._store._paths) takes per step."""
 
     def node(node_id: str) -> Any:
-        return connection.execute(_SELECT_PATH_NODE, (node_id,)).fetchone()
+        row = connection.execute(_SELECT_PATH_NODE, (node_id,)).fetchone()
+        return (*row[:6], taint_of(row[6])) if row is not None else None
 
     def steps(node_id: str) -> list[tuple[str, str, str]]:
         rows: list[tuple[str, str, str]] = connection.execute(_SELECT_STEPS, (node_id,)).fetchall()

@@ -128,12 +128,16 @@ async def test_a_transfer_to_an_iban_injected_into_an_email_is_blocked_and_one_f
             assert error["data"]["drift_path_origin"] == read.headers["bastion-node-id"]
             assert "result" in passed.json(), passed.text
             assert transfers == [IBAN.replace(" ", "")]
-            edges = await _edges(
-                running.graph,
-                auditor_token(tmp_path),
-                blocked.headers["bastion-workflow-id"],
-                blocked.headers["bastion-node-id"],
-            )
+            workflow, node = blocked.headers["bastion-workflow-id"], blocked.headers["bastion-node-id"]
+            edges = await _edges(running.graph, auditor_token(tmp_path), workflow, node)
+            async with httpx.AsyncClient(
+                base_url=f"http://{running.graph}", headers=bearer(auditor_token(tmp_path))
+            ) as http:
+                drift = (await http.get(f"/graphs/{workflow}/drift-path/{node}")).json()
+    # Where the IBAN came from, as an investigator asks for it: the email read, with labels.
+    assert drift["origin"] == "untrusted_data", drift
+    assert [hop["node_id"] for hop in drift["hops"]] == [node, read.headers["bastion-node-id"]]
+    assert {"untrusted", "source:email__read"} <= set(drift["hops"][0]["taint"])
     informed = [edge for edge in edges if edge["type"] == "INFORMED_BY"]
     assert [edge["target"] for edge in informed] == [read.headers["bastion-node-id"]]
     assert informed[0]["reason"].startswith("argument 'iban' (100%) from email__read ")

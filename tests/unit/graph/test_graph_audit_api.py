@@ -262,6 +262,8 @@ async def test_a_three_hop_drift_path_comes_back_in_order_with_reasons(store: Sq
         parents=["node-summary"],
         informed_by=[("node-summary", "recipient from summarize's result")],
     )
+    summary.taint.extend(["untrusted", "source:web__fetch"])
+    send.taint.extend(["untrusted", "source:docs__summarize", "sink", "arg:to:untrusted:docs__summarize:$:text:1.00"])
     await store.ingest([send, summary, fetch, task])  # arrival order does not matter
     async with _client(store, tmp_path) as client:
         path = (await client.get("/graphs/wf-1/drift-path/node-send")).json()
@@ -275,6 +277,7 @@ async def test_a_three_hop_drift_path_comes_back_in_order_with_reasons(store: Sq
     ]
     assert path["hops"][0]["outcome"] == "BLOCKED"
     assert path["hops"][2]["server"] == "web"
+    assert [h["taint"] for h in path["hops"]] == [list(send.taint), list(summary.taint), []]
     # A node informed by nothing is walked back along CAUSED_BY to the workflow's root.
     assert plain["origin"] == "workflow_root"
     assert [(h["node_id"], h["via"]) for h in plain["hops"]] == [("node-fetch", "CAUSED_BY"), ("node-task", None)]
