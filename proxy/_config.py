@@ -55,6 +55,17 @@ class ProxySettings(CommonSettings):
         default="block",
         description="What a verifier timeout/error does: block (fail closed) or allow (audited as a fallback).",
     )
+    verifier_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Consecutive verifier failures (timeouts, errors) that open its circuit: the fallback then "
+        "applies at once, without waiting for the deadline, until the cool-down ends.",
+    )
+    verifier_breaker_cooldown_ms: int = Field(
+        default=5000,
+        ge=1,
+        description="How long an open verifier circuit stays open before one trial call is let through.",
+    )
     upstream_timeout_s: float = Field(
         default=120.0, gt=0, description="Seconds to wait for an upstream's response headers."
     )

@@ -53,6 +53,13 @@ class ProxyMetrics:
             registry=self.registry,
         )
 
+        self._circuit_open = Gauge(
+            "bastion_verifier_circuit_open",
+            "1 while the verifier's circuit is open or half-open (consecutive failures: the fallback applies "
+            "without calling it), 0 while closed.",
+            registry=self.registry,
+        )
+
         results = Counter(
             "bastion_action_results_total",
             "How forwarded actions ended (result events), by outcome; 'unjournaled' when the journal refused one.",
@@ -85,6 +92,10 @@ class ProxyMetrics:
 
     def dead_letter(self, reason: str) -> None:
         self._dead_letters.labels(reason).inc()
+
+    def watch_verifier_circuit(self, state: Callable[[], str]) -> None:
+        """Read the verifier circuit's state (`_breaker.py`) at every scrape."""
+        self._circuit_open.set_function(lambda: 0.0 if state() == "closed" else 1.0)
 
     def watch_journal_lag(self, lag_seconds: Callable[[], float]) -> None:
         """Read the journal lag from `lag_seconds` at every scrape (the shipper's `lag_seconds`)."""

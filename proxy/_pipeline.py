@@ -23,6 +23,7 @@ import grpc
 
 from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
+from ._breaker import CircuitBreaker, CircuitOpen
 from ._envelope import public_reason
 from ._streams import StreamCaller, StreamFailure
 
@@ -78,6 +79,8 @@ def _describe(service: str, exc: BaseException) -> str:
     gRPC details name internal addresses ("ipv4:10.0.3.7:50051: Connection refused");
     they go to the proxy's log, and the agent learns what failed and why in words.
     """
+    if isinstance(exc, CircuitOpen):
+        return f"{service} unavailable: {exc}"
     if isinstance(exc, grpc.aio.AioRpcError):
         code, details = exc.code(), exc.details() or ""
     elif isinstance(exc, StreamFailure):
@@ -102,8 +105,11 @@ class Governor:
         policy_timeout: float,
         verifier_timeout: float,
         fallback_allow: bool,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._fallback_allow = fallback_allow
+        #: Stops calling a failing verifier for a while (`_breaker.py`); None calls it always.
+        self.breaker = breaker
         self._policy_timeout = policy_timeout
         self._policy = policy
         self._metadata = metadata
@@ -139,11 +145,22 @@ class Governor:
         decide = policy_pb2.DecideRequest(action=action, ctx=ctx)
         score = verifier_pb2.ScoreRequest(action=action, ctx=ctx, history=history, node_id=node_id)
         measure = body_size > _MEASURE_ABOVE
+        breaker = self.breaker
+        try:
+            if breaker is not None:
+                breaker.check()
+        except CircuitOpen as exc:
+            decision: policy_pb2.Decision | BaseException = await _settled(
+                self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0)
+            )
+            return combine(decision, exc, fallback_allow=self._fallback_allow)
         decision, scored = await asyncio.gather(
             self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0),
             self._scores.call(score, ctx.request_id, size=score.ByteSize() if measure else 0),
             return_exceptions=True,
         )
+        if breaker is not None:
+            breaker.record(isinstance(scored, verifier_pb2.ScoreResponse) and scored.verdict in _KNOWN_VERDICTS)
         return combine(decision, scored, fallback_allow=self._fallback_allow)
 
     async def allowed(self, actions: Sequence[policy_pb2.Action], ctx: policy_pb2.Context) -> list[bool]:
@@ -171,6 +188,14 @@ class Governor:
     async def close(self) -> None:
         await self._decisions.close()
         await self._scores.close()
+
+
+async def _settled(call: Coroutine[Any, Any, policy_pb2.Decision]) -> policy_pb2.Decision | BaseException:
+    """The call's answer or its exception, as `asyncio.gather(..., return_exceptions=True)` gives."""
+    try:
+        return await call
+    except Exception as exc:
+        return exc
 
 
 def combine(

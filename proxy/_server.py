@@ -26,6 +26,7 @@ from ._app import ProxyApp
 from ._approvals import Approvals, ApprovalStore
 from ._approvals_api import ApprovalsApi
 from ._approvals_redis import RedisApprovalStore
+from ._breaker import CircuitBreaker
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
 from ._config import ProxySettings
@@ -102,7 +103,9 @@ async def serve(
         policy_timeout=settings.policy_timeout_ms / 1000,
         verifier_timeout=settings.verifier_timeout_ms / 1000,
         fallback_allow=settings.verifier_fallback == "allow",
+        breaker=CircuitBreaker(settings.verifier_breaker_failures, settings.verifier_breaker_cooldown_ms / 1000),
     )
+    metrics.watch_verifier_circuit(lambda: governor.breaker.state if governor.breaker is not None else "closed")
     redactor = Redactor(app.redaction.paths, iban=app.redaction.iban)
     approvals: Approvals
     if settings.redis_url is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from fixtures import inprocess
 from fixtures.stack import ROOT
 
 from bastion._identity import ensure_service_token
-from bastion._rpc import auth_metadata, open_channel
-from bastion.proxy._pipeline import POLICY_UNAVAILABLE, Governor
+from bastion._rpc import auth_metadata, open_channel, start_grpc_server
+from bastion.proxy._breaker import CircuitBreaker
+from bastion.proxy._pipeline import POLICY_UNAVAILABLE, VERIFIER_UNAVAILABLE, Governor
 from bastion.proxy._workflows import new_id
 from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
@@ -172,3 +174,51 @@ async def test_a_dead_stream_leaves_no_task_behind(tmp_path: Path) -> None:
         await governor.close()
     assert not leftover, leftover
     assert loop.is_running()
+
+
+class _HangingVerifier(verifier_pb2_grpc.VerifierServicer):
+    """A verifier that takes every Score and never answers in time (no ScoreStream)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def Score(self, request: verifier_pb2.ScoreRequest, context: Any) -> verifier_pb2.ScoreResponse:
+        self.calls += 1
+        await asyncio.sleep(30)
+        return verifier_pb2.ScoreResponse()
+
+
+async def test_a_hanging_verifier_opens_the_circuit_and_then_is_not_waited_for(
+    tmp_path: Path, services: tuple[str, str]
+) -> None:
+    hanging = _HangingVerifier()
+    server = await start_grpc_server(
+        "127.0.0.1:0",
+        token=ensure_service_token(tmp_path, None),
+        register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, hanging)],
+        service_names=["bastion.v1.Verifier"],
+    )
+    governor = Governor(
+        policy_pb2_grpc.PolicyServiceStub(open_channel(services[0])),
+        verifier_pb2_grpc.VerifierStub(open_channel(server.address)),
+        auth_metadata(ensure_service_token(tmp_path, None)),
+        policy_timeout=2.0,
+        verifier_timeout=0.2,
+        fallback_allow=False,
+        breaker=CircuitBreaker(failures=3, cooldown_s=60),
+    )
+    try:
+        waited = [await governor.decide(*_action("add"), [], new_id()) for _ in range(3)]
+        skipped = [await governor.decide(*_action("add"), [], new_id()) for _ in range(5)]
+    finally:
+        await governor.close()
+        await server.stop(0)
+
+    assert hanging.calls == 3  # after three timeouts the verifier is left alone
+    for outcome in (*waited, *skipped):
+        assert (outcome.allowed, outcome.block_code) == (False, VERIFIER_UNAVAILABLE)  # fail closed throughout
+        assert outcome.decision is not None  # policy was still asked
+    assert all("no answer within the deadline" in outcome.block_reason for outcome in waited)
+    assert all("circuit open after 3 consecutive failures" in outcome.block_reason for outcome in skipped)
+    assert governor.breaker is not None
+    assert governor.breaker.state == "open"
