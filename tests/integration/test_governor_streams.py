@@ -187,6 +187,13 @@ class _HangingVerifier(verifier_pb2_grpc.VerifierServicer):
         await asyncio.sleep(30)
         return verifier_pb2.ScoreResponse()
 
+    async def Info(self, request: object, context: Any) -> verifier_pb2.VerifierInfo:
+        return verifier_pb2.VerifierInfo()
+
+    def ScoreStream(self, request_iterator: Any, context: Any) -> Any:
+        # The base class's answer, UNIMPLEMENTED: the proxy then calls Score.
+        return verifier_pb2_grpc.VerifierServicer.ScoreStream(self, request_iterator, context)
+
 
 async def test_a_hanging_verifier_opens_the_circuit_and_then_is_not_waited_for(
     tmp_path: Path, services: tuple[str, str]
