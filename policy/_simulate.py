@@ -139,6 +139,8 @@ class EventIn(BaseModel):
     parent_ids: Any = None
     payload_digest: Any = None
     result: Any = None
+    #: The graph's retention removed the arguments: replayed without them, and said so.
+    payload_expired: bool = False
 
 
 class _RecordedNode(EventIn):
@@ -378,9 +380,7 @@ def _replay(
                 current=_decision(now),
                 candidate=_decision(then),
                 changed=differs,
-                note="arguments were truncated when recorded; replayed with the recorded prefix"
-                if action.arguments_truncated
-                else "",
+                note=_note(event),
             )
         )
     totals = SimulationTotals(
@@ -423,3 +423,11 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
         message = "unknown field" if error.get("type") == "extra_forbidden" else error.get("msg", "invalid")
         parts.append(f"{where}: {message}")
     return "; ".join(parts[:10])
+
+
+def _note(event: EventIn) -> str:
+    if event.payload_expired:
+        return "the arguments expired under the graph's payload retention; replayed without them"
+    if event.action.arguments_truncated:
+        return "arguments were truncated when recorded; replayed with the recorded prefix"
+    return ""

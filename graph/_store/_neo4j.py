@@ -671,7 +671,8 @@ def _select_snapshot(
     RETURN n.node_id AS source, t.node_id AS target, kind, coalesce(r.reason, '') AS reason
     ORDER BY n.at_ns, n.event_id, kind, target LIMIT $limit
     """
-    sources = {parse_node(document, at_ns).event.node_id for document, at_ns, _ in nodes}
+    parsed = tuple(parse_node(document, at_ns) for document, at_ns, _ in nodes)
+    sources = {node.event.node_id for node in parsed}
     edges = [
         Edge(source=r["source"], target=r["target"], type=r["kind"], reason=r["reason"])
         for r in tx.run(query, wf=workflow_id, t=last_at_ns, k=last_event_id, limit=max_edges + 1)
@@ -679,7 +680,7 @@ def _select_snapshot(
     ]
     return WorkflowSnapshot(
         summary=summary,
-        nodes=tuple(parse_node(document, at_ns) for document, at_ns, _ in nodes),
+        nodes=parsed,
         edges=tuple(edges[:max_edges]),
         truncated=len(rows) > max_nodes or len(edges) > max_edges,
     )

@@ -120,7 +120,8 @@ async def _running(
     try:
         http_addr = addresses.result()["http"]
         reader = bearer(auditor_token(home))
-        async with httpx.AsyncClient(base_url=f"http://{http_addr}", headers=reader, timeout=5) as http:
+        # Generous: a 5,000-node read from Neo4j takes seconds on a loaded 2-core machine.
+        async with httpx.AsyncClient(base_url=f"http://{http_addr}", headers=reader, timeout=60) as http:
             yield _Graph(grpc_addr=addresses.result()["grpc"], http_addr=http_addr, http=http, home=home)
     finally:
         stop.set()

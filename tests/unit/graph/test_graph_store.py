@@ -568,7 +568,7 @@ async def test_any_redelivery_order_and_batching_yields_the_same_stored_graph(
             await redelivered.close()
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(batch=_batches(), data=st.data())
 async def test_neo4j_stores_the_graph_sqlite_stores_whatever_the_redelivery(
     neo4j_server: Neo4jServer, batch: list[graph_pb2.Event], data: st.DataObject
