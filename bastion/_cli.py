@@ -6,6 +6,7 @@ failed, a service refused the request); 2 bad usage, configuration or credential
 `bastion keys create|list|revoke` and `bastion token revoke|revocations` in bastion._keys_cli.
 `bastion approvals list|show|approve|deny` in bastion._approvals_cli.
 `bastion graph drift-path` and `bastion audit verify|export|slo` in bastion._graph_cli.
+`bastion eval` in bastion.eval.efficacy (options in its _options, the run in its runner).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import orjson
 
+from bastion.eval.efficacy._options import DESCRIPTION as EVAL_DESCRIPTION
+from bastion.eval.efficacy._options import add_options as add_eval_options
+
 from ._appconfig import find_app_config
 from ._approvals_cli import add_approval_commands, run_approval_command
 from ._errors import BastionError, ConfigError
@@ -29,7 +33,7 @@ from ._settings import CommonSettings
 
 SERVICES = ("proxy", "policy", "verifier", "graph")
 #: `bastion bench SUITE`: eval/bench/<suite>_bench.py.
-BENCH_SUITES = ("policy", "tracing", "a2a", "stack")
+BENCH_SUITES = ("policy", "tracing", "a2a", "stack", "graph")
 _TTL = re.compile(r"(\d+)([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -61,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks (figures, never pass/fail)")
     bench.add_argument("suite", choices=BENCH_SUITES, help="what to measure")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="the suite's own options (see its --help)")
+
+    efficacy = commands.add_parser(
+        "eval", help="FAR / VDR of labelled scenario packs replayed through the stack", description=EVAL_DESCRIPTION
+    )
+    add_eval_options(efficacy)
 
     wrap = commands.add_parser(
         "wrap",
@@ -116,6 +125,8 @@ def _bench(suite: str, options: Sequence[str]) -> int:
         from bastion.eval.bench.a2a_bench import main as policy_bench
     elif suite == "stack":
         from bastion.eval.bench.stack_bench import main as policy_bench
+    elif suite == "graph":
+        from bastion.eval.bench.graph_bench import main as policy_bench
     else:
         from bastion.eval.bench.tracing_bench import main as policy_bench
     policy_bench(list(options))
@@ -175,6 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_graph_command(args)
         if args.command == "bench":
             return _bench(args.suite, args.options)
+        if args.command == "eval":
+            # Imported on demand, as the bench suites: it pulls in the whole stack.
+            from bastion.eval.efficacy.runner import run as run_eval
+
+            return run_eval(args)
         if args.command in SERVICES:
             return _serve(args.command, args.config)
         if args.command == "wrap":

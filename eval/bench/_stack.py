@@ -44,11 +44,14 @@ async def serving(serve: Serve, settings: Any, app: AppConfig) -> AsyncIterator[
 
 
 @contextlib.asynccontextmanager
-async def stack(home: Path, app: AppConfig, **proxy_settings: Any) -> AsyncIterator[str]:
-    """Policy, verifier, graph and the proxy wired to them; yields the proxy's host:port."""
+async def services(home: Path, app: AppConfig, **proxy_settings: Any) -> AsyncIterator[dict[str, dict[str, str]]]:
+    """Policy, verifier, graph and the proxy wired to them; yields the addresses each
+    reported, by service (`proxy["http"]`, `graph["http"]`, `policy["grpc"]`, …)."""
     async with (
         serving(policy_serve, PolicySettings(home=home, policy_grpc_addr=ANY, policy_addr=ANY), app) as policy,
-        serving(verifier_serve, VerifierSettings(home=home, verifier_addr=ANY), app) as verifier,
+        serving(
+            verifier_serve, VerifierSettings(home=home, verifier_addr=ANY, verifier_metrics_addr=ANY), app
+        ) as verifier,
         serving(
             graph_serve,
             GraphSettings(home=home, graph_addr=ANY, graph_grpc_addr=ANY, policy_grpc_addr=policy["grpc"]),
@@ -64,4 +67,11 @@ async def stack(home: Path, app: AppConfig, **proxy_settings: Any) -> AsyncItera
             **proxy_settings,
         )
         async with serving(proxy_serve, settings, app) as proxy:
-            yield proxy["http"]
+            yield {"policy": policy, "verifier": verifier, "graph": graph, "proxy": proxy}
+
+
+@contextlib.asynccontextmanager
+async def stack(home: Path, app: AppConfig, **proxy_settings: Any) -> AsyncIterator[str]:
+    """`services`, yielding only the proxy's host:port."""
+    async with services(home, app, **proxy_settings) as addresses:
+        yield addresses["proxy"]["http"]

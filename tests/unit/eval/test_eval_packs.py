@@ -1,0 +1,79 @@
+"""Scenario packs of `bastion eval`: the shipped ones load and are balanced; the loader
+refuses what would make a run meaningless; templates copy values out of earlier results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastion._errors import ConfigError
+from bastion.eval.efficacy._pack import TemplateError, available_packs, catalogue, load_packs, render
+
+STEP = "      - tool: email__read_email\n        args: {message_id: m-1}\n"
+
+
+def _pack(tmp_path: Path, steps: str, *, name: str = "p", extra: str = "") -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        "description: test\npolicy: banking\nscenarios:\n"
+        f"  - id: {name}-one\n    label: legit\n    about: test\n{extra}    steps:\n{steps}"
+    )
+    return str(path)
+
+
+def test_the_shipped_packs_load_with_at_least_40_scenarios_roughly_balanced() -> None:
+    packs = load_packs([], catalogue())
+    assert [pack.name for pack in packs] == available_packs()
+    scenarios = [scenario for pack in packs for scenario in pack.scenarios]
+    legit = sum(scenario.label == "legit" for scenario in scenarios)
+    assert len(scenarios) >= 40
+    assert abs(2 * legit - len(scenarios)) <= len(scenarios) // 5
+
+
+@pytest.mark.parametrize(
+    ("steps", "extra", "message"),
+    [
+        (STEP + "      - tool: bank__transfer\n        args: {iban: '{{steps[1].body}}'}\n", "", "earlier step"),
+        (STEP + "      - tool: bank__transfer\n        args: {iban: '{{ body }}'}\n", "", "outside a"),
+        ("      - tool: bank__teleport\n", "", "not in the tool catalogue"),
+        (STEP, "    policy: nowhere\n", "no policy 'nowhere'"),
+        (STEP, "    label: legit\n", "duplicate key"),
+        (STEP, "    steer: left\n", "steer"),
+    ],
+    ids=["later-step", "bad-template", "unknown-tool", "unknown-policy", "duplicate-key", "unknown-field"],
+)
+def test_a_pack_that_would_not_replay_as_written_is_refused(
+    tmp_path: Path, steps: str, extra: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_packs([_pack(tmp_path, steps, extra=extra)], catalogue())
+
+
+def test_a_scenario_id_used_by_two_packs_is_refused(tmp_path: Path) -> None:
+    first = _pack(tmp_path, STEP, name="same")
+    (tmp_path / "other.yaml").write_text(Path(first).read_text())
+    with pytest.raises(ConfigError, match="already used in pack 'same'"):
+        load_packs([first, str(tmp_path / "other.yaml")], catalogue())
+
+
+def test_templates_copy_values_whole_or_into_text() -> None:
+    results = [{"messages": [{"id": "m-7", "size": 3}]}, {"invoice": {"amount": 12.5, "iban": "DE89 3704"}}]
+    arguments = {
+        "id": "{{steps[0].messages[0].id}}",
+        "amount": "{{ steps[1].invoice.amount }}",
+        "note": "pay {{steps[1].invoice.iban}} for {{steps[0].messages}}",
+        "list": ["{{steps[0].messages[0].size}}", 1],
+        "plain": "no template",
+    }
+    assert render(arguments, results) == {
+        "id": "m-7",
+        "amount": 12.5,
+        "note": 'pay DE89 3704 for [{"id":"m-7","size":3}]',
+        "list": [3, 1],
+        "plain": "no template",
+    }
+    with pytest.raises(TemplateError, match="has no iban"):
+        render({"x": "{{steps[0].iban}}"}, results)
+    with pytest.raises(TemplateError, match="has no result"):
+        render({"x": "{{steps[2].iban}}"}, results)
