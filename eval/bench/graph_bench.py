@@ -5,7 +5,8 @@
                         [--json] [--out eval/results/graph-<UTC time>.json] [--no-chart]
 
 One run, in this order, on one store (a new SQLite file in a temporary directory, or the
-Neo4j database at --neo4j-url, else one started with scripts/neo4j-up):
+Neo4j database at --neo4j-url or $BASTION_GRAPH_URL, else one started with scripts/neo4j-up;
+docs/benchmarks.md has the sizes each store defaults to and what the figures mean):
 
 1. durable ingest: `--ingest-events` events as the proxy journals them (decisions with
    the policy's decision and the verifier's score, CAUSED_BY parents, INFORMED_BY hints,
@@ -13,7 +14,7 @@ Neo4j database at --neo4j-url, else one started with scripts/neo4j-up):
    `GraphStore.ingest` in batches of the shipper's size, one awaited after the other;
 2. the graph is then built on to `--nodes` nodes through the same `ingest`;
 3. drift path: `--queries` `GraphStore.drift_path` calls on random nodes that are 20
-   INFORMED_BY edges from their origin, one at a time;
+   INFORMED_BY edges from their origin, one at a time, then the same nodes again;
 4. export: the soc2_v1 CSV export of the whole audit chain, as `GET /audit/export` streams it;
 5. the store is closed and `bastion graph serve` started over it in its own process:
    `GraphService.Ingest` called directly with the same batches (`--grpc-events`), then, for
@@ -62,8 +63,6 @@ RESULTS = ROOT / "eval" / "results"
 #: What the proxy's shipper sends per Ingest call (it is built with the default).
 SHIPPER_BATCH: int = inspect.signature(Shipper.__init__).parameters["batch_max"].default
 STORES = ("sqlite", "neo4j")
-#: Nodes by store: Neo4j ingests ≈ 1-2k events/s here, so a million nodes would take hours.
-DEFAULT_NODES = {"sqlite": 1_000_000, "neo4j": 100_000}
 _NEO4J_UP = ROOT / "scripts" / "neo4j-up"
 _NEO4J_START_S = 600.0
 
@@ -71,7 +70,7 @@ _NEO4J_START_S = 600.0
 @dataclass(frozen=True, slots=True)
 class Params:
     store: str = "sqlite"
-    nodes: int = DEFAULT_NODES["sqlite"]
+    nodes: int = 1_000_000
     ingest_events: int = 100_000
     grpc_events: int = 20_480
     queries: int = 2_000
@@ -87,6 +86,9 @@ class Params:
     quick: bool = False
 
 
+#: Neo4j ingests ≈ 0.5-2k events/s here and a drift path takes ≈ 100 ms, so a million
+#: nodes would take hours: a smaller graph and fewer events and queries, ≈ 9 min in all.
+NEO4J = Params(store="neo4j", nodes=100_000, ingest_events=20_000, queries=500)
 QUICK = Params(
     nodes=3_000, ingest_events=2_048, grpc_events=1_024, queries=100, lag_rates=(500,), lag_s=1.0, quick=True
 )
@@ -247,15 +249,20 @@ def _parse(argv: Sequence[str] | None) -> tuple[Params, argparse.Namespace]:
     parser.add_argument(
         "--nodes",
         type=int,
-        help=f"nodes of the graph the drift paths walk ({DEFAULT_NODES['sqlite']:,} on SQLite, "
-        f"{DEFAULT_NODES['neo4j']:,} on Neo4j)",
+        help=f"nodes of the graph the drift paths walk ({defaults.nodes:,} on SQLite, {NEO4J.nodes:,} on Neo4j)",
     )
-    parser.add_argument("--quick", action="store_true", help="a smoke run: small sizes, well under 20 s on SQLite")
-    parser.add_argument("--ingest-events", type=int, help=f"events of the ingest phase ({defaults.ingest_events:,})")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small sizes, ≈ 15 s on SQLite")
+    parser.add_argument(
+        "--ingest-events",
+        type=int,
+        help=f"events of the ingest phase ({defaults.ingest_events:,}; {NEO4J.ingest_events:,} on Neo4j)",
+    )
     parser.add_argument(
         "--grpc-events", type=int, help=f"events sent through GraphService.Ingest ({defaults.grpc_events:,})"
     )
-    parser.add_argument("--queries", type=int, help=f"drift-path queries ({defaults.queries:,})")
+    parser.add_argument(
+        "--queries", type=int, help=f"drift-path queries ({defaults.queries:,}; {NEO4J.queries:,} on Neo4j)"
+    )
     parser.add_argument("--lag-rates", help="events/s appended to the journal, comma-separated (500,2000)")
     parser.add_argument("--lag-s", type=float, help=f"seconds of appends per rate ({defaults.lag_s:g})")
     parser.add_argument("--export-rows", type=int, help="export at most this many rows (default: the whole chain)")
@@ -263,9 +270,8 @@ def _parse(argv: Sequence[str] | None) -> tuple[Params, argparse.Namespace]:
     parser.add_argument("--out", type=Path, help="JSON file (default eval/results/graph-<UTC time>.json)")
     parser.add_argument("--no-chart", action="store_true", help="do not write the PNG chart")
     args = parser.parse_args(argv)
-    params = replace(QUICK if args.quick else defaults, store=args.store)
-    if not args.quick:
-        params = replace(params, nodes=DEFAULT_NODES[args.store])
+    params = QUICK if args.quick else NEO4J if args.store == "neo4j" else defaults
+    params = replace(params, store=args.store)
     sizes = {
         "nodes": args.nodes,
         "ingest_events": args.ingest_events,
