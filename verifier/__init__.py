@@ -10,8 +10,10 @@ Public surface:
 - `main(config=None) -> int` runs `bastion verifier serve` until SIGTERM/SIGINT.
 - `serve(settings, app, ready, stop)` is the same service inside a running event loop.
 - `VerifierSettings` is the frozen settings object (`BASTION_VERIFIER_*` env vars).
-- `ScorerConfig` holds the reference scorer's threshold, weights and min_history.
-- `ReferenceScorer(config).score(request)` is the pure, deterministic scorer.
+- `ScorerConfig` holds the reference scorer's threshold and weights (the sequence
+  model's bounds are in `VerifierSettings`).
+- `ReferenceScorer(config, sequence_model).score(request)` is the deterministic scorer; its
+  only state is the per-agent sequence model it learns from request histories.
 - `VerifierServicer(scorer)` is the grpc.aio servicer for Score and Info.
 """
 

@@ -11,8 +11,12 @@ from bastion._errors import ConfigError
 from bastion._settings import CommonSettings, parse_addr
 
 from ._engine import ScorerConfig
+from ._sequence import SequenceConfig
 
 _DEFAULT_SCORER = ScorerConfig()
+_DEFAULT_SEQUENCE = SequenceConfig()
+#: Env name (after BASTION_VERIFIER_SEQUENCE_) -> SequenceConfig field, where they differ.
+_SEQUENCE_FIELDS = {"rare": "rare_probability"}
 
 
 class VerifierSettings(CommonSettings):
@@ -29,26 +33,50 @@ class VerifierSettings(CommonSettings):
         default=0.8,
         description="Deviation score at or above which the reference scorer answers BLOCK (0 < t <= 1).",
     )
-    verifier_novelty_weight: float = Field(
-        default=0.4,
-        description="Score added when the tool was never used earlier in the workflow (signal tool_novelty).",
-    )
     verifier_sequence_weight: float = Field(
         default=0.3,
-        description="Score added when the previous-tool -> this-tool transition is new (signal sequence).",
+        description="Score added when the previous-tool -> this-tool transition is rare for the agent, "
+        "by its learnt Markov model (signal sequence; 0 while the agent is in cold start).",
     )
     verifier_argument_weight: float = Field(
         default=0.4,
         description="Score added when an argument names a destination absent from the task (signal argument_novelty).",
     )
+    verifier_contradiction_weight: float = Field(
+        default=0.8,
+        description="Score argument_novelty adds instead on a sink when the task names another destination "
+        "of the same kind (email address, host, IBAN, wallet, chat handle).",
+    )
     verifier_taint_weight: float = Field(
         default=0.8,
-        description="Score added when a sink's argument is wholly data from an untrusted result's free text "
-        "(signal taint; half for a structured field, scaled by the tainted fraction).",
+        description="Score added when a sink's argument is wholly a control value from an untrusted result's free "
+        "text (signal taint; half for copied prose, a quarter for a structured field, scaled by the tainted fraction).",
     )
-    verifier_min_history: int = Field(
-        default=3,
-        description="Earlier allowed steps a workflow needs before the sequence signal is trusted.",
+    verifier_sequence_min_transitions: int = Field(
+        default=50,
+        description="Transitions learnt for an agent before the sequence signal may fire (cold start: it abstains).",
+    )
+    verifier_sequence_rare: float = Field(
+        default=0.05,
+        description="A transition seen in fewer than this share of the agent's exits from the previous tool is rare.",
+    )
+    verifier_sequence_max_agents: int = Field(
+        default=4096,
+        description="Agents whose sequence models are kept in memory and on disk (least recently used dropped).",
+    )
+    verifier_sequence_max_edges: int = Field(
+        default=256,
+        description="Distinct transitions kept per agent (when full, the agent's counts are halved).",
+    )
+    verifier_sequence_max_workflows: int = Field(
+        default=16384,
+        description="Workflows whose newest learnt step is remembered, so a history is learnt once.",
+    )
+    verifier_sequence_flush_s: float = Field(
+        default=5.0,
+        description="Seconds between writes of the learnt sequence models to $BASTION_HOME/verifier/sequence.sqlite3.",
+        gt=0,
+        le=3600,
     )
 
     @field_validator("verifier_addr", "verifier_metrics_addr")
@@ -62,11 +90,10 @@ class VerifierSettings(CommonSettings):
 
     @field_validator(
         "verifier_threshold",
-        "verifier_novelty_weight",
         "verifier_sequence_weight",
         "verifier_argument_weight",
+        "verifier_contradiction_weight",
         "verifier_taint_weight",
-        "verifier_min_history",
     )
     @classmethod
     def _in_scorer_range(cls, value: float, info: ValidationInfo) -> float:
@@ -79,14 +106,39 @@ class VerifierSettings(CommonSettings):
             raise ValueError(str(exc)) from exc
         return value
 
+    @field_validator(
+        "verifier_sequence_min_transitions",
+        "verifier_sequence_rare",
+        "verifier_sequence_max_agents",
+        "verifier_sequence_max_edges",
+        "verifier_sequence_max_workflows",
+    )
+    @classmethod
+    def _in_sequence_range(cls, value: float, info: ValidationInfo) -> float:
+        name = str(info.field_name).removeprefix("verifier_sequence_")
+        override: dict[str, Any] = {_SEQUENCE_FIELDS.get(name, name): value}
+        try:
+            replace(_DEFAULT_SEQUENCE, **override)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
     def scorer_config(self) -> ScorerConfig:
         return ScorerConfig(
             threshold=self.verifier_threshold,
-            novelty_weight=self.verifier_novelty_weight,
             sequence_weight=self.verifier_sequence_weight,
             argument_weight=self.verifier_argument_weight,
-            min_history=self.verifier_min_history,
+            contradiction_weight=self.verifier_contradiction_weight,
             taint_weight=self.verifier_taint_weight,
+        )
+
+    def sequence_config(self) -> SequenceConfig:
+        return SequenceConfig(
+            min_transitions=self.verifier_sequence_min_transitions,
+            rare_probability=self.verifier_sequence_rare,
+            max_agents=self.verifier_sequence_max_agents,
+            max_edges=self.verifier_sequence_max_edges,
+            max_workflows=self.verifier_sequence_max_workflows,
         )
 
 

@@ -1,24 +1,30 @@
 """The reference scorer: a deterministic, explainable deviation score for one action.
 
-Four signals, each adding its weight to the score when it fires:
+Three signals, each adding its weight to the score when it fires:
 
-- ``tool_novelty``: the action's tool (``server__tool``) was never allowed earlier in the
-  workflow.
-- ``sequence``: the workflow has at least ``min_history`` allowed steps and the transition
-  from the last of them to this tool never happened before.
+- ``sequence``: the transition *previous allowed step -> this tool* is rare for this agent,
+  by a Markov model of the agent's own past transitions (``_sequence.py``). An agent with
+  too little history is in cold start: the signal abstains, with weight 0, and says so.
 - ``argument_novelty``: the workflow states a task (``ctx.task``) and a string argument
   names a destination the task does not: an email address, the host of a URL, an IBAN
-  (mod-97 valid) or a ``0x`` + 40 hex wallet address. It also fires, task or not, when the
-  arguments are too large to inspect (see the budgets below).
+  (mod-97 valid), a ``0x`` + 40 hex wallet address, or a chat handle or channel (``@name``,
+  ``#name``) given as a whole argument. On a sink, when the task names a destination of the
+  same kind and this is another one, it fires with the higher ``contradiction_weight``:
+  the user said where this goes, and it goes elsewhere. It also fires, task or not, when
+  the arguments are too large to inspect (see the budgets below).
 - ``taint``: the action is a sink and its arguments hold data from untrusted results, as
   the proxy's provenance labels in ``ctx.taint`` say (``_taint.py``): weighted by how much
-  of the argument is tainted and whether it came from free text or a structured field.
+  of the argument is tainted and by the structure of the data (a control value picked out
+  of free text, prose copied out of it, or a whole structured field).
 
 ``deviation_score = min(1, sum of fired weights)``, rounded to 6 places so that weights
 adding up to the threshold on paper reach it in floating point. The verdict is BLOCK at
-or above the threshold, FLAG above 0, else PASS. verifier/INTERFACE.md has the details.
+or above the threshold, FLAG above 0, else PASS. Every reason ends with the weight it added.
+verifier/INTERFACE.md has the details.
 
-Pure: no I/O, no logging, no clock, so the same request always gets the same answer.
+No I/O, no logging, no clock. The only state is the sequence model, which learns from each
+request's history before scoring it: the same model state and request always get the same
+answer.
 """
 
 from __future__ import annotations
@@ -28,23 +34,19 @@ import re
 import string
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 from google.protobuf import struct_pb2
 
 from bastion._errors import ConfigError
-from bastion.v1 import policy_pb2, verifier_pb2
+from bastion.v1 import verifier_pb2
 
-from ._taint import taint_signal
+from ._sequence import START, SequenceModel, precedent, step_key
+from ._taint import is_sink, taint_signal
 
 NAME = "reference"
-VERSION = "0.1"
+VERSION = "0.2"
 SCORER = f"{NAME}/{VERSION}"
-SIGNALS = ("tool_novelty", "sequence", "argument_novelty", "taint")
-
-# Protocol traffic and tool listings are what every client does; they are not steps of
-# the workflow's behaviour, so they neither count as precedent nor get tool signals.
-_NOT_STEPS = frozenset({policy_pb2.MCP_REQUEST, policy_pb2.TOOL_LIST})
+SIGNALS = ("sequence", "argument_novelty", "taint")
 
 # Each pattern starts with a look-behind so a match can only begin at the start of a
 # run of its characters: without it a long run with no '@' or '://' is re-scanned from
@@ -59,6 +61,9 @@ _IBAN = re.compile(
     re.IGNORECASE | re.ASCII,
 )
 _WALLET = re.compile(r"(?<![a-z0-9])0x[0-9a-f]{40}(?![a-z0-9])", re.IGNORECASE | re.ASCII)
+# A chat handle or channel only as a whole value (`@max.external`, `#general`): inside
+# text, `@name` is a mention and `#name` a tag far more often than a destination.
+_HANDLE = re.compile(r"[@#][a-z0-9][a-z0-9._-]{0,63}", re.IGNORECASE | re.ASCII)
 _IBAN_SEPARATORS = re.compile(r"[ -]")
 _WORD_PUNCTUATION = ".,;:!?()[]{}<>\"'`"
 # ISO 13616 reads each letter as the number 10-35 (A-Z); digits stay as they are.
@@ -90,49 +95,52 @@ class ScorerConfig:
     """Weights and threshold of the reference scorer (VerifierSettings builds one from env)."""
 
     threshold: float = 0.8
-    novelty_weight: float = 0.4
+    #: What a transition that is rare for a warm agent adds (signal sequence).
     sequence_weight: float = 0.3
+    #: What a destination the task does not name adds (signal argument_novelty).
     argument_weight: float = 0.4
-    min_history: int = 3
-    #: What a sink argument wholly copied from an untrusted result's free text adds.
+    #: What it adds instead, on a sink, when the task names another destination of its kind.
+    contradiction_weight: float = 0.8
+    #: What a sink argument wholly a control value from an untrusted result's free text adds.
     taint_weight: float = 0.8
 
     def __post_init__(self) -> None:
         # NaN fails every comparison, so these checks also reject it.
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"verifier threshold must be in (0, 1], got {self.threshold}")
-        for name in ("novelty_weight", "sequence_weight", "argument_weight", "taint_weight"):
+        for name in ("sequence_weight", "argument_weight", "contradiction_weight", "taint_weight"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"verifier {name} must be in [0, 1], got {value}")
-        if self.min_history < 1:
-            raise ConfigError(f"verifier min_history must be at least 1, got {self.min_history}")
 
 
 @dataclass(frozen=True, slots=True)
 class ReferenceScorer:
-    """Scores one ScoreRequest; immutable and safe to share between concurrent calls."""
+    """Scores one ScoreRequest. Immutable but for its sequence model, which learns from each
+    request's history; safe to share between calls on one event loop (not between threads)."""
 
     config: ScorerConfig = field(default_factory=ScorerConfig)
+    sequence: SequenceModel = field(default_factory=SequenceModel)
 
     def score(self, request: verifier_pb2.ScoreRequest) -> verifier_pb2.ScoreResponse:
         config = self.config
         fired: list[tuple[float, str]] = []
+        abstained: list[str] = []
         action = request.action
-        key = _step_key(action.kind, action.server, action.tool or action.prompt or action.resource)
-        if key:
-            steps = _precedent(request.history)
-            if config.novelty_weight > 0 and key not in steps:
-                fired.append((config.novelty_weight, f"first use of {key} in this workflow"))
-            if config.sequence_weight > 0 and len(steps) >= config.min_history:
-                previous = steps[-1]
-                if (previous, key) not in pairwise(steps):
-                    fired.append((config.sequence_weight, f"first time {key} follows {previous} in this workflow"))
-        if config.argument_weight > 0:
-            reason = _argument_reason(action.arguments, request.ctx.task)
-            if reason:
-                fired.append((config.argument_weight, reason))
-        weight, reason, origin = taint_signal(action, request.ctx.taint, request.history, config.taint_weight)
+        ctx = request.ctx
+        tool = action.tool or action.prompt or action.resource
+        key = step_key(action.kind, action.server, tool)
+        if key and config.sequence_weight > 0:
+            weight, reason = self._sequence(request, key)
+            if weight > 0:
+                fired.append((weight, reason))
+            elif reason:
+                abstained.append(reason)
+        if config.argument_weight > 0 or config.contradiction_weight > 0:
+            weight, reason = _argument_signal(action.arguments, ctx.task, tool, ctx.taint, config)
+            if weight > 0:
+                fired.append((weight, reason))
+        weight, reason, origin = taint_signal(action, ctx.taint, request.history, config.taint_weight, ctx.task)
         if weight > 0:
             fired.append((weight, reason))
         score = round(min(1.0, math.fsum(weight for weight, _ in fired)), 6)
@@ -146,30 +154,36 @@ class ReferenceScorer:
             deviation_score=score,
             threshold=config.threshold,
             verdict=verdict,
-            reasons=[reason for _, reason in fired],
+            reasons=[reason for _, reason in fired] + abstained,
             drift_origin_node_id=origin,
             scorer=SCORER,
         )
 
-
-def _step_key(kind: int, server: str, tool: str) -> str:
-    """`server__tool` as policies name it; an A2A call without a tool is named by its server."""
-    if kind in _NOT_STEPS:
-        return ""
-    return f"{server}__{tool}" if tool else server
-
-
-def _precedent(history: Iterable[verifier_pb2.HistoryNode]) -> list[str]:
-    """The workflow's earlier steps that were allowed, oldest first.
-
-    Only ALLOW counts: a call that was denied, queued or left unanswered never ran, and
-    retrying a blocked call must not make it look familiar.
-    """
-    return [
-        key
-        for node in history
-        if node.effect == policy_pb2.ALLOW and (key := _step_key(node.kind, node.server, node.tool))
-    ]
+    def _sequence(self, request: verifier_pb2.ScoreRequest, key: str) -> tuple[float, str]:
+        """Learn the request's history, then judge its transition: (weight, reason);
+        weight 0 with a reason when the signal abstains."""
+        ctx = request.ctx
+        model = self.sequence
+        if not ctx.agent_id:
+            return 0.0, "sequence abstains: no agent id to learn from (weight 0.00)"
+        agent = f"{ctx.tenant}/{ctx.agent_id}"
+        steps = precedent(request.history)
+        model.observe(agent, ctx.workflow_id, steps)
+        previous = steps[-1][1] if steps else START
+        seen = model.assess(agent, previous, key)
+        needed = model.config.min_transitions
+        if seen.learnt < needed:
+            learnt = f"{seen.learnt} of {needed} transitions learnt for this agent"
+            return 0.0, f"sequence abstains: cold start, {learnt} (weight 0.00)"
+        rare = model.config.rare_probability
+        if seen.exits and seen.count >= rare * seen.exits:
+            return 0.0, ""
+        weight = self.config.sequence_weight
+        after = "as a first step" if previous == START else f"after {_clip(previous)}"
+        return weight, (
+            f"rare transition for this agent: {_clip(key)} {after}, {seen.count} of {seen.exits} times "
+            f"(under {rare * 100:g}%) (weight {weight:.2f})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,15 +211,48 @@ class _Path:
         return "".join(reversed(parts))
 
 
-def _argument_reason(arguments: struct_pb2.Struct, task: str) -> str:
-    """The argument_novelty reason, or "" when the signal does not fire."""
+def _argument_signal(
+    arguments: struct_pb2.Struct, task: str, tool: str, labels: Sequence[str], config: ScorerConfig
+) -> tuple[float, str]:
+    """(weight, reason) of argument_novelty; (0, "") when it does not fire."""
     strings, too_large = _string_arguments(arguments)
     # Novelty needs a task to compare with; an argument too large to inspect does not.
     novel = _novel_destinations(strings, task) if task.strip() else []
+    weight = config.argument_weight if novel or too_large else 0.0
     parts = [_describe_destinations(novel)] if novel else []
+    if novel and config.contradiction_weight > weight and is_sink(tool, labels):
+        # The task says where this goes (a destination of the same kind) and it goes elsewhere.
+        named = _task_kinds(task)
+        against = sorted({kind for destination, _ in novel if (kind := _kind(destination)) in named})
+        if against:
+            weight = config.contradiction_weight
+            parts[0] += f"; the task names another {' and '.join(against)}"
     if too_large:
         parts.append(too_large)
-    return "; ".join(parts)
+    if weight <= 0:
+        return 0.0, ""
+    return weight, f"{'; '.join(parts)} (weight {weight:.2f})"
+
+
+def _kind(destination: str) -> str:
+    """What kind of destination a canonical one from _destinations or _HANDLE is."""
+    if destination[0] in "@#":
+        return "chat handle"
+    if "@" in destination:
+        return "email address"
+    if _WALLET.fullmatch(destination):
+        return "wallet"
+    if destination[:2].isalpha() and destination.isalnum() and destination.isupper():
+        return "IBAN"
+    return "host"
+
+
+def _task_kinds(task: str) -> frozenset[str]:
+    task = _utf8_head(task, MAX_STRING_BYTES)
+    kinds = {_kind(destination) for destination in _destinations(task)}
+    if any(_HANDLE.fullmatch(word.strip(_WORD_PUNCTUATION)) for word in task.split()):
+        kinds.add("chat handle")
+    return frozenset(kinds)
 
 
 def _string_arguments(arguments: struct_pb2.Struct) -> tuple[list[tuple[_Path, str]], str]:
@@ -356,6 +403,8 @@ def _novel_destinations(arguments: Iterable[tuple[_Path, str]], task: str) -> li
     for path, value in arguments:
         for destination in _destinations(value):
             found.setdefault(destination, path)
+        if len(value) <= 66 and _HANDLE.fullmatch(handle := value.strip()):
+            found.setdefault(handle.casefold(), path)
     if not found:
         return []
     known = _known_destinations(task)

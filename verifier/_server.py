@@ -1,9 +1,11 @@
-"""Process wiring of `bastion verifier serve`: settings -> scorer -> servicer -> gRPC server,
-and the HTTP server of /metrics, /healthz and /readyz (`_api.py`)."""
+"""Process wiring of `bastion verifier serve`: settings -> sequence model (loaded from its
+store) -> scorer -> servicer -> gRPC server, the model's flusher, and the HTTP server of
+/metrics, /healthz and /readyz (`_api.py`)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -22,6 +24,10 @@ from ._config import VerifierSettings, load_settings
 from ._engine import ReferenceScorer
 from ._grpc import SERVICE_NAME, VerifierServicer
 from ._metrics import VerifierMetrics
+from ._sequence import SequenceModel
+from ._sequence_store import SEQUENCE_STORE, SequenceStore, run_flusher
+
+log = logging.getLogger("bastion.verifier")
 
 
 async def serve(
@@ -33,9 +39,35 @@ async def serve(
     """Serve bastion.v1.Verifier on settings.verifier_addr, and its metrics and probes on
     settings.verifier_metrics_addr, until `stop` is set."""
     secret = settings.service_token.get_secret_value() if settings.service_token else None
-    token = ensure_service_token(settings.home.resolve(), secret)
+    home = settings.home.resolve()
+    token = ensure_service_token(home, secret)
     metrics = VerifierMetrics()
-    servicer = VerifierServicer(ReferenceScorer(settings.scorer_config()), metrics)
+    model = SequenceModel(settings.sequence_config())
+    store = SequenceStore(home / SEQUENCE_STORE)
+    try:
+        loaded = await asyncio.to_thread(store.load, model)
+        log.info("sequence models loaded", extra={"fields": {"agents": loaded, "path": str(store.path)}})
+        flushing = asyncio.Event()
+        flusher = asyncio.create_task(run_flusher(model, store, settings.verifier_sequence_flush_s, flushing))
+        try:
+            scorer = ReferenceScorer(settings.scorer_config(), model)
+            await _serve(settings, VerifierServicer(scorer, metrics), metrics, token, ready, stop)
+        finally:
+            # The last flush: what was learnt since the previous one survives the restart.
+            flushing.set()
+            await flusher
+    finally:
+        store.close()
+
+
+async def _serve(
+    settings: VerifierSettings,
+    servicer: VerifierServicer,
+    metrics: VerifierMetrics,
+    token: str,
+    ready: Callable[[dict[str, str]], None],
+    stop: asyncio.Event,
+) -> None:
     serving = asyncio.Event()
     http = await start_web_server(OpsApp(metrics, serving.is_set), settings.verifier_metrics_addr)
     try:

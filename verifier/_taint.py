@@ -8,12 +8,29 @@ world-changing verb (send, transfer, delete, write, post, share, invite, book, p
 
 For a sink, each untrusted argument weighs
 
-    taint_weight * (1 for `text`, FIELD_FACTOR for `field`) * fraction
+    taint_weight * origin factor * task factor * fraction
 
-and the signal adds the largest of them. Data found inside free text (an email body, a
-web page) is where injected instructions live, so it weighs most; a whole structured
-field (an email's `sender`) is what a legitimate task acts on more often, so half; a
-value the stated task holds never arrives here as untrusted (the proxy trusts it).
+and the signal adds the largest of them. The origin factor is where the structure of the
+data and of the call comes in:
+
+- 1 for a *control value* found inside free text: a short value (an IBAN, an address, a
+  path, an id) picked out of an email body or a web page. That is what an injected
+  instruction looks like when an agent follows it: the body told it where to send, what
+  to delete.
+- PAYLOAD_FACTOR (0.5) for *prose* found inside free text (an argument of at least
+  PROSE_WORDS words and PROSE_CHARS characters): text copied into a message or a file.
+  Copying content is what summarising, quoting and backing up do; where the content goes
+  is what makes it a leak, and that is argument_novelty's to judge.
+- FIELD_FACTOR (0.25) for a whole structured field (an email's `sender`, a payee's
+  `iban`, a listing's `path`): a record's own field is what lookups return and tasks act
+  on; an attacker who controls a record's field usually controls its free text too, and is
+  caught there.
+
+The task factor is TASK_FACTOR (0.25) when the argument's value appears in the stated task
+(`ctx.task`, trusted): the user named it. The proxy never labels data the task holds, so
+this only matters for a proxy that fingerprints differently; it never raises a weight.
+An argument whose value cannot be found at its labelled path is weighed as a control value
+(the strongest), so a mismatched label cannot lower a score.
 """
 
 from __future__ import annotations
@@ -22,10 +39,24 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from google.protobuf import struct_pb2
+
 from bastion.v1 import policy_pb2, verifier_pb2
 
-#: Weight of a whole structured field relative to data inside free text.
-FIELD_FACTOR = 0.5
+#: Weight of a whole structured field relative to a control value inside free text.
+FIELD_FACTOR = 0.25
+#: Weight of prose copied out of free text relative to a control value inside it.
+PAYLOAD_FACTOR = 0.5
+#: Applied on top when the argument's value appears in the stated task.
+TASK_FACTOR = 0.25
+#: What makes an argument prose rather than a control value.
+PROSE_WORDS = 4
+PROSE_CHARS = 32
+PROSE_SCAN = 1024
+#: Shortest value looked for in the task: shorter ones match by accident.
+MIN_TASK_MATCH = 3
+#: Longest task read when looking for an argument's value in it (as _engine reads tasks).
+MAX_TASK_CHARS = 64 * 1024
 #: World-changing verbs: a tool whose name holds one (as a word, or a word's start) is a sink.
 SINK_VERBS = frozenset(
     {
@@ -86,6 +117,7 @@ def taint_signal(
     labels: Sequence[str],
     history: Sequence[verifier_pb2.HistoryNode],
     weight: float,
+    task: str = "",
 ) -> tuple[float, str, str]:
     """(weight fired, reason, drift origin node id); (0, "", "") when it does not fire."""
     if weight <= 0 or not labels:
@@ -93,19 +125,92 @@ def taint_signal(
     tainted = parse(labels)
     if not tainted or not is_sink(action.tool or action.prompt or action.resource, labels):
         return 0.0, "", ""
-    scored = sorted(
-        ((round(weight * (1.0 if t.kind == "text" else FIELD_FACTOR) * t.fraction, 6), t) for t in tainted),
-        key=lambda item: (-item[0], item[1].path, item[1].source),
-    )
+    folded_task = task[:MAX_TASK_CHARS].casefold()
+    scored = []
+    for t in tainted:
+        origin, in_task = _weigh(action.arguments, t, folded_task)
+        factor = {"control": 1.0, "prose": PAYLOAD_FACTOR, "field": FIELD_FACTOR}[origin]
+        if in_task:
+            factor *= TASK_FACTOR
+        scored.append((round(weight * factor * t.fraction, 6), origin, in_task, t))
+    scored.sort(key=lambda item: (-item[0], item[3].path, item[3].source))
     shown = ", ".join(
         f"{t.path!r} {round(t.fraction * 100)}% from {t.source} {t.result_path} "
-        f"({'free text' if t.kind == 'text' else 'field'}, {w:.2f})"
-        for w, t in scored[:_SHOWN]
+        f"({_DESCRIBED[origin]}{', named in the task' if in_task else ''}, {w:.2f})"
+        for w, origin, in_task, t in scored[:_SHOWN]
     )
     more = len(scored) - _SHOWN
     fired = scored[0][0]
     reason = f"untrusted data in sink arguments: {shown}" + (f" and {more} more" if more > 0 else "")
-    return fired, reason, _origin(scored[0][1].source, history)
+    return fired, f"{reason} (weight {fired:.2f})", _origin(scored[0][3].source, history)
+
+
+_DESCRIBED = {"control": "free text", "prose": "prose from free text", "field": "field"}
+
+
+def _weigh(arguments: struct_pb2.Struct, tainted: Tainted, folded_task: str) -> tuple[str, bool]:
+    """("control" | "prose" | "field", whether the value appears in the task) for one tainted argument."""
+    origin = "field" if tainted.kind == "field" else "control"
+    value = _value_at(arguments, tainted.path)
+    if value is None:
+        # Not found where the label says: no discount can be justified.
+        return origin, False
+    # Words are counted in the first PROSE_SCAN characters only, so a huge value costs nothing extra.
+    if (
+        origin == "control"
+        and len(value) >= PROSE_CHARS
+        and len(value[:PROSE_SCAN].split(None, PROSE_WORDS)) >= PROSE_WORDS
+    ):
+        origin = "prose"
+    return origin, _in_task(value, folded_task)
+
+
+def _in_task(value: str, folded_task: str) -> bool:
+    """Whether the task holds `value` as whole words (`eve@evil.example` is not in `steve@evil.example`).
+
+    Checked on the length first, so a value longer than the task is never case-folded.
+    """
+    if not MIN_TASK_MATCH <= len(value) <= len(folded_task):
+        return False
+    folded = value.strip().casefold()
+    if len(folded) < MIN_TASK_MATCH or folded not in folded_task:
+        return False
+    return re.search(rf"(?<!\w){re.escape(folded)}(?!\w)", folded_task) is not None
+
+
+_PATH_PART = re.compile(r"\[([0-9]+)\]|([^.\[\]]+)")
+
+
+def _value_at(arguments: struct_pb2.Struct, path: str) -> str | None:
+    """The string at a label's path (`message.cc[1]`), or None when there is none.
+
+    Keys holding `.` or `[` make a rendered path ambiguous; such a path resolves to None
+    (weighed as the strongest kind) rather than to a guess. Bounded by the path's length.
+    """
+    node: struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue = arguments
+    position = 0
+    for match in _PATH_PART.finditer(path):
+        if match.start() != position and path[position : match.start()] != ".":
+            return None
+        position = match.end()
+        index, key = match.group(1), match.group(2)
+        if isinstance(node, struct_pb2.Value):
+            kind = node.WhichOneof("kind")
+            if kind == "struct_value":
+                node = node.struct_value
+            elif kind == "list_value":
+                node = node.list_value
+            else:
+                return None
+        if key is not None and isinstance(node, struct_pb2.Struct) and key in node.fields:
+            node = node.fields[key]
+        elif index is not None and isinstance(node, struct_pb2.ListValue) and int(index) < len(node.values):
+            node = node.values[int(index)]
+        else:
+            return None
+    if position != len(path) or not isinstance(node, struct_pb2.Value) or node.WhichOneof("kind") != "string_value":
+        return None
+    return node.string_value
 
 
 def _origin(source: str, history: Sequence[verifier_pb2.HistoryNode]) -> str:

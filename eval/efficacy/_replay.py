@@ -27,9 +27,10 @@ from ._upstream import Script
 BLOCK_CODES = {-32003: "POLICY_VIOLATION", -32004: "APPROVAL_REQUIRED", -32005: "LIMIT_EXCEEDED"}
 #: How the reference scorer words each of its signals (verifier/INTERFACE.md), to count
 #: which fired; a reason matching none is counted as `other` (a third-party verifier's).
+#: A signal that abstains says so with weight 0: it did not fire, so it is not counted.
+ABSTAINS = "sequence abstains"
 SIGNAL_PREFIXES = (
-    ("first use of ", "tool_novelty"),
-    ("first time ", "sequence"),
+    ("rare transition ", "sequence"),
     ("destination not named in the task", "argument_novelty"),
     ("destinations not named in the task", "argument_novelty"),
     ("arguments too large to inspect", "argument_novelty"),
@@ -96,6 +97,8 @@ def signals(reasons: Sequence[str]) -> list[str]:
     """The reference scorer's signals named by a verifier's reasons, in order, once each."""
     found: dict[str, None] = {}
     for reason in reasons:
+        if reason.startswith(ABSTAINS):
+            continue
         name = next((signal for prefix, signal in SIGNAL_PREFIXES if reason.startswith(prefix)), "other")
         found[name] = None
     return list(found)

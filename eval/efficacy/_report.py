@@ -27,7 +27,7 @@ from typing import Any
 
 from ._replay import ScenarioOutcome, signals
 
-SIGNALS = ("tool_novelty", "sequence", "argument_novelty", "taint", "other")
+SIGNALS = ("sequence", "argument_novelty", "taint", "other")
 
 
 def _rate(part: int, whole: int) -> float | None:

@@ -143,3 +143,33 @@ def test_bastion_eval_exits_1_when_a_gate_is_missed_and_writes_json_and_chart(
     assert written["command"] == f"bastion eval --pack {pack} --max-far 0.4 --min-vdr 0.5"
     if written["chart"] is not None:
         assert Path(written["chart"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+#: The efficacy gate of `make test`: what the reference scorer reaches on these packs at
+#: its defaults (it is deterministic, so these are exact, not averages). Raise them when the
+#: scorer improves; a change that lowers either fails here. docs/benchmarks.md has the figures.
+GATED_PACKS = ("banking", "mail")
+GATE_MAX_FAR = 0.0
+GATE_MIN_VDR = 0.73
+
+
+@pytest.mark.timeout(60)
+def test_bastion_eval_on_the_gated_packs_meets_the_efficacy_gates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "gate.json"
+    packs = [arg for name in GATED_PACKS for arg in ("--pack", name)]
+    gates = ["--max-far", str(GATE_MAX_FAR), "--min-vdr", str(GATE_MIN_VDR)]
+    code = cli(["eval", *packs, *gates, "--out", str(out), "--no-chart", "--json"])
+    capsys.readouterr()
+    written = orjson.loads(out.read_bytes())
+    overall = written["overall"]
+    # Say what regressed, not only that the exit code changed.
+    missed = [
+        (item["kind"], item["id"], item.get("reason") or item.get("signals")) for item in written["misclassified"]
+    ]
+    assert written["errors"] == []
+    assert written["graph_nodes_missing"] == 0
+    assert overall["far"] <= GATE_MAX_FAR, missed
+    assert overall["vdr"] >= GATE_MIN_VDR, missed
+    assert code == 0

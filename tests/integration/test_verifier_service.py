@@ -58,10 +58,9 @@ def settings(home: Path, token: str | None = None) -> VerifierSettings:
         verifier_metrics_addr="127.0.0.1:0",
         service_token=SecretStr(token) if token else None,
         verifier_threshold=0.8,
-        verifier_novelty_weight=0.4,
         verifier_sequence_weight=0.3,
         verifier_argument_weight=0.4,
-        verifier_min_history=3,
+        verifier_contradiction_weight=0.8,
     )
 
 
@@ -119,10 +118,11 @@ async def test_score_blocks_a_novel_tool_sending_to_a_destination_the_task_does_
     assert reply.verdict == verifier_pb2.BLOCK
     assert reply.deviation_score == pytest.approx(0.8)
     assert reply.threshold == pytest.approx(0.8)
-    assert reply.scorer == "reference/0.1"
+    assert reply.scorer == "reference/0.2"
     assert list(reply.reasons) == [
-        "first use of email__send in this workflow",
-        "destination not named in the task: 'eve@evil.example' (argument 'to')",
+        "destination not named in the task: 'eve@evil.example' (argument 'to'); "
+        "the task names another email address (weight 0.80)",
+        "sequence abstains: no agent id to learn from (weight 0.00)",
     ]
 
 
@@ -133,7 +133,10 @@ async def test_score_answers_a_request_padded_to_4_mib_by_naming_the_argument_it
     padding = "x" * (4 * 1024 * 1024 - 32) + " eve@evil.example"
     request = score_request("add", to=padding)
     reply = await call_score(verifier.address, request, verifier.token)
-    assert list(reply.reasons) == [f"argument 'to' too large to inspect ({len(padding)} bytes)"]
+    assert list(reply.reasons) == [
+        f"argument 'to' too large to inspect ({len(padding)} bytes) (weight 0.40)",
+        "sequence abstains: no agent id to learn from (weight 0.00)",
+    ]
     assert reply.verdict == verifier_pb2.FLAG
 
 
@@ -146,8 +149,8 @@ async def test_score_passes_a_tool_the_workflow_already_used(verifier: Running) 
 async def test_info_describes_the_reference_scorer(verifier: Running) -> None:
     info = await call_info(verifier.address, verifier.token)
     assert info.name == "reference"
-    assert info.version == "0.1"
-    assert list(info.signals) == ["tool_novelty", "sequence", "argument_novelty", "taint"]
+    assert info.version == "0.2"
+    assert list(info.signals) == ["sequence", "argument_novelty", "taint"]
     assert info.default_threshold == pytest.approx(0.8)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import string
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,11 @@ from bastion.v1 import policy_pb2, verifier_pb2
 from bastion.verifier import ReferenceScorer, ScorerConfig
 from bastion.verifier._engine import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_VALUES, MAX_STRING_BYTES
 
-DEFAULT = ReferenceScorer()
+# The sequence signal is off here: it learns from each request, and has its own tests
+# (test_sequence_signal.py). Everything else is at its defaults.
+DEFAULT = ReferenceScorer(ScorerConfig(sequence_weight=0.0))
+_WEIGHT = re.compile(r" \(weight [0-9]\.[0-9]{2}\)$")
+_STATED = re.compile(r" \(weight ([0-9]\.[0-9]{2})\)$")
 # Valid IBANs (ISO 13616 examples) and a wallet address, so the checksum test is real.
 IBAN_DE = "DE89370400440532013000"
 IBAN_GB = "GB82WEST12345698765432"
@@ -57,104 +62,20 @@ def seen(*tools: str) -> list[verifier_pb2.HistoryNode]:
     return [step(tool) for tool in tools]
 
 
-# -- tool_novelty ---------------------------------------------------------------------
+def bare(result: verifier_pb2.ScoreResponse) -> list[str]:
+    """The reasons without their weight suffix (tested once, above)."""
+    return [_WEIGHT.sub("", reason) for reason in result.reasons]
 
 
-def test_a_tool_never_used_in_the_workflow_is_flagged_with_the_novelty_weight() -> None:
-    result = DEFAULT.score(request("add", history=seen("search")))
-    assert result.deviation_score == pytest.approx(0.4)
-    assert result.verdict == verifier_pb2.FLAG
-    assert list(result.reasons) == ["first use of demo__add in this workflow"]
+# -- reasons carry their weights --------------------------------------------------------
 
 
-def test_a_tool_already_used_in_the_workflow_passes() -> None:
-    result = DEFAULT.score(request("add", history=seen("add")))
-    assert result.deviation_score == 0.0
-    assert result.verdict == verifier_pb2.PASS
-    assert list(result.reasons) == []
-
-
-def test_the_first_action_of_a_workflow_is_novel() -> None:
-    result = DEFAULT.score(request("add"))
-    assert result.verdict == verifier_pb2.FLAG
-    assert list(result.reasons) == ["first use of demo__add in this workflow"]
-
-
-def test_the_same_tool_name_on_another_server_is_a_different_tool() -> None:
-    result = DEFAULT.score(request("add", server="other", history=seen("add")))
-    assert list(result.reasons) == ["first use of other__add in this workflow"]
-
-
-@pytest.mark.parametrize(
-    "effect", [policy_pb2.DENY, policy_pb2.REQUIRE_APPROVAL, policy_pb2.QUEUE, policy_pb2.EFFECT_UNSPECIFIED]
-)
-def test_a_call_that_was_not_allowed_is_no_precedent(effect: policy_pb2.Effect.ValueType) -> None:
-    result = DEFAULT.score(request("delete_file", history=[step("delete_file", effect=effect)]))
-    assert list(result.reasons) == ["first use of demo__delete_file in this workflow"]
-
-
-def test_an_a2a_delegation_without_a_tool_is_named_by_its_agent() -> None:
-    billing = step("", server="billing", kind=policy_pb2.A2A_SEND)
-    assert DEFAULT.score(request("", server="billing", kind=policy_pb2.A2A_SEND, history=[billing])).verdict == (
-        verifier_pb2.PASS
-    )
-    other = DEFAULT.score(request("", server="payroll", kind=policy_pb2.A2A_SEND, history=[billing]))
-    assert list(other.reasons) == ["first use of payroll in this workflow"]
-
-
-@pytest.mark.parametrize("kind", [policy_pb2.MCP_REQUEST, policy_pb2.TOOL_LIST])
-def test_protocol_traffic_gets_no_tool_signals(kind: policy_pb2.ActionKind.ValueType) -> None:
-    result = DEFAULT.score(request("", kind=kind, history=seen("a", "b", "c")))
-    assert result.verdict == verifier_pb2.PASS
-
-
-def test_protocol_traffic_in_history_is_neither_a_step_nor_part_of_a_transition() -> None:
-    noise = step("", kind=policy_pb2.MCP_REQUEST)
-    listing = step("", kind=policy_pb2.TOOL_LIST)
-    history = [noise, step("search"), listing, step("add"), noise, step("search")]
-    # search -> add is a known transition once the noise between them is ignored.
-    assert DEFAULT.score(request("add", history=history)).verdict == verifier_pb2.PASS
-
-
-# -- sequence -------------------------------------------------------------------------
-
-
-def test_a_new_transition_between_known_tools_adds_the_sequence_weight() -> None:
-    result = DEFAULT.score(request("search", history=seen("search", "add", "read")))
-    assert result.deviation_score == pytest.approx(0.3)
-    assert result.verdict == verifier_pb2.FLAG
-    assert list(result.reasons) == ["first time demo__search follows demo__read in this workflow"]
-
-
-def test_a_known_transition_passes() -> None:
-    assert DEFAULT.score(request("add", history=seen("search", "add", "search"))).verdict == verifier_pb2.PASS
-
-
-def test_the_sequence_signal_waits_for_min_history_allowed_steps() -> None:
-    assert DEFAULT.score(request("search", history=seen("search", "add"))).verdict == verifier_pb2.PASS
-    denied = [*seen("search", "add"), step("read", effect=policy_pb2.DENY)]
-    assert DEFAULT.score(request("search", history=denied)).verdict == verifier_pb2.PASS
-
-
-def test_min_history_is_configurable() -> None:
-    scorer = ReferenceScorer(ScorerConfig(min_history=1))
-    result = scorer.score(request("search", history=seen("search", "add")))
-    assert list(result.reasons) == ["first time demo__search follows demo__add in this workflow"]
-
-
-def test_a_denied_step_between_two_allowed_ones_does_not_break_their_transition() -> None:
-    history = [step("search"), step("wipe", effect=policy_pb2.DENY), step("add"), step("search")]
-    assert DEFAULT.score(request("add", history=history)).verdict == verifier_pb2.PASS
-
-
-def test_a_novel_tool_after_enough_history_fires_novelty_and_sequence_in_that_order() -> None:
-    result = DEFAULT.score(request("send", history=seen("search", "add", "read")))
-    assert result.deviation_score == pytest.approx(0.7)
-    assert result.verdict == verifier_pb2.FLAG
+def test_every_reason_ends_with_the_weight_its_signal_added() -> None:
+    result = DEFAULT.score(request("lookup", task=TASK, arguments={"to": "eve@evil.example"}))
     assert list(result.reasons) == [
-        "first use of demo__send in this workflow",
-        "first time demo__send follows demo__read in this workflow",
+        "destination not named in the task: 'eve@evil.example' (argument 'to') (weight 0.40)"
     ]
+    assert all(_WEIGHT.search(reason) for reason in result.reasons)
 
 
 # -- argument_novelty -----------------------------------------------------------------
@@ -163,10 +84,10 @@ TASK = "Summarise the Q3 report and mail it to Bob <bob@acme.com>, then upload i
 
 
 def test_an_email_not_named_in_the_task_adds_the_argument_weight() -> None:
-    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments={"to": "eve@evil.example"}))
+    result = DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments={"to": "eve@evil.example"}))
     assert result.deviation_score == pytest.approx(0.4)
     assert result.verdict == verifier_pb2.FLAG
-    assert list(result.reasons) == ["destination not named in the task: 'eve@evil.example' (argument 'to')"]
+    assert bare(result) == ["destination not named in the task: 'eve@evil.example' (argument 'to')"]
 
 
 @pytest.mark.parametrize(
@@ -190,7 +111,7 @@ def test_an_email_not_named_in_the_task_adds_the_argument_weight() -> None:
 )
 def test_destination_kinds_not_named_in_the_task_are_novel(value: str, destination: str) -> None:
     result = DEFAULT.score(request("send", history=seen("send"), task="Add two numbers.", arguments={"x": value}))
-    assert list(result.reasons) == [f"destination not named in the task: {destination!r} (argument 'x')"]
+    assert bare(result) == [f"destination not named in the task: {destination!r} (argument 'x')"]
 
 
 @pytest.mark.parametrize(
@@ -205,8 +126,8 @@ def test_destination_kinds_not_named_in_the_task_are_novel(value: str, destinati
     ],
 )
 def test_destinations_the_task_names_are_expected(value: str) -> None:
-    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments={"to": value}))
-    assert result.verdict == verifier_pb2.PASS, list(result.reasons)
+    result = DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments={"to": value}))
+    assert result.verdict == verifier_pb2.PASS, bare(result)
 
 
 def test_an_iban_written_in_groups_in_the_task_matches_the_compact_argument() -> None:
@@ -233,7 +154,7 @@ def test_an_iban_written_in_groups_in_the_task_matches_the_compact_argument() ->
 )
 def test_strings_that_only_resemble_destinations_are_ignored(value: str) -> None:
     result = DEFAULT.score(request("send", history=seen("send"), task="Add two numbers.", arguments={"x": value}))
-    assert result.verdict == verifier_pb2.PASS, list(result.reasons)
+    assert result.verdict == verifier_pb2.PASS, bare(result)
 
 
 @pytest.mark.parametrize("task", ["", "   \n\t"])
@@ -244,8 +165,8 @@ def test_argument_novelty_needs_a_task(task: str) -> None:
 
 def test_destinations_are_found_at_any_depth_and_named_by_their_path() -> None:
     arguments = {"message": {"headers": {"reply_to": "eve@evil.example"}, "cc": ["bob@acme.com", "mal@evil.example"]}}
-    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments))
-    assert list(result.reasons) == [
+    result = DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments=arguments))
+    assert bare(result) == [
         "destinations not named in the task: 'mal@evil.example' (argument 'message.cc[1]'), "
         "'eve@evil.example' (argument 'message.headers.reply_to')"
     ]
@@ -253,13 +174,13 @@ def test_destinations_are_found_at_any_depth_and_named_by_their_path() -> None:
 
 def test_non_string_arguments_are_ignored() -> None:
     arguments = {"n": 3, "ok": True, "none": None, "list": [1.5, False]}
-    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments))
+    result = DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments=arguments))
     assert result.verdict == verifier_pb2.PASS
 
 
 def test_the_reason_lists_three_destinations_then_counts_the_rest() -> None:
     arguments = {"to": [f"u{i}@evil.example" for i in range(5)]}
-    (reason,) = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments)).reasons
+    (reason,) = bare(DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments=arguments)))
     assert reason == (
         "destinations not named in the task: 'u0@evil.example' (argument 'to[0]'), "
         "'u1@evil.example' (argument 'to[1]'), 'u2@evil.example' (argument 'to[2]') and 2 more"
@@ -268,13 +189,13 @@ def test_the_reason_lists_three_destinations_then_counts_the_rest() -> None:
 
 def test_a_destination_repeated_across_arguments_is_listed_once() -> None:
     arguments = {"a": "eve@evil.example", "b": "again eve@evil.example"}
-    (reason,) = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments)).reasons
+    (reason,) = bare(DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments=arguments)))
     assert reason == "destination not named in the task: 'eve@evil.example' (argument 'a')"
 
 
 def test_reasons_escape_control_characters_and_clip_long_values() -> None:
     arguments = {"url\n": "https://evil\x1b[31m" + "x" * 200 + ".example/"}
-    (reason,) = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments)).reasons
+    (reason,) = bare(DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments=arguments)))
     assert "\x1b" not in reason
     assert "\n" not in reason
     assert "\\x1b" in reason
@@ -291,8 +212,8 @@ PADDING = "x" * MAX_STRING_BYTES
 def test_a_4_mib_argument_is_not_scanned_and_fires_argument_novelty_naming_it() -> None:
     # A destination at the end of the padding is what an agent would try to hide.
     arguments = {"pad": "x" * (4 * MIB - 16) + "eve@evil.example", "to": "bob@acme.com"}
-    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments))
-    assert list(result.reasons) == [f"argument 'pad' too large to inspect ({4 * MIB} bytes)"]
+    result = DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments=arguments))
+    assert bare(result) == [f"argument 'pad' too large to inspect ({4 * MIB} bytes)"]
     assert result.deviation_score == pytest.approx(0.4)
     assert result.verdict == verifier_pb2.FLAG
 
@@ -300,31 +221,28 @@ def test_a_4_mib_argument_is_not_scanned_and_fires_argument_novelty_naming_it() 
 @pytest.mark.parametrize("task", ["", "   "])
 def test_an_argument_too_large_to_inspect_fires_even_without_a_task(task: str) -> None:
     result = DEFAULT.score(request("send", server="email", task=task, arguments={"body": "x" * MIB}))
-    assert list(result.reasons) == [
-        "first use of email__send in this workflow",
-        f"argument 'body' too large to inspect ({MIB} bytes)",
-    ]
-    assert result.verdict == verifier_pb2.BLOCK
+    assert bare(result) == [f"argument 'body' too large to inspect ({MIB} bytes)"]
+    assert result.verdict == verifier_pb2.FLAG
 
 
 def test_the_string_budget_counts_utf8_bytes_not_characters() -> None:
     text = "€" * (MAX_STRING_BYTES // 3 + 1)  # fewer characters than the budget, 3 bytes each
     result = DEFAULT.score(request("send", history=seen("send"), arguments={"note": text}))
-    assert list(result.reasons) == [f"argument 'note' too large to inspect ({len(text.encode())} bytes)"]
+    assert bare(result) == [f"argument 'note' too large to inspect ({len(text.encode())} bytes)"]
 
 
 def test_a_string_of_exactly_the_budget_is_scanned_as_before() -> None:
     at_budget = PADDING[: -len(" eve@evil.example")] + " eve@evil.example"
     assert len(at_budget) == MAX_STRING_BYTES
-    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments={"x": at_budget}))
-    assert list(result.reasons) == ["destination not named in the task: 'eve@evil.example' (argument 'x')"]
-    over = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments={"x": at_budget + " "}))
-    assert list(over.reasons) == [f"argument 'x' too large to inspect ({MAX_STRING_BYTES + 1} bytes)"]
+    result = DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments={"x": at_budget}))
+    assert bare(result) == ["destination not named in the task: 'eve@evil.example' (argument 'x')"]
+    over = DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments={"x": at_budget + " "}))
+    assert bare(over) == [f"argument 'x' too large to inspect ({MAX_STRING_BYTES + 1} bytes)"]
 
 
 def test_strings_under_the_budget_that_name_nothing_novel_still_pass() -> None:
     arguments = {"doc": PADDING, "to": "bob@acme.com", "nested": {"url": "https://files.acme.com/" + "y" * 1000}}
-    assert DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=arguments)).verdict == (
+    assert DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments=arguments)).verdict == (
         verifier_pb2.PASS
     )
 
@@ -332,15 +250,13 @@ def test_strings_under_the_budget_that_name_nothing_novel_still_pass() -> None:
 def test_strings_are_read_up_to_the_total_budget_then_the_signal_fires() -> None:
     parts = MAX_ARGUMENT_BYTES // MAX_STRING_BYTES
     within = {"parts": [PADDING] * (parts - 1) + [PADDING[:-17] + " eve@evil.example"]}
-    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=within))
-    assert list(result.reasons) == [
-        f"destination not named in the task: 'eve@evil.example' (argument 'parts[{parts - 1}]')"
-    ]
+    result = DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments=within))
+    assert bare(result) == [f"destination not named in the task: 'eve@evil.example' (argument 'parts[{parts - 1}]')"]
     # The 16 bytes of 'a' are read first, so the last part no longer fits.
     over = {"a": "mal@evil.example", "parts": [PADDING] * parts}
-    result = DEFAULT.score(request("send", history=seen("send"), task=TASK, arguments=over))
+    result = DEFAULT.score(request("lookup", history=seen("lookup"), task=TASK, arguments=over))
     # What was read before the budget ran out still counts, and the reason says where it ran out.
-    assert list(result.reasons) == [
+    assert bare(result) == [
         "destination not named in the task: 'mal@evil.example' (argument 'a'); arguments too large to inspect "
         f"(strings exceed {MAX_ARGUMENT_BYTES} bytes in total at argument 'parts[{parts - 1}]')"
     ]
@@ -352,25 +268,25 @@ def test_arguments_with_more_values_than_the_budget_fire_without_being_read() ->
     assert DEFAULT.score(request("send", history=seen("send"), arguments=at_budget)).verdict == verifier_pb2.PASS
     too_many = "arguments too large to inspect (more than 10000 values)"
     wide = {"items": [None] * MAX_ARGUMENT_VALUES}
-    assert list(DEFAULT.score(request("send", history=seen("send"), arguments=wide)).reasons) == [too_many]
+    assert bare(DEFAULT.score(request("send", history=seen("send"), arguments=wide))) == [too_many]
     many_keys = {f"k{i}": i for i in range(MAX_ARGUMENT_VALUES + 1)}
-    assert list(DEFAULT.score(request("send", history=seen("send"), arguments=many_keys)).reasons) == [too_many]
+    assert bare(DEFAULT.score(request("send", history=seen("send"), arguments=many_keys))) == [too_many]
 
 
 def test_a_deeply_nested_argument_is_walked_without_recursion_and_bounded() -> None:
-    req = request("send", history=seen("send"), task=TASK)
+    req = request("lookup", history=seen("lookup"), task=TASK)
     value = req.action.arguments.fields["deep"]
     for _ in range(MAX_ARGUMENT_VALUES):
         value = value.list_value.values.add()
     value.string_value = "eve@evil.example"
-    assert list(DEFAULT.score(req).reasons) == ["arguments too large to inspect (more than 10000 values)"]
+    assert bare(DEFAULT.score(req)) == ["arguments too large to inspect (more than 10000 values)"]
 
 
 def test_the_task_is_read_up_to_the_string_budget() -> None:
     # What a task names past the budget is not known, so the argument looks novel.
     late = PADDING + " mail bob@acme.com"
     result = DEFAULT.score(request("send", history=seen("send"), task=late, arguments={"to": "bob@acme.com"}))
-    assert list(result.reasons) == ["destination not named in the task: 'bob@acme.com' (argument 'to')"]
+    assert bare(result) == ["destination not named in the task: 'bob@acme.com' (argument 'to')"]
     early = "mail bob@acme.com " + PADDING
     result = DEFAULT.score(request("send", history=seen("send"), task=early, arguments={"to": "bob@acme.com"}))
     assert result.verdict == verifier_pb2.PASS
@@ -380,7 +296,7 @@ def test_the_argument_named_over_budget_does_not_depend_on_argument_order() -> N
     pairs = [("b", "x" * (MAX_STRING_BYTES + 1)), ("a", "y" * (MAX_STRING_BYTES + 2))]
     for order in (pairs, pairs[::-1]):
         result = DEFAULT.score(request("send", history=seen("send"), arguments=dict(order)))
-        assert list(result.reasons) == [f"argument 'a' too large to inspect ({MAX_STRING_BYTES + 2} bytes)"]
+        assert bare(result) == [f"argument 'a' too large to inspect ({MAX_STRING_BYTES + 2} bytes)"]
 
 
 def _mod97(text: str) -> int:
@@ -408,22 +324,49 @@ def test_an_iban_shaped_argument_is_a_destination_exactly_when_its_checksum_hold
 # -- combinations, thresholds, verdicts -----------------------------------------------
 
 
-def test_a_novel_tool_sending_to_a_novel_destination_blocks_at_the_default_threshold() -> None:
+def test_a_sink_sending_elsewhere_than_the_task_says_fires_the_contradiction_weight_and_blocks() -> None:
     result = DEFAULT.score(request("send", server="email", task=TASK, arguments={"to": "eve@evil.example"}))
     assert result.deviation_score == pytest.approx(0.8)
     assert result.verdict == verifier_pb2.BLOCK
     assert list(result.reasons) == [
-        "first use of email__send in this workflow",
-        "destination not named in the task: 'eve@evil.example' (argument 'to')",
+        "destination not named in the task: 'eve@evil.example' (argument 'to'); "
+        "the task names another email address (weight 0.80)"
     ]
 
 
-def test_all_three_signals_together_are_capped_at_one() -> None:
-    history = seen("search", "add", "read")
-    result = DEFAULT.score(request("send", history=history, task=TASK, arguments={"to": "eve@evil.example"}))
-    assert result.deviation_score == 1.0
-    assert result.verdict == verifier_pb2.BLOCK
-    assert len(result.reasons) == 3
+def test_the_contradiction_needs_a_sink_and_a_task_destination_of_the_same_kind() -> None:
+    # A read is no sink: a fetched URL the task did not name is novel, not a contradiction.
+    read = DEFAULT.score(request("fetch", task=TASK, arguments={"url": "https://evil.example/"}))
+    assert read.deviation_score == pytest.approx(0.4)
+    # The task names email addresses and hosts, no IBAN.
+    iban = DEFAULT.score(request("transfer", task=TASK, arguments={"iban": IBAN_GB}))
+    assert iban.deviation_score == pytest.approx(0.4)
+    iban_task = DEFAULT.score(request("transfer", task=f"pay {IBAN_DE}", arguments={"iban": IBAN_GB}))
+    assert iban_task.deviation_score == pytest.approx(0.8)
+    assert bare(iban_task) == [
+        f"destination not named in the task: {IBAN_GB!r} (argument 'iban'); the task names another IBAN"
+    ]
+
+
+def test_a_chat_handle_given_whole_is_a_destination_and_a_task_channel_makes_another_one_a_contradiction() -> None:
+    task = "Catch me up on #general."
+    dm = DEFAULT.score(request("send_message", task=task, arguments={"channel": "@max.external", "text": "hi"}))
+    assert bare(dm) == [
+        "destination not named in the task: '@max.external' (argument 'channel'); the task names another chat handle"
+    ]
+    assert dm.verdict == verifier_pb2.BLOCK
+    same = DEFAULT.score(request("send_message", task=task, arguments={"channel": "#General", "text": "hi"}))
+    assert same.verdict == verifier_pb2.PASS
+    # Inside text, @name is a mention, not a destination.
+    mention = DEFAULT.score(request("send_message", task=task, arguments={"channel": "#general", "text": "ask @max"}))
+    assert mention.verdict == verifier_pb2.PASS
+
+
+def test_the_contradiction_weight_is_configurable_and_never_below_the_argument_weight() -> None:
+    scorer = ReferenceScorer(ScorerConfig(sequence_weight=0.0, contradiction_weight=0.3))
+    result = scorer.score(request("send", task=TASK, arguments={"to": "eve@evil.example"}))
+    assert result.deviation_score == pytest.approx(0.4)
+    assert bare(result) == ["destination not named in the task: 'eve@evil.example' (argument 'to')"]
 
 
 @pytest.mark.parametrize(
@@ -431,7 +374,8 @@ def test_all_three_signals_together_are_capped_at_one() -> None:
     [(0.39, verifier_pb2.BLOCK), (0.4, verifier_pb2.BLOCK), (0.41, verifier_pb2.FLAG), (1.0, verifier_pb2.FLAG)],
 )
 def test_a_score_at_or_above_the_threshold_blocks(threshold: float, verdict: verifier_pb2.Verdict.ValueType) -> None:
-    result = ReferenceScorer(ScorerConfig(threshold=threshold)).score(request("add"))
+    scorer = ReferenceScorer(ScorerConfig(threshold=threshold, sequence_weight=0.0))
+    result = scorer.score(request("lookup", task=TASK, arguments={"to": "eve@evil.example"}))
     assert result.deviation_score == pytest.approx(0.4)
     assert result.threshold == threshold
     assert result.verdict == verdict
@@ -439,24 +383,24 @@ def test_a_score_at_or_above_the_threshold_blocks(threshold: float, verdict: ver
 
 def test_weights_that_add_up_to_the_threshold_on_paper_reach_it() -> None:
     # 0.7 + 0.1 is 0.7999999999999999 in floating point.
-    scorer = ReferenceScorer(ScorerConfig(threshold=0.8, novelty_weight=0.7, argument_weight=0.1))
-    result = scorer.score(request("send", task=TASK, arguments={"to": "eve@evil.example"}))
+    scorer = ReferenceScorer(ScorerConfig(threshold=0.8, sequence_weight=0.0, argument_weight=0.1, taint_weight=0.7))
+    req = request("transfer", task="pay it", arguments={"iban": IBAN_GB})
+    req.ctx.taint.extend(["untrusted", "arg:iban:untrusted:email__read:content[0].text:text:1.00"])
+    result = scorer.score(req)
     assert result.deviation_score == 0.8
     assert result.verdict == verifier_pb2.BLOCK
 
 
 def test_a_signal_with_zero_weight_neither_scores_nor_explains() -> None:
-    scorer = ReferenceScorer(ScorerConfig(novelty_weight=0.0))
-    result = scorer.score(request("send", task=TASK, arguments={"to": "eve@evil.example"}))
-    assert result.deviation_score == pytest.approx(0.4)
-    assert list(result.reasons) == ["destination not named in the task: 'eve@evil.example' (argument 'to')"]
-    silent = ReferenceScorer(ScorerConfig(novelty_weight=0.0, sequence_weight=0.0, argument_weight=0.0))
-    assert silent.score(request("send", task=TASK, arguments={"to": "eve@evil.example"})).verdict == verifier_pb2.PASS
+    silent = ReferenceScorer(ScorerConfig(sequence_weight=0.0, argument_weight=0.0, contradiction_weight=0.0))
+    result = silent.score(request("send", task=TASK, arguments={"to": "eve@evil.example"}))
+    assert result.verdict == verifier_pb2.PASS
+    assert list(result.reasons) == []
 
 
 def test_the_response_names_the_scorer_and_echoes_the_threshold() -> None:
     result = ReferenceScorer(ScorerConfig(threshold=0.65)).score(request("add"))
-    assert result.scorer == "reference/0.1"
+    assert result.scorer == "reference/0.2"
     assert result.threshold == 0.65
     assert result.drift_origin_node_id == ""
 
@@ -467,10 +411,10 @@ def test_the_response_names_the_scorer_and_echoes_the_threshold() -> None:
         {"threshold": 0.0},
         {"threshold": 1.5},
         {"threshold": float("nan")},
-        {"novelty_weight": -0.1},
+        {"contradiction_weight": -0.1},
         {"sequence_weight": 1.01},
         {"argument_weight": float("nan")},
-        {"min_history": 0},
+        {"taint_weight": 2.0},
     ],
 )
 def test_an_out_of_range_config_is_refused(overrides: dict[str, Any]) -> None:
@@ -530,10 +474,10 @@ _unit = st.floats(min_value=0.0, max_value=1.0)
 _configs = st.builds(
     ScorerConfig,
     threshold=st.floats(min_value=0.01, max_value=1.0),
-    novelty_weight=_unit,
-    sequence_weight=_unit,
+    sequence_weight=st.just(0.0),
     argument_weight=_unit,
-    min_history=st.integers(min_value=1, max_value=5),
+    contradiction_weight=_unit,
+    taint_weight=_unit,
 )
 
 
@@ -541,6 +485,7 @@ _configs = st.builds(
 def test_any_request_gets_a_score_in_range_and_a_verdict_consistent_with_it(
     config: ScorerConfig, req: verifier_pb2.ScoreRequest
 ) -> None:
+    # Sequence off: with it, a second scoring would see what the first one learnt.
     result = ReferenceScorer(config).score(req)
     score = result.deviation_score
     assert 0.0 <= score <= 1.0
@@ -551,12 +496,8 @@ def test_any_request_gets_a_score_in_range_and_a_verdict_consistent_with_it(
         assert result.verdict == verifier_pb2.FLAG
     else:
         assert result.verdict == verifier_pb2.PASS
-    # The score is exactly the capped sum of the weights of the signals that gave a reason.
-    weights = (config.novelty_weight, config.sequence_weight, config.argument_weight)
-    sums = {
-        round(min(1.0, math.fsum(subset)), 6)
-        for subset in itertools.combinations(weights, len(result.reasons))
-        if all(weight > 0 for weight in subset)
-    }
-    assert score in sums
+    # The score is exactly the capped sum of the weights the reasons state (no taint labels here).
+    stated = [float(match.group(1)) for reason in result.reasons if (match := _STATED.search(reason))]
+    assert len(stated) == len(result.reasons)
+    assert score == pytest.approx(min(1.0, math.fsum(stated)), abs=0.006 * len(stated))
     assert ReferenceScorer(config).score(req) == result

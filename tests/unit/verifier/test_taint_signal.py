@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from bastion.v1 import policy_pb2, verifier_pb2
-from bastion.verifier import ReferenceScorer
+from bastion.verifier import ReferenceScorer, ScorerConfig
 from bastion.verifier._taint import is_sink, parse
 
-SCORER = ReferenceScorer()
+# Sequence off: this file is about taint alone (test_sequence_signal.py covers sequence).
+SCORER = ReferenceScorer(ScorerConfig(sequence_weight=0.0))
 READ = verifier_pb2.HistoryNode(
     node_id="n-read", kind=policy_pb2.TOOL_CALL, server="email", tool="read", effect=policy_pb2.ALLOW
 )
@@ -37,17 +38,55 @@ def test_a_sink_argument_copied_from_an_untrusted_email_body_blocks_with_its_wei
     assert result.verdict == verifier_pb2.BLOCK
     assert result.deviation_score == 0.8
     assert list(result.reasons) == [
-        "untrusted data in sink arguments: 'iban' 100% from email__read content[0].text (free text, 0.80)"
+        "untrusted data in sink arguments: 'iban' 100% from email__read content[0].text (free text, 0.80) (weight 0.80)"
     ]
     assert result.drift_origin_node_id == "n-read"
 
 
-def test_a_structured_field_weighs_half_and_a_partial_copy_its_fraction() -> None:
+def test_a_structured_field_weighs_a_quarter_and_a_partial_copy_its_fraction() -> None:
     field = _score("email__send", ["arg:to:untrusted:email__read:structuredContent.sender:field:1.00"])
-    assert field.deviation_score == 0.4
+    assert field.deviation_score == 0.2
     assert field.verdict == verifier_pb2.FLAG
-    partial = _score("email__send", ["arg:body:untrusted:web__fetch:content[0].text:text:0.25"])
+    assert "(field, 0.20)" in field.reasons[0]
+    partial = _score("email__send", ["arg:body:untrusted:web__fetch:content[0].text:text:0.25"], {"body": "x"})
     assert partial.deviation_score == 0.2
+
+
+PROSE = "Opening hours: Monday to Friday 08:00-16:30, Saturday 09:00-12:00."
+
+
+def test_prose_copied_from_free_text_weighs_half_of_a_control_value_picked_out_of_it() -> None:
+    label = "arg:body:untrusted:web__fetch:content[0].text:text:1.00"
+    prose = _score("email__send", [label], {"body": PROSE})
+    assert prose.deviation_score == 0.4
+    assert "(prose from free text, 0.40)" in prose.reasons[0]
+    # The same label on a short value (an address, a path, an id) is a control value: full weight.
+    control = _score("email__send", [label], {"body": "/home/sam/.bashrc"})
+    assert control.deviation_score == 0.8
+    # Long but not words (a token, a hash): not prose.
+    token = _score("email__send", [label], {"body": "x" * 200})
+    assert token.deviation_score == 0.8
+
+
+def test_a_tainted_value_the_task_names_weighs_a_quarter_of_what_it_would() -> None:
+    iban = "DE89370400440532013000"
+    named = _score("bank__transfer", [BODY], {"iban": iban}, task=f"Pay {iban.lower()} today")
+    assert named.deviation_score == 0.2
+    assert "(free text, named in the task, 0.20)" in named.reasons[0]
+    assert _score("bank__transfer", [BODY], {"iban": iban}).deviation_score == 0.8
+
+
+def test_a_label_whose_path_does_not_resolve_to_a_string_gets_no_discount() -> None:
+    label = "arg:message.body:untrusted:web__fetch:content[0].text:text:1.00"
+    found = _score("email__send", [label], {"message": {"body": PROSE}})
+    assert found.deviation_score == 0.4
+    for arguments in ({"message": {"other": PROSE}}, {"message": [PROSE]}, {"message": {"body": 3}}, {"x": PROSE}):
+        assert _score("email__send", [label], arguments).deviation_score == 0.8, arguments
+    listed = "arg:to[1]:untrusted:web__fetch:content[0].text:text:1.00"
+    assert _score("email__send", [listed], {"to": ["a", PROSE]}).deviation_score == 0.4
+    assert _score("email__send", [listed], {"to": [PROSE]}).deviation_score == 0.8
+    garbled = "arg:to]]..[x:untrusted:web__fetch:content[0].text:text:1.00"
+    assert _score("email__send", [garbled], {"to": PROSE}).deviation_score == 0.8
 
 
 def test_trusted_sources_non_sinks_and_no_labels_do_not_fire() -> None:
@@ -81,3 +120,13 @@ def test_the_score_is_deterministic_and_the_strongest_argument_counts() -> None:
     assert first == second
     assert first.deviation_score == 0.8
     assert first.reasons[0].startswith("untrusted data in sink arguments: 'iban' 100%")
+
+
+def test_a_value_counts_as_named_in_the_task_only_as_whole_words_and_not_when_tiny() -> None:
+    label = "arg:path:untrusted:email__read:content[0].text:text:1.00"
+    inside = _score("files__delete", [label], {"path": "/etc/passwd"}, task="delete /etc/passwd2 now")
+    assert inside.deviation_score == 0.8
+    named = _score("files__delete", [label], {"path": "/ETC/passwd"}, task="delete /etc/passwd now")
+    assert named.deviation_score == 0.2
+    tiny = _score("files__delete", [label], {"path": "a"}, task="a b")
+    assert tiny.deviation_score == 0.8
