@@ -5,8 +5,10 @@ failed, a service refused the request); 2 bad usage, configuration or credential
 `bastion policy apply|validate|versions|diff|activate` live in bastion._policy_cli.
 `bastion keys create|list|revoke` and `bastion token revoke|revocations` in bastion._keys_cli.
 `bastion approvals list|show|approve|deny` in bastion._approvals_cli.
+`bastion queue list|show|release|reject` in bastion._queue_cli.
 `bastion graph drift-path` and `bastion audit verify|export|slo` in bastion._graph_cli.
 `bastion eval` in bastion.eval.efficacy (options in its _options, the run in its runner).
+`bastion verifier learn` in bastion.verifier._learn.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ._graph_cli import add_audit_commands, add_graph_commands, run_graph_comman
 from ._identity import ensure_dev_key, issue_token
 from ._keys_cli import add_keys_commands, add_token_revoke_commands, run_keys_command
 from ._policy_cli import add_policy_commands, run_policy_command
+from ._queue_cli import add_queue_commands, run_queue_command
 from ._settings import CommonSettings
 
 SERVICES = ("proxy", "policy", "verifier", "graph")
@@ -61,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
             add_policy_commands(actions, _ttl)
         if name == "graph":
             add_graph_commands(actions)
+        if name == "verifier":
+            # Run by bastion.verifier._learn (imported on demand: the verifier pulls in grpc).
+            learn = actions.add_parser("learn", help="seed the sequence models from recorded graph data")
+            learn.add_argument("--from", dest="files", action="append", type=Path, default=[], metavar="FILE",
+                               help="a JSON export of graph nodes (repeatable)")  # fmt: skip
+            learn.add_argument("--graph", action="store_true", help="read the nodes from the graph's REST API")
+            learn.add_argument("--addr", help="graph REST host:port (default: $BASTION_GRAPH_ADDR or 127.0.0.1:8080)")
+            learn.add_argument("--token", help="auditor/operator JWT (default: $BASTION_TOKEN, else minted)")
+            learn.add_argument("--config", type=Path, help="bastion.yaml, for a minted token's issuer and audience")
+            learn.add_argument("--max-workflows", type=int, default=1000, help="with --graph: at most this many")
 
     bench = commands.add_parser("bench", help="benchmarks (figures, never pass/fail)")
     bench.add_argument("suite", choices=BENCH_SUITES, help="what to measure")
@@ -95,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     add_token_revoke_commands(token_actions)
     add_keys_commands(commands, _ttl)
     add_approval_commands(commands)
+    add_queue_commands(commands)
     add_audit_commands(commands)
     return parser
 
@@ -191,12 +205,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bastion.eval.efficacy.runner import run as run_eval
 
             return run_eval(args)
+        if args.command == "verifier" and args.action == "learn":
+            from bastion.verifier._learn import run_learn
+
+            return run_learn(args)
         if args.command in SERVICES:
             return _serve(args.command, args.config)
         if args.command == "wrap":
             return _wrap(args)
         if args.command == "approvals":
             return run_approval_command(args)
+        if args.command == "queue":
+            return run_queue_command(args)
         if args.command == "keys" or (args.command == "token" and args.action != "issue"):
             return run_keys_command(args)
         return _token(args)

@@ -113,9 +113,20 @@ class Watcher:
 
 
 def settings_json(document: PolicyDocument) -> str:
-    """{"verifier": …, "limits": …, "taint": …} of the document's spec, defaults filled in; null when absent."""
+    """{"verifier": …, "limits": …, "taint": …} of the document's spec, defaults filled in; null when absent.
+
+    Also `agents`: the agent patterns the version governs, so the proxy applies its
+    `verifier:` stanza to those agents only (proxy/_verifier_settings.py): every rule's
+    `match.agents`, or ["*"] when its default can decide any agent's call (no rules, or
+    `default: allow`)."""
     spec: dict[str, Any] = document.model_dump(mode="json", by_alias=True)["spec"]
-    return orjson.dumps({name: spec.get(name) for name in SETTINGS_STANZAS}, option=orjson.OPT_SORT_KEYS).decode()
+    settings: dict[str, Any] = {name: spec.get(name) for name in SETTINGS_STANZAS}
+    rules = document.spec.rules
+    if not rules or document.spec.default == "allow":
+        settings["agents"] = ["*"]
+    else:
+        settings["agents"] = list(dict.fromkeys(pattern for rule in rules for pattern in rule.match.agents))
+    return orjson.dumps(settings, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def compile_version(text: str, *, source: str | None = None) -> Compiled:

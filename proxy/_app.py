@@ -34,6 +34,7 @@ class ProxyApp:
         tools_call: Handler | None = None,
         a2a: PrefixHandler | None = None,
         approvals: Handler | None = None,
+        queue: Handler | None = None,
     ) -> None:
         self._metrics = metrics
         self.ready = False
@@ -52,6 +53,10 @@ class ProxyApp:
         if approvals is not None:
             self._exact["/v1/approvals"] = approvals
             self._admin["/v1/approvals/"] = approvals
+        # `/v1/queue` and everything under it (proxy/_queue_api.py checks the rest).
+        if queue is not None:
+            self._exact["/v1/queue"] = queue
+            self._admin["/v1/queue/"] = queue
         # One segment after the prefix: `/mcp/{server}`; `/mcp/a/b` is not a route.
         self._prefixes: dict[str, PrefixHandler] = {"/mcp/": mcp.handle}
         # The A2A adapter takes the whole rest of the path: `{agent}`, `{agent}/v1/message:send`,

@@ -37,7 +37,14 @@ from google.protobuf import json_format
 from bastion._errors import Conflict, NotFound
 from bastion.v1 import policy_pb2
 
-_ID = re.compile(r"^apr_[0-9a-f]{32}$")
+#: What a request is for: an operator's approval of a `require_approval` call, or the
+#: release of a call parked by a verifier `fallback: queue` (`_queue.py`). Both live in
+#: one store, told apart by the id's prefix and bound apart (`Request.binding`), so an
+#: approval never releases a queued call nor the other way round.
+APPROVAL = "approval"
+QUEUE = "queue"
+_PREFIXES = {APPROVAL: "apr_", QUEUE: "que_"}
+_IDS = {kind: re.compile(rf"^{prefix}[0-9a-f]{{32}}$") for kind, prefix in _PREFIXES.items()}
 STATES = ("pending", "approved", "denied", "used", "expired")
 #: Open requests one agent may have at once; past it the call is blocked instead of
 #: filling the operators' queue (and the store) with requests.
@@ -87,8 +94,10 @@ def action_digest(action: policy_pb2.Action) -> str:
     return hashlib.sha256(orjson.dumps(facts, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _binding(tenant: str, agent_id: str, digest: str, policy_name: str, policy_version: int) -> str:
-    facts = [tenant, agent_id, digest, policy_name, policy_version]
+def _binding(tenant: str, agent_id: str, digest: str, policy_name: str, policy_version: int, kind: str) -> str:
+    facts: list[str | int] = [tenant, agent_id, digest, policy_name, policy_version]
+    if kind != APPROVAL:  # approvals keep the bindings they were stored with
+        facts.append(kind)
     return hashlib.sha256(orjson.dumps(facts)).hexdigest()
 
 
@@ -147,18 +156,23 @@ class Request:
     digest: str
     policy_name: str
     policy_version: int
+    kind: str = APPROVAL
 
     @property
     def binding(self) -> str:
-        return _binding(self.tenant, self.agent_id, self.digest, self.policy_name, self.policy_version)
+        return _binding(self.tenant, self.agent_id, self.digest, self.policy_name, self.policy_version, self.kind)
 
 
-def valid_id(approval_id: str) -> bool:
-    return _ID.fullmatch(approval_id) is not None
+def valid_id(approval_id: str, kind: str = APPROVAL) -> bool:
+    return _IDS[kind].fullmatch(approval_id) is not None
 
 
-def new_id() -> str:
-    return "apr_" + secrets.token_hex(16)
+def new_id(kind: str = APPROVAL) -> str:
+    return _PREFIXES[kind] + secrets.token_hex(16)
+
+
+def id_prefix(kind: str) -> str:
+    return _PREFIXES[kind]
 
 
 def effective_state(state: str, expires_at: float, now: float) -> str:
@@ -172,12 +186,16 @@ def too_many_pending(agent_id: str, pending: int) -> Conflict:
     )
 
 
+def _noun(approval_id: str) -> str:
+    return "queued call" if approval_id.startswith(_PREFIXES[QUEUE]) else "approval"
+
+
 def not_found(approval_id: str) -> NotFound:
-    return NotFound(f"approval {approval_id!r} not found")
+    return NotFound(f"{_noun(approval_id)} {approval_id!r} not found")
 
 
 def not_pending(approval_id: str, state: str) -> Conflict:
-    return Conflict(f"approval {approval_id!r} is {state}, not pending")
+    return Conflict(f"{_noun(approval_id)} {approval_id!r} is {state}, not pending")
 
 
 class Approvals(Protocol):
@@ -208,7 +226,14 @@ class Approvals(Protocol):
     def get(self, approval_id: str) -> Approval | None: ...
 
     def list(
-        self, *, tenant: str | None, state: str | None, agent_id: str | None, limit: int, before: float | None
+        self,
+        *,
+        tenant: str | None,
+        state: str | None,
+        agent_id: str | None,
+        limit: int,
+        before: float | None,
+        kind: str = APPROVAL,
     ) -> list[Approval]: ...
 
     def close(self) -> None: ...
@@ -303,7 +328,7 @@ class ApprovalStore:
                 ).fetchone()
                 if pending >= self._max_pending:
                     raise too_many_pending(request.agent_id, pending)
-                approval_id = new_id()
+                approval_id = new_id(request.kind)
                 db.execute(
                     "INSERT INTO approvals (approval_id, tenant, agent_id, binding, policy_name, policy_version, "
                     "rule_id, reason, workflow_id, node_id, action, state, created_at, expires_at) "
@@ -360,12 +385,19 @@ class ApprovalStore:
         return _approval(found, self._clock()) if found is not None else None
 
     def list(
-        self, *, tenant: str | None, state: str | None, agent_id: str | None, limit: int, before: float | None
+        self,
+        *,
+        tenant: str | None,
+        state: str | None,
+        agent_id: str | None,
+        limit: int,
+        before: float | None,
+        kind: str = APPROVAL,
     ) -> list[Approval]:
-        """Newest first; `before` pages on created_at."""
+        """Newest first, of one kind; `before` pages on created_at."""
         now = self._clock()
-        clauses: list[str] = ["1 = 1"]
-        params: list[str | float] = []
+        clauses: list[str] = ["substr(approval_id, 1, 4) = ?"]
+        params: list[str | float] = [id_prefix(kind)]
         if tenant is not None:
             clauses.append("tenant = ?")
             params.append(tenant)

@@ -13,6 +13,9 @@ issued. Nobody decides a request for a call they made themselves. Each decision 
 journaled (a VERIFICATION node in the call's workflow, caused by the blocked call)
 before the request changes state; a journal failure leaves it pending (503).
 
+`QueueApi` (`_queue_api.py`) is this handler with the names of the verifier's queue
+(`/v1/queue`, release/reject): one implementation of roles, tenancy and journaling.
+
 Errors use the services' error body `{"error": {"code", "message"}}`: 400 bad query,
 401/403 auth, 404 unknown id or route, 405 method, 409 not pending (decided, used,
 expired), 413 body over 4 KiB, 422 body not a JSON object with only `reason` (a string
@@ -22,6 +25,7 @@ of at most 1000 characters), 503 journal or store unavailable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -36,7 +40,7 @@ from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2
 
-from ._approvals import STATES, Approval, Approvals, not_found, not_pending, valid_id
+from ._approvals import APPROVAL, STATES, Approval, Approvals, not_found, not_pending, valid_id
 from ._asgi import Receive, Scope, Send, authorization_values, read_body, send_json
 from ._enforcer import Enforcer
 from ._mcp_http import http_error
@@ -61,6 +65,17 @@ class ApprovalsApi:
         ("POST", PREFIX + "/{approval_id}/approve"),
         ("POST", PREFIX + "/{approval_id}/deny"),
     )
+    # What a subclass serving another kind of request changes (`_queue_api.py`).
+    PREFIX = PREFIX
+    KIND = APPROVAL
+    NOUN = "approval"
+    #: Step in the path → approve (True) or deny (False).
+    STEPS = {"approve": True, "deny": False}
+    #: `?state=` as the routes name it → the store's state.
+    STATE_NAMES = {state: state for state in STATES}
+
+    def view(self, item: Approval) -> dict[str, Any]:
+        return item.view()
 
     def __init__(
         self, *, tokens: TokenVerifier, store: Approvals, enforcer: Enforcer, hosts: HostCheck, body_timeout: float
@@ -99,25 +114,27 @@ class ApprovalsApi:
         if refusal is not None:
             return 403, http_error("bastion.host_not_allowed", refusal)
         path: str = scope["path"]
-        parts = path[len(PREFIX) :].strip("/").split("/") if path != PREFIX else []
+        prefix = self.PREFIX
+        parts = path[len(prefix) :].strip("/").split("/") if path != prefix else []
         method = scope["method"]
-        if len(parts) > 2 or (parts and not valid_id(parts[0])) or (len(parts) == 2 and parts[1] not in _STEPS):
+        bad_id = bool(parts) and not valid_id(parts[0], self.KIND)
+        if len(parts) > 2 or bad_id or (len(parts) == 2 and parts[1] not in self.STEPS):
             return 404, http_error("bastion.not_found", f"no route for {path[:200]}")
         if len(parts) < 2:
             if method not in ("GET", "HEAD"):
-                return 405, http_error("bastion.method_not_allowed", f"{method} {PREFIX}: use GET")
+                return 405, http_error("bastion.method_not_allowed", f"{method} {prefix}: use GET")
             principal = authorize(self._tokens, authorization_values(scope), READ)
             callers.append(principal)
             if not parts:
                 return 200, await self._list(principal, scope.get("query_string", b""))
-            return 200, (await self._visible(principal, parts[0])).view()
+            return 200, self.view(await self._visible(principal, parts[0]))
         if method != "POST":
             return 405, http_error("bastion.method_not_allowed", f"{method} {path}: use POST")
         principal = authorize(self._tokens, authorization_values(scope), CHANGE)
         callers.append(principal)
         headers = dict(scope["headers"])
         reason = _reason(await read_body(receive, headers, _MAX_BODY, self._body_timeout))
-        return 200, await self._decide(principal, parts[0], approve=parts[1] == "approve", reason=reason)
+        return 200, await self._decide(principal, parts[0], step=parts[1], reason=reason)
 
     async def _visible(self, principal: Principal, approval_id: str) -> Approval:
         approval = await asyncio.to_thread(self._store.get, approval_id)
@@ -128,28 +145,39 @@ class ApprovalsApi:
     async def _list(self, principal: Principal, query_string: bytes) -> dict[str, Any]:
         query = _query(query_string)
         state = query.get("state")
-        if state is not None and state not in STATES:
-            raise InvalidQuery(f"state must be one of {', '.join(STATES)}")
+        if state is not None:
+            if state not in self.STATE_NAMES:
+                raise InvalidQuery(f"state must be one of {', '.join(self.STATE_NAMES)}")
+            state = self.STATE_NAMES[state]
         limit = _number(query, "limit", 100, int)
         if not 1 <= limit <= _MAX_LIMIT:
             raise InvalidQuery(f"limit must be 1-{_MAX_LIMIT}")
         before = _number(query, "before", None, float)
         tenant = None if _ADMIN in principal.roles else principal.tenant
         items = await asyncio.to_thread(
-            self._store.list, tenant=tenant, state=state, agent_id=query.get("agent"), limit=limit, before=before
+            functools.partial(
+                self._store.list,
+                tenant=tenant,
+                state=state,
+                agent_id=query.get("agent"),
+                limit=limit,
+                before=before,
+                kind=self.KIND,
+            )
         )
         return {
-            "items": [item.view() for item in items],
+            "items": [self.view(item) for item in items],
             "next_before": items[-1].created_at if len(items) == limit else None,
         }
 
-    async def _decide(self, principal: Principal, approval_id: str, *, approve: bool, reason: str) -> dict[str, Any]:
+    async def _decide(self, principal: Principal, approval_id: str, *, step: str, reason: str) -> dict[str, Any]:
+        approve = self.STEPS[step]
         approval = await self._visible(principal, approval_id)
         if approval.agent_id == principal.subject and approval.tenant == principal.tenant:
-            raise ForbiddenError(f"{principal.subject!r} may not decide an approval of its own call")
+            raise ForbiddenError(f"{principal.subject!r} may not decide a {self.NOUN} of its own call")
         if approval.state != "pending":
-            raise not_pending(approval_id, approval.state)
-        node_id = self._journal(principal, approval, approve=approve, reason=reason)
+            raise not_pending(approval_id, self.view(approval)["state"])
+        node_id = self._journal(principal, approval, step=step, reason=reason)
         tenant = None if _ADMIN in principal.roles else principal.tenant
         decided = await asyncio.to_thread(
             self._store.decide,
@@ -160,18 +188,17 @@ class ApprovalsApi:
             node_id=node_id,
             tenant=tenant,
         )
-        return decided.view()
+        return self.view(decided)
 
-    def _journal(self, principal: Principal, approval: Approval, *, approve: bool, reason: str) -> str:
+    def _journal(self, principal: Principal, approval: Approval, *, step: str, reason: str) -> str:
         """The decision as a VERIFICATION node of the call's workflow; raises JournalError."""
-        step = "approve" if approve else "deny"
         action = policy_pb2.Action(
             kind=policy_pb2.MCP_REQUEST,
             server=str(approval.action.get("server", "")),
-            method=f"bastion.approval/{step}",
+            method=f"bastion.{self.KIND}/{step}",
         )
         action.arguments.update(
-            {"approval_id": approval.approval_id, "decided_by": principal.subject, "reason": reason}
+            {f"{self.KIND}_id": approval.approval_id, "decided_by": principal.subject, "reason": reason}
         )
         record = Record(
             workflow_id=approval.workflow_id,
@@ -190,9 +217,6 @@ class ApprovalsApi:
             log.error("journal append of an approval decision failed", extra={"fields": {"error": str(exc)}})
             raise
         return record.node_id
-
-
-_STEPS = ("approve", "deny")
 
 
 def _query(query_string: bytes) -> dict[str, str]:

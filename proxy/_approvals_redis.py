@@ -56,10 +56,12 @@ from redis.retry import Retry
 from bastion._errors import ConfigError, StoreError
 
 from ._approvals import (
+    APPROVAL,
     MAX_PENDING_PER_AGENT,
     Approval,
     Request,
     effective_state,
+    id_prefix,
     new_id,
     not_found,
     not_pending,
@@ -231,7 +233,7 @@ class RedisApprovalStore:
     ) -> Approval:
         """The open (pending or denied) request of this exact call, or a new pending one."""
         now = self._clock()
-        approval_id = new_id()
+        approval_id = new_id(request.kind)
         record = {
             "policy_name": request.policy_name,
             "policy_version": request.policy_version,
@@ -311,9 +313,17 @@ class RedisApprovalStore:
         return self._parsed(lambda: _approval(approval_id, fields, now))
 
     def list(
-        self, *, tenant: str | None, state: str | None, agent_id: str | None, limit: int, before: float | None
+        self,
+        *,
+        tenant: str | None,
+        state: str | None,
+        agent_id: str | None,
+        limit: int,
+        before: float | None,
+        kind: str = APPROVAL,
     ) -> list[Approval]:
-        """Newest first; `before` pages on created_at."""
+        """Newest first, of one kind; `before` pages on created_at."""
+        prefix = id_prefix(kind)
         now = self._clock()
         if before is not None and math.isnan(before):
             return []
@@ -329,7 +339,7 @@ class RedisApprovalStore:
             ids: list[str] = self._redis("listing", page)
             offset += len(ids)
             for approval_id, fields in zip(ids, self._records(ids), strict=True):
-                if not fields or approval_id in seen:
+                if not fields or approval_id in seen or not approval_id.startswith(prefix):
                     continue  # expired out of Redis, or seen on the previous page
                 seen.add(approval_id)
                 approval = self._parsed(lambda: _approval(approval_id, fields, now))  # noqa: B023 (called at once)

@@ -49,11 +49,16 @@ class ProxySettings(CommonSettings):
         default=1000, ge=1, description="Deadline for PolicyService.Decide; past it the action is blocked."
     )
     verifier_timeout_ms: int = Field(
-        default=500, ge=1, description="Deadline for Verifier.Score; past it BASTION_VERIFIER_FALLBACK applies."
+        default=500,
+        ge=1,
+        le=60_000,
+        description="Deadline for Verifier.Score unless the agent's policies set verifier.timeout_ms; past it "
+        "the fallback applies.",
     )
-    verifier_fallback: Literal["block", "allow"] = Field(
+    verifier_fallback: Literal["block", "allow", "queue"] = Field(
         default="block",
-        description="What a verifier timeout/error does: block (fail closed) or allow (audited as a fallback).",
+        description="What a verifier timeout/error does unless the agent's policies set verifier.fallback: block "
+        "(fail closed), allow (audited as a fallback) or queue (parked for an operator: bastion queue).",
     )
     verifier_breaker_failures: int = Field(
         default=5,

@@ -32,7 +32,7 @@ from ._delegation import Delegation
 from ._envelope import block_envelope
 from ._methods import Target
 from ._metrics import ProxyMetrics
-from ._pipeline import JOURNAL_UNAVAILABLE, VERIFIER_UNAVAILABLE, Governor, Outcome, Release
+from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome, Release
 from ._provenance import Provenance
 from ._recorder import Record, Recorder, iso
 from ._tracing import DECIDE_SPAN, JOURNAL_SPAN, Tracing
@@ -171,10 +171,8 @@ class Enforcer:
                 )
             )
             self._metrics.count("forwarded" if item.outcome.allowed else "blocked", item.outcome.decision)
-            if item.outcome.verifier_fallback:
-                self._metrics.verifier_fallback("allow")
-            elif item.outcome.block_code == VERIFIER_UNAVAILABLE:
-                self._metrics.verifier_fallback("block")
+            if item.outcome.fallback:
+                self._metrics.verifier_fallback(item.outcome.fallback)
         return decided
 
     async def allowed(self, caller: Caller, actions: Sequence[policy_pb2.Action]) -> list[bool]:

@@ -69,12 +69,13 @@ class ProxyMetrics:
         self._results = {name: results.labels(name) for name in (*_RESULT_OUTCOMES, "unjournaled")}
         fallbacks = Counter(
             "bastion_verifier_fallback_total",
-            "Actions the verifier did not score in time (or at all), by the fallback applied: "
-            "'block' (BASTION_VERIFIER_FALLBACK=block) or 'allow'.",
+            "Actions the verifier did not score in time (or at all), by the fallback applied (the agent's "
+            "policies' verifier.fallback, else BASTION_VERIFIER_FALLBACK): 'block', 'allow' or 'queue'.",
             ["mode"],
             registry=self.registry,
         )
-        self._fallbacks = {mode: fallbacks.labels(mode) for mode in ("block", "allow")}
+        # Present at 0 from the start, so an alert on increase() sees the first one.
+        self._fallbacks = {mode: fallbacks.labels(mode) for mode in ("block", "allow", "queue")}
 
     def verifier_fallback(self, mode: str) -> None:
         self._fallbacks[mode].inc()

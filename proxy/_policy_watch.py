@@ -7,10 +7,12 @@ delivers the active versions, then every activation, as they happen; a broken st
 reopened with backoff, and what was learnt stays in place meanwhile (the policy service
 being down blocks every action anyway, through the decision).
 
-The settings are held here and exposed as metrics; the verifier and limit stages read
-them as those stages arrive (the verifier and limits issues). Provenance reads the union
-of the active versions' `taint:` stanzas (`taint()`): which tools are untrusted sources
-and which are sinks.
+The settings are held here and exposed as metrics. The Governor reads each agent's
+verifier settings (`verifier_settings(agent_id)`: timeout, threshold, fallback of the
+policies governing the agent, `_verifier_settings.py`), from an index rebuilt on every
+change so the per-call lookup does no work. Provenance reads the union of the active
+versions' `taint:` stanzas (`taint()`): which tools are untrusted sources and which are
+sinks.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from bastion.v1 import policy_pb2, policy_pb2_grpc
 
 from ._provenance import TaintSettings
+from ._verifier_settings import PolicyVerifier, VerifierSettings, VerifierSettingsIndex, policy_verifier
 
 log = logging.getLogger("bastion.proxy")
 
@@ -51,6 +54,7 @@ class PolicyWatch:
         registry: CollectorRegistry,
         *,
         backoff_max: float = 2.0,
+        verifier_default: VerifierSettings | None = None,
     ) -> None:
         self._stub = stub
         self._metadata = metadata
@@ -60,6 +64,9 @@ class PolicyWatch:
         self.active: dict[str, ActiveSettings] = {}
         self.changed = asyncio.Event()
         self._taint = TaintSettings()
+        self._verifier_default = verifier_default or VerifierSettings(0.5, "block")
+        self._verifier_stanzas: dict[str, PolicyVerifier] = {}
+        self._verifier_index = VerifierSettingsIndex(self._verifier_default)
         self._versions = Gauge(
             "bastion_proxy_policy_version",
             "The active version of each policy, as the proxy learnt it from Watch.",
@@ -76,6 +83,10 @@ class PolicyWatch:
     def taint(self) -> TaintSettings:
         """The active versions' `taint:` stanzas together (no stanza anywhere: empty)."""
         return self._taint
+
+    def verifier_settings(self, agent_id: str) -> VerifierSettings:
+        """The verifier settings of `agent_id`'s actions (the hot path: no work here)."""
+        return self._verifier_index.for_agent(agent_id)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="bastion-policy-watch")
@@ -119,6 +130,13 @@ class PolicyWatch:
             taint=taint if isinstance(taint, dict) else None,
         )
         self._taint = _union_taint(self.active.values())
+        stanza = policy_verifier(event.policy_name, event.version, settings) if isinstance(settings, dict) else None
+        if stanza is None:
+            self._verifier_stanzas.pop(event.policy_name, None)
+        else:
+            self._verifier_stanzas[event.policy_name] = stanza
+        # A new index, swapped in whole: a call in flight keeps the one it read.
+        self._verifier_index = VerifierSettingsIndex(self._verifier_default, self._verifier_stanzas.values())
         self._versions.labels(event.policy_name).set(event.version)
         timeout = verifier.get("timeout_ms") if isinstance(verifier, dict) else None
         if isinstance(timeout, int | float) and not isinstance(timeout, bool):

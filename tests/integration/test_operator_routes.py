@@ -28,7 +28,7 @@ from bastion._identity import ensure_dev_key, issue_token
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 DEMO_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policies" / "demo.yaml"
-VALUES = {"approval_id": "apr_" + "0" * 32}
+VALUES = {"approval_id": "apr_" + "0" * 32, "queue_id": "que_" + "0" * 32}
 
 
 def proxy_routes() -> list[tuple[str, str]]:
@@ -60,6 +60,7 @@ async def test_the_proxy_declares_its_operator_routes() -> None:
     # The enumeration finds what the proxy mounts; a new operator route is found by it.
     assert ("GET", "/v1/tools") in proxy_routes()
     assert ("POST", f"/v1/approvals/{VALUES['approval_id']}/approve") in proxy_routes()
+    assert ("POST", f"/v1/queue/{VALUES['queue_id']}/release") in proxy_routes()
 
 
 @pytest.mark.parametrize(("method", "path"), proxy_routes())

@@ -201,7 +201,12 @@ async def test_watch_streams_a_loaded_event_per_policy_then_stays_open(service: 
         assert event.kind == policy_pb2.BundleEvent.LOADED
         assert (event.policy_name, event.version) == ("demo", 1)
         assert event.bundle_digest == version_digest(load_policy(DEMO_PATH))
-        assert orjson.loads(event.settings_json) == {"limits": None, "taint": None, "verifier": None}
+        assert orjson.loads(event.settings_json) == {
+            "agents": ["*"],
+            "limits": None,
+            "taint": None,
+            "verifier": None,
+        }
         assert event.at.seconds > 0
         await asyncio.sleep(0.2)
         assert not call.done()

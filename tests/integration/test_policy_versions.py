@@ -171,7 +171,12 @@ async def test_watch_sends_the_active_set_then_an_activation_within_a_second(ser
         first = await call.read()
         assert isinstance(first, policy_pb2.BundleEvent)
         assert (first.kind, first.policy_name, first.version) == (policy_pb2.BundleEvent.LOADED, "pay", 1)
-        assert orjson.loads(first.settings_json) == {"limits": None, "taint": None, "verifier": None}
+        assert orjson.loads(first.settings_json) == {
+            "agents": ["*"],
+            "limits": None,
+            "taint": None,
+            "verifier": None,
+        }
         await _post(service, "/v1/policies", {"bundle": service.sign(_version(2))})
         created = await asyncio.wait_for(call.read(), 1.0)
         assert isinstance(created, policy_pb2.BundleEvent)

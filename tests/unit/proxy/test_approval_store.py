@@ -8,6 +8,7 @@ clients of one Redis.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from fixtures.redis import RedisServer, running_redis
 
 from bastion._errors import ConfigError, Conflict, NotFound, StoreError
 from bastion._identity import Principal
-from bastion.proxy._approvals import Approvals, ApprovalStore, Request, action_digest
+from bastion.proxy._approvals import QUEUE, Approvals, ApprovalStore, Request, action_digest
 from bastion.proxy._approvals_redis import _LIST_BATCH, RedisApprovalStore
 from bastion.proxy._enforcer import Caller, Pending
 from bastion.proxy._pipeline import Outcome
@@ -375,3 +376,27 @@ async def test_the_approval_stage_blocks_when_redis_is_unreachable() -> None:
     store.close()
 
     assert (outcome.allowed, outcome.block_code) == (False, APPROVAL_STORE_UNAVAILABLE)
+
+
+_ALL: dict[str, Any] = {"tenant": None, "state": None, "agent_id": None, "limit": 10, "before": None}
+
+
+def test_queue_entries_and_approvals_of_one_call_are_kept_apart(store: Approvals) -> None:
+    approval = _request(amount=5)
+    queued = dataclasses.replace(approval, kind=QUEUE)
+    approval_id = _approved(store, approval)
+    queue_id = _open(store, queued)
+
+    assert (approval_id[:4], queue_id[:4]) == ("apr_", "que_")
+    # An approval never releases a parked call, nor a release approve a call.
+    assert store.take(queued, "n2") is None
+    assert [item.approval_id for item in store.list(**_ALL)] == [approval_id]
+    assert [item.approval_id for item in store.list(**_ALL, kind=QUEUE)] == [queue_id]
+    store.decide(queue_id, approve=True, by="ops", reason="", node_id="d", tenant=None)
+    taken = store.take(queued, "n3")
+    assert taken is not None
+    assert taken.approval_id == queue_id
+    assert store.take(queued, "n4") is None
+    used = store.take(approval, "n5")
+    assert used is not None
+    assert used.approval_id == approval_id

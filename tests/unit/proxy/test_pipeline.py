@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from bastion.proxy._pipeline import POLICY_UNAVAILABLE, VERIFIER_BLOCK, VERIFIER_UNAVAILABLE, combine
+from bastion.proxy._verifier_settings import VerifierSettings
 from bastion.v1 import policy_pb2, verifier_pb2
 
 ALLOW = policy_pb2.Decision(effect=policy_pb2.ALLOW, rule_id="ok", policy_name="p", policy_version=1)
@@ -18,14 +19,18 @@ def _rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="boom")
 
 
+BLOCKING = VerifierSettings(0.5, "block")
+ALLOWING = VerifierSettings(0.5, "allow")
+
+
 def test_allow_and_pass_forwards() -> None:
-    outcome = combine(ALLOW, PASS, fallback_allow=False)
+    outcome = combine(ALLOW, PASS, BLOCKING)
     assert outcome.allowed
     assert outcome.block_code == ""
 
 
 def test_policy_deny_blocks_with_the_policy_rule_and_reason() -> None:
-    outcome = combine(DENY, PASS, fallback_allow=False)
+    outcome = combine(DENY, PASS, BLOCKING)
     assert not outcome.allowed
     assert (outcome.block_code, outcome.block_reason) == ("no", "rule 'no' denies")
 
@@ -33,7 +38,7 @@ def test_policy_deny_blocks_with_the_policy_rule_and_reason() -> None:
 @pytest.mark.parametrize("effect", [policy_pb2.REQUIRE_APPROVAL, policy_pb2.QUEUE, policy_pb2.EFFECT_UNSPECIFIED])
 def test_any_effect_other_than_allow_blocks(effect: int) -> None:
     decision = policy_pb2.Decision(effect=effect, rule_id="r")  # type: ignore[arg-type]
-    assert not combine(decision, PASS, fallback_allow=True).allowed
+    assert not combine(decision, PASS, ALLOWING).allowed
 
 
 @pytest.mark.parametrize(
@@ -41,28 +46,28 @@ def test_any_effect_other_than_allow_blocks(effect: int) -> None:
     [_rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), _rpc_error(grpc.StatusCode.UNAVAILABLE), RuntimeError("x")],
 )
 def test_policy_failure_blocks_and_names_the_policy_service(failure: BaseException) -> None:
-    outcome = combine(failure, PASS, fallback_allow=True)
+    outcome = combine(failure, PASS, ALLOWING)
     assert not outcome.allowed
     assert outcome.block_code == POLICY_UNAVAILABLE
     assert outcome.block_reason.startswith("policy service unavailable")
 
 
 def test_verifier_failure_blocks_by_default_and_names_the_verifier() -> None:
-    outcome = combine(ALLOW, _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), fallback_allow=False)
+    outcome = combine(ALLOW, _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), BLOCKING)
     assert not outcome.allowed
     assert outcome.block_code == VERIFIER_UNAVAILABLE
     assert "DEADLINE_EXCEEDED" in outcome.block_reason
 
 
 def test_verifier_failure_with_allow_fallback_forwards_and_is_marked() -> None:
-    outcome = combine(ALLOW, _rpc_error(grpc.StatusCode.UNAVAILABLE), fallback_allow=True)
+    outcome = combine(ALLOW, _rpc_error(grpc.StatusCode.UNAVAILABLE), ALLOWING)
     assert outcome.allowed
     assert outcome.verifier_fallback
     assert "verifier unavailable" in outcome.block_reason
 
 
 def test_verifier_block_verdict_blocks_even_when_policy_allows() -> None:
-    outcome = combine(ALLOW, BLOCK, fallback_allow=True)
+    outcome = combine(ALLOW, BLOCK, ALLOWING)
     assert not outcome.allowed
     assert outcome.block_code == VERIFIER_BLOCK
     assert "novel" in outcome.block_reason
@@ -70,12 +75,12 @@ def test_verifier_block_verdict_blocks_even_when_policy_allows() -> None:
 
 
 def test_policy_deny_wins_over_a_failing_verifier() -> None:
-    outcome = combine(DENY, RuntimeError("down"), fallback_allow=True)
+    outcome = combine(DENY, RuntimeError("down"), ALLOWING)
     assert (outcome.allowed, outcome.block_code) == (False, "no")
 
 
 def test_a_score_without_a_verdict_is_treated_as_a_verifier_failure() -> None:
     empty = verifier_pb2.ScoreResponse(deviation_score=0.0, threshold=0.8)
-    outcome = combine(ALLOW, empty, fallback_allow=False)
+    outcome = combine(ALLOW, empty, BLOCKING)
     assert (outcome.allowed, outcome.block_code) == (False, VERIFIER_UNAVAILABLE)
     assert "without a verdict" in outcome.block_reason

@@ -1,0 +1,160 @@
+"""Per-policy verifier settings at the proxy: which policies govern an agent, the
+strictest of their values, and how `combine` applies them (threshold, fallback, garbage)."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bastion.policy._document import parse_policy
+from bastion.policy._engine import compile_patterns
+from bastion.policy._registry import settings_json
+from bastion.proxy._pipeline import VERIFIER_BLOCK, VERIFIER_QUEUED, VERIFIER_UNAVAILABLE, combine
+from bastion.proxy._verifier_settings import (
+    VerifierSettings,
+    VerifierSettingsIndex,
+    compile_agents,
+    policy_verifier,
+)
+from bastion.v1 import policy_pb2, verifier_pb2
+
+DEFAULT = VerifierSettings(0.5, "block")
+ALLOW = policy_pb2.Decision(effect=policy_pb2.ALLOW, rule_id="ok", policy_name="p", policy_version=1)
+
+
+def _stanza(name: str, agents: list[str] | None, **verifier: object) -> object:
+    settings: dict[str, object] = {"verifier": {"name": "reference", **verifier}}
+    if agents is not None:
+        settings["agents"] = agents
+    found = policy_verifier(name, 1, settings)
+    assert found is not None
+    return found
+
+
+def _index(*stanzas: object, default: VerifierSettings = DEFAULT) -> VerifierSettingsIndex:
+    return VerifierSettingsIndex(default, stanzas)  # type: ignore[arg-type]
+
+
+def test_without_policies_every_agent_gets_the_proxy_defaults() -> None:
+    assert _index().for_agent("anyone") == DEFAULT
+
+
+def test_a_policy_governs_only_the_agents_its_rules_name() -> None:
+    index = _index(_stanza("billing", ["billing-*"], timeout_ms=50, fallback="allow", threshold=0.3))
+
+    billing = index.for_agent("billing-7")
+    other = index.for_agent("support-1")
+
+    assert (billing.timeout, billing.fallback, billing.threshold) == (0.05, "allow", 0.3)
+    assert "policy 'billing' v1" in billing.source
+    assert other == DEFAULT
+
+
+def test_the_strictest_value_of_each_field_wins_across_governing_policies() -> None:
+    index = _index(
+        _stanza("a", ["*"], timeout_ms=300, fallback="allow", threshold=0.9),
+        _stanza("b", ["agent-?"], timeout_ms=800, fallback="queue", threshold=0.4),
+        _stanza("c", ["agent-1"], fallback="allow"),
+    )
+
+    one = index.for_agent("agent-1")
+    outsider = index.for_agent("robot")
+
+    assert (one.timeout, one.fallback, one.threshold) == (0.3, "queue", 0.4)
+    assert (outsider.timeout, outsider.fallback, outsider.threshold) == (0.3, "allow", 0.9)
+
+
+def test_block_beats_queue_beats_allow() -> None:
+    for fallbacks, expected in ((("allow", "queue"), "queue"), (("queue", "block", "allow"), "block")):
+        index = _index(*(_stanza(f"p{i}", None, fallback=mode) for i, mode in enumerate(fallbacks)))
+        assert index.for_agent("x").fallback == expected
+
+
+def test_fields_a_policy_leaves_unset_keep_the_proxy_default() -> None:
+    index = _index(_stanza("p", None, threshold=0.2), default=VerifierSettings(0.7, "queue"))
+    got = index.for_agent("x")
+    # The document fills `fallback: block` in when a stanza is written; here it is absent.
+    assert (got.timeout, got.fallback, got.threshold) == (0.7, "queue", 0.2)
+
+
+def test_unreadable_values_never_loosen_anything() -> None:
+    found = policy_verifier("p", 1, {"verifier": {"timeout_ms": "fast", "threshold": 7, "fallback": "maybe"}})
+    assert found is not None
+    assert (found.timeout, found.threshold, found.fallback) == (None, None, None)
+    assert policy_verifier("p", 1, {"verifier": None}) is None
+    assert policy_verifier("p", 1, {"verifier": [1]}) is None
+
+
+def test_the_policy_service_publishes_the_agents_a_version_governs() -> None:
+    def agents(spec: str) -> list[str]:
+        text = f"apiVersion: bastion.dev/v1\nkind: AgentPolicy\nmetadata: {{name: p, version: 1}}\nspec:\n{spec}"
+        return list(orjson.loads(settings_json(parse_policy(text)))["agents"])
+
+    rules = "  rules:\n    - {id: a, match: {agents: ['billing-*', 'ops']}, effect: allow}\n"
+    rules += "    - {id: b, match: {agents: ['ops'], tools: ['demo__add']}, effect: deny}\n"
+    assert agents(rules) == ["billing-*", "ops"]
+    assert agents("  default: allow\n" + rules) == ["*"]  # its default decides anyone's calls
+    assert agents("  default: deny\n") == ["*"]
+
+
+@given(
+    st.lists(st.text(alphabet="ab*?.[", min_size=1, max_size=6), min_size=1, max_size=3),
+    st.text(alphabet="ab.[x", max_size=8),
+)
+def test_agent_globs_match_exactly_as_the_policy_engine_matches_them(patterns: list[str], agent: str) -> None:
+    ours, engine = compile_agents(patterns), compile_patterns(patterns)
+    ours_match = ours is None or ours.fullmatch(agent) is not None
+    assert ours_match == (engine is None or engine.fullmatch(agent) is not None)
+
+
+# --- combine: the rows the settings add ----------------------------------------------------
+
+
+def _score(value: float, verdict: verifier_pb2.Verdict.ValueType = verifier_pb2.PASS) -> verifier_pb2.ScoreResponse:
+    return verifier_pb2.ScoreResponse(deviation_score=value, threshold=0.8, verdict=verdict, reasons=["novel"])
+
+
+def test_a_policy_threshold_stricter_than_the_verifiers_blocks_a_pass() -> None:
+    strict = VerifierSettings(0.5, "block", threshold=0.3, source="policy 'strict' v2")
+
+    blocked = combine(ALLOW, _score(0.35), strict)
+    passed = combine(ALLOW, _score(0.29), strict)
+
+    assert (blocked.allowed, blocked.block_code) == (False, VERIFIER_BLOCK)
+    assert "0.35 >= threshold 0.30 of policy 'strict' v2" in blocked.block_reason
+    assert blocked.score is not None
+    assert blocked.score.threshold == pytest.approx(0.3)
+    assert passed.allowed
+
+
+def test_the_verifiers_block_stands_whatever_the_policy_threshold() -> None:
+    lax = VerifierSettings(0.5, "allow", threshold=0.99)
+    outcome = combine(ALLOW, _score(0.9, verifier_pb2.BLOCK), lax)
+    assert (outcome.allowed, outcome.block_code, outcome.fallback) == (False, VERIFIER_BLOCK, "")
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, math.nan, math.inf])
+@pytest.mark.parametrize(
+    ("mode", "allowed", "code"),
+    [("block", False, VERIFIER_UNAVAILABLE), ("queue", False, VERIFIER_QUEUED), ("allow", True, "")],
+)
+def test_a_score_outside_0_to_1_is_garbage_and_takes_the_fallback(
+    value: float, mode: str, allowed: bool, code: str
+) -> None:
+    outcome = combine(ALLOW, _score(value), VerifierSettings(0.5, mode))  # type: ignore[arg-type]
+    assert (outcome.allowed, outcome.block_code, outcome.fallback) == (allowed, code, mode)
+    assert "outside 0..1" in outcome.block_reason
+    assert f"fallback {mode}" in outcome.block_reason
+    assert outcome.verifier_fallback is allowed
+
+
+def test_a_failed_verifier_under_queue_is_parked_not_allowed() -> None:
+    failure = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+    outcome = combine(ALLOW, failure, VerifierSettings(0.5, "queue", source="policy 'q' v1"))
+    assert (outcome.allowed, outcome.block_code, outcome.fallback) == (False, VERIFIER_QUEUED, "queue")
+    assert "fallback queue (policy 'q' v1)" in outcome.block_reason
