@@ -1,6 +1,5 @@
 """Blocks every tool named *delete*. Run: BASTION_SERVICE_TOKEN=<t> python examples/external_verifier.py --port N
-
-Implements Score only: ScoreStream is optional (the base class answers UNIMPLEMENTED, the proxy then uses Score)."""
+Implements Score only: ScoreStream, ScoreBatchStream are optional (UNIMPLEMENTED: the proxy then uses Score)."""
 
 import argparse
 import asyncio

@@ -206,7 +206,19 @@ def json_safe(value: Any) -> Any:
 
 def rfc3339(ns: int) -> str:
     """UTC, microseconds, `Z`: e.g. 2026-01-01T00:00:00.000000Z."""
-    return (_EPOCH + timedelta(microseconds=ns // 1000)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    second, micros = divmod(ns // 1000, 1_000_000)
+    cached = _RFC3339_SECOND[0]
+    if cached[0] != second:
+        # strftime is most of this function's cost and most records of a batch share
+        # their second: one tuple, replaced whole, so a reader on another thread never
+        # pairs a second with another second's text.
+        cached = (second, (_EPOCH + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S"))
+        _RFC3339_SECOND[0] = cached
+    return f"{cached[1]}.{micros:06d}Z"
+
+
+#: The last second rfc3339 formatted, and its text.
+_RFC3339_SECOND: list[tuple[int, str]] = [(0, "1970-01-01T00:00:00")]
 
 
 def latency_ns(event: graph_pb2.Event) -> int | None:

@@ -48,7 +48,24 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
         self._on_ingest = on_ingest
 
     async def Ingest(self, request_iterator: AsyncIterator[graph_pb2.Event], context: _Context) -> graph_pb2.IngestAck:
-        events = await self._receive(request_iterator, context)
+        return await self._ingest(await self._receive(request_iterator, context), context)
+
+    async def IngestBatch(self, request: graph_pb2.EventBatch, context: _Context) -> graph_pb2.IngestAck:
+        # The proxy's shipping: one message per shipment, held to the same bounds and
+        # checks as the events of an Ingest stream.
+        if len(request.events) > self._max_events:
+            await self._abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"more than {self._max_events} events in one IngestBatch; send smaller batches",
+            )
+        events = list(request.events)
+        for index, event in enumerate(events):
+            if (problem := _problem(index, event)) is not None:
+                await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        return await self._ingest(events, context)
+
+    async def _ingest(self, events: list[graph_pb2.Event], context: _Context) -> graph_pb2.IngestAck:
         if not events:
             return graph_pb2.IngestAck()
         with self._metrics.ingest_seconds.time():
@@ -97,13 +114,8 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"more than {self._max_events} events in one Ingest call; split the stream into smaller calls",
                 )
-            problem = event_problem(event)
-            if problem is not None:
-                await self._abort(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"event #{len(events)} (event_id {event.event_id!r}): {problem}; nothing from this call was stored",
-                )
+            if (problem := _problem(len(events), event)) is not None:
+                await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
             events.append(event)
         return events
 
@@ -117,3 +129,11 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
     async def _abort(self, context: _Context, code: grpc.StatusCode, details: str) -> Never:
         self._metrics.errors.labels(code=code.name).inc()
         await context.abort(code, details)
+
+
+def _problem(index: int, event: graph_pb2.Event) -> str | None:
+    """Why the call's event #`index` is refused, naming it; None when it is well-formed."""
+    problem = event_problem(event)
+    if problem is None:
+        return None
+    return f"event #{index} (event_id {event.event_id!r}): {problem}; nothing from this call was stored"

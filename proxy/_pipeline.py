@@ -5,10 +5,18 @@ sequence) on long-lived streams (`_streams.py`), combined fail-closed.
 Order of precedence, first that applies wins:
   1. policy unreachable / slow / erroring  → block `bastion.policy_unavailable`
   2. policy effect other than ALLOW        → block with the policy's rule id and reason
-  3. verifier unreachable / slow / erroring → BASTION_VERIFIER_FALLBACK: block
-     `bastion.verifier_unavailable`, or allow and mark the event `verifier_fallback`
-  4. verifier verdict BLOCK                 → block `bastion.verifier_block`
+  3. verifier unreachable / slow / erroring / answering garbage (no verdict, a score
+     outside 0..1)                          → the fallback of the agent's settings
+     (`_verifier_settings.py`: its policies' `verifier:` stanza, else
+     BASTION_VERIFIER_FALLBACK): block `bastion.verifier_unavailable`; queue
+     `bastion.verifier_queued` (parked by `_queue.py`'s stage; without it, a block);
+     or allow and mark the event `verifier_fallback`. The reason says which and why.
+  4. verifier verdict BLOCK, or a score at or above the policy's threshold
+                                            → block `bastion.verifier_block`
   5. otherwise                              → allow
+
+The verifier call's deadline is the agent's settings' timeout, applied per request on
+the stream.
 """
 
 from __future__ import annotations
@@ -23,13 +31,16 @@ import grpc
 
 from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
+from ._batching import BatchCaller
 from ._breaker import CircuitBreaker, CircuitOpen
 from ._envelope import public_reason
 from ._streams import StreamCaller, StreamFailure
+from ._verifier_settings import VerifierSettings
 
 POLICY_UNAVAILABLE = "bastion.policy_unavailable"
 VERIFIER_UNAVAILABLE = "bastion.verifier_unavailable"
 VERIFIER_BLOCK = "bastion.verifier_block"
+VERIFIER_QUEUED = "bastion.verifier_queued"
 JOURNAL_UNAVAILABLE = "bastion.journal_unavailable"
 log = logging.getLogger("bastion.proxy")
 _KNOWN_VERDICTS = frozenset({verifier_pb2.PASS, verifier_pb2.FLAG, verifier_pb2.BLOCK})
@@ -60,6 +71,8 @@ class Outcome:
     on_upstream_failure: tuple[Release, ...] = ()
     #: Further graph edges the action's node gets (an approval's VERIFIED_BY).
     edges: tuple[tuple[str, int, str], ...] = ()
+    #: The verifier fallback applied ("block", "allow", "queue"); "" when the verifier answered.
+    fallback: str = ""
 
 
 _PLAIN = {
@@ -106,24 +119,51 @@ class Governor:
         verifier_timeout: float,
         fallback_allow: bool,
         breaker: CircuitBreaker | None = None,
+        verifier_settings: Callable[[str], VerifierSettings] | None = None,
     ) -> None:
-        self._fallback_allow = fallback_allow
+        """`verifier_settings` gives each agent's verifier timeout, threshold and fallback
+        (`PolicyWatch`); without it every agent gets `verifier_timeout` and `fallback_allow`."""
+        uniform = VerifierSettings(verifier_timeout, "allow" if fallback_allow else "block")
+        self._settings_for = verifier_settings or (lambda agent_id: uniform)
         #: Stops calling a failing verifier for a while (`_breaker.py`); None calls it always.
         self.breaker = breaker
         self._policy_timeout = policy_timeout
         self._policy = policy
         self._metadata = metadata
-        self._decisions: StreamCaller[policy_pb2.DecideRequest, policy_pb2.Decision] = StreamCaller(
-            lambda requests: policy.DecideStream(requests, metadata=metadata),
-            lambda request, timeout: policy.Decide(request, timeout=timeout, metadata=metadata),
+        self._decisions: BatchCaller[
+            policy_pb2.DecideRequest, policy_pb2.Decision, policy_pb2.DecideBatchRequest, policy_pb2.DecideBatchResponse
+        ] = BatchCaller(
+            lambda: policy.DecideBatchStream(metadata=metadata),
+            lambda requests: policy_pb2.DecideBatchRequest(requests=requests),
+            lambda answer: answer.decisions,
             lambda decision: decision.request_id,
+            StreamCaller(
+                lambda requests: policy.DecideStream(requests, metadata=metadata),
+                lambda request, timeout: policy.Decide(request, timeout=timeout, metadata=metadata),
+                lambda decision: decision.request_id,
+                "policy service",
+                policy_timeout,
+            ),
             "policy service",
             policy_timeout,
         )
-        self._scores: StreamCaller[verifier_pb2.ScoreRequest, verifier_pb2.ScoreResponse] = StreamCaller(
-            lambda requests: verifier.ScoreStream(requests, metadata=metadata),
-            lambda request, timeout: verifier.Score(request, timeout=timeout, metadata=metadata),
+        self._scores: BatchCaller[
+            verifier_pb2.ScoreRequest,
+            verifier_pb2.ScoreResponse,
+            verifier_pb2.ScoreBatchRequest,
+            verifier_pb2.ScoreBatchResponse,
+        ] = BatchCaller(
+            lambda: verifier.ScoreBatchStream(metadata=metadata),
+            lambda requests: verifier_pb2.ScoreBatchRequest(requests=requests),
+            lambda answer: answer.responses,
             lambda score: score.request_id,
+            StreamCaller(
+                lambda requests: verifier.ScoreStream(requests, metadata=metadata),
+                lambda request, timeout: verifier.Score(request, timeout=timeout, metadata=metadata),
+                lambda score: score.request_id,
+                "verifier",
+                verifier_timeout,
+            ),
             "verifier",
             verifier_timeout,
         )
@@ -145,23 +185,31 @@ class Governor:
         decide = policy_pb2.DecideRequest(action=action, ctx=ctx)
         score = verifier_pb2.ScoreRequest(action=action, ctx=ctx, history=history, node_id=node_id)
         measure = body_size > _MEASURE_ABOVE
+        settings = self._settings_for(ctx.agent_id)
         breaker = self.breaker
         try:
             if breaker is not None:
                 breaker.check()
         except CircuitOpen as exc:
             decision: policy_pb2.Decision | BaseException = await _settled(
-                self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0)
+                self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0, weight=body_size)
             )
-            return combine(decision, exc, fallback_allow=self._fallback_allow)
+            return combine(decision, exc, settings)
         decision, scored = await asyncio.gather(
-            self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0),
-            self._scores.call(score, ctx.request_id, size=score.ByteSize() if measure else 0),
+            self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0, weight=body_size),
+            self._scores.call(
+                score,
+                ctx.request_id,
+                size=score.ByteSize() if measure else 0,
+                weight=body_size,
+                # The agent's (its policies' `verifier.timeout_ms`, else the proxy's).
+                timeout=settings.timeout,
+            ),
             return_exceptions=True,
         )
         if breaker is not None:
-            breaker.record(isinstance(scored, verifier_pb2.ScoreResponse) and scored.verdict in _KNOWN_VERDICTS)
-        return combine(decision, scored, fallback_allow=self._fallback_allow)
+            breaker.record(isinstance(scored, verifier_pb2.ScoreResponse) and _unsound(scored) is None)
+        return combine(decision, scored, settings)
 
     async def allowed(self, actions: Sequence[policy_pb2.Action], ctx: policy_pb2.Context) -> list[bool]:
         """Whether policy allows each action (list filtering: no verifier, no journal).
@@ -201,13 +249,12 @@ async def _settled(call: Coroutine[Any, Any, policy_pb2.Decision]) -> policy_pb2
 def combine(
     decision: policy_pb2.Decision | BaseException,
     scored: verifier_pb2.ScoreResponse | BaseException,
-    *,
-    fallback_allow: bool,
+    settings: VerifierSettings,
 ) -> Outcome:
     score = scored if isinstance(scored, verifier_pb2.ScoreResponse) else None
-    if score is not None and score.verdict not in _KNOWN_VERDICTS:
-        # A verifier that answers without a verdict has not vouched for anything.
-        scored = ValueError(f"verifier answered without a verdict ({score.verdict})")
+    if score is not None and (unsound := _unsound(score)) is not None:
+        # A verifier that answers garbage has not vouched for anything.
+        scored = ValueError(unsound)
         score = None
     if not isinstance(decision, policy_pb2.Decision):
         return Outcome(False, None, score, POLICY_UNAVAILABLE, _describe("policy service", decision))
@@ -217,12 +264,42 @@ def combine(
         return Outcome(False, decision, score, decision.rule_id or "default", reason)
     if score is None:
         assert isinstance(scored, BaseException)
-        reason = _describe("verifier", scored)
-        if fallback_allow:
-            return Outcome(True, decision, None, verifier_fallback=True, block_reason=reason)
-        return Outcome(False, decision, None, VERIFIER_UNAVAILABLE, reason)
+        return _fallback(decision, settings, _describe("verifier", scored))
     if score.verdict == verifier_pb2.BLOCK:
         reasons = "; ".join(score.reasons) or "deviation above threshold"
         reason = f"verifier blocked (score {score.deviation_score:.2f} >= {score.threshold:.2f}): {reasons}"
         return Outcome(False, decision, score, VERIFIER_BLOCK, reason)
+    threshold = settings.threshold
+    if threshold is not None and score.deviation_score >= threshold:
+        # The policy is stricter than the verifier's own threshold: the proxy judges.
+        reasons = "; ".join(score.reasons) or "no reasons given"
+        reason = (
+            f"verifier score {score.deviation_score:.2f} >= threshold {threshold:.2f} of {settings.source} "
+            f"(the verifier's own: {score.threshold:.2f}, verdict {verifier_pb2.Verdict.Name(score.verdict)}): "
+            f"{reasons}"
+        )
+        applied = verifier_pb2.ScoreResponse()
+        applied.CopyFrom(score)
+        applied.threshold = threshold  # the envelope and the journal show the threshold applied
+        return Outcome(False, decision, applied, VERIFIER_BLOCK, reason)
     return Outcome(True, decision, score)
+
+
+def _unsound(score: verifier_pb2.ScoreResponse) -> str | None:
+    """Why an answer cannot be trusted, or None."""
+    if score.verdict not in _KNOWN_VERDICTS:
+        return f"verifier answered without a verdict ({score.verdict})"
+    if not 0.0 <= score.deviation_score <= 1.0:  # also NaN
+        return f"verifier answered a deviation score outside 0..1 ({score.deviation_score!r})"
+    return None
+
+
+def _fallback(decision: policy_pb2.Decision, settings: VerifierSettings, why: str) -> Outcome:
+    """The agent's fallback when the verifier did not score: never an unexplained allow."""
+    mode = settings.fallback
+    reason = f"{why}; fallback {mode} ({settings.source})"
+    if mode == "allow":
+        return Outcome(True, decision, None, verifier_fallback=True, block_reason=reason, fallback=mode)
+    if mode == "queue":
+        return Outcome(False, decision, None, VERIFIER_QUEUED, reason, fallback=mode)
+    return Outcome(False, decision, None, VERIFIER_UNAVAILABLE, reason, fallback="block")

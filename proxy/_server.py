@@ -41,14 +41,17 @@ from ._owners import SessionOwners, WorkflowOwners
 from ._pipeline import Governor
 from ._policy_watch import PolicyWatch
 from ._provenance import Provenance
+from ._queue import QueueStage
+from ._queue_api import QueueApi
 from ._recorder import Recorder
 from ._redact import Redactor
-from ._shipper import Shipper
+from ._shipper import Shipper, raw_ingest_batch
 from ._stages import ApprovalStage, LimitStage
 from ._stdio_bridge import StdioUpstream
 from ._tools_api import ToolsApi
 from ._tracing import Tracing
 from ._upstream import UpstreamPool
+from ._verifier_settings import VerifierSettings
 from ._workflows import WorkflowTracker
 
 log = logging.getLogger("bastion.proxy")
@@ -85,13 +88,15 @@ async def serve(
         metadata,
         wake=journal.has_data,
         on_dead_letter=metrics.dead_letter,
+        ingest_batch=raw_ingest_batch(graph_channel),
     )
     metrics.watch_journal_lag(lambda: shipper.lag_seconds)
     shipper.start()
     owners = WorkflowOwners(home / "proxy" / "workflow-owners.sqlite3")
     policy_stub = policy_pb2_grpc.PolicyServiceStub(policy_channel)
     # The active versions' verifier and limits settings, learnt as they change.
-    policy_watch = PolicyWatch(policy_stub, metadata, metrics.registry)
+    verifier_default = VerifierSettings(settings.verifier_timeout_ms / 1000, settings.verifier_fallback)
+    policy_watch = PolicyWatch(policy_stub, metadata, metrics.registry, verifier_default=verifier_default)
     policy_watch.start()
     # Pushed within moments of each change (DESIGN §8: a revocation holds everywhere within 30 s).
     identity_watch = IdentityWatch(policy_stub, metadata, metrics.registry, identity)
@@ -101,9 +106,12 @@ async def serve(
         verifier_pb2_grpc.VerifierStub(verifier_channel),
         metadata,
         policy_timeout=settings.policy_timeout_ms / 1000,
-        verifier_timeout=settings.verifier_timeout_ms / 1000,
+        # Each call gets its agent's deadline (policy_watch.verifier_settings, default
+        # BASTION_VERIFIER_TIMEOUT_MS).
+        verifier_timeout=verifier_default.timeout,
         fallback_allow=settings.verifier_fallback == "allow",
         breaker=CircuitBreaker(settings.verifier_breaker_failures, settings.verifier_breaker_cooldown_ms / 1000),
+        verifier_settings=policy_watch.verifier_settings,
     )
     metrics.watch_verifier_circuit(lambda: governor.breaker.state if governor.breaker is not None else "closed")
     redactor = Redactor(app.redaction.paths, iban=app.redaction.iban)
@@ -121,8 +129,12 @@ async def serve(
         recorder=Recorder(journal, checked_depth=settings.max_argument_depth, redactor=redactor),
         metrics=metrics,
         tracing=tracing,
-        # Approvals first: an approved call still counts against its limits.
-        after=(ApprovalStage(approvals, redactor=redactor, wait_s=settings.approval_wait_s), LimitStage(limiter)),
+        # Approvals and the verifier's queue first: a released call still counts against its limits.
+        after=(
+            ApprovalStage(approvals, redactor=redactor, wait_s=settings.approval_wait_s),
+            QueueStage(approvals, redactor=redactor),
+            LimitStage(limiter),
+        ),
         provenance=Provenance(policy_watch.taint),
     )
     stdio = [
@@ -213,6 +225,9 @@ async def serve(
     approvals_api = ApprovalsApi(
         tokens=tokens, store=approvals, enforcer=enforcer, hosts=hosts, body_timeout=settings.body_timeout_s
     )
+    queue_api = QueueApi(
+        tokens=tokens, store=approvals, enforcer=enforcer, hosts=hosts, body_timeout=settings.body_timeout_s
+    )
     proxy = ProxyApp(
         mcp=mcp,
         metrics=metrics,
@@ -221,6 +236,7 @@ async def serve(
         aggregated=aggregated.handle_aggregated,
         tools_call=aggregated.handle_tools_call,
         approvals=approvals_api.handle,
+        queue=queue_api.handle,
     )
     if not await identity_watch.first_attempt(IDENTITY_SYNC_S):
         log.warning("serving without API keys and revocations: the policy service's WatchIdentity did not answer")

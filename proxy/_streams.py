@@ -67,13 +67,15 @@ class StreamCaller(Generic[Req, Resp]):
         #: Set once the service answered UNIMPLEMENTED: the unary RPC is used from then on.
         self.unsupported = False
 
-    async def call(self, request: Req, request_id: str, *, size: int = 0) -> Resp:
+    async def call(self, request: Req, request_id: str, *, size: int = 0, timeout: float | None = None) -> Resp:
         """The answer to `request`; `request_id` must be unique among requests in flight.
 
         `size` is the request's serialised size when the caller measured it: a message
         over the receiving server's limit would break the stream for every request on
-        it, so such a request fails alone, before it is written.
+        it, so such a request fails alone, before it is written. `timeout` replaces the
+        caller's own for this request.
         """
+        timeout = timeout or self._timeout
         if size > MAX_MESSAGE_BYTES:
             raise StreamFailure(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -81,11 +83,11 @@ class StreamCaller(Generic[Req, Resp]):
             )
         if not self.unsupported:
             try:
-                return await self._on_stream(request, request_id, self._timeout)
+                return await self._on_stream(request, request_id, timeout)
             except StreamFailure as exc:
                 if exc.code != grpc.StatusCode.UNIMPLEMENTED:
                     raise
-        return await self._unary(request, self._timeout)
+        return await self._unary(request, timeout)
 
     async def _on_stream(self, request: Req, request_id: str, timeout: float) -> Resp:
         stream = self._stream or self._open()

@@ -39,6 +39,11 @@ class GraphServiceStub:
                 request_serializer=bastion_dot_v1_dot_graph__pb2.Event.SerializeToString,
                 response_deserializer=bastion_dot_v1_dot_graph__pb2.IngestAck.FromString,
                 _registered_method=True)
+        self.IngestBatch = channel.unary_unary(
+                '/bastion.v1.GraphService/IngestBatch',
+                request_serializer=bastion_dot_v1_dot_graph__pb2.EventBatch.SerializeToString,
+                response_deserializer=bastion_dot_v1_dot_graph__pb2.IngestAck.FromString,
+                _registered_method=True)
         self.Lineage = channel.unary_unary(
                 '/bastion.v1.GraphService/Lineage',
                 request_serializer=bastion_dot_v1_dot_graph__pb2.LineageRequest.SerializeToString,
@@ -55,6 +60,13 @@ class GraphServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IngestBatch(self, request, context):
+        """As Ingest, all the events in one message; stored in one transaction, all or none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Lineage(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -67,6 +79,11 @@ def add_GraphServiceServicer_to_server(servicer, server):
             'Ingest': grpc.stream_unary_rpc_method_handler(
                     servicer.Ingest,
                     request_deserializer=bastion_dot_v1_dot_graph__pb2.Event.FromString,
+                    response_serializer=bastion_dot_v1_dot_graph__pb2.IngestAck.SerializeToString,
+            ),
+            'IngestBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.IngestBatch,
+                    request_deserializer=bastion_dot_v1_dot_graph__pb2.EventBatch.FromString,
                     response_serializer=bastion_dot_v1_dot_graph__pb2.IngestAck.SerializeToString,
             ),
             'Lineage': grpc.unary_unary_rpc_method_handler(
@@ -101,6 +118,33 @@ class GraphService:
             target,
             '/bastion.v1.GraphService/Ingest',
             bastion_dot_v1_dot_graph__pb2.Event.SerializeToString,
+            bastion_dot_v1_dot_graph__pb2.IngestAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bastion.v1.GraphService/IngestBatch',
+            bastion_dot_v1_dot_graph__pb2.EventBatch.SerializeToString,
             bastion_dot_v1_dot_graph__pb2.IngestAck.FromString,
             options,
             channel_credentials,

@@ -32,12 +32,16 @@ class GraphServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GraphServiceAsyncStub: ...
     Ingest: _grpc.StreamUnaryMultiCallable[_graph_pb2.Event, _graph_pb2.IngestAck]
+    IngestBatch: _grpc.UnaryUnaryMultiCallable[_graph_pb2.EventBatch, _graph_pb2.IngestAck]
+    """As Ingest, all the events in one message; stored in one transaction, all or none."""
     Lineage: _grpc.UnaryUnaryMultiCallable[_graph_pb2.LineageRequest, _graph_pb2.Path]
 
 @_typing.type_check_only
 class GraphServiceAsyncStub(GraphServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Ingest: _aio.StreamUnaryMultiCallable[_graph_pb2.Event, _graph_pb2.IngestAck]  # type: ignore[assignment]
+    IngestBatch: _aio.UnaryUnaryMultiCallable[_graph_pb2.EventBatch, _graph_pb2.IngestAck]  # type: ignore[assignment]
+    """As Ingest, all the events in one message; stored in one transaction, all or none."""
     Lineage: _aio.UnaryUnaryMultiCallable[_graph_pb2.LineageRequest, _graph_pb2.Path]  # type: ignore[assignment]
 
 class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -47,6 +51,14 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_graph_pb2.Event],
         context: _ServicerContext,
     ) -> _typing.Union[_graph_pb2.IngestAck, _abc.Awaitable[_graph_pb2.IngestAck]]: ...
+
+    @_abc_1.abstractmethod
+    def IngestBatch(
+        self,
+        request: _graph_pb2.EventBatch,
+        context: _ServicerContext,
+    ) -> _typing.Union[_graph_pb2.IngestAck, _abc.Awaitable[_graph_pb2.IngestAck]]:
+        """As Ingest, all the events in one message; stored in one transaction, all or none."""
 
     @_abc_1.abstractmethod
     def Lineage(

@@ -27,23 +27,27 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x61stion/v1/verifier.proto\x12\nbastion.v1\x1a\x17\x62\x61stion/v1/policy.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x01\n\x0bHistoryNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.bastion.v1.ActionKind\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x0c\n\x04tool\x18\x04 \x01(\t\x12\r\n\x05taint\x18\x05 \x03(\t\x12\"\n\x06\x65\x66\x66\x65\x63t\x18\x06 \x01(\x0e\x32\x12.bastion.v1.Effect\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x0cScoreRequest\x12\"\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x12.bastion.v1.Action\x12 \n\x03\x63tx\x18\x02 \x01(\x0b\x32\x13.bastion.v1.Context\x12(\n\x07history\x18\x03 \x03(\x0b\x32\x17.bastion.v1.HistoryNode\x12\x0f\n\x07node_id\x18\x04 \x01(\t\"\xb4\x01\n\rScoreResponse\x12\x17\n\x0f\x64\x65viation_score\x18\x01 \x01(\x01\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12$\n\x07verdict\x18\x03 \x01(\x0e\x32\x13.bastion.v1.Verdict\x12\x0f\n\x07reasons\x18\x04 \x03(\t\x12\x1c\n\x14\x64rift_origin_node_id\x18\x05 \x01(\t\x12\x0e\n\x06scorer\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"Y\n\x0cVerifierInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07signals\x18\x03 \x03(\t\x12\x19\n\x11\x64\x65\x66\x61ult_threshold\x18\x04 \x01(\x01*A\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x08\n\x04PASS\x10\x01\x12\x08\n\x04\x46LAG\x10\x02\x12\t\n\x05\x42LOCK\x10\x03\x32\xca\x01\n\x08Verifier\x12<\n\x05Score\x12\x18.bastion.v1.ScoreRequest\x1a\x19.bastion.v1.ScoreResponse\x12\x46\n\x0bScoreStream\x12\x18.bastion.v1.ScoreRequest\x1a\x19.bastion.v1.ScoreResponse(\x01\x30\x01\x12\x38\n\x04Info\x12\x16.google.protobuf.Empty\x1a\x18.bastion.v1.VerifierInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x61stion/v1/verifier.proto\x12\nbastion.v1\x1a\x17\x62\x61stion/v1/policy.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x01\n\x0bHistoryNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.bastion.v1.ActionKind\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x0c\n\x04tool\x18\x04 \x01(\t\x12\r\n\x05taint\x18\x05 \x03(\t\x12\"\n\x06\x65\x66\x66\x65\x63t\x18\x06 \x01(\x0e\x32\x12.bastion.v1.Effect\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x0cScoreRequest\x12\"\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x12.bastion.v1.Action\x12 \n\x03\x63tx\x18\x02 \x01(\x0b\x32\x13.bastion.v1.Context\x12(\n\x07history\x18\x03 \x03(\x0b\x32\x17.bastion.v1.HistoryNode\x12\x0f\n\x07node_id\x18\x04 \x01(\t\"\xb4\x01\n\rScoreResponse\x12\x17\n\x0f\x64\x65viation_score\x18\x01 \x01(\x01\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12$\n\x07verdict\x18\x03 \x01(\x0e\x32\x13.bastion.v1.Verdict\x12\x0f\n\x07reasons\x18\x04 \x03(\t\x12\x1c\n\x14\x64rift_origin_node_id\x18\x05 \x01(\t\x12\x0e\n\x06scorer\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"?\n\x11ScoreBatchRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.bastion.v1.ScoreRequest\"B\n\x12ScoreBatchResponse\x12,\n\tresponses\x18\x01 \x03(\x0b\x32\x19.bastion.v1.ScoreResponse\"Y\n\x0cVerifierInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07signals\x18\x03 \x03(\t\x12\x19\n\x11\x64\x65\x66\x61ult_threshold\x18\x04 \x01(\x01*A\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x08\n\x04PASS\x10\x01\x12\x08\n\x04\x46LAG\x10\x02\x12\t\n\x05\x42LOCK\x10\x03\x32\xa1\x02\n\x08Verifier\x12<\n\x05Score\x12\x18.bastion.v1.ScoreRequest\x1a\x19.bastion.v1.ScoreResponse\x12\x46\n\x0bScoreStream\x12\x18.bastion.v1.ScoreRequest\x1a\x19.bastion.v1.ScoreResponse(\x01\x30\x01\x12U\n\x10ScoreBatchStream\x12\x1d.bastion.v1.ScoreBatchRequest\x1a\x1e.bastion.v1.ScoreBatchResponse(\x01\x30\x01\x12\x38\n\x04Info\x12\x16.google.protobuf.Empty\x1a\x18.bastion.v1.VerifierInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bastion.v1.verifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERDICT']._serialized_start=740
-  _globals['_VERDICT']._serialized_end=805
+  _globals['_VERDICT']._serialized_start=873
+  _globals['_VERDICT']._serialized_end=938
   _globals['_HISTORYNODE']._serialized_start=129
   _globals['_HISTORYNODE']._serialized_end=318
   _globals['_SCOREREQUEST']._serialized_start=321
   _globals['_SCOREREQUEST']._serialized_end=464
   _globals['_SCORERESPONSE']._serialized_start=467
   _globals['_SCORERESPONSE']._serialized_end=647
-  _globals['_VERIFIERINFO']._serialized_start=649
-  _globals['_VERIFIERINFO']._serialized_end=738
-  _globals['_VERIFIER']._serialized_start=808
-  _globals['_VERIFIER']._serialized_end=1010
+  _globals['_SCOREBATCHREQUEST']._serialized_start=649
+  _globals['_SCOREBATCHREQUEST']._serialized_end=712
+  _globals['_SCOREBATCHRESPONSE']._serialized_start=714
+  _globals['_SCOREBATCHRESPONSE']._serialized_end=780
+  _globals['_VERIFIERINFO']._serialized_start=782
+  _globals['_VERIFIERINFO']._serialized_end=871
+  _globals['_VERIFIER']._serialized_start=941
+  _globals['_VERIFIER']._serialized_end=1230
 # @@protoc_insertion_point(module_scope)

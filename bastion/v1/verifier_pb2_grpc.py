@@ -45,6 +45,11 @@ class VerifierStub:
                 request_serializer=bastion_dot_v1_dot_verifier__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=bastion_dot_v1_dot_verifier__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.ScoreBatchStream = channel.stream_stream(
+                '/bastion.v1.Verifier/ScoreBatchStream',
+                request_serializer=bastion_dot_v1_dot_verifier__pb2.ScoreBatchRequest.SerializeToString,
+                response_deserializer=bastion_dot_v1_dot_verifier__pb2.ScoreBatchResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/bastion.v1.Verifier/Info',
                 request_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
@@ -69,6 +74,15 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreBatchStream(self, request_iterator, context):
+        """Optional, preferred by the proxy: like ScoreStream with many requests per stream
+        message; each ScoreBatchRequest is answered by one ScoreBatchResponse. A verifier
+        that answers UNIMPLEMENTED is asked on ScoreStream (then Score) instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -87,6 +101,11 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.ScoreStream,
                     request_deserializer=bastion_dot_v1_dot_verifier__pb2.ScoreRequest.FromString,
                     response_serializer=bastion_dot_v1_dot_verifier__pb2.ScoreResponse.SerializeToString,
+            ),
+            'ScoreBatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ScoreBatchStream,
+                    request_deserializer=bastion_dot_v1_dot_verifier__pb2.ScoreBatchRequest.FromString,
+                    response_serializer=bastion_dot_v1_dot_verifier__pb2.ScoreBatchResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -148,6 +167,33 @@ class Verifier:
             '/bastion.v1.Verifier/ScoreStream',
             bastion_dot_v1_dot_verifier__pb2.ScoreRequest.SerializeToString,
             bastion_dot_v1_dot_verifier__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreBatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bastion.v1.Verifier/ScoreBatchStream',
+            bastion_dot_v1_dot_verifier__pb2.ScoreBatchRequest.SerializeToString,
+            bastion_dot_v1_dot_verifier__pb2.ScoreBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,11 @@ class VerifierStub:
     """Optional: the proxy's hot path when implemented (answers matched by request_id);
     a verifier that answers UNIMPLEMENTED is called with Score instead.
     """
+    ScoreBatchStream: _grpc.StreamStreamMultiCallable[_verifier_pb2.ScoreBatchRequest, _verifier_pb2.ScoreBatchResponse]
+    """Optional, preferred by the proxy: like ScoreStream with many requests per stream
+    message; each ScoreBatchRequest is answered by one ScoreBatchResponse. A verifier
+    that answers UNIMPLEMENTED is asked on ScoreStream (then Score) instead.
+    """
     Info: _grpc.UnaryUnaryMultiCallable[_empty_pb2.Empty, _verifier_pb2.VerifierInfo]
 
 @_typing.type_check_only
@@ -46,6 +51,11 @@ class VerifierAsyncStub(VerifierStub):
     ScoreStream: _aio.StreamStreamMultiCallable[_verifier_pb2.ScoreRequest, _verifier_pb2.ScoreResponse]  # type: ignore[assignment]
     """Optional: the proxy's hot path when implemented (answers matched by request_id);
     a verifier that answers UNIMPLEMENTED is called with Score instead.
+    """
+    ScoreBatchStream: _aio.StreamStreamMultiCallable[_verifier_pb2.ScoreBatchRequest, _verifier_pb2.ScoreBatchResponse]  # type: ignore[assignment]
+    """Optional, preferred by the proxy: like ScoreStream with many requests per stream
+    message; each ScoreBatchRequest is answered by one ScoreBatchResponse. A verifier
+    that answers UNIMPLEMENTED is asked on ScoreStream (then Score) instead.
     """
     Info: _aio.UnaryUnaryMultiCallable[_empty_pb2.Empty, _verifier_pb2.VerifierInfo]  # type: ignore[assignment]
 
@@ -65,6 +75,17 @@ class VerifierServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_verifier_pb2.ScoreResponse], _abc.AsyncIterator[_verifier_pb2.ScoreResponse]]:
         """Optional: the proxy's hot path when implemented (answers matched by request_id);
         a verifier that answers UNIMPLEMENTED is called with Score instead.
+        """
+
+    @_abc_1.abstractmethod
+    def ScoreBatchStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_verifier_pb2.ScoreBatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_verifier_pb2.ScoreBatchResponse], _abc.AsyncIterator[_verifier_pb2.ScoreBatchResponse]]:
+        """Optional, preferred by the proxy: like ScoreStream with many requests per stream
+        message; each ScoreBatchRequest is answered by one ScoreBatchResponse. A verifier
+        that answers UNIMPLEMENTED is asked on ScoreStream (then Score) instead.
         """
 
     @_abc_1.abstractmethod

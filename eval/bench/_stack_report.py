@@ -95,6 +95,7 @@ def table(result: dict[str, Any]) -> str:
             )
         share = ratios["throughput_bastion_over_hop"].get(clients)
         lines.append(f"{'  Bastion / hop throughput':34} {clients:>8} {share * 100 if share else 0:8.1f}%")
+    lines += _hostile_lines(result)
     lines += ["", _cpu_table(result), "", _targets_table(result)]
     load = result["machine"]["load_1m"]
     lines.append(
@@ -102,6 +103,24 @@ def table(result: dict[str, Any]) -> str:
         f"{result['machine']['cpus']} CPUs: figures are indicative on a shared machine"
     )
     return "\n".join(lines)
+
+
+def _hostile_lines(result: dict[str, Any]) -> list[str]:
+    hostile = result["paths"]["bastion"].get("hostile")
+    if hostile is None:
+        return []
+    ordinary = hostile["ordinary"]
+    lines = [
+        f"{'(c) with a hostile client beside':34} {hostile['clients']:>8} {ordinary['calls_per_s']:9.0f} "
+        f"{ordinary['p50_us']:8.0f} {ordinary['p99_us']:8.0f} {ordinary['errors']:7d}"
+    ]
+    for name, seen in hostile["attacker"].items():
+        answers = ", ".join(f"{answer} x{count}" for answer, count in sorted(seen["answers"].items())) or "none"
+        lines.append(
+            f"  hostile {name:5} argument: {seen['sent']} sent, refused in p50 {seen['p50_us']:.0f} µs, "
+            f"max {seen['max_us']:.0f} µs; answers: {answers}"
+        )
+    return lines
 
 
 def _cpu_table(result: dict[str, Any]) -> str:

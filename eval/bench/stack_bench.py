@@ -50,6 +50,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bastion._errors import UpstreamError
 from bastion._identity import ensure_dev_key, ensure_service_token, issue_token
 from bastion.eval.bench._fast_http import TOOL
+from bastion.eval.bench._hostile import Attacker, attack
 from bastion.eval.bench._procs import Processes, processes
 from bastion.eval.bench._stack_report import SERVICES, chart, summarise, table
 from bastion.eval.bench._timing import percentile_us, timed_batch
@@ -59,6 +60,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "eval" / "results"
 PATHS = ("direct", "hop", "bastion", "bastion_limits", "grpc")
 LOAD_PATHS = ("direct", "hop", "bastion")
+#: The phase of (c) under load with a hostile client beside the ordinary ones.
+HOSTILE = "hostile"
 AGENTS = {"bastion": "stack-bench", "bastion_limits": "stack-bench-limits"}
 _ANY = "127.0.0.1:0"
 _TIMEOUT_S = 30.0
@@ -320,9 +323,9 @@ class _Settling:
 
 
 async def _measure(
-    procs: Processes, paths: _Paths, params: Params, progress: Progress, settling: _Settling
+    procs: Processes, paths: _Paths, params: Params, progress: Progress, settling: _Settling, attacker: Attacker
 ) -> dict[str, dict[str, _Tally]]:
-    phases = ["c1", *(f"c{n}" for n in params.clients)]
+    phases = ["c1", *(f"c{n}" for n in params.clients), HOSTILE]
     tallies = {path: {phase: _Tally([], {}) for phase in phases} for path in PATHS}
     per_round = max(1, params.calls // params.rounds)
     for round_no in range(params.rounds):
@@ -351,8 +354,37 @@ async def _measure(
                 await _load(pool, per_client, params.load_s, params.load_calls * clients, tally)
                 tally.add_cpu(before, await settling.settle(procs, params.settle_s))
                 progress.step(round_no, f"{path} c={clients}")
+        await _hostile_slice(procs, paths, params, tallies["bastion"][HOSTILE], attacker, settling, round_no)
+        progress.step(round_no, "bastion + hostile client")
         procs.check_alive()
     return tallies
+
+
+async def _hostile_slice(
+    procs: Processes,
+    paths: _Paths,
+    params: Params,
+    tally: _Tally,
+    attacker: Attacker,
+    settling: _Settling,
+    round_no: int,
+) -> None:
+    """The load slice of (c) at the first client count, with one more client sending wide
+    and deep arguments back to back as another agent (`eval/bench/_hostile.py`)."""
+    clients = params.clients[0]
+    pool = paths.pools["bastion"]
+    per_client = [paths.headers("bastion", f"hostile-{round_no}-{i}") for i in range(clients)]
+    await _warm(pool, per_client)
+    stop = asyncio.Event()
+    hostile_headers = paths.headers("bastion_limits", f"hostile-{round_no}-attacker")
+    before = procs.cpu()
+    sending = asyncio.create_task(attack(paths.pools["bastion_limits"], hostile_headers, stop, attacker))
+    try:
+        await _load(pool, per_client, params.load_s, params.load_calls * clients, tally)
+    finally:
+        stop.set()
+        await sending
+    tally.add_cpu(before, await settling.settle(procs, params.settle_s))
 
 
 def _latency(samples: list[float]) -> dict[str, float]:
@@ -379,16 +411,20 @@ def _path_figures(path: str, tallies: dict[str, _Tally], params: Params) -> dict
         figures["load"] = {}
         for clients in params.clients:
             tally = tallies[f"c{clients}"]
-            figures["load"][str(clients)] = {
-                "calls": tally.calls,
-                "errors": tally.errors,
-                "first_error": tally.first_error,
-                "seconds": round(tally.seconds, 3),
-                "calls_per_s": round(tally.calls / tally.seconds, 1) if tally.seconds else 0.0,
-                **{key: value for key, value in _latency(tally.samples).items() if key != "n"},
-            }
+            figures["load"][str(clients)] = _load_figures(tally)
             figures["cpu_us_per_call"][str(clients)] = _cpu_per_call(tally)
     return figures
+
+
+def _load_figures(tally: _Tally) -> dict[str, Any]:
+    return {
+        "calls": tally.calls,
+        "errors": tally.errors,
+        "first_error": tally.first_error,
+        "seconds": round(tally.seconds, 3),
+        "calls_per_s": round(tally.calls / tally.seconds, 1) if tally.seconds else 0.0,
+        **{key: value for key, value in _latency(tally.samples).items() if key != "n"},
+    }
 
 
 async def bench(params: Params, workdir: Path) -> dict[str, Any]:
@@ -407,11 +443,12 @@ async def bench(params: Params, workdir: Path) -> dict[str, Any]:
         seconds = {"startup": time.perf_counter() - started}
         idle = procs.memory()
         paths = _Paths(addresses, home)
-        steps = params.rounds * (len(PATHS) + len(LOAD_PATHS) * len(params.clients))
+        steps = params.rounds * (len(PATHS) + len(LOAD_PATHS) * len(params.clients) + 1)
         progress = Progress(steps, params.rounds)
         settling = _Settling()
+        attacker = Attacker()
         try:
-            tallies = await _measure(procs, paths, params, progress, settling)
+            tallies = await _measure(procs, paths, params, progress, settling, attacker)
         finally:
             progress.finish()
             await paths.close()
@@ -440,6 +477,12 @@ async def bench(params: Params, workdir: Path) -> dict[str, Any]:
             for name in memory
         },
         "paths": {path: _path_figures(path, tallies[path], params) for path in PATHS},
+    }
+    result["paths"]["bastion"]["hostile"] = {
+        "clients": params.clients[0],
+        "ordinary": _load_figures(tallies["bastion"][HOSTILE]),
+        "cpu_us_per_call": _cpu_per_call(tallies["bastion"][HOSTILE]),
+        "attacker": attacker.figures(),
     }
     result.update(summarise(result))
     return result

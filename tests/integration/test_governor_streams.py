@@ -194,6 +194,9 @@ class _HangingVerifier(verifier_pb2_grpc.VerifierServicer):
         # The base class's answer, UNIMPLEMENTED: the proxy then calls Score.
         return verifier_pb2_grpc.VerifierServicer.ScoreStream(self, request_iterator, context)
 
+    def ScoreBatchStream(self, request_iterator: Any, context: Any) -> Any:
+        return verifier_pb2_grpc.VerifierServicer.ScoreBatchStream(self, request_iterator, context)
+
 
 async def test_a_hanging_verifier_opens_the_circuit_and_then_is_not_waited_for(
     tmp_path: Path, services: tuple[str, str]

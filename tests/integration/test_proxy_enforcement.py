@@ -265,8 +265,15 @@ class _SlowPolicy(policy_pb2_grpc.PolicyServiceServicer):
             await asyncio.sleep(5)
             yield policy_pb2.Decision(effect=policy_pb2.ALLOW, rule_id="too-late")
 
-    def DecideBatchStream(self, request_iterator: Any, context: Any) -> Iterator[policy_pb2.DecideBatchResponse]:
-        return iter(())
+    async def DecideBatchStream(
+        self, request_iterator: Any, context: Any
+    ) -> AsyncIterator[policy_pb2.DecideBatchResponse]:
+        # The proxy's hot path asks here first.
+        async for batch in request_iterator:
+            await asyncio.sleep(5)
+            yield policy_pb2.DecideBatchResponse(
+                decisions=[policy_pb2.Decision(effect=policy_pb2.ALLOW, rule_id="too-late") for _ in batch.requests]
+            )
 
 
 async def test_policy_past_its_deadline_blocks_the_call(tmp_path: Path, upstream: DemoUpstream) -> None:

@@ -62,6 +62,22 @@ def test_bench_stack_quick_writes_figures_for_every_path_and_process(tmp_path: P
         else:
             assert "load" not in path
 
+    # The hostile slice: the ordinary callers all succeed beside a client sending wide and
+    # deep arguments, and every hostile call is refused with a JSON-RPC error, none forwarded.
+    hostile = result["paths"]["bastion"]["hostile"]
+    assert hostile["clients"] == params["clients"][0]
+    assert set(hostile["ordinary"]) == LOAD
+    assert hostile["ordinary"]["errors"] == 0, hostile["ordinary"]["first_error"]
+    assert hostile["ordinary"]["calls"] > 0
+    assert set(hostile["cpu_us_per_call"]) == PROCESSES | {"bastion_total"}
+    assert set(hostile["attacker"]) == {"wide", "deep"}
+    assert hostile["attacker"]["wide"]["sent"] > 0
+    for seen in hostile["attacker"].values():
+        assert set(seen) == {"sent", "answers", "p50_us", "max_us"}
+        assert set(seen["answers"]) <= {"HTTP 400 -32602", "HTTP 400 -32700"}, seen["answers"]
+        assert sum(seen["answers"].values()) == seen["sent"]
+    assert "with a hostile client beside" in done.stdout
+
     assert {
         "hop_vs_direct_p50_us",
         "bastion_vs_direct_p50_us",

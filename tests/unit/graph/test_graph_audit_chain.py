@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from bastion.graph._audit import (
     canonical,
     chain_hash,
     json_safe,
+    rfc3339,
 )
 from bastion.graph._export import verify_store
 from bastion.policy._identities import AUDIT_WORKFLOW as IDENTITY_WORKFLOW
@@ -440,3 +442,13 @@ def test_the_fast_canonical_form_is_byte_for_byte_rfc8785(value: Any) -> None:
 )
 def test_strings_are_escaped_as_rfc8785_escapes_them(text: str) -> None:
     assert canonical({"s": text, text[:1] or "k": 1.5}) == rfc8785.dumps({"s": text, text[:1] or "k": 1.5})
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.integers(min_value=-(10**18), max_value=253_402_300_798 * 10**9), min_size=1, max_size=5))
+def test_rfc3339_writes_what_strftime_writes_whatever_second_it_saw_before(stamps: list[int]) -> None:
+    # rfc3339 keeps the last second's text: consecutive stamps in one second, in another,
+    # before the epoch and back must all read exactly as the plain strftime form.
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for ns in [*stamps, stamps[0] + 1, stamps[0] - 1_000_000_000]:
+        assert rfc3339(ns) == (epoch + timedelta(microseconds=ns // 1000)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

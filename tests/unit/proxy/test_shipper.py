@@ -17,7 +17,14 @@ from bastion._rpc import auth_metadata, open_channel, start_grpc_server
 from bastion.proxy._journal import Journal, list_segments
 from bastion.proxy._metrics import ProxyMetrics
 from bastion.proxy._recorder import MAX_EVENT_BYTES
-from bastion.proxy._shipper import DEAD_LETTER_REASONS, MAX_MESSAGE_BYTES, Shipper
+from bastion.proxy._shipper import (
+    DEAD_LETTER_REASONS,
+    MAX_MESSAGE_BYTES,
+    RawIngestBatch,
+    Shipper,
+    frame_events,
+    raw_ingest_batch,
+)
 from bastion.v1 import graph_pb2, graph_pb2_grpc
 
 TOKEN = "test-service-token"
@@ -35,6 +42,9 @@ class FakeGraph(graph_pb2_grpc.GraphServiceServicer):
         self.refuse: set[str] = set()  # event ids whose batches are refused as malformed
         self.too_large: set[str] = set()  # event ids whose batches are refused as too large
         self.max_batch = 0  # when set, larger batches are refused as too large
+        self.batch_rpc = True  # False: IngestBatch answers UNIMPLEMENTED, as an older graph would
+        self.batch_calls = 0
+        self.stream_calls = 0
         self._changed = asyncio.Condition()
 
     @property
@@ -48,7 +58,20 @@ class FakeGraph(graph_pb2_grpc.GraphServiceServicer):
     async def Ingest(
         self, request_iterator: AsyncIterator[graph_pb2.Event], context: grpc.aio.ServicerContext[Any, Any]
     ) -> graph_pb2.IngestAck:
-        batch = [event async for event in request_iterator]
+        self.stream_calls += 1
+        return await self._take([event async for event in request_iterator], context)
+
+    async def IngestBatch(
+        self, request: graph_pb2.EventBatch, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> graph_pb2.IngestAck:
+        if not self.batch_rpc:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        self.batch_calls += 1
+        return await self._take(list(request.events), context)
+
+    async def _take(
+        self, batch: list[graph_pb2.Event], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> graph_pb2.IngestAck:
         self.received += [event.event_id for event in batch]
         if self.refuse & {event.event_id for event in batch}:
             # Like the real graph: one malformed event refuses the whole batch, storing nothing.
@@ -77,6 +100,7 @@ class FakeGraph(graph_pb2_grpc.GraphServiceServicer):
 class Graph:
     fake: FakeGraph
     stub: graph_pb2_grpc.GraphServiceAsyncStub
+    ingest_batch: RawIngestBatch
 
 
 @pytest.fixture
@@ -89,7 +113,7 @@ async def graph() -> AsyncIterator[Graph]:
         service_names=["bastion.v1.GraphService"],
     )
     channel = open_channel(server.address)
-    yield Graph(fake, graph_pb2_grpc.GraphServiceStub(channel))
+    yield Graph(fake, graph_pb2_grpc.GraphServiceStub(channel), raw_ingest_batch(channel))
     await channel.close()
     await server.stop(0)
 
@@ -121,6 +145,7 @@ def shipper_for(
         backoff_initial=0.01,
         max_event_bytes=max_event_bytes,
         on_dead_letter=metrics.dead_letter if metrics is not None else None,
+        ingest_batch=graph.ingest_batch,
     )
 
 
@@ -155,6 +180,47 @@ async def test_delivers_every_record_in_order_in_batches(journal: Journal, graph
     assert shipper.shipped == 1000
     assert shipper.cursor == journal.durable
     assert shipper.lag_seconds == 0.0
+
+
+async def test_each_batch_is_one_ingest_batch_message(journal: Journal, graph: Graph, tmp_path: Path) -> None:
+    shipper = shipper_for(journal, graph, tmp_path, batch_max=64)
+    shipper.start()
+    append_events(journal, range(300))
+
+    await graph.fake.wait_until(lambda g: len(g.events) == 300)
+    await shipper.stop()
+
+    assert graph.fake.ids == names(range(300))
+    assert (graph.fake.stream_calls, 300 // 64 <= graph.fake.batch_calls <= 300) == (0, True)
+
+
+async def test_a_graph_without_ingest_batch_gets_one_message_per_event(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    graph.fake.batch_rpc = False
+    shipper = shipper_for(journal, graph, tmp_path, batch_max=64)
+    shipper.start()
+    append_events(journal, range(200))
+
+    await graph.fake.wait_until(lambda g: len(g.events) == 200)
+    await shipper.stop()
+
+    assert graph.fake.ids == names(range(200))
+    assert graph.fake.batch_calls == 0
+    assert graph.fake.stream_calls >= 200 // 64
+
+
+def test_framed_records_are_the_event_batch_protobuf_encodes() -> None:
+    # Lengths around every varint boundary: 1, 2 and 3 bytes of length.
+    events = [
+        graph_pb2.Event(event_id=f"e{size}", workflow_id="wf", block_reason="x" * size)
+        for size in (0, 100, 127, 128, 300, 16_383, 16_384, 70_000)
+    ]
+    records = [event.SerializeToString() for event in events]
+    framed = frame_events(records)
+    assert framed == graph_pb2.EventBatch(events=events).SerializeToString()
+    assert list(graph_pb2.EventBatch.FromString(framed).events) == events
+    assert frame_events([]) == b""
 
 
 async def test_survives_the_graph_failing_and_loses_nothing(journal: Journal, graph: Graph, tmp_path: Path) -> None:

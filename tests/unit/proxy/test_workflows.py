@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from bastion.proxy._workflows import (
     MAX_SESSIONS_PER_WORKFLOW,
     MAX_TASK_CHARS,
     WorkflowTracker,
+    _Uuid7,
+    new_id,
     session_workflow_id,
 )
 
@@ -127,3 +131,23 @@ def test_sessions_are_bounded_oldest_first() -> None:
     with pytest.raises(SessionUnknown):
         sessions.check("a", ALICE)
     sessions.check("c", ALICE)
+
+
+def test_new_ids_are_uuid7_unique_and_ordered_by_creation() -> None:
+    ids = [new_id() for _ in range(20_000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    for text in ids[::1000]:
+        value = uuid.UUID(text)
+        assert (value.version, value.variant, str(value)) == (7, uuid.RFC_4122, text)
+        assert abs((value.int >> 80) - time.time_ns() // 1_000_000) < 60_000
+
+
+def test_a_millisecond_that_runs_out_of_counter_moves_on_to_the_next_and_stays_ordered() -> None:
+    make = _Uuid7()
+    now_ms = time.time_ns() // 1_000_000 + 10_000  # ahead of the clock: every id shares it
+    make._ms, make._seq = now_ms, 0xFFE
+    ids = [make() for _ in range(4)]
+    assert ids == sorted(ids)
+    stamps = [uuid.UUID(text).int >> 80 for text in ids]
+    assert stamps == [now_ms, now_ms + 1, now_ms + 1, now_ms + 1]
