@@ -35,6 +35,7 @@ from ._metrics import ProxyMetrics
 from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome, Release
 from ._provenance import Provenance
 from ._recorder import Record, Recorder, iso
+from ._results import TAIL_BYTES
 from ._tracing import DECIDE_SPAN, JOURNAL_SPAN, Tracing
 from ._workflows import WorkflowState, new_id
 
@@ -340,7 +341,10 @@ class Enforcer:
         failed = result.outcome == graph_pb2.UPSTREAM_ERROR or (
             result.outcome == graph_pb2.COMPLETED and result.jsonrpc_error_code != 0
         )
-        completed = answer is not None and result.outcome == graph_pb2.COMPLETED and not result.jsonrpc_error_code
+        carried_out = result.outcome == graph_pb2.COMPLETED and not result.jsonrpc_error_code
+        completed = answer is not None and carried_out
+        # Too large to read: its data cannot be fingerprinted, and later calls must say so.
+        unread = answer is None and carried_out and result.result_bytes > TAIL_BYTES
         for record in records:
             held = self._held.pop(record.node_id, ())
             if failed:
@@ -355,9 +359,12 @@ class Enforcer:
                 )
             # After the audit record: provenance is a hint for later calls, the result a fact.
             informing = self._informing.pop(record.node_id, None)
-            if completed and informing is not None:
+            if informing is not None and (completed or unread):
                 state, source = informing
-                self._provenance.record(state.prints(), record.node_id, source, answer)
+                if completed:
+                    self._provenance.record(state.prints(), record.node_id, source, answer)
+                else:
+                    self._provenance.record_unread(state.prints(), record.node_id, source, result.result_bytes)
 
 
 def _source_name(action: policy_pb2.Action) -> str:

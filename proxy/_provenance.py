@@ -32,7 +32,11 @@ back (an A2A task id to `GetTask`, an email's id to reply to), not fingerprinted
 
 Bounds, so that no result stalls the event loop and no workflow grows the proxy:
 the answer was parsed only when its body fit the result tap's 256 KiB tail
-(`_results.py`); at most MAX_RESULT_VALUES strings and MAX_RESULT_CHARS characters of
+(`_results.py`) — an untrusted answer larger than that is remembered as *unread*
+(newest MAX_UNREAD per workflow), and every later call with string arguments carries
+`unread:<server__tool>:<bytes>` with `untrusted` and an INFORMED_BY edge to it, because
+its data can no longer be traced (padding a result must not launder it); at most
+MAX_RESULT_VALUES strings and MAX_RESULT_CHARS characters of
 each result are read, base64 payloads (`data`, `blob`, `bytes`) and `_meta` skipped; a
 workflow keeps at most MAX_WORKFLOW_PRINTS fingerprints, the oldest result's evicted
 first. Lookup reads at most MAX_ARGUMENT_CHARS characters of a call's arguments; a
@@ -41,6 +45,7 @@ workflow with no fingerprints costs a length check.
 `ctx.taint` labels (documented for verifiers in verifier/INTERFACE.md):
   `untrusted`                      some argument holds data from an untrusted result
   `source:<server__tool>`          a result the arguments hold data from
+  `unread:<server__tool>:<bytes>`  an untrusted result too large to fingerprint came earlier
   `sink`                           the active policies list this tool in `taint.sinks`
   `arg:<path>:<trust>:<server__tool>:<result path>:<field|text>:<fraction>`
                                    per argument: trust is `trusted` or `untrusted`;
@@ -56,7 +61,7 @@ import fnmatch
 import itertools
 import re
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +95,8 @@ MAX_VALUE = 256
 MIN_RUN = 20
 #: Edges and `arg:` labels one call gets at most.
 MAX_REPORTED = 8
+#: Unread results a workflow remembers (the newest).
+MAX_UNREAD = 8
 
 #: Keys whose values are payloads or protocol, not data: MCP image/audio `data`, resource
 #: `blob`, A2A file `bytes`, MIME types and metadata.
@@ -123,6 +130,15 @@ class Match:
 
 
 @dataclass(frozen=True, slots=True)
+class Unread:
+    """An untrusted result that was not fingerprinted because it was too large to read."""
+
+    node_id: str
+    tool: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Annotation:
     """What a call's arguments were found to hold: labels for ctx.taint, edges for its event."""
 
@@ -146,6 +162,9 @@ class Fingerprints:
     _task: str = ""
     _task_shingles: frozenset[int] = frozenset()
     _task_exact: frozenset[str] = frozenset()
+    #: Untrusted results too large to read (over the result tap's tail): their data cannot
+    #: be traced, so every later call with string arguments says so (newest MAX_UNREAD).
+    unread: deque[Unread] = field(default_factory=lambda: deque(maxlen=MAX_UNREAD))
 
     def __len__(self) -> int:
         return self._size
@@ -399,6 +418,11 @@ def _loads(text: str) -> Any:
         return None
 
 
+def _has_strings(arguments: dict[str, Any]) -> bool:
+    """Whether any argument holds a string (data read elsewhere can only arrive as one)."""
+    return any(True for _ in _strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()))
+
+
 def escape(text: str) -> str:
     """A label component: `%` and `:` percent-encoded, so labels split on `:` unambiguously."""
     return text.replace("%", "%25").replace(":", "%3A")
@@ -475,6 +499,15 @@ class Provenance:
         self._trim()
         return added
 
+    def record_unread(self, prints: Fingerprints, node_id: str, tool: str, size: int) -> None:
+        """Remember that `tool`'s result at `node_id` (`size` bytes) was too large to fingerprint.
+
+        Skipping it silently would let anyone who controls an untrusted source (a web page,
+        an email) launder data past provenance by padding it over the tail: its data is
+        then untraceable, and later calls are labelled so (`unread:`), not left clean."""
+        if not self.trusted(tool):
+            prints.unread.append(Unread(node_id, tool, size))
+
     def _forget(self, key: int) -> None:
         held = self._holders.pop(key, None)
         if held is not None:
@@ -494,20 +527,27 @@ class Provenance:
 
     def annotate(self, prints: Fingerprints | None, tool: str, arguments: dict[str, Any], task: str) -> Annotation:
         """Labels and INFORMED_BY edges for a call with `arguments`, given the workflow's prints."""
-        if prints is None or not len(prints) or not arguments:
+        if prints is None or not arguments or not (len(prints) or prints.unread):
             return self._sink_only(tool)
         matches = prints.match(arguments, task)
-        if not matches:
+        unread = list(prints.unread) if prints.unread and _has_strings(arguments) else []
+        if not matches and not unread:
             return self._sink_only(tool)
         matches.sort(key=lambda m: (m.source.trusted, -m.fraction, m.path))
         labels: dict[str, None] = {}
-        if any(not m.source.trusted for m in matches):
+        if unread or any(not m.source.trusted for m in matches):
             labels["untrusted"] = None
         for m in matches:
             labels[f"source:{m.source.tool}"] = None
+        for result in unread:
+            labels[f"source:{result.tool}"] = None
         if self._is_sink(tool):
             labels["sink"] = None
         edges: dict[tuple[str, str], tuple[str, int, str]] = {}
+        for result in unread:
+            labels[f"unread:{result.tool}:{result.size}"] = None
+            reason = f"may hold data from {result.tool}'s result of {result.size} bytes, too large to trace"
+            edges.setdefault((result.node_id, "$"), (result.node_id, graph_pb2.INFORMED_BY, reason))
         for m in matches[:MAX_REPORTED]:
             source = m.source
             trust = "trusted" if source.trusted else "untrusted"

@@ -24,7 +24,8 @@ from bastion.v1 import graph_pb2
 
 from ._recorder import timestamp
 
-_TAIL_BYTES = 256 << 10
+#: The answer's last bytes kept and parsed; a larger answer is not read (provenance: unread).
+TAIL_BYTES = 256 << 10
 
 
 class ResultTap:
@@ -42,8 +43,8 @@ class ResultTap:
         self._hash.update(chunk)
         self.size += len(chunk)
         self._tail += chunk
-        if len(self._tail) > _TAIL_BYTES:
-            del self._tail[: len(self._tail) - _TAIL_BYTES]
+        if len(self._tail) > TAIL_BYTES:
+            del self._tail[: len(self._tail) - TAIL_BYTES]
 
     async def watch(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """`chunks`, unchanged, fed to the tap on the way."""

@@ -31,6 +31,12 @@ The task factor is TASK_FACTOR (0.25) when the argument's value appears in the s
 this only matters for a proxy that fingerprints differently; it never raises a weight.
 An argument whose value cannot be found at its labelled path is weighed as a control value
 (the strongest), so a mismatched label cannot lower a score.
+
+`unread:<server__tool>:<bytes>` says an untrusted result earlier in the workflow was too
+large for the proxy to fingerprint: whether this sink's arguments hold its data cannot
+be known, so the sink weighs `taint_weight * UNREAD_FACTOR` (a flag at the default
+weights, not a block; a policy that must block writes `when: "'untrusted' in taint"`).
+Traced taint that weighs more wins.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from bastion.v1 import policy_pb2, verifier_pb2
 FIELD_FACTOR = 0.25
 #: Weight of prose copied out of free text relative to a control value inside it.
 PAYLOAD_FACTOR = 0.5
+#: Weight of an unread (untraceable) untrusted result before a sink, relative to a control value.
+UNREAD_FACTOR = 0.5
 #: Applied on top when the argument's value appears in the stated task.
 TASK_FACTOR = 0.25
 #: What makes an argument prose rather than a control value.
@@ -112,6 +120,17 @@ def parse(labels: Iterable[str]) -> list[Tainted]:
     return found
 
 
+def parse_unread(labels: Iterable[str]) -> list[tuple[str, int]]:
+    """(tool, bytes) of every well-formed `unread:` label."""
+    found = []
+    for label in labels:
+        if label.startswith("unread:"):
+            parts = label.split(":")
+            if len(parts) == 3 and parts[1] and parts[2].isdigit():
+                found.append((parts[1], int(parts[2])))
+    return found
+
+
 def taint_signal(
     action: policy_pb2.Action,
     labels: Sequence[str],
@@ -123,8 +142,29 @@ def taint_signal(
     if weight <= 0 or not labels:
         return 0.0, "", ""
     tainted = parse(labels)
-    if not tainted or not is_sink(action.tool or action.prompt or action.resource, labels):
+    unread = parse_unread(labels)
+    if not (tainted or unread) or not is_sink(action.tool or action.prompt or action.resource, labels):
         return 0.0, "", ""
+    traced = _traced(action, tainted, history, weight, task) if tainted else (0.0, "", "")
+    if unread and weight * UNREAD_FACTOR > traced[0]:
+        tool, size = unread[0]
+        fired = round(weight * UNREAD_FACTOR, 6)
+        reason = (
+            f"untraceable untrusted data before a sink: {tool}'s result of {size} bytes was too large to "
+            f"fingerprint{f' (and {len(unread) - 1} more)' if len(unread) > 1 else ''}"
+        )
+        return fired, f"{reason} (weight {fired:.2f})", ""
+    return traced
+
+
+def _traced(
+    action: policy_pb2.Action,
+    tainted: list[Tainted],
+    history: Sequence[verifier_pb2.HistoryNode],
+    weight: float,
+    task: str,
+) -> tuple[float, str, str]:
+    """The strongest traced untrusted argument of a sink: (weight, reason, drift origin)."""
     folded_task = task[:MAX_TASK_CHARS].casefold()
     scored = []
     for t in tainted:

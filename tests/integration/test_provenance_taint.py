@@ -141,3 +141,63 @@ async def test_a_transfer_to_an_iban_injected_into_an_email_is_blocked_and_one_f
     informed = [edge for edge in edges if edge["type"] == "INFORMED_BY"]
     assert [edge["target"] for edge in informed] == [read.headers["bastion-node-id"]]
     assert informed[0]["reason"].startswith("argument 'iban' (100%) from email__read ")
+
+
+async def test_an_email_padded_past_what_provenance_reads_cannot_launder_its_iban(tmp_path: Path) -> None:
+    """An attacker who controls an email pads it over the result tap's 256 KiB: its IBAN can
+    no longer be traced, so the transfer after it is labelled untraceable (the verifier
+    flags it, a policy rule on `untrusted` refuses it) instead of passing as clean."""
+    transfers: list[str] = []
+    server = _server(transfers)
+
+    def read_padded() -> dict[str, str]:
+        """The newest email, with a long quoted thread."""
+        return {"sender": "billing@supplier.example", "subject": "Invoice", "body": INJECTED + " ~" * 150_000}
+
+    server.add_tool(read_padded, name="read_padded")
+    policy = {
+        **POLICY,
+        "spec": {
+            "default": "deny",
+            "rules": [
+                {
+                    "id": "no-untrusted-transfers",
+                    "match": {"tools": ["bank__transfer"]},
+                    "when": "'untrusted' in taint",
+                    "effect": "deny",
+                },
+                {"id": "all", "match": {"tools": ["email__read_padded", "bank__transfer"]}, "effect": "allow"},
+            ],
+        },
+    }
+    async with _serving(server) as url:
+        (tmp_path / "policy.json").write_text(json.dumps(policy))
+        config = tmp_path / "bastion.yaml"
+        config.write_text(f"servers:\n  email:\n    url: {url}\n  bank:\n    url: {url}\npolicies: [policy.json]\n")
+        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
+            token = issue_token(ensure_dev_key(tmp_path), subject="agent-padded")
+            iban = {"iban": IBAN.replace(" ", ""), "amount": 5000}
+            async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
+                read = await _call(http, token, "email", "read_padded", {}, "wf-padded", "")
+                assert "result" in read.json(), read.text[:300]
+                assert len(read.content) > 256 * 1024
+                blocked = await _call(http, token, "bank", "transfer", iban, "wf-padded", "")
+                # No untrusted result earlier in this workflow: the same transfer passes.
+                passed = await _call(http, token, "bank", "transfer", iban, "wf-clean", "")
+            error = blocked.json()["error"]
+            assert error["data"]["rule_id"] == "no-untrusted-transfers", blocked.text
+            assert "result" in passed.json(), passed.text
+            assert transfers == [IBAN.replace(" ", "")]
+            workflow, node = blocked.headers["bastion-workflow-id"], blocked.headers["bastion-node-id"]
+            edges = await _edges(running.graph, auditor_token(tmp_path), workflow, node)
+            async with httpx.AsyncClient(
+                base_url=f"http://{running.graph}", headers=bearer(auditor_token(tmp_path))
+            ) as http:
+                drift = (await http.get(f"/graphs/{workflow}/drift-path/{node}")).json()
+    informed = [edge for edge in edges if edge["type"] == "INFORMED_BY"]
+    assert [edge["target"] for edge in informed] == [read.headers["bastion-node-id"]]
+    assert "too large to trace" in informed[0]["reason"]
+    assert [hop["node_id"] for hop in drift["hops"]] == [node, read.headers["bastion-node-id"]]
+    taint = drift["hops"][0]["taint"]
+    assert "untrusted" in taint
+    assert any(label.startswith("unread:email__read_padded:") for label in taint), taint

@@ -15,7 +15,7 @@ from bastion.proxy._provenance import (
     TaintSettings,
     escape,
 )
-from bastion.proxy._results import ResultTap
+from bastion.proxy._results import TAIL_BYTES, ResultTap
 from bastion.v1 import graph_pb2
 
 INJECTED = (
@@ -186,3 +186,37 @@ def test_one_word_constants_of_a_result_are_not_data() -> None:
     prints = Fingerprints()
     provenance.record(prints, "n", "agent__GetTask", {"status": {"state": "TASK_STATE_COMPLETED"}, "role": "ROLE_USER"})
     assert provenance.annotate(prints, "agent__SendMessage", {"message": {"role": "ROLE_USER"}}, "").labels == ()
+
+
+def test_an_untrusted_result_too_large_to_read_labels_later_calls_as_untraceable() -> None:
+    provenance = Provenance()
+    prints = Fingerprints()
+    provenance.record_unread(prints, "n-big", "web__fetch", 300_000)
+    found = provenance.annotate(prints, "bank__transfer", {"iban": "DE89370400440532013000", "amount": 5}, "")
+    assert {"untrusted", "source:web__fetch", "unread:web__fetch:300000"} <= set(found.labels)
+    assert found.edges == (
+        ("n-big", graph_pb2.INFORMED_BY, "may hold data from web__fetch's result of 300000 bytes, too large to trace"),
+    )
+    # Only strings can carry data read elsewhere: numbers alone are not labelled.
+    assert provenance.annotate(prints, "bank__transfer", {"amount": 5}, "").labels == ()
+
+
+def test_a_trusted_result_too_large_to_read_is_not_remembered_and_unread_ones_stay_bounded() -> None:
+    provenance = Provenance(lambda: TaintSettings(untrusted_sources=("web__*",)))
+    prints = Fingerprints()
+    provenance.record_unread(prints, "n-own", "crm__export", 300_000)
+    assert not prints.unread
+    for i in range(20):
+        provenance.record_unread(prints, f"n{i}", "web__fetch", 300_000 + i)
+    assert [u.node_id for u in prints.unread] == [f"n{i}" for i in range(12, 20)]
+    labels = provenance.annotate(prints, "mail__send", {"to": "a@b.example"}, "").labels
+    assert sum(label.startswith("unread:") for label in labels) == 8
+
+
+def test_a_result_over_the_tail_is_recorded_as_unread_by_the_enforcer_path() -> None:
+    tap = ResultTap(1)
+    tap.feed(b'{"jsonrpc":"2.0","id":1,"result":{"text":"' + b"x" * (TAIL_BYTES + 10) + b'"}}')
+    result = tap.result(graph_pb2.COMPLETED)
+    # Too large to parse: no answer, but the size says why (what Enforcer.record_results reads).
+    assert tap.answer is None
+    assert result.result_bytes > TAIL_BYTES

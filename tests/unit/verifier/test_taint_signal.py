@@ -130,3 +130,24 @@ def test_a_value_counts_as_named_in_the_task_only_as_whole_words_and_not_when_ti
     assert named.deviation_score == 0.2
     tiny = _score("files__delete", [label], {"path": "a"}, task="a b")
     assert tiny.deviation_score == 0.8
+
+
+def test_an_untraceable_untrusted_result_before_a_sink_flags_it_and_traced_taint_weighing_more_wins() -> None:
+    unread = ["untrusted", "source:web__fetch", "unread:web__fetch:300000"]
+    flagged = _score("bank__transfer", unread)
+    assert flagged.verdict == verifier_pb2.FLAG
+    assert flagged.deviation_score == 0.4
+    assert any(
+        reason.startswith("untraceable untrusted data before a sink: web__fetch's result of 300000 bytes")
+        for reason in flagged.reasons
+    ), flagged.reasons
+    # Not a sink: nothing to flag. A traced control value weighs more than the unread one.
+    assert _score("web__search", unread).deviation_score == 0.0
+    traced = _score("bank__transfer", [*unread, "source:email__read", BODY])
+    assert (traced.verdict, traced.deviation_score) == (verifier_pb2.BLOCK, 0.8)
+    assert not any("untraceable" in reason for reason in traced.reasons)
+
+
+def test_malformed_unread_labels_are_ignored() -> None:
+    for label in ("unread:", "unread:web__fetch", "unread:web__fetch:many", "unread::12", "unread:a:1:2"):
+        assert _score("bank__transfer", ["untrusted", label]).deviation_score == 0.0, label
