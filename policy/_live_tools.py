@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from ._document import PolicyDocument, Rule
-from ._engine import compile_patterns
+from bastion._globs import compile_patterns
 
 LIVE_TOOLS_TIMEOUT_S = 3.0
 _MAX_NAMES_SHOWN = 8

@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from ._streams import MAX_MESSAGE_BYTES, StreamCaller, StreamFailure
+from ._streams import StreamCaller, StreamFailure, refuse_oversized
 
 log = logging.getLogger("bastion.proxy")
 
@@ -116,11 +116,7 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
         `timeout` replaces the caller's own for this request.
         """
         timeout = timeout or self._timeout
-        if size > MAX_MESSAGE_BYTES:
-            raise StreamFailure(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte message limit",
-            )
+        refuse_oversized(size)
         if not self.unsupported:
             try:
                 return await self._on_stream(request, request_id, max(size, weight), timeout)

@@ -41,6 +41,16 @@ class StreamFailure(Exception):
         self.details = details
 
 
+def refuse_oversized(size: int) -> None:
+    """A request over the receiving server's message limit fails alone, before it is
+    written: sent, it would break the stream for every request on it."""
+    if size > MAX_MESSAGE_BYTES:
+        raise StreamFailure(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte message limit",
+        )
+
+
 @dataclass(slots=True)
 class _Stream(Generic[Req, Resp]):
     queue: asyncio.Queue[Req]
@@ -76,11 +86,7 @@ class StreamCaller(Generic[Req, Resp]):
         caller's own for this request.
         """
         timeout = timeout or self._timeout
-        if size > MAX_MESSAGE_BYTES:
-            raise StreamFailure(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte message limit",
-            )
+        refuse_oversized(size)
         if not self.unsupported:
             try:
                 return await self._on_stream(request, request_id, timeout)

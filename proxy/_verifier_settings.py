@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bastion._globs import compile_patterns
+
 from ._lru import Lru
 
 Fallback = Literal["block", "allow", "queue"]
@@ -84,26 +86,8 @@ def _number(value: object) -> float | None:
 
 
 def compile_agents(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """Agent globs as the policy engine matches them (policy/_engine.py `compile_patterns`):
-    `*` any run, `?` one character, everything else literal and case-sensitive; None: all."""
-    if any(set(pattern) == {"*"} for pattern in patterns):
-        return None
-    return re.compile("|".join(f"(?:{_glob(p)})" for p in dict.fromkeys(patterns)), re.DOTALL)
-
-
-def _glob(pattern: str) -> str:
-    # Atomic middle segments, as the engine's: agent ids come from callers, and a naive
-    # `.*` translation backtracks polynomially on patterns like `*a*a*a*b`.
-    parts = pattern.split("*")
-    if len(parts) == 1:
-        return _literal(pattern)
-    head, *middle, tail = parts
-    segments = "".join(f"(?>.*?{_literal(segment)})" for segment in middle if segment)
-    return f"{_literal(head)}{segments}.*{_literal(tail)}"
-
-
-def _literal(text: str) -> str:
-    return "".join("." if char == "?" else re.escape(char) for char in text)
+    """Agent globs exactly as the policy engine matches them (case-sensitive); None: all."""
+    return compile_patterns(patterns)
 
 
 class VerifierSettingsIndex:
