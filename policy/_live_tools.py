@@ -28,8 +28,9 @@ from typing import Any
 
 import httpx
 
-from ._document import PolicyDocument, Rule
 from bastion._globs import compile_patterns
+
+from ._document import PolicyDocument, Rule
 
 LIVE_TOOLS_TIMEOUT_S = 3.0
 _MAX_NAMES_SHOWN = 8
