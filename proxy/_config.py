@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bastion._settings import CommonSettings
 
@@ -47,6 +47,13 @@ class ProxySettings(CommonSettings):
     )
     policy_timeout_ms: int = Field(
         default=1000, ge=1, description="Deadline for PolicyService.Decide; past it the action is blocked."
+    )
+    verifier_chain: str = Field(
+        default="",
+        max_length=1024,
+        description="Further verifiers, comma-separated host:port (at most 8), asked concurrently with "
+        "BASTION_VERIFIER_ADDR about every action: the strictest answer decides (block over flag over pass), "
+        "and any of them failing takes the fallback.",
     )
     verifier_timeout_ms: int = Field(
         default=500,
@@ -129,3 +136,24 @@ class ProxySettings(CommonSettings):
         description="Seconds a call needing approval is held open waiting for an operator's decision before it is "
         "answered -32004 (0: answer at once).",
     )
+
+    @field_validator("verifier_chain")
+    @classmethod
+    def _chain(cls, value: str) -> str:
+        addresses = chain_addresses(value)
+        if len(addresses) > MAX_CHAIN:
+            raise ValueError(f"at most {MAX_CHAIN} chained verifiers, got {len(addresses)}")
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in address):
+                raise ValueError(f"{address[:100]!r} is not host:port")
+        return value
+
+
+#: Chained verifiers at most: each is one more gRPC round trip per governed call.
+MAX_CHAIN = 8
+
+
+def chain_addresses(value: str) -> list[str]:
+    """BASTION_VERIFIER_CHAIN's addresses, in order, without blanks."""
+    return [address.strip() for address in value.split(",") if address.strip()]

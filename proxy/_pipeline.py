@@ -120,9 +120,12 @@ class Governor:
         fallback_allow: bool,
         breaker: CircuitBreaker | None = None,
         verifier_settings: Callable[[str], VerifierSettings] | None = None,
+        chain: Sequence[verifier_pb2_grpc.VerifierAsyncStub] = (),
     ) -> None:
         """`verifier_settings` gives each agent's verifier timeout, threshold and fallback
-        (`PolicyWatch`); without it every agent gets `verifier_timeout` and `fallback_allow`."""
+        (`PolicyWatch`); without it every agent gets `verifier_timeout` and `fallback_allow`.
+        `chain`: further verifiers asked with the first, the strictest answer deciding
+        (`strictest`); the breaker watches the first only."""
         uniform = VerifierSettings(verifier_timeout, "allow" if fallback_allow else "block")
         self._settings_for = verifier_settings or (lambda agent_id: uniform)
         #: Stops calling a failing verifier for a while (`_breaker.py`); None calls it always.
@@ -147,26 +150,10 @@ class Governor:
             "policy service",
             policy_timeout,
         )
-        self._scores: BatchCaller[
-            verifier_pb2.ScoreRequest,
-            verifier_pb2.ScoreResponse,
-            verifier_pb2.ScoreBatchRequest,
-            verifier_pb2.ScoreBatchResponse,
-        ] = BatchCaller(
-            lambda: verifier.ScoreBatchStream(metadata=metadata),
-            lambda requests: verifier_pb2.ScoreBatchRequest(requests=requests),
-            lambda answer: answer.responses,
-            lambda score: score.request_id,
-            StreamCaller(
-                lambda requests: verifier.ScoreStream(requests, metadata=metadata),
-                lambda request, timeout: verifier.Score(request, timeout=timeout, metadata=metadata),
-                lambda score: score.request_id,
-                "verifier",
-                verifier_timeout,
-            ),
-            "verifier",
-            verifier_timeout,
-        )
+        #: The verifier first, then BASTION_VERIFIER_CHAIN's: all asked about every action.
+        self._scorers = [_scorer(verifier, metadata, verifier_timeout, "verifier")] + [
+            _scorer(stub, metadata, verifier_timeout, f"chained verifier {n}") for n, stub in enumerate(chain, 2)
+        ]
 
     async def decide(
         self,
@@ -195,20 +182,24 @@ class Governor:
                 self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0, weight=body_size)
             )
             return combine(decision, exc, settings)
-        decision, scored = await asyncio.gather(
-            self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0, weight=body_size),
-            self._scores.call(
-                score,
-                ctx.request_id,
-                size=score.ByteSize() if measure else 0,
-                weight=body_size,
-                # The agent's (its policies' `verifier.timeout_ms`, else the proxy's).
-                timeout=settings.timeout,
-            ),
-            return_exceptions=True,
+        size = score.ByteSize() if measure else 0
+        deciding = self._decisions.call(
+            decide, ctx.request_id, size=decide.ByteSize() if measure else 0, weight=body_size
         )
+        # Each verifier gets the agent's timeout (its policies' `verifier.timeout_ms`, else the proxy's).
+        calls = [
+            scorer.call(score, ctx.request_id, size=size, weight=body_size, timeout=settings.timeout)
+            for scorer in self._scorers
+        ]
+        scored: verifier_pb2.ScoreResponse | BaseException
+        if len(calls) == 1:  # no chain: one gather, as few tasks as the hot path needs
+            decision, scored = await asyncio.gather(deciding, calls[0], return_exceptions=True)
+            first = scored
+        else:
+            decision, answers = await asyncio.gather(_settled(deciding), asyncio.gather(*calls, return_exceptions=True))
+            first, scored = answers[0], strictest(answers)
         if breaker is not None:
-            breaker.record(isinstance(scored, verifier_pb2.ScoreResponse) and _unsound(scored) is None)
+            breaker.record(isinstance(first, verifier_pb2.ScoreResponse) and _unsound(first) is None)
         return combine(decision, scored, settings)
 
     async def allowed(self, actions: Sequence[policy_pb2.Action], ctx: policy_pb2.Context) -> list[bool]:
@@ -235,7 +226,64 @@ class Governor:
 
     async def close(self) -> None:
         await self._decisions.close()
-        await self._scores.close()
+        for scorer in self._scorers:
+            await scorer.close()
+
+
+_Scorer = BatchCaller[
+    verifier_pb2.ScoreRequest,
+    verifier_pb2.ScoreResponse,
+    verifier_pb2.ScoreBatchRequest,
+    verifier_pb2.ScoreBatchResponse,
+]
+
+
+def _scorer(
+    verifier: verifier_pb2_grpc.VerifierAsyncStub, metadata: tuple[tuple[str, str], ...], timeout: float, name: str
+) -> _Scorer:
+    """One verifier's caller: its batch stream, else its per-request stream, else unary Score."""
+    return BatchCaller(
+        lambda: verifier.ScoreBatchStream(metadata=metadata),
+        lambda requests: verifier_pb2.ScoreBatchRequest(requests=requests),
+        lambda answer: answer.responses,
+        lambda score: score.request_id,
+        StreamCaller(
+            lambda requests: verifier.ScoreStream(requests, metadata=metadata),
+            lambda request, call_timeout: verifier.Score(request, timeout=call_timeout, metadata=metadata),
+            lambda score: score.request_id,
+            name,
+            timeout,
+        ),
+        name,
+        timeout,
+    )
+
+
+_RANK = {verifier_pb2.PASS: 0, verifier_pb2.FLAG: 1, verifier_pb2.BLOCK: 2}
+
+
+def strictest(
+    answers: Sequence[verifier_pb2.ScoreResponse | BaseException],
+) -> verifier_pb2.ScoreResponse | BaseException:
+    """The chain's one answer: the first failure or unsound answer of any verifier (the
+    fallback then applies: a chained verifier cannot be skipped by making it fail), else
+    the strictest answer (verdict, then score), with every verifier's reasons."""
+    if len(answers) == 1:
+        return answers[0]
+    for n, answer in enumerate(answers, 1):
+        if isinstance(answer, BaseException):
+            return answer
+        if (why := _unsound(answer)) is not None:
+            return ValueError(f"verifier {n} of the chain ({answer.scorer or 'unnamed'}): {why}")
+    scores = [answer for answer in answers if isinstance(answer, verifier_pb2.ScoreResponse)]
+    top = max(scores, key=lambda answer: (_RANK[answer.verdict], answer.deviation_score))
+    merged = verifier_pb2.ScoreResponse()
+    merged.CopyFrom(top)
+    merged.scorer = "+".join(answer.scorer or "unnamed" for answer in [top, *(a for a in scores if a is not top)])
+    del merged.reasons[:]
+    for answer in [top, *(a for a in scores if a is not top)]:
+        merged.reasons.extend(f"{answer.scorer or 'unnamed'}: {reason}" for reason in answer.reasons)
+    return merged
 
 
 async def _settled(call: Coroutine[Any, Any, policy_pb2.Decision]) -> policy_pb2.Decision | BaseException:

@@ -29,7 +29,7 @@ from ._approvals_redis import RedisApprovalStore
 from ._breaker import CircuitBreaker
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
-from ._config import ProxySettings
+from ._config import ProxySettings, chain_addresses
 from ._delegation import Delegations
 from ._enforcer import DecisionStage, Enforcer
 from ._journal import Journal
@@ -77,6 +77,7 @@ async def serve(
     await journal.start()
     policy_channel = open_channel(settings.policy_grpc_addr)
     verifier_channel = open_channel(settings.verifier_addr)
+    chain_channels = [open_channel(address) for address in chain_addresses(settings.verifier_chain)]
     graph_channel = open_channel(settings.graph_grpc_addr)
     metrics = ProxyMetrics()
     tracing = Tracing.from_env(access_log=settings.access_log)
@@ -112,6 +113,7 @@ async def serve(
         fallback_allow=settings.verifier_fallback == "allow",
         breaker=CircuitBreaker(settings.verifier_breaker_failures, settings.verifier_breaker_cooldown_ms / 1000),
         verifier_settings=policy_watch.verifier_settings,
+        chain=[verifier_pb2_grpc.VerifierStub(channel) for channel in chain_channels],
     )
     metrics.watch_verifier_circuit(lambda: governor.breaker.state if governor.breaker is not None else "closed")
     redactor = Redactor(app.redaction.paths, iban=app.redaction.iban)
@@ -243,7 +245,7 @@ async def serve(
     web = await start_web_server(proxy, settings.proxy_addr)
     try:
         # Connect the channels now so the first governed call does not pay for it.
-        for channel in (policy_channel, verifier_channel):
+        for channel in (policy_channel, verifier_channel, *chain_channels):
             channel.get_state(try_to_connect=True)
         proxy.ready = True
         ready({"http": web.address})
@@ -266,7 +268,7 @@ async def serve(
         owners.close()
         approvals.close()
         await limiter.close()
-        for channel in (policy_channel, verifier_channel, graph_channel):
+        for channel in (policy_channel, verifier_channel, graph_channel, *chain_channels):
             await channel.close()
 
 
