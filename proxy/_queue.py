@@ -1,10 +1,12 @@
-"""The verifier's `fallback: queue` (DESIGN §6): a call the verifier could not score is
-parked for an operator instead of being blocked or allowed.
+"""The durable queue (DESIGN §6): a call is parked for an operator instead of being
+blocked or allowed, when the verifier could not score it and the agent's `verifier:`
+fallback is queue, or when the policy's rule says `effect: queue`.
 
 A durable queue on the approvals store (`_approvals.py`, kind QUEUE: ids `que_…`, bound
 to the exact call like an approval, surviving restarts, SQLite or Redis). The stage sees
 outcomes that `combine` ended with `bastion.verifier_queued` (the policy allowed the
-call; the verifier did not answer, and the agent's fallback is queue):
+call; the verifier did not answer, and the agent's fallback is queue) and outcomes whose
+policy decision is QUEUE (the entry then names the rule):
 
     parked   ──release──▶ approved ──identical retry──▶ used (forwarded once)
        │                     └── while the verifier still cannot score it
@@ -12,7 +14,9 @@ call; the verifier did not answer, and the agent's fallback is queue):
 
 The answer while parked is -32004 `QUEUED` with `data.queue_id`. A released entry stands
 for the verifier's missing say only: when the verifier answers the retry, its answer
-decides, and the release stays unused. Every step is journaled: the parked call (a
+decides, and the release stays unused. A rule's queue is the policy's say, released by an
+operator like an approval: the retry passes once whatever the verifier then answers (the
+operator saw the call and the reasons it was parked with). Every step is journaled: the parked call (a
 blocked event naming the queue id), the operator's release or rejection (a VERIFICATION
 node, `_queue_api.py`), and the forwarded retry (linked VERIFIED_BY to that decision).
 """
@@ -27,7 +31,7 @@ import sqlite3
 from typing import Any
 
 from bastion._errors import Conflict, StoreError
-from bastion.v1 import graph_pb2
+from bastion.v1 import graph_pb2, policy_pb2
 
 from ._approvals import QUEUE, Approval, Approvals, Request, action_digest
 from ._enforcer import Pending
@@ -59,7 +63,13 @@ class QueueStage:
 
     async def __call__(self, pending: Pending, outcome: Outcome) -> Outcome:
         decision = outcome.decision
-        if outcome.block_code != VERIFIER_QUEUED or decision is None:
+        if decision is None or outcome.allowed:
+            return outcome
+        if outcome.block_code == VERIFIER_QUEUED:
+            rule_id, reason = VERIFIER_QUEUED, outcome.block_reason
+        elif decision.effect == policy_pb2.QUEUE:
+            rule_id, reason = decision.rule_id or "default", decision.reason or outcome.block_reason
+        else:
             return outcome
         record = pending.record
         request = Request(
@@ -77,8 +87,8 @@ class QueueStage:
             entry = await asyncio.to_thread(
                 self._store.open_request,
                 request,
-                rule_id=VERIFIER_QUEUED,
-                reason=outcome.block_reason,
+                rule_id=rule_id,
+                reason=reason,
                 workflow_id=record.workflow_id,
                 node_id=record.node_id,
                 action=action_view(record.action, self._redactor),
@@ -104,7 +114,8 @@ class QueueStage:
             allowed=True,
             block_code="",
             block_reason=f"forwarded under queue release {entry.approval_id} ({by}); {outcome.block_reason}",
-            verifier_fallback=True,
+            # Only the verifier's queue stands in for a missing score; a rule's does not.
+            verifier_fallback=outcome.verifier_fallback or outcome.block_code == VERIFIER_QUEUED,
             edges=edges,
             on_not_forwarded=(functools.partial(self._give_back, entry.approval_id, node_id),),
         )

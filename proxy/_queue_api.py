@@ -47,6 +47,8 @@ class QueueApi(ApprovalsApi):
             "action": item.action,
             "policy_name": item.policy_name,
             "policy_version": item.policy_version,
+            # Who parked it: bastion.verifier_queued (the verifier's fallback) or a rule id.
+            "rule_id": item.rule_id,
             "reason": item.reason,
             "workflow_id": item.workflow_id,
             "node_id": item.node_id,
