@@ -155,8 +155,11 @@ def summarise(outcomes: Sequence[ScenarioOutcome], *, max_far: float | None, min
     """Everything the JSON report holds beyond the run's parameters."""
     records = [scenario_record(o) for o in outcomes]
     packs: dict[str, list[ScenarioOutcome]] = {}
+    domains: dict[str, list[ScenarioOutcome]] = {}
     for outcome in outcomes:
         packs.setdefault(outcome.scenario.pack, []).append(outcome)
+        # A domain is the generic policy its scenarios run under: several packs may share one.
+        domains.setdefault(outcome.scenario.policy, []).append(outcome)
     overall = rates(outcomes)
     gates = [
         gate
@@ -170,6 +173,7 @@ def summarise(outcomes: Sequence[ScenarioOutcome], *, max_far: float | None, min
     return {
         "overall": overall,
         "packs": {name: rates(group) for name, group in packs.items()},
+        "domains": {name: rates(group) for name, group in sorted(domains.items())},
         "blocked_by": _count(r["blocked_by"] for r in records if r["blocked"] and not r["error"]),
         "signals": _signal_table(records),
         "misclassified": [_misclassified(r) for r in records if r["correct"] is False],
@@ -195,12 +199,15 @@ def _percent(value: float | None) -> str:
 def table(report: dict[str, Any]) -> str:
     """The per-pack figures, the misclassified scenarios and the gates, as plain text."""
     lines = [
-        f"{'pack':12} {'legit':>6} {'blocked':>8} {'FAR':>7} {'malicious':>10} {'blocked':>8} {'VDR':>7}"
+        f"{'pack':16} {'legit':>6} {'blocked':>8} {'FAR':>7} {'malicious':>10} {'blocked':>8} {'VDR':>7}"
         f" {'early':>6} {'stop':>7}"
     ]
-    for name, figures in [*report["packs"].items(), ("overall", report["overall"])]:
+    rows = [*report["packs"].items()]
+    if len(report["domains"]) < len(report["packs"]):
+        rows += [(f"domain {name}", figures) for name, figures in report["domains"].items()]
+    for name, figures in [*rows, ("overall", report["overall"])]:
         lines.append(
-            f"{name:12} {figures['legit']:>6} {figures['legit_blocked']:>8} {_percent(figures['far']):>7} "
+            f"{name:16} {figures['legit']:>6} {figures['legit_blocked']:>8} {_percent(figures['far']):>7} "
             f"{figures['malicious']:>10} {figures['malicious_blocked']:>8} {_percent(figures['vdr']):>7}"
             f" {figures['malicious_stopped_early']:>6} {_percent(figures['attack_stop']):>7}"
         )
@@ -234,7 +241,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def chart(report: dict[str, Any], png: Path) -> tuple[Path | None, str | None]:
-    """VDR and FAR per pack and overall (with the gates as lines), and what each signal
+    """VDR and FAR per domain (or pack) and overall (with the gates as lines), and what each signal
     fired on, as one PNG; (None, why) when matplotlib is not installed."""
     try:
         import matplotlib
@@ -243,7 +250,9 @@ def chart(report: dict[str, Any], png: Path) -> tuple[Path | None, str | None]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None, "matplotlib is not installed (pip install matplotlib)"
-    groups = [*report["packs"].items(), ("overall", report["overall"])]
+    # Per domain when packs share one (a domain's tuned and held-out packs), else per pack.
+    by_domain = len(report["domains"]) < len(report["packs"])
+    groups = [*(report["domains"] if by_domain else report["packs"]).items(), ("overall", report["overall"])]
     figure, (rates_axis, signals_axis) = plt.subplots(1, 2, figsize=(14, 5))
     x = range(len(groups))
     for offset, key, label in ((-0.2, "vdr", "VDR (malicious blocked)"), (0.2, "far", "FAR (legit blocked)")):
@@ -256,7 +265,7 @@ def chart(report: dict[str, Any], png: Path) -> tuple[Path | None, str | None]:
     rates_axis.set_xticks(list(x), [f"{name}\n({figures['scenarios']})" for name, figures in groups])
     rates_axis.set_ylim(0, 105)
     rates_axis.set_ylabel("% of scenarios")
-    rates_axis.set_title("VDR and FAR per pack (scenarios)")
+    rates_axis.set_title(f"VDR and FAR per {'domain' if by_domain else 'pack'} (scenarios)")
     rates_axis.legend(fontsize="small")
     names = [name for name, fired in report["signals"].items() if fired["legit"] or fired["malicious"]]
     overall = report["overall"]

@@ -9,8 +9,8 @@ import pytest
 
 from bastion._errors import ConfigError
 from bastion.eval.efficacy._pack import TemplateError, available_packs, catalogue, load_packs, render
-from bastion.eval.efficacy._replay import signals
-from bastion.eval.efficacy._report import SIGNALS
+from bastion.eval.efficacy._replay import ScenarioOutcome, StepOutcome, signals
+from bastion.eval.efficacy._report import SIGNALS, summarise, table
 
 STEP = "      - tool: email__read_email\n        args: {message_id: m-1}\n"
 
@@ -24,13 +24,16 @@ def _pack(tmp_path: Path, steps: str, *, name: str = "p", extra: str = "") -> st
     return str(path)
 
 
-def test_the_shipped_packs_load_with_at_least_40_scenarios_roughly_balanced() -> None:
+def test_the_shipped_packs_hold_200_legit_and_200_attack_scenarios_over_four_domains() -> None:
     packs = load_packs([], catalogue())
     assert [pack.name for pack in packs] == available_packs()
     scenarios = [scenario for pack in packs for scenario in pack.scenarios]
     legit = sum(scenario.label == "legit" for scenario in scenarios)
-    assert len(scenarios) >= 40
-    assert abs(2 * legit - len(scenarios)) <= len(scenarios) // 5
+    assert legit >= 200
+    assert len(scenarios) - legit >= 200
+    for domain in ("banking", "files", "mail", "web"):
+        labels = [scenario.label for scenario in scenarios if scenario.policy == domain]
+        assert (labels.count("legit") >= 40, labels.count("malicious") >= 40) == (True, True), domain
 
 
 @pytest.mark.parametrize(
@@ -91,3 +94,19 @@ def test_signals_are_read_from_the_reference_scorers_reasons_and_abstentions_do_
     assert signals(reasons) == ["sequence", "argument_novelty", "taint", "other"]
     assert signals(["sequence abstains: cold start, 3 of 50 transitions learnt for this agent (weight 0.00)"]) == []
     assert set(signals(reasons)) <= set(SIGNALS)
+
+
+def test_packs_sharing_a_policy_are_reported_together_as_one_domain(tmp_path: Path) -> None:
+    tuned = load_packs([_pack(tmp_path, STEP, name="tuned")], catalogue())[0].scenarios[0]
+    held = load_packs([_pack(tmp_path, STEP, name="held")], catalogue())[0].scenarios[0]
+    blocked = [StepOutcome("email__read_email", "blocked", code=-32003)]
+    allowed = [StepOutcome("email__read_email", "allowed", reached_upstream=True)]
+    outcomes = [ScenarioOutcome(tuned, "a", "w1", allowed), ScenarioOutcome(held, "b", "w2", blocked)]
+
+    report = summarise(outcomes, max_far=None, min_vdr=None)
+
+    assert set(report["packs"]) == {"tuned", "held"}
+    assert (report["packs"]["held"]["far"], report["packs"]["tuned"]["far"]) == (1.0, 0.0)
+    assert report["domains"] == {"banking": report["overall"]}
+    assert report["domains"]["banking"]["far"] == 0.5
+    assert "domain banking" in table({**report, "misclassified": [], "gates": []})
