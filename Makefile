@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# The optional semantic-drift signal's model (verifier/_semantic.py): its tests need it.
+	VENV=$(VENV) scripts/install-semantic
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from bastion._errors import ConfigError
 from bastion._settings import CommonSettings, parse_addr
 
-from ._engine import ScorerConfig
+from ._engine import ScorerConfig, check_semantic
 from ._sequence import SequenceConfig
 
 _DEFAULT_SCORER = ScorerConfig()
@@ -51,6 +51,13 @@ class VerifierSettings(CommonSettings):
         default=0.8,
         description="Score added when a sink's argument is wholly a control value from an untrusted result's free "
         "text (signal taint; half for copied prose, a quarter for a structured field, scaled by the tainted fraction).",
+    )
+    verifier_semantic: bool = Field(
+        default=False,
+        description="Run the semantic_drift signal: up to 0.3 when the action is far from the task by sentence "
+        "embeddings (all-MiniLM-L6-v2 in numpy; tens of ms a call on 2 vCPUs, so raise BASTION_VERIFIER_TIMEOUT_MS "
+        "to match). Needs scripts/install-semantic: the verifier refuses to start when it is on and the model "
+        "is missing.",
     )
     verifier_sequence_min_transitions: int = Field(
         default=50,
@@ -106,6 +113,18 @@ class VerifierSettings(CommonSettings):
             raise ValueError(str(exc)) from exc
         return value
 
+    @field_validator("verifier_semantic")
+    @classmethod
+    def _semantic_installed(cls, value: bool) -> bool:
+        # Checked here, so that `bastion verifier serve` refuses to start with a clear
+        # message (exit 2) rather than once serving; only the files, not the weights.
+        if value:
+            try:
+                check_semantic()
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
     @field_validator(
         "verifier_sequence_min_transitions",
         "verifier_sequence_rare",
@@ -130,6 +149,7 @@ class VerifierSettings(CommonSettings):
             argument_weight=self.verifier_argument_weight,
             contradiction_weight=self.verifier_contradiction_weight,
             taint_weight=self.verifier_taint_weight,
+            semantic=self.verifier_semantic,
         )
 
     def sequence_config(self) -> SequenceConfig:

@@ -16,6 +16,9 @@ Three signals, each adding its weight to the score when it fires:
   the proxy's provenance labels in ``ctx.taint`` say (``_taint.py``): weighted by how much
   of the argument is tainted and by the structure of the data (a control value picked out
   of free text, prose copied out of it, or a whole structured field).
+- ``semantic_drift``, optional and off by default (``ScorerConfig.semantic``,
+  BASTION_VERIFIER_SEMANTIC): the action's text is far, by sentence embeddings, from the
+  task's (``_semantic.py``, imported only when on).
 
 ``deviation_score = min(1, sum of fired weights)``, rounded to 6 places so that weights
 adding up to the threshold on paper reach it in floating point. The verdict is BLOCK at
@@ -24,7 +27,8 @@ verifier/INTERFACE.md has the details.
 
 No I/O, no logging, no clock. The only state is the sequence model, which learns from each
 request's history before scoring it: the same model state and request always get the same
-answer.
+answer. The semantic model is read-only once loaded, and its task-embedding cache only saves
+time.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import re
 import string
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf import struct_pb2
 
@@ -41,12 +47,18 @@ from bastion._errors import ConfigError
 from bastion.v1 import verifier_pb2
 
 from ._sequence import START, SequenceModel, precedent, step_key
+from ._intent import intent_signal
 from ._taint import is_sink, taint_signal
+
+if TYPE_CHECKING:
+    from ._semantic import SemanticDrift
 
 NAME = "reference"
 VERSION = "0.2"
 SCORER = f"{NAME}/{VERSION}"
-SIGNALS = ("sequence", "argument_novelty", "taint")
+SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
+#: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).
+SEMANTIC_SIGNAL = "semantic_drift"
 
 # Each pattern starts with a look-behind so a match can only begin at the start of a
 # run of its characters: without it a long run with no '@' or '://' is re-scanned from
@@ -103,26 +115,104 @@ class ScorerConfig:
     contradiction_weight: float = 0.8
     #: What a sink argument wholly a control value from an untrusted result's free text adds.
     taint_weight: float = 0.8
+    #: What a sink adds when the task asks for no action at all (signal intent, _intent.py).
+    intent_weight: float = 0.4
+    #: What a destructive sink (delete, remove, cancel, …) adds when the task asks for nothing destructive.
+    destructive_weight: float = 0.8
+    #: Whether the semantic_drift signal runs (its model must be installed: scripts/install-semantic).
+    semantic: bool = False
 
     def __post_init__(self) -> None:
         # NaN fails every comparison, so these checks also reject it.
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"verifier threshold must be in (0, 1], got {self.threshold}")
-        for name in ("sequence_weight", "argument_weight", "contradiction_weight", "taint_weight"):
+        for name in (
+            "sequence_weight",
+            "argument_weight",
+            "contradiction_weight",
+            "taint_weight",
+            "intent_weight",
+            "destructive_weight",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"verifier {name} must be in [0, 1], got {value}")
 
 
+def load_semantic(path: Path | None = None) -> SemanticDrift:
+    """The semantic_drift signal with its model (from the installed model package unless `path`).
+
+    A ConfigError, never a silently absent signal, when a dependency or the model is
+    missing: an operator who turned it on is relying on it.
+    """
+    try:
+        from ._semantic import load
+    except ImportError as exc:
+        raise _semantic_missing(exc) from exc
+    return load(path)
+
+
+def check_semantic() -> None:
+    """A ConfigError unless the semantic_drift signal can load; reads no weights (settings check)."""
+    try:
+        from ._semantic import model_dir
+    except ImportError as exc:
+        raise _semantic_missing(exc) from exc
+    model_dir()
+
+
+def _semantic_missing(exc: ImportError) -> ConfigError:
+    return ConfigError(
+        f"BASTION_VERIFIER_SEMANTIC is on but the Python package {exc.name!r} is not installed: "
+        "run scripts/install-semantic, or turn the setting off"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ReferenceScorer:
     """Scores one ScoreRequest. Immutable but for its sequence model, which learns from each
-    request's history; safe to share between calls on one event loop (not between threads)."""
+    request's history; safe to share between calls on one event loop (not between threads).
+
+    With `config.semantic`, the semantic_drift model is `drift`, loaded from the installed
+    model package when not given (a ConfigError when it is not installed). `semantic_signal`
+    is thread-safe, so a caller can compute it off the event loop and hand it to `score`.
+    """
 
     config: ScorerConfig = field(default_factory=ScorerConfig)
     sequence: SequenceModel = field(default_factory=SequenceModel)
+    drift: SemanticDrift | None = None
 
-    def score(self, request: verifier_pb2.ScoreRequest) -> verifier_pb2.ScoreResponse:
+    def __post_init__(self) -> None:
+        if self.config.semantic and self.drift is None:
+            # Loaded at construction, not at the first call: a missing model stops the
+            # verifier at start, and no request pays the ~0.5 s of reading 90 MB.
+            object.__setattr__(self, "drift", load_semantic())
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """The names of the signals this scorer runs, as VerifierInfo reports them."""
+        return (*SIGNALS, SEMANTIC_SIGNAL) if self.config.semantic else SIGNALS
+
+    def semantic_signal(self, request: verifier_pb2.ScoreRequest) -> tuple[float, str]:
+        """(weight, reason) of semantic_drift; (0, "") when it is off or the action is no step.
+
+        Thread-safe and pure (the task cache only saves time). It costs an embedding, tens
+        of milliseconds on 2 vCPUs, so an async caller runs it in a worker thread and hands
+        the result to `score`.
+        """
+        action = request.action
+        drift = self.drift
+        if not self.config.semantic or drift is None:
+            return 0.0, ""
+        if not step_key(action.kind, action.server, action.tool or action.prompt or action.resource):
+            return 0.0, ""
+        return drift.signal(request.ctx.task, action)
+
+    def score(
+        self, request: verifier_pb2.ScoreRequest, semantic: tuple[float, str] | None = None
+    ) -> verifier_pb2.ScoreResponse:
+        """The response to `request`. `semantic` is semantic_signal(request) when the caller
+        computed it already (off the event loop); otherwise it is computed here, when on."""
         config = self.config
         fired: list[tuple[float, str]] = []
         abstained: list[str] = []
@@ -143,6 +233,15 @@ class ReferenceScorer:
         weight, reason, origin = taint_signal(action, ctx.taint, request.history, config.taint_weight, ctx.task)
         if weight > 0:
             fired.append((weight, reason))
+        weight, reason = intent_signal(tool, ctx.taint, ctx.task, config.intent_weight, config.destructive_weight)
+        if weight > 0:
+            fired.append((weight, reason))
+        if config.semantic:
+            weight, reason = semantic if semantic is not None else self.semantic_signal(request)
+            if weight > 0:
+                fired.append((weight, reason))
+            elif reason:
+                abstained.append(reason)
         score = round(min(1.0, math.fsum(weight for weight, _ in fired)), 6)
         if score >= config.threshold:
             verdict = verifier_pb2.BLOCK

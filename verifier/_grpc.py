@@ -3,25 +3,33 @@
 Authentication is not here: the service-token interceptor of bastion._rpc runs before
 every handler. Errors are: a request without an action is INVALID_ARGUMENT, a scorer
 failure is INTERNAL; either way the proxy applies the policy's verifier fallback.
+
+With BASTION_VERIFIER_SEMANTIC on, the semantic_drift signal of each request (an embedding:
+tens of milliseconds) is computed in a worker thread first, so the event loop keeps serving
+other calls meanwhile; the rest of scoring stays on the loop, where the sequence model lives.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from google.protobuf import empty_pb2
 
 from bastion.v1 import verifier_pb2, verifier_pb2_grpc
 
-from ._engine import NAME, SIGNALS, VERSION, ReferenceScorer
+from ._engine import NAME, VERSION, ReferenceScorer
 from ._metrics import VerifierMetrics
 
 log = logging.getLogger("bastion.verifier")
 
 SERVICE_NAME: str = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
+#: A request's semantic_drift, as computed off the loop: (weight, reason), None when off, or
+#: the exception computing it raised.
+_Semantic = tuple[float, str] | Exception | None
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
@@ -32,7 +40,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self._info = verifier_pb2.VerifierInfo(
             name=NAME,
             version=VERSION,
-            signals=SIGNALS,
+            signals=scorer.signals,
             default_threshold=scorer.config.threshold,
         )
 
@@ -47,8 +55,12 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         try:
             # Scoring takes tens of microseconds, so it runs on the event loop: handing it
             # to a thread would cost more than it does. A padded request is held to the
-            # scan budgets of _engine (MAX_STRING_BYTES), not scanned in full.
-            response = self._scorer.score(request)
+            # scan budgets of _engine (MAX_STRING_BYTES), not scanned in full. Only the
+            # optional semantic signal, which costs milliseconds, goes to a thread.
+            [semantic] = await self._semantic([request])
+            if isinstance(semantic, Exception):
+                raise semantic
+            response = self._scorer.score(request) if semantic is None else self._scorer.score(request, semantic)
         except Exception as exc:
             self._metrics.failed(time.perf_counter() - started)
             log.exception("reference scorer failed", extra={"fields": {"node_id": request.node_id}})
@@ -69,7 +81,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         # must not end the stream for every other action, so it is answered with no
         # verdict, which the proxy treats as a verifier failure (fallback).
         async for request in request_iterator:
-            yield self._score_one(request)
+            [semantic] = await self._semantic([request])
+            yield self._score_one(request, semantic)
 
     async def ScoreBatchStream(
         self,
@@ -79,14 +92,35 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         # The proxy's hot path: as ScoreStream, with every request that waited at the
         # proxy in one message, so one gRPC message serves many calls under load.
         async for batch in request_iterator:
-            yield verifier_pb2.ScoreBatchResponse(responses=[self._score_one(request) for request in batch.requests])
+            requests = batch.requests
+            semantic = await self._semantic(requests)
+            yield verifier_pb2.ScoreBatchResponse(
+                responses=[self._score_one(request, signal) for request, signal in zip(requests, semantic, strict=True)]
+            )
 
-    def _score_one(self, request: verifier_pb2.ScoreRequest) -> verifier_pb2.ScoreResponse:
+    async def _semantic(self, requests: Sequence[verifier_pb2.ScoreRequest]) -> list[_Semantic]:
+        """Each request's semantic_drift (weight, reason), computed in a worker thread; None when
+        it is off. A failure is kept for that request alone, and raised when it is scored."""
+        if not self._scorer.config.semantic:
+            return [None] * len(requests)
+        return await asyncio.to_thread(lambda: [self._semantic_one(request) for request in requests])
+
+    def _semantic_one(self, request: verifier_pb2.ScoreRequest) -> _Semantic:
+        if not request.HasField("action"):
+            return None
+        try:
+            return self._scorer.semantic_signal(request)
+        except Exception as exc:
+            return exc
+
+    def _score_one(self, request: verifier_pb2.ScoreRequest, semantic: _Semantic = None) -> verifier_pb2.ScoreResponse:
         started = time.perf_counter()
         try:
             if not request.HasField("action"):
                 raise ValueError("ScoreRequest.action is required")
-            response = self._scorer.score(request)
+            if isinstance(semantic, Exception):
+                raise semantic
+            response = self._scorer.score(request) if semantic is None else self._scorer.score(request, semantic)
             self._metrics.scored(response.verdict, time.perf_counter() - started)
         except Exception as exc:
             self._metrics.failed(time.perf_counter() - started)
