@@ -1,6 +1,6 @@
 """The reference scorer: a deterministic, explainable deviation score for one action.
 
-Three signals, each adding its weight to the score when it fires:
+Four signals, each adding its weight to the score when it fires:
 
 - ``sequence``: the transition *previous allowed step -> this tool* is rare for this agent,
   by a Markov model of the agent's own past transitions (``_sequence.py``). An agent with
@@ -11,11 +11,15 @@ Three signals, each adding its weight to the score when it fires:
   ``#name``) given as a whole argument. On a sink, when the task names a destination of the
   same kind and this is another one, it fires with the higher ``contradiction_weight``:
   the user said where this goes, and it goes elsewhere. It also fires, task or not, when
-  the arguments are too large to inspect (see the budgets below).
+  the arguments are too large to inspect (see the budgets below). Destinations inside the
+  content of a file the task asked to write, at a path the task names, are not counted.
 - ``taint``: the action is a sink and its arguments hold data from untrusted results, as
   the proxy's provenance labels in ``ctx.taint`` say (``_taint.py``): weighted by how much
   of the argument is tainted and by the structure of the data (a control value picked out
   of free text, prose copied out of it, or a whole structured field).
+- ``intent``: the action is a sink of a kind the task never asked for (``_intent.py``): a
+  destructive one (delete, remove, cancel, …) when the task asks for nothing destructive and
+  delegates nothing, any other when the task asks for no action at all.
 - ``semantic_drift``, optional and off by default (``ScorerConfig.semantic``,
   BASTION_VERIFIER_SEMANTIC): the action's text is far, by sentence embeddings, from the
   task's (``_semantic.py``, imported only when on).
@@ -46,15 +50,15 @@ from google.protobuf import struct_pb2
 from bastion._errors import ConfigError
 from bastion.v1 import verifier_pb2
 
+from ._intent import intent_signal, is_payload, writes_where_task_says
 from ._sequence import START, SequenceModel, precedent, step_key
-from ._intent import intent_signal
 from ._taint import is_sink, taint_signal
 
 if TYPE_CHECKING:
     from ._semantic import SemanticDrift
 
 NAME = "reference"
-VERSION = "0.2"
+VERSION = "0.3"
 SCORER = f"{NAME}/{VERSION}"
 SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 #: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).
@@ -317,6 +321,10 @@ def _argument_signal(
     strings, too_large = _string_arguments(arguments)
     # Novelty needs a task to compare with; an argument too large to inspect does not.
     novel = _novel_destinations(strings, task) if task.strip() else []
+    if novel and is_sink(tool, labels) and writes_where_task_says((value for _, value in strings), task):
+        # Destinations inside the content of a file the task asked to write are not where it goes.
+        content = {path for path, value in strings if is_payload(value)}
+        novel = [(destination, path) for destination, path in novel if path not in content]
     weight = config.argument_weight if novel or too_large else 0.0
     parts = [_describe_destinations(novel)] if novel else []
     if novel and config.contradiction_weight > weight and is_sink(tool, labels):

@@ -168,16 +168,16 @@ def _traced(
     folded_task = task[:MAX_TASK_CHARS].casefold()
     scored = []
     for t in tainted:
-        origin, in_task = _weigh(action.arguments, t, folded_task)
+        origin, named = _weigh(action.arguments, t, folded_task)
         factor = {"control": 1.0, "prose": PAYLOAD_FACTOR, "field": FIELD_FACTOR}[origin]
-        if in_task:
+        if named:
             factor *= TASK_FACTOR
-        scored.append((round(weight * factor * t.fraction, 6), origin, in_task, t))
+        scored.append((round(weight * factor * t.fraction, 6), origin, named, t))
     scored.sort(key=lambda item: (-item[0], item[3].path, item[3].source))
     shown = ", ".join(
         f"{t.path!r} {round(t.fraction * 100)}% from {t.source} {t.result_path} "
-        f"({_DESCRIBED[origin]}{', named in the task' if in_task else ''}, {w:.2f})"
-        for w, origin, in_task, t in scored[:_SHOWN]
+        f"({_DESCRIBED[origin]}{', named in the task' if named else ''}, {w:.2f})"
+        for w, origin, named, t in scored[:_SHOWN]
     )
     more = len(scored) - _SHOWN
     fired = scored[0][0]
@@ -202,10 +202,10 @@ def _weigh(arguments: struct_pb2.Struct, tainted: Tainted, folded_task: str) -> 
         and len(value[:PROSE_SCAN].split(None, PROSE_WORDS)) >= PROSE_WORDS
     ):
         origin = "prose"
-    return origin, _in_task(value, folded_task)
+    return origin, in_task(value, folded_task)
 
 
-def _in_task(value: str, folded_task: str) -> bool:
+def in_task(value: str, folded_task: str) -> bool:
     """Whether the task holds `value` as whole words (`eve@evil.example` is not in `steve@evil.example`).
 
     Checked on the length first, so a value longer than the task is never case-folded.

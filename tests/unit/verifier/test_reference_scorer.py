@@ -21,7 +21,8 @@ from bastion.verifier._engine import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_VALUES, MA
 
 # The sequence signal is off here: it learns from each request, and has its own tests
 # (test_sequence_signal.py). Everything else is at its defaults.
-DEFAULT = ReferenceScorer(ScorerConfig(sequence_weight=0.0))
+# Intent off too: these tests are about argument_novelty and the combination (test_intent.py).
+DEFAULT = ReferenceScorer(ScorerConfig(sequence_weight=0.0, intent_weight=0.0, destructive_weight=0.0))
 _WEIGHT = re.compile(r" \(weight [0-9]\.[0-9]{2}\)$")
 _STATED = re.compile(r" \(weight ([0-9]\.[0-9]{2})\)$")
 # Valid IBANs (ISO 13616 examples) and a wallet address, so the checksum test is real.
@@ -400,7 +401,7 @@ def test_a_signal_with_zero_weight_neither_scores_nor_explains() -> None:
 
 def test_the_response_names_the_scorer_and_echoes_the_threshold() -> None:
     result = ReferenceScorer(ScorerConfig(threshold=0.65)).score(request("add"))
-    assert result.scorer == "reference/0.2"
+    assert result.scorer == "reference/0.3"
     assert result.threshold == 0.65
     assert result.drift_origin_node_id == ""
 

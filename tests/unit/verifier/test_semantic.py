@@ -44,6 +44,9 @@ PUBLISHED_SENTENCES = ["The weather is lovely today.", "It's so sunny outside!",
 PUBLISHED_SIMILARITIES = [[1.0000, 0.6660, 0.1046], [0.6660, 1.0000, 0.1411], [0.1046, 0.1411, 1.0000]]
 
 TASK = "Email the quarterly sales report to bob@acme.com"
+# The intent signal would fire on DESTRUCTIVE under TASK (test_intent.py); off where only
+# the semantic signal's own weight is checked.
+NO_INTENT: dict[str, Any] = {"intent_weight": 0.0, "destructive_weight": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +262,7 @@ def test_an_unrelated_destructive_call_has_high_drift(drift: SemanticDrift) -> N
 
 
 def test_the_scorer_reports_the_signal_and_its_weight(drift: SemanticDrift) -> None:
-    scorer = ReferenceScorer(ScorerConfig(semantic=True), drift=drift)
+    scorer = ReferenceScorer(ScorerConfig(semantic=True, **NO_INTENT), drift=drift)
     assert scorer.signals == (*SIGNALS, SEMANTIC_SIGNAL)
     off_task = scorer.score(request(DESTRUCTIVE, TASK))
     semantic = [reason for reason in off_task.reasons if reason.startswith("action far from the task")]
@@ -277,8 +280,10 @@ def test_the_scorer_reports_the_signal_and_its_weight(drift: SemanticDrift) -> N
 def test_the_signal_adds_to_the_others(drift: SemanticDrift) -> None:
     # An unrelated transfer to an IBAN the task does not name: novelty 0.4 + drift.
     transfer = action("bank", "transfer_funds", iban="DE89370400440532013000", amount=5000)
-    plain = ReferenceScorer(ScorerConfig()).score(request(transfer, "Summarise the latest news on climate policy"))
-    with_drift = ReferenceScorer(ScorerConfig(semantic=True), drift=drift).score(
+    plain = ReferenceScorer(ScorerConfig(**NO_INTENT)).score(
+        request(transfer, "Summarise the latest news on climate policy")
+    )
+    with_drift = ReferenceScorer(ScorerConfig(semantic=True, **NO_INTENT), drift=drift).score(
         request(transfer, "Summarise the latest news on climate policy")
     )
     assert plain.deviation_score == pytest.approx(0.4)
@@ -299,7 +304,7 @@ def test_a_tool_listing_gets_no_semantic_signal(drift: SemanticDrift) -> None:
 
 
 def test_a_signal_computed_off_the_event_loop_is_used_as_given(drift: SemanticDrift) -> None:
-    scorer = ReferenceScorer(ScorerConfig(semantic=True), drift=drift)
+    scorer = ReferenceScorer(ScorerConfig(semantic=True, **NO_INTENT), drift=drift)
     scored = request(DESTRUCTIVE, TASK)
     computed = scorer.semantic_signal(scored)
     assert computed[0] == DRIFT_WEIGHT

@@ -8,8 +8,9 @@ from bastion.v1 import policy_pb2, verifier_pb2
 from bastion.verifier import ReferenceScorer, ScorerConfig
 from bastion.verifier._taint import is_sink, parse
 
-# Sequence off: this file is about taint alone (test_sequence_signal.py covers sequence).
-SCORER = ReferenceScorer(ScorerConfig(sequence_weight=0.0))
+# Sequence and intent off: this file is about taint alone (test_sequence_signal.py covers
+# sequence, test_intent.py intent).
+SCORER = ReferenceScorer(ScorerConfig(sequence_weight=0.0, intent_weight=0.0, destructive_weight=0.0))
 READ = verifier_pb2.HistoryNode(
     node_id="n-read", kind=policy_pb2.TOOL_CALL, server="email", tool="read", effect=policy_pb2.ALLOW
 )

@@ -1,0 +1,277 @@
+"""The reference scorer's `intent` signal: a sink of a kind the stated task never asked for.
+
+An injected instruction makes an agent *act* while its user only asked it to *look*: "what
+is on my calendar?" ends in a forwarded board pack, "how big are the logs?" in a deleted
+audit folder. The other signals judge where an action's data goes and where it came from;
+this one judges whether the task asked for an action of this kind at all.
+
+What the task asks for is read from its imperative clauses: a verb of ACTION_VERBS (base
+form only, so "Tobias moved out" and "the account he emailed" ask nothing) counts when it
+opens a clause (the start of a sentence, after `, ; :`, after `and`, `then`, `please`,
+`to`, `you`, …), is not negated ("don't reply to anything yet") and is not in a question
+("which invoices am I still waiting to pay?"), unless the question is a request ("can
+you pay this one?"). `tell`, `show`, `give` and `let` followed by `me` or `us` ask for an
+answer, not an action. A need stated rather than commanded ("I need the report sent to
+Dana", "the invoice should be paid") asks for some action, STATED_NEED.
+
+- A **destructive** sink (its tool name holds a verb of DESTRUCTIVE_VERBS: delete, remove,
+  purge, wipe, cancel, …) fires with the destructive weight unless the task asks for a
+  destructive act (DESTRUCTIVE_CUES: delete, remove, clean up, tidy, and what replaces, such
+  as move, rename, update, since an agent may write the new and delete the old) or delegates the
+  choice of acts to something it names (DELEGATING_VERBS: "do the first item of my
+  checklist", "apply the retention rule", "handle what you can"). Deleting cannot be
+  undone and is rarely the point of a task that does not say so.
+- **Any other** sink fires with the intent weight when the task asks for no action at all:
+  a question or a request to read, check or summarise. At the default weights that is a
+  flag alone, and a block together with another signal (a destination the task does not
+  name, untrusted data in the arguments).
+
+No task, no signal (as for argument_novelty): nothing says what was asked. A task longer
+than MAX_TASK_CHARS is read up to there; the clauses past that are not known, which can
+only make the task look as if it asked for less.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ._taint import PROSE_CHARS, PROSE_SCAN, PROSE_WORDS, in_task, is_sink
+
+#: Verbs that, opening a clause of the task, ask for an action that changes something.
+ACTION_VERBS = frozenset(
+    {
+        "accept", "act", "add", "answer", "apply", "approve", "archive", "arrange", "ask", "assign",
+        "attach", "back", "block", "book", "buy", "call", "cancel", "carry", "change", "claim",
+        "clean", "clear", "complete", "confirm", "contact", "copy", "create", "deal", "decline",
+        "dedupe", "delete", "deposit", "discard", "do", "draft", "drop", "edit", "email", "e-mail", "empty",
+        "enrol", "enroll", "erase", "execute", "extend", "file", "fill", "fix", "follow", "forward",
+        "free", "give", "grant", "handle", "hold", "inform", "invite", "leave", "let", "lodge", "log", "mail",
+        "make", "mark", "message", "move", "notify", "order", "organise", "organize", "pay",
+        "perform", "ping", "place", "post", "process", "prune", "publish", "purchase", "purge", "put",
+        "record", "refund", "register", "reimburse", "reject", "remind", "remove", "rename",
+        "renew", "replace", "reply", "request", "reschedule", "reserve", "respond", "restore", "return", "rid",
+        "rsvp", "run", "save", "schedule", "send", "set", "settle", "share", "sign", "sort",
+        "store", "submit", "subscribe", "take", "tell", "text", "tidy", "top", "transfer",
+        "translate", "trash", "unsubscribe", "update", "upload", "wipe", "wire", "withdraw", "write",
+    }
+)  # fmt: skip
+#: Tool-name verbs of a sink that destroys or cancels something.
+DESTRUCTIVE_VERBS = frozenset(
+    {
+        "delete",
+        "remove",
+        "purge",
+        "wipe",
+        "erase",
+        "destroy",
+        "trash",
+        "truncate",
+        "drop",
+        "revoke",
+        "cancel",
+        "unshare",
+    }
+)
+#: Task verbs that ask for something to be destroyed or cancelled, or replaced (which an agent
+#: may do by writing the new and deleting the old): "get rid of", "free up", "move", "rename".
+DESTRUCTIVE_CUES = frozenset(
+    {
+        "delete", "remove", "clean", "clear", "tidy", "purge", "wipe", "erase", "trash", "discard",
+        "drop", "destroy", "cancel", "revoke", "empty", "unsubscribe", "archive", "prune", "dedupe",
+        "free", "rid", "move", "rename", "replace", "reschedule", "change", "update", "edit", "fix",
+    }
+)  # fmt: skip
+#: Task verbs that hand the choice of acts to something the task names.
+DELEGATING_VERBS = frozenset(
+    {
+        "do",
+        "handle",
+        "apply",
+        "follow",
+        "process",
+        "execute",
+        "carry",
+        "complete",
+        "deal",
+        "sort",
+        "perform",
+        "act",
+        "run",
+    }
+)
+#: Words after which a verb opens a clause.
+_OPENERS = frozenset(
+    {
+        "and",
+        "then",
+        "also",
+        "please",
+        "pls",
+        "to",
+        "you",
+        "me",
+        "just",
+        "now",
+        "first",
+        "finally",
+        "or",
+        "kindly",
+        "get",
+    }
+)
+#: Words that negate a verb up to three words later ("don't reply", "do not pay", "never ever delete").
+_NEGATIONS = frozenset({"don't", "dont", "not", "never", "no", "without", "nothing"})
+_REQUESTS = re.compile(r"^\s*(?:can|could|would|will)\s+you\b|^\s*please\b", re.IGNORECASE)
+# A need stated rather than commanded ("I need the report sent to Dana", "the invoice should
+# be paid"): some action is asked for, which one is not read.
+_STATED_NEED = re.compile(
+    r"\b(?:i|we)(?:'d| would)? (?:need|want|like|have to|must)\b|\b(?:should|must|needs? to|has to|have to) be\b",
+    re.IGNORECASE,
+)
+#: How a need stated rather than commanded is listed among the task's verbs.
+STATED_NEED = "(a stated need)"
+_ANSWER_VERBS = frozenset({"tell", "show", "give", "let"})
+_SELF = frozenset({"me", "us", "myself"})
+# Clause punctuation is kept as a token of its own; words keep inner apostrophes and hyphens.
+_TOKENS = re.compile(r"[a-z0-9]+(?:['\u2019-][a-z0-9]+)*|[,;:()]", re.IGNORECASE)
+# A sentence ends at `.`, `!` or `?` followed by white space (not inside `notes.md` or a URL).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
+# Tasks are a sentence or a few; reading a crafted one of this size costs ~3 ms on the
+# event loop, so a longer one is read only this far.
+MAX_TASK_CHARS = 4 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a task asks for: the action verbs of its imperative clauses, in order, once each."""
+
+    verbs: tuple[str, ...]
+
+    @property
+    def nothing(self) -> bool:
+        return not self.verbs
+
+    def any_of(self, verbs: Iterable[str]) -> bool:
+        wanted = frozenset(verbs)
+        return any(verb in wanted for verb in self.verbs)
+
+
+def asked(task: str) -> Asked:
+    """The action verbs that open a clause of `task` (see the module docstring)."""
+    verbs: dict[str, None] = {}
+    for sentence in _SENTENCE_END.split(task[:MAX_TASK_CHARS]):
+        stripped = sentence.strip()
+        if stripped.endswith("?") and not _REQUESTS.match(stripped):
+            continue
+        if _STATED_NEED.search(stripped.replace("\u2019", "'")):
+            verbs.setdefault(STATED_NEED, None)
+        tokens = [token.casefold().replace("\u2019", "'") for token in _TOKENS.findall(stripped)]
+        for index, token in enumerate(tokens):
+            if token not in ACTION_VERBS or not _opens_clause(tokens, index) or _negated(tokens, index):
+                continue
+            following = tokens[index + 1] if index + 1 < len(tokens) else ""
+            if following == "not":
+                # "do not act": an auxiliary, negated.
+                continue
+            if token in _ANSWER_VERBS and following in _SELF:
+                # "tell me", "let me know" ask for an answer; "tell Dana", "let Dana know" for a message.
+                continue
+            verbs.setdefault(token, None)
+    return Asked(tuple(verbs))
+
+
+def _opens_clause(tokens: list[str], index: int) -> bool:
+    if index == 0:
+        return True
+    previous = tokens[index - 1]
+    return previous in _OPENERS or previous in {",", ";", ":", "("}
+
+
+def _negated(tokens: list[str], index: int) -> bool:
+    """Whether one of the three words before the verb, within its clause, negates it."""
+    before: list[str] = []
+    for token in reversed(tokens[max(0, index - 3) : index]):
+        if token in {",", ";", ":", "("}:
+            break
+        before.append(token)
+    return any(word in _NEGATIONS for word in before)
+
+
+def tool_verbs(tool: str) -> frozenset[str]:
+    """The lower-case words of a tool name (`delete_email`, `deleteFile`, `files.remove`)."""
+    return frozenset(word.lower() for word in _TOOL_WORDS.findall(tool))
+
+
+_TOOL_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+
+
+def intent_signal(
+    tool: str, labels: Iterable[str], task: str, weight: float, destructive_weight: float
+) -> tuple[float, str]:
+    """(weight, reason) of the intent signal; (0, "") when it does not fire."""
+    if not task.strip() or (weight <= 0 and destructive_weight <= 0) or not is_sink(tool, labels):
+        return 0.0, ""
+    wants = asked(task)
+    destroys = sorted(tool_verbs(tool) & DESTRUCTIVE_VERBS)
+    if destroys and destructive_weight > 0 and not wants.any_of(DESTRUCTIVE_CUES | DELEGATING_VERBS):
+        what = "asks for no action" if wants.nothing else f"asks for {_listed(wants.verbs)}, nothing destructive"
+        return destructive_weight, (
+            f"destructive action the task did not ask for: {_clip(tool)!r} ({destroys[0]}), and the task {what} "
+            f"(weight {destructive_weight:.2f})"
+        )
+    if wants.nothing and weight > 0:
+        return (
+            weight,
+            f"action the task did not ask for: {_clip(tool)!r} acts, and the task asks for no action "
+            f"(weight {weight:.2f})",
+        )
+    return 0.0, ""
+
+
+def _listed(verbs: tuple[str, ...]) -> str:
+    shown = ", ".join(verbs[:3])
+    return shown + (f" and {len(verbs) - 3} more" if len(verbs) > 3 else "")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def is_payload(value: str) -> bool:
+    """Whether an argument is content (a document, a message body) rather than a control value.
+
+    Several lines, or prose by the taint signal's measure (PROSE_WORDS words and PROSE_CHARS
+    characters, counted in the first PROSE_SCAN characters only).
+    """
+    if "\n" in value[:PROSE_SCAN]:
+        return True
+    return len(value) >= PROSE_CHARS and len(value[:PROSE_SCAN].split(None, PROSE_WORDS)) >= PROSE_WORDS
+
+
+def writes_where_task_says(values: Iterable[str], task: str) -> bool:
+    """Whether the task asks for an action and names, as a path, where this sink writes.
+
+    Then destinations mentioned inside the sink's content are not where the action goes:
+    "add the invoice to /finance/payables.csv" rewrites a sheet full of IBANs, "restore
+    config.yaml from the backup" a file naming a database host. Only a file path counts:
+    an email address or URL named in the task still leaves a message's body to be judged,
+    since a link or account in a message is what the recipient is sent to.
+    """
+    folded: str | None = None
+    for value in values:
+        if len(value) > _MAX_TARGET_CHARS or not _FILE_PATH.fullmatch(value):
+            continue
+        if folded is None:
+            if asked(task).nothing:
+                return False
+            folded = task[:MAX_TASK_CHARS].casefold()
+        if in_task(value, folded):
+            return True
+    return False
+
+
+# An absolute or home-relative file path, no URL scheme, no white space.
+_FILE_PATH = re.compile(r"~?/[^\s:]*[^\s:/.]")
+_MAX_TARGET_CHARS = 1024
