@@ -52,6 +52,16 @@ class VerifierSettings(CommonSettings):
         description="Score added when a sink's argument is wholly a control value from an untrusted result's free "
         "text (signal taint; half for copied prose, a quarter for a structured field, scaled by the tainted fraction).",
     )
+    verifier_intent_weight: float = Field(
+        default=0.4,
+        description="Score added when a sink acts and the task asks for no action at all (a question, a summary) "
+        "(signal intent; 0 when there is no task).",
+    )
+    verifier_destructive_weight: float = Field(
+        default=0.8,
+        description="Score signal intent adds instead when the sink destroys (delete, remove, cancel, wipe...) and "
+        "the task asks for nothing destructive.",
+    )
     verifier_semantic: bool = Field(
         default=False,
         description="Run the semantic_drift signal: up to 0.3 when the action is far from the task by sentence "
@@ -101,6 +111,8 @@ class VerifierSettings(CommonSettings):
         "verifier_argument_weight",
         "verifier_contradiction_weight",
         "verifier_taint_weight",
+        "verifier_intent_weight",
+        "verifier_destructive_weight",
     )
     @classmethod
     def _in_scorer_range(cls, value: float, info: ValidationInfo) -> float:
@@ -149,6 +161,8 @@ class VerifierSettings(CommonSettings):
             argument_weight=self.verifier_argument_weight,
             contradiction_weight=self.verifier_contradiction_weight,
             taint_weight=self.verifier_taint_weight,
+            intent_weight=self.verifier_intent_weight,
+            destructive_weight=self.verifier_destructive_weight,
             semantic=self.verifier_semantic,
         )
 

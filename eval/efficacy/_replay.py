@@ -36,6 +36,9 @@ SIGNAL_PREFIXES = (
     ("arguments too large to inspect", "argument_novelty"),
     ("argument ", "argument_novelty"),
     ("untrusted data in sink arguments", "taint"),
+    ("action the task did not ask for", "intent"),
+    ("destructive action the task did not ask for", "intent"),
+    ("action far from the task", "semantic_drift"),
 )
 _META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 _TIMEOUT_S = 30.0

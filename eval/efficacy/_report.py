@@ -27,7 +27,7 @@ from typing import Any
 
 from ._replay import ScenarioOutcome, signals
 
-SIGNALS = ("sequence", "argument_novelty", "taint", "other")
+SIGNALS = ("sequence", "argument_novelty", "taint", "intent", "semantic_drift", "other")
 
 
 def _rate(part: int, whole: int) -> float | None:

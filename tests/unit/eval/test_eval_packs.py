@@ -89,9 +89,11 @@ def test_signals_are_read_from_the_reference_scorers_reasons_and_abstentions_do_
         "rare transition for this agent: app__send after app__read, 0 of 40 times (under 5%) (weight 0.30)",
         "destination not named in the task: 'eve@evil.example' (argument 'to') (weight 0.40)",
         "untrusted data in sink arguments: 'to' 100% from email__read content[0].text (free text, 0.80) (weight 0.80)",
+        "destructive action the task did not ask for: 'files__delete_file' (delete) (weight 0.80)",
+        "action far from the task: semantic similarity -0.05 (under 0.35; full weight at 0.10) (weight 0.30)",
         "something a third-party verifier said",
     ]
-    assert signals(reasons) == ["sequence", "argument_novelty", "taint", "other"]
+    assert signals(reasons) == ["sequence", "argument_novelty", "taint", "intent", "semantic_drift", "other"]
     assert signals(["sequence abstains: cold start, 3 of 50 transitions learnt for this agent (weight 0.00)"]) == []
     assert set(signals(reasons)) <= set(SIGNALS)
 
