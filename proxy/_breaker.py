@@ -9,8 +9,13 @@ action is let through as a trial (half-open): an answer closes the circuit, a fa
 opens it for another cool-down. Policy has no breaker: its failure blocks anyway, and
 its deadline is the only thing between an action and its answer.
 
-Single-threaded (the proxy's event loop), so no locks. `state` is exported as
-`bastion_verifier_circuit_open` (1 while open or half-open).
+Chained verifiers (BASTION_VERIFIER_CHAIN) get one breaker each: a failing member
+opens its own circuit, and while any member's is open the whole chain takes the
+fallback at once (`Governor.decide`), so breaking one link never skips it.
+
+Single-threaded (the proxy's event loop), so no locks. The first verifier's `state` is
+exported as `bastion_verifier_circuit_open` (1 while open or half-open), every member's
+as `bastion_verifier_chain_circuit_open{verifier}`.
 """
 
 from __future__ import annotations
@@ -29,13 +34,20 @@ class CircuitOpen(Exception):
 
 class CircuitBreaker:
     def __init__(
-        self, failures: int = 5, cooldown_s: float = 5.0, *, clock: Callable[[], float] = time.monotonic
+        self,
+        failures: int = 5,
+        cooldown_s: float = 5.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "the verifier",
     ) -> None:
+        """`name` says which verifier in the reason an open circuit gives."""
         if failures < 1 or cooldown_s <= 0:
             raise ValueError(f"a breaker needs failures >= 1 and cooldown > 0, got {failures}, {cooldown_s}")
         self._threshold = failures
         self._cooldown_s = cooldown_s
         self._clock = clock
+        self.name = name
         self._failures = 0
         self._opened_at: float | None = None
         self._trial = False  # a half-open trial call is in flight
@@ -56,10 +68,19 @@ class CircuitBreaker:
             return
         left = max(0.0, self._cooldown_s - waited)
         raise CircuitOpen(
-            f"circuit open after {self._threshold} consecutive failures; the verifier is tried again in {left:.1f} s"
+            f"circuit open after {self._threshold} consecutive failures; {self.name} is tried again in {left:.1f} s"
             if not self._trial
-            else "circuit half-open: a trial call to the verifier is in flight"
+            else f"circuit half-open: a trial call to {self.name} is in flight"
         )
+
+    def sibling(self, name: str) -> CircuitBreaker:
+        """A new, closed breaker with this one's settings, for another verifier."""
+        return CircuitBreaker(self._threshold, self._cooldown_s, clock=self._clock, name=name)
+
+    def cancel(self) -> None:
+        """The call `check` let through was not made after all (another chained verifier's
+        circuit is open): a trial it granted goes to the next caller instead of hanging."""
+        self._trial = False
 
     def record(self, ok: bool) -> None:
         """The outcome of a call `check` let through."""

@@ -265,6 +265,7 @@ class Enforcer:
                 block_code=outcome.block_code,
                 block_reason=outcome.block_reason,
                 verifier_fallback=outcome.verifier_fallback,
+                verifications=outcome.verifications,
             )
         except JournalError as exc:
             log.error("journal append failed; blocking", extra={"fields": {"error": str(exc)}})

@@ -5,7 +5,9 @@ Histogram children are bound once here so the hot path does no label lookups.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -16,6 +18,17 @@ from ._shipper import DEAD_LETTER_REASONS
 
 _RESULT_OUTCOMES = ("COMPLETED", "UPSTREAM_ERROR", "TIMEOUT", "CLIENT_GONE")
 _BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Circuit(Protocol):
+    """A verifier's circuit breaker as the metrics read it (`_breaker.CircuitBreaker`)."""
+
+    @property
+    def state(self) -> str: ...
+
+
+def _open(circuit: Circuit) -> float:
+    return 0.0 if circuit.state == "closed" else 1.0
 
 
 class ProxyMetrics:
@@ -59,6 +72,18 @@ class ProxyMetrics:
             "without calling it), 0 while closed.",
             registry=self.registry,
         )
+        # Per chained verifier (BASTION_VERIFIER_CHAIN): any one open makes the whole chain
+        # take the fallback, so an operator needs to see which. `verifier` is the position:
+        # 1 is BASTION_VERIFIER_ADDR (the same state as bastion_verifier_circuit_open),
+        # 2.. the chain's addresses in order.
+        self._chain_circuits = Gauge(
+            "bastion_verifier_chain_circuit_open",
+            "1 while the circuit of the verifier at this position of the chain (1 = BASTION_VERIFIER_ADDR, "
+            "2.. = BASTION_VERIFIER_CHAIN in order) is open or half-open, 0 while closed; while any is open "
+            "the chain's fallback applies without asking it.",
+            ["verifier"],
+            registry=self.registry,
+        )
 
         results = Counter(
             "bastion_action_results_total",
@@ -97,6 +122,11 @@ class ProxyMetrics:
     def watch_verifier_circuit(self, state: Callable[[], str]) -> None:
         """Read the verifier circuit's state (`_breaker.py`) at every scrape."""
         self._circuit_open.set_function(lambda: 0.0 if state() == "closed" else 1.0)
+
+    def watch_verifier_chain(self, breakers: Sequence[Circuit]) -> None:
+        """Read each chained verifier's circuit (`Governor.breakers`, in chain order) at every scrape."""
+        for position, breaker in enumerate(breakers, 1):
+            self._chain_circuits.labels(str(position)).set_function(functools.partial(_open, breaker))
 
     def watch_journal_lag(self, lag_seconds: Callable[[], float]) -> None:
         """Read the journal lag from `lag_seconds` at every scrape (the shipper's `lag_seconds`)."""

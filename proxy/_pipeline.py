@@ -16,12 +16,17 @@ Order of precedence, first that applies wins:
   5. otherwise                              → allow
 
 The verifier call's deadline is the agent's settings' timeout, applied per request on
-the stream.
+the stream. Each verifier of a chain has its own circuit breaker (`_breaker.py`); while
+any of them is open the chain is not asked and the fallback applies at once. With a
+chain, the outcome also carries every member's own answer (`Outcome.verifications`,
+journaled as Event.verifications), a member that did not answer as an entry without a
+verdict saying why, so the graph shows each verifier's say as a VERIFICATION node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -73,6 +78,9 @@ class Outcome:
     edges: tuple[tuple[str, int, str], ...] = ()
     #: The verifier fallback applied ("block", "allow", "queue"); "" when the verifier answered.
     fallback: str = ""
+    #: Each chained verifier's own answer, in chain order; empty unless more than one was
+    #: asked (`member_answers`).
+    verifications: tuple[verifier_pb2.ScoreResponse, ...] = ()
 
 
 _PLAIN = {
@@ -86,11 +94,12 @@ _PLAIN = {
 _MEASURE_ABOVE = 1 << 20
 
 
-def _describe(service: str, exc: BaseException) -> str:
+def _describe(service: str, exc: BaseException, *, logged: bool = True) -> str:
     """A block reason for the agent: the status, never the peer's details.
 
     gRPC details name internal addresses ("ipv4:10.0.3.7:50051: Connection refused");
-    they go to the proxy's log, and the agent learns what failed and why in words.
+    they go to the proxy's log (unless `logged` is False: said once already), and the
+    agent learns what failed and why in words.
     """
     if isinstance(exc, CircuitOpen):
         return f"{service} unavailable: {exc}"
@@ -99,9 +108,11 @@ def _describe(service: str, exc: BaseException) -> str:
     elif isinstance(exc, StreamFailure):
         code, details = exc.code, exc.details
     else:
-        log.warning("%s failed: %s: %s", service, type(exc).__name__, exc)
+        if logged:
+            log.warning("%s failed: %s: %s", service, type(exc).__name__, exc)
         return f"{service} unavailable: {public_reason(str(exc)) or type(exc).__name__}"
-    log.warning("%s failed (%s): %s", service, code.name, details)
+    if logged:
+        log.warning("%s failed (%s): %s", service, code.name, details)
     return f"{service} unavailable ({code.name}): {_PLAIN.get(code, 'it failed')}"
 
 
@@ -125,11 +136,18 @@ class Governor:
         """`verifier_settings` gives each agent's verifier timeout, threshold and fallback
         (`PolicyWatch`); without it every agent gets `verifier_timeout` and `fallback_allow`.
         `chain`: further verifiers asked with the first, the strictest answer deciding
-        (`strictest`); the breaker watches the first only."""
+        (`strictest`). `breaker` watches the first; each chained verifier gets a breaker
+        of the same settings (`CircuitBreaker.sibling`)."""
         uniform = VerifierSettings(verifier_timeout, "allow" if fallback_allow else "block")
         self._settings_for = verifier_settings or (lambda agent_id: uniform)
+        #: The names the proxy gives its verifiers (in reasons, logs and metric labels), in chain order.
+        self.verifier_names = ("verifier", *(f"chained verifier {n}" for n in range(2, len(chain) + 2)))
         #: Stops calling a failing verifier for a while (`_breaker.py`); None calls it always.
         self.breaker = breaker
+        #: One breaker per verifier, in chain order (the first is `breaker`); empty without one.
+        self.breakers: tuple[CircuitBreaker, ...] = (
+            (breaker, *(breaker.sibling(name) for name in self.verifier_names[1:])) if breaker is not None else ()
+        )
         self._policy_timeout = policy_timeout
         self._policy = policy
         self._metadata = metadata
@@ -151,8 +169,9 @@ class Governor:
             policy_timeout,
         )
         #: The verifier first, then BASTION_VERIFIER_CHAIN's: all asked about every action.
-        self._scorers = [_scorer(verifier, metadata, verifier_timeout, "verifier")] + [
-            _scorer(stub, metadata, verifier_timeout, f"chained verifier {n}") for n, stub in enumerate(chain, 2)
+        self._scorers = [
+            _scorer(stub, metadata, verifier_timeout, name)
+            for stub, name in zip((verifier, *chain), self.verifier_names, strict=True)
         ]
 
     async def decide(
@@ -173,10 +192,9 @@ class Governor:
         score = verifier_pb2.ScoreRequest(action=action, ctx=ctx, history=history, node_id=node_id)
         measure = body_size > _MEASURE_ABOVE
         settings = self._settings_for(ctx.agent_id)
-        breaker = self.breaker
+        breakers = self.breakers
         try:
-            if breaker is not None:
-                breaker.check()
+            _check(breakers)
         except CircuitOpen as exc:
             decision: policy_pb2.Decision | BaseException = await _settled(
                 self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0, weight=body_size)
@@ -194,13 +212,14 @@ class Governor:
         scored: verifier_pb2.ScoreResponse | BaseException
         if len(calls) == 1:  # no chain: one gather, as few tasks as the hot path needs
             decision, scored = await asyncio.gather(deciding, calls[0], return_exceptions=True)
-            first = scored
-        else:
-            decision, answers = await asyncio.gather(_settled(deciding), asyncio.gather(*calls, return_exceptions=True))
-            first, scored = answers[0], strictest(answers)
-        if breaker is not None:
-            breaker.record(isinstance(first, verifier_pb2.ScoreResponse) and _unsound(first) is None)
-        return combine(decision, scored, settings)
+            if breakers:
+                breakers[0].record(_sound(scored))
+            return combine(decision, scored, settings)
+        decision, answers = await asyncio.gather(_settled(deciding), asyncio.gather(*calls, return_exceptions=True))
+        for member, answer in zip(breakers, answers, strict=False):
+            member.record(_sound(answer))
+        outcome = combine(decision, strictest(answers), settings)
+        return dataclasses.replace(outcome, verifications=member_answers(answers, self.verifier_names))
 
     async def allowed(self, actions: Sequence[policy_pb2.Action], ctx: policy_pb2.Context) -> list[bool]:
         """Whether policy allows each action (list filtering: no verifier, no journal).
@@ -257,6 +276,43 @@ def _scorer(
         name,
         timeout,
     )
+
+
+def _check(breakers: Sequence[CircuitBreaker]) -> None:
+    """Return when every verifier may be called; raise the first CircuitOpen otherwise,
+    handing back the half-open trials the others granted (the call is not made)."""
+    for index, breaker in enumerate(breakers):
+        try:
+            breaker.check()
+        except CircuitOpen:
+            for granted in breakers[:index]:
+                granted.cancel()
+            raise
+
+
+def _sound(answer: verifier_pb2.ScoreResponse | BaseException) -> bool:
+    """Whether a verifier answered something that can be trusted (its breaker's success)."""
+    return isinstance(answer, verifier_pb2.ScoreResponse) and _unsound(answer) is None
+
+
+def member_answers(
+    answers: Sequence[verifier_pb2.ScoreResponse | BaseException], names: Sequence[str]
+) -> tuple[verifier_pb2.ScoreResponse, ...]:
+    """Each chained verifier's own answer as journaled (Event.verifications): a sound answer
+    as it came, a failure or an unsound answer as an entry without a verdict, naming the
+    verifier and saying why (in the words the agent would get, never a peer's address)."""
+    members: list[verifier_pb2.ScoreResponse] = []
+    for answer, name in zip(answers, names, strict=True):
+        if isinstance(answer, BaseException):
+            why = _describe(name, answer, logged=False)
+            members.append(verifier_pb2.ScoreResponse(scorer=name, reasons=[why]))
+        elif (unsound := _unsound(answer)) is not None:
+            members.append(
+                verifier_pb2.ScoreResponse(scorer=answer.scorer or name, reasons=[f"{name} unusable: {unsound}"])
+            )
+        else:
+            members.append(answer)
+    return tuple(members)
 
 
 _RANK = {verifier_pb2.PASS: 0, verifier_pb2.FLAG: 1, verifier_pb2.BLOCK: 2}

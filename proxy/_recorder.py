@@ -39,7 +39,7 @@ import hashlib
 import heapq
 import logging
 import time
-from collections.abc import Callable, MutableSequence
+from collections.abc import Callable, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,8 +168,11 @@ class Recorder:
         block_code: str = "",
         block_reason: str = "",
         verifier_fallback: bool = False,
+        verifications: Sequence[verifier_pb2.ScoreResponse] = (),
     ) -> str:
-        """Journal the event; return its violation id ("" when forwarded). Raises JournalError."""
+        """Journal the event; return its violation id ("" when forwarded). Raises JournalError.
+
+        `verifications`: each chained verifier's own answer (only when a chain was asked)."""
         violation_id = new_id() if outcome != graph_pb2.FORWARDED else ""
         # The action is added by encode_event: copying it here would copy arguments of any size.
         event = graph_pb2.Event(
@@ -196,6 +199,7 @@ class Recorder:
             block_reason=block_reason,
             verifier_fallback=verifier_fallback,
             taint=record.taint,
+            verifications=verifications,
         )
         redactor = self._redactor_for(record)
         self._journal.append(

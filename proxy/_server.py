@@ -116,6 +116,7 @@ async def serve(
         chain=[verifier_pb2_grpc.VerifierStub(channel) for channel in chain_channels],
     )
     metrics.watch_verifier_circuit(lambda: governor.breaker.state if governor.breaker is not None else "closed")
+    metrics.watch_verifier_chain(governor.breakers)
     redactor = Redactor(app.redaction.paths, iban=app.redaction.iban)
     approvals: Approvals
     if settings.redis_url is None:

@@ -174,7 +174,9 @@ class LimitStage:
         try:
             admission = await self._limiter.admit(scope, limits, cost=decision.cost, call_digest=digest)
         except LimitsUnavailable as exc:
-            return Outcome(False, decision, outcome.score, LIMITS_UNAVAILABLE, str(exc))
+            return Outcome(
+                False, decision, outcome.score, LIMITS_UNAVAILABLE, str(exc), verifications=outcome.verifications
+            )
         if not admission.admitted:
             data: dict[str, Any] = {"kind": admission.kind}
             if admission.retry_after_s is not None:
@@ -197,6 +199,8 @@ class LimitStage:
                 error_message=admission.kind,
                 error_data=data,
                 on_not_forwarded=outcome.on_not_forwarded,
+                # Each chained verifier's say stays on record (Event.verifications).
+                verifications=outcome.verifications,
             )
         if admission.reservation is None:
             return outcome

@@ -28,37 +28,37 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61stion/v1/graph.proto\x12\nbastion.v1\x1a\x17\x62\x61stion/v1/policy.proto\x1a\x19\x62\x61stion/v1/verifier.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x02\n\x0c\x41\x63tionResult\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.bastion.v1.ResultOutcome\x12\x1a\n\x12jsonrpc_error_code\x18\x02 \x01(\x05\x12\x13\n\x0bhttp_status\x18\x03 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x01\x12\x15\n\rresult_digest\x18\x05 \x01(\t\x12\x14\n\x0cresult_bytes\x18\x06 \x01(\x03\x12\x30\n\x0fredacted_result\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0c\x63ompleted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\"V\n\x08\x45\x64geHint\x12\x16\n\x0etarget_node_id\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.bastion.v1.EdgeType\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x83\x06\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x12\n\nparent_ids\x18\x04 \x03(\t\x12\'\n\tnode_type\x18\x05 \x01(\x0e\x32\x14.bastion.v1.NodeType\x12#\n\x05\x65\x64ges\x18\x06 \x03(\x0b\x32\x14.bastion.v1.EdgeHint\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x12\"\n\x06\x61\x63tion\x18\x08 \x01(\x0b\x32\x12.bastion.v1.Action\x12&\n\x08\x64\x65\x63ision\x18\t \x01(\x0b\x32\x14.bastion.v1.Decision\x12+\n\x08verifier\x18\n \x01(\x0b\x32\x19.bastion.v1.ScoreResponse\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndecided_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0epayload_digest\x18\r \x01(\t\x12\x31\n\x10redacted_payload\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nsession_id\x18\x0f \x01(\t\x12\x0e\n\x06tenant\x18\x10 \x01(\t\x12$\n\x07outcome\x18\x11 \x01(\x0e\x32\x13.bastion.v1.Outcome\x12\x14\n\x0cviolation_id\x18\x12 \x01(\t\x12\x12\n\nblock_code\x18\x13 \x01(\t\x12\x14\n\x0c\x62lock_reason\x18\x14 \x01(\t\x12\x19\n\x11verifier_fallback\x18\x15 \x01(\x08\x12\x1b\n\x13\x61rguments_truncated\x18\x16 \x01(\x08\x12(\n\x06result\x18\x17 \x01(\x0b\x32\x18.bastion.v1.ActionResult\x12\x16\n\x0e\x61rguments_json\x18\x18 \x01(\x0c\x12\x17\n\x0fpayload_expired\x18\x19 \x01(\x08\x12\r\n\x05taint\x18\x1a \x03(\t\"/\n\nEventBatch\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.bastion.v1.Event\"1\n\tIngestAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\"I\n\x0eLineageRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tmax_depth\x18\x03 \x01(\x05\"\x84\x01\n\x07PathHop\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\'\n\tnode_type\x18\x02 \x01(\x0e\x32\x14.bastion.v1.NodeType\x12!\n\x03via\x18\x03 \x01(\x0e\x32\x14.bastion.v1.EdgeType\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04tool\x18\x05 \x01(\t\")\n\x04Path\x12!\n\x04hops\x18\x01 \x03(\x0b\x32\x13.bastion.v1.PathHop*o\n\x08NodeType\x12\x19\n\x15NODE_TYPE_UNSPECIFIED\x10\x00\x12\x0c\n\x08THINKING\x10\x01\x12\n\n\x06\x41\x43TION\x10\x02\x12\x0b\n\x07HANDOFF\x10\x03\x12\x10\n\x0cVERIFICATION\x10\x04\x12\x0f\n\x0bOBSERVATION\x10\x05*h\n\x08\x45\x64geType\x12\x19\n\x15\x45\x44GE_TYPE_UNSPECIFIED\x10\x00\x12\r\n\tCAUSED_BY\x10\x01\x12\x0f\n\x0bINFORMED_BY\x10\x02\x12\x0f\n\x0bVERIFIED_BY\x10\x03\x12\x10\n\x0c\x44\x45LEGATED_TO\x10\x04*L\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\r\n\tFORWARDED\x10\x01\x12\x0b\n\x07\x42LOCKED\x10\x02\x12\x0c\n\x08REJECTED\x10\x03*p\n\rResultOutcome\x12\x1e\n\x1aRESULT_OUTCOME_UNSPECIFIED\x10\x00\x12\r\n\tCOMPLETED\x10\x01\x12\x12\n\x0eUPSTREAM_ERROR\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x12\x0f\n\x0b\x43LIENT_GONE\x10\x04\x32\xbb\x01\n\x0cGraphService\x12\x34\n\x06Ingest\x12\x11.bastion.v1.Event\x1a\x15.bastion.v1.IngestAck(\x01\x12<\n\x0bIngestBatch\x12\x16.bastion.v1.EventBatch\x1a\x15.bastion.v1.IngestAck\x12\x37\n\x07Lineage\x12\x1a.bastion.v1.LineageRequest\x1a\x10.bastion.v1.Pathb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61stion/v1/graph.proto\x12\nbastion.v1\x1a\x17\x62\x61stion/v1/policy.proto\x1a\x19\x62\x61stion/v1/verifier.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x02\n\x0c\x41\x63tionResult\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.bastion.v1.ResultOutcome\x12\x1a\n\x12jsonrpc_error_code\x18\x02 \x01(\x05\x12\x13\n\x0bhttp_status\x18\x03 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x01\x12\x15\n\rresult_digest\x18\x05 \x01(\t\x12\x14\n\x0cresult_bytes\x18\x06 \x01(\x03\x12\x30\n\x0fredacted_result\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0c\x63ompleted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\"V\n\x08\x45\x64geHint\x12\x16\n\x0etarget_node_id\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.bastion.v1.EdgeType\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xb5\x06\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x12\n\nparent_ids\x18\x04 \x03(\t\x12\'\n\tnode_type\x18\x05 \x01(\x0e\x32\x14.bastion.v1.NodeType\x12#\n\x05\x65\x64ges\x18\x06 \x03(\x0b\x32\x14.bastion.v1.EdgeHint\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x12\"\n\x06\x61\x63tion\x18\x08 \x01(\x0b\x32\x12.bastion.v1.Action\x12&\n\x08\x64\x65\x63ision\x18\t \x01(\x0b\x32\x14.bastion.v1.Decision\x12+\n\x08verifier\x18\n \x01(\x0b\x32\x19.bastion.v1.ScoreResponse\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndecided_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0epayload_digest\x18\r \x01(\t\x12\x31\n\x10redacted_payload\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nsession_id\x18\x0f \x01(\t\x12\x0e\n\x06tenant\x18\x10 \x01(\t\x12$\n\x07outcome\x18\x11 \x01(\x0e\x32\x13.bastion.v1.Outcome\x12\x14\n\x0cviolation_id\x18\x12 \x01(\t\x12\x12\n\nblock_code\x18\x13 \x01(\t\x12\x14\n\x0c\x62lock_reason\x18\x14 \x01(\t\x12\x19\n\x11verifier_fallback\x18\x15 \x01(\x08\x12\x1b\n\x13\x61rguments_truncated\x18\x16 \x01(\x08\x12(\n\x06result\x18\x17 \x01(\x0b\x32\x18.bastion.v1.ActionResult\x12\x16\n\x0e\x61rguments_json\x18\x18 \x01(\x0c\x12\x17\n\x0fpayload_expired\x18\x19 \x01(\x08\x12\r\n\x05taint\x18\x1a \x03(\t\x12\x30\n\rverifications\x18\x1b \x03(\x0b\x32\x19.bastion.v1.ScoreResponse\"/\n\nEventBatch\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.bastion.v1.Event\"1\n\tIngestAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\"I\n\x0eLineageRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tmax_depth\x18\x03 \x01(\x05\"\x84\x01\n\x07PathHop\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\'\n\tnode_type\x18\x02 \x01(\x0e\x32\x14.bastion.v1.NodeType\x12!\n\x03via\x18\x03 \x01(\x0e\x32\x14.bastion.v1.EdgeType\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04tool\x18\x05 \x01(\t\")\n\x04Path\x12!\n\x04hops\x18\x01 \x03(\x0b\x32\x13.bastion.v1.PathHop*o\n\x08NodeType\x12\x19\n\x15NODE_TYPE_UNSPECIFIED\x10\x00\x12\x0c\n\x08THINKING\x10\x01\x12\n\n\x06\x41\x43TION\x10\x02\x12\x0b\n\x07HANDOFF\x10\x03\x12\x10\n\x0cVERIFICATION\x10\x04\x12\x0f\n\x0bOBSERVATION\x10\x05*h\n\x08\x45\x64geType\x12\x19\n\x15\x45\x44GE_TYPE_UNSPECIFIED\x10\x00\x12\r\n\tCAUSED_BY\x10\x01\x12\x0f\n\x0bINFORMED_BY\x10\x02\x12\x0f\n\x0bVERIFIED_BY\x10\x03\x12\x10\n\x0c\x44\x45LEGATED_TO\x10\x04*L\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\r\n\tFORWARDED\x10\x01\x12\x0b\n\x07\x42LOCKED\x10\x02\x12\x0c\n\x08REJECTED\x10\x03*p\n\rResultOutcome\x12\x1e\n\x1aRESULT_OUTCOME_UNSPECIFIED\x10\x00\x12\r\n\tCOMPLETED\x10\x01\x12\x12\n\x0eUPSTREAM_ERROR\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x12\x0f\n\x0b\x43LIENT_GONE\x10\x04\x32\xbb\x01\n\x0cGraphService\x12\x34\n\x06Ingest\x12\x11.bastion.v1.Event\x1a\x15.bastion.v1.IngestAck(\x01\x12<\n\x0bIngestBatch\x12\x16.bastion.v1.EventBatch\x1a\x15.bastion.v1.IngestAck\x12\x37\n\x07Lineage\x12\x1a.bastion.v1.LineageRequest\x1a\x10.bastion.v1.Pathb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bastion.v1.graph_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODETYPE']._serialized_start=1660
-  _globals['_NODETYPE']._serialized_end=1771
-  _globals['_EDGETYPE']._serialized_start=1773
-  _globals['_EDGETYPE']._serialized_end=1877
-  _globals['_OUTCOME']._serialized_start=1879
-  _globals['_OUTCOME']._serialized_end=1955
-  _globals['_RESULTOUTCOME']._serialized_start=1957
-  _globals['_RESULTOUTCOME']._serialized_end=2069
+  _globals['_NODETYPE']._serialized_start=1710
+  _globals['_NODETYPE']._serialized_end=1821
+  _globals['_EDGETYPE']._serialized_start=1823
+  _globals['_EDGETYPE']._serialized_end=1927
+  _globals['_OUTCOME']._serialized_start=1929
+  _globals['_OUTCOME']._serialized_end=2005
+  _globals['_RESULTOUTCOME']._serialized_start=2007
+  _globals['_RESULTOUTCOME']._serialized_end=2119
   _globals['_ACTIONRESULT']._serialized_start=154
   _globals['_ACTIONRESULT']._serialized_end=443
   _globals['_EDGEHINT']._serialized_start=445
   _globals['_EDGEHINT']._serialized_end=531
   _globals['_EVENT']._serialized_start=534
-  _globals['_EVENT']._serialized_end=1305
-  _globals['_EVENTBATCH']._serialized_start=1307
-  _globals['_EVENTBATCH']._serialized_end=1354
-  _globals['_INGESTACK']._serialized_start=1356
-  _globals['_INGESTACK']._serialized_end=1405
-  _globals['_LINEAGEREQUEST']._serialized_start=1407
-  _globals['_LINEAGEREQUEST']._serialized_end=1480
-  _globals['_PATHHOP']._serialized_start=1483
-  _globals['_PATHHOP']._serialized_end=1615
-  _globals['_PATH']._serialized_start=1617
-  _globals['_PATH']._serialized_end=1658
-  _globals['_GRAPHSERVICE']._serialized_start=2072
-  _globals['_GRAPHSERVICE']._serialized_end=2259
+  _globals['_EVENT']._serialized_end=1355
+  _globals['_EVENTBATCH']._serialized_start=1357
+  _globals['_EVENTBATCH']._serialized_end=1404
+  _globals['_INGESTACK']._serialized_start=1406
+  _globals['_INGESTACK']._serialized_end=1455
+  _globals['_LINEAGEREQUEST']._serialized_start=1457
+  _globals['_LINEAGEREQUEST']._serialized_end=1530
+  _globals['_PATHHOP']._serialized_start=1533
+  _globals['_PATHHOP']._serialized_end=1665
+  _globals['_PATH']._serialized_start=1667
+  _globals['_PATH']._serialized_end=1708
+  _globals['_GRAPHSERVICE']._serialized_start=2122
+  _globals['_GRAPHSERVICE']._serialized_end=2309
 # @@protoc_insertion_point(module_scope)

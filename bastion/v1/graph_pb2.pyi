@@ -228,6 +228,7 @@ class Event(_message.Message):
     ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
     PAYLOAD_EXPIRED_FIELD_NUMBER: _builtins.int
     TAINT_FIELD_NUMBER: _builtins.int
+    VERIFICATIONS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """uuid7; the idempotency key."""
     workflow_id: _builtins.str
@@ -293,6 +294,15 @@ class Event(_message.Message):
         `source:<tool>`, `sink`, `arg:…`), so a drift path shows them on every hop.
         """
 
+    @_builtins.property
+    def verifications(self) -> _containers.RepeatedCompositeFieldContainer[_verifier_pb2.ScoreResponse]:
+        """Each chained verifier's own answer, in chain order (BASTION_VERIFIER_CHAIN): set only
+        when more than one verifier was asked; `verifier` is then their combined answer. A
+        member that did not answer (failed, timed out, answered garbage) is an entry with
+        verdict VERDICT_UNSPECIFIED, its name as scorer and why in reasons. The graph makes
+        one VERIFICATION node per entry (graph/_verifications.py).
+        """
+
     def __init__(
         self,
         *,
@@ -322,10 +332,11 @@ class Event(_message.Message):
         arguments_json: _builtins.bytes = ...,
         payload_expired: _builtins.bool = ...,
         taint: _abc.Iterable[_builtins.str] | None = ...,
+        verifications: _abc.Iterable[_verifier_pb2.ScoreResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_at", b"decided_at", "decision", b"decision", "redacted_payload", b"redacted_payload", "result", b"result", "started_at", b"started_at", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_json", b"arguments_json", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "payload_expired", b"payload_expired", "redacted_payload", b"redacted_payload", "result", b"result", "session_id", b"session_id", "started_at", b"started_at", "taint", b"taint", "tenant", b"tenant", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "arguments_json", b"arguments_json", "arguments_truncated", b"arguments_truncated", "block_code", b"block_code", "block_reason", b"block_reason", "decided_at", b"decided_at", "decision", b"decision", "edges", b"edges", "event_id", b"event_id", "node_id", b"node_id", "node_type", b"node_type", "outcome", b"outcome", "parent_ids", b"parent_ids", "payload_digest", b"payload_digest", "payload_expired", b"payload_expired", "redacted_payload", b"redacted_payload", "result", b"result", "session_id", b"session_id", "started_at", b"started_at", "taint", b"taint", "tenant", b"tenant", "verifications", b"verifications", "verifier", b"verifier", "verifier_fallback", b"verifier_fallback", "violation_id", b"violation_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

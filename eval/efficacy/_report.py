@@ -211,8 +211,9 @@ def table(report: dict[str, Any]) -> str:
             f"{figures['malicious']:>10} {figures['malicious_blocked']:>8} {_percent(figures['vdr']):>7}"
             f" {figures['malicious_stopped_early']:>6} {_percent(figures['attack_stop']):>7}"
         )
-    lines.append("(blocked: legit with any step blocked; malicious with the attack step blocked; early: malicious")
-    lines.append(" stopped at a read before the attack; stop: attack-stop rate, any step of a malicious scenario)")
+    lines.append("(blocked: legit with any step blocked; malicious with the attack step blocked; early: legit calls")
+    lines.append(" blocked inside attacked scenarios, which stops them before the attack; stop: attack-stop rate,")
+    lines.append(" any step of a malicious scenario blocked)")
     lines.append("")
     lines.append("signals on the last step (legit / malicious scenarios where it fired):")
     for name, fired in report["signals"].items():

@@ -47,6 +47,7 @@ from bastion.v1 import graph_pb2
 
 from .._audit import GENESIS, AuditEntry, ChainHead
 from .._events import enum_name, event_time_ns, is_violation
+from .._verifications import verification_edge, verification_nodes
 from ._base import (
     DEFAULT_AUDIT_PAGE,
     DEFAULT_EXPIRY_BATCH,
@@ -453,11 +454,17 @@ def _commit(tx: neo4j.ManagedTransaction, events: tuple[graph_pb2.Event, ...]) -
     if head is None:
         raise StoreError("the audit chain's head node is missing; restart the graph service to recreate it")
     cursor = ChainCursor(head["seq"], head["hash"], head["recorded_ns"])
-    plan = _lookup(tx, events)
+    # The VERIFICATION nodes each action would add (bastion.graph._verifications), looked
+    # up with the batch's own ids so one whose id is taken is known before anything is written.
+    derived = {event.event_id: verification_nodes(event) for event in events}
+    plan = _lookup(tx, [*events, *(node for nodes in derived.values() for node in nodes)])
     received_ns = time.time_ns()
     accepted = 0
     for event in events:
-        stored = _plan_result(plan, event) if event.HasField("result") else _plan_node(plan, event, received_ns)
+        if event.HasField("result"):
+            stored = _plan_result(plan, event)
+        else:
+            stored = _plan_node(plan, event, received_ns, derived[event.event_id])
         if stored:
             accepted += 1
             row = cursor.next_row(event, received_ns)
@@ -497,15 +504,33 @@ def _plan_result(plan: _Plan, event: graph_pb2.Event) -> bool:
     return True
 
 
-def _plan_node(plan: _Plan, event: graph_pb2.Event, received_ns: int) -> bool:
+def _plan_node(plan: _Plan, event: graph_pb2.Event, received_ns: int, derived: Sequence[graph_pb2.Event] = ()) -> bool:
+    """Plan a new node and its edges, then the nodes `derived` from it; False for a duplicate."""
     if event.event_id in plan.seen:
         return False
     state = plan.nodes[event.node_id]
     if state.owner is not None:
         raise reused_node_id(event, state.owner)
     at_ns = event_time_ns(event, received_ns)
+    _add_node(plan, event, event_document(event, state.pending), at_ns, received_ns)
+    for _, source, target, kind, reason in edge_rows(event):
+        bucket = kind if kind in _EDGE_TYPES else _OTHER_EDGE
+        plan.edges.setdefault(bucket, []).append({"source": source, "target": target, "type": kind, "reason": reason})
+    for node in derived:
+        # As SQLite: an id some event took already stays that event's (see _sqlite._insert_derived).
+        if node.event_id in plan.seen or plan.nodes[node.node_id].owner is not None:
+            continue
+        _add_node(plan, node, node.SerializeToString(), at_ns, received_ns)
+        _, source, target, kind, reason = verification_edge(event, node)
+        plan.edges.setdefault(kind, []).append({"source": source, "target": target, "type": kind, "reason": reason})
+    return True
+
+
+def _add_node(plan: _Plan, event: graph_pb2.Event, document: bytes, at_ns: int, received_ns: int) -> None:
+    """Plan the creation of `event`'s node, stored as `document`, and its workflow summary's update."""
+    state = plan.nodes[event.node_id]
     violation = is_violation(event)
-    state.owner, state.document, state.pending = event.event_id, event_document(event, state.pending), None
+    state.owner, state.document, state.pending = event.event_id, document, None
     state.created = True
     plan.parked.pop(event.node_id, None)
     plan.seen.add(event.event_id)
@@ -526,9 +551,6 @@ def _plan_node(plan: _Plan, event: graph_pb2.Event, received_ns: int) -> bool:
             "received_ns": received_ns,
         },
     }
-    for _, source, target, kind, reason in edge_rows(event):
-        bucket = kind if kind in _EDGE_TYPES else _OTHER_EDGE
-        plan.edges.setdefault(bucket, []).append({"source": source, "target": target, "type": kind, "reason": reason})
     summary = plan.workflows.setdefault(
         event.workflow_id,
         {"workflow_id": event.workflow_id, "first": at_ns, "last": at_ns, "count": 0, "violations": 0, "agents": []},
@@ -538,7 +560,6 @@ def _plan_node(plan: _Plan, event: graph_pb2.Event, received_ns: int) -> bool:
     summary["violations"] += int(violation)
     if event.agent_id and event.agent_id not in summary["agents"]:
         summary["agents"].append(event.agent_id)
-    return True
 
 
 def _write(tx: neo4j.ManagedTransaction, plan: _Plan) -> None:

@@ -17,7 +17,8 @@ Why this shape:
 - Idempotency lives in the schema: `event_id` is the primary key and inserts use
   ON CONFLICT DO NOTHING, so a re-delivered event is counted as a duplicate and the
   edges and workflow summary (updated in the same transaction, only for new nodes)
-  do not change.
+  do not change; nor do the VERIFICATION nodes derived from an action
+  (`bastion.graph._verifications`), written only with a newly stored action.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from bastion.v1 import graph_pb2
 
 from .._audit import AuditEntry, ChainHead
 from .._events import enum_name, event_time_ns, is_violation
+from .._verifications import verification_edge, verification_nodes
 from ._base import (
     DEFAULT_AUDIT_PAGE,
     DEFAULT_EXPIRY_BATCH,
@@ -170,11 +172,11 @@ ON CONFLICT DO NOTHING
 """
 _UPSERT_WORKFLOW = """
 INSERT INTO workflows (workflow_id, first_seen_ns, last_seen_ns, node_count, violation_count)
-VALUES (?, ?, ?, 1, ?)
+VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (workflow_id) DO UPDATE SET
     first_seen_ns = min(first_seen_ns, excluded.first_seen_ns),
     last_seen_ns = max(last_seen_ns, excluded.last_seen_ns),
-    node_count = node_count + 1,
+    node_count = node_count + excluded.node_count,
     violation_count = violation_count + excluded.violation_count
 """
 _INSERT_AGENT = "INSERT INTO workflow_agents (workflow_id, agent_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
@@ -486,11 +488,43 @@ def _insert_event(connection: sqlite3.Connection, event: graph_pb2.Event, receiv
         return False
     if pending is not None:
         connection.execute("DELETE FROM pending_results WHERE node_id = ?", (event.node_id,))
-    connection.executemany(_INSERT_EDGE, edge_rows(event))
-    connection.execute(_UPSERT_WORKFLOW, (event.workflow_id, at_ns, at_ns, int(violation)))
+    edges = edge_rows(event)
+    added = 1
+    for node in verification_nodes(event):
+        if _insert_derived(connection, node, at_ns, received_ns):
+            added += 1
+            edges.append(verification_edge(event, node))
+    connection.executemany(_INSERT_EDGE, edges)
+    connection.execute(_UPSERT_WORKFLOW, (event.workflow_id, at_ns, at_ns, added, int(violation)))
     if event.agent_id:
         connection.execute(_INSERT_AGENT, (event.workflow_id, event.agent_id))
     return True
+
+
+def _insert_derived(connection: sqlite3.Connection, node: graph_pb2.Event, at_ns: int, received_ns: int) -> bool:
+    """Insert a node derived from an action (at the action's time); False when its id is
+    taken already, which only an event naming a derived id as its own can do: that event
+    keeps it, and the action's record still holds the answer."""
+    inserted = connection.execute(
+        _INSERT_NODE,
+        (
+            node.event_id,
+            node.node_id,
+            node.workflow_id,
+            node.session_id,
+            node.agent_id,
+            node.tenant,
+            enum_name(graph_pb2.NodeType.DESCRIPTOR, node.node_type),
+            enum_name(graph_pb2.Outcome.DESCRIPTOR, node.outcome),
+            0,
+            at_ns,
+            "",
+            "",
+            received_ns,
+            node.SerializeToString(),
+        ),
+    )
+    return inserted.rowcount > 0
 
 
 def _store_result(connection: sqlite3.Connection, event: graph_pb2.Event) -> bool:

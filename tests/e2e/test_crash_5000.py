@@ -263,6 +263,14 @@ def _problems(ledger: Ledger, executed: list[str], nodes: list[dict[str, Any]]) 
         if bad:
             problems.append(f"{len(bad)} {what}, e.g. {sorted(bad)[:5]}")
 
+    # One ACTION node per call; an allowed call's verifier answer is a VERIFICATION node beside it.
+    verified = Counter(node["node_id"] for node in nodes if node["node_type"] == "VERIFICATION")
+    nodes = [node for node in nodes if node["node_type"] == "ACTION"]
+    allowed = {node["node_id"] for node in nodes if (node["decision"] or {}).get("effect") == "ALLOW"}
+    check(
+        verified.keys() ^ {f"{node_id}:verification:1" for node_id in allowed},
+        "allowed calls without their one VERIFICATION node (or the reverse)",
+    )
     ran = Counter(executed)
     texts = Counter(node["action"]["arguments"].get("text") for node in nodes)
     stored = {node["action"]["arguments"].get("text"): node for node in nodes}

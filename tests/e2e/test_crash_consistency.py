@@ -127,7 +127,9 @@ async def _assert_graph_holds_each_answer_once(stack: Stack, load: Load) -> None
         assert load.repeated == [], f"the proxy answered two calls with one node id: {load.repeated[:3]}"
         for workflow, answered in load.answered.items():
             while True:
-                nodes = await workflow_nodes(http, workflow, PAGE)
+                every = await workflow_nodes(http, workflow, PAGE)
+                # One ACTION node per call; its verifier's answer is a VERIFICATION node of its own.
+                nodes = [node for node in every if node["node_type"] == "ACTION"]
                 stored = [node["node_id"] for node in nodes]
                 missing = answered.keys() - set(stored)
                 if not missing:
@@ -147,6 +149,11 @@ async def _assert_graph_holds_each_answer_once(stack: Stack, load: Load) -> None
                 node: recorded[node] for node, tool in answered.items() if recorded[node] != (tool, expected[tool])
             }
             assert wrong == {}, f"{workflow}: nodes that do not record what the proxy answered: {wrong}"
+            # Exactly the calls policy allowed have their verifier's answer as a VERIFICATION node.
+            verified = sorted(node["node_id"] for node in every if node["node_type"] == "VERIFICATION")
+            allowed = [node for node in nodes if (node["decision"] or {}).get("effect") == "ALLOW"]
+            assert verified == sorted(f"{node['node_id']}:verification:1" for node in allowed), workflow
+            assert len(every) == len(nodes) + len(verified), workflow
 
 
 def _start_agents(stack: Stack, load: Load) -> asyncio.Future[list[None]]:

@@ -56,13 +56,15 @@ async def test_a_completed_call_records_its_digest_and_the_node_stays_one(
         client = ProxyClient(tmp_path, running.proxy, running.graph)
         response = await client.post(tool_call("add", {"a": 2, "b": 3}), headers(client.token("a"), workflow="wf-res"))
         result = await _result(client, "wf-res", response.headers["bastion-node-id"])
-        nodes = await client.nodes("wf-res", 1)
+        nodes = await client.nodes("wf-res", 2)
     assert response.json()["result"]["structuredContent"] == {"result": 5}
     assert (result["outcome"], result["jsonrpc_error_code"], result["http_status"]) == ("COMPLETED", 0, 200)
     assert result["result_digest"] == hashlib.sha256(response.content).hexdigest()
     assert result["result_bytes"] == len(response.content)
     assert result["duration_ms"] > 0
-    assert len(nodes) == 1  # the result is stored on the action's node, never as a node
+    # The result is stored on the action's node, never as a node; the other node is the
+    # verifier's answer to the allowed call.
+    assert [node["node_type"] for node in nodes] == ["ACTION", "VERIFICATION"]
 
 
 async def test_an_upstream_json_rpc_error_is_recorded_with_its_code(tmp_path: Path, upstream: DemoUpstream) -> None:

@@ -63,7 +63,10 @@ async def test_arguments_are_stored_and_served_exactly_as_sent(tmp_path: Path, u
         denied = await client.post(None, echo, raw=_raw_call(2, "echo", blocked))
         assert "error" not in allowed.json(), allowed.text
         assert denied.json()["error"]["data"]["rule_id"] == "default", denied.text
-        nodes = await client.nodes("wf-as-sent", 2)
+        # The allowed call's verifier answer is a third node (VERIFICATION, no action).
+        nodes = await client.nodes("wf-as-sent", 3)
+        assert [node["node_type"] for node in nodes] == ["ACTION", "VERIFICATION", "ACTION"]
+        nodes = [node for node in nodes if node["node_type"] == "ACTION"]
         async with httpx.AsyncClient(base_url=client.graph, headers=bearer(auditor_token(tmp_path))) as http:
             raw_nodes = (await http.get("/graphs/wf-as-sent/nodes")).text
 

@@ -249,10 +249,11 @@ async def test_naming_another_agents_workflow_gives_a_workflow_of_ones_own(demo:
     theirs = {by_header.headers["bastion-workflow-id"], by_meta.headers["bastion-workflow-id"]}
     assert len(theirs) == 1
     assert theirs.pop().startswith("wf-alice~")
-    nodes = await demo.nodes("wf-alice", 2)
-    assert [n["agent_id"] for n in nodes] == ["alice", "alice"]
-    assert nodes[1]["parent_ids"] == [first.headers["bastion-node-id"]]
-    assert not any(n["node_type"] == "THINKING" for n in nodes)
+    # Alice's two calls, each with its verifier's answer as a VERIFICATION node.
+    nodes = await demo.nodes("wf-alice", 4)
+    assert [n["node_type"] for n in nodes] == ["ACTION", "VERIFICATION"] * 2
+    assert [n["agent_id"] for n in nodes] == ["alice"] * 4
+    assert nodes[2]["parent_ids"] == [first.headers["bastion-node-id"]]
 
 
 async def test_only_the_workflows_own_agent_states_its_task(demo: ProxyClient) -> None:
@@ -265,10 +266,9 @@ async def test_only_the_workflows_own_agent_states_its_task(demo: ProxyClient) -
     response = await demo.post(own, headers(alice, workflow="wf-task"))
     workflow = response.headers["bastion-workflow-id"]
     assert workflow != "wf-task"
-    nodes = await demo.nodes(workflow, 2)
-    thinking = [n for n in nodes if n["node_type"] == "THINKING"]
-    assert [n["agent_id"] for n in nodes] == ["alice", "alice"]
-    assert len(thinking) == 1
+    nodes = await demo.nodes(workflow, 3)
+    assert sorted(n["node_type"] for n in nodes) == ["ACTION", "THINKING", "VERIFICATION"]
+    assert [n["agent_id"] for n in nodes] == ["alice"] * 3
 
 
 async def _initialize(client: ProxyClient, token: str) -> str:

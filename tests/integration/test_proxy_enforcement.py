@@ -77,8 +77,10 @@ async def test_allowed_call_returns_the_upstream_result_with_bastion_headers(sta
     assert response.json()["result"]["structuredContent"] == {"result": 42}
     assert response.headers["bastion-workflow-id"] == "wf-int"
     node_id = response.headers["bastion-node-id"]
-    nodes = await stack.nodes("wf-int", 1)
-    assert [n["node_id"] for n in nodes] == [node_id]
+    # The action, and its verifier's answer as a VERIFICATION node it is verified by.
+    nodes = await stack.nodes("wf-int", 2)
+    assert [n["node_id"] for n in nodes] == [node_id, f"{node_id}:verification:1"]
+    assert [n["node_type"] for n in nodes] == ["ACTION", "VERIFICATION"]
 
 
 @pytest.mark.parametrize(
@@ -168,9 +170,11 @@ async def test_blocked_call_envelope_names_rule_and_is_linked_to_the_previous_ac
         "no-file-deletes",
     )
     assert blocked.json()["id"] == 2
-    nodes = await stack.nodes("wf-chain", 2)
-    assert nodes[1]["node_id"] == blocked.headers["bastion-node-id"]
-    assert nodes[1]["parent_ids"] == [first.headers["bastion-node-id"]]
+    # The allowed call, its VERIFICATION node, then the denied call (no VERIFICATION: policy decided).
+    nodes = await stack.nodes("wf-chain", 3)
+    assert [n["node_type"] for n in nodes] == ["ACTION", "VERIFICATION", "ACTION"]
+    assert nodes[2]["node_id"] == blocked.headers["bastion-node-id"]
+    assert nodes[2]["parent_ids"] == [first.headers["bastion-node-id"]]
 
 
 async def test_the_agents_token_is_not_forwarded_upstream(tmp_path: Path) -> None:
@@ -330,8 +334,11 @@ async def test_events_journaled_while_the_graph_is_down_arrive_after_a_proxy_res
                 tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=graph["grpc"]
             ),
         ):
-            nodes = await Stack(tmp_path, "unused:0", graph["http"]).nodes("wf-outage", 5)
-    assert [n["node_id"] for n in nodes] == node_ids
+            nodes = await Stack(tmp_path, "unused:0", graph["http"]).nodes("wf-outage", 10)
+    # Each call and its verifier's answer (a VERIFICATION node derived by the graph at ingest).
+    assert [n["node_id"] for n in nodes] == [
+        node for node_id in node_ids for node in (node_id, f"{node_id}:verification:1")
+    ]
 
 
 async def test_an_unreachable_upstream_is_502_with_the_request_id(tmp_path: Path) -> None:
@@ -361,4 +368,4 @@ async def test_an_overlong_workflow_id_is_refused_before_it_can_reach_the_graph(
     assert audited[0]["rule_id"] == "bastion.protocol.invalid_request"
     fine = await stack.post(tool_call("add", {"a": 2, "b": 2}), _hdrs(stack.token, "add", "wf-after"))
     assert fine.json()["result"]["structuredContent"] == {"result": 4}
-    assert len(await stack.nodes("wf-after", 1)) == 1
+    assert [n["node_type"] for n in await stack.nodes("wf-after", 2)] == ["ACTION", "VERIFICATION"]

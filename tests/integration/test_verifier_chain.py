@@ -69,8 +69,11 @@ async def test_both_verifiers_answer_every_call_and_the_chained_one_can_block(
     assert error["data"]["rule_id"] == "bastion.verifier_block"
     # The reference scorer passed it; the chained verifier's block decided.
     assert "delete-guard/1: demo__delete_file deletes data" in error["data"]["reason"]
-    nodes = await client.nodes("wf-chain", 2)
-    scorers = [node["verifier"]["scorer"] for node in nodes]
+    # Two calls, each with a VERIFICATION node per verifier of the chain.
+    nodes = await client.nodes("wf-chain", 6)
+    assert len(nodes) == 6
+    assert [node["node_type"] for node in nodes] == ["ACTION", "VERIFICATION", "VERIFICATION"] * 2
+    scorers = [node["verifier"]["scorer"] for node in nodes if node["node_type"] == "ACTION"]
     assert scorers[0].startswith("reference/"), scorers
     assert scorers[0].endswith("+delete-guard/1"), scorers
     assert scorers[1].startswith("delete-guard/1+reference/"), scorers

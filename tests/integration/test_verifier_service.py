@@ -201,7 +201,9 @@ async def test_setting_stop_shuts_the_server_down(tmp_path: Path) -> None:
 class ExplodingScorer(ReferenceScorer):
     """A scorer with a bug, to see what the caller gets."""
 
-    def score(self, request: verifier_pb2.ScoreRequest) -> verifier_pb2.ScoreResponse:
+    def score(
+        self, request: verifier_pb2.ScoreRequest, semantic: tuple[float, str] | None = None
+    ) -> verifier_pb2.ScoreResponse:
         raise ZeroDivisionError("division by zero")
 
 

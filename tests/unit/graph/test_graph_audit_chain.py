@@ -410,10 +410,16 @@ async def test_a_version_1_file_is_upgraded_with_its_decisions_chained(tmp_path:
         await upgraded.close()
     assert [r["event_id"] for r in records] == ["e1", "e3"]
     assert report.ok
-    assert [node.event for node in nodes] == [
+    assert [node.event for node in nodes if node.event.node_type != graph_pb2.VERIFICATION] == [
         _decision("e1"),
         _protocol("e2"),
         _decision("e3", outcome=graph_pb2.BLOCKED),
+    ]
+    # Each allowed decision's verifier answer is a VERIFICATION node of its own, never chained.
+    verifications = [node.event for node in nodes if node.event.node_type == graph_pb2.VERIFICATION]
+    assert [(node.node_id, node.verifier.deviation_score) for node in verifications] == [
+        ("node-e1:verification:1", 0.25),
+        ("node-e3:verification:1", 0.25),
     ]
 
 

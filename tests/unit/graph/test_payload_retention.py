@@ -67,8 +67,15 @@ async def test_old_nodes_lose_their_payloads_and_keep_digests_decisions_edges_an
     page = await store.nodes("wf-1")
     assert page is not None
     nodes = {node.event.event_id: node.event for node in page.items}
-    assert (trimmed, again) == (2, 0)
+    # The two old calls and the VERIFICATION node each allowed call gets (no verifier
+    # answer recorded: one saying it did not answer), which retention may mark but not break.
+    assert (trimmed, again) == (4, 0)
+    assert len(nodes) == 6
     for old in ("e1", "e2"):
+        verification = nodes[f"{old}:verification:1"]
+        assert verification.payload_expired
+        assert (verification.node_type, verification.verifier_fallback) == (graph_pb2.VERIFICATION, True)
+        assert list(verification.verifier.reasons) == ["the verifier did not answer"]
         event = nodes[old]
         assert event.payload_expired
         assert not event.action.HasField("arguments")
