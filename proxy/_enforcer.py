@@ -125,7 +125,8 @@ class Enforcer:
         self._tracing = tracing or Tracing()
         self._provenance = provenance or Provenance()
         #: Forwarded actions whose results are fingerprinted into their workflow (bounded like `_held`).
-        self._informing: OrderedDict[str, tuple[WorkflowState, str]] = OrderedDict()
+        #: node id → (workflow, `server__tool`, the call's arguments) of an allowed action.
+        self._informing: OrderedDict[str, tuple[WorkflowState, str, dict[str, Any] | None]] = OrderedDict()
         self._checks = tuple(checks)
         self._after = tuple(after)
         self._decide = decide
@@ -156,7 +157,7 @@ class Enforcer:
         for item, asked in zip(decided, pending, strict=True):
             action = item.record.action
             if item.outcome.allowed:
-                self._informing[item.record.node_id] = (state, _source_name(action))
+                self._informing[item.record.node_id] = (state, _source_name(action), item.record.arguments)
                 if len(self._informing) > _HELD_MAX:
                     self._informing.popitem(last=False)
             state.history.append(
@@ -361,9 +362,9 @@ class Enforcer:
             # After the audit record: provenance is a hint for later calls, the result a fact.
             informing = self._informing.pop(record.node_id, None)
             if informing is not None and (completed or unread):
-                state, source = informing
+                state, source, asked = informing
                 if completed:
-                    self._provenance.record(state.prints(), record.node_id, source, answer)
+                    self._provenance.record(state.prints(), record.node_id, source, answer, asked)
                 else:
                     self._provenance.record_unread(state.prints(), record.node_id, source, result.result_bytes)
 

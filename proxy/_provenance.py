@@ -18,10 +18,14 @@ Fingerprints, as one would compare two texts by hand, after normalising both sid
   matching windows cover is its tainted fraction;
 - *exact values*: each short string field (MIN_VALUE..MAX_VALUE characters) that is not
   a one-word constant (`completed`, `ROLE_USER`: enums any call may repeat), and each
-  identifier-like token inside free text (containing a digit, `@` or `://`, or a run of
-  digit groups as IBANs and phone numbers are printed), compacted (spaces and hyphens
-  dropped when what remains is letters and digits with a digit). These find a recipient
-  or an IBAN too short for shingles.
+  identifier-like token inside free text or a short field with words (containing a digit,
+  `@` or `://`, or a run of digit groups as IBANs and phone numbers are printed),
+  compacted (spaces and hyphens dropped when what remains is letters and digits with a
+  digit). These find a recipient or an IBAN too short for shingles.
+
+Each untrusted result also keeps its *identity* (who or where it came from: the URL or
+path the call read, the sender of an email), so that data from a result the stated task
+points at is labelled `named:` (`_pointers.py`).
 
 The workflow's stated task (`ctx.task`) is trusted: data it contains is never tainted,
 whatever result also held it. A tool is untrusted unless the active policies declare
@@ -47,6 +51,8 @@ workflow with no fingerprints costs a length check.
   `source:<server__tool>`          a result the arguments hold data from
   `unread:<server__tool>:<bytes>`  an untrusted result too large to fingerprint came earlier
   `sink`                           the active policies list this tool in `taint.sinks`
+  `named:<path>`                   the argument's data came from an untrusted result the task
+                                   points at, and leads to no other site (`_pointers.py`)
   `arg:<path>:<trust>:<server__tool>:<result path>:<field|text>:<fraction>`
                                    per argument: trust is `trusted` or `untrusted`;
                                    `field` a whole short value of the result, `text`
@@ -69,6 +75,8 @@ from typing import Any
 import orjson
 
 from bastion.v1 import graph_pb2
+
+from ._pointers import IDENTITY_KEYS, identity, points_at, references, stays_within
 
 #: Characters per shingle: long enough that common words and phrases rarely make one.
 SHINGLE = 16
@@ -127,6 +135,8 @@ class Match:
     path: str
     source: Source
     fraction: float
+    #: The task points at the result the data came from (`_pointers.py`).
+    named: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +172,9 @@ class Fingerprints:
     _task: str = ""
     _task_shingles: frozenset[int] = frozenset()
     _task_exact: frozenset[str] = frozenset()
+    _task_refs: frozenset[str] = frozenset()
+    #: node id → who or where its (untrusted) result came from (`_pointers.identity`).
+    _identity: dict[str, frozenset[str]] = field(default_factory=dict)
     #: Untrusted results too large to read (over the result tap's tail): their data cannot
     #: be traced, so every later call with string arguments says so (newest MAX_UNREAD).
     unread: deque[Unread] = field(default_factory=lambda: deque(maxlen=MAX_UNREAD))
@@ -169,13 +182,17 @@ class Fingerprints:
     def __len__(self) -> int:
         return self._size
 
-    def add(self, node_id: str, tool: str, result: Any, *, trusted: bool) -> int:
-        """Fingerprint `result` (a parsed JSON value) as `tool`'s answer at `node_id`; return how many."""
+    def add(self, node_id: str, tool: str, result: Any, *, trusted: bool, asked: Any = None) -> int:
+        """Fingerprint `result` (a parsed JSON value) as `tool`'s answer at `node_id`, asked
+        with arguments `asked`; return how many."""
         shingles: dict[int, Source] = {}
         exact: dict[str, Source] = {}
+        named_by: list[tuple[str, str]] = []
         for path, text in _strings(result, parse_json=True):
             if _is_handle(path):
                 continue
+            if not trusted and path.rpartition(".")[2].casefold() in IDENTITY_KEYS:
+                named_by.append((path, text))
             norm = normalise(text)
             # Short, or without spaces (a URL): a field; otherwise free text.
             kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
@@ -188,6 +205,13 @@ class Fingerprints:
                 # A whole field says more than the same token inside free text.
                 if (held := exact.get(key)) is None or held.kind == "text":
                     exact[key] = source
+                if " " in norm:
+                    # A short text with words ("Pay to NL90 LDRU 7451 1350 04 now") is a field as
+                    # a whole, but the identifiers inside it are data inside text all the same.
+                    inside = Source(node_id, tool, path, trusted, "text")
+                    for token in itertools.islice(tokens(norm), max(0, MAX_RESULT_KEYS - len(exact))):
+                        if token != key:
+                            exact.setdefault(token, inside)
             budget = MAX_RESULT_SHINGLES - len(shingles)
             if budget > 0 and len(norm) >= SHINGLE:
                 for value in shingle_hashes(norm, budget):
@@ -196,6 +220,7 @@ class Fingerprints:
         if not added:
             return 0
         self._results.pop(node_id, None)
+        self._identity.pop(node_id, None)
         while self._results and self._size + added > self.capacity:
             self._evict()
         keys: tuple[list[int], list[str]] = ([], [])
@@ -209,6 +234,8 @@ class Fingerprints:
                 keys[1].append(key)
         self._results[node_id] = keys
         self._size += len(keys[0]) + len(keys[1])
+        if not trusted and (known := identity(asked, named_by)):
+            self._identity[node_id] = known
         return added
 
     def evict_oldest(self) -> int:
@@ -221,6 +248,7 @@ class Fingerprints:
 
     def _evict(self) -> None:
         node_id, (shingles, exact) = self._results.popitem(last=False)
+        self._identity.pop(node_id, None)
         for value in shingles:
             if (source := self._shingles.get(value)) is not None and source.node_id == node_id:
                 del self._shingles[value]
@@ -238,6 +266,7 @@ class Fingerprints:
         self._task_shingles = frozenset(shingle_hashes(norm, len(norm)))
         words = {exact_key(word.strip(_PUNCTUATION)) for word in norm.split(" ")}
         self._task_exact = frozenset({*words, *tokens(norm), exact_key(norm)})
+        self._task_refs = references(task)
 
     def match(self, arguments: dict[str, Any], task: str) -> list[Match]:
         """Arguments holding data from fingerprinted results (and not from the task)."""
@@ -246,10 +275,21 @@ class Fingerprints:
         self._trust_task(task)
         found: list[Match] = []
         for path, text in _strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()):
-            hit = self._match_value(path, normalise(text))
+            norm = normalise(text)
+            hit = self._match_value(path, norm)
             if hit is not None:
-                found.append(hit)
+                found.append(self._pointed(hit, norm))
         return found
+
+    def _pointed(self, hit: Match, norm: str) -> Match:
+        """`hit`, marked `named` when the task points at the untrusted result it came from
+        and the argument (`norm`) leads nowhere but to that result's site or the task's."""
+        if hit.source.trusted or not self._task_refs:
+            return hit
+        known = self._identity.get(hit.source.node_id)
+        if known is None or not points_at(known, self._task_refs) or not stays_within(norm, known | self._task_refs):
+            return hit
+        return Match(hit.path, hit.source, hit.fraction, named=True)
 
     def _match_value(self, path: str, norm: str) -> Match | None:
         if len(norm) < MIN_VALUE:
@@ -482,11 +522,12 @@ class Provenance:
     def _untrusted_match(self, tool: str) -> bool:
         return self._untrusted is not None and self._untrusted.fullmatch(tool) is not None
 
-    def record(self, prints: Fingerprints, node_id: str, tool: str, result: Any) -> int:
-        """Fingerprint a completed action's parsed result (within the proxy-wide budget)."""
+    def record(self, prints: Fingerprints, node_id: str, tool: str, result: Any, asked: Any = None) -> int:
+        """Fingerprint a completed action's parsed result, asked with arguments `asked`
+        (within the proxy-wide budget)."""
         if result is None:
             return 0
-        added = prints.add(node_id, tool, result, trusted=self.trusted(tool))
+        added = prints.add(node_id, tool, result, trusted=self.trusted(tool), asked=asked)
         key = id(prints)
         held = self._holders.pop(key, None)
         if held is None:
@@ -554,7 +595,11 @@ class Provenance:
             labels[
                 f"arg:{escape(m.path)}:{trust}:{source.tool}:{escape(source.path)}:{source.kind}:{m.fraction:.2f}"
             ] = None
+            if m.named:
+                labels[f"named:{escape(m.path)}"] = None
             reason = f"argument {m.path!r} ({round(m.fraction * 100)}%) from {source.tool} {source.path}"
+            if m.named:
+                reason += " (a result the task points at)"
             edges.setdefault((source.node_id, m.path), (source.node_id, graph_pb2.INFORMED_BY, reason))
         return Annotation(tuple(labels), tuple(edges.values()))
 

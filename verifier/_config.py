@@ -62,6 +62,12 @@ class VerifierSettings(CommonSettings):
         description="Score signal intent adds instead when the sink destroys (delete, remove, cancel, wipe...) and "
         "the task asks for nothing destructive.",
     )
+    verifier_pointed_factor: float = Field(
+        default=0.25,
+        description="Factor on signal taint for data from a result the task points at (the proxy's named: labels: "
+        "the supplier's email the task names, the page at the address it gives), when the task asks for an "
+        "action; 1 ignores the labels.",
+    )
     verifier_semantic: bool = Field(
         default=False,
         description="Run the semantic_drift signal: up to 0.3 when the action is far from the task by sentence "
@@ -113,6 +119,7 @@ class VerifierSettings(CommonSettings):
         "verifier_taint_weight",
         "verifier_intent_weight",
         "verifier_destructive_weight",
+        "verifier_pointed_factor",
     )
     @classmethod
     def _in_scorer_range(cls, value: float, info: ValidationInfo) -> float:
@@ -163,6 +170,7 @@ class VerifierSettings(CommonSettings):
             taint_weight=self.verifier_taint_weight,
             intent_weight=self.verifier_intent_weight,
             destructive_weight=self.verifier_destructive_weight,
+            pointed_factor=self.verifier_pointed_factor,
             semantic=self.verifier_semantic,
         )
 

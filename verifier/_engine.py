@@ -50,7 +50,8 @@ from google.protobuf import struct_pb2
 from bastion._errors import ConfigError
 from bastion.v1 import verifier_pb2
 
-from ._intent import intent_signal, is_payload, writes_where_task_says
+from ._intent import asked, intent_signal, is_payload, writes_where_task_says
+from ._kinds import vouches
 from ._sequence import START, SequenceModel, precedent, step_key
 from ._taint import is_sink, taint_signal
 
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from ._semantic import SemanticDrift
 
 NAME = "reference"
-VERSION = "0.3"
+VERSION = "0.4"
 SCORER = f"{NAME}/{VERSION}"
 SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 #: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).
@@ -123,6 +124,10 @@ class ScorerConfig:
     intent_weight: float = 0.4
     #: What a destructive sink (delete, remove, cancel, …) adds when the task asks for nothing destructive.
     destructive_weight: float = 0.8
+    #: Applied to taint whose source is a result the task points at, when the task asks for an
+    #: action (the proxy's `named:` labels; 1 ignores them, 0.25 weighs the data as if the
+    #: task named it).
+    pointed_factor: float = 0.25
     #: Whether the semantic_drift signal runs (its model must be installed: scripts/install-semantic).
     semantic: bool = False
 
@@ -137,6 +142,7 @@ class ScorerConfig:
             "taint_weight",
             "intent_weight",
             "destructive_weight",
+            "pointed_factor",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -234,12 +240,25 @@ class ReferenceScorer:
             weight, reason = _argument_signal(action.arguments, ctx.task, tool, ctx.taint, config)
             if weight > 0:
                 fired.append((weight, reason))
-        weight, reason, origin = taint_signal(action, ctx.taint, request.history, config.taint_weight, ctx.task)
+        intent, intent_reason = intent_signal(
+            tool, ctx.taint, ctx.task, config.intent_weight, config.destructive_weight
+        )
+        # A result the task points at vouches for its data only when the task asks for an
+        # action of this kind (_kinds.py): "read the forum thread at …" points at the thread
+        # but asks nothing to be done with what it says; "translate the letter" asks for no share.
+        vouched = config.pointed_factor < 1 and intent <= 0 and vouches(tool, asked(ctx.task))
+        weight, reason, origin = taint_signal(
+            action,
+            ctx.taint,
+            request.history,
+            config.taint_weight,
+            ctx.task,
+            pointed_factor=config.pointed_factor if vouched else 1.0,
+        )
         if weight > 0:
             fired.append((weight, reason))
-        weight, reason = intent_signal(tool, ctx.taint, ctx.task, config.intent_weight, config.destructive_weight)
-        if weight > 0:
-            fired.append((weight, reason))
+        if intent > 0:
+            fired.append((intent, intent_reason))
         if config.semantic:
             weight, reason = semantic if semantic is not None else self.semantic_signal(request)
             if weight > 0:

@@ -33,6 +33,7 @@ only make the task look as if it asked for less.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -125,9 +126,11 @@ _OPENERS = frozenset(
 _NEGATIONS = frozenset({"don't", "dont", "not", "never", "no", "without", "nothing"})
 _REQUESTS = re.compile(r"^\s*(?:can|could|would|will)\s+you\b|^\s*please\b", re.IGNORECASE)
 # A need stated rather than commanded ("I need the report sent to Dana", "the invoice should
-# be paid"): some action is asked for, which one is not read.
+# be paid"): some action is asked for, which one is not read. A need to know ("I want to
+# know which header", "we'd like to understand why") asks for an answer.
 _STATED_NEED = re.compile(
-    r"\b(?:i|we)(?:'d| would)? (?:need|want|like|have to|must)\b|\b(?:should|must|needs? to|has to|have to) be\b",
+    r"\b(?:i|we)(?:'d| would)? (?:need|want|like|have to|must)\b(?! to (?:know|see|understand|learn|find out|"
+    r"hear|check|read|compare)\b)|\b(?:should|must|needs? to|has to|have to) be\b",
     re.IGNORECASE,
 )
 #: How a need stated rather than commanded is listed among the task's verbs.
@@ -158,6 +161,7 @@ class Asked:
         return any(verb in wanted for verb in self.verbs)
 
 
+@functools.lru_cache(maxsize=256)
 def asked(task: str) -> Asked:
     """The action verbs that open a clause of `task` (see the module docstring)."""
     verbs: dict[str, None] = {}
@@ -186,7 +190,13 @@ def _opens_clause(tokens: list[str], index: int) -> bool:
     if index == 0:
         return True
     previous = tokens[index - 1]
+    if previous == "to" and _WH_WORDS.intersection(tokens[max(0, index - 4) : index - 1]):
+        # An indirect question ("which header to put it in", "how to pay"): asks to know.
+        return False
     return previous in _OPENERS or previous in {",", ";", ":", "("}
+
+
+_WH_WORDS = frozenset({"how", "which", "what", "where", "whether", "when", "who", "whom"})
 
 
 def _negated(tokens: list[str], index: int) -> bool:

@@ -29,6 +29,11 @@ data and of the call comes in:
 The task factor is TASK_FACTOR (0.25) when the argument's value appears in the stated task
 (`ctx.task`, trusted): the user named it. The proxy never labels data the task holds, so
 this only matters for a proxy that fingerprints differently; it never raises a weight.
+The same factor applies when the proxy labels the argument `named:<path>`: its data came
+from a result the task points at (the email of the supplier the user names, the page at
+the address the user gave; proxy/_pointers.py). Paying the invoice the user pointed at
+is the user's decision; where that data goes is still argument_novelty's to judge, so a
+page the user named that sends the agent to another host is caught there.
 An argument whose value cannot be found at its labelled path is weighed as a control value
 (the strongest), so a mismatched label cannot lower a score.
 
@@ -137,15 +142,20 @@ def taint_signal(
     history: Sequence[verifier_pb2.HistoryNode],
     weight: float,
     task: str = "",
+    *,
+    pointed_factor: float = 1.0,
 ) -> tuple[float, str, str]:
-    """(weight fired, reason, drift origin node id); (0, "", "") when it does not fire."""
+    """(weight fired, reason, drift origin node id); (0, "", "") when it does not fire.
+
+    `pointed_factor` applies to arguments the proxy labels `named:` (1: the labels are
+    ignored; the caller has checked that the task asks for an action)."""
     if weight <= 0 or not labels:
         return 0.0, "", ""
     tainted = parse(labels)
     unread = parse_unread(labels)
     if not (tainted or unread) or not is_sink(action.tool or action.prompt or action.resource, labels):
         return 0.0, "", ""
-    traced = _traced(action, tainted, history, weight, task) if tainted else (0.0, "", "")
+    traced = _traced(action, tainted, history, weight, task, labels, pointed_factor) if tainted else (0.0, "", "")
     if unread and weight * UNREAD_FACTOR > traced[0]:
         tool, size = unread[0]
         fired = round(weight * UNREAD_FACTOR, 6)
@@ -157,27 +167,37 @@ def taint_signal(
     return traced
 
 
+def parse_named(labels: Iterable[str]) -> frozenset[str]:
+    """Argument paths of the `named:<path>` labels (data from a result the task points at)."""
+    return frozenset(_unescape(label[6:]) for label in labels if label.startswith("named:") and len(label) > 6)
+
+
 def _traced(
     action: policy_pb2.Action,
     tainted: list[Tainted],
     history: Sequence[verifier_pb2.HistoryNode],
     weight: float,
     task: str,
+    labels: Sequence[str],
+    pointed_factor: float,
 ) -> tuple[float, str, str]:
     """The strongest traced untrusted argument of a sink: (weight, reason, drift origin)."""
     folded_task = task[:MAX_TASK_CHARS].casefold()
+    pointed = parse_named(labels) if pointed_factor < 1 else frozenset()
     scored = []
     for t in tainted:
         origin, named = _weigh(action.arguments, t, folded_task)
         factor = {"control": 1.0, "prose": PAYLOAD_FACTOR, "field": FIELD_FACTOR}[origin]
+        why = ""
         if named:
-            factor *= TASK_FACTOR
-        scored.append((round(weight * factor * t.fraction, 6), origin, named, t))
+            why, factor = ", named in the task", factor * TASK_FACTOR
+        elif t.path in pointed:
+            why, factor = ", from a result the task points at", factor * pointed_factor
+        scored.append((round(weight * factor * t.fraction, 6), origin, why, t))
     scored.sort(key=lambda item: (-item[0], item[3].path, item[3].source))
     shown = ", ".join(
-        f"{t.path!r} {round(t.fraction * 100)}% from {t.source} {t.result_path} "
-        f"({_DESCRIBED[origin]}{', named in the task' if named else ''}, {w:.2f})"
-        for w, origin, named, t in scored[:_SHOWN]
+        f"{t.path!r} {round(t.fraction * 100)}% from {t.source} {t.result_path} ({_DESCRIBED[origin]}{why}, {w:.2f})"
+        for w, origin, why, t in scored[:_SHOWN]
     )
     more = len(scored) - _SHOWN
     fired = scored[0][0]

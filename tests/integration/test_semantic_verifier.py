@@ -38,6 +38,10 @@ async def address(tmp_path: Path) -> AsyncIterator[str]:
         verifier_argument_weight=0.4,
         verifier_contradiction_weight=0.8,
         verifier_taint_weight=0.8,
+        # Intent off: this file is about semantic_drift (a deletion the task never asked
+        # for would also fire intent's destructive weight; test_intent.py covers that).
+        verifier_intent_weight=0.0,
+        verifier_destructive_weight=0.0,
         verifier_semantic=True,
     )
     bound: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()

@@ -220,3 +220,11 @@ def test_a_result_over_the_tail_is_recorded_as_unread_by_the_enforcer_path() -> 
     # Too large to parse: no answer, but the size says why (what Enforcer.record_results reads).
     assert tap.answer is None
     assert result.result_bytes > TAIL_BYTES
+
+
+def test_an_identifier_inside_a_short_text_field_is_found() -> None:
+    """A body short enough to be a field as a whole still carries the IBAN inside it."""
+    provenance = Provenance()
+    prints = _read(provenance, {"sender": "a@b.example", "body": "Pay to NL90 LDRU 7451 1350 04 now"})
+    found = provenance.annotate(prints, "bank__transfer", {"iban": "NL90LDRU7451135004"}, "")
+    assert "arg:iban:untrusted:email__read:body:text:1.00" in found.labels, found.labels

@@ -53,6 +53,9 @@ def _intent(reply: verifier_pb2.ScoreResponse) -> list[str]:
         ("I need the Q3 report sent to Dana today.", ("(a stated need)",)),
         ("The Velotec invoice should be paid by Friday.", ("(a stated need)",)),
         ("Do I need to pay anything this week?", ()),
+        # A need to know asks for an answer.
+        ("Our key is tl_3f9K, I want to know which header to put it in.", ()),
+        ("We'd like to understand why the refund failed.", ()),
     ],
 )
 def test_a_task_asks_for_the_action_verbs_that_open_its_clauses(task: str, verbs: tuple[str, ...]) -> None:

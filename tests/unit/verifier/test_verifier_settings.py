@@ -73,6 +73,8 @@ def test_every_setting_comes_from_its_bastion_verifier_variable(clean_env: pytes
         ("BASTION_VERIFIER_SEQUENCE_WEIGHT", "2"),
         ("BASTION_VERIFIER_ARGUMENT_WEIGHT", "lots"),
         ("BASTION_VERIFIER_TAINT_WEIGHT", "nan"),
+        ("BASTION_VERIFIER_POINTED_FACTOR", "1.5"),
+        ("BASTION_VERIFIER_POINTED_FACTOR", "-0.25"),
         ("BASTION_VERIFIER_SEQUENCE_MIN_TRANSITIONS", "0"),
         ("BASTION_VERIFIER_SEQUENCE_RARE", "0"),
         ("BASTION_VERIFIER_SEQUENCE_MAX_AGENTS", "0"),

@@ -1,0 +1,129 @@
+"""The taint signal and the proxy's `named:` labels: data from a result the task points at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bastion.v1 import policy_pb2, verifier_pb2
+from bastion.verifier import ReferenceScorer, ScorerConfig
+from bastion.verifier._intent import asked
+from bastion.verifier._kinds import asks_for, kinds, vouches
+
+FORUM = "https://forum.islandhop.example/t/2231"
+REPLY = f"{FORUM}/reply"
+URL_FROM_PAGE = "arg:url:untrusted:web__fetch:content[0].text.text:text:1.00"
+IBAN_FROM_EMAIL = "arg:iban:untrusted:email__read:content[0].text.body:text:1.00"
+
+
+def _score(
+    tool: str, arguments: dict[str, Any], taint: list[str], task: str, **config: Any
+) -> verifier_pb2.ScoreResponse:
+    server, _, name = tool.partition("__")
+    action = policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server=server, tool=name)
+    action.arguments.update(arguments)
+    scorer = ReferenceScorer(ScorerConfig(sequence_weight=0.0, **config))
+    return scorer.score(verifier_pb2.ScoreRequest(action=action, ctx=policy_pb2.Context(task=task, taint=taint)))
+
+
+def _taint(result: verifier_pb2.ScoreResponse) -> list[str]:
+    return [reason for reason in result.reasons if reason.startswith("untrusted data in sink arguments")]
+
+
+def test_a_form_on_the_page_the_task_points_at_weighs_a_quarter_and_only_flags() -> None:
+    task = f"Ask on {FORUM} whether the catamaran sells out."
+    named = _score("web__post_form", {"url": REPLY}, ["untrusted", URL_FROM_PAGE, "named:url"], task)
+    assert named.verdict == verifier_pb2.FLAG
+    assert _taint(named) == [
+        "untrusted data in sink arguments: 'url' 100% from web__fetch content[0].text.text "
+        "(free text, from a result the task points at, 0.20) (weight 0.20)"
+    ]
+    # Without the label, the same call is untrusted data like any other.
+    plain = _score("web__post_form", {"url": REPLY}, ["untrusted", URL_FROM_PAGE], task)
+    assert plain.verdict == verifier_pb2.BLOCK
+    assert "(free text, 0.80)" in _taint(plain)[0]
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "label", "task"),
+    [
+        # Money: business-email compromise is the email of the supplier the user names.
+        ("bank__transfer", {"iban": "NL90LDRU7451135004"}, IBAN_FROM_EMAIL, "Pay Fjordlicht Studio the 640 EUR."),
+        # The task only asks to read the page it names.
+        ("web__post_form", {"url": REPLY}, URL_FROM_PAGE, f"Read the newest replies on {FORUM} for me."),
+        # The task asks for an action of another kind than the sink's.
+        (
+            "files__share_file",
+            {"path": "/tenders/2027"},
+            "arg:path:untrusted:files__read_file:content[0].text:text:1.00",
+            "Translate /letters/serra-obras-2.txt into English.",
+        ),
+    ],
+    ids=["payment", "read-only-task", "other-kind"],
+)
+def test_pointing_does_not_vouch_for_payments_reads_or_other_kinds_of_act(
+    tool: str, arguments: dict[str, str], label: str, task: str
+) -> None:
+    path = label.split(":")[1]
+    result = _score(tool, arguments, ["untrusted", label, f"named:{path}"], task)
+    assert result.verdict == verifier_pb2.BLOCK
+    assert "from a result the task points at" not in " ".join(result.reasons)
+
+
+def test_a_factor_of_one_ignores_the_labels() -> None:
+    task = f"Ask on {FORUM} whether it sells out."
+    result = _score("web__post_form", {"url": REPLY}, [URL_FROM_PAGE, "named:url"], task, pointed_factor=1.0)
+    assert result.verdict == verifier_pb2.BLOCK
+    assert result.deviation_score == 0.8
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["named:"],  # empty path
+        ["named:body"],  # names an argument that is not tainted
+        ["named:url:extra"],  # does not match the argument's path
+        ["NAMED:url"],  # labels are case-sensitive
+    ],
+)
+def test_a_named_label_for_nothing_tainted_changes_nothing(labels: list[str]) -> None:
+    task = f"Ask on {FORUM} whether it sells out."
+    result = _score("web__post_form", {"url": REPLY, "body": "hi"}, [URL_FROM_PAGE, *labels], task)
+    assert result.deviation_score == 0.8
+    assert result.verdict == verifier_pb2.BLOCK
+
+
+def test_a_named_label_never_raises_a_score() -> None:
+    task = f"Ask on {FORUM} whether it sells out."
+    for extra in ([], ["named:url"], ["named:url"] * 50):
+        result = _score("web__post_form", {"url": REPLY}, [URL_FROM_PAGE, *extra], task)
+        assert result.deviation_score <= 0.8
+
+
+@pytest.mark.parametrize(
+    ("tool", "task", "expected"),
+    [
+        ("web__post_form", "Ask on the forum whether it sells out.", True),
+        ("web__post_form", "Leave a 4-star review on stayreviews.example.", True),
+        ("email__send_email", "Email the organisers and ask about the waitlist.", True),
+        ("calendar__create_event", "Put the site visit in my calendar.", True),
+        ("files__share_file", "Give them what they asked for.", True),
+        ("email__send_email", "Do the first item of my onboarding checklist.", True),  # delegated
+        ("email__send_email", "I need the report sent to Dana.", True),  # a stated need
+        ("crm__frobnicate", "Fix the record.", True),  # a tool of no known kind
+        ("files__share_file", "Translate /letters/x.txt into English.", False),
+        ("email__send_email", "Save the key points of the page to /notes/a.md.", False),
+        ("web__post_form", "What does the forum say?", False),
+        ("web__post_form", "", False),
+    ],
+)
+def test_a_task_asks_for_an_act_of_the_sinks_kind(tool: str, task: str, expected: bool) -> None:
+    assert asks_for(tool, asked(task)) is expected
+
+
+def test_a_sink_that_moves_money_is_never_vouched_for() -> None:
+    assert "pay" in kinds("bank__transfer")
+    assert "pay" in kinds("bank__schedule_transfer")
+    assert not vouches("bank__transfer", asked("Pay Fjordlicht Studio the 640 EUR."))
+    assert vouches("bank__update_payee", asked("Update the payee with the IBAN from their email."))
