@@ -32,6 +32,7 @@ values and IDENTITY_CHARS characters of the call and of the result.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -43,6 +44,11 @@ IDENTITY_VALUES = 200
 IDENTITY_CHARS = 8 * 1024
 #: Characters of the task read for its references.
 MAX_TASK_CHARS = 8 * 1024
+#: Arguments of a call kept as what it read, and characters of each.
+READ_FROM = 4
+READ_FROM_CHARS = 512
+#: Words of a display name read ("Dr. Saskia Lenz-Hoffmann, Praxis Lenz").
+NAME_WORDS = 6
 #: Shortest word that counts as a name: shorter ones ("Dr", "Ltd", "GmbH"?) match by accident.
 MIN_NAME = 4
 #: Top-level result keys (case-insensitive) that say who or where a result came from.
@@ -54,10 +60,10 @@ IDENTITY_KEYS = frozenset(
 )  # fmt: skip
 #: Keys of display names among them: their words are names too, not only their locators.
 _NAME_KEYS = frozenset({"from", "sender", "author", "organizer", "organiser", "owner"})
-_URL = re.compile(r"[a-z][a-z0-9+.-]*://([^/\s?#:@]+)")
-_EMAIL = re.compile(r"[\w.+-]+@([a-z0-9-]+(?:\.[a-z0-9-]+)+)")
-_HOST = re.compile(r"(?<![\w@./-])((?:[a-z0-9-]+\.)+[a-z]{2,})(?![\w@-])")
-_PATH = re.compile(r"(?<![\w:/.])(~?/[\w.@-]+(?:/[\w.@-]+)*)")
+#: Longest token read as a locator (a URL with its query can be long; its host is not).
+MAX_TOKEN = 2048
+#: Punctuation around a locator in prose ("(see https://x.example/a)," "<billing@x.example>").
+_TOKEN_STRIP = "()[]{}<>\"'`,;:!?*."  # noqa: S105 (punctuation, not a secret)
 _WORD = re.compile(r"[^\W\d_]+")
 #: How a result path starts before its own fields (an MCP text holding JSON, structured content).
 _ROOTS = re.compile(r"^(?:content\[\d+\]\.text\.?|structuredContent\.?|result\.?)")
@@ -72,15 +78,24 @@ _CALENDAR = frozenset(
 )  # fmt: skip
 
 
-def identity(asked: Any, fields: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """A result's identity: locators of the call's arguments `asked`, and of the result's
-    top-level source fields among `fields` ((path, value) pairs, as provenance reads them)."""
+def read_from(asked: Any) -> tuple[str, ...]:
+    """The call's arguments that may say what it read (a URL, a host, a path): at most
+    READ_FROM strings of READ_FROM_CHARS, kept with the result until its identity is needed."""
+    if not isinstance(asked, dict):
+        return ()
+    found = (text[:READ_FROM_CHARS] for text in _values(asked) if "." in text or "/" in text)
+    return tuple(itertools.islice(found, READ_FROM))
+
+
+def identity(read: Iterable[str], fields: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """A result's identity: locators of what the call read (`read_from` of its arguments),
+    and of the result's top-level source fields among `fields` ((path, value) pairs, as
+    provenance reads them)."""
     found: dict[str, None] = {}
-    if isinstance(asked, dict):
-        for text in _values(asked):
-            # What was read: a URL or a path. An address among the arguments is data the
-            # call carries (a passenger's email), not where the result came from.
-            found.update(dict.fromkeys(locators(text.casefold(), words=True, addresses=False)))
+    for text in read:
+        # What was read: a URL or a path. An address among the arguments is data the
+        # call carries (a passenger's email), not where the result came from.
+        found.update(dict.fromkeys(locators(text.casefold(), words=True, addresses=False)))
     for path, text in fields:
         key = _top_key(path)
         if key is None or key not in IDENTITY_KEYS:
@@ -88,9 +103,13 @@ def identity(asked: Any, fields: Iterable[tuple[str, str]]) -> frozenset[str]:
         folded = text[:IDENTITY_CHARS].casefold()
         found.update(dict.fromkeys(locators(folded, words=True)))
         if key in _NAME_KEYS:
-            # The display name ("Fjordlicht Studio <billing@…>"): its words, not its address's.
+            # The display name ("Fjordlicht Studio <billing@…>"): its first few words. A bare
+            # address has none; a sender who stuffs a display name with every name a task
+            # might hold gets no more than NAME_WORDS of them.
             name = folded.partition("<")[0]
-            found.update(dict.fromkeys(w for w in _WORD.findall(name) if len(w) >= MIN_NAME and "@" not in name))
+            if "@" not in name:
+                words = _WORD.findall(name[:IDENTITY_CHARS])[:NAME_WORDS]
+                found.update(dict.fromkeys(word for word in words if len(word) >= MIN_NAME))
         if len(found) >= MAX_IDENTITY:
             break
     return frozenset(list(found)[:MAX_IDENTITY])
@@ -124,28 +143,62 @@ def stays_within(folded: str, known: frozenset[str]) -> bool:
 
 def domains(folded: str) -> Iterator[str]:
     """Registrable domains of the URLs, addresses and host names in case-folded text."""
-    for pattern in (_EMAIL, _URL, _HOST):
-        for match in pattern.finditer(folded):
-            yield from _domain(match.group(1), False)
+    for kind, value in _locate(folded):
+        if kind != "path":
+            yield from _domain(value.rpartition("@")[2], False)
 
 
 def locators(folded: str, *, words: bool, addresses: bool = True) -> Iterator[str]:
     """Registrable domains, addresses and paths in case-folded text; with `words`, also the
     words of each domain's registrable label (`fjordlicht-studio` → fjordlicht, studio),
     which a proper noun of the task may name."""
-    if addresses:
-        for match in _EMAIL.finditer(folded):
-            yield match.group().strip(".")
-            yield from _domain(match.group(1), words)
-    for match in _URL.finditer(folded):
-        yield from _domain(match.group(1), words)
-    if addresses or "@" not in folded:
-        for match in _HOST.finditer(folded):
-            yield from _domain(match.group(1), words)
-    for match in _PATH.finditer(folded):
-        path = match.group(1).rstrip(".")
-        if path.count("/") >= 2 or "." in path:
-            yield path
+    for kind, value in _locate(folded):
+        if kind == "address":
+            if addresses:
+                yield value
+                yield from _domain(value.rpartition("@")[2], words)
+        elif kind == "host":
+            yield from _domain(value, words)
+        else:
+            yield value
+
+
+def _locate(folded: str) -> Iterator[tuple[str, str]]:
+    """("address" | "host" | "path", value) for each whitespace-separated token that is one.
+
+    Token by token with str methods, not regexes over the whole text: a pattern like
+    `[\\w.+-]+@` retried at every position of 8 KiB of letters costs ~300 ms."""
+    for raw in folded.split():
+        token = raw.strip(_TOKEN_STRIP)
+        if not 3 <= len(token) <= MAX_TOKEN:
+            continue
+        if "://" in token:
+            rest = token.partition("://")[2]
+            host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2].partition(":")[0]
+            if _is_host(host):
+                yield "host", host
+        elif "@" in token:
+            local, _, host = token.rpartition("@")
+            if local and _is_host(host):
+                yield "address", token
+        elif token[0] in "/~":
+            if token.startswith(("/", "~/")) and (token.count("/") >= 2 or "." in token):
+                yield "path", token
+        elif "." in token and _is_host(token):
+            yield "host", token
+
+
+def _is_host(host: str) -> bool:
+    """`a.b.example`: two or more labels of letters, digits and hyphens, the last letters."""
+    labels = host.split(".")
+    return (
+        len(labels) >= 2
+        and len(host) <= 253
+        and len(labels[-1]) >= 2
+        and labels[-1].isalpha()
+        and all(0 < len(label) <= 63 and label.replace("-", "").isalnum() for label in labels)
+        and host.isascii()
+    )
 
 
 def _domain(host: str, words: bool) -> Iterator[str]:
@@ -187,5 +240,9 @@ def _top_key(path: str) -> str | None:
 
 
 def _starts_sentence(text: str, start: int) -> bool:
-    before = text[:start].rstrip(" \t'\"(")
-    return not before or before[-1] in _SENTENCE_END
+    # A few characters back are enough to see `. ` or `! "`; never the whole prefix, which
+    # would make a task of many capitalised words cost quadratic time.
+    before = text[max(0, start - 8) : start].rstrip(" \t'\"(")
+    if not before:
+        return start <= 8
+    return before[-1] in _SENTENCE_END

@@ -76,7 +76,7 @@ import orjson
 
 from bastion.v1 import graph_pb2
 
-from ._pointers import IDENTITY_KEYS, identity, points_at, references, stays_within
+from ._pointers import IDENTITY_KEYS, identity, points_at, read_from, references, stays_within
 
 #: Characters per shingle: long enough that common words and phrases rarely make one.
 SHINGLE = 16
@@ -103,6 +103,8 @@ MAX_VALUE = 256
 MIN_RUN = 20
 #: Edges and `arg:` labels one call gets at most.
 MAX_REPORTED = 8
+#: Source fields (`sender`, `url`, …) of one result kept for its identity.
+MAX_NAMED_BY = 32
 #: Unread results a workflow remembers (the newest).
 MAX_UNREAD = 8
 
@@ -174,7 +176,11 @@ class Fingerprints:
     _task_exact: frozenset[str] = frozenset()
     _task_refs: frozenset[str] = frozenset()
     #: node id → who or where its (untrusted) result came from (`_pointers.identity`).
-    _identity: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: Kept as read (the call's arguments, the result's source fields) and worked out the
+    #: first time a later argument matches the result: most results are never matched.
+    _identity: dict[str, frozenset[str] | tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = field(
+        default_factory=dict
+    )
     #: Untrusted results too large to read (over the result tap's tail): their data cannot
     #: be traced, so every later call with string arguments says so (newest MAX_UNREAD).
     unread: deque[Unread] = field(default_factory=lambda: deque(maxlen=MAX_UNREAD))
@@ -191,8 +197,8 @@ class Fingerprints:
         for path, text in _strings(result, parse_json=True):
             if _is_handle(path):
                 continue
-            if not trusted and path.rpartition(".")[2].casefold() in IDENTITY_KEYS:
-                named_by.append((path, text))
+            if not trusted and len(named_by) < MAX_NAMED_BY and path.rpartition(".")[2].casefold() in IDENTITY_KEYS:
+                named_by.append((path, text[:MAX_VALUE]))
             norm = normalise(text)
             # Short, or without spaces (a URL): a field; otherwise free text.
             kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
@@ -234,8 +240,8 @@ class Fingerprints:
                 keys[1].append(key)
         self._results[node_id] = keys
         self._size += len(keys[0]) + len(keys[1])
-        if not trusted and (known := identity(asked, named_by)):
-            self._identity[node_id] = known
+        if not trusted and ((read := read_from(asked)) or named_by):
+            self._identity[node_id] = (read, tuple(named_by))
         return added
 
     def evict_oldest(self) -> int:
@@ -287,6 +293,8 @@ class Fingerprints:
         if hit.source.trusted or not self._task_refs:
             return hit
         known = self._identity.get(hit.source.node_id)
+        if isinstance(known, tuple):
+            known = self._identity[hit.source.node_id] = identity(*known)
         if known is None or not points_at(known, self._task_refs) or not stays_within(norm, known | self._task_refs):
             return hit
         return Match(hit.path, hit.source, hit.fraction, named=True)

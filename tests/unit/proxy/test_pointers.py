@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bastion.proxy._pointers import MAX_IDENTITY, identity, points_at, references, stays_within
+from bastion.proxy._pointers import MAX_IDENTITY, identity, points_at, read_from, references, stays_within
 from bastion.proxy._provenance import Fingerprints, Provenance
 
 FORUM = "https://forum.islandhop.example/t/2231"
@@ -42,23 +42,45 @@ def test_a_task_references_its_locators_and_proper_nouns(task: str, expected: se
 
 def test_a_result_is_identified_by_what_was_read_and_who_sent_it() -> None:
     # The URL the call read, and the page's own url field; not the links inside its text.
-    assert identity({"url": FORUM}, [("content[0].text.url", FORUM)]) == {"islandhop.example", "islandhop"}
+    assert identity(read_from({"url": FORUM}), [("content[0].text.url", FORUM)]) == {"islandhop.example", "islandhop"}
     # An email: its sender's display name and address; the subject and body say nothing of who sent it.
     sender = [("content[0].text.sender", EMAIL["sender"]), ("content[0].text.subject", EMAIL["subject"])]
-    assert identity({"id": "m-1"}, sender) == {
+    assert identity(read_from({"id": "m-1"}), sender) == {
         "billing@fjordlicht-studio.example",
         "fjordlicht-studio.example",
         "fjordlicht",
         "studio",
     }
     # A file read by its path.
-    assert identity({"path": "/requests/nda-request.txt"}, []) == {"/requests/nda-request.txt"}
+    assert identity(read_from({"path": "/requests/nda-request.txt"}), []) == {"/requests/nda-request.txt"}
+
+
+def test_a_display_name_stuffed_with_names_lends_only_its_first_words() -> None:
+    stuffed = "Marta Jonas Petra Lukas Tobias Saskia Kalkbrenner Fjordlicht Harbourline <x@evil.example>"
+    found = identity(read_from({}), [("content[0].text.sender", stuffed)])
+    assert {"marta", "saskia"} <= found
+    assert not {"kalkbrenner", "fjordlicht", "harbourline"} & found
 
 
 def test_an_address_among_the_arguments_is_data_not_where_the_result_came_from() -> None:
     """A booking made for jonas@edlund-home.example does not make its answer a result the
     task points at because the task holds that address."""
-    assert identity({"passenger": "jonas@edlund-home.example", "flight": "AY-1773"}, []) == frozenset()
+    assert identity(read_from({"passenger": "jonas@edlund-home.example", "flight": "AY-1773"}), []) == frozenset()
+
+
+def test_what_a_call_read_is_kept_small_whatever_its_arguments() -> None:
+    """Kept with every untrusted result until a later argument matches it: a few short
+    strings that may be locators, never the arguments themselves."""
+    arguments = {
+        "url": "https://x.example/" + "a" * 5000,
+        "body": "no locator",
+        "more": [f"/p/{i}.txt" for i in range(50)],
+    }
+    read = read_from(arguments)
+    assert len(read) <= 4
+    assert all(len(text) <= 512 for text in read)
+    assert "no locator" not in read
+    assert read_from(["not", "a", "dict"]) == ()
 
 
 def test_fields_inside_lists_and_nested_records_are_no_identity() -> None:
@@ -69,16 +91,31 @@ def test_fields_inside_lists_and_nested_records_are_no_identity() -> None:
         ("content[0].text.results[1].url", "https://evil.example/x"),
         ("content[0].text.meta.author", "Stay Reviews"),
     ]
-    assert identity({"query": "casa lume reviews"}, fields) == frozenset()
+    assert identity(read_from({"query": "casa lume reviews"}), fields) == frozenset()
 
 
 def test_an_identity_is_bounded_however_many_source_fields_a_result_has() -> None:
     fields = [(f"content[0].text.from{i}", f"x{i}@host{i}.example") for i in range(5000)]
     fields += [("content[0].text.from", " ".join(f"name{i}x" for i in range(10_000)))]
     started = time.perf_counter()
-    found = identity({"url": "https://" + "a." * 10_000 + "example"}, fields)
+    found = identity(read_from({"url": "https://" + "a." * 10_000 + "example"}), fields)
     assert len(found) <= MAX_IDENTITY
     assert time.perf_counter() - started < 2.0  # a bound on work, not a performance target
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a" * 16384, "a." * 8192, "a-" * 8192, "@" * 16384, "Abcd " * 3200, "x@y.example " * 1400, "/a" * 8192],
+    ids=["letters", "dots", "hyphens", "ats", "capitals", "addresses", "slashes"],
+)
+def test_crafted_text_costs_linear_time_everywhere_it_is_read(text: str) -> None:
+    """A regex retried at every position of 16 KiB of letters took ~300 ms (quadratic);
+    the tokeniser reads each character a bounded number of times."""
+    started = time.perf_counter()
+    references(text)
+    identity(read_from({"url": text}), [("content[0].text.from", text)])
+    stays_within(text.casefold() + ".", frozenset({"y.example"}))
+    assert time.perf_counter() - started < 0.25  # a bound on work (was seconds), not a performance target
 
 
 def test_an_argument_stays_within_the_named_site_or_the_tasks() -> None:
