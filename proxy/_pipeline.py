@@ -218,7 +218,16 @@ class Governor:
         decision, answers = await asyncio.gather(_settled(deciding), asyncio.gather(*calls, return_exceptions=True))
         for member, answer in zip(breakers, answers, strict=False):
             member.record(_sound(answer))
-        outcome = combine(decision, strictest(answers), settings)
+        # The block reason names the link that failed: an operator must know which to fix.
+        failed = next(
+            (
+                name
+                for name, answer in zip(self.verifier_names, answers, strict=False)
+                if isinstance(answer, BaseException)
+            ),
+            "verifier",
+        )
+        outcome = combine(decision, strictest(answers), settings, service=failed)
         return dataclasses.replace(outcome, verifications=member_answers(answers, self.verifier_names))
 
     async def allowed(self, actions: Sequence[policy_pb2.Action], ctx: policy_pb2.Context) -> list[bool]:
@@ -354,6 +363,8 @@ def combine(
     decision: policy_pb2.Decision | BaseException,
     scored: verifier_pb2.ScoreResponse | BaseException,
     settings: VerifierSettings,
+    *,
+    service: str = "verifier",
 ) -> Outcome:
     score = scored if isinstance(scored, verifier_pb2.ScoreResponse) else None
     if score is not None and (unsound := _unsound(score)) is not None:
@@ -368,7 +379,7 @@ def combine(
         return Outcome(False, decision, score, decision.rule_id or "default", reason)
     if score is None:
         assert isinstance(scored, BaseException)
-        return _fallback(decision, settings, _describe("verifier", scored))
+        return _fallback(decision, settings, _describe(service, scored))
     if score.verdict == verifier_pb2.BLOCK:
         reasons = "; ".join(score.reasons) or "deviation above threshold"
         reason = f"verifier blocked (score {score.deviation_score:.2f} >= {score.threshold:.2f}): {reasons}"

@@ -88,6 +88,7 @@ async def test_a_chained_verifier_that_goes_away_blocks_whatever_the_first_says(
     error = answer.json()["error"]
     assert error["data"]["rule_id"] == "bastion.verifier_unavailable", answer.text
     assert "fallback block" in error["data"]["reason"]
+    assert error["data"]["reason"].startswith("chained verifier 2 unavailable"), error["data"]["reason"]
 
 
 def _score(verdict: verifier_pb2.Verdict.ValueType, value: float, scorer: str) -> verifier_pb2.ScoreResponse:

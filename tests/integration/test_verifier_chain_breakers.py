@@ -172,7 +172,8 @@ async def test_a_killed_second_verifier_fails_fast_once_its_circuit_opens_and_re
     for data in (*failures, *open_):
         assert data["rule_id"] == "bastion.verifier_unavailable"
         assert "fallback block" in data["reason"]
-    assert all("verifier unavailable (UNAVAILABLE): not reachable" in data["reason"] for data in failures)
+    # The reason names the link that failed, not only "verifier".
+    assert all("chained verifier 2 unavailable (UNAVAILABLE): not reachable" in data["reason"] for data in failures)
     for data in open_:
         assert "circuit open after 2 consecutive failures; chained verifier 2 is tried again" in data["reason"]
     # The first verifier's circuit (and its metric) is untouched; the chain's second is open.
