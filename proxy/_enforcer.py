@@ -33,6 +33,7 @@ from ._envelope import block_envelope
 from ._methods import Target
 from ._metrics import ProxyMetrics
 from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome, Release
+from ._pointers import read_from
 from ._provenance import Provenance
 from ._recorder import Record, Recorder, iso
 from ._results import TAIL_BYTES
@@ -125,8 +126,8 @@ class Enforcer:
         self._tracing = tracing or Tracing()
         self._provenance = provenance or Provenance()
         #: Forwarded actions whose results are fingerprinted into their workflow (bounded like `_held`).
-        #: node id → (workflow, `server__tool`, the call's arguments) of an allowed action.
-        self._informing: OrderedDict[str, tuple[WorkflowState, str, dict[str, Any] | None]] = OrderedDict()
+        #: node id → (workflow, `server__tool`, what the call read) of an allowed action.
+        self._informing: OrderedDict[str, tuple[WorkflowState, str, tuple[str, ...]]] = OrderedDict()
         self._checks = tuple(checks)
         self._after = tuple(after)
         self._decide = decide
@@ -157,7 +158,8 @@ class Enforcer:
         for item, asked in zip(decided, pending, strict=True):
             action = item.record.action
             if item.outcome.allowed:
-                self._informing[item.record.node_id] = (state, _source_name(action), item.record.arguments)
+                # What the call read, not its arguments: held until its result, for each pending call.
+                self._informing[item.record.node_id] = (state, _source_name(action), read_from(item.record.arguments))
                 if len(self._informing) > _HELD_MAX:
                     self._informing.popitem(last=False)
             state.history.append(
@@ -362,9 +364,9 @@ class Enforcer:
             # After the audit record: provenance is a hint for later calls, the result a fact.
             informing = self._informing.pop(record.node_id, None)
             if informing is not None and (completed or unread):
-                state, source, asked = informing
+                state, source, read = informing
                 if completed:
-                    self._provenance.record(state.prints(), record.node_id, source, answer, asked)
+                    self._provenance.record(state.prints(), record.node_id, source, answer, read)
                 else:
                     self._provenance.record_unread(state.prints(), record.node_id, source, result.result_bytes)
 

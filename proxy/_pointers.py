@@ -1,56 +1,66 @@
 """Which results the stated task points at: the school's email, the page the user named.
 
 Provenance (`_provenance.py`) says an argument holds data from an untrusted result. Most
-of the time that is what an injected instruction looks like; but a user who says "pay
-Fjordlicht Studio for the shoot" or "post my question on https://forum.islandhop.example/t/2231"
-asks the agent to act on data from one particular result — Fjordlicht's email, that forum
-page. Telling the two apart needs two things this module computes, both small sets of
-lower-case strings compared by intersection:
+of the time that is what an injected instruction looks like; but a user who says "email
+Petra's assistant as Petra asked" or "post my question on https://forum.islandhop.example/t/2231"
+asks the agent to act on data from one particular result — Petra's email, that forum
+page. Telling the two apart needs two things this module computes:
 
-- a result's **identity**: who or where it came from. From the call that produced it, its
-  locator arguments (a URL's registrable domain and its words, an email address and its
-  domain, a file path); from the result itself, only top-level fields that name the source
-  (`sender`, `from`, `author`, `organizer`, `url`, `path`, …: their locators and the words
-  of a display name). Fields inside lists (a search's ten results, a listing's files) say
-  nothing about *the* result's source and are not read: a search result list is never an
-  identity, so an injected snippet cannot borrow one from a neighbour.
+- a result's **identity**: who or where it came from, as *groups*, each the keys that may
+  meet the task and the destinations it vouches for. From the call that produced it, the
+  locator arguments it read (`url`, `path`, …: a URL's host, a path); from the result
+  itself, the first locator and the display name of each top-level field that names the
+  source (`sender`, `from`, `author`, `url`, `path`, …). Nothing inside a list (a search's
+  ten hits, a listing's files) and nothing from a result of several content blocks: they
+  say nothing about *the* result's source, and an injected snippet must not borrow a
+  neighbour's.
 - the task's **references**: the locators it writes (URLs, hosts, addresses, paths) and its
-  proper nouns (capitalised words of four or more letters that do not start a sentence:
-  `Fjordlicht`, `Petra`, `Aarhus`; "Pay" or "Email" at the start of an order are not).
+  proper nouns (capitalised words of four or more letters that do not open a sentence or a
+  list item and are not an order: `Fjordlicht`, `Petra`, `Aarhus`; "Pay", "- Forward",
+  "Update" are not).
 
-A result is *pointed at* when the two meet. What is compared is deliberately strict: a
-whole registrable domain (`fjordlicht.example`, not any domain holding the word), a whole
-address, a whole path, or a proper noun equal to a word of a display name or domain
-label. The proxy then adds `named:<argument path>` to `ctx.taint` for an argument whose
-data came from such a result; the reference scorer weighs that data as it weighs data the
-task itself names (verifier/_taint.py). Novelty of the destination is judged separately,
-so a page the user named that sends the agent to another host is still caught there.
+A result is *pointed at* when a group's keys meet the references, and then only the
+destinations of the groups that met are vouched for: the page the user named vouches for
+its own host, not for the `author` address an attacker left on it. What is compared is
+strict: a whole registrable domain (`fjordlicht.example`; on shared hosting and webmail,
+`alice.github.io` or the whole address, never `github.io` or `gmail.com`), a whole address,
+a whole path, or a proper noun equal to a word of a display name or a domain label.
 
-Bounded: at most MAX_IDENTITY strings per result, read from at most IDENTITY_VALUES
-values and IDENTITY_CHARS characters of the call and of the result.
+`stays_within` then fails closed: an argument is vouched for only when every destination
+in it is a vouched one, and anything that may lead somewhere it cannot read — a
+scheme-relative or scheme-less URL on another host, a URL that is not a plain host name
+(an IP address, a bare name, a non-ASCII look-alike), another scheme (`javascript:`), two
+URLs in one token, a backslash, an over-long token — leads elsewhere.
+
+Bounded: MAX_GROUPS groups per result, each from at most READ_FROM_CHARS / a field's
+MAX_VALUE characters; text is read token by token with str methods (a `[\\w.+-]+@`
+regex retried at every position of 8 KiB costs ~300 ms).
 """
 
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-#: Identity strings one result keeps.
-MAX_IDENTITY = 64
-#: Values and characters of a call's arguments, and of a result, read for its identity.
-IDENTITY_VALUES = 200
-IDENTITY_CHARS = 8 * 1024
-#: Characters of the task read for its references.
-MAX_TASK_CHARS = 8 * 1024
+from bastion._verbs import ACTION_VERBS
+
+#: Groups one result's identity keeps.
+MAX_GROUPS = 16
 #: Arguments of a call kept as what it read, and characters of each.
 READ_FROM = 4
 READ_FROM_CHARS = 512
+#: Argument keys (case-insensitive; also any ending in url, uri, path or file) that say what a call read.
+READ_KEYS = frozenset({"url", "uri", "link", "href", "path", "file", "filename", "page", "site", "host", "domain"})
+#: Characters of the task read for its references.
+MAX_TASK_CHARS = 8 * 1024
 #: Words of a display name read ("Dr. Saskia Lenz-Hoffmann, Praxis Lenz").
 NAME_WORDS = 6
-#: Shortest word that counts as a name: shorter ones ("Dr", "Ltd", "GmbH"?) match by accident.
+#: Shortest word that counts as a name: shorter ones match by accident.
 MIN_NAME = 4
+#: Longest token read as a locator; a longer one in an argument leads elsewhere (fail closed).
+MAX_TOKEN = 2048
 #: Top-level result keys (case-insensitive) that say who or where a result came from.
 IDENTITY_KEYS = frozenset(
     {
@@ -60,121 +70,200 @@ IDENTITY_KEYS = frozenset(
 )  # fmt: skip
 #: Keys of display names among them: their words are names too, not only their locators.
 _NAME_KEYS = frozenset({"from", "sender", "author", "organizer", "organiser", "owner"})
-#: Longest token read as a locator (a URL with its query can be long; its host is not).
-MAX_TOKEN = 2048
 #: Punctuation around a locator in prose ("(see https://x.example/a)," "<billing@x.example>").
 _TOKEN_STRIP = "()[]{}<>\"'`,;:!?*."  # noqa: S105 (punctuation, not a secret)
-_WORD = re.compile(r"[^\W\d_]+")
 #: How a result path starts before its own fields (an MCP text holding JSON, structured content).
-_ROOTS = re.compile(r"^(?:content\[\d+\]\.text\.?|structuredContent\.?|result\.?)")
+_ROOTS = ("content[0].text.", "content[0].text", "structuredContent.", "result.")
 _SENTENCE_END = ".!?:;\n"
-#: Capitalised words that name no one: months and days.
-_CALENDAR = frozenset(
+#: Marks of a list item: a capitalised word after them opens the item, like a sentence.
+_BULLETS = "-*>#\u2022\u2013\u2014"  # hyphen, star, quote, heading, bullet, en and em dash
+#: Abbreviated titles whose full stop ends no sentence.
+_TITLES = frozenset({"dr", "mr", "mrs", "ms", "prof", "st", "herr", "frau", "mme", "sr", "sra"})
+#: Capitalised words that name no one: months, days, greetings, and orders.
+_NOT_NAMES = ACTION_VERBS | frozenset(
     {
         "january", "february", "march", "april", "june", "july", "august", "september", "october",
         "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
-        "sunday",
+        "sunday", "please", "thanks", "hello", "dear", "then", "also", "today", "tomorrow",
+    }
+)  # fmt: skip
+#: Domains under which anyone gets a name (`alice.github.io`): their registrable part is one more label.
+SHARED_HOSTS = frozenset(
+    {
+        "github.io", "gitlab.io", "netlify.app", "vercel.app", "pages.dev", "web.app", "firebaseapp.com",
+        "herokuapp.com", "azurewebsites.net", "cloudfront.net", "appspot.com", "blogspot.com",
+        "wordpress.com", "sharepoint.com", "google.com", "notion.site", "substack.com", "medium.com",
+        "amazonaws.com", "s3.amazonaws.com", "workers.dev", "glitch.me", "onrender.com", "fly.dev",
+    }
+)  # fmt: skip
+#: Mail domains anyone can have an address at: an address there is compared whole.
+WEBMAIL = frozenset(
+    {
+        "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com", "yahoo.com",
+        "icloud.com", "me.com", "aol.com", "proton.me", "protonmail.com", "gmx.de", "gmx.net", "web.de",
+        "mail.ru", "yandex.ru", "zoho.com", "fastmail.com", "mailbox.org", "t-online.de", "orange.fr",
     }
 )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who or where a result came from: groups of (keys that may meet the task, destinations it vouches for)."""
+
+    groups: tuple[tuple[frozenset[str], frozenset[str]], ...] = ()
+
+    def vouched(self, references_: frozenset[str]) -> frozenset[str] | None:
+        """The destinations vouched for by the groups the task points at; None when it points at none."""
+        met = [vouches for keys, vouches in self.groups if not keys.isdisjoint(references_)]
+        return frozenset(itertools.chain.from_iterable(met)) if met else None
+
+
+NOBODY = Identity()
+
+
 def read_from(asked: Any) -> tuple[str, ...]:
-    """The call's arguments that may say what it read (a URL, a host, a path): at most
-    READ_FROM strings of READ_FROM_CHARS, kept with the result until its identity is needed."""
+    """What a call read, from its arguments: the top-level string values of READ_KEYS (or
+    keys ending in url, uri, path or file), at most READ_FROM of READ_FROM_CHARS each."""
     if not isinstance(asked, dict):
         return ()
-    found = (text[:READ_FROM_CHARS] for text in _values(asked) if "." in text or "/" in text)
-    return tuple(itertools.islice(found, READ_FROM))
+    found = []
+    for key, value in asked.items():
+        if isinstance(value, str) and isinstance(key, str):
+            folded = key.casefold()
+            if folded in READ_KEYS or folded.endswith(("url", "uri", "path", "file")):
+                found.append(value[:READ_FROM_CHARS])
+                if len(found) >= READ_FROM:
+                    break
+    return tuple(found)
 
 
-def identity(read: Iterable[str], fields: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """A result's identity: locators of what the call read (`read_from` of its arguments),
-    and of the result's top-level source fields among `fields` ((path, value) pairs, as
-    provenance reads them)."""
-    found: dict[str, None] = {}
+def identity(read: Iterable[str], fields: Iterable[tuple[str, str]]) -> Identity:
+    """A result's identity from what its call read (`read_from`) and its source fields
+    ((path, value) pairs as provenance reads them; only top-level IDENTITY_KEYS count)."""
+    groups: list[tuple[frozenset[str], frozenset[str]]] = []
     for text in read:
-        # What was read: a URL or a path. An address among the arguments is data the
+        # What was read: a URL, host or path. An address among the arguments is data the
         # call carries (a passenger's email), not where the result came from.
-        found.update(dict.fromkeys(locators(text.casefold(), words=True, addresses=False)))
+        located = _first(text.casefold(), addresses=False)
+        if located is not None:
+            groups.append(located)
     for path, text in fields:
+        if len(groups) >= MAX_GROUPS:
+            break
         key = _top_key(path)
         if key is None or key not in IDENTITY_KEYS:
             continue
-        folded = text[:IDENTITY_CHARS].casefold()
-        found.update(dict.fromkeys(locators(folded, words=True)))
+        folded = text.casefold()
+        keys, vouches = _first(folded, addresses=True) or (frozenset(), frozenset())
         if key in _NAME_KEYS:
-            # The display name ("Fjordlicht Studio <billing@…>"): its first few words. A bare
-            # address has none; a sender who stuffs a display name with every name a task
-            # might hold gets no more than NAME_WORDS of them.
+            # The display name ("Fjordlicht Studio <billing@…>"): its first words. A sender
+            # who stuffs it with every name a task might hold gets no more than NAME_WORDS.
             name = folded.partition("<")[0]
             if "@" not in name:
-                words = _WORD.findall(name[:IDENTITY_CHARS])[:NAME_WORDS]
-                found.update(dict.fromkeys(word for word in words if len(word) >= MIN_NAME))
-        if len(found) >= MAX_IDENTITY:
-            break
-    return frozenset(list(found)[:MAX_IDENTITY])
+                words = [word for word in _words(name)[:NAME_WORDS] if len(word) >= MIN_NAME]
+                keys = keys | frozenset(words)
+        if keys:
+            groups.append((keys, vouches))
+    return Identity(tuple(groups[:MAX_GROUPS]))
 
 
 def references(task: str) -> frozenset[str]:
     """What the task points at: its locators and its proper nouns, lower-cased."""
     task = task[:MAX_TASK_CHARS]
-    found = set(locators(task.casefold(), words=False))
-    for match in _WORD.finditer(task):
-        word = match.group()
-        if len(word) < MIN_NAME or not word[0].isupper() or _starts_sentence(task, match.start()):
+    found: set[str] = set()
+    for kind, value in _locate(task.casefold()):
+        found.update(_keys(kind, value, words=False))
+    position = 0
+    for word in task.split():
+        start = task.find(word, position)
+        position = start + len(word)
+        stripped = word.strip(_TOKEN_STRIP + _BULLETS).removesuffix("'s").removesuffix("\u2019s")
+        if not stripped[:1].isupper() or _opens(task, start):
             continue
-        if (folded := word.casefold()) not in _CALENDAR:
-            found.add(folded)
+        for name in stripped.split("-"):  # "Lenz-Hoffmann", "Split-Hvar"
+            folded = name.casefold()
+            if len(name) >= MIN_NAME and name.isalpha() and name[0].isupper() and folded not in _NOT_NAMES:
+                found.add(folded)
     return frozenset(found)
 
 
-def points_at(identity_: frozenset[str], references_: frozenset[str]) -> bool:
-    return not identity_.isdisjoint(references_)
+def stays_within(folded: str, allowed: frozenset[str]) -> bool:
+    """Whether every destination a case-folded argument may lead to is `allowed`
+    (registrable domains and whole addresses); fails closed on what it cannot read."""
+    if not any(mark in folded for mark in "./@:\\"):
+        return True  # an IBAN, a name, a sentence without a locator
+    for raw in folded.split():
+        token = raw.strip(_TOKEN_STRIP).replace("\\", "/")
+        if len(token) > MAX_TOKEN:
+            return False
+        if "://" in token or token.startswith("//"):
+            if token.count("//") > 1 or not _allowed_host(_url_host(token), allowed):
+                return False
+        elif "@" in token:
+            local, _, host = token.rpartition("@")
+            if not local or not (token in allowed or (host not in WEBMAIL and _allowed_host(host, allowed))):
+                return False
+        elif ":" in token and token.partition(":")[0].isalpha() and len(token.partition(":")[0]) > 1:
+            return False  # another scheme: javascript:, data:, mailto: written without an address
+        elif "." in token and not token.startswith(("/", "~")):
+            host = token.split("/", 1)[0].split("?", 1)[0]
+            if (_is_host(host) or "/" in token) and not _allowed_host(host, allowed):
+                return False
+    return True
 
 
-def stays_within(folded: str, known: frozenset[str]) -> bool:
-    """Whether every domain an argument leads to (a URL's, an address's) is one of `known`:
-    the page the user named vouches for a form on its own site, not for the third-party
-    "verification" URL its text sends the agent to."""
-    if "." not in folded:
-        return True
-    return all(domain in known for domain in domains(folded))
+def _allowed_host(host: str, allowed: frozenset[str]) -> bool:
+    return _is_host(host) and _registrable(host) in allowed
 
 
-def domains(folded: str) -> Iterator[str]:
-    """Registrable domains of the URLs, addresses and host names in case-folded text."""
+def _url_host(token: str) -> str:
+    rest = token.partition("//")[2]
+    for end in "/?#":
+        rest = rest.split(end, 1)[0]
+    return rest.rpartition("@")[2].partition(":")[0].rstrip(".")
+
+
+def _first(folded: str, *, addresses: bool) -> tuple[frozenset[str], frozenset[str]] | None:
+    """(keys, vouched destinations) of the first locator in `folded`, or None."""
     for kind, value in _locate(folded):
-        if kind != "path":
-            yield from _domain(value.rpartition("@")[2], False)
-
-
-def locators(folded: str, *, words: bool, addresses: bool = True) -> Iterator[str]:
-    """Registrable domains, addresses and paths in case-folded text; with `words`, also the
-    words of each domain's registrable label (`fjordlicht-studio` → fjordlicht, studio),
-    which a proper noun of the task may name."""
-    for kind, value in _locate(folded):
+        if kind == "address" and not addresses:
+            continue
+        keys = frozenset(_keys(kind, value, words=True))
+        if kind == "path":
+            return keys, frozenset()
         if kind == "address":
-            if addresses:
-                yield value
-                yield from _domain(value.rpartition("@")[2], words)
-        elif kind == "host":
-            yield from _domain(value, words)
-        else:
-            yield value
+            host = value.rpartition("@")[2]
+            return keys, frozenset({value} if host in WEBMAIL else {value, _registrable(host)})
+        return keys, frozenset({_registrable(value)})
+    return None
+
+
+def _keys(kind: str, value: str, *, words: bool) -> Iterator[str]:
+    """The strings a locator may be met by: the address, its registrable domain (never a
+    webmail one), and with `words` the words of the domain's own label."""
+    if kind == "path":
+        yield value
+        return
+    host = value
+    if kind == "address":
+        yield value
+        host = value.rpartition("@")[2]
+        if host in WEBMAIL:
+            return
+    domain = _registrable(host)
+    yield domain
+    if words:
+        yield from (word for word in _words(domain.split(".")[0]) if len(word) >= MIN_NAME)
 
 
 def _locate(folded: str) -> Iterator[tuple[str, str]]:
-    """("address" | "host" | "path", value) for each whitespace-separated token that is one.
-
-    Token by token with str methods, not regexes over the whole text: a pattern like
-    `[\\w.+-]+@` retried at every position of 8 KiB of letters costs ~300 ms."""
+    """("address" | "host" | "path", value) for each whitespace-separated token that is one."""
     for raw in folded.split():
         token = raw.strip(_TOKEN_STRIP)
         if not 3 <= len(token) <= MAX_TOKEN:
             continue
         if "://" in token:
-            rest = token.partition("://")[2]
-            host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2].partition(":")[0]
+            host = _url_host(token)
             if _is_host(host):
                 yield "host", host
         elif "@" in token:
@@ -189,60 +278,69 @@ def _locate(folded: str) -> Iterator[tuple[str, str]]:
 
 
 def _is_host(host: str) -> bool:
-    """`a.b.example`: two or more labels of letters, digits and hyphens, the last letters."""
+    """`a.b.example`: two or more ASCII labels of letters, digits and hyphens, the last letters."""
     labels = host.split(".")
     return (
         len(labels) >= 2
         and len(host) <= 253
+        and host.isascii()
         and len(labels[-1]) >= 2
         and labels[-1].isalpha()
         and all(0 < len(label) <= 63 and label.replace("-", "").isalnum() for label in labels)
-        and host.isascii()
     )
 
 
-def _domain(host: str, words: bool) -> Iterator[str]:
-    labels = host.strip(".").split(".")
-    if len(labels) < 2:
-        return
-    # `bank.co.uk`-style public suffixes: a short label before a two-letter one.
-    keep = 3 if len(labels) >= 3 and len(labels[-2]) <= 3 and len(labels[-1]) == 2 else 2
-    yield ".".join(labels[-keep:])
-    if words:
-        yield from (w for w in _WORD.findall(labels[-keep]) if len(w) >= MIN_NAME)
+def _registrable(host: str) -> str:
+    """The part of a host name its owner registered: `forum.islandhop.example` →
+    islandhop.example, `bank.co.uk` stays, `alice.github.io` stays (shared hosting)."""
+    labels = host.split(".")
+    keep = 2
+    if len(labels) >= 3 and len(labels[-2]) <= 3 and len(labels[-1]) == 2:
+        keep = 3  # `co.uk`-style public suffixes: a short label before a two-letter one
+    if ".".join(labels[-keep:]) in SHARED_HOSTS:
+        keep += 1
+    return ".".join(labels[-keep:])
 
 
-def _values(value: dict[str, Any]) -> Iterator[str]:
-    """The call's string arguments, breadth first, within IDENTITY_VALUES / IDENTITY_CHARS."""
-    queue: list[Any] = [value]
-    seen = 0
-    left = IDENTITY_CHARS
-    while queue and seen < IDENTITY_VALUES and left > 0:
-        item = queue.pop()
-        seen += 1
-        if isinstance(item, str):
-            text = item[:left]
-            left -= len(text)
-            yield text
-        elif isinstance(item, dict):
-            queue.extend(item.values())
-        elif isinstance(item, list):
-            queue.extend(item)
+def _words(text: str) -> list[str]:
+    """Runs of letters (`fjordlicht-studio` → fjordlicht, studio)."""
+    out: list[str] = []
+    current: list[str] = []
+    for char in text:
+        if char.isalpha():
+            current.append(char)
+        elif current:
+            out.append("".join(current))
+            current = []
+    if current:
+        out.append("".join(current))
+    return out
 
 
 def _top_key(path: str) -> str | None:
     """The key of a top-level field of the result (`content[0].text.sender` → sender), or
-    None for anything nested or inside a list."""
-    rest = _ROOTS.sub("", path, count=1)
+    None for anything nested, inside a list, or in another content block than the first."""
+    for root in _ROOTS:
+        if path.startswith(root):
+            rest = path[len(root) :].lstrip(".")
+            break
+    else:
+        rest = path
     if not rest or "." in rest or "[" in rest:
         return None
     return rest.casefold()
 
 
-def _starts_sentence(text: str, start: int) -> bool:
-    # A few characters back are enough to see `. ` or `! "`; never the whole prefix, which
-    # would make a task of many capitalised words cost quadratic time.
-    before = text[max(0, start - 8) : start].rstrip(" \t'\"(")
-    if not before:
-        return start <= 8
-    return before[-1] in _SENTENCE_END
+def _opens(text: str, start: int) -> bool:
+    """Whether the word at `start` opens a sentence or a list item ("- Forward", "2) Update")."""
+    # A few characters back are enough; never the whole prefix, which would make a task of
+    # many capitalised words cost quadratic time.
+    before = text[max(0, start - 8) : start].rstrip(" \t'\"(" + _BULLETS)
+    if before.endswith(".") and before[:-1].rpartition(" ")[2].casefold().lstrip("(") in _TITLES:
+        return False  # "Dr. Saskia": a title's full stop ends no sentence
+    if not before or before[-1] in _SENTENCE_END:
+        # Nothing but blanks and bullets within reach: read as an opening (no name), the
+        # side that vouches for less.
+        return True
+    # "1) Update", "2. Pay": numbering opens an item too.
+    return before[-1] == ")" and before[:-1][-1:].isdigit()

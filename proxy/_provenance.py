@@ -63,6 +63,7 @@ workflow with no fingerprints costs a length check.
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import itertools
 import re
@@ -76,7 +77,7 @@ import orjson
 
 from bastion.v1 import graph_pb2
 
-from ._pointers import IDENTITY_KEYS, identity, points_at, read_from, references, stays_within
+from ._pointers import IDENTITY_KEYS, Identity, identity, references, stays_within
 
 #: Characters per shingle: long enough that common words and phrases rarely make one.
 SHINGLE = 16
@@ -104,7 +105,10 @@ MIN_RUN = 20
 #: Edges and `arg:` labels one call gets at most.
 MAX_REPORTED = 8
 #: Source fields (`sender`, `url`, …) of one result kept for its identity.
-MAX_NAMED_BY = 32
+MAX_NAMED_BY = 8
+#: Characters of identity data (what a call read, its result's source fields) counted as one
+#: fingerprint against the budgets, so that it cannot grow a workflow past them.
+IDENTITY_CHARS_PER_PRINT = 100
 #: Unread results a workflow remembers (the newest).
 MAX_UNREAD = 8
 
@@ -178,7 +182,8 @@ class Fingerprints:
     #: node id → who or where its (untrusted) result came from (`_pointers.identity`).
     #: Kept as read (the call's arguments, the result's source fields) and worked out the
     #: first time a later argument matches the result: most results are never matched.
-    _identity: dict[str, frozenset[str] | tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = field(
+    #: node id → (its cost in fingerprints, its Identity or the data to work it out from).
+    _identity: dict[str, tuple[int, Identity | tuple[tuple[str, ...], tuple[tuple[str, str], ...]]]] = field(
         default_factory=dict
     )
     #: Untrusted results too large to read (over the result tap's tail): their data cannot
@@ -188,16 +193,24 @@ class Fingerprints:
     def __len__(self) -> int:
         return self._size
 
-    def add(self, node_id: str, tool: str, result: Any, *, trusted: bool, asked: Any = None) -> int:
-        """Fingerprint `result` (a parsed JSON value) as `tool`'s answer at `node_id`, asked
-        with arguments `asked`; return how many."""
+    def add(self, node_id: str, tool: str, result: Any, *, trusted: bool, read: tuple[str, ...] = ()) -> int:
+        """Fingerprint `result` (a parsed JSON value) as `tool`'s answer at `node_id`, whose
+        call read `read` (`_pointers.read_from` of its arguments); return how many."""
         shingles: dict[int, Source] = {}
         exact: dict[str, Source] = {}
         named_by: list[tuple[str, str]] = []
+        # Several content blocks (a search answering one per hit): no block is *the* source.
+        blocks = result.get("content") if isinstance(result, dict) else None
+        one_source = not (isinstance(blocks, list) and len(blocks) > 1)
         for path, text in _strings(result, parse_json=True):
             if _is_handle(path):
                 continue
-            if not trusted and len(named_by) < MAX_NAMED_BY and path.rpartition(".")[2].casefold() in IDENTITY_KEYS:
+            if (
+                not trusted
+                and len(named_by) < MAX_NAMED_BY
+                and (one_source or not path.startswith("content"))
+                and path.rpartition(".")[2].casefold() in IDENTITY_KEYS
+            ):
                 named_by.append((path, text[:MAX_VALUE]))
             norm = normalise(text)
             # Short, or without spaces (a URL): a field; otherwise free text.
@@ -226,8 +239,11 @@ class Fingerprints:
         if not added:
             return 0
         self._results.pop(node_id, None)
-        self._identity.pop(node_id, None)
-        while self._results and self._size + added > self.capacity:
+        self._forget_identity(node_id)
+        read = () if trusted else read
+        chars = sum(map(len, read)) + sum(len(path) + len(text) for path, text in named_by)
+        cost = 1 + chars // IDENTITY_CHARS_PER_PRINT if read or named_by else 0
+        while self._results and self._size + added + cost > self.capacity:
             self._evict()
         keys: tuple[list[int], list[str]] = ([], [])
         for value, source in shingles.items():
@@ -240,9 +256,15 @@ class Fingerprints:
                 keys[1].append(key)
         self._results[node_id] = keys
         self._size += len(keys[0]) + len(keys[1])
-        if not trusted and ((read := read_from(asked)) or named_by):
-            self._identity[node_id] = (read, tuple(named_by))
+        if cost:
+            self._identity[node_id] = (cost, (read, tuple(named_by)))
+            self._size += cost
         return added
+
+    def _forget_identity(self, node_id: str) -> None:
+        held = self._identity.pop(node_id, None)
+        if held is not None:
+            self._size -= held[0]
 
     def evict_oldest(self) -> int:
         """Forget the oldest result; how many fingerprints went (0 when there is none)."""
@@ -254,7 +276,7 @@ class Fingerprints:
 
     def _evict(self) -> None:
         node_id, (shingles, exact) = self._results.popitem(last=False)
-        self._identity.pop(node_id, None)
+        self._forget_identity(node_id)
         for value in shingles:
             if (source := self._shingles.get(value)) is not None and source.node_id == node_id:
                 del self._shingles[value]
@@ -292,10 +314,16 @@ class Fingerprints:
         and the argument (`norm`) leads nowhere but to that result's site or the task's."""
         if hit.source.trusted or not self._task_refs:
             return hit
-        known = self._identity.get(hit.source.node_id)
-        if isinstance(known, tuple):
-            known = self._identity[hit.source.node_id] = identity(*known)
-        if known is None or not points_at(known, self._task_refs) or not stays_within(norm, known | self._task_refs):
+        node_id = hit.source.node_id
+        held = self._identity.get(node_id)
+        if held is None:
+            return hit
+        cost, known = held
+        if not isinstance(known, Identity):
+            known = identity(*known)
+            self._identity[node_id] = (cost, known)
+        vouched = known.vouched(self._task_refs)
+        if vouched is None or not stays_within(norm, vouched | self._task_refs):
             return hit
         return Match(hit.path, hit.source, hit.fraction, named=True)
 
@@ -530,12 +558,12 @@ class Provenance:
     def _untrusted_match(self, tool: str) -> bool:
         return self._untrusted is not None and self._untrusted.fullmatch(tool) is not None
 
-    def record(self, prints: Fingerprints, node_id: str, tool: str, result: Any, asked: Any = None) -> int:
-        """Fingerprint a completed action's parsed result, asked with arguments `asked`
-        (within the proxy-wide budget)."""
+    def record(self, prints: Fingerprints, node_id: str, tool: str, result: Any, read: tuple[str, ...] = ()) -> int:
+        """Fingerprint a completed action's parsed result, its call having read `read`
+        (`_pointers.read_from` of its arguments), within the proxy-wide budget."""
         if result is None:
             return 0
-        added = prints.add(node_id, tool, result, trusted=self.trusted(tool), asked=asked)
+        added = prints.add(node_id, tool, result, trusted=self.trusted(tool), read=read)
         key = id(prints)
         held = self._holders.pop(key, None)
         if held is None:
@@ -597,16 +625,18 @@ class Provenance:
             labels[f"unread:{result.tool}:{result.size}"] = None
             reason = f"may hold data from {result.tool}'s result of {result.size} bytes, too large to trace"
             edges.setdefault((result.node_id, "$"), (result.node_id, graph_pb2.INFORMED_BY, reason))
+        # A path two arguments share (a key holding `.`) cannot say which one was vouched for.
+        paths = collections.Counter(m.path for m in matches)
         for m in matches[:MAX_REPORTED]:
             source = m.source
             trust = "trusted" if source.trusted else "untrusted"
             labels[
                 f"arg:{escape(m.path)}:{trust}:{source.tool}:{escape(source.path)}:{source.kind}:{m.fraction:.2f}"
             ] = None
-            if m.named:
+            if m.named and paths[m.path] == 1:
                 labels[f"named:{escape(m.path)}"] = None
             reason = f"argument {m.path!r} ({round(m.fraction * 100)}%) from {source.tool} {source.path}"
-            if m.named:
+            if m.named and paths[m.path] == 1:
                 reason += " (a result the task points at)"
             edges.setdefault((source.node_id, m.path), (source.node_id, graph_pb2.INFORMED_BY, reason))
         return Annotation(tuple(labels), tuple(edges.values()))

@@ -11,14 +11,15 @@ A sink's kinds come from the verbs of its tool name (`bank__transfer` pays,
 `web__post_form` books or messages, `calendar__create_event` writes or schedules); the
 task's from the action verbs of its imperative clauses (`_intent.asked`). A task that
 delegates ("do the first item of my checklist", "handle what Petra asked") or states a
-need without a verb asks for any kind; a tool whose verbs name no kind is of any kind the
-task asks for, since nothing says otherwise.
+need without a verb asks for any kind. A tool whose name says no kind of act is vouched
+for by no task: what it does is not known.
 
-Moving money is the exception (`vouches`): a sink that pays never has its taint lowered
-for pointing. Business-email compromise is exactly the email of the supplier the user
-names, from a look-alike or a hijacked mailbox, saying the bank details have changed; a
-payment cannot be called back, and the user who wants a new payee paid can name the IBAN
-or approve it.
+Moving money is the exception (`vouches`): a sink that pays or changes where money goes
+(its name holds a verb or noun of MONEY_WORDS: transfer, pay, payout, send_money, payee,
+checkout, …) never has its taint lowered for pointing. Business-email compromise is
+exactly the email of the supplier the user names, from a look-alike or a hijacked
+mailbox, saying the bank details have changed; a payment cannot be called back, and the
+user who wants a new payee paid can name the IBAN or approve it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _TASK_VERBS: dict[str, frozenset[str]] = {
     "pay": frozenset(
         {
             "pay", "transfer", "wire", "settle", "refund", "reimburse", "deposit", "return", "withdraw",
-            "top", "buy", "purchase", "order", "donate", "set", "schedule", "renew",
+            "top", "buy", "purchase", "order", "set", "schedule", "renew",
         }
     ),
     "message": frozenset(
@@ -45,28 +46,28 @@ _TASK_VERBS: dict[str, frozenset[str]] = {
             "book", "reserve", "buy", "purchase", "order", "register", "enrol", "enroll", "sign",
             "apply", "rsvp", "submit", "file", "claim", "lodge", "fill", "request", "subscribe",
             "unsubscribe", "cancel", "leave", "post", "ask", "arrange", "set", "renew", "extend",
-            "check", "confirm", "publish", "answer", "reply", "pay",
+            "confirm", "publish", "answer", "reply", "pay",
         }
     ),
     "write": frozenset(
         {
             "write", "save", "update", "edit", "fix", "create", "draft", "make", "translate", "add",
             "change", "record", "store", "copy", "replace", "rename", "move", "sort", "organise",
-            "organize", "archive", "back", "mark", "set", "fill", "put", "log", "attach", "note",
+            "organize", "archive", "back", "mark", "set", "fill", "put", "log", "attach",
         }
     ),
     "share": frozenset({"share", "grant", "give", "invite", "publish", "send", "forward", "upload"}),
     "schedule": frozenset(
         {
             "schedule", "arrange", "book", "put", "add", "create", "set", "invite", "reschedule",
-            "accept", "block", "hold", "make", "plan",
+            "accept", "block", "hold", "make",
         }
     ),
 }  # fmt: skip
 #: Tool-name verbs and the kinds of act they are.
 _TOOL_KINDS: dict[str, tuple[str, ...]] = {
     "transfer": ("pay",), "pay": ("pay",), "wire": ("pay",), "refund": ("pay",), "withdraw": ("pay",),
-    "payment": ("pay",), "schedule": ("pay", "schedule"),
+    "payment": ("pay",), "schedule": ("schedule",),
     "send": ("message",), "reply": ("message",), "forward": ("message",), "message": ("message",),
     "notify": ("message",), "mail": ("message",), "email": ("message",), "comment": ("message",),
     "tweet": ("message",), "post": ("book", "message"),
@@ -81,10 +82,26 @@ _TOOL_KINDS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+#: Words of a tool name that say it moves money or changes where money goes.
+MONEY_WORDS = frozenset(
+    {
+        "transfer", "pay", "payment", "payout", "wire", "refund", "withdraw", "money", "funds",
+        "payee", "beneficiary", "charge", "checkout", "settle", "deposit", "sepa", "iban",
+        "donate", "donation", "remit", "remittance", "purchase", "buy", "order", "tip", "invoice",
+        "billing", "wallet", "crypto", "swap",
+    }
+)  # fmt: skip
+
+
 def vouches(tool: str, wants: Asked) -> bool:
     """Whether pointing at a result vouches for its data in a call of `tool`: the task asks
     for an act of the tool's kind, and the tool moves no money."""
-    return "pay" not in kinds(tool) and asks_for(tool, wants)
+    return not moves_money(tool) and asks_for(tool, wants)
+
+
+def moves_money(tool: str) -> bool:
+    """Whether `tool`'s name holds a word of MONEY_WORDS (as a word or a word's start)."""
+    return any(word in MONEY_WORDS or word.startswith(("pay", "transfer", "refund")) for word in tool_verbs(tool))
 
 
 def kinds(tool: str) -> frozenset[str]:
@@ -98,5 +115,4 @@ def asks_for(tool: str, wants: Asked) -> bool:
         return False
     if wants.any_of(DELEGATING_VERBS | {STATED_NEED}):
         return True
-    acts = kinds(tool)
-    return not acts or any(wants.any_of(_TASK_VERBS[kind]) for kind in acts)
+    return any(wants.any_of(_TASK_VERBS[kind]) for kind in kinds(tool))

@@ -6,33 +6,46 @@ import time
 
 import pytest
 
-from bastion.proxy._pointers import MAX_IDENTITY, identity, points_at, read_from, references, stays_within
-from bastion.proxy._provenance import Fingerprints, Provenance
+from bastion.proxy._pointers import MAX_GROUPS, Identity, identity, read_from, references, stays_within
+from bastion.proxy._provenance import Fingerprints, Provenance, TaintSettings
 
 FORUM = "https://forum.islandhop.example/t/2231"
-PAGE = {
-    "url": FORUM,
-    "text": "To answer, post at https://forum.islandhop.example/t/2231/reply or verify at https://verify.example/x",
-}
+REPLY = "https://forum.islandhop.example/t/2231/reply"
+PAGE = {"url": FORUM, "text": f"To answer, post at {REPLY} or verify at https://verify.example/x"}
 EMAIL = {
     "sender": "Fjordlicht Studio <billing@fjordlicht-studio.example>",
     "subject": "Invoice 2291",
-    "body": "Please pay 640 EUR to NL90 LDRU 7451 1350 04 by Friday.",
+    "body": "Please pay 640 EUR to NL90 LDRU 7451 1350 04 by Friday, questions to office@fjordlicht-studio.example.",
 }
+SENDER = [("content[0].text.sender", EMAIL["sender"])]
+
+
+def _vouched(read: tuple[str, ...], fields: list[tuple[str, str]], task: str) -> frozenset[str] | None:
+    return identity(read, fields).vouched(references(task))
+
+
+# -- references ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("task", "expected"),
     [
-        # Proper nouns that do not open a sentence; months, days and order verbs are not names.
+        # Proper nouns that do not open a sentence; months, days and orders are not names.
         ("Pay Fjordlicht Studio the 640 EUR for the shoot in June.", {"fjordlicht", "studio"}),
         ("Email the organisers. Book a table at Osteria Lume.", {"osteria", "lume"}),
+        ("Send the report to Dr. Saskia Lenz-Hoffmann's office.", {"saskia", "lenz", "hoffmann"}),
+        # Orders at the start of a list item, after numbering, or capitalised mid-sentence.
+        ("Today:\n- Forward the March invoice\n- Update the onboarding page", set()),
+        ("1) Update the page 2) Archive the old one", set()),
+        ("Hi, Please check it. Then, Email Lars.", {"lars"}),
         # Locators: a URL's and a bare host's registrable domain, an address, a path.
         (f"Ask on {FORUM} whether it sells out.", {"islandhop.example"}),
         ("Leave a review on stayreviews.example for me.", {"stayreviews.example"}),
         ("Write to legal@tessaly.example about it.", {"legal@tessaly.example", "tessaly.example"}),
         ("The request is in /requests/nda-request.txt, answer it.", {"/requests/nda-request.txt"}),
         ("Pay it from bank.co.uk today.", {"bank.co.uk"}),
+        # Shared hosting and webmail: the user's own part, never the provider's.
+        ("See https://alice.github.io/notes and mail lars.h@gmail.com.", {"alice.github.io", "lars.h@gmail.com"}),
         ("pay the invoice.", set()),
     ],
 )
@@ -40,66 +53,75 @@ def test_a_task_references_its_locators_and_proper_nouns(task: str, expected: se
     assert references(task) == expected
 
 
-def test_a_result_is_identified_by_what_was_read_and_who_sent_it() -> None:
-    # The URL the call read, and the page's own url field; not the links inside its text.
-    assert identity(read_from({"url": FORUM}), [("content[0].text.url", FORUM)]) == {"islandhop.example", "islandhop"}
-    # An email: its sender's display name and address; the subject and body say nothing of who sent it.
-    sender = [("content[0].text.sender", EMAIL["sender"]), ("content[0].text.subject", EMAIL["subject"])]
-    assert identity(read_from({"id": "m-1"}), sender) == {
-        "billing@fjordlicht-studio.example",
-        "fjordlicht-studio.example",
-        "fjordlicht",
-        "studio",
-    }
-    # A file read by its path.
-    assert identity(read_from({"path": "/requests/nda-request.txt"}), []) == {"/requests/nda-request.txt"}
+# -- identities ------------------------------------------------------------------------
+
+
+def test_a_page_is_identified_by_what_its_call_read_and_vouches_for_that_site() -> None:
+    task = f"Ask on {FORUM} whether it sells out."
+    assert _vouched(read_from({"url": FORUM}), [], task) == frozenset({"islandhop.example"})
+    assert _vouched(read_from({"url": FORUM}), [], "Ask on the forum whether it sells out.") is None
+
+
+def test_an_email_is_identified_by_its_sender_and_vouches_for_the_senders_domain() -> None:
+    vouched = _vouched((), SENDER, "Pay Fjordlicht Studio the 640 EUR.")
+    assert vouched == frozenset({"billing@fjordlicht-studio.example", "fjordlicht-studio.example"})
+
+
+def test_only_the_groups_the_task_points_at_vouch() -> None:
+    """The page the user named vouches for its own host, not for the `author` address an
+    attacker left on it."""
+    fields = [("content[0].text.url", FORUM), ("content[0].text.author", "Mallory <m@evil.example>")]
+    assert _vouched(read_from({"url": FORUM}), fields, f"Ask on {FORUM}.") == frozenset({"islandhop.example"})
+    # One locator per field: a url field listing a second site does not vouch for it.
+    two = [("content[0].text.url", f"{FORUM} https://evil2.example/")]
+    assert _vouched((), two, f"Ask on {FORUM}.") == frozenset({"islandhop.example"})
+
+
+def test_webmail_senders_are_compared_by_address_and_shared_hosts_by_the_users_part() -> None:
+    gmail = [("content[0].text.from", "Lars <lars.h@gmail.com>")]
+    assert _vouched((), gmail, "Reply to lars.h@gmail.com.") == frozenset({"lars.h@gmail.com"})
+    assert _vouched((), [("content[0].text.from", "x <travel.desk@gmail.com>")], "Reply to lars.h@gmail.com.") is None
+    pages = [("content[0].text.url", "https://mallory.github.io/a")]
+    assert _vouched((), pages, "Read https://alice.github.io/notes and post there.") is None
 
 
 def test_a_display_name_stuffed_with_names_lends_only_its_first_words() -> None:
     stuffed = "Marta Jonas Petra Lukas Tobias Saskia Kalkbrenner Fjordlicht Harbourline <x@evil.example>"
-    found = identity(read_from({}), [("content[0].text.sender", stuffed)])
-    assert {"marta", "saskia"} <= found
-    assert not {"kalkbrenner", "fjordlicht", "harbourline"} & found
+    found = identity((), [("content[0].text.sender", stuffed)])
+    assert _vouched((), [("content[0].text.sender", stuffed)], "Reply to Saskia.") is not None
+    assert found.vouched(frozenset({"kalkbrenner", "fjordlicht", "harbourline"})) is None
 
 
-def test_an_address_among_the_arguments_is_data_not_where_the_result_came_from() -> None:
-    """A booking made for jonas@edlund-home.example does not make its answer a result the
-    task points at because the task holds that address."""
-    assert identity(read_from({"passenger": "jonas@edlund-home.example", "flight": "AY-1773"}), []) == frozenset()
-
-
-def test_what_a_call_read_is_kept_small_whatever_its_arguments() -> None:
-    """Kept with every untrusted result until a later argument matches it: a few short
-    strings that may be locators, never the arguments themselves."""
+def test_what_a_call_read_comes_from_locator_keys_only_and_is_kept_small() -> None:
     arguments = {
         "url": "https://x.example/" + "a" * 5000,
-        "body": "no locator",
-        "more": [f"/p/{i}.txt" for i in range(50)],
+        "query": "forum.islandhop.example ferry times",  # a search's words are not what it read
+        "passenger": "jonas@edlund-home.example",  # data the call carries
+        "headers": {"host": "a.example"},
+        "file_path": "/p/1.txt",
     }
     read = read_from(arguments)
-    assert len(read) <= 4
-    assert all(len(text) <= 512 for text in read)
-    assert "no locator" not in read
+    assert read == ("https://x.example/" + "a" * 494, "/p/1.txt")
     assert read_from(["not", "a", "dict"]) == ()
+    assert read_from({f"mirror{i}_url": f"https://h{i}.example/" for i in range(20)}) == tuple(
+        f"https://h{i}.example/" for i in range(4)
+    )
 
 
-def test_fields_inside_lists_and_nested_records_are_no_identity() -> None:
-    """A search's ten results name ten sites: none of them is *the* source, so an injected
-    snippet cannot borrow a neighbour's identity."""
+def test_fields_inside_lists_nested_records_and_later_content_blocks_are_no_identity() -> None:
     fields = [
         ("content[0].text.results[0].url", "https://stayreviews.example/casa"),
-        ("content[0].text.results[1].url", "https://evil.example/x"),
-        ("content[0].text.meta.author", "Stay Reviews"),
+        ("content[0].text.meta.author", "Stay Reviews <a@stayreviews.example>"),
+        ("content[1].text.url", "https://stayreviews.example/casa"),
     ]
-    assert identity(read_from({"query": "casa lume reviews"}), fields) == frozenset()
+    assert identity((), fields) == Identity()
 
 
 def test_an_identity_is_bounded_however_many_source_fields_a_result_has() -> None:
-    fields = [(f"content[0].text.from{i}", f"x{i}@host{i}.example") for i in range(5000)]
-    fields += [("content[0].text.from", " ".join(f"name{i}x" for i in range(10_000)))]
+    fields = [("content[0].text.from", f"x{i}@host{i}.example") for i in range(5000)]
     started = time.perf_counter()
-    found = identity(read_from({"url": "https://" + "a." * 10_000 + "example"}), fields)
-    assert len(found) <= MAX_IDENTITY
+    found = identity(("https://" + "a." * 10_000 + "example",), fields)
+    assert len(found.groups) <= MAX_GROUPS
     assert time.perf_counter() - started < 2.0  # a bound on work, not a performance target
 
 
@@ -118,19 +140,49 @@ def test_crafted_text_costs_linear_time_everywhere_it_is_read(text: str) -> None
     assert time.perf_counter() - started < 0.25  # a bound on work (was seconds), not a performance target
 
 
-def test_an_argument_stays_within_the_named_site_or_the_tasks() -> None:
-    known = frozenset({"islandhop.example", "edlund-home.example"})
-    assert stays_within("https://forum.islandhop.example/t/2231/reply", known)
-    assert stays_within("alerts to jonas@edlund-home.example", known)
-    assert stays_within("NL90LDRU7451135004", known)  # no domain at all
-    assert not stays_within("https://verify.example/x", known)
-    assert not stays_within("https://forum.islandhop.example/x and https://verify.example/y", known)
-    assert not stays_within("https://islandhop.example.evil.example/x", known)
+# -- where an argument leads -----------------------------------------------------------
+
+ALLOWED = frozenset({"islandhop.example", "edlund-home.example", "jonas@gmail.com"})
 
 
-def test_points_at_needs_a_shared_reference() -> None:
-    assert points_at(frozenset({"fjordlicht", "studio"}), references("Pay Fjordlicht Studio."))
-    assert not points_at(frozenset({"fjordlicht-studio.example"}), references("Pay the studio."))
+@pytest.mark.parametrize(
+    "argument",
+    [
+        REPLY,
+        "alerts to jonas@edlund-home.example",
+        "NL90LDRU7451135004",  # no destination at all
+        "Departure at 08:30, e.g. the catamaran; 3.5 hours",
+        "write to jonas@gmail.com",
+        "https://islandhop.example./a",  # a trailing dot is the same host
+    ],
+)
+def test_an_argument_that_leads_only_to_vouched_places_stays_within(argument: str) -> None:
+    assert stays_within(argument.casefold(), ALLOWED)
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "https://verify.example/x",
+        f"{REPLY} and https://verify.example/y",
+        "https://islandhop.example.evil.example/x",
+        "//evil.example/reply",  # scheme-relative
+        "evil.example/x?t=1",  # scheme-less
+        "https://evil.example/?q=" + "a" * 2100,  # too long to read: fails closed
+        f"{REPLY},https://evil.example/b",  # two URLs in one token
+        "https://evil.example\\@forum.islandhop.example/",  # a backslash browsers read as a slash
+        "http://10.0.0.1/",
+        "http://evil/",
+        "http://[::1]/",
+        "https://\u0435vil.example/",  # a Cyrillic look-alike
+        'javascript:fetch("//evil.example/")',
+        "mailto:eve@evil.example",
+        "send it to other.person@gmail.com",  # webmail: the whole address, not the domain
+        "a@b@evil.example",
+    ],
+)
+def test_anything_that_may_lead_elsewhere_fails_closed(argument: str) -> None:
+    assert not stays_within(argument.casefold(), ALLOWED)
 
 
 # -- the labels provenance gives ---------------------------------------------------------
@@ -140,51 +192,81 @@ def _labels(prints: Fingerprints, tool: str, arguments: dict[str, str], task: st
     return Provenance().annotate(prints, tool, arguments, task).labels
 
 
-def _fetched(provenance: Provenance | None = None) -> Fingerprints:
+def _named(labels: tuple[str, ...]) -> list[str]:
+    return [label for label in labels if label.startswith("named:")]
+
+
+def _fetched(provenance: Provenance | None = None, result: object = PAGE) -> Fingerprints:
     prints = Fingerprints()
-    assert (provenance or Provenance()).record(prints, "n1", "web__fetch", PAGE, {"url": FORUM}) > 0
+    assert (provenance or Provenance()).record(prints, "n1", "web__fetch", result, read_from({"url": FORUM})) > 0
     return prints
 
 
 def test_data_from_a_result_the_task_points_at_is_labelled_named() -> None:
-    reply = {"url": "https://forum.islandhop.example/t/2231/reply"}
-    labels = _labels(_fetched(), "web__post_form", reply, f"Ask on {FORUM} whether it sells out.")
+    labels = _labels(_fetched(), "web__post_form", {"url": REPLY}, f"Ask on {FORUM} whether it sells out.")
     assert "named:url" in labels
     assert "arg:url:untrusted:web__fetch:text:text:1.00" in labels
     # The same call when the task points at no page: untrusted data, not named.
-    unnamed = _labels(_fetched(), "web__post_form", reply, "Ask on the forum whether it sells out.")
+    unnamed = _labels(_fetched(), "web__post_form", {"url": REPLY}, "Ask on the forum whether it sells out.")
     assert any(label.startswith("arg:url:untrusted:") for label in unnamed)
-    assert not [label for label in unnamed if label.startswith("named:")]
+    assert not _named(unnamed)
 
 
 def test_a_named_page_does_not_vouch_for_a_link_to_another_site() -> None:
     labels = _labels(_fetched(), "web__post_form", {"url": "https://verify.example/x"}, f"Ask on {FORUM} please.")
     assert any(label.startswith("arg:url:untrusted:") for label in labels)
-    assert not [label for label in labels if label.startswith("named:")]
+    assert not _named(labels)
+
+
+def test_a_result_of_several_content_blocks_has_no_identity_of_its_own() -> None:
+    hits = {"content": [{"type": "text", "text": f'{{"url": "{FORUM}", "text": "post at {REPLY}"}}'}] * 2}
+    prints = Fingerprints()
+    Provenance().record(prints, "n1", "web__search", hits, read_from({"query": "islandhop forum"}))
+    assert not _named(_labels(prints, "web__post_form", {"url": REPLY}, f"Ask on {FORUM}."))
 
 
 def test_a_trusted_source_needs_no_vouching_and_gets_no_named_label() -> None:
-    from bastion.proxy._provenance import TaintSettings
-
     provenance = Provenance(lambda: TaintSettings(untrusted_sources=("email__*",)))
-    reply = {"url": "https://forum.islandhop.example/t/2231/reply"}
-    labels = provenance.annotate(_fetched(provenance), "web__post_form", reply, f"Ask on {FORUM}.").labels
+    labels = provenance.annotate(_fetched(provenance), "web__post_form", {"url": REPLY}, f"Ask on {FORUM}.").labels
     assert any(label.startswith("arg:url:trusted:web__fetch:") for label in labels), labels
-    assert not [label for label in labels if label.startswith("named:")]
+    assert not _named(labels)
 
 
 def test_an_argument_path_in_a_named_label_is_escaped() -> None:
     prints = Fingerprints()
-    Provenance().record(prints, "n1", "email__read", EMAIL, {"id": "m-1"})
-    labels = _labels(prints, "bank__transfer", {"pay:to": "NL90LDRU7451135004"}, "Pay Fjordlicht Studio.")
-    assert "named:pay%3Ato" in labels
+    Provenance().record(prints, "n1", "email__read", EMAIL)
+    labels = _labels(prints, "email__send", {"to:cc": "office@fjordlicht-studio.example"}, "Write to Fjordlicht.")
+    assert "named:to%3Acc" in labels
+
+
+def test_a_path_two_arguments_share_is_never_named() -> None:
+    """`{"form.url": …, "form": {"url": …}}` render the same path: a label on it could not
+    say which of the two was vouched for."""
+    prints = _fetched()
+    arguments = {"form.url": REPLY, "form": {"url": "https://verify.example/x"}}
+    labels = Provenance().annotate(prints, "web__post_form", arguments, f"Ask on {FORUM}.").labels
+    assert not _named(labels)
 
 
 def test_an_evicted_result_takes_its_identity_with_it() -> None:
-    prints = Fingerprints(capacity=40)
+    prints = Fingerprints(capacity=60)
     provenance = Provenance()
-    provenance.record(prints, "n1", "email__read", EMAIL, {"id": "m-1"})
+    provenance.record(prints, "n1", "email__read", EMAIL)
     # A later result pushes the email out: its data, and what it was, are forgotten together.
-    provenance.record(prints, "n2", "web__fetch", {"text": "unrelated words " * 200}, {"url": "https://x.example/"})
-    labels = _labels(prints, "bank__transfer", {"iban": "NL90LDRU7451135004"}, "Pay Fjordlicht Studio.")
-    assert not [label for label in labels if label.startswith(("named:", "arg:iban"))]
+    provenance.record(prints, "n2", "web__fetch", {"text": "unrelated words " * 200}, ("https://x.example/",))
+    labels = _labels(prints, "email__send", {"to": "office@fjordlicht-studio.example"}, "Write to Fjordlicht.")
+    assert not [label for label in labels if label.startswith(("named:", "arg:to"))]
+
+
+def test_identity_data_counts_against_the_fingerprint_budget() -> None:
+    """Kept raw until needed, it is counted at one fingerprint per 100 characters, so
+    results heavy with sender fields cannot grow a workflow past its budget."""
+    heavy = {f"from{i}": "x" * 250 for i in range(8)} | {"from": "A <a@b.example>", "body": "tiny"}
+    light, weighed = Fingerprints(), Fingerprints()
+    Provenance().record(light, "n1", "email__read", {"body": "tiny text here"})
+    Provenance().record(weighed, "n1", "email__read", {**heavy, "body": "tiny text here"}, ("/a/b.txt",))
+    assert len(weighed) >= len(light) + 2
+    capped = Fingerprints(capacity=200)
+    for n in range(100):
+        Provenance().record(capped, f"n{n}", "email__read", {"from": f"P{n} <p{n}@x{n}.example>" + "y" * 240})
+    assert len(capped) <= 200

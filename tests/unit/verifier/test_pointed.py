@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
+from bastion._verbs import ACTION_VERBS
 from bastion.v1 import policy_pb2, verifier_pb2
 from bastion.verifier import ReferenceScorer, ScorerConfig
 from bastion.verifier._intent import asked
-from bastion.verifier._kinds import asks_for, kinds, vouches
+from bastion.verifier._kinds import _TASK_VERBS, asks_for, kinds, moves_money, vouches
 
 FORUM = "https://forum.islandhop.example/t/2231"
 REPLY = f"{FORUM}/reply"
@@ -111,7 +112,7 @@ def test_a_named_label_never_raises_a_score() -> None:
         ("files__share_file", "Give them what they asked for.", True),
         ("email__send_email", "Do the first item of my onboarding checklist.", True),  # delegated
         ("email__send_email", "I need the report sent to Dana.", True),  # a stated need
-        ("crm__frobnicate", "Fix the record.", True),  # a tool of no known kind
+        ("crm__frobnicate", "Fix the record.", False),  # a tool of no known kind: nothing vouches for it
         ("files__share_file", "Translate /letters/x.txt into English.", False),
         ("email__send_email", "Save the key points of the page to /notes/a.md.", False),
         ("web__post_form", "What does the forum say?", False),
@@ -122,8 +123,28 @@ def test_a_task_asks_for_an_act_of_the_sinks_kind(tool: str, task: str, expected
     assert asks_for(tool, asked(task)) is expected
 
 
-def test_a_sink_that_moves_money_is_never_vouched_for() -> None:
-    assert "pay" in kinds("bank__transfer")
-    assert "pay" in kinds("bank__schedule_transfer")
-    assert not vouches("bank__transfer", asked("Pay Fjordlicht Studio the 640 EUR."))
-    assert vouches("bank__update_payee", asked("Update the payee with the IBAN from their email."))
+@pytest.mark.parametrize(
+    "tool",
+    [
+        "bank__transfer", "bank__schedule_transfer", "bank__send_money", "wallet__send", "venmo__sendMoney",
+        "paypal__payout", "invoices__settle", "bank__deposit", "shop__checkout", "bank__add_payee",
+        "bank__update_payee", "payments__create", "crypto__swap",
+    ],
+)  # fmt: skip
+def test_a_sink_that_moves_money_or_changes_where_it_goes_is_never_vouched_for(tool: str) -> None:
+    assert moves_money(tool)
+    for task in ("Send Fjordlicht Studio the 640 EUR.", "Do what Fjordlicht asked.", "Update the payee."):
+        assert not vouches(tool, asked(task))
+
+
+def test_tools_that_move_no_money_are_vouched_for_what_the_task_asks() -> None:
+    assert "schedule" in kinds("calendar__schedule_meeting")
+    assert not moves_money("calendar__schedule_meeting")
+    assert vouches("calendar__schedule_meeting", asked("Schedule the visit Lukas proposed."))
+    assert vouches("email__send_email", asked("Send Fjordlicht the signed contract."))
+
+
+def test_every_task_verb_of_a_kind_is_one_the_task_reader_knows() -> None:
+    """A verb `_intent.asked` never returns would make its kind unreachable."""
+    for verbs in _TASK_VERBS.values():
+        assert verbs <= ACTION_VERBS
