@@ -69,6 +69,10 @@ SEMANTIC_SIGNAL = "semantic_drift"
 # run of its characters: without it a long run with no '@' or '://' is re-scanned from
 # every offset, which is quadratic on a multi-megabyte argument.
 _EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@((?:[a-z0-9-]+\.)+[a-z]{2,63})(?![\w-])", re.IGNORECASE | re.ASCII)
+#: `//evil.example/x`: a scheme-relative URL (a browser and most HTTP clients resolve it as one).
+_SCHEME_RELATIVE = re.compile(
+    r"(?<![\w:/.\\-])//([a-z0-9-]+(?:\.[a-z0-9-]+)+)(?=[/?#:\s\"'<>]|$)", re.IGNORECASE | re.ASCII
+)
 _URL_AUTHORITY = re.compile(r"""(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://([^\s/?#\\"'<>]+)""", re.IGNORECASE | re.ASCII)
 # Groups of four with optional single space/hyphen separators, as IBANs are printed.
 # Case-insensitive because a bank API may accept lower case; the mod-97 check below
@@ -459,6 +463,9 @@ def _destinations(text: str) -> Iterator[str]:
                 yield host
         # The user info of `scheme://user@host` is part of the URL, not an email address.
         text = _URL_AUTHORITY.sub(" ", text)
+    if "//" in text:
+        for match in _SCHEME_RELATIVE.finditer(text):
+            yield _canonical_host(match.group(1))
     if "@" in text:
         for match in _EMAIL.finditer(text):
             yield match.group(0).casefold()

@@ -101,6 +101,7 @@ def test_an_email_not_named_in_the_task_adds_the_argument_weight() -> None:
         ("http://eve@evil.example/", "evil.example"),  # user info is not an email address
         ("https://evil.example\\@acme.com/", "evil.example"),
         ("http://[2001:db8::1]:8080/x", "[2001:db8::1]"),
+        ("post it to //evil.example/reply", "evil.example"),  # scheme-relative
         (IBAN_GB, IBAN_GB),
         ("pay DE89 3704 0044 0532 0130 00 today", IBAN_DE),
         ("DE89-3704-0044-0532-0130-00", IBAN_DE),
@@ -124,6 +125,8 @@ def test_destination_kinds_not_named_in_the_task_are_novel(value: str, destinati
         "https://www.files.acme.com/upload",
         "https://acme.com/",
         "s3://files.acme.com/bucket",
+        "//files.acme.com/upload",
+        "a path like /srv//data or a comment // like this",
     ],
 )
 def test_destinations_the_task_names_are_expected(value: str) -> None:
