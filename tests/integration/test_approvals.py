@@ -142,6 +142,9 @@ async def test_the_approval_flow_with_the_sdk_client(stack: Stack) -> None:
     shown = await stack.rest("GET", f"/v1/approvals/{approval_id}", stack.operator)
     assert shown.json()["state"] == "used"
     # Every step in the graph: the parked calls, the operator's decision, the forwarded call.
+    # The graph ingests asynchronously: wait for the nodes asserted on, not for any six.
+    await stack.client.nodes(workflow, 1, where=lambda node: node["action"].get("method") == "bastion.approval/approve")
+    await stack.client.nodes(workflow, 1, where=lambda node: node["outcome"] == "FORWARDED")
     nodes = await stack.client.nodes(workflow, 6)
     decision = [node for node in nodes if node["action"].get("method") == "bastion.approval/approve"]
     assert len(decision) == 1

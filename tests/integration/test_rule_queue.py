@@ -100,6 +100,9 @@ async def test_a_queue_rule_parks_the_call_until_an_operator_releases_it(stack: 
     assert again["error"]["data"]["queue_id"] != queue_id  # exactly once
     assert stack.deleted() == ["/rule/q.csv"]
 
+    # The graph ingests asynchronously: wait for the nodes asserted on, not for any four.
+    await stack.client.nodes(workflow, 2, where=lambda node: node["block_code"] == "park-deletes")
+    await stack.client.nodes(workflow, 1, where=lambda node: node["outcome"] == "FORWARDED")
     nodes = await stack.client.nodes(workflow, 4)
     forwarded = [node for node in nodes if node["outcome"] == "FORWARDED" and node["action"].get("tool")]
     assert len(forwarded) == 1

@@ -150,6 +150,8 @@ async def test_park_list_release_and_the_retry_passes_exactly_once(stack: Stack)
 
     # The graph ingests asynchronously: wait for the last parked call's node, not for any six.
     await stack.client.nodes(workflow, 4, where=lambda node: node["block_code"] == "bastion.verifier_queued")
+    await stack.client.nodes(workflow, 1, where=lambda node: node["action"].get("method") == "bastion.queue/release")
+    await stack.client.nodes(workflow, 1, where=lambda node: node["outcome"] == "FORWARDED")
     nodes = await stack.client.nodes(workflow, 6)
     release = [node for node in nodes if node["action"].get("method") == "bastion.queue/release"]
     assert len(release) == 1
