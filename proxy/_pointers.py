@@ -70,10 +70,10 @@ IDENTITY_KEYS = frozenset(
 )  # fmt: skip
 #: Keys of display names among them: their words are names too, not only their locators.
 _NAME_KEYS = frozenset({"from", "sender", "author", "organizer", "organiser", "owner"})
-#: Punctuation around a locator in prose ("(see https://x.example/a)," "<billing@x.example>").
-_TOKEN_STRIP = "()[]{}<>\"'`,;:!?*."  # noqa: S105 (punctuation, not a secret)
+#: Punctuation around a word or a locator in prose ("(see https://x.example/a)," "<billing@x.example>").
+PUNCTUATION = ".,;:!?()[]{}<>\"'`*"
 #: How a result path starts before its own fields (an MCP text holding JSON, structured content).
-_ROOTS = ("content[0].text.", "content[0].text", "structuredContent.", "result.")
+_ROOTS = ("content[0].text.", "structuredContent.", "result.")
 _SENTENCE_END = ".!?:;\n"
 #: Marks of a list item: a capitalised word after them opens the item, like a sentence.
 _BULLETS = "-*>#\u2022\u2013\u2014"  # hyphen, star, quote, heading, bullet, en and em dash
@@ -116,9 +116,6 @@ class Identity:
         """The destinations vouched for by the groups the task points at; None when it points at none."""
         met = [vouches for keys, vouches in self.groups if not keys.isdisjoint(references_)]
         return frozenset(itertools.chain.from_iterable(met)) if met else None
-
-
-NOBODY = Identity()
 
 
 def read_from(asked: Any) -> tuple[str, ...]:
@@ -177,7 +174,7 @@ def references(task: str) -> frozenset[str]:
     for word in task.split():
         start = task.find(word, position)
         position = start + len(word)
-        stripped = word.strip(_TOKEN_STRIP + _BULLETS).removesuffix("'s").removesuffix("\u2019s")
+        stripped = word.strip(PUNCTUATION + _BULLETS).removesuffix("'s").removesuffix("\u2019s")
         if not stripped[:1].isupper() or _opens(task, start):
             continue
         for name in stripped.split("-"):  # "Lenz-Hoffmann", "Split-Hvar"
@@ -193,7 +190,7 @@ def stays_within(folded: str, allowed: frozenset[str]) -> bool:
     if not any(mark in folded for mark in "./@:\\"):
         return True  # an IBAN, a name, a sentence without a locator
     for raw in folded.split():
-        token = raw.strip(_TOKEN_STRIP).replace("\\", "/")
+        token = raw.strip(PUNCTUATION).replace("\\", "/")
         if len(token) > MAX_TOKEN:
             return False
         if "://" in token or token.startswith("//"):
@@ -259,7 +256,7 @@ def _keys(kind: str, value: str, *, words: bool) -> Iterator[str]:
 def _locate(folded: str) -> Iterator[tuple[str, str]]:
     """("address" | "host" | "path", value) for each whitespace-separated token that is one."""
     for raw in folded.split():
-        token = raw.strip(_TOKEN_STRIP)
+        token = raw.strip(PUNCTUATION)
         if not 3 <= len(token) <= MAX_TOKEN:
             continue
         if "://" in token:
@@ -322,7 +319,7 @@ def _top_key(path: str) -> str | None:
     None for anything nested, inside a list, or in another content block than the first."""
     for root in _ROOTS:
         if path.startswith(root):
-            rest = path[len(root) :].lstrip(".")
+            rest = path[len(root) :]
             break
     else:
         rest = path

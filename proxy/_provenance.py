@@ -77,7 +77,7 @@ import orjson
 
 from bastion.v1 import graph_pb2
 
-from ._pointers import IDENTITY_KEYS, Identity, identity, references, stays_within
+from ._pointers import IDENTITY_KEYS, PUNCTUATION, Identity, identity, references, stays_within
 
 #: Characters per shingle: long enough that common words and phrases rarely make one.
 SHINGLE = 16
@@ -115,7 +115,6 @@ MAX_UNREAD = 8
 #: Keys whose values are payloads or protocol, not data: MCP image/audio `data`, resource
 #: `blob`, A2A file `bytes`, MIME types and metadata.
 _SKIPPED_KEYS = frozenset({"data", "blob", "bytes", "mimeType", "_meta"})
-_PUNCTUATION = ".,;:!?()[]{}<>\"'`*"
 #: Groups of a number printed with spaces (an IBAN has at most 9).
 _MAX_GROUPS = 12
 _MARKS = "0123456789@"
@@ -179,10 +178,9 @@ class Fingerprints:
     _task_shingles: frozenset[int] = frozenset()
     _task_exact: frozenset[str] = frozenset()
     _task_refs: frozenset[str] = frozenset()
-    #: node id → who or where its (untrusted) result came from (`_pointers.identity`).
-    #: Kept as read (the call's arguments, the result's source fields) and worked out the
-    #: first time a later argument matches the result: most results are never matched.
-    #: node id → (its cost in fingerprints, its Identity or the data to work it out from).
+    #: node id → (its cost in fingerprints, who or where its untrusted result came from).
+    #: Kept as read (what the call read, the result's source fields) and worked out into an
+    #: `Identity` the first time a later argument matches the result: most never are.
     _identity: dict[str, tuple[int, Identity | tuple[tuple[str, ...], tuple[tuple[str, str], ...]]]] = field(
         default_factory=dict
     )
@@ -217,8 +215,7 @@ class Fingerprints:
             kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
             source = Source(node_id, tool, path, trusted, kind)
             if kind == "text":
-                for token in itertools.islice(tokens(norm), max(0, MAX_RESULT_KEYS - len(exact))):
-                    exact.setdefault(token, source)
+                _add_tokens(exact, norm, source)
             elif len(norm) >= MIN_VALUE and len(exact) < MAX_RESULT_KEYS and not _is_constant(norm):
                 key = exact_key(norm)
                 # A whole field says more than the same token inside free text.
@@ -227,10 +224,7 @@ class Fingerprints:
                 if " " in norm:
                     # A short text with words ("Pay to NL90 LDRU 7451 1350 04 now") is a field as
                     # a whole, but the identifiers inside it are data inside text all the same.
-                    inside = Source(node_id, tool, path, trusted, "text")
-                    for token in itertools.islice(tokens(norm), max(0, MAX_RESULT_KEYS - len(exact))):
-                        if token != key:
-                            exact.setdefault(token, inside)
+                    _add_tokens(exact, norm, Source(node_id, tool, path, trusted, "text"))
             budget = MAX_RESULT_SHINGLES - len(shingles)
             if budget > 0 and len(norm) >= SHINGLE:
                 for value in shingle_hashes(norm, budget):
@@ -292,7 +286,7 @@ class Fingerprints:
         norm = normalise(task)
         self._task = task
         self._task_shingles = frozenset(shingle_hashes(norm, len(norm)))
-        words = {exact_key(word.strip(_PUNCTUATION)) for word in norm.split(" ")}
+        words = {exact_key(word.strip(PUNCTUATION)) for word in norm.split(" ")}
         self._task_exact = frozenset({*words, *tokens(norm), exact_key(norm)})
         self._task_refs = references(task)
 
@@ -364,6 +358,13 @@ class Fingerprints:
         return Match(path, source, round(chars / len(norm), 2))
 
 
+def _add_tokens(exact: dict[str, Source], norm: str, source: Source) -> None:
+    """The identifier-like tokens of `norm` as exact keys from `source`, within MAX_RESULT_KEYS;
+    a key already held (the whole field's own) keeps its source."""
+    for token in itertools.islice(tokens(norm), max(0, MAX_RESULT_KEYS - len(exact))):
+        exact.setdefault(token, source)
+
+
 def _is_handle(path: str) -> bool:
     """A value under an id key (`id`, `taskId`, `message_id`): a protocol handle the next
     call is meant to pass back (an A2A task id, an email's id to reply to), not data a
@@ -409,7 +410,7 @@ def tokens(norm: str) -> Iterator[str]:
     for index, word in enumerate(words):
         if word.isalpha():
             continue
-        word = word.strip(_PUNCTUATION)
+        word = word.strip(PUNCTUATION)
         digit = _DIGIT.search(word) is not None
         if len(word) >= MIN_VALUE and (digit or "@" in word or "://" in word):
             yield exact_key(word)
@@ -424,7 +425,7 @@ def _grouped(first: str, words: list[str], index: int) -> Iterator[str]:
     ("… 0130 00 to")."""
     groups = [first.removeprefix("+")]
     for word in words[index + 1 : index + _MAX_GROUPS]:
-        word = word.strip(_PUNCTUATION)
+        word = word.strip(PUNCTUATION)
         # Groups of digits, or four letters (a bank code: "gb29 nwbk 6016 …"); "eur", "to" end it.
         if not (0 < len(word) <= 4 and word.isalnum() and (len(word) == 4 or _DIGIT.search(word))):
             break
@@ -633,10 +634,11 @@ class Provenance:
             labels[
                 f"arg:{escape(m.path)}:{trust}:{source.tool}:{escape(source.path)}:{source.kind}:{m.fraction:.2f}"
             ] = None
-            if m.named and paths[m.path] == 1:
+            named = m.named and paths[m.path] == 1
+            if named:
                 labels[f"named:{escape(m.path)}"] = None
             reason = f"argument {m.path!r} ({round(m.fraction * 100)}%) from {source.tool} {source.path}"
-            if m.named and paths[m.path] == 1:
+            if named:
                 reason += " (a result the task points at)"
             edges.setdefault((source.node_id, m.path), (source.node_id, graph_pb2.INFORMED_BY, reason))
         return Annotation(tuple(labels), tuple(edges.values()))

@@ -250,7 +250,13 @@ class ReferenceScorer:
         # A result the task points at vouches for its data only when the task asks for an
         # action of this kind (_kinds.py): "read the forum thread at …" points at the thread
         # but asks nothing to be done with what it says; "translate the letter" asks for no share.
-        vouched = config.pointed_factor < 1 and intent <= 0 and vouches(tool, asked(ctx.task))
+        # Read only when the proxy labelled some argument `named:` (most calls have none).
+        vouched = (
+            config.pointed_factor < 1
+            and intent <= 0
+            and any(label.startswith("named:") for label in ctx.taint)
+            and vouches(tool, asked(ctx.task))
+        )
         weight, reason, origin = taint_signal(
             action,
             ctx.taint,

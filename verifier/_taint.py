@@ -29,11 +29,12 @@ data and of the call comes in:
 The task factor is TASK_FACTOR (0.25) when the argument's value appears in the stated task
 (`ctx.task`, trusted): the user named it. The proxy never labels data the task holds, so
 this only matters for a proxy that fingerprints differently; it never raises a weight.
-The same factor applies when the proxy labels the argument `named:<path>`: its data came
-from a result the task points at (the email of the supplier the user names, the page at
-the address the user gave; proxy/_pointers.py). Paying the invoice the user pointed at
-is the user's decision; where that data goes is still argument_novelty's to judge, so a
-page the user named that sends the agent to another host is caught there.
+The pointed factor (`ScorerConfig.pointed_factor`, 0.25 by default) applies instead when
+the proxy labels the argument `named:<path>` (its data came from a result the task points
+at: the page at the address the user gave, the email of the sender the user names;
+proxy/_pointers.py) and the caller found that the task asks for an act of this kind and the
+tool moves no money (verifier/_kinds.py). Where that data goes is still argument_novelty's
+to judge, so a page the user named that sends the agent to another host is caught there.
 An argument whose value cannot be found at its labelled path is weighed as a control value
 (the strongest), so a mismatched label cannot lower a score.
 
