@@ -285,6 +285,7 @@ class A2aHttpAdapter:
         msg_id: Any = None
         try:
             body = await read_body(request.receive, request.headers, self._max_body, self._body_timeout)
+            self._budget.refuse_unparsed(body, "the request")
             msg_id, message = parse_jsonrpc(body)
             call = classify_jsonrpc(msg_id, message, self._budget, body)
             request.trace.message(Message(message, call.wire_method, msg_id, call.params))

@@ -217,6 +217,7 @@ def _rest_arguments(
     names another task than the path is refused rather than shown to policy."""
     arguments: dict[str, Any] = {}
     if body.strip():
+        budget.refuse_unparsed(body, f"the {name} body")
         try:
             decoded = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -73,16 +73,19 @@ def parse_message(raw: bytes) -> Message:
     return Message(body=body, method=method, id=msg_id, params=params)
 
 
-#: A run of 19+ digits: the only way to write an integer beyond 64 bits. Rare, so the
-#: exact check below (a second, slower parse) runs almost never.
-_LONG_NUMBER = re.compile(rb"\d{19}")
+#: A run of 19+ digits is the only way to write an integer beyond 64 bits. Rare, so the
+#: exact check below (a second, slower parse) runs almost never. The run is looked for
+#: with every digit mapped to "0" and every other byte to "x": `translate` and `in` run at
+#: memory speed, where the regex `\d{19}` took 37 ms over a 4 MB body of `0,0,…`.
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x78 for byte in range(256))
+_LONG_RUN = b"0" * 19
 _INT_LIMIT = 1 << 63
 
 
 def check_integers(raw: bytes) -> None:
     """Refuse integers beyond 64 bits: orjson reads them as floats, so policy would decide
     on a rounded value while the upstream reads the exact digits."""
-    if not _LONG_NUMBER.search(raw):
+    if _LONG_RUN not in raw.translate(_DIGITS_AS_ZERO):
         return
 
     def exact(text: str) -> int:

@@ -214,6 +214,7 @@ class McpHttpAdapter:
         headers = request.headers
         try:
             body = await read_body(request.receive, headers, self._max_body, self._body_timeout)
+            self._budget.refuse_unparsed(body, "the message")
             message = parse_message(body)
             msg_id = message.id
             request.trace.message(message)

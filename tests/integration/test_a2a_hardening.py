@@ -163,6 +163,8 @@ BAD_REST: list[tuple[str, str, bytes | None, int]] = [
     ("POST", "/message:send", b"{not json", 400),
     ("POST", "/tasks/t-1:cancel", b'{"id": "t-2"}', 400),
     ("GET", "/tasks/t-1?id=t-2", None, 400),
+    # More than twice the values the stack's budget (2,000) allows: refused before parsing.
+    ("POST", "/message:send", b'{"metadata": {"v": [' + b"0," * 5000 + b"0]}}", 400),
 ]
 
 
