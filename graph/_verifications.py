@@ -18,9 +18,10 @@ with policy ALLOW an event without a verifier answer means the verifier did not 
 (failed, timed out, circuit open, answered garbage) and a fallback applied. That is
 recorded too, as a VERIFICATION node without a verdict giving the reason: an auditor
 must see that the verifier was asked and did not answer. Denied calls, approval-required
-calls (an operator's approval node verifies those), protocol traffic, result events and
-the approvals' own VERIFICATION events get none; a denied call's concurrent verifier
-answer stays on its ACTION node.
+calls (an operator's approval node verifies those), actions whose deciding policy waived
+scoring (`verifier: {name: none}`: their decision says so, and the proxy notes it in
+`block_reason`), protocol traffic, result events and the approvals' own VERIFICATION
+events get none; a denied call's concurrent verifier answer stays on its ACTION node.
 
 The node: id `<action node id>:verification:<n>` (n from 1, chain order; a `/` would
 not fit a REST path segment), event id likewise from the action's, node_type
@@ -42,6 +43,8 @@ from ._events import enum_name
 ID_INFIX = ":verification:"
 VERIFIED_BY = graph_pb2.EdgeType.Name(graph_pb2.VERIFIED_BY)
 _NO_ANSWER = "the verifier did not answer"
+#: `verifier: {name: none}`: the deciding policy waived scoring (proxy/_verifier_settings.py).
+WAIVED = "none"
 
 
 def verification_nodes(event: graph_pb2.Event) -> list[graph_pb2.Event]:
@@ -55,6 +58,8 @@ def verification_nodes(event: graph_pb2.Event) -> list[graph_pb2.Event]:
         return []
     answers: list[verifier_pb2.ScoreResponse] = list(event.verifications)
     if not answers:
+        if not event.HasField("verifier") and event.decision.verifier.name == WAIVED:
+            return []  # nothing verified it, by policy's choice: the ACTION says so (`waived`)
         if event.HasField("verifier"):
             answers = [event.verifier]
         else:

@@ -40,7 +40,7 @@ from ._batching import BatchCaller
 from ._breaker import CircuitBreaker, CircuitOpen
 from ._envelope import public_reason
 from ._streams import StreamCaller, StreamFailure
-from ._verifier_settings import VerifierSettings
+from ._verifier_settings import NO_VERIFIER, VerifierSettings
 
 POLICY_UNAVAILABLE = "bastion.policy_unavailable"
 VERIFIER_UNAVAILABLE = "bastion.verifier_unavailable"
@@ -192,6 +192,11 @@ class Governor:
         score = verifier_pb2.ScoreRequest(action=action, ctx=ctx, history=history, node_id=node_id)
         measure = body_size > _MEASURE_ABOVE
         settings = self._settings_for(ctx.agent_id)
+        if not settings.scored:
+            waived = await _settled(
+                self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0, weight=body_size)
+            )
+            return unscored(waived, settings)
         breakers = self.breakers
         try:
             _check(breakers)
@@ -359,6 +364,39 @@ async def _settled(call: Coroutine[Any, Any, policy_pb2.Decision]) -> policy_pb2
         return exc
 
 
+def _refused(decision: policy_pb2.Decision | BaseException, score: verifier_pb2.ScoreResponse | None) -> Outcome | None:
+    """The outcome when policy did not allow the action (or did not answer), else None."""
+    if not isinstance(decision, policy_pb2.Decision):
+        return Outcome(False, None, score, POLICY_UNAVAILABLE, _describe("policy service", decision))
+    if decision.effect != policy_pb2.ALLOW:
+        effect = policy_pb2.Effect.Name(decision.effect)
+        reason = decision.reason or f"policy effect {effect}"
+        return Outcome(False, decision, score, decision.rule_id or "default", reason)
+    return None
+
+
+def unscored(decision: policy_pb2.Decision | BaseException, settings: VerifierSettings) -> Outcome:
+    """The outcome of an action whose policies waive scoring (`verifier: {name: none}`).
+
+    The deciding policy must say so too: the proxy learnt the waiver from Watch, and a
+    version activated since (a canary arm, a new version not yet seen) may want a
+    verifier. Then the action is blocked, never let through unscored; the next one is
+    asked once Watch has caught up."""
+    if (refused := _refused(decision, None)) is not None:
+        return refused
+    assert isinstance(decision, policy_pb2.Decision)
+    if decision.verifier.name != NO_VERIFIER:
+        wants = decision.verifier.name or "the default"
+        reason = (
+            f"policy {decision.policy_name!r} v{decision.policy_version} asks for verifier {wants!r}, "
+            f"but the proxy's settings ({settings.source}) waive scoring: a policy change in flight; retry"
+        )
+        return Outcome(False, decision, None, VERIFIER_UNAVAILABLE, reason)
+    # Journaled with the action (as a fallback's note is): why no verifier answer is recorded.
+    note = f"verifier waived: policy {decision.policy_name!r} v{decision.policy_version} says verifier none"
+    return Outcome(True, decision, None, block_reason=note)
+
+
 def combine(
     decision: policy_pb2.Decision | BaseException,
     scored: verifier_pb2.ScoreResponse | BaseException,
@@ -371,12 +409,9 @@ def combine(
         # A verifier that answers garbage has not vouched for anything.
         scored = ValueError(unsound)
         score = None
-    if not isinstance(decision, policy_pb2.Decision):
-        return Outcome(False, None, score, POLICY_UNAVAILABLE, _describe("policy service", decision))
-    if decision.effect != policy_pb2.ALLOW:
-        effect = policy_pb2.Effect.Name(decision.effect)
-        reason = decision.reason or f"policy effect {effect}"
-        return Outcome(False, decision, score, decision.rule_id or "default", reason)
+    if (refused := _refused(decision, score)) is not None:
+        return refused
+    assert isinstance(decision, policy_pb2.Decision)
     if score is None:
         assert isinstance(scored, BaseException)
         return _fallback(decision, settings, _describe(service, scored))

@@ -130,11 +130,9 @@ class PolicyWatch:
             taint=taint if isinstance(taint, dict) else None,
         )
         self._taint = _union_taint(self.active.values())
-        stanza = policy_verifier(event.policy_name, event.version, settings) if isinstance(settings, dict) else None
-        if stanza is None:
-            self._verifier_stanzas.pop(event.policy_name, None)
-        else:
-            self._verifier_stanzas[event.policy_name] = stanza
+        self._verifier_stanzas[event.policy_name] = policy_verifier(
+            event.policy_name, event.version, settings if isinstance(settings, dict) else {}
+        )
         # A new index, swapped in whole: a call in flight keeps the one it read.
         self._verifier_index = VerifierSettingsIndex(self._verifier_default, self._verifier_stanzas.values())
         self._versions.labels(event.policy_name).set(event.version)

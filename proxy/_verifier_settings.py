@@ -8,6 +8,11 @@ timeout, and fallback block > queue > allow. A field no governing policy sets ta
 proxy's default (BASTION_VERIFIER_TIMEOUT_MS, BASTION_VERIFIER_FALLBACK; no threshold:
 the verifier's own verdict).
 
+`name: none` waives scoring: an agent whose every governing policy says so is decided by
+policy alone, and the verifier is not asked (a read-only agent, say, where the verifier's
+round trip buys nothing). One governing policy without it, or without a stanza at all,
+keeps the verifier asked: waiving is the one setting where the strictest is "asked".
+
 The index is rebuilt from scratch on every Watch change (`PolicyWatch`) and never
 changes after, so the hot path reads it without a lock: when every policy governs every
 agent (the common case) one precomputed answer serves all, otherwise each agent's answer
@@ -31,6 +36,8 @@ _FALLBACK_RANK: dict[str, int] = {"block": 0, "queue": 1, "allow": 2}
 #: The longest `timeout_ms` a policy may set (policy/_document.py `Verifier`); a longer
 #: one read from a Watch event is held to it.
 MAX_TIMEOUT_S = 60.0
+#: The verifier name that waives scoring (`verifier: {name: none}`).
+NO_VERIFIER = "none"
 #: Agents whose settings are kept between changes; past it the least recent is recomputed.
 _CACHED_AGENTS = 65_536
 
@@ -44,6 +51,8 @@ class VerifierSettings:
     threshold: float | None = None
     #: Where the values come from, for block reasons and logs ("proxy defaults", "policy 'x' v3").
     source: str = "proxy defaults"
+    #: False when every policy governing the agent waives scoring (`name: none`).
+    scored: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +66,21 @@ class PolicyVerifier:
     timeout: float | None
     threshold: float | None
     fallback: Fallback | None
+    #: False: `name: none`, the policy waives scoring for its agents.
+    scores: bool = True
+
+    @property
+    def sets_anything(self) -> bool:
+        return not self.scores or any(v is not None for v in (self.timeout, self.threshold, self.fallback))
 
 
-def policy_verifier(policy: str, version: int, settings: dict[str, Any]) -> PolicyVerifier | None:
-    """The stanza from a Watch event's settings (None when the version has none or it is
-    unreadable: a malformed stanza must not loosen anything, and the defaults still hold)."""
+def policy_verifier(policy: str, version: int, settings: dict[str, Any]) -> PolicyVerifier:
+    """The stanza from a Watch event's settings. A version without one, or with one that is
+    unreadable, sets nothing (the defaults hold: a malformed stanza must not loosen
+    anything) but still governs its agents: it keeps their verifier asked."""
     stanza = settings.get("verifier")
     if not isinstance(stanza, dict):
-        return None
+        stanza = {}
     timeout_ms = _number(stanza.get("timeout_ms"))
     threshold = _number(stanza.get("threshold"))
     fallback = stanza.get("fallback")
@@ -78,6 +94,7 @@ def policy_verifier(policy: str, version: int, settings: dict[str, Any]) -> Poli
         timeout=min(timeout_ms, MAX_TIMEOUT_S * 1000) / 1000 if timeout_ms is not None and timeout_ms > 0 else None,
         threshold=threshold if threshold is not None and 0 <= threshold <= 1 else None,
         fallback=fallback if fallback in _FALLBACK_RANK else None,
+        scores=stanza.get("name") != NO_VERIFIER,
     )
 
 
@@ -116,7 +133,7 @@ def _strictest(default: VerifierSettings, policies: Sequence[PolicyVerifier]) ->
     timeouts = [p.timeout for p in policies if p.timeout is not None]
     thresholds = [p.threshold for p in policies if p.threshold is not None]
     fallbacks = [p.fallback for p in policies if p.fallback is not None]
-    setting = [p for p in policies if p.timeout is not None or p.threshold is not None or p.fallback is not None]
+    setting = [p for p in policies if p.sets_anything]
     if not setting:
         return default
     return VerifierSettings(
@@ -124,4 +141,6 @@ def _strictest(default: VerifierSettings, policies: Sequence[PolicyVerifier]) ->
         fallback=min(fallbacks, key=_FALLBACK_RANK.__getitem__) if fallbacks else default.fallback,
         threshold=min(thresholds) if thresholds else default.threshold,
         source=", ".join(f"policy {p.policy!r} v{p.version}" for p in setting),
+        # Waived only when it is every governing policy's choice, and at least one governs.
+        scored=not policies or any(p.scores for p in policies),
     )

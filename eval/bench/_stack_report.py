@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-HTTP_PATHS = ("direct", "hop", "bastion", "bastion_limits")
+HTTP_PATHS = ("direct", "hop", "bastion", "bastion_limits", "bastion_policy")
 SERVICES = ("policy", "verifier", "graph", "proxy")
 PROCESS_ORDER = ("upstream", "hop", *SERVICES, "client")
 LABELS = {
@@ -15,6 +15,7 @@ LABELS = {
     "bastion": "(c) Bastion, full pipeline",
     "bastion_limits": "(d) Bastion, policy with limits",
     "grpc": "(e) bare gRPC round trip",
+    "bastion_policy": "(f) Bastion, policy only",
 }
 
 
@@ -41,6 +42,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "bastion_vs_hop_p50_us": round(p50["bastion"] - p50["hop"], 1),
         "bastion_limits_vs_direct_p50_us": round(p50["bastion_limits"] - p50["direct"], 1),
         "limits_stage_p50_us": round(p50["bastion_limits"] - p50["bastion"], 1),
+        "bastion_policy_vs_direct_p50_us": round(p50["bastion_policy"] - p50["direct"], 1),
+        "verifier_stage_p50_us": round(p50["bastion"] - p50["bastion_policy"], 1),
         "bastion_vs_direct_p99_us": round(p99["bastion"] - p99["direct"], 1),
         "floor_p50_us": round(floor, 1),
     }
@@ -49,7 +52,16 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         for clients, load in paths["bastion"].get("load", {}).items()
     }
     over_floor = _ratio(bastion_added, floor)
-    ratios = {"bastion_added_over_floor_p50": over_floor, "throughput_bastion_over_hop": throughput}
+    policy_only = {
+        clients: _ratio(load["calls_per_s"], paths["hop"]["load"][clients]["calls_per_s"])
+        for clients, load in paths["bastion_policy"].get("load", {}).items()
+    }
+    ratios = {
+        "bastion_added_over_floor_p50": over_floor,
+        "policy_only_added_over_floor_p50": _ratio(added["bastion_policy_vs_direct_p50_us"], floor),
+        "throughput_bastion_over_hop": throughput,
+        "throughput_policy_only_over_hop": policy_only,
+    }
     cpu = paths["bastion"]["cpu_us_per_call"]
     cpu_phase = "16" if "16" in cpu else "c1"
     proxy_rss = result["processes"]["proxy"]["rss_mb"]
@@ -83,18 +95,22 @@ def table(result: dict[str, Any]) -> str:
         f"floor = hop {added['hop_vs_direct_p50_us']:.0f} + gRPC {paths['grpc']['c1']['p50_us']:.0f} = "
         f"{added['floor_p50_us']:.0f}; ratio {over if over is not None else '-'}; "
         f"limits stage {added['limits_stage_p50_us']:+.0f}",
+        f"policy only (verifier waived): added p50 {added['bastion_policy_vs_direct_p50_us']:.0f}, ratio "
+        f"{ratios['policy_only_added_over_floor_p50'] or '-'}; verifier stage {added['verifier_stage_p50_us']:+.0f}",
         "",
         f"{'under load':34} {'clients':>8} {'calls/s':>9} {'p50':>8} {'p99':>8} {'errors':>7}",
     ]
     for clients in map(str, params["clients"]):
-        for path in ("direct", "hop", "bastion"):
+        for path in ("direct", "hop", "bastion", "bastion_policy"):
             load = paths[path]["load"][clients]
             lines.append(
                 f"{LABELS[path]:34} {clients:>8} {load['calls_per_s']:9.0f} {load['p50_us']:8.0f} "
                 f"{load['p99_us']:8.0f} {load['errors']:7}"
             )
-        share = ratios["throughput_bastion_over_hop"].get(clients)
-        lines.append(f"{'  Bastion / hop throughput':34} {clients:>8} {share * 100 if share else 0:8.1f}%")
+        shares = (("Bastion", "throughput_bastion_over_hop"), ("policy only", "throughput_policy_only_over_hop"))
+        for name, key in shares:
+            share = ratios[key].get(clients)
+            lines.append(f"{f'  {name} / hop throughput':34} {clients:>8} {share * 100 if share else 0:8.1f}%")
     lines += _hostile_lines(result)
     lines += ["", _cpu_table(result), "", _targets_table(result)]
     load = result["machine"]["load_1m"]
@@ -175,9 +191,9 @@ def chart(result: dict[str, Any], png: Path) -> tuple[Path | None, str | None]:
     latency.set_title("latency at concurrency 1 (µs)")
     latency.legend()
     clients = [str(n) for n in result["params"]["clients"]]
-    for index, path in enumerate(("direct", "hop", "bastion")):
+    for index, path in enumerate(("direct", "hop", "bastion", "bastion_policy")):
         rates = [paths[path]["load"][n]["calls_per_s"] for n in clients]
-        load.bar([i + (index - 1) * 0.27 for i in range(len(clients))], rates, 0.27, label=LABELS[path])
+        load.bar([i + (index - 1.5) * 0.2 for i in range(len(clients))], rates, 0.2, label=LABELS[path])
     load.set_xticks(range(len(clients)), [f"{n} clients" for n in clients])
     load.set_title("throughput (calls/s)")
     load.legend(fontsize="small")

@@ -58,11 +58,11 @@ from bastion.proxy._upstream import UpstreamPool
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "eval" / "results"
-PATHS = ("direct", "hop", "bastion", "bastion_limits", "grpc")
-LOAD_PATHS = ("direct", "hop", "bastion")
+PATHS = ("direct", "hop", "bastion", "bastion_limits", "grpc", "bastion_policy")
+LOAD_PATHS = ("direct", "hop", "bastion", "bastion_policy")
 #: The phase of (c) under load with a hostile client beside the ordinary ones.
 HOSTILE = "hostile"
-AGENTS = {"bastion": "stack-bench", "bastion_limits": "stack-bench-limits"}
+AGENTS = {"bastion": "stack-bench", "bastion_limits": "stack-bench-limits", "bastion_policy": "stack-bench-policy"}
 _ANY = "127.0.0.1:0"
 _TIMEOUT_S = 30.0
 #: Quiet: all the processes together used at most 2 clock ticks in 100 ms.
@@ -102,6 +102,11 @@ _LIMITS = """\
     budget: {calls: 1000000000000, window: 1d}
     loop: {same_call: 10000, window: 1s}
 """
+# Scoring waived: what a call costs decided by policy alone (the verifier's round trip saved).
+_WAIVED = """\
+  verifier: {name: none}
+"""
+_EXTRA = {"bastion_limits": _LIMITS, "bastion_policy": _WAIVED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +170,7 @@ def _configs(home: Path) -> tuple[Path, Path]:
     `servers:`, so they can start before the upstream's port is known) and for the proxy."""
     for path, agent in AGENTS.items():
         text = _RULE.format(name=agent, agent=agent, tool=TOOL)
-        (home / f"policy-{path}.yaml").write_text(text + (_LIMITS if path == "bastion_limits" else ""))
+        (home / f"policy-{path}.yaml").write_text(text + _EXTRA.get(path, ""))
     policies = "policies:\n" + "".join(f"  - policy-{path}.yaml\n" for path in AGENTS)
     backends = home / "backends.yaml"
     backends.write_text(policies)
@@ -221,6 +226,7 @@ class _Paths:
             "hop": UpstreamPool(addresses["hop"], timeout=_TIMEOUT_S, max_idle=256),
             "bastion": UpstreamPool(addresses["bastion"], timeout=_TIMEOUT_S, max_idle=256),
             "bastion_limits": UpstreamPool(addresses["bastion"], timeout=_TIMEOUT_S, max_idle=256),
+            "bastion_policy": UpstreamPool(addresses["bastion"], timeout=_TIMEOUT_S, max_idle=256),
         }
         key = ensure_dev_key(home)
         self._tokens = {path: f"Bearer {issue_token(key, subject=agent)}".encode() for path, agent in AGENTS.items()}

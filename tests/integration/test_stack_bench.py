@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-PATHS = {"direct", "hop", "bastion", "bastion_limits", "grpc"}
-LOAD_PATHS = {"direct", "hop", "bastion"}
+PATHS = {"direct", "hop", "bastion", "bastion_limits", "grpc", "bastion_policy"}
+LOAD_PATHS = {"direct", "hop", "bastion", "bastion_policy"}
 PROCESSES = {"upstream", "hop", "policy", "verifier", "graph", "proxy", "client"}
 LATENCY = {"n", "p50_us", "p95_us", "p99_us", "mean_us"}
 LOAD = {"calls", "errors", "first_error", "seconds", "calls_per_s", "p50_us", "p95_us", "p99_us", "mean_us"}
@@ -61,6 +61,12 @@ def test_bench_stack_quick_writes_figures_for_every_path_and_process(tmp_path: P
                 assert load["calls"] + load["errors"] > 0
         else:
             assert "load" not in path
+    # Waiving the verifier is a policy setting the proxy honours: the policy-only path is
+    # answered, not refused (a refusal would be counted as an error).
+    for load in result["paths"]["bastion_policy"]["load"].values():
+        assert load["errors"] == 0, load["first_error"]
+    assert {"verifier_stage_p50_us", "bastion_policy_vs_direct_p50_us"} <= set(result["added"])
+    assert set(result["ratios"]["throughput_policy_only_over_hop"]) == {str(n) for n in params["clients"]}
 
     # The hostile slice: the ordinary callers all succeed beside a client sending wide and
     # deep arguments, and every hostile call is refused with a JSON-RPC error, none forwarded.

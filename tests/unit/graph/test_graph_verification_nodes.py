@@ -254,3 +254,23 @@ async def test_an_event_reusing_a_derived_id_is_refused_and_one_that_took_it_fir
     summary = await store.workflow("wf-1")
     assert summary is not None
     assert summary.node_count == 4
+
+
+async def test_a_call_whose_policy_waived_scoring_gets_none_but_a_forged_waiver_does_not_hide_an_answer(
+    store: GraphStore,
+) -> None:
+    waived = _call(1, block_reason="verifier waived: policy 'mail' v3 says verifier none")
+    waived.decision.verifier.name = "none"
+    # A waiver claimed beside an answer the event carries: the answer is still a node.
+    answered = _call(2, verifier=_score("reference/1", 0.2, verifier_pb2.PASS))
+    answered.decision.verifier.name = "none"
+    # Any other name without an answer is a verifier that did not answer.
+    lookalike = _call(3, block_reason=_UNAVAILABLE)
+    lookalike.decision.verifier.name = "None"
+    await store.ingest([waived, answered, lookalike])
+
+    nodes, _ = await _graph(store)
+    assert sorted(node.node_id for node in nodes if node.node_type == graph_pb2.VERIFICATION) == [
+        "node-2:verification:1",
+        "node-3:verification:1",
+    ]

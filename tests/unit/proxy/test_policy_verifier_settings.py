@@ -14,8 +14,16 @@ from hypothesis import strategies as st
 
 from bastion.policy._document import parse_policy
 from bastion.policy._registry import settings_json
-from bastion.proxy._pipeline import VERIFIER_BLOCK, VERIFIER_QUEUED, VERIFIER_UNAVAILABLE, combine
+from bastion.proxy._pipeline import (
+    POLICY_UNAVAILABLE,
+    VERIFIER_BLOCK,
+    VERIFIER_QUEUED,
+    VERIFIER_UNAVAILABLE,
+    combine,
+    unscored,
+)
 from bastion.proxy._verifier_settings import (
+    PolicyVerifier,
     VerifierSettings,
     VerifierSettingsIndex,
     compile_agents,
@@ -84,10 +92,37 @@ def test_fields_a_policy_leaves_unset_keep_the_proxy_default() -> None:
 
 def test_unreadable_values_never_loosen_anything() -> None:
     found = policy_verifier("p", 1, {"verifier": {"timeout_ms": "fast", "threshold": 7, "fallback": "maybe"}})
-    assert found is not None
-    assert (found.timeout, found.threshold, found.fallback) == (None, None, None)
-    assert policy_verifier("p", 1, {"verifier": None}) is None
-    assert policy_verifier("p", 1, {"verifier": [1]}) is None
+    assert (found.timeout, found.threshold, found.fallback, found.scores) == (None, None, None, True)
+    for unreadable in (None, [1], "none", {"name": ["none"]}, {"name": "None"}, {"name": "none "}):
+        stanza = policy_verifier("p", 1, {"verifier": unreadable})
+        # Sets nothing, but governs its agents: it keeps their verifier asked.
+        assert not stanza.sets_anything
+        assert stanza.scores
+
+
+def _waiving(policy: str, agents: list[str] | None, name: str = "none") -> PolicyVerifier:
+    settings: dict[str, object] = {"verifier": {"name": name}}
+    if agents is not None:
+        settings["agents"] = agents
+    return policy_verifier(policy, 1, settings)
+
+
+def test_scoring_is_waived_only_when_every_governing_policy_waives_it() -> None:
+    default = VerifierSettings(0.05, "block")
+    alone = VerifierSettingsIndex(default, [_waiving("reader", None)])
+    assert alone.for_agent("anyone").scored is False
+    assert "policy 'reader' v1" in alone.for_agent("anyone").source
+    # A second policy governing everyone, with no stanza at all, keeps the verifier asked.
+    plain = policy_verifier("plain", 1, {"agents": ["*"]})
+    assert VerifierSettingsIndex(default, [_waiving("reader", None), plain]).for_agent("x").scored is True
+    # Waived for the agents the waiving policy governs, asked for everyone else.
+    scoped = VerifierSettingsIndex(
+        default, [_waiving("reader", ["reader-*"]), _waiving("payer", ["payer-*"], name="reference")]
+    )
+    assert scoped.for_agent("reader-1").scored is False
+    assert scoped.for_agent("payer-1").scored is True
+    assert scoped.for_agent("nobody").scored is True  # no governing policy: the defaults
+    assert VerifierSettingsIndex(default).for_agent("x").scored is True
 
 
 def test_the_policy_service_publishes_the_agents_a_version_governs() -> None:
@@ -164,3 +199,25 @@ def test_a_failed_verifier_under_queue_is_parked_not_allowed() -> None:
     outcome = combine(ALLOW, failure, VerifierSettings(0.5, "queue", source="policy 'q' v1"))
     assert (outcome.allowed, outcome.block_code, outcome.fallback) == (False, VERIFIER_QUEUED, "queue")
     assert "fallback queue (policy 'q' v1)" in outcome.block_reason
+
+
+def _decision(effect: policy_pb2.Effect.ValueType, verifier: str | None) -> policy_pb2.Decision:
+    decision = policy_pb2.Decision(effect=effect, rule_id="r", policy_name="reader", policy_version=2)
+    if verifier is not None:
+        decision.verifier.name = verifier
+    return decision
+
+
+def test_an_unscored_action_passes_only_when_the_deciding_policy_waives_scoring_too() -> None:
+    waived = VerifierSettings(0.05, "allow", source="policy 'reader' v1", scored=False)
+    assert unscored(_decision(policy_pb2.ALLOW, "none"), waived).allowed
+    # The deciding version wants a verifier (a change Watch has not delivered yet): blocked, not waived.
+    for wants in ("reference", None):
+        outcome = unscored(_decision(policy_pb2.ALLOW, wants), waived)
+        assert not outcome.allowed
+        assert outcome.block_code == VERIFIER_UNAVAILABLE
+        assert "policy change in flight" in outcome.block_reason
+    denied = unscored(_decision(policy_pb2.DENY, "none"), waived)
+    assert (denied.allowed, denied.block_code) == (False, "r")
+    down = unscored(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "gone"), waived)
+    assert (down.allowed, down.block_code) == (False, POLICY_UNAVAILABLE)

@@ -1,0 +1,91 @@
+"""`verifier: {name: none}` through the real proxy (real policy service, graph and demo MCP
+server; a verifier the test controls over gRPC, hanging on every call): the agents every
+governing policy waives scoring for are decided by policy alone and the verifier is never
+asked; an agent another policy also governs is still scored, and fails closed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fixtures import inprocess
+from fixtures.fake_verifier import fake_verifier, policy_file
+from fixtures.mcpcalls import ProxyClient, headers, tool_call
+from fixtures.upstream import demo_upstream
+
+from bastion._appconfig import AppConfig, ServerConfig
+from bastion.policy._document import parse_policy
+from bastion.policy._registry import settings_json
+
+
+def _rule(rule_id: str, agents: list[str]) -> dict[str, Any]:
+    return {"id": rule_id, "match": {"agents": agents, "tools": ["demo__add"]}, "effect": "allow"}
+
+
+async def test_waived_agents_skip_the_verifier_and_others_still_fail_closed(tmp_path: Path) -> None:
+    policies = [
+        policy_file(tmp_path, "reader", [_rule("readers-add", ["reader-*"])], {"name": "none"}),
+        # Also governs reader-2, with no verifier stanza: reader-2 stays scored.
+        policy_file(tmp_path, "shared", [_rule("shared-add", ["reader-2", "payer"])], None),
+        # A name that only starts like the waiver is none: names are exact.
+        policy_file(tmp_path, "lookalike", [_rule("lookalike-add", ["lookalike"])], {"name": "none-"}),
+    ]
+    (tmp_path / "upstream").mkdir()
+    with demo_upstream(tmp_path / "upstream") as upstream:
+        app = AppConfig(servers={"demo": ServerConfig(url=upstream.url)}, policies=tuple(policies))
+        async with (
+            inprocess.policy(tmp_path, app) as policy,
+            inprocess.graph(tmp_path, app) as graph,
+            fake_verifier(tmp_path, None) as (verifier, servicer),  # hangs: any call it gets times out
+            inprocess.proxy(
+                tmp_path,
+                app,
+                policy_addr=policy["grpc"],
+                verifier_addr=verifier,
+                graph_addr=graph["grpc"],
+                verifier_timeout_ms=300,
+            ) as running,
+        ):
+            client = ProxyClient(tmp_path, running["http"], graph["http"])
+            for _ in range(200):  # until the proxy learnt every policy's settings from Watch
+                async with httpx.AsyncClient(base_url=client.proxy, timeout=10) as http:
+                    text = (await http.get("/metrics")).text
+                if all(f'bastion_proxy_policy_version{{policy="{p.stem}"}} 1.0' in text for p in policies):
+                    break
+                await asyncio.sleep(0.05)
+
+            async def add(agent: str) -> tuple[dict[str, Any], float]:
+                started = time.monotonic()
+                response = await client.post(
+                    tool_call("add", {"a": 2, "b": 3}), headers(client.token(agent), workflow=f"wf-{agent}")
+                )
+                return response.json(), time.monotonic() - started
+
+            waived, waived_s = await add("reader-1")
+            calls_after_waived = servicer.calls
+            scored, _ = await add("reader-2")
+            payer, _ = await add("payer")
+            lookalike, _ = await add("lookalike")
+            nodes = await client.nodes("wf-reader-1", 1)
+
+    assert waived["result"]["structuredContent"] == {"result": 5}, waived
+    assert calls_after_waived == 0, "the verifier was asked about a waived agent's call"
+    assert waived_s < 5
+    assert nodes[0]["outcome"] == "FORWARDED"
+    assert [n["node_type"] for n in nodes] == ["ACTION"]  # nothing verified it: no VERIFICATION node
+    assert nodes[0]["block_reason"] == "verifier waived: policy 'reader' v1 says verifier none"
+    # Scored and failing closed: the verifier hangs, the default fallback blocks.
+    for body in (scored, payer, lookalike):
+        assert body["error"]["code"] == -32003, body
+        assert body["error"]["data"]["rule_id"] == "bastion.verifier_unavailable"
+    assert servicer.calls == 3
+
+
+@pytest.mark.parametrize("name", ["none", "reference"])
+def test_the_policy_service_accepts_and_publishes_the_verifier_name(tmp_path: Path, name: str) -> None:
+    path = policy_file(tmp_path, "p", [_rule("r", ["a"])], {"name": name})
+    assert f'"name":"{name}"' in settings_json(parse_policy(path.read_text()))
