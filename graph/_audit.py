@@ -22,6 +22,9 @@ What is recorded (`audit_kind`, one row per kind of event):
     a Decision, or outcome BLOCKED / REJECTED          "decision"  allow, deny, approval-required, refusal
     anything else (protocol traffic, a stated task)    none        recorded in the graph, not decided
 
+A chained verifier's every answer (`Event.verifications`) is in its decision's record as
+`verifications`, one entry per link in chain order, beside the combined `verifier`.
+
 `ChainVerifier` names the first problem, by sequence number: `altered` (a record whose
 bytes no longer hash to its stored hash), `removed` (a gap, or a link to a hash no
 earlier record has), `inserted` (a record the next one does not link to), or
@@ -135,6 +138,13 @@ def audit_record(kind: str, event: graph_pb2.Event, *, sequence: int, at_ns: int
         "latency_ms": _latency_ms(event),
         "details": _details(kind, event),
     }
+    if event.verifications:
+        # A chain's every link, as the proxy journaled it (a link that failed: no verdict):
+        # the combined `verifier` alone would not show which link decided or which failed.
+        # Only chained events have the key, so every other record hashes as before.
+        record["verifications"] = [
+            _verifier(member, member.verdict == verifier_pb2.VERDICT_UNSPECIFIED) for member in event.verifications
+        ]
     safe: dict[str, Any] = json_safe(record)
     return safe
 

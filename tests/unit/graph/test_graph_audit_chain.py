@@ -458,3 +458,36 @@ def test_rfc3339_writes_what_strftime_writes_whatever_second_it_saw_before(stamp
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     for ns in [*stamps, stamps[0] + 1, stamps[0] - 1_000_000_000]:
         assert rfc3339(ns) == (epoch + timedelta(microseconds=ns // 1000)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def test_a_chains_every_link_is_in_the_hashed_record_and_unchained_records_are_unchanged(
+    store: GraphStore,
+) -> None:
+    chained = _decision("e1")
+    chained.verifier.CopyFrom(
+        verifier_pb2.ScoreResponse(scorer="ref+ext", deviation_score=0.3, threshold=0.8, verdict=verifier_pb2.PASS)
+    )
+    chained.verifications.extend(
+        [
+            verifier_pb2.ScoreResponse(scorer="ref", deviation_score=0.3, threshold=0.8, verdict=verifier_pb2.PASS),
+            verifier_pb2.ScoreResponse(scorer="chained verifier 2", reasons=["chained verifier 2 unavailable"]),
+        ]
+    )
+    await store.ingest([chained, _decision("e2")])
+
+    first, second = await _records(store)
+    assert first["verifications"] == [
+        {"deviation_score": 0.3, "threshold": 0.8, "verdict": "PASS", "scorer": "ref", "fallback": False},
+        {
+            "deviation_score": 0,
+            "threshold": 0,
+            "verdict": "VERDICT_UNSPECIFIED",
+            "scorer": "chained verifier 2",
+            "fallback": True,
+        },
+    ]
+    assert "verifications" not in second
+    # Editing a link's answer breaks the chain like any other field.
+    entries = await store.audit_entries()
+    assert entries[0].hash == hashlib.sha256(bytes.fromhex(GENESIS) + entries[0].record).hexdigest()
+    assert b'"verifications"' in entries[0].record
