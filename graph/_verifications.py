@@ -43,8 +43,10 @@ from ._events import enum_name
 ID_INFIX = ":verification:"
 VERIFIED_BY = graph_pb2.EdgeType.Name(graph_pb2.VERIFIED_BY)
 _NO_ANSWER = "the verifier did not answer"
-#: `verifier: {name: none}`: the deciding policy waived scoring (proxy/_verifier_settings.py).
+#: `verifier: {name: none}`: scoring waived (docs/policies.md), and how the proxy notes it
+#: (proxy/_pipeline.py WAIVED_NOTE).
 WAIVED = "none"
+WAIVED_NOTE = "verifier waived: "
 
 
 def verification_nodes(event: graph_pb2.Event) -> list[graph_pb2.Event]:
@@ -58,13 +60,27 @@ def verification_nodes(event: graph_pb2.Event) -> list[graph_pb2.Event]:
         return []
     answers: list[verifier_pb2.ScoreResponse] = list(event.verifications)
     if not answers:
-        if not event.HasField("verifier") and event.decision.verifier.name == WAIVED:
-            return []  # nothing verified it, by policy's choice: the ACTION says so (`waived`)
+        if _waived(event):
+            return []  # nothing verified it, by policy's choice: the ACTION says so
         if event.HasField("verifier"):
             answers = [event.verifier]
         else:
             answers = [verifier_pb2.ScoreResponse(reasons=[event.block_reason or _NO_ANSWER])]
     return [_node(event, position, answer) for position, answer in enumerate(answers, 1)]
+
+
+def _waived(event: graph_pb2.Event) -> bool:
+    """A forwarded call the proxy decided by policy alone because every policy governing
+    the agent waives scoring: no answer, no fallback, the decision naming `none` and the
+    proxy's note saying so. A call that was scored and whose verifier failed has a
+    fallback or a block, so its VERIFICATION node stays, whatever its decision names."""
+    return (
+        not event.HasField("verifier")
+        and not event.verifier_fallback
+        and event.outcome == graph_pb2.FORWARDED
+        and event.decision.verifier.name == WAIVED
+        and event.block_reason.startswith(WAIVED_NOTE)
+    )
 
 
 def verification_edge(event: graph_pb2.Event, node: graph_pb2.Event) -> tuple[str, str, str, str, str]:

@@ -103,6 +103,8 @@ FAMILY_BY_KIND = {
 _LIST_KINDS = frozenset({"TOOL_LIST", "PROMPT_LIST", "RESOURCE_LIST"})
 #: Deny-overrides: lower is stricter. `min` keeps the first among equals (policy order).
 _STRICTNESS = {Effect.DENY: 0, Effect.REQUIRE_APPROVAL: 1, Effect.QUEUE: 2, Effect.ALLOW: 3}
+#: The verifier name that waives scoring (docs/policies.md, "Waiving scoring").
+NO_VERIFIER = "none"
 GOVERNED_KINDS = frozenset(FAMILY_BY_KIND)
 _FAMILIES = ("tool", "resource", "prompt", "a2a")
 
@@ -283,6 +285,48 @@ class PolicySet:
         context: CallContext = EMPTY_CONTEXT,
     ) -> Decision:
         """Decide one action; see the module docstring for the rules."""
+        decision = self._decide(
+            kind=kind,
+            agent_id=agent_id,
+            server=server,
+            tool=tool,
+            resource=resource,
+            prompt=prompt,
+            method=method,
+            arguments=arguments,
+            context=context,
+        )
+        verifier = decision.verifier
+        if verifier is None or verifier.name != NO_VERIFIER:
+            return decision
+        return self._unwaived(decision, agent_id)
+
+    def _unwaived(self, decision: Decision, agent_id: str) -> Decision:
+        """A decision whose policy waives scoring (`verifier: {name: none}`) waives it only
+        when every policy of this set governing the agent does: otherwise it carries the
+        stanza of the first that does not (None when that one has no stanza), and the
+        proxy asks the verifier. The proxy skips the verifier on what Watch told it, which
+        knows neither a canary arm's versions nor a version not yet delivered: this is the
+        authority it checks that against."""
+        for policy in self.policies:
+            stanza = policy.stanzas.verifier
+            if (stanza is None or stanza.name != NO_VERIFIER) and _governs(policy, agent_id):
+                return replace(decision, verifier=stanza)
+        return decision
+
+    def _decide(
+        self,
+        *,
+        kind: str,
+        agent_id: str,
+        server: str,
+        tool: str = "",
+        resource: str = "",
+        prompt: str = "",
+        method: str = "",
+        arguments: Mapping[str, Any] | None = None,
+        context: CallContext = EMPTY_CONTEXT,
+    ) -> Decision:
         if not self.policies:
             return self._refuse("no policy loaded (default deny)")
         family = FAMILY_BY_KIND.get(kind)
@@ -420,6 +464,16 @@ class PolicySet:
             policy_version=self.fallthrough.policy_version,
             bundle_digest=self.digest,
         )
+
+
+def _governs(policy: CompiledPolicy, agent_id: str) -> bool:
+    """Whether `policy` can decide calls of `agent_id`: its default when it has no rules or
+    allows by default, else a rule naming the agent (a rule naming no agent names all).
+    As the policy service publishes `agents` on Watch (policy/_registry.py), but a rule
+    without `match.agents` counts here for everyone."""
+    if not policy.rules or policy.default is Effect.ALLOW:
+        return True
+    return any(rule.agents is None or rule.agents.fullmatch(agent_id) for rule in policy.rules)
 
 
 def load_policy_set(paths: Iterable[Path]) -> PolicySet:

@@ -222,6 +222,7 @@ def _rest_arguments(
             decoded = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise ParseError(f"body is not valid JSON: {exc}") from exc
+        check_integers(body)  # as on the JSON-RPC binding: no integer policy would see rounded
         if not isinstance(decoded, dict):
             raise InvalidParams("an A2A HTTP+JSON body must be a JSON object")
         if not budget.fits_raw(body):

@@ -44,6 +44,8 @@ from ._verifier_settings import NO_VERIFIER, VerifierSettings
 
 POLICY_UNAVAILABLE = "bastion.policy_unavailable"
 VERIFIER_UNAVAILABLE = "bastion.verifier_unavailable"
+#: How a waived action's journaled note starts (the graph derives no VERIFICATION node for it).
+WAIVED_NOTE = "verifier waived: "
 VERIFIER_BLOCK = "bastion.verifier_block"
 VERIFIER_QUEUED = "bastion.verifier_queued"
 JOURNAL_UNAVAILABLE = "bastion.journal_unavailable"
@@ -192,23 +194,30 @@ class Governor:
         score = verifier_pb2.ScoreRequest(action=action, ctx=ctx, history=history, node_id=node_id)
         measure = body_size > _MEASURE_ABOVE
         settings = self._settings_for(ctx.agent_id)
-        if not settings.scored:
-            waived = await _settled(
-                self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0, weight=body_size)
-            )
-            return unscored(waived, settings)
+        known: policy_pb2.Decision | None = None
+
+        def deciding() -> Coroutine[Any, Any, policy_pb2.Decision]:
+            if known is not None:
+                return _ready(known)
+            size = decide.ByteSize() if measure else 0
+            return self._decisions.call(decide, ctx.request_id, size=size, weight=body_size)
+
+        if not settings.scored and len(self._scorers) == 1:
+            # Every governing policy waives scoring, as far as Watch told: policy alone,
+            # unless its answer says otherwise (`waived`). An operator's chain is never waived.
+            alone = await _settled(deciding())
+            if (outcome := waived(alone)) is not None:
+                return outcome
+            assert isinstance(alone, policy_pb2.Decision)
+            known = alone  # the verifier is asked after all, once the decision is in
+
         breakers = self.breakers
         try:
             _check(breakers)
         except CircuitOpen as exc:
-            decision: policy_pb2.Decision | BaseException = await _settled(
-                self._decisions.call(decide, ctx.request_id, size=decide.ByteSize() if measure else 0, weight=body_size)
-            )
+            decision: policy_pb2.Decision | BaseException = await _settled(deciding())
             return combine(decision, exc, settings)
         size = score.ByteSize() if measure else 0
-        deciding = self._decisions.call(
-            decide, ctx.request_id, size=decide.ByteSize() if measure else 0, weight=body_size
-        )
         # Each verifier gets the agent's timeout (its policies' `verifier.timeout_ms`, else the proxy's).
         calls = [
             scorer.call(score, ctx.request_id, size=size, weight=body_size, timeout=settings.timeout)
@@ -216,11 +225,11 @@ class Governor:
         ]
         scored: verifier_pb2.ScoreResponse | BaseException
         if len(calls) == 1:  # no chain: one gather, as few tasks as the hot path needs
-            decision, scored = await asyncio.gather(deciding, calls[0], return_exceptions=True)
+            decision, scored = await asyncio.gather(deciding(), calls[0], return_exceptions=True)
             if breakers:
                 breakers[0].record(_sound(scored))
             return combine(decision, scored, settings)
-        decision, answers = await asyncio.gather(_settled(deciding), asyncio.gather(*calls, return_exceptions=True))
+        decision, answers = await asyncio.gather(_settled(deciding()), asyncio.gather(*calls, return_exceptions=True))
         for member, answer in zip(breakers, answers, strict=False):
             member.record(_sound(answer))
         # The block reason names the link that failed: an operator must know which to fix.
@@ -375,26 +384,27 @@ def _refused(decision: policy_pb2.Decision | BaseException, score: verifier_pb2.
     return None
 
 
-def unscored(decision: policy_pb2.Decision | BaseException, settings: VerifierSettings) -> Outcome:
-    """The outcome of an action whose policies waive scoring (`verifier: {name: none}`).
+def waived(decision: policy_pb2.Decision | BaseException) -> Outcome | None:
+    """The outcome of an action whose policies waive scoring (`verifier: {name: none}`), as
+    far as the proxy learnt from Watch; None when the verifier must be asked after all.
 
-    The deciding policy must say so too: the proxy learnt the waiver from Watch, and a
-    version activated since (a canary arm, a new version not yet seen) may want a
-    verifier. Then the action is blocked, never let through unscored; the next one is
-    asked once Watch has caught up."""
+    The decision must say so too. Watch can lag a new version, a canary arm's version is
+    never announced on it, and in Rego mode a decision carries no stanza: a decision that
+    does not name `none` — including one decided by a waiving policy while the engine saw
+    another governing policy that does not waive (policy/_engine.py) — is scored like any
+    other, never let through unscored. A refusal needs no score."""
     if (refused := _refused(decision, None)) is not None:
         return refused
     assert isinstance(decision, policy_pb2.Decision)
     if decision.verifier.name != NO_VERIFIER:
-        wants = decision.verifier.name or "the default"
-        reason = (
-            f"policy {decision.policy_name!r} v{decision.policy_version} asks for verifier {wants!r}, "
-            f"but the proxy's settings ({settings.source}) waive scoring: a policy change in flight; retry"
-        )
-        return Outcome(False, decision, None, VERIFIER_UNAVAILABLE, reason)
+        return None
     # Journaled with the action (as a fallback's note is): why no verifier answer is recorded.
-    note = f"verifier waived: policy {decision.policy_name!r} v{decision.policy_version} says verifier none"
+    note = f"{WAIVED_NOTE}policy {decision.policy_name!r} v{decision.policy_version} says verifier none"
     return Outcome(True, decision, None, block_reason=note)
+
+
+async def _ready(decision: policy_pb2.Decision) -> policy_pb2.Decision:
+    return decision
 
 
 def combine(

@@ -1,7 +1,8 @@
 """`verifier: {name: none}` through the real proxy (real policy service, graph and demo MCP
 server; a verifier the test controls over gRPC, hanging on every call): the agents every
 governing policy waives scoring for are decided by policy alone and the verifier is never
-asked; an agent another policy also governs is still scored, and fails closed."""
+asked; an agent another policy also governs is still scored, and fails closed — also when
+that other policy is a canary version the proxy's Watch never announced."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from fixtures.mcpcalls import ProxyClient, headers, tool_call
 from fixtures.upstream import demo_upstream
 
 from bastion._appconfig import AppConfig, ServerConfig
+from bastion._identity import ensure_dev_key, issue_token
+from bastion.policy import sign_bundle
 from bastion.policy._document import parse_policy
 from bastion.policy._registry import settings_json
 
@@ -71,6 +74,26 @@ async def test_waived_agents_skip_the_verifier_and_others_still_fail_closed(tmp_
             payer, _ = await add("payer")
             lookalike, _ = await add("lookalike")
             nodes = await client.nodes("wf-reader-1", 1)
+            scored_nodes = await client.nodes("wf-reader-2", 2)
+
+            # A canary of `shared` that also governs every reader, with no stanza: Watch
+            # announces no rollout, so the proxy still believes reader-1 waived. The policy
+            # engine does not: the decision carries the canary's (absent) stanza, and the
+            # proxy asks the verifier after all, which hangs, so the call is blocked.
+            canary = policy_file(tmp_path, "shared", [_rule("shared-add", ["reader-*", "payer"])], None)
+            text = canary.read_text().replace('"version": 1', '"version": 2')
+            bundle = sign_bundle(text, ensure_dev_key(tmp_path), kid="dev")
+            operator = {
+                "Authorization": f"Bearer {issue_token(ensure_dev_key(tmp_path), subject='ops', roles=('operator',))}"
+            }
+            async with httpx.AsyncClient(base_url=f"http://{policy['http']}", headers=operator, timeout=10) as admin:
+                stored = await admin.post("/v1/policies", json={"bundle": bundle})
+                assert stored.status_code == 201, stored.text
+                started = await admin.post("/v1/rollouts", json={"policy": "shared", "version": 2, "percent": 100})
+                assert started.status_code == 201, started.text
+            before_canary = servicer.calls
+            on_canary, _ = await add("reader-1")
+            canary_calls = servicer.calls - before_canary
 
     assert waived["result"]["structuredContent"] == {"result": 5}, waived
     assert calls_after_waived == 0, "the verifier was asked about a waived agent's call"
@@ -82,7 +105,11 @@ async def test_waived_agents_skip_the_verifier_and_others_still_fail_closed(tmp_
     for body in (scored, payer, lookalike):
         assert body["error"]["code"] == -32003, body
         assert body["error"]["data"]["rule_id"] == "bastion.verifier_unavailable"
-    assert servicer.calls == 3
+    # reader-2 was scored and its verifier failed: the graph says so (a VERIFICATION node),
+    # whatever the deciding policy's decision names.
+    assert [n["node_type"] for n in scored_nodes] == ["ACTION", "VERIFICATION"]
+    assert on_canary["error"]["code"] == -32003, on_canary
+    assert canary_calls == 1
 
 
 @pytest.mark.parametrize("name", ["none", "reference"])

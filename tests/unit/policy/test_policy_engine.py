@@ -403,3 +403,44 @@ def test_an_action_without_its_target_is_denied() -> None:
     policies = _families()
     empty = policies.evaluate(kind="RESOURCE_READ", agent_id="ops", server="docs")
     assert (empty.effect, "no server or resource" in empty.reason) == (Effect.DENY, True)
+
+
+# --- waiving scoring (verifier: {name: none}) -----------------------------------------------
+
+
+def _with_verifier(document: PolicyDocument, name: str | None) -> PolicyDocument:
+    data = document.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if name is not None:
+        data["spec"]["verifier"] = {"name": name}
+    return validate_policy(data)
+
+
+def _verifier_name(decision: bastion.policy.Decision) -> str | None:
+    return decision.verifier.name if decision.verifier is not None else None
+
+
+def test_a_decision_waives_scoring_only_when_every_policy_governing_the_agent_does() -> None:
+    reader = _with_verifier(_policy("reader", _rule("r", "allow", tools=["demo__*"], agents=["reader-*"])), "none")
+    alone = PolicySet.compile([reader])
+    assert _verifier_name(_call(alone, "reader-1", "demo", "add")) == "none"
+
+    # Another policy governs reader-1 without a stanza (a canary arm, say): the waiver goes.
+    payments = _policy("payments", _rule("p", "allow", tools=["bank__*"], agents=["reader-*", "payer"]))
+    both = PolicySet.compile([reader, payments])
+    assert _verifier_name(_call(both, "reader-1", "demo", "add")) is None
+    # ... with another verifier's stanza: that one is carried.
+    scored = PolicySet.compile([reader, _with_verifier(payments, "reference")])
+    assert _verifier_name(_call(scored, "reader-1", "demo", "add")) == "reference"
+    # An agent the other policy does not govern keeps the waiver.
+    outsider = PolicySet.compile(
+        [reader, _policy("payments", _rule("p", "allow", tools=["bank__*"], agents=["payer"]))]
+    )
+    assert _verifier_name(_call(outsider, "reader-1", "demo", "add")) == "none"
+    # A policy allowing by default, or a rule naming no agent, governs everyone.
+    lenient = _policy("lenient", _rule("l", "deny", tools=["x__y"], agents=["nobody"]), default="allow")
+    assert _verifier_name(_call(PolicySet.compile([reader, lenient]), "reader-1", "demo", "add")) is None
+    anyone = _policy("anyone", _rule("a", "deny", tools=["x__y"]))
+    assert _verifier_name(_call(PolicySet.compile([reader, anyone]), "reader-1", "demo", "add")) is None
+    # Every governing policy waiving: waived.
+    both_waive = PolicySet.compile([reader, _with_verifier(payments, "none")])
+    assert _verifier_name(_call(both_waive, "reader-1", "demo", "add")) == "none"

@@ -120,3 +120,15 @@ def test_integers_beyond_64_bits_are_still_found(raw: bytes | str, refused: bool
         assert refused
     else:
         assert not refused
+
+
+def test_nesting_counts_without_commas() -> None:
+    element = b"[" * 103 + b"0" + b"]" * 103
+    raw = b'{"a":[' + b",".join([element] * 19_990) + b"]}"
+    started = time.perf_counter()
+    with pytest.raises(ArgumentsTooLarge, match="refused before parsing"):
+        ValueBudget().refuse_unparsed(raw, "the message")
+    assert time.perf_counter() - started < 1.0  # orjson took 0.5-0.8 s on this body
+    assert values_at_least(b"[[[[[[[[[[1]]]]]]]]]]", enough=10**9) == 10
+    # Brackets inside strings are text, not values.
+    assert values_at_least(orjson.dumps({"s": "[[{{" * 1000}), enough=10**9) <= 2

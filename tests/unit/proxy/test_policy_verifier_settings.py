@@ -20,7 +20,7 @@ from bastion.proxy._pipeline import (
     VERIFIER_QUEUED,
     VERIFIER_UNAVAILABLE,
     combine,
-    unscored,
+    waived,
 )
 from bastion.proxy._verifier_settings import (
     PolicyVerifier,
@@ -208,16 +208,18 @@ def _decision(effect: policy_pb2.Effect.ValueType, verifier: str | None) -> poli
     return decision
 
 
-def test_an_unscored_action_passes_only_when_the_deciding_policy_waives_scoring_too() -> None:
-    waived = VerifierSettings(0.05, "allow", source="policy 'reader' v1", scored=False)
-    assert unscored(_decision(policy_pb2.ALLOW, "none"), waived).allowed
-    # The deciding version wants a verifier (a change Watch has not delivered yet): blocked, not waived.
+def test_a_waived_action_passes_unscored_only_when_its_decision_waives_scoring_too() -> None:
+    allowed = waived(_decision(policy_pb2.ALLOW, "none"))
+    assert allowed is not None
+    assert allowed.allowed
+    assert allowed.block_reason == "verifier waived: policy 'reader' v2 says verifier none"
+    # A decision that names another verifier, or none at all (a canary arm, a version Watch
+    # has not delivered, Rego mode): not waived, so the verifier is asked after all.
     for wants in ("reference", None):
-        outcome = unscored(_decision(policy_pb2.ALLOW, wants), waived)
-        assert not outcome.allowed
-        assert outcome.block_code == VERIFIER_UNAVAILABLE
-        assert "policy change in flight" in outcome.block_reason
-    denied = unscored(_decision(policy_pb2.DENY, "none"), waived)
+        assert waived(_decision(policy_pb2.ALLOW, wants)) is None
+    denied = waived(_decision(policy_pb2.DENY, "none"))
+    assert denied is not None
     assert (denied.allowed, denied.block_code) == (False, "r")
-    down = unscored(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "gone"), waived)
+    down = waived(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "gone"))
+    assert down is not None
     assert (down.allowed, down.block_code) == (False, POLICY_UNAVAILABLE)
