@@ -285,48 +285,6 @@ class PolicySet:
         context: CallContext = EMPTY_CONTEXT,
     ) -> Decision:
         """Decide one action; see the module docstring for the rules."""
-        decision = self._decide(
-            kind=kind,
-            agent_id=agent_id,
-            server=server,
-            tool=tool,
-            resource=resource,
-            prompt=prompt,
-            method=method,
-            arguments=arguments,
-            context=context,
-        )
-        verifier = decision.verifier
-        if verifier is None or verifier.name != NO_VERIFIER:
-            return decision
-        return self._unwaived(decision, agent_id)
-
-    def _unwaived(self, decision: Decision, agent_id: str) -> Decision:
-        """A decision whose policy waives scoring (`verifier: {name: none}`) waives it only
-        when every policy of this set governing the agent does: otherwise it carries the
-        stanza of the first that does not (None when that one has no stanza), and the
-        proxy asks the verifier. The proxy skips the verifier on what Watch told it, which
-        knows neither a canary arm's versions nor a version not yet delivered: this is the
-        authority it checks that against."""
-        for policy in self.policies:
-            stanza = policy.stanzas.verifier
-            if (stanza is None or stanza.name != NO_VERIFIER) and _governs(policy, agent_id):
-                return replace(decision, verifier=stanza)
-        return decision
-
-    def _decide(
-        self,
-        *,
-        kind: str,
-        agent_id: str,
-        server: str,
-        tool: str = "",
-        resource: str = "",
-        prompt: str = "",
-        method: str = "",
-        arguments: Mapping[str, Any] | None = None,
-        context: CallContext = EMPTY_CONTEXT,
-    ) -> Decision:
         if not self.policies:
             return self._refuse("no policy loaded (default deny)")
         family = FAMILY_BY_KIND.get(kind)
@@ -395,7 +353,7 @@ class PolicySet:
             strictest = min(decided, key=lambda decision: _STRICTNESS[decision.effect])
             if shadow is not None and strictest.shadow_effect is None:
                 strictest = replace(strictest, shadow_effect=shadow[0], shadow_rule_id=shadow[1])
-            return strictest
+            return self._unwaived(strictest, agent_id)
         fallthrough = self.fallthrough
         reason = f"no rule matched {name} for agent {agent_id!r} (default {fallthrough.effect})"
         if fallthrough.effect is not Effect.ALLOW and skipped:
@@ -414,7 +372,23 @@ class PolicySet:
             verifier=stanzas.verifier,
             taint=stanzas.taint,
         )
-        return decision if listing else _tainted(decision, stanzas, name, context)
+        return self._unwaived(decision if listing else _tainted(decision, stanzas, name, context), agent_id)
+
+    def _unwaived(self, decision: Decision, agent_id: str) -> Decision:
+        """A decision whose policy waives scoring (`verifier: {name: none}`) waives it only
+        when every policy of this set governing the agent does: otherwise it carries the
+        stanza of the first that does not (None when that one has no stanza), and the
+        proxy asks the verifier. The proxy skips the verifier on what Watch told it, which
+        knows neither a canary arm's versions nor a version not yet delivered: this is the
+        authority it checks that against."""
+        verifier = decision.verifier
+        if verifier is None or verifier.name != NO_VERIFIER:
+            return decision
+        for policy in self.policies:
+            stanza = policy.stanzas.verifier
+            if (stanza is None or stanza.name != NO_VERIFIER) and _governs(policy, agent_id):
+                return replace(decision, verifier=stanza)
+        return decision
 
     def _candidates(self, family: str, name: str) -> tuple[CompiledRule, ...]:
         # A 100-rule bundle costs ~60 µs to scan rule by rule; most rules name exact
