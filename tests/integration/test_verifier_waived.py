@@ -51,6 +51,7 @@ async def test_waived_agents_skip_the_verifier_and_others_still_fail_closed(tmp_
                 verifier_addr=verifier,
                 graph_addr=graph["grpc"],
                 verifier_timeout_ms=300,
+                verifier_breaker_failures=100,  # every hanging call is asked, none cut short by the breaker
             ) as running,
         ):
             client = ProxyClient(tmp_path, running["http"], graph["http"])
