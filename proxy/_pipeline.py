@@ -40,10 +40,16 @@ from ._batching import BatchCaller
 from ._breaker import CircuitBreaker, CircuitOpen
 from ._envelope import public_reason
 from ._streams import StreamCaller, StreamFailure
-from ._verifier_settings import NO_VERIFIER, VerifierSettings
+from ._verifier_settings import NO_VERIFIER, Fallback, VerifierSettings, tightened
 
 POLICY_UNAVAILABLE = "bastion.policy_unavailable"
 VERIFIER_UNAVAILABLE = "bastion.verifier_unavailable"
+#: A deciding policy's `verifier.fallback`, as VerifierSettings names it (unset: none).
+_FALLBACK_NAMES: dict[int, Fallback] = {
+    policy_pb2.VerifierSettings.BLOCK: "block",
+    policy_pb2.VerifierSettings.QUEUE: "queue",
+    policy_pb2.VerifierSettings.ALLOW: "allow",
+}
 #: How a waived action's journaled note starts (the graph derives no VERIFICATION node for it).
 WAIVED_NOTE = "verifier waived: "
 VERIFIER_BLOCK = "bastion.verifier_block"
@@ -422,6 +428,14 @@ def combine(
     if (refused := _refused(decision, score)) is not None:
         return refused
     assert isinstance(decision, policy_pb2.Decision)
+    if decision.HasField("verifier"):
+        stanza = decision.verifier
+        settings = tightened(
+            settings,
+            stanza.threshold if stanza.HasField("threshold") else None,
+            _FALLBACK_NAMES.get(stanza.fallback),
+            f"policy {decision.policy_name!r} v{decision.policy_version}",
+        )
     if score is None:
         assert isinstance(scored, BaseException)
         return _fallback(decision, settings, _describe(service, scored))

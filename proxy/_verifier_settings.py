@@ -144,3 +144,26 @@ def _strictest(default: VerifierSettings, policies: Sequence[PolicyVerifier]) ->
         # Waived only when it is every governing policy's choice, and at least one governs.
         scored=not policies or any(p.scores for p in policies),
     )
+
+
+def tightened(
+    settings: VerifierSettings, threshold: float | None, fallback: Fallback | None, source: str
+) -> VerifierSettings:
+    """`settings` made stricter by a deciding policy's own stanza (`source` names it): the
+    lower threshold, the stricter fallback; never looser. The proxy learns versions from
+    Watch, which announces no canary arm and can lag a new version; the decision carries
+    the stanza of the version that actually decided, so its threshold and fallback apply
+    at once (its timeout cannot: the verifier was asked before the decision came)."""
+    lower = (
+        threshold is not None and 0 <= threshold <= 1 and (settings.threshold is None or threshold < settings.threshold)
+    )
+    stricter = fallback is not None and _FALLBACK_RANK[fallback] < _FALLBACK_RANK[settings.fallback]
+    if not (lower or stricter):
+        return settings
+    return VerifierSettings(
+        timeout=settings.timeout,
+        fallback=fallback if fallback is not None and stricter else settings.fallback,
+        threshold=threshold if lower else settings.threshold,
+        source=f"{settings.source}, {source}" if settings.source != "proxy defaults" else source,
+        scored=settings.scored,
+    )

@@ -20,6 +20,8 @@ from fixtures.mcpcalls import ProxyClient, headers, tool_call
 from fixtures.upstream import DemoUpstream, demo_upstream
 
 from bastion._appconfig import AppConfig, ServerConfig
+from bastion._identity import ensure_dev_key, issue_token
+from bastion.policy import sign_bundle
 
 ADD = {"id": "add", "match": {"tools": ["demo__add"]}, "effect": "allow"}
 
@@ -157,3 +159,36 @@ async def test_a_score_outside_0_to_1_takes_the_policys_fallback(tmp_path: Path,
 
     assert body["error"]["data"]["rule_id"] == "bastion.verifier_unavailable", body
     assert "outside 0..1 (1.7)" in body["error"]["data"]["reason"]
+
+
+async def test_a_canary_versions_stricter_threshold_applies_to_its_arm_at_once(
+    tmp_path: Path, upstream: DemoUpstream
+) -> None:
+    """Watch announces no rollout: the proxy learns the canary's stanza from its decisions."""
+    rule = {**ADD, "match": {"agents": ["canary-*"], "tools": ["demo__add"]}}
+    stable = policy_file(tmp_path, "tuned", [rule], {"threshold": 0.9})
+    app = AppConfig(servers={"demo": ServerConfig(url=upstream.url)}, policies=(stable,))
+    operator = {"Authorization": f"Bearer {issue_token(ensure_dev_key(tmp_path), subject='ops', roles=('operator',))}"}
+    async with (
+        inprocess.policy(tmp_path, app) as policy,
+        inprocess.graph(tmp_path, app) as graph,
+        fake_verifier(tmp_path, 0.5) as (verifier, _),  # PASS at 0.5: under 0.9, over 0.4
+        inprocess.proxy(
+            tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier, graph_addr=graph["grpc"]
+        ) as running,
+    ):
+        client = ProxyClient(tmp_path, running["http"], graph["http"])
+        before, _ = await _add(client, "canary-1", "wf-canary-before")
+        candidate = (
+            stable.read_text().replace('"version": 1', '"version": 2').replace('"threshold": 0.9', '"threshold": 0.4')
+        )
+        async with httpx.AsyncClient(base_url=f"http://{policy['http']}", headers=operator, timeout=10) as admin:
+            bundle = sign_bundle(candidate, ensure_dev_key(tmp_path), kid="dev")
+            assert (await admin.post("/v1/policies", json={"bundle": bundle})).status_code == 201
+            started = await admin.post("/v1/rollouts", json={"policy": "tuned", "version": 2, "percent": 100})
+            assert started.status_code == 201, started.text
+        after, _ = await _add(client, "canary-1", "wf-canary-after")
+
+    assert before["result"]["structuredContent"] == {"result": 5}, before
+    assert after["error"]["data"]["rule_id"] == "bastion.verifier_block", after
+    assert "threshold 0.40 of policy 'tuned' v1, policy 'tuned' v2" in after["error"]["data"]["reason"]

@@ -223,3 +223,36 @@ def test_a_waived_action_passes_unscored_only_when_its_decision_waives_scoring_t
     down = waived(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "gone"))
     assert down is not None
     assert (down.allowed, down.block_code) == (False, POLICY_UNAVAILABLE)
+
+
+def _deciding(threshold: float | None, fallback: int) -> policy_pb2.Decision:
+    decision = policy_pb2.Decision(effect=policy_pb2.ALLOW, rule_id="r", policy_name="canary", policy_version=7)
+    decision.verifier.name = "reference"
+    decision.verifier.fallback = fallback  # type: ignore[assignment]
+    if threshold is not None:
+        decision.verifier.threshold = threshold
+    return decision
+
+
+def test_the_deciding_policys_stanza_tightens_what_watch_said_and_never_loosens_it() -> None:
+    # What Watch told the proxy (the stable version); the decision comes from a canary arm.
+    watched = VerifierSettings(0.5, "allow", threshold=0.6, source="policy 'canary' v6")
+    stricter = combine(_deciding(0.3, policy_pb2.VerifierSettings.BLOCK), _score(0.4), watched)
+    assert (stricter.allowed, stricter.block_code) == (False, VERIFIER_BLOCK)
+    assert "threshold 0.30 of policy 'canary' v6, policy 'canary' v7" in stricter.block_reason
+    # A looser stanza changes nothing: Watch's threshold and fallback stand.
+    looser = combine(_deciding(0.9, policy_pb2.VerifierSettings.ALLOW), _score(0.65), watched)
+    assert (looser.allowed, looser.block_code) == (False, VERIFIER_BLOCK)
+    failed = _rpc_unavailable()
+    assert combine(_deciding(None, policy_pb2.VerifierSettings.ALLOW), failed, watched).allowed
+    blocked = combine(_deciding(None, policy_pb2.VerifierSettings.BLOCK), failed, watched)
+    assert (blocked.allowed, blocked.block_code) == (False, VERIFIER_UNAVAILABLE)
+    assert "fallback block (policy 'canary' v6, policy 'canary' v7)" in blocked.block_reason
+    # No stanza in the decision, or an unspecified fallback: Watch's settings as they are.
+    bare = policy_pb2.Decision(effect=policy_pb2.ALLOW, rule_id="r", policy_name="p", policy_version=1)
+    assert combine(bare, failed, watched).allowed
+    assert combine(_deciding(None, policy_pb2.VerifierSettings.FALLBACK_UNSPECIFIED), failed, watched).allowed
+
+
+def _rpc_unavailable() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "gone")
