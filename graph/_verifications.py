@@ -43,10 +43,10 @@ from ._events import enum_name
 ID_INFIX = ":verification:"
 VERIFIED_BY = graph_pb2.EdgeType.Name(graph_pb2.VERIFIED_BY)
 _NO_ANSWER = "the verifier did not answer"
-#: `verifier: {name: none}`: scoring waived (docs/policies.md), and how the proxy notes it
-#: (proxy/_pipeline.py WAIVED_NOTE).
+#: `verifier: {name: none}`: scoring waived (docs/policies.md).
 WAIVED = "none"
-WAIVED_NOTE = "verifier waived: "
+#: The block codes of a verifier's fallback (proxy/_pipeline.py): it was asked, and failed.
+_FALLBACK_CODES = frozenset({"bastion.verifier_unavailable", "bastion.verifier_queued"})
 
 
 def verification_nodes(event: graph_pb2.Event) -> list[graph_pb2.Event]:
@@ -70,16 +70,16 @@ def verification_nodes(event: graph_pb2.Event) -> list[graph_pb2.Event]:
 
 
 def _waived(event: graph_pb2.Event) -> bool:
-    """A forwarded call the proxy decided by policy alone because every policy governing
-    the agent waives scoring: no answer, no fallback, the decision naming `none` and the
-    proxy's note saying so. A call that was scored and whose verifier failed has a
-    fallback or a block, so its VERIFICATION node stays, whatever its decision names."""
+    """A call the proxy decided by policy alone because every policy governing the agent
+    waives scoring: no answer, no fallback, the decision naming `none`. Forwarded (the
+    proxy's note then says so) or refused later by a limit: either way no verifier was
+    asked. A call that was scored and whose verifier failed has a fallback (allowed and
+    marked, or blocked with a verifier code), so its node stays, whatever the decision names."""
     return (
         not event.HasField("verifier")
         and not event.verifier_fallback
-        and event.outcome == graph_pb2.FORWARDED
         and event.decision.verifier.name == WAIVED
-        and event.block_reason.startswith(WAIVED_NOTE)
+        and event.block_code not in _FALLBACK_CODES
     )
 
 

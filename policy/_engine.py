@@ -226,6 +226,8 @@ class CompiledPolicy:
     #: sha256 of this policy alone, as a bundle of one document.
     digest: str
     stanzas: Stanzas = _NO_STANZAS
+    #: The agents it can decide calls of, as one regex (`_governs`); None: every agent.
+    governed: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,13 +443,9 @@ class PolicySet:
 
 
 def _governs(policy: CompiledPolicy, agent_id: str) -> bool:
-    """Whether `policy` can decide calls of `agent_id`: its default when it has no rules or
-    allows by default, else a rule naming the agent (a rule naming no agent names all).
-    As the policy service publishes `agents` on Watch (policy/_registry.py), but a rule
-    without `match.agents` counts here for everyone."""
-    if not policy.rules or policy.default is Effect.ALLOW:
-        return True
-    return any(rule.agents is None or rule.agents.fullmatch(agent_id) for rule in policy.rules)
+    """Whether `policy` can decide calls of `agent_id` (`CompiledPolicy.governed`): one
+    regex, so a decision that waives scoring costs no scan of other policies' rules."""
+    return policy.governed is None or policy.governed.fullmatch(agent_id) is not None
 
 
 def load_policy_set(paths: Iterable[Path]) -> PolicySet:
@@ -474,6 +472,13 @@ def _compile_policy(document: PolicyDocument) -> CompiledPolicy:
         rules=rules,
         digest=bundle_digest([document]),
         stanzas=stanzas,
+        # Its default can decide any agent's call with no rules or `default: allow`; else
+        # the agents its rules name (as the policy service publishes them on Watch).
+        governed=(
+            None
+            if not spec.rules or spec.default == "allow"
+            else compile_patterns([pattern for rule in spec.rules for pattern in rule.match.agents])
+        ),
     )
 
 

@@ -398,12 +398,13 @@ def waived(decision: policy_pb2.Decision | BaseException) -> Outcome | None:
     never announced on it, and in Rego mode a decision carries no stanza: a decision that
     does not name `none` — including one decided by a waiving policy while the engine saw
     another governing policy that does not waive (policy/_engine.py) — is scored like any
-    other, never let through unscored. A refusal needs no score."""
+    other, never let through unscored — whatever its effect, so that an approval's or a
+    queue's record keeps its score as on the usual path."""
+    if isinstance(decision, policy_pb2.Decision) and decision.verifier.name != NO_VERIFIER:
+        return None
     if (refused := _refused(decision, None)) is not None:
         return refused
     assert isinstance(decision, policy_pb2.Decision)
-    if decision.verifier.name != NO_VERIFIER:
-        return None
     # Journaled with the action (as a fallback's note is): why no verifier answer is recorded.
     note = f"{WAIVED_NOTE}policy {decision.policy_name!r} v{decision.policy_version} says verifier none"
     return Outcome(True, decision, None, block_reason=note)

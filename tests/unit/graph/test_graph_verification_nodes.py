@@ -267,10 +267,20 @@ async def test_a_call_whose_policy_waived_scoring_gets_none_but_a_forged_waiver_
     # Any other name without an answer is a verifier that did not answer.
     lookalike = _call(3, block_reason=_UNAVAILABLE)
     lookalike.decision.verifier.name = "None"
-    await store.ingest([waived, answered, lookalike])
+    # Waived, then refused by a limit: no verifier was asked either.
+    limited = _call(4, outcome=graph_pb2.BLOCKED, block_code="bastion.limit.rate", block_reason="rate limit")
+    limited.decision.verifier.name = "none"
+    # Scored after all (the proxy's settings said so) and failed, whatever the decision names.
+    failed = _call(5, outcome=graph_pb2.BLOCKED, block_code="bastion.verifier_unavailable", block_reason=_UNAVAILABLE)
+    failed.decision.verifier.name = "none"
+    fell_back = _call(6, block_reason=_UNAVAILABLE, fallback=True)
+    fell_back.decision.verifier.name = "none"
+    await store.ingest([waived, answered, lookalike, limited, failed, fell_back])
 
     nodes, _ = await _graph(store)
     assert sorted(node.node_id for node in nodes if node.node_type == graph_pb2.VERIFICATION) == [
         "node-2:verification:1",
         "node-3:verification:1",
+        "node-5:verification:1",
+        "node-6:verification:1",
     ]

@@ -217,6 +217,8 @@ def test_a_waived_action_passes_unscored_only_when_its_decision_waives_scoring_t
     # has not delivered, Rego mode): not waived, so the verifier is asked after all.
     for wants in ("reference", None):
         assert waived(_decision(policy_pb2.ALLOW, wants)) is None
+        # Whatever the effect: an approval's or a queue's record keeps its score.
+        assert waived(_decision(policy_pb2.REQUIRE_APPROVAL, wants)) is None
     denied = waived(_decision(policy_pb2.DENY, "none"))
     assert denied is not None
     assert (denied.allowed, denied.block_code) == (False, "r")
