@@ -2,7 +2,8 @@
 
     bastion graph drift-path WORKFLOW NODE [--max-depth N]
     bastion audit verify                          recompute the service's chain
-    bastion audit verify --export FILE [--head H] check an export file offline (no service needed)
+    bastion audit verify --export FILE [--head H] [--key PEM]
+                                                  check an export file offline (no service needed)
     bastion audit export [--format csv|json] [--schema soc2_v1|iso42001_v1] [--from T] [--to T] [-o FILE]
     bastion audit slo [--window 1h]
 
@@ -51,6 +52,13 @@ def add_audit_commands(commands: Any) -> None:
     )
     verify.add_argument("--export", type=Path, help="check this export file offline instead of the service's chain")
     verify.add_argument("--head", help="with --export: the chain hash the file must end at (from a verify you trust)")
+    verify.add_argument(
+        "--key",
+        type=Path,
+        action="append",
+        default=[],
+        help="with --export: a PEM public key of the stack (repeatable): the file's signed checkpoints must verify",
+    )
     export = actions.add_parser("export", parents=[_common()], help="stream a piece of the chain for auditors")
     export.add_argument("--format", choices=("csv", "json"), default="csv")
     export.add_argument("--schema", choices=("soc2_v1", "iso42001_v1"), default="soc2_v1")
@@ -135,8 +143,9 @@ def _verify_file(args: argparse.Namespace) -> int:
     from bastion.graph._export import verify_export  # the graph package only when checking a file
 
     try:
-        report = verify_export(args.export, head=args.head)
-    except (OSError, UnicodeDecodeError) as exc:
+        keys = [_public_key(path) for path in args.key]
+        report = verify_export(args.export, head=args.head, keys=keys)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         print(f"bastion: cannot read {args.export}: {exc}", file=sys.stderr)
         return 1
     chain = report.chain
@@ -149,8 +158,30 @@ def _verify_file(args: argparse.Namespace) -> int:
         "head": {"sequence": head.sequence, "hash": head.hash} if head else None,
         "problem": {"kind": problem.kind, "sequence": problem.sequence, "detail": problem.detail} if problem else None,
     }
-    emit(args, payload, f"{args.export}: {_verify_text(payload)}")
+    if chain.checkpoints or args.key:
+        payload |= {"checkpoints": chain.checkpoints, "signatures_checked": bool(args.key)}
+    text = _verify_text(payload)
+    if report.ok and not args.key and chain.checkpoints:
+        text += " (claims only: give --key PEM to check their signatures)"
+    emit(args, payload, f"{args.export}: {text}")
     return 0 if report.ok else 1
+
+
+def _public_key(path: Path) -> Any:
+    """An Ed25519 public key from a PEM file (a private key's public half is taken too)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+
+    data = path.read_bytes()
+    try:
+        key: Any = load_pem_public_key(data)
+    except ValueError:
+        key = load_pem_private_key(data, password=None)
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path} is not an Ed25519 key (audit checkpoints are signed with EdDSA)")
+    return key
 
 
 def _export(http: httpx.Client, args: argparse.Namespace) -> None:

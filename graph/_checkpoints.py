@@ -78,6 +78,21 @@ def read(token: str, keys: Sequence[Ed25519PublicKey]) -> CheckpointClaims:
     return CheckpointClaims(sequence=sequence, hash=chain_hash, signed_at=signed_at)
 
 
+def claimed(token: str) -> CheckpointClaims | None:
+    """What a checkpoint says, its signature NOT checked (None when it is no readable
+    checkpoint): which record to hold it to; `read` is what proves it."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    sequence, chain_hash, signed_at = claims.get("sequence"), claims.get("hash"), claims.get("iat", 0)
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or not isinstance(chain_hash, str):
+        return None
+    return CheckpointClaims(
+        sequence=sequence, hash=chain_hash, signed_at=signed_at if isinstance(signed_at, int) else 0
+    )
+
+
 class Checkpointer:
     """Writes the checkpoints due (every `every` records) as the chain grows."""
 

@@ -14,12 +14,17 @@ head). JSON: `{schema_version, controls, from, to, anchor, records: [...], chain
 
 What a file proves alone is that it is internally consistent; that it is *the* chain
 needs its head compared with the service's (`GET /audit/verify`) or a head kept from an
-earlier export: `bastion audit verify --export FILE --head HASH`.
+earlier export: `bastion audit verify --export FILE --head HASH`. Or the signed
+checkpoints it carries (`checkpoints`: the JWS of every checkpoint whose record the file
+holds, bastion.graph._checkpoints): with the stack's public key (`--key PEM`), a file
+whose records were edited and every hash after them recomputed fails at the first
+checkpoint past the edit, without the service.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from . import _checkpoints as checkpoints
 from ._audit import AuditEntry, ChainHead, ChainProblem, ChainReport, ChainVerifier, canonical
 from ._checkpoints import all_checkpoints
-from ._store import GraphStore
+from ._store import GraphStore, StoredCheckpoint
 
 #: schema name (the `schema` query parameter) -> (schema_version, controls it evidences)
 SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -140,7 +145,9 @@ def export_row(entry: AuditEntry, record: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-async def export_csv(entries: AsyncIterator[AuditEntry], span: ExportRange) -> AsyncIterator[bytes]:
+async def export_csv(
+    entries: AsyncIterator[AuditEntry], span: ExportRange, marks: Sequence[StoredCheckpoint] = ()
+) -> AsyncIterator[bytes]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
@@ -153,7 +160,7 @@ async def export_csv(entries: AsyncIterator[AuditEntry], span: ExportRange) -> A
         writer.writerow(export_row(entry, orjson.loads(entry.record)))
         if buffer.tell() >= 64 * 1024:
             yield _drain(buffer)
-    framing = _framing(span, first, last, count)
+    framing = _framing(span, first, last, count, marks)
     head = framing["chain_head"] or {}
     writer.writerow(
         {column: "" for column in EXPORT_COLUMNS}
@@ -168,7 +175,9 @@ async def export_csv(entries: AsyncIterator[AuditEntry], span: ExportRange) -> A
     yield _drain(buffer)
 
 
-async def export_json(entries: AsyncIterator[AuditEntry], span: ExportRange) -> AsyncIterator[bytes]:
+async def export_json(
+    entries: AsyncIterator[AuditEntry], span: ExportRange, marks: Sequence[StoredCheckpoint] = ()
+) -> AsyncIterator[bytes]:
     """One record a line inside `records`, so a reader may also take the file line by line."""
     first: AuditEntry | None = None
     last: AuditEntry | None = None
@@ -178,6 +187,7 @@ async def export_json(entries: AsyncIterator[AuditEntry], span: ExportRange) -> 
             first = entry
             opening = _framing(span, first, None, 0)
             opening.pop("chain_head")
+            opening.pop("checkpoints")
             yield orjson.dumps(opening)[:-1] + b',"records":[\n'
         else:
             yield b",\n"
@@ -186,9 +196,16 @@ async def export_json(entries: AsyncIterator[AuditEntry], span: ExportRange) -> 
     if first is None:
         opening = _framing(span, None, None, 0)
         opening.pop("chain_head")
+        opening.pop("checkpoints")
         yield orjson.dumps(opening)[:-1] + b',"records":[\n'
-    head = _framing(span, first, last, count)["chain_head"]
-    yield b'\n],"chain_head":' + orjson.dumps(head) + b"}\n"
+    closing = _framing(span, first, last, count, marks)
+    yield (
+        b'\n],"chain_head":'
+        + orjson.dumps(closing["chain_head"])
+        + b',"checkpoints":'
+        + orjson.dumps(closing["checkpoints"])
+        + b"}\n"
+    )
 
 
 def _json_record(entry: AuditEntry) -> dict[str, Any]:
@@ -207,8 +224,15 @@ def _json_record(entry: AuditEntry) -> dict[str, Any]:
     return row
 
 
-def _framing(span: ExportRange, first: AuditEntry | None, last: AuditEntry | None, count: int) -> dict[str, Any]:
+def _framing(
+    span: ExportRange,
+    first: AuditEntry | None,
+    last: AuditEntry | None,
+    count: int,
+    marks: Sequence[StoredCheckpoint] = (),
+) -> dict[str, Any]:
     schema_version, controls = SCHEMAS[span.schema]
+    held = [mark.token for mark in marks if first and last and first.sequence <= mark.sequence <= last.sequence]
     return {
         "schema_version": schema_version,
         "controls": list(controls),
@@ -216,6 +240,7 @@ def _framing(span: ExportRange, first: AuditEntry | None, last: AuditEntry | Non
         "to": _iso(span.until),
         "anchor": {"sequence": first.sequence - 1, "hash": first.prev_hash} if first else None,
         "chain_head": {"sequence": last.sequence, "hash": last.hash, "records": count} if last else None,
+        "checkpoints": held,
     }
 
 
@@ -234,13 +259,18 @@ class ExportReport:
         return self.chain.ok
 
 
-def verify_export(path: Path, *, head: str | None = None) -> ExportReport:
+def verify_export(path: Path, *, head: str | None = None, keys: Sequence[Ed25519PublicKey] = ()) -> ExportReport:
     """Check an export file: every record against its hash and its predecessor, every
-    column against its record, and the file's stated chain head (and `head`, when given)
-    against the last record. CSV is read a row at a time; JSON is read whole."""
+    column against its record, the file's stated chain head (and `head`, when given)
+    against the last record, and the signed checkpoints it carries against the records
+    they sign (signatures checked with `keys`; without them only that the claims match,
+    which anyone able to edit the file could also arrange). CSV is read a row at a time
+    (twice when it carries checkpoints: they are at its end); JSON is read whole."""
     with path.open("rb") as probe:
         start = probe.read(1)
-    report = _verify_json(path) if start == b"{" else _verify_csv(path)
+    report, tokens, hashes = _verify_json(path) if start == b"{" else _verify_csv(path)
+    if report.ok and tokens:
+        report = dataclasses.replace(report, chain=_checked(report.chain, tokens, hashes, keys))
     if report.ok and head is not None and (report.stated_head is None or report.stated_head.hash != head):
         found = report.stated_head.hash if report.stated_head else "none"
         problem = ChainProblem(
@@ -252,14 +282,38 @@ def verify_export(path: Path, *, head: str | None = None) -> ExportReport:
     return report
 
 
-def _verify_csv(path: Path) -> ExportReport:
+def _checked(
+    chain: ChainReport, tokens: Sequence[str], hashes: Mapping[int, str], keys: Sequence[Ed25519PublicKey]
+) -> ChainReport:
+    """The file's checkpoints held to its records (bastion.graph._checkpoints.check)."""
+    marks: list[StoredCheckpoint] = []
+    for token in tokens:
+        claimed = checkpoints.claimed(token)
+        if claimed is None:
+            return _with(chain, ChainProblem("forged", 0, "a checkpoint in the file is not a readable JWS"))
+        marks.append(StoredCheckpoint(claimed.sequence, claimed.hash, token))
+    return checkpoints.check(chain, sorted(marks, key=lambda mark: mark.sequence), dict(hashes), keys)
+
+
+_Verified = tuple[ExportReport, list[str], dict[int, str]]
+
+
+def _verify_csv(path: Path) -> _Verified:
     with path.open(newline="", encoding="utf-8") as file:
         rows = csv.DictReader(file)
         missing = set(EXPORT_COLUMNS) - set(rows.fieldnames or ())
         if missing:
             problem = ChainProblem("altered", 0, f"not a Bastion audit export: no column {sorted(missing)[0]!r}")
-            return ExportReport(None, ChainReport(0, None, problem), None)
-        return _verify_rows(_csv_rows(rows))
+            return ExportReport(None, ChainReport(0, None, problem), None), [], {}
+        last: dict[str, str] = {}
+        for row in rows:
+            last = row
+    tokens = _tokens(last.get("record", "")) if last.get("kind") == HEAD_KIND else []
+    wanted = frozenset(_claimed_sequences(tokens))
+    hashes: dict[int, str] = {}
+    with path.open(newline="", encoding="utf-8") as file:
+        report = _verify_rows(_csv_rows(csv.DictReader(file)), hashes, wanted)
+    return report, tokens, hashes
 
 
 def _csv_rows(rows: Iterator[dict[str, str]]) -> Iterator[tuple[dict[str, str], bytes]]:
@@ -267,12 +321,12 @@ def _csv_rows(rows: Iterator[dict[str, str]]) -> Iterator[tuple[dict[str, str], 
         yield row, (row.get("record") or "").encode()
 
 
-def _verify_json(path: Path) -> ExportReport:
+def _verify_json(path: Path) -> _Verified:
     try:
         document = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:
         problem = ChainProblem("removed", 0, f"the file is not complete JSON (cut short?): {exc}")
-        return ExportReport(None, ChainReport(0, None, problem), None)
+        return ExportReport(None, ChainReport(0, None, problem), None), [], {}
     head = document.get("chain_head")
     closing = {
         "kind": HEAD_KIND,
@@ -281,15 +335,37 @@ def _verify_json(path: Path) -> ExportReport:
         "record": canonical({key: document.get(key) for key in ("schema_version", "controls", "from", "to")}).decode(),
         "_schema": str(document.get("schema_version", "")),
     }
+    found = document.get("checkpoints")
+    tokens = [token for token in found if isinstance(token, str)] if isinstance(found, list) else []
+    hashes: dict[int, str] = {}
     rows = [(_json_columns(item), canonical(item.get("record") or {})) for item in document.get("records", [])]
-    return _verify_rows(iter([*rows, (closing, b"")]))
+    report = _verify_rows(iter([*rows, (closing, b"")]), hashes, frozenset(_claimed_sequences(tokens)))
+    return report, tokens, hashes
+
+
+def _tokens(framing: str) -> list[str]:
+    """The checkpoint JWS a CSV file's framing row carries."""
+    try:
+        found = orjson.loads(framing).get("checkpoints")
+    except (orjson.JSONDecodeError, AttributeError):
+        return []
+    return [token for token in found if isinstance(token, str)] if isinstance(found, list) else []
+
+
+def _claimed_sequences(tokens: Sequence[str]) -> Iterator[int]:
+    for token in tokens:
+        if (claimed := checkpoints.claimed(token)) is not None:
+            yield claimed.sequence
 
 
 def _json_columns(item: Mapping[str, Any]) -> dict[str, str]:
     return {key: _cell(value) if key != "record" else "" for key, value in item.items()}
 
 
-def _verify_rows(rows: Iterator[tuple[dict[str, str], bytes]]) -> ExportReport:
+def _verify_rows(
+    rows: Iterator[tuple[dict[str, str], bytes]], hashes: dict[int, str], wanted: frozenset[int]
+) -> ExportReport:
+    """`hashes` gets the hash of each record whose sequence is `wanted` (a checkpoint's)."""
     verifier: ChainVerifier | None = None
     schema: str | None = None
     for columns, record in rows:
@@ -304,6 +380,8 @@ def _verify_rows(rows: Iterator[tuple[dict[str, str], bytes]]) -> ExportReport:
         if verifier is None:
             verifier = ChainVerifier(anchor=entry.prev_hash, first=entry.sequence)
         verifier.feed(entry)
+        if entry.sequence in wanted:
+            hashes[entry.sequence] = entry.hash
         if verifier.done:
             return ExportReport(schema, verifier.report(), None)
         wrong = _column_mismatch(columns, entry)

@@ -12,13 +12,16 @@ from pathlib import Path
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bastion._appconfig import AuthConfig
 from bastion._cli import main
 from bastion._hosts import HostCheck
-from bastion._identity import TokenVerifier, load_public_keys
+from bastion._identity import TokenVerifier, ensure_dev_key, load_public_keys
 from bastion._web import start_web_server
 from bastion.graph import SqliteGraphStore, create_app
+from bastion.graph._checkpoints import Checkpointer
 from bastion.v1 import graph_pb2, policy_pb2
 
 
@@ -48,6 +51,8 @@ async def graph_addr(tmp_path: Path) -> AsyncIterator[str]:
             _event("send", "send", informed_by="node-summary", reason="recipient from summarize"),
         ]
     )
+    # A signed checkpoint of every record, with the stack's dev key (as the graph signs them).
+    await Checkpointer(store, ensure_dev_key(tmp_path), every=1).catch_up()
     verifier = TokenVerifier(AuthConfig(), load_public_keys(AuthConfig(), tmp_path))
     server = await start_web_server(
         create_app(store, verifier=verifier, hosts=HostCheck((), "127.0.0.1")), "127.0.0.1:0"
@@ -96,6 +101,13 @@ async def test_audit_export_then_verify_the_file_offline_and_against_the_service
     verified = await _bastion(tmp_path, graph_addr, "audit", "verify", "--json")
     head = orjson.loads(verified[1])["head"]["hash"]
     offline = await _bastion(tmp_path, graph_addr, "audit", "verify", "--export", str(export), "--head", head)
+    key = tmp_path / "keys" / "dev-ed25519.pem"  # the private key's public half is what is used
+    signed = await _bastion(tmp_path, graph_addr, "audit", "verify", "--export", str(export), "--key", str(key))
+    other = tmp_path / "other.pem"
+    other.write_bytes(
+        Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    wrong = await _bastion(tmp_path, graph_addr, "audit", "verify", "--export", str(export), "--key", str(other))
     export.write_text(export.read_text().replace("summarize", "summarise", 1), newline="")
     tampered = await _bastion(tmp_path, graph_addr, "audit", "verify", "--export", str(export))
 
@@ -103,6 +115,13 @@ async def test_audit_export_then_verify_the_file_offline_and_against_the_service
     assert "exported 3 records" in exported[2]
     assert verified[0] == 0, verified[2]
     assert offline[0] == 0, offline
-    assert offline[1].endswith(f"ok: 3 records verified (head #3 {head})\n")
+    assert offline[1].endswith(
+        f"ok: 3 records verified (head #3 {head}), 3 signed checkpoints held "
+        "(claims only: give --key PEM to check their signatures)\n"
+    )
+    assert signed[0] == 0, signed
+    assert signed[1].endswith(f"ok: 3 records verified (head #3 {head}), 3 signed checkpoints held\n")
+    assert wrong[0] == 1
+    assert "(forged)" in wrong[1]
     assert tampered[0] == 1
     assert "BROKEN at record #2 (altered)" in tampered[1]

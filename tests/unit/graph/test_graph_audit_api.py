@@ -13,12 +13,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fixtures.graphapi import auditor_token, bearer
 
 from bastion._appconfig import AuthConfig
 from bastion._hosts import HostCheck
-from bastion._identity import TokenVerifier, load_public_keys
+from bastion._identity import TokenVerifier, ensure_dev_key, load_public_keys
 from bastion.graph import SqliteGraphStore, create_app
+from bastion.graph._audit import canonical, chain_hash
+from bastion.graph._checkpoints import Checkpointer, sign
 from bastion.graph._export import EXPORT_COLUMNS, verify_export
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
@@ -319,3 +322,92 @@ async def test_an_unknown_workflow_or_node_has_no_drift_path(
         response = await client.get(path)
     assert response.status_code == 404
     assert response.json()["error"]["message"] == message
+
+
+# --- signed checkpoints in exports ----------------------------------------------------------
+
+
+async def _checkpointed_export(store: SqliteGraphStore, home: Path, file_format: str) -> tuple[Path, Any]:
+    """Seven records, a checkpoint every two (#2, #4, #6) signed with the stack's key, exported."""
+    await store.ingest([_event(f"e{n}") for n in range(7)])
+    key = ensure_dev_key(home)
+    assert await Checkpointer(store, key, every=2).catch_up() == 3
+    async with _client(store, home) as client:
+        response = await client.get("/audit/export", params={"format": file_format})
+    path = home / f"signed.{file_format}"
+    path.write_bytes(response.content)
+    return path, key
+
+
+@pytest.mark.parametrize("file_format", ["csv", "json"])
+async def test_an_export_carries_the_signed_checkpoints_of_its_records_and_they_verify_with_the_key(
+    store: SqliteGraphStore, tmp_path: Path, file_format: str
+) -> None:
+    path, key = await _checkpointed_export(store, tmp_path, file_format)
+    signed = verify_export(path, keys=[key.public_key()])
+    assert signed.ok, signed.chain.problem
+    assert signed.chain.checkpoints == 3
+    # Without the key only the claims are held to the records (they match here).
+    assert verify_export(path).chain.checkpoints == 3
+    # Another key: every checkpoint is forged as far as the auditor's key can tell.
+    other = verify_export(path, keys=[Ed25519PrivateKey.generate().public_key()])
+    assert not other.ok
+    assert other.chain.problem is not None
+    assert other.chain.problem.kind == "forged"
+
+
+async def test_a_file_rewritten_with_every_hash_recomputed_fails_at_the_next_signed_checkpoint(
+    store: SqliteGraphStore, tmp_path: Path
+) -> None:
+    path, key = await _checkpointed_export(store, tmp_path, "json")
+    document = orjson.loads(path.read_bytes())
+    # Record #3 says another agent; its hash and every later one are recomputed, the head too.
+    records = document["records"]
+    records[2]["record"]["agent_id"] = "someone-else"
+    records[2]["agent_id"] = "someone-else"
+    previous = records[1]["chain_hash"]
+    for item in records[2:]:
+        item["prev_hash"] = previous
+        item["chain_hash"] = previous = chain_hash(previous, canonical(item["record"]))
+    document["chain_head"]["hash"] = previous
+    path.write_bytes(orjson.dumps(document))
+
+    report = verify_export(path, keys=[key.public_key()])
+    assert not report.ok
+    assert report.chain.problem is not None
+    assert (report.chain.problem.kind, report.chain.problem.sequence) == ("altered", 4)
+    assert report.chain.checkpoints == 1  # #2 held, #4 did not
+    # Claims forged by re-signing with another key do not help: the auditor's key says so.
+    forged = [sign(Ed25519PrivateKey.generate(), 4, records[3]["chain_hash"])]
+    document["checkpoints"] = forged
+    path.write_bytes(orjson.dumps(document))
+    assert verify_export(path, keys=[key.public_key()]).chain.problem.kind == "forged"  # type: ignore[union-attr]
+    # A file that drops its checkpoints is not broken, but holds none: the CLI says so.
+    document["checkpoints"] = []
+    path.write_bytes(orjson.dumps(document))
+    assert verify_export(path, keys=[key.public_key()]).chain.checkpoints == 0
+
+
+@pytest.mark.parametrize(
+    ("checkpoints", "kind"),
+    [
+        (["not-a-jws"], "forged"),
+        ([7, None, {"sequence": 2}], None),  # not strings: not checkpoints, nothing held
+        ({"sequence": 2}, None),  # not a list: ignored
+        (["a.b.c" * 10_000], "forged"),
+    ],
+)
+async def test_garbage_in_a_files_checkpoints_never_passes_for_a_signature(
+    store: SqliteGraphStore, tmp_path: Path, checkpoints: Any, kind: str | None
+) -> None:
+    path, key = await _checkpointed_export(store, tmp_path, "json")
+    document = orjson.loads(path.read_bytes())
+    document["checkpoints"] = checkpoints
+    path.write_bytes(orjson.dumps(document))
+    report = verify_export(path, keys=[key.public_key()])
+    if kind is None:
+        assert report.ok
+        assert report.chain.checkpoints == 0
+    else:
+        assert report.chain.problem is not None
+        assert report.chain.problem.kind == kind
