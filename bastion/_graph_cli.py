@@ -19,6 +19,7 @@ verify, or a request refused or failed (unknown workflow or node 404, graph unre
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 import time
@@ -57,7 +58,7 @@ def add_audit_commands(commands: Any) -> None:
         type=Path,
         action="append",
         default=[],
-        help="with --export: a PEM public key of the stack (repeatable): the file's signed checkpoints must verify",
+        help="with --export: a PEM public key of the stack (repeatable): the file must carry the service's signature",
     )
     export = actions.add_parser("export", parents=[_common()], help="stream a piece of the chain for auditors")
     export.add_argument("--format", choices=("csv", "json"), default="csv")
@@ -144,8 +145,12 @@ def _verify_file(args: argparse.Namespace) -> int:
 
     try:
         keys = [_public_key(path) for path in args.key]
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"bastion: --key: {exc}", file=sys.stderr)
+        return 2
+    try:
         report = verify_export(args.export, head=args.head, keys=keys)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         print(f"bastion: cannot read {args.export}: {exc}", file=sys.stderr)
         return 1
     chain = report.chain
@@ -158,11 +163,9 @@ def _verify_file(args: argparse.Namespace) -> int:
         "head": {"sequence": head.sequence, "hash": head.hash} if head else None,
         "problem": {"kind": problem.kind, "sequence": problem.sequence, "detail": problem.detail} if problem else None,
     }
-    if chain.checkpoints or args.key:
-        payload |= {"checkpoints": chain.checkpoints, "signatures_checked": bool(args.key)}
-    text = _verify_text(payload)
-    if report.ok and not args.key and chain.checkpoints:
-        text += " (claims only: give --key PEM to check their signatures)"
+    if args.key:
+        payload["signed"] = report.signed and report.ok
+    text = _verify_text(payload) + (", signed by the service" if args.key and report.ok else "")
     emit(args, payload, f"{args.export}: {text}")
     return 0 if report.ok else 1
 
@@ -176,11 +179,15 @@ def _public_key(path: Path) -> Any:
     try:
         key: Any = load_pem_public_key(data)
     except ValueError:
-        key = load_pem_private_key(data, password=None)
+        try:
+            key = load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path} is not a PEM public key (nor an unencrypted private key): {exc}") from exc
+        print(f"bastion: {path} is a private key; an auditor needs only its public half", file=sys.stderr)
     if isinstance(key, Ed25519PrivateKey):
         key = key.public_key()
     if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path} is not an Ed25519 key (audit checkpoints are signed with EdDSA)")
+        raise ValueError(f"{path} is not an Ed25519 key (the audit chain is signed with EdDSA)")
     return key
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -65,11 +65,13 @@ def create_app(
     hosts: HostCheck,
     metrics: GraphMetrics | None = None,
     checkpoint_keys: Sequence[Ed25519PublicKey] = (),
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> FastAPI:
     """The REST app over `store`. It does not own the store: the caller closes it.
 
     `verifier` checks the bearer JWTs of the data routes; `hosts` is the DNS-rebinding check;
-    `checkpoint_keys` check the audit chain's signed checkpoints on `/audit/verify`.
+    `checkpoint_keys` check the audit chain's signed checkpoints on `/audit/verify`;
+    `signing_key` (the stack's) signs each `/audit/export` file (unsigned without it).
     """
     app = rest_app(
         title="Bastion graph",
@@ -79,6 +81,7 @@ def create_app(
     app.state.store = store
     app.state.metrics = metrics or GraphMetrics()
     app.state.checkpoint_keys = tuple(checkpoint_keys)
+    app.state.signing_key = signing_key
     # Everything on _data is workflow or audit data: one router-wide guard, so a route
     # added there cannot forget it. Left open: the ops routes (no workflow data) and
     # FastAPI's /docs, /docs/oauth2-redirect, /redoc and /openapi.json, which show the

@@ -78,19 +78,34 @@ def read(token: str, keys: Sequence[Ed25519PublicKey]) -> CheckpointClaims:
     return CheckpointClaims(sequence=sequence, hash=chain_hash, signed_at=signed_at)
 
 
-def claimed(token: str) -> CheckpointClaims | None:
-    """What a checkpoint says, its signature NOT checked (None when it is no readable
-    checkpoint): which record to hold it to; `read` is what proves it."""
+EXPORT_TYPE = "bastion-audit-export+jwt"
+
+
+def sign_export(key: Ed25519PrivateKey, statement: dict[str, Any], *, now: int | None = None) -> str:
+    """The service's signature over what an export file holds (`statement`: its anchor,
+    chain head, schema and range; bastion.graph._export), as a JWS like a checkpoint's."""
+    claims = {**statement, "iat": now or int(time.time())}
+    headers = {"kid": jwk_thumbprint(key.public_key()), "typ": EXPORT_TYPE}
+    return jwt.encode(claims, key, algorithm="EdDSA", headers=headers)
+
+
+def read_export(token: str, keys: Sequence[Ed25519PublicKey]) -> dict[str, Any]:
+    """The statement of an export signature by one of `keys`; ValueError naming why not."""
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        return None
-    sequence, chain_hash, signed_at = claims.get("sequence"), claims.get("hash"), claims.get("iat", 0)
-    if not isinstance(sequence, int) or isinstance(sequence, bool) or not isinstance(chain_hash, str):
-        return None
-    return CheckpointClaims(
-        sequence=sequence, hash=chain_hash, signed_at=signed_at if isinstance(signed_at, int) else 0
-    )
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        raise ValueError(f"not a JWS: {exc}") from exc
+    if header.get("typ") != EXPORT_TYPE:
+        raise ValueError(f"typ is {header.get('typ')!r}, not {EXPORT_TYPE!r}")
+    for key in keys:
+        try:
+            claims: dict[str, Any] = jwt.decode(token, key, algorithms=["EdDSA"], options={"require": ["iat"]})
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.InvalidTokenError as exc:
+            raise ValueError(str(exc)) from exc
+        return claims
+    raise ValueError(f"the signature is not by the stack's key (kid {header.get('kid')!r})")
 
 
 class Checkpointer:

@@ -14,11 +14,12 @@ head). JSON: `{schema_version, controls, from, to, anchor, records: [...], chain
 
 What a file proves alone is that it is internally consistent; that it is *the* chain
 needs its head compared with the service's (`GET /audit/verify`) or a head kept from an
-earlier export: `bastion audit verify --export FILE --head HASH`. Or the signed
-checkpoints it carries (`checkpoints`: the JWS of every checkpoint whose record the file
-holds, bastion.graph._checkpoints): with the stack's public key (`--key PEM`), a file
-whose records were edited and every hash after them recomputed fails at the first
-checkpoint past the edit, without the service.
+earlier export: `bastion audit verify --export FILE --head HASH`. Or the service's
+signature the file ends with (`signature`: a JWS by the stack's key over the file's
+anchor, chain head, record count, schema and range, bastion.graph._checkpoints): with the
+stack's public key (`--key PEM`) a file edited anywhere, every hash after the edit
+recomputed, cut short or extended, no longer ends where the service signed, without the
+service.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import _checkpoints as checkpoints
 from ._audit import AuditEntry, ChainHead, ChainProblem, ChainReport, ChainVerifier, canonical
 from ._checkpoints import all_checkpoints
-from ._store import GraphStore, StoredCheckpoint
+from ._store import GraphStore
 
 #: schema name (the `schema` query parameter) -> (schema_version, controls it evidences)
 SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -146,7 +147,7 @@ def export_row(entry: AuditEntry, record: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def export_csv(
-    entries: AsyncIterator[AuditEntry], span: ExportRange, marks: Sequence[StoredCheckpoint] = ()
+    entries: AsyncIterator[AuditEntry], span: ExportRange, key: Ed25519PrivateKey | None = None
 ) -> AsyncIterator[bytes]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\r\n")
@@ -160,7 +161,7 @@ async def export_csv(
         writer.writerow(export_row(entry, orjson.loads(entry.record)))
         if buffer.tell() >= 64 * 1024:
             yield _drain(buffer)
-    framing = _framing(span, first, last, count, marks)
+    framing = _framing(span, first, last, count, key)
     head = framing["chain_head"] or {}
     writer.writerow(
         {column: "" for column in EXPORT_COLUMNS}
@@ -176,7 +177,7 @@ async def export_csv(
 
 
 async def export_json(
-    entries: AsyncIterator[AuditEntry], span: ExportRange, marks: Sequence[StoredCheckpoint] = ()
+    entries: AsyncIterator[AuditEntry], span: ExportRange, key: Ed25519PrivateKey | None = None
 ) -> AsyncIterator[bytes]:
     """One record a line inside `records`, so a reader may also take the file line by line."""
     first: AuditEntry | None = None
@@ -187,7 +188,6 @@ async def export_json(
             first = entry
             opening = _framing(span, first, None, 0)
             opening.pop("chain_head")
-            opening.pop("checkpoints")
             yield orjson.dumps(opening)[:-1] + b',"records":[\n'
         else:
             yield b",\n"
@@ -196,14 +196,13 @@ async def export_json(
     if first is None:
         opening = _framing(span, None, None, 0)
         opening.pop("chain_head")
-        opening.pop("checkpoints")
         yield orjson.dumps(opening)[:-1] + b',"records":[\n'
-    closing = _framing(span, first, last, count, marks)
+    closing = _framing(span, first, last, count, key)
     yield (
         b'\n],"chain_head":'
         + orjson.dumps(closing["chain_head"])
-        + b',"checkpoints":'
-        + orjson.dumps(closing["checkpoints"])
+        + b',"signature":'
+        + orjson.dumps(closing["signature"])
         + b"}\n"
     )
 
@@ -229,19 +228,24 @@ def _framing(
     first: AuditEntry | None,
     last: AuditEntry | None,
     count: int,
-    marks: Sequence[StoredCheckpoint] = (),
+    key: Ed25519PrivateKey | None = None,
 ) -> dict[str, Any]:
     schema_version, controls = SCHEMAS[span.schema]
-    held = [mark.token for mark in marks if first and last and first.sequence <= mark.sequence <= last.sequence]
-    return {
+    framing: dict[str, Any] = {
         "schema_version": schema_version,
         "controls": list(controls),
         "from": _iso(span.since),
         "to": _iso(span.until),
         "anchor": {"sequence": first.sequence - 1, "hash": first.prev_hash} if first else None,
         "chain_head": {"sequence": last.sequence, "hash": last.hash, "records": count} if last else None,
-        "checkpoints": held,
     }
+    framing["signature"] = checkpoints.sign_export(key, _statement(framing)) if key is not None else None
+    return framing
+
+
+def _statement(framing: Mapping[str, Any]) -> dict[str, Any]:
+    """What the service signs of a file, and what a verifier holds the file to."""
+    return {name: framing.get(name) for name in ("schema_version", "from", "to", "anchor", "chain_head")}
 
 
 # --- checking a file offline ------------------------------------------------------------
@@ -253,6 +257,8 @@ class ExportReport:
     chain: ChainReport
     #: The chain head the file states, when it states one.
     stated_head: ChainHead | None
+    #: True when the service's signature was checked (and, with `ok`, held).
+    signed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -262,15 +268,13 @@ class ExportReport:
 def verify_export(path: Path, *, head: str | None = None, keys: Sequence[Ed25519PublicKey] = ()) -> ExportReport:
     """Check an export file: every record against its hash and its predecessor, every
     column against its record, the file's stated chain head (and `head`, when given)
-    against the last record, and the signed checkpoints it carries against the records
-    they sign (signatures checked with `keys`; without them only that the claims match,
-    which anyone able to edit the file could also arrange). CSV is read a row at a time
-    (twice when it carries checkpoints: they are at its end); JSON is read whole."""
+    against the last record, and with `keys` the service's signature against what the
+    file holds (a file without one then fails). CSV is read a row at a time; JSON whole."""
     with path.open("rb") as probe:
         start = probe.read(1)
-    report, tokens, hashes = _verify_json(path) if start == b"{" else _verify_csv(path)
-    if report.ok and tokens:
-        report = dataclasses.replace(report, chain=_checked(report.chain, tokens, hashes, keys))
+    report, framing = _verify_json(path) if start == b"{" else _verify_csv(path)
+    if report.ok and keys:
+        report = dataclasses.replace(report, chain=_signed(report, framing, keys), signed=True)
     if report.ok and head is not None and (report.stated_head is None or report.stated_head.hash != head):
         found = report.stated_head.hash if report.stated_head else "none"
         problem = ChainProblem(
@@ -278,24 +282,39 @@ def verify_export(path: Path, *, head: str | None = None, keys: Sequence[Ed25519
             report.stated_head.sequence if report.stated_head else 0,
             f"the file's chain head is {found}, not the {head} given with --head",
         )
-        return ExportReport(report.schema_version, _with(report.chain, problem), report.stated_head)
+        return dataclasses.replace(report, chain=_with(report.chain, problem))
     return report
 
 
-def _checked(
-    chain: ChainReport, tokens: Sequence[str], hashes: Mapping[int, str], keys: Sequence[Ed25519PublicKey]
-) -> ChainReport:
-    """The file's checkpoints held to its records (bastion.graph._checkpoints.check)."""
-    marks: list[StoredCheckpoint] = []
-    for token in tokens:
-        claimed = checkpoints.claimed(token)
-        if claimed is None:
-            return _with(chain, ChainProblem("forged", 0, "a checkpoint in the file is not a readable JWS"))
-        marks.append(StoredCheckpoint(claimed.sequence, claimed.hash, token))
-    return checkpoints.check(chain, sorted(marks, key=lambda mark: mark.sequence), dict(hashes), keys)
+def _signed(report: ExportReport, framing: Mapping[str, Any], keys: Sequence[Ed25519PublicKey]) -> ChainReport:
+    """The chain report, failed unless the service's signature holds and says what the
+    file holds: its records, anchor, head and count, schema and range."""
+    chain = report.chain
+    signature = framing.get("signature")
+    if not isinstance(signature, str):
+        return _with(chain, ChainProblem("forged", 0, "the file carries no signature of the service"))
+    try:
+        signed = checkpoints.read_export(signature, keys)
+    except ValueError as exc:
+        return _with(chain, ChainProblem("forged", 0, f"the file's signature does not hold: {exc}"))
+    statement = _statement(framing)
+    for name, stated in statement.items():
+        if signed.get(name) != stated:
+            at = chain.head.sequence if chain.head else 0
+            detail = f"the service signed {name} {signed.get(name)!r}, the file says {stated!r}"
+            return _with(chain, ChainProblem("altered", at, detail))
+    # The records themselves must end where the signed head is (the framing could lie too).
+    signed_head = statement["chain_head"]
+    held = ChainHead(int(signed_head["sequence"]), str(signed_head["hash"])) if signed_head else None
+    if chain.head != held:
+        return _with(chain, ChainProblem("altered", 0, f"the records end at {chain.head}, the service signed {held}"))
+    if signed_head and chain.records != signed_head.get("records"):
+        detail = f"the file holds {chain.records} records, the service signed {signed_head.get('records')}"
+        return _with(chain, ChainProblem("removed", 0, detail))
+    return chain
 
 
-_Verified = tuple[ExportReport, list[str], dict[int, str]]
+_Verified = tuple[ExportReport, dict[str, Any]]
 
 
 def _verify_csv(path: Path) -> _Verified:
@@ -304,16 +323,10 @@ def _verify_csv(path: Path) -> _Verified:
         missing = set(EXPORT_COLUMNS) - set(rows.fieldnames or ())
         if missing:
             problem = ChainProblem("altered", 0, f"not a Bastion audit export: no column {sorted(missing)[0]!r}")
-            return ExportReport(None, ChainReport(0, None, problem), None), [], {}
-        last: dict[str, str] = {}
-        for row in rows:
-            last = row
-    tokens = _tokens(last.get("record", "")) if last.get("kind") == HEAD_KIND else []
-    wanted = frozenset(_claimed_sequences(tokens))
-    hashes: dict[int, str] = {}
-    with path.open(newline="", encoding="utf-8") as file:
-        report = _verify_rows(_csv_rows(csv.DictReader(file)), hashes, wanted)
-    return report, tokens, hashes
+            return ExportReport(None, ChainReport(0, None, problem), None), {}
+        framing: dict[str, Any] = {}
+        report = _verify_rows(_csv_rows(rows), framing)
+    return report, framing
 
 
 def _csv_rows(rows: Iterator[dict[str, str]]) -> Iterator[tuple[dict[str, str], bytes]]:
@@ -326,8 +339,12 @@ def _verify_json(path: Path) -> _Verified:
         document = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:
         problem = ChainProblem("removed", 0, f"the file is not complete JSON (cut short?): {exc}")
-        return ExportReport(None, ChainReport(0, None, problem), None), [], {}
-    head = document.get("chain_head")
+        return ExportReport(None, ChainReport(0, None, problem), None), {}
+    head = document.get("chain_head") if isinstance(document, dict) else None
+    records = document.get("records") if isinstance(document, dict) else None
+    if not isinstance(records, list) or not isinstance(head, dict | None):
+        problem = ChainProblem("altered", 0, "not a Bastion audit export: records or chain_head of the wrong shape")
+        return ExportReport(None, ChainReport(0, None, problem), None), {}
     closing = {
         "kind": HEAD_KIND,
         "sequence": _cell(head.get("sequence")) if head else "",
@@ -335,43 +352,32 @@ def _verify_json(path: Path) -> _Verified:
         "record": canonical({key: document.get(key) for key in ("schema_version", "controls", "from", "to")}).decode(),
         "_schema": str(document.get("schema_version", "")),
     }
-    found = document.get("checkpoints")
-    tokens = [token for token in found if isinstance(token, str)] if isinstance(found, list) else []
-    hashes: dict[int, str] = {}
-    rows = [(_json_columns(item), canonical(item.get("record") or {})) for item in document.get("records", [])]
-    report = _verify_rows(iter([*rows, (closing, b"")]), hashes, frozenset(_claimed_sequences(tokens)))
-    return report, tokens, hashes
-
-
-def _tokens(framing: str) -> list[str]:
-    """The checkpoint JWS a CSV file's framing row carries."""
-    try:
-        found = orjson.loads(framing).get("checkpoints")
-    except (orjson.JSONDecodeError, AttributeError):
-        return []
-    return [token for token in found if isinstance(token, str)] if isinstance(found, list) else []
-
-
-def _claimed_sequences(tokens: Sequence[str]) -> Iterator[int]:
-    for token in tokens:
-        if (claimed := checkpoints.claimed(token)) is not None:
-            yield claimed.sequence
+    rows = [
+        (_json_columns(item), canonical(item.get("record") or {})) if isinstance(item, dict) else ({}, b"")
+        for item in records
+    ]
+    report = _verify_rows(iter([*rows, (closing, b"")]), {})
+    return report, dict(document)
 
 
 def _json_columns(item: Mapping[str, Any]) -> dict[str, str]:
     return {key: _cell(value) if key != "record" else "" for key, value in item.items()}
 
 
-def _verify_rows(
-    rows: Iterator[tuple[dict[str, str], bytes]], hashes: dict[int, str], wanted: frozenset[int]
-) -> ExportReport:
-    """`hashes` gets the hash of each record whose sequence is `wanted` (a checkpoint's)."""
+def _verify_rows(rows: Iterator[tuple[dict[str, str], bytes]], framing: dict[str, Any]) -> ExportReport:
+    """`framing` gets what a CSV file's chain_head row says of the file (its JSON record)."""
     verifier: ChainVerifier | None = None
     schema: str | None = None
     for columns, record in rows:
         if columns.get("kind") == HEAD_KIND:
             schema = columns.get("_schema") or _schema_of(columns.get("record", ""))
+            if "_schema" not in columns:
+                framing.update(_framing_of(columns.get("record", "")))
             stated = ChainHead(int(columns["sequence"]), columns["chain_hash"]) if columns.get("sequence") else None
+            if next(rows, None) is not None:
+                problem = ChainProblem("inserted", stated.sequence if stated else 0, "rows after the chain_head row")
+                report = verifier.report() if verifier else ChainReport(0, None, None)
+                return ExportReport(schema, _with(report, problem), stated)
             return _close(verifier, schema, stated)
         entry = _entry(columns, record)
         if entry is None:
@@ -380,8 +386,6 @@ def _verify_rows(
         if verifier is None:
             verifier = ChainVerifier(anchor=entry.prev_hash, first=entry.sequence)
         verifier.feed(entry)
-        if entry.sequence in wanted:
-            hashes[entry.sequence] = entry.hash
         if verifier.done:
             return ExportReport(schema, verifier.report(), None)
         wrong = _column_mismatch(columns, entry)
@@ -432,6 +436,14 @@ def _close(verifier: ChainVerifier | None, schema: str | None, stated: ChainHead
 
 def _with(report: ChainReport, problem: ChainProblem) -> ChainReport:
     return ChainReport(records=report.records, head=report.head, problem=report.problem or problem)
+
+
+def _framing_of(record: str) -> dict[str, Any]:
+    try:
+        found = orjson.loads(record)
+    except orjson.JSONDecodeError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _schema_of(framing: str) -> str | None:

@@ -93,7 +93,12 @@ async def serve(
         )
         stack.push_async_callback(grpc_server.stop)
         api = create_app(
-            store, verifier=verifier, hosts=hosts, metrics=metrics, checkpoint_keys=[stack_key.public_key()]
+            store,
+            verifier=verifier,
+            hosts=hosts,
+            metrics=metrics,
+            checkpoint_keys=[stack_key.public_key()],
+            signing_key=stack_key,
         )
         http = await _naming("BASTION_GRAPH_ADDR", start_web_server(api, settings.graph_addr))
         stack.push_async_callback(http.stop)

@@ -21,7 +21,7 @@ from bastion._hosts import HostCheck
 from bastion._identity import TokenVerifier, ensure_dev_key, load_public_keys
 from bastion.graph import SqliteGraphStore, create_app
 from bastion.graph._audit import canonical, chain_hash
-from bastion.graph._checkpoints import Checkpointer, sign
+from bastion.graph._checkpoints import sign
 from bastion.graph._export import EXPORT_COLUMNS, verify_export
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
@@ -324,90 +324,126 @@ async def test_an_unknown_workflow_or_node_has_no_drift_path(
     assert response.json()["error"]["message"] == message
 
 
-# --- signed checkpoints in exports ----------------------------------------------------------
+# --- the service's signature on exports --------------------------------------------------------
 
 
-async def _checkpointed_export(store: SqliteGraphStore, home: Path, file_format: str) -> tuple[Path, Any]:
-    """Seven records, a checkpoint every two (#2, #4, #6) signed with the stack's key, exported."""
+async def _signed_export(store: SqliteGraphStore, home: Path, file_format: str, **params: str) -> tuple[Path, Any]:
+    """Seven records exported by a graph that signs its exports with the stack's key."""
     await store.ingest([_event(f"e{n}") for n in range(7)])
     key = ensure_dev_key(home)
-    assert await Checkpointer(store, key, every=2).catch_up() == 3
-    async with _client(store, home) as client:
-        response = await client.get("/audit/export", params={"format": file_format})
+    verifier = TokenVerifier(AuthConfig(), load_public_keys(AuthConfig(), home))
+    app = create_app(store, verifier=verifier, hosts=HostCheck(("graph",), "127.0.0.1"), signing_key=key)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://graph", headers=bearer(auditor_token(home))
+    ) as c:
+        response = await c.get("/audit/export", params={"format": file_format, **params})
     path = home / f"signed.{file_format}"
     path.write_bytes(response.content)
     return path, key
 
 
 @pytest.mark.parametrize("file_format", ["csv", "json"])
-async def test_an_export_carries_the_signed_checkpoints_of_its_records_and_they_verify_with_the_key(
+async def test_an_export_is_signed_by_the_service_and_verifies_with_its_public_key_alone(
     store: SqliteGraphStore, tmp_path: Path, file_format: str
 ) -> None:
-    path, key = await _checkpointed_export(store, tmp_path, file_format)
+    path, key = await _signed_export(store, tmp_path, file_format)
     signed = verify_export(path, keys=[key.public_key()])
     assert signed.ok, signed.chain.problem
-    assert signed.chain.checkpoints == 3
-    # Without the key only the claims are held to the records (they match here).
-    assert verify_export(path).chain.checkpoints == 3
-    # Another key: every checkpoint is forged as far as the auditor's key can tell.
+    assert signed.signed
+    assert verify_export(path).ok  # without a key: the chain alone, as before
     other = verify_export(path, keys=[Ed25519PrivateKey.generate().public_key()])
-    assert not other.ok
     assert other.chain.problem is not None
     assert other.chain.problem.kind == "forged"
 
 
-async def test_a_file_rewritten_with_every_hash_recomputed_fails_at_the_next_signed_checkpoint(
-    store: SqliteGraphStore, tmp_path: Path
-) -> None:
-    path, key = await _checkpointed_export(store, tmp_path, "json")
-    document = orjson.loads(path.read_bytes())
-    # Record #3 says another agent; its hash and every later one are recomputed, the head too.
-    records = document["records"]
-    records[2]["record"]["agent_id"] = "someone-else"
-    records[2]["agent_id"] = "someone-else"
-    previous = records[1]["chain_hash"]
-    for item in records[2:]:
+def _rewrite(document: dict[str, Any], edit: Any) -> None:
+    """Apply `edit` to the records, then recompute every hash from the first and the head."""
+    edit(document["records"])
+    previous = document["anchor"]["hash"] if document["anchor"] else "0" * 64
+    for item in document["records"]:
         item["prev_hash"] = previous
         item["chain_hash"] = previous = chain_hash(previous, canonical(item["record"]))
-    document["chain_head"]["hash"] = previous
-    path.write_bytes(orjson.dumps(document))
+    records = document["records"]
+    document["chain_head"] = (
+        {"sequence": records[-1]["sequence"], "hash": previous, "records": len(records)} if records else None
+    )
 
-    report = verify_export(path, keys=[key.public_key()])
-    assert not report.ok
-    assert report.chain.problem is not None
-    assert (report.chain.problem.kind, report.chain.problem.sequence) == ("altered", 4)
-    assert report.chain.checkpoints == 1  # #2 held, #4 did not
-    # Claims forged by re-signing with another key do not help: the auditor's key says so.
-    forged = [sign(Ed25519PrivateKey.generate(), 4, records[3]["chain_hash"])]
-    document["checkpoints"] = forged
-    path.write_bytes(orjson.dumps(document))
-    assert verify_export(path, keys=[key.public_key()]).chain.problem.kind == "forged"  # type: ignore[union-attr]
-    # A file that drops its checkpoints is not broken, but holds none: the CLI says so.
-    document["checkpoints"] = []
-    path.write_bytes(orjson.dumps(document))
-    assert verify_export(path, keys=[key.public_key()]).chain.checkpoints == 0
+
+def _edit_agent(records: list[dict[str, Any]]) -> None:
+    records[2]["record"]["agent_id"] = records[2]["agent_id"] = "someone-else"
+
+
+def _drop_last(records: list[dict[str, Any]]) -> None:
+    del records[-2:]
+
+
+def _drop_first(records: list[dict[str, Any]]) -> None:
+    del records[:2]
 
 
 @pytest.mark.parametrize(
-    ("checkpoints", "kind"),
-    [
-        (["not-a-jws"], "forged"),
-        ([7, None, {"sequence": 2}], None),  # not strings: not checkpoints, nothing held
-        ({"sequence": 2}, None),  # not a list: ignored
-        (["a.b.c" * 10_000], "forged"),
-    ],
+    ("edit", "kind"), [(_edit_agent, "altered"), (_drop_last, "altered"), (_drop_first, "altered")]
 )
-async def test_garbage_in_a_files_checkpoints_never_passes_for_a_signature(
-    store: SqliteGraphStore, tmp_path: Path, checkpoints: Any, kind: str | None
+async def test_a_consistently_rewritten_file_verifies_as_a_chain_but_not_against_the_signature(
+    store: SqliteGraphStore, tmp_path: Path, edit: Any, kind: str
 ) -> None:
-    path, key = await _checkpointed_export(store, tmp_path, "json")
+    path, key = await _signed_export(store, tmp_path, "json")
     document = orjson.loads(path.read_bytes())
-    document["checkpoints"] = checkpoints
+    _rewrite(document, edit)
+    if edit is _drop_first:  # the first record's own link moves the anchor: say so too
+        document["anchor"] = {"sequence": 2, "hash": document["records"][0]["prev_hash"]}
+    path.write_bytes(orjson.dumps(document))
+    assert verify_export(path).ok  # internally consistent: only the signature can tell
+    report = verify_export(path, keys=[key.public_key()])
+    assert not report.ok
+    assert report.chain.problem is not None
+    assert report.chain.problem.kind == kind
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [None, "not-a-jws", 7, "a.b.c" * 10_000, "checkpoint"],
+    ids=["missing", "garbage", "number", "huge", "a-checkpoint-token"],
+)
+async def test_a_file_without_a_valid_signature_fails_when_a_key_is_given(
+    store: SqliteGraphStore, tmp_path: Path, signature: Any
+) -> None:
+    path, key = await _signed_export(store, tmp_path, "json")
+    document = orjson.loads(path.read_bytes())
+    if signature == "checkpoint":  # the right key, over another kind of statement
+        signature = sign(key, document["chain_head"]["sequence"], document["chain_head"]["hash"])
+    document["signature"] = signature
     path.write_bytes(orjson.dumps(document))
     report = verify_export(path, keys=[key.public_key()])
-    if kind is None:
-        assert report.ok
-        assert report.chain.checkpoints == 0
-    else:
-        assert report.chain.problem is not None
-        assert report.chain.problem.kind == kind
+    assert report.chain.problem is not None
+    assert report.chain.problem.kind == "forged"
+
+
+async def test_rows_after_the_chain_head_row_of_a_csv_are_refused(store: SqliteGraphStore, tmp_path: Path) -> None:
+    path, key = await _signed_export(store, tmp_path, "csv")
+    path.write_text(path.read_text() + "1,,,,,,,,,,,,,,\r\n", newline="")
+    report = verify_export(path, keys=[key.public_key()])
+    assert report.chain.problem is not None
+    assert report.chain.problem.kind == "inserted"
+
+
+@pytest.mark.parametrize("document", [{"records": {}}, {"records": [], "chain_head": []}, [], {"records": [1, 2]}])
+async def test_json_of_the_wrong_shape_is_a_broken_file_not_a_crash(tmp_path: Path, document: Any) -> None:
+    path = tmp_path / "odd.json"
+    path.write_bytes(orjson.dumps(document))
+    assert not verify_export(path).ok
+
+
+async def test_records_cut_from_the_start_of_a_signed_file_are_missed(store: SqliteGraphStore, tmp_path: Path) -> None:
+    path, key = await _signed_export(store, tmp_path, "json")
+    document = orjson.loads(path.read_bytes())
+    del document["records"][:2]  # the rest keep their hashes and still chain to each other
+    path.write_bytes(orjson.dumps(document))
+    assert verify_export(path).ok
+    report = verify_export(path, keys=[key.public_key()])
+    assert report.chain.problem is not None
+    assert (report.chain.problem.kind, "the file holds 5 records, the service signed 7") == (
+        "removed",
+        report.chain.problem.detail,
+    )
