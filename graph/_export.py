@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -188,6 +189,7 @@ async def export_json(
             first = entry
             opening = _framing(span, first, None, 0)
             opening.pop("chain_head")
+            opening.pop("signature")  # written once, at the end
             yield orjson.dumps(opening)[:-1] + b',"records":[\n'
         else:
             yield b",\n"
@@ -196,6 +198,7 @@ async def export_json(
     if first is None:
         opening = _framing(span, None, None, 0)
         opening.pop("chain_head")
+        opening.pop("signature")
         yield orjson.dumps(opening)[:-1] + b',"records":[\n'
     closing = _framing(span, first, last, count, key)
     yield (
@@ -245,7 +248,7 @@ def _framing(
 
 def _statement(framing: Mapping[str, Any]) -> dict[str, Any]:
     """What the service signs of a file, and what a verifier holds the file to."""
-    return {name: framing.get(name) for name in ("schema_version", "from", "to", "anchor", "chain_head")}
+    return {name: framing.get(name) for name in ("schema_version", "controls", "from", "to", "anchor", "chain_head")}
 
 
 # --- checking a file offline ------------------------------------------------------------
@@ -272,7 +275,12 @@ def verify_export(path: Path, *, head: str | None = None, keys: Sequence[Ed25519
     file holds (a file without one then fails). CSV is read a row at a time; JSON whole."""
     with path.open("rb") as probe:
         start = probe.read(1)
-    report, framing = _verify_json(path) if start == b"{" else _verify_csv(path)
+    try:
+        report, framing = _verify_json(path) if start == b"{" else _verify_csv(path)
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        # A hand-made file can put anything anywhere: it is malformed, never a traceback.
+        problem = ChainProblem("altered", 0, f"not a well-formed Bastion audit export: {type(exc).__name__}: {exc}")
+        return ExportReport(None, ChainReport(0, None, problem), None)
     if report.ok and keys:
         report = dataclasses.replace(report, chain=_signed(report, framing, keys), signed=True)
     if report.ok and head is not None and (report.stated_head is None or report.stated_head.hash != head):
@@ -320,9 +328,10 @@ _Verified = tuple[ExportReport, dict[str, Any]]
 def _verify_csv(path: Path) -> _Verified:
     with path.open(newline="", encoding="utf-8") as file:
         rows = csv.DictReader(file)
-        missing = set(EXPORT_COLUMNS) - set(rows.fieldnames or ())
-        if missing:
-            problem = ChainProblem("altered", 0, f"not a Bastion audit export: no column {sorted(missing)[0]!r}")
+        if tuple(rows.fieldnames or ()) != EXPORT_COLUMNS:
+            missing = sorted(set(EXPORT_COLUMNS) - set(rows.fieldnames or ()))
+            why = f"no column {missing[0]!r}" if missing else "columns other than, or repeated among, its own"
+            problem = ChainProblem("altered", 0, f"not a Bastion audit export: {why}")
             return ExportReport(None, ChainReport(0, None, problem), None), {}
         framing: dict[str, Any] = {}
         report = _verify_rows(_csv_rows(rows), framing)
@@ -331,19 +340,38 @@ def _verify_csv(path: Path) -> _Verified:
 
 def _csv_rows(rows: Iterator[dict[str, str]]) -> Iterator[tuple[dict[str, str], bytes]]:
     for row in rows:
+        if None in row:  # cells past the header: nothing of the export, and never read
+            raise ValueError(f"a row has more cells than the header (sequence {row.get('sequence')!r})")
+        if row.get("kind") == HEAD_KIND and any(row[name] for name in _HEAD_EMPTY):
+            raise ValueError("the chain_head row fills columns that are not its own")
         yield row, (row.get("record") or "").encode()
+
+
+#: The columns a CSV file's chain_head row leaves empty.
+_HEAD_EMPTY = tuple(
+    name for name in EXPORT_COLUMNS if name not in ("sequence", "kind", "prev_hash", "chain_hash", "record")
+)
 
 
 def _verify_json(path: Path) -> _Verified:
     try:
-        document = orjson.loads(path.read_bytes())
+        orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:
         problem = ChainProblem("removed", 0, f"the file is not complete JSON (cut short?): {exc}")
         return ExportReport(None, ChainReport(0, None, problem), None), {}
+    # Read again keeping every key: a key given twice is one value to this check and the
+    # other to a reader that keeps the first, so it is refused, never resolved.
+    document = json.loads(path.read_bytes(), object_pairs_hook=_unique)
     head = document.get("chain_head") if isinstance(document, dict) else None
     records = document.get("records") if isinstance(document, dict) else None
     if not isinstance(records, list) or not isinstance(head, dict | None):
         problem = ChainProblem("altered", 0, "not a Bastion audit export: records or chain_head of the wrong shape")
+        return ExportReport(None, ChainReport(0, None, problem), None), {}
+    extra = set(document) - _JSON_KEYS or next(
+        (set(item) - _ITEM_KEYS for item in records if set(item) - _ITEM_KEYS), set()
+    )
+    if extra:
+        problem = ChainProblem("inserted", 0, f"not a Bastion audit export: unknown key {sorted(extra)[0]!r}")
         return ExportReport(None, ChainReport(0, None, problem), None), {}
     closing = {
         "kind": HEAD_KIND,
@@ -358,6 +386,20 @@ def _verify_json(path: Path) -> _Verified:
     ]
     report = _verify_rows(iter([*rows, (closing, b"")]), {})
     return report, dict(document)
+
+
+#: The keys an export's JSON holds, at the top and in each record's item.
+_JSON_KEYS = frozenset({"schema_version", "controls", "from", "to", "anchor", "records", "chain_head", "signature"})
+_ITEM_KEYS = frozenset(EXPORT_COLUMNS)
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} is given twice in one object")
+        found[key] = value
+    return found
 
 
 def _json_columns(item: Mapping[str, Any]) -> dict[str, str]:

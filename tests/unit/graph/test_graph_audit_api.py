@@ -447,3 +447,57 @@ async def test_records_cut_from_the_start_of_a_signed_file_are_missed(store: Sql
         "removed",
         report.chain.problem.detail,
     )
+
+
+def _dup_records(text: str) -> str:
+    """A forged `records` array first, the signed one second (a last-key-wins reader sees the second)."""
+    forged = text.replace('"agent_id":"agent-a"', '"agent_id":"mallory"')
+    start = forged.index('"records":')
+    end = forged.index(',"chain_head"')
+    return text[:start] + forged[start:end] + "," + text[start:]
+
+
+def _dup_field(text: str) -> str:
+    return text.replace('"agent_id":"agent-a"', '"agent_id":"mallory","agent_id":"agent-a"', 1)
+
+
+def _csv_dup_column(text: str) -> str:
+    lines = text.split("\r\n")
+    lines[0] += ",agent_id"
+    return "\r\n".join(line + ",mallory" if line and index else line for index, line in enumerate(lines))
+
+
+@pytest.mark.parametrize(
+    ("file_format", "edit"),
+    [
+        ("json", _dup_records),
+        ("json", _dup_field),
+        ("json", lambda text: text.replace('"controls":["CC6.6","CC7.2"]', '"controls":["CC6.6","CC7.2","CC8.1"]')),
+        ("json", lambda text: text.replace('"chain_head":{', '"override":"DENY","chain_head":{')),
+        ("json", lambda text: text.replace('"chain_head":{"sequence":7', '"chain_head":{"sequence":"x"')),
+        ("csv", _csv_dup_column),
+        ("csv", lambda text: text.replace("\r\n", ",extra\r\n", 2)),
+        ("csv", lambda text: text.replace(",chain_head,", ",chain_head,v-forged", 1)),
+    ],
+    ids=[
+        "json-records-twice",
+        "json-key-twice",
+        "controls",
+        "json-unknown-key",
+        "json-bad-number",
+        "csv-column-twice",
+        "csv-extra-cell",
+        "csv-head-row-extra",
+    ],
+)
+async def test_what_a_reader_could_see_otherwise_is_refused(
+    store: SqliteGraphStore, tmp_path: Path, file_format: str, edit: Any
+) -> None:
+    path, key = await _signed_export(store, tmp_path, file_format)
+    text = path.read_bytes().decode()  # as written: CSV rows end in CRLF
+    edited = edit(text)
+    assert edited != text
+    path.write_bytes(edited.encode())
+    report = verify_export(path, keys=[key.public_key()])
+    assert not report.ok, report
+    assert report.chain.problem is not None
