@@ -224,7 +224,10 @@ async def test_scripts_flushed_from_redis_are_loaded_again(
 
 
 async def test_redis_killed_mid_load_blocks_every_unfinished_and_later_call_within_the_deadline() -> None:
-    timeout_ms = 300
+    # A second, not 300 ms: before the kill every call must be admitted, and on a loaded
+    # 2-core CI machine a scheduling stall once took one past 300 ms (a timeout, counted as
+    # a refusal). The bounds after the kill scale with it.
+    timeout_ms = 1000
     limits = policy_pb2.Limits(budget_calls=1_000_000, budget_window="1d")
     scope = LimitScope("acme", "billing-1", "payments")
     with running_redis() as server:
@@ -250,7 +253,8 @@ async def test_redis_killed_mid_load_blocks_every_unfinished_and_later_call_with
         try:
             workers = [asyncio.create_task(worker(n)) for n in range(16)]
             await asyncio.wait_for(under_load.wait(), timeout=10)
-            assert all(isinstance(answer, Admission) and answer.admitted for _, _, answer in results)
+            refused = [answer for _, _, answer in results if not (isinstance(answer, Admission) and answer.admitted)]
+            assert refused == [], refused[:3]
             server.kill()
             killed_at.append(time.monotonic())
             await asyncio.wait_for(asyncio.gather(*workers), timeout=5)
