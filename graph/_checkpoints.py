@@ -49,29 +49,12 @@ class CheckpointClaims:
 
 
 def sign(key: Ed25519PrivateKey, sequence: int, chain_hash: str, *, now: int | None = None) -> str:
-    claims = {"sequence": sequence, "hash": chain_hash, "count": sequence, "iat": now or int(time.time())}
-    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": jwk_thumbprint(key.public_key()), "typ": TYPE})
+    return _sign(key, TYPE, {"sequence": sequence, "hash": chain_hash, "count": sequence}, now)
 
 
 def read(token: str, keys: Sequence[Ed25519PublicKey]) -> CheckpointClaims:
     """The claims of a checkpoint signed by one of `keys`; ValueError naming why not."""
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError as exc:
-        raise ValueError(f"not a JWS: {exc}") from exc
-    if header.get("typ") != TYPE:
-        raise ValueError(f"typ is {header.get('typ')!r}, not {TYPE!r}")
-    claims: dict[str, Any] | None = None
-    for key in keys:
-        try:
-            claims = jwt.decode(token, key, algorithms=["EdDSA"], options={"require": ["sequence", "hash", "iat"]})
-            break
-        except jwt.InvalidSignatureError:
-            continue
-        except jwt.InvalidTokenError as exc:
-            raise ValueError(str(exc)) from exc
-    if claims is None:
-        raise ValueError(f"the signature is not by the stack's key (kid {header.get('kid')!r})")
+    claims = _verified(token, keys, TYPE, ["sequence", "hash", "iat"])
     sequence, chain_hash, signed_at = claims["sequence"], claims["hash"], claims["iat"]
     if not isinstance(sequence, int) or not isinstance(chain_hash, str) or not isinstance(signed_at, int):
         raise ValueError("sequence, hash and iat must be an integer, a string and an integer")
@@ -84,22 +67,31 @@ EXPORT_TYPE = "bastion-audit-export+jwt"
 def sign_export(key: Ed25519PrivateKey, statement: dict[str, Any], *, now: int | None = None) -> str:
     """The service's signature over what an export file holds (`statement`: its anchor,
     chain head, schema and range; bastion.graph._export), as a JWS like a checkpoint's."""
-    claims = {**statement, "iat": now or int(time.time())}
-    headers = {"kid": jwk_thumbprint(key.public_key()), "typ": EXPORT_TYPE}
-    return jwt.encode(claims, key, algorithm="EdDSA", headers=headers)
+    return _sign(key, EXPORT_TYPE, statement, now)
 
 
 def read_export(token: str, keys: Sequence[Ed25519PublicKey]) -> dict[str, Any]:
     """The statement of an export signature by one of `keys`; ValueError naming why not."""
+    return _verified(token, keys, EXPORT_TYPE, ["iat"])
+
+
+def _sign(key: Ed25519PrivateKey, typ: str, claims: dict[str, Any], now: int | None) -> str:
+    headers = {"kid": jwk_thumbprint(key.public_key()), "typ": typ}
+    return jwt.encode({**claims, "iat": now or int(time.time())}, key, algorithm="EdDSA", headers=headers)
+
+
+def _verified(token: str, keys: Sequence[Ed25519PublicKey], typ: str, require: list[str]) -> dict[str, Any]:
+    """The claims of a JWS of type `typ` signed by one of `keys`; ValueError naming why not.
+    The `typ` keeps a checkpoint from passing for an export's signature and back."""
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError as exc:
         raise ValueError(f"not a JWS: {exc}") from exc
-    if header.get("typ") != EXPORT_TYPE:
-        raise ValueError(f"typ is {header.get('typ')!r}, not {EXPORT_TYPE!r}")
+    if header.get("typ") != typ:
+        raise ValueError(f"typ is {header.get('typ')!r}, not {typ!r}")
     for key in keys:
         try:
-            claims: dict[str, Any] = jwt.decode(token, key, algorithms=["EdDSA"], options={"require": ["iat"]})
+            claims: dict[str, Any] = jwt.decode(token, key, algorithms=["EdDSA"], options={"require": require})
         except jwt.InvalidSignatureError:
             continue
         except jwt.InvalidTokenError as exc:

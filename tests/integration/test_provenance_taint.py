@@ -5,20 +5,17 @@ in the graph, while the same transfer to an IBAN the user's stated task names go
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import uvicorn
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, bearer
 from fixtures.mcpcalls import headers as mcp_headers
 from fixtures.mcpcalls import tool_call
+from fixtures.sdk_upstream import serving_mcp
 from mcp.server import MCPServer
 
 from bastion._appconfig import load_app_config
@@ -57,24 +54,6 @@ def _server(transfers: list[str]) -> MCPServer:
     return server
 
 
-@contextlib.asynccontextmanager
-async def _serving(server: MCPServer) -> AsyncIterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    web = uvicorn.Server(uvicorn.Config(server.streamable_http_app(host="127.0.0.1"), log_level="warning"))
-    task = asyncio.create_task(web.serve(sockets=[sock]))
-    while not web.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-    finally:
-        web.should_exit = True
-        await task
-
-
 async def _call(
     http: httpx.AsyncClient, token: str, server: str, tool: str, arguments: dict[str, Any], workflow: str, task: str
 ) -> httpx.Response:
@@ -102,7 +81,7 @@ async def test_a_transfer_to_an_iban_injected_into_an_email_is_blocked_and_one_f
     tmp_path: Path,
 ) -> None:
     transfers: list[str] = []
-    async with _serving(_server(transfers)) as url:
+    async with serving_mcp(_server(transfers)) as url:
         (tmp_path / "policy.json").write_text(json.dumps(POLICY))
         config = tmp_path / "bastion.yaml"
         config.write_text(f"servers:\n  email:\n    url: {url}\n  bank:\n    url: {url}\npolicies: [policy.json]\n")
@@ -170,7 +149,7 @@ async def test_an_email_padded_past_what_provenance_reads_cannot_launder_its_iba
             ],
         },
     }
-    async with _serving(server) as url:
+    async with serving_mcp(server) as url:
         (tmp_path / "policy.json").write_text(json.dumps(policy))
         config = tmp_path / "bastion.yaml"
         config.write_text(f"servers:\n  email:\n    url: {url}\n  bank:\n    url: {url}\npolicies: [policy.json]\n")
