@@ -60,8 +60,15 @@ IDENTITY_SYNC_S = 5.0
 
 
 async def serve(
-    settings: ProxySettings, app: AppConfig, ready: Callable[[dict[str, str]], None], stop: asyncio.Event
+    settings: ProxySettings,
+    app: AppConfig,
+    ready: Callable[[dict[str, str]], None],
+    stop: asyncio.Event,
+    *,
+    governor_type: type[Governor] = Governor,
 ) -> None:
+    """`governor_type` is for `bastion bench stack` alone, which measures the pipeline with
+    a decision stage that asks nothing (eval/bench/_passthrough.py); no setting reaches it."""
     home = settings.home.resolve()
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     service_token = ensure_service_token(home, secret)
@@ -102,7 +109,7 @@ async def serve(
     # Pushed within moments of each change (DESIGN §8: a revocation holds everywhere within 30 s).
     identity_watch = IdentityWatch(policy_stub, metadata, metrics.registry, identity)
     identity_watch.start()
-    governor = Governor(
+    governor = governor_type(
         policy_stub,
         verifier_pb2_grpc.VerifierStub(verifier_channel),
         metadata,

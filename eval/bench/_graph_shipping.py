@@ -92,7 +92,7 @@ async def graph_service(workdir: Path, graph_url: str) -> AsyncIterator[GraphSer
         "BASTION_GRAPH_ADDR": _ANY,
         "BASTION_POLICY_GRPC_ADDR": _NO_POLICY,
     }
-    with processes(workdir, env, stop_first="graph") as procs:
+    with processes(workdir, env, stop_first=("graph",)) as procs:
         procs.spawn_service("graph", config, extra)
         addresses = await asyncio.to_thread(procs.wait_service, "graph", home)
         service = GraphService(procs, addresses["grpc"], token)

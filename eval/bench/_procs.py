@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -106,11 +106,12 @@ class Processes:
         found["client"] = memory_mb(os.getpid())
         return found
 
-    def stop(self, first: str) -> None:
-        """SIGTERM to `first`, waited for, then to the rest at once; each killed after a grace
-        period. (The proxy goes first: it flushes its journal to a graph still running.)"""
-        self._terminate([first])
-        self._terminate([name for name in self.procs if name != first])
+    def stop(self, first: Sequence[str]) -> None:
+        """SIGTERM to the processes `first`, waited for, then to the rest at once; each killed
+        after a grace period. (Proxies go first: each flushes its journal to a graph still
+        running.)"""
+        self._terminate(list(first))
+        self._terminate([name for name in self.procs if name not in first])
         for log in self._logs:
             log.close()
 
@@ -128,7 +129,7 @@ class Processes:
 
 
 @contextlib.contextmanager
-def processes(workdir: Path, env: Mapping[str, str], stop_first: str) -> Iterator[Processes]:
+def processes(workdir: Path, env: Mapping[str, str], stop_first: Sequence[str]) -> Iterator[Processes]:
     running = Processes(workdir, env)
     try:
         yield running

@@ -6,8 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-HTTP_PATHS = ("direct", "hop", "bastion", "bastion_limits", "bastion_policy")
-SERVICES = ("policy", "verifier", "graph", "proxy")
+HTTP_PATHS = ("direct", "hop", "bastion", "bastion_limits", "bastion_policy", "bastion_passthrough")
+#: Paths measured under load, in the order tables and charts show them.
+LOAD_PATHS = ("direct", "hop", "bastion", "bastion_policy", "bastion_passthrough")
+#: Bastion's processes: a path's `bastion_total` CPU is theirs. The pass-through proxy idles
+#: (its Watch streams open) while the others are measured, and they while it is.
+SERVICES = ("policy", "verifier", "graph", "proxy", "passthrough")
 PROCESS_ORDER = ("upstream", "hop", *SERVICES, "client")
 LABELS = {
     "direct": "(a) upstream, direct",
@@ -16,6 +20,7 @@ LABELS = {
     "bastion_limits": "(d) Bastion, policy with limits",
     "grpc": "(e) bare gRPC round trip",
     "bastion_policy": "(f) Bastion, policy only",
+    "bastion_passthrough": "(g) Bastion, pass-through",
 }
 
 
@@ -44,23 +49,21 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "limits_stage_p50_us": round(p50["bastion_limits"] - p50["bastion"], 1),
         "bastion_policy_vs_direct_p50_us": round(p50["bastion_policy"] - p50["direct"], 1),
         "verifier_stage_p50_us": round(p50["bastion"] - p50["bastion_policy"], 1),
+        "bastion_passthrough_vs_direct_p50_us": round(p50["bastion_passthrough"] - p50["direct"], 1),
+        "passthrough_vs_hop_p50_us": round(p50["bastion_passthrough"] - p50["hop"], 1),
+        "decisions_stage_p50_us": round(p50["bastion"] - p50["bastion_passthrough"], 1),
         "bastion_vs_direct_p99_us": round(p99["bastion"] - p99["direct"], 1),
         "floor_p50_us": round(floor, 1),
     }
-    throughput = {
-        clients: _ratio(load["calls_per_s"], paths["hop"]["load"][clients]["calls_per_s"])
-        for clients, load in paths["bastion"].get("load", {}).items()
-    }
+    throughput = _shares(paths, "bastion")
     over_floor = _ratio(bastion_added, floor)
-    policy_only = {
-        clients: _ratio(load["calls_per_s"], paths["hop"]["load"][clients]["calls_per_s"])
-        for clients, load in paths["bastion_policy"].get("load", {}).items()
-    }
     ratios = {
         "bastion_added_over_floor_p50": over_floor,
         "policy_only_added_over_floor_p50": _ratio(added["bastion_policy_vs_direct_p50_us"], floor),
+        "passthrough_added_over_hop_p50": _ratio(added["bastion_passthrough_vs_direct_p50_us"], hop_added),
         "throughput_bastion_over_hop": throughput,
-        "throughput_policy_only_over_hop": policy_only,
+        "throughput_policy_only_over_hop": _shares(paths, "bastion_policy"),
+        "throughput_passthrough_over_hop": _shares(paths, "bastion_passthrough"),
     }
     cpu = paths["bastion"]["cpu_us_per_call"]
     cpu_phase = "16" if "16" in cpu else "c1"
@@ -74,6 +77,14 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         _target("proxy RSS peak under load, MB", proxy_rss["peak"], 300.0),
     ]
     return {"added": added, "ratios": ratios, "targets": targets}
+
+
+def _shares(paths: dict[str, Any], path: str) -> dict[str, float | None]:
+    """`path`'s throughput under load over the lean hop's, by number of clients."""
+    return {
+        clients: _ratio(load["calls_per_s"], paths["hop"]["load"][clients]["calls_per_s"])
+        for clients, load in paths[path].get("load", {}).items()
+    }
 
 
 def table(result: dict[str, Any]) -> str:
@@ -97,17 +108,24 @@ def table(result: dict[str, Any]) -> str:
         f"limits stage {added['limits_stage_p50_us']:+.0f}",
         f"policy only (verifier waived): added p50 {added['bastion_policy_vs_direct_p50_us']:.0f}, ratio "
         f"{ratios['policy_only_added_over_floor_p50'] or '-'}; verifier stage {added['verifier_stage_p50_us']:+.0f}",
+        f"pass-through (no decision): added p50 {added['bastion_passthrough_vs_direct_p50_us']:.0f}, "
+        f"{added['passthrough_vs_hop_p50_us']:+.0f} over the hop; "
+        f"decisions stage {added['decisions_stage_p50_us']:+.0f}",
         "",
         f"{'under load':34} {'clients':>8} {'calls/s':>9} {'p50':>8} {'p99':>8} {'errors':>7}",
     ]
     for clients in map(str, params["clients"]):
-        for path in ("direct", "hop", "bastion", "bastion_policy"):
+        for path in LOAD_PATHS:
             load = paths[path]["load"][clients]
             lines.append(
                 f"{LABELS[path]:34} {clients:>8} {load['calls_per_s']:9.0f} {load['p50_us']:8.0f} "
                 f"{load['p99_us']:8.0f} {load['errors']:7}"
             )
-        shares = (("Bastion", "throughput_bastion_over_hop"), ("policy only", "throughput_policy_only_over_hop"))
+        shares = (
+            ("Bastion", "throughput_bastion_over_hop"),
+            ("policy only", "throughput_policy_only_over_hop"),
+            ("pass-through", "throughput_passthrough_over_hop"),
+        )
         for name, key in shares:
             share = ratios[key].get(clients)
             lines.append(f"{f'  {name} / hop throughput':34} {clients:>8} {share * 100 if share else 0:8.1f}%")
@@ -191,9 +209,11 @@ def chart(result: dict[str, Any], png: Path) -> tuple[Path | None, str | None]:
     latency.set_title("latency at concurrency 1 (µs)")
     latency.legend()
     clients = [str(n) for n in result["params"]["clients"]]
-    for index, path in enumerate(("direct", "hop", "bastion", "bastion_policy")):
+    width = 0.8 / len(LOAD_PATHS)
+    for index, path in enumerate(LOAD_PATHS):
         rates = [paths[path]["load"][n]["calls_per_s"] for n in clients]
-        load.bar([i + (index - 1.5) * 0.2 for i in range(len(clients))], rates, 0.2, label=LABELS[path])
+        offset = (index - (len(LOAD_PATHS) - 1) / 2) * width
+        load.bar([i + offset for i in range(len(clients))], rates, width, label=LABELS[path])
     load.set_xticks(range(len(clients)), [f"{n} clients" for n in clients])
     load.set_title("throughput (calls/s)")
     load.legend(fontsize="small")

@@ -17,10 +17,16 @@ measures, alternating the paths in every round so drift hits all of them:
 * `bastion_limits`: the same, as an agent whose policy has `limits:` (rate, budget, loop),
   so the difference from `bastion` is what the limits stage costs;
 * `grpc`: a bare gRPC unary round trip (health Check against the policy service), the
-  floor of one decision.
+  floor of one decision;
+* `bastion_policy`: as an agent whose policy waives scoring (`verifier: {name: none}`):
+  decided by policy alone;
+* `bastion_passthrough`: a second proxy, the same code with a decision stage that asks
+  nothing and allows (eval/bench/_passthrough.py, not a mode of the product): Bastion's own
+  plumbing — token, bounds, journal, forward, response, shipping — without the decisions.
 
 Latency at concurrency 1 (p50/p95/p99) for every path; throughput and p50/p99 under load
-with each number of `--clients` for `direct`, `hop` and `bastion`; CPU seconds per call of
+with each number of `--clients` for `direct`, `hop`, `bastion`, `bastion_policy` and
+`bastion_passthrough`; CPU seconds per call of
 every process (utime + stime deltas from /proc around each timed slice) and RSS. The
 client is one lean keep-alive HTTP/1.1 client per path (the proxy's own UpstreamPool) in
 this process; its CPU is reported as `client`. Prints a table, writes the figures as JSON
@@ -34,6 +40,7 @@ import asyncio
 import datetime
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -48,21 +55,22 @@ import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bastion._errors import UpstreamError
-from bastion._identity import ensure_dev_key, ensure_service_token, issue_token
+from bastion._identity import DEV_KEY_FILE, SERVICE_TOKEN_FILE, ensure_dev_key, ensure_service_token, issue_token
 from bastion.eval.bench._fast_http import TOOL
 from bastion.eval.bench._hostile import Attacker, attack
 from bastion.eval.bench._procs import Processes, processes
-from bastion.eval.bench._stack_report import SERVICES, chart, summarise, table
+from bastion.eval.bench._stack_report import LOAD_PATHS, SERVICES, chart, summarise, table
 from bastion.eval.bench._timing import percentile_us, timed_batch
 from bastion.proxy._upstream import UpstreamPool
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "eval" / "results"
-PATHS = ("direct", "hop", "bastion", "bastion_limits", "grpc", "bastion_policy")
-LOAD_PATHS = ("direct", "hop", "bastion", "bastion_policy")
+PATHS = ("direct", "hop", "bastion", "bastion_limits", "grpc", "bastion_policy", "bastion_passthrough")
 #: The phase of (c) under load with a hostile client beside the ordinary ones.
 HOSTILE = "hostile"
 AGENTS = {"bastion": "stack-bench", "bastion_limits": "stack-bench-limits", "bastion_policy": "stack-bench-policy"}
+#: The pass-through proxy's calls come from the full pipeline's agent: only the proxy differs.
+TOKEN_OF = {**{path: path for path in AGENTS}, "bastion_passthrough": "bastion"}
 _ANY = "127.0.0.1:0"
 _TIMEOUT_S = 30.0
 #: Quiet: all the processes together used at most 2 clock ticks in 100 ms.
@@ -208,11 +216,30 @@ def _start(procs: Processes, home: Path) -> dict[str, str]:
             "BASTION_GRAPH_GRPC_ADDR": graph["grpc"],
         },
     )
+    # Its own home (journal, workflow owners, approvals), the stack's key and service token.
+    passthrough_home = home / "passthrough"
+    passthrough_home.mkdir()
+    for name in (DEV_KEY_FILE, SERVICE_TOKEN_FILE):
+        (passthrough_home / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(home / name, passthrough_home / name)
+    procs.spawn(
+        "passthrough",
+        ["-m", "bastion.eval.bench._passthrough", "--config", str(config)],
+        {
+            "BASTION_HOME": str(passthrough_home),
+            "BASTION_PROXY_ADDR": _ANY,
+            "BASTION_POLICY_GRPC_ADDR": policy["grpc"],
+            "BASTION_VERIFIER_ADDR": verifier["grpc"],
+            "BASTION_GRAPH_GRPC_ADDR": graph["grpc"],
+        },
+    )
     proxy = procs.wait_service("proxy", home)
+    passthrough = procs.wait_service("passthrough", passthrough_home)
     return {
         "direct": upstream_url,
         "hop": f"http://127.0.0.1:{procs.wait_port('hop', hop_port)}/mcp",
         "bastion": f"http://{proxy['http']}/mcp/fast",
+        "bastion_passthrough": f"http://{passthrough['http']}/mcp/fast",
         "policy_grpc": policy["grpc"],
     }
 
@@ -227,19 +254,21 @@ class _Paths:
             "bastion": UpstreamPool(addresses["bastion"], timeout=_TIMEOUT_S, max_idle=256),
             "bastion_limits": UpstreamPool(addresses["bastion"], timeout=_TIMEOUT_S, max_idle=256),
             "bastion_policy": UpstreamPool(addresses["bastion"], timeout=_TIMEOUT_S, max_idle=256),
+            "bastion_passthrough": UpstreamPool(addresses["bastion_passthrough"], timeout=_TIMEOUT_S, max_idle=256),
         }
         key = ensure_dev_key(home)
-        self._tokens = {path: f"Bearer {issue_token(key, subject=agent)}".encode() for path, agent in AGENTS.items()}
+        tokens = {path: f"Bearer {issue_token(key, subject=agent)}".encode() for path, agent in AGENTS.items()}
+        self._tokens = {path: tokens[of] for path, of in TOKEN_OF.items()}
         self.channel = grpc.aio.insecure_channel(addresses["policy_grpc"])
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def headers(self, path: str, workflow: str) -> list[tuple[bytes, bytes]]:
         """A governed path's calls carry the agent's token and a workflow id: one workflow
-        per client and slice, so no workflow graph grows for the whole run."""
+        per path, client and slice, so no workflow graph grows for the whole run."""
         token = self._tokens.get(path)
         if token is None:
             return _MCP_HEADERS
-        return [*_MCP_HEADERS, (b"authorization", token), (b"bastion-workflow-id", workflow.encode())]
+        return [*_MCP_HEADERS, (b"authorization", token), (b"bastion-workflow-id", f"{path}-{workflow}".encode())]
 
     async def grpc_batch(self, n: int) -> list[float]:
         request = health_pb2.HealthCheckRequest(service="")
@@ -444,7 +473,7 @@ async def bench(params: Params, workdir: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BASTION_", "OTEL_"))}
     env["BASTION_HOME"] = str(home)
     started = time.perf_counter()
-    with processes(workdir, env, stop_first="proxy") as procs:
+    with processes(workdir, env, stop_first=("proxy", "passthrough")) as procs:
         addresses = await asyncio.to_thread(_start, procs, home)
         seconds = {"startup": time.perf_counter() - started}
         idle = procs.memory()

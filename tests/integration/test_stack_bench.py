@@ -14,9 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-PATHS = {"direct", "hop", "bastion", "bastion_limits", "grpc", "bastion_policy"}
-LOAD_PATHS = {"direct", "hop", "bastion", "bastion_policy"}
-PROCESSES = {"upstream", "hop", "policy", "verifier", "graph", "proxy", "client"}
+PATHS = {"direct", "hop", "bastion", "bastion_limits", "grpc", "bastion_policy", "bastion_passthrough"}
+LOAD_PATHS = {"direct", "hop", "bastion", "bastion_policy", "bastion_passthrough"}
+PROCESSES = {"upstream", "hop", "policy", "verifier", "graph", "proxy", "passthrough", "client"}
 LATENCY = {"n", "p50_us", "p95_us", "p99_us", "mean_us"}
 LOAD = {"calls", "errors", "first_error", "seconds", "calls_per_s", "p50_us", "p95_us", "p99_us", "mean_us"}
 
@@ -67,6 +67,15 @@ def test_bench_stack_quick_writes_figures_for_every_path_and_process(tmp_path: P
         assert load["errors"] == 0, load["first_error"]
     assert {"verifier_stage_p50_us", "bastion_policy_vs_direct_p50_us"} <= set(result["added"])
     assert set(result["ratios"]["throughput_policy_only_over_hop"]) == {str(n) for n in params["clients"]}
+    # The pass-through proxy (bench-only: the pipeline without the decisions) answers every
+    # call through the real proxy code, its journal and its upstream.
+    for load in result["paths"]["bastion_passthrough"]["load"].values():
+        assert load["errors"] == 0, load["first_error"]
+    assert {"bastion_passthrough_vs_direct_p50_us", "passthrough_vs_hop_p50_us", "decisions_stage_p50_us"} <= set(
+        result["added"]
+    )
+    assert set(result["ratios"]["throughput_passthrough_over_hop"]) == {str(n) for n in params["clients"]}
+    assert "pass-through (no decision)" in done.stdout
 
     # The hostile slice: the ordinary callers all succeed beside a client sending wide and
     # deep arguments, and every hostile call is refused with a JSON-RPC error, none forwarded.
