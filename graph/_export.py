@@ -159,13 +159,13 @@ async def export_csv(
     async for entry in entries:
         first = first or entry
         last, count = entry, count + 1
-        writer.writerow(export_row(entry, orjson.loads(entry.record)))
+        writer.writerow(_inert(export_row(entry, orjson.loads(entry.record))))
         if buffer.tell() >= 64 * 1024:
             yield _drain(buffer)
     framing = _framing(span, first, last, count, key)
     head = framing["chain_head"] or {}
     writer.writerow(
-        {column: "" for column in EXPORT_COLUMNS}
+        _inert({column: "" for column in EXPORT_COLUMNS})
         | {
             "sequence": _cell(head.get("sequence")),
             "kind": HEAD_KIND,
@@ -339,12 +339,34 @@ def _verify_csv(path: Path) -> _Verified:
 
 
 def _csv_rows(rows: Iterator[dict[str, str]]) -> Iterator[tuple[dict[str, str], bytes]]:
-    for row in rows:
-        if None in row:  # cells past the header: nothing of the export, and never read
-            raise ValueError(f"a row has more cells than the header (sequence {row.get('sequence')!r})")
+    for read in rows:
+        if None in read:  # cells past the header: nothing of the export, and never read
+            raise ValueError(f"a row has more cells than the header (sequence {read.get('sequence')!r})")
+        row = {name: _live(cell) for name, cell in read.items()}
         if row.get("kind") == HEAD_KIND and any(row[name] for name in _HEAD_EMPTY):
             raise ValueError("the chain_head row fills columns that are not its own")
         yield row, (row.get("record") or "").encode()
+
+
+#: What a spreadsheet runs as a formula when a cell starts with it (CSV injection): a rule
+#: id, an agent id (an IdP's `sub`, an API key's agent name) or a workflow id an agent
+#: chose must stay text when an auditor opens the file. Such a cell is written with a
+#: leading `'`, as is one that starts with `'` itself, so reading it back is exact.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _inert(row: dict[str, str]) -> dict[str, str]:
+    return {name: "'" + cell if cell.startswith(_FORMULA_START) else cell for name, cell in row.items()}
+
+
+def _live(cell: str) -> str:
+    """A cell as it was before `_inert`, which wrote it in the only way it does: a cell that
+    a spreadsheet would run, or one holding a quote `_inert` did not add, was edited."""
+    if not cell.startswith(_FORMULA_START):
+        return cell
+    if cell.startswith("'") and cell[1:].startswith(_FORMULA_START):
+        return cell[1:]
+    raise ValueError(f"the cell {cell[:40]!r} is not as an export writes it (a formula is written after a ')")
 
 
 #: The columns a CSV file's chain_head row leaves empty.
@@ -511,12 +533,18 @@ def _drain(buffer: io.StringIO) -> bytes:
     return data
 
 
+#: Nanosecond times the stores hold (SQLite INTEGER, Neo4j Integer): 64-bit, so years
+#: 1677 to 2262. A bound outside is clamped: no record lies beyond it, so "to 9999-12-31"
+#: means what it says instead of overflowing the query after the 200 was sent.
+_NS_MIN, _NS_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def _ns(moment: datetime | None) -> int | None:
     if moment is None:
         return None
     aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
     delta = aware - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+    return min(_NS_MAX, max(_NS_MIN, (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000))
 
 
 def _iso(moment: datetime | None) -> str | None:

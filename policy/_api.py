@@ -55,7 +55,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from bastion._auth import require_operator, require_reader
@@ -185,7 +185,20 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 _READ_ERRORS: dict[int | str, dict[str, Any]] = {**AUTH_RESPONSES, 404: error_doc("No such policy or version.")}
 
 Name = Annotated[str, Path(max_length=256, description="Policy name (metadata.name).")]
-Version = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Policy version (metadata.version).")]
+_PLAIN_VERSION = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def _plain_version(value: object) -> object:
+    # int() reads "01", "+1", " 1" and "1_0" (as 10): an address must name one version one way,
+    # so an audit trail or a log line that quotes it means the same to every reader.
+    if isinstance(value, str) and _PLAIN_VERSION.fullmatch(value) is None:
+        raise ValueError("must be a version number written plainly (1, 2, …: no sign, leading zero, space or _)")
+    return value
+
+
+Version = Annotated[
+    int, BeforeValidator(_plain_version), Path(ge=1, le=MAX_VERSION, description="Policy version (metadata.version).")
+]
 
 
 def create_app(

@@ -507,10 +507,21 @@ def check_identifier(what: str, value: str, *, empty: bool = False, limit: int =
         raise InvalidIdentity(f"{what} must not be empty")
     if len(value) > limit:
         raise InvalidIdentity(f"{what} is longer than {limit} characters")
-    # Control characters (newlines, NUL, escapes) would forge lines in logs and terminals.
-    if any(unicodedata.category(char) == "Cc" for char in value):
-        raise InvalidIdentity(f"{what} contains a control character")
+    # Control characters (newlines, NUL, escapes) would forge lines in logs and terminals;
+    # format characters (bidi overrides such as U+202E, zero-width joiners and spaces) make
+    # a name read as another in listings, audit views and exports. A free-text reason may
+    # hold format characters (an emoji's joiner) but never one that reorders the text.
+    for char in value:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            raise InvalidIdentity(f"{what} contains a control character")
+        if category == "Cf" and (what != "reason" or ord(char) in _BIDI_CONTROLS):
+            raise InvalidIdentity(f"{what} contains an invisible formatting character (U+{ord(char):04X})")
     return value
+
+
+#: The characters that reorder text (UAX #9: the marks, embeddings, overrides and isolates).
+_BIDI_CONTROLS = frozenset({0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)})
 
 
 def _audit_event(

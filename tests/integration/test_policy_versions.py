@@ -362,6 +362,13 @@ async def test_put_refuses_a_body_that_disagrees_with_the_url(service: Running) 
         ("/v1/policies/pay/versions/0", 422),
         ("/v1/policies/pay/versions/99999999999999999999999", 422),
         ("/v1/policies/pay/versions/one", 422),
+        # Spellings int() reads as a stored version: one address per version, so an
+        # activation quoted in a log or an audit trail means the same to every reader.
+        ("/v1/policies/pay/versions/02", 422),
+        ("/v1/policies/pay/versions/+2", 422),
+        ("/v1/policies/pay/versions/%202", 422),
+        ("/v1/policies/pay/versions/2.0", 422),
+        ("/v1/policies/pay/versions/1_0", 422),
     ],
 )
 async def test_name_and_version_variants_never_resolve_to_another_policy(

@@ -199,6 +199,69 @@ async def test_an_export_of_an_empty_range_is_well_formed(store: SqliteGraphStor
         assert verify_export(tmp_path / name).ok
 
 
+async def test_a_csv_export_keeps_formulas_inert_and_still_verifies(store: SqliteGraphStore, tmp_path: Path) -> None:
+    # An agent id is an IdP's `sub` or an API key's agent name, a rule id an operator's: a
+    # spreadsheet must not run one as a formula when an auditor opens the export.
+    values = [
+        '=HYPERLINK("http://evil.example/","open")',
+        "+1+1",
+        "@SUM(1+1)*cmd|' /C calc'!A0",
+        "-2",
+        "'quoted",
+        "\tx",
+    ]
+    events = []
+    for n, value in enumerate(values):
+        event = _event(f"e{n}", outcome=graph_pb2.BLOCKED, rule=value)
+        event.agent_id = value
+        events.append(event)
+    await store.ingest(events)
+    async with _client(store, tmp_path) as client:
+        content = (await client.get("/audit/export")).content
+    rows = list(csv.DictReader(io.StringIO(content.decode())))[:-1]
+    for row, value in zip(rows, values, strict=True):
+        assert row["agent_id"] == "'" + value
+        assert row["rule_id"] == "'" + value
+        assert orjson.loads(row["record"])["agent_id"] == value  # the record itself is untouched
+    path = tmp_path / "inert.csv"
+    path.write_bytes(content)
+    assert verify_export(path).ok
+    # The quote is read back exactly: a cell whose quote is removed no longer matches its record.
+    path.write_bytes(content.replace(b"'+1+1", b"+1+1", 1))
+    report = verify_export(path)
+    assert report.chain.problem is not None
+    assert report.chain.problem.kind == "altered"
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {"to": "9999-12-31T23:59:59Z"},
+        {"from": "0001-01-01T00:00:00Z"},
+        {"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59Z"},
+        {"from": "2262-04-12T00:00:00Z"},  # past the last nanosecond a 64-bit store holds
+    ],
+)
+@pytest.mark.parametrize("file_format", ["csv", "json"])
+async def test_an_export_bounded_beyond_the_years_the_store_holds_is_whole_and_verifies(
+    store: SqliteGraphStore, tmp_path: Path, bounds: dict[str, str], file_format: str
+) -> None:
+    # "Everything up to 9999" is an auditor's natural query: it overflowed the store's
+    # 64-bit query after the 200 was sent, and the client got a cut connection.
+    await store.ingest([_event(f"e{n}") for n in range(3)])
+    async with _client(store, tmp_path) as client:
+        response = await client.get("/audit/export", params={"format": file_format, **bounds})
+        assert (await client.get("/healthz")).status_code == 200
+    assert response.status_code == 200
+    path = tmp_path / f"far.{file_format}"
+    path.write_bytes(response.content)
+    assert verify_export(path).ok
+    if bounds.get("from", "").startswith("2262"):
+        assert file_format == "csv" or orjson.loads(response.content)["records"] == []
+    else:
+        assert len(_rows(response.content, file_format)) == 3
+
+
 @pytest.mark.parametrize(
     ("params", "status", "message"),
     [

@@ -225,6 +225,10 @@ async def test_a_watcher_that_falls_too_far_behind_is_cut_off(
         ("agent", "evil\nagent", "control character"),
         ("tenant", "t\x00", "control character"),
         ("name", "n\x1b[31m", "control character"),
+        # Names that read as other names: a right-to-left override, an isolate, a zero-width space.
+        ("agent", "billing\u202etset", "invisible formatting character \\(U\\+202E\\)"),
+        ("tenant", "acme\u2067", "invisible formatting character"),
+        ("name", "ci\u200bkey", "invisible formatting character"),
         ("ttl_s", 0, "ttl_s"),
     ],
 )
@@ -233,6 +237,12 @@ async def test_bad_names_and_ttls_are_refused(store: IdentityStore, field: str, 
     with pytest.raises(InvalidIdentity, match=message):
         await store.create_key(**arguments, by="ops")
     assert store.keys()[0] == []
+
+
+async def test_a_revocation_reason_may_hold_an_emoji_joiner_but_not_a_bidi_override(store: IdentityStore) -> None:
+    await store.revoke("token", "jti-1", by="ops", reason="leaked \U0001f468\u200d\U0001f4bb laptop")
+    with pytest.raises(InvalidIdentity, match="U\\+202E"):
+        await store.revoke("token", "jti-2", by="ops", reason="ok \u202edeifitrec")
 
 
 async def test_the_number_of_keys_is_bounded(store: IdentityStore, monkeypatch: pytest.MonkeyPatch) -> None:
