@@ -25,7 +25,7 @@ from bastion._errors import InvalidParams, InvalidRequest, MethodNotAllowed, Par
 from bastion.v1 import policy_pb2
 
 from ._budget import ValueBudget
-from ._mcp import check_integers
+from ._mcp import check_integers, check_unique_keys
 from ._methods import Target
 
 
@@ -102,6 +102,7 @@ def parse_jsonrpc(raw: bytes) -> tuple[Any, dict[str, Any]]:
         # One message per request: a batch would need every member decided and the
         # answers reassembled, and no A2A client sends one.
         raise InvalidRequest("JSON-RPC batches are not accepted on /a2a; send one request per HTTP request")
+    check_unique_keys(raw, body)  # the agent is sent these bytes: it must read what was decided
     if not isinstance(body, dict):
         raise InvalidRequest("a JSON-RPC request must be a JSON object")
     msg_id = body.get("id")
@@ -225,6 +226,7 @@ def _rest_arguments(
         check_integers(body)  # as on the JSON-RPC binding: no integer policy would see rounded
         if not isinstance(decoded, dict):
             raise InvalidParams("an A2A HTTP+JSON body must be a JSON object")
+        check_unique_keys(body, decoded)
         if not budget.fits_raw(body):
             budget.check(decoded, f"{name} body")
         arguments.update(decoded)

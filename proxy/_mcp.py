@@ -2,7 +2,10 @@
 
 The body is parsed once with orjson; the proxy then needs only a few fields (method,
 id, tool name, `_meta`) to govern it, and forwards the original bytes untouched, so
-tool schemas and arguments reach the upstream byte for byte.
+tool schemas and arguments reach the upstream byte for byte. That is safe only while
+every reader of those bytes reads the same message: integers beyond 64 bits and keys
+given twice are refused (`check_integers`, `check_unique_keys`), since the decision and
+the upstream could read them differently.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def parse_message(raw: bytes) -> Message:
     check_integers(raw)
     if isinstance(body, list):
         raise InvalidRequest("JSON-RPC batches are not accepted: MCP since 2025-06-18 sends one message per request")
+    check_unique_keys(raw, body)
     if not isinstance(body, dict):
         raise InvalidRequest("a JSON-RPC message must be a JSON object")
     if body.get("jsonrpc") != "2.0":
@@ -101,6 +105,40 @@ def check_integers(raw: bytes) -> None:
         json.loads(raw, parse_int=exact)
     except (ValueError, RecursionError) as exc:  # orjson read it; fail closed if we cannot
         raise ParseError(f"body could not be checked for exact numbers: {exc}") from exc
+
+
+def check_unique_keys(raw: bytes, parsed: object) -> None:
+    """Refuse a body in which one object gives a key twice.
+
+    orjson keeps the last copy and the decision is made on it, while the body goes upstream
+    as it came: an upstream whose parser keeps the first copy (many streaming readers do)
+    would run `{"name": "delete_file", "name": "echo"}` as the call nobody decided, and the
+    journal would show the other. JSON (RFC 8259) leaves such a body's meaning to the reader,
+    so it is refused rather than resolved.
+
+    What a compact client sends is checked for the price of one `orjson.dumps`: re-serialised
+    the same bytes, so no key repeats. Anything else (pretty-printed, escaped, spaced) is
+    read once more keeping every key — bounded, as the value budget has bounded the body.
+    """
+    if orjson.dumps(parsed) == raw:
+        return
+    try:
+        json.loads(raw, object_pairs_hook=_unique_pairs)
+    except (ValueError, RecursionError) as exc:  # orjson read it; fail closed if we cannot
+        raise ParseError(f"body could not be checked for repeated keys: {exc}") from exc
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            shown = key if len(key) <= 64 else key[:64] + "…"
+            raise InvalidRequest(
+                f"the key {shown!r} is given twice in one object: readers that keep the first and the last "
+                "copy would see different requests; send each key once"
+            )
+        found[key] = value
+    return found
 
 
 #: Headers the proxy reads one value of, while the upstream may read another: sent twice

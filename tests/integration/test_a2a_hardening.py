@@ -92,6 +92,19 @@ BAD_JSONRPC: list[tuple[str, bytes, int, str]] = [
     ("legacy-case", _rpc("Message/Send", _SEND), -32601, "bastion.protocol.method_not_allowed"),
     ("a2a-0.2-name", _rpc("tasks/send", _SEND), -32601, "bastion.protocol.method_not_allowed"),
     ("vendor", _rpc("x/debugDump", {}), -32601, "bastion.protocol.method_not_allowed"),
+    # A key given twice: decided on the last copy, read by an agent that keeps the first.
+    (
+        "method-twice",
+        b'{"jsonrpc":"2.0","id":9,"method":"CancelTask","params":{"id":"t"},"method":"GetTask"}',
+        -32600,
+        "bastion.protocol.invalid_request",
+    ),
+    (
+        "task-id-twice",
+        b'{"jsonrpc": "2.0", "id": 9, "method": "GetTask", "params": {"id": "mine", "id": "theirs"}}',
+        -32600,
+        "bastion.protocol.invalid_request",
+    ),
 ]
 
 
@@ -165,6 +178,7 @@ BAD_REST: list[tuple[str, str, bytes | None, int]] = [
     ("GET", "/tasks/t-1?id=t-2", None, 400),
     # More than twice the values the stack's budget (2,000) allows: refused before parsing.
     ("POST", "/message:send", b'{"metadata": {"v": [' + b"0," * 5000 + b"0]}}", 400),
+    ("POST", "/message:send", b'{"message": {"messageId": "a"}, "message": {"messageId": "b"}}', 400),
 ]
 
 

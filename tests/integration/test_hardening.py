@@ -366,3 +366,47 @@ async def test_duplicate_host_headers_are_refused_by_the_proxy(demo: ProxyClient
         answer = await asyncio.wait_for(reader.read(), 10)
         writer.close()
         assert answer.split(b" ", 2)[1] in (b"400", b"403"), (order, answer[:200])
+
+
+# --- one reading of every body -------------------------------------------------------------
+
+
+_TWICE = [
+    # The decision read the last copy (add, allowed); an upstream keeping the first runs delete_file.
+    b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"delete_file","name":"add","arguments":{}}}',
+    # Seen as a ping, recorded and never decided.
+    b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"delete_file","arguments":{}},"method":"ping"}',
+    b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"delete_file","arguments":{"path":"/x"}},'
+    b'"params":{"name":"add","arguments":{"a":1,"b":2}}}',
+    # Seen as the client's answer to a server request: recorded only.
+    b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"delete_file","arguments":{}},'
+    b'"result":{},"method":null}',
+    # Inside the arguments: policy would judge one amount, the tool pay another.
+    b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"a":2,"b":2}}}',
+    # Pretty-printed: the exact (slower) reading finds it too.
+    b'{\n  "jsonrpc": "2.0", "id": 3, "method": "tools/call",\n  "params": {"name": "delete_file", "name": "add"}\n}',
+    b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"add","n\\u0061me":"delete_file"}}',
+]
+
+
+@pytest.mark.parametrize("raw", _TWICE, ids=["name", "method", "params", "as-response", "argument", "spaced", "escaped"])
+async def test_a_key_given_twice_is_refused_audited_and_never_forwarded(
+    demo: ProxyClient, upstream: DemoUpstream, raw: bytes
+) -> None:
+    # The proxy forwards the body as it came: a reader that keeps the first copy of a key
+    # and one that keeps the last would see different calls, so neither copy is chosen.
+    before = upstream.executed()
+    response = await demo.post(None, headers(demo.token("a")), raw=raw)
+    error = response.json()["error"]
+    assert error["code"] == -32600
+    assert "is given twice in one object" in error["data"]["reason"]
+    assert upstream.executed() == before
+    refused = await demo.violations("bastion.rejected", 1)
+    assert refused[0]["rule_id"] == "bastion.protocol.invalid_request"
+
+
+async def test_a_pretty_printed_call_with_each_key_once_is_governed_as_usual(demo: ProxyClient) -> None:
+    call = tool_call("add", {"a": 1, "b": 2})
+    raw = json.dumps(call, indent=2, ensure_ascii=True).encode()
+    response = await demo.post(call, headers(demo.token("a")), raw=raw)
+    assert response.json()["result"]["structuredContent"] == {"result": 3}
