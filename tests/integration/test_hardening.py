@@ -389,7 +389,10 @@ _TWICE = [
 ]
 
 
-@pytest.mark.parametrize("raw", _TWICE, ids=["name", "method", "params", "as-response", "argument", "spaced", "escaped"])
+_TWICE_IDS = ["name", "method", "params", "as-response", "argument", "spaced", "escaped"]
+
+
+@pytest.mark.parametrize("raw", _TWICE, ids=_TWICE_IDS)
 async def test_a_key_given_twice_is_refused_audited_and_never_forwarded(
     demo: ProxyClient, upstream: DemoUpstream, raw: bytes
 ) -> None:
