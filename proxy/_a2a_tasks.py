@@ -7,7 +7,10 @@ proxy notes the task id in the answer to each send (the first `task.id`, 0.3 `ki
 "task"` id, or `taskId` of a message or update, within the answer's first 64 KiB, as it
 streams past) and claims it for the sender in the durable ownership store; a later
 GetTask, CancelTask, SubscribeToTask or push-config call naming that task from another
-principal is refused (403, `bastion.a2a.task_foreign`) before any decision. A task Bastion
+principal is refused (403, `bastion.a2a.task_foreign`) before any decision, and so is a
+message sent into it (`message.taskId` of SendMessage, SendStreamingMessage, 0.3
+`message/send` and `message/stream`): writing into another caller's task would add to its
+history and be answered with its state. A task Bastion
 never saw created (made before Bastion sat in front of the agent, or by another route)
 has no owner here and is decided by policy alone.
 """
@@ -34,7 +37,11 @@ def store_key(agent: str, task_id: str) -> str:
 
 
 def named_task(method: A2aMethod, arguments: dict[str, Any]) -> str | None:
-    """The task a read, cancel or push-config call acts on (None: it names none)."""
+    """The task a read, cancel, push-config or send call acts on (None: it names none)."""
+    if method.kind == policy_pb2.A2A_SEND:
+        message = arguments.get("message")
+        value = message.get("taskId") if isinstance(message, dict) else None
+        return value if isinstance(value, str) and value else None
     if method.kind not in _TASK_KINDS:
         return None
     value = arguments.get("taskId") if method.kind == policy_pb2.A2A_PUSH_CONFIG else None

@@ -46,11 +46,19 @@ def _message(text: str) -> dict[str, Any]:
     return {"message": {"role": "ROLE_USER", "messageId": f"m-{text}", "parts": [{"text": text}]}}
 
 
+def _into(task_id: str, text: str, role: str = "ROLE_USER") -> dict[str, Any]:
+    message = {"role": role, "messageId": f"m-{text}", "taskId": task_id, "parts": [{"text": text}]}
+    return {"message": message}
+
+
 async def test_another_principal_cannot_touch_a_task_it_did_not_create(running: tuple[A2aStack, Agent]) -> None:
     stack, agent = running
     sent = await _rpc(stack, "planner", "SendMessage", _message("hello"))
     task_id = sent.json()["result"]["task"]["id"]
     assert (await _rpc(stack, "planner", "GetTask", {"id": task_id})).json()["result"]["id"] == task_id
+    # Its creator may write into it (the agent answers for the task's state).
+    followed = await _rpc(stack, "planner", "SendMessage", _into(task_id, "more"))
+    assert followed.status_code == 200
     before = list(agent.methods())
     attempts = {
         "GetTask": await _rpc(stack, "mallory", "GetTask", {"id": task_id}),
@@ -59,15 +67,22 @@ async def test_another_principal_cannot_touch_a_task_it_did_not_create(running: 
             stack, "mallory", "ListTaskPushNotificationConfigs", {"taskId": task_id}
         ),
         "0.3 tasks/get": await _rpc(stack, "mallory", "tasks/get", {"id": task_id}),
+        # A message into the task: it would join the task's history and be answered with its state.
+        "SendMessage": await _rpc(stack, "mallory", "SendMessage", _into(task_id, "send")),
+        "SendStreamingMessage": await _rpc(stack, "mallory", "SendStreamingMessage", _into(task_id, "stream")),
+        "0.3 message/send": await _rpc(stack, "mallory", "message/send", _into(task_id, "send03", role="user")),
     }
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30) as http:
-        rest = await http.get(f"/a2a/echo/tasks/{task_id}", headers={**stack.headers("mallory"), **_A2A})
+        headers = {**stack.headers("mallory"), **_A2A}
+        rest = await http.get(f"/a2a/echo/tasks/{task_id}", headers=headers)
+        rest_send = await http.post("/a2a/echo/message:send", content=orjson.dumps(_into(task_id, "r")), headers=headers)
     for name, response in attempts.items():
         assert response.status_code == 403, (name, response.text)
         assert "created by another principal" in response.json()["error"]["data"]["reason"], name
     assert rest.status_code == 403
+    assert rest_send.status_code == 403
     assert agent.methods() == before  # none of them reached the agent
-    refused = await stack.audited("bastion.rejected", 5, rule_id="bastion.a2a.task_foreign")
+    refused = await stack.audited("bastion.rejected", 9, rule_id="bastion.a2a.task_foreign")
     assert {item["agent_id"] for item in refused} == {"mallory"}
 
 
