@@ -75,7 +75,8 @@ async def test_another_principal_cannot_touch_a_task_it_did_not_create(running: 
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30) as http:
         headers = {**stack.headers("mallory"), **_A2A}
         rest = await http.get(f"/a2a/echo/tasks/{task_id}", headers=headers)
-        rest_send = await http.post("/a2a/echo/message:send", content=orjson.dumps(_into(task_id, "r")), headers=headers)
+        into = orjson.dumps(_into(task_id, "r"))
+        rest_send = await http.post("/a2a/echo/message:send", content=into, headers=headers)
     for name, response in attempts.items():
         assert response.status_code == 403, (name, response.text)
         assert "created by another principal" in response.json()["error"]["data"]["reason"], name
