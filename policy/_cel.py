@@ -14,6 +14,15 @@ Converting Python values into CEL values is what costs (≈ 3-6 µs per value, m
 running a compiled program on a ready context is ≈ 0.6 µs), so one CEL context is built
 per decision, lazily, holding only the variables that the reached expressions use, and
 shared by every rule the decision tries.
+
+**Cost.** CEL has no loops or recursion, so an expression runs in time linear in its
+input — except where comprehensions nest (`args.ids.all(x, args.ids.exists_one(y, y ==
+x))`) or a comprehension's body searches a list (`x in args.cc`): each level multiplies
+by the size of the list. The Rust evaluator holds the GIL and cannot be interrupted, so
+one call with 8,000 ids stalled every decision of the service for 13 s. Each condition's
+nesting is read from its source when it is compiled (`_nesting`), and a decision whose
+arguments would make it run more than `MAX_STEPS` steps is denied with that reason,
+before it runs.
 """
 
 from __future__ import annotations
@@ -28,6 +37,11 @@ import cel
 
 VARIABLES = ("args", "agent", "ctx", "action", "taint")
 MAX_EXPRESSION_CHARS = 4096
+#: The most steps a condition may take on one decision (≈ 0.2 s of the evaluator's time at
+#: the ≈ 40 ns a step measured for `exists_one` inside `all`).
+MAX_STEPS = 5_000_000
+_MACROS = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(")
+_IN = re.compile(r"\bin\b")
 
 # Names bound by comprehension macros (`args.items.all(x, x > 0)`) appear among a
 # program's variables; they are not free variables. Reading them from the source text
@@ -58,6 +72,10 @@ class Condition:
     program: Any  # cel.Program
     #: The variables of VARIABLES the expression reads.
     needs: tuple[str, ...]
+    #: How many list-sized factors its cost has at most (`_nesting`): 0 or 1 is linear.
+    nesting: int = 0
+    #: An upper bound on the elements of its literal lists (they are iterated too).
+    literals: int = 0
 
 
 def compile_condition(source: str) -> Condition:
@@ -66,7 +84,70 @@ def compile_condition(source: str) -> Condition:
     if problem:
         raise ValueError(problem)
     program = cel.compile(source)
-    return Condition(source, program, tuple(name for name in VARIABLES if name in program.variables()))
+    needs = tuple(name for name in VARIABLES if name in program.variables())
+    return Condition(source, program, needs, _nesting(source), source.count(",") + 1)
+
+
+def _nesting(source: str) -> int:
+    """The deepest nesting of comprehensions in `source`, a search of a list (`in` not
+    followed by a literal list) inside a comprehension counting as one more level.
+
+    Read from the text with string literals blanked out; a bracket the scan cannot match
+    counts as a comprehension, so a misreading overestimates the cost, never the reverse.
+    """
+    text = _blank_strings(source)
+    macros = {match.end() - 1 for match in _MACROS.finditer(text)}
+    searches = {match.start() for match in _IN.finditer(text) if not text[match.end() :].lstrip().startswith("[")}
+    deepest = 0
+    stack: list[bool] = []  # one entry per open bracket: does it open a comprehension?
+    for index, char in enumerate(text):
+        if char in "([{":
+            stack.append(index in macros)
+            deepest = max(deepest, sum(stack))
+        elif char in ")]}":
+            if stack:
+                stack.pop()
+        elif index in searches and any(stack):
+            deepest = max(deepest, sum(stack) + 1)
+    return deepest + (len(stack) > 0)
+
+
+def _blank_strings(source: str) -> str:
+    """`source` with the inside of every string literal replaced by spaces."""
+    out: list[str] = []
+    quote = ""
+    index = 0
+    while index < len(source):
+        char = source[index]
+        if quote:
+            if char == "\\":
+                out.append("  ")
+                index += 2
+                continue
+            if source.startswith(quote, index):
+                out.append(quote)
+                index += len(quote)
+                quote = ""
+                continue
+            out.append(" ")
+        elif char in "'\"":
+            quote = source[index : index + 3] if source.startswith(char * 3, index) else char
+            out.append(quote)
+            index += len(quote)
+            continue
+        else:
+            out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def _size(value: Any) -> int:
+    """How many values `value` holds, itself included."""
+    if isinstance(value, Mapping):
+        return 1 + sum(_size(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return 1 + sum(_size(item) for item in value)
+    return 1
 
 
 def condition_problem(source: str) -> str | None:
@@ -113,6 +194,8 @@ class Activation:
 
     def evaluate(self, condition: Condition) -> bool | str:
         """True or False, or the error (a string) that makes the rule deny."""
+        if condition.nesting >= 2 and (costly := self._costly(condition)) is not None:
+            return costly
         try:
             for name in condition.needs:
                 if name not in self._added:
@@ -126,6 +209,17 @@ class Activation:
         if result is True or result is False:
             return result
         return f"the condition gave {type(result).__name__} {str(result)[:40]!r}, not a boolean"
+
+    def _costly(self, condition: Condition) -> str | None:
+        """Why running `condition` on these arguments could take too long, or None."""
+        size = condition.literals + _size(self._arguments) + len(self._context.taint) + len(self._context.roles)
+        steps = size**condition.nesting
+        if steps <= MAX_STEPS:
+            return None
+        return (
+            f"the condition nests {condition.nesting} list-sized loops; on {size} argument values it could take "
+            f"{steps:.1e} steps, more than the {MAX_STEPS:.0e} allowed"
+        )
 
     def _value(self, name: str) -> Any:
         context = self._context

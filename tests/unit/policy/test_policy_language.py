@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from bastion import ConfigError, PolicyValidationError
 from bastion.policy import Decision, Effect, PolicySet, parse_policy, validate_policy
-from bastion.policy._cel import CallContext
+from bastion.policy._cel import CallContext, compile_condition
 from bastion.policy._grpc import PolicyServicer, _struct_to_dict, _to_proto
 from bastion.policy._registry import Snapshot
 from bastion.v1 import policy_pb2
@@ -170,6 +170,40 @@ def test_macro_variables_are_not_mistaken_for_unknown_names() -> None:
     policies = _compile(_rule("r", "allow", when="args.items.all(x, x > 0) && args.items.exists(i, i == 2)"))
     assert _refund(policies, {"items": [1, 2]}).effect is Effect.ALLOW
     assert _refund(policies, {"items": [0, 2]}).effect is Effect.DENY
+
+
+@pytest.mark.parametrize(
+    ("when", "nesting"),
+    [
+        ("args.amount <= 100 && args.currency in ['USD', 'EUR']", 0),
+        ("args.x in args.allowed", 0),
+        ("args.to.all(r, r.endsWith('@acme.com'))", 1),
+        ("args.items.all(i, i.currency in ['USD', 'EUR'])", 1),
+        ("args.ids.all(x, args.ids.exists_one(y, y == x))", 2),
+        ("args.to.all(r, !(r in args.cc))", 2),
+        ("args.a.map(x, x.all(y, y.exists(z, z > 0)))", 3),
+        ("args.s == '.all(x, y.all(' && size(args.s) > 1", 0),  # inside a string: no loop
+        ("[1, 2, 3].all(x, [4, 5].all(y, x < y))", 2),
+    ],
+)
+def test_the_cost_of_a_condition_is_read_as_how_deeply_its_loops_nest(when: str, nesting: int) -> None:
+    assert compile_condition(when).nesting == nesting
+
+
+def test_nested_loops_over_a_long_argument_deny_before_they_run_and_short_ones_still_decide() -> None:
+    # Found by an attacker's probe: the evaluator holds the GIL, so one call with 8,000
+    # ids stalled every decision of the service for 13 s. Denied now without running.
+    unique = "args.ids.all(x, args.ids.exists_one(y, y == x))"
+    policies = _compile(_rule("unique", "allow", when=unique), _rule("later-allow", "allow"))
+    decision = _refund(policies, {"ids": list(range(8000))})
+    assert (decision.effect, decision.rule_id) == (Effect.DENY, "unique")
+    assert "nests 2 list-sized loops" in decision.reason
+    assert "more than the 5e+06 allowed" in decision.reason
+    assert _refund(policies, {"ids": [1, 2, 3]}).rule_id == "unique"  # short: it runs, and holds
+    assert _refund(policies, {"ids": [1, 1]}).rule_id == "later-allow"  # it runs, is false, the next rule decides
+    # A linear condition is never held to the bound, however long the list.
+    linear = _compile(_rule("positive", "allow", when="args.ids.all(x, x >= 0)"))
+    assert _refund(linear, {"ids": list(range(20000))}).effect is Effect.ALLOW
 
 
 # --- args ------------------------------------------------------------------------------------
