@@ -49,13 +49,12 @@ from typing import Any, Literal
 
 import grpc
 import uuid6
-from google.protobuf import struct_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from bastion._apikeys import IdentityState, new_api_key
 from bastion._errors import Conflict, NotFound, StoreError
-from bastion.v1 import graph_pb2, policy_pb2
+from bastion.v1 import policy_pb2
 
+from ._outbox import outbox_event, stamp
 from ._store import STORE_FILE, _Transaction
 
 MAX_KEYS = 100_000
@@ -127,13 +126,13 @@ class StoredKey:
             digest=self.digest.hex(),
             agent_id=self.agent_id,
             tenant=self.tenant,
-            created_at=_stamp(self.created_at),
+            created_at=stamp(self.created_at),
             revoked=self.revoked_at is not None,
             name=self.name,
             created_by=self.created_by,
         )
         if self.expires_at is not None:
-            record.expires_at.CopyFrom(_stamp(self.expires_at))
+            record.expires_at.CopyFrom(stamp(self.expires_at))
         return record
 
 
@@ -153,7 +152,7 @@ class StoredRevocation:
             kind=_PROTO_KIND[self.kind],
             value=self.value,
             tenant=self.tenant,
-            at=_stamp(self.at),
+            at=stamp(self.at),
             by=self.by,
             reason=self.reason,
         )
@@ -528,26 +527,7 @@ def _audit_event(
     step: str, at: float, by: str, details: dict[str, Any], *, node: str | None = None, parent: str | None = None
 ) -> bytes:
     """The graph Event recording one change (serialised, for the outbox); never a secret."""
-    event_id = node or str(uuid6.uuid7())
-    arguments = struct_pb2.Struct()
-    arguments.update({**details, "step": step, "by": by})
-    event = graph_pb2.Event(
-        event_id=event_id,
-        workflow_id=AUDIT_WORKFLOW,
-        node_id=event_id,
-        parent_ids=[parent] if parent else [],
-        node_type=graph_pb2.OBSERVATION,
-        agent_id=by,
-        action=policy_pb2.Action(method=f"bastion.dev/{step}", server="policy", arguments=arguments),
-        started_at=_stamp(at),
-    )
-    return event.SerializeToString()
-
-
-def _stamp(at: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(at * 1e9))
-    return stamp
+    return outbox_event(AUDIT_WORKFLOW, step, at, by, {**details, "step": step, "by": by}, node=node, parent=parent)
 
 
 def _key(row: tuple[Any, ...]) -> StoredKey:

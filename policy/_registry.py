@@ -189,7 +189,9 @@ class PolicyRegistry:
                     raise ConfigError(f"{path}: {exc}") from exc
                 self._compiled[(name, version)] = compiled
                 if created or name not in active:
-                    await self._store.activate(name, version, by=CONFIG_AUTHOR)
+                    # bastion.yaml is the operator's word at start: applied even while a
+                    # rollout of the policy runs (audited with that rollout's id).
+                    await self._store.activate(name, version, by=CONFIG_AUTHOR, during_rollout=True)
                     active.add(name)
             await self._reload()
 

@@ -60,15 +60,14 @@ from typing import Any, Literal
 
 import orjson
 import uuid6
-from google.protobuf import struct_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bastion.v1 import graph_pb2, policy_pb2
+from bastion.v1 import policy_pb2
 
 from ._bundles import BundleVerifier
 from ._engine import Decision, Effect
+from ._outbox import POLICY_WORKFLOW, outbox_event
 from ._registry import PolicyRegistry, Snapshot
 from ._store import Activation, RolloutConflict, RolloutRow
 
@@ -80,7 +79,7 @@ BUCKETS = 10_000
 CHECK_S = 0.25
 FLUSH_S = 2.0
 MAX_WINDOW_S = 3600
-AUDIT_WORKFLOW = "bastion.policy"
+AUDIT_WORKFLOW = POLICY_WORKFLOW
 AUTO_ACTOR = "bastion.policy (auto-rollback)"
 ARMS = ("stable", "canary")
 _WINDOW = re.compile(r"([1-9][0-9]{0,6})(s|m|h)")
@@ -601,18 +600,6 @@ def audit_event(rollout: Rollout, step: str, at: float, by: str) -> bytes:
     if step != "started":
         details["reason"] = rollout.reason
         details["counts"] = rollout.counts
-    arguments = struct_pb2.Struct()
-    arguments.update(details)
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(at * 1e9))
-    event = graph_pb2.Event(
-        event_id=event_id,
-        workflow_id=AUDIT_WORKFLOW,
-        node_id=event_id,
-        parent_ids=[] if step == "started" else [rollout.audit_node],
-        node_type=graph_pb2.OBSERVATION,
-        agent_id=by,
-        action=policy_pb2.Action(method=f"bastion.dev/rollout.{step}", server="policy", arguments=arguments),
-        started_at=stamp,
-    )
-    return event.SerializeToString()
+    node = event_id
+    parent = None if step == "started" else rollout.audit_node
+    return outbox_event(AUDIT_WORKFLOW, f"rollout.{step}", at, by, details, node=node, parent=parent)

@@ -56,6 +56,7 @@ import yaml
 from bastion._errors import PolicyValidationError, StoreError
 
 from ._document import PolicyDocument
+from ._outbox import POLICY_WORKFLOW, outbox_event
 
 STORE_FILE = "policy/versions.db"
 #: Versions are SQLite INTEGERs and proto int64s: a larger number is refused, not overflowed.
@@ -236,6 +237,13 @@ class PolicyStore:
                     diff,
                 ),
             )
+            details = {
+                "policy": name,
+                "version": version,
+                "digest": digest,
+                "signed_by": signature.kid if signature else "",
+            }
+            self._audit("policy.created", record.created_at, author, details)
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
@@ -276,14 +284,38 @@ class PolicyStore:
 
     # --- activations ----------------------------------------------------------------------
 
-    async def activate(self, name: str, version: int, *, by: str) -> Activation:
-        """Make (name, version) the active version of `name`; it must be stored."""
-        activation: Activation = await self._run(self._activate, name, version, by)
+    async def activate(self, name: str, version: int, *, by: str, during_rollout: bool = False) -> Activation:
+        """Make (name, version) the active version of `name`; it must be stored. RolloutConflict
+        while a rollout of `name` runs, unless `during_rollout` (bastion.yaml at start): its
+        stable arm would go on naming the version this replaces."""
+        activation: Activation = await self._run(self._activate, name, version, by, during_rollout)
         return activation
 
-    def _activate(self, name: str, version: int, by: str) -> Activation:
+    def _activate(self, name: str, version: int, by: str, during_rollout: bool) -> Activation:
         with self._transaction():
-            return self._activate_in(name, version, by)
+            running = self._db.execute(
+                "SELECT id FROM rollouts WHERE policy = ? AND state = 'running'", (name,)
+            ).fetchone()
+            if running is not None and not during_rollout:
+                raise RolloutConflict(
+                    f"policy {name!r} has a running rollout {running[0]}; promote or roll it back "
+                    "before activating a version"
+                )
+            previous = self._db.execute("SELECT version FROM active WHERE name = ?", (name,)).fetchone()
+            activation = self._activate_in(name, version, by)
+            details: dict[str, Any] = {
+                "policy": name,
+                "version": version,
+                "previous_version": int(previous[0]) if previous else 0,
+                "during_rollout": running[0] if running is not None else "",
+            }
+            self._audit("policy.activated", activation.activated_at, by, details)
+            return activation
+
+    def _audit(self, step: str, at: float, by: str, details: dict[str, Any]) -> None:
+        """Into the outbox, in the caller's transaction (see the module docstring)."""
+        event = outbox_event(POLICY_WORKFLOW, step, at, by, {**details, "step": step, "by": by})
+        self._db.execute("INSERT INTO audit_outbox (event) VALUES (?)", (event,))
 
     def _activate_in(self, name: str, version: int, by: str) -> Activation:
         if self._get(name, version) is None:

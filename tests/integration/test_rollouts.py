@@ -350,6 +350,23 @@ async def test_a_second_rollout_of_a_policy_is_409_and_unknown_ids_are_404(servi
     )
 
 
+async def test_activating_a_version_of_a_policy_being_rolled_out_is_409_until_the_rollout_ends(
+    service: Running,
+) -> None:
+    # Found by an attacker's probe: the activation went through unaudited and the rollout
+    # went on naming v1 as its stable arm, so its audit records then said something false.
+    rollout = await _start(service, percent=50)
+    refused = await _request(service, "POST", "/v1/policies/pay/versions/3/activate")
+    assert refused.status_code == 409
+    assert f"has a running rollout {rollout['id']}" in refused.json()["error"]["message"]
+    running = (await _request(service, "GET", f"/v1/rollouts/{rollout['id']}")).json()
+    assert (running["state"], running["stable_version"]) == ("running", 1)
+    assert (await _request(service, "POST", f"/v1/rollouts/{rollout['id']}/rollback")).status_code == 200
+    activated = await _request(service, "POST", "/v1/policies/pay/versions/3/activate")
+    assert activated.status_code == 200, activated.text
+    assert activated.json()["previous_version"] == 1
+
+
 async def test_a_policy_without_an_active_version_cannot_be_rolled_out(service: Running) -> None:
     other = V1.replace("name: pay", "name: other")
     await _store(service, other)
@@ -372,7 +389,19 @@ async def test_every_rollout_step_reaches_the_graph(tmp_path: Path, policy_file:
         await _request(running, "POST", f"/v1/rollouts/{rolled['id']}/rollback")
         promoted = await _start(running, percent=20)
         await _request(running, "POST", f"/v1/rollouts/{promoted['id']}/promote")
-        nodes = await poll(f"http://{graph['http']}", "/graphs/bastion.policy/nodes", {}, 4, auditor_token(home))
+        # bastion.yaml's v1 created and activated at start, v2 created, and the four rollout steps.
+        nodes = await poll(f"http://{graph['http']}", "/graphs/bastion.policy/nodes", {}, 7, auditor_token(home))
+    versions = sorted(
+        (node["action"]["method"], node["action"]["arguments"]["version"], node["action"]["arguments"]["by"])
+        for node in nodes
+        if not node["action"]["method"].startswith("bastion.dev/rollout.")
+    )
+    assert versions == [
+        ("bastion.dev/policy.activated", 1, "bastion.yaml"),
+        ("bastion.dev/policy.created", 1, "bastion.yaml"),
+        ("bastion.dev/policy.created", 2, "ops-bob"),
+    ]
+    nodes = [node for node in nodes if node["action"]["method"].startswith("bastion.dev/rollout.")]
     steps = [(node["action"]["arguments"]["rollout_id"], node["action"]["method"]) for node in nodes]
     assert sorted(steps) == sorted(
         [
@@ -396,8 +425,9 @@ async def test_audit_records_wait_in_the_outbox_while_the_graph_is_down(tmp_path
         inprocess.graph(home, AppConfig()) as graph,
         _running(home, policy_file, graph_grpc_addr=graph["grpc"], service_token=None),
     ):
-        nodes = await poll(f"http://{graph['http']}", "/graphs/bastion.policy/nodes", {}, 1, auditor_token(home))
-    assert [node["action"]["arguments"]["rollout_id"] for node in nodes] == [rollout["id"]]
+        nodes = await poll(f"http://{graph['http']}", "/graphs/bastion.policy/nodes", {}, 4, auditor_token(home))
+    rollouts = [node for node in nodes if node["action"]["method"].startswith("bastion.dev/rollout.")]
+    assert [node["action"]["arguments"]["rollout_id"] for node in rollouts] == [rollout["id"]]
 
 
 # --- CLI -----------------------------------------------------------------------------------

@@ -298,7 +298,7 @@ async def test_the_version_store_and_this_store_write_to_one_file_at_once_withou
         )
         assert len(await versions.versions("p")) == 30
         assert len(identities.keys()[0]) == 30
-        assert len(await versions.outbox(1000)) == 30  # one audit record per key
+        assert len(await versions.outbox(1000)) == 60  # one audit record per key and per version
     finally:
         versions.close()
         identities.close()

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from google.protobuf import json_format
 
 from bastion import ConfigError, PolicyValidationError
 from bastion.policy import PolicyRegistry, PolicyStore, parse_policy, version_digest
 from bastion.policy._store import MAX_VERSION, Signature, UnknownVersion, VersionExists, canonical_json
+from bastion.v1 import graph_pb2
 
 V1 = """apiVersion: bastion.dev/v1
 kind: AgentPolicy
@@ -85,6 +87,29 @@ async def test_a_version_beyond_int64_is_refused_not_overflowed(store: PolicySto
         await store.add(parse_policy(huge), huge, author="ops")
     with pytest.raises(UnknownVersion):
         await store.get("pay", MAX_VERSION + 1)
+
+
+async def test_creating_and_activating_versions_are_audited_in_the_same_transaction(store: PolicyStore) -> None:
+    await store.add(parse_policy(V1), V1, author="ops-a")
+    await store.add(parse_policy(V1), V1, author="ops-b")  # the same content again: nothing new
+    await store.add(parse_policy(V2), V2, author="ops-a")
+    await store.activate("pay", 1, by="ops-b")
+    await store.activate("pay", 2, by="ops-c")
+    records = []
+    for _, raw in await store.outbox(100):
+        event = graph_pb2.Event.FromString(raw)
+        arguments = json_format.MessageToDict(event.action.arguments)
+        records.append((event.workflow_id, event.action.method, event.agent_id, arguments))
+    assert [(method, by, args["version"]) for _, method, by, args in records] == [
+        ("bastion.dev/policy.created", "ops-a", 1),
+        ("bastion.dev/policy.created", "ops-a", 2),
+        ("bastion.dev/policy.activated", "ops-b", 1),
+        ("bastion.dev/policy.activated", "ops-c", 2),
+    ]
+    assert {workflow for workflow, *_ in records} == {"bastion.policy"}
+    assert records[2][3]["previous_version"] == 0
+    assert records[3][3]["previous_version"] == 1
+    assert records[0][3]["digest"] == version_digest(parse_policy(V1))
 
 
 async def test_activating_an_unknown_version_is_refused(store: PolicyStore) -> None:
