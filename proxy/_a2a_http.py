@@ -28,11 +28,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
 from bastion._errors import (
     AuthError,
+    InvalidParams,
     InvalidRequest,
     JournalError,
     ProtocolError,
@@ -48,6 +50,7 @@ from bastion.v1 import graph_pb2, policy_pb2
 from ._a2a_card import rewrite_card
 from ._a2a_compat import AGENT_HEADER, translate
 from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
+from ._a2a_pages import PageTokens
 from ._a2a_tasks import TaskSniffer, filter_tasks, named_task, store_key
 from ._asgi import JSON, Headers, Receive, Scope, Send, header_text, node_headers, read_body, send_bytes, send_stream
 from ._budget import ValueBudget
@@ -122,7 +125,7 @@ class A2aAgent:
     pool: UpstreamPool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Request:
     scope: Scope
     receive: Receive
@@ -135,6 +138,8 @@ class _Request:
     t0: float
     trace: RequestTrace
     principal: Principal
+    #: A ListTasks call that named a page (`pageToken`): its answer is not the whole list.
+    paged: bool = False
 
 
 class A2aHttpAdapter:
@@ -151,7 +156,11 @@ class A2aHttpAdapter:
         max_body: int,
         body_timeout: float,
         tracing: Tracing | None = None,
+        pages: PageTokens | None = None,
     ) -> None:
+        """`pages` seals ListTasks page tokens (`_a2a_pages`; keyed by the service token in
+        `serve`, by a random key when not given)."""
+        self._pages = pages or PageTokens()
         self._tokens = tokens
         self._enforcer = enforcer
         self._agents = {name: _agent(value) for name, value in agents.items()}
@@ -292,6 +301,8 @@ class A2aHttpAdapter:
             action.method, action.kind, action.tool = call.wire_method, call.method.kind, call.method.name
             caller = await self._caller(principal, request, call.params)
             await self._check_task(request, call.method, call.params)
+            if self._open_page(request, call.method, call.params):
+                body = orjson.dumps(message)  # the agent gets its own cursor back (no key repeats: checked)
         except (ProtocolError, StoreError) as exc:
             # JSON-RPC errors travel in a 200 like the agent's own; transport-level ones
             # (too large, too slow, store down) keep their HTTP status.
@@ -340,6 +351,10 @@ class A2aHttpAdapter:
             action.method, action.kind, action.tool = f"{http_method} /{call.route}", call.method.kind, call.method.name
             caller = await self._caller(principal, request, call.arguments)
             await self._check_task(request, call.method, call.arguments)
+            if self._open_page(request, call.method, call.arguments):
+                pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+                opened = [(key, call.arguments["pageToken"] if key == "pageToken" else value) for key, value in pairs]
+                query = urlencode(opened).encode("latin-1")
         except (ProtocolError, StoreError) as exc:
             status = 404 if exc.jsonrpc_code == -32601 else exc.http_status
             await self._refuse(
@@ -425,15 +440,29 @@ class A2aHttpAdapter:
         if holder is not None and holder != owner_key(request.principal):
             raise TaskForeign(f"task {task[:100]!r} of agent {request.name!r} was created by another principal")
 
-    async def _own_tasks(self, request: _Request, data: bytes) -> bytes:
-        """A ListTasks answer shows no task another principal created through Bastion."""
+    async def _own_tasks(self, request: _Request, data: bytes, *, first_page: bool) -> bytes:
+        """A ListTasks answer shows no task another principal created through Bastion, and
+        its page token is sealed to the caller."""
         me = owner_key(request.principal)
 
         async def visible(task: str) -> bool:
             holder = await self._tracker.owners.holder(store_key(request.name, task))
             return holder is None or holder == me
 
-        return await filter_tasks(data, visible)
+        return await filter_tasks(
+            data, visible, lambda token: self._pages.seal(token, f"{request.name}/{me}"), first_page=first_page
+        )
+
+    def _open_page(self, request: _Request, method: A2aMethod, arguments: dict[str, Any]) -> bool:
+        """A ListTasks `pageToken` opened in place (`_a2a_pages`); True when there was one."""
+        token = arguments.get("pageToken")
+        if method.name != "ListTasks" or token is None or token == "":
+            return False
+        if not isinstance(token, str):
+            raise InvalidParams("pageToken must be a string")
+        arguments["pageToken"] = self._pages.open(token, f"{request.name}/{owner_key(request.principal)}")
+        request.paged = True
+        return True
 
     def _task_sniffer(self, request: _Request, record: Record) -> TaskSniffer | None:
         """For a send: claim the task its answer names for the sender."""
@@ -532,7 +561,7 @@ class A2aHttpAdapter:
                     await sniffer.feed(data, sse=False)
                     await sniffer.end()
                 if record.action.tool == "ListTasks" and response.status == 200:
-                    data = await self._own_tasks(request, data)
+                    data = await self._own_tasks(request, data, first_page=not request.paged)
                     out = [(k, v) for k, v in out if k != b"content-length"]
                     out.append((b"content-length", str(len(data)).encode()))
                 if card_answer and response.status == 200:

@@ -120,9 +120,16 @@ class TaskSniffer:
             yield chunk
 
 
-async def filter_tasks(data: bytes, visible: Callable[[str], Awaitable[bool]]) -> bytes:
+async def filter_tasks(
+    data: bytes, visible: Callable[[str], Awaitable[bool]], seal: Callable[[str], str], *, first_page: bool
+) -> bytes:
     """A ListTasks answer (JSON-RPC `result.tasks` or the REST body's `tasks`) without the
-    tasks `visible` refuses; the bytes unchanged when nothing is left out."""
+    tasks `visible` refuses, its `nextPageToken` sealed (`_a2a_pages`).
+
+    The agent's `totalSize` counts every caller's tasks: it is kept only when this answer
+    is the whole list (the first page, and no next one), set to what the caller sees, and
+    removed otherwise (proto3: unset), since the tasks of other pages are not known here.
+    """
     try:
         answer = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -131,9 +138,16 @@ async def filter_tasks(data: bytes, visible: Callable[[str], Awaitable[bool]]) -
     tasks = holder.get("tasks") if isinstance(holder, dict) else None
     if not isinstance(tasks, list):
         return data
-    kept = [task for task in tasks if not isinstance(task, dict) or await visible(str(task.get("id", "")))]
-    if len(kept) == len(tasks):
-        return data
     assert isinstance(holder, dict)
+    kept = [task for task in tasks if not isinstance(task, dict) or await visible(str(task.get("id", "")))]
     holder["tasks"] = kept
+    token = holder.get("nextPageToken")
+    more = isinstance(token, str) and bool(token)
+    if "totalSize" in holder:
+        if first_page and not more:
+            holder["totalSize"] = len(kept)
+        else:
+            del holder["totalSize"]
+    if more:
+        holder["nextPageToken"] = seal(token)
     return orjson.dumps(answer)

@@ -22,6 +22,7 @@ from bastion._web import start_web_server
 from bastion.v1 import graph_pb2_grpc, policy_pb2, policy_pb2_grpc, verifier_pb2_grpc
 
 from ._a2a_http import A2aAgent, A2aHttpAdapter
+from ._a2a_pages import PageTokens
 from ._app import ProxyApp
 from ._approvals import Approvals, ApprovalStore
 from ._approvals_api import ApprovalsApi
@@ -230,6 +231,7 @@ async def serve(
         max_body=settings.max_body,
         body_timeout=settings.body_timeout_s,
         tracing=tracing,
+        pages=PageTokens(service_token.encode()),
     )
     tools = ToolsApi(tokens=tokens, catalogs=catalogs, hosts=hosts)
     approvals_api = ApprovalsApi(

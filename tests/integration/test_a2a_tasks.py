@@ -121,3 +121,49 @@ async def test_list_tasks_shows_each_caller_only_its_own(running: tuple[A2aStack
     assert theirs not in planner
     assert theirs in mallory
     assert mine not in mallory
+
+
+async def test_list_tasks_pages_leak_no_other_callers_task_and_tokens_are_sealed_to_the_caller(
+    running: tuple[A2aStack, Agent],
+) -> None:
+    # Found by an attacker's probe: the agent's nextPageToken is base64 of the page's last
+    # task id, and totalSize counted every caller's tasks; both were handed on as they came.
+    stack, _ = running
+    planner = {
+        (await _rpc(stack, "planner", "SendMessage", _message(f"p{n}"))).json()["result"]["task"]["id"]
+        for n in range(3)
+    }
+    mallory = {
+        (await _rpc(stack, "mallory", "SendMessage", _message(f"m{n}"))).json()["result"]["task"]["id"]
+        for n in range(2)
+    }
+    seen: set[str] = set()
+    params: dict[str, Any] = {"pageSize": 1}
+    tokens = []
+    for _ in range(20):
+        answer = await _rpc(stack, "mallory", "ListTasks", params)
+        assert not any(task in answer.text for task in planner), answer.text
+        result = answer.json()["result"]
+        assert "totalSize" not in result  # a page of several: what others' pages hold is not known
+        seen |= {task["id"] for task in result["tasks"]}
+        if not result.get("nextPageToken"):
+            break
+        tokens.append(result["nextPageToken"])
+        params = {"pageSize": 1, "pageToken": result["nextPageToken"]}
+    assert seen == mallory
+    assert tokens
+    assert all(token.startswith("bst1.") for token in tokens)
+    # A token is the caller's own: another caller, a forged or an agent's raw token are refused.
+    for caller, token in (("planner", tokens[0]), ("mallory", tokens[0][:-4] + "AAAA"), ("mallory", "eyJ0cyI6MX0")):
+        refused = await _rpc(stack, caller, "ListTasks", {"pageSize": 1, "pageToken": token})
+        assert refused.json()["error"]["code"] == -32602, refused.text
+    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30) as http:
+        headers = {**stack.headers("mallory"), **_A2A}
+        first = await http.get("/a2a/echo/tasks", params={"pageSize": "1"}, headers=headers)
+        assert first.status_code == 200, first.text
+        token = first.json()["nextPageToken"]
+        assert token.startswith("bst1.")
+        following = await http.get("/a2a/echo/tasks", params={"pageSize": "1", "pageToken": token}, headers=headers)
+        assert following.status_code == 200, following.text
+        forged = await http.get("/a2a/echo/tasks", params={"pageToken": "eyJ0cyI6MX0"}, headers=headers)
+        assert forged.status_code == 400
