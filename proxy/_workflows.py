@@ -146,6 +146,9 @@ class WorkflowTracker:
         Raises InvalidRequest for an id outside the safe character set. A client-named id
         owned by another principal resolves to this principal's own scoped workflow.
         """
+        if meta_value is not None and not (isinstance(meta_value, str) and meta_value):
+            # A number or an object is no workflow id: refused, not silently replaced by another.
+            raise InvalidRequest(f"params._meta[{WORKFLOW_META_KEY!r}] must be a non-empty string")
         if header:
             workflow = check_workflow_id("Bastion-Workflow-Id", header)
         elif isinstance(meta_value, str) and meta_value:

@@ -334,6 +334,20 @@ async def test_workflow_ids_outside_the_safe_set_are_refused(demo: ProxyClient, 
         assert (answer.status_code, answer.json()["error"]["code"]) == (400, -32600), workflow
 
 
+@pytest.mark.parametrize("value", [5, {"a": 1}, ["wf"], "", True])
+async def test_a_workflow_id_in_meta_that_is_no_string_is_refused_not_replaced(
+    demo: ProxyClient, upstream: DemoUpstream, value: Any
+) -> None:
+    # It went, silently, into the session's or the agent's rolling workflow instead.
+    before = upstream.executed()
+    meta = tool_call("add", {"a": 1, "b": 1})
+    meta["params"]["_meta"]["bastion.dev/workflow_id"] = value
+    answer = await demo.post(meta, headers(demo.token("a")))
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, -32600), value
+    assert "must be a non-empty string" in answer.json()["error"]["data"]["reason"]
+    assert upstream.executed() == before
+
+
 # --- the small ones ---------------------------------------------------------------------------------
 
 
