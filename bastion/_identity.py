@@ -36,7 +36,9 @@ from ._jwks import Jwks, KeySource, StaticKeys, jwk_thumbprint, shown
 
 DEV_KEY_FILE = "keys/dev-ed25519.pem"
 SERVICE_TOKEN_FILE = "keys/service-token"  # noqa: S105 - a file name, not a secret
-OPERATOR_ROLES = frozenset({"operator", "admin"})
+#: The role that acts in every tenant (API keys, revocations, the graph's views).
+ADMIN_ROLE = "admin"
+OPERATOR_ROLES = frozenset({"operator", ADMIN_ROLE})
 #: Real JWTs are a few hundred bytes to a few KiB; anything near this is not a token.
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_TENANT_CHARS = 128

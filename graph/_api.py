@@ -3,7 +3,8 @@ violations, the audit chain (`_audit_api.py`), health and metrics. Read-only: ev
 arrive over gRPC (`_grpc.py`).
 
 Workflow and audit routes need a bearer JWT with role operator, admin or auditor
-(bastion._auth); the Host check and the error body `{"error": {"code", "message"}}`
+(bastion._auth), of the deployment's own tenant unless it is an admin's (`_home_tenant`);
+the Host check and the error body `{"error": {"code", "message"}}`
 come from bastion._rest (a bad cursor is 400, an unknown workflow 404, an unavailable
 store 503).
 """
@@ -18,9 +19,10 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bastion._auth import require_reader
+from bastion._auth import Guard, require_reader
+from bastion._errors import ForbiddenError
 from bastion._hosts import HostCheck
-from bastion._identity import TokenVerifier
+from bastion._identity import ADMIN_ROLE, DEFAULT_TENANT, Principal, TokenVerifier
 from bastion._rest import AUTH_RESPONSES, error_doc, rest_app
 
 from ._audit_api import router as audit_router
@@ -87,11 +89,36 @@ def create_app(
     # FastAPI's /docs, /docs/oauth2-redirect, /redoc and /openapi.json, which show the
     # API's shape, not its data: the dashboard's client is generated from the spec, and
     # /docs must load before its "Authorize" button can take a token.
-    reader = [Depends(require_reader(verifier))]
+    reader = [Depends(_home_tenant(require_reader(verifier)))]
     app.include_router(_data, dependencies=reader, responses=AUTH_RESPONSES)
     app.include_router(audit_router, dependencies=reader, responses=AUTH_RESPONSES)
     app.include_router(_ops)
     return app
+
+
+def _home_tenant(guard: Guard) -> Guard:
+    """Readers of the deployment's own tenant (`default`) and admins pass; others are refused.
+
+    The graph holds every tenant's workflows and one audit chain across them, and its views
+    are not scoped per tenant yet: an operator or auditor of another tenant would read them
+    all (found by an attacker's probe). Until they are, such a caller is refused (fail
+    closed) rather than shown other tenants' data; an admin acts in every tenant, as on the
+    policy service's key routes.
+    """
+
+    # A default, not Annotated: `guard` is local, and annotations are read as strings here.
+    authorized = Depends(guard)
+
+    async def checked(principal: Principal = authorized) -> Principal:
+        if principal.tenant != DEFAULT_TENANT and ADMIN_ROLE not in principal.roles:
+            raise ForbiddenError(
+                f"{principal.subject!r} is of tenant {principal.tenant!r}: the graph's views span every tenant and "
+                f"are not scoped per tenant yet, so they are open to the {DEFAULT_TENANT!r} tenant's operators and "
+                "auditors and to admins only"
+            )
+        return principal
+
+    return checked
 
 
 def _store(request: Request) -> GraphStore:

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from bastion._errors import ForbiddenError, NotFound
-from bastion._identity import Principal
+from bastion._identity import ADMIN_ROLE, Principal
 from bastion._rest import AUTH_RESPONSES, error_doc, error_response
 
 from ._bundles import loads_json
@@ -53,7 +53,6 @@ from ._identities import (
 )
 
 MAX_PAGE = 1000
-ADMIN_ROLE = "admin"
 
 
 class KeyRequest(BaseModel):

@@ -148,6 +148,6 @@ async def filter_tasks(
             holder["totalSize"] = len(kept)
         else:
             del holder["totalSize"]
-    if more:
+    if isinstance(token, str) and token:
         holder["nextPageToken"] = seal(token)
     return orjson.dumps(answer)

@@ -16,7 +16,7 @@ from fixtures.graphapi import auditor_token, bearer
 
 from bastion._appconfig import AuthConfig
 from bastion._hosts import HostCheck
-from bastion._identity import TokenVerifier, load_public_keys
+from bastion._identity import TokenVerifier, ensure_dev_key, issue_token, load_public_keys
 from bastion.graph import IngestResult, SqliteGraphStore, create_app
 from bastion.graph._store import MAX_SNAPSHOT_EDGES, MAX_SNAPSHOT_NODES, _sqlite
 from bastion.v1 import graph_pb2, policy_pb2
@@ -244,3 +244,39 @@ async def test_openapi_shows_the_bearer_scheme_on_every_data_route_and_not_on_th
     assert "security" not in operations["/healthz"]
     error = schema["components"]["schemas"]["ErrorBody"]
     assert error["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+
+
+_DATA_ROUTES = [
+    "/graphs",
+    "/graphs/wf-1",
+    "/graphs/wf-1/nodes",
+    "/graphs/wf-1/drift-path/node-e1",
+    "/audit/violations",
+    "/audit/export",
+    "/audit/slo",
+    "/audit/verify",
+]
+
+
+@pytest.mark.parametrize("path", _DATA_ROUTES)
+async def test_another_tenants_operator_or_auditor_is_refused_every_view_and_an_admin_is_not(
+    store: SqliteGraphStore, tmp_path: Path, path: str
+) -> None:
+    # The views span every tenant and are not scoped per tenant yet: an attacker's probe read
+    # tenant A's workflows, violations and exports with a tenant-B auditor token. Refused now.
+    await store.ingest([_event("e1")])
+    key = ensure_dev_key(tmp_path)
+    async with _client(store, tmp_path) as client:
+        tokens = {
+            (*roles, tenant): issue_token(key, subject="someone", roles=roles, tenant=tenant)
+            for roles in (("auditor",), ("operator",), ("admin",))
+            for tenant in ("tenant-b", "default", "Default")
+        }
+        answers = {who: await client.get(path, headers=bearer(token)) for who, token in tokens.items()}
+    for (role, tenant), answer in answers.items():
+        if tenant == "default" or role == "admin":
+            assert answer.status_code == 200, (role, tenant, answer.text)
+        else:
+            assert answer.status_code == 403, (role, tenant, answer.text)
+            assert answer.json()["error"]["code"] == "bastion.auth.forbidden"
+            assert "not scoped per tenant yet" in answer.json()["error"]["message"]
