@@ -3,10 +3,11 @@ violations, the audit chain (`_audit_api.py`), health and metrics. Read-only: ev
 arrive over gRPC (`_grpc.py`).
 
 Workflow and audit routes need a bearer JWT with role operator, admin or auditor
-(bastion._auth), of the deployment's own tenant unless it is an admin's (`_home_tenant`);
-the Host check and the error body `{"error": {"code", "message"}}`
-come from bastion._rest (a bad cursor is 400, an unknown workflow 404, an unavailable
-store 503).
+(bastion._auth). Readers of the deployment's own tenant (`default`) and admins see every
+tenant's workflows; a reader of another tenant sees only its own (`_scope`), and not the
+audit chain, which spans every tenant (`_home_tenant`). The Host check and the error
+body `{"error": {"code", "message"}}` come from bastion._rest (a bad cursor is 400, an
+unknown workflow 404, an unavailable store 503).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ._store import (
     MAX_PAGE_SIZE,
     GraphStore,
     ViolationFilter,
+    WorkflowSummary,
 )
 from ._views import (
     DriftPathView,
@@ -58,6 +60,8 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: error_doc("The store is un
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")]
 NodeLimit = Annotated[int, Query(ge=1, le=MAX_NODE_PAGE_SIZE, description="Page size.")]
 Cursor = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
+#: Store pages one /graphs request reads at most to fill a page for a reader of one tenant.
+_SCOPED_PAGES = 8
 
 
 def create_app(
@@ -89,36 +93,82 @@ def create_app(
     # FastAPI's /docs, /docs/oauth2-redirect, /redoc and /openapi.json, which show the
     # API's shape, not its data: the dashboard's client is generated from the spec, and
     # /docs must load before its "Authorize" button can take a token.
-    reader = [Depends(_home_tenant(require_reader(verifier)))]
-    app.include_router(_data, dependencies=reader, responses=AUTH_RESPONSES)
-    app.include_router(audit_router, dependencies=reader, responses=AUTH_RESPONSES)
+    guard = require_reader(verifier)
+    app.include_router(_data, dependencies=[Depends(_remembered(guard))], responses=AUTH_RESPONSES)
+    app.include_router(audit_router, dependencies=[Depends(_home_tenant(guard))], responses=AUTH_RESPONSES)
     app.include_router(_ops)
     return app
+
+
+def _remembered(guard: Guard) -> Guard:
+    """`guard`, keeping who passed in the request's state for `_scope`."""
+    # A default, not Annotated: `guard` is local, and annotations are read as strings here.
+    authorized = Depends(guard)
+
+    async def remember(request: Request, principal: Principal = authorized) -> Principal:
+        request.state.principal = principal
+        return principal
+
+    return remember
 
 
 def _home_tenant(guard: Guard) -> Guard:
     """Readers of the deployment's own tenant (`default`) and admins pass; others are refused.
 
-    The graph holds every tenant's workflows and one audit chain across them, and its views
-    are not scoped per tenant yet: an operator or auditor of another tenant would read them
-    all (found by an attacker's probe). Until they are, such a caller is refused (fail
-    closed) rather than shown other tenants' data; an admin acts in every tenant, as on the
-    policy service's key routes.
+    The audit chain is one chain across every tenant: its export, SLO and verification show
+    every tenant's records (found by an attacker's probe: a tenant-B auditor read tenant A's).
+    An admin acts in every tenant, as on the policy service's key routes.
     """
-
-    # A default, not Annotated: `guard` is local, and annotations are read as strings here.
     authorized = Depends(guard)
 
     async def checked(principal: Principal = authorized) -> Principal:
-        if principal.tenant != DEFAULT_TENANT and ADMIN_ROLE not in principal.roles:
+        if _tenant_of(principal) is not None:
             raise ForbiddenError(
-                f"{principal.subject!r} is of tenant {principal.tenant!r}: the graph's views span every tenant and "
-                f"are not scoped per tenant yet, so they are open to the {DEFAULT_TENANT!r} tenant's operators and "
-                "auditors and to admins only"
+                f"{principal.subject!r} is of tenant {principal.tenant!r}: the audit chain spans every tenant, so it "
+                f"is open to the {DEFAULT_TENANT!r} tenant's operators and auditors and to admins only"
             )
         return principal
 
     return checked
+
+
+def _tenant_of(principal: Principal) -> str | None:
+    """The one tenant whose data `principal` may read; None: every tenant's."""
+    if principal.tenant == DEFAULT_TENANT or ADMIN_ROLE in principal.roles:
+        return None
+    return principal.tenant
+
+
+def _scope(request: Request) -> str | None:
+    return _tenant_of(request.state.principal)
+
+
+#: The tenant a reader is confined to (None: none).
+Scope = Annotated[str | None, Depends(_scope)]
+
+
+async def _visible(store: GraphStore, scope: str | None, workflow_ids: Sequence[str]) -> set[str]:
+    """Those of `workflow_ids` a reader confined to `scope` may read: workflows with a node of
+    its tenant and none of another ("" — refusals before authentication — aside). A
+    workflow shared with another tenant (an A2A delegation across tenants, the service's
+    own `bastion.rejected`) is an admin's to read."""
+    if scope is None:
+        return set(workflow_ids)
+    tenants = await store.workflow_tenants(workflow_ids)
+    return {wf for wf, found in tenants.items() if scope in found and found <= {scope, ""}}
+
+
+async def _visible_summaries(
+    store: GraphStore, scope: str | None, summaries: Sequence[WorkflowSummary]
+) -> list[WorkflowSummary]:
+    visible = await _visible(store, scope, [summary.workflow_id for summary in summaries])
+    return [summary for summary in summaries if summary.workflow_id in visible]
+
+
+async def _check_visible(store: GraphStore, scope: str | None, workflow_id: str) -> None:
+    # Another tenant's workflow is "not found": its existence is not the reader's to learn.
+    if scope is not None and not await _visible(store, scope, [workflow_id]):
+        raise _unknown_workflow(workflow_id)
 
 
 def _store(request: Request) -> GraphStore:
@@ -133,15 +183,26 @@ _ops = APIRouter()  # probes and metrics: open
 
 
 @_data.get("/graphs", response_model=WorkflowPage, tags=["graphs"], responses=_BAD_CURSOR)
-async def list_workflows(store: Store, limit: Limit = DEFAULT_PAGE_SIZE, cursor: Cursor = None) -> WorkflowPage:
-    """Workflows, most recently active first."""
+async def list_workflows(
+    store: Store, scope: Scope, limit: Limit = DEFAULT_PAGE_SIZE, cursor: Cursor = None
+) -> WorkflowPage:
+    """Workflows, most recently active first. For a reader confined to one tenant, a page
+    may hold fewer than `limit` (even none) while `next_cursor` says more may follow."""
     page = await store.list_workflows(limit=limit, cursor=cursor)
-    return WorkflowPage(items=[workflow_view(s) for s in page.items], next_cursor=page.next_cursor)
+    items = await _visible_summaries(store, scope, page.items)
+    reads = 1
+    # Read on while the reader's tenant filled less than a page, a few store pages at most.
+    while scope is not None and len(items) < limit and page.next_cursor is not None and reads < _SCOPED_PAGES:
+        page = await store.list_workflows(limit=limit - len(items), cursor=page.next_cursor)
+        items += await _visible_summaries(store, scope, page.items)
+        reads += 1
+    return WorkflowPage(items=[workflow_view(s) for s in items], next_cursor=page.next_cursor)
 
 
 @_data.get("/graphs/{workflow_id}", response_model=WorkflowGraph, tags=["graphs"], responses=_NOT_FOUND)
-async def get_workflow(workflow_id: str, store: Store) -> WorkflowGraph:
+async def get_workflow(workflow_id: str, store: Store, scope: Scope) -> WorkflowGraph:
     """One workflow's summary with its nodes and edges, up to a cap (see `truncated`)."""
+    await _check_visible(store, scope, workflow_id)
     snapshot = await store.snapshot(workflow_id)
     if snapshot is None:
         raise _unknown_workflow(workflow_id)
@@ -150,9 +211,10 @@ async def get_workflow(workflow_id: str, store: Store) -> WorkflowGraph:
 
 @_data.get("/graphs/{workflow_id}/nodes", response_model=NodeList, tags=["graphs"], responses=_NOT_FOUND | _BAD_CURSOR)
 async def list_nodes(
-    workflow_id: str, store: Store, limit: NodeLimit = DEFAULT_NODE_PAGE_SIZE, cursor: Cursor = None
+    workflow_id: str, store: Store, scope: Scope, limit: NodeLimit = DEFAULT_NODE_PAGE_SIZE, cursor: Cursor = None
 ) -> NodeList:
     """A workflow's nodes, oldest first, in pages."""
+    await _check_visible(store, scope, workflow_id)
     page = await store.nodes(workflow_id, limit=limit, cursor=cursor)
     if page is None:
         raise _unknown_workflow(workflow_id)
@@ -171,6 +233,7 @@ async def drift_path(
     workflow_id: str,
     node_id: str,
     store: Store,
+    scope: Scope,
     max_depth: Annotated[
         int, Query(ge=1, le=MAX_LINEAGE_DEPTH, description="Edges to follow at most.")
     ] = DEFAULT_LINEAGE_DEPTH,
@@ -178,6 +241,7 @@ async def drift_path(
     """Where this node's data came from: back along INFORMED_BY to where it entered the workflow,
     or, for a node informed by nothing, along DELEGATED_TO/CAUSED_BY to the workflow's root;
     each hop with the edge followed and its reason."""
+    await _check_visible(store, scope, workflow_id)
     path = await store.drift_path(workflow_id, node_id, max_depth)
     if path is None:
         if await store.workflow(workflow_id) is None:
@@ -189,13 +253,14 @@ async def drift_path(
 @_data.get("/audit/violations", response_model=ViolationPage, tags=["audit"], responses=_BAD_CURSOR)
 async def list_violations(
     store: Store,
+    scope: Scope,
     workflow_id: Annotated[str | None, Query(description="Only this workflow.")] = None,
     agent_id: Annotated[str | None, Query(description="Only this agent.")] = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
 ) -> ViolationPage:
-    """Blocked and rejected actions, newest first."""
-    filters = ViolationFilter(workflow_id=workflow_id, agent_id=agent_id)
+    """Blocked and rejected actions, newest first (a reader confined to one tenant: its own)."""
+    filters = ViolationFilter(workflow_id=workflow_id, agent_id=agent_id, tenant=scope)
     page = await store.violations(filters, limit=limit, cursor=cursor)
     return ViolationPage(items=[violation_view(node) for node in page.items], next_cursor=page.next_cursor)
 

@@ -527,7 +527,10 @@ def _audit_event(
     step: str, at: float, by: str, details: dict[str, Any], *, node: str | None = None, parent: str | None = None
 ) -> bytes:
     """The graph Event recording one change (serialised, for the outbox); never a secret."""
-    return outbox_event(AUDIT_WORKFLOW, step, at, by, {**details, "step": step, "by": by}, node=node, parent=parent)
+    tenant = str(details.get("tenant", ""))
+    return outbox_event(
+        AUDIT_WORKFLOW, step, at, by, {**details, "step": step, "by": by}, node=node, parent=parent, tenant=tenant
+    )
 
 
 def _key(row: tuple[Any, ...]) -> StoredKey:

@@ -30,9 +30,11 @@ def outbox_event(
     *,
     node: str | None = None,
     parent: str | None = None,
+    tenant: str = "",
 ) -> bytes:
     """The serialised Event recording `step` (its method `bastion.dev/<step>`) done by `by`
-    at `at`, with `details` as its arguments; never a secret."""
+    at `at`, with `details` as its arguments; never a secret. `tenant`: the tenant the change
+    belongs to (an API key's), which scopes who may read the record in the graph."""
     event_id = node or str(uuid6.uuid7())
     arguments = struct_pb2.Struct()
     arguments.update(details)
@@ -43,6 +45,7 @@ def outbox_event(
         parent_ids=[parent] if parent else [],
         node_type=graph_pb2.OBSERVATION,
         agent_id=by,
+        tenant=tenant,
         action=policy_pb2.Action(method=f"bastion.dev/{step}", server="policy", arguments=arguments),
         started_at=stamp(at),
     )

@@ -18,7 +18,7 @@ workflow at once) stops at `MAX_SNAPSHOT_NODES` nodes and `MAX_SNAPSHOT_EDGES` e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
@@ -152,6 +152,8 @@ class ViolationFilter:
 
     workflow_id: str | None = None
     agent_id: str | None = None
+    #: Only this tenant's (the graph REST's readers of one tenant, graph/_api.py).
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,11 @@ class GraphStore(Protocol):
         ...
 
     async def workflow(self, workflow_id: str) -> WorkflowSummary | None: ...
+
+    async def workflow_tenants(self, workflow_ids: Sequence[str]) -> Mapping[str, frozenset[str]]:
+        """The tenants of each known workflow's nodes ("" for events of no tenant); an
+        unknown workflow is left out."""
+        ...
 
     async def nodes(
         self, workflow_id: str, *, limit: int = DEFAULT_NODE_PAGE_SIZE, cursor: str | None = None

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -189,6 +189,10 @@ RETURN true AS created
 """
 _CHECKPOINTS = "MATCH (c:BastionAuditCheckpoint)"
 _CHECKPOINT_FIELDS = "RETURN c.seq, c.hash, c.token"
+_TENANTS = (
+    "MATCH (n:BastionNode) WHERE n.workflow_id IN $ids "
+    "RETURN n.workflow_id AS wf, collect(DISTINCT n.tenant) AS tenants"
+)
 _SUMMARY = (
     "x.workflow_id AS workflow_id, x.first_seen_ns AS first, x.last_seen_ns AS last, "
     "x.node_count AS nodes, x.violation_count AS violations, x.agents AS agents"
@@ -307,6 +311,10 @@ class Neo4jGraphStore:
 
     async def workflow(self, workflow_id: str) -> WorkflowSummary | None:
         return await self._read(lambda tx: _select_workflow(tx, workflow_id))
+
+    async def workflow_tenants(self, workflow_ids: Sequence[str]) -> Mapping[str, frozenset[str]]:
+        records = await self._read(lambda tx: list(tx.run(_TENANTS, ids=list(workflow_ids))))
+        return {record["wf"]: frozenset(record["tenants"]) for record in records}
 
     async def nodes(
         self, workflow_id: str, *, limit: int = DEFAULT_NODE_PAGE_SIZE, cursor: str | None = None
@@ -716,6 +724,8 @@ def _select_violations(
         clauses.append("n.workflow_id = $wf")
     if filters.agent_id is not None:
         clauses.append("n.agent_id = $agent")
+    if filters.tenant is not None:
+        clauses.append("n.tenant = $tenant")
     if after is not None:
         clauses.append("(n.at_ns < $t OR (n.at_ns = $t AND n.event_id < $k))")
     query = (
@@ -724,7 +734,8 @@ def _select_violations(
         "ORDER BY n.at_ns DESC, n.event_id DESC LIMIT $limit"
     )
     t, k = after if after is not None else (0, "")
-    records = list(tx.run(query, wf=filters.workflow_id, agent=filters.agent_id, t=t, k=k, limit=limit + 1))
+    values: dict[str, Any] = {"wf": filters.workflow_id, "agent": filters.agent_id, "tenant": filters.tenant}
+    records = list(tx.run(query, values, t=t, k=k, limit=limit + 1))
     page = records[:limit]
     next_cursor = None
     if len(records) > limit:

@@ -29,7 +29,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -196,6 +196,7 @@ SELECT e.source, e.target, e.type, e.reason FROM nodes AS n JOIN edges AS e ON e
 WHERE n.workflow_id = ? AND (n.at_ns, n.event_id) <= (?, ?) ORDER BY n.at_ns, n.event_id, e.type, e.target LIMIT ?
 """
 _HAS_NODES = "SELECT 1 FROM nodes WHERE workflow_id = ? LIMIT 1"
+_SELECT_TENANTS = "SELECT DISTINCT workflow_id, tenant FROM nodes WHERE workflow_id IN (SELECT value FROM json_each(?))"
 _SELECT_PATH_NODE = "SELECT workflow_id, node_type, tool, server, agent_id, outcome, event FROM nodes WHERE node_id = ?"
 _SELECT_STEPS = """
 SELECT target, type, reason FROM edges
@@ -248,6 +249,14 @@ class SqliteGraphStore:
 
     async def workflow(self, workflow_id: str) -> WorkflowSummary | None:
         return await self._read(lambda conn: _select_workflow(conn, workflow_id))
+
+    async def workflow_tenants(self, workflow_ids: Sequence[str]) -> Mapping[str, frozenset[str]]:
+        ids = orjson.dumps(list(workflow_ids)).decode()
+        rows = await self._read(lambda conn: conn.execute(_SELECT_TENANTS, (ids,)).fetchall())
+        found: dict[str, set[str]] = {}
+        for workflow_id, tenant in rows:
+            found.setdefault(workflow_id, set()).add(tenant)
+        return {workflow_id: frozenset(tenants) for workflow_id, tenants in found.items()}
 
     async def nodes(
         self, workflow_id: str, *, limit: int = DEFAULT_NODE_PAGE_SIZE, cursor: str | None = None
@@ -683,6 +692,9 @@ def _select_violations(
     if filters.agent_id is not None:
         clauses.append("agent_id = ?")
         params.append(filters.agent_id)
+    if filters.tenant is not None:
+        clauses.append("tenant = ?")
+        params.append(filters.tenant)
     if after is not None:
         clauses.append("(at_ns, event_id) < (?, ?)")
         params.extend(after)

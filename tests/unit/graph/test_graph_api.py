@@ -246,37 +246,109 @@ async def test_openapi_shows_the_bearer_scheme_on_every_data_route_and_not_on_th
     assert error["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
 
 
-_DATA_ROUTES = [
-    "/graphs",
-    "/graphs/wf-1",
-    "/graphs/wf-1/nodes",
-    "/graphs/wf-1/drift-path/node-e1",
-    "/audit/violations",
-    "/audit/export",
-    "/audit/slo",
-    "/audit/verify",
+def _tenant_event(event_id: str, workflow_id: str, tenant: str, *, blocked: bool = False) -> graph_pb2.Event:
+    event = _event(event_id, second=len(event_id))
+    event.workflow_id, event.tenant = workflow_id, tenant
+    if blocked:
+        event.outcome, event.violation_id = graph_pb2.BLOCKED, f"v-{event_id}"
+    return event
+
+
+_TENANTS = [
+    _tenant_event("a1", "wf-a", "tenant-a", blocked=True),
+    _tenant_event("b1", "wf-b", "tenant-b", blocked=True),
+    _tenant_event("b2", "wf-b", ""),  # refused before authentication: no tenant
+    _tenant_event("m1", "wf-mixed", "tenant-b"),
+    _tenant_event("m2", "wf-mixed", "tenant-a"),  # delegated across tenants: an admin's
+    _tenant_event("s1", "wf-sys", ""),
 ]
 
 
-@pytest.mark.parametrize("path", _DATA_ROUTES)
-async def test_another_tenants_operator_or_auditor_is_refused_every_view_and_an_admin_is_not(
+async def _as(client: httpx.AsyncClient, home: Path, path: str, roles: tuple[str, ...], tenant: str) -> httpx.Response:
+    token = issue_token(ensure_dev_key(home), subject="reader", roles=roles, tenant=tenant)
+    return await client.get(path, headers=bearer(token))
+
+
+@pytest.mark.parametrize("roles", [("auditor",), ("operator",)])
+async def test_a_reader_of_another_tenant_sees_its_own_workflows_and_violations_only(
+    store: SqliteGraphStore, tmp_path: Path, roles: tuple[str, ...]
+) -> None:
+    # An attacker's probe read tenant A's workflows, nodes, drift paths and violations with a
+    # tenant-B auditor token: the views span every tenant. A reader of tenant B now sees B's.
+    await store.ingest(_TENANTS)
+    async with _client(store, tmp_path) as client:
+        listed = (await _as(client, tmp_path, "/graphs", roles, "tenant-b")).json()
+        violations = (await _as(client, tmp_path, "/audit/violations", roles, "tenant-b")).json()
+        own = [await _as(client, tmp_path, path, roles, "tenant-b") for path in _workflow_routes("wf-b", "node-b1")]
+        others = [
+            await _as(client, tmp_path, path, roles, "tenant-b")
+            for workflow, node in (("wf-a", "node-a1"), ("wf-mixed", "node-m1"), ("wf-sys", "node-s1"))
+            for path in _workflow_routes(workflow, node)
+        ]
+        filtered = await _as(client, tmp_path, "/audit/violations?workflow_id=wf-a", roles, "tenant-b")
+    assert [item["workflow_id"] for item in listed["items"]] == ["wf-b"]
+    assert [item["violation_id"] for item in violations["items"]] == ["v-b1"]
+    assert [answer.status_code for answer in own] == [200, 200, 200]
+    for answer in others:  # not found: another tenant's workflow's existence is not its to learn
+        assert answer.status_code == 404, answer.request.url
+        assert "not found" in answer.json()["error"]["message"]
+    assert filtered.json()["items"] == []
+
+
+def _workflow_routes(workflow: str, node: str) -> list[str]:
+    return [f"/graphs/{workflow}", f"/graphs/{workflow}/nodes", f"/graphs/{workflow}/drift-path/{node}"]
+
+
+@pytest.mark.parametrize(("roles", "tenant"), [(("auditor",), "default"), (("admin",), "tenant-b")])
+async def test_the_deployments_own_readers_and_admins_see_every_tenant(
+    store: SqliteGraphStore, tmp_path: Path, roles: tuple[str, ...], tenant: str
+) -> None:
+    await store.ingest(_TENANTS)
+    async with _client(store, tmp_path) as client:
+        listed = (await _as(client, tmp_path, "/graphs", roles, tenant)).json()
+        violations = (await _as(client, tmp_path, "/audit/violations", roles, tenant)).json()
+        mixed = await _as(client, tmp_path, "/graphs/wf-mixed/nodes", roles, tenant)
+    assert {item["workflow_id"] for item in listed["items"]} == {"wf-a", "wf-b", "wf-mixed", "wf-sys"}
+    assert {item["violation_id"] for item in violations["items"]} == {"v-a1", "v-b1"}
+    assert mixed.status_code == 200
+
+
+async def test_a_scoped_listing_reads_on_past_other_tenants_pages_and_follows_its_cursor(
+    store: SqliteGraphStore, tmp_path: Path
+) -> None:
+    await store.ingest(
+        [_tenant_event(f"x{n:02}", f"wf-x{n:02}", "tenant-b" if n % 5 == 0 else "tenant-a") for n in range(40)]
+    )
+    seen: list[str] = []
+    cursor: str | None = None
+    async with _client(store, tmp_path) as client:
+        for _ in range(40):
+            path = "/graphs?limit=3" + (f"&cursor={cursor}" if cursor else "")
+            page = (await _as(client, tmp_path, path, ("auditor",), "tenant-b")).json()
+            assert len(page["items"]) <= 3
+            seen += [item["workflow_id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+    assert sorted(seen) == [f"wf-x{n:02}" for n in range(0, 40, 5)]
+    assert len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize("path", ["/audit/export", "/audit/slo", "/audit/verify"])
+async def test_the_audit_chain_spans_every_tenant_so_only_the_deployments_readers_and_admins_get_it(
     store: SqliteGraphStore, tmp_path: Path, path: str
 ) -> None:
-    # The views span every tenant and are not scoped per tenant yet: an attacker's probe read
-    # tenant A's workflows, violations and exports with a tenant-B auditor token. Refused now.
-    await store.ingest([_event("e1")])
-    key = ensure_dev_key(tmp_path)
+    await store.ingest(_TENANTS)
     async with _client(store, tmp_path) as client:
-        tokens = {
-            (*roles, tenant): issue_token(key, subject="someone", roles=roles, tenant=tenant)
+        answers = {
+            (roles, tenant): await _as(client, tmp_path, path, roles, tenant)
             for roles in (("auditor",), ("operator",), ("admin",))
             for tenant in ("tenant-b", "default", "Default")
         }
-        answers = {who: await client.get(path, headers=bearer(token)) for who, token in tokens.items()}
-    for (role, tenant), answer in answers.items():
-        if tenant == "default" or role == "admin":
-            assert answer.status_code == 200, (role, tenant, answer.text)
+    for (roles, tenant), answer in answers.items():
+        if tenant == "default" or roles == ("admin",):
+            assert answer.status_code == 200, (roles, tenant, answer.text)
         else:
-            assert answer.status_code == 403, (role, tenant, answer.text)
+            assert answer.status_code == 403, (roles, tenant, answer.text)
             assert answer.json()["error"]["code"] == "bastion.auth.forbidden"
-            assert "not scoped per tenant yet" in answer.json()["error"]["message"]
+            assert "the audit chain spans every tenant" in answer.json()["error"]["message"]

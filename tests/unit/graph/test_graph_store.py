@@ -315,6 +315,29 @@ async def test_violations_are_blocked_or_rejected_events_newest_first(store: Gra
     assert await ids(ViolationFilter(workflow_id="wf-2", agent_id="agent-b")) == []
 
 
+async def test_each_workflows_tenants_are_known_and_violations_filter_by_tenant(store: GraphStore) -> None:
+    # What the graph REST scopes a reader of one tenant with (graph/_api.py `_visible`).
+    events = [
+        _event("a", workflow_id="wf-a", outcome=graph_pb2.BLOCKED),
+        _event("b", workflow_id="wf-b", second=1, outcome=graph_pb2.BLOCKED),
+        _event("b2", workflow_id="wf-b", second=2),
+        _event("m", workflow_id="wf-m", second=3),
+    ]
+    for event, tenant in zip(events, ("tenant-a", "tenant-b", "", "tenant-b"), strict=True):
+        event.tenant = tenant
+    await store.ingest(events)
+    tenants = await store.workflow_tenants(["wf-a", "wf-b", "wf-m", "wf-unknown"])
+    assert dict(tenants) == {
+        "wf-a": frozenset({"tenant-a"}),
+        "wf-b": frozenset({"tenant-b", ""}),
+        "wf-m": frozenset({"tenant-b"}),
+    }
+    assert await store.workflow_tenants([]) == {}
+    page = await store.violations(ViolationFilter(tenant="tenant-b"))
+    assert [node.event.event_id for node in page.items] == ["b"]
+    assert (await store.violations(ViolationFilter(tenant="tenant-c"))).items == ()
+
+
 async def test_violation_pages_follow_the_cursor_without_gaps_or_repeats(store: GraphStore) -> None:
     # Equal timestamps on purpose: the event id breaks ties so no page boundary loses one.
     events = [_event(f"e{i:02}", second=i // 3, outcome=graph_pb2.BLOCKED) for i in range(11)]
