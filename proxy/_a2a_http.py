@@ -51,7 +51,7 @@ from ._a2a_card import rewrite_card
 from ._a2a_compat import AGENT_HEADER, translate
 from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
 from ._a2a_pages import PageTokens
-from ._a2a_tasks import TaskSniffer, filter_tasks, named_task, store_key
+from ._a2a_tasks import TaskSniffer, filter_tasks, named_tasks, spelled, store_key
 from ._asgi import JSON, Headers, Receive, Scope, Send, header_text, node_headers, read_body, send_bytes, send_stream
 from ._budget import ValueBudget
 from ._delegation import HEADER as DELEGATION
@@ -353,7 +353,8 @@ class A2aHttpAdapter:
             await self._check_task(request, call.method, call.arguments)
             if self._open_page(request, call.method, call.arguments):
                 pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-                opened = [(key, call.arguments["pageToken"] if key == "pageToken" else value) for key, value in pairs]
+                names = ("pageToken", "page_token")
+                opened = [(key, call.arguments[key] if key in names else value) for key, value in pairs]
                 query = urlencode(opened).encode("latin-1")
         except (ProtocolError, StoreError) as exc:
             status = 404 if exc.jsonrpc_code == -32601 else exc.http_status
@@ -433,12 +434,11 @@ class A2aHttpAdapter:
 
     async def _check_task(self, request: _Request, method: A2aMethod, arguments: dict[str, Any]) -> None:
         """Another principal's task is not this caller's to read, cancel or redirect."""
-        task = named_task(method, arguments)
-        if task is None:
-            return
-        holder = await self._tracker.owners.holder(store_key(request.name, task))
-        if holder is not None and holder != owner_key(request.principal):
-            raise TaskForeign(f"task {task[:100]!r} of agent {request.name!r} was created by another principal")
+        me = owner_key(request.principal)
+        for task in named_tasks(method, arguments):
+            holder = await self._tracker.owners.holder(store_key(request.name, task))
+            if holder is not None and holder != me:
+                raise TaskForeign(f"task {task[:100]!r} of agent {request.name!r} was created by another principal")
 
     async def _own_tasks(self, request: _Request, data: bytes, *, first_page: bool) -> bytes:
         """A ListTasks answer shows no task another principal created through Bastion, and
@@ -455,12 +455,17 @@ class A2aHttpAdapter:
 
     def _open_page(self, request: _Request, method: A2aMethod, arguments: dict[str, Any]) -> bool:
         """A ListTasks `pageToken` opened in place (`_a2a_pages`); True when there was one."""
-        token = arguments.get("pageToken")
-        if method.name != "ListTasks" or token is None or token == "":
+        if method.name != "ListTasks":
+            return False
+        token = spelled(arguments, "pageToken")
+        if token is None or token == "":
             return False
         if not isinstance(token, str):
             raise InvalidParams("pageToken must be a string")
-        arguments["pageToken"] = self._pages.open(token, f"{request.name}/{owner_key(request.principal)}")
+        opened = self._pages.open(token, f"{request.name}/{owner_key(request.principal)}")
+        for name in ("pageToken", "page_token"):  # under the spelling the caller used (`spelled`)
+            if name in arguments:
+                arguments[name] = opened
         request.paged = True
         return True
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from bastion._errors import InvalidParams
 from bastion.v1 import policy_pb2
 
 from ._a2a_methods import A2aMethod
@@ -36,22 +37,39 @@ def store_key(agent: str, task_id: str) -> str:
     return f"a2a-task/{agent}/{task_id}"
 
 
-def named_task(method: A2aMethod, arguments: dict[str, Any]) -> str | None:
-    """The task a read, cancel, push-config or send call acts on (None: it names none)."""
+def spelled(mapping: dict[str, Any], name: str) -> Any:
+    """The value of field `name` (camelCase, the proto's JSON name) under either spelling an
+    agent reads: a2a-sdk parses 1.0 with protobuf's `ParseDict` and 0.3 with pydantic, and
+    both take the proto field's own snake_case name too (`task_id`). Found by an attacker's
+    probe: a check that read only `taskId` let `task_id` name another caller's task. Both
+    spellings with different values are refused: which one an agent reads is its own."""
+    snake = "".join(f"_{char.lower()}" if char.isupper() else char for char in name)
+    value = mapping.get(name)
+    other = mapping.get(snake) if snake != name else None
+    if value is not None and other is not None and value != other:
+        raise InvalidParams(f"{name!r} and {snake!r} are both given, with different values; send one")
+    return value if value is not None else other
+
+
+def named_tasks(method: A2aMethod, arguments: dict[str, Any]) -> tuple[str, ...]:
+    """Every task a call acts on or points at: a read's, cancel's or push config's task, a
+    send's `message.taskId` and the tasks its `referenceTaskIds` name (whose content an
+    agent may fold into its answer) — under every spelling (`spelled`)."""
+    found: list[Any] = []
     if method.kind == policy_pb2.A2A_SEND:
+        found.append(spelled(arguments, "taskId"))
         message = arguments.get("message")
-        value = message.get("taskId") if isinstance(message, dict) else None
-        return value if isinstance(value, str) and value else None
-    if method.kind not in _TASK_KINDS:
-        return None
-    value = arguments.get("taskId") if method.kind == policy_pb2.A2A_PUSH_CONFIG else None
-    if value is None:
-        value = arguments.get("id")
-    if value is None and isinstance(arguments.get("name"), str):
-        # 1.0 resource names: "tasks/{id}" or "tasks/{id}/pushNotificationConfigs/{cid}".
-        parts = arguments["name"].split("/")
-        value = parts[1] if len(parts) >= 2 and parts[0] == "tasks" else None
-    return value if isinstance(value, str) and value else None
+        if isinstance(message, dict):
+            found.append(spelled(message, "taskId"))
+            references = spelled(message, "referenceTaskIds")
+            found += references if isinstance(references, list) else [references]
+    elif method.kind in _TASK_KINDS:
+        found += [spelled(arguments, "taskId"), arguments.get("id")]
+        if isinstance(arguments.get("name"), str):
+            # 1.0 resource names: "tasks/{id}" or "tasks/{id}/pushNotificationConfigs/{cid}".
+            parts = arguments["name"].split("/")
+            found.append(parts[1] if len(parts) >= 2 and parts[0] == "tasks" else None)
+    return tuple(dict.fromkeys(value for value in found if isinstance(value, str) and value))
 
 
 def task_in(message: Any) -> str | None:

@@ -51,6 +51,26 @@ def _into(task_id: str, text: str, role: str = "ROLE_USER") -> dict[str, Any]:
     return {"message": message}
 
 
+def _snake_into(task_id: str) -> dict[str, Any]:
+    return {"message": {"role": "ROLE_USER", "message_id": "m-snake", "task_id": task_id, "parts": [{"text": "x"}]}}
+
+
+def _referring(task_id: str) -> dict[str, Any]:
+    message = {"role": "ROLE_USER", "messageId": "m-ref", "referenceTaskIds": [task_id], "parts": [{"text": "x"}]}
+    return {"message": message}
+
+
+async def test_a_field_given_under_both_spellings_with_two_values_is_refused(running: tuple[A2aStack, Agent]) -> None:
+    stack, agent = running
+    mine = (await _rpc(stack, "mallory", "SendMessage", _message("mine"))).json()["result"]["task"]["id"]
+    before = list(agent.methods())
+    both = {"taskId": mine, "task_id": "someone-elses", "id": "c1", "url": "http://example.com/hook"}
+    response = await _rpc(stack, "mallory", "CreateTaskPushNotificationConfig", both)
+    assert response.json()["error"]["code"] == -32602
+    assert "'taskId' and 'task_id' are both given" in response.json()["error"]["data"]["reason"]
+    assert agent.methods() == before
+
+
 async def test_another_principal_cannot_touch_a_task_it_did_not_create(running: tuple[A2aStack, Agent]) -> None:
     stack, agent = running
     sent = await _rpc(stack, "planner", "SendMessage", _message("hello"))
@@ -71,6 +91,22 @@ async def test_another_principal_cannot_touch_a_task_it_did_not_create(running: 
         "SendMessage": await _rpc(stack, "mallory", "SendMessage", _into(task_id, "send")),
         "SendStreamingMessage": await _rpc(stack, "mallory", "SendStreamingMessage", _into(task_id, "stream")),
         "0.3 message/send": await _rpc(stack, "mallory", "message/send", _into(task_id, "send03", role="user")),
+        # The proto's own field names, which the agent's parsers read too (an attacker's probe
+        # set a push config on another caller's task with `task_id`), and a reference.
+        "push config, task_id": await _rpc(
+            stack,
+            "mallory",
+            "CreateTaskPushNotificationConfig",
+            {"task_id": task_id, "id": "c1", "url": "http://evil.example/hook"},
+        ),
+        "0.3 push config, task_id": await _rpc(
+            stack,
+            "mallory",
+            "tasks/pushNotificationConfig/set",
+            {"task_id": task_id, "pushNotificationConfig": {"url": "http://evil.example/x"}},
+        ),
+        "message.task_id": await _rpc(stack, "mallory", "SendMessage", _snake_into(task_id)),
+        "referenceTaskIds": await _rpc(stack, "mallory", "SendMessage", _referring(task_id)),
     }
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30) as http:
         headers = {**stack.headers("mallory"), **_A2A}
@@ -83,7 +119,7 @@ async def test_another_principal_cannot_touch_a_task_it_did_not_create(running: 
     assert rest.status_code == 403
     assert rest_send.status_code == 403
     assert agent.methods() == before  # none of them reached the agent
-    refused = await stack.audited("bastion.rejected", 9, rule_id="bastion.a2a.task_foreign")
+    refused = await stack.audited("bastion.rejected", 13, rule_id="bastion.a2a.task_foreign")
     assert {item["agent_id"] for item in refused} == {"mallory"}
 
 
@@ -157,6 +193,11 @@ async def test_list_tasks_pages_leak_no_other_callers_task_and_tokens_are_sealed
     for caller, token in (("planner", tokens[0]), ("mallory", tokens[0][:-4] + "AAAA"), ("mallory", "eyJ0cyI6MX0")):
         refused = await _rpc(stack, caller, "ListTasks", {"pageSize": 1, "pageToken": token})
         assert refused.json()["error"]["code"] == -32602, refused.text
+        snake = await _rpc(stack, caller, "ListTasks", {"pageSize": 1, "page_token": token})
+        assert "not issued" in snake.json()["error"]["data"]["reason"], snake.text
+    # The proto's own spelling carries a sealed token as well as the JSON name does.
+    following = await _rpc(stack, "mallory", "ListTasks", {"pageSize": 1, "page_token": tokens[0]})
+    assert "result" in following.json(), following.text
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30) as http:
         headers = {**stack.headers("mallory"), **_A2A}
         first = await http.get("/a2a/echo/tasks", params={"pageSize": "1"}, headers=headers)
@@ -165,5 +206,6 @@ async def test_list_tasks_pages_leak_no_other_callers_task_and_tokens_are_sealed
         assert token.startswith("bst1.")
         following = await http.get("/a2a/echo/tasks", params={"pageSize": "1", "pageToken": token}, headers=headers)
         assert following.status_code == 200, following.text
-        forged = await http.get("/a2a/echo/tasks", params={"pageToken": "eyJ0cyI6MX0"}, headers=headers)
-        assert forged.status_code == 400
+        for name in ("pageToken", "page_token"):
+            forged = await http.get("/a2a/echo/tasks", params={name: "eyJ0cyI6MX0"}, headers=headers)
+            assert forged.status_code == 400, name
