@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from re import _parser as _sre  # type: ignore[attr-defined]
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 TypeName = Literal["string", "number", "integer", "boolean", "array", "object", "null"]
@@ -67,6 +67,19 @@ def refuse_nulls(data: Any) -> Any:
     return data
 
 
+def _leaves(value: Any) -> Iterator[Any]:
+    """Every scalar inside `value` (nested lists and objects walked)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        else:
+            yield item
+
+
 def _arg_kind(value: Any) -> str:
     return KEYWORD_TAG if isinstance(value, str) else CONSTRAINT_TAG
 
@@ -88,6 +101,18 @@ class ArgConstraint(BaseModel):
     required: StrictBool = True
 
     _nulls = model_validator(mode="before")(refuse_nulls)
+
+    @field_validator("enum")
+    @classmethod
+    def _sixty_four_bits(cls, values: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        # A version is stored and signed in canonical JSON, whose integers are 64-bit: a
+        # larger one would pass here and then break the digest (found by a property test).
+        for value in _leaves(values or ()):
+            if isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
+                raise PydanticCustomError(
+                    "int_64", "enum value {value} is beyond 64 bits; write it as a string", {"value": str(value)[:40]}
+                )
+        return values
 
     @model_validator(mode="after")
     def _can_match(self) -> ArgConstraint:

@@ -16,10 +16,14 @@ per decision, lazily, holding only the variables that the reached expressions us
 shared by every rule the decision tries.
 
 **Cost.** CEL has no loops or recursion, so an expression runs in time linear in its
-input — except where comprehensions nest (`args.ids.all(x, args.ids.exists_one(y, y ==
-x))`) or a comprehension's body searches a list (`x in args.cc`): each level multiplies
-by the size of the list. The Rust evaluator holds the GIL and cannot be interrupted, so
-one call with 8,000 ids stalled every decision of the service for 13 s. Each condition's
+input — except inside a comprehension whose body does work in the size of the input:
+another comprehension (`args.ids.all(x, args.ids.exists_one(y, y == x))`), a search of a
+list (`x in args.cc`), or anything reading the input again (`args.ids == args.ids2`,
+`size(args.ids + args.ids)`, `args.ids.map(x, args.ids)`): each level multiplies by the
+size of the list. (A second attacker's probe stalled the service for minutes with the
+last three, which the first version of this check read as linear.) The Rust evaluator
+holds the GIL and cannot be interrupted, so one call with 8,000 ids stalled every
+decision of the service for 13 s. Each condition's
 nesting is read from its source when it is compiled (`_nesting`), and a decision whose
 arguments would make it run more than `MAX_STEPS` steps is denied with that reason,
 before it runs.
@@ -42,6 +46,8 @@ MAX_EXPRESSION_CHARS = 4096
 MAX_STEPS = 5_000_000
 _MACROS = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(")
 _IN = re.compile(r"\bin\b")
+#: The variables that hold the call's input; read inside a loop, each may cost its size.
+_INPUT = re.compile(r"\b(?:args|ctx|taint)\b")
 
 # Names bound by comprehension macros (`args.items.all(x, x > 0)`) appear among a
 # program's variables; they are not free variables. Reading them from the source text
@@ -90,7 +96,8 @@ def compile_condition(source: str) -> Condition:
 
 def _nesting(source: str) -> int:
     """The deepest nesting of comprehensions in `source`, a search of a list (`in` not
-    followed by a literal list) inside a comprehension counting as one more level.
+    followed by a literal list) or a reading of the input (`args`, `ctx`, `taint`) inside a
+    comprehension counting as one more level.
 
     Read from the text with string literals blanked out; a bracket the scan cannot match
     counts as a comprehension, so a misreading overestimates the cost, never the reverse.
@@ -98,6 +105,7 @@ def _nesting(source: str) -> int:
     text = _blank_strings(source)
     macros = {match.end() - 1 for match in _MACROS.finditer(text)}
     searches = {match.start() for match in _IN.finditer(text) if not text[match.end() :].lstrip().startswith("[")}
+    searches |= {match.start() for match in _INPUT.finditer(text)}
     deepest = 0
     stack: list[bool] = []  # one entry per open bracket: does it open a comprehension?
     for index, char in enumerate(text):
@@ -142,11 +150,14 @@ def _blank_strings(source: str) -> str:
 
 
 def _size(value: Any) -> int:
-    """How many values `value` holds, itself included."""
+    """How many values `value` holds, itself included, a string counting one more per 16
+    bytes (a loop that copies a megabyte string costs as much as one over 65,536 values)."""
     if isinstance(value, Mapping):
-        return 1 + sum(_size(item) for item in value.values())
+        return 1 + sum(_size(key) - 1 + _size(item) for key, item in value.items())
     if isinstance(value, list | tuple):
         return 1 + sum(_size(item) for item in value)
+    if isinstance(value, str | bytes):
+        return 1 + len(value) // 16
     return 1
 
 
@@ -212,7 +223,8 @@ class Activation:
 
     def _costly(self, condition: Condition) -> str | None:
         """Why running `condition` on these arguments could take too long, or None."""
-        size = condition.literals + _size(self._arguments) + len(self._context.taint) + len(self._context.roles)
+        context = self._context
+        size = condition.literals + _size(self._arguments) + _size(context.taint) + _size(context.roles)
         steps = size**condition.nesting
         if steps <= MAX_STEPS:
             return None

@@ -184,6 +184,13 @@ def test_macro_variables_are_not_mistaken_for_unknown_names() -> None:
         ("args.a.map(x, x.all(y, y.exists(z, z > 0)))", 3),
         ("args.s == '.all(x, y.all(' && size(args.s) > 1", 0),  # inside a string: no loop
         ("[1, 2, 3].all(x, [4, 5].all(y, x < y))", 2),
+        # Reading the input again inside a loop is a loop too (a second probe's stalls).
+        ("args.ids.all(x, size(args.ids + args.ids) > 0)", 2),
+        ("args.ids.all(x, args.ids == args.ids2)", 2),
+        ("args.ids.map(x, args.ids).map(l, l == args.ids2).all(b, b)", 2),
+        ("args.ids.exists(x, args.s.contains(x))", 2),
+        ("taint.exists(t, t.startsWith('untrusted'))", 1),
+        ("args.amount <= 100 && ctx.tenant == 'acme'", 0),
     ],
 )
 def test_the_cost_of_a_condition_is_read_as_how_deeply_its_loops_nest(when: str, nesting: int) -> None:
@@ -201,12 +208,30 @@ def test_nested_loops_over_a_long_argument_deny_before_they_run_and_short_ones_s
     assert "more than the 5e+06 allowed" in decision.reason
     assert _refund(policies, {"ids": [1, 2, 3]}).rule_id == "unique"  # short: it runs, and holds
     assert _refund(policies, {"ids": [1, 1]}).rule_id == "later-allow"  # it runs, is false, the next rule decides
+    for quadratic in ("args.ids.all(x, size(args.ids + args.ids) > 0)", "args.ids.all(x, args.ids == args.ids2)"):
+        again = _compile(_rule("again", "allow", when=quadratic), _rule("later-allow", "allow"))
+        denied = _refund(again, {"ids": list(range(4000)), "ids2": list(range(4000))})
+        assert (denied.effect, denied.rule_id) == (Effect.DENY, "again"), quadratic
+        assert "nests 2 list-sized loops" in denied.reason
+    # Long strings count by their size: one loop copying a megabyte per element is refused too.
+    copying = _compile(_rule("copy", "allow", when="args.ids.all(x, size(args.s + args.s) > 0)"))
+    assert _refund(copying, {"ids": list(range(100)), "s": "x" * (1 << 20)}).effect is Effect.DENY
+    assert _refund(copying, {"ids": list(range(100)), "s": "short"}).effect is Effect.ALLOW
     # A linear condition is never held to the bound, however long the list.
     linear = _compile(_rule("positive", "allow", when="args.ids.all(x, x >= 0)"))
     assert _refund(linear, {"ids": list(range(20000))}).effect is Effect.ALLOW
 
 
 # --- args ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [-(1 << 63) - 1, 1 << 64, [1, {"deep": [1 << 70]}]])
+def test_an_enum_integer_beyond_64_bits_is_refused_at_load_not_when_the_bundle_is_signed(value: Any) -> None:
+    # A property test found it: it passed validation and then broke the canonical digest.
+    message = _rejection(_doc(_rule("r1", "allow", args={"amount": {"enum": [1, value]}})))
+    assert "beyond 64 bits" in message
+    assert _compile(_rule("r1", "allow", args={"amount": {"enum": [-(1 << 63), (1 << 64) - 1]}}))
+
 
 _TYPED = {
     "s": {"type": "string", "min_length": 2, "max_length": 4, "pattern": "[a-z]+"},
