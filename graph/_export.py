@@ -412,6 +412,8 @@ def _verify_json(path: Path) -> _Verified:
 
 #: The keys an export's JSON holds, at the top and in each record's item.
 _JSON_KEYS = frozenset({"schema_version", "controls", "from", "to", "anchor", "records", "chain_head", "signature"})
+#: The keys of a CSV file's chain_head row (its records are the rows above it).
+_FRAMING_KEYS = _JSON_KEYS - {"records"}
 _ITEM_KEYS = frozenset(EXPORT_COLUMNS)
 
 
@@ -437,6 +439,7 @@ def _verify_rows(rows: Iterator[tuple[dict[str, str], bytes]], framing: dict[str
             schema = columns.get("_schema") or _schema_of(columns.get("record", ""))
             if "_schema" not in columns:
                 framing.update(_framing_of(columns.get("record", "")))
+                _check_head_row(columns, framing)
             stated = ChainHead(int(columns["sequence"]), columns["chain_hash"]) if columns.get("sequence") else None
             if next(rows, None) is not None:
                 problem = ChainProblem("inserted", stated.sequence if stated else 0, "rows after the chain_head row")
@@ -503,11 +506,32 @@ def _with(report: ChainReport, problem: ChainProblem) -> ChainReport:
 
 
 def _framing_of(record: str) -> dict[str, Any]:
+    """A CSV chain_head row's JSON, held to what the JSON form's top level is held to: a key
+    given twice or one the export does not write is refused, never resolved (an attacker's
+    probe put a false `from`/`to` before the real ones, and a note of its own, and the file
+    still verified as signed)."""
     try:
-        found = orjson.loads(record)
+        orjson.loads(record)
     except orjson.JSONDecodeError:
         return {}
-    return found if isinstance(found, dict) else {}
+    found = json.loads(record, object_pairs_hook=_unique)
+    if not isinstance(found, dict):
+        return {}
+    if unknown := set(found) - _FRAMING_KEYS:
+        raise ValueError(f"the chain_head row names {sorted(unknown)[0]!r}, which an export does not write")
+    return found
+
+
+def _check_head_row(columns: Mapping[str, str], framing: Mapping[str, Any]) -> None:
+    """The chain_head row's own cells, as the export writes them: its sequence in plain
+    digits (int() also reads full-width digits, '+28' and ' 2_8 '), its prev_hash the anchor's."""
+    sequence = columns.get("sequence", "")
+    if not (sequence == "" or (sequence.isascii() and sequence.isdigit())):
+        raise ValueError(f"the chain_head row's sequence {sequence[:20]!r} is not as an export writes it")
+    anchor = framing.get("anchor")
+    expected = anchor.get("hash", "") if isinstance(anchor, dict) else ""
+    if columns.get("prev_hash", "") != expected:
+        raise ValueError("the chain_head row's prev_hash is not the anchor's hash")
 
 
 def _schema_of(framing: str) -> str | None:

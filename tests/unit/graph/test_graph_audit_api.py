@@ -530,6 +530,21 @@ def _csv_dup_column(text: str) -> str:
     return "\r\n".join(line + ",mallory" if line and index else line for index, line in enumerate(lines))
 
 
+def _edit_head(column: str, value: str) -> Any:
+    """An edit of one cell of a CSV file's chain_head row (its last row)."""
+
+    def edit(text: str) -> str:
+        rows = list(csv.DictReader(io.StringIO(text)))
+        rows[-1][column] = value
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue()
+
+    return edit
+
+
 @pytest.mark.parametrize(
     ("file_format", "edit"),
     [
@@ -541,6 +556,16 @@ def _csv_dup_column(text: str) -> str:
         ("csv", _csv_dup_column),
         ("csv", lambda text: text.replace("\r\n", ",extra\r\n", 2)),
         ("csv", lambda text: text.replace(",chain_head,", ",chain_head,v-forged", 1)),
+        # A third probe's: the head row's JSON with a false range before the real one, or a
+        # note of its own; its sequence in full-width digits; its prev_hash saying anything.
+        (
+            "csv",
+            lambda text: text.replace('{""anchor""', '{""from"":""2020-01-01T00:00:00Z"",""anchor""'),
+        ),
+        ("csv", lambda text: text.replace('{""anchor""', '{""auditor_note"":""all clean"",""anchor""')),
+        ("csv", _edit_head("sequence", "\uff17")),
+        ("csv", _edit_head("sequence", " 7")),
+        ("csv", _edit_head("prev_hash", "APPROVED BY AUDITOR - NO ISSUES")),
     ],
     ids=[
         "json-records-twice",
@@ -551,6 +576,11 @@ def _csv_dup_column(text: str) -> str:
         "csv-column-twice",
         "csv-extra-cell",
         "csv-head-row-extra",
+        "csv-head-key-twice",
+        "csv-head-unknown-key",
+        "csv-head-fullwidth-sequence",
+        "csv-head-spaced-sequence",
+        "csv-head-prev-hash",
     ],
 )
 async def test_what_a_reader_could_see_otherwise_is_refused(
