@@ -21,10 +21,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bastion._auth import Guard, require_reader
-from bastion._errors import ForbiddenError
+from bastion._errors import ForbiddenError, ProtocolError
 from bastion._hosts import HostCheck
 from bastion._identity import ADMIN_ROLE, DEFAULT_TENANT, Principal, TokenVerifier
 from bastion._rest import AUTH_RESPONSES, error_doc, rest_app
+from bastion._sealing import Sealer
 
 from ._audit_api import router as audit_router
 from ._metrics import GraphMetrics
@@ -62,6 +63,8 @@ NodeLimit = Annotated[int, Query(ge=1, le=MAX_NODE_PAGE_SIZE, description="Page 
 Cursor = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
 #: Store pages one /graphs request reads at most to fill a page for a reader of one tenant.
 _SCOPED_PAGES = 8
+#: How a sealed workflow-listing cursor starts.
+_SEALED = "g1."
 
 
 def create_app(
@@ -88,6 +91,9 @@ def create_app(
     app.state.metrics = metrics or GraphMetrics()
     app.state.checkpoint_keys = tuple(checkpoint_keys)
     app.state.signing_key = signing_key
+    # Listing cursors of readers confined to one tenant: sealed, so that they name no other
+    # tenant's workflow (`list_workflows`). A random key: such a cursor dies with the process.
+    app.state.cursors = Sealer(b"bastion graph cursor")
     # Everything on _data is workflow or audit data: one router-wide guard, so a route
     # added there cannot forget it. Left open: the ops routes (no workflow data) and
     # FastAPI's /docs, /docs/oauth2-redirect, /redoc and /openapi.json, which show the
@@ -184,10 +190,16 @@ _ops = APIRouter()  # probes and metrics: open
 
 @_data.get("/graphs", response_model=WorkflowPage, tags=["graphs"], responses=_BAD_CURSOR)
 async def list_workflows(
-    store: Store, scope: Scope, limit: Limit = DEFAULT_PAGE_SIZE, cursor: Cursor = None
+    request: Request, store: Store, scope: Scope, limit: Limit = DEFAULT_PAGE_SIZE, cursor: Cursor = None
 ) -> WorkflowPage:
     """Workflows, most recently active first. For a reader confined to one tenant, a page
-    may hold fewer than `limit` (even none) while `next_cursor` says more may follow."""
+    may hold fewer than `limit` (even none) while `next_cursor` says more may follow, and
+    the cursor is sealed: a plain one names the last workflow read, another tenant's too."""
+    cursors: Sealer = request.app.state.cursors
+    if scope is not None and cursor is not None:
+        cursor = cursors.open(cursor, scope, _SEALED)
+        if cursor is None:
+            raise ProtocolError("invalid cursor: pass back the next_cursor of the previous page unchanged")
     page = await store.list_workflows(limit=limit, cursor=cursor)
     items = await _visible_summaries(store, scope, page.items)
     reads = 1
@@ -196,7 +208,10 @@ async def list_workflows(
         page = await store.list_workflows(limit=limit - len(items), cursor=page.next_cursor)
         items += await _visible_summaries(store, scope, page.items)
         reads += 1
-    return WorkflowPage(items=[workflow_view(s) for s in items], next_cursor=page.next_cursor)
+    following = page.next_cursor
+    if scope is not None and following is not None:
+        following = cursors.seal(following, scope, _SEALED)
+    return WorkflowPage(items=[workflow_view(s) for s in items], next_cursor=following)
 
 
 @_data.get("/graphs/{workflow_id}", response_model=WorkflowGraph, tags=["graphs"], responses=_NOT_FOUND)

@@ -15,45 +15,28 @@ each other's tokens, and a token outlives a restart.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from bastion._errors import InvalidParams
+from bastion._sealing import Sealer
 
 _PREFIX = "bst1."
-_NONCE = 12
-#: A sealed token longer than this was not made here (agents' cursors are short).
-_MAX_SEALED = 4096
 
 
 class PageTokens:
     def __init__(self, secret: bytes | None = None) -> None:
         """`secret`: the service token's bytes; None for a random key (tokens then die with
         the process)."""
-        material = secret if secret is not None else os.urandom(32)
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"bastion a2a page token").derive(material)
-        self._aead = AESGCM(key)
+        self._sealer = Sealer(b"bastion a2a page token", secret)
 
     def seal(self, token: str, owner: str) -> str:
-        nonce = os.urandom(_NONCE)
-        sealed = self._aead.encrypt(nonce, token.encode(), owner.encode())
-        return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+        return self._sealer.seal(token, owner, _PREFIX)
 
     def open(self, sealed: str, owner: str) -> str:
         """The agent's token inside `sealed`; InvalidParams unless this stack sealed it for `owner`."""
-        if not sealed.startswith(_PREFIX) or len(sealed) > _MAX_SEALED:
+        if not sealed.startswith(_PREFIX):
             raise InvalidParams("pageToken was not issued by Bastion: use the nextPageToken of your last ListTasks")
-        text = sealed[len(_PREFIX) :]
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], owner.encode()).decode()
-        except (binascii.Error, ValueError, InvalidTag) as exc:
+        opened = self._sealer.open(sealed, owner, _PREFIX)
+        if opened is None:
             raise InvalidParams(
                 "pageToken was not issued to this caller by this stack: use the nextPageToken of your last ListTasks"
-            ) from exc
+            )
+        return opened

@@ -4,6 +4,7 @@ node paging and consistent workflow reads. Requests carry an auditor token."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -332,6 +333,27 @@ async def test_a_scoped_listing_reads_on_past_other_tenants_pages_and_follows_it
                 break
     assert sorted(seen) == [f"wf-x{n:02}" for n in range(0, 40, 5)]
     assert len(seen) == len(set(seen))
+
+
+async def test_a_scoped_readers_cursor_names_no_other_tenants_workflow_and_a_plain_one_is_refused(
+    store: SqliteGraphStore, tmp_path: Path
+) -> None:
+    # A third probe decoded a tenant-B reader's next_cursor into tenant A's most recent
+    # workflow id and its last activity, to the nanosecond: cursors are base64 JSON.
+    await store.ingest([_tenant_event(f"s{n:02}", f"acme-secret-{n:02}", "tenant-a") for n in range(20)])
+    await store.ingest([_tenant_event("b", "wf-b-first", "tenant-b")])
+    async with _client(store, tmp_path) as client:
+        page = (await _as(client, tmp_path, "/graphs?limit=1", ("auditor",), "tenant-b")).json()
+        plain = (await _as(client, tmp_path, "/graphs?limit=1", ("auditor",), "default")).json()["next_cursor"]
+        refused = await _as(client, tmp_path, f"/graphs?cursor={plain}", ("auditor",), "tenant-b")
+        other = await _as(client, tmp_path, f"/graphs?cursor={page['next_cursor']}", ("auditor",), "tenant-c")
+    cursor = page["next_cursor"]
+    assert cursor is not None
+    assert cursor.startswith("g1.")
+    decoded = base64.urlsafe_b64decode(cursor[3:] + "=" * (-len(cursor[3:]) % 4))
+    assert b"acme" not in decoded
+    assert refused.status_code == 400  # a plain cursor: a reader of one tenant could aim it anywhere
+    assert other.status_code == 400  # sealed to tenant-b
 
 
 @pytest.mark.parametrize("path", ["/audit/export", "/audit/slo", "/audit/verify"])
