@@ -18,9 +18,55 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._errors import ConfigError
 from ._settings import format_addr, parse_addr
+
+#: How long a request's headers may take from its first byte, and a new connection from its
+#: opening to its first request's headers: uvicorn bounds neither, so a client that never
+#: finishes them held a connection, and a file descriptor, for ever (slowloris; found by an
+#: attacker's probe). Bodies have their own bound (BASTION_BODY_TIMEOUT_S, proxy/_asgi.py).
+HEADER_TIMEOUT_S = 10.0
+_TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class _HeaderDeadline(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline on each request's headers."""
+
+    header_timeout = HEADER_TIMEOUT_S
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(_TOO_SLOW)
+            self.transport.close()
 
 
 class _Server(uvicorn.Server):
@@ -89,12 +135,13 @@ def bind_unix_socket(path: Path) -> socket.socket:
     return sock
 
 
-async def start_web_server(app: Any, addr: str | Path) -> WebServer:
+async def start_web_server(app: Any, addr: str | Path, *, header_timeout: float = HEADER_TIMEOUT_S) -> WebServer:
     """Serve `app` on a TCP `host:port` (port 0 picks one), or on a Unix socket at a Path."""
     sock = bind_unix_socket(addr) if isinstance(addr, Path) else bind_socket(addr)
+    protocol = type("HeaderDeadline", (_HeaderDeadline,), {"header_timeout": header_timeout})
     config = uvicorn.Config(
         app,
-        http="httptools",
+        http=protocol,
         lifespan="off",
         log_config=None,
         access_log=False,
