@@ -32,7 +32,13 @@ _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: c
 
 
 class _HeaderDeadline(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline on each request's headers."""
+    """uvicorn's httptools protocol with a deadline on each request's headers.
+
+    Armed when a connection opens and whenever bytes arrive between requests (a second
+    probe held connections open for ever with a bare CRLF after a response: it cancels
+    uvicorn's keep-alive timer and the parser skips it without beginning a request); kept,
+    not restarted, when a request's first byte arrives; disarmed once its headers are in.
+    """
 
     header_timeout = HEADER_TIMEOUT_S
     _header_timer: asyncio.TimerHandle | None = None
@@ -41,9 +47,15 @@ class _HeaderDeadline(HttpToolsProtocol):
         super().connection_made(transport)
         self._arm()
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm()
+        if self._header_timer is None:
+            self._arm()
 
     def on_headers_complete(self) -> None:
         self._disarm()
@@ -64,9 +76,15 @@ class _HeaderDeadline(HttpToolsProtocol):
 
     def _too_slow(self) -> None:
         self._header_timer = None
-        if not self.transport.is_closing():
-            self.transport.write(_TOO_SLOW)
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A response is still going out (a pipelined request's headers stalled behind
+            # it): no 408 inside it; the connection closes once it is sent.
+            self.cycle.keep_alive = False
+            return
+        self.transport.write(_TOO_SLOW)
+        self.transport.close()
 
 
 class _Server(uvicorn.Server):

@@ -16,6 +16,8 @@ _GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["path"] == "/slow":
+        await asyncio.sleep(1.0)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
 
@@ -68,3 +70,28 @@ async def test_headers_sent_in_pieces_within_the_deadline_are_served(server: Web
     writer.write(_GET)
     assert (await asyncio.wait_for(reader.readuntil(b"ok"), 10)).startswith(b"HTTP/1.1 200")
     writer.close()
+
+
+async def test_a_bare_crlf_after_a_response_does_not_switch_the_deadline_off(server: WebServer) -> None:
+    # A second probe: the CRLF cancelled uvicorn's keep-alive timer and began no request,
+    # so the connection had no timer at all and stayed open for ever.
+    reader, writer = await _connect(server)
+    writer.write(_GET)
+    assert (await asyncio.wait_for(reader.readuntil(b"ok"), 10)).startswith(b"HTTP/1.1 200")
+    writer.write(b"\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408")
+
+
+async def test_a_stalled_pipelined_request_closes_the_connection_after_the_response_not_inside_it(
+    server: WebServer,
+) -> None:
+    reader, writer = await _connect(server)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHo")  # the second never finished
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert answer.endswith(b"ok")  # the whole response, then the close: no 408 written into it
