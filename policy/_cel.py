@@ -47,7 +47,7 @@ MAX_STEPS = 5_000_000
 _MACROS = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(")
 _IN = re.compile(r"\bin\b")
 #: The variables that hold the call's input; read inside a loop, each may cost its size.
-_INPUT = re.compile(r"\b(?:args|ctx|taint)\b")
+_INPUT = re.compile(r"\b(?:args|ctx|taint|action|agent)\b")
 
 # Names bound by comprehension macros (`args.items.all(x, x > 0)`) appear among a
 # program's variables; they are not free variables. Reading them from the source text
@@ -97,7 +97,8 @@ def compile_condition(source: str) -> Condition:
 def _nesting(source: str) -> int:
     """The deepest nesting of comprehensions in `source`, a search of a list (`in` not
     followed by a literal list) or a reading of the input (`args`, `ctx`, `taint`) inside a
-    comprehension counting as one more level.
+    comprehension counting as one more level. (Every variable counts: a fourth probe ran
+    `args.ids.all(x, !action.resource.contains(x))` over a megabyte resource for 2 s.)
 
     Read from the text with string literals blanked out; a bracket the scan cannot match
     counts as a comprehension, so a misreading overestimates the cost, never the reverse.
@@ -224,7 +225,9 @@ class Activation:
     def _costly(self, condition: Condition) -> str | None:
         """Why running `condition` on these arguments could take too long, or None."""
         context = self._context
-        size = condition.literals + _size(self._arguments) + _size(context.taint) + _size(context.roles)
+        size = condition.literals + _size(self._arguments) + _size(self._agent_id) + _size(self._action)
+        size += _size((context.tenant, context.session_id, context.workflow_id, context.task))
+        size += _size(context.taint) + _size(context.roles) + _size(context.labels)
         steps = size**condition.nesting
         if steps <= MAX_STEPS:
             return None

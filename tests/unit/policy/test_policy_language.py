@@ -190,6 +190,9 @@ def test_macro_variables_are_not_mistaken_for_unknown_names() -> None:
         ("args.ids.map(x, args.ids).map(l, l == args.ids2).all(b, b)", 2),
         ("args.ids.exists(x, args.s.contains(x))", 2),
         ("taint.exists(t, t.startsWith('untrusted'))", 1),
+        # Every variable is input (a fourth probe: 2 s over a megabyte `action.resource`).
+        ("args.ids.all(x, !action.resource.contains(x))", 2),
+        ("args.to.all(r, r.endsWith(agent))", 2),
         ("args.amount <= 100 && ctx.tenant == 'acme'", 0),
     ],
 )
@@ -217,6 +220,10 @@ def test_nested_loops_over_a_long_argument_deny_before_they_run_and_short_ones_s
     copying = _compile(_rule("copy", "allow", when="args.ids.all(x, size(args.s + args.s) > 0)"))
     assert _refund(copying, {"ids": list(range(100)), "s": "x" * (1 << 20)}).effect is Effect.DENY
     assert _refund(copying, {"ids": list(range(100)), "s": "short"}).effect is Effect.ALLOW
+    # The agent id and the action count by their size too.
+    by_agent = _compile(_rule("agent", "allow", when="args.ids.all(x, size(agent) > 0)"))
+    assert _refund(by_agent, {"ids": list(range(2000))}, agent="a" * (1 << 20)).effect is Effect.DENY
+    assert _refund(by_agent, {"ids": [1, 2, 3]}).effect is Effect.ALLOW
     # A linear condition is never held to the bound, however long the list.
     linear = _compile(_rule("positive", "allow", when="args.ids.all(x, x >= 0)"))
     assert _refund(linear, {"ids": list(range(20000))}).effect is Effect.ALLOW
