@@ -57,6 +57,11 @@ def named_tasks(method: A2aMethod, arguments: dict[str, Any]) -> tuple[str, ...]
     agent may fold into its answer) — under every spelling (`spelled`)."""
     found: list[Any] = []
     if method.kind == policy_pb2.A2A_SEND:
+        if "request" in arguments:
+            # The 0.3 proto names the message field `request` (JSON name `message`), and the
+            # agent's 0.3 HTTP+JSON parser takes either: a fifth probe wrote into another
+            # caller's task under `request`. Clients send `message`; the other is refused.
+            raise InvalidParams("a send's message goes in 'message'; 'request' (the 0.3 proto's field name) is refused")
         found.append(spelled(arguments, "taskId"))
         message = arguments.get("message")
         if isinstance(message, dict):

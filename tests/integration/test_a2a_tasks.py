@@ -113,11 +113,21 @@ async def test_another_principal_cannot_touch_a_task_it_did_not_create(running: 
         rest = await http.get(f"/a2a/echo/tasks/{task_id}", headers=headers)
         into = orjson.dumps(_into(task_id, "r"))
         rest_send = await http.post("/a2a/echo/message:send", content=into, headers=headers)
+        message = {"messageId": "mz", "taskId": task_id, "role": "ROLE_USER", "content": [{"text": "injected"}]}
+        request_field = await http.post(
+            "/a2a/echo/v1/message:send",
+            content=orjson.dumps({"request": message}),
+            headers={**headers, "A2A-Version": "0.3"},
+        )
     for name, response in attempts.items():
         assert response.status_code == 403, (name, response.text)
         assert "created by another principal" in response.json()["error"]["data"]["reason"], name
     assert rest.status_code == 403
     assert rest_send.status_code == 403
+    # The 0.3 proto's own name for the message field, which the agent's 0.3 HTTP+JSON parser
+    # reads too (a fifth probe wrote into another caller's task with it): refused outright.
+    assert request_field.status_code == 400, request_field.text
+    assert "'request' (the 0.3 proto's field name) is refused" in request_field.text
     assert agent.methods() == before  # none of them reached the agent
     refused = await stack.audited("bastion.rejected", 13, rule_id="bastion.a2a.task_foreign")
     assert {item["agent_id"] for item in refused} == {"mallory"}
