@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +35,8 @@ from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from bastion._json import loads_strict
 
 from . import _checkpoints as checkpoints
 from ._audit import AuditEntry, ChainHead, ChainProblem, ChainReport, ChainVerifier, canonical
@@ -383,7 +384,7 @@ def _verify_json(path: Path) -> _Verified:
         return ExportReport(None, ChainReport(0, None, problem), None), {}
     # Read again keeping every key: a key given twice is one value to this check and the
     # other to a reader that keeps the first, so it is refused, never resolved.
-    document = json.loads(path.read_bytes(), object_pairs_hook=_unique)
+    document = loads_strict(path.read_bytes())
     head = document.get("chain_head") if isinstance(document, dict) else None
     records = document.get("records") if isinstance(document, dict) else None
     if not isinstance(records, list) or not isinstance(head, dict | None):
@@ -415,15 +416,6 @@ _JSON_KEYS = frozenset({"schema_version", "controls", "from", "to", "anchor", "r
 #: The keys of a CSV file's chain_head row (its records are the rows above it).
 _FRAMING_KEYS = _JSON_KEYS - {"records"}
 _ITEM_KEYS = frozenset(EXPORT_COLUMNS)
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise ValueError(f"the key {key!r} is given twice in one object")
-        found[key] = value
-    return found
 
 
 def _json_columns(item: Mapping[str, Any]) -> dict[str, str]:
@@ -514,7 +506,7 @@ def _framing_of(record: str) -> dict[str, Any]:
         orjson.loads(record)
     except orjson.JSONDecodeError:
         return {}
-    found = json.loads(record, object_pairs_hook=_unique)
+    found = loads_strict(record)
     if not isinstance(found, dict):
         return {}
     if unknown := set(found) - _FRAMING_KEYS:

@@ -62,9 +62,10 @@ from bastion._auth import require_operator, require_reader
 from bastion._errors import PayloadTooLarge, PolicyError, PolicyValidationError
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
+from bastion._json import loads_strict
 from bastion._rest import AUTH_RESPONSES, error_doc, error_response, rest_app
 
-from ._bundles import BundleVerifier, loads_json
+from ._bundles import BundleVerifier
 from ._document import PolicyDocument
 from ._identities import IdentityStore
 from ._identities_api import add_identity_routes
@@ -235,7 +236,7 @@ def create_app(
     async def submission(request: Request, *, storing: bool) -> tuple[str, Signature | None]:
         body = await _read_body(request, max_body)
         try:
-            parsed = Submission.model_validate(loads_json(body))
+            parsed = Submission.model_validate(loads_strict(body))
         except ValidationError as exc:
             raise _invalid_request("; ".join(_describe(error) for error in exc.errors())) from exc
         except (ValueError, UnicodeDecodeError) as exc:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -64,6 +63,7 @@ from prometheus_client.registry import Collector
 from bastion._appconfig import AppConfig
 from bastion._errors import BundleSignatureError, ConfigError
 from bastion._identity import ensure_dev_key
+from bastion._json import loads_strict
 
 from ._document import MAX_DOCUMENT_CHARS
 from ._store import VersionRecord
@@ -206,7 +206,7 @@ class BundleVerifier:
     def _header(self, encoded: str) -> dict[str, Any]:
         raw = _b64decode(encoded)
         try:
-            header = loads_json(raw) if raw is not None else None
+            header = loads_strict(raw) if raw is not None else None
         except ValueError as exc:
             raise self.refuse("malformed", f"the JWS header is not valid JSON: {exc}") from exc
         if not isinstance(header, dict):
@@ -218,7 +218,7 @@ def bundle_expiry(bundle: str) -> int | None:
     """The `exp` of a stored bundle's header (it was verified on submission); None if unreadable."""
     raw = _b64decode(bundle.partition(".")[0])
     try:
-        header = loads_json(raw) if raw is not None else None
+        header = loads_strict(raw) if raw is not None else None
     except ValueError:
         return None
     expires_at = header.get("exp") if isinstance(header, dict) else None
@@ -300,27 +300,3 @@ def _b64decode(text: str) -> bytes | None:
     except (binascii.Error, ValueError):
         return None
     return data if _b64encode(data) == text else None
-
-
-def loads_json(raw: bytes | str) -> Any:
-    """Strict JSON: a repeated object key, NaN/Infinity or nesting too deep raise ValueError.
-
-    The stdlib decoder keeps the last of duplicate keys, which would let a body say one
-    thing to a reviewer and another to the service.
-    """
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: set[str] = set()
-        for key, _ in items:
-            if key in seen:
-                raise ValueError(f"duplicate key {key[:64]!r}")
-            seen.add(key)
-        return dict(items)
-
-    def constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        return json.loads(raw, object_pairs_hook=pairs, parse_constant=constant)
-    except RecursionError as exc:
-        raise ValueError("nested too deeply") from exc

@@ -38,9 +38,9 @@ from starlette.exceptions import HTTPException
 
 from bastion._errors import ForbiddenError, NotFound
 from bastion._identity import ADMIN_ROLE, Principal
+from bastion._json import loads_strict
 from bastion._rest import AUTH_RESPONSES, error_doc, error_response
 
-from ._bundles import loads_json
 from ._identities import (
     MAX_ID_CHARS,
     MAX_REASON_CHARS,
@@ -163,7 +163,7 @@ def add_identity_routes(
         if empty_ok and not body.strip():
             return model()
         try:
-            return model.model_validate(loads_json(body))
+            return model.model_validate(loads_strict(body))
         except ValidationError as exc:  # answered as any other bad parameter (bastion._rest)
             raise RequestValidationError(exc.errors()) from exc
         except (ValueError, UnicodeDecodeError) as exc:

@@ -28,9 +28,9 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from bastion._identity import Principal
+from bastion._json import loads_strict
 from bastion._rest import AUTH_RESPONSES, error_doc, error_response
 
-from ._bundles import loads_json
 from ._rollouts import Rollout, RolloutManager, RolloutRequest, UnknownRollout
 from ._store import RolloutConflict
 
@@ -103,7 +103,7 @@ def add_rollout_routes(
     async def start(request: Request, principal: Principal = operator) -> RolloutView:
         body = await read_body(request, max_body)
         try:
-            parsed = RolloutRequest.model_validate(loads_json(body))
+            parsed = RolloutRequest.model_validate(loads_strict(body))
         except ValidationError as exc:
             raise HTTPException(422, "; ".join(_describe(error) for error in exc.errors())) from exc
         except (ValueError, UnicodeDecodeError) as exc:

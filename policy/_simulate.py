@@ -51,9 +51,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bastion._errors import PolicyValidationError
+from bastion._json import loads_strict
 from bastion.v1 import policy_pb2
 
-from ._bundles import loads_json
 from ._cel import CallContext
 from ._engine import GOVERNED_KINDS, Decision, Effect, PolicySet
 from ._registry import PolicyRegistry, compile_version
@@ -194,7 +194,7 @@ SIMULATE_BODY = {
 def parse_request(body: bytes) -> tuple[SimulateRequest, list[EventIn] | None]:
     """The request and its posted events, validated; SimulationInputError says what is wrong."""
     try:
-        request = SimulateRequest.model_validate(loads_json(body))
+        request = SimulateRequest.model_validate(loads_strict(body))
     except ValidationError as exc:
         raise SimulationInputError(_describe(exc)) from exc
     except (ValueError, UnicodeDecodeError) as exc:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from bastion._errors import HeaderMismatch, InvalidParams, InvalidRequest, ParseError
+from bastion._json import RepeatedKey, loads_strict
 
 WORKFLOW_META_KEY = "bastion.dev/workflow_id"
 TASK_META_KEY = "bastion.dev/task"
@@ -123,22 +124,15 @@ def check_unique_keys(raw: bytes, parsed: object) -> None:
     if orjson.dumps(parsed) == raw:
         return
     try:
-        json.loads(raw, object_pairs_hook=_unique_pairs)
-    except (ValueError, RecursionError) as exc:  # orjson read it; fail closed if we cannot
+        loads_strict(raw)
+    except RepeatedKey as exc:
+        shown = exc.key if len(exc.key) <= 64 else exc.key[:64] + "…"
+        raise InvalidRequest(
+            f"the key {shown!r} is given twice in one object: readers that keep the first and the last "
+            "copy would see different requests; send each key once"
+        ) from None
+    except ValueError as exc:  # orjson read it; fail closed if we cannot
         raise ParseError(f"body could not be checked for repeated keys: {exc}") from exc
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            shown = key if len(key) <= 64 else key[:64] + "…"
-            raise InvalidRequest(
-                f"the key {shown!r} is given twice in one object: readers that keep the first and the last "
-                "copy would see different requests; send each key once"
-            )
-        found[key] = value
-    return found
 
 
 #: Headers the proxy reads one value of, while the upstream may read another: sent twice

@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from bastion import BundleSignatureError, ConfigError
 from bastion._appconfig import AppConfig, PolicyKeyConfig
+from bastion._json import loads_strict
 from bastion.policy import BundleVerifier, sign_bundle
-from bastion.policy._bundles import DEV_KID, load_policy_keys, loads_json
+from bastion.policy._bundles import DEV_KID, load_policy_keys
 
 TEXT = "apiVersion: bastion.dev/v1\nkind: AgentPolicy\nmetadata: {name: p, version: 1}\nspec: {}\n"
 NOW = 1_800_000_000
@@ -181,7 +182,7 @@ def test_policy_keys_load_from_bastion_yaml_and_duplicate_kids_are_refused(tmp_p
 )
 def test_strict_json_refuses_duplicates_nan_depth_and_garbage(raw: bytes, why: str) -> None:
     with pytest.raises(ValueError, match=why):
-        loads_json(raw)
+        loads_strict(raw)
 
 
 def test_sign_bundle_uses_the_current_time_by_default(key: Ed25519PrivateKey) -> None:
