@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bastion._auth import Guard, require_reader
-from bastion._errors import ForbiddenError, ProtocolError
+from bastion._errors import ForbiddenError
 from bastion._hosts import HostCheck
 from bastion._identity import ADMIN_ROLE, DEFAULT_TENANT, Principal, TokenVerifier
 from bastion._rest import AUTH_RESPONSES, error_doc, rest_app
@@ -40,6 +40,7 @@ from ._store import (
     ViolationFilter,
     WorkflowSummary,
 )
+from ._store._cursor import invalid_cursor
 from ._views import (
     DriftPathView,
     NodeList,
@@ -199,7 +200,7 @@ async def list_workflows(
     if scope is not None and cursor is not None:
         cursor = cursors.open(cursor, scope, _SEALED)
         if cursor is None:
-            raise ProtocolError("invalid cursor: pass back the next_cursor of the previous page unchanged")
+            raise invalid_cursor()
     page = await store.list_workflows(limit=limit, cursor=cursor)
     items = await _visible_summaries(store, scope, page.items)
     reads = 1

@@ -428,10 +428,13 @@ def _verify_rows(rows: Iterator[tuple[dict[str, str], bytes]], framing: dict[str
     schema: str | None = None
     for columns, record in rows:
         if columns.get("kind") == HEAD_KIND:
-            schema = columns.get("_schema") or _schema_of(columns.get("record", ""))
-            if "_schema" not in columns:
+            if "_schema" in columns:  # the JSON form's closing row
+                schema = columns["_schema"] or None
+            else:
                 framing.update(_framing_of(columns.get("record", "")))
                 _check_head_row(columns, framing)
+                stated_schema = framing.get("schema_version")
+                schema = stated_schema if isinstance(stated_schema, str) else None
             stated = ChainHead(int(columns["sequence"]), columns["chain_hash"]) if columns.get("sequence") else None
             if next(rows, None) is not None:
                 problem = ChainProblem("inserted", stated.sequence if stated else 0, "rows after the chain_head row")
@@ -524,14 +527,6 @@ def _check_head_row(columns: Mapping[str, str], framing: Mapping[str, Any]) -> N
     expected = anchor.get("hash", "") if isinstance(anchor, dict) else ""
     if columns.get("prev_hash", "") != expected:
         raise ValueError("the chain_head row's prev_hash is not the anchor's hash")
-
-
-def _schema_of(framing: str) -> str | None:
-    try:
-        value = orjson.loads(framing).get("schema_version")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
 
 
 def _cell(value: Any) -> str:

@@ -27,12 +27,12 @@ def decode_cursor(kind: str, cursor: str) -> tuple[int, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         decoded = orjson.loads(raw)
     except (binascii.Error, ValueError) as exc:
-        raise _invalid() from exc
+        raise invalid_cursor() from exc
     match decoded:
         case [str(found), int(time_ns), str(key)] if found == kind:
             return time_ns, key
-    raise _invalid()
+    raise invalid_cursor()
 
 
-def _invalid() -> ProtocolError:
+def invalid_cursor() -> ProtocolError:
     return ProtocolError("invalid cursor: pass back the next_cursor of the previous page unchanged")
