@@ -23,10 +23,9 @@ list (`x in args.cc`), or anything reading the input again (`args.ids == args.id
 size of the list. (A second attacker's probe stalled the service for minutes with the
 last three, which the first version of this check read as linear.) The Rust evaluator
 holds the GIL and cannot be interrupted, so one call with 8,000 ids stalled every
-decision of the service for 13 s. Each condition's
-nesting is read from its source when it is compiled (`_nesting`), and a decision whose
-arguments would make it run more than `MAX_STEPS` steps is denied with that reason,
-before it runs.
+decision of the service for 13 s. Each condition's nesting is read from its source when
+it is compiled (`_nesting`), and a decision whose values would make it run more than
+`MAX_STEPS` steps is denied with that reason, before it runs.
 """
 
 from __future__ import annotations
@@ -96,7 +95,7 @@ def compile_condition(source: str) -> Condition:
 
 def _nesting(source: str) -> int:
     """The deepest nesting of comprehensions in `source`, a search of a list (`in` not
-    followed by a literal list) or a reading of the input (`args`, `ctx`, `taint`) inside a
+    followed by a literal list) or a reading of the input (any variable: `_INPUT`) inside a
     comprehension counting as one more level. (Every variable counts: a fourth probe ran
     `args.ids.all(x, !action.resource.contains(x))` over a megabyte resource for 2 s.)
 

@@ -293,12 +293,10 @@ class PolicyStore:
 
     def _activate(self, name: str, version: int, by: str, during_rollout: bool) -> Activation:
         with self._transaction():
-            running = self._db.execute(
-                "SELECT id FROM rollouts WHERE policy = ? AND state = 'running'", (name,)
-            ).fetchone()
+            running = self._running_rollout(name)
             if running is not None and not during_rollout:
                 raise RolloutConflict(
-                    f"policy {name!r} has a running rollout {running[0]}; promote or roll it back "
+                    f"policy {name!r} has a running rollout {running}; promote or roll it back "
                     "before activating a version"
                 )
             previous = self._db.execute("SELECT version FROM active WHERE name = ?", (name,)).fetchone()
@@ -307,10 +305,15 @@ class PolicyStore:
                 "policy": name,
                 "version": version,
                 "previous_version": int(previous[0]) if previous else 0,
-                "during_rollout": running[0] if running is not None else "",
+                "during_rollout": running or "",
             }
             self._audit("policy.activated", activation.activated_at, by, details)
             return activation
+
+    def _running_rollout(self, policy: str) -> str | None:
+        """The id of `policy`'s running rollout (at most one: a partial unique index), or None."""
+        row = self._db.execute("SELECT id FROM rollouts WHERE policy = ? AND state = 'running'", (policy,)).fetchone()
+        return str(row[0]) if row is not None else None
 
     def _audit(self, step: str, at: float, by: str, details: dict[str, Any]) -> None:
         """Into the outbox, in the caller's transaction (see the module docstring)."""
@@ -347,12 +350,10 @@ class PolicyStore:
 
     def _start_rollout(self, row: RolloutRow, audit: bytes) -> None:
         with self._transaction():
-            running = self._db.execute(
-                "SELECT id FROM rollouts WHERE policy = ? AND state = 'running'", (row.policy,)
-            ).fetchone()
+            running = self._running_rollout(row.policy)
             if running is not None:
                 raise RolloutConflict(
-                    f"policy {row.policy!r} already has a running rollout {running[0]}; "
+                    f"policy {row.policy!r} already has a running rollout {running}; "
                     "promote or roll it back before starting another"
                 )
             self._db.execute(

@@ -125,6 +125,10 @@ class A2aAgent:
     pool: UpstreamPool
 
 
+#: A ListTasks page token's two spellings (`_a2a_tasks.spelled`).
+_PAGE_TOKEN = ("pageToken", "page_token")
+
+
 @dataclass(slots=True)
 class _Request:
     scope: Scope
@@ -353,8 +357,7 @@ class A2aHttpAdapter:
             await self._check_task(request, call.method, call.arguments)
             if self._open_page(request, call.method, call.arguments):
                 pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-                names = ("pageToken", "page_token")
-                opened = [(key, call.arguments[key] if key in names else value) for key, value in pairs]
+                opened = [(key, call.arguments[key] if key in _PAGE_TOKEN else value) for key, value in pairs]
                 query = urlencode(opened).encode("latin-1")
         except (ProtocolError, StoreError) as exc:
             status = 404 if exc.jsonrpc_code == -32601 else exc.http_status
@@ -463,7 +466,7 @@ class A2aHttpAdapter:
         if not isinstance(token, str):
             raise InvalidParams("pageToken must be a string")
         opened = self._pages.open(token, f"{request.name}/{owner_key(request.principal)}")
-        for name in ("pageToken", "page_token"):  # under the spelling the caller used (`spelled`)
+        for name in _PAGE_TOKEN:  # under the spelling the caller used (`spelled`)
             if name in arguments:
                 arguments[name] = opened
         request.paged = True

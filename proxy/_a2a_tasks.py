@@ -165,12 +165,12 @@ async def filter_tasks(
     kept = [task for task in tasks if not isinstance(task, dict) or await visible(str(task.get("id", "")))]
     holder["tasks"] = kept
     token = holder.get("nextPageToken")
-    more = isinstance(token, str) and bool(token)
+    sealed = seal(token) if isinstance(token, str) and token else None
     if "totalSize" in holder:
-        if first_page and not more:
+        if first_page and sealed is None:
             holder["totalSize"] = len(kept)
         else:
             del holder["totalSize"]
-    if isinstance(token, str) and token:
-        holder["nextPageToken"] = seal(token)
+    if sealed is not None:
+        holder["nextPageToken"] = sealed
     return orjson.dumps(answer)
