@@ -35,6 +35,7 @@ newly stored action keep re-delivery idempotent.
 
 from __future__ import annotations
 
+from bastion._verdicts import NO_VERIFIER, VERIFIER_QUEUED, VERIFIER_UNAVAILABLE
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 from ._events import enum_name
@@ -43,10 +44,8 @@ from ._events import enum_name
 ID_INFIX = ":verification:"
 VERIFIED_BY = graph_pb2.EdgeType.Name(graph_pb2.VERIFIED_BY)
 _NO_ANSWER = "the verifier did not answer"
-#: `verifier: {name: none}`: scoring waived (docs/policies.md).
-WAIVED = "none"
 #: The block codes of a verifier's fallback (proxy/_pipeline.py): it was asked, and failed.
-_FALLBACK_CODES = frozenset({"bastion.verifier_unavailable", "bastion.verifier_queued"})
+_FALLBACK_CODES = frozenset({VERIFIER_UNAVAILABLE, VERIFIER_QUEUED})
 
 
 def verification_nodes(event: graph_pb2.Event) -> list[graph_pb2.Event]:
@@ -78,7 +77,7 @@ def _waived(event: graph_pb2.Event) -> bool:
     return (
         not event.HasField("verifier")
         and not event.verifier_fallback
-        and event.decision.verifier.name == WAIVED
+        and event.decision.verifier.name == NO_VERIFIER
         and event.block_code not in _FALLBACK_CODES
     )
 

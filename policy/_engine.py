@@ -71,6 +71,7 @@ import orjson
 
 from bastion._errors import PolicyValidationError
 from bastion._globs import compile_patterns
+from bastion._verdicts import NO_VERIFIER
 
 from ._args import CompiledArgs, compile_args
 from ._cel import EMPTY_CONTEXT, Activation, CallContext, Condition, compile_condition
@@ -103,8 +104,6 @@ FAMILY_BY_KIND = {
 _LIST_KINDS = frozenset({"TOOL_LIST", "PROMPT_LIST", "RESOURCE_LIST"})
 #: Deny-overrides: lower is stricter. `min` keeps the first among equals (policy order).
 _STRICTNESS = {Effect.DENY: 0, Effect.REQUIRE_APPROVAL: 1, Effect.QUEUE: 2, Effect.ALLOW: 3}
-#: The verifier name that waives scoring (docs/policies.md, "Waiving scoring").
-NO_VERIFIER = "none"
 GOVERNED_KINDS = frozenset(FAMILY_BY_KIND)
 _FAMILIES = ("tool", "resource", "prompt", "a2a")
 

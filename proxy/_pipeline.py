@@ -34,16 +34,16 @@ from typing import Any
 
 import grpc
 
+from bastion._verdicts import NO_VERIFIER, VERIFIER_QUEUED, VERIFIER_UNAVAILABLE
 from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
 from ._batching import BatchCaller
 from ._breaker import CircuitBreaker, CircuitOpen
 from ._envelope import public_reason
 from ._streams import StreamCaller, StreamFailure
-from ._verifier_settings import NO_VERIFIER, Fallback, VerifierSettings, tightened
+from ._verifier_settings import Fallback, VerifierSettings, tightened
 
 POLICY_UNAVAILABLE = "bastion.policy_unavailable"
-VERIFIER_UNAVAILABLE = "bastion.verifier_unavailable"
 #: A deciding policy's `verifier.fallback`, as VerifierSettings names it (unset: none).
 _FALLBACK_NAMES: dict[int, Fallback] = {
     policy_pb2.VerifierSettings.BLOCK: "block",
@@ -53,7 +53,6 @@ _FALLBACK_NAMES: dict[int, Fallback] = {
 #: How a waived action's journaled note starts (the graph derives no VERIFICATION node for it).
 WAIVED_NOTE = "verifier waived: "
 VERIFIER_BLOCK = "bastion.verifier_block"
-VERIFIER_QUEUED = "bastion.verifier_queued"
 JOURNAL_UNAVAILABLE = "bastion.journal_unavailable"
 log = logging.getLogger("bastion.proxy")
 _KNOWN_VERDICTS = frozenset({verifier_pb2.PASS, verifier_pb2.FLAG, verifier_pb2.BLOCK})

@@ -31,12 +31,13 @@ import sqlite3
 from typing import Any
 
 from bastion._errors import Conflict, StoreError
+from bastion._verdicts import VERIFIER_QUEUED
 from bastion.v1 import graph_pb2, policy_pb2
 
 from ._approvals import QUEUE, Approval, Approvals, Request, action_digest
 from ._enforcer import Pending
 from ._envelope import APPROVAL_REQUIRED
-from ._pipeline import VERIFIER_QUEUED, Outcome
+from ._pipeline import Outcome
 from ._recorder import iso
 from ._redact import Redactor
 from ._stages import action_view

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bastion._globs import compile_patterns
+from bastion._verdicts import NO_VERIFIER
 
 from ._lru import Lru
 
@@ -36,8 +37,6 @@ _FALLBACK_RANK: dict[str, int] = {"block": 0, "queue": 1, "allow": 2}
 #: The longest `timeout_ms` a policy may set (policy/_document.py `Verifier`); a longer
 #: one read from a Watch event is held to it.
 MAX_TIMEOUT_S = 60.0
-#: The verifier name that waives scoring (`verifier: {name: none}`).
-NO_VERIFIER = "none"
 #: Agents whose settings are kept between changes; past it the least recent is recomputed.
 _CACHED_AGENTS = 65_536
 

@@ -23,10 +23,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from bastion._service import run_service
+from bastion._verdicts import NO_VERIFIER
 from bastion.proxy._config import ProxySettings
 from bastion.proxy._pipeline import Governor, Outcome
 from bastion.proxy._server import serve
-from bastion.proxy._verifier_settings import NO_VERIFIER
 from bastion.v1 import policy_pb2, verifier_pb2
 
 #: The policy name every event of this process carries, so none is mistaken for a decision.

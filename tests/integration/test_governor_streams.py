@@ -18,8 +18,9 @@ from fixtures.stack import ROOT
 
 from bastion._identity import ensure_service_token
 from bastion._rpc import auth_metadata, open_channel, start_grpc_server
+from bastion._verdicts import VERIFIER_UNAVAILABLE
 from bastion.proxy._breaker import CircuitBreaker
-from bastion.proxy._pipeline import POLICY_UNAVAILABLE, VERIFIER_UNAVAILABLE, Governor
+from bastion.proxy._pipeline import POLICY_UNAVAILABLE, Governor
 from bastion.proxy._workflows import new_id
 from bastion.v1 import policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from bastion.proxy._pipeline import POLICY_UNAVAILABLE, VERIFIER_BLOCK, VERIFIER_UNAVAILABLE, combine
+from bastion._verdicts import VERIFIER_UNAVAILABLE
+from bastion.proxy._pipeline import POLICY_UNAVAILABLE, VERIFIER_BLOCK, combine
 from bastion.proxy._verifier_settings import VerifierSettings
 from bastion.v1 import policy_pb2, verifier_pb2
 

@@ -12,16 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bastion._verdicts import VERIFIER_QUEUED, VERIFIER_UNAVAILABLE
 from bastion.policy._document import parse_policy
 from bastion.policy._registry import settings_json
-from bastion.proxy._pipeline import (
-    POLICY_UNAVAILABLE,
-    VERIFIER_BLOCK,
-    VERIFIER_QUEUED,
-    VERIFIER_UNAVAILABLE,
-    combine,
-    waived,
-)
+from bastion.proxy._pipeline import POLICY_UNAVAILABLE, VERIFIER_BLOCK, combine, waived
 from bastion.proxy._verifier_settings import (
     PolicyVerifier,
     VerifierSettings,
