@@ -1,5 +1,6 @@
 """Strict JSON reading, for input in which every key matters: a repeated object key,
-NaN/Infinity or nesting too deep raise ValueError.
+NaN/Infinity or nesting too deep raise ValueError. And, for input Bastion relays but does
+not own (tool results), a reading that keeps every copy of a repeated key (`loads_every`).
 
 The stdlib decoder and orjson keep the last of a repeated key, so a body could say one
 thing to the reader that checks it and another to a reader that keeps the first copy (a
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+import orjson
 
 
 class RepeatedKey(ValueError):
@@ -40,3 +43,55 @@ def _pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than the stdlib reader goes."""
+
+
+class Copies(list[Any]):
+    """Every value one object gave a repeated key, in the order given (`loads_every`)."""
+
+
+def loads_every(raw: bytes | str) -> Any:
+    """`raw` read as orjson reads it, except that a key an object repeats maps to `Copies`
+    of all its values, not to the last one.
+
+    For data Bastion passes on unchanged but fingerprints (provenance, proxy/_provenance.py):
+    the reader it is passed to may keep the first copy, so every copy counts. Raises
+    ValueError (orjson's JSONDecodeError) for what is not JSON, and TooDeep for JSON nested
+    too deeply to read again.
+
+    What a serialiser wrote, compact or indented by two (the MCP SDK's structured text), is
+    read once by orjson and checked by writing it back the same way: written back the same
+    bytes, no key repeats. Anything else is read a second time keeping every pair.
+    """
+    parsed = orjson.loads(raw)
+    if not isinstance(parsed, dict | list):
+        return parsed
+    data = raw.encode() if isinstance(raw, str) else raw
+    if _written_as(parsed, data):
+        return parsed
+    try:
+        return json.loads(data, object_pairs_hook=_every)
+    except RecursionError as exc:
+        raise TooDeep("nested too deeply") from exc
+
+
+def _written_as(parsed: Any, data: bytes) -> bool:
+    try:
+        return orjson.dumps(parsed) == data or orjson.dumps(parsed, option=orjson.OPT_INDENT_2) == data
+    except TypeError:  # deeper than orjson writes (255 levels): read again
+        return False
+
+
+def _every(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in items:
+        if key not in found:
+            found[key] = value
+        elif isinstance(held := found[key], Copies):
+            held.append(value)
+        else:
+            found[key] = Copies((held, value))
+    return found

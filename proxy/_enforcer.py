@@ -36,7 +36,7 @@ from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome, Release
 from ._pointers import read_from
 from ._provenance import Provenance
 from ._recorder import Record, Recorder, iso
-from ._results import TAIL_BYTES
+from ._results import TAIL_BYTES, UNREAD
 from ._tracing import DECIDE_SPAN, JOURNAL_SPAN, Tracing
 from ._workflows import WorkflowState, new_id
 
@@ -346,9 +346,10 @@ class Enforcer:
             result.outcome == graph_pb2.COMPLETED and result.jsonrpc_error_code != 0
         )
         carried_out = result.outcome == graph_pb2.COMPLETED and not result.jsonrpc_error_code
-        completed = answer is not None and carried_out
-        # Too large to read: its data cannot be fingerprinted, and later calls must say so.
-        unread = answer is None and carried_out and result.result_bytes > TAIL_BYTES
+        # Too large to read, or too deep to read with every copy of a repeated key: its data
+        # cannot be fingerprinted, and later calls must say so.
+        unread = carried_out and (answer is UNREAD or (answer is None and result.result_bytes > TAIL_BYTES))
+        completed = answer is not None and carried_out and not unread
         for record in records:
             held = self._held.pop(record.node_id, ())
             if failed:

@@ -73,8 +73,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from bastion._json import Copies, loads_every
 from bastion.v1 import graph_pb2
 
 from ._pointers import IDENTITY_KEYS, PUNCTUATION, Identity, identity, references, stays_within
@@ -229,6 +228,10 @@ class Fingerprints:
             if budget > 0 and len(norm) >= SHINGLE:
                 for value in shingle_hashes(norm, budget):
                     shingles.setdefault(value, source)
+        if len({path for path, _ in named_by}) < len(named_by):
+            # A source field given twice (`"from"` repeated): which one the agent read is
+            # unknown, so the fields vouch for no source.
+            named_by.clear()
         added = len(shingles) + len(exact)
         if not added:
             return 0
@@ -484,14 +487,18 @@ def _strings(
                 for key, child in reversed(item.items())
                 if key not in skip
             )
+        elif isinstance(item, Copies):  # a key given twice: each copy is at that key
+            stack.extend((path, child) for child in reversed(item))
         elif isinstance(item, list):
             stack.extend((f"{path}[{index}]", child) for index, child in reversed(list(enumerate(item))))
 
 
 def _loads(text: str) -> Any:
+    """A result's JSON text, every copy of a repeated key kept; None (read as text, which
+    holds every copy) when it is not JSON or too deep to read so."""
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
+        return loads_every(text)
+    except ValueError:
         return None
 
 

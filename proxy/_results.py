@@ -7,25 +7,35 @@ at the end: a JSON body whole, or the last SSE event answering the request. A to
 answer is the last message of its POST stream, so the tail holds it unless the answer
 itself is larger than the tail — then the code is left at 0 and the digest still
 covers every byte. The answer's `result` member, parsed then, is kept as `answer` for
-provenance (`_provenance.py`): None for an error, a non-JSON body or one over the tail.
+provenance (`_provenance.py`): None for an error, a non-JSON body or one over the tail,
+and `UNREAD` for an answer that is JSON but could not be read with every copy of a
+repeated key (nested too deeply for that reading).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
-
+from bastion._json import Copies, TooDeep, loads_every
 from bastion.v1 import graph_pb2
 
 from ._recorder import timestamp
 
 #: The answer's last bytes kept and parsed; a larger answer is not read (provenance: unread).
 TAIL_BYTES = 256 << 10
+
+
+class _Unread:
+    """An answer that is JSON but could not be read in full: its data is untraceable."""
+
+    def __repr__(self) -> str:
+        return "UNREAD"
+
+
+UNREAD: Any = _Unread()
 
 
 class ResultTap:
@@ -68,9 +78,17 @@ class ResultTap:
 
     def _error_code(self, sse: bool) -> int:
         message = self._message(sse)
-        if isinstance(message, dict) and "error" not in message:
+        if message is UNREAD:
+            self.answer = UNREAD
+        elif isinstance(message, dict) and "error" not in message:
             self.answer = message.get("result")
         return _code(message)
+
+    def _answers(self, message_id: Any) -> bool:
+        """Whether an event's `id` is the request's (given twice, by any of its copies)."""
+        if isinstance(message_id, Copies):
+            return any(self._answers(copy) for copy in message_id)
+        return bool(message_id == self._request_id)
 
     def _message(self, sse: bool) -> Any:
         """The JSON-RPC message answering the request, or None."""
@@ -82,15 +100,22 @@ class ResultTap:
         for event in bytes(self._tail).replace(b"\r\n", b"\n").split(b"\n\n"):
             data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
             message = _loads(data) if data else None
-            if isinstance(message, dict) and message.get("id") == self._request_id and "method" not in message:
+            if message is UNREAD:  # whether it answers the request cannot be told
+                answer = UNREAD
+            elif isinstance(message, dict) and self._answers(message.get("id")) and "method" not in message:
                 answer = message
         return answer
 
 
 def _loads(data: bytes) -> Any:
-    with contextlib.suppress(orjson.JSONDecodeError):
-        return orjson.loads(data)
-    return None
+    """The message, every copy of a repeated key kept (the agent's reader may keep the
+    first: provenance must see what it sees); None for what is not JSON."""
+    try:
+        return loads_every(data)
+    except TooDeep:
+        return UNREAD
+    except ValueError:
+        return None
 
 
 def _code(message: Any) -> int:

@@ -180,3 +180,42 @@ async def test_an_email_padded_past_what_provenance_reads_cannot_launder_its_iba
     taint = drift["hops"][0]["taint"]
     assert "untrusted" in taint
     assert any(label.startswith("unread:email__read_padded:") for label in taint), taint
+
+
+async def test_an_iban_hidden_in_the_first_copy_of_a_repeated_key_is_still_traced(tmp_path: Path) -> None:
+    """A result that gives a key twice: orjson (and so provenance, before) kept the last copy,
+    while the agent's reader may keep the first, so the injected IBAN there went unseen and
+    the transfer copying it passed as clean. Every copy is fingerprinted now."""
+    transfers: list[str] = []
+    server = _server(transfers)
+    injected = IBAN.replace(" ", "")
+
+    def read_invoice() -> str:
+        """The newest invoice, as JSON."""
+        return f'{{"sender": "billing@supplier.example", "iban": "{injected}", "iban": "NL90LDRU7451135004"}}'
+
+    server.add_tool(read_invoice, name="read_invoice")
+    rules = [
+        {
+            "id": "no-untrusted-transfers",
+            "match": {"tools": ["bank__transfer"]},
+            "when": "'untrusted' in taint",
+            "effect": "deny",
+        },
+        {"id": "all", "match": {"tools": ["email__read_invoice", "bank__transfer"]}, "effect": "allow"},
+    ]
+    async with serving_mcp(server) as url:
+        (tmp_path / "policy.json").write_text(json.dumps({**POLICY, "spec": {"default": "deny", "rules": rules}}))
+        config = tmp_path / "bastion.yaml"
+        config.write_text(f"servers:\n  email:\n    url: {url}\n  bank:\n    url: {url}\npolicies: [policy.json]\n")
+        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
+            token = issue_token(ensure_dev_key(tmp_path), subject="agent-repeated")
+            async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
+                read = await _call(http, token, "email", "read_invoice", {}, "wf-repeated", "")
+                assert injected in read.text, read.text
+                blocked = await _call(
+                    http, token, "bank", "transfer", {"iban": injected, "amount": 5000}, "wf-repeated", ""
+                )
+    error = blocked.json()["error"]
+    assert error["data"]["rule_id"] == "no-untrusted-transfers", blocked.text
+    assert transfers == []
