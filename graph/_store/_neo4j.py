@@ -61,7 +61,6 @@ from ._base import (
     MAX_SNAPSHOT_NODES,
     DecisionStats,
     DriftPath,
-    Edge,
     IngestResult,
     LineageHop,
     Node,
@@ -71,9 +70,8 @@ from ._base import (
     WorkflowSnapshot,
     WorkflowSummary,
 )
-from ._chain import AuditRow, ChainCursor, nearest_ranks
+from ._chain import AuditRow, ChainCursor
 from ._common import (
-    FIRST_NODE_KEY,
     VIOLATIONS_CURSOR,
     WORKFLOWS_CURSOR,
     check_depth,
@@ -83,23 +81,32 @@ from ._common import (
     event_document,
     expire_payload,
     nodes_cursor,
-    parse_node,
     result_document,
     reused_node_id,
-    to_datetime,
     with_result,
 )
-from ._cursor import decode_cursor, encode_cursor
-from ._paths import WALKED_EDGES, NodeLookup, StepLookup, order_steps, taint_of, walk_drift, walk_lineage
+from ._cursor import decode_cursor
+from ._neo4j_reads import (
+    OTHER_EDGE,
+    lookups,
+    select_decision_stats,
+    select_entries,
+    select_head,
+    select_node_page,
+    select_snapshot,
+    select_violations,
+    select_workflow,
+    select_workflows,
+)
+from ._paths import walk_drift, walk_lineage
 
 R = TypeVar("R")
 
 SCHEMES = ("neo4j://", "neo4j+s://", "neo4j+ssc://", "bolt://", "bolt+s://", "bolt+ssc://")
 _SCHEMA_VERSION = 1
 # Edge types stored as relationship types of their own; anything else (a newer
-# sender's type) as RELATED with the name in a property, so nothing is dropped.
+# sender's type) as OTHER_EDGE (RELATED) with the name in a property, so nothing is dropped.
 _EDGE_TYPES = ("CAUSED_BY", "INFORMED_BY", "VERIFIED_BY", "DELEGATED_TO")
-_OTHER_EDGE = "RELATED"
 
 _SCHEMA = (
     "CREATE CONSTRAINT bastion_node_id IF NOT EXISTS FOR (n:BastionNode) REQUIRE n.node_id IS UNIQUE",
@@ -153,7 +160,7 @@ _MERGE_OTHER_EDGES = f"""
 UNWIND $rows AS e
 MATCH (n:BastionNode {{node_id: e.source}})
 MERGE (t:BastionNode {{node_id: e.target}})
-MERGE (n)-[x:{_OTHER_EDGE} {{type: e.type}}]->(t) ON CREATE SET x.reason = e.reason
+MERGE (n)-[x:{OTHER_EDGE} {{type: e.type}}]->(t) ON CREATE SET x.reason = e.reason
 """
 _UPDATE_RESULTS = "UNWIND $rows AS r MATCH (n:BastionNode {node_id: r.node_id}) SET n.event = r.event"
 _PARK_RESULTS = """
@@ -193,20 +200,6 @@ _TENANTS = (
     "MATCH (n:BastionNode) WHERE n.workflow_id IN $ids "
     "RETURN n.workflow_id AS wf, collect(DISTINCT n.tenant) AS tenants"
 )
-_SUMMARY = (
-    "x.workflow_id AS workflow_id, x.first_seen_ns AS first, x.last_seen_ns AS last, "
-    "x.node_count AS nodes, x.violation_count AS violations, x.agents AS agents"
-)
-_PATH_NODE = """
-MATCH (n:BastionNode {node_id: $id}) WHERE n.event_id IS NOT NULL
-RETURN n.workflow_id, n.node_type, n.tool, n.server, n.agent_id, n.outcome, n.event
-"""
-_STEPS = f"""
-MATCH (:BastionNode {{node_id: $id}})-[r]->(t:BastionNode)
-WHERE type(r) IN {list(WALKED_EDGES)!r}
-RETURN t.node_id, type(r), coalesce(r.reason, '')
-"""
-_EDGE_KIND = f"CASE type(r) WHEN '{_OTHER_EDGE}' THEN r.type ELSE type(r) END"
 
 
 @dataclass(slots=True)
@@ -227,7 +220,7 @@ class _Plan:
     nodes: dict[str, _NodeState]
     seen: set[str]
     new_nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Relationship type (or _OTHER_EDGE) -> (source, target, type, reason) rows, in stored order.
+    #: Relationship type (or OTHER_EDGE) -> (source, target, type, reason) rows, in stored order.
     edges: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     parked: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     workflows: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -307,10 +300,10 @@ class Neo4jGraphStore:
     ) -> Page[WorkflowSummary]:
         check_limit(limit, MAX_PAGE_SIZE)
         after = decode_cursor(WORKFLOWS_CURSOR, cursor) if cursor is not None else None
-        return await self._read(lambda tx: _select_workflows(tx, limit, after))
+        return await self._read(lambda tx: select_workflows(tx, limit, after))
 
     async def workflow(self, workflow_id: str) -> WorkflowSummary | None:
-        return await self._read(lambda tx: _select_workflow(tx, workflow_id))
+        return await self._read(lambda tx: select_workflow(tx, workflow_id))
 
     async def workflow_tenants(self, workflow_ids: Sequence[str]) -> Mapping[str, frozenset[str]]:
         records = await self._read(lambda tx: list(tx.run(_TENANTS, ids=list(workflow_ids))))
@@ -321,35 +314,35 @@ class Neo4jGraphStore:
     ) -> Page[Node] | None:
         check_limit(limit, MAX_NODE_PAGE_SIZE)
         after = decode_cursor(nodes_cursor(workflow_id), cursor) if cursor is not None else None
-        return await self._read(lambda tx: _select_node_page(tx, workflow_id, limit, after))
+        return await self._read(lambda tx: select_node_page(tx, workflow_id, limit, after))
 
     async def snapshot(
         self, workflow_id: str, *, max_nodes: int = MAX_SNAPSHOT_NODES, max_edges: int = MAX_SNAPSHOT_EDGES
     ) -> WorkflowSnapshot | None:
         check_snapshot(max_nodes, max_edges)
-        return await self._read(lambda tx: _select_snapshot(tx, workflow_id, max_nodes, max_edges))
+        return await self._read(lambda tx: select_snapshot(tx, workflow_id, max_nodes, max_edges))
 
     async def violations(
         self, filters: ViolationFilter, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
     ) -> Page[Node]:
         check_limit(limit, MAX_PAGE_SIZE)
         after = decode_cursor(VIOLATIONS_CURSOR, cursor) if cursor is not None else None
-        return await self._read(lambda tx: _select_violations(tx, filters, limit, after))
+        return await self._read(lambda tx: select_violations(tx, filters, limit, after))
 
     async def lineage(
         self, workflow_id: str, node_id: str, max_depth: int = DEFAULT_LINEAGE_DEPTH
     ) -> Sequence[LineageHop] | None:
         check_depth(max_depth)
-        return await self._read(lambda tx: walk_lineage(*_lookups(tx), workflow_id, node_id, max_depth))
+        return await self._read(lambda tx: walk_lineage(*lookups(tx), workflow_id, node_id, max_depth))
 
     async def drift_path(
         self, workflow_id: str, node_id: str, max_depth: int = DEFAULT_LINEAGE_DEPTH
     ) -> DriftPath | None:
         check_depth(max_depth)
-        return await self._read(lambda tx: walk_drift(*_lookups(tx), workflow_id, node_id, max_depth))
+        return await self._read(lambda tx: walk_drift(*lookups(tx), workflow_id, node_id, max_depth))
 
     async def audit_head(self) -> ChainHead | None:
-        return await self._read(_select_head)
+        return await self._read(select_head)
 
     async def audit_entries(
         self,
@@ -362,10 +355,10 @@ class Neo4jGraphStore:
     ) -> Sequence[AuditEntry]:
         check_limit(limit, MAX_AUDIT_PAGE)
         bounds = {"through": through, "since": since_ns, "until": until_ns}
-        return await self._read(lambda tx: _select_entries(tx, after, limit, bounds))
+        return await self._read(lambda tx: select_entries(tx, after, limit, bounds))
 
     async def decision_stats(self, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
-        return await self._read(lambda tx: _select_decision_stats(tx, since_ns, percentiles))
+        return await self._read(lambda tx: select_decision_stats(tx, since_ns, percentiles))
 
     async def expire_payloads(self, before_ns: int, limit: int = DEFAULT_EXPIRY_BATCH) -> int:
         check_limit(limit, MAX_AUDIT_PAGE)
@@ -522,7 +515,7 @@ def _plan_node(plan: _Plan, event: graph_pb2.Event, received_ns: int, derived: S
     at_ns = event_time_ns(event, received_ns)
     _add_node(plan, event, event_document(event, state.pending), at_ns, received_ns)
     for _, source, target, kind, reason in edge_rows(event):
-        bucket = kind if kind in _EDGE_TYPES else _OTHER_EDGE
+        bucket = kind if kind in _EDGE_TYPES else OTHER_EDGE
         plan.edges.setdefault(bucket, []).append({"source": source, "target": target, "type": kind, "reason": reason})
     for node in derived:
         # As SQLite: an id some event took already stays that event's (see _sqlite._insert_derived).
@@ -577,7 +570,7 @@ def _write(tx: neo4j.ManagedTransaction, plan: _Plan) -> None:
             row["props"]["event"] = plan.nodes[row["node_id"]].document
         tx.run(_CREATE_NODES, rows=list(rows)).consume()
         for kind, edges in plan.edges.items():
-            statement = _MERGE_OTHER_EDGES if kind == _OTHER_EDGE else _MERGE_EDGES.format(kind=kind)
+            statement = _MERGE_OTHER_EDGES if kind == OTHER_EDGE else _MERGE_EDGES.format(kind=kind)
             tx.run(statement, rows=edges).consume()
     updated = [
         {"node_id": node_id, "event": state.document}
@@ -617,201 +610,6 @@ def _audit_properties(row: AuditRow) -> dict[str, Any]:
     if row.latency_ns is not None:  # Neo4j does not store null properties
         properties["latency_ns"] = row.latency_ns
     return properties
-
-
-# --- reads ------------------------------------------------------------------------------
-
-
-def _select_workflows(tx: neo4j.ManagedTransaction, limit: int, after: tuple[int, str] | None) -> Page[WorkflowSummary]:
-    where = ""
-    if after is not None:
-        where = "WHERE x.last_seen_ns < $t OR (x.last_seen_ns = $t AND x.workflow_id < $k)"
-    query = (
-        f"MATCH (x:BastionWorkflow) {where} RETURN {_SUMMARY} "
-        "ORDER BY x.last_seen_ns DESC, x.workflow_id DESC LIMIT $limit"
-    )
-    t, k = after if after is not None else (0, "")
-    records = list(tx.run(query, t=t, k=k, limit=limit + 1))
-    page = records[:limit]
-    next_cursor = None
-    if len(records) > limit:
-        next_cursor = encode_cursor(WORKFLOWS_CURSOR, page[-1]["last"], page[-1]["workflow_id"])
-    return Page(items=tuple(_summary(record) for record in page), next_cursor=next_cursor)
-
-
-def _select_workflow(tx: neo4j.ManagedTransaction, workflow_id: str) -> WorkflowSummary | None:
-    record = tx.run(f"MATCH (x:BastionWorkflow {{workflow_id: $id}}) RETURN {_SUMMARY}", id=workflow_id).single()
-    return _summary(record) if record is not None else None
-
-
-def _summary(record: neo4j.Record) -> WorkflowSummary:
-    return WorkflowSummary(
-        workflow_id=record["workflow_id"],
-        first_seen=to_datetime(record["first"]),
-        last_seen=to_datetime(record["last"]),
-        node_count=record["nodes"],
-        violation_count=record["violations"],
-        agents=tuple(sorted(record["agents"] or ())),
-    )
-
-
-def _select_nodes(
-    tx: neo4j.ManagedTransaction, workflow_id: str, limit: int, after: tuple[int, str]
-) -> list[tuple[bytes, int, str]]:
-    """Up to `limit` (event bytes, at_ns, event_id) after the key `after`, oldest first."""
-    query = """
-    MATCH (n:BastionNode {workflow_id: $wf})
-    WHERE n.at_ns > $t OR (n.at_ns = $t AND n.event_id > $k)
-    RETURN n.event AS event, n.at_ns AS at_ns, n.event_id AS event_id
-    ORDER BY n.at_ns, n.event_id LIMIT $limit
-    """
-    return [
-        (r["event"], r["at_ns"], r["event_id"])
-        for r in tx.run(query, wf=workflow_id, t=after[0], k=after[1], limit=limit)
-    ]
-
-
-def _select_node_page(
-    tx: neo4j.ManagedTransaction, workflow_id: str, limit: int, after: tuple[int, str] | None
-) -> Page[Node] | None:
-    rows = _select_nodes(tx, workflow_id, limit + 1, after or FIRST_NODE_KEY)
-    if not rows and (after is None or _select_workflow(tx, workflow_id) is None):
-        return None
-    page = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        next_cursor = encode_cursor(nodes_cursor(workflow_id), page[-1][1], page[-1][2])
-    return Page(items=tuple(parse_node(document, at_ns) for document, at_ns, _ in page), next_cursor=next_cursor)
-
-
-def _select_snapshot(
-    tx: neo4j.ManagedTransaction, workflow_id: str, max_nodes: int, max_edges: int
-) -> WorkflowSnapshot | None:
-    summary = _select_workflow(tx, workflow_id)
-    if summary is None:
-        return None
-    rows = _select_nodes(tx, workflow_id, max_nodes + 1, FIRST_NODE_KEY)
-    nodes = rows[:max_nodes]
-    _, last_at_ns, last_event_id = nodes[-1]
-    query = f"""
-    MATCH (n:BastionNode {{workflow_id: $wf}})-[r]->(t:BastionNode)
-    WHERE n.at_ns < $t OR (n.at_ns = $t AND n.event_id <= $k)
-    WITH n, r, t, {_EDGE_KIND} AS kind
-    RETURN n.node_id AS source, t.node_id AS target, kind, coalesce(r.reason, '') AS reason
-    ORDER BY n.at_ns, n.event_id, kind, target LIMIT $limit
-    """
-    parsed = tuple(parse_node(document, at_ns) for document, at_ns, _ in nodes)
-    sources = {node.event.node_id for node in parsed}
-    edges = [
-        Edge(source=r["source"], target=r["target"], type=r["kind"], reason=r["reason"])
-        for r in tx.run(query, wf=workflow_id, t=last_at_ns, k=last_event_id, limit=max_edges + 1)
-        if r["source"] in sources  # see the module docstring: read committed, not a snapshot
-    ]
-    return WorkflowSnapshot(
-        summary=summary,
-        nodes=parsed,
-        edges=tuple(edges[:max_edges]),
-        truncated=len(rows) > max_nodes or len(edges) > max_edges,
-    )
-
-
-def _select_violations(
-    tx: neo4j.ManagedTransaction, filters: ViolationFilter, limit: int, after: tuple[int, str] | None
-) -> Page[Node]:
-    # Built only from the constant fragments below; every value is a parameter.
-    clauses = ["n.violation = true"]
-    if filters.workflow_id is not None:
-        clauses.append("n.workflow_id = $wf")
-    if filters.agent_id is not None:
-        clauses.append("n.agent_id = $agent")
-    if filters.tenant is not None:
-        clauses.append("n.tenant = $tenant")
-    if after is not None:
-        clauses.append("(n.at_ns < $t OR (n.at_ns = $t AND n.event_id < $k))")
-    query = (
-        f"MATCH (n:BastionNode) WHERE {' AND '.join(clauses)} "
-        "RETURN n.event AS event, n.at_ns AS at_ns, n.event_id AS event_id "
-        "ORDER BY n.at_ns DESC, n.event_id DESC LIMIT $limit"
-    )
-    t, k = after if after is not None else (0, "")
-    values: dict[str, Any] = {"wf": filters.workflow_id, "agent": filters.agent_id, "tenant": filters.tenant}
-    records = list(tx.run(query, values, t=t, k=k, limit=limit + 1))
-    page = records[:limit]
-    next_cursor = None
-    if len(records) > limit:
-        next_cursor = encode_cursor(VIOLATIONS_CURSOR, page[-1]["at_ns"], page[-1]["event_id"])
-    return Page(items=tuple(parse_node(r["event"], r["at_ns"]) for r in page), next_cursor=next_cursor)
-
-
-def _lookups(tx: neo4j.ManagedTransaction) -> tuple[NodeLookup, StepLookup]:
-    """The two lookups a walk (bastion.graph._store._paths) takes per step."""
-
-    def node(node_id: str) -> Any:
-        record = tx.run(_PATH_NODE, id=node_id).single()
-        if record is None:
-            return None
-        values = record.values()
-        return (*values[:6], taint_of(values[6]))
-
-    def steps(node_id: str) -> list[tuple[str, str, str]]:
-        return order_steps([tuple(record.values()) for record in tx.run(_STEPS, id=node_id)])
-
-    return node, steps
-
-
-def _select_head(tx: neo4j.ManagedTransaction) -> ChainHead | None:
-    record = tx.run("MATCH (h:BastionAuditHead {id: 1}) RETURN h.seq AS seq, h.hash AS hash").single()
-    if record is None or not record["seq"]:
-        return None
-    return ChainHead(sequence=record["seq"], hash=record["hash"])
-
-
-def _select_entries(
-    tx: neo4j.ManagedTransaction, after: int, limit: int, bounds: dict[str, int | None]
-) -> list[AuditEntry]:
-    clauses = ["a.seq > $after"]
-    for name, clause in (
-        ("through", "a.seq <= $through"),
-        ("since", "a.recorded_ns >= $since"),
-        ("until", "a.recorded_ns < $until"),
-    ):
-        if bounds[name] is not None:
-            clauses.append(clause)
-    query = (
-        f"MATCH (a:BastionAudit) WHERE {' AND '.join(clauses)} "
-        "RETURN a.seq AS seq, a.prev_hash AS prev, a.hash AS hash, a.record AS record ORDER BY a.seq LIMIT $limit"
-    )
-    return [
-        AuditEntry(sequence=r["seq"], prev_hash=r["prev"], hash=r["hash"], record=bytes(r["record"]))
-        for r in tx.run(query, {"after": after, "limit": limit, **bounds})
-    ]
-
-
-def _select_decision_stats(tx: neo4j.ManagedTransaction, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
-    window = "MATCH (a:BastionAudit) WHERE a.kind = 'decision' AND a.at_ns >= $since"
-    by_rule: dict[str, tuple[int, int]] = {}
-    decisions = blocked = fallbacks = timed = 0
-    query = (
-        f"{window} RETURN a.rule_id AS rule, count(*) AS n, sum(CASE WHEN a.blocked THEN 1 ELSE 0 END) AS blocked, "
-        "sum(CASE WHEN a.fallback THEN 1 ELSE 0 END) AS fallbacks, count(a.latency_ns) AS timed"
-    )
-    for record in tx.run(query, since=since_ns):
-        by_rule[record["rule"]] = (record["n"], record["blocked"])
-        decisions += record["n"]
-        blocked += record["blocked"]
-        fallbacks += record["fallbacks"]
-        timed += record["timed"]
-    latencies: dict[float, int] = {}
-    if timed:
-        # The value at each wanted rank, read by the index's order: constant memory
-        # however many decisions the window holds.
-        rank_query = f"{window} AND a.latency_ns IS NOT NULL RETURN a.latency_ns AS v ORDER BY v SKIP $rank LIMIT 1"
-        for rank, wanted in nearest_ranks(percentiles, timed).items():
-            found = tx.run(rank_query, since=since_ns, rank=rank).single()
-            for p in wanted:
-                if found is not None:
-                    latencies[p] = found["v"]
-    return DecisionStats(decisions, blocked, fallbacks, latencies, by_rule)
 
 
 __all__ = ["SCHEMES", "Neo4jGraphStore", "split_url"]
