@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -45,6 +46,8 @@ _STREAM_EVENTS = 1024
 _FINISHED_STREAMS = 64
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _MISSING = object()
+#: One part of an event id this host issues (`<stream>-<sequence>`).
+_EVENT_PART = re.compile(r"[0-9]{1,18}")
 
 
 class Backend(Protocol):
@@ -107,7 +110,8 @@ class HostedSession:
         self.standalone = _Stream(0)
         self._streams: OrderedDict[int, _Stream] = OrderedDict()
         self._pending: dict[bytes, tuple[_Stream, Any]] = {}
-        self._progress: dict[bytes, _Stream] = {}
+        #: progressToken as the backend knows it -> (stream, the token its client chose).
+        self._progress: dict[bytes, tuple[_Stream, Any]] = {}
 
     # client → backend
     def begin(self, message: dict[str, Any]) -> tuple[_Stream, dict[str, Any], bytes | None]:
@@ -118,14 +122,22 @@ class HostedSession:
         self._prune()
         original = message["id"]
         raw: bytes | None = None
-        if self._remap:
-            message = {**message, "id": f"bastion-{next(self._internal_ids)}"}
-            raw = orjson.dumps(message)
-        self._pending[_key(message["id"])] = (stream, original)
         params = message.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
-        if isinstance(meta, dict) and "progressToken" in meta:
-            self._progress[_key(meta["progressToken"])] = stream
+        token = meta.get("progressToken", _MISSING) if isinstance(meta, dict) else _MISSING
+        if self._remap:
+            internal = next(self._internal_ids)
+            message = {**message, "id": f"bastion-{internal}"}
+            if token is not _MISSING and isinstance(params, dict) and isinstance(meta, dict):
+                # Callers of a shared session choose their tokens alike (often the request
+                # id): kept as they came, one caller's progress went to another's stream.
+                backend_token = f"bastion-progress-{internal}"
+                message["params"] = {**params, "_meta": {**meta, "progressToken": backend_token}}
+                self._progress[_key(backend_token)] = (stream, token)
+            raw = orjson.dumps(message)
+        elif token is not _MISSING:
+            self._progress[_key(token)] = (stream, token)
+        self._pending[_key(message["id"])] = (stream, original)
         return stream, message, raw
 
     def fail(self, message: dict[str, Any], reason: str) -> None:
@@ -144,14 +156,18 @@ class HostedSession:
                 stream, original = entry
                 if self._remap:
                     raw = orjson.dumps({**message, "id": original})
-                self._progress = {k: v for k, v in self._progress.items() if v is not stream}
+                self._progress = {k: v for k, v in self._progress.items() if v[0] is not stream}
                 stream.push(self._next(), raw or orjson.dumps(message), last=True)
                 return
         if related is not _MISSING:
             entry = self._pending.get(_key(related))
             stream = entry[0] if entry is not None else self.standalone
+        elif (progress := self._progress_of(message)) is not None:
+            stream, token = progress
+            if self._remap:
+                raw = orjson.dumps({**message, "params": {**message["params"], "progressToken": token}})
         else:
-            stream = self._route(message)
+            stream = self._route()
         stream.push(self._next(), raw or orjson.dumps(message))
 
     def to_listener(self, message: dict[str, Any]) -> None:
@@ -164,12 +180,15 @@ class HostedSession:
         """The one session of every stateless request (ids remapped)."""
         return self._remap
 
-    def _route(self, message: dict[str, Any]) -> _Stream:
-        if message.get("method") == "notifications/progress":
-            params = message.get("params")
-            token = params.get("progressToken", _MISSING) if isinstance(params, dict) else _MISSING
-            if token is not _MISSING and (stream := self._progress.get(_key(token))) is not None:
-                return stream
+    def _progress_of(self, message: dict[str, Any]) -> tuple[_Stream, Any] | None:
+        """The stream a progress notification belongs to, and its client's token."""
+        if message.get("method") != "notifications/progress":
+            return None
+        params = message.get("params")
+        token = params.get("progressToken", _MISSING) if isinstance(params, dict) else _MISSING
+        return self._progress.get(_key(token)) if token is not _MISSING else None
+
+    def _route(self) -> _Stream:
         if self._pending and not self._remap:
             return next(reversed(self._pending.values()))[0]
         return self.standalone
@@ -185,7 +204,9 @@ class HostedSession:
 
     def stream_of(self, event_id: str) -> tuple[_Stream, int] | None:
         index, _, seq = event_id.partition("-")
-        if not (index.isdigit() and seq.isdigit()):
+        # ASCII digits only, and as many as a sequence number can have: str.isdigit() takes
+        # '²', and int() refuses over 4,300 digits (both were a 500).
+        if not (_EVENT_PART.fullmatch(index) and _EVENT_PART.fullmatch(seq)):
             return None
         stream = self.standalone if index == "0" else self._streams.get(int(index))
         return (stream, int(seq)) if stream is not None else None
