@@ -12,6 +12,11 @@ requests, admins every tenant's; another tenant's id is 404, as is an id that wa
 issued. Nobody decides a request for a call they made themselves. Each decision is
 journaled (a VERIFICATION node in the call's workflow, caused by the blocked call)
 before the request changes state; a journal failure leaves it pending (503).
+Decisions on one request are taken one at a time, so concurrent ones journal one node
+and the rest get 409. A decision journaled but refused by the store (another replica
+decided first, between the check and the change) gets a second node, `…/superseded`,
+caused by the first and saying so: no decision node is left that looks as if it took
+effect when it did not.
 
 `QueueApi` (`_queue_api.py`) is this handler with the names of the verifier's queue
 (`/v1/queue`, release/reject): one implementation of roles, tenancy and journaling.
@@ -25,6 +30,7 @@ of at most 1000 characters), 503 journal or store unavailable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -35,7 +41,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from bastion._authz import CHANGE, READ, authorize
-from bastion._errors import BastionError, ForbiddenError, InvalidInput, InvalidQuery, JournalError
+from bastion._errors import BastionError, Conflict, ForbiddenError, InvalidInput, InvalidQuery, JournalError
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2
@@ -85,6 +91,8 @@ class ApprovalsApi:
         self._enforcer = enforcer
         self._hosts = hosts
         self._body_timeout = body_timeout
+        #: Request id -> (lock, callers holding or waiting for it): one decision at a time.
+        self._deciding: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.time()
@@ -171,6 +179,17 @@ class ApprovalsApi:
         }
 
     async def _decide(self, principal: Principal, approval_id: str, *, step: str, reason: str) -> dict[str, Any]:
+        lock, holders = self._deciding.get(approval_id, (asyncio.Lock(), 0))
+        self._deciding[approval_id] = (lock, holders + 1)
+        try:
+            async with lock:
+                return await self._decide_alone(principal, approval_id, step=step, reason=reason)
+        finally:
+            lock, holders = self._deciding.pop(approval_id)
+            if holders > 1:
+                self._deciding[approval_id] = (lock, holders - 1)
+
+    async def _decide_alone(self, principal: Principal, approval_id: str, *, step: str, reason: str) -> dict[str, Any]:
         approve = self.STEPS[step]
         approval = await self._visible(principal, approval_id)
         if approval.agent_id == principal.subject and approval.tenant == principal.tenant:
@@ -179,19 +198,28 @@ class ApprovalsApi:
             raise not_pending(approval_id, self.view(approval)["state"])
         node_id = self._journal(principal, approval, step=step, reason=reason)
         tenant = None if _ADMIN in principal.roles else principal.tenant
-        decided = await asyncio.to_thread(
-            self._store.decide,
-            approval_id,
-            approve=approve,
-            by=principal.subject,
-            reason=reason,
-            node_id=node_id,
-            tenant=tenant,
-        )
+        try:
+            decided = await asyncio.to_thread(
+                self._store.decide,
+                approval_id,
+                approve=approve,
+                by=principal.subject,
+                reason=reason,
+                node_id=node_id,
+                tenant=tenant,
+            )
+        except Conflict as exc:
+            superseded = f"did not take effect: {exc}"
+            with contextlib.suppress(JournalError):  # logged; the 409 is still the answer
+                self._journal(principal, approval, step="superseded", reason=superseded, parent=node_id)
+            raise
         return self.view(decided)
 
-    def _journal(self, principal: Principal, approval: Approval, *, step: str, reason: str) -> str:
-        """The decision as a VERIFICATION node of the call's workflow; raises JournalError."""
+    def _journal(
+        self, principal: Principal, approval: Approval, *, step: str, reason: str, parent: str | None = None
+    ) -> str:
+        """The decision as a VERIFICATION node of the call's workflow, caused by the blocked
+        call (or by the decision node `parent` it is about); raises JournalError."""
         action = policy_pb2.Action(
             kind=policy_pb2.MCP_REQUEST,
             server=str(approval.action.get("server", "")),
@@ -209,7 +237,7 @@ class ApprovalsApi:
             started_at=time.time(),
             node_id=new_id(),
             node_type=graph_pb2.VERIFICATION,
-            parent_ids=(approval.node_id,),
+            parent_ids=(parent or approval.node_id,),
         )
         try:
             self._enforcer.observe(record)

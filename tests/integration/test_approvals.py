@@ -29,6 +29,8 @@ from mcp.shared.exceptions import MCPError
 
 from bastion._cli import main
 from bastion._identity import ensure_dev_key, issue_token
+from bastion.proxy._approvals import ApprovalStore
+from bastion.proxy._approvals_api import ApprovalsApi
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -166,8 +168,8 @@ async def _graph(stack: Stack, workflow: str) -> dict[str, Any]:
     return body
 
 
-async def _parked(stack: Stack, path: str, token: str) -> str:
-    body, _ = await stack.call(path, headers(token))
+async def _parked(stack: Stack, path: str, token: str, workflow: str | None = None) -> str:
+    body, _ = await stack.call(path, headers(token, workflow=workflow))
     assert body["error"]["code"] == -32004, body
     approval_id: str = body["error"]["data"]["approval_id"]
     return approval_id
@@ -185,6 +187,71 @@ async def test_an_approved_call_retried_concurrently_is_forwarded_exactly_once(s
     assert len(forwarded) == 1, answers
     assert all(body["error"]["code"] == -32004 for body, _ in answers if "result" not in body)
     assert stack.deleted().count("/race/one") == 1
+
+
+async def _decision_nodes(stack: Stack, workflow: str, approval_id: str, count: int) -> list[dict[str, Any]]:
+    def decision(node: dict[str, Any]) -> bool:
+        method = str(node["action"].get("method", ""))
+        return method.startswith("bastion.approval/") and node["action"]["arguments"]["approval_id"] == approval_id
+
+    return await stack.client.nodes(workflow, count, where=decision)
+
+
+async def test_concurrent_decisions_on_one_request_journal_one_decision(stack: Stack) -> None:
+    """Eight operators' approve/deny at once: one 200, seven 409, and one decision node. A
+    probe found every concurrent decision journaled, approve and deny nodes side by side,
+    with nothing in the graph saying which took effect."""
+    workflow = "wf-decision-race"
+    approval_id = await _parked(stack, "/race/decide", stack.token("agent-decide"), workflow)
+    steps = ["approve", "deny"] * 4
+    answers = await asyncio.gather(
+        *(stack.rest("POST", f"/v1/approvals/{approval_id}/{step}", stack.operator) for step in steps)
+    )
+    assert sorted(answer.status_code for answer in answers) == [200] + [409] * 7, [a.text for a in answers]
+    state = next(answer.json()["state"] for answer in answers if answer.status_code == 200)
+    # A marker after the decisions: once it is in the graph, every decision node is too.
+    await stack.call("/race/decide-marker", headers(stack.token("agent-decide"), workflow=workflow))
+    await stack.client.nodes(
+        workflow, 1, where=lambda node: node["action"].get("arguments", {}).get("path") == "/race/decide-marker"
+    )
+    nodes = await _decision_nodes(stack, workflow, approval_id, 1)
+    step = {"approved": "approve", "denied": "deny"}[state]
+    assert [node["action"]["method"] for node in nodes] == [f"bastion.approval/{step}"]
+
+
+async def test_a_decision_another_replica_beat_is_journaled_as_superseded(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas sharing the store: the other one decides between this one's check and its
+    change (injected: the window is too short to hit on purpose). The journaled approve
+    gets a `superseded` node saying it did not take effect."""
+    workflow = "wf-decision-replica"
+    approval_id = await _parked(stack, "/replica/one", stack.token("agent-replica"), workflow)
+    other = ApprovalStore(stack.client.home / "proxy" / "approvals.sqlite3", ttl=600)
+    journal = ApprovalsApi._journal
+
+    def journal_then_lose(self: ApprovalsApi, *args: Any, **kwargs: Any) -> str:
+        node_id = journal(self, *args, **kwargs)
+        if kwargs.get("step") == "approve":
+            other.decide(approval_id, approve=False, by="ops-other", reason="replica", node_id="n-other", tenant=None)
+        return node_id
+
+    monkeypatch.setattr(ApprovalsApi, "_journal", journal_then_lose)
+    try:
+        lost = await stack.rest("POST", f"/v1/approvals/{approval_id}/approve", stack.operator)
+    finally:
+        other.close()
+    assert (lost.status_code, lost.json()["error"]["code"]) == (409, "bastion.conflict"), lost.text
+    nodes = await _decision_nodes(stack, workflow, approval_id, 2)
+    approve, superseded = sorted(nodes, key=lambda node: node["action"]["method"])
+    assert approve["action"]["method"] == "bastion.approval/approve"
+    assert superseded["action"]["method"] == "bastion.approval/superseded"
+    assert superseded["action"]["arguments"]["reason"].startswith("did not take effect: ")
+    assert "denied" in superseded["action"]["arguments"]["reason"]
+    graph = await _graph(stack, workflow)
+    caused = {(edge["source"], edge["target"]) for edge in graph["edges"] if edge["type"] == "CAUSED_BY"}
+    assert (superseded["node_id"], approve["node_id"]) in caused
+    assert "/replica/one" not in stack.deleted()
 
 
 async def test_a_denied_call_stays_blocked_and_is_not_asked_again(stack: Stack) -> None:
