@@ -351,13 +351,17 @@ def strictest(
 ) -> verifier_pb2.ScoreResponse | BaseException:
     """The chain's one answer: the first failure or unsound answer of any verifier (the
     fallback then applies: a chained verifier cannot be skipped by making it fail), else
-    the strictest answer (verdict, then score), with every verifier's reasons."""
+    the strictest answer (verdict, then score), with every verifier's reasons. A member
+    that said BLOCK is heeded even beside a failure (`combine` heeds an unsound BLOCK)."""
     if len(answers) == 1:
         return answers[0]
+    blocked = [a for a in answers if isinstance(a, verifier_pb2.ScoreResponse) and a.verdict == verifier_pb2.BLOCK]
     for n, answer in enumerate(answers, 1):
         if isinstance(answer, BaseException):
-            return answer
+            return blocked[0] if blocked else answer
         if (why := _unsound(answer)) is not None:
+            if blocked:
+                return blocked[0]
             return ValueError(f"verifier {n} of the chain ({answer.scorer or 'unnamed'}): {why}")
     scores = [answer for answer in answers if isinstance(answer, verifier_pb2.ScoreResponse)]
     top = max(scores, key=lambda answer: (_RANK[answer.verdict], answer.deviation_score))
@@ -422,9 +426,14 @@ def combine(
 ) -> Outcome:
     score = scored if isinstance(scored, verifier_pb2.ScoreResponse) else None
     if score is not None and (unsound := _unsound(score)) is not None:
-        # A verifier that answers garbage has not vouched for anything.
-        scored = ValueError(unsound)
-        score = None
+        if score.verdict == verifier_pb2.BLOCK:
+            # A verifier that says BLOCK is heeded whatever else it got wrong: refusing is
+            # never less safe, and a fallback of `allow` must not turn its BLOCK into a pass.
+            score = _heeded_block(score, unsound)
+        else:
+            # A verifier that answers garbage has not vouched for anything.
+            scored = ValueError(unsound)
+            score = None
     if (refused := _refused(decision, score)) is not None:
         return refused
     assert isinstance(decision, policy_pb2.Decision)
@@ -465,7 +474,30 @@ def _unsound(score: verifier_pb2.ScoreResponse) -> str | None:
         return f"verifier answered without a verdict ({score.verdict})"
     if not 0.0 <= score.deviation_score <= 1.0:  # also NaN
         return f"verifier answered a deviation score outside 0..1 ({score.deviation_score!r})"
+    if not 0.0 <= score.threshold <= 1.0:
+        return f"verifier answered a threshold outside 0..1 ({score.threshold!r})"
+    # The verdict follows from score and threshold (verifier/INTERFACE.md). A PASS or FLAG
+    # at or above the verifier's own threshold (PASS at 1.0 >= 0.8) contradicts its numbers:
+    # not an answer to act on. (PASS for FLAG below it changes nothing the proxy does; a
+    # stricter verdict is the verifier's to give; threshold 0 is one it did not set.)
+    if score.verdict != verifier_pb2.BLOCK and 0 < score.threshold <= score.deviation_score:
+        return (
+            f"verifier answered {verifier_pb2.Verdict.Name(score.verdict)} with score "
+            f"{score.deviation_score:.2f} at or above its threshold {score.threshold:.2f}, which implies BLOCK"
+        )
     return None
+
+
+def _heeded_block(score: verifier_pb2.ScoreResponse, unsound: str) -> verifier_pb2.ScoreResponse:
+    """A BLOCK whose numbers are unsound, recorded as a block at full deviation (a NaN or
+    out-of-range score would not render in the audit trail) with what was wrong."""
+    heeded = verifier_pb2.ScoreResponse()
+    heeded.CopyFrom(score)
+    heeded.deviation_score = 1.0
+    if not 0.0 <= heeded.threshold <= 1.0:
+        heeded.threshold = 1.0
+    heeded.reasons.append(f"{unsound}; its BLOCK is heeded")
+    return heeded
 
 
 def _fallback(decision: policy_pb2.Decision, settings: VerifierSettings, why: str) -> Outcome:

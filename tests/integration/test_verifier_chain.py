@@ -110,10 +110,14 @@ def test_the_strictest_answer_wins_with_every_verifiers_reasons() -> None:
 def test_any_failure_or_garbage_in_the_chain_is_the_chains_answer() -> None:
     down = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
     assert strictest([_score(verifier_pb2.PASS, 0.1, "a"), down]) is down
-    garbage = strictest([_score(verifier_pb2.PASS, 0.1, "a"), _score(verifier_pb2.BLOCK, 7.0, "b")])
+    garbage = strictest([_score(verifier_pb2.PASS, 0.1, "a"), _score(verifier_pb2.FLAG, 7.0, "b")])
     assert isinstance(garbage, ValueError)
     assert "verifier 2 of the chain (b)" in str(garbage)
     assert "outside 0..1" in str(garbage)
+    # A BLOCK is the chain's answer whatever its score (combine() heeds it, never falls back).
+    blocked = _score(verifier_pb2.BLOCK, 7.0, "b")
+    assert strictest([_score(verifier_pb2.PASS, 0.1, "a"), blocked]) is blocked
+    assert strictest([down, blocked]) is blocked
 
 
 @pytest.mark.parametrize(

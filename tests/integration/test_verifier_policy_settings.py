@@ -22,6 +22,7 @@ from fixtures.upstream import DemoUpstream, demo_upstream
 from bastion._appconfig import AppConfig, ServerConfig
 from bastion._identity import ensure_dev_key, issue_token
 from bastion.policy import sign_bundle
+from bastion.v1 import verifier_pb2
 
 ADD = {"id": "add", "match": {"tools": ["demo__add"]}, "effect": "allow"}
 
@@ -34,7 +35,12 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUpstream]
 
 @contextlib.asynccontextmanager
 async def _stack(
-    home: Path, upstream: DemoUpstream, policies: list[Path], score: float | None, **proxy: Any
+    home: Path,
+    upstream: DemoUpstream,
+    policies: list[Path],
+    score: float | None,
+    verdict: int = verifier_pb2.PASS,
+    **proxy: Any,
 ) -> AsyncIterator[ProxyClient]:
     """Policy, graph, a fake verifier (hanging when `score` is None) and the proxy; ready
     once the proxy learnt every policy's settings from Watch."""
@@ -42,7 +48,7 @@ async def _stack(
     async with (
         inprocess.policy(home, app) as policy,
         inprocess.graph(home, app) as graph,
-        fake_verifier(home, score) as (verifier, _),
+        fake_verifier(home, score, verdict) as (verifier, _),
         inprocess.proxy(
             home, app, policy_addr=policy["grpc"], verifier_addr=verifier, graph_addr=graph["grpc"], **proxy
         ) as running,
@@ -192,3 +198,37 @@ async def test_a_canary_versions_stricter_threshold_applies_to_its_arm_at_once(
     assert before["result"]["structuredContent"] == {"result": 5}, before
     assert after["error"]["data"]["rule_id"] == "bastion.verifier_block", after
     assert "threshold 0.40 of policy 'tuned' v1, policy 'tuned' v2" in after["error"]["data"]["reason"]
+
+
+@pytest.mark.parametrize("verdict", [verifier_pb2.PASS, verifier_pb2.FLAG])
+async def test_a_verdict_milder_than_the_verifiers_own_score_implies_is_not_acted_on(
+    tmp_path: Path, upstream: DemoUpstream, verdict: int
+) -> None:
+    """PASS (or FLAG) at 0.95 against its own threshold of 0.8: the verifier contradicts
+    itself, and a probe found the proxy forwarding on the verdict alone. Now it is an
+    unusable answer: the fallback (block) applies, saying why."""
+    policy = policy_file(tmp_path, "contradicted", [ADD], None)
+    async with _stack(tmp_path, upstream, [policy], 0.95, verdict) as client:
+        body, _ = await _add(client, "agent-contradicted", "wf-contradicted")
+    error = body["error"]
+    assert error["data"]["rule_id"] == "bastion.verifier_unavailable", body
+    assert "at or above its threshold 0.80, which implies BLOCK" in error["data"]["reason"]
+    assert "fallback block" in error["data"]["reason"]
+
+
+@pytest.mark.parametrize("score", [float("nan"), 2.0])
+async def test_a_block_with_an_unusable_score_is_heeded_even_where_the_fallback_allows(
+    tmp_path: Path, upstream: DemoUpstream, score: float
+) -> None:
+    """`fallback: allow` is for a verifier that could not answer, not for one that said
+    BLOCK with a bad number: that BLOCK used to become an allow, and vanish from the trail."""
+    policy = policy_file(tmp_path, "lenient", [ADD], {"fallback": "allow"})
+    async with _stack(tmp_path, upstream, [policy], score, verifier_pb2.BLOCK) as client:
+        body, _ = await _add(client, "agent-heeded", "wf-heeded")
+        nodes = await client.nodes("wf-heeded", 1)
+    error = body["error"]
+    assert error["data"]["rule_id"] == "bastion.verifier_block", body
+    assert "its BLOCK is heeded" in error["data"]["reason"]
+    assert error["data"]["deviation_score"] == 1.0
+    assert nodes[0]["outcome"] == "BLOCKED"
+    assert nodes[0]["verifier_fallback"] is False

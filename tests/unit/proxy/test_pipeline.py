@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from bastion._verdicts import VERIFIER_UNAVAILABLE
-from bastion.proxy._pipeline import POLICY_UNAVAILABLE, VERIFIER_BLOCK, combine
+from bastion.proxy._pipeline import POLICY_UNAVAILABLE, VERIFIER_BLOCK, combine, strictest
 from bastion.proxy._verifier_settings import VerifierSettings
 from bastion.v1 import policy_pb2, verifier_pb2
 
@@ -85,3 +85,25 @@ def test_a_score_without_a_verdict_is_treated_as_a_verifier_failure() -> None:
     outcome = combine(ALLOW, empty, BLOCKING)
     assert (outcome.allowed, outcome.block_code) == (False, VERIFIER_UNAVAILABLE)
     assert "without a verdict" in outcome.block_reason
+
+
+def test_a_chained_block_is_heeded_beside_a_failed_or_unusable_member() -> None:
+    nan_block = verifier_pb2.ScoreResponse(deviation_score=float("nan"), threshold=0.8, verdict=verifier_pb2.BLOCK)
+    chains: list[list[verifier_pb2.ScoreResponse | BaseException]] = [
+        [PASS, nan_block],
+        [_rpc_error(grpc.StatusCode.UNAVAILABLE), BLOCK],
+        [nan_block, PASS],
+    ]
+    for members in chains:
+        outcome = combine(ALLOW, strictest(members), ALLOWING)
+        assert not outcome.allowed, members
+        assert outcome.block_code == VERIFIER_BLOCK
+        assert outcome.score is not None
+        assert 0.0 <= outcome.score.deviation_score <= 1.0
+
+
+def test_a_threshold_outside_0_1_is_an_unusable_answer() -> None:
+    odd = verifier_pb2.ScoreResponse(deviation_score=0.0, threshold=float("nan"), verdict=verifier_pb2.PASS)
+    outcome = combine(ALLOW, odd, BLOCKING)
+    assert (outcome.allowed, outcome.block_code) == (False, VERIFIER_UNAVAILABLE)
+    assert "threshold outside 0..1" in outcome.block_reason
