@@ -48,7 +48,7 @@ from google.protobuf import json_format
 
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
-from ._events import enum_name
+from ._events import enum_name, struct_view
 
 #: The hash before the first record.
 GENESIS = "0" * 64
@@ -271,7 +271,7 @@ def _details(kind: str, event: graph_pb2.Event) -> dict[str, Any] | None:
         result.pop("redacted_result", None)  # the answer itself is payload, kept (and retained) apart
         return result
     if kind in ("approval", "policy"):
-        return json_format.MessageToDict(event.action.arguments)
+        return struct_view(event.action.arguments)
     return None
 
 

@@ -7,6 +7,10 @@ Every backend and view reads events through these few functions, so "violation" 
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
 
 from bastion.v1 import graph_pb2
@@ -17,6 +21,8 @@ VIOLATION_OUTCOMES = frozenset({graph_pb2.BLOCKED, graph_pb2.REJECTED})
 # Ids are index keys and travel in URLs; a bound keeps a misbehaving client from
 # filling the indexes with megabyte keys. uuid7s and header-supplied workflow ids fit.
 MAX_ID_LENGTH = 512
+#: Times the stores hold: nanoseconds since the epoch in a signed 64-bit integer (to 2262).
+_MAX_SECONDS = (2**63 - 1) // 1_000_000_000
 
 
 def event_problem(event: graph_pb2.Event) -> str | None:
@@ -38,7 +44,44 @@ def event_problem(event: graph_pb2.Event) -> str | None:
             return f"edges[{index}].target_node_id is empty"
         if hint.type == graph_pb2.EDGE_TYPE_UNSPECIFIED:
             return f"edges[{index}].type is not set (use CAUSED_BY, INFORMED_BY, VERIFIED_BY or DELEGATED_TO)"
+    # A time no store can hold was an UNKNOWN (an OverflowError, a protobuf ValueError),
+    # which the proxy's shipper retries for ever: the journal of every agent stalls.
+    for name, present, time in (
+        ("started_at", event.HasField("started_at"), event.started_at),
+        ("decided_at", event.HasField("decided_at"), event.decided_at),
+        ("result.completed_at", event.result.HasField("completed_at"), event.result.completed_at),
+    ):
+        if present and not _storable(time):
+            return f"{name} is not a valid time between 1970 and 2262"
     return None
+
+
+def _storable(time: timestamp_pb2.Timestamp) -> bool:
+    return (
+        0 <= time.seconds <= _MAX_SECONDS
+        and 0 <= time.nanos < 1_000_000_000
+        and (time.seconds < _MAX_SECONDS or time.nanos <= (2**63 - 1) % 1_000_000_000)
+    )
+
+
+def struct_view(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as JSON values. A number JSON cannot hold (NaN, ±Infinity: no proxy sends
+    one, its JSON reader refuses them, but any holder of the service token could) is shown
+    by its name, so one such event cannot make a workflow or the audit chain unreadable."""
+    try:
+        return json_format.MessageToDict(struct)
+    except ValueError:
+        return {key: _plain(struct[key]) for key in struct.keys()}  # noqa: SIM118 (a Struct is no dict)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, struct_pb2.Struct):
+        return {key: _plain(value[key]) for key in value.keys()}  # noqa: SIM118
+    if isinstance(value, struct_pb2.ListValue):
+        return [_plain(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 def event_time_ns(event: graph_pb2.Event, received_ns: int) -> int:

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, Field
@@ -18,7 +17,7 @@ from pydantic import BaseModel, Field
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 from ._audit import ChainReport
-from ._events import enum_name
+from ._events import enum_name, struct_view
 from ._store import (
     MAX_SNAPSHOT_EDGES,
     MAX_SNAPSHOT_NODES,
@@ -294,7 +293,7 @@ def arguments_as_sent(event: graph_pb2.Event) -> dict[str, Any]:
             sent = None
         if isinstance(sent, dict):
             return sent
-    return json_format.MessageToDict(event.action.arguments)
+    return struct_view(event.action.arguments)
 
 
 def _decision_view(decision: policy_pb2.Decision) -> DecisionView:

@@ -423,6 +423,55 @@ async def test_event_without_a_required_id_is_invalid_and_nothing_is_stored(
     assert (await graph.http.get("/graphs")).json()["items"] == []
 
 
+def _at(event: graph_pb2.Event, field: str, seconds: int, nanos: int = 0) -> graph_pb2.Event:
+    holder = event.result if field.startswith("result.") else event
+    stamp = getattr(holder, field.removeprefix("result."))
+    stamp.seconds, stamp.nanos = seconds, nanos
+    return event
+
+
+@_RPCS
+@pytest.mark.parametrize(
+    ("field", "seconds", "nanos"),
+    [
+        ("started_at", 10**12, 0),  # past what protobuf's Timestamp holds
+        ("started_at", 253402300799, 0),  # 9999-12-31: past what a nanosecond int64 holds
+        ("decided_at", -62135596801, 0),
+        ("started_at", 1, -5),
+        ("result.completed_at", 1, 2 * 10**9),
+    ],
+)
+async def test_an_event_with_a_time_no_store_holds_is_invalid_not_unknown(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub, rpc: str, field: str, seconds: int, nanos: int
+) -> None:
+    """Was UNKNOWN (an OverflowError in SQLite, a ValueError in protobuf), which the proxy's
+    shipper retries for ever, stalling every agent's journal; INVALID_ARGUMENT it sets aside."""
+    broken = _at(_event("e2", second=2), field, seconds, nanos)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _ingest(stub, [_event("e1", second=1), broken], rpc=rpc)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{field} is not a valid time between 1970 and 2262" in (caught.value.details() or "")
+    assert (await graph.http.get("/graphs")).json()["items"] == []
+
+
+async def test_a_number_json_cannot_hold_in_arguments_leaves_the_workflow_readable(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub
+) -> None:
+    """NaN in action.arguments (no proxy sends one; a service-token holder could) made
+    every later read of the workflow a 500."""
+    odd = _event("e1", second=1)
+    odd.action.arguments.update({"amount": float("nan"), "nested": {"rate": float("-inf")}, "to": "a@b.example"})
+    await _ingest(stub, [odd])
+    for path in ("/graphs/wf-1", "/graphs/wf-1/nodes"):
+        response = await graph.http.get(path)
+        assert response.status_code == 200, response.text
+        assert response.json()["nodes" if path.endswith("wf-1") else "items"][0]["action"]["arguments"] == {
+            "amount": "NaN",
+            "nested": {"rate": "-Infinity"},
+            "to": "a@b.example",
+        }
+
+
 async def test_ingest_call_over_10000_events_is_invalid_and_nothing_is_stored(
     graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub
 ) -> None:
