@@ -12,6 +12,7 @@ unknown workflow 404, an unavailable store 503).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -36,8 +37,10 @@ from ._store import (
     MAX_LINEAGE_DEPTH,
     MAX_NODE_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    DriftPath,
     GraphStore,
     ViolationFilter,
+    WorkflowSnapshot,
     WorkflowSummary,
 )
 from ._store._cursor import invalid_cursor
@@ -178,6 +181,33 @@ async def _check_visible(store: GraphStore, scope: str | None, workflow_id: str)
         raise _unknown_workflow(workflow_id)
 
 
+async def _scoped_path(store: GraphStore, scope: str | None, path: DriftPath) -> DriftPath:
+    """A drift path as a reader confined to `scope` may see it: up to the first hop in a
+    workflow it may not read, where it ends as `not_visible`. An edge into another tenant's
+    workflow (ingested by a holder of the service token) showed that tenant's node, tool
+    and outcome to this reader (found by an attacker's probe)."""
+    if scope is None:
+        return path
+    visible = await _visible(store, scope, sorted({hop.workflow_id for hop in path.hops if hop.workflow_id}))
+    for index, hop in enumerate(path.hops):
+        if hop.workflow_id and hop.workflow_id not in visible:
+            kept = path.hops[:index]
+            if kept:
+                kept = (*kept[:-1], dataclasses.replace(kept[-1], via=None, reason=""))
+            return DriftPath(hops=kept, origin="not_visible")
+    return path
+
+
+def _scoped_snapshot(scope: str | None, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
+    """A workflow's snapshot as a reader confined to `scope` may see it: only edges between
+    its nodes. An edge may name a node of another workflow, another tenant's too."""
+    if scope is None:
+        return snapshot
+    own = {node.event.node_id for node in snapshot.nodes}
+    edges = tuple(edge for edge in snapshot.edges if edge.target in own)
+    return dataclasses.replace(snapshot, edges=edges) if len(edges) < len(snapshot.edges) else snapshot
+
+
 def _store(request: Request) -> GraphStore:
     store: GraphStore = request.app.state.store
     return store
@@ -222,7 +252,7 @@ async def get_workflow(workflow_id: str, store: Store, scope: Scope) -> Workflow
     snapshot = await store.snapshot(workflow_id)
     if snapshot is None:
         raise _unknown_workflow(workflow_id)
-    return workflow_graph(snapshot)
+    return workflow_graph(_scoped_snapshot(scope, snapshot))
 
 
 @_data.get("/graphs/{workflow_id}/nodes", response_model=NodeList, tags=["graphs"], responses=_NOT_FOUND | _BAD_CURSOR)
@@ -263,7 +293,7 @@ async def drift_path(
         if await store.workflow(workflow_id) is None:
             raise _unknown_workflow(workflow_id)
         raise HTTPException(status_code=404, detail=f"node {node_id!r} not found in workflow {workflow_id!r}")
-    return drift_view(workflow_id, node_id, path)
+    return drift_view(workflow_id, node_id, await _scoped_path(store, scope, path))
 
 
 @_data.get("/audit/violations", response_model=ViolationPage, tags=["audit"], responses=_BAD_CURSOR)

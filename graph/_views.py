@@ -394,7 +394,8 @@ class DriftPathView(BaseModel):
     node_id: str
     origin: str = Field(
         description="Why the walk ended: untrusted_data (the last hop is where the data entered), "
-        "workflow_root, not_ingested, depth_limit or cycle."
+        "workflow_root, not_ingested, depth_limit, cycle, or not_visible (the next hop is in a "
+        "workflow the reader's tenant may not read)."
     )
     hops: list[DriftHopView] = Field(description="From the node asked about back to the origin.")
 

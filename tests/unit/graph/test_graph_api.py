@@ -296,6 +296,32 @@ async def test_a_reader_of_another_tenant_sees_its_own_workflows_and_violations_
     assert filtered.json()["items"] == []
 
 
+async def test_an_edge_into_another_tenants_workflow_shows_a_scoped_reader_nothing_of_it(
+    store: SqliteGraphStore, tmp_path: Path
+) -> None:
+    """A probe ingested a tenant-B event whose INFORMED_BY edge and parent named a tenant-A
+    node: tenant B's auditor then read that node's workflow, tool and outcome through the
+    drift path, and its id through the workflow's edges."""
+    secret = _tenant_event("a9", "wf-a-secret", "tenant-a", blocked=True)
+    secret.action.tool = "secret_tool"
+    mine = _tenant_event("b9", "wf-b-mine", "tenant-b")
+    mine.parent_ids.append("node-a9")
+    mine.edges.add(target_node_id="node-a9", type=graph_pb2.INFORMED_BY, reason="argument 'x' from secret_tool")
+    await store.ingest([secret, mine])
+    async with _client(store, tmp_path) as client:
+        drift = (await _as(client, tmp_path, "/graphs/wf-b-mine/drift-path/node-b9", ("auditor",), "tenant-b")).json()
+        graph = (await _as(client, tmp_path, "/graphs/wf-b-mine", ("auditor",), "tenant-b")).json()
+        whole = (await _as(client, tmp_path, "/graphs/wf-b-mine/drift-path/node-b9", ("auditor",), "default")).json()
+    assert drift["origin"] == "not_visible"
+    assert [hop["node_id"] for hop in drift["hops"]] == ["node-b9"]
+    assert drift["hops"][0]["via"] is None
+    assert "secret_tool" not in str(drift)
+    assert "wf-a-secret" not in str(drift)
+    assert graph["edges"] == []
+    # The deployment's own readers see the whole path.
+    assert [hop["workflow_id"] for hop in whole["hops"]] == ["wf-b-mine", "wf-a-secret"]
+
+
 def _workflow_routes(workflow: str, node: str) -> list[str]:
     return [f"/graphs/{workflow}", f"/graphs/{workflow}/nodes", f"/graphs/{workflow}/drift-path/{node}"]
 
