@@ -358,12 +358,25 @@ class PolicyDocument(_Strict):
 # --- parse ------------------------------------------------------------------------------
 
 
+#: Numbers as every YAML and JSON reader reads them alike: plain decimal, bounded in length.
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,29})")
+_PLAIN_FLOAT = re.compile(r"[-+]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][-+]?[0-9]{1,3})?")
+#: YAML 1.1's special floats, which the models refuse by name (NaN, Infinity).
+_SPECIAL_FLOATS = frozenset({".nan", ".NaN", ".NAN", ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"})
+_SPECIAL_FLOATS |= {"-" + value[1:] for value in _SPECIAL_FLOATS if value.startswith("+")}
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and aliases.
+    """SafeLoader that refuses duplicate keys and aliases, and whatever YAML 1.1 reads
+    otherwise than a reviewer (or a YAML 1.2 or JSON reader) would.
 
     PyYAML keeps the last of duplicate keys, so `effect: deny` followed by `effect: allow`
     would silently allow. Aliases are refused because a few of them expand into an
     exponentially large document (the "billion laughs"); policies do not need them.
+    Numbers must be plain decimal: YAML 1.1 reads `010` as 8, `0x1F` as 31, `1_000` as
+    1000 and `1:30` as 90 (an attacker's probe stored `version: 010` as v8), and a
+    sexagesimal of 450,000 fields took 50 s of CPU. Merge keys (`<<`) and `!!binary`
+    values are refused: both make a document mean what its text does not show.
     """
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
@@ -377,6 +390,11 @@ class _StrictLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise yaml.constructor.ConstructorError(
+                    None, None, "merge keys (<<) are not allowed in policies; write the keys out", key_node.start_mark
+                )
         self.flatten_mapping(node)
         seen: set[Any] = set()
         for key_node, _ in node.value:
@@ -391,6 +409,43 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _plain_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(node.value)
+    if not _PLAIN_INT.fullmatch(text):
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{text[:40]!r} is not a plain decimal integer of at most 30 digits (YAML readers disagree on "
+            "leading zeros, 0x, 0o, _ and :); write it in decimal, or quote it for a string",
+            node.start_mark,
+        )
+    return int(text)
+
+
+def _plain_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = str(node.value)
+    if text not in _SPECIAL_FLOATS and not _PLAIN_FLOAT.fullmatch(text):
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{text[:40]!r} is not a plain decimal number (YAML readers disagree on _ and :); write it in "
+            "decimal, or quote it for a string",
+            node.start_mark,
+        )
+    return float(yaml.SafeLoader.construct_yaml_float(loader, node))
+
+
+def _no_binary(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> None:
+    raise yaml.constructor.ConstructorError(
+        None, None, "!!binary values are not allowed in policies; write the text", node.start_mark
+    )
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _plain_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _plain_float)
+_StrictLoader.add_constructor("tag:yaml.org,2002:binary", _no_binary)
 
 
 def _problem(source: str | None, lines: Sequence[str]) -> PolicyValidationError:
@@ -548,7 +603,7 @@ def _policy_label(raw: Mapping[str, Any]) -> str:
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
     version = metadata.get("version") if isinstance(metadata, Mapping) else None
     label = f"policy {_show(name)}" if isinstance(name, str) and name else "policy (unnamed)"
-    if isinstance(version, int) and not isinstance(version, bool):
+    if isinstance(version, int) and not isinstance(version, bool) and abs(version) < 10**18:
         label += f" v{version}"
     return label
 

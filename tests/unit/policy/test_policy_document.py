@@ -317,6 +317,55 @@ def test_yaml_aliases_are_rejected() -> None:
         parse_policy(text)
 
 
+_NUMBERED = """apiVersion: bastion.dev/v1
+kind: AgentPolicy
+metadata: {{name: numbers, version: {version}}}
+spec:
+  default: deny
+  rules: [{{id: r1, match: {{tools: [demo__add]}}, effect: allow}}]
+  verifier: {{name: reference, threshold: {threshold}}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("version", "threshold"),
+    [
+        ("010", "0.5"),
+        ("0x1F", "0.5"),
+        ("1_000", "0.5"),
+        ("1:30", "0.5"),
+        ("9" * 5000, "0.5"),
+        ("1", "0_0.5"),
+        ("1", "0:0.5"),
+        ("1", "1" * 40 + ".5"),
+        ("1", ":".join(["1"] * 1000)),
+    ],
+)
+def test_numbers_yaml_readers_disagree_on_are_refused(version: str, threshold: str) -> None:
+    """YAML 1.1 read `version: 010` as 8 (stored as v8, its text saying 010), `0x1F` as 31,
+    `1:30` as 90; a 5,000-digit one was a 500, and a long sexagesimal cost 50 s of CPU."""
+    with pytest.raises(PolicyValidationError, match="not a plain decimal"):
+        parse_policy(_NUMBERED.format(version=version, threshold=threshold))
+
+
+def test_plain_numbers_and_quoted_strings_read_as_written() -> None:
+    document = parse_policy(_NUMBERED.format(version="+12", threshold="5.0e-1"))
+    assert (document.metadata.version, document.spec.verifier and document.spec.verifier.threshold) == (12, 0.5)
+    with pytest.raises(PolicyValidationError, match="valid integer"):
+        parse_policy(_NUMBERED.format(version="'010'", threshold="0.5"))
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [("<<: {effect: allow}", r"merge keys \(<<\) are not allowed"), ("effect: !!binary YWxsb3c=", "!!binary")],
+)
+def test_merge_keys_and_binary_values_are_refused(snippet: str, expected: str) -> None:
+    text = "apiVersion: bastion.dev/v1\nkind: AgentPolicy\nmetadata: {name: m, version: 1}\n"
+    text += f"spec:\n  default: deny\n  rules: [{{id: r1, match: {{tools: [demo__add]}}, {snippet}}}]\n"
+    with pytest.raises(PolicyValidationError, match=expected):
+        parse_policy(text)
+
+
 def test_yaml_syntax_error_names_the_source_and_line() -> None:
     with pytest.raises(PolicyValidationError) as caught:
         parse_policy("spec: [\n", source="bad.yaml")
