@@ -367,7 +367,9 @@ class Enforcer:
             if informing is not None and (completed or unread):
                 state, source, read = informing
                 if completed:
-                    self._provenance.record(state.prints(), record.node_id, source, answer, read)
+                    self._provenance.record(
+                        state.prints(), record.node_id, source, answer, read, size=result.result_bytes
+                    )
                 else:
                     self._provenance.record_unread(state.prints(), record.node_id, source, result.result_bytes)
 

@@ -40,8 +40,10 @@ the answer was parsed only when its body fit the result tap's 256 KiB tail
 (newest MAX_UNREAD per workflow), and every later call with string arguments carries
 `unread:<server__tool>:<bytes>` with `untrusted` and an INFORMED_BY edge to it, because
 its data can no longer be traced (padding a result must not launder it); at most
-MAX_RESULT_VALUES strings and MAX_RESULT_CHARS characters of
-each result are read, base64 payloads (`data`, `blob`, `bytes`) and `_meta` skipped; a
+MAX_RESULT_VALUES values, MAX_RESULT_CHARS characters (whitespace runs counted as one) and
+MAX_RESULT_KEYS identifiers of each result are read, and one cut by these bounds is
+remembered as unread too (`partial`); encoded payloads (a `data`, `blob` or `bytes`
+string) and `_meta` are skipped; a
 workflow keeps at most MAX_WORKFLOW_PRINTS fingerprints, the oldest result's evicted
 first. Lookup reads at most MAX_ARGUMENT_CHARS characters of a call's arguments; a
 workflow with no fingerprints costs a length check.
@@ -49,7 +51,8 @@ workflow with no fingerprints costs a length check.
 `ctx.taint` labels (documented for verifiers in verifier/INTERFACE.md):
   `untrusted`                      some argument holds data from an untrusted result
   `source:<server__tool>`          a result the arguments hold data from
-  `unread:<server__tool>:<bytes>`  an untrusted result too large to fingerprint came earlier
+  `unread:<server__tool>:<bytes>`  an untrusted result too large to fingerprint, or read
+                                   only in part (cut by the bounds below), came earlier
   `sink`                           the active policies list this tool in `taint.sinks`
   `named:<path>`                   the argument's data came from an untrusted result the task
                                    points at, and leads to no other site (`_pointers.py`)
@@ -67,6 +70,7 @@ import collections
 import fnmatch
 import itertools
 import re
+import unicodedata
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -110,14 +114,20 @@ MAX_NAMED_BY = 8
 IDENTITY_CHARS_PER_PRINT = 100
 #: Unread results a workflow remembers (the newest).
 MAX_UNREAD = 8
+#: Arguments are walked whole (their values bounded) and read shortest first (`match`).
+_UNBOUNDED = 1 << 62
 
 #: Keys whose values are payloads or protocol, not data: MCP image/audio `data`, resource
 #: `blob`, A2A file `bytes`, MIME types and metadata.
 _SKIPPED_KEYS = frozenset({"data", "blob", "bytes", "mimeType", "_meta"})
+#: Of those, the keys of encoded payloads (skipped only when they hold one: `_skipped`).
+_PAYLOAD_KEYS = frozenset({"data", "blob", "bytes"})
 #: Groups of a number printed with spaces (an IBAN has at most 9).
 _MAX_GROUPS = 12
 _MARKS = "0123456789@"
 _DIGIT = re.compile(r"[0-9]")
+#: Format characters (Unicode category Cf) dropped by `normalise`.
+_INVISIBLE = dict.fromkeys(c for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +155,17 @@ class Match:
 
 @dataclass(frozen=True, slots=True)
 class Unread:
-    """An untrusted result that was not fingerprinted because it was too large to read."""
+    """An untrusted result not fingerprinted, or not all of it: too large to read, or longer
+    or wider than the bounds of one result's reading (`partial`)."""
 
     node_id: str
     tool: str
     size: int
+    partial: bool = False
+
+    @property
+    def why(self) -> str:
+        return "read only in part" if self.partial else "too large to trace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,16 +206,22 @@ class Fingerprints:
     def __len__(self) -> int:
         return self._size
 
-    def add(self, node_id: str, tool: str, result: Any, *, trusted: bool, read: tuple[str, ...] = ()) -> int:
-        """Fingerprint `result` (a parsed JSON value) as `tool`'s answer at `node_id`, whose
-        call read `read` (`_pointers.read_from` of its arguments); return how many."""
+    def add(
+        self, node_id: str, tool: str, result: Any, *, trusted: bool, read: tuple[str, ...] = (), size: int = 0
+    ) -> int:
+        """Fingerprint `result` (a parsed JSON value, `size` bytes as it came) as `tool`'s
+        answer at `node_id`, whose call read `read` (`_pointers.read_from` of its arguments);
+        return how many. An untrusted result the bounds cut is also remembered as unread: a
+        source padded past them must not launder what follows the padding."""
         shingles: dict[int, Source] = {}
         exact: dict[str, Source] = {}
         named_by: list[tuple[str, str]] = []
         # Several content blocks (a search answering one per hit): no block is *the* source.
         blocks = result.get("content") if isinstance(result, dict) else None
         one_source = not (isinstance(blocks, list) and len(blocks) > 1)
-        for path, text in _strings(result, parse_json=True):
+        walk = _Walk(result, parse_json=True)
+        cut = False
+        for path, text in walk:
             if _is_handle(path):
                 continue
             if (
@@ -214,8 +236,11 @@ class Fingerprints:
             kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
             source = Source(node_id, tool, path, trusted, kind)
             if kind == "text":
-                _add_tokens(exact, norm, source)
-            elif len(norm) >= MIN_VALUE and len(exact) < MAX_RESULT_KEYS and not _is_constant(norm):
+                cut |= _add_tokens(exact, norm, source)
+            elif len(norm) >= MIN_VALUE and not _is_constant(norm):
+                if len(exact) >= MAX_RESULT_KEYS:
+                    cut = True
+                    continue
                 key = exact_key(norm)
                 # A whole field says more than the same token inside free text.
                 if (held := exact.get(key)) is None or held.kind == "text":
@@ -223,7 +248,7 @@ class Fingerprints:
                 if " " in norm:
                     # A short text with words ("Pay to NL90 LDRU 7451 1350 04 now") is a field as
                     # a whole, but the identifiers inside it are data inside text all the same.
-                    _add_tokens(exact, norm, Source(node_id, tool, path, trusted, "text"))
+                    cut |= _add_tokens(exact, norm, Source(node_id, tool, path, trusted, "text"))
             budget = MAX_RESULT_SHINGLES - len(shingles)
             if budget > 0 and len(norm) >= SHINGLE:
                 for value in shingle_hashes(norm, budget):
@@ -232,6 +257,8 @@ class Fingerprints:
             # A source field given twice (`"from"` repeated): which one the agent read is
             # unknown, so the fields vouch for no source.
             named_by.clear()
+        if (cut or walk.cut) and not trusted:
+            self.unread.append(Unread(node_id, tool, size, partial=True))
         added = len(shingles) + len(exact)
         if not added:
             return 0
@@ -299,8 +326,15 @@ class Fingerprints:
             return []
         self._trust_task(task)
         found: list[Match] = []
-        for path, text in _strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()):
-            norm = normalise(text)
+        # Shortest first: destinations are short, and a long body before them must not
+        # use up the budget they would have been read in (an attacker's probe hid `cc`).
+        values = sorted(_strings(arguments, MAX_ARGUMENT_VALUES, _UNBOUNDED, skip=frozenset()), key=_length)
+        left = MAX_ARGUMENT_CHARS
+        for path, text in values:
+            if left <= 0:
+                break
+            norm = normalise(text[:left])
+            left -= len(norm)
             hit = self._match_value(path, norm)
             if hit is not None:
                 found.append(self._pointed(hit, norm))
@@ -352,20 +386,28 @@ class Fingerprints:
             span = covered.setdefault(source, [0, 0, 0])
             span[0] += len(token)
             span[2] = 1
-        if not covered:
+        # The source covering most, but an untrusted one whenever any passes the bar: text of
+        # a trusted source around an untrusted link must not hide the link.
+        best: tuple[bool, int, Source] | None = None
+        for source, (chars, _, identifier) in covered.items():
+            chars = min(chars, len(norm))
+            if (identifier or chars >= min(MIN_RUN, len(norm))) and (
+                best is None or (not source.trusted, chars) > best[:2]
+            ):
+                best = (not source.trusted, chars, source)
+        if best is None:
             return None
-        source, (chars, _, identifier) = max(covered.items(), key=lambda item: (item[1][0], not item[0].trusted))
-        chars = min(chars, len(norm))
-        if not identifier and chars < min(MIN_RUN, len(norm)):
-            return None
-        return Match(path, source, round(chars / len(norm), 2))
+        return Match(path, best[2], round(best[1] / len(norm), 2))
 
 
-def _add_tokens(exact: dict[str, Source], norm: str, source: Source) -> None:
+def _add_tokens(exact: dict[str, Source], norm: str, source: Source) -> bool:
     """The identifier-like tokens of `norm` as exact keys from `source`, within MAX_RESULT_KEYS;
-    a key already held (the whole field's own) keeps its source."""
-    for token in itertools.islice(tokens(norm), max(0, MAX_RESULT_KEYS - len(exact))):
+    a key already held (the whole field's own) keeps its source. True when the budget left
+    some out."""
+    found = tokens(norm)
+    for token in itertools.islice(found, max(0, MAX_RESULT_KEYS - len(exact))):
         exact.setdefault(token, source)
+    return next(found, None) is not None
 
 
 def _is_handle(path: str) -> bool:
@@ -389,7 +431,12 @@ def _takes(current: Source | None, new: Source) -> bool:
 
 
 def normalise(text: str) -> str:
-    """Case-folded, whitespace runs collapsed to one space, trimmed."""
+    """Compatibility-folded (NFKC: fullwidth digits are digits), invisible format characters
+    (zero-width spaces, soft hyphens, bidi marks) dropped, case-folded, whitespace runs
+    collapsed to one space, trimmed. An agent reads a fullwidth IBAN, or one with a zero-width
+    space inside, as the IBAN and may copy it plainly: the fingerprint must not tell them apart."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
     return " ".join(text.casefold().split())
 
 
@@ -449,48 +496,89 @@ def shingle_hashes(norm: str, budget: int) -> Iterator[int]:
         yield hash(norm[start : start + SHINGLE])
 
 
+class _Walk:
+    """(path, string) of the strings in a JSON value, depth first, within the bounds; `cut`
+    is set once a bound left part of it unread.
+
+    Iterative (results may nest deeply). A string longer than the characters left is read
+    as normalised (a run of padding spaces counts as one) and then cut. `parse_json`: a
+    string holding a JSON object or array (how MCP tools return structured output in
+    `content[].text`) is walked as that structure, under the string's path."""
+
+    __slots__ = ("_max_chars", "_max_values", "_parse_json", "_skip", "_value", "cut")
+
+    def __init__(
+        self,
+        value: Any,
+        max_values: int = MAX_RESULT_VALUES,
+        max_chars: int = MAX_RESULT_CHARS,
+        skip: frozenset[str] = _SKIPPED_KEYS,
+        *,
+        parse_json: bool = False,
+    ) -> None:
+        self._value = value
+        self._max_values = max_values
+        self._max_chars = max_chars
+        self._skip = skip
+        self._parse_json = parse_json
+        self.cut = False
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        stack: list[tuple[str, Any]] = [("", self._value)]
+        visited = 0
+        left = self._max_chars
+        while stack:
+            if left <= 0 or visited >= self._max_values:
+                self.cut = True
+                return
+            path, item = stack.pop()
+            visited += 1
+            if isinstance(item, str):
+                if self._parse_json and item[:1] in ("{", "[") and len(item) <= left:
+                    parsed = _loads(item)
+                    if isinstance(parsed, dict | list):
+                        left -= len(item) // 2  # its strings are counted again as they are read
+                        stack.append((path, parsed))
+                        continue
+                if item:
+                    if len(item) > left:
+                        item = " ".join(item.split())
+                        self.cut = self.cut or len(item) > left
+                    text = item[:left]
+                    left -= len(text)
+                    yield path, text
+            elif isinstance(item, dict):
+                stack.extend(
+                    (f"{path}.{key}" if path else str(key), child)
+                    for key, child in reversed(item.items())
+                    if not _skipped(key, child, self._skip)
+                )
+            elif isinstance(item, Copies):  # a key given twice: each copy is at that key
+                stack.extend((path, child) for child in reversed(item))
+            elif isinstance(item, list):
+                stack.extend((f"{path}[{index}]", child) for index, child in reversed(list(enumerate(item))))
+
+
+def _skipped(key: str, value: Any, skip: frozenset[str]) -> bool:
+    """Whether a member is payload or protocol rather than data: `_meta` always; `data`,
+    `blob` and `bytes` when they hold an encoded payload (a string without spaces), not when
+    they hold a structure (`{"data": {...}}` wraps many APIs' answers, and an A2A DataPart's
+    data is what the agent reads) or text."""
+    if key not in skip:
+        return False
+    if key in _PAYLOAD_KEYS:
+        return isinstance(value, str) and " " not in value[:256]
+    return True
+
+
 def _strings(
     value: Any,
     max_values: int = MAX_RESULT_VALUES,
     max_chars: int = MAX_RESULT_CHARS,
     skip: frozenset[str] = _SKIPPED_KEYS,
-    *,
-    parse_json: bool = False,
 ) -> Iterator[tuple[str, str]]:
-    """(path, string) of the strings in a JSON value, depth first, within the bounds.
-
-    Iterative (results may nest deeply); a string beyond the remaining characters is cut.
-    `parse_json`: a string holding a JSON object or array (how MCP tools return structured
-    output in `content[].text`) is walked as that structure, under the string's path."""
-    stack: list[tuple[str, Any]] = [("", value)]
-    visited = 0
-    left = max_chars
-    while stack and left > 0:
-        path, item = stack.pop()
-        visited += 1
-        if visited > max_values:
-            return
-        if isinstance(item, str):
-            if parse_json and item[:1] in ("{", "[") and len(item) <= left:
-                parsed = _loads(item)
-                if isinstance(parsed, dict | list):
-                    left -= len(item) // 2  # its strings are counted again as they are read
-                    stack.append((path, parsed))
-                    continue
-            if item:
-                text = item[:left]
-                left -= len(text)
-                yield path, text
-        elif isinstance(item, dict):
-            stack.extend(
-                (f"{path}.{key}" if path else str(key), child)
-                for key, child in reversed(item.items())
-                if key not in skip
-            )
-        elif isinstance(item, Copies):  # a key given twice: each copy is at that key
-            stack.extend((path, child) for child in reversed(item))
-        elif isinstance(item, list):
-            stack.extend((f"{path}[{index}]", child) for index, child in reversed(list(enumerate(item))))
+    """The strings `_Walk` reads, when whether it was cut does not matter."""
+    return iter(_Walk(value, max_values, max_chars, skip))
 
 
 def _loads(text: str) -> Any:
@@ -500,6 +588,10 @@ def _loads(text: str) -> Any:
         return loads_every(text)
     except ValueError:
         return None
+
+
+def _length(item: tuple[str, str]) -> int:
+    return len(item[1])
 
 
 def _has_strings(arguments: dict[str, Any]) -> bool:
@@ -566,12 +658,14 @@ class Provenance:
     def _untrusted_match(self, tool: str) -> bool:
         return self._untrusted is not None and self._untrusted.fullmatch(tool) is not None
 
-    def record(self, prints: Fingerprints, node_id: str, tool: str, result: Any, read: tuple[str, ...] = ()) -> int:
-        """Fingerprint a completed action's parsed result, its call having read `read`
-        (`_pointers.read_from` of its arguments), within the proxy-wide budget."""
+    def record(
+        self, prints: Fingerprints, node_id: str, tool: str, result: Any, read: tuple[str, ...] = (), size: int = 0
+    ) -> int:
+        """Fingerprint a completed action's parsed result (`size` bytes), its call having read
+        `read` (`_pointers.read_from` of its arguments), within the proxy-wide budget."""
         if result is None:
             return 0
-        added = prints.add(node_id, tool, result, trusted=self.trusted(tool), read=read)
+        added = prints.add(node_id, tool, result, trusted=self.trusted(tool), read=read, size=size)
         key = id(prints)
         held = self._holders.pop(key, None)
         if held is None:
@@ -631,7 +725,7 @@ class Provenance:
         edges: dict[tuple[str, str], tuple[str, int, str]] = {}
         for result in unread:
             labels[f"unread:{result.tool}:{result.size}"] = None
-            reason = f"may hold data from {result.tool}'s result of {result.size} bytes, too large to trace"
+            reason = f"may hold data from {result.tool}'s result of {result.size} bytes, {result.why}"
             edges.setdefault((result.node_id, "$"), (result.node_id, graph_pb2.INFORMED_BY, reason))
         # A path two arguments share (a key holding `.`) cannot say which one was vouched for.
         paths = collections.Counter(m.path for m in matches)

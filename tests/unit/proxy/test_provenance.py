@@ -114,9 +114,11 @@ def test_one_result_adds_at_most_its_budget_and_the_workflow_evicts_the_oldest_f
     for n in range(5):
         provenance.record(prints, f"r{n}", "web__fetch", {"content": [{"type": "text", "text": prose[n * 999 :]}]})
         assert len(prints) <= 3000
-    # The first result is gone: its earliest identifiers no longer match.
+    # The first result is gone: its earliest identifiers no longer match. (It was longer
+    # than one result's reading, so it is still named as read only in part.)
     found = provenance.annotate(prints, "email__send", {"ref": "word0"}, "")
-    assert all("big" not in edge[0] for edge in found.edges)
+    assert all(edge[2].endswith("read only in part") for edge in found.edges if edge[0] == "big")
+    assert not [label for label in found.labels if label.startswith("arg:")]
 
 
 def test_all_workflows_together_stay_within_the_proxy_wide_budget() -> None:
@@ -165,11 +167,18 @@ def test_json_text_content_is_walked_as_structure() -> None:
     assert "arg:to:untrusted:email__read:content[0].text.sender:field:1.00" in found.labels
 
 
-def test_argument_scan_is_bounded() -> None:
+def test_argument_scan_is_bounded_and_reads_short_arguments_first() -> None:
     provenance = Provenance()
     prints = _read(provenance)
+    # A long body first used up the budget and hid the recipient after it (an attacker's probe).
     padded = {"a": "x" * MAX_ARGUMENT_CHARS, "z": "eve@evil.example"}
-    assert provenance.annotate(prints, "email__send", padded, "").labels == ()  # past the bound: not read
+    assert (
+        "arg:z:untrusted:email__read:content[0].text:text:1.00"
+        in provenance.annotate(prints, "email__send", padded, "").labels
+    )
+    # What lies past the budget in one long argument is still not read.
+    past = {"body": "x " * MAX_ARGUMENT_CHARS + "eve@evil.example"}
+    assert provenance.annotate(prints, "email__send", past, "").labels == ()
 
 
 def test_ids_a_result_hands_back_are_handles_not_taint() -> None:
