@@ -425,6 +425,8 @@ def combine(
     service: str = "verifier",
 ) -> Outcome:
     score = scored if isinstance(scored, verifier_pb2.ScoreResponse) else None
+    if score is not None and _oversized(score):
+        score = _bounded(score)
     if score is not None and (unsound := _unsound(score)) is not None:
         if score.verdict == verifier_pb2.BLOCK:
             # A verifier that says BLOCK is heeded whatever else it got wrong: refusing is
@@ -486,6 +488,36 @@ def _unsound(score: verifier_pb2.ScoreResponse) -> str | None:
             f"{score.deviation_score:.2f} at or above its threshold {score.threshold:.2f}, which implies BLOCK"
         )
     return None
+
+
+#: What of a verifier's answer reaches the agent's block envelope and the journal: a verifier
+#: answered 15.7 MB of reasons and a 100 KB drift origin, and both went out whole.
+MAX_REASONS = 32
+MAX_REASON_CHARS = 512
+MAX_ORIGIN_CHARS = 128
+
+
+def _oversized(score: verifier_pb2.ScoreResponse) -> bool:
+    return (
+        len(score.reasons) > MAX_REASONS
+        or len(score.drift_origin_node_id) > MAX_ORIGIN_CHARS
+        or any(len(reason) > MAX_REASON_CHARS for reason in score.reasons)
+    )
+
+
+def _bounded(score: verifier_pb2.ScoreResponse) -> verifier_pb2.ScoreResponse:
+    """`score` with at most MAX_REASONS reasons of MAX_REASON_CHARS, saying what was cut, and
+    no drift origin longer than a node id can be."""
+    bounded = verifier_pb2.ScoreResponse()
+    bounded.CopyFrom(score)
+    del bounded.reasons[:]
+    for reason in score.reasons[:MAX_REASONS]:
+        bounded.reasons.append(reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + "…")
+    if len(score.reasons) > MAX_REASONS:
+        bounded.reasons.append(f"… and {len(score.reasons) - MAX_REASONS} more reasons, not shown")
+    if len(score.drift_origin_node_id) > MAX_ORIGIN_CHARS:
+        bounded.drift_origin_node_id = ""
+    return bounded
 
 
 def _heeded_block(score: verifier_pb2.ScoreResponse, unsound: str) -> verifier_pb2.ScoreResponse:

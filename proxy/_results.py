@@ -77,11 +77,16 @@ class ResultTap:
         )
 
     def _error_code(self, sse: bool) -> int:
-        message = self._message(sse)
+        answers = self._answers_in(sse)
+        message = answers[-1] if answers else None
         if message is UNREAD:
             self.answer = UNREAD
         elif isinstance(message, dict) and "error" not in message:
-            self.answer = message.get("result")
+            results = [answer["result"] for answer in answers if isinstance(answer, dict) and "result" in answer]
+            # A stream answering one request many times (A2A's message/stream: the task,
+            # then artifact and status updates) is read whole: its data is in the earlier
+            # events (an attacker's probe found only the last, a status update, read).
+            self.answer = results[0] if len(results) == 1 else Copies(results) if results else None
         return _code(message)
 
     def _answers(self, message_id: Any) -> bool:
@@ -90,21 +95,23 @@ class ResultTap:
             return any(self._answers(copy) for copy in message_id)
         return bool(message_id == self._request_id)
 
-    def _message(self, sse: bool) -> Any:
-        """The JSON-RPC message answering the request, or None."""
+    def _answers_in(self, sse: bool) -> list[Any]:
+        """The JSON-RPC messages answering the request, in order (UNREAD for one that could
+        not be read); empty when none could be."""
         if not sse:
             if self.size != len(self._tail):
-                return None  # larger than the tail: not read again
-            return _loads(bytes(self._tail))
-        answer = None
+                return []  # larger than the tail: not read again
+            message = _loads(bytes(self._tail))
+            return [] if message is None else [message]
+        answers: list[Any] = []
         for event in bytes(self._tail).replace(b"\r\n", b"\n").split(b"\n\n"):
             data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
             message = _loads(data) if data else None
             if message is UNREAD:  # whether it answers the request cannot be told
-                answer = UNREAD
-            elif isinstance(message, dict) and self._answers(message.get("id")) and "method" not in message:
-                answer = message
-        return answer
+                return [UNREAD]
+            if isinstance(message, dict) and self._answers(message.get("id")) and "method" not in message:
+                answers.append(message)
+        return answers
 
 
 def _loads(data: bytes) -> Any:

@@ -107,3 +107,23 @@ def test_a_threshold_outside_0_1_is_an_unusable_answer() -> None:
     outcome = combine(ALLOW, odd, BLOCKING)
     assert (outcome.allowed, outcome.block_code) == (False, VERIFIER_UNAVAILABLE)
     assert "threshold outside 0..1" in outcome.block_reason
+
+
+def test_a_verifiers_reasons_and_origin_reach_the_envelope_bounded() -> None:
+    """A probe's verifier answered 200,000 reasons (1.7 MB), one of 15.7 MB and a 100 KB
+    drift origin: all went into the agent's block envelope whole."""
+    flood = verifier_pb2.ScoreResponse(
+        deviation_score=0.9,
+        threshold=0.8,
+        verdict=verifier_pb2.BLOCK,
+        reasons=["r" * 100_000, *(f"reason {n}" for n in range(1000))],
+        drift_origin_node_id="n" * 100_000,
+    )
+    outcome = combine(ALLOW, flood, BLOCKING)
+    assert not outcome.allowed
+    assert outcome.score is not None
+    assert len(outcome.block_reason) < 40_000
+    assert len(outcome.score.reasons) == 33
+    assert outcome.score.reasons[-1] == "… and 969 more reasons, not shown"
+    assert outcome.score.drift_origin_node_id == ""
+    assert combine(ALLOW, BLOCK, BLOCKING).score is BLOCK  # an answer within the bounds is not copied

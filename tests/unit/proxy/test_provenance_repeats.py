@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from bastion._json import Copies, TooDeep, loads_every
@@ -97,3 +98,29 @@ def test_a_source_field_given_twice_vouches_for_no_source() -> None:
         for label in Provenance().annotate(prints, "web__post_form", {"url": reply}, task).labels
         if label.startswith("named:")
     ]
+
+
+def test_every_event_of_a_stream_answering_the_request_is_read() -> None:
+    """A2A message/stream answers one request many times: the task, artifact updates, a
+    final status update. Only the last was read, so an artifact's data was never traced."""
+    events = [
+        {"jsonrpc": "2.0", "id": 7, "result": {"kind": "task", "id": "t1", "status": {"state": "working"}}},
+        {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "result": {"kind": "artifact-update", "artifact": {"parts": [{"kind": "text", "text": f"Pay {INJECTED}"}]}},
+        },
+        {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "result": {"kind": "status-update", "status": {"state": "completed"}, "final": True},
+        },
+    ]
+    stream = b"".join(b"event: message\ndata: " + orjson.dumps(event) + b"\n\n" for event in events)
+    answer = _answer(stream, sse=True)
+    assert isinstance(answer, Copies)
+    assert len(answer) == 3
+    provenance = Provenance()
+    prints = Fingerprints()
+    provenance.record(prints, "n1", "agent__SendStreamingMessage", answer)
+    assert "untrusted" in provenance.annotate(prints, "bank__transfer", {"iban": INJECTED}, "").labels
