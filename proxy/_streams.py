@@ -93,7 +93,15 @@ class StreamCaller(Generic[Req, Resp]):
             except StreamFailure as exc:
                 if exc.code != grpc.StatusCode.UNIMPLEMENTED:
                     raise
-        return await self._unary(request, timeout)
+        answer = await self._unary(request, timeout)
+        # A unary answer need not echo the id; one that names another request's is garbage
+        # (the stream refuses it too), not an answer to this one.
+        answered = self._answer_id(answer)
+        if answered and answered != request_id:
+            raise StreamFailure(
+                grpc.StatusCode.INTERNAL, f"answered request {answered[:64]!r} instead of {request_id[:64]!r}"
+            )
+        return answer
 
     async def _on_stream(self, request: Req, request_id: str, timeout: float) -> Resp:
         stream = self._stream or self._open()
