@@ -338,18 +338,20 @@ class Enforcer:
     def record_results(self, records: Iterable[Record], result: graph_pb2.ActionResult, answer: Any = None) -> None:
         """Journal how forwarded actions ended (and count the outcome, once per call). The
         action already happened, so a journal failure here is logged and counted, never
-        turned into a block. `answer`, the parsed JSON-RPC result, is fingerprinted for
-        provenance when the action completed without an error."""
+        turned into a block. `answer`, the parsed JSON-RPC result (or error), is
+        fingerprinted for provenance when the upstream answered."""
         self._metrics.result(_RESULT_NAMES[result.outcome])
         # Not carried out: the upstream was unreachable or refused the request itself.
         failed = result.outcome == graph_pb2.UPSTREAM_ERROR or (
             result.outcome == graph_pb2.COMPLETED and result.jsonrpc_error_code != 0
         )
-        carried_out = result.outcome == graph_pb2.COMPLETED and not result.jsonrpc_error_code
         # Too large to read, or too deep to read with every copy of a repeated key: its data
         # cannot be fingerprinted, and later calls must say so.
-        unread = carried_out and (answer is UNREAD or (answer is None and result.result_bytes > TAIL_BYTES))
-        completed = answer is not None and carried_out and not unread
+        answered = result.outcome == graph_pb2.COMPLETED
+        unread = answered and (answer is UNREAD or (answer is None and result.result_bytes > TAIL_BYTES))
+        # Carried out or refused with an error, what the upstream said reaches the agent: an
+        # error's message and data may echo what a page or a mail said, so it is read too.
+        completed = answer is not None and answered and not unread
         for record in records:
             held = self._held.pop(record.node_id, ())
             if failed:

@@ -114,6 +114,8 @@ MAX_NAMED_BY = 8
 IDENTITY_CHARS_PER_PRINT = 100
 #: Unread results a workflow remembers (the newest).
 MAX_UNREAD = 8
+#: Integers read as identifiers (six digits and more); shorter ones are amounts and counts.
+_LONG_NUMBER = 100_000
 #: Arguments are walked whole (their values bounded) and read shortest first (`match`).
 _UNBOUNDED = 1 << 62
 
@@ -188,6 +190,8 @@ class Fingerprints:
     _exact: dict[str, Source] = field(default_factory=dict)
     #: node id → the keys its result added, oldest first.
     _results: OrderedDict[str, tuple[list[int], list[str]]] = field(default_factory=OrderedDict)
+    #: Results whose shingles are still held, oldest first: evicted before any identifier.
+    _prose: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _size: int = 0
     _task: str = ""
     _task_shingles: frozenset[int] = frozenset()
@@ -263,6 +267,7 @@ class Fingerprints:
         if not added:
             return 0
         self._results.pop(node_id, None)
+        self._prose.pop(node_id, None)
         self._forget_identity(node_id)
         read = () if trusted else read
         chars = sum(map(len, read)) + sum(len(path) + len(text) for path, text in named_by)
@@ -279,6 +284,8 @@ class Fingerprints:
                 self._exact[key] = source
                 keys[1].append(key)
         self._results[node_id] = keys
+        if keys[0]:
+            self._prose[node_id] = None
         self._size += len(keys[0]) + len(keys[1])
         if cost:
             self._identity[node_id] = (cost, (read, tuple(named_by)))
@@ -299,15 +306,21 @@ class Fingerprints:
         return before - self._size
 
     def _evict(self) -> None:
+        """Forget the oldest result's shingles; once no result has any left, the oldest
+        result. Identifiers (IBANs, addresses, URLs) cost little and are what injected
+        instructions most often carry, so they outlive the windows of prose around them: an
+        attacker's probe had nine ordinary pages push an injected one out of a workflow."""
+        if self._prose:
+            node_id, _ = self._prose.popitem(last=False)
+            shingles, exact = self._results[node_id]
+            _drop(self._shingles, shingles, node_id)
+            self._results[node_id] = ([], exact)
+            self._size -= len(shingles)
+            return
         node_id, (shingles, exact) = self._results.popitem(last=False)
         self._forget_identity(node_id)
-        for value in shingles:
-            if (source := self._shingles.get(value)) is not None and source.node_id == node_id:
-                del self._shingles[value]
-        for key in exact:
-            if (source := self._exact.get(key)) is not None and source.node_id == node_id:
-                del self._exact[key]
-        self._size -= len(shingles) + len(exact)
+        _drop(self._exact, exact, node_id)
+        self._size -= len(exact)
 
     def _trust_task(self, task: str) -> None:
         """Index the stated task (trusted): every window, every word, every identifier."""
@@ -398,6 +411,13 @@ class Fingerprints:
         if best is None:
             return None
         return Match(path, best[2], round(best[1] / len(norm), 2))
+
+
+def _drop(index: dict[Any, Source], keys: Iterable[Any], node_id: str) -> None:
+    """Remove `keys` from `index` where they still name `node_id`'s result."""
+    for key in keys:
+        if (source := index.get(key)) is not None and source.node_id == node_id:
+            del index[key]
 
 
 def _add_tokens(exact: dict[str, Source], norm: str, source: Source) -> bool:
@@ -547,6 +567,10 @@ class _Walk:
                     text = item[:left]
                     left -= len(text)
                     yield path, text
+            elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= _LONG_NUMBER:
+                # A long number is an identifier (an account, a chat, a phone), whether the
+                # JSON spells it as a string or not.
+                yield path, str(item)
             elif isinstance(item, dict):
                 stack.extend(
                     (f"{path}.{key}" if path else str(key), child)

@@ -6,10 +6,11 @@ the bytes would), keeps only a bounded tail, and reads the JSON-RPC error code f
 at the end: a JSON body whole, or the last SSE event answering the request. A tool's
 answer is the last message of its POST stream, so the tail holds it unless the answer
 itself is larger than the tail — then the code is left at 0 and the digest still
-covers every byte. The answer's `result` member, parsed then, is kept as `answer` for
-provenance (`_provenance.py`): None for an error, a non-JSON body or one over the tail,
-and `UNREAD` for an answer that is JSON but could not be read with every copy of a
-repeated key (nested too deeply for that reading).
+covers every byte. The answer's `result` member (or `{"error": …}` for an error), parsed
+then, is kept as `answer` for provenance (`_provenance.py`): None for a non-JSON body or
+one over the tail, and `UNREAD` for an answer that is JSON but could not be read with
+every copy of a repeated key (nested too deeply for that reading). A stream answering
+the request many times (A2A) gives every answer's `result`, as `Copies`.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class ResultTap:
         message = answers[-1] if answers else None
         if message is UNREAD:
             self.answer = UNREAD
-        elif isinstance(message, dict) and "error" not in message:
+        elif isinstance(message, dict) and "error" in message:
+            self.answer = {"error": message["error"]}  # an error's text reaches the agent too
+        elif isinstance(message, dict):
             results = [answer["result"] for answer in answers if isinstance(answer, dict) and "result" in answer]
             # A stream answering one request many times (A2A's message/stream: the task,
             # then artifact and status updates) is read whole: its data is in the earlier

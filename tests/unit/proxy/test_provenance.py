@@ -154,7 +154,10 @@ def test_huge_binary_and_non_json_results_are_skipped_or_bounded() -> None:
         return tap.answer
 
     assert answered(b"\xff\xfe not json at all") is None
-    assert answered(b'{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}') is None
+    # An error's text reaches the agent like a result's: it is read too.
+    assert answered(b'{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}') == {
+        "error": {"code": -1, "message": "x"}
+    }
     assert answered(b'{"jsonrpc":"2.0","id":1,"result":{"content":[]}}') == {"content": []}
     huge = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"' + b"a" * (300 << 10) + b'"}]}}'
     assert answered(huge) is None  # over the tap's tail: never parsed
