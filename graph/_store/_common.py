@@ -45,9 +45,20 @@ def result_document(event: graph_pb2.Event) -> bytes:
     return event.result.SerializeToString()
 
 
-def with_result(document: bytes, result: bytes) -> bytes | None:
-    """`document` with `result` merged in; None when it already has one (the first result is kept)."""
+def with_result(document: bytes, result: bytes, sender: graph_pb2.Event | None = None) -> bytes | None:
+    """`document` with `result` merged in; None when it already has one (the first result is
+    kept). ProtocolError when the result event `sender` names another workflow, or another
+    tenant, than the node's: it would be stored on a node it does not describe (and, as the
+    first result, shut out the node's own; found by an attacker's probe)."""
     event = _parse(document)
+    if sender is not None and (
+        sender.workflow_id != event.workflow_id or (sender.tenant and sender.tenant != event.tenant)
+    ):
+        raise ProtocolError(
+            f"result event {sender.event_id[:64]!r} is for workflow {sender.workflow_id[:64]!r} of tenant "
+            f"{sender.tenant[:64]!r}, but node {sender.node_id[:64]!r} is in workflow {event.workflow_id[:64]!r} "
+            f"of tenant {event.tenant[:64]!r}"
+        )
     if event.HasField("result"):
         return None
     _set_result(event, result)

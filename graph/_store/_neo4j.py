@@ -497,7 +497,7 @@ def _plan_result(plan: _Plan, event: graph_pb2.Event) -> bool:
         state.pending = result
         plan.parked[event.node_id] = (event.event_id, result)
         return True
-    merged = with_result(state.document or b"", result)
+    merged = with_result(state.document or b"", result, event)
     if merged is None:
         return False
     state.document = merged

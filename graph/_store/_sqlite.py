@@ -551,7 +551,7 @@ def _store_result(connection: sqlite3.Connection, event: graph_pb2.Event) -> boo
             (event.node_id, event.event_id, result),
         )
         return stored.rowcount > 0
-    document = with_result(row[0], result)
+    document = with_result(row[0], result, event)
     if document is None:
         return False
     connection.execute("UPDATE nodes SET event = ? WHERE node_id = ?", (document, event.node_id))

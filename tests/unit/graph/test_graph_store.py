@@ -783,6 +783,21 @@ async def test_a_result_redelivered_or_repeated_keeps_the_first(store: GraphStor
     assert node.event.result.outcome == graph_pb2.TIMEOUT
 
 
+@pytest.mark.parametrize(("workflow", "tenant"), [("wf-other", ""), ("wf-1", "tenant-other")])
+async def test_a_result_naming_another_workflow_or_tenant_than_its_node_is_refused(
+    store: GraphStore, workflow: str, tenant: str
+) -> None:
+    """A probe stored a result sent as workflow B, tenant t2 on a node of workflow A, and
+    the node's own result was then dropped as a second one."""
+    await store.ingest([_event("e1")])
+    stray = _result_event("r1", "node-e1", graph_pb2.COMPLETED)
+    stray.workflow_id, stray.tenant = workflow, tenant
+    with pytest.raises(ProtocolError, match="but node 'node-e1' is in workflow 'wf-1'"):
+        await store.ingest([stray])
+    assert await store.ingest([_result_event("r2", "node-e1", graph_pb2.TIMEOUT)]) == IngestResult(1, 0)
+    assert (await _only_node(store)).event.result.outcome == graph_pb2.TIMEOUT
+
+
 async def test_a_result_that_arrives_before_its_action_is_merged_when_the_action_does(
     store: GraphStore,
 ) -> None:
