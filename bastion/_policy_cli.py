@@ -33,6 +33,7 @@ missing file or key).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -112,10 +113,10 @@ def _add_rollout_commands(actions: Any, common: argparse.ArgumentParser) -> None
     rollout = actions.add_parser("rollout", parents=[common], help="start a canary rollout of a stored version")
     rollout.add_argument("name")
     rollout.add_argument("version", type=int)
-    rollout.add_argument("--percent", type=float, required=True, help="share of callers on the candidate, 0-100")
+    rollout.add_argument("--percent", type=_finite, required=True, help="share of callers on the candidate, 0-100")
     rollout.add_argument("--stickiness", choices=("agent", "session"), default="agent")
-    rollout.add_argument("--rollback-on-deny-rate", type=float, help="auto-rollback: canary minus stable deny rate")
-    rollout.add_argument("--rollback-on-error-rate", type=float, help="auto-rollback: canary minus stable error rate")
+    rollout.add_argument("--rollback-on-deny-rate", type=_finite, help="auto-rollback: canary minus stable deny rate")
+    rollout.add_argument("--rollback-on-error-rate", type=_finite, help="auto-rollback: canary minus stable error rate")
     rollout.add_argument("--window", help="auto-rollback window, e.g. 5m (service default 5m)")
     rollout.add_argument("--min-decisions", type=int, help="auto-rollback: canary decisions needed in the window")
     for name, what in (("promote", "make a rollout's candidate the active version"), ("rollback", "end a rollout")):
@@ -123,6 +124,18 @@ def _add_rollout_commands(actions: Any, common: argparse.ArgumentParser) -> None
         step.add_argument("id")
     listing = actions.add_parser("rollouts", parents=[common], help="list canary rollouts")
     listing.add_argument("--policy", help="only this policy's")
+
+
+def _finite(text: str) -> float:
+    # float() takes 'nan' and 'inf', which JSON cannot carry: the request body would fail
+    # to encode, a traceback instead of a usage error.
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def run_policy_command(args: argparse.Namespace) -> int:

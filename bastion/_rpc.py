@@ -2,7 +2,9 @@
 service-token check; long-lived client channels with the token attached.
 
 The token check is one server interceptor, not code in each handler. Health and
-reflection stay open so orchestrators can probe without the secret.
+reflection stay open so orchestrators can probe without the secret. A second
+interceptor (bastion._rpc_decode) answers INVALID_ARGUMENT to a request that does not
+deserialize, where grpc would answer UNKNOWN.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ._errors import ConfigError
+from ._rpc_decode import UndecodableRequestInterceptor
 from ._settings import format_addr, parse_addr
 
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -104,7 +107,10 @@ async def start_grpc_server(
     service_names: Iterable[str],
 ) -> GrpcServer:
     """Bind `addr` (port 0 picks a free port), add health + reflection, start serving."""
-    server = grpc.aio.server(interceptors=[ServiceTokenInterceptor(token)], options=_SERVER_OPTIONS)
+    # The token check is outermost: its refusal replaces the guarded handler whole, so a
+    # caller without the token learns nothing, not even whether its bytes would decode.
+    interceptors = [ServiceTokenInterceptor(token), UndecodableRequestInterceptor()]
+    server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
     for add in register:
         add(server)
     health_servicer = HealthServicer()

@@ -17,7 +17,7 @@ import grpc
 from bastion._errors import BastionError
 from bastion.v1 import graph_pb2, graph_pb2_grpc
 
-from ._events import enum_value, event_problem
+from ._events import MAX_ID_LENGTH, enum_value, event_problem
 from ._metrics import GraphMetrics
 from ._store import DEFAULT_LINEAGE_DEPTH, MAX_LINEAGE_DEPTH, GraphStore
 
@@ -30,6 +30,9 @@ SERVICE_NAME = "bastion.v1.GraphService"
 MAX_EVENTS_PER_CALL = 10_000
 
 _Context = grpc.aio.ServicerContext[Any, Any]
+#: Characters of a caller's id echoed in a status: gRPC carries details in a trailer of a
+#: few KiB, and a longer one reaches the client as RESOURCE_EXHAUSTED instead of our answer.
+_ECHOED_ID = 100
 
 
 class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
@@ -79,6 +82,13 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
     async def Lineage(self, request: graph_pb2.LineageRequest, context: _Context) -> graph_pb2.Path:
         if not request.node_id:
             await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "node_id is required")
+        for name, value in (("node_id", request.node_id), ("workflow_id", request.workflow_id)):
+            if len(value) > MAX_ID_LENGTH:
+                await self._abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{name} is longer than {MAX_ID_LENGTH} characters; no stored id is",
+                )
         if not 0 <= request.max_depth <= MAX_LINEAGE_DEPTH:
             await self._abort(
                 context,
@@ -88,8 +98,8 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
         depth = request.max_depth or DEFAULT_LINEAGE_DEPTH
         hops = await self._call(context, self._store.lineage(request.workflow_id, request.node_id, depth))
         if hops is None:
-            where = f" in workflow {request.workflow_id!r}" if request.workflow_id else ""
-            await self._abort(context, grpc.StatusCode.NOT_FOUND, f"node {request.node_id!r} not found{where}")
+            where = f" in workflow {_echo(request.workflow_id)}" if request.workflow_id else ""
+            await self._abort(context, grpc.StatusCode.NOT_FOUND, f"node {_echo(request.node_id)} not found{where}")
         return graph_pb2.Path(
             hops=[
                 graph_pb2.PathHop(
@@ -131,9 +141,14 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
         await context.abort(code, details)
 
 
+def _echo(value: str) -> str:
+    """`value` quoted for a status, cut to _ECHOED_ID characters."""
+    return repr(value) if len(value) <= _ECHOED_ID else f"{value[:_ECHOED_ID]!r}... ({len(value)} characters)"
+
+
 def _problem(index: int, event: graph_pb2.Event) -> str | None:
     """Why the call's event #`index` is refused, naming it; None when it is well-formed."""
     problem = event_problem(event)
     if problem is None:
         return None
-    return f"event #{index} (event_id {event.event_id!r}): {problem}; nothing from this call was stored"
+    return f"event #{index} (event_id {_echo(event.event_id)}): {problem}; nothing from this call was stored"
