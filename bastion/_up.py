@@ -1,7 +1,10 @@
 """`bastion up`: the whole stack as separate processes, started in dependency order.
 
 Policy, verifier and graph start first (in parallel); the proxy starts once their
-run files report where they listen, so every address may be `host:0`. Ctrl-C or
+run files report where they listen. An address given as `host:0` is pinned to a free port
+before anything starts (`_pin_ports`): the services also find one another through the
+same variables (the policy service ships its audit records to BASTION_GRAPH_GRPC_ADDR and
+checks rules against BASTION_PROXY_ADDR), and each would otherwise read `host:0`. Ctrl-C or
 SIGTERM stops the proxy first (its journal flushes to a still-running graph),
 then the rest. Before printing its URLs, `up` checks every gRPC server's health service
 and every HTTP server's `/healthz`.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +33,7 @@ from ._errors import BastionError, ConfigError
 from ._identity import ensure_dev_key, ensure_service_token
 from ._rpc import check_health
 from ._runfile import read_runfile, remove_runfile, write_runfile
-from ._settings import CommonSettings
+from ._settings import CommonSettings, format_addr, parse_addr
 
 BACKENDS = ("policy", "verifier", "graph")
 START_TIMEOUT = 60.0
@@ -40,7 +44,7 @@ class _Stack:
     def __init__(self, config: Path | None, home: Path) -> None:
         self.home = home
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = {**os.environ, "BASTION_HOME": str(home)}
+        self.env = _pin_ports({**os.environ, "BASTION_HOME": str(home)})
         self.config_args = ["--config", str(config)] if config is not None else []
 
     def spawn(self, name: str, extra_env: dict[str, str] | None = None) -> None:
@@ -77,6 +81,44 @@ class _Stack:
                 proc.wait()
 
 
+#: The address variables the services listen on and find one another by.
+ADDRESS_VARS = (
+    "BASTION_PROXY_ADDR",
+    "BASTION_POLICY_ADDR",
+    "BASTION_POLICY_GRPC_ADDR",
+    "BASTION_VERIFIER_ADDR",
+    "BASTION_VERIFIER_METRICS_ADDR",
+    "BASTION_GRAPH_ADDR",
+    "BASTION_GRAPH_GRPC_ADDR",
+)
+
+
+def _pin_ports(env: dict[str, str]) -> dict[str, str]:
+    """`env` with every `host:0` address variable given a port free on that host now.
+
+    A port found free may be taken before its service binds it; the service then stops
+    with "cannot listen on …", which `up` reports like any other start failure."""
+    for name in ADDRESS_VARS:
+        value = env.get(name)
+        if not value:
+            continue
+        host, port = parse_addr(value)
+        if port == 0:
+            env[name] = format_addr(host, _free_port(host))
+    return env
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError as exc:
+            raise ConfigError(f"cannot find a free port on {host}: {exc}") from exc
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
@@ -104,12 +146,12 @@ def up(config: Path | None) -> int:
         # Created here, once, so the services never race to generate them.
         ensure_dev_key(home)
         ensure_service_token(home, settings.service_token.get_secret_value() if settings.service_token else None)
+        stack = _Stack(config_path, home)
     except BastionError as exc:
         print(f"bastion up: {exc}", file=sys.stderr)
         return 2
     if config_path is None:
         print("bastion up: no bastion.yaml here: no upstreams, no policies (everything denied)", file=sys.stderr)
-    stack = _Stack(config_path, home)
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:

@@ -121,6 +121,21 @@ async def test_graph_data_needs_an_auditor_or_operator_token(stack: Stack) -> No
     assert (foreign_host.status_code, foreign_host.json()["error"]["code"]) == (403, "bastion.host_not_allowed")
 
 
+async def test_the_policy_service_ships_its_audit_records_to_the_graph_up_started_on_port_0(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Every address is `127.0.0.1:0` here. The policy service found the graph through the
+    same variable, read `:0`, and kept its audit records in its outbox for ever (an
+    attacker's probe noticed); `up` now pins such addresses to free ports first."""
+    document = (ROOT / "examples" / "policies" / "demo.yaml").read_text().replace("version: 1", "version: 7", 1)
+    (tmp_path / "demo-v7.yaml").write_text(document)
+    stack.bastion(
+        "policy", "apply", str(tmp_path / "demo-v7.yaml"), "--no-activate", "--addr", stack.info["policy"]["http"]
+    )
+    nodes = await poll(stack.graph, "/graphs/bastion.policy/nodes", {}, 1, stack.auditor)
+    assert any(node["action"].get("method") == "bastion.dev/policy.created" for node in nodes), nodes
+
+
 # Runs last in this module: it takes the policy service down for good.
 @pytest.mark.parametrize("mode", WIRE_FORMATS)
 async def test_with_the_policy_service_killed_calls_are_blocked_not_forwarded(
