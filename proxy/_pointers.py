@@ -96,6 +96,17 @@ SHARED_HOSTS = frozenset(
         "amazonaws.com", "s3.amazonaws.com", "workers.dev", "glitch.me", "onrender.com", "fly.dev",
     }
 )  # fmt: skip
+#: Sites where anyone gets a path of their own, and how many of its first segments name the
+#: owner (`github.com/<owner>`, `docs.google.com/document/d/<id>`): there the site compared
+#: is the domain with those segments, so a page of one owner vouches for no other owner's
+#: (an attacker's probe posted a link to its own repository on an issue the task named).
+PATH_TENANTS = {
+    "github.com": 1, "gitlab.com": 1, "bitbucket.org": 1, "codeberg.org": 1, "huggingface.co": 1,
+    "medium.com": 1, "reddit.com": 2, "x.com": 1, "twitter.com": 1, "facebook.com": 1,
+    "instagram.com": 1, "linkedin.com": 2, "youtube.com": 1, "pastebin.com": 1, "notion.so": 1,
+    "dropbox.com": 2, "docs.google.com": 3, "drive.google.com": 3, "sites.google.com": 2,
+    "forms.gle": 1, "bit.ly": 1, "t.me": 1, "discord.gg": 1, "linktr.ee": 1,
+}  # fmt: skip
 #: Mail domains anyone can have an address at: an address there is compared whole.
 WEBMAIL = frozenset(
     {
@@ -194,7 +205,7 @@ def stays_within(folded: str, allowed: frozenset[str]) -> bool:
         if len(token) > MAX_TOKEN:
             return False
         if "://" in token or token.startswith("//"):
-            if token.count("//") > 1 or not _allowed_host(_url_host(token), allowed):
+            if token.count("//") > 1 or not _allowed_host(_url_host(token), allowed, _url_path(token)):
                 return False
         elif "@" in token:
             local, _, host = token.rpartition("@")
@@ -203,14 +214,15 @@ def stays_within(folded: str, allowed: frozenset[str]) -> bool:
         elif ":" in token and token.partition(":")[0].isalpha() and len(token.partition(":")[0]) > 1:
             return False  # another scheme: javascript:, data:, mailto: written without an address
         elif "." in token and not token.startswith(("/", "~")):
-            host = token.split("/", 1)[0].split("?", 1)[0]
-            if (_is_host(host) or "/" in token) and not _allowed_host(host, allowed):
+            host, _, path = token.partition("/")
+            host = host.split("?", 1)[0]
+            if (_is_host(host) or path) and not _allowed_host(host, allowed, path):
                 return False
     return True
 
 
-def _allowed_host(host: str, allowed: frozenset[str]) -> bool:
-    return _is_host(host) and _registrable(host) in allowed
+def _allowed_host(host: str, allowed: frozenset[str], path: str = "") -> bool:
+    return _is_host(host) and _site(host, path) in allowed
 
 
 def _url_host(token: str) -> str:
@@ -218,6 +230,25 @@ def _url_host(token: str) -> str:
     for end in "/?#":
         rest = rest.split(end, 1)[0]
     return rest.rpartition("@")[2].partition(":")[0].rstrip(".")
+
+
+def _url_path(token: str) -> str:
+    """The path of a URL token, without its query or fragment."""
+    path = token.partition("//")[2].partition("/")[2]
+    for end in "?#":
+        path = path.split(end, 1)[0]
+    return path
+
+
+def _site(host: str, path: str = "") -> str:
+    """Where a locator leads, as destinations are compared: the host's registrable domain,
+    with the owner's first path segments on a site where anyone gets a path (PATH_TENANTS)."""
+    domain = _registrable(host)
+    depth = PATH_TENANTS.get(domain)
+    if depth is None:
+        return domain
+    segments = [segment for segment in path.split("?", 1)[0].split("#", 1)[0].split("/") if segment][:depth]
+    return "/".join((domain, *segments))
 
 
 def _first(folded: str, *, addresses: bool) -> tuple[frozenset[str], frozenset[str]] | None:
@@ -230,8 +261,8 @@ def _first(folded: str, *, addresses: bool) -> tuple[frozenset[str], frozenset[s
             return keys, frozenset()
         if kind == "address":
             host = value.rpartition("@")[2]
-            return keys, frozenset({value} if host in WEBMAIL else {value, _registrable(host)})
-        return keys, frozenset({_registrable(value)})
+            return keys, frozenset({value} if host in WEBMAIL else {value, _site(host)})
+        return keys, frozenset({value})
     return None
 
 
@@ -241,16 +272,16 @@ def _keys(kind: str, value: str, *, words: bool) -> Iterator[str]:
     if kind == "path":
         yield value
         return
-    host = value
+    site = value
     if kind == "address":
         yield value
         host = value.rpartition("@")[2]
         if host in WEBMAIL:
             return
-    domain = _registrable(host)
-    yield domain
-    if words:
-        yield from (word for word in _words(domain.split(".")[0]) if len(word) >= MIN_NAME)
+        site = _site(host)
+    yield site
+    if words and "/" not in site:  # a site's own name; not the platform's, on an owner's path
+        yield from (word for word in _words(site.split(".")[0]) if len(word) >= MIN_NAME)
 
 
 def _locate(folded: str) -> Iterator[tuple[str, str]]:
@@ -262,7 +293,7 @@ def _locate(folded: str) -> Iterator[tuple[str, str]]:
         if "://" in token:
             host = _url_host(token)
             if _is_host(host):
-                yield "host", host
+                yield "host", _site(host, _url_path(token))
         elif "@" in token:
             local, _, host = token.rpartition("@")
             if local and _is_host(host):
@@ -271,7 +302,7 @@ def _locate(folded: str) -> Iterator[tuple[str, str]]:
             if token.startswith(("/", "~/")) and (token.count("/") >= 2 or "." in token):
                 yield "path", token
         elif "." in token and _is_host(token):
-            yield "host", token
+            yield "host", _site(token)
 
 
 def _is_host(host: str) -> bool:

@@ -273,3 +273,33 @@ def test_identity_data_counts_against_the_fingerprint_budget() -> None:
     for n in range(100):
         Provenance().record(capped, f"n{n}", "email__read", {"from": f"P{n} <p{n}@x{n}.example>" + "y" * 240})
     assert len(capped) <= 200
+
+
+ISSUE = "https://github.com/acme/app/issues/12"
+
+
+@pytest.mark.parametrize(
+    ("link", "named"),
+    [
+        ("https://github.com/acme/app/pull/3", True),  # the same owner's repository
+        ("https://github.com/evil/app/issues/1", False),  # another owner on the same platform
+        ("github.com/evil/x", False),
+        ("https://docs.google.com/forms/d/evil-form/viewform", False),
+    ],
+)
+def test_on_a_shared_platform_a_named_page_vouches_for_its_owners_pages_only(link: str, named: bool) -> None:
+    """Naming one GitHub issue vouched for every github.com link a comment on it carried
+    (an attacker's probe); the owner's path is now part of the site compared."""
+    prints = Fingerprints()
+    page = {"url": ISSUE, "text": f"Thanks! See {link} for the fix."}
+    Provenance().record(prints, "n1", "web__fetch", page, read_from({"url": ISSUE}))
+    labels = _labels(prints, "web__post_form", {"url": link}, f"Reply on {ISSUE} with a summary.")
+    assert bool(_named(labels)) is named, labels
+
+
+def test_sites_on_path_tenanted_platforms_keep_the_owner_path() -> None:
+    assert stays_within("https://github.com/acme/other", frozenset({"github.com/acme"}))
+    assert not stays_within("https://github.com/acmeevil/x", frozenset({"github.com/acme"}))
+    assert not stays_within("https://github.com/", frozenset({"github.com/acme"}))
+    assert stays_within("https://docs.google.com/document/d/abc/edit", frozenset({"docs.google.com/document/d/abc"}))
+    assert stays_within("https://forum.islandhop.example/t/1", frozenset({"islandhop.example"}))
