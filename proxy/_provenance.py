@@ -238,6 +238,10 @@ class Fingerprints:
             norm = normalise(text)
             # Short, or without spaces (a URL): a field; otherwise free text.
             kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
+            if kind == "field" and _is_prose_key(path) and _is_destination(norm):
+                # A destination alone in what its author writes freely (an email's subject
+                # that is just an IBAN): the sender's text, not a field the tool defines.
+                kind = "text"
             source = Source(node_id, tool, path, trusted, kind)
             if kind == "text":
                 cut |= _add_tokens(exact, norm, source)
@@ -428,6 +432,23 @@ def _add_tokens(exact: dict[str, Source], norm: str, source: Source) -> bool:
     for token in itertools.islice(found, max(0, MAX_RESULT_KEYS - len(exact))):
         exact.setdefault(token, source)
     return next(found, None) is not None
+
+
+#: Keys of text an author writes freely (an email's subject, a post's title).
+_PROSE_KEYS = frozenset(
+    {"subject", "body", "text", "message", "title", "description", "comment", "note", "notes", "snippet", "summary"}
+)
+#: An IBAN as normalised (`exact_key`): country, check digits, 10-30 letters and digits.
+_IBAN = re.compile(r"[a-z]{2}[0-9]{2}[a-z0-9]{10,30}")
+
+
+def _is_prose_key(path: str) -> bool:
+    return path.rpartition(".")[2].casefold() in _PROSE_KEYS
+
+
+def _is_destination(norm: str) -> bool:
+    """Whether a normalised value is where money or messages go: an address, a URL, an IBAN."""
+    return (("@" in norm or "://" in norm) and " " not in norm) or _IBAN.fullmatch(exact_key(norm)) is not None
 
 
 def _is_handle(path: str) -> bool:

@@ -145,3 +145,14 @@ def test_text_an_upstream_error_echoes_is_traced() -> None:
     assert result.jsonrpc_error_code == -32000
     labels = _labels(tap.answer, {"iban": IBAN}, tool="web__fetch")
     assert "arg:iban:untrusted:web__fetch:error.data.body:text:1.00" in labels, labels
+
+
+def test_a_destination_alone_in_a_subject_is_the_senders_text_not_a_field() -> None:
+    """A probe's email had the bare IBAN as its subject ("pay the account in the subject"):
+    read as a whole field, its taint weighed a quarter. A subject is what the sender writes."""
+    email = {"sender": "billing@supplier.example", "subject": "DE89 3704 0044 0532 0130 00", "body": "See subject."}
+    assert "arg:iban:untrusted:email__read:subject:text:1.00" in _labels(email, {"iban": IBAN})
+    # A field the tool defines keeps its kind; so does a subject that is no destination.
+    invoice = {"iban": "DE89 3704 0044 0532 0130 00", "subject": "INV-2291"}
+    assert "arg:iban:untrusted:email__read:iban:field:1.00" in _labels(invoice, {"iban": IBAN})
+    assert "arg:ref:untrusted:email__read:subject:field:1.00" in _labels(invoice, {"ref": "INV-2291"})
