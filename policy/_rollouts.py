@@ -135,6 +135,15 @@ class RolloutRequest(BaseModel):
     )
     rollback_on: RollbackOn | None = None
 
+    @field_validator("percent")
+    @classmethod
+    def _in_hundredths(cls, percent: float) -> float:
+        # Callers are assigned in hundredths of a percent: 1e-9 was accepted and put no one
+        # on the candidate while saying it did; -0.0 was echoed as it came.
+        if abs(percent * 100 - round(percent * 100)) > 1e-9:
+            raise ValueError(f"percent {percent!r} must be given in hundredths (0.01 steps), e.g. 5 or 12.5")
+        return round(percent, 2) + 0.0
+
 
 def window_seconds(window: str) -> int:
     match = _WINDOW.fullmatch(window)

@@ -135,6 +135,8 @@ GOOD: dict[str, Any] = {"policy": "pay", "version": 2, "percent": 10}
         ({"percent": -0.1}, "greater than or equal to 0"),
         ({"percent": True}, "valid number"),
         ({"percent": "10"}, "valid number"),
+        ({"percent": 1e-9}, "hundredths"),  # was accepted: no caller on the candidate, "1e-09%" shown
+        ({"percent": 12.345}, "hundredths"),
         ({"stickiness": "tenant"}, "'agent' or 'session'"),
         ({"rollout_id": "mine"}, "Extra inputs"),
         ({"rollback_on": {"deny_rate": 0.1, "window": "5 m"}}, "between 1s and 1h"),
@@ -153,6 +155,9 @@ def test_good_requests_take_defaults_and_fractions() -> None:
     assert (request.percent, request.stickiness) == (12.5, "agent")
     assert request.rollback_on == RollbackOn(deny_rate=0.1, window="5m", min_decisions=50)
     assert [window_seconds(text) for text in ("1s", "90s", "5m", "1h")] == [1, 90, 300, 3600]
+    zero = RolloutRequest.model_validate({**GOOD, "percent": -0.0}).percent
+    assert (zero, str(zero)) == (0.0, "0.0")  # -0.0 was echoed as it came
+    assert RolloutRequest.model_validate({**GOOD, "percent": 0.07}).percent == 0.07
 
 
 def test_a_rollout_round_trips_through_its_row() -> None:
