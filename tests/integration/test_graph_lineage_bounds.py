@@ -5,14 +5,13 @@ id echoed in NOT_FOUND's details overflowed the trailer: the client got RESOURCE
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
+from fixtures.graph_grpc import graph_grpc
 
-from bastion._rpc import auth_metadata, start_grpc_server
-from bastion.graph import GraphServicer, SqliteGraphStore
+from bastion._rpc import auth_metadata
 from bastion.graph._events import MAX_ID_LENGTH
 from bastion.v1 import graph_pb2, graph_pb2_grpc
 
@@ -22,19 +21,8 @@ _HUGE = "x" * 100_000
 
 @pytest.fixture
 async def stub(tmp_path: Path) -> AsyncIterator[graph_pb2_grpc.GraphServiceAsyncStub]:
-    store = await SqliteGraphStore.open(tmp_path / "graph.db")
-    server = await start_grpc_server(
-        "127.0.0.1:0",
-        token=TOKEN,
-        register=[partial(graph_pb2_grpc.add_GraphServiceServicer_to_server, GraphServicer(store))],
-        service_names=["bastion.v1.GraphService"],
-    )
-    try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            yield graph_pb2_grpc.GraphServiceStub(channel)
-    finally:
-        await server.stop(0)
-        await store.close()
+    async with graph_grpc(tmp_path, TOKEN) as server, grpc.aio.insecure_channel(server.address) as channel:
+        yield graph_pb2_grpc.GraphServiceStub(channel)
 
 
 async def _lineage_refusal(

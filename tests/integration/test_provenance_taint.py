@@ -5,7 +5,9 @@ in the graph, while the same transfer to an IBAN the user's stated task names go
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -77,42 +79,64 @@ async def _edges(graph: str, token: str, workflow: str, node: str) -> list[dict[
     raise AssertionError(f"no INFORMED_BY edge from {node} in {workflow}: {answer.text}")
 
 
+async def _trail(graph: str, home: Path, blocked: httpx.Response) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The blocked call's edges and drift path, as an auditor reads them from the graph."""
+    workflow, node = blocked.headers["bastion-workflow-id"], blocked.headers["bastion-node-id"]
+    edges = await _edges(graph, auditor_token(home), workflow, node)
+    async with httpx.AsyncClient(base_url=f"http://{graph}", headers=bearer(auditor_token(home))) as http:
+        drift: dict[str, Any] = (await http.get(f"/graphs/{workflow}/drift-path/{node}")).json()
+    return edges, drift
+
+
+def _guarded(read_tool: str) -> dict[str, Any]:
+    """POLICY, with transfers refused by policy whenever the call carries untrusted data."""
+    untrusted = {"id": "no-untrusted-transfers", "match": {"tools": ["bank__transfer"]}, "when": "'untrusted' in taint"}
+    rules = [
+        {**untrusted, "effect": "deny"},
+        {"id": "all", "match": {"tools": [f"email__{read_tool}", "bank__transfer"]}, "effect": "allow"},
+    ]
+    return {**POLICY, "spec": {"default": "deny", "rules": rules}}
+
+
+@contextlib.asynccontextmanager
+async def _stack(tmp_path: Path, server: MCPServer, policy: dict[str, Any]) -> AsyncIterator[Any]:
+    """The whole stack in process, `server` as both the email and the bank upstream."""
+    async with serving_mcp(server) as url:
+        (tmp_path / "policy.json").write_text(json.dumps(policy))
+        config = tmp_path / "bastion.yaml"
+        config.write_text(f"servers:\n  email:\n    url: {url}\n  bank:\n    url: {url}\npolicies: [policy.json]\n")
+        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
+            yield running
+
+
 async def test_a_transfer_to_an_iban_injected_into_an_email_is_blocked_and_one_from_the_task_passes(
     tmp_path: Path,
 ) -> None:
     transfers: list[str] = []
-    async with serving_mcp(_server(transfers)) as url:
-        (tmp_path / "policy.json").write_text(json.dumps(POLICY))
-        config = tmp_path / "bastion.yaml"
-        config.write_text(f"servers:\n  email:\n    url: {url}\n  bank:\n    url: {url}\npolicies: [policy.json]\n")
-        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
-            token = issue_token(ensure_dev_key(tmp_path), subject="agent-provenance")
-            async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
-                # Attacked: the agent reads the email and pays the IBAN it found there.
-                read = await _call(http, token, "email", "read", {}, "wf-injected", "")
-                assert "result" in read.json(), read.text
-                blocked = await _call(
-                    http, token, "bank", "transfer", {"iban": IBAN.replace(" ", ""), "amount": 5000}, "wf-injected", ""
-                )
-                # Legitimate: the user's task names the IBAN; the same email is read first.
-                task = f"Pay the overdue invoice: transfer 5000 EUR to {IBAN}"
-                await _call(http, token, "email", "read", {}, "wf-stated", task)
-                passed = await _call(
-                    http, token, "bank", "transfer", {"iban": IBAN.replace(" ", ""), "amount": 5000}, "wf-stated", task
-                )
-            error = blocked.json()["error"]
-            assert error["code"] == -32003, blocked.text
-            assert error["data"]["rule_id"] == "bastion.verifier_block"
-            assert "untrusted data in sink arguments: 'iban' 100% from email__read" in error["data"]["reason"]
-            assert error["data"]["drift_path_origin"] == read.headers["bastion-node-id"]
-            assert "result" in passed.json(), passed.text
-            assert transfers == [IBAN.replace(" ", "")]
-            workflow, node = blocked.headers["bastion-workflow-id"], blocked.headers["bastion-node-id"]
-            edges = await _edges(running.graph, auditor_token(tmp_path), workflow, node)
-            async with httpx.AsyncClient(
-                base_url=f"http://{running.graph}", headers=bearer(auditor_token(tmp_path))
-            ) as http:
-                drift = (await http.get(f"/graphs/{workflow}/drift-path/{node}")).json()
+    async with _stack(tmp_path, _server(transfers), POLICY) as running:
+        token = issue_token(ensure_dev_key(tmp_path), subject="agent-provenance")
+        async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
+            # Attacked: the agent reads the email and pays the IBAN it found there.
+            read = await _call(http, token, "email", "read", {}, "wf-injected", "")
+            assert "result" in read.json(), read.text
+            blocked = await _call(
+                http, token, "bank", "transfer", {"iban": IBAN.replace(" ", ""), "amount": 5000}, "wf-injected", ""
+            )
+            # Legitimate: the user's task names the IBAN; the same email is read first.
+            task = f"Pay the overdue invoice: transfer 5000 EUR to {IBAN}"
+            await _call(http, token, "email", "read", {}, "wf-stated", task)
+            passed = await _call(
+                http, token, "bank", "transfer", {"iban": IBAN.replace(" ", ""), "amount": 5000}, "wf-stated", task
+            )
+        error = blocked.json()["error"]
+        assert error["code"] == -32003, blocked.text
+        assert error["data"]["rule_id"] == "bastion.verifier_block"
+        assert "untrusted data in sink arguments: 'iban' 100% from email__read" in error["data"]["reason"]
+        assert error["data"]["drift_path_origin"] == read.headers["bastion-node-id"]
+        assert "result" in passed.json(), passed.text
+        assert transfers == [IBAN.replace(" ", "")]
+        node = blocked.headers["bastion-node-id"]
+        edges, drift = await _trail(running.graph, tmp_path, blocked)
     # Where the IBAN came from, as an investigator asks for it: the email read, with labels.
     assert drift["origin"] == "untrusted_data", drift
     assert [hop["node_id"] for hop in drift["hops"]] == [node, read.headers["bastion-node-id"]]
@@ -134,45 +158,22 @@ async def test_an_email_padded_past_what_provenance_reads_cannot_launder_its_iba
         return {"sender": "billing@supplier.example", "subject": "Invoice", "body": INJECTED + " ~" * 150_000}
 
     server.add_tool(read_padded, name="read_padded")
-    policy = {
-        **POLICY,
-        "spec": {
-            "default": "deny",
-            "rules": [
-                {
-                    "id": "no-untrusted-transfers",
-                    "match": {"tools": ["bank__transfer"]},
-                    "when": "'untrusted' in taint",
-                    "effect": "deny",
-                },
-                {"id": "all", "match": {"tools": ["email__read_padded", "bank__transfer"]}, "effect": "allow"},
-            ],
-        },
-    }
-    async with serving_mcp(server) as url:
-        (tmp_path / "policy.json").write_text(json.dumps(policy))
-        config = tmp_path / "bastion.yaml"
-        config.write_text(f"servers:\n  email:\n    url: {url}\n  bank:\n    url: {url}\npolicies: [policy.json]\n")
-        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
-            token = issue_token(ensure_dev_key(tmp_path), subject="agent-padded")
-            iban = {"iban": IBAN.replace(" ", ""), "amount": 5000}
-            async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
-                read = await _call(http, token, "email", "read_padded", {}, "wf-padded", "")
-                assert "result" in read.json(), read.text[:300]
-                assert len(read.content) > 256 * 1024
-                blocked = await _call(http, token, "bank", "transfer", iban, "wf-padded", "")
-                # No untrusted result earlier in this workflow: the same transfer passes.
-                passed = await _call(http, token, "bank", "transfer", iban, "wf-clean", "")
-            error = blocked.json()["error"]
-            assert error["data"]["rule_id"] == "no-untrusted-transfers", blocked.text
-            assert "result" in passed.json(), passed.text
-            assert transfers == [IBAN.replace(" ", "")]
-            workflow, node = blocked.headers["bastion-workflow-id"], blocked.headers["bastion-node-id"]
-            edges = await _edges(running.graph, auditor_token(tmp_path), workflow, node)
-            async with httpx.AsyncClient(
-                base_url=f"http://{running.graph}", headers=bearer(auditor_token(tmp_path))
-            ) as http:
-                drift = (await http.get(f"/graphs/{workflow}/drift-path/{node}")).json()
+    async with _stack(tmp_path, server, _guarded("read_padded")) as running:
+        token = issue_token(ensure_dev_key(tmp_path), subject="agent-padded")
+        iban = {"iban": IBAN.replace(" ", ""), "amount": 5000}
+        async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
+            read = await _call(http, token, "email", "read_padded", {}, "wf-padded", "")
+            assert "result" in read.json(), read.text[:300]
+            assert len(read.content) > 256 * 1024
+            blocked = await _call(http, token, "bank", "transfer", iban, "wf-padded", "")
+            # No untrusted result earlier in this workflow: the same transfer passes.
+            passed = await _call(http, token, "bank", "transfer", iban, "wf-clean", "")
+        error = blocked.json()["error"]
+        assert error["data"]["rule_id"] == "no-untrusted-transfers", blocked.text
+        assert "result" in passed.json(), passed.text
+        assert transfers == [IBAN.replace(" ", "")]
+        node = blocked.headers["bastion-node-id"]
+        edges, drift = await _trail(running.graph, tmp_path, blocked)
     informed = [edge for edge in edges if edge["type"] == "INFORMED_BY"]
     assert [edge["target"] for edge in informed] == [read.headers["bastion-node-id"]]
     assert "too large to trace" in informed[0]["reason"]
@@ -195,27 +196,14 @@ async def test_an_iban_hidden_in_the_first_copy_of_a_repeated_key_is_still_trace
         return f'{{"sender": "billing@supplier.example", "iban": "{injected}", "iban": "NL90LDRU7451135004"}}'
 
     server.add_tool(read_invoice, name="read_invoice")
-    rules = [
-        {
-            "id": "no-untrusted-transfers",
-            "match": {"tools": ["bank__transfer"]},
-            "when": "'untrusted' in taint",
-            "effect": "deny",
-        },
-        {"id": "all", "match": {"tools": ["email__read_invoice", "bank__transfer"]}, "effect": "allow"},
-    ]
-    async with serving_mcp(server) as url:
-        (tmp_path / "policy.json").write_text(json.dumps({**POLICY, "spec": {"default": "deny", "rules": rules}}))
-        config = tmp_path / "bastion.yaml"
-        config.write_text(f"servers:\n  email:\n    url: {url}\n  bank:\n    url: {url}\npolicies: [policy.json]\n")
-        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
-            token = issue_token(ensure_dev_key(tmp_path), subject="agent-repeated")
-            async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
-                read = await _call(http, token, "email", "read_invoice", {}, "wf-repeated", "")
-                assert injected in read.text, read.text
-                blocked = await _call(
-                    http, token, "bank", "transfer", {"iban": injected, "amount": 5000}, "wf-repeated", ""
-                )
+    async with _stack(tmp_path, server, _guarded("read_invoice")) as running:
+        token = issue_token(ensure_dev_key(tmp_path), subject="agent-repeated")
+        async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
+            read = await _call(http, token, "email", "read_invoice", {}, "wf-repeated", "")
+            assert injected in read.text, read.text
+            blocked = await _call(
+                http, token, "bank", "transfer", {"iban": injected, "amount": 5000}, "wf-repeated", ""
+            )
     error = blocked.json()["error"]
     assert error["data"]["rule_id"] == "no-untrusted-transfers", blocked.text
     assert transfers == []

@@ -12,13 +12,13 @@ from typing import Any
 import grpc
 import pytest
 from fixtures import inprocess
+from fixtures.graph_grpc import graph_grpc
 from fixtures.stack import ROOT
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from bastion._identity import ensure_service_token
 from bastion._rpc import GrpcServer, auth_metadata, start_grpc_server
-from bastion.graph import GraphServicer, SqliteGraphStore
 from bastion.v1 import graph_pb2, graph_pb2_grpc, policy_pb2, verifier_pb2, verifier_pb2_grpc
 from bastion.verifier import ReferenceScorer, ScorerConfig, VerifierServicer
 
@@ -55,16 +55,8 @@ _CORRUPT_DECISIONS = _corrupt(
 
 @pytest.fixture
 async def graph(tmp_path: Path) -> AsyncIterator[GrpcServer]:
-    store = await SqliteGraphStore.open(tmp_path / "graph.db")
-    server = await start_grpc_server(
-        "127.0.0.1:0",
-        token=TOKEN,
-        register=[partial(graph_pb2_grpc.add_GraphServiceServicer_to_server, GraphServicer(store))],
-        service_names=["bastion.v1.GraphService"],
-    )
-    yield server
-    await server.stop(0)
-    await store.close()
+    async with graph_grpc(tmp_path, TOKEN) as server:
+        yield server
 
 
 @pytest.fixture

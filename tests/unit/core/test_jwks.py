@@ -13,10 +13,8 @@ import hashlib
 import hmac
 import json
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fixtures.local_http import Handler, LocalHttp
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from bastion import AuthError, ConfigError
@@ -227,7 +226,7 @@ def test_https_or_loopback_http_jwks_urls_are_accepted(url: str) -> None:
 # --- a JWKS URL ----------------------------------------------------------------------------------
 
 
-class _Issuer:
+class _Issuer(LocalHttp):
     """An identity provider's JWKS endpoint: `document` and `status` are what it answers now."""
 
     def __init__(self, document: bytes) -> None:
@@ -237,32 +236,18 @@ class _Issuer:
         self.hits = 0
         issuer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class JwksHandler(Handler):
             def do_GET(self) -> None:
                 issuer.hits += 1
-                self.send_response(issuer.status)
-                if issuer.location:
-                    self.send_header("Location", issuer.location)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(issuer.document)))
-                self.end_headers()
-                self.wfile.write(issuer.document)
+                headers = {"Location": issuer.location} if issuer.location else None
+                self.answer(issuer.status, issuer.document, headers)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/jwks.json"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
+        super().__init__(JwksHandler)
+        self.url = f"http://{self.addr}/jwks.json"
 
     def __enter__(self) -> _Issuer:
-        self._thread.start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
 
 @pytest.fixture

@@ -3,13 +3,12 @@ request, where they were a traceback ("Out of range float values are not JSON co
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 import pytest
+from fixtures.local_http import Handler, LocalHttp
 
 from bastion._cli import main
 
@@ -26,38 +25,23 @@ _ROLLOUT = {
 }
 
 
-class _PolicyAdmin:
+class _PolicyAdmin(LocalHttp):
     """The policy service's admin REST as far as `rollout` goes: it keeps every body it is sent."""
 
     def __init__(self) -> None:
         self.bodies: list[Any] = []
         admin = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class AdminHandler(Handler):
             def do_POST(self) -> None:
                 admin.bodies.append(orjson.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                answer = orjson.dumps(_ROLLOUT)
-                self.send_response(201)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                self.answer(201, orjson.dumps(_ROLLOUT))
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.addr = f"127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
+        super().__init__(AdminHandler)
 
     def __enter__(self) -> _PolicyAdmin:
-        self._thread.start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
 
 @pytest.fixture
