@@ -99,7 +99,10 @@ MAX_WORKFLOW_PRINTS = 8192
 MAX_TOTAL_PRINTS = 1_000_000
 #: Characters of a call's arguments looked up (all strings together).
 MAX_ARGUMENT_CHARS = 16 * 1024
-MAX_ARGUMENT_VALUES = 1000
+#: Values of a call's arguments walked to find its strings: as many as the proxy lets a call
+#: hold by default (BASTION_MAX_ARGUMENT_VALUES), so that padding values cannot push a
+#: recipient past the walk (at 1,000, 1,200 zeros before `cc` did).
+MAX_ARGUMENT_VALUES = 10_000
 #: Shortest and longest value matched exactly (normalised): shorter is "yes", "inbox"…
 MIN_VALUE = 6
 MAX_VALUE = 256
