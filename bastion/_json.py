@@ -59,19 +59,25 @@ def loads_every(raw: bytes | str) -> Any:
 
     For data Bastion passes on unchanged but fingerprints (provenance, proxy/_provenance.py):
     the reader it is passed to may keep the first copy, so every copy counts. Raises
-    ValueError (orjson's JSONDecodeError) for what is not JSON, and TooDeep for JSON nested
-    too deeply to read again.
+    ValueError for what no JSON reader takes, and TooDeep for JSON nested too deeply to read.
 
     What a serialiser wrote, compact or indented by two (the MCP SDK's structured text), is
     read once by orjson and checked by writing it back the same way: written back the same
     bytes, no key repeats. Anything else is read a second time keeping every pair.
     """
-    parsed = orjson.loads(raw)
-    if not isinstance(parsed, dict | list):
-        return parsed
     data = raw.encode() if isinstance(raw, str) else raw
-    if _written_as(parsed, data):
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # What orjson refuses but other readers take (NaN, 1e400, a lone surrogate; the MCP
+        # and A2A SDKs do): read as they read it, or it would pass unread.
+        return _every_copy(data)
+    if not isinstance(parsed, dict | list) or _written_as(parsed, data):
         return parsed
+    return _every_copy(data)
+
+
+def _every_copy(data: bytes) -> Any:
     try:
         return json.loads(data, object_pairs_hook=_every)
     except RecursionError as exc:

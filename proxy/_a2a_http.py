@@ -563,10 +563,11 @@ class A2aHttpAdapter:
             self._metrics.upstream.observe(time.perf_counter() - t_up)
             out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + node_headers(record)
             if response.header(b"content-length") is not None:
+                sse = response.is_sse
                 data = await response.read(idle)
                 tap.feed(data)
                 if sniffer is not None and response.status == 200:
-                    await sniffer.feed(data, sse=False)
+                    await sniffer.feed(data, sse=sse)
                     await sniffer.end()
                 if record.action.tool == "ListTasks" and response.status == 200:
                     data = await self._own_tasks(request, data, first_page=not request.paged)
@@ -580,7 +581,7 @@ class A2aHttpAdapter:
                 await send_bytes(request.send, response.status, data, out)
                 relayed = True
             else:
-                sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+                sse = response.is_sse
                 chunks = tap.watch(response.stream(idle))
                 if sniffer is not None and response.status == 200:
                     chunks = sniffer.watch(chunks)

@@ -236,10 +236,9 @@ class ToolCatalog:
             b"POST", self._pool.path.encode(), [*_JSON_HEADERS, *headers], orjson.dumps(message)
         )
         body = await response.read()
-        content_type = response.header(b"content-type") or b""
         if not body:
             return response.status, response.headers, []
-        if content_type.startswith(b"text/event-stream"):
+        if response.is_sse:
             return response.status, response.headers, list(_sse_messages(body))
         try:
             return response.status, response.headers, [orjson.loads(body)]

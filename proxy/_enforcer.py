@@ -36,7 +36,7 @@ from ._pipeline import JOURNAL_UNAVAILABLE, Governor, Outcome, Release
 from ._pointers import read_from
 from ._provenance import Provenance
 from ._recorder import Record, Recorder, iso
-from ._results import TAIL_BYTES, UNREAD
+from ._results import reading
 from ._tracing import DECIDE_SPAN, JOURNAL_SPAN, Tracing
 from ._workflows import WorkflowState, new_id
 
@@ -347,11 +347,7 @@ class Enforcer:
         )
         # Too large to read, or too deep to read with every copy of a repeated key: its data
         # cannot be fingerprinted, and later calls must say so.
-        answered = result.outcome == graph_pb2.COMPLETED
-        unread = answered and (answer is UNREAD or (answer is None and result.result_bytes > TAIL_BYTES))
-        # Carried out or refused with an error, what the upstream said reaches the agent: an
-        # error's message and data may echo what a page or a mail said, so it is read too.
-        completed = answer is not None and answered and not unread
+        taken = reading(result, answer)
         for record in records:
             held = self._held.pop(record.node_id, ())
             if failed:
@@ -366,14 +362,16 @@ class Enforcer:
                 )
             # After the audit record: provenance is a hint for later calls, the result a fact.
             informing = self._informing.pop(record.node_id, None)
-            if informing is not None and (completed or unread):
+            if informing is not None and (taken.read or taken.unread):
                 state, source, read = informing
-                if completed:
+                if taken.read:
                     self._provenance.record(
                         state.prints(), record.node_id, source, answer, read, size=result.result_bytes
                     )
-                else:
-                    self._provenance.record_unread(state.prints(), record.node_id, source, result.result_bytes)
+                if taken.unread or taken.partial:
+                    self._provenance.record_unread(
+                        state.prints(), record.node_id, source, result.result_bytes, partial=taken.partial
+                    )
 
 
 def _source_name(action: policy_pb2.Action) -> str:

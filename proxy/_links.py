@@ -109,7 +109,7 @@ class Link:
     async def _messages(
         self, response: UpstreamResponse, track: Callable[[bytes], None] | None = None
     ) -> AsyncIterator[dict[str, Any]]:
-        if not (response.header(b"content-type") or b"").startswith(b"text/event-stream"):
+        if not response.is_sse:
             body = await response.read(self._pool.timeout)
             if body.strip():
                 message = _loads(body)

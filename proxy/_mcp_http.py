@@ -382,12 +382,13 @@ class McpHttpAdapter:
                 await self._relay_listing(request, response, out, idle, *listing, msg_id)
                 relayed = True
             elif response.header(b"content-length") is not None:
+                sse = response.is_sse
                 data = await response.read(idle)
                 tap.feed(data)
                 await send_bytes(request.send, response.status, data, out)
                 relayed = True
             else:
-                sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+                sse = response.is_sse
                 relayed = await send_stream(
                     request.send, request.receive, response.status, out, tap.watch(response.stream(idle))
                 )
@@ -420,7 +421,7 @@ class McpHttpAdapter:
         msg_id: Any,
     ) -> None:
         """The response stage of list methods: the whole answer, filtered by policy."""
-        sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+        sse = response.is_sse
         data = await response.read(idle)
         filtered = await filter_listing(
             data,

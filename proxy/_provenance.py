@@ -726,14 +726,14 @@ class Provenance:
         self._trim()
         return added
 
-    def record_unread(self, prints: Fingerprints, node_id: str, tool: str, size: int) -> None:
+    def record_unread(self, prints: Fingerprints, node_id: str, tool: str, size: int, *, partial: bool = False) -> None:
         """Remember that `tool`'s result at `node_id` (`size` bytes) was too large to fingerprint.
 
         Skipping it silently would let anyone who controls an untrusted source (a web page,
         an email) launder data past provenance by padding it over the tail: its data is
         then untraceable, and later calls are labelled so (`unread:`), not left clean."""
         if not self.trusted(tool):
-            prints.unread.append(Unread(node_id, tool, size))
+            prints.unread.append(Unread(node_id, tool, size, partial))
 
     def _forget(self, key: int) -> None:
         held = self._holders.pop(key, None)

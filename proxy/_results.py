@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from bastion._json import Copies, TooDeep, loads_every
@@ -82,14 +83,19 @@ class ResultTap:
         message = answers[-1] if answers else None
         if message is UNREAD:
             self.answer = UNREAD
-        elif isinstance(message, dict) and "error" in message:
-            self.answer = {"error": message["error"]}  # an error's text reaches the agent too
-        elif isinstance(message, dict):
-            results = [answer["result"] for answer in answers if isinstance(answer, dict) and "result" in answer]
-            # A stream answering one request many times (A2A's message/stream: the task,
-            # then artifact and status updates) is read whole: its data is in the earlier
-            # events (an attacker's probe found only the last, a status update, read).
-            self.answer = results[0] if len(results) == 1 else Copies(results) if results else None
+        else:
+            # Every result and every error of every message answering the request: a stream
+            # answering it many times (A2A's message/stream: the task, then artifact and status
+            # updates) has its data in the earlier events, and an error's text, or a result
+            # beside an error, reaches the agent too (an attacker's probe read only the last).
+            parts = [
+                part
+                for answer in answers
+                if isinstance(answer, dict)
+                for part in (answer.get("result", _NONE), _error_part(answer))
+                if part is not _NONE
+            ]
+            self.answer = parts[0] if len(parts) == 1 else Copies(parts) if parts else None
         return _code(message)
 
     def _answers(self, message_id: Any) -> bool:
@@ -107,7 +113,8 @@ class ResultTap:
             message = _loads(bytes(self._tail))
             return [] if message is None else [message]
         answers: list[Any] = []
-        for event in bytes(self._tail).replace(b"\r\n", b"\n").split(b"\n\n"):
+        # SSE lines end in CRLF, LF or a lone CR.
+        for event in bytes(self._tail).replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n"):
             data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
             message = _loads(data) if data else None
             if message is UNREAD:  # whether it answers the request cannot be told
@@ -115,6 +122,39 @@ class ResultTap:
             if isinstance(message, dict) and self._answers(message.get("id")) and "method" not in message:
                 answers.append(message)
         return answers
+
+
+_NONE = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What provenance can make of a forwarded action's answer (`reading`)."""
+
+    #: The answer was read: fingerprint it.
+    read: bool
+    #: It reached the agent but could not be read (too large for the tail, too deep, no JSON
+    #: any reader takes, a batch array): later calls must say its data is untraceable.
+    unread: bool
+    #: Only its last part was read (an event stream longer than the tail).
+    partial: bool
+
+
+def reading(result: graph_pb2.ActionResult, answer: Any) -> Reading:
+    """How provenance takes `answer` (`ResultTap.answer`) of an action that ended as `result`:
+    an upstream that answered, with a result or an error, said something the agent reads.
+    An attacker's probe found small unreadable answers passing with no label at all."""
+    answered = result.outcome == graph_pb2.COMPLETED
+    read = answered and answer is not None and answer is not UNREAD
+    return Reading(
+        read=read,
+        unread=answered and result.result_bytes > 0 and not read,
+        partial=read and result.result_bytes > TAIL_BYTES,
+    )
+
+
+def _error_part(answer: dict[str, Any]) -> Any:
+    return {"error": answer["error"]} if "error" in answer else _NONE
 
 
 def _loads(data: bytes) -> Any:

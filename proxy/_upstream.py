@@ -160,6 +160,13 @@ class UpstreamResponse:
                 return value
         return None
 
+    @property
+    def is_sse(self) -> bool:
+        """Whether the body is an event stream, as a client reads it: media types are
+        case-insensitive, and a stream may come with a Content-Length (an attacker's probe
+        had both slip an answer past the result tap unread)."""
+        return (self.header(b"content-type") or b"").strip().lower().startswith(b"text/event-stream")
+
     async def stream(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
         """The body as it arrives; `idle_timeout` bounds the wait for each piece (None:
         a long-lived stream such as an MCP session's GET may stay quiet for as long as it likes)."""

@@ -111,7 +111,7 @@ class StdioFront:
             response = await self._pool.request(b"POST", self._path, self._headers(), line.strip())
             if isinstance(message, dict) and message.get("method") == "initialize" and response.status == 200:
                 self._session = response.header(b"mcp-session-id")
-            if (response.header(b"content-type") or b"").startswith(b"text/event-stream"):
+            if response.is_sse:
                 async for data in sse_data(response.stream(None)):
                     self._learn_version(data)
                     await self._write(data)
