@@ -54,7 +54,7 @@ class _Upstream(LocalHttp):
                 if "id" not in message:  # a notification
                     self.answer(202, b"")
                 elif message.get("method") == "initialize":
-                    info = {"protocolVersion": params.get("protocolVersion"), "capabilities": {"tools": {}}}
+                    info: dict[str, Any] = {"protocolVersion": params.get("protocolVersion"), "capabilities": {}}
                     info["serverInfo"] = {"name": "framing", "version": "1"}
                     self.answer(200, orjson.dumps({"jsonrpc": "2.0", "id": message["id"], "result": info}))
                 elif message.get("method") == "tools/list":
