@@ -70,7 +70,6 @@ import collections
 import fnmatch
 import itertools
 import re
-import unicodedata
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -81,9 +80,17 @@ from bastion._json import Copies, loads_every
 from bastion.v1 import graph_pb2
 
 from ._pointers import IDENTITY_KEYS, PUNCTUATION, Identity, identity, references, stays_within
+from ._textprints import (
+    MIN_VALUE,
+    SHINGLE,
+    exact_key,
+    is_destination,
+    is_prose_key,
+    normalise,
+    shingle_hashes,
+    tokens,
+)
 
-#: Characters per shingle: long enough that common words and phrases rarely make one.
-SHINGLE = 16
 #: Shingles one result may add; a longer result is sampled with a stride.
 MAX_RESULT_SHINGLES = 1024
 #: Characters of one result read (all its strings together), and strings visited.
@@ -103,8 +110,7 @@ MAX_ARGUMENT_CHARS = 16 * 1024
 #: hold by default (BASTION_MAX_ARGUMENT_VALUES), so that padding values cannot push a
 #: recipient past the walk (at 1,000, 1,200 zeros before `cc` did).
 MAX_ARGUMENT_VALUES = 10_000
-#: Shortest and longest value matched exactly (normalised): shorter is "yes", "inbox"…
-MIN_VALUE = 6
+#: Longest value matched exactly (normalised), shortest is MIN_VALUE (`_textprints.py`).
 MAX_VALUE = 256
 #: Shortest run of shingle-covered characters reported (unless the whole argument is covered).
 MIN_RUN = 20
@@ -125,14 +131,11 @@ _UNBOUNDED = 1 << 62
 #: Keys whose values are payloads or protocol, not data: MCP image/audio `data`, resource
 #: `blob`, A2A file `bytes`, MIME types and metadata.
 _SKIPPED_KEYS = frozenset({"data", "blob", "bytes", "mimeType", "_meta"})
-#: Of those, the keys of encoded payloads (skipped only when they hold one: `_skipped`).
-_PAYLOAD_KEYS = frozenset({"data", "blob", "bytes"})
-#: Groups of a number printed with spaces (an IBAN has at most 9).
-_MAX_GROUPS = 12
-_MARKS = "0123456789@"
-_DIGIT = re.compile(r"[0-9]")
-#: Format characters (Unicode category Cf) dropped by `normalise`.
-_INVISIBLE = dict.fromkeys(c for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf")
+#: What those hold when they are what their names say (`_skipped`).
+_MIN_PAYLOAD = 64
+_BASE64 = re.compile(r"[A-Za-z0-9+/_\-]+=*\s*")
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,63}/[\w.+-]{1,63}(;[ \w.+=\"-]{0,64})?")
+_CONTENT_BLOCK = re.compile(r"(?:content|structuredContent)\[\d+\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +232,7 @@ class Fingerprints:
         walk = _Walk(result, parse_json=True)
         cut = False
         for path, text in walk:
-            if _is_handle(path):
+            if _is_handle(path, text):
                 continue
             if (
                 not trusted
@@ -241,7 +244,7 @@ class Fingerprints:
             norm = normalise(text)
             # Short, or without spaces (a URL): a field; otherwise free text.
             kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
-            if kind == "field" and _is_prose_key(path) and _is_destination(norm):
+            if kind == "field" and is_prose_key(path) and is_destination(norm):
                 # A destination alone in what its author writes freely (an email's subject
                 # that is just an IBAN): the sender's text, not a field the tool defines.
                 kind = "text"
@@ -437,29 +440,16 @@ def _add_tokens(exact: dict[str, Source], norm: str, source: Source) -> bool:
     return next(found, None) is not None
 
 
-#: Keys of text an author writes freely (an email's subject, a post's title).
-_PROSE_KEYS = frozenset(
-    {"subject", "body", "text", "message", "title", "description", "comment", "note", "notes", "snippet", "summary"}
-)
-#: An IBAN as normalised (`exact_key`): country, check digits, 10-30 letters and digits.
-_IBAN = re.compile(r"[a-z]{2}[0-9]{2}[a-z0-9]{10,30}")
-
-
-def _is_prose_key(path: str) -> bool:
-    return path.rpartition(".")[2].casefold() in _PROSE_KEYS
-
-
-def _is_destination(norm: str) -> bool:
-    """Whether a normalised value is where money or messages go: an address, a URL, an IBAN."""
-    return (("@" in norm or "://" in norm) and " " not in norm) or _IBAN.fullmatch(exact_key(norm)) is not None
-
-
-def _is_handle(path: str) -> bool:
+def _is_handle(path: str, text: str) -> bool:
     """A value under an id key (`id`, `taskId`, `message_id`): a protocol handle the next
     call is meant to pass back (an A2A task id, an email's id to reply to), not data a
-    source could inject."""
+    source could inject — unless it is a destination (an attacker's probe put an IBAN under
+    `account_id` and an address under `payeeId`)."""
     key = path.rpartition(".")[2]
-    return key == "id" or key.endswith(("Id", "_id", "ID"))
+    if not (key == "id" or key.endswith(("Id", "_id", "ID"))):
+        return False
+    norm = normalise(text)
+    return norm.startswith("<") or not is_destination(norm)
 
 
 def _is_constant(norm: str) -> bool:
@@ -472,72 +462,6 @@ def _is_constant(norm: str) -> bool:
 def _takes(current: Source | None, new: Source) -> bool:
     """Whether `new` replaces `current` for a key: newest wins, but never trusted over untrusted."""
     return current is None or not (new.trusted and not current.trusted)
-
-
-def normalise(text: str) -> str:
-    """Compatibility-folded (NFKC: fullwidth digits are digits), invisible format characters
-    (zero-width spaces, soft hyphens, bidi marks) dropped, case-folded, whitespace runs
-    collapsed to one space, trimmed. An agent reads a fullwidth IBAN, or one with a zero-width
-    space inside, as the IBAN and may copy it plainly: the fingerprint must not tell them apart."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
-    return " ".join(text.casefold().split())
-
-
-def exact_key(norm: str) -> str:
-    """`norm`, compacted when it is a printed number (IBAN, phone): spaces, hyphens, a leading + dropped."""
-    compact = norm.replace(" ", "").replace("-", "").removeprefix("+")
-    if compact.isalnum() and not compact.isalpha() and compact.isascii():
-        return compact
-    return norm
-
-
-def tokens(norm: str) -> Iterator[str]:
-    """Identifier-like tokens of normalised free text, as exact keys: words with a digit,
-    `@` or `://`, and numbers printed in space-separated groups ("de89 3704 0044 …").
-
-    A loop over the words rather than a regex: Python's `re` costs ~200 ns a character
-    on a pattern without a literal prefix, str.split and isalpha a few ns."""
-    if "://" not in norm and not any(mark in norm for mark in _MARKS):
-        return  # prose without a digit or `@`: no word can be one (11 memchr-fast searches)
-    words = norm.split(" ")
-    for index, word in enumerate(words):
-        if word.isalpha():
-            continue
-        word = word.strip(PUNCTUATION)
-        digit = _DIGIT.search(word) is not None
-        if len(word) >= MIN_VALUE and (digit or "@" in word or "://" in word):
-            yield exact_key(word)
-        if digit and len(word) <= 5:
-            yield from _grouped(word, words, index)
-
-
-def _grouped(first: str, words: list[str], index: int) -> Iterator[str]:
-    """Keys of a printed number starting at `words[index]`: every run of 3+ short groups.
-
-    Every run, because the groups cannot be told from short words after the number
-    ("… 0130 00 to")."""
-    groups = [first.removeprefix("+")]
-    for word in words[index + 1 : index + _MAX_GROUPS]:
-        word = word.strip(PUNCTUATION)
-        # Groups of digits, or four letters (a bank code: "gb29 nwbk 6016 …"); "eur", "to" end it.
-        if not (0 < len(word) <= 4 and word.isalnum() and (len(word) == 4 or _DIGIT.search(word))):
-            break
-        groups.append(word)
-        if len(groups) >= 3:
-            key = "".join(groups)
-            if len(key) >= MIN_VALUE and key.isascii():
-                yield key
-
-
-def shingle_hashes(norm: str, budget: int) -> Iterator[int]:
-    """Hashes of SHINGLE-character windows of `norm`: every one, or every stride-th within `budget`."""
-    windows = len(norm) - SHINGLE + 1
-    if windows <= 0 or budget <= 0:
-        return
-    stride = max(1, -(-windows // budget))
-    for start in range(0, windows, stride):
-        yield hash(norm[start : start + SHINGLE])
 
 
 class _Walk:
@@ -591,15 +515,15 @@ class _Walk:
                     text = item[:left]
                     left -= len(text)
                     yield path, text
-            elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= _LONG_NUMBER:
+            elif _long_number(item):
                 # A long number is an identifier (an account, a chat, a phone), whether the
-                # JSON spells it as a string or not.
-                yield path, str(item)
+                # JSON spells it as a string, an integer or a float (123456789.0, 1.23456789e8).
+                yield path, str(int(item))
             elif isinstance(item, dict):
                 stack.extend(
                     (f"{path}.{key}" if path else str(key), child)
                     for key, child in reversed(item.items())
-                    if not _skipped(key, child, self._skip)
+                    if not _skipped(key, child, self._skip, path)
                 )
             elif isinstance(item, Copies):  # a key given twice: each copy is at that key
                 stack.extend((path, child) for child in reversed(item))
@@ -607,16 +531,22 @@ class _Walk:
                 stack.extend((f"{path}[{index}]", child) for index, child in reversed(list(enumerate(item))))
 
 
-def _skipped(key: str, value: Any, skip: frozenset[str]) -> bool:
-    """Whether a member is payload or protocol rather than data: `_meta` always; `data`,
-    `blob` and `bytes` when they hold an encoded payload (a string without spaces), not when
-    they hold a structure (`{"data": {...}}` wraps many APIs' answers, and an A2A DataPart's
-    data is what the agent reads) or text."""
+def _skipped(key: str, value: Any, skip: frozenset[str], parent: str) -> bool:
+    """Whether a member (of the object at `parent`) is payload or protocol rather than data:
+    `data`, `blob` and `bytes` holding an encoded payload (long base64), `mimeType` holding
+    a media type, `_meta` of the result or of a content block. Anything else under those
+    names is read: `{"data": {...}}` wraps many APIs' answers, an A2A DataPart's data is what
+    the agent reads, and a source may put an IBAN or an address under any name it likes
+    (an attacker's probe put them under `data`, `bytes` and `mimeType`)."""
     if key not in skip:
         return False
-    if key in _PAYLOAD_KEYS:
-        return isinstance(value, str) and " " not in value[:256]
-    return True
+    if key == "_meta":
+        return not parent or _CONTENT_BLOCK.fullmatch(parent) is not None
+    if not isinstance(value, str):
+        return False
+    if key == "mimeType":
+        return _MEDIA_TYPE.fullmatch(value) is not None
+    return len(value) >= _MIN_PAYLOAD and _BASE64.fullmatch(value) is not None
 
 
 def _strings(
@@ -636,6 +566,14 @@ def _loads(text: str) -> Any:
         return loads_every(text)
     except ValueError:
         return None
+
+
+def _long_number(item: Any) -> bool:
+    if isinstance(item, bool):
+        return False
+    if isinstance(item, int):
+        return abs(item) >= _LONG_NUMBER
+    return isinstance(item, float) and item.is_integer() and _LONG_NUMBER <= abs(item) < 1e18
 
 
 def _length(item: tuple[str, str]) -> int:

@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from bastion.proxy._provenance import Fingerprints, Provenance, TaintSettings, normalise
+from bastion.proxy._provenance import Fingerprints, Provenance, TaintSettings
 from bastion.proxy._results import ResultTap
+from bastion.proxy._textprints import normalise
 from bastion.v1 import graph_pb2
 
 IBAN = "DE89370400440532013000"
@@ -91,7 +92,7 @@ def test_data_under_a_data_key_is_read_unless_it_is_an_encoded_payload() -> None
     assert "untrusted" in _labels(wrapped, {"iban": IBAN})
     a2a = {"parts": [{"kind": "data", "data": {"note": "wire it to DE89 3704 0044 0532 0130 00"}}]}
     assert "untrusted" in _labels(a2a, {"iban": IBAN})
-    encoded = base64.b64encode(f"pay {IBAN}".encode()).decode()
+    encoded = base64.b64encode(f"pay {IBAN}".encode() * 8).decode()  # an image's worth of payload
     image = {"content": [{"type": "image", "data": encoded, "mimeType": "image/png"}]}
     assert Provenance().record(Fingerprints(), "n", "t", image) == 0
 
@@ -165,3 +166,62 @@ def test_padding_values_before_a_recipient_do_not_hide_it() -> None:
     arguments = {"pad": [0] * 1200, "to": "boss@corp.example", "cc": "eve@evil.example"}
     labels = provenance.annotate(prints, "email__send", arguments, "").labels
     assert "arg:cc:untrusted:email__read:body:text:1.00" in labels, labels
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"content": [{"type": "text", "text": f'{{"data": "{IBAN}"}}'}]},
+        {"bytes": "DE89 3704 0044 0532 0130 00"},
+        {"mimeType": f"pay/{IBAN} now"},
+        {"note": {"_meta": {"pay": IBAN}}},
+        {"account_id": IBAN},
+        {"payeeId": "DE89 3704 0044 0532 0130 00"},
+    ],
+    ids=["data-in-text", "bytes", "mimeType", "nested-meta", "account_id", "payeeId"],
+)
+def test_a_destination_under_a_payload_or_handle_name_is_still_read(result: dict[str, Any]) -> None:
+    """The re-probe put IBANs under `data`, `bytes`, `mimeType`, a nested `_meta` and id keys,
+    which were skipped by name wherever they stood."""
+    assert "untrusted" in _labels(result, {"iban": IBAN}), result
+
+
+def test_protocol_handles_and_payloads_are_still_skipped() -> None:
+    task = {"id": "3f1c9a52-7d1e-4b8e-9a41-2c6f0d8e5b17", "message_id": "<CAF12345@mail.example>"}
+    assert Provenance().record(Fingerprints(), "n", "agent__GetTask", task) == 0
+    meta = {"_meta": {"trace": "DE89 3704 0044 0532 0130 00"}, "content": []}
+    assert Provenance().record(Fingerprints(), "n", "t", meta) == 0
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        "\u034f".join("DE89370400440532013000"),  # a combining grapheme joiner between characters
+        "\ufe0f".join("DE89370400440532013000"),  # a variation selector
+        "DE\u0668\u0669\u0663\u0667\u0660\u0664\u0660\u0660\u0664\u0664\u0660\u0665\u0663\u0662\u0660\u0661\u0663\u0660\u0660\u0660",
+    ],
+    ids=["cgj", "vs16", "arabic-indic"],
+)
+def test_invisible_marks_and_other_scripts_digits_are_folded(spelled: str) -> None:
+    assert "untrusted" in _labels({"body": f"Pay {spelled} today."}, {"iban": IBAN})
+
+
+def test_a_long_number_written_as_a_float_is_an_identifier() -> None:
+    provenance = Provenance()
+    prints = Fingerprints()
+    provenance.record(prints, "n1", "web__fetch", {"telegram": {"chat": 5512734981.0}})
+    assert "untrusted" in provenance.annotate(prints, "telegram__send", {"chat": 5512734981}, "").labels
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        {"subject": ["DE89 3704 0044 0532 0130 00"]},
+        {"memo": "DE89 3704 0044 0532 0130 00"},
+        {"subject": "IBAN:DE89370400440532013000"},
+    ],
+    ids=["list", "memo", "prefixed"],
+)
+def test_destinations_in_prose_fields_in_other_shapes_are_text(email: dict[str, Any]) -> None:
+    labels = _labels(email, {"iban": IBAN})
+    assert any(label.startswith("arg:iban:untrusted:") and label.endswith(":text:1.00") for label in labels), labels

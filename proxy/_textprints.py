@@ -1,0 +1,143 @@
+"""How text is read for fingerprints (`_provenance.py`): normalised as an agent would read
+it, cut into identifier tokens and shingles, and told apart as destinations or prose."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterator
+
+from ._pointers import PUNCTUATION
+
+#: Characters per shingle: long enough that common words and phrases rarely make one.
+SHINGLE = 16
+#: Shortest value matched exactly (normalised): shorter is "yes", "inbox"…
+MIN_VALUE = 6
+
+#: Groups of a number printed with spaces (an IBAN has at most 9).
+_MAX_GROUPS = 12
+_MARKS = "0123456789@"
+_DIGIT = re.compile(r"[0-9]")
+
+
+def _folding() -> dict[int, str | None]:
+    """`normalise`'s table, in one pass over the code points (≈ 0.2 s, once per process)."""
+    table: dict[int, str | None] = {}
+    for code in range(0x80, 0x110000):
+        category = unicodedata.category(chr(code))
+        if category == "Cf":
+            table[code] = None
+        elif category == "Nd":
+            # Digits of every script as ASCII ones: NFKC leaves Arabic-Indic digits as they
+            # are, and an agent copying them writes 0-9.
+            table[code] = str(unicodedata.decimal(chr(code)))
+    # Marks and fillers that show nothing: a grapheme joiner, variation selectors, Mongolian
+    # free variation selectors, Hangul fillers, Khmer inherent vowels.
+    for code in (0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0, *range(0x180B, 0x1810)):
+        table[code] = None
+    table.update(dict.fromkeys([*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]))
+    return table
+
+
+#: Format characters and invisible marks dropped, digits of every script made ASCII.
+_INVISIBLE = _folding()
+
+
+#: Keys of text an author writes freely (an email's subject, a post's title): a destination
+#: alone there is the author's text, not a field the tool defines.
+_PROSE_KEYS = frozenset(
+    {"subject", "body", "text", "message", "title", "description", "comment", "comments", "note", "notes"}
+    | {"snippet", "summary", "memo", "remarks", "caption", "reason", "details", "bio"}
+)
+_INDEX = re.compile(r"(\[\d+\])+$")
+_PARTS = re.compile(r"[\s:;,]+")
+#: A phone number as `exact_key` prints it: 7 to 15 digits.
+_PHONE = re.compile(r"[0-9]{7,15}")
+#: An IBAN as normalised (`exact_key`): country, check digits, 10-30 letters and digits.
+_IBAN = re.compile(r"[a-z]{2}[0-9]{2}[a-z0-9]{10,30}")
+
+
+def is_prose_key(path: str) -> bool:
+    """Whether `path` ends in a prose key, or in an item of a list under one (`subject[0]`)."""
+    return _INDEX.sub("", path).rpartition(".")[2].casefold() in _PROSE_KEYS
+
+
+def is_destination(norm: str) -> bool:
+    """Whether a normalised value is, or holds as one of its parts, where money or messages
+    go: an address, a URL, a host with a path, an IBAN, a phone number."""
+    whole = exact_key(norm)
+    if _PHONE.fullmatch(whole) or _IBAN.fullmatch(whole):
+        return True
+    for part in _PARTS.split(norm):
+        if ("@" in part and "." in part) or "://" in part or _IBAN.fullmatch(exact_key(part)):
+            return True
+        host, _, rest = part.partition("/")
+        if rest and "." in host and host.replace(".", "").replace("-", "").isalnum():
+            return True
+    return False
+
+
+def normalise(text: str) -> str:
+    """Compatibility-folded (NFKC: fullwidth digits are digits), invisible format characters
+    (zero-width spaces, soft hyphens, bidi marks) dropped, case-folded, whitespace runs
+    collapsed to one space, trimmed. An agent reads a fullwidth IBAN, or one with a zero-width
+    space inside, as the IBAN and may copy it plainly: the fingerprint must not tell them apart."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+    return " ".join(text.casefold().split())
+
+
+def exact_key(norm: str) -> str:
+    """`norm`, compacted when it is a printed number (IBAN, phone): spaces, hyphens, a leading + dropped."""
+    compact = norm.replace(" ", "").replace("-", "").removeprefix("+")
+    if compact.isalnum() and not compact.isalpha() and compact.isascii():
+        return compact
+    return norm
+
+
+def tokens(norm: str) -> Iterator[str]:
+    """Identifier-like tokens of normalised free text, as exact keys: words with a digit,
+    `@` or `://`, and numbers printed in space-separated groups ("de89 3704 0044 …").
+
+    A loop over the words rather than a regex: Python's `re` costs ~200 ns a character
+    on a pattern without a literal prefix, str.split and isalpha a few ns."""
+    if "://" not in norm and not any(mark in norm for mark in _MARKS):
+        return  # prose without a digit or `@`: no word can be one (11 memchr-fast searches)
+    words = norm.split(" ")
+    for index, word in enumerate(words):
+        if word.isalpha():
+            continue
+        word = word.strip(PUNCTUATION)
+        digit = _DIGIT.search(word) is not None
+        if len(word) >= MIN_VALUE and (digit or "@" in word or "://" in word):
+            yield exact_key(word)
+        if digit and len(word) <= 5:
+            yield from _grouped(word, words, index)
+
+
+def _grouped(first: str, words: list[str], index: int) -> Iterator[str]:
+    """Keys of a printed number starting at `words[index]`: every run of 3+ short groups.
+
+    Every run, because the groups cannot be told from short words after the number
+    ("… 0130 00 to")."""
+    groups = [first.removeprefix("+")]
+    for word in words[index + 1 : index + _MAX_GROUPS]:
+        word = word.strip(PUNCTUATION)
+        # Groups of digits, or four letters (a bank code: "gb29 nwbk 6016 …"); "eur", "to" end it.
+        if not (0 < len(word) <= 4 and word.isalnum() and (len(word) == 4 or _DIGIT.search(word))):
+            break
+        groups.append(word)
+        if len(groups) >= 3:
+            key = "".join(groups)
+            if len(key) >= MIN_VALUE and key.isascii():
+                yield key
+
+
+def shingle_hashes(norm: str, budget: int) -> Iterator[int]:
+    """Hashes of SHINGLE-character windows of `norm`: every one, or every stride-th within `budget`."""
+    windows = len(norm) - SHINGLE + 1
+    if windows <= 0 or budget <= 0:
+        return
+    stride = max(1, -(-windows // budget))
+    for start in range(0, windows, stride):
+        yield hash(norm[start : start + SHINGLE])
