@@ -94,6 +94,8 @@ SHARED_HOSTS = frozenset(
         "herokuapp.com", "azurewebsites.net", "cloudfront.net", "appspot.com", "blogspot.com",
         "wordpress.com", "sharepoint.com", "google.com", "notion.site", "substack.com", "medium.com",
         "amazonaws.com", "s3.amazonaws.com", "workers.dev", "glitch.me", "onrender.com", "fly.dev",
+        "googleapis.com", "githubusercontent.com", "slack.com", "ngrok.io", "ngrok-free.app",
+        "ngrok.app", "pipedream.net", "requestcatcher.com", "repl.co", "replit.app", "trycloudflare.com",
     }
 )  # fmt: skip
 #: Sites where anyone gets a path of their own, and how many of its first segments name the
@@ -106,7 +108,13 @@ PATH_TENANTS = {
     "instagram.com": 1, "linkedin.com": 2, "youtube.com": 1, "pastebin.com": 1, "notion.so": 1,
     "dropbox.com": 2, "docs.google.com": 3, "drive.google.com": 3, "sites.google.com": 2,
     "forms.gle": 1, "bit.ly": 1, "t.me": 1, "discord.gg": 1, "linktr.ee": 1,
+    "discord.com": 3, "hooks.slack.com": 3, "storage.googleapis.com": 1,
+    "raw.githubusercontent.com": 1, "gist.githubusercontent.com": 1, "paypal.me": 1,
+    "webhook.site": 1, "s3.amazonaws.com": 1, "npmjs.com": 2, "pypi.org": 2,
 }  # fmt: skip
+#: Dot segments, plain or percent-encoded, and encoded slashes: a path holding one does not
+#: lead where its first segments say.
+_DOT_SEGMENTS = ("/..", "../", "%2e", "%2f", "%5c")
 #: Mail domains anyone can have an address at: an address there is compared whole.
 WEBMAIL = frozenset(
     {
@@ -202,7 +210,8 @@ def stays_within(folded: str, allowed: frozenset[str]) -> bool:
         return True  # an IBAN, a name, a sentence without a locator
     for raw in folded.split():
         token = raw.strip(PUNCTUATION).replace("\\", "/")
-        if len(token) > MAX_TOKEN:
+        if len(token) > MAX_TOKEN or any(mark in token for mark in _DOT_SEGMENTS):
+            # `github.com/acme/../evil/x` leads to evil's path whatever its first segment says.
             return False
         if "://" in token or token.startswith("//"):
             if token.count("//") > 1 or not _allowed_host(_url_host(token), allowed, _url_path(token)):
@@ -325,8 +334,8 @@ def _registrable(host: str) -> str:
     keep = 2
     if len(labels) >= 3 and len(labels[-2]) <= 3 and len(labels[-1]) == 2:
         keep = 3  # `co.uk`-style public suffixes: a short label before a two-letter one
-    if ".".join(labels[-keep:]) in SHARED_HOSTS:
-        keep += 1
+    while keep < len(labels) and ".".join(labels[-keep:]) in SHARED_HOSTS:
+        keep += 1  # `bucket.s3.amazonaws.com`: shared hosting under shared hosting
     return ".".join(labels[-keep:])
 
 

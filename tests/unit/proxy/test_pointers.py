@@ -285,6 +285,10 @@ ISSUE = "https://github.com/acme/app/issues/12"
         ("https://github.com/evil/app/issues/1", False),  # another owner on the same platform
         ("github.com/evil/x", False),
         ("https://docs.google.com/forms/d/evil-form/viewform", False),
+        ("https://github.com/acme/../evil/payload/raw/x.sh", False),  # dot segments lead elsewhere
+        ("https://github.com/acme/%2e%2e/evil/x", False),
+        ("https://discord.com/api/webhooks/9999/tok3n", False),
+        ("https://raw.githubusercontent.com/evil/x/main/run.sh", False),
     ],
 )
 def test_on_a_shared_platform_a_named_page_vouches_for_its_owners_pages_only(link: str, named: bool) -> None:
@@ -303,3 +307,24 @@ def test_sites_on_path_tenanted_platforms_keep_the_owner_path() -> None:
     assert not stays_within("https://github.com/", frozenset({"github.com/acme"}))
     assert stays_within("https://docs.google.com/document/d/abc/edit", frozenset({"docs.google.com/document/d/abc"}))
     assert stays_within("https://forum.islandhop.example/t/1", frozenset({"islandhop.example"}))
+
+
+@pytest.mark.parametrize(
+    ("named", "link"),
+    [
+        ("https://storage.googleapis.com/acme-reports/q3.csv", "https://storage.googleapis.com/evil-drop/in"),
+        ("https://hooks.slack.com/services/T1/B1/aaa", "https://hooks.slack.com/services/T9/B9/zzz"),
+        ("https://acme.s3.amazonaws.com/report.csv", "https://evil.s3.amazonaws.com/drop"),
+        ("https://s3.amazonaws.com/acme/report.csv", "https://s3.amazonaws.com/evil/drop"),
+    ],
+)
+def test_storage_and_webhook_platforms_vouch_for_the_named_owner_only(named: str, link: str) -> None:
+    sites = frozenset(read_from_sites(named))
+    assert not stays_within(link.casefold(), sites)  # arguments are compared case-folded
+    assert stays_within(named.casefold(), sites)
+
+
+def read_from_sites(url: str) -> set[str]:
+    """The sites a result read from `url` vouches for."""
+    groups = identity((url,), ()).groups
+    return {site for _, vouches in groups for site in vouches}
