@@ -328,7 +328,8 @@ class SessionHost:
                 session.fail(outgoing, str(exc))
             await self._answer(stream, receive, send, headers, extra)
             return stream.events[-1][1] if stream.done and stream.events else None
-        await backend.deliver(message, body, context)
+        if not (session.shared and _answers_or_cancels(message)):
+            await backend.deliver(message, body, context)
         await send_bytes(send, 202, b"", extra)
         return None
 
@@ -477,6 +478,14 @@ async def _error(send: Send, status: int, msg_id: Any, code: int, text: str) -> 
 
 def _unavailable(reason: str) -> dict[str, Any]:
     return {"code": -32603, "message": "UPSTREAM_UNAVAILABLE", "data": {"reason": reason}}
+
+
+def _answers_or_cancels(message: dict[str, Any]) -> bool:
+    """A client's answer, or its cancel of a request: in the shared session both could only
+    name another caller's request (its own were renumbered, and nothing asks a stateless
+    caller anything), so they are accepted and dropped. An attacker's probe cancelled
+    another tenant's call by guessing the host's sequential ids."""
+    return "method" not in message or message.get("method") == "notifications/cancelled"
 
 
 def _key(value: Any) -> bytes:

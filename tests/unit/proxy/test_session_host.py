@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
 import pytest
 
-from bastion.proxy._session_host import HostedSession
+from bastion.proxy._session_host import HostedSession, SessionHost
 
 
 def _call(msg_id: Any, token: Any) -> dict[str, Any]:
@@ -64,3 +65,49 @@ def test_an_issued_event_id_names_its_stream() -> None:
     stream, _, _ = session.begin(_call(1, "p"))
     assert session.stream_of(f"{stream.index}-3") == (stream, 3)
     assert session.stream_of("0-0") == (session.standalone, 0)
+
+
+class _Backend:
+    def __init__(self) -> None:
+        self.delivered: list[dict[str, Any]] = []
+
+    async def deliver(self, message: dict[str, Any], raw: bytes, context: Any) -> None:
+        self.delivered.append(message)
+
+    async def close(self) -> None:
+        pass
+
+
+async def _post(host: SessionHost, message: dict[str, Any], headers: dict[bytes, bytes]) -> int:
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(event: MutableMapping[str, Any]) -> None:
+        sent.append(event)
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.disconnect"}
+
+    await host.post(receive, send, headers, message, orjson.dumps(message))
+    return int(sent[0]["status"])
+
+
+async def test_in_the_shared_session_a_callers_cancel_or_answer_reaches_no_one() -> None:
+    """Stateless callers share one hosted session whose request ids are the host's sequential
+    `bastion-N`: a probe cancelled another tenant's call by naming them."""
+    backend = _Backend()
+
+    async def open_backend(session: HostedSession) -> _Backend:
+        return backend
+
+    host = SessionHost("test", open_backend, max_sessions=4, idle_timeout=60, max_body=1 << 20)
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "bastion-1"}}
+    answer = {"jsonrpc": "2.0", "id": "bastion-ask-1", "result": {"action": "accept"}}
+    changed = {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}
+    assert [await _post(host, message, {}) for message in (cancel, answer, changed)] == [202, 202, 202]
+    assert backend.delivered == [changed]
+    # A session of one's own still carries its cancels to the backend.
+    private = HostedSession("s-own")
+    private.backend = backend
+    host._sessions["s-own"] = private
+    assert await _post(host, cancel, {b"mcp-session-id": b"s-own"}) == 202
+    assert backend.delivered == [changed, cancel]
