@@ -46,6 +46,18 @@ from ._report import chart, summarise, table
 from ._upstream import Script, upstreams
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: The proxy's decision deadlines here, unless BASTION_POLICY_TIMEOUT_MS or
+#: BASTION_VERIFIER_TIMEOUT_MS say otherwise: the eval measures what is decided, and a
+#: production deadline missed on a busy machine would count a fallback as the scorer's block.
+EVAL_DEADLINE_MS = 10_000
+
+
+def _deadlines() -> dict[str, int]:
+    names = ("policy_timeout_ms", "verifier_timeout_ms")
+    return {name: EVAL_DEADLINE_MS for name in names if f"BASTION_{name.upper()}" not in os.environ}
+
+
 RESULTS = ROOT / "eval" / "results"
 #: How long the graph may take to receive the last scenario's nodes from the journal.
 _GRAPH_WAIT_S = 30.0
@@ -67,7 +79,7 @@ async def replay(packs: Sequence[Pack], home: Path, *, progress: bool = False) -
             servers={name: ServerConfig(url=url) for name, url in urls.items()},
             policies=tuple(policy_path(name) for name in sorted({s.policy for s in scenarios})),
         )
-        async with services(home, app) as addresses:
+        async with services(home, app, **_deadlines()) as addresses:
             tokens = {agent_id(s): issue_token(key, subject=agent_id(s)) for s in scenarios}
             outcomes: list[ScenarioOutcome] = []
             async with httpx.AsyncClient(base_url=f"http://{addresses['proxy']['http']}", timeout=30.0) as http:
