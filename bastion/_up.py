@@ -18,6 +18,7 @@ needs the missing service (fail closed), which is what an operator must see.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -96,27 +97,31 @@ ADDRESS_VARS = (
 def _pin_ports(env: dict[str, str]) -> dict[str, str]:
     """`env` with every `host:0` address variable given a port free on that host now.
 
-    A port found free may be taken before its service binds it; the service then stops
-    with "cannot listen on …", which `up` reports like any other start failure."""
-    for name in ADDRESS_VARS:
-        value = env.get(name)
-        if not value:
-            continue
-        host, port = parse_addr(value)
-        if port == 0:
-            env[name] = format_addr(host, _free_port(host))
+    Every probe socket stays bound until all ports are chosen, so no two variables get the
+    same port (the kernel may hand a just-closed one out again: it did, in CI). A port found
+    free may still be taken by another process before its service binds it; the service
+    then stops with "cannot listen on …", which `up` reports like any other start failure."""
+    with contextlib.ExitStack() as probes:
+        for name in ADDRESS_VARS:
+            value = env.get(name)
+            if not value:
+                continue
+            host, port = parse_addr(value)
+            if port == 0:
+                env[name] = format_addr(host, _free_port(host, probes))
     return env
 
 
-def _free_port(host: str) -> int:
+def _free_port(host: str, probes: contextlib.ExitStack) -> int:
+    """A port free on `host`, held by a socket `probes` closes."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, 0))
-        except OSError as exc:
-            raise ConfigError(f"cannot find a free port on {host}: {exc}") from exc
-        port: int = probe.getsockname()[1]
-        return port
+    probe = probes.enter_context(socket.socket(family, socket.SOCK_STREAM))
+    try:
+        probe.bind((host, 0))
+    except OSError as exc:
+        raise ConfigError(f"cannot find a free port on {host}: {exc}") from exc
+    port: int = probe.getsockname()[1]
+    return port
 
 
 def _http_ok(url: str) -> bool:
