@@ -21,8 +21,6 @@ VIOLATION_OUTCOMES = frozenset({graph_pb2.BLOCKED, graph_pb2.REJECTED})
 # Ids are index keys and travel in URLs; a bound keeps a misbehaving client from
 # filling the indexes with megabyte keys. uuid7s and header-supplied workflow ids fit.
 MAX_ID_LENGTH = 512
-#: Times the stores hold: nanoseconds since the epoch in a signed 64-bit integer (to 2262).
-_MAX_SECONDS = (2**63 - 1) // 1_000_000_000
 
 
 def event_problem(event: graph_pb2.Event) -> str | None:
@@ -57,11 +55,9 @@ def event_problem(event: graph_pb2.Event) -> str | None:
 
 
 def _storable(time: timestamp_pb2.Timestamp) -> bool:
-    return (
-        0 <= time.seconds <= _MAX_SECONDS
-        and 0 <= time.nanos < 1_000_000_000
-        and (time.seconds < _MAX_SECONDS or time.nanos <= (2**63 - 1) % 1_000_000_000)
-    )
+    """Whether the stores can hold `time`: nanoseconds since the epoch in a signed 64-bit
+    integer (1970 to 2262)."""
+    return 0 <= time.nanos < 1_000_000_000 and 0 <= time.seconds * 1_000_000_000 + time.nanos < 2**63
 
 
 def struct_view(struct: struct_pb2.Struct) -> dict[str, Any]:

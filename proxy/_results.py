@@ -9,8 +9,8 @@ itself is larger than the tail — then the code is left at 0 and the digest sti
 covers every byte. The answer's `result` member (or `{"error": …}` for an error), parsed
 then, is kept as `answer` for provenance (`_provenance.py`): None for a non-JSON body or
 one over the tail, and `UNREAD` for an answer that is JSON but could not be read with
-every copy of a repeated key (nested too deeply for that reading). A stream answering
-the request many times (A2A) gives every answer's `result`, as `Copies`.
+every copy of a repeated key (nested too deeply for that reading). Several results or
+errors (a stream answering the request many times, as A2A's does) come as `Copies`.
 """
 
 from __future__ import annotations
@@ -88,13 +88,13 @@ class ResultTap:
             # answering it many times (A2A's message/stream: the task, then artifact and status
             # updates) has its data in the earlier events, and an error's text, or a result
             # beside an error, reaches the agent too (an attacker's probe read only the last).
-            parts = [
-                part
-                for answer in answers
-                if isinstance(answer, dict)
-                for part in (answer.get("result", _NONE), _error_part(answer))
-                if part is not _NONE
-            ]
+            parts: list[Any] = []
+            for answer in answers:
+                if isinstance(answer, dict):
+                    if "result" in answer:
+                        parts.append(answer["result"])
+                    if "error" in answer:
+                        parts.append({"error": answer["error"]})
             self.answer = parts[0] if len(parts) == 1 else Copies(parts) if parts else None
         return _code(message)
 
@@ -124,9 +124,6 @@ class ResultTap:
         return answers
 
 
-_NONE = object()
-
-
 @dataclass(frozen=True, slots=True)
 class Reading:
     """What provenance can make of a forwarded action's answer (`reading`)."""
@@ -151,10 +148,6 @@ def reading(result: graph_pb2.ActionResult, answer: Any) -> Reading:
         unread=answered and result.result_bytes > 0 and not read,
         partial=read and result.result_bytes > TAIL_BYTES,
     )
-
-
-def _error_part(answer: dict[str, Any]) -> Any:
-    return {"error": answer["error"]} if "error" in answer else _NONE
 
 
 def _loads(data: bytes) -> Any:
