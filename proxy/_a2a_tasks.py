@@ -26,6 +26,7 @@ from bastion._errors import InvalidParams
 from bastion.v1 import policy_pb2
 
 from ._a2a_methods import A2aMethod
+from ._sse import EventReader
 
 #: How much of an answer is searched for the task id.
 _SNIFF_BYTES = 64 * 1024
@@ -104,20 +105,21 @@ class TaskSniffer:
     def __init__(self, found: Callable[[str], Awaitable[None]]) -> None:
         self._found = found
         self._buffer = b""
+        self._events = EventReader()
         self._done = False
 
     async def feed(self, chunk: bytes, *, sse: bool) -> None:
         if self._done:
             return
-        self._buffer += chunk
         if sse:
-            events = self._buffer.replace(b"\r\n", b"\n").split(b"\n\n")
-            self._buffer = events.pop()
-            for event in events:
-                data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
-                if data and await self._try(data):
+            for event in self._events.feed(chunk):
+                if (data := event.data) and await self._try(data):
                     return
-        if len(self._buffer) > _SNIFF_BYTES:
+            held = self._events.buffered
+        else:
+            self._buffer += chunk
+            held = len(self._buffer)
+        if held > _SNIFF_BYTES:
             self._done = True
 
     async def end(self) -> None:

@@ -36,6 +36,7 @@ from bastion import __version__
 from bastion._errors import UnknownTool, UpstreamError
 
 from ._envelope import public_reason
+from ._sse import events
 from ._upstream import UpstreamPool
 
 log = logging.getLogger("bastion.proxy")
@@ -247,9 +248,8 @@ class ToolCatalog:
 
 
 def _sse_messages(body: bytes) -> Iterator[Any]:
-    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
-        if data:
+    for event in events(body):
+        if data := event.data:
             with contextlib.suppress(orjson.JSONDecodeError):
                 yield orjson.loads(data)
 

@@ -9,7 +9,9 @@ answer in time — is left out (fail closed: with policy down a listing is empty
 
 Transparency: when nothing is left out, the upstream's bytes are relayed untouched (a
 tool's `inputSchema` byte for byte); only a listing that loses items is re-encoded, and
-then only its result message: notifications in the same SSE stream pass unchanged.
+then only its result message: notifications in the same SSE stream pass unchanged, byte
+for byte. Events are split as the agent's SDK splits them (`_sse.py`: CRLF, LF or CR line
+ends), and a batch array is filtered element by element.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any
 
 import orjson
 
+from bastion._errors import UpstreamError
 from bastion.v1 import policy_pb2
+
+from ._sse import encode, events
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,38 +49,58 @@ LIST_SHAPES: dict[str, ListShape] = {
 Allowed = Callable[[Sequence[policy_pb2.Action]], Awaitable[list[bool]]]
 
 
-async def filter_listing(
-    body: bytes, *, sse: bool, request_id: Any, method: str, server: str, allowed: Allowed
-) -> bytes:
-    """`body` (a JSON answer or an SSE stream) with the listing's disallowed items removed."""
+class UnreadableListing(UpstreamError):
+    """A listing answer the filter cannot read: relaying it would show every item unfiltered."""
+
+
+async def filter_listing(body: bytes, *, sse: bool, method: str, server: str, allowed: Allowed) -> bytes:
+    """`body` (a JSON answer or an event stream) with the listing's disallowed items removed.
+
+    Every answer in it is filtered, whatever its id: an SDK may match an id the proxy would
+    not (the TypeScript client reads `"1"` as 1), and filtering only removes what policy
+    would not allow this caller anyway. Raises UnreadableListing for a body, or an event,
+    that is not JSON orjson reads (fail closed: an agent's more lenient reader — NaN, a
+    trailing comma — would see the listing whole).
+    """
     shape = LIST_SHAPES[method]
+    if not body.strip():
+        return body
     if not sse:
-        message = _loads(body)
-        filtered = await _filter_message(message, shape, request_id, server, allowed)
+        filtered = await _filter(_loads(body, method, server), shape, server, allowed)
         return body if filtered is None else orjson.dumps(filtered)
-    events = body.split(b"\n\n")
+    out: list[bytes] = []
     changed = False
-    for index, event in enumerate(events):
-        lines = event.split(b"\n")
-        data_lines = [i for i, line in enumerate(lines) if line.startswith(b"data:")]
-        if not data_lines:
-            continue
-        message = _loads(b"\n".join(lines[i][5:].lstrip() for i in data_lines))
-        filtered = await _filter_message(message, shape, request_id, server, allowed)
+    for event in events(body):
+        data = event.data
+        filtered = None if data is None else await _filter(_loads(data, method, server), shape, server, allowed)
         if filtered is None:
+            out.append(event.raw)
             continue
-        kept = [line for i, line in enumerate(lines) if i not in data_lines]
-        kept.insert(data_lines[0] if data_lines[0] <= len(kept) else len(kept), b"data: " + orjson.dumps(filtered))
-        events[index] = b"\n".join(kept)
+        # The event as it was, its data lines replaced by the filtered message where they began.
+        fields: list[tuple[bytes, bytes]] = []
+        for name, value in event.fields:
+            if name != b"data":
+                fields.append((name, value))
+            elif not any(field == b"data" for field, _ in fields):
+                fields.append((b"data", orjson.dumps(filtered)))
+        out.append(encode(fields))
         changed = True
-    return b"\n\n".join(events) if changed else body
+    return b"".join(out) if changed else body
 
 
-async def _filter_message(
-    message: Any, shape: ListShape, request_id: Any, server: str, allowed: Allowed
-) -> dict[str, Any] | None:
-    """The message with items removed, or None when it is not the listing or loses nothing."""
-    if not isinstance(message, dict) or message.get("id") != request_id or "method" in message:
+async def _filter(message: Any, shape: ListShape, server: str, allowed: Allowed) -> Any:
+    """The message (or batch) with items removed, or None when it loses nothing."""
+    if isinstance(message, list):
+        parts = [await _filter_message(part, shape, server, allowed) for part in message]
+        if all(part is None for part in parts):
+            return None
+        return [part if part is not None else original for part, original in zip(parts, message, strict=True)]
+    return await _filter_message(message, shape, server, allowed)
+
+
+async def _filter_message(message: Any, shape: ListShape, server: str, allowed: Allowed) -> dict[str, Any] | None:
+    """The message with items removed, or None when it is not a listing or loses nothing."""
+    if not isinstance(message, dict) or "method" in message:
         return None
     result = message.get("result")
     items = result.get(shape.items_key) if isinstance(result, dict) else None
@@ -96,8 +121,9 @@ async def _filter_message(
     return {**message, "result": {**result, shape.items_key: kept}}
 
 
-def _loads(data: bytes) -> Any:
+def _loads(data: bytes, method: str, server: str) -> Any:
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
+    except orjson.JSONDecodeError as exc:
+        reason = f"upstream {server!r} answered {method} with a message that is not JSON ({exc})"
+        raise UnreadableListing(reason) from exc

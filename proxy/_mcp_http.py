@@ -29,7 +29,7 @@ from ._catalog import ToolCatalog
 from ._delegation import HEADER as DELEGATION
 from ._enforcer import Caller, Enforcer, envelope
 from ._envelope import jsonrpc_error, public_reason
-from ._listing import LIST_SHAPES, filter_listing
+from ._listing import LIST_SHAPES, UnreadableListing, filter_listing
 from ._mcp import (
     TASK_META_KEY,
     WORKFLOW_META_KEY,
@@ -378,8 +378,9 @@ class McpHttpAdapter:
                 # Bound before the client can learn the id: only the initialising principal may use it.
                 self._sessions.bind(session.decode("latin-1"), bind_session)
             out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + node_headers(record)
-            if listing is not None and response.status == 200:
-                await self._relay_listing(request, response, out, idle, *listing, msg_id)
+            if listing is not None and 200 <= response.status < 300:
+                # Any 2xx: the SDKs read a 201's body as an answer too.
+                await self._relay_listing(request, response, out, idle, *listing)
                 relayed = True
             elif response.header(b"content-length") is not None:
                 sse = response.is_sse
@@ -396,10 +397,15 @@ class McpHttpAdapter:
             request.trace.upstream_failed(exc)
             log.warning("upstream failed", extra={"fields": {"server": request.server, "error": str(exc)}})
             reason = f"upstream {request.server!r}: {public_reason(str(exc))}"
-            if tap.status == 0 or response.header(b"content-length") is not None:
+            unreadable = isinstance(exc, UnreadableListing)
+            if tap.status == 0 or unreadable or response.header(b"content-length") is not None:
                 # Nothing was sent to the client yet: answer with the failure.
                 payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": reason})
                 await send_bytes(request.send, exc.http_status, payload, JSON + node_headers(record))
+            if unreadable:
+                # Protocol traffic has no result event when it goes through; one that was
+                # refused is recorded on its node, so the audit trail says why.
+                self._record_results(request, records, tap.result(graph_pb2.UPSTREAM_ERROR, detail=reason))
             if governed:
                 outcome = graph_pb2.TIMEOUT if isinstance(exc, UpstreamTimeout) else graph_pb2.UPSTREAM_ERROR
                 self._record_results(request, records, tap.result(outcome, detail=reason))
@@ -418,15 +424,14 @@ class McpHttpAdapter:
         idle: float | None,
         caller: Caller,
         method: str,
-        msg_id: Any,
     ) -> None:
-        """The response stage of list methods: the whole answer, filtered by policy."""
+        """The response stage of list methods: the whole answer, filtered by policy
+        (UnreadableListing when it cannot be read)."""
         sse = response.is_sse
         data = await response.read(idle)
         filtered = await filter_listing(
             data,
             sse=sse,
-            request_id=msg_id,
             method=method,
             server=request.server,
             allowed=lambda actions: self._enforcer.allowed(caller, actions),

@@ -25,6 +25,7 @@ from bastion._json import Copies, TooDeep, loads_every
 from bastion.v1 import graph_pb2
 
 from ._recorder import timestamp
+from ._sse import events
 
 #: The answer's last bytes kept and parsed; a larger answer is not read (provenance: unread).
 TAIL_BYTES = 256 << 10
@@ -113,9 +114,8 @@ class ResultTap:
             message = _loads(bytes(self._tail))
             return [] if message is None else [message]
         answers: list[Any] = []
-        # SSE lines end in CRLF, LF or a lone CR.
-        for event in bytes(self._tail).replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n"):
-            data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        for event in events(bytes(self._tail)):
+            data = event.data
             message = _loads(data) if data else None
             if message is UNREAD:  # whether it answers the request cannot be told
                 return [UNREAD]

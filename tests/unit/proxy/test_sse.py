@@ -1,0 +1,76 @@
+"""The one event-stream framer every reader in the proxy uses (WHATWG framing)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bastion.proxy._sse import EventReader, encode, events, sse_data
+
+STREAM = b'event: message\r\ndata: {"a":1}\r\n\r\n: keep-alive\rid: 7\rdata:x\rdata\r\rdata: tail'
+
+
+def _split_every(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, len(STREAM)])
+def test_events_are_the_same_however_the_stream_is_cut(size: int) -> None:
+    reader = EventReader()
+    found = [event for chunk in _split_every(STREAM, size) for event in reader.feed(chunk)]
+    found += reader.close()
+    assert [event.data for event in found] == [b'{"a":1}', b"x\n", b"tail"]
+    assert [event.id for event in found] == [None, b"7", None]
+    # Every byte is in exactly one event, in order: a filter can relay the others untouched.
+    assert b"".join(event.raw for event in found) == STREAM
+
+
+def test_a_cr_at_the_end_of_a_chunk_waits_for_the_next_byte() -> None:
+    reader = EventReader()
+    assert reader.feed(b"data: 1\r\n\r") == []  # the CR may be half of a CRLF
+    (event,) = reader.feed(b"\n")
+    assert (event.data, event.raw) == (b"1", b"data: 1\r\n\r\n")
+    assert reader.feed(b"data: 2\r") == []
+    (event,) = reader.feed(b"\rdata: 3")  # a lone CR, then a second one: the event ends
+    assert event.data == b"2"
+    assert [event.data for event in reader.close()] == [b"3"]
+
+
+def test_one_space_after_the_colon_is_dropped_and_fields_keep_their_order() -> None:
+    (event,) = events(b"data:  two spaces\nevent: x\ndata:\n\n")
+    assert event.fields == ((b"data", b" two spaces"), (b"event", b"x"), (b"data", b""))
+    assert event.data == b" two spaces\n"
+
+
+def test_comments_and_blank_lines_are_events_without_data() -> None:
+    found = events(b": ping\n\n\n")
+    assert [(event.fields, event.raw) for event in found] == [((), b": ping\n\n"), ((), b"\n")]
+    assert all(event.data is None for event in found)
+
+
+def test_buffered_counts_what_an_open_event_holds() -> None:
+    reader = EventReader()
+    reader.feed(b"data: " + b"x" * 1000)
+    assert reader.buffered == 1006
+    reader.feed(b"\n")
+    assert reader.buffered == 1007
+
+
+def test_encode_writes_each_line_of_a_value_as_a_field() -> None:
+    encoded = encode([(b"event", b"message"), (b"data", b"a\r\nb\rc")])
+    assert encoded == b"event: message\ndata: a\ndata: b\ndata: c\n\n"
+    (event,) = events(encoded)
+    assert event.data == b"a\nb\nc"
+
+
+async def test_sse_data_yields_each_complete_event_and_reports_ids() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in _split_every(STREAM, 4):
+            yield chunk
+
+    ids: list[bytes] = []
+    found = [data async for data in sse_data(chunks(), ids.append)]
+    # The last event has no blank line: a relay does not pass on what may still change.
+    assert found == [b'{"a":1}', b"x\n"]
+    assert ids == [b"7"]
