@@ -366,7 +366,13 @@ class Enforcer:
                 state, source, read = informing
                 if taken.read:
                     self._provenance.record(
-                        state.prints(), record.node_id, source, answer, read, size=result.result_bytes
+                        state.prints(),
+                        record.node_id,
+                        source,
+                        answer,
+                        read,
+                        size=result.result_bytes,
+                        tenant=record.tenant,
                     )
                 if taken.unread or taken.partial:
                     self._provenance.record_unread(

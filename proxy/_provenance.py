@@ -45,7 +45,8 @@ MAX_RESULT_KEYS identifiers of each result are read, and one cut by these bounds
 remembered as unread too (`partial`); encoded payloads (a `data`, `blob` or `bytes`
 string) and `_meta` are skipped; a
 workflow keeps at most MAX_WORKFLOW_PRINTS fingerprints, the oldest result's evicted
-first. Lookup reads at most MAX_ARGUMENT_CHARS characters of a call's arguments; a
+first (its own volume: not remembered), and all together MAX_TOTAL_PRINTS. Lookup reads
+at most MAX_ARGUMENT_CHARS characters of a call's arguments; a
 workflow with no fingerprints costs a length check.
 
 `ctx.taint` labels (documented for verifiers in verifier/INTERFACE.md):
@@ -101,8 +102,9 @@ MAX_RESULT_KEYS = 512
 #: Fingerprints (shingles and exact values) one workflow keeps; oldest results evicted first.
 MAX_WORKFLOW_PRINTS = 8192
 #: Fingerprints all workflows of one proxy keep together (≈ 100 bytes each): past it, the
-#: workflow whose results were recorded longest ago loses its oldest result first. Without
-#: it, 10,000 workflows of 8,192 fingerprints each could take gigabytes.
+#: tenant holding most gives back first, its least recently recorded workflow its oldest
+#: result, remembered as unread (`Provenance._trim`). Without it, 10,000 workflows of 8,192
+#: fingerprints each could take gigabytes.
 MAX_TOTAL_PRINTS = 1_000_000
 #: Characters of a call's arguments looked up (all strings together).
 MAX_ARGUMENT_CHARS = 16 * 1024
@@ -170,10 +172,25 @@ class Unread:
     tool: str
     size: int
     partial: bool = False
+    #: Its fingerprints were dropped to keep the proxy-wide budget (`Provenance._trim`).
+    forgotten: bool = False
 
     @property
     def why(self) -> str:
+        if self.forgotten:
+            return "forgotten under memory pressure"
         return "read only in part" if self.partial else "too large to trace"
+
+
+@dataclass(slots=True)
+class _Held:
+    """What one result added to a workflow's fingerprints, and whose it was."""
+
+    shingles: list[int]
+    exact: list[str]
+    tool: str
+    trusted: bool
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +212,7 @@ class Fingerprints:
     _shingles: dict[int, Source] = field(default_factory=dict)
     _exact: dict[str, Source] = field(default_factory=dict)
     #: node id → the keys its result added, oldest first.
-    _results: OrderedDict[str, tuple[list[int], list[str]]] = field(default_factory=OrderedDict)
+    _results: OrderedDict[str, _Held] = field(default_factory=OrderedDict)
     #: Results whose shingles are still held, oldest first: evicted before any identifier.
     _prose: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _size: int = 0
@@ -284,19 +301,19 @@ class Fingerprints:
         cost = 1 + chars // IDENTITY_CHARS_PER_PRINT if read or named_by else 0
         while self._results and self._size + added + cost > self.capacity:
             self._evict()
-        keys: tuple[list[int], list[str]] = ([], [])
+        entry = _Held([], [], tool, trusted, size)
         for value, source in shingles.items():
             if _takes(self._shingles.get(value), source):
                 self._shingles[value] = source
-                keys[0].append(value)
+                entry.shingles.append(value)
         for key, source in exact.items():
             if _takes(self._exact.get(key), source):
                 self._exact[key] = source
-                keys[1].append(key)
-        self._results[node_id] = keys
-        if keys[0]:
+                entry.exact.append(key)
+        self._results[node_id] = entry
+        if entry.shingles:
             self._prose[node_id] = None
-        self._size += len(keys[0]) + len(keys[1])
+        self._size += len(entry.shingles) + len(entry.exact)
         if cost:
             self._identity[node_id] = (cost, (read, tuple(named_by)))
             self._size += cost
@@ -308,29 +325,36 @@ class Fingerprints:
             self._size -= held[0]
 
     def evict_oldest(self) -> int:
-        """Forget the oldest result; how many fingerprints went (0 when there is none)."""
+        """Forget the oldest result's fingerprints (its prose first) to keep the proxy-wide
+        budget; how many went (0 when there is none). Unlike the workflow's own capacity,
+        this is forced on it by other workflows, which may be an attacker's: an untrusted
+        result so forgotten is remembered as unread, so later calls say their data may be
+        untraceable rather than come out clean."""
         if not self._results:
             return 0
         before = self._size
-        self._evict()
+        node_id, held = self._evict()
+        if not held.trusted and all(unread.node_id != node_id for unread in self.unread):
+            self.unread.append(Unread(node_id, held.tool, held.size, forgotten=True))
         return before - self._size
 
-    def _evict(self) -> None:
+    def _evict(self) -> tuple[str, _Held]:
         """Forget the oldest result's shingles; once no result has any left, the oldest
         result. Identifiers (IBANs, addresses, URLs) cost little and are what injected
         instructions most often carry, so they outlive the windows of prose around them: an
         attacker's probe had nine ordinary pages push an injected one out of a workflow."""
         if self._prose:
             node_id, _ = self._prose.popitem(last=False)
-            shingles, exact = self._results[node_id]
-            _drop(self._shingles, shingles, node_id)
-            self._results[node_id] = ([], exact)
-            self._size -= len(shingles)
-            return
-        node_id, (shingles, exact) = self._results.popitem(last=False)
+            held = self._results[node_id]
+            _drop(self._shingles, held.shingles, node_id)
+            self._size -= len(held.shingles)
+            held.shingles = []
+            return node_id, held
+        node_id, held = self._results.popitem(last=False)
         self._forget_identity(node_id)
-        _drop(self._exact, exact, node_id)
-        self._size -= len(exact)
+        _drop(self._exact, held.exact, node_id)
+        self._size -= len(held.exact)
+        return node_id, held
 
     def _trust_task(self, task: str) -> None:
         """Index the stated task (trusted): every window, every word, every identifier."""
@@ -624,9 +648,11 @@ class Provenance:
         self._untrusted: re.Pattern[str] | None = None
         self._sinks: re.Pattern[str] | None = None
         self._max_total = max_total
-        #: Every live workflow's fingerprints, least recently recorded first, with the size
-        #: counted for it; an entry leaves when its workflow is forgotten (weakly held).
-        self._holders: OrderedDict[int, tuple[weakref.ref[Fingerprints], int]] = OrderedDict()
+        #: Per tenant, every live workflow's fingerprints, least recently recorded first, with
+        #: the size counted for it; an entry leaves when its workflow is forgotten (weakly held).
+        self._holders: dict[str, OrderedDict[int, tuple[weakref.ref[Fingerprints], int]]] = {}
+        #: Fingerprints held per tenant: the budget is taken back from the largest first.
+        self._tenants: dict[str, int] = {}
         self.total = 0
 
     def _refresh(self) -> None:
@@ -645,22 +671,32 @@ class Provenance:
         return self._untrusted is not None and self._untrusted.fullmatch(tool) is not None
 
     def record(
-        self, prints: Fingerprints, node_id: str, tool: str, result: Any, read: tuple[str, ...] = (), size: int = 0
+        self,
+        prints: Fingerprints,
+        node_id: str,
+        tool: str,
+        result: Any,
+        read: tuple[str, ...] = (),
+        size: int = 0,
+        *,
+        tenant: str = "",
     ) -> int:
         """Fingerprint a completed action's parsed result (`size` bytes), its call having read
-        `read` (`_pointers.read_from` of its arguments), within the proxy-wide budget."""
+        `read` (`_pointers.read_from` of its arguments), within the proxy-wide budget, the
+        workflow being `tenant`'s."""
         if result is None:
             return 0
         added = prints.add(node_id, tool, result, trusted=self.trusted(tool), read=read, size=size)
         key = id(prints)
-        held = self._holders.pop(key, None)
+        holders = self._holders.setdefault(tenant, OrderedDict())
+        held = holders.pop(key, None)
+        counted = 0
         if held is None:
-            ref = weakref.ref(prints, lambda _, key=key: self._forget(key))  # type: ignore[misc]
+            ref = weakref.ref(prints, lambda _, key=key, tenant=tenant: self._forget(tenant, key))  # type: ignore[misc]
         else:
             ref, counted = held
-            self.total -= counted
-        self._holders[key] = (ref, len(prints))
-        self.total += len(prints)
+        holders[key] = (ref, len(prints))  # now the most recently recorded
+        self._count(tenant, len(prints) - counted)
         self._trim()
         return added
 
@@ -673,22 +709,42 @@ class Provenance:
         if not self.trusted(tool):
             prints.unread.append(Unread(node_id, tool, size, partial))
 
-    def _forget(self, key: int) -> None:
-        held = self._holders.pop(key, None)
+    def _forget(self, tenant: str, key: int) -> None:
+        holders = self._holders.get(tenant)
+        held = holders.pop(key, None) if holders is not None else None
         if held is not None:
-            self.total -= held[1]
+            self._count(tenant, -held[1])
+
+    def _count(self, tenant: str, delta: int) -> None:
+        self.total += delta
+        left = self._tenants.get(tenant, 0) + delta
+        if left > 0 or self._holders.get(tenant):
+            self._tenants[tenant] = left
+        else:
+            self._tenants.pop(tenant, None)
+            self._holders.pop(tenant, None)
 
     def _trim(self) -> None:
-        while self.total > self._max_total and self._holders:
-            key, (ref, counted) = next(iter(self._holders.items()))
-            prints = ref()
-            gone = prints.evict_oldest() if prints is not None else counted
-            if prints is None or not len(prints) or not gone:
-                self._holders.pop(key)
-                self.total -= counted if prints is None or not gone else gone
+        """Take the budget back from the tenant holding most, its least recently recorded
+        workflow first: a tenant that floods the proxy with results evicts its own
+        fingerprints before another tenant's (an attacker's co-tenant could otherwise push a
+        victim's injected IBAN out and pay it untraced). Every tenant keeps at least an
+        even share of the budget."""
+        while self.total > self._max_total and self._tenants:
+            tenant = max(self._tenants, key=self._tenants.__getitem__)
+            holders = self._holders.get(tenant)
+            if not holders:
+                self._count(tenant, -self._tenants[tenant])
                 continue
-            self._holders[key] = (ref, counted - gone)
-            self.total -= gone
+            key, (ref, counted) = next(iter(holders.items()))
+            prints = ref()
+            gone = prints.evict_oldest() if prints is not None else 0
+            if not gone or gone >= counted:
+                holders.pop(key)
+                self._count(tenant, -counted)
+            else:
+                holders[key] = (ref, counted - gone)
+                self._count(tenant, -gone)
 
     def annotate(self, prints: Fingerprints | None, tool: str, arguments: dict[str, Any], task: str) -> Annotation:
         """Labels and INFORMED_BY edges for a call with `arguments`, given the workflow's prints."""

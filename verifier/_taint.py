@@ -38,11 +38,11 @@ to judge, so a page the user named that sends the agent to another host is caugh
 An argument whose value cannot be found at its labelled path is weighed as a control value
 (the strongest), so a mismatched label cannot lower a score.
 
-`unread:<server__tool>:<bytes>` says an untrusted result earlier in the workflow was too
-large for the proxy to fingerprint: whether this sink's arguments hold its data cannot
-be known, so the sink weighs `taint_weight * UNREAD_FACTOR` (a flag at the default
-weights, not a block; a policy that must block writes `when: "'untrusted' in taint"`).
-Traced taint that weighs more wins.
+`unread:<server__tool>:<bytes>` says an untrusted result earlier in the workflow could not
+be fingerprinted whole (too large, read only in part, or forgotten under memory pressure):
+whether this sink's arguments hold its data cannot be known, so the sink weighs
+`taint_weight * UNREAD_FACTOR` (a flag at the default weights, not a block; a policy that
+must block writes `when: "'untrusted' in taint"`). Traced taint that weighs more wins.
 """
 
 from __future__ import annotations
@@ -161,8 +161,8 @@ def taint_signal(
         tool, size = unread[0]
         fired = round(weight * UNREAD_FACTOR, 6)
         reason = (
-            f"untraceable untrusted data before a sink: {tool}'s result of {size} bytes was too large to "
-            f"fingerprint{f' (and {len(unread) - 1} more)' if len(unread) > 1 else ''}"
+            f"untraceable untrusted data before a sink: {tool}'s result of {size} bytes could not be "
+            f"fingerprinted whole{f' (and {len(unread) - 1} more)' if len(unread) > 1 else ''}"
         )
         return fired, f"{reason} (weight {fired:.2f})", ""
     return traced

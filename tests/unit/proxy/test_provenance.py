@@ -141,6 +141,57 @@ def test_all_workflows_together_stay_within_the_proxy_wide_budget() -> None:
     assert provenance.total == before - dropped
 
 
+def _page(seed: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": " ".join(f"{seed}y{k} text here" for k in range(600))}]}
+
+
+def test_a_tenant_flooding_the_budget_evicts_its_own_fingerprints_first() -> None:
+    # A co-tenant filling the proxy-wide budget used to push out the least recently recorded
+    # workflow of any tenant: a victim's injected IBAN, then paid untraced.
+    provenance = Provenance(max_total=5000)
+    victim = Fingerprints()
+    provenance.record(victim, "v1", "email__read", EMAIL, tenant="acme")
+    held = len(victim)
+    flood = [Fingerprints() for _ in range(30)]
+    for index, prints in enumerate(flood):
+        provenance.record(prints, f"f{index}", "web__fetch", _page(f"f{index}"), tenant="mallory")
+        assert provenance.total <= 5000
+    assert len(victim) == held
+    assert not victim.unread
+    found = provenance.annotate(victim, "bank__transfer", {"iban": "DE89370400440532013000"}, "")
+    assert "untrusted" in found.labels
+    assert any(label.startswith("arg:iban:untrusted:email__read") for label in found.labels)
+    assert provenance.total == held + sum(len(prints) for prints in flood)
+
+
+def test_evicted_for_the_budget_an_untrusted_result_is_remembered_as_unread() -> None:
+    # When the budget must come out of a workflow's own tenant, its calls say their data
+    # may be untraceable instead of coming out clean.
+    provenance = Provenance(max_total=3000)
+    victim = Fingerprints()
+    provenance.record(victim, "v1", "email__read", EMAIL, tenant="acme", size=321)
+    others = [Fingerprints() for _ in range(5)]
+    for index, prints in enumerate(others):
+        provenance.record(prints, f"o{index}", "web__fetch", _page(f"o{index}"), tenant="acme")
+    assert len(victim) == 0
+    found = provenance.annotate(victim, "bank__transfer", {"iban": "DE89370400440532013000"}, "")
+    assert {"untrusted", "unread:email__read:321"} <= set(found.labels)
+    assert [edge[2] for edge in found.edges] == [
+        "may hold data from email__read's result of 321 bytes, forgotten under memory pressure"
+    ]
+
+
+def test_every_tenant_keeps_an_even_share_and_the_counts_stay_exact() -> None:
+    provenance = Provenance(max_total=6000)
+    tenants = {name: [Fingerprints() for _ in range(12)] for name in ("a", "b", "c")}
+    for round_ in range(12):
+        for name, workflows in tenants.items():
+            provenance.record(workflows[round_], f"{name}{round_}", "web__fetch", _page(f"{name}{round_}"), tenant=name)
+    held = {name: sum(len(prints) for prints in workflows) for name, workflows in tenants.items()}
+    assert provenance.total == sum(held.values()) <= 6000
+    assert min(held.values()) >= 6000 // 3 - 1024  # within one result's prints of an even share
+
+
 def test_huge_binary_and_non_json_results_are_skipped_or_bounded() -> None:
     blob = base64.b64encode(os.urandom(1 << 20)).decode()
     image = {"content": [{"type": "image", "data": blob, "mimeType": "image/png"}]}
