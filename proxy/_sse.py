@@ -19,7 +19,11 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from bastion._errors import UpstreamError
+
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+#: Longest event a relay buffers (as long as a stdio upstream's longest line).
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,53 +49,63 @@ class Event:
 
 class EventReader:
     """Splits an event stream into events as its chunks arrive (`feed`), and, for a whole
-    body, the last event even when no blank line closes it (`close`)."""
+    body, the last event even when no blank line closes it (`close`). Each chunk is scanned
+    once: a long line arriving in many chunks costs its length, not its length squared."""
 
     def __init__(self) -> None:
-        self._pending = b""  # the bytes after the last complete line
+        self._pending: list[bytes] = []  # the pieces of a line not yet ended
+        self._cr = False  # the last chunk ended in a CR: maybe half of a CRLF
         self._fields: list[tuple[bytes, bytes]] = []
         self._raw: list[bytes] = []
+        self.buffered = 0  # bytes held for an event not yet complete (callers bound it)
 
     def feed(self, chunk: bytes) -> list[Event]:
-        data = self._pending + chunk
         events: list[Event] = []
         start = 0
-        for end in _LINE_END.finditer(data):
-            if end.group() == b"\r" and end.end() == len(data):
-                break  # maybe half of a CRLF: wait for the next byte
-            self._line(data[start : end.start()], data[start : end.end()], events)
+        if self._cr:
+            self._cr = False
+            start = 1 if chunk.startswith(b"\n") else 0
+            self._end_line(b"\r\n" if start else b"\r", events)
+        for end in _LINE_END.finditer(chunk, start):
+            if end.group() == b"\r" and end.end() == len(chunk):
+                self._hold(chunk[start : end.start()])
+                self._cr = True
+                return events
+            self._hold(chunk[start : end.start()])
+            self._end_line(end.group(), events)
             start = end.end()
-        self._pending = data[start:]
+        self._hold(chunk[start:])
         return events
 
     def close(self) -> list[Event]:
         """What is left at the end of the stream: a last event without its blank line (an
         agent's lenient reader may take it, so filters and the tap read it too)."""
         events: list[Event] = []
-        if self._pending:
-            self._line(self._pending.rstrip(b"\r"), self._pending, events)
-            self._pending = b""
+        if self._pending or self._cr:
+            self._end_line(b"\r" if self._cr else b"", events)
+            self._cr = False
         if self._raw:
             events.append(Event(tuple(self._fields), b"".join(self._raw)))
-            self._fields, self._raw = [], []
+            self._fields, self._raw, self.buffered = [], [], 0
         return events
 
-    @property
-    def buffered(self) -> int:
-        """Bytes held for an event not yet complete (callers bound it)."""
-        return len(self._pending) + sum(len(piece) for piece in self._raw)
+    def _hold(self, piece: bytes) -> None:
+        if piece:
+            self._pending.append(piece)
+            self.buffered += len(piece)
 
-    def _line(self, line: bytes, raw: bytes, events: list[Event]) -> None:
-        self._raw.append(raw)
+    def _end_line(self, ending: bytes, events: list[Event]) -> None:
+        line = b"".join(self._pending)
+        self._pending = []
+        self._raw.append(line + ending)
+        self.buffered += len(ending)
         if not line:
             # Even an event of comments only, or a stray blank line: relays keep every byte.
             events.append(Event(tuple(self._fields), b"".join(self._raw)))
-            self._fields, self._raw = [], []
-            return
-        if line.startswith(b":"):
-            return  # a comment
-        name, _, value = line.partition(b":")
-        self._fields.append((name, value[1:] if value.startswith(b" ") else value))
+            self._fields, self._raw, self.buffered = [], [], 0
+        elif not line.startswith(b":"):  # a comment otherwise
+            name, _, value = line.partition(b":")
+            self._fields.append((name, value[1:] if value.startswith(b" ") else value))
 
 
 def events(body: bytes) -> list[Event]:
@@ -108,12 +122,19 @@ def encode(fields: list[tuple[bytes, bytes]]) -> bytes:
     return b"\n".join(lines) + b"\n\n"
 
 
-async def sse_data(chunks: AsyncIterator[bytes], on_id: Callable[[bytes], None] | None = None) -> AsyncIterator[bytes]:
+async def sse_data(
+    chunks: AsyncIterator[bytes], on_id: Callable[[bytes], None] | None = None, *, max_event: int = MAX_EVENT_BYTES
+) -> AsyncIterator[bytes]:
     """The `data` of each event, as soon as the event is complete; `on_id` sees each
-    event's `id` (for resuming with `Last-Event-ID`)."""
+    event's `id` (for resuming with `Last-Event-ID`). UpstreamError when an event grows
+    past `max_event` bytes without ending (a stream that never sends a blank line would
+    otherwise be buffered whole)."""
     reader = EventReader()
     async for chunk in chunks:
-        for event in reader.feed(chunk):
+        events = reader.feed(chunk)
+        if reader.buffered > max_event:
+            raise UpstreamError(f"an event of the upstream's stream is over {max_event} bytes")
+        for event in events:
             if on_id is not None and (event_id := event.id) is not None:
                 on_id(event_id.strip())
             if data := event.data:

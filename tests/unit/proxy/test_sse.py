@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bastion._errors import UpstreamError
 from bastion.proxy._sse import EventReader, encode, events, sse_data
 
 STREAM = b'event: message\r\ndata: {"a":1}\r\n\r\n: keep-alive\rid: 7\rdata:x\rdata\r\rdata: tail'
@@ -74,3 +75,29 @@ async def test_sse_data_yields_each_complete_event_and_reports_ids() -> None:
     # The last event has no blank line: a relay does not pass on what may still change.
     assert found == [b'{"a":1}', b"x\n"]
     assert ids == [b"7"]
+
+
+async def test_an_event_that_never_ends_is_refused_past_the_bound() -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        yield b'data: {"jsonrpc": "2.0"}\n\n'
+        while True:
+            yield b"data: " + b"x" * 1000 + b"\n"
+
+    found: list[bytes] = []
+
+    async def read() -> None:
+        async for data in sse_data(endless(), max_event=65536):
+            found.append(data)
+
+    with pytest.raises(UpstreamError, match="over 65536 bytes"):
+        await read()
+    assert found == [b'{"jsonrpc": "2.0"}']
+
+
+def test_a_long_line_in_many_chunks_is_one_field() -> None:
+    reader = EventReader()
+    for _ in range(2048):
+        assert reader.feed(b"y" * 4096) == []
+    (event,) = reader.feed(b"\r\n\r\n")
+    assert event.fields == ((b"y" * (2048 * 4096), b""),)
+    assert reader.buffered == 0
