@@ -39,7 +39,7 @@ import hashlib
 import heapq
 import logging
 import time
-from collections.abc import Callable, MutableSequence, Sequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 from ._journal import Journal
-from ._redact import Redactor
+from ._redact import Redactor, scrub_event
 from ._workflows import new_id
 
 log = logging.getLogger(__name__)
@@ -149,11 +149,12 @@ class Recorder:
         self._nesting_checked = checked_depth is not None and checked_depth <= MAX_CHECKED_DEPTH
 
     def _redactor_for(self, record: Record) -> Redactor | None:
-        """The redactor of this record's journaled arguments, when they may hold secrets."""
+        """The redactor of this record's journaled action, when it may hold secrets."""
         redactor = self._redactor
-        if redactor is None or not record.action.HasField("arguments"):
+        if redactor is None:
             return None
-        # The raw body is searched once; without a body (a stated task) the walk always runs.
+        # The raw body is searched once; without a body (a stated task, a refusal) the walk
+        # always runs: it is cheap on what is there (names and reasons).
         if record.body and not redactor.may_hold_secrets(record.body):
             return None
         return redactor
@@ -208,7 +209,7 @@ class Recorder:
                 record.action,
                 max_arguments=self._max_arguments,
                 nesting_checked=self._nesting_checked,
-                redact=redactor.struct if redactor is not None else None,
+                redactor=redactor,
                 arguments_json=_arguments_json(record.arguments, redactor),
             )
         )
@@ -238,7 +239,9 @@ class Recorder:
             resource=action.resource,
             method=action.method,
         )
-        self._journal.append(encode_event(event, summary, max_arguments=0, nesting_checked=True))
+        self._journal.append(
+            encode_event(event, summary, max_arguments=0, nesting_checked=True, redactor=self._redactor)
+        )
 
 
 def encode_event(
@@ -247,7 +250,7 @@ def encode_event(
     *,
     max_arguments: int = DEFAULT_MAX_ARGUMENTS,
     nesting_checked: bool = False,
-    redact: Callable[[Struct], int] | None = None,
+    redactor: Redactor | None = None,
     arguments_json: bytes | None = None,
 ) -> bytes:
     """Set `event.action` from `action` and return the event's encoding, cut to the
@@ -258,15 +261,25 @@ def encode_event(
     `nesting_checked` says the arguments' nesting was bounded before they were built
     (the proxy's value budget allows at most MAX_CHECKED_DEPTH levels, which always
     parse back): the read-back parse, a third of this function's cost, is then skipped.
+
+    `redactor`: redacts the action (arguments, names) before anything is cut — a private key
+    cut short loses the line that ends it and no pattern finds it any more (an attacker's
+    probe journaled most of one) — and the event's reasons that quote what it replaced.
     """
+    secrets: list[str] = []
+    if redactor is not None:
+        # A copy: the action, as policy and the verifier saw it, is untouched.
+        redacted = policy_pb2.Action()
+        redacted.CopyFrom(action)
+        redactor.struct(redacted.arguments, secrets)
+        redactor.names(redacted, secrets)
+        action = redacted
+        scrub_event(event, secrets)
     size = action.arguments.ByteSize()
     if size <= max_arguments:
         event.action.CopyFrom(action)
     else:
         size = _cut_action(event, action, max_arguments)
-    if redact is not None and redact(event.action.arguments):
-        # The event's own copy: the action, as policy and the verifier saw it, is untouched.
-        size = event.action.arguments.ByteSize()
     if (
         arguments_json is not None
         and not event.arguments_truncated

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
-from bastion.proxy._redact import Redactor, placeholder
+from bastion.proxy._recorder import encode_event
+from bastion.proxy._redact import Redactor, placeholder, scrub, scrub_event
+from bastion.v1 import graph_pb2, policy_pb2
 
 JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLWJ5dGVz"
 PEM = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGZha2Uta2V5\n-----END PRIVATE KEY-----"
+FULLWIDTH = str.maketrans("0123456789", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19")
 SECRETS = {
     "jwt": JWT,
     "private_key": PEM,
@@ -132,3 +136,79 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [text for item in value for text in _strings(item)]
     return [value] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("key_AKIAIOSFODNN7EXAMPLF", "aws_key"),  # a word character beside the key
+        ("AKIAIOSFODNN7EXAMPLF_old", "aws_key"),
+        ("authorization: bearer abcdefghijklmnop0123456789", "bearer"),  # schemes ignore case
+        ("BEARER abcdefghijklmnop0123456789", "bearer"),
+        ("token=ghp_" + "b" * 36 + "_x", "github_token"),
+        ("card " + "4111 1111 1111 1111".translate(FULLWIDTH), "card"),
+    ],
+)
+def test_spellings_an_attackers_probe_found_are_redacted(text: str, kind: str) -> None:
+    redactor = Redactor()
+    assert redactor.may_hold_secrets(orjson.dumps({"a": text}))
+    found, count = _redacted({"a": text}, redactor)
+    assert count == 1
+    assert f"[REDACTED:{kind}:" in found["a"]
+
+
+def test_a_json_escape_in_the_body_sends_the_arguments_to_the_walk() -> None:
+    # `\u0065yJ…` is a JWT once parsed: the body search cannot see it, so it must not skip.
+    raw = b'{"text":"' + JWT.replace("eyJ", "\\u0065yJ").encode() + b'"}'
+    redactor = Redactor()
+    assert redactor.may_hold_secrets(raw)
+    found, count = _redacted(orjson.loads(raw), redactor)
+    assert (count, JWT in str(found)) == (1, False)
+
+
+def test_configured_paths_match_keys_in_any_case() -> None:
+    found, count = _redacted({"Password": "hunter2", "creds": {"PASSWORD": "x"}}, Redactor(["$..password"]))
+    assert count == 2
+    assert "hunter2" not in str(found)
+
+
+def test_what_was_replaced_is_collected_and_scrubbed_from_reasons_whole_or_cut() -> None:
+    redactor = Redactor(["$..email"], iban=True)
+    struct = Struct()
+    struct.update({"contact": {"email": "private.person@hidden.example"}, "iban": "DE89370400440532013000"})
+    secrets: list[str] = []
+    assert redactor.struct(struct, secrets) == 2
+    assert sorted(secrets) == ["DE89370400440532013000", "private.person@hidden.example"]
+    reason = "destinations not named in the task: 'DE8937040\u2026', 'private.person@hidden.example' and 'pin-1...'"
+    scrubbed = scrub(reason, secrets)
+    assert "DE8937" not in scrubbed
+    assert "private.person" not in scrubbed
+    assert scrubbed.count("[REDACTED:quoted:") == 2
+    assert scrub("score 12 for 'ab'", ["ab", "12"]) == f"score 12 for {placeholder('quoted', 'ab')}"
+
+
+def test_names_are_redacted_and_the_event_reasons_that_quote_them() -> None:
+    action = policy_pb2.Action(tool="AKIAIOSFODNN7EXAMPL2", resource="https://ghp_" + "c" * 36 + "@example.com/x")
+    secrets: list[str] = []
+    Redactor().names(action, secrets)
+    assert "AKIA" not in action.tool
+    assert "ghp_" not in action.resource
+    assert action.resource.endswith("@example.com/x")
+    event = graph_pb2.Event(block_reason=f"tool {secrets[0]!r} is not in the tools/list")
+    event.verifier.reasons.append(f"destination {secrets[1][:20]}\u2026")
+    scrub_event(event, secrets)
+    assert "AKIA" not in event.block_reason
+    assert "ghp_" not in event.verifier.reasons[0]
+
+
+def test_arguments_are_redacted_before_they_are_cut() -> None:
+    # Cut first, a private key lost its END line and no pattern found the rest.
+    key = "-----BEGIN RSA PRIVATE KEY-----\n" + "A" * 70_000 + "\n-----END RSA PRIVATE KEY-----"
+    action = policy_pb2.Action(tool="t")
+    action.arguments.update({"a_key": key, "b_notes": "x" * 66_000})
+    data = encode_event(graph_pb2.Event(event_id="e"), action, redactor=Redactor())
+    stored = graph_pb2.Event.FromString(data)
+    assert stored.arguments_truncated
+    assert not stored.HasField("verifier")  # scrubbing reasons sets nothing
+    assert "AAAAAAAAAA" not in str(stored.action.arguments)
+    assert "[REDACTED:private_key:" in str(stored.action.arguments)
