@@ -34,12 +34,19 @@ def event_problem(event: graph_pb2.Event) -> str | None:
             return f"{name} is empty"
         if len(value) > MAX_ID_LENGTH:
             return f"{name} is longer than {MAX_ID_LENGTH} characters"
+    # Node ids, whichever field names them: Neo4j refuses to index a long one, and its
+    # refusal came back UNAVAILABLE, which the shipper retries for ever (an attacker's
+    # probe); SQLite took it and served half a megabyte per node.
     for index, parent in enumerate(event.parent_ids):
         if not parent:
             return f"parent_ids[{index}] is empty"
+        if len(parent) > MAX_ID_LENGTH:
+            return f"parent_ids[{index}] is longer than {MAX_ID_LENGTH} characters"
     for index, hint in enumerate(event.edges):
         if not hint.target_node_id:
             return f"edges[{index}].target_node_id is empty"
+        if len(hint.target_node_id) > MAX_ID_LENGTH:
+            return f"edges[{index}].target_node_id is longer than {MAX_ID_LENGTH} characters"
         if hint.type == graph_pb2.EDGE_TYPE_UNSPECIFIED:
             return f"edges[{index}].type is not set (use CAUSED_BY, INFORMED_BY, VERIFIED_BY or DELEGATED_TO)"
     # A time no store can hold was an UNKNOWN (an OverflowError, a protobuf ValueError),

@@ -40,9 +40,12 @@ import cel
 
 VARIABLES = ("args", "agent", "ctx", "action", "taint")
 MAX_EXPRESSION_CHARS = 4096
-#: The most steps a condition may take on one decision (≈ 0.2 s of the evaluator's time at
-#: the ≈ 40 ns a step measured for `exists_one` inside `all`).
-MAX_STEPS = 5_000_000
+#: The most steps a condition may take on one decision: ≈ 20 ms of the evaluator's time
+#: at the ≈ 200 ns a step measured for `exists_one` inside `all` on this machine class.
+#: Decisions run one at a time, so this is also how long one call can hold up everyone
+#: else's; at 5e6 (the first bound, from a 40 ns estimate) one call took 1 s and another
+#: agent's decision missed the proxy's 1 s deadline behind four of them (an attacker's probe).
+MAX_STEPS = 100_000
 _MACROS = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(")
 _IN = re.compile(r"\bin\b")
 #: The variables that hold the call's input; read inside a loop, each may cost its size.

@@ -34,6 +34,11 @@ def test_well_formed_event_has_no_problem() -> None:
         (lambda e: e.ClearField("node_id"), "node_id is empty"),
         (lambda e: setattr(e, "workflow_id", "w" * 513), "workflow_id is longer than 512 characters"),
         (lambda e: e.parent_ids.append(""), "parent_ids[1] is empty"),
+        (lambda e: e.parent_ids.append("p" * 513), "parent_ids[1] is longer than 512 characters"),
+        (
+            lambda e: e.edges.add(target_node_id="t" * 513, type=graph_pb2.INFORMED_BY),
+            "edges[1].target_node_id is longer than 512 characters",
+        ),
         (lambda e: e.edges.add(type=graph_pb2.CAUSED_BY), "edges[1].target_node_id is empty"),
         (lambda e: e.edges.add(target_node_id="n0"), "edges[1].type is not set"),
     ],
