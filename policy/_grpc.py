@@ -259,7 +259,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         message = _to_proto(decision)
         message.request_id = ctx.request_id
         if snapshot.rollouts:
-            message.rollout_arm = observe(snapshot, mask, decision)
+            message.rollout_arm = observe(snapshot, mask, decision, ctx)
         return message
 
     def _count(self, effect: Effect, rule_id: str) -> None:

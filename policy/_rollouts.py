@@ -28,7 +28,8 @@ Contract
 * **Auto-rollback** (`rollback_on`): per arm, counters bucketed per second over the
   last `window` (1 s to 1 h): recording a decision is a few integer updates, and a
   background check every `CHECK_S` sums the buckets. When the CANARY arm has at least
-  `min_decisions` in the window and its deny rate minus the STABLE arm's deny rate
+  `min_decisions` from at least `min_agents` distinct agents in the window and its deny
+  rate minus the STABLE arm's deny rate
   (an absolute difference of rates; a STABLE arm with no decisions counts as rate 0)
   is greater than `deny_rate` — or likewise for `error_rate` — the rollout is ended as
   `auto_rolled_back` with the reason, counted
@@ -76,6 +77,8 @@ log = logging.getLogger("bastion.policy.rollouts")
 #: Running rollouts at once (all policies): the registry precompiles 2**n sets.
 MAX_RUNNING = 4
 BUCKETS = 10_000
+#: Agents remembered per rollout for `min_agents` (the most recently seen on the canary).
+MAX_AGENTS = 1024
 CHECK_S = 0.25
 FLUSH_S = 2.0
 MAX_WINDOW_S = 3600
@@ -108,6 +111,12 @@ class RollbackOn(BaseModel):
     )
     window: str = Field(default="5m", description="Sliding window, '<n>s|m|h', 1 s to 1 h.")
     min_decisions: int = Field(default=50, ge=1, le=10**9, description="Canary decisions needed in the window.")
+    min_agents: int = Field(
+        default=2,
+        ge=1,
+        le=MAX_AGENTS,
+        description="Distinct agents deciding on the canary arm in the window: one agent alone cannot roll it back.",
+    )
 
     @field_validator("window")
     @classmethod
@@ -131,7 +140,11 @@ class RolloutRequest(BaseModel):
     version: int = Field(ge=1, le=2**63 - 1, description="The stored candidate version.")
     percent: float = Field(ge=0, le=100, description="Share of callers on the candidate, 0-100 (hundredths count).")
     stickiness: Literal["agent", "session"] = Field(
-        default="agent", description="What keeps a caller on one arm: its agent, or its session (else its agent)."
+        default="agent",
+        description=(
+            "What keeps a caller on one arm: its agent, or its session (else its agent). With session, an agent "
+            "that opens sessions or names workflows chooses its arm: use it only for a candidate every caller may have."
+        ),
     )
     rollback_on: RollbackOn | None = None
 
@@ -213,11 +226,21 @@ class LiveRollout:
     windows: tuple[_Window, _Window] | None
     counter: Callable[[str, str, str], Any]
     _children: dict[tuple[int, Effect], Any] = field(default_factory=dict)
+    #: Agents (tenant and id) decided on the canary arm, with the second last seen, oldest
+    #: first: an auto-rollback needs `min_agents` of them in the window, so one agent —
+    #: which can make the canary deny at will — cannot end a tightening (an attacker's probe
+    #: rolled one back alone with 25 calls).
+    _agents: dict[str, int] = field(default_factory=dict)
 
     def canary(self, ctx: policy_pb2.Context) -> bool:
         return bucket(stickiness_key("session" if self.session else "agent", ctx), self.id) < self.threshold
 
-    def record(self, arm: int, decision: Decision, now: int) -> None:
+    def record(self, arm: int, decision: Decision, now: int, agent: str = "") -> None:
+        if arm and self.windows is not None:
+            self._agents.pop(agent, None)
+            self._agents[agent] = now
+            if len(self._agents) > MAX_AGENTS:
+                del self._agents[next(iter(self._agents))]
         denied = decision.effect is Effect.DENY
         totals = self.totals[arm]
         totals[0] += 1
@@ -237,6 +260,9 @@ class LiveRollout:
         canary, stable = self.windows[1].totals(now), self.windows[0].totals(now)
         rule = self.rollback_on
         if canary[0] < rule.min_decisions:
+            return None
+        oldest = now - self.window_s
+        if sum(seen > oldest for seen in reversed(self._agents.values())) < rule.min_agents:
             return None
         window = _format_window(self.window_s)
         for what, index, limit in (("deny", 1, rule.deny_rate), ("error", 2, rule.error_rate)):
@@ -261,12 +287,15 @@ def arm_mask(snapshot: Snapshot, ctx: policy_pb2.Context) -> int:
     return mask
 
 
-def observe(snapshot: Snapshot, mask: int, decision: Decision) -> policy_pb2.RolloutArm.ValueType:
-    """Count `decision` for the rollout of its deciding policy; the arm it carries."""
+def observe(
+    snapshot: Snapshot, mask: int, decision: Decision, ctx: policy_pb2.Context | None = None
+) -> policy_pb2.RolloutArm.ValueType:
+    """Count `decision` (for the caller of `ctx`) for the rollout of its deciding policy; the arm it carries."""
     for index, live in enumerate(snapshot.rollouts):
         if live.policy == decision.policy_name:
             arm = (mask >> index) & 1
-            live.record(arm, decision, int(time.monotonic()))
+            agent = f"{ctx.tenant}\0{ctx.agent_id}" if ctx is not None else ""
+            live.record(arm, decision, int(time.monotonic()), agent)
             return policy_pb2.CANARY if arm else policy_pb2.STABLE
     return policy_pb2.ROLLOUT_ARM_UNSPECIFIED
 

@@ -367,6 +367,27 @@ async def test_activating_a_version_of_a_policy_being_rolled_out_is_409_until_th
     assert activated.json()["previous_version"] == 1
 
 
+async def test_an_operator_of_another_tenant_may_not_start_promote_or_roll_back_a_rollout(service: Running) -> None:
+    # A rollout puts a version in force for every tenant's agents.
+    token = issue_token(ensure_dev_key(service.home), subject="ops-globex", roles=("operator",), tenant="globex")
+    globex = {"Authorization": f"Bearer {token}"}
+    running = await _start(service, percent=10)
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as http:
+        refused = [
+            await http.post("/v1/rollouts", json={"policy": "pay", "version": 3, "percent": 50}, headers=globex),
+            await http.post(f"/v1/rollouts/{running['id']}/promote", headers=globex),
+            await http.post(f"/v1/rollouts/{running['id']}/rollback", headers=globex),
+        ]
+        seen = await http.get(f"/v1/rollouts/{running['id']}", headers=globex)
+
+    for response in refused:
+        assert response.status_code == 403, response.request.url
+        assert response.json()["error"]["code"] == "bastion.auth.forbidden"
+        assert "'ops-globex' of tenant 'globex' may not change policies" in response.json()["error"]["message"]
+    assert seen.status_code == 200
+    assert (seen.json()["state"], seen.json()["version"], seen.json()["percent"]) == ("running", 2, 10.0)
+
+
 async def test_a_policy_without_an_active_version_cannot_be_rolled_out(service: Running) -> None:
     other = V1.replace("name: pay", "name: other")
     await _store(service, other)
@@ -493,7 +514,9 @@ async def test_a_canary_blocking_calls_through_the_proxy_is_rolled_back_and_call
 ) -> None:
     async with _behind_the_proxy(tmp_path, policy_file) as (running, proxy_http, graph_http):
         await _store(running, V2)
-        rollout = await _start(running, percent=100, rollback_on={"deny_rate": 0.5, "window": "1m", "min_decisions": 5})
+        rollout = await _start(
+            running, percent=100, rollback_on={"deny_rate": 0.5, "window": "1m", "min_decisions": 5, "min_agents": 1}
+        )
         client = ProxyClient(tmp_path, proxy_http, graph_http)
         call = tool_call("add", {"a": 2, "b": 3})
         blocked = [await client.post(call, headers(client.token("agent-a"), workflow="wf-canary")) for _ in range(5)]
@@ -531,7 +554,9 @@ async def test_auto_rollback_rollback_and_promote_seen_by_the_mcp_sdk_client_thr
 
         before = await add()
         # Auto-rollback: the canary denies every call, past the allowed rise in deny rate.
-        guarded = await _start(running, percent=100, rollback_on={"deny_rate": 0.5, "window": "1m", "min_decisions": 3})
+        guarded = await _start(
+            running, percent=100, rollback_on={"deny_rate": 0.5, "window": "1m", "min_decisions": 3, "min_agents": 1}
+        )
         while_guarded = [await add() for _ in range(3)]
         state: dict[str, Any] = {}
         for _ in range(100):

@@ -98,9 +98,9 @@ def test_auto_rollback_compares_the_absolute_difference_of_deny_rates() -> None:
     for _ in range(10):
         live.record(0, _decision(Effect.ALLOW), 1000)
     for number in range(10):
-        live.record(1, _decision(Effect.DENY if number < 2 else Effect.ALLOW), 1000)
+        live.record(1, _decision(Effect.DENY if number < 2 else Effect.ALLOW), 1000, f"t\0agent-{number}")
     assert live.breach(1000) is None  # 0.20 - 0.00 is not more than 0.2
-    live.record(1, _decision(Effect.DENY), 1000)
+    live.record(1, _decision(Effect.DENY), 1000, "t\0agent-0")
     reason = live.breach(1000)
     assert reason == "canary deny rate 0.27 vs stable 0.00 over 1m exceeds 0.2 (11 canary, 10 stable decisions)"
     assert live.breach(1061) is None  # the window has passed
@@ -120,9 +120,25 @@ def test_no_rollback_below_min_decisions_or_within_the_threshold() -> None:
 
 def test_errors_are_counted_and_compared_separately() -> None:
     live = _live(50, RollbackOn(error_rate=0.1, min_decisions=2))
-    live.record(1, _decision(Effect.DENY, error=True), 5)
-    live.record(1, _decision(Effect.ALLOW), 5)
+    live.record(1, _decision(Effect.DENY, error=True), 5, "t\0a")
+    live.record(1, _decision(Effect.ALLOW), 5, "t\0b")
     assert live.breach(5) == "canary error rate 0.50 vs stable 0.00 over 5m exceeds 0.1 (2 canary, 0 stable decisions)"
+
+
+def test_one_agent_alone_cannot_roll_a_canary_back() -> None:
+    # Found by an attacker's probe: one agent made a stricter canary deny 25 times and the
+    # operator's tightening was rolled back. A second agent in the window, and it may.
+    live = _live(50, RollbackOn(deny_rate=0.2, window="1m", min_decisions=10))
+    for _ in range(25):
+        live.record(1, _decision(Effect.DENY), 1000, "t\0mallory")
+    assert live.breach(1000) is None
+    live.record(1, _decision(Effect.DENY), 1030, "t\0alice")
+    assert live.breach(1030) is not None
+    assert live.breach(1061) is None  # mallory's calls left the window; alice's alone are too few
+    alone = _live(50, RollbackOn(deny_rate=0.2, window="1m", min_decisions=10, min_agents=1))
+    for _ in range(10):
+        alone.record(1, _decision(Effect.DENY), 1000, "t\0mallory")
+    assert alone.breach(1000) is not None  # an operator may accept one agent
 
 
 GOOD: dict[str, Any] = {"policy": "pay", "version": 2, "percent": 10}
