@@ -26,7 +26,11 @@ reason starts with "opa: " and says which. Nothing here ever turns a failure int
 allow, and no exception from `decide` reaches the caller (cancellation aside).
 
 `policy/rego/bastion.rego` (see `bundled_module`) interprets AgentPolicy documents pushed
-as OPA data with `push_policies`, with the native engine's match semantics.
+as OPA data with `push_policies`, with the native engine's match semantics. The pushed data
+also names the set (`data.bastion.active`: its versions in order and its digest), and
+`decide_bundled` asks for the decision and that name in one evaluation, which OPA makes
+against one consistent snapshot of its data: the answer says which versions decided it,
+and an OPA that lost its module or data (a restart) answers `missing` rather than deciding.
 """
 
 from __future__ import annotations
@@ -47,12 +51,15 @@ from opa_client.errors import RegoParseError  # type: ignore[import-untyped]
 from bastion._errors import ConfigError, DecisionUnavailable, PolicyValidationError
 
 from ._document import RESERVED_RULE_ID, PolicyDocument
+from ._engine import bundle_digest
 
 OpaEffect = Literal["allow", "deny", "require_approval", "queue"]
 OPA_EFFECTS: frozenset[str] = frozenset(get_args(OpaEffect))
 
 #: Where bastion.rego answers, as a Data API path.
 BUNDLED_DECISION_PATH = "bastion/decision"
+#: The decision together with the set it was made by: {"decision": {...}, "active": {...}}.
+BUNDLED_ANSWER_PATH = "bastion/answer"
 #: OPA data path of the pushed policies: {"policies": {name: spec}, "order": [names]}.
 BUNDLED_DATA_PATH = "bastion"
 
@@ -132,6 +139,26 @@ def opa_input(
     }
 
 
+#: A policy set as OPA names it: (name, version) in evaluation order.
+SetKey = tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldSet:
+    """The set OPA holds, as pushed (`data.bastion.active`): its versions and `bundle_digest`."""
+
+    versions: SetKey
+    digest: str
+
+    @classmethod
+    def of(cls, documents: Sequence[PolicyDocument]) -> HeldSet:
+        versions = tuple((document.metadata.name, document.metadata.version) for document in documents)
+        return cls(versions, bundle_digest(documents))
+
+    def describe(self) -> str:
+        return ", ".join(f"{name!r} v{version}" for name, version in self.versions) or "no policy"
+
+
 @dataclass(frozen=True, slots=True)
 class OpaDecision:
     effect: OpaEffect
@@ -140,6 +167,17 @@ class OpaDecision:
     reason: str
     #: The policy OPA named as deciding, "" when it named none.
     policy: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BundledAnswer:
+    """What `decide_bundled` got: the decision, and the set OPA made it by."""
+
+    decision: OpaDecision
+    #: The set named in the same evaluation; None when OPA did not decide or named none.
+    held: HeldSet | None
+    #: OPA answered, but without bastion.rego or its data (e.g. it restarted): reloading them helps.
+    missing: bool = False
 
 
 def bundled_module() -> str:
@@ -186,22 +224,41 @@ class OpaEngine:
         self, input_document: OpaInput | Mapping[str, Any], *, path: str = BUNDLED_DECISION_PATH
     ) -> OpaDecision:
         """Query `path` (e.g. "bastion/decision") with `input_document`; never raises, never fails open."""
+        body = await self._query_rule(input_document, path)
+        return body if isinstance(body, OpaDecision) else parse_result(body, path=path)
+
+    async def decide_bundled(self, input_document: OpaInput | Mapping[str, Any]) -> BundledAnswer:
+        """bastion.rego's decision and the set it was made by, in one query; never raises, never fails open."""
+        body = await self._query_rule(input_document, BUNDLED_ANSWER_PATH)
+        if isinstance(body, OpaDecision):
+            return BundledAnswer(body, None)
+        result = body.get("result") if isinstance(body, dict) else None
+        held = _parse_held(result.get("active")) if isinstance(result, dict) else None
+        if not isinstance(result, dict) or held is None:
+            why = "OPA holds no Bastion policy set (bastion.rego or its data is missing, e.g. after a restart)"
+            return BundledAnswer(fail_closed(why), None, missing=True)
+        return BundledAnswer(parse_result({"result": result.get("decision")}, path=BUNDLED_DECISION_PATH), held)
+
+    async def _query_rule(self, input_document: OpaInput | Mapping[str, Any], path: str) -> object:
+        """The Data API response body for `path`, or the fail-closed decision saying why there is none."""
         if not self._open:
-            return _deny("the OPA client is not open (use `async with OpaEngine(...)`)")
+            return fail_closed("the OPA client is not open (use `async with OpaEngine(...)`)")
         try:
             async with asyncio.timeout(self.deadline_s):
-                body = await self._query.query_rule(input_data=dict(input_document), package_path=path.strip("/"))
+                body: object = await self._query.query_rule(
+                    input_data=dict(input_document), package_path=path.strip("/")
+                )
         except TimeoutError:
-            return _deny(f"no answer within {self.deadline_s * 1000:.0f} ms (deadline)")
+            return fail_closed(f"no answer within {self.deadline_s * 1000:.0f} ms (deadline)")
         except aiohttp.ClientResponseError as exc:
-            return _deny(f"the server answered HTTP {exc.status} for {path}: {_clip(exc.message)}")
+            return fail_closed(f"the server answered HTTP {exc.status} for {path}: {_clip(exc.message)}")
         except aiohttp.ClientConnectionError as exc:
-            return _deny(f"the server is unreachable ({type(exc).__name__})")
+            return fail_closed(f"the server is unreachable ({type(exc).__name__})")
         except (aiohttp.ClientError, ValueError) as exc:
-            return _deny(f"unreadable answer for {path} ({type(exc).__name__})")
+            return fail_closed(f"unreadable answer for {path} ({type(exc).__name__})")
         except Exception as exc:  # e.g. arguments JSON cannot encode: still a decision, never a crash
-            return _deny(f"query for {path} failed ({type(exc).__name__})")
-        return parse_result(body, path=path)
+            return fail_closed(f"query for {path} failed ({type(exc).__name__})")
+        return body
 
     async def load_module(self, module_id: str, rego_text: str) -> None:
         """PUT /v1/policies/<module_id>; OPA's compile errors raise PolicyValidationError."""
@@ -229,50 +286,82 @@ class OpaEngine:
         names = [document.metadata.name for document in documents]
         if len(set(names)) != len(names):
             raise PolicyValidationError(f"a policy name appears twice in {names}; list each policy once")
-        policies = {document.metadata.name: document.canonical()["spec"] for document in documents}
-        for name, spec in policies.items():
-            _check_rego_supported(name, spec)
-        await self.put_data(BUNDLED_DATA_PATH, {"policies": policies, "order": names})
+        for document in documents:
+            check_rego_supported(document)
+        held = HeldSet.of(documents)
+        await self.put_data(
+            BUNDLED_DATA_PATH,
+            {
+                "policies": {document.metadata.name: document.canonical()["spec"] for document in documents},
+                "order": names,
+                "active": {"versions": [list(item) for item in held.versions], "digest": held.digest},
+            },
+        )
 
 
-def _check_rego_supported(name: str, spec: Mapping[str, Any]) -> None:
+def rego_problems(document: PolicyDocument) -> list[str]:
+    """What in `document` bastion.rego does not evaluate (empty: it can decide by it exactly)."""
     # bastion.rego decides on `match` and `effect` alone. A rule whose `when`/`args` it
     # ignored would match more than its author wrote (fail open), so such documents are
-    # refused here; decisions needing them belong in the native engine or in Rego.
+    # refused; decisions needing them belong in the native engine or in Rego.
+    spec = document.canonical()["spec"]
     problems = [f"spec.{key}" for key in sorted(set(spec) - _REGO_SPEC_KEYS)]
     for rule in spec.get("rules", []):
         problems += [f"rule '{rule.get('id')}' {key}" for key in sorted(set(rule) - _REGO_RULE_KEYS)]
         if rule.get("effect") not in OPA_EFFECTS:
             problems.append(f"rule '{rule.get('id')}' effect {rule.get('effect')!r}")
-    if problems:
+    return problems
+
+
+def check_rego_supported(document: PolicyDocument) -> None:
+    """PolicyValidationError naming every field bastion.rego does not evaluate, if any."""
+    if problems := rego_problems(document):
         raise PolicyValidationError(
-            f"policy {name!r} uses what bastion.rego does not evaluate: {', '.join(problems)}; "
+            f"policy {document.metadata.name!r} v{document.metadata.version} uses what bastion.rego does not "
+            f"evaluate: {', '.join(problems)}; Rego mode (BASTION_POLICY_ENGINE=opa) cannot enforce it: "
             "use the native engine for it, or express it in your own Rego module"
         )
+
+
+def _parse_held(value: object) -> HeldSet | None:
+    """`data.bastion.active` as pushed, or None when it is absent or not of that shape."""
+    if not isinstance(value, dict):
+        return None
+    versions, digest = value.get("versions"), value.get("digest")
+    if not isinstance(versions, list) or not isinstance(digest, str):
+        return None
+    key: list[tuple[str, int]] = []
+    for item in versions:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            return None
+        if not isinstance(item[1], int) or isinstance(item[1], bool):
+            return None
+        key.append((item[0], item[1]))
+    return HeldSet(tuple(key), digest)
 
 
 def parse_result(body: object, *, path: str = BUNDLED_DECISION_PATH) -> OpaDecision:
     """Map a Data API response body to a decision; anything unexpected is a deny."""
     if not isinstance(body, dict):
-        return _deny(f"response for {path} is not a JSON object")
+        return fail_closed(f"response for {path} is not a JSON object")
     if "result" not in body:
-        return _deny(f"{path} is undefined for this input (no rule produced a decision)")
+        return fail_closed(f"{path} is undefined for this input (no rule produced a decision)")
     result = body["result"]
     if not isinstance(result, dict):
-        return _deny(f"{path} returned {type(result).__name__}, expected an object with effect, rule_id, reason")
+        return fail_closed(f"{path} returned {type(result).__name__}, expected an object with effect, rule_id, reason")
     unknown = sorted(set(result) - _RESULT_KEYS)
     missing = sorted({"effect", "rule_id", "reason"} - set(result))
     if unknown or missing:
         problems = [f"{what} {', '.join(keys)}" for what, keys in (("missing", missing), ("unknown", unknown)) if keys]
-        return _deny(f"{path} returned an object of the wrong shape ({'; '.join(problems)})")
+        return fail_closed(f"{path} returned an object of the wrong shape ({'; '.join(problems)})")
     wrong = sorted(key for key, value in result.items() if not isinstance(value, str))
     if wrong:
-        return _deny(f"{path} returned non-string {', '.join(wrong)}")
+        return fail_closed(f"{path} returned non-string {', '.join(wrong)}")
     effect, rule_id = result["effect"], result["rule_id"]
     if effect not in OPA_EFFECTS:
-        return _deny(f"{path} returned unknown effect {_clip(effect)!r} (expected one of {sorted(OPA_EFFECTS)})")
+        return fail_closed(f"{path} returned unknown effect {_clip(effect)!r} (expected one of {sorted(OPA_EFFECTS)})")
     if not rule_id:
-        return _deny(f"{path} returned an empty rule_id")
+        return fail_closed(f"{path} returned an empty rule_id")
     return OpaDecision(
         effect=cast(OpaEffect, effect),
         rule_id=rule_id,
@@ -281,7 +370,8 @@ def parse_result(body: object, *, path: str = BUNDLED_DECISION_PATH) -> OpaDecis
     )
 
 
-def _deny(why: str) -> OpaDecision:
+def fail_closed(why: str) -> OpaDecision:
+    """The deny that stands in for a decision OPA did not make; `why` reaches agents (no addresses)."""
     return OpaDecision(effect="deny", rule_id=RESERVED_RULE_ID, reason=f"opa: {why} (fail closed)")
 
 

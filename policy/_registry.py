@@ -25,6 +25,11 @@
 * Canary rollouts (bastion.policy._rollouts) ride on the same snapshot: for the running
   rollouts it also holds every combination of arms as a compiled set, so a decision
   reads one reference for its arm's set too (`change_rollouts`).
+* An engine outside this process (Rego mode: bastion.policy._rego_mode) is an `Enforcer`:
+  a version it cannot decide by exactly is refused when it is created, validated or
+  activated (PolicyValidationError), and an activation is put in force there before it
+  is written and swapped in here: when the engine does not take it, the activation fails
+  (DecisionUnavailable) and the previous version stays active.
 * Watchers (gRPC Watch) get a `Change` for every new version and every activation, as
   soon as it is swapped in. A watcher that falls `WATCH_BACKLOG` changes behind is cut
   off (`Watcher.overflowed`) so it reconnects and reads a fresh snapshot, rather than
@@ -34,12 +39,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
@@ -48,7 +55,15 @@ from bastion._errors import ConfigError, PolicyValidationError, StoreError
 from ._bundles import bundle_expiry
 from ._document import PolicyDocument, parse_policy
 from ._engine import PolicySet
-from ._store import Activation, PolicyStore, Signature, VersionExists, VersionRecord, version_digest
+from ._store import (
+    Activation,
+    PolicyStore,
+    RolloutConflict,
+    Signature,
+    VersionExists,
+    VersionRecord,
+    version_digest,
+)
 
 if TYPE_CHECKING:
     from ._rollouts import LiveRollout
@@ -106,6 +121,17 @@ class Change:
     at: float
 
 
+class Enforcer(Protocol):
+    """An engine outside this process that decides by the active set (Rego mode's OPA)."""
+
+    def check(self, document: PolicyDocument) -> None:
+        """PolicyValidationError naming what in `document` the engine cannot decide by."""
+
+    def transition(self, documents: tuple[PolicyDocument, ...]) -> AbstractAsyncContextManager[None]:
+        """Put `documents` (the whole next active set) in force, then run the body that makes
+        them active here; DecisionUnavailable on entry when the engine did not take them."""
+
+
 @dataclass(eq=False)
 class Watcher:
     queue: asyncio.Queue[Change] = field(default_factory=lambda: asyncio.Queue(WATCH_BACKLOG))
@@ -143,8 +169,10 @@ def compile_version(text: str, *, source: str | None = None) -> Compiled:
 class PolicyRegistry:
     """Versions (through the store), the compiled cache, the active snapshot and its watchers."""
 
-    def __init__(self, store: PolicyStore) -> None:
+    def __init__(self, store: PolicyStore, *, enforcer: Enforcer | None = None) -> None:
+        """`enforcer`: the engine outside this process that decides (None: the native engine here)."""
         self._store = store
+        self._enforcer = enforcer
         self._compiled: dict[tuple[str, int], Compiled] = {}
         self._sets: OrderedDict[tuple[tuple[str, int], ...], PolicySet] = OrderedDict()
         self._snapshot = Snapshot(PolicySet.compile([]), ())
@@ -173,6 +201,11 @@ class PolicyRegistry:
         """The active versions' documents, in evaluation order (for an engine outside this process)."""
         return tuple(self._compiled[(active.name, active.version)].document for active in self._snapshot.versions)
 
+    def check_enforceable(self, document: PolicyDocument) -> None:
+        """PolicyValidationError when the engine that decides cannot decide by `document` exactly."""
+        if self._enforcer is not None:
+            self._enforcer.check(document)
+
     # --- start ----------------------------------------------------------------------------
 
     async def apply_files(self, paths: Sequence[Path]) -> None:
@@ -182,6 +215,10 @@ class PolicyRegistry:
             for path in paths:
                 text = _read(path)
                 compiled = compile_version(text, source=str(path))
+                try:
+                    self.check_enforceable(compiled.document)
+                except PolicyValidationError as exc:
+                    raise PolicyValidationError(f"{path}: {exc}") from exc
                 name, version = compiled.document.metadata.name, compiled.document.metadata.version
                 try:
                     _, created = await self._store.add(compiled.document, text, author=CONFIG_AUTHOR)
@@ -274,6 +311,7 @@ class PolicyRegistry:
         """
         # Parsing and compiling a large document takes a while: not on the event loop.
         compiled = await asyncio.to_thread(compile_version, text)
+        self.check_enforceable(compiled.document)
         named = (compiled.document.metadata.name, compiled.document.metadata.version)
         if expect is not None and named != expect:
             raise PolicyValidationError(
@@ -290,20 +328,44 @@ class PolicyRegistry:
         return record, created
 
     async def activate(self, name: str, version: int, *, by: str) -> tuple[ActiveVersion, int | None]:
-        """Make a stored version the active one of its policy; (now active, previously active version)."""
+        """Make a stored version the active one of its policy; (now active, previously active version).
+
+        With an enforcer, the next set is put in force there first; when it is not taken,
+        DecisionUnavailable, and nothing changes here."""
         async with self._lock:
-            await self._load(name, version)  # refuses an unknown or corrupt version before anything changes
+            compiled = await self._load(name, version)  # refuses an unknown or corrupt version before anything changes
+            self.check_enforceable(compiled.document)
             previous = next((item.version for item in self._snapshot.versions if item.name == name), None)
-            activation = await self._store.activate(name, version, by=by)
-            active = await self._active_version(activation)
-            versions = [active if item.name == name else item for item in self._snapshot.versions]
-            if previous is None:
-                versions.append(active)
-            self._swap(tuple(versions))
-            self._publish(
-                Change("activated", name, version, active.digest, active.settings_json, activation.activated_at)
-            )
+            running = next((live.id for live in self._rollouts if live.policy == name), None)
+            if running is not None and self._enforcer is not None:
+                # The store refuses this too, but only after the enforcer has put the version in force.
+                raise RolloutConflict(
+                    f"policy {name!r} has a running rollout {running}; roll it back before activating a version"
+                )
+            async with self._in_force(self._next_documents(compiled.document)):
+                activation = await self._store.activate(name, version, by=by)
+                active = await self._active_version(activation)
+                versions = [active if item.name == name else item for item in self._snapshot.versions]
+                if previous is None:
+                    versions.append(active)
+                self._swap(tuple(versions))
+                self._publish(
+                    Change("activated", name, version, active.digest, active.settings_json, activation.activated_at)
+                )
         return active, previous
+
+    def _next_documents(self, document: PolicyDocument) -> tuple[PolicyDocument, ...]:
+        """The active set with `document` in place of its policy's version (appended when new)."""
+        name = document.metadata.name
+        current = self.active_documents()
+        if any(item.metadata.name == name for item in current):
+            return tuple(document if item.metadata.name == name else item for item in current)
+        return (*current, document)
+
+    def _in_force(self, documents: tuple[PolicyDocument, ...]) -> AbstractAsyncContextManager[None]:
+        if self._enforcer is None:
+            return contextlib.nullcontext()
+        return self._enforcer.transition(documents)
 
     async def load(self, name: str, version: int) -> Compiled:
         """The compiled version (from the cache, else the store); UnknownVersion when not stored."""

@@ -39,7 +39,9 @@ Contract
   changes nothing else. Every step (started, promoted, rolled_back, auto_rolled_back)
   writes an audit record in the same transaction (bastion.policy._audit ships them).
 * Rollouts are served by the native engine only: with `BASTION_POLICY_ENGINE=opa`,
-  starting one is refused.
+  starting one is refused, and so is promoting one started before the switch (a
+  promotion would activate the candidate without OPA being asked to take it, or
+  whether it can: roll it back, then activate the version, which does both).
 * A candidate whose signed bundle has expired (the signer's approval ran out) is never put
   in force: starting a rollout to it or promoting it is refused with 422
   (`BundleVerifier.check_in_force`); a rollout already running keeps serving it, and
@@ -521,6 +523,12 @@ class RolloutManager:
                     f"rollout {rollout_id} is already {current.state.replace('_', ' ')}"
                     f"{' (' + current.reason + ')' if current.reason else ''}: only a running rollout can be "
                     "promoted or rolled back"
+                )
+            if state == "promoted" and not self._enabled:
+                raise RolloutConflict(
+                    f"rollout {rollout_id} cannot be promoted while this service decides through OPA "
+                    f"(BASTION_POLICY_ENGINE=opa): roll it back, then activate v{current.version} "
+                    f"(POST /v1/policies/{current.policy}/versions/{current.version}/activate)"
                 )
             if state == "promoted":
                 self._bundles.check_in_force(await self._policies.get(current.policy, current.version))

@@ -42,7 +42,7 @@ from ._grpc import PolicyServicer
 from ._identities import IdentityStore
 from ._opa import OpaEngine
 from ._registry import PolicyRegistry, Snapshot
-from ._rego_mode import RegoDecider
+from ._rego_mode import OpaSync, RegoDecider
 from ._rollouts import RolloutManager
 from ._simulate import Simulator
 from ._store import PolicyStore
@@ -65,11 +65,14 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         store = PolicyStore.under(home)
         stack.callback(store.close)
-        policies = PolicyRegistry(store)
+        opa = await _opa_sync(settings, stack)
+        # In Rego mode OPA decides: the registry refuses what it cannot decide by, and puts
+        # every activation in force there before it swaps it in.
+        policies = PolicyRegistry(store, enforcer=opa)
         await policies.apply_files(app.policies)
         _log_active(policies.snapshot)
 
-        rego = await _rego_decider(settings, policies, stack)
+        rego = await _rego_decider(opa, policies, stack) if opa is not None else None
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         registry.register(BundleExpiryCollector(policies.bundle_expiries))
@@ -99,7 +102,7 @@ async def serve(
             verifier=verifier,
             hosts=hosts,
             registry=registry,
-            is_ready=serving.is_set,
+            is_ready=_readiness(serving, rego),
             require_signed=settings.policy_require_signed,
             max_body=settings.policy_max_body,
             proxy_addr=settings.proxy_addr,
@@ -128,23 +131,34 @@ def main(config: Path | None = None) -> int:
     return run_service("policy", PolicySettings(), config, serve)
 
 
-async def _rego_decider(
-    settings: PolicySettings, policies: PolicyRegistry, stack: contextlib.AsyncExitStack
-) -> RegoDecider | None:
-    """In `BASTION_POLICY_ENGINE=opa` mode, OPA loaded with the active set; else None."""
+async def _opa_sync(settings: PolicySettings, stack: contextlib.AsyncExitStack) -> OpaSync | None:
+    """In `BASTION_POLICY_ENGINE=opa` mode, the connection that writes policy sets into OPA; else None."""
     if settings.policy_engine != "opa":
         return None
     if not settings.opa_url:
         raise ConfigError("BASTION_POLICY_ENGINE=opa needs BASTION_OPA_URL (the OPA server's base URL)")
     engine = await stack.enter_async_context(OpaEngine(settings.opa_url, deadline_s=settings.opa_deadline_ms / 1000))
-    rego = RegoDecider(engine, policies)
+    return OpaSync(engine)
+
+
+async def _rego_decider(opa: OpaSync, policies: PolicyRegistry, stack: contextlib.AsyncExitStack) -> RegoDecider:
+    """OPA loaded with the active set, and kept holding it."""
+    rego = RegoDecider(opa, policies)
     try:
         await rego.start()
     except DecisionUnavailable as exc:
         raise ConfigError(f"OPA at BASTION_OPA_URL is not usable: {exc}") from exc
     stack.push_async_callback(rego.close)
-    log.info("decisions come from OPA at %s", settings.opa_url)
+    log.info("decisions come from OPA at %s", opa.engine.url)
     return rego
+
+
+def _readiness(serving: asyncio.Event, rego: RegoDecider | None) -> Callable[[], bool]:
+    """/readyz: gRPC serves decisions; in Rego mode also OPA holds the active set (else every decision denies)."""
+    if rego is None:
+        return serving.is_set
+    decider = rego
+    return lambda: serving.is_set() and decider.ready
 
 
 def _log_active(snapshot: Snapshot) -> None:

@@ -2,10 +2,12 @@
 #
 # Query:  POST /v1/data/bastion/decision  {"input": {"action": {...}, "ctx": {...}}}
 # Result: {"effect": "allow|deny|require_approval", "rule_id": "...", "reason": "...", "policy": "..."}
+# The policy service queries bastion/answer: {"decision": <the above>, "active": data.bastion.active}.
 #
 # Data (pushed by bastion.policy._opa.push_policies in one write):
 #   data.bastion.policies[name]  the `spec` of policy `name` (an AgentPolicy document's spec)
 #   data.bastion.order           policy names in evaluation order (bastion.yaml order)
+#   data.bastion.active          {"versions": [[name, version], ...], "digest": "<sha256>"}: the set's name
 #
 # Semantics, as policy/_engine.py documents them:
 #   * kinds TOOL_CALL/TOOL_LIST target a tool, RESOURCE_READ/RESOURCE_SUBSCRIBE/RESOURCE_LIST a
@@ -215,3 +217,10 @@ decision := {
 	not _refusal
 	count(_matching) == 0
 }
+
+# --- what the policy service asks ----------------------------------------------------------
+
+# The decision with the name of the set it was made by. One query is evaluated against one
+# snapshot of OPA's data, so `active` names exactly the versions that decided; an OPA that
+# lost its data (a restart) leaves this undefined, and the service reloads it.
+answer := {"decision": decision, "active": data.bastion.active}
