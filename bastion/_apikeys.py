@@ -12,7 +12,9 @@ logs), the secret is 32 random bytes shown once at creation; only
     state.apply(event)                                  a WatchIdentity event (snapshot or delta)
     state.api_key(key_id)                               the key's record, or None
     state.token_revoked(jti)                            why the token is revoked, or None
-    state.agent_revoked(tenant, agent_id, issued_at)    why the agent's credential is revoked, or None
+    state.agent_revoked(tenant, agent_id, issued_at, leeway)
+                                                        why the agent's credential is revoked, or None
+    state.synced / state.unsynced_reason                whether a snapshot arrived; if not, why
 """
 
 from __future__ import annotations
@@ -94,8 +96,11 @@ class IdentityState:
         self._keys: dict[str, ApiKey] = {}
         self._tokens: dict[str, str] = {}
         self._agents: dict[tuple[str, str], _AgentRevocation] = {}
-        #: Set once the first snapshot arrived (until then only JWTs can be verified).
+        #: Set once the first snapshot arrived. Until then no API key can be verified, and a
+        #: JWT only where every call is also decided (bastion._identity.TokenVerifier.verify).
         self.synced = False
+        #: Why no snapshot has arrived yet, for the refusals (set by bastion._identity_watch).
+        self.unsynced_reason = "the policy service has not sent them yet"
 
     def apply(self, event: policy_pb2.IdentityEvent) -> None:
         # Parsed before anything changes: a record that does not parse (bad hex) raises here and
@@ -123,9 +128,15 @@ class IdentityState:
     def token_revoked(self, token_id: str) -> str | None:
         return self._tokens.get(token_id) if token_id else None
 
-    def agent_revoked(self, tenant: str, agent_id: str, issued_at: float) -> str | None:
-        """Why a credential of this agent issued at `issued_at` is revoked, or None."""
+    def agent_revoked(self, tenant: str, agent_id: str, issued_at: float, leeway: float = 0.0) -> str | None:
+        """Why a credential of this agent issued at `issued_at` is revoked, or None.
+
+        `leeway` is the clock skew the verifier tolerates on `iat` (a JWT's `auth.leeway_s`):
+        a token the agent already held when it was revoked may carry an `iat` up to that far
+        ahead of the revocation's time (an issuer clock running fast), and is revoked all the
+        same. A token issued within `leeway` after the revocation is refused too: the two
+        cannot be told apart. An API key's time is the policy service's own clock: no leeway."""
         revocation = self._agents.get((tenant, agent_id))
-        if revocation is not None and issued_at <= revocation.at:
+        if revocation is not None and issued_at <= revocation.at + leeway:
             return revocation.reason
         return None

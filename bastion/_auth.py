@@ -7,12 +7,16 @@ Callers send `Authorization: Bearer <jwt>`, verified by bastion._identity.TokenV
     auditor           read only
     anything else     nothing: an agent token (no role) is refused on every route
 
-    require_reader(verifier)     FastAPI dependency for routes that only read
-    require_operator(verifier)   FastAPI dependency for routes that change something
+    require_reader(verifier)          FastAPI dependency for routes that only read
+    require_operator(verifier)        FastAPI dependency for routes that change something
+    require_home_operator(verifier, action, why)
+                                      … something every tenant shares (policies): an admin,
+                                      or an operator of the deployment's own tenant
 
-Both return the caller's `Principal`. A missing, malformed, expired or wrongly signed
-token raises AuthError (401; bastion._rest adds `WWW-Authenticate: Bearer`); a valid
-token without the role raises ForbiddenError (403).
+Each returns the caller's `Principal`. A missing, malformed, expired, wrongly signed or
+revoked token raises AuthError (401; bastion._rest adds `WWW-Authenticate: Bearer`); any
+JWT while the service has not yet received the revocation list, RevocationsUnavailable
+(503); a valid token without the role or the tenant, ForbiddenError (403).
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from typing import Annotated
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ._authz import AUDITOR_ROLE, CHANGE, READ, READER_ROLES, authorize
+from ._authz import AUDITOR_ROLE, CHANGE, READ, READER_ROLES, authorize, check_home_tenant
 from ._identity import Principal, TokenVerifier
 
-__all__ = ["AUDITOR_ROLE", "READER_ROLES", "Guard", "require_operator", "require_reader"]
+__all__ = ["AUDITOR_ROLE", "READER_ROLES", "Guard", "require_home_operator", "require_operator", "require_reader"]
 
 #: A FastAPI dependency that authorizes the request and returns who made it.
 Guard = Callable[..., Awaitable[Principal]]
@@ -50,6 +54,20 @@ def require_reader(verifier: TokenVerifier) -> Guard:
 def require_operator(verifier: TokenVerifier) -> Guard:
     """Operators and admins pass; auditors and agents are refused."""
     return _require(verifier, CHANGE)
+
+
+def require_home_operator(verifier: TokenVerifier, action: str, why: str) -> Guard:
+    """Admins, and operators of the deployment's own tenant (`default`); an operator confined
+    to another tenant is refused (403: it may not `action` because `why`), as on the key
+    routes an operator may not act in a tenant other than its own (bastion._authz.acts_in)."""
+    operator = _require(verifier, CHANGE)
+
+    async def guard(
+        request: Request, scheme: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+    ) -> Principal:
+        return check_home_tenant(await operator(request, scheme), action, why)
+
+    return guard
 
 
 def _require(verifier: TokenVerifier, need: tuple[frozenset[str], str, str]) -> Guard:

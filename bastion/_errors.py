@@ -6,7 +6,8 @@
     │   ├── PolicyValidationError     a document fails its schema (unknown field, bad glob, …)
     │   └── BundleSignatureError      a signed bundle does not verify
     ├── AuthError                     missing/invalid credentials (HTTP 401)
-    │   └── ForbiddenError            valid credentials, insufficient role (HTTP 403)
+    │   ├── ForbiddenError            valid credentials, insufficient role or tenant (HTTP 403)
+    │   └── RevocationsUnavailable    a JWT on an operator route before revocations are loaded (HTTP 503)
     ├── ProtocolError                 a message Bastion cannot parse or accept
     │   ├── ParseError                not JSON (JSON-RPC -32700)
     │   ├── InvalidRequest            JSON but not a valid JSON-RPC request (-32600)
@@ -21,7 +22,8 @@
     │   └── SessionForeign            an Mcp-Session-Id initialised by another principal (HTTP 403)
     ├── DecisionUnavailable           policy or verifier unreachable, slow or failing: blocks
     ├── UpstreamError                 the upstream MCP server / A2A agent failed
-    │   └── UpstreamTimeout           … by sending no response, or no more body, in time (HTTP 504)
+    │   ├── UpstreamTimeout           … by sending no response, or no more body, in time (HTTP 504)
+    │   └── UnreadableListing         … by a list answer the proxy cannot read to filter (HTTP 502)
     ├── JournalError                  the local journal cannot record an event: blocks
     └── StoreError                    the graph store failed
 
@@ -77,6 +79,15 @@ class ForbiddenError(AuthError):
     code = "bastion.auth.forbidden"
     http_status = 403
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class RevocationsUnavailable(AuthError):
+    """This service has not yet received the revocation list from the policy service, so a
+    JWT cannot be told apart from a revoked one: refused (fail closed) on the REST routes."""
+
+    code = "bastion.auth.revocations_unavailable"
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
 class ProtocolError(BastionError):
@@ -178,6 +189,13 @@ class UpstreamTimeout(UpstreamError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class UnreadableListing(UpstreamError):
+    """A list answer (`tools/list`, …) the proxy cannot read: relayed, it would show every
+    item unfiltered by policy (proxy/_listing.py)."""
+
+    code = "bastion.upstream.unreadable_listing"
+
+
 class JournalError(BastionError):
     code = "bastion.journal"
     jsonrpc_code = -32003
@@ -253,10 +271,12 @@ __all__ = [
     "PolicyError",
     "PolicyValidationError",
     "ProtocolError",
+    "RevocationsUnavailable",
     "SessionForeign",
     "SessionUnknown",
     "StoreError",
     "UnknownTool",
+    "UnreadableListing",
     "UpstreamError",
     "UpstreamTimeout",
 ]

@@ -5,7 +5,11 @@ a JWKS chosen from by `kid`, PEM files, or the dev key), with `iss`, `aud`, `exp
 `iat`, a maximum lifetime and the tenant claim checked — or an API key `bk_<id>.<secret>`,
 matched against the salted digest pushed by the policy service (bastion._apikeys).
 Revocations (a token's `jti`, an API key, every credential of an agent issued up to a
-time) are pushed the same way and checked on every call, cached credential or not.
+time) are pushed the same way and checked on every call, cached credential or not. Until
+the first push has arrived a service cannot tell a revoked JWT from a good one, so JWTs
+are refused then (RevocationsUnavailable, 503: fail closed), except on the proxy's agent
+routes, where every action also waits for a decision from the policy service that pushes
+them (proxy/_stages.py IdentityStage forwards nothing meanwhile).
 
 Dev keys and the service token live under $BASTION_HOME and are created on first use.
 Several services start at once, so creation is race-free: the secret is written to a
@@ -31,7 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._apikeys import API_KEY_PREFIX, ApiKey, IdentityState, parse_api_key
 from ._appconfig import AuthConfig, is_url
-from ._errors import AuthError, ConfigError
+from ._errors import AuthError, ConfigError, RevocationsUnavailable
+from ._identifiers import InvalidIdentity, check_identifier
 from ._jwks import Jwks, KeySource, StaticKeys, jwk_thumbprint, shown
 
 DEV_KEY_FILE = "keys/dev-ed25519.pem"
@@ -172,6 +177,10 @@ class TokenVerifier:
 
         TokenVerifier.from_config(auth, home, identity=...)   then `await start()` ... `await close()`
         verify_header("Bearer ...") / verify(token) -> Principal, or AuthError (401)
+
+    Before the identity state has synced, a JWT raises RevocationsUnavailable (503) unless
+    the caller passes `allow_unsynced=True`: only the proxy's agent routes do, whose every
+    action is decided by the policy service (down, or not yet pushing: nothing is forwarded).
     """
 
     def __init__(
@@ -210,7 +219,7 @@ class TokenVerifier:
     async def close(self) -> None:
         await self._keys.close()
 
-    def verify_header(self, authorization: str | None) -> Principal:
+    def verify_header(self, authorization: str | None, *, allow_unsynced: bool = False) -> Principal:
         if not authorization:
             raise AuthError("missing bearer token: send 'Authorization: Bearer <jwt or API key>'")
         if len(authorization) > MAX_TOKEN_CHARS:
@@ -220,9 +229,9 @@ class TokenVerifier:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AuthError("Authorization header must be 'Bearer <jwt or API key>'")
-        return self.verify(token.strip())
+        return self.verify(token.strip(), allow_unsynced=allow_unsynced)
 
-    def verify(self, token: str) -> Principal:
+    def verify(self, token: str, *, allow_unsynced: bool = False) -> Principal:
         if len(token) > MAX_TOKEN_CHARS:
             raise AuthError(f"bearer token longer than {MAX_TOKEN_CHARS} characters")
         verified = self._cache.get(token)
@@ -236,6 +245,8 @@ class TokenVerifier:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         self._check_revocations(verified.principal)
+        if not allow_unsynced:
+            self._check_synced()
         return verified.principal
 
     def _still_good(self, verified: _Verified) -> bool:
@@ -246,6 +257,16 @@ class TokenVerifier:
             self._identity is not None and self._identity.api_key(verified.principal.key_id) is verified.api_key
         )
 
+    def _check_synced(self) -> None:
+        identity = self._identity
+        # Without an identity state (an app alone, in tests) there is nothing to wait for.
+        if identity is not None and not identity.synced:
+            raise RevocationsUnavailable(
+                f"revocations not loaded: this service has not received the revocation list from the policy "
+                f"service ({identity.unsynced_reason}), so no token can be checked against it; "
+                "retry once the policy service is reachable"
+            )
+
     def _check_revocations(self, principal: Principal) -> None:
         identity = self._identity
         if identity is None:
@@ -253,9 +274,13 @@ class TokenVerifier:
         # The operator's reason is not repeated to the caller: it may say what was suspected.
         if identity.token_revoked(principal.token_id) is not None:
             raise AuthError("token revoked: ask for a new one")
-        if identity.agent_revoked(principal.tenant, principal.subject, principal.issued_at) is not None:
+        # A JWT's `iat` may be ahead of this clock by up to the leeway; an API key's time is the
+        # policy service's own, like the revocation's.
+        leeway = 0.0 if principal.key_id else float(self._auth.leeway_s)
+        if identity.agent_revoked(principal.tenant, principal.subject, principal.issued_at, leeway) is not None:
             raise AuthError(
-                f"agent {principal.subject!r} revoked: its credentials issued before the revocation are refused"
+                f"agent {principal.subject!r} revoked: its credentials issued before the revocation "
+                "(or within the clock leeway after it, auth.leeway_s) are refused"
             )
 
     # --- API keys -----------------------------------------------------------------------------
@@ -351,6 +376,7 @@ class TokenVerifier:
         token_id = claims.get("jti", "")
         if not isinstance(token_id, str) or len(token_id) > MAX_TOKEN_ID_CHARS:
             raise AuthError(f"invalid token: 'jti' must be a string of at most {MAX_TOKEN_ID_CHARS} characters")
+        _revocable(subject, tenant, claim, token_id)
         issued_at, expires_at = float(claims["iat"]), float(claims["exp"])
         lifetime, most = expires_at - issued_at, self._auth.max_token_lifetime_s
         if lifetime > most:
@@ -365,6 +391,18 @@ class TokenVerifier:
             token_id=token_id,
             issued_at=issued_at,
         )
+
+
+def _revocable(subject: str, tenant: str, claim: str, token_id: str) -> None:
+    """Refuse what the revocation store would refuse to name (bastion._identifiers): an agent
+    or token the verifier lets in must be one an operator can revoke."""
+    try:
+        check_identifier("'sub'", subject)
+        check_identifier(f"the tenant claim {claim!r}", tenant)
+        if token_id:
+            check_identifier("'jti'", token_id)
+    except InvalidIdentity as exc:
+        raise AuthError(f"invalid token: {exc} (such a token could not be revoked)") from exc
 
 
 def _claims_refusal(exc: jwt.PyJWTError) -> str:

@@ -11,8 +11,10 @@ fresh snapshot, so a change made while it was down arrives on reconnection.
 The snapshot may come in several parts (bastion.policy._identities): they are gathered
 until the empty event that closes it and then applied as one event, so a verifier never
 sees half a snapshot (a revocation in a later part missing). The first complete snapshot
-marks the state `synced`; until then only JWTs can be verified. An event that cannot be
-applied changes nothing and restarts the stream (the watch never stops following).
+marks the state `synced`; until then API keys are refused, and JWTs too except on the
+proxy's agent routes (bastion._identity), each refusal saying why the state is not synced
+(`IdentityState.unsynced_reason`, kept up to date here). An event that cannot be applied
+changes nothing and restarts the stream (the watch never stops following).
 
 While the policy service is unreachable the proxy keeps its last state: keys and
 revocations it knew stay in force (a revocation is never forgotten by a disconnection).
@@ -98,15 +100,21 @@ class IdentityWatch:
             try:
                 await self._follow()
                 self._failures += 1  # the server ended the stream (stopping): reconnect
+                why = "its WatchIdentity stream ended before a complete snapshot"
             except grpc.aio.AioRpcError as exc:
                 self._failures += 1
                 if self._failures == 1 or self._failures % 30 == 0:
                     log.warning("policy WatchIdentity stream failed (%s); reconnecting", exc.code().name)
+                # The code, not the details: those name internal addresses (they are in the log).
+                why = f"its WatchIdentity stream failed: {exc.code().name}"
             except Exception:
                 # An event this proxy cannot apply (it changed nothing: IdentityState.apply parses
                 # first). The watch must not die, or no later revocation would arrive: start over.
                 self._failures += 1
                 log.exception("cannot apply a WatchIdentity event; reconnecting for a fresh snapshot")
+                why = "a WatchIdentity event could not be applied (see the service's log)"
+            if not self.state.synced:
+                self.state.unsynced_reason = why
             self._synced.set(0)
             self._first.set()
             await asyncio.sleep(min(self._backoff_max, 0.05 * 2 ** min(self._failures, 10)))

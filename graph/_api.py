@@ -5,9 +5,11 @@ arrive over gRPC (`_grpc.py`).
 Workflow and audit routes need a bearer JWT with role operator, admin or auditor
 (bastion._auth). Readers of the deployment's own tenant (`default`) and admins see every
 tenant's workflows; a reader of another tenant sees only its own (`_scope`), and not the
-audit chain, which spans every tenant (`_home_tenant`). The Host check and the error
-body `{"error": {"code", "message"}}` come from bastion._rest (a bad cursor is 400, an
-unknown workflow 404, an unavailable store 503).
+audit chain, which spans every tenant (`_home_tenant`). Until the graph has received the
+revocation list from the policy service every token is refused, 503
+`bastion.auth.revocations_unavailable` (bastion._identity: fail closed). The Host check and
+the error body `{"error": {"code", "message"}}` come from bastion._rest (a bad cursor is
+400, an unknown workflow 404, an unavailable store 503).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bastion._auth import Guard, require_reader
+from bastion._authz import acts_in
 from bastion._errors import ForbiddenError
 from bastion._hosts import HostCheck
-from bastion._identity import ADMIN_ROLE, DEFAULT_TENANT, Principal, TokenVerifier
+from bastion._identity import DEFAULT_TENANT, Principal, TokenVerifier
 from bastion._rest import AUTH_RESPONSES, error_doc, rest_app
 from bastion._sealing import Sealer
 
@@ -144,7 +147,7 @@ def _home_tenant(guard: Guard) -> Guard:
 
 def _tenant_of(principal: Principal) -> str | None:
     """The one tenant whose data `principal` may read; None: every tenant's."""
-    if principal.tenant == DEFAULT_TENANT or ADMIN_ROLE in principal.roles:
+    if acts_in(principal, DEFAULT_TENANT):
         return None
     return principal.tenant
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -33,6 +34,9 @@ from ._retention import Retention
 from ._store import open_store
 
 T = TypeVar("T")
+log = logging.getLogger("bastion.graph")
+#: How long a starting graph waits for the first snapshot of revocations.
+IDENTITY_SYNC_S = 5.0
 
 
 async def serve(
@@ -70,6 +74,13 @@ async def serve(
         )
         watch.start()
         stack.push_async_callback(watch.close)
+        # As at the proxy: a REST answered before the revocations arrive refuses every JWT
+        # (bastion._identity), so give the first snapshot a moment before listening.
+        if not await watch.first_attempt(IDENTITY_SYNC_S):
+            log.warning(
+                "serving without revocations: the policy service's WatchIdentity did not answer; "
+                "until it does, the REST refuses JWTs (503)"
+            )
         # Checkpoints are signed with the stack's key (the chart mounts it from its Secret).
         stack_key = ensure_dev_key(home)
         checkpointer = Checkpointer(store, stack_key, settings.audit_checkpoint_every)

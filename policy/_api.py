@@ -4,6 +4,10 @@ Auth (bastion._auth), the Host check and the error body `{"error": {"code", "mes
 (bastion._rest) are the ones every service shares: reads need role operator, admin or
 auditor; everything that is a POST or PUT needs operator or admin (validate too: it
 changes nothing, but it is an operator's tool and answers with the document's problems).
+Policies have no tenant: every active version governs the agents of every tenant. So what
+changes them — creating a version, activating one, starting, promoting or rolling back a
+rollout — is for admins and the deployment's own (`default`) tenant's operators only; an
+operator of another tenant is refused (403), as it is refused another tenant's keys.
 
     GET  /v1/policies                                  the active set, in evaluation order
     POST /v1/policies                                  create a version: 201 new, 200 same content again
@@ -32,7 +36,7 @@ are read with a cap (BASTION_POLICY_MAX_BODY, 413 beyond), parsed as strict JSON
 repeated key is refused) and validated with unknown fields refused, all before anything
 is stored. Errors, each in the shared body, and nothing changes:
 
-    401 / 403            no or bad token / wrong role                     bastion.auth.*
+    401 / 403            no or bad token / wrong role or tenant           bastion.auth.*
     404                  unknown policy or version                        bastion.not_found
     409                  (name, version) stored with other content        bastion.policy.version_exists
     413                  body over the cap                                bastion.protocol.too_large
@@ -58,7 +62,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from bastion._auth import require_operator, require_reader
+from bastion._auth import require_home_operator, require_operator, require_reader
 from bastion._errors import PayloadTooLarge, PolicyError, PolicyValidationError
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
@@ -232,6 +236,11 @@ def create_app(
     app.add_exception_handler(GraphReadError, _graph_error)
     read = [Depends(require_reader(verifier))]
     operator = Depends(require_operator(verifier))
+    # Changes to what is in force for every tenant (found by an attacker's probe: an operator
+    # of tenant 'globex' put a weaker version back in force for tenant 'acme').
+    changes_policy = Depends(
+        require_home_operator(verifier, "change policies", "a policy governs the agents of every tenant")
+    )
 
     async def submission(request: Request, *, storing: bool) -> tuple[str, Signature | None]:
         body = await _read_body(request, max_body)
@@ -321,25 +330,25 @@ def create_app(
 
     @app.post(
         "/v1/policies",
-        summary="Create a policy version (operator or admin); it is not activated.",
+        summary="Create a policy version (admin, or operator of the default tenant); it is not activated.",
         status_code=201,
         response_model=Created,
         responses={200: {"model": Created, "description": "This exact content was already stored."}, **_WRITE_ERRORS},
         openapi_extra=_SUBMISSION_BODY,
     )
-    async def create_version(request: Request, principal: Principal = operator) -> JSONResponse:
+    async def create_version(request: Request, principal: Principal = changes_policy) -> JSONResponse:
         return await create(principal, request, None)
 
     @app.put(
         "/v1/policies/{name}/versions/{version}",
-        summary="Create this policy version (operator or admin); the document must name the same version.",
+        summary="Create this policy version (admin, or operator of the default tenant); the document names the same.",
         status_code=201,
         response_model=Created,
         responses={200: {"model": Created, "description": "This exact content was already stored."}, **_WRITE_ERRORS},
         openapi_extra=_SUBMISSION_BODY,
     )
     async def put_version(
-        request: Request, name: Name, version: Version, principal: Principal = operator
+        request: Request, name: Name, version: Version, principal: Principal = changes_policy
     ) -> JSONResponse:
         return await create(principal, request, (_check_name(name), version))
 
@@ -356,6 +365,7 @@ def create_app(
             return ValidationReport(valid=False, problems=[str(exc)])
         try:
             compiled = await _compile(text)
+            policies.check_enforceable(compiled.document)  # Rego mode: what bastion.rego cannot evaluate
         except PolicyValidationError as exc:
             return ValidationReport(valid=False, problems=str(exc).splitlines())
         problems, warnings, live_tools = await live_check(request, compiled.document)
@@ -402,10 +412,10 @@ def create_app(
 
     @app.post(
         "/v1/policies/{name}/versions/{version}/activate",
-        summary="Make a stored version the active one of its policy (operator or admin).",
+        summary="Make a stored version the active one of its policy (admin, or operator of the default tenant).",
         responses={**_READ_ERRORS, 422: error_doc("The version's signed bundle has expired: sign a new version.")},
     )
-    async def activate(name: Name, version: Version, principal: Principal = operator) -> Activated:
+    async def activate(name: Name, version: Version, principal: Principal = changes_policy) -> Activated:
         # An expired approval is never put in force (bastion.policy._bundles), here as in rollouts.
         bundles.check_in_force(await policies.get(_check_name(name), version))
         active, previous = await policies.activate(name, version, by=principal.subject)
@@ -438,7 +448,7 @@ def create_app(
         app,
         rollouts or RolloutManager(policies, registry=registry, bundles=bundles),
         read=read,
-        operator=operator,
+        operator=changes_policy,
         read_body=_read_body,
         check_name=_check_name,
         max_body=max_body,

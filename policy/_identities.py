@@ -29,7 +29,9 @@ Contract
   falls `WATCH_BACKLOG` deltas behind is cut off and reconnects for a fresh snapshot.
 * Bounds: at most `MAX_KEYS` keys and `MAX_REVOCATIONS` revocations (revoked keys
   included: a snapshot always holds them); agent ids, tenants, token ids and names are
-  1-256 characters (names and reasons may be empty) with no control characters.
+  1-256 characters (names and reasons may be empty) with no control characters
+  (bastion._identifiers: the token verifier refuses a JWT that breaks the same rule, so
+  whatever it accepts can be revoked).
 
 Errors: `InvalidIdentity` (HTTP 422), `NotFound` (404), `Conflict` (409: already revoked,
 or a bound reached), `StoreError` for anything SQLite raises.
@@ -40,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import unicodedata
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,7 @@ import uuid6
 
 from bastion._apikeys import IdentityState, new_api_key
 from bastion._errors import Conflict, NotFound, StoreError
+from bastion._identifiers import InvalidIdentity, check_identifier
 from bastion.v1 import policy_pb2
 
 from ._outbox import outbox_event, stamp
@@ -59,7 +61,6 @@ from ._store import STORE_FILE, _Transaction
 
 MAX_KEYS = 100_000
 MAX_REVOCATIONS = 100_000
-MAX_ID_CHARS = 256
 MAX_REASON_CHARS = 512
 #: Ten years: a longer-lived key is a key that never expires, and should say so.
 MAX_TTL_S = 10 * 365 * 86400
@@ -92,10 +93,6 @@ _SELECT_KEYS = (
     "SELECT seq, key_id, salt, digest, agent_id, tenant, name, created_at, created_by, expires_at, audit_node,"
     " revoked_at, revoked_by, revoked_reason FROM api_keys ORDER BY seq"
 )
-
-
-class InvalidIdentity(ValueError):
-    """An agent id, tenant, token id, name or reason this store refuses (HTTP 422)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,31 +493,6 @@ async def watch_identity(
         if change is not None:
             change.cancel()
         store.unsubscribe(watcher)
-
-
-def check_identifier(what: str, value: str, *, empty: bool = False, limit: int = MAX_ID_CHARS) -> str:
-    """`value` when it is an acceptable agent id, tenant, token id, name or reason; else InvalidIdentity."""
-    if not isinstance(value, str):
-        raise InvalidIdentity(f"{what} must be a string")
-    if not value and not empty:
-        raise InvalidIdentity(f"{what} must not be empty")
-    if len(value) > limit:
-        raise InvalidIdentity(f"{what} is longer than {limit} characters")
-    # Control characters (newlines, NUL, escapes) would forge lines in logs and terminals;
-    # format characters (bidi overrides such as U+202E, zero-width joiners and spaces) make
-    # a name read as another in listings, audit views and exports. A free-text reason may
-    # hold format characters (an emoji's joiner) but never one that reorders the text.
-    for char in value:
-        category = unicodedata.category(char)
-        if category == "Cc":
-            raise InvalidIdentity(f"{what} contains a control character")
-        if category == "Cf" and (what != "reason" or ord(char) in _BIDI_CONTROLS):
-            raise InvalidIdentity(f"{what} contains an invisible formatting character (U+{ord(char):04X})")
-    return value
-
-
-#: The characters that reorder text (UAX #9: the marks, embeddings, overrides and isolates).
-_BIDI_CONTROLS = frozenset({0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)})
 
 
 def _audit_event(

@@ -36,21 +36,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from bastion._authz import acts_in
 from bastion._errors import ForbiddenError, NotFound
+from bastion._identifiers import MAX_ID_CHARS, InvalidIdentity, check_identifier
 from bastion._identity import ADMIN_ROLE, Principal
 from bastion._json import loads_strict
 from bastion._rest import AUTH_RESPONSES, error_doc, error_response
 
-from ._identities import (
-    MAX_ID_CHARS,
-    MAX_REASON_CHARS,
-    MAX_TTL_S,
-    IdentityStore,
-    InvalidIdentity,
-    StoredKey,
-    StoredRevocation,
-    check_identifier,
-)
+from ._identities import MAX_REASON_CHARS, MAX_TTL_S, IdentityStore, StoredKey, StoredRevocation
 
 MAX_PAGE = 1000
 
@@ -218,7 +211,7 @@ def add_identity_routes(
     async def revoke_key(key_id: KeyId, request: Request, principal: Principal = operator) -> KeyView:
         parsed: RevokeKeyRequest = await parse(request, RevokeKeyRequest, empty_ok=True)
         key = store.key(key_id)
-        if key is not None and not _sees(principal, key.tenant):
+        if key is not None and not acts_in(principal, key.tenant):
             raise NotFound(f"no API key {key_id!r}")  # another tenant's: not even its existence is told
         return _key_view(await store.revoke_key(key_id, by=principal.subject, reason=parsed.reason))
 
@@ -256,14 +249,10 @@ def add_identity_routes(
         return RevocationList(revocations=[_revocation_view(item) for item in found], next=following)
 
 
-def _sees(principal: Principal, tenant: str) -> bool:
-    return ADMIN_ROLE in principal.roles or tenant == principal.tenant
-
-
 def _tenant(principal: Principal, named: str | None) -> str:
     """The tenant a change acts in: the one named (the caller's own unless an admin), else the caller's."""
     tenant = principal.tenant if named is None else check_identifier("tenant", named)
-    if not _sees(principal, tenant):
+    if not acts_in(principal, tenant):
         raise ForbiddenError(
             f"{principal.subject!r} acts in tenant {principal.tenant!r} only; role 'admin' acts in every tenant"
         )

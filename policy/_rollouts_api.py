@@ -7,7 +7,11 @@ bastion.policy._api with its auth dependencies, body cap and error body:
     POST /v1/rollouts/{id}/promote        the candidate becomes the active version; the rollout ends
     POST /v1/rollouts/{id}/rollback       the rollout ends; the stable version stays active
 
-Changes need role operator or admin; reads also auditor. Refusals, and nothing changes:
+Changes need role admin, or operator in the deployment's own tenant (`default`: a rollout
+puts a version in force for every tenant, bastion.policy._api); reads also auditor.
+Refusals, and nothing changes:
+
+    403  an operator of another tenant, an auditor or an agent changing (bastion.auth.forbidden)
 
     404  unknown version (bastion.not_found), unknown rollout (bastion.not_found)
     409  the policy has no active version, the version is the active one, a rollout of the
@@ -84,13 +88,14 @@ def add_rollout_routes(
     check_name: Any,
     max_body: int,
 ) -> None:
-    """Add the routes above; `read_body(request, limit)` and `check_name(name)` are the app's own."""
+    """Add the routes above; `operator` is the dependency of the routes that change something,
+    `read_body(request, limit)` and `check_name(name)` are the app's own."""
     app.add_exception_handler(RolloutConflict, _conflict)
     app.add_exception_handler(UnknownRollout, _not_found)
 
     @app.post(
         "/v1/rollouts",
-        summary="Start a canary rollout of a stored version (operator or admin).",
+        summary="Start a canary rollout of a stored version (admin, or operator of the default tenant).",
         status_code=201,
         responses={
             **_ERRORS,
@@ -128,7 +133,7 @@ def add_rollout_routes(
 
     @app.post(
         "/v1/rollouts/{id}/promote",
-        summary="Make the candidate the active version and end the rollout (operator or admin).",
+        summary="Make the candidate the active version and end the rollout (admin, or operator of the default tenant).",
         responses={**_ERRORS, 422: error_doc("The candidate's signed bundle has expired: sign a new version.")},
     )
     async def promote(id: RolloutId, principal: Principal = operator) -> RolloutView:
@@ -136,7 +141,7 @@ def add_rollout_routes(
 
     @app.post(
         "/v1/rollouts/{id}/rollback",
-        summary="End the rollout; the stable version stays active (operator or admin).",
+        summary="End the rollout; the stable version stays active (admin, or operator of the default tenant).",
         responses=_ERRORS,
     )
     async def rollback(id: RolloutId, principal: Principal = operator) -> RolloutView:

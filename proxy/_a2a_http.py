@@ -218,7 +218,8 @@ class A2aHttpAdapter:
             return
         headers = dict(raw_headers)
         try:
-            principal = self._tokens.verify_header(header_text(headers.get(b"authorization")))
+            # As at /mcp (_mcp_http.py): decided actions wait for the revocations (IdentityStage).
+            principal = self._tokens.verify_header(header_text(headers.get(b"authorization")), allow_unsynced=True)
         except AuthError as exc:
             await self._refuse(
                 send,
@@ -261,7 +262,7 @@ class A2aHttpAdapter:
             return
         try:
             # Who asks is checked before the body is looked at, as on every route.
-            principal = self._tokens.verify_header(header_text(headers.get(b"authorization")))
+            principal = self._tokens.verify_header(header_text(headers.get(b"authorization")), allow_unsynced=True)
             body = await read_body(receive, headers, self._max_body, self._body_timeout)
             named = headers.get(AGENT_HEADER)
             agent, translated = translate(body, named.decode("utf-8", "replace") if named is not None else None)

@@ -78,9 +78,15 @@ CREATE INDEX IF NOT EXISTS approvals_listing ON approvals (tenant, created_at);
 """
 
 
-def action_digest(action: policy_pb2.Action) -> str:
-    """sha256 of what the call does, arguments in canonical form (sorted keys)."""
-    arguments = json_format.MessageToDict(action.arguments) if action.HasField("arguments") else {}
+def action_digest(action: policy_pb2.Action, arguments: Any = None) -> str:
+    """sha256 of what the call does, arguments in canonical form (sorted keys).
+
+    `arguments`: the call's arguments as parsed from the request, when there are any. They
+    are what is digested, not the action's Struct, whose numbers are doubles: in it
+    9007199254740992 and …993 are one number, so an approval of the first was spent on the
+    second, which the upstream received exactly (an attacker's probe)."""
+    if arguments is None:
+        arguments = json_format.MessageToDict(action.arguments) if action.HasField("arguments") else {}
     facts = {
         "kind": int(action.kind),
         "server": action.server,

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from bastion._errors import UpstreamError
+from bastion._errors import UnreadableListing
 from bastion.v1 import policy_pb2
 
 from ._sse import encode, events
@@ -47,10 +47,6 @@ LIST_SHAPES: dict[str, ListShape] = {
 
 #: Asks policy about list actions; True for each one it allows (same order).
 Allowed = Callable[[Sequence[policy_pb2.Action]], Awaitable[list[bool]]]
-
-
-class UnreadableListing(UpstreamError):
-    """A listing answer the filter cannot read: relaying it would show every item unfiltered."""
 
 
 async def filter_listing(body: bytes, *, sse: bool, method: str, server: str, allowed: Allowed) -> bytes:

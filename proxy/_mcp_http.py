@@ -18,7 +18,15 @@ from typing import Any
 
 import orjson
 
-from bastion._errors import AuthError, JournalError, ProtocolError, StoreError, UpstreamError, UpstreamTimeout
+from bastion._errors import (
+    AuthError,
+    JournalError,
+    ProtocolError,
+    StoreError,
+    UnreadableListing,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2
@@ -29,7 +37,7 @@ from ._catalog import ToolCatalog
 from ._delegation import HEADER as DELEGATION
 from ._enforcer import Caller, Enforcer, envelope
 from ._envelope import jsonrpc_error, public_reason
-from ._listing import LIST_SHAPES, UnreadableListing, filter_listing
+from ._listing import LIST_SHAPES, filter_listing
 from ._mcp import (
     TASK_META_KEY,
     WORKFLOW_META_KEY,
@@ -164,7 +172,10 @@ class McpHttpAdapter:
             await self._refuse(send, action, started, exc.http_status, exc.code, str(exc), trace=trace)
             return
         try:
-            principal = self._tokens.verify_header(header_text(headers.get(b"authorization")))
+            # Before revocations have arrived an agent's token is still read (not refused like an
+            # operator's on the REST routes): every action waits for the policy service that pushes
+            # them, and IdentityStage (_stages.py) forwards nothing until they are in.
+            principal = self._tokens.verify_header(header_text(headers.get(b"authorization")), allow_unsynced=True)
         except AuthError as exc:
             await self._refuse(
                 send,

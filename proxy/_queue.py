@@ -76,7 +76,7 @@ class QueueStage:
         request = Request(
             record.tenant,
             record.agent_id,
-            action_digest(record.action),
+            action_digest(record.action, record.arguments),
             decision.policy_name,
             decision.policy_version,
             kind=QUEUE,
@@ -92,7 +92,7 @@ class QueueStage:
                 reason=reason,
                 workflow_id=record.workflow_id,
                 node_id=record.node_id,
-                action=action_view(record.action, self._redactor),
+                action=action_view(record.action, self._redactor, record.arguments),
             )
         except Conflict as exc:  # too many parked calls of this agent: stays a block
             return dataclasses.replace(outcome, block_reason=f"{outcome.block_reason}; not queued: {exc}")

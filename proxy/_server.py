@@ -47,7 +47,7 @@ from ._queue_api import QueueApi
 from ._recorder import Recorder
 from ._redact import Redactor
 from ._shipper import Shipper, raw_ingest_batch
-from ._stages import ApprovalStage, LimitStage
+from ._stages import ApprovalStage, IdentityStage, LimitStage
 from ._stdio_bridge import StdioUpstream
 from ._tools_api import ToolsApi
 from ._tracing import Tracing
@@ -141,9 +141,11 @@ async def serve(
         metrics=metrics,
         tracing=tracing,
         # Approvals and the verifier's queue first: a released call still counts against its limits.
+        # Nothing is forwarded before the revocations are in, released calls included.
         after=(
             ApprovalStage(approvals, redactor=redactor, wait_s=settings.approval_wait_s),
             QueueStage(approvals, redactor=redactor),
+            IdentityStage(identity),
             LimitStage(limiter),
         ),
         provenance=Provenance(policy_watch.taint),
@@ -251,7 +253,10 @@ async def serve(
         queue=queue_api.handle,
     )
     if not await identity_watch.first_attempt(IDENTITY_SYNC_S):
-        log.warning("serving without API keys and revocations: the policy service's WatchIdentity did not answer")
+        log.warning(
+            "serving without API keys and revocations: the policy service's WatchIdentity did not answer; "
+            "until it does, operator routes refuse JWTs (503) and no agent call is forwarded"
+        )
     web = await start_web_server(proxy, settings.proxy_addr)
     try:
         # Connect the channels now so the first governed call does not pay for it.

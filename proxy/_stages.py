@@ -1,10 +1,18 @@
-"""The enforcer's stages after the decision (`Enforcer(after=...)`): approvals, then limits.
+"""The enforcer's stages after the decision (`Enforcer(after=...)`): approvals, then the
+identity check, then limits.
 
 ApprovalStage  a `require_approval` decision parks the call as an approval request
                (`_approvals.py`) and answers -32004 APPROVAL_REQUIRED with its id; the
                agent's identical retry after an operator approved it is let through
                once. The operator has reviewed the exact call, so an approval stands
                for policy's and the verifier's say on it.
+IdentityStage  while the proxy has not yet received the revocation list from the policy
+               service (started while it was down; IdentityWatch reconnects within 2 s
+               of its return, Decide at once), an agent's token cannot be checked
+               against it: nothing is forwarded (-32003, `bastion.auth.revocations_unavailable`),
+               approved or released calls included (their approval is given back).
+               Blocks the decision already made (policy down: `bastion.policy_unavailable`)
+               are left as they are.
 LimitStage     an allowed call is admitted against its policy's `limits:` (rate,
                budget, loop) by the limiter (`_limits.py`, in-process or Redis) before
                it is forwarded; refused → -32005 with `data.kind`; the limiter failing
@@ -25,12 +33,13 @@ from typing import Any
 import orjson
 from google.protobuf import json_format, struct_pb2
 
-from bastion._errors import Conflict, LimitsUnavailable, StoreError
+from bastion._apikeys import IdentityState
+from bastion._errors import Conflict, LimitsUnavailable, RevocationsUnavailable, StoreError
 from bastion.v1 import graph_pb2, policy_pb2
 
 from ._approvals import Approval, Approvals, Request, action_digest
 from ._enforcer import Pending
-from ._envelope import APPROVAL_REQUIRED, LIMIT_EXCEEDED
+from ._envelope import APPROVAL_REQUIRED, LIMIT_EXCEEDED, POLICY_VIOLATION
 from ._limits import Limiter, LimitScope
 from ._pipeline import Outcome
 from ._recorder import iso
@@ -46,17 +55,22 @@ _MAX_SHOWN_ARGUMENTS = 64 * 1024
 _POLL_S = 0.2
 
 
-def action_view(action: policy_pb2.Action, redactor: Redactor | None) -> dict[str, Any]:
-    """What an operator is asked to approve: the action, its arguments redacted."""
+def action_view(action: policy_pb2.Action, redactor: Redactor | None, parsed: Any = None) -> dict[str, Any]:
+    """What an operator is asked to approve: the action, its arguments redacted — as parsed
+    from the request when given (`parsed`: exact integers, as the upstream will get them;
+    the Struct would show 9007199254740993 as 9007199254740992.0)."""
     view: dict[str, Any] = {"kind": policy_pb2.ActionKind.Name(action.kind), "method": action.method}
     for key in ("server", "tool", "prompt", "resource", "target_agent"):
         if value := getattr(action, key):
             view[key] = value
-    arguments = struct_pb2.Struct()
-    arguments.CopyFrom(action.arguments)
-    if redactor is not None:
-        redactor.struct(arguments)
-    shown = json_format.MessageToDict(arguments)
+    if parsed is not None:
+        shown = redactor.json(parsed)[0] if redactor is not None else parsed
+    else:
+        arguments = struct_pb2.Struct()
+        arguments.CopyFrom(action.arguments)
+        if redactor is not None:
+            redactor.struct(arguments)
+        shown = json_format.MessageToDict(arguments)
     if len(orjson.dumps(shown)) > _MAX_SHOWN_ARGUMENTS:
         shown = {"_truncated": f"arguments over {_MAX_SHOWN_ARGUMENTS} bytes; see the journaled node"}
     view["arguments"] = shown
@@ -75,7 +89,11 @@ class ApprovalStage:
             return outcome
         record = pending.record
         request = Request(
-            record.tenant, record.agent_id, action_digest(record.action), decision.policy_name, decision.policy_version
+            record.tenant,
+            record.agent_id,
+            action_digest(record.action, record.arguments),
+            decision.policy_name,
+            decision.policy_version,
         )
         try:
             taken = await asyncio.to_thread(self._store.take, request, record.node_id)
@@ -88,7 +106,7 @@ class ApprovalStage:
                 reason=decision.reason,
                 workflow_id=record.workflow_id,
                 node_id=record.node_id,
-                action=action_view(record.action, self._redactor),
+                action=action_view(record.action, self._redactor, record.arguments),
             )
             if approval.state == "pending" and self._wait_s > 0:
                 approval = await self._wait(approval)
@@ -157,6 +175,30 @@ def _waiting(outcome: Outcome, approval: Approval) -> Outcome:
     )
 
 
+class IdentityStage:
+    def __init__(self, identity: IdentityState) -> None:
+        self._identity = identity
+
+    async def __call__(self, pending: Pending, outcome: Outcome) -> Outcome:
+        if not outcome.allowed or self._identity.synced:
+            return outcome
+        # Releases kept: what the approval and queue stages took is given back (never forwarded).
+        return dataclasses.replace(
+            outcome,
+            allowed=False,
+            block_code=RevocationsUnavailable.code,
+            block_reason=(
+                "revocations not loaded: the proxy has not received the revocation list from the policy service "
+                f"({self._identity.unsynced_reason}), so the caller's credential cannot be checked against it; "
+                "retry once the policy service is reachable"
+            ),
+            error_code=POLICY_VIOLATION,
+            error_message="POLICY_VIOLATION",
+            error_data=None,
+            edges=(),
+        )
+
+
 class LimitStage:
     def __init__(self, limiter: Limiter) -> None:
         self._limiter = limiter
@@ -170,7 +212,7 @@ class LimitStage:
             return outcome
         record = pending.record
         scope = LimitScope(record.tenant, record.agent_id, decision.policy_name)
-        digest = action_digest(record.action) if limits.loop_same_call else ""
+        digest = action_digest(record.action, record.arguments) if limits.loop_same_call else ""
         try:
             admission = await self._limiter.admit(scope, limits, cost=decision.cost, call_digest=digest)
         except LimitsUnavailable as exc:

@@ -9,8 +9,8 @@ naming a tool or an argument no upstream has). The answer comes from the same
 An upstream that cannot be listed has `"tools": []` and its `error`, with network
 addresses removed (they stay in the proxy's log). Callers need a bearer JWT with role
 operator, admin or auditor (the tool names and schemas describe what upstreams offer,
-which is not for agents: an agent token gets 403, none 401); the Host check is the
-proxy's own.
+which is not for agents: an agent token gets 403, none 401, any token 503 before the proxy
+has received the revocation list); the Host check is the proxy's own.
 """
 
 from __future__ import annotations

@@ -208,7 +208,11 @@ async def bench_e2e(calls: int, rounds: int) -> None:
         async with (
             _serving(policy_serve, PolicySettings(home=home, policy_grpc_addr=ANY, policy_addr=ANY), app) as pol,
             _serving(verifier_serve, VerifierSettings(home=home, verifier_addr=ANY), app) as ver,
-            _serving(graph_serve, GraphSettings(home=home, graph_addr=ANY, graph_grpc_addr=ANY), app) as gra,
+            _serving(
+                graph_serve,
+                GraphSettings(home=home, graph_addr=ANY, graph_grpc_addr=ANY, policy_grpc_addr=pol["grpc"]),
+                app,
+            ) as gra,
         ):
             for round_no in range(rounds):
                 for name in CONFIGS:

@@ -120,7 +120,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         async with (
             inprocess.policy(home, app) as policy_addrs,
             inprocess.verifier(home, app) as verifier_addrs,
-            inprocess.graph(home, app) as graph_addrs,
+            inprocess.graph(home, app, policy_addr=policy_addrs["grpc"]) as graph_addrs,
             inprocess.proxy(
                 home,
                 app,

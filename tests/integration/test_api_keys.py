@@ -31,6 +31,7 @@ import pytest_asyncio
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, bearer, poll
 from fixtures.mcpcalls import headers, tool_call
+from fixtures.policystack import free_addr
 from fixtures.sdk_upstream import serving_mcp
 from mcp.server import MCPServer
 
@@ -141,13 +142,14 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     ran: list[str] = []
     async with serving_mcp(_upstream(ran)) as url:
         app = AppConfig(servers={"demo": ServerConfig(url=url)}, policies=(policy_file,))
+        policy_grpc = free_addr()  # where the graph learns revocations
         async with (
-            inprocess.graph(home, app) as graph,
+            inprocess.graph(home, app, policy_addr=policy_grpc) as graph,
             inprocess.verifier(home, app) as verifier,
             inprocess.serving(
                 policy_serve,
                 PolicySettings(
-                    home=home, policy_grpc_addr=inprocess.ANY, policy_addr=inprocess.ANY, graph_grpc_addr=graph["grpc"]
+                    home=home, policy_grpc_addr=policy_grpc, policy_addr=inprocess.ANY, graph_grpc_addr=graph["grpc"]
                 ),
                 app,
             ) as policy,
@@ -159,6 +161,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                 _proxy(running, home) as first,
                 _proxy(running, _replica_home(running, "replica")) as second,
             ):
+                for address, service in ((graph["http"], "graph"), (first["http"], "proxy"), (second["http"], "proxy")):
+                    await inprocess.synced(address, service)
                 running.proxies = [first["http"], second["http"]]
                 async with running.http:
                     yield running

@@ -28,6 +28,7 @@ from fixtures.graphapi import (
     statuses,
 )
 from fixtures.graphstores import BACKENDS, wipe_neo4j
+from fixtures.inprocess import ANY, serving
 from fixtures.neo4j import Neo4jServer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
@@ -40,6 +41,8 @@ from bastion._rpc import auth_metadata, check_health, start_grpc_server
 from bastion._web import start_web_server
 from bastion.graph import GraphServicer, GraphSettings, SqliteGraphStore, create_app, serve
 from bastion.graph._checkpoints import read
+from bastion.policy import PolicySettings
+from bastion.policy import serve as policy_serve
 from bastion.v1 import graph_pb2, graph_pb2_grpc, policy_pb2, verifier_pb2
 
 _TOKEN = "graph-test-token"
@@ -100,32 +103,38 @@ class _Graph:
 async def _running(
     home: Path, graph_url: str = "", app: AppConfig | None = None, checkpoint_every: int = 1000, retention_days: int = 0
 ) -> AsyncIterator[_Graph]:
-    """The graph service in this event loop, stopped (gracefully) on exit."""
-    settings = GraphSettings(
-        home=home,
-        graph_addr="127.0.0.1:0",
-        graph_grpc_addr="127.0.0.1:0",
-        graph_url=graph_url,
-        service_token=SecretStr(_TOKEN),
-        audit_checkpoint_every=checkpoint_every,
-        payload_retention_days=retention_days,
+    """The graph service in this event loop, stopped (gracefully) on exit, with the policy
+    service it learns revocations from (without them its REST refuses every token)."""
+    policy_settings = PolicySettings(
+        home=home, policy_grpc_addr=ANY, policy_addr=ANY, graph_grpc_addr="127.0.0.1:9", service_token=SecretStr(_TOKEN)
     )
-    addresses: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, app or AppConfig(), addresses.set_result, stop))
-    started: set[asyncio.Future[Any]] = {addresses, task}
-    await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()  # startup failed: raise why
-    try:
-        http_addr = addresses.result()["http"]
-        reader = bearer(auditor_token(home))
-        # Generous: a 5,000-node read from Neo4j takes seconds on a loaded 2-core machine.
-        async with httpx.AsyncClient(base_url=f"http://{http_addr}", headers=reader, timeout=60) as http:
-            yield _Graph(grpc_addr=addresses.result()["grpc"], http_addr=http_addr, http=http, home=home)
-    finally:
-        stop.set()
-        await task
+    async with serving(policy_serve, policy_settings, AppConfig()) as policy:
+        settings = GraphSettings(
+            home=home,
+            graph_addr="127.0.0.1:0",
+            graph_grpc_addr="127.0.0.1:0",
+            graph_url=graph_url,
+            service_token=SecretStr(_TOKEN),
+            audit_checkpoint_every=checkpoint_every,
+            payload_retention_days=retention_days,
+            policy_grpc_addr=policy["grpc"],
+        )
+        addresses: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(settings, app or AppConfig(), addresses.set_result, stop))
+        started: set[asyncio.Future[Any]] = {addresses, task}
+        await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # startup failed: raise why
+        try:
+            http_addr = addresses.result()["http"]
+            reader = bearer(auditor_token(home))
+            # Generous: a 5,000-node read from Neo4j takes seconds on a loaded 2-core machine.
+            async with httpx.AsyncClient(base_url=f"http://{http_addr}", headers=reader, timeout=60) as http:
+                yield _Graph(grpc_addr=addresses.result()["grpc"], http_addr=http_addr, http=http, home=home)
+        finally:
+            stop.set()
+            await task
 
 
 @pytest.fixture(params=BACKENDS)

@@ -394,6 +394,46 @@ async def test_writes_need_an_operator(service: Running, roles: tuple[str, ...])
     assert await _version_numbers(service) == [1]
 
 
+async def test_an_operator_of_another_tenant_may_not_create_or_activate_versions(service: Running) -> None:
+    # A policy governs the agents of every tenant: its changes belong to the deployment's own tenant.
+    key = ensure_dev_key(service.home)
+    globex = {"Authorization": f"Bearer {issue_token(key, subject='ops-globex', roles=('operator',), tenant='globex')}"}
+    stored = await _post(service, "/v1/policies", {"bundle": service.sign(_version(2, effect="deny"))})
+    assert stored.status_code == 201, stored.text
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as http:
+        refused = [
+            await http.post("/v1/policies", json={"bundle": service.sign(_version(3))}, headers=globex),
+            await http.put("/v1/policies/pay/versions/4", json={"bundle": service.sign(_version(4))}, headers=globex),
+            await http.post("/v1/policies/pay/versions/2/activate", headers=globex),
+        ]
+        # Reads and validation change nothing and stay open to every operator.
+        validated = await http.post("/v1/policies/validate", json={"bundle": service.sign(_version(5))}, headers=globex)
+        listed = await http.get("/v1/policies/pay/versions", headers=globex)
+
+    for response in refused:
+        assert response.status_code == 403, response.request.url
+        assert response.json()["error"] == {
+            "code": "bastion.auth.forbidden",
+            "message": "'ops-globex' of tenant 'globex' may not change policies: a policy governs the agents of "
+            "every tenant, so only admins and the 'default' tenant's operators may",
+        }
+    assert (validated.status_code, listed.status_code) == (200, 200)
+    assert await _version_numbers(service) == [1, 2]
+    assert (await _decide(service)).rule_id == "add-v1", "v1 stays in force"
+
+
+async def test_an_admin_of_any_tenant_and_an_operator_of_the_default_one_change_policies(service: Running) -> None:
+    key = ensure_dev_key(service.home)
+    admin = {"Authorization": f"Bearer {issue_token(key, subject='root', roles=('admin',), tenant='globex')}"}
+    async with httpx.AsyncClient(base_url=service.http_url, timeout=DEADLINE) as http:
+        created = await http.post("/v1/policies", json={"bundle": service.sign(_version(2))}, headers=admin)
+        activated = await http.post("/v1/policies/pay/versions/2/activate", headers=admin)
+    back = await _post(service, "/v1/policies/pay/versions/1/activate")  # an operator of tenant 'default'
+
+    assert (created.status_code, activated.status_code, back.status_code) == (201, 200, 200)
+    assert back.json()["previous_version"] == 2
+
+
 # --- the CLI against a running service --------------------------------------------------------
 
 

@@ -215,7 +215,10 @@ async def test_verifier_down_blocks_by_default_and_allows_only_when_fallback_say
 ) -> None:
     app = inprocess.app_config(upstream.url, POLICY)
     dead = _dead_address()
-    async with inprocess.policy(tmp_path, app) as policy, inprocess.graph(tmp_path, app) as graph:
+    async with (
+        inprocess.policy(tmp_path, app) as policy,
+        inprocess.graph(tmp_path, app, policy_addr=policy["grpc"]) as graph,
+    ):
         async with inprocess.proxy(
             tmp_path, app, policy_addr=policy["grpc"], verifier_addr=dead, graph_addr=graph["grpc"]
         ) as proxy:
@@ -329,7 +332,7 @@ async def test_events_journaled_while_the_graph_is_down_arrive_after_a_proxy_res
                 node_ids.append(response.headers["bastion-node-id"])
         # The proxy is gone and never reached the graph; its journal is all there is.
         async with (
-            inprocess.graph(tmp_path, app) as graph,
+            inprocess.graph(tmp_path, app, policy_addr=policy["grpc"]) as graph,
             inprocess.proxy(
                 tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=graph["grpc"]
             ),

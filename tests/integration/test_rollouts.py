@@ -21,6 +21,7 @@ from fixtures.graphapi import auditor_token, poll
 from fixtures.mcp_client import WIRE_FORMATS, mcp_client
 from fixtures.mcpcalls import ProxyClient, headers, tool_call
 from fixtures.policycli import policy_cli
+from fixtures.policystack import free_addr
 from fixtures.upstream import demo_upstream
 from mcp.shared.exceptions import MCPError
 from pydantic import SecretStr
@@ -401,9 +402,12 @@ async def test_a_policy_without_an_active_version_cannot_be_rolled_out(service: 
 
 async def test_every_rollout_step_reaches_the_graph(tmp_path: Path, policy_file: Path) -> None:
     home = tmp_path / "home"
+    policy_grpc = free_addr()  # the graph learns revocations there: without them its REST refuses every token
     async with (
-        inprocess.graph(home, AppConfig()) as graph,
-        _running(home, policy_file, graph_grpc_addr=graph["grpc"], service_token=None) as running,
+        inprocess.graph(home, AppConfig(), policy_addr=policy_grpc) as graph,
+        _running(
+            home, policy_file, graph_grpc_addr=graph["grpc"], service_token=None, policy_grpc_addr=policy_grpc
+        ) as running,
     ):
         await _store(running, V2)
         rolled = await _start(running, percent=10)
@@ -442,9 +446,10 @@ async def test_audit_records_wait_in_the_outbox_while_the_graph_is_down(tmp_path
     async with _running(home, policy_file, service_token=None) as running:  # graph unreachable
         await _store(running, V2)
         rollout = await _start(running, percent=10)
+    policy_grpc = free_addr()
     async with (
-        inprocess.graph(home, AppConfig()) as graph,
-        _running(home, policy_file, graph_grpc_addr=graph["grpc"], service_token=None),
+        inprocess.graph(home, AppConfig(), policy_addr=policy_grpc) as graph,
+        _running(home, policy_file, graph_grpc_addr=graph["grpc"], service_token=None, policy_grpc_addr=policy_grpc),
     ):
         nodes = await poll(f"http://{graph['http']}", "/graphs/bastion.policy/nodes", {}, 4, auditor_token(home))
     rollouts = [node for node in nodes if node["action"]["method"].startswith("bastion.dev/rollout.")]
@@ -489,13 +494,14 @@ async def _behind_the_proxy(tmp_path: Path, policy_file: Path) -> AsyncIterator[
     (tmp_path / "upstream").mkdir()
     with demo_upstream(tmp_path / "upstream") as upstream:
         app = inprocess.app_config(upstream.url, policy_file)
+        policy_grpc = free_addr()  # where the graph learns revocations
         async with (
-            inprocess.graph(tmp_path, app) as graph,
+            inprocess.graph(tmp_path, app, policy_addr=policy_grpc) as graph,
             inprocess.serving(
                 serve,
                 PolicySettings(
                     home=tmp_path,
-                    policy_grpc_addr="127.0.0.1:0",
+                    policy_grpc_addr=policy_grpc,
                     policy_addr="127.0.0.1:0",
                     graph_grpc_addr=graph["grpc"],
                 ),
@@ -506,6 +512,8 @@ async def _behind_the_proxy(tmp_path: Path, policy_file: Path) -> AsyncIterator[
                 tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=graph["grpc"]
             ) as proxy,
         ):
+            await inprocess.synced(graph["http"], "graph")
+            await inprocess.synced(proxy["http"], "proxy")
             yield Running(policy["grpc"], f"http://{policy['http']}", tmp_path), proxy["http"], graph["http"]
 
 

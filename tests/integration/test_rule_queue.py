@@ -68,7 +68,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, upstream: DemoUpstream
     app = AppConfig(servers={"demo": ServerConfig(url=upstream.url)}, policies=(policy_file(home, "q", RULES, None),))
     async with (
         inprocess.policy(home, app) as policy,
-        inprocess.graph(home, app) as graph,
+        inprocess.graph(home, app, policy_addr=policy["grpc"]) as graph,
         fake_verifier(home, score=0.1) as (verifier, _),
         inprocess.proxy(
             home, app, policy_addr=policy["grpc"], verifier_addr=verifier, graph_addr=graph["grpc"]

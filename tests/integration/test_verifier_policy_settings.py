@@ -47,7 +47,7 @@ async def _stack(
     app = AppConfig(servers={"demo": ServerConfig(url=upstream.url)}, policies=tuple(policies))
     async with (
         inprocess.policy(home, app) as policy,
-        inprocess.graph(home, app) as graph,
+        inprocess.graph(home, app, policy_addr=policy["grpc"]) as graph,
         fake_verifier(home, score, verdict) as (verifier, _),
         inprocess.proxy(
             home, app, policy_addr=policy["grpc"], verifier_addr=verifier, graph_addr=graph["grpc"], **proxy
@@ -177,7 +177,7 @@ async def test_a_canary_versions_stricter_threshold_applies_to_its_arm_at_once(
     operator = {"Authorization": f"Bearer {issue_token(ensure_dev_key(tmp_path), subject='ops', roles=('operator',))}"}
     async with (
         inprocess.policy(tmp_path, app) as policy,
-        inprocess.graph(tmp_path, app) as graph,
+        inprocess.graph(tmp_path, app, policy_addr=policy["grpc"]) as graph,
         fake_verifier(tmp_path, 0.5) as (verifier, _),  # PASS at 0.5: under 0.9, over 0.4
         inprocess.proxy(
             tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier, graph_addr=graph["grpc"]

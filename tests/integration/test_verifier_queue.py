@@ -84,7 +84,7 @@ async def _services(home: Path, upstream: DemoUpstream) -> AsyncIterator[tuple[A
     )
     async with (
         inprocess.policy(home, app) as policy,
-        inprocess.graph(home, app) as graph,
+        inprocess.graph(home, app, policy_addr=policy["grpc"]) as graph,
         fake_verifier(home) as (verifier, _),
     ):
         yield app, policy["grpc"], verifier, graph["grpc"] + " " + graph["http"]

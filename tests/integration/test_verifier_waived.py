@@ -42,7 +42,7 @@ async def test_waived_agents_skip_the_verifier_and_others_still_fail_closed(tmp_
         app = AppConfig(servers={"demo": ServerConfig(url=upstream.url)}, policies=tuple(policies))
         async with (
             inprocess.policy(tmp_path, app) as policy,
-            inprocess.graph(tmp_path, app) as graph,
+            inprocess.graph(tmp_path, app, policy_addr=policy["grpc"]) as graph,
             fake_verifier(tmp_path, None) as (verifier, servicer),  # hangs: any call it gets times out
             inprocess.proxy(
                 tmp_path,

@@ -57,7 +57,7 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
     async with (
         inprocess.policy(tmp_path, app) as policy_addrs,
         inprocess.verifier(tmp_path, app) as verifier_addrs,
-        inprocess.graph(tmp_path, app) as graph_addrs,
+        inprocess.graph(tmp_path, app, policy_addr=policy_addrs["grpc"]) as graph_addrs,
     ):
         env = {
             "BASTION_HOME": str(tmp_path),

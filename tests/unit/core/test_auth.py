@@ -15,19 +15,22 @@ import pytest
 from fastapi import Depends, FastAPI
 from fixtures.graphapi import bearer
 
+from bastion._apikeys import IdentityState
 from bastion._appconfig import AuthConfig
-from bastion._auth import require_operator, require_reader
+from bastion._auth import require_home_operator, require_operator, require_reader
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier, ensure_dev_key, issue_token, load_public_keys
 from bastion._rest import rest_app
+from bastion.v1 import policy_pb2
 
 
-def _app(home: Path) -> FastAPI:
-    verifier = TokenVerifier(AuthConfig(), load_public_keys(AuthConfig(), home))
+def _app(home: Path, identity: IdentityState | None = None) -> FastAPI:
+    verifier = TokenVerifier(AuthConfig(), load_public_keys(AuthConfig(), home), identity=identity)
     app = rest_app(title="test", hosts=HostCheck((), "127.0.0.1"))
     # Defaults, not Annotated aliases: FastAPI resolves string annotations in module globals.
     reader = Depends(require_reader(verifier))
     operator = Depends(require_operator(verifier))
+    home_operator = Depends(require_home_operator(verifier, "change shared things", "they govern every tenant"))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -39,6 +42,10 @@ def _app(home: Path) -> FastAPI:
 
     @app.post("/things")
     async def change(who: Principal = operator) -> dict[str, str]:
+        return {"subject": who.subject}
+
+    @app.post("/shared")
+    async def change_shared(who: Principal = home_operator) -> dict[str, str]:
         return {"subject": who.subject}
 
     @app.get("/bug")
@@ -55,8 +62,8 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-def _token(home: Path, *roles: str, ttl: int = 3600) -> dict[str, str]:
-    return bearer(issue_token(ensure_dev_key(home), subject="someone", roles=roles, ttl_seconds=ttl))
+def _token(home: Path, *roles: str, ttl: int = 3600, tenant: str = "default") -> dict[str, str]:
+    return bearer(issue_token(ensure_dev_key(home), subject="someone", roles=roles, ttl_seconds=ttl, tenant=tenant))
 
 
 def test_the_guards_are_async_because_the_verifier_cache_is_not_thread_safe(tmp_path: Path) -> None:
@@ -121,6 +128,68 @@ async def test_operators_and_admins_read_and_change(client: httpx.AsyncClient, t
     change = await client.post("/things", headers=_token(tmp_path, "agent", role))
 
     assert (read.status_code, change.status_code) == (200, 200)
+
+
+@pytest.mark.parametrize(
+    ("roles", "tenant"),
+    [(("operator",), "default"), (("admin",), "globex"), (("operator", "admin"), "default")],
+    ids=["home-operator", "admin-of-another-tenant", "home-admin"],
+)
+async def test_what_every_tenant_shares_is_changed_by_admins_and_home_operators(
+    client: httpx.AsyncClient, tmp_path: Path, roles: tuple[str, ...], tenant: str
+) -> None:
+    response = await client.post("/shared", headers=_token(tmp_path, *roles, tenant=tenant))
+    assert (response.status_code, response.json()) == (200, {"subject": "someone"})
+
+
+@pytest.mark.parametrize(
+    ("roles", "tenant", "refusal"),
+    [
+        (
+            ("operator",),
+            "globex",
+            "'someone' of tenant 'globex' may not change shared things: they govern every tenant",
+        ),
+        (("auditor",), "default", "role 'operator' or 'admin' required"),
+        ((), "default", "role 'operator' or 'admin' required"),
+    ],
+    ids=["operator-of-another-tenant", "auditor", "agent"],
+)
+async def test_what_every_tenant_shares_is_refused_to_others_with_the_reason(
+    client: httpx.AsyncClient, tmp_path: Path, roles: tuple[str, ...], tenant: str, refusal: str
+) -> None:
+    response = await client.post("/shared", headers=_token(tmp_path, *roles, tenant=tenant))
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "bastion.auth.forbidden"
+    assert refusal in response.json()["error"]["message"]
+
+
+async def test_every_guard_refuses_jwts_with_503_until_the_revocations_arrive_and_logs_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    identity = IdentityState()
+    identity.unsynced_reason = "its WatchIdentity stream failed: UNAVAILABLE"
+    transport = httpx.ASGITransport(app=_app(tmp_path, identity))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as http:
+        token = _token(tmp_path, "admin")
+        refused = [
+            await http.get("/things", headers=token),
+            await http.post("/things", headers=token),
+            await http.post("/shared", headers=token),
+        ]
+        identity.apply(policy_pb2.IdentityEvent(snapshot=True))
+        served = await http.get("/things", headers=token)
+
+    for response in refused:
+        assert response.status_code == 503
+        assert "www-authenticate" not in response.headers
+        assert response.json()["error"]["code"] == "bastion.auth.revocations_unavailable"
+        assert "revocations not loaded" in response.json()["error"]["message"]
+        assert "its WatchIdentity stream failed: UNAVAILABLE" in response.json()["error"]["message"]
+    assert [r.message for r in caplog.records if r.name == "bastion.auth"] == [
+        f"refused a token: {refused[0].json()['error']['message']}"
+    ] * 3
+    assert served.status_code == 200
 
 
 async def test_a_foreign_host_is_refused_before_auth_and_probes_skip_the_check(

@@ -16,11 +16,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jwt.algorithms import OKPAlgorithm
 
-from bastion import AuthError, ConfigError
+from bastion import AuthError, ConfigError, RevocationsUnavailable
 from bastion._apikeys import IdentityState, new_api_key
 from bastion._appconfig import AuthConfig
+from bastion._identifiers import InvalidIdentity, check_identifier
 from bastion._identity import (
     MAX_TOKEN_CHARS,
     TokenVerifier,
@@ -156,6 +159,31 @@ ATTACKS: dict[str, tuple[Callable[[Ed25519PrivateKey], str], str]] = {
     "tenant-too-long": (lambda key: jwt.encode(_claims(tenant="t" * 129), key, "EdDSA"), "at most 128 characters"),
     "jti-a-number": (lambda key: jwt.encode(_claims(jti=7), key, "EdDSA"), "invalid token: JWT ID must be a string"),
     "sub-empty": (lambda key: jwt.encode(_claims(sub=""), key, "EdDSA"), "'sub' must be a non-empty string"),
+    # What the revocation store could not name: such an agent could never be revoked.
+    "sub-over-256-characters": (
+        lambda key: jwt.encode(_claims(sub="agent-" + "a" * 251), key, "EdDSA"),
+        r"^invalid token: 'sub' is longer than 256 characters \(such a token could not be revoked\)$",
+    ),
+    "sub-with-a-newline": (
+        lambda key: jwt.encode(_claims(sub="agent-7\nroot"), key, "EdDSA"),
+        r"'sub' contains a control character \(such a token could not be revoked\)",
+    ),
+    "sub-with-nul": (
+        lambda key: jwt.encode(_claims(sub="agent-8\x00"), key, "EdDSA"),
+        "'sub' contains a control character",
+    ),
+    "sub-with-a-bidi-override": (
+        lambda key: jwt.encode(_claims(sub="agent-\u202e9"), key, "EdDSA"),
+        r"'sub' contains an invisible formatting character \(U\+202E\)",
+    ),
+    "tenant-with-a-control-character": (
+        lambda key: jwt.encode(_claims(tenant="acme\x01"), key, "EdDSA"),
+        "the tenant claim 'tenant' contains a control character",
+    ),
+    "jti-with-a-control-character": (
+        lambda key: jwt.encode(_claims(jti="jti\r\n"), key, "EdDSA"),
+        "'jti' contains a control character",
+    ),
     "roles-a-string": (lambda key: jwt.encode(_claims(roles="operator"), key, "EdDSA"), "'roles' must be a list"),
     "not-a-jwt": (lambda _: "not.a.jwt", "invalid token: malformed"),
     "oversized": (lambda _: "x" * (MAX_TOKEN_CHARS + 1), f"longer than {MAX_TOKEN_CHARS}"),
@@ -409,6 +437,101 @@ def test_a_snapshot_with_a_record_that_does_not_parse_changes_nothing(tmp_path: 
 
     with pytest.raises(AuthError, match="token revoked"):
         verifier.verify(token)
+
+
+def test_an_agent_revocation_refuses_a_token_whose_iat_is_ahead_of_it_within_the_leeway(tmp_path: Path) -> None:
+    # An issuer clock 20 s fast: the token the agent held at its revocation says it was issued after it.
+    key, now = ensure_dev_key(tmp_path), int(time.time())
+    identity = _identity()
+    verifier = _verifier(tmp_path, AuthConfig(leeway_s=30), identity=identity)
+    held = jwt.encode(_claims(iat=now + 20, nbf=now, jti="held"), key, "EdDSA")
+    verifier.verify(held)
+
+    identity.apply(policy_pb2.IdentityEvent(revocations=[_revocation(policy_pb2.Revocation.AGENT, "agent-1", at=now)]))
+
+    with pytest.raises(AuthError, match="agent 'agent-1' revoked"):
+        verifier.verify(held)
+
+
+def test_an_agent_revocation_spares_tokens_issued_beyond_the_leeway_after_it(tmp_path: Path) -> None:
+    key, now = ensure_dev_key(tmp_path), int(time.time())
+    revocation = _revocation(policy_pb2.Revocation.AGENT, "agent-1", at=now - 100)
+    verifier = _verifier(tmp_path, AuthConfig(leeway_s=30), identity=_identity(revocations=(revocation,)))
+
+    with pytest.raises(AuthError, match="agent 'agent-1' revoked"):
+        verifier.verify(jwt.encode(_claims(iat=now - 75, jti="within"), key, "EdDSA"))
+    assert verifier.verify(jwt.encode(_claims(iat=now - 65, jti="beyond"), key, "EdDSA")).token_id == "beyond"
+
+
+def test_an_api_key_created_just_after_its_agent_was_revoked_passes_without_leeway(tmp_path: Path) -> None:
+    # Both times come from the policy service's clock: there is no skew to allow for.
+    full, key_id, salt, digest = new_api_key()
+    now = time.time()
+    identity = _identity(
+        _record(key_id, salt, digest, agent="agent-k", created_at=now - 5),
+        revocations=(_revocation(policy_pb2.Revocation.AGENT, "agent-k", at=now - 10),),
+    )
+    assert _verifier(tmp_path, identity=identity).verify(full).subject == "agent-k"
+
+
+SIGNING_KEY = Ed25519PrivateKey.generate()
+
+
+@settings(max_examples=200, deadline=None)
+@given(subject=st.text(min_size=1, max_size=300))
+def test_the_verifier_accepts_exactly_the_subjects_the_revocation_store_can_name(subject: str) -> None:
+    verifier = TokenVerifier(AuthConfig(), [SIGNING_KEY.public_key()])
+    token = jwt.encode(_claims(sub=subject, jti=None), SIGNING_KEY, "EdDSA")
+    try:
+        check_identifier("agent", subject)
+    except InvalidIdentity:
+        with pytest.raises(AuthError, match="could not be revoked"):
+            verifier.verify(token)
+    else:
+        assert verifier.verify(token).subject == subject
+
+
+# --- before the first push of revocations --------------------------------------------------------
+
+
+def test_a_jwt_before_the_revocations_arrive_is_refused_with_503_and_why(tmp_path: Path) -> None:
+    identity = IdentityState()
+    identity.unsynced_reason = "its WatchIdentity stream failed: UNAVAILABLE"
+    verifier = _verifier(tmp_path, identity=identity)
+    token = issue_token(ensure_dev_key(tmp_path), subject="ops-1", roles=("operator",))
+
+    for _ in range(2):  # the second time from the cache
+        with pytest.raises(RevocationsUnavailable, match="revocations not loaded") as refused:
+            verifier.verify_header(f"Bearer {token}")
+        assert refused.value.http_status == 503
+        assert refused.value.code == "bastion.auth.revocations_unavailable"
+        assert "its WatchIdentity stream failed: UNAVAILABLE" in str(refused.value)
+
+    identity.apply(policy_pb2.IdentityEvent(snapshot=True))
+
+    assert verifier.verify_header(f"Bearer {token}").subject == "ops-1"
+
+
+def test_a_jwt_before_the_revocations_arrive_is_read_where_the_caller_allows_it(tmp_path: Path) -> None:
+    # The proxy's agent routes: every action still waits for the policy service.
+    token = issue_token(ensure_dev_key(tmp_path), subject="agent-1")
+    verifier = _verifier(tmp_path, identity=IdentityState())
+    assert verifier.verify_header(f"Bearer {token}", allow_unsynced=True).subject == "agent-1"
+    with pytest.raises(RevocationsUnavailable):
+        verifier.verify(token)
+
+
+def test_a_verifier_without_identity_state_has_no_revocations_to_wait_for(tmp_path: Path) -> None:
+    token = issue_token(ensure_dev_key(tmp_path), subject="ops-1", roles=("operator",))
+    assert _verifier(tmp_path).verify(token).subject == "ops-1"
+
+
+def test_a_bad_token_before_the_revocations_arrive_is_still_401(tmp_path: Path) -> None:
+    with pytest.raises(AuthError, match="signature does not verify") as refused:
+        _verifier(tmp_path, identity=IdentityState()).verify(
+            issue_token(Ed25519PrivateKey.generate(), subject="ops-1", roles=("operator",))
+        )
+    assert refused.value.http_status == 401
 
 
 # --- dev key and service token -------------------------------------------------------------------

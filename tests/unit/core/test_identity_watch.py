@@ -138,3 +138,21 @@ async def test_the_first_attempt_is_awaited_whether_it_syncs_or_fails() -> None:
         assert await watch.first_attempt(5) is True
     finally:
         await watch.close()
+
+
+async def test_a_failed_first_attempt_says_why_the_state_is_not_synced_until_a_snapshot_arrives() -> None:
+    stub, state = _FakeStub(), IdentityState()
+    watch = IdentityWatch(stub, (), CollectorRegistry(), state, backoff_max=0.05)  # type: ignore[arg-type]
+    watch.start()
+    try:
+        await (await stub.streams.get()).put(None)  # the policy service is down
+        assert await watch.first_attempt(5) is False
+        assert state.unsynced_reason == "its WatchIdentity stream failed: UNAVAILABLE"
+        second = await stub.streams.get()
+        for event in (policy_pb2.IdentityEvent(snapshot=True), policy_pb2.IdentityEvent()):
+            await second.put(event)
+        await second.put(None)  # lost again, after the snapshot
+        await asyncio.wait_for(stub.streams.get(), 5)
+        assert state.synced, "a synced state stays synced: what it knew is kept"
+    finally:
+        await watch.close()

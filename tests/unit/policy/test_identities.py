@@ -12,14 +12,9 @@ import pytest
 
 from bastion._apikeys import ApiKey, IdentityState, parse_api_key
 from bastion._errors import Conflict, NotFound
+from bastion._identifiers import InvalidIdentity
 from bastion.policy import PolicyStore, parse_policy
-from bastion.policy._identities import (
-    AUDIT_WORKFLOW,
-    IdentityStore,
-    InvalidIdentity,
-    StoredKey,
-    StoredRevocation,
-)
+from bastion.policy._identities import AUDIT_WORKFLOW, IdentityStore, StoredKey, StoredRevocation
 from bastion.v1 import graph_pb2, policy_pb2
 
 

@@ -400,3 +400,21 @@ def test_queue_entries_and_approvals_of_one_call_are_kept_apart(store: Approvals
     used = store.take(approval, "n5")
     assert used is not None
     assert used.approval_id == approval_id
+
+
+def test_the_digest_binds_exact_integers_and_the_operator_sees_them() -> None:
+    # Found by an attacker's probe: the Struct's doubles made 2^53 and 2^53 + 1 one number,
+    # so an approval of the first was spent on the second, which the upstream ran.
+    from bastion.proxy._approvals import action_digest
+    from bastion.proxy._stages import action_view
+    from bastion.v1 import policy_pb2
+
+    def call(a: int) -> tuple[policy_pb2.Action, dict[str, Any]]:
+        action = policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="demo", tool="add", method="tools/call")
+        action.arguments.update({"a": a, "b": 0})
+        return action, {"a": a, "b": 0}
+
+    (first, parsed), (second, parsed_second) = call(2**53), call(2**53 + 1)
+    assert action_digest(first) == action_digest(second)  # what the Struct alone can tell
+    assert action_digest(first, parsed) != action_digest(second, parsed_second)
+    assert action_view(second, None, parsed_second)["arguments"] == {"a": 2**53 + 1, "b": 0}
