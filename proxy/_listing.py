@@ -68,7 +68,10 @@ async def filter_listing(body: bytes, *, sse: bool, method: str, server: str, al
     changed = False
     for event in events(body):
         data = event.data
-        filtered = None if data is None else await _filter(_loads(data, method, server), shape, server, allowed)
+        # No data, or empty data (an SSE priming event, `id: …` and `data:`): no client
+        # dispatches it, nothing to filter.
+        empty = data is None or not data.strip()
+        filtered = None if empty else await _filter(_loads(data or b"", method, server), shape, server, allowed)
         if filtered is None:
             out.append(event.raw)
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,19 @@ def test_a_long_line_in_many_chunks_is_one_field() -> None:
     (event,) = reader.feed(b"\r\n\r\n")
     assert event.fields == ((b"y" * (2048 * 4096), b""),)
     assert reader.buffered == 0
+
+
+async def test_a_listing_stream_with_a_priming_event_is_filtered_and_the_priming_event_kept() -> None:
+    # 2025-11 servers open a stream with `id: …` and an empty `data:` (for resumption).
+    from bastion.proxy._listing import filter_listing
+
+    listing = b'{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"}]}}'
+    body = b"id: 0\r\ndata:\r\n\r\nevent: message\r\ndata: " + listing + b"\r\n\r\n"
+
+    async def only_a(actions: Any) -> list[bool]:
+        return [action.tool == "a" for action in actions]
+
+    filtered = await filter_listing(body, sse=True, method="tools/list", server="s", allowed=only_a)
+    assert filtered.startswith(b"id: 0\r\ndata:\r\n\r\n")
+    (_, answer) = events(filtered)
+    assert answer.data == b'{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"}]}}'
