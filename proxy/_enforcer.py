@@ -341,14 +341,12 @@ class Enforcer:
         turned into a block. `answer`, the parsed JSON-RPC result (or error), is
         fingerprinted for provenance when the upstream answered."""
         self._metrics.result(_RESULT_NAMES[result.outcome])
-        # Not carried out: the upstream was unreachable, or refused the request at the HTTP
-        # level (a session it does not know, its own auth). A JSON-RPC error on an answered
-        # request is no proof: a tool can act and then fail — the agent itself can make it
-        # fail, by answering the tool's elicitation with an error (an attacker's probe ran six
-        # transfers on a budget of two that way) — so its budget stays spent.
-        failed = result.outcome == graph_pb2.UPSTREAM_ERROR or (
-            result.outcome == graph_pb2.COMPLETED and result.http_status >= 400
-        )
+        # Not carried out: the upstream could not be reached — no answer, not even its
+        # headers. Any answer is no proof that the tool did not act: a JSON-RPC error can come
+        # after it acted, and the agent itself can cause one (answering the tool's elicitation
+        # with an error), or an HTTP 500 (deleting its own session mid-call); attackers' probes
+        # ran six transfers on a budget of two both ways. So the budget stays spent.
+        failed = result.outcome == graph_pb2.UPSTREAM_ERROR and result.http_status == 0
         # Too large to read, or too deep to read with every copy of a repeated key: its data
         # cannot be fingerprinted, and later calls must say so.
         taken = reading(result, answer)

@@ -20,8 +20,8 @@ Contract
        costs more than the whole budget).
   Costs are counted in millionths, as integers, so sums and refunds are exact.
 * `refund` gives back a reservation's call and cost — when the upstream could not be
-  reached or refused the request at the HTTP level (the action did not happen; a JSON-RPC
-  error is no proof of that, proxy/_enforcer.py) or a later stage blocked it — never below zero; a window that
+  reached (no answer at all: any answer is no proof the action did not happen,
+  proxy/_enforcer.py) or a later stage blocked it — never below zero; a window that
   has already ended is left alone. Rate tokens and loop history are not given back.
 * Fail closed: a store that cannot answer (Redis down or slower than
   BASTION_REDIS_TIMEOUT_MS) or limits that cannot be read raise LimitsUnavailable, and

@@ -98,8 +98,10 @@ async def _filter(message: Any, shape: ListShape, server: str, allowed: Allowed)
 
 
 async def _filter_message(message: Any, shape: ListShape, server: str, allowed: Allowed) -> dict[str, Any] | None:
-    """The message with items removed, or None when it is not a listing or loses nothing."""
-    if not isinstance(message, dict) or "method" in message:
+    """The message with items removed, or None when it is not a listing or loses nothing.
+    Any message with a listing's result is filtered, a request-shaped one too: the SDK
+    reads `"method": null` beside a result as a response (an attacker's re-probe)."""
+    if not isinstance(message, dict):
         return None
     result = message.get("result")
     items = result.get(shape.items_key) if isinstance(result, dict) else None

@@ -119,7 +119,12 @@ class ResultTap:
             message = _loads(data) if data else None
             if message is UNREAD:  # whether it answers the request cannot be told
                 return [UNREAD]
-            if isinstance(message, dict) and self._answers(message.get("id")) and "method" not in message:
+            # A request has a string method; `"method": null` beside a result is read as a response.
+            if (
+                isinstance(message, dict)
+                and self._answers(message.get("id"))
+                and not isinstance(message.get("method"), str)
+            ):
                 answers.append(message)
         return answers
 

@@ -1,7 +1,8 @@
-"""Budget refunds go only to calls that provably did not run: an upstream that refused the
-request at the HTTP level. A JSON-RPC error in an answered request is no proof — the tool
-may have acted first, and the agent can make it fail (an attacker's probe answered a
-transfer tool's elicitation with an error and ran six transfers on a budget of two)."""
+"""Budget refunds go only to calls that provably did not run: an upstream that could not be
+reached (tests/integration/test_limits_proxy.py). An answer, whatever its HTTP status or
+JSON-RPC error, is no proof — the tool may have acted first, and the agent can make it fail
+(an attacker's probe answered a transfer tool's elicitation with an error and ran six
+transfers on a budget of two)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ POLICY = {
 
 class _Upstream(LocalHttp):
     """`transfer` acts, then fails with a JSON-RPC error on HTTP 200 (as a tool whose
-    elicitation the agent refused does); `refused` is turned away with HTTP 401, unrun."""
+    elicitation the agent refused does); `refused` answers HTTP 401."""
 
     def __init__(self) -> None:
         self.transfers = 0
@@ -91,11 +92,10 @@ async def test_a_jsonrpc_error_after_the_call_was_answered_spends_the_budget(tmp
     assert upstream.transfers == BUDGET
 
 
-async def test_a_request_refused_at_the_http_level_is_refunded(tmp_path: Path) -> None:
-    async with _stack(tmp_path) as (upstream, http, token):
+async def test_an_http_error_after_the_call_was_sent_spends_the_budget_too(tmp_path: Path) -> None:
+    # The agent can cause one after the tool acted (deleting its own session mid-call gets
+    # HTTP 500 from the MCP SDK): a re-probe ran six transfers on a budget of two so.
+    async with _stack(tmp_path) as (_, http, token):
         refused = [await _call(http, token, "refused", n) for n in range(4)]
-        transfers = [await _call(http, token, "transfer", 10 + n) for n in range(BUDGET)]
-    assert [answer.status_code for answer in refused] == [401] * 4
-    # Four refusals later the whole budget is still there.
-    assert [answer.json()["error"]["message"] for answer in transfers] == ["elicitation declined"] * BUDGET
-    assert upstream.transfers == BUDGET
+    assert [answer.status_code for answer in refused[:BUDGET]] == [401] * BUDGET
+    assert all(answer.json()["error"]["data"]["kind"] == "BUDGET_EXCEEDED" for answer in refused[BUDGET:])

@@ -147,6 +147,11 @@ def _strings(value: Any) -> list[str]:
         ("BEARER abcdefghijklmnop0123456789", "bearer"),
         ("token=ghp_" + "b" * 36 + "_x", "github_token"),
         ("card " + "4111 1111 1111 1111".translate(FULLWIDTH), "card"),
+        # The re-probe's spellings:
+        ("github_pat_" + "A1b2" * 15, "github_token"),
+        ("-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQOYBF\n-----END PGP PRIVATE KEY BLOCK-----", "private_key"),
+        ("4111.1111.1111.1111", "card"),
+        ("4111\u00a01111\u00a01111\u00a01111", "card"),
     ],
 )
 def test_spellings_an_attackers_probe_found_are_redacted(text: str, kind: str) -> None:
@@ -212,3 +217,21 @@ def test_arguments_are_redacted_before_they_are_cut() -> None:
     assert not stored.HasField("verifier")  # scrubbing reasons sets nothing
     assert "AAAAAAAAAA" not in str(stored.action.arguments)
     assert "[REDACTED:private_key:" in str(stored.action.arguments)
+
+
+def test_a_secret_in_an_object_key_is_redacted_in_both_copies() -> None:
+    key = SECRETS["aws_key"]
+    found, count = _redacted({key: "v", "nested": {key: 1}})
+    assert count == 2
+    assert key not in str(found)
+    copy, count = Redactor().json({key: "v", "nested": {key: 1}})
+    assert count == 2
+    assert key not in str(copy)
+    assert list(copy["nested"]) == [placeholder("aws_key", key)]
+
+
+def test_decimals_are_not_cards() -> None:
+    assert Redactor().text("pi is 3.141592653589793 and e 2.718281828459045") == (
+        "pi is 3.141592653589793 and e 2.718281828459045",
+        0,
+    )
