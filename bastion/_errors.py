@@ -23,7 +23,7 @@
     ├── DecisionUnavailable           policy or verifier unreachable, slow or failing: blocks
     ├── UpstreamError                 the upstream MCP server / A2A agent failed
     │   ├── UpstreamTimeout           … by sending no response, or no more body, in time (HTTP 504)
-    │   └── UnreadableListing         … by a list answer the proxy cannot read to filter (HTTP 502)
+    │   └── UnreadableListing         … by an answer the proxy cannot read to filter listings in it (HTTP 502)
     ├── JournalError                  the local journal cannot record an event: blocks
     └── StoreError                    the graph store failed
 
@@ -190,8 +190,9 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UnreadableListing(UpstreamError):
-    """A list answer (`tools/list`, …) the proxy cannot read: relayed, it would show every
-    item unfiltered by policy (proxy/_listing.py)."""
+    """An answer the proxy cannot read (not JSON, compressed, another charset), where a
+    listing (`tools/list`, …) may be: relayed, it would show every item unfiltered by
+    policy (proxy/_listing.py)."""
 
     code = "bastion.upstream.unreadable_listing"
 

@@ -87,6 +87,8 @@ _DROP_REQUEST = frozenset(
         b"bastion-node-id",
         # Only Bastion issues delegations: one a client sends is not passed on.
         b"bastion-delegation",
+        # Replaced by identity: the result tap and the task sniffer read the answer's bytes.
+        b"accept-encoding",
     }
 )
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
@@ -518,6 +520,7 @@ class A2aHttpAdapter:
 
     def _upstream_headers(self, request: _Request, record: Record, drop: frozenset[bytes] = frozenset()) -> Headers:
         headers = [(k, v) for k, v in request.scope["headers"] if k not in _DROP_REQUEST and k not in drop]
+        headers.append((b"accept-encoding", b"identity"))
         # Workflow propagation: the callee (or its framework) may name this workflow on
         # its own calls through Bastion, and the sending node for the delegation edge;
         # the signed delegation lets it join this workflow (`_delegation.py`).

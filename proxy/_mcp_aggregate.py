@@ -142,6 +142,7 @@ class AggregatedMcpAdapter(McpHttpAdapter):
         records: tuple[Record, ...],
         body: bytes,
         msg_id: Any,
+        caller: Caller,
         *,
         governed: bool,
         bind_session: Principal | None = None,

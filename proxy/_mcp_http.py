@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from ._catalog import ToolCatalog
 from ._delegation import HEADER as DELEGATION
 from ._enforcer import Caller, Enforcer, envelope
 from ._envelope import jsonrpc_error, public_reason
-from ._listing import LIST_SHAPES, filter_listing
+from ._listing import LIST_SHAPES, filter_listing, guard_answer, guard_stream, unreadable_answer
 from ._mcp import (
     TASK_META_KEY,
     WORKFLOW_META_KEY,
@@ -75,6 +76,8 @@ _DROP_REQUEST = frozenset(
         b"bastion-workflow-id",
         # A delegation is for the agent it was issued to, not for whoever is behind it.
         b"bastion-delegation",
+        # Replaced by identity: an answer Bastion cannot read cannot be filtered or recorded.
+        b"accept-encoding",
     }
 )
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
@@ -218,7 +221,7 @@ class McpHttpAdapter:
         if await self._observe_or_refuse(request.send, record, None):
             if request.scope["method"] == "DELETE" and caller.session_id:
                 self._sessions.forget(caller.session_id)
-            await self._forward(request, (record,), b"", None, governed=False)
+            await self._forward(request, (record,), b"", None, caller, governed=False)
 
     async def _post(self, request: _Request, action: policy_pb2.Action, principal: Principal) -> None:
         msg_id: Any = None
@@ -265,7 +268,15 @@ class McpHttpAdapter:
             binds = caller.principal if message.method == "initialize" else None
             listing = (caller, message.method) if message.method in LIST_SHAPES and message.is_request else None
             await self._forward(
-                request, (record,), body, msg_id, governed=False, bind_session=binds, listing=listing, message=message
+                request,
+                (record,),
+                body,
+                msg_id,
+                caller,
+                governed=False,
+                bind_session=binds,
+                listing=listing,
+                message=message,
             )
 
     async def _governed(
@@ -284,7 +295,9 @@ class McpHttpAdapter:
         blocked = next((item for item in decided if not item.outcome.allowed), None)
         if blocked is None:
             records = tuple(item.record for item in decided)
-            await self._forward(request, records, body, message.id, governed=True, message=message, targets=targets)
+            await self._forward(
+                request, records, body, message.id, caller, governed=True, message=message, targets=targets
+            )
             return
         payload = envelope(message.id, message.method or "", blocked, request.started)
         await send_bytes(request.send, 200, payload, JSON + node_headers(blocked.record))
@@ -359,6 +372,7 @@ class McpHttpAdapter:
         records: tuple[Record, ...],
         body: bytes,
         msg_id: Any,
+        caller: Caller,
         *,
         governed: bool,
         bind_session: Principal | None = None,
@@ -374,13 +388,14 @@ class McpHttpAdapter:
         if scope.get("query_string"):
             path += b"?" + scope["query_string"]
         headers = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST]
+        headers.append((b"accept-encoding", b"identity"))
         headers = request.trace.upstream(headers, pool, scope["method"], record)
         # A POST's answer (a tool's result) is bounded in time; a GET is a session's
         # long-lived notification stream and may stay quiet for as long as it likes.
         idle = pool.timeout if scope["method"] == "POST" else None
         tap = ResultTap(msg_id)
         t_up = time.perf_counter()
-        sse = False
+        sse = streamed = False
         try:
             response = await pool.request(scope["method"].encode(), path, headers, body)
             tap.status = response.status
@@ -389,31 +404,43 @@ class McpHttpAdapter:
                 # Bound before the client can learn the id: only the initialising principal may use it.
                 self._sessions.bind(session.decode("latin-1"), bind_session)
             out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + node_headers(record)
-            if listing is not None and 200 <= response.status < 300:
-                # Any 2xx: the SDKs read a 201's body as an answer too.
+            # Any 2xx is an answer (the SDKs read a 201's body too), and any answer may carry a
+            # listing: the SDKs route a response by its id, whatever stream it came in.
+            answer = 200 <= response.status < 300
+            if answer and (opaque := unreadable_answer(response)):
+                raise UnreadableListing(f"it answered with {opaque}, which Bastion cannot read (it asks for none)")
+            sse = response.is_sse
+
+            async def allowed(actions: Sequence[policy_pb2.Action]) -> list[bool]:
+                return await self._enforcer.allowed(caller, actions)
+
+            if listing is not None and answer:
                 await self._relay_listing(request, response, out, idle, *listing)
                 relayed = True
-            elif response.header(b"content-length") is not None:
-                sse = response.is_sse
+            elif response.header(b"content-length") is not None or (answer and not sse):
                 data = await response.read(idle)
+                if answer:
+                    data = await guard_answer(data, sse=sse, server=request.server, allowed=allowed)
+                    out = _with_length(out, data)
                 tap.feed(data)
                 await send_bytes(request.send, response.status, data, out)
                 relayed = True
             else:
-                sse = response.is_sse
-                relayed = await send_stream(
-                    request.send, request.receive, response.status, out, tap.watch(response.stream(idle))
-                )
+                chunks = response.stream(idle)
+                if answer:
+                    chunks = guard_stream(chunks, server=request.server, allowed=allowed)
+                streamed = True
+                relayed = await send_stream(request.send, request.receive, response.status, out, tap.watch(chunks))
         except UpstreamError as exc:
             request.trace.upstream_failed(exc)
             log.warning("upstream failed", extra={"fields": {"server": request.server, "error": str(exc)}})
             reason = f"upstream {request.server!r}: {public_reason(str(exc))}"
             unreadable = isinstance(exc, UnreadableListing)
-            if tap.status == 0 or unreadable or response.header(b"content-length") is not None:
+            if not streamed:
                 # Nothing was sent to the client yet: answer with the failure.
                 payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": reason})
                 await send_bytes(request.send, exc.http_status, payload, JSON + node_headers(record))
-            if unreadable:
+            if unreadable and not governed:
                 # Protocol traffic has no result event when it goes through; one that was
                 # refused is recorded on its node, so the audit trail says why.
                 self._record_results(request, records, tap.result(graph_pb2.UPSTREAM_ERROR, detail=reason))
@@ -447,15 +474,18 @@ class McpHttpAdapter:
             server=request.server,
             allowed=lambda actions: self._enforcer.allowed(caller, actions),
         )
-        out = [(k, v) for k, v in headers if k != b"content-length"]
-        out.append((b"content-length", str(len(filtered)).encode()))
-        await send_bytes(request.send, response.status, filtered, out)
+        await send_bytes(request.send, response.status, filtered, _with_length(headers, filtered))
 
     def _record_results(
         self, request: _Request, records: tuple[Record, ...], result: graph_pb2.ActionResult, answer: Any = None
     ) -> None:
         request.trace.result(result)
         self._enforcer.record_results(records, result, answer)
+
+
+def _with_length(headers: Headers, body: bytes) -> Headers:
+    """`headers` with the Content-Length of `body` (a filtered answer may be shorter)."""
+    return [*((k, v) for k, v in headers if k != b"content-length"), (b"content-length", str(len(body)).encode())]
 
 
 def http_error(code: str, message: str, violation_id: str = "") -> dict[str, Any]:

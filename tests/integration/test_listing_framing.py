@@ -12,12 +12,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from fixtures import inprocess
 from fixtures.local_http import Handler, LocalHttp
 from fixtures.mcp_client import mcp_client
-from fixtures.mcpcalls import ProxyClient, headers, request
+from fixtures.mcpcalls import ProxyClient, headers, request, tool_call
 
 from bastion._appconfig import load_app_config
 
@@ -53,14 +54,23 @@ FRAMINGS: dict[str, Framing] = {
     "id-as-string": lambda msg_id: ("application/json", 200, _listing(str(msg_id))),
     "batch": lambda msg_id: ("application/json", 200, b"[" + _listing(msg_id) + b"]"),
     "status-201": lambda msg_id: ("application/json", 201, _listing(msg_id)),
+    # The SDK reads a null method beside a result as a response (a re-probe).
+    "method-null": lambda msg_id: ("application/json", 200, _listing(msg_id)[:-1] + b',"method":null}'),
 }
 
 
 class _Upstream(LocalHttp):
     """An MCP upstream (2025 handshake) whose tools/list answer is framed by `framing`."""
 
-    def __init__(self, framing: Framing) -> None:
+    def __init__(self, framing: Framing, extra: dict[str, str] | None = None) -> None:
+        extra = extra or {}
+
         class McpHandler(Handler):
+            def do_GET(self) -> None:
+                # A session's GET stream (a resumption replays answers on it) with a listing.
+                body = b"id: e1\ndata: " + _listing(1) + b"\n\n"
+                self.answer(200, body, {"Content-Type": "text/event-stream"})
+
             def do_POST(self) -> None:
                 message = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if "id" not in message:  # a notification
@@ -77,7 +87,14 @@ class _Upstream(LocalHttp):
                     self.answer(200, _listing(message["id"]))
                 elif message.get("method") == "tools/list":
                     content_type, status, body = framing(message["id"])
-                    self.answer(status, body, {"Content-Type": content_type})
+                    self.answer(status, body, {"Content-Type": content_type, **extra})
+                elif message.get("method") == "tools/call":
+                    # Answers the call, and in the same stream a pending tools/list (id 1):
+                    # the SDKs route a response by its id, whatever stream it comes in.
+                    done = {"jsonrpc": "2.0", "id": message["id"], "result": {"content": []}}
+                    events = [_listing(1), orjson.dumps(done)]
+                    body = b"".join(b"event: message\ndata: " + data + b"\n\n" for data in events)
+                    self.answer(200, body, {"Content-Type": "text/event-stream"})
                 else:
                     error = {"code": -32601, "message": "no such method"}
                     self.answer(200, orjson.dumps({"jsonrpc": "2.0", "id": message["id"], "error": error}))
@@ -86,8 +103,10 @@ class _Upstream(LocalHttp):
 
 
 @asynccontextmanager
-async def _stack(tmp_path: Path, framing: Framing) -> AsyncIterator[tuple[ProxyClient, str]]:
-    with _Upstream(framing) as upstream:
+async def _stack(
+    tmp_path: Path, framing: Framing, extra: dict[str, str] | None = None
+) -> AsyncIterator[tuple[ProxyClient, str]]:
+    with _Upstream(framing, extra) as upstream:
         (tmp_path / "policy.json").write_text(json.dumps(POLICY))
         config = tmp_path / "bastion.yaml"
         config.write_text(f"servers:\n  up:\n    url: http://{upstream.addr}/mcp\npolicies: [policy.json]\n")
@@ -154,3 +173,35 @@ async def test_a_listing_no_reader_can_read_is_refused_and_recorded(tmp_path: Pa
     assert nodes[0]["result"]["outcome"] == "UPSTREAM_ERROR"
     assert "not JSON" in nodes[0]["result"]["detail"]
     assert _tool_names(again.text) == ["read"]
+
+
+async def test_a_listing_in_any_answer_or_stream_is_filtered(tmp_path: Path) -> None:
+    # A re-probe had the upstream answer a pending tools/list on the resumption GET stream;
+    # it could as well ride in another call's answer.
+    async with _stack(tmp_path, FRAMINGS["lf"]) as (client, proxy):
+        token = client.token("agent-streams")
+        called = await client.post(tool_call("read", {}, 2), headers(token, name="read"))
+        async with httpx.AsyncClient(timeout=30) as http:
+            hdrs = {**headers(token, "tools/list"), "Accept": "text/event-stream"}
+            stream = await http.get(f"http://{proxy}/mcp/up", headers=hdrs)
+    assert _tool_names(called.text) == ["read"], called.text
+    assert _tool_names(stream.text) == ["read"], stream.text
+    assert stream.text.startswith("id: e1\n")
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"Content-Encoding": "gzip"}, "Content-Encoding 'gzip'"),
+        ({"Content-Type": "text/event-stream; charset=utf-16"}, "charset 'utf-16'"),
+    ],
+)
+async def test_an_answer_the_proxy_cannot_read_is_refused(tmp_path: Path, extra: dict[str, str], why: str) -> None:
+    # The SDK would decompress it, or decode the declared charset, and list every tool.
+    def framing(msg_id: Any) -> tuple[str, int, bytes]:
+        return "text/event-stream", 200, b"data: " + _listing(msg_id) + b"\n\n"
+
+    async with _stack(tmp_path, framing, extra) as (client, _):
+        answer = await client.post(request("tools/list", {}), headers(client.token("agent-gzip"), "tools/list"))
+    assert answer.status_code == 502, answer.text
+    assert why in answer.json()["error"]["data"]["reason"]
