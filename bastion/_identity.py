@@ -246,7 +246,7 @@ class TokenVerifier:
                 self._cache.popitem(last=False)
         self._check_revocations(verified.principal)
         if not allow_unsynced:
-            self._check_synced()
+            self.check_synced()
         return verified.principal
 
     def _still_good(self, verified: _Verified) -> bool:
@@ -257,7 +257,8 @@ class TokenVerifier:
             self._identity is not None and self._identity.api_key(verified.principal.key_id) is verified.api_key
         )
 
-    def _check_synced(self) -> None:
+    def check_synced(self) -> None:
+        """RevocationsUnavailable until the revocation list has arrived (see `verify`)."""
         identity = self._identity
         # Without an identity state (an app alone, in tests) there is nothing to wait for.
         if identity is not None and not identity.synced:

@@ -210,8 +210,12 @@ class McpHttpAdapter:
 
     async def _stream_or_delete(self, request: _Request, action: policy_pb2.Action, principal: Principal) -> None:
         try:
+            # Protocol traffic is not decided, so IdentityStage never sees it: before the
+            # revocation list is in, a revoked agent's token must not open a session's stream
+            # or end it (an attacker's re-probe had all five kinds forwarded).
+            self._tokens.check_synced()
             caller = await self._caller(principal, request.headers, None, request.server)
-        except (ProtocolError, StoreError) as exc:
+        except (AuthError, ProtocolError, StoreError) as exc:
             status, code = exc.http_status, exc.code
             await self._refuse(
                 request.send, action, request.started, status, code, str(exc), principal, trace=request.trace
@@ -261,6 +265,20 @@ class McpHttpAdapter:
             return
         if targets:
             await self._governed(request, caller, message, targets, body)
+            return
+        try:
+            self._tokens.check_synced()  # as in _stream_or_delete: initialize, ping, answers, listings
+        except AuthError as exc:  # an auth failure: HTTP, before JSON-RPC (DESIGN §4)
+            await self._refuse(
+                request.send,
+                action,
+                request.started,
+                exc.http_status,
+                exc.code,
+                str(exc),
+                principal,
+                trace=request.trace,
+            )
             return
         action.kind = _KIND_BY_METHOD.get(action.method, policy_pb2.MCP_REQUEST)
         record = self._enforcer.record(caller, action, request.started, graph_pb2.OBSERVATION, body)

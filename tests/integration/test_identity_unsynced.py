@@ -20,7 +20,7 @@ import httpx
 import jwt
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, bearer, poll
-from fixtures.mcpcalls import ProxyClient, headers, tool_call
+from fixtures.mcpcalls import ProxyClient, headers, request, tool_call
 from fixtures.policystack import free_addr
 from fixtures.upstream import DemoUpstream
 
@@ -110,6 +110,15 @@ async def test_a_revoked_operator_is_refused_by_services_restarted_while_the_pol
                 assert error["code"] == UNSYNCED
                 assert error["message"].startswith("revocations not loaded: this service has not received")
                 assert "its WatchIdentity stream failed: UNAVAILABLE" in error["message"]
+            # Protocol traffic, which no decision governs, is not forwarded either: a revoked
+            # agent could otherwise answer a tool's elicitation or read a session's stream (a
+            # re-probe had initialize, answers, ping, GET and DELETE all reach the upstream).
+            agent = client.token("agent-1")
+            ping = await client.post(request("ping", {}), headers(agent, "ping"))
+            stream = await http.get(f"{p}/mcp/demo", headers={**headers(agent, "GET"), "Accept": "text/event-stream"})
+            for response in (ping, stream):
+                assert response.status_code == 503, response.text
+                assert response.json()["error"]["code"] == UNSYNCED
             # Agent calls are blocked as they always were with the policy service down.
             blocked = await _delete(client, "agent-1")
             assert (blocked["error"]["code"], blocked["error"]["data"]["rule_id"]) == (
