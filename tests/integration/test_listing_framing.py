@@ -63,7 +63,7 @@ class _Upstream(LocalHttp):
     """An MCP upstream (2025 handshake) whose tools/list answer is framed by `framing`."""
 
     def __init__(self, framing: Framing, extra: dict[str, str] | None = None) -> None:
-        extra = extra or {}
+        more: dict[str, str] = extra or {}
 
         class McpHandler(Handler):
             def do_GET(self) -> None:
@@ -87,7 +87,7 @@ class _Upstream(LocalHttp):
                     self.answer(200, _listing(message["id"]))
                 elif message.get("method") == "tools/list":
                     content_type, status, body = framing(message["id"])
-                    self.answer(status, body, {"Content-Type": content_type, **extra})
+                    self.answer(status, body, {"Content-Type": content_type, **more})
                 elif message.get("method") == "tools/call":
                     # Answers the call, and in the same stream a pending tools/list (id 1):
                     # the SDKs route a response by its id, whatever stream it comes in.
