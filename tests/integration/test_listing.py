@@ -4,7 +4,6 @@ and are relayed byte for byte when nothing is left out."""
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import orjson
 import pytest
 from fixtures import inprocess
 from fixtures.mcpcalls import ProxyClient, headers, request
+from fixtures.policystack import free_addr
 from fixtures.upstream import DemoUpstream, demo_upstream
 
 DEMO_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policies" / "demo.yaml"
@@ -117,17 +117,23 @@ async def test_a_listing_is_filtered_in_a_2025_session_too(tmp_path: Path, upstr
 
 
 async def test_with_policy_down_a_listing_is_empty_not_everything(tmp_path: Path, upstream: DemoUpstream) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    policy_addr = free_addr()
     app = inprocess.app_config(upstream.url, DEMO_POLICY)
     async with (
         inprocess.verifier(tmp_path, app) as verifier,
-        inprocess.graph(tmp_path, app) as graph,
+        inprocess.graph(tmp_path, app, policy_addr=policy_addr) as graph,
         inprocess.proxy(
-            tmp_path, app, policy_addr=dead, verifier_addr=verifier["grpc"], graph_addr=graph["grpc"]
+            tmp_path, app, policy_addr=policy_addr, verifier_addr=verifier["grpc"], graph_addr=graph["grpc"]
         ) as proxy,
     ):
         client = ProxyClient(tmp_path, proxy["http"], graph["http"])
-        listed = await _list(client, client.token("a"), "tools/list")
+        token = client.token("a")
+        # Never reached: without the revocation list nothing is forwarded, a listing neither.
+        refused = await _list(client, token, "tools/list")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "bastion.auth.revocations_unavailable"
+        # Reached once, then gone: every item is asked of policy, none is answered, none shown.
+        async with inprocess.policy(tmp_path, app, grpc_addr=policy_addr):
+            await inprocess.synced(proxy["http"], "proxy")
+        listed = await _list(client, token, "tools/list")
     assert _names(listed, "tools") == []
