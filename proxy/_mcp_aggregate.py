@@ -146,7 +146,7 @@ class AggregatedMcpAdapter(McpHttpAdapter):
         *,
         governed: bool,
         bind_session: Principal | None = None,
-        listing: tuple[Caller, str] | None = None,
+        listing: str | None = None,
         message: Message | None = None,
         targets: tuple[Target, ...] = (),
     ) -> None:
@@ -160,7 +160,7 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             return
         route = request.notes.get("route") or Route()
         if listing is not None:
-            route.caller = listing[0]
+            route.caller = caller
         bind = None
         if bind_session is not None:
             owner = bind_session

@@ -53,7 +53,7 @@ from ._owners import SessionOwners
 from ._recorder import Record
 from ._results import ResultTap
 from ._tracing import RequestTrace, Tracing
-from ._upstream import UpstreamPool, UpstreamResponse
+from ._upstream import UpstreamPool
 from ._workflows import WorkflowTracker, check_id
 
 log = logging.getLogger("bastion.proxy")
@@ -284,7 +284,7 @@ class McpHttpAdapter:
         record = self._enforcer.record(caller, action, request.started, graph_pb2.OBSERVATION, body)
         if await self._observe_or_refuse(request.send, record, msg_id):
             binds = caller.principal if message.method == "initialize" else None
-            listing = (caller, message.method) if message.method in LIST_SHAPES and message.is_request else None
+            listing = message.method if message.method in LIST_SHAPES and message.is_request else None
             await self._forward(
                 request,
                 (record,),
@@ -394,12 +394,14 @@ class McpHttpAdapter:
         *,
         governed: bool,
         bind_session: Principal | None = None,
-        listing: tuple[Caller, str] | None = None,
+        listing: str | None = None,
         message: Message | None = None,
         targets: tuple[Target, ...] = (),
     ) -> None:
         """Send the request upstream and relay its answer; for governed actions, journal
-        how it ended (DESIGN §3 result event) once the answer is relayed or has failed."""
+        how it ended (DESIGN §3 result event) once the answer is relayed or has failed.
+        `listing`: the list method asked, whose whole answer is filtered by policy
+        (UnreadableListing when it cannot be read)."""
         scope, pool, record = request.scope, request.pool, records[0]
         assert pool is not None
         path = pool.path.encode()
@@ -432,13 +434,14 @@ class McpHttpAdapter:
             async def allowed(actions: Sequence[policy_pb2.Action]) -> list[bool]:
                 return await self._enforcer.allowed(caller, actions)
 
-            if listing is not None and answer:
-                await self._relay_listing(request, response, out, idle, *listing)
-                relayed = True
-            elif response.header(b"content-length") is not None or (answer and not sse):
+            if response.header(b"content-length") is not None or (answer and (listing is not None or not sse)):
                 data = await response.read(idle)
                 if answer:
-                    data = await guard_answer(data, sse=sse, server=request.server, allowed=allowed)
+                    server = request.server
+                    if listing is not None:
+                        data = await filter_listing(data, sse=sse, method=listing, server=server, allowed=allowed)
+                    else:
+                        data = await guard_answer(data, sse=sse, server=server, allowed=allowed)
                     out = _with_length(out, data)
                 tap.feed(data)
                 await send_bytes(request.send, response.status, data, out)
@@ -471,28 +474,6 @@ class McpHttpAdapter:
             detail = "" if relayed else "the client went away before the answer was relayed"
             self._record_results(request, records, tap.result(outcome, sse=sse, detail=detail), tap.answer)
         self._metrics.total.observe(time.perf_counter() - request.t0)
-
-    async def _relay_listing(
-        self,
-        request: _Request,
-        response: UpstreamResponse,
-        headers: Headers,
-        idle: float | None,
-        caller: Caller,
-        method: str,
-    ) -> None:
-        """The response stage of list methods: the whole answer, filtered by policy
-        (UnreadableListing when it cannot be read)."""
-        sse = response.is_sse
-        data = await response.read(idle)
-        filtered = await filter_listing(
-            data,
-            sse=sse,
-            method=method,
-            server=request.server,
-            allowed=lambda actions: self._enforcer.allowed(caller, actions),
-        )
-        await send_bytes(request.send, response.status, filtered, _with_length(headers, filtered))
 
     def _record_results(
         self, request: _Request, records: tuple[Record, ...], result: graph_pb2.ActionResult, answer: Any = None
