@@ -239,9 +239,9 @@ class Recorder:
             resource=action.resource,
             method=action.method,
         )
-        self._journal.append(
-            encode_event(event, summary, max_arguments=0, nesting_checked=True, redactor=self._redactor)
-        )
+        # The names come from the request whose body was searched: the same gate as its event.
+        redactor = self._redactor_for(record)
+        self._journal.append(encode_event(event, summary, max_arguments=0, nesting_checked=True, redactor=redactor))
 
 
 def encode_event(
