@@ -32,8 +32,8 @@ def _governor(home: Path, policy_addr: str, verifier_addr: str) -> Governor:
         policy_pb2_grpc.PolicyServiceStub(open_channel(policy_addr)),
         verifier_pb2_grpc.VerifierStub(open_channel(verifier_addr)),
         auth_metadata(ensure_service_token(home, None)),
-        policy_timeout=2.0,
-        verifier_timeout=2.0,
+        policy_timeout=inprocess.TEST_DEADLINES["policy_timeout_ms"] / 1000,
+        verifier_timeout=inprocess.TEST_DEADLINES["verifier_timeout_ms"] / 1000,
         fallback_allow=False,
     )
 
