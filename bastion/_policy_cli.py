@@ -269,7 +269,7 @@ def _simulate(http: httpx.Client, args: argparse.Namespace) -> int:
     lines.append(
         f"{args.name} v{args.version}: {totals['events']} actions replayed, {totals['changed']} changed, "
         f"{totals['newly_denied']} newly denied, {totals['newly_allowed']} newly allowed"
-        + (" (truncated)" if report["truncated"] else "")
+        + (f" (truncated: {report.get('stopped') or 'stopped early'})" if report["truncated"] else "")
     )
     _print(args, report, "\n".join(lines))
     return 0

@@ -79,9 +79,9 @@ from ._rollouts import RolloutManager
 from ._rollouts_api import add_rollout_routes
 from ._simulate import (
     SIMULATE_BODY,
-    GraphReadError,
     SimulationInputError,
     SimulationNotFound,
+    SimulationRefused,
     SimulationReport,
     Simulator,
     parse_request,
@@ -233,7 +233,7 @@ def create_app(
     app.add_exception_handler(VersionExists, _conflict)
     app.add_exception_handler(UnknownVersion, _not_found)
     app.add_exception_handler(SimulationNotFound, _not_found)
-    app.add_exception_handler(GraphReadError, _graph_error)
+    app.add_exception_handler(SimulationRefused, _simulation_refused)
     read = [Depends(require_reader(verifier))]
     operator = Depends(require_operator(verifier))
     # Changes to what is in force for every tenant (found by an attacker's probe: an operator
@@ -429,6 +429,7 @@ def create_app(
             **_READ_ERRORS,
             413: error_doc("The body is over BASTION_POLICY_MAX_BODY."),
             422: error_doc("Not a valid simulation request, or an invalid inline document (the message says why)."),
+            429: error_doc("Another simulation is running in this service (Retry-After says when to retry)."),
             502: error_doc("The graph answered with an error or an unreadable page."),
             503: error_doc("The graph could not be reached within the deadline, or simulation is not configured."),
         },
@@ -521,10 +522,10 @@ async def _conflict(request: Request, exc: Exception) -> Response:
     return error_response(409, "bastion.policy.version_exists", str(exc))
 
 
-async def _graph_error(request: Request, exc: Exception) -> Response:
-    if not isinstance(exc, GraphReadError):  # registered for GraphReadError only
+async def _simulation_refused(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, SimulationRefused):  # registered for SimulationRefused only
         raise exc
-    return error_response(exc.status, exc.code, str(exc))
+    return error_response(exc.status, exc.code, str(exc), exc.headers)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

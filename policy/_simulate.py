@@ -27,8 +27,14 @@ recorded, i.e. after redaction (a truncated record is replayed with its prefix a
 event says so in `note`).
 
 Bounds: at most MAX_WORKFLOWS workflow ids and MAX_EVENTS events per request (posted
-events beyond it are refused; recorded ones beyond it are not read, and `truncated` is
-true), and GRAPH_DEADLINE_S for all graph reads together.
+events beyond it are refused; recorded ones beyond it are not read: `truncated` is true,
+`stopped` is 'events'), GRAPH_DEADLINE_S for all graph reads together, and
+REPLAY_DEADLINE_S for the replay (the actions not decided by then are left out:
+`truncated` is true, `stopped` is 'deadline'). The replay runs in a worker thread, one
+simulation at a time per service (another meanwhile is 429 `bastion.policy.simulation_busy`):
+a decision may take up to CEL's step bound (≈ 20 ms) per condition, and 5,000 actions
+decided twice on the event loop held up every live decision of the service for minutes
+(an attacker's probe with one costly condition in an inline candidate).
 
 Graph reads go to the graph REST at BASTION_GRAPH_ADDR (`GET /graphs/{wf}/nodes`, paged)
 with the caller's own bearer token forwarded: the route needs an operator, whom the graph
@@ -62,6 +68,7 @@ from ._store import MAX_VERSION
 MAX_WORKFLOWS = 20
 MAX_EVENTS = 5000
 GRAPH_DEADLINE_S = 10.0
+REPLAY_DEADLINE_S = 20.0
 _PAGE = 500
 _KINDS = frozenset(policy_pb2.ActionKind.keys())
 
@@ -70,13 +77,18 @@ class SimulationInputError(ValueError):
     """The request is not a simulation this service can run (422)."""
 
 
-class GraphReadError(Exception):
-    """The graph could not be read: 503 when unreachable or too slow, 502 when it answered badly."""
+class SimulationRefused(Exception):
+    """The simulation cannot run now: answered with `status` and `code` (and `headers`)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.headers = headers
+
+
+class GraphReadError(SimulationRefused):
+    """The graph could not be read: 503 when unreachable or too slow, 502 when it answered badly."""
 
 
 class SimulationNotFound(LookupError):
@@ -183,7 +195,15 @@ class SimulationReport(BaseModel):
     current_digest: str = Field(description="sha256 of the active set.")
     events: list[SimulatedEvent]
     totals: SimulationTotals
-    truncated: bool = Field(description=f"The workflows hold more than {MAX_EVENTS} actions: only the first are here.")
+    truncated: bool = Field(description="Not every action was replayed: `stopped` says why.")
+    stopped: str = Field(
+        default="",
+        description=(
+            f"Why the replay ended early: '' (it did not), 'events' (the workflows hold more than {MAX_EVENTS} "
+            f"actions: only the first were read) or 'deadline' (the replay took {REPLAY_DEADLINE_S:g} s: the "
+            "actions after the last one here were not decided)."
+        ),
+    )
 
 
 SIMULATE_BODY = {
@@ -237,12 +257,39 @@ def parse_request(body: bytes) -> tuple[SimulateRequest, list[EventIn] | None]:
 class Simulator:
     """Runs simulations against the registry's active set and the graph at `graph_addr`."""
 
-    def __init__(self, policies: PolicyRegistry, graph_addr: str, *, deadline: float = GRAPH_DEADLINE_S) -> None:
+    def __init__(
+        self,
+        policies: PolicyRegistry,
+        graph_addr: str,
+        *,
+        deadline: float = GRAPH_DEADLINE_S,
+        replay_deadline: float | None = None,
+    ) -> None:
         self._policies = policies
         self._graph_addr = graph_addr
         self._deadline = deadline
+        self._replay_deadline = REPLAY_DEADLINE_S if replay_deadline is None else replay_deadline
+        self._running = False
 
     async def run(
+        self, request: SimulateRequest, events: list[EventIn] | None, authorization: str | None
+    ) -> SimulationReport:
+        # One at a time: each holds a worker thread and the GIL for up to REPLAY_DEADLINE_S,
+        # which the live decisions of this service share.
+        if self._running:
+            raise SimulationRefused(
+                429,
+                "bastion.policy.simulation_busy",
+                "another simulation is running in this service; retry when it has answered",
+                {"Retry-After": str(int(self._replay_deadline + self._deadline) or 1)},
+            )
+        self._running = True
+        try:
+            return await self._run(request, events, authorization)
+        finally:
+            self._running = False
+
+    async def _run(
         self, request: SimulateRequest, events: list[EventIn] | None, authorization: str | None
     ) -> SimulationReport:
         text = request.document
@@ -268,7 +315,12 @@ class Simulator:
         if events is None:
             assert request.workflow_ids is not None
             events, truncated = await self._read(request.workflow_ids, authorization)
-        return _replay(request.policy, document.metadata.version, current, candidate, events, truncated)
+        report = await asyncio.to_thread(
+            _replay, request.policy, document.metadata.version, current, candidate, events, self._replay_deadline
+        )
+        if truncated and not report.truncated:
+            report.truncated, report.stopped = True, "events"
+        return report
 
     async def _read(self, workflow_ids: Sequence[str], authorization: str | None) -> tuple[list[EventIn], bool]:
         headers = {"Authorization": authorization} if authorization else {}
@@ -344,11 +396,16 @@ def _replay(
     current: PolicySet,
     candidate: PolicySet,
     events: Sequence[EventIn],
-    truncated: bool,
+    deadline: float,
 ) -> SimulationReport:
     out: list[SimulatedEvent] = []
     skipped = changed = newly_denied = newly_allowed = 0
+    stop_at = time.monotonic() + deadline
+    stopped = ""
     for event in events:
+        if time.monotonic() >= stop_at:
+            stopped = "deadline"
+            break
         if not _replayable(event):
             skipped += 1
             continue
@@ -393,7 +450,8 @@ def _replay(
         current_digest=current.digest,
         events=out,
         totals=totals,
-        truncated=truncated,
+        truncated=bool(stopped),
+        stopped=stopped,
     )
 
 

@@ -4,6 +4,7 @@ that cannot be read."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,51 @@ async def test_a_graph_that_cannot_be_read_is_503_with_the_reason(tmp_path: Path
     error = response.json()["error"]
     assert error["code"] == "bastion.policy.graph_unavailable"
     assert f"the graph at {stack.graph} (BASTION_GRAPH_ADDR) is unreachable" in error["message"]
+
+
+#: The demo policy with a condition CEL runs in ≈ 12 ms on 250 ids (nesting 2: 62,500 of
+#: the 100,000 steps a decision may take), before `allow-add`.
+COSTLY = POLICY.read_text().replace(
+    "  rules:\n",
+    '  rules:\n    - id: unique-ids\n      match:\n        tools: ["demo__add"]\n'
+    '      when: "args.ids.all(x, args.ids.exists_one(y, y == x))"\n      effect: deny\n',
+)
+
+
+async def test_a_costly_replay_stops_at_its_deadline_off_the_event_loop_and_runs_alone(
+    tmp_path: Path, upstream: DemoUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by probing: the replay decided every action twice on the event loop, so one
+    # costly condition over 5,000 posted actions held up every live decision of the service.
+    monkeypatch.setattr("bastion.policy._simulate.REPLAY_DEADLINE_S", 2.0)
+    costly = {"kind": "TOOL_CALL", "server": "demo", "tool": "add", "arguments": {"ids": list(range(250))}}
+    body = {"policy": "demo", "document": COSTLY, "events": [_event(action=costly)] * 1000}
+    tiny = {"policy": "demo", "document": COSTLY, "events": [_event()]}
+    async with (
+        policy_stack(tmp_path, inprocess.app_config(upstream.url, POLICY), proxy_up=False) as stack,
+        httpx.AsyncClient(base_url=f"http://{stack.policy}", timeout=30, headers=stack.bearer("operator")) as http,
+    ):
+        replay = asyncio.create_task(stack.policy_post("/v1/simulate", body))
+        for _ in range(500):  # until the replay holds the service's one simulation
+            second = await http.post("/v1/simulate", json=tiny)
+            if second.status_code != 200:
+                break
+        assert second.status_code == 429, second.text
+        assert second.json()["error"]["code"] == "bastion.policy.simulation_busy"
+        assert int(second.headers["retry-after"]) >= 1
+        served = 0
+        while not replay.done():  # a replay on the event loop would let none of these through
+            assert (await http.get("/v1/policies")).status_code == 200
+            served += 1
+        assert served >= 20, served
+        report = (await replay).json()
+        assert (report["truncated"], report["stopped"]) == (True, "deadline"), report["totals"]
+        assert 0 < report["totals"]["events"] < 1000
+        assert report["events"][0]["candidate"]["rule_id"] == "unique-ids"
+        # Alone again: the next one runs.
+        ok = await http.post("/v1/simulate", json={"policy": "demo", "version": 1, "events": [_event()]})
+        assert ok.status_code == 200, ok.text
+        assert (ok.json()["truncated"], ok.json()["stopped"]) == (False, "")
 
 
 async def _get(stack: PolicyStack, path: str) -> Any:
