@@ -44,8 +44,10 @@ MAX_RESULT_VALUES values, MAX_RESULT_CHARS characters (whitespace runs counted a
 MAX_RESULT_KEYS identifiers of each result are read, and one cut by these bounds is
 remembered as unread too (`partial`); encoded payloads (a `data`, `blob` or `bytes`
 string) and `_meta` are skipped; a
-workflow keeps at most MAX_WORKFLOW_PRINTS fingerprints, the oldest result's evicted
-first (its own volume: not remembered), and all together MAX_TOTAL_PRINTS. Lookup reads
+workflow keeps at most MAX_WORKFLOW_PRINTS fingerprints, the oldest result's prose
+evicted first, then its identifiers (an untrusted result so forgotten whole is remembered
+as unread: pages read after an injected one must not launder it), and all together
+MAX_TOTAL_PRINTS. Lookup reads
 at most MAX_ARGUMENT_CHARS characters of a call's arguments; a
 workflow with no fingerprints costs a length check.
 
@@ -172,7 +174,8 @@ class Unread:
     tool: str
     size: int
     partial: bool = False
-    #: Its fingerprints were dropped to keep the proxy-wide budget (`Provenance._trim`).
+    #: Its fingerprints were dropped to keep its workflow's or the proxy-wide budget
+    #: (`Fingerprints.record`, `Provenance._trim`).
     forgotten: bool = False
 
     @property
@@ -300,7 +303,9 @@ class Fingerprints:
         chars = sum(map(len, read)) + sum(len(path) + len(text) for path, text in named_by)
         cost = 1 + chars // IDENTITY_CHARS_PER_PRINT if read or named_by else 0
         while self._results and self._size + added + cost > self.capacity:
-            self._evict()
+            gone, held = self._evict()
+            if gone not in self._results:  # the whole result, identifiers too
+                self._remember(gone, held)
         entry = _Held([], [], tool, trusted, size)
         for value, source in shingles.items():
             if _takes(self._shingles.get(value), source):
@@ -333,10 +338,15 @@ class Fingerprints:
         if not self._results:
             return 0
         before = self._size
-        node_id, held = self._evict()
+        self._remember(*self._evict())
+        return before - self._size
+
+    def _remember(self, node_id: str, held: _Held) -> None:
+        """Remember an untrusted result whose data is (partly) forgotten as unread. Found by
+        an attacker's probe: sixteen pages of identifiers read after an injected email pushed
+        its IBAN out of its own workflow, and the transfer to it then came out clean."""
         if not held.trusted and all(unread.node_id != node_id for unread in self.unread):
             self.unread.append(Unread(node_id, held.tool, held.size, forgotten=True))
-        return before - self._size
 
     def _evict(self) -> tuple[str, _Held]:
         """Forget the oldest result's shingles; once no result has any left, the oldest
