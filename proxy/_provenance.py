@@ -303,9 +303,9 @@ class Fingerprints:
         chars = sum(map(len, read)) + sum(len(path) + len(text) for path, text in named_by)
         cost = 1 + chars // IDENTITY_CHARS_PER_PRINT if read or named_by else 0
         while self._results and self._size + added + cost > self.capacity:
-            gone, held = self._evict()
+            gone, evicted = self._evict()
             if gone not in self._results:  # the whole result, identifiers too
-                self._remember(gone, held)
+                self._remember(gone, evicted)
         entry = _Held([], [], tool, trusted, size)
         for value, source in shingles.items():
             if _takes(self._shingles.get(value), source):
