@@ -164,6 +164,10 @@ class BundleVerifier:
             raise self.refuse(
                 "unknown_kid", f"kid {kid[:64]!r} is not in the policy key set (bastion.yaml policy_keys)"
             )
+        payload = _b64decode(payload_b64)
+        if payload is None:
+            # Before the signature: its input must be ASCII (a non-ASCII payload was a 500, uncounted).
+            raise self.refuse("malformed", "the payload is not base64url-encoded UTF-8 text")
         signature = _b64decode(signature_b64)
         if signature is None or not _verifies(key, alg, signature, f"{header_b64}.{payload_b64}".encode("ascii")):
             raise self.refuse("signature", "the signature does not verify (tampered, or signed by another key)")
@@ -179,13 +183,10 @@ class BundleVerifier:
             raise self.refuse("not_yet_valid", f"issued at {issued_at}, in the future (now {int(now)})")
         if _expired(expires_at, now):
             raise self.refuse("expired", f"expired at {expires_at} (now {int(now)}); sign it again")
-        payload = _b64decode(payload_b64)
         try:
-            text = payload.decode("utf-8") if payload is not None else None
+            text = payload.decode("utf-8")
         except UnicodeDecodeError:
-            text = None
-        if text is None:
-            raise self.refuse("malformed", "the payload is not base64url-encoded UTF-8 text")
+            raise self.refuse("malformed", "the payload is not base64url-encoded UTF-8 text") from None
         return VerifiedBundle(text=text, kid=kid, issued_at=issued_at, expires_at=expires_at)
 
     def check_in_force(self, record: VersionRecord) -> None:

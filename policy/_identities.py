@@ -410,7 +410,9 @@ class IdentityStore:
         ]
         if after is not None:
             cursor = self._keys.get(after)
-            if cursor is None:
+            # Another tenant's key is no cursor: a 200 for it would tell an operator of one tenant
+            # that another tenant's key exists, which revoking it never does (an attacker's probe).
+            if cursor is None or (tenant is not None and cursor.tenant != tenant):
                 raise NotFound(f"no API key {after[:64]!r} to continue after")
             found = [key for key in found if key.seq > cursor.seq]
         page = found[:limit]

@@ -190,7 +190,7 @@ def add_identity_routes(
     @app.get(
         "/v1/keys",
         summary="API keys in creation order, without secrets (operator, admin or auditor).",
-        responses={**AUTH_RESPONSES, 404: error_doc("`after` names no key.")},
+        responses={**AUTH_RESPONSES, 404: error_doc("`after` names no key of the tenant listed.")},
     )
     async def list_keys(
         principal: Principal = reader,

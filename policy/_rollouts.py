@@ -7,7 +7,8 @@ Contract
   active (*stable*) version, with a `percent` (0-100, hundredths honoured) and a
   `stickiness`. Its id is a server-generated uuid7. At most one rollout per policy runs
   at a time (the store enforces it too), and at most `MAX_RUNNING` in all (each running
-  rollout doubles the precompiled sets, see below).
+  rollout doubles the precompiled sets, see below). A start that an activation of the
+  policy overtakes is refused (409), so `stable_version` is always the version in force.
 * **Arm assignment is a pure function** of (stickiness key, rollout id):
   `int.from_bytes(sha256(key + "\\0" + rollout_id)[:8], "big") % 10_000 < round(percent * 100)`
   means CANARY. The key is `tenant + "\\0" + agent_id` for stickiness `agent`, and
@@ -33,7 +34,8 @@ Contract
   (an absolute difference of rates; a STABLE arm with no decisions counts as rate 0)
   is greater than `deny_rate` — or likewise for `error_rate` — the rollout is ended as
   `auto_rolled_back` with the reason, counted
-  (`bastion_policy_rollout_auto_rollbacks_total`) and logged.
+  (`bastion_policy_rollout_auto_rollbacks_total`) and logged. When the store fails that
+  write, nothing changes, the failure is logged and the next check tries again.
 * **Promote** activates the candidate (an ordinary activation: Watch subscribers see
   ACTIVATED) and ends the rollout in one store transaction; **rollback** ends it and
   changes nothing else. Every step (started, promoted, rolled_back, auto_rolled_back)
@@ -484,6 +486,16 @@ class RolloutManager:
             audit = audit_event(rollout, "started", rollout.started_at, by)
 
             async def write() -> None:
+                # Runs under the registry's lock, which every activation takes: an activation that
+                # landed while this request read the store (found by an attacker's probe) would leave
+                # the rollout naming a stable arm no longer in force, or a candidate that is active.
+                versions = self._policies.snapshot.versions
+                now = next((item.version for item in versions if item.name == rollout.policy), None)
+                if now != rollout.stable_version:
+                    raise RolloutConflict(
+                        f"policy {rollout.policy!r} v{now} was activated while this rollout was starting "
+                        f"(it read v{rollout.stable_version}); nothing was started: start it again"
+                    )
                 await self._store.start_rollout(rollout.row(), audit)
 
             await self._policies.change_rollouts(lambda running: (*running, live), write)
@@ -598,6 +610,12 @@ class RolloutManager:
                     await self._end(live.id, "auto_rolled_back", reason, AUTO_ACTOR)
                 except RolloutConflict:
                     continue  # ended by an operator meanwhile
+                except Exception:
+                    # The store failed (locked, disk full): nothing changed, so the next check tries
+                    # again. Letting it end this task stopped every later auto-rollback and count
+                    # flush, silently, for as long as the service ran (an attacker's probe).
+                    log.exception("could not roll back canary rollout %s of %r; retrying", live.id, live.policy)
+                    continue
                 self._auto.labels(policy=live.policy).inc()
             if time.monotonic() - last_flush >= FLUSH_S:
                 last_flush = time.monotonic()

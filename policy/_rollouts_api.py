@@ -15,7 +15,8 @@ Refusals, and nothing changes:
 
     404  unknown version (bastion.not_found), unknown rollout (bastion.not_found)
     409  the policy has no active version, the version is the active one, a rollout of the
-         policy is running, too many rollouts run, the rollout has ended, OPA mode
+         policy is running, too many rollouts run, the rollout has ended, OPA mode, another
+         version of the policy was activated while the rollout was starting
                                                                    bastion.policy.rollout_conflict
     422  not JSON, unknown field, wrong type (a bool is not a percent), percent outside 0-100,
          unknown stickiness, a bad rollback_on, a bad policy name   bastion.invalid_request / .policy.invalid

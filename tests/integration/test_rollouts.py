@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -283,6 +284,31 @@ async def test_a_canary_within_its_threshold_keeps_running(service: Running) -> 
     await asyncio.sleep(0.6)
     state = (await _request(service, "GET", f"/v1/rollouts/{rollout['id']}", roles=("auditor",))).json()
     assert state["state"] == "running"
+
+
+async def test_a_canary_is_still_rolled_back_automatically_once_a_failed_store_recovers(service: Running) -> None:
+    # Found by an attacker's probe: the store failed once as the canary breached (another writer
+    # held it past SQLite's 5 s busy timeout), and that ended the background check for good: the
+    # canary denying every call stayed in force, and no later breach or count flush was acted on.
+    rollout = await _start(service, percent=100, rollback_on={"deny_rate": 0.5, "window": "1m", "min_decisions": 5})
+    writer = sqlite3.connect(service.home / "policy" / "versions.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # every write of the service now waits, then fails
+    try:
+        decisions = await _decide_all(service, [_call(f"agent-{number}") for number in range(20)])
+        assert {(item.effect, item.rollout_arm) for item in decisions} == {(policy_pb2.DENY, policy_pb2.CANARY)}
+        await asyncio.sleep(8)  # the auto-rollback's write has failed by now (breach within 0.25 s, then 5 s)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    state: dict[str, Any] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = (await _request(service, "GET", f"/v1/rollouts/{rollout['id']}", roles=("auditor",))).json()
+        if state["state"] != "running":
+            break
+        await asyncio.sleep(0.1)
+    assert (state["state"], state["ended_by"]) == ("auto_rolled_back", "bastion.policy (auto-rollback)"), state
+    assert {item.policy_version for item in await _decide_all(service, [_call("agent-1")])} == {1}
 
 
 # --- refusals ------------------------------------------------------------------------------

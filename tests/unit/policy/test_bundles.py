@@ -74,6 +74,11 @@ def _tampered(bundle: str) -> str:
     return f"{header}.{_b64(evil)}.{signature}"
 
 
+def _non_ascii_payload(bundle: str) -> str:
+    header, payload, signature = bundle.split(".")
+    return f"{header}.{payload}\u00e9.{signature}"
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
@@ -101,6 +106,7 @@ def _tampered(bundle: str) -> str:
         (lambda key: "only.two", "malformed"),
         (lambda key: "a.b.c.d", "malformed"),
         (lambda key: "!!!.e30.sig", "malformed"),
+        (lambda key: _non_ascii_payload(sign_bundle(TEXT, key, kid="k1", now=NOW)), "malformed"),
         (lambda key: "x" * 3_000_000, "malformed"),
     ],
     ids=[
@@ -122,6 +128,7 @@ def _tampered(bundle: str) -> str:
         "two-parts",
         "four-parts",
         "bad-base64",
+        "non-ascii-payload",  # found by an attacker's probe: a 500, and not counted
         "oversized",
     ],
 )

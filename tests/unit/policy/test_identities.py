@@ -262,6 +262,17 @@ async def test_listing_pages_in_creation_order_and_filters(store: IdentityStore)
         store.keys(after="f" * 16)
 
 
+async def test_another_tenants_key_is_no_cursor_for_a_tenants_listing(store: IdentityStore) -> None:
+    # Found by an attacker's probe: GET /v1/keys?after=<id> answered 200 for another tenant's key
+    # and 404 for none, telling an operator what revoking it never tells.
+    _, theirs = await store.create_key(agent="a", tenant="globex", by="ops")
+    await store.create_key(agent="a", tenant="acme", by="ops")
+    with pytest.raises(NotFound, match=f"no API key '{theirs.key_id}' to continue after"):
+        store.keys(tenant="acme", after=theirs.key_id)
+    assert store.keys(tenant="globex", after=theirs.key_id) == ([], None)
+    assert len(store.keys(after=theirs.key_id)[0]) == 1  # an admin's listing of every tenant
+
+
 async def test_concurrent_revocations_of_one_key_leave_one_winner(store: IdentityStore) -> None:
     _, key = await store.create_key(agent="a", tenant="default", by="ops")
     results = await asyncio.gather(
