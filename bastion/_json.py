@@ -45,6 +45,22 @@ def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def loads_as_clients(raw: bytes) -> Any:
+    """`raw` read as orjson reads it or, when orjson refuses it, as the stdlib reader does,
+    which is what the A2A SDK's client uses (`httpx.Response.json()`): it also takes UTF-16
+    and UTF-32 (told from the bytes, with no charset declared), a UTF-8 BOM and NaN.
+    For answers the proxy must read as the client will (an attacker's probe hid a
+    ListTasks answer from the filter in UTF-16). ValueError for what neither reads."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+
+
 class TooDeep(ValueError):
     """JSON nested deeper than the stdlib reader goes."""
 

@@ -45,6 +45,7 @@ from bastion._errors import (
 )
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
+from bastion._json import loads_as_clients
 from bastion.v1 import graph_pb2, policy_pb2
 
 from ._a2a_card import rewrite_card
@@ -57,6 +58,7 @@ from ._budget import ValueBudget
 from ._delegation import HEADER as DELEGATION
 from ._enforcer import Caller, Decided, Enforcer, envelope
 from ._envelope import LIMIT_EXCEEDED, jsonrpc_error, public_reason
+from ._listing import unreadable_answer
 from ._mcp import Message, check_single_headers
 from ._metrics import ProxyMetrics
 from ._owners import owner_key
@@ -559,40 +561,47 @@ class A2aHttpAdapter:
         tap = ResultTap(msg_id)
         sniffer = self._task_sniffer(request, record)
         t_up = time.perf_counter()
-        sse = False
+        sse = relaying = False
         response: UpstreamResponse | None = None
         try:
             response = await pool.request(method, path, headers, body)
             tap.status = response.status
             self._metrics.upstream.observe(time.perf_counter() - t_up)
+            if 200 <= response.status < 300 and (opaque := unreadable_answer(response)) is not None:
+                # The client's httpx decodes gzip and the declared charset; the task sniffer,
+                # the ListTasks filter, the card rewrite and provenance read the raw bytes (an
+                # attacker's probe listed another caller's tasks through a gzip answer).
+                response.release()
+                raise UpstreamError(f"it answered with {opaque}, which Bastion cannot read (it asks for none)")
             out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + node_headers(record)
-            if response.header(b"content-length") is not None:
-                sse = response.is_sse
+            sse = response.is_sse
+            ok = 200 <= response.status < 300  # the client reads any 2xx as the answer
+            # Only an event stream is relayed as it comes: a single answer is read whole, with
+            # or without a Content-Length — the sniffer, the ListTasks filter and the card
+            # rewrite need all of it (an attacker's probe sent them chunked, unread).
+            if response.header(b"content-length") is not None or not sse:
                 data = await response.read(idle)
                 tap.feed(data)
-                if sniffer is not None and response.status == 200:
+                if sniffer is not None and ok:
                     await sniffer.feed(data, sse=sse)
                     await sniffer.end()
-                if record.action.tool == "ListTasks" and response.status == 200:
+                if record.action.tool == "ListTasks" and ok:
                     data = await self._own_tasks(request, data, first_page=not request.paged)
-                    out = [(k, v) for k, v in out if k != b"content-length"]
-                    out.append((b"content-length", str(len(data)).encode()))
-                if card_answer and response.status == 200:
+                if card_answer and ok:
                     # The extended card names the agent's endpoints too: moved like the public one.
                     data = _rewrite_card_answer(data, request)
-                    out = [(k, v) for k, v in out if k != b"content-length"]
-                    out.append((b"content-length", str(len(data)).encode()))
+                out = [(k, v) for k, v in out if k != b"content-length"]
+                out.append((b"content-length", str(len(data)).encode()))
                 await send_bytes(request.send, response.status, data, out)
                 relayed = True
             else:
-                sse = response.is_sse
                 chunks = tap.watch(response.stream(idle))
-                if sniffer is not None and response.status == 200:
+                if sniffer is not None and ok:
                     chunks = sniffer.watch(chunks)
+                relaying = True
                 relayed = await send_stream(request.send, request.receive, response.status, out, chunks)
         except UpstreamError as exc:
-            streamed = response is not None and response.header(b"content-length") is None
-            await self._upstream_failed(request, record, exc, msg_id, answered=streamed)
+            await self._upstream_failed(request, record, exc, msg_id, answered=relaying)
             outcome = graph_pb2.TIMEOUT if isinstance(exc, UpstreamTimeout) else graph_pb2.UPSTREAM_ERROR
             self._record_result(request, record, tap.result(outcome, detail=self._reason(request, exc)))
             return
@@ -710,11 +719,13 @@ def _bastion_url(request: _Request) -> str:
 
 def _rewrite_card_answer(data: bytes, request: _Request) -> bytes:
     """A GetExtendedAgentCard answer with its card rewritten: the JSON-RPC `result`, or
-    the HTTP+JSON body. An answer that holds no card object is passed as it came."""
+    the HTTP+JSON body. An answer that holds no card object is passed as it came; one no
+    reader takes is refused, and one only the client's reader takes (UTF-16, a BOM) is
+    read as it reads it: passed on unread, its card would name the agent's own URLs."""
     try:
-        answer = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return data
+        answer = loads_as_clients(data)
+    except ValueError as exc:
+        raise UpstreamError("its extended agent card is not JSON Bastion can rewrite; it was not relayed") from exc
     if not isinstance(answer, dict):
         return data
     jsonrpc = request.suffix in ("", "/")
@@ -722,4 +733,7 @@ def _rewrite_card_answer(data: bytes, request: _Request) -> bytes:
     if not isinstance(card, dict):
         return data
     moved = rewrite_card(card, request.agent.url, _bastion_url(request))
-    return orjson.dumps({**answer, "result": moved} if jsonrpc else moved)
+    try:
+        return orjson.dumps({**answer, "result": moved} if jsonrpc else moved)
+    except TypeError as exc:  # an integer past 64 bits, which only the stdlib reader takes
+        raise UpstreamError("its extended agent card holds a value Bastion cannot re-encode") from exc

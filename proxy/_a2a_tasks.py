@@ -4,8 +4,9 @@ An agent's task ids are its own; any caller that learns one (from a log, a share
 context, a guess) could read its history, cancel it or point its push notifications
 elsewhere, and the agent — which sees only Bastion — cannot tell callers apart. So the
 proxy notes the task id in the answer to each send (the first `task.id`, 0.3 `kind:
-"task"` id, or `taskId` of a message or update, within the answer's first 64 KiB, as it
-streams past) and claims it for the sender in the durable ownership store; a later
+"task"` id, or `taskId` of a message or update: in a single answer read whole, in a
+stream as it passes, an event over 16 MiB before the task is named ending the stream; read
+as the client reads it, UTF-16 and all) and claims it for the sender in the durable ownership store; a later
 GetTask, CancelTask, SubscribeToTask or push-config call naming that task from another
 principal is refused (403, `bastion.a2a.task_foreign`) before any decision, and so is a
 message sent into it (`message.taskId` of SendMessage, SendStreamingMessage, 0.3
@@ -22,14 +23,13 @@ from typing import Any
 
 import orjson
 
-from bastion._errors import InvalidParams
+from bastion._errors import InvalidParams, UpstreamError
+from bastion._json import loads_as_clients
 from bastion.v1 import policy_pb2
 
 from ._a2a_methods import A2aMethod
-from ._sse import EventReader
+from ._sse import MAX_EVENT_BYTES, EventReader
 
-#: How much of an answer is searched for the task id.
-_SNIFF_BYTES = 64 * 1024
 _TASK_KINDS = frozenset({policy_pb2.A2A_GET, policy_pb2.A2A_CANCEL, policy_pb2.A2A_PUSH_CONFIG})
 
 
@@ -111,16 +111,18 @@ class TaskSniffer:
     async def feed(self, chunk: bytes, *, sse: bool) -> None:
         if self._done:
             return
-        if sse:
-            for event in self._events.feed(chunk):
-                if (data := event.data) and await self._try(data):
-                    return
-            held = self._events.buffered
-        else:
+        if not sse:
+            # A single answer is in memory whole already and read whole (`end`): a task's
+            # history can put its id past any prefix (a large message pushed a task out of
+            # its sender's hands in an attacker's probe).
             self._buffer += chunk
-            held = len(self._buffer)
-        if held > _SNIFF_BYTES:
-            self._done = True
+            return
+        for event in self._events.feed(chunk):
+            if (data := event.data) and await self._try(data):
+                return
+        if self._events.buffered > MAX_EVENT_BYTES:
+            # The client would read the event and learn a task nobody owns: the stream ends.
+            raise UpstreamError(f"an event of its answer is over {MAX_EVENT_BYTES} bytes before naming its task")
 
     async def end(self) -> None:
         """A whole (non-streamed) answer has been fed."""
@@ -130,8 +132,8 @@ class TaskSniffer:
 
     async def _try(self, data: bytes) -> bool:
         try:
-            task = task_in(orjson.loads(data))
-        except orjson.JSONDecodeError:
+            task = task_in(loads_as_clients(data))
+        except ValueError:  # no reader takes it: nor will the client, which learns no task
             return False
         if task is None:
             return False
@@ -154,11 +156,14 @@ async def filter_tasks(
     The agent's `totalSize` counts every caller's tasks: it is kept only when this answer
     is the whole list (the first page, and no next one), set to what the caller sees, and
     removed otherwise (proto3: unset), since the tasks of other pages are not known here.
+
+    Read as the client reads it (`loads_as_clients`: UTF-16, a BOM, NaN); an answer no
+    reader takes is refused (UpstreamError) rather than relayed unfiltered.
     """
     try:
-        answer = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return data
+        answer = loads_as_clients(data)
+    except ValueError as exc:
+        raise UpstreamError("its ListTasks answer is not JSON Bastion can filter; it was not relayed") from exc
     holder = answer.get("result") if isinstance(answer, dict) and "result" in answer else answer
     tasks = holder.get("tasks") if isinstance(holder, dict) else None
     if not isinstance(tasks, list):
@@ -175,4 +180,7 @@ async def filter_tasks(
             del holder["totalSize"]
     if sealed is not None:
         holder["nextPageToken"] = sealed
-    return orjson.dumps(answer)
+    try:
+        return orjson.dumps(answer)
+    except TypeError as exc:  # an integer past 64 bits, which only the stdlib reader takes
+        raise UpstreamError("its ListTasks answer holds a value Bastion cannot re-encode; it was not relayed") from exc

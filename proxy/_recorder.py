@@ -275,6 +275,11 @@ def encode_event(
         redactor.names(redacted, secrets)
         action = redacted
         scrub_event(event, secrets)
+        if event.block_reason:
+            # A refusal's reason may quote what a caller or an upstream wrote that is in no
+            # argument (a path, a stdio server's stray line): an attacker's probe journaled
+            # a token a child printed on stdout. Patterns apply there too.
+            event.block_reason = redactor.text(event.block_reason)[0]
     size = action.arguments.ByteSize()
     if size <= max_arguments:
         event.action.CopyFrom(action)

@@ -42,6 +42,8 @@ _QUICK_EXIT_S = 10.0
 #: Crashes in a row tolerated before starts are delayed.
 _FREE_CRASHES = 3
 _MAX_BACKOFF_S = 30.0
+#: Lines that are not JSON-RPC reported per child (the rest are dropped silently).
+_REPORTED_GARBAGE = 11
 
 #: (kind, detail) of something that must reach the audit trail: a crash, garbage on stdout.
 Report = Callable[[str, str], None]
@@ -132,7 +134,18 @@ class StdioUpstream:
             session.backend_gone(reason)
             self._host.forget(session)
 
+        garbage_lines = 0
+
         def garbage(detail: str) -> None:
+            # Each report is an audit record: a child printing noise in a loop would flood
+            # the journal and the graph (an attacker's probe: 500 lines, 500 records). The
+            # first few are reported, then one note; the rest are dropped unreported.
+            nonlocal garbage_lines
+            garbage_lines += 1
+            if garbage_lines > _REPORTED_GARBAGE:
+                return
+            if garbage_lines == _REPORTED_GARBAGE:
+                detail += "; further lines that are not JSON-RPC go unreported for this child"
             log.warning("%s", detail)
             self._report("bastion.stdio_garbage", detail)
 

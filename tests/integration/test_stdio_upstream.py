@@ -7,6 +7,7 @@ on stdout, a crash mid-call, an exit at start)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -20,6 +21,7 @@ import httpx
 import mcp_types as types
 import pytest
 from fixtures import inprocess
+from fixtures.graphapi import auditor_token, poll
 from fixtures.mcp_client import WIRE_FORMATS, mcp_client
 from fixtures.mcpcalls import ProxyClient, headers, request, tool_call
 from mcp.shared.exceptions import MCPError
@@ -199,6 +201,44 @@ async def test_garbage_on_stdout_is_dropped_and_reported_and_the_answer_still_ar
     assert any(v["rule_id"] == "bastion.stdio_garbage" and "this is not JSON-RPC" in v["reason"] for v in refused)
 
 
+async def test_a_secret_a_child_prints_on_stdout_never_reaches_the_audit_trail(stack: StdioStack) -> None:
+    # A banner or debug print quoting the server's own key: the refusal quotes the line.
+    secret = "ghp_" + "s" * 36
+    token = stack.client.token("agent-garbage-secret")
+    session = await _session(stack.client, "faulty", token)
+    line = f"using token {secret} for the API"
+    response = await _call(stack.client, "faulty", token, session, _tool_call("garbage", {"line": line}))
+    assert response.json()["result"]["content"][0]["text"] == "after garbage"
+    refused = await stack.client.violations("bastion.rejected", 1)
+    assert any("[REDACTED:github_token:" in v["reason"] for v in refused), refused
+    stored = _everything_under(stack.home)
+    assert secret not in json.dumps(refused)
+    assert secret.encode() not in stored
+
+
+async def test_a_child_flooding_stdout_with_garbage_cannot_flood_the_audit_trail(stack: StdioStack) -> None:
+    token = stack.client.token("agent-garbage-flood")
+    session = await _session(stack.client, "faulty", token)
+    flood = _tool_call("garbage", {"line": "noise", "count": 500})
+    response = await _call(stack.client, "faulty", token, session, flood)
+    assert response.json()["result"]["content"][0]["text"] == "after garbage"
+    # The session goes on: the same child answers again.
+    again = await _call(stack.client, "faulty", token, session, _tool_call("echo", {"text": "still here"}, 3))
+    assert again.json()["result"]["content"][0]["text"] == "still here"
+
+    def garbage(item: dict[str, Any]) -> bool:
+        return bool(item["rule_id"] == "bastion.stdio_garbage")
+
+    auditor = auditor_token(stack.home)
+    # The first lines one by one, then one note that the rest go unreported.
+    await poll(stack.client.graph, "/audit/violations", {"workflow_id": "bastion.rejected"}, 11, auditor, where=garbage)
+    await asyncio.sleep(1.0)  # what else was journaled has been shipped by now
+    params = {"workflow_id": "bastion.rejected", "limit": "500"}
+    reported = await poll(stack.client.graph, "/audit/violations", params, 11, auditor, where=garbage)
+    assert len(reported) == 11, len(reported)
+    assert "further lines that are not JSON-RPC go unreported" in reported[0]["reason"] + reported[-1]["reason"]
+
+
 async def test_a_child_sees_only_its_configured_environment(stack: StdioStack) -> None:
     token = stack.client.token("agent-env")
     session = await _session(stack.client, "faulty", token)
@@ -256,3 +296,8 @@ def test_the_bridge_socket_is_private_to_the_proxy_user(tmp_path: Path) -> None:
         assert stat.S_IMODE(mode) == 0o600
     finally:
         sock.close()
+
+
+def _everything_under(home: Path) -> bytes:
+    """Every byte the stack wrote under $BASTION_HOME: journal segments, SQLite files and WALs."""
+    return b"".join(path.read_bytes() for path in home.rglob("*") if path.is_file())
