@@ -262,7 +262,8 @@ async def get_workflow(workflow_id: str, store: Store, scope: Scope) -> Workflow
 async def list_nodes(
     workflow_id: str, store: Store, scope: Scope, limit: NodeLimit = DEFAULT_NODE_PAGE_SIZE, cursor: Cursor = None
 ) -> NodeList:
-    """A workflow's nodes, oldest first, in pages."""
+    """A workflow's nodes, oldest first, in pages of at most `limit` nodes and about 16 MiB
+    of stored events (so a page may hold fewer: follow `next_cursor`)."""
     await _check_visible(store, scope, workflow_id)
     page = await store.nodes(workflow_id, limit=limit, cursor=cursor)
     if page is None:

@@ -3,7 +3,7 @@
 Mounted by `_api.create_app` behind the same reader guard as every data route
 (operator, admin or auditor). Query mistakes answer 400 (a range that ends before it
 starts, a window that is not a duration) or 422 (an unknown format or schema, a time
-that is not RFC 3339) in the one error body of bastion._rest.
+that is not RFC 3339 or not within years 1-9999 in UTC) in the one error body of bastion._rest.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from bastion._errors import InvalidInput
 from bastion._rest import error_doc
 
 from ._export import ExportRange, entries_of, export_csv, export_json, verify_store
@@ -72,7 +73,7 @@ async def export_audit(
 ) -> StreamingResponse:
     """A contiguous piece of the audit chain, streamed, with the chain head it reaches so the file
     verifies offline (`bastion audit verify --export FILE`). Columns and shape: bastion.graph._export."""
-    span = ExportRange(schema=schema, since=since, until=until)
+    span = ExportRange(schema=schema, since=_utc("from", since), until=_utc("to", until))
     if span.since_ns is not None and span.until_ns is not None and span.since_ns >= span.until_ns:
         raise HTTPException(status_code=400, detail=f"from ({since}) must be before to ({until})")
     entries = entries_of(_store(request), span)
@@ -111,6 +112,21 @@ async def audit_slo(
             for rule, (count, blocked) in rules
         ],
     )
+
+
+def _utc(name: str, moment: datetime | None) -> datetime | None:
+    """`moment` in UTC (UTC already when it has no zone). Checked here, before the answer
+    starts: an offset can carry a valid time past year 9999 or before year 1 in UTC, which
+    failed as the file's framing was written, after the 200 (an attacker's probe)."""
+    if moment is None:
+        return None
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    try:
+        return aware.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(
+            f"query.{name}: {moment.isoformat()} is not a time between years 1 and 9999 in UTC"
+        ) from None
 
 
 def _window_s(window: str) -> int:

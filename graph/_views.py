@@ -19,6 +19,7 @@ from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 from ._audit import ChainReport
 from ._events import enum_name, struct_view
 from ._store import (
+    MAX_PAGE_BYTES,
     MAX_SNAPSHOT_EDGES,
     MAX_SNAPSHOT_NODES,
     DriftPath,
@@ -27,6 +28,8 @@ from ._store import (
     WorkflowSnapshot,
     WorkflowSummary,
 )
+
+_PAGE_MIB = MAX_PAGE_BYTES >> 20
 
 
 def _one_of(descriptor: EnumDescriptor) -> str:
@@ -137,9 +140,9 @@ class WorkflowPage(BaseModel):
 class WorkflowGraph(WorkflowView):
     """A workflow's summary, nodes and edges, all as of one moment.
 
-    Holds at most the 5000 oldest nodes and 20000 edges; `truncated` is true when the
-    workflow has more. Larger workflows must be read page by page through
-    GET /graphs/{workflow_id}/nodes.
+    Holds at most the 5000 oldest nodes and 20000 edges, and stops after the node that
+    takes the nodes' stored events to 16 MiB; `truncated` is true when the workflow has
+    more. Larger workflows must be read page by page through GET /graphs/{workflow_id}/nodes.
     """
 
     nodes: list[NodeView] = Field(description=f"Oldest first; at most {MAX_SNAPSHOT_NODES}.")
@@ -152,7 +155,10 @@ class WorkflowGraph(WorkflowView):
 
 class NodeList(BaseModel):
     workflow_id: str
-    items: list[NodeView] = Field(description="Oldest first.")
+    items: list[NodeView] = Field(
+        description=f"Oldest first; fewer than `limit` when the nodes' stored events reach {_PAGE_MIB} MiB "
+        "(large arguments): `next_cursor` then reads on."
+    )
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
 
 
@@ -177,7 +183,10 @@ class ViolationView(BaseModel):
 
 
 class ViolationPage(BaseModel):
-    items: list[ViolationView] = Field(description="Newest first.")
+    items: list[ViolationView] = Field(
+        description=f"Newest first; fewer than `limit` when the nodes' stored events reach {_PAGE_MIB} MiB: "
+        "`next_cursor` reads on."
+    )
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
 
 

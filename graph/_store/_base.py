@@ -14,6 +14,8 @@ Cursors are opaque strings: pass a page's `next_cursor` back unchanged for the n
 
 No read returns an unbounded amount: listings are paged, and `snapshot` (a whole
 workflow at once) stops at `MAX_SNAPSHOT_NODES` nodes and `MAX_SNAPSHOT_EDGES` edges.
+A page of nodes or violations, and a snapshot, also stop after the node that takes
+their stored events past `MAX_PAGE_BYTES`, saying that more follow.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ MAX_SNAPSHOT_NODES = 5000
 # Most actions name one parent and at most a few hints; four edges a node on average
 # leaves room for that while still bounding a workflow whose events name thousands.
 MAX_SNAPSHOT_EDGES = 4 * MAX_SNAPSHOT_NODES
+#: Stored event bytes a page of nodes or violations (or a snapshot) reads at most, give or
+#: take its last node. Counts alone did not bound an answer: an agent's calls with arguments
+#: near the journal's bound made a 5000-node page 150 MiB of JSON and 1.3 GB in the service
+#: (an attacker's probe). Typical nodes (1-2 KB) fill a count-limited page well under it.
+MAX_PAGE_BYTES = 16 << 20
 DEFAULT_LINEAGE_DEPTH = 64
 MAX_LINEAGE_DEPTH = 1024
 DEFAULT_AUDIT_PAGE = 1000

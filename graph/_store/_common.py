@@ -10,7 +10,9 @@ SQLite files before schema version 3 held.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import orjson
 from google.protobuf import json_format
@@ -20,7 +22,9 @@ from bastion._errors import ProtocolError, StoreError
 from bastion.v1 import graph_pb2
 
 from .._events import enum_name
-from ._base import MAX_LINEAGE_DEPTH, Node
+from ._base import MAX_LINEAGE_DEPTH, MAX_PAGE_BYTES, Node
+
+R = TypeVar("R", bound=Sequence[Any])
 
 WORKFLOWS_CURSOR = "workflows"
 VIOLATIONS_CURSOR = "violations"
@@ -108,6 +112,20 @@ def edge_rows(event: graph_pb2.Event) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def take_page(rows: Iterable[R], limit: int, budget: int = MAX_PAGE_BYTES) -> tuple[list[R], bool]:
+    """Up to `limit` of `rows` (each a stored event's bytes first), stopping after the row that
+    takes their bytes to `budget`; and whether a row follows. Reads one row past the page at
+    most, so pass a lazy query result, not a fetched list."""
+    page: list[R] = []
+    size = 0
+    for row in rows:
+        if len(page) == limit or size >= budget:
+            return page, True
+        page.append(row)
+        size += len(row[0])
+    return page, False
+
+
 def parse_node(document: bytes, at_ns: int) -> Node:
     return Node(event=_parse(document), at=to_datetime(at_ns))
 
@@ -153,6 +171,18 @@ def check_limit(limit: int, maximum: int) -> None:
 def check_snapshot(max_nodes: int, max_edges: int) -> None:
     if max_nodes < 1 or max_edges < 0:
         raise ProtocolError(f"a snapshot needs max_nodes >= 1 and max_edges >= 0, got {max_nodes}, {max_edges}")
+
+
+def reused_event_id(event: graph_pb2.Event) -> ProtocolError:
+    # A result event is stored on its action's node and in the audit chain under its own
+    # event_id, so an id two events share would make the chain's unique event_id refuse the
+    # batch as a store failure (UNAVAILABLE), which the journal retries for ever: every
+    # agent's shipping stalls behind one event (an attacker's probe). Malformed instead, the
+    # shipper sets the one event aside.
+    return ProtocolError(
+        f"event {event.event_id[:64]!r} (node {event.node_id[:64]!r}) reuses the event_id of another event "
+        "already stored: every event, result events included, needs its own event_id"
+    )
 
 
 def reused_node_id(event: graph_pb2.Event, owner: str | None) -> ProtocolError:

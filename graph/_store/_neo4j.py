@@ -82,6 +82,7 @@ from ._common import (
     expire_payload,
     nodes_cursor,
     result_document,
+    reused_event_id,
     reused_node_id,
     with_result,
 )
@@ -138,7 +139,8 @@ _LOOKUP = """
 UNWIND $rows AS r
 OPTIONAL MATCH (e:BastionNode {event_id: r.event_id})
 OPTIONAL MATCH (n:BastionNode {node_id: r.node_id})
-RETURN r.event_id AS event_id, e IS NOT NULL AS seen, r.node_id AS node_id,
+OPTIONAL MATCH (a:BastionAudit {event_id: r.event_id})
+RETURN r.event_id AS event_id, e IS NOT NULL AS seen, a IS NOT NULL AS audited, r.node_id AS node_id,
        n.event_id AS owner, n.event AS event, n.pending_result AS pending
 """
 _CREATE_NODES = """
@@ -219,6 +221,8 @@ class _Plan:
 
     nodes: dict[str, _NodeState]
     seen: set[str]
+    #: Event ids the audit chain holds, or will once the batch commits.
+    audited: set[str] = field(default_factory=set)
     new_nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Relationship type (or OTHER_EDGE) -> (source, target, type, reason) rows, in stored order.
     edges: dict[str, list[dict[str, str]]] = field(default_factory=dict)
@@ -467,10 +471,14 @@ def _commit(tx: neo4j.ManagedTransaction, events: tuple[graph_pb2.Event, ...]) -
         else:
             stored = _plan_node(plan, event, received_ns, derived[event.event_id])
         if stored:
+            # As SQLite (_sqlite._check_event_id): an event_id another event holds is refused.
+            if event.event_id in plan.audited or (event.HasField("result") and event.event_id in plan.seen):
+                raise reused_event_id(event)
             accepted += 1
             row = cursor.next_row(event, received_ns)
             if row is not None:
                 plan.audit.append(row)
+                plan.audited.add(row.event_id)
     _write(tx, plan)
     return accepted
 
@@ -481,6 +489,8 @@ def _lookup(tx: neo4j.ManagedTransaction, events: Sequence[graph_pb2.Event]) -> 
     for record in tx.run(_LOOKUP, rows=rows):
         if record["seen"]:
             plan.seen.add(record["event_id"])
+        if record["audited"]:
+            plan.audited.add(record["event_id"])
         plan.nodes.setdefault(
             record["node_id"], _NodeState(owner=record["owner"], document=record["event"], pending=record["pending"])
         )

@@ -3,7 +3,7 @@ function of one read transaction, run on the store's reader threads."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import neo4j
@@ -11,7 +11,15 @@ import neo4j
 from .._audit import AuditEntry, ChainHead
 from ._base import DecisionStats, Edge, Node, Page, ViolationFilter, WorkflowSnapshot, WorkflowSummary
 from ._chain import nearest_ranks
-from ._common import FIRST_NODE_KEY, VIOLATIONS_CURSOR, WORKFLOWS_CURSOR, nodes_cursor, parse_node, to_datetime
+from ._common import (
+    FIRST_NODE_KEY,
+    VIOLATIONS_CURSOR,
+    WORKFLOWS_CURSOR,
+    nodes_cursor,
+    parse_node,
+    take_page,
+    to_datetime,
+)
 from ._cursor import encode_cursor
 from ._paths import WALKED_EDGES, NodeLookup, StepLookup, order_steps, taint_of
 
@@ -69,29 +77,28 @@ def _summary(record: neo4j.Record) -> WorkflowSummary:
 
 def _select_nodes(
     tx: neo4j.ManagedTransaction, workflow_id: str, limit: int, after: tuple[int, str]
-) -> list[tuple[bytes, int, str]]:
-    """Up to `limit` (event bytes, at_ns, event_id) after the key `after`, oldest first."""
+) -> Iterator[tuple[bytes, int, str]]:
+    """Up to `limit` (event bytes, at_ns, event_id) after the key `after`, oldest first, as read."""
     query = """
     MATCH (n:BastionNode {workflow_id: $wf})
     WHERE n.at_ns > $t OR (n.at_ns = $t AND n.event_id > $k)
     RETURN n.event AS event, n.at_ns AS at_ns, n.event_id AS event_id
     ORDER BY n.at_ns, n.event_id LIMIT $limit
     """
-    return [
+    return (
         (r["event"], r["at_ns"], r["event_id"])
         for r in tx.run(query, wf=workflow_id, t=after[0], k=after[1], limit=limit)
-    ]
+    )
 
 
 def select_node_page(
     tx: neo4j.ManagedTransaction, workflow_id: str, limit: int, after: tuple[int, str] | None
 ) -> Page[Node] | None:
-    rows = _select_nodes(tx, workflow_id, limit + 1, after or FIRST_NODE_KEY)
-    if not rows and (after is None or select_workflow(tx, workflow_id) is None):
+    page, more = take_page(_select_nodes(tx, workflow_id, limit + 1, after or FIRST_NODE_KEY), limit)
+    if not page and (after is None or select_workflow(tx, workflow_id) is None):
         return None
-    page = rows[:limit]
     next_cursor = None
-    if len(rows) > limit:
+    if more:
         next_cursor = encode_cursor(nodes_cursor(workflow_id), page[-1][1], page[-1][2])
     return Page(items=tuple(parse_node(document, at_ns) for document, at_ns, _ in page), next_cursor=next_cursor)
 
@@ -102,8 +109,7 @@ def select_snapshot(
     summary = select_workflow(tx, workflow_id)
     if summary is None:
         return None
-    rows = _select_nodes(tx, workflow_id, max_nodes + 1, FIRST_NODE_KEY)
-    nodes = rows[:max_nodes]
+    nodes, more = take_page(_select_nodes(tx, workflow_id, max_nodes + 1, FIRST_NODE_KEY), max_nodes)
     _, last_at_ns, last_event_id = nodes[-1]
     query = f"""
     MATCH (n:BastionNode {{workflow_id: $wf}})-[r]->(t:BastionNode)
@@ -123,7 +129,7 @@ def select_snapshot(
         summary=summary,
         nodes=parsed,
         edges=tuple(edges[:max_edges]),
-        truncated=len(rows) > max_nodes or len(edges) > max_edges,
+        truncated=more or len(edges) > max_edges,
     )
 
 
@@ -147,10 +153,9 @@ def select_violations(
     )
     t, k = after if after is not None else (0, "")
     values: dict[str, Any] = {"wf": filters.workflow_id, "agent": filters.agent_id, "tenant": filters.tenant}
-    records = list(tx.run(query, values, t=t, k=k, limit=limit + 1))
-    page = records[:limit]
+    page, more = take_page(tx.run(query, values, t=t, k=k, limit=limit + 1), limit)
     next_cursor = None
-    if len(records) > limit:
+    if more:
         next_cursor = encode_cursor(VIOLATIONS_CURSOR, page[-1]["at_ns"], page[-1]["event_id"])
     return Page(items=tuple(parse_node(r["event"], r["at_ns"]) for r in page), next_cursor=next_cursor)
 

@@ -29,7 +29,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,7 +80,9 @@ from ._common import (
     parse_legacy_result,
     parse_node,
     result_document,
+    reused_event_id,
     reused_node_id,
+    take_page,
     to_datetime,
     with_result,
 )
@@ -456,6 +458,7 @@ class _Writer:
             accepted = 0
             for event in events:
                 if _insert_event(connection, event, received_ns):
+                    _check_event_id(connection, event)
                     accepted += 1
                     chain.add(connection, event, received_ns)
             return accepted
@@ -566,6 +569,15 @@ def _check_duplicate(connection: sqlite3.Connection, event: graph_pb2.Event) -> 
     raise reused_node_id(event, owner[0] if owner else None)
 
 
+def _check_event_id(connection: sqlite3.Connection, event: graph_pb2.Event) -> None:
+    """Refuse a new event whose event_id an audit record (or, for a result, a node) holds (why: `reused_event_id`)."""
+    taken = connection.execute("SELECT 1 FROM audit WHERE event_id = ?", (event.event_id,)).fetchone()
+    if taken is None and event.HasField("result"):
+        taken = connection.execute("SELECT 1 FROM nodes WHERE event_id = ?", (event.event_id,)).fetchone()
+    if taken is not None:
+        raise reused_event_id(event)
+
+
 def _expire(connection: sqlite3.Connection, before_ns: int, limit: int) -> int:
     rows = connection.execute(
         "SELECT event_id, event FROM nodes WHERE payload_expired = 0 AND at_ns < ? ORDER BY at_ns, event_id LIMIT ?",
@@ -636,15 +648,13 @@ def _summary(row: Any, agents: tuple[str, ...]) -> WorkflowSummary:
 def _select_node_page(
     connection: sqlite3.Connection, workflow_id: str, limit: int, after: tuple[int, str] | None
 ) -> Page[Node] | None:
-    rows = _select_nodes(connection, workflow_id, limit + 1, after or FIRST_NODE_KEY)
+    page, more = take_page(_select_nodes(connection, workflow_id, limit + 1, after or FIRST_NODE_KEY), limit)
     # An empty first page means no such workflow. An empty later page can only follow a
     # cursor made by hand (nodes are never deleted), so look before calling it unknown.
-    if not rows and (after is None or connection.execute(_HAS_NODES, (workflow_id,)).fetchone() is None):
+    if not page and (after is None or connection.execute(_HAS_NODES, (workflow_id,)).fetchone() is None):
         return None
-    page = rows[:limit]
     items = tuple(parse_node(document, at_ns) for document, at_ns, _ in page)
-    last = page[-1] if len(rows) > limit else None
-    next_cursor = encode_cursor(nodes_cursor(workflow_id), last[1], last[2]) if last is not None else None
+    next_cursor = encode_cursor(nodes_cursor(workflow_id), page[-1][1], page[-1][2]) if more else None
     return Page(items=items, next_cursor=next_cursor)
 
 
@@ -655,8 +665,7 @@ def _select_snapshot(
     summary = _select_workflow(connection, workflow_id)
     if summary is None:
         return None
-    rows = _select_nodes(connection, workflow_id, max_nodes + 1, FIRST_NODE_KEY)
-    nodes = rows[:max_nodes]
+    nodes, more = take_page(_select_nodes(connection, workflow_id, max_nodes + 1, FIRST_NODE_KEY), max_nodes)
     # Only edges out of the nodes returned: the rest would point from nodes the client
     # was not given. A workflow always has a node once it has a summary.
     _, last_at_ns, last_event_id = nodes[-1]
@@ -668,15 +677,15 @@ def _select_snapshot(
             Edge(source=source, target=target, type=type_, reason=reason)
             for source, target, type_, reason in edge_rows[:max_edges]
         ),
-        truncated=len(rows) > max_nodes or len(edge_rows) > max_edges,
+        truncated=more or len(edge_rows) > max_edges,
     )
 
 
 def _select_nodes(
     connection: sqlite3.Connection, workflow_id: str, limit: int, after: tuple[int, str]
-) -> list[tuple[bytes, int, str]]:
-    """Up to `limit` (event bytes, at_ns, event_id) rows after the key `after`, oldest first."""
-    rows: list[tuple[bytes, int, str]] = connection.execute(_SELECT_NODES, (workflow_id, *after, limit)).fetchall()
+) -> Iterator[tuple[bytes, int, str]]:
+    """Up to `limit` (event bytes, at_ns, event_id) rows after the key `after`, oldest first, as read."""
+    rows: Iterator[tuple[bytes, int, str]] = connection.execute(_SELECT_NODES, (workflow_id, *after, limit))
     return rows
 
 
@@ -700,10 +709,10 @@ def _select_violations(
         params.extend(after)
     where = " AND ".join(clauses)
     sql = f"SELECT event, at_ns, event_id FROM nodes WHERE {where} ORDER BY at_ns DESC, event_id DESC LIMIT ?"  # noqa: S608
-    rows = connection.execute(sql, (*params, limit + 1)).fetchall()
-    page = rows[:limit]
+    rows: Iterator[tuple[bytes, int, str]] = connection.execute(sql, (*params, limit + 1))
+    page, more = take_page(rows, limit)
     items = tuple(parse_node(document, at_ns) for document, at_ns, _ in page)
-    next_cursor = encode_cursor(VIOLATIONS_CURSOR, page[-1][1], page[-1][2]) if len(rows) > limit else None
+    next_cursor = encode_cursor(VIOLATIONS_CURSOR, page[-1][1], page[-1][2]) if more else None
     return Page(items=items, next_cursor=next_cursor)
 
 

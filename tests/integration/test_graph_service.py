@@ -463,6 +463,22 @@ async def test_an_event_with_a_time_no_store_holds_is_invalid_not_unknown(
     assert (await graph.http.get("/graphs")).json()["items"] == []
 
 
+@_RPCS
+async def test_a_result_event_under_its_actions_event_id_is_invalid_and_ingest_goes_on(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub, rpc: str
+) -> None:
+    """Was UNAVAILABLE (the audit chain's unique event_id, a store error), which the proxy's
+    shipper retries for ever: one such event stalled every agent's journal."""
+    await _ingest(stub, [_blocked("e1", second=1)], rpc=rpc)
+    stray = graph_pb2.Event(event_id="e1", workflow_id="wf-1", node_id="node-e1")
+    stray.result.outcome = graph_pb2.COMPLETED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _ingest(stub, [stray], rpc=rpc)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "reuses the event_id of another event" in (caught.value.details() or "")
+    assert (await _ingest(stub, [_event("e2", second=2)], rpc=rpc)).accepted == 1
+
+
 async def test_a_number_json_cannot_hold_in_arguments_leaves_the_workflow_readable(
     graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub
 ) -> None:

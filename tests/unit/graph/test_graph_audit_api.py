@@ -269,14 +269,20 @@ async def test_an_export_bounded_beyond_the_years_the_store_holds_is_whole_and_v
         ({"schema": "soc3"}, 422, "schema"),
         ({"from": "yesterday"}, 422, "from"),
         ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, 400, "must be before to"),
+        # Valid RFC 3339 whose UTC time is past year 9999 or before year 1: an attacker's probe
+        # got a 200 and a cut connection (the file's framing failed to write it as UTC).
+        ({"from": "9999-12-31T23:59:59-23:59"}, 422, "query.from: "),
+        ({"to": "0001-01-01T00:00:00+23:59", "format": "json"}, 422, "query.to: "),
     ],
 )
 async def test_bad_export_queries_are_client_errors_that_say_which_value(
     store: SqliteGraphStore, tmp_path: Path, params: dict[str, str], status: int, message: str
 ) -> None:
+    await store.ingest([_event("e1")])
     async with _client(store, tmp_path) as client:
         response = await client.get("/audit/export", params=params)
     assert response.status_code == status
+    assert response.json()["error"]["code"] == "bastion.invalid_request"
     assert message in response.json()["error"]["message"]
 
 

@@ -807,3 +807,88 @@ async def test_a_result_that_arrives_before_its_action_is_merged_when_the_action
     node = await _only_node(store)
     assert early == IngestResult(accepted=1, duplicates=0)
     assert node.event.result.outcome == graph_pb2.UPSTREAM_ERROR
+
+
+def _decided(event_id: str, node_id: str) -> graph_pb2.Event:
+    """An action with a policy decision: an audit record as well as a node."""
+    event = _event(event_id, node_id=node_id)
+    event.decision.CopyFrom(policy_pb2.Decision(effect=policy_pb2.DENY, rule_id="r1"))
+    return event
+
+
+@pytest.mark.parametrize(
+    ("stored", "batch"),
+    [
+        # A result event taking its own action's event id, or an audited node's.
+        ([_decided("e1", "node-e1")], [_result_event("e1", "node-e1", graph_pb2.COMPLETED)]),
+        # An action taking the event id of a result the chain holds.
+        (
+            [_decided("e1", "node-e1"), _result_event("r1", "node-e1", graph_pb2.COMPLETED)],
+            [_decided("r1", "node-r1")],
+        ),
+        # A result parked before its action, and an action taking its id.
+        ([_result_event("r1", "node-x", graph_pb2.COMPLETED)], [_decided("r1", "node-r1")]),
+        # Both in one batch.
+        ([], [_decided("e2", "node-e2"), _result_event("e2", "node-e2", graph_pb2.COMPLETED)]),
+        # A result taking the event id of a node the chain does not hold (protocol traffic).
+        ([_event("e3", node_id="node-e3")], [_result_event("e3", "node-e3", graph_pb2.COMPLETED)]),
+    ],
+    ids=["result-takes-action-id", "action-takes-result-id", "action-takes-parked-id", "one-batch", "unaudited-node"],
+)
+async def test_an_event_reusing_another_events_event_id_is_refused_and_the_store_keeps_serving(
+    store: GraphStore, stored: list[graph_pb2.Event], batch: list[graph_pb2.Event]
+) -> None:
+    """An attacker's probe: a result event sent under its action's event_id (or an action under
+    a result's) broke the audit chain's unique event_id inside the ingest, a StoreError, so
+    UNAVAILABLE, which the proxy's shipper retries for ever: every agent's journal stalled
+    behind one event. Refused as malformed (INVALID_ARGUMENT), the shipper sets it aside."""
+    if stored:
+        await store.ingest(stored)
+    head = await store.audit_head()
+    before = await _contents(store)
+
+    with pytest.raises(ProtocolError, match=r"reuses the event_id of another event"):
+        await store.ingest(batch)
+
+    assert await store.audit_head() == head  # nothing of the refused batch was stored or chained
+    assert await _contents(store) == before
+    assert await store.ingest([_decided("e9", "node-e9")]) == IngestResult(accepted=1, duplicates=0)
+
+
+async def test_pages_of_large_nodes_stop_at_the_byte_budget_and_the_cursor_reads_on(store: GraphStore) -> None:
+    """An attacker's probe: agents' calls with arguments near the journal's bound (64 KiB, two
+    copies) made one 5000-node page or snapshot a 150 MiB answer that took the graph service
+    to 1.3 GB; a few readers at once would have it killed. A page now also stops at
+    MAX_PAGE_BYTES of stored events (after the node that reaches it), and says more follow."""
+    blob = "x" * (1 << 20)
+    events = []
+    for n in range(24):
+        event = _event(f"e{n:02}", second=n, outcome=graph_pb2.BLOCKED)
+        event.action.arguments.update({"blob": blob})
+        events.append(event)
+    for start in range(0, len(events), 8):
+        await store.ingest(events[start : start + 8])
+
+    first = await store.nodes("wf-1", limit=5000)
+    snapshot = await store.snapshot("wf-1")
+    violations = await store.violations(ViolationFilter(), limit=500)
+
+    assert first is not None
+    assert 16 <= len(first.items) < 24  # 16 MiB of 1 MiB events, and the one that reaches it
+    assert first.next_cursor is not None
+    assert snapshot is not None
+    assert snapshot.truncated
+    assert [node.event.event_id for node in snapshot.nodes] == [node.event.event_id for node in first.items]
+    assert 16 <= len(violations.items) < 24
+    assert violations.next_cursor is not None
+    read = [node.event.event_id for node in first.items]
+    cursor: str | None = first.next_cursor
+    while cursor is not None:
+        page = await store.nodes("wf-1", limit=5000, cursor=cursor)
+        assert page is not None
+        read += [node.event.event_id for node in page.items]
+        cursor = page.next_cursor
+    assert read == [f"e{n:02}" for n in range(24)]
+    rest = await store.violations(ViolationFilter(), limit=500, cursor=violations.next_cursor)
+    assert len(violations.items) + len(rest.items) == 24
+    assert rest.next_cursor is None
