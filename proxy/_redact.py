@@ -10,6 +10,10 @@ Two kinds of secret are found:
 - **Configured paths** in `bastion.yaml` (`redaction: {paths: [...]}`): `$.a.b` from the
   arguments' root (`*` for any key or index), `$..name` for a key at any depth. The whole
   value there is replaced, whatever it is.
+- **Secret field names**, always: the value of a key named as in SECRET_KEYS (`password`,
+  `token`, `credentials`, `client_secret`, …; any case) at any depth. A secret with no
+  pattern of its own — an A2A push config's `token` and `authentication.credentials`, a
+  password — was journaled in clear (an attacker's probe).
 
 A secret becomes a typed placeholder with a digest, `[REDACTED:jwt:3f2a…]` (the first 12
 hex digits of its sha256), so an auditor can still tell that two calls carried the same
@@ -61,10 +65,21 @@ _QUICK_IBAN = r"|[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4}"
 #: arguments to the full walk: the scan cannot read them (a probe's escaped JWT was
 #: journaled whole).
 _QUICK_RAW = (
-    rb"-----BEGIN|eyJ|[Bb][Ee][Aa][Rr][Ee][Rr]|AKIA|ASIA|gh[pousr]_|github_pat_|xox[abprs]-|sk-"
+    rb"-----BEGIN|eyJ|AKIA|ASIA|gh[pousr]_|github_pat_|xox[abprs]-|sk-"
     rb"|[0-9][0-9 .\t-]{11,}[0-9]|\\u|[\xc2\xd9\xdb\xe0-\xef]"
 )
 _QUICK_RAW_IBAN = rb"|[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4}"
+#: Keys whose value is a secret whatever it looks like (compared case-insensitively).
+SECRET_KEYS = frozenset(
+    {
+        "password", "passwd", "passphrase", "secret", "client_secret", "token", "access_token",
+        "refresh_token", "id_token", "api_key", "apikey", "credentials", "private_key", "authorization",
+    }
+)  # fmt: skip
+#: The same keys in a raw JSON body, lowered (an escaped key sends the walk through `\\u`).
+#: Case-insensitive matching is searched on the body lowered once, with `bearer`: as
+#: `re.IGNORECASE` patterns these two took 5 µs of a 250-byte body's 7.
+_RAW_KEYS = re.compile(rb'"(?:' + b"|".join(key.encode() for key in sorted(SECRET_KEYS)) + rb')"')
 _IBAN = r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
 
 
@@ -89,8 +104,12 @@ class Redactor:
         return bool(self._deep or self._rooted)
 
     def may_hold_secrets(self, raw: bytes) -> bool:
-        """False when the arguments need no walk: no configured paths and no pattern in `raw`."""
-        return self.has_paths or self._raw.search(raw) is not None
+        """False when the arguments need no walk: no configured paths, no pattern and no
+        secret field name in `raw`."""
+        if self.has_paths or self._raw.search(raw) is not None:
+            return True
+        lowered = raw.lower()
+        return b"bearer" in lowered or _RAW_KEYS.search(lowered) is not None
 
     def struct(self, arguments: Struct, found: list[str] | None = None) -> int:
         """Redact `arguments` in place; the number of values replaced. `found` collects
@@ -104,8 +123,8 @@ class Redactor:
         return self._json(value, ())
 
     def _json(self, value: Any, path: tuple[str, ...]) -> tuple[Any, int]:
-        if path and self._configured(path):
-            return placeholder("path", _canonical(_as_value(value))), 1
+        if path and (kind := self._configured(path)):
+            return placeholder(kind, _canonical(_as_value(value))), 1
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
@@ -154,35 +173,42 @@ class Redactor:
         return count
 
     def _value(self, value: Value, path: tuple[str, ...], found: list[str] | None) -> int:
-        if self._configured(path):
+        if kind := self._configured(path):
             if found is not None:
                 found.extend(_strings_of(value))
-            value.string_value = placeholder("path", _canonical(value))
+            value.string_value = placeholder(kind, _canonical(value))
             return 1
-        kind = value.WhichOneof("kind")
-        if kind == "string_value":
+        held = value.WhichOneof("kind")
+        if held == "string_value":
             redacted, count = self.text(value.string_value, found)
             if count:
                 value.string_value = redacted
             return count
-        if kind == "struct_value":
+        if held == "struct_value":
             return self._fields(value.struct_value, path, found)
-        if kind == "list_value":
+        if held == "list_value":
             return sum(
                 self._value(item, (*path, str(index)), found) for index, item in enumerate(value.list_value.values)
             )
         return 0
 
-    def _configured(self, path: tuple[str, ...]) -> bool:
-        if not path or not (self._deep or self._rooted):
-            return False
+    def _configured(self, path: tuple[str, ...]) -> str:
+        """The placeholder kind when the value at `path` is redacted whole: 'path' (a
+        configured path), 'field' (a secret field name); '' when it is not."""
+        if not path:
+            return ""
+        last = path[-1].casefold()
+        if not (self._deep or self._rooted):
+            return "field" if last in SECRET_KEYS else ""
+        if last in self._deep:
+            return "path"
         folded = tuple(key.casefold() for key in path)
-        if folded[-1] in self._deep:
-            return True
-        return any(
+        if any(
             len(rooted) == len(folded) and all(part in ("*", key) for part, key in zip(rooted, folded, strict=True))
             for rooted in self._rooted
-        )
+        ):
+            return "path"
+        return "field" if last in SECRET_KEYS else ""
 
     def names(self, action: policy_pb2.Action, found: list[str] | None = None) -> None:
         """Redact the action's tool, prompt and resource in place: a resource URI may carry a

@@ -17,6 +17,8 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ2aWN0aW0ifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
 GITHUB = "ghp_" + "c" * 36
 SLACK = "xoxb-1234567890-abcdefghij"
 CARD = "4111111111111111"
+PUSH_TOKEN = "push-verification-5f0c1e"
+PUSH_KEY = "basic-dXNlcjpwdXNocGFzcw"
 POLICY = """\
 apiVersion: bastion.dev/v1
 kind: AgentPolicy
@@ -63,7 +65,18 @@ async def test_secrets_in_a2a_messages_are_redacted_in_every_stored_copy(tmp_pat
                 content=_rpc("CancelTask", {"id": task, "metadata": {"why": SLACK}}, 4),
                 headers={**hdrs, "A2A-Version": "1.0"},
             )
-        nodes = await stack.nodes("wf-a2a-secrets", 5)
+            # A push config's token and credentials match no pattern: redacted by their names.
+            push = {
+                "url": "https://hooks.example/a2a",
+                "token": PUSH_TOKEN,
+                "authentication": {"credentials": PUSH_KEY},
+            }
+            await http.post(
+                "/a2a/echo",
+                content=_rpc("CreateTaskPushNotificationConfig", {"taskId": task, "config": push}, 5),
+                headers={**hdrs, "A2A-Version": "1.0"},
+            )
+        nodes = await stack.nodes("wf-a2a-secrets", 6)
         async with httpx.AsyncClient(base_url=stack.graph, headers=bearer(auditor_token(tmp_path))) as http:
             graph = (await http.get("/graphs/wf-a2a-secrets")).text
             violations = (await http.get("/audit/violations", params={"workflow_id": "wf-a2a-secrets"})).text
@@ -72,7 +85,8 @@ async def test_secrets_in_a2a_messages_are_redacted_in_every_stored_copy(tmp_pat
     for kind in ("aws_key", "jwt", "card", "slack_token", "github_token"):
         assert f"[REDACTED:{kind}:" in shown, kind
     stored = _everything_under(tmp_path)
-    for secret in (AWS, JWT, GITHUB, SLACK, CARD):
+    assert "[REDACTED:field:" in shown
+    for secret in (AWS, JWT, GITHUB, SLACK, CARD, PUSH_TOKEN, PUSH_KEY):
         assert secret not in shown, secret
         assert secret.encode() not in stored, f"{secret} is in a file under $BASTION_HOME"
 

@@ -79,7 +79,7 @@ async def test_arguments_are_stored_and_served_exactly_as_sent(tmp_path: Path, u
     assert _typed(echoed["whole"]) == ("float", 2.0)  # sent as 2.0: kept a float
     assert echoed["nested"] == [[1, [2, {"k": "café ☕ 𝄞"}]], []]
     assert (echoed["empty"], echoed["none"], echoed["flag"], echoed["ratio"]) == ({}, None, False, 1.5)
-    assert echoed["token"].startswith("[REDACTED:jwt:")  # redaction applies to the copy as sent too
+    assert echoed["token"].startswith("[REDACTED:field:")  # redaction applies to the copy as sent too (by its name)
     assert JWT not in raw_nodes
 
 

@@ -120,12 +120,12 @@ def test_the_json_copy_is_redacted_with_the_struct_copys_placeholders(arguments:
 
 
 def test_the_json_copy_keeps_every_non_secret_value_and_type() -> None:
-    arguments = {"amount": 2**53 + 1, "whole": 2, "ratio": 0.5, "token": JWT, "nested": [[1, [2]]]}
+    arguments = {"amount": 2**53 + 1, "whole": 2, "ratio": 0.5, "header": JWT, "nested": [[1, [2]]]}
     found, count = Redactor().json(arguments)
     assert count == 1
-    assert found == {**arguments, "token": placeholder("jwt", JWT)}
+    assert found == {**arguments, "header": placeholder("jwt", JWT)}
     assert type(found["amount"]) is int
-    assert arguments["token"] == JWT  # the caller's value, as policy saw it, is untouched
+    assert arguments["header"] == JWT  # the caller's value, as policy saw it, is untouched
 
 
 def _strings(value: Any) -> list[str]:
@@ -228,6 +228,36 @@ def test_a_secret_in_an_object_key_is_redacted_in_both_copies() -> None:
     assert count == 2
     assert key not in str(copy)
     assert list(copy["nested"]) == [placeholder("aws_key", key)]
+
+
+def test_secret_field_names_are_redacted_by_default_in_any_case_at_any_depth() -> None:
+    # An attacker's probe: an A2A push config's token and credentials, like a password,
+    # match no pattern and were journaled in clear.
+    arguments = {
+        "config": {
+            "url": "https://hooks.example/x",
+            "Token": "opaque-123",
+            "authentication": {"credentials": "s3cr3t"},
+        },
+        "login": {"PASSWORD": "hunter2", "user": "ada"},
+        "page_token": "next-7",
+    }
+    shown, count = _redacted(arguments)
+    assert count == 3
+    assert shown["config"]["Token"].startswith("[REDACTED:field:")
+    assert shown["config"]["authentication"]["credentials"].startswith("[REDACTED:field:")
+    assert shown["login"]["PASSWORD"].startswith("[REDACTED:field:")
+    assert (shown["config"]["url"], shown["login"]["user"], shown["page_token"]) == (
+        "https://hooks.example/x",
+        "ada",
+        "next-7",
+    )
+    assert Redactor().json(arguments)[0] == shown  # both copies alike
+    # The body search sends such a body to the walk, whatever the key's case.
+    assert Redactor().may_hold_secrets(b'{"config":{"TOKEN":"opaque-123"}}')
+    assert not Redactor().may_hold_secrets(b'{"page_token":"next-7","tokens":3}')
+    # A configured path still says so.
+    assert _redacted({"token": "x"}, Redactor(("$..token",)))[0]["token"].startswith("[REDACTED:path:")
 
 
 def test_decimals_are_not_cards() -> None:
