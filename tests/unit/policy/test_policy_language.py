@@ -200,6 +200,22 @@ def test_the_cost_of_a_condition_is_read_as_how_deeply_its_loops_nest(when: str,
     assert compile_condition(when).nesting == nesting
 
 
+def test_a_regular_expression_in_a_loop_over_a_long_argument_denies_before_it_runs() -> None:
+    # Found by an attacker's probe: each `matches` compiles its pattern (≈ 10-22 µs), so one
+    # call with 10,000 ids held every decision for 0.25 s, and a loop nesting once passed.
+    policies = _compile(_rule("names", "allow", when="args.ids.all(x, x.matches('^[a-z]+$'))"))
+    decision = _refund(policies, {"ids": ["abc"] * 10_000})
+    assert (decision.effect, decision.rule_id) == (Effect.DENY, "names")
+    assert "a regular expression in a loop counting 100" in decision.reason
+    assert _refund(policies, {"ids": ["abc"] * 500}).effect is Effect.ALLOW  # short: it runs
+    assert _refund(policies, {"ids": ["ABC"] * 500}).rule_id != "names"  # and decides
+    # Outside a loop it runs once, whatever the argument's size.
+    once = _compile(_rule("once", "allow", when="args.name.matches('^[a-z]+$') && size(args.ids) > 0"))
+    assert _refund(once, {"name": "abc", "ids": list(range(10_000))}).effect is Effect.ALLOW
+    assert compile_condition("args.ids.exists(x, x.matches('a'))").regex_in_loop
+    assert not compile_condition("args.s.matches('a') && args.ids.all(x, x > 0)").regex_in_loop
+
+
 def test_nested_loops_over_a_long_argument_deny_before_they_run_and_short_ones_still_decide() -> None:
     # Found by an attacker's probe: the evaluator holds the GIL, so one call with 8,000
     # ids stalled every decision of the service for 13 s. Denied now without running.
