@@ -81,6 +81,14 @@ class ProxySettings(CommonSettings):
     upstream_timeout_s: float = Field(
         default=120.0, gt=0, description="Seconds to wait for an upstream's response headers."
     )
+    max_answer_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest upstream answer (MCP server or A2A agent) the proxy reads whole, in bytes: a larger one is "
+            "cut off and the call answered 502. Event streams are relayed as they come, each event at most 16 MiB."
+        ),
+    )
     stdio_max_sessions: int = Field(
         default=32,
         ge=1,

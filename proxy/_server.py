@@ -166,12 +166,17 @@ async def serve(
         await bridge.start()
     upstreams = {
         name: UpstreamPool(
-            server.url, timeout=settings.upstream_timeout_s, headers=_brokered(server.brokered_headers())
+            server.url,
+            timeout=settings.upstream_timeout_s,
+            headers=_brokered(server.brokered_headers()),
+            max_answer=settings.max_answer_bytes,
         )
         for name, server in app.servers.items()
         if server.url is not None
     }
-    upstreams.update({bridge.name: bridge.pool(settings.upstream_timeout_s) for bridge in stdio})
+    upstreams.update(
+        {bridge.name: bridge.pool(settings.upstream_timeout_s, settings.max_answer_bytes) for bridge in stdio}
+    )
     catalogs = {
         # A stdio server's catalog session starts a child: give it the time that takes.
         name: ToolCatalog(
@@ -217,7 +222,10 @@ async def serve(
         name: A2aAgent(
             url=agent.url,
             pool=UpstreamPool(
-                agent.url, timeout=settings.upstream_timeout_s, headers=_brokered(agent.brokered_headers())
+                agent.url,
+                timeout=settings.upstream_timeout_s,
+                headers=_brokered(agent.brokered_headers()),
+                max_answer=settings.max_answer_bytes,
             ),
         )
         for name, agent in app.agents.items()

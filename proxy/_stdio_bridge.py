@@ -33,7 +33,7 @@ from bastion._web import WebServer, start_web_server
 
 from ._session_host import Backend, HostedSession, SessionHost
 from ._stdio import StdioProcess
-from ._upstream import UpstreamPool
+from ._upstream import MAX_ANSWER_BYTES, UpstreamPool
 
 log = logging.getLogger("bastion.proxy")
 
@@ -115,8 +115,10 @@ class StdioUpstream:
     async def start(self) -> None:
         self._web = await start_web_server(self._host, self._socket)
 
-    def pool(self, timeout: float) -> UpstreamPool:
-        return UpstreamPool(f"http://stdio.{self.name}/mcp", timeout=timeout, unix_path=str(self._socket))
+    def pool(self, timeout: float, max_answer: int = MAX_ANSWER_BYTES) -> UpstreamPool:
+        return UpstreamPool(
+            f"http://stdio.{self.name}/mcp", timeout=timeout, unix_path=str(self._socket), max_answer=max_answer
+        )
 
     @property
     def session_count(self) -> int:

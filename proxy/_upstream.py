@@ -29,6 +29,10 @@ _EOF = b""
 IDLE_TTL = 2.0
 
 
+#: Default for the most bytes of one upstream answer read whole (BASTION_MAX_ANSWER_BYTES).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; carries one exchange at a time."""
 
@@ -177,7 +181,23 @@ class UpstreamResponse:
             self.release()
 
     async def read(self, idle_timeout: float | None = None) -> bytes:
-        parts = [chunk async for chunk in self.stream(idle_timeout)]
+        """The whole body, at most the pool's `max_answer` bytes: an upstream that answers
+        more (or declares it) is cut off with UpstreamError. Unbounded, one answer of a few
+        gigabytes, or a few large ones at once, could take the proxy down for every agent."""
+        limit = self._pool.max_answer
+        declared = self.header(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            self._conn.close()
+            self.release()
+            raise UpstreamError(f"its answer is {int(declared)} bytes, over the {limit} the proxy reads whole")
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.stream(idle_timeout):
+            size += len(chunk)
+            if size > limit:
+                self._conn.close()
+                raise UpstreamError(f"its answer is over the {limit} bytes the proxy reads whole")
+            parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
@@ -203,6 +223,7 @@ class UpstreamPool:
         max_idle: int = 64,
         unix_path: str | None = None,
         headers: Iterable[tuple[bytes, bytes]] = (),
+        max_answer: int = MAX_ANSWER_BYTES,
     ) -> None:
         parts = urlsplit(url)
         #: Added to every request (credentials Bastion brokers for this upstream); a header
@@ -222,6 +243,8 @@ class UpstreamPool:
         self.timeout = timeout
         self._idle: deque[_Connection] = deque()
         self._max_idle = max_idle
+        #: The most bytes of one answer read whole (`UpstreamResponse.read`).
+        self.max_answer = max_answer
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -157,3 +157,26 @@ async def test_connections_idle_past_the_ttl_are_not_reused(monkeypatch: pytest.
             await asyncio.sleep(0.01)
         pool.close()
     assert raw.connections == 2
+
+
+async def test_an_answer_over_the_bound_read_whole_is_cut_off_declared_or_chunked() -> None:
+    # Unbounded, one upstream answer of gigabytes read whole (or a few large ones at once)
+    # could take the proxy down for every agent.
+    big = b"x" * 5000
+    chunked = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    answers = {
+        b"/declared": _json(big),
+        b"/chunked": [chunked, b"%x\r\n%s\r\n" % (len(big), big), b"0\r\n\r\n"],
+        b"/small": _json(b'{"ok":true}'),
+    }
+    raw, server = await _serve(lambda request: answers[request.split(b" ")[1]])
+    pool = UpstreamPool(f"http://127.0.0.1:{raw.port}/mcp", timeout=5, max_answer=4096)
+    async with server:
+        for path, said in [(b"/declared", b"is 5000 bytes, over the 4096"), (b"/chunked", b"over the 4096 bytes")]:
+            response = await pool.request(b"POST", path, [], b"{}")
+            with pytest.raises(UpstreamError, match=said.decode()):
+                await response.read()
+        response = await pool.request(b"POST", b"/small", [], b"{}")
+        assert await response.read() == b'{"ok":true}'  # the pool goes on serving
+        pool.close()
+    assert UpstreamPool("http://127.0.0.1:1/mcp", timeout=1).max_answer == upstream_module.MAX_ANSWER_BYTES
