@@ -150,7 +150,10 @@ class Enforcer:
         parent = state.last_node(caller.session_id)
         parents = (parent,) if parent else ()
         pending = [self._pending(caller, state, target, method, body, started, parents) for target in targets]
-        outcomes = await asyncio.gather(*(self._run(item) for item in pending))
+        if len(pending) == 1:  # nearly every message: no task and no gather (≈ 12 µs of CPU)
+            outcomes = [await self._run(pending[0])]
+        else:
+            outcomes = list(await asyncio.gather(*(self._run(item) for item in pending)))
         with self._tracing.stage(JOURNAL_SPAN):
             decided = [self._journal(item.record, outcome) for item, outcome in zip(pending, outcomes, strict=True)]
         self._hold(decided, outcomes)

@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -54,6 +54,7 @@ _FALLBACK_NAMES: dict[int, Fallback] = {
 WAIVED_NOTE = "verifier waived: "
 VERIFIER_BLOCK = "bastion.verifier_block"
 JOURNAL_UNAVAILABLE = "bastion.journal_unavailable"
+_T = TypeVar("_T")
 log = logging.getLogger("bastion.proxy")
 _KNOWN_VERDICTS = frozenset({verifier_pb2.PASS, verifier_pb2.FLAG, verifier_pb2.BLOCK})
 
@@ -229,8 +230,14 @@ class Governor:
             for scorer in self._scorers
         ]
         scored: verifier_pb2.ScoreResponse | BaseException
-        if len(calls) == 1:  # no chain: one gather, as few tasks as the hot path needs
-            decision, scored = await asyncio.gather(deciding(), calls[0], return_exceptions=True)
+        if len(calls) == 1:  # no chain: the score in one task, the decision in this one
+            # (a gather of both took two tasks and a future: ≈ 8 µs more of the hot path's CPU).
+            scoring = asyncio.ensure_future(calls[0])
+            try:
+                decision = await _settled(deciding())
+                scored = await _settled(scoring)
+            finally:
+                scoring.cancel()  # nothing once it is done; else this task was cancelled
             if breakers:
                 breakers[0].record(_sound(scored))
             return combine(decision, scored, settings)
@@ -374,7 +381,7 @@ def strictest(
     return merged
 
 
-async def _settled(call: Coroutine[Any, Any, policy_pb2.Decision]) -> policy_pb2.Decision | BaseException:
+async def _settled(call: Awaitable[_T]) -> _T | BaseException:
     """The call's answer or its exception, as `asyncio.gather(..., return_exceptions=True)` gives."""
     try:
         return await call

@@ -233,3 +233,47 @@ async def test_a_hanging_verifier_opens_the_circuit_and_then_is_not_waited_for(
     assert all("circuit open after 3 consecutive failures" in outcome.block_reason for outcome in skipped)
     assert governor.breaker is not None
     assert governor.breaker.state == "open"
+
+
+class _Hanging(policy_pb2_grpc.PolicyServiceServicer, verifier_pb2_grpc.VerifierServicer):
+    """Reads every request on the batch streams and answers none."""
+
+    async def DecideBatchStream(self, requests: Any, context: Any) -> Any:
+        async for _ in requests:
+            pass
+        yield policy_pb2.DecideBatchResponse()  # never reached while the client holds the stream
+
+    async def ScoreBatchStream(self, requests: Any, context: Any) -> Any:
+        async for _ in requests:
+            pass
+        yield verifier_pb2.ScoreBatchResponse()
+
+
+async def test_a_decision_cancelled_while_both_services_think_leaves_nothing_waiting(tmp_path: Path) -> None:
+    # The score is asked in a task of its own beside the decision: a caller that goes
+    # away (its client disconnected) must take that task with it, not leave it waiting
+    # on the stream until its deadline.
+    server = grpc.aio.server()
+    hanging = _Hanging()  # type: ignore[abstract]
+    policy_pb2_grpc.add_PolicyServiceServicer_to_server(hanging, server)
+    verifier_pb2_grpc.add_VerifierServicer_to_server(hanging, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        governor = _governor(tmp_path, f"127.0.0.1:{port}", f"127.0.0.1:{port}")
+        deciding = asyncio.create_task(governor.decide(*_action("add"), [], new_id()))
+        streams = (governor._decisions, governor._scorers[0])
+        for _ in range(200):  # until both requests are on their streams
+            await asyncio.sleep(0.01)
+            if all(caller._stream is not None and caller._stream.pending for caller in streams):
+                break
+        assert all(caller._stream is not None and caller._stream.pending for caller in streams)
+        deciding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await deciding
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert [caller._stream.pending for caller in streams if caller._stream is not None] == [{}, {}]
+        await governor.close()
+    finally:
+        await server.stop(None)
