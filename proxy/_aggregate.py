@@ -75,7 +75,9 @@ class FanOut:
         self.resources: dict[str, str] = {}
         #: URIs two upstreams both list: reading one could not be governed unambiguously.
         self._ambiguous: set[str] = set()
-        self.templates: list[tuple[str, str]] = []
+        #: (URI prefix, server) of every template listed, once each: a list appended to on every
+        #: listing grew for ever on the shared stateless session, one listing call at a time.
+        self.templates: dict[tuple[str, str], None] = {}
         #: A stateless client's `_meta` (version, capabilities), for the requests we make for it.
         self._meta: dict[str, Any] | None = None
 
@@ -243,7 +245,7 @@ class FanOut:
             if self.resources.setdefault(item["uri"], server) != server:
                 self._ambiguous.add(item["uri"])
         elif method == "resources/templates/list" and isinstance(item.get("uriTemplate"), str):
-            self.templates.append((item["uriTemplate"].split("{", 1)[0], server))
+            self.templates[(item["uriTemplate"].split("{", 1)[0], server)] = None
         return renamed
 
     async def _list_one(self, link: Link, method: str, meta: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -526,3 +526,18 @@ async def test_garbage_lines_on_the_wraps_stdin_get_errors_and_the_session_keeps
     assert added["id"] == 7
     assert added["result"]["structuredContent"] == {"result": 42}
     assert proc.returncode == 0
+
+
+async def test_listing_templates_again_and_again_holds_each_template_once() -> None:
+    """Every stateless caller shares one fan-out; each `resources/templates/list` (and each
+    read of an unknown URI, which lists again) appended every template once more, so any
+    agent could grow the proxy's memory without bound, one listing at a time."""
+    fan = FanOut(HostedSession("shared", remap=True), {}, _never_allowed)
+    listed = {"uriTemplate": "test://template/{id}/data", "name": "template"}
+    for _ in range(1000):
+        renamed = fan._rename("resources/templates/list", "conf", listed)
+    assert renamed["name"] == "conf__template"
+    assert list(fan.templates) == [("test://template/", "conf")]
+    assert fan._template_of("test://template/7/data") == "conf"
+    fan._rename("resources/templates/list", "demo", {"uriTemplate": "test://template/{id}/other"})
+    assert fan._template_of("test://template/7/data") == ""  # two servers claim it: neither is guessed
