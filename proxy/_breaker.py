@@ -58,14 +58,15 @@ class CircuitBreaker:
             return CLOSED
         return HALF_OPEN if self._trial or self._clock() - self._opened_at >= self._cooldown_s else OPEN
 
-    def check(self) -> None:
-        """Return when the verifier may be called now; raise CircuitOpen otherwise."""
+    def check(self) -> bool:
+        """Return when the verifier may be called now, True when this caller holds the
+        half-open trial (it must `record` or `cancel`); raise CircuitOpen otherwise."""
         if self._opened_at is None:
-            return
+            return False
         waited = self._clock() - self._opened_at
         if waited >= self._cooldown_s and not self._trial:
             self._trial = True  # this caller is the trial; the rest keep the fallback
-            return
+            return True
         left = max(0.0, self._cooldown_s - waited)
         raise CircuitOpen(
             f"circuit open after {self._threshold} consecutive failures; {self.name} is tried again in {left:.1f} s"
@@ -78,8 +79,8 @@ class CircuitBreaker:
         return CircuitBreaker(self._threshold, self._cooldown_s, clock=self._clock, name=name)
 
     def cancel(self) -> None:
-        """The call `check` let through was not made after all (another chained verifier's
-        circuit is open): a trial it granted goes to the next caller instead of hanging."""
+        """The trial `check` granted will have no outcome (another chained verifier's circuit
+        is open, or the call was cancelled): it goes to the next caller instead of hanging."""
         self._trial = False
 
     def record(self, ok: bool) -> None:

@@ -219,7 +219,7 @@ class Governor:
 
         breakers = self.breakers
         try:
-            _check(breakers)
+            trials = _check(breakers)
         except CircuitOpen as exc:
             decision: policy_pb2.Decision | BaseException = await _settled(deciding())
             return combine(decision, exc, settings)
@@ -236,12 +236,21 @@ class Governor:
             try:
                 decision = await _settled(deciding())
                 scored = await _settled(scoring)
+            except BaseException:
+                _hand_back(trials)
+                raise
             finally:
                 scoring.cancel()  # nothing once it is done; else this task was cancelled
             if breakers:
                 breakers[0].record(_sound(scored))
             return combine(decision, scored, settings)
-        decision, answers = await asyncio.gather(_settled(deciding()), asyncio.gather(*calls, return_exceptions=True))
+        try:
+            decision, answers = await asyncio.gather(
+                _settled(deciding()), asyncio.gather(*calls, return_exceptions=True)
+            )
+        except BaseException:
+            _hand_back(trials)
+            raise
         for member, answer in zip(breakers, answers, strict=False):
             member.record(_sound(answer))
         # The block reason names the link that failed: an operator must know which to fix.
@@ -313,16 +322,28 @@ def _scorer(
     )
 
 
-def _check(breakers: Sequence[CircuitBreaker]) -> None:
-    """Return when every verifier may be called; raise the first CircuitOpen otherwise,
-    handing back the half-open trials the others granted (the call is not made)."""
-    for index, breaker in enumerate(breakers):
+def _check(breakers: Sequence[CircuitBreaker]) -> tuple[CircuitBreaker, ...]:
+    """The breakers whose half-open trial this call holds, when every verifier may be
+    called; else raise the first CircuitOpen, handing back the trials the others granted
+    (the call is not made)."""
+    trials: tuple[CircuitBreaker, ...] = ()
+    for breaker in breakers:
         try:
-            breaker.check()
+            if breaker.check():
+                trials += (breaker,)
         except CircuitOpen:
-            for granted in breakers[:index]:
-                granted.cancel()
+            _hand_back(trials)
             raise
+    return trials
+
+
+def _hand_back(trials: Iterable[CircuitBreaker]) -> None:
+    """Trials that will have no outcome (a circuit open beside them, or the call cancelled:
+    the proxy stopping, a caller gone) go to the next caller. Kept, a trial left the circuit
+    half-open for good: the fallback applied to every call and the verifier, back or not,
+    was never asked again."""
+    for breaker in trials:
+        breaker.cancel()
 
 
 def _sound(answer: verifier_pb2.ScoreResponse | BaseException) -> bool:
@@ -343,10 +364,12 @@ def member_answers(
             members.append(verifier_pb2.ScoreResponse(scorer=name, reasons=[why]))
         elif (unsound := _unsound(answer)) is not None:
             members.append(
-                verifier_pb2.ScoreResponse(scorer=answer.scorer or name, reasons=[f"{name} unusable: {unsound}"])
+                verifier_pb2.ScoreResponse(
+                    scorer=_printable(answer.scorer) or name, reasons=[f"{name} unusable: {unsound}"]
+                )
             )
         else:
-            members.append(answer)
+            members.append(_bounded(answer) if _oversized(answer) else answer)
     return tuple(members)
 
 
@@ -369,15 +392,17 @@ def strictest(
         if (why := _unsound(answer)) is not None:
             if blocked:
                 return blocked[0]
-            return ValueError(f"verifier {n} of the chain ({answer.scorer or 'unnamed'}): {why}")
+            return ValueError(f"verifier {n} of the chain ({_printable(answer.scorer) or 'unnamed'}): {why}")
     scores = [answer for answer in answers if isinstance(answer, verifier_pb2.ScoreResponse)]
     top = max(scores, key=lambda answer: (_RANK[answer.verdict], answer.deviation_score))
     merged = verifier_pb2.ScoreResponse()
     merged.CopyFrom(top)
-    merged.scorer = "+".join(answer.scorer or "unnamed" for answer in [top, *(a for a in scores if a is not top)])
+    ordered = [top, *(a for a in scores if a is not top)]
+    names = [_printable(answer.scorer) or "unnamed" for answer in ordered]
+    merged.scorer = "+".join(names)
     del merged.reasons[:]
-    for answer in [top, *(a for a in scores if a is not top)]:
-        merged.reasons.extend(f"{answer.scorer or 'unnamed'}: {reason}" for reason in answer.reasons)
+    for answer, name in zip(ordered, names, strict=True):
+        merged.reasons.extend(f"{name}: {reason}" for reason in answer.reasons)
     return merged
 
 
@@ -502,27 +527,45 @@ def _unsound(score: verifier_pb2.ScoreResponse) -> str | None:
 MAX_REASONS = 32
 MAX_REASON_CHARS = 512
 MAX_ORIGIN_CHARS = 128
+#: A scorer names itself `name/version`; a chain's joins at most 8 of them.
+MAX_SCORER_CHARS = 128
 
 
 def _oversized(score: verifier_pb2.ScoreResponse) -> bool:
+    """Whether the verifier's text needs `_bounded`: too long, or holding characters that are
+    not printable (an attacker's probe: a verifier's ANSI escapes, CR/LF and bidi overrides
+    went whole into block reasons, the journal and operators' terminals via `bastion queue`).
+    `isprintable` is one C pass over a few short strings: nothing on the hot path."""
     return (
         len(score.reasons) > MAX_REASONS
         or len(score.drift_origin_node_id) > MAX_ORIGIN_CHARS
-        or any(len(reason) > MAX_REASON_CHARS for reason in score.reasons)
+        or len(score.scorer) > MAX_SCORER_CHARS
+        or not score.scorer.isprintable()
+        or not score.drift_origin_node_id.isprintable()
+        or any(len(reason) > MAX_REASON_CHARS or not reason.isprintable() for reason in score.reasons)
     )
 
 
+def _printable(text: str, limit: int = MAX_SCORER_CHARS) -> str:
+    """`text` cut to `limit` characters, each one that is not printable written as its escape."""
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    if cut.isprintable():
+        return cut
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in cut)
+
+
 def _bounded(score: verifier_pb2.ScoreResponse) -> verifier_pb2.ScoreResponse:
-    """`score` with at most MAX_REASONS reasons of MAX_REASON_CHARS, saying what was cut, and
-    no drift origin longer than a node id can be."""
+    """`score` with at most MAX_REASONS printable reasons of MAX_REASON_CHARS, saying what was
+    cut, a printable scorer of MAX_SCORER_CHARS and no drift origin a node id cannot be."""
     bounded = verifier_pb2.ScoreResponse()
     bounded.CopyFrom(score)
     del bounded.reasons[:]
-    for reason in score.reasons[:MAX_REASONS]:
-        bounded.reasons.append(reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + "…")
+    bounded.reasons.extend(_printable(reason, MAX_REASON_CHARS) for reason in score.reasons[:MAX_REASONS])
     if len(score.reasons) > MAX_REASONS:
         bounded.reasons.append(f"… and {len(score.reasons) - MAX_REASONS} more reasons, not shown")
-    if len(score.drift_origin_node_id) > MAX_ORIGIN_CHARS:
+    bounded.scorer = _printable(score.scorer)
+    origin = score.drift_origin_node_id
+    if len(origin) > MAX_ORIGIN_CHARS or not origin.isprintable():
         bounded.drift_origin_node_id = ""
     return bounded
 

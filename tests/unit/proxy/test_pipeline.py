@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import grpc
 import pytest
 
@@ -127,3 +130,55 @@ def test_a_verifiers_reasons_and_origin_reach_the_envelope_bounded() -> None:
     assert outcome.score.reasons[-1] == "… and 969 more reasons, not shown"
     assert outcome.score.drift_origin_node_id == ""
     assert combine(ALLOW, BLOCK, BLOCKING).score is BLOCK  # an answer within the bounds is not copied
+
+
+def test_a_verifiers_control_characters_reach_no_reason_scorer_or_origin_raw() -> None:
+    """A probe's verifier answered ANSI escapes, CR/LF, NUL and a bidi override in its
+    reasons and scorer: they went whole into the block reason, the journal and, through
+    `bastion queue list`, an operator's terminal."""
+    forged = verifier_pb2.ScoreResponse(
+        deviation_score=0.9,
+        threshold=0.8,
+        verdict=verifier_pb2.BLOCK,
+        reasons=["\x1b[2Jcleared\r\nfake log line\x00", "nice \u202etxt.exe"],
+        scorer="evil\x1b[31m/1",
+        drift_origin_node_id="n\n1",
+    )
+    outcome = combine(ALLOW, forged, BLOCKING)
+    assert not outcome.allowed
+    assert outcome.score is not None
+    for text in (outcome.block_reason, outcome.score.scorer, *outcome.score.reasons):
+        assert text.isprintable(), text
+    assert outcome.score.reasons[0] == "\\x1b[2Jcleared\\r\\nfake log line\\x00"
+    assert outcome.score.scorer == "evil\\x1b[31m/1"
+    assert outcome.score.drift_origin_node_id == ""
+
+
+def test_a_chained_verifiers_huge_or_forged_scorer_is_cut_and_escaped() -> None:
+    """A chained verifier answering garbage under a 200 KB scorer name: the name went into
+    the block reason whole (and through a quadratic address scrub that froze the proxy)."""
+    garbage = verifier_pb2.ScoreResponse(verdict=verifier_pb2.VERDICT_UNSPECIFIED, scorer="\x1b" + "x" * 200_000)
+    outcome = combine(ALLOW, strictest([PASS, garbage]), BLOCKING)
+    assert (outcome.allowed, outcome.block_code) == (False, VERIFIER_UNAVAILABLE)
+    assert len(outcome.block_reason) < 1_000
+    assert outcome.block_reason.isprintable()
+    named = verifier_pb2.ScoreResponse(
+        deviation_score=0.9, threshold=0.8, verdict=verifier_pb2.BLOCK, reasons=["r"], scorer="y" * 200_000
+    )
+    merged = combine(ALLOW, strictest([PASS, named]), BLOCKING)
+    assert merged.score is not None
+    assert len(merged.score.scorer) < 300
+    assert all(len(reason) < 1_000 for reason in merged.score.reasons)
+
+
+def test_scrubbing_addresses_from_a_long_reason_takes_linear_time() -> None:
+    """`public_reason` rescanned a run of host characters from every offset: 16 KB took
+    1.2 s and 200 KB minutes. Run in a child so that a regression fails, not hangs."""
+    script = (
+        "from bastion.proxy._envelope import public_reason\n"
+        "for text in ('x' * 400_000, 'a-' * 200_000, 'a.' * 200_000, '-' * 400_000):\n"
+        "    assert public_reason(text) == text\n"
+        "print(public_reason('failed: ipv4:10.0.3.7:50051: refused; policy:50051 and 127.0.0.1'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == ("failed: <internal address>: refused; <internal address> and <internal address>")
