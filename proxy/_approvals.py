@@ -15,6 +15,10 @@ under $BASTION_HOME, and `RedisApprovalStore` (`_approvals_redis.py`) for replic
 separate disks (BASTION_REDIS_URL). In both, approvals survive a proxy restart and each
 transition is atomic: the one-use `take` is a single conditional UPDATE here, one Lua
 script there, so two concurrent retries (even from two proxy processes) cannot both take it.
+In both, a request an operator decided is kept `retention_s` (7 days) past its expiry,
+one nobody decided `ttl` past it (listed as expired meanwhile), and then removed: what an
+agent alone can make the store hold is at most twice its cap of open requests (an
+attacker's probe: 1,000 requests of 64 KiB each per ttl, kept 7 days, is 11 GB per agent).
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ STATES = ("pending", "approved", "denied", "used", "expired")
 #: Open requests one agent may have at once; past it the call is blocked instead of
 #: filling the operators' queue (and the store) with requests.
 MAX_PENDING_PER_AGENT = 1000
+#: How long a decided request is kept after it expired (listed, readable), in both stores.
+RETENTION_S = 7 * 86400
+#: Requests past their keeping removed per new request and kind of state: more than one, so the store
+#: shrinks back after a burst, few enough to keep each insert cheap.
+_PURGE_BATCH = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -75,6 +84,8 @@ CREATE TABLE IF NOT EXISTS approvals (
 );
 CREATE INDEX IF NOT EXISTS approvals_binding ON approvals (binding, state);
 CREATE INDEX IF NOT EXISTS approvals_listing ON approvals (tenant, created_at);
+CREATE INDEX IF NOT EXISTS approvals_pending ON approvals (tenant, agent_id, state, expires_at);
+CREATE INDEX IF NOT EXISTS approvals_purge ON approvals (state, expires_at);
 """
 
 
@@ -100,10 +111,14 @@ def action_digest(action: policy_pb2.Action, arguments: Any = None) -> str:
     return hashlib.sha256(orjson.dumps(facts, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _binding(tenant: str, agent_id: str, digest: str, policy_name: str, policy_version: int, kind: str) -> str:
+def _binding(
+    tenant: str, agent_id: str, digest: str, policy_name: str, policy_version: int, kind: str, origin: str = ""
+) -> str:
     facts: list[str | int] = [tenant, agent_id, digest, policy_name, policy_version]
     if kind != APPROVAL:  # approvals keep the bindings they were stored with
         facts.append(kind)
+    if origin:
+        facts.append(origin)
     return hashlib.sha256(orjson.dumps(facts)).hexdigest()
 
 
@@ -163,10 +178,14 @@ class Request:
     policy_name: str
     policy_version: int
     kind: str = APPROVAL
+    #: What parked the call, for a queue entry (`_queue.py`): its release stands for that say only.
+    origin: str = ""
 
     @property
     def binding(self) -> str:
-        return _binding(self.tenant, self.agent_id, self.digest, self.policy_name, self.policy_version, self.kind)
+        return _binding(
+            self.tenant, self.agent_id, self.digest, self.policy_name, self.policy_version, self.kind, self.origin
+        )
 
 
 def valid_id(approval_id: str, kind: str = APPROVAL) -> bool:
@@ -249,7 +268,13 @@ class ApprovalStore:
     """Approval requests and their decisions, durable in one SQLite file."""
 
     def __init__(
-        self, path: Path, *, ttl: float, clock: Any = time.time, max_pending: int = MAX_PENDING_PER_AGENT
+        self,
+        path: Path,
+        *,
+        ttl: float,
+        clock: Any = time.time,
+        max_pending: int = MAX_PENDING_PER_AGENT,
+        retention_s: float = RETENTION_S,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -260,6 +285,7 @@ class ApprovalStore:
         self._ttl = ttl
         self._clock = clock
         self._max_pending = max_pending
+        self._retention_s = retention_s
 
     def close(self) -> None:
         self._db.close()
@@ -335,6 +361,15 @@ class ApprovalStore:
                 if pending >= self._max_pending:
                     raise too_many_pending(request.agent_id, pending)
                 approval_id = new_id(request.kind)
+                # Without this an agent opening its cap every ttl grew the file forever (Redis's
+                # keys expire by themselves); by the expiry index, never a scan.
+                for states, horizon in (("'pending'", self._ttl), ("'approved', 'denied', 'used'", self._retention_s)):
+                    # Only constant text is formatted into the query; values are bound.
+                    db.execute(
+                        "DELETE FROM approvals WHERE approval_id IN (SELECT approval_id FROM approvals "  # noqa: S608
+                        f"WHERE state IN ({states}) AND expires_at < ? LIMIT ?)",
+                        (now - horizon, _PURGE_BATCH),
+                    )
                 db.execute(
                     "INSERT INTO approvals (approval_id, tenant, agent_id, binding, policy_name, policy_version, "
                     "rule_id, reason, workflow_id, node_id, action, state, created_at, expires_at) "

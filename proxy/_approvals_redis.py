@@ -27,10 +27,12 @@ state, created_at, expires_at, pending_index (its agent's pending key), decided_
 decided_at, decision_reason, decision_node_id, used_at, used_node_id. Times are Python's
 repr of the float, stored as given, so they read back exactly.
 
-Nothing grows forever: a request's hash expires `ttl + retention_s` after creation (the
-listing stays complete that long); the binding and pending indexes drop expired entries
-when scanned and expire with their last entry; the listing indexes are trimmed past the
-retention horizon on every new request.
+Nothing grows forever: a request's hash expires `ttl` after its own expiry while nobody
+decides it, `retention_s` after it once an operator has (the listing keeps decided
+requests that long; what an agent alone can fill is bounded by its cap, as in the SQLite
+store); the binding and pending indexes drop expired entries when scanned and expire with
+their last entry; the listing indexes are trimmed past the retention horizon on every new
+request (an id whose hash has gone is skipped).
 
 Every command is bounded by BASTION_REDIS_TIMEOUT_MS and never retried (a retried take
 could use an approval without forwarding); an error, a timeout or a reply that is not
@@ -58,6 +60,7 @@ from bastion._errors import ConfigError, StoreError
 from ._approvals import (
     APPROVAL,
     MAX_PENDING_PER_AGENT,
+    RETENTION_S,
     Approval,
     Request,
     effective_state,
@@ -103,7 +106,8 @@ return 0
 
 # KEYS: binding index, agent's pending index, tenant index, all index, the new approval.
 # ARGV: now, expires_at, approval key prefix, max pending, new id, tenant, agent id,
-# record JSON, keep ms (ttl + retention), ttl ms, retention horizon (created_at below it goes).
+# record JSON, keep ms (ttl + retention), ttl ms, retention horizon (created_at below it goes),
+# undecided keep ms (2 ttl).
 # Replies {0, id, hash} reused, {1, count} over the cap, {2, id, hash} created.
 _OPEN = """
 local now = tonumber(ARGV[1])
@@ -125,7 +129,7 @@ end
 local id = ARGV[5]
 redis.call('HSET', KEYS[5], 'tenant', ARGV[6], 'agent_id', ARGV[7], 'record', ARGV[8], 'state', 'pending',
   'created_at', ARGV[1], 'expires_at', ARGV[2], 'pending_index', KEYS[2])
-redis.call('PEXPIRE', KEYS[5], ARGV[9])
+redis.call('PEXPIRE', KEYS[5], ARGV[12])
 redis.call('ZADD', KEYS[1], ARGV[1], id)
 redis.call('PEXPIRE', KEYS[1], ARGV[10])
 redis.call('ZADD', KEYS[2], ARGV[2], id)
@@ -139,7 +143,8 @@ return {2, id, redis.call('HGETALL', KEYS[5])}
 """
 
 # KEYS[1] the approval. ARGV: now, id, '1' to check the tenant, tenant, new state, by,
-# reason, node id. Replies {0, hash} decided, {1} not found, {2, state} not pending.
+# reason, node id, retention ms (kept that long past its expiry, now that it is decided).
+# Replies {0, hash} decided, {1} not found, {2, state} not pending.
 # The expiry rule is effective_state()'s.
 _DECIDE = """
 local found = redis.call('HMGET', KEYS[1], 'tenant', 'state', 'expires_at', 'pending_index')
@@ -156,6 +161,7 @@ end
 redis.call('HSET', KEYS[1], 'state', ARGV[5], 'decided_by', ARGV[6], 'decided_at', ARGV[1],
   'decision_reason', ARGV[7], 'decision_node_id', ARGV[8])
 redis.call('ZREM', found[4], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(found[3]) - tonumber(ARGV[1])) * 1000) + tonumber(ARGV[9]))
 return {0, redis.call('HGETALL', KEYS[1])}
 """
 
@@ -176,7 +182,7 @@ class RedisApprovalStore:
         ttl: float,
         clock: Any = time.time,
         timeout_ms: int = 250,
-        retention_s: float = 7 * 86400,
+        retention_s: float = RETENTION_S,
         max_pending: int = MAX_PENDING_PER_AGENT,
         prefix: str = "bastion:approvals",
     ) -> None:
@@ -263,6 +269,7 @@ class RedisApprovalStore:
             _ms(keep_s),
             _ms(self._ttl),
             _t(now - keep_s),
+            _ms(2 * self._ttl),
         )
         reply = self._run("request", self._open, keys, args)
 
@@ -291,6 +298,7 @@ class RedisApprovalStore:
             by,
             reason,
             node_id,
+            _ms(self._retention_s),
         )
         reply = self._run("decision", self._decide, (self._approval_key(approval_id),), args)
 

@@ -73,6 +73,10 @@ class QueueStage:
         else:
             return outcome
         record = pending.record
+        # Bound to what parked it: a release given for the verifier's missing say must not
+        # pass the same call when a rule queues it (an attacker's probe: released during a
+        # verifier outage, the identical call made again where a `when:` rule queued it, and
+        # the verifier now said BLOCK, was forwarded), nor the reverse.
         request = Request(
             record.tenant,
             record.agent_id,
@@ -80,6 +84,7 @@ class QueueStage:
             decision.policy_name,
             decision.policy_version,
             kind=QUEUE,
+            origin=rule_id,
         )
         try:
             taken = await asyncio.to_thread(self._store.take, request, record.node_id)

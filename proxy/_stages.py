@@ -88,12 +88,15 @@ class ApprovalStage:
         if decision is None or decision.effect != policy_pb2.REQUIRE_APPROVAL:
             return outcome
         record = pending.record
+        # Bound to the rule that asked, as a queue release is to what parked it: an approval an
+        # operator gave under one rule of the version must not stand for another's say.
         request = Request(
             record.tenant,
             record.agent_id,
             action_digest(record.action, record.arguments),
             decision.policy_name,
             decision.policy_version,
+            origin=decision.rule_id,
         )
         try:
             taken = await asyncio.to_thread(self._store.take, request, record.node_id)
@@ -217,7 +220,14 @@ class LimitStage:
             admission = await self._limiter.admit(scope, limits, cost=decision.cost, call_digest=digest)
         except LimitsUnavailable as exc:
             return Outcome(
-                False, decision, outcome.score, LIMITS_UNAVAILABLE, str(exc), verifications=outcome.verifications
+                False,
+                decision,
+                outcome.score,
+                LIMITS_UNAVAILABLE,
+                str(exc),
+                # An approval or release taken by an earlier stage goes back: the call is not forwarded.
+                on_not_forwarded=outcome.on_not_forwarded,
+                verifications=outcome.verifications,
             )
         if not admission.admitted:
             data: dict[str, Any] = {"kind": admission.kind}

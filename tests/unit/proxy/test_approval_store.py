@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -279,7 +280,42 @@ def test_listing_filters_by_tenant_agent_and_state_newest_first(store: Approvals
     assert listed(state="pending") == []
 
 
-# Redis only: what the SQLite file does by itself (bounded size, failures) made explicit.
+def test_sqlite_keeps_undecided_requests_ttl_and_decided_ones_retention_past_expiry(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # An attacker's probe: an agent opening its cap of requests every ttl grew the file
+    # forever (45 MB for 30,000 requests), and the cap's count scanned the tenant's whole
+    # history under the store's one lock: 20 ms per new request, and growing.
+    path = tmp_path / "approvals.sqlite3"
+    store = ApprovalStore(path, ttl=60, clock=clock, retention_s=100)
+    ids = [_open(store, _request(x=index)) for index in range(4)]
+    store.decide(ids[0], approve=True, by="ops", reason="", node_id="d", tenant=None)
+    store.decide(ids[1], approve=False, by="ops", reason="", node_id="d", tenant=None)
+
+    def kept() -> set[str]:
+        return {row[0] for row in sqlite3.connect(path).execute("SELECT approval_id FROM approvals")}
+
+    clock.now += 120
+    newer = _open(store, _request(x=-1))
+    assert kept() == {*ids, newer}, "undecided requests are listed as expired for ttl past their expiry"
+    clock.now += 1
+    newest = _open(store, _request(x=-2))
+    assert kept() == {ids[0], ids[1], newer, newest}, "nobody decided them: gone ttl past expiry"
+    clock.now += 40
+    _open(store, _request(x=-3))
+    assert ids[0] not in kept()
+    assert ids[1] not in kept()
+    # The query the cap runs for every new request.
+    plan = store._db.execute(
+        "EXPLAIN QUERY PLAN SELECT count(*) FROM approvals WHERE tenant = ? AND agent_id = ? "
+        "AND state = 'pending' AND expires_at > ?",
+        ("default", "agent-1", clock.now),
+    ).fetchall()
+    store.close()
+    assert "approvals_pending" in str(plan), plan
+
+
+# Redis only: what the SQLite file does by itself (failures) made explicit.
 
 
 def test_redis_records_expire_and_indexes_are_trimmed(redis_server: RedisServer, redis_db: redis.Redis) -> None:
@@ -287,7 +323,7 @@ def test_redis_records_expire_and_indexes_are_trimmed(redis_server: RedisServer,
     store = RedisApprovalStore(redis_server.url, ttl=60, clock=clock, retention_s=100)
     first = _open(store, _request(x=1))
     key = f"bastion:approvals:{{a}}:approval:{first}"
-    assert 159_000 < redis_db.pttl(key) <= 160_000
+    assert 119_000 < redis_db.pttl(key) <= 120_000, "undecided: kept ttl past its expiry"
     names = redis_db.keys("*")
     assert set(names) == {
         key,
@@ -307,6 +343,20 @@ def test_redis_records_expire_and_indexes_are_trimmed(redis_server: RedisServer,
     assert redis_db.zrange("bastion:approvals:{a}:all", 0, -1) == [second]
     assert redis_db.zrange("bastion:approvals:{a}:tenant:default", 0, -1) == [second]
     store.close()
+
+
+def test_redis_keeps_a_decided_request_retention_past_its_expiry(
+    redis_server: RedisServer, redis_db: redis.Redis
+) -> None:
+    clock = Clock()
+    store = RedisApprovalStore(redis_server.url, ttl=60, clock=clock, retention_s=100)
+    approval_id = _open(store, _request(x=1))
+    clock.now += 10
+    store.decide(approval_id, approve=False, by="ops", reason="", node_id="d", tenant=None)
+    store.close()
+
+    # 50 s to its expiry (by the proxy's clock), then the retention.
+    assert 149_000 < redis_db.pttl(f"bastion:approvals:{{a}}:approval:{approval_id}") <= 150_000
 
 
 def test_redis_listing_pages_through_more_than_one_batch(redis_server: RedisServer, redis_db: redis.Redis) -> None:
