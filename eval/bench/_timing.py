@@ -23,6 +23,9 @@ async def timed_batch(pool: UpstreamPool, headers: list[tuple[bytes, bytes]], bo
 
 
 def percentile_us(samples: list[float], q: float) -> float:
-    """The `q` quantile (nearest rank, no interpolation) of `samples` in seconds, in µs."""
+    """The `q` quantile (nearest rank, no interpolation) of `samples` in seconds, in µs;
+    0.0 for none (the figure beside it says how many there were)."""
+    if not samples:
+        return 0.0
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e6

@@ -87,6 +87,7 @@ def test_bench_stack_quick_writes_figures_for_every_path_and_process(tmp_path: P
     assert set(hostile["cpu_us_per_call"]) == PROCESSES | {"bastion_total"}
     assert set(hostile["attacker"]) == {"wide", "deep"}
     assert hostile["attacker"]["wide"]["sent"] > 0
+    assert hostile["attacker"]["deep"]["sent"] > 0  # each body at least once, however slow the first
     for seen in hostile["attacker"].values():
         assert set(seen) == {"sent", "answers", "p50_us", "max_us"}
         assert set(seen["answers"]) <= {"HTTP 400 -32602", "HTTP 400 -32700"}, seen["answers"]
