@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -174,9 +174,19 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
         failure: StreamFailure
         try:
             async for message in stream.call:
-                for answer in self._unpack(message):
-                    future = stream.pending.get(self._answer_id(answer))
-                    if future is not None and not future.done():
+                answers = self._unpack(message)
+                ids = [self._answer_id(answer) for answer in answers]
+                # A request answered twice in one message (`[PASS x, BLOCK x]`) has no answer
+                # to trust: it fails, closed, rather than taking the first (an attacker's probe).
+                twice = _repeated(ids) if len(set(ids)) < len(ids) else frozenset()
+                for request_id, answer in zip(ids, answers, strict=True):
+                    future = stream.pending.get(request_id)
+                    if future is None or future.done():
+                        continue
+                    if request_id in twice:
+                        failed = "the service answered this request twice in one message"
+                        future.set_exception(StreamFailure(grpc.StatusCode.INTERNAL, failed))
+                    else:
                         future.set_result(answer)
             failure = StreamFailure(grpc.StatusCode.UNAVAILABLE, "the stream was closed by the server")
         except grpc.aio.AioRpcError as exc:
@@ -212,3 +222,8 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self._fallback.close()
+
+
+def _repeated(ids: list[str]) -> frozenset[str]:
+    """The ids that occur more than once in `ids`."""
+    return frozenset(request_id for request_id, count in Counter(ids).items() if count > 1)

@@ -249,3 +249,32 @@ async def test_a_stream_that_stops_draining_is_replaced_and_waiting_requests_sta
     assert timed_out.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(calls) == 2
     await caller.close()
+
+
+class _TwiceVerifier(_CountingVerifier):
+    """Answers every request twice in one message: PASS, then BLOCK."""
+
+    async def ScoreBatchStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        async for batch in request_iterator:
+            answers = []
+            for request in batch.requests:
+                passed = self._score_one(request)
+                passed.verdict, passed.deviation_score = verifier_pb2.PASS, 0.0
+                blocked = verifier_pb2.ScoreResponse()
+                blocked.CopyFrom(passed)
+                blocked.verdict, blocked.deviation_score = verifier_pb2.BLOCK, 1.0
+                answers += [passed, blocked]
+            yield verifier_pb2.ScoreBatchResponse(responses=answers)
+
+
+async def test_a_request_answered_twice_in_one_message_fails_closed(tmp_path: Path, policy_addr: str) -> None:
+    # Found by an attacker's probe: the first of `[PASS x, BLOCK x]` was taken and the call allowed.
+    server = await _serve(tmp_path, _TwiceVerifier())
+    governor = _governor(tmp_path, policy_addr, server.address)
+    try:
+        outcome = await governor.decide(*_action("add"), [], new_id())
+    finally:
+        await governor.close()
+        await server.stop(None)
+    assert (outcome.allowed, outcome.block_code) == (False, VERIFIER_UNAVAILABLE)
+    assert "verifier unavailable (INTERNAL)" in outcome.block_reason  # the detail goes to the log
