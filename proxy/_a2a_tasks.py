@@ -28,7 +28,7 @@ from bastion._json import loads_as_clients
 from bastion.v1 import policy_pb2
 
 from ._a2a_methods import A2aMethod
-from ._sse import MAX_EVENT_BYTES, EventReader
+from ._sse import MAX_EVENT_BYTES, EventReader, EventTooLarge
 
 _TASK_KINDS = frozenset({policy_pb2.A2A_GET, policy_pb2.A2A_CANCEL, policy_pb2.A2A_PUSH_CONFIG})
 
@@ -117,12 +117,15 @@ class TaskSniffer:
             # its sender's hands in an attacker's probe).
             self._buffer += chunk
             return
-        for event in self._events.feed(chunk):
+        try:
+            completed = self._events.feed(chunk)
+        except EventTooLarge:
+            # The client would read the event and learn a task nobody owns: the stream ends.
+            over = f"an event of its answer is over {MAX_EVENT_BYTES} bytes before naming its task"
+            raise UpstreamError(over) from None
+        for event in completed:
             if (data := event.data) and await self._try(data):
                 return
-        if self._events.buffered > MAX_EVENT_BYTES:
-            # The client would read the event and learn a task nobody owns: the stream ends.
-            raise UpstreamError(f"an event of its answer is over {MAX_EVENT_BYTES} bytes before naming its task")
 
     async def end(self) -> None:
         """A whole (non-streamed) answer has been fed."""

@@ -32,7 +32,7 @@ import orjson
 from bastion._errors import UnreadableListing
 from bastion.v1 import policy_pb2
 
-from ._sse import MAX_EVENT_BYTES, Event, EventReader, encode, events
+from ._sse import MAX_EVENT_BYTES, Event, EventReader, EventTooLarge, encode, events
 from ._upstream import UpstreamResponse
 
 
@@ -113,9 +113,11 @@ async def guard_stream(chunks: AsyncIterator[bytes], *, server: str, allowed: Al
     yet ended is held back: its end could make it a listing)."""
     reader = EventReader()
     async for chunk in chunks:
-        completed = reader.feed(chunk)
-        if reader.buffered > MAX_EVENT_BYTES:
-            raise UnreadableListing(f"an event of upstream {server!r}'s stream is over {MAX_EVENT_BYTES} bytes")
+        try:
+            completed = reader.feed(chunk)
+        except EventTooLarge:
+            over = f"an event of upstream {server!r}'s stream is over {MAX_EVENT_BYTES} bytes"
+            raise UnreadableListing(over) from None
         for event in completed:
             yield await _guard_event(event, server, allowed)
     for event in reader.close():

@@ -47,19 +47,41 @@ class Event:
         return ids[-1] if ids else None
 
 
+class EventTooLarge(UpstreamError):
+    """An event of the stream grew past the reader's bound without ending."""
+
+
 class EventReader:
     """Splits an event stream into events as its chunks arrive (`feed`), and, for a whole
     body, the last event even when no blank line closes it (`close`). Each chunk is scanned
-    once: a long line arriving in many chunks costs its length, not its length squared."""
+    once: a long line arriving in many chunks costs its length, not its length squared.
 
-    def __init__(self) -> None:
+    `feed` raises EventTooLarge once the event still open holds more than `max_event`
+    bytes: a stream that never sends a blank line would otherwise be buffered whole. Every
+    streaming reader is bounded here, not by a check of its own (None: a body already in
+    memory whole, `events`)."""
+
+    def __init__(self, max_event: int | None = MAX_EVENT_BYTES) -> None:
+        self._max_event = max_event
         self._pending: list[bytes] = []  # the pieces of a line not yet ended
         self._cr = False  # the last chunk ended in a CR: maybe half of a CRLF
         self._fields: list[tuple[bytes, bytes]] = []
         self._raw: list[bytes] = []
-        self.buffered = 0  # bytes held for an event not yet complete (callers bound it)
+        self._buffered = 0  # bytes held for an event not yet complete
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an event not yet complete."""
+        return self._buffered
 
     def feed(self, chunk: bytes) -> list[Event]:
+        """The events `chunk` completes; EventTooLarge past `max_event` (above)."""
+        events = self._split(chunk)
+        if self._max_event is not None and self._buffered > self._max_event:
+            raise EventTooLarge(f"an event of the upstream's stream is over {self._max_event} bytes")
+        return events
+
+    def _split(self, chunk: bytes) -> list[Event]:
         events: list[Event] = []
         start = 0
         if self._cr:
@@ -86,23 +108,23 @@ class EventReader:
             self._cr = False
         if self._raw:
             events.append(Event(tuple(self._fields), b"".join(self._raw)))
-            self._fields, self._raw, self.buffered = [], [], 0
+            self._fields, self._raw, self._buffered = [], [], 0
         return events
 
     def _hold(self, piece: bytes) -> None:
         if piece:
             self._pending.append(piece)
-            self.buffered += len(piece)
+            self._buffered += len(piece)
 
     def _end_line(self, ending: bytes, events: list[Event]) -> None:
         line = b"".join(self._pending)
         self._pending = []
         self._raw.append(line + ending)
-        self.buffered += len(ending)
+        self._buffered += len(ending)
         if not line:
             # Even an event of comments only, or a stray blank line: relays keep every byte.
             events.append(Event(tuple(self._fields), b"".join(self._raw)))
-            self._fields, self._raw, self.buffered = [], [], 0
+            self._fields, self._raw, self._buffered = [], [], 0
         elif not line.startswith(b":"):  # a comment otherwise
             name, _, value = line.partition(b":")
             self._fields.append((name, value[1:] if value.startswith(b" ") else value))
@@ -110,7 +132,7 @@ class EventReader:
 
 def events(body: bytes) -> list[Event]:
     """Every event of a whole stream, the last one even if left open."""
-    reader = EventReader()
+    reader = EventReader(max_event=None)
     return [*reader.feed(body), *reader.close()]
 
 
@@ -129,12 +151,9 @@ async def sse_data(
     event's `id` (for resuming with `Last-Event-ID`). UpstreamError when an event grows
     past `max_event` bytes without ending (a stream that never sends a blank line would
     otherwise be buffered whole)."""
-    reader = EventReader()
+    reader = EventReader(max_event)
     async for chunk in chunks:
-        events = reader.feed(chunk)
-        if reader.buffered > max_event:
-            raise UpstreamError(f"an event of the upstream's stream is over {max_event} bytes")
-        for event in events:
+        for event in reader.feed(chunk):
             if on_id is not None and (event_id := event.id) is not None:
                 on_id(event_id.strip())
             if data := event.data:
