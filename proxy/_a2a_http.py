@@ -53,7 +53,19 @@ from ._a2a_compat import AGENT_HEADER, translate
 from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
 from ._a2a_pages import PageTokens
 from ._a2a_tasks import TaskSniffer, filter_tasks, named_tasks, spelled, store_key
-from ._asgi import JSON, Headers, Receive, Scope, Send, header_text, node_headers, read_body, send_bytes, send_stream
+from ._asgi import (
+    JSON,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    header_text,
+    node_headers,
+    read_body,
+    send_bytes,
+    send_stream,
+    with_length,
+)
 from ._budget import ValueBudget
 from ._delegation import HEADER as DELEGATION
 from ._enforcer import Caller, Decided, Enforcer, envelope
@@ -419,11 +431,11 @@ class A2aHttpAdapter:
         headers = self._upstream_headers(request, record, drop=frozenset({b"accept-encoding"}))
         try:
             response = await agent.pool.request(b"GET", path, headers, b"")
-            data = await _read_capped(response, agent.pool.timeout, MAX_CARD_BYTES)
+            data = await response.read(agent.pool.timeout, limit=MAX_CARD_BYTES)
         except UpstreamError as exc:
             await self._upstream_failed(request, record, exc, None)
             return
-        out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE and k != b"content-length"]
+        out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE]
         if response.status == 200:
             try:
                 card = orjson.loads(data)
@@ -435,8 +447,7 @@ class A2aHttpAdapter:
                 )
                 return
             data = orjson.dumps(rewrite_card(card, agent.url, _bastion_url(request)))
-        out.append((b"content-length", str(len(data)).encode()))
-        await send_bytes(request.send, response.status, data, out + node_headers(record))
+        await send_bytes(request.send, response.status, data, with_length(out, data) + node_headers(record))
 
     # --- shared stages -----------------------------------------------------------------
 
@@ -567,7 +578,8 @@ class A2aHttpAdapter:
             response = await pool.request(method, path, headers, body)
             tap.status = response.status
             self._metrics.upstream.observe(time.perf_counter() - t_up)
-            if 200 <= response.status < 300 and (opaque := unreadable_answer(response)) is not None:
+            ok = 200 <= response.status < 300  # the client reads any 2xx as the answer
+            if ok and (opaque := unreadable_answer(response)) is not None:
                 # The client's httpx decodes gzip and the declared charset; the task sniffer,
                 # the ListTasks filter, the card rewrite and provenance read the raw bytes (an
                 # attacker's probe listed another caller's tasks through a gzip answer).
@@ -575,7 +587,6 @@ class A2aHttpAdapter:
                 raise UpstreamError(f"it answered with {opaque}, which Bastion cannot read (it asks for none)")
             out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + node_headers(record)
             sse = response.is_sse
-            ok = 200 <= response.status < 300  # the client reads any 2xx as the answer
             # Only an event stream is relayed as it comes: a single answer is read whole, with
             # or without a Content-Length — the sniffer, the ListTasks filter and the card
             # rewrite need all of it (an attacker's probe sent them chunked, unread).
@@ -590,9 +601,7 @@ class A2aHttpAdapter:
                 if card_answer and ok:
                     # The extended card names the agent's endpoints too: moved like the public one.
                     data = _rewrite_card_answer(data, request)
-                out = [(k, v) for k, v in out if k != b"content-length"]
-                out.append((b"content-length", str(len(data)).encode()))
-                await send_bytes(request.send, response.status, data, out)
+                await send_bytes(request.send, response.status, data, with_length(out, data))
                 relayed = True
             else:
                 chunks = tap.watch(response.stream(idle))
@@ -694,16 +703,6 @@ def _check_a2a_single_headers(headers: Headers) -> None:
     seen = [name for name, _ in headers if name in _A2A_SINGLE]
     if len(seen) != len(set(seen)):
         raise InvalidRequest("header 'a2a-version' was sent more than once; send it once")
-
-
-async def _read_capped(response: UpstreamResponse, idle: float, limit: int) -> bytes:
-    parts, size = [], 0
-    async for chunk in response.stream(idle):
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamError(f"the agent's card is larger than {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _agent(value: A2aAgent | UpstreamPool) -> A2aAgent:

@@ -75,6 +75,11 @@ async def _read_all(receive: Receive, limit: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def with_length(headers: Headers, body: bytes) -> Headers:
+    """`headers` with the Content-Length of `body` (a filtered or rewritten answer may differ)."""
+    return [*((k, v) for k, v in headers if k != b"content-length"), (b"content-length", str(len(body)).encode())]
+
+
 async def send_bytes(send: Send, status: int, body: bytes, headers: Headers) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -32,7 +32,19 @@ from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2
 
-from ._asgi import JSON, Headers, Receive, Scope, Send, header_text, node_headers, read_body, send_bytes, send_stream
+from ._asgi import (
+    JSON,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    header_text,
+    node_headers,
+    read_body,
+    send_bytes,
+    send_stream,
+    with_length,
+)
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
 from ._delegation import HEADER as DELEGATION
@@ -442,7 +454,7 @@ class McpHttpAdapter:
                         data = await filter_listing(data, sse=sse, method=listing, server=server, allowed=allowed)
                     else:
                         data = await guard_answer(data, sse=sse, server=server, allowed=allowed)
-                    out = _with_length(out, data)
+                    out = with_length(out, data)
                 tap.feed(data)
                 await send_bytes(request.send, response.status, data, out)
                 relayed = True
@@ -480,11 +492,6 @@ class McpHttpAdapter:
     ) -> None:
         request.trace.result(result)
         self._enforcer.record_results(records, result, answer)
-
-
-def _with_length(headers: Headers, body: bytes) -> Headers:
-    """`headers` with the Content-Length of `body` (a filtered answer may be shorter)."""
-    return [*((k, v) for k, v in headers if k != b"content-length"), (b"content-length", str(len(body)).encode())]
 
 
 def http_error(code: str, message: str, violation_id: str = "") -> dict[str, Any]:

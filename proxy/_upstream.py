@@ -180,11 +180,12 @@ class UpstreamResponse:
         finally:
             self.release()
 
-    async def read(self, idle_timeout: float | None = None) -> bytes:
-        """The whole body, at most the pool's `max_answer` bytes: an upstream that answers
-        more (or declares it) is cut off with UpstreamError. Unbounded, one answer of a few
-        gigabytes, or a few large ones at once, could take the proxy down for every agent."""
-        limit = self._pool.max_answer
+    async def read(self, idle_timeout: float | None = None, *, limit: int | None = None) -> bytes:
+        """The whole body, at most `limit` bytes (default: the pool's `max_answer`): an
+        upstream that answers more (or declares it) is cut off with UpstreamError. Unbounded,
+        one answer of a few gigabytes, or a few large ones at once, could take the proxy down
+        for every agent."""
+        limit = self._pool.max_answer if limit is None else limit
         declared = self.header(b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             self._conn.close()
