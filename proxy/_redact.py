@@ -198,16 +198,15 @@ class Redactor:
         if not path:
             return ""
         last = path[-1].casefold()
-        if not (self._deep or self._rooted):
-            return "field" if last in SECRET_KEYS else ""
         if last in self._deep:
             return "path"
-        folded = tuple(key.casefold() for key in path)
-        if any(
-            len(rooted) == len(folded) and all(part in ("*", key) for part, key in zip(rooted, folded, strict=True))
-            for rooted in self._rooted
-        ):
-            return "path"
+        if self._rooted:
+            folded = tuple(key.casefold() for key in path)
+            if any(
+                len(rooted) == len(folded) and all(part in ("*", key) for part, key in zip(rooted, folded, strict=True))
+                for rooted in self._rooted
+            ):
+                return "path"
         return "field" if last in SECRET_KEYS else ""
 
     def names(self, action: policy_pb2.Action, found: list[str] | None = None) -> None:
