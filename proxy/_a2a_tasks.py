@@ -28,7 +28,7 @@ from bastion._json import loads_as_clients
 from bastion.v1 import policy_pb2
 
 from ._a2a_methods import A2aMethod
-from ._sse import MAX_EVENT_BYTES, EventReader, EventTooLarge
+from ._sse import MAX_EVENT_BYTES, EventReader
 
 _TASK_KINDS = frozenset({policy_pb2.A2A_GET, policy_pb2.A2A_CANCEL, policy_pb2.A2A_PUSH_CONFIG})
 
@@ -119,7 +119,7 @@ class TaskSniffer:
             return
         try:
             completed = self._events.feed(chunk)
-        except EventTooLarge:
+        except UpstreamError:  # the reader's bound on an open event
             # The client would read the event and learn a task nobody owns: the stream ends.
             over = f"an event of its answer is over {MAX_EVENT_BYTES} bytes before naming its task"
             raise UpstreamError(over) from None

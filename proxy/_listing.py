@@ -29,10 +29,10 @@ from typing import Any
 
 import orjson
 
-from bastion._errors import UnreadableListing
+from bastion._errors import UnreadableListing, UpstreamError
 from bastion.v1 import policy_pb2
 
-from ._sse import MAX_EVENT_BYTES, Event, EventReader, EventTooLarge, encode, events
+from ._sse import MAX_EVENT_BYTES, Event, EventReader, encode, events
 from ._upstream import UpstreamResponse
 
 
@@ -115,7 +115,7 @@ async def guard_stream(chunks: AsyncIterator[bytes], *, server: str, allowed: Al
     async for chunk in chunks:
         try:
             completed = reader.feed(chunk)
-        except EventTooLarge:
+        except UpstreamError:  # the reader's bound on an open event
             over = f"an event of upstream {server!r}'s stream is over {MAX_EVENT_BYTES} bytes"
             raise UnreadableListing(over) from None
         for event in completed:

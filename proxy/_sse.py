@@ -47,16 +47,12 @@ class Event:
         return ids[-1] if ids else None
 
 
-class EventTooLarge(UpstreamError):
-    """An event of the stream grew past the reader's bound without ending."""
-
-
 class EventReader:
     """Splits an event stream into events as its chunks arrive (`feed`), and, for a whole
     body, the last event even when no blank line closes it (`close`). Each chunk is scanned
     once: a long line arriving in many chunks costs its length, not its length squared.
 
-    `feed` raises EventTooLarge once the event still open holds more than `max_event`
+    `feed` raises UpstreamError once the event still open holds more than `max_event`
     bytes: a stream that never sends a blank line would otherwise be buffered whole. Every
     streaming reader is bounded here, not by a check of its own (None: a body already in
     memory whole, `events`)."""
@@ -75,10 +71,10 @@ class EventReader:
         return self._buffered
 
     def feed(self, chunk: bytes) -> list[Event]:
-        """The events `chunk` completes; EventTooLarge past `max_event` (above)."""
+        """The events `chunk` completes; UpstreamError past `max_event` (above)."""
         events = self._split(chunk)
         if self._max_event is not None and self._buffered > self._max_event:
-            raise EventTooLarge(f"an event of the upstream's stream is over {self._max_event} bytes")
+            raise UpstreamError(f"an event of the upstream's stream is over {self._max_event} bytes")
         return events
 
     def _split(self, chunk: bytes) -> list[Event]:
