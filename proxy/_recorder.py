@@ -52,7 +52,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 from ._journal import Journal
-from ._redact import Redactor, scrub_event
+from ._redact import Redactor
 from ._workflows import new_id
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def encode_event(
         redactor.struct(redacted.arguments, secrets)
         redactor.names(redacted, secrets)
         action = redacted
-        scrub_event(event, secrets)
+        redactor.scrub_event(event, secrets)
         if event.block_reason:
             # A refusal's reason may quote what a caller or an upstream wrote that is in no
             # argument (a path, a stdio server's stray line): an attacker's probe journaled

@@ -15,9 +15,12 @@ Two kinds of secret are found:
   pattern of its own — an A2A push config's `token` and `authentication.credentials`, a
   password — was journaled in clear (an attacker's probe).
 
-A secret becomes a typed placeholder with a digest, `[REDACTED:jwt:3f2a…]` (the first 12
-hex digits of its sha256), so an auditor can still tell that two calls carried the same
-secret without learning it. Cost: one cheap search of the raw request body (literal
+A secret becomes a typed placeholder with a digest, `[REDACTED:jwt:3f2a…]`, so an auditor
+can still tell that two calls carried the same secret without learning it. The digest is
+the first 12 hex digits of an HMAC-SHA256 under a key derived from the service token (the
+replicas of one deployment agree), not a bare sha256: a bare digest of a low-entropy
+secret — a password, a PIN, a short API key — let anyone who reads the audit trail or an
+export confirm guesses offline (an attacker's probe). Cost: one cheap search of the raw request body (literal
 starts and long digit runs); the arguments are walked only when it matches or paths are
 configured, and each string is searched in full only when the cheap search hits it.
 """
@@ -25,10 +28,14 @@ configured, and each string is searched in full only when the cheap search hits 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.struct_pb2 import Struct, Value
 
@@ -80,11 +87,21 @@ SECRET_KEYS = frozenset(
 #: Case-insensitive matching is searched on the body lowered once, with `bearer`: as
 #: `re.IGNORECASE` patterns these two took 5 µs of a 250-byte body's 7.
 _RAW_KEYS = re.compile(rb'"(?:' + b"|".join(key.encode() for key in sorted(SECRET_KEYS)) + rb')"')
+#: Separates the placeholder key from other keys derived from the same secret.
+_PURPOSE = b"bastion redaction placeholder"
 _IBAN = r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
+
+#: Shortest start of a secret recognised when a reason quotes it cut short ('DE8937…').
+MIN_QUOTED = 6
+#: How services cut a quoted value: the verifier with an ellipsis, policy with three dots.
+_CUT_MARKS = ("\u2026", "...")
 
 
 class Redactor:
-    def __init__(self, paths: Sequence[str] = (), *, iban: bool = False) -> None:
+    def __init__(self, paths: Sequence[str] = (), *, iban: bool = False, secret: bytes | None = None) -> None:
+        """`secret`: key material for the placeholders' digests, shared by the replicas whose
+        placeholders must compare (the service token); None for a random key, whose digests
+        compare only within this process."""
         for path in paths:
             if not REDACTION_PATH.fullmatch(path):
                 raise ValueError(f"redaction path {path!r}: use $.a.b (with * for any key) or $..key")
@@ -98,6 +115,12 @@ class Redactor:
         self._text = re.compile("|".join(f"(?P<{kind}>{pattern})" for kind, pattern in patterns.items()))
         self._quick = re.compile(_QUICK + (_QUICK_IBAN if iban else ""))
         self._raw = re.compile(_QUICK_RAW + (_QUICK_RAW_IBAN if iban else b""))
+        material = secret if secret is not None else os.urandom(32)
+        self._key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_PURPOSE).derive(material)
+
+    def placeholder(self, kind: str, secret: str) -> str:
+        digest = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        return f"[REDACTED:{kind}:{digest[:12]}]"
 
     @property
     def has_paths(self) -> bool:
@@ -124,7 +147,7 @@ class Redactor:
 
     def _json(self, value: Any, path: tuple[str, ...]) -> tuple[Any, int]:
         if path and (kind := self._configured(path)):
-            return placeholder(kind, _canonical(_as_value(value))), 1
+            return self.placeholder(kind, _canonical(_as_value(value))), 1
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
@@ -154,7 +177,7 @@ class Redactor:
             count += 1
             if found is not None:
                 found.append(secret)
-            return placeholder(kind, secret)
+            return self.placeholder(kind, secret)
 
         return self._text.sub(replace, value), count
 
@@ -176,7 +199,7 @@ class Redactor:
         if kind := self._configured(path):
             if found is not None:
                 found.extend(_strings_of(value))
-            value.string_value = placeholder(kind, _canonical(value))
+            value.string_value = self.placeholder(kind, _canonical(value))
             return 1
         held = value.WhichOneof("kind")
         if held == "string_value":
@@ -219,50 +242,42 @@ class Redactor:
                 if count:
                     setattr(action, name, redacted)
 
+    def scrub(self, text: str, secrets: Sequence[str]) -> str:
+        """`text` (a decision's or verifier's reason) with every secret of `secrets` replaced by
+        a placeholder: whole, or cut short as reasons quote values (its first MIN_QUOTED or more
+        characters followed by an ellipsis). Policy and the verifier saw the real arguments, and
+        their reasons quote them; the journaled copy must not undo the arguments' redaction
+        (found by an attacker's probe: an IBAN and an address redacted in the arguments stood in
+        the verifier's reason)."""
+        for secret in sorted(set(secrets), key=len, reverse=True):
+            if not secret:
+                continue
+            shown = self.placeholder("quoted", secret)
+            # A short one only where quoted whole: "pin" must not blank every word holding it.
+            text = text.replace(secret if len(secret) >= 4 else repr(secret), shown)
+            if len(secret) <= MIN_QUOTED or secret[:MIN_QUOTED] not in text:
+                continue
+            for end in range(len(secret) - 1, MIN_QUOTED - 1, -1):
+                for mark in _CUT_MARKS:
+                    if secret[:end] + mark in text:
+                        text = text.replace(secret[:end] + mark, shown)
+        return text
 
-#: Shortest start of a secret recognised when a reason quotes it cut short ('DE8937…').
-MIN_QUOTED = 6
-#: How services cut a quoted value: the verifier with an ellipsis, policy with three dots.
-_CUT_MARKS = ("\u2026", "...")
-
-
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """`text` (a decision's or verifier's reason) with every secret of `secrets` replaced by
-    a placeholder: whole, or cut short as reasons quote values (its first MIN_QUOTED or more
-    characters followed by an ellipsis). Policy and the verifier saw the real arguments, and
-    their reasons quote them; the journaled copy must not undo the arguments' redaction
-    (found by an attacker's probe: an IBAN and an address redacted in the arguments stood in
-    the verifier's reason)."""
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if not secret:
-            continue
-        shown = placeholder("quoted", secret)
-        # A short one only where quoted whole: "pin" must not blank every word holding it.
-        text = text.replace(secret if len(secret) >= 4 else repr(secret), shown)
-        if len(secret) <= MIN_QUOTED or secret[:MIN_QUOTED] not in text:
-            continue
-        for end in range(len(secret) - 1, MIN_QUOTED - 1, -1):
-            for mark in _CUT_MARKS:
-                if secret[:end] + mark in text:
-                    text = text.replace(secret[:end] + mark, shown)
-    return text
-
-
-def scrub_event(event: graph_pb2.Event, secrets: Sequence[str]) -> None:
-    """Scrub every reason of a journaled event (`scrub`): its block reason, its decision's,
-    its verifiers' and its edges'."""
-    if not secrets:
-        return
-    if event.block_reason:
-        event.block_reason = scrub(event.block_reason, secrets)
-    if event.HasField("decision") and event.decision.reason:
-        event.decision.reason = scrub(event.decision.reason, secrets)
-    # Read through HasField: touching an unset submessage would set it.
-    for answer in ([event.verifier] if event.HasField("verifier") else []) + list(event.verifications):
-        if answer.reasons:
-            answer.reasons[:] = [scrub(reason, secrets) for reason in answer.reasons]
-    for edge in event.edges:
-        edge.reason = scrub(edge.reason, secrets)
+    def scrub_event(self, event: graph_pb2.Event, secrets: Sequence[str]) -> None:
+        """Scrub every reason of a journaled event (`scrub`): its block reason, its decision's,
+        its verifiers' and its edges'."""
+        if not secrets:
+            return
+        if event.block_reason:
+            event.block_reason = self.scrub(event.block_reason, secrets)
+        if event.HasField("decision") and event.decision.reason:
+            event.decision.reason = self.scrub(event.decision.reason, secrets)
+        # Read through HasField: touching an unset submessage would set it.
+        for answer in ([event.verifier] if event.HasField("verifier") else []) + list(event.verifications):
+            if answer.reasons:
+                answer.reasons[:] = [self.scrub(reason, secrets) for reason in answer.reasons]
+        for edge in event.edges:
+            edge.reason = self.scrub(edge.reason, secrets)
 
 
 def _strings_of(value: Value) -> list[str]:
@@ -278,10 +293,6 @@ def _strings_of(value: Value) -> list[str]:
     if kind == "list_value":
         return [text for item in value.list_value.values for text in _strings_of(item)]
     return []
-
-
-def placeholder(kind: str, secret: str) -> str:
-    return f"[REDACTED:{kind}:{hashlib.sha256(secret.encode()).hexdigest()[:12]}]"
 
 
 def _as_value(value: Any) -> Value:

@@ -125,7 +125,8 @@ async def serve(
     )
     metrics.watch_verifier_circuit(lambda: governor.breaker.state if governor.breaker is not None else "closed")
     metrics.watch_verifier_chain(governor.breakers)
-    redactor = Redactor(app.redaction.paths, iban=app.redaction.iban)
+    # Keyed by the service token: replicas give the same secret the same placeholder.
+    redactor = Redactor(app.redaction.paths, iban=app.redaction.iban, secret=service_token.encode())
     approvals: Approvals
     if settings.redis_url is None:
         approvals = ApprovalStore(home / "proxy" / "approvals.sqlite3", ttl=settings.approval_ttl_s)

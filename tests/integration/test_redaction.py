@@ -3,6 +3,7 @@ are replaced in the journaled copy, while policy decides on the real values in m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ from fixtures.mcpcalls import ProxyClient, headers, tool_call
 from fixtures.upstream import DemoUpstream, demo_upstream
 
 from bastion._appconfig import AppConfig, RedactionConfig, ServerConfig
-from bastion._identity import ensure_dev_key, issue_token
+from bastion._identity import ensure_dev_key, ensure_service_token, issue_token
+from bastion.proxy._redact import Redactor
 
 AWS = "AKIAIOSFODNN7EXAMPLE"
 CARD = "4111111111111111"
@@ -96,6 +98,11 @@ async def test_planted_secrets_are_redacted_everywhere_they_are_stored(
     assert "[REDACTED:card:" in rest
     assert "[REDACTED:path:" in rest
     assert "[REDACTED:github_token:" in rest  # the stated task, a THINKING node
+    # The digest is keyed by the deployment's service token, not a bare sha256 of the
+    # secret that a reader of the trail could check guesses against.
+    keyed = Redactor(secret=ensure_service_token(tmp_path, None).encode())
+    assert keyed.placeholder("aws_key", AWS) in rest
+    assert hashlib.sha256(AWS.encode()).hexdigest()[:12] not in rest
     stored = _everything_under(tmp_path)
     for secret in (AWS, CARD, PASSWORD, TASK_TOKEN):
         assert secret not in rest, secret

@@ -3,6 +3,8 @@ typed placeholders with digests; card numbers and IBANs only when their checksum
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -11,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 from bastion.proxy._recorder import encode_event
-from bastion.proxy._redact import Redactor, placeholder, scrub, scrub_event
+from bastion.proxy._redact import Redactor
 from bastion.v1 import graph_pb2, policy_pb2
 
 JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLWJ5dGVz"
@@ -27,12 +29,21 @@ SECRETS = {
     "api_key": "sk-" + "Z" * 32,
     "card": "4111 1111 1111 1111",
 }
+#: The placeholders' key material (the service token, in a proxy).
+KEY = b"service-token-of-this-deployment"
+
+
+def _redactor(paths: tuple[str, ...] | list[str] = (), *, iban: bool = False) -> Redactor:
+    return Redactor(paths, iban=iban, secret=KEY)
+
+
+placeholder = _redactor().placeholder
 
 
 def _redacted(arguments: dict[str, Any], redactor: Redactor | None = None) -> tuple[dict[str, Any], int]:
     struct = Struct()
     struct.update(arguments)
-    count = (redactor or Redactor()).struct(struct)
+    count = (redactor or _redactor()).struct(struct)
     return MessageToDict(struct), count
 
 
@@ -57,14 +68,14 @@ def test_lookalikes_that_fail_their_checksum_or_shape_are_kept() -> None:
 def test_ibans_only_when_configured_and_valid() -> None:
     arguments = {"to": "GB82 WEST 1234 5698 7654 32", "bad": "GB00 WEST 1234 5698 7654 32"}
     assert _redacted(arguments)[1] == 0
-    found, count = _redacted(arguments, Redactor(iban=True))
+    found, count = _redacted(arguments, _redactor(iban=True))
     assert count == 1
     assert found["to"].startswith("[REDACTED:iban:")
     assert found["bad"] == arguments["bad"]
 
 
 def test_configured_paths_replace_whole_values_at_the_root_or_any_depth() -> None:
-    redactor = Redactor(("$.auth.token", "$..password", "$.cards.*"), iban=False)
+    redactor = _redactor(("$.auth.token", "$..password", "$.cards.*"), iban=False)
     arguments = {
         "auth": {"token": 12345, "user": "ada"},
         "login": {"password": {"value": "hunter2"}},
@@ -86,17 +97,32 @@ def test_the_same_secret_gets_the_same_placeholder_and_others_a_different_one() 
     assert one["a"] == one["b"] != one["c"]
 
 
+def test_a_placeholders_digest_is_keyed_so_a_guess_cannot_be_checked_offline() -> None:
+    # An attacker's probe: the digest was a bare sha256 prefix, so whoever read the audit
+    # trail could confirm a guessed password ("hunter2") by hashing it.
+    found, _ = _redacted({"password": "hunter2"})
+    bare = hashlib.sha256(orjson.dumps("hunter2")).hexdigest()[:12]
+    assert found["password"] == placeholder("field", '"hunter2"')
+    assert bare not in found["password"]
+    assert hashlib.sha256(b"hunter2").hexdigest()[:12] not in found["password"]
+    # Replicas keyed by the same service token agree; another deployment's key does not.
+    assert Redactor(secret=KEY).placeholder("jwt", JWT) == placeholder("jwt", JWT)
+    assert Redactor(secret=b"another-deployment").placeholder("jwt", JWT) != placeholder("jwt", JWT)
+    assert Redactor().placeholder("jwt", JWT) != Redactor().placeholder("jwt", JWT)  # no key: random per process
+    assert re.fullmatch(r"\[REDACTED:jwt:[0-9a-f]{12}\]", placeholder("jwt", JWT))
+
+
 @pytest.mark.parametrize("path", ["password", "$", "$.", "$.a..b", "$.a/b", "$...x", "$.a b"])
 def test_malformed_paths_are_refused(path: str) -> None:
     with pytest.raises(ValueError, match="redaction path"):
-        Redactor((path,))
+        _redactor((path,))
 
 
 def test_the_body_search_skips_the_walk_for_ordinary_calls() -> None:
-    redactor = Redactor()
+    redactor = _redactor()
     assert not redactor.may_hold_secrets(b'{"name":"add","arguments":{"a":1,"b":2}}')
     assert redactor.may_hold_secrets(SECRETS["aws_key"].encode())
-    assert Redactor(("$..password",)).may_hold_secrets(b"{}")
+    assert _redactor(("$..password",)).may_hold_secrets(b"{}")
 
 
 @pytest.mark.parametrize(
@@ -109,7 +135,7 @@ def test_the_body_search_skips_the_walk_for_ordinary_calls() -> None:
 )
 def test_the_json_copy_is_redacted_with_the_struct_copys_placeholders(arguments: dict[str, Any]) -> None:
     # The journal keeps both copies of an action's arguments: they must agree exactly.
-    redactor = Redactor(("$.auth.token", "$..password", "$.cards.*"))
+    redactor = _redactor(("$.auth.token", "$..password", "$.cards.*"))
     from_struct, struct_count = _redacted(arguments, redactor)
     from_json, json_count = redactor.json(arguments)
 
@@ -121,7 +147,7 @@ def test_the_json_copy_is_redacted_with_the_struct_copys_placeholders(arguments:
 
 def test_the_json_copy_keeps_every_non_secret_value_and_type() -> None:
     arguments = {"amount": 2**53 + 1, "whole": 2, "ratio": 0.5, "header": JWT, "nested": [[1, [2]]]}
-    found, count = Redactor().json(arguments)
+    found, count = _redactor().json(arguments)
     assert count == 1
     assert found == {**arguments, "header": placeholder("jwt", JWT)}
     assert type(found["amount"]) is int
@@ -155,7 +181,7 @@ def _strings(value: Any) -> list[str]:
     ],
 )
 def test_spellings_an_attackers_probe_found_are_redacted(text: str, kind: str) -> None:
-    redactor = Redactor()
+    redactor = _redactor()
     assert redactor.may_hold_secrets(orjson.dumps({"a": text}))
     found, count = _redacted({"a": text}, redactor)
     assert count == 1
@@ -165,43 +191,43 @@ def test_spellings_an_attackers_probe_found_are_redacted(text: str, kind: str) -
 def test_a_json_escape_in_the_body_sends_the_arguments_to_the_walk() -> None:
     # `\u0065yJ…` is a JWT once parsed: the body search cannot see it, so it must not skip.
     raw = b'{"text":"' + JWT.replace("eyJ", "\\u0065yJ").encode() + b'"}'
-    redactor = Redactor()
+    redactor = _redactor()
     assert redactor.may_hold_secrets(raw)
     found, count = _redacted(orjson.loads(raw), redactor)
     assert (count, JWT in str(found)) == (1, False)
 
 
 def test_configured_paths_match_keys_in_any_case() -> None:
-    found, count = _redacted({"Password": "hunter2", "creds": {"PASSWORD": "x"}}, Redactor(["$..password"]))
+    found, count = _redacted({"Password": "hunter2", "creds": {"PASSWORD": "x"}}, _redactor(["$..password"]))
     assert count == 2
     assert "hunter2" not in str(found)
 
 
 def test_what_was_replaced_is_collected_and_scrubbed_from_reasons_whole_or_cut() -> None:
-    redactor = Redactor(["$..email"], iban=True)
+    redactor = _redactor(["$..email"], iban=True)
     struct = Struct()
     struct.update({"contact": {"email": "private.person@hidden.example"}, "iban": "DE89370400440532013000"})
     secrets: list[str] = []
     assert redactor.struct(struct, secrets) == 2
     assert sorted(secrets) == ["DE89370400440532013000", "private.person@hidden.example"]
     reason = "destinations not named in the task: 'DE8937040\u2026', 'private.person@hidden.example' and 'pin-1...'"
-    scrubbed = scrub(reason, secrets)
+    scrubbed = redactor.scrub(reason, secrets)
     assert "DE8937" not in scrubbed
     assert "private.person" not in scrubbed
     assert scrubbed.count("[REDACTED:quoted:") == 2
-    assert scrub("score 12 for 'ab'", ["ab", "12"]) == f"score 12 for {placeholder('quoted', 'ab')}"
+    assert redactor.scrub("score 12 for 'ab'", ["ab", "12"]) == f"score 12 for {placeholder('quoted', 'ab')}"
 
 
 def test_names_are_redacted_and_the_event_reasons_that_quote_them() -> None:
     action = policy_pb2.Action(tool="AKIAIOSFODNN7EXAMPL2", resource="https://ghp_" + "c" * 36 + "@example.com/x")
     secrets: list[str] = []
-    Redactor().names(action, secrets)
+    _redactor().names(action, secrets)
     assert "AKIA" not in action.tool
     assert "ghp_" not in action.resource
     assert action.resource.endswith("@example.com/x")
     event = graph_pb2.Event(block_reason=f"tool {secrets[0]!r} is not in the tools/list")
     event.verifier.reasons.append(f"destination {secrets[1][:20]}\u2026")
-    scrub_event(event, secrets)
+    _redactor().scrub_event(event, secrets)
     assert "AKIA" not in event.block_reason
     assert "ghp_" not in event.verifier.reasons[0]
 
@@ -211,7 +237,7 @@ def test_arguments_are_redacted_before_they_are_cut() -> None:
     key = "-----BEGIN RSA PRIVATE KEY-----\n" + "A" * 70_000 + "\n-----END RSA PRIVATE KEY-----"
     action = policy_pb2.Action(tool="t")
     action.arguments.update({"a_key": key, "b_notes": "x" * 66_000})
-    data = encode_event(graph_pb2.Event(event_id="e"), action, redactor=Redactor())
+    data = encode_event(graph_pb2.Event(event_id="e"), action, redactor=_redactor())
     stored = graph_pb2.Event.FromString(data)
     assert stored.arguments_truncated
     assert not stored.HasField("verifier")  # scrubbing reasons sets nothing
@@ -224,7 +250,7 @@ def test_a_secret_in_an_object_key_is_redacted_in_both_copies() -> None:
     found, count = _redacted({key: "v", "nested": {key: 1}})
     assert count == 2
     assert key not in str(found)
-    copy, count = Redactor().json({key: "v", "nested": {key: 1}})
+    copy, count = _redactor().json({key: "v", "nested": {key: 1}})
     assert count == 2
     assert key not in str(copy)
     assert list(copy["nested"]) == [placeholder("aws_key", key)]
@@ -252,16 +278,16 @@ def test_secret_field_names_are_redacted_by_default_in_any_case_at_any_depth() -
         "ada",
         "next-7",
     )
-    assert Redactor().json(arguments)[0] == shown  # both copies alike
+    assert _redactor().json(arguments)[0] == shown  # both copies alike
     # The body search sends such a body to the walk, whatever the key's case.
-    assert Redactor().may_hold_secrets(b'{"config":{"TOKEN":"opaque-123"}}')
-    assert not Redactor().may_hold_secrets(b'{"page_token":"next-7","tokens":3}')
+    assert _redactor().may_hold_secrets(b'{"config":{"TOKEN":"opaque-123"}}')
+    assert not _redactor().may_hold_secrets(b'{"page_token":"next-7","tokens":3}')
     # A configured path still says so.
-    assert _redacted({"token": "x"}, Redactor(("$..token",)))[0]["token"].startswith("[REDACTED:path:")
+    assert _redacted({"token": "x"}, _redactor(("$..token",)))[0]["token"].startswith("[REDACTED:path:")
 
 
 def test_decimals_are_not_cards() -> None:
-    assert Redactor().text("pi is 3.141592653589793 and e 2.718281828459045") == (
+    assert _redactor().text("pi is 3.141592653589793 and e 2.718281828459045") == (
         "pi is 3.141592653589793 and e 2.718281828459045",
         0,
     )
