@@ -9,6 +9,7 @@ COPY policy ./policy
 COPY graph ./graph
 COPY verifier ./verifier
 COPY eval ./eval
+COPY dashboard ./dashboard
 # bastion/<service> are symlinks for tools; the wheel is built from the package-dir mapping.
 RUN find bastion -maxdepth 1 -type l -delete && pip wheel --no-deps --wheel-dir /wheels .
 

@@ -49,11 +49,14 @@ lint: $(STAMP)
 test: lint
 	@# Build the Neo4j launcher into the tools cache (seconds once cached) before any test's timeout runs.
 	scripts/neo4j-up --install-only >/dev/null
+	@# Debian's Chromium for the dashboard's browser tests (once; about 10 s).
+	scripts/chromium-up --install-only >/dev/null
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 ## coverage: the same tests with line coverage, the services started as subprocesses included
 coverage: $(STAMP)
 	scripts/neo4j-up --install-only >/dev/null
+	scripts/chromium-up --install-only >/dev/null
 	$(BIN)/python -m pytest -q -p no:cacheprovider --cov --cov-report=term
 
 test-fast: $(STAMP)

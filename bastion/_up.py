@@ -207,6 +207,7 @@ def _print_urls(info: dict[str, dict[str, Any]], servers: list[str]) -> None:
         "Bastion is up.",
         f"  MCP proxy      http://{proxy}/mcp/{{server}}   servers: {', '.join(servers) or '(none configured)'}",
         f"  graph REST     http://{info['graph']['http']}/graphs   (OpenAPI: /docs)",
+        f"  dashboard      http://{info['graph']['http']}/ui   (sign in with an operator or auditor token)",
         f"  policy admin   http://{info['policy']['http']}/v1/policies",
         f"  gRPC           policy {info['policy']['grpc']}  verifier {info['verifier']['grpc']}  "
         f"graph {info['graph']['grpc']}",

@@ -30,6 +30,7 @@ from bastion._hosts import HostCheck
 from bastion._identity import DEFAULT_TENANT, Principal, TokenVerifier
 from bastion._rest import AUTH_RESPONSES, error_doc, rest_app
 from bastion._sealing import Sealer
+from bastion.dashboard import ui_router
 
 from ._audit_api import router as audit_router
 from ._metrics import GraphMetrics
@@ -110,6 +111,8 @@ def create_app(
     app.include_router(_data, dependencies=[Depends(_remembered(guard))], responses=AUTH_RESPONSES)
     app.include_router(audit_router, dependencies=[Depends(_home_tenant(guard))], responses=AUTH_RESPONSES)
     app.include_router(_ops)
+    # The dashboard's static files: no data in them, so no token (its requests carry one).
+    app.include_router(ui_router)
     return app
 
 

@@ -16,6 +16,7 @@ MAPPING = {
     "bastion/graph": "graph",
     "bastion/verifier": "verifier",
     "bastion/eval": "eval",
+    "bastion/dashboard": "dashboard",
 }
 
 
@@ -68,6 +69,7 @@ def test_wheel_contains_every_service_module_and_the_generated_stubs(tmp_path: P
             expected.add(f"{package}/{relative.as_posix()}")
     assert expected - names == set()
     assert {"bastion/py.typed", "bastion/policy/schema.json", "bastion/v1/policy_pb2.pyi"} <= names
+    assert {f"bastion/dashboard/static/{name}" for name in ("index.html", "app.js", "style.css")} <= names
 
 
-MAPPING_DIRS = {"proxy", "policy", "graph", "verifier", "eval"}
+MAPPING_DIRS = {"proxy", "policy", "graph", "verifier", "eval", "dashboard"}

@@ -1,0 +1,351 @@
+// Bastion dashboard: one page over the graph service's REST API.
+//
+// Everything shown here was written by agents, tools or upstreams (tool names, arguments,
+// reasons), so every element is built with createElement/textContent and never from HTML
+// text: an injected `<img onerror=…>` in a tool name must show as those characters. The
+// page's Content-Security-Policy (no inline script, no other origin) is the second wall.
+//
+// The token lives in sessionStorage: it is gone when the tab closes and is sent only as an
+// Authorization header to the API that served this page.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "bastion.token";
+  const PAGE = 50;
+  const KNOWN = new Set([
+    "ALLOW", "DENY", "REQUIRE_APPROVAL", "QUEUE", "PASS", "BLOCK", "FORWARDED", "BLOCKED", "REJECTED",
+    "CAUSED_BY", "INFORMED_BY", "VERIFIED_BY", "DELEGATED_TO",
+  ]);
+  const view = document.getElementById("view");
+  const status = document.getElementById("status");
+  const tokenInput = document.getElementById("token");
+  const signout = document.getElementById("signout");
+
+  // ---- DOM helpers: the only way anything reaches the page -------------------------------
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "className") node.className = value;
+      else if (key === "onclick") node.addEventListener("click", value);
+      else if (key === "href") node.setAttribute("href", safeHref(value));
+      else node.setAttribute(key, String(value));
+    }
+    append(node, children);
+    return node;
+  }
+
+  function append(node, children) {
+    for (const child of children.flat()) {
+      if (child === undefined || child === null || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+  }
+
+  function safeHref(value) {
+    // Links are in-page routes only: never a URL a stored value could make `javascript:`.
+    return typeof value === "string" && value.startsWith("#/") ? value : "#/workflows";
+  }
+
+  function pill(text) {
+    const name = String(text || "");
+    return el("span", { className: "pill" + (KNOWN.has(name) ? " " + name : "") }, name || "—");
+  }
+
+  function table(headers, rows) {
+    return el("table", {},
+      el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows));
+  }
+
+  function when(value) {
+    if (!value) return "—";
+    const date = new Date(value);
+    return isNaN(date.getTime()) ? String(value) : date.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  }
+
+  function score(verifier) {
+    return verifier ? `${Number(verifier.deviation_score).toFixed(2)} / ${Number(verifier.threshold).toFixed(2)}` : "—";
+  }
+
+  function route(...parts) {
+    return "#/" + parts.map((part) => encodeURIComponent(part)).join("/");
+  }
+
+  function say(text, isError) {
+    status.textContent = text || "";
+    status.className = isError ? "error" : "";
+  }
+
+  // ---- the API ------------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(statusCode, message) {
+      super(message);
+      this.statusCode = statusCode;
+    }
+  }
+
+  async function api(path, params) {
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(params || {})) {
+      if (value !== undefined && value !== null && value !== "") query.set(key, String(value));
+    }
+    const url = path + (query.toString() ? "?" + query.toString() : "");
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = { Accept: "application/json" };
+    if (token) headers.Authorization = "Bearer " + token;
+    let response;
+    try {
+      response = await fetch(url, { headers, credentials: "omit", cache: "no-store", redirect: "error" });
+    } catch (error) {
+      throw new ApiError(0, "the graph service did not answer: " + error.message);
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (error) {
+      body = null;
+    }
+    if (!response.ok) throw new ApiError(response.status, explain(response.status, body));
+    return body;
+  }
+
+  function explain(code, body) {
+    const detail = body && (body.detail || (body.error && body.error.message) || body.message);
+    const text = typeof detail === "string" ? detail : detail ? JSON.stringify(detail) : "";
+    if (code === 401) return "401: sign in with an operator or auditor token" + (text ? ` (${text})` : "");
+    if (code === 403) return "403: this token may not read this" + (text ? ` (${text})` : "");
+    return `${code}: ${text || "the request failed"}`;
+  }
+
+  // ---- views --------------------------------------------------------------------------------
+  async function workflows(cursor, into) {
+    const page = await api("/graphs", { limit: PAGE, cursor });
+    const rows = page.items.map((w) => el("tr", { className: w.violation_count ? "blocked" : "" },
+      el("td", { className: "mono" }, el("a", { href: route("workflow", w.workflow_id) }, w.workflow_id)),
+      el("td", {}, when(w.first_seen)),
+      el("td", {}, when(w.last_seen)),
+      el("td", {}, String(w.node_count)),
+      el("td", {}, String(w.violation_count)),
+      el("td", { className: "mono" }, w.agents.join(", "))));
+    const target = into || view;
+    if (!into) {
+      target.replaceChildren(el("h2", {}, "Workflows"),
+        table(["workflow", "first seen", "last seen", "nodes", "violations", "agents"], []));
+      if (!page.items.length) target.append(el("p", {}, "No workflow recorded yet."));
+    }
+    target.querySelector("tbody").append(...rows);
+    more(target, page.next_cursor, (next) => workflows(next, target));
+  }
+
+  function more(target, cursor, load) {
+    const old = target.querySelector("button.more");
+    if (old) old.remove();
+    if (!cursor) return;
+    target.append(el("button", { className: "more", type: "button", onclick: () => guard(() => load(cursor)) },
+      "More"));
+  }
+
+  async function workflow(workflowId) {
+    const graph = await api("/graphs/" + encodeURIComponent(workflowId));
+    const detail = el("pre", { className: "detail", id: "node-detail" }, "Select a node to see it whole.");
+    const rows = new Map();
+    const select = (node) => {
+      for (const row of rows.values()) row.classList.remove("selected");
+      if (rows.has(node.node_id)) rows.get(node.node_id).classList.add("selected");
+      detail.textContent = JSON.stringify(node, null, 2);
+    };
+    const body = graph.nodes.map((node) => {
+      const row = el("tr", { className: node.outcome === "BLOCKED" || node.outcome === "REJECTED" ? "blocked" : "",
+        "data-node": node.node_id },
+        el("td", {}, when(node.started_at)),
+        el("td", {}, node.node_type),
+        el("td", { className: "mono" }, node.agent_id),
+        el("td", { className: "mono tool" }, [node.action.server, node.action.tool].filter(Boolean).join(" / ")),
+        el("td", {}, node.decision ? pill(node.decision.effect) : "—",
+          node.decision && node.decision.rule_id ? el("div", { className: "mono" }, node.decision.rule_id) : null),
+        el("td", {}, score(node.verifier)),
+        el("td", {}, pill(node.outcome)),
+        el("td", { className: "reason" }, node.block_reason || (node.decision ? node.decision.reason : "")),
+        el("td", {}, el("a", { href: route("drift", workflowId, node.node_id) }, "drift path")));
+      row.addEventListener("click", (event) => {
+        if (!(event.target instanceof HTMLAnchorElement)) select(node);
+      });
+      rows.set(node.node_id, row);
+      return row;
+    });
+    view.replaceChildren(
+      el("h2", {}, "Workflow ", el("span", { className: "mono" }, graph.workflow_id)),
+      el("div", { className: "summary" },
+        el("div", {}, el("span", {}, "nodes"), String(graph.node_count)),
+        el("div", {}, el("span", {}, "violations"), String(graph.violation_count)),
+        el("div", {}, el("span", {}, "agents"), graph.agents.join(", ")),
+        el("div", {}, el("span", {}, "first seen"), when(graph.first_seen)),
+        el("div", {}, el("span", {}, "last seen"), when(graph.last_seen))),
+      graph.truncated ? el("p", {}, "Only the first nodes are drawn; the table below pages through the rest.") : null,
+      el("div", { className: "legend" }, "Time runs down. Grey: CAUSED_BY. Dashed amber: INFORMED_BY (data flow). "
+        + "Red nodes were blocked."),
+      drawGraph(graph, select),
+      table(["started", "type", "agent", "server / tool", "policy", "score / threshold", "outcome", "reason", ""], body),
+      detail);
+  }
+
+  function drawGraph(graph, select) {
+    // A layered drawing, one row per node in time order; sessions side by side. Enough to
+    // see what caused and informed what; the table holds the detail.
+    const svgNs = "http://www.w3.org/2000/svg";
+    const svg = (tag, attrs, text) => {
+      const node = document.createElementNS(svgNs, tag);
+      for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+      if (text !== undefined) node.textContent = text;
+      return node;
+    };
+    const sessions = [...new Set(graph.nodes.map((n) => n.session_id))];
+    const place = new Map();
+    graph.nodes.forEach((node, index) => {
+      place.set(node.node_id, { x: 40 + 220 * sessions.indexOf(node.session_id), y: 24 + 34 * index, node });
+    });
+    const width = Math.max(420, 40 + 220 * sessions.length + 200);
+    const height = 24 + 34 * Math.max(graph.nodes.length, 1);
+    const root = svg("svg", { class: "graph", width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+      "aria-label": "causal graph" });
+    for (const edge of graph.edges) {
+      const from = place.get(edge.source);
+      const to = place.get(edge.target);
+      if (!from || !to) continue;
+      const line = svg("line", { x1: from.x, y1: from.y, x2: to.x + (from.x === to.x ? 14 : 0), y2: to.y,
+        class: KNOWN.has(edge.type) ? edge.type : "other" });
+      line.append(svg("title", {}, `${edge.type}: ${edge.reason}`));
+      root.append(line);
+    }
+    for (const { x, y, node } of place.values()) {
+      const kind = node.outcome === "BLOCKED" || node.outcome === "REJECTED" || node.outcome === "FORWARDED"
+        ? node.outcome : "other";
+      const dot = svg("circle", { cx: x, cy: y, r: 8, class: kind, "data-node": node.node_id });
+      dot.append(svg("title", {}, `${node.node_type} ${node.action.tool} ${node.outcome}`));
+      dot.addEventListener("click", () => select(node));
+      root.append(dot, svg("text", { x: x + 14, y: y + 4 }, `${node.action.tool || node.node_type}`.slice(0, 40)));
+    }
+    return root;
+  }
+
+  async function drift(workflowId, nodeId) {
+    const path = await api(
+      "/graphs/" + encodeURIComponent(workflowId) + "/drift-path/" + encodeURIComponent(nodeId));
+    const rows = path.hops.map((hop, index) => el("tr", {},
+      el("td", {}, String(index)),
+      el("td", { className: "mono" }, hop.node_id),
+      el("td", {}, hop.node_type),
+      el("td", { className: "mono" }, hop.agent_id),
+      el("td", { className: "mono" }, [hop.server, hop.tool].filter(Boolean).join(" / ")),
+      el("td", {}, pill(hop.outcome)),
+      el("td", {}, hop.via || "—"),
+      el("td", { className: "reason" }, hop.reason),
+      el("td", { className: "mono" }, hop.taint.join("\n"))));
+    view.replaceChildren(
+      el("h2", {}, "Drift path of ", el("span", { className: "mono" }, nodeId)),
+      el("p", {}, "Workflow ", el("a", { href: route("workflow", workflowId), className: "mono" }, workflowId),
+        ". The walk ended at: ", el("strong", { id: "origin" }, path.origin), "."),
+      table(["hop", "node", "type", "agent", "server / tool", "outcome", "via", "reason", "provenance"], rows));
+  }
+
+  async function violations(cursor, into) {
+    const page = await api("/audit/violations", { limit: PAGE, cursor });
+    const rows = page.items.map((v) => el("tr", { className: "blocked" },
+      el("td", {}, when(v.timestamp)),
+      el("td", { className: "mono" }, el("a", { href: route("workflow", v.workflow_id) }, v.workflow_id)),
+      el("td", { className: "mono" }, v.agent_id),
+      el("td", { className: "mono tool" }, [v.server, v.tool].filter(Boolean).join(" / ")),
+      el("td", { className: "mono" }, v.rule_id),
+      el("td", {}, v.deviation_score === null ? "—" : Number(v.deviation_score).toFixed(2)),
+      el("td", {}, pill(v.outcome)),
+      el("td", { className: "reason" }, v.reason),
+      el("td", {}, el("a", { href: route("drift", v.workflow_id, v.node_id) }, "drift path"))));
+    const target = into || view;
+    if (!into) {
+      target.replaceChildren(el("h2", {}, "Violations"),
+        table(["time", "workflow", "agent", "server / tool", "rule", "score", "outcome", "reason", ""], []));
+      if (!page.items.length) target.append(el("p", {}, "No violation recorded."));
+    }
+    target.querySelector("tbody").append(...rows);
+    more(target, page.next_cursor, (next) => violations(next, target));
+  }
+
+  async function audit() {
+    const [verify, slo] = await Promise.all([api("/audit/verify"), api("/audit/slo")]);
+    const verdict = verify.ok
+      ? el("p", { id: "chain" }, pill("ok"), ` The audit chain holds: ${verify.records} records checked, `
+        + `${verify.checkpoints} signed checkpoints verified.`)
+      : el("p", { id: "chain" }, pill("bad"), " The audit chain is broken: ",
+        el("span", { className: "mono" }, JSON.stringify(verify.problem)));
+    const latency = Object.entries(slo.latency_ms || {}).map(([k, v]) => `${k} ${Number(v).toFixed(2)} ms`).join(", ");
+    view.replaceChildren(
+      el("h2", {}, "Audit"),
+      verdict,
+      verify.head ? el("p", { className: "mono" }, "Head: " + JSON.stringify(verify.head)) : null,
+      el("h3", {}, `Decisions in the last ${slo.window_s} s`),
+      el("div", { className: "summary" },
+        el("div", {}, el("span", {}, "decisions"), String(slo.decisions)),
+        el("div", {}, el("span", {}, "blocked"), String(slo.blocked)),
+        el("div", {}, el("span", {}, "block rate"), (100 * slo.block_rate).toFixed(1) + "%"),
+        el("div", {}, el("span", {}, "verifier fallbacks"), String(slo.verifier_fallbacks)),
+        el("div", {}, el("span", {}, "decision latency"), latency || "—")),
+      table(["rule", "decisions", "blocked"], (slo.rules || []).map((rule) => el("tr", {},
+        el("td", { className: "mono" }, rule.rule_id), el("td", {}, String(rule.decisions)),
+        el("td", {}, String(rule.blocked))))));
+  }
+
+  // ---- routing ------------------------------------------------------------------------------
+  function parts() {
+    const hash = location.hash.replace(/^#\/?/, "");
+    try {
+      return hash ? hash.split("/").map((part) => decodeURIComponent(part)) : ["workflows"];
+    } catch (error) {
+      return ["workflows"];
+    }
+  }
+
+  async function guard(work) {
+    say("Loading…");
+    try {
+      await work();
+      say("");
+    } catch (error) {
+      say(error instanceof ApiError ? error.message : "The page failed: " + error.message, true);
+    }
+  }
+
+  function render() {
+    const [name, ...args] = parts();
+    for (const link of document.querySelectorAll("nav a")) {
+      link.classList.toggle("current", link.dataset.nav === name);
+    }
+    view.replaceChildren();
+    if (!sessionStorage.getItem(TOKEN_KEY)) {
+      say("Sign in with an operator or auditor token (bastion token issue --agent you --role auditor).", true);
+      return;
+    }
+    if (name === "workflow" && args.length === 1) return guard(() => workflow(args[0]));
+    if (name === "drift" && args.length === 2) return guard(() => drift(args[0], args[1]));
+    if (name === "violations") return guard(() => violations());
+    if (name === "audit") return guard(() => audit());
+    return guard(() => workflows());
+  }
+
+  document.getElementById("signin").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = tokenInput.value.trim();
+    tokenInput.value = "";
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    signout.hidden = !sessionStorage.getItem(TOKEN_KEY);
+    render();
+  });
+  signout.addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    signout.hidden = true;
+    render();
+  });
+  window.addEventListener("hashchange", render);
+  signout.hidden = !sessionStorage.getItem(TOKEN_KEY);
+  render();
+})();
