@@ -12,6 +12,12 @@ Signatures (`signatures`, JWS over the card) cannot survive the rewrite: they co
 agent's URLs. They are removed rather than passed on broken, so a client that requires a
 signed card refuses the card instead of trusting a signature that no longer verifies.
 Everything else (skills, capabilities, security schemes, extensions) passes unchanged.
+
+Every field is read and rewritten under each spelling a client's reader takes
+(`_a2a_fields`): protobuf's (1.0) and pydantic's (0.3) readers take `supported_interfaces`,
+`additional_interfaces`, `preferred_transport` and `protocol_binding` as well as the JSON
+names, and an attacker's probe pointed a client at the agent itself through a card that
+spelled them so. A card giving one field twice with different values is not relayed.
 """
 
 from __future__ import annotations
@@ -19,30 +25,64 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
+from bastion._errors import UpstreamError
+from bastion._json import loads_as_clients
+
+from ._a2a_fields import answered, present
+
 #: Bindings Bastion carries (DESIGN §4); gRPC is not one of them.
 CARRIED_BINDINGS = frozenset({"JSONRPC", "HTTP+JSON"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def rewrite_card(card: dict[str, Any], agent_url: str, bastion_url: str) -> dict[str, Any]:
-    """`card` with its endpoints moved under `bastion_url` (a new dict; `card` is unchanged)."""
+    """`card` with its endpoints moved under `bastion_url` (a new dict; `card` is unchanged).
+    UpstreamError when it gives a field it names endpoints with twice, differently."""
     out = {key: value for key, value in card.items() if key != "signatures"}
-    if isinstance(interfaces := card.get("supportedInterfaces"), list):
-        out["supportedInterfaces"] = _interfaces(interfaces, "protocolBinding", agent_url, bastion_url)
-    if isinstance(interfaces := card.get("additionalInterfaces"), list):
-        out["additionalInterfaces"] = _interfaces(interfaces, "transport", agent_url, bastion_url)
+    for field, binding_key in (("supportedInterfaces", "protocolBinding"), ("additionalInterfaces", "transport")):
+        keys, interfaces = present(card, field)
+        for key in keys:
+            # Not a list: no reader takes it as interfaces, and none is shown it.
+            if isinstance(interfaces, list):
+                out[key] = _interfaces(interfaces, binding_key, agent_url, bastion_url)
+            else:
+                del out[key]
     if "url" in card:
         # 0.3's main URL is required and serves `preferredTransport`; when that is one
         # Bastion does not carry, the client is pointed at JSON-RPC through Bastion.
-        preferred = card.get("preferredTransport")
+        keys, preferred = present(card, "preferredTransport")
         preferred = preferred.upper() if isinstance(preferred, str) else "JSONRPC"
         if preferred == "HTTP+JSON" and (moved := move_url(card["url"], agent_url, bastion_url)) is not None:
             out["url"] = moved
         else:
             out["url"] = bastion_url
             if preferred != "JSONRPC" or not same_endpoint(card["url"], agent_url):
-                out["preferredTransport"] = "JSONRPC"
+                for key in keys or ["preferredTransport"]:
+                    out[key] = "JSONRPC"
     return out
+
+
+def rewrite_card_answer(data: bytes, *, jsonrpc: bool, agent_url: str, bastion_url: str) -> bytes:
+    """A GetExtendedAgentCard answer with its card rewritten: the JSON-RPC `result`, or
+    the HTTP+JSON body. An answer that holds no card object is passed as it came; one no
+    reader takes is refused, and one only the client's reader takes (UTF-16, a BOM) is
+    read as it reads it: passed on unread, its card would name the agent's own URLs."""
+    try:
+        answer = loads_as_clients(data)
+    except ValueError as exc:
+        raise UpstreamError("its extended agent card is not JSON Bastion can rewrite; it was not relayed") from exc
+    if not isinstance(answer, dict):
+        return data
+    card = answer.get("result") if jsonrpc else answer
+    if not isinstance(card, dict):
+        return data
+    moved = rewrite_card(card, agent_url, bastion_url)
+    try:
+        return orjson.dumps({**answer, "result": moved} if jsonrpc else moved)
+    except TypeError as exc:  # an integer past 64 bits, which only the stdlib reader takes
+        raise UpstreamError("its extended agent card holds a value Bastion cannot re-encode") from exc
 
 
 def _interfaces(items: list[Any], binding_key: str, agent_url: str, bastion_url: str) -> list[dict[str, Any]]:
@@ -50,7 +90,7 @@ def _interfaces(items: list[Any], binding_key: str, agent_url: str, bastion_url:
     for item in items:
         if not isinstance(item, dict):
             continue
-        binding = item.get(binding_key)
+        binding = answered(item, binding_key)
         if not isinstance(binding, str) or binding.upper() not in CARRIED_BINDINGS:
             continue
         if binding.upper() == "JSONRPC":

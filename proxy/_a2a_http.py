@@ -45,14 +45,14 @@ from bastion._errors import (
 )
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
-from bastion._json import loads_as_clients
 from bastion.v1 import graph_pb2, policy_pb2
 
-from ._a2a_card import rewrite_card
+from ._a2a_card import rewrite_card, rewrite_card_answer
 from ._a2a_compat import AGENT_HEADER, translate
+from ._a2a_fields import spelled
 from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
 from ._a2a_pages import PageTokens
-from ._a2a_tasks import TaskSniffer, filter_tasks, named_tasks, spelled, store_key
+from ._a2a_tasks import TaskSniffer, claim, filter_tasks, may_reach, named_tasks, request_tenant
 from ._asgi import (
     JSON,
     Headers,
@@ -141,7 +141,7 @@ class A2aAgent:
     pool: UpstreamPool
 
 
-#: A ListTasks page token's two spellings (`_a2a_tasks.spelled`).
+#: A ListTasks page token's two spellings (`_a2a_fields.spelled`).
 _PAGE_TOKEN = ("pageToken", "page_token")
 
 
@@ -160,6 +160,8 @@ class _Request:
     principal: Principal
     #: A ListTasks call that named a page (`pageToken`): its answer is not the whole list.
     paged: bool = False
+    #: The A2A tenant the request names (`tenant`, or the HTTP+JSON path's tenant segment).
+    tenant: str = ""
 
 
 class A2aHttpAdapter:
@@ -321,6 +323,7 @@ class A2aHttpAdapter:
             request.trace.message(Message(message, call.wire_method, msg_id, call.params))
             action.method, action.kind, action.tool = call.wire_method, call.method.kind, call.method.name
             caller = await self._caller(principal, request, call.params)
+            request.tenant = request_tenant(call.params)
             await self._check_task(request, call.method, call.params)
             if self._open_page(request, call.method, call.params):
                 body = orjson.dumps(message)  # the agent gets its own cursor back (no key repeats: checked)
@@ -371,6 +374,7 @@ class A2aHttpAdapter:
             call = classify_rest(http_method, request.suffix[1:], query, body, self._budget)
             action.method, action.kind, action.tool = f"{http_method} /{call.route}", call.method.kind, call.method.name
             caller = await self._caller(principal, request, call.arguments)
+            request.tenant = call.tenant
             await self._check_task(request, call.method, call.arguments)
             if self._open_page(request, call.method, call.arguments):
                 pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
@@ -436,27 +440,20 @@ class A2aHttpAdapter:
             await self._upstream_failed(request, record, exc, None)
             return
         out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE]
-        if response.status == 200:
+        if 200 <= response.status < 300:  # the client reads any 2xx as the card, not only a 200
             try:
-                card = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                card = None
-            if not isinstance(card, dict):
-                await self._upstream_failed(
-                    request, record, UpstreamError("the agent's card is not a JSON object"), None
-                )
+                data = _rewritten_card(data, agent.url, _bastion_url(request))
+            except UpstreamError as exc:
+                await self._upstream_failed(request, record, exc, None)
                 return
-            data = orjson.dumps(rewrite_card(card, agent.url, _bastion_url(request)))
         await send_bytes(request.send, response.status, data, with_length(out, data) + node_headers(record))
 
     # --- shared stages -----------------------------------------------------------------
 
     async def _check_task(self, request: _Request, method: A2aMethod, arguments: dict[str, Any]) -> None:
         """Another principal's task is not this caller's to read, cancel or redirect."""
-        me = owner_key(request.principal)
         for task in named_tasks(method, arguments):
-            holder = await self._tracker.owners.holder(store_key(request.name, task))
-            if holder is not None and holder != me:
+            if not await may_reach(self._tracker.owners, request.name, request.tenant, task, request.principal):
                 raise TaskForeign(f"task {task[:100]!r} of agent {request.name!r} was created by another principal")
 
     async def _own_tasks(self, request: _Request, data: bytes, *, first_page: bool) -> bytes:
@@ -465,8 +462,7 @@ class A2aHttpAdapter:
         me = owner_key(request.principal)
 
         async def visible(task: str) -> bool:
-            holder = await self._tracker.owners.holder(store_key(request.name, task))
-            return holder is None or holder == me
+            return await may_reach(self._tracker.owners, request.name, request.tenant, task, request.principal)
 
         return await filter_tasks(
             data, visible, lambda token: self._pages.seal(token, f"{request.name}/{me}"), first_page=first_page
@@ -493,13 +489,13 @@ class A2aHttpAdapter:
         if record.action.kind != policy_pb2.A2A_SEND:
             return None
 
-        async def claim(task: str) -> None:
+        async def claimed(task: str) -> None:
             try:
-                await self._tracker.owners.claim(store_key(request.name, task), request.principal)
+                await claim(self._tracker.owners, request.name, request.tenant, task, request.principal)
             except StoreError as exc:  # the answer is on its way; the task stays unowned
                 log.error("cannot record the owner of an A2A task", extra={"fields": {"error": str(exc)}})
 
-        return TaskSniffer(claim)
+        return TaskSniffer(claimed)
 
     async def _caller(self, principal: Principal, request: _Request, arguments: dict[str, Any]) -> Caller:
         header = request.headers.get(b"bastion-workflow-id")
@@ -585,8 +581,14 @@ class A2aHttpAdapter:
                 # attacker's probe listed another caller's tasks through a gzip answer).
                 response.release()
                 raise UpstreamError(f"it answered with {opaque}, which Bastion cannot read (it asks for none)")
+            if ok and (ambiguous := _ambiguous_stream(response, streaming)) is not None:
+                response.release()
+                raise UpstreamError(f"it answered with {ambiguous}")
             out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + node_headers(record)
-            sse = response.is_sse
+            # Read as the client reads it: a 2xx answer to a method that does not stream is one
+            # JSON body whatever its type says (a ListTasks page sent as `text/event-stream`
+            # was relayed as a stream, unfiltered, and a send's task went unclaimed).
+            sse = response.is_sse and (streaming or not ok)
             # Only an event stream is relayed as it comes: a single answer is read whole, with
             # or without a Content-Length — the sniffer, the ListTasks filter and the card
             # rewrite need all of it (an attacker's probe sent them chunked, unread).
@@ -600,7 +602,10 @@ class A2aHttpAdapter:
                     data = await self._own_tasks(request, data, first_page=not request.paged)
                 if card_answer and ok:
                     # The extended card names the agent's endpoints too: moved like the public one.
-                    data = _rewrite_card_answer(data, request)
+                    jsonrpc = request.suffix in ("", "/")
+                    data = rewrite_card_answer(
+                        data, jsonrpc=jsonrpc, agent_url=request.agent.url, bastion_url=_bastion_url(request)
+                    )
                 await send_bytes(request.send, response.status, data, with_length(out, data))
                 relayed = True
             else:
@@ -716,23 +721,23 @@ def _bastion_url(request: _Request) -> str:
     return f"{request.scope.get('scheme', 'http')}://{host}/a2a/{request.name}"
 
 
-def _rewrite_card_answer(data: bytes, request: _Request) -> bytes:
-    """A GetExtendedAgentCard answer with its card rewritten: the JSON-RPC `result`, or
-    the HTTP+JSON body. An answer that holds no card object is passed as it came; one no
-    reader takes is refused, and one only the client's reader takes (UTF-16, a BOM) is
-    read as it reads it: passed on unread, its card would name the agent's own URLs."""
+def _rewritten_card(data: bytes, agent_url: str, bastion_url: str) -> bytes:
+    """The public card's body, rewritten (`_a2a_card`); UpstreamError when it is no card."""
     try:
-        answer = loads_as_clients(data)
-    except ValueError as exc:
-        raise UpstreamError("its extended agent card is not JSON Bastion can rewrite; it was not relayed") from exc
-    if not isinstance(answer, dict):
-        return data
-    jsonrpc = request.suffix in ("", "/")
-    card = answer.get("result") if jsonrpc else answer
+        card = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        card = None
     if not isinstance(card, dict):
-        return data
-    moved = rewrite_card(card, request.agent.url, _bastion_url(request))
-    try:
-        return orjson.dumps({**answer, "result": moved} if jsonrpc else moved)
-    except TypeError as exc:  # an integer past 64 bits, which only the stdlib reader takes
-        raise UpstreamError("its extended agent card holds a value Bastion cannot re-encode") from exc
+        raise UpstreamError("the agent's card is not a JSON object")
+    return orjson.dumps(rewrite_card(card, agent_url, bastion_url))
+
+
+def _ambiguous_stream(response: UpstreamResponse, streaming: bool) -> str | None:
+    """A streaming method's Content-Type that one client reads as an event stream and
+    another as one JSON body (the a2a-sdk looks for `text/event-stream` anywhere in it, case
+    and all; Bastion and others read the media type): the sniffer would read it one way and
+    a client the other. None when every reader agrees."""
+    declared = response.header(b"content-type") or b""
+    if not streaming or (b"text/event-stream" in declared) == response.is_sse:
+        return None
+    return f"Content-Type {declared[:64].decode('latin-1')!r}, which clients read differently"

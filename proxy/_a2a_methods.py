@@ -166,6 +166,9 @@ class RestCall:
     method: A2aMethod
     route: str
     arguments: dict[str, Any]
+    #: The segment before the route ("" when none): a 1.0 tenant, or 0.3's `v1`, keyed as
+    #: one all the same (`_a2a_tasks`: a tenant only ever narrows who reaches a task).
+    tenant: str = ""
 
 
 def classify_rest(http_method: str, path: str, query: bytes, body: bytes, budget: ValueBudget) -> RestCall:
@@ -187,7 +190,11 @@ def classify_rest(http_method: str, path: str, query: bytes, body: bytes, budget
         if found is not None:
             name, params = found
             arguments = _rest_arguments(name, params, query, body, budget)
-            return RestCall(METHODS[name], "/".join(segments[skip:]), arguments)
+            tenant = segments[0] if skip else ""
+            if arguments.get("tenant") not in (None, tenant):
+                # The a2a-sdk agent takes the path's; another may take the body's.
+                raise InvalidParams("the request's 'tenant' disagrees with the path's tenant segment")
+            return RestCall(METHODS[name], "/".join(segments[skip:]), arguments, tenant)
     raise MethodNotAllowed(f"{http_method} /{path[:200]} is not an A2A HTTP+JSON route Bastion carries")
 
 

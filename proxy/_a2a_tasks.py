@@ -3,10 +3,11 @@
 An agent's task ids are its own; any caller that learns one (from a log, a shared
 context, a guess) could read its history, cancel it or point its push notifications
 elsewhere, and the agent — which sees only Bastion — cannot tell callers apart. So the
-proxy notes the task id in the answer to each send (the first `task.id`, 0.3 `kind:
-"task"` id, or `taskId` of a message or update: in a single answer read whole, in a
-stream as it passes, an event over 16 MiB before the task is named ending the stream; read
-as the client reads it, UTF-16 and all) and claims it for the sender in the durable ownership store; a later
+proxy notes the task id in the answer to each send (`task_in`: a 1.0 `task.id` or the
+`taskId` of a message or update, a 0.3 task's `id`, every field under each spelling a
+client reads, `_a2a_fields`: in a single answer read whole, in a stream as it passes, an
+event over 16 MiB before the task is named ending the stream; read as the client reads it,
+UTF-16 and all) and claims it for the sender in the durable ownership store; a later
 GetTask, CancelTask, SubscribeToTask or push-config call naming that task from another
 principal is refused (403, `bastion.a2a.task_foreign`) before any decision, and so is a
 message sent into it (`message.taskId` of SendMessage, SendStreamingMessage, 0.3
@@ -14,6 +15,18 @@ message sent into it (`message.taskId` of SendMessage, SendStreamingMessage, 0.3
 history and be answered with its state. A task Bastion
 never saw created (made before Bastion sat in front of the agent, or by another route)
 has no owner here and is decided by policy alone.
+
+**Tenants.** A2A 1.0 requests may name a tenant (the `tenant` field, or a path segment
+before an HTTP+JSON route), and an agent may number each tenant's tasks on its own: the
+same id under two tenants is two tasks of two callers. So a task is claimed under the
+tenant its send named, exactly as sent (`tenant_key`), and the task id alone records its
+one holder, or SHARED once two principals hold it under different tenants (`store_key`,
+also the key of claims made before tenants were recorded). A caller reaches a task when it
+holds it under the tenant it names, or when nobody else holds it under any tenant
+(`may_reach`). Tenant strings are compared exactly and never folded: an agent may treat
+`acme` and `ACME`, or a look-alike, as one tenant or as two, and whichever it does, a
+variant gets no other caller's task — no record under it, the id held by someone else or
+shared: refused.
 """
 
 from __future__ import annotations
@@ -24,32 +37,63 @@ from typing import Any
 import orjson
 
 from bastion._errors import InvalidParams, UpstreamError
+from bastion._identity import Principal
 from bastion._json import loads_as_clients
 from bastion.v1 import policy_pb2
 
+from ._a2a_fields import answered, present, spelled
 from ._a2a_methods import A2aMethod
+from ._owners import WorkflowOwners, owner_key
 from ._sse import MAX_EVENT_BYTES, EventReader
 
 _TASK_KINDS = frozenset({policy_pb2.A2A_GET, policy_pb2.A2A_CANCEL, policy_pb2.A2A_PUSH_CONFIG})
+#: Where an answer to a send names its task: a member (and its other spellings) holding a
+#: Task, whose id is `id`, or a Message or an update, whose task is `taskId`. `msg` is the
+#: 0.3 proto's field name for `message`, which its HTTP+JSON client reads too.
+_HOLDERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("task", (), "id"),
+    ("message", ("msg",), "taskId"),
+    ("statusUpdate", (), "taskId"),
+    ("artifactUpdate", (), "taskId"),
+)
 
 
 def store_key(agent: str, task_id: str) -> str:
-    # "/" never occurs in a workflow id, so these keys share the ownership store safely.
+    """The key of a task's holder under any tenant (or SHARED).
+    "/" never occurs in a workflow id, so these keys share the ownership store safely."""
     return f"a2a-task/{agent}/{task_id}"
 
 
-def spelled(mapping: dict[str, Any], name: str) -> Any:
-    """The value of field `name` (camelCase, the proto's JSON name) under either spelling an
-    agent reads: a2a-sdk parses 1.0 with protobuf's `ParseDict` and 0.3 with pydantic, and
-    both take the proto field's own snake_case name too (`task_id`). Found by an attacker's
-    probe: a check that read only `taskId` let `task_id` name another caller's task. Both
-    spellings with different values are refused: which one an agent reads is its own."""
-    snake = "".join(f"_{char.lower()}" if char.isupper() else char for char in name)
-    value = mapping.get(name)
-    other = mapping.get(snake) if snake != name else None
-    if value is not None and other is not None and value != other:
-        raise InvalidParams(f"{name!r} and {snake!r} are both given, with different values; send one")
-    return value if value is not None else other
+def tenant_key(agent: str, tenant: str, task_id: str) -> str:
+    """The key of a task's holder under one tenant, exactly as the send named it (the
+    tenant length-prefixed: no tenant and task id pair spells another pair's key)."""
+    return f"a2a-task-tenant/{agent}/{len(tenant)}:{tenant}/{task_id}"
+
+
+def request_tenant(arguments: dict[str, Any]) -> str:
+    """The tenant a JSON-RPC request names (its `tenant` field; "" when absent or null)."""
+    tenant = arguments.get("tenant")
+    if tenant is None:
+        return ""
+    if not isinstance(tenant, str):
+        raise InvalidParams("'tenant' must be a string")
+    return tenant
+
+
+async def may_reach(owners: WorkflowOwners, agent: str, tenant: str, task: str, principal: Principal) -> bool:
+    """Whether `principal` may name `task` of `agent` under `tenant` (the module docstring):
+    it holds the task under that tenant, or nobody else holds it under any."""
+    me = owner_key(principal)
+    exact = await owners.holder(tenant_key(agent, tenant, task))
+    if exact is not None:
+        return exact == me
+    anywhere = await owners.holder(store_key(agent, task))
+    return anywhere is None or anywhere == me
+
+
+async def claim(owners: WorkflowOwners, agent: str, tenant: str, task: str, principal: Principal) -> bool:
+    """Claim `task` of `agent` under `tenant` for `principal`; True when it holds it now."""
+    return await owners.claim_in(tenant_key(agent, tenant, task), store_key(agent, task), principal)
 
 
 def named_tasks(method: A2aMethod, arguments: dict[str, Any]) -> tuple[str, ...]:
@@ -79,24 +123,42 @@ def named_tasks(method: A2aMethod, arguments: dict[str, Any]) -> tuple[str, ...]
 
 
 def task_in(message: Any) -> str | None:
-    """The task id an answer (a JSON-RPC response, an SSE event's data or a REST body) names."""
+    """The task an answer (a JSON-RPC response, an SSE event's data or a REST body) names,
+    as any a2a-sdk client reads it: the 1.0 and 0.3 proto readers (`task.id`, the `taskId`
+    of a message or update, each under every spelling) on the JSON-RPC `result` and on a
+    REST body, and the 0.3 JSON-RPC reader on the `result`, which is the Task (`kind:
+    "task"`, or no kind and an `id`, as that client guesses), Message or update itself.
+    UpstreamError when it names two tasks, or one field twice with different values: each
+    client would learn its own, and only one would have an owner."""
     if not isinstance(message, dict):
         return None
-    for candidate in (message.get("result"), message):
+    result = message.get("result")
+    found: list[Any] = []
+    for candidate in (result, message):
         if not isinstance(candidate, dict):
             continue
-        task = candidate.get("task")
-        if isinstance(task, dict) and isinstance(task.get("id"), str):
-            return str(task["id"])
-        if candidate.get("kind") == "task" and isinstance(candidate.get("id"), str):
-            return str(candidate["id"])
-        for key in ("message", "statusUpdate", "artifactUpdate"):
-            inner = candidate.get(key)
-            if isinstance(inner, dict) and isinstance(inner.get("taskId"), str):
-                return str(inner["taskId"])
-        if isinstance(candidate.get("taskId"), str):
-            return str(candidate["taskId"])
-    return None
+        for field, aliases, key in _HOLDERS:
+            inner = answered(candidate, field, aliases)
+            if isinstance(inner, dict):
+                found.append(answered(inner, key))
+        found.append(answered(candidate, "taskId"))
+    if isinstance(result, dict) and _legacy_kind(result) == "task":
+        found.append(result.get("id"))
+    tasks = set(value for value in found if isinstance(value, str) and value)
+    if len(tasks) > 1:
+        raise UpstreamError("its answer names more than one task; it was not relayed")
+    return tasks.pop() if tasks else None
+
+
+def _legacy_kind(result: dict[str, Any]) -> object:
+    """What the 0.3 JSON-RPC client takes a result for (`kind`, or its guess without one)."""
+    if kind := result.get("kind"):
+        return kind
+    if "taskId" in result and "final" in result:
+        return "status-update"
+    if "messageId" in result:
+        return "message"
+    return "task" if "id" in result else None
 
 
 class TaskSniffer:
@@ -135,9 +197,10 @@ class TaskSniffer:
 
     async def _try(self, data: bytes) -> bool:
         try:
-            task = task_in(loads_as_clients(data))
+            answer = loads_as_clients(data)
         except ValueError:  # no reader takes it: nor will the client, which learns no task
             return False
+        task = task_in(answer)
         if task is None:
             return False
         self._done = True
@@ -159,31 +222,46 @@ async def filter_tasks(
     The agent's `totalSize` counts every caller's tasks: it is kept only when this answer
     is the whole list (the first page, and no next one), set to what the caller sees, and
     removed otherwise (proto3: unset), since the tasks of other pages are not known here.
+    Both are read and written under each spelling the client reads (`next_page_token`,
+    `total_size`: an agent's snake_case page token was handed on unsealed).
 
     Read as the client reads it (`loads_as_clients`: UTF-16, a BOM, NaN); an answer no
-    reader takes is refused (UpstreamError) rather than relayed unfiltered.
+    reader takes, or that gives a field twice with different values, is refused
+    (UpstreamError) rather than relayed unfiltered.
     """
     try:
         answer = loads_as_clients(data)
     except ValueError as exc:
         raise UpstreamError("its ListTasks answer is not JSON Bastion can filter; it was not relayed") from exc
-    holder = answer.get("result") if isinstance(answer, dict) and "result" in answer else answer
-    tasks = holder.get("tasks") if isinstance(holder, dict) else None
-    if not isinstance(tasks, list):
+    if not isinstance(answer, dict):
         return data
-    assert isinstance(holder, dict)
-    kept = [task for task in tasks if not isinstance(task, dict) or await visible(str(task.get("id", "")))]
-    holder["tasks"] = kept
-    token = holder.get("nextPageToken")
-    sealed = seal(token) if isinstance(token, str) and token else None
-    if "totalSize" in holder:
-        if first_page and sealed is None:
-            holder["totalSize"] = len(kept)
-        else:
-            del holder["totalSize"]
-    if sealed is not None:
-        holder["nextPageToken"] = sealed
+    # The JSON-RPC client reads `result`, the HTTP+JSON client the body itself: both are
+    # filtered, whichever binding was asked (a body with both would show one of them whole).
+    pages = [page for page in (answer.get("result"), answer) if isinstance(page, dict)]
+    if not any(isinstance(page.get("tasks"), list) for page in pages):
+        return data
+    for page in pages:
+        await _filter_page(page, visible, seal, first_page=first_page)
     try:
         return orjson.dumps(answer)
     except TypeError as exc:  # an integer past 64 bits, which only the stdlib reader takes
         raise UpstreamError("its ListTasks answer holds a value Bastion cannot re-encode; it was not relayed") from exc
+
+
+async def _filter_page(
+    page: dict[str, Any], visible: Callable[[str], Awaitable[bool]], seal: Callable[[str], str], *, first_page: bool
+) -> None:
+    tasks = page.get("tasks")
+    if isinstance(tasks, list):
+        page["tasks"] = [task for task in tasks if not isinstance(task, dict) or await visible(str(task.get("id", "")))]
+    token_keys, token = present(page, "nextPageToken")
+    size_keys, _ = present(page, "totalSize")
+    sealed = seal(token) if isinstance(token, str) and token else None
+    for key in size_keys:
+        if first_page and sealed is None and isinstance(page.get("tasks"), list):
+            page[key] = len(page["tasks"])
+        else:
+            del page[key]
+    if sealed is not None:
+        for key in token_keys:
+            page[key] = sealed

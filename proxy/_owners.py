@@ -17,6 +17,10 @@ running inside A's upstream session. Two bindings close that:
   in SQLite under $BASTION_HOME so it survives restarts (otherwise the first caller after
   a restart would own every id); claims run on one dedicated thread, and known ids are
   answered from a bounded in-memory cache without touching the event loop's time.
+
+The same store holds who created each A2A task through Bastion (`_a2a_tasks`): a task
+under each tenant, and the task id alone, whose holder becomes SHARED once two principals
+hold it under different tenants (`claim_in`, one transaction).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from bastion._identity import Principal
 
 from ._lru import Lru
 
+#: The holder of a group of keys (`WorkflowOwners.claim_in`) held by more than one principal.
+#: Never an owner key, which always holds a ":" (`owner_key`).
+SHARED = "*"
 #: A workflow id names a graph workflow and a URL path segment: a safe character set.
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 MAX_WORKFLOW_ID = 128
@@ -129,6 +136,38 @@ class WorkflowOwners:
             known = await asyncio.get_running_loop().run_in_executor(self._executor, self._claim, key, owner)
             self._cache.put(key, known)
         return known == owner
+
+    async def claim_in(self, key: str, group: str, principal: Principal) -> bool:
+        """Claim `key` for `principal` unless someone holds it (`claim`), and note on `group`
+        (the key of what several keys are parts of: an A2A task, whose keys are its tenants)
+        who holds its keys: the one principal that does, or SHARED once two do. True when
+        `principal` holds `key` now."""
+        owner = owner_key(principal)
+        loop = asyncio.get_running_loop()
+        held, grouped = await loop.run_in_executor(self._executor, self._claim_in, key, group, owner)
+        self._cache.put(key, held)
+        if grouped is not None:
+            self._cache.put(group, grouped)
+        return held == owner
+
+    def _claim_in(self, key: str, group: str, owner: str) -> tuple[str, str | None]:
+        # One transaction: a key claimed with no word on its group would leave the group
+        # looking unheld, and anyone may name an unheld task under another tenant.
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                held = self._claim(key, owner)
+                grouped = self._claim(group, owner) if held == owner else None
+                if grouped is not None and grouped not in (owner, SHARED):
+                    self._db.execute("UPDATE workflow_owners SET owner = ? WHERE workflow_id = ?", (SHARED, group))
+                    grouped = SHARED
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"ownership store failed: {exc}") from exc
+        return held, grouped
 
     async def holder(self, key: str) -> str | None:
         """Who holds `key` (an owner key), or None when nobody has claimed it."""

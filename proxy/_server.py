@@ -159,6 +159,7 @@ async def serve(
             max_sessions=settings.stdio_max_sessions,
             idle_timeout=settings.session_idle_s,
             max_body=settings.max_body,
+            redactor=redactor,
         )
         for name, server in app.servers.items()
         if server.command is not None

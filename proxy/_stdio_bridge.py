@@ -13,8 +13,9 @@ one shared child for stateless (2026-07) requests. Children are supervised: a ch
 exits answers every request still in flight with an error and ends its session (the
 client's next request gets 404 and it initialises again); a server that keeps dying
 right after it starts is started again only after an exponential backoff, so a broken
-command cannot become a fork loop. Its stderr goes to the proxy's log, and what it
-writes on stdout that is not JSON-RPC is dropped and reported.
+command cannot become a fork loop. Its stderr goes to the proxy's log, redacted with the
+proxy's Redactor (`_stdio.py`; not logged without one), and what it writes on stdout that
+is not JSON-RPC is dropped and reported.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bastion._appconfig import ServerConfig
 from bastion._errors import UpstreamError
 from bastion._web import WebServer, start_web_server
 
+from ._redact import Redactor
 from ._session_host import Backend, HostedSession, SessionHost
 from ._stdio import StdioProcess
 from ._upstream import MAX_ANSWER_BYTES, UpstreamPool
@@ -100,9 +102,13 @@ class StdioUpstream:
         max_sessions: int,
         idle_timeout: float,
         max_body: int,
+        redactor: Redactor | None = None,
     ) -> None:
+        """`redactor`: redacts what a child writes on stderr before it is logged (the
+        proxy's: its placeholders match the journal's); without one stderr is not logged."""
         assert config.command is not None
         self.name = name
+        self._redactor = redactor
         self._config = config
         self._report = report
         self._backoff = _Backoff(name)
@@ -160,6 +166,7 @@ class StdioUpstream:
             on_message=session.emit,
             on_garbage=garbage,
             on_exit=exited,
+            redactor=self._redactor,
         )
         await process.start()
         backend = _ChildBackend(process)
