@@ -82,7 +82,7 @@ def run_graph_command(args: argparse.Namespace) -> int:
                 answer = call(http, "GET", path, params={"max_depth": str(args.max_depth)})
                 emit(args, answer, drift_tree(answer))
             elif args.action == "verify":
-                answer = call(http, "GET", "/audit/verify")
+                answer = _verify_whole(http)
                 emit(args, answer, _verify_text(answer))
                 return 0 if answer["ok"] else 1
             elif args.action == "slo":
@@ -127,6 +127,22 @@ def drift_tree(answer: dict[str, Any]) -> str:
             reason = f": {hop['reason']}" if hop["reason"] else ""
             lines.append(f"{pad}└─ {hop['via']}{reason}")
     return "\n".join(lines)
+
+
+def _verify_whole(http: httpx.Client) -> dict[str, Any]:
+    """GET /audit/verify, continuing from where each answer stopped at the service's deadline
+    (`next`, each part linked to the last) until the head or a problem: one answer for the
+    whole chain, its `records` and `checkpoints` summed over the parts."""
+    answer: dict[str, Any] = call(http, "GET", "/audit/verify")
+    records, checkpoints = answer["records"], answer.get("checkpoints", 0)
+    while answer.get("stopped") and answer.get("next") and answer.get("problem") is None:
+        following = answer["next"]
+        answer = call(
+            http, "GET", "/audit/verify", params={"after": str(following["after"]), "anchor": following["anchor"]}
+        )
+        records += answer["records"]
+        checkpoints += answer.get("checkpoints", 0)
+    return {**answer, "first": 1, "records": records, "checkpoints": checkpoints}
 
 
 def _verify_text(answer: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ a server must reject such a request).
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
@@ -90,3 +91,29 @@ def _netloc(origin: str) -> str:
         return urlsplit(origin).netloc
     except ValueError:  # e.g. 'http://[' — an unclosed IPv6 literal
         return ""
+
+
+_HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+_IPV6 = re.compile(r"[0-9a-f:.]{2,45}")
+
+
+def web_origin(url: str) -> str:
+    """The origin (`scheme://host[:port]`, lower case) of an http(s) URL naming a web
+    server and nothing more: no user, path, query or fragment. ValueError otherwise."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # raises on a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"{url[:200]!r} is not a URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url[:200]!r} is not an http(s) URL with a host")
+    if parts.username or parts.password or parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"{url[:200]!r} must name only scheme, host and port")
+    if not _HOST_NAME.fullmatch(parts.hostname) and not _IPV6.fullmatch(parts.hostname):
+        # Also what keeps a configured origin from adding to a Content-Security-Policy
+        # (`;` or `,` would start a directive or a source list there).
+        raise ValueError(f"{url[:200]!r}: the host must be a DNS name or an IP address")
+    # As a browser sends it in Origin: the default port left out, an IPv6 host bracketed.
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = 80 if parts.scheme == "http" else 443
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")

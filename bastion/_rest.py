@@ -72,7 +72,9 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 def rest_app(*, title: str, hosts: HostCheck, description: str = "") -> FastAPI:
     """A FastAPI app answering errors in the shared body and refusing foreign Hosts."""
-    app = FastAPI(title=title, version=__version__, description=description)
+    # No redirect to the path with or without its slash: Starlette builds that Location from
+    # the Host header, which behind a gateway allowing any Host ('*') is the caller's choice.
+    app = FastAPI(title=title, version=__version__, description=description, redirect_slashes=False)
     app.add_exception_handler(BastionError, _bastion_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -94,6 +94,25 @@ ADDRESS_VARS = (
 )
 
 
+#: Where the services listen when their variables are unset (their settings' defaults).
+_DEFAULT_ADDRS = {"BASTION_PROXY_ADDR": "127.0.0.1:7070", "BASTION_GRAPH_ADDR": "127.0.0.1:8080"}
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _dashboard_env(env: dict[str, str]) -> dict[str, str]:
+    """The dashboard's two addresses — the proxy's URL for the graph's `/ui`, the graph's
+    origin for the proxy's CORS — when both listen on loopback, where the browser on this
+    machine reaches them at exactly those addresses. Elsewhere the operator sets them."""
+    proxy = parse_addr(env.get("BASTION_PROXY_ADDR") or _DEFAULT_ADDRS["BASTION_PROXY_ADDR"])
+    graph = parse_addr(env.get("BASTION_GRAPH_ADDR") or _DEFAULT_ADDRS["BASTION_GRAPH_ADDR"])
+    if proxy[0] not in _LOOPBACK or graph[0] not in _LOOPBACK:
+        return {}
+    return {
+        "BASTION_DASHBOARD_PROXY_URL": f"http://{format_addr(*proxy)}",
+        "BASTION_DASHBOARD_ORIGIN": f"http://{format_addr(*graph)}",
+    }
+
+
 def _pin_ports(env: dict[str, str]) -> dict[str, str]:
     """`env` with every `host:0` address variable given a port free on that host now.
 
@@ -152,6 +171,7 @@ def up(config: Path | None) -> int:
         ensure_dev_key(home)
         ensure_service_token(home, settings.service_token.get_secret_value() if settings.service_token else None)
         stack = _Stack(config_path, home)
+        stack.env = {**_dashboard_env(stack.env), **stack.env}  # what the caller set wins
     except BastionError as exc:
         print(f"bastion up: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 from fastapi import APIRouter, HTTPException, Response
 
 _STATIC = Path(__file__).resolve().parent / "static"
@@ -24,13 +25,23 @@ _TYPES = {
     "favicon.svg": "image/svg+xml",
 }
 _ASSETS = {name: (_STATIC / name).read_bytes() for name in _TYPES}
-#: `connect-src 'self'`: the page talks to the API that served it, nowhere else.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
+
+
+def content_security_policy(proxy_origin: str | None = None) -> str:
+    """`connect-src`: the API that served the page and, when configured, the proxy whose
+    approvals and queue the page drains — nowhere else."""
+    connect = "'self'" + (f" {proxy_origin}" if proxy_origin else "")
+    # Trusted Types with no policy: should an HTML sink (innerHTML, insertAdjacentHTML…) ever
+    # slip into the script, the browser refuses to parse a string there (a TypeError), so
+    # what an agent wrote can still not become markup.
+    return (
+        f"default-src 'none'; script-src 'self'; style-src 'self'; connect-src {connect}; img-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
+        "require-trusted-types-for 'script'; trusted-types 'none'"
+    )
+
+
 _HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -40,22 +51,30 @@ _HEADERS = {
     "Cache-Control": "no-store",
 }
 
-ui_router = APIRouter(include_in_schema=False)
 
+def dashboard_router(proxy_url: str | None = None) -> APIRouter:
+    """The routes of `/ui`. `proxy_url`: the proxy's origin (a `web_origin`), whose
+    `/v1/approvals` and `/v1/queue` the page reads and decides on; None hides them."""
+    headers = {**_HEADERS, "Content-Security-Policy": content_security_policy(proxy_url)}
+    # What the page learns of its deployment: only where the proxy is.
+    config = orjson.dumps({"proxy_url": proxy_url})
+    router = APIRouter(include_in_schema=False)
 
-def _asset(name: str) -> Response:
-    body = _ASSETS.get(name)
-    if body is None:
-        raise HTTPException(status_code=404, detail="not a file of the dashboard")
-    return Response(content=body, media_type=_TYPES[name], headers=_HEADERS)
+    def asset(name: str) -> Response:
+        if name == "config.json":
+            return Response(content=config, media_type="application/json", headers=headers)
+        body = _ASSETS.get(name)
+        if body is None:
+            raise HTTPException(status_code=404, detail="not a file of the dashboard")
+        return Response(content=body, media_type=_TYPES[name], headers=headers)
 
+    @router.get("/ui")
+    @router.get("/ui/")
+    async def index() -> Response:
+        return asset("index.html")
 
-@ui_router.get("/ui")
-@ui_router.get("/ui/")
-async def index() -> Response:
-    return _asset("index.html")
+    @router.get("/ui/{name}")
+    async def named(name: str) -> Response:
+        return asset(name)
 
-
-@ui_router.get("/ui/{name}")
-async def asset(name: str) -> Response:
-    return _asset(name)
+    return router

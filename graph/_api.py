@@ -30,7 +30,7 @@ from bastion._hosts import HostCheck
 from bastion._identity import DEFAULT_TENANT, Principal, TokenVerifier
 from bastion._rest import AUTH_RESPONSES, error_doc, rest_app
 from bastion._sealing import Sealer
-from bastion.dashboard import ui_router
+from bastion.dashboard import dashboard_router
 
 from ._audit_api import router as audit_router
 from ._metrics import GraphMetrics
@@ -61,6 +61,7 @@ from ._views import (
     workflow_graph,
     workflow_view,
 )
+from ._walks import DEFAULT_DEADLINE_S, AuditWalks
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: error_doc("Unknown workflow.")}
 _BAD_CURSOR: dict[int | str, dict[str, Any]] = {400: error_doc("The cursor is not one this listing returned.")}
@@ -83,12 +84,16 @@ def create_app(
     metrics: GraphMetrics | None = None,
     checkpoint_keys: Sequence[Ed25519PublicKey] = (),
     signing_key: Ed25519PrivateKey | None = None,
+    audit_deadline_s: float = DEFAULT_DEADLINE_S,
+    dashboard_proxy_url: str | None = None,
 ) -> FastAPI:
     """The REST app over `store`. It does not own the store: the caller closes it.
 
     `verifier` checks the bearer JWTs of the data routes; `hosts` is the DNS-rebinding check;
     `checkpoint_keys` check the audit chain's signed checkpoints on `/audit/verify`;
-    `signing_key` (the stack's) signs each `/audit/export` file (unsigned without it).
+    `signing_key` (the stack's) signs each `/audit/export` file (unsigned without it);
+    `audit_deadline_s` bounds each walk of the audit chain (bastion.graph._walks);
+    `dashboard_proxy_url` (an origin) is the proxy whose approvals and queue `/ui` shows.
     """
     app = rest_app(
         title="Bastion graph",
@@ -99,6 +104,7 @@ def create_app(
     app.state.metrics = metrics or GraphMetrics()
     app.state.checkpoint_keys = tuple(checkpoint_keys)
     app.state.signing_key = signing_key
+    app.state.audit_walks = AuditWalks(audit_deadline_s)
     # Listing cursors of readers confined to one tenant: sealed, so that they name no other
     # tenant's workflow (`list_workflows`). A random key: such a cursor dies with the process.
     app.state.cursors = Sealer(b"bastion graph cursor")
@@ -112,7 +118,7 @@ def create_app(
     app.include_router(audit_router, dependencies=[Depends(_home_tenant(guard))], responses=AUTH_RESPONSES)
     app.include_router(_ops)
     # The dashboard's static files: no data in them, so no token (its requests carry one).
-    app.include_router(ui_router)
+    app.include_router(dashboard_router(dashboard_proxy_url))
     return app
 
 

@@ -22,6 +22,10 @@ What is recorded (`audit_kind`, one row per kind of event):
     a Decision, or outcome BLOCKED / REJECTED          "decision"  allow, deny, approval-required, refusal
     anything else (protocol traffic, a stated task)    none        recorded in the graph, not decided
 
+The graph writes one kind of record itself: a result event parked before its node and
+refused when the node arrived, sent as another workflow or tenant (`_store._common.
+refused_result`): a `decision` of outcome REJECTED, rule `bastion.graph.result_refused`.
+
 A chained verifier's every answer (`Event.verifications`) is in its decision's record as
 `verifications`, one entry per link in chain order, beside the combined `verifier`.
 

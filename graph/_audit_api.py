@@ -2,8 +2,10 @@
 
 Mounted by `_api.create_app` behind the same reader guard as every data route
 (operator, admin or auditor). Query mistakes answer 400 (a range that ends before it
-starts, a window that is not a duration) or 422 (an unknown format or schema, a time
-that is not RFC 3339 or not within years 1-9999 in UTC) in the one error body of bastion._rest.
+starts, a window that is not a duration, `after` without `anchor`) or 422 (an unknown
+format or schema, a time that is not RFC 3339 or not within years 1-9999 in UTC) in the
+one error body of bastion._rest. Verify and export walk the chain: one at a time, each
+under a deadline (bastion.graph._walks); another meanwhile is 429 `bastion.graph.audit_busy`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
-from bastion._errors import InvalidInput
-from bastion._rest import error_doc
+from bastion._errors import InvalidInput, InvalidQuery
+from bastion._rest import error_doc, error_response
 
-from ._export import ExportRange, entries_of, export_csv, export_json, verify_store
+from ._audit import GENESIS
+from ._export import ExportRange, entries_of, export_csv, export_json, verify_walk
 from ._store import GraphStore
 from ._views import AuditVerifyView, RuleStatsView, SloView, verify_view
+from ._walks import BUSY_CODE, AuditWalks, Walk, ended_after
 
 #: /audit/slo percentiles, as reported (p50 ... p999).
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
@@ -30,6 +34,12 @@ _WINDOW = re.compile(r"([1-9][0-9]{0,6})([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _MEDIA = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 _BAD_QUERY: dict[int | str, dict[str, Any]] = {400: error_doc("A query value is out of range.")}
+_BUSY: dict[int | str, dict[str, Any]] = {
+    429: error_doc(
+        "Another walk of the audit chain (verify or export) is running in this service; retry after Retry-After."
+    )
+}
+_HASH = r"^[0-9a-f]{64}$"
 
 router = APIRouter(tags=["audit"])
 
@@ -39,23 +49,51 @@ def _store(request: Request) -> GraphStore:
     return store
 
 
-@router.get("/audit/verify", response_model=AuditVerifyView)
-async def verify_audit(request: Request) -> AuditVerifyView:
+@router.get("/audit/verify", response_model=AuditVerifyView, responses=_BAD_QUERY | _BUSY)
+async def verify_audit(
+    request: Request,
+    after: Annotated[
+        int | None,
+        Query(ge=1, description="Continue a walk that stopped at its deadline: its `next.after`. Needs `anchor`."),
+    ] = None,
+    anchor: Annotated[
+        str | None, Query(pattern=_HASH, description="The `next.anchor` given with `after` (that record's hash).")
+    ] = None,
+) -> Response | AuditVerifyView:
     """Recompute the audit chain from its first record and name the first altered, removed or
     inserted record, then hold it to its signed checkpoints, which name a chain cut short or
     rewritten with recomputed hashes up to the last checkpoint. Records cut after the last
     checkpoint are not visible here: compare `head` with one kept elsewhere (an earlier verify,
-    an export's chain head). The outcome is exported as
+    an export's chain head). A walk stops at BASTION_AUDIT_WALK_DEADLINE_S (`stopped`,
+    `ok` false); `next` continues it from the record it reached. The outcome of a walk from
+    the first record that reaches the head, or a problem, is exported as
     `bastion_audit_chain_ok` for the audit-chain alert."""
-    report = await verify_store(_store(request), keys=request.app.state.checkpoint_keys)
-    request.app.state.metrics.chain_verified(report.ok)
+    if (after is None) != (anchor is None):
+        raise InvalidQuery("give `after` and `anchor` together (a stopped walk's `next`), or neither")
+    walk = _walk(request)
+    if isinstance(walk, Response):
+        return walk
+    try:
+        report = await verify_walk(
+            _store(request),
+            keys=request.app.state.checkpoint_keys,
+            deadline=walk.deadline,
+            after=after or 0,
+            anchor=anchor or GENESIS,
+        )
+    finally:
+        walk.end()
+    # Only a walk from the first record speaks for the whole chain; a continuation's anchor is
+    # the caller's to give (a wrong one is its own `altered`), so it never moves the alert.
+    if after is None and (report.stopped is None or not report.chain.ok):
+        request.app.state.metrics.chain_verified(report.ok)
     return verify_view(report)
 
 
 @router.get(
     "/audit/export",
     response_class=StreamingResponse,
-    responses=_BAD_QUERY | {200: {"content": {"text/csv": {}, "application/json": {}}}},
+    responses=_BAD_QUERY | _BUSY | {200: {"content": {"text/csv": {}, "application/json": {}}}},
 )
 async def export_audit(
     request: Request,
@@ -70,19 +108,27 @@ async def export_audit(
     until: Annotated[
         datetime | None, Query(alias="to", description="RFC 3339; records that entered the chain before it.")
     ] = None,
-) -> StreamingResponse:
+) -> Response:
     """A contiguous piece of the audit chain, streamed, with the chain head it reaches so the file
-    verifies offline (`bastion audit verify --export FILE`). Columns and shape: bastion.graph._export."""
+    verifies offline (`bastion audit verify --export FILE`). Columns and shape: bastion.graph._export.
+    Written for at most BASTION_AUDIT_WALK_DEADLINE_S: a file cut there ends with
+    `"stopped": "deadline"` and its last record as chain head, and fails verification as
+    `incomplete`; export the rest from that record's time."""
     span = ExportRange(schema=schema, since=_utc("from", since), until=_utc("to", until))
     if span.since_ns is not None and span.until_ns is not None and span.since_ns >= span.until_ns:
         raise HTTPException(status_code=400, detail=f"from ({since}) must be before to ({until})")
-    entries = entries_of(_store(request), span)
+    walk = _walk(request)
+    if isinstance(walk, Response):
+        return walk
+    entries = entries_of(_store(request), span, deadline=walk.deadline)
     # The file ends with the service's signature over what it holds (verifiable with --key).
     key = request.app.state.signing_key
     body = export_csv(entries, span, key) if file_format == "csv" else export_json(entries, span, key)
     filename = f"bastion-audit-{schema}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.{file_format}"
     return StreamingResponse(
-        body, media_type=_MEDIA[file_format], headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+        ended_after(walk, body),
+        media_type=_MEDIA[file_format],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 
@@ -111,6 +157,21 @@ async def audit_slo(
             RuleStatsView(rule_id=rule, decisions=count, blocked=blocked, block_rate=_rate(blocked, count))
             for rule, (count, blocked) in rules
         ],
+    )
+
+
+def _walk(request: Request) -> Walk | Response:
+    """This request's turn to walk the chain, or the 429 that says another walk has it."""
+    walks: AuditWalks = request.app.state.audit_walks
+    walk = walks.begin()
+    if walk is not None:
+        return walk
+    return error_response(
+        429,
+        BUSY_CODE,
+        "another walk of the audit chain (a verify or an export) is running in this service, for at most "
+        f"{walks.deadline_s:g} s (BASTION_AUDIT_WALK_DEADLINE_S); retry when it has answered",
+        {"Retry-After": str(walks.retry_after_s())},
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from bastion._hosts import web_origin
 from bastion._settings import CommonSettings
+
+from ._walks import DEFAULT_DEADLINE_S
 
 
 class GraphSettings(CommonSettings):
@@ -43,3 +46,24 @@ class GraphSettings(CommonSettings):
         description="Remove the payloads (arguments, redacted results) of nodes older than this many days, "
         "hourly; ids, digests, decisions and the audit chain are kept forever. 0 keeps payloads forever.",
     )
+    audit_walk_deadline_s: float = Field(
+        default=DEFAULT_DEADLINE_S,
+        gt=0,
+        le=3600,
+        description="How long one GET /audit/verify or /audit/export may walk the audit chain (seconds); one such "
+        "walk runs at a time (another meanwhile: 429 with Retry-After). Verify then answers the range it checked "
+        "and how to continue (next.after, next.anchor); an export ends with stopped: deadline and fails verification "
+        "as incomplete.",
+    )
+    dashboard_proxy_url: str | None = Field(
+        default=None,
+        description="The proxy's URL as the operator's browser reaches it (scheme://host:port, e.g. "
+        "http://127.0.0.1:7070): the dashboard (/ui) then shows its approval requests and queue, to decide on "
+        "there. The proxy must name the graph's origin in BASTION_DASHBOARD_ORIGIN. Unset: the dashboard reads "
+        "the graph only.",
+    )
+
+    @field_validator("dashboard_proxy_url")
+    @classmethod
+    def _proxy_origin(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else web_origin(value)

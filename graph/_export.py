@@ -27,7 +27,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from bastion._json import loads_strict
 
 from . import _checkpoints as checkpoints
-from ._audit import AuditEntry, ChainHead, ChainProblem, ChainReport, ChainVerifier, canonical
+from ._audit import GENESIS, AuditEntry, ChainHead, ChainProblem, ChainReport, ChainVerifier, canonical
 from ._checkpoints import all_checkpoints
 from ._store import GraphStore
 
@@ -75,14 +76,61 @@ PAGE = 1000
 async def verify_store(store: GraphStore, *, page: int = PAGE, keys: Sequence[Ed25519PublicKey] = ()) -> ChainReport:
     """Recompute the store's whole chain, up to the head it had when the check began, and
     hold it to its signed checkpoints (signatures checked against `keys` when given)."""
-    marks = await all_checkpoints(store)
+    return (await verify_walk(store, page=page, keys=keys)).chain
+
+
+@dataclass(frozen=True, slots=True)
+class WalkReport:
+    """What `verify_walk` found of the piece of the chain it walked."""
+
+    chain: ChainReport
+    #: The first record it checked: 1, or the one after `after`.
+    first: int
+    #: "deadline" when it stopped there before the head it set out for; None when it reached
+    #: that head or found a problem.
+    stopped: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No problem, and every record from `first` to the head checked."""
+        return self.chain.ok and self.stopped is None
+
+
+async def verify_walk(
+    store: GraphStore,
+    *,
+    page: int = PAGE,
+    keys: Sequence[Ed25519PublicKey] = (),
+    deadline: float | None = None,
+    after: int = 0,
+    anchor: str = GENESIS,
+    clock: Callable[[], float] = time.monotonic,
+) -> WalkReport:
+    """Recompute the store's chain from the record after `after` up to the head it had when the
+    walk began, and hold it to the signed checkpoints past `after`; stop before a page once
+    `clock()` reaches `deadline`. A walk that continues an earlier one passes the head that
+    one reached: `after` its sequence, `anchor` its hash, which the next record must link to,
+    so the pieces verify as one chain (a record changed in between is named `altered`)."""
+    first = after + 1
+    marks = [mark for mark in await all_checkpoints(store) if mark.sequence > after]
     wanted = {mark.sequence for mark in marks}
     hashes: dict[int, str] = {}
     head = await store.audit_head()
-    verifier = ChainVerifier()
-    after = 0
-    while head is not None and not verifier.done:
-        entries = await store.audit_entries(after=after, limit=page, through=head.sequence)
+    end = head.sequence if head is not None else 0
+    if end < after:
+        detail = (
+            f"the chain ends at #{end}, but the walk continues after #{after}: "
+            f"records #{end + 1}..#{after} were removed"
+        )
+        return WalkReport(ChainReport(0, head, ChainProblem("removed", end + 1, detail)), first)
+    verifier = ChainVerifier(anchor=anchor, first=first)
+    stopped: str | None = None
+    while after < end and not verifier.done:
+        # Checked after a page, never before the first: every walk makes progress.
+        if deadline is not None and after >= first and clock() >= deadline:
+            stopped = "deadline"
+            break
+        entries = await store.audit_entries(after=after, limit=page, through=end)
         if not entries:
             break
         for entry in entries:
@@ -90,7 +138,11 @@ async def verify_store(store: GraphStore, *, page: int = PAGE, keys: Sequence[Ed
             if entry.sequence in wanted:
                 hashes[entry.sequence] = entry.hash
         after = entries[-1].sequence
-    return checkpoints.check(verifier.report(), marks, hashes, keys)
+    report = verifier.report()
+    if stopped is not None:
+        # The checkpoints past where it stopped are the next walk's to hold the chain to.
+        marks = [mark for mark in marks if report.head is not None and mark.sequence <= report.head.sequence]
+    return WalkReport(checkpoints.check(report, marks, hashes, keys), first, stopped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,21 +160,59 @@ class ExportRange:
         return _ns(self.until)
 
 
-async def entries_of(store: GraphStore, span: ExportRange, *, page: int = PAGE) -> AsyncIterator[AuditEntry]:
-    """The range's entries in order, up to the head at the start (later appends are not chased)."""
-    head = await store.audit_head()
-    if head is None:
-        return
-    after = 0
-    while True:
-        entries = await store.audit_entries(
-            after=after, limit=page, through=head.sequence, since_ns=span.since_ns, until_ns=span.until_ns
-        )
-        for entry in entries:
-            yield entry
-        if len(entries) < page:
+class ChainPages(AsyncIterator[AuditEntry]):
+    """The entries of a range in order, up to the head at the start (later appends are not
+    chased), read a page at a time; before a page, once `clock()` reaches `deadline`, the
+    iteration ends and `stopped` says "deadline" (the export then says so: `_framing`)."""
+
+    def __init__(
+        self,
+        store: GraphStore,
+        span: ExportRange,
+        *,
+        page: int = PAGE,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._span = span
+        self._page = page
+        self._deadline = deadline
+        self._clock = clock
+        self.stopped: str | None = None
+        self._pages: AsyncGenerator[AuditEntry, None] | None = None
+
+    async def __anext__(self) -> AuditEntry:
+        if self._pages is None:
+            self._pages = self._entries()
+        return await anext(self._pages)
+
+    async def aclose(self) -> None:
+        if self._pages is not None:
+            await self._pages.aclose()
+
+    async def _entries(self) -> AsyncGenerator[AuditEntry, None]:
+        head = await self._store.audit_head()
+        if head is None:
             return
-        after = entries[-1].sequence
+        after = 0
+        while True:
+            # Checked after a page, never before the first: every export makes progress.
+            if self._deadline is not None and after > 0 and self._clock() >= self._deadline:
+                self.stopped = "deadline"
+                return
+            entries = await self._store.audit_entries(
+                after=after,
+                limit=self._page,
+                through=head.sequence,
+                since_ns=self._span.since_ns,
+                until_ns=self._span.until_ns,
+            )
+            for entry in entries:
+                yield entry
+            if len(entries) < self._page:
+                return
+            after = entries[-1].sequence
 
 
 def export_row(entry: AuditEntry, record: Mapping[str, Any]) -> dict[str, str]:
@@ -148,9 +238,19 @@ def export_row(entry: AuditEntry, record: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def entries_of(store: GraphStore, span: ExportRange, *, page: int = PAGE, deadline: float | None = None) -> ChainPages:
+    """The range's entries in order, up to the head at the start, until `deadline` (see `ChainPages`)."""
+    return ChainPages(store, span, page=page, deadline=deadline)
+
+
+def _stopped_of(entries: AsyncIterable[AuditEntry]) -> str | None:
+    return entries.stopped if isinstance(entries, ChainPages) else None
+
+
 async def export_csv(
-    entries: AsyncIterator[AuditEntry], span: ExportRange, key: Ed25519PrivateKey | None = None
+    entries: AsyncIterable[AuditEntry], span: ExportRange, key: Ed25519PrivateKey | None = None
 ) -> AsyncIterator[bytes]:
+    """The CSV file of `entries`; when they are `ChainPages` that stopped at their deadline, it says so."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
@@ -163,7 +263,7 @@ async def export_csv(
         writer.writerow(_inert(export_row(entry, orjson.loads(entry.record))))
         if buffer.tell() >= 64 * 1024:
             yield _drain(buffer)
-    framing = _framing(span, first, last, count, key)
+    framing = _framing(span, first, last, count, key, stopped=_stopped_of(entries))
     head = framing["chain_head"] or {}
     writer.writerow(
         _inert({column: "" for column in EXPORT_COLUMNS})
@@ -179,9 +279,10 @@ async def export_csv(
 
 
 async def export_json(
-    entries: AsyncIterator[AuditEntry], span: ExportRange, key: Ed25519PrivateKey | None = None
+    entries: AsyncIterable[AuditEntry], span: ExportRange, key: Ed25519PrivateKey | None = None
 ) -> AsyncIterator[bytes]:
-    """One record a line inside `records`, so a reader may also take the file line by line."""
+    """One record a line inside `records`, so a reader may also take the file line by line; as
+    `export_csv`, it says when `entries` stopped at their deadline."""
     first: AuditEntry | None = None
     last: AuditEntry | None = None
     count = 0
@@ -201,9 +302,11 @@ async def export_json(
         opening.pop("chain_head")
         opening.pop("signature")
         yield orjson.dumps(opening)[:-1] + b',"records":[\n'
-    closing = _framing(span, first, last, count, key)
+    closing = _framing(span, first, last, count, key, stopped=_stopped_of(entries))
     yield (
-        b'\n],"chain_head":'
+        b"\n]"
+        + (b',"stopped":' + orjson.dumps(closing["stopped"]) if "stopped" in closing else b"")
+        + b',"chain_head":'
         + orjson.dumps(closing["chain_head"])
         + b',"signature":'
         + orjson.dumps(closing["signature"])
@@ -233,6 +336,8 @@ def _framing(
     last: AuditEntry | None,
     count: int,
     key: Ed25519PrivateKey | None = None,
+    *,
+    stopped: str | None = None,
 ) -> dict[str, Any]:
     schema_version, controls = SCHEMAS[span.schema]
     framing: dict[str, Any] = {
@@ -243,13 +348,21 @@ def _framing(
         "anchor": {"sequence": first.sequence - 1, "hash": first.prev_hash} if first else None,
         "chain_head": {"sequence": last.sequence, "hash": last.hash, "records": count} if last else None,
     }
+    if stopped is not None:
+        # A file cut at the deadline must not pass for the whole range: it says where it
+        # stopped (its chain_head), and `verify_export` fails it as `incomplete`. Only then
+        # present, so a complete file is what it always was.
+        framing["stopped"] = stopped
     framing["signature"] = checkpoints.sign_export(key, _statement(framing)) if key is not None else None
     return framing
 
 
 def _statement(framing: Mapping[str, Any]) -> dict[str, Any]:
-    """What the service signs of a file, and what a verifier holds the file to."""
-    return {name: framing.get(name) for name in ("schema_version", "controls", "from", "to", "anchor", "chain_head")}
+    """What the service signs of a file, and what a verifier holds the file to. `stopped` is
+    signed even when absent (null): a file cut at the deadline with the word removed no
+    longer holds to its signature."""
+    names = ("schema_version", "controls", "from", "to", "anchor", "chain_head", "stopped")
+    return {name: framing.get(name) for name in names}
 
 
 # --- checking a file offline ------------------------------------------------------------
@@ -284,6 +397,8 @@ def verify_export(path: Path, *, head: str | None = None, keys: Sequence[Ed25519
         return ExportReport(None, ChainReport(0, None, problem), None)
     if report.ok and keys:
         report = dataclasses.replace(report, chain=_signed(report, framing, keys), signed=True)
+    if report.ok and framing.get("stopped") is not None:
+        return dataclasses.replace(report, chain=_with(report.chain, _stopped(report, framing["stopped"])))
     if report.ok and head is not None and (report.stated_head is None or report.stated_head.hash != head):
         found = report.stated_head.hash if report.stated_head else "none"
         problem = ChainProblem(
@@ -293,6 +408,18 @@ def verify_export(path: Path, *, head: str | None = None, keys: Sequence[Ed25519
         )
         return dataclasses.replace(report, chain=_with(report.chain, problem))
     return report
+
+
+def _stopped(report: ExportReport, why: object) -> ChainProblem:
+    """What a file the service stopped writing at its deadline lacks."""
+    head = report.stated_head or report.chain.head
+    last = head.sequence if head is not None else 0
+    detail = (
+        f"the export stopped ({str(why)[:40]!r}: BASTION_AUDIT_WALK_DEADLINE_S) after record #{last}: the file holds "
+        "the records it has, verified, but not the rest of its range; export the rest with `from` at the "
+        "last record's recorded_at, or a narrower range"
+    )
+    return ChainProblem("incomplete", last + 1, detail)
 
 
 def _signed(report: ExportReport, framing: Mapping[str, Any], keys: Sequence[Ed25519PublicKey]) -> ChainReport:
@@ -412,7 +539,9 @@ def _verify_json(path: Path) -> _Verified:
 
 
 #: The keys an export's JSON holds, at the top and in each record's item.
-_JSON_KEYS = frozenset({"schema_version", "controls", "from", "to", "anchor", "records", "chain_head", "signature"})
+_JSON_KEYS = frozenset(
+    {"schema_version", "controls", "from", "to", "anchor", "records", "stopped", "chain_head", "signature"}
+)
 #: The keys of a CSV file's chain_head row (its records are the rows above it).
 _FRAMING_KEYS = _JSON_KEYS - {"records"}
 _ITEM_KEYS = frozenset(EXPORT_COLUMNS)

@@ -110,6 +110,8 @@ async def serve(
             metrics=metrics,
             checkpoint_keys=[stack_key.public_key()],
             signing_key=stack_key,
+            audit_deadline_s=settings.audit_walk_deadline_s,
+            dashboard_proxy_url=settings.dashboard_proxy_url,
         )
         http = await _naming("BASTION_GRAPH_ADDR", start_web_server(api, settings.graph_addr))
         stack.push_async_callback(http.stop)

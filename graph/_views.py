@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field
 
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
-from ._audit import ChainReport
 from ._events import enum_name, struct_view
+from ._export import WalkReport
 from ._store import (
     MAX_PAGE_BYTES,
     MAX_SNAPSHOT_EDGES,
@@ -345,17 +345,34 @@ class ChainProblemView(BaseModel):
     detail: str
 
 
-class AuditVerifyView(BaseModel):
-    """The audit chain recomputed from its first record: the first problem, if any."""
+class VerifyNextView(BaseModel):
+    after: int = Field(description="Pass as `after`: the last record this walk checked.")
+    anchor: str = Field(description="Pass as `anchor`: that record's hash, which the next one must link to.")
 
-    ok: bool
+
+class AuditVerifyView(BaseModel):
+    """The audit chain recomputed from its first record (or from `first`, continuing an earlier
+    walk): the first problem, if any, or where the walk stopped."""
+
+    ok: bool = Field(
+        description="True only when every record from `first` to the head was checked and none has a problem "
+        "(false when the walk stopped at its deadline: see `stopped`)."
+    )
     records: int = Field(description="Records checked (up to one past the first problem).")
+    first: int = Field(description="The first record checked: 1, or the one after the `after` given.")
     head: ChainHeadView | None = Field(description="The last record checked; null for an empty chain.")
     problem: ChainProblemView | None
     checkpoints: int = Field(
         description="Signed checkpoints (every BASTION_AUDIT_CHECKPOINT_EVERY records) that held: each one's "
         "signature by the stack's key, and the chain's hash at its sequence. A chain cut short or rewritten "
         "with recomputed hashes fails at the first checkpoint it reaches."
+    )
+    stopped: str | None = Field(
+        description="deadline: the walk stopped at BASTION_AUDIT_WALK_DEADLINE_S before the chain's head, having "
+        "checked records `first` to `head`; continue with `next`. Null when it reached the head or found a problem."
+    )
+    next: VerifyNextView | None = Field(
+        description="When stopped: the query (`after`, `anchor`) that checks the rest, linked to what this one checked."
     )
 
 
@@ -409,16 +426,22 @@ class DriftPathView(BaseModel):
     hops: list[DriftHopView] = Field(description="From the node asked about back to the origin.")
 
 
-def verify_view(report: ChainReport) -> AuditVerifyView:
+def verify_view(walk: WalkReport) -> AuditVerifyView:
+    report = walk.chain
     head, problem = report.head, report.problem
+    # A walk stops only after its first page, so a stopped one has a head to go on from.
+    resume = walk.stopped is not None and problem is None and head is not None
     return AuditVerifyView(
-        ok=report.ok,
+        ok=walk.ok,
         records=report.records,
+        first=walk.first,
         head=ChainHeadView(sequence=head.sequence, hash=head.hash) if head else None,
         problem=ChainProblemView(kind=problem.kind, sequence=problem.sequence, detail=problem.detail)
         if problem
         else None,
         checkpoints=report.checkpoints,
+        stopped=walk.stopped,
+        next=VerifyNextView(after=head.sequence, anchor=head.hash) if resume and head is not None else None,
     )
 
 

@@ -19,7 +19,16 @@ far below the 16 MiB message limit); a request whose body alone is that large go
 
 Fail closed exactly as `StreamCaller`: an answer that does not come in time, a stream that
 breaks, a write that fails, is an error for every request waiting on that stream, and the
-next request opens a new one. A service without the batch RPC (UNIMPLEMENTED) is
+next request opens a new one.
+
+An answer is taken only as the answer to the message its request went out in: the batch
+RPCs answer each request message with one response message, one answer per request in
+request order, so a response message must name exactly the ids of one message written,
+in order. Matched by request_id alone, a verifier's answer message could carry a score
+under the id of another call in flight, in another message, and that call took it (an
+attacker's probe); such a message, like one answering a request twice, fails every
+request it or that message names (INTERNAL), closed. It costs a dict entry per request
+and one list comparison per message. A service without the batch RPC (UNIMPLEMENTED) is
 remembered and asked through `fallback` (the per-request stream, then the unary RPC).
 """
 
@@ -28,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -58,17 +67,29 @@ class _Batches(Generic[Req]):
     """Requests waiting to be written, grouped into the messages they will go out in."""
 
     messages: deque[list[Req]] = field(default_factory=deque)
+    #: The request ids of each of `messages`, in the same order.
+    ids: deque[list[str]] = field(default_factory=deque)
     #: Body bytes of the last (still open) message.
     tail_weight: int = 0
 
-    def add(self, request: Req, weight: int) -> None:
+    def add(self, request: Req, weight: int, request_id: str = "") -> list[str]:
+        """Queue `request`; the ids of the message it goes out in (which grows until written)."""
         tail = self.messages[-1] if self.messages else None
         if tail is None or len(tail) >= MAX_BATCH or (tail and self.tail_weight + weight > MAX_BATCH_WEIGHT):
             self.messages.append([request])
+            self.ids.append([request_id])
             self.tail_weight = weight
-        else:
-            tail.append(request)
-            self.tail_weight += weight
+            return self.ids[-1]
+        tail.append(request)
+        ids = self.ids[-1]
+        ids.append(request_id)
+        self.tail_weight += weight
+        return ids
+
+    def take(self) -> list[Req]:
+        """The next message to write (its ids go with it)."""
+        self.ids.popleft()
+        return self.messages.popleft()
 
 
 @dataclass(slots=True)
@@ -76,6 +97,8 @@ class _Stream(Generic[Req, Resp]):
     call: Any  # grpc.aio.StreamStreamCall[BatchReq, BatchResp]
     waiting: _Batches[Req] = field(default_factory=_Batches)
     pending: dict[str, asyncio.Future[Resp]] = field(default_factory=dict)
+    #: Each pending request's message: the ids it went out with (shared by them all).
+    sent: dict[str, list[str]] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ended: bool = False
@@ -133,7 +156,7 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
             stream = self._open()
         future: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
         stream.pending[request_id] = future
-        stream.waiting.add(request, weight)
+        stream.sent[request_id] = stream.waiting.add(request, weight, request_id)
         stream.wake.set()
         try:
             async with asyncio.timeout(timeout):
@@ -143,6 +166,7 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
             raise StreamFailure(grpc.StatusCode.DEADLINE_EXCEEDED, failed) from None
         finally:
             stream.pending.pop(request_id, None)
+            stream.sent.pop(request_id, None)
 
     def _open(self) -> _Stream[Req, Resp]:
         stream: _Stream[Req, Resp] = _Stream(call=self._open_stream())
@@ -162,7 +186,7 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
                     stream.wake.clear()
                     await stream.wake.wait()
                     continue
-                await stream.call.write(self._pack(messages.popleft()))
+                await stream.call.write(self._pack(stream.waiting.take()))
         except asyncio.CancelledError:
             return
         except Exception as exc:
@@ -176,17 +200,19 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
             async for message in stream.call:
                 answers = self._unpack(message)
                 ids = [self._answer_id(answer) for answer in answers]
-                # A request answered twice in one message (`[PASS x, BLOCK x]`) has no answer
-                # to trust: it fails, closed, rather than taking the first (an attacker's probe).
-                twice = _repeated(ids) if len(set(ids)) < len(ids) else frozenset()
+                # The message it answers: that of any of its ids still waiting (see the module
+                # docstring); none waits when every one was answered or gave up.
+                sent = next((stream.sent[request_id] for request_id in ids if request_id in stream.sent), None)
+                if sent is None:
+                    continue
+                if ids != sent:
+                    # Another message's id, a request answered twice (`[PASS x, BLOCK x]`), one
+                    # left out: no answer in it can be trusted to be what it says.
+                    _fail(stream, (*ids, *sent), _MISMATCHED)
+                    continue
                 for request_id, answer in zip(ids, answers, strict=True):
                     future = stream.pending.get(request_id)
-                    if future is None or future.done():
-                        continue
-                    if request_id in twice:
-                        failed = "the service answered this request twice in one message"
-                        future.set_exception(StreamFailure(grpc.StatusCode.INTERNAL, failed))
-                    else:
+                    if future is not None and not future.done():
                         future.set_result(answer)
             failure = StreamFailure(grpc.StatusCode.UNAVAILABLE, "the stream was closed by the server")
         except grpc.aio.AioRpcError as exc:
@@ -224,6 +250,15 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
         await self._fallback.close()
 
 
-def _repeated(ids: list[str]) -> frozenset[str]:
-    """The ids that occur more than once in `ids`."""
-    return frozenset(request_id for request_id, count in Counter(ids).items() if count > 1)
+_MISMATCHED = (
+    "the service's answer message does not answer the message this request went out in "
+    "(one answer per request of that message, in its order)"
+)
+
+
+def _fail(stream: _Stream[Any, Any], request_ids: Iterable[str], detail: str) -> None:
+    """Fail the requests of `request_ids` still waiting on `stream` (INTERNAL: the service erred)."""
+    for request_id in request_ids:
+        future = stream.pending.get(request_id)
+        if future is not None and not future.done():
+            future.set_exception(StreamFailure(grpc.StatusCode.INTERNAL, detail))

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from bastion._hosts import web_origin
 from bastion._settings import CommonSettings
 
 
@@ -144,6 +145,17 @@ class ProxySettings(CommonSettings):
         description="Seconds a call needing approval is held open waiting for an operator's decision before it is "
         "answered -32004 (0: answer at once).",
     )
+    dashboard_origin: str | None = Field(
+        default=None,
+        description="The dashboard's origin (scheme://host:port of the graph service's /ui, e.g. "
+        "http://127.0.0.1:8080): /v1/approvals and /v1/queue answer cross-origin requests from it, and "
+        "from no other. Unset: they answer none.",
+    )
+
+    @field_validator("dashboard_origin")
+    @classmethod
+    def _dashboard_origin(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else web_origin(value)
 
     @field_validator("verifier_chain")
     @classmethod

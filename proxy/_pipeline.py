@@ -513,11 +513,15 @@ def _unsound(score: verifier_pb2.ScoreResponse) -> str | None:
     # The verdict follows from score and threshold (verifier/INTERFACE.md). A PASS or FLAG
     # at or above the verifier's own threshold (PASS at 1.0 >= 0.8) contradicts its numbers:
     # not an answer to act on. (PASS for FLAG below it changes nothing the proxy does; a
-    # stricter verdict is the verifier's to give; threshold 0 is one it did not set.)
-    if score.verdict != verifier_pb2.BLOCK and 0 < score.threshold <= score.deviation_score:
+    # stricter verdict is the verifier's to give.) Threshold 0 is one it did not set (a
+    # third party's PASS at 0 must stay a pass), so the bound is then the highest threshold
+    # any verifier can have, 1: a PASS at the maximal deviation 1.0 with threshold 0 went
+    # through as a pass (an attacker's probe).
+    if score.verdict != verifier_pb2.BLOCK and score.deviation_score >= (score.threshold or 1.0):
+        said = f"its threshold {score.threshold:.2f}" if score.threshold else "any threshold (it gave none)"
         return (
             f"verifier answered {verifier_pb2.Verdict.Name(score.verdict)} with score "
-            f"{score.deviation_score:.2f} at or above its threshold {score.threshold:.2f}, which implies BLOCK"
+            f"{score.deviation_score:.2f} at or above {said}, which implies BLOCK"
         )
     return None
 

@@ -31,6 +31,7 @@ from ._breaker import CircuitBreaker
 from ._budget import ValueBudget
 from ._catalog import ToolCatalog
 from ._config import ProxySettings, chain_addresses
+from ._cors import Handler, allow_dashboard
 from ._delegation import Delegations
 from ._enforcer import DecisionStage, Enforcer
 from ._journal import Journal
@@ -259,8 +260,8 @@ async def serve(
         a2a=a2a.handle,
         aggregated=aggregated.handle_aggregated,
         tools_call=aggregated.handle_tools_call,
-        approvals=approvals_api.handle,
-        queue=queue_api.handle,
+        approvals=_dashboard(approvals_api.handle, settings.dashboard_origin),
+        queue=_dashboard(queue_api.handle, settings.dashboard_origin),
     )
     if not await identity_watch.first_attempt(IDENTITY_SYNC_S):
         log.warning(
@@ -310,3 +311,8 @@ def _report(enforcer: Enforcer, server: str, code: str, reason: str) -> None:
 
 def main(config: Path | None = None) -> int:
     return run_service("proxy", ProxySettings(), config, serve)
+
+
+def _dashboard(handler: Handler, origin: str | None) -> Handler:
+    """`handler`, answering cross-origin requests from the dashboard when its origin is set."""
+    return handler if origin is None else allow_dashboard(handler, origin)

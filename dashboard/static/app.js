@@ -5,12 +5,15 @@
 // text: an injected `<img onerror=…>` in a tool name must show as those characters. The
 // page's Content-Security-Policy (no inline script, no other origin) is the second wall.
 //
-// The token lives in sessionStorage: it is gone when the tab closes and is sent only as an
-// Authorization header to the API that served this page.
+// The token lives in this page's memory only, never in sessionStorage or localStorage:
+// every page of the origin can read those, and /docs and /redoc (same origin) run Swagger
+// UI and ReDoc from a CDN. A reload asks for it again. It is sent only as an Authorization
+// header, to the API that served this page and to the configured proxy.
 "use strict";
 
 (() => {
-  const TOKEN_KEY = "bastion.token";
+  let token = "";
+  const config = { proxy_url: "" };
   const PAGE = 50;
   const KNOWN = new Set([
     "ALLOW", "DENY", "REQUIRE_APPROVAL", "QUEUE", "PASS", "BLOCK", "FORWARDED", "BLOCKED", "REJECTED",
@@ -38,8 +41,40 @@
   function append(node, children) {
     for (const child of children.flat()) {
       if (child === undefined || child === null || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+      if (child instanceof Node) node.append(child);
+      else node.append(...shown(String(child)));
     }
+  }
+
+  // Characters that change how the text around them reads without showing themselves:
+  // controls (but tab and newline), format characters (bidi overrides such as U+202E that
+  // make "txt.exe" read "exe.txt", zero-width spaces, the tag characters U+E0000… that carry
+  // text no reader sees) and line/paragraph separators. Each is shown as a marked code point,
+  // so an agent can make no value read as another nor hide text from the operator in it.
+  const HIDDEN = /[\p{Cf}\p{Zl}\p{Zp}\u0000-\u0008\u000b-\u001f\u007f-\u009f]/gu;
+
+  function codePoint(char) {
+    return "U+" + char.codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+  }
+
+  function shown(text) {
+    const nodes = [];
+    let last = 0;
+    for (const match of text.matchAll(HIDDEN)) {
+      if (match.index > last) nodes.push(document.createTextNode(text.slice(last, match.index)));
+      const mark = document.createElement("span");
+      mark.className = "cp";
+      mark.textContent = codePoint(match[0]);
+      nodes.push(mark);
+      last = match.index + match[0].length;
+    }
+    if (last < text.length || !nodes.length) nodes.push(document.createTextNode(text.slice(last)));
+    return nodes;
+  }
+
+  // The same for text that can hold no element (an SVG title or label).
+  function plain(text) {
+    return String(text).replace(HIDDEN, (char) => `[${codePoint(char)}]`);
   }
 
   function safeHref(value) {
@@ -72,8 +107,22 @@
     return "#/" + parts.map((part) => encodeURIComponent(part)).join("/");
   }
 
+  // One id as one segment of an API path, or an ApiError and no request. encodeURIComponent
+  // leaves "." alone, and the browser resolves a "." or ".." segment (even spelled %2e) before
+  // sending: #/workflow/.. read "/". The services decode %2F before routing: an id holding "/"
+  // read another route (#/workflow/wf-1%2Fnodes, wf-1's node list). No id the proxy makes
+  // is one of these; the graph stores them from any holder of the service token.
+  function segment(id) {
+    const text = String(id);
+    if (text === "" || text === "." || text === ".." || text.includes("/")) {
+      throw new ApiError(0, `${JSON.stringify(text)} cannot be read through a URL path ("", "." and ".." `
+        + "cannot, nor an id holding \"/\"): nothing was requested; read it with the CLI or the REST API's listings");
+    }
+    return encodeURIComponent(text);
+  }
+
   function say(text, isError) {
-    status.textContent = text || "";
+    status.replaceChildren(...shown(text || ""));
     status.className = isError ? "error" : "";
   }
 
@@ -85,29 +134,46 @@
     }
   }
 
-  async function api(path, params) {
+  // Each render() (a route, sign-in, sign-out) starts a generation; an answer to a request of
+  // an earlier one is dropped (Superseded), never painted over what the operator now looks at
+  // nor back onto the signed-out page.
+  let generation = 0;
+
+  class Superseded extends Error {}
+
+  // `base`: "" for the graph service that served the page, or the proxy's origin (from
+  // /ui/config.json, which the page's Content-Security-Policy also names).
+  async function api(path, params, base, body) {
+    const asked = generation;
     const query = new URLSearchParams();
     for (const [key, value] of Object.entries(params || {})) {
       if (value !== undefined && value !== null && value !== "") query.set(key, String(value));
     }
-    const url = path + (query.toString() ? "?" + query.toString() : "");
-    const token = sessionStorage.getItem(TOKEN_KEY);
+    const url = (base || "") + path + (query.toString() ? "?" + query.toString() : "");
     const headers = { Accept: "application/json" };
     if (token) headers.Authorization = "Bearer " + token;
+    const init = { headers, credentials: "omit", cache: "no-store", redirect: "error" };
+    if (body !== undefined) {
+      init.method = "POST";
+      init.body = JSON.stringify(body);
+      headers["Content-Type"] = "application/json";
+    }
     let response;
     try {
-      response = await fetch(url, { headers, credentials: "omit", cache: "no-store", redirect: "error" });
+      response = await fetch(url, init);
     } catch (error) {
-      throw new ApiError(0, "the graph service did not answer: " + error.message);
+      if (asked !== generation) throw new Superseded();
+      throw new ApiError(0, (base ? "the proxy" : "the graph service") + " did not answer: " + error.message);
     }
-    let body = null;
+    let answer = null;
     try {
-      body = await response.json();
+      answer = await response.json();
     } catch (error) {
-      body = null;
+      answer = null;
     }
-    if (!response.ok) throw new ApiError(response.status, explain(response.status, body));
-    return body;
+    if (asked !== generation) throw new Superseded();
+    if (!response.ok) throw new ApiError(response.status, explain(response.status, answer));
+    return answer;
   }
 
   function explain(code, body) {
@@ -147,13 +213,13 @@
   }
 
   async function workflow(workflowId) {
-    const graph = await api("/graphs/" + encodeURIComponent(workflowId));
+    const graph = await api("/graphs/" + segment(workflowId));
     const detail = el("pre", { className: "detail", id: "node-detail" }, "Select a node to see it whole.");
     const rows = new Map();
     const select = (node) => {
       for (const row of rows.values()) row.classList.remove("selected");
       if (rows.has(node.node_id)) rows.get(node.node_id).classList.add("selected");
-      detail.textContent = JSON.stringify(node, null, 2);
+      detail.replaceChildren(...shown(JSON.stringify(node, null, 2)));
     };
     const body = graph.nodes.map((node) => {
       const row = el("tr", { className: node.outcome === "BLOCKED" || node.outcome === "REJECTED" ? "blocked" : "",
@@ -197,7 +263,7 @@
     const svg = (tag, attrs, text) => {
       const node = document.createElementNS(svgNs, tag);
       for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
-      if (text !== undefined) node.textContent = text;
+      if (text !== undefined) node.textContent = plain(text);
       return node;
     };
     const sessions = [...new Set(graph.nodes.map((n) => n.session_id))];
@@ -231,7 +297,7 @@
 
   async function drift(workflowId, nodeId) {
     const path = await api(
-      "/graphs/" + encodeURIComponent(workflowId) + "/drift-path/" + encodeURIComponent(nodeId));
+      "/graphs/" + segment(workflowId) + "/drift-path/" + segment(nodeId));
     const rows = path.hops.map((hop, index) => el("tr", {},
       el("td", {}, String(index)),
       el("td", { className: "mono" }, hop.node_id),
@@ -271,13 +337,31 @@
     more(target, page.next_cursor, (next) => violations(next, target));
   }
 
+  // The whole chain: a walk that stopped at the service's deadline is continued from its
+  // `next` (each part linked to the last) until the head or a problem.
+  async function verifyChain() {
+    let answer = await api("/audit/verify");
+    let records = answer.records;
+    let checkpoints = answer.checkpoints;
+    while (answer.stopped && answer.next && !answer.problem) {
+      say(`Verifying the audit chain: ${records} records so far…`);
+      answer = await api("/audit/verify", { after: answer.next.after, anchor: answer.next.anchor });
+      records += answer.records;
+      checkpoints += answer.checkpoints;
+    }
+    return { ...answer, records, checkpoints };
+  }
+
   async function audit() {
-    const [verify, slo] = await Promise.all([api("/audit/verify"), api("/audit/slo")]);
+    const verify = await verifyChain();
+    const slo = await api("/audit/slo");
+    const problem = verify.problem;
     const verdict = verify.ok
       ? el("p", { id: "chain" }, pill("ok"), ` The audit chain holds: ${verify.records} records checked, `
         + `${verify.checkpoints} signed checkpoints verified.`)
-      : el("p", { id: "chain" }, pill("bad"), " The audit chain is broken: ",
-        el("span", { className: "mono" }, JSON.stringify(verify.problem)));
+      : el("p", { id: "chain" }, pill("bad"), " The audit chain is broken",
+        problem ? `: record #${problem.sequence} (${problem.kind}): ` : ".",
+        problem ? el("span", { className: "mono" }, problem.detail) : null);
     const latency = Object.entries(slo.latency_ms || {}).map(([k, v]) => `${k} ${Number(v).toFixed(2)} ms`).join(", ");
     view.replaceChildren(
       el("h2", {}, "Audit"),
@@ -295,6 +379,55 @@
         el("td", {}, String(rule.blocked))))));
   }
 
+  // ---- approvals and the verifier's queue, on the proxy ------------------------------------
+  // The two lists differ only in names (proxy/_queue_api.py is the approvals handler renamed).
+  const PARKED = {
+    approvals: { path: "/v1/approvals", id: "approval_id", title: "Approval requests", yes: "approve", no: "deny" },
+    queue: { path: "/v1/queue", id: "queue_id", title: "Verifier queue", yes: "release", no: "reject" },
+  };
+
+  function epoch(seconds) {
+    return typeof seconds === "number" ? when(new Date(seconds * 1000).toISOString()) : "—";
+  }
+
+  async function parked(kind, before, into) {
+    const names = PARKED[kind];
+    const page = await api(names.path, { state: "pending", limit: PAGE, before }, config.proxy_url);
+    const rows = page.items.map((item) => {
+      const id = String(item[names.id]);
+      const reason = el("input", { type: "text", maxlength: "1000", placeholder: "reason (optional)",
+        "aria-label": "reason for " + id });
+      const decide = (step) => guard(async () => {
+        await api(`${names.path}/${segment(id)}/${step}`, {}, config.proxy_url, { reason: reason.value });
+        await parked(kind);
+        return `${id}: ${step} done.`;
+      });
+      const action = item.action || {};
+      return el("tr", { "data-id": id },
+        el("td", {}, epoch(item.created_at)),
+        el("td", { className: "mono" }, item.agent_id),
+        el("td", { className: "mono tool" }, [action.server, action.tool || action.method].filter(Boolean).join(" / ")),
+        el("td", { className: "mono" }, item.rule_id),
+        el("td", { className: "reason" }, item.reason),
+        el("td", { className: "mono" }, item.workflow_id
+          ? el("a", { href: route("workflow", item.workflow_id) }, item.workflow_id) : "—"),
+        el("td", {}, epoch(item.expires_at)),
+        el("td", {}, reason,
+          el("button", { type: "button", className: "yes", onclick: () => decide(names.yes) }, names.yes),
+          el("button", { type: "button", className: "no", onclick: () => decide(names.no) }, names.no)));
+    });
+    const target = into || view;
+    if (!into) {
+      target.replaceChildren(el("h2", {}, names.title),
+        el("p", { className: "legend" }, "Pending only; decided ones are in each call's workflow. Deciding "
+          + "needs an operator token; nobody decides a call they made."),
+        table(["asked", "agent", "server / tool", "rule", "reason", "workflow", "expires", ""], []));
+      if (!page.items.length) target.append(el("p", {}, "Nothing is waiting."));
+    }
+    target.querySelector("tbody").append(...rows);
+    more(target, page.next_before, (next) => parked(kind, next, target));
+  }
+
   // ---- routing ------------------------------------------------------------------------------
   function parts() {
     const hash = location.hash.replace(/^#\/?/, "");
@@ -305,23 +438,27 @@
     }
   }
 
+  // `work` may return what to say when it is done.
   async function guard(work) {
+    const started = generation;
     say("Loading…");
     try {
-      await work();
-      say("");
+      const done = await work();
+      if (started === generation) say(done || "");
     } catch (error) {
+      if (error instanceof Superseded || started !== generation) return;
       say(error instanceof ApiError ? error.message : "The page failed: " + error.message, true);
     }
   }
 
   function render() {
+    generation += 1;
     const [name, ...args] = parts();
     for (const link of document.querySelectorAll("nav a")) {
       link.classList.toggle("current", link.dataset.nav === name);
     }
     view.replaceChildren();
-    if (!sessionStorage.getItem(TOKEN_KEY)) {
+    if (!token) {
       say("Sign in with an operator or auditor token (bastion token issue --agent you --role auditor).", true);
       return;
     }
@@ -329,23 +466,34 @@
     if (name === "drift" && args.length === 2) return guard(() => drift(args[0], args[1]));
     if (name === "violations") return guard(() => violations());
     if (name === "audit") return guard(() => audit());
+    if ((name === "approvals" || name === "queue") && config.proxy_url) return guard(() => parked(name));
     return guard(() => workflows());
   }
 
   document.getElementById("signin").addEventListener("submit", (event) => {
     event.preventDefault();
-    const token = tokenInput.value.trim();
+    const given = tokenInput.value.trim();
     tokenInput.value = "";
-    if (token) sessionStorage.setItem(TOKEN_KEY, token);
-    signout.hidden = !sessionStorage.getItem(TOKEN_KEY);
+    if (given) token = given;
+    signout.hidden = !token;
     render();
   });
   signout.addEventListener("click", () => {
-    sessionStorage.removeItem(TOKEN_KEY);
+    token = "";
     signout.hidden = true;
     render();
   });
   window.addEventListener("hashchange", render);
-  signout.hidden = !sessionStorage.getItem(TOKEN_KEY);
-  render();
+  signout.hidden = !token;
+  // Where the proxy is (BASTION_DASHBOARD_PROXY_URL), if the graph was told: approvals
+  // and the queue are shown only then.
+  fetch("/ui/config.json", { credentials: "omit", cache: "no-store" })
+    .then((response) => (response.ok ? response.json() : {}))
+    .catch(() => ({}))
+    .then((loaded) => {
+      const proxy = loaded && typeof loaded.proxy_url === "string" ? loaded.proxy_url : "";
+      config.proxy_url = /^https?:\/\/[^/?#@\\]+$/.test(proxy) ? proxy : "";
+      for (const link of document.querySelectorAll("nav a[data-proxy]")) link.hidden = !config.proxy_url;
+      render();
+    });
 })();

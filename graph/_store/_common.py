@@ -10,6 +10,7 @@ SQLite files before schema version 3 held.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -31,6 +32,8 @@ VIOLATIONS_CURSOR = "violations"
 #: Before every (at_ns, event_id): the key the first page of nodes starts after.
 FIRST_NODE_KEY = (-(2**63), "")
 CAUSED_BY = graph_pb2.EdgeType.Name(graph_pb2.CAUSED_BY)
+#: The rule of the audit record saying a parked result was not stored on its node (`refused_result`).
+REFUSED_RESULT = "bastion.graph.result_refused"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -55,18 +58,51 @@ def with_result(document: bytes, result: bytes, sender: graph_pb2.Event | None =
     tenant, than the node's: it would be stored on a node it does not describe (and, as the
     first result, shut out the node's own; found by an attacker's probe)."""
     event = _parse(document)
-    if sender is not None and (
-        sender.workflow_id != event.workflow_id or (sender.tenant and sender.tenant != event.tenant)
-    ):
-        raise ProtocolError(
-            f"result event {sender.event_id[:64]!r} is for workflow {sender.workflow_id[:64]!r} of tenant "
-            f"{sender.tenant[:64]!r}, but node {sender.node_id[:64]!r} is in workflow {event.workflow_id[:64]!r} "
-            f"of tenant {event.tenant[:64]!r}"
-        )
+    if sender is not None and (problem := misplaced_result(sender.workflow_id, sender.tenant, event)) is not None:
+        raise ProtocolError(f"result event {sender.event_id[:64]!r} {problem}")
     if event.HasField("result"):
         return None
     _set_result(event, result)
     return event.SerializeToString()
+
+
+def misplaced_result(workflow_id: str | None, tenant: str | None, node: graph_pb2.Event) -> str | None:
+    """Why a result event sent as `workflow_id` and `tenant` is not `node`'s, or None when it
+    may be stored on it: the same workflow, and the same tenant unless it names none. The one
+    check for a result that comes after its node (`with_result`) and for one parked before it,
+    made when the node arrives: an early result skipped it, so one sent by another tenant for
+    a node id not yet stored was merged into that node (an attacker's probe). None for either
+    means they were never recorded (a result parked by a store that did not keep them)."""
+    if workflow_id is None or tenant is None:
+        return "was parked without the workflow and tenant it was sent as, so it cannot be checked against its node"
+    if workflow_id != node.workflow_id or (tenant and tenant != node.tenant):
+        return (
+            f"is for workflow {workflow_id[:64]!r} of tenant {tenant[:64]!r}, but node {node.node_id[:64]!r} "
+            f"is in workflow {node.workflow_id[:64]!r} of tenant {node.tenant[:64]!r}"
+        )
+    return None
+
+
+def refused_result(
+    event_id: str, workflow_id: str | None, tenant: str | None, node: graph_pb2.Event, problem: str
+) -> graph_pb2.Event:
+    """The audit record (outcome REJECTED, rule REFUSED_RESULT) of a parked result dropped when
+    its node arrived because `misplaced_result` said `problem`. The result event has its own
+    record already, written when it was accepted: this one says it was never stored on the node.
+
+    Its event_id is random: a derived one (the result's id and a suffix) could be taken first
+    by an event of the attacker's, and the chain's unique event_id would then fail the ingest
+    of the node's own event for ever."""
+    return graph_pb2.Event(
+        event_id=f"{REFUSED_RESULT}/{uuid.uuid4()}",
+        workflow_id=workflow_id if workflow_id is not None else node.workflow_id,
+        node_id=node.node_id,
+        tenant=tenant if tenant is not None else node.tenant,
+        outcome=graph_pb2.REJECTED,
+        block_code=REFUSED_RESULT,
+        block_reason=f"result event {event_id[:64]!r}, parked until its node arrived, was not stored on it: "
+        f"it {problem}",
+    )
 
 
 def expire_payload(document: bytes) -> bytes:

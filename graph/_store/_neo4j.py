@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import neo4j
+import orjson
 from neo4j import exceptions as neo4j_errors
 
 from bastion._errors import ConfigError, StoreError
@@ -80,7 +81,9 @@ from ._common import (
     edge_rows,
     event_document,
     expire_payload,
+    misplaced_result,
     nodes_cursor,
+    refused_result,
     result_document,
     reused_event_id,
     reused_node_id,
@@ -104,7 +107,9 @@ from ._paths import walk_drift, walk_lineage
 R = TypeVar("R")
 
 SCHEMES = ("neo4j://", "neo4j+s://", "neo4j+ssc://", "bolt://", "bolt+s://", "bolt+ssc://")
-_SCHEMA_VERSION = 1
+# 1: the first. 2: who sent a parked result (pending_workflow_id, pending_tenant), backfilled
+# from its audit record (`_backfill_senders`).
+_SCHEMA_VERSION = 2
 # Edge types stored as relationship types of their own; anything else (a newer
 # sender's type) as OTHER_EDGE (RELATED) with the name in a property, so nothing is dropped.
 _EDGE_TYPES = ("CAUSED_BY", "INFORMED_BY", "VERIFIED_BY", "DELEGATED_TO")
@@ -131,6 +136,16 @@ MERGE (h:BastionAuditHead {id: 1}) ON CREATE SET h.seq = 0, h.hash = $genesis, h
 RETURN s.version AS version
 """
 # Writing the head first takes its lock for the whole transaction (see the module docstring).
+_PARKED_WITHOUT_SENDER = """
+MATCH (n:BastionNode) WHERE n.pending_result IS NOT NULL AND n.pending_workflow_id IS NULL
+OPTIONAL MATCH (a:BastionAudit {event_id: n.pending_event_id})
+RETURN n.node_id AS node_id, a.record AS record
+"""
+_SET_SENDERS = """
+UNWIND $rows AS r MATCH (n:BastionNode {node_id: r.node_id})
+SET n.pending_workflow_id = r.workflow_id, n.pending_tenant = r.tenant
+"""
+_SET_VERSION = "MATCH (s:BastionSchema {id: 1}) SET s.version = $version"
 _LOCK_HEAD = """
 MATCH (h:BastionAuditHead {id: 1}) SET h.batches = coalesce(h.batches, 0) + 1
 RETURN h.seq AS seq, h.hash AS hash, h.recorded_ns AS recorded_ns
@@ -141,13 +156,14 @@ OPTIONAL MATCH (e:BastionNode {event_id: r.event_id})
 OPTIONAL MATCH (n:BastionNode {node_id: r.node_id})
 OPTIONAL MATCH (a:BastionAudit {event_id: r.event_id})
 RETURN r.event_id AS event_id, e IS NOT NULL AS seen, a IS NOT NULL AS audited, r.node_id AS node_id,
-       n.event_id AS owner, n.event AS event, n.pending_result AS pending
+       n.event_id AS owner, n.event AS event, n.pending_result AS pending, n.pending_event_id AS pending_event,
+       n.pending_workflow_id AS pending_workflow, n.pending_tenant AS pending_tenant
 """
 _CREATE_NODES = """
 UNWIND $rows AS r
 MERGE (n:BastionNode {node_id: r.node_id})
 SET n += r.props
-REMOVE n.pending_result, n.pending_event_id
+REMOVE n.pending_result, n.pending_event_id, n.pending_workflow_id, n.pending_tenant
 """
 # One small statement per edge type present in a batch: Neo4j plans a statement on first
 # use and again as the graph's statistics move, and a statement of one MERGE plans in
@@ -167,7 +183,8 @@ MERGE (n)-[x:{OTHER_EDGE} {{type: e.type}}]->(t) ON CREATE SET x.reason = e.reas
 _UPDATE_RESULTS = "UNWIND $rows AS r MATCH (n:BastionNode {node_id: r.node_id}) SET n.event = r.event"
 _PARK_RESULTS = """
 UNWIND $rows AS r MERGE (n:BastionNode {node_id: r.node_id})
-SET n.pending_result = r.result, n.pending_event_id = r.event_id
+SET n.pending_result = r.result, n.pending_event_id = r.event_id, n.pending_workflow_id = r.workflow_id,
+    n.pending_tenant = r.tenant
 """
 _UPDATE_WORKFLOWS = """
 UNWIND $rows AS w
@@ -211,6 +228,8 @@ class _NodeState:
     owner: str | None = None
     document: bytes | None = None
     pending: bytes | None = None
+    #: The parked result's event id and the workflow and tenant it was sent as (None: unknown).
+    sender: tuple[str, str | None, str | None] = ("", None, None)
     created: bool = False
     changed: bool = False
 
@@ -226,7 +245,10 @@ class _Plan:
     new_nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Relationship type (or OTHER_EDGE) -> (source, target, type, reason) rows, in stored order.
     edges: dict[str, list[dict[str, str]]] = field(default_factory=dict)
-    parked: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    #: node id -> (event id, result, workflow id, tenant) of results parked until their node arrives.
+    parked: dict[str, tuple[str, bytes, str, str]] = field(default_factory=dict)
+    #: Audit records of parked results refused when their node arrived (`refused_result`), by the node's event id.
+    refusals: dict[str, list[graph_pb2.Event]] = field(default_factory=dict)
     workflows: dict[str, dict[str, Any]] = field(default_factory=dict)
     audit: list[AuditRow] = field(default_factory=list)
 
@@ -421,7 +443,10 @@ class Neo4jGraphStore:
             for statement in _SCHEMA:
                 session.run(statement).consume()
             found = session.run(_INIT, version=_SCHEMA_VERSION, genesis=GENESIS).single()
-        version = found["version"] if found is not None else None
+            version = found["version"] if found is not None else None
+            if version == 1:
+                session.execute_write(_backfill_senders)
+                version = _SCHEMA_VERSION
         if version != _SCHEMA_VERSION:
             raise StoreError(
                 f"{self._name} has graph schema version {version}, which this Bastion does not know "
@@ -475,12 +500,32 @@ def _commit(tx: neo4j.ManagedTransaction, events: tuple[graph_pb2.Event, ...]) -
             if event.event_id in plan.audited or (event.HasField("result") and event.event_id in plan.seen):
                 raise reused_event_id(event)
             accepted += 1
-            row = cursor.next_row(event, received_ns)
-            if row is not None:
-                plan.audit.append(row)
-                plan.audited.add(row.event_id)
+            for record in (event, *plan.refusals.get(event.event_id, ())):
+                row = cursor.next_row(record, received_ns)
+                if row is not None:
+                    plan.audit.append(row)
+                    plan.audited.add(row.event_id)
     _write(tx, plan)
     return accepted
+
+
+def _backfill_senders(tx: neo4j.ManagedTransaction) -> None:
+    """Schema 1 to 2: the workflow and tenant each parked result was sent as, from its audit
+    record (written with it), so the check made when its node arrives can be made. One with
+    no record keeps none, and is refused when its node arrives (fail closed)."""
+    rows = []
+    for found in tx.run(_PARKED_WITHOUT_SENDER):
+        if found["record"] is not None:
+            record = orjson.loads(found["record"])
+            rows.append(
+                {
+                    "node_id": found["node_id"],
+                    "workflow_id": str(record.get("workflow_id", "")),
+                    "tenant": str(record.get("tenant", "")),
+                }
+            )
+    tx.run(_SET_SENDERS, rows=rows).consume()
+    tx.run(_SET_VERSION, version=_SCHEMA_VERSION).consume()
 
 
 def _lookup(tx: neo4j.ManagedTransaction, events: Sequence[graph_pb2.Event]) -> _Plan:
@@ -492,7 +537,13 @@ def _lookup(tx: neo4j.ManagedTransaction, events: Sequence[graph_pb2.Event]) -> 
         if record["audited"]:
             plan.audited.add(record["event_id"])
         plan.nodes.setdefault(
-            record["node_id"], _NodeState(owner=record["owner"], document=record["event"], pending=record["pending"])
+            record["node_id"],
+            _NodeState(
+                owner=record["owner"],
+                document=record["event"],
+                pending=record["pending"],
+                sender=(record["pending_event"] or "", record["pending_workflow"], record["pending_tenant"]),
+            ),
         )
     return plan
 
@@ -505,7 +556,8 @@ def _plan_result(plan: _Plan, event: graph_pb2.Event) -> bool:
         if state.pending is not None:
             return False
         state.pending = result
-        plan.parked[event.node_id] = (event.event_id, result)
+        state.sender = (event.event_id, event.workflow_id, event.tenant)
+        plan.parked[event.node_id] = (event.event_id, result, event.workflow_id, event.tenant)
         return True
     merged = with_result(state.document or b"", result, event)
     if merged is None:
@@ -523,7 +575,15 @@ def _plan_node(plan: _Plan, event: graph_pb2.Event, received_ns: int, derived: S
     if state.owner is not None:
         raise reused_node_id(event, state.owner)
     at_ns = event_time_ns(event, received_ns)
-    _add_node(plan, event, event_document(event, state.pending), at_ns, received_ns)
+    parked = state.pending
+    if parked is not None:
+        # The check a result coming after its node gets (`with_result`), as SQLite makes it.
+        sent_event, sent_workflow, sent_tenant = state.sender
+        if (problem := misplaced_result(sent_workflow, sent_tenant, event)) is not None:
+            refusal = refused_result(sent_event, sent_workflow, sent_tenant, event, problem)
+            plan.refusals.setdefault(event.event_id, []).append(refusal)
+            parked = None
+    _add_node(plan, event, event_document(event, parked), at_ns, received_ns)
     for _, source, target, kind, reason in edge_rows(event):
         bucket = kind if kind in _EDGE_TYPES else OTHER_EDGE
         plan.edges.setdefault(bucket, []).append({"source": source, "target": target, "type": kind, "reason": reason})
@@ -541,7 +601,7 @@ def _add_node(plan: _Plan, event: graph_pb2.Event, document: bytes, at_ns: int, 
     """Plan the creation of `event`'s node, stored as `document`, and its workflow summary's update."""
     state = plan.nodes[event.node_id]
     violation = is_violation(event)
-    state.owner, state.document, state.pending = event.event_id, document, None
+    state.owner, state.document, state.pending, state.sender = event.event_id, document, None, ("", None, None)
     state.created = True
     plan.parked.pop(event.node_id, None)
     plan.seen.add(event.event_id)
@@ -591,8 +651,8 @@ def _write(tx: neo4j.ManagedTransaction, plan: _Plan) -> None:
         tx.run(_UPDATE_RESULTS, rows=updated).consume()
     if plan.parked:
         parked = [
-            {"node_id": node, "event_id": event_id, "result": result}
-            for node, (event_id, result) in plan.parked.items()
+            {"node_id": node, "event_id": event_id, "result": result, "workflow_id": workflow_id, "tenant": tenant}
+            for node, (event_id, result, workflow_id, tenant) in plan.parked.items()
         ]
         tx.run(_PARK_RESULTS, rows=parked).consume()
     if plan.workflows:

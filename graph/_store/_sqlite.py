@@ -75,10 +75,10 @@ from ._common import (
     edge_rows,
     event_document,
     expire_payload,
+    misplaced_result,
     nodes_cursor,
-    parse_legacy_node,
-    parse_legacy_result,
     parse_node,
+    refused_result,
     result_document,
     reused_event_id,
     reused_node_id,
@@ -89,7 +89,6 @@ from ._common import (
 from ._cursor import decode_cursor, encode_cursor
 from ._paths import NodeLookup, StepLookup, taint_of, walk_drift, walk_lineage
 from ._sqlite_audit import (
-    AUDIT_SCHEMA,
     AuditAppender,
     insert_checkpoint,
     select_checkpoints,
@@ -98,69 +97,9 @@ from ._sqlite_audit import (
     select_head,
     select_last_checkpoint,
 )
+from ._sqlite_schema import prepare
 
 R = TypeVar("R")
-
-# 1: nodes, edges, workflows. 2: the audit chain (_sqlite_audit.py), backfilled from the nodes.
-# 3: events (and parked results) stored as protobuf bytes instead of protobuf JSON.
-# 4: signed checkpoints of the audit chain (audit_checkpoints).
-# 5: payload retention (nodes.payload_expired).
-_SCHEMA_VERSION = 5
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    event_id    TEXT PRIMARY KEY,
-    node_id     TEXT NOT NULL UNIQUE,
-    workflow_id TEXT NOT NULL,
-    session_id  TEXT NOT NULL,
-    agent_id    TEXT NOT NULL,
-    tenant      TEXT NOT NULL,
-    node_type   TEXT NOT NULL,
-    outcome     TEXT NOT NULL,
-    violation   INTEGER NOT NULL,
-    at_ns       INTEGER NOT NULL,
-    server      TEXT NOT NULL,
-    tool        TEXT NOT NULL,
-    received_ns INTEGER NOT NULL,
-    event       BLOB NOT NULL,
-    payload_expired INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS nodes_by_workflow ON nodes (workflow_id, at_ns, event_id);
-CREATE INDEX IF NOT EXISTS violations_by_time ON nodes (at_ns, event_id) WHERE violation = 1;
-CREATE INDEX IF NOT EXISTS violations_by_agent ON nodes (agent_id, at_ns, event_id) WHERE violation = 1;
-
-CREATE TABLE IF NOT EXISTS edges (
-    workflow_id TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    target      TEXT NOT NULL,
-    type        TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    PRIMARY KEY (source, target, type)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS edges_by_workflow ON edges (workflow_id);
-
-CREATE TABLE IF NOT EXISTS workflows (
-    workflow_id     TEXT PRIMARY KEY,
-    first_seen_ns   INTEGER NOT NULL,
-    last_seen_ns    INTEGER NOT NULL,
-    node_count      INTEGER NOT NULL,
-    violation_count INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS workflows_by_recency ON workflows (last_seen_ns, workflow_id);
-
--- Result events that arrived before their action's node (a redelivery can reorder them);
--- merged into the node when it arrives.
-CREATE TABLE IF NOT EXISTS pending_results (
-    node_id  TEXT PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    result   BLOB NOT NULL
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS workflow_agents (
-    workflow_id TEXT NOT NULL,
-    agent_id    TEXT NOT NULL,
-    PRIMARY KEY (workflow_id, agent_id)
-) WITHOUT ROWID;
-"""
 
 _INSERT_NODE = """
 INSERT INTO nodes (event_id, node_id, workflow_id, session_id, agent_id, tenant, node_type,
@@ -457,10 +396,13 @@ class _Writer:
         def write(connection: sqlite3.Connection) -> int:
             accepted = 0
             for event in events:
-                if _insert_event(connection, event, received_ns):
+                refusals: list[graph_pb2.Event] = []
+                if _insert_event(connection, event, received_ns, refusals):
                     _check_event_id(connection, event)
                     accepted += 1
                     chain.add(connection, event, received_ns)
+                    for refusal in refusals:
+                        chain.add(connection, refusal, received_ns)
             return accepted
 
         accepted = self._transaction(write)
@@ -468,14 +410,30 @@ class _Writer:
         return IngestResult(accepted=accepted, duplicates=len(events) - accepted)
 
 
-def _insert_event(connection: sqlite3.Connection, event: graph_pb2.Event, received_ns: int) -> bool:
-    """Insert one event's node, edges and summary update; False when it was already stored."""
+def _insert_event(
+    connection: sqlite3.Connection, event: graph_pb2.Event, received_ns: int, refusals: list[graph_pb2.Event]
+) -> bool:
+    """Insert one event's node, edges and summary update; False when it was already stored.
+
+    A result parked for the node is merged in when it was sent as the node's workflow and
+    tenant (the check `with_result` makes of a result that comes after its node); else it
+    is dropped, and the audit record saying so is appended to `refusals`."""
     if event.HasField("result"):
         return _store_result(connection, event)
     at_ns = event_time_ns(event, received_ns)
     violation = is_violation(event)
-    pending = connection.execute("SELECT result FROM pending_results WHERE node_id = ?", (event.node_id,)).fetchone()
-    document = event_document(event, pending[0] if pending is not None else None)
+    pending = connection.execute(
+        "SELECT result, event_id, workflow_id, tenant FROM pending_results WHERE node_id = ?", (event.node_id,)
+    ).fetchone()
+    parked: bytes | None = None
+    if pending is not None:
+        result, result_event_id, sent_workflow, sent_tenant = pending
+        problem = misplaced_result(sent_workflow, sent_tenant, event)
+        if problem is None:
+            parked = result
+        else:
+            refusals.append(refused_result(result_event_id, sent_workflow, sent_tenant, event, problem))
+    document = event_document(event, parked)
     inserted = connection.execute(
         _INSERT_NODE,
         (
@@ -544,14 +502,16 @@ def _store_result(connection: sqlite3.Connection, event: graph_pb2.Event) -> boo
 
     Idempotent: a redelivered result (or a second one for the same node) changes nothing,
     so the first result recorded is the one kept. A result whose node has not arrived
-    waits in pending_results and is merged when it does.
+    waits in pending_results, with the workflow and tenant it was sent as, and is merged
+    when the node arrives if they are the node's (`_insert_event`).
     """
     result = result_document(event)
     row = connection.execute("SELECT event FROM nodes WHERE node_id = ?", (event.node_id,)).fetchone()
     if row is None:
         stored = connection.execute(
-            "INSERT INTO pending_results (node_id, event_id, result) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            (event.node_id, event.event_id, result),
+            "INSERT INTO pending_results (node_id, event_id, result, workflow_id, tenant) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (event.node_id, event.event_id, result, event.workflow_id, event.tenant),
         )
         return stored.rowcount > 0
     document = with_result(row[0], result, event)
@@ -726,76 +686,11 @@ def _connect(path: Path) -> sqlite3.Connection:
 def _open_writer_connection(path: Path) -> sqlite3.Connection:
     connection = _connect(path)
     try:
-        _prepare(connection, path)
+        prepare(connection, path)
     except BaseException:
         connection.close()
         raise
     return connection
-
-
-def _prepare(connection: sqlite3.Connection, path: Path) -> None:
-    (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
-    if mode != "wal":
-        raise StoreError(f"{path}: SQLite cannot use WAL mode here (got {mode!r}); put the file on a local disk")
-    connection.execute("PRAGMA synchronous = FULL")  # acknowledged means on disk: see the module docstring
-    (version,) = connection.execute("PRAGMA user_version").fetchone()
-    if version > _SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} has graph schema version {version}, newer than this Bastion knows ({_SCHEMA_VERSION}); "
-            "upgrade Bastion or point BASTION_GRAPH_URL at another file"
-        )
-    if version < _SCHEMA_VERSION:
-        connection.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{AUDIT_SCHEMA}")
-        try:
-            if version == 1:
-                _backfill_audit(connection)
-            if version in (1, 2):
-                _upgrade_documents(connection)
-            columns = {row[1] for row in connection.execute("PRAGMA table_info(nodes)")}
-            if "payload_expired" not in columns:  # a file from before version 5
-                connection.execute("ALTER TABLE nodes ADD COLUMN payload_expired INTEGER NOT NULL DEFAULT 0")
-            # After the column exists, whichever way it came to.
-            connection.execute(
-                "CREATE INDEX IF NOT EXISTS nodes_to_expire ON nodes (at_ns, event_id) WHERE payload_expired = 0"
-            )
-            connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-
-
-def _backfill_audit(connection: sqlite3.Connection) -> None:
-    """Chain the decisions a version-1 file already holds, in the order they arrived.
-
-    Their results were merged into the nodes without keeping the result events, so
-    only the decisions are chained; every result from now on is.
-    """
-    chain = AuditAppender.load(connection)
-    rows = connection.execute("SELECT event, received_ns FROM nodes ORDER BY received_ns, event_id")
-    for document, received_ns in rows.fetchall():
-        event = parse_legacy_node(document, received_ns).event
-        event.ClearField("result")
-        chain.add(connection, event, received_ns)
-
-
-def _upgrade_documents(connection: sqlite3.Connection) -> None:
-    """Version 3 stores protobuf bytes where versions 1 and 2 stored protobuf JSON.
-
-    Converted a page at a time, by key, so a large file never sits in memory whole."""
-    after = ""
-    while rows := connection.execute(
-        "SELECT event_id, event FROM nodes WHERE event_id > ? ORDER BY event_id LIMIT 1000", (after,)
-    ).fetchall():
-        for event_id, document in rows:
-            upgraded = parse_legacy_node(document, 0).event.SerializeToString()
-            connection.execute("UPDATE nodes SET event = ? WHERE event_id = ?", (upgraded, event_id))
-        after = rows[-1][0]
-    for node_id, result in connection.execute("SELECT node_id, result FROM pending_results").fetchall():
-        connection.execute(
-            "UPDATE pending_results SET result = ? WHERE node_id = ?", (parse_legacy_result(result), node_id)
-        )
 
 
 def _store_error(operation: str, path: Path, exc: BaseException) -> StoreError:

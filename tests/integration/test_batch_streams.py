@@ -278,3 +278,51 @@ async def test_a_request_answered_twice_in_one_message_fails_closed(tmp_path: Pa
         await server.stop(None)
     assert (outcome.allowed, outcome.block_code) == (False, VERIFIER_UNAVAILABLE)
     assert "verifier unavailable (INTERNAL)" in outcome.block_reason  # the detail goes to the log
+
+
+class _CrossVerifier(_CountingVerifier):
+    """Holds its first message (one call); once a second comes (two calls), answers the first
+    with a PASS under the id of the second's first call, then the second honestly, BLOCK for
+    both: a score sent under another in-flight call's request_id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[verifier_pb2.ScoreBatchRequest] = []
+        self.first = asyncio.Event()
+
+    async def ScoreBatchStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        async for batch in request_iterator:
+            self.received.append(batch)
+            self.first.set()
+            if len(self.received) < 2:
+                continue
+            second = self.received[1].requests
+            forged = self._score_one(second[0])
+            forged.verdict, forged.deviation_score, forged.threshold = verifier_pb2.PASS, 0.0, 0.8
+            yield verifier_pb2.ScoreBatchResponse(responses=[forged])
+            honest = [self._score_one(request) for request in second]
+            for answer in honest:
+                answer.verdict, answer.deviation_score, answer.threshold = verifier_pb2.BLOCK, 1.0, 0.8
+            yield verifier_pb2.ScoreBatchResponse(responses=honest)
+
+
+async def test_a_score_under_another_messages_request_id_fails_closed(tmp_path: Path, policy_addr: str) -> None:
+    """An attacker's probe: answers were matched by request_id alone, so an answer message
+    could carry a PASS for a call of another message in flight, and that call took it."""
+    verifier = _CrossVerifier()
+    server = await _serve(tmp_path, verifier)
+    governor = _governor(tmp_path, policy_addr, server.address, verifier_timeout=1.0)
+    try:
+        first = asyncio.ensure_future(governor.decide(*_action("add"), [], new_id()))
+        await asyncio.wait_for(verifier.first.wait(), 5)
+        # Asked in one turn of the loop, both wait for the same message.
+        crossed, other = await asyncio.gather(*(governor.decide(*_action("add"), [], new_id()) for _ in range(2)))
+        unanswered = await first
+    finally:
+        await governor.close()
+        await server.stop(None)
+    assert [len(batch.requests) for batch in verifier.received] == [1, 2]
+    for outcome in (crossed, other):
+        assert (outcome.allowed, outcome.block_code) == (False, VERIFIER_UNAVAILABLE)
+        assert "verifier unavailable (INTERNAL)" in outcome.block_reason
+    assert (unanswered.allowed, unanswered.block_code) == (False, VERIFIER_UNAVAILABLE)  # its answer never came

@@ -4,6 +4,7 @@ chain — and what agents wrote (a tool name holding HTML) shows as text, never 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from fixtures.browser import chromium
 from fixtures.graphapi import auditor_token
 from fixtures.mcpcalls import ProxyClient, headers, tool_call
 from fixtures.upstream import DemoUpstream, demo_upstream
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from bastion._appconfig import AppConfig, ServerConfig
 from bastion._identity import ensure_dev_key, issue_token
@@ -24,6 +25,9 @@ from bastion._identity import ensure_dev_key, issue_token
 HOSTILE_TOOL = 'echo<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
 #: What a hostile agent passes as an argument: stored, and shown in the node's detail.
 HOSTILE_TEXT = "<img src=x onerror=window.__pwned=3><b>bold</b>"
+#: Text that reads as something else: a bidi override makes "report\u202etxt.exe" read as
+#: "reportexe.txt", and Unicode tag characters (U+E0000…) carry "IGNORE" no reader sees.
+HIDDEN_TEXT = "report\u202etxt.exe" + "".join(chr(0xE0000 + ord(c)) for c in "IGNORE")
 POLICY = {
     "apiVersion": "bastion.dev/v1",
     "kind": "AgentPolicy",
@@ -53,7 +57,8 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUpstream]
 @pytest.fixture
 async def recorded(tmp_path: Path, upstream: DemoUpstream) -> AsyncIterator[_Recorded]:
     """A stack whose graph holds workflow wf-ui (an allowed echo, a denied delete, an echo of
-    HTML) and a rejected call whose recorded reason quotes HTML."""
+    HTML), a rejected call whose recorded reason quotes HTML, and workflow wf-hidden (an echo
+    of text holding invisible characters)."""
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps(POLICY))
     app = AppConfig(servers={"demo": ServerConfig(url=upstream.url)}, policies=(policy,))
@@ -70,6 +75,9 @@ async def recorded(tmp_path: Path, upstream: DemoUpstream) -> AsyncIterator[_Rec
         assert "error" in (await client.post(tool_call(HOSTILE_TOOL, {}, 4), sent)).json()
         await client.nodes("wf-ui", 4)
         await client.violations("bastion.rejected", 1)
+        hidden = headers(token, workflow="wf-hidden")
+        assert "result" in (await client.post(tool_call("echo", {"text": HIDDEN_TEXT}, 5), hidden)).json()
+        await client.nodes("wf-hidden", 1)
         yield _Recorded(graph=running.graph, home=tmp_path)
 
 
@@ -128,10 +136,16 @@ async def test_an_auditor_reads_workflows_nodes_drift_paths_violations_and_the_c
 
     await page.click("nav >> text=Audit")
     await expect(page.locator("#chain")).to_contain_text("The audit chain holds")
+    # The token is in the page's memory only: no storage /docs (same origin, Swagger UI
+    # from a CDN) could read, and a reload asks for it again.
+    assert await page.evaluate("sessionStorage.length + localStorage.length + document.cookie.length") == 0
+    await page.reload()
+    await expect(page.locator("#status")).to_contain_text("Sign in")
+    await _sign_in(page, auditor_token(recorded.home))
+    await expect(page.locator("#chain")).to_contain_text("The audit chain holds")
 
     await page.click("#signout")
     await expect(page.locator("#status")).to_contain_text("Sign in")
-    assert await page.evaluate("sessionStorage.length") == 0
     assert problems == [], problems  # no script error, no CSP violation of the page's own code
 
 
@@ -153,3 +167,86 @@ async def test_a_token_that_may_not_read_gets_the_apis_refusal_and_no_data(
     await _sign_in(page, token)
     await expect(page.locator("#status")).to_contain_text(expected)
     assert await page.locator("text=wf-ui").count() == 0
+
+
+async def test_an_answer_that_arrives_after_the_operator_moved_on_is_not_shown(
+    recorded: _Recorded, browser: Browser
+) -> None:
+    # Found by an attacker's probe: a slow answer was painted over the page the operator had
+    # moved to (the URL said one workflow, the page showed the violations), and over the
+    # signed-out page, putting the data back after "Sign out".
+    page, problems = await _open(browser, f"{recorded.graph}/ui")
+    released = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        await released.wait()
+        await route.continue_()
+
+    await page.route("**/audit/violations*", hold)
+    await _sign_in(page, auditor_token(recorded.home))
+    await expect(page.locator("tbody a", has_text="wf-ui")).to_have_count(1)
+
+    await page.click("nav >> text=Violations")  # held
+    await page.goto(f"{recorded.graph}/ui#/workflow/wf-ui")
+    await expect(page.locator("h2")).to_have_text("Workflow wf-ui")
+    async with page.expect_response("**/audit/violations*"):
+        released.set()
+    await page.wait_for_timeout(500)
+    await expect(page.locator("h2")).to_have_text("Workflow wf-ui")
+    await expect(page.locator("#status")).to_have_text("")
+
+    released.clear()
+    await page.click("nav >> text=Violations")  # held again
+    await page.click("#signout")
+    async with page.expect_response("**/audit/violations*"):
+        released.set()
+    await page.wait_for_timeout(500)
+    await expect(page.locator("#status")).to_contain_text("Sign in")
+    await expect(page.locator("#view")).to_be_empty()
+    assert problems == [], problems
+
+
+async def test_an_id_no_url_path_can_carry_is_not_requested(recorded: _Recorded, browser: Browser) -> None:
+    # Found by an attacker's probe: encodeURIComponent leaves "." alone and the browser
+    # resolves a "." or ".." segment before sending (#/workflow/.. read "/", #/drift/../audit
+    # read /drift-path/audit), and the graph decodes %2F before routing (#/workflow/wf-ui%2Fnodes
+    # read wf-ui's node list). The graph stores such ids from any holder of the service token.
+    page, problems = await _open(browser, f"{recorded.graph}/ui")
+    await _sign_in(page, auditor_token(recorded.home))
+    await expect(page.locator("tbody a", has_text="wf-ui")).to_have_count(1)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    for hash_route in (
+        "#/workflow/..",
+        "#/workflow/%2e",
+        "#/workflow/wf-ui%2Fnodes",
+        "#/drift/../audit",
+        "#/drift/wf-ui/..",
+        "#/drift/wf-ui%2Fnodes/x",
+    ):
+        requested.clear()
+        await page.goto(f"{recorded.graph}/ui{hash_route}")
+        await expect(page.locator("#status")).to_contain_text("cannot be read")
+        assert [url for url in requested if "/ui" not in url] == [], (hash_route, requested)
+    assert problems == [], problems
+
+
+async def test_characters_that_hide_or_reorder_text_are_shown_not_obeyed(recorded: _Recorded, browser: Browser) -> None:
+    # Found by an attacker's probe: an argument holding a bidi override read reordered, and
+    # tag characters hid text from the operator entirely. Each is now shown as its code point.
+    page, problems = await _open(browser, f"{recorded.graph}/ui#/workflow/wf-hidden")
+    await _sign_in(page, auditor_token(recorded.home))
+    await page.locator("tbody tr", has_text="echo").click()
+    detail = page.locator("#node-detail")
+    marks = ["U+202E"] + [f"U+{0xE0000 + ord(char):X}" for char in "IGNORE"]
+    await expect(detail.locator(".cp")).to_have_text(marks)
+    shown = await detail.text_content() or ""
+    assert "\u202e" not in shown
+    assert not any(0xE0000 <= ord(char) <= 0xE007F for char in shown)
+    assert problems == [], problems
+    # Trusted Types: should a sink ever slip into the script, the browser refuses HTML text.
+    sink = await page.evaluate(
+        "() => { try { document.createElement('p').innerHTML = '<b>x</b>'; return 'parsed'; }"
+        " catch (error) { return error.name; } }"
+    )
+    assert sink == "TypeError"

@@ -167,12 +167,26 @@ def test_every_variable_is_a_setting_of_that_service_and_loads(name: str) -> Non
     assert loaded is not None
 
 
+#: Addresses an operator's browser uses (the published ports on the host), not a peer's.
+_BROWSER_FACING = {"BASTION_DASHBOARD_PROXY_URL"}
+
+
+def test_the_dashboard_is_wired_to_the_published_ports() -> None:
+    assert _environment("graph")["BASTION_DASHBOARD_PROXY_URL"] == "http://127.0.0.1:7070"
+    assert _environment("proxy")["BASTION_DASHBOARD_ORIGIN"] == "http://127.0.0.1:8080"
+    published = {name: service.get("ports", []) for name, service in _services().items()}
+    assert "127.0.0.1:7070:7070" in published["proxy"]
+    assert "127.0.0.1:8080:8080" in published["graph"]
+
+
 def test_peer_addresses_name_a_compose_service_on_a_port_it_listens_on() -> None:
     services = _services()
     listening = {name: _listening(name, service) for name, service in services.items()}
     peers = 0
     for name in SETTINGS:
         for variable, value in _environment(name).items():
+            if variable in _BROWSER_FACING:
+                continue
             if variable.endswith("_URL"):
                 target = urlsplit(value)
                 host, port = target.hostname, target.port

@@ -7,14 +7,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from bastion.dashboard import ui_router
-from bastion.dashboard._router import CONTENT_SECURITY_POLICY
+from bastion.dashboard import dashboard_router
+from bastion.dashboard._router import content_security_policy
+
+CONTENT_SECURITY_POLICY = content_security_policy()
 
 
 @pytest.fixture
 def client() -> httpx.AsyncClient:
     app = FastAPI()
-    app.include_router(ui_router)
+    app.include_router(dashboard_router())
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
 
 
@@ -86,3 +88,41 @@ def test_the_script_builds_no_element_from_html_text() -> None:
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in script, sink
     assert "<script>" not in _ASSETS["index.html"].decode()  # the policy forbids inline script
+
+
+async def test_the_page_learns_where_the_proxy_is_and_may_talk_to_it_alone() -> None:
+    app = FastAPI()
+    app.include_router(dashboard_router("http://127.0.0.1:7070"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        config = await client.get("/ui/config.json")
+        page = await client.get("/ui")
+    assert config.json() == {"proxy_url": "http://127.0.0.1:7070"}
+    csp = page.headers["content-security-policy"]
+    assert "connect-src 'self' http://127.0.0.1:7070;" in csp
+    assert config.headers["content-security-policy"] == csp
+
+
+async def test_without_a_proxy_the_page_talks_to_its_own_api_only(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/ui/config.json")).json() == {"proxy_url": None}
+
+
+def test_the_policy_makes_the_browser_refuse_html_text_in_any_sink() -> None:
+    # Trusted Types with no policy: a future innerHTML in the script throws instead of parsing.
+    for csp in (CONTENT_SECURITY_POLICY, content_security_policy("http://127.0.0.1:7070")):
+        directives = dict(part.strip().split(" ", 1) for part in csp.split(";"))
+        assert directives["require-trusted-types-for"] == "'script'"
+        assert directives["trusted-types"] == "'none'"
+
+
+def test_every_id_reaches_an_api_path_through_segment() -> None:
+    # An id of "." or ".." is resolved away by the browser and one holding "/" is decoded
+    # into another route by the services (found by an attacker's probe): app.js's segment()
+    # refuses those, so an id reaches a path through it alone; route() builds in-page links.
+    from bastion.dashboard._router import _ASSETS
+
+    code = [line.split("//", 1)[0] for line in _ASSETS["app.js"].decode().splitlines()]
+    uses = [line.strip() for line in code if "encodeURIComponent(" in line]
+    assert uses == [
+        'return "#/" + parts.map((part) => encodeURIComponent(part)).join("/");',
+        "return encodeURIComponent(text);",
+    ]

@@ -95,9 +95,12 @@ async def test_verify_reports_the_head_of_an_intact_chain(store: SqliteGraphStor
     assert answer == {
         "ok": True,
         "records": 2,
+        "first": 1,
         "head": {"sequence": 2, "hash": head.hash},
         "problem": None,
         "checkpoints": 0,
+        "stopped": None,
+        "next": None,
     }
 
 
