@@ -307,9 +307,22 @@ def _rollout_step(http: httpx.Client, args: argparse.Namespace) -> int:
     return 0
 
 
+#: Rollouts asked for per request of `bastion policy rollouts` (the most GET /v1/rollouts gives).
+_PAGE = 1000
+
+
 def _rollouts(http: httpx.Client, args: argparse.Namespace) -> int:
-    listing = _call(http, "GET", f"/v1/rollouts?policy={_segment(args.policy)}" if args.policy else "/v1/rollouts")
-    _print(args, listing, "\n".join(_rollout_line(item) for item in listing["rollouts"]) or "no rollouts")
+    # Every page: the command lists every rollout, as it did before the listing was paged.
+    query = {"policy": args.policy} if args.policy else {}
+    found: list[dict[str, Any]] = []
+    while True:
+        page = _call(http, "GET", "/v1/rollouts", params={**query, "limit": str(_PAGE)})
+        found.extend(page["rollouts"])
+        if not page.get("next"):
+            break
+        query["after"] = page["next"]
+    listing = {"rollouts": found, "next": None}
+    _print(args, listing, "\n".join(_rollout_line(item) for item in found) or "no rollouts")
     return 0
 
 

@@ -26,6 +26,15 @@ holds the GIL and cannot be interrupted, so one call with 8,000 ids stalled ever
 decision of the service for 13 s. Each condition's nesting is read from its source when
 it is compiled (`_nesting`), and a decision whose values would make it run more than
 `MAX_STEPS` steps is denied with that reason, before it runs.
+
+Nesting counts loops, not what they walk, and values grow as an expression runs: `map`
+copies the list it builds at every element, chained stages multiply (`[1].map(x, [x,
+x]).map(y, y + y)…` doubles per stage), `+` copies both sides, a pattern's compile time is
+not its length. So each condition also gets a finer bound of its work when it is compiled
+(bastion.policy._cel_cost: a polynomial in the input's values and size, every value it
+builds counted), refused at load when it is over `MAX_WORK` on the smallest input or has
+no bound, and checked, before it runs, on every decision where it could be more than
+linear.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cel
+
+from ._cel_cost import Unbounded, Work, work_bound
 
 VARIABLES = ("args", "agent", "ctx", "action", "taint")
 MAX_EXPRESSION_CHARS = 4096
@@ -53,6 +64,17 @@ _MACROS = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(")
 #: the service for 0.25 s, and the check, reading nesting alone, let it run.)
 _REGEX = re.compile(r"\bmatches\s*\(")
 REGEX_STEPS = 100
+#: The most work a condition's finer bound (bastion.policy._cel_cost) may come to on one
+#: decision: ≈ 40 ms of the evaluator's time at ≈ 200 ns a step. The bound overestimates
+#: ordinary conditions ≈ 1.2-3x, so it allows what `MAX_STEPS` allows of plain nested loops
+#: (`args.ids.all(x, args.ids.exists_one(y, y == x))` over 250 ids: ≈ 150,000, ≈ 13 ms)
+#: and stops what grows unseen by it well before it stalls the service.
+MAX_WORK = 200_000
+#: A bound at most linear, with at most these steps per input value and per 16 bytes, is
+#: not measured on each decision: such a condition costs about what converting its input
+#: for CEL already did (≈ 3-6 µs a value), at most ≈ 35 ms on the proxy's largest arguments.
+LIGHT_PER_VALUE = 16.0
+LIGHT_PER_UNIT = 1.0
 _IN = re.compile(r"\bin\b")
 #: The variables that hold the call's input; read inside a loop, each may cost its size.
 _INPUT = re.compile(r"\b(?:args|ctx|taint|action|agent)\b")
@@ -92,17 +114,22 @@ class Condition:
     literals: int = 0
     #: A regular expression runs inside a comprehension (each element costs REGEX_STEPS).
     regex_in_loop: bool = False
+    #: The finer bound of its work (None: not bounded, for a Condition built by hand).
+    work: Work | None = None
+    #: Its work is at most linear and light (`LIGHT_PER_VALUE`): no need to measure the input.
+    light: bool = True
 
 
 def compile_condition(source: str) -> Condition:
     """Compile `source`; raises ValueError with the reason (see `condition_problem`)."""
-    problem = condition_problem(source)
-    if problem:
+    problem, work = _examine(source)
+    if problem or work is None:
         raise ValueError(problem)
     program = cel.compile(source)
     needs = tuple(name for name in VARIABLES if name in program.variables())
     nesting, regex_in_loop = _nesting(source)
-    return Condition(source, program, needs, nesting, source.count(",") + 1, regex_in_loop)
+    light = work.linear_within(LIGHT_PER_VALUE, LIGHT_PER_UNIT)
+    return Condition(source, program, needs, nesting, source.count(",") + 1, regex_in_loop, work, light)
 
 
 def _nesting(source: str) -> tuple[int, bool]:
@@ -169,34 +196,69 @@ def _blank_strings(source: str) -> str:
 def _size(value: Any) -> int:
     """How many values `value` holds, itself included, a string counting one more per 16
     bytes (a loop that copies a megabyte string costs as much as one over 65,536 values)."""
+    return _measure(value)[1]
+
+
+def _measure(value: Any) -> tuple[int, int, int]:
+    """(how many values `value` holds, itself included; its `_size`; the most elements or
+    keys of any one list or map in it): the sizes a condition's work bound reads."""
     if isinstance(value, Mapping):
-        return 1 + sum(_size(key) - 1 + _size(item) for key, item in value.items())
+        values, size, widest = 1, 1, len(value)
+        for key, item in value.items():
+            item_values, item_size, item_widest = _measure(item)
+            values += item_values
+            size += _measure(key)[1] - 1 + item_size
+            widest = max(widest, item_widest)
+        return values, size, widest
     if isinstance(value, list | tuple):
-        return 1 + sum(_size(item) for item in value)
+        values, size, widest = 1, 1, len(value)
+        for item in value:
+            item_values, item_size, item_widest = _measure(item)
+            values += item_values
+            size += item_size
+            widest = max(widest, item_widest)
+        return values, size, widest
     if isinstance(value, str | bytes):
-        return 1 + len(value) // 16
-    return 1
+        return 1, 1 + len(value) // 16, 0
+    return 1, 1, 0
 
 
 def condition_problem(source: str) -> str | None:
     """Why `source` is not a usable condition, or None."""
+    return _examine(source)[0]
+
+
+def _examine(source: str) -> tuple[str | None, Work | None]:
+    """(why `source` is not a usable condition or None, the bound of its work)."""
     if not source.strip():
-        return "empty expression; write a CEL expression or omit the field"
+        return "empty expression; write a CEL expression or omit the field", None
     if len(source) > MAX_EXPRESSION_CHARS:
-        return f"expression is {len(source)} characters long; the limit is {MAX_EXPRESSION_CHARS}"
+        return f"expression is {len(source)} characters long; the limit is {MAX_EXPRESSION_CHARS}", None
     try:
         program = cel.compile(source)
     except BaseException as exc:  # a Rust panic is a BaseException: refuse, never crash
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        return f"not valid CEL: {_first_lines(str(exc))}"
+        return f"not valid CEL: {_first_lines(str(exc))}", None
     bound = set(_BOUND.findall(source))
     for name in program.variables():
         if name not in VARIABLES and name not in bound:
             close = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (the variables are {', '.join(VARIABLES)})"
-            return f"unknown variable '{name}'{hint}"
-    return None
+            return f"unknown variable '{name}'{hint}", None
+    try:
+        work = work_bound(source)
+    except Unbounded as exc:
+        return f"its cost cannot be bounded: {exc}", None
+    # The smallest input: each variable it reads holds at least one value, no list an element.
+    smallest = max(1, sum(name in program.variables() for name in VARIABLES))
+    if (steps := work.at(smallest, smallest, 0)) > MAX_WORK:
+        return (
+            f"it could take {steps:.1e} steps even on the smallest input, more than the {MAX_WORK:.0e} a "
+            "decision may take (values that grow at every stage of a chain, a long run of '+', or a costly "
+            "regular expression)"
+        ), None
+    return None, work
 
 
 def _first_lines(text: str) -> str:
@@ -208,7 +270,7 @@ def _first_lines(text: str) -> str:
 class Activation:
     """The CEL variables of one decision, converted on first use."""
 
-    __slots__ = ("_action", "_added", "_agent_id", "_arguments", "_cel", "_context")
+    __slots__ = ("_action", "_added", "_agent_id", "_arguments", "_cel", "_context", "_measured")
 
     def __init__(
         self, arguments: Mapping[str, Any], agent_id: str, action: Mapping[str, str], context: CallContext
@@ -219,11 +281,15 @@ class Activation:
         self._context = context
         self._cel = cel.Context()
         self._added: set[str] = set()
+        #: The sizes of each variable measured so far (`_measure`).
+        self._measured: dict[str, tuple[int, int, int]] = {}
 
     def evaluate(self, condition: Condition) -> bool | str:
         """True or False, or the error (a string) that makes the rule deny."""
         if (condition.nesting >= 2 or condition.regex_in_loop) and (costly := self._costly(condition)) is not None:
             return costly
+        if not condition.light and (heavy := self._heavy(condition)) is not None:
+            return heavy
         try:
             for name in condition.needs:
                 if name not in self._added:
@@ -251,6 +317,26 @@ class Activation:
         return (
             f"the condition nests {condition.nesting} list-sized loops{regex}; on {size} argument values it could "
             f"take {steps:.1e} steps, more than the {MAX_STEPS:.0e} allowed"
+        )
+
+    def _heavy(self, condition: Condition) -> str | None:
+        """Why `condition`'s finer bound (bastion.policy._cel_cost) is over MAX_WORK on these
+        variables, or None."""
+        if condition.work is None:
+            return None
+        values = size = widest = 0
+        for name in condition.needs:
+            if name not in self._measured:
+                self._measured[name] = _measure(self._value(name))
+            values += self._measured[name][0]
+            size += self._measured[name][1]
+            widest = max(widest, self._measured[name][2])
+        steps = condition.work.at(max(values, 1), max(size, 1), widest)
+        if steps <= MAX_WORK:
+            return None
+        return (
+            f"on {values} input values of size {size}, the condition could take {steps:.1e} steps (counting the "
+            f"values it builds and copies), more than the {MAX_WORK:.0e} allowed"
         )
 
     def _value(self, name: str) -> Any:

@@ -127,12 +127,23 @@ def _check_policy_name(value: str) -> str:
     )
 
 
+def _rule_id_key(value: str) -> str:
+    """The form under which two rule ids are the same rule: NFKC, casefolded (Unicode's
+    NFKC_Casefold, approximately). Decisions, approvals and audit records name a rule by its
+    id alone, and a reader, a spreadsheet or a case-insensitive comparison takes
+    `Allow-Refunds` and `allow-refunds` for one rule."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
+
+
 def _check_rule_id(value: str) -> str:
-    if value == RESERVED_RULE_ID:
-        raise ValueError(f"rule id {value!r} is reserved for the fallthrough decision; choose another id")
+    if _rule_id_key(value) == RESERVED_RULE_ID:
+        raise ValueError(
+            f"rule id {value!r} is reserved for the fallthrough decision ('{RESERVED_RULE_ID}', in any letter case); "
+            "choose another id"
+        )
     if not _RULE_ID.fullmatch(value):
         raise ValueError(
-            f"rule id {value!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"rule id {value!r} must be 1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return value
 
@@ -330,15 +341,26 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Spec:
-        first_seen: dict[str, int] = {}
+        first_seen: dict[str, tuple[int, str]] = {}
         for number, rule in enumerate(self.rules, start=1):
-            if rule.id in first_seen:
+            key = _rule_id_key(rule.id)
+            if key not in first_seen:
+                first_seen[key] = (number, rule.id)
+                continue
+            first, first_id = first_seen[key]
+            if first_id == rule.id:
                 raise PydanticCustomError(
                     "duplicate_rule_id",
                     "rule '{rule}' (rule #{number}) reuses the id of rule #{first}; rule ids must be unique",
-                    {"rule": rule.id, "number": number, "first": first_seen[rule.id]},
+                    {"rule": rule.id, "number": number, "first": first},
                 )
-            first_seen[rule.id] = number
+            raise PydanticCustomError(
+                "duplicate_rule_id",
+                "rule '{rule}' (rule #{number}) and rule '{other}' (rule #{first}) have ids that differ only in "
+                "letter case; rule ids must be unique ignoring case (decisions, approvals and audit records "
+                "name a rule by its id alone)",
+                {"rule": rule.id, "number": number, "other": first_id, "first": first},
+            )
         return self
 
 

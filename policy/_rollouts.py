@@ -524,8 +524,22 @@ class RolloutManager:
             raise UnknownRollout(f"no rollout {rollout_id[:64]!r}")
         return self._current(Rollout.from_row(row))
 
-    async def list(self, policy: str | None = None) -> list[Rollout]:
-        return [self._current(Rollout.from_row(row)) for row in await self._store.rollouts(policy=policy)]
+    async def page(
+        self, policy: str | None = None, *, after: str | None = None, limit: int = 100
+    ) -> tuple[list[Rollout], str | None]:
+        """Rollouts oldest first, optionally of one policy, from after the rollout id `after`:
+        (at most `limit` of them, the id to continue after or None). Rollouts are the
+        deployment's, not a tenant's (each puts a version in force for every tenant), so any
+        reader's cursor is as good as another's; but a cursor must name a rollout of the listing,
+        or a client's mistake would read as a silently shorter list."""
+        if after is not None:
+            cursor = await self._store.rollout(after)
+            if cursor is None or (policy is not None and cursor.policy != policy):
+                of = f" of policy {policy!r}" if policy is not None else ""
+                raise UnknownRollout(f"no rollout {after[:64]!r}{of} to continue after")
+        rows = await self._store.rollouts(policy=policy, after=after, limit=limit + 1)
+        found = [self._current(Rollout.from_row(row)) for row in rows[:limit]]
+        return found, found[-1].id if len(rows) > limit else None
 
     async def _end(self, rollout_id: str, state: State, reason: str, by: str) -> Rollout:
         async with self._lock:

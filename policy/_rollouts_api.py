@@ -2,7 +2,10 @@
 bastion.policy._api with its auth dependencies, body cap and error body:
 
     POST /v1/rollouts                     start: {policy, version, percent, stickiness?, rollback_on?} → 201
-    GET  /v1/rollouts?policy=NAME         every rollout (of one policy), oldest first
+    GET  /v1/rollouts?policy=&after=&limit=
+                                          rollouts (of one policy), oldest first, paged like
+                                          /v1/keys: `limit` (1-1000, default 100), `next` to
+                                          pass as `after`
     GET  /v1/rollouts/{id}                one rollout: state, percent, stickiness, counts per arm, reason
     POST /v1/rollouts/{id}/promote        the candidate becomes the active version; the rollout ends
     POST /v1/rollouts/{id}/rollback       the rollout ends; the stable version stays active
@@ -13,7 +16,8 @@ Refusals, and nothing changes:
 
     403  an operator of another tenant, an auditor or an agent changing (bastion.auth.forbidden)
 
-    404  unknown version (bastion.not_found), unknown rollout (bastion.not_found)
+    404  unknown version (bastion.not_found), unknown rollout (bastion.not_found), an `after`
+         naming no rollout (of the policy listed)                  bastion.not_found
     409  the policy has no active version, the version is the active one, a rollout of the
          policy is running, too many rollouts run, the rollout has ended, OPA mode, another
          version of the policy was activated while the rollout was starting
@@ -21,6 +25,8 @@ Refusals, and nothing changes:
     422  not JSON, unknown field, wrong type (a bool is not a percent), percent outside 0-100,
          unknown stickiness, a bad rollback_on, a bad policy name   bastion.invalid_request / .policy.invalid
     422  start or promote of a version whose signed bundle has expired  bastion.policy.signature
+    422  a `limit` outside 1-1000 or not an integer, an `after` over 64 characters
+                                                                   bastion.invalid_request
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from bastion._identity import Principal
 from bastion._json import loads_strict
 from bastion._rest import AUTH_RESPONSES, error_doc, error_response
 
+from ._identities_api import Limit
 from ._rollouts import Rollout, RolloutManager, RolloutRequest, UnknownRollout
 from ._store import RolloutConflict
 
@@ -65,6 +72,7 @@ class RolloutView(BaseModel):
 
 class RolloutList(BaseModel):
     rollouts: list[RolloutView] = Field(description="Oldest first.")
+    next: str | None = Field(description="Pass as `after` for the next page; null on the last page.")
 
 
 RolloutId = Annotated[str, Path(max_length=64, description="The rollout id (uuid7).")]
@@ -117,11 +125,19 @@ def add_rollout_routes(
         check_name(parsed.policy)
         return _view(await rollouts.start(parsed, by=principal.subject))
 
-    @app.get("/v1/rollouts", summary="Rollouts, oldest first (operator, admin or auditor).", dependencies=read)
+    @app.get(
+        "/v1/rollouts",
+        summary="Rollouts, oldest first, paged (operator, admin or auditor).",
+        dependencies=read,
+        responses={**AUTH_RESPONSES, 404: error_doc("`after` names no rollout (of the policy listed).")},
+    )
     async def list_rollouts(
         policy: Annotated[str | None, Query(max_length=63, description="Only this policy's.")] = None,
+        after: Annotated[str | None, Query(max_length=64, description="The `next` of the previous page.")] = None,
+        limit: Limit = 100,
     ) -> RolloutList:
-        return RolloutList(rollouts=[_view(item) for item in await rollouts.list(policy)])
+        found, following = await rollouts.page(policy, after=after, limit=limit)
+        return RolloutList(rollouts=[_view(item) for item in found], next=following)
 
     @app.get(
         "/v1/rollouts/{id}",

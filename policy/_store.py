@@ -390,8 +390,11 @@ class PolicyStore:
             )
         )
 
-    async def rollouts(self, *, policy: str | None = None, running: bool = False) -> list[RolloutRow]:
-        """Rollouts, oldest first (ids are uuid7: time-ordered), optionally of one policy or running only."""
+    async def rollouts(
+        self, *, policy: str | None = None, running: bool = False, after: str | None = None, limit: int = -1
+    ) -> list[RolloutRow]:
+        """Rollouts, oldest first (ids are uuid7: time-ordered), optionally of one policy or running
+        only, with an id above `after`, at most `limit` of them (-1: all)."""
         query = "SELECT id, policy, state, spec, counts, reason, ended_at, ended_by FROM rollouts WHERE 1 = 1"
         params: list[Any] = []
         if policy is not None:
@@ -399,8 +402,11 @@ class PolicyStore:
             params.append(policy)
         if running:
             query += " AND state = 'running'"
+        if after is not None:
+            query += " AND id > ?"
+            params.append(after)
         rows: list[tuple[Any, ...]] = await self._run(
-            lambda: self._db.execute(query + " ORDER BY id", params).fetchall()
+            lambda: self._db.execute(query + " ORDER BY id LIMIT ?", [*params, limit]).fetchall()
         )
         return [RolloutRow(*row) for row in rows]
 

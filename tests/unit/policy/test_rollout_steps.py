@@ -52,7 +52,7 @@ async def test_a_rollout_racing_an_activation_of_its_policy_is_refused_and_nothi
     assert not isinstance(activation, BaseException), activation
     assert isinstance(started, RolloutConflict), started
     assert f"v{activated} was activated while this rollout was starting (it read v1)" in str(started)
-    assert await rollouts.list("pay") == []
+    assert await rollouts.page("pay") == ([], None)
     assert registry.snapshot.rollouts == ()
     assert [(item.name, item.version) for item in registry.snapshot.versions] == [("pay", activated)]
 
