@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+from pydantic import ValidationError
 
 from bastion.eval.efficacy._options import DESCRIPTION as EVAL_DESCRIPTION
 from bastion.eval.efficacy._options import add_options as add_eval_options
@@ -114,6 +115,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(name: str, config: Path | None) -> int:
+    """`bastion <name> serve`; a setting no service could start with is one line on stderr and
+    exit code 2, not a traceback (each service reads its settings before it starts)."""
+    try:
+        return _serve_checked(name, config)
+    except ValidationError as exc:
+        for error in exc.errors():
+            variable = "BASTION_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"bastion {name}: invalid setting {variable}: {error['msg']}", file=sys.stderr)
+        return 2
+
+
+def _serve_checked(name: str, config: Path | None) -> int:
     if name == "proxy":
         from bastion.proxy import main as proxy_main
 

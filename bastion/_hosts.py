@@ -16,6 +16,7 @@ a server must reject such a request).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -94,26 +95,78 @@ def _netloc(origin: str) -> str:
 
 
 _HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
-_IPV6 = re.compile(r"[0-9a-f:.]{2,45}")
+#: A last label a browser reads as a number (WHATWG URL "ends in a number"): the host is then
+#: an IPv4 address, in any of the forms it accepts (`127.1`, `0x7f.0.0.1`, `2130706433`).
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
+
+
+def _ipv6(text: str) -> str:
+    """An IPv6 address as a browser serializes it (WHATWG URL §3.6): lower-case hex
+    without leading zeros, the first longest run of two or more zero pieces as `::`, no
+    dotted IPv4 tail (`::ffff:127.0.0.1` is `::ffff:7f00:1`). ValueError if not one."""
+    if "%" in text:
+        raise ValueError("a zone (`%eth0`) is no part of a URL's host")
+    packed = ipaddress.IPv6Address(text).packed
+    pieces = [int.from_bytes(packed[i : i + 2], "big") for i in range(0, 16, 2)]
+    best, best_len, run_start = -1, 1, -1
+    for i, piece in enumerate([*pieces, 1]):
+        if piece == 0 and run_start < 0:
+            run_start = i
+        elif piece != 0 and run_start >= 0:
+            if i - run_start > best_len:
+                best, best_len = run_start, i - run_start
+            run_start = -1
+    hexes = [f"{piece:x}" for piece in pieces]
+    if best < 0:
+        return ":".join(hexes)
+    return ":".join(hexes[:best]) + "::" + ":".join(hexes[best + best_len :])
 
 
 def web_origin(url: str) -> str:
     """The origin (`scheme://host[:port]`, lower case) of an http(s) URL naming a web
-    server and nothing more: no user, path, query or fragment. ValueError otherwise."""
+    server and nothing more: no user, path, query or fragment. ValueError otherwise.
+
+    The result is the `Origin` a browser sends for a page there, byte for byte (the proxy
+    compares it so, and a page's CSP names it): an IPv6 address is written in the browser's
+    form, and a host a browser would write otherwise (an IPv4 address not in four decimal
+    parts) or would not load at all is refused, not kept as a value that never matches."""
+    shown = url[:200]
+    text = url.strip()
+    if any(char.isspace() or not char.isprintable() for char in text):
+        # urlsplit (as a browser) drops tabs and newlines anywhere: `exa\tmple.com` would
+        # silently become example.com.
+        raise ValueError(f"{shown!r} holds a space or a control character")
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(text)
         port = parts.port  # raises on a port out of range or not a number
     except ValueError as exc:
-        raise ValueError(f"{url[:200]!r} is not a URL: {exc}") from exc
+        raise ValueError(f"{shown!r} is not a URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url[:200]!r} is not an http(s) URL with a host")
-    if parts.username or parts.password or parts.path.strip("/") or parts.query or parts.fragment:
-        raise ValueError(f"{url[:200]!r} must name only scheme, host and port")
-    if not _HOST_NAME.fullmatch(parts.hostname) and not _IPV6.fullmatch(parts.hostname):
+        raise ValueError(f"{shown!r} is not an http(s) URL with a host")
+    if "@" in parts.netloc or parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"{shown!r} must name only scheme, host and port")
+    if port == 0:
+        raise ValueError(f"{shown!r}: port 0 is no port a browser connects to")
+    hostname = parts.hostname
+    if parts.netloc.startswith("["):
+        try:
+            host = f"[{_ipv6(hostname)}]"
+        except ValueError:
+            raise ValueError(f"{shown!r}: the host in brackets must be an IPv6 address") from None
+    elif _NUMERIC_LABEL.fullmatch(hostname.rpartition(".")[2]):
+        try:
+            canonical = str(ipaddress.IPv4Address(hostname))
+        except ValueError:
+            canonical = None
+        if canonical != hostname:
+            raise ValueError(f"{shown!r}: an IPv4 address must be written as four decimal numbers (e.g. 127.0.0.1)")
+        host = hostname
+    elif _HOST_NAME.fullmatch(hostname):
         # Also what keeps a configured origin from adding to a Content-Security-Policy
         # (`;` or `,` would start a directive or a source list there).
-        raise ValueError(f"{url[:200]!r}: the host must be a DNS name or an IP address")
-    # As a browser sends it in Origin: the default port left out, an IPv6 host bracketed.
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        host = hostname
+    else:
+        raise ValueError(f"{shown!r}: the host must be a DNS name (punycode for IDN) or an IP address")
+    # As a browser sends it in Origin: the default port left out.
     default = 80 if parts.scheme == "http" else 443
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")

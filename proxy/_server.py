@@ -260,8 +260,8 @@ async def serve(
         a2a=a2a.handle,
         aggregated=aggregated.handle_aggregated,
         tools_call=aggregated.handle_tools_call,
-        approvals=_dashboard(approvals_api.handle, settings.dashboard_origin),
-        queue=_dashboard(queue_api.handle, settings.dashboard_origin),
+        approvals=_dashboard(approvals_api.handle, settings.dashboard_origin, hosts),
+        queue=_dashboard(queue_api.handle, settings.dashboard_origin, hosts),
     )
     if not await identity_watch.first_attempt(IDENTITY_SYNC_S):
         log.warning(
@@ -313,6 +313,6 @@ def main(config: Path | None = None) -> int:
     return run_service("proxy", ProxySettings(), config, serve)
 
 
-def _dashboard(handler: Handler, origin: str | None) -> Handler:
+def _dashboard(handler: Handler, origin: str | None, hosts: HostCheck) -> Handler:
     """`handler`, answering cross-origin requests from the dashboard when its origin is set."""
-    return handler if origin is None else allow_dashboard(handler, origin)
+    return handler if origin is None else allow_dashboard(handler, origin, hosts)

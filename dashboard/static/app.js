@@ -386,6 +386,17 @@
     queue: { path: "/v1/queue", id: "queue_id", title: "Verifier queue", yes: "release", no: "reject" },
   };
 
+  // What a parked call does, whole: the operator decides on its arguments too (delete_file
+  // of /tmp/old or of /etc), and on the prompt, resource or agent it names — never on a tool
+  // name alone, which every call of that tool shares. The arguments are as the proxy shows
+  // them (redacted, or a note that they were too long to show).
+  function called(action) {
+    const what = action.tool || action.prompt || action.resource || action.target_agent || action.method;
+    const args = action.arguments === undefined ? {} : action.arguments;
+    return [el("div", {}, [action.server, what].filter(Boolean).join(" / ")),
+      el("pre", { className: "args" }, JSON.stringify(args, null, 2))];
+  }
+
   function epoch(seconds) {
     return typeof seconds === "number" ? when(new Date(seconds * 1000).toISOString()) : "—";
   }
@@ -406,7 +417,7 @@
       return el("tr", { "data-id": id },
         el("td", {}, epoch(item.created_at)),
         el("td", { className: "mono" }, item.agent_id),
-        el("td", { className: "mono tool" }, [action.server, action.tool || action.method].filter(Boolean).join(" / ")),
+        el("td", { className: "mono tool" }, called(action)),
         el("td", { className: "mono" }, item.rule_id),
         el("td", { className: "reason" }, item.reason),
         el("td", { className: "mono" }, item.workflow_id
@@ -421,7 +432,7 @@
       target.replaceChildren(el("h2", {}, names.title),
         el("p", { className: "legend" }, "Pending only; decided ones are in each call's workflow. Deciding "
           + "needs an operator token; nobody decides a call they made."),
-        table(["asked", "agent", "server / tool", "rule", "reason", "workflow", "expires", ""], []));
+        table(["asked", "agent", "server / tool, arguments", "rule", "reason", "workflow", "expires", ""], []));
       if (!page.items.length) target.append(el("p", {}, "Nothing is waiting."));
     }
     target.querySelector("tbody").append(...rows);

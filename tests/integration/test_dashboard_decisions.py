@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -172,10 +173,53 @@ async def test_the_proxy_answers_cross_origin_requests_for_the_dashboards_origin
     assert "authorization" in ours.headers["access-control-allow-headers"]
     assert theirs.status_code == 403
     assert "access-control-allow-origin" not in theirs.headers
-    assert lookalike.status_code == 403
+    # Refused by the route's own handler: 403 (Origin not in allowed_hosts) or 405 (no OPTIONS route).
+    assert lookalike.status_code in (403, 405)
     assert "access-control-allow-origin" not in lookalike.headers
     # Another origin's request is checked as before (its Origin is not an allowed host) and
     # carries nothing a browser would let that origin's script read.
     assert "access-control-allow-origin" not in read.headers
     assert read.status_code == 403, read.text
     assert "access-control-allow-origin" not in mcp.headers  # the agent endpoints answer no origin
+
+
+async def test_a_refused_cross_origin_preflight_is_journaled_like_any_refusal(stack: _Stack) -> None:
+    # A page of another origin trying the operator routes with a token never gets past the
+    # preflight: that refusal must be in the audit trail (workflow bastion.rejected) as the
+    # same request without CORS configured would be.
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    async with httpx.AsyncClient(base_url=stack.proxy) as http:
+        evil = await http.options("/v1/approvals", headers={"Origin": "http://evil.example", **preflight})
+        null = await http.options("/v1/queue", headers={"Origin": "null", **preflight})
+    assert evil.status_code == 403
+    assert null.status_code == 403
+    assert "access-control-allow-origin" not in evil.headers
+    assert "access-control-allow-origin" not in null.headers
+
+    def refused(method: str, origin: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda node: node["action"].get("method") == method and origin in node.get("block_reason", "")
+
+    found = await stack.client.nodes("bastion.rejected", 1, where=refused("OPTIONS /v1/approvals", "evil.example"))
+    assert "not allowed" in found[0]["block_reason"]
+    await stack.client.nodes("bastion.rejected", 1, where=refused("OPTIONS /v1/queue", "'null'"))
+
+
+async def test_the_operator_sees_what_a_parked_call_would_do_before_deciding(stack: _Stack) -> None:
+    # The tool's name alone is every call of it: the row must show the arguments the
+    # approval is for (the path delete_file deletes, the numbers add adds).
+    sent = headers(stack.client.token("agent-ask"), workflow="wf-args")
+    asked = (await stack.client.post(tool_call("delete_file", {"path": "/etc/important.conf"}, 1), sent)).json()
+    approval_id = asked["error"]["data"]["approval_id"]
+    parked = (await stack.client.post(tool_call("add", {"a": 40, "b": 2}, 2), sent)).json()
+    queue_id = parked["error"]["data"]["queue_id"]
+
+    async with chromium() as browser:
+        page, problems = await _page(browser, stack, _operator(stack.home), "#/approvals")
+        row = page.locator(f"tr[data-id='{approval_id}']")
+        await expect(row).to_contain_text("demo / delete_file")
+        await expect(row.locator("pre.args")).to_contain_text('"path": "/etc/important.conf"')
+        await page.click("nav >> text=Queue")
+        row = page.locator(f"tr[data-id='{queue_id}']")
+        await expect(row.locator("pre.args")).to_contain_text('"a": 40')
+        await expect(row.locator("pre.args")).to_contain_text('"b": 2')
+        assert problems == [], problems
