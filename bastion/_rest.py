@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
+from ._api_docs import add_api_docs
 from ._errors import BastionError
 from ._hosts import HostCheck
 
@@ -74,7 +75,16 @@ def rest_app(*, title: str, hosts: HostCheck, description: str = "") -> FastAPI:
     """A FastAPI app answering errors in the shared body and refusing foreign Hosts."""
     # No redirect to the path with or without its slash: Starlette builds that Location from
     # the Host header, which behind a gateway allowing any Host ('*') is the caller's choice.
-    app = FastAPI(title=title, version=__version__, description=description, redirect_slashes=False)
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        description=description,
+        redirect_slashes=False,
+        # Swagger UI from the package, not a CDN (bastion._api_docs); no ReDoc (CDN-only).
+        docs_url=None,
+        redoc_url=None,
+    )
+    add_api_docs(app)
     app.add_exception_handler(BastionError, _bastion_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -110,9 +110,8 @@ def create_app(
     app.state.cursors = Sealer(b"bastion graph cursor")
     # Everything on _data is workflow or audit data: one router-wide guard, so a route
     # added there cannot forget it. Left open: the ops routes (no workflow data) and
-    # FastAPI's /docs, /docs/oauth2-redirect, /redoc and /openapi.json, which show the
-    # API's shape, not its data: the dashboard's client is generated from the spec, and
-    # /docs must load before its "Authorize" button can take a token.
+    # /docs and /openapi.json, which show the API's shape, not its data: /docs must load
+    # before its "Authorize" button can take a token.
     guard = require_reader(verifier)
     app.include_router(_data, dependencies=[Depends(_remembered(guard))], responses=AUTH_RESPONSES)
     app.include_router(audit_router, dependencies=[Depends(_home_tenant(guard))], responses=AUTH_RESPONSES)

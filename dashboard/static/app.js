@@ -5,10 +5,9 @@
 // text: an injected `<img onerror=…>` in a tool name must show as those characters. The
 // page's Content-Security-Policy (no inline script, no other origin) is the second wall.
 //
-// The token lives in this page's memory only, never in sessionStorage or localStorage:
-// every page of the origin can read those, and /docs and /redoc (same origin) run Swagger
-// UI and ReDoc from a CDN. A reload asks for it again. It is sent only as an Authorization
-// header, to the API that served this page and to the configured proxy.
+// The token lives in this page's memory only, never in sessionStorage or localStorage,
+// which every page of the origin can read. A reload asks for it again. It is sent only as
+// an Authorization header, to the API that served this page and to the configured proxy.
 "use strict";
 
 (() => {

@@ -250,3 +250,19 @@ async def test_characters_that_hide_or_reorder_text_are_shown_not_obeyed(recorde
         " catch (error) { return error.name; } }"
     )
     assert sink == "TypeError"
+
+
+async def test_the_api_docs_render_from_the_services_own_files(recorded: _Recorded, browser: Browser) -> None:
+    # Swagger UI from the package, under its policy: a script it refused, or one fetched from
+    # elsewhere, would leave the page blank or log a violation.
+    page, problems = await _open(browser, f"{recorded.graph}/docs")
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    await page.reload()
+    await expect(
+        page.locator(".opblock-summary-path", has_text="/graphs/{workflow_id}/drift-path/{node_id}")
+    ).to_have_count(1)
+    graph_host = recorded.graph.removeprefix("http://")
+    assert requested, "the reload fetched nothing"
+    assert all(url.split("/")[2] == graph_host for url in requested), requested
+    assert problems == [], problems

@@ -25,6 +25,7 @@ from fixtures.graphapi import (
     bearer,
     callers,
     guarded_routes,
+    open_path,
     raw_get,
     statuses,
 )
@@ -755,10 +756,7 @@ async def test_the_open_graph_routes_answer_without_a_token(served: _Served) -> 
     open_routes = [(method, path) for method, path in app_routes(served.app) if path in open_paths]
 
     async with httpx.AsyncClient(base_url=served.url) as http:
-        answered = {
-            path: (await http.request(method, path.replace("{name}", "app.js"))).status_code
-            for method, path in open_routes
-        }
+        answered = {path: (await http.request(method, open_path(path))).status_code for method, path in open_routes}
 
     assert answered == dict.fromkeys(open_paths, 200)
 
