@@ -218,7 +218,12 @@ def _validate(http: httpx.Client, args: argparse.Namespace) -> int:
 
 
 def _versions(http: httpx.Client, args: argparse.Namespace) -> int:
-    listing = _call(http, "GET", f"/v1/policies/{_segment(args.name)}/versions")
+    path = f"/v1/policies/{_segment(args.name)}/versions"
+    listing = _call(http, "GET", path)
+    # Every page: the listing is paged (`next`), as /v1/rollouts is.
+    while listing.get("next") is not None:
+        following = _call(http, "GET", path, params={"after": str(listing["next"])})
+        listing = {**following, "versions": [*listing["versions"], *following["versions"]]}
     lines = [
         f"{'*' if item['active'] else ' '} v{item['version']:<6} {item['digest'][:12]}  {item['created_at']}  "
         f"{item['author']}  {'signed:' + item['signature_kid'] if item['signature_kid'] else 'unsigned'}"

@@ -56,7 +56,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Request, Response
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -72,7 +72,7 @@ from bastion._rest import AUTH_RESPONSES, error_doc, error_response, rest_app
 from ._bundles import BundleVerifier
 from ._document import PolicyDocument
 from ._identities import IdentityStore
-from ._identities_api import add_identity_routes
+from ._identities_api import Limit, add_identity_routes
 from ._live_tools import check_live_tools, fetch_live_tools
 from ._registry import Compiled, PolicyRegistry, compile_version
 from ._rollouts import RolloutManager
@@ -161,7 +161,8 @@ class VersionSummary(BaseModel):
 class VersionList(BaseModel):
     name: str
     active_version: int | None
-    versions: list[VersionSummary] = Field(description="Lowest version first.")
+    versions: list[VersionSummary] = Field(description="Lowest version first, above `after`, at most `limit`.")
+    next: int | None = Field(description="Pass as `after` for the next page; null on the last page.")
 
 
 class VersionDetail(VersionSummary):
@@ -386,12 +387,24 @@ def create_app(
         dependencies=read,
         responses=_READ_ERRORS,
     )
-    async def list_versions(name: Name) -> VersionList:
-        records = await policies.versions(_check_name(name))
-        if not records:
+    async def list_versions(
+        name: Name,
+        after: Annotated[int, Query(ge=0, le=MAX_VERSION, description="The `next` of the previous page.")] = 0,
+        limit: Limit = 100,
+    ) -> VersionList:
+        # Paged like /v1/keys and /v1/rollouts: each version is a stored document of up to
+        # the body bound, and a policy may have thousands.
+        records = await policies.versions(_check_name(name), after=after, limit=limit + 1, summaries=True)
+        if not records and not await policies.versions(name, limit=1, summaries=True):
             raise UnknownVersion(f"no policy named {name!r}")
+        page = records[:limit]
         active = _active_version(policies, name)
-        return VersionList(name=name, active_version=active, versions=[_summary(record, active) for record in records])
+        return VersionList(
+            name=name,
+            active_version=active,
+            versions=[_summary(record, active) for record in page],
+            next=page[-1].version if len(records) > limit else None,
+        )
 
     @app.get(
         "/v1/policies/{name}/versions/{version}",

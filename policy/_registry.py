@@ -401,8 +401,10 @@ class PolicyRegistry:
                     )
                 )
 
-    async def versions(self, name: str) -> list[VersionRecord]:
-        return await self._store.versions(name)
+    async def versions(
+        self, name: str, *, after: int = 0, limit: int | None = None, summaries: bool = False
+    ) -> list[VersionRecord]:
+        return await self._store.versions(name, after=after, limit=limit, summaries=summaries)
 
     async def get(self, name: str, version: int) -> VersionRecord:
         return await self._store.get(name, version)

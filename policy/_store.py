@@ -271,13 +271,22 @@ class PolicyStore:
         ).fetchone()
         return _record(row) if row else None
 
-    async def versions(self, name: str) -> list[VersionRecord]:
-        """Every version of `name`, lowest first; empty when the policy is unknown."""
+    async def versions(
+        self, name: str, *, after: int = 0, limit: int | None = None, summaries: bool = False
+    ) -> list[VersionRecord]:
+        """The versions of `name` above `after`, lowest first, at most `limit`; empty when the
+        policy is unknown. `summaries`: without their document, canonical form and diff (a
+        listing's rows: a policy with thousands of versions must not be read whole)."""
+        texts = (
+            "'', '', author, created_at, signature, kid, ''"
+            if summaries
+            else ("document, canonical, author, created_at, signature, kid, diff")
+        )
         rows: list[tuple[Any, ...]] = await self._run(
             lambda: self._db.execute(
-                "SELECT name, version, digest, document, canonical, author, created_at, signature, kid, diff "
-                "FROM versions WHERE name = ? ORDER BY version",
-                (name,),
+                f"SELECT name, version, digest, {texts} FROM versions "  # noqa: S608 - a fixed column list
+                "WHERE name = ? AND version > ? ORDER BY version LIMIT ?",
+                (name, after, -1 if limit is None else limit),
             ).fetchall()
         )
         return [_record(row) for row in rows]
