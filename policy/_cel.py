@@ -76,6 +76,7 @@ MAX_WORK = 200_000
 LIGHT_PER_VALUE = 16.0
 LIGHT_PER_UNIT = 1.0
 _IN = re.compile(r"\bin\b")
+_RAW = re.compile(r"(?<![A-Za-z0-9_])[bB]?[rR]\Z")
 #: The variables that hold the call's input; read inside a loop, each may cost its size.
 _INPUT = re.compile(r"\b(?:args|ctx|taint|action|agent)\b")
 
@@ -165,14 +166,16 @@ def _nesting(source: str) -> tuple[int, bool]:
 
 
 def _blank_strings(source: str) -> str:
-    """`source` with the inside of every string literal replaced by spaces."""
+    """`source` with the inside of every string literal replaced by spaces. (A raw string
+    has no escapes: read with them, `r'\\' != '' && args.ids.all(x, …)` hid its loops.)"""
     out: list[str] = []
     quote = ""
+    raw = False
     index = 0
     while index < len(source):
         char = source[index]
         if quote:
-            if char == "\\":
+            if char == "\\" and not raw:
                 out.append("  ")
                 index += 2
                 continue
@@ -184,6 +187,7 @@ def _blank_strings(source: str) -> str:
             out.append(" ")
         elif char in "'\"":
             quote = source[index : index + 3] if source.startswith(char * 3, index) else char
+            raw = _RAW.search(source, 0, index) is not None
             out.append(quote)
             index += len(quote)
             continue

@@ -35,6 +35,13 @@ it does when it runs. A comparison, which costs the smaller of its operands, is 
 of them, chosen from the source once per node (`_charge_right`), so the body's bound stays
 one polynomial.
 
+A pattern's search is read from the pattern itself (`pattern_search`): the regex crate's
+lazy DFA gives up on a Unicode `\b` over non-ASCII text and when its states outgrow its
+cache, and its fallback costs per byte as many steps as the pattern has positions alive at
+once, so the states of the search are counted (sets of positions, Glushkov's construction)
+and a pattern that could leave the DFA is charged the fallback's rate. What an expression
+gives is charged its conversion to Python (`RESULT_VALUE`), `duration()` its parsing.
+
 The weights (`ITERATION` … `REGEX_BASE`) were measured on this machine class with `cel`
 0.10, each rounded up; the bound overestimates ordinary conditions ≈ 1.2-3x, and shapes
 built to exhaust it ≈ 1-1.5x (at the `_cel.MAX_WORK` budget of 200,000 steps the slowest
@@ -49,17 +56,22 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from ._cel_syntax import (
+    ELSEWHERE,
     Call,
+    CharSet,
     Collection,
     Conditional,
     Ident,
     Literal,
     Node,
     Operators,
+    PatternReader,
+    PatternTree,
     Step,
     Unary,
     Unreadable,
     children,
+    class_end,
     parse,
 )
 
@@ -81,6 +93,15 @@ ACCUMULATED_VALUE = 0.5
 ACCUMULATED_UNIT = 0.1
 #: Compiling a simple pattern (≈ 7-20 µs); a pattern's own weight (`pattern_weight`) is added.
 REGEX_BASE = 100.0
+#: Parsing a duration's text, per 16 bytes (`'1h1h…'`, `'-0h0h…'`: 4 MiB in 0.13-0.2 s). An
+#: attacker's probe: ten `duration(args.s)` took 1.08 s, on a bound of 26 ms that counted
+#: the text as read, not parsed.
+DURATION_UNIT = 5.0
+#: What an expression gives is converted to Python values: a boolean costs nothing to speak
+#: of, a list or a map ≈ 0.2-1 µs a value (a map's entry: ≈ 0.93 µs). An attacker's probe:
+#: `[args.m, args.m, …]`, forty 4,500-entry maps, took 0.31 s on a bound of 20 ms.
+RESULT_VALUE = 5.0
+RESULT_UNIT = 0.1
 #: Deeper comprehensions are refused: each level reads its body twice.
 MAX_COMPREHENSION_DEPTH = 8
 #: A bound of higher degree in the input's sizes is refused: on five values it is over any
@@ -208,6 +229,9 @@ class _Reader:
         self._depth = 0
         self._reads = 0
         self._products = 0
+        #: The steps left to read patterns' searches with (`pattern_search`), and those read.
+        self._regex_budget = MAX_REGEX_WORK
+        self._searches: dict[str, tuple[float, float]] = {}
 
     def read(self, node: Node, env: _Env) -> _Bound:
         self._reads += 1
@@ -242,7 +266,7 @@ class _Reader:
             if node.name == "has" and len(node.args) == 1:
                 return _scalar(self.read(node.args[0], env).work)
             if node.name == "matches" and len(node.args) == 2:
-                return _matches(self.read(node.args[0], env), node.args[1], self.read(node.args[1], env))
+                return self._matches(self.read(node.args[0], env), node.args[1], self.read(node.args[1], env))
             return _function(node.name, None, [self.read(item, env) for item in node.args])
         current = self.read(node.base, env)
         for step in node.steps:
@@ -307,7 +331,7 @@ class _Reader:
         if arity is not None and len(step.args) in (2, arity + 1) and isinstance(step.args[0], Ident):
             return self._comprehension(step.name, current, step.args[0].name, step.args[1:], env)
         if step.name == "matches" and len(step.args) == 1:
-            return _matches(current, step.args[0], self.read(step.args[0], env))
+            return self._matches(current, step.args[0], self.read(step.args[0], env))
         return _function(step.name, current, [self.read(item, env) for item in step.args])
 
     def _comprehension(self, macro: str, over: _Bound, name: str, bodies: tuple[Node, ...], env: _Env) -> _Bound:
@@ -339,6 +363,23 @@ class _Reader:
         work = work + self._times(count, built.values * ACCUMULATED_VALUE + built.size * ACCUMULATED_UNIT)
         return built.costing(work)
 
+    def _matches(self, subject: _Bound, pattern_node: Node, pattern: _Bound) -> _Bound:
+        if not isinstance(pattern_node, Literal) or pattern_node.text is None:
+            # Its compile time is bounded only by the regex crate's size limit, which `\w{300}`
+            # reaches after ≈ 55 ms: on every call.
+            raise Unbounded(
+                "matches() needs a string literal as its pattern (another compiles in up to ≈ 60 ms a call)"
+            )
+        text = pattern_node.text
+        if text not in self._searches:  # a body is read many times; each pattern once
+            per_call, per_unit, spent = pattern_search(text, max(self._regex_budget, 0))
+            self._regex_budget -= spent
+            self._searches[text] = (per_call, per_unit)
+        per_call, per_unit = self._searches[text]
+        # Compiled on every call (`pattern_weight`), then searched (`pattern_search`).
+        work = subject.work + pattern.work + Poly.constant(REGEX_BASE + pattern_weight(text) + per_call)
+        return _scalar(work + subject.size * per_unit)
+
     def _times(self, left: Poly, right: Poly) -> Poly:
         self._products += len(left.terms) * len(right.terms)
         if self._products > MAX_PRODUCTS:
@@ -369,6 +410,8 @@ def _function(name: str, target: _Bound | None, args: list[_Bound]) -> _Bound:
     work = _sum(operands) + Poly.constant(NODE)
     for operand in operands:
         work = work + operand.scan(READ_UNIT)
+    if name == "duration":
+        work = work + _total(operand.size for operand in operands) * DURATION_UNIT
     if name in _SCANS or name in _CONVERSIONS or name.startswith("get"):
         return _scalar(work)
     if name == "string":  # bytes that are not UTF-8 become U+FFFD, three bytes each
@@ -377,18 +420,6 @@ def _function(name: str, target: _Bound | None, args: list[_Bound]) -> _Bound:
     # no bigger than its operands together.
     values = _total(operand.values for operand in operands)
     return _Bound(values, values, _total(operand.size for operand in operands), work)
-
-
-def _matches(subject: _Bound, pattern_node: Node, pattern: _Bound) -> _Bound:
-    if not isinstance(pattern_node, Literal) or pattern_node.text is None:
-        # Its compile time is bounded only by the regex crate's size limit, which `\w{300}`
-        # reaches after ≈ 55 ms: on every call.
-        raise Unbounded("matches() needs a string literal as its pattern (another compiles in up to ≈ 60 ms a call)")
-    weight = pattern_weight(pattern_node.text)
-    # Compiled on every call; a search walks the subject once per state it can be in (the
-    # lazy DFA gives up on big Unicode programs, and the fallback is O(program x subject)).
-    work = subject.work + pattern.work + Poly.constant(REGEX_BASE + weight)
-    return _scalar(work + subject.size * (UNIT * (1.0 + weight / 100.0)))
 
 
 # --- regular expressions -----------------------------------------------------------------
@@ -426,7 +457,7 @@ def pattern_weight(pattern: str) -> float:
                 index += 2
                 atom = _ESCAPES.get(escape, folded)
         elif char == "[":
-            end = _class_end(pattern, index)
+            end = class_end(pattern, index)
             inside = pattern[index + 1 : end]
             if _CLASS_ESCAPE.search(inside):
                 atom = _WIDE_CLASS
@@ -453,7 +484,8 @@ def pattern_weight(pattern: str) -> float:
             continue
         elif char == "{" and (repeat := re.match(r"\{(\d+)(,(\d*))?\}", pattern[index:])):
             low, comma, high = repeat.groups()
-            count = int(high) if high else int(low) + (1 if comma else 0)
+            # Capped: a count of 400 digits overflowed the float (OverflowError, a 500 for a 422).
+            count = min(_count(high) if high else _count(low) + (1 if comma else 0), 10**9)
             stack[-1] += last * (count - 1)
             last *= count
             index += repeat.end()
@@ -469,23 +501,168 @@ def pattern_weight(pattern: str) -> float:
     return sum(stack)
 
 
-def _class_end(pattern: str, start: int) -> int:
-    """Where the class opened at `start` closes (nested classes, escapes and `[:alpha:]` read)."""
-    depth = 0
-    index = start
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "\\":
-            index += 2
+def _count(digits: str) -> int:
+    return int(digits) if len(digits) <= 10 else 10**9
+
+
+# --- regular expressions: the search -----------------------------------------------------
+
+#: The regex crate searches with a lazy DFA and, where that gives up, with its PikeVM:
+#: ≈ 50 ns a byte plus ≈ 25 ns a byte for each position of the pattern alive at once. The
+#: DFA gives up on a Unicode word boundary (`\b`, `\B`, `\<`, `\>`) as soon as the subject
+#: holds a byte over 127, and when the states it builds outgrow its cache (`a[ab]{14}c` has
+#: 2^15: 204 ns a byte, where `a[ab]{13}c` took 19). An attacker's probe: the card number
+#: `\b(?:[0-9][ -]?){13,16}\b` took 1.4 s over 4 MiB, `a[ab]{40}c` 1.3 s and `[a-z]{1,30}\b`
+#: 2.6 s, each read as ≈ 10 ms when a search was charged the DFA's rate alone. Measured,
+#: `[a-z]{1,n}\b` after an 'é' costs ≈ 4 + 1.7·n steps per 16 bytes. Per 16 bytes:
+PIKE_UNIT = 5.0
+PIKE_THREAD = 2.0
+#: The DFA's own rate, per 16 bytes, times 1 + `pattern_weight` / 100: ≈ 1 ns a byte behind a
+#: literal prefilter, 4-10 ns where there is none (`(?:[0-9]){8}`, an anchor mid-pattern).
+DFA_UNIT = 0.3
+#: The DFA's cache holds 2 MiB of states (`a[ab]{13}c`'s 16,384 were searched at 19 ns a
+#: byte, `a[ab]{14}c`'s 32,768 at 204): a pattern whose states take at most half of it is
+#: read as searched by the DFA, each state built at most once a call (≈ 0.15-0.2 µs:
+#: `AKIA[0-9A-Z]{16}`'s 2,469 over 16 KiB took 0.41 ms). A state takes 4 bytes per class
+#: of bytes, rounded up to a power of two, and ≈ 64 more; where a character of several
+#: bytes can match, 256 classes and 8 states for each one counted here, per character.
+DFA_CACHE = 1 << 20
+DFA_STATE = 1.0
+#: Past these positions (counted repetitions unrolled), or steps of counting its states
+#: (for one pattern, for all of an expression's), a pattern is charged the PikeVM's rate
+#: with every position alive.
+MAX_POSITIONS = 256
+MAX_SUBSETS = 50_000
+MAX_REGEX_WORK = 200_000
+
+
+class _Automaton:
+    """The positions of a pattern (Glushkov's construction, counted repetitions unrolled)
+    and which follows which: the states of the search are sets of them."""
+
+    def __init__(self, budget: int) -> None:
+        self.sets: list[CharSet] = []
+        self.follow: list[int] = []
+        #: Steps of building it (nodes, links), at most `budget` (else Unreadable).
+        self.spent, self._budget = 0, budget
+        self.nullable, self.first, self.last = True, 0, 0
+
+    def build(self, tree: PatternTree) -> _Automaton:
+        self.nullable, self.first, self.last = self._build(tree)
+        return self
+
+    def _build(self, tree: PatternTree) -> tuple[bool, int, int]:
+        """(whether it matches the empty string, its first positions, its last), as bits."""
+        self.spent += 1
+        if self.spent > self._budget:
+            raise Unreadable("too big to count its states")
+        if tree[0] == "set":
+            if len(self.sets) >= MAX_POSITIONS:
+                raise Unreadable
+            self.sets.append(tree[1])
+            self.follow.append(0)
+            return False, 1 << (len(self.sets) - 1), 1 << (len(self.sets) - 1)
+        if tree[0] == "look":
+            return True, 0, 0
+        if tree[0] == "alt":
+            parts = [self._build(branch) for branch in tree[1]]
+            return any(part[0] for part in parts), _union(part[1] for part in parts), _union(part[2] for part in parts)
+        if tree[0] == "cat":
+            result = (True, 0, 0)
+            for item in tree[1]:
+                result = self._then(result, self._build(item))
+            return result
+        _, inner, low, high = tree
+        if max(low, high or 0) > MAX_POSITIONS:
+            raise Unreadable
+        result = (True, 0, 0)
+        for _ in range(low):
+            result = self._then(result, self._build(inner))
+        if high is None:  # x*: the last positions lead back to the first
+            _, first, last = self._build(inner)
+            self._link(last, first)
+            return self._then(result, (True, first, last))
+        tail = (True, 0, 0)
+        for _ in range(high - low):  # x{0,2} as (x(x)?)?, as the regex crate compiles it
+            _, first, last = self._then(self._build(inner), tail)
+            tail = (True, first, last)
+        return self._then(result, tail)
+
+    def _then(self, left: tuple[bool, int, int], right: tuple[bool, int, int]) -> tuple[bool, int, int]:
+        self._link(left[2], right[1])
+        first = left[1] | (right[1] if left[0] else 0)
+        return left[0] and right[0], first, right[2] | (left[2] if right[0] else 0)
+
+    def _link(self, last: int, first: int) -> None:
+        self.spent += last.bit_count()
+        for position in _bits(last):
+            self.follow[position] |= first
+
+
+def _union(parts: Iterator[int]) -> int:
+    total = 0
+    for part in parts:
+        total |= part
+    return total
+
+
+def _bits(value: int) -> Iterator[int]:
+    while value:
+        low = value & -value
+        yield low.bit_length() - 1
+        value ^= low
+
+
+def pattern_search(pattern: str, budget: int = MAX_SUBSETS) -> tuple[float, float, int]:
+    """(steps a call, steps per 16 bytes of the subject, the part of `budget` spent) of
+    searching with `pattern`: the DFA's rate (`pattern_weight`) where it keeps to the DFA,
+    else the PikeVM's, with as many positions alive as the search can have at once."""
+    weight = pattern_weight(pattern)
+    dfa = DFA_UNIT * (1.0 + weight / 100.0)
+    reader, automaton = PatternReader(pattern), _Automaton(budget - len(pattern))
+    try:
+        automaton.build(reader.read())
+    except (Unreadable, RecursionError):  # not read, or too big to count: every atom alive
+        return 0.0, max(dfa, PIKE_UNIT + PIKE_THREAD * weight), len(pattern) + automaton.spent
+    pike = max(dfa, PIKE_UNIT + PIKE_THREAD * len(automaton.sets))
+    symbols = [chr(code) for code in range(128)] + sorted(reader.symbols) + list(ELSEWHERE)
+    spent = len(pattern) + automaton.spent + len(symbols) * len(set(automaton.sets))
+    if spent > budget:
+        return 0.0, pike, budget
+    members = {one: [one.has(symbol) for symbol in symbols] for one in set(automaton.sets)}
+    masks = [0] * len(symbols)
+    for position, one in enumerate(automaton.sets):
+        for index, inside in enumerate(members[one]):
+            masks[index] |= inside << position
+    several_bytes = any(masks[128:])
+    ascii_classes = 1 + sum(masks[code] != masks[code - 1] for code in range(1, 128))
+    stride = 256 if several_bytes else 1 << ascii_classes.bit_length()
+    most = DFA_CACHE // (4 * stride + 64) // (8 if several_bytes else 1)
+    classes = sorted(set(masks))
+    # Breadth first over the sets of positions the search can be in (-1: before the start).
+    # `matches` stops at the first match: a state past one is never reached (where the
+    # reading is exact, and no `$` makes the match wait for the end).
+    final = automaton.last if reader.exact and not reader.ends else 0
+    seen, todo, alive = {-1}, [] if automaton.nullable else [-1], 0
+    while todo and spent <= budget and len(seen) <= most:
+        state = todo.pop()
+        if state > 0 and state & final:
             continue
-        if char == "[":
-            depth += 1
-        elif char == "]" and index > start + 1 and not (index == start + 2 and pattern[start + 1] == "^"):
-            depth -= 1
-            if depth == 0:
-                return index
-        index += 1
-    return len(pattern)
+        reach = _union(automaton.follow[position] for position in _bits(max(state, 0)))
+        reach |= automaton.first if state == -1 or not reader.anchored else 0
+        for mask in classes:
+            if (step := reach & mask) not in seen:
+                seen.add(step)
+                todo.append(step)
+                alive = max(alive, step.bit_count())
+        spent += max(state, 0).bit_count() + len(classes)
+    if todo:  # not counted to the end: any number of states, every position alive
+        return 0.0, pike, min(spent, budget)
+    # Read inexactly, each state the DFA can be in is some subset of one counted.
+    states = len(seen) if reader.exact else sum(2 ** min(state.bit_count(), 30) for state in seen)
+    if reader.boundary or states > most:
+        return 0.0, max(dfa, PIKE_UNIT + PIKE_THREAD * alive), spent
+    return DFA_STATE * states, dfa, spent
 
 
 # --- entry point -------------------------------------------------------------------------
@@ -517,4 +694,5 @@ def work_bound(source: str) -> Work:
         raise Unbounded(f"cannot read it: {exc}") from exc
     except RecursionError as exc:
         raise Unbounded("it nests too deeply to bound its work") from exc
-    return Work(tuple(sorted(bound.work.terms.items())))
+    work = bound.work + bound.values * RESULT_VALUE + bound.size * RESULT_UNIT
+    return Work(tuple(sorted(work.terms.items())))

@@ -5,6 +5,11 @@ the evaluator really produces."""
 
 from __future__ import annotations
 
+import math
+import operator
+import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +21,17 @@ from hypothesis import strategies as st
 
 from bastion import PolicyValidationError
 from bastion.policy import Decision, Effect, PolicySet, validate_policy
-from bastion.policy._cel import MAX_WORK, compile_condition, condition_problem
-from bastion.policy._cel_cost import Unbounded, _Reader, pattern_weight, work_bound
-from bastion.policy._cel_syntax import parse
+from bastion.policy._cel import MAX_WORK, _nesting, compile_condition, condition_problem
+from bastion.policy._cel_cost import (
+    PIKE_THREAD,
+    PIKE_UNIT,
+    Unbounded,
+    _Reader,
+    pattern_search,
+    pattern_weight,
+    work_bound,
+)
+from bastion.policy._cel_syntax import Conditional, Ident, Literal, Operators, parse
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -271,3 +284,219 @@ def test_what_an_expression_produces_is_within_its_bound(source: str, args: dict
     assert got_size <= bound.size.at(values, size, widest) + 1e-9, (source, args, result)
     if isinstance(result, list | dict):  # what a loop over it would walk
         assert len(result) <= bound.length.at(values, size, widest) + 1e-9, (source, args, result)
+
+
+# --- a second probe: searches, parsing, results, the reader -------------------------------
+
+_MIB = 1 << 20
+_RANDOM = random.Random(0)
+_AB = "".join(_RANDOM.choices("ab", k=_MIB))
+_XA = "".join(_RANDOM.choices("xa", k=_MIB))
+
+
+@pytest.mark.parametrize(
+    ("when", "args"),
+    [
+        # A Unicode `\b` makes the regex crate's DFA give up on non-ASCII text, and its
+        # fallback costs per byte as many steps as positions are alive (2.6 s over 4 MiB).
+        ("args.s.matches('[a-z]{1,30}\\\\b')", {"s": "é" + "a" * _MIB}),
+        ("args.s.matches('\\\\b[a-z]+\\\\b')", {"s": "é" * (_MIB // 2)}),
+        # A card number, a plausible policy's pattern: 1.4 s over 4 MiB.
+        (
+            "args.s.matches('\\\\b(?:[0-9][ -]?){13,16}\\\\b')",
+            {"s": ("1 2 3 4 5 6 7 8 9 0 1 2 é" * 40_000)[: _MIB // 2]},
+        ),
+        # States that outgrow the DFA's cache: 2^41 of them, 2^21 (1.3 s, 0.7 s over 4 MiB).
+        ("args.s.matches('a[ab]{40}c')", {"s": _AB}),
+        ("args.s.matches('(?s).*x.{20}y')", {"s": _XA}),
+        # `duration` parses its text: ten over 4 MiB took 1.08 s.
+        (" || ".join(["duration(args.s) > duration('1s')"] * 10), {"s": "0ns" * (_MIB // 3)}),
+        # What it gives is converted to Python: forty 4,500-entry maps took 0.31 s.
+        ("[" + ", ".join(["args.m"] * 40) + "]", {"m": {f"key-{n}": f"v{n}" for n in range(4500)}}),
+    ],
+    ids=[
+        "unicode-boundary",
+        "word-boundaries",
+        "card-number",
+        "dfa-states",
+        "dfa-states-after-any",
+        "duration",
+        "result",
+    ],
+)
+def test_work_the_first_bound_read_as_light_is_denied_before_it_runs(when: str, args: dict[str, Any]) -> None:
+    # Each was light (never measured) or under the budget, and ran for 0.3 s to seconds.
+    decision = _decide(_policies(when), args)
+    assert (decision.effect, decision.rule_id) == (Effect.DENY, "costly"), decision.reason
+    assert "(counting the values it builds and copies), more than the 2e+05 allowed" in decision.reason
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(?i)secret",
+        "ghp_[A-Za-z0-9]{36}",
+        "AKIA[0-9A-Z]{16}",
+        "[0-9]{3}-[0-9]{2}-[0-9]{4}",
+        "^[a-z0-9._%+-]+@[a-z0-9.-]+\\\\.[a-z]{2,}$",
+        "(?-u:\\\\b)password(?-u:\\\\b)",  # an ASCII word boundary: the DFA keeps it
+    ],
+)
+def test_patterns_the_dfa_keeps_stay_light_over_the_largest_input(pattern: str) -> None:
+    when = f"args.s.matches('{pattern}')"
+    assert compile_condition(when).light
+    assert _decide(_policies(when), {"s": "x" * (4 << 20)}).rule_id == "later-allow"
+
+
+def test_a_search_that_can_leave_the_dfa_is_charged_per_position_alive() -> None:
+    assert pattern_search("a[ab]{8}c")[1] < 1  # 2^9 states: they fit the DFA's cache
+    assert pattern_search("a[ab]{14}c")[1] >= PIKE_UNIT + 14 * PIKE_THREAD  # 2^15 do not
+    assert pattern_search("[a-z]{1,30}\\b")[1] >= PIKE_UNIT + 30 * PIKE_THREAD
+    assert pattern_search("(?-u:\\b)password(?-u:\\b)")[1] < 1
+    assert pattern_search("\\bpassword\\b")[1] >= PIKE_UNIT
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(?x) a # b",
+        "\\p{Greek}+",
+        "[[:alpha:]]+",
+        "[a-z&&[^aeiou]]",
+        "[\\D]x",
+        "a{",
+        "(",
+        ")",
+        "[",
+        "\\",
+        "\\x{110000}",
+        "(?P<n>a)(?<m>b)",
+        "\\b{start}a",
+        "(?i:é)+\u017fK",
+        "a{2,1}",
+        "(" * 2000 + "a" + ")" * 2000,
+        "a{999999}",
+        "(a{0}){255}",
+        "((b?){16}){16}",
+        "",
+    ],
+)
+def test_any_pattern_reads_to_a_finite_cost(pattern: str) -> None:
+    per_call, per_unit, spent = pattern_search(pattern)
+    assert math.isfinite(per_call)
+    assert math.isfinite(per_unit)
+    assert per_unit > 0
+    assert spent >= 0
+
+
+def test_counting_a_patterns_states_is_bounded_for_the_whole_expression() -> None:
+    # 140 distinct patterns of 255 positions each: every one counted took 0.78 s.
+    parts = [f"agent.matches('a{{{n}}}(b?){{255}}')" for n in range(140)]
+    started = time.perf_counter()
+    assert condition_problem("||".join(parts)[:4096].rsplit("||", 1)[0]) is None
+    assert time.perf_counter() - started < 0.5
+
+
+def test_an_escaped_pattern_is_read_as_cel_reads_it() -> None:
+    # `\X5c` is `\` as `\x5c` is; read as `X`, the pattern hid `\w{100}\w{100}` (66 ms a compile).
+    literal = parse("'\\X5cw'")
+    assert isinstance(literal, Literal)
+    assert literal.text == cel.evaluate("'\\X5cw'") == "\\w"
+    assert "even on the smallest input" in _refused_at_load("args.s.matches('\\X5cw{100}\\X5cw{100}')")
+
+
+def test_a_huge_repetition_count_is_refused_not_a_crash() -> None:
+    # OverflowError (int too large to convert to float): a 500 where a 422 was due.
+    assert "even on the smallest input" in _refused_at_load("args.s.matches('a{" + "9" * 400 + "}')")
+
+
+def test_a_raw_string_does_not_hide_the_loops_after_it() -> None:
+    # Its backslash read as an escape, the nesting check read the rest as inside a string.
+    assert _nesting("r'\\' != '' && args.ids.all(x, args.ids.exists_one(y, y == x))")[0] == 2
+    assert _nesting("r'\\' != ' && args.ids.all(x, args.ids.exists_one(y, y == x)) && ' != ''")[0] == 0
+
+
+@pytest.mark.parametrize("opening", ["[", "dyn(", "{1: "])
+def test_the_reader_reads_as_deep_as_cel_does(opening: str) -> None:
+    closing = {"[": "]", "dyn(": ")", "{1: ": "}"}[opening]
+    source = opening * 95 + "1" + closing * 95 + " != 1"
+    cel.compile(source)  # cel's own limit is 95
+    assert condition_problem(source) is None
+
+
+_VALUES = {"a": 7, "b": -3, "c": 2, "d": 5, "t": True, "f": False}
+
+
+def _divide(x: int, y: int) -> int:
+    return abs(x) // abs(y) * (1 if (x >= 0) == (y >= 0) else -1)  # CEL truncates toward zero
+
+
+_ARITHMETIC: dict[str, Callable[[int, int], int]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": _divide,
+    "%": lambda x, y: x - _divide(x, y) * y,
+}
+_COMPARE = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _evaluate(node: Any) -> Any:
+    """The value of a tree of `_VALUES`, operators and conditionals, as CEL computes it
+    (ValueError where CEL errors)."""
+    if isinstance(node, Ident):
+        return _VALUES[node.name]
+    if isinstance(node, Conditional):
+        test = _evaluate(node.test)
+        if not isinstance(test, bool):
+            raise ValueError
+        return _evaluate(node.then if test else node.otherwise)
+    if not isinstance(node, Operators):
+        raise ValueError
+    value = _evaluate(node.items[0])
+    for op, item in zip(node.ops, node.items[1:], strict=True):
+        right = _evaluate(item)
+        if type(value) is not type(right) or (op in ("&&", "||")) != isinstance(value, bool):
+            raise ValueError
+        if op in ("&&", "||"):
+            value = (value and right) if op == "&&" else (value or right)
+        elif op in _COMPARE:
+            value = _COMPARE[op](value, right)
+        elif isinstance(value, bool) or (op in "/%" and right == 0):
+            raise ValueError
+        else:
+            value = _ARITHMETIC[op](value, right)
+    return value
+
+
+def _operations() -> st.SearchStrategy[str]:
+    ops = st.sampled_from(["||", "&&", "==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/", "%"])
+
+    def grow(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        run = st.lists(st.tuples(ops, inner), min_size=1, max_size=3)
+        return st.one_of(
+            st.builds(lambda first, rest: first + "".join(f" {op} {item}" for op, item in rest), inner, run),
+            st.builds("({})".format, inner),
+            st.builds("({} ? {} : {})".format, inner, inner, inner),
+        )
+
+    return st.recursive(st.sampled_from(sorted(_VALUES)), grow, max_leaves=10)
+
+
+@settings(max_examples=600, deadline=None, derandomize=True)
+@given(source=_operations())
+def test_the_reader_groups_operators_as_cel_does(source: str) -> None:
+    # Precedence and associativity, read flat and grouped (`_group`), against the evaluator.
+    try:
+        ours = _evaluate(parse(source))
+        theirs = cel.evaluate(source, dict(_VALUES))
+    except (ValueError, RuntimeError, TypeError):
+        return
+    assert (ours, type(ours)) == (theirs, type(theirs)), source
