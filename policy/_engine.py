@@ -331,7 +331,7 @@ class PolicySet:
                     action = {"kind": kind, "server": server, "tool": tool, "resource": resource}
                     action.update(prompt=prompt, method=method)
                     activation = Activation(args, agent_id, action, context)
-                result = activation.evaluate(rule.when)
+                result = activation.evaluate(rule.when, shadow=rule.shadow)
                 if result is False:
                     continue
                 if result is not True:

@@ -500,3 +500,36 @@ def test_the_reader_groups_operators_as_cel_does(source: str) -> None:
     except (ValueError, RuntimeError, TypeError):
         return
     assert (ours, type(ours)) == (theirs, type(theirs)), source
+
+
+_NESTED = "args.ids.all(x, args.ids.exists_one(y, y == x)) && false"
+
+
+def _many_rules(count: int, effect: str) -> PolicySet:
+    rules: list[dict[str, Any]] = [
+        {"id": f"r{index}", "match": {"tools": ["pay__refund"]}, "when": _NESTED, "effect": effect}
+        for index in range(count)
+    ]
+    rules.append({"id": "later-allow", "match": {"tools": ["pay__refund"]}, "effect": "allow"})
+    document = {"apiVersion": "bastion.dev/v1", "kind": "AgentPolicy", "metadata": {"name": "p", "version": 1}}
+    return PolicySet.compile([validate_policy({**document, "spec": {"rules": rules}})])
+
+
+def test_the_conditions_of_one_decision_are_bounded_together() -> None:
+    # An attacker's probe: each of 100 rules just under its own bound, 1.4 s a decision.
+    ids = {"ids": [f"id-{n}" for n in range(250)]}
+    few = _decide(_many_rules(2, "allow"), ids)
+    started = time.perf_counter()
+    many = _decide(_many_rules(100, "allow"), ids)
+    took = time.perf_counter() - started
+
+    assert (few.effect, few.rule_id) == (Effect.ALLOW, "later-allow")
+    assert many.effect is Effect.DENY
+    assert "allowed for one decision" in many.reason
+    assert took < 0.5, took  # generous: ≈ 0.1 s here, 1.4 s unbounded
+
+
+def test_shadow_rules_spend_their_own_budget_and_never_deny_the_live_decision() -> None:
+    ids = {"ids": [f"id-{n}" for n in range(250)]}
+    decision = _decide(_many_rules(100, "shadow"), ids)
+    assert (decision.effect, decision.rule_id) == (Effect.ALLOW, "later-allow")
