@@ -17,7 +17,9 @@ Three kinds of request reach one agent:
 
 Transparency: bodies are forwarded byte for byte; `A2A-Version` and `A2A-Extensions`
 pass through both ways, so an unsupported version is answered by the agent; event
-streams are relayed chunk by chunk as they arrive. The agent learns the caller's
+streams are relayed as they arrive (a send's event by event, each once the tasks it
+names are the sender's: `_a2a_tasks.TaskSniffer`). What an answer must not carry to the
+client — a redirect, a `Location` — is `_a2a_relay.py`'s. The agent learns the caller's
 workflow from `Bastion-Workflow-Id` and the sending node from `Bastion-Node-Id`.
 """
 
@@ -47,11 +49,12 @@ from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2
 
-from ._a2a_card import rewrite_card, rewrite_card_answer
+from ._a2a_card import rewrite_card_answer
 from ._a2a_compat import AGENT_HEADER, translate
 from ._a2a_fields import spelled
 from ._a2a_methods import A2aMethod, classify_jsonrpc, classify_rest, parse_jsonrpc, target, task_hint, workflow_hint
 from ._a2a_pages import PageTokens
+from ._a2a_relay import ambiguous_stream, error_event, redirect, relayed_headers, rest_error, rewritten_card
 from ._a2a_tasks import TaskSniffer, claim, filter_tasks, may_reach, named_tasks, request_tenant
 from ._asgi import (
     JSON,
@@ -105,7 +108,6 @@ _DROP_REQUEST = frozenset(
         b"accept-encoding",
     }
 )
-_DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
 _EXTENDED_CARD = "GetExtendedAgentCard"
 _CARD_PATHS = frozenset({"/.well-known/agent-card.json", "/.well-known/agent.json"})
 #: A card is a few kilobytes; a larger answer is not parsed.
@@ -116,20 +118,6 @@ _JSONRPC_MESSAGES = {
     -32601: "Method not found",
     -32602: "Invalid params",
 }
-_STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    405: "UNIMPLEMENTED",
-    408: "DEADLINE_EXCEEDED",
-    413: "RESOURCE_EXHAUSTED",
-    429: "RESOURCE_EXHAUSTED",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,16 +424,14 @@ class A2aHttpAdapter:
         try:
             response = await agent.pool.request(b"GET", path, headers, b"")
             data = await response.read(agent.pool.timeout, limit=MAX_CARD_BYTES)
+            if (refused := redirect(response)) is not None:  # to the agent's own card (`_a2a_relay`)
+                raise UpstreamError(refused)
+            out = relayed_headers(response)
+            if 200 <= response.status < 300:  # the client reads any 2xx as the card, not only a 200
+                data = rewritten_card(data, agent.url, _bastion_url(request))
         except UpstreamError as exc:
             await self._upstream_failed(request, record, exc, None)
             return
-        out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE]
-        if 200 <= response.status < 300:  # the client reads any 2xx as the card, not only a 200
-            try:
-                data = _rewritten_card(data, agent.url, _bastion_url(request))
-            except UpstreamError as exc:
-                await self._upstream_failed(request, record, exc, None)
-                return
         await send_bytes(request.send, response.status, data, with_length(out, data) + node_headers(record))
 
     # --- shared stages -----------------------------------------------------------------
@@ -485,15 +471,23 @@ class A2aHttpAdapter:
         return True
 
     def _task_sniffer(self, request: _Request, record: Record) -> TaskSniffer | None:
-        """For a send: claim the task its answer names for the sender."""
+        """For a send: claim every task its answer names for the sender; an answer naming
+        a task another principal holds (the agent continuing that task, say from a reused
+        contextId) is not relayed, since it would show the sender that task's state."""
         if record.action.kind != policy_pb2.A2A_SEND:
             return None
 
         async def claimed(task: str) -> None:
             try:
-                await claim(self._tracker.owners, request.name, request.tenant, task, request.principal)
-            except StoreError as exc:  # the answer is on its way; the task stays unowned
+                held = await claim(self._tracker.owners, request.name, request.tenant, task, request.principal)
+            except StoreError as exc:  # fail closed: unowned, anyone could read it next
                 log.error("cannot record the owner of an A2A task", extra={"fields": {"error": str(exc)}})
+                raise UpstreamError("Bastion cannot record who owns the task its answer names") from exc
+            if not held:
+                fields = {"agent": request.name, "task": task[:100], "caller": record.agent_id}
+                log.warning("an A2A answer named another principal's task", extra={"fields": fields})
+                # The task's id stays out of the reason: it goes to the sender.
+                raise UpstreamError("its answer names a task another principal created through Bastion")
 
         return TaskSniffer(claimed)
 
@@ -575,16 +569,19 @@ class A2aHttpAdapter:
             tap.status = response.status
             self._metrics.upstream.observe(time.perf_counter() - t_up)
             ok = 200 <= response.status < 300  # the client reads any 2xx as the answer
+            if (refused := redirect(response)) is not None:  # to the agent itself (`_a2a_relay`)
+                response.release()
+                raise UpstreamError(refused)
             if ok and (opaque := unreadable_answer(response)) is not None:
                 # The client's httpx decodes gzip and the declared charset; the task sniffer,
                 # the ListTasks filter, the card rewrite and provenance read the raw bytes (an
                 # attacker's probe listed another caller's tasks through a gzip answer).
                 response.release()
                 raise UpstreamError(f"it answered with {opaque}, which Bastion cannot read (it asks for none)")
-            if ok and (ambiguous := _ambiguous_stream(response, streaming)) is not None:
+            if ok and (ambiguous := ambiguous_stream(response, streaming)) is not None:
                 response.release()
                 raise UpstreamError(f"it answered with {ambiguous}")
-            out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE] + node_headers(record)
+            out = relayed_headers(response) + node_headers(record)
             # Read as the client reads it: a 2xx answer to a method that does not stream is one
             # JSON body whatever its type says (a ListTasks page sent as `text/event-stream`
             # was relayed as a stream, unfiltered, and a send's task went unclaimed).
@@ -596,8 +593,7 @@ class A2aHttpAdapter:
                 data = await response.read(idle)
                 tap.feed(data)
                 if sniffer is not None and ok:
-                    await sniffer.feed(data, sse=sse)
-                    await sniffer.end()
+                    await sniffer.whole(data, sse=sse)
                 if record.action.tool == "ListTasks" and ok:
                     data = await self._own_tasks(request, data, first_page=not request.paged)
                 if card_answer and ok:
@@ -611,7 +607,7 @@ class A2aHttpAdapter:
             else:
                 chunks = tap.watch(response.stream(idle))
                 if sniffer is not None and ok:
-                    chunks = sniffer.watch(chunks)
+                    chunks = sniffer.watch(chunks, lambda exc: self._error_event(request, exc, msg_id))
                 relaying = True
                 relayed = await send_stream(request.send, request.receive, response.status, out, chunks)
         except UpstreamError as exc:
@@ -619,6 +615,9 @@ class A2aHttpAdapter:
             outcome = graph_pb2.TIMEOUT if isinstance(exc, UpstreamTimeout) else graph_pb2.UPSTREAM_ERROR
             self._record_result(request, record, tap.result(outcome, detail=self._reason(request, exc)))
             return
+        finally:
+            if response is not None:  # a stream stopped midway leaves its readers suspended
+                response.release()
         outcome = graph_pb2.COMPLETED if relayed else graph_pb2.CLIENT_GONE
         detail = "" if relayed else "the client went away before the answer was relayed"
         self._record_result(request, record, tap.result(outcome, sse=sse, detail=detail), tap.answer)
@@ -631,12 +630,20 @@ class A2aHttpAdapter:
         log.warning("A2A agent failed", extra={"fields": {"agent": request.name, "error": str(exc)}})
         if answered:
             return  # the stream had begun: it was ended, nothing more can be said
+        payload = self._failure(request, exc, msg_id)
+        await send_bytes(request.send, exc.http_status, payload, JSON + node_headers(record))
+
+    def _failure(self, request: _Request, exc: UpstreamError, msg_id: Any) -> bytes:
+        """The answer for an agent that failed, in the binding's error shape."""
         reason = self._reason(request, exc)
         if request.suffix in ("", "/"):
-            payload = jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": reason})
-        else:
-            payload = rest_error(exc.http_status, "UPSTREAM_UNAVAILABLE", reason, {})
-        await send_bytes(request.send, exc.http_status, payload, JSON + node_headers(record))
+            return jsonrpc_error(msg_id, exc.jsonrpc_code, "UPSTREAM_UNAVAILABLE", {"reason": reason})
+        return rest_error(exc.http_status, "UPSTREAM_UNAVAILABLE", reason, {})
+
+    def _error_event(self, request: _Request, exc: UpstreamError, msg_id: Any) -> bytes:
+        """The event ending a stream Bastion stops relaying (`TaskSniffer.watch`); the
+        error then ends the relay, and is logged and journaled as any agent's failure."""
+        return error_event(self._failure(request, exc, msg_id))
 
     @staticmethod
     def _reason(request: _Request, exc: UpstreamError) -> str:
@@ -679,27 +686,6 @@ class A2aHttpAdapter:
         await send_bytes(send, status, body, JSON + (extra_headers or []))
 
 
-def rest_error(status: int, reason: str, message: str, metadata: Mapping[str, Any]) -> bytes:
-    """The A2A HTTP+JSON error body (google.rpc.Status with one ErrorInfo); metadata
-    values become strings, as ErrorInfo's map<string, string> requires."""
-    info = {
-        "@type": _ERROR_INFO,
-        "reason": reason,
-        "domain": "bastion.dev",
-        "metadata": {key: _string(value) for key, value in metadata.items()},
-    }
-    error = {"code": status, "status": _STATUS_NAMES.get(status, "INTERNAL"), "message": message, "details": [info]}
-    return orjson.dumps({"error": error})
-
-
-def _string(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
-
-
 #: Headers whose second copy could be read differently by Bastion and the agent.
 _A2A_SINGLE = frozenset({b"a2a-version"})
 
@@ -719,25 +705,3 @@ def _agent(value: A2aAgent | UpstreamPool) -> A2aAgent:
 def _bastion_url(request: _Request) -> str:
     host = request.headers.get(b"host", b"").decode("latin-1")
     return f"{request.scope.get('scheme', 'http')}://{host}/a2a/{request.name}"
-
-
-def _rewritten_card(data: bytes, agent_url: str, bastion_url: str) -> bytes:
-    """The public card's body, rewritten (`_a2a_card`); UpstreamError when it is no card."""
-    try:
-        card = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        card = None
-    if not isinstance(card, dict):
-        raise UpstreamError("the agent's card is not a JSON object")
-    return orjson.dumps(rewrite_card(card, agent_url, bastion_url))
-
-
-def _ambiguous_stream(response: UpstreamResponse, streaming: bool) -> str | None:
-    """A streaming method's Content-Type that one client reads as an event stream and
-    another as one JSON body (the a2a-sdk looks for `text/event-stream` anywhere in it, case
-    and all; Bastion and others read the media type): the sniffer would read it one way and
-    a client the other. None when every reader agrees."""
-    declared = response.header(b"content-type") or b""
-    if not streaming or (b"text/event-stream" in declared) == response.is_sse:
-        return None
-    return f"Content-Type {declared[:64].decode('latin-1')!r}, which clients read differently"

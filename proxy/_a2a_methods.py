@@ -9,7 +9,8 @@ full-width look-alike — is refused before it reaches the agent, never carried 
 
 The action names the 1.0 method in `Action.tool` (`SendMessage`, …) whatever the wire
 name was, so one policy rule (`match.a2a: ["billing__SendMessage"]`) governs 1.0 and 0.3
-clients and both transports alike.
+clients and both transports alike; and a send's arguments show its message under one
+spelling whichever the client used (`_a2a_fields.canonical_send`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import orjson
 from bastion._errors import InvalidParams, InvalidRequest, MethodNotAllowed, ParseError
 from bastion.v1 import policy_pb2
 
+from ._a2a_fields import canonical_send
 from ._budget import ValueBudget
 from ._mcp import check_integers, check_unique_keys
 from ._methods import Target
@@ -129,6 +131,8 @@ def classify_jsonrpc(msg_id: Any, body: dict[str, Any], budget: ValueBudget, raw
         raise InvalidParams(f"{wire} params must be an object")
     if not budget.fits_raw(raw):
         budget.check(params, f"{wire} params")
+    if method.kind == _SEND:
+        params = canonical_send(params)
     return Request(msg_id, wire, method, params)
 
 
@@ -190,6 +194,8 @@ def classify_rest(http_method: str, path: str, query: bytes, body: bytes, budget
         if found is not None:
             name, params = found
             arguments = _rest_arguments(name, params, query, body, budget)
+            if METHODS[name].kind == _SEND:
+                arguments = canonical_send(arguments)
             tenant = segments[0] if skip else ""
             if arguments.get("tenant") not in (None, tenant):
                 # The a2a-sdk agent takes the path's; another may take the body's.

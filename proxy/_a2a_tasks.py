@@ -3,11 +3,14 @@
 An agent's task ids are its own; any caller that learns one (from a log, a shared
 context, a guess) could read its history, cancel it or point its push notifications
 elsewhere, and the agent — which sees only Bastion — cannot tell callers apart. So the
-proxy notes the task id in the answer to each send (`task_in`: a 1.0 `task.id` or the
-`taskId` of a message or update, a 0.3 task's `id`, every field under each spelling a
-client reads, `_a2a_fields`: in a single answer read whole, in a stream as it passes, an
-event over 16 MiB before the task is named ending the stream; read as the client reads it,
-UTF-16 and all) and claims it for the sender in the durable ownership store; a later
+proxy notes every task id the answer to each send names (`task_in`: a 1.0 `task.id` or
+the `taskId` of a message or update, a 0.3 task's `id`, every field under each spelling a
+client reads, `_a2a_fields`: in a single answer read whole, in a stream event by event,
+each event relayed only once read; read as the client reads it, UTF-16 and all) and claims
+each for the sender in the durable ownership store (`TaskSniffer`). An answer naming a
+task another principal holds is not relayed, a stream ends there with an error event: it
+would show the sender that task's state (an agent continuing the task a reused contextId
+points at). A later
 GetTask, CancelTask, SubscribeToTask or push-config call naming that task from another
 principal is refused (403, `bastion.a2a.task_foreign`) before any decision, and so is a
 message sent into it (`message.taskId` of SendMessage, SendStreamingMessage, 0.3
@@ -41,21 +44,26 @@ from bastion._identity import Principal
 from bastion._json import loads_as_clients
 from bastion.v1 import policy_pb2
 
-from ._a2a_fields import answered, present, spelled
+from ._a2a_fields import MESSAGE_ALIASES, answered, present, spelled, spellings
 from ._a2a_methods import A2aMethod
 from ._owners import WorkflowOwners, owner_key
-from ._sse import MAX_EVENT_BYTES, EventReader
+from ._sse import MAX_EVENT_BYTES, EventReader, events
 
 _TASK_KINDS = frozenset({policy_pb2.A2A_GET, policy_pb2.A2A_CANCEL, policy_pb2.A2A_PUSH_CONFIG})
 #: Where an answer to a send names its task: a member (and its other spellings) holding a
-#: Task, whose id is `id`, or a Message or an update, whose task is `taskId`. `msg` is the
-#: 0.3 proto's field name for `message`, which its HTTP+JSON client reads too.
-_HOLDERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+#: Task, whose id is `id`, or a Message or an update, whose task is `taskId`; or `taskId`
+#: itself (key None). `msg` is the 0.3 proto's field name for `message`, which its
+#: HTTP+JSON client reads too.
+_HOLDERS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("task", (), "id"),
     ("message", ("msg",), "taskId"),
     ("statusUpdate", (), "taskId"),
     ("artifactUpdate", (), "taskId"),
+    ("taskId", (), None),
 )
+#: Each holder by every name it goes under: an answer is read only for the holders it has
+#: (every event of a send's stream is read, so this is the hot path).
+_HOLDER_OF = {spelling: holder for holder in _HOLDERS for spelling in spellings(holder[0], holder[1])}
 
 
 def store_key(agent: str, task_id: str) -> str:
@@ -102,13 +110,10 @@ def named_tasks(method: A2aMethod, arguments: dict[str, Any]) -> tuple[str, ...]
     agent may fold into its answer) — under every spelling (`spelled`)."""
     found: list[Any] = []
     if method.kind == policy_pb2.A2A_SEND:
-        if "request" in arguments:
-            # The 0.3 proto names the message field `request` (JSON name `message`), and the
-            # agent's 0.3 HTTP+JSON parser takes either: a fifth probe wrote into another
-            # caller's task under `request`. Clients send `message`; the other is refused.
-            raise InvalidParams("a send's message goes in 'message'; 'request' (the 0.3 proto's field name) is refused")
         found.append(spelled(arguments, "taskId"))
-        message = arguments.get("message")
+        # `request` too: the 0.3 proto's name for the message (a probe wrote into another
+        # caller's task under it). A send's params reach here canonical (`canonical_send`).
+        message = spelled(arguments, "message", MESSAGE_ALIASES)
         if isinstance(message, dict):
             found.append(spelled(message, "taskId"))
             references = spelled(message, "referenceTaskIds")
@@ -137,11 +142,12 @@ def task_in(message: Any) -> str | None:
     for candidate in (result, message):
         if not isinstance(candidate, dict):
             continue
-        for field, aliases, key in _HOLDERS:
+        for field, aliases, key in {_HOLDER_OF[name] for name in candidate.keys() & _HOLDER_OF.keys()}:
             inner = answered(candidate, field, aliases)
-            if isinstance(inner, dict):
+            if key is None:
+                found.append(inner)
+            elif isinstance(inner, dict):
                 found.append(answered(inner, key))
-        found.append(answered(candidate, "taskId"))
     if isinstance(result, dict) and _legacy_kind(result) == "task":
         found.append(result.get("id"))
     tasks = set(value for value in found if isinstance(value, str) and value)
@@ -162,55 +168,76 @@ def _legacy_kind(result: dict[str, Any]) -> object:
 
 
 class TaskSniffer:
-    """Watches an answer go by and reports the first task id in it, once."""
+    """Hands every task an answer names (`task_in`, event by event in a stream) to `found`,
+    each task once. `found` claims it for the sender, or raises UpstreamError when the
+    answer must not reach the sender (another principal holds the task)."""
 
     def __init__(self, found: Callable[[str], Awaitable[None]]) -> None:
         self._found = found
-        self._buffer = b""
-        self._events = EventReader()
-        self._done = False
+        self._seen: set[str] = set()
 
-    async def feed(self, chunk: bytes, *, sse: bool) -> None:
-        if self._done:
-            return
+    async def whole(self, data: bytes, *, sse: bool) -> None:
+        """A single answer, in memory whole and read whole: a task's history can put its id
+        past any prefix (a large message pushed a task out of its sender's hands in an
+        attacker's probe). An event stream's every event, the last one even if left open."""
         if not sse:
-            # A single answer is in memory whole already and read whole (`end`): a task's
-            # history can put its id past any prefix (a large message pushed a task out of
-            # its sender's hands in an attacker's probe).
-            self._buffer += chunk
+            await self._read(data)
             return
+        for event in events(data):
+            await self._read(event.data)
+
+    async def watch(
+        self, chunks: AsyncIterator[bytes], refusal: Callable[[UpstreamError], bytes]
+    ) -> AsyncIterator[bytes]:
+        """`chunks` relayed event by event, each once the tasks it names are the sender's;
+        an event not yet ended is held back (its end could name a task). At an event that
+        may not be relayed (`found` refused its task, or it grew past MAX_EVENT_BYTES before
+        it could be read), `refusal(error)` — an error event — goes instead and the stream
+        ends with the error: the client learns why, and never the task."""
+        reader = EventReader()
+        async for chunk in _then_end(chunks):
+            passed, refused = await self._pass(reader, chunk)
+            if passed:
+                yield passed
+            if refused is not None:
+                yield refusal(refused)
+                raise refused
+
+    async def _pass(self, reader: EventReader, chunk: bytes | None) -> tuple[bytes, UpstreamError | None]:
+        """The bytes of the events `chunk` completes (None: the stream ended) that may be
+        relayed, and the error that stopped the rest (None when none did)."""
+        passed: list[bytes] = []
         try:
-            completed = self._events.feed(chunk)
-        except UpstreamError:  # the reader's bound on an open event
-            # The client would read the event and learn a task nobody owns: the stream ends.
-            over = f"an event of its answer is over {MAX_EVENT_BYTES} bytes before naming its task"
-            raise UpstreamError(over) from None
-        for event in completed:
-            if (data := event.data) and await self._try(data):
-                return
+            try:
+                completed = reader.close() if chunk is None else reader.feed(chunk)
+            except UpstreamError:  # the reader's bound on an open event
+                over = f"an event of its answer is over {MAX_EVENT_BYTES} bytes, too long to read for its tasks"
+                raise UpstreamError(over) from None
+            for event in completed:
+                await self._read(event.data)
+                passed.append(event.raw)
+        except UpstreamError as exc:
+            return b"".join(passed), exc
+        return b"".join(passed), None
 
-    async def end(self) -> None:
-        """A whole (non-streamed) answer has been fed."""
-        if not self._done and self._buffer:
-            await self._try(self._buffer)
-        self._done = True
-
-    async def _try(self, data: bytes) -> bool:
+    async def _read(self, data: bytes | None) -> None:
+        if not data:
+            return
         try:
             answer = loads_as_clients(data)
         except ValueError:  # no reader takes it: nor will the client, which learns no task
-            return False
+            return
         task = task_in(answer)
-        if task is None:
-            return False
-        self._done = True
-        await self._found(task)
-        return True
+        if task is not None and task not in self._seen:
+            await self._found(task)
+            self._seen.add(task)
 
-    async def watch(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            await self.feed(chunk, sse=True)
-            yield chunk
+
+async def _then_end(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes | None]:
+    """`chunks`, then None for their end."""
+    async for chunk in chunks:
+        yield chunk
+    yield None
 
 
 async def filter_tasks(

@@ -97,8 +97,8 @@ async def _sdk_send(stack: A2aStack, binding: str, version: str, *, streaming: b
 
 async def _rest_send_03(stack: A2aStack) -> str:
     """The task the a2a-sdk 0.3 HTTP+JSON client's reader (protobuf, the 0.3 proto) finds in
-    the answer to a send. The request is sent by hand: that client sends its message under
-    the proto name `request`, which Bastion refuses (tests/integration/test_a2a_tasks.py)."""
+    the answer to a send (the request sent by hand; that client's own sends go through too:
+    tests/integration/test_a2a_rest03.py)."""
     message = {"messageId": "m", "role": "ROLE_USER", "content": [{"text": "hi"}]}
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30) as http:
         headers = {**stack.headers("planner"), **_A2A, "A2A-Version": "0.3"}

@@ -89,6 +89,33 @@ def test_rest_query_and_body_join_the_arguments_and_must_agree_with_the_path() -
         classify_rest("GET", "a/b/tasks/t1", b"", b"", BUDGET)
 
 
+def test_a_send_shows_policy_one_message_whatever_spelling_carried_it() -> None:
+    # The a2a-sdk 0.3 HTTP+JSON client writes the 0.3 proto's names; policy and the verifier
+    # are shown what a 1.0 client's send shows them. The body forwarded is left as it came.
+    proto_03: dict[str, Any] = {
+        "request": {"message_id": "m", "task_id": "t", "role": "ROLE_USER", "content": [{"text": "hi"}]},
+        "configuration": {"history_length": 2},
+        "metadata": {"snake_key": 1},
+    }
+    json_10: dict[str, Any] = {
+        "message": {"messageId": "m", "taskId": "t", "role": "ROLE_USER", "parts": [{"text": "hi"}]},
+        "configuration": {"historyLength": 2},
+        "metadata": {"snake_key": 1},
+    }
+    rest = classify_rest("POST", "v1/message:send", b"", orjson.dumps(proto_03), BUDGET).arguments
+    raw = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": proto_03})
+    jsonrpc = classify_jsonrpc(1, orjson.loads(raw), BUDGET, raw).params
+    assert rest == jsonrpc == json_10
+    assert classify_rest("POST", "message:send", b"", orjson.dumps(json_10), BUDGET).arguments == json_10
+    for disagreeing in (
+        {**json_10, "request": proto_03["request"]},
+        {"message": {**json_10["message"], "task_id": "other"}},
+        {"message": {**json_10["message"], "content": [{"text": "other"}]}},
+    ):
+        with pytest.raises(InvalidParams):
+            classify_rest("POST", "message:send", b"", orjson.dumps(disagreeing), BUDGET)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=512))
 def test_fuzzed_jsonrpc_bodies_are_refused_or_classify_as_a_known_method(raw: bytes) -> None:

@@ -10,7 +10,7 @@ import httpx
 import orjson
 from fixtures.a2a_agent import a2a_agent
 from fixtures.a2a_stack import a2a_stack
-from fixtures.graphapi import auditor_token, bearer
+from fixtures.graphapi import auditor_token, bearer, poll
 
 AWS = "AKIAIOSFODNN7EXAMPLE"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ2aWN0aW0ifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
@@ -76,7 +76,17 @@ async def test_secrets_in_a2a_messages_are_redacted_in_every_stored_copy(tmp_pat
                 content=_rpc("CreateTaskPushNotificationConfig", {"taskId": task, "config": push}, 5),
                 headers={**hdrs, "A2A-Version": "1.0"},
             )
-        nodes = await stack.nodes("wf-a2a-secrets", 6)
+        # Every action's node (the verifier adds its own besides: polling for a count of all
+        # nodes could return before the last actions' had arrived).
+        actions = await poll(
+            stack.graph,
+            "/graphs/wf-a2a-secrets/nodes",
+            {},
+            5,
+            auditor_token(tmp_path),
+            where=lambda node: node.get("node_type") == "ACTION",
+        )
+        nodes = await stack.nodes("wf-a2a-secrets", len(actions) + 1)
         async with httpx.AsyncClient(base_url=stack.graph, headers=bearer(auditor_token(tmp_path))) as http:
             graph = (await http.get("/graphs/wf-a2a-secrets")).text
             violations = (await http.get("/audit/violations", params={"workflow_id": "wf-a2a-secrets"})).text

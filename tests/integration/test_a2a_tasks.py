@@ -125,11 +125,11 @@ async def test_another_principal_cannot_touch_a_task_it_did_not_create(running: 
     assert rest.status_code == 403
     assert rest_send.status_code == 403
     # The 0.3 proto's own name for the message field, which the agent's 0.3 HTTP+JSON parser
-    # reads too (a fifth probe wrote into another caller's task with it): refused outright.
-    assert request_field.status_code == 400, request_field.text
-    assert "'request' (the 0.3 proto's field name) is refused" in request_field.text
+    # reads too (a fifth probe wrote into another caller's task with it): read as the message.
+    assert request_field.status_code == 403, request_field.text
+    assert "created by another principal" in request_field.text
     assert agent.methods() == before  # none of them reached the agent
-    refused = await stack.audited("bastion.rejected", 13, rule_id="bastion.a2a.task_foreign")
+    refused = await stack.audited("bastion.rejected", 14, rule_id="bastion.a2a.task_foreign")
     assert {item["agent_id"] for item in refused} == {"mallory"}
 
 
