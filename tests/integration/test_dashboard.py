@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from fixtures import inprocess
-from fixtures.browser import chromium
+from fixtures.browser import chromium, open_page, sign_in
 from fixtures.graphapi import auditor_token
 from fixtures.mcpcalls import ProxyClient, headers, tool_call
 from fixtures.upstream import DemoUpstream, demo_upstream
-from playwright.async_api import Browser, Page, Route, expect
+from playwright.async_api import Browser, Route, expect
 
 from bastion._appconfig import AppConfig, ServerConfig
 from bastion._identity import ensure_dev_key, issue_token
@@ -87,27 +87,13 @@ async def browser() -> AsyncIterator[Browser]:
         yield launched
 
 
-async def _open(browser: Browser, url: str) -> tuple[Page, list[str]]:
-    page = await browser.new_page()
-    problems: list[str] = []
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: problems.append(str(error)))
-    await page.goto(url)
-    return page, problems
-
-
-async def _sign_in(page: Page, token: str) -> None:
-    await page.fill("#token", token)
-    await page.click("#use-token")
-
-
 async def test_an_auditor_reads_workflows_nodes_drift_paths_violations_and_the_chain(
     recorded: _Recorded, browser: Browser
 ) -> None:
-    page, problems = await _open(browser, f"{recorded.graph}/ui")
+    page, problems = await open_page(browser, f"{recorded.graph}/ui")
     await expect(page.locator("#status")).to_contain_text("Sign in")
 
-    await _sign_in(page, auditor_token(recorded.home))
+    await sign_in(page, auditor_token(recorded.home))
     await page.click("text=wf-ui")
     await expect(page.locator("h2")).to_contain_text("wf-ui")
     await expect(page.locator("td.tool", has_text="echo")).to_have_count(2)
@@ -141,7 +127,7 @@ async def test_an_auditor_reads_workflows_nodes_drift_paths_violations_and_the_c
     assert await page.evaluate("sessionStorage.length + localStorage.length + document.cookie.length") == 0
     await page.reload()
     await expect(page.locator("#status")).to_contain_text("Sign in")
-    await _sign_in(page, auditor_token(recorded.home))
+    await sign_in(page, auditor_token(recorded.home))
     await expect(page.locator("#chain")).to_contain_text("The audit chain holds")
 
     await page.click("#signout")
@@ -163,8 +149,8 @@ async def test_a_token_that_may_not_read_gets_the_apis_refusal_and_no_data(
             ensure_dev_key(tmp_path_factory.mktemp("elsewhere")), subject="ops", roles=("operator",)
         ),
     }[who]
-    page, _ = await _open(browser, f"{recorded.graph}/ui")
-    await _sign_in(page, token)
+    page, _ = await open_page(browser, f"{recorded.graph}/ui")
+    await sign_in(page, token)
     await expect(page.locator("#status")).to_contain_text(expected)
     assert await page.locator("text=wf-ui").count() == 0
 
@@ -175,7 +161,7 @@ async def test_an_answer_that_arrives_after_the_operator_moved_on_is_not_shown(
     # Found by an attacker's probe: a slow answer was painted over the page the operator had
     # moved to (the URL said one workflow, the page showed the violations), and over the
     # signed-out page, putting the data back after "Sign out".
-    page, problems = await _open(browser, f"{recorded.graph}/ui")
+    page, problems = await open_page(browser, f"{recorded.graph}/ui")
     released = asyncio.Event()
 
     async def hold(route: Route) -> None:
@@ -183,7 +169,7 @@ async def test_an_answer_that_arrives_after_the_operator_moved_on_is_not_shown(
         await route.continue_()
 
     await page.route("**/audit/violations*", hold)
-    await _sign_in(page, auditor_token(recorded.home))
+    await sign_in(page, auditor_token(recorded.home))
     await expect(page.locator("tbody a", has_text="wf-ui")).to_have_count(1)
 
     await page.click("nav >> text=Violations")  # held
@@ -211,8 +197,8 @@ async def test_an_id_no_url_path_can_carry_is_not_requested(recorded: _Recorded,
     # resolves a "." or ".." segment before sending (#/workflow/.. read "/", #/drift/../audit
     # read /drift-path/audit), and the graph decodes %2F before routing (#/workflow/wf-ui%2Fnodes
     # read wf-ui's node list). The graph stores such ids from any holder of the service token.
-    page, problems = await _open(browser, f"{recorded.graph}/ui")
-    await _sign_in(page, auditor_token(recorded.home))
+    page, problems = await open_page(browser, f"{recorded.graph}/ui")
+    await sign_in(page, auditor_token(recorded.home))
     await expect(page.locator("tbody a", has_text="wf-ui")).to_have_count(1)
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
@@ -234,8 +220,8 @@ async def test_an_id_no_url_path_can_carry_is_not_requested(recorded: _Recorded,
 async def test_characters_that_hide_or_reorder_text_are_shown_not_obeyed(recorded: _Recorded, browser: Browser) -> None:
     # Found by an attacker's probe: an argument holding a bidi override read reordered, and
     # tag characters hid text from the operator entirely. Each is now shown as its code point.
-    page, problems = await _open(browser, f"{recorded.graph}/ui#/workflow/wf-hidden")
-    await _sign_in(page, auditor_token(recorded.home))
+    page, problems = await open_page(browser, f"{recorded.graph}/ui#/workflow/wf-hidden")
+    await sign_in(page, auditor_token(recorded.home))
     await page.locator("tbody tr", has_text="echo").click()
     detail = page.locator("#node-detail")
     marks = ["U+202E"] + [f"U+{0xE0000 + ord(char):X}" for char in "IGNORE"]
@@ -255,7 +241,7 @@ async def test_characters_that_hide_or_reorder_text_are_shown_not_obeyed(recorde
 async def test_the_api_docs_render_from_the_services_own_files(recorded: _Recorded, browser: Browser) -> None:
     # Swagger UI from the package, under its policy: a script it refused, or one fetched from
     # elsewhere, would leave the page blank or log a violation.
-    page, problems = await _open(browser, f"{recorded.graph}/docs")
+    page, problems = await open_page(browser, f"{recorded.graph}/docs")
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
     await page.reload()

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fixtures import inprocess
-from fixtures.browser import chromium
+from fixtures.browser import chromium, open_page, sign_in
 from fixtures.graphapi import auditor_token
 from fixtures.mcpcalls import ProxyClient, headers, tool_call
 from fixtures.upstream import DemoUpstream, demo_upstream
@@ -94,13 +94,8 @@ def _operator(home: Path) -> str:
 
 
 async def _page(browser: Browser, stack: _Stack, token: str, route: str) -> tuple[Page, list[str]]:
-    page = await browser.new_page()
-    problems: list[str] = []
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: problems.append(str(error)))
-    await page.goto(f"{stack.graph}/ui{route}")
-    await page.fill("#token", token)
-    await page.click("#use-token")
+    page, problems = await open_page(browser, f"{stack.graph}/ui{route}")
+    await sign_in(page, token)
     return page, problems
 
 
