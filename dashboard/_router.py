@@ -1,9 +1,8 @@
 """Serving the dashboard's static files, and nothing else, under `/ui`.
 
-The assets are a fixed table read once at import: a name in the path is only ever a key
-of that table, so no request can name another file (`..`, encoded slashes, a NUL, a
-symlink), and no directory is ever listed. The page shows data an agent wrote (tool
-names, arguments, reasons), so it is served with a Content-Security-Policy that allows
+The files are a fixed table read once at import (`bastion._static`: a name in the path
+is only ever a key of it, so no request names another file). The page shows data an
+agent wrote (tool names, arguments, reasons), so it is served with a Content-Security-Policy that allows
 its own script and stylesheet only — no inline script, no eval, no other origin — as a
 second wall behind the script's rule of building every element with `textContent`.
 """
@@ -13,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter
+
+from bastion._static import StaticFile, static_router
 
 _STATIC = Path(__file__).resolve().parent / "static"
 #: Every file the dashboard serves, with its media type.
@@ -24,7 +25,7 @@ _TYPES = {
     # Named by the page, so the browser asks for no /favicon.ico the graph would 404.
     "favicon.svg": "image/svg+xml",
 }
-_ASSETS = {name: (_STATIC / name).read_bytes() for name in _TYPES}
+_FILES: dict[str, StaticFile] = {name: (kind, (_STATIC / name).read_bytes()) for name, kind in _TYPES.items()}
 
 
 def content_security_policy(proxy_origin: str | None = None) -> str:
@@ -57,24 +58,12 @@ def dashboard_router(proxy_url: str | None = None) -> APIRouter:
     `/v1/approvals` and `/v1/queue` the page reads and decides on; None hides them."""
     headers = {**_HEADERS, "Content-Security-Policy": content_security_policy(proxy_url)}
     # What the page learns of its deployment: only where the proxy is.
-    config = orjson.dumps({"proxy_url": proxy_url})
-    router = APIRouter(include_in_schema=False)
-
-    def asset(name: str) -> Response:
-        if name == "config.json":
-            return Response(content=config, media_type="application/json", headers=headers)
-        body = _ASSETS.get(name)
-        if body is None:
-            raise HTTPException(status_code=404, detail="not a file of the dashboard")
-        return Response(content=body, media_type=_TYPES[name], headers=headers)
-
-    @router.get("/ui")
-    @router.get("/ui/")
-    async def index() -> Response:
-        return asset("index.html")
-
-    @router.get("/ui/{name}")
-    async def named(name: str) -> Response:
-        return asset(name)
-
-    return router
+    config = ("application/json", orjson.dumps({"proxy_url": proxy_url}))
+    return static_router(
+        "/ui",
+        {**_FILES, "config.json": config},
+        index=_FILES["index.html"],
+        headers=headers,
+        index_paths=("/ui", "/ui/"),
+        what="the dashboard",
+    )

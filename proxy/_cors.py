@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from bastion._hosts import HostCheck
 
-from ._asgi import Headers, Message, Receive, Scope, Send
+from ._asgi import Headers, Message, Receive, Scope, Send, send_bytes
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -84,8 +84,7 @@ def allow_dashboard(handler: Handler, origin: str, hosts: HostCheck | None = Non
         # named for exactly these routes. The Host header is still checked.
         scope = {**scope, "headers": [(name, value) for name, value in scope["headers"] if name.lower() != b"origin"]}
         if _preflight(scope) and (hosts is None or hosts.refusal(scope["headers"]) is None):
-            await send({"type": "http.response.start", "status": 204, "headers": preflight_answer})
-            await send({"type": "http.response.body", "body": b""})
+            await send_bytes(send, 204, b"", preflight_answer)
             return
         # A request, or a preflight for a Host the routes do not answer (which the handler
         # refuses and journals).

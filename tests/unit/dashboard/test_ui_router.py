@@ -82,12 +82,12 @@ async def test_the_files_take_no_other_method(client: httpx.AsyncClient) -> None
 
 def test_the_script_builds_no_element_from_html_text() -> None:
     # What the page shows was written by agents: it must never be parsed as HTML.
-    from bastion.dashboard._router import _ASSETS
+    from bastion.dashboard._router import _FILES
 
-    script = _ASSETS["app.js"].decode()
+    script = _FILES["app.js"][1].decode()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in script, sink
-    assert "<script>" not in _ASSETS["index.html"].decode()  # the policy forbids inline script
+    assert "<script>" not in _FILES["index.html"][1].decode()  # the policy forbids inline script
 
 
 async def test_the_page_learns_where_the_proxy_is_and_may_talk_to_it_alone() -> None:
@@ -118,9 +118,9 @@ def test_every_id_reaches_an_api_path_through_segment() -> None:
     # An id of "." or ".." is resolved away by the browser and one holding "/" is decoded
     # into another route by the services (found by an attacker's probe): app.js's segment()
     # refuses those, so an id reaches a path through it alone; route() builds in-page links.
-    from bastion.dashboard._router import _ASSETS
+    from bastion.dashboard._router import _FILES
 
-    code = [line.split("//", 1)[0] for line in _ASSETS["app.js"].decode().splitlines()]
+    code = [line.split("//", 1)[0] for line in _FILES["app.js"][1].decode().splitlines()]
     uses = [line.strip() for line in code if "encodeURIComponent(" in line]
     assert uses == [
         'return "#/" + parts.map((part) => encodeURIComponent(part)).join("/");',
