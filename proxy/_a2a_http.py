@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -109,6 +110,9 @@ _DROP_REQUEST = frozenset(
     }
 )
 _EXTENDED_CARD = "GetExtendedAgentCard"
+#: Reads of one task, answered with that task (or its events): every task the answer names
+#: must be the caller's to reach (`_task_sniffer`). Push configs are answered with configs.
+_TASK_READS = frozenset({"GetTask", "SubscribeToTask", "CancelTask"})
 _CARD_PATHS = frozenset({"/.well-known/agent-card.json", "/.well-known/agent.json"})
 #: A card is a few kilobytes; a larger answer is not parsed.
 MAX_CARD_BYTES = 1 << 20
@@ -471,25 +475,34 @@ class A2aHttpAdapter:
         return True
 
     def _task_sniffer(self, request: _Request, record: Record) -> TaskSniffer | None:
-        """For a send: claim every task its answer names for the sender; an answer naming
-        a task another principal holds (the agent continuing that task, say from a reused
-        contextId) is not relayed, since it would show the sender that task's state."""
-        if record.action.kind != policy_pb2.A2A_SEND:
+        """For a send: claim every task its answer names for the sender. For a read of one
+        task (GetTask, SubscribeToTask, CancelTask): check that every task its answer names
+        is one the caller may reach — the request's task was checked before it went out, but
+        an agent may answer with another (a confused or hostile agent, a task id it maps to
+        another). Either way an answer naming a task another principal holds (the agent
+        continuing that task, say from a reused contextId) is not relayed, since it would
+        show the sender that task's state."""
+        owners, name, tenant, principal = self._tracker.owners, request.name, request.tenant, request.principal
+        if record.action.kind == policy_pb2.A2A_SEND:
+            verb, decide = "record", partial(claim, owners, name, tenant)
+        elif record.action.tool in _TASK_READS:
+            verb, decide = "check", partial(may_reach, owners, name, tenant)
+        else:
             return None
 
-        async def claimed(task: str) -> None:
+        async def found(task: str) -> None:
             try:
-                held = await claim(self._tracker.owners, request.name, request.tenant, task, request.principal)
+                held = await decide(task, principal)
             except StoreError as exc:  # fail closed: unowned, anyone could read it next
-                log.error("cannot record the owner of an A2A task", extra={"fields": {"error": str(exc)}})
-                raise UpstreamError("Bastion cannot record who owns the task its answer names") from exc
+                log.error(f"cannot {verb} the owner of an A2A task", extra={"fields": {"error": str(exc)}})
+                raise UpstreamError(f"Bastion cannot {verb} who owns the task its answer names") from exc
             if not held:
-                fields = {"agent": request.name, "task": task[:100], "caller": record.agent_id}
+                fields = {"agent": name, "task": task[:100], "caller": record.agent_id}
                 log.warning("an A2A answer named another principal's task", extra={"fields": fields})
                 # The task's id stays out of the reason: it goes to the sender.
                 raise UpstreamError("its answer names a task another principal created through Bastion")
 
-        return TaskSniffer(claimed)
+        return TaskSniffer(found)
 
     async def _caller(self, principal: Principal, request: _Request, arguments: dict[str, Any]) -> Caller:
         header = request.headers.get(b"bastion-workflow-id")

@@ -10,7 +10,9 @@ each event relayed only once read; read as the client reads it, UTF-16 and all) 
 each for the sender in the durable ownership store (`TaskSniffer`). An answer naming a
 task another principal holds is not relayed, a stream ends there with an error event: it
 would show the sender that task's state (an agent continuing the task a reused contextId
-points at). A later
+points at). The answer to a read of one task (GetTask, SubscribeToTask, CancelTask) is
+read the same way, and refused when it names a task the caller may not reach: the request
+named the caller's own task, but the agent chooses what it answers with. A later
 GetTask, CancelTask, SubscribeToTask or push-config call naming that task from another
 principal is refused (403, `bastion.a2a.task_foreign`) before any decision, and so is a
 message sent into it (`message.taskId` of SendMessage, SendStreamingMessage, 0.3

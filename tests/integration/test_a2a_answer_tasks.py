@@ -245,3 +245,41 @@ async def test_an_answer_whose_task_cannot_be_recorded_is_not_relayed(tmp_path: 
     assert sent.status_code == 502, sent.text
     assert "cannot record who owns" in sent.json()["error"]["data"]["reason"]
     assert "task-unrecorded" not in sent.text
+
+
+def _answers_with_held(call: Call) -> Reply:
+    """An agent that answers a read of mallory's task with the planner's (a task id it maps
+    to another, or a hostile agent): a send starts each caller's own task."""
+    if "message" in call.params:
+        return Reply({"task": _task("task-of-planner" if _text(call) == "start" else "task-of-mallory")})
+    held = {**_task(HELD), "history": [{"messageId": "h", "parts": [{"text": SECRET}]}]}
+    if "subscribe" in call.method.lower():
+        return Reply([{"task": held}], events=True, chunked=True)
+    return Reply(held)
+
+
+@pytest.mark.parametrize("method", ["GetTask", "CancelTask", "SubscribeToTask"])
+async def test_a_read_answered_with_another_callers_task_is_refused(
+    tmp_path: Path, agent: ScriptedAgent, method: str
+) -> None:
+    # The request named the caller's own task and passed the ownership check; the answer
+    # is read for its task too, or the agent could hand any caller another's state.
+    agent.handler = _answers_with_held
+    async with _stack(tmp_path, agent) as stack:
+        await _rpc(stack, "planner", "SendMessage", _send("start"))
+        await _rpc(stack, "mallory", "SendMessage", _send("mine"))
+        if method == "SubscribeToTask":
+            answer = await _stream(stack, "mallory", "/a2a/raw/tasks/task-of-mallory:subscribe", {}, "1.0")
+        else:
+            response = await _rpc(stack, "mallory", method, {"id": "task-of-mallory"})
+            assert response.status_code == 502, response.text
+            assert "another principal" in response.json()["error"]["data"]["reason"]
+            answer = response.text
+        own = await _rpc(stack, "planner", method if method != "SubscribeToTask" else "GetTask", {"id": HELD})
+    assert SECRET not in answer
+    assert HELD not in answer
+    if method == "SubscribeToTask":
+        assert answer.count("event: error") == 1
+    # The planner reading its own task is answered as ever.
+    assert own.status_code == 200, own.text
+    assert own.json()["result"]["id"] == HELD
