@@ -68,14 +68,15 @@ def with_result(document: bytes, result: bytes, sender: graph_pb2.Event | None =
 
 def misplaced_result(workflow_id: str | None, tenant: str | None, node: graph_pb2.Event) -> str | None:
     """Why a result event sent as `workflow_id` and `tenant` is not `node`'s, or None when it
-    may be stored on it: the same workflow, and the same tenant unless it names none. The one
+    may be stored on it: the same workflow and the same tenant — an empty tenant is a tenant
+    like any other, not a wildcard (a result naming none was merged into any tenant's node). The one
     check for a result that comes after its node (`with_result`) and for one parked before it,
     made when the node arrives: an early result skipped it, so one sent by another tenant for
     a node id not yet stored was merged into that node (an attacker's probe). None for either
     means they were never recorded (a result parked by a store that did not keep them)."""
     if workflow_id is None or tenant is None:
         return "was parked without the workflow and tenant it was sent as, so it cannot be checked against its node"
-    if workflow_id != node.workflow_id or (tenant and tenant != node.tenant):
+    if workflow_id != node.workflow_id or tenant != node.tenant:
         return (
             f"is for workflow {workflow_id[:64]!r} of tenant {tenant[:64]!r}, but node {node.node_id[:64]!r} "
             f"is in workflow {node.workflow_id[:64]!r} of tenant {node.tenant[:64]!r}"

@@ -1,6 +1,6 @@
 """A result event that arrives before its action's node is parked, and held to the same check
-as one that comes after it when the node arrives: the node's workflow, and its tenant unless
-the result names none. An attacker's probe sent, with the service token, a result of another
+as one that comes after it when the node arrives: the node's workflow and its tenant, an empty
+tenant included (it was taken for "any tenant"). An attacker's probe sent, with the service token, a result of another
 tenant for a node id not yet stored; the early path skipped the check, and the result was
 merged into the other tenant's node when it arrived. Now it is dropped, with an audit record
 saying why, on both backends, across a restart, and in files and databases parked in before
@@ -19,6 +19,7 @@ import pytest
 from fixtures.graphstores import BACKENDS, opened_store
 from fixtures.neo4j import Neo4jServer
 
+from bastion import ProtocolError
 from bastion.graph import GraphStore, IngestResult, Neo4jGraphStore, Node, SqliteGraphStore
 from bastion.graph._export import verify_store
 from bastion.graph._store._common import REFUSED_RESULT
@@ -78,7 +79,7 @@ async def _refusals(store: GraphStore) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     ("workflow", "tenant", "merged"),
-    [("wf-1", "tenant-b", False), ("wf-other", "default", False), ("wf-1", "default", True), ("wf-1", "", True)],
+    [("wf-1", "tenant-b", False), ("wf-other", "default", False), ("wf-1", "default", True), ("wf-1", "", False)],
     ids=["other-tenant", "other-workflow", "same-tenant", "no-tenant"],
 )
 async def test_an_early_result_is_held_to_its_nodes_workflow_and_tenant_when_the_node_arrives(
@@ -108,6 +109,15 @@ async def test_an_early_result_is_held_to_its_nodes_workflow_and_tenant_when_the
     # A redelivered node is a duplicate, and refuses nothing again.
     assert await store.ingest([_action("e1", "node-e1")]) == IngestResult(accepted=0, duplicates=1)
     assert len(await _refusals(store)) == 1
+
+
+@pytest.mark.parametrize("tenant", ["tenant-b", ""], ids=["other-tenant", "no-tenant"])
+async def test_a_late_result_of_another_tenant_is_refused(store: GraphStore, tenant: str) -> None:
+    assert await store.ingest([_action("e4", "node-e4")]) == IngestResult(accepted=1, duplicates=0)
+    forged = _result("r-late", "node-e4", graph_pb2.COMPLETED, workflow="wf-1", tenant=tenant)
+    with pytest.raises(ProtocolError, match=f"is for workflow 'wf-1' of tenant '{tenant}', but node 'node-e4'"):
+        await store.ingest([forged])
+    assert not (await _node(store, "node-e4")).event.HasField("result")
 
 
 async def test_a_foreign_early_result_and_its_node_in_one_batch_are_held_to_the_check(store: GraphStore) -> None:
