@@ -13,7 +13,10 @@ compiled program. The variables an expression may use:
 Converting Python values into CEL values is what costs (≈ 3-6 µs per value, measured;
 running a compiled program on a ready context is ≈ 0.6 µs), so one CEL context is built
 per decision, lazily, holding only the variables that the reached expressions use, and
-shared by every rule the decision tries.
+shared by every rule the decision tries. Of `args`, only the fields the reached expressions
+name (`args.to`, `args["to"]`: `Condition.arg_fields`) are converted, unless one reads it
+any other way: an agent padding its arguments with 10,000 keys of its own made every
+decision on `args.amount` convert them all (≈ 20 ms of the service's time each).
 
 **Cost.** CEL has no loops or recursion, so an expression runs in time linear in its
 input — except inside a comprehension whose body does work in the size of the input:
@@ -48,6 +51,7 @@ from typing import Any
 import cel
 
 from ._cel_cost import Unbounded, Work, work_bound
+from ._cel_syntax import Chain, Ident, Literal, Node, Unreadable, children, parse
 
 VARIABLES = ("args", "agent", "ctx", "action", "taint")
 MAX_EXPRESSION_CHARS = 4096
@@ -121,6 +125,9 @@ class Condition:
     work: Work | None = None
     #: Its work is at most linear and light (`LIGHT_PER_VALUE`): no need to measure the input.
     light: bool = True
+    #: The fields of `args` it reads, when it reads `args` only by naming fields
+    #: (`argument_fields`); None when it reads the whole map.
+    arg_fields: frozenset[str] | None = None
 
 
 def compile_condition(source: str) -> Condition:
@@ -132,7 +139,36 @@ def compile_condition(source: str) -> Condition:
     needs = tuple(name for name in VARIABLES if name in program.variables())
     nesting, regex_in_loop = _nesting(source)
     light = work.linear_within(LIGHT_PER_VALUE, LIGHT_PER_UNIT)
-    return Condition(source, program, needs, nesting, source.count(",") + 1, regex_in_loop, work, light)
+    fields = argument_fields(source)
+    return Condition(source, program, needs, nesting, source.count(",") + 1, regex_in_loop, work, light, fields)
+
+
+def argument_fields(source: str) -> frozenset[str] | None:
+    """The top-level fields of `args` that `source` reads, when every `args` in it is
+    followed by a field name (`args.to`, `args["to"]`, `has(args.to)`): only those need
+    converting. None when it reads `args` any other way — whole, iterated, measured, or
+    indexed by a computed key — and the whole map is converted. A comprehension variable
+    named `args` reads as `args` too: None, or fields that are converted for nothing."""
+    fields: set[str] = set()
+
+    def only_fields(node: Node) -> bool:
+        if isinstance(node, Ident):
+            return node.name != "args"
+        if isinstance(node, Chain) and isinstance(node.base, Ident) and node.base.name == "args":
+            first = node.steps[0]
+            if first.kind == "select":
+                fields.add(first.name)
+            elif first.kind == "index" and isinstance(key := first.args[0], Literal) and key.text is not None:
+                fields.add(key.text)
+            else:
+                return False
+            return all(only_fields(arg) for step in node.steps[1:] for arg in step.args)
+        return all(only_fields(child) for child in children(node))
+
+    try:
+        return frozenset(fields) if only_fields(parse(source)) else None
+    except Unreadable:  # compiled already: `_examine` refuses what does not read
+        return None
 
 
 def _nesting(source: str) -> tuple[int, bool]:
@@ -276,7 +312,17 @@ def _first_lines(text: str) -> str:
 class Activation:
     """The CEL variables of one decision, converted on first use."""
 
-    __slots__ = ("_action", "_added", "_agent_id", "_arguments", "_cel", "_context", "_measured", "_spent")
+    __slots__ = (
+        "_action",
+        "_added",
+        "_agent_id",
+        "_arg_fields",
+        "_arguments",
+        "_cel",
+        "_context",
+        "_measured",
+        "_spent",
+    )
 
     def __init__(
         self, arguments: Mapping[str, Any], agent_id: str, action: Mapping[str, str], context: CallContext
@@ -287,8 +333,10 @@ class Activation:
         self._context = context
         self._cel = cel.Context()
         self._added: set[str] = set()
-        #: The sizes of each variable measured so far (`_measure`).
-        self._measured: dict[str, tuple[int, int, int]] = {}
+        #: The fields of `args` in the CEL context once it is added (None: all of them).
+        self._arg_fields: frozenset[str] | None = frozenset()
+        #: The sizes of each variable (and `args` by the fields read) measured so far.
+        self._measured: dict[tuple[str, frozenset[str] | None], tuple[int, int, int]] = {}
         #: Steps the bounds of the conditions run so far allow: live rules', shadow rules'.
         self._spent = [0.0, 0.0]
 
@@ -318,7 +366,9 @@ class Activation:
                 )
         try:
             for name in condition.needs:
-                if name not in self._added:
+                if name == "args":
+                    self._add_arguments(condition.arg_fields)
+                elif name not in self._added:
                     self._cel.add_variable(name, self._value(name))
                     self._added.add(name)
             result = condition.program.execute(self._cel)
@@ -352,11 +402,12 @@ class Activation:
             return 0.0, None
         values = size = widest = 0
         for name in condition.needs:
-            if name not in self._measured:
-                self._measured[name] = _measure(self._value(name))
-            values += self._measured[name][0]
-            size += self._measured[name][1]
-            widest = max(widest, self._measured[name][2])
+            key = (name, condition.arg_fields if name == "args" else None)
+            if key not in self._measured:
+                self._measured[key] = _measure(self._value(*key))
+            values += self._measured[key][0]
+            size += self._measured[key][1]
+            widest = max(widest, self._measured[key][2])
         steps = condition.work.at(max(values, 1), max(size, 1), widest)
         if steps <= MAX_WORK:
             return float(steps), None
@@ -365,10 +416,24 @@ class Activation:
             f"values it builds and copies), more than the {MAX_WORK:.0e} allowed"
         )
 
-    def _value(self, name: str) -> Any:
+    def _add_arguments(self, fields: frozenset[str] | None) -> None:
+        """`args` in the CEL context with at least `fields` (None: every field), added again
+        with the union when a condition names fields the context does not hold yet."""
+        have = self._arg_fields
+        if "args" in self._added and (have is None or (fields is not None and fields <= have)):
+            return
+        wanted = None if fields is None or have is None else fields | have
+        self._cel.add_variable("args", self._value("args", wanted))
+        self._added.add("args")
+        self._arg_fields = wanted
+
+    def _value(self, name: str, fields: frozenset[str] | None = None) -> Any:
         context = self._context
         if name == "args":
-            return dict(self._arguments)
+            arguments = self._arguments
+            if fields is None:
+                return dict(arguments)
+            return {key: arguments[key] for key in fields if key in arguments}
         if name == "agent":
             return self._agent_id
         if name == "action":
