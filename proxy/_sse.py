@@ -78,20 +78,32 @@ class EventReader:
         return events
 
     def _split(self, chunk: bytes) -> list[Event]:
+        # Line ends are found with bytes.find (memchr), each of CR and LF searched for again
+        # only once passed: a 4 MB event took 22 ms through a regular expression.
         events: list[Event] = []
         start = 0
         if self._cr:
             self._cr = False
             start = 1 if chunk.startswith(b"\n") else 0
-            self._end_line(b"\r\n" if start else b"\r", events)
-        for end in _LINE_END.finditer(chunk, start):
-            if end.group() == b"\r" and end.end() == len(chunk):
-                self._hold(chunk[start : end.start()])
+            self._end_line(b"", b"\r\n" if start else b"\r", events)
+        size = len(chunk)
+        cr = chunk.find(b"\r", start)
+        lf = chunk.find(b"\n", start)
+        while cr >= 0 or lf >= 0:
+            if cr < 0 or 0 <= lf < cr:
+                end, ending = lf, b"\n"
+            elif cr + 1 == size:  # maybe the first half of a CRLF: wait for the next byte
+                self._hold(chunk[start:cr])
                 self._cr = True
                 return events
-            self._hold(chunk[start : end.start()])
-            self._end_line(end.group(), events)
-            start = end.end()
+            else:
+                end, ending = cr, b"\r\n" if chunk[cr + 1] == 0x0A else b"\r"
+            self._end_line(chunk[start:end], ending, events)
+            start = end + len(ending)
+            if cr < start:
+                cr = chunk.find(b"\r", start) if cr >= 0 else -1
+            if lf < start:
+                lf = chunk.find(b"\n", start) if lf >= 0 else -1
         self._hold(chunk[start:])
         return events
 
@@ -100,7 +112,7 @@ class EventReader:
         agent's lenient reader may take it, so filters and the tap read it too)."""
         events: list[Event] = []
         if self._pending or self._cr:
-            self._end_line(b"\r" if self._cr else b"", events)
+            self._end_line(b"", b"\r" if self._cr else b"", events)
             self._cr = False
         if self._raw:
             events.append(Event(tuple(self._fields), b"".join(self._raw)))
@@ -112,11 +124,15 @@ class EventReader:
             self._pending.append(piece)
             self._buffered += len(piece)
 
-    def _end_line(self, ending: bytes, events: list[Event]) -> None:
-        line = b"".join(self._pending)
-        self._pending = []
+    def _end_line(self, last: bytes, ending: bytes, events: list[Event]) -> None:
+        """End the line whose held pieces and then `last` make it, with `ending`."""
+        if self._pending:
+            line = b"".join([*self._pending, last])
+            self._pending = []
+        else:
+            line = last
         self._raw.append(line + ending)
-        self._buffered += len(ending)
+        self._buffered += len(last) + len(ending)
         if not line:
             # Even an event of comments only, or a stray blank line: relays keep every byte.
             events.append(Event(tuple(self._fields), b"".join(self._raw)))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bastion._errors import UpstreamError
 from bastion.proxy._sse import EventReader, encode, events, sse_data
@@ -26,6 +29,41 @@ def test_events_are_the_same_however_the_stream_is_cut(size: int) -> None:
     assert [event.id for event in found] == [None, b"7", None]
     # Every byte is in exactly one event, in order: a filter can relay the others untouched.
     assert b"".join(event.raw for event in found) == STREAM
+
+
+def _reference(stream: bytes) -> list[tuple[tuple[tuple[bytes, bytes], ...], bytes]]:
+    """The WHATWG framing of a whole stream, written as plainly as possible: the reader's
+    line search is checked against it."""
+    found: list[tuple[tuple[tuple[bytes, bytes], ...], bytes]] = []
+    fields: list[tuple[bytes, bytes]] = []
+    raw = b""
+    for line, ending in re.findall(rb"([^\r\n]*)(\r\n|\r|\n|$)", stream)[:-1] or []:
+        raw += line + ending
+        if not line and ending:
+            found.append((tuple(fields), raw))
+            fields, raw = [], b""
+        elif line and not line.startswith(b":"):
+            name, _, value = line.partition(b":")
+            fields.append((name, value[1:] if value.startswith(b" ") else value))
+    if raw:
+        found.append((tuple(fields), raw))
+    return found
+
+
+@given(
+    st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"data", b": ", b":", b"x", b"id: 1", b"\n\n"]), max_size=40),
+    st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=10),
+)
+def test_the_reader_frames_any_stream_as_the_plain_reference_does(parts: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(parts)
+    reader = EventReader()
+    chunks, start, turn = [], 0, 0
+    while start < len(stream):
+        chunks.append(stream[start : start + cuts[turn % len(cuts)]])
+        start += cuts[turn % len(cuts)]
+        turn += 1
+    found = [event for chunk in chunks for event in reader.feed(chunk)] + reader.close()
+    assert [(event.fields, event.raw) for event in found] == _reference(stream)
 
 
 def test_a_cr_at_the_end_of_a_chunk_waits_for_the_next_byte() -> None:
