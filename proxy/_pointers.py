@@ -44,6 +44,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bastion._domains import registrable
 from bastion._verbs import ACTION_VERBS
 
 #: Groups one result's identity keeps.
@@ -85,17 +86,6 @@ _NOT_NAMES = ACTION_VERBS | frozenset(
         "january", "february", "march", "april", "june", "july", "august", "september", "october",
         "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
         "sunday", "please", "thanks", "hello", "dear", "then", "also", "today", "tomorrow",
-    }
-)  # fmt: skip
-#: Domains under which anyone gets a name (`alice.github.io`): their registrable part is one more label.
-SHARED_HOSTS = frozenset(
-    {
-        "github.io", "gitlab.io", "netlify.app", "vercel.app", "pages.dev", "web.app", "firebaseapp.com",
-        "herokuapp.com", "azurewebsites.net", "cloudfront.net", "appspot.com", "blogspot.com",
-        "wordpress.com", "sharepoint.com", "google.com", "notion.site", "substack.com", "medium.com",
-        "amazonaws.com", "s3.amazonaws.com", "workers.dev", "glitch.me", "onrender.com", "fly.dev",
-        "googleapis.com", "githubusercontent.com", "slack.com", "ngrok.io", "ngrok-free.app",
-        "ngrok.app", "pipedream.net", "requestcatcher.com", "repl.co", "replit.app", "trycloudflare.com",
     }
 )  # fmt: skip
 #: Sites where anyone gets a path of their own, and how many of its first segments name the
@@ -252,7 +242,7 @@ def _url_path(token: str) -> str:
 def _site(host: str, path: str = "") -> str:
     """Where a locator leads, as destinations are compared: the host's registrable domain,
     with the owner's first path segments on a site where anyone gets a path (PATH_TENANTS)."""
-    domain = _registrable(host)
+    domain = registrable(host)
     depth = PATH_TENANTS.get(domain)
     if depth is None:
         return domain
@@ -325,18 +315,6 @@ def _is_host(host: str) -> bool:
         and labels[-1].isalpha()
         and all(0 < len(label) <= 63 and label.replace("-", "").isalnum() for label in labels)
     )
-
-
-def _registrable(host: str) -> str:
-    """The part of a host name its owner registered: `forum.islandhop.example` →
-    islandhop.example, `bank.co.uk` stays, `alice.github.io` stays (shared hosting)."""
-    labels = host.split(".")
-    keep = 2
-    if len(labels) >= 3 and len(labels[-2]) <= 3 and len(labels[-1]) == 2:
-        keep = 3  # `co.uk`-style public suffixes: a short label before a two-letter one
-    while keep < len(labels) and ".".join(labels[-keep:]) in SHARED_HOSTS:
-        keep += 1  # `bucket.s3.amazonaws.com`: shared hosting under shared hosting
-    return ".".join(labels[-keep:])
 
 
 def _words(text: str) -> list[str]:

@@ -10,13 +10,17 @@ Four signals, each adding its weight to the score when it fires:
   (mod-97 valid), a ``0x`` + 40 hex wallet address, or a chat handle or channel (``@name``,
   ``#name``) given as a whole argument. On a sink, when the task names a destination of the
   same kind and this is another one, it fires with the higher ``contradiction_weight``:
-  the user said where this goes, and it goes elsewhere. It also fires, task or not, when
+  the user said where this goes, and it goes elsewhere. A host on a site the task names
+  (same registrable domain, ``bastion._domains``) is not novel. It also fires, task or not, when
   the arguments are too large to inspect (see the budgets below). Destinations inside the
   content of a file the task asked to write, at a path the task names, are not counted.
 - ``taint``: the action is a sink and its arguments hold data from untrusted results, as
   the proxy's provenance labels in ``ctx.taint`` say (``_taint.py``): weighted by how much
   of the argument is tainted and by the structure of the data (a control value picked out
-  of free text, prose copied out of it, or a whole structured field).
+  of free text, prose copied out of it, or a whole structured field). Data from a result
+  the task points at, and control values when the task leaves the destination to the data
+  (``_delegated.py``: "email the landlord of the best match"), weigh a quarter when the
+  task asks for an act of the sink's kind and no money moves.
 - ``intent``: the action is a sink of a kind the task never asked for (``_intent.py``): a
   destructive one (delete, remove, cancel, …) when the task asks for nothing destructive and
   delegates nothing, any other when the task asks for no action at all.
@@ -47,9 +51,11 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import struct_pb2
 
+from bastion._domains import registrable
 from bastion._errors import ConfigError
 from bastion.v1 import verifier_pb2
 
+from ._delegated import delegates_destination
 from ._intent import asked, intent_signal, is_payload, writes_where_task_says
 from ._kinds import vouches
 from ._sequence import START, SequenceModel, precedent, step_key
@@ -59,7 +65,7 @@ if TYPE_CHECKING:
     from ._semantic import SemanticDrift
 
 NAME = "reference"
-VERSION = "0.4"
+VERSION = "0.5"
 SCORER = f"{NAME}/{VERSION}"
 SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 #: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).
@@ -257,6 +263,15 @@ class ReferenceScorer:
             and any(label.startswith("named:") for label in ctx.taint)
             and vouches(tool, asked(ctx.task))
         )
+        # A task that leaves the destination to the data ("email the landlord of the best
+        # match") vouches for the control values taken from it, on the same terms (_delegated.py).
+        delegated = (
+            config.pointed_factor < 1
+            and intent <= 0
+            and any(label.startswith("arg:") for label in ctx.taint)
+            and delegates_destination(ctx.task)
+            and vouches(tool, asked(ctx.task))
+        )
         weight, reason, origin = taint_signal(
             action,
             ctx.taint,
@@ -264,6 +279,7 @@ class ReferenceScorer:
             config.taint_weight,
             ctx.task,
             pointed_factor=config.pointed_factor if vouched else 1.0,
+            delegated_factor=config.pointed_factor if delegated else 1.0,
         )
         if weight > 0:
             fired.append((weight, reason))
@@ -547,7 +563,15 @@ def _novel_destinations(arguments: Iterable[tuple[_Path, str]], task: str) -> li
     if not found:
         return []
     known = _known_destinations(task)
-    return [(destination, path) for destination, path in found.items() if destination.casefold() not in known]
+    # A host on a site the task names (`lists.urbanbikes-journal.example` when it names
+    # urbanbikes-journal.example) is that site's: its owner's, as the named host is.
+    sites = {registrable(name) for name in known if "." in name and "@" not in name and "/" not in name}
+    return [
+        (destination, path)
+        for destination, path in found.items()
+        if destination.casefold() not in known
+        and not (_kind(destination) == "host" and registrable(destination) in sites)
+    ]
 
 
 def _describe_destinations(novel: Sequence[tuple[str, _Path]]) -> str:

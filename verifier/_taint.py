@@ -145,18 +145,22 @@ def taint_signal(
     task: str = "",
     *,
     pointed_factor: float = 1.0,
+    delegated_factor: float = 1.0,
 ) -> tuple[float, str, str]:
     """(weight fired, reason, drift origin node id); (0, "", "") when it does not fire.
 
     `pointed_factor` applies to arguments the proxy labels `named:` (1: the labels are
-    ignored; the caller has checked that the task asks for an action)."""
+    ignored; the caller has checked that the task asks for an action); `delegated_factor`
+    to control values when the task leaves the destination to the data (`_delegated`;
+    the caller has checked that too)."""
     if weight <= 0 or not labels:
         return 0.0, "", ""
     tainted = parse(labels)
     unread = parse_unread(labels)
     if not (tainted or unread) or not is_sink(action.tool or action.prompt or action.resource, labels):
         return 0.0, "", ""
-    traced = _traced(action, tainted, history, weight, task, labels, pointed_factor) if tainted else (0.0, "", "")
+    factors = (pointed_factor, delegated_factor)
+    traced = _traced(action, tainted, history, weight, task, labels, factors) if tainted else (0.0, "", "")
     if unread and weight * UNREAD_FACTOR > traced[0]:
         tool, size = unread[0]
         fired = round(weight * UNREAD_FACTOR, 6)
@@ -180,9 +184,10 @@ def _traced(
     weight: float,
     task: str,
     labels: Sequence[str],
-    pointed_factor: float,
+    factors: tuple[float, float],
 ) -> tuple[float, str, str]:
     """The strongest traced untrusted argument of a sink: (weight, reason, drift origin)."""
+    pointed_factor, delegated_factor = factors
     folded_task = task[:MAX_TASK_CHARS].casefold()
     pointed = parse_named(labels) if pointed_factor < 1 else frozenset()
     scored = []
@@ -194,6 +199,8 @@ def _traced(
             why, factor = ", named in the task", factor * TASK_FACTOR
         elif t.path in pointed:
             why, factor = ", from a result the task points at", factor * pointed_factor
+        elif origin == "control" and delegated_factor < 1:
+            why, factor = ", where the task says to find it", factor * delegated_factor
         scored.append((round(weight * factor * t.fraction, 6), origin, why, t))
     scored.sort(key=lambda item: (-item[0], item[3].path, item[3].source))
     shown = ", ".join(

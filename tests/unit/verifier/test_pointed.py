@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from fixtures.scoring import score_call
 
 from bastion._verbs import ACTION_VERBS
-from bastion.v1 import policy_pb2, verifier_pb2
-from bastion.verifier import ReferenceScorer, ScorerConfig
+from bastion.v1 import verifier_pb2
 from bastion.verifier._intent import asked
 from bastion.verifier._kinds import _TASK_VERBS, asks_for, kinds, moves_money, vouches
 
@@ -18,30 +16,20 @@ URL_FROM_PAGE = "arg:url:untrusted:web__fetch:content[0].text.text:text:1.00"
 IBAN_FROM_EMAIL = "arg:iban:untrusted:email__read:content[0].text.body:text:1.00"
 
 
-def _score(
-    tool: str, arguments: dict[str, Any], taint: list[str], task: str, **config: Any
-) -> verifier_pb2.ScoreResponse:
-    server, _, name = tool.partition("__")
-    action = policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server=server, tool=name)
-    action.arguments.update(arguments)
-    scorer = ReferenceScorer(ScorerConfig(sequence_weight=0.0, **config))
-    return scorer.score(verifier_pb2.ScoreRequest(action=action, ctx=policy_pb2.Context(task=task, taint=taint)))
-
-
 def _taint(result: verifier_pb2.ScoreResponse) -> list[str]:
     return [reason for reason in result.reasons if reason.startswith("untrusted data in sink arguments")]
 
 
 def test_a_form_on_the_page_the_task_points_at_weighs_a_quarter_and_only_flags() -> None:
     task = f"Ask on {FORUM} whether the catamaran sells out."
-    named = _score("web__post_form", {"url": REPLY}, ["untrusted", URL_FROM_PAGE, "named:url"], task)
+    named = score_call("web__post_form", {"url": REPLY}, ["untrusted", URL_FROM_PAGE, "named:url"], task)
     assert named.verdict == verifier_pb2.FLAG
     assert _taint(named) == [
         "untrusted data in sink arguments: 'url' 100% from web__fetch content[0].text.text "
         "(free text, from a result the task points at, 0.20) (weight 0.20)"
     ]
     # Without the label, the same call is untrusted data like any other.
-    plain = _score("web__post_form", {"url": REPLY}, ["untrusted", URL_FROM_PAGE], task)
+    plain = score_call("web__post_form", {"url": REPLY}, ["untrusted", URL_FROM_PAGE], task)
     assert plain.verdict == verifier_pb2.BLOCK
     assert "(free text, 0.80)" in _taint(plain)[0]
 
@@ -67,14 +55,14 @@ def test_pointing_does_not_vouch_for_payments_reads_or_other_kinds_of_act(
     tool: str, arguments: dict[str, str], label: str, task: str
 ) -> None:
     path = label.split(":")[1]
-    result = _score(tool, arguments, ["untrusted", label, f"named:{path}"], task)
+    result = score_call(tool, arguments, ["untrusted", label, f"named:{path}"], task)
     assert result.verdict == verifier_pb2.BLOCK
     assert "from a result the task points at" not in " ".join(result.reasons)
 
 
 def test_a_factor_of_one_ignores_the_labels() -> None:
     task = f"Ask on {FORUM} whether it sells out."
-    result = _score("web__post_form", {"url": REPLY}, [URL_FROM_PAGE, "named:url"], task, pointed_factor=1.0)
+    result = score_call("web__post_form", {"url": REPLY}, [URL_FROM_PAGE, "named:url"], task, pointed_factor=1.0)
     assert result.verdict == verifier_pb2.BLOCK
     assert result.deviation_score == 0.8
 
@@ -90,15 +78,15 @@ def test_a_factor_of_one_ignores_the_labels() -> None:
 )
 def test_a_named_label_for_nothing_tainted_changes_nothing(labels: list[str]) -> None:
     task = f"Ask on {FORUM} whether it sells out."
-    result = _score("web__post_form", {"url": REPLY, "body": "hi"}, [URL_FROM_PAGE, *labels], task)
+    result = score_call("web__post_form", {"url": REPLY, "body": "hi"}, [URL_FROM_PAGE, *labels], task)
     assert result.deviation_score == 0.8
     assert result.verdict == verifier_pb2.BLOCK
 
 
-def test_a_named_label_never_raises_a_score() -> None:
+def test_a_named_label_never_raises_ascore_call() -> None:
     task = f"Ask on {FORUM} whether it sells out."
     for extra in ([], ["named:url"], ["named:url"] * 50):
-        result = _score("web__post_form", {"url": REPLY}, [URL_FROM_PAGE, *extra], task)
+        result = score_call("web__post_form", {"url": REPLY}, [URL_FROM_PAGE, *extra], task)
         assert result.deviation_score <= 0.8
 
 
