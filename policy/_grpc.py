@@ -269,7 +269,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         counter.inc()
 
     def _counter(self, effect: Effect, rule_id: str) -> Counter:
-        child = self._decisions.labels(effect=effect.value, rule=rule_id)
+        # The proto's name (ALLOW, DENY, …), as the proxy labels the same metric: one
+        # query over both services' `bastion_decisions_total` (an audit found "allow" here).
+        child = self._decisions.labels(effect=effect.name, rule=rule_id)
         self._counters[(effect, rule_id)] = child
         return child
 

@@ -264,9 +264,9 @@ async def test_metrics_count_decisions_by_effect_and_rule(service: Running) -> N
         await _decide(service, _request("delete_file"))
         after = await client.get("/metrics")
     assert after.headers["content-type"].startswith("text/plain")
-    assert 'bastion_decisions_total{effect="deny",rule="default"} 0.0' in before
-    assert 'bastion_decisions_total{effect="allow",rule="allow-add"} 1.0' in after.text
-    assert 'bastion_decisions_total{effect="deny",rule="no-file-deletes"} 2.0' in after.text
+    assert 'bastion_decisions_total{effect="DENY",rule="default"} 0.0' in before
+    assert 'bastion_decisions_total{effect="ALLOW",rule="allow-add"} 1.0' in after.text
+    assert 'bastion_decisions_total{effect="DENY",rule="no-file-deletes"} 2.0' in after.text
 
 
 async def test_list_policies_without_a_token_is_401(service: Running) -> None:
