@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
             learn.add_argument("--max-workflows", type=int, default=1000, help="with --graph: at most this many")
 
     bench = commands.add_parser("bench", help="benchmarks (figures, never pass/fail)")
-    bench.add_argument("suite", choices=BENCH_SUITES, help="what to measure")
+    bench.add_argument("suite", choices=BENCH_SUITES, help="what to measure (none given: stack)")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="the suite's own options (see its --help)")
 
     efficacy = commands.add_parser(
@@ -200,8 +200,17 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_bench_suite(argv: Sequence[str]) -> list[str]:
+    """`bastion bench [OPTIONS]` is `bastion bench stack [OPTIONS]`: DESIGN §13's `bastion bench`
+    (direct against through Bastion) is the stack suite."""
+    words = list(argv)
+    if words[:1] == ["bench"] and (len(words) == 1 or (words[1].startswith("-") and words[1] not in ("-h", "--help"))):
+        words.insert(1, "stack")
+    return words
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_default_bench_suite(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "up":
             from ._up import up

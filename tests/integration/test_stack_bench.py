@@ -25,7 +25,8 @@ LOAD = {"calls", "errors", "first_error", "seconds", "calls_per_s", "p50_us", "p
 def test_bench_stack_quick_writes_figures_for_every_path_and_process(tmp_path: Path) -> None:
     out = tmp_path / "stack.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bastion", "bench", "stack", "--quick", "--out", str(out)],
+        # `bastion bench` without a suite is the stack suite (DESIGN §13, issue #24: `bastion bench --quick`).
+        [sys.executable, "-m", "bastion", "bench", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=150,
