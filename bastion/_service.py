@@ -13,7 +13,7 @@ from typing import TypeVar
 import uvloop
 
 from ._appconfig import AppConfig, find_app_config
-from ._errors import BastionError
+from ._errors import BastionError, ConfigError
 from ._logging import configure_logging
 from ._runfile import remove_runfile, write_runfile
 from ._settings import CommonSettings
@@ -61,6 +61,11 @@ def run_service(name: str, settings: S, config: Path | None, serve: ServeFn[S]) 
 
     try:
         uvloop.run(main())
+    except ConfigError as exc:
+        # A setting the service cannot start with, found as it starts (a non-loopback
+        # address without allowed_hosts): bad configuration, exit 2 like any other.
+        log.error("cannot start %s: %s", name, exc)
+        return 2
     except BastionError as exc:
         log.error("%s failed: %s", name, exc)
         return 1
