@@ -52,6 +52,34 @@ def _default(value: object) -> str:
     return f"`{text}`" if text else '`""`'
 
 
+#: Variables read by the CLI and the scripts rather than by a service's settings class.
+TOOLS_HEADER = """
+## Read by the CLI and the scripts
+
+| variable | default | used by | description |
+|---|---|---|---|
+"""
+CLI_VARIABLES: dict[str, tuple[str, str, str]] = {
+    "BASTION_TOKEN": (
+        "(unset)",
+        "`bastion policy`, `keys`, `token`, `graph`, `audit`, `approvals`, `queue`, `verifier learn`",
+        "Bearer token for the REST APIs when no --token is given; unset, one is minted from the stack's dev key "
+        "under $BASTION_HOME (a local stack only).",
+    ),
+    "BASTION_AGENT_TOKEN": (
+        "(unset)",
+        "`bastion wrap`",
+        "The wrapped stdio client's agent JWT; unset, one is signed with the stack's dev key for --agent.",
+    ),
+    "BASTION_TOOLS": (
+        "`~/.cache/bastion/tools`",
+        "`scripts/*-up`, `make test`, `make up`",
+        "Where the real components the scripts build or install (OPA, Helm, Neo4j, the MCP conformance suite, Go "
+        "and Maven caches) are kept, outside the checkout, so a clean clone does not rebuild them.",
+    ),
+}
+
+
 def render() -> str:
     rows: dict[str, tuple[str, list[str], str]] = {}
     common = set(CommonSettings.model_fields)
@@ -66,6 +94,9 @@ def render() -> str:
     for variable in sorted(rows):
         default, users, description = rows[variable]
         used_by = "all services" if "all" in users else ", ".join(dict.fromkeys(users))
+        lines.append(f"| `{variable}` | {default} | {used_by} | {description} |\n")
+    lines.append(TOOLS_HEADER)
+    for variable, (default, used_by, description) in sorted(CLI_VARIABLES.items()):
         lines.append(f"| `{variable}` | {default} | {used_by} | {description} |\n")
     return "".join(lines)
 
