@@ -291,3 +291,24 @@ async def test_a_stateless_callers_first_request_may_be_a_resource_read(tmp_path
     assert response.status_code == 200, text
     assert "test://static-text" in text
     assert '"error"' not in text
+
+
+async def test_a_list_no_upstream_answers_is_an_error_not_an_empty_list(tmp_path: Path, conf_url: str) -> None:
+    # A sessionless request without the 2026-07 `_meta` envelope, before any stateless
+    # session exists (a stack of its own): each upstream refuses it. The answer used to be
+    # 200 with `tools: []`, which reads as "there is nothing".
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}}
+    hdrs = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/list",
+    }
+    async with _stack(tmp_path, conf_url) as stack, httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
+        hdrs["Authorization"] = f"Bearer {stack.client.token('agent-bare-list')}"
+        response = await http.post("/mcp", content=orjson.dumps(body), headers=hdrs)
+    (event,) = [line for line in response.text.splitlines() if line.startswith("data:")] or [response.text]
+    answer = orjson.loads(event.removeprefix("data:"))
+    assert answer["id"] == 7
+    assert answer["error"]["code"] == -32603
+    assert answer["error"]["data"]["reason"] == "no upstream answered tools/list (2 failed; the proxy's log says why)"
+    assert "result" not in answer
