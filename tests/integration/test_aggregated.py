@@ -270,6 +270,22 @@ async def test_the_simple_tools_call_endpoint_is_one_governed_stateless_call(sta
     assert stack.executed() == []
 
 
+async def _first_stateless(
+    home: Path, conf_url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """The answer to `body`, the first request of a stateless (2026-07) caller on a stack of
+    its own: no shared stateless session exists yet."""
+    hdrs = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": body["method"],
+        **(headers or {}),
+    }
+    async with _stack(home, conf_url) as stack, httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
+        hdrs["Authorization"] = f"Bearer {stack.client.token('agent-stateless')}"
+        return await http.post("/mcp", content=orjson.dumps(body), headers=hdrs)
+
+
 async def test_a_stateless_callers_first_request_may_be_a_resource_read(tmp_path: Path, conf_url: str) -> None:
     body = {
         "jsonrpc": "2.0",
@@ -277,16 +293,8 @@ async def test_a_stateless_callers_first_request_may_be_a_resource_read(tmp_path
         "method": "resources/read",
         "params": {"uri": "test://static-text", "_meta": dict(MODERN_META)},
     }
-    hdrs = {
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "resources/read",
-        "Mcp-Name": "test://static-text",
-    }
     # A stack of its own: the shared stateless session must not exist yet.
-    async with _stack(tmp_path, conf_url) as stack, httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
-        hdrs["Authorization"] = f"Bearer {stack.client.token('agent-first-read')}"
-        response = await http.post("/mcp", content=orjson.dumps(body), headers=hdrs)
+    response = await _first_stateless(tmp_path, conf_url, body, {"Mcp-Name": "test://static-text"})
     text = response.text
     assert response.status_code == 200, text
     assert "test://static-text" in text
@@ -298,14 +306,7 @@ async def test_a_list_no_upstream_answers_is_an_error_not_an_empty_list(tmp_path
     # session exists (a stack of its own): each upstream refuses it. The answer used to be
     # 200 with `tools: []`, which reads as "there is nothing".
     body = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}}
-    hdrs = {
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/list",
-    }
-    async with _stack(tmp_path, conf_url) as stack, httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
-        hdrs["Authorization"] = f"Bearer {stack.client.token('agent-bare-list')}"
-        response = await http.post("/mcp", content=orjson.dumps(body), headers=hdrs)
+    response = await _first_stateless(tmp_path, conf_url, body)
     (event,) = [line for line in response.text.splitlines() if line.startswith("data:")] or [response.text]
     answer = orjson.loads(event.removeprefix("data:"))
     assert answer["id"] == 7
