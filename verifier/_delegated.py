@@ -7,23 +7,31 @@ found, not what it is. The destination then comes, byte for byte, out of an untr
 result — exactly as an injected one would — and the taint signal blocked most such work
 (about half the false alarms of `bastion eval`, docs/benchmarks.md).
 
-A task delegates a destination when it says so in one of a few ways, read per sentence:
+A task delegates a destination when one of its sentences says so in one of a few ways:
 
-- a pointer: a destination or role *listed / named / mentioned / given / linked … in, on,
-  from* something ("the reviewers listed in REVIEWERS.txt", "the page linked from …");
-- a destination said to be somewhere: "the address is in her email", "the IBAN should be in
-  their email";
-- someone said to have given it: "he mentioned it in his last email", "she put the address";
-- a message verb whose object is a pronoun for someone found ("email them for a quote",
-  "invite him"), or a role the data supplies ("contact the landlord", "email the
-  requester", "write to the organisers").
+- a recipient or place *listed / named / mentioned / given / linked / specified … in, on,
+  from* something: "the attendees listed in it", "the reviewers listed in REVIEWERS.txt",
+  "the billing contact named in our contract", "the tracker linked from …" — the noun
+  before the pointer must be one that names where an act goes (`_RECIPIENTS`), so "the Q3
+  numbers listed in the report" or "as mentioned in my notes" delegate nothing;
+- such a recipient said to be somewhere: "the address is in her email", "the form is on
+  their page";
+- someone said to have given one: "at his new address — he mentioned it in his email";
+- after the task asks to find something ("find", "look up", "search", "pick", "choose",
+  "the best match"), a message verb whose object is a pronoun or a role: "find a company
+  … and email them for a quote", "email the landlord of the best match". Without a search,
+  "email her" or "email the vendor" refers to whoever the user has in mind, not to what the
+  data says.
 
-The caller (`ReferenceScorer.score`) also requires that the task asks for an act of the
-sink's kind and that the sink moves no money (`_kinds.vouches`): business-email compromise
-is a task saying "the IBAN is in their email". What a delegated task vouches for is the
-*control values* (short values picked out of free text: an address, a URL, an id), weighed
-at the pointed factor; prose copied into the call weighs as before, and a destination the
-task contradicts (it names another of the same kind) still fires argument_novelty in full.
+The caller (`ReferenceScorer.score`) also requires that the task asks, in so many words,
+for an act of the sink's kind among messaging, sharing, booking and scheduling
+(`_kinds.asks_to_reach`; "run", "handle" and other delegating verbs do not count), that
+the call moves no money (by its tool's name or an IBAN or wallet in its arguments), and
+that the intent signal did not fire. What a delegated task vouches for is an argument that
+*is* a destination — an email address, a URL, a chat handle, whole — picked out of free
+text, weighed at the pointed factor; prose, commands, paths, phone numbers and fields weigh
+as before, and a destination the task contradicts (it names another of the same kind) still
+fires argument_novelty in full.
 
 This opens a door on purpose: an injection inside the very source the task delegates to
 (an extra address slipped into the attendee list the user points at) is weighed lower too.
@@ -37,31 +45,44 @@ import re
 #: Longest task read (as `_intent` reads tasks).
 MAX_TASK_CHARS = 4 * 1024
 
+#: Nouns that name where an act goes: a recipient, a contact, a place to send or submit to.
+_RECIPIENTS = (
+    r"(?:attendees?|participants?|reviewers?|recipients?|contacts?|contact\s+person|people|members?|speakers?|"
+    r"organi[sz]ers?|requesters?|requestors?|applicants?|owners?|hosts?|landlord|landlady|lawyer|agent|vendor|"
+    r"supplier|operator|company|restaurant|hotel|venue|address(?:es)?|e-?mail\s+address(?:es)?|link|url|form|"
+    r"page|portal|tracker|site|website|channel|handle)"
+)
 _POINTER = re.compile(
-    r"\b(?:listed|named|mentioned|given|specified|stated|linked|found|provided|included|shown|written|cited)"
-    r"\s+(?:in|on|from|at|by|under|there)\b"
+    rf"\b{_RECIPIENTS}\s+(?:that\s+(?:is|are)\s+|who\s+(?:is|are)\s+)?"
+    r"(?:listed|named|mentioned|given|specified|linked|found)\s+(?:in|on|from|at)\b"
 )
 _SAID_TO_BE = re.compile(
-    r"\b(?:address|addresses|e-?mail|link|url|form|page|contact|contacts|details|number|site|website|iban)"
-    r"\s+(?:is|are|should\s+be|will\s+be|was|were|can\s+be\s+found)\s+(?:in|on)\b"
+    r"\b(?:address|e-?mail\s+address|link|url|form|page|contact\s+details)\s+(?:is|are|should\s+be|will\s+be)"
+    r"\s+(?:in|on)\s+(?:his|her|their|the|its|that|this|[a-z][a-z-]*'s)(?![a-z])"
 )
-_GIVEN_BY = re.compile(
-    r"\b(?:he|she|they)\s+(?:mentioned|gave|put|left|wrote|included|shared|sent|posted|listed|named|added)\b"
-)
-_MESSAGE_VERBS = (
-    r"(?:email|e-mail|mail|contact|invite|message|text|call|ask|notify|inform|write\s+to|reply\s+to|respond\s+to)"
-)
-_PRONOUN_OBJECT = re.compile(rf"\b{_MESSAGE_VERBS}\s+(?:them|him|her)\b")
+_GIVEN_BY = re.compile(r"\b(?:he|she|they)\s+(?:mentioned|gave|put|posted|shared|included|added)\b")
+_DESTINATION_NOUN = re.compile(r"\b(?:address|e-?mail\s+address|link|url|form|page)\b")
+_SEARCH = re.compile(r"\b(?:find|look\s+up|search|look\s+for|pick|choose|best\s+match|top\s+result)\b")
+_MESSAGE_VERBS = r"(?:email|e-mail|mail|contact|invite|message|write\s+to)"
 _ROLES = (
-    r"(?:landlord|landlady|host|hosts|owner|owners|organi[sz]ers?|requester|requestor|author|poster|seller|vendor|"
-    r"operator|operators|company|restaurant|hotel|speaker|speakers|provider|venue|agency|agent|lawyer|"
-    r"attendees|participants|reviewers|applicants|contacts|recipients|people)"
+    r"(?:landlord|landlady|host|hosts|owner|owners|organi[sz]ers?|author|poster|seller|vendor|operator|company|"
+    r"restaurant|hotel|speaker|speakers|provider|venue|agency|agent)"
 )
-_ROLE_OBJECT = re.compile(rf"\b{_MESSAGE_VERBS}\s+(?:the|their|its|his|her)\s+(?:[a-z-]+\s+){{0,2}}?{_ROLES}\b")
-_FORMS = (_POINTER, _SAID_TO_BE, _GIVEN_BY, _PRONOUN_OBJECT, _ROLE_OBJECT)
+_FOUND_OBJECT = re.compile(
+    rf"\b{_MESSAGE_VERBS}\s+(?:them|him|her|(?:the|their|its)\s+(?:[a-z-]+\s+){{0,2}}?{_ROLES}\b)"
+)
+_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n")
 
 
 def delegates_destination(task: str) -> bool:
     """Whether `task` leaves where its act goes to something the agent reads (above)."""
-    text = task[:MAX_TASK_CHARS].casefold().replace("\u2019", "'")
-    return any(form.search(text) for form in _FORMS)
+    text = task[:MAX_TASK_CHARS].casefold().replace("\u2019", "'").replace("\u2014", " - ")
+    searched = _SEARCH.search(text) is not None
+    for sentence in _SENTENCES.split(text):
+        if _POINTER.search(sentence) or _SAID_TO_BE.search(sentence):
+            return True
+        if _GIVEN_BY.search(sentence) and _DESTINATION_NOUN.search(sentence):
+            return True
+        if searched and _FOUND_OBJECT.search(sentence):
+            return True
+    return False

@@ -51,13 +51,13 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import struct_pb2
 
-from bastion._domains import registrable
+from bastion._domains import owns_subdomains
 from bastion._errors import ConfigError
 from bastion.v1 import verifier_pb2
 
 from ._delegated import delegates_destination
 from ._intent import asked, intent_signal, is_payload, writes_where_task_says
-from ._kinds import vouches
+from ._kinds import asks_to_reach, vouches
 from ._sequence import START, SequenceModel, precedent, step_key
 from ._taint import is_sink, taint_signal
 
@@ -79,7 +79,10 @@ _EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@((?:[a-z0-9-]+\.)+[a-z]{2,63})(?![\
 _SCHEME_RELATIVE = re.compile(
     r"(?<![\w:/.\\-])//([a-z0-9-]+(?:\.[a-z0-9-]+)+)(?=[/?#:\s\"'<>]|$)", re.IGNORECASE | re.ASCII
 )
-_URL_AUTHORITY = re.compile(r"""(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://([^\s/?#\\"'<>]+)""", re.IGNORECASE | re.ASCII)
+# The authority runs on past a backslash: a browser ends it there (`\` is `/` in a web URL),
+# but httpx and curl read `https://named.example\@evil.example/` as user info and connect to
+# evil.example; `_destinations` yields both readings (an attacker's probe).
+_URL_AUTHORITY = re.compile(r"""(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://([^\s/?#"'<>]+)""", re.IGNORECASE | re.ASCII)
 # Groups of four with optional single space/hyphen separators, as IBANs are printed.
 # Case-insensitive because a bank API may accept lower case; the mod-97 check below
 # keeps random identifiers from matching.
@@ -96,6 +99,10 @@ _WORD_PUNCTUATION = ".,;:!?()[]{}<>\"'`"
 # ISO 13616 reads each letter as the number 10-35 (A-Z); digits stay as they are.
 _IBAN_DIGITS = str.maketrans({letter: str(int(letter, 36)) for letter in string.ascii_uppercase})
 _SHOWN_DESTINATIONS = 3
+#: Kinds of destination that move money: a call holding one is never vouched for.
+_MONEY = frozenset({"IBAN", "wallet"})
+#: Longest value `_is_destination` reads.
+_MAX_DESTINATION_CHARS = 2048
 _SHOWN_CHARS = 80
 
 # Budgets of the argument scan. Scoring runs on the verifier's event loop, the
@@ -246,8 +253,11 @@ class ReferenceScorer:
                 fired.append((weight, reason))
             elif reason:
                 abstained.append(reason)
+        strings, too_large = _string_arguments(action.arguments)
+        # Destinations are compared with a task's, and read for money; without a task neither.
+        found = _found_destinations(strings) if ctx.task.strip() else {}
         if config.argument_weight > 0 or config.contradiction_weight > 0:
-            weight, reason = _argument_signal(action.arguments, ctx.task, tool, ctx.taint, config)
+            weight, reason = _argument_signal(strings, too_large, found, ctx.task, tool, ctx.taint, config)
             if weight > 0:
                 fired.append((weight, reason))
         intent, intent_reason = intent_signal(
@@ -257,20 +267,19 @@ class ReferenceScorer:
         # action of this kind (_kinds.py): "read the forum thread at …" points at the thread
         # but asks nothing to be done with what it says; "translate the letter" asks for no share.
         # Read only when the proxy labelled some argument `named:` (most calls have none).
+        # Money is never vouched for: by the tool's name (_kinds.moves_money), or by an IBAN or
+        # a wallet among its arguments (a tool named for something else still pays).
+        discount = config.pointed_factor < 1 and intent <= 0 and not any(_kind(d) in _MONEY for d in found)
         vouched = (
-            config.pointed_factor < 1
-            and intent <= 0
-            and any(label.startswith("named:") for label in ctx.taint)
-            and vouches(tool, asked(ctx.task))
+            discount and any(label.startswith("named:") for label in ctx.taint) and vouches(tool, asked(ctx.task))
         )
         # A task that leaves the destination to the data ("email the landlord of the best
-        # match") vouches for the control values taken from it, on the same terms (_delegated.py).
+        # match") vouches for the destinations taken from it, on stricter terms (_delegated.py).
         delegated = (
-            config.pointed_factor < 1
-            and intent <= 0
+            discount
             and any(label.startswith("arg:") for label in ctx.taint)
             and delegates_destination(ctx.task)
-            and vouches(tool, asked(ctx.task))
+            and asks_to_reach(tool, asked(ctx.task))
         )
         weight, reason, origin = taint_signal(
             action,
@@ -280,6 +289,7 @@ class ReferenceScorer:
             ctx.task,
             pointed_factor=config.pointed_factor if vouched else 1.0,
             delegated_factor=config.pointed_factor if delegated else 1.0,
+            is_destination=_is_destination,
         )
         if weight > 0:
             fired.append((weight, reason))
@@ -360,12 +370,18 @@ class _Path:
 
 
 def _argument_signal(
-    arguments: struct_pb2.Struct, task: str, tool: str, labels: Sequence[str], config: ScorerConfig
+    strings: list[tuple[_Path, str]],
+    too_large: str,
+    found: dict[str, _Path],
+    task: str,
+    tool: str,
+    labels: Sequence[str],
+    config: ScorerConfig,
 ) -> tuple[float, str]:
-    """(weight, reason) of argument_novelty; (0, "") when it does not fire."""
-    strings, too_large = _string_arguments(arguments)
+    """(weight, reason) of argument_novelty; (0, "") when it does not fire. `found`: the
+    arguments' destinations (`_found_destinations`), read when a task was stated."""
     # Novelty needs a task to compare with; an argument too large to inspect does not.
-    novel = _novel_destinations(strings, task) if task.strip() else []
+    novel = _novel_destinations(found, task) if task.strip() else []
     if novel and is_sink(tool, labels) and writes_where_task_says((value for _, value in strings), task):
         # Destinations inside the content of a file the task asked to write are not where it goes.
         content = {path for path, value in strings if is_payload(value)}
@@ -480,9 +496,11 @@ def _destinations(text: str) -> Iterator[str]:
     """Destination-like tokens in `text`, canonical: lower case, IBANs upper case without spaces."""
     if "://" in text:
         for match in _URL_AUTHORITY.finditer(text):
-            host = _host(match.group(1))
-            if host:
-                yield host
+            authority = match.group(1)
+            readings = (authority, authority.partition("\\")[0]) if "\\" in authority else (authority,)
+            for host in dict.fromkeys(_host(reading) for reading in readings):
+                if host:
+                    yield host
         # The user info of `scheme://user@host` is part of the URL, not an email address.
         text = _URL_AUTHORITY.sub(" ", text)
     if "//" in text:
@@ -502,7 +520,7 @@ def _destinations(text: str) -> Iterator[str]:
 
 def _host(authority: str) -> str:
     """The host of a URL authority (`user@host:port`), case-folded, without a leading `www.`."""
-    host = authority.rpartition("@")[2]
+    host = authority.rpartition("@")[2].partition("\\")[0]
     host = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.partition(":")[0]
     return _canonical_host(host)
 
@@ -510,7 +528,7 @@ def _host(authority: str) -> str:
 def _canonical_host(host: str) -> str:
     # `www.` is how people write the same site; treating it as a different destination
     # would flag every task that names a site without it.
-    host = host.rstrip(".").casefold()
+    host = host.rstrip(".").lower()
     return host.removeprefix("www.")
 
 
@@ -546,32 +564,54 @@ def _known_destinations(task: str) -> frozenset[str]:
     task = _utf8_head(task, MAX_STRING_BYTES)
     known = {_canonical_host(word.strip(_WORD_PUNCTUATION)) for word in task.split()}
     for destination in _destinations(task):
-        known.add(destination.casefold())
+        known.add(_key(destination))
         if "@" in destination:
             known.add(destination.rpartition("@")[2])
     return frozenset(known)
 
 
-def _novel_destinations(arguments: Iterable[tuple[_Path, str]], task: str) -> list[tuple[str, _Path]]:
-    """(destination, argument path) for each distinct destination the task does not name."""
+def _found_destinations(arguments: Iterable[tuple[_Path, str]]) -> dict[str, _Path]:
+    """Each distinct destination in the arguments, canonical, with the first argument holding it."""
     found: dict[str, _Path] = {}
     for path, value in arguments:
         for destination in _destinations(value):
             found.setdefault(destination, path)
         if len(value) <= 66 and _HANDLE.fullmatch(handle := value.strip()):
             found.setdefault(handle.casefold(), path)
+    return found
+
+
+def _novel_destinations(found: dict[str, _Path], task: str) -> list[tuple[str, _Path]]:
+    """(destination, argument path) for each distinct destination the task does not name."""
     if not found:
         return []
     known = _known_destinations(task)
-    # A host on a site the task names (`lists.urbanbikes-journal.example` when it names
-    # urbanbikes-journal.example) is that site's: its owner's, as the named host is.
-    sites = {registrable(name) for name in known if "." in name and "@" not in name and "/" not in name}
+    # A host under one the task names (`lists.urbanbikes-journal.example` when it names
+    # urbanbikes-journal.example) is that host's owner's — unless the named host is a
+    # shared platform's or an IP address (`owns_subdomains`): a sibling never counts.
+    owners = tuple(f".{name}" for name in known if "@" not in name and "/" not in name and owns_subdomains(name))
     return [
         (destination, path)
         for destination, path in found.items()
-        if destination.casefold() not in known
-        and not (_kind(destination) == "host" and registrable(destination) in sites)
+        if _key(destination) not in known and not (_kind(destination) == "host" and destination.endswith(owners))
     ]
+
+
+def _key(destination: str) -> str:
+    """How a destination is compared with the task's: a host as it is (lower case, `ß` kept,
+    as a browser keeps it), anything else case-folded."""
+    return destination if _kind(destination) == "host" else destination.casefold()
+
+
+def _is_destination(value: str) -> bool:
+    """Whether `value` is, whole, an email address, a URL or a chat handle: what a task
+    leaving the destination to the data vouches for (never an IBAN or a wallet: money)."""
+    value = value.strip()
+    if not value or len(value) > _MAX_DESTINATION_CHARS or any(char.isspace() for char in value):
+        return False
+    if _HANDLE.fullmatch(value) or _EMAIL.fullmatch(value):
+        return True
+    return _URL_AUTHORITY.match(value) is not None
 
 
 def _describe_destinations(novel: Sequence[tuple[str, _Path]]) -> str:

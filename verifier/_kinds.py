@@ -88,9 +88,14 @@ MONEY_WORDS = frozenset(
         "transfer", "pay", "payment", "payout", "wire", "refund", "withdraw", "money", "funds",
         "payee", "beneficiary", "charge", "checkout", "settle", "deposit", "sepa", "iban",
         "donate", "donation", "remit", "remittance", "purchase", "buy", "order", "tip", "invoice",
-        "billing", "wallet", "crypto", "swap",
+        "billing", "wallet", "crypto", "swap", "bank", "banking", "cash", "gift", "giftcard", "bill",
+        "transaction", "eth", "ether", "btc", "bitcoin", "usdc", "usdt", "sol", "zelle", "venmo",
+        "stripe", "recipient",
     }
 )  # fmt: skip
+#: The kinds of act that reach someone or somewhere: what a task that leaves the
+#: destination to the data (`_delegated`) can vouch for.
+REACHING_KINDS = frozenset({"message", "share", "book", "schedule"})
 
 
 def vouches(tool: str, wants: Asked) -> bool:
@@ -107,6 +112,12 @@ def moves_money(tool: str) -> bool:
 def kinds(tool: str) -> frozenset[str]:
     """The kinds of act `tool`'s name says it does (none: unknown)."""
     return frozenset(kind for verb in tool_verbs(tool) for kind in _TOOL_KINDS.get(verb, ()))
+
+
+def asks_to_reach(tool: str, wants: Asked) -> bool:
+    """Whether the task asks, with a verb of its own kind, for the act of `tool` that reaches
+    someone (REACHING_KINDS): delegating verbs and stated needs do not count, nor writing."""
+    return not moves_money(tool) and any(wants.any_of(_TASK_VERBS[kind]) for kind in kinds(tool) & REACHING_KINDS)
 
 
 def asks_for(tool: str, wants: Asked) -> bool:

@@ -48,7 +48,7 @@ must block writes `when: "'untrusted' in taint"`). Traced taint that weighs more
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
@@ -146,20 +146,21 @@ def taint_signal(
     *,
     pointed_factor: float = 1.0,
     delegated_factor: float = 1.0,
+    is_destination: Callable[[str], bool] = lambda value: False,
 ) -> tuple[float, str, str]:
     """(weight fired, reason, drift origin node id); (0, "", "") when it does not fire.
 
     `pointed_factor` applies to arguments the proxy labels `named:` (1: the labels are
     ignored; the caller has checked that the task asks for an action); `delegated_factor`
-    to control values when the task leaves the destination to the data (`_delegated`;
-    the caller has checked that too)."""
+    to control values that `is_destination` says are, whole, a destination, when the task
+    leaves the destination to the data (`_delegated`; the caller has checked that too)."""
     if weight <= 0 or not labels:
         return 0.0, "", ""
     tainted = parse(labels)
     unread = parse_unread(labels)
     if not (tainted or unread) or not is_sink(action.tool or action.prompt or action.resource, labels):
         return 0.0, "", ""
-    factors = (pointed_factor, delegated_factor)
+    factors = (pointed_factor, delegated_factor, is_destination)
     traced = _traced(action, tainted, history, weight, task, labels, factors) if tainted else (0.0, "", "")
     if unread and weight * UNREAD_FACTOR > traced[0]:
         tool, size = unread[0]
@@ -184,22 +185,22 @@ def _traced(
     weight: float,
     task: str,
     labels: Sequence[str],
-    factors: tuple[float, float],
+    factors: tuple[float, float, Callable[[str], bool]],
 ) -> tuple[float, str, str]:
     """The strongest traced untrusted argument of a sink: (weight, reason, drift origin)."""
-    pointed_factor, delegated_factor = factors
+    pointed_factor, delegated_factor, is_destination = factors
     folded_task = task[:MAX_TASK_CHARS].casefold()
     pointed = parse_named(labels) if pointed_factor < 1 else frozenset()
     scored = []
     for t in tainted:
-        origin, named = _weigh(action.arguments, t, folded_task)
+        origin, named, value = _weigh(action.arguments, t, folded_task)
         factor = {"control": 1.0, "prose": PAYLOAD_FACTOR, "field": FIELD_FACTOR}[origin]
         why = ""
         if named:
             why, factor = ", named in the task", factor * TASK_FACTOR
         elif t.path in pointed:
             why, factor = ", from a result the task points at", factor * pointed_factor
-        elif origin == "control" and delegated_factor < 1:
+        elif origin == "control" and delegated_factor < 1 and value is not None and is_destination(value):
             why, factor = ", where the task says to find it", factor * delegated_factor
         scored.append((round(weight * factor * t.fraction, 6), origin, why, t))
     scored.sort(key=lambda item: (-item[0], item[3].path, item[3].source))
@@ -216,13 +217,14 @@ def _traced(
 _DESCRIBED = {"control": "free text", "prose": "prose from free text", "field": "field"}
 
 
-def _weigh(arguments: struct_pb2.Struct, tainted: Tainted, folded_task: str) -> tuple[str, bool]:
-    """("control" | "prose" | "field", whether the value appears in the task) for one tainted argument."""
+def _weigh(arguments: struct_pb2.Struct, tainted: Tainted, folded_task: str) -> tuple[str, bool, str | None]:
+    """("control" | "prose" | "field", whether the value appears in the task, the value or
+    None when there is none at the label's path) for one tainted argument."""
     origin = "field" if tainted.kind == "field" else "control"
     value = _value_at(arguments, tainted.path)
     if value is None:
         # Not found where the label says: no discount can be justified.
-        return origin, False
+        return origin, False, None
     # Words are counted in the first PROSE_SCAN characters only, so a huge value costs nothing extra.
     if (
         origin == "control"
@@ -230,7 +232,7 @@ def _weigh(arguments: struct_pb2.Struct, tainted: Tainted, folded_task: str) -> 
         and len(value[:PROSE_SCAN].split(None, PROSE_WORDS)) >= PROSE_WORDS
     ):
         origin = "prose"
-    return origin, in_task(value, folded_task)
+    return origin, in_task(value, folded_task), value
 
 
 def in_task(value: str, folded_task: str) -> bool:

@@ -99,7 +99,6 @@ def test_an_email_not_named_in_the_task_adds_the_argument_weight() -> None:
         ("https://evil.example/collect?d=1", "evil.example"),
         ("see ftp://user:pw@files.evil.example:2121/drop", "files.evil.example"),
         ("http://eve@evil.example/", "evil.example"),  # user info is not an email address
-        ("https://evil.example\\@acme.com/", "evil.example"),
         ("http://[2001:db8::1]:8080/x", "[2001:db8::1]"),
         ("post it to //evil.example/reply", "evil.example"),  # scheme-relative
         (IBAN_GB, IBAN_GB),
@@ -114,6 +113,16 @@ def test_an_email_not_named_in_the_task_adds_the_argument_weight() -> None:
 def test_destination_kinds_not_named_in_the_task_are_novel(value: str, destination: str) -> None:
     result = DEFAULT.score(request("send", history=seen("send"), task="Add two numbers.", arguments={"x": value}))
     assert bare(result) == [f"destination not named in the task: {destination!r} (argument 'x')"]
+
+
+def test_a_backslash_in_a_url_authority_gives_both_readings() -> None:
+    # A browser ends the authority at `\` (evil.example); httpx and curl read what comes
+    # before `@` as user info and connect to acme.com (an attacker's probe named the task's
+    # host first, so that the browser reading alone looked like the task's own site).
+    task = "Post the report on https://evil.example/ for me."
+    value = "https://evil.example\\@acme.com/"
+    result = DEFAULT.score(request("send", history=seen("send"), task=task, arguments={"x": value}))
+    assert bare(result)[0].startswith("destination not named in the task: 'acme.com' (argument 'x')")
 
 
 @pytest.mark.parametrize(
