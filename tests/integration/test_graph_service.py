@@ -472,7 +472,7 @@ async def test_a_result_event_under_its_actions_event_id_is_invalid_and_ingest_g
     """Was UNAVAILABLE (the audit chain's unique event_id, a store error), which the proxy's
     shipper retries for ever: one such event stalled every agent's journal."""
     await _ingest(stub, [_blocked("e1", second=1)], rpc=rpc)
-    stray = graph_pb2.Event(event_id="e1", workflow_id="wf-1", node_id="node-e1")
+    stray = graph_pb2.Event(event_id="e1", workflow_id="wf-1", node_id="node-e1", tenant="acme")
     stray.result.outcome = graph_pb2.COMPLETED
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _ingest(stub, [stray], rpc=rpc)
