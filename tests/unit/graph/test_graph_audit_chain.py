@@ -100,6 +100,7 @@ def _result(event_id: str, node_id: str) -> graph_pb2.Event:
         event_id=event_id,
         workflow_id="wf-1",
         node_id=node_id,
+        tenant="default",  # the node's: a result of another tenant is refused
         node_type=graph_pb2.ACTION,
         outcome=graph_pb2.FORWARDED,
         result=graph_pb2.ActionResult(outcome=graph_pb2.COMPLETED, duration_ms=3.5, result_digest="ab"),

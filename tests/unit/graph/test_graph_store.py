@@ -749,6 +749,7 @@ def _result_event(event_id: str, node_id: str, outcome: graph_pb2.ResultOutcome.
         event_id=event_id,
         workflow_id="wf-1",
         node_id=node_id,
+        tenant="default",  # the node's: a result of another tenant is refused
         node_type=graph_pb2.ACTION,
         outcome=graph_pb2.FORWARDED,
         result=graph_pb2.ActionResult(outcome=outcome, jsonrpc_error_code=-32002, duration_ms=1.5),

@@ -192,7 +192,11 @@ async def test_calls_whose_verifier_did_not_decide_and_other_events_get_none(sto
     )
     allowed = _call(6, verifier=_score("reference/1", 0.1, verifier_pb2.PASS))
     result = graph_pb2.Event(
-        event_id="r6", workflow_id="wf-1", node_id="node-6", result=graph_pb2.ActionResult(outcome=graph_pb2.COMPLETED)
+        event_id="r6",
+        workflow_id="wf-1",
+        node_id="node-6",
+        tenant="default",
+        result=graph_pb2.ActionResult(outcome=graph_pb2.COMPLETED),
     )
     await store.ingest([denied, held, approval, protocol, rejected, allowed, result])
 
