@@ -270,9 +270,7 @@ class ReferenceScorer:
         # Money is never vouched for: by the tool's name (_kinds.moves_money), or by an IBAN or
         # a wallet among its arguments (a tool named for something else still pays).
         discount = config.pointed_factor < 1 and intent <= 0 and not any(_kind(d) in _MONEY for d in found)
-        vouched = (
-            discount and any(label.startswith("named:") for label in ctx.taint) and vouches(tool, asked(ctx.task))
-        )
+        vouched = discount and any(label.startswith("named:") for label in ctx.taint) and vouches(tool, asked(ctx.task))
         # A task that leaves the destination to the data ("email the landlord of the best
         # match") vouches for the destinations taken from it, on stricter terms (_delegated.py).
         delegated = (
