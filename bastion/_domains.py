@@ -46,13 +46,9 @@ def registrable(host: str) -> str:
     address, the whole host (`x.alice.github.io`, `bucket.s3.eu-west-1.amazonaws.com`:
     which label a platform hands out varies, and the whole name never joins two tenants)."""
     labels = host.split(".")
-    if all(label.isdigit() for label in labels) or ":" in host or host.startswith("["):
-        return host  # an IP address: its last labels are no domain
-    if any(".".join(labels[start:]) in SHARED_HOSTS for start in range(len(labels) - 1)):
-        return host
-    keep = 2
-    if len(labels) >= 3 and len(labels[-2]) <= 3 and len(labels[-1]) == 2:
-        keep = 3  # `co.uk`-style public suffixes: a short label before a two-letter one
+    if all(label.isdigit() for label in labels) or ":" in host or host.startswith("[") or _shared(labels):
+        return host  # an IP address (its last labels are no domain), or a platform's tenant
+    keep = 3 if len(labels) >= 3 and _public_suffix(labels[-2:]) else 2
     return ".".join(labels[-keep:])
 
 
@@ -63,6 +59,14 @@ def owns_subdomains(host: str) -> bool:
     labels = host.split(".")
     if len(labels) < 2 or not labels[-1].isalpha() or len(labels[-1]) < 2 or not all(labels):
         return False
-    if len(labels) == 2 and len(labels[0]) <= 3 and len(labels[1]) == 2:
-        return False  # `co.uk` itself
-    return not any(".".join(labels[start:]) in SHARED_HOSTS for start in range(len(labels) - 1))
+    return not (len(labels) == 2 and _public_suffix(labels)) and not _shared(labels)
+
+
+def _public_suffix(last_two: list[str]) -> bool:
+    """`co.uk`-style: a short label before a two-letter one is a suffix of its own."""
+    return len(last_two[0]) <= 3 and len(last_two[1]) == 2
+
+
+def _shared(labels: list[str]) -> bool:
+    """Whether the host of `labels`, or a domain above it, is a platform of SHARED_HOSTS."""
+    return any(".".join(labels[start:]) in SHARED_HOSTS for start in range(len(labels) - 1))
