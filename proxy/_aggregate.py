@@ -219,13 +219,6 @@ class FanOut:
         items: list[dict[str, Any]] = []
         actions: list[policy_pb2.Action] = []
         extras: list[dict[str, Any]] = []
-        failed = [found for found in listed if isinstance(found, BaseException)]
-        if links and len(failed) == len(links):
-            # Every upstream refused or failed: an empty list would read as "nothing is
-            # there" (an audit got 200 and no tools from upstreams that all answered 400).
-            for link, found in zip(links, listed, strict=True):
-                log.warning("aggregated /mcp: %s of upstream %r failed: %s", method, link.server, found)
-            raise UpstreamError(f"no upstream answered {method} ({len(failed)} failed; the proxy's log says why)")
         for link, found in zip(links, listed, strict=True):
             if isinstance(found, BaseException):
                 log.warning("aggregated /mcp: %s of upstream %r failed: %s", method, link.server, found)
@@ -238,6 +231,10 @@ class FanOut:
                     setattr(action, shape.field, name)
                 items.append(self._rename(method, link.server, item))
                 actions.append(action)
+        if links and not extras:  # one per upstream that answered
+            # Every upstream refused or failed: an empty list would read as "nothing is
+            # there" (an audit got 200 and no tools from upstreams that all answered 400).
+            raise UpstreamError(f"no upstream answered {method} ({len(links)} failed; the proxy's log says why)")
         verdicts = await self._allowed(caller, actions) if actions else []
         return {
             **_merge_extras(extras),
