@@ -378,8 +378,9 @@ def _argument_signal(
 ) -> tuple[float, str]:
     """(weight, reason) of argument_novelty; (0, "") when it does not fire. `found`: the
     arguments' destinations (`_found_destinations`), read when a task was stated."""
-    # Novelty needs a task to compare with; an argument too large to inspect does not.
-    novel = _novel_destinations(found, task) if task.strip() else []
+    # Novelty needs a task to compare with (`found` is empty without one); an argument too
+    # large to inspect does not.
+    novel = _novel_destinations(found, task)
     if novel and is_sink(tool, labels) and writes_where_task_says((value for _, value in strings), task):
         # Destinations inside the content of a file the task asked to write are not where it goes.
         content = {path for path, value in strings if is_payload(value)}
