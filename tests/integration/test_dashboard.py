@@ -172,7 +172,10 @@ async def test_an_answer_that_arrives_after_the_operator_moved_on_is_not_shown(
     await sign_in(page, auditor_token(recorded.home))
     await expect(page.locator("tbody a", has_text="wf-ui")).to_have_count(1)
 
-    await page.click("nav >> text=Violations")  # held
+    # Wait for the held request to be sent: the click's hashchange is queued, and a goto
+    # that lands first would make that render read the workflow's hash instead.
+    async with page.expect_request("**/audit/violations*"):
+        await page.click("nav >> text=Violations")  # held
     await page.goto(f"{recorded.graph}/ui#/workflow/wf-ui")
     await expect(page.locator("h2")).to_have_text("Workflow wf-ui")
     async with page.expect_response("**/audit/violations*"):
@@ -182,7 +185,8 @@ async def test_an_answer_that_arrives_after_the_operator_moved_on_is_not_shown(
     await expect(page.locator("#status")).to_have_text("")
 
     released.clear()
-    await page.click("nav >> text=Violations")  # held again
+    async with page.expect_request("**/audit/violations*"):
+        await page.click("nav >> text=Violations")  # held again
     await page.click("#signout")
     async with page.expect_response("**/audit/violations*"):
         released.set()
