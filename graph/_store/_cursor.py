@@ -15,6 +15,9 @@ import orjson
 
 from bastion._errors import ProtocolError
 
+#: A cursor's time, as the stores keep it: a signed 64-bit integer.
+_MIN_NS, _MAX_NS = -(2**63), 2**63 - 1
+
 
 def encode_cursor(kind: str, time_ns: int, key: str) -> str:
     raw = orjson.dumps([kind, time_ns, key])
@@ -29,7 +32,11 @@ def decode_cursor(kind: str, cursor: str) -> tuple[int, str]:
     except (binascii.Error, ValueError) as exc:
         raise invalid_cursor() from exc
     match decoded:
-        case [str(found), int(time_ns), str(key)] if found == kind:
+        # Within a signed 64-bit integer, as the stores keep times: a forged 2**63 reached
+        # SQLite and answered 500 (an attacker's probe). A bool is an int to `match`.
+        case [str(found), int(time_ns), str(key)] if (
+            found == kind and type(time_ns) is int and _MIN_NS <= time_ns <= _MAX_NS
+        ):
             return time_ns, key
     raise invalid_cursor()
 

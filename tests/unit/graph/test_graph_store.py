@@ -5,6 +5,8 @@ idempotency, edges, summaries, paging, snapshots, lineage; then what only SQLite
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import socket
 import sqlite3
 import tempfile
@@ -243,6 +245,26 @@ async def test_nodes_after_a_hand_made_cursor_past_the_end_are_empty_or_unknown(
 
     assert await store.nodes("wf-1", cursor=past_the_end) == Page(items=(), next_cursor=None)
     assert await store.nodes("wf-unknown", cursor=encode_cursor("nodes:wf-unknown", 0, "")) is None
+
+
+@pytest.mark.parametrize("time_ns", [2**63, 2**64 - 1, -(2**63) - 1, 10**30, True])
+async def test_a_forged_cursor_time_beyond_64_bits_is_an_invalid_cursor_on_every_listing(
+    store: GraphStore, time_ns: int
+) -> None:
+    # Found by an attacker's probe: 2**63 passed the cursor check and SQLite answered 500.
+    def forged(kind: str) -> str:  # as encode_cursor would, if it wrote such a time
+        raw = json.dumps([kind, time_ns, ""]).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    await store.ingest([_event("e1")])
+    with pytest.raises(ProtocolError, match="invalid cursor"):
+        await store.nodes("wf-1", cursor=forged("nodes:wf-1"))
+    with pytest.raises(ProtocolError, match="invalid cursor"):
+        await store.list_workflows(cursor=forged("workflows"))
+    with pytest.raises(ProtocolError, match="invalid cursor"):
+        await store.violations(ViolationFilter(), cursor=forged("violations"))
+    at_the_edge = encode_cursor("nodes:wf-1", 2**63 - 1, "")
+    assert await store.nodes("wf-1", cursor=at_the_edge) is not None
 
 
 @pytest.mark.parametrize("limit", [0, -1, 5001])
