@@ -67,7 +67,7 @@ from bastion._errors import PayloadTooLarge, PolicyError, PolicyValidationError
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
 from bastion._json import loads_strict
-from bastion._rest import AUTH_RESPONSES, error_doc, error_response, rest_app
+from bastion._rest import AUTH_RESPONSES, describe_problems, error_doc, error_response, rest_app
 
 from ._bundles import BundleVerifier
 from ._document import PolicyDocument
@@ -248,7 +248,7 @@ def create_app(
         try:
             parsed = Submission.model_validate(loads_strict(body))
         except ValidationError as exc:
-            raise _invalid_request("; ".join(_describe(error) for error in exc.errors())) from exc
+            raise _invalid_request(describe_problems(exc.errors())) from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise _invalid_request(f"the body is not valid JSON: {exc}") from exc
         if (parsed.bundle is None) == (parsed.document is None):
@@ -520,11 +520,6 @@ def _summary(record: VersionRecord, active: int | None) -> VersionSummary:
 
 def _time(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
-
-
-def _describe(error: Any) -> str:
-    where = ".".join(str(part) for part in error.get("loc", ())) or "body"
-    return f"{where}: {error.get('msg', 'invalid')}"
 
 
 def _invalid_request(message: str) -> Exception:

@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException
 
 from bastion._identity import Principal
 from bastion._json import loads_strict
-from bastion._rest import AUTH_RESPONSES, error_doc, error_response
+from bastion._rest import AUTH_RESPONSES, describe_problems, error_doc, error_response
 
 from ._identities_api import Limit
 from ._rollouts import Rollout, RolloutManager, RolloutRequest, UnknownRollout
@@ -119,7 +119,7 @@ def add_rollout_routes(
         try:
             parsed = RolloutRequest.model_validate(loads_strict(body))
         except ValidationError as exc:
-            raise HTTPException(422, "; ".join(_describe(error) for error in exc.errors())) from exc
+            raise HTTPException(422, describe_problems(exc.errors())) from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise HTTPException(422, f"the body is not valid JSON: {exc}") from exc
         check_name(parsed.policy)
@@ -186,11 +186,6 @@ def _view(rollout: Rollout) -> RolloutView:
 
 def _time(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
-
-
-def _describe(error: Any) -> str:
-    where = ".".join(str(part) for part in error.get("loc", ())) or "body"
-    return f"{where}: {error.get('msg', 'invalid')}"
 
 
 async def _conflict(request: Request, exc: Exception) -> Response:
