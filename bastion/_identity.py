@@ -378,7 +378,11 @@ class TokenVerifier:
         if not isinstance(token_id, str) or len(token_id) > MAX_TOKEN_ID_CHARS:
             raise AuthError(f"invalid token: 'jti' must be a string of at most {MAX_TOKEN_ID_CHARS} characters")
         _revocable(subject, tenant, claim, token_id)
-        issued_at, expires_at = float(claims["iat"]), float(claims["exp"])
+        try:
+            issued_at, expires_at = float(claims["iat"]), float(claims["exp"])
+        except OverflowError:
+            # An `exp` of 10**400 passes PyJWT (Python ints compare at any size) and was a 500.
+            raise AuthError("invalid token: 'iat' and 'exp' must be times a float can hold") from None
         lifetime, most = expires_at - issued_at, self._auth.max_token_lifetime_s
         if lifetime > most:
             raise AuthError(

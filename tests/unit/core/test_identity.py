@@ -154,6 +154,11 @@ ATTACKS: dict[str, tuple[Callable[[Ed25519PrivateKey], str], str]] = {
         lambda key: jwt.encode(_claims(exp=int(time.time()) + 2 * 86400), key, "EdDSA"),
         r"token lifetime of 172800 s \(exp - iat\) exceeds the maximum of 86400 s",
     ),
+    # A probe's: an integer no float holds passed PyJWT's checks and was a 500 on every service.
+    "exp-beyond-a-float": (
+        lambda key: jwt.encode(_claims(exp=10**400), key, "EdDSA"),
+        "'iat' and 'exp' must be times a float can hold",
+    ),
     "tenant-a-number": (lambda key: jwt.encode(_claims(tenant=7), key, "EdDSA"), "tenant claim 'tenant' must be"),
     "tenant-empty": (lambda key: jwt.encode(_claims(tenant=""), key, "EdDSA"), "tenant claim 'tenant' must be"),
     "tenant-too-long": (lambda key: jwt.encode(_claims(tenant="t" * 129), key, "EdDSA"), "at most 128 characters"),
