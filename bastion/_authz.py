@@ -32,18 +32,31 @@ READ = (READER_ROLES, "read this", "'operator', 'admin' or 'auditor'")
 CHANGE = (OPERATOR_ROLES, "change this", "'operator' or 'admin'")
 
 
-def authorize(verifier: TokenVerifier, headers: list[str], need: tuple[frozenset[str], str, str]) -> Principal:
+Need = tuple[frozenset[str], str, str]
+
+
+def authorize(verifier: TokenVerifier, headers: list[str], need: Need) -> Principal:
     """The caller of a request with these `Authorization` header values, if it has the role.
 
     Raises AuthError (401: none, several, malformed, bad or revoked token) or
     ForbiddenError (403: a valid token without the role)."""
+    return require(identify(verifier, headers), need)
+
+
+def identify(verifier: TokenVerifier, headers: list[str]) -> Principal:
+    """The caller of a request with these `Authorization` header values, whatever its role
+    (for a refusal that must name who was refused); AuthError (401) as `authorize`."""
     if len(headers) > 1:
         raise AuthError("send one Authorization header")
     try:
-        principal = verifier.verify_header(headers[0] if headers else None)
+        return verifier.verify_header(headers[0] if headers else None)
     except RevocationsUnavailable as exc:
         log.warning("refused a token: %s", exc)
         raise
+
+
+def require(principal: Principal, need: Need) -> Principal:
+    """`principal` if it has one of the roles `need` names, else ForbiddenError (403)."""
     roles, action, wanted = need
     if roles.isdisjoint(principal.roles):
         raise ForbiddenError(f"{principal.subject!r} may not {action}: role {wanted} required")

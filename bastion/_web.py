@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,26 @@ from ._settings import format_addr, parse_addr
 #: attacker's probe). Bodies have their own bound (BASTION_BODY_TIMEOUT_S, proxy/_asgi.py).
 HEADER_TIMEOUT_S = 10.0
 _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+#: Bytes a request's line and headers may take. uvicorn on httptools bounds neither their
+#: size nor their count: 20 MB of `X-A: b` lines grew a service by 230 MB and stalled its
+#: loop for every other client (an attacker's probe, no token needed). Tokens are capped at
+#: 16 KiB; nginx's default is 32 KiB, h11's 16 KiB.
+MAX_HEADER_BYTES = 64 * 1024
+#: How long a refused connection is read (and dropped) after its answer before it closes.
+LINGER_S = 2.0
+
+#: Told of every request refused here, before it reached the app: (HTTP status, error
+#: code, message). The proxy journals them like its other refusals.
+Refused = Callable[[int, str, str], object]
+
+
+def _error_response(status: int, reason: str, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 class _HeaderDeadline(HttpToolsProtocol):
@@ -41,25 +62,78 @@ class _HeaderDeadline(HttpToolsProtocol):
     """
 
     header_timeout = HEADER_TIMEOUT_S
+    max_header_bytes = MAX_HEADER_BYTES
+    refused: Refused | None = None
     _header_timer: asyncio.TimerHandle | None = None
+    #: Bytes received since the current request began, while its headers are incomplete
+    #: (None between requests and once they are in).
+    _header_bytes: int | None = None
+    #: Refused and lingering: whatever still arrives is dropped (`_linger`).
+    _discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         super().data_received(data)
+        if self._header_bytes is not None:
+            # The whole chunk counts, what came before the request's first byte too: a chunk
+            # that completes the headers has reset the count, so its body never counts.
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes and not self.transport.is_closing():
+                self._refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    "bastion.protocol.headers_too_large",
+                    f"the request line and headers exceed {self.max_header_bytes} bytes",
+                )
+                return
         if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
             self._arm()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._header_bytes = 0
         if self._header_timer is None:
             self._arm()
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._header_bytes = None
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's own answer to bytes that are not HTTP/1.1 (a Content-Length of "+5" or
+        # "5, 5") is plain text; every other refusal here is the services' JSON error body.
+        self._refuse(400, "Bad Request", "bastion.protocol", "the request is not valid HTTP/1.1")
+
+    def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+        self._disarm()
+        self._header_bytes = None
+        if self.refused is not None:
+            self.refused(status, code, message)
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request behind a response still going out: nothing is written
+            # inside that response; no more is read, and the connection closes after it.
+            self.cycle.keep_alive = False
+            self.transport.pause_reading()
+            return
+        self.transport.write(_error_response(status, reason, code, message))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after the answer without losing it: closing a socket with unread bytes
+        sends a reset, and the client's read fails before it sees the answer (a client
+        still sending its headers always has some in flight). So the write side is shut,
+        what still arrives is read and dropped, and the connection closes when the client
+        closes it or after LINGER_S."""
+        self._discarding = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -84,7 +158,7 @@ class _HeaderDeadline(HttpToolsProtocol):
             self.cycle.keep_alive = False
             return
         self.transport.write(_TOO_SLOW)
-        self.transport.close()
+        self._linger()
 
 
 class _Server(uvicorn.Server):
@@ -153,10 +227,18 @@ def bind_unix_socket(path: Path) -> socket.socket:
     return sock
 
 
-async def start_web_server(app: Any, addr: str | Path, *, header_timeout: float = HEADER_TIMEOUT_S) -> WebServer:
-    """Serve `app` on a TCP `host:port` (port 0 picks one), or on a Unix socket at a Path."""
+async def start_web_server(
+    app: Any, addr: str | Path, *, header_timeout: float = HEADER_TIMEOUT_S, refused: Refused | None = None
+) -> WebServer:
+    """Serve `app` on a TCP `host:port` (port 0 picks one), or on a Unix socket at a Path.
+    `refused` is told of each request refused before it reached `app`."""
     sock = bind_unix_socket(addr) if isinstance(addr, Path) else bind_socket(addr)
-    protocol = type("HeaderDeadline", (_HeaderDeadline,), {"header_timeout": header_timeout})
+    # staticmethod: a plain function stored on the class would be bound to the protocol.
+    protocol = type(
+        "HeaderDeadline",
+        (_HeaderDeadline,),
+        {"header_timeout": header_timeout, "refused": staticmethod(refused) if refused else None},
+    )
     config = uvicorn.Config(
         app,
         http=protocol,

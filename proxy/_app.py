@@ -9,7 +9,10 @@ owns it. Adapters do their own parsing and call the protocol-neutral enforcer
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
+
+from bastion._identity import Principal
 
 from ._asgi import Message as AsgiMessage
 from ._asgi import Receive, Scope, Send, send_bytes, send_json
@@ -21,6 +24,8 @@ log = logging.getLogger("bastion.proxy")
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: A handler for a path prefix also gets the one path segment after the prefix.
 PrefixHandler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
+#: Journals a refused request: (method, path, started, code, message, caller); its violation id.
+Refuse = Callable[[str, str, float, str, str, Principal | None], str]
 
 
 class ProxyApp:
@@ -35,8 +40,11 @@ class ProxyApp:
         a2a: PrefixHandler | None = None,
         approvals: Handler | None = None,
         queue: Handler | None = None,
+        refuse: Refuse | None = None,
     ) -> None:
+        """`refuse` journals a request no route takes (`Enforcer.refuse_request`)."""
         self._metrics = metrics
+        self._refuse = refuse
         self.ready = False
         self._exact: dict[str, Handler] = {
             "/healthz": self._healthz,
@@ -101,7 +109,11 @@ class ProxyApp:
             if path.startswith(prefix) and rest and "/" not in rest:
                 await handler(scope, receive, send, rest)
                 return
-        await send_json(send, 404, http_error("bastion.not_found", f"no route for {path}"))
+        message = f"no route for {path[:200]}"
+        violation_id = ""
+        if self._refuse is not None:
+            violation_id = self._refuse(scope["method"], path, time.time(), "bastion.not_found", message, None)
+        await send_json(send, 404, http_error("bastion.not_found", message, violation_id))
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"status": "ok"})

@@ -15,8 +15,9 @@ before the request changes state; a journal failure leaves it pending (503).
 Decisions on one request are taken one at a time, so concurrent ones journal one node
 and the rest get 409. A decision journaled but refused by the store (another replica
 decided first, between the check and the change) gets a second node, `…/superseded`,
-caused by the first and saying so: no decision node is left that looks as if it took
-effect when it did not.
+caused by the first and saying so; one the store fails to confirm (503) gets
+`…/unconfirmed`, likewise: no decision node is left that looks as if it took effect
+when it may not have.
 
 `QueueApi` (`_queue_api.py`) is this handler with the names of the verifier's queue
 (`/v1/queue`, release/reject): one implementation of roles, tenancy and journaling.
@@ -40,8 +41,16 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from bastion._authz import CHANGE, READ, authorize
-from bastion._errors import BastionError, Conflict, ForbiddenError, InvalidInput, InvalidQuery, JournalError
+from bastion._authz import CHANGE, READ, identify, require
+from bastion._errors import (
+    BastionError,
+    Conflict,
+    ForbiddenError,
+    InvalidInput,
+    InvalidQuery,
+    JournalError,
+    StoreError,
+)
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2
@@ -108,10 +117,12 @@ class ApprovalsApi:
             # Refusals are audited like the proxy's others (workflow `bastion.rejected`):
             # guessed ids and agents trying operator routes must show up.
             error = payload["error"]
-            action = policy_pb2.Action(
-                kind=policy_pb2.MCP_REQUEST, method=f"{scope['method']} {scope['path'][:256]}"[:300]
+            caller = callers[0] if callers else None
+            violation_id = self._enforcer.refuse_request(
+                scope["method"], scope["path"], started, error["code"], error["message"], caller
             )
-            self._enforcer.refuse(action, started, error["code"], error["message"], callers[0] if callers else None)
+            if violation_id:
+                error["violation_id"] = violation_id
         extra = [(b"www-authenticate", b"Bearer")] if status == 401 else None
         if status == 405:
             extra = [(b"allow", b"GET" if scope["path"].count("/") <= 3 else b"POST")]
@@ -131,15 +142,17 @@ class ApprovalsApi:
         if len(parts) < 2:
             if method not in ("GET", "HEAD"):
                 return 405, http_error("bastion.method_not_allowed", f"{method} {prefix}: use GET")
-            principal = authorize(self._tokens, authorization_values(scope), READ)
-            callers.append(principal)
+            principal = identify(self._tokens, authorization_values(scope))
+            callers.append(principal)  # before the role check: a refused caller is named in the audit
+            require(principal, READ)
             if not parts:
                 return 200, await self._list(principal, scope.get("query_string", b""))
             return 200, self.view(await self._visible(principal, parts[0]))
         if method != "POST":
             return 405, http_error("bastion.method_not_allowed", f"{method} {path}: use POST")
-        principal = authorize(self._tokens, authorization_values(scope), CHANGE)
+        principal = identify(self._tokens, authorization_values(scope))
         callers.append(principal)
+        require(principal, CHANGE)
         headers = dict(scope["headers"])
         reason = _reason(await read_body(receive, headers, _MAX_BODY, self._body_timeout))
         return 200, await self._decide(principal, parts[0], step=parts[1], reason=reason)
@@ -212,6 +225,17 @@ class ApprovalsApi:
             superseded = f"did not take effect: {exc}"
             with contextlib.suppress(JournalError):  # logged; the 409 is still the answer
                 self._journal(principal, approval, step="superseded", reason=superseded, parent=node_id)
+            raise
+        except (StoreError, sqlite3.Error) as exc:
+            # The decision is journaled but the store did not confirm it: say so beside it,
+            # or the trail reads as if it took effect (a later deny would read "approved,
+            # then denied"). "May not": a Redis timeout can come after the write was applied.
+            unconfirmed = (
+                f"not confirmed by the store ({type(exc).__name__}): it may not have taken "
+                f"effect; the state is what GET {self.PREFIX}/{approval_id} shows"
+            )
+            with contextlib.suppress(JournalError):  # logged; the 503 is still the answer
+                self._journal(principal, approval, step="unconfirmed", reason=unconfirmed, parent=node_id)
             raise
         return self.view(decided)
 

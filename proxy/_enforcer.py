@@ -338,6 +338,15 @@ class Enforcer:
             log.error("journal append of a refusal failed", extra={"fields": {"error": str(exc), "code": code}})
             return ""
 
+    def refuse_request(
+        self, method: str, path: str, started: float, code: str, reason: str, principal: Principal | None = None
+    ) -> str:
+        """Journal the refusal of an HTTP request that carries no protocol message (an operator
+        route, a path with no route, bytes that are not HTTP); its violation id ("" if
+        unjournaled). The method and path stand as the action's method, redacted like names."""
+        action = policy_pb2.Action(kind=policy_pb2.MCP_REQUEST, method=f"{method} {path[:256]}".strip()[:300])
+        return self.refuse(action, started, code, reason, principal)
+
     def record_results(self, records: Iterable[Record], result: graph_pb2.ActionResult, answer: Any = None) -> None:
         """Journal how forwarded actions ended (and count the outcome, once per call). The
         action already happened, so a journal failure here is logged and counted, never

@@ -233,9 +233,11 @@ class Redactor:
         return "field" if last in SECRET_KEYS else ""
 
     def names(self, action: policy_pb2.Action, found: list[str] | None = None) -> None:
-        """Redact the action's tool, prompt and resource in place: a resource URI may carry a
-        token (`https://ghp_…@host/x`), and a tool name is whatever the agent wrote."""
-        for name in ("tool", "prompt", "resource"):
+        """Redact the action's names in place: a resource URI may carry a token
+        (`https://ghp_…@host/x`), a tool name is whatever the agent wrote, and so are the
+        server of a refused `/mcp/{server}` and the path a refused REST request stands as
+        in `method` (an attacker's probe found `POST /mcp/ghp_…` journaled in clear)."""
+        for name in ("tool", "prompt", "resource", "server", "method"):
             text = getattr(action, name)
             if text:
                 redacted, count = self.text(text, found)

@@ -246,7 +246,7 @@ async def serve(
         tracing=tracing,
         pages=PageTokens(service_token.encode()),
     )
-    tools = ToolsApi(tokens=tokens, catalogs=catalogs, hosts=hosts)
+    tools = ToolsApi(tokens=tokens, catalogs=catalogs, hosts=hosts, enforcer=enforcer)
     approvals_api = ApprovalsApi(
         tokens=tokens, store=approvals, enforcer=enforcer, hosts=hosts, body_timeout=settings.body_timeout_s
     )
@@ -262,13 +262,18 @@ async def serve(
         tools_call=aggregated.handle_tools_call,
         approvals=_dashboard(approvals_api.handle, settings.dashboard_origin, hosts),
         queue=_dashboard(queue_api.handle, settings.dashboard_origin, hosts),
+        refuse=enforcer.refuse_request,
     )
     if not await identity_watch.first_attempt(IDENTITY_SYNC_S):
         log.warning(
             "serving without API keys and revocations: the policy service's WatchIdentity did not answer; "
             "until it does, operator routes refuse JWTs (503) and no agent call is forwarded"
         )
-    web = await start_web_server(proxy, settings.proxy_addr)
+    web = await start_web_server(
+        proxy,
+        settings.proxy_addr,
+        refused=lambda status, code, message: enforcer.refuse_request("HTTP", "", time.time(), code, message),
+    )
     try:
         # Connect the channels now so the first governed call does not pay for it.
         for channel in (policy_channel, verifier_channel, *chain_channels):

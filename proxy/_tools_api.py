@@ -16,14 +16,16 @@ has received the revocation list); the Host check is the proxy's own.
 from __future__ import annotations
 
 import asyncio
+import time
 
-from bastion._authz import READ, authorize
+from bastion._authz import READ, identify, require
 from bastion._errors import AuthError, UpstreamError
 from bastion._hosts import HostCheck
-from bastion._identity import TokenVerifier
+from bastion._identity import Principal, TokenVerifier
 
 from ._asgi import Receive, Scope, Send, authorization_values, send_json
 from ._catalog import ToolCatalog
+from ._enforcer import Enforcer
 from ._mcp_http import http_error
 
 
@@ -31,33 +33,40 @@ class ToolsApi:
     #: (method, path template) of every route this handler serves, for route enumeration.
     ROUTES = (("GET", "/v1/tools"),)
 
-    def __init__(self, *, tokens: TokenVerifier, catalogs: dict[str, ToolCatalog], hosts: HostCheck) -> None:
+    def __init__(
+        self, *, tokens: TokenVerifier, catalogs: dict[str, ToolCatalog], hosts: HostCheck, enforcer: Enforcer
+    ) -> None:
         self._tokens = tokens
         self._catalogs = catalogs
         self._hosts = hosts
+        self._enforcer = enforcer
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.time()
+        caller: Principal | None = None
+        extra: list[tuple[bytes, bytes]] | None = None
         refusal = self._hosts.refusal(scope["headers"])
         if refusal is not None:
-            await send_json(send, 403, http_error("bastion.host_not_allowed", refusal))
-            return
-        if scope["method"] not in ("GET", "HEAD"):
-            await send_json(
-                send,
-                405,
-                http_error("bastion.method_not_allowed", f"{scope['method']} /v1/tools: use GET"),
-                [(b"allow", b"GET")],
-            )
-            return
-        try:
-            authorize(self._tokens, authorization_values(scope), READ)
-        except AuthError as exc:
-            extra = [(b"www-authenticate", b"Bearer")] if exc.http_status == 401 else None
-            await send_json(send, exc.http_status, http_error(exc.code, str(exc)), extra)
-            return
-        names = sorted(self._catalogs)
-        listed = await asyncio.gather(*(self._server(self._catalogs[name]) for name in names))
-        await send_json(send, 200, {"servers": dict(zip(names, listed, strict=True))})
+            status, code, message = 403, "bastion.host_not_allowed", refusal
+        elif scope["method"] not in ("GET", "HEAD"):
+            status, code, message = 405, "bastion.method_not_allowed", f"{scope['method']} /v1/tools: use GET"
+            extra = [(b"allow", b"GET")]
+        else:
+            try:
+                caller = identify(self._tokens, authorization_values(scope))
+                require(caller, READ)
+            except AuthError as exc:
+                status, code, message = exc.http_status, exc.code, str(exc)
+                extra = [(b"www-authenticate", b"Bearer")] if exc.http_status == 401 else None
+            else:
+                names = sorted(self._catalogs)
+                listed = await asyncio.gather(*(self._server(self._catalogs[name]) for name in names))
+                await send_json(send, 200, {"servers": dict(zip(names, listed, strict=True))})
+                return
+        # Audited like the proxy's other refusals (workflow `bastion.rejected`): agents asking
+        # what the upstreams offer must show up.
+        violation_id = self._enforcer.refuse_request(scope["method"], scope["path"], started, code, message, caller)
+        await send_json(send, status, http_error(code, message, violation_id), extra)
 
     @staticmethod
     async def _server(catalog: ToolCatalog) -> dict[str, object]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,36 @@ async def test_a_decision_another_replica_beat_is_journaled_as_superseded(
     assert "/replica/one" not in stack.deleted()
 
 
+async def test_a_decision_the_store_fails_to_confirm_is_journaled_as_unconfirmed(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an attacker's probe (a write lock held on approvals.sqlite3, or Redis paused):
+    the approve was journaled, the store refused it (503), and nothing in the trail said it
+    had not taken effect. The store's failure is injected here; the lock takes 5 s."""
+    workflow = "wf-decision-store-down"
+    approval_id = await _parked(stack, "/store/down", stack.token("agent-store-down"), workflow)
+
+    def locked(self: ApprovalStore, *args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ApprovalStore, "decide", locked)
+        failed = await stack.rest("POST", f"/v1/approvals/{approval_id}/approve", stack.operator)
+    assert (failed.status_code, failed.json()["error"]["code"]) == (503, "bastion.store"), failed.text
+    nodes = await _decision_nodes(stack, workflow, approval_id, 2)
+    approve, unconfirmed = sorted(nodes, key=lambda node: node["action"]["method"])
+    assert unconfirmed["action"]["method"] == "bastion.approval/unconfirmed"
+    assert unconfirmed["action"]["arguments"]["reason"].startswith("not confirmed by the store (OperationalError)")
+    graph = await _graph(stack, workflow)
+    caused = {(edge["source"], edge["target"]) for edge in graph["edges"] if edge["type"] == "CAUSED_BY"}
+    assert (unconfirmed["node_id"], approve["node_id"]) in caused
+    # The request is still pending and can be decided once the store is back.
+    state = await stack.rest("GET", f"/v1/approvals/{approval_id}", stack.operator)
+    assert state.json()["state"] == "pending"
+    denied = await stack.rest("POST", f"/v1/approvals/{approval_id}/deny", stack.operator)
+    assert (denied.status_code, denied.json()["state"]) == (200, "denied"), denied.text
+
+
 async def test_a_denied_call_stays_blocked_and_is_not_asked_again(stack: Stack) -> None:
     token = stack.token("agent-denied")
     approval_id = await _parked(stack, "/deny/me", token)
@@ -417,7 +448,9 @@ async def test_refusals_on_the_approval_routes_are_audited(stack: Stack) -> None
     guessed = "apr_" + "9" * 32
     agent = {"Authorization": f"Bearer {stack.token('agent-guesser')}"}
     assert (await stack.rest("POST", f"/v1/approvals/{guessed}/approve", stack.operator)).status_code == 404
-    assert (await stack.rest("GET", "/v1/approvals", agent)).status_code == 403
+    forbidden = await stack.rest("GET", "/v1/approvals", agent)
+    assert forbidden.status_code == 403
+    assert forbidden.json()["error"]["violation_id"]
 
     async def audited(code: str, text: str) -> list[dict[str, Any]]:
         rejected = await stack.client.violations("bastion.rejected", 1)
@@ -429,3 +462,49 @@ async def test_refusals_on_the_approval_routes_are_audited(stack: Stack) -> None
             break
         await asyncio.sleep(0.1)
     assert all(found), found
+    # The refused agent is the record's caller, not only a name in its reason (an attacker's
+    # probe: it was recorded with no agent and no tenant, so its tenant's auditors and a
+    # search by agent never found it).
+    assert [(v["agent_id"], v["violation_id"]) for v in found[1]] == [
+        ("agent-guesser", forbidden.json()["error"]["violation_id"])
+    ]
+
+
+async def test_refusals_outside_the_protocols_are_audited_with_secrets_in_paths_redacted(stack: Stack) -> None:
+    """An attacker's probe found these refused and never recorded: an agent asking GET
+    /v1/tools, a path with no route, bytes that are not HTTP; and a token written into a
+    refused path (`POST /mcp/ghp_…`) journaled in clear."""
+    agent = {"Authorization": f"Bearer {stack.token('agent-lister')}"}
+    tools = await stack.rest("GET", "/v1/tools", agent)
+    nowhere = await stack.rest("GET", "/no-route-here", {})
+    secret = "ghp_" + "a1B2c3D4e5" * 4
+    leaked = await stack.rest("POST", f"/mcp/{secret}", {})
+    assert (tools.status_code, nowhere.status_code, leaked.status_code) == (403, 404, 404)
+    host, port = stack.client.proxy.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /mcp/demo HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    assert json.loads(body)["error"]["code"] == "bastion.protocol"
+
+    wanted = {
+        tools.json()["error"]["violation_id"]: ("bastion.auth.forbidden", "agent-lister"),
+        nowhere.json()["error"]["violation_id"]: ("bastion.not_found", ""),
+        leaked.json()["error"]["violation_id"]: ("bastion.unknown_server", ""),
+    }
+    for _ in range(100):
+        rejected = await stack.client.violations("bastion.rejected", 1)
+        seen = {v["violation_id"]: v for v in rejected}
+        not_http = [v for v in rejected if v["rule_id"] == "bastion.protocol" and "not valid HTTP" in v["reason"]]
+        if set(wanted) <= set(seen) and not_http:
+            break
+        await asyncio.sleep(0.1)
+    assert set(wanted) <= set(seen), rejected
+    assert not_http, rejected
+    for violation_id, (rule, agent_id) in wanted.items():
+        assert (seen[violation_id]["rule_id"], seen[violation_id]["agent_id"]) == (rule, agent_id)
+    nodes = await stack.client.nodes("bastion.rejected", 1)
+    assert secret not in json.dumps(nodes)
+    assert secret not in json.dumps(rejected)
