@@ -47,9 +47,9 @@ class ProxyApp:
         self._refuse = refuse
         self.ready = False
         self._exact: dict[str, Handler] = {
-            "/healthz": self._healthz,
-            "/readyz": self._readyz,
-            "/metrics": self._metrics_page,
+            "/healthz": _read_only(self._healthz),
+            "/readyz": _read_only(self._readyz),
+            "/metrics": _read_only(self._metrics_page),
             "/mcp": aggregated,
         }
         if tools_call is not None:  # the seed's simple endpoint (so `tools` is no server name)
@@ -124,3 +124,16 @@ class ProxyApp:
     async def _metrics_page(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, content_type = self._metrics.exposition()
         await send_bytes(send, 200, body, [(b"content-type", content_type.encode())])
+
+
+def _read_only(handler: Handler) -> Handler:
+    """`handler` for GET and HEAD; 405 for any other method (as the other services' probes)."""
+
+    async def read_only(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] in ("GET", "HEAD"):
+            await handler(scope, receive, send)
+            return
+        message = f"{scope['method']} {scope['path']}: use GET"
+        await send_json(send, 405, http_error("bastion.method_not_allowed", message), [(b"allow", b"GET")])
+
+    return read_only

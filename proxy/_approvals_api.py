@@ -39,8 +39,6 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
-
 from bastion._authz import CHANGE, READ, identify, require
 from bastion._errors import (
     BastionError,
@@ -53,6 +51,7 @@ from bastion._errors import (
 )
 from bastion._hosts import HostCheck
 from bastion._identity import Principal, TokenVerifier
+from bastion._json import loads_strict
 from bastion.v1 import graph_pb2, policy_pb2
 
 from ._approvals import APPROVAL, STATES, Approval, Approvals, not_found, not_pending, valid_id
@@ -299,8 +298,10 @@ def _reason(body: bytes) -> str:
     if not body.strip():
         return ""
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        # Strict, as the policy service's bodies: `{"reason": "a", "reason": "b"}` would
+        # journal one reason while a reviewer of the body reads the other.
+        payload = loads_strict(body)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"body is not JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidInput("body must be a JSON object")

@@ -357,6 +357,8 @@ async def test_only_operators_of_the_tenant_decide_and_never_on_their_own_calls(
         ("POST", "/v1/approvals/{id}/approve", b"[1]", 422, "bastion.invalid_request"),
         ("POST", "/v1/approvals/{id}/approve", b"{not json", 422, "bastion.invalid_request"),
         ("POST", "/v1/approvals/{id}/approve", b'{"reason": 7}', 422, "bastion.invalid_request"),
+        ("POST", "/v1/approvals/{id}/approve", b'{"reason": "a", "reason": "b"}', 422, "bastion.invalid_request"),
+        ("POST", "/v1/approvals/{id}/approve", b'{"reason": NaN}', 422, "bastion.invalid_request"),
         (
             "POST",
             "/v1/approvals/{id}/approve",
@@ -508,3 +510,13 @@ async def test_refusals_outside_the_protocols_are_audited_with_secrets_in_paths_
     nodes = await stack.client.nodes("bastion.rejected", 1)
     assert secret not in json.dumps(nodes)
     assert secret not in json.dumps(rejected)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+async def test_the_proxys_probes_answer_reads_only(stack: Stack, path: str) -> None:
+    # A probe's nit: they answered 200 to PUT, DELETE and TRACE.
+    assert (await stack.rest("GET", path, {})).status_code == 200
+    for method in ("PUT", "DELETE", "TRACE", "POST"):
+        refused = await stack.rest(method, path, {})
+        assert (refused.status_code, refused.headers["allow"]) == (405, "GET"), method
+        assert refused.json()["error"]["code"] == "bastion.method_not_allowed"
