@@ -393,8 +393,9 @@ class SloView(BaseModel):
     block_rate: float = Field(description="blocked / decisions; 0 when there were none.")
     verifier_fallbacks: int = Field(description="Decisions the verifier's configured fallback took.")
     latency_ms: dict[str, float] = Field(
-        description="decided_at - started_at percentiles (p50, p90, p99, p999; nearest rank); "
-        "empty when no decision of the window had both times."
+        description="decided_at - started_at percentiles (p50, p90, p99, p999; nearest rank) of the "
+        "decisions taken: refusals before any decision (outcome REJECTED) count in `decisions` and "
+        "`blocked` but not here; empty when no decision of the window had both times."
     )
     rules: list[RuleStatsView] = Field(description="Most decisions first.")
 

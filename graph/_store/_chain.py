@@ -66,7 +66,10 @@ class ChainCursor:
             kind=kind,
             at_ns=at_ns,
             recorded_ns=recorded_ns,
-            latency_ns=latency_ns(event),
+            # A refusal before any decision (a bad token, an unknown route) took no decision:
+            # its near-zero time would pull the decision latency percentiles down (a flood of
+            # anonymous refusals made them look fast). It still counts as blocked, by rule.
+            latency_ns=latency_ns(event) if event.outcome != graph_pb2.REJECTED else None,
             blocked=event.outcome in (graph_pb2.BLOCKED, graph_pb2.REJECTED),
             rule_id=event.block_code or event.decision.rule_id,
             fallback=event.verifier_fallback,

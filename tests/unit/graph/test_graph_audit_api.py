@@ -301,15 +301,23 @@ async def test_slo_reports_latency_percentiles_fallbacks_and_block_rate_by_rule(
     events = [_event(f"a{n}", rule="small", latency_ms=n + 1, started_ns=now) for n in range(10)]
     events += [_event("b1", rule="big", outcome=graph_pb2.BLOCKED, fallback=True, started_ns=now)]
     events += [_event("old", rule="small", started_ns=now - 3 * 3600 * 10**9)]
+    # Refusals before any decision (an attacker's probe: a flood of anonymous ones pulled the
+    # percentiles down): counted and blocked, but they took no decision time.
+    for n in range(20):
+        refused = _event(f"r{n}", latency_ms=0, started_ns=now)
+        refused.outcome, refused.block_code, refused.violation_id = graph_pb2.REJECTED, "bastion.auth", f"v-r{n}"
+        refused.ClearField("decision")
+        events.append(refused)
     await store.ingest(events)
     async with _client(store, tmp_path) as client:
         answer = (await client.get("/audit/slo", params={"window": "1h"})).json()
         bad = await client.get("/audit/slo", params={"window": "forever"})
 
-    assert (answer["window_s"], answer["decisions"], answer["blocked"]) == (3600, 11, 1)
+    assert (answer["window_s"], answer["decisions"], answer["blocked"]) == (3600, 31, 21)
     assert answer["verifier_fallbacks"] == 1
     assert answer["latency_ms"] == {"p50": 5.0, "p90": 9.0, "p99": 10.0, "p999": 10.0}
     assert answer["rules"] == [
+        {"rule_id": "bastion.auth", "decisions": 20, "blocked": 20, "block_rate": 1.0},
         {"rule_id": "small", "decisions": 10, "blocked": 0, "block_rate": 0.0},
         {"rule_id": "big", "decisions": 1, "blocked": 1, "block_rate": 1.0},
     ]
