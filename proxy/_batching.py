@@ -44,7 +44,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from ._streams import StreamCaller, StreamFailure, refuse_oversized
+from ._streams import StreamCaller, StreamFailure, ended, refuse_oversized
 
 log = logging.getLogger("bastion.proxy")
 
@@ -102,6 +102,8 @@ class _Stream(Generic[Req, Resp]):
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ended: bool = False
+    #: Whether any answer came on it (`StreamFailure.unanswered`).
+    answered: bool = False
 
 
 class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
@@ -144,7 +146,7 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
             try:
                 return await self._on_stream(request, request_id, max(size, weight), timeout)
             except StreamFailure as exc:
-                if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                if not exc.falls_back:
                     raise
         return await self._fallback.call(request, request_id, size=size, timeout=timeout)
 
@@ -190,14 +192,19 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
         except asyncio.CancelledError:
             return
         except Exception as exc:
-            # A write fails when the call already ended (the reader reports why) or the
-            # channel broke; either way no request written or waiting will be answered.
+            if stream.call.done():
+                # The call ended under the write: the reader reports its status, which may be
+                # UNIMPLEMENTED (ending the stream here hid it, and the request failed closed
+                # instead of moving to the fallback).
+                return
+            # The channel broke: no request written or waiting will be answered.
             self._end(stream, StreamFailure(grpc.StatusCode.UNAVAILABLE, f"writing to the stream failed: {exc!r}"))
 
     async def _read(self, stream: _Stream[Req, Resp]) -> None:
         failure: StreamFailure
         try:
             async for message in stream.call:
+                stream.answered = True
                 answers = self._unpack(message)
                 ids = [self._answer_id(answer) for answer in answers]
                 # The message it answers: that of any of its ids still waiting (see the module
@@ -219,7 +226,7 @@ class BatchCaller(Generic[Req, Resp, BatchReq, BatchResp]):
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.unsupported = True
                 log.info("%s does not offer a batch stream; using its per-request stream", self._service)
-            failure = StreamFailure(exc.code(), exc.details() or "stream failed")
+            failure = ended(exc, stream.answered)
         except asyncio.CancelledError:
             failure = StreamFailure(grpc.StatusCode.CANCELLED, "the proxy is stopping")
         self._end(stream, failure)

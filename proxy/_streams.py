@@ -33,12 +33,31 @@ MAX_MESSAGE_BYTES = 15 << 20
 
 
 class StreamFailure(Exception):
-    """A request on a stream got no answer; `code` says why, like a gRPC status."""
+    """A request on a stream got no answer; `code` says why, like a gRPC status.
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    `unanswered`: the stream ended with INTERNAL before its first answer. A service that
+    does not offer the stream ends it with UNIMPLEMENTED at once, and when the client's
+    first write races those trailers grpc replaces the status with its own INTERNAL
+    ("Internal error from Core"): 1-5% of first calls to a Score-only verifier on a loaded
+    machine failed closed so. Such a request goes on to the fallback RPC, as after
+    UNIMPLEMENTED (asked again, never let through unasked), without giving up the stream
+    for later requests."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, *, unanswered: bool = False) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.unanswered = unanswered
+
+    @property
+    def falls_back(self) -> bool:
+        """Whether the request is to be asked again by the fallback RPC."""
+        return self.code == grpc.StatusCode.UNIMPLEMENTED or (self.unanswered and self.code == grpc.StatusCode.INTERNAL)
+
+
+def ended(exc: grpc.aio.AioRpcError, answered: bool) -> StreamFailure:
+    """The failure of the requests left on a stream that ended with `exc`."""
+    return StreamFailure(exc.code(), exc.details() or "stream failed", unanswered=not answered)
 
 
 def refuse_oversized(size: int) -> None:
@@ -57,6 +76,8 @@ class _Stream(Generic[Req, Resp]):
     call: Any  # grpc.aio.StreamStreamCall[Req, Resp]
     pending: dict[str, asyncio.Future[Resp]] = field(default_factory=dict)
     reader: asyncio.Task[None] | None = None
+    #: Whether any answer came on it (`StreamFailure.unanswered`).
+    answered: bool = False
 
 
 class StreamCaller(Generic[Req, Resp]):
@@ -91,7 +112,7 @@ class StreamCaller(Generic[Req, Resp]):
             try:
                 return await self._on_stream(request, request_id, timeout)
             except StreamFailure as exc:
-                if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                if not exc.falls_back:
                     raise
         answer = await self._unary(request, timeout)
         # A unary answer need not echo the id; one that names another request's is garbage
@@ -134,6 +155,7 @@ class StreamCaller(Generic[Req, Resp]):
         failure: StreamFailure
         try:
             async for answer in stream.call:
+                stream.answered = True
                 future = stream.pending.get(self._answer_id(answer))
                 if future is not None and not future.done():
                     future.set_result(answer)
@@ -142,7 +164,7 @@ class StreamCaller(Generic[Req, Resp]):
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.unsupported = True
                 log.info("%s does not offer a stream; using unary calls", self._service)
-            failure = StreamFailure(exc.code(), exc.details() or "stream failed")
+            failure = ended(exc, stream.answered)
         except asyncio.CancelledError:
             failure = StreamFailure(grpc.StatusCode.CANCELLED, "the proxy is stopping")
         if self._stream is stream:

@@ -277,3 +277,80 @@ async def test_a_decision_cancelled_while_both_services_think_leaves_nothing_wai
         await governor.close()
     finally:
         await server.stop(None)
+
+
+class _StreamsFailFirst(verifier_pb2_grpc.VerifierServicer):
+    """Ends both streams with INTERNAL before answering anything, as grpc reports a stream
+    the server refused (UNIMPLEMENTED) when the client's first write raced the refusal;
+    answers Score. `answering_streams` makes the streams answer one message first."""
+
+    def __init__(self, answering_streams: bool = False) -> None:
+        self.scored = 0
+        self.answering_streams = answering_streams
+
+    async def Score(self, request: verifier_pb2.ScoreRequest, context: Any) -> verifier_pb2.ScoreResponse:
+        self.scored += 1
+        return verifier_pb2.ScoreResponse(
+            request_id=request.ctx.request_id, deviation_score=0.1, threshold=0.8, verdict=verifier_pb2.PASS
+        )
+
+    async def ScoreStream(self, request_iterator: Any, context: Any) -> Any:
+        async for request in request_iterator:
+            if self.answering_streams:
+                self.answering_streams = False
+                yield await self.Score(request, context)
+                continue
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal error from Core")
+
+    async def ScoreBatchStream(self, request_iterator: Any, context: Any) -> Any:
+        async for _ in request_iterator:
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal error from Core")
+        yield verifier_pb2.ScoreBatchResponse()  # never reached: makes this an async generator
+
+
+async def test_a_stream_ended_with_internal_before_any_answer_falls_back_to_score(
+    tmp_path: Path, services: tuple[str, str]
+) -> None:
+    # Found by a race audit: a Score-only verifier's stream refusal (UNIMPLEMENTED) racing the
+    # first write came back as INTERNAL, and 1-5% of first decisions failed closed.
+    servicer = _StreamsFailFirst()
+    server = await start_grpc_server(
+        "127.0.0.1:0",
+        token=ensure_service_token(tmp_path, None),
+        register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, servicer)],
+        service_names=["bastion.v1.Verifier"],
+    )
+    try:
+        governor = _governor(tmp_path, services[0], server.address)
+        outcomes = [await governor.decide(*_action("add"), [], new_id()) for _ in range(3)]
+        await governor.close()
+    finally:
+        await server.stop(0)
+    for outcome in outcomes:
+        assert outcome.allowed, outcome.block_reason
+        assert outcome.score is not None
+    assert servicer.scored == 3  # each asked once more, by Score
+
+
+async def test_a_stream_that_answered_and_then_fails_with_internal_still_blocks(
+    tmp_path: Path, services: tuple[str, str]
+) -> None:
+    # Only a stream that never answered may have been a masked refusal; one that answered
+    # and then failed is a failing verifier, and the call fails closed.
+    servicer = _StreamsFailFirst(answering_streams=True)
+    server = await start_grpc_server(
+        "127.0.0.1:0",
+        token=ensure_service_token(tmp_path, None),
+        register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, servicer)],
+        service_names=["bastion.v1.Verifier"],
+    )
+    try:
+        governor = _governor(tmp_path, services[0], server.address)
+        answered = await governor.decide(*_action("add"), [], new_id())  # on ScoreStream
+        failed = await governor.decide(*_action("add"), [], new_id())  # the same stream, now failing
+        await governor.close()
+    finally:
+        await server.stop(0)
+    assert answered.allowed, answered.block_reason
+    assert (failed.allowed, failed.block_code) == (False, VERIFIER_UNAVAILABLE)
+    assert servicer.scored == 1  # the one the stream answered; the failing one was not asked again
