@@ -294,6 +294,9 @@ class _StreamsFailFirst(verifier_pb2_grpc.VerifierServicer):
             request_id=request.ctx.request_id, deviation_score=0.1, threshold=0.8, verdict=verifier_pb2.PASS
         )
 
+    async def Info(self, request: object, context: Any) -> verifier_pb2.VerifierInfo:
+        return verifier_pb2.VerifierInfo()
+
     async def ScoreStream(self, request_iterator: Any, context: Any) -> Any:
         async for request in request_iterator:
             if self.answering_streams:
