@@ -158,7 +158,9 @@ async def _scripted_upstream() -> AsyncIterator[str]:
 async def scripted(tmp_path: Path) -> AsyncIterator[ProxyClient]:
     async with _scripted_upstream() as url:
         app = inprocess.app_config(url, _policy(tmp_path))
-        async with inprocess.stack(tmp_path, app, upstream_timeout_s=0.5) as running:
+        # 1.5 s: it also bounds the first tool-list fetch and the answered calls, which a
+        # loaded CI machine can slow; only `hang` is meant to reach it.
+        async with inprocess.stack(tmp_path, app, upstream_timeout_s=1.5) as running:
             yield ProxyClient(tmp_path, running.proxy, running.graph)
 
 

@@ -240,12 +240,10 @@ async def test_a_governed_call_on_the_aggregated_endpoint_gets_a_result_event(st
     async with httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
         response = await http.post("/mcp", content=orjson.dumps(body), headers=hdrs)
     node_id = response.headers["bastion-node-id"]
-    for _ in range(100):
-        nodes = await stack.client.nodes("wf-agg-result", 1)
-        node = next((n for n in nodes if n["node_id"] == node_id), None)
-        if node is not None and node["result"] is not None:
-            break
-    assert node is not None
+    # Polled for up to 20 s until the result event has shipped (not a count of quick reads).
+    (node,) = await stack.client.nodes(
+        "wf-agg-result", 1, where=lambda n: n["node_id"] == node_id and n["result"] is not None
+    )
     assert node["action"]["server"] == "conf"
     assert node["action"]["tool"] == "test_simple_text"
     assert node["result"]["outcome"] == "COMPLETED"

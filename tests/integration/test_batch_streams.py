@@ -233,9 +233,11 @@ async def test_a_stream_that_stops_draining_is_replaced_and_waiting_requests_sta
     def ask(request: str, timeout: float) -> asyncio.Future[str]:
         return asyncio.ensure_future(caller.call(request, request, weight=MAX_BATCH_WEIGHT, timeout=timeout))
 
-    waiting = [ask("r0", 0.5)]
+    # r0-r3 must still be waiting when r4 comes (5 s: a loaded machine's stalls are shorter);
+    # the stream's end, not their deadline, fails them.
+    waiting = [ask("r0", 5.0)]
     await asyncio.sleep(0.05)
-    waiting += [ask(f"r{i}", 0.5) for i in (1, 2, 3)]
+    waiting += [ask(f"r{i}", 5.0) for i in (1, 2, 3)]
     await asyncio.sleep(0.05)
     assert (len(calls), calls[0].written) == (1, 1)  # r0 is being written, r1..r3 wait
     fifth = ask("r4", 0.2)

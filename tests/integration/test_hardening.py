@@ -229,8 +229,9 @@ async def test_a_wide_argument_is_refused_fast_while_another_agents_calls_all_su
     assert results == [i + 1 for i in range(200)]
     assert refused.json()["error"]["code"] == -32602
     assert "BASTION_MAX_ARGUMENT_VALUES" in refused.json()["error"]["data"]["reason"]
-    # The landed code stalled 3-5 s here; the figure in the note is measured without load.
-    assert elapsed < 2.0
+    # The landed code stalled 3-5 s here; the figure in the note is measured without load
+    # (≈ 0.2 s), and a loaded CI machine took up to 1.05 s.
+    assert elapsed < 2.5
 
 
 # --- workflows and sessions bound to their caller ------------------------------------------------

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -225,7 +226,7 @@ async def test_two_proxy_replicas_share_one_budget_in_redis(
 async def test_redis_killed_mid_load_blocks_every_later_call(tmp_path: Path, upstream: DemoUpstream) -> None:
     with running_redis() as server:
         async with _proxies(
-            tmp_path, _app(upstream, tmp_path), upstream, 1, redis_url=server.url, redis_timeout_ms=200
+            tmp_path, _app(upstream, tmp_path), upstream, 1, redis_url=server.url, redis_timeout_ms=1000
         ) as proxies:
             client = proxies.clients[0]
             token = client.token("agent-killed")
@@ -248,9 +249,12 @@ async def test_an_approval_given_on_one_replica_is_used_once_on_another(
 ) -> None:
     (tmp_path / "home").mkdir()
     app = _app(upstream, tmp_path / "home")
-    async with _proxies(tmp_path / "home", app, upstream, 2, own_disks=True, redis_url=redis.url) as proxies:
+    async with _proxies(
+        tmp_path / "home", app, upstream, 2, own_disks=True, redis_url=redis.url, redis_timeout_ms=2000
+    ) as proxies:
         first, second = proxies.clients
-        token = first.token("agent-replicated")
+        # Its own agent: the module's Redis keeps loop history across tests (and reruns).
+        token = first.token(f"agent-replicated-{uuid.uuid4().hex[:6]}")
         call = tool_call("echo", {"text": "ship it"})
         parked = (await first.post(call, headers(token))).json()
         approval_id = parked["error"]["data"]["approval_id"]

@@ -281,16 +281,18 @@ async def test_redis_killed_mid_load_blocks_every_unfinished_and_later_call_with
 async def test_a_stalled_redis_is_a_timeout_and_the_limiter_recovers_when_it_answers(
     redis_server: RedisServer, scope: LimitScope
 ) -> None:
-    limiter = RedisLimiter(redis_server.url, timeout_ms=150)
+    # 1 s: the admissions around the stall must succeed, and a loaded CI machine has stalled
+    # a Redis answer for more than 300 ms.
+    limiter = RedisLimiter(redis_server.url, timeout_ms=1000)
     limits = policy_pb2.Limits(budget_calls=5, budget_window="1d")
     try:
         assert (await _admit(limiter, scope, limits)).admitted
         os.kill(redis_server.pid, signal.SIGSTOP)  # alive, connected, silent
         try:
             started = time.monotonic()
-            with pytest.raises(LimitsUnavailable, match=r"Redis did not answer the limit check within 150 ms"):
+            with pytest.raises(LimitsUnavailable, match=r"Redis did not answer the limit check within 1000 ms"):
                 await _admit(limiter, scope, limits)
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 3.0
         finally:
             os.kill(redis_server.pid, signal.SIGCONT)
         # The timed-out script may have run once Redis woke: over-counting, never under-counting.

@@ -182,13 +182,12 @@ async def test_a_child_that_crashes_mid_call_fails_that_call_and_only_that_sessi
     refused = await stack.client.violations("bastion.rejected", 1)
     assert any(v["rule_id"] == "bastion.stdio_exit" and "exit status 3" in v["reason"] for v in refused)
     node = crashed.headers["bastion-node-id"]
-    for _ in range(100):
-        nodes = await stack.client.nodes(crashed.headers["bastion-workflow-id"], 1)
-        result = next((n["result"] for n in nodes if n["node_id"] == node and n["result"]), None)
-        if result is not None:
-            break
+    # Polled for up to 20 s until the result event has shipped (not a count of quick reads).
+    nodes = await stack.client.nodes(
+        crashed.headers["bastion-workflow-id"], 1, where=lambda n: n["node_id"] == node and bool(n["result"])
+    )
+    result = nodes[0]["result"]
     # The child's end is the answer relayed: a JSON-RPC error from the proxy's side of the pipe.
-    assert result is not None
     assert (result["outcome"], result["jsonrpc_error_code"]) == ("COMPLETED", -32603)
 
 

@@ -140,7 +140,8 @@ async def chained(tmp_path: Path, upstream: DemoUpstream) -> AsyncIterator[tuple
             app,
             verifier_chain=f"127.0.0.1:{port}",
             verifier_breaker_failures=2,
-            verifier_breaker_cooldown_ms=500,
+            # Long enough that the open-circuit calls below all land inside it on a loaded machine.
+            verifier_breaker_cooldown_ms=3000,
         ) as running:
             yield ProxyClient(tmp_path, running.proxy, running.graph), servers, port
     finally:

@@ -392,9 +392,9 @@ def test_any_pattern_reads_to_a_finite_cost(pattern: str) -> None:
 def test_counting_a_patterns_states_is_bounded_for_the_whole_expression() -> None:
     # 140 distinct patterns of 255 positions each: every one counted took 0.78 s.
     parts = [f"agent.matches('a{{{n}}}(b?){{255}}')" for n in range(140)]
-    started = time.perf_counter()
+    started = time.process_time()
     assert condition_problem("||".join(parts)[:4096].rsplit("||", 1)[0]) is None
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 0.5
 
 
 def test_an_escaped_pattern_is_read_as_cel_reads_it() -> None:
@@ -519,9 +519,11 @@ def test_the_conditions_of_one_decision_are_bounded_together() -> None:
     # An attacker's probe: each of 100 rules just under its own bound, 1.4 s a decision.
     ids = {"ids": [f"id-{n}" for n in range(250)]}
     few = _decide(_many_rules(2, "allow"), ids)
-    started = time.perf_counter()
-    many = _decide(_many_rules(100, "allow"), ids)
-    took = time.perf_counter() - started
+    rules = _many_rules(100, "allow")  # compiling is not the decision's cost
+    # CPU time, not wall time: a loaded CI machine stretched the wall clock past the bound.
+    started = time.process_time()
+    many = _decide(rules, ids)
+    took = time.process_time() - started
 
     assert (few.effect, few.rule_id) == (Effect.ALLOW, "later-allow")
     assert many.effect is Effect.DENY

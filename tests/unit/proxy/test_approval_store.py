@@ -70,7 +70,8 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iter
         if request.param == "sqlite":
             store = ApprovalStore(tmp_path / "approvals.sqlite3", ttl=60, clock=clock, **options)
         else:
-            store = RedisApprovalStore(url, ttl=60, clock=clock, **options)
+            # 2 s unless a test sets its own: the default 250 ms can pass on a loaded CI machine.
+            store = RedisApprovalStore(url, ttl=60, clock=clock, **{"timeout_ms": 2000, **options})
         opened.append(store)
         return store
 

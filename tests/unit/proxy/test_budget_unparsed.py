@@ -66,11 +66,11 @@ def test_commas_inside_strings_and_escaped_quotes_do_not_count() -> None:
 def test_a_wide_body_is_refused_unparsed_in_milliseconds() -> None:
     raw = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":['
     raw += b"0," * 1_999_999 + b"0]}}}"
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(ArgumentsTooLarge, match=r"at least 200000\d JSON values.*BASTION_MAX_ARGUMENT_VALUES"):
         ValueBudget().refuse_unparsed(raw, "the message")
     # orjson alone takes tens of ms on this body; the scans a few (generous bound for CI).
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 def test_many_strings_are_refused_without_splitting_them_apart() -> None:
@@ -125,10 +125,10 @@ def test_integers_beyond_64_bits_are_still_found(raw: bytes | str, refused: bool
 def test_nesting_counts_without_commas() -> None:
     element = b"[" * 103 + b"0" + b"]" * 103
     raw = b'{"a":[' + b",".join([element] * 19_990) + b"]}"
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(ArgumentsTooLarge, match="refused before parsing"):
         ValueBudget().refuse_unparsed(raw, "the message")
-    assert time.perf_counter() - started < 1.0  # orjson took 0.5-0.8 s on this body
+    assert time.process_time() - started < 1.0  # orjson took 0.5-0.8 s on this body
     assert values_at_least(b"[[[[[[[[[[1]]]]]]]]]]", enough=10**9) == 10
     # Brackets inside strings are text, not values.
     assert values_at_least(orjson.dumps({"s": "[[{{" * 1000}), enough=10**9) <= 2
