@@ -25,6 +25,20 @@ from ._settings import format_addr, parse_addr
 
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
+#: Requests one batch message (DecideBatch, DecideBatchStream, ScoreBatchStream) may carry.
+#: The proxy sends at most 64; 729,000 in one 16 MiB message held the policy service's loop
+#: for 16-34 s at 1.5 GB, and every other caller's decision missed its deadline (an
+#: attacker's probe with the service token). Over it: INVALID_ARGUMENT.
+MAX_BATCH_REQUESTS = 1024
+
+
+def batch_too_large(count: int) -> str | None:
+    """Why a batch message of `count` requests is refused, or None."""
+    if count <= MAX_BATCH_REQUESTS:
+        return None
+    return f"{count} requests in one batch message; at most {MAX_BATCH_REQUESTS}: send smaller batches"
+
+
 # Keepalive so a long-lived channel notices a dead peer instead of hanging the hot path.
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_time_ms", 20_000),

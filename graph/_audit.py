@@ -271,8 +271,18 @@ def _verifier(score: verifier_pb2.ScoreResponse, fallback: bool) -> dict[str, An
 def _details(kind: str, event: graph_pb2.Event) -> dict[str, Any] | None:
     """What an approval or policy step said (its arguments: who, why, which version), or how a call ended."""
     if kind == "result":
-        result = json_format.MessageToDict(event.result, preserving_proto_field_name=True)
-        result.pop("redacted_result", None)  # the answer itself is payload, kept (and retained) apart
+        # The answer itself is payload, kept (and retained) apart.
+        try:
+            result = json_format.MessageToDict(event.result, preserving_proto_field_name=True)
+        except json_format.SerializeToJsonError:
+            # A number JSON cannot hold in the answer (NaN, ±Infinity; an attacker's probe with
+            # the service token): the record does not hold the answer, so convert it without.
+            # Raised, it was UNKNOWN, which the shipper retries for ever.
+            answerless = graph_pb2.ActionResult()
+            answerless.CopyFrom(event.result)
+            answerless.ClearField("redacted_result")
+            result = json_format.MessageToDict(answerless, preserving_proto_field_name=True)
+        result.pop("redacted_result", None)
         return result
     if kind in ("approval", "policy"):
         return struct_view(event.action.arguments)

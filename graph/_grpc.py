@@ -28,6 +28,10 @@ SERVICE_NAME = "bastion.v1.GraphService"
 #: Events accepted in one Ingest call. Each call is one transaction held in memory,
 #: so a bound keeps one sender from stalling the writer; the journal sends smaller batches.
 MAX_EVENTS_PER_CALL = 10_000
+#: Bytes of events accepted in one Ingest stream, held in memory until it ends: 60 events
+#: of 10 MB on one open stream grew the graph by 657 MB (an attacker's probe with the
+#: service token). RESOURCE_EXHAUSTED, which the proxy's shipper answers by splitting.
+MAX_BYTES_PER_CALL = 64 << 20
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 #: Characters of a caller's id echoed in a status: gRPC carries details in a trailer of a
@@ -117,12 +121,21 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
         self, request_iterator: AsyncIterator[graph_pb2.Event], context: _Context
     ) -> list[graph_pb2.Event]:
         events: list[graph_pb2.Event] = []
+        held = 0
         async for event in request_iterator:
             if len(events) == self._max_events:
                 await self._abort(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"more than {self._max_events} events in one Ingest call; split the stream into smaller calls",
+                )
+            held += event.ByteSize()
+            if held > MAX_BYTES_PER_CALL:
+                await self._abort(
+                    context,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"more than {MAX_BYTES_PER_CALL >> 20} MiB of events in one Ingest call; "
+                    "split the stream into smaller calls",
                 )
             if (problem := _problem(len(events), event)) is not None:
                 await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)

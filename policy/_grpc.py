@@ -26,6 +26,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry, Counter
 
+from bastion._rpc import batch_too_large
 from bastion.v1 import policy_pb2, policy_pb2_grpc
 
 from ._cel import CallContext
@@ -124,11 +125,15 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ) -> AsyncIterator[policy_pb2.DecideBatchResponse]:
         # Several requests per stream message: one gRPC message then serves many calls.
         async for batch in request_iterator:
+            if (refused := batch_too_large(len(batch.requests))) is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused)
             yield policy_pb2.DecideBatchResponse(decisions=await self._decide_all(batch.requests))
 
     async def DecideBatch(
         self, request: policy_pb2.DecideBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.DecideBatchResponse:
+        if (refused := batch_too_large(len(request.requests))) is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused)
         return policy_pb2.DecideBatchResponse(decisions=await self._decide_all(request.requests))
 
     async def _decide_all(self, requests: Iterable[policy_pb2.DecideRequest]) -> list[policy_pb2.Decision]:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 from google.protobuf import empty_pb2
 
+from bastion._rpc import batch_too_large
 from bastion.v1 import verifier_pb2, verifier_pb2_grpc
 
 from ._engine import NAME, VERSION, ReferenceScorer
@@ -93,6 +94,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         # proxy in one message, so one gRPC message serves many calls under load.
         async for batch in request_iterator:
             requests = batch.requests
+            if (refused := batch_too_large(len(requests))) is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused)
             semantic = await self._semantic(requests)
             yield verifier_pb2.ScoreBatchResponse(
                 responses=[self._score_one(request, signal) for request, signal in zip(requests, semantic, strict=True)]

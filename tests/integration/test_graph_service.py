@@ -42,6 +42,7 @@ from bastion._identity import TokenVerifier, ensure_dev_key, issue_token, load_p
 from bastion._rpc import auth_metadata, check_health, start_grpc_server
 from bastion._web import start_web_server
 from bastion.graph import GraphServicer, GraphSettings, SqliteGraphStore, create_app, serve
+from bastion.graph import _grpc as graph_grpc
 from bastion.graph._checkpoints import read
 from bastion.policy import PolicySettings
 from bastion.policy import serve as policy_serve
@@ -512,6 +513,26 @@ async def test_ingest_call_over_10000_events_is_invalid_and_nothing_is_stored(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "more than 10000 events in one Ingest call" in (caught.value.details() or "")
     assert (await graph.http.get("/graphs/wf-big")).status_code == 404
+
+
+async def test_an_ingest_call_over_the_byte_bound_is_resource_exhausted_and_nothing_is_stored(
+    graph: _Graph, stub: graph_pb2_grpc.GraphServiceAsyncStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An attacker's probe with the service token: 60 events of 10 MB on one open stream
+    # grew the graph by 657 MB; only the count was bounded. The bound is lowered here to
+    # keep the test small; RESOURCE_EXHAUSTED is what the proxy's shipper splits on.
+    monkeypatch.setattr(graph_grpc, "MAX_BYTES_PER_CALL", 1 << 20)
+
+    def events() -> Iterator[graph_pb2.Event]:
+        for i in range(5):
+            yield graph_pb2.Event(event_id=f"e{i}", workflow_id="wf-heavy", node_id=f"n{i}", block_reason="x" * 300_000)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Ingest(events(), metadata=auth_metadata(_TOKEN), timeout=30)
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "more than 1 MiB of events in one Ingest call" in (caught.value.details() or "")
+    assert (await graph.http.get("/graphs/wf-heavy")).status_code == 404
 
 
 async def test_ingest_batch_over_10000_events_is_invalid_and_nothing_is_stored(

@@ -35,7 +35,7 @@ from bastion import ConfigError, PolicyValidationError
 from bastion._appconfig import AppConfig, AuthConfig
 from bastion._hosts import HostCheck
 from bastion._identity import SERVICE_TOKEN_FILE, TokenVerifier, ensure_dev_key, issue_token, load_public_keys
-from bastion._rpc import auth_metadata
+from bastion._rpc import MAX_BATCH_REQUESTS, auth_metadata
 from bastion._web import start_web_server
 from bastion.policy import (
     BundleVerifier,
@@ -176,6 +176,26 @@ async def test_decide_batch_returns_one_decision_per_request_in_order(service: R
         policy_pb2.ALLOW,
     ]
     assert [decision.reason.split(" ")[3] for decision in reply.decisions[:2]] == ["demo__delete_file", "demo__add"]
+
+
+async def test_a_batch_over_the_request_bound_is_invalid_and_the_service_serves_on(service: Running) -> None:
+    # An attacker's probe with the service token: 729,000 requests in one message held the
+    # loop for 16-34 s at 1.5 GB, and every other caller's decision missed its deadline.
+    over = policy_pb2.DecideBatchRequest(requests=[_request("add")] * (MAX_BATCH_REQUESTS + 1))
+    at_the_bound = policy_pb2.DecideBatchRequest(requests=[_request("add")] * MAX_BATCH_REQUESTS)
+    metadata = auth_metadata(service.token)
+    async with _stub(service) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await stub.DecideBatch(over, metadata=metadata, timeout=DEADLINE)
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            async for _ in stub.DecideBatchStream(iter([over]), metadata=metadata, timeout=DEADLINE):
+                pass
+        answered = await stub.DecideBatch(at_the_bound, metadata=metadata, timeout=DEADLINE)
+    for refused in (unary.value, streamed.value):
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"at most {MAX_BATCH_REQUESTS}" in (refused.details() or "")
+    assert len(answered.decisions) == MAX_BATCH_REQUESTS
+    assert (await _decide(service, _request("add"))).effect == policy_pb2.ALLOW
 
 
 async def test_service_without_policies_denies_everything(tmp_path: Path) -> None:

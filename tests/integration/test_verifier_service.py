@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from bastion._appconfig import AppConfig
 from bastion._identity import SERVICE_TOKEN_FILE
-from bastion._rpc import auth_metadata, check_health, start_grpc_server
+from bastion._rpc import MAX_BATCH_REQUESTS, auth_metadata, check_health, start_grpc_server
 from bastion.v1 import policy_pb2, verifier_pb2, verifier_pb2_grpc
 from bastion.verifier import ReferenceScorer, VerifierServicer, VerifierSettings
 from bastion.verifier._server import serve
@@ -138,6 +138,20 @@ async def test_score_answers_a_request_padded_to_4_mib_by_naming_the_argument_it
         "sequence abstains: no agent id to learn from (weight 0.00)",
     ]
     assert reply.verdict == verifier_pb2.FLAG
+
+
+async def test_a_score_batch_over_the_request_bound_is_invalid_and_the_service_serves_on(verifier: Running) -> None:
+    # An attacker's probe with the service token: one huge batch held the loop for 27 s.
+    over = verifier_pb2.ScoreBatchRequest(requests=[score_request("add")] * (MAX_BATCH_REQUESTS + 1))
+    async with grpc.aio.insecure_channel(verifier.address) as channel:
+        stub = verifier_pb2_grpc.VerifierStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in stub.ScoreBatchStream(iter([over]), metadata=auth_metadata(verifier.token), timeout=TIMEOUT):
+                pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"at most {MAX_BATCH_REQUESTS}" in (refused.value.details() or "")
+    answer = await call_score(verifier.address, score_request("add"), verifier.token)
+    assert answer.verdict in (verifier_pb2.PASS, verifier_pb2.FLAG)
 
 
 async def test_score_passes_a_tool_the_workflow_already_used(verifier: Running) -> None:

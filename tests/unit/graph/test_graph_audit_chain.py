@@ -5,6 +5,7 @@ removed or inserted record after the SQLite file is edited behind the store's ba
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -190,6 +191,23 @@ async def test_every_decision_approval_policy_step_and_result_is_chained_in_orde
     assert records[0]["timestamp"] == "2026-01-01T00:00:00.000000Z"
     assert records[2]["details"] == {"approval_id": "ap-1", "decided_by": "ops", "reason": "ok"}
     assert records[3]["details"] == {"policy": "mail", "version": 4, "percent": 10}
+
+
+async def test_a_result_whose_answer_holds_nan_is_chained_without_the_answer(store: GraphStore) -> None:
+    # An attacker's probe with the service token: NaN in `redacted_result` made the record
+    # raise (UNKNOWN to the sender, which the proxy's shipper retries for ever).
+    decided = _decision("e1")
+    result = _result("e2", decided.node_id)
+    result.result.redacted_result.update({"n": math.nan, "i": math.inf, "text": "ok"})
+    await store.ingest([decided, result])
+
+    records = await _records(store)
+    assert [(r["kind"], r["event_id"]) for r in records] == [("decision", "e1"), ("result", "e2")]
+    details = records[1]["details"]
+    assert isinstance(details, dict)
+    assert "redacted_result" not in details
+    assert details["outcome"] == "COMPLETED"
+    assert (await verify_store(store)).ok
 
 
 async def test_each_hash_is_sha256_of_the_previous_hash_and_the_jcs_record(store: GraphStore) -> None:
