@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from bastion._hosts import web_origin
 from bastion._settings import CommonSettings
@@ -55,6 +55,12 @@ class ProxySettings(CommonSettings):
         description="Further verifiers, comma-separated host:port (at most 8), asked concurrently with "
         "BASTION_VERIFIER_ADDR about every action: the strictest answer decides (block over flag over pass), "
         "and any of them failing takes the fallback.",
+    )
+    verifier_chain_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token sent to the BASTION_VERIFIER_CHAIN verifiers instead of the service token. "
+        "Set it whenever a chained verifier is not yours: the service token also lets its holder write events "
+        "and audit records to the graph and read API key digests from the policy service.",
     )
     verifier_timeout_ms: int = Field(
         default=500,

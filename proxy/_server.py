@@ -123,6 +123,7 @@ async def serve(
         breaker=CircuitBreaker(settings.verifier_breaker_failures, settings.verifier_breaker_cooldown_ms / 1000),
         verifier_settings=policy_watch.verifier_settings,
         chain=[verifier_pb2_grpc.VerifierStub(channel) for channel in chain_channels],
+        chain_metadata=_chain_metadata(settings, bool(chain_channels)),
     )
     metrics.watch_verifier_circuit(lambda: governor.breaker.state if governor.breaker is not None else "closed")
     metrics.watch_verifier_chain(governor.breakers)
@@ -321,3 +322,16 @@ def main(config: Path | None = None) -> int:
 def _dashboard(handler: Handler, origin: str | None, hosts: HostCheck) -> Handler:
     """`handler`, answering cross-origin requests from the dashboard when its origin is set."""
     return handler if origin is None else allow_dashboard(handler, origin, hosts)
+
+
+def _chain_metadata(settings: ProxySettings, chained: bool) -> tuple[tuple[str, str], ...] | None:
+    """The chained verifiers' own token (BASTION_VERIFIER_CHAIN_TOKEN), or None: the service
+    token, said once in the log, since it is worth more than a verifier needs."""
+    if settings.verifier_chain_token is not None:
+        return auth_metadata(settings.verifier_chain_token.get_secret_value())
+    if chained:
+        log.warning(
+            "the chained verifiers (BASTION_VERIFIER_CHAIN) are sent the service token, which also writes to "
+            "the graph and reads API key digests; give them a token of their own with BASTION_VERIFIER_CHAIN_TOKEN"
+        )
+    return None

@@ -194,3 +194,33 @@ async def test_a_killed_second_verifier_fails_fast_once_its_circuit_opens_and_re
         await asyncio.sleep(0.1)
     assert answer.get("result", {}).get("structuredContent") == {"result": 3}, answer
     assert await _circuits(client) == {"chain 1": 0.0, "chain 2": 0.0, "first": 0.0}
+
+
+@pytest.mark.parametrize("own_token", [True, False], ids=["chain-token", "service-token"])
+async def test_chained_verifiers_get_their_own_token_when_one_is_set(
+    tmp_path: Path, upstream: DemoUpstream, own_token: bool
+) -> None:
+    # An attacker's probe: a third-party chained verifier was sent the service token, and
+    # with it wrote forged operator approvals into the audit chain and read API key digests.
+    (tmp_path / "policy.yaml").write_text(ALLOW_ALL)
+    app = inprocess.app_config(upstream.url, tmp_path / "policy.yaml")
+    spec = importlib.util.spec_from_file_location("external_verifier_token", ROOT / "examples" / "external_verifier.py")
+    assert spec is not None
+    assert spec.loader is not None
+    example: Any = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    server, port = await example.start(0, "chain-only-secret")  # accepts this token and no other
+    settings: dict[str, Any] = {"verifier_chain": f"127.0.0.1:{port}"}
+    if own_token:
+        settings["verifier_chain_token"] = "chain-only-secret"
+    try:
+        async with inprocess.stack(tmp_path, app, **settings) as running:
+            client = ProxyClient(tmp_path, running.proxy, running.graph)
+            answer = (await client.post(tool_call("add", {"a": 1, "b": 2}), headers(client.token("agent-tok")))).json()
+    finally:
+        await server.stop(None)
+    if own_token:
+        assert answer["result"]["structuredContent"] == {"result": 3}, answer
+    else:  # the service token is refused by a verifier that expects its own: fail closed
+        assert answer["error"]["data"]["rule_id"] == "bastion.verifier_unavailable", answer
+        assert "chained verifier 2 unavailable (UNAUTHENTICATED)" in answer["error"]["data"]["reason"]
