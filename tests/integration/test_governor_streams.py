@@ -38,6 +38,16 @@ def _governor(home: Path, policy_addr: str, verifier_addr: str) -> Governor:
     )
 
 
+async def _serve_verifier(home: Path, servicer: verifier_pb2_grpc.VerifierServicer) -> Any:
+    """`servicer` on real gRPC (port 0), with the stack's service token under `home`."""
+    return await start_grpc_server(
+        "127.0.0.1:0",
+        token=ensure_service_token(home, None),
+        register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, servicer)],
+        service_names=["bastion.v1.Verifier"],
+    )
+
+
 def _action(tool: str) -> tuple[policy_pb2.Action, policy_pb2.Context]:
     action = policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="demo", tool=tool, method="tools/call")
     return action, policy_pb2.Context(agent_id="agent-1", workflow_id="wf", request_id=new_id())
@@ -203,12 +213,7 @@ async def test_a_hanging_verifier_opens_the_circuit_and_then_is_not_waited_for(
     tmp_path: Path, services: tuple[str, str]
 ) -> None:
     hanging = _HangingVerifier()
-    server = await start_grpc_server(
-        "127.0.0.1:0",
-        token=ensure_service_token(tmp_path, None),
-        register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, hanging)],
-        service_names=["bastion.v1.Verifier"],
-    )
+    server = await _serve_verifier(tmp_path, hanging)
     governor = Governor(
         policy_pb2_grpc.PolicyServiceStub(open_channel(services[0])),
         verifier_pb2_grpc.VerifierStub(open_channel(server.address)),
@@ -317,12 +322,7 @@ async def test_a_stream_ended_with_internal_before_any_answer_falls_back_to_scor
     # Found by a race audit: a Score-only verifier's stream refusal (UNIMPLEMENTED) racing the
     # first write came back as INTERNAL, and 1-5% of first decisions failed closed.
     servicer = _StreamsFailFirst()
-    server = await start_grpc_server(
-        "127.0.0.1:0",
-        token=ensure_service_token(tmp_path, None),
-        register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, servicer)],
-        service_names=["bastion.v1.Verifier"],
-    )
+    server = await _serve_verifier(tmp_path, servicer)
     try:
         governor = _governor(tmp_path, services[0], server.address)
         outcomes = [await governor.decide(*_action("add"), [], new_id()) for _ in range(3)]
@@ -341,12 +341,7 @@ async def test_a_stream_that_answered_and_then_fails_with_internal_still_blocks(
     # Only a stream that never answered may have been a masked refusal; one that answered
     # and then failed is a failing verifier, and the call fails closed.
     servicer = _StreamsFailFirst(answering_streams=True)
-    server = await start_grpc_server(
-        "127.0.0.1:0",
-        token=ensure_service_token(tmp_path, None),
-        register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, servicer)],
-        service_names=["bastion.v1.Verifier"],
-    )
+    server = await _serve_verifier(tmp_path, servicer)
     try:
         governor = _governor(tmp_path, services[0], server.address)
         answered = await governor.decide(*_action("add"), [], new_id())  # on ScoreStream
