@@ -382,13 +382,14 @@ async def test_bad_requests_get_precise_errors_and_change_nothing(
 
 async def test_an_approval_expires(tmp_path: Path, upstream: DemoUpstream) -> None:
     app = inprocess.app_config(upstream.url, _policy_file(tmp_path))
-    async with inprocess.stack(tmp_path, app, approval_ttl_s=1.0) as running:
+    # 3 s: the approve must land before it expires, also on a loaded machine.
+    async with inprocess.stack(tmp_path, app, approval_ttl_s=3.0) as running:
         stack = Stack(ProxyClient(tmp_path, running.proxy, running.graph), upstream)
         token = stack.token("agent-late")
         approval_id = await _parked(stack, "/late", token)
         approved = await stack.rest("POST", f"/v1/approvals/{approval_id}/approve", stack.operator)
         assert approved.status_code == 200
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(3.2)
 
         body, _ = await stack.call("/late", headers(token))
         shown = await stack.rest("GET", f"/v1/approvals/{approval_id}", stack.operator)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import orjson
 import pytest
 from fixtures import inprocess
 from fixtures.mcpcalls import ProxyClient, headers, request, tool_call
+from fixtures.ports import dead_address
 from fixtures.upstream import DemoUpstream, demo_upstream
 
 DEMO_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policies" / "demo.yaml"
@@ -44,12 +44,6 @@ def _policy(path: Path, default: str, rules: list[dict[str, Any]]) -> Path:
 
 def _ran(upstream: DemoUpstream, key: str) -> list[str]:
     return [entry for line in upstream.executed() if (entry := json.loads(line).get(key))]
-
-
-def _dead_address() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -94,7 +88,7 @@ async def test_reads_are_blocked_when_policy_and_verifier_are_down(tmp_path: Pat
     async with (
         inprocess.graph(tmp_path, app) as graph,
         inprocess.proxy(
-            tmp_path, app, policy_addr=_dead_address(), verifier_addr=_dead_address(), graph_addr=graph["grpc"]
+            tmp_path, app, policy_addr=dead_address(), verifier_addr=dead_address(), graph_addr=graph["grpc"]
         ) as proxy,
     ):
         client = ProxyClient(tmp_path, proxy["http"], graph["http"])

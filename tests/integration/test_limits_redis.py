@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 from fixtures.mcpcalls import call_digest
+from fixtures.ports import dead_port
 from fixtures.redis import RedisServer, running_redis
 from redis.crc import key_slot
 
@@ -179,7 +179,7 @@ async def test_loop_detection_is_shared_across_replicas(
 
 
 async def test_a_call_whose_limits_set_nothing_never_reaches_redis(scope: LimitScope) -> None:
-    nowhere = RedisLimiter(f"redis://127.0.0.1:{_closed_port()}/0", timeout_ms=100)
+    nowhere = RedisLimiter(f"redis://127.0.0.1:{dead_port()}/0", timeout_ms=100)
     try:
         assert await _admit(nowhere, scope, policy_pb2.Limits()) is UNLIMITED
     finally:
@@ -302,7 +302,7 @@ async def test_a_stalled_redis_is_a_timeout_and_the_limiter_recovers_when_it_ans
 
 
 async def test_an_unreachable_redis_fails_closed_fast(scope: LimitScope) -> None:
-    limiter = RedisLimiter(f"redis://127.0.0.1:{_closed_port()}/0", timeout_ms=250)
+    limiter = RedisLimiter(f"redis://127.0.0.1:{dead_port()}/0", timeout_ms=250)
     limits = policy_pb2.Limits(budget_calls=5, budget_window="1d")
     try:
         started = time.monotonic()
@@ -323,9 +323,3 @@ async def test_an_unreachable_redis_fails_closed_fast(scope: LimitScope) -> None
 def test_a_url_that_is_not_redis_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="BASTION_REDIS_URL is not a usable Redis URL"):
         RedisLimiter("http://user:secret@example.com/", timeout_ms=250)
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -4,7 +4,6 @@ over gRPC on port 0: bad input, failing dependencies, and the journal's durabili
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, poll
 from fixtures.mcpcalls import headers, tool_call
+from fixtures.ports import dead_address
 from fixtures.stack import ROOT
 from fixtures.upstream import DemoUpstream, demo_upstream
 
@@ -34,13 +34,6 @@ def _hdrs(token: str, name: str | None = None, workflow: str = "wf-int") -> dict
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUpstream]:
     with demo_upstream(tmp_path_factory.mktemp("upstream")) as server:
         yield server
-
-
-def _dead_address() -> str:
-    """An address nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 class Stack:
@@ -214,7 +207,7 @@ async def test_verifier_down_blocks_by_default_and_allows_only_when_fallback_say
     tmp_path: Path, upstream: DemoUpstream
 ) -> None:
     app = inprocess.app_config(upstream.url, POLICY)
-    dead = _dead_address()
+    dead = dead_address()
     async with (
         inprocess.policy(tmp_path, app) as policy,
         inprocess.graph(tmp_path, app, policy_addr=policy["grpc"]) as graph,
@@ -320,7 +313,7 @@ async def test_events_journaled_while_the_graph_is_down_arrive_after_a_proxy_res
     app = inprocess.app_config(upstream.url, POLICY)
     async with inprocess.policy(tmp_path, app) as policy, inprocess.verifier(tmp_path, app) as verifier:
         async with inprocess.proxy(
-            tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=_dead_address()
+            tmp_path, app, policy_addr=policy["grpc"], verifier_addr=verifier["grpc"], graph_addr=dead_address()
         ) as proxy:
             stack = Stack(tmp_path, proxy["http"], "unused:0")
             node_ids = []
@@ -345,7 +338,7 @@ async def test_events_journaled_while_the_graph_is_down_arrive_after_a_proxy_res
 
 
 async def test_an_unreachable_upstream_is_502_with_the_request_id(tmp_path: Path) -> None:
-    app = inprocess.app_config(f"http://{_dead_address()}/mcp", POLICY)
+    app = inprocess.app_config(f"http://{dead_address()}/mcp", POLICY)
     async with inprocess.stack(tmp_path, app) as running:
         stack = Stack(tmp_path, running.proxy, running.graph)
         response = await stack.post(tool_call("add", {"a": 1, "b": 1}, 41), _hdrs(stack.token, "add", "wf-up-down"))

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ import mcp_types as types
 import pytest
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, poll
+from fixtures.ports import dead_address
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
@@ -127,18 +127,12 @@ async def test_progress_and_elicitation_cross_the_wrap(services: Services, tmp_p
     assert confirmed.structured_content == {"result": "refused"}
 
 
-def _closed_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
-
-
 def test_without_a_running_stack_the_wrap_says_so_and_exits(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "BASTION_HOME": str(tmp_path),
-        "BASTION_POLICY_GRPC_ADDR": _closed_port(),
-        "BASTION_VERIFIER_ADDR": _closed_port(),
+        "BASTION_POLICY_GRPC_ADDR": dead_address(),
+        "BASTION_VERIFIER_ADDR": dead_address(),
     }
     done = subprocess.run(
         [sys.executable, *_wrap_args(tmp_path / "r")],

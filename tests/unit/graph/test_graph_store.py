@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -19,6 +18,7 @@ import neo4j
 import pytest
 from fixtures.graphstores import BACKENDS, opened_store, wipe_neo4j
 from fixtures.neo4j import Neo4jServer
+from fixtures.ports import dead_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -681,7 +681,7 @@ def test_neo4j_url_without_host_or_with_a_bad_database_is_refused_without_its_pa
 
 
 async def test_unreachable_neo4j_is_a_store_error_that_does_not_show_the_password() -> None:
-    port = _free_port()
+    port = dead_port()
     with pytest.raises(StoreError, match="graph store open failed") as refused:
         await Neo4jGraphStore.open(f"bolt://bastion:hunter2@127.0.0.1:{port}")
     assert "hunter2" not in str(refused.value)
@@ -700,13 +700,6 @@ async def test_a_batch_reusing_a_node_id_is_refused_whole_on_neo4j(neo4j_server:
         assert [node.event.event_id for node in await _nodes(graph, "wf-1")] == ["e1"]
     finally:
         await graph.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def _all_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[tuple[T, ...]]:

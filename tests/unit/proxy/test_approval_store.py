@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from fixtures.ports import dead_port
 from fixtures.redis import RedisServer, running_redis
 
 from bastion._errors import ConfigError, Conflict, NotFound, StoreError
@@ -373,12 +374,6 @@ def test_redis_listing_pages_through_more_than_one_batch(redis_server: RedisServ
     assert [approval.approval_id for approval in listed] == ids[::3][::-1]
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _every_call(store: RedisApprovalStore) -> list[Callable[[], object]]:
     return [
         lambda: store.take(_request(x=1), "n"),
@@ -391,7 +386,7 @@ def _every_call(store: RedisApprovalStore) -> list[Callable[[], object]]:
 
 
 def test_redis_unreachable_raises_store_error_naming_redis() -> None:
-    store = RedisApprovalStore(f"redis://127.0.0.1:{_closed_port()}/0", ttl=60, timeout_ms=200)
+    store = RedisApprovalStore(f"redis://127.0.0.1:{dead_port()}/0", ttl=60, timeout_ms=200)
     for call in _every_call(store):
         with pytest.raises(StoreError, match="Redis for approvals failed"):
             call()
@@ -415,7 +410,7 @@ def test_a_redis_url_that_is_not_one_is_a_config_error() -> None:
 
 
 async def test_the_approval_stage_blocks_when_redis_is_unreachable() -> None:
-    store = RedisApprovalStore(f"redis://127.0.0.1:{_closed_port()}/0", ttl=60, timeout_ms=200)
+    store = RedisApprovalStore(f"redis://127.0.0.1:{dead_port()}/0", ttl=60, timeout_ms=200)
     record = Record(
         workflow_id="wf", session_id="s", agent_id="agent-1", tenant="default", action=_action(x=1), started_at=0
     )
