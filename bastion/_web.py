@@ -79,6 +79,8 @@ class _HeaderDeadline(HttpToolsProtocol):
         if self._discarding:
             return
         super().data_received(data)
+        if self._discarding:
+            return  # the parser refused it (send_400_response): no header deadline to re-arm
         if self._header_bytes is not None:
             # The whole chunk counts, what came before the request's first byte too: a chunk
             # that completes the headers has reset the count, so its body never counts.
