@@ -27,14 +27,17 @@ S = TypeVar("S", bound=CommonSettings)
 ServeFn = Callable[[S, AppConfig, Callable[[dict[str, str]], None], asyncio.Event], Awaitable[None]]
 
 
-def run_service(name: str, settings: S, config: Path | None, serve: ServeFn[S]) -> int:
+def run_service(name: str, settings: S, config: Path | None, serve: ServeFn[S], *, reads_config: bool = True) -> int:
+    """Run `serve` until SIGTERM or SIGINT; the exit code. A bastion.yaml that is named is
+    loaded (and a bad one refused) even by a service that does not read it (`reads_config`
+    False: the verifier), which is then not warned about running without one."""
     configure_logging(name, settings.log_level)
     try:
         source, app = find_app_config(config, settings.config)
     except BastionError as exc:
         log.error("cannot start %s: %s", name, exc)
         return 2
-    if source is None:
+    if source is None and reads_config:
         log.warning("no bastion.yaml found: running with no upstreams and no policies (default deny)")
     home = settings.home.resolve()
 

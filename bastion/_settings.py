@@ -7,7 +7,9 @@ docs/configuration.md (a test fails when that file is stale).
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +33,32 @@ class CommonSettings(BaseSettings):
         description="Shared bearer token for service-to-service gRPC; generated into $BASTION_HOME on first start.",
     )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+
+
+#: Shortest BASTION_VERIFIER_TOKEN accepted: it is a bearer secret, as guessable as it is short.
+MIN_VERIFIER_TOKEN_CHARS = 16
+
+
+def verifier_token_field() -> Any:
+    """BASTION_VERIFIER_TOKEN, declared once for the two services that read it (the proxy
+    sends it, the verifier accepts it); a new FieldInfo per class."""
+    return Field(
+        default=None,
+        description="Bearer token the proxy sends to the verifier at BASTION_VERIFIER_ADDR (and to the chained "
+        "verifiers unless BASTION_VERIFIER_CHAIN_TOKEN is set), and the only one `bastion verifier serve` then "
+        "accepts, instead of the service token: the verifier then holds no credential that writes to the graph "
+        f"or reads from the policy service. Set the same value on both; at least {MIN_VERIFIER_TOKEN_CHARS} "
+        "characters, never the service token.",
+    )
+
+
+def check_verifier_token(verifier_token: str, service_token: str) -> None:
+    """ConfigError unless `verifier_token` is long enough and is not the service token:
+    equal, the verifier would hold the very credential this token keeps from it."""
+    if len(verifier_token) < MIN_VERIFIER_TOKEN_CHARS:
+        raise ConfigError(f"BASTION_VERIFIER_TOKEN must be at least {MIN_VERIFIER_TOKEN_CHARS} characters")
+    if hmac.compare_digest(verifier_token.encode(), service_token.encode()):
+        raise ConfigError("BASTION_VERIFIER_TOKEN must differ from the service token: equal, it keeps nothing back")
 
 
 def parse_addr(value: str) -> tuple[str, int]:

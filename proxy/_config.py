@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from bastion._hosts import web_origin
-from bastion._settings import CommonSettings
+from bastion._settings import CommonSettings, verifier_token_field
 
 
 class ProxySettings(CommonSettings):
@@ -62,6 +62,7 @@ class ProxySettings(CommonSettings):
         "Set it whenever a chained verifier is not yours: the service token also lets its holder write events "
         "and audit records to the graph and read API key digests from the policy service.",
     )
+    verifier_token: SecretStr | None = verifier_token_field()
     verifier_timeout_ms: int = Field(
         default=500,
         ge=1,

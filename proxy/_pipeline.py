@@ -141,13 +141,15 @@ class Governor:
         verifier_settings: Callable[[str], VerifierSettings] | None = None,
         chain: Sequence[verifier_pb2_grpc.VerifierAsyncStub] = (),
         chain_metadata: tuple[tuple[str, str], ...] | None = None,
+        verifier_metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         """`verifier_settings` gives each agent's verifier timeout, threshold and fallback
         (`PolicyWatch`); without it every agent gets `verifier_timeout` and `fallback_allow`.
         `chain`: further verifiers asked with the first, the strictest answer deciding
         (`strictest`), with `chain_metadata` (BASTION_VERIFIER_CHAIN_TOKEN) if given, else
-        `metadata`. `breaker` watches the first; each chained verifier gets a breaker of the
-        same settings (`CircuitBreaker.sibling`)."""
+        the first's. The first gets `verifier_metadata` (BASTION_VERIFIER_TOKEN) if given, else
+        `metadata`, the service token the policy service gets. `breaker` watches the first;
+        each chained verifier gets a breaker of the same settings (`CircuitBreaker.sibling`)."""
         uniform = VerifierSettings(verifier_timeout, "allow" if fallback_allow else "block")
         self._settings_for = verifier_settings or (lambda agent_id: uniform)
         #: The names the proxy gives its verifiers (in reasons, logs and metric labels), in chain order.
@@ -179,9 +181,10 @@ class Governor:
             policy_timeout,
         )
         #: The verifier first, then BASTION_VERIFIER_CHAIN's: all asked about every action.
-        chained = chain_metadata if chain_metadata is not None else metadata
+        first = verifier_metadata if verifier_metadata is not None else metadata
+        chained = chain_metadata if chain_metadata is not None else first
         self._scorers = [
-            _scorer(stub, chained if position else metadata, verifier_timeout, name)
+            _scorer(stub, chained if position else first, verifier_timeout, name)
             for position, (stub, name) in enumerate(zip((verifier, *chain), self.verifier_names, strict=True))
         ]
 

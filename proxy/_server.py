@@ -17,7 +17,7 @@ from bastion._identity import TokenVerifier, ensure_service_token
 from bastion._identity_watch import IdentityWatch
 from bastion._rpc import auth_metadata, open_channel
 from bastion._service import run_service
-from bastion._settings import parse_addr
+from bastion._settings import check_verifier_token, parse_addr
 from bastion._web import start_web_server
 from bastion.v1 import graph_pb2_grpc, policy_pb2, policy_pb2_grpc, verifier_pb2_grpc
 
@@ -75,6 +75,7 @@ async def serve(
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     service_token = ensure_service_token(home, secret)
     metadata = auth_metadata(service_token)
+    verifier_metadata = _verifier_metadata(settings, service_token)
     # API keys and revocations as the policy service pushes them (IdentityWatch below).
     identity = IdentityState()
     tokens = TokenVerifier.from_config(app.auth, home, identity=identity)
@@ -123,7 +124,8 @@ async def serve(
         breaker=CircuitBreaker(settings.verifier_breaker_failures, settings.verifier_breaker_cooldown_ms / 1000),
         verifier_settings=policy_watch.verifier_settings,
         chain=[verifier_pb2_grpc.VerifierStub(channel) for channel in chain_channels],
-        chain_metadata=_chain_metadata(settings, bool(chain_channels)),
+        chain_metadata=_chain_metadata(settings, bool(chain_channels), verifier_metadata),
+        verifier_metadata=verifier_metadata,
     )
     metrics.watch_verifier_circuit(lambda: governor.breaker.state if governor.breaker is not None else "closed")
     metrics.watch_verifier_chain(governor.breakers)
@@ -324,12 +326,25 @@ def _dashboard(handler: Handler, origin: str | None, hosts: HostCheck) -> Handle
     return handler if origin is None else allow_dashboard(handler, origin, hosts)
 
 
-def _chain_metadata(settings: ProxySettings, chained: bool) -> tuple[tuple[str, str], ...] | None:
-    """The chained verifiers' own token (BASTION_VERIFIER_CHAIN_TOKEN), or None: the service
-    token, said once in the log, since it is worth more than a verifier needs."""
+def _verifier_metadata(settings: ProxySettings, service_token: str) -> tuple[tuple[str, str], ...] | None:
+    """The verifier's own token (BASTION_VERIFIER_TOKEN), or None: the service token, as
+    DESIGN §3 has it. ConfigError when it is short or is the service token."""
+    if settings.verifier_token is None:
+        return None
+    token = settings.verifier_token.get_secret_value()
+    check_verifier_token(token, service_token)
+    return auth_metadata(token)
+
+
+def _chain_metadata(
+    settings: ProxySettings, chained: bool, verifier_metadata: tuple[tuple[str, str], ...] | None
+) -> tuple[tuple[str, str], ...] | None:
+    """The chained verifiers' own token (BASTION_VERIFIER_CHAIN_TOKEN), or None: the first
+    verifier's (BASTION_VERIFIER_TOKEN), or the service token, said once in the log, since
+    it is worth more than a verifier needs."""
     if settings.verifier_chain_token is not None:
         return auth_metadata(settings.verifier_chain_token.get_secret_value())
-    if chained:
+    if chained and verifier_metadata is None:
         log.warning(
             "the chained verifiers (BASTION_VERIFIER_CHAIN) are sent the service token, which also writes to "
             "the graph and reads API key digests; give them a token of their own with BASTION_VERIFIER_CHAIN_TOKEN"

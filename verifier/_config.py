@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from bastion._errors import ConfigError
-from bastion._settings import CommonSettings, parse_addr
+from bastion._settings import CommonSettings, parse_addr, verifier_token_field
 
 from ._engine import ScorerConfig, check_semantic
 from ._sequence import SequenceConfig
@@ -29,6 +29,7 @@ class VerifierSettings(CommonSettings):
         description="host:port of the verifier's HTTP server for /metrics, /healthz and /readyz "
         "(port 0 picks a free port; no data, no auth: Prometheus and probes only).",
     )
+    verifier_token: SecretStr | None = verifier_token_field()
     verifier_threshold: float = Field(
         default=0.8,
         description="Deviation score at or above which the reference scorer answers BLOCK (0 < t <= 1).",

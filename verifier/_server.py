@@ -13,9 +13,10 @@ from pathlib import Path
 
 from bastion._appconfig import AppConfig
 from bastion._errors import ConfigError
-from bastion._identity import ensure_service_token
+from bastion._identity import SERVICE_TOKEN_FILE, ensure_service_token
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
+from bastion._settings import check_verifier_token
 from bastion._web import start_web_server
 from bastion.v1 import verifier_pb2_grpc
 
@@ -38,9 +39,8 @@ async def serve(
 ) -> None:
     """Serve bastion.v1.Verifier on settings.verifier_addr, and its metrics and probes on
     settings.verifier_metrics_addr, until `stop` is set."""
-    secret = settings.service_token.get_secret_value() if settings.service_token else None
     home = settings.home.resolve()
-    token = ensure_service_token(home, secret)
+    token = _accepted_token(settings, home)
     metrics = VerifierMetrics()
     model = SequenceModel(settings.sequence_config())
     store = SequenceStore(home / SEQUENCE_STORE)
@@ -89,6 +89,26 @@ async def _serve(
         await http.stop()
 
 
+def _accepted_token(settings: VerifierSettings, home: Path) -> str:
+    """The one bearer token the gRPC server accepts: BASTION_VERIFIER_TOKEN when set, which
+    the proxy then sends instead of the service token (so this process needs no service
+    token at all), else the service token. ConfigError when the verifier token is short or
+    is the service token."""
+    if settings.verifier_token is None:
+        secret = settings.service_token.get_secret_value() if settings.service_token else None
+        return ensure_service_token(home, secret)
+    token = settings.verifier_token.get_secret_value()
+    # Compared with the service token this stack uses, from the environment or, on a local
+    # stack sharing $BASTION_HOME, its file; none is created here.
+    stored = home / SERVICE_TOKEN_FILE
+    if settings.service_token is not None:
+        service_token = settings.service_token.get_secret_value()
+    else:
+        service_token = stored.read_text().strip() if stored.is_file() else ""
+    check_verifier_token(token, service_token)
+    return token
+
+
 def main(config: Path | None = None) -> int:
     """`bastion verifier serve`: exit 0 on a clean stop, 1 on a runtime error, 2 on bad config."""
     try:
@@ -97,4 +117,6 @@ def main(config: Path | None = None) -> int:
         # Logging is configured from these very settings, so this one goes to stderr directly.
         print(f"cannot start verifier: {exc}", file=sys.stderr)
         return 2
-    return run_service("verifier", settings, config, serve)
+    # The scorer reads nothing of bastion.yaml: its pods need neither the file nor the
+    # credentials it names (charts/bastion mounts neither).
+    return run_service("verifier", settings, config, serve, reads_config=False)

@@ -81,6 +81,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if and .Values.redis.enabled (not .Values.redis.url) -}}
 {{- fail "redis.url is required when redis.enabled is true (redis://host:6379/0), or put redis-url in secrets.existingSecret" -}}
 {{- end -}}
+{{- if and .Values.verifier.ownToken (not .Values.secrets.verifierToken) -}}
+{{- fail "secrets.verifierToken is required when verifier.ownToken is true (at least 16 characters, not the service token), or put verifier-token in secrets.existingSecret. Generate one: --set secrets.verifierToken=$(openssl rand -base64 32)" -}}
+{{- end -}}
 {{- if and (eq .Values.graph.store "neo4j") (not .Values.graph.neo4j.url) -}}
 {{- fail "graph.neo4j.url is required when graph.store is neo4j (neo4j://user:password@host:7687), or put graph-url in secrets.existingSecret" -}}
 {{- end -}}
@@ -96,19 +99,38 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
-{{/* Environment every service shares: component name as argument. */}}
+{{/* Environment the proxy, policy and graph share. */}}
 {{- define "bastion.commonEnv" -}}
-- name: BASTION_HOME
-  value: /var/lib/bastion
+{{ include "bastion.baseEnv" . }}
 - name: BASTION_CONFIG
   value: /etc/bastion/config/bastion.yaml
+{{ include "bastion.serviceTokenEnv" . }}
+{{- end -}}
+
+{{/* What every service gets. The verifier gets only this and a token: it reads no bastion.yaml,
+     so it needs neither the config nor the Secret's files (the JWT key, upstream credentials). */}}
+{{- define "bastion.baseEnv" -}}
+- name: BASTION_HOME
+  value: /var/lib/bastion
 - name: BASTION_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
+{{- end -}}
+
+{{- define "bastion.serviceTokenEnv" -}}
 - name: BASTION_SERVICE_TOKEN
   valueFrom:
     secretKeyRef:
       name: {{ include "bastion.secretName" . }}
       key: service-token
+{{- end -}}
+
+{{/* BASTION_VERIFIER_TOKEN (verifier.ownToken): what the proxy sends the verifier, and all it accepts. */}}
+{{- define "bastion.verifierTokenEnv" -}}
+- name: BASTION_VERIFIER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "bastion.secretName" . }}
+      key: verifier-token
 {{- end -}}
 
 {{- define "bastion.extraEnv" -}}

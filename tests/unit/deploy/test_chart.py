@@ -171,10 +171,13 @@ def test_every_env_var_is_a_setting_of_its_service_and_wires_the_chart_services(
         assert set(env) <= known, f"{component} sets variables it does not read: {set(env) - known}"
         required = {f"BASTION_{name.upper()}" for name, field in settings.model_fields.items() if field.is_required()}
         assert required <= set(env)
-        # Every pod shares one service token, from the Secret; state and config at the image's paths.
-        assert "secretKeyRef" in env["BASTION_SERVICE_TOKEN"]
+        # Every pod shares one service token, from the Secret (but a verifier with its own
+        # token, which holds that one alone); state and config at the image's paths (the
+        # verifier reads no config).
+        own = component == "verifier" and "BASTION_VERIFIER_TOKEN" in env
+        assert "secretKeyRef" in env["BASTION_VERIFIER_TOKEN" if own else "BASTION_SERVICE_TOKEN"]
         assert env["BASTION_HOME"] == "/var/lib/bastion"
-        assert env["BASTION_CONFIG"] == "/etc/bastion/config/bastion.yaml"
+        assert env.get("BASTION_CONFIG") == (None if component == "verifier" else "/etc/bastion/config/bastion.yaml")
         for name, value in env.items():
             if not (name.endswith("_ADDR") and isinstance(value, str)):
                 continue
@@ -199,6 +202,29 @@ def test_proxy_listens_where_its_callers_reach_it_and_every_peer_address_matches
     assert env["BASTION_VERIFIER_ADDR"] == "rel-bastion-verifier:50052"
     assert env["BASTION_GRAPH_GRPC_ADDR"] == "rel-bastion-graph:50053"
     assert env["BASTION_REDIS_URL"] == {"secretKeyRef": {"name": "rel-bastion-secrets", "key": "redis-url"}}
+
+
+def test_the_verifier_can_hold_a_token_of_its_own_and_holds_no_other_secret(helm: str) -> None:
+    own = {"secretKeyRef": {"name": "rel-bastion-secrets", "key": "verifier-token"}}
+    service = {"secretKeyRef": {"name": "rel-bastion-secrets", "key": "service-token"}}
+    for value_set, owned in (("full-values.yaml", True), ("default-values.yaml", False)):
+        manifests = _rendered(helm, value_set)
+        envs = {component: _env(template["spec"]["containers"][0]) for component, template in _workloads(manifests)}
+        assert envs["verifier"].get("BASTION_VERIFIER_TOKEN") == (own if owned else None), value_set
+        assert envs["proxy"].get("BASTION_VERIFIER_TOKEN") == (own if owned else None), value_set
+        assert ("BASTION_SERVICE_TOKEN" in envs["verifier"]) is not owned, value_set
+        for component in ("proxy", "policy", "graph"):
+            assert envs[component]["BASTION_SERVICE_TOKEN"] == service, (value_set, component)
+            if component != "proxy":
+                assert "BASTION_VERIFIER_TOKEN" not in envs[component], (value_set, component)
+        # Nor any file of the Secret (the JWT signing key mints operator tokens) or of the config.
+        verifier = next(template["spec"] for component, template in _workloads(manifests) if component == "verifier")
+        assert {volume["name"] for volume in verifier["volumes"]} == {"home", "tmp"}, value_set
+        assert all("secret" not in volume and "configMap" not in volume for volume in verifier["volumes"])
+        secret = _by_kind(manifests, "Secret")["rel-bastion-secrets"]["data"]
+        assert ("verifier-token" in secret) is owned, value_set
+        if owned:
+            assert base64.b64decode(secret["verifier-token"]) == b"test-verifier-token-of-its-own"
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -305,8 +331,18 @@ def test_prometheus_rule_carries_the_ops_rules_with_runbook_links(helm: str) -> 
         (["--set", "graph.store=postgres"], ["/graph/store"]),
         (["--set", "proxy.settings.MAX_BODY=1"], ["/proxy/settings"]),
         (["--set", "logLevel=verbose"], ["/logLevel"]),
+        (["--set", "secrets.verifierToken=too-short"], ["/secrets/verifierToken"]),
+        (["--set", "verifier.ownToken=yes"], ["/verifier/ownToken", "boolean"]),
     ],
-    ids=["unknown-key", "mistyped-int", "bad-enum", "setting-without-prefix", "bad-log-level"],
+    ids=[
+        "unknown-key",
+        "mistyped-int",
+        "bad-enum",
+        "setting-without-prefix",
+        "bad-log-level",
+        "short-verifier-token",
+        "own-token-not-a-boolean",
+    ],
 )
 def test_schema_rejects_unknown_and_mistyped_values(helm: str, args: list[str], needles: list[str]) -> None:
     _fails(_template(helm, *SECRETS, *args), "values don't meet the specifications of the schema", *needles)
@@ -322,6 +358,7 @@ def test_schema_rejects_unknown_and_mistyped_values(helm: str, args: list[str], 
         ([*SECRETS, "--set", "proxy.replicas=3"], "redis.enabled is required"),
         ([*SECRETS, "--set", "proxy.autoscaling.enabled=true"], "redis.enabled is required"),
         ([*SECRETS, "--set", "policy.engine=opa"], "policy.opaUrl is required"),
+        ([*SECRETS, "--set", "verifier.ownToken=true"], "secrets.verifierToken is required"),
     ],
     ids=[
         "service-token",
@@ -331,6 +368,7 @@ def test_schema_rejects_unknown_and_mistyped_values(helm: str, args: list[str], 
         "replicas-without-redis",
         "hpa-without-redis",
         "opa",
+        "verifier-token",
     ],
 )
 def test_missing_required_value_fails_naming_it(helm: str, args: list[str], named: str) -> None:

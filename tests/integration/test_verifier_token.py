@@ -1,0 +1,158 @@
+"""BASTION_VERIFIER_TOKEN: the verifier holds a credential of its own, not the service token.
+
+DESIGN §3 has the proxy send the verifier the service token, which also writes events and
+audit records to the graph and reads API key digests from the policy service; a verifier
+is pluggable, so whoever runs one held all of that. With the token set, the proxy sends
+it to the verifier (and to the chained ones without BASTION_VERIFIER_CHAIN_TOKEN), the
+reference verifier accepts it and nothing else, and no other service accepts it. Real
+services on port 0, real gRPC."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from fixtures import inprocess
+from fixtures.mcpcalls import ProxyClient, headers, tool_call
+from fixtures.stack import ROOT
+from fixtures.upstream import DemoUpstream
+
+from bastion._errors import ConfigError
+from bastion._identity import ensure_service_token
+from bastion._rpc import auth_metadata, open_channel
+from bastion._settings import check_verifier_token
+from bastion._verdicts import VERIFIER_UNAVAILABLE
+from bastion.v1 import graph_pb2, graph_pb2_grpc, policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+
+ALLOW_ALL = """\
+apiVersion: bastion.dev/v1
+kind: AgentPolicy
+metadata: {name: verifier-token, version: 1}
+spec:
+  default: deny
+  rules:
+    - {id: demo-tools, match: {tools: ["demo__*"]}, effect: allow}
+"""
+TOKEN = "verifier-only-secret-0123456789"
+
+
+@contextlib.asynccontextmanager
+async def _stack(
+    home: Path, upstream: DemoUpstream, *, proxy_token: str | None, verifier_token: str | None, **proxy: Any
+) -> AsyncIterator[tuple[ProxyClient, inprocess.Running]]:
+    """The in-process stack with each side's BASTION_VERIFIER_TOKEN as given."""
+    (home / "policy.yaml").write_text(ALLOW_ALL)
+    app = inprocess.app_config(upstream.url, home / "policy.yaml")
+    verifier_settings = {} if verifier_token is None else {"verifier_token": verifier_token}
+    proxy_settings = {**proxy, **({} if proxy_token is None else {"verifier_token": proxy_token})}
+    async with inprocess.stack(home, app, verifier_settings=verifier_settings, **proxy_settings) as running:
+        yield ProxyClient(home, running.proxy, running.graph), running
+
+
+async def _code(call: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call
+    return refused.value.code()
+
+
+async def test_the_verifier_gets_its_own_token_which_no_other_service_accepts(
+    tmp_path: Path, upstream: DemoUpstream
+) -> None:
+    async with _stack(tmp_path, upstream, proxy_token=TOKEN, verifier_token=TOKEN) as (client, running):
+        answer = (await client.post(tool_call("add", {"a": 1, "b": 2}), headers(client.token("agent-tok")))).json()
+        assert answer["result"]["structuredContent"] == {"result": 3}, answer
+        service = auth_metadata(ensure_service_token(tmp_path, None))
+        own = auth_metadata(TOKEN)
+        addresses = {"p": running.policy_grpc, "v": running.verifier_grpc, "g": running.graph_grpc}
+        channels = {name: open_channel(address) for name, address in addresses.items()}
+        try:
+            scoring = verifier_pb2_grpc.VerifierStub(channels["v"])
+            request = verifier_pb2.ScoreRequest(action=policy_pb2.Action(kind=policy_pb2.TOOL_CALL, tool="x"))
+            assert (await scoring.Score(request, metadata=own, timeout=10)).scorer.startswith("reference/")
+            # The verifier takes its token and no other, not even the service token.
+            assert await _code(scoring.Score(request, metadata=service, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+            # What the token is worth elsewhere: nothing.
+            decide = policy_pb2_grpc.PolicyServiceStub(channels["p"]).Decide(
+                policy_pb2.DecideRequest(), metadata=own, timeout=10
+            )
+            assert await _code(decide) == grpc.StatusCode.UNAUTHENTICATED
+            ingest = graph_pb2_grpc.GraphServiceStub(channels["g"]).IngestBatch(
+                graph_pb2.EventBatch(), metadata=own, timeout=10
+            )
+            assert await _code(ingest) == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            for channel in channels.values():
+                await channel.close()
+
+
+@pytest.mark.parametrize(("proxy_token", "verifier_token"), [(TOKEN, None), (None, TOKEN)])
+async def test_a_token_set_on_one_side_only_fails_closed(
+    tmp_path: Path, upstream: DemoUpstream, proxy_token: str | None, verifier_token: str | None
+) -> None:
+    async with _stack(tmp_path, upstream, proxy_token=proxy_token, verifier_token=verifier_token) as running:
+        client = running[0]
+        answer = (await client.post(tool_call("add", {"a": 1, "b": 2}), headers(client.token("agent-tok")))).json()
+    assert answer["error"]["data"]["rule_id"] == VERIFIER_UNAVAILABLE, answer
+    assert "UNAUTHENTICATED" in answer["error"]["data"]["reason"], answer
+
+
+async def test_chained_verifiers_get_the_verifier_token_when_they_have_none_of_their_own(
+    tmp_path: Path, upstream: DemoUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = importlib.util.spec_from_file_location("external_verifier_own", ROOT / "examples" / "external_verifier.py")
+    assert spec is not None
+    assert spec.loader is not None
+    example: Any = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    server, port = await example.start(0, TOKEN)  # accepts this token and no other
+    try:
+        async with _stack(
+            tmp_path, upstream, proxy_token=TOKEN, verifier_token=TOKEN, verifier_chain=f"127.0.0.1:{port}"
+        ) as running:
+            client = running[0]
+            answer = (await client.post(tool_call("add", {"a": 1, "b": 2}), headers(client.token("agent-tok")))).json()
+    finally:
+        await server.stop(None)
+    assert answer["result"]["structuredContent"] == {"result": 3}, answer
+    # Nobody is sent the service token, so there is nothing to warn about.
+    assert "are sent the service token" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("short-token", "at least 16 characters"),
+        ("same-as-the-service-token-0123", "must differ from the service token"),
+    ],
+)
+@pytest.mark.parametrize("side", ["proxy", "verifier"])
+async def test_a_short_token_or_the_service_token_itself_stops_the_start(
+    tmp_path: Path, upstream: DemoUpstream, side: str, token: str, problem: str
+) -> None:
+    service = ensure_service_token(tmp_path, None)
+    token = service if token.startswith("same-as") else token
+    with pytest.raises(ConfigError, match=problem):
+        async with _stack(
+            tmp_path,
+            upstream,
+            proxy_token=token if side == "proxy" else None,
+            verifier_token=token if side == "verifier" else None,
+        ):
+            pass
+
+
+@pytest.mark.parametrize("variant", ["", " ", "x" * 15, "é" * 8])
+def test_the_token_check_counts_characters_and_refuses_what_is_too_short(variant: str) -> None:
+    with pytest.raises(ConfigError, match="at least 16"):
+        check_verifier_token(variant, "some-service-token")
+
+
+def test_the_token_check_refuses_the_service_token_and_accepts_another() -> None:
+    with pytest.raises(ConfigError, match="must differ"):
+        check_verifier_token("a-service-token-of-length", "a-service-token-of-length")
+    check_verifier_token("a-verifier-token-of-length", "a-service-token-of-length")
