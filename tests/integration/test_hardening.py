@@ -201,7 +201,7 @@ async def test_a_wide_argument_is_refused_fast_while_another_agents_calls_all_su
     # each other here; generous deadlines keep that from reading as a failure. What the
     # landed code did is not a matter of deadlines: the oversized message broke the shared
     # policy and verifier streams and the other agent's calls in flight were blocked.
-    slow = {"policy_timeout_ms": 20_000, "verifier_timeout_ms": 20_000}
+    slow: dict[str, Any] = {"policy_timeout_ms": 20_000, "verifier_timeout_ms": 20_000}
     async with inprocess.stack(tmp_path, app, **slow) as running, httpx.AsyncClient(timeout=60) as http:
         client = ProxyClient(tmp_path, running.proxy, running.graph)
         other = {**headers(client.token("other-agent")), "Mcp-Name": "add"}
