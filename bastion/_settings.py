@@ -37,6 +37,8 @@ class CommonSettings(BaseSettings):
 
 #: Shortest BASTION_VERIFIER_TOKEN accepted: it is a bearer secret, as guessable as it is short.
 MIN_VERIFIER_TOKEN_CHARS = 16
+#: Longest: it rides in every verifier call's metadata, and gRPC bounds a call's metadata (8 KiB).
+MAX_VERIFIER_TOKEN_CHARS = 1024
 
 
 def verifier_token_field() -> Any:
@@ -47,16 +49,22 @@ def verifier_token_field() -> Any:
         description="Bearer token the proxy sends to the verifier at BASTION_VERIFIER_ADDR (and to the chained "
         "verifiers unless BASTION_VERIFIER_CHAIN_TOKEN is set), and the only one `bastion verifier serve` then "
         "accepts, instead of the service token: the verifier then holds no credential that writes to the graph "
-        f"or reads from the policy service. Set the same value on both; at least {MIN_VERIFIER_TOKEN_CHARS} "
-        "characters, never the service token.",
+        f"or reads from the policy service. Set the same value on both: {MIN_VERIFIER_TOKEN_CHARS} to "
+        f"{MAX_VERIFIER_TOKEN_CHARS} visible ASCII characters, never the service token.",
     )
 
 
 def check_verifier_token(verifier_token: str, service_token: str) -> None:
-    """ConfigError unless `verifier_token` is long enough and is not the service token:
-    equal, the verifier would hold the very credential this token keeps from it."""
+    """ConfigError unless `verifier_token` is long enough, fits a gRPC metadata value (visible
+    ASCII: a space, a newline or an accented letter would make every verifier call fail
+    later, far from the cause) and is not the service token: equal, the verifier would hold
+    the very credential this token keeps from it."""
     if len(verifier_token) < MIN_VERIFIER_TOKEN_CHARS:
         raise ConfigError(f"BASTION_VERIFIER_TOKEN must be at least {MIN_VERIFIER_TOKEN_CHARS} characters")
+    if len(verifier_token) > MAX_VERIFIER_TOKEN_CHARS:
+        raise ConfigError(f"BASTION_VERIFIER_TOKEN must be at most {MAX_VERIFIER_TOKEN_CHARS} characters")
+    if not all("!" <= char <= "~" for char in verifier_token):
+        raise ConfigError("BASTION_VERIFIER_TOKEN must be visible ASCII: no spaces, control characters or non-ASCII")
     if hmac.compare_digest(verifier_token.encode(), service_token.encode()):
         raise ConfigError("BASTION_VERIFIER_TOKEN must differ from the service token: equal, it keeps nothing back")
 

@@ -152,7 +152,27 @@ def test_the_token_check_counts_characters_and_refuses_what_is_too_short(variant
         check_verifier_token(variant, "some-service-token")
 
 
+@pytest.mark.parametrize(
+    ("variant", "problem"),
+    [
+        ("a" * 1025, "at most 1024"),
+        ("sixteen-chars-and one space", "visible ASCII"),
+        ("sixteen-chars-and-a-newline\n", "visible ASCII"),
+        ("sixteen-chars-and-a-tab\t-too", "visible ASCII"),
+        ("sixteen-chars-and-\x00-nul", "visible ASCII"),
+        ("sixteen-chars-and-é-accent", "visible ASCII"),
+        ("sixteen-chars-and-\u200b-zero-width", "visible ASCII"),
+        ("".join(chr(0xFF00 + ord(c) - 0x20) for c in "fullwidth-token-xx"), "visible ASCII"),
+    ],
+)
+def test_the_token_check_refuses_what_grpc_metadata_cannot_carry(variant: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        check_verifier_token(variant, "some-service-token")
+
+
 def test_the_token_check_refuses_the_service_token_and_accepts_another() -> None:
     with pytest.raises(ConfigError, match="must differ"):
         check_verifier_token("a-service-token-of-length", "a-service-token-of-length")
     check_verifier_token("a-verifier-token-of-length", "a-service-token-of-length")
+    check_verifier_token("x" * 1024, "a-service-token-of-length")
+    check_verifier_token("Base64+/Token=~!#$%&'()*,-.:;<>?@[]^_`{|}", "a-service-token-of-length")

@@ -332,6 +332,7 @@ def test_prometheus_rule_carries_the_ops_rules_with_runbook_links(helm: str) -> 
         (["--set", "proxy.settings.MAX_BODY=1"], ["/proxy/settings"]),
         (["--set", "logLevel=verbose"], ["/logLevel"]),
         (["--set", "secrets.verifierToken=too-short"], ["/secrets/verifierToken"]),
+        (["--set", "secrets.verifierToken=sixteen characters with spaces"], ["/secrets/verifierToken"]),
         (["--set", "verifier.ownToken=yes"], ["/verifier/ownToken", "boolean"]),
     ],
     ids=[
@@ -341,6 +342,7 @@ def test_prometheus_rule_carries_the_ops_rules_with_runbook_links(helm: str) -> 
         "setting-without-prefix",
         "bad-log-level",
         "short-verifier-token",
+        "verifier-token-with-spaces",
         "own-token-not-a-boolean",
     ],
 )
