@@ -29,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from ._api_docs import add_api_docs
@@ -91,7 +91,34 @@ def rest_app(*, title: str, hosts: HostCheck, description: str = "") -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(HostGuard, hosts=hosts)
+    app.add_middleware(HeadAsGet)
     return app
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered as GET is, without the body (RFC 9110 §9.3.2).
+
+    FastAPI routes a GET route for GET alone, so every HEAD was 405, the probes and uptime
+    checks that use it included. The headers (Content-Length among them) are GET's; the
+    body is dropped here as well as by the HTTP server, and the handler runs with its
+    checks as for GET (a HEAD without a token is 401, like a GET)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self._app(scope, receive, send)
+            return
+
+        async def headless(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self._app({**scope, "method": "GET"}, receive, headless)
 
 
 class HostGuard:
