@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import sqlite3
 import time
 from typing import Any
@@ -50,6 +51,7 @@ from bastion._errors import (
     StoreError,
 )
 from bastion._hosts import HostCheck
+from bastion._identifiers import InvalidIdentity, check_identifier
 from bastion._identity import Principal, TokenVerifier
 from bastion._json import loads_strict
 from bastion.v1 import graph_pb2, policy_pb2
@@ -271,10 +273,12 @@ class ApprovalsApi:
 
 
 def _query(query_string: bytes) -> dict[str, str]:
+    """The query's parameters, each at most once and none blank (`?state=` filtered nothing
+    silently): 400 otherwise."""
     if len(query_string) > _MAX_QUERY:
         raise InvalidQuery(f"query string longer than {_MAX_QUERY} bytes")
     try:
-        parsed = parse_qs(query_string.decode("utf-8"), strict_parsing=False, max_num_fields=16)
+        parsed = parse_qs(query_string.decode("utf-8"), keep_blank_values=True, max_num_fields=16)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidQuery(f"malformed query string: {exc}") from None
     unknown = set(parsed) - {"state", "agent", "limit", "before"}
@@ -282,16 +286,30 @@ def _query(query_string: bytes) -> dict[str, str]:
         raise InvalidQuery(f"unknown query parameter(s): {', '.join(sorted(unknown))[:200]}")
     if any(len(values) > 1 for values in parsed.values()):
         raise InvalidQuery("each query parameter at most once")
-    return {key: values[0] for key, values in parsed.items()}
+    query = {key: values[0] for key, values in parsed.items()}
+    for key, value in query.items():
+        if not value:
+            raise InvalidQuery(f"{key} must not be empty")
+    if "agent" in query:
+        try:
+            check_identifier("agent", query["agent"])
+        except InvalidIdentity as exc:
+            raise InvalidQuery(str(exc)) from None
+    return query
+
+
+#: What `limit` and `before` are written as: ASCII digits (Python's int() and float() also
+#: take `1_0`, `+5`, full-width digits, `nan`, `inf` and `1e400`), `before` a time in seconds
+#: as `next_before` gives it.
+_NUMBERS = {"limit": re.compile(r"[0-9]{1,6}"), "before": re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")}
 
 
 def _number(query: dict[str, str], key: str, default: Any, kind: type) -> Any:
     if key not in query:
         return default
-    try:
-        return kind(query[key])
-    except ValueError:
-        raise InvalidQuery(f"{key} must be a number") from None
+    if _NUMBERS[key].fullmatch(query[key]) is None:
+        raise InvalidQuery(f"{key} must be a number written in digits" + (" (seconds)" if key == "before" else ""))
+    return kind(query[key])
 
 
 def _reason(body: bytes) -> str:

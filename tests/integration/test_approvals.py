@@ -345,6 +345,19 @@ async def test_only_operators_of_the_tenant_decide_and_never_on_their_own_calls(
         ("GET", "/v1/approvals?limit=100000", None, 400, "bastion.invalid_request"),
         ("GET", "/v1/approvals?tenant=globex", None, 400, "bastion.invalid_request"),
         ("GET", "/v1/approvals?state=pending&state=used", None, 400, "bastion.invalid_request"),
+        # Taken by Python's int() and float(), refused here: `?state=` filtered nothing, NaN
+        # and infinities are no time, `1_0` and full-width digits are no way to write one.
+        ("GET", "/v1/approvals?state=", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?agent=", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?agent=" + "a" * 257, None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?agent=a%0Ab", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?limit=1_0", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?limit=%2B5", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?limit=%EF%BC%95", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?before=nan", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?before=inf", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?before=1e400", None, 400, "bastion.invalid_request"),
+        ("GET", "/v1/approvals?before=-1", None, 400, "bastion.invalid_request"),
         ("DELETE", "/v1/approvals", None, 405, "bastion.method_not_allowed"),
         ("GET", "/v1/approvals/{id}/approve", None, 405, "bastion.method_not_allowed"),
         (
@@ -378,6 +391,20 @@ async def test_bad_requests_get_precise_errors_and_change_nothing(
     assert response.json()["error"]["code"] == code
     shown = await stack.rest("GET", f"/v1/approvals/{approval_id}", stack.operator)
     assert shown.json()["state"] == "pending"
+
+
+async def test_the_listing_pages_by_the_time_it_hands_back(stack: Stack) -> None:
+    token = stack.token("agent-pages")
+    parked = [await _parked(stack, f"/pages/{n}", token) for n in range(3)]
+
+    first = (await stack.rest("GET", "/v1/approvals?agent=agent-pages&limit=2", stack.operator)).json()
+    query = f"/v1/approvals?agent=agent-pages&limit=2&before={first['next_before']!r}"
+    second = (await stack.rest("GET", query, stack.operator)).json()
+
+    assert len(first["items"]) == 2
+    assert len(second["items"]) == 1
+    assert second["next_before"] is None
+    assert sorted(item["approval_id"] for item in first["items"] + second["items"]) == sorted(parked)
 
 
 async def test_an_approval_expires(tmp_path: Path, upstream: DemoUpstream) -> None:
