@@ -251,7 +251,9 @@ def resolve_config_path(explicit: Path | None, env_value: Path | None) -> Path:
     return explicit or env_value or DEFAULT_CONFIG
 
 
-def find_app_config(explicit: Path | None, env_value: Path | None) -> tuple[Path | None, AppConfig]:
+def find_app_config(
+    explicit: Path | None, env_value: Path | None, *, credentials: bool = True
+) -> tuple[Path | None, AppConfig]:
     """The config a service runs with, and where it came from.
 
     A file named by --config or $BASTION_CONFIG must exist. Without either, a missing
@@ -261,10 +263,14 @@ def find_app_config(explicit: Path | None, env_value: Path | None) -> tuple[Path
     path = resolve_config_path(explicit, env_value)
     if path == DEFAULT_CONFIG and explicit is None and env_value is None and not path.exists():
         return None, AppConfig()
-    return path.resolve(), load_app_config(path)
+    return path.resolve(), load_app_config(path, credentials=credentials)
 
 
-def load_app_config(path: Path) -> AppConfig:
+def load_app_config(path: Path, *, credentials: bool = True) -> AppConfig:
+    """bastion.yaml at `path`. With `credentials` False, the upstreams' `headers` and `auth`
+    keep their `${VAR}` and `${file:…}` references as written: only the proxy sends them,
+    so the other services neither read the variables nor open the files, and their pods
+    need not hold an upstream's secret."""
     try:
         raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -293,7 +299,7 @@ def load_app_config(path: Path) -> AppConfig:
         ]
     for section in ("servers", "agents"):
         entries = raw.get(section)
-        if isinstance(entries, dict):
+        if isinstance(entries, dict) and credentials:
             raw[section] = {name: _expand_headers(path, f"{section}.{name}", entry) for name, entry in entries.items()}
     servers = raw.get("servers")
     if isinstance(servers, dict):

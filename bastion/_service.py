@@ -27,13 +27,22 @@ S = TypeVar("S", bound=CommonSettings)
 ServeFn = Callable[[S, AppConfig, Callable[[dict[str, str]], None], asyncio.Event], Awaitable[None]]
 
 
-def run_service(name: str, settings: S, config: Path | None, serve: ServeFn[S], *, reads_config: bool = True) -> int:
+def run_service(
+    name: str,
+    settings: S,
+    config: Path | None,
+    serve: ServeFn[S],
+    *,
+    reads_config: bool = True,
+    credentials: bool = False,
+) -> int:
     """Run `serve` until SIGTERM or SIGINT; the exit code. A bastion.yaml that is named is
     loaded (and a bad one refused) even by a service that does not read it (`reads_config`
-    False: the verifier), which is then not warned about running without one."""
+    False: the verifier), which is then not warned about running without one. Upstream
+    credentials in it are read only with `credentials` (the proxy: load_app_config)."""
     configure_logging(name, settings.log_level)
     try:
-        source, app = find_app_config(config, settings.config)
+        source, app = find_app_config(config, settings.config, credentials=credentials)
     except BastionError as exc:
         log.error("cannot start %s: %s", name, exc)
         return 2

@@ -318,7 +318,8 @@ def _report(enforcer: Enforcer, server: str, code: str, reason: str) -> None:
 
 
 def main(config: Path | None = None) -> int:
-    return run_service("proxy", ProxySettings(), config, serve)
+    # The one service that sends the upstreams' credentials, and so reads them.
+    return run_service("proxy", ProxySettings(), config, serve, credentials=True)
 
 
 def _dashboard(handler: Handler, origin: str | None, hosts: HostCheck) -> Handler:

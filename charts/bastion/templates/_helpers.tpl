@@ -140,9 +140,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end -}}
 
-{{/* Volume mounts of a Bastion container: list $ withSigningKey. */}}
+{{/* Volume mounts of the proxy, policy and graph containers: list $ withUpstreamSecrets.
+     Only the proxy sends the upstreams' credentials, so only it mounts the Secret's files
+     (/etc/bastion/secrets, what bastion.yaml's `${file:…}` names); the other services keep
+     those references unread (bastion._appconfig.load_app_config). */}}
 {{- define "bastion.volumeMounts" -}}
-{{- $ := index . 0 -}}
 - name: home
   mountPath: /var/lib/bastion
 - name: tmp
@@ -153,16 +155,16 @@ app.kubernetes.io/component: {{ index . 1 }}
 - name: policies
   mountPath: /etc/bastion/policies
   readOnly: true
+{{- if index . 1 }}
 - name: secrets
   mountPath: /etc/bastion/secrets
   readOnly: true
-{{- if index . 1 }}
-{{- /* The JWT key where `bastion token issue` and the token verifier look for it; every pod holds the same one. */}}
+{{- end }}
+{{- /* The JWT key where `bastion token issue` and the token verifier look for it; these three pods hold the same one. */}}
 - name: secrets
   mountPath: /var/lib/bastion/keys/dev-ed25519.pem
   subPath: jwt-signing-key
   readOnly: true
-{{- end }}
 {{- end -}}
 
 {{/* Volumes of a Bastion pod except `home` (a PVC or emptyDir, chosen per service). */}}

@@ -228,6 +228,26 @@ def test_the_verifier_can_hold_a_token_of_its_own_and_holds_no_other_secret(helm
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_only_the_proxy_mounts_the_secret_files_and_the_jwt_key_goes_where_it_is_read(
+    helm: str, value_set: str
+) -> None:
+    # Upstream credentials are read by the proxy alone (bastion._appconfig.load_app_config).
+    for component, template in _workloads(_rendered(helm, value_set)):
+        mounts = {m["mountPath"]: m for m in template["spec"]["containers"][0]["volumeMounts"]}
+        assert ("/etc/bastion/secrets" in mounts) is (component == "proxy"), (value_set, component)
+        key = mounts.get("/var/lib/bastion/keys/dev-ed25519.pem")
+        if component == "verifier":
+            assert key is None, value_set
+        else:
+            assert key == {
+                "name": "secrets",
+                "mountPath": "/var/lib/bastion/keys/dev-ed25519.pem",
+                "subPath": "jwt-signing-key",
+                "readOnly": True,
+            }, (value_set, component)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_every_pod_is_hardened(helm: str, value_set: str) -> None:
     for component, template in _workloads(_rendered(helm, value_set)):
         pod = template["spec"]
