@@ -268,9 +268,10 @@ def find_app_config(
 
 def load_app_config(path: Path, *, credentials: bool = True) -> AppConfig:
     """bastion.yaml at `path`. With `credentials` False, the upstreams' `headers` and `auth`
-    keep their `${VAR}` and `${file:…}` references as written: only the proxy sends them,
-    so the other services neither read the variables nor open the files, and their pods
-    need not hold an upstream's secret."""
+    are left out, unread: only the proxy sends them, so the other services neither read the
+    variables and files they name nor hold them, and their pods need not hold an
+    upstream's secret. Left out rather than kept as written, so a caller that sends them
+    by mistake sends nothing, never the text of a reference."""
     try:
         raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -299,8 +300,11 @@ def load_app_config(path: Path, *, credentials: bool = True) -> AppConfig:
         ]
     for section in ("servers", "agents"):
         entries = raw.get(section)
-        if isinstance(entries, dict) and credentials:
-            raw[section] = {name: _expand_headers(path, f"{section}.{name}", entry) for name, entry in entries.items()}
+        if isinstance(entries, dict):
+            raw[section] = {
+                name: _expand_headers(path, f"{section}.{name}", entry) if credentials else _without_credentials(entry)
+                for name, entry in entries.items()
+            }
     servers = raw.get("servers")
     if isinstance(servers, dict):
         raw["servers"] = {
@@ -372,6 +376,12 @@ def _expand_headers(path: Path, where: str, entry: object) -> object:
         if isinstance(entry.get(field), dict):
             expanded[field] = expand(entry[field], field)
     return expanded
+
+
+def _without_credentials(entry: object) -> object:
+    if not isinstance(entry, dict):
+        return entry
+    return {key: value for key, value in entry.items() if key not in ("headers", "auth")}
 
 
 def _resolve(base: Path, value: object) -> object:

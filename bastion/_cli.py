@@ -179,7 +179,7 @@ def _server_name(program: str) -> str:
 
 def _token(args: argparse.Namespace) -> int:
     settings = CommonSettings()
-    _, app = find_app_config(args.config, settings.config)
+    _, app = find_app_config(args.config, settings.config, credentials=False)
     if args.ttl > app.auth.max_token_lifetime_s:
         # Verifiers refuse a longer-lived token; better said now than at the first call.
         raise ConfigError(

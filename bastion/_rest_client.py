@@ -34,7 +34,7 @@ def bearer_from(args: argparse.Namespace) -> dict[str, str]:
     token = args.token or os.environ.get("BASTION_TOKEN")
     if not token:
         settings = CommonSettings()
-        _, app = find_app_config(args.config, settings.config)
+        _, app = find_app_config(args.config, settings.config, credentials=False)
         token = issue_token(
             ensure_dev_key(settings.home.resolve()),
             subject=cli_user(),

@@ -54,11 +54,13 @@ def verifier_token_field() -> Any:
     )
 
 
-def check_verifier_token(verifier_token: str, service_token: str) -> None:
-    """ConfigError unless `verifier_token` is long enough, fits a gRPC metadata value (visible
-    ASCII: a space, a newline or an accented letter would make every verifier call fail
-    later, far from the cause) and is not the service token: equal, the verifier would hold
-    the very credential this token keeps from it."""
+def check_verifier_token(verifier_token: str, service_token: str) -> str:
+    """`verifier_token` without a trailing newline (a Secret made `--from-file` of
+    `openssl rand … > file` ends in one); ConfigError unless it is then long enough, fits a
+    gRPC metadata value (visible ASCII: a space, a newline or an accented letter would make
+    every verifier call fail later, far from the cause) and is not the service token:
+    equal, the verifier would hold the very credential this token keeps from it."""
+    verifier_token = verifier_token.rstrip("\r\n")
     if len(verifier_token) < MIN_VERIFIER_TOKEN_CHARS:
         raise ConfigError(f"BASTION_VERIFIER_TOKEN must be at least {MIN_VERIFIER_TOKEN_CHARS} characters")
     if len(verifier_token) > MAX_VERIFIER_TOKEN_CHARS:
@@ -67,6 +69,7 @@ def check_verifier_token(verifier_token: str, service_token: str) -> None:
         raise ConfigError("BASTION_VERIFIER_TOKEN must be visible ASCII: no spaces, control characters or non-ASCII")
     if hmac.compare_digest(verifier_token.encode(), service_token.encode()):
         raise ConfigError("BASTION_VERIFIER_TOKEN must differ from the service token: equal, it keeps nothing back")
+    return verifier_token
 
 
 def parse_addr(value: str) -> tuple[str, int]:

@@ -332,22 +332,26 @@ def _verifier_metadata(settings: ProxySettings, service_token: str) -> tuple[tup
     DESIGN §3 has it. ConfigError when it is short or is the service token."""
     if settings.verifier_token is None:
         return None
-    token = settings.verifier_token.get_secret_value()
-    check_verifier_token(token, service_token)
-    return auth_metadata(token)
+    return auth_metadata(check_verifier_token(settings.verifier_token.get_secret_value(), service_token))
 
 
 def _chain_metadata(
     settings: ProxySettings, chained: bool, verifier_metadata: tuple[tuple[str, str], ...] | None
 ) -> tuple[tuple[str, str], ...] | None:
     """The chained verifiers' own token (BASTION_VERIFIER_CHAIN_TOKEN), or None: the first
-    verifier's (BASTION_VERIFIER_TOKEN), or the service token, said once in the log, since
-    it is worth more than a verifier needs."""
+    verifier's (BASTION_VERIFIER_TOKEN), or the service token. Either is said once in the
+    log, since it is worth more than a chained verifier needs."""
     if settings.verifier_chain_token is not None:
         return auth_metadata(settings.verifier_chain_token.get_secret_value())
     if chained and verifier_metadata is None:
         log.warning(
             "the chained verifiers (BASTION_VERIFIER_CHAIN) are sent the service token, which also writes to "
             "the graph and reads API key digests; give them a token of their own with BASTION_VERIFIER_CHAIN_TOKEN"
+        )
+    elif chained:
+        log.warning(
+            "the chained verifiers (BASTION_VERIFIER_CHAIN) are sent BASTION_VERIFIER_TOKEN, with which each can "
+            "call the verifier at BASTION_VERIFIER_ADDR (and teach its sequence model); give them a token of "
+            "their own with BASTION_VERIFIER_CHAIN_TOKEN"
         )
     return None

@@ -284,7 +284,8 @@ def wrap(command: Sequence[str], *, name: str, agent: str, config: Path | None) 
     configure_logging("wrap", base.log_level)
     try:
         home = base.home.resolve()
-        _, found = find_app_config(config, base.config)
+        # Only its auth and allowed hosts are used: the stack's upstreams' credentials are not.
+        _, found = find_app_config(config, base.config, credentials=False)
         journal, lock = _lock_journal(home)
         # The wrapped command is the only upstream; auth and allowed hosts stay the stack's.
         app = AppConfig(

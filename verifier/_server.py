@@ -105,8 +105,7 @@ def _accepted_token(settings: VerifierSettings, home: Path) -> str:
         service_token = settings.service_token.get_secret_value()
     else:
         service_token = stored.read_text().strip() if stored.is_file() else ""
-    check_verifier_token(token, service_token)
-    return token
+    return check_verifier_token(token, service_token)
 
 
 def main(config: Path | None = None) -> int:
@@ -117,6 +116,6 @@ def main(config: Path | None = None) -> int:
         # Logging is configured from these very settings, so this one goes to stderr directly.
         print(f"cannot start verifier: {exc}", file=sys.stderr)
         return 2
-    # The scorer reads nothing of bastion.yaml: its pods need neither the file nor the
-    # credentials it names (charts/bastion mounts neither).
+    # The scorer uses nothing of bastion.yaml (a bad one still stops it) and reads none of
+    # the credentials it names: its pods need no Secret (charts/bastion mounts none).
     return run_service("verifier", settings, config, serve, reads_config=False)

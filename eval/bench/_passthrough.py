@@ -65,7 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Its run file is `passthrough.json`: it never answers for a proxy of the same home.
     return run_service(
-        "passthrough", ProxySettings(), args.config, functools.partial(serve, governor_type=PassThroughGovernor)
+        "passthrough",
+        ProxySettings(),
+        args.config,
+        functools.partial(serve, governor_type=PassThroughGovernor),
+        credentials=True,
     )
 
 

@@ -34,7 +34,9 @@ async def _same_but_the_body(url: str, paths: list[str], who: dict[str, dict[str
                 got = await http.get(path, headers=who[caller])
                 head = await http.head(path, headers=who[caller])
                 assert (head.status_code, head.content) == (got.status_code, b""), (path, caller)
-                for header in ("content-type", "www-authenticate", "allow"):
+                # The length GET's body has (not /metrics', which changes between the two reads).
+                length = ("content-length",) if path != "/metrics" else ()
+                for header in ("content-type", "www-authenticate", "allow", *length):
                     assert head.headers.get(header) == got.headers.get(header), (path, caller, header)
 
 
@@ -88,7 +90,7 @@ async def test_a_streamed_answer_loses_its_body_and_a_post_route_stays_post_only
     async with httpx.AsyncClient(base_url=tiny, timeout=10) as http:
         streamed = await http.head("/streamed")
         written = await http.head("/written")
-        # The connection carries on: nothing of either body was left on it.
+        # The connection carries on (the HTTP server also drops a HEAD's body).
         after = await http.get("/streamed")
     assert (streamed.status_code, streamed.content) == (200, b"")
     assert written.status_code == 405

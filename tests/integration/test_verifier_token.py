@@ -119,8 +119,9 @@ async def test_chained_verifiers_get_the_verifier_token_when_they_have_none_of_t
     finally:
         await server.stop(None)
     assert answer["result"]["structuredContent"] == {"result": 3}, answer
-    # Nobody is sent the service token, so there is nothing to warn about.
+    # Nobody is sent the service token; that the chain can call the verifier is said.
     assert "are sent the service token" not in caplog.text
+    assert "are sent BASTION_VERIFIER_TOKEN" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -157,7 +158,7 @@ def test_the_token_check_counts_characters_and_refuses_what_is_too_short(variant
     [
         ("a" * 1025, "at most 1024"),
         ("sixteen-chars-and one space", "visible ASCII"),
-        ("sixteen-chars-and-a-newline\n", "visible ASCII"),
+        ("sixteen-chars\nand-a-newline-inside", "visible ASCII"),
         ("sixteen-chars-and-a-tab\t-too", "visible ASCII"),
         ("sixteen-chars-and-\x00-nul", "visible ASCII"),
         ("sixteen-chars-and-é-accent", "visible ASCII"),
@@ -173,6 +174,10 @@ def test_the_token_check_refuses_what_grpc_metadata_cannot_carry(variant: str, p
 def test_the_token_check_refuses_the_service_token_and_accepts_another() -> None:
     with pytest.raises(ConfigError, match="must differ"):
         check_verifier_token("a-service-token-of-length", "a-service-token-of-length")
-    check_verifier_token("a-verifier-token-of-length", "a-service-token-of-length")
+    assert check_verifier_token("a-verifier-token-of-length", "a-service-token") == "a-verifier-token-of-length"
+    # A Secret made --from-file of `openssl rand -base64 32 > file` ends in a newline.
+    assert check_verifier_token("a-verifier-token-of-length\r\n", "a-service-token") == "a-verifier-token-of-length"
+    with pytest.raises(ConfigError, match="must differ"):
+        check_verifier_token("a-service-token-of-length\n", "a-service-token-of-length")
     check_verifier_token("x" * 1024, "a-service-token-of-length")
     check_verifier_token("Base64+/Token=~!#$%&'()*,-.:;<>?@[]^_`{|}", "a-service-token-of-length")

@@ -84,6 +84,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if and .Values.verifier.ownToken (not .Values.secrets.verifierToken) -}}
 {{- fail "secrets.verifierToken is required when verifier.ownToken is true (at least 16 characters, not the service token), or put verifier-token in secrets.existingSecret. Generate one: --set secrets.verifierToken=$(openssl rand -base64 32)" -}}
 {{- end -}}
+{{- if and .Values.verifier.ownToken (eq .Values.secrets.verifierToken .Values.secrets.serviceToken) -}}
+{{- fail "secrets.verifierToken must differ from secrets.serviceToken: equal, it keeps nothing from the verifier" -}}
+{{- end -}}
 {{- if and (eq .Values.graph.store "neo4j") (not .Values.graph.neo4j.url) -}}
 {{- fail "graph.neo4j.url is required when graph.store is neo4j (neo4j://user:password@host:7687), or put graph-url in secrets.existingSecret" -}}
 {{- end -}}
@@ -102,16 +105,16 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{/* Environment the proxy, policy and graph share. */}}
 {{- define "bastion.commonEnv" -}}
 {{ include "bastion.baseEnv" . }}
-- name: BASTION_CONFIG
-  value: /etc/bastion/config/bastion.yaml
 {{ include "bastion.serviceTokenEnv" . }}
 {{- end -}}
 
-{{/* What every service gets. The verifier gets only this and a token: it reads no bastion.yaml,
-     so it needs neither the config nor the Secret's files (the JWT key, upstream credentials). */}}
+{{/* What every service gets. The verifier gets only this and a token: it needs none of the
+     Secret's files (the JWT key, upstream credentials). */}}
 {{- define "bastion.baseEnv" -}}
 - name: BASTION_HOME
   value: /var/lib/bastion
+- name: BASTION_CONFIG
+  value: /etc/bastion/config/bastion.yaml
 - name: BASTION_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 {{- end -}}
@@ -140,10 +143,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end -}}
 
-{{/* Volume mounts of the proxy, policy and graph containers: list $ withUpstreamSecrets.
+{{/* Volume mounts of a Bastion container: list $ withUpstreamSecrets withJwtKey.
      Only the proxy sends the upstreams' credentials, so only it mounts the Secret's files
-     (/etc/bastion/secrets, what bastion.yaml's `${file:…}` names); the other services keep
-     those references unread (bastion._appconfig.load_app_config). */}}
+     (/etc/bastion/secrets, what bastion.yaml's `${file:…}` names); the other services leave
+     them unread (bastion._appconfig.load_app_config). The verifier holds no JWT key. */}}
 {{- define "bastion.volumeMounts" -}}
 - name: home
   mountPath: /var/lib/bastion
@@ -160,28 +163,40 @@ app.kubernetes.io/component: {{ index . 1 }}
   mountPath: /etc/bastion/secrets
   readOnly: true
 {{- end }}
-{{- /* The JWT key where `bastion token issue` and the token verifier look for it; these three pods hold the same one. */}}
+{{- if index . 2 }}
+{{- /* The JWT key where `bastion token issue` and the token verifier look for it; the proxy, policy and graph pods hold the same one. */}}
 - name: secrets
   mountPath: /var/lib/bastion/keys/dev-ed25519.pem
   subPath: jwt-signing-key
   readOnly: true
+{{- end }}
 {{- end -}}
 
-{{/* Volumes of a Bastion pod except `home` (a PVC or emptyDir, chosen per service). */}}
+{{/* Volumes of a Bastion pod except `home` (a PVC or emptyDir, chosen per service):
+     list $ secretKeys, where secretKeys is "all" (the proxy), "jwt" (policy and graph: the
+     kubelet writes only the JWT key to their node) or "none" (the verifier). */}}
 {{- define "bastion.volumes" -}}
+{{- $ := index . 0 -}}
+{{- $keys := index . 1 -}}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
 - name: config
   configMap:
-    name: {{ include "bastion.fullname" . }}-config
+    name: {{ include "bastion.fullname" $ }}-config
 - name: policies
   configMap:
-    name: {{ include "bastion.fullname" . }}-policies
+    name: {{ include "bastion.fullname" $ }}-policies
+{{- if ne $keys "none" }}
 - name: secrets
   secret:
-    secretName: {{ include "bastion.secretName" . }}
+    secretName: {{ include "bastion.secretName" $ }}
     defaultMode: 0440
+    {{- if eq $keys "jwt" }}
+    items:
+      - {key: jwt-signing-key, path: jwt-signing-key}
+    {{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* The pod spec lines every service shares. */}}

@@ -172,12 +172,11 @@ def test_every_env_var_is_a_setting_of_its_service_and_wires_the_chart_services(
         required = {f"BASTION_{name.upper()}" for name, field in settings.model_fields.items() if field.is_required()}
         assert required <= set(env)
         # Every pod shares one service token, from the Secret (but a verifier with its own
-        # token, which holds that one alone); state and config at the image's paths (the
-        # verifier reads no config).
+        # token, which holds that one alone); state and config at the image's paths.
         own = component == "verifier" and "BASTION_VERIFIER_TOKEN" in env
         assert "secretKeyRef" in env["BASTION_VERIFIER_TOKEN" if own else "BASTION_SERVICE_TOKEN"]
         assert env["BASTION_HOME"] == "/var/lib/bastion"
-        assert env.get("BASTION_CONFIG") == (None if component == "verifier" else "/etc/bastion/config/bastion.yaml")
+        assert env["BASTION_CONFIG"] == "/etc/bastion/config/bastion.yaml"
         for name, value in env.items():
             if not (name.endswith("_ADDR") and isinstance(value, str)):
                 continue
@@ -217,10 +216,11 @@ def test_the_verifier_can_hold_a_token_of_its_own_and_holds_no_other_secret(helm
             assert envs[component]["BASTION_SERVICE_TOKEN"] == service, (value_set, component)
             if component != "proxy":
                 assert "BASTION_VERIFIER_TOKEN" not in envs[component], (value_set, component)
-        # Nor any file of the Secret (the JWT signing key mints operator tokens) or of the config.
+        # Nor any file of the Secret (the JWT signing key mints operator tokens); the config
+        # it loads, which names credentials it does not read, is a ConfigMap.
         verifier = next(template["spec"] for component, template in _workloads(manifests) if component == "verifier")
-        assert {volume["name"] for volume in verifier["volumes"]} == {"home", "tmp"}, value_set
-        assert all("secret" not in volume and "configMap" not in volume for volume in verifier["volumes"])
+        assert {volume["name"] for volume in verifier["volumes"]} == {"home", "tmp", "config", "policies"}, value_set
+        assert all("secret" not in volume for volume in verifier["volumes"]), value_set
         secret = _by_kind(manifests, "Secret")["rel-bastion-secrets"]["data"]
         assert ("verifier-token" in secret) is owned, value_set
         if owned:
@@ -234,6 +234,13 @@ def test_only_the_proxy_mounts_the_secret_files_and_the_jwt_key_goes_where_it_is
     # Upstream credentials are read by the proxy alone (bastion._appconfig.load_app_config).
     for component, template in _workloads(_rendered(helm, value_set)):
         mounts = {m["mountPath"]: m for m in template["spec"]["containers"][0]["volumeMounts"]}
+        secret = next((v["secret"] for v in template["spec"]["volumes"] if "secret" in v), None)
+        if component in ("policy", "graph"):  # the kubelet writes only the JWT key to their node
+            assert secret is not None
+            assert secret["items"] == [{"key": "jwt-signing-key", "path": "jwt-signing-key"}], (value_set, component)
+        elif component == "proxy":
+            assert secret is not None
+            assert "items" not in secret, value_set
         assert ("/etc/bastion/secrets" in mounts) is (component == "proxy"), (value_set, component)
         key = mounts.get("/var/lib/bastion/keys/dev-ed25519.pem")
         if component == "verifier":
@@ -381,6 +388,13 @@ def test_schema_rejects_unknown_and_mistyped_values(helm: str, args: list[str], 
         ([*SECRETS, "--set", "proxy.autoscaling.enabled=true"], "redis.enabled is required"),
         ([*SECRETS, "--set", "policy.engine=opa"], "policy.opaUrl is required"),
         ([*SECRETS, "--set", "verifier.ownToken=true"], "secrets.verifierToken is required"),
+        (
+            [
+                *("--set", "secrets.jwtSigningKey=k", "--set", "verifier.ownToken=true"),
+                *("--set", "secrets.verifierToken=tttttttttttttttt", "--set", "secrets.serviceToken=tttttttttttttttt"),
+            ],
+            "secrets.verifierToken must differ from secrets.serviceToken",
+        ),
     ],
     ids=[
         "service-token",
@@ -391,6 +405,7 @@ def test_schema_rejects_unknown_and_mistyped_values(helm: str, args: list[str], 
         "hpa-without-redis",
         "opa",
         "verifier-token",
+        "verifier-token-is-the-service-token",
     ],
 )
 def test_missing_required_value_fails_naming_it(helm: str, args: list[str], named: str) -> None:
