@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -93,29 +94,54 @@ def session_workflow_id(session_id: str) -> str:
     return f"mcp-session-{hashlib.sha256(session_id.encode()).hexdigest()[:32]}"
 
 
+#: Random bytes read from the OS at once for ids (512 ids' worth).
+_POOL_BYTES = 4096
+
+
 class _Uuid7:
     """RFC 9562 uuid7 strings: 48-bit Unix milliseconds, a 12-bit counter that orders the
     ids of one millisecond (starting at a random value below 2048, moving on to the next
     millisecond should it run out), 62 random bits. Time-ordered, so ids sort by creation
     in the store and in logs. The proxy makes several per governed call: this takes about
-    40% of `str(uuid6.uuid7())`'s time, which profiled at ~3% of the proxy's CPU."""
+    40% of `str(uuid6.uuid7())`'s time, which profiled at ~3% of the proxy's CPU.
 
-    __slots__ = ("_ms", "_seq")
+    The random bits come from `os.urandom`, read 4 KiB at a time: each read is a syscall
+    that lets go of the GIL, and under load the event loop then waited for a journal or
+    gRPC thread to hand it back (py-spy put 3 to 4% of the proxy's loop thread in these two
+    reads, for well under a microsecond of work each). A forked child starts a pool of
+    its own, so no two processes hand out the same bits."""
+
+    __slots__ = ("__weakref__", "_at", "_ms", "_pool", "_seq")
 
     def __init__(self) -> None:
         self._ms = 0
         self._seq = 0
+        self._pool = b""
+        self._at = 0
+        # Weakly: a hook holding the instance would keep every one ever made alive.
+        forget = weakref.WeakMethod(self._forget)
+        os.register_at_fork(after_in_child=lambda: (method := forget()) is not None and method())
+
+    def _forget(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def _random(self, size: int) -> int:
+        at = self._at
+        if at + size > len(self._pool):
+            self._pool, at = os.urandom(_POOL_BYTES), 0
+        self._at = at + size
+        return int.from_bytes(self._pool[at : at + size])
 
     def __call__(self) -> str:
         ms = time.time_ns() // 1_000_000
         if ms > self._ms:
-            self._ms, self._seq = ms, int.from_bytes(os.urandom(2)) & 0x7FF
+            self._ms, self._seq = ms, self._random(2) & 0x7FF
         else:
             self._seq += 1
             if self._seq > 0xFFF:
                 self._ms, self._seq = self._ms + 1, 0
             ms = self._ms
-        value = ms << 80 | 0x7000 << 64 | self._seq << 64 | 1 << 63 | int.from_bytes(os.urandom(8)) >> 2
+        value = ms << 80 | 0x7000 << 64 | self._seq << 64 | 1 << 63 | self._random(8) >> 2
         text = f"{value:032x}"
         return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -151,3 +152,27 @@ def test_a_millisecond_that_runs_out_of_counter_moves_on_to_the_next_and_stays_o
     assert ids == sorted(ids)
     stamps = [uuid.UUID(text).int >> 80 for text in ids]
     assert stamps == [now_ms, now_ms + 1, now_ms + 1, now_ms + 1]
+
+
+def test_ids_past_one_read_of_random_bytes_stay_unique_and_ordered() -> None:
+    make = _Uuid7()
+    ids = [make() for _ in range(3 * 4096 // 8)]  # three pools' worth
+    assert ids == sorted(ids)
+    assert len({text[19:] for text in ids}) == len(ids)  # the random tails too
+
+
+def test_a_forked_child_draws_random_bits_of_its_own() -> None:
+    make = _Uuid7()
+    make()  # the pool is read: without a pool of its own, the child would go on from here
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.write(write, make().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    parent = make()
+    assert child[24:] != parent[24:]  # the last 48 random bits
