@@ -80,10 +80,11 @@ _REFUSALS: dict[tuple[bool, bool], grpc.RpcMethodHandler[Any, Any]] = {
 
 
 class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects calls whose `authorization` metadata is not `Bearer <service token>`."""
+    """Rejects calls whose `authorization` metadata is not `Bearer <service token>` (or
+    `Bearer <one of also>`: the verifier's previous token while it is being rotated)."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, token: str, *also: str) -> None:
+        self._expected = tuple(f"Bearer {accepted}".encode() for accepted in (token, *also))
 
     async def intercept_service(
         self,
@@ -96,7 +97,9 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":
                 presented = value.encode() if isinstance(value, str) else value
-                if hmac.compare_digest(presented, self._expected):
+                # Every accepted token compared, so the time taken says nothing of which matched.
+                matched = [hmac.compare_digest(presented, expected) for expected in self._expected]
+                if any(matched):
                     return handler
                 break
         return _REFUSALS[(bool(handler.request_streaming), bool(handler.response_streaming))]
@@ -119,11 +122,13 @@ async def start_grpc_server(
     token: str,
     register: Iterable[Callable[[grpc.aio.Server], None]],
     service_names: Iterable[str],
+    also_accepted: tuple[str, ...] = (),
 ) -> GrpcServer:
-    """Bind `addr` (port 0 picks a free port), add health + reflection, start serving."""
+    """Bind `addr` (port 0 picks a free port), add health + reflection, start serving.
+    Calls must carry `token` (or one of `also_accepted`)."""
     # The token check is outermost: its refusal replaces the guarded handler whole, so a
     # caller without the token learns nothing, not even whether its bytes would decode.
-    interceptors = [ServiceTokenInterceptor(token), UndecodableRequestInterceptor()]
+    interceptors = [ServiceTokenInterceptor(token, *also_accepted), UndecodableRequestInterceptor()]
     server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
     for add in register:
         add(server)

@@ -54,7 +54,7 @@ def verifier_token_field() -> Any:
     )
 
 
-def check_verifier_token(verifier_token: str, service_token: str) -> str:
+def check_verifier_token(verifier_token: str, service_token: str, name: str = "BASTION_VERIFIER_TOKEN") -> str:
     """`verifier_token` without a trailing newline (a Secret made `--from-file` of
     `openssl rand … > file` ends in one); ConfigError unless it is then long enough, fits a
     gRPC metadata value (visible ASCII: a space, a newline or an accented letter would make
@@ -62,13 +62,13 @@ def check_verifier_token(verifier_token: str, service_token: str) -> str:
     equal, the verifier would hold the very credential this token keeps from it."""
     verifier_token = verifier_token.rstrip("\r\n")
     if len(verifier_token) < MIN_VERIFIER_TOKEN_CHARS:
-        raise ConfigError(f"BASTION_VERIFIER_TOKEN must be at least {MIN_VERIFIER_TOKEN_CHARS} characters")
+        raise ConfigError(f"{name} must be at least {MIN_VERIFIER_TOKEN_CHARS} characters")
     if len(verifier_token) > MAX_VERIFIER_TOKEN_CHARS:
-        raise ConfigError(f"BASTION_VERIFIER_TOKEN must be at most {MAX_VERIFIER_TOKEN_CHARS} characters")
+        raise ConfigError(f"{name} must be at most {MAX_VERIFIER_TOKEN_CHARS} characters")
     if not all("!" <= char <= "~" for char in verifier_token):
-        raise ConfigError("BASTION_VERIFIER_TOKEN must be visible ASCII: no spaces, control characters or non-ASCII")
+        raise ConfigError(f"{name} must be visible ASCII: no spaces, control characters or non-ASCII")
     if hmac.compare_digest(verifier_token.encode(), service_token.encode()):
-        raise ConfigError("BASTION_VERIFIER_TOKEN must differ from the service token: equal, it keeps nothing back")
+        raise ConfigError(f"{name} must differ from the service token: equal, it keeps nothing back")
     return verifier_token
 
 

@@ -30,6 +30,12 @@ class VerifierSettings(CommonSettings):
         "(port 0 picks a free port; no data, no auth: Prometheus and probes only).",
     )
     verifier_token: SecretStr | None = verifier_token_field()
+    verifier_second_token: SecretStr | None = Field(
+        default=None,
+        description="A second token the verifier accepts beside BASTION_VERIFIER_TOKEN, to rotate that one "
+        "without a gap (same rules; only with BASTION_VERIFIER_TOKEN set): put the new token here, then swap "
+        "the two and move every proxy to the new one, then unset this.",
+    )
     verifier_threshold: float = Field(
         default=0.8,
         description="Deviation score at or above which the reference scorer answers BLOCK (0 < t <= 1).",

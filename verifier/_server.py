@@ -40,7 +40,7 @@ async def serve(
     """Serve bastion.v1.Verifier on settings.verifier_addr, and its metrics and probes on
     settings.verifier_metrics_addr, until `stop` is set."""
     home = settings.home.resolve()
-    token = _accepted_token(settings, home)
+    token, *second = _accepted_tokens(settings, home)
     metrics = VerifierMetrics()
     model = SequenceModel(settings.sequence_config())
     store = SequenceStore(home / SEQUENCE_STORE)
@@ -51,7 +51,7 @@ async def serve(
         flusher = asyncio.create_task(run_flusher(model, store, settings.verifier_sequence_flush_s, flushing))
         try:
             scorer = ReferenceScorer(settings.scorer_config(), model)
-            await _serve(settings, VerifierServicer(scorer, metrics), metrics, token, ready, stop)
+            await _serve(settings, VerifierServicer(scorer, metrics), metrics, (token, *second), ready, stop)
         finally:
             # The last flush: what was learnt since the previous one survives the restart.
             flushing.set()
@@ -64,7 +64,7 @@ async def _serve(
     settings: VerifierSettings,
     servicer: VerifierServicer,
     metrics: VerifierMetrics,
-    token: str,
+    tokens: tuple[str, ...],
     ready: Callable[[dict[str, str]], None],
     stop: asyncio.Event,
 ) -> None:
@@ -73,7 +73,8 @@ async def _serve(
     try:
         server = await start_grpc_server(
             settings.verifier_addr,
-            token=token,
+            token=tokens[0],
+            also_accepted=tokens[1:],
             register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, servicer)],
             service_names=[SERVICE_NAME],
         )
@@ -89,14 +90,17 @@ async def _serve(
         await http.stop()
 
 
-def _accepted_token(settings: VerifierSettings, home: Path) -> str:
-    """The one bearer token the gRPC server accepts: BASTION_VERIFIER_TOKEN when set, which
-    the proxy then sends instead of the service token (so this process needs no service
-    token at all), else the service token. ConfigError when the verifier token is short or
-    is the service token."""
+def _accepted_tokens(settings: VerifierSettings, home: Path) -> tuple[str, ...]:
+    """The bearer tokens the gRPC server accepts: BASTION_VERIFIER_TOKEN when set, which the
+    proxy then sends instead of the service token (so this process needs no service token
+    at all), and BASTION_VERIFIER_SECOND_TOKEN while it is rotated; else the service
+    token. ConfigError when a verifier token is short, not visible ASCII or the service
+    token, or a second one is set without a first."""
     if settings.verifier_token is None:
+        if settings.verifier_second_token is not None:
+            raise ConfigError("BASTION_VERIFIER_SECOND_TOKEN is set without BASTION_VERIFIER_TOKEN")
         secret = settings.service_token.get_secret_value() if settings.service_token else None
-        return ensure_service_token(home, secret)
+        return (ensure_service_token(home, secret),)
     token = settings.verifier_token.get_secret_value()
     # Compared with the service token this stack uses, from the environment or, on a local
     # stack sharing $BASTION_HOME, its file; none is created here.
@@ -105,7 +109,11 @@ def _accepted_token(settings: VerifierSettings, home: Path) -> str:
         service_token = settings.service_token.get_secret_value()
     else:
         service_token = stored.read_text().strip() if stored.is_file() else ""
-    return check_verifier_token(token, service_token)
+    current = check_verifier_token(token, service_token)
+    if settings.verifier_second_token is None:
+        return (current,)
+    second = settings.verifier_second_token.get_secret_value()
+    return current, check_verifier_token(second, service_token, "BASTION_VERIFIER_SECOND_TOKEN")
 
 
 def main(config: Path | None = None) -> int:

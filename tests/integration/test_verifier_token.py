@@ -22,6 +22,7 @@ from fixtures.mcpcalls import ProxyClient, headers, tool_call
 from fixtures.stack import ROOT
 from fixtures.upstream import DemoUpstream
 
+from bastion._appconfig import AppConfig
 from bastion._errors import ConfigError
 from bastion._identity import ensure_service_token
 from bastion._rpc import auth_metadata, open_channel
@@ -88,6 +89,50 @@ async def test_the_verifier_gets_its_own_token_which_no_other_service_accepts(
         finally:
             for channel in channels.values():
                 await channel.close()
+
+
+async def test_a_second_token_is_accepted_beside_the_first_and_nothing_else(
+    tmp_path: Path, upstream: DemoUpstream
+) -> None:
+    new = "the-new-verifier-token-0123456789"
+    (tmp_path / "policy.yaml").write_text(ALLOW_ALL)
+    app = inprocess.app_config(upstream.url, tmp_path / "policy.yaml")
+    rotating = {"verifier_token": new, "verifier_second_token": TOKEN}
+    # A proxy not yet moved to the new token still sends the old one.
+    async with inprocess.stack(tmp_path, app, verifier_settings=rotating, verifier_token=TOKEN) as running:
+        client = ProxyClient(tmp_path, running.proxy, running.graph)
+        answer = (await client.post(tool_call("add", {"a": 1, "b": 2}), headers(client.token("agent-tok")))).json()
+        assert answer["result"]["structuredContent"] == {"result": 3}, answer
+        channel = open_channel(running.verifier_grpc)
+        try:
+            scoring = verifier_pb2_grpc.VerifierStub(channel)
+            request = verifier_pb2.ScoreRequest(action=policy_pb2.Action(kind=policy_pb2.TOOL_CALL, tool="x"))
+            for accepted in (new, TOKEN):
+                assert (await scoring.Score(request, metadata=auth_metadata(accepted), timeout=10)).scorer
+            service = auth_metadata(ensure_service_token(tmp_path, None))
+            for refused in (service, auth_metadata(new + "x"), auth_metadata(TOKEN[:-1])):
+                code = await _code(scoring.Score(request, metadata=refused, timeout=10))
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await channel.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"verifier_second_token": TOKEN}, "BASTION_VERIFIER_SECOND_TOKEN is set without BASTION_VERIFIER_TOKEN"),
+        ({"verifier_token": TOKEN, "verifier_second_token": "short"}, "BASTION_VERIFIER_SECOND_TOKEN must be at"),
+        ({"verifier_token": TOKEN, "verifier_second_token": "the service"}, "_SECOND_TOKEN must differ from the"),
+    ],
+)
+async def test_a_second_token_is_held_to_the_same_rules(
+    tmp_path: Path, upstream: DemoUpstream, settings: dict[str, str], problem: str
+) -> None:
+    if settings.get("verifier_second_token") == "the service":
+        settings = {**settings, "verifier_second_token": ensure_service_token(tmp_path, None)}
+    with pytest.raises(ConfigError, match=problem):
+        async with inprocess.verifier(tmp_path, AppConfig(), **settings):
+            pass
 
 
 @pytest.mark.parametrize(("proxy_token", "verifier_token"), [(TOKEN, None), (None, TOKEN)])

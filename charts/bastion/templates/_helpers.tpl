@@ -136,6 +136,16 @@ app.kubernetes.io/component: {{ index . 1 }}
       key: verifier-token
 {{- end -}}
 
+{{/* A second token the verifier accepts, while its token is rotated: unset while the Secret holds no `verifier-second-token`. */}}
+{{- define "bastion.verifierSecondTokenEnv" -}}
+- name: BASTION_VERIFIER_SECOND_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "bastion.secretName" . }}
+      key: verifier-second-token
+      optional: true
+{{- end -}}
+
 {{- define "bastion.extraEnv" -}}
 {{- range $name, $value := . }}
 - name: {{ $name }}
@@ -229,6 +239,8 @@ affinity:
 
 {{- define "bastion.podAnnotations" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- /* Variables from the Secret are read at start: a changed token must restart its pods. */}}
+checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
 {{- with .Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}

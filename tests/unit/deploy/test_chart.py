@@ -210,6 +210,9 @@ def test_the_verifier_can_hold_a_token_of_its_own_and_holds_no_other_secret(helm
         manifests = _rendered(helm, value_set)
         envs = {component: _env(template["spec"]["containers"][0]) for component, template in _workloads(manifests)}
         assert envs["verifier"].get("BASTION_VERIFIER_TOKEN") == (own if owned else None), value_set
+        second = {"secretKeyRef": {"name": "rel-bastion-secrets", "key": "verifier-second-token", "optional": True}}
+        assert envs["verifier"].get("BASTION_VERIFIER_SECOND_TOKEN") == (second if owned else None), value_set
+        assert "BASTION_VERIFIER_SECOND_TOKEN" not in envs["proxy"], value_set
         assert envs["proxy"].get("BASTION_VERIFIER_TOKEN") == (own if owned else None), value_set
         assert ("BASTION_SERVICE_TOKEN" in envs["verifier"]) is not owned, value_set
         for component in ("proxy", "policy", "graph"):
@@ -223,6 +226,7 @@ def test_the_verifier_can_hold_a_token_of_its_own_and_holds_no_other_secret(helm
         assert all("secret" not in volume for volume in verifier["volumes"]), value_set
         secret = _by_kind(manifests, "Secret")["rel-bastion-secrets"]["data"]
         assert ("verifier-token" in secret) is owned, value_set
+        assert "verifier-second-token" not in secret, value_set  # only while a rotation is under way
         if owned:
             assert base64.b64decode(secret["verifier-token"]) == b"test-verifier-token-of-its-own"
 
@@ -252,6 +256,27 @@ def test_only_the_proxy_mounts_the_secret_files_and_the_jwt_key_goes_where_it_is
                 "subPath": "jwt-signing-key",
                 "readOnly": True,
             }, (value_set, component)
+
+
+def test_a_changed_secret_restarts_the_pods_that_read_it(helm: str) -> None:
+    # Variables from the Secret are read at start: without a new pod a rotated token is not used.
+    def annotations(token: str) -> dict[str, str]:
+        done = _template(helm, "--set", f"secrets.serviceToken={token}", "--set", "secrets.jwtSigningKey=k")
+        assert done.returncode == 0, done.stderr
+        manifests = tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+        return {c: t["metadata"]["annotations"]["checksum/secret"] for c, t in _workloads(manifests)}
+
+    first, second = annotations("a-token"), annotations("another-token")
+    assert set(first) == {"proxy", "policy", "graph", "verifier"}
+    assert all(first[component] != second[component] for component in first)
+
+
+def test_a_rotation_puts_the_second_verifier_token_in_the_secret(helm: str) -> None:
+    args = ["--set", "verifier.ownToken=true", "--set", "secrets.verifierToken=the-new-token-0123456789"]
+    done = _template(helm, *SECRETS, *args, "--set", "secrets.verifierSecondToken=the-old-token-0123456789")
+    assert done.returncode == 0, done.stderr
+    secret = next(d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "Secret")["data"]
+    assert base64.b64decode(secret["verifier-second-token"]) == b"the-old-token-0123456789"
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
