@@ -32,6 +32,12 @@ class CommonSettings(BaseSettings):
         default=None,
         description="Shared bearer token for service-to-service gRPC; generated into $BASTION_HOME on first start.",
     )
+    service_second_token: SecretStr | None = Field(
+        default=None,
+        description="A second token the gRPC services accept beside the service token, to rotate that one "
+        "without a gap (16 to 1024 visible ASCII characters; callers always send BASTION_SERVICE_TOKEN): put "
+        "the new token here, then swap the two everywhere, then unset this.",
+    )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
 
 
@@ -70,6 +76,14 @@ def check_verifier_token(verifier_token: str, service_token: str, name: str = "B
     if hmac.compare_digest(verifier_token.encode(), service_token.encode()):
         raise ConfigError(f"{name} must differ from the service token: equal, it keeps nothing back")
     return verifier_token
+
+
+def second_service_tokens(settings: CommonSettings) -> tuple[str, ...]:
+    """BASTION_SERVICE_SECOND_TOKEN, checked, as `also_accepted` for a gRPC server; () unset."""
+    if settings.service_second_token is None:
+        return ()
+    second = settings.service_second_token.get_secret_value()
+    return (check_verifier_token(second, "", "BASTION_SERVICE_SECOND_TOKEN"),)
 
 
 def parse_addr(value: str) -> tuple[str, int]:

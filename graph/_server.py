@@ -21,7 +21,7 @@ from bastion._identity import TokenVerifier, ensure_dev_key, ensure_service_toke
 from bastion._identity_watch import IdentityWatch
 from bastion._rpc import auth_metadata, open_channel, start_grpc_server
 from bastion._service import run_service
-from bastion._settings import parse_addr
+from bastion._settings import parse_addr, second_service_tokens
 from bastion._web import start_web_server
 from bastion.v1 import graph_pb2_grpc, policy_pb2_grpc
 
@@ -49,6 +49,7 @@ async def serve(
     `auth` (who may read over REST) and `allowed_hosts`."""
     home = settings.home.resolve()
     configured_token = settings.service_token.get_secret_value() if settings.service_token else None
+    second = second_service_tokens(settings)  # checked before anything starts
     # Revocations as the policy service pushes them (IdentityWatch below), as at the proxy.
     identity = IdentityState()
     verifier = TokenVerifier.from_config(app.auth, home, identity=identity)
@@ -98,6 +99,7 @@ async def serve(
             start_grpc_server(
                 settings.graph_grpc_addr,
                 token=service_token,
+                also_accepted=second,
                 register=[partial(graph_pb2_grpc.add_GraphServiceServicer_to_server, servicer)],
                 service_names=[SERVICE_NAME],
             ),

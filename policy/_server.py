@@ -30,7 +30,7 @@ from bastion._hosts import HostCheck
 from bastion._identity import TokenVerifier, ensure_service_token
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
-from bastion._settings import parse_addr
+from bastion._settings import parse_addr, second_service_tokens
 from bastion._web import WebServer, start_web_server
 from bastion.v1 import policy_pb2_grpc
 
@@ -59,6 +59,7 @@ async def serve(
     home = settings.home.resolve()
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     token = ensure_service_token(home, secret)
+    second = second_service_tokens(settings)  # checked before anything starts
     hosts = HostCheck(app.allowed_hosts, parse_addr(settings.policy_addr)[0])
     keys = load_policy_keys(app, home)
 
@@ -111,6 +112,7 @@ async def serve(
         grpc_server = await start_grpc_server(
             settings.policy_grpc_addr,
             token=token,
+            also_accepted=second,
             register=[partial(policy_pb2_grpc.add_PolicyServiceServicer_to_server, servicer)],
             service_names=[SERVICE_NAME],
         )

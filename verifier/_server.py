@@ -16,7 +16,7 @@ from bastion._errors import ConfigError
 from bastion._identity import SERVICE_TOKEN_FILE, ensure_service_token
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
-from bastion._settings import check_verifier_token
+from bastion._settings import check_verifier_token, second_service_tokens
 from bastion._web import start_web_server
 from bastion.v1 import verifier_pb2_grpc
 
@@ -100,7 +100,7 @@ def _accepted_tokens(settings: VerifierSettings, home: Path) -> tuple[str, ...]:
         if settings.verifier_second_token is not None:
             raise ConfigError("BASTION_VERIFIER_SECOND_TOKEN is set without BASTION_VERIFIER_TOKEN")
         secret = settings.service_token.get_secret_value() if settings.service_token else None
-        return (ensure_service_token(home, secret),)
+        return (ensure_service_token(home, secret), *second_service_tokens(settings))
     token = settings.verifier_token.get_secret_value()
     # Compared with the service token this stack uses, from the environment or, on a local
     # stack sharing $BASTION_HOME, its file; none is created here.

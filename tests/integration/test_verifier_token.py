@@ -226,3 +226,45 @@ def test_the_token_check_refuses_the_service_token_and_accepts_another() -> None
         check_verifier_token("a-service-token-of-length\n", "a-service-token-of-length")
     check_verifier_token("x" * 1024, "a-service-token-of-length")
     check_verifier_token("Base64+/Token=~!#$%&'()*,-.:;<>?@[]^_`{|}", "a-service-token-of-length")
+
+
+SECOND = "the-second-service-token-0123456789"
+
+
+@pytest.mark.parametrize("service", ["policy", "graph", "verifier"])
+async def test_a_second_service_token_is_accepted_beside_the_service_token(tmp_path: Path, service: str) -> None:
+    # BASTION_SERVICE_SECOND_TOKEN: the service token rotated without a gap, as the verifier's.
+    started = {"policy": inprocess.policy, "graph": inprocess.graph, "verifier": inprocess.verifier}[service]
+    async with started(tmp_path, AppConfig(), service_second_token=SECOND) as addresses:
+        channel = open_channel(addresses["grpc"])
+        try:
+
+            def call(metadata: tuple[tuple[str, str], ...]) -> Any:
+                return _guarded_call(service, channel, metadata)
+
+            for accepted in (ensure_service_token(tmp_path, None), SECOND):
+                await call(auth_metadata(accepted))  # answered: not UNAUTHENTICATED
+            for refused in (SECOND[:-1], SECOND + "x", TOKEN):
+                assert await _code(call(auth_metadata(refused))) == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await channel.close()
+
+
+@pytest.mark.parametrize("service", ["policy", "graph", "verifier"])
+async def test_a_short_second_service_token_stops_the_start(tmp_path: Path, service: str) -> None:
+    started = {"policy": inprocess.policy, "graph": inprocess.graph, "verifier": inprocess.verifier}[service]
+    with pytest.raises(ConfigError, match="BASTION_SERVICE_SECOND_TOKEN must be at least 16"):
+        async with started(tmp_path, AppConfig(), service_second_token="short"):
+            pass
+
+
+def _guarded_call(service: str, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> Any:
+    """One call to a guarded method of `service`, which answers anyone holding its token."""
+    if service == "policy":
+        decide = policy_pb2_grpc.PolicyServiceStub(channel).Decide
+        return decide(policy_pb2.DecideRequest(), metadata=metadata, timeout=10)
+    if service == "graph":
+        ingest = graph_pb2_grpc.GraphServiceStub(channel).IngestBatch
+        return ingest(graph_pb2.EventBatch(), metadata=metadata, timeout=10)
+    request = verifier_pb2.ScoreRequest(action=policy_pb2.Action(kind=policy_pb2.TOOL_CALL, tool="x"))
+    return verifier_pb2_grpc.VerifierStub(channel).Score(request, metadata=metadata, timeout=10)

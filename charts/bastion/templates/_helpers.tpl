@@ -125,6 +125,13 @@ app.kubernetes.io/component: {{ index . 1 }}
     secretKeyRef:
       name: {{ include "bastion.secretName" . }}
       key: service-token
+{{- /* A second token the services accept, while the first is rotated: unset without `service-second-token`. */}}
+- name: BASTION_SERVICE_SECOND_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "bastion.secretName" . }}
+      key: service-second-token
+      optional: true
 {{- end -}}
 
 {{/* BASTION_VERIFIER_TOKEN (verifier.ownToken): what the proxy sends the verifier, and all it accepts. */}}

@@ -271,6 +271,20 @@ def test_a_changed_secret_restarts_the_pods_that_read_it(helm: str) -> None:
     assert all(first[component] != second[component] for component in first)
 
 
+def test_every_service_holding_the_service_token_may_hold_a_second_one(helm: str) -> None:
+    second = {"secretKeyRef": {"name": "rel-bastion-secrets", "key": "service-second-token", "optional": True}}
+    for value_set, owned in (("full-values.yaml", True), ("default-values.yaml", False)):
+        for component, template in _workloads(_rendered(helm, value_set)):
+            env = _env(template["spec"]["containers"][0])
+            holds = "BASTION_SERVICE_TOKEN" in env
+            assert holds is not (owned and component == "verifier"), (value_set, component)
+            assert env.get("BASTION_SERVICE_SECOND_TOKEN") == (second if holds else None), (value_set, component)
+    done = _template(helm, *SECRETS, "--set", "secrets.serviceSecondToken=the-next-service-token-01")
+    assert done.returncode == 0, done.stderr
+    data = next(d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "Secret")["data"]
+    assert base64.b64decode(data["service-second-token"]) == b"the-next-service-token-01"
+
+
 def test_a_rotation_puts_the_second_verifier_token_in_the_secret(helm: str) -> None:
     args = ["--set", "verifier.ownToken=true", "--set", "secrets.verifierToken=the-new-token-0123456789"]
     done = _template(helm, *SECRETS, *args, "--set", "secrets.verifierSecondToken=the-old-token-0123456789")
