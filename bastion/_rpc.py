@@ -80,8 +80,8 @@ _REFUSALS: dict[tuple[bool, bool], grpc.RpcMethodHandler[Any, Any]] = {
 
 
 class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects calls whose `authorization` metadata is not `Bearer <service token>` (or
-    `Bearer <one of also>`: the verifier's previous token while it is being rotated)."""
+    """Rejects calls whose `authorization` metadata is not `Bearer <token>` (the service token,
+    or the verifier's own) or `Bearer <one of also>` (a second token, while one is rotated)."""
 
     def __init__(self, token: str, *also: str) -> None:
         self._expected = tuple(f"Bearer {accepted}".encode() for accepted in (token, *also))

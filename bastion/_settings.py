@@ -41,10 +41,11 @@ class CommonSettings(BaseSettings):
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
 
 
-#: Shortest BASTION_VERIFIER_TOKEN accepted: it is a bearer secret, as guessable as it is short.
-MIN_VERIFIER_TOKEN_CHARS = 16
-#: Longest: it rides in every verifier call's metadata, and gRPC bounds a call's metadata (8 KiB).
-MAX_VERIFIER_TOKEN_CHARS = 1024
+#: Shortest token accepted besides or instead of the service token (the verifier's, a second
+#: one while a token is rotated): a bearer secret is as guessable as it is short.
+MIN_TOKEN_CHARS = 16
+#: Longest: it rides in every call's metadata, and gRPC bounds a call's metadata (8 KiB).
+MAX_TOKEN_CHARS = 1024
 
 
 def verifier_token_field() -> Any:
@@ -55,35 +56,39 @@ def verifier_token_field() -> Any:
         description="Bearer token the proxy sends to the verifier at BASTION_VERIFIER_ADDR (and to the chained "
         "verifiers unless BASTION_VERIFIER_CHAIN_TOKEN is set), and the only one `bastion verifier serve` then "
         "accepts, instead of the service token: the verifier then holds no credential that writes to the graph "
-        f"or reads from the policy service. Set the same value on both: {MIN_VERIFIER_TOKEN_CHARS} to "
-        f"{MAX_VERIFIER_TOKEN_CHARS} visible ASCII characters, never the service token.",
+        f"or reads from the policy service. Set the same value on both: {MIN_TOKEN_CHARS} to "
+        f"{MAX_TOKEN_CHARS} visible ASCII characters, never the service token.",
     )
 
 
-def check_verifier_token(verifier_token: str, service_token: str, name: str = "BASTION_VERIFIER_TOKEN") -> str:
-    """`verifier_token` without a trailing newline (a Secret made `--from-file` of
-    `openssl rand … > file` ends in one); ConfigError unless it is then long enough, fits a
-    gRPC metadata value (visible ASCII: a space, a newline or an accented letter would make
-    every verifier call fail later, far from the cause) and is not the service token:
-    equal, the verifier would hold the very credential this token keeps from it."""
-    verifier_token = verifier_token.rstrip("\r\n")
-    if len(verifier_token) < MIN_VERIFIER_TOKEN_CHARS:
-        raise ConfigError(f"{name} must be at least {MIN_VERIFIER_TOKEN_CHARS} characters")
-    if len(verifier_token) > MAX_VERIFIER_TOKEN_CHARS:
-        raise ConfigError(f"{name} must be at most {MAX_VERIFIER_TOKEN_CHARS} characters")
-    if not all("!" <= char <= "~" for char in verifier_token):
+def check_token(token: str, name: str, service_token: str = "") -> str:
+    """`token` (the setting `name`: the verifier's token, or a second token accepted while one
+    is rotated) without a trailing newline (a Secret made `--from-file` of `openssl rand … >
+    file` ends in one); ConfigError unless it is then long enough, fits a gRPC metadata value
+    (visible ASCII: a space, a newline or an accented letter would make every call fail
+    later, far from the cause) and is not `service_token`: equal, the verifier would hold
+    the very credential its own token keeps from it."""
+    token = token.rstrip("\r\n")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{name} must be at least {MIN_TOKEN_CHARS} characters")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ConfigError(f"{name} must be at most {MAX_TOKEN_CHARS} characters")
+    if not all("!" <= char <= "~" for char in token):
         raise ConfigError(f"{name} must be visible ASCII: no spaces, control characters or non-ASCII")
-    if hmac.compare_digest(verifier_token.encode(), service_token.encode()):
+    if hmac.compare_digest(token.encode(), service_token.encode()):
         raise ConfigError(f"{name} must differ from the service token: equal, it keeps nothing back")
-    return verifier_token
+    return token
+
+
+def second_tokens(second: SecretStr | None, name: str, service_token: str = "") -> tuple[str, ...]:
+    """The second token a gRPC server accepts while its first is rotated (`also_accepted`),
+    checked by check_token; () unset."""
+    return () if second is None else (check_token(second.get_secret_value(), name, service_token),)
 
 
 def second_service_tokens(settings: CommonSettings) -> tuple[str, ...]:
-    """BASTION_SERVICE_SECOND_TOKEN, checked, as `also_accepted` for a gRPC server; () unset."""
-    if settings.service_second_token is None:
-        return ()
-    second = settings.service_second_token.get_secret_value()
-    return (check_verifier_token(second, "", "BASTION_SERVICE_SECOND_TOKEN"),)
+    """BASTION_SERVICE_SECOND_TOKEN, for the gRPC servers that accept the service token."""
+    return second_tokens(settings.service_second_token, "BASTION_SERVICE_SECOND_TOKEN")
 
 
 def parse_addr(value: str) -> tuple[str, int]:

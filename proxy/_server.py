@@ -17,7 +17,7 @@ from bastion._identity import TokenVerifier, ensure_service_token
 from bastion._identity_watch import IdentityWatch
 from bastion._rpc import auth_metadata, open_channel
 from bastion._service import run_service
-from bastion._settings import check_verifier_token, parse_addr
+from bastion._settings import check_token, parse_addr
 from bastion._web import start_web_server
 from bastion.v1 import graph_pb2_grpc, policy_pb2, policy_pb2_grpc, verifier_pb2_grpc
 
@@ -332,7 +332,8 @@ def _verifier_metadata(settings: ProxySettings, service_token: str) -> tuple[tup
     DESIGN §3 has it. ConfigError when it is short or is the service token."""
     if settings.verifier_token is None:
         return None
-    return auth_metadata(check_verifier_token(settings.verifier_token.get_secret_value(), service_token))
+    token = settings.verifier_token.get_secret_value()
+    return auth_metadata(check_token(token, "BASTION_VERIFIER_TOKEN", service_token))
 
 
 def _chain_metadata(
@@ -343,15 +344,16 @@ def _chain_metadata(
     log, since it is worth more than a chained verifier needs."""
     if settings.verifier_chain_token is not None:
         return auth_metadata(settings.verifier_chain_token.get_secret_value())
-    if chained and verifier_metadata is None:
-        log.warning(
-            "the chained verifiers (BASTION_VERIFIER_CHAIN) are sent the service token, which also writes to "
-            "the graph and reads API key digests; give them a token of their own with BASTION_VERIFIER_CHAIN_TOKEN"
+    if chained:
+        sent = (
+            "the service token, which also writes to the graph and reads API key digests"
+            if verifier_metadata is None
+            else "BASTION_VERIFIER_TOKEN, with which each can call the verifier at BASTION_VERIFIER_ADDR "
+            "(and teach its sequence model)"
         )
-    elif chained:
         log.warning(
-            "the chained verifiers (BASTION_VERIFIER_CHAIN) are sent BASTION_VERIFIER_TOKEN, with which each can "
-            "call the verifier at BASTION_VERIFIER_ADDR (and teach its sequence model); give them a token of "
-            "their own with BASTION_VERIFIER_CHAIN_TOKEN"
+            "the chained verifiers (BASTION_VERIFIER_CHAIN) are sent %s; give them a token of their own with "
+            "BASTION_VERIFIER_CHAIN_TOKEN",
+            sent,
         )
     return None

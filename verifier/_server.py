@@ -16,7 +16,7 @@ from bastion._errors import ConfigError
 from bastion._identity import SERVICE_TOKEN_FILE, ensure_service_token
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
-from bastion._settings import check_verifier_token, second_service_tokens
+from bastion._settings import check_token, second_service_tokens, second_tokens
 from bastion._web import start_web_server
 from bastion.v1 import verifier_pb2_grpc
 
@@ -40,7 +40,7 @@ async def serve(
     """Serve bastion.v1.Verifier on settings.verifier_addr, and its metrics and probes on
     settings.verifier_metrics_addr, until `stop` is set."""
     home = settings.home.resolve()
-    token, *second = _accepted_tokens(settings, home)
+    tokens = _accepted_tokens(settings, home)
     metrics = VerifierMetrics()
     model = SequenceModel(settings.sequence_config())
     store = SequenceStore(home / SEQUENCE_STORE)
@@ -51,7 +51,7 @@ async def serve(
         flusher = asyncio.create_task(run_flusher(model, store, settings.verifier_sequence_flush_s, flushing))
         try:
             scorer = ReferenceScorer(settings.scorer_config(), model)
-            await _serve(settings, VerifierServicer(scorer, metrics), metrics, (token, *second), ready, stop)
+            await _serve(settings, VerifierServicer(scorer, metrics), metrics, tokens, ready, stop)
         finally:
             # The last flush: what was learnt since the previous one survives the restart.
             flushing.set()
@@ -109,11 +109,10 @@ def _accepted_tokens(settings: VerifierSettings, home: Path) -> tuple[str, ...]:
         service_token = settings.service_token.get_secret_value()
     else:
         service_token = stored.read_text().strip() if stored.is_file() else ""
-    current = check_verifier_token(token, service_token)
-    if settings.verifier_second_token is None:
-        return (current,)
-    second = settings.verifier_second_token.get_secret_value()
-    return current, check_verifier_token(second, service_token, "BASTION_VERIFIER_SECOND_TOKEN")
+    return (
+        check_token(token, "BASTION_VERIFIER_TOKEN", service_token),
+        *second_tokens(settings.verifier_second_token, "BASTION_VERIFIER_SECOND_TOKEN", service_token),
+    )
 
 
 def main(config: Path | None = None) -> int:

@@ -26,7 +26,7 @@ from bastion._appconfig import AppConfig
 from bastion._errors import ConfigError
 from bastion._identity import ensure_service_token
 from bastion._rpc import auth_metadata, open_channel
-from bastion._settings import check_verifier_token
+from bastion._settings import check_token
 from bastion._verdicts import VERIFIER_UNAVAILABLE
 from bastion.v1 import graph_pb2, graph_pb2_grpc, policy_pb2, policy_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
@@ -40,6 +40,7 @@ spec:
     - {id: demo-tools, match: {tools: ["demo__*"]}, effect: allow}
 """
 TOKEN = "verifier-only-secret-0123456789"
+NAME = "BASTION_VERIFIER_TOKEN"
 
 
 @contextlib.asynccontextmanager
@@ -195,7 +196,7 @@ async def test_a_short_token_or_the_service_token_itself_stops_the_start(
 @pytest.mark.parametrize("variant", ["", " ", "x" * 15, "é" * 8])
 def test_the_token_check_counts_characters_and_refuses_what_is_too_short(variant: str) -> None:
     with pytest.raises(ConfigError, match="at least 16"):
-        check_verifier_token(variant, "some-service-token")
+        check_token(variant, NAME, "some-service-token")
 
 
 @pytest.mark.parametrize(
@@ -213,19 +214,19 @@ def test_the_token_check_counts_characters_and_refuses_what_is_too_short(variant
 )
 def test_the_token_check_refuses_what_grpc_metadata_cannot_carry(variant: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
-        check_verifier_token(variant, "some-service-token")
+        check_token(variant, NAME, "some-service-token")
 
 
 def test_the_token_check_refuses_the_service_token_and_accepts_another() -> None:
     with pytest.raises(ConfigError, match="must differ"):
-        check_verifier_token("a-service-token-of-length", "a-service-token-of-length")
-    assert check_verifier_token("a-verifier-token-of-length", "a-service-token") == "a-verifier-token-of-length"
+        check_token("a-service-token-of-length", NAME, "a-service-token-of-length")
+    assert check_token("a-verifier-token-of-length", NAME, "a-service-token") == "a-verifier-token-of-length"
     # A Secret made --from-file of `openssl rand -base64 32 > file` ends in a newline.
-    assert check_verifier_token("a-verifier-token-of-length\r\n", "a-service-token") == "a-verifier-token-of-length"
+    assert check_token("a-verifier-token-of-length\r\n", NAME, "a-service-token") == "a-verifier-token-of-length"
     with pytest.raises(ConfigError, match="must differ"):
-        check_verifier_token("a-service-token-of-length\n", "a-service-token-of-length")
-    check_verifier_token("x" * 1024, "a-service-token-of-length")
-    check_verifier_token("Base64+/Token=~!#$%&'()*,-.:;<>?@[]^_`{|}", "a-service-token-of-length")
+        check_token("a-service-token-of-length\n", NAME, "a-service-token-of-length")
+    check_token("x" * 1024, NAME, "a-service-token-of-length")
+    check_token("Base64+/Token=~!#$%&'()*,-.:;<>?@[]^_`{|}", NAME, "a-service-token-of-length")
 
 
 SECOND = "the-second-service-token-0123456789"
