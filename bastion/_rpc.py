@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from ._errors import ConfigError
 from ._rpc_decode import UndecodableRequestInterceptor
 from ._settings import format_addr, parse_addr
+from ._tls import GrpcTls
 
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -123,9 +124,10 @@ async def start_grpc_server(
     register: Iterable[Callable[[grpc.aio.Server], None]],
     service_names: Iterable[str],
     also_accepted: tuple[str, ...] = (),
+    tls: GrpcTls | None = None,
 ) -> GrpcServer:
     """Bind `addr` (port 0 picks a free port), add health + reflection, start serving.
-    Calls must carry `token` (or one of `also_accepted`)."""
+    Calls must carry `token` (or one of `also_accepted`); with `tls`, only over mutual TLS."""
     # The token check is outermost: its refusal replaces the guarded handler whole, so a
     # caller without the token learns nothing, not even whether its bytes would decode.
     interceptors = [ServiceTokenInterceptor(token, *also_accepted), UndecodableRequestInterceptor()]
@@ -138,7 +140,7 @@ async def start_grpc_server(
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     host, _ = parse_addr(addr)
     try:
-        port = server.add_insecure_port(addr)
+        port = server.add_insecure_port(addr) if tls is None else server.add_secure_port(addr, tls.server_credentials())
     except RuntimeError as exc:  # grpc's way of saying the bind failed
         raise ConfigError(f"cannot listen on {addr}: {exc}") from exc
     await server.start()
@@ -147,18 +149,21 @@ async def start_grpc_server(
     return GrpcServer(server=server, health=health_servicer, address=format_addr(host, port))
 
 
-def open_channel(addr: str) -> grpc.aio.Channel:
-    """A long-lived channel; open once per process and reuse (DESIGN §14)."""
-    return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+def open_channel(addr: str, tls: GrpcTls | None = None) -> grpc.aio.Channel:
+    """A long-lived channel; open once per process and reuse (DESIGN §14). With `tls`, over
+    mutual TLS: the server's certificate must chain to the CA and name `addr`'s host."""
+    if tls is None:
+        return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(addr, tls.channel_credentials(), options=CHANNEL_OPTIONS)
 
 
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-async def check_health(addr: str, timeout: float = 1.0) -> bool:
+async def check_health(addr: str, timeout: float = 1.0, tls: GrpcTls | None = None) -> bool:
     """True when the server at `addr` reports SERVING."""
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with open_channel(addr, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)

@@ -38,6 +38,18 @@ class CommonSettings(BaseSettings):
         "without a gap (16 to 1024 visible ASCII characters; callers always send BASTION_SERVICE_TOKEN): put "
         "the new token here, then swap the two everywhere, then unset this.",
     )
+    grpc_tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) this service presents on its gRPC links, as server and as client. "
+        "With BASTION_GRPC_TLS_KEY and BASTION_GRPC_TLS_CA (all three or none): mutual TLS on every gRPC link; "
+        "its names must include the host the other services dial it by.",
+    )
+    grpc_tls_key: Path | None = Field(default=None, description="Unencrypted PEM private key of BASTION_GRPC_TLS_CERT.")
+    grpc_tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle a gRPC peer's certificate must chain to: servers refuse clients without one, "
+        "clients refuse servers without one.",
+    )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
 
 

@@ -35,6 +35,7 @@ from ._identity import ensure_dev_key, ensure_service_token
 from ._rpc import check_health
 from ._runfile import read_runfile, remove_runfile, write_runfile
 from ._settings import CommonSettings, format_addr, parse_addr
+from ._tls import GrpcTls, grpc_tls
 
 BACKENDS = ("policy", "verifier", "graph")
 START_TIMEOUT = 60.0
@@ -151,11 +152,11 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _check_health(info: dict[str, dict[str, Any]]) -> None:
+def _check_health(info: dict[str, dict[str, Any]], tls: GrpcTls | None) -> None:
     """Every gRPC server reports SERVING and every HTTP server answers /healthz."""
     for name, addresses in info.items():
         grpc_addr = addresses.get("grpc")
-        if grpc_addr is not None and not asyncio.run(check_health(grpc_addr, timeout=5.0)):
+        if grpc_addr is not None and not asyncio.run(check_health(grpc_addr, timeout=5.0, tls=tls)):
             raise ConfigError(f"{name} does not report SERVING on gRPC health at {grpc_addr}")
         http_addr = addresses.get("http")
         if http_addr is not None and not _http_ok(f"http://{http_addr}/healthz"):
@@ -170,6 +171,7 @@ def up(config: Path | None) -> int:
         # Created here, once, so the services never race to generate them.
         ensure_dev_key(home)
         ensure_service_token(home, settings.service_token.get_secret_value() if settings.service_token else None)
+        tls = grpc_tls(settings)  # the services would refuse to start: say so once, here
         stack = _Stack(config_path, home)
         stack.env = {**_dashboard_env(stack.env), **stack.env}  # what the caller set wins
     except BastionError as exc:
@@ -198,7 +200,7 @@ def up(config: Path | None) -> int:
             },
         )
         info["proxy"] = stack.wait_ready("proxy")
-        _check_health(info)
+        _check_health(info, tls)
         write_runfile(home, "stack", info)
         _print_urls(info, sorted(app.servers))
         dead: set[str] = set()

@@ -22,6 +22,7 @@ from bastion._identity_watch import IdentityWatch
 from bastion._rpc import auth_metadata, open_channel, start_grpc_server
 from bastion._service import run_service
 from bastion._settings import parse_addr, second_service_tokens
+from bastion._tls import grpc_tls
 from bastion._web import start_web_server
 from bastion.v1 import graph_pb2_grpc, policy_pb2_grpc
 
@@ -50,6 +51,7 @@ async def serve(
     home = settings.home.resolve()
     configured_token = settings.service_token.get_secret_value() if settings.service_token else None
     second = second_service_tokens(settings)  # checked before anything starts
+    tls = grpc_tls(settings)
     # Revocations as the policy service pushes them (IdentityWatch below), as at the proxy.
     identity = IdentityState()
     verifier = TokenVerifier.from_config(app.auth, home, identity=identity)
@@ -64,7 +66,7 @@ async def serve(
         stack.push_async_callback(store.close)
         metrics = GraphMetrics()
         service_token = ensure_service_token(home, configured_token)
-        policy_channel = open_channel(settings.policy_grpc_addr)
+        policy_channel = open_channel(settings.policy_grpc_addr, tls)
         stack.push_async_callback(policy_channel.close)
         watch = IdentityWatch(
             policy_pb2_grpc.PolicyServiceStub(policy_channel),
@@ -100,6 +102,7 @@ async def serve(
                 settings.graph_grpc_addr,
                 token=service_token,
                 also_accepted=second,
+                tls=tls,
                 register=[partial(graph_pb2_grpc.add_GraphServiceServicer_to_server, servicer)],
                 service_names=[SERVICE_NAME],
             ),

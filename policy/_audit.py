@@ -20,6 +20,7 @@ import logging
 import grpc
 
 from bastion._rpc import auth_metadata, open_channel
+from bastion._tls import GrpcTls
 from bastion.v1 import graph_pb2, graph_pb2_grpc
 
 from ._store import PolicyStore
@@ -36,16 +37,17 @@ RPC_TIMEOUT_S = 10.0
 class AuditShipper:
     """Background task: the store's audit outbox → GraphService.Ingest."""
 
-    def __init__(self, store: PolicyStore, graph_addr: str, token: str) -> None:
+    def __init__(self, store: PolicyStore, graph_addr: str, token: str, tls: GrpcTls | None = None) -> None:
         self._store = store
         self._addr = graph_addr
+        self._tls = tls
         self._metadata = auth_metadata(token)
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
     def start(self) -> None:
-        self._channel = open_channel(self._addr)
+        self._channel = open_channel(self._addr, self._tls)
         self._task = asyncio.create_task(self._run(), name="bastion-policy-audit")
 
     def wake(self) -> None:

@@ -31,6 +31,7 @@ from bastion._identity import TokenVerifier, ensure_service_token
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
 from bastion._settings import parse_addr, second_service_tokens
+from bastion._tls import grpc_tls
 from bastion._web import WebServer, start_web_server
 from bastion.v1 import policy_pb2_grpc
 
@@ -60,6 +61,7 @@ async def serve(
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     token = ensure_service_token(home, secret)
     second = second_service_tokens(settings)  # checked before anything starts
+    tls = grpc_tls(settings)
     hosts = HostCheck(app.allowed_hosts, parse_addr(settings.policy_addr)[0])
     keys = load_policy_keys(app, home)
 
@@ -77,7 +79,7 @@ async def serve(
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         registry.register(BundleExpiryCollector(policies.bundle_expiries))
-        audit = AuditShipper(store, settings.graph_grpc_addr, token)
+        audit = AuditShipper(store, settings.graph_grpc_addr, token, tls)
         audit.start()
         stack.push_async_callback(audit.stop)
         # API keys and revocations: the same file as the versions, pushed to proxies by WatchIdentity.
@@ -113,6 +115,7 @@ async def serve(
             settings.policy_grpc_addr,
             token=token,
             also_accepted=second,
+            tls=tls,
             register=[partial(policy_pb2_grpc.add_PolicyServiceServicer_to_server, servicer)],
             service_names=[SERVICE_NAME],
         )

@@ -18,6 +18,7 @@ from bastion._identity_watch import IdentityWatch
 from bastion._rpc import auth_metadata, open_channel
 from bastion._service import run_service
 from bastion._settings import check_token, parse_addr
+from bastion._tls import grpc_tls
 from bastion._web import start_web_server
 from bastion.v1 import graph_pb2_grpc, policy_pb2, policy_pb2_grpc, verifier_pb2_grpc
 
@@ -74,6 +75,7 @@ async def serve(
     home = settings.home.resolve()
     secret = settings.service_token.get_secret_value() if settings.service_token else None
     service_token = ensure_service_token(home, secret)
+    tls = grpc_tls(settings)  # checked before anything starts
     metadata = auth_metadata(service_token)
     verifier_metadata = _verifier_metadata(settings, service_token)
     # API keys and revocations as the policy service pushes them (IdentityWatch below).
@@ -85,10 +87,10 @@ async def serve(
         journal_dir, fsync_interval=settings.journal_fsync_ms / 1000, segment_bytes=settings.journal_segment_bytes
     )
     await journal.start()
-    policy_channel = open_channel(settings.policy_grpc_addr)
-    verifier_channel = open_channel(settings.verifier_addr)
-    chain_channels = [open_channel(address) for address in chain_addresses(settings.verifier_chain)]
-    graph_channel = open_channel(settings.graph_grpc_addr)
+    policy_channel = open_channel(settings.policy_grpc_addr, tls)
+    verifier_channel = open_channel(settings.verifier_addr, tls)
+    chain_channels = [open_channel(address, tls) for address in chain_addresses(settings.verifier_chain)]
+    graph_channel = open_channel(settings.graph_grpc_addr, tls)
     metrics = ProxyMetrics()
     tracing = Tracing.from_env(access_log=settings.access_log)
     shipper = Shipper(

@@ -41,6 +41,7 @@ from bastion._errors import BastionError, ConfigError, UpstreamError
 from bastion._identity import DEV_KEY_FILE, ensure_dev_key, issue_token
 from bastion._logging import configure_logging
 from bastion._rpc import check_health
+from bastion._tls import grpc_tls
 
 from ._config import ProxySettings
 from ._server import serve
@@ -238,8 +239,9 @@ def _token(home: Path, app: AppConfig, agent: str) -> str | Callable[[], str]:
 async def _wrap(
     settings: ProxySettings, app: AppConfig, name: str, agent: str, stdin: IO[bytes], stdout: IO[bytes]
 ) -> int:
+    tls = grpc_tls(settings)
     for service, addr in (("policy", settings.policy_grpc_addr), ("verifier", settings.verifier_addr)):
-        if not await check_health(addr, timeout=2.0):
+        if not await check_health(addr, timeout=2.0, tls=tls):
             print(
                 f"bastion wrap: no Bastion stack is running (the {service} service at {addr} does not answer). "
                 "Start it with `bastion up`, or set BASTION_POLICY_GRPC_ADDR, BASTION_VERIFIER_ADDR and "

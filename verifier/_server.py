@@ -17,6 +17,7 @@ from bastion._identity import SERVICE_TOKEN_FILE, ensure_service_token
 from bastion._rpc import start_grpc_server
 from bastion._service import run_service
 from bastion._settings import check_token, second_service_tokens, second_tokens
+from bastion._tls import GrpcTls, grpc_tls
 from bastion._web import start_web_server
 from bastion.v1 import verifier_pb2_grpc
 
@@ -41,6 +42,7 @@ async def serve(
     settings.verifier_metrics_addr, until `stop` is set."""
     home = settings.home.resolve()
     tokens = _accepted_tokens(settings, home)
+    tls = grpc_tls(settings)  # checked before anything starts
     metrics = VerifierMetrics()
     model = SequenceModel(settings.sequence_config())
     store = SequenceStore(home / SEQUENCE_STORE)
@@ -51,7 +53,7 @@ async def serve(
         flusher = asyncio.create_task(run_flusher(model, store, settings.verifier_sequence_flush_s, flushing))
         try:
             scorer = ReferenceScorer(settings.scorer_config(), model)
-            await _serve(settings, VerifierServicer(scorer, metrics), metrics, tokens, ready, stop)
+            await _serve(settings, VerifierServicer(scorer, metrics), metrics, (tokens, tls), ready, stop)
         finally:
             # The last flush: what was learnt since the previous one survives the restart.
             flushing.set()
@@ -64,10 +66,11 @@ async def _serve(
     settings: VerifierSettings,
     servicer: VerifierServicer,
     metrics: VerifierMetrics,
-    tokens: tuple[str, ...],
+    credentials: tuple[tuple[str, ...], GrpcTls | None],
     ready: Callable[[dict[str, str]], None],
     stop: asyncio.Event,
 ) -> None:
+    tokens, tls = credentials
     serving = asyncio.Event()
     http = await start_web_server(OpsApp(metrics, serving.is_set), settings.verifier_metrics_addr)
     try:
@@ -75,6 +78,7 @@ async def _serve(
             settings.verifier_addr,
             token=tokens[0],
             also_accepted=tokens[1:],
+            tls=tls,
             register=[partial(verifier_pb2_grpc.add_VerifierServicer_to_server, servicer)],
             service_names=[SERVICE_NAME],
         )

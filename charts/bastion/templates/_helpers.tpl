@@ -117,6 +117,14 @@ app.kubernetes.io/component: {{ index . 1 }}
   value: /etc/bastion/config/bastion.yaml
 - name: BASTION_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
+{{- if .Values.grpcTls.secretName }}
+- name: BASTION_GRPC_TLS_CERT
+  value: /etc/bastion/grpc-tls/tls.crt
+- name: BASTION_GRPC_TLS_KEY
+  value: /etc/bastion/grpc-tls/tls.key
+- name: BASTION_GRPC_TLS_CA
+  value: /etc/bastion/grpc-tls/ca.crt
+{{- end }}
 {{- end -}}
 
 {{- define "bastion.serviceTokenEnv" -}}
@@ -187,6 +195,11 @@ app.kubernetes.io/component: {{ index . 1 }}
   subPath: jwt-signing-key
   readOnly: true
 {{- end }}
+{{- if (index . 0).Values.grpcTls.secretName }}
+- name: grpc-tls
+  mountPath: /etc/bastion/grpc-tls
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* Volumes of a Bastion pod except `home` (a PVC or emptyDir, chosen per service):
@@ -213,6 +226,16 @@ app.kubernetes.io/component: {{ index . 1 }}
     items:
       - {key: jwt-signing-key, path: jwt-signing-key}
     {{- end }}
+{{- end }}
+{{- with $.Values.grpcTls.secretName }}
+- name: grpc-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+      - {key: ca.crt, path: ca.crt}
 {{- end }}
 {{- end -}}
 
@@ -258,4 +281,15 @@ checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256
 - podSelector:
     matchLabels:
       {{- include "bastion.selector" . | nindent 6 }}
+{{- end -}}
+
+{{/* How the kubelet checks a gRPC port: include "bastion.grpcProbe" (list $ port). Its gRPC
+     probe speaks plaintext without a client certificate, which a port under grpcTls refuses
+     in the handshake: then a TCP check (listening), and the HTTP probes keep the rest. */}}
+{{- define "bastion.grpcProbe" -}}
+{{- if (index . 0).Values.grpcTls.secretName -}}
+tcpSocket: {port: {{ index . 1 }}}
+{{- else -}}
+grpc: {port: {{ index . 1 }}}
+{{- end -}}
 {{- end -}}

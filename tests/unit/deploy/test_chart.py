@@ -321,6 +321,39 @@ def test_probes_use_http_health_where_served_and_grpc_health_on_the_verifier(hel
     assert probes["verifier"]["readinessProbe"]["grpc"] == {"port": 50052}
 
 
+def test_grpc_tls_gives_every_service_the_certificate_and_probes_its_grpc_ports_over_tcp(helm: str) -> None:
+    tls_env = {
+        "BASTION_GRPC_TLS_CERT": "/etc/bastion/grpc-tls/tls.crt",
+        "BASTION_GRPC_TLS_KEY": "/etc/bastion/grpc-tls/tls.key",
+        "BASTION_GRPC_TLS_CA": "/etc/bastion/grpc-tls/ca.crt",
+    }
+    on = dict(_workloads(_rendered(helm, "external-neo4j-values.yaml")))
+    assert set(on) == {"proxy", "policy", "graph", "verifier"}
+    for component, template in on.items():
+        container = template["spec"]["containers"][0]
+        env = _env(container)
+        assert {name: env.get(name) for name in tls_env} == tls_env, component
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["grpc-tls"] == {"name": "grpc-tls", "mountPath": "/etc/bastion/grpc-tls", "readOnly": True}
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        assert volumes["grpc-tls"]["secret"]["secretName"] == "bastion-grpc-tls", component
+        # The three files and nothing else of that Secret.
+        assert [item["key"] for item in volumes["grpc-tls"]["secret"]["items"]] == ["tls.crt", "tls.key", "ca.crt"]
+        # The kubelet's gRPC probe brings no client certificate: a TCP check instead.
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            assert "grpc" not in container.get(probe, {}), (component, probe)
+    assert on["verifier"]["spec"]["containers"][0]["readinessProbe"]["tcpSocket"] == {"port": 50052}
+    assert on["policy"]["spec"]["containers"][0]["readinessProbe"]["tcpSocket"] == {"port": 50051}
+    for component, template in _workloads(_rendered(helm, "default-values.yaml")):
+        container = template["spec"]["containers"][0]
+        assert not set(tls_env) & set(_env(container)), component
+        assert "grpc-tls" not in {v["name"] for v in template["spec"]["volumes"]}, component
+    # Every variable the chart sets is a setting the services read (the env-var test above
+    # covers the value set); and the three are read as files, by bastion._tls.
+    for name in tls_env:
+        assert name.removeprefix("BASTION_").lower() in CommonSettings.model_fields
+
+
 def test_proxy_journal_lives_on_a_claim_per_replica_kept_on_scale_down(helm: str) -> None:
     proxy = _by_kind(_rendered(helm, "full-values.yaml"), "StatefulSet")["rel-bastion-proxy"]["spec"]
     assert [claim["metadata"]["name"] for claim in proxy["volumeClaimTemplates"]] == ["home"]
@@ -400,6 +433,8 @@ def test_prometheus_rule_carries_the_ops_rules_with_runbook_links(helm: str) -> 
         (["--set", "secrets.verifierToken=too-short"], ["/secrets/verifierToken"]),
         (["--set", "secrets.verifierToken=sixteen characters with spaces"], ["/secrets/verifierToken"]),
         (["--set", "verifier.ownToken=yes"], ["/verifier/ownToken", "boolean"]),
+        (["--set", "grpcTls.secretName=Not_A_Name"], ["/grpcTls/secretName"]),
+        (["--set", "grpcTls.cert=tls.crt"], ["additional properties 'cert' not allowed"]),
     ],
     ids=[
         "unknown-key",
@@ -410,6 +445,8 @@ def test_prometheus_rule_carries_the_ops_rules_with_runbook_links(helm: str) -> 
         "short-verifier-token",
         "verifier-token-with-spaces",
         "own-token-not-a-boolean",
+        "grpc-tls-secret-not-a-name",
+        "grpc-tls-unknown-key",
     ],
 )
 def test_schema_rejects_unknown_and_mistyped_values(helm: str, args: list[str], needles: list[str]) -> None:
