@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BeforeValidator
 
 from bastion._errors import InvalidInput, InvalidQuery
 from bastion._rest import error_doc, error_response
@@ -90,6 +91,11 @@ async def verify_audit(
     return verify_view(report)
 
 
+#: DESIGN §7 writes the route `…&from=&to=`: an empty bound is no bound, as if left out
+#: (anything else that is not an RFC 3339 time stays a 422).
+_UNBOUNDED_WHEN_EMPTY = BeforeValidator(lambda value: None if value == "" else value)
+
+
 @router.get(
     "/audit/export",
     response_class=StreamingResponse,
@@ -103,10 +109,17 @@ async def export_audit(
     ] = "soc2_v1",
     since: Annotated[
         datetime | None,
-        Query(alias="from", description="RFC 3339; records that entered the chain at or after it (UTC if no zone)."),
+        _UNBOUNDED_WHEN_EMPTY,
+        Query(
+            alias="from",
+            description="RFC 3339; records that entered the chain at or after it (UTC if no zone). "
+            "Empty or absent: from the first record.",
+        ),
     ] = None,
     until: Annotated[
-        datetime | None, Query(alias="to", description="RFC 3339; records that entered the chain before it.")
+        datetime | None,
+        _UNBOUNDED_WHEN_EMPTY,
+        Query(alias="to", description="RFC 3339; records that entered the chain before it. Empty or absent: to now."),
     ] = None,
 ) -> Response:
     """A contiguous piece of the audit chain, streamed, with the chain head it reaches so the file

@@ -20,8 +20,10 @@ The digest of a version is the sha256 (hex) of its *submitted* document in canon
 form: the document as parsed and validated (`PolicyDocument`), dumped to JSON data with
 only the fields the author wrote (`exclude_unset`, defaults not filled in, field names
 as written, e.g. `apiVersion`), serialised by orjson with sorted keys, no whitespace,
-UTF-8 without escaping, integers as integers (RFC 8785-like; documents hold no floats
-today). So formatting, key order, comments and YAML-vs-JSON never change a digest, and
+UTF-8 without escaping, integers as integers and integral floats too (`max: 100` is
+`100` whether the schema reads it as a float or not): for what documents hold, the bytes of
+RFC 8785 (JCS). A version stored before integral floats were so written keeps its digest, and
+re-submitting its document is the same content, not a conflict. So formatting, key order, comments and YAML-vs-JSON never change a digest, and
 adding a field with a default to the schema never changes an existing one; spelling
 out a default (`default: deny`) is a different submission and a different digest.
 
@@ -99,8 +101,32 @@ class UnknownVersion(LookupError):
 
 def canonical_json(document: PolicyDocument) -> bytes:
     """The canonical form of a submitted document (see the module docstring)."""
-    data = document.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    return _canonical(document.model_dump(mode="json", by_alias=True, exclude_unset=True))
+
+
+def _canonical(data: Any) -> bytes:
+    return orjson.dumps(_as_written(data), option=orjson.OPT_SORT_KEYS)
+
+
+def _as_written(value: Any) -> Any:
+    """`value` with every integral float as an integer. The schema reads some numbers as
+    floats (`args.*.max`, `verifier.threshold`, `limits.budget.cost`), so `max: 100` comes
+    back as 100.0, which orjson writes `100.0`; the author wrote `100`, and JCS (RFC 8785)
+    writes either as `100`. Without this the digest was not the submitted document's."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _as_written(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_written(item) for item in value]
+    return value
+
+
+def _same_content(stored_canonical: str, digest: str) -> bool:
+    """Whether a version stored before integral floats were written as integers
+    (`_as_written`) holds the content whose digest is now `digest`: re-adding the same file
+    after an upgrade must not be refused as a new version under a taken number."""
+    return hashlib.sha256(_canonical(orjson.loads(stored_canonical))).hexdigest() == digest
 
 
 def version_digest(document: PolicyDocument) -> str:
@@ -206,7 +232,7 @@ class PolicyStore:
             existing = self._get(name, version)
             if existing is not None:
                 self._db.execute("ROLLBACK")
-                if existing.digest != digest:
+                if existing.digest != digest and not _same_content(existing.canonical, digest):
                     raise VersionExists(
                         f"policy {name!r} v{version} already exists with digest {existing.digest}; versions are "
                         f"immutable: give this content a new metadata.version (the highest is v{self._highest(name)})"

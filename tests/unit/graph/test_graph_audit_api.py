@@ -265,6 +265,22 @@ async def test_an_export_bounded_beyond_the_years_the_store_holds_is_whole_and_v
         assert len(_rows(response.content, file_format)) == 3
 
 
+async def test_empty_bounds_as_design_writes_the_route_export_the_whole_chain(
+    store: SqliteGraphStore, tmp_path: Path
+) -> None:
+    # DESIGN §7: `GET /audit/export?format=csv|json&schema=…&from=&to=`.
+    await store.ingest([_event("e1")])
+    await store.ingest([_event("e2")])
+    async with _client(store, tmp_path) as client:
+        empty = await client.get("/audit/export?format=json&schema=soc2_v1&from=&to=")
+        absent = await client.get("/audit/export?format=json&schema=soc2_v1")
+    assert empty.status_code == 200, empty.text
+    document = orjson.loads(empty.content)
+    assert [record["sequence"] for record in document["records"]] == [1, 2]
+    assert document["records"] == orjson.loads(absent.content)["records"]
+    assert document["anchor"] == orjson.loads(absent.content)["anchor"]
+
+
 @pytest.mark.parametrize(
     ("params", "status", "message"),
     [
@@ -276,6 +292,7 @@ async def test_an_export_bounded_beyond_the_years_the_store_holds_is_whole_and_v
         # got a 200 and a cut connection (the file's framing failed to write it as UTC).
         ({"from": "9999-12-31T23:59:59-23:59"}, 422, "query.from: "),
         ({"to": "0001-01-01T00:00:00+23:59", "format": "json"}, 422, "query.to: "),
+        ({"from": " "}, 422, "from"),  # only the empty value means no bound
     ],
 )
 async def test_bad_export_queries_are_client_errors_that_say_which_value(

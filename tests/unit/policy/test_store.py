@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from google.protobuf import json_format
 
 from bastion import ConfigError, PolicyValidationError
@@ -44,6 +45,51 @@ def test_the_digest_is_sha256_of_the_submitted_document_without_defaults() -> No
     }
     assert b" " not in canonical
     assert version_digest(document) == hashlib.sha256(canonical).hexdigest()
+
+
+NUMBERS = """apiVersion: bastion.dev/v1
+kind: AgentPolicy
+metadata: {name: refunds, version: 1}
+spec:
+  rules:
+    - id: small-refunds
+      match: {tools: ["stripe__refund"]}
+      args: {amount: {type: number, min: 0, max: 100}, "*": deny}
+      effect: allow
+  verifier: {name: reference, threshold: 1, timeout_ms: 50}
+"""
+
+
+def test_numbers_are_digested_as_written_not_as_the_schema_reads_them() -> None:
+    # The schema reads `max`, `min` and `threshold` as floats; the submitted document says
+    # 100, 0 and 1, and its canonical form (sorted keys, no whitespace; RFC 8785 alike) too.
+    submitted = yaml.safe_load(NUMBERS)
+    expected = orjson.dumps(submitted, option=orjson.OPT_SORT_KEYS)
+    assert canonical_json(parse_policy(NUMBERS)) == expected
+    assert version_digest(parse_policy(NUMBERS)) == hashlib.sha256(expected).hexdigest()
+    fractional = NUMBERS.replace("threshold: 1", "threshold: 0.75")
+    assert b'"threshold":0.75' in canonical_json(parse_policy(fractional))
+
+
+async def test_a_version_stored_with_floats_written_as_floats_is_the_same_content(store: PolicyStore) -> None:
+    # Versions stored before numbers were digested as written: re-adding the same file after
+    # the upgrade (bastion.yaml at every start) is the stored version, not a conflict.
+    document = parse_policy(NUMBERS)
+    await store.add(document, NUMBERS, author="ops")
+    legacy = orjson.dumps(
+        document.model_dump(mode="json", by_alias=True, exclude_unset=True), option=orjson.OPT_SORT_KEYS
+    )
+    assert b"100.0" in legacy
+    store._db.execute(
+        "UPDATE versions SET digest = ?, canonical = ? WHERE name = 'refunds'",
+        (hashlib.sha256(legacy).hexdigest(), legacy.decode()),
+    )
+    again, created = await store.add(parse_policy(NUMBERS), NUMBERS, author="ops")
+    assert created is False
+    assert again.digest == hashlib.sha256(legacy).hexdigest()
+    changed = NUMBERS.replace("max: 100", "max: 1000")
+    with pytest.raises(VersionExists):
+        await store.add(parse_policy(changed), changed, author="ops")
 
 
 def test_formatting_and_key_order_do_not_change_the_digest_but_spelt_out_defaults_do() -> None:
