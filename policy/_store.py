@@ -21,10 +21,11 @@ form: the document as parsed and validated (`PolicyDocument`), dumped to JSON da
 only the fields the author wrote (`exclude_unset`, defaults not filled in, field names
 as written, e.g. `apiVersion`), serialised by orjson with sorted keys, no whitespace,
 UTF-8 without escaping, integers as integers and integral floats too (`max: 100` is
-`100` whether the schema reads it as a float or not): for what documents hold, the bytes of
-RFC 8785 (JCS). A version stored before integral floats were so written keeps its digest, and
-re-submitting its document is the same content, not a conflict. So formatting, key order, comments and YAML-vs-JSON never change a digest, and
-adding a field with a default to the schema never changes an existing one; spelling
+`100` whether the schema reads it as a float or not): for what documents hold, the bytes
+of RFC 8785 (JCS). A version stored before integral floats were so written keeps its
+digest, and re-submitting its document is the same content, not a conflict. So
+formatting, key order, comments and YAML-vs-JSON never change a digest, and adding a
+field with a default to the schema never changes an existing one; spelling
 out a default (`default: deny`) is a different submission and a different digest.
 
 Rollouts and the audit outbox
