@@ -287,6 +287,17 @@ class A2aHttpAdapter:
             )
             trace.finish()
             return
+        if agent not in self._agents:
+            # Checked here, not where the translated request lands: a name with a `/` would
+            # route it elsewhere (`tasks/send` back here, over and over, until Python's
+            # recursion limit; `echo/v1/message:send` into the HTTP+JSON binding).
+            reason = f"no A2A agent named {agent[:100]!r} in bastion.yaml"
+            payload = jsonrpc_error(None, -32602, "bastion.unknown_agent", {"reason": reason})
+            await self._refuse(
+                send, action, started, 404, "bastion.unknown_agent", reason, principal, body=payload, trace=trace
+            )
+            trace.finish()
+            return
         trace.finish()
         path = f"/a2a/{agent}"
         out_headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"a2a-version")]

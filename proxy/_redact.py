@@ -45,11 +45,17 @@ from bastion.v1 import graph_pb2, policy_pb2
 # Token boundaries are "no letter or digit next to it", not `\b`: `key_AKIA…` or
 # `AKIA…_old` has a word character beside the key, and `\b` let it through (found by an
 # attacker's probe). An auth scheme is case-insensitive (`bearer …`).
+#
+# Every pattern must cost time linear in the text: redaction runs on the event loop, on
+# what an agent sends. A key's body runs to the next `-----` only (a PEM body holds none),
+# so `-----BEGIN PRIVATE KEY-----` repeated without an END no longer scans to the end of
+# the text from every BEGIN (a probe's 128 KiB argument held the proxy's loop for 8 s).
+# JWTs are not in this union: see `_jwts`.
 _PATTERNS: dict[str, str] = {
     "private_key": (
-        r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY(?: BLOCK)?-----"
+        r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:[^-]|-(?!----))*+"
+        r"-----END [A-Z ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
     ),
-    "jwt": r"(?<![A-Za-z0-9])eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
     "bearer": r"(?<![A-Za-z0-9])(?i:bearer)\s+[A-Za-z0-9._~+/-]{16,}=*",
     "aws_key": r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9])",
     "github_token": r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})(?![A-Za-z0-9])",
@@ -62,6 +68,49 @@ _PATTERNS: dict[str, str] = {
         r"|(?<![\d.])\d{4}(?P<card_sep>[.\s])\d{4}(?:(?P=card_sep)\d{4}){1,2}(?:(?P=card_sep)\d{1,3})?(?![\d.])"
     ),
 }
+#: Dot-separated runs of base64url, whole (each starts where the previous one ended): the
+#: places a JWT can be. A JWT's segments hold `-`, so as one expression (`eyJ[…-]{8,}\.…`)
+#: every `eyJ` of `-eyJ-eyJ…` scanned to the end of the run and failed there: quadratic.
+_DOTTED = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+#: Shortest JWT segment (after `eyJ` for the first).
+_JWT_SEGMENT = 8
+
+
+def _jwts(text: str) -> list[tuple[int, int]]:
+    r"""Spans of what `(?<![A-Za-z0-9])eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}`
+    matches, leftmost first, in one pass over the text: all the `eyJ` of one segment share
+    that segment's end, so only the first of them not preceded by a letter or digit can
+    start a match (a later one's first segment is shorter and the same text follows it)."""
+    spans: list[tuple[int, int]] = []
+    for token in _DOTTED.finditer(text):
+        found = token.group()
+        if "eyJ" not in found or found.count(".") < 2:
+            continue
+        pieces = found.split(".")
+        offset = token.start()
+        index = 0
+        while index + 2 < len(pieces):
+            piece = pieces[index]
+            at = piece.find("eyJ")
+            while at > 0 and piece[at - 1] in _ALNUM:
+                at = piece.find("eyJ", at + 1)
+            if (
+                at != -1
+                and len(piece) - at - 3 >= _JWT_SEGMENT
+                and len(pieces[index + 1]) >= _JWT_SEGMENT
+                and len(pieces[index + 2]) >= _JWT_SEGMENT
+            ):
+                end = offset + len(piece) + len(pieces[index + 1]) + len(pieces[index + 2]) + 2
+                spans.append((offset + at, end))
+                offset = end + 1
+                index += 3
+                continue
+            offset += len(piece) + 1
+            index += 1
+    return spans
+
+
 #: A cheap first look at a string: each pattern's literal start, or a long digit run (in
 #: any script: the card pattern reads every script's digits). Only a hit pays for the full
 #: expression (measured ~150 µs on a small body, against a few µs for this).
@@ -179,7 +228,22 @@ class Redactor:
                 found.append(secret)
             return self.placeholder(kind, secret)
 
-        return self._text.sub(replace, value), count
+        redacted = self._text.sub(replace, value)
+        if "eyJ" in redacted:
+            spans = _jwts(redacted)
+            if spans:
+                parts: list[str] = []
+                last = 0
+                for start, end in spans:
+                    secret = redacted[start:end]
+                    count += 1
+                    if found is not None:
+                        found.append(secret)
+                    parts += (redacted[last:start], self.placeholder("jwt", secret))
+                    last = end
+                parts.append(redacted[last:])
+                redacted = "".join(parts)
+        return redacted, count
 
     def _fields(self, struct: Struct, path: tuple[str, ...], found: list[str] | None) -> int:
         count = 0

@@ -104,3 +104,21 @@ async def test_the_compat_route_needs_a_token_and_a_known_agent(running: tuple[A
     assert unknown.status_code == 404
     assert get.status_code == 405
     assert agent.methods() == []
+
+
+@pytest.mark.parametrize("name", ["tasks/send", "echo/v1/message:send", "echo/", "Echo", "tasks"])
+async def test_the_named_agent_must_be_one_of_bastion_yaml_not_a_path(
+    running: tuple[A2aStack, Agent], name: str
+) -> None:
+    # An attacker's probe: `tasks/send` sent the translated request back to this route, over
+    # and over, to a 500 at Python's recursion limit (nothing journaled); `echo/v1/message:send`
+    # routed it into the HTTP+JSON binding.
+    stack, agent = running
+    response = await _post(
+        stack, "planner", _tasks_send({"agent": name, "message": _MESSAGE}), **{"Bastion-Agent": name}
+    )
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["message"] == "bastion.unknown_agent"
+    assert "no A2A agent named" in response.json()["error"]["data"]["reason"]
+    assert agent.methods() == []
+    assert await stack.audited("bastion.rejected", 1, rule_id="bastion.unknown_agent")
