@@ -102,6 +102,13 @@ class ProxySettings(CommonSettings):
         ge=1,
         description="Most concurrent sessions (each one child process) per stdio server; more are refused.",
     )
+    sessions_per_principal: int = Field(
+        default=4,
+        ge=1,
+        description="Most sessions one principal (tenant and agent) holds at once on a stdio server or the "
+        "aggregated /mcp: its next initialize closes its least recently used one, so no caller can take every "
+        "slot of BASTION_STDIO_MAX_SESSIONS or BASTION_AGGREGATED_MAX_SESSIONS from the others.",
+    )
     session_idle_s: float = Field(
         default=900.0,
         gt=0,

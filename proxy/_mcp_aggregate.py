@@ -29,6 +29,7 @@ from ._enforcer import Caller
 from ._mcp import Message
 from ._mcp_http import McpHttpAdapter, _Request, http_error
 from ._methods import Target
+from ._owners import owner_key
 from ._recorder import Record
 from ._results import ResultTap
 from ._session_host import Backend, HostedSession, SessionHost
@@ -36,7 +37,9 @@ from ._workflows import check_id
 
 
 class AggregatedMcpAdapter(McpHttpAdapter):
-    def __init__(self, *, max_sessions: int, idle_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *, max_sessions: int, idle_timeout: float, max_per_owner: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._host = SessionHost(
             "the aggregated /mcp endpoint",
@@ -44,6 +47,7 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             max_sessions=max_sessions,
             idle_timeout=idle_timeout,
             max_body=self._max_body,
+            max_per_owner=max_per_owner,
         )
 
     async def handle_aggregated(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -175,6 +179,7 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             route,
             bind=bind,
             response_headers=node_headers(records[0]),
+            owner=owner_key(bind_session) if bind_session is not None else "",
         )
         if not governed:
             return

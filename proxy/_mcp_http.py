@@ -61,9 +61,10 @@ from ._mcp import (
 )
 from ._methods import Target, classify
 from ._metrics import ProxyMetrics
-from ._owners import SessionOwners
+from ._owners import SessionOwners, owner_key
 from ._recorder import Record
 from ._results import ResultTap
+from ._session_host import OWNER_HEADER
 from ._tracing import RequestTrace, Tracing
 from ._upstream import UpstreamPool
 from ._workflows import WorkflowTracker, check_id
@@ -90,6 +91,8 @@ _DROP_REQUEST = frozenset(
         b"bastion-delegation",
         # Replaced by identity: an answer Bastion cannot read cannot be filtered or recorded.
         b"accept-encoding",
+        # Only the proxy names who initialises a stdio server's session (_session_host).
+        OWNER_HEADER,
     }
 )
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"})
@@ -421,6 +424,10 @@ class McpHttpAdapter:
             path += b"?" + scope["query_string"]
         headers = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST]
         headers.append((b"accept-encoding", b"identity"))
+        if bind_session is not None and pool.unix_path is not None:
+            # A stdio server's session host, on the proxy's private socket: whose session
+            # this is, so one principal cannot hold all of its slots.
+            headers.append((OWNER_HEADER, owner_key(bind_session).encode()))
         headers = request.trace.upstream(headers, pool, scope["method"], record)
         # A POST's answer (a tool's result) is bounded in time; a GET is a session's
         # long-lived notification stream and may stay quiet for as long as it likes.

@@ -163,6 +163,7 @@ async def serve(
             server,
             report=functools.partial(_report, enforcer, name),
             max_sessions=settings.stdio_max_sessions,
+            max_per_owner=settings.sessions_per_principal,
             idle_timeout=settings.session_idle_s,
             max_body=settings.max_body,
             redactor=redactor,
@@ -223,6 +224,7 @@ async def serve(
     aggregated = AggregatedMcpAdapter(
         sessions=SessionOwners(),
         max_sessions=settings.aggregated_max_sessions,
+        max_per_owner=settings.sessions_per_principal,
         idle_timeout=settings.session_idle_s,
         **adapter_parts,
     )

@@ -42,6 +42,15 @@ log = logging.getLogger("bastion.proxy")
 
 #: Events a stream keeps for `Last-Event-ID` replay.
 _STREAM_EVENTS = 1024
+#: Bytes of events a stream keeps (its newest event whatever its size): counted in events
+#: alone, a server's 4 MiB notifications filled a stream to gigabytes (an attacker's probe).
+STREAM_BYTES = 8 * 1024 * 1024
+#: Requests of one session still waiting for the backend's answer; past it the oldest is
+#: answered UPSTREAM_UNAVAILABLE (a server that never answers must not grow the proxy).
+MAX_PENDING = 4096
+#: The header the proxy names the initialising principal in, on the private socket of a
+#: stdio server (never sent to a network upstream; a client's own copy is dropped).
+OWNER_HEADER = b"bastion-owner"
 #: Finished request streams a session keeps for late resumption.
 _FINISHED_STREAMS = 64
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -61,11 +70,12 @@ class Backend(Protocol):
 class _Stream:
     """One SSE stream: a request's (index ≥ 1) or the session's GET stream (index 0)."""
 
-    __slots__ = ("attached", "changed", "delivered", "done", "events", "index")
+    __slots__ = ("attached", "changed", "delivered", "done", "events", "index", "size")
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.events: deque[tuple[int, bytes]] = deque(maxlen=_STREAM_EVENTS)
+        self.events: deque[tuple[int, bytes]] = deque()
+        self.size = 0
         #: The last event handed to a reader: a new GET without Last-Event-ID starts after it.
         self.delivered = 0
         self.done = False
@@ -74,6 +84,9 @@ class _Stream:
 
     def push(self, seq: int, data: bytes, *, last: bool = False) -> None:
         self.events.append((seq, data))
+        self.size += len(data)
+        while len(self.events) > 1 and (len(self.events) > _STREAM_EVENTS or self.size > STREAM_BYTES):
+            self.size -= len(self.events.popleft()[1])
         self.done = self.done or last
         self.changed.set()
 
@@ -98,8 +111,12 @@ class _Stream:
 class HostedSession:
     """One client session and its backend. `remap` replaces request ids (shared sessions)."""
 
-    def __init__(self, session_id: str, *, remap: bool = False) -> None:
+    def __init__(self, session_id: str, *, remap: bool = False, owner: str = "") -> None:
         self.id = session_id
+        #: Who initialised it (bastion.proxy._owners.owner_key), "" when not told.
+        self.owner = owner
+        #: Messages for the GET stream of the shared session, which no one can open: dropped.
+        self.dropped = 0
         self.backend: Backend | None = None
         self.last_used = time.monotonic()
         self.closed = False
@@ -120,6 +137,13 @@ class HostedSession:
         stream = _Stream(next(self._indexes))
         self._streams[stream.index] = stream
         self._prune()
+        while len(self._pending) >= MAX_PENDING:
+            oldest = next(iter(self._pending))
+            waiting, first = self._pending.pop(oldest)
+            reason = f"no answer after {MAX_PENDING} later requests of this session; dropped"
+            waiting.push(
+                self._next(), orjson.dumps({"jsonrpc": "2.0", "id": first, "error": _unavailable(reason)}), last=True
+            )
         original = message["id"]
         raw: bytes | None = None
         params = message.get("params")
@@ -168,11 +192,19 @@ class HostedSession:
                 raw = orjson.dumps({**message, "params": {**message["params"], "progressToken": token}})
         else:
             stream = self._route()
+        if stream is self.standalone and self._remap:
+            self.dropped += 1
+            return
         stream.push(self._next(), raw or orjson.dumps(message))
 
     def to_listener(self, message: dict[str, Any]) -> None:
         """A message that belongs to no request: the session's GET stream."""
         self.last_used = time.monotonic()
+        if self._remap:
+            # The shared session has no id, so no GET stream can be opened on it: kept, the
+            # messages were memory no one could ever read.
+            self.dropped += 1
+            return
         self.standalone.push(self._next(), orjson.dumps(message))
 
     @property
@@ -233,10 +265,14 @@ class SessionHost:
         idle_timeout: float,
         max_body: int,
         shared: bool = True,
+        max_per_owner: int | None = None,
     ) -> None:
+        """`max_per_owner`: most sessions one principal holds; its next `initialize` closes
+        its least recently used one (None: no bound but `max_sessions`)."""
         self._label = label
         self._open_backend = open_backend
         self._max_sessions = max_sessions
+        self._max_per_owner = max_per_owner
         self._idle_timeout = idle_timeout
         self._max_body = max_body
         self._sessions: dict[str, HostedSession] = {}
@@ -280,7 +316,7 @@ class SessionHost:
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             await _error(send, 400, None, -32600, "Invalid Request: one JSON-RPC 2.0 object expected")
             return
-        await self.post(receive, send, headers, message, body)
+        await self.post(receive, send, headers, message, body, owner=headers.get(OWNER_HEADER, b"").decode("latin-1"))
 
     def session(self, session_id: str) -> HostedSession | None:
         """The session a request names (the shared one when it names none)."""
@@ -296,6 +332,7 @@ class SessionHost:
         context: Any = None,
         bind: Callable[[str], None] | None = None,
         response_headers: Sequence[tuple[bytes, bytes]] = (),
+        owner: str = "",
     ) -> bytes | None:
         """Serve one parsed client message (read, checked and decided by the caller); for a
         request, return the answer relayed (None when the client left first). `bind` sees a
@@ -308,7 +345,7 @@ class SessionHost:
                 await _error(send, 404, message.get("id"), -32001, "Session not found")
                 return None
         elif message.get("method") == "initialize":
-            session = await self._open()
+            session = await self._open(owner)
             if bind is not None:
                 bind(session.id)
             extra.append((b"mcp-session-id", session.id.encode()))
@@ -388,13 +425,22 @@ class SessionHost:
         await self._close(session)
         await send_bytes(send, 200, b"", [])
 
-    async def _open(self) -> HostedSession:
+    async def _open(self, owner: str = "") -> HostedSession:
+        if owner and self._max_per_owner is not None:
+            held = sorted((s for s in self._sessions.values() if s.owner == owner), key=lambda s: s.last_used)
+            for stale in held[: max(0, len(held) - self._max_per_owner + 1)]:
+                # One principal cannot hold every slot: past its share, its own oldest
+                # session makes way (an attacker's probe took all 32 of a stdio server's
+                # slots with bare initializes, locking every other tenant out).
+                log.info("closing the least recently used session of a principal at its limit on %s", self._label)
+                self._sessions.pop(stale.id, None)
+                await self._close(stale)
         if len(self._sessions) >= self._max_sessions:
             raise UpstreamError(
                 f"stdio server {self._label} already has {self._max_sessions} sessions "
                 "(BASTION_STDIO_MAX_SESSIONS); close one or retry later"
             )
-        session = HostedSession(secrets.token_hex(16))
+        session = HostedSession(secrets.token_hex(16), owner=owner)
         session.backend = await self._open_backend(session)
         self._sessions[session.id] = session
         return session

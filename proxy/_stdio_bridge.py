@@ -103,6 +103,7 @@ class StdioUpstream:
         idle_timeout: float,
         max_body: int,
         redactor: Redactor | None = None,
+        max_per_owner: int | None = None,
     ) -> None:
         """`redactor`: redacts what a child writes on stderr before it is logged (the
         proxy's: its placeholders match the journal's); without one stderr is not logged."""
@@ -113,7 +114,12 @@ class StdioUpstream:
         self._report = report
         self._backoff = _Backoff(name)
         self._host = SessionHost(
-            name, self._open, max_sessions=max_sessions, idle_timeout=idle_timeout, max_body=max_body
+            name,
+            self._open,
+            max_sessions=max_sessions,
+            idle_timeout=idle_timeout,
+            max_body=max_body,
+            max_per_owner=max_per_owner,
         )
         self._socket = _socket_path(name)
         self._web: WebServer | None = None

@@ -221,6 +221,26 @@ async def test_an_aggregated_session_belongs_to_the_agent_that_opened_it(stack: 
     assert anonymous.status_code == 401
 
 
+async def test_an_agent_holds_at_most_its_share_of_aggregated_sessions(stack: Aggregated) -> None:
+    # BASTION_SESSIONS_PER_PRINCIPAL (4): the fifth initialize closes the agent's oldest session.
+    hdrs = {
+        "Authorization": f"Bearer {stack.client.token('agent-hoarding')}",
+        "Accept": "application/json, text/event-stream",
+    }
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    async with httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
+        sessions = [(await http.post("/mcp", json=_init(), headers=hdrs)).headers["mcp-session-id"] for _ in range(5)]
+        used = {
+            "Authorization": hdrs["Authorization"],
+            "Accept": "application/json",
+            "MCP-Protocol-Version": "2025-11-25",
+        }
+        oldest = await http.post("/mcp", json=listing, headers={**used, "Mcp-Session-Id": sessions[0]})
+        newest = await http.post("/mcp", json=listing, headers={**used, "Mcp-Session-Id": sessions[-1]})
+    assert oldest.status_code == 404, oldest.text
+    assert newest.status_code == 200, newest.text
+
+
 async def test_a_governed_call_on_the_aggregated_endpoint_gets_a_result_event(stack: Aggregated) -> None:
     token = stack.client.token("agent-result")
     body = {

@@ -77,7 +77,7 @@ async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         },
         policies=(policy,),
     )
-    async with inprocess.stack(tmp_path, app, stdio_max_sessions=4) as running:
+    async with inprocess.stack(tmp_path, app, stdio_max_sessions=4, sessions_per_principal=2) as running:
         yield StdioStack(ProxyClient(tmp_path, running.proxy, running.graph), record, tmp_path)
 
 
@@ -263,20 +263,37 @@ async def test_a_server_that_dies_at_start_is_restarted_only_after_a_backoff(sta
 
 
 async def test_sessions_per_stdio_server_are_capped(stack: StdioStack) -> None:
-    token = stack.client.token("agent-many")
-    for _ in range(4):
-        await _session(stack.client, "faulty", token)
-    hdrs = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
+    for agent in ("agent-a", "agent-b", "agent-c", "agent-d"):
+        await _session(stack.client, "faulty", stack.client.token(agent))
+    hdrs = {"Authorization": f"Bearer {stack.client.token('agent-e')}", "Accept": "application/json, text/event-stream"}
     async with httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
-        refused = await http.post("/mcp/faulty", json=init, headers=hdrs)
+        refused = await http.post("/mcp/faulty", json=_INIT, headers=hdrs)
     assert refused.status_code == 503
     assert "BASTION_STDIO_MAX_SESSIONS" in refused.json()["error"]["data"]["reason"]
+
+
+async def test_one_agent_cannot_take_every_session_of_a_stdio_server(stack: StdioStack) -> None:
+    """An attacker's probe: an agent of another tenant, allowed no tool at all, took all 32
+    slots of a stdio server with bare initializes; everyone else got 503 for 15 minutes.
+    Past BASTION_SESSIONS_PER_PRINCIPAL its own least recently used session makes way."""
+    hoarder = stack.client.token("agent-hoarder", tenant="evil")
+    sessions = [await _session(stack.client, "faulty", hoarder) for _ in range(6)]
+    # Its two newest are alive; the ones it pushed out are gone (404: start a new session).
+    assert (await _call(stack.client, "faulty", hoarder, sessions[-1], _tool_call("echo", {}))).status_code == 200
+    assert (await _call(stack.client, "faulty", hoarder, sessions[0], _tool_call("echo", {}))).status_code == 404
+    # Another tenant's agent still gets a session, and can use it.
+    victim = stack.client.token("agent-victim", tenant="acme")
+    session = await _session(stack.client, "faulty", victim)
+    answer = await _call(stack.client, "faulty", victim, session, _tool_call("echo", {"text": "hi"}))
+    assert answer.status_code == 200, answer.text
+
+
+_INIT = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
 
 
 async def test_another_agent_cannot_use_a_stdio_session(stack: StdioStack) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from bastion._errors import UpstreamError
 from bastion.proxy._session_host import HostedSession, SessionHost
 
 
@@ -111,3 +112,102 @@ async def test_in_the_shared_session_a_callers_cancel_or_answer_reaches_no_one()
     host._sessions["s-own"] = private
     assert await _post(host, cancel, {b"mcp-session-id": b"s-own"}) == 202
     assert backend.delivered == [changed, cancel]
+
+
+def test_a_stream_keeps_its_newest_events_within_a_byte_bound() -> None:
+    """Counted in events alone, a server's 4 MiB notifications grew one stream to gigabytes
+    (an attacker's probe: 182 MB → 1.4 GB in three calls)."""
+    from bastion.proxy._session_host import STREAM_BYTES
+
+    session = HostedSession("s1")
+    stream, _, _ = session.begin(_call(1, "p"))
+    big = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "x" * (1 << 20)}}
+    for _ in range(40):
+        session.emit(big, None)
+    assert stream.size <= STREAM_BYTES
+    assert stream.size == sum(len(data) for _, data in stream.events)
+    assert 4 <= len(stream.events) < 40
+    # The answer, whatever its size, is kept: it is what the caller waits for.
+    huge = {"jsonrpc": "2.0", "id": 1, "result": {"data": "y" * (STREAM_BYTES + 1)}}
+    session.emit(huge, None)
+    assert stream.done
+    assert orjson.loads(stream.events[-1][1]) == huge
+    assert len(stream.events) == 1
+
+
+def test_the_shared_session_drops_what_only_its_get_stream_could_carry() -> None:
+    """No GET stream can be opened on the shared session (it has no id): kept, a server's
+    notifications after its answer were memory nobody could read."""
+    session = HostedSession("shared", remap=True)
+    answered, sent, _ = session.begin(_call(1, 1))
+    session.emit({"jsonrpc": "2.0", "id": sent["id"], "result": {}}, None)
+    assert answered.done
+    for _ in range(3):
+        session.emit({"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "late"}}, None)
+    session.to_listener({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+    assert not session.standalone.events
+    assert session.dropped == 4
+    # A session of its own keeps them for its GET stream.
+    own = HostedSession("s1")
+    own.to_listener({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+    assert len(own.standalone.events) == 1
+
+
+def test_requests_a_backend_never_answers_are_bounded() -> None:
+    from bastion.proxy._session_host import MAX_PENDING
+
+    session = HostedSession("shared", remap=True)
+    first, _, _ = session.begin(_call(1, None))
+    for index in range(MAX_PENDING):
+        session.begin(_call(index + 2, None))
+    assert len(session._pending) == MAX_PENDING
+    assert first.done
+    error = orjson.loads(first.events[-1][1])
+    assert error["id"] == 1
+    assert error["error"]["message"] == "UPSTREAM_UNAVAILABLE"
+
+
+async def _initialize(host: SessionHost, owner: str) -> tuple[int, str]:
+    """(200, the new session's id), or 503 when the host refuses to open one."""
+    bound: list[str] = []
+
+    async def send(event: MutableMapping[str, Any]) -> None:
+        pass
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.disconnect"}  # the answer is not waited for
+
+    message = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    try:
+        await host.post(receive, send, {}, message, orjson.dumps(message), bind=bound.append, owner=owner)
+    except UpstreamError:
+        return 503, ""  # what SessionHost.__call__ answers
+    return 200, bound[0]
+
+
+async def test_one_principal_cannot_hold_every_session_its_oldest_makes_way() -> None:
+    """An agent of another tenant took all 32 slots of a stdio server with bare initializes,
+    and every other caller got 503 for the 15 minutes of the idle timeout."""
+    closed: list[str] = []
+
+    class _Closing(_Backend):
+        def __init__(self, session: HostedSession) -> None:
+            super().__init__()
+            self.session = session
+
+        async def close(self) -> None:
+            closed.append(self.session.id)
+
+    async def open_backend(session: HostedSession) -> _Closing:
+        return _Closing(session)
+
+    host = SessionHost("test", open_backend, max_sessions=4, idle_timeout=60, max_body=1 << 20, max_per_owner=2)
+    mine = [await _initialize(host, "5:evil/mallory") for _ in range(5)]
+    assert all(status == 200 for status, _ in mine), mine
+    assert host.session_count == 2
+    assert closed == [mine[0][1], mine[1][1], mine[2][1]]  # its oldest, one by one
+    assert [await _initialize(host, f"4:acme/agent-{n}") for n in range(2)][-1][0] == 200
+    assert host.session_count == 4
+    # Others' sessions are never closed to make way: past the server's own bound, refused.
+    status, _ = await _initialize(host, "4:acme/agent-9")
+    assert (status, host.session_count) == (503, 4)
