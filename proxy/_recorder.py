@@ -155,9 +155,7 @@ class Recorder:
             return None
         # The raw body is searched once; without a body (a stated task, a refusal) the walk
         # always runs: it is cheap on what is there (names and reasons).
-        if record.body and not redactor.may_hold_secrets(record.body):
-            return None
-        return redactor
+        return redactor.for_body(record.body) if record.body else redactor
 
     def append(
         self,

@@ -110,6 +110,29 @@ async def test_planted_secrets_are_redacted_everywhere_they_are_stored(
         assert secret not in caplog.text, f"{secret} was logged"
 
 
+async def test_an_argument_dense_with_key_shapes_is_journaled_as_one_placeholder(
+    tmp_path: Path, upstream: DemoUpstream
+) -> None:
+    # 60,000 AWS-key-shaped tokens (1.2 MB) in one denied call: each read one by one cost a
+    # Python call, an HMAC and a pass over every reason, for seconds of the proxy's loop.
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    app = AppConfig(servers={"demo": ServerConfig(url=upstream.url)}, policies=(policy,))
+    keys = " ".join(f"AKIA{index:016d}" for index in range(60_000))
+    async with inprocess.stack(tmp_path, app) as running:
+        client = ProxyClient(tmp_path, running.proxy, running.graph)
+        token = client.token("agent-dense")
+        blocked = await client.post(tool_call("echo", {"text": keys}), headers(token, workflow="wf-dense"))
+        after = await client.post(tool_call("add", {"a": 1, "b": 2}, 2), headers(token, workflow="wf-dense"))
+        nodes = await client.nodes("wf-dense", 2, where=lambda node: node["node_type"] == "ACTION")
+    assert blocked.json()["error"]["data"]["rule_id"] == "no-aws-keys-out"
+    assert after.json()["result"]["structuredContent"] == {"result": 3}
+    echo = next(node for node in nodes if node["action"]["tool"] == "echo")
+    keyed = Redactor(secret=ensure_service_token(tmp_path, None).encode())
+    assert echo["action"]["arguments"] == {"text": keyed.placeholder("bulk", keys)}
+    assert b"AKIA00000000000000" not in _everything_under(tmp_path)
+
+
 def _everything_under(home: Path) -> bytes:
     """Every byte the stack wrote under $BASTION_HOME: journal segments, SQLite files and WALs."""
     return b"".join(path.read_bytes() for path in home.rglob("*") if path.is_file())

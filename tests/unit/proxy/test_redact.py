@@ -332,3 +332,50 @@ def test_keys_and_tokens_are_still_found_beside_such_text() -> None:
     assert "MIIEvQ" not in redacted
     assert redacted.count("[REDACTED:jwt:") == 2
     assert redacted.count("[REDACTED:private_key:") == 1
+
+
+def test_a_body_dense_with_secret_shapes_is_redacted_string_by_string() -> None:
+    """200,000 key-shaped tokens in one 4 MiB argument: read one by one, each cost a Python
+    call and an HMAC, and every reason was scrubbed of each (1-2 s of the proxy's loop per
+    call). Past BULK_CANDIDATES places a body's strings are replaced whole, one placeholder
+    each, in the Struct and the JSON copy alike."""
+    from bastion.proxy._redact import BULK_CANDIDATES
+
+    redactor = Redactor(secret=b"k" * 32)
+    dense = " ".join(f"AKIA{index:016d}" for index in range(BULK_CANDIDATES + 1))
+    arguments: dict[str, Any] = {"keys": dense, "note": "no secret here", "nested": [{"token_list": "ghp_" + "a" * 36}]}
+    raw = orjson.dumps(arguments)
+    bulk = redactor.for_body(raw)
+    assert bulk is not None
+    assert bulk is not redactor
+    assert redactor.for_body(raw) is bulk  # made once
+    struct = Struct()
+    struct.update(arguments)
+    found: list[str] = []
+    assert bulk.struct(struct, found) == 2
+    copied, count = bulk.json(arguments)
+    assert count == 2
+    placeholder = copied["keys"]
+    assert placeholder.startswith("[REDACTED:bulk:")
+    assert struct["keys"] == placeholder
+    assert copied["note"] == struct["note"] == "no secret here"
+    shown = MessageToDict(struct)
+    assert copied["nested"][0]["token_list"] == shown["nested"][0]["token_list"] != "ghp_" + "a" * 36
+    assert set(found) == {dense, "ghp_" + "a" * 36}
+    # A reason quoting one of the keys is scrubbed by the whole string's placeholder run.
+    assert "AKIA0000000000000007" not in bulk.scrub(f"saw {dense[:200]}…", found)
+
+
+def test_a_body_under_the_bound_is_redacted_secret_by_secret() -> None:
+    from bastion.proxy._redact import BULK_CANDIDATES
+
+    redactor = Redactor()
+    some = " ".join(f"AKIA{index:016d}" for index in range(BULK_CANDIDATES // 2))
+    raw = orjson.dumps({"keys": some})
+    assert redactor.for_body(raw) is redactor
+    assert redactor.for_body(orjson.dumps({"text": "nothing to see"})) is None
+    redacted, count = redactor.text(some)
+    assert count == BULK_CANDIDATES // 2
+    assert "[REDACTED:bulk:" not in redacted
+    # A long run of digits counts once per card's length, not once for the run.
+    assert redactor.for_body(orjson.dumps({"digits": "1234 5678 9012 3456 " * BULK_CANDIDATES * 4})) is not redactor
