@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bastion._errors import InvalidParams, MethodNotAllowed, UnknownTool
+from bastion._errors import InvalidParams, MethodNotAllowed, UnknownTool, UpstreamError
 from bastion._identity import Principal
 from bastion.v1 import graph_pb2, policy_pb2
 
 from ._aggregate import FanOut, Route, split_name
-from ._asgi import Receive, Scope, Send, node_headers, send_json
+from ._asgi import JSON, Receive, Scope, Send, node_headers, send_bytes, send_json
 from ._enforcer import Caller
+from ._envelope import jsonrpc_error
 from ._mcp import Message
 from ._mcp_http import McpHttpAdapter, _Request, http_error
 from ._methods import Target
@@ -48,6 +49,7 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             idle_timeout=idle_timeout,
             max_body=self._max_body,
             max_per_owner=max_per_owner,
+            limit_name="BASTION_AGGREGATED_MAX_SESSIONS",
         )
 
     async def handle_aggregated(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -170,17 +172,27 @@ class AggregatedMcpAdapter(McpHttpAdapter):
             owner = bind_session
             bind = lambda session_id: self._sessions.bind(session_id, owner)  # noqa: E731
         tap = ResultTap(msg_id)
-        answer = await self._host.post(
-            request.receive,
-            request.send,
-            request.headers,
-            message.body,
-            body,
-            route,
-            bind=bind,
-            response_headers=node_headers(records[0]),
-            owner=owner_key(bind_session) if bind_session is not None else "",
-        )
+        try:
+            answer = await self._host.post(
+                request.receive,
+                request.send,
+                request.headers,
+                message.body,
+                body,
+                route,
+                bind=bind,
+                response_headers=node_headers(records[0]),
+                owner=owner_key(bind_session) if bind_session is not None else "",
+            )
+        except UpstreamError as exc:
+            # No session could be opened (a bound reached, an upstream that cannot start):
+            # raised before anything was sent, it was a 500 `bastion.internal`.
+            reason = str(exc)
+            payload = jsonrpc_error(msg_id, -32603, "UPSTREAM_UNAVAILABLE", {"reason": reason})
+            await send_bytes(request.send, 503, payload, JSON + node_headers(records[0]))
+            if governed:
+                self._record_results(request, records, tap.result(graph_pb2.UPSTREAM_ERROR, detail=reason))
+            return
         if not governed:
             return
         if answer is None:

@@ -53,6 +53,8 @@ MAX_PENDING = 4096
 OWNER_HEADER = b"bastion-owner"
 #: Finished request streams a session keeps for late resumption.
 _FINISHED_STREAMS = 64
+#: Bytes of finished streams a session keeps for late resumption, all streams together.
+_FINISHED_BYTES = 32 * 1024 * 1024
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _MISSING = object()
 #: One part of an event id this host issues (`<stream>-<sequence>`).
@@ -248,9 +250,19 @@ class HostedSession:
         return self._seq
 
     def _prune(self) -> None:
+        """Forget finished streams past what resumption may still ask for: the newest
+        _FINISHED_STREAMS, within _FINISHED_BYTES; none in the shared session, which no GET
+        can resume (kept, 70 delivered 2 MB answers held 130 MB there, an attacker's probe)."""
         finished = [index for index, stream in self._streams.items() if stream.done]
-        for index in finished[: max(0, len(finished) - _FINISHED_STREAMS)]:
+        keep = 0 if self._remap else _FINISHED_STREAMS
+        for index in finished[: max(0, len(finished) - keep)]:
             del self._streams[index]
+        kept = finished[max(0, len(finished) - keep) :]
+        size = sum(self._streams[index].size for index in kept)
+        for index in kept:
+            if size <= _FINISHED_BYTES:
+                break
+            size -= self._streams.pop(index).size
 
 
 class SessionHost:
@@ -266,6 +278,7 @@ class SessionHost:
         max_body: int,
         shared: bool = True,
         max_per_owner: int | None = None,
+        limit_name: str = "BASTION_STDIO_MAX_SESSIONS",
     ) -> None:
         """`max_per_owner`: most sessions one principal holds; its next `initialize` closes
         its least recently used one (None: no bound but `max_sessions`)."""
@@ -273,11 +286,17 @@ class SessionHost:
         self._open_backend = open_backend
         self._max_sessions = max_sessions
         self._max_per_owner = max_per_owner
+        self._limit_name = limit_name
         self._idle_timeout = idle_timeout
         self._max_body = max_body
         self._sessions: dict[str, HostedSession] = {}
         self._shared_enabled = shared
         self._shared: HostedSession | None = None
+        self._shared_lock = asyncio.Lock()
+        #: Sessions being opened (their backend starting), in all and by owner: counted with
+        #: the open ones, so a burst of initializes cannot pass the bounds while each waits.
+        self._opening = 0
+        self._opening_by: dict[str, int] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     @property
@@ -426,32 +445,55 @@ class SessionHost:
         await send_bytes(send, 200, b"", [])
 
     async def _open(self, owner: str = "") -> HostedSession:
+        # Every check and the reservation happen before the first await: concurrent
+        # initializes each saw room while the others' backends started (an attacker's probe
+        # opened 12 sessions against a bound of 4 with one burst).
+        stale: list[HostedSession] = []
         if owner and self._max_per_owner is not None:
             held = sorted((s for s in self._sessions.values() if s.owner == owner), key=lambda s: s.last_used)
-            for stale in held[: max(0, len(held) - self._max_per_owner + 1)]:
-                # One principal cannot hold every slot: past its share, its own oldest
-                # session makes way (an attacker's probe took all 32 of a stdio server's
-                # slots with bare initializes, locking every other tenant out).
-                log.info("closing the least recently used session of a principal at its limit on %s", self._label)
-                self._sessions.pop(stale.id, None)
-                await self._close(stale)
-        if len(self._sessions) >= self._max_sessions:
+            over = len(held) + self._opening_by.get(owner, 0) + 1 - self._max_per_owner
+            if over > len(held):
+                raise UpstreamError(
+                    f"this caller is already opening {self._max_per_owner} sessions of {self._label} "
+                    "(BASTION_SESSIONS_PER_PRINCIPAL); retry when they are open"
+                )
+            # One principal cannot hold every slot: past its share, its own least recently
+            # used sessions make way (an attacker's probe took all 32 of a stdio server's
+            # slots with bare initializes, locking every other tenant out).
+            stale = held[: max(0, over)]
+            for session in stale:
+                self._sessions.pop(session.id, None)
+        if len(self._sessions) + self._opening >= self._max_sessions:
             raise UpstreamError(
-                f"stdio server {self._label} already has {self._max_sessions} sessions "
-                "(BASTION_STDIO_MAX_SESSIONS); close one or retry later"
+                f"{self._label} already has {self._max_sessions} sessions ({self._limit_name}); "
+                "close one or retry later"
             )
-        session = HostedSession(secrets.token_hex(16), owner=owner)
-        session.backend = await self._open_backend(session)
-        self._sessions[session.id] = session
+        self._opening += 1
+        self._opening_by[owner] = self._opening_by.get(owner, 0) + 1
+        try:
+            for session in stale:
+                log.info("closing the least recently used session of a principal at its limit on %s", self._label)
+                await self._close(session, "closed: the same caller opened a newer session past its limit")
+            session = HostedSession(secrets.token_hex(16), owner=owner)
+            session.backend = await self._open_backend(session)
+            self._sessions[session.id] = session
+        finally:
+            self._opening -= 1
+            if self._opening_by[owner] == 1:
+                del self._opening_by[owner]
+            else:
+                self._opening_by[owner] -= 1
         return session
 
     async def shared_session(self) -> HostedSession:
-        """The one session of every request that names none (stateless clients)."""
-        session = self._shared
-        if session is None or session.closed:
-            session = HostedSession("shared", remap=True)
-            session.backend = await self._open_backend(session)
-            self._shared = session
+        """The one session of every request that names none (stateless clients); started
+        once however many requests arrive while it starts."""
+        async with self._shared_lock:
+            session = self._shared
+            if session is None or session.closed:
+                session = HostedSession("shared", remap=True)
+                session.backend = await self._open_backend(session)
+                self._shared = session
         return session
 
     def forget(self, session: HostedSession) -> None:
@@ -459,9 +501,9 @@ class SessionHost:
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
 
-    async def _close(self, session: HostedSession) -> None:
-        session.closed = True
-        session.standalone.finish()
+    async def _close(self, session: HostedSession, reason: str = "the session was closed") -> None:
+        # Requests still running get an answer: an evicted session's caller waited for ever.
+        session.backend_gone(reason)
         if session.backend is not None:
             await session.backend.close()
 

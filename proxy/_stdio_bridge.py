@@ -114,7 +114,7 @@ class StdioUpstream:
         self._report = report
         self._backoff = _Backoff(name)
         self._host = SessionHost(
-            name,
+            f"stdio server {name}",
             self._open,
             max_sessions=max_sessions,
             idle_timeout=idle_timeout,

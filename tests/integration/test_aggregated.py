@@ -66,7 +66,7 @@ def conf_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def _stack(home: Path, conf_url: str) -> AsyncIterator[Aggregated]:
+async def _stack(home: Path, conf_url: str, **settings: Any) -> AsyncIterator[Aggregated]:
     policy = home / "policy.yaml"
     policy.write_text(json.dumps(POLICY))
     record = home / "executed.jsonl"
@@ -74,7 +74,7 @@ async def _stack(home: Path, conf_url: str) -> AsyncIterator[Aggregated]:
     app = AppConfig(
         servers={"conf": ServerConfig(url=conf_url), "demo": ServerConfig(command=demo)}, policies=(policy,)
     )
-    async with inprocess.stack(home, app) as running:
+    async with inprocess.stack(home, app, **settings) as running:
         yield Aggregated(ProxyClient(home, running.proxy, running.graph), record)
 
 
@@ -331,3 +331,19 @@ async def test_a_list_no_upstream_answers_is_an_error_not_an_empty_list(tmp_path
     assert answer["error"]["code"] == -32603
     assert answer["error"]["data"]["reason"] == "no upstream answered tools/list (2 failed; the proxy's log says why)"
     assert "result" not in answer
+
+
+async def test_past_the_aggregated_session_bound_a_new_session_is_503_not_500(tmp_path: Path, conf_url: str) -> None:
+    # An attacker's probe: the bound's UpstreamError escaped to the proxy's last-resort
+    # handler, a 500 `bastion.internal` naming the stdio setting.
+    answers = []
+    async with _stack(tmp_path, conf_url, aggregated_max_sessions=2) as stack:
+        for agent in ("agent-1", "agent-2", "agent-3"):
+            hdrs = {"Authorization": f"Bearer {stack.client.token(agent)}", "Accept": "application/json"}
+            async with httpx.AsyncClient(base_url=stack.client.proxy, timeout=30) as http:
+                answers.append(await http.post("/mcp", json=_init(), headers=hdrs))
+    assert [answer.status_code for answer in answers] == [200, 200, 503]
+    error = answers[2].json()["error"]
+    assert error["code"] == -32603
+    assert error["message"] == "UPSTREAM_UNAVAILABLE"
+    assert "BASTION_AGGREGATED_MAX_SESSIONS" in error["data"]["reason"]

@@ -379,3 +379,59 @@ def test_a_body_under_the_bound_is_redacted_secret_by_secret() -> None:
     assert "[REDACTED:bulk:" not in redacted
     # A long run of digits counts once per card's length, not once for the run.
     assert redactor.for_body(orjson.dumps({"digits": "1234 5678 9012 3456 " * BULK_CANDIDATES * 4})) is not redactor
+
+
+def test_scrubbing_a_long_secret_from_a_reason_quoting_its_start_costs_linear_time() -> None:
+    # An attacker's probe: a 400 KB `Bearer …` value under the key `Bearer`; the verifier's
+    # reason quoted the key, and scrub tried every cut length of the secret, each a copy:
+    # 10 s of the proxy's loop (a 1 MB one, 85 s).
+    import time
+
+    redactor = Redactor()
+    secret = "Bearer " + "A" * (1 << 20)
+    reason = "argument 'Bearer' too large to inspect (1048583 bytes)"
+    started = time.monotonic()
+    assert redactor.scrub(reason, [secret]) == reason
+    cut = redactor.scrub(f"saw {secret[:40]}… and {secret[:9]}...", [secret])
+    assert time.monotonic() - started < 5
+    shown = redactor.placeholder("quoted", secret)
+    assert cut == f"saw {shown} and {shown}"
+
+
+def test_cut_quotes_are_scrubbed_as_every_cut_length_did() -> None:
+    """The one-pass scrub against the loop over every cut length it replaced, on 20,000
+    deterministic texts quoting a secret whole, cut with a mark, or cut without one."""
+    import random
+
+    from bastion.proxy._redact import _CUT_MARKS, MIN_QUOTED
+
+    redactor = Redactor(secret=b"k" * 32)
+
+    def every_cut_length(text: str, secret: str) -> str:
+        shown = redactor.placeholder("quoted", secret)
+        text = text.replace(secret, shown)
+        for end in range(len(secret) - 1, MIN_QUOTED - 1, -1):
+            for mark in _CUT_MARKS:
+                text = text.replace(secret[:end] + mark, shown)
+        return text
+
+    chooser = random.Random(3)
+    for _ in range(20_000):
+        secret = "".join(chooser.choice("ab1") for _ in range(chooser.randint(MIN_QUOTED + 1, 14)))
+        pieces = []
+        for _ in range(chooser.randint(1, 4)):
+            cut = secret[: chooser.randint(1, len(secret))]
+            pieces.append(chooser.choice(["x", " ", "'", cut, cut + chooser.choice(["…", "...", ""])]))
+        text = "".join(pieces)
+        assert redactor.scrub(text, [secret]) == every_cut_length(text, secret), (secret, text)
+
+
+def test_a_jwt_holding_another_secret_shape_is_one_placeholder() -> None:
+    # When the other patterns went first, `-sk-…` inside a segment left the header and the
+    # signature around an API key's placeholder (an attacker's probe).
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIx-sk-ABCDEFGHIJKLMNOPQRSTUVWX.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    redacted, count = Redactor().text(f"token={jwt} and {jwt.replace('-sk-', '_AKIA')}")
+    assert count == 2
+    assert redacted.count("[REDACTED:jwt:") == 2
+    assert "eyJ" not in redacted
+    assert "c2ln" not in redacted

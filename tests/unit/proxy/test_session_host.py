@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -211,3 +212,67 @@ async def test_one_principal_cannot_hold_every_session_its_oldest_makes_way() ->
     # Others' sessions are never closed to make way: past the server's own bound, refused.
     status, _ = await _initialize(host, "4:acme/agent-9")
     assert (status, host.session_count) == (503, 4)
+
+
+class _Slow(_Backend):
+    """A backend whose start takes a while, as a stdio child's does."""
+
+    opened = 0
+
+    @classmethod
+    async def open(cls, session: HostedSession) -> _Slow:
+        cls.opened += 1
+        await asyncio.sleep(0.05)
+        return cls()
+
+
+async def test_a_burst_of_initializes_cannot_pass_the_bounds_while_backends_start() -> None:
+    """An attacker's probe: 12 initializes at once each saw room while the others' backends
+    started, and opened 12 sessions against a bound of 4."""
+    host = SessionHost("test", _Slow.open, max_sessions=4, idle_timeout=60, max_body=1 << 20, max_per_owner=2)
+    burst = await asyncio.gather(*(_initialize(host, "5:evil/mallory") for _ in range(12)))
+    assert sum(status == 200 for status, _ in burst) == 2
+    assert host.session_count == 2
+    others = await asyncio.gather(*(_initialize(host, f"4:acme/agent-{n}") for n in range(6)))
+    assert sum(status == 200 for status, _ in others) == 2
+    assert host.session_count == 4
+
+
+async def test_the_shared_session_starts_one_backend_however_many_ask_at_once() -> None:
+    _Slow.opened = 0
+    host = SessionHost("test", _Slow.open, max_sessions=4, idle_timeout=60, max_body=1 << 20)
+    sessions = await asyncio.gather(*(host.shared_session() for _ in range(10)))
+    assert len({id(session) for session in sessions}) == 1
+    assert _Slow.opened == 1
+
+
+async def test_a_closed_session_answers_the_requests_still_running() -> None:
+    """Evicted while a request ran, its caller waited for ever (an attacker's probe)."""
+    host = SessionHost("test", _Slow.open, max_sessions=4, idle_timeout=60, max_body=1 << 20, max_per_owner=1)
+    _, first = await _initialize(host, "1:a/b")
+    session = host.session(first)
+    assert session is not None
+    waiting, _, _ = session.begin(_call(7, None))
+    await _initialize(host, "1:a/b")  # the same caller, past its one session: the first makes way
+    assert waiting.done
+    error = orjson.loads(waiting.events[-1][1])
+    assert error["id"] == 7
+    assert "newer session" in error["error"]["data"]["reason"]
+
+
+def test_finished_streams_are_kept_within_a_byte_bound_and_not_at_all_in_the_shared_session() -> None:
+    from bastion.proxy._session_host import _FINISHED_BYTES
+
+    shared = HostedSession("shared", remap=True)
+    own = HostedSession("s1")
+    answer = {"data": "z" * (4 << 20)}
+    for session in (shared, own):
+        for index in range(20):
+            stream, sent, _ = session.begin(_call(index, None))
+            session.emit({"jsonrpc": "2.0", "id": sent["id"], "result": answer}, None)
+            assert stream.done
+        session.begin(_call(99, None))  # pruning happens as a request begins
+    assert [stream for stream in shared._streams.values() if stream.done] == []
+    kept = [stream for stream in own._streams.values() if stream.done]
+    assert 0 < len(kept) < 20
+    assert sum(stream.size for stream in kept) <= _FINISHED_BYTES
