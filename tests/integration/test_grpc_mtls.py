@@ -52,27 +52,8 @@ async def _stack(
     with `proxy`'s (None: none, plaintext)."""
     (home / "policy.yaml").write_text(ALLOW_DEMO)
     app = inprocess.app_config(upstream.url, home / "policy.yaml")
-    tls: dict[str, Any] = services.settings()
-    async with (
-        inprocess.policy(home, app, **tls) as policy_addrs,
-        inprocess.verifier(home, app, **tls) as verifier_addrs,
-        inprocess.graph(home, app, policy_addr=policy_addrs["grpc"], **tls) as graph_addrs,
-        inprocess.proxy(
-            home,
-            app,
-            policy_addr=policy_addrs["grpc"],
-            verifier_addr=verifier_addrs["grpc"],
-            graph_addr=graph_addrs["grpc"],
-            **({} if proxy is None else proxy.settings()),
-        ) as proxy_addrs,
-    ):
-        running = inprocess.Running(
-            proxy=proxy_addrs["http"],
-            graph=graph_addrs["http"],
-            policy_grpc=policy_addrs["grpc"],
-            verifier_grpc=verifier_addrs["grpc"],
-            graph_grpc=graph_addrs["grpc"],
-        )
+    tls = {} if proxy is None else proxy.settings()
+    async with inprocess.stack(home, app, backend_settings=services.settings(), **tls) as running:
         yield ProxyClient(home, running.proxy, running.graph), running
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from fixtures.certs import Files, issue, new_ca
+from fixtures.stack import ADDRESS_VARS, ANY_PORT
 
 from bastion._errors import ConfigError
 from bastion._settings import CommonSettings
@@ -97,18 +98,7 @@ def test_a_service_with_a_partial_setting_exits_2_naming_it(files: Files, tmp_pa
         **{k: v for k, v in os.environ.items() if not k.startswith("BASTION_")},
         "BASTION_HOME": str(tmp_path),
         "BASTION_GRPC_TLS_CERT": str(files.cert),
-        **dict.fromkeys(
-            (
-                "BASTION_PROXY_ADDR",
-                "BASTION_POLICY_ADDR",
-                "BASTION_POLICY_GRPC_ADDR",
-                "BASTION_VERIFIER_ADDR",
-                "BASTION_VERIFIER_METRICS_ADDR",
-                "BASTION_GRAPH_ADDR",
-                "BASTION_GRAPH_GRPC_ADDR",
-            ),
-            "127.0.0.1:0",
-        ),
+        **dict.fromkeys(ADDRESS_VARS, ANY_PORT),
     }
     done = subprocess.run(
         [sys.executable, "-m", "bastion", service, "serve"],
