@@ -268,6 +268,18 @@ class TokenVerifier:
                 "retry once the policy service is reachable"
             )
 
+    def recheck(self, principal: Principal) -> None:
+        """AuthError when `principal`'s credential was revoked since it was verified: its
+        token, its agent, or its API key. For a call that waited between its check and its
+        forwarding (an operator's approval, a queue release, a slow decision): an attacker's
+        probe had a call held for approval forwarded after its API key was revoked."""
+        self._check_revocations(principal)
+        identity = self._identity
+        if principal.key_id and identity is not None:
+            record = identity.api_key(principal.key_id)
+            if record is None or record.revoked:
+                raise AuthError(f"API key {principal.key_id!r} revoked")
+
     def _check_revocations(self, principal: Principal) -> None:
         identity = self._identity
         if identity is None:

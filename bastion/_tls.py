@@ -11,8 +11,9 @@ without a certificate; a certificate without its key cannot be presented at all,
 unlike a token, it cannot be replayed by a verifier it was shown to).
 
 Everything is read and checked once, at start: a missing, unreadable or mismatched file,
-an expired certificate or a key for another certificate stops the service with exit 2 and
-the setting's name, instead of failing every handshake later, far from the cause.
+a certificate of the chain outside its validity, a chain the CA did not sign or a key for
+another certificate stops the service with exit 2 and the setting's name, instead of
+failing every handshake later, far from the cause.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from ._errors import ConfigError
@@ -81,7 +83,7 @@ def grpc_tls(settings: CommonSettings) -> GrpcTls | None:
     if key.public_key().public_bytes(*_SPKI) != chain[0].public_key().public_bytes(*_SPKI):
         raise ConfigError(f"{_NAMES[1]} ({key_path}) is not the key of the certificate in {_NAMES[0]}")
     now = datetime.datetime.now(datetime.UTC)
-    for name, path, certificates in ((_NAMES[0], cert_path, chain[:1]), (_NAMES[2], ca_path, roots)):
+    for name, path, certificates in ((_NAMES[0], cert_path, chain), (_NAMES[2], ca_path, roots)):
         for certificate in certificates:
             if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
                 raise ConfigError(
@@ -89,7 +91,32 @@ def grpc_tls(settings: CommonSettings) -> GrpcTls | None:
                     f"from {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} to "
                     f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now"
                 )
+    if not _chains_to(chain, roots):
+        raise ConfigError(
+            f"{_NAMES[0]} ({cert_path}) does not chain to {_NAMES[2]} ({ca_path}): every peer would refuse it; "
+            "give the certificate its intermediates, or the CA that signed it"
+        )
     return GrpcTls(certificate_chain=chain_pem, private_key=key_pem, root_certificates=ca_pem)
+
+
+def _chains_to(chain: list[x509.Certificate], roots: list[x509.Certificate]) -> bool:
+    """Whether each certificate of `chain` is signed by the next, and the last by one of
+    `roots` (or is one): what a peer checks in the handshake, checked at start instead."""
+    for index, certificate in enumerate(chain):
+        if certificate in roots:
+            return True
+        issuers = chain[index + 1 : index + 2] or roots
+        if not any(_issued_by(certificate, issuer) for issuer in issuers):
+            return False
+    return True
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -152,7 +152,7 @@ async def serve(
         after=(
             ApprovalStage(approvals, redactor=redactor, wait_s=settings.approval_wait_s),
             QueueStage(approvals, redactor=redactor),
-            IdentityStage(identity),
+            IdentityStage(identity, tokens),
             LimitStage(limiter),
         ),
         provenance=Provenance(policy_watch.taint),

@@ -34,7 +34,8 @@ import orjson
 from google.protobuf import json_format, struct_pb2
 
 from bastion._apikeys import IdentityState
-from bastion._errors import Conflict, LimitsUnavailable, RevocationsUnavailable, StoreError
+from bastion._errors import AuthError, Conflict, LimitsUnavailable, RevocationsUnavailable, StoreError
+from bastion._identity import TokenVerifier
 from bastion.v1 import graph_pb2, policy_pb2
 
 from ._approvals import Approval, Approvals, Request, action_digest
@@ -49,6 +50,8 @@ log = logging.getLogger("bastion.proxy")
 
 LIMITS_UNAVAILABLE = "bastion.limits_unavailable"
 APPROVAL_STORE_UNAVAILABLE = "bastion.approvals_unavailable"
+#: The caller's credential was revoked between its check and the call's forwarding.
+CREDENTIAL_REVOKED = "bastion.auth.revoked"
 #: Arguments shown to operators are cut above this (the digest binds the whole call).
 _MAX_SHOWN_ARGUMENTS = 64 * 1024
 #: How often a held call looks for an operator's decision (another replica may make it).
@@ -179,12 +182,17 @@ def _waiting(outcome: Outcome, approval: Approval) -> Outcome:
 
 
 class IdentityStage:
-    def __init__(self, identity: IdentityState) -> None:
+    def __init__(self, identity: IdentityState, tokens: TokenVerifier | None = None) -> None:
+        """`tokens`: checks the caller's credential once more, as the last stage before
+        forwarding (None: not checked again, in tests of the stage alone)."""
         self._identity = identity
+        self._tokens = tokens
 
     async def __call__(self, pending: Pending, outcome: Outcome) -> Outcome:
-        if not outcome.allowed or self._identity.synced:
+        if not outcome.allowed:
             return outcome
+        if self._identity.synced:
+            return self._still_valid(pending, outcome)
         # Releases kept: what the approval and queue stages took is given back (never forwarded).
         return dataclasses.replace(
             outcome,
@@ -200,6 +208,26 @@ class IdentityStage:
             error_data=None,
             edges=(),
         )
+
+    def _still_valid(self, pending: Pending, outcome: Outcome) -> Outcome:
+        """The outcome, blocked when the caller's credential was revoked while its call was
+        decided or waited (for an approval, a queue release): revoked is revoked at forwarding."""
+        if self._tokens is None:
+            return outcome
+        try:
+            self._tokens.recheck(pending.caller.principal)
+        except AuthError as exc:
+            return dataclasses.replace(
+                outcome,
+                allowed=False,
+                block_code=CREDENTIAL_REVOKED,
+                block_reason=f"the caller's credential was revoked before the call was forwarded: {exc}",
+                error_code=POLICY_VIOLATION,
+                error_message="POLICY_VIOLATION",
+                error_data=None,
+                edges=(),
+            )
+        return outcome
 
 
 class LimitStage:

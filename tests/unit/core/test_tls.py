@@ -110,3 +110,30 @@ def test_a_service_with_a_partial_setting_exits_2_naming_it(files: Files, tmp_pa
     )
     assert done.returncode == 2, done.stderr
     assert "BASTION_GRPC_TLS_KEY and BASTION_GRPC_TLS_CA not set" in done.stderr
+
+
+def test_a_certificate_the_ca_did_not_sign_is_refused_at_start(files: Files, tmp_path: Path) -> None:
+    # An attacker's probe of the running stack: such a service started, and every handshake
+    # with it then failed far from the cause.
+    stranger = issue(new_ca("another-ca"), tmp_path, "stranger")
+    message = _refused(CommonSettings(**{**stranger.settings(), "grpc_tls_ca": files.ca}))
+    assert "does not chain to BASTION_GRPC_TLS_CA" in message
+
+
+def test_a_chain_through_an_intermediate_loads_unless_the_intermediate_expired(tmp_path: Path) -> None:
+    root = new_ca("root")
+    intermediate = new_ca("intermediate", signer=root)
+    chained = issue(intermediate, tmp_path, "chained", root=root)
+    assert grpc_tls(CommonSettings(**chained.settings())) is not None
+    now = datetime.datetime.now(datetime.UTC)
+    stale = new_ca("stale-intermediate", signer=root, valid_to=now - datetime.timedelta(hours=1))
+    expired = issue(stale, tmp_path, "behind-stale", root=root)
+    message = _refused(CommonSettings(**expired.settings()))
+    assert "stale-intermediate" in message
+    assert "not now" in message
+    # The leaf without its intermediate does not chain to the root.
+    alone = Files(cert=tmp_path / "alone.crt", key=chained.key, ca=chained.ca)
+    alone.cert.write_bytes(
+        chained.cert.read_bytes().split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    )
+    assert "does not chain" in _refused(CommonSettings(**alone.settings()))

@@ -400,3 +400,39 @@ async def test_the_audit_chain_spans_every_tenant_so_only_the_deployments_reader
             assert answer.status_code == 403, (roles, tenant, answer.text)
             assert answer.json()["error"]["code"] == "bastion.auth.forbidden"
             assert "the audit chain spans every tenant" in answer.json()["error"]["message"]
+
+
+async def test_node_views_are_made_off_the_event_loop(
+    store: SqliteGraphStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """270 nodes whose arguments were 9,990 small strings each (an agent's ordinary call)
+    took 2 s to turn into views, on the graph's event loop: every other reader, ingest and
+    probe waited (an attacker's probe). The views and their JSON are made in a worker thread."""
+    import threading
+
+    from bastion.graph import _api, _views
+
+    wide = _event("e-wide")
+    wide.action.arguments.update({"text": ["\u0001\u0002"] * 9990})
+    await store.ingest([wide])
+    made_in: list[int] = []
+    original_node, original_graph = _views.node_view, _views.workflow_graph
+
+    def node_view(node: Any) -> Any:
+        made_in.append(threading.get_ident())
+        return original_node(node)
+
+    def workflow_graph(snapshot: Any) -> Any:
+        made_in.append(threading.get_ident())
+        return original_graph(snapshot)
+
+    monkeypatch.setattr(_api, "node_view", node_view)
+    monkeypatch.setattr(_api, "workflow_graph", workflow_graph)
+    async with _client(store, tmp_path) as client:
+        nodes = await client.get("/graphs/wf-1/nodes")
+        graph = await client.get("/graphs/wf-1")
+    assert nodes.status_code == graph.status_code == 200
+    assert nodes.json()["items"][0]["action"]["arguments"]["text"][:2] == ["\u0001\u0002"] * 2
+    assert graph.json()["nodes"][0]["node_id"] == "node-e-wide"
+    assert len(made_in) == 2
+    assert threading.get_ident() not in made_in
