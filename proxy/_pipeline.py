@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -98,6 +99,9 @@ _PLAIN = {
     grpc.StatusCode.UNAUTHENTICATED: "it refused the proxy's service token",
     grpc.StatusCode.CANCELLED: "the call was cancelled",
 }
+#: What gRPC's details say when mutual TLS failed (BASTION_GRPC_TLS_*): a peer's certificate
+#: refused, not a service down. The details themselves name addresses: never shown.
+_TLS_FAILURE = re.compile(r"(?i)tls handshake|ssl_error|certificate|hostname verification")
 #: Decide/Score requests larger than this are measured before they are sent (see StreamCaller.call).
 _MEASURE_ABOVE = 1 << 20
 
@@ -121,6 +125,11 @@ def _describe(service: str, exc: BaseException, *, logged: bool = True) -> str:
         return f"{service} unavailable: {public_reason(str(exc)) or type(exc).__name__}"
     if logged:
         log.warning("%s failed (%s): %s", service, code.name, details)
+    if code == grpc.StatusCode.UNAVAILABLE and _TLS_FAILURE.search(details):
+        return (
+            f"{service} unavailable ({code.name}): the TLS handshake failed, a certificate was refused "
+            "(the proxy's log says which)"
+        )
     return f"{service} unavailable ({code.name}): {_PLAIN.get(code, 'it failed')}"
 
 

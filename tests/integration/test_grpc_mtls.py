@@ -126,3 +126,18 @@ async def test_a_client_refuses_a_server_whose_certificate_does_not_name_its_hos
         assert not await check_health(server.address, timeout=2, tls=client)
     finally:
         await server.stop(0)
+
+
+async def test_a_refused_certificate_is_named_in_the_block_reason(tmp_path: Path, upstream: DemoUpstream) -> None:
+    # A third probe's note: with the peers' certificates wrong the proxy blocked as if the
+    # policy service were down ("not reachable"), and nothing pointed at the certificates.
+    services = issue(new_ca(), tmp_path / "pki", "service")
+    # The proxy trusts another CA: it refuses the services' certificates in the handshake.
+    stranger = issue(new_ca("another-ca"), tmp_path / "pki", "stranger")
+    async with _stack(tmp_path, upstream, services, proxy=stranger) as (client, _):
+        answer = await client.post(tool_call("add", {"a": 2, "b": 3}), headers(client.token("agent-stranger")))
+    error = answer.json()["error"]
+    assert error["code"] == -32003, answer.text
+    assert error["data"]["rule_id"] == "bastion.policy_unavailable"
+    assert "TLS handshake failed" in error["data"]["reason"]
+    assert "127.0.0.1" not in error["data"]["reason"]
