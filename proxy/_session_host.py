@@ -293,9 +293,8 @@ class SessionHost:
         self._shared_enabled = shared
         self._shared: HostedSession | None = None
         self._shared_lock = asyncio.Lock()
-        #: Sessions being opened (their backend starting), in all and by owner: counted with
-        #: the open ones, so a burst of initializes cannot pass the bounds while each waits.
-        self._opening = 0
+        #: Sessions being opened (their backend starting), by owner: counted with the open
+        #: ones, so a burst of initializes cannot pass the bounds while each waits.
         self._opening_by: dict[str, int] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -463,12 +462,11 @@ class SessionHost:
             stale = held[: max(0, over)]
             for session in stale:
                 self._sessions.pop(session.id, None)
-        if len(self._sessions) + self._opening >= self._max_sessions:
+        if len(self._sessions) + sum(self._opening_by.values()) >= self._max_sessions:
             raise UpstreamError(
                 f"{self._label} already has {self._max_sessions} sessions ({self._limit_name}); "
                 "close one or retry later"
             )
-        self._opening += 1
         self._opening_by[owner] = self._opening_by.get(owner, 0) + 1
         try:
             for session in stale:
@@ -478,7 +476,6 @@ class SessionHost:
             session.backend = await self._open_backend(session)
             self._sessions[session.id] = session
         finally:
-            self._opening -= 1
             if self._opening_by[owner] == 1:
                 del self._opening_by[owner]
             else:

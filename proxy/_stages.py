@@ -191,43 +191,40 @@ class IdentityStage:
     async def __call__(self, pending: Pending, outcome: Outcome) -> Outcome:
         if not outcome.allowed:
             return outcome
-        if self._identity.synced:
-            return self._still_valid(pending, outcome)
-        # Releases kept: what the approval and queue stages took is given back (never forwarded).
-        return dataclasses.replace(
-            outcome,
-            allowed=False,
-            block_code=RevocationsUnavailable.code,
-            block_reason=(
+        if not self._identity.synced:
+            return _blocked(
+                outcome,
+                RevocationsUnavailable.code,
                 "revocations not loaded: the proxy has not received the revocation list from the policy service "
                 f"({self._identity.unsynced_reason}), so the caller's credential cannot be checked against it; "
-                "retry once the policy service is reachable"
-            ),
-            error_code=POLICY_VIOLATION,
-            error_message="POLICY_VIOLATION",
-            error_data=None,
-            edges=(),
-        )
-
-    def _still_valid(self, pending: Pending, outcome: Outcome) -> Outcome:
-        """The outcome, blocked when the caller's credential was revoked while its call was
-        decided or waited (for an approval, a queue release): revoked is revoked at forwarding."""
+                "retry once the policy service is reachable",
+            )
         if self._tokens is None:
             return outcome
+        # Revoked while its call was decided or waited (for an approval, a queue release):
+        # revoked is revoked at forwarding.
         try:
             self._tokens.recheck(pending.caller.principal)
         except AuthError as exc:
-            return dataclasses.replace(
-                outcome,
-                allowed=False,
-                block_code=CREDENTIAL_REVOKED,
-                block_reason=f"the caller's credential was revoked before the call was forwarded: {exc}",
-                error_code=POLICY_VIOLATION,
-                error_message="POLICY_VIOLATION",
-                error_data=None,
-                edges=(),
+            return _blocked(
+                outcome, CREDENTIAL_REVOKED, f"the caller's credential was revoked before the call was forwarded: {exc}"
             )
         return outcome
+
+
+def _blocked(outcome: Outcome, code: str, reason: str) -> Outcome:
+    """`outcome` turned into a -32003 block. Releases kept: what the approval and queue stages
+    took is given back (never forwarded)."""
+    return dataclasses.replace(
+        outcome,
+        allowed=False,
+        block_code=code,
+        block_reason=reason,
+        error_code=POLICY_VIOLATION,
+        error_message="POLICY_VIOLATION",
+        error_data=None,
+        edges=(),
+    )
 
 
 class LimitStage:
