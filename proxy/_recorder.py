@@ -126,6 +126,9 @@ class Record:
     arguments: dict[str, Any] | None = None
     #: Provenance labels of the action (ctx.taint), journaled for the drift path.
     taint: tuple[str, ...] = ()
+    #: The redactor `Recorder` chose for `body`, kept so that the action's event and its
+    #: result event share one search of the body (a 1-tuple: None is a decision too).
+    redaction: tuple[Redactor | None] | None = field(default=None, repr=False, compare=False)
 
 
 class Recorder:
@@ -153,9 +156,13 @@ class Recorder:
         redactor = self._redactor
         if redactor is None:
             return None
-        # The raw body is searched once; without a body (a stated task, a refusal) the walk
-        # always runs: it is cheap on what is there (names and reasons).
-        return redactor.for_body(record.body) if record.body else redactor
+        if record.redaction is not None:
+            return record.redaction[0]
+        # The raw body is searched once per record; without a body (a stated task, a
+        # refusal) the walk always runs: it is cheap on what is there (names and reasons).
+        chosen = redactor.for_body(record.body) if record.body else redactor
+        record.redaction = (chosen,)
+        return chosen
 
     def append(
         self,

@@ -28,6 +28,7 @@ from bastion.proxy._recorder import (
     Recorder,
     encode_event,
 )
+from bastion.proxy._redact import Redactor
 from bastion.v1 import graph_pb2, policy_pb2, verifier_pb2
 
 # Far below gRPC's 16 MiB receive limit (bastion._rpc), which the shipper could never pass.
@@ -319,3 +320,28 @@ def test_arguments_within_the_proxys_depth_bound_always_read_back_without_the_ch
     event = graph_pb2.Event(event_id="e", workflow_id="w", node_id="n")
     data = encode_event(event, action, nesting_checked=True)
     assert graph_pb2.Event.FromString(data).action.arguments == action.arguments
+
+
+async def test_a_body_is_searched_for_secrets_once_for_the_action_and_its_result(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The search reads the whole raw body; the result event redacts by the same decision.
+    redactor = Redactor()
+    searched: list[bytes] = []
+    look = redactor.may_hold_secrets
+
+    def counted(raw: bytes) -> bool:
+        searched.append(raw)
+        return look(raw)
+
+    monkeypatch.setattr(redactor, "may_hold_secrets", counted)
+    arguments = {"token": "sk-live-" + "a" * 40}
+    record = tool_call(struct(arguments), request_body(arguments))
+    recorder = Recorder(journal, redactor=redactor)
+
+    recorder.append(record, outcome=graph_pb2.FORWARDED)
+    recorder.append_result(record, graph_pb2.ActionResult())
+
+    assert searched == [record.body]
+    [action, _] = await journaled(journal)
+    assert "sk-live-" not in str(graph_pb2.Event.FromString(action).action.arguments)
