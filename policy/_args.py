@@ -15,8 +15,9 @@ Patterns use Python `re` (`fullmatch`), and a pattern whose backtracking could t
 seconds is refused at load rather than bounded at run time with a timeout:
 
 * at most `MAX_PATTERN_CHARS` characters, no backreferences;
-* no repeat or alternation inside a repeat that can match more than once
-  (`(a+)+`, `(a|ab)*`: the shapes of exponential backtracking);
+* no repeat of variable count (`+`, `*`, `?`, `{0,3}`) or alternation inside a repeat
+  that can match more than once (`(a+)+`, `(a?a?)*`, `(a|ab)*`: the shapes of
+  exponential backtracking);
 * an estimate of the backtracking work, the product of every repeat's choices (a wide
   repeat, `*`, `+` or an upper bound above 16, counts as `MAX_PATTERN_SUBJECT` choices)
   and of every alternation's branches, stays under `MAX_PATTERN_WORK` (two wide repeats
@@ -185,8 +186,14 @@ def _work(parsed: Any, *, inside_repeat: bool) -> float:
     for op, av in parsed:
         if op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT):
             low, high, sub = av
-            if inside_repeat and high > 1:
-                raise ValueError("nests a repeat inside a repeat (as in '(a+)+'), which can backtrack exponentially")
+            # Any repeat of variable count, `?` included: `(?:a?a?)*c` splits a run of a's
+            # in exponentially many ways as surely as `(a+)+` does (an attacker's probe
+            # held every decision for 6 s with 21 characters).
+            if inside_repeat and high != low:
+                raise ValueError(
+                    "nests a repeat of variable count inside a repeat (as in '(a+)+' or '(a?a?)*'), "
+                    "which can backtrack exponentially"
+                )
             wide = high == _sre.MAXREPEAT or high > _WIDE
             work *= (MAX_PATTERN_SUBJECT if wide else high - low + 1) * _work(sub, inside_repeat=high > 1)
         elif op is _sre.BRANCH:

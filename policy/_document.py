@@ -398,7 +398,10 @@ class _StrictLoader(yaml.SafeLoader):
     Numbers must be plain decimal: YAML 1.1 reads `010` as 8, `0x1F` as 31, `1_000` as
     1000 and `1:30` as 90 (an attacker's probe stored `version: 010` as v8), and a
     sexagesimal of 450,000 fields took 50 s of CPU. Merge keys (`<<`) and `!!binary`
-    values are refused: both make a document mean what its text does not show.
+    values are refused: both make a document mean what its text does not show. Booleans
+    must be `true` or `false`: YAML 1.1 reads `no`, `off`, `yes` and `on` as booleans too,
+    so `enum: [no, off]` in a deny rule stored `[false, false]` and let the strings
+    "no" and "off" through (an attacker's probe).
     """
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
@@ -459,6 +462,19 @@ def _plain_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
     return float(yaml.SafeLoader.construct_yaml_float(loader, node))
 
 
+def _plain_bool(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool:
+    text = str(node.value)
+    if text.lower() not in ("true", "false"):
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{text!r} is read as a boolean by YAML 1.1 and as a string by YAML 1.2 and JSON; write "
+            "true or false for a boolean, or quote it for a string",
+            node.start_mark,
+        )
+    return text.lower() == "true"
+
+
 def _no_binary(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> None:
     raise yaml.constructor.ConstructorError(
         None, None, "!!binary values are not allowed in policies; write the text", node.start_mark
@@ -467,6 +483,7 @@ def _no_binary(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> None:
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _plain_int)
 _StrictLoader.add_constructor("tag:yaml.org,2002:float", _plain_float)
+_StrictLoader.add_constructor("tag:yaml.org,2002:bool", _plain_bool)
 _StrictLoader.add_constructor("tag:yaml.org,2002:binary", _no_binary)
 
 

@@ -40,7 +40,7 @@ from ._envelope import APPROVAL_REQUIRED
 from ._pipeline import Outcome
 from ._recorder import iso
 from ._redact import Redactor
-from ._stages import action_view
+from ._stages import UNSHOWABLE, action_view
 
 log = logging.getLogger("bastion.proxy")
 
@@ -90,6 +90,9 @@ class QueueStage:
             taken = await asyncio.to_thread(self._store.take, request, record.node_id)
             if taken is not None:
                 return self._released(outcome, taken, record.node_id)
+            view = action_view(record.action, self._redactor, record.arguments)
+            if view is None:
+                return dataclasses.replace(outcome, block_reason=f"{outcome.block_reason}; not queued: {UNSHOWABLE}")
             entry = await asyncio.to_thread(
                 self._store.open_request,
                 request,
@@ -97,7 +100,7 @@ class QueueStage:
                 reason=reason,
                 workflow_id=record.workflow_id,
                 node_id=record.node_id,
-                action=action_view(record.action, self._redactor, record.arguments),
+                action=view,
             )
         except Conflict as exc:  # too many parked calls of this agent: stays a block
             return dataclasses.replace(outcome, block_reason=f"{outcome.block_reason}; not queued: {exc}")

@@ -58,10 +58,19 @@ _MAX_SHOWN_ARGUMENTS = 64 * 1024
 _POLL_S = 0.2
 
 
-def action_view(action: policy_pb2.Action, redactor: Redactor | None, parsed: Any = None) -> dict[str, Any]:
+#: Why a call whose arguments an operator could not be shown is not put to one.
+UNSHOWABLE = f"its arguments are over the {_MAX_SHOWN_ARGUMENTS} bytes an operator can be shown"
+
+
+def action_view(action: policy_pb2.Action, redactor: Redactor | None, parsed: Any = None) -> dict[str, Any] | None:
     """What an operator is asked to approve: the action, its arguments redacted — as parsed
     from the request when given (`parsed`: exact integers, as the upstream will get them;
-    the Struct would show 9007199254740993 as 9007199254740992.0)."""
+    the Struct would show 9007199254740993 as 9007199254740992.0).
+
+    None when the arguments, redacted, are over _MAX_SHOWN_ARGUMENTS bytes: an operator
+    would approve what they cannot see (an attacker's probe padded a call past the bound,
+    and the journaled node is cut to a prefix too), so such a call stays blocked
+    (UNSHOWABLE)."""
     view: dict[str, Any] = {"kind": policy_pb2.ActionKind.Name(action.kind), "method": action.method}
     for key in ("server", "tool", "prompt", "resource", "target_agent"):
         if value := getattr(action, key):
@@ -75,7 +84,7 @@ def action_view(action: policy_pb2.Action, redactor: Redactor | None, parsed: An
             redactor.struct(arguments)
         shown = json_format.MessageToDict(arguments)
     if len(orjson.dumps(shown)) > _MAX_SHOWN_ARGUMENTS:
-        shown = {"_truncated": f"arguments over {_MAX_SHOWN_ARGUMENTS} bytes; see the journaled node"}
+        return None
     view["arguments"] = shown
     return view
 
@@ -105,6 +114,10 @@ class ApprovalStage:
             taken = await asyncio.to_thread(self._store.take, request, record.node_id)
             if taken is not None:
                 return self._approved(outcome, taken, record.node_id)
+            view = action_view(record.action, self._redactor, record.arguments)
+            if view is None:
+                why = decision.reason or "operator approval required"
+                return dataclasses.replace(outcome, block_reason=f"{why}; not put to an operator: {UNSHOWABLE}")
             approval = await asyncio.to_thread(
                 self._store.open_request,
                 request,
@@ -112,7 +125,7 @@ class ApprovalStage:
                 reason=decision.reason,
                 workflow_id=record.workflow_id,
                 node_id=record.node_id,
-                action=action_view(record.action, self._redactor, record.arguments),
+                action=view,
             )
             if approval.state == "pending" and self._wait_s > 0:
                 approval = await self._wait(approval)

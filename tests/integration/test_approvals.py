@@ -303,6 +303,27 @@ async def test_a_denied_call_stays_blocked_and_is_not_asked_again(stack: Stack) 
         assert (again.status_code, again.json()["error"]["code"]) == (409, "bastion.conflict")
 
 
+async def test_a_call_an_operator_could_not_be_shown_in_full_is_refused_not_put_to_one(stack: Stack) -> None:
+    # An attacker's probe: padded past the view's bound, the call was put to an operator as
+    # "_truncated" (and its journaled node cut to a prefix), so the approve button bound a
+    # call no one could read. It stays blocked instead, and nothing is asked.
+    token = stack.token("agent-padded")
+    path = "/padded/" + "p" * 70_000 + "/and-everything-else"
+
+    body, _ = await stack.call(path, headers(token, workflow="wf-padded"))
+
+    assert body["error"]["code"] == -32003, body
+    reason = body["error"]["data"]["reason"]
+    assert "not put to an operator: its arguments are over the 65536 bytes an operator can be shown" in reason
+    assert "approval_id" not in body["error"]["data"]
+    assert path not in stack.deleted()
+    # A call that fits is still put to an operator, and it is the only one this agent has.
+    short = await _parked(stack, "/padded/short", token)
+    listed = await stack.rest("GET", "/v1/approvals", stack.operator, params={"state": "pending"})
+    assert listed.status_code == 200, listed.text
+    assert [item["approval_id"] for item in listed.json()["items"] if item["agent_id"] == "agent-padded"] == [short]
+
+
 async def test_only_operators_of_the_tenant_decide_and_never_on_their_own_calls(stack: Stack) -> None:
     approval_id = await _parked(stack, "/tenant/a", stack.token("agent-tenant", tenant="acme"))
     key = ensure_dev_key(stack.client.home)

@@ -132,3 +132,17 @@ async def test_calls_other_rules_allow_are_not_parked(stack: Stack) -> None:
     assert "result" in body, body
     listed = await stack.rest("GET", "/v1/queue", params={"agent": "agent-rule-read"})
     assert listed.json()["items"] == []
+
+
+async def test_a_call_an_operator_could_not_be_shown_in_full_is_not_queued(stack: Stack) -> None:
+    # Parked with its arguments shown as "_truncated", it could be released unread.
+    path = "/rule/" + "p" * 70_000
+
+    body = await stack.call("delete_file", path, "agent-rule-padded", "wf-rule-padded")
+
+    assert body["error"]["code"] == -32003, body
+    assert "queue_id" not in body["error"]["data"]
+    assert body["error"]["data"]["reason"].endswith(
+        "not queued: its arguments are over the 65536 bytes an operator can be shown"
+    )
+    assert path not in stack.deleted()

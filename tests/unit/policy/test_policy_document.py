@@ -355,6 +355,30 @@ def test_plain_numbers_and_quoted_strings_read_as_written() -> None:
         parse_policy(_NUMBERED.format(version="'010'", threshold="0.5"))
 
 
+_ENUM_RULE = """\
+apiVersion: bastion.dev/v1
+kind: AgentPolicy
+metadata: {{name: m, version: 1}}
+spec:
+  default: allow
+  rules: [{{id: r1, match: {{tools: [demo__add]}}, args: {{verify: {{enum: [{values}]}}}}, effect: deny}}]
+"""
+
+
+@pytest.mark.parametrize("word", ["no", "off", "yes", "on", "No", "OFF", "Yes", "ON"])
+def test_yaml_1_1_booleans_are_refused_not_read_as_booleans(word: str) -> None:
+    """`enum: [no, off]` in a deny rule was stored as [false, false]: the strings "no" and
+    "off" were then allowed (an attacker's probe)."""
+    with pytest.raises(PolicyValidationError, match=f"'{word}' is read as a boolean by YAML 1.1"):
+        parse_policy(_ENUM_RULE.format(values=f"{word}, x"))
+
+
+def test_true_false_and_quoted_words_read_as_written() -> None:
+    document = parse_policy(_ENUM_RULE.format(values="'no', \"off\", false, True"))
+    assert document.spec.rules[0].args is not None
+    assert document.spec.rules[0].args["verify"].enum == ("no", "off", False, True)  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [("<<: {effect: allow}", r"merge keys \(<<\) are not allowed"), ("effect: !!binary YWxsb3c=", "!!binary")],

@@ -341,7 +341,13 @@ def test_enum_compares_as_json_so_true_is_not_1_but_1_is_1_0() -> None:
             {"type": "object", "properties": {"k": {"tpye": "string"}}},
             "unknown field 'tpye' in 'args.amount.properties.k'",
         ),
-        ({"pattern": "(a+)+"}, "nests a repeat inside a repeat"),
+        ({"pattern": "(a+)+"}, "nests a repeat of variable count inside a repeat"),
+        # An attacker's probe: accepted, each held every decision for seconds on ~21 characters.
+        ({"pattern": "(?:a?a?)*c"}, "nests a repeat of variable count inside a repeat"),
+        ({"pattern": "(?:a{0,1}a{0,1})*c"}, "nests a repeat of variable count inside a repeat"),
+        ({"pattern": "(?:[a-z]?[a-z0-9]?)+!"}, "nests a repeat of variable count inside a repeat"),
+        ({"pattern": "(?:\\d?\\.?\\d?)+"}, "nests a repeat of variable count inside a repeat"),
+        ({"pattern": "(?:(?=a?)b)*"}, "nests a repeat of variable count inside a repeat"),
         ({"pattern": "(a|ab)*c"}, "repeats an alternation"),
         ({"pattern": "(a)\\1"}, "backreference"),
         ({"pattern": ".*a.*a.*b"}, "could backtrack for too long"),
@@ -363,6 +369,13 @@ def test_nesting_deeper_than_the_limit_is_refused() -> None:
     for _ in range(9):
         constraint = {"type": "object", "properties": {"k": constraint}}
     assert "more than 8 levels deep" in _rejection(_doc(_rule("r1", "allow", args={"a": constraint})))
+
+
+@pytest.mark.parametrize("pattern", ["(?:ab{2}){1,5}", "(?:[a-z]{3}-)*[a-z]{3}", "[a-z]+(?:\\.[a-z]{2})?"])
+def test_repeats_of_fixed_count_inside_a_repeat_are_accepted(pattern: str) -> None:
+    # The body of a repeat then matches one length only: every run splits one way.
+    policies = _compile(_rule("r", "allow", args={"s": {"pattern": pattern}}))
+    assert _refund(policies, {"s": "!"}).effect is Effect.DENY
 
 
 def test_a_long_value_fails_a_pattern_instead_of_being_matched() -> None:

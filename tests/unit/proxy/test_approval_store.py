@@ -463,4 +463,6 @@ def test_the_digest_binds_exact_integers_and_the_operator_sees_them() -> None:
     (first, parsed), (second, parsed_second) = call(2**53), call(2**53 + 1)
     assert action_digest(first) == action_digest(second)  # what the Struct alone can tell
     assert action_digest(first, parsed) != action_digest(second, parsed_second)
-    assert action_view(second, None, parsed_second)["arguments"] == {"a": 2**53 + 1, "b": 0}
+    view = action_view(second, None, parsed_second)
+    assert view is not None
+    assert view["arguments"] == {"a": 2**53 + 1, "b": 0}
