@@ -156,7 +156,7 @@ def identity(read: Iterable[str], fields: Iterable[tuple[str, str]]) -> Identity
     for path, text in fields:
         if len(groups) >= MAX_GROUPS:
             break
-        key = _top_key(path)
+        key = top_key(path)
         if key is None or key not in IDENTITY_KEYS:
             continue
         folded = text.casefold()
@@ -332,7 +332,7 @@ def _words(text: str) -> list[str]:
     return out
 
 
-def _top_key(path: str) -> str | None:
+def top_key(path: str) -> str | None:
     """The key of a top-level field of the result (`content[0].text.sender` → sender), or
     None for anything nested, inside a list, or in another content block than the first."""
     for root in _ROOTS:

@@ -59,6 +59,10 @@ workflow with no fingerprints costs a length check.
   `sink`                           the active policies list this tool in `taint.sinks`
   `named:<path>`                   the argument's data came from an untrusted result the task
                                    points at, and leads to no other site (`_pointers.py`)
+  `lookalike:<path>:<domain>:<seen>`
+                                   a domain in the argument, or of the source of its data,
+                                   looks like another the workflow's results or task showed
+                                   (`_lookalike.py`: `meridian-prints` / `meridian-print`)
   `arg:<path>:<trust>:<server__tool>:<result path>:<field|text>:<fraction>`
                                    per argument: trust is `trusted` or `untrusted`;
                                    `field` a whole short value of the result, `text`
@@ -82,7 +86,8 @@ from typing import Any
 from bastion._json import Copies, loads_every
 from bastion.v1 import graph_pb2
 
-from ._pointers import IDENTITY_KEYS, PUNCTUATION, Identity, identity, references, stays_within
+from ._lookalike import MAX_PER_VALUE, SeenDomains, first_domains
+from ._pointers import IDENTITY_KEYS, PUNCTUATION, Identity, identity, references, stays_within, top_key
 from ._textprints import (
     MIN_VALUE,
     SHINGLE,
@@ -194,6 +199,8 @@ class _Held:
     tool: str
     trusted: bool
     size: int
+    #: The domains its source fields and its call's locators name (`_lookalike.py`).
+    domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +239,8 @@ class Fingerprints:
     #: Untrusted results too large to read (over the result tap's tail): their data cannot
     #: be traced, so every later call with string arguments says so (newest MAX_UNREAD).
     unread: deque[Unread] = field(default_factory=lambda: deque(maxlen=MAX_UNREAD))
+    #: Domains the results and the task showed, for `lookalike:` labels (one print each).
+    _domains: SeenDomains = field(default_factory=SeenDomains)
 
     def __len__(self) -> int:
         return self._size
@@ -251,6 +260,7 @@ class Fingerprints:
         one_source = not (isinstance(blocks, list) and len(blocks) > 1)
         walk = _Walk(result, parse_json=True)
         cut = False
+        shown: dict[str, None] = {}
         for path, text in walk:
             if _is_handle(path, text):
                 continue
@@ -262,6 +272,8 @@ class Fingerprints:
             ):
                 named_by.append((path, text[:MAX_VALUE]))
             norm = normalise(text)
+            if "." in norm and len(shown) < MAX_PER_VALUE:
+                shown.update(dict.fromkeys(first_domains(norm)))
             # Short, or without spaces (a URL): a field; otherwise free text.
             kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
             if kind == "field" and is_prose_key(path) and is_destination(norm):
@@ -306,7 +318,10 @@ class Fingerprints:
             gone, evicted = self._evict()
             if gone not in self._results:  # the whole result, identifiers too
                 self._remember(gone, evicted)
-        entry = _Held([], [], tool, trusted, size)
+        # Who sent it or where it is: what the call read and its top-level source fields (a
+        # search's ten hits each have a `url`, and none is the result's own).
+        named = (*read, *(text for path, text in named_by if top_key(path) is not None))
+        entry = _Held([], [], tool, trusted, size, tuple(dict.fromkeys(_domains_of(named))) if named else ())
         for value, source in shingles.items():
             if _takes(self._shingles.get(value), source):
                 self._shingles[value] = source
@@ -318,6 +333,8 @@ class Fingerprints:
         self._results[node_id] = entry
         if entry.shingles:
             self._prose[node_id] = None
+        if shown or entry.domains:
+            self._size += self._domains.add([*shown, *entry.domains])
         self._size += len(entry.shingles) + len(entry.exact)
         if cost:
             self._identity[node_id] = (cost, (read, tuple(named_by)))
@@ -364,6 +381,8 @@ class Fingerprints:
         self._forget_identity(node_id)
         _drop(self._exact, held.exact, node_id)
         self._size -= len(held.exact)
+        if not self._results:  # the domains count against the budget too: a workflow evicted whole holds none
+            self._size -= self._domains.clear()
         return node_id, held
 
     def _trust_task(self, task: str) -> None:
@@ -376,6 +395,7 @@ class Fingerprints:
         words = {exact_key(word.strip(PUNCTUATION)) for word in norm.split(" ")}
         self._task_exact = frozenset({*words, *tokens(norm), exact_key(norm)})
         self._task_refs = references(task)
+        self._domains.set_task(norm)
 
     def match(self, arguments: dict[str, Any], task: str) -> list[Match]:
         """Arguments holding data from fingerprinted results (and not from the task)."""
@@ -396,6 +416,22 @@ class Fingerprints:
             if hit is not None:
                 found.append(self._pointed(hit, norm))
         return found
+
+    def lookalikes(self, arguments: dict[str, Any], matches: Iterable[Match]) -> list[tuple[str, str, str]]:
+        """(argument path, domain, the domain it looks like) for each domain in `arguments`,
+        and each source of data they hold (`matches`), made to be taken for another the
+        workflow's results or task showed (`_lookalike.py`). After `match`."""
+        found: dict[tuple[str, str], str] = {}
+        for path, text in _strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()):
+            for name in first_domains(normalise(text)):
+                if (like := self._domains.alike(name)) is not None:
+                    found.setdefault((path, name), like)
+        for m in matches:
+            held = self._results.get(m.source.node_id)
+            for name in held.domains if held is not None and not m.source.trusted else ():
+                if (like := self._domains.alike(name)) is not None:
+                    found.setdefault((m.path, name), like)
+        return [(path, name, like) for (path, name), like in itertools.islice(found.items(), MAX_REPORTED)]
 
     def _pointed(self, hit: Match, norm: str) -> Match:
         """`hit`, marked `named` when the task points at the untrusted result it came from
@@ -455,6 +491,11 @@ class Fingerprints:
         if best is None:
             return None
         return Match(path, best[2], round(best[1] / len(norm), 2))
+
+
+def _domains_of(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        yield from first_domains(normalise(text))
 
 
 def _drop(index: dict[Any, Source], keys: Iterable[Any], node_id: str) -> None:
@@ -794,6 +835,8 @@ class Provenance:
             if named:
                 reason += " (a result the task points at)"
             edges.setdefault((source.node_id, m.path), (source.node_id, graph_pb2.INFORMED_BY, reason))
+        for path, name, like in prints.lookalikes(arguments, matches):
+            labels[f"lookalike:{escape(path)}:{name}:{like}"] = None
         return Annotation(tuple(labels), tuple(edges.values()))
 
     def _sink_only(self, tool: str) -> Annotation:

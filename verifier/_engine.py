@@ -59,13 +59,13 @@ from ._delegated import delegates_destination
 from ._intent import asked, intent_signal, is_payload, writes_where_task_says
 from ._kinds import asks_to_reach, vouches
 from ._sequence import START, SequenceModel, precedent, step_key
-from ._taint import is_sink, taint_signal
+from ._taint import is_sink, lookalikes, taint_signal
 
 if TYPE_CHECKING:
     from ._semantic import SemanticDrift
 
 NAME = "reference"
-VERSION = "0.5"
+VERSION = "0.6"
 SCORER = f"{NAME}/{VERSION}"
 SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 #: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).
@@ -387,6 +387,12 @@ def _argument_signal(
         novel = [(destination, path) for destination, path in novel if path not in content]
     weight = config.argument_weight if novel or too_large else 0.0
     parts = [_describe_destinations(novel)] if novel else []
+    if alike := lookalikes(labels):
+        # A domain made to be taken for one the workflow saw (the proxy's `lookalike:`
+        # labels): on a sink, as strong as the task naming another destination.
+        weight = max(weight, config.contradiction_weight if is_sink(tool, labels) else config.argument_weight)
+        shown = ", ".join(f"{_clip(name)!r} ({_clip(path)!r}) like {_clip(like)!r}" for path, name, like in alike[:3])
+        parts.append(f"look-alike domain{'s' if len(alike) > 1 else ''}: {shown}, seen in this workflow")
     if novel and config.contradiction_weight > weight and is_sink(tool, labels):
         # The task says where this goes (a destination of the same kind) and it goes elsewhere.
         named = _task_kinds(task)

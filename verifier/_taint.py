@@ -292,5 +292,17 @@ def _origin(source: str, history: Sequence[verifier_pb2.HistoryNode]) -> str:
     return ""
 
 
+def lookalikes(labels: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(argument path, domain, the domain it looks like) of the proxy's `lookalike:` labels;
+    malformed ones are ignored."""
+    found = []
+    for label in labels:
+        if label.startswith("lookalike:"):
+            parts = label.split(":")
+            if len(parts) == 4 and all(parts[1:]):
+                found.append((_unescape(parts[1]), parts[2], parts[3]))
+    return found
+
+
 def _unescape(text: str) -> str:
     return text.replace("%3A", ":").replace("%25", "%")

@@ -118,7 +118,7 @@ async def test_score_blocks_a_novel_tool_sending_to_a_destination_the_task_does_
     assert reply.verdict == verifier_pb2.BLOCK
     assert reply.deviation_score == pytest.approx(0.8)
     assert reply.threshold == pytest.approx(0.8)
-    assert reply.scorer == "reference/0.5"
+    assert reply.scorer == "reference/0.6"
     assert list(reply.reasons) == [
         "destination not named in the task: 'eve@evil.example' (argument 'to'); "
         "the task names another email address (weight 0.80)",

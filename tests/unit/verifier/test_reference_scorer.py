@@ -413,7 +413,7 @@ def test_a_signal_with_zero_weight_neither_scores_nor_explains() -> None:
 
 def test_the_response_names_the_scorer_and_echoes_the_threshold() -> None:
     result = ReferenceScorer(ScorerConfig(threshold=0.65)).score(request("add"))
-    assert result.scorer == "reference/0.5"
+    assert result.scorer == "reference/0.6"
     assert result.threshold == 0.65
     assert result.drift_origin_node_id == ""
 
@@ -514,3 +514,28 @@ def test_any_request_gets_a_score_in_range_and_a_verdict_consistent_with_it(
     assert len(stated) == len(result.reasons)
     assert score == pytest.approx(min(1.0, math.fsum(stated)), abs=0.006 * len(stated))
     assert ReferenceScorer(config).score(req) == result
+
+
+def _labelled(tool: str, labels: Sequence[str], task: str = "") -> verifier_pb2.ScoreRequest:
+    scored = request(tool, task=task, arguments={"to": "kerstin@linguabridge-projects.example"})
+    scored.ctx.taint.extend(labels)
+    return scored
+
+
+LOOKALIKE = "lookalike:to:linguabridge-projects.example:linguabridge.example"
+
+
+def test_a_look_alike_domain_on_a_sink_weighs_as_a_contradiction_task_or_not() -> None:
+    for task in ("", "Handle the LinguaBridge request"):
+        result = DEFAULT.score(_labelled("forward_email", [LOOKALIKE], task))
+        assert result.deviation_score >= 0.8, task
+        assert (
+            "look-alike domain: 'linguabridge-projects.example' ('to') like 'linguabridge.example', "
+            "seen in this workflow (weight 0.80)"
+        ) in result.reasons[0]
+
+
+def test_a_look_alike_domain_off_a_sink_flags_and_malformed_labels_are_ignored() -> None:
+    assert DEFAULT.score(_labelled("lookup_contact", [LOOKALIKE])).deviation_score == 0.4
+    for label in ("lookalike:to:x", "lookalike::a.example:b.example", "lookalike:to:a:b:c"):
+        assert DEFAULT.score(_labelled("forward_email", [label])).deviation_score == 0.0, label

@@ -1,0 +1,212 @@
+"""Look-alike domains: `lumen-foto-bookings.example` beside `lumenfoto.example`.
+
+A workflow that read mail from `billing@meridian-print.example` and then pays an invoice
+from `billing@meridian-prints.example`, or posts a link to `kittiwake-payroll-verify.example`
+after reading `hr@kittiwake-payroll.example`, is acting on a domain made to be taken for
+one it has seen. Copy detection cannot tell: the data is copied from a result either way.
+What tells is the pair, and both halves are in the workflow.
+
+Two registrable domains (`bastion._domains.registrable`) look alike when they differ and
+their first labels, compared as *skeletons* (case-folded, hyphens dropped, the digits and
+letter pairs that pass for letters folded: `0`→`o`, `1`→`l`, `rn`→`m`, `vv`→`w`), and each
+at least MIN_SKELETON characters:
+
+- are the same (`harbourside-vets` / `harboursidevets`, `paypa1` / `paypal`, the same name
+  under another suffix);
+- differ by one edit, both at least MIN_EDITED characters (`meridian-prints` /
+  `meridian-print`, `holtkanp` / `holtkamp`);
+- or the suspect is the other with hyphenated words added before or after
+  (`lumen-foto-bookings` / `lumenfoto`, `linguabridge-projects` / `linguabridge`; not the
+  other way round: the brand's own domain is no look-alike of its imitation); without the
+  hyphen a longer name is another name (`googleusercontent`, `mailchimp`).
+
+Read fail-safe, not fail-closed: this only *adds* a label (`lookalike:`); a pair it misses
+is judged by the other signals as before.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bastion._domains import registrable
+
+from ._pointers import PUNCTUATION
+
+#: Shortest skeleton compared: shorter names collide by accident (`mail`, `shop`).
+MIN_SKELETON = 5
+#: Shortest skeletons compared at one edit apart.
+MIN_EDITED = 6
+#: Longest host read.
+MAX_HOST = 253
+_CONFUSABLE = str.maketrans({"0": "o", "1": "l", "3": "e", "5": "s", "7": "t", "-": None})
+#: Last labels that name a file, not a site (`report.pdf`, `notes.txt`).
+_FILE_SUFFIXES = frozenset(
+    {
+        "pdf", "doc", "docx", "xls", "xlsx", "csv", "txt", "png", "jpg", "jpeg", "gif", "svg", "zip",
+        "json", "yaml", "yml", "md", "html", "htm", "py", "js", "ts", "ppt", "pptx", "mp3", "mp4",
+        "wav", "odt", "ods", "odp", "eml", "ics", "xml", "tar", "gz", "tgz", "rtf", "log", "bak",
+    }
+)  # fmt: skip
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A registrable domain and what it is compared by."""
+
+    name: str
+    skeleton: str
+    #: Skeletons of its first label's hyphenated words.
+    words: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=4096)  # pure; a workflow meets the same few domains again and again
+def domain(registered: str) -> Domain | None:
+    """`registered` (a registrable domain) as compared; None when its name is too short to compare."""
+    label = registered.partition(".")[0]
+    words = tuple(word.translate(_CONFUSABLE) for word in label.split("-") if word)
+    skeleton = _fold("".join(words))
+    if len(skeleton) < MIN_SKELETON:
+        return None
+    return Domain(registered, skeleton, tuple(_fold(word) for word in words))
+
+
+def _fold(text: str) -> str:
+    return text.replace("rn", "m").replace("vv", "w")
+
+
+def looks_like(suspect: Domain, known: Domain) -> bool:
+    """Whether `suspect` is a different domain made to be taken for `known` (module docstring).
+
+    Symmetric but for added words: `lumen-foto-bookings` is made to look like `lumenfoto`,
+    not the other way round, so a workflow that saw both may still write to the brand's own
+    domain. Which of two names one edit apart is the real one cannot be told: both are."""
+    if suspect.name == known.name:
+        return False
+    if suspect.skeleton == known.skeleton:
+        return True
+    a, b = suspect.skeleton, known.skeleton
+    if abs(len(a) - len(b)) <= 1 and min(len(a), len(b)) >= MIN_EDITED and _one_edit(a, b):
+        return True
+    return len(a) > len(b) and _extends(suspect.words, b)
+
+
+def _extends(words: tuple[str, ...], skeleton: str) -> bool:
+    """Whether a proper run of `words` from either end spells `skeleton`."""
+    for count in range(1, len(words)):
+        if "".join(words[:count]) == skeleton or "".join(words[-count:]) == skeleton:
+            return True
+    return False
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """One insertion, deletion, substitution or swap of neighbours apart (a != b)."""
+    if len(a) > len(b):
+        a, b = b, a
+    start = 0
+    while start < len(a) and a[start] == b[start]:
+        start += 1
+    if len(a) == len(b):
+        if a[start + 1 :] == b[start + 1 :]:
+            return True  # substitution
+        return a[start : start + 2] == b[start : start + 2][::-1] and a[start + 2 :] == b[start + 2 :]
+    return a[start:] == b[start + 1 :]  # b has one more character
+
+
+def domains_in(norm: str) -> Iterator[str]:
+    """Registrable domains of the addresses, URLs and bare host names in normalised text."""
+    if "." not in norm:
+        return
+    for word in norm.split(" "):
+        if "." not in word:
+            continue
+        word = word.strip(PUNCTUATION)
+        if "." not in word:  # a sentence's last word
+            continue
+        if "://" in word:
+            host = word.partition("://")[2]
+        elif "@" in word:
+            host = word.rpartition("@")[2]
+        else:
+            host = word
+        for stop in "/?#:\\@":
+            host = host.partition(stop)[0]
+        host = host.strip(".")
+        if _is_host(host):
+            yield registrable(host)
+
+
+def _is_host(host: str) -> bool:
+    if not 3 < len(host) <= MAX_HOST or not set(host) <= _HOST_CHARS:
+        return False
+    labels = host.split(".")
+    last = labels[-1]
+    return len(labels) >= 2 and all(labels) and last.isalpha() and len(last) >= 2 and last not in _FILE_SUFFIXES
+
+
+#: Domains one workflow remembers (the newest): each costs one fingerprint of its budget.
+MAX_SEEN = 64
+#: Domains read from one result, and from one call's arguments.
+MAX_PER_VALUE = 16
+
+
+class SeenDomains:
+    """The registrable domains a workflow's results showed, newest MAX_SEEN, and the
+    task's; `alike` names the one a domain is made to be taken for."""
+
+    __slots__ = ("_seen", "_task", "_task_names")
+
+    def __init__(self) -> None:
+        self._seen: dict[str, Domain | None] = {}
+        self._task: tuple[Domain, ...] = ()
+        self._task_names: frozenset[str] = frozenset()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, names: Iterator[str] | list[str]) -> int:
+        """Remember `names` as the newest; the change in how many are held."""
+        before = len(self._seen)
+        for name in names:
+            self._seen.pop(name, None)
+            self._seen[name] = domain(name)
+            if len(self._seen) > MAX_SEEN:
+                del self._seen[next(iter(self._seen))]
+        return len(self._seen) - before
+
+    def clear(self) -> int:
+        """Forget every seen domain (not the task's); how many went."""
+        count = len(self._seen)
+        self._seen.clear()
+        return count
+
+    def set_task(self, norm: str) -> None:
+        names = frozenset(_first(domains_in(norm), MAX_PER_VALUE))
+        self._task_names = names
+        self._task = tuple(found for name in names if (found := domain(name)) is not None)
+
+    def alike(self, name: str) -> str | None:
+        """The seen or task domain `name` looks like; None when none, or when the task names `name`."""
+        if name in self._task_names or (suspect := domain(name)) is None:
+            return None
+        for known in (*self._seen.values(), *self._task):
+            if known is not None and looks_like(suspect, known):
+                return known.name
+        return None
+
+
+def _first(names: Iterator[str], count: int) -> list[str]:
+    found: list[str] = []
+    for name in names:
+        if name not in found:
+            found.append(name)
+            if len(found) >= count:
+                break
+    return found
+
+
+def first_domains(norm: str) -> list[str]:
+    """The first MAX_PER_VALUE distinct domains of normalised text (`domains_in`)."""
+    return _first(domains_in(norm), MAX_PER_VALUE)
