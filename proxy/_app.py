@@ -46,6 +46,8 @@ class ProxyApp:
         self._metrics = metrics
         self._refuse = refuse
         self.ready = False
+        #: Why this replica cannot govern calls though it runs (the journal's `problem`), or None.
+        self.problem: Callable[[], str | None] = _no_problem
         self._exact: dict[str, Handler] = {
             "/healthz": _read_only(self._healthz),
             "/readyz": _read_only(self._readyz),
@@ -119,11 +121,19 @@ class ProxyApp:
         await send_json(send, 200, {"status": "ok"})
 
     async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = self.problem() if self.ready else None
+        if problem is not None:
+            await send_json(send, 503, {"ready": False, "reason": problem})
+            return
         await send_json(send, 200 if self.ready else 503, {"ready": self.ready})
 
     async def _metrics_page(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, content_type = self._metrics.exposition()
         await send_bytes(send, 200, body, [(b"content-type", content_type.encode())])
+
+
+def _no_problem() -> str | None:
+    return None
 
 
 def _read_only(handler: Handler) -> Handler:

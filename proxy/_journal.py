@@ -17,7 +17,12 @@ Durability contract:
   `fsync_interval`, and only when something was written (group commit), so the hot path
   never waits for the disk (DESIGN §14 (4)). `flush()` fsyncs now.
 - A crash in the middle of a write leaves a torn record at the end of the last segment;
-  `Journal.open` truncates it so appends continue from a record boundary.
+  `Journal.open` truncates it so appends continue from a record boundary. A *complete*
+  record whose crc fails is corruption, not a tear, and the records after it are not
+  given up with it: `Journal.open` copies everything from it on into
+  `quarantine/<segment>.<offset>`, truncates, and appends every crc-valid record it finds
+  after the bad one to a new segment, which the shipper then delivers (an attacker's probe
+  flipped one byte a third into a segment and 28 forwarded calls vanished with a warning).
 - An OSError raises JournalError, and the proxy blocks the action (fail closed). A failed
   write leaves the file as it was and the next append may succeed; a failed fsync breaks
   the journal for good, because the kernel may have dropped the dirty pages and a later
@@ -58,6 +63,14 @@ _PREFIX = "journal-"
 _SUFFIX = ".wal"
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _SCAN_BYTES = 1 << 20
+#: Bytes after a corrupt record searched for the next valid one before giving the rest up.
+_SALVAGE_SCAN = 1 << 20
+#: Longest record salvaged: the recorder keeps every event within 256 KiB (MAX_EVENT_BYTES).
+_SALVAGE_MAX_RECORD = 1 << 20
+QUARANTINE = "quarantine"
+#: Free space under which the journal says it is not fit to take traffic (`problem`): four
+#: of the largest events the recorder writes.
+MIN_FREE_BYTES = 1 << 20
 _CLOSED = "the journal is closed"
 LOCK_NAME = "journal.lock"
 
@@ -132,6 +145,9 @@ class Journal:
         self._dir_dirty = False
         self._durable = Cursor(segment, size)
         self._broken: str | None = None
+        #: A write failed (disk full): the next append starts a new segment, so that the
+        #: shipper, once it has delivered this one, can delete it and give the space back.
+        self._roll_next = False
         self._dirty = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -164,10 +180,41 @@ class Journal:
             size = os.fstat(fd).st_size
             valid = _valid_end(path)
             if valid < size:
-                os.ftruncate(fd, valid)
-                log.warning(
-                    "journal %s: truncated %d bytes of a torn or corrupt tail at offset %d", path, size - valid, valid
-                )
+                tail = _read_tail(path, valid, size)
+                # A header's length field may be what is corrupt: look for valid records
+                # after it before taking the bytes for a record a crash cut short.
+                salvaged = _salvage(tail)
+                if salvaged or not _torn(tail):
+                    # Corruption, not a tear: keep the bytes and what is valid after them.
+                    kept = _quarantine(directory, segment, valid, tail)
+                    os.ftruncate(fd, valid)
+                    corrupt_at, corrupt_path = valid, path
+                    if salvaged:
+                        os.fsync(fd)
+                        os.close(fd)
+                        segment += 1
+                        path = segment_path(directory, segment)
+                        fd = os.open(path, _OPEN_FLAGS, 0o644)
+                        _write_all(fd, b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in salvaged))
+                        valid = os.fstat(fd).st_size
+                    log.error(
+                        "journal %s: a corrupt record at offset %d; the %d bytes from it on kept in %s, and the "
+                        "%d valid records found after it recovered into segment %d; the corrupt record is lost",
+                        corrupt_path,
+                        corrupt_at,
+                        len(tail),
+                        kept,
+                        len(salvaged),
+                        segment,
+                    )
+                else:
+                    os.ftruncate(fd, valid)
+                    log.warning(
+                        "journal %s: truncated %d bytes of a torn or corrupt tail at offset %d",
+                        path,
+                        size - valid,
+                        valid,
+                    )
             # What a crashed process left in the page cache is treated as durable from now on.
             for older in segments[:-1]:
                 _fsync_path(segment_path(directory, older))
@@ -193,17 +240,36 @@ class Journal:
             raise JournalError(self._broken)
         length = _HEADER.size + len(payload)
         fd = self._fd
-        if self._size + length > self._segment_bytes and self._size:
+        if (self._roll_next or self._size + length > self._segment_bytes) and self._size:
+            # After a failed write too: a full disk gets its space back only from segments
+            # the shipper has delivered and may delete, and it never deletes the newest.
             fd = self._roll()
+        self._roll_next = False
         try:
             # writev: one syscall without copying the payload into a framed buffer.
             written = os.writev(fd, (_HEADER.pack(len(payload), zlib.crc32(payload)), payload))
         except (OSError, struct.error) as exc:
+            self._roll_next = isinstance(exc, OSError)
             raise JournalError(f"cannot write a {len(payload)}-byte record to the journal: {exc}") from exc
         if written != length:
+            self._roll_next = True
             self._undo_short_write(written)
         self._size += length
         self._dirty.set()
+
+    def problem(self) -> str | None:
+        """Why the journal cannot take records now (broken, closed, or its disk nearly full),
+        or None. For readiness: a replica that must block every call should get none."""
+        if self._broken is not None:
+            return self._broken
+        try:
+            stat = os.statvfs(self._dir)
+        except OSError as exc:
+            return f"the journal's directory cannot be read: {exc}"
+        free = stat.f_bavail * stat.f_frsize
+        if free < MIN_FREE_BYTES:
+            return f"the journal's disk has {free} bytes free (under {MIN_FREE_BYTES})"
+        return None
 
     def _roll(self) -> int:
         segment = self._segment + 1
@@ -214,6 +280,9 @@ class Journal:
         self._retired.append(self._fd)
         self._fd, self._segment, self._size = fd, segment, 0
         self._dir_dirty = True
+        # Durable once fsynced even if no record follows (its first write may fail on a full
+        # disk): readers then pass the sealed segment, and the shipper may delete it.
+        self._dirty.set()
         return fd
 
     def _undo_short_write(self, written: int) -> None:
@@ -309,6 +378,55 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_tail(path: Path, offset: int, size: int) -> bytes:
+    with path.open("rb", buffering=0) as f:
+        return os.pread(f.fileno(), size - offset, offset)
+
+
+def _torn(tail: bytes) -> bool:
+    """Whether the bytes after the last valid record are a record cut short (a crash during
+    its write), rather than a complete record whose crc fails."""
+    return len(tail) < _HEADER.size or _HEADER.size + _HEADER.unpack_from(tail)[0] > len(tail)
+
+
+def _salvage(tail: bytes) -> list[bytes]:
+    """The crc-valid records after the corrupt one at the start of `tail`: searched for byte
+    by byte (a record's own length and crc must check), then read in order; a run of
+    _SALVAGE_SCAN bytes without one gives the rest up."""
+    found: list[bytes] = []
+    pos, missed = 1, 0
+    while pos + _HEADER.size < len(tail) and missed < _SALVAGE_SCAN:
+        length, crc = _HEADER.unpack_from(tail, pos)
+        end = pos + _HEADER.size + length
+        if 0 < length <= _SALVAGE_MAX_RECORD and end <= len(tail) and zlib.crc32(tail[pos + _HEADER.size : end]) == crc:
+            found.append(tail[pos + _HEADER.size : end])
+            pos, missed = end, 0
+        else:
+            pos, missed = pos + 1, missed + 1
+    return found
+
+
+def _quarantine(directory: Path, segment: int, offset: int, tail: bytes) -> Path:
+    """Write `tail` (segment `segment` from `offset` on) to the quarantine directory, durably."""
+    folder = directory / QUARANTINE
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{_PREFIX}{segment:012d}.{offset}{_SUFFIX}.corrupt"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, tail)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_path(folder)
+    return path
+
+
 def _valid_end(path: Path) -> int:
     """Offset just past the last complete, crc-valid record of a segment."""
     offset = 0
@@ -394,6 +512,18 @@ class JournalReader:
             log.warning("journal cursor %s is past the end of the journal (was it recreated?); rereading it", cursor)
             return Cursor(segments[0], 0)
         return None
+
+    def finished(self, cursor: Cursor) -> int:
+        """The newest segment wholly before `cursor`: its own when it stands at the end of a
+        sealed segment (the writer has moved on), else the one before it."""
+        segments = list_segments(self._dir)
+        if segments and cursor.segment < segments[-1]:
+            try:
+                if cursor.offset >= segment_path(self._dir, cursor.segment).stat().st_size:
+                    return cursor.segment
+            except FileNotFoundError:
+                return cursor.segment
+        return cursor.segment - 1
 
     def delete_through(self, segment: int) -> None:
         """Delete segments numbered up to `segment`, except the newest (the writer's)."""

@@ -285,6 +285,7 @@ async def serve(
         # Connect the channels now so the first governed call does not pay for it.
         for channel in (policy_channel, verifier_channel, *chain_channels):
             channel.get_state(try_to_connect=True)
+        proxy.problem = journal.problem
         proxy.ready = True
         ready({"http": web.address})
         await web.run_until(stop)

@@ -399,15 +399,19 @@ class Shipper:
             await asyncio.wait_for(self._wake.wait(), self._idle_interval)
 
     def _commit(self, cursor: Cursor) -> None:
+        # Delivered segments go first: on a full disk they are what makes room for the cursor
+        # file (an attacker's probe filled the disk; the cursor could never be written, so no
+        # segment was ever deleted and every call stayed blocked after the graph came back).
+        # A crash before the cursor is saved is safe: an old cursor in a deleted segment moves
+        # on to the next one, and the graph ingests what is sent twice idempotently.
+        self._reader.delete_through(self._reader.finished(cursor))
         tmp = self._cursor_path.with_name(self._cursor_path.name + ".tmp")
         with tmp.open("w") as f:
             json.dump({"segment": cursor.segment, "offset": cursor.offset}, f)
             f.flush()
             os.fsync(f.fileno())
-        # No directory fsync: if a power cut loses the rename we resend from the old cursor,
-        # which is safe; a cursor in a segment deleted below moves on to the next one.
+        # No directory fsync: if a power cut loses the rename we resend from the old cursor.
         os.replace(tmp, self._cursor_path)
-        self._reader.delete_through(cursor.segment - 1)
 
     def _load_cursor(self) -> Cursor:
         try:

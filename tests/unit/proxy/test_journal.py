@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion._errors import JournalError
-from bastion.proxy._journal import Cursor, Journal, JournalReader, list_segments, segment_path
+from bastion.proxy._journal import QUARANTINE, Cursor, Journal, JournalReader, list_segments, segment_path
 
 
 def frame(payload: bytes) -> bytes:
@@ -334,3 +334,35 @@ def test_a_writer_killed_with_sigkill_leaves_no_lock_behind(tmp_path: Path) -> N
     journal = Journal.open(tmp_path)
     assert read_all(journal.reader())[0] == [b"held"]
     asyncio.run(journal.close())
+
+
+@pytest.mark.parametrize("where", ["payload", "length"])
+async def test_a_corrupt_record_is_quarantined_and_the_valid_records_after_it_are_recovered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    # An attacker's probe flipped one byte a third into a segment: every record after it was
+    # truncated away with a warning, 28 forwarded calls lost from the journal and the graph.
+    journal = Journal.open(tmp_path)
+    payloads = [f"record {n:02d}".encode() * 3 for n in range(10)]
+    for payload in payloads:
+        journal.append(payload)
+    await journal.close()
+    path = segment_path(tmp_path, 1)
+    data = bytearray(path.read_bytes())
+    bad = sum(len(frame(p)) for p in payloads[:3])  # the fourth record
+    data[bad + (1 if where == "length" else 12)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with caplog.at_level(logging.WARNING, logger="bastion.proxy._journal"):
+        journal = Journal.open(tmp_path)
+    journal.append(b"after the restart")
+    await journal.close()
+
+    records = read_all(JournalReader(tmp_path))[0]
+    assert records == [*payloads[:3], *payloads[4:], b"after the restart"]
+    [message] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"a corrupt record at offset {bad}" in message.getMessage()
+    assert "6 valid records found after it recovered into segment 2" in message.getMessage()
+    [kept] = (tmp_path / QUARANTINE).iterdir()
+    assert kept.read_bytes() == bytes(data[bad:])
+    assert list_segments(tmp_path) == [1, 2]

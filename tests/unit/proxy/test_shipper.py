@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +15,9 @@ from typing import Any
 import grpc
 import pytest
 
+from bastion._errors import JournalError
 from bastion._rpc import auth_metadata, open_channel, start_grpc_server
-from bastion.proxy._journal import Journal, list_segments
+from bastion.proxy._journal import Journal, JournalReader, list_segments
 from bastion.proxy._metrics import ProxyMetrics
 from bastion.proxy._recorder import MAX_EVENT_BYTES
 from bastion.proxy._shipper import (
@@ -497,3 +500,59 @@ async def test_journal_lag_is_exposed_as_a_gauge(journal: Journal, graph: Graph,
     assert lag is not None
     assert lag > 0
     assert b"bastion_journal_lag_seconds" in metrics.exposition()[0]
+
+
+async def test_a_full_disk_recovers_once_the_graph_has_taken_what_the_journal_holds(
+    journal: Journal, graph: Graph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An attacker's probe filled the journal's disk while the graph was down: appends failed
+    # (calls blocked, as they must), but the shipper could then never write its cursor, so
+    # no delivered segment was deleted and no space came back, even after the graph
+    # returned and the proxy restarted. A full disk cannot be produced here without root:
+    # the fault is injected (every write fails while `full`; deleting a segment frees it).
+    disk = {"full": False}
+    real_writev, real_dump = os.writev, json.dump
+    real_delete = JournalReader.delete_through
+
+    def writev(fd: int, buffers: list[bytes]) -> int:
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_writev(fd, buffers)
+
+    def dump(value: Any, f: Any) -> None:
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_dump(value, f)
+
+    def delete_through(reader: JournalReader, segment: int) -> None:
+        before = list_segments(tmp_path / "journal")
+        real_delete(reader, segment)
+        if list_segments(tmp_path / "journal") != before:
+            disk["full"] = False
+
+    monkeypatch.setattr("bastion.proxy._journal.os.writev", writev)
+    monkeypatch.setattr("bastion.proxy._shipper.json.dump", dump)
+    monkeypatch.setattr(JournalReader, "delete_through", delete_through)
+    append_events(journal, range(10))  # within the first 1 KiB segment
+    disk["full"] = True
+    with pytest.raises(JournalError, match="No space left"):
+        append_events(journal, range(10, 11))
+    assert journal.problem() is None  # the real disk has room; the readiness check reads statvfs
+
+    shipper = shipper_for(journal, graph, tmp_path)
+    shipper.start()
+    await graph.fake.wait_until(lambda g: len(g.events) == 10)
+    # The failed write started a new segment at the next append, so the delivered one can go.
+    for _ in range(200):
+        try:
+            append_events(journal, range(10, 11))
+            break
+        except JournalError:
+            await asyncio.sleep(0.01)
+    append_events(journal, range(11, 20))
+    await graph.fake.wait_until(lambda g: len(g.events) == 20)
+    await shipper.stop()
+
+    assert graph.fake.ids == names(range(20))
+    assert not disk["full"]
+    assert list_segments(tmp_path / "journal") == [journal.durable.segment]
