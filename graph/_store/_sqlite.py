@@ -19,12 +19,20 @@ Why this shape:
   edges and workflow summary (updated in the same transaction, only for new nodes)
   do not change; nor do the VERIFICATION nodes derived from an action
   (`bastion.graph._verifications`), written only with a newly stored action.
+- A damaged file is refused, not written on: SQLite reports damage only where a
+  statement touches it, so new events would land beside it and be acknowledged while the
+  audit chain cannot be read (an attacker's probe overwrote 4 KiB mid-file: the service
+  came up ready, ingested on and answered only reads with 503). The first damage any
+  statement reports, or `PRAGMA quick_check` run once in the background at start, marks
+  the store damaged for good: `ping` (readiness) and `ingest` then fail, so every proxy
+  keeps its journal until the file is restored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -100,6 +108,7 @@ from ._sqlite_audit import (
 from ._sqlite_schema import prepare
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 _INSERT_NODE = """
 INSERT INTO nodes (event_id, node_id, workflow_id, session_id, agent_id, tenant, node_type,
@@ -160,16 +169,51 @@ class SqliteGraphStore:
             connection = _open_writer_connection(path)
         except (sqlite3.Error, OSError) as exc:
             raise _store_error("open", path, exc) from exc
-        self._writer = _Writer(connection, path, AuditAppender.load(connection))
+        #: Why the file is damaged (sticky; see the module docstring), or None.
+        self.damaged: str | None = None
+        self._writer = _Writer(connection, path, AuditAppender.load(connection), self._note_damage)
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="graph-read")
         self._local = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
 
+        #: Set once the check at start has finished.
+        self.checked = threading.Event()
+        threading.Thread(target=self._check_integrity, name="graph-quick-check", daemon=True).start()
+
     @classmethod
     async def open(cls, path: Path, *, readers: int = 4) -> SqliteGraphStore:
         return await asyncio.to_thread(cls, path, readers=readers)
+
+    def _check_integrity(self) -> None:
+        """`PRAGMA quick_check` on a connection of its own (a WAL reader: writes go on)."""
+        try:
+            self._quick_check()
+        finally:
+            self.checked.set()
+
+    def _quick_check(self) -> None:
+        try:
+            connection = _connect(self._path)
+            try:
+                problems = [row[0] for row in connection.execute("PRAGMA quick_check(4)")]
+            finally:
+                connection.close()
+        except sqlite3.Error as exc:
+            self._note_damage(exc)
+            return
+        if problems != ["ok"]:
+            self._note_damage(sqlite3.DatabaseError("; ".join(problems)), checked=True)
+
+    def _note_damage(self, exc: sqlite3.Error, *, checked: bool = False) -> None:
+        if self.damaged is None and (checked or _is_damage(exc)):
+            self.damaged = f"graph store {self._path} is damaged ({exc}); restore it from a backup"
+            log.error("%s", self.damaged)
+
+    def _check_sound(self) -> None:
+        if self.damaged is not None:
+            raise StoreError(self.damaged)
 
     @property
     def path(self) -> Path:
@@ -177,6 +221,7 @@ class SqliteGraphStore:
 
     async def ingest(self, events: Sequence[graph_pb2.Event]) -> IngestResult:
         self._check_open()
+        self._check_sound()  # UNAVAILABLE: the proxies keep their journals
         if not events:
             return IngestResult(accepted=0, duplicates=0)
         return await asyncio.wrap_future(self._writer.submit(events))
@@ -269,6 +314,7 @@ class SqliteGraphStore:
 
     async def ping(self) -> None:
         self._check_open()
+        self._check_sound()
         if not self._writer.alive:
             raise StoreError(f"graph store {self._path}: the writer thread has stopped; restart the graph service")
         await self._read(lambda conn: conn.execute("SELECT 1 FROM workflows LIMIT 1").fetchall())
@@ -309,6 +355,7 @@ class SqliteGraphStore:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")  # it read only: nothing to keep
         except sqlite3.Error as exc:
+            self._note_damage(exc)
             raise _store_error("read", self._path, exc) from exc
 
     def _reader_connection(self) -> sqlite3.Connection:
@@ -327,8 +374,15 @@ class SqliteGraphStore:
 class _Writer:
     """The only thread that writes; each submitted batch is one transaction."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path, chain: AuditAppender) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: Path,
+        chain: AuditAppender,
+        on_error: Callable[[sqlite3.Error], None],
+    ) -> None:
         self._connection = connection
+        self._on_error = on_error
         self._path = path
         self._chain = chain
         # Each job runs in one transaction of its own: an Ingest batch, or another write.
@@ -368,6 +422,7 @@ class _Writer:
             try:
                 future.set_result(work())
             except sqlite3.Error as exc:
+                self._on_error(exc)
                 error = _store_error("write", self._path, exc)
                 error.__cause__ = exc
                 future.set_exception(error)
@@ -691,6 +746,17 @@ def _open_writer_connection(path: Path) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+#: SQLite's codes for a damaged file: SQLITE_CORRUPT and SQLITE_NOTADB.
+_DAMAGE_CODES = frozenset({11, 26})
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGE_CODES
+    return "malformed" in str(exc) or "not a database" in str(exc)
 
 
 def _store_error(operation: str, path: Path, exc: BaseException) -> StoreError:
