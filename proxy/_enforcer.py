@@ -18,6 +18,7 @@ Refusals made before any decision (bad token, malformed message) are journaled w
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -45,6 +46,11 @@ log = logging.getLogger("bastion.proxy")
 _RESULT_NAMES = {value: name for name, value in graph_pb2.ResultOutcome.items()}
 #: Where refusals made before a decision are journaled (no client may name it).
 REJECTED_WORKFLOW = "bastion.rejected"
+#: Characters of each name and of the reason a refusal made before any decision journals:
+#: they are whatever the caller sent (a 60,000-character server name in the path made each
+#: refusal of an unauthenticated client cost 23 KB of graph disk; an attacker's probe).
+REFUSED_TEXT = 256
+_ACTION_NAMES = ("server", "tool", "prompt", "resource", "target_agent", "method")
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +327,18 @@ class Enforcer:
     def refuse(
         self, action: policy_pb2.Action, started: float, code: str, reason: str, principal: Principal | None
     ) -> str:
-        """Journal a refusal made before any decision; return its violation id ("" if unjournaled)."""
+        """Journal a refusal made before any decision; return its violation id ("" if unjournaled).
+
+        Bounded, whoever sent it: names and the reason are cut to REFUSED_TEXT characters
+        (with the length and a digest of the whole), and a caller with no valid credential
+        gets no arguments journaled — only what it called, and that it was refused."""
+        bounded = policy_pb2.Action()
+        bounded.CopyFrom(action)
+        for name in _ACTION_NAMES:
+            setattr(bounded, name, _cut(getattr(bounded, name)))
+        if principal is None:
+            bounded.ClearField("arguments")
+        action, reason = bounded, _cut(reason)
         record = Record(
             workflow_id=REJECTED_WORKFLOW,
             session_id="",
@@ -437,3 +454,11 @@ def envelope(msg_id: Any, method: str, decided: Decided, started: float) -> byte
         message=outcome.error_message,
         extra=outcome.error_data,
     )
+
+
+def _cut(text: str) -> str:
+    """`text` within REFUSED_TEXT characters, marked with its length and a digest when cut."""
+    if len(text) <= REFUSED_TEXT:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{text[:REFUSED_TEXT]}… ({len(text)} characters, sha256 {digest}…)"

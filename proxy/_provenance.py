@@ -83,7 +83,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bastion._json import Copies, loads_every
 from bastion.v1 import graph_pb2
 
 from ._lookalike import MAX_PER_VALUE, SeenDomains, first_domains
@@ -98,12 +97,10 @@ from ._textprints import (
     shingle_hashes,
     tokens,
 )
+from ._walk import Walk, strings
 
 #: Shingles one result may add; a longer result is sampled with a stride.
 MAX_RESULT_SHINGLES = 1024
-#: Characters of one result read (all its strings together), and strings visited.
-MAX_RESULT_CHARS = 32 * 1024
-MAX_RESULT_VALUES = 1000
 #: Exact values one result may add (identifiers in free text, short fields).
 MAX_RESULT_KEYS = 512
 #: Fingerprints (shingles and exact values) one workflow keeps; oldest results evicted first.
@@ -132,19 +129,8 @@ MAX_NAMED_BY = 8
 IDENTITY_CHARS_PER_PRINT = 100
 #: Unread results a workflow remembers (the newest).
 MAX_UNREAD = 8
-#: Integers read as identifiers (six digits and more); shorter ones are amounts and counts.
-_LONG_NUMBER = 100_000
 #: Arguments are walked whole (their values bounded) and read shortest first (`match`).
 _UNBOUNDED = 1 << 62
-
-#: Keys whose values are payloads or protocol, not data: MCP image/audio `data`, resource
-#: `blob`, A2A file `bytes`, MIME types and metadata.
-_SKIPPED_KEYS = frozenset({"data", "blob", "bytes", "mimeType", "_meta"})
-#: What those hold when they are what their names say (`_skipped`).
-_MIN_PAYLOAD = 64
-_BASE64 = re.compile(r"[A-Za-z0-9+/_\-]+=*\s*")
-_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,63}/[\w.+-]{1,63}(;[ \w.+=\"-]{0,64})?")
-_CONTENT_BLOCK = re.compile(r"(?:content|structuredContent)\[\d+\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +212,8 @@ class Fingerprints:
     #: Results whose shingles are still held, oldest first: evicted before any identifier.
     _prose: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _size: int = 0
+    #: The most entries the two indexes held since they were last rebuilt (`_shrink`).
+    _peak: int = 0
     _task: str = ""
     _task_shingles: frozenset[int] = frozenset()
     _task_exact: frozenset[str] = frozenset()
@@ -258,7 +246,7 @@ class Fingerprints:
         # Several content blocks (a search answering one per hit): no block is *the* source.
         blocks = result.get("content") if isinstance(result, dict) else None
         one_source = not (isinstance(blocks, list) and len(blocks) > 1)
-        walk = _Walk(result, parse_json=True)
+        walk = Walk(result, parse_json=True)
         cut = False
         shown: dict[str, None] = {}
         for path, text in walk:
@@ -336,6 +324,7 @@ class Fingerprints:
         if shown or entry.domains:
             self._size += self._domains.add([*shown, *entry.domains])
         self._size += len(entry.shingles) + len(entry.exact)
+        self._peak = max(self._peak, len(self._shingles) + len(self._exact))
         if cost:
             self._identity[node_id] = (cost, (read, tuple(named_by)))
             self._size += cost
@@ -376,6 +365,7 @@ class Fingerprints:
             _drop(self._shingles, held.shingles, node_id)
             self._size -= len(held.shingles)
             held.shingles = []
+            self._shrink()
             return node_id, held
         node_id, held = self._results.popitem(last=False)
         self._forget_identity(node_id)
@@ -383,7 +373,23 @@ class Fingerprints:
         self._size -= len(held.exact)
         if not self._results:  # the domains count against the budget too: a workflow evicted whole holds none
             self._size -= self._domains.clear()
+        self._shrink()
         return node_id, held
+
+    def _shrink(self) -> None:
+        """Rebuild the indexes once they hold under a quarter of their peak. A dict never
+        gives back the table it grew to: an attacker's probe had workflows the proxy-wide
+        budget emptied keep ~400 KB of empty tables each, 900 MB for 2,000 workflows, while
+        the print count stayed within the budget. Amortised: a rebuild copies at most a
+        quarter of what was removed since the last one."""
+        live = len(self._shingles) + len(self._exact)
+        if live * 4 >= self._peak:
+            return
+        self._shingles = dict(self._shingles)
+        self._exact = dict(self._exact)
+        if not self._results:
+            self._results, self._prose, self._identity = OrderedDict(), OrderedDict(), {}
+        self._peak = live
 
     def _trust_task(self, task: str) -> None:
         """Index the stated task (trusted): every window, every word, every identifier."""
@@ -405,7 +411,7 @@ class Fingerprints:
         found: list[Match] = []
         # Shortest first: destinations are short, and a long body before them must not
         # use up the budget they would have been read in (an attacker's probe hid `cc`).
-        values = sorted(_strings(arguments, MAX_ARGUMENT_VALUES, _UNBOUNDED, skip=frozenset()), key=_length)
+        values = sorted(strings(arguments, MAX_ARGUMENT_VALUES, _UNBOUNDED, skip=frozenset()), key=_length)
         left = MAX_ARGUMENT_CHARS
         for path, text in values:
             if left <= 0:
@@ -422,7 +428,7 @@ class Fingerprints:
         and each source of data they hold (`matches`), made to be taken for another the
         workflow's results or task showed (`_lookalike.py`). After `match`."""
         found: dict[tuple[str, str], str] = {}
-        for path, text in _strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()):
+        for path, text in strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()):
             for name in first_domains(normalise(text)):
                 if (like := self._domains.alike(name)) is not None:
                     found.setdefault((path, name), like)
@@ -539,125 +545,13 @@ def _takes(current: Source | None, new: Source) -> bool:
     return current is None or not (new.trusted and not current.trusted)
 
 
-class _Walk:
-    """(path, string) of the strings in a JSON value, depth first, within the bounds; `cut`
-    is set once a bound left part of it unread.
-
-    Iterative (results may nest deeply). A string longer than the characters left is read
-    as normalised (a run of padding spaces counts as one) and then cut. `parse_json`: a
-    string holding a JSON object or array (how MCP tools return structured output in
-    `content[].text`) is walked as that structure, under the string's path."""
-
-    __slots__ = ("_max_chars", "_max_values", "_parse_json", "_skip", "_value", "cut")
-
-    def __init__(
-        self,
-        value: Any,
-        max_values: int = MAX_RESULT_VALUES,
-        max_chars: int = MAX_RESULT_CHARS,
-        skip: frozenset[str] = _SKIPPED_KEYS,
-        *,
-        parse_json: bool = False,
-    ) -> None:
-        self._value = value
-        self._max_values = max_values
-        self._max_chars = max_chars
-        self._skip = skip
-        self._parse_json = parse_json
-        self.cut = False
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        stack: list[tuple[str, Any]] = [("", self._value)]
-        visited = 0
-        left = self._max_chars
-        while stack:
-            if left <= 0 or visited >= self._max_values:
-                self.cut = True
-                return
-            path, item = stack.pop()
-            visited += 1
-            if isinstance(item, str):
-                if self._parse_json and item[:1] in ("{", "[") and len(item) <= left:
-                    parsed = _loads(item)
-                    if isinstance(parsed, dict | list):
-                        left -= len(item) // 2  # its strings are counted again as they are read
-                        stack.append((path, parsed))
-                        continue
-                if item:
-                    if len(item) > left:
-                        item = " ".join(item.split())
-                        self.cut = self.cut or len(item) > left
-                    text = item[:left]
-                    left -= len(text)
-                    yield path, text
-            elif _long_number(item):
-                # A long number is an identifier (an account, a chat, a phone), whether the
-                # JSON spells it as a string, an integer or a float (123456789.0, 1.23456789e8).
-                yield path, str(int(item))
-            elif isinstance(item, dict):
-                stack.extend(
-                    (f"{path}.{key}" if path else str(key), child)
-                    for key, child in reversed(item.items())
-                    if not _skipped(key, child, self._skip, path)
-                )
-            elif isinstance(item, Copies):  # a key given twice: each copy is at that key
-                stack.extend((path, child) for child in reversed(item))
-            elif isinstance(item, list):
-                stack.extend((f"{path}[{index}]", child) for index, child in reversed(list(enumerate(item))))
-
-
-def _skipped(key: str, value: Any, skip: frozenset[str], parent: str) -> bool:
-    """Whether a member (of the object at `parent`) is payload or protocol rather than data:
-    `data`, `blob` and `bytes` holding an encoded payload (long base64), `mimeType` holding
-    a media type, `_meta` of the result or of a content block. Anything else under those
-    names is read: `{"data": {...}}` wraps many APIs' answers, an A2A DataPart's data is what
-    the agent reads, and a source may put an IBAN or an address under any name it likes
-    (an attacker's probe put them under `data`, `bytes` and `mimeType`)."""
-    if key not in skip:
-        return False
-    if key == "_meta":
-        return not parent or _CONTENT_BLOCK.fullmatch(parent) is not None
-    if not isinstance(value, str):
-        return False
-    if key == "mimeType":
-        return _MEDIA_TYPE.fullmatch(value) is not None
-    return len(value) >= _MIN_PAYLOAD and _BASE64.fullmatch(value) is not None
-
-
-def _strings(
-    value: Any,
-    max_values: int = MAX_RESULT_VALUES,
-    max_chars: int = MAX_RESULT_CHARS,
-    skip: frozenset[str] = _SKIPPED_KEYS,
-) -> Iterator[tuple[str, str]]:
-    """The strings `_Walk` reads, when whether it was cut does not matter."""
-    return iter(_Walk(value, max_values, max_chars, skip))
-
-
-def _loads(text: str) -> Any:
-    """A result's JSON text, every copy of a repeated key kept; None (read as text, which
-    holds every copy) when it is not JSON or too deep to read so."""
-    try:
-        return loads_every(text)
-    except ValueError:
-        return None
-
-
-def _long_number(item: Any) -> bool:
-    if isinstance(item, bool):
-        return False
-    if isinstance(item, int):
-        return abs(item) >= _LONG_NUMBER
-    return isinstance(item, float) and item.is_integer() and _LONG_NUMBER <= abs(item) < 1e18
-
-
 def _length(item: tuple[str, str]) -> int:
     return len(item[1])
 
 
-def _has_strings(arguments: dict[str, Any]) -> bool:
+def _hasstrings(arguments: dict[str, Any]) -> bool:
     """Whether any argument holds a string (data read elsewhere can only arrive as one)."""
-    return any(True for _ in _strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()))
+    return any(True for _ in strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()))
 
 
 def escape(text: str) -> str:
@@ -802,7 +696,7 @@ class Provenance:
         if prints is None or not arguments or not (len(prints) or prints.unread):
             return self._sink_only(tool)
         matches = prints.match(arguments, task)
-        unread = list(prints.unread) if prints.unread and _has_strings(arguments) else []
+        unread = list(prints.unread) if prints.unread and _hasstrings(arguments) else []
         if not matches and not unread:
             return self._sink_only(tool)
         matches.sort(key=lambda m: (m.source.trusted, -m.fraction, m.path))

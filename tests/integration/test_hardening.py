@@ -422,3 +422,24 @@ async def test_a_pretty_printed_call_with_each_key_once_is_governed_as_usual(dem
     raw = json.dumps(call, indent=2, ensure_ascii=True).encode()
     response = await demo.post(call, headers(demo.token("a")), raw=raw)
     assert response.json()["result"]["structuredContent"] == {"result": 3}
+
+
+async def test_a_refusal_before_any_decision_journals_bounded_names_and_no_arguments_of_a_stranger(
+    demo: ProxyClient,
+) -> None:
+    # An attacker's probe: POST /mcp/<60,000 characters> with no valid token cost 23 KB of
+    # graph disk per request (the name stored in the action and again in the reason).
+    name = "s" * 60_000
+    body = tool_call("delete_file", {"path": "/x", "padding": "p" * 50_000})
+    async with httpx.AsyncClient(base_url=demo.proxy, timeout=30) as http:
+        answer = await http.post(f"/mcp/{name}", json=body, headers={"Authorization": "Bearer none"})
+    assert answer.status_code == 404
+
+    def mine(node: dict[str, Any]) -> bool:
+        return "60000 characters" in node["action"].get("server", "")
+
+    [node] = await demo.nodes("bastion.rejected", 1, where=mine)
+    assert len(node["action"]["server"]) < 400
+    assert node["action"]["server"].startswith("s" * 256 + "… (60000 characters, sha256 ")
+    assert len(node["block_reason"]) < 400
+    assert "arguments" not in node["action"] or not node["action"]["arguments"]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+import random
+import string
+import tracemalloc
 from typing import Any
 
 from bastion.proxy._provenance import (
@@ -291,3 +294,29 @@ def test_an_identifier_inside_a_short_text_field_is_found() -> None:
     prints = _read(provenance, {"sender": "a@b.example", "body": "Pay to NL90 LDRU 7451 1350 04 now"})
     found = provenance.annotate(prints, "bank__transfer", {"iban": "NL90LDRU7451135004"}, "")
     assert "arg:iban:untrusted:email__read:body:text:1.00" in found.labels, found.labels
+
+
+def test_memory_stays_within_the_budget_when_the_budget_empties_workflows() -> None:
+    # An attacker's probe: the print count stayed within the proxy-wide budget while memory
+    # grew ~400 KB per workflow the budget had emptied (a dict keeps the table it grew to);
+    # one agent opening a new workflow every 8 calls took the proxy from 91 to 860 MB.
+    # Measured with tracemalloc, which counts allocations, not time: deterministic.
+    rnd = random.Random(1)
+    provenance = Provenance(max_total=20_000)
+    kept = []  # the proxy keeps up to 10,000 workflow states alive
+    tracemalloc.start()
+    try:
+        for index in range(120):
+            prints = Fingerprints()
+            kept.append(prints)
+            for result in range(3):
+                words = (f"w{index}r{result}x{j}{rnd.choice(string.ascii_lowercase)}" for j in range(1200))
+                provenance.record(prints, f"n{index}-{result}", "demo__echo", {"content": [{"text": " ".join(words)}]})
+            if index == 19:
+                early = tracemalloc.get_traced_memory()[0]
+        late = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert provenance.total <= 20_000
+    # 100 more workflows, emptied by the budget, hold ~2 KiB each; before, ~200 KiB each.
+    assert late - early < 2 << 20, (early, late)
