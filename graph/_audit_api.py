@@ -149,12 +149,21 @@ async def export_audit(
 async def audit_slo(
     request: Request,
     window: Annotated[str, Query(description="How far back: a number and s, m, h or d, at most 31d.")] = "1h",
-) -> SloView:
-    """Decision latency percentiles, verifier fallbacks and block rate by rule over the window."""
+) -> SloView | Response:
+    """Decision latency percentiles, verifier fallbacks and block rate by rule over the window.
+
+    Reads every decision of the window, so it takes the audit walks' one turn: four at once
+    over 240,000 decisions held every reader for 2 s (an attacker's probe)."""
     window_s = _window_s(window)
     since = datetime.now(UTC) - timedelta(seconds=window_s)
     since_ns = int(since.timestamp()) * 10**9 + since.microsecond * 1000
-    stats = await _store(request).decision_stats(since_ns, tuple(PERCENTILES.values()))
+    walk = _walk(request)
+    if isinstance(walk, Response):
+        return walk
+    try:
+        stats = await _store(request).decision_stats(since_ns, tuple(PERCENTILES.values()))
+    finally:
+        walk.end()
     rules = sorted(stats.by_rule.items(), key=lambda item: (-item[1][0], item[0]))
     return SloView(
         window_s=window_s,
@@ -182,8 +191,8 @@ def _walk(request: Request) -> Walk | Response:
     return error_response(
         429,
         BUSY_CODE,
-        "another walk of the audit chain (a verify or an export) is running in this service, for at most "
-        f"{walks.deadline_s:g} s (BASTION_AUDIT_WALK_DEADLINE_S); retry when it has answered",
+        "another walk of the audit chain (a verify, an export or an SLO report) is running in this service, "
+        f"for at most {walks.deadline_s:g} s (BASTION_AUDIT_WALK_DEADLINE_S); retry when it has answered",
         {"Retry-After": str(walks.retry_after_s())},
     )
 

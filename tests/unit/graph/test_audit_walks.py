@@ -189,6 +189,7 @@ async def test_one_walk_at_a_time_and_the_service_answers_the_rest_meanwhile(cha
             await asyncio.wait_for(store.reading.wait(), 5)  # the walk holds its turn, reading a page
             busy = await asyncio.wait_for(client.get("/audit/verify"), 5)
             export = await asyncio.wait_for(client.get("/audit/export"), 5)
+            slo = await asyncio.wait_for(client.get("/audit/slo", params={"window": "31d"}), 5)
             graphs = await asyncio.wait_for(client.get("/graphs"), 5)
             nodes = await asyncio.wait_for(client.get("/graphs/wf-1/nodes", params={"limit": 10}), 5)
             assert not walking.done()
@@ -199,7 +200,7 @@ async def test_one_walk_at_a_time_and_the_service_answers_the_rest_meanwhile(cha
         gate.set()
         await store.close()
 
-    for refused in (busy, export):
+    for refused in (busy, export, slo):
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "bastion.graph.audit_busy"
         assert 1 <= int(refused.headers["retry-after"]) <= 30 + GRACE_S
