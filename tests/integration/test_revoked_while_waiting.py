@@ -31,13 +31,31 @@ POLICY = {
 }
 
 
-async def _pending(http: httpx.AsyncClient, proxy: str, operator: dict[str, str]) -> list[dict[str, Any]]:
-    for _ in range(200):
+async def _pending(
+    http: httpx.AsyncClient, proxy: str, operator: dict[str, str], call: asyncio.Task[httpx.Response]
+) -> list[dict[str, Any]]:
+    for _ in range(400):
         found = (await http.get(f"{proxy}/v1/approvals", params={"state": "pending"}, headers=operator)).json()
         if found["items"]:
             return list(found["items"])
+        if call.done():
+            raise AssertionError(f"the call was answered without waiting for approval: {call.result().text}")
         await asyncio.sleep(0.05)
     raise AssertionError("no approval request was opened")
+
+
+async def _known(http: httpx.AsyncClient, proxy: str, key: str) -> None:
+    """Until the proxy has the new key (it arrives over WatchIdentity): a call it allows passes."""
+    for _ in range(400):
+        answer = await http.post(
+            f"{proxy}/mcp/demo",
+            content=orjson.dumps(tool_call("add", {"a": 1, "b": 2})),
+            headers=headers(key, name="add"),
+        )
+        if answer.status_code == 200 and "result" in answer.json():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the proxy never took the new key: {answer.text}")
 
 
 async def test_a_call_waiting_for_approval_is_not_forwarded_once_its_key_is_revoked(
@@ -64,11 +82,12 @@ async def test_a_call_waiting_for_approval_is_not_forwarded_once_its_key_is_revo
         await inprocess.synced(addresses["http"], "proxy")
         proxy, admin = f"http://{addresses['http']}", f"http://{policy['http']}"
         created = (await http.post(f"{admin}/v1/keys", json={"agent": "leaky"}, headers=operator)).json()
+        await _known(http, proxy, created["key"])
         body = orjson.dumps(tool_call("delete_file", {"path": path}))
         call = asyncio.create_task(
             http.post(f"{proxy}/mcp/demo", content=body, headers=headers(created["key"], name="delete_file"))
         )
-        (request,) = await _pending(http, proxy, operator)
+        (request,) = await _pending(http, proxy, operator, call)
         revoked = await http.post(
             f"{admin}/v1/keys/{created['key_id']}/revoke", json={"reason": "leaked"}, headers=operator
         )

@@ -163,7 +163,7 @@ async def test_score_passes_a_tool_the_workflow_already_used(verifier: Running) 
 async def test_info_describes_the_reference_scorer(verifier: Running) -> None:
     info = await call_info(verifier.address, verifier.token)
     assert info.name == "reference"
-    assert info.version == "0.5"
+    assert info.version == "0.6"
     assert list(info.signals) == ["sequence", "argument_novelty", "taint", "intent"]
     assert info.default_threshold == pytest.approx(0.8)
 
