@@ -20,7 +20,7 @@ Durability contract:
   `Journal.open` truncates it so appends continue from a record boundary. A *complete*
   record whose crc fails is corruption, not a tear, and the records after it are not
   given up with it: `Journal.open` copies everything from it on into
-  `quarantine/<segment>.<offset>`, truncates, and appends every crc-valid record it finds
+  `quarantine/journal-<segment>.<offset>.wal.corrupt`, truncates, and appends every crc-valid record it finds
   after the bad one to a new segment, which the shipper then delivers (an attacker's probe
   flipped one byte a third into a segment and 28 forwarded calls vanished with a warning).
 - An OSError raises JournalError, and the proxy blocks the action (fail closed). A failed

@@ -125,17 +125,27 @@ def domains_in(norm: str) -> Iterator[str]:
         word = word.strip(PUNCTUATION)
         if "." not in word:  # a sentence's last word
             continue
-        if "://" in word:
-            host = word.partition("://")[2]
-        elif "@" in word:
-            host = word.rpartition("@")[2]
-        else:
-            host = word
-        for stop in "/?#:\\@":
-            host = host.partition(stop)[0]
-        host = host.strip(".")
-        if _is_host(host):
-            yield registrable(host)
+        for host in _hosts(word):
+            host = host.strip(".")
+            if _is_host(host):
+                yield registrable(host)
+
+
+def _hosts(word: str) -> tuple[str, ...]:
+    """The hosts a word may lead to: a URL's (past any user info, `https://named.example@evil.example`,
+    and before a backslash too, which browsers read as a slash and httpx as user info), an
+    address's domain, or the word itself as a host name."""
+    if "://" in word:
+        authority = word.partition("://")[2]
+        for stop in "/?#":
+            authority = authority.partition(stop)[0]
+        after = authority.rpartition("@")[2].partition(":")[0]
+        before = authority.partition("\\")[0].rpartition("@")[2].partition(":")[0]
+        return (after,) if after == before else (after, before)
+    host = word.rpartition("@")[2] if "@" in word else word
+    for stop in "/?#:\\@":
+        host = host.partition(stop)[0]
+    return (host,)
 
 
 def _is_host(host: str) -> bool:

@@ -85,6 +85,18 @@ def test_domains_are_read_from_addresses_urls_and_host_names_not_file_names() ->
     assert list(domains_in("no domains here")) == []
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://lumenfoto.example@lumen-foto-bookings.example/reserve",
+        "https://lumen-foto-bookings.example:8443/reserve",
+        "https://lumen-foto-bookings.example\\@lumenfoto.example/reserve",
+    ],
+)
+def test_a_url_is_read_for_the_host_it_leads_to_past_user_info_ports_and_backslashes(url: str) -> None:
+    assert "lumen-foto-bookings.example" in set(domains_in(url))
+
+
 def test_seen_domains_keep_the_newest_and_never_label_what_the_task_names() -> None:
     # Names at least three edits apart from each other.
     names = [f"{ascii_lowercase[i % 26] * 3}{ascii_lowercase[i // 26] * 3}ward.example" for i in range(MAX_SEEN + 10)]
