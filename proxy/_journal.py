@@ -20,9 +20,11 @@ Durability contract:
   `Journal.open` truncates it so appends continue from a record boundary. A *complete*
   record whose crc fails is corruption, not a tear, and the records after it are not
   given up with it: `Journal.open` copies everything from it on into
-  `quarantine/journal-<segment>.<offset>.wal.corrupt`, truncates, and appends every crc-valid record it finds
-  after the bad one to a new segment, which the shipper then delivers (an attacker's probe
-  flipped one byte a third into a segment and 28 forwarded calls vanished with a warning).
+  `quarantine/journal-<segment>.<offset>.wal.corrupt`, writes the valid records that follow
+  it to a new segment, which the shipper then delivers, and only then truncates
+  (`_recover_tail`; an attacker's probe flipped one byte a third into a segment and 28
+  forwarded calls vanished with a warning). Only the newest segment is checked at open;
+  the reader skips a corrupt tail of an older one, logged.
 - An OSError raises JournalError, and the proxy blocks the action (fail closed). A failed
   write leaves the file as it was and the next append may succeed; a failed fsync breaks
   the journal for good, because the kernel may have dropped the dirty pages and a later
@@ -63,10 +65,8 @@ _PREFIX = "journal-"
 _SUFFIX = ".wal"
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _SCAN_BYTES = 1 << 20
-#: Bytes after a corrupt record searched for the next valid one before giving the rest up.
-_SALVAGE_SCAN = 1 << 20
 #: Longest record salvaged: the recorder keeps every event within 256 KiB (MAX_EVENT_BYTES).
-_SALVAGE_MAX_RECORD = 1 << 20
+_SALVAGE_MAX_RECORD = (256 << 10) + 4096
 QUARANTINE = "quarantine"
 #: Free space under which the journal says it is not fit to take traffic (`problem`): four
 #: of the largest events the recorder writes.
@@ -180,41 +180,8 @@ class Journal:
             size = os.fstat(fd).st_size
             valid = _valid_end(path)
             if valid < size:
-                tail = _read_tail(path, valid, size)
-                # A header's length field may be what is corrupt: look for valid records
-                # after it before taking the bytes for a record a crash cut short.
-                salvaged = _salvage(tail)
-                if salvaged or not _torn(tail):
-                    # Corruption, not a tear: keep the bytes and what is valid after them.
-                    kept = _quarantine(directory, segment, valid, tail)
-                    os.ftruncate(fd, valid)
-                    corrupt_at, corrupt_path = valid, path
-                    if salvaged:
-                        os.fsync(fd)
-                        os.close(fd)
-                        segment += 1
-                        path = segment_path(directory, segment)
-                        fd = os.open(path, _OPEN_FLAGS, 0o644)
-                        _write_all(fd, b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in salvaged))
-                        valid = os.fstat(fd).st_size
-                    log.error(
-                        "journal %s: a corrupt record at offset %d; the %d bytes from it on kept in %s, and the "
-                        "%d valid records found after it recovered into segment %d; the corrupt record is lost",
-                        corrupt_path,
-                        corrupt_at,
-                        len(tail),
-                        kept,
-                        len(salvaged),
-                        segment,
-                    )
-                else:
-                    os.ftruncate(fd, valid)
-                    log.warning(
-                        "journal %s: truncated %d bytes of a torn or corrupt tail at offset %d",
-                        path,
-                        size - valid,
-                        valid,
-                    )
+                os.close(fd)
+                segment, fd, valid = _recover_tail(directory, segment, valid, size)
             # What a crashed process left in the page cache is treated as durable from now on.
             for older in segments[:-1]:
                 _fsync_path(segment_path(directory, older))
@@ -395,34 +362,110 @@ def _torn(tail: bytes) -> bool:
     return len(tail) < _HEADER.size or _HEADER.size + _HEADER.unpack_from(tail)[0] > len(tail)
 
 
-def _salvage(tail: bytes) -> list[bytes]:
-    """The crc-valid records after the corrupt one at the start of `tail`: searched for byte
-    by byte (a record's own length and crc must check), then read in order; a run of
-    _SALVAGE_SCAN bytes without one gives the rest up."""
+def _recover_tail(directory: Path, segment: int, valid: int, size: int) -> tuple[int, int, int]:
+    """Cut the bytes after the last valid record of the newest segment, keeping what may be
+    kept; (segment to append to, its fd, its size).
+
+    A header whose length runs past the end is a write a crash cut short: nothing after it
+    was ever acknowledged, so it is cut (a copy kept when the disk allows). A complete
+    record whose crc fails is corruption: a copy of everything from it on must be kept
+    first, then the valid records that follow it back to back (read from its declared end,
+    never from inside it, where a caller's argument bytes could pose as a record) are
+    written to a new segment, made durable and only then is the old one cut. A crash
+    between the two leaves both: the reader skips the old segment's corrupt tail and
+    delivers the copies, so nothing is lost and nothing is read twice."""
+    path = segment_path(directory, segment)
+    tail = _read_tail(path, valid, size)
+    if _torn(tail):
+        try:
+            kept: Path | str = _quarantine(directory, segment, valid, tail)
+        except OSError as exc:  # a torn write was never acknowledged: losing it loses nothing
+            kept = f"nowhere ({exc})"
+        _truncate(path, valid)
+        log.warning(
+            "journal %s: truncated %d bytes of a torn or corrupt tail at offset %d (kept in %s)",
+            path,
+            size - valid,
+            valid,
+            kept,
+        )
+        return segment, os.open(path, _OPEN_FLAGS, 0o644), valid
+    kept = _quarantine(directory, segment, valid, tail)  # raises: cut nothing that is not kept
+    salvaged, used = _chain(tail, _HEADER.size + _HEADER.unpack_from(tail)[0])
+    if salvaged:
+        nxt = segment_path(directory, segment + 1)
+        tmp = nxt.with_name(nxt.name + ".tmp")
+        _write_durably(tmp, b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in salvaged))
+        os.replace(tmp, nxt)
+        _fsync_path(directory)
+    _truncate(path, valid)
+    log.error(
+        "journal %s: a corrupt record at offset %d; the %d bytes from it on kept in %s; %d valid records after "
+        "it recovered into segment %d, %d bytes after those unreadable; the corrupt record is lost",
+        path,
+        valid,
+        len(tail),
+        kept,
+        len(salvaged),
+        segment + 1 if salvaged else segment,
+        len(tail) - used,
+    )
+    if salvaged:
+        segment += 1
+        path = segment_path(directory, segment)
+    return segment, os.open(path, _OPEN_FLAGS, 0o644), os.stat(path).st_size
+
+
+def _chain(tail: bytes, pos: int) -> tuple[list[bytes], int]:
+    """The valid records back to back from `pos` of `tail`, and where they end."""
     found: list[bytes] = []
-    pos, missed = 1, 0
-    while pos + _HEADER.size < len(tail) and missed < _SALVAGE_SCAN:
+    view = memoryview(tail)
+    while pos + _HEADER.size <= len(tail):
         length, crc = _HEADER.unpack_from(tail, pos)
         end = pos + _HEADER.size + length
-        if 0 < length <= _SALVAGE_MAX_RECORD and end <= len(tail) and zlib.crc32(tail[pos + _HEADER.size : end]) == crc:
-            found.append(tail[pos + _HEADER.size : end])
-            pos, missed = end, 0
-        else:
-            pos, missed = pos + 1, missed + 1
-    return found
+        if (
+            not 0 < length <= _SALVAGE_MAX_RECORD
+            or end > len(tail)
+            or zlib.crc32(view[pos + _HEADER.size : end]) != crc
+        ):
+            break
+        found.append(bytes(view[pos + _HEADER.size : end]))
+        pos = end
+    return found, pos
 
 
-def _quarantine(directory: Path, segment: int, offset: int, tail: bytes) -> Path:
-    """Write `tail` (segment `segment` from `offset` on) to the quarantine directory, durably."""
-    folder = directory / QUARANTINE
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{_PREFIX}{segment:012d}.{offset}{_SUFFIX}.corrupt"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+def _truncate(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        os.write(fd, tail)
+        os.ftruncate(fd, size)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """`data` as the whole of a new file at `path`, fsynced; OSError when any of it is not."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if os.stat(path).st_size != len(data):
+        raise OSError(f"{path} holds {os.stat(path).st_size} of {len(data)} bytes")
+
+
+def _quarantine(directory: Path, segment: int, offset: int, tail: bytes) -> Path:
+    """Keep `tail` (segment `segment` from `offset` on) in the quarantine directory, durably,
+    under a name no earlier copy holds."""
+    folder = directory / QUARANTINE
+    folder.mkdir(exist_ok=True)
+    for attempt in range(1000):
+        suffix = f".{attempt}" if attempt else ""
+        path = folder / f"{_PREFIX}{segment:012d}.{offset}{_SUFFIX}{suffix}.corrupt"
+        if not path.exists():
+            break
+    _write_durably(path, tail)
     _fsync_path(folder)
     return path
 

@@ -180,7 +180,9 @@ class SqliteGraphStore:
 
         #: Set once the check at start has finished.
         self.checked = threading.Event()
-        threading.Thread(target=self._check_integrity, name="graph-quick-check", daemon=True).start()
+        self._checking: sqlite3.Connection | None = None
+        self._check_thread = threading.Thread(target=self._check_integrity, name="graph-quick-check", daemon=True)
+        self._check_thread.start()
 
     @classmethod
     async def open(cls, path: Path, *, readers: int = 4) -> SqliteGraphStore:
@@ -196,9 +198,11 @@ class SqliteGraphStore:
     def _quick_check(self) -> None:
         try:
             connection = _connect(self._path)
+            self._checking = connection
             try:
                 problems = [row[0] for row in connection.execute("PRAGMA quick_check(4)")]
             finally:
+                self._checking = None
                 connection.close()
         except sqlite3.Error as exc:
             self._note_damage(exc)
@@ -326,6 +330,12 @@ class SqliteGraphStore:
         await asyncio.to_thread(self._release)
 
     def _release(self) -> None:
+        # A check still reading a large file holds a snapshot (the WAL cannot be reset behind
+        # it): stopped, it reports an interruption, which is no damage.
+        if (checking := self._checking) is not None:
+            with contextlib.suppress(sqlite3.Error):
+                checking.interrupt()
+        self._check_thread.join(timeout=5)
         self._writer.close()
         self._readers.shutdown(wait=True)
         with self._lock:

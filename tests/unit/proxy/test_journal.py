@@ -89,9 +89,11 @@ async def test_torn_tail_is_truncated_on_open_and_appends_continue(
     journal.append(b"four")
     await journal.close()
 
+    kept = tmp_path / QUARANTINE / f"journal-000000000001.{good_size}.wal.corrupt"
     assert [r.getMessage() for r in caplog.records] == [
-        f"journal {path}: truncated 13 bytes of a torn or corrupt tail at offset {good_size}"
+        f"journal {path}: truncated 13 bytes of a torn or corrupt tail at offset {good_size} (kept in {kept})"
     ]
+    assert kept.read_bytes() == frame(b"three, torn by a crash")[:13]
     assert read_all(JournalReader(tmp_path))[0] == [b"one", b"two", b"four"]
 
 
@@ -336,21 +338,21 @@ def test_a_writer_killed_with_sigkill_leaves_no_lock_behind(tmp_path: Path) -> N
     asyncio.run(journal.close())
 
 
-@pytest.mark.parametrize("where", ["payload", "length"])
+def _corrupt_journal(tmp_path: Path, count: int = 10) -> tuple[list[bytes], Path, bytearray, int]:
+    """A journal of `count` records; the file's bytes and where the fourth record starts."""
+    payloads = [f"record {n:02d}".encode() * 3 for n in range(count)]
+    path = segment_path(tmp_path, 1)
+    bad = sum(len(frame(p)) for p in payloads[:3])
+    return payloads, path, bytearray(b"".join(frame(p) for p in payloads)), bad
+
+
 async def test_a_corrupt_record_is_quarantined_and_the_valid_records_after_it_are_recovered(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # An attacker's probe flipped one byte a third into a segment: every record after it was
     # truncated away with a warning, 28 forwarded calls lost from the journal and the graph.
-    journal = Journal.open(tmp_path)
-    payloads = [f"record {n:02d}".encode() * 3 for n in range(10)]
-    for payload in payloads:
-        journal.append(payload)
-    await journal.close()
-    path = segment_path(tmp_path, 1)
-    data = bytearray(path.read_bytes())
-    bad = sum(len(frame(p)) for p in payloads[:3])  # the fourth record
-    data[bad + (1 if where == "length" else 12)] ^= 0xFF
+    payloads, path, data, bad = _corrupt_journal(tmp_path)
+    data[bad + 12] ^= 0xFF  # in the fourth record's payload
     path.write_bytes(bytes(data))
 
     with caplog.at_level(logging.WARNING, logger="bastion.proxy._journal"):
@@ -362,7 +364,63 @@ async def test_a_corrupt_record_is_quarantined_and_the_valid_records_after_it_ar
     assert records == [*payloads[:3], *payloads[4:], b"after the restart"]
     [message] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert f"a corrupt record at offset {bad}" in message.getMessage()
-    assert "6 valid records found after it recovered into segment 2" in message.getMessage()
+    assert "6 valid records after it recovered into segment 2, 0 bytes after those unreadable" in message.getMessage()
     [kept] = (tmp_path / QUARANTINE).iterdir()
     assert kept.read_bytes() == bytes(data[bad:])
     assert list_segments(tmp_path) == [1, 2]
+
+
+async def test_a_length_that_runs_past_the_end_is_a_tear_and_a_record_inside_it_is_never_salvaged(
+    tmp_path: Path,
+) -> None:
+    # A reviewer's probe: salvage searched byte by byte inside a torn record, where a caller's
+    # argument bytes can hold a whole frame, and shipped it as the proxy's own event.
+    forged = frame(b"FORGED-EVENT")
+    path = segment_path(tmp_path, 1)
+    torn = frame(b"\x00" * 40 + forged + b"\x00" * 40)[:-20]
+    path.write_bytes(frame(b"legit-1") + torn)
+
+    journal = Journal.open(tmp_path)
+    await journal.close()
+
+    assert read_all(JournalReader(tmp_path))[0] == [b"legit-1"]
+    assert list_segments(tmp_path) == [1]
+    [kept] = (tmp_path / QUARANTINE).iterdir()
+    assert kept.read_bytes() == torn
+
+
+async def test_a_crash_between_writing_the_recovered_records_and_the_cut_loses_and_repeats_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payloads, path, data, bad = _corrupt_journal(tmp_path)
+    data[bad + 12] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    def crash(*_: object) -> None:  # fault injection: the process dies before the old segment is cut
+        raise OSError(5, "crashed")
+
+    monkeypatch.setattr("bastion.proxy._journal._truncate", crash)
+    with pytest.raises(JournalError, match="crashed"):
+        Journal.open(tmp_path)
+    monkeypatch.undo()
+    assert list_segments(tmp_path) == [1, 2]
+
+    journal = Journal.open(tmp_path)  # the newest segment is whole: nothing to recover
+    await journal.close()
+    assert read_all(JournalReader(tmp_path))[0] == [*payloads[:3], *payloads[4:]]
+
+
+async def test_nothing_is_cut_when_the_corrupt_bytes_cannot_be_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path, data, bad = _corrupt_journal(tmp_path)
+    data[bad + 12] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    def full(*_: object) -> None:  # fault injection: a full disk
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bastion.proxy._journal._write_durably", full)
+    with pytest.raises(JournalError, match="No space left"):
+        Journal.open(tmp_path)
+    assert path.read_bytes() == bytes(data)

@@ -175,3 +175,32 @@ def test_the_domains_a_workflow_remembers_count_against_its_budget() -> None:
     _provenance, prints = _workflow(("web__fetch", {"text": hosts}))
     assert 0 < len(prints._domains) <= MAX_SEEN
     assert len(prints) >= len(prints._domains)
+
+
+def test_a_page_that_mentions_an_imitation_later_does_not_make_mail_to_the_real_name_a_look_alike() -> None:
+    # A reviewer's probe: planting `meridian-prints` in a page read after mail from
+    # `meridian-print` turned the reply to the real supplier into a block.
+    mail = {
+        "sender": "billing@meridian-print.example",
+        "body": "Invoice 2201 attached, pay to GB90 VSUM 5275 4693 9587 90",
+    }
+    spam = {"url": "https://offers.example/", "text": "Cheap prints: write to sales@meridian-prints.example now"}
+    provenance, prints = _workflow(("email__read", mail), ("web__fetch", spam))
+
+    real = provenance.annotate(prints, "email__reply", {"to": "billing@meridian-print.example"}, "")
+    imitation = provenance.annotate(prints, "email__send", {"to": "sales@meridian-prints.example"}, "")
+
+    assert real.labels
+    assert not [label for label in real.labels if label.startswith("lookalike:")]
+    assert "lookalike:to:meridian-prints.example:meridian-print.example" in imitation.labels
+
+
+def test_recipients_listed_with_commas_or_semicolons_are_each_read() -> None:
+    listed = "billing@meridian-prints.example,cfo@corp.example; hr@corp.example"
+    assert list(domains_in(listed)) == ["meridian-prints.example", "corp.example", "corp.example"]
+
+
+def test_names_longer_than_a_dns_label_or_of_many_words_are_not_compared() -> None:
+    assert domain("-".join("abcdefgh"[i % 8] for i in range(120)) + ".example") is None
+    assert domain("a" * 64 + ".example") is None
+    assert domain("one-two-three-four-five-six-seven-eight-nine.example") is None
