@@ -10,6 +10,8 @@ under a deadline (bastion.graph._walks); another meanwhile is 429 `bastion.graph
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -26,7 +28,7 @@ from ._audit import GENESIS
 from ._export import ExportRange, entries_of, export_csv, export_json, verify_walk
 from ._store import GraphStore
 from ._views import AuditVerifyView, RuleStatsView, SloView, verify_view
-from ._walks import BUSY_CODE, AuditWalks, Walk, ended_after
+from ._walks import BUSY_CODE, DEADLINE_CODE, AuditWalks, Walk, ended_after
 
 #: /audit/slo percentiles, as reported (p50 ... p999).
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
@@ -160,10 +162,19 @@ async def audit_slo(
     walk = _walk(request)
     if isinstance(walk, Response):
         return walk
+    # The query cannot be stopped part way: the answer gives up at the walk's deadline, and
+    # the turn is held until the query has finished, so no other walk runs beside it.
+    query = asyncio.ensure_future(_store(request).decision_stats(since_ns, tuple(PERCENTILES.values())))
+    query.add_done_callback(functools.partial(_finished, walk))
     try:
-        stats = await _store(request).decision_stats(since_ns, tuple(PERCENTILES.values()))
-    finally:
-        walk.end()
+        stats = await asyncio.wait_for(asyncio.shield(query), timeout=walk.left_s())
+    except TimeoutError:
+        return error_response(
+            503,
+            DEADLINE_CODE,
+            f"the SLO report over {window} did not finish within BASTION_AUDIT_WALK_DEADLINE_S "
+            f"({request.app.state.audit_walks.deadline_s:g} s); ask for a shorter window",
+        )
     rules = sorted(stats.by_rule.items(), key=lambda item: (-item[1][0], item[0]))
     return SloView(
         window_s=window_s,
@@ -180,6 +191,13 @@ async def audit_slo(
             for rule, (count, blocked) in rules
         ],
     )
+
+
+def _finished(walk: Walk, query: asyncio.Future[Any]) -> None:
+    """End `walk` once its query is done; an answer given up on is read here, not lost unread."""
+    walk.end()
+    if not query.cancelled():
+        query.exception()
 
 
 def _walk(request: Request) -> Walk | Response:

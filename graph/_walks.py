@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 
 #: BASTION_AUDIT_WALK_DEADLINE_S's default.
 DEFAULT_DEADLINE_S = 30.0
+DEADLINE_CODE = "bastion.graph.audit_deadline"
 #: After its deadline, how long a walk that was never ended still holds its turn: an export
 #: stops at its next page after the deadline, which a slow client may delay this long.
 GRACE_S = 5.0
@@ -41,6 +42,10 @@ class Walk:
     @property
     def expired(self) -> bool:
         return self._clock() >= self.deadline
+
+    def left_s(self) -> float:
+        """Seconds until the deadline (0 once past it)."""
+        return max(0.0, self.deadline - self._clock())
 
     def end(self) -> None:
         self._walks._release(self)

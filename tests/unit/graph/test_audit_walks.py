@@ -28,6 +28,7 @@ from bastion._web import start_web_server
 from bastion.graph import SqliteGraphStore, create_app
 from bastion.graph._audit import AuditEntry
 from bastion.graph._export import verify_export
+from bastion.graph._store import DecisionStats
 from bastion.graph._walks import GRACE_S, AuditWalks
 from bastion.v1 import graph_pb2, policy_pb2
 
@@ -59,6 +60,20 @@ class _PacedStore(SqliteGraphStore):
         return await super().audit_entries(
             after=after, limit=limit, through=through, since_ns=since_ns, until_ns=until_ns
         )
+
+
+class _SlowStats(SqliteGraphStore):
+    """The real store, its SLO query held until `gate` is set."""
+
+    def __init__(self, path: Path, gate: asyncio.Event) -> None:
+        super().__init__(path)
+        self.gate = gate
+        self.asked = asyncio.Event()
+
+    async def decision_stats(self, since_ns: int, percentiles: Sequence[float]) -> DecisionStats:
+        self.asked.set()
+        await self.gate.wait()
+        return await super().decision_stats(since_ns, percentiles)
 
 
 def _event(n: int) -> graph_pb2.Event:
@@ -299,3 +314,31 @@ async def test_the_cli_follows_a_stopped_verify_to_the_head(chain: Path, tmp_pat
 
     assert code == 0, err.getvalue()
     assert out.getvalue().startswith(f"ok: {RECORDS} records verified (head #{RECORDS} ")
+
+
+async def test_an_slo_report_past_its_deadline_answers_503_and_holds_the_turn_until_its_query_ends(
+    tmp_path: Path,
+) -> None:
+    # A reviewer's probe: the report took the walks' one turn without a deadline, so a month
+    # of decisions held verify and export out for as long as its query ran.
+    gate = asyncio.Event()
+    store = await asyncio.to_thread(_SlowStats, tmp_path / "graph.db", gate)
+    try:
+        async with _client(store, tmp_path, 0.2) as client:
+            late = await asyncio.wait_for(client.get("/audit/slo", params={"window": "31d"}), 10)
+            busy = await asyncio.wait_for(client.get("/audit/verify"), 10)  # the query still runs
+            gate.set()
+            for _ in range(100):
+                again = await client.get("/audit/slo")
+                if again.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        gate.set()
+        await store.close()
+
+    assert late.status_code == 503
+    assert late.json()["error"]["code"] == "bastion.graph.audit_deadline"
+    assert "did not finish within BASTION_AUDIT_WALK_DEADLINE_S (0.2 s)" in late.json()["error"]["message"]
+    assert busy.status_code == 429
+    assert (again.status_code, again.json()["decisions"]) == (200, 0)
