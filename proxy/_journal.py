@@ -22,9 +22,9 @@ Durability contract:
   given up with it: `Journal.open` copies everything from it on into
   `quarantine/journal-<segment>.<offset>.wal.corrupt`, writes the valid records that follow
   it to a new segment, which the shipper then delivers, and only then truncates
-  (`_recover_tail`; an attacker's probe flipped one byte a third into a segment and 28
-  forwarded calls vanished with a warning). Only the newest segment is checked at open;
-  the reader skips a corrupt tail of an older one, logged.
+  (`_recover_segment`; an attacker's probe flipped one byte a third into a segment and 28
+  forwarded calls vanished with a warning). Every segment is checked at open; records
+  recovered from an older one are delivered after the newest's.
 - An OSError raises JournalError, and the proxy blocks the action (fail closed). A failed
   write leaves the file as it was and the next append may succeed; a failed fsync breaks
   the journal for good, because the kernel may have dropped the dirty pages and a later
@@ -175,16 +175,21 @@ class Journal:
         try:
             segments = list_segments(directory)
             segment = segments[-1] if segments else 1
+            # Every segment is read whole: the shipper deletes a delivered one, so corruption
+            # not caught here would take the records after it with it (the newest first,
+            # then older ones, whose records go on after the newest's).
+            for number in [segment, *segments[:-1]]:
+                path = segment_path(directory, number)
+                size = path.stat().st_size if path.exists() else 0
+                valid = _valid_end(path) if size else 0
+                if valid < size and _recover_segment(directory, number, valid, size, segment + 1):
+                    segment += 1
+                elif segments and number != segments[-1]:
+                    # What a crashed process left in the page cache is durable from now on.
+                    _fsync_path(path)
             path = segment_path(directory, segment)
             fd = os.open(path, _OPEN_FLAGS, 0o644)
-            size = os.fstat(fd).st_size
-            valid = _valid_end(path)
-            if valid < size:
-                os.close(fd)
-                segment, fd, valid = _recover_tail(directory, segment, valid, size)
-            # What a crashed process left in the page cache is treated as durable from now on.
-            for older in segments[:-1]:
-                _fsync_path(segment_path(directory, older))
+            valid = os.fstat(fd).st_size
             os.fsync(fd)
             dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             os.fsync(dir_fd)
@@ -362,18 +367,18 @@ def _torn(tail: bytes) -> bool:
     return len(tail) < _HEADER.size or _HEADER.size + _HEADER.unpack_from(tail)[0] > len(tail)
 
 
-def _recover_tail(directory: Path, segment: int, valid: int, size: int) -> tuple[int, int, int]:
-    """Cut the bytes after the last valid record of the newest segment, keeping what may be
-    kept; (segment to append to, its fd, its size).
+def _recover_segment(directory: Path, segment: int, valid: int, size: int, into: int) -> bool:
+    """Cut the bytes after the last valid record of `segment`, keeping what may be kept;
+    whether valid records after a corrupt one were written to the new segment `into`.
 
     A header whose length runs past the end is a write a crash cut short: nothing after it
     was ever acknowledged, so it is cut (a copy kept when the disk allows). A complete
     record whose crc fails is corruption: a copy of everything from it on must be kept
     first, then the valid records that follow it back to back (read from its declared end,
     never from inside it, where a caller's argument bytes could pose as a record) are
-    written to a new segment, made durable and only then is the old one cut. A crash
-    between the two leaves both: the reader skips the old segment's corrupt tail and
-    delivers the copies, so nothing is lost and nothing is read twice."""
+    written to `into`, made durable, and only then is `segment` cut. A crash between the
+    two leaves both, and the next start recovers them once more: nothing is lost, and what
+    is delivered twice the graph ingests once (by event id)."""
     path = segment_path(directory, segment)
     tail = _read_tail(path, valid, size)
     if _torn(tail):
@@ -389,14 +394,14 @@ def _recover_tail(directory: Path, segment: int, valid: int, size: int) -> tuple
             valid,
             kept,
         )
-        return segment, os.open(path, _OPEN_FLAGS, 0o644), valid
+        return False
     kept = _quarantine(directory, segment, valid, tail)  # raises: cut nothing that is not kept
     salvaged, used = _chain(tail, _HEADER.size + _HEADER.unpack_from(tail)[0])
     if salvaged:
-        nxt = segment_path(directory, segment + 1)
-        tmp = nxt.with_name(nxt.name + ".tmp")
+        target = segment_path(directory, into)
+        tmp = target.with_name(target.name + ".tmp")
         _write_durably(tmp, b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in salvaged))
-        os.replace(tmp, nxt)
+        os.replace(tmp, target)
         _fsync_path(directory)
     _truncate(path, valid)
     log.error(
@@ -407,13 +412,10 @@ def _recover_tail(directory: Path, segment: int, valid: int, size: int) -> tuple
         len(tail),
         kept,
         len(salvaged),
-        segment + 1 if salvaged else segment,
+        into if salvaged else segment,
         len(tail) - used,
     )
-    if salvaged:
-        segment += 1
-        path = segment_path(directory, segment)
-    return segment, os.open(path, _OPEN_FLAGS, 0o644), os.stat(path).st_size
+    return bool(salvaged)
 
 
 def _chain(tail: bytes, pos: int) -> tuple[list[bytes], int]:
