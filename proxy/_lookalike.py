@@ -43,7 +43,18 @@ MAX_LABEL = 63
 MAX_WORDS = 8
 #: Longest host read.
 MAX_HOST = 253
-_CONFUSABLE = str.maketrans({"0": "o", "1": "l", "3": "e", "5": "s", "7": "t", "-": None})
+_CONFUSABLE = str.maketrans(
+    {
+        "0": "o", "1": "l", "3": "e", "5": "s", "7": "t", "-": None,
+        # Cyrillic and Greek letters drawn as Latin ones (`merid\u0456an`, a Cyrillic i).
+        "\u0430": "a", "\u0432": "b", "\u0435": "e", "\u043a": "k", "\u043c": "m", "\u043d": "h",
+        "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0442": "t", "\u0443": "y", "\u0445": "x",
+        "\u0456": "i", "\u0458": "j", "\u0455": "s", "\u0501": "d", "\u051b": "q", "\u051d": "w",
+        "\u04bb": "h", "\u04cf": "l", "\u0261": "g", "\u03b1": "a", "\u03b2": "b", "\u03b5": "e",
+        "\u03b9": "i", "\u03ba": "k", "\u03bd": "v", "\u03bf": "o", "\u03c1": "p", "\u03c4": "t",
+        "\u03c5": "u", "\u03c7": "x",
+    }
+)  # fmt: skip
 #: Last labels that name a file, not a site (`report.pdf`, `notes.txt`).
 _FILE_SUFFIXES = frozenset(
     {
@@ -52,7 +63,7 @@ _FILE_SUFFIXES = frozenset(
         "wav", "odt", "ods", "odp", "eml", "ics", "xml", "tar", "gz", "tgz", "rtf", "log", "bak",
     }
 )  # fmt: skip
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+_HOST_PUNCTUATION = frozenset("-.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,11 @@ class Domain:
 def domain(registered: str) -> Domain | None:
     """`registered` (a registrable domain) as compared; None when its name is too short to compare."""
     label = registered.partition(".")[0]
+    if label.startswith("xn--"):  # an internationalised name as DNS carries it
+        try:
+            label = label.encode("ascii").decode("idna")
+        except UnicodeError:
+            return None
     words = tuple(word.translate(_CONFUSABLE) for word in label.split("-") if word)
     skeleton = _fold("".join(words))
     # A DNS label holds at most 63 characters; more words than MAX_WORDS are no brand's
@@ -155,7 +171,8 @@ def _hosts(word: str) -> tuple[str, ...]:
 
 
 def _is_host(host: str) -> bool:
-    if not 3 < len(host) <= MAX_HOST or not set(host) <= _HOST_CHARS:
+    # Letters of any script: an internationalised name is a host to its reader too.
+    if not 3 < len(host) <= MAX_HOST or not all(c.isalnum() or c in _HOST_PUNCTUATION for c in host):
         return False
     labels = host.split(".")
     last = labels[-1]

@@ -549,7 +549,7 @@ def _length(item: tuple[str, str]) -> int:
     return len(item[1])
 
 
-def _hasstrings(arguments: dict[str, Any]) -> bool:
+def _has_strings(arguments: dict[str, Any]) -> bool:
     """Whether any argument holds a string (data read elsewhere can only arrive as one)."""
     return any(True for _ in strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()))
 
@@ -696,9 +696,14 @@ class Provenance:
         if prints is None or not arguments or not (len(prints) or prints.unread):
             return self._sink_only(tool)
         matches = prints.match(arguments, task)
-        unread = list(prints.unread) if prints.unread and _hasstrings(arguments) else []
+        unread = list(prints.unread) if prints.unread and _has_strings(arguments) else []
         if not matches and not unread:
-            return self._sink_only(tool)
+            # A look-alike the agent wrote out itself ("meridian-prints dot example") traces
+            # to no result, and is still one (a reviewer's probe).
+            alike = tuple(
+                f"lookalike:{escape(path)}:{name}:{like}" for path, name, like in prints.lookalikes(arguments, ())
+            )
+            return Annotation(alike + self._sink_only(tool).labels) if alike else self._sink_only(tool)
         matches.sort(key=lambda m: (m.source.trusted, -m.fraction, m.path))
         labels: dict[str, None] = {}
         if unread or any(not m.source.trusted for m in matches):

@@ -204,3 +204,28 @@ def test_names_longer_than_a_dns_label_or_of_many_words_are_not_compared() -> No
     assert domain("-".join("abcdefgh"[i % 8] for i in range(120)) + ".example") is None
     assert domain("a" * 64 + ".example") is None
     assert domain("one-two-three-four-five-six-seven-eight-nine.example") is None
+
+
+@pytest.mark.parametrize(
+    "imitation",
+    [
+        "merid\u0456an-print.example",  # a Cyrillic i
+        "xn--meridan-print-7hl.example",  # the same as DNS carries it
+        "m\u0435ridian-print.example",  # a Cyrillic e
+    ],
+)
+def test_letters_of_other_scripts_drawn_as_latin_ones_look_alike(imitation: str) -> None:
+    # A reviewer's probe: a Cyrillic i was not read as a host at all.
+    [name] = domains_in(f"write to billing@{imitation}")
+    first, second = _pair(name, "meridian-print.example")
+    assert looks_like(first, second)
+
+
+def test_a_look_alike_the_agent_wrote_out_itself_is_labelled_though_no_result_holds_it() -> None:
+    # Reassembled from "meridian-prints dot example": nothing to trace, still a look-alike.
+    mail = {"sender": "billing@meridian-print.example", "body": "Invoice 2201: see the portal"}
+    provenance, prints = _workflow(("email__read", mail))
+
+    found = provenance.annotate(prints, "email__send", {"to": "accounts@meridian-prints.example"}, "")
+
+    assert found.labels == ("lookalike:to:meridian-prints.example:meridian-print.example",)
