@@ -207,6 +207,11 @@ class SeenDomains:
     def __len__(self) -> int:
         return len(self._seen)
 
+    @property
+    def empty(self) -> bool:
+        """Nothing to compare with: no domain seen, none in the task."""
+        return not self._seen and not self._task
+
     def add(self, names: Iterator[str] | list[str]) -> int:
         """Remember `names` (of one result) as the newest; the change in how many are held."""
         before = len(self._seen)

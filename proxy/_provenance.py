@@ -427,6 +427,8 @@ class Fingerprints:
         """(argument path, domain, the domain it looks like) for each domain in `arguments`,
         and each source of data they hold (`matches`), made to be taken for another the
         workflow's results or task showed (`_lookalike.py`). After `match`."""
+        if self._domains.empty:
+            return []
         found: dict[tuple[str, str], str] = {}
         for path, text in strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()):
             for name in first_domains(normalise(text)):
