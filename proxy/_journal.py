@@ -558,23 +558,26 @@ class JournalReader:
             return Cursor(segments[0], 0)
         return None
 
-    def finished(self, cursor: Cursor) -> int:
-        """The newest segment wholly before `cursor`: its own when it stands at the end of a
-        sealed segment (the writer has moved on), else the one before it."""
+    def delete_delivered(self, cursor: Cursor) -> None:
+        """Delete the segments wholly before `cursor`: its own too when it stands at the end
+        of a sealed segment (the writer has moved on). Never the newest (the writer's)."""
         segments = list_segments(self._dir)
+        through = cursor.segment - 1
         if segments and cursor.segment < segments[-1]:
             try:
                 if cursor.offset >= segment_path(self._dir, cursor.segment).stat().st_size:
-                    return cursor.segment
+                    through = cursor.segment
             except FileNotFoundError:
-                return cursor.segment
-        return cursor.segment - 1
+                through = cursor.segment
+        self._delete(segments, through)
 
     def delete_through(self, segment: int) -> None:
         """Delete segments numbered up to `segment`, except the newest (the writer's)."""
-        segments = list_segments(self._dir)
+        self._delete(list_segments(self._dir), segment)
+
+    def _delete(self, segments: list[int], through: int) -> None:
         for number in segments[:-1]:
-            if number <= segment:
+            if number <= through:
                 segment_path(self._dir, number).unlink(missing_ok=True)
 
 

@@ -27,7 +27,7 @@ is judged by the other signals as before.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from bastion._domains import registrable
@@ -212,7 +212,7 @@ class SeenDomains:
         """Nothing to compare with: no domain seen, none in the task."""
         return not self._seen and not self._task
 
-    def add(self, names: Iterator[str] | list[str]) -> int:
+    def add(self, names: Iterable[str]) -> int:
         """Remember `names` (of one result) as the newest; the change in how many are held."""
         before = len(self._seen)
         self._results += 1
@@ -249,16 +249,12 @@ class SeenDomains:
         return None
 
 
-def _first(names: Iterator[str], count: int) -> list[str]:
-    found: list[str] = []
-    for name in names:
-        if name not in found:
-            found.append(name)
-            if len(found) >= count:
-                break
-    return found
-
-
 def first_domains(norm: str) -> list[str]:
     """The first MAX_PER_VALUE distinct domains of normalised text (`domains_in`)."""
-    return _first(domains_in(norm), MAX_PER_VALUE)
+    found: list[str] = []
+    for name in domains_in(norm):
+        if name not in found:
+            found.append(name)
+            if len(found) >= MAX_PER_VALUE:
+                break
+    return found

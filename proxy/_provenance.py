@@ -79,7 +79,7 @@ import itertools
 import re
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -403,35 +403,27 @@ class Fingerprints:
         self._task_refs = references(task)
         self._domains.set_task(norm)
 
-    def match(self, arguments: dict[str, Any], task: str) -> list[Match]:
-        """Arguments holding data from fingerprinted results (and not from the task)."""
+    def match(self, values: Sequence[tuple[str, str]], task: str) -> list[Match]:
+        """Arguments (`read_arguments`) holding data from fingerprinted results (and not from the task)."""
         if not self._size:
             return []
         self._trust_task(task)
         found: list[Match] = []
-        # Shortest first: destinations are short, and a long body before them must not
-        # use up the budget they would have been read in (an attacker's probe hid `cc`).
-        values = sorted(strings(arguments, MAX_ARGUMENT_VALUES, _UNBOUNDED, skip=frozenset()), key=_length)
-        left = MAX_ARGUMENT_CHARS
-        for path, text in values:
-            if left <= 0:
-                break
-            norm = normalise(text[:left])
-            left -= len(norm)
+        for path, norm in values:
             hit = self._match_value(path, norm)
             if hit is not None:
                 found.append(self._pointed(hit, norm))
         return found
 
-    def lookalikes(self, arguments: dict[str, Any], matches: Iterable[Match]) -> list[tuple[str, str, str]]:
-        """(argument path, domain, the domain it looks like) for each domain in `arguments`,
-        and each source of data they hold (`matches`), made to be taken for another the
-        workflow's results or task showed (`_lookalike.py`). After `match`."""
+    def lookalikes(self, values: Sequence[tuple[str, str]], matches: Iterable[Match]) -> list[tuple[str, str, str]]:
+        """(argument path, domain, the domain it looks like) for each domain in the arguments
+        (`read_arguments`), and each source of data they hold (`matches`), made to be taken
+        for another the workflow's results or task showed (`_lookalike.py`). After `match`."""
         if self._domains.empty:
             return []
         found: dict[tuple[str, str], str] = {}
-        for path, text in strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()):
-            for name in first_domains(normalise(text)):
+        for path, norm in values:
+            for name in first_domains(norm):
                 if (like := self._domains.alike(name)) is not None:
                     found.setdefault((path, name), like)
         for m in matches:
@@ -551,9 +543,21 @@ def _length(item: tuple[str, str]) -> int:
     return len(item[1])
 
 
-def _has_strings(arguments: dict[str, Any]) -> bool:
-    """Whether any argument holds a string (data read elsewhere can only arrive as one)."""
-    return any(True for _ in strings(arguments, MAX_ARGUMENT_VALUES, MAX_ARGUMENT_CHARS, skip=frozenset()))
+def read_arguments(arguments: dict[str, Any]) -> list[tuple[str, str]]:
+    """(path, normalised text) of a call's strings, shortest first, within MAX_ARGUMENT_CHARS:
+    read once per call, for matching, look-alikes, and whether it holds any string at all
+    (data read elsewhere can only arrive as one). Shortest first: destinations are short,
+    and a long body before them must not use up the budget they would have been read in
+    (an attacker's probe hid `cc`)."""
+    read: list[tuple[str, str]] = []
+    left = MAX_ARGUMENT_CHARS
+    for path, text in sorted(strings(arguments, MAX_ARGUMENT_VALUES, _UNBOUNDED, skip=frozenset()), key=_length):
+        if left <= 0:
+            break
+        norm = normalise(text[:left])
+        left -= len(norm)
+        read.append((path, norm))
+    return read
 
 
 def escape(text: str) -> str:
@@ -697,16 +701,17 @@ class Provenance:
         """Labels and INFORMED_BY edges for a call with `arguments`, given the workflow's prints."""
         if prints is None or not arguments or not (len(prints) or prints.unread):
             return self._sink_only(tool)
-        matches = prints.match(arguments, task)
-        unread = list(prints.unread) if prints.unread and _has_strings(arguments) else []
-        if not matches and not unread:
-            # A look-alike the agent wrote out itself ("meridian-prints dot example") traces
-            # to no result, and is still one (a reviewer's probe).
-            alike = tuple(
-                f"lookalike:{escape(path)}:{name}:{like}" for path, name, like in prints.lookalikes(arguments, ())
-            )
-            return Annotation(alike + self._sink_only(tool).labels) if alike else self._sink_only(tool)
+        values = read_arguments(arguments)
+        matches = prints.match(values, task)
         matches.sort(key=lambda m: (m.source.trusted, -m.fraction, m.path))
+        unread = list(prints.unread) if prints.unread and values else []
+        # With or without traced data: a look-alike the agent wrote out itself ("meridian-prints
+        # dot example") traces to no result, and is still one (a reviewer's probe).
+        alike = tuple(
+            f"lookalike:{escape(path)}:{name}:{like}" for path, name, like in prints.lookalikes(values, matches)
+        )
+        if not matches and not unread:
+            return Annotation(alike + self._sink_only(tool).labels) if alike else self._sink_only(tool)
         labels: dict[str, None] = {}
         if unread or any(not m.source.trusted for m in matches):
             labels["untrusted"] = None
@@ -736,8 +741,7 @@ class Provenance:
             if named:
                 reason += " (a result the task points at)"
             edges.setdefault((source.node_id, m.path), (source.node_id, graph_pb2.INFORMED_BY, reason))
-        for path, name, like in prints.lookalikes(arguments, matches):
-            labels[f"lookalike:{escape(path)}:{name}:{like}"] = None
+        labels.update(dict.fromkeys(alike))
         return Annotation(tuple(labels), tuple(edges.values()))
 
     def _sink_only(self, tool: str) -> Annotation:

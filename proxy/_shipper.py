@@ -404,7 +404,7 @@ class Shipper:
         # segment was ever deleted and every call stayed blocked after the graph came back).
         # A crash before the cursor is saved is safe: an old cursor in a deleted segment moves
         # on to the next one, and the graph ingests what is sent twice idempotently.
-        self._reader.delete_through(self._reader.finished(cursor))
+        self._reader.delete_delivered(cursor)
         tmp = self._cursor_path.with_name(self._cursor_path.name + ".tmp")
         with tmp.open("w") as f:
             json.dump({"segment": cursor.segment, "offset": cursor.offset}, f)

@@ -191,12 +191,6 @@ class SqliteGraphStore:
     def _check_integrity(self) -> None:
         """`PRAGMA quick_check` on a connection of its own (a WAL reader: writes go on)."""
         try:
-            self._quick_check()
-        finally:
-            self.checked.set()
-
-    def _quick_check(self) -> None:
-        try:
             connection = _connect(self._path)
             self._checking = connection
             try:
@@ -204,11 +198,12 @@ class SqliteGraphStore:
             finally:
                 self._checking = None
                 connection.close()
+            if problems != ["ok"]:
+                self._note_damage(sqlite3.DatabaseError("; ".join(problems)), checked=True)
         except sqlite3.Error as exc:
             self._note_damage(exc)
-            return
-        if problems != ["ok"]:
-            self._note_damage(sqlite3.DatabaseError("; ".join(problems)), checked=True)
+        finally:
+            self.checked.set()
 
     def _note_damage(self, exc: sqlite3.Error, *, checked: bool = False) -> None:
         if self.damaged is None and (checked or _is_damage(exc)):

@@ -338,12 +338,16 @@ def test_a_writer_killed_with_sigkill_leaves_no_lock_behind(tmp_path: Path) -> N
     asyncio.run(journal.close())
 
 
-def _corrupt_journal(tmp_path: Path, count: int = 10) -> tuple[list[bytes], Path, bytearray, int]:
-    """A journal of `count` records; the file's bytes and where the fourth record starts."""
+def _corrupt_journal(tmp_path: Path, count: int = 10) -> tuple[list[bytes], Path, bytes, int]:
+    """A journal of `count` records with one byte of the fourth record's payload flipped:
+    its records, its file, the file's bytes, and where the fourth record starts."""
     payloads = [f"record {n:02d}".encode() * 3 for n in range(count)]
     path = segment_path(tmp_path, 1)
     bad = sum(len(frame(p)) for p in payloads[:3])
-    return payloads, path, bytearray(b"".join(frame(p) for p in payloads)), bad
+    data = bytearray(b"".join(frame(p) for p in payloads))
+    data[bad + 12] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return payloads, path, bytes(data), bad
 
 
 async def test_a_corrupt_record_is_quarantined_and_the_valid_records_after_it_are_recovered(
@@ -351,9 +355,7 @@ async def test_a_corrupt_record_is_quarantined_and_the_valid_records_after_it_ar
 ) -> None:
     # An attacker's probe flipped one byte a third into a segment: every record after it was
     # truncated away with a warning, 28 forwarded calls lost from the journal and the graph.
-    payloads, path, data, bad = _corrupt_journal(tmp_path)
-    data[bad + 12] ^= 0xFF  # in the fourth record's payload
-    path.write_bytes(bytes(data))
+    payloads, _, data, bad = _corrupt_journal(tmp_path)
 
     with caplog.at_level(logging.WARNING, logger="bastion.proxy._journal"):
         journal = Journal.open(tmp_path)
@@ -392,9 +394,7 @@ async def test_a_length_that_runs_past_the_end_is_a_tear_and_a_record_inside_it_
 async def test_a_crash_between_writing_the_recovered_records_and_the_cut_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    payloads, path, data, bad = _corrupt_journal(tmp_path)
-    data[bad + 12] ^= 0xFF
-    path.write_bytes(bytes(data))
+    payloads, *_ = _corrupt_journal(tmp_path)
 
     def crash(*_: object) -> None:  # fault injection: the process dies before the old segment is cut
         raise OSError(5, "crashed")
@@ -414,9 +414,7 @@ async def test_a_crash_between_writing_the_recovered_records_and_the_cut_loses_n
 async def test_nothing_is_cut_when_the_corrupt_bytes_cannot_be_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, path, data, bad = _corrupt_journal(tmp_path)
-    data[bad + 12] ^= 0xFF
-    path.write_bytes(bytes(data))
+    _, path, data, _ = _corrupt_journal(tmp_path)
 
     def full(*_: object) -> None:  # fault injection: a full disk
         raise OSError(28, "No space left on device")
@@ -424,7 +422,7 @@ async def test_nothing_is_cut_when_the_corrupt_bytes_cannot_be_kept(
     monkeypatch.setattr("bastion.proxy._journal._write_durably", full)
     with pytest.raises(JournalError, match="No space left"):
         Journal.open(tmp_path)
-    assert path.read_bytes() == bytes(data)
+    assert path.read_bytes() == data
 
 
 async def test_corruption_in_an_older_segment_is_recovered_at_open_before_the_shipper_can_delete_it(

@@ -512,7 +512,7 @@ async def test_a_full_disk_recovers_once_the_graph_has_taken_what_the_journal_ho
     # the fault is injected (every write fails while `full`; deleting a segment frees it).
     disk = {"full": False}
     real_writev, real_dump = os.writev, json.dump
-    real_delete = JournalReader.delete_through
+    real_delete = JournalReader._delete
 
     def writev(fd: int, buffers: list[bytes]) -> int:
         if disk["full"]:
@@ -524,15 +524,15 @@ async def test_a_full_disk_recovers_once_the_graph_has_taken_what_the_journal_ho
             raise OSError(errno.ENOSPC, "No space left on device")
         real_dump(value, f)
 
-    def delete_through(reader: JournalReader, segment: int) -> None:
+    def delete(reader: JournalReader, segments: list[int], through: int) -> None:
         before = list_segments(tmp_path / "journal")
-        real_delete(reader, segment)
+        real_delete(reader, segments, through)
         if list_segments(tmp_path / "journal") != before:
             disk["full"] = False
 
     monkeypatch.setattr("bastion.proxy._journal.os.writev", writev)
     monkeypatch.setattr("bastion.proxy._shipper.json.dump", dump)
-    monkeypatch.setattr(JournalReader, "delete_through", delete_through)
+    monkeypatch.setattr(JournalReader, "_delete", delete)
     append_events(journal, range(10))  # within the first 1 KiB segment
     disk["full"] = True
     with pytest.raises(JournalError, match="No space left"):
