@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bastion.v1 import graph_pb2
 
-from .._audit import GENESIS, audit_kind, audit_record, canonical, chain_hash, latency_ns
+from .._audit import GENESIS, audit_bytes, audit_kind, chain_hash, latency_ns
 from .._events import event_time_ns
 
 
@@ -58,7 +58,7 @@ class ChainCursor:
         # contiguous piece of it (bastion.graph._audit).
         recorded_ns = max(received_ns, self._recorded_ns)
         at_ns = _record_time(event, received_ns)
-        record = canonical(audit_record(kind, event, sequence=sequence, at_ns=at_ns, recorded_ns=recorded_ns))
+        record = audit_bytes(kind, event, sequence=sequence, at_ns=at_ns, recorded_ns=recorded_ns)
         digest = chain_hash(self._head, record)
         row = AuditRow(
             sequence=sequence,

@@ -105,6 +105,7 @@ from ._sqlite_audit import (
     select_head,
     select_last_checkpoint,
 )
+from ._sqlite_batch import BatchWrites
 from ._sqlite_schema import prepare
 
 R = TypeVar("R")
@@ -120,17 +121,6 @@ _INSERT_EDGE = """
 INSERT INTO edges (workflow_id, source, target, type, reason) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT DO NOTHING
 """
-_UPSERT_WORKFLOW = """
-INSERT INTO workflows (workflow_id, first_seen_ns, last_seen_ns, node_count, violation_count)
-VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (workflow_id) DO UPDATE SET
-    first_seen_ns = min(first_seen_ns, excluded.first_seen_ns),
-    last_seen_ns = max(last_seen_ns, excluded.last_seen_ns),
-    node_count = node_count + excluded.node_count,
-    violation_count = violation_count + excluded.violation_count
-"""
-_INSERT_AGENT = "INSERT INTO workflow_agents (workflow_id, agent_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
-
 _SELECT_WORKFLOWS = "SELECT workflow_id, first_seen_ns, last_seen_ns, node_count, violation_count FROM workflows"
 _SELECT_AGENTS = """
 SELECT workflow_id, agent_id FROM workflow_agents
@@ -455,14 +445,16 @@ class _Writer:
 
         def write(connection: sqlite3.Connection) -> int:
             accepted = 0
+            batch = BatchWrites(connection)
             for event in events:
                 refusals: list[graph_pb2.Event] = []
-                if _insert_event(connection, event, received_ns, refusals):
+                if _insert_event(connection, event, received_ns, refusals, batch):
                     _check_event_id(connection, event)
                     accepted += 1
                     chain.add(connection, event, received_ns)
                     for refusal in refusals:
                         chain.add(connection, refusal, received_ns)
+            batch.flush(connection)
             return accepted
 
         accepted = self._transaction(write)
@@ -471,7 +463,11 @@ class _Writer:
 
 
 def _insert_event(
-    connection: sqlite3.Connection, event: graph_pb2.Event, received_ns: int, refusals: list[graph_pb2.Event]
+    connection: sqlite3.Connection,
+    event: graph_pb2.Event,
+    received_ns: int,
+    refusals: list[graph_pb2.Event],
+    batch: BatchWrites,
 ) -> bool:
     """Insert one event's node, edges and summary update; False when it was already stored.
 
@@ -479,12 +475,16 @@ def _insert_event(
     tenant (the check `with_result` makes of a result that comes after its node); else it
     is dropped, and the audit record saying so is appended to `refusals`."""
     if event.HasField("result"):
-        return _store_result(connection, event)
+        return _store_result(connection, event, batch)
     at_ns = event_time_ns(event, received_ns)
     violation = is_violation(event)
-    pending = connection.execute(
-        "SELECT result, event_id, workflow_id, tenant FROM pending_results WHERE node_id = ?", (event.node_id,)
-    ).fetchone()
+    pending = (
+        connection.execute(
+            "SELECT result, event_id, workflow_id, tenant FROM pending_results WHERE node_id = ?", (event.node_id,)
+        ).fetchone()
+        if batch.pending
+        else None
+    )
     parked: bytes | None = None
     if pending is not None:
         result, result_event_id, sent_workflow, sent_tenant = pending
@@ -525,9 +525,7 @@ def _insert_event(
             added += 1
             edges.append(verification_edge(event, node))
     connection.executemany(_INSERT_EDGE, edges)
-    connection.execute(_UPSERT_WORKFLOW, (event.workflow_id, at_ns, at_ns, added, int(violation)))
-    if event.agent_id:
-        connection.execute(_INSERT_AGENT, (event.workflow_id, event.agent_id))
+    batch.node_added(event.workflow_id, event.agent_id, at_ns, added, violation)
     return True
 
 
@@ -557,7 +555,7 @@ def _insert_derived(connection: sqlite3.Connection, node: graph_pb2.Event, at_ns
     return inserted.rowcount > 0
 
 
-def _store_result(connection: sqlite3.Connection, event: graph_pb2.Event) -> bool:
+def _store_result(connection: sqlite3.Connection, event: graph_pb2.Event, batch: BatchWrites) -> bool:
     """Put a result event's `result` on its action's node; False when the node already has one.
 
     Idempotent: a redelivered result (or a second one for the same node) changes nothing,
@@ -573,6 +571,7 @@ def _store_result(connection: sqlite3.Connection, event: graph_pb2.Event) -> boo
             "ON CONFLICT DO NOTHING",
             (event.node_id, event.event_id, result, event.workflow_id, event.tenant),
         )
+        batch.pending = True
         return stored.rowcount > 0
     document = with_result(row[0], result, event)
     if document is None:

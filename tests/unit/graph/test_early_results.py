@@ -126,6 +126,19 @@ async def test_a_foreign_early_result_and_its_node_in_one_batch_are_held_to_the_
     assert len(await _refusals(store)) == 1
 
 
+async def test_an_early_result_of_the_same_tenant_and_its_node_in_one_batch_are_merged(store: GraphStore) -> None:
+    early = _result("r-early", "node-e1", graph_pb2.COMPLETED, workflow="wf-1", tenant="default")
+    assert await store.ingest([early, _action("e1", "node-e1")]) == IngestResult(accepted=2, duplicates=0)
+    assert (await _node(store, "node-e1")).event.result.outcome == graph_pb2.COMPLETED
+    # Parked in one batch, its node in a later one, after other nodes: still merged.
+    later = _result("r-later", "node-e3", graph_pb2.UPSTREAM_ERROR, workflow="wf-1", tenant="default")
+    assert await store.ingest([later]) == IngestResult(accepted=1, duplicates=0)
+    assert await store.ingest([_action("e2", "node-e2"), _action("e3", "node-e3")]) == IngestResult(2, 0)
+    assert (await _node(store, "node-e3")).event.result.outcome == graph_pb2.UPSTREAM_ERROR
+    assert not (await _node(store, "node-e2")).event.HasField("result")
+    assert await _refusals(store) == []
+
+
 async def _reopened(request: pytest.FixtureRequest, store: GraphStore) -> GraphStore:
     """The same file or database, opened anew (the graph service restarted)."""
     await store.close()

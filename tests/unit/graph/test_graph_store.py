@@ -200,6 +200,33 @@ async def test_workflow_summary_counts_nodes_violations_and_distinct_agents(stor
     assert await store.workflow("wf-unknown") is None
 
 
+async def test_one_batch_of_interleaved_workflows_sums_each_workflows_summary(store: GraphStore) -> None:
+    # The SQLite writer adds a batch's summaries up and writes them once per workflow: two
+    # workflows interleaved, out of order, an agent repeated, a redelivery inside the batch.
+    batch = [
+        _event("a3", workflow_id="wf-a", second=30, agent_id="agent-b"),
+        _event("b1", workflow_id="wf-b", second=5, outcome=graph_pb2.BLOCKED),
+        _event("a1", workflow_id="wf-a", second=10, outcome=graph_pb2.REJECTED),
+        _event("a3", workflow_id="wf-a", second=30, agent_id="agent-b"),
+        _event("a2", workflow_id="wf-a", second=20, agent_id="agent-b"),
+        _event("b2", workflow_id="wf-b", second=50, agent_id=""),
+    ]
+    assert await store.ingest(batch) == IngestResult(accepted=5, duplicates=1)
+    await store.ingest([_event("a4", workflow_id="wf-a", second=1, outcome=graph_pb2.BLOCKED, agent_id="agent-c")])
+
+    assert await store.workflow("wf-a") == WorkflowSummary(
+        workflow_id="wf-a",
+        first_seen=_at(1),
+        last_seen=_at(30),
+        node_count=4,
+        violation_count=2,
+        agents=("agent-a", "agent-b", "agent-c"),
+    )
+    assert await store.workflow("wf-b") == WorkflowSummary(
+        workflow_id="wf-b", first_seen=_at(5), last_seen=_at(50), node_count=2, violation_count=1, agents=("agent-a",)
+    )
+
+
 async def test_nodes_are_listed_oldest_first_whatever_the_arrival_order(store: GraphStore) -> None:
     await store.ingest([_event("c", second=3), _event("a", second=1)])
     await store.ingest([_event("b", second=2), _event("other", workflow_id="wf-2")])
