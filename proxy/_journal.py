@@ -58,6 +58,8 @@ from pathlib import Path
 
 from bastion._errors import JournalError
 
+from ._journal_times import AppendTimes
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
@@ -155,6 +157,9 @@ class Journal:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bastion-journal-fsync")
         #: Set whenever newly appended records become durable (once per group commit).
         self.has_data = asyncio.Event()
+        #: When records were appended, for the shipper's lag (`_journal_times`).
+        self.times = AppendTimes()
+        self.times.found(self._durable)
 
     @classmethod
     def open(cls, directory: Path, *, fsync_interval: float = 0.005, segment_bytes: int = 64 << 20) -> Journal:
@@ -204,7 +209,7 @@ class Journal:
 
     def reader(self) -> JournalReader:
         """A reader that never goes past the fsynced records (see the module docstring)."""
-        return JournalReader(self._dir, limit=lambda: self._durable)
+        return JournalReader(self._dir, limit=lambda: self._durable, times=self.times)
 
     def append(self, payload: bytes) -> None:
         """Write one record into the OS (no fsync); raise JournalError when that fails."""
@@ -227,6 +232,7 @@ class Journal:
             self._roll_next = True
             self._undo_short_write(written)
         self._size += length
+        self.times.appended()
         self._dirty.set()
 
     def problem(self) -> str | None:
@@ -281,11 +287,13 @@ class Journal:
             retired, self._retired = self._retired, []
             dir_fd = self._dir_fd if self._dir_dirty else -1
             self._dir_dirty = False
+            self.times.sync_started()
             try:
                 await asyncio.get_running_loop().run_in_executor(self._executor, _fsync, self._fd, retired, dir_fd)
             except OSError as exc:
                 self._broken = f"journal fsync failed, records may be lost; restart the proxy: {exc}"
                 raise JournalError(self._broken) from exc
+            self.times.synced(target)
             if target != self._durable:
                 self._durable = target
                 self.has_data.set()
@@ -485,12 +493,16 @@ def _valid_end(path: Path) -> int:
 class JournalReader:
     """Reads records in order; safe to use while the journal is being appended to.
 
-    `limit`, when given, returns a position the reader must not pass (the fsynced end).
+    `limit`, when given, returns a position the reader must not pass (the fsynced end);
+    `times`, when its records' append times are known (the live journal's reader).
     """
 
-    def __init__(self, directory: Path, *, limit: Callable[[], Cursor] | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, limit: Callable[[], Cursor] | None = None, times: AppendTimes | None = None
+    ) -> None:
         self._dir = directory
         self._limit = limit
+        self.times = times
 
     def first(self) -> Cursor:
         """The start of the oldest segment."""

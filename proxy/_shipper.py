@@ -209,14 +209,18 @@ class Shipper:
 
     @property
     def lag_seconds(self) -> float:
-        """Time since the journal was last seen fully shipped, while records are pending; else 0.
-
-        An upper bound on the age of the oldest unshipped record, for the
-        `bastion_journal_lag_seconds` gauge.
-        """
+        """How long the oldest record not yet acknowledged by the graph has waited (at most one
+        group commit more), 0 when none waits: the `bastion_journal_lag_seconds` gauge
+        (`_journal_times`). A reader whose append times are unknown gives the time since the
+        journal was last seen fully shipped, which steady traffic never allows."""
+        now = time.monotonic()
+        times = self._reader.times
+        if times is not None:
+            oldest = times.oldest(self._cursor)
+            return max(0.0, now - oldest) if oldest is not None else 0.0
         if not self._behind and not self._wake.is_set():
             return 0.0
-        return time.monotonic() - self._caught_up_at
+        return now - self._caught_up_at
 
     def start(self) -> None:
         if self._task is not None:

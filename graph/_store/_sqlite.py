@@ -469,7 +469,7 @@ def _insert_event(
     refusals: list[graph_pb2.Event],
     batch: BatchWrites,
 ) -> bool:
-    """Insert one event's node, edges and summary update; False when it was already stored.
+    """Insert one event's node and edges, and add it to `batch`'s summaries; False when it was already stored.
 
     A result parked for the node is merged in when it was sent as the node's workflow and
     tenant (the check `with_result` makes of a result that comes after its node); else it

@@ -556,3 +556,51 @@ async def test_a_full_disk_recovers_once_the_graph_has_taken_what_the_journal_ho
     assert graph.fake.ids == names(range(20))
     assert not disk["full"]
     assert list_segments(tmp_path / "journal") == [journal.durable.segment]
+
+
+async def test_journal_lag_under_steady_traffic_is_the_oldest_records_wait(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    # A busy proxy's shipper never finds the journal empty: the gauge was the time since it
+    # last did, so it climbed for as long as traffic lasted and the JournalLag alert paged a
+    # healthy proxy. It must stay near the time a record waits (group commit, linger, one call).
+    shipper = shipper_for(journal, graph, tmp_path, batch_max=64)
+    shipper.start()
+    lags: list[float] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = 0
+    while loop.time() - start < 1.5:
+        append_events(journal, range(sent, sent + 4))
+        sent += 4
+        lags.append(shipper.lag_seconds)
+        await asyncio.sleep(0.002)
+    await graph.fake.wait_until(lambda g: len(g.events) == sent)
+    lags.append(shipper.lag_seconds)
+    await shipper.stop()
+
+    assert graph.fake.ids == names(range(sent))
+    assert max(lags) < 0.5, f"lag reached {max(lags):.3f} s while every record was shipped within the run"
+    assert shipper.lag_seconds == 0.0
+
+
+async def test_journal_lag_while_the_graph_is_down_is_at_least_the_first_records_wait(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    graph.fake.fail_next = 1_000_000
+    shipper = shipper_for(journal, graph, tmp_path)
+    shipper.start()
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    append_events(journal, range(1))
+    after = loop.time()
+    await asyncio.sleep(0.3)
+    append_events(journal, range(1, 3))
+    await graph.fake.wait_until(lambda g: g.calls >= 2)
+
+    least = loop.time() - after
+    lag = shipper.lag_seconds
+    most = loop.time() - before
+    await shipper.stop()
+    # The first record's wait, dated by its own append, whatever was appended after it.
+    assert 0.3 <= least <= lag <= most

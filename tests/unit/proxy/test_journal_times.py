@@ -1,0 +1,88 @@
+"""The age of the oldest unshipped journal record (`AppendTimes`), on a hand-driven clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion.proxy._journal import Cursor
+from bastion.proxy._journal_times import AppendTimes
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _group(times: AppendTimes, clock: Clock, at: float, end: Cursor, appends: int = 3) -> None:
+    """`appends` records appended from `at` on, then fsynced up to `end`."""
+    for i in range(appends):
+        clock.now = at + i
+        times.appended()
+    times.sync_started()
+    times.synced(end)
+
+
+def test_the_oldest_unshipped_group_dates_the_lag_and_shipped_groups_are_forgotten() -> None:
+    clock = Clock()
+    times = AppendTimes(clock=clock)
+    times.found(Cursor(1, 0))  # an empty journal at open
+    _group(times, clock, 110.0, Cursor(1, 300))
+    _group(times, clock, 120.0, Cursor(1, 600))
+    _group(times, clock, 130.0, Cursor(2, 100))
+
+    assert times.oldest(Cursor(1, 0)) == 110.0
+    assert times.oldest(Cursor(1, 299)) == 110.0  # a group is shipped only once all of it is
+    assert times.oldest(Cursor(1, 300)) == 120.0
+    assert times.oldest(Cursor(2, 0)) == 130.0  # past a sealed segment's end
+    assert times.oldest(Cursor(2, 100)) is None
+    assert times.oldest(Cursor(1, 0)) is None  # forgotten: the shipper never goes back
+
+
+def test_records_not_yet_durable_count_whether_their_fsync_is_pending_or_in_flight() -> None:
+    clock = Clock()
+    times = AppendTimes(clock=clock)
+    clock.now = 105.0
+    times.appended()
+    clock.now = 106.0
+    times.appended()
+    assert times.oldest(Cursor(1, 0)) == 105.0  # no fsync started yet
+    times.sync_started()
+    clock.now = 107.0
+    times.appended()  # after the fsync began: the next group's
+    assert times.oldest(Cursor(1, 0)) == 105.0  # a stalled fsync keeps the lag growing
+    times.synced(Cursor(1, 200))
+    assert times.oldest(Cursor(1, 200)) == 107.0
+    times.sync_started()
+    times.synced(Cursor(1, 300))
+    assert times.oldest(Cursor(1, 300)) is None
+
+
+def test_records_found_at_open_are_dated_by_the_open() -> None:
+    clock = Clock()
+    times = AppendTimes(clock=clock)
+    times.found(Cursor(3, 4096))
+    clock.now = 160.0
+    assert times.oldest(Cursor(3, 0)) == 100.0
+    assert times.oldest(Cursor(3, 4096)) is None
+
+
+def test_past_its_capacity_the_newest_group_is_merged_and_the_lag_never_reads_younger() -> None:
+    clock = Clock()
+    times = AppendTimes(capacity=3, clock=clock)
+    for n in range(10):
+        _group(times, clock, 200.0 + 10 * n, Cursor(1, 100 * (n + 1)), appends=1)
+
+    assert times.oldest(Cursor(1, 0)) == 200.0
+    assert times.oldest(Cursor(1, 100)) == 210.0
+    # Groups 3..10 were merged into the third entry: dated by group 3, though group 10 is younger.
+    assert times.oldest(Cursor(1, 200)) == 220.0
+    assert times.oldest(Cursor(1, 900)) == 220.0
+    assert times.oldest(Cursor(1, 1000)) is None
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        AppendTimes(capacity=0)
