@@ -24,7 +24,10 @@ Durability contract:
   it to a new segment, which the shipper then delivers, and only then truncates
   (`_recover_segment`; an attacker's probe flipped one byte a third into a segment and 28
   forwarded calls vanished with a warning). Every segment is checked at open; records
-  recovered from an older one are delivered after the newest's.
+  recovered from an older one are delivered after the newest's. A record that rots after
+  open, in bytes that are final (a sealed segment, or before the fsynced end), is read past
+  by the live reader from its declared end the same way: a copy of it in quarantine, the
+  records after it delivered, an error logged (`JournalReader._past_corruption`).
 - An OSError raises JournalError, and the proxy blocks the action (fail closed). A failed
   write leaves the file as it was and the next append may succeed; a failed fsync breaks
   the journal for good, because the kernel may have dropped the dirty pages and a later
@@ -546,19 +549,64 @@ class JournalReader:
             records += chunk.records
             max_bytes -= chunk.end - cursor.offset
             cursor = Cursor(cursor.segment, chunk.end)
+            if chunk.corrupt and (sealed or limit is not None):
+                # Bytes that are final (sealed, or fsynced): a crc failure is corruption, not
+                # a record being written. Kept, then read past, not a reason to give up the
+                # segment's later records, which its deletion once shipped would lose.
+                resumed = self._past_corruption(cursor, chunk.size)
+                if resumed is not None:
+                    cursor = resumed
+                    continue
             if not (chunk.exhausted and sealed):
                 break
             if chunk.size > chunk.end:
                 # Never wedge delivery on bytes that can never be read (e.g. a power cut
-                # tore the end of a segment whose successor survived).
+                # tore the end of a segment whose successor survived); once only, as the
+                # cursor moves on, so a copy is kept for the incident record.
                 log.error(
-                    "journal segment %d: %d bytes from offset %d are corrupt and cannot be delivered; skipping them",
+                    "journal segment %d: %d bytes from offset %d are corrupt and cannot be delivered; skipping them "
+                    "(kept in %s)",
                     cursor.segment,
                     chunk.size - chunk.end,
                     chunk.end,
+                    self._keep(cursor, chunk.size),
                 )
             cursor = Cursor(cursor.segment + 1, 0)
         return records, cursor
+
+    def _past_corruption(self, cursor: Cursor, size: int) -> Cursor | None:
+        """Just after the corrupt record at `cursor` (a copy kept in the quarantine directory)
+        when a valid record follows it back to back, read from its declared end as
+        `_recover_segment` does at open; None when nothing can be read past it. Reads at most
+        the record and the next one, whatever the segment's size."""
+        path = segment_path(self._dir, cursor.segment)
+        head = _read_tail(path, cursor.offset, min(size, cursor.offset + _HEADER.size))
+        if len(head) < _HEADER.size:
+            return None
+        declared = _HEADER.size + _HEADER.unpack_from(head)[0]
+        if declared > _SALVAGE_MAX_RECORD:
+            return None
+        tail = _read_tail(path, cursor.offset, min(size, cursor.offset + declared + _HEADER.size + _SALVAGE_MAX_RECORD))
+        if not _chain(tail, declared)[0]:
+            return None
+        log.error(
+            "journal segment %d: the record at offset %d (%d bytes) is corrupt and lost (kept in %s); "
+            "the records after it are delivered",
+            cursor.segment,
+            cursor.offset,
+            declared,
+            self._keep(cursor, cursor.offset + declared),
+        )
+        return Cursor(cursor.segment, cursor.offset + declared)
+
+    def _keep(self, cursor: Cursor, end: int) -> str:
+        """A copy of the segment's bytes from `cursor` to `end` in the quarantine directory,
+        best effort (the reader is giving them up either way): where, or why nowhere."""
+        try:
+            tail = _read_tail(segment_path(self._dir, cursor.segment), cursor.offset, end)
+            return str(_quarantine(self._dir, cursor.segment, cursor.offset, tail))
+        except OSError as exc:
+            return f"nowhere ({exc})"
 
     def _skip_missing(self, cursor: Cursor) -> Cursor | None:
         segments = list_segments(self._dir)
@@ -600,6 +648,8 @@ class _Chunk:
     #: No further record can be read at `end` now (clean end, partial record, or bad crc).
     exhausted: bool
     size: int
+    #: The record at `end` is complete but its crc fails.
+    corrupt: bool = False
 
 
 def _read_segment(path: Path, offset: int, end: int | None, max_records: int, max_bytes: int) -> _Chunk:
@@ -627,7 +677,7 @@ def _read_segment(path: Path, offset: int, end: int | None, max_records: int, ma
             else:
                 records, used, ok = _parse(os.pread(fd, length, offset), 1)
                 exhausted = not ok
-    return _Chunk(records, offset + used, exhausted, size)
+    return _Chunk(records, offset + used, exhausted, size, corrupt=not ok)
 
 
 def _parse(buf: bytes, max_records: int) -> tuple[list[bytes], int, bool]:

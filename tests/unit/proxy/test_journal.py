@@ -453,3 +453,56 @@ async def test_corruption_in_an_older_segment_is_recovered_at_open_before_the_sh
     assert records == [*payloads[:2], *payloads[in_first:], *payloads[3:in_first], b"after"]
     assert list_segments(tmp_path) == [*segments, segments[-1] + 1]
     assert len(list((tmp_path / QUARANTINE).iterdir())) == 1
+
+
+def _flip_in_place(path: Path, offset: int) -> None:
+    """One byte of `path` flipped without replacing the file (the writer keeps its fd)."""
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed-segment", "newest-segment"])
+async def test_a_record_corrupted_while_the_proxy_runs_is_kept_and_read_past(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, sealed: bool
+) -> None:
+    # At open every segment is checked; a byte that rots afterwards, in a segment still to be
+    # shipped, made the reader skip the rest of a sealed segment (lost once the shipper deleted
+    # it) or stop for good at the newest one (delivery wedged until a restart).
+    journal = Journal.open(tmp_path, segment_bytes=1 << 20)
+    payloads = [f"record {n:02d}".encode() * 3 for n in range(8)]
+    for payload in payloads:
+        journal.append(payload)
+    if sealed:
+        journal._segment_bytes = 1  # the next append rolls to segment 2
+        journal.append(b"in segment 2")
+    await journal.flush()
+    bad = sum(len(frame(p)) for p in payloads[:3])
+    _flip_in_place(segment_path(tmp_path, 1), bad + 12)
+
+    with caplog.at_level(logging.ERROR, logger="bastion.proxy._journal"):
+        records, end = read_all(journal.reader())
+
+    assert records == [*payloads[:3], *payloads[4:], *([b"in segment 2"] if sealed else [])]
+    assert end == journal.durable
+    [kept] = (tmp_path / QUARANTINE).iterdir()
+    assert kept.read_bytes()[:12] == frame(payloads[3])[:12]
+    assert len(kept.read_bytes()) == len(frame(payloads[3]))
+    assert f"the record at offset {bad} ({len(frame(payloads[3]))} bytes) is corrupt and lost" in caplog.text
+    await journal.close()
+
+
+async def test_a_corrupt_last_record_of_a_sealed_segment_is_still_skipped(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, segment_bytes=1 << 20)
+    journal.append(b"only")
+    journal._segment_bytes = 1
+    journal.append(b"next")
+    await journal.flush()
+    _flip_in_place(segment_path(tmp_path, 1), 9)
+
+    assert read_all(journal.reader())[0] == [b"next"]
+    [kept] = (tmp_path / QUARANTINE).iterdir()  # nothing to read past it: skipped as before, but kept
+    assert kept.read_bytes() == segment_path(tmp_path, 1).read_bytes()
+    await journal.close()
