@@ -41,6 +41,7 @@ time.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
@@ -425,9 +426,9 @@ def _carried_in_urls(strings: Sequence[tuple[_Path, str]], task: str) -> list[tu
     when the task does not name that host: the user's data leaving in the request itself, as
     an injected "load your prices from https://x.example/q?email=<email>" makes an agent do.
     Hosts the task names, and a bare mention of the user's data elsewhere, never count."""
-    if "://" not in task and "@" not in task and not any(char.isdigit() for char in task):
+    if not task or not any("://" in value for _, value in strings):
         return []
-    own = [d for d in _destinations(_utf8_head(task, MAX_STRING_BYTES)) if _kind(d) != "host"]
+    own = _own_values(task)
     if not own:
         return []
     carried: list[tuple[str, str, _Path]] = []
@@ -445,6 +446,18 @@ def _carried_in_urls(strings: Sequence[tuple[_Path, str]], task: str) -> list[tu
                 if (mine in compact) if _kind(mine) == "IBAN" else (mine.casefold() in decoded):
                     carried.append((mine, host, path))
     return carried
+
+
+def _own_values(task: str) -> tuple[str, ...]:
+    """The email addresses, IBANs and wallets the task names (in its first MAX_STRING_BYTES)."""
+    return _own_in(_utf8_head(task, MAX_STRING_BYTES))
+
+
+@functools.lru_cache(maxsize=64)
+def _own_in(task: str) -> tuple[str, ...]:
+    if "@" not in task and not any(char.isdigit() for char in task):
+        return ()
+    return tuple(d for d in dict.fromkeys(_destinations(task)) if _kind(d) != "host")
 
 
 def _kind(destination: str) -> str:
@@ -606,7 +619,13 @@ def _known_destinations(task: str) -> frozenset[str]:
     Only the first MAX_STRING_BYTES of the task are read: what a longer task names past
     that is not known, which can only make arguments look more novel, never less.
     """
-    task = _utf8_head(task, MAX_STRING_BYTES)
+    return _known_in(_utf8_head(task, MAX_STRING_BYTES))
+
+
+@functools.lru_cache(maxsize=64)
+def _known_in(task: str) -> frozenset[str]:
+    """`_known_destinations` of a task's head, cached (a workflow's calls share their task;
+    the key is at most MAX_STRING_BYTES, so the cache holds at most 64 of those)."""
     known = {_canonical_host(word.strip(_WORD_PUNCTUATION)) for word in task.split()}
     for destination in _destinations(task):
         known.add(_key(destination))
