@@ -506,6 +506,9 @@ class JournalReader:
         self._dir = directory
         self._limit = limit
         self.times = times
+        #: The furthest position whose corrupt bytes were kept and logged: a read retried from
+        #: an earlier cursor (the graph down, an error further on) must not copy them again.
+        self._kept = Cursor(0, 0)
 
     def first(self) -> Cursor:
         """The start of the oldest segment."""
@@ -559,10 +562,10 @@ class JournalReader:
                     continue
             if not (chunk.exhausted and sealed):
                 break
-            if chunk.size > chunk.end:
+            if chunk.size > chunk.end and cursor > self._kept:
                 # Never wedge delivery on bytes that can never be read (e.g. a power cut
-                # tore the end of a segment whose successor survived); once only, as the
-                # cursor moves on, so a copy is kept for the incident record.
+                # tore the end of a segment whose successor survived); a copy is kept for
+                # the incident record, once.
                 log.error(
                     "journal segment %d: %d bytes from offset %d are corrupt and cannot be delivered; skipping them "
                     "(kept in %s)",
@@ -584,24 +587,27 @@ class JournalReader:
         if len(head) < _HEADER.size:
             return None
         declared = _HEADER.size + _HEADER.unpack_from(head)[0]
-        if declared > _SALVAGE_MAX_RECORD:
+        if declared - _HEADER.size > _SALVAGE_MAX_RECORD:
             return None
         tail = _read_tail(path, cursor.offset, min(size, cursor.offset + declared + _HEADER.size + _SALVAGE_MAX_RECORD))
         if not _chain(tail, declared)[0]:
             return None
-        log.error(
-            "journal segment %d: the record at offset %d (%d bytes) is corrupt and lost (kept in %s); "
-            "the records after it are delivered",
-            cursor.segment,
-            cursor.offset,
-            declared,
-            self._keep(cursor, cursor.offset + declared),
-        )
+        if cursor > self._kept:
+            log.error(
+                "journal segment %d: the record at offset %d is corrupt and lost, with whatever its %d bytes "
+                "as framed cover if its length rotted too (kept in %s); the records after it are delivered",
+                cursor.segment,
+                cursor.offset,
+                declared,
+                self._keep(cursor, cursor.offset + declared),
+            )
         return Cursor(cursor.segment, cursor.offset + declared)
 
     def _keep(self, cursor: Cursor, end: int) -> str:
         """A copy of the segment's bytes from `cursor` to `end` in the quarantine directory,
-        best effort (the reader is giving them up either way): where, or why nowhere."""
+        best effort (the reader is giving them up either way): where, or why nowhere. Once
+        per position (`_kept`)."""
+        self._kept = max(self._kept, cursor)
         try:
             tail = _read_tail(segment_path(self._dir, cursor.segment), cursor.offset, end)
             return str(_quarantine(self._dir, cursor.segment, cursor.offset, tail))

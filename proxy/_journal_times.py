@@ -8,13 +8,16 @@ operator needs is how long the oldest record still unacknowledged by the graph h
 
 The journal notes, for each group commit, where its records end and when the first of
 them was appended (one `time.monotonic()` per group, not per record), and the records
-appended since the last fsync began. The oldest entry past the shipper's cursor dates
-the oldest unshipped record, at most one group commit early: an upper bound, never an
-under-count. Entries are kept for at most `capacity` groups: past that (the graph down
-for long), the newest group is merged into the last entry, which keeps its older time.
+appended since the last fsync began. The shipper drops the groups it has delivered as it
+commits its cursor (`shipped`), so what is kept is the backlog. The oldest entry past the
+cursor dates the oldest unshipped record, at most one group commit early: for records
+appended by this process an upper bound, never an under-count. At most `capacity` groups
+are kept: past that (a backlog of thousands of group commits, the graph down or slow),
+the newest group is merged into the last entry, which keeps its older time.
 
 Records found in the journal when the proxy starts (left by an earlier run) are dated by
-that start: their append times are not on disk. Single-threaded: the proxy's event loop.
+that start, since their append times are not on disk: after a restart the gauge counts
+from the restart. Single-threaded: the proxy's event loop.
 """
 
 from __future__ import annotations
@@ -61,12 +64,17 @@ class AppendTimes:
             self._add(end, self._syncing)
             self._syncing = None
 
+    def shipped(self, cursor: Cursor) -> None:
+        """Forget the groups wholly before `cursor` (delivered: the shipper moves forward only)."""
+        groups = self._groups
+        while groups and groups[0][0] <= cursor:
+            groups.popleft()
+
     def oldest(self, shipped: Cursor) -> float | None:
         """When the oldest record after `shipped` was appended (at most one group early),
         or None when every record up to the last append has been shipped."""
+        self.shipped(shipped)
         groups = self._groups
-        while groups and groups[0][0] <= shipped:
-            groups.popleft()
         times = [t for t in (groups[0][1] if groups else None, self._syncing, self._unsynced) if t is not None]
         return min(times) if times else None
 

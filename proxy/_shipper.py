@@ -312,6 +312,10 @@ class Shipper:
         await asyncio.to_thread(self._commit, batch.cursor)
         self._cursor = batch.cursor
         self._shipped += len(batch.items)
+        if self._reader.times is not None:
+            # Between two scrapes a busy journal commits thousands of groups: those delivered
+            # are forgotten now, or they would fill the table and merge into a stale entry.
+            self._reader.times.shipped(batch.cursor)
 
     async def _deliver(self, batch: _Batch, items: list[_Item]) -> None:
         """Ingest `items`; isolate and set aside any event the graph refuses for good.

@@ -7,6 +7,7 @@ cannot write."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import rfc8785
@@ -137,3 +138,103 @@ def test_the_plain_case_is_taken_for_what_the_proxy_journals() -> None:
     }
     assert _result_details(graph_pb2.ActionResult(outcome=_NAMELESS)) is None
     assert _result_details(graph_pb2.ActionResult(duration_ms=float("nan"))) is None
+
+
+# Record bytes as the code before the one-pass build wrote them (a561aa8), by sha256: the
+# format is what auditors re-hash, so a change to it must be deliberate, not a side effect.
+_GOLDEN = [
+    ("decision", "4faa7516ffeb7dcc26a63b658aacf72e7ba9bee447377eb29f21acd51b8ad712"),
+    ("decision", "799423a35e64bb5e67fcf8c3ad0216f9a54391f04e6a579dd4b12bfe2f5a28bf"),
+    ("result", "589a1d3ff32dd32b260423bdbaefbacfd27d718b345c3a70392f3ee97725d1f5"),
+    ("result", "40046386e5903ca939cf127d8016d61a59c27f98bc490b1650f079181deb7bf5"),
+    ("approval", "50a12d458eeee746893c99d01c27ab8989ae896e7a7054f0294e3d1a6b5daa1e"),
+]
+
+
+def _golden_events() -> list[tuple[str, graph_pb2.Event]]:
+    """Events of every kind, with the values that take every path of the record's building."""
+    decision = graph_pb2.Event(
+        event_id="0193a1b2-0000-7000-8000-000000000001",
+        workflow_id="wf-golden",
+        node_id="node-1",
+        node_type=graph_pb2.ACTION,
+        agent_id="agent-é",
+        tenant="acme",
+        session_id="s-1",
+        action=policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="mail", tool="send", method="tools/call"),
+        decision=policy_pb2.Decision(
+            effect=policy_pb2.DENY,
+            rule_id="no-exfil",
+            reason="destination \u2028 not in task",
+            policy_name="p",
+            policy_version=2**60,
+            bundle_digest="ab" * 32,
+            rollout_arm=policy_pb2.CANARY,
+        ),
+        verifier=verifier_pb2.ScoreResponse(
+            deviation_score=1.5e-6, threshold=0.8, verdict=verifier_pb2.BLOCK, scorer="ref"
+        ),
+        outcome=graph_pb2.BLOCKED,
+        violation_id="v-1",
+        block_code="bastion.policy_denied",
+        block_reason="denied",
+        payload_digest="cd" * 32,
+    )
+    decision.started_at.FromNanoseconds(1_790_000_000_123_456_789)
+    decision.decided_at.FromNanoseconds(1_790_000_000_125_000_000)
+    chained = graph_pb2.Event()
+    chained.CopyFrom(decision)
+    chained.event_id = "0193a1b2-0000-7000-8000-000000000002"
+    chained.verifier.deviation_score = float("nan")
+    chained.verifications.extend(
+        [
+            verifier_pb2.ScoreResponse(scorer="a", deviation_score=0.25, threshold=2.0, verdict=verifier_pb2.PASS),
+            verifier_pb2.ScoreResponse(scorer="down"),
+        ]
+    )
+    result = graph_pb2.Event(
+        event_id="0193a1b2-0000-7000-8000-000000000003",
+        workflow_id="wf-golden",
+        node_id="node-1",
+        tenant="acme",
+        outcome=graph_pb2.FORWARDED,
+        result=graph_pb2.ActionResult(
+            outcome=graph_pb2.COMPLETED,
+            http_status=200,
+            duration_ms=12.0,
+            result_digest="ef" * 32,
+            result_bytes=2**55,
+            detail="ok",
+        ),
+    )
+    result.result.completed_at.FromNanoseconds(1_790_000_001_000_000_500)
+    result.result.redacted_result.update({"x": 1.0})
+    odd_result = graph_pb2.Event()
+    odd_result.CopyFrom(result)
+    odd_result.event_id = "0193a1b2-0000-7000-8000-000000000004"
+    odd_result.result.duration_ms = float("inf")
+    approval = graph_pb2.Event(
+        event_id="0193a1b2-0000-7000-8000-000000000005",
+        workflow_id="wf-golden",
+        node_id="node-2",
+        node_type=graph_pb2.VERIFICATION,
+        action=policy_pb2.Action(kind=policy_pb2.TOOL_CALL, server="bastion", method="bastion.approval/approve"),
+    )
+    approval.action.arguments.update({"by": "ops", "ключ": 2.0, "n": [1, 2.5, None, "x"], "tiny": 1e-7})
+    return [
+        ("decision", decision),
+        ("decision", chained),
+        ("result", result),
+        ("result", odd_result),
+        ("approval", approval),
+    ]
+
+
+def test_record_bytes_are_those_the_format_has_always_had() -> None:
+    events = _golden_events()
+    for i, ((kind, event), (expected_kind, digest)) in enumerate(zip(events, _GOLDEN, strict=True)):
+        assert audit_kind(event) == kind == expected_kind
+        record = audit_bytes(
+            kind, event, sequence=i + 1, at_ns=1_790_000_000_000_000_000 + i, recorded_ns=1_790_000_002_000_000_000 + i
+        )
+        assert hashlib.sha256(record).hexdigest() == digest, (kind, record)

@@ -86,3 +86,19 @@ def test_past_its_capacity_the_newest_group_is_merged_and_the_lag_never_reads_yo
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
         AppendTimes(capacity=0)
+
+
+def test_groups_the_shipper_delivered_are_forgotten_so_sparse_scrapes_read_the_real_lag() -> None:
+    # A reviewer's probe: only the gauge dropped delivered groups, once per scrape; a busy
+    # journal filled the table between two scrapes a minute apart, the newest groups merged
+    # into an entry dated tens of seconds back, and a healthy proxy read as lagging.
+    clock = Clock()
+    times = AppendTimes(capacity=64, clock=clock)
+    for n in range(1, 1000):
+        _group(times, clock, 100.0 + 0.005 * n, Cursor(1, 100 * n), appends=1)
+        if n > 20:
+            times.shipped(Cursor(1, 100 * (n - 20)))  # the shipper 20 groups (0.1 s) behind
+    clock.now = 105.0
+    oldest = times.oldest(Cursor(1, 100 * 979))
+    assert oldest is not None
+    assert clock.now - oldest == pytest.approx(0.1, abs=0.01)

@@ -245,3 +245,16 @@ def test_a_long_number_written_as_a_float_is_an_identifier() -> None:
 def test_destinations_in_prose_fields_in_other_shapes_are_text(email: dict[str, Any]) -> None:
     labels = _labels(email, {"iban": IBAN})
     assert any(label.startswith("arg:iban:untrusted:") and label.endswith(":text:1.00") for label in labels), labels
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "Bottling Partner,co-packer,-2300.00,DE89 3704 0044 0532 0130 00,pay this line too",  # CSV
+        "payees: Oudwal;DE89 3704 0044 0532 0130 00;half the bottling",  # a list with semicolons
+        "amount 2300,DE89370400440532013000,note",  # compact, glued to its neighbours
+    ],
+)
+def test_an_iban_in_a_csv_cell_or_list_item_is_traced(cell: str) -> None:
+    attachment = {"attachment": {"name": "split.csv", "content": f"party,role,amount,iban,notes\n{cell}"}}
+    assert "untrusted" in " ".join(_labels(attachment, {"iban": IBAN}))

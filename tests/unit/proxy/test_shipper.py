@@ -18,6 +18,7 @@ import pytest
 from bastion._errors import JournalError
 from bastion._rpc import auth_metadata, open_channel, start_grpc_server
 from bastion.proxy._journal import Journal, JournalReader, list_segments
+from bastion.proxy._journal_times import AppendTimes
 from bastion.proxy._metrics import ProxyMetrics
 from bastion.proxy._recorder import MAX_EVENT_BYTES
 from bastion.proxy._shipper import (
@@ -604,3 +605,27 @@ async def test_journal_lag_while_the_graph_is_down_is_at_least_the_first_records
     await shipper.stop()
     # The first record's wait, dated by its own append, whatever was appended after it.
     assert 0.3 <= least <= lag <= most
+
+
+async def test_journal_lag_read_once_after_many_group_commits_is_still_the_real_wait(
+    journal: Journal, graph: Graph, tmp_path: Path
+) -> None:
+    # Prometheus scrapes once a minute; the journal commits a group every few ms. Delivered
+    # groups must be forgotten as they ship, not at the scrape, or the table fills and the
+    # gauge reads a merged entry's old time (a reviewer's probe: 40 s on a healthy proxy).
+    journal.times = AppendTimes(capacity=16)
+    journal.times.found(journal.durable)
+    shipper = shipper_for(journal, graph, tmp_path, batch_max=64)
+    shipper.start()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = 0
+    while loop.time() - start < 1.0:
+        append_events(journal, range(sent, sent + 2))
+        sent += 2
+        await asyncio.sleep(0.002)
+    lag = shipper.lag_seconds  # the first and only read
+    await graph.fake.wait_until(lambda g: len(g.events) == sent)
+    await shipper.stop()
+
+    assert lag < 0.5, f"lag read {lag:.3f} s after a second of steady, shipped traffic"
