@@ -258,3 +258,10 @@ def test_destinations_in_prose_fields_in_other_shapes_are_text(email: dict[str, 
 def test_an_iban_in_a_csv_cell_or_list_item_is_traced(cell: str) -> None:
     attachment = {"attachment": {"name": "split.csv", "content": f"party,role,amount,iban,notes\n{cell}"}}
     assert "untrusted" in " ".join(_labels(attachment, {"iban": IBAN}))
+
+
+def test_an_address_in_a_list_glued_by_semicolons_is_traced() -> None:
+    # Shorter than a shingle: only the address as a token can trace it.
+    email = {"body": "Distribution: team@acme.example;press@acme.example;ev@evl.example, thanks"}
+    labels = _labels(email, {"to": "ev@evl.example"}, tool="email__read")
+    assert any(label.startswith("arg:to:untrusted:email__read:body:") for label in labels), labels
