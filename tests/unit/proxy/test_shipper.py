@@ -167,6 +167,20 @@ def append_events(journal: Journal, ids: range) -> None:
         journal.append(graph_pb2.Event(event_id=f"e{i}", workflow_id="wf-1").SerializeToString())
 
 
+async def steady_traffic(journal: Journal, seconds: float, each: Callable[[], object] | None = None) -> int:
+    """Append 4 events every 2 ms for `seconds` (calling `each` after every append); how many."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = 0
+    while loop.time() - start < seconds:
+        append_events(journal, range(sent, sent + 4))
+        sent += 4
+        if each is not None:
+            each()
+        await asyncio.sleep(0.002)
+    return sent
+
+
 def names(ids: range) -> list[str]:
     return [f"e{i}" for i in ids]
 
@@ -568,14 +582,7 @@ async def test_journal_lag_under_steady_traffic_is_the_oldest_records_wait(
     shipper = shipper_for(journal, graph, tmp_path, batch_max=64)
     shipper.start()
     lags: list[float] = []
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    sent = 0
-    while loop.time() - start < 1.5:
-        append_events(journal, range(sent, sent + 4))
-        sent += 4
-        lags.append(shipper.lag_seconds)
-        await asyncio.sleep(0.002)
+    sent = await steady_traffic(journal, 1.5, lambda: lags.append(shipper.lag_seconds))
     await graph.fake.wait_until(lambda g: len(g.events) == sent)
     lags.append(shipper.lag_seconds)
     await shipper.stop()
@@ -617,13 +624,7 @@ async def test_journal_lag_read_once_after_many_group_commits_is_still_the_real_
     journal.times.found(journal.durable)
     shipper = shipper_for(journal, graph, tmp_path, batch_max=64)
     shipper.start()
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    sent = 0
-    while loop.time() - start < 1.0:
-        append_events(journal, range(sent, sent + 2))
-        sent += 2
-        await asyncio.sleep(0.002)
+    sent = await steady_traffic(journal, 1.0)
     lag = shipper.lag_seconds  # the first and only read
     await graph.fake.wait_until(lambda g: len(g.events) == sent)
     await shipper.stop()
