@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bastion import ConfigError
 from bastion.v1 import policy_pb2, verifier_pb2
 from bastion.verifier import ReferenceScorer, ScorerConfig
-from bastion.verifier._engine import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_VALUES, MAX_STRING_BYTES
+from bastion.verifier._engine import _MAX_OWN, MAX_ARGUMENT_BYTES, MAX_ARGUMENT_VALUES, MAX_STRING_BYTES, _own_values
 
 # The sequence signal is off here: it learns from each request, and has its own tests
 # (test_sequence_signal.py). Everything else is at its defaults.
@@ -597,3 +597,16 @@ def test_the_tasks_value_beside_a_url_but_not_in_it_is_not_carried() -> None:
     arguments = {"url": "https://cars.example/prices", "note": "for mira.tomas@ourmail.example"}
     result = DEFAULT.score(request("fetch", server="web", task=_CARRY_TASK, arguments=arguments))
     assert all("carried in a URL" not in reason for reason in result.reasons)
+
+
+def test_only_the_tasks_first_values_are_looked_for_in_urls() -> None:
+    # An attacker's probe: a task naming 4,000 addresses against 900 URL arguments held the
+    # first version 2.9 s; each value looked for is a search of every URL, so they are capped.
+    task = " ".join(f"u{i}@m{i}.example" for i in range(4000))
+    assert _own_values(task) == tuple(f"u{i}@m{i}.example" for i in range(_MAX_OWN))
+    first = DEFAULT.score(request("fetch", task=task, arguments={"url": "https://x.example/?e=u0@m0.example"}))
+    past = DEFAULT.score(
+        request("fetch", task=task, arguments={"url": f"https://x.example/?e=u{_MAX_OWN}@m{_MAX_OWN}.example"})
+    )
+    assert "carried in a URL" in first.reasons[0]
+    assert all("carried in a URL" not in reason for reason in past.reasons)
