@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from bastion import ConfigError
 from bastion.v1 import policy_pb2, verifier_pb2
 from bastion.verifier import ReferenceScorer, ScorerConfig
-from bastion.verifier._engine import _MAX_OWN, MAX_ARGUMENT_BYTES, MAX_ARGUMENT_VALUES, MAX_STRING_BYTES, _own_values
+from bastion.verifier._engine import (
+    _MAX_OWN,
+    MAX_ARGUMENT_BYTES,
+    MAX_ARGUMENT_VALUES,
+    MAX_STRING_BYTES,
+    _carried_in_urls,
+    _own_values,
+    _Path,
+)
 
 # The sequence signal is off here: it learns from each request, and has its own tests
 # (test_sequence_signal.py). Everything else is at its defaults.
@@ -556,7 +564,9 @@ _CARRY_TASK = (
         "https://price-sync.example/q?email=MIRA.TOMAS%40ourmail.example&x=1",  # encoded, other case
         "https://price-sync.example/u/mira.tomas@ourmail.example/prices",  # in the path
         "https://price-sync.example/pixel.gif#iban=de89+3704+0044+0532+0130+00",  # the IBAN, as printed
-        f"see https://price-sync.example/r?i={IBAN_DE} for the list",  # a URL inside text
+        "https://price-sync.example/q?email=mira.tomas%2540ourmail.example",  # encoded twice
+        "https://mira.tomas%40ourmail.example@price-sync.example/",  # as the user info
+        "https://price-sync.example/p/de89.3704.0044.0532.0130.00",  # other separators
     ],
 )
 def test_the_tasks_own_value_in_a_url_to_a_host_it_does_not_name_blocks_even_a_fetch(url: str) -> None:
@@ -610,3 +620,30 @@ def test_only_the_tasks_first_values_are_looked_for_in_urls() -> None:
     )
     assert "carried in a URL" in first.reasons[0]
     assert all("carried in a URL" not in reason for reason in past.reasons)
+
+
+def test_a_url_inside_text_carrying_the_tasks_value_weighs_as_novelty_not_a_block() -> None:
+    # The call does not request it: a confirmation link in a mail's body (a prober's false alarm).
+    body = f"see https://price-sync.example/r?i={IBAN_DE} for the list"
+    arguments = {"to": "mira.tomas@ourmail.example", "body": body}
+    result = DEFAULT.score(request("send_email", server="email", task=_CARRY_TASK, arguments=arguments))
+    assert result.deviation_score < 0.8
+    assert any("carried in a URL" in reason for reason in result.reasons)
+
+
+def test_a_plus_address_and_the_browsers_reading_of_a_backslash_are_carried() -> None:
+    task = "Contact mira+shop@ourmail.example about the cars"
+    for url in (
+        "https://cars-prices.example/q?e=mira+shop@ourmail.example",
+        "https://cars-prices.example\\@ourmail.example/?e=mira%2Bshop@ourmail.example",
+    ):
+        result = DEFAULT.score(request("fetch", server="web", task=task, arguments={"url": url}))
+        assert result.verdict == verifier_pb2.BLOCK, url
+
+
+def test_many_urls_glued_in_one_string_are_read_in_linear_time() -> None:
+    # A prober's request: every URL's text ran to the next whitespace, through every URL
+    # after it, so 11,000 glued URLs copied 350 MB; each now ends where the next begins.
+    value = "a://b/" * 10_000 + "?e=mira.tomas@ourmail.example"
+    carried = _carried_in_urls([(_Path(None, "u"), value)], _CARRY_TASK)
+    assert [(mine, host) for mine, host, _, _ in carried] == [("mira.tomas@ourmail.example", "b")]
