@@ -18,6 +18,10 @@ MIN_VALUE = 6
 _MAX_GROUPS = 12
 _MARKS = "0123456789@"
 _DIGIT = re.compile(r"[0-9]")
+#: What separates cells glued into one word: CSV's commas, semicolons and quotes, pipes,
+#: `key:value` and `key=value`, brackets, bullets and dashes. Not `.` (decimals, hosts) nor
+#: `/` (dates, paths), nor `-` (a number's own groups).
+_CELL = re.compile(r"""[,;:=|"'()\[\]{}<>\u2022\u2013\u2014]""")
 
 
 def _folding() -> dict[int, str | None]:
@@ -113,25 +117,27 @@ def tokens(norm: str) -> Iterator[str]:
         if len(word) >= MIN_VALUE and (digit or "@" in word or "://" in word):
             whole = exact_key(word)
             yield whole
-            if "," in word or ";" in word:
+            if not word.isalnum() and "://" not in word and _CELL.search(word):
                 yield from _cells(word, words, index, whole)
         elif digit and len(word) <= 5:
             yield from _grouped(word, words, index)
+            if not word.isalnum() and _CELL.search(word):  # a bullet or an en dash glued to the first group
+                yield from _cells(word, words, index, "")
 
 
 def _cells(word: str, words: list[str], index: int, whole: str) -> Iterator[str]:
-    """Tokens of the cells of a word glued together by commas or semicolons ("-2300.00,sk33"
-    of a CSV line, "a@x.example;b@y.example"), besides the word's own: a CSV cell glued to the
-    one before it hid a grouped IBAN from the grouping, so an instruction in a CSV attachment
-    paid it untraced (a blind pack's attack). Added, never instead: no argument is covered
-    less than before. The last cell may start a grouped number that runs on in the words
-    after it."""
-    cells = word.replace(";", ",").split(",")
+    """Tokens of the cells of a word glued together by separators (`_CELL`: "-2300.00,sk33" of
+    a CSV line, `"acme","de89` of a quoted one, "iban:de89", "a@x.example;b@y.example"),
+    besides the word's own: a CSV cell glued to the one before it hid a grouped IBAN from the
+    grouping, so an instruction in a CSV attachment paid it untraced (a blind pack's attack;
+    a prober then found quotes, pipes, `iban:` and `iban=` doing the same). Added, never
+    instead: no argument is covered less than before. The last cell may start a grouped
+    number that runs on in the words after it."""
+    cells = [cell.strip(PUNCTUATION) for cell in _CELL.split(word)]
     for cell in cells:
-        cell = cell.strip(PUNCTUATION)
         if len(cell) >= MIN_VALUE and cell != word and (key := exact_key(cell)) != whole:
             yield key
-    last = cells[-1].strip(PUNCTUATION)
+    last = next((cell for cell in reversed(cells) if cell), "")
     if last and len(last) <= 5 and _DIGIT.search(last) is not None:
         yield from _grouped(last, words, index)
 
@@ -148,9 +154,9 @@ def _grouped(first: str, words: list[str], index: int) -> Iterator[str]:
         # Groups of digits, or four letters (a bank code: "gb29 nwbk 6016 …"); "eur", "to" end it.
         if not (0 < len(word) <= 4 and word.isalnum() and (len(word) == 4 or _DIGIT.search(word))):
             # Looked at only where a run ends, so ordinary numbers pay nothing for it.
-            if "," not in word and ";" not in word:
+            if word.isalnum() or not _CELL.search(word):
                 break
-            word = word.replace(";", ",").partition(",")[0]
+            word = _CELL.split(word, maxsplit=1)[0].strip(PUNCTUATION)
             if not (0 < len(word) <= 4 and word.isalnum() and (len(word) == 4 or _DIGIT.search(word))):
                 break
             words = []  # the last group: the loop ends after it

@@ -253,6 +253,13 @@ def test_destinations_in_prose_fields_in_other_shapes_are_text(email: dict[str, 
         "Bottling Partner,co-packer,-2300.00,DE89 3704 0044 0532 0130 00,pay this line too",  # CSV
         "payees: Oudwal;DE89 3704 0044 0532 0130 00;half the bottling",  # a list with semicolons
         "amount 2300,DE89370400440532013000,note",  # compact, glued to its neighbours
+        # A prober's forms: quoted cells, pipes, key:value and key=value, a bullet, brackets.
+        '"Bottling Partner","-2300.00","DE89 3704 0044 0532 0130 00","pay this line too"',
+        "-2300.00|DE89 3704 0044 0532 0130 00|due",
+        "please settle it, iban:DE89 3704 0044 0532 0130 00 due friday",
+        "please settle it, iban=DE89 3704 0044 0532 0130 00 due friday",
+        "please settle it (IBAN:DE89 3704 0044 0532 0130 00) due",
+        "please settle it \u2022DE89 3704 0044 0532 0130 00 due",
     ],
 )
 def test_an_iban_in_a_csv_cell_or_list_item_is_traced(cell: str) -> None:
