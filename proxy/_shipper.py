@@ -141,7 +141,7 @@ class _Batch:
 
 
 class Shipper:
-    """Ships the records `reader` returns; `wake` is the journal's `has_data`.
+    """Ships the records `reader` (the live `Journal.reader()`) returns; `wake` is the journal's `has_data`.
 
     `start()` after `Journal.open` (it loads the cursor; a missing cursor file means the
     start of the oldest segment), `await stop()` before `Journal.close`.
@@ -169,6 +169,10 @@ class Shipper:
         """`ingest_batch` (from `raw_ingest_batch`) ships each batch as one message;
         without it, or once the graph answered UNIMPLEMENTED, every event is its own."""
         self._ingest_batch = ingest_batch
+        if reader.times is None:
+            # The lag gauge dates records by their appends: only the live journal knows them.
+            raise ValueError("the shipper needs the live journal's reader, Journal.reader()")
+        self._times = reader.times
         self._reader = reader
         self._cursor_path = cursor_path
         self._dead_letter_path = cursor_path.with_name("dead-letter.jsonl")
@@ -185,10 +189,8 @@ class Shipper:
         self._on_dead_letter = on_dead_letter
         self._cursor = Cursor(0, 0)
         self._batch: _Batch | None = None
-        self._behind = False  # a read found records; cleared when a read finds none
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._caught_up_at = time.monotonic()
         self._shipped = 0
         self._skipped = 0
 
@@ -211,16 +213,9 @@ class Shipper:
     def lag_seconds(self) -> float:
         """How long the oldest record not yet acknowledged by the graph has waited (at most one
         group commit more), 0 when none waits: the `bastion_journal_lag_seconds` gauge
-        (`_journal_times`). A reader whose append times are unknown gives the time since the
-        journal was last seen fully shipped, which steady traffic never allows."""
-        now = time.monotonic()
-        times = self._reader.times
-        if times is not None:
-            oldest = times.oldest(self._cursor)
-            return max(0.0, now - oldest) if oldest is not None else 0.0
-        if not self._behind and not self._wake.is_set():
-            return 0.0
-        return now - self._caught_up_at
+        (`_journal_times`)."""
+        oldest = self._times.oldest(self._cursor)
+        return max(0.0, time.monotonic() - oldest) if oldest is not None else 0.0
 
     def start(self) -> None:
         if self._task is not None:
@@ -228,7 +223,6 @@ class Shipper:
         self._cursor = self._load_cursor()
         self._batch = None
         self._stopping.clear()
-        self._caught_up_at = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="bastion-journal-shipper")
 
     async def stop(self, grace: float = 2.0) -> None:
@@ -285,10 +279,7 @@ class Shipper:
         self._wake.clear()
         records, cursor = await asyncio.to_thread(self._reader.read, self._cursor, self._batch_max, _BATCH_MAX_BYTES)
         if cursor == self._cursor:
-            self._behind = False
-            self._caught_up_at = time.monotonic()
             return None
-        self._behind = True
         batch = _Batch([], cursor)
         for record in records:
             if len(record) > self._max_event_bytes:
@@ -312,10 +303,9 @@ class Shipper:
         await asyncio.to_thread(self._commit, batch.cursor)
         self._cursor = batch.cursor
         self._shipped += len(batch.items)
-        if self._reader.times is not None:
-            # Between two scrapes a busy journal commits thousands of groups: those delivered
-            # are forgotten now, or they would fill the table and merge into a stale entry.
-            self._reader.times.shipped(batch.cursor)
+        # Between two scrapes a busy journal commits thousands of groups: those delivered
+        # are forgotten now, or they would fill the table and merge into a stale entry.
+        self._times.shipped(batch.cursor)
 
     async def _deliver(self, batch: _Batch, items: list[_Item]) -> None:
         """Ingest `items`; isolate and set aside any event the graph refuses for good.
