@@ -132,8 +132,9 @@ class Enforcer:
         self._tracing = tracing or Tracing()
         self._provenance = provenance or Provenance()
         #: Forwarded actions whose results are fingerprinted into their workflow (bounded like `_held`).
-        #: node id → (workflow, `server__tool`, what the call read) of an allowed action.
-        self._informing: OrderedDict[str, tuple[WorkflowState, str, tuple[str, ...]]] = OrderedDict()
+        #: node id → (workflow, `server__tool`, what the call read, whether no untrusted data
+        #: was in its arguments) of an allowed action.
+        self._informing: OrderedDict[str, tuple[WorkflowState, str, tuple[str, ...], bool]] = OrderedDict()
         self._checks = tuple(checks)
         self._after = tuple(after)
         self._decide = decide
@@ -168,7 +169,12 @@ class Enforcer:
             action = item.record.action
             if item.outcome.allowed:
                 # What the call read, not its arguments: held until its result, for each pending call.
-                self._informing[item.record.node_id] = (state, _source_name(action), read_from(item.record.arguments))
+                self._informing[item.record.node_id] = (
+                    state,
+                    _source_name(action),
+                    read_from(item.record.arguments),
+                    "untrusted" not in asked.ctx.taint,
+                )
                 if len(self._informing) > _HELD_MAX:
                     self._informing.popitem(last=False)
             state.history.append(
@@ -394,7 +400,7 @@ class Enforcer:
             # After the audit record: provenance is a hint for later calls, the result a fact.
             informing = self._informing.pop(record.node_id, None)
             if informing is not None and (taken.read or taken.unread):
-                state, source, read = informing
+                state, source, read, chosen = informing
                 if taken.read:
                     self._provenance.record(
                         state.prints(),
@@ -404,6 +410,7 @@ class Enforcer:
                         read,
                         size=result.result_bytes,
                         tenant=record.tenant,
+                        chosen=chosen,
                     )
                 if taken.unread or taken.partial:
                     self._provenance.record_unread(

@@ -26,6 +26,14 @@ strict: a whole registrable domain (`fjordlicht.example`; on shared hosting and 
 `alice.github.io` or the whole address, never `github.io` or `gmail.com`), a whole address,
 a whole path, or a proper noun equal to a word of a display name or a domain label.
 
+A result is also *visited* when its call read a URL and no argument of that call held
+untrusted data (`identity(chosen=True)`): the agent went to that page on its own, from the
+task or its own knowledge, not because a result sent it there. A form or an address that
+such a page gives on its own site (the airline's check-in page naming its check-in form)
+is the site's, as far as provenance can tell; one on any other site is not. Only the URL
+the call asked for counts, never the `url` a result says it came from (a redirect, or an
+attacker's page, may claim any).
+
 `stays_within` then fails closed: an argument is vouched for only when every destination
 in it is a vouched one, and anything that may lead somewhere it cannot read — a
 scheme-relative or scheme-less URL on another host, a URL that is not a plain host name
@@ -120,6 +128,8 @@ class Identity:
     """Who or where a result came from: groups of (keys that may meet the task, destinations it vouches for)."""
 
     groups: tuple[tuple[frozenset[str], frozenset[str]], ...] = ()
+    #: Sites of the URLs the call read when no untrusted data chose them (`visited`).
+    visited: frozenset[str] = frozenset()
 
     def vouched(self, references_: frozenset[str]) -> frozenset[str] | None:
         """The destinations vouched for by the groups the task points at; None when it points at none."""
@@ -143,16 +153,21 @@ def read_from(asked: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
-def identity(read: Iterable[str], fields: Iterable[tuple[str, str]]) -> Identity:
+def identity(read: Iterable[str], fields: Iterable[tuple[str, str]], *, chosen: bool = False) -> Identity:
     """A result's identity from what its call read (`read_from`) and its source fields
-    ((path, value) pairs as provenance reads them; only top-level IDENTITY_KEYS count)."""
+    ((path, value) pairs as provenance reads them; only top-level IDENTITY_KEYS count).
+    `chosen`: no untrusted data was in the call's arguments, so the sites it read are ones
+    the agent went to on its own (`Identity.visited`)."""
     groups: list[tuple[frozenset[str], frozenset[str]]] = []
+    visited: set[str] = set()
     for text in read:
         # What was read: a URL, host or path. An address among the arguments is data the
         # call carries (a passenger's email), not where the result came from.
         located = _first(text.casefold(), addresses=False)
         if located is not None:
             groups.append(located)
+            if chosen and "://" in text:
+                visited.update(located[1])
     for path, text in fields:
         if len(groups) >= MAX_GROUPS:
             break
@@ -170,7 +185,7 @@ def identity(read: Iterable[str], fields: Iterable[tuple[str, str]]) -> Identity
                 keys = keys | frozenset(words)
         if keys:
             groups.append((keys, vouches))
-    return Identity(tuple(groups[:MAX_GROUPS]))
+    return Identity(tuple(groups[:MAX_GROUPS]), frozenset(visited))
 
 
 def references(task: str) -> frozenset[str]:

@@ -59,6 +59,9 @@ workflow with no fingerprints costs a length check.
   `sink`                           the active policies list this tool in `taint.sinks`
   `named:<path>`                   the argument's data came from an untrusted result the task
                                    points at, and leads to no other site (`_pointers.py`)
+  `visited:<path>`                 the argument's data came from a page whose URL the agent
+                                   asked for with no untrusted data in that call, and leads
+                                   to no site but that page's or the task's (`_pointers.py`)
   `lookalike:<path>:<domain>:<seen>`
                                    a domain in the argument, or of the source of its data,
                                    looks like another the workflow's results or task showed
@@ -154,6 +157,8 @@ class Match:
     fraction: float
     #: The task points at the result the data came from (`_pointers.py`).
     named: bool = False
+    #: The data came from a page the agent went to on its own and stays on its site (`_pointers.py`).
+    visited: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +226,7 @@ class Fingerprints:
     #: node id → (its cost in fingerprints, who or where its untrusted result came from).
     #: Kept as read (what the call read, the result's source fields) and worked out into an
     #: `Identity` the first time a later argument matches the result: most never are.
-    _identity: dict[str, tuple[int, Identity | tuple[tuple[str, ...], tuple[tuple[str, str], ...]]]] = field(
+    _identity: dict[str, tuple[int, Identity | tuple[tuple[str, ...], tuple[tuple[str, str], ...], bool]]] = field(
         default_factory=dict
     )
     #: Untrusted results too large to read (over the result tap's tail): their data cannot
@@ -234,12 +239,21 @@ class Fingerprints:
         return self._size
 
     def add(
-        self, node_id: str, tool: str, result: Any, *, trusted: bool, read: tuple[str, ...] = (), size: int = 0
+        self,
+        node_id: str,
+        tool: str,
+        result: Any,
+        *,
+        trusted: bool,
+        read: tuple[str, ...] = (),
+        size: int = 0,
+        chosen: bool = False,
     ) -> int:
         """Fingerprint `result` (a parsed JSON value, `size` bytes as it came) as `tool`'s
-        answer at `node_id`, whose call read `read` (`_pointers.read_from` of its arguments);
-        return how many. An untrusted result the bounds cut is also remembered as unread: a
-        source padded past them must not launder what follows the padding."""
+        answer at `node_id`, whose call read `read` (`_pointers.read_from` of its arguments;
+        `chosen`: with no untrusted data in them); return how many. An untrusted result the
+        bounds cut is also remembered as unread: a source padded past them must not launder
+        what follows the padding."""
         shingles: dict[int, Source] = {}
         exact: dict[str, Source] = {}
         named_by: list[tuple[str, str]] = []
@@ -326,7 +340,7 @@ class Fingerprints:
         self._size += len(entry.shingles) + len(entry.exact)
         self._peak = max(self._peak, len(self._shingles) + len(self._exact))
         if cost:
-            self._identity[node_id] = (cost, (read, tuple(named_by)))
+            self._identity[node_id] = (cost, (read, tuple(named_by), chosen))
             self._size += cost
         return added
 
@@ -435,8 +449,10 @@ class Fingerprints:
 
     def _pointed(self, hit: Match, norm: str) -> Match:
         """`hit`, marked `named` when the task points at the untrusted result it came from
-        and the argument (`norm`) leads nowhere but to that result's site or the task's."""
-        if hit.source.trusted or not self._task_refs:
+        and the argument (`norm`) leads nowhere but to that result's site or the task's; else
+        `visited` when the agent went to that result's page on its own and the argument
+        leads nowhere but to that page's site or the task's."""
+        if hit.source.trusted:
             return hit
         node_id = hit.source.node_id
         held = self._identity.get(node_id)
@@ -444,12 +460,15 @@ class Fingerprints:
             return hit
         cost, known = held
         if not isinstance(known, Identity):
-            known = identity(*known)
+            read, named_by, chosen = known
+            known = identity(read, named_by, chosen=chosen)
             self._identity[node_id] = (cost, known)
-        vouched = known.vouched(self._task_refs)
-        if vouched is None or not stays_within(norm, vouched | self._task_refs):
-            return hit
-        return Match(hit.path, hit.source, hit.fraction, named=True)
+        vouched = known.vouched(self._task_refs) if self._task_refs else None
+        if vouched is not None and stays_within(norm, vouched | self._task_refs):
+            return Match(hit.path, hit.source, hit.fraction, named=True)
+        if known.visited and stays_within(norm, known.visited | self._task_refs):
+            return Match(hit.path, hit.source, hit.fraction, visited=True)
+        return hit
 
     def _match_value(self, path: str, norm: str) -> Match | None:
         if len(norm) < MIN_VALUE:
@@ -631,13 +650,14 @@ class Provenance:
         size: int = 0,
         *,
         tenant: str = "",
+        chosen: bool = False,
     ) -> int:
         """Fingerprint a completed action's parsed result (`size` bytes), its call having read
-        `read` (`_pointers.read_from` of its arguments), within the proxy-wide budget, the
-        workflow being `tenant`'s."""
+        `read` (`_pointers.read_from` of its arguments; `chosen`: with no untrusted data in
+        them), within the proxy-wide budget, the workflow being `tenant`'s."""
         if result is None:
             return 0
-        added = prints.add(node_id, tool, result, trusted=self.trusted(tool), read=read, size=size)
+        added = prints.add(node_id, tool, result, trusted=self.trusted(tool), read=read, size=size, chosen=chosen)
         key = id(prints)
         holders = self._holders.setdefault(tenant, OrderedDict())
         held = holders.pop(key, None)
@@ -735,11 +755,16 @@ class Provenance:
                 f"arg:{escape(m.path)}:{trust}:{source.tool}:{escape(source.path)}:{source.kind}:{m.fraction:.2f}"
             ] = None
             named = m.named and paths[m.path] == 1
+            visited = m.visited and paths[m.path] == 1
             if named:
                 labels[f"named:{escape(m.path)}"] = None
+            elif visited:
+                labels[f"visited:{escape(m.path)}"] = None
             reason = f"argument {m.path!r} ({round(m.fraction * 100)}%) from {source.tool} {source.path}"
             if named:
                 reason += " (a result the task points at)"
+            elif visited:
+                reason += " (the site of a page the agent went to on its own)"
             edges.setdefault((source.node_id, m.path), (source.node_id, graph_pb2.INFORMED_BY, reason))
         labels.update(dict.fromkeys(alike))
         return Annotation(tuple(labels), tuple(edges.values()))

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from ._semantic import SemanticDrift
 
 NAME = "reference"
-VERSION = "0.7"
+VERSION = "0.8"
 SCORER = f"{NAME}/{VERSION}"
 SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 #: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).
@@ -279,7 +279,11 @@ class ReferenceScorer:
         # Money is never vouched for: by the tool's name (_kinds.moves_money), or by an IBAN or
         # a wallet among its arguments (a tool named for something else still pays).
         discount = config.pointed_factor < 1 and intent <= 0 and not any(_kind(d) in _MONEY for d in found)
-        vouched = discount and any(label.startswith("named:") for label in ctx.taint) and vouches(tool, asked(ctx.task))
+        vouched = (
+            discount
+            and any(label.startswith(("named:", "visited:")) for label in ctx.taint)
+            and vouches(tool, asked(ctx.task))
+        )
         # A task that leaves the destination to the data ("email the landlord of the best
         # match") vouches for the destinations taken from it, on stricter terms (_delegated.py).
         delegated = (

@@ -150,7 +150,7 @@ def taint_signal(
 ) -> tuple[float, str, str]:
     """(weight fired, reason, drift origin node id); (0, "", "") when it does not fire.
 
-    `pointed_factor` applies to arguments the proxy labels `named:` (1: the labels are
+    `pointed_factor` applies to arguments the proxy labels `named:` or `visited:` (1: the labels are
     ignored; the caller has checked that the task asks for an action); `delegated_factor`
     to control values that `is_destination` says are, whole, a destination, when the task
     leaves the destination to the data (`_delegated`; the caller has checked that too)."""
@@ -173,9 +173,11 @@ def taint_signal(
     return traced
 
 
-def parse_named(labels: Iterable[str]) -> frozenset[str]:
-    """Argument paths of the `named:<path>` labels (data from a result the task points at)."""
-    return frozenset(_unescape(label[6:]) for label in labels if label.startswith("named:") and len(label) > 6)
+def parse_named(labels: Iterable[str], prefix: str = "named:") -> frozenset[str]:
+    """Argument paths of the `named:<path>` labels (data from a result the task points at),
+    or of another prefix's (`visited:`: from the site of a page the agent went to itself)."""
+    start = len(prefix)
+    return frozenset(_unescape(label[start:]) for label in labels if label.startswith(prefix) and len(label) > start)
 
 
 def _traced(
@@ -191,6 +193,7 @@ def _traced(
     pointed_factor, delegated_factor, is_destination = factors
     folded_task = task[:MAX_TASK_CHARS].casefold()
     pointed = parse_named(labels) if pointed_factor < 1 else frozenset()
+    visited = parse_named(labels, "visited:") if pointed_factor < 1 else frozenset()
     scored = []
     for t in tainted:
         origin, named, value = _weigh(action.arguments, t, folded_task)
@@ -200,6 +203,8 @@ def _traced(
             why, factor = ", named in the task", factor * TASK_FACTOR
         elif t.path in pointed:
             why, factor = ", from a result the task points at", factor * pointed_factor
+        elif t.path in visited:
+            why, factor = ", on the site of a page the agent went to itself", factor * pointed_factor
         elif origin == "control" and delegated_factor < 1 and value is not None and is_destination(value):
             why, factor = ", where the task says to find it", factor * delegated_factor
         scored.append((round(weight * factor * t.fraction, 6), origin, why, t))

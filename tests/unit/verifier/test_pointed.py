@@ -136,3 +136,50 @@ def test_every_task_verb_of_a_kind_is_one_the_task_reader_knows() -> None:
     """A verb `_intent.asked` never returns would make its kind unreachable."""
     for verbs in _TASK_VERBS.values():
         assert verbs <= ACTION_VERBS
+
+
+# -- `visited:`: data from a page the agent went to on its own, kept on that page's site --
+
+CHECKIN_FORM = "https://www.lufthansa-air.example/checkin/start"
+
+
+def test_a_form_on_the_site_the_agent_went_to_weighs_as_a_pointed_one() -> None:
+    task = "Cancel my flight booking Q7HX2M, surname Edlund."
+    visited = score_call("web__post_form", {"url": CHECKIN_FORM}, ["untrusted", URL_FROM_PAGE, "visited:url"], task)
+    assert _taint(visited) == [
+        "untrusted data in sink arguments: 'url' 100% from web__fetch content[0].text.text "
+        "(free text, on the site of a page the agent went to itself, 0.20) (weight 0.20)"
+    ]
+    assert visited.verdict != verifier_pb2.BLOCK
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "label", "task"),
+    [
+        ("bank__transfer", {"iban": "NL90LDRU7451135004"}, IBAN_FROM_EMAIL, "Pay the airline the change fee."),
+        ("web__post_form", {"url": CHECKIN_FORM}, URL_FROM_PAGE, "What does the airline's check-in page say?"),
+        ("web__post_form", {"url": CHECKIN_FORM}, URL_FROM_PAGE, ""),
+    ],
+    ids=["payment", "read-only-task", "no-task"],
+)
+def test_a_visited_site_does_not_vouch_for_payments_or_acts_the_task_does_not_ask(
+    tool: str, arguments: dict[str, str], label: str, task: str
+) -> None:
+    path = label.split(":")[1]
+    result = score_call(tool, arguments, ["untrusted", label, f"visited:{path}"], task)
+    assert result.verdict == verifier_pb2.BLOCK
+    assert "went to itself" not in " ".join(result.reasons)
+
+
+@pytest.mark.parametrize(
+    ("labels", "like"),
+    [(["visited:"], []), (["visited:body"], []), (["VISITED:url"], []), (["visited:url"] * 50, ["visited:url"])],
+)
+def test_a_visited_label_for_nothing_tainted_or_repeated_changes_nothing_more(
+    labels: list[str], like: list[str]
+) -> None:
+    task = "Cancel my booking LH8K4PZ, surname Edlund."
+    arguments = {"url": CHECKIN_FORM, "body": "hi"}
+    result = score_call("web__post_form", arguments, [URL_FROM_PAGE, *labels], task)
+    expected = score_call("web__post_form", arguments, [URL_FROM_PAGE, *like], task)
+    assert (result.deviation_score, result.verdict) == (expected.deviation_score, expected.verdict)
