@@ -218,6 +218,8 @@ class Journal:
         """Write one record into the OS (no fsync); raise JournalError when that fails."""
         if self._broken is not None:
             raise JournalError(self._broken)
+        if not payload:
+            raise JournalError("an empty record cannot be journaled (no event is empty)")
         length = _HEADER.size + len(payload)
         fd = self._fd
         if (self._roll_next or self._size + length > self._segment_bytes) and self._size:
@@ -374,8 +376,9 @@ def _read_tail(path: Path, offset: int, size: int) -> bytes:
 
 def _torn(tail: bytes) -> bool:
     """Whether the bytes after the last valid record are a record cut short (a crash during
-    its write), rather than a complete record whose crc fails."""
-    return len(tail) < _HEADER.size or _HEADER.size + _HEADER.unpack_from(tail)[0] > len(tail)
+    its write), or zeros (a file system that extended the file but lost the data on a power
+    cut), rather than a complete record whose crc fails."""
+    return len(tail) < _HEADER.size or _HEADER.size + _HEADER.unpack_from(tail)[0] > len(tail) or not tail.strip(b"\0")
 
 
 def _recover_segment(directory: Path, segment: int, valid: int, size: int, into: int) -> bool:
@@ -692,6 +695,10 @@ def _parse(buf: bytes, max_records: int) -> tuple[list[bytes], int, bool]:
     pos = 0
     while len(records) < max_records and len(buf) - pos >= _HEADER.size:
         length, crc = _HEADER.unpack_from(buf, pos)
+        if not length:
+            # No record is empty (every one is an event), and crc32(b"") is 0: eight zero
+            # bytes (a zero-filled tail after a power cut) would pass for a record.
+            return records, pos, False
         start = pos + _HEADER.size
         if start + length > len(buf):
             break

@@ -53,7 +53,6 @@ _PROSE_KEYS = frozenset(
     {"subject", "body", "text", "message", "title", "description", "comment", "comments", "note", "notes"}
     | {"snippet", "summary", "memo", "remarks", "caption", "reason", "details", "bio"}
 )
-_INDEX = re.compile(r"(\[\d+\])+$")
 _PARTS = re.compile(r"[\s:;,]+")
 #: A phone number as `exact_key` prints it: 7 to 15 digits.
 _PHONE = re.compile(r"[0-9]{7,15}")
@@ -63,7 +62,21 @@ _IBAN = re.compile(r"[a-z]{2}[0-9]{2}[a-z0-9]{10,30}")
 
 def is_prose_key(path: str) -> bool:
     """Whether `path` ends in a prose key, or in an item of a list under one (`subject[0]`)."""
-    return _INDEX.sub("", path).rpartition(".")[2].casefold() in _PROSE_KEYS
+    return _without_indexes(path).rpartition(".")[2].casefold() in _PROSE_KEYS
+
+
+def _without_indexes(path: str) -> str:
+    """`path` without its trailing `[n]` groups, in linear time. A regex anchored at the
+    end (an index group repeated, then `$`) is retried from every `[` of a long run, and a
+    result's keys choose the path: a key of 16,000 `[1]` and an `x` took 5.5 s on the
+    event loop."""
+    end = len(path)
+    while end and path[end - 1] == "]":
+        start = path.rfind("[", 0, end - 1)
+        if start < 0 or not path[start + 1 : end - 1].isdigit() or not path[start + 1 : end - 1].isascii():
+            break
+        end = start
+    return path[:end]
 
 
 def is_destination(norm: str) -> bool:

@@ -18,6 +18,10 @@ from bastion._json import Copies, loads_every
 #: Characters of one result read (all its strings together), and strings visited.
 MAX_RESULT_CHARS = 32 * 1024
 MAX_RESULT_VALUES = 1000
+#: Characters of a path: past them a path ends in `…` and stops growing. A result's keys
+#: choose its paths, and a path is copied into every label and INFORMED_BY hint that names
+#: it (a 100,000-character key made a 100 KB taint label) and rebuilt at every level below.
+MAX_PATH = 512
 #: Integers read as identifiers (six digits and more); shorter ones are amounts and counts.
 _LONG_NUMBER = 100_000
 #: Keys whose values are payloads or protocol, not data: MCP image/audio `data`, resource
@@ -87,14 +91,23 @@ class Walk:
                 yield path, str(int(item))
             elif isinstance(item, dict):
                 stack.extend(
-                    (f"{path}.{key}" if path else str(key), child)
+                    (_below(path, f"{path}.{key[:MAX_PATH]}" if path else str(key)[:MAX_PATH]), child)
                     for key, child in reversed(item.items())
                     if not _skipped(key, child, self._skip, path)
                 )
             elif isinstance(item, Copies):  # a key given twice: each copy is at that key
                 stack.extend((path, child) for child in reversed(item))
             elif isinstance(item, list):
-                stack.extend((f"{path}[{index}]", child) for index, child in reversed(list(enumerate(item))))
+                stack.extend(
+                    (_below(path, f"{path}[{index}]"), child) for index, child in reversed(list(enumerate(item)))
+                )
+
+
+def _below(parent: str, path: str) -> str:
+    """`path`, a child of `parent`, within MAX_PATH characters (see MAX_PATH)."""
+    if len(path) <= MAX_PATH:
+        return path
+    return parent if parent.endswith("…") else path[: MAX_PATH - 1] + "…"
 
 
 def _skipped(key: str, value: Any, skip: frozenset[str], parent: str) -> bool:

@@ -85,7 +85,17 @@ _SCHEME_RELATIVE = re.compile(
 # The authority runs on past a backslash: a browser ends it there (`\` is `/` in a web URL),
 # but httpx and curl read `https://named.example\@evil.example/` as user info and connect to
 # evil.example; `_destinations` yields both readings (an attacker's probe).
-_URL_AUTHORITY = re.compile(r"""(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://([^\s/?#"'<>]+)""", re.IGNORECASE | re.ASCII)
+# For the special schemes a browser (WHATWG URL) skips any run of `/` and `\` after the
+# colon, none included: `https:evil.example/q`, `https:/evil.example`, `https:\\evil.example`
+# and `https:///evil.example` all reach evil.example (an attacker's probe scored them 0).
+_URL_AUTHORITY = re.compile(
+    r"""(?<![a-z0-9+.-])(?:[a-z][a-z0-9+.-]*://|(?:https?|wss?|ftp):[/\\]*)([^\s/?#"'<>]+)""",
+    re.IGNORECASE | re.ASCII,
+)
+#: Where a URL may begin: `://`, or a special scheme's colon (`_URL_AUTHORITY`).
+_SPECIAL_SCHEME = re.compile(r"(?<![a-z0-9+.-])(?:https?|wss?|ftp):", re.IGNORECASE | re.ASCII)
+#: What a browser removes from anywhere in a URL before reading it (WHATWG: tab, LF, CR).
+_URL_IGNORED = str.maketrans("", "", "\t\n\r")
 # Groups of four with optional single space/hyphen separators, as IBANs are printed.
 # Case-insensitive because a bank API may accept lower case; the mod-97 check below
 # keeps random identifiers from matching.
@@ -129,6 +139,10 @@ _SHOWN_CHARS = 80
 # with a budget, so arguments too large to inspect are suspicious in themselves. The
 # task is read up to MAX_STRING_BYTES, like any one argument.
 MAX_STRING_BYTES = 64 * 1024
+#: Destinations (addresses, URLs, IBANs, …, repeats counted) read in one call's arguments:
+#: past them the arguments are too large to inspect. A mail to a few hundred people is far
+#: below; 256 KiB of nothing but URLs is far above.
+MAX_DESTINATIONS = 2000
 MAX_ARGUMENT_BYTES = 256 * 1024
 MAX_ARGUMENT_VALUES = 10_000
 
@@ -264,7 +278,8 @@ class ReferenceScorer:
                 abstained.append(reason)
         strings, too_large = _string_arguments(action.arguments)
         # Destinations are compared with a task's, and read for money; without a task neither.
-        found = _found_destinations(strings) if ctx.task.strip() else {}
+        found, too_many = _found_destinations(strings) if ctx.task.strip() else ({}, "")
+        too_large = too_large or too_many
         if config.argument_weight > 0 or config.contradiction_weight > 0:
             weight, reason = _argument_signal(strings, too_large, found, ctx.task, tool, ctx.taint, config)
             if weight > 0:
@@ -445,16 +460,21 @@ def _carried_in_urls(strings: Sequence[tuple[_Path, str]], task: str) -> list[tu
     versions held the scorer 2.9 s, then 8.7 s): a URL's text ends where the next one begins
     and after _MAX_URL_TAIL characters, novelty is decided once for all the hosts, and the
     task's first _MAX_OWN values are looked for."""
-    if not task or not any("://" in value for _, value in strings):
+    if not task or not any(_may_hold_url(value) for _, value in strings):
         return []
     own = _own_values(task)
     if not own:
         return []
     urls: list[tuple[str, str, _Path, bool]] = []
+    left = MAX_DESTINATIONS  # past it, `_found_destinations` has said the arguments are too large
     for path, value in strings:
-        if "://" not in value:
+        if not _may_hold_url(value):
             continue
-        matches = list(_URL_AUTHORITY.finditer(value))
+        value = _as_requested(value)
+        if left <= 0:
+            break
+        matches = list(itertools.islice(_URL_AUTHORITY.finditer(value), left))
+        left -= len(matches)
         whole = len(matches) == 1 and _is_destination(value)
         for index, match in enumerate(matches):
             stop = matches[index + 1].start() if index + 1 < len(matches) else len(value)
@@ -599,9 +619,24 @@ def _utf8_head(text: str, size: int) -> str:
     return text[:size].encode("utf-8", "surrogatepass")[:size].decode("utf-8", "ignore")
 
 
+def _may_hold_url(text: str) -> bool:
+    return "://" in text or (":" in text and _SPECIAL_SCHEME.search(text) is not None)
+
+
+def _as_requested(value: str) -> str:
+    """`value` as a client would request it when it is one URL: a browser drops tabs and
+    line breaks anywhere in a URL (`https://evil.exa\tmple/?e=a@b.example` goes to
+    evil.example); any other value as it is."""
+    if ("\t" in value or "\n" in value or "\r" in value) and len(value) <= _MAX_DESTINATION_CHARS:
+        requested = value.strip().translate(_URL_IGNORED)
+        if " " not in requested and _URL_AUTHORITY.match(requested):
+            return requested
+    return value
+
+
 def _destinations(text: str) -> Iterator[str]:
     """Destination-like tokens in `text`, canonical: lower case, IBANs upper case without spaces."""
-    if "://" in text:
+    if _may_hold_url(text):
         for match in _URL_AUTHORITY.finditer(text):
             authority = match.group(1)
             readings = (authority, authority.partition("\\")[0]) if "\\" in authority else (authority,)
@@ -671,12 +706,23 @@ def _known_destinations(task: str) -> frozenset[str]:
     return _known_in(_utf8_head(task, MAX_STRING_BYTES))
 
 
+def _known_and_owners(task: str) -> tuple[frozenset[str], frozenset[str]]:
+    """`_known_destinations`, and the hosts among them whose subdomains are their owner's."""
+    return _owners_in(_utf8_head(task, MAX_STRING_BYTES))
+
+
+@functools.lru_cache(maxsize=16)
+def _owners_in(task: str) -> tuple[frozenset[str], frozenset[str]]:
+    known = _known_in(task)
+    return known, frozenset(name for name in known if "@" not in name and "/" not in name and owns_subdomains(name))
+
+
 @functools.lru_cache(maxsize=16)
 def _known_in(task: str) -> frozenset[str]:
     """`_known_destinations` of a task's head, cached (a workflow's calls share their task).
     The key is at most MAX_STRING_BYTES; a task of that size made of short words holds
     ≈ 1 MB here, so 16 entries keep the worst case near 17 MB (measured, tracemalloc)."""
-    known = {_canonical_host(word.strip(_WORD_PUNCTUATION)) for word in task.split()}
+    known = {_canonical_host(word) for token in task.split() for word in _task_words(token)}
     for destination in _destinations(task):
         known.add(_key(destination))
         if "@" in destination:
@@ -684,31 +730,72 @@ def _known_in(task: str) -> frozenset[str]:
     return frozenset(known)
 
 
-def _found_destinations(arguments: Iterable[tuple[_Path, str]]) -> dict[str, _Path]:
-    """Each distinct destination in the arguments, canonical, with the first argument holding it."""
+#: Inside a task's word, what parts the names it holds: a link's brackets, a path's slash,
+#: dashes that join clauses (`shop.example/orders`, `[the shop](shop.example)`, `shop.example—`).
+_TASK_WORD_PARTS = re.compile(r"[/()\[\]\u2013\u2014]+")
+
+
+def _task_words(token: str) -> Iterator[str]:
+    """The names a whitespace-separated token of the task may hold, as a user writes them:
+    each part, without punctuation or a possessive, and an internationalised host in both
+    its spellings (`bücher.example`, `xn--bcher-kva.example`)."""
+    for part in _TASK_WORD_PARTS.split(token) if _TASK_WORD_PARTS.search(token) else (token,):
+        word = part.strip(_WORD_PUNCTUATION).removesuffix("'s").removesuffix("\u2019s").strip(_WORD_PUNCTUATION)
+        if not word:
+            continue
+        yield word
+        if "." in word and len(word) <= 253 and (not word.isascii() or "xn--" in word.casefold()):
+            try:
+                other = word.encode("idna").decode("ascii") if not word.isascii() else word.encode().decode("idna")
+            except UnicodeError:
+                continue
+            yield other
+
+
+def _found_destinations(arguments: Iterable[tuple[_Path, str]]) -> tuple[dict[str, _Path], str]:
+    """Each distinct destination in the arguments, canonical, with the first argument holding
+    it; and, when they hold more than MAX_DESTINATIONS (each URL costs a parse, and 256 KiB
+    of glued `a://b/` took 190 ms), why the rest was not read."""
     found: dict[str, _Path] = {}
+    seen = 0
     for path, value in arguments:
-        for destination in _destinations(value):
+        for destination in _destinations(_as_requested(value)):
             found.setdefault(destination, path)
+            seen += 1
+            if seen > MAX_DESTINATIONS:
+                return found, f"arguments too large to inspect (more than {MAX_DESTINATIONS} destinations)"
         if len(value) <= 66 and _HANDLE.fullmatch(handle := value.strip()):
             found.setdefault(handle.casefold(), path)
-    return found
+    return found, ""
 
 
 def _novel_destinations(found: dict[str, _Path], task: str) -> list[tuple[str, _Path]]:
     """(destination, argument path) for each distinct destination the task does not name."""
     if not found:
         return []
-    known = _known_destinations(task)
+    known, owners = _known_and_owners(task)
     # A host under one the task names (`lists.urbanbikes-journal.example` when it names
     # urbanbikes-journal.example) is that host's owner's — unless the named host is a
     # shared platform's or an IP address (`owns_subdomains`): a sibling never counts.
-    owners = tuple(f".{name}" for name in known if "@" not in name and "/" not in name and owns_subdomains(name))
     return [
         (destination, path)
         for destination, path in found.items()
-        if _key(destination) not in known and not (_kind(destination) == "host" and destination.endswith(owners))
+        if _key(destination) not in known and not (_kind(destination) == "host" and _under(destination, owners))
     ]
+
+
+def _under(host: str, owners: frozenset[str]) -> bool:
+    """Whether a domain above `host` is one of `owners`: a set lookup per label, so the cost
+    is the host's labels, not the task's names times the arguments' hosts (an attacker's
+    probe: 15,000 hosts against an 8 KiB task of names took 150 ms)."""
+    if not owners:
+        return False
+    dot = host.find(".")
+    while dot >= 0:
+        if host[dot + 1 :] in owners:
+            return True
+        dot = host.find(".", dot + 1)
+    return False
 
 
 def _key(destination: str) -> str:

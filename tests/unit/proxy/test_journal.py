@@ -270,7 +270,7 @@ async def test_delete_through_keeps_the_active_segment(tmp_path: Path) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    payloads=st.lists(st.binary(max_size=200), max_size=40),
+    payloads=st.lists(st.binary(min_size=1, max_size=200), max_size=40),
     segment_bytes=st.integers(min_value=8, max_value=1024),
     max_records=st.integers(min_value=1, max_value=10),
     max_bytes=st.integers(min_value=1, max_value=512),
@@ -519,4 +519,56 @@ async def test_a_corrupt_last_record_of_a_sealed_segment_is_still_skipped(tmp_pa
     assert kept.read_bytes() == segment_path(tmp_path, 1).read_bytes()
     assert read_all(reader)[0] == [b"next"]  # a retry copies nothing again
     assert len(list((tmp_path / QUARANTINE).iterdir())) == 1
+    await journal.close()
+
+
+# --- zeros are no records ---------------------------------------------------------------------
+
+
+async def test_an_empty_record_is_refused_at_append(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    with pytest.raises(JournalError, match="empty record"):
+        journal.append(b"")
+    journal.append(b"one")
+    await journal.close()
+    assert read_all(JournalReader(tmp_path))[0] == [b"one"]
+
+
+async def test_a_zero_filled_tail_is_a_tear_not_empty_records(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # crc32(b"") is 0, so eight zero bytes once passed for an empty record: a 4 KiB tail of
+    # zeros (a power cut after the file grew) read as 512 records, shipped as empty events.
+    journal = Journal.open(tmp_path)
+    journal.append(b"one")
+    await journal.close()
+    path = segment_path(tmp_path, 1)
+    good_size = path.stat().st_size
+    with path.open("ab") as f:
+        f.write(bytes(4096))
+    assert read_all(JournalReader(tmp_path))[0] == [b"one"]
+
+    with caplog.at_level(logging.WARNING, logger="bastion.proxy._journal"):
+        journal = Journal.open(tmp_path)
+    journal.append(b"two")
+    await journal.close()
+
+    assert path.stat().st_size == good_size + len(frame(b"two"))
+    assert f"truncated 4096 bytes of a torn or corrupt tail at offset {good_size}" in caplog.text
+    assert "corrupt record" not in caplog.text
+    assert read_all(JournalReader(tmp_path))[0] == [b"one", b"two"]
+
+
+async def test_zeros_over_records_of_a_running_journal_are_never_read_as_records(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, segment_bytes=1 << 20)
+    payloads = [f"record {n:02d}".encode() * 3 for n in range(8)]
+    for payload in payloads:
+        journal.append(payload)
+    await journal.flush()
+    start = sum(len(frame(p)) for p in payloads[:3])
+    with segment_path(tmp_path, 1).open("r+b") as f:
+        f.seek(start)
+        f.write(bytes(2 * len(frame(payloads[3]))))
+
+    records, _ = read_all(journal.reader())
+    assert b"" not in records
+    assert records[:3] == payloads[:3]
     await journal.close()

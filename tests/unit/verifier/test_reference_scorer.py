@@ -21,6 +21,7 @@ from bastion.verifier._engine import (
     _MAX_OWN,
     MAX_ARGUMENT_BYTES,
     MAX_ARGUMENT_VALUES,
+    MAX_DESTINATIONS,
     MAX_STRING_BYTES,
     _carried_in_urls,
     _own_values,
@@ -644,6 +645,13 @@ def test_a_plus_address_and_the_browsers_reading_of_a_backslash_are_carried() ->
 def test_many_urls_glued_in_one_string_are_read_in_linear_time() -> None:
     # A prober's request: every URL's text ran to the next whitespace, through every URL
     # after it, so 11,000 glued URLs copied 350 MB; each now ends where the next begins.
-    value = "a://b/" * 10_000 + "?e=mira.tomas@ourmail.example"
+    value = "a://b/" * (MAX_DESTINATIONS - 1) + "?e=mira.tomas@ourmail.example"
     carried = _carried_in_urls([(_Path(None, "u"), value)], _CARRY_TASK)
     assert [(mine, host) for mine, host, _, _ in carried] == [("mira.tomas@ourmail.example", "b")]
+    # Past MAX_DESTINATIONS the rest is not read (each URL is a parse: 256 KiB of them took
+    # 190 ms), and the scorer says the arguments are too large to inspect.
+    value = "a://b/" * 10_000 + "?e=mira.tomas@ourmail.example"
+    assert _carried_in_urls([(_Path(None, "u"), value)], _CARRY_TASK) == []
+    result = DEFAULT.score(request("fetch", server="web", task=_CARRY_TASK, arguments={"u": value}))
+    assert f"arguments too large to inspect (more than {MAX_DESTINATIONS} destinations)" in result.reasons[0]
+    assert result.deviation_score == pytest.approx(0.4)
