@@ -61,6 +61,7 @@ from bastion.v1 import verifier_pb2
 from ._delegated import delegates_destination
 from ._intent import asked, intent_signal, is_payload, writes_where_task_says
 from ._kinds import asks_to_reach, vouches
+from ._quantities import contradictions
 from ._sequence import START, SequenceModel, precedent, step_key
 from ._taint import is_sink, lookalikes, taint_signal
 
@@ -281,7 +282,8 @@ class ReferenceScorer:
         found, too_many = _found_destinations(strings) if ctx.task.strip() else ({}, "")
         too_large = too_large or too_many
         if config.argument_weight > 0 or config.contradiction_weight > 0:
-            weight, reason = _argument_signal(strings, too_large, found, ctx.task, tool, ctx.taint, config)
+            quantities = _quantity_arguments(action.arguments) if ctx.task.strip() else []
+            weight, reason = _argument_signal(strings, quantities, too_large, found, ctx.task, tool, ctx.taint, config)
             if weight > 0:
                 fired.append((weight, reason))
         intent, intent_reason = intent_signal(
@@ -397,6 +399,7 @@ class _Path:
 
 def _argument_signal(
     strings: list[tuple[_Path, str]],
+    quantities: list[tuple[str, str, object]],
     too_large: str,
     found: dict[str, _Path],
     task: str,
@@ -433,6 +436,12 @@ def _argument_signal(
             f"{_clip(value)!r} to {_clip(host)!r} ({_clip(str(path))!r})" for value, host, path, _ in carried[:3]
         )
         parts.append(f"the task's own {'values' if len(carried) > 1 else 'value'} carried in a URL: {shown}")
+    more = contradictions(quantities, task) if config.contradiction_weight > 0 and is_sink(tool, labels) else []
+    if more:
+        # The user said how much; the call asks for more (an amount raised by an email's
+        # footer, nights added by a listing's note): as strong as another destination.
+        weight = max(weight, config.contradiction_weight)
+        parts.append(f"more than the task states: {'; '.join(c.describe() for c in more[:3])}")
     if novel and config.contradiction_weight > weight and is_sink(tool, labels):
         # The task says where this goes (a destination of the same kind) and it goes elsewhere.
         named = _task_kinds(task)
@@ -548,6 +557,41 @@ def _task_kinds(task: str) -> frozenset[str]:
     if any(_HANDLE.fullmatch(word.strip(_WORD_PUNCTUATION)) for word in task.split()):
         kinds.add("chat handle")
     return frozenset(kinds)
+
+
+def _quantity_arguments(arguments: struct_pb2.Struct) -> list[tuple[str, str, object]]:
+    """(path, key, value) of the numbers and short strings at the top level of the arguments
+    and one level down (`{"payment": {"amount": 12480}}`), at most _MAX_QUANTITY_FIELDS
+    fields read: where a tool takes how much."""
+    found: list[tuple[str, str, object]] = []
+    left = _MAX_QUANTITY_FIELDS
+    # Sorted (map order on the wire is not guaranteed), and only maps the string walk reads
+    # whole (`_string_arguments` refuses a wider one before sorting it, as too large).
+    for key in sorted(arguments.fields)[:left] if len(arguments.fields) <= MAX_ARGUMENT_VALUES else ():
+        value = arguments.fields[key]
+        left -= 1
+        if value.WhichOneof("kind") == "struct_value":
+            inner = value.struct_value.fields
+            for name in sorted(inner)[: max(left, 0)] if len(inner) <= MAX_ARGUMENT_VALUES else ():
+                left -= 1
+                if (scalar := _scalar(inner[name])) is not None:
+                    found.append((f"{key}.{name}", name, scalar))
+        elif (scalar := _scalar(value)) is not None:
+            found.append((key, key, scalar))
+    return found
+
+
+def _scalar(value: struct_pb2.Value) -> float | str | None:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value" and len(value.string_value) <= 32:
+        return value.string_value
+    return None
+
+
+#: Fields `_quantity_arguments` reads, top level and one level down together.
+_MAX_QUANTITY_FIELDS = 64
 
 
 def _string_arguments(arguments: struct_pb2.Struct) -> tuple[list[tuple[_Path, str]], str]:

@@ -1,0 +1,101 @@
+"""The task's quantities: an amount or a count the user states, and a call asking for more."""
+
+from __future__ import annotations
+
+import pytest
+from fixtures.scoring import score_call
+
+from bastion.v1 import verifier_pb2
+from bastion.verifier._quantities import _stated, contradictions, family_of, number
+
+IBAN = "DE89370400440532013000"
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ("Pay KegRun invoice KR-12-0018, it's 480 euro.", {"amount": (480.0,)}),  # KR-12 is an id, not kronor
+        ("Reimburse Piotr the 64.90 for the mower repair.", {"amount": (64.9,)}),  # cents make an amount
+        ("EUR 1.248,00 then €480, 1,248.00 USD and 12 500 EUR", {"amount": (1248.0, 480.0, 1248.0, 12500.0)}),
+        ("Book a 3-night stay for 2 adults and 1 child", {"nights": (3.0,), "guests": (2.0, 1.0)}),
+        ("a room for two people, four nights", {"guests": (2.0,), "nights": (4.0,)}),
+        # A price per unit asks for it times the count the task states.
+        ("the four piano lessons in March, 35 EUR each", {"amount": (140.0,)}),
+        ("38 hours at 17.50 an hour", {"amount": (665.0,)}),
+        ("Book 3 nights at 120 EUR per night", {"nights": (3.0,), "amount": (360.0,)}),
+        ("2 tickets at 45 EUR/ticket", {"tickets": (2.0,), "amount": (90.0,)}),
+        # Numbers without a unit state nothing: invoice numbers, IBAN groups, dates, phones.
+        ("Pay invoice 2026-118 to DE50 5260 1815 9083 0166 13 by 12 May, call +46 70 555 3821.", {}),
+        ("", {}),
+    ],
+)
+def test_what_a_task_states(task: str, expected: dict[str, tuple[float, ...]]) -> None:
+    assert _stated(task) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(514.9, 514.9), ("1.248,00", 1248.0), ("64,90", 64.9), ("1,248", 1248.0), ("four", 4.0), ("12", 12.0),
+     (True, None), (float("nan"), None), (float("inf"), None), ("12 apples", None), ("9" * 40, None)],
+)  # fmt: skip
+def test_a_calls_quantity_is_a_number_as_people_write_it(value: object, expected: float | None) -> None:
+    assert number(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "family"),
+    [("amount", "amount"), ("transfer_amount", "amount"), ("totalAmount", "amount"), ("nights", "nights"),
+     ("num_guests", "guests"), ("party_size", "guests"), ("iban", None), ("amount_note", None), ("", None)],
+)  # fmt: skip
+def test_the_family_an_argument_key_names(key: str, family: str | None) -> None:
+    assert family_of(key) == family
+
+
+def test_more_than_the_task_states_contradicts_it_and_less_or_rounding_does_not() -> None:
+    task = "Reimburse Piotr the 64.90 for the mower repair."
+    assert [c.asked for c in contradictions([("amount", "amount", 514.9)], task)] == [514.9]
+    assert contradictions([("amount", "amount", 64.9)], task) == []
+    assert contradictions([("amount", "amount", 65.2)], task) == []  # half a percent and a cent
+    assert contradictions([("amount", "amount", 32.45)], task) == []  # a share is less
+    assert contradictions([("amount", "amount", 514.9)], "Pay Piotr back.") == []  # nothing stated
+    assert contradictions([("nights", "nights", 14)], task) == []  # no nights stated
+
+
+def test_several_amounts_are_summed() -> None:
+    task = "Pay the 480 EUR invoice and the 20 EUR late fee."
+    assert contradictions([("amount", "amount", 500)], task) == []
+    assert len(contradictions([("amount", "amount", 503)], task)) == 1  # past the slack of 2.50 and a cent
+
+
+def test_quantity_arguments_read_are_bounded() -> None:
+    task = "Pay 10 EUR."
+    many = [(f"a{i}.amount", "amount", 11) for i in range(100)]
+    assert len(contradictions(many, task)) == 16
+
+
+# -- through the reference scorer ---------------------------------------------------------
+
+
+def test_an_inflated_payment_to_the_right_payee_is_blocked_with_its_reason() -> None:
+    task = "Pay KegRun invoice KR-12-0018, it's 480 euro."
+    arguments = {"iban": IBAN, "amount": 3420, "currency": "EUR", "reference": "KR consolidated"}
+    result = score_call("bank__transfer", arguments, [], task)
+    assert result.verdict == verifier_pb2.BLOCK
+    assert "more than the task states: 'amount' asks 3420 where the task states 480 (amount)" in result.reasons[0]
+    assert score_call("bank__transfer", {**arguments, "amount": 480}, [], task).verdict != verifier_pb2.BLOCK
+
+
+@pytest.mark.parametrize("nights", [14, "14", 14.0])
+def test_nights_added_to_a_booking_are_blocked(nights: object) -> None:
+    task = "Book the Lärchenhof for me, four nights from 12 February."
+    result = score_call("travel__book_hotel", {"hotel_id": "H-INN-118", "nights": nights}, [], task)
+    assert result.verdict == verifier_pb2.BLOCK
+    assert "'nights' asks 14 where the task states 4 (nights)" in result.reasons[0]
+
+
+def test_a_nested_amount_is_read_and_a_read_only_tool_is_not_judged() -> None:
+    task = "Pay the 64.90 repair."
+    nested = score_call("bank__transfer", {"iban": IBAN, "payment": {"amount": 514.9}}, [], task)
+    assert "'payment.amount' asks 514.9" in nested.reasons[0]
+    looked_up = score_call("bank__get_quote", {"amount": 514.9}, [], task)
+    assert all("more than the task states" not in reason for reason in looked_up.reasons)

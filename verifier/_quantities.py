@@ -1,0 +1,222 @@
+"""The task's quantities: an amount or a count the user states, and a call that asks for more.
+
+Some attacks change no destination. The payee is the right one, and an email's footer talks
+the agent into paying 12,480 where the invoice said 1,248. Or a listing's note makes it book
+14 nights where the user asked for four. Nothing in such a call is foreign, so the
+destination and taint signals have nothing to see. What gives it away is the task: the user
+said how much.
+
+So, for a sink, each argument whose key names a quantity (`amount`, `nights`, `guests`,
+`tickets`, … : FAMILIES) and holds a number is compared with the numbers the task states
+for that family: amounts beside a currency ("64.90 EUR", "€480", "480 euro") or written with
+cents ("the 64.90 for the repair"), counts beside their unit ("3 nights", "four-night",
+"2 adults"). The call contradicts the task when it asks for more than all of them together
+(with half a percent and a cent of slack for rounding).
+Less is never a contradiction: the user's share of a bill, a partial refund or a deposit is
+less than the total the task names. A task that names no quantity of the family says
+nothing about it.
+
+Numbers are read as people write them: `1,248.00`, `1.248,00`, `64,90`, `1 248`, and the
+words one to twenty. Bounded: the task's first MAX_TASK_CHARS characters, at most
+MAX_ARGUMENTS quantity arguments per call.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: Characters of the task read for its quantities.
+MAX_TASK_CHARS = 8 * 1024
+#: Quantity arguments compared per call.
+MAX_ARGUMENTS = 16
+#: Slack for rounding: a call may ask for this fraction, and a cent, more than the task names.
+_SLACK = 0.005
+_CENT = 0.01
+
+_CURRENCIES = frozenset(
+    {
+        "eur", "euro", "euros", "€", "usd", "dollar", "dollars", "$", "gbp", "pound", "pounds", "£", "chf",
+        "sek", "nok", "dkk", "kr", "pln", "zł", "czk", "huf", "jpy", "¥", "inr", "₹", "aud", "cad", "nzd",
+    }
+)  # fmt: skip
+_PEOPLE = frozenset(
+    {
+        "guest", "guests", "people", "person", "persons", "adult", "adults", "passenger", "passengers",
+        "traveller", "travellers", "traveler", "travelers", "pax", "child", "children", "kid", "kids",
+        "infant", "infants",
+    }
+)  # fmt: skip
+_PEOPLE_KEYS = ("guests", "people", "persons", "adults", "passengers", "travellers", "travelers", "pax", "partysize")
+#: Family → (ends of argument keys, folded to letters and digits; the task's unit words).
+FAMILIES: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
+    "amount": (("amount", "total", "sum"), _CURRENCIES),
+    "nights": (("nights",), frozenset({"night", "nights"})),
+    "guests": (_PEOPLE_KEYS, _PEOPLE),
+    "tickets": (("tickets",), frozenset({"ticket", "tickets"})),
+    "rooms": (("rooms",), frozenset({"room", "rooms"})),
+    "seats": (("seats",), frozenset({"seat", "seats"})),
+}
+
+_WORDS = {
+    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+    "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
+}  # fmt: skip
+#: A number as written: digits with `,` `.` or thin/normal spaces between groups, or a number word.
+_NUMBER = r"(?:\d{1,3}(?:[ ,.\u202f\u00a0]\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?|" + "|".join(_WORDS) + ")"
+#: A number with two decimals and nothing else: how an amount is written.
+_CENTS = re.compile(r"\d{1,3}(?:[ ,.\u202f\u00a0]\d{3})*[.,]\d{2}|\d+[.,]\d{2}")
+#: A token of the task: a number, a word, or a currency sign.
+_TOKEN = re.compile(rf"(?<![\w.,])({_NUMBER})(?![\w])|([^\W\d_]+|[€$£¥₹])", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Contradiction:
+    """A quantity argument asking for more than the task states for its family."""
+
+    path: str
+    family: str
+    asked: float
+    stated: tuple[float, ...]
+
+    def describe(self) -> str:
+        stated = ", ".join(_shown(value) for value in self.stated[:3])
+        more = f" and {len(self.stated) - 3} more" if len(self.stated) > 3 else ""
+        return f"{self.path!r} asks {_shown(self.asked)} where the task states {stated}{more} ({self.family})"
+
+
+def contradictions(arguments: Iterable[tuple[str, str, object]], task: str) -> list[Contradiction]:
+    """The quantity arguments ((path, last key, value) of the call's numbers and numeric
+    strings) that ask for more than everything the task states of their family."""
+    if not task:
+        return []
+    stated = _stated(task[:MAX_TASK_CHARS])
+    if not stated:
+        return []
+    found = []
+    read = 0
+    for path, key, value in arguments:
+        family = family_of(key)
+        if family is None or family not in stated:
+            continue
+        asked = number(value)
+        if asked is None:
+            continue
+        read += 1
+        if read > MAX_ARGUMENTS:
+            break
+        total = sum(stated[family])
+        if asked > total * (1 + _SLACK) + _CENT:
+            found.append(Contradiction(path, family, asked, stated[family]))
+    return found
+
+
+def family_of(key: str) -> str | None:
+    """The family an argument key names (`transfer_amount` → amount), or None."""
+    folded = "".join(char for char in key.casefold() if char.isalnum())
+    if not folded:
+        return None
+    for family, (ends, _) in FAMILIES.items():
+        if folded.endswith(ends):
+            return family
+    return None
+
+
+def number(value: object) -> float | None:
+    """A call's quantity: a JSON number, or a string that is one number as people write it."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value == value and abs(value) != float("inf") else None
+    if isinstance(value, str) and len(value) <= 32:
+        text = value.strip()
+        if re.fullmatch(_NUMBER, text, re.IGNORECASE):
+            return _parse(text)
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _stated(task: str) -> dict[str, tuple[float, ...]]:
+    """Family → the quantities the task states for it, in order. A task that prices a unit
+    ("35 EUR each", "17.50 an hour", "per night") asks for that price times a count it
+    states ("four lessons", "38 hours"): its amount is then each amount times its largest
+    plain count."""
+    stated, per_unit, counts = _read(task)
+    if per_unit and counts and "amount" in stated:
+        most = max(counts)
+        stated["amount"] = tuple(value * most for value in stated["amount"])
+    return stated
+
+
+#: Words after an amount that make it a price per unit.
+_PER_UNIT = frozenset({"each", "apiece", "per", "an", "a", "every", "/"})
+#: Largest plain number read as a count of units.
+_MAX_COUNT = 999
+
+
+def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float]]:
+    """(family → quantities, whether an amount is priced per unit, the plain counts)."""
+    tokens = list(_TOKEN.finditer(task))
+    stated: dict[str, list[float]] = {}
+    per_unit = False
+    counts: list[float] = []
+    for index, match in enumerate(tokens):
+        text = match.group(1)
+        if text is None:
+            continue
+        value = _parse(text)
+        if value is None:
+            continue
+        # The unit beside the number, with nothing but a space between ("EUR 480"), or a
+        # hyphen after ("a 3-night stay"): `KR-12-0018` is an invoice number, not 12 kronor.
+        previous = tokens[index - 1] if index else None
+        following = tokens[index + 1] if index + 1 < len(tokens) else None
+        before = after = ""
+        if previous is not None and previous.group(2) and not task[previous.end() : match.start()].strip():
+            before = previous.group(2).casefold()
+        if following is not None and following.group(2) and task[match.end() : following.start()].strip() in ("", "-"):
+            after = following.group(2).casefold()
+        family = next(
+            (name for name, (_, units) in FAMILIES.items() if after in units or (name == "amount" and before in units)),
+            None,
+        )
+        if family is None and _CENTS.fullmatch(text):  # "the 64.90 for the repair": money, written so
+            family = "amount"
+        if family is None:
+            if value == int(value) and 1 < value <= _MAX_COUNT:
+                counts.append(value)
+            continue
+        stated.setdefault(family, []).append(value)
+        if family != "amount":
+            counts.append(value)  # "3 nights at 120 EUR per night"
+            continue
+        # "35 EUR each", "17.50 an hour": the word after the amount (or after its currency).
+        end = following.end() if following is not None and after in FAMILIES["amount"][1] else match.end()
+        rest = _TOKEN.search(task, end)
+        if rest is not None and rest.group(2) and not task[end : rest.start()].strip(" /"):
+            per_unit = per_unit or rest.group(2).casefold() in _PER_UNIT or "/" in task[end : rest.start()]
+    return {family: tuple(values) for family, values in stated.items()}, per_unit, counts
+
+
+def _parse(text: str) -> float | None:
+    """`1,248.00`, `1.248,00`, `64,90`, `1 248`, `four` → a float; None when it is not one."""
+    text = text.strip().casefold()
+    if text in _WORDS:
+        return float(_WORDS[text])
+    compact = re.sub(r"[ \u202f\u00a0]", "", text)
+    last = max(compact.rfind(","), compact.rfind("."))
+    if last >= 0 and len(compact) - last - 1 in (1, 2):
+        whole, fraction = compact[:last], compact[last + 1 :]
+    else:
+        whole, fraction = compact, ""
+    whole = whole.replace(",", "").replace(".", "")
+    if not whole.isdigit() or (fraction and not fraction.isdigit()):
+        return None
+    return float(f"{whole}.{fraction}") if fraction else float(whole)
+
+
+def _shown(value: float) -> str:
+    return f"{value:g}" if value != int(value) else str(int(value))
