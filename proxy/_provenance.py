@@ -64,8 +64,10 @@ workflow with no fingerprints costs a length check.
                                    to no site but that page's or the task's (`_pointers.py`)
   `lookalike:<path>:<domain>:<seen>`
                                    a domain in the argument, or of the source of its data,
-                                   looks like another the workflow's results or task showed
-                                   (`_lookalike.py`: `meridian-prints` / `meridian-print`)
+                                   or of the sender of the message whose id it passes (a
+                                   reply by id), looks like another the workflow's results
+                                   or task showed (`_lookalike.py`: `meridian-prints` /
+                                   `meridian-print`)
   `arg:<path>:<trust>:<server__tool>:<result path>:<field|text>:<fraction>`
                                    per argument: trust is `trusted` or `untrusted`;
                                    `field` a whole short value of the result, `text`
@@ -125,6 +127,9 @@ MAX_VALUE = 256
 MIN_RUN = 20
 #: Edges and `arg:` labels one call gets at most.
 MAX_REPORTED = 8
+#: Message handles kept per workflow (`Fingerprints._handles`), and keys naming a sender.
+MAX_HANDLES = 256
+_SENDER_KEYS = frozenset({"sender", "from", "reply_to", "replyTo", "from_address", "fromAddress"})
 #: Source fields (`sender`, `url`, …) of one result kept for its identity.
 MAX_NAMED_BY = 8
 #: Characters of identity data (what a call read, its result's source fields) counted as one
@@ -234,6 +239,10 @@ class Fingerprints:
     unread: deque[Unread] = field(default_factory=lambda: deque(maxlen=MAX_UNREAD))
     #: Domains the results and the task showed, for `lookalike:` labels (one print each).
     _domains: SeenDomains = field(default_factory=SeenDomains)
+    #: An untrusted result's message handles (`id` beside a `sender` or `from`) → the
+    #: sender's domain, newest MAX_HANDLES: a reply by id goes to that sender, though no
+    #: address is among its arguments (`lookalikes`).
+    _handles: OrderedDict[str, str] = field(default_factory=OrderedDict)
 
     def __len__(self) -> int:
         return self._size
@@ -263,7 +272,10 @@ class Fingerprints:
         walk = Walk(result, parse_json=True)
         cut = False
         shown: dict[str, None] = {}
+        handles: dict[str, list[str]] = {}  # an object's path → [its id, its sender]
         for path, text in walk:
+            if not trusted and len(handles) < MAX_HANDLES:
+                _note_handle(handles, path, text)
             if _is_handle(path, text):
                 continue
             if (
@@ -307,6 +319,7 @@ class Fingerprints:
             named_by.clear()
         if (cut or walk.cut) and not trusted:
             self.unread.append(Unread(node_id, tool, size, partial=True))
+        self._keep_handles(handles)
         added = len(shingles) + len(exact)
         if not added:
             return 0
@@ -343,6 +356,18 @@ class Fingerprints:
             self._identity[node_id] = (cost, (read, tuple(named_by), chosen))
             self._size += cost
         return added
+
+    def _keep_handles(self, handles: dict[str, list[str]]) -> None:
+        for handle, sender in handles.values():
+            if not (handle and sender):
+                continue
+            domains = first_domains(normalise(sender.rpartition("@")[2]))
+            if domains:
+                key = normalise(handle)
+                self._handles.pop(key, None)
+                self._handles[key] = domains[0]
+                if len(self._handles) > MAX_HANDLES:
+                    self._handles.popitem(last=False)
 
     def _forget_identity(self, node_id: str) -> None:
         held = self._identity.pop(node_id, None)
@@ -387,6 +412,7 @@ class Fingerprints:
         self._size -= len(held.exact)
         if not self._results:  # the domains count against the budget too: a workflow evicted whole holds none
             self._size -= self._domains.clear()
+            self._handles.clear()
         self._shrink()
         return node_id, held
 
@@ -431,8 +457,9 @@ class Fingerprints:
 
     def lookalikes(self, values: Sequence[tuple[str, str]], matches: Iterable[Match]) -> list[tuple[str, str, str]]:
         """(argument path, domain, the domain it looks like) for each domain in the arguments
-        (`read_arguments`), and each source of data they hold (`matches`), made to be taken
-        for another the workflow's results or task showed (`_lookalike.py`). After `match`."""
+        (`read_arguments`), each sender a message handle among them answers to, and each
+        source of data they hold (`matches`), made to be taken for another the workflow's
+        results or task showed (`_lookalike.py`). After `match`."""
         if self._domains.empty:
             return []
         found: dict[tuple[str, str], str] = {}
@@ -440,6 +467,10 @@ class Fingerprints:
             for name in first_domains(norm):
                 if (like := self._domains.alike(name)) is not None:
                     found.setdefault((path, name), like)
+            # `reply_email(message_id=…)`: the reply goes to that message's sender.
+            sender = self._handles.get(norm) if self._handles and _is_id_key(path) else None
+            if sender is not None and (like := self._domains.alike(sender)) is not None:
+                found.setdefault((path, sender), like)
         for m in matches:
             held = self._results.get(m.source.node_id)
             for name in held.domains if held is not None and not m.source.trusted else ():
@@ -534,13 +565,26 @@ def _add_tokens(exact: dict[str, Source], norm: str, source: Source) -> bool:
     return next(found, None) is not None
 
 
+def _is_id_key(path: str) -> bool:
+    key = path.rpartition(".")[2].partition("[")[0]
+    return key == "id" or key.endswith(("Id", "_id", "ID"))
+
+
+def _note_handle(handles: dict[str, list[str]], path: str, text: str) -> None:
+    """Note an object's id or sender (`messages[0].id`, `messages[0].sender`) under its path."""
+    parent, _, key = path.rpartition(".")
+    if key in _SENDER_KEYS:
+        handles.setdefault(parent, ["", ""])[1] = text[:MAX_VALUE]
+    elif _is_id_key(path) and len(text) <= MAX_VALUE:
+        handles.setdefault(parent, ["", ""])[0] = text
+
+
 def _is_handle(path: str, text: str) -> bool:
     """A value under an id key (`id`, `taskId`, `message_id`): a protocol handle the next
     call is meant to pass back (an A2A task id, an email's id to reply to), not data a
     source could inject — unless it is a destination (an attacker's probe put an IBAN under
     `account_id` and an address under `payeeId`)."""
-    key = path.rpartition(".")[2]
-    if not (key == "id" or key.endswith(("Id", "_id", "ID"))):
+    if not _is_id_key(path):
         return False
     norm = normalise(text)
     return norm.startswith("<") or not is_destination(norm)
