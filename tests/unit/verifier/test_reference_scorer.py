@@ -17,16 +17,9 @@ from hypothesis import strategies as st
 from bastion import ConfigError
 from bastion.v1 import policy_pb2, verifier_pb2
 from bastion.verifier import ReferenceScorer, ScorerConfig
-from bastion.verifier._engine import (
-    _MAX_OWN,
-    MAX_ARGUMENT_BYTES,
-    MAX_ARGUMENT_VALUES,
-    MAX_DESTINATIONS,
-    MAX_STRING_BYTES,
-    _carried_in_urls,
-    _own_values,
-    _Path,
-)
+from bastion.verifier._destinations import MAX_DESTINATIONS, MAX_STRING_BYTES, _Path
+from bastion.verifier._engine import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_VALUES
+from bastion.verifier._urls import _MAX_OWN, _carried_in_urls, _own_values
 
 # The sequence signal is off here: it learns from each request, and has its own tests
 # (test_sequence_signal.py). Everything else is at its defaults.

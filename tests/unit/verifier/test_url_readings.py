@@ -12,7 +12,7 @@ import pytest
 from fixtures.scoring import score_call
 
 from bastion.v1 import verifier_pb2
-from bastion.verifier._engine import _novel_destinations, _Path
+from bastion.verifier._destinations import _novel_destinations, _Path
 
 TASK = "Get the price list from the wedding cars page; contact mira.tomas@ourmail.example"
 EMAIL = "mira.tomas@ourmail.example"
