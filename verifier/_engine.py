@@ -68,8 +68,8 @@ from ._intent import asked, intent_signal, is_payload, writes_where_task_says
 from ._kinds import asks_to_reach, vouches
 from ._quantities import contradictions
 from ._sequence import START, SequenceModel, precedent, step_key
-from ._taint import is_sink, lookalikes, taint_signal
-from ._urls import _carried_in_urls
+from ._taint import is_sink, lookalikes, parse, taint_signal
+from ._urls import carried_own, novel_urls, secrets_sent
 
 if TYPE_CHECKING:
     from ._semantic import SemanticDrift
@@ -353,18 +353,21 @@ def _argument_signal(
         weight = max(weight, config.contradiction_weight if is_sink(tool, labels) else config.argument_weight)
         shown = ", ".join(f"{_clip(name)!r} ({_clip(path)!r}) like {_clip(like)!r}" for path, name, like in alike[:3])
         parts.append(f"look-alike domain{'s' if len(alike) > 1 else ''}: {shown}, seen in this workflow")
-    if carried := _carried_in_urls(strings, task):
-        # The user's own address, account or wallet, as the task gives it, inside a URL to a
-        # host the task never named: requesting the URL hands it over, whatever the tool
-        # does with the answer (a fetch is a send), so as strong as a contradiction. A URL
-        # inside text (a confirmation link in a mail's body) is not requested by the call:
-        # novelty's weight.
-        requested = any(whole for *_, whole in carried)
-        weight = max(weight, config.contradiction_weight if requested else config.argument_weight)
-        shown = ", ".join(
-            f"{_clip(value)!r} to {_clip(host)!r} ({_clip(str(path))!r})" for value, host, path, _ in carried[:3]
-        )
-        parts.append(f"the task's own {'values' if len(carried) > 1 else 'value'} carried in a URL: {shown}")
+    urls = novel_urls(strings, task)
+    # The user's own address, account or wallet, as the task gives it, or a parameter that
+    # says it sends a document number, a birth date, a card or a secret, inside a URL to a
+    # host the task never named: requesting the URL hands it over, whatever the tool does
+    # with the answer (a fetch is a send), so as strong as a contradiction. A URL inside
+    # text (a confirmation link in a mail's body) is not requested by the call: novelty's weight.
+    for sent, own in ((carried_own(urls, task), True), (secrets_sent(urls, _copied(labels)) if urls else [], False)):
+        if sent:
+            requested = any(whole for *_, whole in sent)
+            weight = max(weight, config.contradiction_weight if requested else config.argument_weight)
+            shown = ", ".join(
+                f"{_clip(value)!r} to {_clip(host)!r} ({_clip(str(path))!r})" for value, host, path, _ in sent[:3]
+            )
+            what = f"the task's own {'values' if len(sent) > 1 else 'value'} carried" if own else "personal data sent"
+            parts.append(f"{what} in a URL: {shown}")
     more = contradictions(quantities, task) if config.contradiction_weight > 0 and is_sink(tool, labels) else []
     if more:
         # The user said how much; the call asks for more (an amount raised by an email's
@@ -383,6 +386,11 @@ def _argument_signal(
     if weight <= 0:
         return 0.0, ""
     return weight, f"{'; '.join(parts)} (weight {weight:.2f})"
+
+
+def _copied(labels: Sequence[str]) -> frozenset[str]:
+    """Argument paths the proxy traced whole to one untrusted result: a link as it was given."""
+    return frozenset(tainted.path for tainted in parse(labels) if tainted.fraction >= 1.0)
 
 
 def _quantity_arguments(arguments: struct_pb2.Struct) -> list[tuple[str, str, object]]:
