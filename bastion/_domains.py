@@ -1,19 +1,26 @@
 """Who owns a host name: the part of it its owner registered (`registrable`), shared by the
 proxy's provenance (which results a task points at, proxy/_pointers.py) and the reference
-scorer (whether a destination is on a site the task names, verifier/_engine.py).
+scorer (whether a destination is on a site the task names, verifier/_destinations.py).
 
-No public-suffix list is shipped (nothing is downloaded at run time), so the rule is a
-heuristic that errs towards the longer name: a short label before a two-letter top-level
-label is a suffix of its own (`co.uk`, `com.au`), and under the platforms of
-`SHARED_HOSTS` anyone gets a name (`alice.github.io`), so a host there is its own whole
-name. An attacker's probe joined tenants of platforms the first version missed or read
-one label short (`*.blob.core.windows.net`, `*.execute-api.<region>.amazonaws.com`).
-Reading a name as *longer* than its owner's can only make two hosts look unrelated, never
-join an attacker's host to the user's. `owns_subdomains` says when the names under a host
-are its owner's (the scorer's same-site rule: never siblings, never on a shared platform).
+The Public Suffix List, as the `publicsuffixlist` package ships it (a snapshot inside the
+wheel: nothing is downloaded at run time), with its private section: `alice.github.io`,
+`x.herokuapp.com`, `shop.uk.com`, `a.b.tokyo.jp` are each their own owner's. On top of it,
+`SHARED_HOSTS`: platforms the list does not name where anyone still gets a name or a page
+(`alice.ghost.io`, `x.medium.com`, Google's and Slack's hosts), under which a host is its
+own whole name; and a host the list calls a suffix itself is its own whole name too. A
+reviewer's probe joined tenants of platforms an earlier heuristic missed or read one label
+short (`*.blob.core.windows.net`, `*.tokyo.jp`, `*.uk.com`). Reading a name as *longer* than
+its owner's can only make two hosts look unrelated, never join an attacker's host to the
+user's. `owns_subdomains` says when the names under a host are its owner's (the scorer's
+same-site rule: never siblings, never on a shared platform).
 """
 
 from __future__ import annotations
+
+from publicsuffixlist import PublicSuffixList
+
+#: The list as the package ships it, private section included (loaded once, ~20 ms).
+_PSL = PublicSuffixList(only_icann=False)
 
 #: Domains under which anyone gets a name (`alice.github.io`): a host under one is its own whole name.
 SHARED_HOSTS = frozenset(
@@ -36,6 +43,9 @@ SHARED_HOSTS = frozenset(
         "herokudns.com", "fastly.net", "akamaized.net", "b-cdn.net", "digitaloceanspaces.com",
         "ondigitalocean.app", "railway.app", "up.railway.app", "koyeb.app", "modal.run", "supabase.co",
         "fly.io", "pantheonsite.io", "wpengine.com", "myftp.org", "no-ip.org", "ddns.net",
+        "ghost.io", "hashnode.dev", "replit.dev", "github.dev", "azureedge.net", "cloudapp.net",
+        "000webhostapp.com", "codeberg.page", "itch.io", "mooo.com", "lever.co", "zapier.com",
+        "discordapp.com", "discord.com",
     }
 )  # fmt: skip
 
@@ -48,8 +58,8 @@ def registrable(host: str) -> str:
     labels = host.split(".")
     if all(label.isdigit() for label in labels) or ":" in host or host.startswith("[") or _shared(labels):
         return host  # an IP address (its last labels are no domain), or a platform's tenant
-    keep = 3 if len(labels) >= 3 and _public_suffix(labels[-2:]) else 2
-    return ".".join(labels[-keep:])
+    # None: the host is a public suffix itself (`co.uk`, `x.replit.dev` under `*.replit.dev`).
+    return _PSL.privatesuffix(host) or host
 
 
 def owns_subdomains(host: str) -> bool:
@@ -59,14 +69,12 @@ def owns_subdomains(host: str) -> bool:
     labels = host.split(".")
     if len(labels) < 2 or not labels[-1].isalpha() or len(labels[-1]) < 2 or not all(labels):
         return False
-    return not (len(labels) == 2 and _public_suffix(labels)) and not _shared(labels)
-
-
-def _public_suffix(last_two: list[str]) -> bool:
-    """`co.uk`-style: a short label before a two-letter one is a suffix of its own."""
-    return len(last_two[0]) <= 3 and len(last_two[1]) == 2
+    return _PSL.privatesuffix(host) is not None and not _shared(labels)
 
 
 def _shared(labels: list[str]) -> bool:
     """Whether the host of `labels`, or a domain above it, is a platform of SHARED_HOSTS."""
-    return any(".".join(labels[start:]) in SHARED_HOSTS for start in range(len(labels) - 1))
+    # `blogspot.co.uk`, `blogspot.de`, …: every country's Blogger host.
+    return any(".".join(labels[start:]) in SHARED_HOSTS for start in range(len(labels) - 1)) or (
+        "blogspot" in labels[:-1]
+    )

@@ -234,6 +234,9 @@ class SeenDomains:
         self._task_names = frozenset(names)
         self._task = tuple(found for name in names if (found := domain(name)) is not None)
 
+    def named_by_task(self, name: str) -> bool:
+        return name in self._task_names
+
     def alike(self, name: str) -> str | None:
         """The task domain, or the domain seen no later than `name`, that `name` looks like;
         None when none, or when the task names `name`."""

@@ -48,6 +48,7 @@ regex retried at every position of 8 KiB costs ~300 ms).
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -102,14 +103,29 @@ _NOT_NAMES = ACTION_VERBS | frozenset(
 #: (an attacker's probe posted a link to its own repository on an issue the task named).
 PATH_TENANTS = {
     "github.com": 1, "gitlab.com": 1, "bitbucket.org": 1, "codeberg.org": 1, "huggingface.co": 1,
-    "medium.com": 1, "reddit.com": 2, "x.com": 1, "twitter.com": 1, "facebook.com": 1,
-    "instagram.com": 1, "linkedin.com": 2, "youtube.com": 1, "pastebin.com": 1, "notion.so": 1,
-    "dropbox.com": 2, "docs.google.com": 3, "drive.google.com": 3, "sites.google.com": 2,
-    "forms.gle": 1, "bit.ly": 1, "t.me": 1, "discord.gg": 1, "linktr.ee": 1,
-    "discord.com": 3, "hooks.slack.com": 3, "storage.googleapis.com": 1,
-    "raw.githubusercontent.com": 1, "gist.githubusercontent.com": 1, "paypal.me": 1,
-    "webhook.site": 1, "s3.amazonaws.com": 1, "npmjs.com": 2, "pypi.org": 2,
+    "medium.com": 1, "reddit.com": 1, "x.com": 1, "twitter.com": 1, "facebook.com": 1,
+    "instagram.com": 1, "linkedin.com": 1, "youtube.com": 1, "pastebin.com": 1, "notion.so": 1,
+    "dropbox.com": 1, "docs.google.com": 1, "drive.google.com": 1, "sites.google.com": 1,
+    "script.google.com": 1, "forms.gle": 1, "bit.ly": 1, "t.me": 1, "discord.gg": 1, "linktr.ee": 1,
+    "discord.com": 1, "discordapp.com": 1, "hooks.slack.com": 3, "hooks.zapier.com": 3,
+    "storage.googleapis.com": 1, "raw.githubusercontent.com": 1, "gist.githubusercontent.com": 1,
+    "paypal.me": 1, "webhook.site": 1, "s3.amazonaws.com": 1, "npmjs.com": 1, "pypi.org": 1,
+    "jobs.lever.co": 1, "itch.io": 1,
 }  # fmt: skip
+#: Path segments that say what kind of page follows, not whose (`api.github.com/repos/<owner>`,
+#: `docs.google.com/forms/d/e/<id>`, `huggingface.co/datasets/<owner>`): read past, so the
+#: owner is compared, never a segment every tenant's URLs share (a reviewer's probe).
+STRUCTURAL_SEGMENTS = frozenset(
+    {
+        "repos", "orgs", "users", "api", "v1", "v2", "v3", "v4", "projects", "datasets", "spaces", "models",
+        "u", "r", "user", "in", "company", "school", "groups", "pages", "d", "e", "forms", "document",
+        "spreadsheets", "presentation", "file", "open", "scl", "fi", "s", "sh", "view", "package", "project",
+        "webhooks", "services", "hooks", "catch", "macros", "@", "c", "channel", "p", "t",
+    }
+)  # fmt: skip
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:")
+#: What a browser removes from anywhere in a URL before reading it (WHATWG: tab, LF, CR).
+_URL_IGNORED = str.maketrans("", "", "\t\n\r")
 #: Dot segments, plain or percent-encoded, and encoded slashes: a path holding one does not
 #: lead where its first segments say.
 _DOT_SEGMENTS = ("/..", "../", "%2e", "%2f", "%5c")
@@ -213,8 +229,21 @@ def stays_within(folded: str, allowed: frozenset[str]) -> bool:
     (registrable domains and whole addresses); fails closed on what it cannot read."""
     if not any(mark in folded for mark in "./@:\\"):
         return True  # an IBAN, a name, a sentence without a locator
+    # A browser drops tabs and line breaks inside a URL: `victim.com<tab>pany` is
+    # victim.company. Arguments arrive normalised (whitespace runs made one space), so a
+    # value that starts as a URL is read with its spaces dropped too.
+    stripped = folded.strip()
+    joined = stripped.translate(_URL_IGNORED)
+    if _SCHEME.match(joined):
+        joined = joined.replace(" ", "")
+    if joined != stripped and " " not in joined and not stays_within(joined, allowed):
+        return False
     for raw in folded.split():
-        token = raw.strip(PUNCTUATION).replace("\\", "/")
+        token = raw.strip(PUNCTUATION)
+        if "\\" in token:
+            # A browser reads `\` as `/`, httpx and curl as part of the user info: the two
+            # lead to different hosts (`forum.example\@evil.example`), so neither is vouched for.
+            return False
         if len(token) > MAX_TOKEN or any(mark in token for mark in _DOT_SEGMENTS):
             # `github.com/acme/../evil/x` leads to evil's path whatever its first segment says.
             return False
@@ -236,7 +265,7 @@ def stays_within(folded: str, allowed: frozenset[str]) -> bool:
 
 
 def _allowed_host(host: str, allowed: frozenset[str], path: str = "") -> bool:
-    return _is_host(host) and _site(host, path) in allowed
+    return _is_host(host) and (site := _site(host, path)) != "" and site in allowed
 
 
 def _url_host(token: str) -> str:
@@ -256,13 +285,24 @@ def _url_path(token: str) -> str:
 
 def _site(host: str, path: str = "") -> str:
     """Where a locator leads, as destinations are compared: the host's registrable domain,
-    with the owner's first path segments on a site where anyone gets a path (PATH_TENANTS)."""
-    domain = registrable(host)
+    with the owner's first path segments on a site where anyone gets a path (PATH_TENANTS,
+    read past STRUCTURAL_SEGMENTS); "" (nowhere anything is allowed) when such a path names
+    no owner (`drive.google.com/open?id=…`, the platform's own root)."""
+    domain = registrable(host.removeprefix("www."))
     depth = PATH_TENANTS.get(domain)
     if depth is None:
         return domain
-    segments = [segment for segment in path.split("?", 1)[0].split("#", 1)[0].split("/") if segment][:depth]
-    return "/".join((domain, *segments))
+    segments: list[str] = []
+    after_u = False
+    for segment in path.split("?", 1)[0].split("#", 1)[0].split("/"):
+        if not segment or segment in STRUCTURAL_SEGMENTS or (after_u and segment.isdigit()):
+            after_u = after_u or segment == "u"  # `docs.google.com/document/u/0/d/<id>`
+            continue
+        after_u = False
+        segments.append(segment)
+        if len(segments) == depth:
+            return "/".join((domain, *segments))
+    return ""
 
 
 def _first(folded: str, *, addresses: bool) -> tuple[frozenset[str], frozenset[str]] | None:
@@ -306,8 +346,8 @@ def _locate(folded: str) -> Iterator[tuple[str, str]]:
             continue
         if "://" in token:
             host = _url_host(token)
-            if _is_host(host):
-                yield "host", _site(host, _url_path(token))
+            if _is_host(host) and (site := _site(host, _url_path(token))):
+                yield "host", site
         elif "@" in token:
             local, _, host = token.rpartition("@")
             if local and _is_host(host):
@@ -315,8 +355,8 @@ def _locate(folded: str) -> Iterator[tuple[str, str]]:
         elif token[0] in "/~":
             if token.startswith(("/", "~/")) and (token.count("/") >= 2 or "." in token):
                 yield "path", token
-        elif "." in token and _is_host(token):
-            yield "host", _site(token)
+        elif "." in token and _is_host(token) and (site := _site(token)):
+            yield "host", site
 
 
 def _is_host(host: str) -> bool:

@@ -90,7 +90,7 @@ from typing import Any
 
 from bastion.v1 import graph_pb2
 
-from ._lookalike import MAX_PER_VALUE, SeenDomains, first_domains
+from ._lookalike import MAX_PER_VALUE, SeenDomains, domains_in, first_domains
 from ._pointers import IDENTITY_KEYS, PUNCTUATION, Identity, identity, references, stays_within, top_key
 from ._textprints import (
     MIN_VALUE,
@@ -127,6 +127,8 @@ MAX_VALUE = 256
 MIN_RUN = 20
 #: Edges and `arg:` labels one call gets at most.
 MAX_REPORTED = 8
+#: Domains untrusted results wrote, kept per workflow (`Fingerprints._shown`).
+MAX_SHOWN = 1024
 #: Message handles kept per workflow (`Fingerprints._handles`), and keys naming a sender.
 MAX_HANDLES = 256
 _SENDER_KEYS = frozenset({"sender", "from", "reply_to", "replyTo", "from_address", "fromAddress"})
@@ -239,6 +241,13 @@ class Fingerprints:
     unread: deque[Unread] = field(default_factory=lambda: deque(maxlen=MAX_UNREAD))
     #: Domains the results and the task showed, for `lookalike:` labels (one print each).
     _domains: SeenDomains = field(default_factory=SeenDomains)
+    #: Registrable domains any untrusted result wrote (newest MAX_SHOWN): a page the agent
+    #: then fetches there was not chosen on its own (`add(chosen=)`), however short the name
+    #: (a reviewer's probe: `ferry-bikes.example` in a result is too short to trace, and the
+    #: fetch of it counted as the agent's own choice). Once more were written than are kept,
+    #: no page counts as chosen (`_shown_overflow`).
+    _shown: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _shown_overflow: bool = False
     #: An untrusted result's message handles (`id` beside a `sender` or `from`) → the
     #: sender's domain, newest MAX_HANDLES: a reply by id goes to that sender, though no
     #: address is among its arguments (`lookalikes`).
@@ -273,9 +282,13 @@ class Fingerprints:
         cut = False
         shown: dict[str, None] = {}
         handles: dict[str, list[str]] = {}  # an object's path → [its id, its sender]
+        # Decided before this result's own domains are noted: what its call read was chosen or not.
+        chosen = chosen and not trusted and not self._shown_before(read)
         for path, text in walk:
             if not trusted and len(handles) < MAX_HANDLES:
                 _note_handle(handles, path, text)
+            if not trusted and "." in text:
+                self._note_shown(text)
             if _is_handle(path, text):
                 continue
             if (
@@ -356,6 +369,24 @@ class Fingerprints:
             self._identity[node_id] = (cost, (read, tuple(named_by), chosen))
             self._size += cost
         return added
+
+    def _shown_before(self, read: tuple[str, ...]) -> bool:
+        """Whether a site `read` names was written by an untrusted result (and not by the task)."""
+        if self._shown_overflow:
+            return True
+        for text in read:
+            for name in first_domains(normalise(text)):
+                if name in self._shown and not self._domains.named_by_task(name):
+                    return True
+        return False
+
+    def _note_shown(self, text: str) -> None:
+        for name in domains_in(normalise(text[: MAX_VALUE * 64])):
+            self._shown.pop(name, None)
+            self._shown[name] = None
+            if len(self._shown) > MAX_SHOWN:
+                self._shown.popitem(last=False)
+                self._shown_overflow = True
 
     def _keep_handles(self, handles: dict[str, list[str]]) -> None:
         for handle, sender in handles.values():

@@ -66,7 +66,10 @@ _WORDS = {
     "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
 }  # fmt: skip
 #: A number as written: digits with `,` `.` or thin/normal spaces between groups, or a number word.
-_NUMBER = r"(?:\d{1,3}(?:[ ,.\u202f\u00a0]\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?|" + "|".join(_WORDS) + ")"
+_NUMBER = (
+    r"(?:\d{1,3}(?:[ ,.'\u2019\u202f\u00a0]\d{3}){1,4}(?:[.,]\d{1,2})?|\d{1,3}(?:,\d{2})+,\d{3}(?:\.\d{1,2})?"
+    r"|\d{1,15}(?:[.,]\d{1,2})?|" + "|".join(_WORDS) + ")"
+)
 #: A number with two decimals and nothing else: how an amount is written.
 _CENTS = re.compile(r"\d{1,3}(?:[ ,.\u202f\u00a0]\d{3})*[.,]\d{2}|\d+[.,]\d{2}")
 #: A token of the task: a number, a word, or a currency sign.
@@ -153,6 +156,8 @@ def _stated(task: str) -> dict[str, tuple[float, ...]]:
 
 #: Words after an amount that make it a price per unit.
 _PER_UNIT = frozenset({"each", "apiece", "per", "an", "a", "every", "/"})
+#: Digits of a number's whole part read: past them (a run of digit groups) it is no quantity.
+_MAX_DIGITS = 15
 #: Largest plain number read as a count of units.
 _MAX_COUNT = 999
 
@@ -206,14 +211,14 @@ def _parse(text: str) -> float | None:
     text = text.strip().casefold()
     if text in _WORDS:
         return float(_WORDS[text])
-    compact = re.sub(r"[ \u202f\u00a0]", "", text)
+    compact = re.sub(r"[ '\u2019\u202f\u00a0]", "", text)
     last = max(compact.rfind(","), compact.rfind("."))
     if last >= 0 and len(compact) - last - 1 in (1, 2):
         whole, fraction = compact[:last], compact[last + 1 :]
     else:
         whole, fraction = compact, ""
     whole = whole.replace(",", "").replace(".", "")
-    if not whole.isdigit() or (fraction and not fraction.isdigit()):
+    if not whole.isascii() or not whole.isdigit() or (fraction and not fraction.isdigit()) or len(whole) > _MAX_DIGITS:
         return None
     return float(f"{whole}.{fraction}") if fraction else float(whole)
 

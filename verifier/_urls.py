@@ -15,7 +15,6 @@ import urllib.parse
 from collections.abc import Sequence
 
 from ._destinations import (
-    _URL_AUTHORITY,
     MAX_DESTINATIONS,
     MAX_STRING_BYTES,
     _as_requested,
@@ -27,6 +26,7 @@ from ._destinations import (
     _novel_destinations,
     _Path,
     _utf8_head,
+    urls_in,
 )
 
 #: Characters of a URL's path, query and fragment read for the task's values: a value
@@ -66,7 +66,7 @@ def novel_urls(strings: Sequence[tuple[_Path, str]], task: str) -> list[tuple[st
         value = _as_requested(value)
         if left <= 0:
             break
-        matches = list(itertools.islice(_URL_AUTHORITY.finditer(value), left))
+        matches = list(itertools.islice(urls_in(value), left))
         left -= len(matches)
         whole = len(matches) == 1 and _is_destination(value)
         for index, match in enumerate(matches):

@@ -305,7 +305,7 @@ def test_sites_on_path_tenanted_platforms_keep_the_owner_path() -> None:
     assert stays_within("https://github.com/acme/other", frozenset({"github.com/acme"}))
     assert not stays_within("https://github.com/acmeevil/x", frozenset({"github.com/acme"}))
     assert not stays_within("https://github.com/", frozenset({"github.com/acme"}))
-    assert stays_within("https://docs.google.com/document/d/abc/edit", frozenset({"docs.google.com/document/d/abc"}))
+    assert stays_within("https://docs.google.com/document/d/abc/edit", frozenset({"docs.google.com/abc"}))
     assert stays_within("https://forum.islandhop.example/t/1", frozenset({"islandhop.example"}))
 
 
@@ -328,3 +328,33 @@ def read_from_sites(url: str) -> set[str]:
     """The sites a result read from `url` vouches for."""
     groups = identity((url,), ()).groups
     return {site for _, vouches in groups for site in vouches}
+
+
+@pytest.mark.parametrize(
+    ("vouched_by", "link", "stays"),
+    [
+        # The owner is read past the segments every tenant's URLs share (a reviewer's probe).
+        ("https://github.com/acme/app", "https://api.github.com/repos/acme/app/issues", True),
+        ("https://github.com/acme/app", "https://api.github.com/repos/mallory/loot/issues", False),
+        ("https://github.com/acme/app", "https://github.com/orgs/mallory/people", False),
+        ("https://huggingface.co/acme/model", "https://huggingface.co/datasets/mallory/x", False),
+        (
+            "https://docs.google.com/forms/d/e/1FAIpQLacme/viewform",
+            "https://docs.google.com/forms/d/e/1FAIpQLevil/viewform",
+            False,
+        ),
+        ("https://docs.google.com/document/d/abc/edit", "https://docs.google.com/document/u/0/d/abc/edit", True),
+        ("https://docs.google.com/document/d/abc/edit", "https://drive.google.com/open?id=evil", False),
+        ("https://www.medium.com/@alice/post", "https://www.medium.com/@mallory/post", False),
+        ("https://www.reddit.com/r/bikes/", "https://www.reddit.com/u/mallory", False),
+        ("https://gitlab.com/api/v4/projects/123", "https://gitlab.com/api/v4/projects/999", False),
+        # Platforms where anyone gets a host: one tenant vouches for no other.
+        ("https://alice.ghost.io/post", "https://mallory.ghost.io/post", False),
+        ("https://a.b.tokyo.jp/x", "https://evil.b2.tokyo.jp/x", False),
+        ("https://shop.uk.com/", "https://evil.uk.com/", False),
+        ("https://alice.blogspot.co.uk/", "https://mallory.blogspot.co.uk/", False),
+    ],
+)
+def test_a_platform_vouches_for_the_tenant_it_names_only(vouched_by: str, link: str, stays: bool) -> None:
+    sites = frozenset(read_from_sites(vouched_by))
+    assert stays_within(link.casefold(), sites) is stays, (sites, link)
