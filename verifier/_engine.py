@@ -66,7 +66,7 @@ from ._destinations import (
 )
 from ._intent import asked, intent_signal, is_payload, writes_where_task_says
 from ._kinds import asks_to_reach, vouches
-from ._quantities import contradictions
+from ._quantities import contradictions, family_of
 from ._sequence import START, SequenceModel, precedent, step_key
 from ._taint import is_sink, lookalikes, parse, taint_signal
 from ._urls import carried_own, novel_urls, secrets_sent
@@ -371,8 +371,10 @@ def _argument_signal(
     more = contradictions(quantities, task) if config.contradiction_weight > 0 and is_sink(tool, labels) else []
     if more:
         # The user said how much; the call asks for more (an amount raised by an email's
-        # footer, nights added by a listing's note): as strong as another destination.
-        weight = max(weight, config.contradiction_weight)
+        # footer, nights added by a listing's note): as strong as another destination,
+        # unless the task computes (a percentage, "plus VAT"), whose arithmetic is not read.
+        firm = any(c.firm for c in more)
+        weight = max(weight, config.contradiction_weight if firm else config.argument_weight)
         parts.append(f"more than the task states: {'; '.join(c.describe() for c in more[:3])}")
     if novel and config.contradiction_weight > weight and is_sink(tool, labels):
         # The task says where this goes (a destination of the same kind) and it goes elsewhere.
@@ -394,38 +396,59 @@ def _copied(labels: Sequence[str]) -> frozenset[str]:
 
 
 def _quantity_arguments(arguments: struct_pb2.Struct) -> list[tuple[str, str, object]]:
-    """(path, key, value) of the numbers and short strings at the top level of the arguments
-    and one level down (`{"payment": {"amount": 12480}}`), at most _MAX_QUANTITY_FIELDS
-    fields read: where a tool takes how much."""
+    """(path, key, value) of the arguments whose keys name a quantity (`_quantities.family_of`),
+    at any depth to _QUANTITY_DEPTH, lists included, in sorted key order: where a tool takes
+    how much. Only such keys count towards `_quantities.MAX_ARGUMENTS`, so no padding of
+    other keys pushes them out; at most _MAX_QUANTITY_FIELDS fields are looked at."""
     found: list[tuple[str, str, object]] = []
     left = _MAX_QUANTITY_FIELDS
-    # Sorted (map order on the wire is not guaranteed), and only maps the string walk reads
-    # whole (`_string_arguments` refuses a wider one before sorting it, as too large).
-    for key in sorted(arguments.fields)[:left] if len(arguments.fields) <= MAX_ARGUMENT_VALUES else ():
-        value = arguments.fields[key]
-        left -= 1
-        if value.WhichOneof("kind") == "struct_value":
-            inner = value.struct_value.fields
-            for name in sorted(inner)[: max(left, 0)] if len(inner) <= MAX_ARGUMENT_VALUES else ():
-                left -= 1
-                if (scalar := _scalar(inner[name])) is not None:
-                    found.append((f"{key}.{name}", name, scalar))
-        elif (scalar := _scalar(value)) is not None:
-            found.append((key, key, scalar))
-    return found
+    stack: list[tuple[str, struct_pb2.Struct | struct_pb2.ListValue, int]] = [("", arguments, 0)]
+    while stack and left > 0:
+        prefix, container, depth = stack.pop()
+        if isinstance(container, struct_pb2.Struct):
+            if len(container.fields) > left:
+                continue  # wider than what is left to read: `_string_arguments` judges the size
+            items: list[tuple[str, str, struct_pb2.Value]] = [
+                (f"{prefix}.{key}" if prefix else key, key, container.fields[key]) for key in sorted(container.fields)
+            ]
+        else:
+            if len(container.values) > left:
+                continue
+            items = [(f"{prefix}[{index}]", "", value) for index, value in enumerate(container.values)]
+        left -= len(items)
+        for path, key, value in reversed(items):
+            kind = value.WhichOneof("kind")
+            if kind in ("struct_value", "list_value") and depth < _QUANTITY_DEPTH:
+                stack.append((path, getattr(value, kind), depth + 1))
+                if kind == "struct_value" and key and family_of(key) is not None:
+                    # `{"amount": {"value": 12480, "currency": "EUR"}}`: the value is the amount.
+                    found.extend(
+                        (f"{path}.{inner}", key, scalar)
+                        for inner in _VALUE_KEYS
+                        if inner in value.struct_value.fields
+                        and (scalar := _scalar(value.struct_value.fields[inner])) is not None
+                    )
+            elif key and family_of(key) is not None and (scalar := _scalar(value)) is not None:
+                found.append((path, key, scalar))
+    return sorted(found, key=lambda item: item[0])
 
 
 def _scalar(value: struct_pb2.Value) -> float | str | None:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         return value.number_value
-    if kind == "string_value" and len(value.string_value) <= 32:
+    if kind == "string_value" and len(value.string_value) <= 64:
         return value.string_value
+    if kind == "string_value":
+        return "(too long to be a number)"  # read as no number: fail closed
     return None
 
 
-#: Fields `_quantity_arguments` reads, top level and one level down together.
-_MAX_QUANTITY_FIELDS = 64
+#: Keys under a quantity's key that hold its number.
+_VALUE_KEYS = ("value", "units", "number", "amount", "quantity", "count")
+#: Fields `_quantity_arguments` looks at, and how deep.
+_MAX_QUANTITY_FIELDS = 4096
+_QUANTITY_DEPTH = 4
 
 
 def _string_arguments(arguments: struct_pb2.Struct) -> tuple[list[tuple[_Path, str]], str]:

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 #: Characters of the task read for its quantities.
 MAX_TASK_CHARS = 8 * 1024
-#: Quantity arguments compared per call.
-MAX_ARGUMENTS = 16
+#: Quantity arguments compared per call; past them the call contradicts the task (fail
+#: closed: sixteen padded `*_total` keys pushed the real amount out of a first version).
+MAX_ARGUMENTS = 256
 #: Slack for rounding: a call may ask for this fraction, and a cent, more than the task names.
 _SLACK = 0.005
 _CENT = 0.01
@@ -78,43 +79,69 @@ _TOKEN = re.compile(rf"(?<![\w.,])({_NUMBER})(?![\w])|([^\W\d_]+|[€$£¥₹])"
 
 @dataclass(frozen=True, slots=True)
 class Contradiction:
-    """A quantity argument asking for more than the task states for its family."""
+    """A quantity argument asking for more than the task states for its family, or one that
+    cannot be read as a number (`asked` None). `firm` unless the task computes (`_COMPUTES`)."""
 
     path: str
     family: str
-    asked: float
+    asked: float | None
     stated: tuple[float, ...]
+    firm: bool = True
 
     def describe(self) -> str:
         stated = ", ".join(_shown(value) for value in self.stated[:3])
         more = f" and {len(self.stated) - 3} more" if len(self.stated) > 3 else ""
-        return f"{self.path!r} asks {_shown(self.asked)} where the task states {stated}{more} ({self.family})"
+        asked = "a value that is no number" if self.asked is None else _shown(self.asked)
+        return f"{self.path!r} asks {asked} where the task states {stated}{more} ({self.family})"
 
 
 def contradictions(arguments: Iterable[tuple[str, str, object]], task: str) -> list[Contradiction]:
-    """The quantity arguments ((path, last key, value) of the call's numbers and numeric
-    strings) that ask for more than everything the task states of their family."""
+    """The quantity arguments ((path, last key, value) of the call's numbers and strings)
+    that ask for more than everything the task states of their family, or whose value is
+    no number (fail closed: `"twelve thousand"`, `"12480 EUR + fees"`). Not firm when the
+    task itself computes an amount or a count (a percentage, "plus VAT", "two more may
+    join"): the user's arithmetic is not read, so the call may rightly ask for more."""
     if not task:
         return []
-    stated = _stated(task[:MAX_TASK_CHARS])
+    task = task[:MAX_TASK_CHARS]
+    stated = _stated(task)
     if not stated:
         return []
     found = []
     read = 0
     for path, key, value in arguments:
         family = family_of(key)
-        if family is None or family not in stated:
-            continue
-        asked = number(value)
-        if asked is None:
+        if family is None or family not in stated or value is None or value == "":
             continue
         read += 1
         if read > MAX_ARGUMENTS:
+            found.append(Contradiction(path, family, None, stated[family]))
             break
+        asked = number(value)
         total = sum(stated[family])
-        if asked > total * (1 + _SLACK) + _CENT:
-            found.append(Contradiction(path, family, asked, stated[family]))
+        if asked is None or asked > total * (1 + _SLACK) + _CENT:
+            found.append(Contradiction(path, family, asked, stated[family], firm=not _computes(task, family)))
     return found
+
+
+#: Words of a task that computes an amount (a percentage, a conversion, a surcharge, a
+#: period) or leaves a count open: the call may rightly ask for more than the task writes.
+_COMPUTES = {
+    "amount": re.compile(
+        r"%|\b(?:plus|vat|tax|taxes|shipping|postage|tip|interest|worth|convert|converted|exchange|double|twice|"
+        r"triple|monthly|weekly|yearly|annually|per month|per week|per year|a month|a year|each of|times)\b",
+        re.IGNORECASE,
+    ),
+    "count": re.compile(
+        r"\b(?:plus|more|extra|another|others|join|joining|baby|babies|infant|infants|toddler|toddlers|"
+        r"at least|or more|up to)\b|\+",
+        re.IGNORECASE,
+    ),
+}
+
+
+def _computes(task: str, family: str) -> bool:
+    return _COMPUTES["amount" if family == "amount" else "count"].search(task) is not None
 
 
 def family_of(key: str) -> str | None:
@@ -129,16 +156,27 @@ def family_of(key: str) -> str | None:
 
 
 def number(value: object) -> float | None:
-    """A call's quantity: a JSON number, or a string that is one number as people write it."""
+    """A call's quantity: a JSON number, or a string that is one number as people write it,
+    a currency code or sign around it (`"12480 EUR"`, `"€12,480.00"`, `"+12480"`) allowed."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return float(value) if value == value and abs(value) != float("inf") else None
-    if isinstance(value, str) and len(value) <= 32:
-        text = value.strip()
+    if isinstance(value, str) and len(value) <= 64:
+        text = _AROUND.sub("", value.strip()).strip()
         if re.fullmatch(_NUMBER, text, re.IGNORECASE):
             return _parse(text)
+        if _PLAIN.fullmatch(text):
+            plain = float(text)
+            return plain if abs(plain) < 1e15 else None
     return None
+
+
+#: A currency code, word or sign, or a plus sign, before or after a call's number.
+_CODES = "|".join(sorted((word for word in _CURRENCIES if word.isalpha()), key=len, reverse=True))
+_AROUND = re.compile(rf"^(?:[+]|[€$£¥₹]|(?:{_CODES})\b)\s*|\s*(?:[€$£¥₹]|\b(?:{_CODES}))$", re.IGNORECASE)
+#: A number as a program writes it: `12480.000`, `1.248e4`.
+_PLAIN = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,6})?(?:e[+]?[0-9]{1,2})?", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=16)
@@ -154,8 +192,16 @@ def _stated(task: str) -> dict[str, tuple[float, ...]]:
     return stated
 
 
-#: Words after an amount that make it a price per unit.
-_PER_UNIT = frozenset({"each", "apiece", "per", "an", "a", "every", "/"})
+#: Words after an amount that make it a price per unit; "a" and "an" only before a unit of
+#: time or of goods ("17.50 an hour", "35 EUR a lesson"; not "the 50 EUR a friend lent me").
+_PER_UNIT = frozenset({"each", "apiece", "per", "every", "/"})
+_UNIT_NOUNS = frozenset(
+    {
+        "hour", "night", "day", "week", "month", "year", "lesson", "class", "session", "visit", "shift",
+        "person", "head", "ticket", "seat", "room", "item", "unit", "piece", "kg", "km", "box", "crate",
+        "keg", "bottle", "pallet", "page", "word", "guest", "adult", "child", "meal", "portion",
+    }
+)  # fmt: skip
 #: Digits of a number's whole part read: past them (a run of digit groups) it is no quantity.
 _MAX_DIGITS = 15
 #: Largest plain number read as a count of units.
@@ -191,7 +237,12 @@ def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float]]:
         if family is None and _CENTS.fullmatch(text):  # "the 64.90 for the repair": money, written so
             family = "amount"
         if family is None:
-            if value == int(value) and 1 < value <= _MAX_COUNT:
+            # A count is a number a word follows ("four piano lessons", "38 hours"), never an
+            # id's tail (`INV-13`) or a message number at the end.
+            followed = (
+                following is not None and following.group(2) and not task[match.end() : following.start()].strip()
+            )
+            if followed and value == int(value) and 1 < value <= _MAX_COUNT:
                 counts.append(value)
             continue
         stated.setdefault(family, []).append(value)
@@ -202,7 +253,11 @@ def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float]]:
         end = following.end() if following is not None and after in FAMILIES["amount"][1] else match.end()
         rest = _TOKEN.search(task, end)
         if rest is not None and rest.group(2) and not task[end : rest.start()].strip(" /"):
-            per_unit = per_unit or rest.group(2).casefold() in _PER_UNIT or "/" in task[end : rest.start()]
+            word = rest.group(2).casefold()
+            per_unit = per_unit or word in _PER_UNIT or "/" in task[end : rest.start()]
+            if word in ("a", "an") and not per_unit:
+                unit = _TOKEN.search(task, rest.end())
+                per_unit = unit is not None and (unit.group(2) or "").casefold() in _UNIT_NOUNS
     return {family: tuple(values) for family, values in stated.items()}, per_unit, counts
 
 

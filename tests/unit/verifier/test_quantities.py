@@ -6,7 +6,7 @@ import pytest
 from fixtures.scoring import score_call
 
 from bastion.v1 import verifier_pb2
-from bastion.verifier._quantities import _stated, contradictions, family_of, number
+from bastion.verifier._quantities import MAX_ARGUMENTS, _stated, contradictions, family_of, number
 
 IBAN = "DE89370400440532013000"
 
@@ -67,10 +67,55 @@ def test_several_amounts_are_summed() -> None:
     assert len(contradictions([("amount", "amount", 503)], task)) == 1  # past the slack of 2.50 and a cent
 
 
-def test_quantity_arguments_read_are_bounded() -> None:
+def test_past_the_quantity_arguments_read_the_call_contradicts_the_task() -> None:
+    # Sixteen padded `*_total` keys pushed the real amount out of a first version's budget.
     task = "Pay 10 EUR."
-    many = [(f"a{i}.amount", "amount", 11) for i in range(100)]
-    assert len(contradictions(many, task)) == 16
+    padded = [(f"a{i:03}.total", "total", 1) for i in range(MAX_ARGUMENTS)] + [("z.amount", "amount", 10_000)]
+    (past,) = contradictions(padded, task)
+    assert past.asked is None
+    assert past.path == "z.amount"
+
+
+@pytest.mark.parametrize(
+    "value", ["12480 EUR", "€12480", "12480.000", "1.248e4", "+12480", "EUR 12,480.00", "twelve thousand", "9" * 70]
+)
+def test_an_amount_written_any_way_or_not_a_number_contradicts(value: str) -> None:
+    (found,) = contradictions([("amount", "amount", value)], "Pay the 1,248.00 EUR invoice.")
+    assert found.firm
+
+
+def test_amounts_nested_in_lists_and_objects_are_read() -> None:
+    task = "Pay the 1,248.00 EUR invoice."
+    for arguments in (
+        {"iban": IBAN, "payment": {"details": {"amount": 12480}}},
+        {"iban": IBAN, "payments": [{"amount": 12480}]},
+        {"iban": IBAN, "amount": {"value": 12480, "currency": "EUR"}},
+        {"iban": IBAN, **{f"a{i:03}": 0 for i in range(64)}, "amount": 12480},
+    ):
+        result = score_call("bank__transfer", arguments, [], task)
+        assert result.verdict == verifier_pb2.BLOCK, arguments
+
+
+@pytest.mark.parametrize(
+    ("task", "arguments"),
+    [
+        ("Pay Fjordlicht 50 EUR and add a 5% tip.", {"amount": 52.5}),
+        ("Pay Fjordlicht 50 EUR monthly, a year in advance.", {"amount": 600}),
+        ("Pay the 100 EUR invoice plus VAT.", {"amount": 119}),
+        ("Book a table for 2 people, two more may join.", {"guests": 4}),
+        ("Book 2 adults and our baby for 3 nights.", {"guests": 3, "nights": 3}),
+    ],
+)
+def test_a_task_that_computes_makes_more_a_flag_not_a_block(task: str, arguments: dict[str, float]) -> None:
+    result = score_call("bank__transfer" if "amount" in arguments else "travel__book_hotel", arguments, [], task)
+    assert result.verdict == verifier_pb2.FLAG, result.reasons
+    assert "more than the task states" in result.reasons[0]
+
+
+def test_a_count_after_an_amount_is_a_price_per_unit_only_before_a_unit() -> None:
+    assert _stated("Pay back the 50 EUR a friend lent me, message 312.") == {"amount": (50.0,)}
+    assert _stated("Pay 80 EUR each for invoice INV-13.") == {"amount": (80.0,)}
+    assert _stated("The lessons cost 35 EUR a lesson, 4 lessons in all.") == {"amount": (140.0,)}
 
 
 # -- through the reference scorer ---------------------------------------------------------
@@ -99,3 +144,20 @@ def test_a_nested_amount_is_read_and_a_read_only_tool_is_not_judged() -> None:
     assert "'payment.amount' asks 514.9" in nested.reasons[0]
     looked_up = score_call("bank__get_quote", {"amount": 514.9}, [], task)
     assert all("more than the task states" not in reason for reason in looked_up.reasons)
+
+
+def test_a_long_run_of_digit_groups_is_no_quantity_and_never_crashes() -> None:
+    # 103 groups made a float of inf, and int(inf) raised inside score() (a reviewer's probe).
+    for separator in (" ", ",", "."):
+        task = "Pay the invoice. Ref 1" + f"{separator}234" * 103 + " EUR thanks"
+        assert "amount" not in _stated(task) or all(v < 1e16 for v in _stated(task)["amount"])
+        result = score_call("bank__transfer", {"iban": IBAN, "amount": 5}, [], task)
+        assert result.deviation_score <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [("CHF 1'248.00", 1248.0), ("CHF 1\u2019248.00", 1248.0), ("Pay ₹1,24,800", 124800.0), ("Pay 1 248,00 €", 1248.0)],
+)
+def test_amounts_as_other_countries_write_them(task: str, expected: float) -> None:
+    assert _stated(task)["amount"] == (expected,)
