@@ -17,6 +17,8 @@ same-site rule: never siblings, never on a shared platform).
 
 from __future__ import annotations
 
+import functools
+
 from publicsuffixlist import PublicSuffixList
 
 #: The list as the package ships it, private section included (loaded once, ~20 ms).
@@ -55,6 +57,13 @@ def registrable(host: str) -> str:
     islandhop.example, `bank.co.uk` stays; under a platform of SHARED_HOSTS, and for an IP
     address, the whole host (`x.alice.github.io`, `bucket.s3.eu-west-1.amazonaws.com`:
     which label a platform hands out varies, and the whole name never joins two tenants)."""
+    # Hosts repeat across results and calls: the list lookup is cached, for host names only
+    # (at most 253 characters), so no argument can fill the cache with megabytes.
+    return _registrable(host) if len(host) <= 253 else _registrable.__wrapped__(host)
+
+
+@functools.lru_cache(maxsize=8192)
+def _registrable(host: str) -> str:
     labels = host.split(".")
     if all(label.isdigit() for label in labels) or ":" in host or host.startswith("[") or _shared(labels):
         return host  # an IP address (its last labels are no domain), or a platform's tenant

@@ -287,8 +287,6 @@ class Fingerprints:
         for path, text in walk:
             if not trusted and len(handles) < MAX_HANDLES:
                 _note_handle(handles, path, text)
-            if not trusted and "." in text:
-                self._note_shown(text)
             if _is_handle(path, text):
                 continue
             if (
@@ -299,8 +297,14 @@ class Fingerprints:
             ):
                 named_by.append((path, text[:MAX_VALUE]))
             norm = normalise(text)
-            if "." in norm and len(shown) < MAX_PER_VALUE:
-                shown.update(dict.fromkeys(first_domains(norm)))
+            if "." in norm and (not trusted or len(shown) < MAX_PER_VALUE):
+                # One read of the value's domains: its first ones for look-alikes, and all of
+                # an untrusted one's for what the agent may later be sent to (`_shown`).
+                names = dict.fromkeys(first_domains(norm) if trusted else domains_in(norm[: MAX_VALUE * 64]))
+                if len(shown) < MAX_PER_VALUE:
+                    shown.update(dict.fromkeys(itertools.islice(names, MAX_PER_VALUE)))
+                if not trusted:
+                    self._note_shown(names)
             # Short, or without spaces (a URL): a field; otherwise free text.
             kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
             if kind == "field" and is_prose_key(path) and is_destination(norm):
@@ -380,8 +384,8 @@ class Fingerprints:
                     return True
         return False
 
-    def _note_shown(self, text: str) -> None:
-        for name in domains_in(normalise(text[: MAX_VALUE * 64])):
+    def _note_shown(self, names: Iterable[str]) -> None:
+        for name in names:
             self._shown.pop(name, None)
             self._shown[name] = None
             if len(self._shown) > MAX_SHOWN:

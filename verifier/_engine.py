@@ -368,7 +368,11 @@ def _argument_signal(
             )
             what = f"the task's own {'values' if len(sent) > 1 else 'value'} carried" if own else "personal data sent"
             parts.append(f"{what} in a URL: {shown}")
-    more = contradictions(quantities, task) if config.contradiction_weight > 0 and is_sink(tool, labels) else []
+    more = (
+        contradictions(quantities, task)
+        if quantities and config.contradiction_weight > 0 and is_sink(tool, labels)
+        else []
+    )
     if more:
         # The user said how much; the call asks for more (an amount raised by an email's
         # footer, nights added by a listing's note): as strong as another destination,

@@ -144,6 +144,7 @@ def _computes(task: str, family: str) -> bool:
     return _COMPUTES["amount" if family == "amount" else "count"].search(task) is not None
 
 
+@functools.lru_cache(maxsize=1024)  # a tool's keys repeat call after call
 def family_of(key: str) -> str | None:
     """The family an argument key names (`transfer_amount` → amount), or None."""
     folded = "".join(char for char in key.casefold() if char.isalnum())
