@@ -27,6 +27,7 @@ is judged by the other signals as before.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -153,10 +154,16 @@ def domains_in(norm: str) -> Iterator[str]:
                 yield registrable(host)
 
 
+#: A special scheme and any run of slashes and backslashes after it (WHATWG URL).
+_SPECIAL_SCHEME = re.compile(r"(?:https?|wss?|ftp):[/\\]*", re.IGNORECASE)
+
+
 def _hosts(word: str) -> tuple[str, ...]:
     """The hosts a word may lead to: a URL's (past any user info, `https://named.example@evil.example`,
     and before a backslash too, which browsers read as a slash and httpx as user info), an
     address's domain, or the word itself as a host name."""
+    if "://" not in word and (special := _SPECIAL_SCHEME.match(word)) is not None:
+        word = "https://" + word[special.end() :]  # `https:evil.example`, `https:\\evil.example`: a browser's reading
     if "://" in word:
         authority = word.partition("://")[2]
         for stop in "/?#":

@@ -103,27 +103,33 @@ _NOT_NAMES = ACTION_VERBS | frozenset(
 #: (an attacker's probe posted a link to its own repository on an issue the task named).
 PATH_TENANTS = {
     "github.com": 1, "gitlab.com": 1, "bitbucket.org": 1, "codeberg.org": 1, "huggingface.co": 1,
-    "medium.com": 1, "reddit.com": 1, "x.com": 1, "twitter.com": 1, "facebook.com": 1,
-    "instagram.com": 1, "linkedin.com": 1, "youtube.com": 1, "pastebin.com": 1, "notion.so": 1,
-    "dropbox.com": 1, "docs.google.com": 1, "drive.google.com": 1, "sites.google.com": 1,
-    "script.google.com": 1, "forms.gle": 1, "bit.ly": 1, "t.me": 1, "discord.gg": 1, "linktr.ee": 1,
-    "discord.com": 1, "discordapp.com": 1, "hooks.slack.com": 3, "hooks.zapier.com": 3,
+    "medium.com": 1, "reddit.com": 2, "x.com": 1, "twitter.com": 1, "facebook.com": 1,
+    "instagram.com": 1, "linkedin.com": 2, "youtube.com": 1, "pastebin.com": 1, "notion.so": 1,
+    "dropbox.com": 2, "docs.google.com": 3, "drive.google.com": 3, "sites.google.com": 2,
+    "script.google.com": 3, "forms.gle": 1, "bit.ly": 1, "t.me": 1, "discord.gg": 1, "linktr.ee": 1,
+    "discord.com": 3, "discordapp.com": 3, "hooks.slack.com": 3, "hooks.zapier.com": 3,
     "storage.googleapis.com": 1, "raw.githubusercontent.com": 1, "gist.githubusercontent.com": 1,
-    "paypal.me": 1, "webhook.site": 1, "s3.amazonaws.com": 1, "npmjs.com": 1, "pypi.org": 1,
-    "jobs.lever.co": 1, "itch.io": 1,
+    "paypal.me": 1, "webhook.site": 1, "s3.amazonaws.com": 1, "npmjs.com": 2, "pypi.org": 2,
+    "jobs.lever.co": 1,
 }  # fmt: skip
-#: Path segments that say what kind of page follows, not whose (`api.github.com/repos/<owner>`,
-#: `docs.google.com/forms/d/e/<id>`, `huggingface.co/datasets/<owner>`): read past, so the
-#: owner is compared, never a segment every tenant's URLs share (a reviewer's probe).
-STRUCTURAL_SEGMENTS = frozenset(
-    {
-        "repos", "orgs", "users", "api", "v1", "v2", "v3", "v4", "projects", "datasets", "spaces", "models",
-        "u", "r", "user", "in", "company", "school", "groups", "pages", "d", "e", "forms", "document",
-        "spreadsheets", "presentation", "file", "open", "scl", "fi", "s", "sh", "view", "package", "project",
-        "webhooks", "services", "hooks", "catch", "macros", "@", "c", "channel", "p", "t",
-    }
-)  # fmt: skip
-_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:")
+#: Per platform, leading segments that say what kind of page follows rather than whose, with
+#: how many owner segments follow them (a reviewer's probe: `api.github.com/repos/<owner>`
+#: read as the owner `repos`, shared by every repository). Matched on the host, first match
+#: wins; on other paths the platform's PATH_TENANTS depth applies as written.
+#: The prefix stays in the site compared when it starts a namespace of its own (a Google
+#: Form's id is no document's), and is dropped when the owner is the same one the plain path
+#: names (`api.github.com/repos/acme` is `github.com/acme`).
+_PREFIXES: dict[str, tuple[tuple[tuple[str, ...], int, bool], ...]] = {
+    "api.github.com": ((("repos",), 1, False), (("users",), 1, False), (("orgs",), 1, False)),
+    "github.com": ((("orgs",), 1, False),),
+    "gitlab.com": ((("api", "v4", "projects"), 1, True),),
+    "huggingface.co": ((("datasets",), 1, False), (("spaces",), 1, False), (("models",), 1, False)),
+    "docs.google.com": ((("forms", "d", "e"), 1, True),),
+    "dropbox.com": ((("scl", "fi"), 1, True),),
+}
+#: `docs.google.com/document/u/0/d/<id>`: the account switcher's two segments are read past.
+_ACCOUNT_SWITCH = "u"
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:|//")
 #: What a browser removes from anywhere in a URL before reading it (WHATWG: tab, LF, CR).
 _URL_IGNORED = str.maketrans("", "", "\t\n\r")
 #: Dot segments, plain or percent-encoded, and encoded slashes: a path holding one does not
@@ -285,24 +291,26 @@ def _url_path(token: str) -> str:
 
 def _site(host: str, path: str = "") -> str:
     """Where a locator leads, as destinations are compared: the host's registrable domain,
-    with the owner's first path segments on a site where anyone gets a path (PATH_TENANTS,
-    read past STRUCTURAL_SEGMENTS); "" (nowhere anything is allowed) when such a path names
-    no owner (`drive.google.com/open?id=…`, the platform's own root)."""
-    domain = registrable(host.removeprefix("www."))
+    with the owner's first path segments on a site where anyone gets a path (PATH_TENANTS;
+    a platform's kind-of-page prefixes read past, `_PREFIXES`); "" (nowhere anything is
+    allowed) when such a path names no owner (`drive.google.com/open?id=…`, the root)."""
+    host = host.removeprefix("www.")
+    domain = registrable(host)
     depth = PATH_TENANTS.get(domain)
     if depth is None:
         return domain
-    segments: list[str] = []
-    after_u = False
-    for segment in path.split("?", 1)[0].split("#", 1)[0].split("/"):
-        if not segment or segment in STRUCTURAL_SEGMENTS or (after_u and segment.isdigit()):
-            after_u = after_u or segment == "u"  # `docs.google.com/document/u/0/d/<id>`
-            continue
-        after_u = False
-        segments.append(segment)
-        if len(segments) == depth:
-            return "/".join((domain, *segments))
-    return ""
+    segments = [segment for segment in path.split("?", 1)[0].split("#", 1)[0].split("/") if segment]
+    if domain in ("docs.google.com", "drive.google.com") and _ACCOUNT_SWITCH in segments[:-1]:
+        at = segments.index(_ACCOUNT_SWITCH)
+        if segments[at + 1].isdigit():
+            del segments[at : at + 2]
+    for prefix, owners, keep in _PREFIXES.get(host, _PREFIXES.get(domain, ())):
+        if tuple(segments[: len(prefix)]) == prefix:
+            kept = segments[len(prefix) : len(prefix) + owners]
+            return "/".join((domain, *(prefix if keep else ()), *kept)) if len(kept) == owners else ""
+    if len(segments) < depth:
+        return ""
+    return "/".join((domain, *segments[:depth]))
 
 
 def _first(folded: str, *, addresses: bool) -> tuple[frozenset[str], frozenset[str]] | None:
@@ -315,7 +323,7 @@ def _first(folded: str, *, addresses: bool) -> tuple[frozenset[str], frozenset[s
             return keys, frozenset()
         if kind == "address":
             host = value.rpartition("@")[2]
-            return keys, frozenset({value} if host in WEBMAIL else {value, _site(host)})
+            return keys, frozenset({value} if host in WEBMAIL or not _site(host) else {value, _site(host)})
         return keys, frozenset({value})
     return None
 
@@ -333,6 +341,8 @@ def _keys(kind: str, value: str, *, words: bool) -> Iterator[str]:
         if host in WEBMAIL:
             return
         site = _site(host)
+        if not site:  # an address on a platform where anyone gets a path: the address alone
+            return
     yield site
     if words and "/" not in site:  # a site's own name; not the platform's, on an owner's path
         yield from (word for word in _words(site.split(".")[0]) if len(word) >= MIN_NAME)

@@ -91,7 +91,7 @@ from typing import Any
 from bastion.v1 import graph_pb2
 
 from ._lookalike import MAX_PER_VALUE, SeenDomains, domains_in, first_domains
-from ._pointers import IDENTITY_KEYS, PUNCTUATION, Identity, identity, references, stays_within, top_key
+from ._pointers import IDENTITY_KEYS, PATH_TENANTS, PUNCTUATION, Identity, identity, references, stays_within, top_key
 from ._textprints import (
     MIN_VALUE,
     SHINGLE,
@@ -285,8 +285,14 @@ class Fingerprints:
         # Decided before this result's own domains are noted: what its call read was chosen or not.
         chosen = chosen and not trusted and not self._shown_before(read)
         for path, text in walk:
-            if not trusted and len(handles) < MAX_HANDLES:
-                _note_handle(handles, path, text)
+            if not trusted:
+                if len(handles) < MAX_HANDLES:
+                    _note_handle(handles, path, text)
+                if "." in text:
+                    # Every domain an untrusted value writes, ids included (`thread_id`), and
+                    # the whole value: the agent may be sent to any of them (`_shown_before`).
+                    names = dict.fromkeys(domains_in(normalise(text)))
+                    self._note_shown(names)
             if _is_handle(path, text):
                 continue
             if (
@@ -297,14 +303,10 @@ class Fingerprints:
             ):
                 named_by.append((path, text[:MAX_VALUE]))
             norm = normalise(text)
-            if "." in norm and (not trusted or len(shown) < MAX_PER_VALUE):
-                # One read of the value's domains: its first ones for look-alikes, and all of
-                # an untrusted one's for what the agent may later be sent to (`_shown`).
-                names = dict.fromkeys(first_domains(norm) if trusted else domains_in(norm[: MAX_VALUE * 64]))
-                if len(shown) < MAX_PER_VALUE:
-                    shown.update(dict.fromkeys(itertools.islice(names, MAX_PER_VALUE)))
-                if not trusted:
-                    self._note_shown(names)
+            if "." in norm and len(shown) < MAX_PER_VALUE:
+                # The value's first domains, for look-alikes: an untrusted one's were read above.
+                first = itertools.islice(names, MAX_PER_VALUE) if not trusted else first_domains(norm)
+                shown.update(dict.fromkeys(first))
             # Short, or without spaces (a URL): a field; otherwise free text.
             kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
             if kind == "field" and is_prose_key(path) and is_destination(norm):
@@ -375,34 +377,42 @@ class Fingerprints:
         return added
 
     def _shown_before(self, read: tuple[str, ...]) -> bool:
-        """Whether a site `read` names was written by an untrusted result (and not by the task)."""
+        """Whether a site `read` names was written by an untrusted result (and not by the
+        task), or is on a platform where anyone gets a path: there the task naming the
+        platform says nothing of which owner's page the agent opened."""
         if self._shown_overflow:
             return True
         for text in read:
             for name in first_domains(normalise(text)):
-                if name in self._shown and not self._domains.named_by_task(name):
+                if name in PATH_TENANTS or (name in self._shown and not self._domains.named_by_task(name)):
                     return True
         return False
 
     def _note_shown(self, names: Iterable[str]) -> None:
+        # Each domain kept counts as one fingerprint (the workflow's and the proxy's budgets).
         for name in names:
-            self._shown.pop(name, None)
+            if self._shown.pop(name, False) is False:
+                self._size += 1
             self._shown[name] = None
             if len(self._shown) > MAX_SHOWN:
                 self._shown.popitem(last=False)
+                self._size -= 1
                 self._shown_overflow = True
 
     def _keep_handles(self, handles: dict[str, list[str]]) -> None:
+        # Each id kept counts as one fingerprint, like a domain.
         for handle, sender in handles.values():
             if not (handle and sender):
                 continue
             domains = first_domains(normalise(sender.rpartition("@")[2]))
             if domains:
                 key = normalise(handle)
-                self._handles.pop(key, None)
+                if self._handles.pop(key, None) is None:
+                    self._size += 1
                 self._handles[key] = domains[0]
                 if len(self._handles) > MAX_HANDLES:
                     self._handles.popitem(last=False)
+                    self._size -= 1
 
     def _forget_identity(self, node_id: str) -> None:
         held = self._identity.pop(node_id, None)
@@ -446,8 +456,12 @@ class Fingerprints:
         _drop(self._exact, held.exact, node_id)
         self._size -= len(held.exact)
         if not self._results:  # the domains count against the budget too: a workflow evicted whole holds none
-            self._size -= self._domains.clear()
+            self._size -= self._domains.clear() + len(self._handles) + len(self._shown)
             self._handles.clear()
+            # What untrusted results wrote is forgotten with them: from now on no page counts
+            # as chosen (`_shown_before`), rather than every page.
+            self._shown_overflow = self._shown_overflow or bool(self._shown)
+            self._shown.clear()
         self._shrink()
         return node_id, held
 

@@ -236,7 +236,7 @@ class ReferenceScorer:
         found, too_many = _found_destinations(strings) if ctx.task.strip() else ({}, "")
         too_large = too_large or too_many
         if config.argument_weight > 0 or config.contradiction_weight > 0:
-            quantities = _quantity_arguments(action.arguments) if ctx.task.strip() else []
+            quantities = _quantity_arguments(action.arguments) if ctx.task.strip() else ([], False)
             weight, reason = _argument_signal(strings, quantities, too_large, found, ctx.task, tool, ctx.taint, config)
             if weight > 0:
                 fired.append((weight, reason))
@@ -328,7 +328,7 @@ class ReferenceScorer:
 
 def _argument_signal(
     strings: list[tuple[_Path, str]],
-    quantities: list[tuple[str, str, object]],
+    quantities: tuple[list[tuple[str, str, object]], bool],
     too_large: str,
     found: dict[str, _Path],
     task: str,
@@ -368,9 +368,10 @@ def _argument_signal(
             )
             what = f"the task's own {'values' if len(sent) > 1 else 'value'} carried" if own else "personal data sent"
             parts.append(f"{what} in a URL: {shown}")
+    read, too_wide = quantities
     more = (
-        contradictions(quantities, task)
-        if quantities and config.contradiction_weight > 0 and is_sink(tool, labels)
+        contradictions(read, task, unread=too_wide)
+        if (read or too_wide) and config.contradiction_weight > 0 and is_sink(tool, labels)
         else []
     )
     if more:
@@ -399,7 +400,7 @@ def _copied(labels: Sequence[str]) -> frozenset[str]:
     return frozenset(tainted.path for tainted in parse(labels) if tainted.fraction >= 1.0)
 
 
-def _quantity_arguments(arguments: struct_pb2.Struct) -> list[tuple[str, str, object]]:
+def _quantity_arguments(arguments: struct_pb2.Struct) -> tuple[list[tuple[str, str, object]], bool]:
     """(path, key, value) of the arguments whose keys name a quantity (`_quantities.family_of`),
     at any depth to _QUANTITY_DEPTH, lists included, in sorted key order: where a tool takes
     how much. Only such keys count towards `_quantities.MAX_ARGUMENTS`, so no padding of
@@ -407,17 +408,15 @@ def _quantity_arguments(arguments: struct_pb2.Struct) -> list[tuple[str, str, ob
     found: list[tuple[str, str, object]] = []
     left = _MAX_QUANTITY_FIELDS
     stack: list[tuple[str, struct_pb2.Struct | struct_pb2.ListValue, int]] = [("", arguments, 0)]
-    while stack and left > 0:
+    while stack:
         prefix, container, depth = stack.pop()
+        if len(container.fields if isinstance(container, struct_pb2.Struct) else container.values) > left:
+            return found, True  # wider than what is left to read: fail closed (`contradictions`)
         if isinstance(container, struct_pb2.Struct):
-            if len(container.fields) > left:
-                continue  # wider than what is left to read: `_string_arguments` judges the size
             items: list[tuple[str, str, struct_pb2.Value]] = [
                 (f"{prefix}.{key}" if prefix else key, key, container.fields[key]) for key in sorted(container.fields)
             ]
         else:
-            if len(container.values) > left:
-                continue
             items = [(f"{prefix}[{index}]", "", value) for index, value in enumerate(container.values)]
         left -= len(items)
         for path, key, value in reversed(items):
@@ -434,7 +433,7 @@ def _quantity_arguments(arguments: struct_pb2.Struct) -> list[tuple[str, str, ob
                     )
             elif key and family_of(key) is not None and (scalar := _scalar(value)) is not None:
                 found.append((path, key, scalar))
-    return sorted(found, key=lambda item: item[0])
+    return sorted(found, key=lambda item: item[0]), False
 
 
 def _scalar(value: struct_pb2.Value) -> float | str | None:

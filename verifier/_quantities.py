@@ -33,6 +33,8 @@ MAX_TASK_CHARS = 8 * 1024
 #: Quantity arguments compared per call; past them the call contradicts the task (fail
 #: closed: sixteen padded `*_total` keys pushed the real amount out of a first version).
 MAX_ARGUMENTS = 256
+#: The path of the contradiction `contradictions(unread=True)` adds.
+WIDE = "(arguments)"
 #: Slack for rounding: a call may ask for this fraction, and a cent, more than the task names.
 _SLACK = 0.005
 _CENT = 0.01
@@ -91,11 +93,15 @@ class Contradiction:
     def describe(self) -> str:
         stated = ", ".join(_shown(value) for value in self.stated[:3])
         more = f" and {len(self.stated) - 3} more" if len(self.stated) > 3 else ""
+        if self.path == WIDE:
+            return f"the arguments are too wide to read their quantities where the task states {stated}{more}"
         asked = "a value that is no number" if self.asked is None else _shown(self.asked)
         return f"{self.path!r} asks {asked} where the task states {stated}{more} ({self.family})"
 
 
-def contradictions(arguments: Iterable[tuple[str, str, object]], task: str) -> list[Contradiction]:
+def contradictions(
+    arguments: Iterable[tuple[str, str, object]], task: str, *, unread: bool = False
+) -> list[Contradiction]:
     """The quantity arguments ((path, last key, value) of the call's numbers and strings)
     that ask for more than everything the task states of their family, or whose value is
     no number (fail closed: `"twelve thousand"`, `"12480 EUR + fees"`). Not firm when the
@@ -108,6 +114,10 @@ def contradictions(arguments: Iterable[tuple[str, str, object]], task: str) -> l
     if not stated:
         return []
     found = []
+    if unread:
+        # Arguments too wide to find their quantities in: fail closed when the task states some.
+        first = next(iter(stated))
+        found.append(Contradiction(WIDE, first, None, stated[first]))
     read = 0
     for path, key, value in arguments:
         family = family_of(key)
@@ -144,9 +154,18 @@ def _computes(task: str, family: str) -> bool:
     return _COMPUTES["amount" if family == "amount" else "count"].search(task) is not None
 
 
-@functools.lru_cache(maxsize=1024)  # a tool's keys repeat call after call
 def family_of(key: str) -> str | None:
     """The family an argument key names (`transfer_amount` → amount), or None."""
+    # A tool's keys repeat call after call: cached, for keys of a sane length only (a 1 MiB
+    # key per call would otherwise pin a gigabyte in the cache).
+    return _family_of(key) if len(key) <= _MAX_CACHED_KEY else _family_of.__wrapped__(key)
+
+
+_MAX_CACHED_KEY = 128
+
+
+@functools.lru_cache(maxsize=1024)
+def _family_of(key: str) -> str | None:
     folded = "".join(char for char in key.casefold() if char.isalnum())
     if not folded:
         return None

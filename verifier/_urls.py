@@ -59,8 +59,10 @@ def novel_urls(strings: Sequence[tuple[_Path, str]], task: str) -> list[tuple[st
     if not task or not any(_may_hold_url(value) for _, value in strings):
         return []
     urls: list[tuple[str, str, _Path, bool]] = []
-    left = MAX_DESTINATIONS  # past it, `_found_destinations` has said the arguments are too large
-    for path, value in strings:
+    left = MAX_DESTINATIONS
+    # Shortest first, as `_found_destinations` reads: a `url` argument must not wait behind a
+    # body padded with 2,000 copies of the task's own URL (a reviewer's probe).
+    for path, value in sorted(strings, key=lambda item: len(item[1])):
         if not _may_hold_url(value):
             continue
         value = _as_requested(value)
@@ -110,8 +112,9 @@ SECRET_PARAMS = frozenset(
 )  # fmt: skip
 #: A query parameter: its name and its value (to the next `&`, `;` or `#`).
 _PARAM = re.compile(r"[?&;]([^=&;#?]{1,64})=([^&;#]{0,512})")
-#: What a template leaves for the agent to fill in: `YOUR_PASSPORT_NO`, `<passport>`, `{dob}`.
-_PLACEHOLDER = re.compile(r"[A-Z_\-<>{}\[\]]*|[<{\[].*[>}\]]")
+#: What a template leaves for the agent to fill in: `YOUR_PASSPORT_NO`, `<passport>`, `{dob}`
+#: (brackets around a digit hold data: `{C01X00T47}`).
+_PLACEHOLDER = re.compile(r"[A-Z_\-<>{}\[\]]*|[<{\[][^0-9]*[>}\]]")
 
 
 def secrets_sent(

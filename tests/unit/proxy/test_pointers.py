@@ -305,7 +305,7 @@ def test_sites_on_path_tenanted_platforms_keep_the_owner_path() -> None:
     assert stays_within("https://github.com/acme/other", frozenset({"github.com/acme"}))
     assert not stays_within("https://github.com/acmeevil/x", frozenset({"github.com/acme"}))
     assert not stays_within("https://github.com/", frozenset({"github.com/acme"}))
-    assert stays_within("https://docs.google.com/document/d/abc/edit", frozenset({"docs.google.com/abc"}))
+    assert stays_within("https://docs.google.com/document/d/abc/edit", frozenset({"docs.google.com/document/d/abc"}))
     assert stays_within("https://forum.islandhop.example/t/1", frozenset({"islandhop.example"}))
 
 
@@ -347,6 +347,14 @@ def read_from_sites(url: str) -> set[str]:
         ("https://docs.google.com/document/d/abc/edit", "https://drive.google.com/open?id=evil", False),
         ("https://www.medium.com/@alice/post", "https://www.medium.com/@mallory/post", False),
         ("https://www.reddit.com/r/bikes/", "https://www.reddit.com/u/mallory", False),
+        # A namespace is part of the owner: a subreddit is not the user of the same name.
+        ("https://www.reddit.com/r/acme/", "https://www.reddit.com/u/acme", False),
+        ("https://www.linkedin.com/company/acme", "https://www.linkedin.com/in/acme", False),
+        ("https://pypi.org/project/acme/", "https://pypi.org/user/acme/", False),
+        ("https://drive.google.com/drive/folders/1Acme", "https://drive.google.com/drive/folders/1Evil", False),
+        ("https://discord.com/channels/111/222", "https://discord.com/channels/999/222", False),
+        ("https://github.com/acme/app", "https://github.com/p/acme", False),  # `p` is just another account
+        ("https://github.com/acme/app", "https://github.com/orgs/acme/people", True),
         ("https://gitlab.com/api/v4/projects/123", "https://gitlab.com/api/v4/projects/999", False),
         # Platforms where anyone gets a host: one tenant vouches for no other.
         ("https://alice.ghost.io/post", "https://mallory.ghost.io/post", False),
@@ -358,3 +366,11 @@ def read_from_sites(url: str) -> set[str]:
 def test_a_platform_vouches_for_the_tenant_it_names_only(vouched_by: str, link: str, stays: bool) -> None:
     sites = frozenset(read_from_sites(vouched_by))
     assert stays_within(link.casefold(), sites) is stays, (sites, link)
+
+
+def test_an_address_on_a_platform_where_anyone_gets_a_path_is_met_by_itself_only() -> None:
+    # Its site was read as "" (nowhere), and "" became a reference every such address met.
+    refs = references("Write to support@github.com about the outage")
+    assert "" not in refs
+    assert identity((), [("content[0].text.sender", "billing@linkedin.com")]).vouched(refs) is None
+    assert identity((), [("content[0].text.sender", "support@github.com")]).vouched(refs) is not None

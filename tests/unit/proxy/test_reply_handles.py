@@ -54,3 +54,13 @@ def test_handles_are_bounded_newest_kept() -> None:
     # The oldest listing's handle went; a newer one is still read.
     assert not any(label.startswith("lookalike:message_id") for label in _labels(prints, "kl-274"))
     assert len(prints._handles) == MAX_HANDLES
+
+
+def test_handles_count_against_the_budget() -> None:
+    prints = _listed()
+    with_handles = len(prints)
+    bare = Fingerprints()
+    Provenance().record(
+        bare, "n1", "email__search_email", {"messages": [{"subject": m["subject"]} for m in LISTING["messages"]]}
+    )
+    assert with_handles > len(bare)

