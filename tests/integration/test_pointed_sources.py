@@ -102,6 +102,16 @@ async def _fetch_then_post(
     return read, await _call(http, token, "post_form", {"url": target, "body": QUESTION}, workflow, task)
 
 
+async def _drift_path(running: Any, home: Path, workflow: str, node: str) -> Any:
+    """The drift path the graph answers for `node`, once the graph has it."""
+    await poll(
+        f"http://{running.graph}", f"/graphs/{workflow}/nodes", {}, 1, auditor_token(home),
+        where=lambda item: item["node_id"] == node,
+    )  # fmt: skip
+    async with httpx.AsyncClient(base_url=f"http://{running.graph}", headers=bearer(auditor_token(home))) as graph:
+        return (await graph.get(f"/graphs/{workflow}/drift-path/{node}")).json()
+
+
 async def test_a_form_on_the_page_the_task_names_passes_and_its_label_is_recorded(stack: Any) -> None:
     _, _, posts, running, home = stack
     task = f"Ask on {THREAD} whether the 08:30 Split-Hvar catamaran usually sells out in June."
@@ -109,12 +119,7 @@ async def test_a_form_on_the_page_the_task_names_passes_and_its_label_is_recorde
     assert "result" in posted.json(), posted.text
     assert posts == [REPLY]
     node = posted.headers["bastion-node-id"]
-    await poll(
-        f"http://{running.graph}", "/graphs/wf-pointed/nodes", {}, 1, auditor_token(home),
-        where=lambda item: item["node_id"] == node,
-    )  # fmt: skip
-    async with httpx.AsyncClient(base_url=f"http://{running.graph}", headers=bearer(auditor_token(home))) as graph:
-        drift = (await graph.get(f"/graphs/wf-pointed/drift-path/{node}")).json()
+    drift = await _drift_path(running, home, "wf-pointed", node)
     # Recorded as it was decided: the URL is untrusted data from the fetch, a page the task points at.
     assert [hop["node_id"] for hop in drift["hops"]] == [node, read.headers["bastion-node-id"]]
     assert {"untrusted", "source:web__fetch", "named:url"} <= set(drift["hops"][0]["taint"])
@@ -128,13 +133,7 @@ async def test_a_form_on_the_site_the_agent_went_to_itself_passes_as_visited(sta
     _, posted = await _fetch_then_post(stack, "wf-visited", UNNAMED, REPLY)
     assert "result" in posted.json(), posted.text
     assert posts == [REPLY]
-    node = posted.headers["bastion-node-id"]
-    await poll(
-        f"http://{running.graph}", "/graphs/wf-visited/nodes", {}, 1, auditor_token(home),
-        where=lambda item: item["node_id"] == node,
-    )  # fmt: skip
-    async with httpx.AsyncClient(base_url=f"http://{running.graph}", headers=bearer(auditor_token(home))) as graph:
-        drift = (await graph.get(f"/graphs/wf-visited/drift-path/{node}")).json()
+    drift = await _drift_path(running, home, "wf-visited", posted.headers["bastion-node-id"])
     # Recorded as decided: untrusted data from the fetch, on the site the agent went to.
     assert {"untrusted", "source:web__fetch", "visited:url"} <= set(drift["hops"][0]["taint"])
     assert not any(label.startswith("named:") for label in drift["hops"][0]["taint"])
