@@ -15,9 +15,10 @@ appended by this process an upper bound, never an under-count. At most `capacity
 are kept: past that (a backlog of thousands of group commits, the graph down or slow),
 the newest group is merged into the last entry, which keeps its older time.
 
-Records found in the journal when the proxy starts (left by an earlier run) are dated by
-that start, since their append times are not on disk: after a restart the gauge counts
-from the restart. Single-threaded: the proxy's event loop.
+Records found in the journal when the proxy starts (left by an earlier run) have no append
+times on disk: they are dated by the start, then, once the shipper has read the first of
+them, by that event's own time (`found_aged`), so a backlog left by an outage shows its age
+after the restart instead of counting from it. Single-threaded: the proxy's event loop.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from ._journal import Cursor
 
 
+#: The oldest age `found_aged` believes: a backlog older than a month is a clock problem.
+MAX_AGE = 30 * 24 * 3600.0
+
+
 class AppendTimes:
     def __init__(self, *, capacity: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
         if capacity < 1:
@@ -39,13 +44,28 @@ class AppendTimes:
         self._clock = clock
         #: (end of a durable group of records, when its first record was appended), oldest first.
         self._groups: deque[tuple[Cursor, float]] = deque()
+        #: Where the records found at open end (`found`), while their group is kept.
+        self._found: Cursor | None = None
         #: The first append no fsync has started on yet, and the first of the fsync in flight.
         self._unsynced: float | None = None
         self._syncing: float | None = None
 
     def found(self, end: Cursor) -> None:
-        """Records up to `end` were in the journal when it opened: dated now."""
+        """Records up to `end` were in the journal when it opened: dated now, until
+        `found_aged` says how old the oldest of them is."""
+        self._found = end
         self._add(end, self._clock())
+
+    def found_aged(self, age: float) -> None:
+        """The oldest record found at open was written `age` seconds ago (its event's own
+        time, read by the shipper at start): the found records are dated by it, not by the
+        restart. Only ever older; a negative or absurd age (a clock stepped back, a record
+        from another machine) changes nothing."""
+        groups = self._groups
+        if self._found is None or not groups or groups[0][0] != self._found or not 0 < age <= MAX_AGE:
+            return
+        end, at = groups[0]
+        groups[0] = (end, min(at, self._clock() - age))
 
     def appended(self) -> None:
         if self._unsynced is None:

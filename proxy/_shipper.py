@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from bastion._errors import JournalError
 from bastion.v1 import graph_pb2
 
 from ._journal import Cursor, JournalReader
@@ -221,9 +222,25 @@ class Shipper:
         if self._task is not None:
             return
         self._cursor = self._load_cursor()
+        self._date_backlog()
         self._batch = None
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="bastion-journal-shipper")
+
+    def _date_backlog(self) -> None:
+        """Date the records an earlier run left by the first one's event time (`AppendTimes.
+        found_aged`): one record read at start. Anything unreadable leaves them dated by the
+        start, as before; the shipper reads them again when it ships them."""
+        try:
+            records, _ = self._reader.read(self._cursor, 1, self._max_event_bytes)
+            if not records:
+                return
+            event = graph_pb2.Event.FromString(records[0])
+        except (OSError, JournalError, DecodeError):
+            return
+        stamp = event.started_at if event.HasField("started_at") else event.decided_at
+        if stamp.seconds:
+            self._times.found_aged(time.time() - stamp.ToNanoseconds() / 1e9)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Ship what can be shipped within `grace` seconds, then stop."""

@@ -102,3 +102,26 @@ def test_groups_the_shipper_delivered_are_forgotten_so_sparse_scrapes_read_the_r
     oldest = times.oldest(Cursor(1, 100 * 979))
     assert oldest is not None
     assert clock.now - oldest == pytest.approx(0.1, abs=0.01)
+
+
+def test_found_records_are_dated_by_their_age_when_it_is_told_and_believable() -> None:
+    clock = Clock()
+    times = AppendTimes(clock=clock)
+    times.found(Cursor(3, 4096))
+    times.found_aged(-5.0)  # from the future: a clock stepped back
+    times.found_aged(40 * 24 * 3600.0)  # older than a month: not believed
+    assert times.oldest(Cursor(3, 0)) == 100.0
+    times.found_aged(30.0)
+    assert times.oldest(Cursor(3, 0)) == 70.0
+    times.found_aged(10.0)  # only ever older
+    assert times.oldest(Cursor(3, 0)) == 70.0
+
+
+def test_an_age_told_after_the_found_records_shipped_changes_nothing() -> None:
+    clock = Clock()
+    times = AppendTimes(clock=clock)
+    times.found(Cursor(3, 4096))
+    _group(times, clock, 150.0, Cursor(3, 8192))
+    assert times.oldest(Cursor(3, 4096)) == 150.0  # the found group is delivered and forgotten
+    times.found_aged(100.0)
+    assert times.oldest(Cursor(3, 4096)) == 150.0

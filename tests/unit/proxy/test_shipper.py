@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -630,3 +631,49 @@ async def test_journal_lag_read_once_after_many_group_commits_is_still_the_real_
     await shipper.stop()
 
     assert lag < 0.5, f"lag read {lag:.3f} s after a second of steady, shipped traffic"
+
+
+async def test_after_a_restart_the_lag_dates_the_backlog_by_its_first_events_time(graph: Graph, tmp_path: Path) -> None:
+    # Records left by an earlier run have no append times on disk; they were dated by the
+    # restart, so a backlog an outage left read as fresh. The first one's event time dates them.
+    directory = tmp_path / "journal"
+    earlier = Journal.open(directory, fsync_interval=0.001, segment_bytes=1024)
+    for n, age in enumerate((3_600.0, 1_800.0)):
+        event = graph_pb2.Event(event_id=f"old{n}", workflow_id="wf-1")
+        event.started_at.FromNanoseconds(int((time.time() - age) * 1e9))
+        earlier.append(event.SerializeToString())
+    await earlier.close()
+
+    restarted = Journal.open(directory, fsync_interval=0.001, segment_bytes=1024)
+    await restarted.start()
+    graph.fake.fail_next = 1_000_000  # the graph is still down
+    shipper = shipper_for(restarted, graph, tmp_path)
+    shipper.start()
+    lag = shipper.lag_seconds
+    await shipper.stop()
+    await restarted.close()
+    assert 3_590 <= lag <= 3_700
+
+
+@pytest.mark.parametrize("stamp", [None, "future", "ancient"])
+async def test_a_backlog_without_a_believable_time_stays_dated_by_the_restart(
+    graph: Graph, tmp_path: Path, stamp: str | None
+) -> None:
+    directory = tmp_path / "journal"
+    earlier = Journal.open(directory, fsync_interval=0.001, segment_bytes=1024)
+    event = graph_pb2.Event(event_id="old", workflow_id="wf-1")
+    if stamp is not None:
+        offset = 3_600.0 if stamp == "future" else -(400 * 24 * 3600.0)
+        event.started_at.FromNanoseconds(int((time.time() + offset) * 1e9))
+    earlier.append(event.SerializeToString())
+    await earlier.close()
+
+    restarted = Journal.open(directory, fsync_interval=0.001, segment_bytes=1024)
+    await restarted.start()
+    graph.fake.fail_next = 1_000_000
+    shipper = shipper_for(restarted, graph, tmp_path)
+    shipper.start()
+    lag = shipper.lag_seconds
+    await shipper.stop()
+    await restarted.close()
+    assert 0 <= lag < 60
