@@ -55,7 +55,7 @@ _PEOPLE = frozenset(
 _PEOPLE_KEYS = ("guests", "people", "persons", "adults", "passengers", "travellers", "travelers", "pax", "partysize")
 #: Family → (ends of argument keys, folded to letters and digits; the task's unit words).
 FAMILIES: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
-    "amount": (("amount", "total", "sum"), _CURRENCIES),
+    "amount": (("amount", "total"), _CURRENCIES),
     "nights": (("nights",), frozenset({"night", "nights"})),
     "guests": (_PEOPLE_KEYS, _PEOPLE),
     "tickets": (("tickets",), frozenset({"ticket", "tickets"})),

@@ -182,3 +182,11 @@ def test_a_huge_key_is_read_but_not_cached() -> None:
     assert _family_of.cache_info().currsize == 0
     assert family_of("transfer_amount") == "amount"
     assert _family_of.cache_info().currsize == 1
+
+
+def test_a_key_that_only_ends_like_a_quantity_word_is_not_one() -> None:
+    assert family_of("checksum") is None
+    result = score_call(
+        "files__upload_file", {"path": "/inv.pdf", "checksum": "abc123"}, [], "Upload the 480 EUR invoice"
+    )
+    assert all("more than the task states" not in reason for reason in result.reasons)
