@@ -17,9 +17,9 @@ same-site rule: never siblings, never on a shared platform).
 
 from __future__ import annotations
 
-import functools
-
 from publicsuffixlist import PublicSuffixList
+
+from bastion._cache import short_key_cache
 
 #: The list as the package ships it, private section included (loaded once, ~20 ms).
 _PSL = PublicSuffixList(only_icann=False)
@@ -52,18 +52,14 @@ SHARED_HOSTS = frozenset(
 )  # fmt: skip
 
 
+# Hosts repeat across results and calls: the list lookup is cached, for host names only
+# (at most 253 characters), so no argument can fill the cache with megabytes.
+@short_key_cache(max_key=253, maxsize=8192)
 def registrable(host: str) -> str:
     """The part of a host name its owner registered: `forum.islandhop.example` →
     islandhop.example, `bank.co.uk` stays; under a platform of SHARED_HOSTS, and for an IP
     address, the whole host (`x.alice.github.io`, `bucket.s3.eu-west-1.amazonaws.com`:
     which label a platform hands out varies, and the whole name never joins two tenants)."""
-    # Hosts repeat across results and calls: the list lookup is cached, for host names only
-    # (at most 253 characters), so no argument can fill the cache with megabytes.
-    return _registrable(host) if len(host) <= 253 else _registrable.__wrapped__(host)
-
-
-@functools.lru_cache(maxsize=8192)
-def _registrable(host: str) -> str:
     labels = host.split(".")
     if all(label.isdigit() for label in labels) or ":" in host or host.startswith("[") or _shared(labels):
         return host  # an IP address (its last labels are no domain), or a platform's tenant

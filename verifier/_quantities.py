@@ -28,6 +28,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bastion._cache import short_key_cache
+
 #: Characters of the task read for its quantities.
 MAX_TASK_CHARS = 8 * 1024
 #: Quantity arguments compared per call; past them the call contradicts the task (fail
@@ -154,18 +156,11 @@ def _computes(task: str, family: str) -> bool:
     return _COMPUTES["amount" if family == "amount" else "count"].search(task) is not None
 
 
+# A tool's keys repeat call after call: cached, for keys of a sane length only (a 1 MiB
+# key per call would otherwise pin a gigabyte in the cache).
+@short_key_cache(max_key=128, maxsize=1024)
 def family_of(key: str) -> str | None:
     """The family an argument key names (`transfer_amount` → amount), or None."""
-    # A tool's keys repeat call after call: cached, for keys of a sane length only (a 1 MiB
-    # key per call would otherwise pin a gigabyte in the cache).
-    return _family_of(key) if len(key) <= _MAX_CACHED_KEY else _family_of.__wrapped__(key)
-
-
-_MAX_CACHED_KEY = 128
-
-
-@functools.lru_cache(maxsize=1024)
-def _family_of(key: str) -> str | None:
     folded = "".join(char for char in key.casefold() if char.isalnum())
     if not folded:
         return None

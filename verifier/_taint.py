@@ -47,13 +47,13 @@ must block writes `when: "'untrusted' in taint"`). Traced taint that weighs more
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
 
+from bastion._cache import short_key_cache
 from bastion.v1 import policy_pb2, verifier_pb2
 
 #: Weight of a whole structured field relative to a control value inside free text.
@@ -101,15 +101,13 @@ def is_sink(tool: str, labels: Iterable[str]) -> bool:
     """Policy says so (`sink` label), or the tool's name holds a world-changing verb."""
     if "sink" in labels:
         return True
-    return _named_sink(tool) if len(tool) <= _MAX_CACHED_TOOL else _named_sink.__wrapped__(tool)
+    return _named_sink(tool)
 
 
-#: Longest tool name whose verdict is cached (names are short; the cache keys stay small).
-_MAX_CACHED_TOOL = 256
 _LONG_VERBS = tuple(verb for verb in SINK_VERBS if len(verb) >= 4)
 
 
-@functools.lru_cache(maxsize=1024)  # an agent calls the same few tools again and again
+@short_key_cache(max_key=256, maxsize=1024)  # an agent calls the same few tools again and again
 def _named_sink(tool: str) -> bool:
     for word in _WORDS.findall(tool):
         word = word.lower()

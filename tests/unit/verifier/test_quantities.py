@@ -6,7 +6,7 @@ import pytest
 from fixtures.scoring import score_call
 
 from bastion.v1 import verifier_pb2
-from bastion.verifier._quantities import MAX_ARGUMENTS, _family_of, _stated, contradictions, family_of, number
+from bastion.verifier._quantities import MAX_ARGUMENTS, _stated, contradictions, family_of, number
 
 IBAN = "DE89370400440532013000"
 
@@ -177,11 +177,11 @@ def test_arguments_too_wide_to_read_their_quantities_contradict_a_task_that_stat
 
 def test_a_huge_key_is_read_but_not_cached() -> None:
     # A 1 MiB key per call pinned a megabyte per cache entry (a reviewer's probe).
-    _family_of.cache_clear()
+    family_of.cache_clear()
     assert family_of("x" * 100_000 + "amount") == "amount"
-    assert _family_of.cache_info().currsize == 0
+    assert family_of.cache_info().currsize == 0
     assert family_of("transfer_amount") == "amount"
-    assert _family_of.cache_info().currsize == 1
+    assert family_of.cache_info().currsize == 1
 
 
 def test_a_key_that_only_ends_like_a_quantity_word_is_not_one() -> None:
