@@ -323,7 +323,8 @@ def _first(folded: str, *, addresses: bool) -> tuple[frozenset[str], frozenset[s
             return keys, frozenset()
         if kind == "address":
             host = value.rpartition("@")[2]
-            return keys, frozenset({value} if host in WEBMAIL or not _site(host) else {value, _site(host)})
+            site = "" if host in WEBMAIL else _site(host)  # "": the address alone
+            return keys, frozenset({value, site} if site else {value})
         return keys, frozenset({value})
     return None
 

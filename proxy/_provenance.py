@@ -285,15 +285,17 @@ class Fingerprints:
         # Decided before this result's own domains are noted: what its call read was chosen or not.
         chosen = chosen and not trusted and not self._shown_before(read)
         for path, text in walk:
+            norm = normalise(text)
+            names: dict[str, None] | None = None
             if not trusted:
                 if len(handles) < MAX_HANDLES:
                     _note_handle(handles, path, text)
-                if "." in text:
+                if "." in norm:
                     # Every domain an untrusted value writes, ids included (`thread_id`), and
                     # the whole value: the agent may be sent to any of them (`_shown_before`).
-                    names = dict.fromkeys(domains_in(normalise(text)))
+                    names = dict.fromkeys(domains_in(norm))
                     self._note_shown(names)
-            if _is_handle(path, text):
+            if _is_handle(path, norm):
                 continue
             if (
                 not trusted
@@ -302,10 +304,9 @@ class Fingerprints:
                 and path.rpartition(".")[2].casefold() in IDENTITY_KEYS
             ):
                 named_by.append((path, text[:MAX_VALUE]))
-            norm = normalise(text)
             if "." in norm and len(shown) < MAX_PER_VALUE:
-                # The value's first domains, for look-alikes: an untrusted one's were read above.
-                first = itertools.islice(names, MAX_PER_VALUE) if not trusted else first_domains(norm)
+                # The value's first domains, for look-alikes (an untrusted one's read above).
+                first = itertools.islice(names, MAX_PER_VALUE) if names is not None else first_domains(norm)
                 shown.update(dict.fromkeys(first))
             # Short, or without spaces (a URL): a field; otherwise free text.
             kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
@@ -628,14 +629,13 @@ def _note_handle(handles: dict[str, list[str]], path: str, text: str) -> None:
         handles.setdefault(parent, ["", ""])[0] = text
 
 
-def _is_handle(path: str, text: str) -> bool:
-    """A value under an id key (`id`, `taskId`, `message_id`): a protocol handle the next
-    call is meant to pass back (an A2A task id, an email's id to reply to), not data a
-    source could inject — unless it is a destination (an attacker's probe put an IBAN under
-    `account_id` and an address under `payeeId`)."""
+def _is_handle(path: str, norm: str) -> bool:
+    """A value (normalised) under an id key (`id`, `taskId`, `message_id`): a protocol handle
+    the next call is meant to pass back (an A2A task id, an email's id to reply to), not data
+    a source could inject — unless it is a destination (an attacker's probe put an IBAN
+    under `account_id` and an address under `payeeId`)."""
     if not _is_id_key(path):
         return False
-    norm = normalise(text)
     return norm.startswith("<") or not is_destination(norm)
 
 

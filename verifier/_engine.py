@@ -232,11 +232,13 @@ class ReferenceScorer:
             elif reason:
                 abstained.append(reason)
         strings, too_large = _string_arguments(action.arguments)
-        # Destinations are compared with a task's, and read for money; without a task neither.
-        found, too_many = _found_destinations(strings) if ctx.task.strip() else ({}, "")
+        # Destinations are compared with a task's, and read for money; without a task neither,
+        # nor quantities.
+        stated = bool(ctx.task.strip())
+        found, too_many = _found_destinations(strings) if stated else ({}, "")
         too_large = too_large or too_many
         if config.argument_weight > 0 or config.contradiction_weight > 0:
-            quantities = _quantity_arguments(action.arguments) if ctx.task.strip() else ([], False)
+            quantities = _quantity_arguments(action.arguments) if stated else ([], False)
             weight, reason = _argument_signal(strings, quantities, too_large, found, ctx.task, tool, ctx.taint, config)
             if weight > 0:
                 fired.append((weight, reason))

@@ -34,13 +34,21 @@ def test_a_form_on_the_page_the_task_points_at_weighs_a_quarter_and_only_flags()
     assert "(free text, 0.80)" in _taint(plain)[0]
 
 
+CHECKIN_FORM = "https://www.lufthansa-air.example/checkin/start"
+#: What each label's discount says in a reason: absent when it does not apply.
+_DISCOUNTS = {"named": "from a result the task points at", "visited": "went to itself"}
+
+
+@pytest.mark.parametrize("prefix", sorted(_DISCOUNTS))
 @pytest.mark.parametrize(
     ("tool", "arguments", "label", "task"),
     [
         # Money: business-email compromise is the email of the supplier the user names.
         ("bank__transfer", {"iban": "NL90LDRU7451135004"}, IBAN_FROM_EMAIL, "Pay Fjordlicht Studio the 640 EUR."),
+        ("bank__transfer", {"iban": "NL90LDRU7451135004"}, IBAN_FROM_EMAIL, "Pay the airline the change fee."),
         # The task only asks to read the page it names.
         ("web__post_form", {"url": REPLY}, URL_FROM_PAGE, f"Read the newest replies on {FORUM} for me."),
+        ("web__post_form", {"url": CHECKIN_FORM}, URL_FROM_PAGE, "What does the airline's check-in page say?"),
         # The task asks for an action of another kind than the sink's.
         (
             "files__share_file",
@@ -48,16 +56,18 @@ def test_a_form_on_the_page_the_task_points_at_weighs_a_quarter_and_only_flags()
             "arg:path:untrusted:files__read_file:content[0].text:text:1.00",
             "Translate /letters/serra-obras-2.txt into English.",
         ),
+        # No task at all.
+        ("web__post_form", {"url": CHECKIN_FORM}, URL_FROM_PAGE, ""),
     ],
-    ids=["payment", "read-only-task", "other-kind"],
+    ids=["payment", "payment-2", "read-only-task", "read-only-task-2", "other-kind", "no-task"],
 )
-def test_pointing_does_not_vouch_for_payments_reads_or_other_kinds_of_act(
-    tool: str, arguments: dict[str, str], label: str, task: str
+def test_neither_pointing_nor_a_visit_vouches_for_payments_reads_or_other_kinds_of_act(
+    prefix: str, tool: str, arguments: dict[str, str], label: str, task: str
 ) -> None:
     path = label.split(":")[1]
-    result = score_call(tool, arguments, ["untrusted", label, f"named:{path}"], task)
+    result = score_call(tool, arguments, ["untrusted", label, f"{prefix}:{path}"], task)
     assert result.verdict == verifier_pb2.BLOCK
-    assert "from a result the task points at" not in " ".join(result.reasons)
+    assert _DISCOUNTS[prefix] not in " ".join(result.reasons)
 
 
 def test_a_factor_of_one_ignores_the_labels() -> None:
@@ -140,8 +150,6 @@ def test_every_task_verb_of_a_kind_is_one_the_task_reader_knows() -> None:
 
 # -- `visited:`: data from a page the agent went to on its own, kept on that page's site --
 
-CHECKIN_FORM = "https://www.lufthansa-air.example/checkin/start"
-
 
 def test_a_form_on_the_site_the_agent_went_to_weighs_as_a_pointed_one() -> None:
     task = "Cancel my flight booking Q7HX2M, surname Edlund."
@@ -151,24 +159,6 @@ def test_a_form_on_the_site_the_agent_went_to_weighs_as_a_pointed_one() -> None:
         "(free text, on the site of a page the agent went to itself, 0.20) (weight 0.20)"
     ]
     assert visited.verdict != verifier_pb2.BLOCK
-
-
-@pytest.mark.parametrize(
-    ("tool", "arguments", "label", "task"),
-    [
-        ("bank__transfer", {"iban": "NL90LDRU7451135004"}, IBAN_FROM_EMAIL, "Pay the airline the change fee."),
-        ("web__post_form", {"url": CHECKIN_FORM}, URL_FROM_PAGE, "What does the airline's check-in page say?"),
-        ("web__post_form", {"url": CHECKIN_FORM}, URL_FROM_PAGE, ""),
-    ],
-    ids=["payment", "read-only-task", "no-task"],
-)
-def test_a_visited_site_does_not_vouch_for_payments_or_acts_the_task_does_not_ask(
-    tool: str, arguments: dict[str, str], label: str, task: str
-) -> None:
-    path = label.split(":")[1]
-    result = score_call(tool, arguments, ["untrusted", label, f"visited:{path}"], task)
-    assert result.verdict == verifier_pb2.BLOCK
-    assert "went to itself" not in " ".join(result.reasons)
 
 
 @pytest.mark.parametrize(
