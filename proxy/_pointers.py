@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion._domains import registrable
+from bastion._urlsyntax import URL_IGNORED
 from bastion._verbs import ACTION_VERBS
 
 #: Groups one result's identity keeps.
@@ -130,8 +131,6 @@ _PREFIXES: dict[str, tuple[tuple[tuple[str, ...], int, bool], ...]] = {
 #: `docs.google.com/document/u/0/d/<id>`: the account switcher's two segments are read past.
 _ACCOUNT_SWITCH = "u"
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:|//")
-#: What a browser removes from anywhere in a URL before reading it (WHATWG: tab, LF, CR).
-_URL_IGNORED = str.maketrans("", "", "\t\n\r")
 #: Dot segments, plain or percent-encoded, and encoded slashes: a path holding one does not
 #: lead where its first segments say.
 _DOT_SEGMENTS = ("/..", "../", "%2e", "%2f", "%5c")
@@ -239,7 +238,7 @@ def stays_within(folded: str, allowed: frozenset[str]) -> bool:
     # victim.company. Arguments arrive normalised (whitespace runs made one space), so a
     # value that starts as a URL is read with its spaces dropped too.
     stripped = folded.strip()
-    joined = stripped.translate(_URL_IGNORED)
+    joined = stripped.translate(URL_IGNORED)
     if _SCHEME.match(joined):
         joined = joined.replace(" ", "")
     if joined != stripped and " " not in joined and not stays_within(joined, allowed):

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from bastion._domains import owns_subdomains
+from bastion._urlsyntax import SPECIAL_SCHEMES, URL_IGNORED
 
 #: Bytes of one argument, and of the task, read (see `_engine`'s budgets).
 MAX_STRING_BYTES = 64 * 1024
@@ -36,15 +37,13 @@ _SCHEME_RELATIVE = re.compile(
 # colon, none included: `https:evil.example/q`, `https:/evil.example`, `https:\\evil.example`
 # and `https:///evil.example` all reach evil.example (an attacker's probe scored them 0).
 _URL_AUTHORITY = re.compile(
-    r"""(?<![a-z0-9+.-])(?:[a-z][a-z0-9+.-]*://|(?:https?|wss?|ftp):[/\\]*)([^\s/?#"'<>]+)""",
+    rf"""(?<![a-z0-9+.-])(?:[a-z][a-z0-9+.-]*://|{SPECIAL_SCHEMES}:[/\\]*)([^\s/?#"'<>]+)""",
     re.IGNORECASE | re.ASCII,
 )
 #: Without `//` only a host with a dot and a letter after it is one (`_urls_in`).
 _DOTTED = re.compile(r"\.[a-z]", re.IGNORECASE | re.ASCII)
 #: Where a URL may begin: `://`, or a special scheme's colon (`_URL_AUTHORITY`).
-_SPECIAL_SCHEME = re.compile(r"(?<![a-z0-9+.-])(?:https?|wss?|ftp):", re.IGNORECASE | re.ASCII)
-#: What a browser removes from anywhere in a URL before reading it (WHATWG: tab, LF, CR).
-_URL_IGNORED = str.maketrans("", "", "\t\n\r")
+_SPECIAL_SCHEME = re.compile(rf"(?<![a-z0-9+.-]){SPECIAL_SCHEMES}:", re.IGNORECASE | re.ASCII)
 # Groups of four with optional single space/hyphen separators, as IBANs are printed.
 # Case-insensitive because a bank API may accept lower case; the mod-97 check below
 # keeps random identifiers from matching.
@@ -120,7 +119,7 @@ def _as_requested(value: str) -> str:
     line breaks anywhere in a URL (`https://evil.exa\tmple/?e=a@b.example` goes to
     evil.example); any other value as it is."""
     if ("\t" in value or "\n" in value or "\r" in value) and len(value) <= _MAX_DESTINATION_CHARS:
-        requested = value.strip().translate(_URL_IGNORED)
+        requested = value.strip().translate(URL_IGNORED)
         if " " not in requested and _url_at_start(requested):
             return requested
     return value
