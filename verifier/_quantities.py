@@ -16,6 +16,11 @@ Less is never a contradiction: the user's share of a bill, a partial refund or a
 less than the total the task names. A task that names no quantity of the family says
 nothing about it.
 
+An amount whose key says minor units (`amount_cents`) is read in them; a whole number a
+hundred times an amount the task states with cents is only a flag (an API taking minor
+units, Stripe's `amount`, asks 6490 for 64.90). A currency argument naming none of the
+currencies the task writes contradicts it, when every amount the task states has one.
+
 Numbers are read as people write them: `1,248.00`, `1.248,00`, `64,90`, `1 248`, and the
 words one to twenty. Bounded: the task's first MAX_TASK_CHARS characters, at most
 MAX_ARGUMENTS quantity arguments per call.
@@ -91,14 +96,22 @@ class Contradiction:
     asked: float | None
     stated: tuple[float, ...]
     firm: bool = True
+    #: The asked amount is a hundred times one the task states with cents: minor units, or a raise.
+    hundredfold: bool = False
+    #: For family "currency": the currency the call asks for, and those the task states.
+    currency: str = ""
+    currencies: tuple[str, ...] = ()
 
     def describe(self) -> str:
+        if self.family == "currency":
+            return f"{self.path!r} asks {self.currency!r} where the task states amounts in {', '.join(self.currencies)}"
         stated = ", ".join(_shown(value) for value in self.stated[:3])
-        more = f" and {len(self.stated) - 3} more" if len(self.stated) > 3 else ""
+        stated += f" and {len(self.stated) - 3} more" if len(self.stated) > 3 else ""
         if self.path == WIDE:
-            return f"the arguments are too wide to read their quantities where the task states {stated}{more}"
+            return f"the arguments are too wide to read their quantities where the task states {stated}"
         asked = "a value that is no number" if self.asked is None else _shown(self.asked)
-        return f"{self.path!r} asks {asked} where the task states {stated}{more} ({self.family})"
+        minor = ", in minor units or a hundred times it" if self.hundredfold else ""
+        return f"{self.path!r} asks {asked} where the task states {stated} ({self.family}{minor})"
 
 
 def contradictions(
@@ -120,9 +133,17 @@ def contradictions(
         # Arguments too wide to find their quantities in: fail closed when the task states some.
         first = next(iter(stated))
         found.append(Contradiction(WIDE, first, None, stated[first]))
+    currencies = _currencies(task) if "amount" in stated else None
     read = 0
     for path, key, value in arguments:
         family = family_of(key)
+        if family == "currency":
+            if currencies is not None and isinstance(value, str) and value.strip():
+                read += 1
+                asked_codes = _codes(value)
+                if asked_codes.isdisjoint(currencies):
+                    found.append(_other_currency(path, value, currencies, task))
+            continue
         if family is None or family not in stated or value is None or value == "":
             continue
         read += 1
@@ -130,10 +151,39 @@ def contradictions(
             found.append(Contradiction(path, family, None, stated[family]))
             break
         asked = number(value)
+        if asked is not None and is_minor(key):
+            asked = round(asked / 100, 2)
         total = sum(stated[family])
         if asked is None or asked > total * (1 + _SLACK) + _CENT:
-            found.append(Contradiction(path, family, asked, stated[family], firm=not _computes(task, family)))
+            hundredfold = family == "amount" and asked is not None and _hundredfold(asked, (*stated[family], total))
+            firm = not (hundredfold or _computes(task, family))
+            found.append(Contradiction(path, family, asked, stated[family], firm=firm, hundredfold=hundredfold))
     return found
+
+
+def _other_currency(path: str, value: str, currencies: frozenset[str], task: str) -> Contradiction:
+    """A currency argument naming none of the task's: firm unless the task converts."""
+    shown = value.strip()[:16]
+    return Contradiction(
+        path,
+        "currency",
+        None,
+        (),
+        firm=not _computes(task, "amount"),
+        currency=shown,
+        currencies=tuple(sorted(currencies)),
+    )
+
+
+def _hundredfold(asked: float, stated: Iterable[float]) -> bool:
+    """Whether `asked` is a whole number a hundred times an amount stated with cents (64.90 →
+    6490): what an API that takes minor units (Stripe's `amount`) asks for the task's amount.
+    Weighed as a flag, not a contradiction: an injected raise of exactly a hundred times
+    stays seen, and a payment API's every charge is not blocked. A whole amount (480 → 48000)
+    is no such case and contradicts."""
+    return asked == int(asked) and any(
+        value != int(value) and abs(asked - round(value * 100)) < 0.5 for value in stated
+    )
 
 
 #: Words of a task that computes an amount (a percentage, a conversion, a surcharge, a
@@ -160,14 +210,35 @@ def _computes(task: str, family: str) -> bool:
 # key per call would otherwise pin a gigabyte in the cache).
 @short_key_cache(max_key=128, maxsize=1024)
 def family_of(key: str) -> str | None:
-    """The family an argument key names (`transfer_amount` → amount), or None."""
-    folded = "".join(char for char in key.casefold() if char.isalnum())
+    """The family an argument key names (`transfer_amount` → amount; `amount_cents` → amount,
+    in minor units: `is_minor`; `currency` → currency), or None."""
+    folded = _folded(key)
     if not folded:
         return None
+    if folded.endswith(_CURRENCY_KEYS):
+        return "currency"
+    if folded.endswith(_MINOR_ENDS) and any(word in folded for word in _MINOR_OF):
+        return "amount"
     for family, (ends, _) in FAMILIES.items():
         if folded.endswith(ends):
             return family
     return None
+
+
+def is_minor(key: str) -> bool:
+    """Whether an amount's key says it is in minor units (`amount_cents`, `total_minor`)."""
+    return _folded(key).endswith(_MINOR_ENDS)
+
+
+def _folded(key: str) -> str:
+    return "".join(char for char in key.casefold() if char.isalnum())
+
+
+#: Ends of keys holding a currency code.
+_CURRENCY_KEYS = ("currency", "currencycode", "ccy")
+#: Ends of keys holding an amount in minor units, and what such a key must also hold.
+_MINOR_ENDS = ("cents", "minor", "minorunits", "pence", "centimes")
+_MINOR_OF = ("amount", "total", "price", "sum", "value")
 
 
 def number(value: object) -> float | None:
@@ -194,13 +265,54 @@ _AROUND = re.compile(rf"^(?:[+]|[€$£¥₹]|(?:{_CODES})\b)\s*|\s*(?:[€$£¥
 _PLAIN = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,6})?(?:e[+]?[0-9]{1,2})?", re.IGNORECASE)
 
 
+#: Currency words and signs → the ISO 4217 codes they may mean (`$` and `kr` are several).
+_DOLLARS = "USD AUD CAD NZD SGD HKD"
+_CODES_OF: dict[str, frozenset[str]] = {
+    word: frozenset(codes.split())
+    for word, codes in {
+        "eur": "EUR", "euro": "EUR", "euros": "EUR", "€": "EUR", "usd": "USD", "dollar": _DOLLARS,
+        "dollars": _DOLLARS, "$": _DOLLARS, "gbp": "GBP", "pound": "GBP", "pounds": "GBP", "£": "GBP",
+        "chf": "CHF", "sek": "SEK", "nok": "NOK", "dkk": "DKK", "kr": "SEK NOK DKK ISK", "pln": "PLN",
+        "zł": "PLN", "czk": "CZK", "huf": "HUF", "jpy": "JPY", "¥": "JPY CNY", "inr": "INR", "₹": "INR",
+        "aud": "AUD", "cad": "CAD", "nzd": "NZD",
+    }.items()
+}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16)
+def _currencies(task: str) -> frozenset[str] | None:
+    """The ISO codes of every currency the task writes, when each amount it states has its
+    currency beside it; None when one does not ("the 64.90 for the repair") or none is
+    written: then the task says nothing of the currency."""
+    _, _, _, bare = _read(task)
+    if bare:
+        return None
+    codes = frozenset().union(
+        *(_CODES_OF[word.casefold()] for word in _WORD.findall(task) if word.casefold() in _CODES_OF)
+    )
+    return codes or None
+
+
+def _codes(value: str) -> frozenset[str]:
+    """The ISO codes a call's currency argument may mean: a code as it is, a word or sign mapped."""
+    text = value.strip()[:16]
+    mapped = _CODES_OF.get(text.casefold())
+    if mapped is not None:
+        return mapped
+    return frozenset({text.upper()})
+
+
+#: A word or currency sign of the task, for `_currencies`.
+_WORD = re.compile(r"[^\W\d_]+|[€$£¥₹]")
+
+
 @functools.lru_cache(maxsize=16)
 def _stated(task: str) -> dict[str, tuple[float, ...]]:
     """Family → the quantities the task states for it, in order. A task that prices a unit
     ("35 EUR each", "17.50 an hour", "per night") asks for that price times a count it
     states ("four lessons", "38 hours"): its amount is then each amount times its largest
     plain count."""
-    stated, per_unit, counts = _read(task)
+    stated, per_unit, counts, _ = _read(task)
     if per_unit and counts and "amount" in stated:
         most = max(counts)
         stated["amount"] = tuple(value * most for value in stated["amount"])
@@ -223,12 +335,14 @@ _MAX_DIGITS = 15
 _MAX_COUNT = 999
 
 
-def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float]]:
-    """(family → quantities, whether an amount is priced per unit, the plain counts)."""
+def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float], bool]:
+    """(family → quantities, whether an amount is priced per unit, the plain counts, whether
+    an amount is stated without its currency beside it)."""
     tokens = list(_TOKEN.finditer(task))
     stated: dict[str, list[float]] = {}
     per_unit = False
     counts: list[float] = []
+    bare = False
     for index, match in enumerate(tokens):
         text = match.group(1)
         if text is None:
@@ -251,6 +365,7 @@ def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float]]:
         )
         if family is None and _CENTS.fullmatch(text):  # "the 64.90 for the repair": money, written so
             family = "amount"
+            bare = True
         if family is None:
             # A count is a number a word follows ("four piano lessons", "38 hours"), never an
             # id's tail (`INV-13`) or a message number at the end.
@@ -273,7 +388,7 @@ def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float]]:
             if word in ("a", "an") and not per_unit:
                 unit = _TOKEN.search(task, rest.end())
                 per_unit = unit is not None and (unit.group(2) or "").casefold() in _UNIT_NOUNS
-    return {family: tuple(values) for family, values in stated.items()}, per_unit, counts
+    return {family: tuple(values) for family, values in stated.items()}, per_unit, counts, bare
 
 
 def _parse(text: str) -> float | None:

@@ -45,7 +45,9 @@ def test_a_calls_quantity_is_a_number_as_people_write_it(value: object, expected
 @pytest.mark.parametrize(
     ("key", "family"),
     [("amount", "amount"), ("transfer_amount", "amount"), ("totalAmount", "amount"), ("nights", "nights"),
-     ("num_guests", "guests"), ("party_size", "guests"), ("iban", None), ("amount_note", None), ("", None)],
+     ("num_guests", "guests"), ("party_size", "guests"), ("iban", None), ("amount_note", None), ("", None),
+     ("amount_cents", "amount"), ("totalMinor", "amount"), ("price_in_pence", "amount"), ("cents", None),
+     ("currency", "currency"), ("currency_code", "currency"), ("ccy", "currency")],
 )  # fmt: skip
 def test_the_family_an_argument_key_names(key: str, family: str | None) -> None:
     assert family_of(key) == family
@@ -190,3 +192,71 @@ def test_a_key_that_only_ends_like_a_quantity_word_is_not_one() -> None:
         "files__upload_file", {"path": "/inv.pdf", "checksum": "abc123"}, [], "Upload the 480 EUR invoice"
     )
     assert all("more than the task states" not in reason for reason in result.reasons)
+
+
+# -- minor units and currencies (the twelfth session's notes, left open then) -------------
+
+
+def test_an_amount_in_minor_units_is_read_as_such() -> None:
+    task = "Charge Mira 64.90 EUR for the repair."
+    assert contradictions([("amount_cents", "amount_cents", 6490)], task) == []
+    (raised,) = contradictions([("amount_cents", "amount_cents", 51490)], task)
+    assert raised.asked == 514.9
+    assert raised.firm
+
+
+def test_a_hundred_times_an_amount_with_cents_is_a_flag_a_whole_amount_a_block() -> None:
+    # A payment API taking minor units (Stripe's `amount`) asks 6490 for 64.90: flagged, not
+    # blocked, and said so; 48000 for a whole 480 is no such reading and contradicts.
+    (cents,) = contradictions([("amount", "amount", 6490)], "Charge Mira 64.90 EUR for the repair.")
+    assert cents.hundredfold
+    assert not cents.firm
+    assert "in minor units or a hundred times it" in cents.describe()
+    (whole,) = contradictions([("amount", "amount", 48000)], "Pay the 480 EUR invoice.")
+    assert whole.firm
+    assert not whole.hundredfold
+    (other,) = contradictions([("amount", "amount", 6491)], "Charge Mira 64.90 EUR for the repair.")
+    assert other.firm
+
+
+def test_a_stripe_style_charge_is_flagged_not_blocked() -> None:
+    task = "Pay the garage 64.90 EUR for the repair."
+    result = score_call("payments__create_payment", {"amount": 6490, "currency": "eur"}, [], task)
+    assert result.verdict == verifier_pb2.FLAG, result.reasons
+    assert "(amount, in minor units or a hundred times it)" in result.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("task", "currency", "contradicts"),
+    [
+        ("Pay the 480 EUR invoice.", "GBP", True),
+        ("Pay the 480 EUR invoice.", "EUR", False),
+        ("Pay the 480 EUR invoice.", "eur", False),
+        ("Pay the 480 EUR invoice.", "€", False),
+        ("Pay the €480 invoice.", "USD", True),
+        ("Pay the 480 euro invoice.", "BTC", True),
+        ("Send Ola 300 kr for the tickets.", "NOK", False),  # kr is several currencies
+        ("Send Ola 300 kr for the tickets.", "EUR", True),
+        ("Pay $120 to the caterer.", "CAD", False),
+        ("Pay the 480 EUR invoice; they also take GBP.", "GBP", False),  # any currency the task writes
+        ("Reimburse Piotr the 64.90 for the repair.", "GBP", False),  # an amount without a currency
+        ("Pay Piotr back.", "GBP", False),  # no amount stated
+    ],
+)
+def test_a_currency_the_task_does_not_state_contradicts_it(task: str, currency: str, contradicts: bool) -> None:
+    found = contradictions([("currency", "currency", currency)], task)
+    assert bool(found) is contradicts, found
+    if contradicts:
+        assert found[0].firm
+        assert f"'currency' asks {currency!r} where the task states amounts in " in found[0].describe()
+
+
+def test_a_swapped_currency_is_blocked_and_a_conversion_only_flagged() -> None:
+    arguments = {"iban": IBAN, "amount": 480, "currency": "GBP", "reference": "INV-118"}
+    result = score_call("bank__transfer", arguments, [], "Pay KegRun invoice INV-118, it's 480 EUR.")
+    assert result.verdict == verifier_pb2.BLOCK
+    assert "'currency' asks 'GBP' where the task states amounts in EUR" in result.reasons[0]
+    converted = score_call("bank__transfer", arguments, [], "Convert the 480 EUR to pounds and pay KegRun INV-118.")
+    assert converted.verdict != verifier_pb2.BLOCK
+    nested = {"iban": IBAN, "amount": {"value": 480, "currency": "GBP"}}
+    assert "'amount.currency' asks 'GBP'" in score_call("bank__transfer", nested, [], "Pay the 480 EUR.").reasons[0]
