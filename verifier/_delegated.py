@@ -15,7 +15,8 @@ A task delegates a destination when one of its sentences says so in one of a few
   before the pointer must be one that names where an act goes (`_RECIPIENTS`), so "the Q3
   numbers listed in the report" or "as mentioned in my notes" delegate nothing;
 - such a recipient said to be somewhere: "the address is in her email", "the form is on
-  their page";
+  their page", "use the address from their letter", "the email on her intake form";
+- the one who wrote: "the solicitor who wrote to us asking for it";
 - someone said to have given one: "at his new address — he mentioned it in his email";
 - after the task asks to find something ("find", "look up", "search", "pick", "choose",
   "the best match"), a message verb whose object is a pronoun or a role: "find a company
@@ -50,11 +51,26 @@ _RECIPIENTS = (
     r"(?:attendees?|participants?|reviewers?|recipients?|contacts?|contact\s+person|people|members?|speakers?|"
     r"organi[sz]ers?|requesters?|requestors?|applicants?|owners?|hosts?|landlord|landlady|lawyer|agent|vendor|"
     r"supplier|operator|company|restaurant|hotel|venue|address(?:es)?|e-?mail\s+address(?:es)?|link|url|form|"
-    r"page|portal|tracker|site|website|channel|handle)"
+    r"page|portal|tracker|site|website|channel|handle|barristers?|solicitors?|counsel|attorneys?|accountants?|"
+    r"volunteers?|coach(?:es)?|clients?|customers?|tenants?|guests?|players?|parents?|students?|teachers?|"
+    r"doctors?|contractors?|colleagues?|managers?|secretary|treasurer|chair(?:person)?|editors?|journalists?|"
+    r"caterers?|drivers?|assistants?|person|sender|representatives?|advis[eo]rs?|consultants?|coordinators?|"
+    r"referees?|trustees?|partners?|staff)"
 )
 _POINTER = re.compile(
     rf"\b{_RECIPIENTS}\s+(?:that\s+(?:is|are)\s+|who\s+(?:is|are)\s+)?"
-    r"(?:listed|named|mentioned|given|specified|linked|found)\s+(?:in|on|from|at)\b"
+    r"(?:listed|named|mentioned|given|specified|linked|found)\s+(?:in|on|from|at|there)\b"
+)
+#: "at the address in the case file", "use the address from their engagement letter", "use
+#: the email on her intake form" (an email *in* or
+#: *from* something is a message: "reply to the email from the landlord" delegates nothing).
+_FOUND_IN = re.compile(
+    r"\b(?:(?:e-?mail\s+address|address|contact\s+details|link|url)\s+(?:on|in|from)|e-?mail\s+on)\s+"
+    r"(?:his|her|their|the|its|that|this|[a-z][a-z-]*'s)(?![a-z])"
+)
+#: "the solicitor who wrote to us asking for it": the destination is the one who wrote.
+_WHO_WROTE = re.compile(
+    rf"\b{_RECIPIENTS}\s+who\s+(?:wrote|emailed|e-mailed|sent|asked|contacted|messaged|requested|enquired|inquired)\b"
 )
 _SAID_TO_BE = re.compile(
     r"\b(?:address|e-?mail\s+address|link|url|form|page|contact\s+details)\s+(?:is|are|should\s+be|will\s+be)"
@@ -79,7 +95,9 @@ def delegates_destination(task: str) -> bool:
     text = task[:MAX_TASK_CHARS].casefold().replace("\u2019", "'").replace("\u2014", " - ")
     searched = _SEARCH.search(text) is not None
     for sentence in _SENTENCES.split(text):
-        if _POINTER.search(sentence) or _SAID_TO_BE.search(sentence):
+        if _POINTER.search(sentence) or _SAID_TO_BE.search(sentence) or _FOUND_IN.search(sentence):
+            return True
+        if _WHO_WROTE.search(sentence):
             return True
         if _GIVEN_BY.search(sentence) and _DESTINATION_NOUN.search(sentence):
             return True

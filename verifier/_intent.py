@@ -122,7 +122,11 @@ STATED_NEED = "(a stated need)"
 _ANSWER_VERBS = frozenset({"tell", "show", "give", "let"})
 _SELF = frozenset({"me", "us", "myself"})
 # Clause punctuation is kept as a token of its own; words keep inner apostrophes and hyphens.
-_TOKENS = re.compile(r"[a-z0-9]+(?:['\u2019-][a-z0-9]+)*|[,;:()]", re.IGNORECASE)
+# A dash between spaces, or an en or em dash anywhere, parts clauses as a comma does
+# ("… filled in the form at <url> - book the flight she picked").
+_TOKENS = re.compile(r"[a-z0-9]+(?:['\u2019-][a-z0-9]+)*|[,;:()\u2013\u2014]|(?<!\S)-(?!\S)", re.IGNORECASE)
+#: Tokens that end a clause.
+_CLAUSE_MARKS = frozenset({",", ";", ":", "(", "-", "\u2013", "\u2014"})
 # A sentence ends at `.`, `!` or `?` followed by white space (not inside `notes.md` or a URL).
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
 # Tasks are a sentence or a few; reading a crafted one of this size costs ~3 ms on the
@@ -177,7 +181,7 @@ def _opens_clause(tokens: list[str], index: int) -> bool:
     if previous == "to" and _WH_WORDS.intersection(tokens[max(0, index - 4) : index - 1]):
         # An indirect question ("which header to put it in", "how to pay"): asks to know.
         return False
-    return previous in _OPENERS or previous in {",", ";", ":", "("}
+    return previous in _OPENERS or previous in _CLAUSE_MARKS
 
 
 _WH_WORDS = frozenset({"how", "which", "what", "where", "whether", "when", "who", "whom"})
@@ -187,7 +191,7 @@ def _negated(tokens: list[str], index: int) -> bool:
     """Whether one of the three words before the verb, within its clause, negates it."""
     before: list[str] = []
     for token in reversed(tokens[max(0, index - 3) : index]):
-        if token in {",", ";", ":", "("}:
+        if token in _CLAUSE_MARKS:
             break
         before.append(token)
     return any(word in _NEGATIONS for word in before)

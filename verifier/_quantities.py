@@ -35,6 +35,9 @@ from dataclasses import dataclass
 
 from bastion._cache import short_key_cache
 
+from ._access import LEVELS, is_access_key, stated_level
+from ._access import asked_level as access_asked
+
 #: Characters of the task read for its quantities.
 MAX_TASK_CHARS = 8 * 1024
 #: Quantity arguments compared per call; past them the call contradicts the task (fail
@@ -98,13 +101,15 @@ class Contradiction:
     firm: bool = True
     #: The asked amount is a hundred times one the task states with cents: minor units, or a raise.
     hundredfold: bool = False
-    #: For family "currency": the currency the call asks for, and those the task states.
-    currency: str = ""
-    currencies: tuple[str, ...] = ()
+    #: For families "currency" and "access": what the call asks for, and what the task states.
+    asked_text: str = ""
+    allowed: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.family == "currency":
-            return f"{self.path!r} asks {self.currency!r} where the task states amounts in {', '.join(self.currencies)}"
+            return f"{self.path!r} asks {self.asked_text!r} where the task states amounts in {', '.join(self.allowed)}"
+        if self.family == "access":
+            return f"{self.path!r} asks {self.asked_text!r} where the task states {self.allowed[0]} access at most"
         stated = ", ".join(_shown(value) for value in self.stated[:3])
         stated += f" and {len(self.stated) - 3} more" if len(self.stated) > 3 else ""
         if self.path == WIDE:
@@ -126,10 +131,11 @@ def contradictions(
         return []
     task = task[:MAX_TASK_CHARS]
     stated = _stated(task)
-    if not stated:
+    level = stated_level(task)
+    if not stated and level is None:
         return []
     found = []
-    if unread:
+    if unread and stated:
         # Arguments too wide to find their quantities in: fail closed when the task states some.
         first = next(iter(stated))
         found.append(Contradiction(WIDE, first, None, stated[first]))
@@ -137,6 +143,13 @@ def contradictions(
     read = 0
     for path, key, value in arguments:
         family = family_of(key)
+        if family == "access":
+            if level is not None and value is not None and value != "":
+                asked_level = access_asked(value)
+                if asked_level is None or asked_level > level:
+                    shown = str(value).strip()[:16] if isinstance(value, str) else "a value that is no level"
+                    found.append(Contradiction(path, "access", None, (), asked_text=shown, allowed=(LEVELS[level],)))
+            continue
         if family == "currency":
             if currencies is not None and isinstance(value, str) and value.strip():
                 read += 1
@@ -170,8 +183,8 @@ def _other_currency(path: str, value: str, currencies: frozenset[str], task: str
         None,
         (),
         firm=not _computes(task, "amount"),
-        currency=shown,
-        currencies=tuple(sorted(currencies)),
+        asked_text=shown,
+        allowed=tuple(sorted(currencies)),
     )
 
 
@@ -217,6 +230,8 @@ def family_of(key: str) -> str | None:
         return None
     if folded.endswith(_CURRENCY_KEYS):
         return "currency"
+    if is_access_key(folded):
+        return "access"
     if folded.endswith(_MINOR_ENDS) and any(word in folded for word in _MINOR_OF):
         return "amount"
     for family, (ends, _) in FAMILIES.items():

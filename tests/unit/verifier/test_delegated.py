@@ -33,6 +33,13 @@ LANDLORD = "rui.fontes.lets@mailbox-pt.example"
         "Find a flat in Lisbon under 1500 EUR and email the landlord of the best match.",
         "File the bug at the tracker linked from https://tallysheet-app.example/support.",
         "The address is in Daniela\u2019s email: send her the signed copy.",
+        # Recipients by role, "listed there", an address on a form, the one who wrote.
+        "Share the Moran case folder with the barrister named in the case file, view only.",
+        "Give the new web volunteer listed in /admin/volunteers.md editor access to the website folder.",
+        "Email the hearing date from the Doyle case file to the counsel listed there.",
+        "Share the 'for-client' folder with Ms Byrne as a commenter - use the email on her intake form.",
+        "Share the signed list read-only with the solicitor who wrote to us asking for it.",
+        "Give the Hofreiter office access. Use the address from their engagement letter in the admin folder.",
     ],
 )
 def test_tasks_that_leave_the_destination_to_the_data(task: str) -> None:
@@ -65,6 +72,11 @@ def test_tasks_that_leave_the_destination_to_the_data(task: str) -> None:
         "Go through yesterday's emails and flag anything that needs a reply.",
         "Pay the Velotec invoice for the cargo bike service.",
         "Read https://travelnews-daily.example/strike and tell me if my booking is affected.",
+        "Summarise what the solicitor wrote and send it to Maeve.",
+        "Email the clients the new opening hours; the list of changes is in the staff note.",
+        "Update the phone number in the email footer to 01 555 0192.",
+        "Reply to the email from the landlord: we accept the new date.",
+        "Forward the email in the shared inbox about the lease to Maeve.",
     ],
 )
 def test_tasks_that_name_or_leave_open_nothing(task: str) -> None:

@@ -56,6 +56,10 @@ def _intent(reply: verifier_pb2.ScoreResponse) -> list[str]:
         # A need to know asks for an answer.
         ("Our key is tl_3f9K, I want to know which header to put it in.", ()),
         ("We'd like to understand why the refund failed.", ()),
+        # A dash between spaces, or an en or em dash, parts clauses as a comma does.
+        ("Dr Varga filled in the form at https://forms.example/s/21 - book the flight she picked.", ("book",)),
+        ("She filled in the form\u2014book the flight she picked.", ("book",)),
+        ("Check the well-known pre-book list.", ()),
     ],
 )
 def test_a_task_asks_for_the_action_verbs_that_open_its_clauses(task: str, verbs: tuple[str, ...]) -> None:
