@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 import string
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -148,9 +149,40 @@ def _is_url(match: re.Match[str]) -> bool:
 
 def _readings(value: str) -> tuple[str, ...]:
     """`value` as written and, when it differs, as requested (`_as_requested`): a line break
-    may part a URL from an IBAN after it, and both must be read."""
+    may part a URL from an IBAN after it, and both must be read; and percent-decoded when it
+    holds a percent-encoded URL (`?to=https%3A%2F%2Fevil.example`: an open redirect's target)."""
     requested = _as_requested(value)
-    return (value,) if requested is value else (requested, value)
+    readings: tuple[str, ...] = (value,) if requested is value else (requested, value)
+    if has_encoded_url(value):
+        readings += (unencoded(requested),)
+    return readings
+
+
+def has_encoded_url(text: str) -> bool:
+    """Whether `text` holds a percent-encoded `://` (`_ENCODED_URL`); substring tests first,
+    which rule out nearly every text at memchr speed."""
+    return (
+        "%" in text
+        and ("3a" in text or "3A" in text or ":" in text)
+        and ("2f" in text or "2F" in text)
+        and _ENCODED_URL.search(text) is not None
+    )
+
+
+#: A percent-encoded `://` (or one half-encoded), once or more (`%253A`).
+_ENCODED_URL = re.compile(r"(?:%(?:25)*3a|:)(?:%(?:25)*2f|/)(?:%(?:25)*2f|/)", re.IGNORECASE)
+#: `%25` repeated (`%252525…40` is `@` to a server that decodes until it stops changing).
+_PERCENT_RUNS = re.compile(r"%(?:25)+(?=[0-9a-f]{2})", re.IGNORECASE)
+
+
+def collapse_percent_runs(text: str) -> str:
+    """`text` with each run of `%25` before an escape collapsed (`%252540` → `%40`), in one pass."""
+    return _PERCENT_RUNS.sub("%", text)
+
+
+def unencoded(text: str) -> str:
+    """`text` percent-decoded as a server that decodes until nothing changes reads it."""
+    return urllib.parse.unquote(collapse_percent_runs(text))
 
 
 def _destinations(text: str) -> Iterator[str]:
@@ -183,6 +215,13 @@ def _host(authority: str) -> str:
     """The host of a URL authority (`user@host:port`), case-folded, without a leading `www.`."""
     host = authority.rpartition("@")[2].partition("\\")[0]
     host = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.partition(":")[0]
+    if "%" in host:
+        # A browser percent-decodes a host (`evil%2Eexample` is evil.example) and refuses one
+        # that then holds a slash: `https:%2F%2Fevil.example` in a query is an encoded URL
+        # (`_readings` decodes it), not a host named `%2f%2fevil.example`.
+        host = urllib.parse.unquote(host)
+        if any(char in host for char in "/\\@?#% "):
+            return ""
     return _canonical_host(host)
 
 

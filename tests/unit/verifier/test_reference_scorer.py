@@ -641,10 +641,16 @@ def test_many_urls_glued_in_one_string_are_read_in_linear_time() -> None:
     value = "a://b/" * (MAX_DESTINATIONS - 1) + "?e=mira.tomas@ourmail.example"
     carried = _carried_in_urls([(_Path(None, "u"), value)], _CARRY_TASK)
     assert [(mine, host) for mine, host, _, _ in carried] == [("mira.tomas@ourmail.example", "b")]
-    # Past MAX_DESTINATIONS the rest is not read (each URL is a parse: 256 KiB of them took
-    # 190 ms), and the scorer says the arguments are too large to inspect.
+    # Past MAX_DESTINATIONS no more URLs are parsed (each is a parse: 256 KiB of them took
+    # 190 ms), and the scorer says the arguments are too large to inspect. The value is one
+    # URL requested whole (no white space) whose last part read runs on past 16 KiB: it
+    # counts as sending data, so the address 60 KB in, not read, still blocks.
     value = "a://b/" * 10_000 + "?e=mira.tomas@ourmail.example"
     assert _carried_in_urls([(_Path(None, "u"), value)], _CARRY_TASK) == []
     result = DEFAULT.score(request("fetch", server="web", task=_CARRY_TASK, arguments={"u": value}))
     assert f"arguments too large to inspect (more than {MAX_DESTINATIONS} destinations)" in result.reasons[0]
-    assert result.deviation_score == pytest.approx(0.4)
+    assert "personal data sent in a URL: 'more than 16 KiB past the host' to 'b'" in result.reasons[0]
+    assert result.verdict == verifier_pb2.BLOCK
+    # Inside text (not requested) it is novelty's weight, as before.
+    text = DEFAULT.score(request("fetch", server="web", task=_CARRY_TASK, arguments={"u": "see " + value}))
+    assert text.deviation_score == pytest.approx(0.4)
