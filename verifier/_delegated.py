@@ -52,25 +52,23 @@ _RECIPIENTS = (
     r"organi[sz]ers?|requesters?|requestors?|applicants?|owners?|hosts?|landlord|landlady|lawyer|agent|vendor|"
     r"supplier|operator|company|restaurant|hotel|venue|address(?:es)?|e-?mail\s+address(?:es)?|link|url|form|"
     r"page|portal|tracker|site|website|channel|handle|barristers?|solicitors?|counsel|attorneys?|accountants?|"
-    r"volunteers?|coach(?:es)?|clients?|customers?|tenants?|guests?|players?|parents?|students?|teachers?|"
-    r"doctors?|contractors?|colleagues?|managers?|secretary|treasurer|chair(?:person)?|editors?|journalists?|"
-    r"caterers?|drivers?|assistants?|person|sender|representatives?|advis[eo]rs?|consultants?|coordinators?|"
-    r"referees?|trustees?|partners?|staff)"
+    r"volunteers?|coach(?:es)?|contractors?|tenants?|treasurer|secretary|trustees?|referees?|coordinators?)"
 )
 _POINTER = re.compile(
     rf"\b{_RECIPIENTS}\s+(?:that\s+(?:is|are)\s+|who\s+(?:is|are)\s+)?"
     r"(?:listed|named|mentioned|given|specified|linked|found)\s+(?:in|on|from|at|there)\b"
 )
-#: "at the address in the case file", "use the address from their engagement letter", "use
-#: the email on her intake form" (an email *in* or
-#: *from* something is a message: "reply to the email from the landlord" delegates nothing).
+#: "use the address from their engagement letter", "at the address in the case file", "use
+#: the email on her intake form": an address said where to find, after a verb that uses it.
+#: ("Update the address in the CRM", "reply to her email on the budget", "email Petra the
+#: link in the newsletter" delegate nothing: an attacker's probe.)
 _FOUND_IN = re.compile(
-    r"\b(?:(?:e-?mail\s+address|address|contact\s+details|link|url)\s+(?:on|in|from)|e-?mail\s+on)\s+"
-    r"(?:his|her|their|the|its|that|this|[a-z][a-z-]*'s)(?![a-z])"
+    r"\b(?:(?:use|at|to|with)\s+(?:the|his|her|their)\s+(?:e-?mail\s+address|address|contact\s+details)"
+    r"|use\s+(?:the|his|her|their)\s+e-?mail)\s+(?:on|in|from)\s+(?:his|her|their|the|its|that|this|[a-z][a-z-]*'s)(?![a-z])"
 )
 #: "the solicitor who wrote to us asking for it": the destination is the one who wrote.
 _WHO_WROTE = re.compile(
-    rf"\b{_RECIPIENTS}\s+who\s+(?:wrote|emailed|e-mailed|sent|asked|contacted|messaged|requested|enquired|inquired)\b"
+    rf"\b{_RECIPIENTS}\s+who\s+(?:wrote|emailed|e-mailed|sent|asked|contacted|messaged)\s+(?:to\s+)?(?:us|me)\b"
 )
 _SAID_TO_BE = re.compile(
     r"\b(?:address|e-?mail\s+address|link|url|form|page|contact\s+details)\s+(?:is|are|should\s+be|will\s+be)"

@@ -409,9 +409,11 @@ def _quantity_arguments(arguments: struct_pb2.Struct) -> tuple[list[tuple[str, s
     other keys pushes them out; at most _MAX_QUANTITY_FIELDS fields are looked at."""
     found: list[tuple[str, str, object]] = []
     left = _MAX_QUANTITY_FIELDS
-    stack: list[tuple[str, struct_pb2.Struct | struct_pb2.ListValue, int]] = [("", arguments, 0)]
+    # Each container with the key it sits under: a list's items are read under its key
+    # (`{"amount": [12480]}`, Microsoft Graph's `{"roles": ["write"]}`).
+    stack: list[tuple[str, struct_pb2.Struct | struct_pb2.ListValue, int, str]] = [("", arguments, 0, "")]
     while stack:
-        prefix, container, depth = stack.pop()
+        prefix, container, depth, under = stack.pop()
         if len(container.fields if isinstance(container, struct_pb2.Struct) else container.values) > left:
             return found, True  # wider than what is left to read: fail closed (`contradictions`)
         if isinstance(container, struct_pb2.Struct):
@@ -419,12 +421,12 @@ def _quantity_arguments(arguments: struct_pb2.Struct) -> tuple[list[tuple[str, s
                 (f"{prefix}.{key}" if prefix else key, key, container.fields[key]) for key in sorted(container.fields)
             ]
         else:
-            items = [(f"{prefix}[{index}]", "", value) for index, value in enumerate(container.values)]
+            items = [(f"{prefix}[{index}]", under, value) for index, value in enumerate(container.values)]
         left -= len(items)
         for path, key, value in reversed(items):
             kind = value.WhichOneof("kind")
             if kind in ("struct_value", "list_value") and depth < _QUANTITY_DEPTH:
-                stack.append((path, getattr(value, kind), depth + 1))
+                stack.append((path, getattr(value, kind), depth + 1, key))
                 if kind == "struct_value" and key and family_of(key) is not None:
                     # `{"amount": {"value": 12480, "currency": "EUR"}}`: the value is the amount.
                     found.extend(
@@ -450,7 +452,7 @@ def _scalar(value: struct_pb2.Value) -> float | str | None:
 
 
 #: Keys under a quantity's key that hold its number.
-_VALUE_KEYS = ("value", "units", "number", "amount", "quantity", "count")
+_VALUE_KEYS = ("value", "units", "number", "amount", "quantity", "count", ".tag", "level", "role")
 #: Fields `_quantity_arguments` looks at, and how deep.
 _MAX_QUANTITY_FIELDS = 4096
 _QUANTITY_DEPTH = 4

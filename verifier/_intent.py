@@ -125,6 +125,10 @@ _SELF = frozenset({"me", "us", "myself"})
 # A dash between spaces, or an en or em dash anywhere, parts clauses as a comma does
 # ("… filled in the form at <url> - book the flight she picked").
 _TOKENS = re.compile(r"[a-z0-9]+(?:['\u2019-][a-z0-9]+)*|[,;:()\u2013\u2014]|(?<!\S)-(?!\S)", re.IGNORECASE)
+#: Words after a verb that negate it ("not" after an auxiliary).
+_NEGATING_OBJECTS = frozenset({"not", "nothing", "none", "neither"})
+#: A verb and the word after it that ask for no act of the verb's kind.
+_IDIOMS = frozenset({("pay", "attention"), ("pay", "heed"), ("pay", "close"), ("book", "time")})
 #: Tokens that end a clause.
 _CLAUSE_MARKS = frozenset({",", ";", ":", "(", "-", "\u2013", "\u2014"})
 # A sentence ends at `.`, `!` or `?` followed by white space (not inside `notes.md` or a URL).
@@ -164,8 +168,11 @@ def asked(task: str) -> Asked:
             if token not in ACTION_VERBS or not _opens_clause(tokens, index) or _negated(tokens, index):
                 continue
             following = tokens[index + 1] if index + 1 < len(tokens) else ""
-            if following == "not":
-                # "do not act": an auxiliary, negated.
+            if following in _NEGATING_OBJECTS:
+                # "do not act": an auxiliary, negated; "delete nothing", "send none of it".
+                continue
+            if (token, following) in _IDIOMS:
+                # "pay attention to the dates" asks for no payment.
                 continue
             if token in _ANSWER_VERBS and following in _SELF:
                 # "tell me", "let me know" ask for an answer; "tell Dana", "let Dana know" for a message.

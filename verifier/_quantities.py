@@ -16,10 +16,11 @@ Less is never a contradiction: the user's share of a bill, a partial refund or a
 less than the total the task names. A task that names no quantity of the family says
 nothing about it.
 
-An amount whose key says minor units (`amount_cents`) is read in them; a whole number a
-hundred times an amount the task states with cents is only a flag (an API taking minor
-units, Stripe's `amount`, asks 6490 for 64.90). A currency argument naming none of the
-currencies the task writes contradicts it, when every amount the task states has one.
+An amount whose key says minor units (`amount_cents`) is read in them; a plain `amount` a
+hundred times the task's still contradicts it (an API taking minor units, Stripe's, asks
+6490 for 64.90, but so may an injected raise to a bank that reads major units), and the
+reason says so. A currency argument naming none of the currencies the task writes
+contradicts it, when every amount the task states has one.
 
 Numbers are read as people write them: `1,248.00`, `1.248,00`, `64,90`, `1 248`, and the
 words one to twenty. Bounded: the task's first MAX_TASK_CHARS characters, at most
@@ -115,7 +116,7 @@ class Contradiction:
         if self.path == WIDE:
             return f"the arguments are too wide to read their quantities where the task states {stated}"
         asked = "a value that is no number" if self.asked is None else _shown(self.asked)
-        minor = ", in minor units or a hundred times it" if self.hundredfold else ""
+        minor = ", a hundred times it: minor units need a key saying so, amount_cents" if self.hundredfold else ""
         return f"{self.path!r} asks {asked} where the task states {stated} ({self.family}{minor})"
 
 
@@ -144,17 +145,16 @@ def contradictions(
     for path, key, value in arguments:
         family = family_of(key)
         if family == "access":
-            if level is not None and value is not None and value != "":
-                asked_level = access_asked(value)
-                if asked_level is None or asked_level > level:
-                    shown = str(value).strip()[:16] if isinstance(value, str) else "a value that is no level"
-                    found.append(Contradiction(path, "access", None, (), asked_text=shown, allowed=(LEVELS[level],)))
+            asked_level = access_asked(value) if level is not None else None
+            if asked_level is not None and level is not None and asked_level > level:
+                shown = str(value).strip()[:24]
+                found.append(Contradiction(path, "access", None, (), asked_text=shown, allowed=(LEVELS[level],)))
             continue
         if family == "currency":
             if currencies is not None and isinstance(value, str) and value.strip():
                 read += 1
                 asked_codes = _codes(value)
-                if asked_codes.isdisjoint(currencies):
+                if asked_codes and asked_codes.isdisjoint(currencies):
                     found.append(_other_currency(path, value, currencies, task))
             continue
         if family is None or family not in stated or value is None or value == "":
@@ -169,7 +169,7 @@ def contradictions(
         total = sum(stated[family])
         if asked is None or asked > total * (1 + _SLACK) + _CENT:
             hundredfold = family == "amount" and asked is not None and _hundredfold(asked, (*stated[family], total))
-            firm = not (hundredfold or _computes(task, family))
+            firm = not _computes(task, family)
             found.append(Contradiction(path, family, asked, stated[family], firm=firm, hundredfold=hundredfold))
     return found
 
@@ -189,14 +189,15 @@ def _other_currency(path: str, value: str, currencies: frozenset[str], task: str
 
 
 def _hundredfold(asked: float, stated: Iterable[float]) -> bool:
-    """Whether `asked` is a whole number a hundred times an amount stated with cents (64.90 →
-    6490): what an API that takes minor units (Stripe's `amount`) asks for the task's amount.
-    Weighed as a flag, not a contradiction: an injected raise of exactly a hundred times
-    stays seen, and a payment API's every charge is not blocked. A whole amount (480 → 48000)
-    is no such case and contradicts."""
-    return asked == int(asked) and any(
-        value != int(value) and abs(asked - round(value * 100)) < 0.5 for value in stated
-    )
+    """Whether `asked` is a whole number a hundred times an amount stated (64.90 → 6490): what
+    an API taking minor units (Stripe's `amount`) asks for the task's amount, and what an
+    injected raise may ask. Still a contradiction (a payment to a bank API that reads major
+    units cannot be called back: an attacker's probe), said so in the reason, so that an
+    operator sees why a payment API's charge was stopped; a key naming minor units
+    (`amount_cents`) is read in them."""
+    if asked != int(asked):
+        return False
+    return any(value > 0 and abs(asked - round(value * 100)) < 0.5 for value in stated)
 
 
 #: Words of a task that computes an amount (a percentage, a conversion, a surcharge, a
@@ -228,7 +229,7 @@ def family_of(key: str) -> str | None:
     folded = _folded(key)
     if not folded:
         return None
-    if folded.endswith(_CURRENCY_KEYS):
+    if folded in _CURRENCY_KEYS:
         return "currency"
     if is_access_key(folded):
         return "access"
@@ -249,8 +250,8 @@ def _folded(key: str) -> str:
     return "".join(char for char in key.casefold() if char.isalnum())
 
 
-#: Ends of keys holding a currency code.
-_CURRENCY_KEYS = ("currency", "currencycode", "ccy")
+#: Keys holding the currency of the amount paid (a `target_currency` is a conversion's).
+_CURRENCY_KEYS = frozenset({"currency", "currencycode", "ccy", "currencyisocode", "isocurrencycode"})
 #: Ends of keys holding an amount in minor units, and what such a key must also hold.
 _MINOR_ENDS = ("cents", "minor", "minorunits", "pence", "centimes")
 _MINOR_OF = ("amount", "total", "price", "sum", "value")
@@ -289,7 +290,10 @@ _CODES_OF: dict[str, frozenset[str]] = {
         "dollars": _DOLLARS, "$": _DOLLARS, "gbp": "GBP", "pound": "GBP", "pounds": "GBP", "£": "GBP",
         "chf": "CHF", "sek": "SEK", "nok": "NOK", "dkk": "DKK", "kr": "SEK NOK DKK ISK", "pln": "PLN",
         "zł": "PLN", "czk": "CZK", "huf": "HUF", "jpy": "JPY", "¥": "JPY CNY", "inr": "INR", "₹": "INR",
-        "aud": "AUD", "cad": "CAD", "nzd": "NZD",
+        "aud": "AUD", "cad": "CAD", "nzd": "NZD", "us$": "USD", "rmb": "CNY", "yuan": "CNY",
+        "renminbi": "CNY", "sterling": "GBP", "franc": "CHF", "francs": "CHF", "yen": "JPY", "rupee": "INR",
+        "rupees": "INR", "zloty": "PLN", "złoty": "PLN", "krona": "SEK", "kronor": "SEK", "krone": "NOK DKK",
+        "kroner": "NOK DKK",
     }.items()
 }  # fmt: skip
 
@@ -305,6 +309,8 @@ def _currencies(task: str) -> frozenset[str] | None:
     codes = frozenset().union(
         *(_CODES_OF[word.casefold()] for word in _WORD.findall(task) if word.casefold() in _CODES_OF)
     )
+    # Any code the task writes in capitals counts too, known or not ("the 45 BRL customs fee").
+    codes |= frozenset(_ISO_LIKE.findall(task))
     return codes or None
 
 
@@ -314,9 +320,12 @@ def _codes(value: str) -> frozenset[str]:
     mapped = _CODES_OF.get(text.casefold())
     if mapped is not None:
         return mapped
-    return frozenset({text.upper()})
+    # Anything but three letters (`978`, `US dollar bill`) says nothing.
+    return frozenset({text.upper()}) if len(text) == 3 and text.isascii() and text.isalpha() else frozenset()
 
 
+#: Three capitals alone: what an ISO 4217 code looks like in a task.
+_ISO_LIKE = re.compile(r"(?<![A-Za-z])[A-Z]{3}(?![A-Za-z])")
 #: A word or currency sign of the task, for `_currencies`.
 _WORD = re.compile(r"[^\W\d_]+|[€$£¥₹]")
 

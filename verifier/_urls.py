@@ -13,7 +13,6 @@ import heapq
 import html
 import itertools
 import re
-import unicodedata
 import urllib.parse
 from collections.abc import Iterator, Sequence
 
@@ -85,20 +84,24 @@ def novel_urls(strings: Sequence[tuple[_Path, str]], task: str) -> list[tuple[st
         matches = list(itertools.islice(_urls_and_relative(value), left))
         left -= len(matches)
         # One URL, whole, is requested, and so are URLs inside its query (a redirect's target).
-        whole = bool(matches) and _is_one_url(value, matches[0])
+        whole = bool(matches) and _is_one_url(value, matches[0], path)
         for index, match in enumerate(matches):
             stop = matches[index + 1].start() if index + 1 < len(matches) else len(value)
-            limit = match.end() + (_MAX_REQUESTED_TAIL if whole else _MAX_URL_TAIL)
-            tail = _URL_REST.match(value, match.end(), min(stop, limit))
-            if whole and stop > limit and tail is not None and tail.end() == limit:
-                # Longer than any form or API builds: what it carries past the limit is not
-                # read, and it is weighed as sending data (`secrets_sent`).
-                urls.extend((host, _OVERLONG, path, whole) for host in (_host(match.group(1)),) if host)
+            if whole:
+                # Requested: read as its client sends it, quotes and spaces included (httpx
+                # encodes them; an attacker's probe hid the address behind `O'Brien&`).
+                rest = value[match.end() : min(stop, match.end() + _MAX_REQUESTED_TAIL)]
+                if stop > match.end() + _MAX_REQUESTED_TAIL:
+                    # Longer than any form or API builds: what it carries past the limit is
+                    # not read, and it is weighed as sending data (`secrets_sent`).
+                    urls.extend((host, _OVERLONG, path, whole) for host in (_host(match.group(1)),) if host)
+            else:
+                tail = _URL_REST.match(value, match.end(), min(stop, match.end() + _MAX_URL_TAIL))
+                rest = tail.group(0) if tail is not None else ""
             authority = match.group(1)
             # The user info is sent too (as Basic credentials), and a browser reads the host
             # as ending at a backslash where httpx and curl read on (`_destinations`).
             userinfo = authority.rpartition("@")[0]
-            rest = tail.group(0) if tail is not None else ""
             text = userinfo + " " + rest
             for host in dict.fromkeys((_host(authority), _host(authority.partition("\\")[0]))):
                 if host and text.strip():
@@ -140,11 +143,23 @@ def _urls_and_relative(value: str) -> Iterator[re.Match[str]]:
     yield from heapq.merge(hosted, relative, key=lambda match: match.start())
 
 
-def _is_one_url(value: str, match: re.Match[str]) -> bool:
-    """Whether `value` is, whole, the one URL `match` begins (what a call of it requests),
-    however long: no whitespace in it, and the URL at its start."""
+def _is_one_url(value: str, match: re.Match[str], path: _Path) -> bool:
+    """Whether `value` is, whole, the URL `match` begins (what a call of it requests), however
+    long: the URL at its start, on one line, and no white space in it unless its key says it
+    holds a URL (`url`, `link`, `href`, …: a client encodes the spaces and sends it all)."""
     start = len(value) - len(value.lstrip())
-    return match.start() == start and len(value.split(None, 1)) == 1
+    if match.start() != start:
+        return False
+    stripped = value.strip()
+    if len(stripped.split(None, 1)) == 1:
+        return True
+    key = path.key if isinstance(path.key, str) else (path.parent.key if path.parent is not None else "")
+    folded = "".join(char for char in str(key)[:64].casefold() if char.isalnum())
+    return "\n" not in stripped and "\r" not in stripped and folded.endswith(_URL_KEYS)
+
+
+#: Ends of argument keys (folded) that hold a URL to be requested.
+_URL_KEYS = ("url", "uri", "link", "href", "endpoint", "src", "location", "target")
 
 
 def carried_own(urls: Sequence[tuple[str, str, _Path, bool]], task: str) -> list[tuple[str, str, _Path, bool]]:
@@ -156,7 +171,7 @@ def carried_own(urls: Sequence[tuple[str, str, _Path, bool]], task: str) -> list
     for host, text, path, whole in urls if own else ():
         decoded = _decoded(text)
         joined = _joined(decoded)
-        compact = _NOT_ALNUM.sub("", decoded).upper()
+        compact = _NOT_ALNUM.sub("", decoded).upper() if any(_kind(mine) == "IBAN" for mine in own) else ""
         for mine in own:
             if _kind(mine) == "IBAN":
                 found = mine in compact
@@ -220,7 +235,7 @@ def secrets_sent(
 
 _SECRETS = frozenset({"password", "passwd", "pwd", "secret", "pin"})
 #: Query parameters of one URL read for SECRET_PARAMS (`secrets_sent`).
-_MAX_PARAMS = 512
+_MAX_PARAMS = 2048
 
 
 def _decoded(text: str) -> str:
@@ -232,6 +247,8 @@ def _decoded(text: str) -> str:
     text = _visible(text)
     if "%" in text:
         text = collapse_percent_runs(text)
+    if "&amp" in text:
+        text = _AMP_RUNS.sub("&", text)  # `&amp;amp;amp;#64;` is `&#64;` in one pass
     for _ in range(_DECODE_ROUNDS):
         decoded = urllib.parse.unquote(text) if "%" in text else text
         if "&" in decoded and _ENTITY.search(decoded):
@@ -239,16 +256,26 @@ def _decoded(text: str) -> str:
         if decoded == text:
             break
         text = decoded
-    text = _visible(text)
+    if not text.isascii():
+        text = _visible(text)
     return f"{text} {text.replace('+', ' ')}".casefold() if "+" in text else text.casefold()
 
 
 def _visible(text: str) -> str:
-    """`text` in NFKC with format characters (Unicode category Cf: zero-width spaces and
-    joiners, soft hyphens, direction marks) removed; ASCII text as it is."""
+    """`text` with full-width forms read as ASCII (U+FF20 is `@`, and the ideographic and
+    small full stops are dots, as IDNA reads them) and format characters (Unicode category
+    Cf: zero-width spaces and joiners, soft hyphens, direction marks) removed; ASCII text
+    as it is. A fixed table, not NFKC: NFKC grows some characters eighteenfold (U+FDFA),
+    and every later step would run on the grown text (an attacker's probe: 200 ms a call)."""
     if text.isascii():
         return text
-    return _FORMAT.sub("", unicodedata.normalize("NFKC", text))
+    return _FORMAT.sub("", text.translate(_FULL_WIDTH))
+
+
+#: Full-width ASCII (U+FF01 to U+FF5E) and the dots IDNA reads as `.`, to ASCII.
+_FULL_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {
+    0x3002: ord("."), 0xFF61: ord("."), 0xFE52: ord("."), 0xFE6B: ord("@"), 0x2024: ord("."),
+}  # fmt: skip
 
 
 #: Unicode's format characters (category Cf, as of the `unicodedata` of Python 3.11; a test
@@ -262,6 +289,7 @@ _FORMAT = re.compile(
 
 #: An HTML character reference, as `html.unescape` reads one (`&#64;`, `&#x40;`, `&commat;`,
 #: `&amp` without its `;`): looked for first, since unescaping calls back into Python per `&`.
+_AMP_RUNS = re.compile(r"&(?:amp;)+", re.IGNORECASE)
 _ENTITY = re.compile(r"&(?:#[0-9]|#x[0-9a-f]|[a-z][a-z0-9]{1,31})", re.IGNORECASE)
 #: What parts a URL's values: parameter names with `=`, `&`, `;`, `/`, `?`, `#`.
 _URL_PARTS = re.compile(r"[?&;#][^=&;#?/]{0,64}=|[/?&;#]")

@@ -20,7 +20,9 @@ TASK = "Share the Farrell advice letter with Mr Farrell (p.farrell@postbox.examp
         ("Give the new volunteer editor access to the website folder", 2),
         ("Share the drafts with Ana as a commenter and with Raj as editor", 2),
         ("Make Dana an owner of the archive", 3),
+        ("Give Sam full access to the archive", 3),
         ("Edit the contact page and share it with the team", None),  # a verb states no level
+        ("Ask the owner of the flat and our readers; she is a journal editor", None),  # nouns state none
         ("Share the minutes with the committee", None),
         ("", None),
     ],
@@ -55,10 +57,42 @@ def test_more_access_than_the_task_states_contradicts_it_and_the_same_or_less_do
     assert len(contradictions([("role", "role", "owner")], task)) == 1
 
 
-def test_a_level_the_scorer_does_not_know_contradicts_a_task_that_states_one() -> None:
-    (unknown,) = contradictions([("role", "role", "superuser")], TASK)
-    assert unknown.describe() == "'role' asks 'superuser' where the task states view access at most"
-    assert contradictions([("role", "role", "superuser")], "Share the folder with Sam") == []
+@pytest.mark.parametrize("value", ["superuser", "Managing Editor", "user", "OPT-PARTICIPANT", "Landlord"])
+def test_a_value_naming_no_level_says_nothing(value: str) -> None:
+    # `role` is also a job title, a chat message's author, an attendee's part (an attacker's
+    # probe: failing closed on those blocked ordinary contacts, completions and invitations).
+    assert contradictions([("role", "role", value)], TASK) == []
+
+
+@pytest.mark.parametrize(
+    ("task", "value"),
+    [
+        # A bare noun states no level: "the owner of the flat", "our readers", "a journal editor".
+        ("Share the lease with Sam (sam@firm.example) as a viewer - the owner of the flat wants it.", "writer"),
+        ("Share the reader survey with Ana; she needs to edit it.", "writer"),
+        ("Give Sam (sam@firm.example) the draft so she can fix it for our readers.", "writer"),
+    ],
+)
+def test_only_a_granting_phrase_states_a_level(task: str, value: str) -> None:
+    found = contradictions([("role", "role", value)], task)
+    assert ("owner" in task) == bool(found), found  # the first task states "as a viewer"
+
+
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [("pull", 0), ("triage", 1), ("push", 2), ("maintain", 2), ("admin", 3), ("reporter", 0),
+     ("developer", 2), ("viewer_no_comment", 0), ("previewer", 0), ("freeBusyReader", 0),
+     ("can_comment", 1), ("can_edit", 2), ("organizer", 3), ("fileOrganizer", 2)],
+)  # fmt: skip
+def test_levels_as_sharing_apis_name_them(value: str, level: int) -> None:
+    assert asked_level(value) == level
+
+
+def test_a_list_or_an_object_under_an_access_key_is_read() -> None:
+    # Microsoft Graph's `roles: ["write"]`, Dropbox's `access_level: {".tag": "editor"}`.
+    for arguments in ({"roles": ["write"]}, {"access_level": {".tag": "editor"}}):
+        result = score_call("files__share_file", {"path": "/cases", **arguments}, [], TASK)
+        assert result.verdict == verifier_pb2.BLOCK, arguments
 
 
 def test_a_share_widened_by_a_clients_note_is_blocked_with_its_reason() -> None:

