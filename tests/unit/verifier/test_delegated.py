@@ -76,6 +76,13 @@ def test_tasks_that_leave_the_destination_to_the_data(task: str) -> None:
         "Email the clients the new opening hours; the list of changes is in the staff note.",
         "Update the phone number in the email footer to 01 555 0192.",
         "Reply to the email from the landlord: we accept the new date.",
+        # An attacker's probe of the first version of the role and "found in" phrasings.
+        "Reply to Dana's email on the budget and tell her we approve.",
+        "Email Petra the link in the newsletter.",
+        "Email Sara a summary of the customers listed in /crm/q3.csv.",
+        "Update the address in the CRM for Sam, then email Sam the new contract.",
+        "Email Omar the project plan, the one the client who wrote last week liked.",
+        "Share the Q3 folder with Sam as viewer, and send him the link in the welcome email.",
         "Forward the email in the shared inbox about the lease to Maeve.",
     ],
 )
