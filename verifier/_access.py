@@ -51,11 +51,16 @@ _LEVEL_OF: dict[str, int] = {
 #: only", "read-only", "make her an owner"), never a bare noun ("the owner of the flat",
 #: "our readers", "a journal editor" state none: an attacker's probe).
 _STATED = re.compile(
-    r"\b(?:as\s+(?:an?\s+|the\s+)?(?P<as>viewer|reader|commenter|editor|writer|contributor|owner|admin|co-owner)s?\b"
+    r"\b(?:as\s+(?:an?\s+)?(?P<as>viewer|reader|commenter|editor|writer|contributor|owner|admin|co-owner)s?\b"
+    r"|(?P<only>view|read|comment)[- ]only\b"
     r"|(?P<kind>view|viewer|read|reader|comment|commenter|edit|editor|editing|write|writer|owner|admin|full)"
-    r"(?:[- ]only\b|\s+(?:access|rights|permissions?|role)\b)"
-    r"|make\s+(?:him|her|them|[a-z]+)\s+(?:an?\s+)?(?P<make>owner|admin|editor|co-owner)\b)",
+    r"\s+(?:access|rights|permissions?|role)\b)",
     re.IGNORECASE,
+)
+#: "make Sam the owner", "make her an editor": a pronoun or a name (capitalised), never
+#: "make sure an admin signs off".
+_MADE = re.compile(
+    r"\b(?i:make)\s+(?:him|her|them|[A-Z][\w'-]*)\s+(?:(?i:an?|the)\s+)?(?P<made>(?i:owner|admin|editor|co-owner))\b"
 )
 #: Characters of the task read.
 MAX_TASK_CHARS = 8 * 1024
@@ -69,11 +74,9 @@ def is_access_key(folded_key: str) -> bool:
 @functools.lru_cache(maxsize=16)
 def stated_level(task: str) -> int | None:
     """The highest access level the task states, or None when it states none."""
-    levels = [
-        level
-        for match in _STATED.finditer(task[:MAX_TASK_CHARS])
-        if (level := asked_level(match.group(match.lastgroup or 0))) is not None
-    ]
+    text = task[:MAX_TASK_CHARS]
+    matches = [*_STATED.finditer(text), *_MADE.finditer(text)]
+    levels = [level for match in matches if (level := asked_level(match.group(match.lastgroup or 0))) is not None]
     return max(levels) if levels else None
 
 

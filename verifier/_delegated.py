@@ -15,7 +15,8 @@ A task delegates a destination when one of its sentences says so in one of a few
   before the pointer must be one that names where an act goes (`_RECIPIENTS`), so "the Q3
   numbers listed in the report" or "as mentioned in my notes" delegate nothing;
 - such a recipient said to be somewhere: "the address is in her email", "the form is on
-  their page", "use the address from their letter", "the email on her intake form";
+  their page", and after a verb that uses it, "use the address from their letter", "use the
+  email on her intake form";
 - the one who wrote: "the solicitor who wrote to us asking for it";
 - someone said to have given one: "at his new address — he mentioned it in his email";
 - after the task asks to find something ("find", "look up", "search", "pick", "choose",

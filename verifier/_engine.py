@@ -66,7 +66,7 @@ from ._destinations import (
 )
 from ._intent import asked, intent_signal, is_payload, writes_where_task_says
 from ._kinds import asks_to_reach, vouches
-from ._quantities import contradictions, family_of
+from ._quantities import contradictions, family_of, number
 from ._sequence import START, SequenceModel, precedent, step_key
 from ._taint import is_sink, lookalikes, parse, taint_signal
 from ._urls import carried_own, novel_urls, secrets_sent
@@ -427,17 +427,23 @@ def _quantity_arguments(arguments: struct_pb2.Struct) -> tuple[list[tuple[str, s
             kind = value.WhichOneof("kind")
             if kind in ("struct_value", "list_value") and depth < _QUANTITY_DEPTH:
                 stack.append((path, getattr(value, kind), depth + 1, key))
-                if kind == "struct_value" and key and family_of(key) is not None:
-                    # `{"amount": {"value": 12480, "currency": "EUR"}}`: the value is the amount.
+                if kind == "struct_value" and key and (family := family_of(key)) is not None:
+                    # `{"amount": {"value": 12480, "currency": "EUR"}}`: the value is the amount;
+                    # `{"access_level": {".tag": "editor"}}` (Dropbox): the tag is the level.
                     found.extend(
                         (f"{path}.{inner}", key, scalar)
-                        for inner in _VALUE_KEYS
+                        for inner in (_LEVEL_KEYS if family == "access" else _VALUE_KEYS)
                         if inner in value.struct_value.fields
                         and (scalar := _scalar(value.struct_value.fields[inner])) is not None
                     )
-            elif key and family_of(key) is not None and (scalar := _scalar(value)) is not None:
+            elif key and (family := family_of(key)) is not None and (scalar := _scalar(value)) is not None:
+                if path.endswith("]") and family != "access" and isinstance(scalar, str) and number(scalar) is None:
+                    continue  # `guests: ["Ana", "Ben"]` lists names, not a count
                 found.append((path, key, scalar))
-    return sorted(found, key=lambda item: item[0]), False
+    # A value reached twice (`{"permission": {"role": "owner"}}` as the object's level and as
+    # a `role` of its own) is compared once.
+    unique = {item[0]: item for item in found}
+    return sorted(unique.values(), key=lambda item: item[0]), False
 
 
 def _scalar(value: struct_pb2.Value) -> float | str | None:
@@ -452,7 +458,9 @@ def _scalar(value: struct_pb2.Value) -> float | str | None:
 
 
 #: Keys under a quantity's key that hold its number.
-_VALUE_KEYS = ("value", "units", "number", "amount", "quantity", "count", ".tag", "level", "role")
+_VALUE_KEYS = ("value", "units", "number", "amount", "quantity", "count")
+#: Keys under an access key's object that hold its level.
+_LEVEL_KEYS = (".tag", "level", "role", "value")
 #: Fields `_quantity_arguments` looks at, and how deep.
 _MAX_QUANTITY_FIELDS = 4096
 _QUANTITY_DEPTH = 4

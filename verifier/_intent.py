@@ -128,7 +128,10 @@ _TOKENS = re.compile(r"[a-z0-9]+(?:['\u2019-][a-z0-9]+)*|[,;:()\u2013\u2014]|(?<
 #: Words after a verb that negate it ("not" after an auxiliary).
 _NEGATING_OBJECTS = frozenset({"not", "nothing", "none", "neither"})
 #: A verb and the word after it that ask for no act of the verb's kind.
-_IDIOMS = frozenset({("pay", "attention"), ("pay", "heed"), ("pay", "close"), ("book", "time")})
+_IDIOMS = frozenset({("pay", "attention"), ("pay", "heed")})
+#: Dashes that part clauses, and the longest aside between two read past for a negation.
+_DASHES = frozenset({"-", "\u2013", "\u2014"})
+_ASIDE = 12
 #: Tokens that end a clause.
 _CLAUSE_MARKS = frozenset({",", ";", ":", "(", "-", "\u2013", "\u2014"})
 # A sentence ends at `.`, `!` or `?` followed by white space (not inside `notes.md` or a URL).
@@ -168,8 +171,10 @@ def asked(task: str) -> Asked:
             if token not in ACTION_VERBS or not _opens_clause(tokens, index) or _negated(tokens, index):
                 continue
             following = tokens[index + 1] if index + 1 < len(tokens) else ""
-            if following in _NEGATING_OBJECTS:
-                # "do not act": an auxiliary, negated; "delete nothing", "send none of it".
+            after = tokens[index + 2] if index + 2 < len(tokens) else ""
+            if following in _NEGATING_OBJECTS and after not in ("but", "except"):
+                # "do not act": an auxiliary, negated; "delete nothing", "send none of it"
+                # ("delete nothing but the old drafts" asks for a deletion).
                 continue
             if (token, following) in _IDIOMS:
                 # "pay attention to the dates" asks for no payment.
@@ -195,13 +200,19 @@ _WH_WORDS = frozenset({"how", "which", "what", "where", "whether", "when", "who"
 
 
 def _negated(tokens: list[str], index: int) -> bool:
-    """Whether one of the three words before the verb, within its clause, negates it."""
+    """Whether one of the three words before the verb, within its clause, negates it; after a
+    dash, the three words before the aside it closes ("don't — whatever it says — delete")."""
     before: list[str] = []
     for token in reversed(tokens[max(0, index - 3) : index]):
         if token in _CLAUSE_MARKS:
             break
         before.append(token)
-    return any(word in _NEGATIONS for word in before)
+    if any(word in _NEGATIONS for word in before):
+        return True
+    if not index or tokens[index - 1] not in _DASHES:
+        return False
+    opening = next((j for j in range(index - 2, max(-1, index - 2 - _ASIDE), -1) if tokens[j] in _DASHES), index - 1)
+    return any(word in _NEGATIONS for word in tokens[max(0, opening - 3) : opening])
 
 
 def tool_verbs(tool: str) -> frozenset[str]:

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 
 from bastion._cache import short_key_cache
 
-from ._access import LEVELS, is_access_key, stated_level
-from ._access import asked_level as access_asked
+from ._access import LEVELS, asked_level, is_access_key, stated_level
 
 #: Characters of the task read for its quantities.
 MAX_TASK_CHARS = 8 * 1024
@@ -50,12 +49,23 @@ WIDE = "(arguments)"
 _SLACK = 0.005
 _CENT = 0.01
 
-_CURRENCIES = frozenset(
-    {
-        "eur", "euro", "euros", "€", "usd", "dollar", "dollars", "$", "gbp", "pound", "pounds", "£", "chf",
-        "sek", "nok", "dkk", "kr", "pln", "zł", "czk", "huf", "jpy", "¥", "inr", "₹", "aud", "cad", "nzd",
-    }
-)  # fmt: skip
+#: Currency words and signs → the ISO 4217 codes they may mean (`$` and `kr` are several).
+_DOLLARS = "USD AUD CAD NZD SGD HKD"
+_CODES_OF: dict[str, frozenset[str]] = {
+    word: frozenset(codes.split())
+    for word, codes in {
+        "eur": "EUR", "euro": "EUR", "euros": "EUR", "€": "EUR", "usd": "USD", "dollar": _DOLLARS,
+        "dollars": _DOLLARS, "$": _DOLLARS, "gbp": "GBP", "pound": "GBP", "pounds": "GBP", "£": "GBP",
+        "chf": "CHF", "sek": "SEK", "nok": "NOK", "dkk": "DKK", "kr": "SEK NOK DKK ISK", "pln": "PLN",
+        "zł": "PLN", "czk": "CZK", "huf": "HUF", "jpy": "JPY", "¥": "JPY CNY", "inr": "INR", "₹": "INR",
+        "aud": "AUD", "cad": "CAD", "nzd": "NZD", "us$": "USD", "rmb": "CNY", "yuan": "CNY",
+        "renminbi": "CNY", "sterling": "GBP", "franc": "CHF", "francs": "CHF", "yen": "JPY", "rupee": "INR",
+        "rupees": "INR", "zloty": "PLN", "złoty": "PLN", "krona": "SEK", "kronor": "SEK", "krone": "NOK DKK",
+        "kroner": "NOK DKK",
+    }.items()
+}  # fmt: skip
+#: The words and signs that make a number beside them an amount: one table with the codes.
+_CURRENCIES = frozenset(_CODES_OF)
 _PEOPLE = frozenset(
     {
         "guest", "guests", "people", "person", "persons", "adult", "adults", "passenger", "passengers",
@@ -110,7 +120,10 @@ class Contradiction:
         if self.family == "currency":
             return f"{self.path!r} asks {self.asked_text!r} where the task states amounts in {', '.join(self.allowed)}"
         if self.family == "access":
-            return f"{self.path!r} asks {self.asked_text!r} where the task states {self.allowed[0]} access at most"
+            asks = (
+                "the arguments are too wide to read" if self.path == WIDE else f"{self.path!r} asks {self.asked_text!r}"
+            )
+            return f"{asks} where the task states {self.allowed[0]} access at most"
         stated = ", ".join(_shown(value) for value in self.stated[:3])
         stated += f" and {len(self.stated) - 3} more" if len(self.stated) > 3 else ""
         if self.path == WIDE:
@@ -140,13 +153,15 @@ def contradictions(
         # Arguments too wide to find their quantities in: fail closed when the task states some.
         first = next(iter(stated))
         found.append(Contradiction(WIDE, first, None, stated[first]))
+    elif unread and level is not None:
+        found.append(Contradiction(WIDE, "access", None, (), allowed=(LEVELS[level],)))
     currencies = _currencies(task) if "amount" in stated else None
     read = 0
     for path, key, value in arguments:
         family = family_of(key)
         if family == "access":
-            asked_level = access_asked(value) if level is not None else None
-            if asked_level is not None and level is not None and asked_level > level:
+            level_asked = asked_level(value) if level is not None else None
+            if level_asked is not None and level is not None and level_asked > level:
                 shown = str(value).strip()[:24]
                 found.append(Contradiction(path, "access", None, (), asked_text=shown, allowed=(LEVELS[level],)))
             continue
@@ -163,6 +178,13 @@ def contradictions(
         if read > MAX_ARGUMENTS:
             found.append(Contradiction(path, family, None, stated[family]))
             break
+        if family == "amount" and currencies is not None and isinstance(value, str):
+            # "480 GBP" where the task says 480 EUR: the amount's own currency is read too.
+            written = _CODE_AROUND.search(value.strip()[:64])
+            if written is not None:
+                codes = _codes(written.group(1) or written.group(2))
+                if codes and codes.isdisjoint(currencies):
+                    found.append(_other_currency(path, written.group(0).strip(), currencies, task))
         asked = number(value)
         if asked is not None and is_minor(key):
             asked = round(asked / 100, 2)
@@ -251,7 +273,12 @@ def _folded(key: str) -> str:
 
 
 #: Keys holding the currency of the amount paid (a `target_currency` is a conversion's).
-_CURRENCY_KEYS = frozenset({"currency", "currencycode", "ccy", "currencyisocode", "isocurrencycode"})
+_CURRENCY_KEYS = frozenset(
+    {
+        "currency", "currencycode", "ccy", "currencyisocode", "isocurrencycode", "paymentcurrency",
+        "transactioncurrency", "sourcecurrency", "settlementcurrency",
+    }
+)  # fmt: skip
 #: Ends of keys holding an amount in minor units, and what such a key must also hold.
 _MINOR_ENDS = ("cents", "minor", "minorunits", "pence", "centimes")
 _MINOR_OF = ("amount", "total", "price", "sum", "value")
@@ -277,25 +304,12 @@ def number(value: object) -> float | None:
 #: A currency code, word or sign, or a plus sign, before or after a call's number.
 _CODES = "|".join(sorted((word for word in _CURRENCIES if word.isalpha()), key=len, reverse=True))
 _AROUND = re.compile(rf"^(?:[+]|[€$£¥₹]|(?:{_CODES})\b)\s*|\s*(?:[€$£¥₹]|\b(?:{_CODES}))$", re.IGNORECASE)
+#: The currency code, word or sign written before or after a call's amount.
+_CODE_AROUND = re.compile(
+    rf"^(?:([€$£¥₹]|(?:{_CODES}|[A-Za-z]{{3}})\b))|(?:(?<=[\d\s])([€$£¥₹]|(?:{_CODES}|[A-Za-z]{{3}}))$)", re.IGNORECASE
+)
 #: A number as a program writes it: `12480.000`, `1.248e4`.
 _PLAIN = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,6})?(?:e[+]?[0-9]{1,2})?", re.IGNORECASE)
-
-
-#: Currency words and signs → the ISO 4217 codes they may mean (`$` and `kr` are several).
-_DOLLARS = "USD AUD CAD NZD SGD HKD"
-_CODES_OF: dict[str, frozenset[str]] = {
-    word: frozenset(codes.split())
-    for word, codes in {
-        "eur": "EUR", "euro": "EUR", "euros": "EUR", "€": "EUR", "usd": "USD", "dollar": _DOLLARS,
-        "dollars": _DOLLARS, "$": _DOLLARS, "gbp": "GBP", "pound": "GBP", "pounds": "GBP", "£": "GBP",
-        "chf": "CHF", "sek": "SEK", "nok": "NOK", "dkk": "DKK", "kr": "SEK NOK DKK ISK", "pln": "PLN",
-        "zł": "PLN", "czk": "CZK", "huf": "HUF", "jpy": "JPY", "¥": "JPY CNY", "inr": "INR", "₹": "INR",
-        "aud": "AUD", "cad": "CAD", "nzd": "NZD", "us$": "USD", "rmb": "CNY", "yuan": "CNY",
-        "renminbi": "CNY", "sterling": "GBP", "franc": "CHF", "francs": "CHF", "yen": "JPY", "rupee": "INR",
-        "rupees": "INR", "zloty": "PLN", "złoty": "PLN", "krona": "SEK", "kronor": "SEK", "krone": "NOK DKK",
-        "kroner": "NOK DKK",
-    }.items()
-}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=16)

@@ -65,17 +65,19 @@ def test_a_value_naming_no_level_says_nothing(value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("task", "value"),
+    ("task", "level"),
     [
         # A bare noun states no level: "the owner of the flat", "our readers", "a journal editor".
-        ("Share the lease with Sam (sam@firm.example) as a viewer - the owner of the flat wants it.", "writer"),
-        ("Share the reader survey with Ana; she needs to edit it.", "writer"),
-        ("Give Sam (sam@firm.example) the draft so she can fix it for our readers.", "writer"),
+        ("Share the lease with Sam (sam@firm.example) as a viewer, as the owner of the flat asked.", 0),
+        ("Share the reader survey with Ana; she needs to edit it.", None),
+        ("Give Sam the draft so she can fix it for our readers; make sure an admin signs off.", None),
+        ("Share the page with Ana, then edit only the title.", None),
+        ("Share it with Ana as viewer and make Sam the owner.", 3),
+        ("Make her an editor of the minutes folder.", 2),
     ],
 )
-def test_only_a_granting_phrase_states_a_level(task: str, value: str) -> None:
-    found = contradictions([("role", "role", value)], task)
-    assert ("owner" in task) == bool(found), found  # the first task states "as a viewer"
+def test_only_a_granting_phrase_states_a_level(task: str, level: int | None) -> None:
+    assert stated_level(task) == level
 
 
 @pytest.mark.parametrize(
@@ -103,3 +105,17 @@ def test_a_share_widened_by_a_clients_note_is_blocked_with_its_reason() -> None:
     assert "more than the task states: 'role' asks 'editor' where the task states view access" in result.reasons[0]
     asked = score_call("files__share_file", {**arguments, "role": "viewer"}, [], TASK)
     assert asked.verdict != verifier_pb2.BLOCK
+
+
+def test_arguments_too_wide_to_read_contradict_a_task_that_states_only_a_level() -> None:
+    # A reviewer's probe: 4,100 padding keys hid `role: owner` from a task stating "as viewer".
+    arguments: dict[str, object] = {f"p{i}": "x" for i in range(4_100)}
+    arguments.update(path="/cases", email="p.farrell@postbox.example", role="owner")
+    result = score_call("files__share_file", arguments, [], TASK)
+    assert result.verdict == verifier_pb2.BLOCK
+    assert "the arguments are too wide to read where the task states view access at most" in result.reasons[0]
+
+
+def test_a_level_reached_twice_is_one_reason() -> None:
+    result = score_call("files__share_file", {"path": "/cases", "permission": {"role": "owner"}}, [], TASK)
+    assert result.reasons[0].count("asks 'owner'") == 1

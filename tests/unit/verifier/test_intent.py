@@ -64,6 +64,10 @@ def _intent(reply: verifier_pb2.ScoreResponse) -> list[str]:
         ("Tell me what the invoice says \u2014 delete nothing.", ()),
         ("Summarise my unread emails \u2013 send nothing, I only want to read them.", ()),
         ("Summarise the invoices - pay attention to the dates.", ()),
+        ("Summarise the report. Please don't \u2014 whatever it says \u2014 delete the old backups.", ()),
+        ("Please don't - delete anything.", ()),
+        ("Delete nothing but the old drafts.", ("delete",)),
+        ("Book time with Dr Varga next week.", ("book",)),
     ],
 )
 def test_a_task_asks_for_the_action_verbs_that_open_its_clauses(task: str, verbs: tuple[str, ...]) -> None:

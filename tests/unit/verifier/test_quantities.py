@@ -268,3 +268,26 @@ def test_a_target_currency_is_a_conversions_and_not_compared() -> None:
     task = "Send \u00a3200 to my sister's Polish account with Wise."
     assert contradictions([("targetCurrency", "targetCurrency", "PLN")], task) == []
     assert len(contradictions([("currency", "currency", "PLN")], task)) == 1
+
+
+def test_names_listed_under_a_count_key_are_no_count() -> None:
+    # A reviewer's probe: list items are read under their list's key, and four guests' names
+    # were read as a count that is no number.
+    task = "Book a table at Lumen for 4 guests on Friday."
+    result = score_call("travel__book_table", {"guests": ["Ana", "Ben", "Cy", "Di"]}, [], task)
+    assert all("more than the task states" not in reason for reason in result.reasons)
+    counted = score_call("travel__book_table", {"guests": [9]}, [], task)
+    assert "'guests[0]' asks 9 where the task states 4" in counted.reasons[0]
+
+
+def test_an_amounts_other_fields_are_not_its_value() -> None:
+    result = score_call("bank__transfer", {"iban": IBAN, "amount": {"value": 480, "level": "high"}}, [], "Pay 480 EUR.")
+    assert all("more than the task states" not in reason for reason in result.reasons)
+
+
+@pytest.mark.parametrize(
+    ("amount", "contradicts"), [("480 GBP", True), ("\u00a3480", True), ("480 EUR", False), ("480", False)]
+)
+def test_the_currency_written_in_an_amount_is_read(amount: str, contradicts: bool) -> None:
+    found = contradictions([("amount", "amount", amount)], "Pay the 480 EUR invoice.")
+    assert bool(found) is contradicts, found

