@@ -78,7 +78,7 @@ _TOOL_KINDS: dict[str, tuple[str, ...]] = {
     "patch": ("write",), "upload": ("write", "share"), "insert": ("write",), "commit": ("write",),
     "rename": ("write",), "move": ("write",), "save": ("write",), "edit": ("write",),
     "share": ("share",), "grant": ("share",), "invite": ("share", "message", "schedule"),
-    "publish": ("share", "message"), "event": ("schedule",),
+    "publish": ("share", "message"), "event": ("schedule",), "add": ("write", "share", "schedule"),
 }  # fmt: skip
 
 

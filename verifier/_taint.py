@@ -79,7 +79,7 @@ SINK_VERBS = frozenset(
         "purchase", "buy", "order", "create", "update", "upload", "publish", "forward", "reply",
         "submit", "wire", "refund", "withdraw", "grant", "execute", "exec", "run", "deploy", "move",
         "rename", "notify", "comment", "put", "patch", "drop", "insert", "commit", "push",
-        "merge", "approve", "schedule", "cancel", "reserve", "sign", "tweet",
+        "merge", "approve", "schedule", "cancel", "reserve", "sign", "tweet", "add",
     }
 )  # fmt: skip
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")

@@ -119,3 +119,16 @@ def test_arguments_too_wide_to_read_contradict_a_task_that_states_only_a_level()
 def test_a_level_reached_twice_is_one_reason() -> None:
     result = score_call("files__share_file", {"path": "/cases", "permission": {"role": "owner"}}, [], TASK)
     assert result.reasons[0].count("asks 'owner'") == 1
+
+
+def test_an_add_tool_granting_more_than_the_task_states_is_blocked() -> None:
+    task = "Add sam-k to the acme/docs repository with read access."
+    result = score_call(
+        "github__add_collaborator", {"repo": "acme/docs", "user": "sam-k", "permission": "admin"}, [], task
+    )
+    assert result.verdict == verifier_pb2.BLOCK
+    assert "'permission' asks 'admin' where the task states view access at most" in result.reasons[0]
+    asked = score_call(
+        "github__add_collaborator", {"repo": "acme/docs", "user": "sam-k", "permission": "pull"}, [], task
+    )
+    assert asked.verdict == verifier_pb2.PASS, asked.reasons

@@ -100,7 +100,10 @@ def test_policy_declared_sinks_and_verbs_in_tool_names_are_sinks() -> None:
     assert _score("crm__frobnicate", [BODY, "sink"]).verdict == verifier_pb2.BLOCK
     for tool in ("send_email", "transferFunds", "delete", "createInvoice", "sendmail", "book-flight"):
         assert is_sink(tool, ()), tool
-    for tool in ("read_email", "list", "getWeather", "search"):
+    # Adding grants or changes something (a reviewer's probe: `add_collaborator` was never judged).
+    for tool in ("github__add_collaborator", "addMember", "bank__add_payee"):
+        assert is_sink(tool, ()), tool
+    for tool in ("read_email", "list", "getWeather", "search", "lookup_address", "get_addresses"):
         assert not is_sink(tool, ()), tool
 
 
