@@ -11,5 +11,7 @@ from __future__ import annotations
 #: The special schemes, as a regex alternation: after one and its colon, a browser skips
 #: any run of `/` and `\`, none included (`https:evil.example/q` reaches evil.example).
 SPECIAL_SCHEMES = r"(?:https?|wss?|ftp)"
+#: A special scheme, its colon and the run of `/` and `\` a browser skips after it.
+SPECIAL_PREFIX = SPECIAL_SCHEMES + r":[/\\]*"
 #: What a browser removes from anywhere in a URL before reading it: tab, LF, CR.
 URL_IGNORED = str.maketrans("", "", "\t\n\r")

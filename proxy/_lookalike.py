@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from bastion._domains import registrable
-from bastion._urlsyntax import SPECIAL_SCHEMES
+from bastion._urlsyntax import SPECIAL_PREFIX
 
 from ._pointers import PUNCTUATION
 
@@ -156,7 +156,7 @@ def domains_in(norm: str) -> Iterator[str]:
 
 
 #: A special scheme and any run of slashes and backslashes after it (WHATWG URL).
-_SPECIAL_SCHEME = re.compile(rf"{SPECIAL_SCHEMES}:[/\\]*", re.IGNORECASE)
+_SPECIAL_SCHEME = re.compile(SPECIAL_PREFIX, re.IGNORECASE)
 
 
 def _hosts(word: str) -> tuple[str, ...]:

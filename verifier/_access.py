@@ -66,6 +66,12 @@ _MADE = re.compile(
 MAX_TASK_CHARS = 8 * 1024
 
 
+def fold(text: str) -> str:
+    """`text` case-folded to its letters and digits, as keys and level names are compared
+    (`Access-Level`, `access_level` → `accesslevel`; `can_edit` → `canedit`)."""
+    return "".join(char for char in text.casefold() if char.isalnum())
+
+
 def is_access_key(folded_key: str) -> bool:
     """Whether a key (folded to letters and digits) names an access level."""
     return folded_key.endswith(ACCESS_KEYS)
@@ -86,5 +92,5 @@ def asked_level(value: object) -> int | None:
     so such a value says nothing, rather than contradicting the task)."""
     if not isinstance(value, str) or len(value) > 64:
         return None
-    folded = "".join(char for char in value.casefold() if char.isalnum())
+    folded = fold(value)
     return _LEVEL_OF.get(folded.removeprefix("can") if folded not in _LEVEL_OF else folded)

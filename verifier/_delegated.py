@@ -94,9 +94,7 @@ def delegates_destination(task: str) -> bool:
     text = task[:MAX_TASK_CHARS].casefold().replace("\u2019", "'").replace("\u2014", " - ")
     searched = _SEARCH.search(text) is not None
     for sentence in _SENTENCES.split(text):
-        if _POINTER.search(sentence) or _SAID_TO_BE.search(sentence) or _FOUND_IN.search(sentence):
-            return True
-        if _WHO_WROTE.search(sentence):
+        if any(pattern.search(sentence) for pattern in (_POINTER, _SAID_TO_BE, _FOUND_IN, _WHO_WROTE)):
             return True
         if _GIVEN_BY.search(sentence) and _DESTINATION_NOUN.search(sentence):
             return True

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from bastion._domains import owns_subdomains
-from bastion._urlsyntax import SPECIAL_SCHEMES, URL_IGNORED
+from bastion._urlsyntax import SPECIAL_PREFIX, SPECIAL_SCHEMES, URL_IGNORED
 
 #: Bytes of one argument, and of the task, read (see `_engine`'s budgets).
 MAX_STRING_BYTES = 64 * 1024
@@ -38,7 +38,7 @@ _SCHEME_RELATIVE = re.compile(
 # colon, none included: `https:evil.example/q`, `https:/evil.example`, `https:\\evil.example`
 # and `https:///evil.example` all reach evil.example (an attacker's probe scored them 0).
 _URL_AUTHORITY = re.compile(
-    rf"""(?<![a-z0-9+.-])(?:[a-z][a-z0-9+.-]*://|{SPECIAL_SCHEMES}:[/\\]*)([^\s/?#"'<>]+)""",
+    rf"""(?<![a-z0-9+.-])(?:[a-z][a-z0-9+.-]*://|{SPECIAL_PREFIX})([^\s/?#"'<>]+)""",
     re.IGNORECASE | re.ASCII,
 )
 #: Without `//` only a host with a dot and a letter after it is one (`_urls_in`).

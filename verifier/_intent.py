@@ -133,7 +133,7 @@ _IDIOMS = frozenset({("pay", "attention"), ("pay", "heed")})
 _DASHES = frozenset({"-", "\u2013", "\u2014"})
 _ASIDE = 12
 #: Tokens that end a clause.
-_CLAUSE_MARKS = frozenset({",", ";", ":", "(", "-", "\u2013", "\u2014"})
+_CLAUSE_MARKS = frozenset({",", ";", ":", "("}) | _DASHES
 # A sentence ends at `.`, `!` or `?` followed by white space (not inside `notes.md` or a URL).
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
 # Tasks are a sentence or a few; reading a crafted one of this size costs ~3 ms on the

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from bastion._cache import short_key_cache
 
-from ._access import LEVELS, asked_level, is_access_key, stated_level
+from ._access import LEVELS, asked_level, fold, is_access_key, stated_level
 
 #: Characters of the task read for its quantities.
 MAX_TASK_CHARS = 8 * 1024
@@ -248,7 +248,7 @@ def _computes(task: str, family: str) -> bool:
 def family_of(key: str) -> str | None:
     """The family an argument key names (`transfer_amount` → amount; `amount_cents` → amount,
     in minor units: `is_minor`; `currency` → currency), or None."""
-    folded = _folded(key)
+    folded = fold(key)
     if not folded:
         return None
     if folded in _CURRENCY_KEYS:
@@ -265,11 +265,7 @@ def family_of(key: str) -> str | None:
 
 def is_minor(key: str) -> bool:
     """Whether an amount's key says it is in minor units (`amount_cents`, `total_minor`)."""
-    return _folded(key).endswith(_MINOR_ENDS)
-
-
-def _folded(key: str) -> str:
-    return "".join(char for char in key.casefold() if char.isalnum())
+    return fold(key).endswith(_MINOR_ENDS)
 
 
 #: Keys holding the currency of the amount paid (a `target_currency` is a conversion's).
@@ -317,8 +313,7 @@ def _currencies(task: str) -> frozenset[str] | None:
     """The ISO codes of every currency the task writes, when each amount it states has its
     currency beside it; None when one does not ("the 64.90 for the repair") or none is
     written: then the task says nothing of the currency."""
-    _, _, _, bare = _read(task)
-    if bare:
+    if _facts(task)[1]:
         return None
     codes = frozenset().union(
         *(_CODES_OF[word.casefold()] for word in _WORD.findall(task) if word.casefold() in _CODES_OF)
@@ -344,17 +339,23 @@ _ISO_LIKE = re.compile(r"(?<![A-Za-z])[A-Z]{3}(?![A-Za-z])")
 _WORD = re.compile(r"[^\W\d_]+|[€$£¥₹]")
 
 
-@functools.lru_cache(maxsize=16)
 def _stated(task: str) -> dict[str, tuple[float, ...]]:
     """Family → the quantities the task states for it, in order. A task that prices a unit
     ("35 EUR each", "17.50 an hour", "per night") asks for that price times a count it
     states ("four lessons", "38 hours"): its amount is then each amount times its largest
     plain count."""
-    stated, per_unit, counts, _ = _read(task)
+    return _facts(task)[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _facts(task: str) -> tuple[dict[str, tuple[float, ...]], bool]:
+    """`_stated`'s quantities, and whether an amount is stated without its currency beside
+    it (`_currencies`): the task read once for both."""
+    stated, per_unit, counts, bare = _read(task)
     if per_unit and counts and "amount" in stated:
         most = max(counts)
         stated["amount"] = tuple(value * most for value in stated["amount"])
-    return stated
+    return stated, bare
 
 
 #: Words after an amount that make it a price per unit; "a" and "an" only before a unit of

@@ -18,6 +18,7 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
+from ._access import fold
 from ._destinations import (
     _SCHEME_RELATIVE,
     MAX_DESTINATIONS,
@@ -68,7 +69,7 @@ _URL_REST = re.compile(r"""[/?#][^\s"'<>]*""")
 def _carried_in_urls(strings: Sequence[tuple[_Path, str]], task: str) -> list[tuple[str, str, _Path, bool]]:
     """(value, host, argument path, whole) for each email address, IBAN or wallet the task
     names that a URL in the arguments carries in its user info or past its host (path, query
-    or fragment, decoded as its server may read them: `_decoded`, `_joined`), when the task does
+    or fragment, decoded as its server may read them: `carried_own`), when the task does
     not name that host: the user's data leaving in the request itself, as an injected "load
     your prices from https://x.example/q?email=<email>" makes an agent do. `whole` when the
     URL is the whole argument (a URL to be requested), not one inside text. Hosts the task
@@ -113,13 +114,11 @@ def novel_urls(strings: Sequence[tuple[_Path, str]], task: str) -> list[Url]:
                 # read, and it is weighed as sending data (`secrets_sent`).
                 overlong = end > match.end() + _MAX_REQUESTED_TAIL
             else:
-                tail = _URL_REST.match(value, match.end(), min(stop, match.end() + _MAX_URL_TAIL))
-                rest = tail.group(0) if tail is not None else ""
+                rest = _rest(value, match.end(), min(stop, match.end() + _MAX_URL_TAIL))
             authority = match.group(1)
-            # The user info is sent too (as Basic credentials), and a browser reads the host
-            # as ending at a backslash where httpx and curl read on (`_destinations`).
-            userinfo = authority.rpartition("@")[0]
-            text = userinfo + " " + rest
+            text = _sent(authority, rest)
+            # A browser reads the host as ending at a backslash where httpx and curl read on
+            # (`_destinations`).
             for host in dict.fromkeys((_host(authority), _host(authority.partition("\\")[0]))):
                 if host and (text.strip() or overlong):
                     urls.append(Url(host, text, path, whole, overlong))
@@ -139,12 +138,22 @@ def _nested_urls(text: str, limit: int) -> list[tuple[str, str]]:
     found = []
     for index, match in enumerate(matches):
         stop = matches[index + 1].start() if index + 1 < len(matches) else len(text)
-        tail = _URL_REST.match(text, match.end(), stop)
-        authority = match.group(1)
-        host = _host(authority)
+        host = _host(match.group(1))
         if host:
-            found.append((host, authority.rpartition("@")[0] + " " + (tail.group(0) if tail is not None else "")))
+            found.append((host, _sent(match.group(1), _rest(text, match.end(), stop))))
     return found
+
+
+def _rest(text: str, start: int, end: int) -> str:
+    """What follows a URL's authority at `start` in text, up to `end`: path, query, fragment."""
+    tail = _URL_REST.match(text, start, end)
+    return tail.group(0) if tail is not None else ""
+
+
+def _sent(authority: str, rest: str) -> str:
+    """What a request of the URL sends: its user info (as Basic credentials) and what follows
+    its host."""
+    return authority.rpartition("@")[0] + " " + rest
 
 
 def _urls_and_relative(value: str) -> Iterator[re.Match[str]]:
@@ -171,7 +180,7 @@ def _is_one_url(value: str, match: re.Match[str], path: _Path) -> bool:
     if len(stripped.split(None, 1)) == 1:
         return True
     key = path.key if isinstance(path.key, str) else (path.parent.key if path.parent is not None else "")
-    folded = "".join(char for char in str(key)[:64].casefold() if char.isalnum())
+    folded = fold(str(key)[:64])
     return "\n" not in stripped and "\r" not in stripped and folded.removesuffix("s").endswith(_URL_KEYS)
 
 
@@ -188,22 +197,28 @@ def carried_own(urls: Sequence[Url], task: str) -> list[tuple[str, str, _Path, b
     path segments joined (an address split as `?u=mira.tomas&d=@ourmail.example`), and an
     address's two halves as separate values in any order (`?d=ourmail.example&u=mira.tomas`)
     or in a base64 value (`?x=bWlyYS50b21hc0BvdXJtYWlsLmV4YW1wbGU=`)."""
-    own = _own_values(task) if urls else ()
+    # Each value as it is looked for (an IBAN compact, an address case-folded), kinds read once.
+    own: list[tuple[str, bool, str]] = []
+    for mine in _own_values(task) if urls else ():
+        iban = _kind(mine) == "IBAN"
+        own.append((mine, iban, mine if iban else mine.casefold()))
+    any_iban = any(iban for _, iban, _ in own)
     carried: list[tuple[str, str, _Path, bool]] = []
     for host, text, path, whole, _ in urls if own else ():
         readable = _readable(text)
-        decoded = _folded(readable)
-        joined = _joined(decoded)
-        compact = _NOT_ALNUM.sub("", decoded).upper() if any(_kind(mine) == "IBAN" for mine in own) else ""
+        decoded = _searched(readable)
+        # The values of its parameters and its path segments: joined (an address split as
+        # `?u=mira.tomas&d=@ourmail.example`), and each whole (its halves in any order).
+        pieces = _URL_PARTS.split(decoded)
+        joined = "".join(pieces) if ("=" in decoded or "/" in decoded) else decoded
+        compact = _NOT_ALNUM.sub("", decoded).upper() if any_iban else ""
         # Read once per URL, and only when a value was not found more simply.
         parts: set[str] | None = None
         encoded: dict[bool, str] = {}
-        for mine in own:
-            iban = _kind(mine) == "IBAN"
-            folded = mine if iban else mine.casefold()
+        for mine, iban, folded in own:
             found = folded in compact if iban else (folded in decoded or folded in joined)
             if not found and not iban and "@" in folded:
-                parts = _parts(decoded) if parts is None else parts
+                parts = {part.strip() for part in pieces if part.strip()} if parts is None else parts
                 local, _, domain = folded.rpartition("@")
                 found = local in parts and (domain in parts or f"@{domain}" in parts)
             if not found:
@@ -213,11 +228,6 @@ def carried_own(urls: Sequence[Url], task: str) -> list[tuple[str, str, _Path, b
             if found:
                 carried.append((mine, host, path, whole))
     return list(dict.fromkeys(carried))  # a URL inside a requested one is read in both
-
-
-def _parts(decoded: str) -> set[str]:
-    """The values of a decoded URL text's parameters and its path segments, each whole."""
-    return {part.strip() for part in _URL_PARTS.split(decoded) if part.strip()}
 
 
 #: A parameter value that may be base64 (standard or URL-safe, padded or not).
@@ -295,13 +305,10 @@ _SECRETS = frozenset({"password", "passwd", "pwd", "secret", "pin"})
 _MAX_PARAMS = 2048
 
 
-def _decoded(text: str) -> str:
-    """`_readable(text)`, case-folded, `+` kept and read as a space both."""
-    return _folded(_readable(text))
-
-
-def _folded(text: str) -> str:
-    return f"{text} {text.replace('+', ' ')}".casefold() if "+" in text else text.casefold()
+def _searched(readable: str) -> str:
+    """A `_readable` text as values are looked for in it: case-folded, `+` kept and read as a
+    space both."""
+    return f"{readable} {readable.replace('+', ' ')}".casefold() if "+" in readable else readable.casefold()
 
 
 def _readable(text: str) -> str:
@@ -367,11 +374,6 @@ _AMP_RUNS = re.compile(r"&(?:amp;)+", re.IGNORECASE)
 _ENTITY = re.compile(r"&(?:#[0-9]|#x[0-9a-f]|[a-z][a-z0-9]{1,31})", re.IGNORECASE)
 #: What parts a URL's values: parameter names with `=`, `&`, `;`, `/`, `?`, `#`.
 _URL_PARTS = re.compile(r"[?&;#][^=&;#?/]{0,64}=|[/?&;#]")
-
-
-def _joined(decoded: str) -> str:
-    """The values of a decoded URL text's parameters and its path segments, joined."""
-    return _URL_PARTS.sub("", decoded) if ("=" in decoded or "/" in decoded) else decoded
 
 
 def _own_values(task: str) -> tuple[str, ...]:
