@@ -80,7 +80,7 @@ async def test_the_first_decision_after_opa_restarts_empty_reloads_it_and_is_dec
 async def test_while_opa_is_down_decisions_deny_and_readyz_fails_until_it_is_back_and_reloaded(
     tmp_path: Path, opa: list[OpaServer]
 ) -> None:
-    async with rego_service(tmp_path, opa[0].url, (V1,), opa_deadline_ms=300) as service:
+    async with rego_service(tmp_path, opa[0].url, (V1,), opa_deadline_ms=2000) as service:
         assert await service.ready() == 200
         opa[0].kill()
         down = await service.decide("add")
