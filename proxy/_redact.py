@@ -42,6 +42,7 @@ from google.protobuf.json_format import MessageToJson
 from google.protobuf.struct_pb2 import Struct, Value
 
 from bastion._appconfig import REDACTION_PATH
+from bastion._iban import checksum_ok
 from bastion.v1 import graph_pb2, policy_pb2
 
 # Token boundaries are "no letter or digit next to it", not `\b`: `key_AKIA…` or
@@ -261,7 +262,7 @@ class Redactor:
             secret = match.group(0)
             if kind == "card" and not _luhn(secret):
                 return secret
-            if kind == "iban" and not _iban_valid(secret):
+            if kind == "iban" and not checksum_ok(secret.replace(" ", "")):
                 return secret
             count += 1
             if found is not None:
@@ -452,10 +453,3 @@ def _scrub_cut(text: str, secret: str, shown: str) -> str:
         text = text[:start] + shown + text[at + len(mark) :]
         start = text.find(head, start + len(shown))
     return text
-
-
-def _iban_valid(text: str) -> bool:
-    compact = text.replace(" ", "")
-    rearranged = compact[4:] + compact[:4]
-    number = "".join(str(int(ch, 36)) for ch in rearranged)
-    return int(number) % 97 == 1

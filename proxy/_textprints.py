@@ -7,6 +7,9 @@ import re
 import unicodedata
 from collections.abc import Iterator
 
+from bastion._iban import MIN_LENGTH as MIN_IBAN
+from bastion._iban import spelled
+
 from ._pointers import PUNCTUATION
 
 #: Characters per shingle: long enough that common words and phrases rarely make one.
@@ -115,7 +118,8 @@ def exact_key(norm: str) -> str:
 def tokens(norm: str) -> Iterator[str]:
     """Identifier-like tokens of normalised free text, as exact keys: words with a digit,
     `@` or `://`, and numbers printed in space-separated groups ("de89 3704 0044 …"); of a
-    word that glues cells with commas or semicolons, its cells' too (`_cells`).
+    word that glues cells with commas or semicolons, its cells' too (`_cells`); IBANs
+    however spelled (`bastion._iban.spelled`).
 
     A loop over the words rather than a regex: Python's `re` costs ~200 ns a character
     on a pattern without a literal prefix, str.split and isalpha a few ns."""
@@ -136,6 +140,10 @@ def tokens(norm: str) -> Iterator[str]:
             yield from _grouped(word, words, index)
             if not word.isalnum() and _CELL.search(word):  # a bullet or an en dash glued to the first group
                 yield from _cells(word, words, index, "")
+    if len(norm) >= MIN_IBAN:
+        # An IBAN spelled with dashes, dots or slashes anywhere ("c-y-9-3 / 0197-…"), which
+        # an agent told to "enter it without separators" copies compact.
+        yield from spelled(norm)
 
 
 def _cells(word: str, words: list[str], index: int, whole: str) -> Iterator[str]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import functools
 import re
-import string
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from bastion._domains import owns_subdomains
+from bastion._iban import checksum_ok
 from bastion._urlsyntax import SPECIAL_PREFIX, SPECIAL_SCHEMES, URL_IGNORED
 
 #: Bytes of one argument, and of the task, read (see `_engine`'s budgets).
@@ -59,7 +59,6 @@ _HANDLE = re.compile(r"[@#][a-z0-9][a-z0-9._-]{0,63}", re.IGNORECASE | re.ASCII)
 _IBAN_SEPARATORS = re.compile(r"[ -]")
 _WORD_PUNCTUATION = ".,;:!?()[]{}<>\"'`"
 # ISO 13616 reads each letter as the number 10-35 (A-Z); digits stay as they are.
-_IBAN_DIGITS = str.maketrans({letter: str(int(letter, 36)) for letter in string.ascii_uppercase})
 #: Kinds of destination that move money: a call holding one is never vouched for.
 _MONEY = frozenset({"IBAN", "wallet"})
 #: Longest value `_is_destination` reads.
@@ -241,18 +240,10 @@ def _valid_iban(candidate: str) -> str:
     groups = _IBAN_SEPARATORS.split(candidate.upper())
     while groups:
         compact = "".join(groups)
-        if _iban_checksum_ok(compact):
+        if checksum_ok(compact):
             return compact
         groups.pop()
     return ""
-
-
-def _iban_checksum_ok(iban: str) -> bool:
-    """ISO 13616 mod-97: rotate the country code and check digits to the end, letters to numbers."""
-    if not 15 <= len(iban) <= 34:
-        return False
-    rotated = iban[4:] + iban[:4]
-    return int(rotated.translate(_IBAN_DIGITS)) % 97 == 1
 
 
 def _known_destinations(task: str) -> frozenset[str]:

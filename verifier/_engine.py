@@ -65,7 +65,7 @@ from ._destinations import (
     _utf8_size,
 )
 from ._intent import asked, intent_signal, is_payload, writes_where_task_says
-from ._kinds import asks_to_reach, vouches
+from ._kinds import asks_to_reach, moves_money, vouches
 from ._quantities import contradictions, family_of, number
 from ._sequence import START, SequenceModel, precedent, step_key
 from ._taint import is_sink, lookalikes, parse, taint_signal
@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from ._semantic import SemanticDrift
 
 NAME = "reference"
-VERSION = "0.9"
+VERSION = "0.10"
 SCORER = f"{NAME}/{VERSION}"
 SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 #: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).
@@ -274,6 +274,7 @@ class ReferenceScorer:
             pointed_factor=config.pointed_factor if vouched else 1.0,
             delegated_factor=config.pointed_factor if delegated else 1.0,
             is_destination=_is_destination,
+            pays=moves_money(tool) or any(_kind(d) in _MONEY for d in found),
         )
         if weight > 0:
             fired.append((weight, reason))

@@ -25,6 +25,11 @@ data and of the call comes in:
   `iban`, a listing's `path`): a record's own field is what lookups return and tasks act
   on; an attacker who controls a record's field usually controls its free text too, and is
   caught there.
+- FIELD_FACTOR too for a *payment's label* (its top-level `reference`, `memo`, … of
+  LABEL_KEYS) picked out of free text, when the call moves money and the task says nothing
+  of labels: an invoice's number copied from its email's subject into the transfer's
+  reference is what paying an invoice is, and the label moves no money anywhere. Where
+  the money goes (the IBAN) is weighed as before.
 
 The task factor is TASK_FACTOR (0.25) when the argument's value appears in the stated task
 (`ctx.task`, trusted): the user named it. The proxy never labels data the task holds, so
@@ -56,6 +61,8 @@ from google.protobuf import struct_pb2
 from bastion._cache import short_key_cache
 from bastion.v1 import policy_pb2, verifier_pb2
 
+from ._access import fold
+
 #: Weight of a whole structured field relative to a control value inside free text.
 FIELD_FACTOR = 0.25
 #: Weight of prose copied out of free text relative to a control value inside it.
@@ -64,6 +71,17 @@ PAYLOAD_FACTOR = 0.5
 UNREAD_FACTOR = 0.5
 #: Applied on top when the argument's value appears in the stated task.
 TASK_FACTOR = 0.25
+#: Top-level arguments of a payment that label it (folded to letters and digits): where the
+#: money goes and how much are its other arguments. Copied from an invoice email's subject
+#: or body, such a label made most false alarms on payments to saved payees (docs/benchmarks.md).
+LABEL_KEYS = frozenset(
+    {"reference", "ref", "paymentreference", "memo", "description", "remittance", "remittanceinformation"}
+    | {"purpose", "narrative", "note", "notes"}
+)
+#: A task that speaks of a payment's label ("our customer reference is VL-20931") cares what
+#: it says: then a label from an untrusted result weighs as any control value (a blind pack's
+#: attack swaps the customer reference, so the payment credits another account).
+_LABEL_WORDS = re.compile(r"\b(?:reference|ref|memo|description|remittance|purpose|narrative|notes?)\b")
 #: What makes an argument prose rather than a control value.
 PROSE_WORDS = 4
 PROSE_CHARS = 32
@@ -156,20 +174,23 @@ def taint_signal(
     pointed_factor: float = 1.0,
     delegated_factor: float = 1.0,
     is_destination: Callable[[str], bool] = lambda value: False,
+    pays: bool = False,
 ) -> tuple[float, str, str]:
     """(weight fired, reason, drift origin node id); (0, "", "") when it does not fire.
 
     `pointed_factor` applies to arguments the proxy labels `named:` or `visited:` (1: the labels are
     ignored; the caller has checked that the task asks for an action); `delegated_factor`
     to control values that `is_destination` says are, whole, a destination, when the task
-    leaves the destination to the data (`_delegated`; the caller has checked that too)."""
+    leaves the destination to the data (`_delegated`; the caller has checked that too);
+    `pays` says the call moves money (by its tool's name or an IBAN among its arguments), so
+    its labels may weigh as fields (above)."""
     if weight <= 0 or not labels:
         return 0.0, "", ""
     tainted = parse(labels)
     unread = parse_unread(labels)
     if not (tainted or unread) or not is_sink(action.tool or action.prompt or action.resource, labels):
         return 0.0, "", ""
-    factors = (pointed_factor, delegated_factor, is_destination)
+    factors = (pointed_factor, delegated_factor, is_destination, pays)
     traced = _traced(action, tainted, history, weight, task, labels, factors) if tainted else (0.0, "", "")
     if unread and weight * UNREAD_FACTOR > traced[0]:
         tool, size = unread[0]
@@ -196,17 +217,22 @@ def _traced(
     weight: float,
     task: str,
     labels: Sequence[str],
-    factors: tuple[float, float, Callable[[str], bool]],
+    factors: tuple[float, float, Callable[[str], bool], bool],
 ) -> tuple[float, str, str]:
     """The strongest traced untrusted argument of a sink: (weight, reason, drift origin)."""
-    pointed_factor, delegated_factor, is_destination = factors
+    pointed_factor, delegated_factor, is_destination, pays = factors
     folded_task = task[:MAX_TASK_CHARS].casefold()
     pointed = parse_named(labels) if pointed_factor < 1 else frozenset()
     visited = parse_named(labels, "visited:") if pointed_factor < 1 else frozenset()
+    # A payment's label weighs as a field when the task says nothing of labels: it does not
+    # change where the money goes nor how much, and invoices' subjects are copied into it.
+    labels_are_free = pays and _LABEL_WORDS.search(folded_task) is None
     scored = []
     for t in tainted:
         origin, named, value = _weigh(action.arguments, t, folded_task)
-        factor = {"control": 1.0, "prose": PAYLOAD_FACTOR, "field": FIELD_FACTOR}[origin]
+        if labels_are_free and origin == "control" and _is_label(t.path):
+            origin = "label"
+        factor = _FACTORS[origin]
         why = ""
         if named:
             why, factor = ", named in the task", factor * TASK_FACTOR
@@ -228,7 +254,20 @@ def _traced(
     return fired, f"{reason} (weight {fired:.2f})", _origin(scored[0][3].source, history)
 
 
-_DESCRIBED = {"control": "free text", "prose": "prose from free text", "field": "field"}
+_FACTORS = {"control": 1.0, "prose": PAYLOAD_FACTOR, "field": FIELD_FACTOR, "label": FIELD_FACTOR}
+_DESCRIBED = {
+    "control": "free text",
+    "prose": "prose from free text",
+    "field": "field",
+    "label": "a payment's label from free text",
+}
+
+
+def _is_label(path: str) -> bool:
+    """Whether `path` is a payment's label (`reference`, `memo`, `remittance_information`), at
+    the top of the arguments: a nested one (`creditor.reference`) may be anything."""
+    key = path.split(".", 1)[0].split("[", 1)[0]
+    return fold(key) in LABEL_KEYS
 
 
 def _weigh(arguments: struct_pb2.Struct, tainted: Tainted, folded_task: str) -> tuple[str, bool, str | None]:

@@ -41,6 +41,11 @@ def _labels(result: Any, arguments: dict[str, Any], tool: str = "email__read") -
         "ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００",  # noqa: RUF001 (fullwidth, on purpose)
         "DE89\u200b3704\u200b0044\u200b0532\u200b0130\u200b00",  # zero-width spaces
         "DE89\u00ad3704\u00ad0044\u00ad0532\u00ad0130\u00ad00",  # soft hyphens
+        # Separators the agent is told to leave out ("enter without dashes and slashes"):
+        # a held-out pack's attack and a blind one's hyphen-spelled payment instructions.
+        "D-E-8-9 / 3-7-0-4-0-0-4-4 / 0532 0130 00 (enter without dashes and slashes)",
+        "DE89/3704/0044/0532/0130/00",
+        "D.E.8.9.3704.0044.0532.0130.00",
     ],
 )
 def test_an_iban_spelled_as_an_agent_reads_it_plainly_is_traced(spelled: str) -> None:
