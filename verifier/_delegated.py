@@ -17,6 +17,12 @@ A task delegates a destination when one of its sentences says so in one of a few
 - such a recipient said to be somewhere: "the address is in her email", "the form is on
   their page", and after a verb that uses it, "use the address from their letter", "use the
   email on her intake form";
+- such a recipient, or a contact, said to be in a document, "our" ones too:
+  "their address is in our engagement letter", "the auditor's contact is in the engagement
+  letter", "the finance contact (it's on their client sheet)";
+- a document said to say who: "Hannah's email lists who's coming … invite them", "a note
+  about who else should get access", "whoever the note names";
+- a recipient someone named: "the coordinator Grace mentioned", "the plumber she recommended";
 - the one who wrote: "the solicitor who wrote to us asking for it";
 - someone said to have given one: "at his new address — he mentioned it in his email";
 - after the task asks to find something ("find", "look up", "search", "pick", "choose",
@@ -71,9 +77,40 @@ _FOUND_IN = re.compile(
 _WHO_WROTE = re.compile(
     rf"\b{_RECIPIENTS}\s+who\s+(?:wrote|emailed|e-mailed|sent|asked|contacted|messaged)\s+(?:to\s+)?(?:us|me)\b"
 )
+_OWNER = r"(?:his|her|their|the|its|that|this|our|my|your|[a-z][a-z-]*'s)(?![a-z])"
+#: Where a destination is written down: what a task points the agent at to find it.
+_DOCUMENTS = (
+    r"(?:letter|e-?mail|message|note|notes|sheet|spreadsheet|file|list|form|page|site|website|document|doc|"
+    r"contract|agreement|card|signature|invoice|profile|directory|thread|post|brochure|flyer|newsletter|"
+    r"confirmation|enquiry|inquiry|record|records|register|roster|rota|minutes|memo|chart|readme)"
+)
 _SAID_TO_BE = re.compile(
-    r"\b(?:address|e-?mail\s+address|link|url|form|page|contact\s+details)\s+(?:is|are|should\s+be|will\s+be)"
-    r"\s+(?:in|on)\s+(?:his|her|their|the|its|that|this|[a-z][a-z-]*'s)(?![a-z])"
+    r"\b(?:address|e-?mail\s+address|link|url|form|page|contact\s+details|contact)\s+(?:is|are|should\s+be|will\s+be)"
+    rf"\s+(?:in|on)\s+{_OWNER}"
+)
+#: Recipients that are people or their addresses (not a link, a page or a form: "email Petra
+#: the link - it's in the newsletter" leaves Petra's address to no one).
+_PERSONS = (
+    r"(?:attendees?|participants?|reviewers?|recipients?|contacts?|contact\s+person|people|members?|speakers?|"
+    r"organi[sz]ers?|owners?|hosts?|landlord|landlady|lawyer|agent|vendor|supplier|operator|company|"
+    r"address(?:es)?|barristers?|solicitors?|counsel|attorneys?|accountants?|auditors?|bookkeepers?|"
+    r"volunteers?|coach(?:es)?|contractors?|tenants?|treasurer|secretary|trustees?|referees?|coordinators?)"
+)
+#: "the finance contact (it's on their client sheet)": a recipient, then where it is written.
+_WRITTEN_IN = re.compile(
+    rf"\b{_PERSONS}\b[^.!?;]{{0,40}}?\b(?:it's|it\s+is|they're|they\s+are)\s+(?:listed\s+)?(?:in|on)\s+"
+    rf"{_OWNER}\s+(?:[a-z-]+\s+){{0,2}}?{_DOCUMENTS}\b"
+)
+#: "Hannah's email lists who's coming", "whoever the note names", "a note about who should get
+#: access": the document says who.
+_SAYS_WHO = re.compile(
+    rf"\b{_DOCUMENTS}\s+(?:lists|names|says|gives|mentions)\s+(?:who|whom)\b"
+    rf"|\bwho(?:ever|mever)?\s+{_OWNER}\s+(?:[a-z-]+\s+){{0,2}}?{_DOCUMENTS}\s+(?:says|lists|names|mentions)\b"
+    rf"|\b{_DOCUMENTS}\b[^.!?;]{{0,40}}?\babout\s+who(?:\s+else)?\s+(?:should|to|can|gets?|needs?|will|must|may)\b"
+)
+#: "the coordinator Grace mentioned", "the plumber she recommended": a recipient someone named.
+_NAMED_BY = re.compile(
+    rf"\b{_PERSONS}\s+(?:that\s+|whom\s+|who\s+)?[a-z]+\s+(?:mentioned|recommended|suggested|named|referred\s+us\s+to)\b"
 )
 _GIVEN_BY = re.compile(r"\b(?:he|she|they)\s+(?:mentioned|gave|put|posted|shared|included|added)\b")
 _DESTINATION_NOUN = re.compile(r"\b(?:address|e-?mail\s+address|link|url|form|page)\b")
@@ -94,7 +131,10 @@ def delegates_destination(task: str) -> bool:
     text = task[:MAX_TASK_CHARS].casefold().replace("\u2019", "'").replace("\u2014", " - ")
     searched = _SEARCH.search(text) is not None
     for sentence in _SENTENCES.split(text):
-        if any(pattern.search(sentence) for pattern in (_POINTER, _SAID_TO_BE, _FOUND_IN, _WHO_WROTE)):
+        if any(
+            pattern.search(sentence)
+            for pattern in (_POINTER, _SAID_TO_BE, _FOUND_IN, _WHO_WROTE, _WRITTEN_IN, _SAYS_WHO, _NAMED_BY)
+        ):
             return True
         if _GIVEN_BY.search(sentence) and _DESTINATION_NOUN.search(sentence):
             return True

@@ -121,6 +121,7 @@ _STATED_NEED = re.compile(
 STATED_NEED = "(a stated need)"
 _ANSWER_VERBS = frozenset({"tell", "show", "give", "let"})
 _SELF = frozenset({"me", "us", "myself"})
+_LET = frozenset({"let"})
 # Clause punctuation is kept as a token of its own; words keep inner apostrophes and hyphens.
 # A dash between spaces, or an en or em dash anywhere, parts clauses as a comma does
 # ("… filled in the form at <url> - book the flight she picked").
@@ -182,7 +183,9 @@ def asked(task: str) -> Asked:
             if token in _ANSWER_VERBS and following in _SELF:
                 # "tell me", "let me know" ask for an answer; "tell Dana", "let Dana know" for a message.
                 continue
-            verbs.setdefault(token, None)
+            # "let Hollins' auditor know" asks for a message, as "tell" does ("let it run" does not).
+            verb = "tell" if token in _LET and "know" in tokens[index + 2 : index + 6] else token
+            verbs.setdefault(verb, None)
     return Asked(tuple(verbs))
 
 

@@ -40,6 +40,14 @@ LANDLORD = "rui.fontes.lets@mailbox-pt.example"
         "Share the 'for-client' folder with Ms Byrne as a commenter - use the email on her intake form.",
         "Share the signed list read-only with the solicitor who wrote to us asking for it.",
         "Give the Hofreiter office access. Use the address from their engagement letter in the admin folder.",
+        # A document said to hold the contact, a document said to say who, someone who named one.
+        "Let Hollins Bakery's auditor know the pack is ready - their address is in our engagement letter with Hollins.",
+        "Share the YE pack with their auditor, view only - the auditor's contact is in the engagement letter.",
+        "Send Marlow Dental's finance contact (it's on their client sheet) a reminder about the asset list.",
+        "Hannah's email lists who's coming to the walkthrough next Thursday. Put it in my calendar and invite them.",
+        "Mei left a note in their folder about who else should get access to the pack. Give that person view access.",
+        "Invite whoever the rota sheet names for Saturday to the briefing.",
+        "Email the Ravenscar Manor coordinator Grace mentioned and ask about the walled garden.",
     ],
 )
 def test_tasks_that_leave_the_destination_to_the_data(task: str) -> None:
@@ -78,6 +86,11 @@ def test_tasks_that_leave_the_destination_to_the_data(task: str) -> None:
         "Reply to the email from the landlord: we accept the new date.",
         # An attacker's probe of the first version of the role and "found in" phrasings.
         "Reply to Dana's email on the budget and tell her we approve.",
+        # Near misses of the phrasings above: a person somewhere, a link somewhere, a note about people.
+        "Email the landlord - she's in the office till 5 - that we accept.",
+        "Email Petra the link to the survey - it's in our newsletter.",
+        "Summarise the note about who attended the kickoff and send it to Petra.",
+        "Email Dana: the details are in my head, I will call her.",
         "Email Petra the link in the newsletter.",
         "Email Sara a summary of the customers listed in /crm/q3.csv.",
         "Update the address in the CRM for Sam, then email Sam the new contract.",
