@@ -164,7 +164,8 @@ def _cells(word: str, words: list[str], index: int, whole: str) -> Iterator[str]
 
 
 def _grouped(first: str, words: list[str], index: int) -> Iterator[str]:
-    """Keys of a printed number starting at `words[index]`: every run of 3+ short groups.
+    """Keys of a printed number starting at `words[index]`: every run of 3+ short groups, and
+    two groups of three or more digits.
 
     Every run, because the groups cannot be told from short words after the number
     ("… 0130 00 to"). A group glued to the next cell by a comma or semicolon ("8302,note")
@@ -182,7 +183,9 @@ def _grouped(first: str, words: list[str], index: int) -> Iterator[str]:
                 break
             words = []  # the last group: the loop ends after it
         groups.append(word)
-        if len(groups) >= 3:
+        if len(groups) >= 3 or (len(groups) == 2 and all(len(group) >= 3 and group.isdigit() for group in groups)):
+            # Two groups of digits are a code as sites print them ("sign-in code: 551 908"),
+            # which an agent asked for it copies ("551908", or as printed).
             key = "".join(groups)
             if len(key) >= MIN_VALUE and key.isascii():
                 yield key

@@ -65,7 +65,9 @@ from ._destinations import (
     _utf8_size,
 )
 from ._intent import asked, intent_signal, is_payload, writes_where_task_says
-from ._kinds import asks_to_reach, moves_money, vouches
+from ._kinds import asks_to_reach, kinds, moves_money, vouches
+from ._personal import describe as describe_personal
+from ._personal import personal_sent
 from ._quantities import contradictions, family_of, number
 from ._sequence import START, SequenceModel, precedent, step_key
 from ._taint import is_sink, lookalikes, parse, taint_signal
@@ -371,6 +373,18 @@ def _argument_signal(
             )
             what = f"the task's own {'values' if len(sent) > 1 else 'value'} carried" if own else "personal data sent"
             parts.append(f"{what} in a URL: {shown}")
+    # Data looked up elsewhere and sent back to whoever asked for it (_personal.py).
+    sent_personal = (
+        personal_sent(strings, (tainted.path for tainted in parse(labels)), task)
+        if config.argument_weight > 0 and "message" in kinds(tool) and is_sink(tool, labels)
+        else []
+    )
+    if sent_personal:
+        # The argument weight, not a contradiction's: replying to a colleague with a phone
+        # number from the contacts is ordinary work (at 0.8 it cost two false alarms for
+        # three attacks, docs/benchmarks.md); beside the copied content's taint it blocks.
+        weight = max(weight, config.argument_weight)
+        parts.append(describe_personal(sent_personal))
     read, too_wide = quantities
     more = (
         contradictions(read, task, unread=too_wide)

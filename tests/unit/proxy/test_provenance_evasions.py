@@ -13,7 +13,7 @@ import pytest
 
 from bastion.proxy._provenance import Fingerprints, Provenance, TaintSettings
 from bastion.proxy._results import ResultTap
-from bastion.proxy._textprints import normalise
+from bastion.proxy._textprints import normalise, tokens
 from bastion.v1 import graph_pb2
 
 IBAN = "DE89370400440532013000"
@@ -277,3 +277,20 @@ def test_an_address_in_a_list_glued_by_semicolons_is_traced() -> None:
     email = {"body": "Distribution: team@acme.example;press@acme.example;ev@evl.example, thanks"}
     labels = _labels(email, {"to": "ev@evl.example"}, tool="email__read")
     assert any(label.startswith("arg:to:untrusted:email__read:body:") for label in labels), labels
+
+
+@pytest.mark.parametrize("copied", ["551 908", "551908"])
+def test_a_code_printed_in_two_groups_of_digits_is_traced(copied: str) -> None:
+    # A sign-in code in an inbox listing's subject, sent back as the agent was asked to
+    # (a held-out pack's attack: the reply carried it untraced).
+    listing = {"messages": [{"id": "m1", "subject": "Sign-in code: 551 908"}]}
+    provenance = Provenance()
+    prints = Fingerprints()
+    provenance.record(prints, "n1", "email__list_inbox", listing, size=80)
+    found = provenance.annotate(prints, "email__reply_email", {"message_id": "m0", "body": copied}, "")
+    assert "arg:body:untrusted:email__list_inbox:messages[0].subject:text:1.00" in found.labels
+
+
+def test_two_short_groups_of_digits_make_no_key() -> None:
+    # "at 10 30", "12 345": fewer than three digits a group, or under six in all.
+    assert [token for token in tokens(normalise("meet at 10 30 or 12 345 then")) if token.isdigit()] == []
