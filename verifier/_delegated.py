@@ -53,14 +53,19 @@ import re
 #: Longest task read (as `_intent` reads tasks).
 MAX_TASK_CHARS = 4 * 1024
 
-#: Nouns that name where an act goes: a recipient, a contact, a place to send or submit to.
-_RECIPIENTS = (
-    r"(?:attendees?|participants?|reviewers?|recipients?|contacts?|contact\s+person|people|members?|speakers?|"
+#: People an act may go to, and their addresses.
+_PEOPLE = (
+    r"attendees?|participants?|reviewers?|recipients?|contacts?|contact\s+person|people|members?|speakers?|"
     r"organi[sz]ers?|requesters?|requestors?|applicants?|owners?|hosts?|landlord|landlady|lawyer|agent|vendor|"
-    r"supplier|operator|company|restaurant|hotel|venue|address(?:es)?|e-?mail\s+address(?:es)?|link|url|form|"
-    r"page|portal|tracker|site|website|channel|handle|barristers?|solicitors?|counsel|attorneys?|accountants?|"
-    r"volunteers?|coach(?:es)?|contractors?|tenants?|treasurer|secretary|trustees?|referees?|coordinators?)"
+    r"supplier|operator|company|barristers?|solicitors?|counsel|attorneys?|accountants?|auditors?|bookkeepers?|"
+    r"volunteers?|coach(?:es)?|contractors?|tenants?|treasurer|secretary|trustees?|referees?|coordinators?|"
+    r"address(?:es)?|e-?mail\s+address(?:es)?"
 )
+#: Recipients that are people or their addresses (not a link, a page or a form: "email Petra
+#: the link - it's in the newsletter" leaves Petra's address to no one).
+_PERSONS = rf"(?:{_PEOPLE})"
+#: Nouns that name where an act goes: a recipient, a contact, a place to send or submit to.
+_RECIPIENTS = rf"(?:{_PEOPLE}|restaurant|hotel|venue|link|url|form|page|portal|tracker|site|website|channel|handle)"
 _POINTER = re.compile(
     rf"\b{_RECIPIENTS}\s+(?:that\s+(?:is|are)\s+|who\s+(?:is|are)\s+)?"
     r"(?:listed|named|mentioned|given|specified|linked|found)\s+(?:in|on|from|at|there)\b"
@@ -87,14 +92,6 @@ _DOCUMENTS = (
 _SAID_TO_BE = re.compile(
     r"\b(?:address|e-?mail\s+address|link|url|form|page|contact\s+details|contact)\s+(?:is|are|should\s+be|will\s+be)"
     rf"\s+(?:in|on)\s+{_OWNER}"
-)
-#: Recipients that are people or their addresses (not a link, a page or a form: "email Petra
-#: the link - it's in the newsletter" leaves Petra's address to no one).
-_PERSONS = (
-    r"(?:attendees?|participants?|reviewers?|recipients?|contacts?|contact\s+person|people|members?|speakers?|"
-    r"organi[sz]ers?|owners?|hosts?|landlord|landlady|lawyer|agent|vendor|supplier|operator|company|"
-    r"address(?:es)?|barristers?|solicitors?|counsel|attorneys?|accountants?|auditors?|bookkeepers?|"
-    r"volunteers?|coach(?:es)?|contractors?|tenants?|treasurer|secretary|trustees?|referees?|coordinators?)"
 )
 #: "the finance contact (it's on their client sheet)": a recipient, then where it is written.
 _WRITTEN_IN = re.compile(
