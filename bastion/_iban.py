@@ -5,6 +5,7 @@ and the reference scorer."""
 from __future__ import annotations
 
 import string
+import unicodedata
 from collections.abc import Iterator
 
 #: Length of each country's IBANs (SWIFT's IBAN registry). A candidate of another length,
@@ -30,24 +31,42 @@ _CLASSES = bytes(0x61 if 0x61 <= byte <= 0x7A else 0x30 if 0x30 <= byte <= 0x39 
 _START = b"aa00"
 #: Shortest IBAN (Norway's).
 MIN_LENGTH = min(LENGTHS.values())
-#: Candidates of one text whose checksum `spelled` computes (≈ 1.5 µs each): text made of
-#: nothing else ("de00de00…", 32 KiB) took 17 ms a value without a bound, ≈ 3 ms with it.
-#: Ordinary text has a few candidates a page; padding that pushes a spelled IBAN past the
-#: bound hides only that spelling (plain and space-grouped ones are read by the proxy's
-#: other tokens, which have their own bound).
-MAX_CHECKS = 2048
+#: Candidates whose checksum `spelled` computes (≈ 1.5-2.5 µs each) for one result the proxy
+#: fingerprints, or one call's arguments (`Checks`): text made of nothing else ("de00de00…",
+#: 32 KiB) took 17 ms without a bound, 128 values of it 23 ms with a bound per value (an
+#: attacker's probe); ≈ 2.5 ms with this one. Ordinary text has a few candidates a page. A
+#: result whose candidates outrun it is remembered as read in part (`unread:`), as other
+#: reading bounds do, so padding cannot launder a spelled IBAN behind it.
+MAX_CHECKS = 1024
+
+
+class Checks:
+    """A budget of checksums shared by every value of one result or one call."""
+
+    __slots__ = ("exhausted", "left")
+
+    def __init__(self, limit: int = MAX_CHECKS) -> None:
+        self.left = limit
+        #: A candidate was left unchecked: the text was not read whole for spelled IBANs.
+        self.exhausted = False
 
 
 def checksum_ok(iban: str) -> bool:
-    """ISO 13616 mod-97 of a compact IBAN of 15 to 34 characters, either case: country and
-    check digits rotated to the end, letters as numbers (A = 10 … Z = 35)."""
-    if not 15 <= len(iban) <= 34 or not iban.isascii() or not iban.isalnum():
+    """ISO 13616 mod-97 of a compact IBAN of 15 to 34 characters, either case, digits of any
+    script: country and check digits rotated to the end, letters as numbers (A = 10 … Z = 35)."""
+    if not 15 <= len(iban) <= 34 or not iban.isalnum():
         return False
+    if not iban.isascii():
+        # Digits of other scripts read as theirs ("DE٨٩ …": the redaction's `\d` finds them,
+        # and an agent copies them as 0-9); any other non-ASCII character is no IBAN's.
+        iban = "".join(str(unicodedata.decimal(char)) if char.isdecimal() else char for char in iban)
+        if not iban.isascii():
+            return False
     rotated = (iban[4:] + iban[:4]).upper()
     return int(rotated.translate(_DIGITS)) % 97 == 1
 
 
-def spelled(norm: str) -> Iterator[str]:
+def spelled(norm: str, checks: Checks | None = None) -> Iterator[str]:
     """The IBANs `norm` (lower-case text) spells with anything between their characters, in
     lower case and compact: "c-y-9-3 / 0197-1345-rhg2-…", "de89.3704.0044…", "de89/3704/…".
 
@@ -56,18 +75,23 @@ def spelled(norm: str) -> Iterator[str]:
     in an invoice's payment instructions). Read on the text's ASCII letters and digits alone,
     so words glued together can make a candidate: one counts only when its country is
     known, it has that country's length and its checksum holds (one in 97 by chance).
-    Memory-speed byte scans (≈ 3 µs a kilobyte here), then at most MAX_CHECKS checksums.
+    Memory-speed byte scans (≈ 3 µs a kilobyte here), then checksums within `checks` (a
+    budget of MAX_CHECKS of its own when none is given); one left unchecked marks it exhausted.
+    Not read: letters of other scripts that look Latin, `O` for zero, words between the groups.
     """
+    budget = Checks() if checks is None else checks
     skeleton = norm.encode("ascii", "ignore").translate(None, _NOT_ALNUM)
     if len(skeleton) < MIN_LENGTH:
         return
     classes = skeleton.translate(_CLASSES)
-    checks = MAX_CHECKS
     at = classes.find(_START)
-    while at >= 0 and checks:
+    while at >= 0:
         length = _LOWER_LENGTHS.get(skeleton[at : at + 2])
         if length is not None and at + length <= len(skeleton):
-            checks -= 1
+            if budget.left <= 0:
+                budget.exhausted = True
+                return
+            budget.left -= 1
             candidate = skeleton[at : at + length].decode("ascii")
             if checksum_ok(candidate):
                 yield candidate

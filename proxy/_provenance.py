@@ -88,6 +88,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bastion._iban import Checks
 from bastion.v1 import graph_pb2
 
 from ._lookalike import MAX_PER_VALUE, SeenDomains, domains_in, first_domains
@@ -104,6 +105,8 @@ from ._textprints import (
 )
 from ._walk import Walk, strings
 
+#: Whether a text holds a digit (an IBAN spelled in one word needs some).
+_DIGIT_IN = re.compile(r"[0-9]").search
 #: Shingles one result may add; a longer result is sampled with a stride.
 MAX_RESULT_SHINGLES = 1024
 #: Exact values one result may add (identifiers in free text, short fields).
@@ -280,6 +283,7 @@ class Fingerprints:
         one_source = not (isinstance(blocks, list) and len(blocks) > 1)
         walk = Walk(result, parse_json=True)
         cut = False
+        checks = Checks()  # one budget of IBAN checksums for the whole result
         shown: dict[str, None] = {}
         handles: dict[str, list[str]] = {}  # an object's path → [its id, its sender]
         # Decided before this result's own domains are noted: what its call read was chosen or not.
@@ -316,7 +320,7 @@ class Fingerprints:
                 kind = "text"
             source = Source(node_id, tool, path, trusted, kind)
             if kind == "text":
-                cut |= _add_tokens(exact, norm, source)
+                cut |= _add_tokens(exact, norm, source, checks)
             elif len(norm) >= MIN_VALUE and not _is_constant(norm):
                 if len(exact) >= MAX_RESULT_KEYS:
                     cut = True
@@ -328,11 +332,18 @@ class Fingerprints:
                 if " " in norm:
                     # A short text with words ("Pay to NL90 LDRU 7451 1350 04 now") is a field as
                     # a whole, but the identifiers inside it are data inside text all the same.
-                    cut |= _add_tokens(exact, norm, Source(node_id, tool, path, trusted, "text"))
+                    cut |= _add_tokens(exact, norm, Source(node_id, tool, path, trusted, "text"), checks)
+                elif not key.isalnum() and _DIGIT_IN(norm):
+                    # One word with separators ("DE89/3704/0044/…", "(DE89-3704-…)"): an IBAN
+                    # it spells, and the identifiers in its cells (an attacker's probe); alone in
+                    # what its author writes freely (a body), the sender's text as above.
+                    spelt = Source(node_id, tool, path, trusted, "text") if is_prose_key(path) else source
+                    cut |= _add_tokens(exact, norm, spelt, checks)
             budget = MAX_RESULT_SHINGLES - len(shingles)
             if budget > 0 and len(norm) >= SHINGLE:
                 for value in shingle_hashes(norm, budget):
                     shingles.setdefault(value, source)
+        cut |= checks.exhausted
         if len({path for path, _ in named_by}) < len(named_by):
             # A source field given twice (`"from"` repeated): which one the agent read is
             # unknown, so the fields vouch for no source.
@@ -499,8 +510,9 @@ class Fingerprints:
             return []
         self._trust_task(task)
         found: list[Match] = []
+        checks = Checks()  # one budget of IBAN checksums for the call's arguments
         for path, norm in values:
-            hit = self._match_value(path, norm)
+            hit = self._match_value(path, norm, checks)
             if hit is not None:
                 found.append(self._pointed(hit, norm))
         return found
@@ -551,7 +563,7 @@ class Fingerprints:
             return Match(hit.path, hit.source, hit.fraction, visited=True)
         return hit
 
-    def _match_value(self, path: str, norm: str) -> Match | None:
+    def _match_value(self, path: str, norm: str, checks: Checks) -> Match | None:
         if len(norm) < MIN_VALUE:
             return None
         key = exact_key(norm)
@@ -573,7 +585,7 @@ class Fingerprints:
                 span[0] += end - max(start, span[1])
                 span[1] = end
         # Identifiers inside a longer argument (a recipient named in a message body).
-        for token in tokens(norm):
+        for token in tokens(norm, checks):
             if token in self._task_exact or (source := self._exact.get(token)) is None:
                 continue
             span = covered.setdefault(source, [0, 0, 0])
@@ -605,11 +617,11 @@ def _drop(index: dict[Any, Source], keys: Iterable[Any], node_id: str) -> None:
             del index[key]
 
 
-def _add_tokens(exact: dict[str, Source], norm: str, source: Source) -> bool:
-    """The identifier-like tokens of `norm` as exact keys from `source`, within MAX_RESULT_KEYS;
-    a key already held (the whole field's own) keeps its source. True when the budget left
-    some out."""
-    found = tokens(norm)
+def _add_tokens(exact: dict[str, Source], norm: str, source: Source, checks: Checks) -> bool:
+    """The identifier-like tokens of `norm` as exact keys from `source`, within MAX_RESULT_KEYS
+    and the result's budget of IBAN checksums (`checks`); a key already held (the whole
+    field's own) keeps its source. True when the budget left some out."""
+    found = tokens(norm, checks)
     for token in itertools.islice(found, max(0, MAX_RESULT_KEYS - len(exact))):
         exact.setdefault(token, source)
     return next(found, None) is not None

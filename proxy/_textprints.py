@@ -8,7 +8,7 @@ import unicodedata
 from collections.abc import Iterator
 
 from bastion._iban import MIN_LENGTH as MIN_IBAN
-from bastion._iban import spelled
+from bastion._iban import Checks, spelled
 
 from ._pointers import PUNCTUATION
 
@@ -115,11 +115,11 @@ def exact_key(norm: str) -> str:
     return norm
 
 
-def tokens(norm: str) -> Iterator[str]:
+def tokens(norm: str, checks: Checks | None = None) -> Iterator[str]:
     """Identifier-like tokens of normalised free text, as exact keys: words with a digit,
     `@` or `://`, and numbers printed in space-separated groups ("de89 3704 0044 …"); of a
     word that glues cells with commas or semicolons, its cells' too (`_cells`); IBANs
-    however spelled (`bastion._iban.spelled`).
+    however spelled (`bastion._iban.spelled`, within `checks`).
 
     A loop over the words rather than a regex: Python's `re` costs ~200 ns a character
     on a pattern without a literal prefix, str.split and isalpha a few ns."""
@@ -143,7 +143,7 @@ def tokens(norm: str) -> Iterator[str]:
     if len(norm) >= MIN_IBAN:
         # An IBAN spelled with dashes, dots or slashes anywhere ("c-y-9-3 / 0197-…"), which
         # an agent told to "enter it without separators" copies compact.
-        yield from spelled(norm)
+        yield from spelled(norm, checks)
 
 
 def _cells(word: str, words: list[str], index: int, whole: str) -> Iterator[str]:

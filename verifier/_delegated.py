@@ -90,24 +90,37 @@ _DOCUMENTS = (
     r"confirmation|enquiry|inquiry|record|records|register|roster|rota|minutes|memo|chart|readme)"
 )
 _SAID_TO_BE = re.compile(
-    r"\b(?:address|e-?mail\s+address|link|url|form|page|contact\s+details|contact)\s+(?:is|are|should\s+be|will\s+be)"
-    rf"\s+(?:in|on)\s+{_OWNER}"
+    r"\b(?:address|e-?mail\s+address|link|url|form|page|contact\s+details)\s+(?:is|are|should\s+be|will\s+be)"
+    r"\s+(?:in|on)\s+(?:his|her|their|the|its|that|this|[a-z][a-z-]*'s)(?![a-z])"
 )
-#: "the finance contact (it's on their client sheet)": a recipient, then where it is written.
+#: "their address is in our engagement letter", "the auditor's contact is in the engagement
+#: letter": a person's contact said to be in a document ("our contact is on the committee",
+#: "the contact is in the Berlin office" name no document: an attacker's probe).
+_HELD_IN = re.compile(
+    r"\b(?:address|e-?mail\s+address|contact\s+details|contact|e-?mail)\s+(?:is|are|should\s+be|will\s+be)"
+    rf"\s+(?:in|on)\s+{_OWNER}\s+(?:[a-z-]+\s+){{0,3}}?{_DOCUMENTS}\b"
+)
+#: "the finance contact (it's on their client sheet)": a recipient, then at once, in brackets
+#: or after a dash or comma, where it is written ("the treasurer asked, it's on our shared
+#: sheet" speaks of something else: the probe).
 _WRITTEN_IN = re.compile(
-    rf"\b{_PERSONS}\b[^.!?;]{{0,40}}?\b(?:it's|it\s+is|they're|they\s+are)\s+(?:listed\s+)?(?:in|on)\s+"
+    rf"\b{_PERSONS}\s*(?:\(|[-\u2013\u2014]\s|,\s)\s*(?:it's|it\s+is|they're|they\s+are)\s+(?:listed\s+)?(?:in|on)\s+"
     rf"{_OWNER}\s+(?:[a-z-]+\s+){{0,2}}?{_DOCUMENTS}\b"
 )
-#: "Hannah's email lists who's coming", "whoever the note names", "a note about who should get
-#: access": the document says who.
+#: "Hannah's email lists who's coming", "whoever the note names", "a note about who else
+#: should get access": the document says who ("the memo about who gets the parking spaces"
+#: and "the note says who won the raffle" are about something: the probe).
 _SAYS_WHO = re.compile(
-    rf"\b{_DOCUMENTS}\s+(?:lists|names|says|gives|mentions)\s+(?:who|whom)\b"
-    rf"|\bwho(?:ever|mever)?\s+{_OWNER}\s+(?:[a-z-]+\s+){{0,2}}?{_DOCUMENTS}\s+(?:says|lists|names|mentions)\b"
-    rf"|\b{_DOCUMENTS}\b[^.!?;]{{0,40}}?\babout\s+who(?:\s+else)?\s+(?:should|to|can|gets?|needs?|will|must|may)\b"
+    rf"\b{_DOCUMENTS}\s+(?:lists|names|gives)\s+(?:who|whom)\b"
+    rf"|\bwho(?:ever|mever)\s+{_OWNER}\s+(?:[a-z-]+\s+){{0,2}}?{_DOCUMENTS}\s+(?:says|lists|names|mentions)\b"
+    rf"|\b{_DOCUMENTS}\b[^.!?;]{{0,40}}?\babout\s+who\s+else\s+(?:should|can|gets?|needs?|will|must|may)\b"
 )
-#: "the coordinator Grace mentioned", "the plumber she recommended": a recipient someone named.
+#: "the coordinator Grace mentioned", "the plumber she recommended": a recipient someone else
+#: named ("the vendor we recommended them to", "the tenants we mentioned the inspection",
+#: "the company I mentioned": the user's own, or the verb's object is someone else: the probe).
 _NAMED_BY = re.compile(
-    rf"\b{_PERSONS}\s+(?:that\s+|whom\s+|who\s+)?[a-z]+\s+(?:mentioned|recommended|suggested|named|referred\s+us\s+to)\b"
+    rf"\b{_PERSONS}\s+(?:that\s+|whom\s+|who\s+)?(?!(?:we|i|you|they|it|us)\b)[a-z]+\s+"
+    r"(?:mentioned|recommended|suggested|named|referred\s+us\s+to)\b(?!\s+(?:them|him|her|it|us|that|the|to)\b)"
 )
 _GIVEN_BY = re.compile(r"\b(?:he|she|they)\s+(?:mentioned|gave|put|posted|shared|included|added)\b")
 _DESTINATION_NOUN = re.compile(r"\b(?:address|e-?mail\s+address|link|url|form|page)\b")
@@ -130,7 +143,7 @@ def delegates_destination(task: str) -> bool:
     for sentence in _SENTENCES.split(text):
         if any(
             pattern.search(sentence)
-            for pattern in (_POINTER, _SAID_TO_BE, _FOUND_IN, _WHO_WROTE, _WRITTEN_IN, _SAYS_WHO, _NAMED_BY)
+            for pattern in (_POINTER, _SAID_TO_BE, _HELD_IN, _FOUND_IN, _WHO_WROTE, _WRITTEN_IN, _SAYS_WHO, _NAMED_BY)
         ):
             return True
         if _GIVEN_BY.search(sentence) and _DESTINATION_NOUN.search(sentence):

@@ -184,9 +184,15 @@ def asked(task: str) -> Asked:
                 # "tell me", "let me know" ask for an answer; "tell Dana", "let Dana know" for a message.
                 continue
             # "let Hollins' auditor know" asks for a message, as "tell" does ("let it run" does not).
-            verb = "tell" if token in _LET and "know" in tokens[index + 2 : index + 6] else token
+            verb = "tell" if token in _LET and _lets_know(tokens, index) else token
             verbs.setdefault(verb, None)
     return Asked(tuple(verbs))
+
+
+def _lets_know(tokens: list[str], index: int) -> bool:
+    """ "let <someone> know" (within four words), not "let the test finish to know whether …"."""
+    window = tokens[index + 2 : index + 6]
+    return "know" in window and (at := index + 2 + window.index("know")) > 0 and tokens[at - 1] != "to"
 
 
 def _opens_clause(tokens: list[str], index: int) -> bool:

@@ -26,10 +26,14 @@ data and of the call comes in:
   on; an attacker who controls a record's field usually controls its free text too, and is
   caught there.
 - FIELD_FACTOR too for a *payment's label* (its top-level `reference`, `memo`, … of
-  LABEL_KEYS) picked out of free text, when the call moves money and the task says nothing
-  of labels: an invoice's number copied from its email's subject into the transfer's
-  reference is what paying an invoice is, and the label moves no money anywhere. Where
-  the money goes (the IBAN) is weighed as before.
+  LABEL_KEYS) picked out of free text, holding nothing place-like (no address, link, host
+  or account number), when the call moves money to an IBAN (the tool's name says it moves
+  money, and an IBAN is among its arguments) and the task says nothing of labels nor
+  states an identifier: an invoice's number copied from its email's subject into the
+  transfer's reference is what paying an invoice is, and with an IBAN saying where the
+  money goes the label moves it nowhere. Not so where a label picks the account (BPAY's
+  customer reference, a crypto withdrawal's memo or destination tag: no IBAN). Where the
+  money goes (the IBAN) is weighed as before.
 
 The task factor is TASK_FACTOR (0.25) when the argument's value appears in the stated task
 (`ctx.task`, trusted): the user named it. The proxy never labels data the task holds, so
@@ -78,10 +82,27 @@ LABEL_KEYS = frozenset(
     {"reference", "ref", "paymentreference", "memo", "description", "remittance", "remittanceinformation"}
     | {"purpose", "narrative", "note", "notes"}
 )
-#: A task that speaks of a payment's label ("our customer reference is VL-20931") cares what
-#: it says: then a label from an untrusted result weighs as any control value (a blind pack's
-#: attack swaps the customer reference, so the payment credits another account).
-_LABEL_WORDS = re.compile(r"\b(?:reference|ref|memo|description|remittance|purpose|narrative|notes?)\b")
+#: A task that speaks of a payment's label, or states an identifier it may be ("our customer
+#: reference is VL-20931", "quoting customer ID 5512-0093", "KID 1234567890"), cares what it
+#: says: then a label from an untrusted result weighs as any control value (a blind pack's
+#: attack swaps the customer reference, so the payment credits another account), unless it
+#: is the task's own value (the task factor). Found by an attacker's probe: the words alone
+#: missed the identifiers.
+_LABEL_WORDS = re.compile(
+    r"\b(?:reference|referenc\w*|ref|memo|description|remittance|purpose|narrative|notes?|customer|kid|crn|"
+    r"tag|quot\w*|invoice\s+(?:no|number|#)|account\s+(?:no|number)|referenz|r\u00e9f\u00e9rence|verwendungszweck)\b"
+    # An identifier: letters and at least three digits ("vl-20931", "qp-2317"), or six digits
+    # or more, grouped or not ("5512-0093", "1234567890").
+    r"|\b(?=[a-z0-9-]*[a-z])(?=(?:[a-z-]*[0-9]){3})[a-z0-9]+(?:-[a-z0-9]+)*\b"
+    r"|\b[0-9]{3,}(?:[ -][0-9]{3,})+\b|\b[0-9]{6,}\b"
+)
+#: What no payment's label needs and a destination has: an address, a link or a host, an
+#: account number or IBAN (eight digits or more in a run, spaces aside). Such a label is
+#: where money or a message may go (an invoice's "pay at https://…", a swapped IBAN in an
+#: outgoing invoice's description): it weighs in full (an attacker's probe).
+_PLACE_LIKE = re.compile(
+    r"[@/\\]|\bwww\.|\b[a-z0-9-]+\.[a-z]{2,}\b|[0-9]{8,}|[a-z]{2}[0-9]{2}[a-z0-9]{10,}", re.IGNORECASE
+)
 #: What makes an argument prose rather than a control value.
 PROSE_WORDS = 4
 PROSE_CHARS = 32
@@ -182,8 +203,8 @@ def taint_signal(
     ignored; the caller has checked that the task asks for an action); `delegated_factor`
     to control values that `is_destination` says are, whole, a destination, when the task
     leaves the destination to the data (`_delegated`; the caller has checked that too);
-    `pays` says the call moves money (by its tool's name or an IBAN among its arguments), so
-    its labels may weigh as fields (above)."""
+    `pays` says the call moves money to an IBAN (its tool's name says it moves money and an
+    IBAN is among its arguments), so its labels may weigh as fields (above)."""
     if weight <= 0 or not labels:
         return 0.0, "", ""
     tainted = parse(labels)
@@ -230,7 +251,7 @@ def _traced(
     scored = []
     for t in tainted:
         origin, named, value = _weigh(action.arguments, t, folded_task)
-        if labels_are_free and origin == "control" and _is_label(t.path):
+        if labels_are_free and origin in ("control", "prose") and value is not None and _is_label(t.path, value):
             origin = "label"
         factor = _FACTORS[origin]
         why = ""
@@ -263,11 +284,13 @@ _DESCRIBED = {
 }
 
 
-def _is_label(path: str) -> bool:
-    """Whether `path` is a payment's label (`reference`, `memo`, `remittance_information`), at
-    the top of the arguments: a nested one (`creditor.reference`) may be anything."""
-    key = path.split(".", 1)[0].split("[", 1)[0]
-    return fold(key) in LABEL_KEYS
+def _is_label(path: str, value: str) -> bool:
+    """Whether `path` is a payment's label (`reference`, `memo`, `remittance_information`) at
+    the top of the arguments (a nested one, `creditor.reference` or `reference.iban`, may be
+    anything; a list under such a key too) and `value` holds nothing place-like."""
+    if "." in path or "[" in path or fold(path) not in LABEL_KEYS:
+        return False
+    return _PLACE_LIKE.search(value) is None and _PLACE_LIKE.search(value.replace(" ", "")) is None
 
 
 def _weigh(arguments: struct_pb2.Struct, tainted: Tainted, folded_task: str) -> tuple[str, bool, str | None]:

@@ -7,14 +7,24 @@ import string
 
 import pytest
 
-from bastion._iban import LENGTHS, MAX_CHECKS, MIN_LENGTH, checksum_ok, spelled
+from bastion._iban import LENGTHS, MAX_CHECKS, MIN_LENGTH, Checks, checksum_ok, spelled
 
 DE = "DE89370400440532013000"
 CY = "CY9301971345RHG2YA8QXUZZHLYC"
 
 
-@pytest.mark.parametrize("iban", [DE, CY, "GB29NWBK60161331926819", "NO9386011117947", "de89370400440532013000"])
-def test_a_valid_iban_passes_the_checksum_in_either_case(iban: str) -> None:
+@pytest.mark.parametrize(
+    "iban",
+    [
+        DE,
+        CY,
+        "GB29NWBK60161331926819",
+        "NO9386011117947",
+        "de89370400440532013000",
+        "DE\u0668\u06693704004405320130\uff10\uff10",  # digits of other scripts, as an agent reads them
+    ],
+)
+def test_a_valid_iban_passes_the_checksum_in_either_case_and_any_script_s_digits(iban: str) -> None:
     assert checksum_ok(iban)
 
 
@@ -25,7 +35,8 @@ def test_a_valid_iban_passes_the_checksum_in_either_case(iban: str) -> None:
         "DE98370400440532013000",  # check digits swapped
         "DE8937040044",  # too short to be any country's
         "DE89 3704 0044 0532 0130 00",  # not compact
-        "DE8937040044053201300０",  # noqa: RUF001 (a full-width digit: not ASCII)
+        "DE8937040044053201301\u0660",  # an Arabic-Indic zero, but the checksum fails
+        "DE89370400440532013\u00e90",  # a letter of another script
         "",
     ],
 )
@@ -81,8 +92,21 @@ def test_the_registry_table_is_upper_case_and_norway_is_the_shortest() -> None:
     assert max(LENGTHS.values()) <= 34
 
 
-def test_spelled_checks_a_bounded_number_of_candidates_in_a_text_made_of_them() -> None:
+def test_spelled_checks_a_bounded_number_of_candidates_and_says_when_it_ran_out() -> None:
     # 8,192 German candidates and a real IBAN after them: only the first MAX_CHECKS are read.
-    padding = "de00" * 8192
-    assert list(spelled(padding + " de89-3704-0044-0532-0130-00")) == []
-    assert list(spelled("de00" * (MAX_CHECKS - 1) + " de89-3704-0044-0532-0130-00")) == [DE.lower()]
+    checks = Checks()
+    assert list(spelled("de00" * 8192 + " de89-3704-0044-0532-0130-00", checks)) == []
+    assert checks.exhausted
+    enough = Checks()
+    assert list(spelled("de00" * (MAX_CHECKS - 1) + " de89-3704-0044-0532-0130-00", enough)) == [DE.lower()]
+    assert not enough.exhausted
+
+
+def test_one_budget_is_shared_by_every_text_read_with_it() -> None:
+    checks = Checks(limit=2)
+    assert list(spelled("de89-3704-0044-0532-0130-00", checks)) == [DE.lower()]
+    assert list(spelled("de00 " * 6, checks)) == []  # one candidate with room for 22 characters
+    assert checks.left == 0
+    assert not checks.exhausted
+    assert list(spelled("de89-3704-0044-0532-0130-00", checks)) == []
+    assert checks.exhausted

@@ -294,3 +294,30 @@ def test_a_code_printed_in_two_groups_of_digits_is_traced(copied: str) -> None:
 def test_two_short_groups_of_digits_make_no_key() -> None:
     # "at 10 30", "12 345": fewer than three digits a group, or under six in all.
     assert [token for token in tokens(normalise("meet at 10 30 or 12 345 then")) if token.isdigit()] == []
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"body": "DE89/3704/0044/0532/0130/00"},
+        {"ref": "DE89.3704.0044.0532.0130.00"},
+        {"ref": "(DE89-3704-0044-0532-0130-00)"},
+        {"location": "IBAN:DE89-3704-0044-0532-0130-00"},
+    ],
+)
+def test_an_iban_spelled_in_one_word_of_a_short_field_is_traced(result: dict[str, str]) -> None:
+    # A short value without spaces is read as a field: its IBAN was read only when spaced
+    # (an attacker's probe of the spelled reading).
+    assert "untrusted" in _labels(result, {"iban": IBAN})
+
+
+def test_padding_past_the_iban_checksum_budget_leaves_the_result_read_in_part() -> None:
+    # 2,050 "Node 10".."Node 99" lines are candidates ("de10"…) that use up the checksums;
+    # the spelled IBAN after them is not read, and the result says so (an attacker's probe).
+    table = "\n".join(f"Node {10 + i % 90}: ok" for i in range(2050))
+    body = "Status report.\n" + table + "\nNew payment details: D-E-8-9 / 3704-0044 / 0532-0130-00"
+    provenance = Provenance()
+    prints = Fingerprints()
+    provenance.record(prints, "n1", "email__read", {"body": body}, size=len(body))
+    found = provenance.annotate(prints, "bank__transfer", {"iban": IBAN}, "")
+    assert {"untrusted", f"unread:email__read:{len(body)}"} <= set(found.labels), found.labels

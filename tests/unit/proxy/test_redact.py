@@ -74,6 +74,14 @@ def test_ibans_only_when_configured_and_valid() -> None:
     assert found["bad"] == arguments["bad"]
 
 
+def test_an_iban_written_with_digits_of_another_script_is_redacted_too() -> None:
+    # The IBAN pattern's `\d` finds Arabic-Indic digits; the shared checksum reads them as
+    # digits (a probe found the shared one had stopped redacting them).
+    found, count = _redacted({"to": "GB\u0668\u0662 WEST 1234 5698 7654 32"}, _redactor(iban=True))
+    assert count == 1
+    assert found["to"].startswith("[REDACTED:iban:")
+
+
 def test_configured_paths_replace_whole_values_at_the_root_or_any_depth() -> None:
     redactor = _redactor(("$.auth.token", "$..password", "$.cards.*"), iban=False)
     arguments = {

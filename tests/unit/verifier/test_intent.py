@@ -43,6 +43,7 @@ def _intent(reply: verifier_pb2.ScoreResponse) -> list[str]:
         # "let someone know" asks for a message as "tell" does; "let" otherwise is as it reads.
         ("Let Hollins Bakery's auditor know the pack is ready.", ("tell",)),
         ("Let the cleaner in at nine.", ("let",)),
+        ("Let the test finish to know whether it passes.", ("let",)),
         ("Tobias moved out. Return his deposit to the account he emailed.", ("return",)),
         ("Do the first item of my checklist in /home/ada/onboarding.md for me.", ("do",)),
         # Past tenses describe, questions ask, negated verbs forbid, `tell me` wants an answer.
