@@ -276,7 +276,7 @@ class ReferenceScorer:
             pointed_factor=config.pointed_factor if vouched else 1.0,
             delegated_factor=config.pointed_factor if delegated else 1.0,
             is_destination=_is_destination,
-            pays=moves_money(tool) and any(_kind(destination) == "IBAN" for destination in found),
+            pays=any(_kind(destination) == "IBAN" for destination in found) and moves_money(tool),
         )
         if weight > 0:
             fired.append((weight, reason))
@@ -376,7 +376,7 @@ def _argument_signal(
     # Data looked up elsewhere and sent back to whoever asked for it (_personal.py).
     sent_personal = (
         personal_sent(strings, (tainted.path for tainted in parse(labels)), task, tool)
-        if config.argument_weight > 0 and "message" in kinds(tool) and is_sink(tool, labels)
+        if config.argument_weight > 0 and is_sink(tool, labels) and "message" in kinds(tool)
         else []
     )
     if sent_personal:

@@ -38,6 +38,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bastion._cache import short_key_cache
 from bastion._verbs import ACTION_VERBS as ACTION_VERBS  # re-exported: INTERFACE.md names it here
 
 from ._taint import PROSE_CHARS, PROSE_SCAN, PROSE_WORDS, in_task, is_sink
@@ -224,6 +225,7 @@ def _negated(tokens: list[str], index: int) -> bool:
     return any(word in _NEGATIONS for word in tokens[max(0, opening - 3) : opening])
 
 
+@short_key_cache(max_key=256, maxsize=1024)  # an agent calls the same few tools again and again
 def tool_verbs(tool: str) -> frozenset[str]:
     """The lower-case words of a tool name (`delete_email`, `deleteFile`, `files.remove`)."""
     return frozenset(word.lower() for word in _TOOL_WORDS.findall(tool))
