@@ -70,19 +70,22 @@ _POINTER = re.compile(
     rf"\b{_RECIPIENTS}\s+(?:that\s+(?:is|are)\s+|who\s+(?:is|are)\s+)?"
     r"(?:listed|named|mentioned|given|specified|linked|found)\s+(?:in|on|from|at|there)\b"
 )
+#: Whose something is, as a task says where to find a destination ("in her email", "on the
+#: Acme's page"); `_OWNER` adds the user's own ("in our engagement letter").
+_THEIR = r"(?:his|her|their|the|its|that|this|[a-z][a-z-]*'s)(?![a-z])"
+_OWNER = rf"(?:(?:our|my|your)(?![a-z])|{_THEIR})"
 #: "use the address from their engagement letter", "at the address in the case file", "use
 #: the email on her intake form": an address said where to find, after a verb that uses it.
 #: ("Update the address in the CRM", "reply to her email on the budget", "email Petra the
 #: link in the newsletter" delegate nothing: an attacker's probe.)
 _FOUND_IN = re.compile(
     r"\b(?:(?:use|at|to|with)\s+(?:the|his|her|their)\s+(?:e-?mail\s+address|address|contact\s+details)"
-    r"|use\s+(?:the|his|her|their)\s+e-?mail)\s+(?:on|in|from)\s+(?:his|her|their|the|its|that|this|[a-z][a-z-]*'s)(?![a-z])"
+    rf"|use\s+(?:the|his|her|their)\s+e-?mail)\s+(?:on|in|from)\s+{_THEIR}"
 )
 #: "the solicitor who wrote to us asking for it": the destination is the one who wrote.
 _WHO_WROTE = re.compile(
     rf"\b{_RECIPIENTS}\s+who\s+(?:wrote|emailed|e-mailed|sent|asked|contacted|messaged)\s+(?:to\s+)?(?:us|me)\b"
 )
-_OWNER = r"(?:his|her|their|the|its|that|this|our|my|your|[a-z][a-z-]*'s)(?![a-z])"
 #: Where a destination is written down: what a task points the agent at to find it.
 _DOCUMENTS = (
     r"(?:letter|e-?mail|message|note|notes|sheet|spreadsheet|file|list|form|page|site|website|document|doc|"
@@ -91,7 +94,7 @@ _DOCUMENTS = (
 )
 _SAID_TO_BE = re.compile(
     r"\b(?:address|e-?mail\s+address|link|url|form|page|contact\s+details)\s+(?:is|are|should\s+be|will\s+be)"
-    r"\s+(?:in|on)\s+(?:his|her|their|the|its|that|this|[a-z][a-z-]*'s)(?![a-z])"
+    rf"\s+(?:in|on)\s+{_THEIR}"
 )
 #: "their address is in our engagement letter", "the auditor's contact is in the engagement
 #: letter": a person's contact said to be in a document ("our contact is on the committee",

@@ -64,7 +64,7 @@ from ._destinations import (
     _task_kinds,
     _utf8_size,
 )
-from ._intent import asked, intent_signal, is_payload, writes_where_task_says
+from ._intent import asked, clip, intent_signal, is_payload, writes_where_task_says
 from ._kinds import asks_to_reach, kinds, moves_money, vouches
 from ._personal import describe as describe_personal
 from ._personal import personal_sent
@@ -84,7 +84,6 @@ SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 SEMANTIC_SIGNAL = "semantic_drift"
 
 _SHOWN_DESTINATIONS = 3
-_SHOWN_CHARS = 80
 
 # Budgets of the argument scan. Scoring runs on the verifier's event loop, the
 # destination passes cost from ~15 ns a byte on plain text to ~230 ns a byte on text
@@ -324,9 +323,9 @@ class ReferenceScorer:
         if seen.exits and seen.count >= rare * seen.exits:
             return 0.0, ""
         weight = self.config.sequence_weight
-        after = "as a first step" if previous == START else f"after {_clip(previous)}"
+        after = "as a first step" if previous == START else f"after {clip(previous)}"
         return weight, (
-            f"rare transition for this agent: {_clip(key)} {after}, {seen.count} of {seen.exits} times "
+            f"rare transition for this agent: {clip(key)} {after}, {seen.count} of {seen.exits} times "
             f"(under {rare * 100:g}%) (weight {weight:.2f})"
         )
 
@@ -356,7 +355,7 @@ def _argument_signal(
         # A domain made to be taken for one the workflow saw (the proxy's `lookalike:`
         # labels): on a sink, as strong as the task naming another destination.
         weight = max(weight, config.contradiction_weight if is_sink(tool, labels) else config.argument_weight)
-        shown = ", ".join(f"{_clip(name)!r} ({_clip(path)!r}) like {_clip(like)!r}" for path, name, like in alike[:3])
+        shown = ", ".join(f"{clip(name)!r} ({clip(path)!r}) like {clip(like)!r}" for path, name, like in alike[:3])
         parts.append(f"look-alike domain{'s' if len(alike) > 1 else ''}: {shown}, seen in this workflow")
     urls = novel_urls(strings, task)
     # The user's own address, account or wallet, as the task gives it, or a parameter that
@@ -369,7 +368,7 @@ def _argument_signal(
             requested = any(whole for *_, whole in sent)
             weight = max(weight, config.contradiction_weight if requested else config.argument_weight)
             shown = ", ".join(
-                f"{_clip(value)!r} to {_clip(host)!r} ({_clip(str(path))!r})" for value, host, path, _ in sent[:3]
+                f"{clip(value)!r} to {clip(host)!r} ({clip(str(path))!r})" for value, host, path, _ in sent[:3]
             )
             what = f"the task's own {'values' if len(sent) > 1 else 'value'} carried" if own else "personal data sent"
             parts.append(f"{what} in a URL: {shown}")
@@ -515,12 +514,12 @@ def _string_arguments(arguments: struct_pb2.Struct) -> tuple[list[tuple[_Path, s
             text = value.string_value
             size = _utf8_size(text)
             if size > MAX_STRING_BYTES:
-                return strings, f"argument {_clip(str(path))!r} too large to inspect ({size} bytes)"
+                return strings, f"argument {clip(str(path))!r} too large to inspect ({size} bytes)"
             read += size
             if read > MAX_ARGUMENT_BYTES:
                 return strings, (
                     f"arguments too large to inspect (strings exceed {MAX_ARGUMENT_BYTES} bytes in total "
-                    f"at argument {_clip(str(path))!r})"
+                    f"at argument {clip(str(path))!r})"
                 )
             strings.append((path, text))
 
@@ -540,12 +539,8 @@ def _describe_destinations(novel: Sequence[tuple[str, _Path]]) -> str:
     # repr() escapes control and bidi characters: these strings come from the agent and
     # end up in logs, the audit trail and the dashboard.
     shown = ", ".join(
-        f"{_clip(destination)!r} (argument {_clip(str(path))!r})" for destination, path in novel[:_SHOWN_DESTINATIONS]
+        f"{clip(destination)!r} (argument {clip(str(path))!r})" for destination, path in novel[:_SHOWN_DESTINATIONS]
     )
     more = len(novel) - _SHOWN_DESTINATIONS
     noun = "destination" if len(novel) == 1 else "destinations"
     return f"{noun} not named in the task: {shown}" + (f" and {more} more" if more > 0 else "")
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"

@@ -193,7 +193,7 @@ def asked(task: str) -> Asked:
 def _lets_know(tokens: list[str], index: int) -> bool:
     """ "let <someone> know" (within four words), not "let the test finish to know whether …"."""
     window = tokens[index + 2 : index + 6]
-    return "know" in window and (at := index + 2 + window.index("know")) > 0 and tokens[at - 1] != "to"
+    return "know" in window and tokens[index + 1 + window.index("know")] != "to"
 
 
 def _opens_clause(tokens: list[str], index: int) -> bool:
@@ -245,13 +245,13 @@ def intent_signal(
     if destroys and destructive_weight > 0 and not wants.any_of(DESTRUCTIVE_CUES | DELEGATING_VERBS):
         what = "asks for no action" if wants.nothing else f"asks for {_listed(wants.verbs)}, nothing destructive"
         return destructive_weight, (
-            f"destructive action the task did not ask for: {_clip(tool)!r} ({destroys[0]}), and the task {what} "
+            f"destructive action the task did not ask for: {clip(tool)!r} ({destroys[0]}), and the task {what} "
             f"(weight {destructive_weight:.2f})"
         )
     if wants.nothing and weight > 0:
         return (
             weight,
-            f"action the task did not ask for: {_clip(tool)!r} acts, and the task asks for no action "
+            f"action the task did not ask for: {clip(tool)!r} acts, and the task asks for no action "
             f"(weight {weight:.2f})",
         )
     return 0.0, ""
@@ -262,8 +262,13 @@ def _listed(verbs: tuple[str, ...]) -> str:
     return shown + (f" and {len(verbs) - 3} more" if len(verbs) > 3 else "")
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= 80 else text[:79] + "…"
+#: Characters of a value shown in a reason.
+SHOWN_CHARS = 80
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` as a reason shows it: at most `limit` characters, an ellipsis where it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def is_payload(value: str) -> bool:

@@ -42,7 +42,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from ._access import fold
-from ._intent import tool_verbs
+from ._intent import clip, tool_verbs
 from ._taint import in_task
 
 #: Words saying what a value is, by the kind of data the task would name to ask for it.
@@ -98,8 +98,9 @@ _REPLIES = frozenset({"reply", "respond", "answer"})
 MAX_READ = 16 * 1024
 #: A number as a task writes it, groups and all ("0113 496 0788", "12/05/1985").
 _NUMBER = re.compile(r"[0-9][0-9 ./-]*[0-9]|[0-9]")
-#: Shown in a reason.
+#: Shown in a reason: values, and characters of each.
 _SHOWN = 3
+_SHOWN_VALUE = 48
 
 
 def personal_sent(
@@ -132,7 +133,7 @@ def personal_sent(
         left -= len(text)
         what = _cued(text, numbers, asked) or ("" if "phone" in asked else _phone(text, numbers))
         if what:
-            found.append((_clip(what), where))
+            found.append((clip(what, _SHOWN_VALUE), where))
     return found
 
 
@@ -178,7 +179,3 @@ def _in(digits: str, numbers: Sequence[str]) -> bool:
 
 def _digits(text: str) -> str:
     return "".join(char for char in text if char.isdigit())
-
-
-def _clip(text: str, limit: int = 48) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
