@@ -43,12 +43,14 @@ MAX_CHECKS = 1024
 class Checks:
     """A budget of checksums shared by every value of one result or one call."""
 
-    __slots__ = ("exhausted", "left")
+    __slots__ = ("exhausted", "found", "left")
 
     def __init__(self, limit: int = MAX_CHECKS) -> None:
         self.left = limit
         #: A candidate was left unchecked: the text was not read whole for spelled IBANs.
         self.exhausted = False
+        #: IBANs found so far (whose checksums held).
+        self.found = 0
 
 
 def checksum_ok(iban: str) -> bool:
@@ -94,5 +96,6 @@ def spelled(norm: str, checks: Checks | None = None) -> Iterator[str]:
             budget.left -= 1
             candidate = skeleton[at : at + length].decode("ascii")
             if checksum_ok(candidate):
+                budget.found += 1
                 yield candidate
         at = classes.find(_START, at + 1)

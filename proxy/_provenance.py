@@ -62,6 +62,10 @@ workflow with no fingerprints costs a length check.
   `visited:<path>`                 the argument's data came from a page whose URL the agent
                                    asked for with no untrusted data in that call, and leads
                                    to no site but that page's or the task's (`_pointers.py`)
+  `rerouting:<path>:<cue>`         the argument's data came from an untrusted result that
+                                   holds an IBAN and says money should now go elsewhere
+                                   ("our bank details have changed", an escrow account;
+                                   bastion/_rerouting.py); <cue> is the phrase, escaped
   `lookalike:<path>:<domain>:<seen>`
                                    a domain in the argument, or of the source of its data,
                                    or of the sender of the message whose id it passes (a
@@ -89,6 +93,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bastion._iban import Checks
+from bastion._rerouting import READ_IN_PART, rerouting
 from bastion.v1 import graph_pb2
 
 from ._lookalike import MAX_PER_VALUE, SeenDomains, domains_in, first_domains
@@ -135,6 +140,8 @@ MAX_SHOWN = 1024
 #: Message handles kept per workflow (`Fingerprints._handles`), and keys naming a sender.
 MAX_HANDLES = 256
 _SENDER_KEYS = frozenset({"sender", "from", "reply_to", "replyTo", "from_address", "fromAddress"})
+#: Texts (values with a space) of one result read for rerouting language, when it holds an IBAN.
+MAX_CUE_TEXTS = 64
 #: Source fields (`sender`, `url`, …) of one result kept for its identity.
 MAX_NAMED_BY = 8
 #: Characters of identity data (what a call read, its result's source fields) counted as one
@@ -202,6 +209,9 @@ class _Held:
     size: int
     #: The domains its source fields and its call's locators name (`_lookalike.py`).
     domains: tuple[str, ...] = ()
+    #: An untrusted result holding an IBAN: the rerouting language it holds, if any
+    #: (bastion/_rerouting.py; at most 48 characters, kept with the result's prints).
+    rerouting: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +296,7 @@ class Fingerprints:
         checks = Checks()  # one budget of IBAN checksums for the whole result
         shown: dict[str, None] = {}
         handles: dict[str, list[str]] = {}  # an object's path → [its id, its sender]
+        texts: list[str] = []  # read for rerouting language once the result shows an IBAN
         # Decided before this result's own domains are noted: what its call read was chosen or not.
         chosen = chosen and not trusted and not self._shown_before(read)
         for path, text in walk:
@@ -301,6 +312,8 @@ class Fingerprints:
                     self._note_shown(names)
             if _is_handle(path, norm):
                 continue
+            if not trusted and " " in norm:
+                texts.append(norm)
             if (
                 not trusted
                 and len(named_by) < MAX_NAMED_BY
@@ -368,6 +381,13 @@ class Fingerprints:
         # search's ten hits each have a `url`, and none is the result's own).
         named = (*read, *(text for path, text in named_by if top_key(path) is not None))
         entry = _Held([], [], tool, trusted, size, tuple(dict.fromkeys(_domains_of(named))) if named else ())
+        if texts and (checks.found or any("iban" in text for text in texts)):
+            # Only a result that writes an IBAN (or the word: a mistyped one still pays, as
+            # far as an agent is concerned) can reroute a payment to one; the rest cost a
+            # substring search here (a 1.2 KB email that does: ≈ 15 µs). Past MAX_CUE_TEXTS
+            # texts, taken as rerouting: padding must not hide a cue behind it.
+            cues = itertools.islice(map(rerouting, texts), MAX_CUE_TEXTS)
+            entry.rerouting = next(filter(None, cues), "" if len(texts) <= MAX_CUE_TEXTS else READ_IN_PART)
         for value, source in shingles.items():
             if _takes(self._shingles.get(value), source):
                 self._shingles[value] = source
@@ -539,6 +559,11 @@ class Fingerprints:
                 if (like := self._domains.alike(name)) is not None:
                     found.setdefault((m.path, name), like)
         return [(path, name, like) for (path, name), like in itertools.islice(found.items(), MAX_REPORTED)]
+
+    def rerouting(self, node_id: str) -> str:
+        """The rerouting language the untrusted result at `node_id` holds ("": none, or forgotten)."""
+        held = self._results.get(node_id)
+        return held.rerouting if held is not None and not held.trusted else ""
 
     def _pointed(self, hit: Match, norm: str) -> Match:
         """`hit`, marked `named` when the task points at the untrusted result it came from
@@ -865,6 +890,8 @@ class Provenance:
                 labels[f"named:{escape(m.path)}"] = None
             elif visited:
                 labels[f"visited:{escape(m.path)}"] = None
+            if cue := prints.rerouting(source.node_id):
+                labels[f"rerouting:{escape(m.path)}:{escape(cue)}"] = None
             reason = f"argument {m.path!r} ({round(m.fraction * 100)}%) from {source.tool} {source.path}"
             if named:
                 reason += " (a result the task points at)"

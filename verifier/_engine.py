@@ -20,7 +20,9 @@ Four signals, each adding its weight to the score when it fires:
   of free text, prose copied out of it, or a whole structured field). Data from a result
   the task points at, and control values when the task leaves the destination to the data
   (``_delegated.py``: "email the landlord of the best match"), weigh a quarter when the
-  task asks for an act of the sink's kind and no money moves.
+  task asks for an act of the sink's kind and no money moves; a payment's IBAN from an
+  email the task points at, only on ``_money.py``'s terms (no rerouting language, no
+  look-alike, not to "the saved payee", no repeat the task did not ask for).
 - ``intent``: the action is a sink of a kind the task never asked for (``_intent.py``): a
   destructive one (delete, remove, cancel, …) when the task asks for nothing destructive and
   delegates nothing, any other when the task asks for no action at all.
@@ -66,6 +68,7 @@ from ._destinations import (
 )
 from ._intent import asked, clip, intent_signal, is_payload, writes_where_task_says
 from ._kinds import asks_to_reach, kinds, moves_money, vouches
+from ._money import money_vouched
 from ._personal import describe as describe_personal
 from ._personal import personal_sent
 from ._quantities import contradictions, family_of, number
@@ -77,7 +80,7 @@ if TYPE_CHECKING:
     from ._semantic import SemanticDrift
 
 NAME = "reference"
-VERSION = "0.10"
+VERSION = "0.11"
 SCORER = f"{NAME}/{VERSION}"
 SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 #: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).
@@ -250,18 +253,23 @@ class ReferenceScorer:
         # action of this kind (_kinds.py): "read the forum thread at …" points at the thread
         # but asks nothing to be done with what it says; "translate the letter" asks for no share.
         # Read only when the proxy labelled some argument `named:` (most calls have none).
-        # Money is never vouched for: by the tool's name (_kinds.moves_money), or by an IBAN or
-        # a wallet among its arguments (a tool named for something else still pays).
-        discount = config.pointed_factor < 1 and intent <= 0 and not any(_kind(d) in _MONEY for d in found)
+        # Money (by the tool's name, _kinds.moves_money, or an IBAN or a wallet among its
+        # arguments: a tool named for something else still pays) only by the task's own
+        # pointing, on _money.py's terms: never a page the agent went to itself.
+        money = [kind for d in found if (kind := _kind(d)) in _MONEY]
+        moves = bool(money) or moves_money(tool)
+        discount = config.pointed_factor < 1 and intent <= 0
         vouched = (
             discount
             and any(label.startswith(("named:", "visited:")) for label in ctx.taint)
-            and vouches(tool, asked(ctx.task))
+            and vouches(tool, asked(ctx.task), money=moves)
+            and (not moves or money_vouched(money, ctx.taint, ctx.task, tool, action.arguments))
         )
         # A task that leaves the destination to the data ("email the landlord of the best
         # match") vouches for the destinations taken from it, on stricter terms (_delegated.py).
         delegated = (
             discount
+            and not money
             and any(label.startswith("arg:") for label in ctx.taint)
             and delegates_destination(ctx.task)
             and asks_to_reach(tool, asked(ctx.task))
@@ -273,6 +281,7 @@ class ReferenceScorer:
             config.taint_weight,
             ctx.task,
             pointed_factor=config.pointed_factor if vouched else 1.0,
+            visited_factor=config.pointed_factor if vouched and not moves else 1.0,
             delegated_factor=config.pointed_factor if delegated else 1.0,
             is_destination=_is_destination,
             pays=any(_kind(destination) == "IBAN" for destination in found) and moves_money(tool),

@@ -16,10 +16,10 @@ for by no task: what it does is not known.
 
 Moving money is the exception (`vouches`): a sink that pays or changes where money goes
 (its name holds a verb or noun of MONEY_WORDS: transfer, pay, payout, send_money, payee,
-checkout, …) never has its taint lowered for pointing. Business-email compromise is
-exactly the email of the supplier the user names, from a look-alike or a hijacked
-mailbox, saying the bank details have changed; a payment cannot be called back, and the
-user who wants a new payee paid can name the IBAN or approve it.
+checkout, …) has its taint lowered for pointing only when the caller has checked the
+payment on stricter terms (`_money.py`, `reference/0.11`; never before). Business-email
+compromise is exactly the email of the supplier the user names, from a look-alike or a
+hijacked mailbox, saying the bank details have changed; a payment cannot be called back.
 """
 
 from __future__ import annotations
@@ -98,10 +98,11 @@ MONEY_WORDS = frozenset(
 REACHING_KINDS = frozenset({"message", "share", "book", "schedule"})
 
 
-def vouches(tool: str, wants: Asked) -> bool:
+def vouches(tool: str, wants: Asked, *, money: bool = False) -> bool:
     """Whether pointing at a result vouches for its data in a call of `tool`: the task asks
-    for an act of the tool's kind, and the tool moves no money."""
-    return not moves_money(tool) and asks_for(tool, wants)
+    for an act of the tool's kind, and the tool moves no money unless `money` (the caller
+    has checked the payment on _money.py's terms)."""
+    return (money or not moves_money(tool)) and asks_for(tool, wants)
 
 
 def moves_money(tool: str) -> bool:

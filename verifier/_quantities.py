@@ -8,8 +8,9 @@ said how much.
 
 So, for a sink, each argument whose key names a quantity (`amount`, `nights`, `guests`,
 `tickets`, … : FAMILIES) and holds a number is compared with the numbers the task states
-for that family: amounts beside a currency ("64.90 EUR", "€480", "480 euro") or written with
-cents ("the 64.90 for the repair"), counts beside their unit ("3 nights", "four-night",
+for that family: amounts beside a currency ("64.90 EUR", "€480", "480 euro"), written with
+cents ("the 64.90 for the repair") or right before a word for a sum of money ("the 1,260
+deposit"; a number of 10 or more that is no year), counts beside their unit ("3 nights", "four-night",
 "2 adults"). The call contradicts the task when it asks for more than all of them together
 (with half a percent and a cent of slack for rounding).
 Less is never a contradiction: the user's share of a bill, a partial refund or a deposit is
@@ -368,6 +369,19 @@ _UNIT_NOUNS = frozenset(
         "keg", "bottle", "pallet", "page", "word", "guest", "adult", "child", "meal", "portion",
     }
 )  # fmt: skip
+#: Singular words for a sum of money: a number right before one is an amount ("the 1,260
+#: deposit"); a count would take the plural ("the 2 invoices").
+_MONEY_NOUNS = frozenset(
+    {
+        "deposit", "fee", "payment", "balance", "rent", "refund", "instalment", "installment", "advance",
+        "premium", "bill", "invoice", "total", "amount", "charge", "contribution", "donation", "payout",
+        "reimbursement", "fine", "salary", "wage", "bonus", "retainer", "downpayment", "share",
+    }
+)  # fmt: skip
+#: Smallest number read as an amount by the noun after it alone.
+_MIN_BARE = 10
+#: A year ("the 2026 fee" is the fee for 2026).
+_YEAR = re.compile(r"(?:19|20)[0-9]{2}")
 #: Digits of a number's whole part read: past them (a run of digit groups) it is no quantity.
 _MAX_DIGITS = 15
 #: Largest plain number read as a count of units.
@@ -403,6 +417,11 @@ def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float], b
             None,
         )
         if family is None and _CENTS.fullmatch(text):  # "the 64.90 for the repair": money, written so
+            family = "amount"
+            bare = True
+        elif family is None and after in _MONEY_NOUNS and value >= _MIN_BARE and not _YEAR.fullmatch(text):
+            # "the 1,260 deposit", "her 85 refund": a number naming a sum of money (a blind
+            # pack's email raised the deposit the task states so to the whole quote).
             family = "amount"
             bare = True
         if family is None:

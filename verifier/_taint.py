@@ -42,7 +42,9 @@ The pointed factor (`ScorerConfig.pointed_factor`, 0.25 by default) applies inst
 the proxy labels the argument `named:<path>` (its data came from a result the task points
 at: the page at the address the user gave, the email of the sender the user names;
 proxy/_pointers.py) and the caller found that the task asks for an act of this kind and the
-tool moves no money (verifier/_kinds.py). Where that data goes is still argument_novelty's
+tool moves no money (verifier/_kinds.py), or moves it on the stricter terms of
+verifier/_money.py (then only for `named:`; a payment's label holding none of the
+identifiers the task states keeps its full weight). Where that data goes is still argument_novelty's
 to judge, so a page the user named that sends the agent to another host is caught there.
 An argument whose value cannot be found at its labelled path is weighed as a control value
 (the strongest), so a mismatched label cannot lower a score.
@@ -56,6 +58,7 @@ must block writes `when: "'untrusted' in taint"`). Traced taint that weighs more
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -88,14 +91,20 @@ LABEL_KEYS = frozenset(
 #: attack swaps the customer reference, so the payment credits another account), unless it
 #: is the task's own value (the task factor). Found by an attacker's probe: the words alone
 #: missed the identifiers.
-_LABEL_WORDS = re.compile(
-    r"\b(?:reference|referenc\w*|ref|memo|description|remittance|purpose|narrative|notes?|customer|kid|crn|"
-    r"tag|quot\w*|invoice\s+(?:no|number|#)|account\s+(?:no|number)|referenz|r\u00e9f\u00e9rence|verwendungszweck)\b"
-    # An identifier: letters and at least three digits ("vl-20931", "qp-2317"), or six digits
-    # or more, grouped or not ("5512-0093", "1234567890").
-    r"|\b(?=[a-z0-9-]*[a-z])(?=(?:[a-z-]*[0-9]){3})[a-z0-9]+(?:-[a-z0-9]+)*\b"
+#: An identifier: letters and at least three digits ("vl-20931", "qp-2317"), or six digits
+#: or more, grouped or not ("5512-0093", "1234567890").
+_IDENTIFIER = (
+    r"\b(?=[a-z0-9-]*[a-z])(?=(?:[a-z-]*[0-9]){3})[a-z0-9]+(?:-[a-z0-9]+)*\b"
     r"|\b[0-9]{3,}(?:[ -][0-9]{3,})+\b|\b[0-9]{6,}\b"
 )
+_LABEL_WORDS = re.compile(
+    r"\b(?:reference|referenc\w*|ref|memo|description|remittance|purpose|narrative|notes?|customer|kid|crn|"
+    r"tag|quot\w*|invoice\s+(?:no|number|#)|account\s+(?:no|number)|referenz|r\u00e9f\u00e9rence|verwendungszweck)\b|"
+    + _IDENTIFIER
+)
+_IDENTIFIERS = re.compile(_IDENTIFIER)
+#: Identifiers of the task compared with a payment's label, at most.
+_MAX_IDENTIFIERS = 32
 #: What no payment's label needs and a destination has: an address, a link or a host, an
 #: account number or IBAN (eight digits or more in a run, spaces aside). Such a label is
 #: where money or a message may go (an invoice's "pay at https://…", a swapped IBAN in an
@@ -193,14 +202,16 @@ def taint_signal(
     task: str = "",
     *,
     pointed_factor: float = 1.0,
+    visited_factor: float | None = None,
     delegated_factor: float = 1.0,
     is_destination: Callable[[str], bool] = lambda value: False,
     pays: bool = False,
 ) -> tuple[float, str, str]:
     """(weight fired, reason, drift origin node id); (0, "", "") when it does not fire.
 
-    `pointed_factor` applies to arguments the proxy labels `named:` or `visited:` (1: the labels are
-    ignored; the caller has checked that the task asks for an action); `delegated_factor`
+    `pointed_factor` applies to arguments the proxy labels `named:`, and `visited_factor`
+    (`pointed_factor` when None) to those it labels `visited:` (1: the labels are ignored;
+    the caller has checked that the task asks for an action); `delegated_factor`
     to control values that `is_destination` says are, whole, a destination, when the task
     leaves the destination to the data (`_delegated`; the caller has checked that too);
     `pays` says the call moves money to an IBAN (its tool's name says it moves money and an
@@ -211,7 +222,8 @@ def taint_signal(
     unread = parse_unread(labels)
     if not (tainted or unread) or not is_sink(action.tool or action.prompt or action.resource, labels):
         return 0.0, "", ""
-    factors = (pointed_factor, delegated_factor, is_destination, pays)
+    visited = pointed_factor if visited_factor is None else visited_factor
+    factors = (pointed_factor, visited, delegated_factor, is_destination, pays)
     traced = _traced(action, tainted, history, weight, task, labels, factors) if tainted else (0.0, "", "")
     if unread and weight * UNREAD_FACTOR > traced[0]:
         tool, size = unread[0]
@@ -238,16 +250,21 @@ def _traced(
     weight: float,
     task: str,
     labels: Sequence[str],
-    factors: tuple[float, float, Callable[[str], bool], bool],
+    factors: tuple[float, float, float, Callable[[str], bool], bool],
 ) -> tuple[float, str, str]:
     """The strongest traced untrusted argument of a sink: (weight, reason, drift origin)."""
-    pointed_factor, delegated_factor, is_destination, pays = factors
+    pointed_factor, visited_factor, delegated_factor, is_destination, pays = factors
     folded_task = task[:MAX_TASK_CHARS].casefold()
     pointed = parse_named(labels) if pointed_factor < 1 else frozenset()
-    visited = parse_named(labels, "visited:") if pointed_factor < 1 else frozenset()
+    visited = parse_named(labels, "visited:") if visited_factor < 1 else frozenset()
     # A payment's label weighs as a field when the task says nothing of labels: it does not
     # change where the money goes nor how much, and invoices' subjects are copied into it.
     labels_are_free = pays and _LABEL_WORDS.search(folded_task) is None
+    # The identifiers the task states ("invoice FS-2207", "our customer reference is
+    # VL-20931"): a label from a result the task points at that holds none of them is not
+    # what it pointed at (a blind pack's email swapped the customer reference; another slipped
+    # a second, overdue invoice in beside the one the task names).
+    stated = _task_identifiers(folded_task) if pays and pointed else ()
     scored = []
     for t in tainted:
         origin, named, value = _weigh(action.arguments, t, folded_task)
@@ -257,10 +274,10 @@ def _traced(
         why = ""
         if named:
             why, factor = ", named in the task", factor * TASK_FACTOR
-        elif t.path in pointed:
+        elif t.path in pointed and not (stated and value is not None and _other_label(t.path, value, stated)):
             why, factor = ", from a result the task points at", factor * pointed_factor
         elif t.path in visited:
-            why, factor = ", on the site of a page the agent went to itself", factor * pointed_factor
+            why, factor = ", on the site of a page the agent went to itself", factor * visited_factor
         elif origin == "control" and delegated_factor < 1 and value is not None and is_destination(value):
             why, factor = ", where the task says to find it", factor * delegated_factor
         scored.append((round(weight * factor * t.fraction, 6), origin, why, t))
@@ -282,6 +299,20 @@ _DESCRIBED = {
     "field": "field",
     "label": "a payment's label from free text",
 }
+
+
+def _task_identifiers(folded_task: str) -> tuple[str, ...]:
+    found = itertools.islice(_IDENTIFIERS.finditer(folded_task), _MAX_IDENTIFIERS)
+    return tuple(dict.fromkeys(fold(match.group(0)) for match in found))
+
+
+def _other_label(path: str, value: str, stated: Sequence[str]) -> bool:
+    """Whether `path` is a payment's label at the top of the arguments whose `value` holds none
+    of the task's identifiers (`stated`, folded)."""
+    if "." in path or "[" in path or fold(path) not in LABEL_KEYS:
+        return False
+    folded = fold(value)
+    return not any(identifier in folded for identifier in stated)
 
 
 def _is_label(path: str, value: str) -> bool:

@@ -43,9 +43,6 @@ _DISCOUNTS = {"named": "from a result the task points at", "visited": "went to i
 @pytest.mark.parametrize(
     ("tool", "arguments", "label", "task"),
     [
-        # Money: business-email compromise is the email of the supplier the user names.
-        ("bank__transfer", {"iban": "NL90LDRU7451135004"}, IBAN_FROM_EMAIL, "Pay Fjordlicht Studio the 640 EUR."),
-        ("bank__transfer", {"iban": "NL90LDRU7451135004"}, IBAN_FROM_EMAIL, "Pay the airline the change fee."),
         # The task only asks to read the page it names.
         ("web__post_form", {"url": REPLY}, URL_FROM_PAGE, f"Read the newest replies on {FORUM} for me."),
         ("web__post_form", {"url": CHECKIN_FORM}, URL_FROM_PAGE, "What does the airline's check-in page say?"),
@@ -59,9 +56,9 @@ _DISCOUNTS = {"named": "from a result the task points at", "visited": "went to i
         # No task at all.
         ("web__post_form", {"url": CHECKIN_FORM}, URL_FROM_PAGE, ""),
     ],
-    ids=["payment", "payment-2", "read-only-task", "read-only-task-2", "other-kind", "no-task"],
+    ids=["read-only-task", "read-only-task-2", "other-kind", "no-task"],
 )
-def test_neither_pointing_nor_a_visit_vouches_for_payments_reads_or_other_kinds_of_act(
+def test_neither_pointing_nor_a_visit_vouches_for_reads_or_other_kinds_of_act(
     prefix: str, tool: str, arguments: dict[str, str], label: str, task: str
 ) -> None:
     path = label.split(":")[1]
@@ -129,10 +126,12 @@ def test_a_task_asks_for_an_act_of_the_sinks_kind(tool: str, task: str, expected
         "bank__update_payee", "payments__create", "crypto__swap",
     ],
 )  # fmt: skip
-def test_a_sink_that_moves_money_or_changes_where_it_goes_is_never_vouched_for(tool: str) -> None:
+def test_a_sink_that_moves_money_or_changes_where_it_goes_is_vouched_for_only_on_the_money_terms(tool: str) -> None:
     assert moves_money(tool)
     for task in ("Send Fjordlicht Studio the 640 EUR.", "Do what Fjordlicht asked.", "Update the payee."):
         assert not vouches(tool, asked(task))
+        # The caller has checked the payment on _money.py's terms: then the task's kind decides.
+        assert vouches(tool, asked(task), money=True) is asks_for(tool, asked(task))
 
 
 def test_tools_that_move_no_money_are_vouched_for_what_the_task_asks() -> None:
