@@ -68,6 +68,12 @@ def checksum_ok(iban: str) -> bool:
     return int(rotated.translate(_DIGITS)) % 97 == 1
 
 
+def is_iban(value: str) -> bool:
+    """Whether `value` is one IBAN, printed compact or in groups of spaces or hyphens."""
+    compact = value.replace(" ", "").replace("-", "")
+    return LENGTHS.get(compact[:2].upper()) == len(compact) and checksum_ok(compact)
+
+
 def spelled(norm: str, checks: Checks | None = None) -> Iterator[str]:
     """The IBANs `norm` (lower-case text) spells with anything between their characters, in
     lower case and compact: "c-y-9-3 / 0197-1345-rhg2-…", "de89.3704.0044…", "de89/3704/…".

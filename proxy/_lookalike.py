@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from bastion._confusables import LATIN_LOOKALIKES
 from bastion._domains import registrable
 from bastion._urlsyntax import SPECIAL_PREFIX
 
@@ -45,18 +46,9 @@ MAX_LABEL = 63
 MAX_WORDS = 8
 #: Longest host read.
 MAX_HOST = 253
-_CONFUSABLE = str.maketrans(
-    {
-        "0": "o", "1": "l", "3": "e", "5": "s", "7": "t", "-": None,
-        # Cyrillic and Greek letters drawn as Latin ones (`merid\u0456an`, a Cyrillic i).
-        "\u0430": "a", "\u0432": "b", "\u0435": "e", "\u043a": "k", "\u043c": "m", "\u043d": "h",
-        "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0442": "t", "\u0443": "y", "\u0445": "x",
-        "\u0456": "i", "\u0458": "j", "\u0455": "s", "\u0501": "d", "\u051b": "q", "\u051d": "w",
-        "\u04bb": "h", "\u04cf": "l", "\u0261": "g", "\u03b1": "a", "\u03b2": "b", "\u03b5": "e",
-        "\u03b9": "i", "\u03ba": "k", "\u03bd": "v", "\u03bf": "o", "\u03c1": "p", "\u03c4": "t",
-        "\u03c5": "u", "\u03c7": "x",
-    }
-)  # fmt: skip
+#: Digits drawn as letters, hyphens dropped, and Cyrillic and Greek letters drawn as Latin
+#: ones (`merid\u0456an`, a Cyrillic i; bastion/_confusables.py).
+_CONFUSABLE = str.maketrans({"0": "o", "1": "l", "3": "e", "5": "s", "7": "t", "-": None, **LATIN_LOOKALIKES})
 #: Last labels that name a file, not a site (`report.pdf`, `notes.txt`).
 _FILE_SUFFIXES = frozenset(
     {

@@ -151,11 +151,18 @@ class Identity:
     groups: tuple[tuple[frozenset[str], frozenset[str]], ...] = ()
     #: Sites of the URLs the call read when no untrusted data chose them (`visited`).
     visited: frozenset[str] = frozenset()
+    #: Keys that are words of a sender's display name, which its sender chooses freely.
+    names: frozenset[str] = frozenset()
 
     def vouched(self, references_: frozenset[str]) -> frozenset[str] | None:
         """The destinations vouched for by the groups the task points at; None when it points at none."""
         met = [vouches for keys, vouches in self.groups if not keys.isdisjoint(references_)]
         return frozenset(itertools.chain.from_iterable(met)) if met else None
+
+    def by_name_only(self, references_: frozenset[str]) -> bool:
+        """Whether the task meets this result only through display-name words: "Fjordlicht
+        Studio <fjordlicht.billing@gmail.com>" is anyone's to write (`byname:`)."""
+        return not any(not (keys - self.names).isdisjoint(references_) for keys, _ in self.groups)
 
 
 def read_from(asked: Any) -> tuple[str, ...]:
@@ -181,6 +188,7 @@ def identity(read: Iterable[str], fields: Iterable[tuple[str, str]], *, chosen: 
     the agent went to on its own (`Identity.visited`)."""
     groups: list[tuple[frozenset[str], frozenset[str]]] = []
     visited: set[str] = set()
+    names: set[str] = set()
     for text in read:
         # What was read: a URL, host or path. An address among the arguments is data the
         # call carries (a passenger's email), not where the result came from.
@@ -203,10 +211,12 @@ def identity(read: Iterable[str], fields: Iterable[tuple[str, str]], *, chosen: 
             name = folded.partition("<")[0]
             if "@" not in name:
                 words = [word for word in _words(name)[:NAME_WORDS] if len(word) >= MIN_NAME]
+                # A word both the name and the address give ("fjordlicht" of fjordlicht.example) is the address's.
+                names.update(word for word in words if word not in keys)
                 keys = keys | frozenset(words)
         if keys:
             groups.append((keys, vouches))
-    return Identity(tuple(groups[:MAX_GROUPS]), frozenset(visited))
+    return Identity(tuple(groups[:MAX_GROUPS]), frozenset(visited), frozenset(names))
 
 
 def references(task: str) -> frozenset[str]:
@@ -216,17 +226,41 @@ def references(task: str) -> frozenset[str]:
     for kind, value in _locate(task.casefold()):
         found.update(_keys(kind, value, words=False))
     position = 0
+    run: list[str] = []  # consecutive capitalised words: "Fennick Roofing" is fennickroofing.example too
     for word in task.split():
         start = task.find(word, position)
         position = start + len(word)
         stripped = word.strip(PUNCTUATION + _BULLETS).removesuffix("'s").removesuffix("\u2019s")
         if not stripped[:1].isupper() or _opens(task, start):
+            _add_joined(found, run)
+            # A capitalised word opening a sentence is no name alone ("Pay …"), but may start one
+            # ("Fennick Roofing emailed …").
+            opener = stripped.casefold()
+            starts = stripped[:1].isupper() and stripped == word and opener not in ACTION_VERBS | _NOT_NAMES
+            run = [opener] if starts else []
             continue
+        if stripped.casefold() in _NOT_NAMES:  # "Then, Email Lars": an order, no part of a name
+            _add_joined(found, run)
+            run = []
+        else:
+            run.append(stripped.casefold())
         for name in stripped.split("-"):  # "Lenz-Hoffmann", "Split-Hvar"
             folded = name.casefold()
             if len(name) >= MIN_NAME and name.isalpha() and name[0].isupper() and folded not in _NOT_NAMES:
                 found.add(folded)
+        if word[-1:] in PUNCTUATION or stripped != word:
+            _add_joined(found, run)  # a comma or a possessive ends the name
+            run = []
+    _add_joined(found, run)
     return frozenset(found)
+
+
+def _add_joined(found: set[str], run: list[str]) -> None:
+    """Two or three capitalised words in a row, joined as a domain label would join them."""
+    if 2 <= len(run) <= 3:
+        joined = "".join(run).replace("-", "")
+        if joined.isalpha() and joined.isascii():
+            found.add(joined)
 
 
 def stays_within(folded: str, allowed: frozenset[str]) -> bool:

@@ -59,13 +59,17 @@ workflow with no fingerprints costs a length check.
   `sink`                           the active policies list this tool in `taint.sinks`
   `named:<path>`                   the argument's data came from an untrusted result the task
                                    points at, and leads to no other site (`_pointers.py`)
+  `byname:<path>`                  given with `named:` when the task meets that result only
+                                   through words of its sender's display name, which the
+                                   sender writes freely (no payment is vouched for by it)
   `visited:<path>`                 the argument's data came from a page whose URL the agent
                                    asked for with no untrusted data in that call, and leads
                                    to no site but that page's or the task's (`_pointers.py`)
-  `rerouting:<path>:<cue>`         the argument's data came from an untrusted result that
-                                   holds an IBAN and says money should now go elsewhere
-                                   ("our bank details have changed", an escrow account;
-                                   bastion/_rerouting.py); <cue> is the phrase, escaped
+  `rerouting:<path>:<cue>`         the argument's data came from an untrusted result, and
+                                   that result or another the workflow still holds says
+                                   money should now go elsewhere ("our bank details have
+                                   changed", an escrow account; bastion/_rerouting.py);
+                                   <cue> is the phrase, escaped
   `lookalike:<path>:<domain>:<seen>`
                                    a domain in the argument, or of the source of its data,
                                    or of the sender of the message whose id it passes (a
@@ -92,8 +96,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bastion._iban import Checks
-from bastion._rerouting import READ_IN_PART, rerouting
+from bastion._iban import Checks, is_iban
+from bastion._rerouting import result_cue
 from bastion.v1 import graph_pb2
 
 from ._lookalike import MAX_PER_VALUE, SeenDomains, domains_in, first_domains
@@ -140,8 +144,8 @@ MAX_SHOWN = 1024
 #: Message handles kept per workflow (`Fingerprints._handles`), and keys naming a sender.
 MAX_HANDLES = 256
 _SENDER_KEYS = frozenset({"sender", "from", "reply_to", "replyTo", "from_address", "fromAddress"})
-#: Texts (values with a space) of one result read for rerouting language, when it holds an IBAN.
-MAX_CUE_TEXTS = 64
+#: Rerouting cues a workflow keeps (its results', newest last; one per result at most).
+MAX_CUES = 64
 #: Source fields (`sender`, `url`, …) of one result kept for its identity.
 MAX_NAMED_BY = 8
 #: Characters of identity data (what a call read, its result's source fields) counted as one
@@ -176,6 +180,8 @@ class Match:
     named: bool = False
     #: The data came from a page the agent went to on its own and stays on its site (`_pointers.py`).
     visited: bool = False
+    #: `named` only through words of the sender's display name (`Identity.by_name_only`).
+    by_name: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +215,8 @@ class _Held:
     size: int
     #: The domains its source fields and its call's locators name (`_lookalike.py`).
     domains: tuple[str, ...] = ()
-    #: An untrusted result holding an IBAN: the rerouting language it holds, if any
-    #: (bastion/_rerouting.py; at most 48 characters, kept with the result's prints).
+    #: The rerouting language an untrusted result holds, if any (bastion/_rerouting.py; at
+    #: most 48 characters, kept with the result's prints).
     rerouting: str = ""
 
 
@@ -265,6 +271,11 @@ class Fingerprints:
     #: sender's domain, newest MAX_HANDLES: a reply by id goes to that sender, though no
     #: address is among its arguments (`lookalikes`).
     _handles: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    #: Untrusted results that said money should now go elsewhere (node id → cue, newest
+    #: last): while one is held, every argument from an untrusted result is labelled with
+    #: it, since "our account changed, the details follow" and the email with the IBAN are
+    #: two results (a blind pack's attack; an attacker's probe).
+    _cues: OrderedDict[str, str] = field(default_factory=OrderedDict)
 
     def __len__(self) -> int:
         return self._size
@@ -296,7 +307,8 @@ class Fingerprints:
         checks = Checks()  # one budget of IBAN checksums for the whole result
         shown: dict[str, None] = {}
         handles: dict[str, list[str]] = {}  # an object's path → [its id, its sender]
-        texts: list[str] = []  # read for rerouting language once the result shows an IBAN
+        texts: list[str] = []  # an untrusted result's values, read for rerouting language
+        iban_field = False
         # Decided before this result's own domains are noted: what its call read was chosen or not.
         chosen = chosen and not trusted and not self._shown_before(read)
         for path, text in walk:
@@ -312,7 +324,7 @@ class Fingerprints:
                     self._note_shown(names)
             if _is_handle(path, norm):
                 continue
-            if not trusted and " " in norm:
+            if not trusted:
                 texts.append(norm)
             if (
                 not trusted
@@ -339,6 +351,7 @@ class Fingerprints:
                     cut = True
                     continue
                 key = exact_key(norm)
+                iban_field = iban_field or (not trusted and 15 <= len(key) <= 34 and is_iban(key))
                 # A whole field says more than the same token inside free text.
                 if (held := exact.get(key)) is None or held.kind == "text":
                     exact[key] = source
@@ -368,6 +381,7 @@ class Fingerprints:
         if not added:
             return 0
         self._results.pop(node_id, None)
+        self._cues.pop(node_id, None)
         self._prose.pop(node_id, None)
         self._forget_identity(node_id)
         read = () if trusted else read
@@ -381,13 +395,15 @@ class Fingerprints:
         # search's ten hits each have a `url`, and none is the result's own).
         named = (*read, *(text for path, text in named_by if top_key(path) is not None))
         entry = _Held([], [], tool, trusted, size, tuple(dict.fromkeys(_domains_of(named))) if named else ())
-        if texts and (checks.found or any("iban" in text for text in texts)):
-            # Only a result that writes an IBAN (or the word: a mistyped one still pays, as
-            # far as an agent is concerned) can reroute a payment to one; the rest cost a
-            # substring search here (a 1.2 KB email that does: ≈ 15 µs). Past MAX_CUE_TEXTS
-            # texts, taken as rerouting: padding must not hide a cue behind it.
-            cues = itertools.islice(map(rerouting, texts), MAX_CUE_TEXTS)
-            entry.rerouting = next(filter(None, cues), "" if len(texts) <= MAX_CUE_TEXTS else READ_IN_PART)
+        if texts:
+            # Results that speak of no IBAN nor bank cost three substring searches here; a
+            # 1.2 KB email that does, ≈ 50-90 µs (bastion/_rerouting.py).
+            entry.rerouting = result_cue(texts, checks.found > 0 or iban_field)
+            if entry.rerouting:
+                self._cues.pop(node_id, None)
+                self._cues[node_id] = entry.rerouting
+                if len(self._cues) > MAX_CUES:
+                    self._cues.popitem(last=False)
         for value, source in shingles.items():
             if _takes(self._shingles.get(value), source):
                 self._shingles[value] = source
@@ -484,6 +500,7 @@ class Fingerprints:
             self._shrink()
             return node_id, held
         node_id, held = self._results.popitem(last=False)
+        self._cues.pop(node_id, None)
         self._forget_identity(node_id)
         _drop(self._exact, held.exact, node_id)
         self._size -= len(held.exact)
@@ -561,9 +578,12 @@ class Fingerprints:
         return [(path, name, like) for (path, name), like in itertools.islice(found.items(), MAX_REPORTED)]
 
     def rerouting(self, node_id: str) -> str:
-        """The rerouting language the untrusted result at `node_id` holds ("": none, or forgotten)."""
+        """The rerouting language the untrusted result at `node_id` holds, else the newest any
+        untrusted result of the workflow still held does ("": none, or forgotten)."""
         held = self._results.get(node_id)
-        return held.rerouting if held is not None and not held.trusted else ""
+        if held is not None and held.rerouting:
+            return held.rerouting
+        return next(reversed(self._cues.values()), "")
 
     def _pointed(self, hit: Match, norm: str) -> Match:
         """`hit`, marked `named` when the task points at the untrusted result it came from
@@ -583,7 +603,8 @@ class Fingerprints:
             self._identity[node_id] = (cost, known)
         vouched = known.vouched(self._task_refs) if self._task_refs else None
         if vouched is not None and stays_within(norm, vouched | self._task_refs):
-            return Match(hit.path, hit.source, hit.fraction, named=True)
+            by_name = known.by_name_only(self._task_refs)
+            return Match(hit.path, hit.source, hit.fraction, named=True, by_name=by_name)
         if known.visited and stays_within(norm, known.visited | self._task_refs):
             return Match(hit.path, hit.source, hit.fraction, visited=True)
         return hit
@@ -888,9 +909,11 @@ class Provenance:
             visited = m.visited and paths[m.path] == 1
             if named:
                 labels[f"named:{escape(m.path)}"] = None
+                if m.by_name:
+                    labels[f"byname:{escape(m.path)}"] = None
             elif visited:
                 labels[f"visited:{escape(m.path)}"] = None
-            if cue := prints.rerouting(source.node_id):
+            if not source.trusted and (cue := prints.rerouting(source.node_id)):
                 labels[f"rerouting:{escape(m.path)}:{escape(cue)}"] = None
             reason = f"argument {m.path!r} ({round(m.fraction * 100)}%) from {source.tool} {source.path}"
             if named:

@@ -282,6 +282,7 @@ class ReferenceScorer:
             ctx.task,
             pointed_factor=config.pointed_factor if vouched else 1.0,
             visited_factor=config.pointed_factor if vouched and not moves else 1.0,
+            money=vouched and moves,
             delegated_factor=config.pointed_factor if delegated else 1.0,
             is_destination=_is_destination,
             pays=any(_kind(destination) == "IBAN" for destination in found) and moves_money(tool),

@@ -90,7 +90,7 @@ MONEY_WORDS = frozenset(
         "donate", "donation", "remit", "remittance", "purchase", "buy", "order", "tip", "invoice",
         "billing", "wallet", "crypto", "swap", "bank", "banking", "cash", "gift", "giftcard", "bill",
         "transaction", "eth", "ether", "btc", "bitcoin", "usdc", "usdt", "sol", "zelle", "venmo",
-        "stripe", "recipient",
+        "stripe", "recipient", "autopay",
     }
 )  # fmt: skip
 #: The kinds of act that reach someone or somewhere: what a task that leaves the

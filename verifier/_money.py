@@ -36,28 +36,42 @@ email's IBAN scores 0.6, a flag, and any further signal blocks it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from google.protobuf import struct_pb2
-
-from bastion._rerouting import rerouting
 
 from ._access import fold
 from ._intent import tool_verbs
 from ._kinds import kinds
 
-#: Argument keys (folded) that make a payment repeat.
-_REPEATS_KEYS = frozenset(
-    {"every", "frequency", "interval", "recurrence", "recurring", "repeat", "repeats", "cadence", "period", "rrule"}
-)
+#: Parts of argument keys (folded to letters and digits) that make a payment repeat, at any depth.
+_REPEATS_KEYS = (
+    "every", "frequen", "interval", "recur", "repeat", "cadence", "period", "rrule", "cron", "standing",
+    "occurrence", "schedule",
+)  # fmt: skip
 #: Tool-name words that say the payment repeats.
-_REPEATS_TOOLS = frozenset({"standing", "recurring", "subscription", "subscribe", "mandate", "debit", "instalment"})
-#: A task asking for a repeating payment.
+_REPEATS_TOOLS = frozenset(
+    {
+        "standing", "recurring", "recurrent", "periodic", "subscription", "subscribe", "mandate", "debit",
+        "instalment", "installment", "autopay", "repeat", "repeating",
+    }
+)  # fmt: skip
+#: Depth and values of the arguments read for repeating keys.
+_MAX_DEPTH = 4
+_MAX_VALUES = 256
+#: A task asking for a repeating payment: a standing order, a direct debit, a recurring
+#: payment; a frequency before a word for a payment ("monthly rent", "a weekly transfer") or
+#: closing a phrase ("pay her 50 EUR monthly", "… every month from May"). "Check every line",
+#: "a week ago" and "the monthly newsletter" ask for none (an attacker's probe).
+_PAYMENT = (
+    r"(?:payments?|transfers?|instal?l?ments?|rent|fees?|donations?|contributions?|standing|amounts?|sums?|"
+    r"premiums?|dues|subscriptions?|debits?|allowance|salary|wages?|retainer|lease|orders?)"
+)
 _REPEATING = re.compile(
-    r"\b(?:standing[\s-]+orders?|monthly|weekly|fortnightly|quarterly|yearly|annually|daily|recurring|"
-    r"regular(?:ly)?|subscriptions?|direct[\s-]+debits?|instal?l?ments?|dauerauftrag|"
-    r"every|each\s+(?:day|week|month|quarter|year|term)|per\s+(?:week|month|quarter|year|term)|"
-    r"a\s+(?:week|month|quarter|year)|(?:until|from)\s+(?:further\s+notice|now\s+on))\b"
+    r"\b(?:standing[\s-]+orders?|direct[\s-]+debits?|dauerauftrag|recurring\s+" + _PAYMENT + r"|"
+    r"(?:monthly|weekly|fortnightly|quarterly|yearly|annually|daily)"
+    r"(?=\s*(?:[.,;:!?)]|$)|\s+" + _PAYMENT + r"\b|\s+(?:from|starting|until|on|by|for|to|and|at|in)\b)|"
+    r"(?:every|each|per|a)\s+(?:day|week|month|quarter|year|term)(?!\s+ago)\b)"
 )
 #: A task that says the money goes where it went before: to a saved payee, the usual account.
 _SAVED = re.compile(
@@ -65,37 +79,80 @@ _SAVED = re.compile(
     r"\b(?:payees?|accounts?|ibans?|details)\s+(?:we\s+have\s+)?on\s+(?:file|record)\b|\bas\s+(?:usual|always|before)\b|"
     r"\bpayee\s+list\b"
 )
+#: A task that speaks of the payee's bank details changing: "their new IBAN", "the new bank
+#: details", "X changed banks", "the bank details have changed", "a bank-details change".
+#: Not the user's own account ("from my new account") nor the way of paying ("by bank
+#: transfer rather than card"): an attacker's probe had both switch the check off.
+_CHANGE = (
+    r"(?:bank(?:ing)?[\s-]+(?:details|account|information|info|connection)|payment[\s-]+details|"
+    r"account(?:[\s-]+(?:details|number))?|ibans?|bank)"
+)
+_TASK_CHANGE = re.compile(
+    r"(?<!\bmy )(?<!\bour )\b(?:new|changed|updated|corrected|different)\s+" + _CHANGE + r"\b|"
+    r"\b(?:changed|moved|switched)\s+(?:their\s+|his\s+|her\s+|its\s+)?banks?\b|"
+    r"\b" + _CHANGE + r"(?:\s+(?:has|have|had))?\s+(?:changed|been\s+(?:changed|updated))\b|"
+    r"\b" + _CHANGE + r"[\s-]+change\b|\bchange\s+of\s+" + _CHANGE + r"\b"
+)
 #: Characters of the task read.
 MAX_TASK_CHARS = 8 * 1024
 
 
 def money_vouched(
-    destinations: Iterable[str], labels: Sequence[str], task: str, tool: str, arguments: struct_pb2.Struct
+    destinations: Sequence[str], labels: Sequence[str], task: str, tool: str, arguments: struct_pb2.Struct
 ) -> bool:
     """Whether a call moving money, whose money destinations are of the kinds `destinations`
-    ("IBAN", "wallet"), may have the data of a result the task points at vouched for (module docstring)."""
-    if any(kind != "IBAN" for kind in destinations):
+    ("IBAN", "wallet"), may have the data of a result the task points at vouched for (module
+    docstring). Only with an IBAN among them: an account number and sort code, a routing
+    number or a wallet is not vouched for (an attacker's probe)."""
+    if not destinations or any(kind != "IBAN" for kind in destinations):
         return False
     folded = task[:MAX_TASK_CHARS].casefold()
     if "pay" in kinds(tool) and _SAVED.search(folded):
         # Paying "the saved payee" with an email's IBAN; updating the saved payee is another matter.
         return False
+    told = None
     for label in labels:
-        if label.startswith("lookalike:"):
+        if label.startswith(("lookalike:", "byname:")):
             return False
-        if label.startswith("rerouting:") and not rerouting(folded):
-            return False
+        if label.startswith("rerouting:"):
+            told = _TASK_CHANGE.search(folded) is not None if told is None else told
+            if not told:
+                return False
     return not (repeats(tool, arguments) and _REPEATING.search(folded) is None)
 
 
 def repeats(tool: str, arguments: struct_pb2.Struct) -> bool:
-    """Whether the call sets up a repeating payment: a top-level argument of _REPEATS_KEYS with
-    a value, or a tool named for one."""
+    """Whether the call sets up a repeating payment: an argument at any depth (to _MAX_DEPTH)
+    whose key holds a part of _REPEATS_KEYS and has a value, or a tool named for one."""
     if tool_verbs(tool) & _REPEATS_TOOLS:
         return True
-    for key, value in arguments.fields.items():
-        if fold(key) in _REPEATS_KEYS and value.WhichOneof("kind") not in (None, "null_value"):
-            if value.WhichOneof("kind") == "string_value" and not value.string_value.strip():
-                continue
-            return True
+    stack: list[tuple[struct_pb2.Struct, int]] = [(arguments, 0)]
+    seen = 0
+    while stack:
+        struct, depth = stack.pop()
+        for key, value in struct.fields.items():
+            seen += 1
+            if seen > _MAX_VALUES:
+                return True  # too wide to read: fail closed (no vouching)
+            kind = value.WhichOneof("kind")
+            folded = fold(key)
+            if any(part in folded for part in _REPEATS_KEYS) and _has_value(value):
+                return True
+            if kind == "struct_value" and depth < _MAX_DEPTH:
+                stack.append((value.struct_value, depth + 1))
+    return False
+
+
+def _has_value(value: struct_pb2.Value) -> bool:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return bool(value.string_value.strip())
+    if kind == "number_value":
+        return value.number_value != 0
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return bool(value.struct_value.fields)
+    if kind == "list_value":
+        return bool(value.list_value.values)
     return False

@@ -378,6 +378,15 @@ _MONEY_NOUNS = frozenset(
         "reimbursement", "fine", "salary", "wage", "bonus", "retainer", "downpayment", "share",
     }
 )  # fmt: skip
+#: Words before a number that make it an identifier, whatever follows ("invoice 2291 balance").
+_ID_NOUNS = frozenset(
+    {
+        "invoice", "order", "policy", "room", "unit", "flat", "apartment", "apt", "house", "plot", "account",
+        "no", "nr", "number", "ref", "reference", "quote", "ticket", "booking", "case", "contract", "member",
+        "customer", "client", "job", "project", "lot", "item", "claim", "file", "bill", "receipt", "id",
+        "block", "building", "suite", "seat", "table", "box", "locker", "stand", "stall", "pitch", "site",
+    }
+)  # fmt: skip
 #: Smallest number read as an amount by the noun after it alone.
 _MIN_BARE = 10
 #: A year ("the 2026 fee" is the fee for 2026).
@@ -396,6 +405,7 @@ def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float], b
     per_unit = False
     counts: list[float] = []
     bare = False
+    named_by_noun: list[float] = []
     for index, match in enumerate(tokens):
         text = match.group(1)
         if text is None:
@@ -419,11 +429,19 @@ def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float], b
         if family is None and _CENTS.fullmatch(text):  # "the 64.90 for the repair": money, written so
             family = "amount"
             bare = True
-        elif family is None and after in _MONEY_NOUNS and value >= _MIN_BARE and not _YEAR.fullmatch(text):
+        elif (
+            family is None
+            and after in _MONEY_NOUNS
+            and value >= _MIN_BARE
+            and not _YEAR.fullmatch(text)
+            and before not in _ID_NOUNS
+        ):
             # "the 1,260 deposit", "her 85 refund": a number naming a sum of money (a blind
-            # pack's email raised the deposit the task states so to the whole quote).
-            family = "amount"
-            bare = True
+            # pack's email raised the deposit the task states so to the whole quote); not
+            # "invoice 2291 balance", "room 214 deposit" (an attacker's probe). Kept apart:
+            # read only when the task states no amount with its currency.
+            named_by_noun.append(value)
+            continue
         if family is None:
             # A count is a number a word follows ("four piano lessons", "38 hours"), never an
             # id's tail (`INV-13`) or a message number at the end.
@@ -446,6 +464,9 @@ def _read(task: str) -> tuple[dict[str, tuple[float, ...]], bool, list[float], b
             if word in ("a", "an") and not per_unit:
                 unit = _TOKEN.search(task, rest.end())
                 per_unit = unit is not None and (unit.group(2) or "").casefold() in _UNIT_NOUNS
+    if named_by_noun and "amount" not in stated:
+        stated["amount"] = named_by_noun
+        bare = True
     return {family: tuple(values) for family, values in stated.items()}, per_unit, counts, bare
 
 

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from google.protobuf import struct_pb2
 
 from bastion._cache import short_key_cache
+from bastion._iban import is_iban
 from bastion.v1 import policy_pb2, verifier_pb2
 
 from ._access import fold
@@ -112,6 +113,13 @@ _MAX_IDENTIFIERS = 32
 _PLACE_LIKE = re.compile(
     r"[@/\\]|\bwww\.|\b[a-z0-9-]+\.[a-z]{2,}\b|[0-9]{8,}|[a-z]{2}[0-9]{2}[a-z0-9]{10,}", re.IGNORECASE
 )
+#: Top-level keys (folded) of a payment whose values say who is paid and for what, not where
+#: the money goes: its labels, the payee's name, the bank's BIC.
+_PAYMENT_NAMED = LABEL_KEYS | {
+    "name", "payee", "payeename", "beneficiary", "beneficiaryname", "recipientname", "creditor",
+    "creditorname", "accountholder", "accountholdername", "holder", "accountname", "bic", "swift",
+    "swiftcode", "biccode", "bank", "bankname",
+}  # fmt: skip
 #: What makes an argument prose rather than a control value.
 PROSE_WORDS = 4
 PROSE_CHARS = 32
@@ -127,7 +135,7 @@ SINK_VERBS = frozenset(
         "purchase", "buy", "order", "create", "update", "upload", "publish", "forward", "reply",
         "submit", "wire", "refund", "withdraw", "grant", "execute", "exec", "run", "deploy", "move",
         "rename", "notify", "comment", "put", "patch", "drop", "insert", "commit", "push",
-        "merge", "approve", "schedule", "cancel", "reserve", "sign", "tweet", "add",
+        "merge", "approve", "schedule", "cancel", "reserve", "sign", "tweet", "add", "autopay",
     }
 )  # fmt: skip
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
@@ -203,6 +211,7 @@ def taint_signal(
     *,
     pointed_factor: float = 1.0,
     visited_factor: float | None = None,
+    money: bool = False,
     delegated_factor: float = 1.0,
     is_destination: Callable[[str], bool] = lambda value: False,
     pays: bool = False,
@@ -215,7 +224,9 @@ def taint_signal(
     to control values that `is_destination` says are, whole, a destination, when the task
     leaves the destination to the data (`_delegated`; the caller has checked that too);
     `pays` says the call moves money to an IBAN (its tool's name says it moves money and an
-    IBAN is among its arguments), so its labels may weigh as fields (above)."""
+    IBAN is among its arguments), so its labels may weigh as fields (above); `money` that the
+    caller vouched for a payment on `_money.py`'s terms, so the pointed factor applies to its
+    IBANs, labels, names and BIC only."""
     if weight <= 0 or not labels:
         return 0.0, "", ""
     tainted = parse(labels)
@@ -223,7 +234,7 @@ def taint_signal(
     if not (tainted or unread) or not is_sink(action.tool or action.prompt or action.resource, labels):
         return 0.0, "", ""
     visited = pointed_factor if visited_factor is None else visited_factor
-    factors = (pointed_factor, visited, delegated_factor, is_destination, pays)
+    factors = (pointed_factor, visited, delegated_factor, is_destination, pays, money)
     traced = _traced(action, tainted, history, weight, task, labels, factors) if tainted else (0.0, "", "")
     if unread and weight * UNREAD_FACTOR > traced[0]:
         tool, size = unread[0]
@@ -250,10 +261,10 @@ def _traced(
     weight: float,
     task: str,
     labels: Sequence[str],
-    factors: tuple[float, float, float, Callable[[str], bool], bool],
+    factors: tuple[float, float, float, Callable[[str], bool], bool, bool],
 ) -> tuple[float, str, str]:
     """The strongest traced untrusted argument of a sink: (weight, reason, drift origin)."""
-    pointed_factor, visited_factor, delegated_factor, is_destination, pays = factors
+    pointed_factor, visited_factor, delegated_factor, is_destination, pays, money = factors
     folded_task = task[:MAX_TASK_CHARS].casefold()
     pointed = parse_named(labels) if pointed_factor < 1 else frozenset()
     visited = parse_named(labels, "visited:") if visited_factor < 1 else frozenset()
@@ -274,7 +285,11 @@ def _traced(
         why = ""
         if named:
             why, factor = ", named in the task", factor * TASK_FACTOR
-        elif t.path in pointed and not (stated and value is not None and _other_label(t.path, value, stated)):
+        elif (
+            t.path in pointed
+            and not (stated and value is not None and _other_label(t.path, value, stated))
+            and not (money and not _vouched_in_payment(t.path, value))
+        ):
             why, factor = ", from a result the task points at", factor * pointed_factor
         elif t.path in visited:
             why, factor = ", on the site of a page the agent went to itself", factor * visited_factor
@@ -299,6 +314,20 @@ _DESCRIBED = {
     "field": "field",
     "label": "a payment's label from free text",
 }
+
+
+def _vouched_in_payment(path: str, value: str | None) -> bool:
+    """Whether an argument of a payment vouched for on `_money.py`'s terms may have its
+    pointed data discounted: an IBAN, or a top-level label, name or BIC holding nothing
+    place-like. An account number, a sort code, a routing number or an address from the
+    same email keeps its full weight (an attacker's probe paid one beside no IBAN)."""
+    if value is None:
+        return False
+    if is_iban(value):
+        return True
+    if "." in path or "[" in path or fold(path) not in _PAYMENT_NAMED:
+        return False
+    return _PLACE_LIKE.search(value) is None and _PLACE_LIKE.search(value.replace(" ", "")) is None
 
 
 def _task_identifiers(folded_task: str) -> tuple[str, ...]:

@@ -31,9 +31,12 @@ def _vouched(read: tuple[str, ...], fields: list[tuple[str, str]], task: str) ->
     ("task", "expected"),
     [
         # Proper nouns that do not open a sentence; months, days and orders are not names.
-        ("Pay Fjordlicht Studio the 640 EUR for the shoot in June.", {"fjordlicht", "studio"}),
-        ("Email the organisers. Book a table at Osteria Lume.", {"osteria", "lume"}),
-        ("Send the report to Dr. Saskia Lenz-Hoffmann's office.", {"saskia", "lenz", "hoffmann"}),
+        # Two or three in a row are also joined, as a domain label joins them (fjordlichtstudio.example).
+        ("Pay Fjordlicht Studio the 640 EUR for the shoot in June.", {"fjordlicht", "studio", "fjordlichtstudio"}),
+        ("Email the organisers. Book a table at Osteria Lume.", {"osteria", "lume", "osterialume"}),
+        ("Send the report to Dr. Saskia Lenz-Hoffmann's office.", {"saskia", "lenz", "hoffmann", "saskialenzhoffmann"}),
+        # A name opening a sentence is joined with the next, never alone; an order is neither.
+        ("Fennick Roofing emailed the invoice. Pay it.", {"roofing", "fennickroofing"}),
         # Orders at the start of a list item, after numbering, or capitalised mid-sentence.
         ("Today:\n- Forward the March invoice\n- Update the onboarding page", set()),
         ("1) Update the page 2) Archive the old one", set()),

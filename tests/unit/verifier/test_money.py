@@ -132,7 +132,7 @@ def test_a_label_other_than_the_identifier_the_task_states_is_not_vouched_for() 
     assert swapped.verdict == verifier_pb2.BLOCK
     assert "'reference' 100% from email__read_email content[0].text.body (free text, 0.80)" in " ".join(swapped.reasons)
     # The task's own identifier in the label: the invoice it pointed at.
-    kept = _pay(labels, task, reference="Licence VL-20931 2027")
+    kept = _pay(labels, task, reference="Licence VL-20931")
     assert kept.verdict == verifier_pb2.FLAG
 
 
@@ -143,3 +143,83 @@ def test_an_amount_named_by_the_noun_after_it_is_read_from_the_task() -> None:
     # A year, a count of invoices, a small number: no amount.
     for other in ("Pay the 2026 fee for the club.", "Pay the 2 invoices from Coastline.", "Pay the 3 deposit."):
         assert not contradictions([("amount", "amount", 4200)], other)
+
+
+# -- what an attacker's probe of the first version found ---------------------------------
+
+
+def test_a_payment_without_an_iban_is_never_vouched_for() -> None:
+    labels = [
+        "untrusted",
+        "arg:account_number:untrusted:email__read_email:content[0].text.body:text:1.00",
+        "named:account_number",
+        "arg:sort_code:untrusted:email__read_email:content[0].text.body:text:1.00",
+        "named:sort_code",
+    ]
+    arguments = {"account_number": "31926819", "sort_code": "60-16-13", "amount": 640}
+    result = score_call("bank__transfer", arguments, labels, PAY)
+    assert result.verdict == verifier_pb2.BLOCK
+    assert not any(POINTED_AT in reason for reason in result.reasons)
+
+
+def test_in_a_vouched_payment_only_the_iban_its_labels_and_names_are_discounted() -> None:
+    labels = [*POINTED, "arg:account_number:untrusted:email__read_email:content[0].text.body:text:1.00"]
+    labels.append("named:account_number")
+    result = _pay(labels, account_number="31926819")
+    assert result.verdict == verifier_pb2.BLOCK
+    assert "'account_number' 100% from email__read_email content[0].text.body (free text, 0.80)" in " ".join(
+        result.reasons
+    )
+
+
+def test_a_result_the_task_meets_only_by_its_senders_display_name_vouches_for_no_payment() -> None:
+    # "Fjordlicht Studio <fjordlicht.billing@gmail.com>": anyone may write that name.
+    result = _pay([*POINTED, "byname:iban"])
+    assert result.verdict == verifier_pb2.BLOCK
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        "Pay Fjordlicht Studio's new invoice by bank transfer.",
+        "Pay the invoice from Fjordlicht Studio from my new account.",
+        "Pay the invoice from Fjordlicht Studio via bank transfer rather than card.",
+        "Pay the invoice from Fjordlicht Studio. " + "I describe each expense for the accounting. " * 40,
+    ],
+)
+def test_a_task_that_does_not_speak_of_the_payees_change_is_not_told(task: str) -> None:
+    assert _pay([*POINTED, CUE], task).verdict == verifier_pb2.BLOCK
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("bank__schedule_payment", {"schedule": {"every": "month"}}),
+        ("bank__transfer", {"recurrence_rule": "FREQ=MONTHLY"}),
+        ("bank__transfer", {"options": {"recurring": True}}),
+        ("bank__create_periodic_transfer", {}),
+        ("bank__setup_autopay", {}),
+    ],
+)
+def test_a_repeating_payment_is_read_at_any_depth_and_by_its_tool(tool: str, arguments: dict[str, Any]) -> None:
+    assert repeats(tool, _struct(arguments))
+    assert _pay(POINTED, PAY, tool=tool, **arguments).verdict == verifier_pb2.BLOCK
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        "Pay the invoice from Fjordlicht Studio which arrived a week ago.",
+        "Pay Fjordlicht Studio for the monthly newsletter design.",
+        "Check every line of the Fjordlicht Studio invoice and pay it.",
+    ],
+)
+def test_a_task_that_asks_for_no_repeating_payment_does_not_vouch_for_one(task: str) -> None:
+    assert _pay(POINTED, task, every="month").verdict == verifier_pb2.BLOCK
+
+
+def test_numbers_after_identifier_words_are_no_amount() -> None:
+    for task in ("Pay the invoice 4471 balance.", "Pay the room 214 deposit.", "Pay the order 88213 total."):
+        assert not contradictions([("amount", "amount", 900000)], task)
+    # A bare-noun number only when the task states no amount with its currency.
+    assert not contradictions([("amount", "amount", 2900)], "Pay Fjordlicht 3,000 EUR, the 640 fee included.")
