@@ -64,6 +64,14 @@ def build_server(name: str, tools: Mapping[str, Mapping[str, Any]], script: Scri
     return server
 
 
+def _annotation(kind: str) -> Any:
+    # A string parameter is `str` itself, not `str | None`: the SDK parses a string argument as
+    # JSON whenever its parameter is annotated otherwise (`pre_parse_json`, for clients that
+    # send lists as JSON text), so a webhook body written as JSON text arrived as an object and
+    # failed validation (a blind pack's scenario). The default None is never validated.
+    return str if _TYPES[kind] is str else _TYPES[kind] | None
+
+
 def _tool_function(tool: str, params: Mapping[str, str], script: Script) -> Callable[..., dict[str, Any]]:
     """A function the SDK derives the tool's input schema from: every parameter optional."""
 
@@ -71,7 +79,7 @@ def _tool_function(tool: str, params: Mapping[str, str], script: Script) -> Call
         return script.answer(tool, {key: value for key, value in arguments.items() if value is not None})
 
     parameters = [
-        inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_TYPES[kind] | None)
+        inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_annotation(kind))
         for param, kind in params.items()
     ]
     call.__signature__ = inspect.Signature(parameters, return_annotation=dict[str, Any])  # type: ignore[attr-defined]
