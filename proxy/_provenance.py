@@ -88,40 +88,50 @@ from __future__ import annotations
 
 import collections
 import fnmatch
-import itertools
 import re
 import weakref
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from bastion._iban import Checks, is_iban
-from bastion._rerouting import result_cue
 from bastion.v1 import graph_pb2
 
-from ._lookalike import MAX_PER_VALUE, SeenDomains, domains_in, first_domains
-from ._pointers import IDENTITY_KEYS, PATH_TENANTS, PUNCTUATION, Identity, identity, references, stays_within, top_key
-from ._textprints import (
-    MIN_VALUE,
-    SHINGLE,
-    exact_key,
-    is_destination,
-    is_prose_key,
-    normalise,
-    shingle_hashes,
-    tokens,
+from ._prints import (
+    MAX_CUES,
+    MAX_HANDLES,
+    MAX_REPORTED,
+    MAX_RESULT_KEYS,
+    MAX_RESULT_SHINGLES,
+    MAX_WORKFLOW_PRINTS,
+    Fingerprints,
+    Match,
+    Source,
+    Unread,
 )
-from ._walk import Walk, strings
+from ._textprints import normalise
+from ._walk import strings
 
-#: Whether a text holds a digit (an IBAN spelled in one word needs some).
-_DIGIT_IN = re.compile(r"[0-9]").search
-#: Shingles one result may add; a longer result is sampled with a stride.
-MAX_RESULT_SHINGLES = 1024
-#: Exact values one result may add (identifiers in free text, short fields).
-MAX_RESULT_KEYS = 512
-#: Fingerprints (shingles and exact values) one workflow keeps; oldest results evicted first.
-MAX_WORKFLOW_PRINTS = 8192
+__all__ = [
+    "MAX_ARGUMENT_CHARS",
+    "MAX_CUES",
+    "MAX_HANDLES",
+    "MAX_RESULT_KEYS",
+    "MAX_RESULT_SHINGLES",
+    "MAX_TOTAL_PRINTS",
+    "MAX_WORKFLOW_PRINTS",
+    "NOTHING",
+    "Annotation",
+    "Fingerprints",
+    "Match",
+    "Provenance",
+    "Source",
+    "TaintSettings",
+    "Unread",
+    "escape",
+    "read_arguments",
+]
+
 #: Fingerprints all workflows of one proxy keep together (≈ 100 bytes each): past it, the
 #: tenant holding most gives back first, its least recently recorded workflow its oldest
 #: result, remembered as unread (`Provenance._trim`). Without it, 10,000 workflows of 8,192
@@ -133,91 +143,8 @@ MAX_ARGUMENT_CHARS = 16 * 1024
 #: hold by default (BASTION_MAX_ARGUMENT_VALUES), so that padding values cannot push a
 #: recipient past the walk (at 1,000, 1,200 zeros before `cc` did).
 MAX_ARGUMENT_VALUES = 10_000
-#: Longest value matched exactly (normalised), shortest is MIN_VALUE (`_textprints.py`).
-MAX_VALUE = 256
-#: Shortest run of shingle-covered characters reported (unless the whole argument is covered).
-MIN_RUN = 20
-#: Edges and `arg:` labels one call gets at most.
-MAX_REPORTED = 8
-#: Domains untrusted results wrote, kept per workflow (`Fingerprints._shown`).
-MAX_SHOWN = 1024
-#: Message handles kept per workflow (`Fingerprints._handles`), and keys naming a sender.
-MAX_HANDLES = 256
-_SENDER_KEYS = frozenset({"sender", "from", "reply_to", "replyTo", "from_address", "fromAddress"})
-#: Rerouting cues a workflow keeps (its results', newest last; one per result at most).
-MAX_CUES = 64
-#: Source fields (`sender`, `url`, …) of one result kept for its identity.
-MAX_NAMED_BY = 8
-#: Characters of identity data (what a call read, its result's source fields) counted as one
-#: fingerprint against the budgets, so that it cannot grow a workflow past them.
-IDENTITY_CHARS_PER_PRINT = 100
-#: Unread results a workflow remembers (the newest).
-MAX_UNREAD = 8
 #: Arguments are walked whole (their values bounded) and read shortest first (`match`).
 _UNBOUNDED = 1 << 62
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where fingerprinted data came from."""
-
-    node_id: str
-    tool: str
-    path: str
-    trusted: bool
-    #: "field": a whole short value; "text": inside free text.
-    kind: str
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """One argument holding data from one source."""
-
-    path: str
-    source: Source
-    fraction: float
-    #: The task points at the result the data came from (`_pointers.py`).
-    named: bool = False
-    #: The data came from a page the agent went to on its own and stays on its site (`_pointers.py`).
-    visited: bool = False
-    #: `named` only through words of the sender's display name (`Identity.by_name_only`).
-    by_name: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Unread:
-    """An untrusted result not fingerprinted, or not all of it: too large to read, or longer
-    or wider than the bounds of one result's reading (`partial`)."""
-
-    node_id: str
-    tool: str
-    size: int
-    partial: bool = False
-    #: Its fingerprints were dropped to keep its workflow's or the proxy-wide budget
-    #: (`Fingerprints.record`, `Provenance._trim`).
-    forgotten: bool = False
-
-    @property
-    def why(self) -> str:
-        if self.forgotten:
-            return "forgotten under memory pressure"
-        return "read only in part" if self.partial else "too large to trace"
-
-
-@dataclass(slots=True)
-class _Held:
-    """What one result added to a workflow's fingerprints, and whose it was."""
-
-    shingles: list[int]
-    exact: list[str]
-    tool: str
-    trusted: bool
-    size: int
-    #: The domains its source fields and its call's locators name (`_lookalike.py`).
-    domains: tuple[str, ...] = ()
-    #: The rerouting language an untrusted result holds, if any (bastion/_rerouting.py; at
-    #: most 48 characters, kept with the result's prints).
-    rerouting: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,484 +156,6 @@ class Annotation:
 
 
 NOTHING = Annotation()
-
-
-@dataclass(slots=True, weakref_slot=True)
-class Fingerprints:
-    """One workflow's fingerprints, bounded by `capacity` (oldest result evicted first)."""
-
-    capacity: int = MAX_WORKFLOW_PRINTS
-    _shingles: dict[int, Source] = field(default_factory=dict)
-    _exact: dict[str, Source] = field(default_factory=dict)
-    #: node id → the keys its result added, oldest first.
-    _results: OrderedDict[str, _Held] = field(default_factory=OrderedDict)
-    #: Results whose shingles are still held, oldest first: evicted before any identifier.
-    _prose: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    _size: int = 0
-    #: The most entries the two indexes held since they were last rebuilt (`_shrink`).
-    _peak: int = 0
-    _task: str = ""
-    _task_shingles: frozenset[int] = frozenset()
-    _task_exact: frozenset[str] = frozenset()
-    _task_refs: frozenset[str] = frozenset()
-    #: node id → (its cost in fingerprints, who or where its untrusted result came from).
-    #: Kept as read (what the call read, the result's source fields) and worked out into an
-    #: `Identity` the first time a later argument matches the result: most never are.
-    _identity: dict[str, tuple[int, Identity | tuple[tuple[str, ...], tuple[tuple[str, str], ...], bool]]] = field(
-        default_factory=dict
-    )
-    #: Untrusted results too large to read (over the result tap's tail): their data cannot
-    #: be traced, so every later call with string arguments says so (newest MAX_UNREAD).
-    unread: deque[Unread] = field(default_factory=lambda: deque(maxlen=MAX_UNREAD))
-    #: Domains the results and the task showed, for `lookalike:` labels (one print each).
-    _domains: SeenDomains = field(default_factory=SeenDomains)
-    #: Registrable domains any untrusted result wrote (newest MAX_SHOWN): a page the agent
-    #: then fetches there was not chosen on its own (`add(chosen=)`), however short the name
-    #: (a reviewer's probe: `ferry-bikes.example` in a result is too short to trace, and the
-    #: fetch of it counted as the agent's own choice). Once more were written than are kept,
-    #: no page counts as chosen (`_shown_overflow`).
-    _shown: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    _shown_overflow: bool = False
-    #: An untrusted result's message handles (`id` beside a `sender` or `from`) → the
-    #: sender's domain, newest MAX_HANDLES: a reply by id goes to that sender, though no
-    #: address is among its arguments (`lookalikes`).
-    _handles: OrderedDict[str, str] = field(default_factory=OrderedDict)
-    #: Untrusted results that said money should now go elsewhere (node id → cue, newest
-    #: last): while one is held, every argument from an untrusted result is labelled with
-    #: it, since "our account changed, the details follow" and the email with the IBAN are
-    #: two results (a blind pack's attack; an attacker's probe).
-    _cues: OrderedDict[str, str] = field(default_factory=OrderedDict)
-
-    def __len__(self) -> int:
-        return self._size
-
-    def add(
-        self,
-        node_id: str,
-        tool: str,
-        result: Any,
-        *,
-        trusted: bool,
-        read: tuple[str, ...] = (),
-        size: int = 0,
-        chosen: bool = False,
-    ) -> int:
-        """Fingerprint `result` (a parsed JSON value, `size` bytes as it came) as `tool`'s
-        answer at `node_id`, whose call read `read` (`_pointers.read_from` of its arguments;
-        `chosen`: with no untrusted data in them); return how many. An untrusted result the
-        bounds cut is also remembered as unread: a source padded past them must not launder
-        what follows the padding."""
-        shingles: dict[int, Source] = {}
-        exact: dict[str, Source] = {}
-        named_by: list[tuple[str, str]] = []
-        # Several content blocks (a search answering one per hit): no block is *the* source.
-        blocks = result.get("content") if isinstance(result, dict) else None
-        one_source = not (isinstance(blocks, list) and len(blocks) > 1)
-        walk = Walk(result, parse_json=True)
-        cut = False
-        checks = Checks()  # one budget of IBAN checksums for the whole result
-        shown: dict[str, None] = {}
-        handles: dict[str, list[str]] = {}  # an object's path → [its id, its sender]
-        texts: list[str] = []  # an untrusted result's values, read for rerouting language
-        iban_field = False
-        # Decided before this result's own domains are noted: what its call read was chosen or not.
-        chosen = chosen and not trusted and not self._shown_before(read)
-        for path, text in walk:
-            norm = normalise(text)
-            names: dict[str, None] | None = None
-            if not trusted:
-                if len(handles) < MAX_HANDLES:
-                    _note_handle(handles, path, text)
-                if "." in norm:
-                    # Every domain an untrusted value writes, ids included (`thread_id`), and
-                    # the whole value: the agent may be sent to any of them (`_shown_before`).
-                    names = dict.fromkeys(domains_in(norm))
-                    self._note_shown(names)
-            if _is_handle(path, norm):
-                continue
-            if not trusted:
-                texts.append(norm)
-            if (
-                not trusted
-                and len(named_by) < MAX_NAMED_BY
-                and (one_source or not path.startswith("content"))
-                and path.rpartition(".")[2].casefold() in IDENTITY_KEYS
-            ):
-                named_by.append((path, text[:MAX_VALUE]))
-            if "." in norm and len(shown) < MAX_PER_VALUE:
-                # The value's first domains, for look-alikes (an untrusted one's read above).
-                first = itertools.islice(names, MAX_PER_VALUE) if names is not None else first_domains(norm)
-                shown.update(dict.fromkeys(first))
-            # Short, or without spaces (a URL): a field; otherwise free text.
-            kind = "field" if len(norm) <= MAX_VALUE and (len(norm) <= 64 or " " not in norm) else "text"
-            if kind == "field" and is_prose_key(path) and is_destination(norm):
-                # A destination alone in what its author writes freely (an email's subject
-                # that is just an IBAN): the sender's text, not a field the tool defines.
-                kind = "text"
-            source = Source(node_id, tool, path, trusted, kind)
-            if kind == "text":
-                cut |= _add_tokens(exact, norm, source, checks)
-            elif len(norm) >= MIN_VALUE and not _is_constant(norm):
-                if len(exact) >= MAX_RESULT_KEYS:
-                    cut = True
-                    continue
-                key = exact_key(norm)
-                iban_field = iban_field or (not trusted and 15 <= len(key) <= 34 and is_iban(key))
-                # A whole field says more than the same token inside free text.
-                if (held := exact.get(key)) is None or held.kind == "text":
-                    exact[key] = source
-                if " " in norm:
-                    # A short text with words ("Pay to NL90 LDRU 7451 1350 04 now") is a field as
-                    # a whole, but the identifiers inside it are data inside text all the same.
-                    cut |= _add_tokens(exact, norm, Source(node_id, tool, path, trusted, "text"), checks)
-                elif not key.isalnum() and _DIGIT_IN(norm):
-                    # One word with separators ("DE89/3704/0044/…", "(DE89-3704-…)"): an IBAN
-                    # it spells, and the identifiers in its cells (an attacker's probe); alone in
-                    # what its author writes freely (a body), the sender's text as above.
-                    spelt = Source(node_id, tool, path, trusted, "text") if is_prose_key(path) else source
-                    cut |= _add_tokens(exact, norm, spelt, checks)
-            budget = MAX_RESULT_SHINGLES - len(shingles)
-            if budget > 0 and len(norm) >= SHINGLE:
-                for value in shingle_hashes(norm, budget):
-                    shingles.setdefault(value, source)
-        cut |= checks.exhausted
-        if len({path for path, _ in named_by}) < len(named_by):
-            # A source field given twice (`"from"` repeated): which one the agent read is
-            # unknown, so the fields vouch for no source.
-            named_by.clear()
-        if (cut or walk.cut) and not trusted:
-            self.unread.append(Unread(node_id, tool, size, partial=True))
-        self._keep_handles(handles)
-        added = len(shingles) + len(exact)
-        if not added:
-            return 0
-        self._results.pop(node_id, None)
-        self._cues.pop(node_id, None)
-        self._prose.pop(node_id, None)
-        self._forget_identity(node_id)
-        read = () if trusted else read
-        chars = sum(map(len, read)) + sum(len(path) + len(text) for path, text in named_by)
-        cost = 1 + chars // IDENTITY_CHARS_PER_PRINT if read or named_by else 0
-        while self._results and self._size + added + cost > self.capacity:
-            gone, evicted = self._evict()
-            if gone not in self._results:  # the whole result, identifiers too
-                self._remember(gone, evicted)
-        # Who sent it or where it is: what the call read and its top-level source fields (a
-        # search's ten hits each have a `url`, and none is the result's own).
-        named = (*read, *(text for path, text in named_by if top_key(path) is not None))
-        entry = _Held([], [], tool, trusted, size, tuple(dict.fromkeys(_domains_of(named))) if named else ())
-        if texts:
-            # Results that speak of no IBAN nor bank cost three substring searches here; a
-            # 1.2 KB email that does, ≈ 50-90 µs (bastion/_rerouting.py).
-            entry.rerouting = result_cue(texts, checks.found > 0 or iban_field)
-            if entry.rerouting:
-                self._cues.pop(node_id, None)
-                self._cues[node_id] = entry.rerouting
-                if len(self._cues) > MAX_CUES:
-                    self._cues.popitem(last=False)
-        for value, source in shingles.items():
-            if _takes(self._shingles.get(value), source):
-                self._shingles[value] = source
-                entry.shingles.append(value)
-        for key, source in exact.items():
-            if _takes(self._exact.get(key), source):
-                self._exact[key] = source
-                entry.exact.append(key)
-        self._results[node_id] = entry
-        if entry.shingles:
-            self._prose[node_id] = None
-        if shown or entry.domains:
-            self._size += self._domains.add([*shown, *entry.domains])
-        self._size += len(entry.shingles) + len(entry.exact)
-        self._peak = max(self._peak, len(self._shingles) + len(self._exact))
-        if cost:
-            self._identity[node_id] = (cost, (read, tuple(named_by), chosen))
-            self._size += cost
-        return added
-
-    def _shown_before(self, read: tuple[str, ...]) -> bool:
-        """Whether a site `read` names was written by an untrusted result (and not by the
-        task), or is on a platform where anyone gets a path: there the task naming the
-        platform says nothing of which owner's page the agent opened."""
-        if self._shown_overflow:
-            return True
-        for text in read:
-            for name in first_domains(normalise(text)):
-                if name in PATH_TENANTS or (name in self._shown and not self._domains.named_by_task(name)):
-                    return True
-        return False
-
-    def _note_shown(self, names: Iterable[str]) -> None:
-        # Each domain kept counts as one fingerprint (the workflow's and the proxy's budgets).
-        for name in names:
-            if self._shown.pop(name, False) is False:
-                self._size += 1
-            self._shown[name] = None
-            if len(self._shown) > MAX_SHOWN:
-                self._shown.popitem(last=False)
-                self._size -= 1
-                self._shown_overflow = True
-
-    def _keep_handles(self, handles: dict[str, list[str]]) -> None:
-        # Each id kept counts as one fingerprint, like a domain.
-        for handle, sender in handles.values():
-            if not (handle and sender):
-                continue
-            domains = first_domains(normalise(sender.rpartition("@")[2]))
-            if domains:
-                key = normalise(handle)
-                if self._handles.pop(key, None) is None:
-                    self._size += 1
-                self._handles[key] = domains[0]
-                if len(self._handles) > MAX_HANDLES:
-                    self._handles.popitem(last=False)
-                    self._size -= 1
-
-    def _forget_identity(self, node_id: str) -> None:
-        held = self._identity.pop(node_id, None)
-        if held is not None:
-            self._size -= held[0]
-
-    def evict_oldest(self) -> int:
-        """Forget the oldest result's fingerprints (its prose first) to keep the proxy-wide
-        budget; how many went (0 when there is none). Unlike the workflow's own capacity,
-        this is forced on it by other workflows, which may be an attacker's: an untrusted
-        result so forgotten is remembered as unread, so later calls say their data may be
-        untraceable rather than come out clean."""
-        if not self._results:
-            return 0
-        before = self._size
-        self._remember(*self._evict())
-        return before - self._size
-
-    def _remember(self, node_id: str, held: _Held) -> None:
-        """Remember an untrusted result whose data is (partly) forgotten as unread. Found by
-        an attacker's probe: sixteen pages of identifiers read after an injected email pushed
-        its IBAN out of its own workflow, and the transfer to it then came out clean."""
-        if not held.trusted and all(unread.node_id != node_id for unread in self.unread):
-            self.unread.append(Unread(node_id, held.tool, held.size, forgotten=True))
-
-    def _evict(self) -> tuple[str, _Held]:
-        """Forget the oldest result's shingles; once no result has any left, the oldest
-        result. Identifiers (IBANs, addresses, URLs) cost little and are what injected
-        instructions most often carry, so they outlive the windows of prose around them: an
-        attacker's probe had nine ordinary pages push an injected one out of a workflow."""
-        if self._prose:
-            node_id, _ = self._prose.popitem(last=False)
-            held = self._results[node_id]
-            _drop(self._shingles, held.shingles, node_id)
-            self._size -= len(held.shingles)
-            held.shingles = []
-            self._shrink()
-            return node_id, held
-        node_id, held = self._results.popitem(last=False)
-        self._cues.pop(node_id, None)
-        self._forget_identity(node_id)
-        _drop(self._exact, held.exact, node_id)
-        self._size -= len(held.exact)
-        if not self._results:  # the domains count against the budget too: a workflow evicted whole holds none
-            self._size -= self._domains.clear() + len(self._handles) + len(self._shown)
-            self._handles.clear()
-            # What untrusted results wrote is forgotten with them: from now on no page counts
-            # as chosen (`_shown_before`), rather than every page.
-            self._shown_overflow = self._shown_overflow or bool(self._shown)
-            self._shown.clear()
-        self._shrink()
-        return node_id, held
-
-    def _shrink(self) -> None:
-        """Rebuild the indexes once they hold under a quarter of their peak. A dict never
-        gives back the table it grew to: an attacker's probe had workflows the proxy-wide
-        budget emptied keep ~400 KB of empty tables each, 900 MB for 2,000 workflows, while
-        the print count stayed within the budget. Amortised: a rebuild copies at most a
-        quarter of what was removed since the last one."""
-        live = len(self._shingles) + len(self._exact)
-        if live * 4 >= self._peak:
-            return
-        self._shingles = dict(self._shingles)
-        self._exact = dict(self._exact)
-        if not self._results:
-            self._results, self._prose, self._identity = OrderedDict(), OrderedDict(), {}
-        self._peak = live
-
-    def _trust_task(self, task: str) -> None:
-        """Index the stated task (trusted): every window, every word, every identifier."""
-        if task == self._task:
-            return
-        norm = normalise(task)
-        self._task = task
-        self._task_shingles = frozenset(shingle_hashes(norm, len(norm)))
-        words = {exact_key(word.strip(PUNCTUATION)) for word in norm.split(" ")}
-        self._task_exact = frozenset({*words, *tokens(norm), exact_key(norm)})
-        self._task_refs = references(task)
-        self._domains.set_task(norm)
-
-    def match(self, values: Sequence[tuple[str, str]], task: str) -> list[Match]:
-        """Arguments (`read_arguments`) holding data from fingerprinted results (and not from the task)."""
-        if not self._size:
-            return []
-        self._trust_task(task)
-        found: list[Match] = []
-        checks = Checks()  # one budget of IBAN checksums for the call's arguments
-        for path, norm in values:
-            hit = self._match_value(path, norm, checks)
-            if hit is not None:
-                found.append(self._pointed(hit, norm))
-        return found
-
-    def lookalikes(self, values: Sequence[tuple[str, str]], matches: Iterable[Match]) -> list[tuple[str, str, str]]:
-        """(argument path, domain, the domain it looks like) for each domain in the arguments
-        (`read_arguments`), each sender a message handle among them answers to, and each
-        source of data they hold (`matches`), made to be taken for another the workflow's
-        results or task showed (`_lookalike.py`). After `match`."""
-        if self._domains.empty:
-            return []
-        found: dict[tuple[str, str], str] = {}
-        for path, norm in values:
-            for name in first_domains(norm):
-                if (like := self._domains.alike(name)) is not None:
-                    found.setdefault((path, name), like)
-            # `reply_email(message_id=…)`: the reply goes to that message's sender.
-            sender = self._handles.get(norm) if self._handles and _is_id_key(path) else None
-            if sender is not None and (like := self._domains.alike(sender)) is not None:
-                found.setdefault((path, sender), like)
-        for m in matches:
-            held = self._results.get(m.source.node_id)
-            for name in held.domains if held is not None and not m.source.trusted else ():
-                if (like := self._domains.alike(name)) is not None:
-                    found.setdefault((m.path, name), like)
-        return [(path, name, like) for (path, name), like in itertools.islice(found.items(), MAX_REPORTED)]
-
-    def rerouting(self, node_id: str) -> str:
-        """The rerouting language the untrusted result at `node_id` holds, else the newest any
-        untrusted result of the workflow still held does ("": none, or forgotten)."""
-        held = self._results.get(node_id)
-        if held is not None and held.rerouting:
-            return held.rerouting
-        return next(reversed(self._cues.values()), "")
-
-    def _pointed(self, hit: Match, norm: str) -> Match:
-        """`hit`, marked `named` when the task points at the untrusted result it came from
-        and the argument (`norm`) leads nowhere but to that result's site or the task's; else
-        `visited` when the agent went to that result's page on its own and the argument
-        leads nowhere but to that page's site or the task's."""
-        if hit.source.trusted:
-            return hit
-        node_id = hit.source.node_id
-        held = self._identity.get(node_id)
-        if held is None:
-            return hit
-        cost, known = held
-        if not isinstance(known, Identity):
-            read, named_by, chosen = known
-            known = identity(read, named_by, chosen=chosen)
-            self._identity[node_id] = (cost, known)
-        vouched = known.vouched(self._task_refs) if self._task_refs else None
-        if vouched is not None and stays_within(norm, vouched | self._task_refs):
-            by_name = known.by_name_only(self._task_refs)
-            return Match(hit.path, hit.source, hit.fraction, named=True, by_name=by_name)
-        if known.visited and stays_within(norm, known.visited | self._task_refs):
-            return Match(hit.path, hit.source, hit.fraction, visited=True)
-        return hit
-
-    def _match_value(self, path: str, norm: str, checks: Checks) -> Match | None:
-        if len(norm) < MIN_VALUE:
-            return None
-        key = exact_key(norm)
-        if key in self._task_exact:
-            return None
-        source = self._exact.get(key)
-        if source is not None:
-            return Match(path, source, 1.0)
-        # Per source: [covered characters, end of the last window, an identifier matched].
-        covered: dict[Source, list[int]] = {}
-        if len(norm) >= SHINGLE:
-            task, shingles = self._task_shingles, self._shingles
-            for start in range(len(norm) - SHINGLE + 1):
-                value = hash(norm[start : start + SHINGLE])
-                if value in task or (source := shingles.get(value)) is None:
-                    continue
-                span = covered.setdefault(source, [0, 0, 0])
-                end = start + SHINGLE
-                span[0] += end - max(start, span[1])
-                span[1] = end
-        # Identifiers inside a longer argument (a recipient named in a message body).
-        for token in tokens(norm, checks):
-            if token in self._task_exact or (source := self._exact.get(token)) is None:
-                continue
-            span = covered.setdefault(source, [0, 0, 0])
-            span[0] += len(token)
-            span[2] = 1
-        # The source covering most, but an untrusted one whenever any passes the bar: text of
-        # a trusted source around an untrusted link must not hide the link.
-        best: tuple[bool, int, Source] | None = None
-        for source, (chars, _, identifier) in covered.items():
-            chars = min(chars, len(norm))
-            if (identifier or chars >= min(MIN_RUN, len(norm))) and (
-                best is None or (not source.trusted, chars) > best[:2]
-            ):
-                best = (not source.trusted, chars, source)
-        if best is None:
-            return None
-        return Match(path, best[2], round(best[1] / len(norm), 2))
-
-
-def _domains_of(texts: Iterable[str]) -> Iterator[str]:
-    for text in texts:
-        yield from first_domains(normalise(text))
-
-
-def _drop(index: dict[Any, Source], keys: Iterable[Any], node_id: str) -> None:
-    """Remove `keys` from `index` where they still name `node_id`'s result."""
-    for key in keys:
-        if (source := index.get(key)) is not None and source.node_id == node_id:
-            del index[key]
-
-
-def _add_tokens(exact: dict[str, Source], norm: str, source: Source, checks: Checks) -> bool:
-    """The identifier-like tokens of `norm` as exact keys from `source`, within MAX_RESULT_KEYS
-    and the result's budget of IBAN checksums (`checks`); a key already held (the whole
-    field's own) keeps its source. True when the budget left some out."""
-    found = tokens(norm, checks)
-    for token in itertools.islice(found, max(0, MAX_RESULT_KEYS - len(exact))):
-        exact.setdefault(token, source)
-    return next(found, None) is not None
-
-
-def _is_id_key(path: str) -> bool:
-    key = path.rpartition(".")[2].partition("[")[0]
-    return key == "id" or key.endswith(("Id", "_id", "ID"))
-
-
-def _note_handle(handles: dict[str, list[str]], path: str, text: str) -> None:
-    """Note an object's id or sender (`messages[0].id`, `messages[0].sender`) under its path."""
-    parent, _, key = path.rpartition(".")
-    if key in _SENDER_KEYS:
-        handles.setdefault(parent, ["", ""])[1] = text[:MAX_VALUE]
-    elif _is_id_key(path) and len(text) <= MAX_VALUE:
-        handles.setdefault(parent, ["", ""])[0] = text
-
-
-def _is_handle(path: str, norm: str) -> bool:
-    """A value (normalised) under an id key (`id`, `taskId`, `message_id`): a protocol handle
-    the next call is meant to pass back (an A2A task id, an email's id to reply to), not data
-    a source could inject — unless it is a destination (an attacker's probe put an IBAN
-    under `account_id` and an address under `payeeId`)."""
-    if not _is_id_key(path):
-        return False
-    return norm.startswith("<") or not is_destination(norm)
-
-
-def _is_constant(norm: str) -> bool:
-    """One word of letters (`completed`, `role_user`, `archive`): an enum or a name the
-    protocol or the tool defines, which any call may repeat; data has a digit, `@`, `.`,
-    `/` or a space (addresses, IBANs, URLs, file names, people's names)."""
-    return norm.replace("_", "").replace("-", "").isalpha()
-
-
-def _takes(current: Source | None, new: Source) -> bool:
-    """Whether `new` replaces `current` for a key: newest wins, but never trusted over untrusted."""
-    return current is None or not (new.trusted and not current.trusted)
 
 
 def _length(item: tuple[str, str]) -> int:

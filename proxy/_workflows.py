@@ -30,7 +30,7 @@ from ._delegation import Delegation, Delegations
 from ._lru import Lru
 from ._mcp import WORKFLOW_META_KEY
 from ._owners import MAX_WORKFLOW_ID, WorkflowOwners, is_safe_id, owner_key
-from ._provenance import Fingerprints
+from ._prints import Fingerprints
 
 ROLLING_IDLE_SECONDS = 30 * 60
 #: Session ids come from upstreams (MCP: visible ASCII) and are checked at this length.

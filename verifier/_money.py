@@ -9,15 +9,19 @@ The danger the stance guarded against is business-email compromise: the email of
 supplier the user names, from a look-alike or a hijacked mailbox, saying the bank details
 have changed. What gives it away is what it says and where it comes from, and the proxy
 reads both. So the IBAN of an email the task points at (`named:` — only the task's own
-pointing, never a page the agent went to itself) is vouched for, on the same pointed factor
-as other data, when
+pointing, never a page the agent went to itself, and not only by the sender's display
+name, `byname:`, which anyone may write) is vouched for, on the same pointed factor as
+other data, when
 
-- every destination that moves money is an IBAN (a crypto wallet never is);
-- the result it came from says nothing of money going elsewhere — no `rerouting:` label of
-  the proxy (bastion/_rerouting.py: "our bank details have changed", a "new account", an
+- a valid IBAN is among the money destinations and none is anything else (a crypto wallet,
+  and an account number or sort code the verifier does not read as a destination, never
+  are); then only the IBAN, the labels, the payee's name and the BIC are discounted
+  (`_taint._vouched_in_payment`);
+- no result of the workflow says money should go elsewhere — no `rerouting:` label of the
+  proxy (bastion/_rerouting.py: "our bank details have changed", a "new account", an
   escrow, notary or clearing account, "instead", a split payment) — unless the task itself
-  speaks of the change ("apply the new bank details from Kuiper's email, I confirmed them by
-  phone"): the user has been told;
+  speaks of the payee's change ("apply the new bank details from Kuiper's email, I
+  confirmed them by phone"; `_TASK_CHANGE`): the user has been told;
 - no domain of the call or of its data's source looks like another the workflow saw
   (`lookalike:`);
 - a payment's task does not say the money goes where it went before ("to the saved payee",
