@@ -38,8 +38,10 @@ WINDOW characters around each; a text with more anchors than that is taken as re
 
 from __future__ import annotations
 
+import html
 import itertools
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from bastion._confusables import LATIN_LOOKALIKES
@@ -76,7 +78,8 @@ _CHANGE = frozenset(
         "deprecated", "discontinued", "discontinuing", "retiring", "retired", "redirect", "redirected",
         "transferred", "superseded", "amended", "amend", "amendment", "revised", "revise", "modified",
         "modify", "outdated", "obsolete", "invalid", "wrong", "incorrect", "ignore", "disregard",
-        "another", "second", "separate", "subsidiary", "henceforth",
+        "another", "second", "separate", "subsidiary", "henceforth", "blocked", "altered", "alter",
+        "relocated", "relocate",
         "neue", "neues", "neuen", "neuer", "geändert", "geänderte", "geänderten", "änderung",
         "umgestellt", "gewechselt", "alte", "alten", "bisherige", "bisherigen", "fortan", "nouveau",
         "nouvelle", "nouvelles", "nouveaux", "changement", "changé", "changée", "changés", "changées",
@@ -91,7 +94,7 @@ _CHANGE = frozenset(
 )  # fmt: skip
 #: An intermediary's account named by one word (a word starting with one counts): escrow,
 #: factoring, debt collection (Inkasso), and German compounds of Konto and Bank.
-_INTERMEDIARY_ALONE = (
+_INTERMEDIARY_ALONE: tuple[str, ...] = (
     "escrow", "factoring", "treuhand", "anderkonto", "sequest", "inkasso", "forderungskonto",
     "verrechnungskonto", "sammelkonto", "zwischenkonto", "sonderkonto", "kontoänderung",
     "kontowechsel", "bankwechsel", "bankwissel",
@@ -118,6 +121,15 @@ _PAYING = frozenset(
 _SPLIT_OF = frozenset({"payment", "payments", "amount", "sum", "total", "transfer", "transfers", "invoice", "balance"})
 #: "payment details", "remittance information": a place when a word of these follows.
 _DETAILS = frozenset({"details", "detail", "information", "info", "instructions", "data", "coordinates"})
+
+
+def _ascii(word: str) -> str:
+    return unicodedata.normalize("NFKD", word).encode("ascii", "ignore").decode("ascii")
+
+
+# The word lists as `_plain` reads text: accents dropped ("geändert" is "geandert").
+_CHANGE = frozenset(map(_ascii, _CHANGE))
+_INTERMEDIARY_ALONE = tuple(map(_ascii, _INTERMEDIARY_ALONE))
 _ANCHORS = (
     *_PLACES, *sorted(_PLACE_WORDS), "payment", *_INTERMEDIARY_ALONE, "notar", "clearing",
     "collection", "recover", "instead", "rather", "split",
@@ -125,16 +137,22 @@ _ANCHORS = (
 #: Second words of the pairs `_changed` reads ("no longer", "any more", "now on").
 _PAIR_ENDS = frozenset({"longer", "more", "on"})
 #: ASCII characters that are no letter, as spaces (`_cue`).
-_SEPARATORS = str.maketrans({chr(code): " " for code in range(128) if not chr(code).isalpha()})
 _BYTE_SEPARATORS = bytes(code if chr(code).isalpha() else 0x20 for code in range(256))
 #: What stands between the words a reader sees: HTML tags, character entities, markdown link targets.
 #: (One pattern each, so that each starts with a literal the engine scans for.)
+#: A tag that starts a block (a space between words); any other, a comment's markers and
+#: markdown emphasis stand inside words too (`chan<b></b>ged`, `chan**ged**`: an attacker's
+#: probe), so they are taken out with nothing in their place. A comment's text is read (an
+#: agent reads it, a person does not see it); character entities are decoded.
+_BLOCK_TAG = re.compile(
+    r"</?(?:p|div|br|li|ul|ol|tr|td|th|table|h[1-6]|section|article|header|footer|blockquote|pre|hr)\b[^<>]{0,512}>"
+)
 _MARKUP = (
-    # Tags only: a comment's text is read (an agent reads it, a person does not see it).
-    ("<", re.compile(r"</?[a-z][^<>]{0,512}>|<!--|-->")),
-    ("&", re.compile(r"&#?[a-z0-9]{1,10};")),
+    ("<", re.compile(r"</?[a-z][^<>]{0,512}>")),
     ("](", re.compile(r"\]\([^()\s]{0,512}\)")),
 )
+_COMMENT = re.compile(r"<!--.{0,4096}?-->", re.DOTALL)
+_EMPHASIS = str.maketrans({"*": None, "~": None, "\u00ad": None})
 _LATIN = str.maketrans(LATIN_LOOKALIKES)
 
 
@@ -160,11 +178,29 @@ def rerouting(text: str) -> str:
     """The rerouting language (module docstring) `text` holds, as a short phrase around the
     cue (at most MAX_SHOWN characters); "" when none."""
     folded = text[:MAX_CHARS].casefold()
+    if "&" in folded:
+        folded = html.unescape(folded).casefold()
+    if "<" in folded:
+        folded = _BLOCK_TAG.sub(" ", folded)
     for mark, markup in _MARKUP:
         if mark in folded:
-            folded = markup.sub(" ", folded)
+            folded = markup.sub("" if mark == "<" else " ", folded)
+    if "*" in folded or "~" in folded or "\u00ad" in folded:
+        folded = folded.translate(_EMPHASIS)
     if not folded.isascii():
-        folded = folded.translate(_LATIN)
+        # Read as ASCII: look-alike letters as the Latin ones they pass for, accents dropped
+        # however written ("geändert" is "geandert", a combining accent inside "changed" is
+        # nothing: an attacker's probe), other scripts' letters dropped. The word lists are
+        # kept so too (`_plain`), and ASCII windows read four times faster.
+        folded = _plain(folded)
+    if "<!--" in text:
+        # A comment inside a word ("chan<!-- x -->ged") is nothing to a reader; a comment's
+        # text is what an agent reads. Both readings.
+        return _read(_COMMENT.sub("", folded)) or _read(folded.replace("<!--", " ").replace("-->", " "))
+    return _read(folded)
+
+
+def _read(folded: str) -> str:
     looked = 0
     for anchor in _ANCHORS:
         at = folded.find(anchor)
@@ -221,10 +257,15 @@ def _cue(folded: str, at: int, anchor: str) -> str:
     return phrase[:MAX_SHOWN].strip()
 
 
+def _plain(text: str) -> str:
+    """`text` (case-folded) as ASCII: look-alike letters folded, accents dropped, other
+    scripts' characters dropped."""
+    return _ascii(text.translate(_LATIN))
+
+
 def _words(window: str) -> list[str]:
-    if window.isascii():  # bytes.translate is C-speed; str.translate looks each character up in a dict
-        return window.encode("ascii").translate(_BYTE_SEPARATORS).decode("ascii").split()
-    return window.translate(_SEPARATORS).split()
+    # ASCII (`_plain`): bytes.translate is C-speed; str.translate looks each character up in a dict.
+    return window.encode("ascii").translate(_BYTE_SEPARATORS).decode("ascii").split()
 
 
 def _is_place(word: str) -> bool:

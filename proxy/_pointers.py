@@ -57,6 +57,24 @@ from bastion._domains import registrable
 from bastion._urlsyntax import URL_IGNORED
 from bastion._verbs import ACTION_VERBS
 
+#: Words of a name or a domain that many businesses share ("Studio", "Energy", "Roofing",
+#: "Payments"): meeting a result by one of them alone is weak pointing (`by_name_only`).
+GENERIC_WORDS = frozenset(
+    {
+        "studio", "studios", "energy", "energie", "power", "roofing", "building", "builders",
+        "construction", "bau", "services", "service", "payments", "payment", "billing", "invoice",
+        "invoices", "invoicing", "accounts", "account", "accounting", "finance", "financial",
+        "group", "company", "holding", "holdings", "partners", "limited", "ltd", "gmbh", "inbox",
+        "gmail", "email", "mail", "bank", "banking", "support", "team", "office", "shop", "store",
+        "online", "digital", "solutions", "consulting", "design", "media", "international", "global",
+        "systems", "tech", "insurance", "versicherung", "property", "properties", "management",
+        "logistics", "supplies", "supply", "trading", "print", "printing", "druckerei", "school",
+        "club", "clinic", "practice", "agency", "estate", "home", "homes", "water", "utilities",
+        "electric", "electrical", "plumbing", "garage", "motors", "cars", "travel", "hotel",
+        "hotels", "restaurant", "cafe", "bakery", "kita", "city", "council", "tax", "secure",
+        "verify", "notice", "notices", "portal", "desk", "centre", "center", "direct", "express",
+    }
+)  # fmt: skip
 #: Groups one result's identity keeps.
 MAX_GROUPS = 16
 #: Arguments of a call kept as what it read, and characters of each.
@@ -160,9 +178,12 @@ class Identity:
         return frozenset(itertools.chain.from_iterable(met)) if met else None
 
     def by_name_only(self, references_: frozenset[str]) -> bool:
-        """Whether the task meets this result only through display-name words: "Fjordlicht
-        Studio <fjordlicht.billing@gmail.com>" is anyone's to write (`byname:`)."""
-        return not any(not (keys - self.names).isdisjoint(references_) for keys, _ in self.groups)
+        """Whether the task meets this result only through display-name words or words any
+        business may put in its domain: "Fjordlicht Studio <fjordlicht.billing@gmail.com>" is
+        anyone's to write, and so is `studio-payments.example` for a task naming "Fjordlicht
+        Studio" (an attacker's probe) (`byname:`)."""
+        weak = self.names | GENERIC_WORDS
+        return not any(not (keys - weak).isdisjoint(references_) for keys, _ in self.groups)
 
 
 def read_from(asked: Any) -> tuple[str, ...]:

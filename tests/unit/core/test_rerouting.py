@@ -82,6 +82,15 @@ def test_an_anchor_inside_a_word_is_no_anchor() -> None:
         "Datos bancarios actualizados.",
         "IBAN aggiornato dal primo marzo.",
         "Ons rekeningnummer is aangepast.",
+        # Markup and marks inside a word, as a second probe put them.
+        "Our bank details have chan<b></b>ged.",
+        "Our bank details have chan<!-- x -->ged.",
+        "Our bank details have chan&shy;ged.",
+        "Our bank details have chan&#103;ed.",
+        "Our bank details have chan**ged**.",
+        "Our bank details have cha\u0301nged.",
+        "Unsere Kontoänderung gilt ab sofort.",
+        "Our bank account was altered; we relocated our banking.",
     ],
 )
 def test_rerouting_is_read_as_a_person_reads_it(text: str) -> None:

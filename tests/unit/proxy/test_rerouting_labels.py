@@ -135,6 +135,8 @@ def test_an_evicted_result_takes_its_cue_with_it() -> None:
     [
         ("Fjordlicht Studio <fjordlicht.billing@gmail.com>", True),  # webmail: the name is anyone's
         ("Fjordlicht Studio <billing@payments-desk.example>", True),  # a domain the task does not name
+        ("Accounts <billing@studio-payments.example>", True),  # only a word any business may hold
+        ("Studio <ar@studio.example>", True),
         ("Fjordlicht Studio <billing@fjordlicht-studio.example>", False),  # the domain's own word
         ("Accounts <billing@fjordlichtstudio.example>", False),  # the task's two names joined
     ],
