@@ -323,11 +323,7 @@ def _vouched_in_payment(path: str, value: str | None) -> bool:
     same email keeps its full weight (an attacker's probe paid one beside no IBAN)."""
     if value is None:
         return False
-    if is_iban(value):
-        return True
-    if "." in path or "[" in path or fold(path) not in _PAYMENT_NAMED:
-        return False
-    return _PLACE_LIKE.search(value) is None and _PLACE_LIKE.search(value.replace(" ", "")) is None
+    return is_iban(value) or (_top_level_in(path, _PAYMENT_NAMED) and not _place_like(value))
 
 
 def _task_identifiers(folded_task: str) -> tuple[str, ...]:
@@ -338,7 +334,7 @@ def _task_identifiers(folded_task: str) -> tuple[str, ...]:
 def _other_label(path: str, value: str, stated: Sequence[str]) -> bool:
     """Whether `path` is a payment's label at the top of the arguments whose `value` holds none
     of the task's identifiers (`stated`, folded)."""
-    if "." in path or "[" in path or fold(path) not in LABEL_KEYS:
+    if not _top_level_in(path, LABEL_KEYS):
         return False
     folded = fold(value)
     return not any(identifier in folded for identifier in stated)
@@ -348,9 +344,17 @@ def _is_label(path: str, value: str) -> bool:
     """Whether `path` is a payment's label (`reference`, `memo`, `remittance_information`) at
     the top of the arguments (a nested one, `creditor.reference` or `reference.iban`, may be
     anything; a list under such a key too) and `value` holds nothing place-like."""
-    if "." in path or "[" in path or fold(path) not in LABEL_KEYS:
-        return False
-    return _PLACE_LIKE.search(value) is None and _PLACE_LIKE.search(value.replace(" ", "")) is None
+    return _top_level_in(path, LABEL_KEYS) and not _place_like(value)
+
+
+def _top_level_in(path: str, keys: frozenset[str]) -> bool:
+    """Whether `path` is a top-level argument (no `.` nor `[`) whose key, folded, is one of `keys`."""
+    return "." not in path and "[" not in path and fold(path) in keys
+
+
+def _place_like(value: str) -> bool:
+    """Whether `value` holds something place-like (`_PLACE_LIKE`), spaces kept or dropped."""
+    return _PLACE_LIKE.search(value) is not None or _PLACE_LIKE.search(value.replace(" ", "")) is not None
 
 
 def _weigh(arguments: struct_pb2.Struct, tainted: Tainted, folded_task: str) -> tuple[str, bool, str | None]:
