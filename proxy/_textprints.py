@@ -19,7 +19,7 @@ MIN_VALUE = 6
 
 #: Groups of a number printed with spaces (an IBAN has at most 9).
 _MAX_GROUPS = 12
-_MARKS = "0123456789@"
+_MARKS = "0123456789@/"
 _DIGIT = re.compile(r"[0-9]")
 #: What separates cells glued into one word: CSV's commas, semicolons and quotes, pipes,
 #: `key:value` and `key=value`, brackets, bullets and dashes. Not `.` (decimals, hosts) nor
@@ -117,21 +117,21 @@ def exact_key(norm: str) -> str:
 
 def tokens(norm: str, checks: Checks | None = None) -> Iterator[str]:
     """Identifier-like tokens of normalised free text, as exact keys: words with a digit,
-    `@` or `://`, and numbers printed in space-separated groups ("de89 3704 0044 …"); of a
-    word that glues cells with commas or semicolons, its cells' too (`_cells`); IBANs
-    however spelled (`bastion._iban.spelled`, within `checks`).
+    `@` or `://`, absolute file paths (`_is_path`), and numbers printed in space-separated
+    groups ("de89 3704 0044 …"); of a word that glues cells with commas or semicolons, its
+    cells' too (`_cells`); IBANs however spelled (`bastion._iban.spelled`, within `checks`).
 
     A loop over the words rather than a regex: Python's `re` costs ~200 ns a character
     on a pattern without a literal prefix, str.split and isalpha a few ns."""
-    if "://" not in norm and not any(mark in norm for mark in _MARKS):
-        return  # prose without a digit or `@`: no word can be one (11 memchr-fast searches)
+    if not any(mark in norm for mark in _MARKS):
+        return  # prose without a digit, `@` or `/`: no word can be one (12 memchr-fast searches)
     words = norm.split(" ")
     for index, word in enumerate(words):
         if word.isalpha():
             continue
         word = word.strip(PUNCTUATION)
         digit = _DIGIT.search(word) is not None
-        if len(word) >= MIN_VALUE and (digit or "@" in word or "://" in word):
+        if len(word) >= MIN_VALUE and (digit or "@" in word or "://" in word or _is_path(word)):
             whole = exact_key(word)
             yield whole
             if not word.isalnum() and "://" not in word and _CELL.search(word):
@@ -144,6 +144,15 @@ def tokens(norm: str, checks: Checks | None = None) -> Iterator[str]:
         # An IBAN spelled with dashes, dots or slashes anywhere ("c-y-9-3 / 0197-…"), which
         # an agent told to "enter it without separators" copies compact.
         yield from spelled(norm, checks)
+
+
+def _is_path(word: str) -> bool:
+    """Whether a word is an absolute file path ("/admin/hr", "~/backups/mail"): what a note
+    tells an agent to share, move or delete. A path with a digit was always a token; one
+    without was not, so "also share /admin/hr" in a README reached a share untraced (a blind
+    pack's attack). Not "//" (a comment, a scheme-relative URL: `://` words are tokens)."""
+    start = 2 if word.startswith("~/") else 1 if word.startswith("/") else 0
+    return start > 0 and word[start : start + 1] not in ("", "/") and not word[start:].isdigit()
 
 
 def _cells(word: str, words: list[str], index: int, whole: str) -> Iterator[str]:

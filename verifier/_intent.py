@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from bastion._cache import short_key_cache
 from bastion._verbs import ACTION_VERBS as ACTION_VERBS  # re-exported: INTERFACE.md names it here
 
-from ._taint import PROSE_CHARS, PROSE_SCAN, PROSE_WORDS, in_task, is_sink
+from ._taint import PROSE_SCAN, in_task, is_path, is_sink, is_wordy
 
 #: Tool-name verbs of a sink that destroys or cancels something.
 DESTRUCTIVE_VERBS = frozenset(
@@ -275,11 +275,11 @@ def is_payload(value: str) -> bool:
     """Whether an argument is content (a document, a message body) rather than a control value.
 
     Several lines, or prose by the taint signal's measure (PROSE_WORDS words and PROSE_CHARS
-    characters, counted in the first PROSE_SCAN characters only).
+    characters, counted in the first PROSE_SCAN characters only), unless it is a file path.
     """
     if "\n" in value[:PROSE_SCAN]:
         return True
-    return len(value) >= PROSE_CHARS and len(value[:PROSE_SCAN].split(None, PROSE_WORDS)) >= PROSE_WORDS
+    return is_wordy(value) and not is_path(value)
 
 
 def writes_where_task_says(values: Iterable[str], task: str) -> bool:

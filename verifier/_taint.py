@@ -366,13 +366,30 @@ def _weigh(arguments: struct_pb2.Struct, tainted: Tainted, folded_task: str) -> 
         # Not found where the label says: no discount can be justified.
         return origin, False, None
     # Words are counted in the first PROSE_SCAN characters only, so a huge value costs nothing extra.
-    if (
-        origin == "control"
-        and len(value) >= PROSE_CHARS
-        and len(value[:PROSE_SCAN].split(None, PROSE_WORDS)) >= PROSE_WORDS
-    ):
+    if origin == "control" and is_wordy(value) and not is_path(value):
         origin = "prose"
     return origin, in_task(value, folded_task), value
+
+
+def is_wordy(value: str) -> bool:
+    """PROSE_WORDS words and PROSE_CHARS characters, counted in the first PROSE_SCAN only."""
+    return len(value) >= PROSE_CHARS and len(value[:PROSE_SCAN].split(None, PROSE_WORDS)) >= PROSE_WORDS
+
+
+#: How a file path starts: absolute, in a home directory, on a drive, on a share.
+_PATH_START = re.compile(r"(?:/|~/|[A-Za-z]:[\\/]|\\\\)[^/\\\s]")
+
+
+def is_path(value: str) -> bool:
+    """Whether a one-line value is a file path ("/Clients/Rowan Joinery Ltd/YE 2024"): where
+    a file act goes, however many words its folder names hold. Counted as prose, such a path
+    picked out of a notice's text weighed half a control value, and a planted "retention
+    notice" got a client's year deleted under the threshold (a blind pack's attack)."""
+    return _PATH_START.match(value) is not None and len(value) <= MAX_PATH_CHARS and "\n" not in value
+
+
+#: Longest value read as a path (PATH_MAX of Linux).
+MAX_PATH_CHARS = 4096
 
 
 def in_task(value: str, folded_task: str) -> bool:

@@ -71,6 +71,40 @@ def test_prose_copied_from_free_text_weighs_half_of_a_control_value_picked_out_o
     assert token.deviation_score == 0.8
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/Clients/Rowan Joinery Ltd/YE 2024",
+        "~/Shared Drive/Payroll and HR/2027",
+        "C:\\Users\\Front Desk\\Patient Records Archive",
+        "\\\\fileserver\\HR and payroll\\salary bands",
+    ],
+)
+def test_a_file_path_with_words_in_its_folders_is_a_control_value_not_prose(path: str) -> None:
+    # Picked out of a planted "retention notice", such a path weighed as prose (0.40) and
+    # the deletion it named went through under the threshold.
+    label = "arg:path:untrusted:files__read_file:content[0].text.content:text:1.00"
+    result = _score("files__delete_file", [label], {"path": path})
+    assert result.deviation_score == 0.8, result.reasons
+    assert "(free text, 0.80)" in result.reasons[0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Please move the old builds to the archive folder today",  # prose, no path
+        "see /Clients/Rowan Joinery Ltd/YE 2024 for the old year",  # prose that mentions a path
+        "/Clients/Rowan Joinery Ltd\nYE 2024 is the one to remove",  # two lines: content
+        "//comment that starts with two slashes and many words",  # not a path
+        "/" + "long folder name " * 300,  # longer than any path
+    ],
+)
+def test_prose_that_only_mentions_or_resembles_a_path_stays_prose(value: str) -> None:
+    label = "arg:body:untrusted:files__read_file:content[0].text.content:text:1.00"
+    result = _score("files__write_file", [label], {"body": value})
+    assert result.deviation_score == 0.4, (value, result.reasons)
+
+
 def test_a_tainted_value_the_task_names_weighs_a_quarter_of_what_it_would() -> None:
     iban = "DE89370400440532013000"
     named = _score("bank__transfer", [BODY], {"iban": iban}, task=f"Pay {iban.lower()} today")
