@@ -43,7 +43,14 @@ def _folding() -> dict[int, str | None]:
     for code in (0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0, *range(0x180B, 0x1810)):
         table[code] = None
     table.update(dict.fromkeys([*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]))
+    # Slashes NFKC keeps apart, which a reader takes for `/` and an agent writes as one: a
+    # path spelled with them (U+2044 between "admin" and "hr") must not pass as another value.
+    table.update(dict.fromkeys(_SLASHES, "/"))
     return table
+
+
+#: Fraction slash, division slash, big solidus, the box-drawing diagonal, mathematical rising diagonal.
+_SLASHES = (0x2044, 0x2215, 0x29F8, 0x2571, 0x27CB)
 
 
 #: Format characters and invisible marks dropped, digits of every script made ASCII.
