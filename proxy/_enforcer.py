@@ -134,7 +134,7 @@ class Enforcer:
         #: Forwarded actions whose results are fingerprinted into their workflow (bounded like `_held`).
         #: node id → (workflow, `server__tool`, what the call read, whether no untrusted data
         #: was in its arguments) of an allowed action.
-        self._informing: OrderedDict[str, tuple[WorkflowState, str, tuple[str, ...], bool]] = OrderedDict()
+        self._informing: OrderedDict[str, tuple[WorkflowState, str, tuple[str, ...], bool, Any]] = OrderedDict()
         self._checks = tuple(checks)
         self._after = tuple(after)
         self._decide = decide
@@ -174,6 +174,8 @@ class Enforcer:
                     _source_name(action),
                     read_from(item.record.arguments),
                     "untrusted" not in asked.ctx.taint,
+                    # Read only if a result comes: what it repeats of them is the agent's own.
+                    item.record.arguments,
                 )
                 if len(self._informing) > _HELD_MAX:
                     self._informing.popitem(last=False)
@@ -400,7 +402,7 @@ class Enforcer:
             # After the audit record: provenance is a hint for later calls, the result a fact.
             informing = self._informing.pop(record.node_id, None)
             if informing is not None and (taken.read or taken.unread):
-                state, source, read, chosen = informing
+                state, source, read, chosen, arguments = informing
                 if taken.read:
                     self._provenance.record(
                         state.prints(),
@@ -411,6 +413,7 @@ class Enforcer:
                         size=result.result_bytes,
                         tenant=record.tenant,
                         chosen=chosen,
+                        arguments=arguments,
                     )
                 if taken.unread or taken.partial:
                     self._provenance.record_unread(

@@ -180,12 +180,19 @@ class Fingerprints:
         read: tuple[str, ...] = (),
         size: int = 0,
         chosen: bool = False,
+        echoes: Sequence[str] = (),
     ) -> int:
         """Fingerprint `result` (a parsed JSON value, `size` bytes as it came) as `tool`'s
         answer at `node_id`, whose call read `read` (`_pointers.read_from` of its arguments;
         `chosen`: with no untrusted data in them); return how many. An untrusted result the
         bounds cut is also remembered as unread: a source padded past them must not launder
-        what follows the padding."""
+        what follows the padding.
+
+        `echoes`: the call's own string arguments, normalised (`read_arguments`). What the
+        result only repeats of them ("deleted /loop/same", a search's query in its hits) is
+        the agent's data, not the tool's, and is not fingerprinted as this result's: a
+        second delete of the same path was traced to the first one's answer and blocked.
+        Data the agent took from an earlier result is still traced to that one."""
         shingles: dict[int, Source] = {}
         exact: dict[str, Source] = {}
         named_by: list[tuple[str, str]] = []
@@ -267,6 +274,8 @@ class Fingerprints:
         if (cut or walk.cut) and not trusted:
             self.unread.append(Unread(node_id, tool, size, partial=True))
         self._keep_handles(handles)
+        if echoes and (shingles or exact):
+            _drop_echoes(shingles, exact, echoes)
         added = len(shingles) + len(exact)
         if not added:
             return 0
@@ -551,6 +560,19 @@ def _drop(index: dict[Any, Source], keys: Iterable[Any], node_id: str) -> None:
     for key in keys:
         if (source := index.get(key)) is not None and source.node_id == node_id:
             del index[key]
+
+
+def _drop_echoes(shingles: dict[int, Source], exact: dict[str, Source], echoes: Sequence[str]) -> None:
+    """Take out of a result's prints the keys and windows of its call's own arguments
+    (normalised; `read_arguments` bounds them to MAX_ARGUMENT_CHARS altogether)."""
+    checks = Checks()
+    for norm in echoes:
+        exact.pop(exact_key(norm), None)
+        for token in tokens(norm, checks):
+            exact.pop(token, None)
+        if shingles:
+            for value in shingle_hashes(norm, len(norm)):
+                shingles.pop(value, None)
 
 
 def _add_tokens(exact: dict[str, Source], norm: str, source: Source, checks: Checks) -> bool:

@@ -251,13 +251,18 @@ class Provenance:
         *,
         tenant: str = "",
         chosen: bool = False,
+        arguments: Any = None,
     ) -> int:
         """Fingerprint a completed action's parsed result (`size` bytes), its call having read
         `read` (`_pointers.read_from` of its arguments; `chosen`: with no untrusted data in
-        them), within the proxy-wide budget, the workflow being `tenant`'s."""
+        them), within the proxy-wide budget, the workflow being `tenant`'s. What the result
+        repeats of the call's own `arguments` is not its data (`Fingerprints.add`)."""
         if result is None:
             return 0
-        added = prints.add(node_id, tool, result, trusted=self.trusted(tool), read=read, size=size, chosen=chosen)
+        echoes = [norm for _, norm in read_arguments(arguments)] if isinstance(arguments, dict) and arguments else ()
+        added = prints.add(
+            node_id, tool, result, trusted=self.trusted(tool), read=read, size=size, chosen=chosen, echoes=echoes
+        )
         key = id(prints)
         holders = self._holders.setdefault(tenant, OrderedDict())
         held = holders.pop(key, None)

@@ -348,3 +348,30 @@ def test_a_file_path_without_a_digit_picked_out_of_free_text_is_traced() -> None
 @pytest.mark.parametrize("text", ["and/or yes/no km/h", "see //comments here", "a lone / slash", "/ab"])
 def test_words_with_a_slash_that_are_no_absolute_path_are_no_tokens(text: str) -> None:
     assert list(tokens(normalise(text))) == []
+
+
+def test_what_a_result_only_repeats_of_its_calls_own_arguments_is_not_its_data() -> None:
+    # A delete answered "deleted /loop/same" made a second delete of the same path look taken
+    # from the first one's answer (and the verifier blocked it before loop detection could).
+    provenance = Provenance()
+    prints = Fingerprints()
+    long_path = "/Clients/Rowan Joinery Ltd/YE 2026"
+    own = {"path": "/loop/same", "folder": long_path}
+    answer = f"Done: deleted /loop/same and created {long_path}. Share it from /shared/collaborators."
+    provenance.record(prints, "n1", "files__manage", {"content": [{"type": "text", "text": answer}]}, arguments=own)
+    for value in ("/loop/same", long_path, f"{long_path}/invoices"):
+        labels = provenance.annotate(prints, "files__share_file", {"path": value}, "").labels
+        assert not any(label.startswith("arg:") for label in labels), (value, labels)
+    # What the answer adds of its own is still traced to it.
+    found = provenance.annotate(prints, "files__share_file", {"path": "/shared/collaborators"}, "")
+    assert "arg:path:untrusted:files__manage:content[0].text:text:1.00" in found.labels, found.labels
+
+
+def test_data_an_injected_result_gave_stays_traced_to_it_when_a_later_answer_repeats_it() -> None:
+    provenance = Provenance()
+    prints = _read(provenance)  # the injected email: eve@evil.example in its body
+    echo = {"content": [{"type": "text", "text": "Message queued for eve@evil.example, thank you."}]}
+    provenance.record(prints, "n2", "email__send", echo, arguments={"to": "eve@evil.example"})
+    found = provenance.annotate(prints, "email__send", {"to": "eve@evil.example"}, "")
+    assert any(label.startswith("arg:to:untrusted:email__read:") for label in found.labels), found.labels
+    assert not any(":email__send:" in label for label in found.labels), found.labels
