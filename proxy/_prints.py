@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +180,7 @@ class Fingerprints:
         read: tuple[str, ...] = (),
         size: int = 0,
         chosen: bool = False,
-        echoes: Sequence[str] = (),
+        echoes: Callable[[], Sequence[str]] | None = None,
     ) -> int:
         """Fingerprint `result` (a parsed JSON value, `size` bytes as it came) as `tool`'s
         answer at `node_id`, whose call read `read` (`_pointers.read_from` of its arguments;
@@ -188,7 +188,8 @@ class Fingerprints:
         bounds cut is also remembered as unread: a source padded past them must not launder
         what follows the padding.
 
-        `echoes`: the call's own string arguments, normalised (`read_arguments`). What the
+        `echoes`: the call's own string arguments, normalised (`read_arguments`), read only
+        when the result has prints. What the
         result only repeats of them ("deleted /loop/same", a search's query in its hits) is
         the agent's data, not the tool's, and is not fingerprinted as this result's: a
         second delete of the same path was traced to the first one's answer and blocked.
@@ -274,8 +275,8 @@ class Fingerprints:
         if (cut or walk.cut) and not trusted:
             self.unread.append(Unread(node_id, tool, size, partial=True))
         self._keep_handles(handles)
-        if echoes and (shingles or exact):
-            _drop_echoes(shingles, exact, echoes)
+        if echoes is not None and (shingles or exact):
+            _drop_echoes(shingles, exact, echoes())
         added = len(shingles) + len(exact)
         if not added:
             return 0

@@ -259,7 +259,8 @@ class Provenance:
         repeats of the call's own `arguments` is not its data (`Fingerprints.add`)."""
         if result is None:
             return 0
-        echoes = [norm for _, norm in read_arguments(arguments)] if isinstance(arguments, dict) and arguments else ()
+        # Read only when the result has something to fingerprint (most answers of the hot path do not).
+        echoes = (lambda: [norm for _, norm in read_arguments(arguments)]) if isinstance(arguments, dict) else None
         added = prints.add(
             node_id, tool, result, trusted=self.trusted(tool), read=read, size=size, chosen=chosen, echoes=echoes
         )
