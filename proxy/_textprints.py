@@ -159,7 +159,7 @@ def _is_path(word: str) -> bool:
     without was not, so "also share /admin/hr" in a README reached a share untraced (a blind
     pack's attack). Not "//" (a comment, a scheme-relative URL: `://` words are tokens)."""
     start = 2 if word.startswith("~/") else 1 if word.startswith("/") else 0
-    return start > 0 and word[start : start + 1] not in ("", "/") and not word[start:].isdigit()
+    return start > 0 and word[start : start + 1] not in ("", "/")
 
 
 def _cells(word: str, words: list[str], index: int, whole: str) -> Iterator[str]:

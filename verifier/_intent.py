@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from bastion._cache import short_key_cache
 from bastion._verbs import ACTION_VERBS as ACTION_VERBS  # re-exported: INTERFACE.md names it here
 
-from ._taint import PROSE_SCAN, in_task, is_path, is_sink, is_wordy
+from ._taint import PROSE_SCAN, in_task, is_prose, is_sink
 
 #: Tool-name verbs of a sink that destroys or cancels something.
 DESTRUCTIVE_VERBS = frozenset(
@@ -279,7 +279,7 @@ def is_payload(value: str) -> bool:
     """
     if "\n" in value[:PROSE_SCAN]:
         return True
-    return is_wordy(value) and not is_path(value)
+    return is_prose(value)
 
 
 def writes_where_task_says(values: Iterable[str], task: str) -> bool:

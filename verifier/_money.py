@@ -135,21 +135,26 @@ def money_vouched(
             told = _TASK_CHANGE.search(folded) is not None if told is None else told
             if not told:
                 return False
-    if not repeats(tool, arguments):
+    values = _repeat_values(arguments)
+    if not _repeats(tool, values):
         return True
     if _REPEATING.search(folded) is None:
         return False
     # The task asks for a repeat: at the frequency it states ("monthly", not the weekly a
     # hidden note in the lease email asked for; a blind pack's attack, `reference/0.12`).
     asked = frequencies(folded)
-    given = frequencies(" ".join(_repeat_values(arguments) or ()))
+    given = frequencies(" ".join(values or ()))
     return not (asked and given and not given <= asked)
 
 
 def repeats(tool: str, arguments: struct_pb2.Struct) -> bool:
     """Whether the call sets up a repeating payment: an argument at any depth (to _MAX_DEPTH)
     whose key holds a part of _REPEATS_KEYS and has a value, or a tool named for one."""
-    values = _repeat_values(arguments)
+    return _repeats(tool, _repeat_values(arguments))
+
+
+def _repeats(tool: str, values: list[str] | None) -> bool:
+    """`repeats`, given the call's `_repeat_values` (None: too wide to read, so it may)."""
     return bool(tool_verbs(tool) & _REPEATS_TOOLS) or values is None or bool(values)
 
 

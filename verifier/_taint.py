@@ -366,14 +366,16 @@ def _weigh(arguments: struct_pb2.Struct, tainted: Tainted, folded_task: str) -> 
         # Not found where the label says: no discount can be justified.
         return origin, False, None
     # Words are counted in the first PROSE_SCAN characters only, so a huge value costs nothing extra.
-    if origin == "control" and is_wordy(value) and not is_path(value):
+    if origin == "control" and is_prose(value):
         origin = "prose"
     return origin, in_task(value, folded_task), value
 
 
-def is_wordy(value: str) -> bool:
-    """PROSE_WORDS words and PROSE_CHARS characters, counted in the first PROSE_SCAN only."""
-    return len(value) >= PROSE_CHARS and len(value[:PROSE_SCAN].split(None, PROSE_WORDS)) >= PROSE_WORDS
+def is_prose(value: str) -> bool:
+    """PROSE_WORDS words and PROSE_CHARS characters, counted in the first PROSE_SCAN only,
+    and no file path (`is_path`: its folders' names may hold words)."""
+    wordy = len(value) >= PROSE_CHARS and len(value[:PROSE_SCAN].split(None, PROSE_WORDS)) >= PROSE_WORDS
+    return wordy and not is_path(value)
 
 
 #: How a file path starts: absolute, in a home directory, on a drive, on a share.
