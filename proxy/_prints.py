@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bastion._iban import Checks, is_iban
+from bastion._notices import notice_cue
 from bastion._rerouting import result_cue
 
 from ._lookalike import MAX_PER_VALUE, SeenDomains, domains_in, first_domains
@@ -47,6 +48,8 @@ MAX_SHOWN = 1024
 #: Message handles kept per workflow (`Fingerprints._handles`), and keys naming a sender.
 MAX_HANDLES = 256
 _SENDER_KEYS = frozenset({"sender", "from", "reply_to", "replyTo", "from_address", "fromAddress"})
+#: Keys of a message's headline, read for a security notice (`Fingerprints._notices`).
+_HEADLINE_KEYS = frozenset({"subject", "title", "Subject", "Title"})
 #: Rerouting cues a workflow keeps (its results', newest last; one per result at most).
 MAX_CUES = 64
 #: Source fields (`sender`, `url`, …) of one result kept for its identity.
@@ -161,6 +164,10 @@ class Fingerprints:
     #: sender's domain, newest MAX_HANDLES: a reply by id goes to that sender, though no
     #: address is among its arguments (`lookalikes`).
     _handles: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    #: An untrusted result's message handles whose headline (`subject`, `title`) reads as a
+    #: security notice → its cue, newest MAX_HANDLES: a call passing one by id acts on a
+    #: notice an account takeover wants gone (`notices`, bastion/_notices.py).
+    _notices: OrderedDict[str, str] = field(default_factory=OrderedDict)
     #: Untrusted results that said money should now go elsewhere (node id → cue, newest
     #: last): while one is held, every argument from an untrusted result is labelled with
     #: it, since "our account changed, the details follow" and the email with the IBAN are
@@ -204,7 +211,7 @@ class Fingerprints:
         cut = False
         checks = Checks()  # one budget of IBAN checksums for the whole result
         shown: dict[str, None] = {}
-        handles: dict[str, list[str]] = {}  # an object's path → [its id, its sender]
+        handles: dict[str, list[str]] = {}  # an object's path → [its id, its sender, its headline]
         texts: list[str] = []  # an untrusted result's values, read for rerouting language
         iban_field = False
         # Decided before this result's own domains are noted: what its call read was chosen or not.
@@ -349,7 +356,15 @@ class Fingerprints:
 
     def _keep_handles(self, handles: dict[str, list[str]]) -> None:
         # Each id kept counts as one fingerprint, like a domain.
-        for handle, sender in handles.values():
+        for handle, sender, headline in handles.values():
+            if handle and headline and (cue := notice_cue(headline)):
+                key = normalise(handle)
+                if self._notices.pop(key, None) is None:
+                    self._size += 1
+                self._notices[key] = cue
+                if len(self._notices) > MAX_HANDLES:
+                    self._notices.popitem(last=False)
+                    self._size -= 1
             if not (handle and sender):
                 continue
             domains = first_domains(normalise(sender.rpartition("@")[2]))
@@ -405,8 +420,9 @@ class Fingerprints:
         _drop(self._exact, held.exact, node_id)
         self._size -= len(held.exact)
         if not self._results:  # the domains count against the budget too: a workflow evicted whole holds none
-            self._size -= self._domains.clear() + len(self._handles) + len(self._shown)
+            self._size -= self._domains.clear() + len(self._handles) + len(self._notices) + len(self._shown)
             self._handles.clear()
+            self._notices.clear()
             # What untrusted results wrote is forgotten with them: from now on no page counts
             # as chosen (`_shown_before`), rather than every page.
             self._shown_overflow = self._shown_overflow or bool(self._shown)
@@ -476,6 +492,14 @@ class Fingerprints:
                 if (like := self._domains.alike(name)) is not None:
                     found.setdefault((m.path, name), like)
         return [(path, name, like) for (path, name), like in itertools.islice(found.items(), MAX_REPORTED)]
+
+    def notices(self, values: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """(argument path, cue) for each argument under an id key (`read_arguments`) that
+        passes a message an untrusted result showed with a security notice's headline."""
+        if not self._notices:
+            return []
+        found = [(path, cue) for path, norm in values if _is_id_key(path) and (cue := self._notices.get(norm))]
+        return found[:MAX_REPORTED]
 
     def rerouting(self, node_id: str) -> str:
         """The rerouting language the untrusted result at `node_id` holds, else the newest any
@@ -592,12 +616,15 @@ def _is_id_key(path: str) -> bool:
 
 
 def _note_handle(handles: dict[str, list[str]], path: str, text: str) -> None:
-    """Note an object's id or sender (`messages[0].id`, `messages[0].sender`) under its path."""
+    """Note an object's id, sender or headline (`messages[0].id`, `messages[0].sender`,
+    `messages[0].subject`) under its path."""
     parent, _, key = path.rpartition(".")
     if key in _SENDER_KEYS:
-        handles.setdefault(parent, ["", ""])[1] = text[:MAX_VALUE]
+        handles.setdefault(parent, ["", "", ""])[1] = text[:MAX_VALUE]
+    elif key in _HEADLINE_KEYS:
+        handles.setdefault(parent, ["", "", ""])[2] = text[:MAX_VALUE]
     elif _is_id_key(path) and len(text) <= MAX_VALUE:
-        handles.setdefault(parent, ["", ""])[0] = text
+        handles.setdefault(parent, ["", "", ""])[0] = text
 
 
 def _is_handle(path: str, norm: str) -> bool:

@@ -76,6 +76,10 @@ workflow with no fingerprints costs a length check.
                                    reply by id), looks like another the workflow's results
                                    or task showed (`_lookalike.py`: `meridian-prints` /
                                    `meridian-print`)
+  `notice:<path>:<cue>`            the argument, under an id key, passes a message an
+                                   untrusted result showed with a security notice's
+                                   headline ("New sign-in from Lagos", "Your recovery
+                                   codes"; bastion/_notices.py); <cue> is the phrase, escaped
   `arg:<path>:<trust>:<server__tool>:<result path>:<field|text>:<fraction>`
                                    per argument: trust is `trusted` or `untrusted`;
                                    `field` a whole short value of the result, `text`
@@ -336,6 +340,9 @@ class Provenance:
         alike = tuple(
             f"lookalike:{escape(path)}:{name}:{like}" for path, name, like in prints.lookalikes(values, matches)
         )
+        # A message passed by id is no data the call carries, so it traces to nothing; what
+        # it acts on may still be a security notice (`notices`).
+        alike += tuple(f"notice:{escape(path)}:{escape(cue)}" for path, cue in prints.notices(values))
         if not matches and not unread:
             return Annotation(alike + self._sink_only(tool).labels) if alike else self._sink_only(tool)
         labels: dict[str, None] = {}

@@ -69,6 +69,7 @@ from ._destinations import (
 from ._intent import asked, clip, intent_signal, is_payload, writes_where_task_says
 from ._kinds import asks_to_reach, kinds, moves_money, vouches
 from ._money import money_vouched
+from ._notices import notice_signal
 from ._personal import describe as describe_personal
 from ._personal import personal_sent
 from ._quantities import contradictions, family_of, number
@@ -80,7 +81,7 @@ if TYPE_CHECKING:
     from ._semantic import SemanticDrift
 
 NAME = "reference"
-VERSION = "0.13"
+VERSION = "0.14"
 SCORER = f"{NAME}/{VERSION}"
 SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 #: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).
@@ -292,6 +293,11 @@ class ReferenceScorer:
             fired.append((weight, reason))
         if intent > 0:
             fired.append((intent, intent_reason))
+        # Read only when the proxy labelled an argument `notice:` (most calls have none).
+        if any(label.startswith("notice:") for label in ctx.taint):
+            weight, reason = notice_signal(tool, ctx.taint, ctx.task, config.destructive_weight)
+            if weight > 0:
+                fired.append((weight, reason))
         if config.semantic:
             weight, reason = semantic if semantic is not None else self.semantic_signal(request)
             if weight > 0:

@@ -463,5 +463,16 @@ def lookalikes(labels: Iterable[str]) -> list[tuple[str, str, str]]:
     return found
 
 
+def notices(labels: Iterable[str]) -> list[tuple[str, str]]:
+    """(argument path, cue) of the proxy's `notice:` labels; malformed ones are ignored."""
+    found = []
+    for label in labels:
+        if label.startswith("notice:"):
+            parts = label.split(":")
+            if len(parts) == 3 and all(parts[1:]):
+                found.append((_unescape(parts[1]), _unescape(parts[2])))
+    return found
+
+
 def _unescape(text: str) -> str:
     return text.replace("%3A", ":").replace("%25", "%")

@@ -42,6 +42,7 @@ SIGNAL_PREFIXES = (
     ("untrusted data in sink arguments", "taint"),
     ("action the task did not ask for", "intent"),
     ("destructive action the task did not ask for", "intent"),
+    ("destructive action on a security notice", "intent"),
     ("action far from the task", "semantic_drift"),
 )
 _META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}

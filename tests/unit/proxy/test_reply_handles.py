@@ -64,3 +64,71 @@ def test_handles_count_against_the_budget() -> None:
         bare, "n1", "email__search_email", {"messages": [{"subject": m["subject"]} for m in LISTING["messages"]]}
     )
     assert with_handles > len(bare)
+
+
+# Security notices a result listed, passed back by id (`notice:`, bastion/_notices.py).
+
+INBOX = {
+    "messages": [
+        {"id": "msg-6381", "sender": "news@sommerhus.example", "subject": "Juni-nyhedsbrev"},
+        {"id": "msg-6383", "sender": "no-reply@nordea.example", "subject": "New device signed in to Netbank"},
+    ]
+}
+READ = {"id": "msg-7001", "sender": "sso@halvorsen.example", "subject": "Your backup recovery codes", "body": "..."}
+
+
+def _delete_labels(prints: Fingerprints, message_id: str, provenance: Provenance | None = None) -> tuple[str, ...]:
+    arguments = {"message_id": message_id}
+    task = "Delete the newsletters."
+    return (provenance or Provenance()).annotate(prints, "email__delete_email", arguments, task).labels
+
+
+def test_a_call_passing_a_listed_security_notice_by_id_is_labelled() -> None:
+    prints = _listed(result=INBOX)
+    assert _delete_labels(prints, "msg-6383") == ("notice:message_id:new device",)
+    assert _delete_labels(prints, "msg-6381") == ()
+    # A message read whole: its top-level id and subject.
+    Provenance().record(prints, "n2", "email__read_email", READ)
+    assert "notice:message_id:recovery codes" in _delete_labels(prints, "msg-7001")
+
+
+def test_a_notice_is_read_only_beside_its_own_id_and_only_under_an_id_key() -> None:
+    split = {"messages": [{"id": "msg-1"}], "latest": {"subject": "New sign-in from Lagos"}}
+    assert _delete_labels(_listed(result=split), "msg-1") == ()
+    prints = _listed(result=INBOX)
+    labels = Provenance().annotate(prints, "email__delete_email", {"query": "msg-6383"}, "Delete it.").labels
+    assert not any(label.startswith("notice:") for label in labels)
+
+
+def test_a_trusted_results_notices_are_not_kept() -> None:
+    provenance = Provenance(lambda: TaintSettings(untrusted_sources=("web__*",)))
+    assert _delete_labels(_listed(provenance, INBOX), "msg-6383", provenance) == ()
+
+
+def test_a_cue_with_a_colon_is_escaped_in_its_label() -> None:
+    inbox = {"messages": [{"id": "m:1", "subject": "Security alert: new sign-in"}]}
+    assert _delete_labels(_listed(result=inbox), "m:1") == ("notice:message_id:security alert",)
+
+
+def test_notices_are_bounded_newest_kept_and_counted() -> None:
+    prints = _listed(result=INBOX)
+    before = len(prints)
+    for listing in range(2):
+        many = {"messages": [{"id": f"n-{listing}-{n}", "subject": "Security alert"} for n in range(MAX_HANDLES)]}
+        Provenance().record(prints, f"n{listing + 2}", "email__list_inbox", many)
+    assert len(prints._notices) == MAX_HANDLES
+    assert _delete_labels(prints, "msg-6383") == ()
+    assert _delete_labels(prints, "n-1-100") == ("notice:message_id:security alert",)
+    assert len(prints) > before
+
+
+def test_notices_go_with_the_workflows_results() -> None:
+    prints = _listed(result=INBOX)
+    while prints.evict_oldest():
+        pass
+    assert len(prints) == 0
+    assert not prints._notices
+    # Forgotten whole, the listing is remembered as unread; its notice is gone with it.
+    labels = _delete_labels(prints, "msg-6383")
+    assert "untrusted" in labels
+    assert not any(label.startswith("notice:") for label in labels)
