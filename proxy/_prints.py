@@ -48,8 +48,8 @@ MAX_SHOWN = 1024
 #: Message handles kept per workflow (`Fingerprints._handles`), and keys naming a sender.
 MAX_HANDLES = 256
 _SENDER_KEYS = frozenset({"sender", "from", "reply_to", "replyTo", "from_address", "fromAddress"})
-#: Keys of a message's headline, read for a security notice (`Fingerprints._notices`).
-_HEADLINE_KEYS = frozenset({"subject", "title", "Subject", "Title"})
+#: Keys of a message's headline (case-folded), read for a security notice (`Fingerprints._notices`).
+_HEADLINE_KEYS = frozenset({"subject", "title", "headline"})
 #: Rerouting cues a workflow keeps (its results', newest last; one per result at most).
 MAX_CUES = 64
 #: Source fields (`sender`, `url`, …) of one result kept for its identity.
@@ -164,9 +164,9 @@ class Fingerprints:
     #: sender's domain, newest MAX_HANDLES: a reply by id goes to that sender, though no
     #: address is among its arguments (`lookalikes`).
     _handles: OrderedDict[str, str] = field(default_factory=OrderedDict)
-    #: An untrusted result's message handles whose headline (`subject`, `title`) reads as a
-    #: security notice → its cue, newest MAX_HANDLES: a call passing one by id acts on a
-    #: notice an account takeover wants gone (`notices`, bastion/_notices.py).
+    #: Message handles whose headline (`subject`, `title`) reads as a security notice → its
+    #: cue, from any result, newest MAX_HANDLES: a call passing one by id acts on a notice an
+    #: account takeover wants gone (`notices`, bastion/_notices.py).
     _notices: OrderedDict[str, str] = field(default_factory=OrderedDict)
     #: Untrusted results that said money should now go elsewhere (node id → cue, newest
     #: last): while one is held, every argument from an untrusted result is labelled with
@@ -219,14 +219,13 @@ class Fingerprints:
         for path, text in walk:
             norm = normalise(text)
             names: dict[str, None] | None = None
-            if not trusted:
-                if len(handles) < MAX_HANDLES:
-                    _note_handle(handles, path, text)
-                if "." in norm:
-                    # Every domain an untrusted value writes, ids included (`thread_id`), and
-                    # the whole value: the agent may be sent to any of them (`_shown_before`).
-                    names = dict.fromkeys(domains_in(norm))
-                    self._note_shown(names)
+            if len(handles) < MAX_HANDLES:
+                _note_handle(handles, path, text)
+            if not trusted and "." in norm:
+                # Every domain an untrusted value writes, ids included (`thread_id`), and
+                # the whole value: the agent may be sent to any of them (`_shown_before`).
+                names = dict.fromkeys(domains_in(norm))
+                self._note_shown(names)
             if _is_handle(path, norm):
                 continue
             if not trusted:
@@ -281,7 +280,7 @@ class Fingerprints:
             named_by.clear()
         if (cut or walk.cut) and not trusted:
             self.unread.append(Unread(node_id, tool, size, partial=True))
-        self._keep_handles(handles)
+        self._keep_handles(handles, trusted)
         if echoes is not None and (shingles or exact):
             _drop_echoes(shingles, exact, echoes())
         added = len(shingles) + len(exact)
@@ -354,8 +353,9 @@ class Fingerprints:
                 self._size -= 1
                 self._shown_overflow = True
 
-    def _keep_handles(self, handles: dict[str, list[str]]) -> None:
-        # Each id kept counts as one fingerprint, like a domain.
+    def _keep_handles(self, handles: dict[str, list[str]], trusted: bool) -> None:
+        # Each id kept counts as one fingerprint, like a domain. A trusted result's notices
+        # too: the order to hide one may come from any other result.
         for handle, sender, headline in handles.values():
             if handle and headline and (cue := notice_cue(headline)):
                 key = normalise(handle)
@@ -365,7 +365,7 @@ class Fingerprints:
                 if len(self._notices) > MAX_HANDLES:
                     self._notices.popitem(last=False)
                     self._size -= 1
-            if not (handle and sender):
+            if trusted or not (handle and sender):
                 continue
             domains = first_domains(normalise(sender.rpartition("@")[2]))
             if domains:
@@ -498,7 +498,10 @@ class Fingerprints:
         passes a message an untrusted result showed with a security notice's headline."""
         if not self._notices:
             return []
-        found = [(path, cue) for path, norm in values if _is_id_key(path) and (cue := self._notices.get(norm))]
+        # Under an id key, or a list of ids (`message_ids: [...]`: a bulk delete by id).
+        found = [
+            (path, cue) for path, norm in values if (cue := self._notices.get(norm)) and _is_id_key(path, plural=True)
+        ]
         return found[:MAX_REPORTED]
 
     def rerouting(self, node_id: str) -> str:
@@ -610,8 +613,10 @@ def _add_tokens(exact: dict[str, Source], norm: str, source: Source, checks: Che
     return next(found, None) is not None
 
 
-def _is_id_key(path: str) -> bool:
+def _is_id_key(path: str, *, plural: bool = False) -> bool:
     key = path.rpartition(".")[2].partition("[")[0]
+    if plural and (key == "ids" or key.endswith(("Ids", "_ids", "IDs"))):
+        return True
     return key == "id" or key.endswith(("Id", "_id", "ID"))
 
 
@@ -621,7 +626,7 @@ def _note_handle(handles: dict[str, list[str]], path: str, text: str) -> None:
     parent, _, key = path.rpartition(".")
     if key in _SENDER_KEYS:
         handles.setdefault(parent, ["", "", ""])[1] = text[:MAX_VALUE]
-    elif key in _HEADLINE_KEYS:
+    elif key.casefold() in _HEADLINE_KEYS:
         handles.setdefault(parent, ["", "", ""])[2] = text[:MAX_VALUE]
     elif _is_id_key(path) and len(text) <= MAX_VALUE:
         handles.setdefault(parent, ["", "", ""])[0] = text

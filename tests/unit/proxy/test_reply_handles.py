@@ -100,9 +100,12 @@ def test_a_notice_is_read_only_beside_its_own_id_and_only_under_an_id_key() -> N
     assert not any(label.startswith("notice:") for label in labels)
 
 
-def test_a_trusted_results_notices_are_not_kept() -> None:
+def test_a_trusted_results_notices_are_kept_since_the_order_to_hide_one_may_come_from_elsewhere() -> None:
     provenance = Provenance(lambda: TaintSettings(untrusted_sources=("web__*",)))
-    assert _delete_labels(_listed(provenance, INBOX), "msg-6383", provenance) == ()
+    prints = _listed(provenance, INBOX)
+    assert _delete_labels(prints, "msg-6383", provenance) == ("notice:message_id:new device",)
+    # Its senders are not kept for look-alikes: a trusted result's sender is no one's to forge.
+    assert not prints._handles
 
 
 def test_a_cue_with_a_colon_is_escaped_in_its_label() -> None:
@@ -131,4 +134,16 @@ def test_notices_go_with_the_workflows_results() -> None:
     # Forgotten whole, the listing is remembered as unread; its notice is gone with it.
     labels = _delete_labels(prints, "msg-6383")
     assert "untrusted" in labels
+    assert not any(label.startswith("notice:") for label in labels)
+
+
+def test_a_bulk_call_passing_notices_in_a_list_of_ids_is_labelled_and_keys_are_read_in_any_case() -> None:
+    inbox = {"messages": [{"ID": "m-1", "SUBJECT": "Your password was changed"}, {"id": "m-2", "Title": "Hi"}]}
+    prints = _listed(result=inbox)
+    arguments = {"message_ids": ["m-2", "m-1"]}
+    labels = Provenance().annotate(prints, "email__delete_emails", arguments, "Delete the newsletters.").labels
+    assert "notice:message_ids[1]:password was changed" in labels
+    assert not any(label.startswith("notice:message_ids[0]") for label in labels)
+    # A value that only equals a notice's id under another key passes no message.
+    labels = Provenance().annotate(prints, "email__search", {"query": "m-1"}, "Delete the newsletters.").labels
     assert not any(label.startswith("notice:") for label in labels)
