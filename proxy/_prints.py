@@ -15,6 +15,7 @@ from bastion._iban import Checks, is_iban
 from bastion._notices import notice_cue
 from bastion._rerouting import result_cue
 
+from ._invoices import MAX_STATED, Groups, amounts, exceeds, note_field, note_number, stated
 from ._lookalike import MAX_PER_VALUE, SeenDomains, domains_in, first_domains
 from ._pointers import IDENTITY_KEYS, PATH_TENANTS, PUNCTUATION, Identity, identity, references, stays_within, top_key
 from ._textprints import (
@@ -168,6 +169,9 @@ class Fingerprints:
     #: cue, from any result, newest MAX_HANDLES: a call passing one by id acts on a notice an
     #: account takeover wants gone (`notices`, bastion/_notices.py).
     _notices: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    #: Invoices' identifiers (exact keys) → the largest amount any result stated beside
+    #: one, newest MAX_STATED (`overpaid`, proxy/_invoices.py).
+    _stated: OrderedDict[str, float] = field(default_factory=OrderedDict)
     #: Untrusted results that said money should now go elsewhere (node id → cue, newest
     #: last): while one is held, every argument from an untrusted result is labelled with
     #: it, since "our account changed, the details follow" and the email with the IBAN are
@@ -207,7 +211,9 @@ class Fingerprints:
         # Several content blocks (a search answering one per hit): no block is *the* source.
         blocks = result.get("content") if isinstance(result, dict) else None
         one_source = not (isinstance(blocks, list) and len(blocks) > 1)
-        walk = Walk(result, parse_json=True)
+        numbers: list[tuple[str, float]] = []
+        invoices: Groups = {}  # an object's path → its identifiers and amounts
+        walk = Walk(result, parse_json=True, numbers=numbers)
         cut = False
         checks = Checks()  # one budget of IBAN checksums for the whole result
         shown: dict[str, None] = {}
@@ -221,6 +227,8 @@ class Fingerprints:
             names: dict[str, None] | None = None
             if len(handles) < MAX_HANDLES:
                 _note_handle(handles, path, text)
+            if len(invoices) < MAX_STATED:
+                note_field(invoices, path, text)
             if not trusted and "." in norm:
                 # Every domain an untrusted value writes, ids included (`thread_id`), and
                 # the whole value: the agent may be sent to any of them (`_shown_before`).
@@ -281,6 +289,10 @@ class Fingerprints:
         if (cut or walk.cut) and not trusted:
             self.unread.append(Unread(node_id, tool, size, partial=True))
         self._keep_handles(handles, trusted)
+        if invoices and numbers:
+            for path, number in numbers:
+                note_number(invoices, path, number)
+            self._keep_stated(invoices)
         if echoes is not None and (shingles or exact):
             _drop_echoes(shingles, exact, echoes())
         added = len(shingles) + len(exact)
@@ -377,6 +389,34 @@ class Fingerprints:
                     self._handles.popitem(last=False)
                     self._size -= 1
 
+    def _keep_stated(self, invoices: Groups) -> None:
+        # Each identifier kept counts as one fingerprint, like a handle.
+        for identifier, amount in stated(invoices):
+            key = exact_key(normalise(identifier))
+            held = self._stated.pop(key, None)
+            if held is None:
+                self._size += 1
+            self._stated[key] = amount if held is None else max(held, amount)
+            if len(self._stated) > MAX_STATED:
+                self._stated.popitem(last=False)
+                self._size -= 1
+
+    def overpaid(self, values: Sequence[tuple[str, str]], arguments: Any) -> tuple[str, str, float] | None:
+        """(amount argument's path, identifier, amount stated) when a call's arguments
+        (`read_arguments` and as sent) name an invoice a result stated an amount for and ask
+        more than that amount (proxy/_invoices.py); None otherwise."""
+        if not self._stated:
+            return None
+        named = [(norm, held) for _, norm in values if (held := self._stated.get(exact_key(norm))) is not None]
+        if not named:
+            return None
+        paid = amounts(arguments)
+        if not paid:
+            return None
+        path, asked = max(paid, key=lambda found: found[1])
+        identifier, most = max(named, key=lambda found: found[1])
+        return (path, identifier, most) if exceeds(asked, most) else None
+
     def _forget_identity(self, node_id: str) -> None:
         held = self._identity.pop(node_id, None)
         if held is not None:
@@ -420,9 +460,12 @@ class Fingerprints:
         _drop(self._exact, held.exact, node_id)
         self._size -= len(held.exact)
         if not self._results:  # the domains count against the budget too: a workflow evicted whole holds none
-            self._size -= self._domains.clear() + len(self._handles) + len(self._notices) + len(self._shown)
+            self._size -= (
+                self._domains.clear() + len(self._handles) + len(self._notices) + len(self._stated) + len(self._shown)
+            )
             self._handles.clear()
             self._notices.clear()
+            self._stated.clear()
             # What untrusted results wrote is forgotten with them: from now on no page counts
             # as chosen (`_shown_before`), rather than every page.
             self._shown_overflow = self._shown_overflow or bool(self._shown)

@@ -76,6 +76,10 @@ workflow with no fingerprints costs a length check.
                                    reply by id), looks like another the workflow's results
                                    or task showed (`_lookalike.py`: `meridian-prints` /
                                    `meridian-print`)
+  `overpays:<path>:<id>:<amount>`  the amount argument at <path> asks more than <amount>,
+                                   the largest amount a result stated beside the invoice
+                                   identifier <id> (its number, reference or IBAN; escaped)
+                                   that the call's arguments name (proxy/_invoices.py)
   `notice:<path>:<cue>`            the argument, under an id key, passes a message an
                                    untrusted result showed with a security notice's
                                    headline ("New sign-in from Lagos", "Your recovery
@@ -343,6 +347,10 @@ class Provenance:
         # A message passed by id is no data the call carries, so it traces to nothing; what
         # it acts on may still be a security notice (`notices`).
         alike += tuple(f"notice:{escape(path)}:{escape(cue)}" for path, cue in prints.notices(values))
+        # An amount over what the invoice the call names stated (proxy/_invoices.py).
+        if (over := prints.overpaid(values, arguments)) is not None:
+            path, identifier, most = over
+            alike += (f"overpays:{escape(path)}:{escape(identifier)}:{most:.2f}",)
         if not matches and not unread:
             return Annotation(alike + self._sink_only(tool).labels) if alike else self._sink_only(tool)
         labels: dict[str, None] = {}

@@ -22,6 +22,9 @@ MAX_RESULT_VALUES = 1000
 #: choose its paths, and a path is copied into every label and INFORMED_BY hint that names
 #: it (a 100,000-character key made a 100 KB taint label) and rebuilt at every level below.
 MAX_PATH = 512
+#: Numbers a walk collects (`Walk.numbers`).
+MAX_NUMBERS = 256
+_MAX_AMOUNT = 10**15
 #: Integers read as identifiers (six digits and more); shorter ones are amounts and counts.
 _LONG_NUMBER = 100_000
 #: Keys whose values are payloads or protocol, not data: MCP image/audio `data`, resource
@@ -43,7 +46,7 @@ class Walk:
     string holding a JSON object or array (how MCP tools return structured output in
     `content[].text`) is walked as that structure, under the string's path."""
 
-    __slots__ = ("_max_chars", "_max_values", "_parse_json", "_skip", "_value", "cut")
+    __slots__ = ("_max_chars", "_max_values", "_parse_json", "_skip", "_value", "cut", "numbers")
 
     def __init__(
         self,
@@ -53,8 +56,11 @@ class Walk:
         skip: frozenset[str] = SKIPPED_KEYS,
         *,
         parse_json: bool = False,
+        numbers: list[tuple[str, float]] | None = None,
     ) -> None:
         self._value = value
+        #: When a list: (path, value) of the JSON numbers read, the first MAX_NUMBERS.
+        self.numbers = numbers
         self._max_values = max_values
         self._max_chars = max_chars
         self._skip = skip
@@ -85,10 +91,16 @@ class Walk:
                     text = item[:left]
                     left -= len(text)
                     yield path, text
-            elif long_number(item):
-                # A long number is an identifier (an account, a chat, a phone), whether the
-                # JSON spells it as a string, an integer or a float (123456789.0, 1.23456789e8).
-                yield path, str(int(item))
+            elif isinstance(item, int | float) and not isinstance(item, bool):
+                numbers = self.numbers
+                # (An integer of 400 digits has no float: only amounts a float holds are kept.)
+                fits = isinstance(item, float) or abs(item) < _MAX_AMOUNT
+                if numbers is not None and len(numbers) < MAX_NUMBERS and fits:
+                    numbers.append((path, float(item)))
+                if long_number(item):
+                    # A long number is an identifier (an account, a chat, a phone), whether the
+                    # JSON spells it as a string, an integer or a float (123456789.0, 1.23456789e8).
+                    yield path, str(int(item))
             elif isinstance(item, dict):
                 stack.extend(
                     (_below(path, f"{path}.{key[:MAX_PATH]}" if path else str(key)[:MAX_PATH]), child)

@@ -70,6 +70,7 @@ from ._intent import asked, clip, intent_signal, is_payload, writes_where_task_s
 from ._kinds import asks_to_reach, kinds, moves_money, vouches
 from ._money import money_vouched
 from ._notices import notice_signal
+from ._overpays import overpays_signal
 from ._personal import describe as describe_personal
 from ._personal import personal_sent
 from ._quantities import contradictions, family_of, number
@@ -296,6 +297,13 @@ class ReferenceScorer:
         # Read only when the proxy labelled an argument `notice:` (most calls have none).
         if any(label.startswith("notice:") for label in ctx.taint):
             weight, reason = notice_signal(tool, ctx.taint, ctx.task, config.destructive_weight)
+            if weight > 0:
+                fired.append((weight, reason))
+        # Read only when the proxy labelled the call `overpays:` (most calls have none).
+        if any(label.startswith("overpays:") for label in ctx.taint):
+            paid = _quantity_arguments(action.arguments)[0]
+            amounts = {path: value for path, _, raw in paid if (value := number(raw)) is not None}
+            weight, reason = overpays_signal(ctx.taint, amounts, ctx.task, config.contradiction_weight)
             if weight > 0:
                 fired.append((weight, reason))
         if config.semantic:

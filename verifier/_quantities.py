@@ -243,6 +243,16 @@ def _computes(task: str, family: str) -> bool:
     return _COMPUTES["amount" if family == "amount" else "count"].search(task) is not None
 
 
+def computes_amount(task: str) -> bool:
+    """Whether the task computes an amount (a percentage, plus, VAT, a conversion, …)."""
+    return _computes(task[:MAX_TASK_CHARS], "amount")
+
+
+def stated_amounts(task: str) -> tuple[float, ...]:
+    """The amounts the task states (beside a currency, with cents, or before a word for a sum)."""
+    return _stated(task[:MAX_TASK_CHARS]).get("amount", ())
+
+
 # A tool's keys repeat call after call: cached, for keys of a sane length only (a 1 MiB
 # key per call would otherwise pin a gigabyte in the cache).
 @short_key_cache(max_key=128, maxsize=1024)

@@ -187,7 +187,7 @@ def parse(labels: Iterable[str]) -> list[Tainted]:
             continue
         if not 0.0 < fraction <= 1.0:
             continue
-        found.append(Tainted(_unescape(parts[1]), parts[3], _unescape(parts[4]), parts[5], fraction))
+        found.append(Tainted(unescape(parts[1]), parts[3], unescape(parts[4]), parts[5], fraction))
     return found
 
 
@@ -251,7 +251,7 @@ def parse_named(labels: Iterable[str], prefix: str = "named:") -> frozenset[str]
     """Argument paths of the `named:<path>` labels (data from a result the task points at),
     or of another prefix's (`visited:`: from the site of a page the agent went to itself)."""
     start = len(prefix)
-    return frozenset(_unescape(label[start:]) for label in labels if label.startswith(prefix) and len(label) > start)
+    return frozenset(unescape(label[start:]) for label in labels if label.startswith(prefix) and len(label) > start)
 
 
 def _traced(
@@ -459,7 +459,7 @@ def lookalikes(labels: Iterable[str]) -> list[tuple[str, str, str]]:
         if label.startswith("lookalike:"):
             parts = label.split(":")
             if len(parts) == 4 and all(parts[1:]):
-                found.append((_unescape(parts[1]), parts[2], parts[3]))
+                found.append((unescape(parts[1]), parts[2], parts[3]))
     return found
 
 
@@ -470,9 +470,9 @@ def notices(labels: Iterable[str]) -> list[tuple[str, str]]:
         if label.startswith("notice:"):
             parts = label.split(":")
             if len(parts) == 3 and all(parts[1:]):
-                found.append((_unescape(parts[1]), _unescape(parts[2])))
+                found.append((unescape(parts[1]), unescape(parts[2])))
     return found
 
 
-def _unescape(text: str) -> str:
+def unescape(text: str) -> str:
     return text.replace("%3A", ":").replace("%25", "%")

@@ -39,6 +39,7 @@ SIGNAL_PREFIXES = (
     ("the task's own value", "argument_novelty"),
     ("personal data sent", "argument_novelty"),
     ("more than the task states", "argument_novelty"),
+    ("more than the invoice it pays states", "argument_novelty"),
     ("untrusted data in sink arguments", "taint"),
     ("action the task did not ask for", "intent"),
     ("destructive action the task did not ask for", "intent"),
