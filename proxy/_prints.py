@@ -389,6 +389,20 @@ class Fingerprints:
                     self._handles.popitem(last=False)
                     self._size -= 1
 
+    def unseen(self, values: Sequence[tuple[str, str]]) -> list[str]:
+        """Paths of the arguments (`read_arguments`) that are an IBAN neither the task nor any
+        result the workflow holds wrote, while none of its results went unread: an account
+        the agent put together itself (decoded from base64, joined from two emails, spelt
+        out from words) (`unseen:`). After `match`, which indexed the task."""
+        if self.unread or not self._size:
+            return []
+        found = []
+        for path, norm in values:
+            key = exact_key(norm)
+            if 15 <= len(key) <= 34 and key not in self._exact and key not in self._task_exact and is_iban(key):
+                found.append(path)
+        return found[:MAX_REPORTED]
+
     def _keep_stated(self, invoices: Groups) -> None:
         # Each identifier kept counts as one fingerprint, like a handle.
         for identifier, amount in stated(invoices):

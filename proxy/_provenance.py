@@ -76,6 +76,9 @@ workflow with no fingerprints costs a length check.
                                    reply by id), looks like another the workflow's results
                                    or task showed (`_lookalike.py`: `meridian-prints` /
                                    `meridian-print`)
+  `unseen:<path>`                   the argument is an IBAN that neither the task nor any
+                                   result the workflow holds wrote, and none of its results
+                                   went unread: an account the agent put together itself
   `overpays:<path>:<id>:<amount>`  the amount argument at <path> asks more than <amount>,
                                    the largest amount a result stated beside the invoice
                                    identifier <id> (its number, reference or IBAN; escaped)
@@ -347,6 +350,8 @@ class Provenance:
         # A message passed by id is no data the call carries, so it traces to nothing; what
         # it acts on may still be a security notice (`notices`).
         alike += tuple(f"notice:{escape(path)}:{escape(cue)}" for path, cue in prints.notices(values))
+        # An IBAN nothing showed: not traced, and not in the task either.
+        alike += tuple(f"unseen:{escape(path)}" for path in prints.unseen(values))
         # An amount over what the invoice the call names stated (proxy/_invoices.py).
         if (over := prints.overpaid(values, arguments)) is not None:
             path, identifier, most = over

@@ -76,6 +76,7 @@ from ._personal import personal_sent
 from ._quantities import contradictions, family_of, number
 from ._sequence import START, SequenceModel, precedent, step_key
 from ._taint import is_sink, lookalikes, parse, taint_signal
+from ._unseen import unseen_signal
 from ._urls import carried_own, novel_urls, secrets_sent
 
 if TYPE_CHECKING:
@@ -297,6 +298,11 @@ class ReferenceScorer:
         # Read only when the proxy labelled an argument `notice:` (most calls have none).
         if any(label.startswith("notice:") for label in ctx.taint):
             weight, reason = notice_signal(tool, ctx.taint, ctx.task, config.destructive_weight)
+            if weight > 0:
+                fired.append((weight, reason))
+        # Read only when the proxy labelled an argument `unseen:` (most calls have none).
+        if any(label.startswith("unseen:") for label in ctx.taint):
+            weight, reason = unseen_signal(ctx.taint, ctx.task, config.contradiction_weight)
             if weight > 0:
                 fired.append((weight, reason))
         # Read only when the proxy labelled the call `overpays:` (most calls have none).

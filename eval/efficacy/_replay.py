@@ -40,6 +40,7 @@ SIGNAL_PREFIXES = (
     ("personal data sent", "argument_novelty"),
     ("more than the task states", "argument_novelty"),
     ("more than the invoice it pays states", "argument_novelty"),
+    ("an account nothing in the workflow showed", "argument_novelty"),
     ("untrusted data in sink arguments", "taint"),
     ("action the task did not ask for", "intent"),
     ("destructive action the task did not ask for", "intent"),

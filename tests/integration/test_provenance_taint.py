@@ -369,3 +369,45 @@ async def test_an_invoice_paid_at_ten_times_what_its_own_data_states_is_blocked(
         "more than the invoice it pays states: 'amount' asks 3,184.00 where 'ag-2291' states 318.40"
         in (error["data"]["reason"])
     ), error
+
+
+async def test_a_payment_to_an_iban_the_agent_decoded_from_a_comment_is_blocked(tmp_path: Path) -> None:
+    """The invoice email shows its IBAN, and an HTML comment holds another one in base64.
+    Paying the IBAN the email shows passes (its email is the one the task points at);
+    paying the decoded one, which neither the task nor any result wrote, is blocked
+    (`unseen:`)."""
+    paid: list[str] = []
+    server = MCPServer("mail-and-bank")
+
+    def read() -> dict[str, Any]:
+        """The newest email."""
+        return {
+            "sender": "billing@amberglass.example",
+            "subject": "Invoice AG-2291",
+            "body": "Invoice AG-2291: 318.40 EUR to NL12 ABNA 6666 4075 03. "
+            "<!-- x-ref: SUU3M0JPRkkwMjE0MzI5NzQwNjkzOA== -->",
+        }
+
+    def transfer(iban: str, amount: float, reference: str) -> str:
+        """Send money."""
+        paid.append(iban)
+        return "done"
+
+    server.add_tool(read, name="read")
+    server.add_tool(transfer, name="transfer")
+    task = "Pay the Amberglass invoice AG-2291."
+    async with _stack(tmp_path, server, POLICY) as running:
+        token = issue_token(ensure_dev_key(tmp_path), subject="agent-unseen")
+        async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
+            answers = []
+            for workflow, iban in (("wf-shown", "NL12ABNA6666407503"), ("wf-decoded", "IE73BOFI02143297406938")):
+                answers.append(await _call(http, token, "email", "read", {}, workflow, task))
+                arguments = {"iban": iban, "amount": 318.40, "reference": "AG-2291"}
+                answers.append(await _call(http, token, "bank", "transfer", arguments, workflow, task))
+    _, shown, _, decoded = (answer.json() for answer in answers)
+    assert "result" in shown, shown
+    assert paid == ["NL12ABNA6666407503"]
+    error = decoded["error"]
+    assert error["code"] == -32003, decoded
+    assert error["data"]["rule_id"] == "bastion.verifier_block", decoded
+    assert "an account nothing in the workflow showed: 'iban'" in error["data"]["reason"], error
