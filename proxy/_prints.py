@@ -172,6 +172,9 @@ class Fingerprints:
     #: Invoices' identifiers (exact keys) → the largest amount any result stated beside
     #: one, newest MAX_STATED (`overpaid`, proxy/_invoices.py).
     _stated: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    #: Whether some result held an encoded payload provenance could not read (an image, a
+    #: PDF): an IBAN the agent read there traces to nothing (`unseen`).
+    _opaque: bool = False
     #: Untrusted results that said money should now go elsewhere (node id → cue, newest
     #: last): while one is held, every argument from an untrusted result is labelled with
     #: it, since "our account changed, the details follow" and the email with the IBAN are
@@ -286,6 +289,7 @@ class Fingerprints:
             # A source field given twice (`"from"` repeated): which one the agent read is
             # unknown, so the fields vouch for no source.
             named_by.clear()
+        self._opaque = self._opaque or walk.opaque
         if (cut or walk.cut) and not trusted:
             self.unread.append(Unread(node_id, tool, size, partial=True))
         self._keep_handles(handles, trusted)
@@ -391,10 +395,11 @@ class Fingerprints:
 
     def unseen(self, values: Sequence[tuple[str, str]]) -> list[str]:
         """Paths of the arguments (`read_arguments`) that are an IBAN neither the task nor any
-        result the workflow holds wrote, while none of its results went unread: an account
-        the agent put together itself (decoded from base64, joined from two emails, spelt
-        out from words) (`unseen:`). After `match`, which indexed the task."""
-        if self.unread or not self._size:
+        result the workflow holds wrote, while none of its results went unread nor held a
+        payload provenance cannot read (an image, a PDF): an account the agent put together
+        itself (decoded from base64, joined from two emails, spelt out from words)
+        (`unseen:`). After `match`, which indexed the task."""
+        if self.unread or self._opaque or not self._size:
             return []
         found = []
         for path, norm in values:

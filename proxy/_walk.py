@@ -30,6 +30,8 @@ _LONG_NUMBER = 100_000
 #: Keys whose values are payloads or protocol, not data: MCP image/audio `data`, resource
 #: `blob`, A2A file `bytes`, MIME types and metadata.
 SKIPPED_KEYS = frozenset({"data", "blob", "bytes", "mimeType", "_meta"})
+#: Those of them that hold a payload.
+_PAYLOAD_KEYS = frozenset({"data", "blob", "bytes"})
 #: What those hold when they are what their names say (`_skipped`).
 _MIN_PAYLOAD = 64
 _BASE64 = re.compile(r"[A-Za-z0-9+/_\-]+=*\s*")
@@ -46,7 +48,7 @@ class Walk:
     string holding a JSON object or array (how MCP tools return structured output in
     `content[].text`) is walked as that structure, under the string's path."""
 
-    __slots__ = ("_max_chars", "_max_values", "_parse_json", "_skip", "_value", "cut", "numbers")
+    __slots__ = ("_max_chars", "_max_values", "_parse_json", "_skip", "_value", "cut", "numbers", "opaque")
 
     def __init__(
         self,
@@ -66,6 +68,9 @@ class Walk:
         self._skip = skip
         self._parse_json = parse_json
         self.cut = False
+        #: Set once an encoded payload (an image's or a file's `data`, `blob`, `bytes`) was
+        #: left unread: the agent may read what it holds, provenance cannot.
+        self.opaque = False
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         stack: list[tuple[str, Any]] = [("", self._value)]
@@ -102,11 +107,11 @@ class Walk:
                     # JSON spells it as a string, an integer or a float (123456789.0, 1.23456789e8).
                     yield path, str(int(item))
             elif isinstance(item, dict):
-                stack.extend(
-                    (_below(path, f"{path}.{key[:MAX_PATH]}" if path else str(key)[:MAX_PATH]), child)
-                    for key, child in reversed(item.items())
-                    if not _skipped(key, child, self._skip, path)
-                )
+                for key, child in reversed(item.items()):
+                    if _skipped(key, child, self._skip, path):
+                        self.opaque = self.opaque or key in _PAYLOAD_KEYS
+                        continue
+                    stack.append((_below(path, f"{path}.{key[:MAX_PATH]}" if path else str(key)[:MAX_PATH]), child))
             elif isinstance(item, Copies):  # a key given twice: each copy is at that key
                 stack.extend((path, child) for child in reversed(item))
             elif isinstance(item, list):

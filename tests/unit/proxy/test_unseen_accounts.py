@@ -58,3 +58,15 @@ def test_with_a_result_unread_nothing_can_be_said() -> None:
 
 def test_a_workflow_without_prints_labels_nothing() -> None:
     assert _unseen(Fingerprints(), {"iban": DECODED}) == []
+
+
+def test_after_a_payload_provenance_cannot_read_nothing_can_be_said() -> None:
+    # An invoice as an image or a PDF: the agent may read an IBAN there, provenance cannot.
+    prints = _read()
+    scan = {"content": [{"type": "image", "mimeType": "image/png", "data": "iVBORw0KGgo" * 20}]}
+    Provenance().record(prints, "n2", "files__read_file", scan)
+    assert _unseen(prints, {"iban": DECODED}) == []
+    # A `data` field holding data, not a payload, is read like any other.
+    prints = _read()
+    Provenance().record(prints, "n2", "crm__lookup", {"data": {"customer": "Amberglass B.V."}})
+    assert _unseen(prints, {"iban": DECODED}) == ["unseen:iban"]
