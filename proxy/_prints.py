@@ -30,6 +30,8 @@ from ._textprints import (
 )
 from ._walk import Walk
 
+#: What `OrderedDict.pop` answers for a key it does not hold (`Fingerprints._keep`).
+_ABSENT = object()
 #: Whether a text holds a digit (an IBAN spelled in one word needs some).
 _DIGIT_IN = re.compile(r"[0-9]").search
 #: Shingles one result may add; a longer result is sampled with a stride.
@@ -358,15 +360,21 @@ class Fingerprints:
                     return True
         return False
 
+    def _keep(self, kept: OrderedDict[str, Any], key: str, value: Any, limit: int) -> bool:
+        """Put `key` in `kept`, newest last and at most `limit`, as one fingerprint of the
+        workflow's budget (and so the proxy's); whether the oldest went to make room."""
+        if kept.pop(key, _ABSENT) is _ABSENT:
+            self._size += 1
+        kept[key] = value
+        if len(kept) <= limit:
+            return False
+        kept.popitem(last=False)
+        self._size -= 1
+        return True
+
     def _note_shown(self, names: Iterable[str]) -> None:
-        # Each domain kept counts as one fingerprint (the workflow's and the proxy's budgets).
         for name in names:
-            if self._shown.pop(name, False) is False:
-                self._size += 1
-            self._shown[name] = None
-            if len(self._shown) > MAX_SHOWN:
-                self._shown.popitem(last=False)
-                self._size -= 1
+            if self._keep(self._shown, name, None, MAX_SHOWN):
                 self._shown_overflow = True
 
     def _keep_handles(self, handles: dict[str, list[str]], trusted: bool) -> None:
@@ -374,24 +382,12 @@ class Fingerprints:
         # too: the order to hide one may come from any other result.
         for handle, sender, headline in handles.values():
             if handle and headline and (cue := notice_cue(headline)):
-                key = normalise(handle)
-                if self._notices.pop(key, None) is None:
-                    self._size += 1
-                self._notices[key] = cue
-                if len(self._notices) > MAX_HANDLES:
-                    self._notices.popitem(last=False)
-                    self._size -= 1
+                self._keep(self._notices, normalise(handle), cue, MAX_HANDLES)
             if trusted or not (handle and sender):
                 continue
             domains = first_domains(normalise(sender.rpartition("@")[2]))
             if domains:
-                key = normalise(handle)
-                if self._handles.pop(key, None) is None:
-                    self._size += 1
-                self._handles[key] = domains[0]
-                if len(self._handles) > MAX_HANDLES:
-                    self._handles.popitem(last=False)
-                    self._size -= 1
+                self._keep(self._handles, normalise(handle), domains[0], MAX_HANDLES)
 
     def unseen(self, values: Sequence[tuple[str, str]]) -> list[str]:
         """Paths of the arguments (`read_arguments`) that are an IBAN neither the task nor any
@@ -412,13 +408,8 @@ class Fingerprints:
         # Each identifier kept counts as one fingerprint, like a handle.
         for identifier, amount in stated(invoices):
             key = exact_key(normalise(identifier))
-            held = self._stated.pop(key, None)
-            if held is None:
-                self._size += 1
-            self._stated[key] = amount if held is None else max(held, amount)
-            if len(self._stated) > MAX_STATED:
-                self._stated.popitem(last=False)
-                self._size -= 1
+            held = self._stated.get(key)
+            self._keep(self._stated, key, amount if held is None else max(held, amount), MAX_STATED)
 
     def overpaid(self, values: Sequence[tuple[str, str]], arguments: Any) -> tuple[str, str, float] | None:
         """(amount argument's path, identifier, amount stated) when a call's arguments

@@ -99,6 +99,19 @@ def _guarded(read_tool: str) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
+async def _one_server(tmp_path: Path, server: MCPServer, name: str) -> AsyncIterator[Any]:
+    """The whole stack in process, `server` as the upstream `name`, every tool of it allowed."""
+    rules = [{"id": "all", "match": {"tools": [f"{name}__*"]}, "effect": "allow"}]
+    policy = {**POLICY, "metadata": {"name": name, "version": 1}, "spec": {"default": "deny", "rules": rules}}
+    async with serving_mcp(server) as url:
+        (tmp_path / "policy.json").write_text(json.dumps(policy))
+        config = tmp_path / "bastion.yaml"
+        config.write_text(f"servers:\n  {name}:\n    url: {url}\npolicies: [policy.json]\n")
+        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
+            yield running
+
+
+@contextlib.asynccontextmanager
 async def _stack(tmp_path: Path, server: MCPServer, policy: dict[str, Any]) -> AsyncIterator[Any]:
     """The whole stack in process, `server` as both the email and the bank upstream."""
     async with serving_mcp(server) as url:
@@ -241,23 +254,17 @@ async def test_folders_a_file_names_in_its_text_are_traced_and_their_share_or_de
 
     for tool in (read_file, share_file, delete_file):
         server.add_tool(tool, name=tool.__name__)
-    rules = [{"id": "all", "match": {"tools": ["files__*"]}, "effect": "allow"}]
-    policy = {**POLICY, "metadata": {"name": "files", "version": 1}, "spec": {"default": "deny", "rules": rules}}
     task = "Share the stage 4 folder /projects/stage4 with tomas@quillon.example as editor."
-    async with serving_mcp(server) as url:
-        (tmp_path / "policy.json").write_text(json.dumps(policy))
-        config = tmp_path / "bastion.yaml"
-        config.write_text(f"servers:\n  files:\n    url: {url}\npolicies: [policy.json]\n")
-        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
-            token = issue_token(ensure_dev_key(tmp_path), subject="agent-paths")
-            async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
-                calls = [
-                    ("read_file", {"path": "/projects/stage4/README.txt"}),
-                    ("share_file", {"path": "/projects/stage4", "email": "tomas@quillon.example"}),
-                    ("share_file", {"path": "/admin/hr", "email": "tomas@quillon.example"}),
-                    ("delete_file", {"path": "/Clients/Rowan Joinery Ltd/YE 2024"}),
-                ]
-                answers = [await _call(http, token, "files", tool, args, "wf-paths", task) for tool, args in calls]
+    async with _one_server(tmp_path, server, "files") as running:
+        token = issue_token(ensure_dev_key(tmp_path), subject="agent-paths")
+        async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
+            calls = [
+                ("read_file", {"path": "/projects/stage4/README.txt"}),
+                ("share_file", {"path": "/projects/stage4", "email": "tomas@quillon.example"}),
+                ("share_file", {"path": "/admin/hr", "email": "tomas@quillon.example"}),
+                ("delete_file", {"path": "/Clients/Rowan Joinery Ltd/YE 2024"}),
+            ]
+            answers = [await _call(http, token, "files", tool, args, "wf-paths", task) for tool, args in calls]
     read, asked, shared, deleted = (answer.json() for answer in answers)
     assert "result" in read, read
     assert "result" in asked, asked
@@ -300,22 +307,16 @@ async def test_a_security_notice_an_injected_note_calls_junk_is_not_deleted_unde
 
     for tool in (list_inbox, delete_email):
         server.add_tool(tool, name=tool.__name__)
-    rules = [{"id": "all", "match": {"tools": ["email__*"]}, "effect": "allow"}]
-    policy = {**POLICY, "metadata": {"name": "mail", "version": 1}, "spec": {"default": "deny", "rules": rules}}
     task = "Delete the newsletters in my inbox."
-    async with serving_mcp(server) as url:
-        (tmp_path / "policy.json").write_text(json.dumps(policy))
-        config = tmp_path / "bastion.yaml"
-        config.write_text(f"servers:\n  email:\n    url: {url}\npolicies: [policy.json]\n")
-        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
-            token = issue_token(ensure_dev_key(tmp_path), subject="agent-notices")
-            async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
-                calls = [
-                    ("list_inbox", {}),
-                    ("delete_email", {"message_id": "m-4260"}),
-                    ("delete_email", {"message_id": "m-4259"}),
-                ]
-                answers = [await _call(http, token, "email", tool, args, "wf-notices", task) for tool, args in calls]
+    async with _one_server(tmp_path, server, "email") as running:
+        token = issue_token(ensure_dev_key(tmp_path), subject="agent-notices")
+        async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
+            calls = [
+                ("list_inbox", {}),
+                ("delete_email", {"message_id": "m-4260"}),
+                ("delete_email", {"message_id": "m-4259"}),
+            ]
+            answers = [await _call(http, token, "email", tool, args, "wf-notices", task) for tool, args in calls]
     listed, newsletter, alert = (answer.json() for answer in answers)
     assert "result" in listed, listed
     assert "result" in newsletter, newsletter
