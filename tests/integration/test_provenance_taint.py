@@ -99,27 +99,29 @@ def _guarded(read_tool: str) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def _one_server(tmp_path: Path, server: MCPServer, name: str) -> AsyncIterator[Any]:
+async def _serving(
+    tmp_path: Path, server: MCPServer, policy: dict[str, Any], names: tuple[str, ...]
+) -> AsyncIterator[Any]:
+    """The whole stack in process, `server` as each of the upstreams `names`, under `policy`."""
+    async with serving_mcp(server) as url:
+        (tmp_path / "policy.json").write_text(json.dumps(policy))
+        config = tmp_path / "bastion.yaml"
+        upstreams = "".join(f"  {name}:\n    url: {url}\n" for name in names)
+        config.write_text(f"servers:\n{upstreams}policies: [policy.json]\n")
+        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
+            yield running
+
+
+def _one_server(tmp_path: Path, server: MCPServer, name: str) -> contextlib.AbstractAsyncContextManager[Any]:
     """The whole stack in process, `server` as the upstream `name`, every tool of it allowed."""
     rules = [{"id": "all", "match": {"tools": [f"{name}__*"]}, "effect": "allow"}]
     policy = {**POLICY, "metadata": {"name": name, "version": 1}, "spec": {"default": "deny", "rules": rules}}
-    async with serving_mcp(server) as url:
-        (tmp_path / "policy.json").write_text(json.dumps(policy))
-        config = tmp_path / "bastion.yaml"
-        config.write_text(f"servers:\n  {name}:\n    url: {url}\npolicies: [policy.json]\n")
-        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
-            yield running
+    return _serving(tmp_path, server, policy, (name,))
 
 
-@contextlib.asynccontextmanager
-async def _stack(tmp_path: Path, server: MCPServer, policy: dict[str, Any]) -> AsyncIterator[Any]:
+def _stack(tmp_path: Path, server: MCPServer, policy: dict[str, Any]) -> contextlib.AbstractAsyncContextManager[Any]:
     """The whole stack in process, `server` as both the email and the bank upstream."""
-    async with serving_mcp(server) as url:
-        (tmp_path / "policy.json").write_text(json.dumps(policy))
-        config = tmp_path / "bastion.yaml"
-        config.write_text(f"servers:\n  email:\n    url: {url}\n  bank:\n    url: {url}\npolicies: [policy.json]\n")
-        async with inprocess.stack(tmp_path, load_app_config(config)) as running:
-            yield running
+    return _serving(tmp_path, server, policy, ("email", "bank"))
 
 
 async def test_a_transfer_to_an_iban_injected_into_an_email_is_blocked_and_one_from_the_task_passes(
