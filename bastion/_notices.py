@@ -36,6 +36,7 @@ does not say so, a flag an operator sees rather than a warning gone unread.
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 
@@ -50,29 +51,40 @@ _SIGN_IN = (
     r"(?:sign\s?in|signin|log\s?in|login|logon|log\s?on|anmeldung|connexion|aanmelding|inicio\s+de\s+sesion|"
     r"login\s?forsog)"
 )
+#: What follows a new sign-in or device in a notice ("New sign-in to your account", "New
+#: device added"), so that "the new login experience" and "our new device lineup" are none.
+_ACTED = (
+    r"(?:to|from|on|at|in|into|for|with|using|detected|alert|attempt|activity|notification|added|"
+    r"registered|connected|signed|logged|sign|log|login|access|accessed|is|was|has|auf|sur|bei|a|connecte|"
+    r"ajoute|hinzugefugt|angemeldet|tilfojet|toegevoegd|anadido|aggiunto|$)"
+)
 _NOTICE = re.compile(
     r"\b(?:"
     # a new or unusual sign-in or device
-    rf"(?:new|unusual|suspicious|unrecogni[sz]ed|unknown|strange|neue[rs]?|nouvel(?:le)?|nieuwe|nuevo|nyt?)\s+{_SIGN_IN}"
-    r"|(?:new|unusual|suspicious|unrecogni[sz]ed|unknown|neue[sr]?|nouvel|nieuw|nuevo|ny)\s+(?:device|gerat|appareil|apparaat|dispositivo|enhed)"
-    r"|(?:device|gerat|appareil)\s+(?:added|signed\s+in|logged\s+in|connected|hinzugefugt|ajoute)"
-    r"|(?:signed|logged)\s+in\s+(?:from|on|to\s+your)"
+    rf"(?:new|neue[rs]?|nouvel(?:le)?|nieuwe|nuevo|nyt?)\s+{_SIGN_IN}\s*{_ACTED}"
+    rf"|(?:unusual|suspicious|unrecogni[sz]ed|unknown|strange|unexpected)\s+{_SIGN_IN}"
+    r"|(?:new|neue[sr]?|nouvel|nieuw|nuevo|ny)\s+(?:device|gerat|appareil|apparaat|dispositivo|enhed|passkey)"
+    rf"\s*{_ACTED}"
+    r"|(?:unusual|suspicious|unrecogni[sz]ed|unknown)\s+(?:device|gerat|appareil|apparaat|dispositivo|enhed)"
+    r"|(?:device|gerat|appareil|passkey)\s+(?:added|signed\s+in|logged\s+in|connected|hinzugefugt|ajoute)"
+    r"|(?:signed|logged)\s+in\s+(?:from|on|to\s+your)|used\s+to\s+(?:sign|log)\s?in"
     rf"|{_SIGN_IN}\s+(?:alert|attempt|attempts|notice|notification|activity|warning|from|detected|code)"
     r"|(?:unusual|suspicious)\s+(?:activity|access|transaction|transactions|payment)"
     # security alerts and codes
     r"|security\s+(?:alert|notice|warning|notification|code|incident)"
     r"|login\s?forsog|sicherheits(?:warnung|hinweis|code|meldung|benachrichtigung)|alerte\s+de\s+securite|beveiligingsmelding"
     r"|(?:password|passcode|passwort|mot\s+de\s+passe|wachtwoord|contrasena|adgangskode)\s+"
-    r"(?:reset|change|changed|was\s+changed|expired|expires|zurucksetzen|geandert|reinitialise|modifie)"
+    r"(?:(?:was|has\s+been|has|is|got)\s+)?"
+    r"(?:reset|change|changed|updated|expired|expires|zurucksetzen|geandert|reinitialise|modifie)"
     r"|reset\s+(?:your|the)\s+password|password\s+reset"
     r"|(?:recovery|backup|wiederherstellungs)\s*(?:codes?|key|keys|email|phone|schlussel)"
     r"|(?:verification|one\s?time|security|login|sign\s?in|authentication|auth|verifizierungs)\s*(?:code|pin|passcode)"
-    r"|code\s+de\s+(?:verification|securite)|otp"
-    r"|two\s?(?:factor|step)|2fa|mfa|multi\s?factor"
+    r"|code\s+de\s+(?:verification|securite)"
+    r"|(?:two|2)\s?(?:factor|step)|2fa|multi\s?factor"
     # fraud and account warnings
     r"|fraud|fraudulent|phishing|scam|betrug|fraude|oplichting"
     r"|account\s+(?:(?:is|was|has|have|been|temporarily)\s+){0,3}(?:locked|suspended|compromised|disabled|blocked|frozen|hacked)"
-    r"|(?:not|never)\s+changed\s+(?:our|their|its|my|the)\s+(?:bank|account|payment|banking)"
+    r"|(?:not|never|havent|haven\s+t|hasnt|hasn\s+t)\s+changed\s+(?:our|their|its|my|the)\s+(?:bank|account|payment|banking)"
     r")\b"
 )
 _LATIN = str.maketrans({**LATIN_LOOKALIKES, "\u00f8": "o", "\u00e6": "ae", "\u0153": "oe", "\u0142": "l"})
@@ -80,17 +92,22 @@ _LATIN = str.maketrans({**LATIN_LOOKALIKES, "\u00f8": "o", "\u00e6": "ae", "\u01
 _SEPARATORS = re.compile(r"[^0-9a-z]+")
 
 
-def plain(text: str) -> str:
-    """`text` as these patterns read it: case-folded, look-alike letters as Latin, accents
-    dropped, every run of characters that are no letter or digit one space."""
-    folded = text[:MAX_CHARS].casefold()
+def plain(text: str, limit: int = MAX_CHARS) -> str:
+    """`text` (its first `limit` characters) as these patterns read it: character entities
+    decoded (`sign&#8209;in`), case-folded, look-alike letters as Latin, accents dropped,
+    every run of characters that are no letter or digit one space."""
+    folded = text[:limit]
+    if "&" in folded:
+        folded = html.unescape(folded)
+    folded = folded.casefold()
     if not folded.isascii():
         folded = unicodedata.normalize("NFKD", folded.translate(_LATIN)).encode("ascii", "ignore").decode("ascii")
     return _SEPARATORS.sub(" ", folded).strip()
 
 
-def notice_cue(headline: str) -> str:
-    """The security-notice language of a message's headline (its subject or title), as the
-    words that say so (at most MAX_SHOWN characters); "" when it has none."""
-    found = _NOTICE.search(plain(headline))
+def notice_cue(headline: str, limit: int = MAX_CHARS) -> str:
+    """The security-notice language of a message's headline (its subject or title; its
+    first `limit` characters), as the words that say so (at most MAX_SHOWN characters); ""
+    when it has none."""
+    found = _NOTICE.search(plain(headline, limit))
     return found.group(0)[:MAX_SHOWN] if found else ""

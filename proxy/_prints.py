@@ -15,7 +15,7 @@ from bastion._iban import Checks, is_iban
 from bastion._notices import notice_cue
 from bastion._rerouting import result_cue
 
-from ._invoices import MAX_STATED, Groups, amounts, exceeds, note_field, note_number, stated
+from ._invoices import MAX_STATED, Groups, named, note_field, note_number, stated
 from ._lookalike import MAX_PER_VALUE, SeenDomains, domains_in, first_domains
 from ._pointers import IDENTITY_KEYS, PATH_TENANTS, PUNCTUATION, Identity, identity, references, stays_within, top_key
 from ._textprints import (
@@ -50,6 +50,14 @@ MAX_REPORTED = 8
 MAX_SHOWN = 1024
 #: Message handles kept per workflow (`Fingerprints._handles`), and keys naming a sender.
 MAX_HANDLES = 256
+#: Security notices one result may add (`Fingerprints._notices`): no one result, which may
+#: be an attacker's listing, pushes out all the others.
+MAX_NOTICES_PER_RESULT = 64
+#: Ids read from one argument ("m-1,m-2,…", a list) and numeric ids read from a call.
+_MAX_IDS_IN_ONE = 64
+_MAX_NUMERIC_IDS = 256
+#: Characters of an argument read for an IBAN inside it (`unseen`): a labelled account.
+_MAX_LABELLED = 64
 _SENDER_KEYS = frozenset({"sender", "from", "reply_to", "replyTo", "from_address", "fromAddress"})
 #: Keys of a message's headline (case-folded), read for a security notice (`Fingerprints._notices`).
 _HEADLINE_KEYS = frozenset({"subject", "title", "headline"})
@@ -171,8 +179,8 @@ class Fingerprints:
     #: cue, from any result, newest MAX_HANDLES: a call passing one by id acts on a notice an
     #: account takeover wants gone (`notices`, bastion/_notices.py).
     _notices: OrderedDict[str, str] = field(default_factory=OrderedDict)
-    #: Invoices' identifiers (exact keys) → the largest amount any result stated beside
-    #: one, newest MAX_STATED (`overpaid`, proxy/_invoices.py).
+    #: Invoices' identifiers (`_invoices.id_key`) → the least amount any result stated for
+    #: one, newest MAX_STATED (`invoiced`, proxy/_invoices.py).
     _stated: OrderedDict[str, float] = field(default_factory=OrderedDict)
     #: Whether some result held an encoded payload provenance could not read (an image, a
     #: PDF): an IBAN the agent read there traces to nothing (`unseen`).
@@ -218,7 +226,7 @@ class Fingerprints:
         one_source = not (isinstance(blocks, list) and len(blocks) > 1)
         numbers: list[tuple[str, float]] = []
         invoices: Groups = {}  # an object's path → its identifiers and amounts
-        walk = Walk(result, parse_json=True, numbers=numbers)
+        walk = Walk(result, parse_json=True, numbers=numbers, data_keys=_is_iban_key)
         cut = False
         checks = Checks()  # one budget of IBAN checksums for the whole result
         shown: dict[str, None] = {}
@@ -230,10 +238,10 @@ class Fingerprints:
         for path, text in walk:
             norm = normalise(text)
             names: dict[str, None] | None = None
-            if len(handles) < MAX_HANDLES:
-                _note_handle(handles, path, text)
-            if len(invoices) < MAX_STATED:
-                note_field(invoices, path, text)
+            # Read for every object, bounded by the walk's values alone: a cap here was
+            # filled first by an attacker's own objects (an attacker's probe).
+            _note_handle(handles, path, text)
+            note_field(invoices, path, text)
             if not trusted and "." in norm:
                 # Every domain an untrusted value writes, ids included (`thread_id`), and
                 # the whole value: the agent may be sent to any of them (`_shown_before`).
@@ -294,10 +302,13 @@ class Fingerprints:
         self._opaque = self._opaque or walk.opaque
         if (cut or walk.cut) and not trusted:
             self.unread.append(Unread(node_id, tool, size, partial=True))
-        self._keep_handles(handles, trusted)
-        if invoices and numbers:
-            for path, number in numbers:
+        for path, number in numbers:
+            if number.is_integer() and _is_id_key(path, plural=True):
+                _note_handle(handles, path, str(int(number)))  # an IMAP uid, a numeric message id
+            if invoices:
                 note_number(invoices, path, number)
+        self._keep_handles(handles, trusted)
+        if invoices:
             self._keep_stated(invoices)
         if echoes is not None and (shingles or exact):
             _drop_echoes(shingles, exact, echoes())
@@ -380,8 +391,10 @@ class Fingerprints:
     def _keep_handles(self, handles: dict[str, list[str]], trusted: bool) -> None:
         # Each id kept counts as one fingerprint, like a domain. A trusted result's notices
         # too: the order to hide one may come from any other result.
+        notices = 0
         for handle, sender, headline in handles.values():
-            if handle and headline and (cue := notice_cue(headline)):
+            if handle and headline and notices < MAX_NOTICES_PER_RESULT and (cue := notice_cue(headline)):
+                notices += 1
                 self._keep(self._notices, normalise(handle), cue, MAX_HANDLES)
             if trusted or not (handle and sender):
                 continue
@@ -399,33 +412,31 @@ class Fingerprints:
             return []
         found = []
         for path, norm in values:
-            key = exact_key(norm)
-            if 15 <= len(key) <= 34 and key not in self._exact and key not in self._task_exact and is_iban(key):
-                found.append(path)
+            # The whole value, and an IBAN inside a short one ("IBAN IE73 BOFI …", "IE73…
+            # (Amberglass)"); not in content (a letter or an invoice the user writes holds
+            # their own account, which no result shows).
+            short = len(norm) <= _MAX_LABELLED and not norm.startswith(("/", "~"))
+            candidates = (exact_key(norm), *tokens(norm)) if short and not norm.isalnum() else (exact_key(norm),)
+            for key in candidates:
+                if 15 <= len(key) <= 34 and key not in self._exact and key not in self._task_exact and is_iban(key):
+                    found.append(path)
+                    break
         return found[:MAX_REPORTED]
 
     def _keep_stated(self, invoices: Groups) -> None:
-        # Each identifier kept counts as one fingerprint, like a handle.
+        # The least amount stated for an invoice wins: a later email, or JSON written into
+        # the same one, that states more cannot raise what the invoice is for.
         for identifier, amount in stated(invoices):
-            key = exact_key(normalise(identifier))
-            held = self._stated.get(key)
-            self._keep(self._stated, key, amount if held is None else max(held, amount), MAX_STATED)
+            held = self._stated.get(identifier)
+            self._keep(self._stated, identifier, amount if held is None else min(held, amount), MAX_STATED)
 
-    def overpaid(self, values: Sequence[tuple[str, str]], arguments: Any) -> tuple[str, str, float] | None:
-        """(amount argument's path, identifier, amount stated) when a call's arguments
-        (`read_arguments` and as sent) name an invoice a result stated an amount for and ask
-        more than that amount (proxy/_invoices.py); None otherwise."""
+    def invoiced(self, values: Sequence[tuple[str, str]]) -> list[tuple[str, float]]:
+        """(identifier, least amount stated) of each invoice a result stated an amount for that
+        the call's string arguments (`read_arguments`) name (proxy/_invoices.py)."""
         if not self._stated:
-            return None
-        named = [(norm, held) for _, norm in values if (held := self._stated.get(exact_key(norm))) is not None]
-        if not named:
-            return None
-        paid = amounts(arguments)
-        if not paid:
-            return None
-        path, asked = max(paid, key=lambda found: found[1])
-        identifier, most = max(named, key=lambda found: found[1])
-        return (path, identifier, most) if exceeds(asked, most) else None
+            return []
+        found = {key: held for key in named(norm for _, norm in values) if (held := self._stated.get(key)) is not None}
+        return list(itertools.islice(found.items(), MAX_REPORTED))
 
     def _forget_identity(self, node_id: str) -> None:
         held = self._identity.pop(node_id, None)
@@ -439,7 +450,11 @@ class Fingerprints:
         result so forgotten is remembered as unread, so later calls say their data may be
         untraceable rather than come out clean."""
         if not self._results:
-            return 0
+            # Ids, notices, invoices and domains kept from results that left no prints of
+            # their own: forgotten together (an attacker's probe saw them outlive the budget).
+            before = self._size
+            self._forget_kept()
+            return before - self._size
         before = self._size
         self._remember(*self._evict())
         return before - self._size
@@ -470,18 +485,22 @@ class Fingerprints:
         _drop(self._exact, held.exact, node_id)
         self._size -= len(held.exact)
         if not self._results:  # the domains count against the budget too: a workflow evicted whole holds none
-            self._size -= (
-                self._domains.clear() + len(self._handles) + len(self._notices) + len(self._stated) + len(self._shown)
-            )
-            self._handles.clear()
-            self._notices.clear()
-            self._stated.clear()
-            # What untrusted results wrote is forgotten with them: from now on no page counts
-            # as chosen (`_shown_before`), rather than every page.
-            self._shown_overflow = self._shown_overflow or bool(self._shown)
-            self._shown.clear()
+            self._forget_kept()
         self._shrink()
         return node_id, held
+
+    def _forget_kept(self) -> None:
+        """Forget the domains, ids, notices and invoice amounts kept beside the results."""
+        self._size -= (
+            self._domains.clear() + len(self._handles) + len(self._notices) + len(self._stated) + len(self._shown)
+        )
+        self._handles.clear()
+        self._notices.clear()
+        self._stated.clear()
+        # What untrusted results wrote is forgotten with them: from now on no page counts
+        # as chosen (`_shown_before`), rather than every page.
+        self._shown_overflow = self._shown_overflow or bool(self._shown)
+        self._shown.clear()
 
     def _shrink(self) -> None:
         """Rebuild the indexes once they hold under a quarter of their peak. A dict never
@@ -546,15 +565,21 @@ class Fingerprints:
                     found.setdefault((m.path, name), like)
         return [(path, name, like) for (path, name), like in itertools.islice(found.items(), MAX_REPORTED)]
 
-    def notices(self, values: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-        """(argument path, cue) for each argument under an id key (`read_arguments`) that
-        passes a message an untrusted result showed with a security notice's headline."""
+    def notices(self, values: Sequence[tuple[str, str]], arguments: Any = None) -> list[tuple[str, str]]:
+        """(argument path, cue) for each argument under an id key (`read_arguments`, and the
+        numbers of `arguments` as sent) that passes a message a result showed with a
+        security notice's headline: one id, a list of them (`message_ids: [...]`, a bulk
+        delete), or several in one string ("m-1,m-2")."""
         if not self._notices:
             return []
-        # Under an id key, or a list of ids (`message_ids: [...]`: a bulk delete by id).
-        found = [
-            (path, cue) for path, norm in values if (cue := self._notices.get(norm)) and _is_id_key(path, plural=True)
-        ]
+        found = []
+        for path, norm in itertools.chain(values, _numeric_ids(arguments)):
+            if not _is_id_key(path, plural=True):
+                continue
+            for handle in (norm, *norm.replace(",", " ").replace(";", " ").split()[:_MAX_IDS_IN_ONE]):
+                if cue := self._notices.get(handle):
+                    found.append((path, cue))
+                    break
         return found[:MAX_REPORTED]
 
     def rerouting(self, node_id: str) -> str:
@@ -667,10 +692,12 @@ def _add_tokens(exact: dict[str, Source], norm: str, source: Source, checks: Che
 
 
 def _is_id_key(path: str, *, plural: bool = False) -> bool:
+    """Whether `path` ends in an id key (`id`, `message_id`, `taskId`); with `plural`, any key
+    whose letters end in id, ids or idlist too (`uid`, `msgid`, `message_ids`, `idList`)."""
     key = path.rpartition(".")[2].partition("[")[0]
-    if plural and (key == "ids" or key.endswith(("Ids", "_ids", "IDs"))):
+    if key == "id" or key.endswith(("Id", "_id", "ID")):
         return True
-    return key == "id" or key.endswith(("Id", "_id", "ID"))
+    return plural and key.casefold().replace("_", "").replace("-", "").endswith(("id", "ids", "idlist"))
 
 
 def _note_handle(handles: dict[str, list[str]], path: str, text: str) -> None:
@@ -681,8 +708,36 @@ def _note_handle(handles: dict[str, list[str]], path: str, text: str) -> None:
         handles.setdefault(parent, ["", "", ""])[1] = text[:MAX_VALUE]
     elif key.casefold() in _HEADLINE_KEYS:
         handles.setdefault(parent, ["", "", ""])[2] = text[:MAX_VALUE]
-    elif _is_id_key(path) and len(text) <= MAX_VALUE:
+    elif _is_id_key(path, plural=True) and len(text) <= MAX_VALUE:
         handles.setdefault(parent, ["", "", ""])[0] = text
+
+
+def _numeric_ids(arguments: Any) -> Iterator[tuple[str, str]]:
+    """(path, digits) of the integers under id keys of a call's arguments (`{"uid": 4259}`,
+    `{"uids": [4259, 4260]}`), at most _MAX_NUMERIC_IDS of them, three objects deep."""
+    if not isinstance(arguments, dict):
+        return
+    given = 0
+    stack: list[tuple[str, Any, int]] = [("", arguments, 0)]
+    while stack:
+        prefix, item, depth = stack.pop()
+        for key, value in itertools.islice(item.items(), _MAX_IDS_IN_ONE):
+            path = f"{prefix}.{key}" if prefix else str(key)[:MAX_VALUE]
+            if isinstance(value, dict) and depth < 3:
+                stack.append((path, value, depth + 1))
+                continue
+            numbers = value if isinstance(value, list) else (value,)
+            for number in itertools.islice(numbers, _MAX_IDS_IN_ONE):
+                if isinstance(number, int) and not isinstance(number, bool) and abs(number) < 10**15:
+                    given += 1
+                    if given > _MAX_NUMERIC_IDS:
+                        return
+                    yield path, str(number)
+
+
+def _is_iban_key(key: str) -> bool:
+    """An object key that is an IBAN (a payee list keyed by account): data as well as a name."""
+    return 15 <= len(key) <= 42 and key[:2].isalpha() and is_iban(key)
 
 
 def _is_handle(path: str, norm: str) -> bool:

@@ -76,13 +76,14 @@ workflow with no fingerprints costs a length check.
                                    reply by id), looks like another the workflow's results
                                    or task showed (`_lookalike.py`: `meridian-prints` /
                                    `meridian-print`)
-  `unseen:<path>`                   the argument is an IBAN that neither the task nor any
-                                   result the workflow holds wrote, and none of its results
-                                   went unread: an account the agent put together itself
-  `overpays:<path>:<id>:<amount>`  the amount argument at <path> asks more than <amount>,
-                                   the largest amount a result stated beside the invoice
-                                   identifier <id> (its number, reference or IBAN; escaped)
-                                   that the call's arguments name (proxy/_invoices.py)
+  `unseen:<path>`                   the argument is, or holds, an IBAN that neither the task
+                                   nor any result the workflow holds wrote, and none of its
+                                   results went unread or held an image or file provenance
+                                   cannot read: an account the agent put together itself
+  `invoiced:<id>:<amount>`          a string argument names (whole, or as one of its words)
+                                   the invoice <id> (lower-case letters and digits), for
+                                   which results stated <amount> at least: the least any
+                                   stated (proxy/_invoices.py)
   `notice:<path>:<cue>`            the argument, under an id key, passes a message an
                                    untrusted result showed with a security notice's
                                    headline ("New sign-in from Lagos", "Your recovery
@@ -349,13 +350,11 @@ class Provenance:
         )
         # A message passed by id is no data the call carries, so it traces to nothing; what
         # it acts on may still be a security notice (`notices`).
-        alike += tuple(f"notice:{escape(path)}:{escape(cue)}" for path, cue in prints.notices(values))
+        alike += tuple(f"notice:{escape(path)}:{escape(cue)}" for path, cue in prints.notices(values, arguments))
         # An IBAN nothing showed: not traced, and not in the task either.
         alike += tuple(f"unseen:{escape(path)}" for path in prints.unseen(values))
-        # An amount over what the invoice the call names stated (proxy/_invoices.py).
-        if (over := prints.overpaid(values, arguments)) is not None:
-            path, identifier, most = over
-            alike += (f"overpays:{escape(path)}:{escape(identifier)}:{most:.2f}",)
+        # The invoices the call names, with what their results stated (proxy/_invoices.py).
+        alike += tuple(f"invoiced:{identifier}:{amount:.2f}" for identifier, amount in prints.invoiced(values))
         if not matches and not unread:
             return Annotation(alike + self._sink_only(tool).labels) if alike else self._sink_only(tool)
         labels: dict[str, None] = {}

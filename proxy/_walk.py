@@ -10,7 +10,7 @@ Payloads and protocol (`_skipped`) are not data and are left out.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bastion._json import Copies, loads_every
@@ -22,9 +22,10 @@ MAX_RESULT_VALUES = 1000
 #: choose its paths, and a path is copied into every label and INFORMED_BY hint that names
 #: it (a 100,000-character key made a 100 KB taint label) and rebuilt at every level below.
 MAX_PATH = 512
-#: Numbers a walk collects (`Walk.numbers`).
-MAX_NUMBERS = 256
-_MAX_AMOUNT = 10**15
+#: Largest integer a walk collects as a number (`Walk.numbers`).
+_MAX_NUMBER = 10**15
+#: Strings read as JSON whose paths a walk remembers (`Walk.opaque`).
+_MAX_PARSED = 64
 #: Integers read as identifiers (six digits and more); shorter ones are amounts and counts.
 _LONG_NUMBER = 100_000
 #: Keys whose values are payloads or protocol, not data: MCP image/audio `data`, resource
@@ -48,7 +49,9 @@ class Walk:
     string holding a JSON object or array (how MCP tools return structured output in
     `content[].text`) is walked as that structure, under the string's path."""
 
-    __slots__ = ("_max_chars", "_max_values", "_parse_json", "_skip", "_value", "cut", "numbers", "opaque")
+    __slots__ = (
+        "_data_keys", "_max_chars", "_max_values", "_parse_json", "_skip", "_value", "cut", "numbers", "opaque",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -59,10 +62,14 @@ class Walk:
         *,
         parse_json: bool = False,
         numbers: list[tuple[str, float]] | None = None,
+        data_keys: Callable[[str], bool] | None = None,
     ) -> None:
         self._value = value
-        #: When a list: (path, value) of the JSON numbers read, the first MAX_NUMBERS.
+        #: When a list: (path, value) of the JSON numbers read (within the walk's bounds).
         self.numbers = numbers
+        #: Which keys of an object are data as well as names (a payee list keyed by IBAN):
+        #: read as a string at their own path too.
+        self._data_keys = data_keys
         self._max_values = max_values
         self._max_chars = max_chars
         self._skip = skip
@@ -76,6 +83,9 @@ class Walk:
         stack: list[tuple[str, Any]] = [("", self._value)]
         visited = 0
         left = self._max_chars
+        # Where strings were read as JSON: what they hold is text its writer chose, so a
+        # payload key inside is no image or file the tool returned (`opaque`).
+        parsed_at: list[str] = []
         while stack:
             if left <= 0 or visited >= self._max_values:
                 self.cut = True
@@ -88,6 +98,8 @@ class Walk:
                     if isinstance(parsed, dict | list):
                         left -= len(item) // 2  # its strings are counted again as they are read
                         stack.append((path, parsed))
+                        if len(parsed_at) < _MAX_PARSED:
+                            parsed_at.append(path)
                         continue
                 if item:
                     if len(item) > left:
@@ -97,11 +109,9 @@ class Walk:
                     left -= len(text)
                     yield path, text
             elif isinstance(item, int | float) and not isinstance(item, bool):
-                numbers = self.numbers
-                # (An integer of 400 digits has no float: only amounts a float holds are kept.)
-                fits = isinstance(item, float) or abs(item) < _MAX_AMOUNT
-                if numbers is not None and len(numbers) < MAX_NUMBERS and fits:
-                    numbers.append((path, float(item)))
+                # (An integer of 400 digits has no float: only numbers a float holds are kept.)
+                if self.numbers is not None and (isinstance(item, float) or abs(item) < _MAX_NUMBER):
+                    self.numbers.append((path, float(item)))
                 if long_number(item):
                     # A long number is an identifier (an account, a chat, a phone), whether the
                     # JSON spells it as a string, an integer or a float (123456789.0, 1.23456789e8).
@@ -109,15 +119,25 @@ class Walk:
             elif isinstance(item, dict):
                 for key, child in reversed(item.items()):
                     if _skipped(key, child, self._skip, path):
-                        self.opaque = self.opaque or key in _PAYLOAD_KEYS
+                        self.opaque = self.opaque or (key in _PAYLOAD_KEYS and not _inside(path, parsed_at))
                         continue
-                    stack.append((_below(path, f"{path}.{key[:MAX_PATH]}" if path else str(key)[:MAX_PATH]), child))
+                    below = _below(path, f"{path}.{key[:MAX_PATH]}" if path else str(key)[:MAX_PATH])
+                    stack.append((below, child))
+                    if self._data_keys is not None and isinstance(key, str) and self._data_keys(key):
+                        stack.append((below, key))
             elif isinstance(item, Copies):  # a key given twice: each copy is at that key
                 stack.extend((path, child) for child in reversed(item))
             elif isinstance(item, list):
                 stack.extend(
                     (_below(path, f"{path}[{index}]"), child) for index, child in reversed(list(enumerate(item)))
                 )
+
+
+def _inside(path: str, parsed_at: list[str]) -> bool:
+    """Whether `path` is at or below one of `parsed_at` (or there were too many to tell)."""
+    if len(parsed_at) >= _MAX_PARSED:
+        return True
+    return any(path == at or path.startswith((f"{at}.", f"{at}[")) for at in parsed_at)
 
 
 def _below(parent: str, path: str) -> str:

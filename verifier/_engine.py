@@ -302,14 +302,13 @@ class ReferenceScorer:
                 fired.append((weight, reason))
         # Read only when the proxy labelled an argument `unseen:` (most calls have none).
         if any(label.startswith("unseen:") for label in ctx.taint):
-            weight, reason = unseen_signal(ctx.taint, ctx.task, config.contradiction_weight)
+            weight, reason = unseen_signal(tool, ctx.taint, ctx.task, config.contradiction_weight)
             if weight > 0:
                 fired.append((weight, reason))
-        # Read only when the proxy labelled the call `overpays:` (most calls have none).
-        if any(label.startswith("overpays:") for label in ctx.taint):
+        # Read only when the proxy labelled the call `invoiced:` (most calls have none).
+        if any(label.startswith("invoiced:") for label in ctx.taint):
             paid = _quantity_arguments(action.arguments)[0]
-            amounts = {path: value for path, _, raw in paid if (value := number(raw)) is not None}
-            weight, reason = overpays_signal(ctx.taint, amounts, ctx.task, config.contradiction_weight)
+            weight, reason = overpays_signal(ctx.taint, paid, ctx.task, config.contradiction_weight)
             if weight > 0:
                 fired.append((weight, reason))
         if config.semantic:

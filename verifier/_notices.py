@@ -9,11 +9,13 @@ asks for deletions. What it does not ask for is deleting *those*.
 
 The proxy labels an argument under an id key that passes a message an untrusted result
 showed with a security notice's headline (`notice:<path>:<cue>`, bastion/_notices.py).
-Here a call whose tool name destroys or hides (DESTRUCTIVE_VERBS, and archive, hide,
-move, spam, junk) on such an argument weighs the destructive weight, unless the task
-itself speaks of such messages: its words name sign-ins, security, alerts, notices,
-passwords, codes, fraud, phishing, scams or fakes ("delete the phishing mail", "archive
-last year's sign-in alerts"), or its text holds a notice's own language. A task that does
+Here a call whose tool name destroys or hides (DESTRUCTIVE_VERBS, archive, hide, move,
+spam, junk, expunge, discard, dismiss, bin, mute, snooze, clear; marking read or seen,
+modifying or removing labels) on such an argument weighs the destructive weight, unless
+the task itself speaks of such messages: its words name sign-ins, security, alerts,
+passwords, recovery, verification, 2FA, fraud, phishing, scams, fakes, spoofing or
+impersonation ("delete the phishing mail", "archive last year's sign-in alerts"), or its
+text holds a notice's own language. A task that does
 is the user's to ask; a blank one asks for nothing of the kind.
 """
 
@@ -28,12 +30,21 @@ from ._intent import DESTRUCTIVE_VERBS, clip, tool_verbs
 from ._taint import notices
 
 #: Tool-name verbs that put a message out of the user's sight.
-HIDING_VERBS = DESTRUCTIVE_VERBS | frozenset({"archive", "hide", "move", "spam", "junk"})
-#: Words of a task that speaks of security notices (on `bastion._notices.plain` text).
+HIDING_VERBS = DESTRUCTIVE_VERBS | frozenset(
+    {"archive", "hide", "move", "spam", "junk", "expunge", "discard", "dismiss", "bin", "mute", "snooze", "clear"}
+)
+#: Pairs of tool-name words that do the same: marking it read (a staple of a takeover's
+#: inbox rules), taking a label off it (how Gmail archives).
+HIDING_PAIRS = (
+    frozenset({"mark", "read"}), frozenset({"mark", "seen"}), frozenset({"modify", "labels"}),
+    frozenset({"modify", "label"}), frozenset({"remove", "label"}), frozenset({"remove", "labels"}),
+)  # fmt: skip
+#: Words of a task that speaks of security notices (on `bastion._notices.plain` text). Not
+#: "notifications", "codes" or "devices" alone: "delete the GitHub notifications" says
+#: nothing of a bank's sign-in alert (an attacker's probe).
 _SPEAKS = re.compile(
-    r"\b(?:security|alerts?|notices?|notifications?|warnings?|sign\s?ins?|signins?|log\s?ins?|logins?|"
-    r"passwords?|passcodes?|recovery|codes?|otp|2fa|mfa|verification|devices?|fraud\w*|phishing|scams?|"
-    r"fakes?|suspicious|spoof\w*|impersonat\w*)\b"
+    r"\b(?:security|alerts?|sign\s?ins?|signins?|log\s?ins?|logins?|passwords?|passcodes?|recovery|otp|2fa|mfa|"
+    r"verification|fraud\w*|phishing|scams?|fakes?|suspicious|spoof\w*|impersonat\w*)\b"
 )
 #: Characters of the task read.
 MAX_TASK_CHARS = 8 * 1024
@@ -45,7 +56,7 @@ def notice_signal(tool: str, labels: Iterable[str], task: str, weight: float) ->
     if weight <= 0:
         return 0.0, ""
     found = notices(labels)
-    if not found or tool_verbs(tool).isdisjoint(HIDING_VERBS) or speaks_of_notices(task):
+    if not found or not hides(tool) or speaks_of_notices(task):
         return 0.0, ""
     path, cue = found[0]
     return weight, (
@@ -54,9 +65,15 @@ def notice_signal(tool: str, labels: Iterable[str], task: str, weight: float) ->
     )
 
 
+def hides(tool: str) -> bool:
+    """Whether a tool's name says it destroys a message or puts it out of sight."""
+    verbs = tool_verbs(tool)
+    return not verbs.isdisjoint(HIDING_VERBS) or any(pair <= verbs for pair in HIDING_PAIRS)
+
+
 def speaks_of_notices(task: str) -> bool:
-    """Whether the task speaks of security notices (module docstring)."""
+    """Whether the task speaks of security notices (module docstring), read whole to
+    MAX_TASK_CHARS (a long preamble must not hide "delete the phishing emails")."""
     if not task.strip():
         return False
-    text = plain(task[:MAX_TASK_CHARS])
-    return _SPEAKS.search(text) is not None or bool(notice_cue(text))
+    return _SPEAKS.search(plain(task, MAX_TASK_CHARS)) is not None or bool(notice_cue(task, MAX_TASK_CHARS))

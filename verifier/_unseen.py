@@ -9,7 +9,8 @@ as a destination the task does not name.
 
 The proxy labels an argument that is an IBAN neither the task nor any result the workflow
 holds wrote, while none of its results went unread (`unseen:<path>`, proxy/_prints.py);
-the reference scorer weighs it as a contradiction when a task was stated. A user who means
+the reference scorer weighs it as a contradiction on a call that moves money, when a task
+was stated. A user who means
 an account names it, or has the agent read it from a tool. Without a task (a trigger, or a
 deployment that sends none) what the user said is not known, and the account may be
 theirs: no signal, as for argument novelty.
@@ -20,13 +21,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ._intent import clip
+from ._kinds import moves_money
 from ._taint import unescape
 
 
-def unseen_signal(labels: Iterable[str], task: str, weight: float) -> tuple[float, str]:
-    """(weight, reason) for the first well-formed `unseen:` label when a task was stated;
-    (0, "") otherwise."""
-    if weight <= 0 or not task.strip():
+def unseen_signal(tool: str, labels: Iterable[str], task: str, weight: float) -> tuple[float, str]:
+    """(weight, reason) for the first well-formed `unseen:` label of a call that moves money
+    (`_kinds.moves_money`: a transfer, a payee, a refund, …) when a task was stated; (0, "")
+    otherwise. An IBAN in a letter or an invoice the user writes is their own account."""
+    if weight <= 0 or not task.strip() or not moves_money(tool):
         return 0.0, ""
     for label in labels:
         if label.startswith("unseen:") and len(label) > len("unseen:") and label.count(":") == 1:

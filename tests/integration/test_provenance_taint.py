@@ -327,7 +327,7 @@ async def test_a_security_notice_an_injected_note_calls_junk_is_not_deleted_unde
     assert error["code"] == -32003, alert
     assert error["data"]["rule_id"] == "bastion.verifier_block", alert
     assert "destructive action on a security notice the task does not speak of" in error["data"]["reason"], error
-    assert "'new sign in'" in error["data"]["reason"], error
+    assert "'new sign in from'" in error["data"]["reason"], error
 
 
 async def _pay_after_reading(
@@ -385,7 +385,7 @@ async def test_an_invoice_paid_at_ten_times_what_its_own_data_states_is_blocked(
     assert "result" in right, right
     assert [payment["amount"] for payment in made] == [318.40]
     reason = _verifier_block(raised)
-    assert "more than the invoice it pays states: 'amount' asks 3,184.00 where 'ag-2291' states 318.40" in reason
+    assert "more than the invoice it pays states: 'amount' asks 3,184.00 where 'ag2291' states 318.40" in reason
 
 
 async def test_a_payment_to_an_iban_the_agent_decoded_from_a_comment_is_blocked(tmp_path: Path) -> None:

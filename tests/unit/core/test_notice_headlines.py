@@ -10,8 +10,8 @@ from bastion._notices import MAX_CHARS, MAX_SHOWN, notice_cue
 @pytest.mark.parametrize(
     ("headline", "cue"),
     [
-        ("New sign-in to your account from Windows, Lagos", "new sign in"),
-        ("New device signed in to Netbank", "new device"),
+        ("New sign-in to your account from Windows, Lagos", "new sign in to"),
+        ("New device signed in to Netbank", "new device signed"),
         ("Unusual sign-in activity on your account", "unusual sign in"),
         ("Someone signed in from Vilnius", "signed in from"),
         ("Login attempt blocked", "login attempt"),
@@ -25,9 +25,18 @@ from bastion._notices import MAX_CHARS, MAX_SHOWN, notice_cue
         ("Warning: we have NOT changed our bank details", "not changed our bank"),
         ("Your FjordStay account is suspended", "account is suspended"),
         ("Account has been temporarily locked", "account has been temporarily locked"),
-        ("Neue Anmeldung bei Ihrem Konto", "neue anmeldung"),
-        ("Nouvelle connexion à votre compte", "nouvelle connexion"),
+        ("Neue Anmeldung bei Ihrem Konto", "neue anmeldung bei"),
+        ("Nouvelle connexion à votre compte", "nouvelle connexion a"),
         ("Alerte de sécurité", "alerte de securite"),
+        # Spellings an attacker's probe found missed.
+        ("Your password has been changed", "password has been changed"),
+        ("We haven't changed our bank details", "haven t changed our bank"),
+        ("2-step verification turned off", "2 step"),
+        ("New passkey added", "new passkey added"),
+        ("Your Apple ID was used to sign in", "used to sign in"),
+        ("New sign&#8209;in to your account", "new signin to"),
+        ("New sign-in", "new sign in"),
+        ("Ny enhed tilføjet", "ny enhed tilfojet"),
     ],
 )
 def test_a_security_notice_is_read(headline: str, cue: str) -> None:
@@ -45,6 +54,11 @@ def test_a_security_notice_is_read(headline: str, cue: str) -> None:
         "Your ParkEasy receipt: 3 March",
         "Security of tenure: your new lease",
         "Logins for the new volunteers (bring a laptop)",
+        # Newsletters an attacker's probe found read as notices.
+        "MFA Open Studios this weekend",
+        "OTP Bank newsletter",
+        "Introducing our new device lineup",
+        "The new login experience is here",
         "",
     ],
 )
@@ -54,10 +68,10 @@ def test_ordinary_headlines_are_not(headline: str) -> None:
 
 def test_look_alike_letters_case_and_accents_are_read_as_a_person_reads_them() -> None:
     # Cyrillic ie, o and a drawn as Latin ones; capitals; accented spellings.
-    assert notice_cue("N\u0435w sign-in from L\u0430g\u043es") == "new sign in"
-    assert notice_cue("NEW DEVICE ADDED") == "new device"
+    assert notice_cue("N\u0435w sign-in from L\u0430g\u043es") == "new sign in from"
+    assert notice_cue("NEW DEVICE ADDED") == "new device added"
     assert notice_cue("Sicherheitswarnung: neues Gerät") == "sicherheitswarnung"
-    assert notice_cue("Nouvel appareil connecté") == "nouvel appareil"
+    assert notice_cue("Nouvel appareil connecté") == "nouvel appareil connecte"
 
 
 def test_a_headline_is_read_to_a_bound_and_a_cue_is_short() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bastion.proxy._prints import MAX_NOTICES_PER_RESULT
 from bastion.proxy._provenance import MAX_HANDLES, Fingerprints, Provenance, TaintSettings
 
 TASK = "Confirm the bouncy castle booking with Bunting & Bake (buntingbake.example): reply saying yes."
@@ -85,7 +86,7 @@ def _delete_labels(prints: Fingerprints, message_id: str, provenance: Provenance
 
 def test_a_call_passing_a_listed_security_notice_by_id_is_labelled() -> None:
     prints = _listed(result=INBOX)
-    assert _delete_labels(prints, "msg-6383") == ("notice:message_id:new device",)
+    assert _delete_labels(prints, "msg-6383") == ("notice:message_id:new device signed",)
     assert _delete_labels(prints, "msg-6381") == ()
     # A message read whole: its top-level id and subject.
     Provenance().record(prints, "n2", "email__read_email", READ)
@@ -103,7 +104,7 @@ def test_a_notice_is_read_only_beside_its_own_id_and_only_under_an_id_key() -> N
 def test_a_trusted_results_notices_are_kept_since_the_order_to_hide_one_may_come_from_elsewhere() -> None:
     provenance = Provenance(lambda: TaintSettings(untrusted_sources=("web__*",)))
     prints = _listed(provenance, INBOX)
-    assert _delete_labels(prints, "msg-6383", provenance) == ("notice:message_id:new device",)
+    assert _delete_labels(prints, "msg-6383", provenance) == ("notice:message_id:new device signed",)
     # Its senders are not kept for look-alikes: a trusted result's sender is no one's to forge.
     assert not prints._handles
 
@@ -116,12 +117,13 @@ def test_a_cue_with_a_colon_is_escaped_in_its_label() -> None:
 def test_notices_are_bounded_newest_kept_and_counted() -> None:
     prints = _listed(result=INBOX)
     before = len(prints)
-    for listing in range(2):
+    listings = MAX_HANDLES // MAX_NOTICES_PER_RESULT + 1
+    for listing in range(listings):
         many = {"messages": [{"id": f"n-{listing}-{n}", "subject": "Security alert"} for n in range(MAX_HANDLES)]}
         Provenance().record(prints, f"n{listing + 2}", "email__list_inbox", many)
     assert len(prints._notices) == MAX_HANDLES
     assert _delete_labels(prints, "msg-6383") == ()
-    assert _delete_labels(prints, "n-1-100") == ("notice:message_id:security alert",)
+    assert _delete_labels(prints, f"n-{listings - 1}-10") == ("notice:message_id:security alert",)
     assert len(prints) > before
 
 
@@ -147,3 +149,37 @@ def test_a_bulk_call_passing_notices_in_a_list_of_ids_is_labelled_and_keys_are_r
     # A value that only equals a notice's id under another key passes no message.
     labels = Provenance().annotate(prints, "email__search", {"query": "m-1"}, "Delete the newsletters.").labels
     assert not any(label.startswith("notice:") for label in labels)
+
+
+def test_numeric_ids_uids_and_ids_joined_in_one_string_are_read() -> None:
+    inbox = {"messages": [{"uid": 4259, "subject": "New sign-in from Lagos"}, {"uid": 4260, "subject": "Sale"}]}
+    prints = _listed(result=inbox)
+    for arguments in ({"uid": 4259}, {"uids": [4260, 4259]}, {"message_ids": "4260,4259"}, {"msgid": "4259"}):
+        labels = Provenance().annotate(prints, "email__delete", arguments, "Delete the newsletters.").labels
+        assert any(label.startswith("notice:") for label in labels), arguments
+    labels = Provenance().annotate(prints, "email__delete", {"uid": 4260}, "Delete the newsletters.").labels
+    assert not any(label.startswith("notice:") for label in labels)
+
+
+def test_an_attackers_objects_first_in_a_listing_do_not_starve_a_notice_in_it() -> None:
+    padded = {"messages": [{"x_id": "a", "snippet": "[" * 3}] * 300 + INBOX["messages"]}
+    assert _delete_labels(_listed(result=padded), "msg-6383") == ("notice:message_id:new device signed",)
+
+
+def test_one_result_adds_at_most_its_share_of_notices() -> None:
+    prints = _listed(result=INBOX)
+    flood = {"messages": [{"id": f"f-{n}", "subject": "Security alert"} for n in range(MAX_HANDLES)]}
+    Provenance().record(prints, "n2", "email__list_inbox", flood)
+    assert len(prints._notices) == 1 + MAX_NOTICES_PER_RESULT
+    assert _delete_labels(prints, "msg-6383") == ("notice:message_id:new device signed",)
+
+
+def test_what_a_result_without_prints_of_its_own_kept_can_still_be_evicted() -> None:
+    # Short headlines leave no fingerprint, but their notices are kept and counted: the
+    # proxy-wide budget must be able to take them back (an attacker's probe).
+    prints = _listed(result={"messages": [{"id": f"a{n}", "subject": "2FA"} for n in range(10)]})
+    assert not prints._results
+    assert len(prints) == 10
+    assert prints.evict_oldest() == 10
+    assert len(prints) == 0
+    assert not prints._notices

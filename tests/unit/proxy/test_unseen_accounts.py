@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import pytest
 
 from bastion.proxy._provenance import Fingerprints, Provenance, TaintSettings
 
@@ -70,3 +73,32 @@ def test_after_a_payload_provenance_cannot_read_nothing_can_be_said() -> None:
     prints = _read()
     Provenance().record(prints, "n2", "crm__lookup", {"data": {"customer": "Amberglass B.V."}})
     assert _unseen(prints, {"iban": DECODED}) == ["unseen:iban"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["IBAN IE73BOFI02143297406938", "IE73 BOFI 0214 3297 4069 38 (Amberglass)", "iban: ie73bofi02143297406938"],
+)
+def test_an_unseen_iban_inside_a_longer_value_is_labelled(value: str) -> None:
+    assert _unseen(_read(), {"payee": value}) == ["unseen:payee"]
+
+
+def test_a_payee_list_keyed_by_iban_shows_its_accounts() -> None:
+    provenance = Provenance(lambda: TaintSettings(untrusted_sources=("email__*",)))
+    prints = _read(provenance=provenance)
+    provenance.record(prints, "n2", "bank__list_payees", {"payees": {DECODED: {"name": "Amberglass"}}})
+    assert _unseen(prints, {"iban": DECODED}) == []
+
+
+def test_a_payload_key_in_text_its_writer_chose_does_not_switch_it_off() -> None:
+    # JSON written into an email's body, with a "data" key of base64 in it, is no image the
+    # tool returned (an attacker's probe).
+    body = json.dumps({"text": "See the invoice.", "data": "A" * 64})
+    prints = _read({"sender": "billing@amberglass.example", "body": body})
+    assert _unseen(prints, {"iban": DECODED}) == ["unseen:iban"]
+
+
+def test_content_and_paths_are_not_read_for_an_iban_inside_them() -> None:
+    letter = "Dear Ms Holt, please pay invoice 17 to our account IE73 BOFI 0214 3297 4069 38. Kind regards"
+    assert _unseen(_read(), {"content": letter}) == []
+    assert _unseen(_read(), {"path": "/consent/IE73BOFI02143297406938/forms"}) == []

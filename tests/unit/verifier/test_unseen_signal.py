@@ -23,19 +23,26 @@ def test_a_payment_to_an_unseen_iban_is_blocked_with_its_reason() -> None:
 
 
 def test_without_a_task_what_the_user_said_is_not_known() -> None:
-    assert unseen_signal(["unseen:iban"], "", 0.8) == (0.0, "")
-    assert unseen_signal(["unseen:iban"], "   ", 0.8) == (0.0, "")
+    assert unseen_signal("bank__transfer", ["unseen:iban"], "", 0.8) == (0.0, "")
+    assert unseen_signal("bank__transfer", ["unseen:iban"], "   ", 0.8) == (0.0, "")
 
 
 @pytest.mark.parametrize(
     "labels", [[], ["unseen:"], ["unseen:a:b"], ["unseenx:iban"], ["arg:iban:untrusted:x:y:field:1.00"]]
 )
 def test_no_or_malformed_labels_fire_nothing(labels: list[str]) -> None:
-    assert unseen_signal(labels, TASK, 0.8) == (0.0, "")
+    assert unseen_signal("bank__transfer", labels, TASK, 0.8) == (0.0, "")
 
 
 def test_an_escaped_path_is_shown_as_written_and_weight_zero_is_off() -> None:
-    weight, reason = unseen_signal(["unseen:to%3Aiban"], TASK, 0.8)
+    weight, reason = unseen_signal("bank__transfer", ["unseen:to%3Aiban"], TASK, 0.8)
     assert weight == 0.8
     assert "'to:iban'" in reason
-    assert unseen_signal(["unseen:iban"], TASK, 0.0) == (0.0, "")
+    assert unseen_signal("bank__transfer", ["unseen:iban"], TASK, 0.0) == (0.0, "")
+
+
+@pytest.mark.parametrize("tool", ["email__send_email", "files__write_file", "files__move_file"])
+def test_an_iban_in_what_the_user_writes_or_sends_is_their_own(tool: str) -> None:
+    # An invoice the user issues holds their own account, which no result shows.
+    assert unseen_signal(tool, ["unseen:content"], TASK, 0.8) == (0.0, "")
+    assert unseen_signal("bank__update_payee", ["unseen:iban"], TASK, 0.8)[0] == 0.8
