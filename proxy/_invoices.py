@@ -10,9 +10,10 @@ object holding an invoice identifier (`invoice_number`, `invoice_no`, `invoice_i
 `bill_number`, …; or `number`, `no`, `id`, `ref`, `reference` in an object that sits under
 a key starting with `invoice` or `bill`), a digit in it and at least MIN_ID characters, and
 its amount (a JSON number under `amount`, `total`, `amount_due`, `balance_due`, …; the
-largest of them, a subtotal being no key here). An account or a statement line (an `iban`
-or a `reference` beside an `amount`) is no invoice: a transaction's amount is what was
-paid, not what is owed. The workflow keeps, per identifier (compacted to lower-case letters
+largest of them, a subtotal being no key here). An object with neither kind of identifier
+(an account, a statement line: an `iban` or a `reference` beside an `amount` under
+`accounts` or `transactions`) is no invoice: a transaction's amount is what was paid, not
+what is owed. The workflow keeps, per identifier (compacted to lower-case letters
 and digits, at most MAX_ID characters), the *least* amount any result stated for it, the
 newest MAX_STATED identifiers, at most MAX_PER_RESULT from one result: a later email, or
 JSON written into the same one, that states more cannot raise what the invoice is for.
@@ -28,6 +29,7 @@ invoice objects under other names, and a payment split across calls.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from bastion._cache import short_key_cache
@@ -117,6 +119,8 @@ def named(values: Iterator[str] | list[str]) -> Iterator[str]:
     """The identifier keys a call's string values (normalised) may name: each whole value
     and each of its words."""
     for norm in values:
+        if _DIGIT(norm) is None:
+            continue  # an identifier has a digit
         if key := id_key(norm):
             yield key
         if " " in norm:
@@ -127,3 +131,4 @@ def named(values: Iterator[str] | list[str]) -> Iterator[str]:
 
 #: Words of one argument read for identifiers.
 _MAX_WORDS = 64
+_DIGIT = re.compile(r"[0-9]").search

@@ -59,6 +59,8 @@ _MAX_NUMERIC_IDS = 256
 #: Characters of an argument read for an IBAN inside it (`unseen`): a labelled account.
 _MAX_LABELLED = 64
 _SENDER_KEYS = frozenset({"sender", "from", "reply_to", "replyTo", "from_address", "fromAddress"})
+#: Keys of a message's id that `_is_id_key` does not read as one (an IMAP uid).
+_OTHER_ID_KEYS = frozenset({"uid", "UID", "msgid", "msgId", "messageid"})
 #: Keys of a message's headline (case-folded), read for a security notice (`Fingerprints._notices`).
 _HEADLINE_KEYS = frozenset({"subject", "title", "headline"})
 #: Rerouting cues a workflow keeps (its results', newest last; one per result at most).
@@ -182,9 +184,11 @@ class Fingerprints:
     #: Invoices' identifiers (`_invoices.id_key`) → the least amount any result stated for
     #: one, newest MAX_STATED (`invoiced`, proxy/_invoices.py).
     _stated: OrderedDict[str, float] = field(default_factory=OrderedDict)
-    #: Whether some result held an encoded payload provenance could not read (an image, a
-    #: PDF): an IBAN the agent read there traces to nothing (`unseen`).
-    _opaque: bool = False
+    #: Whether some result held what provenance could not read: an encoded payload (an
+    #: image, a PDF), a part cut by the bounds, a trusted result too large or forgotten.
+    #: An IBAN the agent read there traces to nothing (`unseen`); untrusted ones are also
+    #: remembered in `unread`.
+    _blind: bool = False
     #: Untrusted results that said money should now go elsewhere (node id → cue, newest
     #: last): while one is held, every argument from an untrusted result is labelled with
     #: it, since "our account changed, the details follow" and the email with the IBAN are
@@ -299,21 +303,21 @@ class Fingerprints:
             # A source field given twice (`"from"` repeated): which one the agent read is
             # unknown, so the fields vouch for no source.
             named_by.clear()
-        self._opaque = self._opaque or walk.opaque
         if (cut or walk.cut) and not trusted:
             self.unread.append(Unread(node_id, tool, size, partial=True))
+        if cut or walk.cut or walk.opaque:
+            # What went unread of a trusted result may hold the account a call pays too.
+            self._blind = True
         for path, number in numbers:
-            if number.is_integer() and _is_id_key(path, plural=True):
-                _note_handle(handles, path, str(int(number)))  # an IMAP uid, a numeric message id
+            if number.is_integer():
+                _note_handle(handles, path, str(int(number)))  # an IMAP uid: only where no string id is
             if invoices:
                 note_number(invoices, path, number)
-        self._keep_handles(handles, trusted)
-        if invoices:
-            self._keep_stated(invoices)
         if echoes is not None and (shingles or exact):
             _drop_echoes(shingles, exact, echoes())
         added = len(shingles) + len(exact)
         if not added:
+            self._keep_ids(handles, invoices, trusted)
             return 0
         self._results.pop(node_id, None)
         self._cues.pop(node_id, None)
@@ -326,6 +330,9 @@ class Fingerprints:
             gone, evicted = self._evict()
             if gone not in self._results:  # the whole result, identifiers too
                 self._remember(gone, evicted)
+        # After the eviction: a workflow evicted whole forgets what was kept beside its
+        # results, and this result's own must survive that.
+        self._keep_ids(handles, invoices, trusted)
         # Who sent it or where it is: what the call read and its top-level source fields (a
         # search's ten hits each have a `url`, and none is the result's own).
         named = (*read, *(text for path, text in named_by if top_key(path) is not None))
@@ -408,10 +415,12 @@ class Fingerprints:
         payload provenance cannot read (an image, a PDF): an account the agent put together
         itself (decoded from base64, joined from two emails, spelt out from words)
         (`unseen:`). After `match`, which indexed the task."""
-        if self.unread or self._opaque or not self._size:
+        if self.unread or self._blind or not self._size:
             return []
         found = []
         for path, norm in values:
+            if len(norm) < 15 or not _DIGIT_IN(norm):
+                continue  # no IBAN fits
             # The whole value, and an IBAN inside a short one ("IBAN IE73 BOFI …", "IE73…
             # (Amberglass)"); not in content (a letter or an invoice the user writes holds
             # their own account, which no result shows).
@@ -422,6 +431,16 @@ class Fingerprints:
                     found.append(path)
                     break
         return found[:MAX_REPORTED]
+
+    def note_blind(self) -> None:
+        """A trusted result went unread (too large for the result tap): what it held is not
+        known, so no IBAN can be said to be one nothing showed (`unseen`)."""
+        self._blind = True
+
+    def _keep_ids(self, handles: dict[str, list[str]], invoices: Groups, trusted: bool) -> None:
+        self._keep_handles(handles, trusted)
+        if invoices:
+            self._keep_stated(invoices)
 
     def _keep_stated(self, invoices: Groups) -> None:
         # The least amount stated for an invoice wins: a later email, or JSON written into
@@ -456,14 +475,19 @@ class Fingerprints:
             self._forget_kept()
             return before - self._size
         before = self._size
-        self._remember(*self._evict())
+        # An entry whose keys were all held by an earlier result frees nothing: go on until
+        # something is (a reviewer's probe: the proxy-wide count lost the workflow's prints).
+        while self._results and self._size == before:
+            self._remember(*self._evict())
         return before - self._size
 
     def _remember(self, node_id: str, held: _Held) -> None:
         """Remember an untrusted result whose data is (partly) forgotten as unread. Found by
         an attacker's probe: sixteen pages of identifiers read after an injected email pushed
         its IBAN out of its own workflow, and the transfer to it then came out clean."""
-        if not held.trusted and all(unread.node_id != node_id for unread in self.unread):
+        if held.trusted:
+            self._blind = True
+        elif all(unread.node_id != node_id for unread in self.unread):
             self.unread.append(Unread(node_id, held.tool, held.size, forgotten=True))
 
     def _evict(self) -> tuple[str, _Held]:
@@ -702,14 +726,18 @@ def _is_id_key(path: str, *, plural: bool = False) -> bool:
 
 def _note_handle(handles: dict[str, list[str]], path: str, text: str) -> None:
     """Note an object's id, sender or headline (`messages[0].id`, `messages[0].sender`,
-    `messages[0].subject`) under its path."""
+    `messages[0].subject`) under its path. The id is the object's `id` when it has one, else
+    the first other id key it holds (`message_id`, `uid`); never an item of a list under
+    one (`labelIds: ["INBOX"]`) nor a key that only ends in the letters (`amount_paid`)."""
     parent, _, key = path.rpartition(".")
     if key in _SENDER_KEYS:
         handles.setdefault(parent, ["", "", ""])[1] = text[:MAX_VALUE]
     elif key.casefold() in _HEADLINE_KEYS:
         handles.setdefault(parent, ["", "", ""])[2] = text[:MAX_VALUE]
-    elif _is_id_key(path, plural=True) and len(text) <= MAX_VALUE:
-        handles.setdefault(parent, ["", "", ""])[0] = text
+    elif len(text) <= MAX_VALUE and (key == "id" or key in _OTHER_ID_KEYS or _is_id_key(path)) and "[" not in key:
+        noted = handles.setdefault(parent, ["", "", ""])
+        if key == "id" or not noted[0]:
+            noted[0] = text
 
 
 def _numeric_ids(arguments: Any) -> Iterator[tuple[str, str]]:
@@ -722,7 +750,8 @@ def _numeric_ids(arguments: Any) -> Iterator[tuple[str, str]]:
     while stack:
         prefix, item, depth = stack.pop()
         for key, value in itertools.islice(item.items(), _MAX_IDS_IN_ONE):
-            path = f"{prefix}.{key}" if prefix else str(key)[:MAX_VALUE]
+            name = str(key)[:MAX_VALUE]  # a key may be megabytes long; its path is not
+            path = f"{prefix}.{name}" if prefix else name
             if isinstance(value, dict) and depth < 3:
                 stack.append((path, value, depth + 1))
                 continue

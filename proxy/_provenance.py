@@ -85,7 +85,7 @@ workflow with no fingerprints costs a length check.
                                    which results stated <amount> at least: the least any
                                    stated (proxy/_invoices.py)
   `notice:<path>:<cue>`            the argument, under an id key, passes a message an
-                                   untrusted result showed with a security notice's
+                                   result (trusted or not) showed with a security notice's
                                    headline ("New sign-in from Lagos", "Your recovery
                                    codes"; bastion/_notices.py); <cue> is the phrase, escaped
   `arg:<path>:<trust>:<server__tool>:<result path>:<field|text>:<fraction>`
@@ -297,6 +297,8 @@ class Provenance:
         then untraceable, and later calls are labelled so (`unread:`), not left clean."""
         if not self.trusted(tool):
             prints.unread.append(Unread(node_id, tool, size, partial))
+        else:
+            prints.note_blind()
 
     def _forget(self, tenant: str, key: int) -> None:
         holders = self._holders.get(tenant)

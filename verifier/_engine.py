@@ -307,8 +307,8 @@ class ReferenceScorer:
                 fired.append((weight, reason))
         # Read only when the proxy labelled the call `invoiced:` (most calls have none).
         if any(label.startswith("invoiced:") for label in ctx.taint):
-            paid = _quantity_arguments(action.arguments)[0]
-            weight, reason = overpays_signal(ctx.taint, paid, ctx.task, config.contradiction_weight)
+            paid, wide = _quantity_arguments(action.arguments)
+            weight, reason = overpays_signal(ctx.taint, paid, ctx.task, config.contradiction_weight, wide=wide)
             if weight > 0:
                 fired.append((weight, reason))
         if config.semantic:

@@ -7,7 +7,7 @@ tidying" asks the agent to bin them under a clean-up the user did ask for ("dele
 newsletters", "get rid of the junk"). The intent signal lets that deletion pass: the task
 asks for deletions. What it does not ask for is deleting *those*.
 
-The proxy labels an argument under an id key that passes a message an untrusted result
+The proxy labels an argument under an id key that passes a message a result (trusted or not)
 showed with a security notice's headline (`notice:<path>:<cue>`, bastion/_notices.py).
 Here a call whose tool name destroys or hides (DESTRUCTIVE_VERBS, archive, hide, move,
 spam, junk, expunge, discard, dismiss, bin, mute, snooze, clear; marking read or seen,

@@ -10,7 +10,8 @@ The call's amounts are read here as the task's are (`_quantities.number`: a JSON
 string with a currency or thousands separators, `{"amount": {"value": …}}`, a list; keys
 naming minor units divided by 100). The largest is compared with the sum of the amounts of
 the invoices the call names (one transfer may settle several), with half a percent and a
-cent of slack, and weighs the contradiction weight when it is more, unless the task states
+cent of slack, and weighs the contradiction weight when it is more (or when an amount
+argument is no number, or the arguments are too wide to read: fail closed), unless the task states
 amounts that, with the invoices', cover it ("pay AG-2291 and the 40 EUR late fee"). A task
 that computes ("plus VAT", "10% more", a conversion) may ask for more than it can state:
 then only more than twice that is a contradiction.
@@ -45,19 +46,37 @@ def invoiced(labels: Iterable[str]) -> dict[str, float]:
 
 
 def overpays_signal(
-    labels: Iterable[str], quantities: Sequence[tuple[str, str, object]], task: str, weight: float
+    labels: Iterable[str],
+    quantities: Sequence[tuple[str, str, object]],
+    task: str,
+    weight: float,
+    *,
+    wide: bool = False,
 ) -> tuple[float, str]:
     """(weight, reason) when the call's largest amount (`quantities`: its (path, key, value)
-    arguments naming quantities) is over what the invoices it names state and the task does
-    not account for it; else (0, "")."""
+    arguments naming quantities; `wide`: more of them than could be read) is over what the
+    invoices it names state and the task does not account for it, or cannot be read (fail
+    closed, as for the task's amounts); else (0, "")."""
     invoices = invoiced(labels) if weight > 0 else {}
     if not invoices:
         return 0.0, ""
-    asked = [
-        (amount / 100 if is_minor(key) else amount, path)
-        for path, key, value in quantities
-        if family_of(key) == "amount" and (amount := number(value)) is not None
-    ]
+    names = ", ".join(sorted(invoices))
+    asked: list[tuple[float, str]] = []
+    for path, key, value in quantities:
+        if family_of(key) != "amount" or value is None or value == "":
+            continue
+        amount = number(value)
+        if amount is None:
+            return weight, (
+                f"more than the invoice it pays states: {clip(path)!r} asks a value that is no number where "
+                f"{clip(names)!r} states {clip(f'{sum(invoices.values()):,.2f}', _SHOWN)} (weight {weight:.2f})"
+            )
+        asked.append((amount / 100 if is_minor(key) else amount, path))
+    if wide:
+        return weight, (
+            f"more than the invoice it pays states: the arguments are too wide to read their amounts where "
+            f"{clip(names)!r} states {clip(f'{sum(invoices.values()):,.2f}', _SHOWN)} (weight {weight:.2f})"
+        )
     if not asked:
         return 0.0, ""
     value, path = max(asked)
@@ -65,7 +84,6 @@ def overpays_signal(
     allowed = stated * (_COMPUTED if task and computes_amount(task) else 1.0)
     if value <= allowed * (1 + _SLACK) + _CENT:
         return 0.0, ""
-    names = ", ".join(sorted(invoices))
     return weight, (
         f"more than the invoice it pays states: {clip(path)!r} asks {clip(f'{value:,.2f}', _SHOWN)} where "
         f"{clip(names)!r} states {clip(f'{sum(invoices.values()):,.2f}', _SHOWN)} (weight {weight:.2f})"

@@ -109,9 +109,10 @@ def test_a_trusted_results_notices_are_kept_since_the_order_to_hide_one_may_come
     assert not prints._handles
 
 
-def test_a_cue_with_a_colon_is_escaped_in_its_label() -> None:
-    inbox = {"messages": [{"id": "m:1", "subject": "Security alert: new sign-in"}]}
-    assert _delete_labels(_listed(result=inbox), "m:1") == ("notice:message_id:security alert",)
+def test_an_argument_path_with_a_colon_is_escaped_in_its_label() -> None:
+    prints = _listed(result={"messages": [{"id": "m:1", "subject": "Security alert: new sign-in"}]})
+    labels = Provenance().annotate(prints, "email__delete_email", {"x:message_id": "m:1"}, "Delete it.").labels
+    assert labels == ("notice:x%3Amessage_id:security alert",)
 
 
 def test_notices_are_bounded_newest_kept_and_counted() -> None:
@@ -183,3 +184,30 @@ def test_what_a_result_without_prints_of_its_own_kept_can_still_be_evicted() -> 
     assert prints.evict_oldest() == 10
     assert len(prints) == 0
     assert not prints._notices
+
+
+def test_other_keys_ending_in_id_do_not_take_a_messages_id() -> None:
+    # A reviewer's probe: `amount_paid`, a numeric `sender_id` and `labelIds` items took the
+    # message's id, losing the reply's look-alike and putting a notice on "INBOX".
+    listing = {
+        "messages": [
+            {"id": "kl-274", "sender": "Bunting Bake <bookings@buntingbake-events.example>", "amount_paid": 120},
+            {"sender_id": 42, "id": "n-1", "subject": "New sign-in from Lagos", "labelIds": ["INBOX"]},
+        ]
+    }
+    prints = _listed(result=listing)
+    assert "lookalike:message_id:buntingbake-events.example:buntingbake.example" in _labels(prints, "kl-274")
+    archive = {"message_id": "n-2", "removeLabelIds": ["INBOX"]}
+    labels = Provenance().annotate(prints, "gmail__modify_labels", archive, "Archive the newsletters.").labels
+    assert not any(label.startswith("notice:") for label in labels)
+    assert _delete_labels(prints, "n-1") == ("notice:message_id:new sign in from",)
+
+
+def test_a_new_results_notices_survive_the_eviction_it_causes() -> None:
+    prints = Fingerprints(capacity=200)
+    Provenance().record(prints, "n1", "web__fetch", {"text": " ".join(f"page word {n}" for n in range(400))})
+    body = " ".join(f"mail word {n}" for n in range(400))
+    listing = {"body": body, "messages": [{"id": "m-9", "subject": "New sign-in from Lagos"}]}
+    Provenance().record(prints, "n2", "email__list_inbox", listing)
+    assert "n1" not in prints._results  # the first result went whole, and what was kept beside it
+    assert "notice:message_id:new sign in from" in _delete_labels(prints, "m-9")

@@ -102,3 +102,22 @@ def test_content_and_paths_are_not_read_for_an_iban_inside_them() -> None:
     letter = "Dear Ms Holt, please pay invoice 17 to our account IE73 BOFI 0214 3297 4069 38. Kind regards"
     assert _unseen(_read(), {"content": letter}) == []
     assert _unseen(_read(), {"path": "/consent/IE73BOFI02143297406938/forms"}) == []
+
+
+def test_a_trusted_result_cut_by_the_bounds_leaves_nothing_unseen() -> None:
+    # A reviewer's probe: a trusted payee list of 600 payees is read in part, and paying
+    # payee 590 read as an account nothing showed.
+    provenance = Provenance(lambda: TaintSettings(untrusted_sources=("email__*",)))
+    prints = _read(provenance=provenance)
+    payees = {"payees": [{"name": f"Payee {n}", "note": "x" * 60, "iban": DECODED} for n in range(600)]}
+    provenance.record(prints, "n2", "bank__list_payees", payees)
+    assert not prints.unread  # trusted: not remembered as unread, and still nothing unseen
+    assert prints._blind
+    assert _unseen(prints, {"iban": "GB82WEST12345698765432"}) == []
+
+
+def test_a_trusted_result_too_large_to_read_leaves_nothing_unseen() -> None:
+    provenance = Provenance(lambda: TaintSettings(untrusted_sources=("email__*",)))
+    prints = _read(provenance=provenance)
+    provenance.record_unread(prints, "n2", "bank__list_payees", 10_000_000)
+    assert _unseen(prints, {"iban": DECODED}) == []

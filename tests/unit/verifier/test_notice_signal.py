@@ -42,6 +42,8 @@ def test_reading_or_answering_it_is_not_this_signal(tool: str) -> None:
         "Clear out the old security notifications.",
         "Delete the 2FA codes mail, I've saved them.",
         "Remove the scam messages.",
+        "Delete the one-time codes.",
+        "Archive the new device notifications.",
     ],
 )
 def test_a_task_that_speaks_of_such_messages_asks_for_it(task: str) -> None:

@@ -88,3 +88,14 @@ def test_malformed_labels_are_ignored(label: str) -> None:
 def test_a_huge_amount_is_shown_cut() -> None:
     _, reason = overpays_signal([LABEL], [("amount", "amount", 1e300)], TASK, 0.8)
     assert len(reason) < 200
+
+
+def test_amounts_that_cannot_be_read_fail_closed() -> None:
+    weight, reason = overpays_signal([LABEL], [("amount", "amount", "3184 (three thousand) EUR")], TASK, 0.8)
+    assert weight == 0.8
+    assert "asks a value that is no number" in reason
+    weight, reason = overpays_signal([LABEL], [], TASK, 0.8, wide=True)
+    assert weight == 0.8
+    assert "too wide to read their amounts" in reason
+    padded = {"payment": {"amount": 3184}, "pad": {f"k{n}": n for n in range(4095)}, "reference": "AG-2291"}
+    assert score_call("bank__transfer", padded, [LABEL], TASK, argument_weight=0.0).verdict == verifier_pb2.BLOCK
