@@ -121,5 +121,10 @@ def notice_cue(headline: str, limit: int = MAX_CHARS) -> str:
     """The security-notice language of a message's headline (its subject or title; its
     first `limit` characters), as the words that say so (at most MAX_SHOWN characters); ""
     when it has none."""
-    found = _NOTICE.search(plain(headline, limit))
+    return plain_cue(plain(headline, limit))
+
+
+def plain_cue(text: str) -> str:
+    """`notice_cue` of text `plain` already read."""
+    found = _NOTICE.search(text)
     return found.group(0)[:MAX_SHOWN] if found else ""

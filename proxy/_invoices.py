@@ -33,6 +33,7 @@ import re
 from collections.abc import Iterator
 
 from bastion._cache import short_key_cache
+from bastion._fold import fold as fold_text
 
 #: Keys (folded to lower-case letters and digits) of an invoice's amount.
 AMOUNT_KEYS = frozenset(
@@ -61,9 +62,8 @@ MAX_PER_RESULT = 32
 Groups = dict[str, tuple[list[str], list[float]]]
 
 
-@short_key_cache(max_key=128, maxsize=1024)  # a result's keys repeat object after object
-def fold(key: str) -> str:
-    return "".join(char for char in key.casefold() if char.isalnum())
+#: `bastion._fold.fold` of a result's keys, which repeat object after object.
+fold = short_key_cache(max_key=128, maxsize=1024)(fold_text)
 
 
 def id_key(text: str) -> str:
@@ -71,7 +71,7 @@ def id_key(text: str) -> str:
     "ag/2291" and "AG 2291" are one); "" when it is too short, too long or has no digit."""
     if len(text) > 4 * MAX_ID:
         return ""
-    key = "".join(char for char in text.casefold() if char.isalnum())
+    key = fold_text(text)
     return key if MIN_ID <= len(key) <= MAX_ID and any(char.isdigit() for char in key) else ""
 
 

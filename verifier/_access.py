@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import re
 
+from bastion._fold import fold as fold  # re-exported: the verifier's modules read it here
+
 #: Ends of argument keys (folded to letters and digits) naming an access level.
 ACCESS_KEYS = (
     "role", "roles", "permission", "permissions", "accesslevel", "access", "perm", "permissionlevel",
@@ -64,12 +66,6 @@ _MADE = re.compile(
 )
 #: Characters of the task read.
 MAX_TASK_CHARS = 8 * 1024
-
-
-def fold(text: str) -> str:
-    """`text` case-folded to its letters and digits, as keys and level names are compared
-    (`Access-Level`, `access_level` → `accesslevel`; `can_edit` → `canedit`)."""
-    return "".join(char for char in text.casefold() if char.isalnum())
 
 
 def is_access_key(folded_key: str) -> bool:

@@ -295,22 +295,18 @@ class ReferenceScorer:
             fired.append((weight, reason))
         if intent > 0:
             fired.append((intent, intent_reason))
-        # Read only when the proxy labelled an argument `notice:` (most calls have none).
-        if any(label.startswith("notice:") for label in ctx.taint):
-            weight, reason = notice_signal(tool, ctx.taint, ctx.task, config.destructive_weight)
-            if weight > 0:
-                fired.append((weight, reason))
-        # Read only when the proxy labelled an argument `unseen:` (most calls have none).
-        if any(label.startswith("unseen:") for label in ctx.taint):
-            weight, reason = unseen_signal(tool, ctx.taint, ctx.task, config.contradiction_weight)
-            if weight > 0:
-                fired.append((weight, reason))
-        # Read only when the proxy labelled the call `invoiced:` (most calls have none).
-        if any(label.startswith("invoiced:") for label in ctx.taint):
+        # Each read only when the proxy gave its label (most calls have none), the labels'
+        # kinds taken in one pass.
+        given = {label.partition(":")[0] for label in ctx.taint} if ctx.taint else set()
+        labelled: list[tuple[float, str]] = []
+        if "notice" in given:
+            labelled.append(notice_signal(tool, ctx.taint, ctx.task, config.destructive_weight))
+        if "unseen" in given:
+            labelled.append(unseen_signal(tool, ctx.taint, ctx.task, config.contradiction_weight))
+        if "invoiced" in given:
             paid, wide = _quantity_arguments(action.arguments)
-            weight, reason = overpays_signal(ctx.taint, paid, ctx.task, config.contradiction_weight, wide=wide)
-            if weight > 0:
-                fired.append((weight, reason))
+            labelled.append(overpays_signal(ctx.taint, paid, ctx.task, config.contradiction_weight, wide=wide))
+        fired.extend(signal for signal in labelled if signal[0] > 0)
         if config.semantic:
             weight, reason = semantic if semantic is not None else self.semantic_signal(request)
             if weight > 0:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from bastion._notices import notice_cue, plain
+from bastion._notices import plain, plain_cue
 
 from ._intent import DESTRUCTIVE_VERBS, clip, tool_verbs
 from ._taint import notices
@@ -76,4 +76,5 @@ def speaks_of_notices(task: str) -> bool:
     MAX_TASK_CHARS (a long preamble must not hide "delete the phishing emails")."""
     if not task.strip():
         return False
-    return _SPEAKS.search(plain(task, MAX_TASK_CHARS)) is not None or bool(notice_cue(task, MAX_TASK_CHARS))
+    text = plain(task, MAX_TASK_CHARS)
+    return _SPEAKS.search(text) is not None or bool(plain_cue(text))

@@ -22,11 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ._intent import clip
-from ._quantities import computes_amount, family_of, is_minor, number, stated_amounts
+from ._quantities import computes_amount, exceeds, family_of, is_minor, number, stated_amounts
+from ._taint import fields
 
-#: Half a percent and a cent: rounding, not a raise (as for the task's amounts).
-_SLACK = 0.005
-_CENT = 0.01
 #: How far a task that computes may take the amount past what it and the invoices state.
 _COMPUTED = 2.0
 #: Characters of a number shown in a reason.
@@ -36,12 +34,10 @@ _SHOWN = 24
 def invoiced(labels: Iterable[str]) -> dict[str, float]:
     """Identifier → amount of the proxy's well-formed `invoiced:` labels."""
     found: dict[str, float] = {}
-    for label in labels:
-        if label.startswith("invoiced:"):
-            parts = label.split(":")
-            amount = number(parts[2]) if len(parts) == 3 and parts[1] else None
-            if amount is not None and amount > 0:
-                found[parts[1]] = amount
+    for identifier, written in fields(labels, "invoiced:", 2):
+        amount = number(written)
+        if amount is not None and amount > 0:
+            found[identifier] = amount
     return found
 
 
@@ -82,7 +78,7 @@ def overpays_signal(
     value, path = max(asked)
     stated = sum(invoices.values()) + sum(stated_amounts(task))
     allowed = stated * (_COMPUTED if task and computes_amount(task) else 1.0)
-    if value <= allowed * (1 + _SLACK) + _CENT:
+    if not exceeds(value, allowed):
         return 0.0, ""
     return weight, (
         f"more than the invoice it pays states: {clip(path)!r} asks {clip(f'{value:,.2f}', _SHOWN)} where "

@@ -190,7 +190,7 @@ def contradictions(
         if asked is not None and is_minor(key):
             asked = round(asked / 100, 2)
         total = sum(stated[family])
-        if asked is None or asked > total * (1 + _SLACK) + _CENT:
+        if asked is None or exceeds(asked, total):
             hundredfold = family == "amount" and asked is not None and _hundredfold(asked, (*stated[family], total))
             firm = not _computes(task, family)
             found.append(Contradiction(path, family, asked, stated[family], firm=firm, hundredfold=hundredfold))
@@ -241,6 +241,11 @@ _COMPUTES = {
 
 def _computes(task: str, family: str) -> bool:
     return _COMPUTES["amount" if family == "amount" else "count"].search(task) is not None
+
+
+def exceeds(asked: float, stated: float) -> bool:
+    """Whether `asked` is more than `stated`, past half a percent and a cent of rounding."""
+    return asked > stated * (1 + _SLACK) + _CENT
 
 
 def computes_amount(task: str) -> bool:

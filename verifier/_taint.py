@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
@@ -451,27 +451,25 @@ def _origin(source: str, history: Sequence[verifier_pb2.HistoryNode]) -> str:
     return ""
 
 
+def fields(labels: Iterable[str], prefix: str, count: int) -> Iterator[list[str]]:
+    """The `count` fields after `prefix` (`"notice:"`) of each of the proxy's labels with that
+    prefix, still escaped; a label with another number of fields or an empty one is ignored."""
+    for label in labels:
+        if label.startswith(prefix):
+            parts = label.split(":")
+            if len(parts) == count + 1 and all(parts[1:]):
+                yield parts[1:]
+
+
 def lookalikes(labels: Iterable[str]) -> list[tuple[str, str, str]]:
     """(argument path, domain, the domain it looks like) of the proxy's `lookalike:` labels;
     malformed ones are ignored."""
-    found = []
-    for label in labels:
-        if label.startswith("lookalike:"):
-            parts = label.split(":")
-            if len(parts) == 4 and all(parts[1:]):
-                found.append((unescape(parts[1]), parts[2], parts[3]))
-    return found
+    return [(unescape(path), name, like) for path, name, like in fields(labels, "lookalike:", 3)]
 
 
 def notices(labels: Iterable[str]) -> list[tuple[str, str]]:
     """(argument path, cue) of the proxy's `notice:` labels; malformed ones are ignored."""
-    found = []
-    for label in labels:
-        if label.startswith("notice:"):
-            parts = label.split(":")
-            if len(parts) == 3 and all(parts[1:]):
-                found.append((unescape(parts[1]), unescape(parts[2])))
-    return found
+    return [(unescape(path), unescape(cue)) for path, cue in fields(labels, "notice:", 2)]
 
 
 def unescape(text: str) -> str:

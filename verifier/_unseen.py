@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from ._intent import clip
 from ._kinds import moves_money
-from ._taint import unescape
+from ._taint import fields, unescape
 
 
 def unseen_signal(tool: str, labels: Iterable[str], task: str, weight: float) -> tuple[float, str]:
@@ -31,11 +31,9 @@ def unseen_signal(tool: str, labels: Iterable[str], task: str, weight: float) ->
     otherwise. An IBAN in a letter or an invoice the user writes is their own account."""
     if weight <= 0 or not task.strip() or not moves_money(tool):
         return 0.0, ""
-    for label in labels:
-        if label.startswith("unseen:") and len(label) > len("unseen:") and label.count(":") == 1:
-            path = unescape(label[len("unseen:") :])
-            return weight, (
-                f"an account nothing in the workflow showed: {clip(path)!r} is an IBAN neither the task nor any "
-                f"result holds (weight {weight:.2f})"
-            )
+    for (path,) in fields(labels, "unseen:", 1):
+        return weight, (
+            f"an account nothing in the workflow showed: {clip(unescape(path))!r} is an IBAN neither the task "
+            f"nor any result holds (weight {weight:.2f})"
+        )
     return 0.0, ""

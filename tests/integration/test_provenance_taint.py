@@ -119,6 +119,17 @@ def _one_server(tmp_path: Path, server: MCPServer, name: str) -> contextlib.Abst
     return _serving(tmp_path, server, policy, (name,))
 
 
+async def _in_one_workflow(
+    tmp_path: Path, server: MCPServer, name: str, task: str, calls: list[tuple[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The JSON-RPC answers to `calls` (tool of `server`, arguments), made one after the other
+    in one workflow stating `task`, through the whole stack with `server` as the upstream `name`."""
+    async with _one_server(tmp_path, server, name) as running:
+        token = issue_token(ensure_dev_key(tmp_path), subject=f"agent-{name}")
+        async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
+            return [(await _call(http, token, name, tool, args, f"wf-{name}", task)).json() for tool, args in calls]
+
+
 def _stack(tmp_path: Path, server: MCPServer, policy: dict[str, Any]) -> contextlib.AbstractAsyncContextManager[Any]:
     """The whole stack in process, `server` as both the email and the bank upstream."""
     return _serving(tmp_path, server, policy, ("email", "bank"))
@@ -257,17 +268,13 @@ async def test_folders_a_file_names_in_its_text_are_traced_and_their_share_or_de
     for tool in (read_file, share_file, delete_file):
         server.add_tool(tool, name=tool.__name__)
     task = "Share the stage 4 folder /projects/stage4 with tomas@quillon.example as editor."
-    async with _one_server(tmp_path, server, "files") as running:
-        token = issue_token(ensure_dev_key(tmp_path), subject="agent-paths")
-        async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
-            calls = [
-                ("read_file", {"path": "/projects/stage4/README.txt"}),
-                ("share_file", {"path": "/projects/stage4", "email": "tomas@quillon.example"}),
-                ("share_file", {"path": "/admin/hr", "email": "tomas@quillon.example"}),
-                ("delete_file", {"path": "/Clients/Rowan Joinery Ltd/YE 2024"}),
-            ]
-            answers = [await _call(http, token, "files", tool, args, "wf-paths", task) for tool, args in calls]
-    read, asked, shared, deleted = (answer.json() for answer in answers)
+    calls = [
+        ("read_file", {"path": "/projects/stage4/README.txt"}),
+        ("share_file", {"path": "/projects/stage4", "email": "tomas@quillon.example"}),
+        ("share_file", {"path": "/admin/hr", "email": "tomas@quillon.example"}),
+        ("delete_file", {"path": "/Clients/Rowan Joinery Ltd/YE 2024"}),
+    ]
+    read, asked, shared, deleted = await _in_one_workflow(tmp_path, server, "files", task, calls)
     assert "result" in read, read
     assert "result" in asked, asked
     assert acts == ["share /projects/stage4"]
@@ -310,16 +317,12 @@ async def test_a_security_notice_an_injected_note_calls_junk_is_not_deleted_unde
     for tool in (list_inbox, delete_email):
         server.add_tool(tool, name=tool.__name__)
     task = "Delete the newsletters in my inbox."
-    async with _one_server(tmp_path, server, "email") as running:
-        token = issue_token(ensure_dev_key(tmp_path), subject="agent-notices")
-        async with httpx.AsyncClient(base_url=f"http://{running.proxy}", timeout=30) as http:
-            calls = [
-                ("list_inbox", {}),
-                ("delete_email", {"message_id": "m-4260"}),
-                ("delete_email", {"message_id": "m-4259"}),
-            ]
-            answers = [await _call(http, token, "email", tool, args, "wf-notices", task) for tool, args in calls]
-    listed, newsletter, alert = (answer.json() for answer in answers)
+    calls = [
+        ("list_inbox", {}),
+        ("delete_email", {"message_id": "m-4260"}),
+        ("delete_email", {"message_id": "m-4259"}),
+    ]
+    listed, newsletter, alert = await _in_one_workflow(tmp_path, server, "email", task, calls)
     assert "result" in listed, listed
     assert "result" in newsletter, newsletter
     assert deleted == ["m-4260"]
