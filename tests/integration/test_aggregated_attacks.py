@@ -28,6 +28,7 @@ import pytest_asyncio
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, poll
 from fixtures.mcpcalls import MODERN_META, ProxyClient
+from fixtures.stack import LOADED_DEADLINES
 from fixtures.upstream import conformance_upstream
 
 from bastion._appconfig import AppConfig, ServerConfig
@@ -131,6 +132,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             ) as proxy_addrs,
         ):
             env = {
+                **LOADED_DEADLINES,
                 "BASTION_HOME": str(home),
                 "BASTION_POLICY_GRPC_ADDR": policy_addrs["grpc"],
                 "BASTION_VERIFIER_ADDR": verifier_addrs["grpc"],

@@ -21,6 +21,7 @@ import pytest
 from fixtures import inprocess
 from fixtures.graphapi import auditor_token, poll
 from fixtures.ports import dead_address
+from fixtures.stack import LOADED_DEADLINES
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
@@ -60,6 +61,7 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
         inprocess.graph(tmp_path, app, policy_addr=policy_addrs["grpc"]) as graph_addrs,
     ):
         env = {
+            **LOADED_DEADLINES,
             "BASTION_HOME": str(tmp_path),
             "BASTION_POLICY_GRPC_ADDR": policy_addrs["grpc"],
             "BASTION_VERIFIER_ADDR": verifier_addrs["grpc"],
