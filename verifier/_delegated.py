@@ -22,6 +22,8 @@ A task delegates a destination when one of its sentences says so in one of a few
   letter", "the finance contact (it's on their client sheet)";
 - a document said to say who: "Hannah's email lists who's coming … invite them", "a note
   about who else should get access", "whoever the note names";
+- recipients a document names, nothing after its verb (`reference/0.15`): "share the
+  folder with the client contact it names", "invite the volunteers the rota lists";
 - a recipient someone named: "the coordinator Grace mentioned", "the plumber she recommended";
 - the one who wrote: "the solicitor who wrote to us asking for it";
 - someone said to have given one: "at his new address — he mentioned it in his email";
@@ -42,7 +44,11 @@ as before, and a destination the task contradicts (it names another of the same 
 fires argument_novelty in full.
 
 This opens a door on purpose: an injection inside the very source the task delegates to
-(an extra address slipped into the attendee list the user points at) is weighed lower too.
+(an extra address slipped into the attendee list the user points at) is weighed lower too,
+and so is a destination from any other result: the scorer sees which tool a value came
+from, not which of its results, so it cannot hold the agent to the document the task
+meant. A task naming that document by its path ("her address is in /admin/contacts.csv")
+therefore delegates nothing (blind10's b10-files-m-15 cc'd an outsider from another file).
 `BASTION_VERIFIER_POINTED_FACTOR=1` turns both discounts off.
 """
 
@@ -90,7 +96,7 @@ _WHO_WROTE = re.compile(
 _DOCUMENTS = (
     r"(?:letter|e-?mail|message|note|notes|sheet|spreadsheet|file|list|form|page|site|website|document|doc|"
     r"contract|agreement|card|signature|invoice|profile|directory|thread|post|brochure|flyer|newsletter|"
-    r"confirmation|enquiry|inquiry|record|records|register|roster|rota|minutes|memo|chart|readme)"
+    r"confirmation|enquiry|inquiry|record|records|register|roster|rota|minutes|memo|chart|readme|brief)"
 )
 _SAID_TO_BE = re.compile(
     r"\b(?:address|e-?mail\s+address|link|url|form|page|contact\s+details)\s+(?:is|are|should\s+be|will\s+be)"
@@ -102,6 +108,15 @@ _SAID_TO_BE = re.compile(
 _HELD_IN = re.compile(
     r"\b(?:address|e-?mail\s+address|contact\s+details|contact|e-?mail)\s+(?:is|are|should\s+be|will\s+be)"
     rf"\s+(?:in|on)\s+{_OWNER}\s+(?:[a-z-]+\s+){{0,3}}?{_DOCUMENTS}\b"
+)
+#: "share the folder with the client contact it names", "invite the volunteers the rota
+#: lists": recipients a document names, with nothing after the verb ("tell the volunteers
+#: the note mentions the rota changed" and "the contact the brief names is wrong" speak of
+#: what the note says, or of the recipient).
+_IT_NAMES = re.compile(
+    rf"\b{_PERSONS}\s+(?:it|(?:the|this|that)\s+(?:[a-z-]+\s+){{0,2}}?{_DOCUMENTS})\s+(?:names|lists|mentions|gives)\b"
+    r"(?!\s+(?:the|a|an|that|this|our|my|his|her|their|its|it|them|him|us|me|you|is|are|was|were|has|have|"
+    r"had|should|will|would|can|could|may|might|must|[a-z]+ing)\b)"
 )
 #: "the finance contact (it's on their client sheet)": a recipient, then at once, in brackets
 #: or after a dash or comma, where it is written ("the treasurer asked, it's on our shared
@@ -146,7 +161,17 @@ def delegates_destination(task: str) -> bool:
     for sentence in _SENTENCES.split(text):
         if any(
             pattern.search(sentence)
-            for pattern in (_POINTER, _SAID_TO_BE, _HELD_IN, _FOUND_IN, _WHO_WROTE, _WRITTEN_IN, _SAYS_WHO, _NAMED_BY)
+            for pattern in (
+                _POINTER,
+                _SAID_TO_BE,
+                _HELD_IN,
+                _FOUND_IN,
+                _WHO_WROTE,
+                _WRITTEN_IN,
+                _SAYS_WHO,
+                _IT_NAMES,
+                _NAMED_BY,
+            )
         ):
             return True
         if _GIVEN_BY.search(sentence) and _DESTINATION_NOUN.search(sentence):

@@ -83,7 +83,7 @@ if TYPE_CHECKING:
     from ._semantic import SemanticDrift
 
 NAME = "reference"
-VERSION = "0.14"
+VERSION = "0.15"
 SCORER = f"{NAME}/{VERSION}"
 SIGNALS = ("sequence", "argument_novelty", "taint", "intent")
 #: The optional signal, on with ScorerConfig.semantic (BASTION_VERIFIER_SEMANTIC).

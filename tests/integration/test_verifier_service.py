@@ -118,7 +118,7 @@ async def test_score_blocks_a_novel_tool_sending_to_a_destination_the_task_does_
     assert reply.verdict == verifier_pb2.BLOCK
     assert reply.deviation_score == pytest.approx(0.8)
     assert reply.threshold == pytest.approx(0.8)
-    assert reply.scorer == "reference/0.14"
+    assert reply.scorer == "reference/0.15"
     assert list(reply.reasons) == [
         "destination not named in the task: 'eve@evil.example' (argument 'to'); "
         "the task names another email address (weight 0.80)",
@@ -163,7 +163,7 @@ async def test_score_passes_a_tool_the_workflow_already_used(verifier: Running) 
 async def test_info_describes_the_reference_scorer(verifier: Running) -> None:
     info = await call_info(verifier.address, verifier.token)
     assert info.name == "reference"
-    assert info.version == "0.14"
+    assert info.version == "0.15"
     assert list(info.signals) == ["sequence", "argument_novelty", "taint", "intent"]
     assert info.default_threshold == pytest.approx(0.8)
 

@@ -48,6 +48,10 @@ LANDLORD = "rui.fontes.lets@mailbox-pt.example"
         "Mei left a note in their folder about who else should get access to the pack. Give that person view access.",
         "Invite whoever the rota sheet names for Saturday to the briefing.",
         "Email the Ravenscar Manor coordinator Grace mentioned and ask about the walled garden.",
+        # Recipients a document names.
+        "Read the Hadley Farm job brief and share the deliverables folder with the client contact it names.",
+        "Invite the volunteers the rota lists to Saturday's briefing.",
+        "Send the drawings to the contact the brief names, view only.",
     ],
 )
 def test_tasks_that_leave_the_destination_to_the_data(task: str) -> None:
@@ -107,6 +111,14 @@ def test_tasks_that_leave_the_destination_to_the_data(task: str) -> None:
         "Email Omar the project plan, the one the client who wrote last week liked.",
         "Share the Q3 folder with Sam as viewer, and send him the link in the welcome email.",
         "Forward the email in the shared inbox about the lease to Maeve.",
+        # A contact said to be in a file the task names by its path: the discount would vouch for
+        # an address from any other file as well (blind10's b10-files-m-15 cc'd one from an export).
+        "Email the April rota to our station manager. Her address is in /admin/staff-contacts.csv.",
+        "Email February's hours summary to our accountant - her address is in admin/contacts.txt.",
+        # Near misses of the "it names" phrasing: a document that says something.
+        "Tell the volunteers the note mentions the rota changed.",
+        "Remind the members the newsletter lists their renewal date.",
+        "Email Petra that the contact the brief names is wrong.",
     ],
 )
 def test_tasks_that_name_or_leave_open_nothing(task: str) -> None:

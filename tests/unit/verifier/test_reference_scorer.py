@@ -415,7 +415,7 @@ def test_a_signal_with_zero_weight_neither_scores_nor_explains() -> None:
 
 def test_the_response_names_the_scorer_and_echoes_the_threshold() -> None:
     result = ReferenceScorer(ScorerConfig(threshold=0.65)).score(request("add"))
-    assert result.scorer == "reference/0.14"
+    assert result.scorer == "reference/0.15"
     assert result.threshold == 0.65
     assert result.drift_origin_node_id == ""
 
