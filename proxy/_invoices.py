@@ -30,7 +30,7 @@ invoice objects under other names, and a payment split across calls.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from bastion._cache import short_key_cache
 from bastion._fold import fold as fold_text
@@ -115,7 +115,7 @@ def stated(groups: Groups) -> Iterator[tuple[str, float]]:
                 yield identifier, largest
 
 
-def named(values: Iterator[str] | list[str]) -> Iterator[str]:
+def named(values: Iterable[str]) -> Iterator[str]:
     """The identifier keys a call's string values (normalised) may name: each whole value
     and each of its words."""
     for norm in values:

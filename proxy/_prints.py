@@ -734,7 +734,7 @@ def _note_handle(handles: dict[str, list[str]], path: str, text: str) -> None:
         handles.setdefault(parent, ["", "", ""])[1] = text[:MAX_VALUE]
     elif key.casefold() in _HEADLINE_KEYS:
         handles.setdefault(parent, ["", "", ""])[2] = text[:MAX_VALUE]
-    elif len(text) <= MAX_VALUE and (key == "id" or key in _OTHER_ID_KEYS or _is_id_key(path)) and "[" not in key:
+    elif len(text) <= MAX_VALUE and (key in _OTHER_ID_KEYS or _is_id_key(path)) and "[" not in key:
         noted = handles.setdefault(parent, ["", "", ""])
         if key == "id" or not noted[0]:
             noted[0] = text

@@ -57,30 +57,29 @@ def overpays_signal(
     if not invoices:
         return 0.0, ""
     names = ", ".join(sorted(invoices))
+    owed = sum(invoices.values())
+
+    def reason(asks: str) -> str:
+        return (
+            f"more than the invoice it pays states: {asks} where {clip(names)!r} states "
+            f"{clip(f'{owed:,.2f}', _SHOWN)} (weight {weight:.2f})"
+        )
+
     asked: list[tuple[float, str]] = []
     for path, key, value in quantities:
         if family_of(key) != "amount" or value is None or value == "":
             continue
         amount = number(value)
         if amount is None:
-            return weight, (
-                f"more than the invoice it pays states: {clip(path)!r} asks a value that is no number where "
-                f"{clip(names)!r} states {clip(f'{sum(invoices.values()):,.2f}', _SHOWN)} (weight {weight:.2f})"
-            )
+            return weight, reason(f"{clip(path)!r} asks a value that is no number")
         asked.append((amount / 100 if is_minor(key) else amount, path))
     if wide:
-        return weight, (
-            f"more than the invoice it pays states: the arguments are too wide to read their amounts where "
-            f"{clip(names)!r} states {clip(f'{sum(invoices.values()):,.2f}', _SHOWN)} (weight {weight:.2f})"
-        )
+        return weight, reason("the arguments are too wide to read their amounts")
     if not asked:
         return 0.0, ""
     value, path = max(asked)
-    stated = sum(invoices.values()) + sum(stated_amounts(task))
+    stated = owed + sum(stated_amounts(task))
     allowed = stated * (_COMPUTED if task and computes_amount(task) else 1.0)
     if not exceeds(value, allowed):
         return 0.0, ""
-    return weight, (
-        f"more than the invoice it pays states: {clip(path)!r} asks {clip(f'{value:,.2f}', _SHOWN)} where "
-        f"{clip(names)!r} states {clip(f'{sum(invoices.values()):,.2f}', _SHOWN)} (weight {weight:.2f})"
-    )
+    return weight, reason(f"{clip(path)!r} asks {clip(f'{value:,.2f}', _SHOWN)}")

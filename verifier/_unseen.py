@@ -10,10 +10,9 @@ as a destination the task does not name.
 The proxy labels an argument that is an IBAN neither the task nor any result the workflow
 holds wrote, while none of its results went unread (`unseen:<path>`, proxy/_prints.py);
 the reference scorer weighs it as a contradiction on a call that moves money, when a task
-was stated. A user who means
-an account names it, or has the agent read it from a tool. Without a task (a trigger, or a
-deployment that sends none) what the user said is not known, and the account may be
-theirs: no signal, as for argument novelty.
+was stated. A user who means an account names it, or has the agent read it from a tool.
+Without a task (a trigger, or a deployment that sends none) what the user said is not
+known, and the account may be theirs: no signal, as for argument novelty.
 """
 
 from __future__ import annotations
